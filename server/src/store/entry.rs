@@ -1,0 +1,191 @@
+//! One stored item: key, value and metadata in a single reference-counted allocation.
+//!
+//! The table slot that points at an entry is one thin pointer (8 bytes); the allocation holds the
+//! reference count, a small header and the key bytes followed by the value bytes. Readers clone the
+//! pointer under the shard's read lock and then serve the value from it without copying
+//! ([`Entry::value_bytes`]), so a large value never holds a lock while it is encoded or sent.
+//!
+//! Mutable metadata (`version`, `expires_at_ms`, `visited`) is atomic: `visited` is set by readers
+//! under the read lock, the others are changed only under the shard's write lock.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use triomphe::ThinArc;
+
+/// Fixed metadata stored in front of the key and value bytes.
+#[derive(Debug)]
+pub(crate) struct Header {
+    version: AtomicU64,
+    /// Unix milliseconds at which the entry expires; 0 means never.
+    expires_at_ms: AtomicU64,
+    key_len: u32,
+    /// The CLOCK reference bit: set on access, cleared when the eviction hand passes.
+    visited: AtomicBool,
+}
+
+/// A shared handle to one stored item.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry(ThinArc<Header, u8>);
+
+/// Estimated bytes an entry costs beyond its key and value: the allocation's reference count, header
+/// and length (40 B), allocator rounding, and its share of the table (slot, control byte, slab
+/// pointer). Measured by `memprobe` (BENCHMARKS.md) and used for `max_memory` accounting.
+pub const ENTRY_OVERHEAD_BYTES: usize = 64;
+
+/// Bytes charged against `max_memory` for an item of this size.
+pub fn charge(key_len: usize, value_len: usize) -> usize {
+    key_len + value_len + ENTRY_OVERHEAD_BYTES
+}
+
+/// Copies two slices one after the other, with an exact length, into the entry's allocation.
+struct Concat<'a> {
+    first: std::slice::Iter<'a, u8>,
+    second: std::slice::Iter<'a, u8>,
+}
+
+impl Iterator for Concat<'_> {
+    type Item = u8;
+
+    #[inline]
+    fn next(&mut self) -> Option<u8> {
+        self.first.next().or_else(|| self.second.next()).copied()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.first.len() + self.second.len();
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for Concat<'_> {}
+
+/// The value part of an entry, so `Bytes` can borrow it without a copy.
+struct ValueOwner(Entry);
+
+impl AsRef<[u8]> for ValueOwner {
+    fn as_ref(&self) -> &[u8] {
+        self.0.value()
+    }
+}
+
+impl Entry {
+    /// A new entry. `key` must be at most `u32::MAX` bytes (the store's key limit is far lower).
+    pub(crate) fn new(key: &[u8], value: &[u8], version: u64, expires_at_ms: u64) -> Self {
+        let header = Header {
+            version: AtomicU64::new(version),
+            expires_at_ms: AtomicU64::new(expires_at_ms),
+            key_len: u32::try_from(key.len()).expect("key length is bounded by max_key_bytes"),
+            visited: AtomicBool::new(false),
+        };
+        let bytes = Concat {
+            first: key.iter(),
+            second: value.iter(),
+        };
+        Self(ThinArc::from_header_and_iter(header, bytes))
+    }
+
+    fn header(&self) -> &Header {
+        &self.0.header.header
+    }
+
+    pub(crate) fn key(&self) -> &[u8] {
+        &self.0.slice[..self.header().key_len as usize]
+    }
+
+    pub(crate) fn value(&self) -> &[u8] {
+        &self.0.slice[self.header().key_len as usize..]
+    }
+
+    /// The value as `Bytes` that keep this entry alive: no copy.
+    pub(crate) fn value_bytes(&self) -> Bytes {
+        Bytes::from_owner(ValueOwner(self.clone()))
+    }
+
+    pub(crate) fn version(&self) -> u64 {
+        self.header().version.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_version(&self, version: u64) {
+        self.header().version.store(version, Ordering::Release);
+    }
+
+    /// Expiry in unix ms, `None` when the entry never expires.
+    pub(crate) fn expires_at(&self) -> Option<u64> {
+        match self.header().expires_at_ms.load(Ordering::Acquire) {
+            0 => None,
+            at => Some(at),
+        }
+    }
+
+    pub(crate) fn set_expires_at(&self, expires_at: Option<u64>) {
+        self.header()
+            .expires_at_ms
+            .store(expires_at.unwrap_or(0), Ordering::Release);
+    }
+
+    pub(crate) fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at().is_some_and(|at| at <= now_ms)
+    }
+
+    /// Marks the entry as recently used. Writes the flag only when it is clear, so hot keys do not
+    /// bounce a cache line between cores on every read.
+    pub(crate) fn touch(&self) {
+        let visited = &self.header().visited;
+        if !visited.load(Ordering::Relaxed) {
+            visited.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Clears the reference bit and says whether it was set (CLOCK's second chance).
+    pub(crate) fn take_visited(&self) -> bool {
+        self.header().visited.swap(false, Ordering::Relaxed)
+    }
+
+    /// Bytes charged against `max_memory`.
+    pub(crate) fn charge(&self) -> usize {
+        charge(self.header().key_len as usize, self.value().len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_and_value_round_trip_and_value_bytes_share_the_allocation() {
+        let e = Entry::new(b"user:1", b"hello world", 7, 0);
+        assert_eq!(e.key(), b"user:1");
+        assert_eq!(e.value(), b"hello world");
+        assert_eq!(e.version(), 7);
+        assert_eq!(e.expires_at(), None);
+        let v = e.value_bytes();
+        assert_eq!(&v[..], b"hello world");
+        assert_eq!(v.as_ptr(), e.value().as_ptr(), "no copy");
+        drop(e);
+        assert_eq!(&v[..], b"hello world", "bytes keep the entry alive");
+    }
+
+    #[test]
+    fn empty_value_and_metadata_updates() {
+        let e = Entry::new(b"k", b"", 1, 500);
+        assert_eq!(e.value(), b"");
+        assert!(!e.is_expired(499));
+        assert!(e.is_expired(500));
+        e.set_expires_at(None);
+        assert!(!e.is_expired(u64::MAX));
+        e.set_version(9);
+        assert_eq!(e.version(), 9);
+        assert!(!e.take_visited());
+        e.touch();
+        assert!(e.take_visited());
+        assert!(!e.take_visited());
+        assert_eq!(e.charge(), 1 + ENTRY_OVERHEAD_BYTES);
+    }
+
+    #[test]
+    fn an_entry_pointer_is_thin() {
+        assert_eq!(std::mem::size_of::<Entry>(), 8);
+        assert_eq!(std::mem::size_of::<Option<Entry>>(), 8);
+    }
+}

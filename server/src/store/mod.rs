@@ -1,0 +1,779 @@
+//! The local storage engine of one node: a sharded in-memory map of byte-string keys to values, with
+//! versions, TTLs, memory accounting and eviction.
+//!
+//! **Invariant:** the store does no I/O and never reads the clock. Every operation takes `now_ms`
+//! (unix milliseconds) from its caller, which is what lets tests drive TTLs and versions by hand.
+//!
+//! Layout: `shards` (a power of two) each behind its own `RwLock`. A key's hash picks its shard and
+//! its slot in that shard's index ([`shard`]). Each item is one allocation ([`entry`]). Reads take the
+//! read lock, set the entry's CLOCK bit atomically and clone the entry pointer; writes take the write
+//! lock of one shard at a time and never hold two shard locks at once (eviction in other shards uses
+//! `try_write`), so there is no lock order to get wrong.
+//!
+//! Memory: every entry is charged `key + value + ENTRY_OVERHEAD_BYTES` against one global
+//! `max_memory` budget. Under [`EvictionPolicy::Clock`] a write that would exceed it first drops
+//! expired entries, then CLOCK victims of its own shard, then of the others, before it is stored,
+//! so the accounted total never exceeds the limit; under [`EvictionPolicy::NoEviction`] it fails with
+//! [`StoreError::MemoryFull`] and nothing changes.
+//!
+//! TTL: an expired entry is invisible at once (checked on every access) and reclaimed later by
+//! [`Store::reclaim_expired`], which the node calls from a background task; it pops entries from a
+//! per-shard expiry index in deadline order and never scans the map.
+
+mod entry;
+pub mod hlc;
+mod shard;
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+
+pub use entry::{ENTRY_OVERHEAD_BYTES, charge};
+pub use hlc::Hlc;
+
+use entry::Entry;
+use shard::Shard;
+
+/// What the store does when a write would exceed `max_memory`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EvictionPolicy {
+    /// Evict entries not used recently (CLOCK, one shard at a time) until the write fits.
+    #[default]
+    Clock,
+    /// Refuse the write with [`StoreError::MemoryFull`].
+    NoEviction,
+}
+
+impl EvictionPolicy {
+    /// The name used in config files and flags.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Clock => "clock",
+            Self::NoEviction => "noeviction",
+        }
+    }
+}
+
+/// Limits and sizing of a store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Upper bound on the bytes charged for all entries.
+    pub max_memory_bytes: usize,
+    /// What to do when a write would exceed `max_memory_bytes`.
+    pub eviction: EvictionPolicy,
+    /// Longest key accepted, in bytes.
+    pub max_key_bytes: usize,
+    /// Longest value accepted, in bytes.
+    pub max_value_bytes: usize,
+    /// Longest TTL accepted, in milliseconds.
+    pub max_ttl_ms: u64,
+    /// Number of shards; rounded up to a power of two, at least 1.
+    pub shards: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            max_memory_bytes: 1 << 30,
+            eviction: EvictionPolicy::Clock,
+            max_key_bytes: 8 * 1024,
+            max_value_bytes: 4 * 1024 * 1024,
+            max_ttl_ms: 10 * 365 * 24 * 3600 * 1000,
+            shards: 64,
+        }
+    }
+}
+
+/// Why a store operation was refused. Unless a variant says otherwise, nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The key was empty.
+    #[error("key must not be empty")]
+    EmptyKey,
+    /// The key was longer than `max_key_bytes`.
+    #[error("key is {len} bytes, more than max_key_bytes ({max})")]
+    KeyTooLarge {
+        /// The key's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The value was longer than `max_value_bytes`.
+    #[error("value is {len} bytes, more than max_value_bytes ({max})")]
+    ValueTooLarge {
+        /// The value's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The TTL was zero or longer than `max_ttl`.
+    #[error("ttl of {ttl_ms} ms is out of range (1..={max_ttl_ms} ms)")]
+    InvalidTtl {
+        /// The TTL asked for.
+        ttl_ms: u64,
+        /// The limit.
+        max_ttl_ms: u64,
+    },
+    /// Incr on a value that is not a decimal signed 64-bit integer.
+    #[error("value is not a 64-bit signed decimal integer")]
+    NotAnInteger,
+    /// Incr would overflow a signed 64-bit integer.
+    #[error("increment of {current} by {delta} overflows a 64-bit signed integer")]
+    Overflow {
+        /// The stored value.
+        current: i64,
+        /// The delta asked for.
+        delta: i64,
+    },
+    /// Compare-and-set found another version than expected.
+    #[error("version mismatch: expected {expected}, current {}", fmt_version(*.current))]
+    CasConflict {
+        /// The version the request expected (0: key absent).
+        expected: u64,
+        /// The key's current version, `None` when it does not exist.
+        current: Option<u64>,
+    },
+    /// The write needs more memory than `max_memory` allows and nothing can be evicted for it.
+    #[error("memory full: {needed} more bytes needed, {used} of max_memory {max} in use{}",
+        if *.policy == EvictionPolicy::NoEviction { " (eviction policy is noeviction)" } else { "" })]
+    MemoryFull {
+        /// Bytes the write needed.
+        needed: usize,
+        /// Bytes charged when it was refused.
+        used: usize,
+        /// The limit.
+        max: usize,
+        /// The eviction policy in force.
+        policy: EvictionPolicy,
+    },
+}
+
+fn fmt_version(version: Option<u64>) -> String {
+    version.map_or_else(|| "none (key absent)".to_owned(), |v| v.to_string())
+}
+
+/// A value read from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// The value (shares the entry's memory; no copy).
+    pub value: Bytes,
+    /// Its version.
+    pub version: u64,
+    /// When it expires (unix ms), `None` if never.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// When a `set` takes effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SetCondition {
+    /// Always.
+    #[default]
+    Always,
+    /// Only when the key does not exist.
+    IfAbsent,
+    /// Only when the key exists.
+    IfPresent,
+}
+
+/// Options of a `set`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetOptions {
+    /// Time to live in ms; `None` means never expire.
+    pub ttl_ms: Option<u64>,
+    /// When the write takes effect.
+    pub condition: SetCondition,
+    /// Return the value the key held before.
+    pub return_previous: bool,
+}
+
+/// What a `set` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetOutcome {
+    /// The new version, `None` when the condition did not hold and nothing was stored.
+    pub version: Option<u64>,
+    /// The previous value, when asked for and the key existed.
+    pub previous: Option<Bytes>,
+}
+
+/// A key's remaining lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    /// The key does not exist.
+    Missing,
+    /// The key exists and never expires.
+    Persistent,
+    /// The key expires in this many ms.
+    ExpiresIn(u64),
+}
+
+/// Counters and gauges of a store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Entries held (including expired ones not yet reclaimed).
+    pub keys: u64,
+    /// Bytes charged against `max_memory`.
+    pub used_bytes: u64,
+    /// Reads that found a live key.
+    pub hits: u64,
+    /// Reads that did not.
+    pub misses: u64,
+    /// Entries evicted to stay under `max_memory`.
+    pub evictions: u64,
+    /// Entries removed because they expired.
+    pub expirations: u64,
+}
+
+/// One shard with its lock and the counters updated under a read lock, padded to its own cache lines.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct ShardSlot {
+    lock: RwLock<Shard>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+    expirations: AtomicU64,
+}
+
+/// The local key-value engine. Cheap to share: wrap it in an `Arc`.
+#[derive(Debug)]
+pub struct Store {
+    shards: Box<[ShardSlot]>,
+    /// Right shift that turns a hash into a shard index (bits just below hashbrown's 7 tag bits).
+    shard_shift: u32,
+    hasher: hashbrown::DefaultHashBuilder,
+    config: StoreConfig,
+    hlc: Hlc,
+    used_bytes: AtomicUsize,
+}
+
+/// Where a key lives.
+#[derive(Clone, Copy)]
+struct Place {
+    hash: u64,
+    shard: usize,
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new(mut config: StoreConfig) -> Self {
+        config.shards = config.shards.clamp(1, 1 << 16).next_power_of_two();
+        let shard_bits = config.shards.trailing_zeros();
+        Self {
+            shards: (0..config.shards).map(|_| ShardSlot::default()).collect(),
+            shard_shift: 57 - shard_bits,
+            hasher: hashbrown::DefaultHashBuilder::default(),
+            config,
+            hlc: Hlc::new(),
+            used_bytes: AtomicUsize::new(0),
+        }
+    }
+
+    /// The limits this store enforces.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// The node's hybrid logical clock.
+    pub fn hlc(&self) -> &Hlc {
+        &self.hlc
+    }
+
+    fn hash_key(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn place(&self, key: &[u8]) -> Place {
+        let hash = self.hash_key(key);
+        let shard = ((hash >> self.shard_shift) as usize) & (self.shards.len() - 1);
+        Place { hash, shard }
+    }
+
+    /// Checks a key against the limits.
+    pub fn check_key(&self, key: &[u8]) -> Result<(), StoreError> {
+        if key.is_empty() {
+            return Err(StoreError::EmptyKey);
+        }
+        if key.len() > self.config.max_key_bytes {
+            return Err(StoreError::KeyTooLarge {
+                len: key.len(),
+                max: self.config.max_key_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a value against the limits.
+    pub fn check_value(&self, value: &[u8]) -> Result<(), StoreError> {
+        if value.len() > self.config.max_value_bytes {
+            return Err(StoreError::ValueTooLarge {
+                len: value.len(),
+                max: self.config.max_value_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a TTL and turns it into an absolute deadline.
+    pub fn expiry_for(&self, ttl_ms: Option<u64>, now_ms: u64) -> Result<Option<u64>, StoreError> {
+        match ttl_ms {
+            None => Ok(None),
+            Some(ttl_ms) if ttl_ms == 0 || ttl_ms > self.config.max_ttl_ms => {
+                Err(StoreError::InvalidTtl {
+                    ttl_ms,
+                    max_ttl_ms: self.config.max_ttl_ms,
+                })
+            }
+            Some(ttl_ms) => Ok(Some(now_ms.saturating_add(ttl_ms))),
+        }
+    }
+
+    /// Reads a key. Expired keys are misses.
+    pub fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<Item>, StoreError> {
+        self.check_key(key)?;
+        let place = self.place(key);
+        let slot = &self.shards[place.shard];
+        let found = {
+            let shard = slot.lock.read();
+            shard.find(place.hash, key).and_then(|s| {
+                let entry = shard.entry(s);
+                if entry.is_expired(now_ms) {
+                    None
+                } else {
+                    entry.touch();
+                    Some(entry.clone())
+                }
+            })
+        };
+        match found {
+            Some(entry) => {
+                slot.hits.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(Item {
+                    value: entry.value_bytes(),
+                    version: entry.version(),
+                    expires_at_ms: entry.expires_at(),
+                }))
+            }
+            None => {
+                slot.misses.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Reads several keys; `result[i]` answers `keys[i]`. All keys are checked before any is read.
+    pub fn mget<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        now_ms: u64,
+    ) -> Result<Vec<Option<Item>>, StoreError> {
+        for key in keys {
+            self.check_key(key.as_ref())?;
+        }
+        keys.iter()
+            .map(|key| self.get(key.as_ref(), now_ms))
+            .collect()
+    }
+
+    /// Stores a value.
+    pub fn set(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        options: SetOptions,
+        now_ms: u64,
+    ) -> Result<SetOutcome, StoreError> {
+        self.check_key(key)?;
+        self.check_value(value)?;
+        let expires_at = self.expiry_for(options.ttl_ms, now_ms)?;
+        let place = self.place(key);
+        let mut shard = self.shards[place.shard].lock.write();
+        let slot = shard.find(place.hash, key);
+        let live = slot
+            .map(|s| shard.entry(s))
+            .filter(|e| !e.is_expired(now_ms));
+        let previous = if options.return_previous {
+            live.map(Entry::value_bytes)
+        } else {
+            None
+        };
+        let allowed = match options.condition {
+            SetCondition::Always => true,
+            SetCondition::IfAbsent => live.is_none(),
+            SetCondition::IfPresent => live.is_some(),
+        };
+        if !allowed {
+            return Ok(SetOutcome {
+                version: None,
+                previous,
+            });
+        }
+        let floor = slot.map_or(0, |s| shard.entry(s).version());
+        let version = self.hlc.next_after(now_ms, floor);
+        let entry = Entry::new(key, value, version, expires_at.unwrap_or(0));
+        self.put(&mut shard, place, slot, entry, now_ms)?;
+        Ok(SetOutcome {
+            version: Some(version),
+            previous,
+        })
+    }
+
+    /// Stores several pairs with the same TTL; returns their versions in order. All inputs are
+    /// checked before anything is stored; a memory error part way leaves the earlier pairs stored.
+    pub fn mset<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        entries: &[(K, V)],
+        ttl_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        for (key, value) in entries {
+            self.check_key(key.as_ref())?;
+            self.check_value(value.as_ref())?;
+        }
+        self.expiry_for(ttl_ms, now_ms)?;
+        let options = SetOptions {
+            ttl_ms,
+            ..SetOptions::default()
+        };
+        entries
+            .iter()
+            .map(|(key, value)| {
+                let outcome = self.set(key.as_ref(), value.as_ref(), options, now_ms)?;
+                Ok(outcome.version.expect("an unconditional set always stores"))
+            })
+            .collect()
+    }
+
+    /// Removes a key; says whether a live key was removed.
+    pub fn delete(&self, key: &[u8], now_ms: u64) -> Result<bool, StoreError> {
+        self.check_key(key)?;
+        let place = self.place(key);
+        let slot = &self.shards[place.shard];
+        let mut shard = slot.lock.write();
+        let Some(s) = shard.find(place.hash, key) else {
+            return Ok(false);
+        };
+        let entry = shard.remove(place.hash, s);
+        self.used_bytes.fetch_sub(entry.charge(), Ordering::Relaxed);
+        if entry.is_expired(now_ms) {
+            slot.expirations.fetch_add(1, Ordering::Relaxed);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Removes several keys; returns how many live keys were removed.
+    pub fn mdelete<K: AsRef<[u8]>>(&self, keys: &[K], now_ms: u64) -> Result<u64, StoreError> {
+        for key in keys {
+            self.check_key(key.as_ref())?;
+        }
+        let mut deleted = 0;
+        for key in keys {
+            deleted += u64::from(self.delete(key.as_ref(), now_ms)?);
+        }
+        Ok(deleted)
+    }
+
+    /// Adds `delta` to the decimal integer stored at `key` (a missing key counts as 0) and returns
+    /// the new value and its version. A key created here gets `ttl_ms`; an existing key keeps its TTL.
+    pub fn incr(
+        &self,
+        key: &[u8],
+        delta: i64,
+        ttl_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<(i64, u64), StoreError> {
+        self.check_key(key)?;
+        let new_expiry = self.expiry_for(ttl_ms, now_ms)?;
+        let place = self.place(key);
+        let mut shard = self.shards[place.shard].lock.write();
+        let slot = shard.find(place.hash, key);
+        let live = slot
+            .map(|s| shard.entry(s))
+            .filter(|e| !e.is_expired(now_ms));
+        let (current, expires_at) = match live {
+            Some(entry) => (
+                parse_i64(entry.value()).ok_or(StoreError::NotAnInteger)?,
+                entry.expires_at(),
+            ),
+            None => (0, new_expiry),
+        };
+        let value = current
+            .checked_add(delta)
+            .ok_or(StoreError::Overflow { current, delta })?;
+        let floor = slot.map_or(0, |s| shard.entry(s).version());
+        let version = self.hlc.next_after(now_ms, floor);
+        let text = value.to_string();
+        self.check_value(text.as_bytes())?;
+        let entry = Entry::new(key, text.as_bytes(), version, expires_at.unwrap_or(0));
+        self.put(&mut shard, place, slot, entry, now_ms)?;
+        Ok((value, version))
+    }
+
+    /// Stores `value` only if the key's version is `expected_version` (0: the key must be absent).
+    pub fn compare_and_set(
+        &self,
+        key: &[u8],
+        expected_version: u64,
+        value: &[u8],
+        ttl_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        self.check_key(key)?;
+        self.check_value(value)?;
+        let expires_at = self.expiry_for(ttl_ms, now_ms)?;
+        let place = self.place(key);
+        let mut shard = self.shards[place.shard].lock.write();
+        let slot = shard.find(place.hash, key);
+        let current = slot
+            .map(|s| shard.entry(s))
+            .filter(|e| !e.is_expired(now_ms))
+            .map(Entry::version);
+        let matches = match current {
+            None => expected_version == 0,
+            Some(version) => version == expected_version,
+        };
+        if !matches {
+            return Err(StoreError::CasConflict {
+                expected: expected_version,
+                current,
+            });
+        }
+        let floor = slot.map_or(0, |s| shard.entry(s).version());
+        let version = self.hlc.next_after(now_ms, floor);
+        let entry = Entry::new(key, value, version, expires_at.unwrap_or(0));
+        self.put(&mut shard, place, slot, entry, now_ms)?;
+        Ok(version)
+    }
+
+    /// Sets (`Some`) or removes (`None`) the TTL of a live key, giving it a new version. Returns
+    /// `None` when the key does not exist, or when removing the TTL of a key that has none.
+    pub fn set_ttl(
+        &self,
+        key: &[u8],
+        ttl_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.check_key(key)?;
+        let expires_at = self.expiry_for(ttl_ms, now_ms)?;
+        let place = self.place(key);
+        let mut shard = self.shards[place.shard].lock.write();
+        let Some(slot) = shard.find(place.hash, key) else {
+            return Ok(None);
+        };
+        let entry = shard.entry(slot);
+        if entry.is_expired(now_ms) || (expires_at.is_none() && entry.expires_at().is_none()) {
+            return Ok(None);
+        }
+        let version = self.hlc.next_after(now_ms, entry.version());
+        entry.set_version(version);
+        shard.set_expiry(slot, expires_at);
+        Ok(Some(version))
+    }
+
+    /// A key's remaining lifetime.
+    pub fn ttl(&self, key: &[u8], now_ms: u64) -> Result<Ttl, StoreError> {
+        self.check_key(key)?;
+        let place = self.place(key);
+        let shard = self.shards[place.shard].lock.read();
+        let Some(slot) = shard.find(place.hash, key) else {
+            return Ok(Ttl::Missing);
+        };
+        let entry = shard.entry(slot);
+        Ok(match entry.expires_at() {
+            None => Ttl::Persistent,
+            Some(at) if at <= now_ms => Ttl::Missing,
+            Some(at) => Ttl::ExpiresIn(at - now_ms),
+        })
+    }
+
+    /// Removes every entry; returns how many there were.
+    pub fn flush(&self) -> u64 {
+        let mut removed = 0;
+        for slot in &self.shards {
+            let mut shard = slot.lock.write();
+            let freed = shard.charged_bytes();
+            removed += shard.clear() as u64;
+            self.used_bytes.fetch_sub(freed, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// Removes expired entries, at most `budget_per_shard` from each shard, oldest deadline first.
+    /// Returns how many were removed; a caller that gets `budget_per_shard * shards` back may call
+    /// again at once, as more may be waiting.
+    pub fn reclaim_expired(&self, now_ms: u64, budget_per_shard: usize) -> usize {
+        let mut total = 0;
+        for slot in &self.shards {
+            let mut shard = slot.lock.write();
+            let mut removed = 0;
+            while removed < budget_per_shard {
+                let Some(s) = shard.first_expired(now_ms) else {
+                    break;
+                };
+                let hash = self.hash_key(shard.entry(s).key());
+                let entry = shard.remove(hash, s);
+                self.used_bytes.fetch_sub(entry.charge(), Ordering::Relaxed);
+                removed += 1;
+            }
+            if removed > 0 {
+                slot.expirations
+                    .fetch_add(removed as u64, Ordering::Relaxed);
+                shard.shrink_if_sparse(|key| self.hash_key(key));
+            }
+            total += removed;
+        }
+        total
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> StoreStats {
+        let mut stats = StoreStats {
+            used_bytes: self.used_bytes.load(Ordering::Relaxed) as u64,
+            ..StoreStats::default()
+        };
+        for slot in &self.shards {
+            stats.keys += slot.lock.read().len() as u64;
+            stats.hits += slot.hits.load(Ordering::Relaxed);
+            stats.misses += slot.misses.load(Ordering::Relaxed);
+            stats.evictions += slot.evictions.load(Ordering::Relaxed);
+            stats.expirations += slot.expirations.load(Ordering::Relaxed);
+        }
+        stats
+    }
+
+    /// Stores `entry` in `slot` (replacing) or in a new slot, after making room for it.
+    fn put(
+        &self,
+        shard: &mut Shard,
+        place: Place,
+        slot: Option<u32>,
+        entry: Entry,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let new_charge = entry.charge();
+        let old_charge = slot.map_or(0, |s| shard.entry(s).charge());
+        if new_charge > old_charge {
+            self.reserve(shard, place.shard, new_charge - old_charge, slot, now_ms)?;
+        } else {
+            self.used_bytes
+                .fetch_sub(old_charge - new_charge, Ordering::Relaxed);
+        }
+        match slot {
+            Some(s) => {
+                let old = shard.replace(s, entry);
+                if old.is_expired(now_ms) {
+                    self.shards[place.shard]
+                        .expirations
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            None => {
+                shard.insert(place.hash, entry, |key| self.hash_key(key));
+            }
+        }
+        Ok(())
+    }
+
+    /// Charges `needed` more bytes, evicting first if the policy allows and it is necessary.
+    /// `own` is the caller's locked shard (index `own_idx`); `keep` is a slot in it that must not be
+    /// evicted (the entry being replaced).
+    fn reserve(
+        &self,
+        own: &mut Shard,
+        own_idx: usize,
+        needed: usize,
+        keep: Option<u32>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let max = self.config.max_memory_bytes;
+        let policy = self.config.eviction;
+        let full = |used| StoreError::MemoryFull {
+            needed,
+            used,
+            max,
+            policy,
+        };
+        if needed > max {
+            return Err(full(self.used_bytes.load(Ordering::Relaxed)));
+        }
+        if self.try_charge(needed) {
+            return Ok(());
+        }
+        if policy == EvictionPolicy::NoEviction {
+            return Err(full(self.used_bytes.load(Ordering::Relaxed)));
+        }
+        // Our own shard first: we hold its lock already.
+        while self.evict_one(own, own_idx, keep, now_ms) {
+            if self.try_charge(needed) {
+                return Ok(());
+            }
+        }
+        // Then the others, one at a time and only if free: never wait on a second lock.
+        let n_shards = self.shards.len();
+        for _round in 0..2 {
+            for step in 1..n_shards {
+                let idx = (own_idx + step) % n_shards;
+                let Some(mut other) = self.shards[idx].lock.try_write() else {
+                    continue;
+                };
+                while self.evict_one(&mut other, idx, None, now_ms) {
+                    if self.try_charge(needed) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Err(full(self.used_bytes.load(Ordering::Relaxed)))
+    }
+
+    /// Adds `needed` to the charged bytes if that stays within `max_memory`.
+    fn try_charge(&self, needed: usize) -> bool {
+        let max = self.config.max_memory_bytes;
+        self.used_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |used| {
+                used.checked_add(needed).filter(|&total| total <= max)
+            })
+            .is_ok()
+    }
+
+    /// Evicts one entry of `shard`: an expired one if there is any, else the CLOCK victim.
+    fn evict_one(
+        &self,
+        shard: &mut Shard,
+        shard_idx: usize,
+        keep: Option<u32>,
+        now_ms: u64,
+    ) -> bool {
+        let counters = &self.shards[shard_idx];
+        let (victim, expired) = match shard.first_expired(now_ms).filter(|&s| Some(s) != keep) {
+            Some(s) => (s, true),
+            None => match shard.clock_victim(keep) {
+                Some(s) => (s, false),
+                None => return false,
+            },
+        };
+        let hash = self.hash_key(shard.entry(victim).key());
+        let entry = shard.remove(hash, victim);
+        self.used_bytes.fetch_sub(entry.charge(), Ordering::Relaxed);
+        let counter = if expired {
+            &counters.expirations
+        } else {
+            &counters.evictions
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}
+
+/// Parses a value as Redis does for INCR: optional sign, decimal digits, no spaces.
+fn parse_i64(value: &[u8]) -> Option<i64> {
+    if value.is_empty() || value.len() > 20 || value[0] == b'+' {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,727 @@
+//! Unit tests of the store. Time is a plain number here: no test sleeps.
+
+use super::*;
+
+const T0: u64 = 1_700_000_000_000;
+
+fn store() -> Store {
+    Store::new(StoreConfig::default())
+}
+
+fn small(max_memory_bytes: usize, eviction: EvictionPolicy) -> Store {
+    Store::new(StoreConfig {
+        max_memory_bytes,
+        eviction,
+        max_value_bytes: 1024,
+        shards: 8,
+        ..StoreConfig::default()
+    })
+}
+
+fn value(store: &Store, key: &[u8], now: u64) -> Option<Bytes> {
+    store.get(key, now).unwrap().map(|item| item.value)
+}
+
+#[test]
+fn set_get_delete_round_trip() {
+    let s = store();
+    assert_eq!(value(&s, b"k", T0), None);
+    let out = s.set(b"k", b"v1", SetOptions::default(), T0).unwrap();
+    assert!(out.version.is_some());
+    assert_eq!(value(&s, b"k", T0).as_deref(), Some(&b"v1"[..]));
+    assert!(s.delete(b"k", T0).unwrap());
+    assert!(!s.delete(b"k", T0).unwrap());
+    assert_eq!(value(&s, b"k", T0), None);
+    let stats = s.stats();
+    assert_eq!(
+        (stats.hits, stats.misses, stats.keys, stats.used_bytes),
+        (1, 2, 0, 0)
+    );
+}
+
+#[test]
+fn empty_values_and_binary_keys_are_stored() {
+    let s = store();
+    s.set(b"\x00\xff", b"", SetOptions::default(), T0).unwrap();
+    assert_eq!(value(&s, b"\x00\xff", T0).as_deref(), Some(&b""[..]));
+}
+
+#[test]
+fn every_write_gets_a_greater_version() {
+    let s = store();
+    let v1 = s
+        .set(b"k", b"a", SetOptions::default(), T0)
+        .unwrap()
+        .version
+        .unwrap();
+    let v2 = s
+        .set(b"k", b"b", SetOptions::default(), T0)
+        .unwrap()
+        .version
+        .unwrap();
+    // A wall clock that jumps back must not produce an older version.
+    let v3 = s
+        .set(b"k", b"c", SetOptions::default(), T0 - 60_000)
+        .unwrap()
+        .version
+        .unwrap();
+    let (_, v4) = s.incr(b"n", 1, None, T0).unwrap();
+    let v5 = s.set_ttl(b"k", Some(1000), T0).unwrap().unwrap();
+    assert!(
+        v1 < v2 && v2 < v3 && v3 < v4 && v4 < v5,
+        "{v1} {v2} {v3} {v4} {v5}"
+    );
+    assert_eq!(s.get(b"k", T0).unwrap().unwrap().version, v5);
+    assert!(Hlc::millis(v1) == T0);
+}
+
+#[test]
+fn ttl_expires_at_the_deadline_without_waiting() {
+    let s = store();
+    let ttl = SetOptions {
+        ttl_ms: Some(1_000),
+        ..SetOptions::default()
+    };
+    s.set(b"k", b"v", ttl, T0).unwrap();
+    assert_eq!(s.ttl(b"k", T0 + 400).unwrap(), Ttl::ExpiresIn(600));
+    assert!(value(&s, b"k", T0 + 999).is_some());
+    assert_eq!(
+        value(&s, b"k", T0 + 1_000),
+        None,
+        "invisible at the deadline"
+    );
+    assert_eq!(s.ttl(b"k", T0 + 1_000).unwrap(), Ttl::Missing);
+    assert_eq!(s.stats().keys, 1, "not reclaimed yet");
+    assert_eq!(s.reclaim_expired(T0 + 1_000, 100), 1);
+    let stats = s.stats();
+    assert_eq!((stats.keys, stats.expirations, stats.used_bytes), (0, 1, 0));
+}
+
+#[test]
+fn active_expiry_takes_deadlines_in_order_within_its_budget() {
+    let s = Store::new(StoreConfig {
+        shards: 1,
+        ..StoreConfig::default()
+    });
+    for i in 0..10u64 {
+        let opts = SetOptions {
+            ttl_ms: Some(100 + i),
+            ..SetOptions::default()
+        };
+        s.set(format!("k{i}").as_bytes(), b"v", opts, T0).unwrap();
+    }
+    s.set(b"forever", b"v", SetOptions::default(), T0).unwrap();
+    assert_eq!(s.reclaim_expired(T0 + 104, 3), 3);
+    assert_eq!(
+        s.reclaim_expired(T0 + 104, 3),
+        2,
+        "only k0..=k4 had expired"
+    );
+    assert_eq!(s.reclaim_expired(T0 + 104, 3), 0);
+    assert!(value(&s, b"k5", T0 + 104).is_some());
+    assert_eq!(s.reclaim_expired(T0 + 10_000, 100), 5);
+    assert_eq!(s.stats().keys, 1);
+}
+
+#[test]
+fn expire_persist_and_ttl() {
+    let s = store();
+    assert_eq!(s.set_ttl(b"k", Some(10), T0).unwrap(), None, "missing key");
+    s.set(b"k", b"v", SetOptions::default(), T0).unwrap();
+    assert_eq!(s.ttl(b"k", T0).unwrap(), Ttl::Persistent);
+    assert_eq!(
+        s.set_ttl(b"k", None, T0).unwrap(),
+        None,
+        "nothing to persist"
+    );
+    assert!(s.set_ttl(b"k", Some(500), T0).unwrap().is_some());
+    assert_eq!(s.ttl(b"k", T0 + 100).unwrap(), Ttl::ExpiresIn(400));
+    assert!(s.set_ttl(b"k", None, T0 + 100).unwrap().is_some());
+    assert_eq!(s.ttl(b"k", T0 + 10_000).unwrap(), Ttl::Persistent);
+    assert_eq!(
+        s.reclaim_expired(T0 + 10_000, 10),
+        0,
+        "persisted key left the expiry index"
+    );
+    assert!(s.set_ttl(b"k", Some(5), T0).unwrap().is_some());
+    assert_eq!(
+        s.set_ttl(b"k", Some(5), T0 + 5).unwrap(),
+        None,
+        "expired key cannot be revived"
+    );
+}
+
+#[test]
+fn set_conditions_and_previous_value() {
+    let s = store();
+    let nx = SetOptions {
+        condition: SetCondition::IfAbsent,
+        return_previous: true,
+        ..SetOptions::default()
+    };
+    let xx = SetOptions {
+        condition: SetCondition::IfPresent,
+        return_previous: true,
+        ..SetOptions::default()
+    };
+    assert_eq!(
+        s.set(b"k", b"a", xx, T0).unwrap(),
+        SetOutcome {
+            version: None,
+            previous: None
+        }
+    );
+    assert!(s.set(b"k", b"a", nx, T0).unwrap().version.is_some());
+    let out = s.set(b"k", b"b", nx, T0).unwrap();
+    assert_eq!(out.version, None);
+    assert_eq!(out.previous.as_deref(), Some(&b"a"[..]));
+    let out = s.set(b"k", b"c", xx, T0).unwrap();
+    assert!(out.version.is_some());
+    assert_eq!(out.previous.as_deref(), Some(&b"a"[..]));
+    assert_eq!(value(&s, b"k", T0).as_deref(), Some(&b"c"[..]));
+    // An expired key counts as absent.
+    let ttl = SetOptions {
+        ttl_ms: Some(10),
+        ..SetOptions::default()
+    };
+    s.set(b"e", b"old", ttl, T0).unwrap();
+    assert!(s.set(b"e", b"new", nx, T0 + 10).unwrap().version.is_some());
+    assert_eq!(s.stats().expirations, 1);
+}
+
+#[test]
+fn mget_mset_mdelete_keep_request_order() {
+    let s = store();
+    let versions = s
+        .mset(
+            &[(&b"a"[..], &b"1"[..]), (b"b", b"2"), (b"c", b"3")],
+            None,
+            T0,
+        )
+        .unwrap();
+    assert_eq!(versions.len(), 3);
+    assert!(versions.windows(2).all(|w| w[0] < w[1]));
+    let got = s.mget(&[&b"c"[..], b"missing", b"a", b"a"], T0).unwrap();
+    let values: Vec<_> = got
+        .iter()
+        .map(|i| i.as_ref().map(|i| i.value.clone()))
+        .collect();
+    assert_eq!(
+        values,
+        vec![
+            Some(Bytes::from("3")),
+            None,
+            Some(Bytes::from("1")),
+            Some(Bytes::from("1"))
+        ]
+    );
+    assert_eq!(s.mdelete(&[&b"a"[..], b"b", b"zz"], T0).unwrap(), 2);
+    assert_eq!(s.stats().keys, 1);
+}
+
+#[test]
+fn multi_key_requests_are_checked_before_anything_changes() {
+    let s = store();
+    let err = s
+        .mset(&[(&b"a"[..], &b"1"[..]), (b"", b"2")], None, T0)
+        .unwrap_err();
+    assert_eq!(err, StoreError::EmptyKey);
+    assert_eq!(value(&s, b"a", T0), None, "nothing stored");
+    s.set(b"a", b"1", SetOptions::default(), T0).unwrap();
+    assert_eq!(
+        s.mdelete(&[&b"a"[..], b""], T0).unwrap_err(),
+        StoreError::EmptyKey
+    );
+    assert!(value(&s, b"a", T0).is_some(), "nothing deleted");
+}
+
+#[test]
+fn incr_counts_and_refuses_overflow_and_non_integers() {
+    let s = store();
+    assert_eq!(s.incr(b"n", 5, None, T0).unwrap().0, 5);
+    assert_eq!(s.incr(b"n", -7, None, T0).unwrap().0, -2);
+    assert_eq!(value(&s, b"n", T0).as_deref(), Some(&b"-2"[..]));
+    s.set(
+        b"max",
+        i64::MAX.to_string().as_bytes(),
+        SetOptions::default(),
+        T0,
+    )
+    .unwrap();
+    let before = s.get(b"max", T0).unwrap().unwrap();
+    assert_eq!(
+        s.incr(b"max", 1, None, T0).unwrap_err(),
+        StoreError::Overflow {
+            current: i64::MAX,
+            delta: 1
+        }
+    );
+    assert_eq!(
+        s.get(b"max", T0).unwrap().unwrap(),
+        before,
+        "unchanged after overflow"
+    );
+    s.set(
+        b"min",
+        i64::MIN.to_string().as_bytes(),
+        SetOptions::default(),
+        T0,
+    )
+    .unwrap();
+    assert!(matches!(
+        s.incr(b"min", -1, None, T0),
+        Err(StoreError::Overflow { .. })
+    ));
+    for bad in [
+        &b"abc"[..],
+        b"1.5",
+        b" 1",
+        b"+1",
+        b"",
+        b"99999999999999999999",
+    ] {
+        s.set(b"bad", bad, SetOptions::default(), T0).unwrap();
+        assert_eq!(
+            s.incr(b"bad", 1, None, T0).unwrap_err(),
+            StoreError::NotAnInteger,
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn incr_ttl_applies_only_to_new_keys() {
+    let s = store();
+    s.incr(b"n", 1, Some(1_000), T0).unwrap();
+    s.incr(b"n", 1, Some(50_000), T0 + 10).unwrap();
+    assert_eq!(s.ttl(b"n", T0 + 10).unwrap(), Ttl::ExpiresIn(990));
+    assert_eq!(
+        s.incr(b"n", 1, None, T0 + 1_000).unwrap().0,
+        1,
+        "expired counter restarts"
+    );
+}
+
+#[test]
+fn compare_and_set_conflicts_report_the_current_version() {
+    let s = store();
+    assert_eq!(
+        s.compare_and_set(b"k", 5, b"x", None, T0).unwrap_err(),
+        StoreError::CasConflict {
+            expected: 5,
+            current: None
+        }
+    );
+    let v1 = s.compare_and_set(b"k", 0, b"a", None, T0).unwrap();
+    assert_eq!(
+        s.compare_and_set(b"k", 0, b"b", None, T0).unwrap_err(),
+        StoreError::CasConflict {
+            expected: 0,
+            current: Some(v1)
+        }
+    );
+    let v2 = s.compare_and_set(b"k", v1, b"b", None, T0).unwrap();
+    assert!(v2 > v1);
+    assert_eq!(
+        s.compare_and_set(b"k", v1, b"c", None, T0).unwrap_err(),
+        StoreError::CasConflict {
+            expected: v1,
+            current: Some(v2)
+        }
+    );
+    assert_eq!(value(&s, b"k", T0).as_deref(), Some(&b"b"[..]));
+}
+
+#[test]
+fn every_limit_gives_its_own_error() {
+    let s = Store::new(StoreConfig {
+        max_key_bytes: 4,
+        max_value_bytes: 8,
+        max_ttl_ms: 1_000,
+        ..StoreConfig::default()
+    });
+    let plain = SetOptions::default();
+    assert_eq!(
+        s.set(b"", b"v", plain, T0).unwrap_err(),
+        StoreError::EmptyKey
+    );
+    assert_eq!(s.get(b"", T0).unwrap_err(), StoreError::EmptyKey);
+    assert_eq!(
+        s.set(b"12345", b"v", plain, T0).unwrap_err(),
+        StoreError::KeyTooLarge { len: 5, max: 4 }
+    );
+    assert!(
+        s.set(b"1234", b"12345678", plain, T0).is_ok(),
+        "limits are inclusive"
+    );
+    assert_eq!(
+        s.set(b"k", b"123456789", plain, T0).unwrap_err(),
+        StoreError::ValueTooLarge { len: 9, max: 8 }
+    );
+    for ttl_ms in [0, 1_001] {
+        let opts = SetOptions {
+            ttl_ms: Some(ttl_ms),
+            ..SetOptions::default()
+        };
+        assert_eq!(
+            s.set(b"k", b"v", opts, T0).unwrap_err(),
+            StoreError::InvalidTtl {
+                ttl_ms,
+                max_ttl_ms: 1_000
+            }
+        );
+    }
+    assert!(matches!(
+        s.set_ttl(b"1234", Some(0), T0),
+        Err(StoreError::InvalidTtl { .. })
+    ));
+    assert!(matches!(
+        s.incr(b"k", 1, Some(0), T0),
+        Err(StoreError::InvalidTtl { .. })
+    ));
+    assert!(matches!(
+        s.ttl(b"12345", T0),
+        Err(StoreError::KeyTooLarge { .. })
+    ));
+    assert_eq!(
+        s.compare_and_set(b"k", 0, b"123456789", None, T0)
+            .unwrap_err(),
+        StoreError::ValueTooLarge { len: 9, max: 8 }
+    );
+    // A long incr result never slips past max_value_bytes.
+    assert!(matches!(
+        s.incr(b"k", i64::MIN, None, T0),
+        Err(StoreError::ValueTooLarge { .. })
+    ));
+    assert_eq!(s.stats().keys, 1, "only the successful set stored anything");
+}
+
+#[test]
+fn eviction_keeps_memory_under_the_limit_while_writing_three_times_as_much() {
+    let max = 64 * 1024;
+    let s = small(max, EvictionPolicy::Clock);
+    let value = vec![7u8; 100];
+    let mut written = 0;
+    let mut i = 0u64;
+    while written < 3 * max {
+        let key = format!("key:{i:08}");
+        s.set(key.as_bytes(), &value, SetOptions::default(), T0)
+            .unwrap();
+        written += charge(key.len(), value.len());
+        i += 1;
+        assert!(
+            s.stats().used_bytes as usize <= max,
+            "over the limit after {i} writes"
+        );
+    }
+    let stats = s.stats();
+    assert!(stats.evictions > 0);
+    assert_eq!(
+        stats.keys + stats.evictions,
+        i,
+        "every write either lives or was evicted"
+    );
+    // The accounting matches what is actually held.
+    assert_eq!(
+        stats.used_bytes as usize,
+        stats.keys as usize * charge(12, 100)
+    );
+    assert!(
+        stats.used_bytes as usize > max / 2,
+        "eviction does not empty the cache"
+    );
+}
+
+#[test]
+fn clock_eviction_spares_recently_read_keys() {
+    let per_item = charge(5, 100);
+    let s = Store::new(StoreConfig {
+        max_memory_bytes: 10 * per_item,
+        shards: 1,
+        ..StoreConfig::default()
+    });
+    let value = [1u8; 100];
+    for i in 0..10 {
+        s.set(
+            format!("k{i:04}").as_bytes(),
+            &value,
+            SetOptions::default(),
+            T0,
+        )
+        .unwrap();
+    }
+    // Read the first five: they get their reference bit.
+    for i in 0..5 {
+        assert!(s.get(format!("k{i:04}").as_bytes(), T0).unwrap().is_some());
+    }
+    for i in 10..15 {
+        s.set(
+            format!("k{i:04}").as_bytes(),
+            &value,
+            SetOptions::default(),
+            T0,
+        )
+        .unwrap();
+    }
+    for i in 0..5 {
+        assert!(value_present(&s, i), "hot key k{i} was evicted");
+    }
+    for i in 5..10 {
+        assert!(
+            !value_present(&s, i),
+            "cold key k{i} should have been evicted first"
+        );
+    }
+    assert_eq!(s.stats().evictions, 5);
+}
+
+fn value_present(s: &Store, i: usize) -> bool {
+    s.ttl(format!("k{i:04}").as_bytes(), T0).unwrap() != Ttl::Missing
+}
+
+#[test]
+fn eviction_takes_expired_entries_first() {
+    let per_item = charge(5, 100);
+    let s = Store::new(StoreConfig {
+        max_memory_bytes: 4 * per_item,
+        shards: 1,
+        ..StoreConfig::default()
+    });
+    let value = [1u8; 100];
+    let short = SetOptions {
+        ttl_ms: Some(10),
+        ..SetOptions::default()
+    };
+    s.set(b"k0000", &value, SetOptions::default(), T0).unwrap();
+    s.set(b"k0001", &value, short, T0).unwrap();
+    s.set(b"k0002", &value, SetOptions::default(), T0).unwrap();
+    s.set(b"k0003", &value, SetOptions::default(), T0).unwrap();
+    s.set(b"k0004", &value, SetOptions::default(), T0 + 10)
+        .unwrap();
+    let stats = s.stats();
+    assert_eq!((stats.evictions, stats.expirations), (0, 1));
+    assert!(value_present(&s, 0));
+}
+
+#[test]
+fn noeviction_refuses_writes_and_keeps_serving_reads() {
+    let per_item = charge(5, 100);
+    let s = Store::new(StoreConfig {
+        max_memory_bytes: 3 * per_item,
+        eviction: EvictionPolicy::NoEviction,
+        ..StoreConfig::default()
+    });
+    let value = [1u8; 100];
+    for i in 0..3 {
+        s.set(
+            format!("k{i:04}").as_bytes(),
+            &value,
+            SetOptions::default(),
+            T0,
+        )
+        .unwrap();
+    }
+    let err = s
+        .set(b"k0003", &value, SetOptions::default(), T0)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::MemoryFull {
+            needed: per_item,
+            used: 3 * per_item,
+            max: 3 * per_item,
+            policy: EvictionPolicy::NoEviction
+        }
+    );
+    assert!(err.to_string().contains("noeviction"), "{err}");
+    assert!(value_present(&s, 0) && !value_present(&s, 3));
+    // Overwriting with a value of the same size needs no new memory.
+    s.set(b"k0000", &[2u8; 100], SetOptions::default(), T0)
+        .unwrap();
+    // Growing a value does.
+    assert!(matches!(
+        s.set(b"k0000", &[2u8; 101], SetOptions::default(), T0),
+        Err(StoreError::MemoryFull { .. })
+    ));
+    // Deleting frees room.
+    assert!(s.delete(b"k0001", T0).unwrap());
+    s.set(b"k0003", &value, SetOptions::default(), T0).unwrap();
+    assert_eq!(s.stats().evictions, 0);
+}
+
+#[test]
+fn an_item_larger_than_max_memory_is_refused_even_with_eviction() {
+    let s = small(1_000, EvictionPolicy::Clock);
+    s.set(b"small", b"v", SetOptions::default(), T0).unwrap();
+    let err = s
+        .set(b"big", &[0u8; 1_000], SetOptions::default(), T0)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::MemoryFull { .. }), "{err}");
+    assert!(
+        value_present_key(&s, b"small"),
+        "nothing evicted for a write that cannot fit"
+    );
+}
+
+fn value_present_key(s: &Store, key: &[u8]) -> bool {
+    s.ttl(key, T0).unwrap() != Ttl::Missing
+}
+
+#[test]
+fn flush_empties_every_shard() {
+    let s = store();
+    for i in 0..1000 {
+        s.set(format!("k{i}").as_bytes(), b"v", SetOptions::default(), T0)
+            .unwrap();
+    }
+    assert_eq!(s.flush(), 1000);
+    let stats = s.stats();
+    assert_eq!((stats.keys, stats.used_bytes), (0, 0));
+    assert_eq!(value(&s, b"k1", T0), None);
+}
+
+#[test]
+fn slots_are_reused_and_the_shard_compacts_after_mass_deletion() {
+    let s = Store::new(StoreConfig {
+        shards: 1,
+        ..StoreConfig::default()
+    });
+    let ttl = SetOptions {
+        ttl_ms: Some(1),
+        ..SetOptions::default()
+    };
+    for i in 0..5000 {
+        s.set(format!("k{i}").as_bytes(), b"v", ttl, T0).unwrap();
+    }
+    s.set(b"keep", b"v", SetOptions::default(), T0).unwrap();
+    assert_eq!(s.reclaim_expired(T0 + 1, 10_000), 5000);
+    assert_eq!(value(&s, b"keep", T0 + 1).as_deref(), Some(&b"v"[..]));
+    for i in 0..10 {
+        s.set(
+            format!("n{i}").as_bytes(),
+            b"v",
+            SetOptions::default(),
+            T0 + 1,
+        )
+        .unwrap();
+    }
+    assert_eq!(s.stats().keys, 11);
+    assert_eq!(
+        s.stats().used_bytes as usize,
+        11 * charge(2, 1) + charge(4, 1) - charge(2, 1)
+    );
+}
+
+mod model {
+    //! The store against a `HashMap` model, with TTLs and a moving clock.
+
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Set(u8, u8, Option<u8>),
+        Get(u8),
+        Delete(u8),
+        Incr(u8, i8),
+        Expire(u8, u8),
+        Persist(u8),
+        Tick(u8),
+        Reclaim,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let key = 0u8..8;
+        prop_oneof![
+            (key.clone(), any::<u8>(), proptest::option::of(1u8..20))
+                .prop_map(|(k, v, t)| Op::Set(k, v, t)),
+            key.clone().prop_map(Op::Get),
+            key.clone().prop_map(Op::Delete),
+            (key.clone(), any::<i8>()).prop_map(|(k, d)| Op::Incr(k, d)),
+            (key.clone(), 1u8..20).prop_map(|(k, t)| Op::Expire(k, t)),
+            key.prop_map(Op::Persist),
+            (0u8..10).prop_map(Op::Tick),
+            Just(Op::Reclaim),
+        ]
+    }
+
+    /// value, expires_at
+    type Model = HashMap<Vec<u8>, (Vec<u8>, Option<u64>)>;
+
+    fn live<'a>(model: &'a Model, key: &[u8], now: u64) -> Option<&'a (Vec<u8>, Option<u64>)> {
+        model
+            .get(key)
+            .filter(|(_, at)| at.is_none_or(|at| at > now))
+    }
+
+    proptest! {
+        #[test]
+        fn store_matches_a_hashmap_model(ops in proptest::collection::vec(op(), 1..200)) {
+            let s = Store::new(StoreConfig { shards: 2, ..StoreConfig::default() });
+            let mut model = Model::new();
+            let mut now = T0;
+            for op in ops {
+                match op {
+                    Op::Set(k, v, ttl) => {
+                        let opts = SetOptions { ttl_ms: ttl.map(u64::from), ..SetOptions::default() };
+                        s.set(&[k], &[v], opts, now).unwrap();
+                        model.insert(vec![k], (vec![v], ttl.map(|t| now + u64::from(t))));
+                    }
+                    Op::Get(k) => {
+                        let got = value(&s, &[k], now).map(|b| b.to_vec());
+                        prop_assert_eq!(got, live(&model, &[k], now).map(|(v, _)| v.clone()));
+                    }
+                    Op::Delete(k) => {
+                        let expected = live(&model, &[k], now).is_some();
+                        model.remove(&[k][..]);
+                        prop_assert_eq!(s.delete(&[k], now).unwrap(), expected);
+                    }
+                    Op::Incr(k, d) => {
+                        let current = live(&model, &[k], now).cloned();
+                        let result = s.incr(&[k], i64::from(d), None, now);
+                        match current {
+                            None => {
+                                prop_assert_eq!(result.unwrap().0, i64::from(d));
+                                model.insert(vec![k], (d.to_string().into_bytes(), None));
+                            }
+                            Some((v, at)) => match std::str::from_utf8(&v).ok().and_then(|t| t.parse::<i64>().ok()) {
+                                Some(n) if !v.starts_with(b"+") => {
+                                    prop_assert_eq!(result.unwrap().0, n + i64::from(d));
+                                    model.insert(vec![k], ((n + i64::from(d)).to_string().into_bytes(), at));
+                                }
+                                _ => prop_assert_eq!(result.unwrap_err(), StoreError::NotAnInteger),
+                            },
+                        }
+                    }
+                    Op::Expire(k, t) => {
+                        let updated = s.set_ttl(&[k], Some(u64::from(t)), now).unwrap().is_some();
+                        let exists = live(&model, &[k], now).is_some();
+                        prop_assert_eq!(updated, exists);
+                        if exists {
+                            model.get_mut(&[k][..]).unwrap().1 = Some(now + u64::from(t));
+                        }
+                    }
+                    Op::Persist(k) => {
+                        let updated = s.set_ttl(&[k], None, now).unwrap().is_some();
+                        let had_ttl = live(&model, &[k], now).is_some_and(|(_, at)| at.is_some());
+                        prop_assert_eq!(updated, had_ttl);
+                        if had_ttl {
+                            model.get_mut(&[k][..]).unwrap().1 = None;
+                        }
+                    }
+                    Op::Tick(ms) => now += u64::from(ms),
+                    Op::Reclaim => {
+                        s.reclaim_expired(now, usize::MAX);
+                        model.retain(|_, (_, at)| at.is_none_or(|at| at > now));
+                        prop_assert_eq!(s.stats().keys as usize, model.len());
+                    }
+                }
+                let expected_bytes: usize = model.iter().map(|(k, (v, _))| charge(k.len(), v.len())).sum();
+                prop_assert_eq!(s.stats().used_bytes as usize, expected_bytes);
+            }
+        }
+    }
+}
