@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure()
         .bytes(".")
+        .build_transport(false)
         .file_descriptor_set_path(out_dir.join("ringcache_descriptor.bin"))
         .compile_with_config(config, &protos, &["proto"])?;
     Ok(())

@@ -17,3 +17,63 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ring
 
 /// gRPC metadata key carrying the current version of a key when compare-and-set fails.
 pub const CURRENT_VERSION_METADATA: &str = "ringcache-current-version";
+
+/// A stable 64-bit digest of a member list (FNV-1a over a length-prefixed encoding of every field,
+/// members sorted by node id), so equal member lists give equal digests on every machine and Rust
+/// version. The value is part of the wire contract: changing it makes every client refresh.
+pub fn topology_digest(members: &[v1::Member]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    fn feed(mut hash: u64, bytes: &[u8]) -> u64 {
+        for byte in bytes {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(PRIME);
+        }
+        hash
+    }
+    fn feed_str(hash: u64, s: &str) -> u64 {
+        feed(feed(hash, &(s.len() as u64).to_le_bytes()), s.as_bytes())
+    }
+    let mut sorted: Vec<&v1::Member> = members.iter().collect();
+    sorted.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    let mut hash = feed(OFFSET, &(sorted.len() as u64).to_le_bytes());
+    for member in sorted {
+        hash = feed_str(hash, &member.node_id);
+        hash = feed(hash, &member.incarnation.to_le_bytes());
+        hash = feed(hash, &member.state.to_le_bytes());
+        hash = feed(hash, &member.weight.to_le_bytes());
+        hash = feed_str(hash, &member.grpc_addr);
+        hash = feed_str(hash, &member.gossip_addr);
+        hash = feed_str(hash, &member.http_addr);
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str) -> v1::Member {
+        v1::Member {
+            node_id: id.to_owned(),
+            incarnation: 1,
+            state: v1::NodeState::Active as i32,
+            weight: 1,
+            grpc_addr: format!("{id}:7379"),
+            gossip_addr: format!("{id}:7380"),
+            http_addr: format!("{id}:7381"),
+        }
+    }
+
+    #[test]
+    fn digest_is_pinned_and_independent_of_member_order() {
+        let a = [member("10.0.0.1"), member("10.0.0.2")];
+        let b = [member("10.0.0.2"), member("10.0.0.1")];
+        assert_eq!(topology_digest(&a), topology_digest(&b));
+        // Pinned: a change here is a wire-contract change.
+        assert_eq!(topology_digest(&[]), 0xa8c7_f832_281a_39c5);
+        let mut changed = a.clone();
+        changed[1].incarnation = 2;
+        assert_ne!(topology_digest(&a), topology_digest(&changed));
+    }
+}

@@ -1,4 +1,16 @@
 //! `ringcached`, one node of a ringcache cluster, as a library: the binary and the tests start
 //! nodes through [`node::Node`].
+//!
+//! Map: [`store`] is the local engine (no I/O); [`api`] adapts it to gRPC; [`node`] wires the
+//! store, [`metrics`], the HTTP endpoint and the gRPC services together; [`config`] is parsed once.
 
+pub mod api;
+pub mod clock;
+pub mod config;
+mod http;
+pub mod metrics;
+pub mod node;
 pub mod store;
+
+pub use config::Config;
+pub use node::{Listeners, Node};

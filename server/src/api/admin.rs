@@ -1,0 +1,46 @@
+//! The `Admin` service: operator actions on one node.
+
+use std::sync::Arc;
+
+use ringcache_proto::v1::{self, admin_server::Admin};
+use tonic::{Request, Response, Status};
+
+use crate::node::Node;
+
+/// The `ringcache.v1.Admin` gRPC service.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    node: Arc<Node>,
+}
+
+impl AdminService {
+    /// A service acting on `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    /// A node alone has no one to hand its data to: leaving means a graceful shutdown (in-flight
+    /// requests finish, then the process exits). Hand-off to ring neighbours comes with replication.
+    async fn leave(
+        &self,
+        _: Request<v1::LeaveRequest>,
+    ) -> Result<Response<v1::LeaveResponse>, Status> {
+        tracing::info!("leave requested over the admin API");
+        self.node.leave();
+        Ok(Response::new(v1::LeaveResponse {
+            state: v1::NodeState::Leaving.as_str_name().to_owned(),
+        }))
+    }
+
+    async fn flush(
+        &self,
+        _: Request<v1::FlushRequest>,
+    ) -> Result<Response<v1::FlushResponse>, Status> {
+        let removed = self.node.store().flush();
+        tracing::info!(removed, "flushed over the admin API");
+        Ok(Response::new(v1::FlushResponse { removed }))
+    }
+}

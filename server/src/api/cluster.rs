@@ -1,0 +1,85 @@
+//! The `Cluster` service: topology and node information.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use ringcache_proto::v1::{self, cluster_server::Cluster};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status};
+
+use crate::node::Node;
+
+/// The `ringcache.v1.Cluster` gRPC service.
+#[derive(Debug, Clone)]
+pub struct ClusterService {
+    node: Arc<Node>,
+}
+
+impl ClusterService {
+    /// A service answering for `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+type TopologyStream = Pin<Box<dyn Stream<Item = Result<v1::Topology, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn get_topology(
+        &self,
+        _: Request<v1::GetTopologyRequest>,
+    ) -> Result<Response<v1::Topology>, Status> {
+        Ok(Response::new(self.node.topology()))
+    }
+
+    type WatchTopologyStream = TopologyStream;
+
+    async fn watch_topology(
+        &self,
+        _: Request<v1::WatchTopologyRequest>,
+    ) -> Result<Response<Self::WatchTopologyStream>, Status> {
+        // Ends when the node shuts down (so a graceful shutdown never waits on a watcher) or when
+        // the client goes away (the send fails).
+        let (tx, rx) = mpsc::channel(4);
+        let mut topology = self.node.watch_topology();
+        let shutdown = self.node.shutdown_token().clone();
+        tokio::spawn(async move {
+            loop {
+                let current = topology.borrow_and_update().clone();
+                if tx.send(Ok(current)).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tx.closed() => return,
+                    changed = topology.changed() => if changed.is_err() { return },
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn node_info(
+        &self,
+        _: Request<v1::NodeInfoRequest>,
+    ) -> Result<Response<v1::NodeInfoResponse>, Status> {
+        let node = &self.node;
+        let stats = node.store().stats();
+        Ok(Response::new(v1::NodeInfoResponse {
+            node_id: node.config().node_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_seconds: node.uptime().as_secs(),
+            keys: stats.keys,
+            memory_used_bytes: stats.used_bytes,
+            max_memory_bytes: node.config().store.max_memory_bytes as u64,
+            hits: stats.hits,
+            misses: stats.misses,
+            evictions: stats.evictions,
+            expirations: stats.expirations,
+            eviction_policy: node.config().store.eviction.as_str().to_owned(),
+            state: node.state() as i32,
+        }))
+    }
+}

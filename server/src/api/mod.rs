@@ -1,0 +1,13 @@
+//! gRPC adapters: they convert wire messages to store calls and back, record metrics, and map
+//! errors to `tonic::Status` in one place ([`status`]).
+//!
+//! **Invariant:** only this module knows `tonic::Status`; the store and the node speak typed errors.
+
+mod admin;
+mod cache;
+mod cluster;
+pub mod status;
+
+pub use admin::AdminService;
+pub use cache::CacheService;
+pub use cluster::ClusterService;

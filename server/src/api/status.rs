@@ -1,0 +1,148 @@
+//! The one mapping from ringcache errors to gRPC status codes (DESIGN §5).
+
+use ringcache_proto::CURRENT_VERSION_METADATA;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+use crate::metrics::Outcome;
+use crate::store::StoreError;
+
+/// Why a request failed before or inside the store.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The store refused it.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The request itself is malformed (unknown enum value, too many keys, ...).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ApiError {
+    /// The `result` label of the request metric.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            ApiError::Invalid(_) => Outcome::InvalidArgument,
+            ApiError::Store(e) => match e {
+                StoreError::CasConflict { .. } => Outcome::Conflict,
+                StoreError::MemoryFull { .. } => Outcome::MemoryFull,
+                StoreError::EmptyKey
+                | StoreError::KeyTooLarge { .. }
+                | StoreError::ValueTooLarge { .. }
+                | StoreError::InvalidTtl { .. }
+                | StoreError::NotAnInteger
+                | StoreError::Overflow { .. } => Outcome::InvalidArgument,
+            },
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Self {
+        let message = error.to_string();
+        match error {
+            ApiError::Invalid(_) => Status::invalid_argument(message),
+            ApiError::Store(e) => match e {
+                StoreError::EmptyKey
+                | StoreError::KeyTooLarge { .. }
+                | StoreError::ValueTooLarge { .. }
+                | StoreError::InvalidTtl { .. }
+                | StoreError::NotAnInteger => Status::invalid_argument(message),
+                StoreError::Overflow { .. } => Status::out_of_range(message),
+                StoreError::MemoryFull { .. } => Status::resource_exhausted(message),
+                StoreError::CasConflict { current, .. } => {
+                    let mut status = Status::new(Code::FailedPrecondition, message);
+                    if let Some(version) = current {
+                        status
+                            .metadata_mut()
+                            .insert(CURRENT_VERSION_METADATA, MetadataValue::from(version));
+                    }
+                    status
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::EvictionPolicy;
+
+    #[test]
+    fn every_store_error_gets_its_documented_code() {
+        let cases = [
+            (StoreError::EmptyKey, Code::InvalidArgument),
+            (
+                StoreError::KeyTooLarge { len: 9, max: 8 },
+                Code::InvalidArgument,
+            ),
+            (
+                StoreError::ValueTooLarge { len: 9, max: 8 },
+                Code::InvalidArgument,
+            ),
+            (
+                StoreError::InvalidTtl {
+                    ttl_ms: 0,
+                    max_ttl_ms: 5,
+                },
+                Code::InvalidArgument,
+            ),
+            (StoreError::NotAnInteger, Code::InvalidArgument),
+            (
+                StoreError::Overflow {
+                    current: 1,
+                    delta: 2,
+                },
+                Code::OutOfRange,
+            ),
+            (
+                StoreError::CasConflict {
+                    expected: 1,
+                    current: None,
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                StoreError::MemoryFull {
+                    needed: 1,
+                    used: 2,
+                    max: 2,
+                    policy: EvictionPolicy::NoEviction,
+                },
+                Code::ResourceExhausted,
+            ),
+        ];
+        for (error, code) in cases {
+            let status = Status::from(ApiError::from(error.clone()));
+            assert_eq!(status.code(), code, "{error}");
+            assert_eq!(status.message(), error.to_string());
+        }
+        assert_eq!(
+            Status::from(ApiError::Invalid("x".into())).code(),
+            Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn cas_conflict_carries_the_current_version() {
+        let status = Status::from(ApiError::from(StoreError::CasConflict {
+            expected: 1,
+            current: Some(42),
+        }));
+        assert_eq!(
+            status
+                .metadata()
+                .get(CURRENT_VERSION_METADATA)
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            "42"
+        );
+        let absent = Status::from(ApiError::from(StoreError::CasConflict {
+            expected: 1,
+            current: None,
+        }));
+        assert!(absent.metadata().get(CURRENT_VERSION_METADATA).is_none());
+    }
+}

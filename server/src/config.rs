@@ -1,0 +1,560 @@
+//! The node's configuration: one [`Config`], layered once at start-up as
+//! flags > `RINGCACHE_*` environment > TOML file (`--config`) > defaults, then validated.
+//!
+//! Sizes accept human units (`512MiB`, `8KiB`, `1GB`, or a plain number of bytes) and durations
+//! humantime syntax (`100ms`, `30s`, `10years`). No field can be changed while the node runs.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+
+use crate::store::{EvictionPolicy, StoreConfig};
+
+/// Default gRPC port (clients and nodes).
+pub const DEFAULT_GRPC_PORT: u16 = 7379;
+/// Default gossip port (UDP).
+pub const DEFAULT_GOSSIP_PORT: u16 = 7380;
+/// Default HTTP port (`/metrics`, `/health/*`).
+pub const DEFAULT_HTTP_PORT: u16 = 7381;
+
+/// `ringcached` command line. Every flag can also be set by the environment variable shown, or by
+/// the key of the same name (with `_` for `-`) in the `--config` TOML file.
+#[derive(Debug, Default, Parser)]
+#[command(name = "ringcached", version, about = "A ringcache node: distributed in-memory cache", long_about = None)]
+pub struct Cli {
+    /// TOML config file; flags and environment variables override its values.
+    #[arg(long, env = "RINGCACHE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Unique, stable id of this node [default: BIND:GOSSIP_PORT].
+    #[arg(long, env = "RINGCACHE_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Address every port binds to. Use 127.0.0.2, 127.0.0.3… for local clusters on default ports
+    /// [default: 127.0.0.1].
+    #[arg(long, env = "RINGCACHE_BIND", value_name = "IP")]
+    pub bind: Option<IpAddr>,
+    /// gRPC port for clients and nodes; 0 picks a free port [default: 7379].
+    #[arg(long, env = "RINGCACHE_GRPC_PORT", value_name = "PORT")]
+    pub grpc_port: Option<u16>,
+    /// Gossip (UDP) port for membership [default: 7380].
+    #[arg(long, env = "RINGCACHE_GOSSIP_PORT", value_name = "PORT")]
+    pub gossip_port: Option<u16>,
+    /// HTTP port for /metrics, /health/live and /health/ready; 0 picks a free port [default: 7381].
+    #[arg(long, env = "RINGCACHE_HTTP_PORT", value_name = "PORT")]
+    pub http_port: Option<u16>,
+    /// Gossip addresses (host:port) of nodes to join through, comma-separated [default: none, a
+    /// new cluster]. Cluster membership arrives with the gossip layer; a single node ignores it.
+    #[arg(
+        long,
+        env = "RINGCACHE_SEEDS",
+        value_name = "HOST:PORT,...",
+        value_delimiter = ','
+    )]
+    pub seeds: Option<Vec<String>>,
+    /// Copies of each key (R), capped at the number of active nodes [default: 3].
+    #[arg(long, env = "RINGCACHE_REPLICATION_FACTOR", value_name = "R")]
+    pub replication_factor: Option<NonZeroU32>,
+    /// Memory for keys, values and their metadata, e.g. 512MiB [default: 1GiB].
+    #[arg(long, env = "RINGCACHE_MAX_MEMORY", value_name = "SIZE")]
+    pub max_memory: Option<ByteSize>,
+    /// What a write does when max-memory is reached: `clock` evicts entries not used recently,
+    /// `noeviction` fails the write with RESOURCE_EXHAUSTED [default: clock].
+    #[arg(long, env = "RINGCACHE_EVICTION_POLICY", value_name = "POLICY")]
+    pub eviction_policy: Option<EvictionPolicyArg>,
+    /// Longest key accepted [default: 8KiB].
+    #[arg(long, env = "RINGCACHE_MAX_KEY_BYTES", value_name = "SIZE")]
+    pub max_key_bytes: Option<ByteSize>,
+    /// Longest value accepted [default: 4MiB].
+    #[arg(long, env = "RINGCACHE_MAX_VALUE_BYTES", value_name = "SIZE")]
+    pub max_value_bytes: Option<ByteSize>,
+    /// Largest gRPC message accepted or sent; must fit one key and value [default: 8MiB + 64KiB
+    /// headroom, or max-value-bytes + max-key-bytes + 64KiB if larger].
+    #[arg(long, env = "RINGCACHE_MAX_MESSAGE_BYTES", value_name = "SIZE")]
+    pub max_message_bytes: Option<ByteSize>,
+    /// Most keys in one MGet/MSet/MDelete request [default: 1000].
+    #[arg(long, env = "RINGCACHE_MAX_BATCH_KEYS", value_name = "N")]
+    pub max_batch_keys: Option<usize>,
+    /// Longest TTL accepted [default: 10years].
+    #[arg(long, env = "RINGCACHE_MAX_TTL", value_name = "DURATION")]
+    pub max_ttl: Option<HumanDuration>,
+    /// Store shards (lock stripes), rounded up to a power of two [default: 64].
+    #[arg(long, env = "RINGCACHE_SHARDS", value_name = "N")]
+    pub shards: Option<usize>,
+    /// How often expired keys are reclaimed in the background [default: 100ms].
+    #[arg(long, env = "RINGCACHE_EXPIRY_INTERVAL", value_name = "DURATION")]
+    pub expiry_interval: Option<HumanDuration>,
+    /// Longest wait for in-flight requests at shutdown before the node exits anyway [default: 10s].
+    #[arg(long, env = "RINGCACHE_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
+    pub shutdown_timeout: Option<HumanDuration>,
+    /// Tokio worker threads [default: number of CPUs].
+    #[arg(long, env = "RINGCACHE_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
+    /// Log format; the level comes from RUST_LOG (e.g. `info`, `ringcache_server=debug`)
+    /// [default: text].
+    #[arg(long, env = "RINGCACHE_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Eviction policy as written in flags and files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvictionPolicyArg {
+    /// Evict entries not used recently.
+    Clock,
+    /// Refuse writes when memory is full.
+    Noeviction,
+}
+
+impl From<EvictionPolicyArg> for EvictionPolicy {
+    fn from(arg: EvictionPolicyArg) -> Self {
+        match arg {
+            EvictionPolicyArg::Clock => Self::Clock,
+            EvictionPolicyArg::Noeviction => Self::NoEviction,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A byte count written with optional units (`512MiB`, `4 KiB`, `1GB`, `1024`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parsed: bytesize::ByteSize = s.trim().parse().map_err(|e| {
+            format!("invalid size {s:?} ({e}); use e.g. 512MiB, 8KiB or a number of bytes")
+        })?;
+        Ok(Self(parsed.as_u64()))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => Ok(Self(n)),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A duration in humantime syntax (`100ms`, `30s`, `5m`, `10years`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s.trim())
+            .map(Self)
+            .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. 100ms, 30s or 5m"))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The `--config` TOML file: the same keys as the flags, with `_` for `-`. Unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<String>,
+    bind: Option<IpAddr>,
+    grpc_port: Option<u16>,
+    gossip_port: Option<u16>,
+    http_port: Option<u16>,
+    seeds: Option<Vec<String>>,
+    replication_factor: Option<NonZeroU32>,
+    max_memory: Option<ByteSize>,
+    eviction_policy: Option<EvictionPolicyArg>,
+    max_key_bytes: Option<ByteSize>,
+    max_value_bytes: Option<ByteSize>,
+    max_message_bytes: Option<ByteSize>,
+    max_batch_keys: Option<usize>,
+    max_ttl: Option<HumanDuration>,
+    shards: Option<usize>,
+    expiry_interval: Option<HumanDuration>,
+    shutdown_timeout: Option<HumanDuration>,
+    workers: Option<usize>,
+    log_format: Option<LogFormat>,
+}
+
+/// Everything a node runs with, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Unique, stable node id.
+    pub node_id: String,
+    /// Address all ports bind to.
+    pub bind: IpAddr,
+    /// gRPC port (0: any free port).
+    pub grpc_port: u16,
+    /// Gossip port.
+    pub gossip_port: u16,
+    /// HTTP port (0: any free port).
+    pub http_port: u16,
+    /// Gossip addresses to join through.
+    pub seeds: Vec<String>,
+    /// Copies of each key.
+    pub replication_factor: NonZeroU32,
+    /// The local engine's limits.
+    pub store: StoreConfig,
+    /// Largest gRPC message in either direction, in bytes.
+    pub max_message_bytes: usize,
+    /// Most keys in one multi-key request.
+    pub max_batch_keys: usize,
+    /// Period of the background expiry task.
+    pub expiry_interval: Duration,
+    /// Longest wait for in-flight requests at shutdown.
+    pub shutdown_timeout: Duration,
+    /// Tokio worker threads; `None` for one per CPU.
+    pub workers: Option<usize>,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// Headroom over key + value for the rest of a gRPC message.
+const MESSAGE_HEADROOM: u64 = 64 * 1024;
+
+impl Config {
+    /// Layers flags, environment (already merged into `cli` by clap), the TOML file and defaults,
+    /// then validates.
+    pub fn load(cli: Cli) -> anyhow::Result<Self> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::layer(cli, file)
+    }
+
+    fn layer(cli: Cli, file: FileConfig) -> anyhow::Result<Self> {
+        let defaults = StoreConfig::default();
+        let bind = cli
+            .bind
+            .or(file.bind)
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let gossip_port = cli
+            .gossip_port
+            .or(file.gossip_port)
+            .unwrap_or(DEFAULT_GOSSIP_PORT);
+        let node_id = cli
+            .node_id
+            .or(file.node_id)
+            .unwrap_or_else(|| SocketAddr::new(bind, gossip_port).to_string());
+        let max_key_bytes = cli
+            .max_key_bytes
+            .or(file.max_key_bytes)
+            .map_or(defaults.max_key_bytes as u64, |b| b.0);
+        let max_value_bytes = cli
+            .max_value_bytes
+            .or(file.max_value_bytes)
+            .map_or(defaults.max_value_bytes as u64, |b| b.0);
+        let default_message = (8 * 1024 * 1024 + MESSAGE_HEADROOM)
+            .max(max_key_bytes + max_value_bytes + MESSAGE_HEADROOM);
+        let config = Self {
+            node_id,
+            bind,
+            grpc_port: cli
+                .grpc_port
+                .or(file.grpc_port)
+                .unwrap_or(DEFAULT_GRPC_PORT),
+            gossip_port,
+            http_port: cli
+                .http_port
+                .or(file.http_port)
+                .unwrap_or(DEFAULT_HTTP_PORT),
+            seeds: cli.seeds.or(file.seeds).unwrap_or_default(),
+            replication_factor: cli
+                .replication_factor
+                .or(file.replication_factor)
+                .unwrap_or(NonZeroU32::new(3).expect("3 is not zero")),
+            store: StoreConfig {
+                max_memory_bytes: to_usize(
+                    "max_memory",
+                    cli.max_memory.or(file.max_memory).map(|b| b.0),
+                )?
+                .unwrap_or(defaults.max_memory_bytes),
+                eviction: cli
+                    .eviction_policy
+                    .or(file.eviction_policy)
+                    .map_or(defaults.eviction, EvictionPolicy::from),
+                max_key_bytes: to_usize("max_key_bytes", Some(max_key_bytes))?.unwrap_or_default(),
+                max_value_bytes: to_usize("max_value_bytes", Some(max_value_bytes))?
+                    .unwrap_or_default(),
+                max_ttl_ms: cli
+                    .max_ttl
+                    .or(file.max_ttl)
+                    .map_or(defaults.max_ttl_ms, |d| {
+                        d.0.as_millis().try_into().unwrap_or(u64::MAX)
+                    }),
+                shards: cli.shards.or(file.shards).unwrap_or(defaults.shards),
+            },
+            max_message_bytes: to_usize(
+                "max_message_bytes",
+                Some(
+                    cli.max_message_bytes
+                        .or(file.max_message_bytes)
+                        .map_or(default_message, |b| b.0),
+                ),
+            )?
+            .unwrap_or_default(),
+            max_batch_keys: cli.max_batch_keys.or(file.max_batch_keys).unwrap_or(1000),
+            expiry_interval: cli
+                .expiry_interval
+                .or(file.expiry_interval)
+                .map_or(Duration::from_millis(100), |d| d.0),
+            shutdown_timeout: cli
+                .shutdown_timeout
+                .or(file.shutdown_timeout)
+                .map_or(Duration::from_secs(10), |d| d.0),
+            workers: cli.workers.or(file.workers),
+            log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the relations between fields; the error names the offending key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.node_id.trim().is_empty() {
+            bail!("node_id must not be empty");
+        }
+        if self.store.max_key_bytes == 0 || self.store.max_key_bytes > u32::MAX as usize {
+            bail!(
+                "max_key_bytes must be between 1 and 4GiB, got {}",
+                self.store.max_key_bytes
+            );
+        }
+        let min_memory = 64 * 1024;
+        if self.store.max_memory_bytes < min_memory {
+            bail!(
+                "max_memory must be at least 64KiB, got {} bytes",
+                self.store.max_memory_bytes
+            );
+        }
+        let item = self.store.max_key_bytes + self.store.max_value_bytes;
+        if self.max_message_bytes < item + 1024 {
+            bail!(
+                "max_message_bytes ({}) must exceed max_key_bytes + max_value_bytes ({item}) by at least 1KiB",
+                self.max_message_bytes
+            );
+        }
+        if self.max_batch_keys == 0 {
+            bail!("max_batch_keys must be at least 1");
+        }
+        if self.store.max_ttl_ms == 0 {
+            bail!("max_ttl must be at least 1ms");
+        }
+        if self.store.shards == 0 || self.store.shards > 1 << 16 {
+            bail!(
+                "shards must be between 1 and 65536, got {}",
+                self.store.shards
+            );
+        }
+        if self.expiry_interval.is_zero() {
+            bail!("expiry_interval must be greater than zero");
+        }
+        if self.workers == Some(0) {
+            bail!("workers must be at least 1");
+        }
+        let ports = [
+            ("grpc_port", self.grpc_port),
+            ("gossip_port", self.gossip_port),
+            ("http_port", self.http_port),
+        ];
+        for (i, (name_a, a)) in ports.iter().enumerate() {
+            for (name_b, b) in &ports[i + 1..] {
+                if *a != 0 && a == b {
+                    bail!("{name_a} and {name_b} are both {a}; each port must differ");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A config for tests: loopback, free ports (0), small memory, defaults otherwise.
+    pub fn for_test() -> Self {
+        Self::layer(
+            Cli {
+                grpc_port: Some(0),
+                http_port: Some(0),
+                max_memory: Some(ByteSize(64 * 1024 * 1024)),
+                shards: Some(8),
+                node_id: Some("test-node".to_owned()),
+                ..Cli::default()
+            },
+            FileConfig::default(),
+        )
+        .expect("the test config is valid")
+    }
+
+    /// Where the gRPC listener binds.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind, self.grpc_port)
+    }
+
+    /// Where the HTTP listener binds.
+    pub fn http_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind, self.http_port)
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+fn to_usize(name: &str, value: Option<u64>) -> anyhow::Result<Option<usize>> {
+    value
+        .map(|v| {
+            usize::try_from(v)
+                .with_context(|| format!("{name} of {v} bytes is too large for this machine"))
+        })
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("ringcached").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults_start_a_loopback_node_on_the_standard_ports() {
+        let config = Config::layer(Cli::default(), FileConfig::default()).unwrap();
+        assert_eq!(config.grpc_addr().to_string(), "127.0.0.1:7379");
+        assert_eq!(config.http_addr().to_string(), "127.0.0.1:7381");
+        assert_eq!(config.gossip_port, 7380);
+        assert_eq!(config.node_id, "127.0.0.1:7380");
+        assert_eq!(config.store.max_key_bytes, 8 * 1024);
+        assert_eq!(config.store.max_value_bytes, 4 * 1024 * 1024);
+        assert_eq!(config.store.max_memory_bytes, 1 << 30);
+        assert_eq!(config.replication_factor.get(), 3);
+        assert!(
+            config.max_message_bytes > config.store.max_value_bytes + config.store.max_key_bytes
+        );
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            bind = "127.0.0.2"
+            grpc_port = 9000
+            http_port = 9001
+            max_memory = "256MiB"
+            max_value_bytes = 1024
+            eviction_policy = "noeviction"
+            expiry_interval = "250ms"
+            seeds = ["127.0.0.3:7380"]
+            "#,
+        )
+        .unwrap();
+        let cli = parse(&[
+            "--grpc-port",
+            "9100",
+            "--max-memory",
+            "2GiB",
+            "--seeds",
+            "a:1,b:2",
+        ]);
+        let config = Config::layer(cli, file).unwrap();
+        assert_eq!(config.grpc_port, 9100, "flag wins");
+        assert_eq!(config.http_port, 9001, "file wins over default");
+        assert_eq!(config.bind.to_string(), "127.0.0.2");
+        assert_eq!(config.node_id, "127.0.0.2:7380");
+        assert_eq!(config.store.max_memory_bytes, 2 * 1024 * 1024 * 1024);
+        assert_eq!(config.store.max_value_bytes, 1024);
+        assert_eq!(config.store.eviction, EvictionPolicy::NoEviction);
+        assert_eq!(config.expiry_interval, Duration::from_millis(250));
+        assert_eq!(config.seeds, ["a:1", "b:2"]);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key_named() {
+        let err = |cli: Cli| {
+            Config::layer(cli, FileConfig::default())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(parse(&["--max-memory", "1KiB"])).contains("max_memory"));
+        assert!(err(parse(&["--max-batch-keys", "0"])).contains("max_batch_keys"));
+        assert!(err(parse(&["--max-key-bytes", "0"])).contains("max_key_bytes"));
+        assert!(err(parse(&["--grpc-port", "7381"])).contains("grpc_port and http_port"));
+        assert!(
+            err(parse(&[
+                "--max-value-bytes",
+                "16MiB",
+                "--max-message-bytes",
+                "16MiB"
+            ]))
+            .contains("max_message_bytes")
+        );
+        assert!(Cli::try_parse_from(["ringcached", "--max-memory", "lots"]).is_err());
+        assert!(Cli::try_parse_from(["ringcached", "--eviction-policy", "lru"]).is_err());
+        assert!(
+            toml::from_str::<FileConfig>("max_memroy = 5").is_err(),
+            "typos in files are errors"
+        );
+    }
+
+    #[test]
+    fn a_larger_value_limit_raises_the_message_limit() {
+        let config = Config::layer(
+            parse(&["--max-value-bytes", "32MiB"]),
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert!(config.max_message_bytes >= 32 * 1024 * 1024 + 8 * 1024 + 1024);
+    }
+
+    #[test]
+    fn help_documents_every_design_flag() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        for flag in [
+            "--node-id",
+            "--bind",
+            "--grpc-port",
+            "--gossip-port",
+            "--http-port",
+            "--seeds",
+            "--replication-factor",
+            "--max-memory",
+            "--config",
+        ] {
+            assert!(help.contains(flag), "{flag} missing from --help");
+        }
+        assert!(help.contains("RINGCACHE_MAX_MEMORY"));
+    }
+}

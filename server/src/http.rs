@@ -1,0 +1,52 @@
+//! The HTTP endpoint: Prometheus `/metrics`, `/health/live` and `/health/ready`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::node::Node;
+
+/// Serves until the node shuts down.
+pub(crate) async fn serve(node: Arc<Node>, listener: TcpListener) {
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .with_state(node.clone());
+    let shutdown = node.shutdown_token().clone().cancelled_owned();
+    if let Err(error) = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(%error, "the HTTP server failed");
+    }
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let stats = node.store().stats();
+    let body = node
+        .metrics()
+        .render(&stats, node.config().store.max_memory_bytes, node.uptime());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+async fn live() -> impl IntoResponse {
+    (StatusCode::OK, "live\n")
+}
+
+async fn ready(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    if node.is_ready() {
+        (StatusCode::OK, "ready\n".to_owned())
+    } else {
+        let state = node.state().as_str_name();
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {state}\n"),
+        )
+    }
+}

@@ -1,0 +1,333 @@
+//! Prometheus metrics of one node.
+//!
+//! Each node owns its own recorder (no process-global state), so several nodes in one test process
+//! keep separate numbers. Request handlers record through handles registered once at start-up;
+//! store gauges and counters are copied from [`crate::store::StoreStats`] when `/metrics` is scraped.
+//!
+//! Names follow Prometheus conventions: `ringcache_` prefix, `_total` counters, `_seconds`
+//! histograms, `_bytes` gauges; `op` and `result` labels on request metrics.
+
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use crate::store::StoreStats;
+
+/// A Cache operation, as the `op` label names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Op {
+    Get,
+    Set,
+    Delete,
+    MGet,
+    MSet,
+    MDelete,
+    Incr,
+    CompareAndSet,
+    Expire,
+    Persist,
+    Ttl,
+}
+
+impl Op {
+    const ALL: [Op; 11] = [
+        Op::Get,
+        Op::Set,
+        Op::Delete,
+        Op::MGet,
+        Op::MSet,
+        Op::MDelete,
+        Op::Incr,
+        Op::CompareAndSet,
+        Op::Expire,
+        Op::Persist,
+        Op::Ttl,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Set => "set",
+            Op::Delete => "delete",
+            Op::MGet => "mget",
+            Op::MSet => "mset",
+            Op::MDelete => "mdelete",
+            Op::Incr => "incr",
+            Op::CompareAndSet => "compare_and_set",
+            Op::Expire => "expire",
+            Op::Persist => "persist",
+            Op::Ttl => "ttl",
+        }
+    }
+}
+
+/// How a request ended, as the `result` label names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Succeeded (for reads: found).
+    Ok,
+    /// A read that found nothing, or a conditional write that did not apply.
+    Miss,
+    /// Refused: bad input.
+    InvalidArgument,
+    /// Refused: compare-and-set mismatch.
+    Conflict,
+    /// Refused: memory full.
+    MemoryFull,
+    /// Any other error.
+    Error,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 6] = [
+        Outcome::Ok,
+        Outcome::Miss,
+        Outcome::InvalidArgument,
+        Outcome::Conflict,
+        Outcome::MemoryFull,
+        Outcome::Error,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Miss => "miss",
+            Outcome::InvalidArgument => "invalid_argument",
+            Outcome::Conflict => "conflict",
+            Outcome::MemoryFull => "memory_full",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// Latency buckets in seconds: 25 µs to 1 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0,
+];
+
+/// The metrics of one node.
+pub struct Metrics {
+    handle: PrometheusHandle,
+    /// `requests[op][outcome]`.
+    requests: Vec<Vec<Counter>>,
+    latency: Vec<Histogram>,
+    keys: Gauge,
+    memory_used: Gauge,
+    memory_max: Gauge,
+    hits: Counter,
+    misses: Counter,
+    evictions: Counter,
+    expirations: Counter,
+    uptime: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+impl Metrics {
+    /// A fresh set of metrics with its own registry.
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(LATENCY_BUCKETS)
+            .expect("the bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        let counter = |name: &'static str, labels: Vec<Label>| {
+            recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
+        };
+        let gauge =
+            |name: &'static str| recorder.register_gauge(&Key::from_static_name(name), &METADATA);
+
+        describe(
+            &recorder,
+            "ringcache_requests_total",
+            Unit::Count,
+            "Cache requests handled, by operation and result",
+        );
+        describe(
+            &recorder,
+            "ringcache_request_duration_seconds",
+            Unit::Seconds,
+            "Time to handle a Cache request, by operation",
+        );
+        describe(
+            &recorder,
+            "ringcache_keys",
+            Unit::Count,
+            "Keys held by this node (expired keys count until reclaimed)",
+        );
+        describe(
+            &recorder,
+            "ringcache_memory_used_bytes",
+            Unit::Bytes,
+            "Bytes charged to stored entries",
+        );
+        describe(
+            &recorder,
+            "ringcache_memory_max_bytes",
+            Unit::Bytes,
+            "The max_memory limit",
+        );
+        describe(
+            &recorder,
+            "ringcache_hits_total",
+            Unit::Count,
+            "Key reads that found a live key",
+        );
+        describe(
+            &recorder,
+            "ringcache_misses_total",
+            Unit::Count,
+            "Key reads that found nothing",
+        );
+        describe(
+            &recorder,
+            "ringcache_evictions_total",
+            Unit::Count,
+            "Keys evicted to stay under max_memory",
+        );
+        describe(
+            &recorder,
+            "ringcache_expirations_total",
+            Unit::Count,
+            "Keys removed because their TTL ran out",
+        );
+        describe(
+            &recorder,
+            "ringcache_uptime_seconds",
+            Unit::Seconds,
+            "Seconds since the node started",
+        );
+
+        let requests = Op::ALL
+            .iter()
+            .map(|op| {
+                Outcome::ALL
+                    .iter()
+                    .map(|outcome| {
+                        counter(
+                            "ringcache_requests_total",
+                            vec![
+                                Label::new("op", op.as_str()),
+                                Label::new("result", outcome.as_str()),
+                            ],
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let latency = Op::ALL
+            .iter()
+            .map(|op| {
+                recorder.register_histogram(
+                    &Key::from_parts(
+                        "ringcache_request_duration_seconds",
+                        vec![Label::new("op", op.as_str())],
+                    ),
+                    &METADATA,
+                )
+            })
+            .collect();
+        Self {
+            requests,
+            latency,
+            keys: gauge("ringcache_keys"),
+            memory_used: gauge("ringcache_memory_used_bytes"),
+            memory_max: gauge("ringcache_memory_max_bytes"),
+            hits: counter("ringcache_hits_total", vec![]),
+            misses: counter("ringcache_misses_total", vec![]),
+            evictions: counter("ringcache_evictions_total", vec![]),
+            expirations: counter("ringcache_expirations_total", vec![]),
+            uptime: gauge("ringcache_uptime_seconds"),
+            handle,
+        }
+    }
+
+    /// Records one handled request.
+    pub fn record(&self, op: Op, outcome: Outcome, elapsed: Duration) {
+        let op_idx = Op::ALL
+            .iter()
+            .position(|o| *o == op)
+            .expect("every op is listed");
+        let outcome_idx = Outcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .expect("every outcome is listed");
+        self.requests[op_idx][outcome_idx].increment(1);
+        self.latency[op_idx].record(elapsed.as_secs_f64());
+    }
+
+    /// Renders the Prometheus text exposition, after copying in the store's current numbers.
+    pub fn render(&self, stats: &StoreStats, max_memory_bytes: usize, uptime: Duration) -> String {
+        self.keys.set(stats.keys as f64);
+        self.memory_used.set(stats.used_bytes as f64);
+        self.memory_max.set(max_memory_bytes as f64);
+        self.hits.absolute(stats.hits);
+        self.misses.absolute(stats.misses);
+        self.evictions.absolute(stats.evictions);
+        self.expirations.absolute(stats.expirations);
+        self.uptime.set(uptime.as_secs_f64());
+        self.handle.render()
+    }
+
+    /// Folds recorded histogram samples into their buckets; call periodically so memory stays
+    /// bounded between scrapes.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn describe(recorder: &PrometheusRecorder, name: &'static str, unit: Unit, help: &'static str) {
+    recorder.describe_counter(name.into(), Some(unit), help.into());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_names_every_metric_with_labels() {
+        let metrics = Metrics::new();
+        metrics.record(Op::Get, Outcome::Miss, Duration::from_micros(30));
+        metrics.record(Op::Set, Outcome::Ok, Duration::from_micros(80));
+        let stats = StoreStats {
+            keys: 3,
+            used_bytes: 300,
+            hits: 5,
+            misses: 1,
+            evictions: 2,
+            expirations: 4,
+        };
+        let text = metrics.render(&stats, 1024, Duration::from_secs(7));
+        for needle in [
+            r#"ringcache_requests_total{op="get",result="miss"} 1"#,
+            r#"ringcache_requests_total{op="set",result="ok"} 1"#,
+            r#"ringcache_request_duration_seconds_bucket{op="get",le="0.00005"} 1"#,
+            "ringcache_keys 3",
+            "ringcache_memory_used_bytes 300",
+            "ringcache_memory_max_bytes 1024",
+            "ringcache_evictions_total 2",
+            "ringcache_expirations_total 4",
+            "ringcache_hits_total 5",
+            "# HELP ringcache_requests_total",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+    }
+}

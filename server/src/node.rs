@@ -1,0 +1,322 @@
+//! A running node: the store, its metrics and state, and the servers in front of them.
+//!
+//! [`Node::serve`] and [`Node::serve_with_incoming`] take their listeners (or incoming connection
+//! stream) and a shutdown future from the caller, so tests run nodes on port 0 and simulations can
+//! plug in their own network. Shutdown is graceful: new connections stop, in-flight requests and
+//! open topology streams end, background tasks stop; after `shutdown_timeout` the node stops waiting.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ringcache_proto::v1::{
+    self, admin_server::AdminServer, cache_server::CacheServer, cluster_server::ClusterServer,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::{Connected, TcpIncoming};
+
+use crate::api::{AdminService, CacheService, ClusterService};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::http;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Expired entries reclaimed per shard per pass of the expiry task.
+const EXPIRY_BUDGET_PER_SHARD: usize = 256;
+/// Passes the expiry task may run back to back before it yields to the next tick.
+const EXPIRY_MAX_PASSES: usize = 16;
+/// How often recorded histogram samples are folded into buckets.
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// One ringcache node.
+#[derive(Debug)]
+pub struct Node {
+    config: Config,
+    store: Store,
+    metrics: Metrics,
+    clock: Arc<dyn Clock>,
+    started: Instant,
+    incarnation: u64,
+    state: watch::Sender<v1::NodeState>,
+    topology: watch::Sender<v1::Topology>,
+    shutdown: CancellationToken,
+}
+
+/// The listeners a node serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC (Cache, Cluster, Admin, reflection).
+    pub grpc: TcpListener,
+    /// HTTP (`/metrics`, `/health/*`); `None` to serve no HTTP.
+    pub http: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config`.
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let grpc = TcpListener::bind(config.grpc_addr())
+            .await
+            .with_context(|| format!("cannot bind the gRPC port {}", config.grpc_addr()))?;
+        let http = TcpListener::bind(config.http_addr())
+            .await
+            .with_context(|| format!("cannot bind the HTTP port {}", config.http_addr()))?;
+        Ok(Self {
+            grpc,
+            http: Some(http),
+        })
+    }
+}
+
+impl Node {
+    /// A node with the system clock.
+    pub fn new(config: Config) -> Arc<Self> {
+        Self::with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// A node reading time from `clock` (tests drive TTLs with a manual clock).
+    pub fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Arc<Self> {
+        let incarnation = clock.now_ms();
+        let store = Store::new(config.store.clone());
+        let (state, _) = watch::channel(v1::NodeState::Active);
+        let (topology, _) = watch::channel(v1::Topology::default());
+        let node = Arc::new(Self {
+            config,
+            store,
+            metrics: Metrics::new(),
+            clock,
+            started: Instant::now(),
+            incarnation,
+            state,
+            topology,
+            shutdown: CancellationToken::new(),
+        });
+        node.publish_topology(None, None);
+        node
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The local engine.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Unix time in ms from the node's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Time since the node was created.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The node's life-cycle state.
+    pub fn state(&self) -> v1::NodeState {
+        *self.state.borrow()
+    }
+
+    /// Ready to serve: active and not shutting down.
+    pub fn is_ready(&self) -> bool {
+        self.state() == v1::NodeState::Active && !self.shutdown.is_cancelled()
+    }
+
+    /// The current topology.
+    pub fn topology(&self) -> v1::Topology {
+        self.topology.borrow().clone()
+    }
+
+    /// A receiver that sees every new topology.
+    pub fn watch_topology(&self) -> watch::Receiver<v1::Topology> {
+        self.topology.subscribe()
+    }
+
+    /// Cancelled when the node begins shutting down.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Starts a graceful leave: the node turns `Leaving` and shuts down once in-flight requests end.
+    pub fn leave(&self) {
+        self.set_state(v1::NodeState::Leaving);
+        self.shutdown.cancel();
+    }
+
+    fn set_state(&self, state: v1::NodeState) {
+        self.state.send_replace(state);
+        let topology = self.topology();
+        let grpc = topology.members.first().map(|m| m.grpc_addr.clone());
+        let http = topology.members.first().map(|m| m.http_addr.clone());
+        self.publish_topology(grpc, http);
+    }
+
+    /// Publishes the one-member topology of a node alone, with the addresses it really serves on.
+    fn publish_topology(&self, grpc_addr: Option<String>, http_addr: Option<String>) {
+        let config = &self.config;
+        let member = v1::Member {
+            node_id: config.node_id.clone(),
+            incarnation: self.incarnation,
+            state: self.state() as i32,
+            weight: 1,
+            grpc_addr: grpc_addr.unwrap_or_else(|| config.grpc_addr().to_string()),
+            gossip_addr: SocketAddr::new(config.bind, config.gossip_port).to_string(),
+            http_addr: http_addr.unwrap_or_else(|| config.http_addr().to_string()),
+        };
+        let members = vec![member];
+        self.topology.send_replace(v1::Topology {
+            digest: ringcache_proto::topology_digest(&members),
+            members,
+            replication_factor: config.replication_factor.get(),
+            vnodes_per_weight: 0,
+        });
+    }
+
+    /// Serves on bound TCP listeners until `shutdown` completes (or [`Node::leave`] is called).
+    pub async fn serve(
+        self: Arc<Self>,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let grpc_addr = listeners.grpc.local_addr()?;
+        let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+        self.serve_with_incoming(incoming, grpc_addr, listeners.http, shutdown)
+            .await
+    }
+
+    /// Serves gRPC on any stream of connections; `grpc_addr` is the address advertised for it.
+    pub async fn serve_with_incoming<I, IO, IE>(
+        self: Arc<Self>,
+        incoming: I,
+        grpc_addr: SocketAddr,
+        http: Option<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()>
+    where
+        I: Stream<Item = Result<IO, IE>> + Send + 'static,
+        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
+        self.publish_topology(
+            Some(grpc_addr.to_string()),
+            http_addr.map(|a| a.to_string()),
+        );
+        let token = self.shutdown.clone();
+        tokio::spawn({
+            let token = token.clone();
+            async move {
+                tokio::select! {
+                    () = shutdown => {
+                        tracing::info!("shutdown requested");
+                        token.cancel();
+                    }
+                    () = token.cancelled() => {}
+                }
+            }
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(expiry_task(self.clone()));
+        tasks.spawn(metrics_upkeep_task(self.clone()));
+        if let Some(listener) = http {
+            tasks.spawn(http::serve(self.clone(), listener));
+        }
+
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ringcache_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("cannot build the gRPC reflection service")?;
+        let max_message = self.config.max_message_bytes;
+        let cache = CacheServer::new(CacheService::new(self.clone()))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
+        let router = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .add_service(cache)
+            .add_service(ClusterServer::new(ClusterService::new(self.clone())))
+            .add_service(AdminServer::new(AdminService::new(self.clone())))
+            .add_service(reflection);
+        tracing::info!(
+            node_id = %self.config.node_id,
+            grpc = %grpc_addr,
+            http = ?http_addr,
+            max_memory = self.config.store.max_memory_bytes,
+            eviction = self.config.store.eviction.as_str(),
+            "ringcached serving"
+        );
+        let mut server = tokio::spawn(
+            router.serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned()),
+        );
+        let result = tokio::select! {
+            joined = &mut server => Some(joined),
+            () = token.cancelled() => None,
+        };
+        let result = match result {
+            Some(joined) => joined,
+            None => {
+                self.state.send_replace(v1::NodeState::Leaving);
+                match tokio::time::timeout(self.config.shutdown_timeout, &mut server).await {
+                    Ok(joined) => joined,
+                    Err(_) => {
+                        tracing::warn!(timeout = ?self.config.shutdown_timeout, "in-flight requests did not finish in time; stopping anyway");
+                        server.abort();
+                        Ok(Ok(()))
+                    }
+                }
+            }
+        };
+        token.cancel();
+        while tasks.join_next().await.is_some() {}
+        tracing::info!("ringcached stopped");
+        result
+            .context("the gRPC server task failed")?
+            .context("the gRPC server failed")
+    }
+}
+
+/// Reclaims expired entries every `expiry_interval`, in bounded passes, until shutdown.
+async fn expiry_task(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(node.config.expiry_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let full_pass = EXPIRY_BUDGET_PER_SHARD * node.config.store.shards.next_power_of_two();
+    loop {
+        tokio::select! {
+            () = node.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for _ in 0..EXPIRY_MAX_PASSES {
+            let reclaimed = node
+                .store
+                .reclaim_expired(node.now_ms(), EXPIRY_BUDGET_PER_SHARD);
+            if reclaimed < full_pass {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+async fn metrics_upkeep_task(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            () = node.shutdown.cancelled() => return,
+            _ = tick.tick() => node.metrics.run_upkeep(),
+        }
+    }
+}
