@@ -1,1 +1,97 @@
-fn main() {}
+//! Criterion micro-benchmarks of the store: get and set on 1M keys of 14 B with 100 B values.
+//! Run: `cargo bench -p ringcache-bench --bench store`. Results go to BENCHMARKS.md.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ringcache_bench::{IndexSequence, bench_key};
+use ringcache_server::store::{SetOptions, Store, StoreConfig};
+
+const KEYS: u64 = 1_000_000;
+const NOW: u64 = 1_700_000_000_000;
+
+fn loaded_store() -> (Store, Vec<String>) {
+    let store = Store::new(StoreConfig::default());
+    let keys: Vec<String> = (0..KEYS).map(bench_key).collect();
+    let value = [b'x'; 100];
+    for key in &keys {
+        store
+            .set(key.as_bytes(), &value, SetOptions::default(), NOW)
+            .unwrap();
+    }
+    (store, keys)
+}
+
+fn store_benches(c: &mut Criterion) {
+    let (store, keys) = loaded_store();
+    let value = [b'y'; 100];
+    let mut group = c.benchmark_group("store_1m_keys");
+    group.throughput(Throughput::Elements(1));
+
+    let mut seq = IndexSequence::new(1, KEYS);
+    group.bench_function("get_hit", |b| {
+        b.iter(|| {
+            let key = &keys[seq.next().unwrap() as usize];
+            black_box(store.get(key.as_bytes(), NOW).unwrap())
+        })
+    });
+    let mut seq = IndexSequence::new(2, KEYS);
+    group.bench_function("get_miss", |b| {
+        b.iter(|| {
+            let key = format!("nokey:{:09}", seq.next().unwrap());
+            black_box(store.get(key.as_bytes(), NOW).unwrap())
+        })
+    });
+    let mut seq = IndexSequence::new(3, KEYS);
+    group.bench_function("set_overwrite", |b| {
+        b.iter(|| {
+            let key = &keys[seq.next().unwrap() as usize];
+            black_box(
+                store
+                    .set(key.as_bytes(), &value, SetOptions::default(), NOW)
+                    .unwrap(),
+            )
+        })
+    });
+    let mut seq = IndexSequence::new(4, KEYS);
+    group.bench_function("set_with_ttl", |b| {
+        let options = SetOptions {
+            ttl_ms: Some(3_600_000),
+            ..SetOptions::default()
+        };
+        b.iter(|| {
+            let key = &keys[seq.next().unwrap() as usize];
+            black_box(store.set(key.as_bytes(), &value, options, NOW).unwrap())
+        })
+    });
+    let mut seq = IndexSequence::new(5, KEYS);
+    group.bench_function("incr", |b| {
+        b.iter(|| {
+            let key = format!("ctr:{}", seq.next().unwrap() % 1000);
+            black_box(store.incr(key.as_bytes(), 1, None, NOW).unwrap())
+        })
+    });
+    group.finish();
+
+    // Eviction on every write: a store full to its limit.
+    let full = Store::new(StoreConfig {
+        max_memory_bytes: 64 * 1024 * 1024,
+        ..StoreConfig::default()
+    });
+    let mut i = 0u64;
+    let mut group = c.benchmark_group("store_full");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("set_evicting", |b| {
+        b.iter(|| {
+            i += 1;
+            black_box(
+                full.set(bench_key(i).as_bytes(), &value, SetOptions::default(), NOW)
+                    .unwrap(),
+            )
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, store_benches);
+criterion_main!(benches);

@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
-use crate::store::{EvictionPolicy, StoreConfig};
+use crate::store::{EvictionPolicy, MAX_KEY_LEN, StoreConfig};
 
 /// Default gRPC port (clients and nodes).
 pub const DEFAULT_GRPC_PORT: u16 = 7379;
@@ -66,7 +66,7 @@ pub struct Cli {
     /// `noeviction` fails the write with RESOURCE_EXHAUSTED [default: clock].
     #[arg(long, env = "RINGCACHE_EVICTION_POLICY", value_name = "POLICY")]
     pub eviction_policy: Option<EvictionPolicyArg>,
-    /// Longest key accepted [default: 8KiB].
+    /// Longest key accepted, at most 65535 bytes [default: 8KiB].
     #[arg(long, env = "RINGCACHE_MAX_KEY_BYTES", value_name = "SIZE")]
     pub max_key_bytes: Option<ByteSize>,
     /// Longest value accepted [default: 4MiB].
@@ -346,9 +346,9 @@ impl Config {
         if self.node_id.trim().is_empty() {
             bail!("node_id must not be empty");
         }
-        if self.store.max_key_bytes == 0 || self.store.max_key_bytes > u32::MAX as usize {
+        if self.store.max_key_bytes == 0 || self.store.max_key_bytes > MAX_KEY_LEN {
             bail!(
-                "max_key_bytes must be between 1 and 4GiB, got {}",
+                "max_key_bytes must be between 1 and {MAX_KEY_LEN} bytes, got {}",
                 self.store.max_key_bytes
             );
         }
@@ -510,6 +510,7 @@ mod tests {
         assert!(err(parse(&["--max-memory", "1KiB"])).contains("max_memory"));
         assert!(err(parse(&["--max-batch-keys", "0"])).contains("max_batch_keys"));
         assert!(err(parse(&["--max-key-bytes", "0"])).contains("max_key_bytes"));
+        assert!(err(parse(&["--max-key-bytes", "64KiB"])).contains("max_key_bytes"));
         assert!(err(parse(&["--grpc-port", "7381"])).contains("grpc_port and http_port"));
         assert!(
             err(parse(&[

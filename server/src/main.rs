@@ -5,9 +5,6 @@ use ringcache_server::config::{Cli, Config, LogFormat};
 use ringcache_server::{Listeners, Node};
 use tracing_subscriber::EnvFilter;
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
     let config = Config::load(Cli::parse())?;
     init_logging(config.log_format);

@@ -8,28 +8,37 @@
 //! Mutable metadata (`version`, `expires_at_ms`, `visited`) is atomic: `visited` is set by readers
 //! under the read lock, the others are changed only under the shard's write lock.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use triomphe::ThinArc;
 
-/// Fixed metadata stored in front of the key and value bytes.
+/// Fixed metadata stored in front of the key and value bytes: 16 bytes, so that with the
+/// allocation's reference count and length a 14-byte key and 100-byte value fit in 152 bytes.
 #[derive(Debug)]
 pub(crate) struct Header {
     version: AtomicU64,
-    /// Unix milliseconds at which the entry expires; 0 means never.
-    expires_at_ms: AtomicU64,
-    key_len: u32,
-    /// The CLOCK reference bit: set on access, cleared when the eviction hand passes.
-    visited: AtomicBool,
+    /// Packed: key length (bits 48..64), CLOCK reference bit (bit 47), expiry in unix ms (bits
+    /// 0..47, 0 = never; 2^47 ms reaches the year 6429).
+    meta: AtomicU64,
 }
+
+const KEY_LEN_SHIFT: u32 = 48;
+const VISITED: u64 = 1 << 47;
+const EXPIRY_MASK: u64 = VISITED - 1;
+
+/// The longest key an entry can hold.
+pub const MAX_KEY_LEN: usize = u16::MAX as usize;
+
+/// The latest expiry an entry can hold (unix ms); later deadlines are clamped to it.
+pub const MAX_EXPIRY_MS: u64 = EXPIRY_MASK;
 
 /// A shared handle to one stored item.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry(ThinArc<Header, u8>);
 
 /// Estimated bytes an entry costs beyond its key and value: the allocation's reference count, header
-/// and length (40 B), allocator rounding, and its share of the table (slot, control byte, slab
+/// and length (32 B), allocator rounding, and its share of the table (slot, control byte, slab
 /// pointer). Measured by `memprobe` (BENCHMARKS.md) and used for `max_memory` accounting.
 pub const ENTRY_OVERHEAD_BYTES: usize = 64;
 
@@ -70,13 +79,18 @@ impl AsRef<[u8]> for ValueOwner {
 }
 
 impl Entry {
-    /// A new entry. `key` must be at most `u32::MAX` bytes (the store's key limit is far lower).
+    /// A new entry. `key` must be at most [`MAX_KEY_LEN`] bytes (the store's key limit ensures it);
+    /// `expires_at_ms` 0 means never.
     pub(crate) fn new(key: &[u8], value: &[u8], version: u64, expires_at_ms: u64) -> Self {
+        assert!(
+            key.len() <= MAX_KEY_LEN,
+            "key length is bounded by max_key_bytes"
+        );
         let header = Header {
             version: AtomicU64::new(version),
-            expires_at_ms: AtomicU64::new(expires_at_ms),
-            key_len: u32::try_from(key.len()).expect("key length is bounded by max_key_bytes"),
-            visited: AtomicBool::new(false),
+            meta: AtomicU64::new(
+                ((key.len() as u64) << KEY_LEN_SHIFT) | expires_at_ms.min(MAX_EXPIRY_MS),
+            ),
         };
         let bytes = Concat {
             first: key.iter(),
@@ -89,12 +103,16 @@ impl Entry {
         &self.0.header.header
     }
 
+    fn key_len(&self) -> usize {
+        (self.header().meta.load(Ordering::Relaxed) >> KEY_LEN_SHIFT) as usize
+    }
+
     pub(crate) fn key(&self) -> &[u8] {
-        &self.0.slice[..self.header().key_len as usize]
+        &self.0.slice[..self.key_len()]
     }
 
     pub(crate) fn value(&self) -> &[u8] {
-        &self.0.slice[self.header().key_len as usize..]
+        &self.0.slice[self.key_len()..]
     }
 
     /// The value as `Bytes` that keep this entry alive: no copy.
@@ -112,16 +130,21 @@ impl Entry {
 
     /// Expiry in unix ms, `None` when the entry never expires.
     pub(crate) fn expires_at(&self) -> Option<u64> {
-        match self.header().expires_at_ms.load(Ordering::Acquire) {
+        match self.header().meta.load(Ordering::Acquire) & EXPIRY_MASK {
             0 => None,
             at => Some(at),
         }
     }
 
+    /// Changes the expiry; keeps the key length and a concurrent reader's reference bit.
     pub(crate) fn set_expires_at(&self, expires_at: Option<u64>) {
-        self.header()
-            .expires_at_ms
-            .store(expires_at.unwrap_or(0), Ordering::Release);
+        let expiry = expires_at.unwrap_or(0).min(MAX_EXPIRY_MS);
+        let _ = self
+            .header()
+            .meta
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |meta| {
+                Some((meta & !EXPIRY_MASK) | expiry)
+            });
     }
 
     pub(crate) fn is_expired(&self, now_ms: u64) -> bool {
@@ -131,20 +154,20 @@ impl Entry {
     /// Marks the entry as recently used. Writes the flag only when it is clear, so hot keys do not
     /// bounce a cache line between cores on every read.
     pub(crate) fn touch(&self) {
-        let visited = &self.header().visited;
-        if !visited.load(Ordering::Relaxed) {
-            visited.store(true, Ordering::Relaxed);
+        let meta = &self.header().meta;
+        if meta.load(Ordering::Relaxed) & VISITED == 0 {
+            meta.fetch_or(VISITED, Ordering::Relaxed);
         }
     }
 
     /// Clears the reference bit and says whether it was set (CLOCK's second chance).
     pub(crate) fn take_visited(&self) -> bool {
-        self.header().visited.swap(false, Ordering::Relaxed)
+        self.header().meta.fetch_and(!VISITED, Ordering::Relaxed) & VISITED != 0
     }
 
     /// Bytes charged against `max_memory`.
     pub(crate) fn charge(&self) -> usize {
-        charge(self.header().key_len as usize, self.value().len())
+        charge(self.key_len(), self.value().len())
     }
 }
 
@@ -181,6 +204,27 @@ mod tests {
         assert!(e.take_visited());
         assert!(!e.take_visited());
         assert_eq!(e.charge(), 1 + ENTRY_OVERHEAD_BYTES);
+    }
+
+    #[test]
+    fn packed_metadata_fields_do_not_disturb_each_other() {
+        let key = vec![b'k'; MAX_KEY_LEN];
+        let e = Entry::new(&key, b"v", 1, MAX_EXPIRY_MS + 10);
+        assert_eq!(e.expires_at(), Some(MAX_EXPIRY_MS), "clamped");
+        e.touch();
+        e.set_expires_at(Some(12_345));
+        assert_eq!(e.key(), &key[..]);
+        assert_eq!(e.value(), b"v");
+        assert_eq!(e.expires_at(), Some(12_345));
+        assert!(e.take_visited(), "reference bit survives an expiry change");
+        e.set_expires_at(None);
+        assert_eq!(e.expires_at(), None);
+        assert_eq!(e.key().len(), MAX_KEY_LEN);
+    }
+
+    #[test]
+    fn the_header_is_sixteen_bytes() {
+        assert_eq!(std::mem::size_of::<Header>(), 16);
     }
 
     #[test]

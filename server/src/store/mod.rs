@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use bytes::Bytes;
 use parking_lot::RwLock;
 
-pub use entry::{ENTRY_OVERHEAD_BYTES, charge};
+pub use entry::{ENTRY_OVERHEAD_BYTES, MAX_EXPIRY_MS, MAX_KEY_LEN, charge};
 pub use hlc::Hlc;
 
 use entry::Entry;
@@ -63,7 +63,7 @@ pub struct StoreConfig {
     pub max_memory_bytes: usize,
     /// What to do when a write would exceed `max_memory_bytes`.
     pub eviction: EvictionPolicy,
-    /// Longest key accepted, in bytes.
+    /// Longest key accepted, in bytes; at most [`MAX_KEY_LEN`] (larger values are lowered to it).
     pub max_key_bytes: usize,
     /// Longest value accepted, in bytes.
     pub max_value_bytes: usize,
@@ -259,6 +259,7 @@ impl Store {
     /// An empty store.
     pub fn new(mut config: StoreConfig) -> Self {
         config.shards = config.shards.clamp(1, 1 << 16).next_power_of_two();
+        config.max_key_bytes = config.max_key_bytes.min(MAX_KEY_LEN);
         let shard_bits = config.shards.trailing_zeros();
         Self {
             shards: (0..config.shards).map(|_| ShardSlot::default()).collect(),
