@@ -1,1 +1,180 @@
+//! Helpers for integration tests: nodes started in-process on loopback with free ports, and a
+//! minimal HTTP/1.1 GET for the metrics and health endpoints.
+//!
+//! Every server binds 127.0.0.1 port 0, so tests run in parallel and beside a running node.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ringcache_server::clock::{Clock, SystemClock};
+use ringcache_server::{Config, Listeners, Node};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Longest a test waits for a node to stop after it was told to.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A node running in this process.
+#[derive(Debug)]
+pub struct TestNode {
+    /// The node itself (its store, config and metrics).
+    pub node: Arc<Node>,
+    /// Where its gRPC service listens.
+    pub grpc_addr: SocketAddr,
+    /// Where its HTTP endpoint listens.
+    pub http_addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestNode {
+    /// Starts a node with `config` (its addresses are replaced by 127.0.0.1:0) and the system clock.
+    pub async fn start(config: Config) -> Self {
+        Self::start_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// Starts a node reading time from `clock`.
+    pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Self {
+        let grpc = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a free gRPC port");
+        let http = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a free HTTP port");
+        let grpc_addr = grpc.local_addr().expect("bound address");
+        let http_addr = http.local_addr().expect("bound address");
+        let node = Node::with_clock(config, clock);
+        let (tx, rx) = oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = rx.await;
+        };
+        let listeners = Listeners {
+            grpc,
+            http: Some(http),
+        };
+        let task = tokio::spawn(node.clone().serve(listeners, shutdown));
+        Self {
+            node,
+            grpc_addr,
+            http_addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Starts a node with [`Config::for_test`].
+    pub async fn start_default() -> Self {
+        Self::start(Config::for_test()).await
+    }
+
+    /// `host:port` of the gRPC service, as clients take it.
+    pub fn grpc_target(&self) -> String {
+        self.grpc_addr.to_string()
+    }
+
+    /// `http://host:port` of the gRPC service, for tonic endpoints.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// Asks the node to shut down and waits (bounded) until it has.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.wait_stopped().await
+    }
+
+    /// Waits (bounded) for the node to stop on its own, e.g. after an Admin Leave.
+    pub async fn wait_stopped(&mut self) -> anyhow::Result<()> {
+        let task = self.task.take().context("node already stopped")?;
+        match tokio::time::timeout(STOP_DEADLINE, task).await {
+            Ok(joined) => joined.context("node task panicked")?,
+            Err(_) => bail!("node did not stop within {STOP_DEADLINE:?}"),
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// An HTTP response: status code and body.
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Body as text.
+    pub body: String,
+}
+
+/// `GET path` over HTTP/1.1 with `Connection: close`, bounded in time.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<HttpResponse> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        anyhow::Ok(raw)
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .context("HTTP request timed out")??;
+    let text = String::from_utf8(raw).context("response is not UTF-8")?;
+    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .context("no status code")?
+        .parse()
+        .context("bad status code")?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_owned()
+    };
+    Ok(HttpResponse { status, body })
+}
+
+fn dechunk(mut body: &str) -> anyhow::Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").context("bad chunk header")?;
+        let size = usize::from_str_radix(size.trim(), 16).context("bad chunk size")?;
+        if size == 0 {
+            return Ok(out);
+        }
+        out.push_str(rest.get(..size).context("short chunk")?);
+        body = rest.get(size + 2..).context("missing chunk end")?;
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds or `deadline` passes.
+pub async fn wait_until<F, Fut>(deadline: Duration, mut condition: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let give_up = tokio::time::Instant::now() + deadline;
+    loop {
+        if condition().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= give_up {
+            bail!("condition not met within {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,300 @@
+//! [`ClientBuilder`]: the client's settings and its connection step.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use tonic::transport::Channel;
+
+use crate::{
+    Client, Consistency, Error,
+    conn::{self, ChannelFactory, ConnectConfig},
+};
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_POOL_SIZE: usize = 2;
+/// tonic's own 4 MiB limit would refuse a 4 MiB value once its key and framing are added; this
+/// leaves room for values of several MiB.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024 + 64 * 1024;
+
+/// Configures and connects a [`Client`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), ringcache::Error> {
+/// use std::time::Duration;
+/// use ringcache::{Client, Consistency};
+///
+/// let client = Client::builder()
+///     .seeds(["10.0.0.1:7379", "10.0.0.2:7379"])
+///     .request_timeout(Duration::from_secs(1))
+///     .default_consistency(Consistency::Quorum)
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ClientBuilder {
+    seeds: Vec<String>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    pool_size: usize,
+    default_consistency: Option<Consistency>,
+    max_message_bytes: usize,
+    channel_factory: Option<ChannelFactory>,
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("seeds", &self.seeds)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("pool_size", &self.pool_size)
+            .field("default_consistency", &self.default_consistency)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field(
+                "channel_factory",
+                &if self.channel_factory.is_some() {
+                    "custom"
+                } else {
+                    "default"
+                },
+            )
+            .finish()
+    }
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        Self {
+            seeds: Vec::new(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            pool_size: DEFAULT_POOL_SIZE,
+            default_consistency: None,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            channel_factory: None,
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// A builder with the default settings and no seeds.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The nodes to connect through, as `host:port` (an `http://` prefix is accepted). They are
+    /// tried in order; the first that answers is used. Replaces any seeds set before.
+    #[must_use]
+    pub fn seeds<I, S>(mut self, seeds: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.seeds = seeds.into_iter().map(|s| s.as_ref().to_owned()).collect();
+        self
+    }
+
+    /// How long to wait for a seed to answer (TCP connect, HTTP/2 handshake and a first round
+    /// trip) before trying the next one. Default: 2 s.
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a request may take before it fails with [`Error::Timeout`]. The deadline is also
+    /// sent to the node. Default: 5 s.
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Number of HTTP/2 connections to the node; requests are spread over them in turn.
+    /// Default: 2; values below 1 count as 1.
+    #[must_use]
+    pub fn pool_size(mut self, connections: usize) -> Self {
+        self.pool_size = connections.max(1);
+        self
+    }
+
+    /// The consistency of every request that does not choose its own. Without it, the cluster's
+    /// default applies (`Quorum` for writes, `One` for reads).
+    #[must_use]
+    pub fn default_consistency(mut self, consistency: Consistency) -> Self {
+        self.default_consistency = Some(consistency);
+        self
+    }
+
+    /// Largest gRPC message sent or received, in bytes. Default: 8 MiB + 64 KiB, room for a
+    /// value of several MiB. Raise it for batches of large values.
+    #[must_use]
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+
+    /// Replaces how channels to a node are made. The factory gets the node's `host:port` and
+    /// returns a channel, usually a lazy one (`Endpoint::connect_lazy`); it is called once per
+    /// pooled connection.
+    ///
+    /// The default makes a plain-text HTTP/2 channel with the connect timeout, `TCP_NODELAY`,
+    /// and keepalive pings every 10 s (5 s timeout, also while idle).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), ringcache::Error> {
+    /// use tonic::transport::Endpoint;
+    ///
+    /// let client = ringcache::Client::builder()
+    ///     .seeds(["127.0.0.1:7379"])
+    ///     .channel_factory(|addr| {
+    ///         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+    ///             .map_err(|e| ringcache::Error::InvalidArgument(e.to_string()))?
+    ///             .initial_stream_window_size(4 << 20);
+    ///         Ok(endpoint.connect_lazy())
+    ///     })
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn channel_factory<F>(mut self, factory: F) -> Self
+    where
+        F: Fn(&str) -> Result<Channel, Error> + Send + Sync + 'static,
+    {
+        self.channel_factory = Some(Arc::new(factory));
+        self
+    }
+
+    /// Connects to the first seed that answers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when no seed is given, a seed is not a `host:port`, or a timeout
+    /// is zero; [`Error::Unavailable`] when no seed answers, with each seed's reason.
+    pub async fn connect(self) -> Result<Client, Error> {
+        let seeds = conn::parse_seeds(&self.seeds)?;
+        if self.connect_timeout.is_zero() {
+            return Err(Error::InvalidArgument(
+                "connect timeout must be greater than zero".to_owned(),
+            ));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(Error::InvalidArgument(
+                "request timeout must be greater than zero".to_owned(),
+            ));
+        }
+        let config = ConnectConfig {
+            connect_timeout: self.connect_timeout,
+            pool_size: self.pool_size.max(1),
+            max_message_bytes: self.max_message_bytes,
+            factory: self
+                .channel_factory
+                .unwrap_or_else(|| conn::default_factory(self.connect_timeout)),
+        };
+        let router = conn::connect(&seeds, &config).await?;
+        Ok(Client::new(
+            router,
+            self.request_timeout,
+            self.default_consistency,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closed_addr() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn empty_or_bad_seeds_are_invalid() {
+        let error = Client::connect(Vec::<&str>::new()).await.unwrap_err();
+        assert!(matches!(error, Error::InvalidArgument(_)), "{error:?}");
+        let error = Client::builder().connect().await.unwrap_err();
+        assert!(matches!(error, Error::InvalidArgument(_)), "{error:?}");
+        let error = Client::connect(["no-port"]).await.unwrap_err();
+        assert!(matches!(error, Error::InvalidArgument(_)), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn zero_timeouts_are_invalid() {
+        for builder in [
+            Client::builder().connect_timeout(Duration::ZERO),
+            Client::builder().request_timeout(Duration::ZERO),
+        ] {
+            let error = builder.seeds(["127.0.0.1:1"]).connect().await.unwrap_err();
+            assert!(matches!(error, Error::InvalidArgument(_)), "{error:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn all_seeds_down_names_every_seed() {
+        let (a, b) = (closed_addr(), closed_addr());
+        let error = Client::connect([a.as_str(), &format!("http://{b}")])
+            .await
+            .unwrap_err();
+        let Error::Unavailable(message) = &error else {
+            panic!("expected unavailable, got {error:?}");
+        };
+        assert!(message.contains(&a) && message.contains(&b), "{message}");
+        assert!(error.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn a_silent_seed_times_out() {
+        // Accepts TCP connections and never speaks HTTP/2.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accept = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let error = Client::builder()
+            .seeds([&addr])
+            .connect_timeout(Duration::from_millis(200))
+            .connect()
+            .await
+            .unwrap_err();
+        let Error::Unavailable(message) = &error else {
+            panic!("expected unavailable, got {error:?}");
+        };
+        assert!(message.contains(&addr), "{message}");
+        assert!(message.contains("no answer within 200ms"), "{message}");
+        accept.abort();
+    }
+
+    #[tokio::test]
+    async fn factory_errors_are_reported_per_seed() {
+        let error = Client::builder()
+            .seeds(["node-a:1", "node-b:2"])
+            .channel_factory(|addr| Err(Error::InvalidArgument(format!("refusing {addr}"))))
+            .connect()
+            .await
+            .unwrap_err();
+        let Error::Unavailable(message) = &error else {
+            panic!("expected unavailable, got {error:?}");
+        };
+        assert!(
+            message.contains("refusing node-a:1") && message.contains("refusing node-b:2"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn defaults_and_debug() {
+        let builder = ClientBuilder::new().pool_size(0);
+        assert_eq!(builder.pool_size, 1);
+        assert_eq!(builder.connect_timeout, Duration::from_secs(2));
+        assert_eq!(builder.request_timeout, Duration::from_secs(5));
+        assert_eq!(builder.max_message_bytes, 8 * 1024 * 1024 + 64 * 1024);
+        let debug = format!("{:?}", builder.channel_factory(|_| unreachable!()));
+        assert!(debug.contains("channel_factory: \"custom\""), "{debug}");
+    }
+}

@@ -1,0 +1,362 @@
+//! The client's error type and its mapping from gRPC statuses.
+
+use std::{error::Error as StdError, fmt::Write as _, time::Duration};
+
+use ringcache_proto::CURRENT_VERSION_METADATA;
+use tonic::{Code, Status};
+
+/// An error returned by a [`Client`](crate::Client) request.
+///
+/// A cache miss is never an error: reads return `Ok(None)` (or [`KeyTtl::Missing`](crate::KeyTtl))
+/// instead.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request was rejected as malformed: an empty or too large key, a too large value, a bad
+    /// TTL, too many keys in one batch, a value that is not an integer (`incr`), or an increment
+    /// that would overflow. The server reports these as `INVALID_ARGUMENT` or `OUT_OF_RANGE`.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// A compare-and-set found a different version than the expected one (`FAILED_PRECONDITION`).
+    ///
+    /// `current_version` is the version the key holds now, or `None` when the key does not exist
+    /// (or the server sent no readable version).
+    #[error("compare-and-set conflict: current version {}", fmt_version(*.current_version))]
+    CasConflict {
+        /// The key's current version; `None` when the key does not exist.
+        current_version: Option<u64>,
+    },
+
+    /// The node is out of memory and does not evict (`noeviction` policy), or the item is larger
+    /// than the node's whole memory budget (`RESOURCE_EXHAUSTED`).
+    #[error("memory full: {0}")]
+    MemoryFull(String),
+
+    /// No node could serve the request: the connection failed or broke, every seed was down, or
+    /// the node answered `UNAVAILABLE` (not enough replicas, leaving, shutting down). Retrying
+    /// later may succeed.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+
+    /// The request did not complete in time: the client's request timeout passed, or the server
+    /// answered `DEADLINE_EXCEEDED`. Whether the request took effect is unknown.
+    #[error("request timed out{}", fmt_after(*.after))]
+    Timeout {
+        /// How long the client waited, when known.
+        after: Option<Duration>,
+    },
+
+    /// The server's answer did not make sense (for example, a batch answer of the wrong length).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+
+    /// Any other gRPC status returned by the node.
+    #[error("server error {code:?}: {message}")]
+    Server {
+        /// The gRPC status code.
+        code: Code,
+        /// The status message.
+        message: String,
+    },
+}
+
+fn fmt_version(version: Option<u64>) -> String {
+    match version {
+        Some(version) => version.to_string(),
+        None => "none (key absent)".to_owned(),
+    }
+}
+
+fn fmt_after(after: Option<Duration>) -> String {
+    match after {
+        Some(after) => format!(" after {after:?}"),
+        None => String::new(),
+    }
+}
+
+impl Error {
+    /// Whether trying the same request again later may succeed: `true` for
+    /// [`Unavailable`](Error::Unavailable) and [`Timeout`](Error::Timeout).
+    ///
+    /// A timed-out write may have been applied; only retry writes that are safe to repeat.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Unavailable(_) | Error::Timeout { .. })
+    }
+
+    /// Maps a status received by a request that ran for `elapsed` under a client-side
+    /// `timeout`, so that every flavour of "too late" becomes [`Error::Timeout`].
+    pub(crate) fn from_status_after(status: Status, elapsed: Duration, timeout: Duration) -> Error {
+        match status.code() {
+            // tonic's channel enforces the `grpc-timeout` header locally too, and reports it as
+            // CANCELLED; the server reports its own deadline as DEADLINE_EXCEEDED.
+            Code::Cancelled if elapsed >= timeout => Error::Timeout {
+                after: Some(timeout),
+            },
+            Code::DeadlineExceeded => Error::Timeout {
+                after: Some(round_to_millis(elapsed)),
+            },
+            _ => Error::from(status),
+        }
+    }
+}
+
+fn round_to_millis(duration: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl From<Status> for Error {
+    fn from(status: Status) -> Self {
+        match status.code() {
+            Code::InvalidArgument | Code::OutOfRange => {
+                Error::InvalidArgument(status.message().to_owned())
+            }
+            Code::FailedPrecondition => Error::CasConflict {
+                current_version: current_version(&status),
+            },
+            Code::ResourceExhausted => Error::MemoryFull(status.message().to_owned()),
+            Code::Unavailable => Error::Unavailable(describe(&status)),
+            Code::DeadlineExceeded => Error::Timeout { after: None },
+            // A status built by the local HTTP/2 stack (a broken or refused connection) carries
+            // its cause as a source; one decoded from a server's answer never does.
+            Code::Unknown if is_local_transport_error(&status) => {
+                Error::Unavailable(describe(&status))
+            }
+            code => Error::Server {
+                code,
+                message: status.message().to_owned(),
+            },
+        }
+    }
+}
+
+/// Reads the `ringcache-current-version` metadata of a compare-and-set conflict.
+fn current_version(status: &Status) -> Option<u64> {
+    let value = status.metadata().get(CURRENT_VERSION_METADATA)?;
+    let parsed = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if parsed.is_none() {
+        tracing::warn!(
+            value = ?value,
+            "ignoring unreadable {CURRENT_VERSION_METADATA} metadata in a compare-and-set conflict"
+        );
+    }
+    parsed
+}
+
+fn is_local_transport_error(status: &Status) -> bool {
+    StdError::source(status).is_some() || status.message().starts_with("Service was not ready")
+}
+
+/// The status message followed by its chain of causes, which is where transport errors keep the
+/// useful part ("connection refused").
+pub(crate) fn describe(status: &Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut source = StdError::source(status);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            if text.is_empty() {
+                text = cause_text;
+            } else {
+                let _ = write!(text, ": {cause_text}");
+            }
+        }
+        source = cause.source();
+    }
+    if text.is_empty() {
+        text = format!("{:?}", status.code());
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::metadata::{MetadataMap, MetadataValue};
+
+    fn conflict_with(value: Option<&'static str>) -> Status {
+        let mut metadata = MetadataMap::new();
+        if let Some(value) = value {
+            metadata.insert(CURRENT_VERSION_METADATA, MetadataValue::from_static(value));
+        }
+        Status::with_metadata(Code::FailedPrecondition, "version mismatch", metadata)
+    }
+
+    #[test]
+    fn every_code_maps_to_a_variant() {
+        type Check = fn(&Error) -> bool;
+        let cases: &[(Code, Check)] = &[
+            (
+                Code::InvalidArgument,
+                |e| matches!(e, Error::InvalidArgument(m) if m == "boom"),
+            ),
+            (
+                Code::OutOfRange,
+                |e| matches!(e, Error::InvalidArgument(m) if m == "boom"),
+            ),
+            (Code::FailedPrecondition, |e| {
+                matches!(
+                    e,
+                    Error::CasConflict {
+                        current_version: None
+                    }
+                )
+            }),
+            (
+                Code::ResourceExhausted,
+                |e| matches!(e, Error::MemoryFull(m) if m == "boom"),
+            ),
+            (
+                Code::Unavailable,
+                |e| matches!(e, Error::Unavailable(m) if m == "boom"),
+            ),
+            (Code::DeadlineExceeded, |e| {
+                matches!(e, Error::Timeout { after: None })
+            }),
+        ];
+        for (code, check) in cases {
+            let error = Error::from(Status::new(*code, "boom"));
+            assert!(check(&error), "{code:?} mapped to {error:?}");
+        }
+        for code in [
+            Code::Ok,
+            Code::Cancelled,
+            Code::Unknown,
+            Code::NotFound,
+            Code::AlreadyExists,
+            Code::PermissionDenied,
+            Code::Aborted,
+            Code::Unimplemented,
+            Code::Internal,
+            Code::DataLoss,
+            Code::Unauthenticated,
+        ] {
+            let error = Error::from(Status::new(code, "boom"));
+            assert!(
+                matches!(&error, Error::Server { code: c, message } if *c == code && message == "boom"),
+                "{code:?} mapped to {error:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cas_conflict_reads_the_current_version() {
+        let error = Error::from(conflict_with(Some("42")));
+        assert!(matches!(
+            error,
+            Error::CasConflict {
+                current_version: Some(42)
+            }
+        ));
+        assert_eq!(
+            error.to_string(),
+            "compare-and-set conflict: current version 42"
+        );
+    }
+
+    #[test]
+    fn cas_conflict_without_or_with_garbled_metadata_has_no_version() {
+        for value in [None, Some("not-a-number"), Some("-1"), Some("")] {
+            let error = Error::from(conflict_with(value));
+            assert!(
+                matches!(
+                    error,
+                    Error::CasConflict {
+                        current_version: None
+                    }
+                ),
+                "{value:?} gave {error:?}"
+            );
+        }
+        assert_eq!(
+            Error::from(conflict_with(None)).to_string(),
+            "compare-and-set conflict: current version none (key absent)"
+        );
+    }
+
+    #[test]
+    fn local_transport_errors_are_unavailable() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset");
+        let status = Status::from_error(Box::new(io));
+        assert_eq!(status.code(), Code::Unknown);
+        let error = Error::from(status);
+        assert!(
+            matches!(&error, Error::Unavailable(m) if m.contains("connection reset")),
+            "{error:?}"
+        );
+        assert!(error.is_retryable());
+
+        let not_ready = Status::unknown("Service was not ready: transport error");
+        assert!(matches!(Error::from(not_ready), Error::Unavailable(_)));
+    }
+
+    #[test]
+    fn late_statuses_become_timeouts() {
+        let timeout = Duration::from_secs(1);
+        let cancelled = Status::cancelled("Timeout expired");
+        assert!(matches!(
+            Error::from_status_after(cancelled, Duration::from_millis(1001), timeout),
+            Error::Timeout {
+                after: Some(t)
+            } if t == timeout
+        ));
+        let early_cancel = Status::cancelled("connection closed");
+        assert!(matches!(
+            Error::from_status_after(early_cancel, Duration::from_millis(10), timeout),
+            Error::Server {
+                code: Code::Cancelled,
+                ..
+            }
+        ));
+        let deadline = Status::deadline_exceeded("replicas too slow");
+        let error = Error::from_status_after(deadline, Duration::from_micros(300_700), timeout);
+        assert!(matches!(
+            error,
+            Error::Timeout {
+                after: Some(t)
+            } if t == Duration::from_millis(300)
+        ));
+        assert_eq!(error.to_string(), "request timed out after 300ms");
+        let other = Status::invalid_argument("key too large");
+        assert!(matches!(
+            Error::from_status_after(other, Duration::from_secs(5), timeout),
+            Error::InvalidArgument(_)
+        ));
+    }
+
+    #[test]
+    fn retryable_and_messages() {
+        assert!(Error::Unavailable("down".into()).is_retryable());
+        assert!(Error::Timeout { after: None }.is_retryable());
+        assert!(!Error::InvalidArgument("bad".into()).is_retryable());
+        assert!(
+            !Error::CasConflict {
+                current_version: Some(1)
+            }
+            .is_retryable()
+        );
+        assert!(!Error::MemoryFull("full".into()).is_retryable());
+        assert_eq!(
+            Error::Timeout {
+                after: Some(Duration::from_secs(5))
+            }
+            .to_string(),
+            "request timed out after 5s"
+        );
+        assert_eq!(
+            Error::Timeout { after: None }.to_string(),
+            "request timed out"
+        );
+        assert_eq!(
+            Error::Server {
+                code: Code::Internal,
+                message: "oops".into()
+            }
+            .to_string(),
+            "server error Internal: oops"
+        );
+    }
+}

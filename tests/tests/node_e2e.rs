@@ -1,0 +1,448 @@
+//! One node and the client over loopback: every Cache operation, the documented error for each
+//! kind of bad input, and the node still serving afterwards.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringcache::{Client, Error, KeyTtl, SetOptions};
+use ringcache_proto::v1::{self, cache_client::CacheClient};
+use ringcache_server::Config;
+use ringcache_server::clock::ManualClock;
+use ringcache_server::config::{ByteSize, Cli};
+use ringcache_tests::TestNode;
+use tonic::Code;
+
+const T0: u64 = 1_700_000_000_000;
+
+async fn client(node: &TestNode) -> Client {
+    Client::connect([node.grpc_target()])
+        .await
+        .expect("connect to the test node")
+}
+
+/// A raw generated client, to send what the typed client refuses to build.
+async fn raw(node: &TestNode) -> CacheClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(node.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    CacheClient::new(channel)
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024)
+}
+
+/// Checks the node still answers a plain set/get.
+async fn still_serving(client: &Client) {
+    client
+        .set("canary", "alive")
+        .await
+        .expect("node keeps serving");
+    assert_eq!(
+        client.get("canary").await.unwrap().as_deref(),
+        Some(&b"alive"[..])
+    );
+}
+
+fn config_with(cli: Cli) -> Config {
+    let mut config = Config::load(Cli {
+        grpc_port: Some(0),
+        http_port: Some(0),
+        node_id: Some("e2e".to_owned()),
+        ..cli
+    })
+    .unwrap();
+    config.store.shards = 8;
+    config
+}
+
+#[tokio::test]
+async fn every_operation_round_trips() {
+    let node = TestNode::start_default().await;
+    let c = client(&node).await;
+
+    assert_eq!(
+        c.get("missing").await.unwrap(),
+        None,
+        "a miss is not an error"
+    );
+    let v1 = c.set("k", "v1").await.unwrap();
+    let entry = c.get_entry("k").await.unwrap().unwrap();
+    assert_eq!(
+        (entry.value, entry.version, entry.ttl),
+        (Bytes::from("v1"), v1, None)
+    );
+
+    // Conditions and the previous value.
+    let out = c
+        .set_with("k", "v2", SetOptions::new().if_absent().return_previous())
+        .await
+        .unwrap();
+    assert!(!out.stored);
+    assert_eq!(out.previous.as_deref(), Some(&b"v1"[..]));
+    let out = c
+        .set_with("k", "v2", SetOptions::new().if_present().return_previous())
+        .await
+        .unwrap();
+    assert!(out.stored && out.version.unwrap() > v1);
+    assert_eq!(out.previous.as_deref(), Some(&b"v1"[..]));
+    assert!(
+        !c.set_with("nope", "x", SetOptions::new().if_present())
+            .await
+            .unwrap()
+            .stored
+    );
+
+    // Delete.
+    assert!(c.delete("k").await.unwrap());
+    assert!(!c.delete("k").await.unwrap());
+
+    // Multi-key, results in request order.
+    let versions = c
+        .mset([("a", "1"), ("b", "2"), ("c", "3")], None)
+        .await
+        .unwrap();
+    assert_eq!(versions.len(), 3);
+    let got = c.mget(["c", "zz", "a"]).await.unwrap();
+    assert_eq!(
+        got,
+        vec![Some(Bytes::from("3")), None, Some(Bytes::from("1"))]
+    );
+    assert_eq!(c.mdelete(["a", "b", "zz"]).await.unwrap(), 2);
+
+    // Counters.
+    assert_eq!(c.incr("n", 10).await.unwrap(), 10);
+    assert_eq!(c.decr("n", 3).await.unwrap(), 7);
+    assert_eq!(c.get("n").await.unwrap().as_deref(), Some(&b"7"[..]));
+
+    // Compare-and-set.
+    let v = c.compare_and_set("cas", 0, "first", None).await.unwrap();
+    match c.compare_and_set("cas", v + 1, "lost", None).await {
+        Err(Error::CasConflict { current_version }) => assert_eq!(current_version, Some(v)),
+        other => panic!("expected a CAS conflict, got {other:?}"),
+    }
+    let v2 = c.compare_and_set("cas", v, "second", None).await.unwrap();
+    assert!(v2 > v);
+    assert_eq!(c.get("cas").await.unwrap().as_deref(), Some(&b"second"[..]));
+
+    // TTL: expire, ttl, persist.
+    assert_eq!(c.ttl("cas").await.unwrap(), KeyTtl::Persistent);
+    assert!(c.expire("cas", Duration::from_secs(100)).await.unwrap());
+    match c.ttl("cas").await.unwrap() {
+        KeyTtl::ExpiresIn(left) => {
+            assert!(left <= Duration::from_secs(100) && left > Duration::from_secs(90))
+        }
+        other => panic!("expected a TTL, got {other:?}"),
+    }
+    assert!(c.persist("cas").await.unwrap());
+    assert_eq!(c.ttl("cas").await.unwrap(), KeyTtl::Persistent);
+    assert!(!c.expire("missing", Duration::from_secs(1)).await.unwrap());
+    assert_eq!(c.ttl("missing").await.unwrap(), KeyTtl::Missing);
+
+    // Binary keys and values, and an empty value.
+    let key = Bytes::from_static(b"\x00\xff\x10");
+    c.set(key.clone(), Bytes::from_static(b"\x00\x01\x02"))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.get(key).await.unwrap().as_deref(),
+        Some(&b"\x00\x01\x02"[..])
+    );
+    c.set("empty", "").await.unwrap();
+    assert_eq!(c.get("empty").await.unwrap().as_deref(), Some(&b""[..]));
+    node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn ttl_expiry_follows_the_node_clock() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let node = TestNode::start_with_clock(Config::for_test(), clock.clone()).await;
+    let c = client(&node).await;
+    c.set_ex("session", "data", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.incr_with_ttl("hits", 1, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        c.ttl("session").await.unwrap(),
+        KeyTtl::ExpiresIn(Duration::from_secs(30))
+    );
+
+    clock.advance(Duration::from_secs(29));
+    assert!(c.get("session").await.unwrap().is_some());
+    assert_eq!(
+        c.get("hits").await.unwrap(),
+        None,
+        "counter expired after 5 s"
+    );
+    assert_eq!(
+        c.incr("hits", 1).await.unwrap(),
+        1,
+        "an expired counter starts again"
+    );
+
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(c.get("session").await.unwrap(), None, "expired at 30 s");
+    assert_eq!(c.ttl("session").await.unwrap(), KeyTtl::Missing);
+    // The background task reclaims it without anyone touching the key.
+    let store_node = node.node.clone();
+    ringcache_tests::wait_until(Duration::from_secs(5), || {
+        let n = store_node.clone();
+        async move { n.store().stats().expirations >= 2 }
+    })
+    .await
+    .unwrap();
+    node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn limits_give_invalid_argument_and_the_node_keeps_serving() {
+    let node = TestNode::start(config_with(Cli {
+        max_key_bytes: Some(ByteSize(16)),
+        max_value_bytes: Some(ByteSize(1024)),
+        max_batch_keys: Some(4),
+        ..Cli::default()
+    }))
+    .await;
+    let c = client(&node).await;
+    let mut r = raw(&node).await;
+
+    // Server-side checks, via the raw client so nothing is refused locally.
+    let status = r
+        .get(v1::GetRequest {
+            key: Bytes::new(),
+            consistency: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(status.message(), "key must not be empty");
+
+    let cases: Vec<(&str, Result<(), Error>)> = vec![
+        ("key too large", c.set(vec![b'k'; 17], "v").await.map(drop)),
+        (
+            "value too large",
+            c.set("k", vec![0u8; 1025]).await.map(drop),
+        ),
+        (
+            "too many keys",
+            c.mget(["a", "b", "c", "d", "e"]).await.map(drop),
+        ),
+        (
+            "too many pairs",
+            c.mset((0..5).map(|i| (format!("k{i}"), "v")), None)
+                .await
+                .map(drop),
+        ),
+        (
+            "not an integer",
+            async {
+                c.set("text", "abc").await?;
+                c.incr("text", 1).await.map(drop)
+            }
+            .await,
+        ),
+        (
+            "overflow",
+            async {
+                c.set("big", i64::MAX.to_string()).await?;
+                c.incr("big", 1).await.map(drop)
+            }
+            .await,
+        ),
+        ("empty key", c.get("").await.map(drop)),
+        (
+            "zero ttl",
+            c.set_ex("k", "v", Duration::ZERO).await.map(drop),
+        ),
+    ];
+    for (what, result) in cases {
+        match result {
+            Err(Error::InvalidArgument(message)) => assert!(!message.is_empty(), "{what}"),
+            other => panic!("{what}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+    // The limits are inclusive.
+    c.set(vec![b'k'; 16], vec![0u8; 1024]).await.unwrap();
+    assert_eq!(c.mget(["a", "b", "c", "d"]).await.unwrap().len(), 4);
+
+    // Codes of the raw statuses, as documented in cache.proto.
+    let code = |r: Result<tonic::Response<v1::IncrResponse>, tonic::Status>| r.unwrap_err().code();
+    let incr = |key: &'static str| v1::IncrRequest {
+        key: Bytes::from(key),
+        delta: 1,
+        ..Default::default()
+    };
+    assert_eq!(code(r.incr(incr("big")).await), Code::OutOfRange);
+    assert_eq!(code(r.incr(incr("text")).await), Code::InvalidArgument);
+    let status = r
+        .set(v1::SetRequest {
+            key: Bytes::from("k"),
+            ttl_ms: Some(0),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("ttl"), "{}", status.message());
+    let status = r
+        .get(v1::GetRequest {
+            key: Bytes::from("k"),
+            consistency: 42,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::InvalidArgument, "unknown consistency level 42")
+    );
+    let status = r
+        .set(v1::SetRequest {
+            key: Bytes::from("k"),
+            condition: 9,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    still_serving(&c).await;
+    node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn default_limits_accept_a_four_mib_value_and_refuse_more() {
+    let node = TestNode::start_default().await;
+    let c = client(&node).await;
+    let max = 4 * 1024 * 1024;
+    let big = Bytes::from(vec![0xabu8; max]);
+    c.set("big", big.clone()).await.unwrap();
+    assert_eq!(c.get("big").await.unwrap(), Some(big));
+    match c.set("bigger", vec![0u8; max + 1]).await {
+        Err(Error::InvalidArgument(message)) => {
+            assert!(message.contains("max_value_bytes"), "{message}")
+        }
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+    match c.set(vec![b'k'; 8 * 1024 + 1], "v").await {
+        Err(Error::InvalidArgument(message)) => {
+            assert!(message.contains("max_key_bytes"), "{message}")
+        }
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+    still_serving(&c).await;
+    node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_message_over_the_grpc_limit_is_refused_before_it_is_decoded() {
+    let node = TestNode::start(config_with(Cli {
+        max_value_bytes: Some(ByteSize(1024)),
+        max_message_bytes: Some(ByteSize(64 * 1024)),
+        ..Cli::default()
+    }))
+    .await;
+    let mut r = raw(&node).await;
+    let status = r
+        .set(v1::SetRequest {
+            key: Bytes::from("k"),
+            value: Bytes::from(vec![0u8; 128 * 1024]),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    still_serving(&client(&node).await).await;
+    node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn noeviction_reports_memory_full_and_reads_keep_working() {
+    let node = TestNode::start(config_with(Cli {
+        max_memory: Some(ByteSize(64 * 1024)),
+        eviction_policy: Some(ringcache_server::config::EvictionPolicyArg::Noeviction),
+        ..Cli::default()
+    }))
+    .await;
+    let c = client(&node).await;
+    let value = vec![1u8; 1000];
+    let mut stored = 0;
+    let error = loop {
+        match c.set(format!("key{stored}"), value.clone()).await {
+            Ok(_) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 1000, "memory never filled");
+    };
+    match error {
+        Error::MemoryFull(message) => assert!(message.contains("noeviction"), "{message}"),
+        other => panic!("expected MemoryFull, got {other:?}"),
+    }
+    assert!(stored > 10);
+    assert_eq!(
+        c.get("key0").await.unwrap().as_deref(),
+        Some(&value[..]),
+        "reads still work"
+    );
+    assert!(c.delete("key0").await.unwrap(), "deletes still work");
+    c.set("after-delete", "fits").await.unwrap();
+    node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn eviction_keeps_the_node_under_max_memory() {
+    let max = 256 * 1024;
+    let node = TestNode::start(config_with(Cli {
+        max_memory: Some(ByteSize(max)),
+        ..Cli::default()
+    }))
+    .await;
+    let c = client(&node).await;
+    let value = vec![7u8; 1000];
+    for i in 0..800 {
+        c.set(format!("key{i}"), value.clone()).await.unwrap();
+    }
+    let stats = node.node.store().stats();
+    assert!(stats.used_bytes <= max, "{} > {max}", stats.used_bytes);
+    assert!(stats.evictions > 0);
+    assert!(
+        c.get("key799").await.unwrap().is_some(),
+        "the newest key survives"
+    );
+    node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn many_concurrent_clients_see_their_own_writes() {
+    let node = TestNode::start_default().await;
+    let c = client(&node).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..16 {
+        let c = c.clone();
+        tasks.spawn(async move {
+            for i in 0..50 {
+                let key = format!("t{t}:k{i}");
+                c.set(key.clone(), format!("{t}-{i}")).await.unwrap();
+                assert_eq!(
+                    c.get(key).await.unwrap().unwrap(),
+                    Bytes::from(format!("{t}-{i}"))
+                );
+                c.incr("shared", 1).await.unwrap();
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.unwrap();
+    }
+    assert_eq!(
+        c.get("shared").await.unwrap().as_deref(),
+        Some(&b"800"[..]),
+        "no increment lost"
+    );
+    node.stop().await.unwrap();
+}

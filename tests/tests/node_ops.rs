@@ -1,0 +1,189 @@
+//! The node's operational surface: metrics, health, topology, reflection, admin, shutdown.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringcache::Client;
+use ringcache_proto::v1::{self, admin_client::AdminClient, cluster_client::ClusterClient};
+use ringcache_tests::{TestNode, http_get};
+use tokio_stream::StreamExt;
+
+async fn channel(node: &TestNode) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(node.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_op_and_result() {
+    let node = TestNode::start_default().await;
+    let c = Client::connect([node.grpc_target()]).await.unwrap();
+    c.set("k", "v").await.unwrap();
+    c.get("k").await.unwrap();
+    c.get("nope").await.unwrap();
+    let _ = c.set("", "v").await;
+    let _ = c.set(vec![b'x'; 9000], "v").await;
+
+    let response = http_get(node.http_addr, "/metrics").await.unwrap();
+    assert_eq!(response.status, 200);
+    let text = response.body;
+    for needle in [
+        r#"ringcache_requests_total{op="set",result="ok"} 1"#,
+        r#"ringcache_requests_total{op="get",result="ok"} 1"#,
+        r#"ringcache_requests_total{op="get",result="miss"} 1"#,
+        r#"ringcache_requests_total{op="set",result="invalid_argument"} 1"#,
+        r#"ringcache_request_duration_seconds_count{op="set"} 2"#,
+        "ringcache_keys 1",
+        "ringcache_hits_total 1",
+        "ringcache_misses_total 1",
+        "ringcache_evictions_total 0",
+        "ringcache_expirations_total 0",
+        "ringcache_memory_max_bytes 67108864",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+    assert!(text.contains("ringcache_memory_used_bytes "), "{text}");
+    node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn health_endpoints_report_live_and_ready() {
+    let node = TestNode::start_default().await;
+    let live = http_get(node.http_addr, "/health/live").await.unwrap();
+    let ready = http_get(node.http_addr, "/health/ready").await.unwrap();
+    assert_eq!((live.status, ready.status), (200, 200));
+    assert_eq!(http_get(node.http_addr, "/nope").await.unwrap().status, 404);
+    node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn topology_node_info_and_watch_describe_the_node() {
+    let node = TestNode::start_default().await;
+    let mut cluster = ClusterClient::new(channel(&node).await);
+    let topology = cluster
+        .get_topology(v1::GetTopologyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(topology.members.len(), 1);
+    let me = &topology.members[0];
+    assert_eq!(me.node_id, "test-node");
+    assert_eq!(me.grpc_addr, node.grpc_addr.to_string());
+    assert_eq!(me.http_addr, node.http_addr.to_string());
+    assert_eq!(me.state, v1::NodeState::Active as i32);
+    assert_eq!(
+        topology.digest,
+        ringcache_proto::topology_digest(&topology.members)
+    );
+
+    let mut watch = cluster
+        .watch_topology(v1::WatchTopologyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first, topology,
+        "the watch starts with the current topology"
+    );
+
+    let c = Client::connect([node.grpc_target()]).await.unwrap();
+    c.set("a", "1").await.unwrap();
+    c.get("a").await.unwrap();
+    let info = cluster
+        .node_info(v1::NodeInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (info.node_id.as_str(), info.keys, info.hits),
+        ("test-node", 1, 1)
+    );
+    assert_eq!(info.eviction_policy, "clock");
+    assert_eq!(info.max_memory_bytes, 64 * 1024 * 1024);
+    assert!(info.memory_used_bytes > 0);
+
+    // Shutting down ends the open watch instead of waiting on it.
+    node.stop().await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(item) = watch.next().await {
+            if item.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "watch stream did not end at shutdown");
+}
+
+#[tokio::test]
+async fn flush_empties_the_node_and_leave_shuts_it_down() {
+    let mut node = TestNode::start_default().await;
+    let c = Client::connect([node.grpc_target()]).await.unwrap();
+    c.mset((0..10).map(|i| (format!("k{i}"), "v")), None)
+        .await
+        .unwrap();
+    let mut admin = AdminClient::new(channel(&node).await);
+    let removed = admin
+        .flush(v1::FlushRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .removed;
+    assert_eq!(removed, 10);
+    assert_eq!(c.get("k1").await.unwrap(), None);
+
+    let state = admin
+        .leave(v1::LeaveRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .state;
+    assert_eq!(state, "NODE_STATE_LEAVING");
+    node.wait_stopped().await.unwrap();
+    assert!(
+        c.set("after", Bytes::from("leave")).await.is_err(),
+        "a node that left serves nothing"
+    );
+}
+
+#[tokio::test]
+async fn reflection_lists_the_ringcache_services() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let node = TestNode::start_default().await;
+    let mut reflection = ServerReflectionClient::new(channel(&node).await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for service in [
+        "ringcache.v1.Cache",
+        "ringcache.v1.Cluster",
+        "ringcache.v1.Admin",
+    ] {
+        assert!(
+            names.iter().any(|n| n == service),
+            "{service} missing from {names:?}"
+        );
+    }
+    node.stop().await.unwrap();
+}
