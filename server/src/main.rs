@@ -1,11 +1,23 @@
 //! `ringcached`: starts one ringcache node.
 
+use std::process::ExitCode;
+
 use clap::Parser;
 use ringcache_server::config::{Cli, Config, LogFormat};
 use ringcache_server::{Listeners, Node};
 use tracing_subscriber::EnvFilter;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ringcached: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let config = Config::load(Cli::parse())?;
     init_logging(config.log_format);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
@@ -21,7 +33,9 @@ fn main() -> anyhow::Result<()> {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
