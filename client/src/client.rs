@@ -435,7 +435,10 @@ mod tests {
     }
 
     fn is_invalid(result: Result<impl fmt::Debug, Error>, message: &str) -> bool {
-        matches!(&result, Err(Error::InvalidArgument(m)) if m.contains(message))
+        match result {
+            Err(Error::InvalidArgument(m)) => m.contains(message),
+            _ => false,
+        }
     }
 
     #[tokio::test]

@@ -166,6 +166,20 @@ impl Router {
     }
 }
 
+#[cfg(test)]
+impl Router {
+    /// A router over one lazy channel, for tests that need no node.
+    pub(crate) fn single(addr: &str, channel: Channel) -> Router {
+        Router {
+            node: NodePool {
+                addr: addr.to_owned(),
+                conns: Box::new([CacheClient::new(channel)]),
+                next: AtomicUsize::new(0),
+            },
+        }
+    }
+}
+
 /// Connects to the first seed that answers.
 pub(crate) async fn connect(seeds: &[String], config: &ConnectConfig) -> Result<Router, Error> {
     let mut failures = Vec::with_capacity(seeds.len());
@@ -237,6 +251,9 @@ async fn probe(channel: Channel, timeout: Duration) -> Result<(), String> {
             tracing::trace!(node_id = %info.node_id, version = %info.version, "node answered");
             Ok(())
         }
+        Err(status) if is_not_grpc(&status) => {
+            Err(format!("not a gRPC server: {}", status.message()))
+        }
         Err(status) => match Error::from(status) {
             error @ (Error::Unavailable(_)
             | Error::Timeout { .. }
@@ -247,6 +264,14 @@ async fn probe(channel: Channel, timeout: Duration) -> Result<(), String> {
             _ => Ok(()),
         },
     }
+}
+
+/// Whether tonic made the status up from a plain HTTP answer without `grpc-status` (a web server
+/// or proxy answering 404, say) rather than receiving it from a gRPC server.
+fn is_not_grpc(status: &tonic::Status) -> bool {
+    let message = status.message();
+    message.starts_with("grpc-status header missing")
+        || message.starts_with("protocol error: missing grpc-status")
 }
 
 /// An error's message without the variant's prefix, for lists of reasons.
@@ -306,20 +331,6 @@ mod tests {
                 matches!(&error, Error::InvalidArgument(m) if m.starts_with("seed ")),
                 "{seed:?} gave {error:?}"
             );
-        }
-    }
-}
-
-#[cfg(test)]
-impl Router {
-    /// A router over one lazy channel, for tests that need no node.
-    pub(crate) fn single(addr: &str, channel: Channel) -> Router {
-        Router {
-            node: NodePool {
-                addr: addr.to_owned(),
-                conns: Box::new([CacheClient::new(channel)]),
-                next: AtomicUsize::new(0),
-            },
         }
     }
 }

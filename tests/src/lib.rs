@@ -178,3 +178,8 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Compiles the README's code examples, so they cannot drift from the API.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
