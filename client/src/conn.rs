@@ -245,6 +245,7 @@ async fn open_node(addr: &str, config: &ConnectConfig) -> Result<NodePool, Strin
 async fn probe(channel: Channel, timeout: Duration) -> Result<(), String> {
     let mut request = tonic::Request::new(NodeInfoRequest {});
     request.set_timeout(timeout);
+    let started = tokio::time::Instant::now();
     match ClusterClient::new(channel).node_info(request).await {
         Ok(response) => {
             let info = response.into_inner();
@@ -254,13 +255,15 @@ async fn probe(channel: Channel, timeout: Duration) -> Result<(), String> {
         Err(status) if is_not_grpc(&status) => {
             Err(format!("not a gRPC server: {}", status.message()))
         }
-        Err(status) => match Error::from(status) {
-            error @ (Error::Unavailable(_)
-            | Error::Timeout { .. }
-            | Error::Server {
+        Err(status) => match Error::from_status_after(status, started.elapsed(), timeout) {
+            Error::Unavailable(message) => Err(message),
+            Error::Timeout { .. } => Err(format!("no answer within {timeout:?}")),
+            error @ Error::Server {
                 code: tonic::Code::Cancelled,
                 ..
-            }) => Err(unprefixed(&error)),
+            } => Err(error.to_string()),
+            // Any other answer comes from a live gRPC server, e.g. UNIMPLEMENTED from a node
+            // without the Cluster service.
             _ => Ok(()),
         },
     }
@@ -272,14 +275,6 @@ fn is_not_grpc(status: &tonic::Status) -> bool {
     let message = status.message();
     message.starts_with("grpc-status header missing")
         || message.starts_with("protocol error: missing grpc-status")
-}
-
-/// An error's message without the variant's prefix, for lists of reasons.
-fn unprefixed(error: &Error) -> String {
-    match error {
-        Error::Unavailable(message) => message.clone(),
-        other => other.to_string(),
-    }
 }
 
 #[cfg(test)]
