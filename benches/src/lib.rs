@@ -2,9 +2,84 @@
 //! today this crate holds the criterion micro-benchmarks (`cargo bench -p ringcache-bench`) and
 //! `memprobe`, which measures memory per key.
 
+use anyhow::{Context, bail};
+use ringcache_server::store::{SetOptions, Store, StoreConfig};
+
 /// The key `memprobe` and the store benchmarks use for index `i`: `key:%010d` (14 bytes).
 pub fn bench_key(i: u64) -> String {
     format!("key:{i:010}")
+}
+
+/// What [`measure_memory`] found.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryReport {
+    /// Keys stored.
+    pub keys: u64,
+    /// Bytes of key + value per key.
+    pub payload_per_key: usize,
+    /// Resident set size before loading.
+    pub rss_before: u64,
+    /// Resident set size after loading.
+    pub rss_after: u64,
+    /// Bytes the store charged against `max_memory`.
+    pub accounted_bytes: u64,
+}
+
+impl MemoryReport {
+    /// Resident bytes added per key.
+    pub fn rss_per_key(&self) -> f64 {
+        self.rss_after.saturating_sub(self.rss_before) as f64 / self.keys as f64
+    }
+}
+
+/// This process's resident set size, from `/proc/self/status`.
+pub fn rss_bytes() -> anyhow::Result<u64> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS line in /proc/self/status")?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("malformed VmRSS line")?
+        .parse()
+        .context("malformed VmRSS value")?;
+    Ok(kib * 1024)
+}
+
+/// Loads `n` keys ([`bench_key`], 14 B) with `value_len`-byte values into a fresh store and
+/// measures the resident memory they add.
+pub fn measure_memory(n: u64, value_len: usize) -> anyhow::Result<MemoryReport> {
+    if n == 0 {
+        bail!("the number of keys must be at least 1");
+    }
+    let store = Store::new(StoreConfig {
+        max_memory_bytes: usize::MAX / 2,
+        ..StoreConfig::default()
+    });
+    let value = vec![b'x'; value_len];
+    let rss_before = rss_bytes()?;
+    for i in 0..n {
+        store
+            .set(
+                bench_key(i).as_bytes(),
+                &value,
+                SetOptions::default(),
+                1_700_000_000_000,
+            )
+            .context("set failed")?;
+    }
+    let rss_after = rss_bytes()?;
+    let stats = store.stats();
+    Ok(MemoryReport {
+        keys: stats.keys,
+        payload_per_key: 14 + value_len,
+        rss_before,
+        rss_after,
+        accounted_bytes: stats.used_bytes,
+    })
 }
 
 /// A cheap deterministic sequence of indexes in `0..n` (an LCG), so runs are repeatable.
@@ -39,6 +114,16 @@ impl Iterator for IndexSequence {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ringcache_server::store::charge;
+
+    #[test]
+    fn memory_probe_loads_every_key_and_reads_rss() {
+        let report = measure_memory(10_000, 100).unwrap();
+        assert_eq!(report.keys, 10_000);
+        assert_eq!(report.accounted_bytes, 10_000 * charge(14, 100) as u64);
+        assert!(report.rss_before > 0 && report.rss_after > 0);
+        assert!(measure_memory(0, 100).is_err());
+    }
 
     #[test]
     fn keys_are_fourteen_bytes_and_sequences_repeat() {

@@ -259,6 +259,12 @@ impl Node {
             eviction = self.config.store.eviction.as_str(),
             "ringcached serving"
         );
+        if !self.config.seeds.is_empty() {
+            tracing::warn!(
+                seeds = ?self.config.seeds,
+                "--seeds is set, but this build has no cluster layer yet: serving as a single node"
+            );
+        }
         let mut server = tokio::spawn(
             router.serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned()),
         );
