@@ -34,12 +34,20 @@ impl MemoryReport {
 
 /// This process's resident set size, from `/proc/self/status`.
 pub fn rss_bytes() -> anyhow::Result<u64> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
+    rss_from("/proc/self/status")
+}
+
+/// Another process's resident set size, from `/proc/PID/status`.
+pub fn rss_of(pid: u32) -> anyhow::Result<u64> {
+    rss_from(&format!("/proc/{pid}/status"))
+}
+
+fn rss_from(path: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
     let line = status
         .lines()
         .find(|l| l.starts_with("VmRSS:"))
-        .context("no VmRSS line in /proc/self/status")?;
+        .with_context(|| format!("no VmRSS line in {path}"))?;
     let kib: u64 = line
         .split_whitespace()
         .nth(1)

@@ -1,13 +1,19 @@
-//! Measures the resident memory per key of the store: loads N keys (`key:%010d`, 14 B) with V-byte
-//! values into a `Store` with the system allocator (as `ringcached` uses) and reads RSS from /proc
-//! before and after. Usage: `memprobe [N=1000000] [V=100]`; build it in release:
-//! `cargo run --release -p ringcache-bench --bin memprobe`.
+//! Measures resident memory per key: loads N keys (`key:%010d`, 14 B) with V-byte values and reads
+//! RSS from /proc before and after. Build it in release.
+//!
+//! - `memprobe [N=1000000] [V=100]`: into a `Store` in this process (system allocator, as
+//!   `ringcached` uses).
+//! - `memprobe --server HOST:PORT --pid PID [N] [V]`: into a running `ringcached` through the
+//!   client (MSet batches of 500), reading the node's RSS from /proc/PID.
 
-use anyhow::Context;
-use ringcache_bench::measure_memory;
+use anyhow::{Context, bail};
+use ringcache_bench::{MemoryReport, bench_key, measure_memory, rss_of};
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let server = take_flag(&mut args, "--server")?;
+    let pid = take_flag(&mut args, "--pid")?;
+    let mut args = args.into_iter();
     let n: u64 = args
         .next()
         .map_or(Ok(1_000_000), |a| a.parse())
@@ -16,7 +22,14 @@ fn main() -> anyhow::Result<()> {
         .next()
         .map_or(Ok(100), |a| a.parse())
         .context("V must be a number")?;
-    let report = measure_memory(n, value_len)?;
+    let report = match (server, pid) {
+        (None, None) => measure_memory(n, value_len)?,
+        (Some(server), Some(pid)) => {
+            let pid: u32 = pid.parse().context("--pid must be a process id")?;
+            tokio::runtime::Runtime::new()?.block_on(measure_server(&server, pid, n, value_len))?
+        }
+        _ => bail!("--server and --pid go together"),
+    };
     let per_key = report.rss_per_key();
     println!("keys                 {}", report.keys);
     println!(
@@ -38,4 +51,45 @@ fn main() -> anyhow::Result<()> {
         report.accounted_bytes as f64 / report.keys as f64
     );
     Ok(())
+}
+
+fn take_flag(args: &mut Vec<String>, flag: &str) -> anyhow::Result<Option<String>> {
+    let Some(at) = args.iter().position(|a| a == flag) else {
+        return Ok(None);
+    };
+    if at + 1 >= args.len() {
+        bail!("{flag} needs a value");
+    }
+    let value = args.remove(at + 1);
+    args.remove(at);
+    Ok(Some(value))
+}
+
+async fn measure_server(
+    server: &str,
+    pid: u32,
+    n: u64,
+    value_len: usize,
+) -> anyhow::Result<MemoryReport> {
+    const BATCH: u64 = 500;
+    let client = ringcache::Client::connect([server]).await?;
+    let value = bytes::Bytes::from(vec![b'x'; value_len]);
+    let rss_before = rss_of(pid)?;
+    let mut start = 0;
+    while start < n {
+        let end = (start + BATCH).min(n);
+        let batch: Vec<(String, bytes::Bytes)> = (start..end)
+            .map(|i| (bench_key(i), value.clone()))
+            .collect();
+        client.mset(batch, None).await.context("mset failed")?;
+        start = end;
+    }
+    let rss_after = rss_of(pid)?;
+    Ok(MemoryReport {
+        keys: n,
+        payload_per_key: 14 + value_len,
+        rss_before,
+        rss_after,
+        accounted_bytes: n * ringcache_server::store::charge(14, value_len) as u64,
+    })
 }
