@@ -5,7 +5,7 @@
 //! (unix milliseconds) from its caller, which is what lets tests drive TTLs and versions by hand.
 //!
 //! Layout: `shards` (a power of two) each behind its own `RwLock`. A key's hash picks its shard and
-//! its slot in that shard's index ([`shard`]). Each item is one allocation ([`entry`]). Reads take the
+//! its slot in that shard's index (`shard.rs`). Each item is one allocation (`entry.rs`). Reads take the
 //! read lock, set the entry's CLOCK bit atomically and clone the entry pointer; writes take the write
 //! lock of one shard at a time and never hold two shard locks at once (eviction in other shards uses
 //! `try_write`), so there is no lock order to get wrong.
