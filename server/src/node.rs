@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use ringcache_proto::topology::{Member, NodeState, Topology};
 use ringcache_proto::v1::{
     self, admin_server::AdminServer, cache_server::CacheServer, cluster_server::ClusterServer,
 };
@@ -168,22 +169,17 @@ impl Node {
     /// Publishes the one-member topology of a node alone, with the addresses it really serves on.
     fn publish_topology(&self, grpc_addr: Option<String>, http_addr: Option<String>) {
         let config = &self.config;
-        let member = v1::Member {
+        let member = Member {
             node_id: config.node_id.clone(),
             incarnation: self.incarnation,
-            state: self.state() as i32,
+            state: NodeState::try_from(self.state() as i32).unwrap_or(NodeState::Active),
             weight: 1,
             grpc_addr: grpc_addr.unwrap_or_else(|| config.grpc_addr().to_string()),
             gossip_addr: SocketAddr::new(config.bind, config.gossip_port).to_string(),
             http_addr: http_addr.unwrap_or_else(|| config.http_addr().to_string()),
         };
-        let members = vec![member];
-        self.topology.send_replace(v1::Topology {
-            digest: ringcache_proto::topology_digest(&members),
-            members,
-            replication_factor: config.replication_factor.get(),
-            vnodes_per_weight: 0,
-        });
+        let topology = Topology::new(vec![member], config.replication_factor.get(), 1);
+        self.topology.send_replace(v1::Topology::from(&topology));
     }
 
     /// Serves on bound TCP listeners until `shutdown` completes (or [`Node::leave`] is called).

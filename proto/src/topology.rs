@@ -1,0 +1,457 @@
+//! The topology: the list of ring members that every node and client derives the ring from, and
+//! its digest.
+//!
+//! These are the hand-written domain types; [`crate::v1::Topology`] and [`crate::v1::Member`] are
+//! their wire form, converted with `From`/`TryFrom` at the edges.
+
+use std::fmt;
+
+use crate::v1;
+
+/// A member's place in its life cycle (DESIGN §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NodeState {
+    /// In gossip, receiving its ranges, not yet serving reads; not in the ring.
+    Joining,
+    /// In the ring and serving.
+    Active,
+    /// Handing its data off; still in the ring until it is gone.
+    Leaving,
+    /// Failure detection suspects it; kept in the ring so a false suspicion does not move data.
+    Suspect,
+    /// Declared down; out of the ring.
+    Dead,
+}
+
+impl NodeState {
+    /// Whether a member in this state owns ranges of the ring.
+    pub fn in_ring(self) -> bool {
+        matches!(self, Self::Active | Self::Leaving | Self::Suspect)
+    }
+
+    /// Lower-case name, as shown to operators.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Joining => "joining",
+            Self::Active => "active",
+            Self::Leaving => "leaving",
+            Self::Suspect => "suspect",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<NodeState> for v1::NodeState {
+    fn from(state: NodeState) -> Self {
+        match state {
+            NodeState::Joining => v1::NodeState::Joining,
+            NodeState::Active => v1::NodeState::Active,
+            NodeState::Leaving => v1::NodeState::Leaving,
+            NodeState::Suspect => v1::NodeState::Suspect,
+            NodeState::Dead => v1::NodeState::Dead,
+        }
+    }
+}
+
+/// A wire value that does not name a known state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid node state {0}")]
+pub struct InvalidNodeState(pub i32);
+
+impl TryFrom<i32> for NodeState {
+    type Error = InvalidNodeState;
+
+    fn try_from(value: i32) -> Result<Self, Self::Error> {
+        match v1::NodeState::try_from(value) {
+            Ok(v1::NodeState::Joining) => Ok(Self::Joining),
+            Ok(v1::NodeState::Active) => Ok(Self::Active),
+            Ok(v1::NodeState::Leaving) => Ok(Self::Leaving),
+            Ok(v1::NodeState::Suspect) => Ok(Self::Suspect),
+            Ok(v1::NodeState::Dead) => Ok(Self::Dead),
+            Ok(v1::NodeState::Unspecified) | Err(_) => Err(InvalidNodeState(value)),
+        }
+    }
+}
+
+/// One node as the topology knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Member {
+    /// Unique, stable id; also what its ring tokens are derived from.
+    pub node_id: String,
+    /// Grows every time the node restarts or refutes a suspicion.
+    pub incarnation: u64,
+    /// Its life-cycle state.
+    pub state: NodeState,
+    /// Relative capacity: the node gets `weight × vnodes_per_weight` virtual nodes. At least 1.
+    pub weight: u32,
+    /// `host:port` of its gRPC service.
+    pub grpc_addr: String,
+    /// `host:port` of its gossip endpoint.
+    pub gossip_addr: String,
+    /// `host:port` of its HTTP endpoint.
+    pub http_addr: String,
+}
+
+impl From<&Member> for v1::Member {
+    fn from(member: &Member) -> Self {
+        v1::Member {
+            node_id: member.node_id.clone(),
+            incarnation: member.incarnation,
+            state: v1::NodeState::from(member.state) as i32,
+            weight: member.weight,
+            grpc_addr: member.grpc_addr.clone(),
+            gossip_addr: member.gossip_addr.clone(),
+            http_addr: member.http_addr.clone(),
+        }
+    }
+}
+
+/// Why a wire topology was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopologyError {
+    /// A member had an unknown state.
+    #[error("member {node_id:?}: {source}")]
+    State {
+        /// The member.
+        node_id: String,
+        /// The bad value.
+        source: InvalidNodeState,
+    },
+    /// A member had an empty id.
+    #[error("a member has an empty node id")]
+    EmptyNodeId,
+    /// Two members had the same id.
+    #[error("node id {0:?} appears twice")]
+    DuplicateNodeId(String),
+    /// A member had weight 0.
+    #[error("member {0:?} has weight 0")]
+    ZeroWeight(String),
+    /// The replication factor or vnode count was 0.
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    /// The digest sent does not match the members sent.
+    #[error("digest {sent:#x} does not match the members (computed {computed:#x})")]
+    DigestMismatch {
+        /// The digest on the wire.
+        sent: u64,
+        /// The digest of the members on the wire.
+        computed: u64,
+    },
+}
+
+impl TryFrom<&v1::Member> for Member {
+    type Error = TopologyError;
+
+    fn try_from(member: &v1::Member) -> Result<Self, Self::Error> {
+        if member.node_id.is_empty() {
+            return Err(TopologyError::EmptyNodeId);
+        }
+        if member.weight == 0 {
+            return Err(TopologyError::ZeroWeight(member.node_id.clone()));
+        }
+        let state = NodeState::try_from(member.state).map_err(|source| TopologyError::State {
+            node_id: member.node_id.clone(),
+            source,
+        })?;
+        Ok(Member {
+            node_id: member.node_id.clone(),
+            incarnation: member.incarnation,
+            state,
+            weight: member.weight,
+            grpc_addr: member.grpc_addr.clone(),
+            gossip_addr: member.gossip_addr.clone(),
+            http_addr: member.http_addr.clone(),
+        })
+    }
+}
+
+/// The member list with the ring parameters, sorted by node id, and its digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    members: Vec<Member>,
+    replication_factor: u32,
+    vnodes_per_weight: u32,
+    digest: u64,
+}
+
+impl Topology {
+    /// A topology of `members` (any order; sorted here). Duplicate ids keep the highest
+    /// incarnation. `replication_factor` and `vnodes_per_weight` are raised to at least 1.
+    pub fn new(mut members: Vec<Member>, replication_factor: u32, vnodes_per_weight: u32) -> Self {
+        members.sort_by(|a, b| {
+            a.node_id
+                .cmp(&b.node_id)
+                .then(b.incarnation.cmp(&a.incarnation))
+        });
+        members.dedup_by(|later, first| later.node_id == first.node_id);
+        let replication_factor = replication_factor.max(1);
+        let vnodes_per_weight = vnodes_per_weight.max(1);
+        let digest = digest(&members, replication_factor, vnodes_per_weight);
+        Self {
+            members,
+            replication_factor,
+            vnodes_per_weight,
+            digest,
+        }
+    }
+
+    /// Members sorted by node id.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// The member with this id.
+    pub fn member(&self, node_id: &str) -> Option<&Member> {
+        self.members
+            .binary_search_by(|m| m.node_id.as_str().cmp(node_id))
+            .ok()
+            .map(|i| &self.members[i])
+    }
+
+    /// Members that own ranges of the ring (see [`NodeState::in_ring`]).
+    pub fn ring_members(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().filter(|m| m.state.in_ring())
+    }
+
+    /// Replicas per key before capping at the number of ring members.
+    pub fn replication_factor(&self) -> u32 {
+        self.replication_factor
+    }
+
+    /// Virtual nodes per unit of weight.
+    pub fn vnodes_per_weight(&self) -> u32 {
+        self.vnodes_per_weight
+    }
+
+    /// The stable digest naming this topology.
+    pub fn digest(&self) -> u64 {
+        self.digest
+    }
+}
+
+impl From<&Topology> for v1::Topology {
+    fn from(topology: &Topology) -> Self {
+        v1::Topology {
+            members: topology.members.iter().map(v1::Member::from).collect(),
+            digest: topology.digest,
+            replication_factor: topology.replication_factor,
+            vnodes_per_weight: topology.vnodes_per_weight,
+        }
+    }
+}
+
+impl TryFrom<&v1::Topology> for Topology {
+    type Error = TopologyError;
+
+    fn try_from(wire: &v1::Topology) -> Result<Self, Self::Error> {
+        if wire.replication_factor == 0 {
+            return Err(TopologyError::Zero("replication_factor"));
+        }
+        if wire.vnodes_per_weight == 0 {
+            return Err(TopologyError::Zero("vnodes_per_weight"));
+        }
+        let members = wire
+            .members
+            .iter()
+            .map(Member::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ids: Vec<&str> = members.iter().map(|m| m.node_id.as_str()).collect();
+        ids.sort_unstable();
+        if let Some(pair) = ids.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(TopologyError::DuplicateNodeId(pair[0].to_owned()));
+        }
+        let topology = Topology::new(members, wire.replication_factor, wire.vnodes_per_weight);
+        if topology.digest != wire.digest {
+            return Err(TopologyError::DigestMismatch {
+                sent: wire.digest,
+                computed: topology.digest,
+            });
+        }
+        Ok(topology)
+    }
+}
+
+/// FNV-1a, 64-bit: specified, stable across machines and Rust versions.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn u64(&mut self, value: u64) {
+        self.bytes(&value.to_le_bytes());
+    }
+
+    fn str(&mut self, s: &str) {
+        self.u64(s.len() as u64);
+        self.bytes(s.as_bytes());
+    }
+}
+
+/// The digest of a sorted member list and the ring parameters: FNV-1a over a length-prefixed,
+/// little-endian encoding of every field. Part of the wire contract (pinned by a test).
+fn digest(members: &[Member], replication_factor: u32, vnodes_per_weight: u32) -> u64 {
+    let mut hash = Fnv::new();
+    hash.u64(members.len() as u64);
+    for member in members {
+        hash.str(&member.node_id);
+        hash.u64(member.incarnation);
+        hash.u64(v1::NodeState::from(member.state) as u64);
+        hash.u64(u64::from(member.weight));
+        hash.str(&member.grpc_addr);
+        hash.str(&member.gossip_addr);
+        hash.str(&member.http_addr);
+    }
+    hash.u64(u64::from(replication_factor));
+    hash.u64(u64::from(vnodes_per_weight));
+    hash.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn member(id: &str, state: NodeState) -> Member {
+        Member {
+            node_id: id.to_owned(),
+            incarnation: 1,
+            state,
+            weight: 1,
+            grpc_addr: format!("{id}:7379"),
+            gossip_addr: format!("{id}:7380"),
+            http_addr: format!("{id}:7381"),
+        }
+    }
+
+    #[test]
+    fn member_order_does_not_change_the_topology_or_its_digest() {
+        let a = Topology::new(
+            vec![
+                member("n1", NodeState::Active),
+                member("n2", NodeState::Active),
+            ],
+            3,
+            256,
+        );
+        let b = Topology::new(
+            vec![
+                member("n2", NodeState::Active),
+                member("n1", NodeState::Active),
+            ],
+            3,
+            256,
+        );
+        assert_eq!(a, b);
+        assert_eq!(a.digest(), b.digest());
+        // Pinned: a change here is a wire-contract change.
+        assert_eq!(
+            Topology::new(vec![], 3, 256).digest(),
+            0x9622_d129_6525_0e21
+        );
+    }
+
+    #[test]
+    fn every_field_changes_the_digest() {
+        let base = Topology::new(vec![member("n1", NodeState::Active)], 3, 256);
+        let mut changes: Vec<Topology> = Vec::new();
+        let with = |f: &dyn Fn(&mut Member)| {
+            let mut m = member("n1", NodeState::Active);
+            f(&mut m);
+            Topology::new(vec![m], 3, 256)
+        };
+        changes.push(with(&|m| m.incarnation = 2));
+        changes.push(with(&|m| m.state = NodeState::Suspect));
+        changes.push(with(&|m| m.weight = 2));
+        changes.push(with(&|m| m.grpc_addr = "x:1".into()));
+        changes.push(with(&|m| m.gossip_addr = "x:1".into()));
+        changes.push(with(&|m| m.http_addr = "x:1".into()));
+        changes.push(Topology::new(vec![member("n1", NodeState::Active)], 2, 256));
+        changes.push(Topology::new(vec![member("n1", NodeState::Active)], 3, 128));
+        for changed in changes {
+            assert_ne!(changed.digest(), base.digest(), "{changed:?}");
+        }
+    }
+
+    #[test]
+    fn duplicates_keep_the_newest_incarnation() {
+        let mut newer = member("n1", NodeState::Active);
+        newer.incarnation = 9;
+        let t = Topology::new(vec![member("n1", NodeState::Dead), newer.clone()], 3, 256);
+        assert_eq!(t.members(), &[newer]);
+    }
+
+    #[test]
+    fn wire_round_trip_and_validation() {
+        let t = Topology::new(
+            vec![
+                member("n1", NodeState::Active),
+                member("n2", NodeState::Joining),
+            ],
+            2,
+            64,
+        );
+        let wire = v1::Topology::from(&t);
+        assert_eq!(Topology::try_from(&wire).unwrap(), t);
+        let mut bad = wire.clone();
+        bad.digest ^= 1;
+        assert!(matches!(
+            Topology::try_from(&bad),
+            Err(TopologyError::DigestMismatch { .. })
+        ));
+        let mut bad = wire.clone();
+        bad.members[0].state = 99;
+        assert!(matches!(
+            Topology::try_from(&bad),
+            Err(TopologyError::State { .. })
+        ));
+        let mut bad = wire.clone();
+        bad.members[1].node_id = "n1".into();
+        assert_eq!(
+            Topology::try_from(&bad),
+            Err(TopologyError::DuplicateNodeId("n1".into()))
+        );
+        let mut bad = wire;
+        bad.replication_factor = 0;
+        assert_eq!(
+            Topology::try_from(&bad),
+            Err(TopologyError::Zero("replication_factor"))
+        );
+    }
+
+    #[test]
+    fn only_active_leaving_and_suspect_members_own_ranges() {
+        let t = Topology::new(
+            [
+                NodeState::Joining,
+                NodeState::Active,
+                NodeState::Leaving,
+                NodeState::Suspect,
+                NodeState::Dead,
+            ]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| member(&format!("n{i}"), *s))
+            .collect(),
+            3,
+            16,
+        );
+        let ids: Vec<&str> = t.ring_members().map(|m| m.node_id.as_str()).collect();
+        assert_eq!(ids, ["n1", "n2", "n3"]);
+        assert_eq!(t.member("n4").unwrap().state, NodeState::Dead);
+        assert!(t.member("zz").is_none());
+    }
+}
