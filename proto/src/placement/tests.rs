@@ -1,0 +1,175 @@
+//! Placement contract tests: pinned values, determinism, balance, movement, distinct replicas.
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::topology::{Member, NodeState, Topology};
+
+fn ids(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("node-{i}")).collect()
+}
+
+fn ring_of(ids: &[String], vnodes: u32, replication: u32) -> Ring {
+    Ring::build(ids.iter().map(|id| (id.as_str(), 1)), vnodes, replication)
+}
+
+fn primaries(ring: &Ring, keys: u32) -> Vec<String> {
+    (0..keys)
+        .map(|i| {
+            ring.primary(format!("key:{i}").as_bytes())
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn key_hash_is_siphash_2_4_with_zero_keys_and_pinned() {
+    #[allow(deprecated)]
+    let mut std_sip = std::hash::SipHasher::new();
+    std_sip.write(b"user:42");
+    assert_eq!(key_hash(b"user:42"), std_sip.finish());
+    // Pinned: changing any of these moves every key in every cluster.
+    assert_eq!(key_hash(b""), 0x1e92_4b9d_7377_00d7);
+    assert_eq!(key_hash(b"a"), 0x96c2_0860_cd93_a249);
+}
+
+#[test]
+fn golden_vectors_pin_the_replica_sets() {
+    let ring = ring_of(&ids(5), 256, 3);
+    let golden: [(&str, [&str; 3]); 4] = [
+        ("user:42", ["node-1", "node-3", "node-5"]),
+        ("a", ["node-4", "node-3", "node-5"]),
+        ("", ["node-2", "node-5", "node-4"]),
+        ("session:9f8e", ["node-5", "node-2", "node-1"]),
+    ];
+    for (key, owners) in golden {
+        let got: Vec<&str> = ring.replicas(key.as_bytes()).iter().collect();
+        assert_eq!(got, owners, "key {key:?}");
+    }
+}
+
+#[test]
+fn the_same_members_give_the_same_ring_in_any_order() {
+    let forward = ids(7);
+    let mut backward = forward.clone();
+    backward.reverse();
+    let a = ring_of(&forward, 64, 3);
+    let b = ring_of(&backward, 64, 3);
+    for i in 0..20_000 {
+        let key = format!("k{i}");
+        let ra: Vec<&str> = a.replicas(key.as_bytes()).iter().collect();
+        let rb: Vec<&str> = b.replicas(key.as_bytes()).iter().collect();
+        assert_eq!(ra, rb, "{key}");
+    }
+}
+
+#[test]
+fn balance_within_ten_percent_at_256_vnodes_over_a_million_keys() {
+    for n in [3, 5, 16, 64] {
+        let ring = ring_of(&ids(n), DEFAULT_VNODES_PER_WEIGHT, 1);
+        let mut counts: HashMap<String, u32> = HashMap::new();
+        for owner in primaries(&ring, 1_000_000) {
+            *counts.entry(owner).or_default() += 1;
+        }
+        assert_eq!(counts.len(), n, "every node owns keys");
+        let max = *counts.values().max().unwrap() as f64;
+        let mean = 1_000_000.0 / n as f64;
+        assert!(
+            max / mean <= 1.10,
+            "{n} nodes: max/mean = {:.3}",
+            max / mean
+        );
+    }
+}
+
+#[test]
+fn adding_a_node_moves_about_one_share_and_only_onto_it() {
+    for n in [3, 5, 16] {
+        let before_ids = ids(n);
+        let mut after_ids = before_ids.clone();
+        after_ids.push("node-new".to_owned());
+        let before = primaries(&ring_of(&before_ids, DEFAULT_VNODES_PER_WEIGHT, 1), 200_000);
+        let after = primaries(&ring_of(&after_ids, DEFAULT_VNODES_PER_WEIGHT, 1), 200_000);
+        let mut moved = 0;
+        for (old, new) in before.iter().zip(&after) {
+            if old != new {
+                moved += 1;
+                assert_eq!(new, "node-new", "a key moved between two old nodes");
+            }
+        }
+        let fraction = moved as f64 / 200_000.0;
+        let share = 1.0 / (n + 1) as f64;
+        assert!(
+            (0.8 * share..=1.2 * share).contains(&fraction),
+            "{n}+1 nodes: moved {fraction:.4}, expected about {share:.4}"
+        );
+    }
+}
+
+#[test]
+fn replicas_are_distinct_even_with_many_vnodes() {
+    let ring = ring_of(&ids(4), 4096, 3);
+    for i in 0..10_000 {
+        let set = ring.replicas(format!("k{i}").as_bytes());
+        let mut got: Vec<&str> = set.iter().collect();
+        assert_eq!(got.len(), 3);
+        got.sort_unstable();
+        got.dedup();
+        assert_eq!(got.len(), 3, "duplicate replica for k{i}");
+    }
+}
+
+#[test]
+fn replication_is_capped_at_the_number_of_nodes() {
+    let ring = ring_of(&ids(2), 16, 5);
+    assert_eq!(ring.replication(), 2);
+    assert_eq!(ring.replicas(b"x").len(), 2);
+    let empty = Ring::build(std::iter::empty(), 16, 3);
+    assert!(empty.is_empty());
+    assert!(empty.replicas(b"x").is_empty());
+    assert_eq!(empty.primary(b"x"), None);
+}
+
+#[test]
+fn weight_scales_the_share_of_keys() {
+    let ring = Ring::build([("light", 1), ("heavy", 3)], 256, 1);
+    let heavy = (0..100_000)
+        .filter(|i| ring.primary(format!("k{i}").as_bytes()) == Some("heavy"))
+        .count() as f64
+        / 100_000.0;
+    assert!(
+        (0.70..=0.80).contains(&heavy),
+        "heavy node owns {heavy:.3}, expected about 0.75"
+    );
+}
+
+#[test]
+fn a_topology_ring_holds_only_range_owning_members() {
+    let member = |id: &str, state| Member {
+        node_id: id.to_owned(),
+        incarnation: 1,
+        state,
+        weight: 1,
+        grpc_addr: String::new(),
+        gossip_addr: String::new(),
+        http_addr: String::new(),
+    };
+    let topology = Topology::new(
+        vec![
+            member("a", NodeState::Active),
+            member("b", NodeState::Joining),
+            member("c", NodeState::Suspect),
+            member("d", NodeState::Dead),
+        ],
+        3,
+        32,
+    );
+    let ring = Ring::new(&topology);
+    let nodes: Vec<&str> = ring.nodes().iter().map(|n| &**n).collect();
+    assert_eq!(nodes, ["a", "c"]);
+    assert_eq!(ring.replication(), 2);
+    let set = ring.replicas(b"k");
+    assert!(set.contains("a") && set.contains("c") && !set.contains("b"));
+    assert_eq!(set.position(set.primary().unwrap()), Some(0));
+}
