@@ -20,3 +20,11 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ring
 
 /// gRPC metadata key carrying the current version of a key when compare-and-set fails.
 pub const CURRENT_VERSION_METADATA: &str = "ringcache-current-version";
+
+/// gRPC metadata key on every node response: the decimal digest of the topology the node holds.
+/// A client whose own digest differs refreshes its topology.
+pub const TOPOLOGY_DIGEST_METADATA: &str = "ringcache-topology-digest";
+
+/// gRPC metadata key a node sets on a request it forwards to the key's primary; a request that
+/// carries it is served where it lands and never forwarded again.
+pub const FORWARDED_METADATA: &str = "ringcache-forwarded";
