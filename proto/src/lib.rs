@@ -28,3 +28,7 @@ pub const TOPOLOGY_DIGEST_METADATA: &str = "ringcache-topology-digest";
 /// gRPC metadata key a node sets on a request it forwards to the key's primary; a request that
 /// carries it is served where it lands and never forwarded again.
 pub const FORWARDED_METADATA: &str = "ringcache-forwarded";
+
+/// gRPC metadata key on a response that was forwarded because the request reached a node that
+/// does not hold the key: the client's routing is stale.
+pub const STALE_ROUTE_METADATA: &str = "ringcache-stale-route";

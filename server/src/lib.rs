@@ -11,6 +11,7 @@ mod http;
 pub mod metrics;
 pub mod node;
 pub mod store;
+pub mod view;
 
 pub use config::Config;
 pub use node::{Listeners, Node};

@@ -115,6 +115,9 @@ pub struct Metrics {
     /// `requests[op][outcome]`.
     requests: Vec<Vec<Counter>>,
     latency: Vec<Histogram>,
+    /// `forwarded[op]`: requests this node forwarded to the key's primary.
+    forwarded: Vec<Counter>,
+    forwarded_total: std::sync::atomic::AtomicU64,
     keys: Gauge,
     memory_used: Gauge,
     memory_max: Gauge,
@@ -238,9 +241,26 @@ impl Metrics {
                 )
             })
             .collect();
+        describe(
+            &recorder,
+            "ringcache_forwarded_requests_total",
+            Unit::Count,
+            "Requests for keys this node does not hold, forwarded to the key's primary; stays 0 while clients route directly",
+        );
+        let forwarded = Op::ALL
+            .iter()
+            .map(|op| {
+                counter(
+                    "ringcache_forwarded_requests_total",
+                    vec![Label::new("op", op.as_str())],
+                )
+            })
+            .collect();
         Self {
             requests,
             latency,
+            forwarded,
+            forwarded_total: std::sync::atomic::AtomicU64::new(0),
             keys: gauge("ringcache_keys"),
             memory_used: gauge("ringcache_memory_used_bytes"),
             memory_max: gauge("ringcache_memory_max_bytes"),
@@ -265,6 +285,23 @@ impl Metrics {
             .expect("every outcome is listed");
         self.requests[op_idx][outcome_idx].increment(1);
         self.latency[op_idx].record(elapsed.as_secs_f64());
+    }
+
+    /// Counts a request forwarded to another node.
+    pub fn record_forward(&self, op: Op) {
+        let op_idx = Op::ALL
+            .iter()
+            .position(|o| *o == op)
+            .expect("every op is listed");
+        self.forwarded[op_idx].increment(1);
+        self.forwarded_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Requests forwarded so far, all ops together.
+    pub fn forwarded_total(&self) -> u64 {
+        self.forwarded_total
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Renders the Prometheus text exposition, after copying in the store's current numbers.

@@ -8,7 +8,11 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use ringcache_proto::placement::DEFAULT_VNODES_PER_WEIGHT;
 
 use anyhow::Context;
 use ringcache_proto::topology::{Member, NodeState, Topology};
@@ -22,17 +26,20 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpIncoming};
 
-use crate::api::{AdminService, CacheService, ClusterService};
+use crate::api::{AdminService, CacheService, ClusterService, DigestLayer};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::http;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::view::{ClusterView, Peers};
 
 /// Expired entries reclaimed per shard per pass of the expiry task.
 const EXPIRY_BUDGET_PER_SHARD: usize = 256;
 /// Passes the expiry task may run back to back before it yields to the next tick.
 const EXPIRY_MAX_PASSES: usize = 16;
+/// Longest wait for a TCP connection to a peer.
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often recorded histogram samples are folded into buckets.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -46,8 +53,22 @@ pub struct Node {
     started: Instant,
     incarnation: u64,
     state: watch::Sender<v1::NodeState>,
-    topology: watch::Sender<v1::Topology>,
+    view: watch::Sender<Arc<ClusterView>>,
+    /// The digest of `view`, read by the response layer without touching the channel.
+    digest: Arc<AtomicU64>,
+    /// Addresses this node advertises (known once it serves).
+    advertised: RwLock<Advertised>,
+    peers: Peers,
+    /// Set once a topology came from outside (membership, or by hand): the node stops publishing
+    /// its own single-member topology.
+    external_topology: AtomicBool,
     shutdown: CancellationToken,
+}
+
+#[derive(Debug, Clone)]
+struct Advertised {
+    grpc_addr: String,
+    http_addr: String,
 }
 
 /// The listeners a node serves on.
@@ -86,7 +107,12 @@ impl Node {
         let incarnation = clock.now_ms();
         let store = Store::new(config.store.clone());
         let (state, _) = watch::channel(v1::NodeState::Active);
-        let (topology, _) = watch::channel(v1::Topology::default());
+        let (view, _) = watch::channel(Arc::new(ClusterView::new(Topology::new(vec![], 1, 1))));
+        let advertised = RwLock::new(Advertised {
+            grpc_addr: config.grpc_addr().to_string(),
+            http_addr: config.http_addr().to_string(),
+        });
+        let peers = Peers::new(config.max_message_bytes, PEER_CONNECT_TIMEOUT);
         let node = Arc::new(Self {
             config,
             store,
@@ -95,10 +121,14 @@ impl Node {
             started: Instant::now(),
             incarnation,
             state,
-            topology,
+            view,
+            digest: Arc::new(AtomicU64::new(0)),
+            advertised,
+            peers,
+            external_topology: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
         });
-        node.publish_topology(None, None);
+        node.publish_single_node();
         node
     }
 
@@ -137,14 +167,62 @@ impl Node {
         self.state() == v1::NodeState::Active && !self.shutdown.is_cancelled()
     }
 
-    /// The current topology.
+    /// The current topology, in wire form.
     pub fn topology(&self) -> v1::Topology {
-        self.topology.borrow().clone()
+        self.view.borrow().wire.clone()
     }
 
-    /// A receiver that sees every new topology.
-    pub fn watch_topology(&self) -> watch::Receiver<v1::Topology> {
-        self.topology.subscribe()
+    /// The current view: topology and ring.
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.view.borrow().clone()
+    }
+
+    /// A receiver that sees every new view.
+    pub fn watch_view(&self) -> watch::Receiver<Arc<ClusterView>> {
+        self.view.subscribe()
+    }
+
+    /// Connections to peers, for forwarding.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    /// Replaces the topology (from membership, or set by hand for static clusters and tests).
+    /// Views with an unchanged digest are not republished.
+    pub fn set_topology(&self, topology: Topology) {
+        self.external_topology.store(true, Ordering::Release);
+        self.replace_topology(topology);
+    }
+
+    fn replace_topology(&self, topology: Topology) {
+        if topology.digest() == self.digest.load(Ordering::Acquire)
+            && !self.view.borrow().topology.members().is_empty()
+        {
+            return;
+        }
+        self.peers.retain(&topology);
+        self.digest.store(topology.digest(), Ordering::Release);
+        tracing::debug!(
+            digest = topology.digest(),
+            members = topology.members().len(),
+            "new topology"
+        );
+        self.view.send_replace(Arc::new(ClusterView::new(topology)));
+    }
+
+    /// This node as a topology member, with the addresses it serves on.
+    pub fn self_member(&self) -> Member {
+        let config = &self.config;
+        let advertised = self.advertised.read().clone();
+        Member {
+            node_id: config.node_id.clone(),
+            incarnation: self.incarnation,
+            state: NodeState::try_from(self.state() as i32).unwrap_or(NodeState::Active),
+            weight: 1,
+            grpc_addr: advertised.grpc_addr,
+            gossip_addr: SocketAddr::new(config.bind, config.gossip_port).to_string(),
+            http_addr: advertised.http_addr,
+        }
     }
 
     /// Cancelled when the node begins shutting down.
@@ -160,26 +238,20 @@ impl Node {
 
     fn set_state(&self, state: v1::NodeState) {
         self.state.send_replace(state);
-        let topology = self.topology();
-        let grpc = topology.members.first().map(|m| m.grpc_addr.clone());
-        let http = topology.members.first().map(|m| m.http_addr.clone());
-        self.publish_topology(grpc, http);
+        self.publish_single_node();
     }
 
-    /// Publishes the one-member topology of a node alone, with the addresses it really serves on.
-    fn publish_topology(&self, grpc_addr: Option<String>, http_addr: Option<String>) {
-        let config = &self.config;
-        let member = Member {
-            node_id: config.node_id.clone(),
-            incarnation: self.incarnation,
-            state: NodeState::try_from(self.state() as i32).unwrap_or(NodeState::Active),
-            weight: 1,
-            grpc_addr: grpc_addr.unwrap_or_else(|| config.grpc_addr().to_string()),
-            gossip_addr: SocketAddr::new(config.bind, config.gossip_port).to_string(),
-            http_addr: http_addr.unwrap_or_else(|| config.http_addr().to_string()),
-        };
-        let topology = Topology::new(vec![member], config.replication_factor.get(), 1);
-        self.topology.send_replace(v1::Topology::from(&topology));
+    /// Publishes the one-member topology of a node alone.
+    fn publish_single_node(&self) {
+        if self.external_topology.load(Ordering::Acquire) {
+            return;
+        }
+        let topology = Topology::new(
+            vec![self.self_member()],
+            self.config.replication_factor.get(),
+            DEFAULT_VNODES_PER_WEIGHT,
+        );
+        self.replace_topology(topology);
     }
 
     /// Serves on bound TCP listeners until `shutdown` completes (or [`Node::leave`] is called).
@@ -208,10 +280,14 @@ impl Node {
         IE: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
         let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
-        self.publish_topology(
-            Some(grpc_addr.to_string()),
-            http_addr.map(|a| a.to_string()),
-        );
+        {
+            let mut advertised = self.advertised.write();
+            advertised.grpc_addr = grpc_addr.to_string();
+            if let Some(addr) = http_addr {
+                advertised.http_addr = addr.to_string();
+            }
+        }
+        self.publish_single_node();
         let token = self.shutdown.clone();
         tokio::spawn({
             let token = token.clone();
@@ -241,6 +317,7 @@ impl Node {
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
         let router = tonic::transport::Server::builder()
+            .layer(DigestLayer::new(self.digest.clone()))
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
             .add_service(cache)

@@ -73,10 +73,9 @@ async fn topology_node_info_and_watch_describe_the_node() {
     assert_eq!(me.grpc_addr, node.grpc_addr.to_string());
     assert_eq!(me.http_addr, node.http_addr.to_string());
     assert_eq!(me.state, v1::NodeState::Active as i32);
-    assert_eq!(
-        topology.digest,
-        ringcache_proto::topology_digest(&topology.members)
-    );
+    let checked =
+        ringcache_proto::topology::Topology::try_from(&topology).expect("a valid topology");
+    assert_eq!(checked.digest(), topology.digest);
 
     let mut watch = cluster
         .watch_topology(v1::WatchTopologyRequest {})

@@ -1,15 +1,22 @@
 //! The `Cache` service: the key-value API of one node.
 //!
-//! A node serves every key it is asked about: with one node R is capped at 1, so every consistency
-//! level is met by the local write. Replication to ring neighbours comes with the cluster layer.
+//! A request for a key this node is a replica of is served from the local store; any other key is
+//! forwarded one hop to its primary ([`super::forward`]). Replication to the other replicas comes
+//! with the replication layer; until then every consistency level is met by the replica that
+//! serves the request.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use ringcache_proto::v1::cache_client::CacheClient;
 use ringcache_proto::v1::{self, cache_server::Cache};
-use tonic::{Request, Response, Status};
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
 
+use super::forward::{Split, forward};
 use super::status::ApiError;
 use crate::metrics::{Op, Outcome};
 use crate::node::Node;
@@ -27,6 +34,14 @@ impl CacheService {
         Self { node }
     }
 
+    pub(super) fn node(&self) -> &Node {
+        &self.node
+    }
+
+    pub(super) fn node_arc(&self) -> Arc<Node> {
+        self.node.clone()
+    }
+
     /// Runs one request: times it, records its outcome and maps its error.
     fn run<T>(
         &self,
@@ -42,6 +57,85 @@ impl CacheService {
         };
         self.node.metrics().record(op, recorded, start.elapsed());
         result.map(Response::new).map_err(Status::from)
+    }
+}
+
+impl CacheService {
+    /// Runs a multi-key request: validates it, forwards the parts owned elsewhere in parallel,
+    /// serves the local part, and reassembles the results in request order. `part` builds the
+    /// sub-request for some positions, `local` serves positions here, `unpack` turns a peer's reply
+    /// for `n` positions into `n` values, `pack` builds the reply from all values.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_split<Req, Resp, T, F, Fut>(
+        &self,
+        op: Op,
+        split: Split,
+        validate: impl FnOnce(&Node) -> Result<(), ApiError>,
+        part: impl Fn(&[usize]) -> Req,
+        call: F,
+        local: impl FnOnce(&Node, u64, &[usize]) -> Result<Vec<T>, ApiError>,
+        unpack: impl Fn(Resp, usize) -> Vec<T>,
+        pack: impl FnOnce(Vec<T>) -> Resp,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+        T: Default + Clone,
+        F: FnOnce(CacheClient<Channel>, Request<Req>) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Result<Response<Resp>, Status>> + Send + 'static,
+    {
+        let start = Instant::now();
+        let result = async {
+            validate(&self.node)?;
+            let n = split.local.len() + split.remote.iter().map(|(_, p)| p.len()).sum::<usize>();
+            let mut remote = JoinSet::new();
+            for (primary, positions) in split.remote {
+                let message = part(&positions);
+                let forwarded = forward(self.node.clone(), op, primary, message, call.clone());
+                remote.spawn(async move { (positions, forwarded.await) });
+            }
+            let mut values = vec![T::default(); n];
+            if !split.local.is_empty() {
+                let now = self.node.now_ms();
+                let served = local(&self.node, now, &split.local)?;
+                for (&position, value) in split.local.iter().zip(served) {
+                    values[position] = value;
+                }
+            }
+            while let Some(joined) = remote.join_next().await {
+                let (positions, reply) = joined
+                    .map_err(|e| Status::internal(format!("a forwarding task failed: {e}")))?;
+                let parts = unpack(reply?.into_inner(), positions.len());
+                if parts.len() != positions.len() {
+                    return Err(Status::internal(format!(
+                        "a peer answered {} results for {} keys",
+                        parts.len(),
+                        positions.len()
+                    )));
+                }
+                for (position, value) in positions.into_iter().zip(parts) {
+                    values[position] = value;
+                }
+            }
+            Ok(pack(values))
+        }
+        .await;
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(status) => outcome_of(status),
+        };
+        self.node.metrics().record(op, outcome, start.elapsed());
+        result.map(Response::new)
+    }
+}
+
+/// The metrics outcome of a failed request.
+fn outcome_of(status: &Status) -> Outcome {
+    match status.code() {
+        Code::InvalidArgument | Code::OutOfRange => Outcome::InvalidArgument,
+        Code::FailedPrecondition => Outcome::Conflict,
+        Code::ResourceExhausted => Outcome::MemoryFull,
+        _ => Outcome::Error,
     }
 }
 
@@ -87,7 +181,14 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::GetRequest>,
     ) -> Result<Response<v1::GetResponse>, Status> {
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
+        if let Some(primary) = self.route(&metadata, &req.key) {
+            return self
+                .forward_one(Op::Get, primary, req, |mut peer, request| async move {
+                    peer.get(request).await
+                })
+                .await;
+        }
         self.run(
             Op::Get,
             |node, now| {
@@ -102,7 +203,14 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::SetRequest>,
     ) -> Result<Response<v1::SetResponse>, Status> {
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
+        if let Some(primary) = self.route(&metadata, &req.key) {
+            return self
+                .forward_one(Op::Set, primary, req, |mut peer, request| async move {
+                    peer.set(request).await
+                })
+                .await;
+        }
         self.run(
             Op::Set,
             |node, now| {
@@ -138,7 +246,14 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::DeleteRequest>,
     ) -> Result<Response<v1::DeleteResponse>, Status> {
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
+        if let Some(primary) = self.route(&metadata, &req.key) {
+            return self
+                .forward_one(Op::Delete, primary, req, |mut peer, request| async move {
+                    peer.delete(request).await
+                })
+                .await;
+        }
         self.run(
             Op::Delete,
             |node, now| {
@@ -155,67 +270,115 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::MGetRequest>,
     ) -> Result<Response<v1::MGetResponse>, Status> {
-        let req = request.into_inner();
-        self.run(
+        let (metadata, _, req) = request.into_parts();
+        let split = self.split(&metadata, req.keys.iter().map(|k| &k[..]));
+        self.run_split(
             Op::MGet,
-            |node, now| {
+            split,
+            |node| {
                 check_consistency(req.consistency)?;
-                check_batch(node, req.keys.len())?;
-                let items = node.store().mget(&req.keys, now)?;
-                Ok(v1::MGetResponse {
-                    results: items.into_iter().map(|item| found(item, now)).collect(),
-                })
+                check_batch(node, req.keys.len())
             },
-            |_| Outcome::Ok,
+            |positions| v1::MGetRequest {
+                keys: positions.iter().map(|&p| req.keys[p].clone()).collect(),
+                consistency: req.consistency,
+            },
+            |mut peer, request| async move { peer.m_get(request).await },
+            |node, now, local| {
+                let keys: Vec<&Bytes> = local.iter().map(|&p| &req.keys[p]).collect();
+                let items = node.store().mget(&keys, now)?;
+                Ok(items.into_iter().map(|item| found(item, now)).collect())
+            },
+            |response: v1::MGetResponse, _| response.results,
+            |results| v1::MGetResponse { results },
         )
+        .await
     }
 
     async fn m_set(
         &self,
         request: Request<v1::MSetRequest>,
     ) -> Result<Response<v1::MSetResponse>, Status> {
-        let req = request.into_inner();
-        self.run(
+        let (metadata, _, req) = request.into_parts();
+        let split = self.split(&metadata, req.entries.iter().map(|kv| &kv.key[..]));
+        self.run_split(
             Op::MSet,
-            |node, now| {
+            split,
+            |node| {
                 check_consistency(req.consistency)?;
-                check_batch(node, req.entries.len())?;
-                let pairs: Vec<(Bytes, Bytes)> = req
-                    .entries
-                    .into_iter()
-                    .map(|kv| (kv.key, kv.value))
-                    .collect();
-                Ok(v1::MSetResponse {
-                    versions: node.store().mset(&pairs, req.ttl_ms, now)?,
-                })
+                check_batch(node, req.entries.len())
             },
-            |_| Outcome::Ok,
+            |positions| v1::MSetRequest {
+                entries: positions.iter().map(|&p| req.entries[p].clone()).collect(),
+                ttl_ms: req.ttl_ms,
+                consistency: req.consistency,
+            },
+            |mut peer, request| async move { peer.m_set(request).await },
+            |node, now, local| {
+                let pairs: Vec<(&Bytes, &Bytes)> = local
+                    .iter()
+                    .map(|&p| (&req.entries[p].key, &req.entries[p].value))
+                    .collect();
+                Ok(node.store().mset(&pairs, req.ttl_ms, now)?)
+            },
+            |response: v1::MSetResponse, _| response.versions,
+            |versions| v1::MSetResponse { versions },
         )
+        .await
     }
 
     async fn m_delete(
         &self,
         request: Request<v1::MDeleteRequest>,
     ) -> Result<Response<v1::MDeleteResponse>, Status> {
-        let req = request.into_inner();
-        self.run(
+        let (metadata, _, req) = request.into_parts();
+        let split = self.split(&metadata, req.keys.iter().map(|k| &k[..]));
+        self.run_split(
             Op::MDelete,
-            |node, now| {
+            split,
+            |node| {
                 check_consistency(req.consistency)?;
-                check_batch(node, req.keys.len())?;
-                Ok(v1::MDeleteResponse {
-                    deleted: node.store().mdelete(&req.keys, now)?,
-                })
+                check_batch(node, req.keys.len())
             },
-            |_| Outcome::Ok,
+            |positions| v1::MDeleteRequest {
+                keys: positions.iter().map(|&p| req.keys[p].clone()).collect(),
+                consistency: req.consistency,
+            },
+            |mut peer, request| async move { peer.m_delete(request).await },
+            |node, now, local| {
+                let keys: Vec<&Bytes> = local.iter().map(|&p| &req.keys[p]).collect();
+                // One count per part, at its first position; the reply is the sum.
+                let deleted = node.store().mdelete(&keys, now)?;
+                Ok((0..local.len())
+                    .map(|i| if i == 0 { deleted } else { 0 })
+                    .collect())
+            },
+            |response: v1::MDeleteResponse, n| {
+                let mut counts = vec![0; n];
+                if let Some(first) = counts.first_mut() {
+                    *first = response.deleted;
+                }
+                counts
+            },
+            |counts: Vec<u64>| v1::MDeleteResponse {
+                deleted: counts.iter().sum(),
+            },
         )
+        .await
     }
 
     async fn incr(
         &self,
         request: Request<v1::IncrRequest>,
     ) -> Result<Response<v1::IncrResponse>, Status> {
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
+        if let Some(primary) = self.route(&metadata, &req.key) {
+            return self
+                .forward_one(Op::Incr, primary, req, |mut peer, request| async move {
+                    peer.incr(request).await
+                })
+                .await;
+        }
         self.run(
             Op::Incr,
             |node, now| {
@@ -231,7 +394,17 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::CompareAndSetRequest>,
     ) -> Result<Response<v1::CompareAndSetResponse>, Status> {
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
+        if let Some(primary) = self.route(&metadata, &req.key) {
+            return self
+                .forward_one(
+                    Op::CompareAndSet,
+                    primary,
+                    req,
+                    |mut peer, request| async move { peer.compare_and_set(request).await },
+                )
+                .await;
+        }
         self.run(
             Op::CompareAndSet,
             |node, now| {
@@ -253,7 +426,14 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::ExpireRequest>,
     ) -> Result<Response<v1::ExpireResponse>, Status> {
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
+        if let Some(primary) = self.route(&metadata, &req.key) {
+            return self
+                .forward_one(Op::Expire, primary, req, |mut peer, request| async move {
+                    peer.expire(request).await
+                })
+                .await;
+        }
         self.run(
             Op::Expire,
             |node, now| {
@@ -272,7 +452,14 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::PersistRequest>,
     ) -> Result<Response<v1::PersistResponse>, Status> {
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
+        if let Some(primary) = self.route(&metadata, &req.key) {
+            return self
+                .forward_one(Op::Persist, primary, req, |mut peer, request| async move {
+                    peer.persist(request).await
+                })
+                .await;
+        }
         self.run(
             Op::Persist,
             |node, now| {
@@ -288,7 +475,14 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::TtlRequest>,
     ) -> Result<Response<v1::TtlResponse>, Status> {
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
+        if let Some(primary) = self.route(&metadata, &req.key) {
+            return self
+                .forward_one(Op::Ttl, primary, req, |mut peer, request| async move {
+                    peer.ttl(request).await
+                })
+                .await;
+        }
         self.run(
             Op::Ttl,
             |node, now| {

@@ -43,18 +43,18 @@ impl Cluster for ClusterService {
         // Ends when the node shuts down (so a graceful shutdown never waits on a watcher) or when
         // the client goes away (the send fails).
         let (tx, rx) = mpsc::channel(4);
-        let mut topology = self.node.watch_topology();
+        let mut views = self.node.watch_view();
         let shutdown = self.node.shutdown_token().clone();
         tokio::spawn(async move {
             loop {
-                let current = topology.borrow_and_update().clone();
+                let current = views.borrow_and_update().wire.clone();
                 if tx.send(Ok(current)).await.is_err() {
                     return;
                 }
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tx.closed() => return,
-                    changed = topology.changed() => if changed.is_err() { return },
+                    changed = views.changed() => if changed.is_err() { return },
                 }
             }
         });

@@ -6,8 +6,11 @@
 mod admin;
 mod cache;
 mod cluster;
+mod digest;
+mod forward;
 pub mod status;
 
 pub use admin::AdminService;
 pub use cache::CacheService;
 pub use cluster::ClusterService;
+pub use digest::DigestLayer;

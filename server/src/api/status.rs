@@ -37,6 +37,12 @@ impl ApiError {
     }
 }
 
+impl From<StoreError> for Status {
+    fn from(error: StoreError) -> Self {
+        Status::from(ApiError::Store(error))
+    }
+}
+
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         let message = error.to_string();

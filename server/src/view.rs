@@ -1,0 +1,99 @@
+//! The node's view of the cluster: the current topology, the ring derived from it, and pooled
+//! connections to peers for forwarding.
+//!
+//! A view is immutable; a new topology replaces the whole view atomically (a `watch` channel of
+//! `Arc<ClusterView>`), so a request sees one consistent topology and ring from start to end.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use ringcache_proto::placement::{ReplicaSet, Ring};
+use ringcache_proto::topology::{Member, Topology};
+use ringcache_proto::v1::{self, cache_client::CacheClient};
+use tonic::transport::{Channel, Endpoint};
+
+/// One topology with its ring and wire form.
+#[derive(Debug)]
+pub struct ClusterView {
+    /// The members.
+    pub topology: Topology,
+    /// The ring of the range-owning members.
+    pub ring: Ring,
+    /// The topology as sent to clients.
+    pub wire: v1::Topology,
+}
+
+impl ClusterView {
+    /// The view of `topology`.
+    pub fn new(topology: Topology) -> Self {
+        let ring = Ring::new(&topology);
+        let wire = v1::Topology::from(&topology);
+        Self {
+            topology,
+            ring,
+            wire,
+        }
+    }
+
+    /// The replicas of `key`.
+    pub fn replicas(&self, key: &[u8]) -> ReplicaSet<'_> {
+        self.ring.replicas(key)
+    }
+
+    /// Where a request for `key` should be served when it reaches `self_id`: `None` to serve it
+    /// here (this node is a replica, or the ring is empty), else the primary to forward it to.
+    pub fn forward_target(&self, key: &[u8], self_id: &str) -> Option<&Member> {
+        let replicas = self.ring.replicas(key);
+        if replicas.is_empty() || replicas.contains(self_id) {
+            return None;
+        }
+        replicas.primary().and_then(|id| self.topology.member(id))
+    }
+}
+
+/// Lazily connected gRPC clients to peers, keyed by address.
+#[derive(Debug)]
+pub struct Peers {
+    clients: Mutex<HashMap<String, CacheClient<Channel>>>,
+    max_message_bytes: usize,
+    connect_timeout: Duration,
+}
+
+impl Peers {
+    /// An empty pool.
+    pub fn new(max_message_bytes: usize, connect_timeout: Duration) -> Self {
+        Self {
+            clients: Mutex::new(HashMap::new()),
+            max_message_bytes,
+            connect_timeout,
+        }
+    }
+
+    /// The client for `grpc_addr` (`host:port`), created on first use. Connections are made
+    /// lazily and re-established by tonic after failures; HTTP/2 keepalive notices dead ones.
+    pub fn cache_client(&self, grpc_addr: &str) -> Result<CacheClient<Channel>, tonic::Status> {
+        let mut clients = self.clients.lock();
+        if let Some(client) = clients.get(grpc_addr) {
+            return Ok(client.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{grpc_addr}"))
+            .map_err(|e| tonic::Status::internal(format!("bad peer address {grpc_addr:?}: {e}")))?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
+        let client = CacheClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes);
+        clients.insert(grpc_addr.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// Drops clients of addresses no member uses any more.
+    pub fn retain(&self, topology: &Topology) {
+        let mut clients = self.clients.lock();
+        clients.retain(|addr, _| topology.members().iter().any(|m| &m.grpc_addr == addr));
+    }
+}

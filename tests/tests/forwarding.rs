@@ -1,0 +1,249 @@
+//! The server-side safety net: nodes with a shared static topology forward requests for keys they
+//! do not hold to the key's primary, exactly once.
+
+use bytes::Bytes;
+use ringcache_proto::topology::{Member, NodeState, Topology};
+use ringcache_proto::v1::{self, cache_client::CacheClient};
+use ringcache_proto::{FORWARDED_METADATA, STALE_ROUTE_METADATA, TOPOLOGY_DIGEST_METADATA};
+use ringcache_server::Config;
+use ringcache_tests::TestNode;
+use tonic::Code;
+use tonic::metadata::MetadataValue;
+
+/// Three nodes that all hold the same three-member topology.
+async fn cluster() -> (Vec<TestNode>, Topology) {
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        let mut config = Config::for_test();
+        config.node_id = format!("n{i}");
+        nodes.push(TestNode::start(config).await);
+    }
+    let members = nodes
+        .iter()
+        .map(|n| Member {
+            node_id: n.node.config().node_id.clone(),
+            incarnation: 1,
+            state: NodeState::Active,
+            weight: 1,
+            grpc_addr: n.grpc_addr.to_string(),
+            gossip_addr: "127.0.0.1:1".to_owned(),
+            http_addr: n.http_addr.to_string(),
+        })
+        .collect();
+    // R = 1: every key has exactly one holder, so any other node must forward.
+    let topology = Topology::new(members, 1, 64);
+    for node in &nodes {
+        node.node.set_topology(topology.clone());
+    }
+    (nodes, topology)
+}
+
+async fn raw(node: &TestNode) -> CacheClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(node.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    CacheClient::new(channel)
+}
+
+fn node_index(nodes: &[TestNode], node_id: &str) -> usize {
+    nodes
+        .iter()
+        .position(|n| n.node.config().node_id == node_id)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_request_for_a_key_held_elsewhere_is_forwarded_to_its_primary() {
+    let (nodes, topology) = cluster().await;
+    let ring = ringcache_proto::placement::Ring::new(&topology);
+    let mut entry = raw(&nodes[0]).await;
+    let mut forwarded_expected = 0;
+    for i in 0..60 {
+        let key = format!("key{i}");
+        let primary = node_index(&nodes, ring.primary(key.as_bytes()).unwrap());
+        let response = entry
+            .set(v1::SetRequest {
+                key: Bytes::from(key.clone()),
+                value: Bytes::from(format!("v{i}")),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let stale = response.metadata().contains_key(STALE_ROUTE_METADATA);
+        assert_eq!(stale, primary != 0, "{key}: stale flag");
+        let digest = response
+            .metadata()
+            .get(TOPOLOGY_DIGEST_METADATA)
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert_eq!(digest, topology.digest().to_string());
+        // The value lives on the primary only.
+        for (n, node) in nodes.iter().enumerate() {
+            let held = node
+                .node
+                .store()
+                .get(key.as_bytes(), node.node.now_ms())
+                .unwrap()
+                .is_some();
+            assert_eq!(held, n == primary, "{key} on node {n}");
+        }
+        forwarded_expected += u64::from(primary != 0);
+        // Reads through the same node find it.
+        let got = entry
+            .get(v1::GetRequest {
+                key: Bytes::from(key),
+                consistency: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(got.found);
+        forwarded_expected += u64::from(primary != 0);
+    }
+    assert!(forwarded_expected > 0);
+    assert_eq!(
+        nodes[0].node.metrics().forwarded_total(),
+        forwarded_expected
+    );
+    assert_eq!(
+        nodes[1].node.metrics().forwarded_total(),
+        0,
+        "a forwarded request is not forwarded again"
+    );
+    assert_eq!(nodes[2].node.metrics().forwarded_total(), 0);
+}
+
+#[tokio::test]
+async fn a_forwarded_request_is_served_where_it_lands() {
+    let (nodes, topology) = cluster().await;
+    let ring = ringcache_proto::placement::Ring::new(&topology);
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| ring.primary(k.as_bytes()) != Some("n1"))
+        .unwrap();
+    let mut request = tonic::Request::new(v1::SetRequest {
+        key: Bytes::from(key.clone()),
+        value: Bytes::from("here"),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert(FORWARDED_METADATA, MetadataValue::from_static("1"));
+    raw(&nodes[0]).await.set(request).await.unwrap();
+    assert!(
+        nodes[0]
+            .node
+            .store()
+            .get(key.as_bytes(), nodes[0].node.now_ms())
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(nodes[0].node.metrics().forwarded_total(), 0);
+}
+
+#[tokio::test]
+async fn multi_key_requests_are_split_by_primary_and_keep_their_order() {
+    let (nodes, _) = cluster().await;
+    let mut entry = raw(&nodes[1]).await;
+    let keys: Vec<Bytes> = (0..50).map(|i| Bytes::from(format!("m{i}"))).collect();
+    let versions = entry
+        .m_set(v1::MSetRequest {
+            entries: keys
+                .iter()
+                .map(|k| v1::KeyValue {
+                    key: k.clone(),
+                    value: k.clone(),
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions;
+    assert_eq!(versions.len(), 50);
+    assert!(versions.iter().all(|&v| v > 0));
+    let held: u64 = nodes.iter().map(|n| n.node.store().stats().keys).sum();
+    assert_eq!(held, 50, "each key stored once, on its primary");
+    assert!(
+        nodes.iter().all(|n| n.node.store().stats().keys > 0),
+        "keys spread over all nodes"
+    );
+
+    let mut asked: Vec<Bytes> = keys.iter().rev().cloned().collect();
+    asked.push(Bytes::from("missing"));
+    let results = entry
+        .m_get(v1::MGetRequest {
+            keys: asked.clone(),
+            consistency: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 51);
+    for (key, result) in asked.iter().zip(&results) {
+        if key == "missing" {
+            assert!(!result.found);
+        } else {
+            assert!(result.found, "{key:?}");
+            assert_eq!(&result.value, key);
+        }
+    }
+    let deleted = entry
+        .m_delete(v1::MDeleteRequest {
+            keys: asked,
+            consistency: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deleted;
+    assert_eq!(deleted, 50);
+    let held: u64 = nodes.iter().map(|n| n.node.store().stats().keys).sum();
+    assert_eq!(held, 0);
+}
+
+#[tokio::test]
+async fn an_unreachable_primary_gives_unavailable_naming_it() {
+    let (mut nodes, topology) = cluster().await;
+    let ring = ringcache_proto::placement::Ring::new(&topology);
+    let dead = nodes.pop().unwrap();
+    let dead_id = dead.node.config().node_id.clone();
+    dead.stop().await.unwrap();
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| ring.primary(k.as_bytes()) == Some(dead_id.as_str()))
+        .unwrap();
+    let status = raw(&nodes[0])
+        .await
+        .get(v1::GetRequest {
+            key: Bytes::from(key),
+            consistency: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains(&dead_id), "{}", status.message());
+    assert!(
+        status.metadata().contains_key(TOPOLOGY_DIGEST_METADATA),
+        "errors carry the digest too"
+    );
+}
+
+#[tokio::test]
+async fn invalid_input_is_refused_before_forwarding() {
+    let (nodes, _) = cluster().await;
+    let status = raw(&nodes[0])
+        .await
+        .m_get(v1::MGetRequest {
+            keys: vec![Bytes::from("a"), Bytes::new()],
+            consistency: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+}
