@@ -14,6 +14,8 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
+use ringcache_proto::placement::DEFAULT_VNODES_PER_WEIGHT;
+
 use crate::store::{EvictionPolicy, MAX_KEY_LEN, StoreConfig};
 
 /// Default gRPC port (clients and nodes).
@@ -28,6 +30,10 @@ pub const DEFAULT_HTTP_PORT: u16 = 7381;
 #[derive(Debug, Default, Parser)]
 #[command(name = "ringcached", version, about = "A ringcache node: distributed in-memory cache", long_about = None)]
 pub struct Cli {
+    /// Start a local cluster of N nodes instead of one node: child processes on 127.0.0.1 …
+    /// 127.0.0.N with the default ports, joined through 127.0.0.1. Other flags apply to every node.
+    #[arg(long, value_name = "N")]
+    pub dev_cluster: Option<u8>,
     /// TOML config file; flags and environment variables override its values.
     #[arg(long, env = "RINGCACHE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -94,6 +100,24 @@ pub struct Cli {
     /// Tokio worker threads [default: number of CPUs].
     #[arg(long, env = "RINGCACHE_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
+    /// Relative capacity of this node: it gets WEIGHT × vnodes virtual nodes [default: 1].
+    #[arg(long, env = "RINGCACHE_WEIGHT", value_name = "WEIGHT")]
+    pub weight: Option<NonZeroU32>,
+    /// Virtual nodes per unit of weight; every node of a cluster must use the same value
+    /// [default: 256].
+    #[arg(long, env = "RINGCACHE_VNODES", value_name = "N")]
+    pub vnodes: Option<NonZeroU32>,
+    /// Gossip: how often each node probes a random member [default: 1s].
+    #[arg(long, env = "RINGCACHE_PROBE_INTERVAL", value_name = "DURATION")]
+    pub probe_interval: Option<HumanDuration>,
+    /// Gossip: how long a probe may wait for its answer before indirect probes start [default:
+    /// 500ms].
+    #[arg(long, env = "RINGCACHE_PROBE_TIMEOUT", value_name = "DURATION")]
+    pub probe_timeout: Option<HumanDuration>,
+    /// Gossip: how long a suspected member has to refute before it is declared dead and leaves the
+    /// ring [default: 3s].
+    #[arg(long, env = "RINGCACHE_SUSPICION_TIMEOUT", value_name = "DURATION")]
+    pub suspicion_timeout: Option<HumanDuration>,
     /// Log format; the level comes from RUST_LOG (e.g. `info`, `ringcache_server=debug`)
     /// [default: text].
     #[arg(long, env = "RINGCACHE_LOG_FORMAT", value_name = "FORMAT")]
@@ -205,6 +229,11 @@ struct FileConfig {
     shutdown_timeout: Option<HumanDuration>,
     workers: Option<usize>,
     log_format: Option<LogFormat>,
+    weight: Option<NonZeroU32>,
+    vnodes: Option<NonZeroU32>,
+    probe_interval: Option<HumanDuration>,
+    probe_timeout: Option<HumanDuration>,
+    suspicion_timeout: Option<HumanDuration>,
 }
 
 /// Everything a node runs with, validated.
@@ -238,6 +267,16 @@ pub struct Config {
     pub workers: Option<usize>,
     /// Log format.
     pub log_format: LogFormat,
+    /// This node's weight (share of virtual nodes).
+    pub weight: NonZeroU32,
+    /// Virtual nodes per unit of weight.
+    pub vnodes: NonZeroU32,
+    /// Gossip probe period.
+    pub probe_interval: Duration,
+    /// Gossip probe round-trip timeout.
+    pub probe_timeout: Duration,
+    /// Time from suspicion to death.
+    pub suspicion_timeout: Duration,
 }
 
 /// Headroom over key + value for the rest of a gRPC message.
@@ -336,6 +375,23 @@ impl Config {
                 .map_or(Duration::from_secs(10), |d| d.0),
             workers: cli.workers.or(file.workers),
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+            weight: cli.weight.or(file.weight).unwrap_or(NonZeroU32::MIN),
+            vnodes: cli
+                .vnodes
+                .or(file.vnodes)
+                .unwrap_or(NonZeroU32::new(DEFAULT_VNODES_PER_WEIGHT).expect("not zero")),
+            probe_interval: cli
+                .probe_interval
+                .or(file.probe_interval)
+                .map_or(Duration::from_secs(1), |d| d.0),
+            probe_timeout: cli
+                .probe_timeout
+                .or(file.probe_timeout)
+                .map_or(Duration::from_millis(500), |d| d.0),
+            suspicion_timeout: cli
+                .suspicion_timeout
+                .or(file.suspicion_timeout)
+                .map_or(Duration::from_secs(3), |d| d.0),
         };
         config.validate()?;
         Ok(config)
@@ -381,6 +437,22 @@ impl Config {
         if self.expiry_interval.is_zero() {
             bail!("expiry_interval must be greater than zero");
         }
+        if self.probe_interval.is_zero()
+            || self.probe_timeout.is_zero()
+            || self.suspicion_timeout.is_zero()
+        {
+            bail!("probe_interval, probe_timeout and suspicion_timeout must be greater than zero");
+        }
+        if self.probe_timeout >= self.probe_interval {
+            bail!(
+                "probe_timeout ({:?}) must be shorter than probe_interval ({:?})",
+                self.probe_timeout,
+                self.probe_interval
+            );
+        }
+        if self.vnodes.get() > 4096 || self.weight.get() > 64 {
+            bail!("vnodes must be at most 4096 and weight at most 64");
+        }
         if self.workers == Some(0) {
             bail!("workers must be at least 1");
         }
@@ -399,15 +471,20 @@ impl Config {
         Ok(())
     }
 
-    /// A config for tests: loopback, free ports (0), small memory, defaults otherwise.
+    /// A config for tests: loopback, free ports (0), small memory, fast failure detection
+    /// (100 ms probes, 400 ms suspicion), defaults otherwise.
     pub fn for_test() -> Self {
         Self::layer(
             Cli {
                 grpc_port: Some(0),
                 http_port: Some(0),
                 max_memory: Some(ByteSize(64 * 1024 * 1024)),
+                gossip_port: Some(0),
                 shards: Some(8),
                 node_id: Some("test-node".to_owned()),
+                probe_interval: Some(HumanDuration(Duration::from_millis(100))),
+                probe_timeout: Some(HumanDuration(Duration::from_millis(50))),
+                suspicion_timeout: Some(HumanDuration(Duration::from_millis(400))),
                 ..Cli::default()
             },
             FileConfig::default(),

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod dev_cluster;
 mod http;
 pub mod metrics;
 pub mod node;

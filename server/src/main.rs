@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ringcache_server::config::{Cli, Config, LogFormat};
-use ringcache_server::{Listeners, Node};
+use ringcache_server::{Listeners, Node, dev_cluster};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -18,7 +18,15 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    let config = Config::load(Cli::parse())?;
+    let cli = Cli::parse();
+    if let Some(nodes) = cli.dev_cluster {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        return runtime.block_on(dev_cluster::run(nodes, &args, shutdown_signal()));
+    }
+    let config = Config::load(cli)?;
     init_logging(config.log_format);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();

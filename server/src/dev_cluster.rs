@@ -1,0 +1,163 @@
+//! `ringcached --dev-cluster N`: a local cluster for trying things out. Starts N child
+//! `ringcached` processes on 127.0.0.1 … 127.0.0.N with the default ports, node ids `dev-1` …
+//! `dev-N`, all joining through 127.0.0.1's gossip port. Other flags are passed on to every child.
+//! SIGINT/SIGTERM stop the children gracefully; a child that dies is reported and the others keep
+//! running, so killing one (`kill PID`) shows failover.
+
+use std::process::Stdio;
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+use crate::config::DEFAULT_GOSSIP_PORT;
+
+/// Most nodes a dev cluster may have.
+pub const MAX_DEV_NODES: u8 = 32;
+
+/// Removes `--dev-cluster N` / `--dev-cluster=N` and the flags each child sets itself.
+fn passthrough(args: &[String]) -> Vec<String> {
+    let own = ["--dev-cluster", "--bind", "--node-id", "--seeds"];
+    let mut out = Vec::new();
+    let mut skip_value = false;
+    for arg in args {
+        if skip_value {
+            skip_value = false;
+            continue;
+        }
+        if own.contains(&arg.as_str()) {
+            skip_value = true;
+            continue;
+        }
+        if own.iter().any(|flag| arg.starts_with(&format!("{flag}="))) {
+            continue;
+        }
+        out.push(arg.clone());
+    }
+    out
+}
+
+/// The arguments of child `i` (1-based).
+fn child_args(i: u8, passthrough: &[String]) -> Vec<String> {
+    let mut args = passthrough.to_vec();
+    args.extend([
+        "--bind".to_owned(),
+        format!("127.0.0.{i}"),
+        "--node-id".to_owned(),
+        format!("dev-{i}"),
+    ]);
+    if i > 1 {
+        args.extend([
+            "--seeds".to_owned(),
+            format!("127.0.0.1:{DEFAULT_GOSSIP_PORT}"),
+        ]);
+    }
+    args
+}
+
+/// Runs the dev cluster until `shutdown` completes.
+pub async fn run(
+    nodes: u8,
+    args: &[String],
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    if nodes == 0 || nodes > MAX_DEV_NODES {
+        bail!("--dev-cluster takes 1 to {MAX_DEV_NODES} nodes, got {nodes}");
+    }
+    let exe = std::env::current_exe().context("cannot find the ringcached executable")?;
+    let passthrough = passthrough(args);
+    let mut children: Vec<(u8, Child)> = Vec::new();
+    for i in 1..=nodes {
+        let child = Command::new(&exe)
+            .args(child_args(i, &passthrough))
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start node dev-{i}"))?;
+        let pid = child.id().unwrap_or_default();
+        eprintln!("dev-{i}: pid {pid}, gRPC 127.0.0.{i}:7379, HTTP 127.0.0.{i}:7381");
+        children.push((i, child));
+    }
+    eprintln!("dev cluster of {nodes} started; clients connect to 127.0.0.1:7379; Ctrl-C stops it");
+    tokio::pin!(shutdown);
+    loop {
+        if children.is_empty() {
+            bail!("every node of the dev cluster exited");
+        }
+        let exited = async {
+            loop {
+                for (index, (i, child)) in children.iter_mut().enumerate() {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        return (index, *i, status);
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        };
+        tokio::select! {
+            () = &mut shutdown => break,
+            (index, i, status) = exited => {
+                eprintln!("dev-{i} exited ({status}); the other nodes keep running");
+                children.remove(index);
+            }
+        }
+    }
+    for (i, child) in &children {
+        if let Some(pid) = child.id() {
+            let sent = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+            if !matches!(sent, Ok(status) if status.success()) {
+                eprintln!("could not send SIGTERM to dev-{i} (pid {pid})");
+            }
+        }
+    }
+    for (i, mut child) in children {
+        match tokio::time::timeout(std::time::Duration::from_secs(15), child.wait()).await {
+            Ok(Ok(status)) => eprintln!("dev-{i} stopped ({status})"),
+            _ => {
+                eprintln!("dev-{i} did not stop in 15 s; killing it");
+                let _ = child.kill().await;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_get_their_own_address_id_and_seed_and_keep_other_flags() {
+        let args: Vec<String> = [
+            "--dev-cluster",
+            "3",
+            "--max-memory",
+            "64MiB",
+            "--bind=0.0.0.0",
+            "--seeds",
+            "x:1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let rest = passthrough(&args);
+        assert_eq!(rest, ["--max-memory", "64MiB"]);
+        assert_eq!(
+            child_args(1, &rest),
+            [
+                "--max-memory",
+                "64MiB",
+                "--bind",
+                "127.0.0.1",
+                "--node-id",
+                "dev-1"
+            ]
+        );
+        assert_eq!(
+            child_args(2, &rest)[6..],
+            ["--seeds".to_owned(), "127.0.0.1:7380".to_owned()]
+        );
+    }
+}
