@@ -1,0 +1,807 @@
+//! The membership state machine: SWIM gossip (foca) plus node metadata, turned into the member
+//! list the ring is built from.
+//!
+//! Owns [`Membership`], its [`MembershipConfig`] and the [`Timer`]s it asks for. It is
+//! deterministic: inputs are values (a received datagram, a due timer, a command) with the
+//! current time passed in as a [`Duration`] since an origin the caller picks; outputs are values
+//! the caller drains (datagrams to send, timers to schedule) and a member view with a generation
+//! number. The RNG is seeded by the caller.
+//!
+//! **Invariant:** no sockets, no clock reads, no tasks, no iteration over hash maps (every
+//! output is a function of the inputs and the seed).
+//!
+//! The view (see [`Membership::members`]) lists ourselves and every member foca knows whose
+//! metadata for that exact incarnation has arrived: a member without addresses cannot be routed
+//! to. Its state is the announced metadata state while foca says alive, `Suspect` while foca
+//! suspects it, and `Dead` for `dead_retention` after foca declared it down.
+//!
+//! Beyond plain foca, three small mechanisms make the view converge fast:
+//! - *meta push*: when a member comes up (or comes back as a new incarnation) we send it our own
+//!   metadata directly, so a late joiner learns every node's metadata within one round trip
+//!   instead of waiting for broadcasts that may already have been spent;
+//! - *suspicion notice*: while we suspect a member we tell it directly, once per probe period,
+//!   so it can refute even if it missed every gossiped copy of the suspicion (foca only spreads
+//!   the suspicion `max_transmissions` times, possibly all while it was unreachable);
+//! - *meta request*: a member that is alive but whose metadata has not arrived after a probe
+//!   period is asked for it directly, once per probe period, until it arrives;
+//! - *reconnect*: while foca is not connected (no other member alive yet, or just after an
+//!   automatic rejoin) we announce every `reconnect_period` to the seeds and to a few known
+//!   members, by address. So a seed that starts later is still joined, and a node whose peers
+//!   all changed identity at once (both sides of a healed partition rejoin together, and then
+//!   drop each other's messages as addressed to the old identity) finds them again: foca alone
+//!   stays disconnected for good in that case, since its timers stop while disconnected.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use foca::{Foca, Notification, OwnedNotification, PeriodicParams, Runtime, State};
+use parking_lot::Mutex;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use ringcache_proto::topology::{Member, NodeState};
+
+use super::codec::{
+    self, DropReason, FRAME_HEADER_LEN, FrameKind, GossipCodec, SuspectNotice, frame, frame_header,
+};
+use super::identity::{NodeId, NodeIdentity};
+use super::meta::{MetaBroadcasts, MetaError, MetaRecord, MetaTable, NodeMeta};
+
+/// The smallest `max_packet_size` accepted: room for two of the longest identities, a message
+/// and one metadata record of the largest size.
+pub const MIN_PACKET_SIZE: usize = 1200;
+/// The largest `max_packet_size` accepted (the largest UDP payload over IPv4).
+pub const MAX_PACKET_SIZE: usize = 65_507;
+
+/// Tuning of failure detection and dissemination. Defaults suit a LAN cluster of a few to a few
+/// dozen nodes; [`MembershipConfig::for_test`] is the same protocol ten times faster.
+///
+/// Failure detection time is roughly `probe_period` (until someone probes the failed node) plus
+/// `suspect_to_down_after`: about 4 s with the defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipConfig {
+    /// How often this node probes one random member. Default 1 s. Must be greater than
+    /// `probe_rtt` (ideally more than twice: the indirect probes need time too).
+    pub probe_period: Duration,
+    /// How long to wait for a direct ack before asking others to probe indirectly. Default
+    /// 500 ms; a high percentile of the network round trip.
+    pub probe_rtt: Duration,
+    /// How many members are asked to probe indirectly (and to receive an explicit gossip).
+    /// Default 3.
+    pub num_indirect_probes: NonZeroUsize,
+    /// How long a suspected member has to refute before it is declared down. Default 3 s
+    /// (small clusters); raise it for large or lossy ones, at the cost of slower failover.
+    pub suspect_to_down_after: Duration,
+    /// How many times each update and metadata broadcast is piggybacked before it is dropped
+    /// from the backlog. Default 6; about 4·log10(n + 1) suffices for n nodes.
+    pub max_transmissions: NonZeroU8,
+    /// How often pending updates are gossiped outside the probe cycle. Default 200 ms.
+    pub gossip_period: Duration,
+    /// To how many random members each periodic gossip goes. Default 3.
+    pub gossip_fanout: NonZeroUsize,
+    /// How often one random member is asked for its member list, so large clusters discover
+    /// everyone. Default 30 s.
+    pub announce_period: Duration,
+    /// How often we announce to members we consider down, so that a healed partition merges
+    /// back (both sides then rejoin with a renewed incarnation). Default 10 s.
+    pub announce_to_down_period: Duration,
+    /// To how many down members each of those announces goes. Default 2.
+    pub announce_to_down_fanout: NonZeroUsize,
+    /// While not connected to any member, how often we announce to the seeds and to
+    /// `num_indirect_probes` known members. Default 1 s.
+    pub reconnect_period: Duration,
+    /// How long a member declared down stays in the view as `Dead`. Default 30 s.
+    pub dead_retention: Duration,
+    /// How long foca remembers a down member (and keeps announcing to it, see
+    /// `announce_to_down_period`). Default 24 h; a partition longer than this does not heal by
+    /// itself unless one side is left without live members (it then announces to its seeds).
+    pub remove_down_after: Duration,
+    /// The largest datagram sent or accepted, frame header included. Default 1400 (fits the
+    /// usual 1500-byte MTU without fragmentation). Between [`MIN_PACKET_SIZE`] and
+    /// [`MAX_PACKET_SIZE`].
+    pub max_packet_size: NonZeroUsize,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        Self {
+            probe_period: Duration::from_secs(1),
+            probe_rtt: Duration::from_millis(500),
+            num_indirect_probes: NonZeroUsize::new(3).unwrap(),
+            suspect_to_down_after: Duration::from_secs(3),
+            max_transmissions: NonZeroU8::new(6).unwrap(),
+            gossip_period: Duration::from_millis(200),
+            gossip_fanout: NonZeroUsize::new(3).unwrap(),
+            announce_period: Duration::from_secs(30),
+            announce_to_down_period: Duration::from_secs(10),
+            announce_to_down_fanout: NonZeroUsize::new(2).unwrap(),
+            reconnect_period: Duration::from_secs(1),
+            dead_retention: Duration::from_secs(30),
+            remove_down_after: Duration::from_secs(24 * 60 * 60),
+            max_packet_size: NonZeroUsize::new(1400).unwrap(),
+        }
+    }
+}
+
+impl MembershipConfig {
+    /// Short timings for tests: probe every 100 ms, suspicion 300 ms, dead entries kept 1 s.
+    pub fn for_test() -> Self {
+        Self {
+            probe_period: Duration::from_millis(100),
+            probe_rtt: Duration::from_millis(40),
+            suspect_to_down_after: Duration::from_millis(300),
+            gossip_period: Duration::from_millis(30),
+            announce_period: Duration::from_secs(1),
+            announce_to_down_period: Duration::from_millis(200),
+            reconnect_period: Duration::from_millis(100),
+            dead_retention: Duration::from_secs(1),
+            remove_down_after: Duration::from_secs(3600),
+            ..Self::default()
+        }
+    }
+
+    /// Checks the constraints documented on each field; names the first field that breaks one.
+    pub fn validate(&self) -> Result<(), MembershipError> {
+        let invalid = |field: &'static str, reason: &'static str| {
+            Err(MembershipError::InvalidConfig { field, reason })
+        };
+        let durations = [
+            ("probe_period", self.probe_period),
+            ("probe_rtt", self.probe_rtt),
+            ("suspect_to_down_after", self.suspect_to_down_after),
+            ("gossip_period", self.gossip_period),
+            ("announce_period", self.announce_period),
+            ("announce_to_down_period", self.announce_to_down_period),
+            ("reconnect_period", self.reconnect_period),
+            ("remove_down_after", self.remove_down_after),
+        ];
+        if let Some((field, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
+            return invalid(field, "must not be zero");
+        }
+        if self.probe_rtt >= self.probe_period {
+            return invalid("probe_rtt", "must be less than probe_period");
+        }
+        let size = self.max_packet_size.get();
+        if !(MIN_PACKET_SIZE..=MAX_PACKET_SIZE).contains(&size) {
+            return invalid("max_packet_size", "must be between 1200 and 65507");
+        }
+        Ok(())
+    }
+
+    /// foca's configuration: `new_lan` with every knob overridden from ours, and
+    /// `notify_down_members` on (a healed partition depends on it).
+    fn foca_config(&self) -> foca::Config {
+        let mut config = foca::Config::new_lan(NonZeroU32::MIN);
+        config.probe_period = self.probe_period;
+        config.probe_rtt = self.probe_rtt;
+        config.num_indirect_probes = self.num_indirect_probes;
+        config.max_transmissions = self.max_transmissions;
+        config.suspect_to_down_after = self.suspect_to_down_after;
+        config.remove_down_after = Some(self.remove_down_after);
+        config.max_packet_size = NonZeroUsize::new(self.max_packet_size.get() - FRAME_HEADER_LEN)
+            .expect("validated: max_packet_size >= MIN_PACKET_SIZE");
+        config.notify_down_members = true;
+        config.periodic_announce = Some(PeriodicParams {
+            frequency: self.announce_period,
+            num_members: NonZeroUsize::MIN,
+        });
+        config.periodic_announce_to_down_members = Some(PeriodicParams {
+            frequency: self.announce_to_down_period,
+            num_members: self.announce_to_down_fanout,
+        });
+        config.periodic_gossip = Some(PeriodicParams {
+            frequency: self.gossip_period,
+            num_members: self.gossip_fanout,
+        });
+        config
+    }
+}
+
+/// Membership cannot start; nothing was created.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    /// A config field breaks its documented constraint.
+    #[error("invalid membership config: {field} {reason}")]
+    InvalidConfig {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The initial metadata is invalid.
+    #[error("invalid node metadata: {0}")]
+    Meta(#[from] MetaError),
+}
+
+/// A timer the caller must hand back through [`Membership::handle_timer`] after the delay it
+/// was drained with. Every timer must be delivered (late is fine, lost is not); stale ones are
+/// recognised and ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Timer {
+    /// foca's own timers (probes, suspicion, periodic gossip and announces).
+    Swim(foca::Timer<NodeIdentity>),
+    /// Announce to the seeds and some known members if we are not connected; `token` names the
+    /// `join` it belongs to.
+    Reconnect {
+        /// Only the timer of the latest `join` is live.
+        token: u64,
+    },
+    /// A dead member may have outlived `dead_retention`: refresh the view.
+    ExpireDead,
+}
+
+/// foca's runtime: collects what foca asks for, framing datagrams on the way.
+#[derive(Debug, Default)]
+struct Outbox {
+    packets: Vec<(SocketAddr, Bytes)>,
+    timers: Vec<(Duration, Timer)>,
+    notifications: VecDeque<OwnedNotification<NodeIdentity>>,
+}
+
+impl Outbox {
+    fn send(&mut self, to: SocketAddr, kind: FrameKind, body: &[u8]) {
+        self.packets.push((to, frame(kind, body)));
+    }
+}
+
+impl Runtime<NodeIdentity> for Outbox {
+    fn notify(&mut self, notification: Notification<'_, NodeIdentity>) {
+        self.notifications.push_back(notification.to_owned());
+    }
+
+    fn send_to(&mut self, to: NodeIdentity, data: &[u8]) {
+        let mut datagram = BytesMut::with_capacity(FRAME_HEADER_LEN + data.len());
+        datagram.put_slice(&frame_header(FrameKind::Swim));
+        datagram.put_slice(data);
+        self.packets.push((to.gossip_addr(), datagram.freeze()));
+    }
+
+    fn submit_after(&mut self, event: foca::Timer<NodeIdentity>, after: Duration) {
+        self.timers.push((after, Timer::Swim(event)));
+    }
+}
+
+type Swim = Foca<NodeIdentity, GossipCodec, StdRng, MetaBroadcasts>;
+
+/// When a member was first seen down, for `dead_retention`.
+#[derive(Debug, Clone, Copy)]
+struct DownSince {
+    incarnation: u64,
+    since: Duration,
+}
+
+/// One node's membership: foca, our metadata, the metadata of others and the resulting view.
+/// See the module docs.
+#[derive(Debug)]
+pub struct Membership {
+    config: MembershipConfig,
+    swim: Swim,
+    outbox: Outbox,
+    metas: Arc<Mutex<MetaTable>>,
+    own_meta: NodeMeta,
+    meta_version: u64,
+    seeds: Vec<SocketAddr>,
+    seed_token: u64,
+    /// Whether foca is connected (it said `Active` last, not `Idle`, `Defunct` or `Rejoin`).
+    connected: bool,
+    /// Where the next reconnect announce starts in the list of known members.
+    reconnect_cursor: usize,
+    down_since: BTreeMap<NodeId, DownSince>,
+    suspect_notices: BTreeMap<NodeId, Duration>,
+    meta_requests: BTreeMap<NodeId, Duration>,
+    left: bool,
+    view: Vec<Member>,
+    generation: u64,
+}
+
+impl Membership {
+    /// A node that knows only itself, seeded with `rng_seed` (log it: the same seed and the same
+    /// inputs give the same outputs). Join a cluster with [`Membership::join`].
+    pub fn new(
+        config: MembershipConfig,
+        identity: NodeIdentity,
+        meta: NodeMeta,
+        rng_seed: u64,
+    ) -> Result<Self, MembershipError> {
+        config.validate()?;
+        meta.validate()?;
+        let node_id = identity.node_id().clone();
+        let metas = Arc::new(Mutex::new(MetaTable::new(node_id.clone())));
+        let swim = Foca::with_custom_broadcast(
+            identity,
+            config.foca_config(),
+            StdRng::seed_from_u64(rng_seed),
+            GossipCodec::new(node_id),
+            MetaBroadcasts::new(Arc::clone(&metas)),
+        );
+        let mut membership = Self {
+            config,
+            swim,
+            outbox: Outbox::default(),
+            metas,
+            own_meta: meta,
+            meta_version: 1,
+            seeds: Vec::new(),
+            seed_token: 0,
+            connected: false,
+            reconnect_cursor: 0,
+            down_since: BTreeMap::new(),
+            suspect_notices: BTreeMap::new(),
+            meta_requests: BTreeMap::new(),
+            left: false,
+            view: Vec::new(),
+            generation: 0,
+        };
+        membership.broadcast_own_meta();
+        membership.refresh_view(Duration::ZERO);
+        Ok(membership)
+    }
+
+    /// Joins through `seeds` (gossip addresses; our own is skipped): announces to each now and
+    /// again every `reconnect_period` for as long as we are not connected (also later, should
+    /// every other member go away). Replaces the seeds of an earlier call.
+    pub fn join(&mut self, now: Duration, seeds: Vec<SocketAddr>) {
+        let own_addr = self.swim.identity().gossip_addr();
+        self.seeds = seeds.into_iter().filter(|seed| *seed != own_addr).collect();
+        self.seed_token += 1;
+        self.announce_to_seeds();
+        self.outbox.timers.push((
+            self.config.reconnect_period,
+            Timer::Reconnect {
+                token: self.seed_token,
+            },
+        ));
+        self.settle(now);
+    }
+
+    /// Announces to one gossip address (a seed or any member): it answers with members it knows.
+    pub fn announce(&mut self, now: Duration, addr: SocketAddr) {
+        self.announce_to(addr);
+        self.settle(now);
+    }
+
+    /// Feeds one received datagram. `Err` says why it was dropped (for the caller's counters);
+    /// a foca packet may have been applied up to a malformed part.
+    pub fn handle_data(&mut self, now: Duration, datagram: &[u8]) -> Result<(), DropReason> {
+        let result = self.receive(datagram);
+        self.settle(now);
+        result
+    }
+
+    /// Feeds a timer that came due.
+    pub fn handle_timer(&mut self, now: Duration, timer: Timer) {
+        match timer {
+            Timer::Swim(timer) => {
+                if let Err(error) = self.swim.handle_timer(timer, &mut self.outbox) {
+                    tracing::debug!(%error, "gossip timer");
+                }
+            }
+            Timer::Reconnect { token } => {
+                if token == self.seed_token && !self.left {
+                    if !self.connected {
+                        self.reconnect();
+                    }
+                    self.outbox
+                        .timers
+                        .push((self.config.reconnect_period, timer));
+                }
+            }
+            Timer::ExpireDead => {}
+        }
+        self.settle(now);
+    }
+
+    /// Announces new metadata for this node; it replaces the previous one everywhere.
+    pub fn set_meta(&mut self, now: Duration, meta: NodeMeta) -> Result<(), MetaError> {
+        meta.validate()?;
+        self.own_meta = meta;
+        self.meta_version += 1;
+        self.broadcast_own_meta();
+        // Send it now rather than at the next probe or gossip.
+        if let Err(error) = self.swim.broadcast(&mut self.outbox) {
+            tracing::debug!(%error, "metadata broadcast");
+        }
+        self.settle(now);
+        Ok(())
+    }
+
+    /// Leaves the cluster: tells a few members we are down (they spread it) and stops taking
+    /// part. Drain the packets and send them before dropping this. Cannot be undone.
+    pub fn leave(&mut self, now: Duration) {
+        if self.left {
+            return;
+        }
+        self.left = true;
+        if let Err(error) = self.swim.leave_cluster(&mut self.outbox) {
+            tracing::warn!(%error, "leaving the cluster");
+        }
+        self.settle(now);
+    }
+
+    /// Datagrams to send, in order; the caller sends each and drops it on error.
+    pub fn take_packets(&mut self) -> Vec<(SocketAddr, Bytes)> {
+        std::mem::take(&mut self.outbox.packets)
+    }
+
+    /// Timers to schedule: hand each back to [`Membership::handle_timer`] after its delay.
+    pub fn take_timers(&mut self) -> Vec<(Duration, Timer)> {
+        std::mem::take(&mut self.outbox.timers)
+    }
+
+    /// The member view, sorted by node id, ourselves included (as `Dead` after
+    /// [`Membership::leave`]). See the module docs for which members are in it.
+    pub fn members(&self) -> &[Member] {
+        &self.view
+    }
+
+    /// Grows by one every time [`Membership::members`] changes.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Our current identity (its incarnation grows when foca rejoins by itself).
+    pub fn identity(&self) -> &NodeIdentity {
+        self.swim.identity()
+    }
+
+    /// Our current metadata.
+    pub fn meta(&self) -> &NodeMeta {
+        &self.own_meta
+    }
+
+    /// How many other members foca considers alive or suspect (with or without metadata).
+    pub fn num_other_members(&self) -> usize {
+        self.swim.num_members()
+    }
+
+    /// Whether [`Membership::leave`] was called.
+    pub fn has_left(&self) -> bool {
+        self.left
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &MembershipConfig {
+        &self.config
+    }
+
+    /// Forgets the metadata we hold for `node_id`, as if it had never arrived.
+    #[cfg(test)]
+    pub(crate) fn forget_meta_for_test(&mut self, node_id: &str, now: Duration) {
+        let node_id = NodeId::new(node_id).unwrap();
+        self.metas.lock().forget(&node_id, u64::MAX);
+        self.settle(now);
+    }
+
+    fn receive(&mut self, datagram: &[u8]) -> Result<(), DropReason> {
+        let (kind, body) = codec::split_frame(datagram, self.config.max_packet_size.get())?;
+        match kind {
+            FrameKind::Swim => match self.swim.handle_data(body, &mut self.outbox) {
+                Ok(()) => Ok(()),
+                Err(
+                    foca::Error::Decode(_)
+                    | foca::Error::MalformedPacket
+                    | foca::Error::CustomBroadcast(_)
+                    | foca::Error::DataTooBig,
+                ) => Err(DropReason::Malformed),
+                Err(error) => {
+                    // Not the sender's fault: our own packet looped back, a probe race...
+                    tracing::trace!(%error, "gossip packet");
+                    Ok(())
+                }
+            },
+            FrameKind::MetaPush => {
+                let record = codec::decode_meta_record(body).map_err(|error| {
+                    tracing::debug!(%error, "metadata push");
+                    DropReason::Malformed
+                })?;
+                self.metas.lock().offer(record);
+                Ok(())
+            }
+            FrameKind::MetaRequest => {
+                let reply_to = codec::decode_meta_request(body).map_err(|error| {
+                    tracing::debug!(%error, "metadata request");
+                    DropReason::Malformed
+                })?;
+                if !self.left {
+                    self.push_own_meta(reply_to);
+                }
+                Ok(())
+            }
+            FrameKind::SuspectNotice => {
+                let notice = codec::decode_suspect_notice(body).map_err(|error| {
+                    tracing::debug!(%error, "suspicion notice");
+                    DropReason::Malformed
+                })?;
+                self.refute(&notice);
+                Ok(())
+            }
+        }
+    }
+
+    /// Feeds foca the suspicion about ourselves: it raises its incarnation and gossips, which
+    /// refutes it. Notices about another run of this node id are ignored.
+    fn refute(&mut self, notice: &SuspectNotice) {
+        let identity = self.swim.identity().clone();
+        if self.left
+            || notice.node_id != *identity.node_id()
+            || notice.incarnation != identity.incarnation()
+        {
+            return;
+        }
+        let suspicion = foca::Member::new(identity, notice.suspected_at, State::Suspect);
+        if let Err(error) = self
+            .swim
+            .apply_many(std::iter::once(suspicion), true, &mut self.outbox)
+        {
+            tracing::debug!(%error, "refuting a suspicion");
+        }
+    }
+
+    fn announce_to(&mut self, addr: SocketAddr) {
+        if let Err(error) = self
+            .swim
+            .announce(NodeIdentity::seed_placeholder(addr), &mut self.outbox)
+        {
+            tracing::debug!(%error, %addr, "announce");
+        }
+    }
+
+    fn announce_to_seeds(&mut self) {
+        for seed in self.seeds.clone() {
+            self.announce_to(seed);
+        }
+    }
+
+    /// Announces to the seeds and to the next `num_indirect_probes` known members, by address
+    /// (whatever identity now answers there).
+    fn reconnect(&mut self) {
+        self.announce_to_seeds();
+        let own = self.swim.identity().node_id().clone();
+        let known: Vec<SocketAddr> = self
+            .swim
+            .iter_membership_state()
+            .filter(|member| member.id().node_id() != &own)
+            .map(|member| member.id().gossip_addr())
+            .filter(|addr| !self.seeds.contains(addr))
+            .collect();
+        if known.is_empty() {
+            return;
+        }
+        let count = self.config.num_indirect_probes.get().min(known.len());
+        for offset in 0..count {
+            self.announce_to(known[(self.reconnect_cursor + offset) % known.len()]);
+        }
+        self.reconnect_cursor = (self.reconnect_cursor + count) % known.len();
+    }
+
+    fn own_record(&self) -> MetaRecord {
+        let identity = self.swim.identity();
+        MetaRecord {
+            node_id: identity.node_id().clone(),
+            incarnation: identity.incarnation(),
+            meta_version: self.meta_version,
+            meta: self.own_meta.clone(),
+        }
+    }
+
+    /// Puts our current metadata in foca's broadcast backlog (replacing older versions).
+    fn broadcast_own_meta(&mut self) {
+        let result = codec::encode_meta_record(&self.own_record())
+            .map_err(|error| error.to_string())
+            .and_then(|bytes| {
+                self.swim
+                    .add_broadcast(&bytes)
+                    .map_err(|error| error.to_string())
+            });
+        if let Err(error) = result {
+            tracing::warn!(%error, "cannot broadcast our metadata");
+        }
+    }
+
+    fn push_own_meta(&mut self, to: SocketAddr) {
+        match codec::encode_meta_record(&self.own_record()) {
+            Ok(body) => self.outbox.send(to, FrameKind::MetaPush, &body),
+            Err(error) => tracing::warn!(%error, "cannot push our metadata"),
+        }
+    }
+
+    /// After every input: react to foca's notifications, send due suspicion notices, refresh
+    /// the view.
+    fn settle(&mut self, now: Duration) {
+        while let Some(notification) = self.outbox.notifications.pop_front() {
+            self.on_notification(notification);
+        }
+        self.send_suspect_notices(now);
+        let without_meta = self.refresh_view(now);
+        self.request_missing_meta(now, without_meta);
+    }
+
+    fn on_notification(&mut self, notification: OwnedNotification<NodeIdentity>) {
+        match notification {
+            OwnedNotification::MemberUp(member) => {
+                tracing::debug!(?member, "member up");
+                if !self.left {
+                    self.push_own_meta(member.gossip_addr());
+                }
+            }
+            OwnedNotification::Rename(before, after) => {
+                tracing::debug!(?before, ?after, "member renamed");
+                let alive = self.swim.iter_members().any(|m| m.id() == &after);
+                if alive && !self.left {
+                    self.push_own_meta(after.gossip_addr());
+                }
+            }
+            OwnedNotification::MemberDown(member) => tracing::debug!(?member, "member down"),
+            OwnedNotification::Rejoin(identity) => {
+                // Our metadata belongs to an incarnation: announce it under the new one.
+                tracing::info!(?identity, "declared down by the cluster, rejoined");
+                self.connected = false;
+                self.broadcast_own_meta();
+            }
+            OwnedNotification::Defunct => {
+                self.connected = false;
+                if !self.left {
+                    tracing::warn!("declared down by the cluster and cannot rejoin");
+                }
+            }
+            OwnedNotification::Active => {
+                tracing::debug!("connected to the cluster");
+                self.connected = true;
+            }
+            OwnedNotification::Idle => {
+                tracing::debug!("no other member is alive");
+                self.connected = false;
+            }
+        }
+    }
+
+    fn send_suspect_notices(&mut self, now: Duration) {
+        let mut suspects = Vec::new();
+        for member in self.swim.iter_membership_state() {
+            if member.state() == State::Suspect {
+                suspects.push((member.id().clone(), member.incarnation()));
+            }
+        }
+        self.suspect_notices
+            .retain(|node_id, _| suspects.iter().any(|(id, _)| id.node_id() == node_id));
+        if self.left {
+            return;
+        }
+        for (suspect, suspected_at) in suspects {
+            let due = self
+                .suspect_notices
+                .get(suspect.node_id())
+                .is_none_or(|sent| now.saturating_sub(*sent) >= self.config.probe_period);
+            if !due {
+                continue;
+            }
+            self.suspect_notices.insert(suspect.node_id().clone(), now);
+            let notice = SuspectNotice {
+                node_id: suspect.node_id().clone(),
+                incarnation: suspect.incarnation(),
+                suspected_at,
+            };
+            match codec::encode_suspect_notice(&notice) {
+                Ok(body) => {
+                    self.outbox
+                        .send(suspect.gossip_addr(), FrameKind::SuspectNotice, &body);
+                }
+                Err(error) => tracing::warn!(%error, "cannot encode a suspicion notice"),
+            }
+        }
+    }
+
+    /// Asks members that have been alive without metadata for a probe period for it, then
+    /// again every probe period.
+    fn request_missing_meta(&mut self, now: Duration, without_meta: Vec<NodeIdentity>) {
+        self.meta_requests
+            .retain(|node_id, _| without_meta.iter().any(|id| id.node_id() == node_id));
+        if self.left {
+            return;
+        }
+        let period = self.config.probe_period;
+        for member in without_meta {
+            let due = *self
+                .meta_requests
+                .entry(member.node_id().clone())
+                .or_insert(now + period);
+            if now < due {
+                continue;
+            }
+            self.meta_requests
+                .insert(member.node_id().clone(), now + period);
+            match codec::encode_meta_request(self.swim.identity().gossip_addr()) {
+                Ok(body) => {
+                    self.outbox
+                        .send(member.gossip_addr(), FrameKind::MetaRequest, &body);
+                }
+                Err(error) => tracing::warn!(%error, "cannot encode a metadata request"),
+            }
+        }
+    }
+
+    /// Rebuilds the view; returns the live members whose metadata is missing.
+    fn refresh_view(&mut self, now: Duration) -> Vec<NodeIdentity> {
+        let identity = self.swim.identity().clone();
+        let mut view = vec![member_of(
+            &identity,
+            &self.own_meta,
+            if self.left {
+                NodeState::Dead
+            } else {
+                self.own_meta.state.into()
+            },
+        )];
+
+        let mut expired = Vec::new();
+        let mut without_meta = Vec::new();
+        {
+            let mut metas = self.metas.lock();
+            let mut still_down = BTreeMap::new();
+            for member in self.swim.iter_membership_state() {
+                let id = member.id();
+                // foca may hold an earlier run of ourselves, as down.
+                if id.node_id() == identity.node_id() {
+                    continue;
+                }
+                let state = match member.state() {
+                    State::Alive => None,
+                    State::Suspect => Some(NodeState::Suspect),
+                    State::Down => {
+                        let down = match self.down_since.get(id.node_id()) {
+                            Some(down) if down.incarnation == id.incarnation() => *down,
+                            _ => {
+                                self.outbox
+                                    .timers
+                                    .push((self.config.dead_retention, Timer::ExpireDead));
+                                DownSince {
+                                    incarnation: id.incarnation(),
+                                    since: now,
+                                }
+                            }
+                        };
+                        still_down.insert(id.node_id().clone(), down);
+                        if now.saturating_sub(down.since) >= self.config.dead_retention {
+                            expired.push(id.clone());
+                            continue;
+                        }
+                        Some(NodeState::Dead)
+                    }
+                };
+                match metas.get(id) {
+                    Some(meta) => {
+                        view.push(member_of(id, meta, state.unwrap_or(meta.state.into())));
+                    }
+                    None if state != Some(NodeState::Dead) => without_meta.push(id.clone()),
+                    None => {}
+                }
+            }
+            self.down_since = still_down;
+            for id in &expired {
+                metas.forget(id.node_id(), id.incarnation());
+            }
+        }
+
+        view.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        if view != self.view {
+            self.view = view;
+            self.generation += 1;
+        }
+        without_meta
+    }
+}
+
+fn member_of(identity: &NodeIdentity, meta: &NodeMeta, state: NodeState) -> Member {
+    Member {
+        node_id: identity.node_id().as_str().to_owned(),
+        incarnation: identity.incarnation(),
+        state,
+        weight: meta.weight,
+        grpc_addr: meta.grpc_addr.clone(),
+        gossip_addr: identity.gossip_addr().to_string(),
+        http_addr: meta.http_addr.clone(),
+    }
+}

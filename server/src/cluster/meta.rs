@@ -1,0 +1,303 @@
+//! Node metadata: the mutable facts about a member that do not belong in its identity (gRPC and
+//! HTTP addresses, ring weight, life-cycle state), versioned and spread as foca custom broadcasts.
+//!
+//! Owns [`NodeMeta`], the table of the newest metadata known per node (`MetaTable`) and foca's
+//! [`BroadcastHandler`] for it. A record is named by (node id, incarnation, meta version) and a
+//! newer name invalidates an older one, so stale metadata stops spreading as soon as newer
+//! metadata is seen. A node is the only authority on its own metadata: records about ourselves
+//! that come back from the cluster are ignored.
+//!
+//! Must not: decide membership (that is foca's job, `membership.rs`) or do I/O.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use foca::{BroadcastHandler, Invalidates};
+use parking_lot::Mutex;
+use ringcache_proto::topology::NodeState;
+
+use super::codec::{self, CodecError};
+use super::identity::{NodeId, NodeIdentity};
+
+/// The largest encoded metadata record, in bytes, so that it always fits in a packet beside a
+/// header (see `MembershipConfig::max_packet_size`).
+pub const MAX_META_BYTES: usize = 512;
+
+/// The life-cycle states a node announces about itself (DESIGN §4). `Suspect` and `Dead` are not
+/// here: they are what failure detection concludes about others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MetaState {
+    /// In gossip, receiving its ranges, not yet serving.
+    Joining,
+    /// In the ring and serving.
+    Active,
+    /// Handing its data off; still serving until it is gone.
+    Leaving,
+}
+
+impl From<MetaState> for NodeState {
+    fn from(state: MetaState) -> Self {
+        match state {
+            MetaState::Joining => NodeState::Joining,
+            MetaState::Active => NodeState::Active,
+            MetaState::Leaving => NodeState::Leaving,
+        }
+    }
+}
+
+/// What a node tells the cluster about itself, besides its identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeMeta {
+    /// Where clients and peers reach its gRPC services (`host:port`).
+    pub grpc_addr: String,
+    /// Where its HTTP endpoint (`/metrics`, `/health/*`) listens (`host:port`).
+    pub http_addr: String,
+    /// Its ring weight (virtual nodes scale with it); at least 1.
+    pub weight: u32,
+    /// Its life-cycle state.
+    pub state: MetaState,
+}
+
+impl NodeMeta {
+    /// Checks what the cluster cannot accept: weight 0, or a record over [`MAX_META_BYTES`].
+    pub fn validate(&self) -> Result<(), MetaError> {
+        if self.weight == 0 {
+            return Err(MetaError::ZeroWeight);
+        }
+        // The record adds the node id and two varints; bound it with the longest id.
+        let len = codec::meta_record_len_bound(self);
+        if len > MAX_META_BYTES {
+            return Err(MetaError::TooLarge { len });
+        }
+        Ok(())
+    }
+}
+
+/// Metadata that cannot be announced; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetaError {
+    /// The weight was 0; a member needs weight ≥ 1 to own ranges.
+    #[error("weight must be at least 1")]
+    ZeroWeight,
+    /// The encoded record would be `len` bytes, over [`MAX_META_BYTES`].
+    #[error("metadata record would be {len} bytes, more than 512")]
+    TooLarge {
+        /// Upper bound of the encoded size.
+        len: usize,
+    },
+}
+
+/// One version of one node's metadata, as disseminated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MetaRecord {
+    pub(crate) node_id: NodeId,
+    /// The identity incarnation the metadata belongs to.
+    pub(crate) incarnation: u64,
+    /// Grows with every change the node makes to its metadata within one incarnation.
+    pub(crate) meta_version: u64,
+    pub(crate) meta: NodeMeta,
+}
+
+impl MetaRecord {
+    fn key(&self) -> MetaKey {
+        MetaKey {
+            node_id: self.node_id.clone(),
+            incarnation: self.incarnation,
+            meta_version: self.meta_version,
+        }
+    }
+
+    /// Whether `self` is a later version than `other` (same node assumed).
+    fn is_newer_than(&self, other: &Self) -> bool {
+        (self.incarnation, self.meta_version) > (other.incarnation, other.meta_version)
+    }
+}
+
+/// The name of a metadata broadcast in foca's backlog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MetaKey {
+    node_id: NodeId,
+    incarnation: u64,
+    meta_version: u64,
+}
+
+impl Invalidates for MetaKey {
+    /// Same node and not older: the backlog keeps one record per node, the newest. Equal
+    /// versions invalidate too, so re-adding the same record replaces it instead of doubling it.
+    fn invalidates(&self, other: &Self) -> bool {
+        self.node_id == other.node_id
+            && (self.incarnation, self.meta_version) >= (other.incarnation, other.meta_version)
+    }
+}
+
+/// The newest metadata known for every other node.
+#[derive(Debug)]
+pub(crate) struct MetaTable {
+    own: NodeId,
+    records: BTreeMap<NodeId, MetaRecord>,
+}
+
+impl MetaTable {
+    pub(crate) fn new(own: NodeId) -> Self {
+        Self {
+            own,
+            records: BTreeMap::new(),
+        }
+    }
+
+    /// Keeps `record` if it is about another node and newer than what we have; says whether it
+    /// was kept.
+    pub(crate) fn offer(&mut self, record: MetaRecord) -> bool {
+        if record.node_id == self.own {
+            return false;
+        }
+        match self.records.get(&record.node_id) {
+            Some(known) if !record.is_newer_than(known) => false,
+            _ => {
+                self.records.insert(record.node_id.clone(), record);
+                true
+            }
+        }
+    }
+
+    /// The metadata of exactly this run of the node: metadata of an earlier run does not
+    /// describe a restarted process (it starts empty, maybe with other addresses).
+    pub(crate) fn get(&self, identity: &NodeIdentity) -> Option<&NodeMeta> {
+        self.records
+            .get(identity.node_id())
+            .filter(|record| record.incarnation == identity.incarnation())
+            .map(|record| &record.meta)
+    }
+
+    /// Drops the record of `node_id` if it belongs to `incarnation` or an earlier one.
+    pub(crate) fn forget(&mut self, node_id: &NodeId, incarnation: u64) {
+        if self
+            .records
+            .get(node_id)
+            .is_some_and(|record| record.incarnation <= incarnation)
+        {
+            self.records.remove(node_id);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.records.len()
+    }
+}
+
+/// foca's handler for metadata broadcasts. foca owns it and gives no access back, so the table
+/// is shared with the membership core behind an uncontended mutex (both live on one task).
+#[derive(Debug)]
+pub(crate) struct MetaBroadcasts {
+    table: Arc<Mutex<MetaTable>>,
+}
+
+impl MetaBroadcasts {
+    pub(crate) fn new(table: Arc<Mutex<MetaTable>>) -> Self {
+        Self { table }
+    }
+}
+
+impl BroadcastHandler<NodeIdentity> for MetaBroadcasts {
+    type Key = MetaKey;
+    type Error = CodecError;
+
+    /// A record added locally (`sender == None`, our own metadata) is always disseminated; a
+    /// received one only if it taught us something, which is what stops the epidemic.
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        sender: Option<&NodeIdentity>,
+    ) -> Result<Option<MetaKey>, CodecError> {
+        let record = codec::decode_meta_record(data)?;
+        let key = record.key();
+        if sender.is_none() {
+            return Ok(Some(key));
+        }
+        Ok(self.table.lock().offer(record).then_some(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(port: u16, state: MetaState) -> NodeMeta {
+        NodeMeta {
+            grpc_addr: format!("127.0.0.1:{port}"),
+            http_addr: format!("127.0.0.1:{}", port + 1),
+            weight: 1,
+            state,
+        }
+    }
+
+    fn record(node: &str, incarnation: u64, meta_version: u64) -> MetaRecord {
+        MetaRecord {
+            node_id: NodeId::new(node).unwrap(),
+            incarnation,
+            meta_version,
+            meta: meta(7379, MetaState::Active),
+        }
+    }
+
+    #[test]
+    fn newer_metadata_replaces_older_and_never_the_reverse() {
+        let mut table = MetaTable::new(NodeId::new("self").unwrap());
+        assert!(table.offer(record("n1", 1, 1)));
+        assert!(table.offer(record("n1", 1, 2)));
+        assert!(!table.offer(record("n1", 1, 2)), "same version is not news");
+        assert!(!table.offer(record("n1", 1, 1)), "older version is stale");
+        // A restart resets the version but raises the incarnation.
+        assert!(table.offer(record("n1", 2, 1)));
+        assert!(!table.offer(record("n1", 1, 9)));
+        assert!(!table.offer(record("self", 9, 9)), "we own our metadata");
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn metadata_belongs_to_one_incarnation() {
+        let mut table = MetaTable::new(NodeId::new("self").unwrap());
+        table.offer(record("n1", 1, 3));
+        let addr = "127.0.0.1:1".parse().unwrap();
+        assert!(
+            table
+                .get(&NodeIdentity::new("n1", addr, 1).unwrap())
+                .is_some()
+        );
+        assert!(
+            table
+                .get(&NodeIdentity::new("n1", addr, 2).unwrap())
+                .is_none()
+        );
+        table.forget(&NodeId::new("n1").unwrap(), 0);
+        assert_eq!(
+            table.len(),
+            1,
+            "a newer record survives forgetting an older run"
+        );
+        table.forget(&NodeId::new("n1").unwrap(), 1);
+        assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn keys_invalidate_older_or_equal_versions_of_the_same_node() {
+        let k = |node: &str, inc, ver| record(node, inc, ver).key();
+        assert!(k("n1", 1, 2).invalidates(&k("n1", 1, 1)));
+        assert!(k("n1", 1, 2).invalidates(&k("n1", 1, 2)));
+        assert!(k("n1", 2, 0).invalidates(&k("n1", 1, 9)));
+        assert!(!k("n1", 1, 1).invalidates(&k("n1", 1, 2)));
+        assert!(!k("n2", 9, 9).invalidates(&k("n1", 1, 1)));
+    }
+
+    #[test]
+    fn validation_rejects_zero_weight_and_oversized_records() {
+        assert_eq!(meta(1, MetaState::Active).validate(), Ok(()));
+        let mut m = meta(1, MetaState::Active);
+        m.weight = 0;
+        assert_eq!(m.validate(), Err(MetaError::ZeroWeight));
+        let mut m = meta(1, MetaState::Active);
+        m.grpc_addr = "x".repeat(400);
+        assert!(matches!(m.validate(), Err(MetaError::TooLarge { .. })));
+    }
+}
