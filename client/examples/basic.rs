@@ -1,4 +1,4 @@
-//! A tour of the client against one running node.
+//! A tour of the client against a running node or cluster (any node serves as the seed).
 //!
 //! ```text
 //! RINGCACHE_ADDR=127.0.0.1:7379 cargo run -p ringcache --example basic
@@ -33,7 +33,8 @@ async fn run(addr: &str) -> Result<(), Error> {
         .request_timeout(Duration::from_secs(2))
         .connect()
         .await?;
-    println!("connected to {addr}");
+    let members = client.topology().members().len();
+    println!("connected to {addr}; the cluster has {members} member(s)");
 
     let version = client.set("example:greeting", "hello, ringcache").await?;
     println!("set example:greeting (version {version})");

@@ -7,6 +7,7 @@ use tonic::transport::Channel;
 use crate::{
     Client, Consistency, Error,
     conn::{self, ChannelFactory, ConnectConfig},
+    router,
 };
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -84,7 +85,9 @@ impl ClientBuilder {
     }
 
     /// The nodes to connect through, as `host:port` (an `http://` prefix is accepted). They are
-    /// tried in order; the first that answers is used. Replaces any seeds set before.
+    /// tried in order; the first that answers gives the cluster's topology, and the seeds are
+    /// tried again when the topology cannot be had from its members. Replaces any seeds set
+    /// before.
     #[must_use]
     pub fn seeds<I, S>(mut self, seeds: I) -> Self
     where
@@ -104,15 +107,16 @@ impl ClientBuilder {
     }
 
     /// How long a request may take before it fails with [`Error::Timeout`]. The deadline is also
-    /// sent to the node. Default: 5 s.
+    /// sent to the node. A read that fails over to another replica gets this long again for each
+    /// attempt. Default: 5 s.
     #[must_use]
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
     }
 
-    /// Number of HTTP/2 connections to the node; requests are spread over them in turn.
-    /// Default: 2; values below 1 count as 1.
+    /// Number of HTTP/2 connections to each node; requests to a node are spread over them in
+    /// turn. Default: 2; values below 1 count as 1.
     #[must_use]
     pub fn pool_size(mut self, connections: usize) -> Self {
         self.pool_size = connections.max(1);
@@ -137,7 +141,7 @@ impl ClientBuilder {
 
     /// Replaces how channels to a node are made. The factory gets the node's `host:port` and
     /// returns a channel, usually a lazy one (`Endpoint::connect_lazy`); it is called once per
-    /// pooled connection.
+    /// pooled connection, when the client first sends to that node.
     ///
     /// The default makes a plain-text HTTP/2 channel with the connect timeout, `TCP_NODELAY`,
     /// and keepalive pings every 10 s (5 s timeout, also while idle).
@@ -167,12 +171,13 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects to the first seed that answers.
+    /// Connects to the first seed that answers and fetches the cluster's topology from it.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] when no seed is given, a seed is not a `host:port`, or a timeout
-    /// is zero; [`Error::Unavailable`] when no seed answers, with each seed's reason.
+    /// is zero; [`Error::Unavailable`] when no seed answers, with each seed's reason;
+    /// [`Error::Protocol`] when the seed sends a topology that does not validate.
     pub async fn connect(self) -> Result<Client, Error> {
         let seeds = conn::parse_seeds(&self.seeds)?;
         if self.connect_timeout.is_zero() {
@@ -189,16 +194,13 @@ impl ClientBuilder {
             connect_timeout: self.connect_timeout,
             pool_size: self.pool_size.max(1),
             max_message_bytes: self.max_message_bytes,
+            request_timeout: self.request_timeout,
             factory: self
                 .channel_factory
                 .unwrap_or_else(|| conn::default_factory(self.connect_timeout)),
         };
-        let router = conn::connect(&seeds, &config).await?;
-        Ok(Client::new(
-            router,
-            self.request_timeout,
-            self.default_consistency,
-        ))
+        let router = router::connect(&seeds, config).await?;
+        Ok(Client::new(router, self.default_consistency))
     }
 }
 

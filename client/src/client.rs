@@ -1,21 +1,52 @@
 //! [`Client`]: the requests of the cache API.
 
-use std::{fmt, future::Future, sync::Arc, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use ringcache_proto::v1::cache_client::CacheClient;
-use tokio::time::Instant;
-use tonic::{Status, transport::Channel};
+use ringcache_proto::{topology::Topology, v1 as pb};
 
 use crate::{
-    ClientBuilder, Consistency, Entry, Error, KeyTtl, SetOptions, SetOutcome, conn::Router, wire,
+    ClientBuilder, Consistency, Entry, Error, KeyTtl, SetOptions, SetOutcome,
+    router::{Access, Router},
+    wire,
 };
 
 /// A connection to a ringcache cluster.
 ///
-/// Cloning is cheap: clones share the connections. Keys and values are taken as
+/// Cloning is cheap: clones share the connections and the topology. Keys and values are taken as
 /// `impl Into<Bytes>` (`&'static str`, `String`, `Vec<u8>`, [`Bytes`], ...), so owned buffers
 /// are sent without a copy; copy borrowed data with [`Bytes::copy_from_slice`].
+///
+/// # Routing
+///
+/// The client keeps the cluster's [`Topology`] and computes the ring from it, as the nodes do.
+/// Each request goes straight to its key's primary over that node's own pool of HTTP/2
+/// connections, opened on first use. Batches (`mget`, `mset`, `mdelete`) are split by primary and
+/// the parts sent concurrently. Until the ring has members (or when the node connected to has no
+/// `Cluster` service), every request goes to the node the client connected through, which
+/// forwards what it does not own.
+///
+/// # Refresh
+///
+/// A background task (spawned on the Tokio runtime of [`connect`](Client::connect), ended when
+/// the last clone is dropped) watches the topology on one node and moves to another member or
+/// seed when that node goes away. Every answer also carries the answering node's topology
+/// digest; when it differs from [`topology_digest`](Client::topology_digest), the client
+/// fetches the topology from that node. Refreshes are coalesced: a burst of such answers causes
+/// one fetch, and fetches start at least 250 ms apart.
+///
+/// # Failover
+///
+/// When the chosen node cannot be reached, the request is sent to the key's next replica, each
+/// replica at most once, and the topology is refreshed; a node that failed to connect is tried
+/// after the other replicas for the next 2 s. Reads also move on after a timeout, a broken
+/// connection or an `UNAVAILABLE` answer. Writes move on only when the request certainly never
+/// reached the node (the connection could not be made): a write that timed out or whose
+/// connection broke in flight may have been applied, so it fails with [`Error::Timeout`] or
+/// [`Error::Unavailable`] instead of running twice. Other errors ([`Error::InvalidArgument`],
+/// [`Error::CasConflict`], [`Error::MemoryFull`], ...) are answers and are never retried. When
+/// every replica fails, the error is [`Error::Unavailable`] naming each node with its reason.
+/// The request timeout applies to each attempt.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), ringcache::Error> {
@@ -30,48 +61,42 @@ use crate::{
 /// ```
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    /// Shared by every clone; the background topology watch ends when the last one is dropped.
+    inner: Arc<Router>,
     /// The consistency of requests that do not choose their own; `None` is the cluster default.
     consistency: Option<Consistency>,
 }
 
-struct Inner {
-    router: Router,
-    request_timeout: Duration,
-}
-
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.inner.snapshot();
         f.debug_struct("Client")
-            .field("node", &self.inner.router.addr())
-            .field("request_timeout", &self.inner.request_timeout)
+            .field("node", &self.inner.home_addr())
+            .field("topology_digest", &state.topology().digest())
+            .field("members", &state.topology().members().len())
+            .field("request_timeout", &self.inner.config.request_timeout)
             .field("consistency", &self.consistency)
             .finish_non_exhaustive()
     }
 }
 
 impl Client {
-    pub(crate) fn new(
-        router: Router,
-        request_timeout: Duration,
-        consistency: Option<Consistency>,
-    ) -> Self {
+    pub(crate) fn new(router: Arc<Router>, consistency: Option<Consistency>) -> Self {
         Self {
-            inner: Arc::new(Inner {
-                router,
-                request_timeout,
-            }),
+            inner: router,
             consistency,
         }
     }
 
     /// Connects with the default settings to the first of `seeds` (`host:port`, optionally with
-    /// an `http://` prefix) that answers.
+    /// an `http://` prefix) that answers, and fetches the cluster's topology from it.
+    ///
+    /// Must be called within a Tokio runtime: the topology watch is spawned on it.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] when `seeds` is empty or malformed, [`Error::Unavailable`] when
-    /// no seed answers.
+    /// no seed answers, [`Error::Protocol`] when the seed sends an invalid topology.
     pub async fn connect<I, S>(seeds: I) -> Result<Client, Error>
     where
         I: IntoIterator<Item = S>,
@@ -104,28 +129,35 @@ impl Client {
         }
     }
 
-    /// Runs one unary call on `conn` under the request timeout, both sent to the node and enforced
-    /// here.
-    async fn call<Req, Resp, Fut>(
-        &self,
-        conn: CacheClient<Channel>,
-        message: Req,
-        rpc: impl FnOnce(CacheClient<Channel>, tonic::Request<Req>) -> Fut,
-    ) -> Result<Resp, Error>
-    where
-        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
-    {
-        let timeout = self.inner.request_timeout;
-        let mut request = tonic::Request::new(message);
-        request.set_timeout(timeout);
-        let started = Instant::now();
-        match tokio::time::timeout(timeout, rpc(conn, request)).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(Error::from_status_after(status, started.elapsed(), timeout)),
-            Err(_) => Err(Error::Timeout {
-                after: Some(timeout),
-            }),
-        }
+    /// The digest of the topology the client routes by: equal digests mean equal member lists
+    /// and therefore equal rings. It changes whenever the client takes in a new topology.
+    ///
+    /// When the node the client connected to does not serve the `Cluster` service, this is the
+    /// digest of the empty topology.
+    pub fn topology_digest(&self) -> u64 {
+        self.inner.digest()
+    }
+
+    /// A copy of the topology the client routes by: the members with their states and addresses,
+    /// and the ring parameters. Keys go to the primary the ring of this topology gives them
+    /// (see [`Ring`](ringcache_proto::placement::Ring)).
+    ///
+    /// Empty when the node the client connected to does not serve the `Cluster` service; every
+    /// request then goes to that node.
+    pub fn topology(&self) -> Topology {
+        self.inner.snapshot().topology().clone()
+    }
+
+    /// Fetches the topology now, from the first of a few members and seeds that answers, and
+    /// routes by it from then on. The client also does this by itself (see [`Client`]); this is
+    /// for tools and tests that want it at a known moment.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when no node answered, naming each node asked;
+    /// [`Error::Protocol`] when the nodes that answered sent invalid topologies.
+    pub async fn refresh_topology(&self) -> Result<(), Error> {
+        self.inner.fetch_and_apply(None, None).await
     }
 
     /// Returns the value stored at `key`, or `None` when the key does not exist.
@@ -140,10 +172,12 @@ impl Client {
     /// ```
     pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>, Error> {
         let key = wire::key(key)?;
-        let conn = self.inner.router.for_key(&key);
-        let request = wire::get_request(key, self.consistency);
+        let request = wire::get_request(key.clone(), self.consistency);
         let response = self
-            .call(conn, request, |mut c, r| async move { c.get(r).await })
+            .inner
+            .execute(&key, Access::Read, request, |mut c, r| async move {
+                c.get(r).await
+            })
             .await?;
         Ok(wire::value(response))
     }
@@ -152,10 +186,12 @@ impl Client {
     /// key does not exist.
     pub async fn get_entry(&self, key: impl Into<Bytes>) -> Result<Option<Entry>, Error> {
         let key = wire::key(key)?;
-        let conn = self.inner.router.for_key(&key);
-        let request = wire::get_request(key, self.consistency);
+        let request = wire::get_request(key.clone(), self.consistency);
         let response = self
-            .call(conn, request, |mut c, r| async move { c.get(r).await })
+            .inner
+            .execute(&key, Access::Read, request, |mut c, r| async move {
+                c.get(r).await
+            })
             .await?;
         Ok(wire::entry(response))
     }
@@ -208,24 +244,31 @@ impl Client {
         options: SetOptions,
     ) -> Result<ringcache_proto::v1::SetResponse, Error> {
         let key = wire::key(key)?;
-        let conn = self.inner.router.for_key(&key);
-        let request = wire::set_request(key, value.into(), &options, self.consistency)?;
-        self.call(conn, request, |mut c, r| async move { c.set(r).await })
+        let request = wire::set_request(key.clone(), value.into(), &options, self.consistency)?;
+        self.inner
+            .execute(&key, Access::Write, request, |mut c, r| async move {
+                c.set(r).await
+            })
             .await
     }
 
     /// Removes `key`. Returns whether it existed.
     pub async fn delete(&self, key: impl Into<Bytes>) -> Result<bool, Error> {
         let key = wire::key(key)?;
-        let conn = self.inner.router.for_key(&key);
-        let request = wire::delete_request(key, self.consistency);
+        let request = wire::delete_request(key.clone(), self.consistency);
         let response = self
-            .call(conn, request, |mut c, r| async move { c.delete(r).await })
+            .inner
+            .execute(&key, Access::Write, request, |mut c, r| async move {
+                c.delete(r).await
+            })
             .await?;
         Ok(response.deleted)
     }
 
     /// Returns the values of several keys, in the order of `keys` (`None` for a missing key).
+    ///
+    /// The keys are split by primary node and the parts are sent concurrently, one request per
+    /// node; each part fails over like [`get`](Client::get).
     ///
     /// ```no_run
     /// # async fn run(client: ringcache::Client) -> Result<(), ringcache::Error> {
@@ -241,17 +284,30 @@ impl Client {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let requested = keys.len();
-        let conn = self.inner.router.for_batch(&keys);
-        let request = wire::mget_request(keys, self.consistency);
-        let response = self
-            .call(conn, request, |mut c, r| async move { c.m_get(r).await })
+        let parts = self
+            .inner
+            .execute_batch(
+                &keys,
+                Access::Read,
+                |indexes| wire::mget_request(pick(&keys, indexes), self.consistency),
+                |mut c, r| async move { c.m_get(r).await },
+            )
             .await?;
-        wire::mget_values(response, requested)
+        let mut values = vec![None; keys.len()];
+        for (indexes, response) in parts {
+            let part = wire::mget_values(response, indexes.len())?;
+            for (index, value) in indexes.into_iter().zip(part) {
+                values[index] = value;
+            }
+        }
+        Ok(values)
     }
 
     /// Stores several key-value pairs, all with the same optional `ttl`. Each pair is applied on
     /// its own (not atomically). Returns the new versions, in the order of `entries`.
+    ///
+    /// The pairs are split by primary node and the parts are sent concurrently, one request per
+    /// node. When a part fails the call fails, and the other parts may have been stored.
     pub async fn mset<K: Into<Bytes>, V: Into<Bytes>>(
         &self,
         entries: impl IntoIterator<Item = (K, V)>,
@@ -261,15 +317,34 @@ impl Client {
         if request.entries.is_empty() {
             return Ok(Vec::new());
         }
-        let requested = request.entries.len();
-        let conn = self.inner.router.for_key(&request.entries[0].key);
-        let response = self
-            .call(conn, request, |mut c, r| async move { c.m_set(r).await })
+        let keys: Vec<Bytes> = request.entries.iter().map(|e| e.key.clone()).collect();
+        let parts = self
+            .inner
+            .execute_batch(
+                &keys,
+                Access::Write,
+                |indexes| pb::MSetRequest {
+                    entries: pick(&request.entries, indexes),
+                    ttl_ms: request.ttl_ms,
+                    consistency: request.consistency,
+                },
+                |mut c, r| async move { c.m_set(r).await },
+            )
             .await?;
-        wire::mset_versions(response, requested)
+        let mut versions = vec![0; keys.len()];
+        for (indexes, response) in parts {
+            let part = wire::mset_versions(response, indexes.len())?;
+            for (index, version) in indexes.into_iter().zip(part) {
+                versions[index] = version;
+            }
+        }
+        Ok(versions)
     }
 
     /// Removes several keys. Returns how many existed.
+    ///
+    /// The keys are split by primary node and the parts are sent concurrently, one request per
+    /// node. When a part fails the call fails, and the other parts may have been removed.
     pub async fn mdelete<K: Into<Bytes>>(
         &self,
         keys: impl IntoIterator<Item = K>,
@@ -278,12 +353,16 @@ impl Client {
         if keys.is_empty() {
             return Ok(0);
         }
-        let conn = self.inner.router.for_batch(&keys);
-        let request = wire::mdelete_request(keys, self.consistency);
-        let response = self
-            .call(conn, request, |mut c, r| async move { c.m_delete(r).await })
+        let parts = self
+            .inner
+            .execute_batch(
+                &keys,
+                Access::Write,
+                |indexes| wire::mdelete_request(pick(&keys, indexes), self.consistency),
+                |mut c, r| async move { c.m_delete(r).await },
+            )
             .await?;
-        Ok(response.deleted)
+        Ok(parts.iter().map(|(_, response)| response.deleted).sum())
     }
 
     /// Adds `delta` to the decimal integer stored at `key` (a missing key counts as 0) and returns
@@ -326,10 +405,12 @@ impl Client {
         ttl: Option<Duration>,
     ) -> Result<i64, Error> {
         let key = wire::key(key)?;
-        let conn = self.inner.router.for_key(&key);
-        let request = wire::incr_request(key, delta, ttl, self.consistency)?;
+        let request = wire::incr_request(key.clone(), delta, ttl, self.consistency)?;
         let response = self
-            .call(conn, request, |mut c, r| async move { c.incr(r).await })
+            .inner
+            .execute(&key, Access::Write, request, |mut c, r| async move {
+                c.incr(r).await
+            })
             .await?;
         Ok(response.value)
     }
@@ -360,11 +441,16 @@ impl Client {
         ttl: Option<Duration>,
     ) -> Result<u64, Error> {
         let key = wire::key(key)?;
-        let conn = self.inner.router.for_key(&key);
-        let request =
-            wire::cas_request(key, expected_version, value.into(), ttl, self.consistency)?;
+        let request = wire::cas_request(
+            key.clone(),
+            expected_version,
+            value.into(),
+            ttl,
+            self.consistency,
+        )?;
         let response = self
-            .call(conn, request, |mut c, r| async move {
+            .inner
+            .execute(&key, Access::Write, request, |mut c, r| async move {
                 c.compare_and_set(r).await
             })
             .await?;
@@ -374,10 +460,12 @@ impl Client {
     /// Gives an existing key a new TTL. Returns `false` when the key does not exist.
     pub async fn expire(&self, key: impl Into<Bytes>, ttl: Duration) -> Result<bool, Error> {
         let key = wire::key(key)?;
-        let conn = self.inner.router.for_key(&key);
-        let request = wire::expire_request(key, ttl, self.consistency)?;
+        let request = wire::expire_request(key.clone(), ttl, self.consistency)?;
         let response = self
-            .call(conn, request, |mut c, r| async move { c.expire(r).await })
+            .inner
+            .execute(&key, Access::Write, request, |mut c, r| async move {
+                c.expire(r).await
+            })
             .await?;
         Ok(response.updated)
     }
@@ -385,10 +473,12 @@ impl Client {
     /// Removes the TTL of a key. Returns `false` when the key does not exist or had no TTL.
     pub async fn persist(&self, key: impl Into<Bytes>) -> Result<bool, Error> {
         let key = wire::key(key)?;
-        let conn = self.inner.router.for_key(&key);
-        let request = wire::persist_request(key, self.consistency);
+        let request = wire::persist_request(key.clone(), self.consistency);
         let response = self
-            .call(conn, request, |mut c, r| async move { c.persist(r).await })
+            .inner
+            .execute(&key, Access::Write, request, |mut c, r| async move {
+                c.persist(r).await
+            })
             .await?;
         Ok(response.updated)
     }
@@ -406,18 +496,26 @@ impl Client {
     /// ```
     pub async fn ttl(&self, key: impl Into<Bytes>) -> Result<KeyTtl, Error> {
         let key = wire::key(key)?;
-        let conn = self.inner.router.for_key(&key);
-        let request = wire::ttl_request(key, self.consistency);
+        let request = wire::ttl_request(key.clone(), self.consistency);
         let response = self
-            .call(conn, request, |mut c, r| async move { c.ttl(r).await })
+            .inner
+            .execute(&key, Access::Read, request, |mut c, r| async move {
+                c.ttl(r).await
+            })
             .await?;
         Ok(wire::key_ttl(&response))
     }
 }
 
+/// The items at `indexes` (cheap: keys and values are reference-counted).
+fn pick<T: Clone>(items: &[T], indexes: &[usize]) -> Vec<T> {
+    indexes.iter().map(|&index| items[index].clone()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::ConnectConfig;
 
     /// A port nothing listens on (bound, then released).
     fn closed_addr() -> String {
@@ -431,7 +529,14 @@ mod tests {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect_lazy();
-        Client::new(Router::single(&addr, channel), Duration::from_secs(2), None)
+        let config = ConnectConfig {
+            connect_timeout: Duration::from_secs(2),
+            pool_size: 1,
+            max_message_bytes: 1 << 20,
+            request_timeout: Duration::from_secs(2),
+            factory: crate::conn::default_factory(Duration::from_secs(2)),
+        };
+        Client::new(Router::single(&addr, channel, config), None)
     }
 
     fn is_invalid(result: Result<impl fmt::Debug, Error>, message: &str) -> bool {

@@ -1,8 +1,10 @@
-//! Connections: seed parsing, the channel factory, the per-node connection pool, and the router
-//! that picks a connection for each request.
+//! Connections: seed parsing, the channel factory, and the per-node connection pool through which
+//! every request is sent. Which node a request goes to is the router's business, not this module's.
 
 use std::{
+    error::Error as StdError,
     fmt,
+    future::Future,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -10,12 +12,16 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
-use ringcache_proto::v1::{
-    NodeInfoRequest, cache_client::CacheClient, cluster_client::ClusterClient,
+use ringcache_proto::{
+    TOPOLOGY_DIGEST_METADATA,
+    v1::{NodeInfoRequest, cache_client::CacheClient, cluster_client::ClusterClient},
 };
-use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
+use tokio::{task::JoinSet, time::Instant};
+use tonic::{
+    Status,
+    metadata::MetadataMap,
+    transport::{Channel, Endpoint},
+};
 
 use crate::Error;
 
@@ -36,6 +42,8 @@ pub(crate) struct ConnectConfig {
     pub(crate) pool_size: usize,
     /// Largest gRPC message sent or received.
     pub(crate) max_message_bytes: usize,
+    /// Bound on each request to a node (per attempt when a request fails over).
+    pub(crate) request_timeout: Duration,
     pub(crate) factory: ChannelFactory,
 }
 
@@ -45,6 +53,7 @@ impl fmt::Debug for ConnectConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("pool_size", &self.pool_size)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("request_timeout", &self.request_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -115,11 +124,22 @@ fn parse_seed(seed: &str) -> Result<String, Error> {
     Ok(addr.to_owned())
 }
 
-/// The connections to one node; requests take them in turn.
+/// The connections to one node, and the one place a request is sent to a node.
+///
+/// This is the per-node transport seam: the router picks a node and hands the request to
+/// [`NodePool::unary`]; a pipelined per-node stream (DESIGN §6, "The fast path") replaces the
+/// inside of this type without the router or the public API changing.
 pub(crate) struct NodePool {
     addr: String,
-    conns: Box<[CacheClient<Channel>]>,
+    conns: Box<[Conn]>,
     next: AtomicUsize,
+    max_message_bytes: usize,
+}
+
+/// One pooled HTTP/2 connection: the channel, and the `Cache` client over it.
+struct Conn {
+    channel: Channel,
+    cache: CacheClient<Channel>,
 }
 
 impl fmt::Debug for NodePool {
@@ -132,62 +152,195 @@ impl fmt::Debug for NodePool {
 }
 
 impl NodePool {
-    /// The next connection, round-robin. Cloning the generated client is cheap (a handle).
-    fn pick(&self) -> CacheClient<Channel> {
+    /// A pool over already made channels (at least one).
+    pub(crate) fn from_channels(
+        addr: &str,
+        channels: Vec<Channel>,
+        max_message_bytes: usize,
+    ) -> Self {
+        let conns = channels
+            .into_iter()
+            .map(|channel| Conn {
+                cache: CacheClient::new(channel.clone())
+                    .max_decoding_message_size(max_message_bytes)
+                    .max_encoding_message_size(max_message_bytes),
+                channel,
+            })
+            .collect();
+        NodePool {
+            addr: addr.to_owned(),
+            conns,
+            next: AtomicUsize::new(0),
+            max_message_bytes,
+        }
+    }
+
+    /// A pool of `pool_size` channels from the factory, which usually connect lazily: nothing is
+    /// checked until the first request.
+    pub(crate) fn lazy(addr: &str, config: &ConnectConfig) -> Result<Self, Error> {
+        let channels = (0..config.pool_size.max(1))
+            .map(|_| (config.factory)(addr))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::from_channels(
+            addr,
+            channels,
+            config.max_message_bytes,
+        ))
+    }
+
+    /// The next connection, round-robin.
+    fn pick(&self) -> &Conn {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        self.conns[index].clone()
-    }
-}
-
-/// Picks the connection each request goes out on.
-///
-/// Today the client talks to the single node it connected to. Topology-aware routing replaces the
-/// inside of [`Router::for_key`] with a ring lookup of the key's owner.
-#[derive(Debug)]
-pub(crate) struct Router {
-    node: NodePool,
-}
-
-impl Router {
-    /// The connection for a request on `key`.
-    pub(crate) fn for_key(&self, _key: &[u8]) -> CacheClient<Channel> {
-        self.node.pick()
+        &self.conns[index]
     }
 
-    /// The connection for a batch request. `keys` must not be empty. Until batches are split by
-    /// owner, the whole batch goes where its first key goes.
-    pub(crate) fn for_batch(&self, keys: &[Bytes]) -> CacheClient<Channel> {
-        self.for_key(keys.first().map_or(&[][..], |k| &k[..]))
+    /// A `Cluster` client on the next connection.
+    pub(crate) fn cluster(&self) -> ClusterClient<Channel> {
+        ClusterClient::new(self.pick().channel.clone())
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes)
     }
 
-    /// The address of the node the client talks to.
-    pub(crate) fn addr(&self) -> &str {
-        &self.node.addr
-    }
-}
-
-#[cfg(test)]
-impl Router {
-    /// A router over one lazy channel, for tests that need no node.
-    pub(crate) fn single(addr: &str, channel: Channel) -> Router {
-        Router {
-            node: NodePool {
-                addr: addr.to_owned(),
-                conns: Box::new([CacheClient::new(channel)]),
-                next: AtomicUsize::new(0),
+    /// Runs one unary `Cache` call under `timeout`, both sent to the node (`grpc-timeout`) and
+    /// enforced here. Returns the outcome with the topology digest the node reported, if any.
+    pub(crate) async fn unary<Req, Resp, F, Fut>(
+        &self,
+        message: Req,
+        timeout: Duration,
+        rpc: F,
+    ) -> Reply<Resp>
+    where
+        F: FnOnce(CacheClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(timeout);
+        let started = Instant::now();
+        match tokio::time::timeout(timeout, rpc(self.pick().cache.clone(), request)).await {
+            Ok(Ok(response)) => Reply {
+                digest: topology_digest(response.metadata()),
+                result: Ok(response.into_inner()),
+            },
+            Ok(Err(status)) => Reply {
+                digest: topology_digest(status.metadata()),
+                result: Err(Failure::from_status(status, started.elapsed(), timeout)),
+            },
+            Err(_) => Reply {
+                digest: None,
+                result: Err(Failure {
+                    error: Error::Timeout {
+                        after: Some(timeout),
+                    },
+                    class: FailureClass::TimedOut,
+                }),
             },
         }
     }
 }
 
-/// Connects to the first seed that answers.
-pub(crate) async fn connect(seeds: &[String], config: &ConnectConfig) -> Result<Router, Error> {
-    let mut failures = Vec::with_capacity(seeds.len());
-    for seed in seeds {
+/// The outcome of one call to one node.
+#[derive(Debug)]
+pub(crate) struct Reply<T> {
+    pub(crate) result: Result<T, Failure>,
+    /// The `ringcache-topology-digest` the node sent, with an answer or an error status.
+    pub(crate) digest: Option<u64>,
+}
+
+/// A failed call: the error for the caller, and what it says about the node.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) error: Error,
+    pub(crate) class: FailureClass,
+}
+
+/// What a failed call says about the node and about the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FailureClass {
+    /// The request never reached the node: the connection could not be made (refused,
+    /// unreachable, connect timeout) or no channel could be made to the address.
+    NotSent,
+    /// The connection broke while the request was in flight: it may or may not have been applied.
+    Broken,
+    /// The node itself answered `UNAVAILABLE` (leaving, shutting down, not enough replicas).
+    NodeUnavailable,
+    /// No answer in time (the client's timeout, or the node's `DEADLINE_EXCEEDED`).
+    TimedOut,
+    /// A definite answer about the request (invalid argument, conflict, memory full, ...).
+    Answered,
+}
+
+impl FailureClass {
+    /// Whether the node looks unreachable, so it is tried after the other replicas for a while.
+    pub(crate) fn node_unreachable(self) -> bool {
+        matches!(self, Self::NotSent | Self::Broken)
+    }
+
+    /// Whether the failure hints that the client's topology may be out of date.
+    pub(crate) fn suggests_refresh(self) -> bool {
+        matches!(self, Self::NotSent | Self::Broken | Self::NodeUnavailable)
+    }
+}
+
+impl Failure {
+    /// Classifies a status a call received after `elapsed` under `timeout`.
+    fn from_status(status: Status, elapsed: Duration, timeout: Duration) -> Self {
+        let not_sent = is_connect_error(&status);
+        let local = crate::error::is_local_transport_error(&status);
+        let error = Error::from_status_after(status, elapsed, timeout);
+        let class = match &error {
+            Error::Unavailable(_) if not_sent => FailureClass::NotSent,
+            Error::Unavailable(_) if local => FailureClass::Broken,
+            Error::Unavailable(_) => FailureClass::NodeUnavailable,
+            Error::Timeout { .. } => FailureClass::TimedOut,
+            _ => FailureClass::Answered,
+        };
+        Failure { error, class }
+    }
+
+    /// A channel to the node could not even be made.
+    pub(crate) fn not_sent(error: Error) -> Self {
+        Failure {
+            error,
+            class: FailureClass::NotSent,
+        }
+    }
+}
+
+/// Whether the status comes from failing to connect: the request was never sent.
+fn is_connect_error(status: &Status) -> bool {
+    let mut source = StdError::source(status);
+    while let Some(cause) = source {
+        if cause.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// Reads the `ringcache-topology-digest` metadata of an answer.
+pub(crate) fn topology_digest(metadata: &MetadataMap) -> Option<u64> {
+    metadata
+        .get(TOPOLOGY_DIGEST_METADATA)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Connects to the first seed that answers a probe; returns its index and its pool, or, when
+/// none answers, `Unavailable` naming every seed with its reason.
+pub(crate) async fn open_first_seed(
+    seeds: &[String],
+    config: &ConnectConfig,
+    failures: &mut Vec<String>,
+) -> Option<(usize, NodePool)> {
+    for (index, seed) in seeds.iter().enumerate() {
         match open_node(seed, config).await {
             Ok(node) => {
                 tracing::debug!(node = %seed, connections = node.conns.len(), "connected to ringcache node");
-                return Ok(Router { node });
+                return Some((index, node));
             }
             Err(reason) => {
                 tracing::debug!(seed = %seed, %reason, "seed did not answer");
@@ -195,10 +348,7 @@ pub(crate) async fn connect(seeds: &[String], config: &ConnectConfig) -> Result<
             }
         }
     }
-    Err(Error::Unavailable(format!(
-        "no seed answered ({})",
-        failures.join("; ")
-    )))
+    None
 }
 
 /// Opens the pool of connections to one node and checks that each of them answers. On failure,
@@ -224,20 +374,11 @@ async fn open_node(addr: &str, config: &ConnectConfig) -> Result<NodePool, Strin
         Ok(result) => result?,
         Err(_) => return Err(format!("no answer within {:?}", config.connect_timeout)),
     }
-
-    let conns = channels
-        .into_iter()
-        .map(|channel| {
-            CacheClient::new(channel)
-                .max_decoding_message_size(config.max_message_bytes)
-                .max_encoding_message_size(config.max_message_bytes)
-        })
-        .collect();
-    Ok(NodePool {
-        addr: addr.to_owned(),
-        conns,
-        next: AtomicUsize::new(0),
-    })
+    Ok(NodePool::from_channels(
+        addr,
+        channels,
+        config.max_message_bytes,
+    ))
 }
 
 /// Sends one `NodeInfo` round trip. Any answer from the node counts, even an error status such as
@@ -280,6 +421,51 @@ fn is_not_grpc(status: &tonic::Status) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn closed_addr() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_classified_as_not_sent() {
+        let addr = closed_addr();
+        let channel = default_factory(Duration::from_secs(1))(&addr).unwrap();
+        let pool = NodePool::from_channels(&addr, vec![channel], 1 << 20);
+        let request = ringcache_proto::v1::GetRequest::default();
+        for _ in 0..2 {
+            let reply = pool
+                .unary(
+                    request.clone(),
+                    Duration::from_secs(1),
+                    |mut c, r| async move { c.get(r).await },
+                )
+                .await;
+            let failure = reply.result.unwrap_err();
+            assert_eq!(failure.class, FailureClass::NotSent, "{failure:?}");
+            assert!(
+                matches!(failure.error, Error::Unavailable(_)),
+                "{failure:?}"
+            );
+            assert_eq!(reply.digest, None);
+        }
+    }
+
+    #[test]
+    fn digest_metadata_is_read_as_decimal() {
+        let mut metadata = MetadataMap::new();
+        assert_eq!(topology_digest(&metadata), None);
+        metadata.insert(
+            TOPOLOGY_DIGEST_METADATA,
+            tonic::metadata::MetadataValue::from_static("18446744073709551615"),
+        );
+        assert_eq!(topology_digest(&metadata), Some(u64::MAX));
+        metadata.insert(
+            TOPOLOGY_DIGEST_METADATA,
+            tonic::metadata::MetadataValue::from_static("0x12"),
+        );
+        assert_eq!(topology_digest(&metadata), None);
+    }
 
     #[test]
     fn seeds_accept_an_http_prefix() {

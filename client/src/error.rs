@@ -90,7 +90,7 @@ impl Error {
         match status.code() {
             // tonic's channel enforces the `grpc-timeout` header locally too, and reports it as
             // CANCELLED; the server reports its own deadline as DEADLINE_EXCEEDED.
-            Code::Cancelled if elapsed >= timeout => Error::Timeout {
+            Code::Cancelled if elapsed >= timeout || is_local_timeout(&status) => Error::Timeout {
                 after: Some(timeout),
             },
             Code::DeadlineExceeded => Error::Timeout {
@@ -122,6 +122,10 @@ impl From<Status> for Error {
             Code::Unknown if is_local_transport_error(&status) => {
                 Error::Unavailable(describe(&status))
             }
+            // hyper cancels a request whose connection closed under it.
+            Code::Cancelled if is_local_transport_error(&status) => {
+                Error::Unavailable(describe(&status))
+            }
             code => Error::Server {
                 code,
                 message: status.message().to_owned(),
@@ -146,8 +150,22 @@ fn current_version(status: &Status) -> Option<u64> {
     parsed
 }
 
-fn is_local_transport_error(status: &Status) -> bool {
+/// Whether the status was made by the local HTTP/2 stack (a broken, refused or closed
+/// connection) rather than decoded from a node's answer.
+pub(crate) fn is_local_transport_error(status: &Status) -> bool {
     StdError::source(status).is_some() || status.message().starts_with("Service was not ready")
+}
+
+/// Whether tonic's own enforcement of the `grpc-timeout` deadline made the status.
+fn is_local_timeout(status: &Status) -> bool {
+    let mut source = StdError::source(status);
+    while let Some(cause) = source {
+        if cause.downcast_ref::<tonic::TimeoutExpired>().is_some() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// The status message followed by its chain of causes, which is where transport errors keep the

@@ -3,6 +3,12 @@
 //! A [`Client`] connects to a node of the cluster over gRPC and offers the cache API: reads and
 //! writes of byte-string keys and values, TTLs, counters, batches and compare-and-set.
 //!
+//! The client is topology-aware: it learns the member list ([`Topology`]) from the seed it
+//! connects through, keeps it fresh (a watch stream, and the topology digest every answer
+//! carries), computes the consistent-hash ring itself and sends each request straight to its
+//! key's primary node. Batches are split by node and sent concurrently. When a node cannot be
+//! reached, requests move on to the key's next replica. See [`Client`] for the details.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use ringcache::{Client, Error, KeyTtl};
@@ -33,6 +39,8 @@ mod client;
 mod conn;
 mod error;
 mod options;
+mod refresh;
+mod router;
 mod wire;
 
 pub use builder::ClientBuilder;
@@ -40,3 +48,4 @@ pub use bytes::Bytes;
 pub use client::Client;
 pub use error::Error;
 pub use options::{Consistency, Entry, KeyTtl, SetCondition, SetOptions, SetOutcome};
+pub use ringcache_proto::topology::{Member, NodeState, Topology};

@@ -517,3 +517,21 @@ async fn default_consistency_is_sent() {
     client.with_consistency(None).get("a").await.unwrap();
     assert_eq!(consistency(&fake), pb::Consistency::Unspecified as i32);
 }
+
+#[tokio::test]
+async fn a_node_without_the_cluster_service_serves_every_key() {
+    // This fake serves only `Cache`: the client has no topology and sends everything to it.
+    let (_fake, addr) = start().await;
+    let client = Client::connect([&addr]).await.unwrap();
+    assert!(client.topology().members().is_empty());
+    assert_eq!(client.topology_digest(), client.topology().digest());
+    client.refresh_topology().await.unwrap();
+    assert_eq!(
+        client.mget(["x", "y", "z"]).await.unwrap(),
+        vec![
+            Some(Bytes::from("X")),
+            Some(Bytes::from("Y")),
+            Some(Bytes::from("Z"))
+        ]
+    );
+}

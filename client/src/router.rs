@@ -1,0 +1,750 @@
+//! The router: the topology snapshot requests are routed by, which node each request goes to,
+//! and failover to the key's next replica. Keeping the snapshot fresh is in `refresh.rs`; sending
+//! to one node is [`NodePool`]'s.
+//!
+//! **Snapshot.** [`State`] (topology, ring, one [`NodeSlot`] per ring member) sits in a
+//! `RwLock<Arc<State>>`. A request takes the read lock only to clone the `Arc` and routes every
+//! attempt from that one snapshot; a refresh builds a new `State` and swaps it in under the write
+//! lock. Neither lock is ever held across an await.
+//!
+//! **Routing.** A key goes to the first node of its replica set (its primary), except that nodes
+//! that recently failed to connect are tried after the others. A ring with no members (a node
+//! without the `Cluster` service, or every member still joining) sends everything to the node the
+//! client connected to, which forwards what it does not own.
+//!
+//! **Failover.** When an attempt fails in a way that [`Access::fails_over`] allows, the request
+//! is sent to the key's next replica, each replica at most once. A batch is split by node, the
+//! parts are sent concurrently, and the keys of a failed part are split again by their next
+//! replica.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, Mutex, OnceLock, PoisonError, RwLock,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    task::Poll,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use ringcache_proto::{
+    placement::{ReplicaSet, Ring},
+    topology::Topology,
+    v1::cache_client::CacheClient,
+};
+use tokio::sync::oneshot;
+use tonic::{Status, transport::Channel};
+
+use crate::{
+    Error,
+    conn::{self, ConnectConfig, Failure, FailureClass, NodePool},
+    refresh::{self, FetchError, Refresher},
+};
+
+/// How long a node that failed to connect is tried after the other replicas of a key.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
+
+/// Replica positions beyond this are never reordered (a bit mask of positions is used).
+const MAX_REORDERED_REPLICAS: usize = 64;
+
+/// What a request does to the data, which decides when it may be retried on another replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Reads change nothing: retried on another replica after any sign of an unreachable,
+    /// unavailable or slow node.
+    Read,
+    /// Writes are retried on another replica only when the request certainly never reached the
+    /// node: a write that timed out, broke in flight or was refused by the node may have been
+    /// applied, and `incr` or a conditional set must not run twice.
+    Write,
+}
+
+impl Access {
+    /// Whether a failure of this class is retried on the next replica.
+    pub(crate) fn fails_over(self, class: FailureClass) -> bool {
+        match class {
+            FailureClass::NotSent => true,
+            FailureClass::Broken | FailureClass::NodeUnavailable | FailureClass::TimedOut => {
+                self == Access::Read
+            }
+            FailureClass::Answered => false,
+        }
+    }
+}
+
+/// One node address with its lazily opened pool of connections. Slots are shared between
+/// snapshots (and with the seed list) by address, so a refresh keeps the connections of every
+/// member whose address did not change.
+pub(crate) struct NodeSlot {
+    addr: String,
+    pool: OnceLock<Arc<NodePool>>,
+    /// Serialises opening the pool, so concurrent first requests make one pool, not several.
+    opening: Mutex<()>,
+    /// Until when (ms since [`epoch`]) the node counts as unreachable; 0: it does not.
+    unreachable_until_ms: AtomicU64,
+}
+
+impl fmt::Debug for NodeSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeSlot")
+            .field("addr", &self.addr)
+            .field("open", &self.pool.get().is_some())
+            .field("unreachable", &self.is_unreachable())
+            .finish()
+    }
+}
+
+impl NodeSlot {
+    pub(crate) fn new(addr: &str) -> Self {
+        Self {
+            addr: addr.to_owned(),
+            pool: OnceLock::new(),
+            opening: Mutex::new(()),
+            unreachable_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The node's `host:port`.
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The pool, opened through the channel factory on first use.
+    pub(crate) fn pool(&self, config: &ConnectConfig) -> Result<Arc<NodePool>, Error> {
+        if let Some(pool) = self.pool.get() {
+            return Ok(Arc::clone(pool));
+        }
+        let _opening = self.opening.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(pool) = self.pool.get() {
+            return Ok(Arc::clone(pool));
+        }
+        let pool = Arc::new(NodePool::lazy(&self.addr, config)?);
+        tracing::debug!(node = %self.addr, "opened connection pool");
+        Ok(Arc::clone(self.pool.get_or_init(|| pool)))
+    }
+
+    /// Installs a pool opened elsewhere (the seed connect probe) if none is open yet.
+    pub(crate) fn install(&self, pool: NodePool) {
+        let _ = self.pool.set(Arc::new(pool));
+    }
+
+    pub(crate) fn is_unreachable(&self) -> bool {
+        let until = self.unreachable_until_ms.load(Ordering::Relaxed);
+        until != 0 && now_ms() < until
+    }
+
+    fn mark_unreachable(&self) {
+        let until = now_ms().saturating_add(millis(UNREACHABLE_FOR)).max(1);
+        self.unreachable_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    fn mark_reachable(&self) {
+        if self.unreachable_until_ms.load(Ordering::Relaxed) != 0 {
+            self.unreachable_until_ms.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    millis(epoch().elapsed())
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One topology with what routing derives from it.
+pub(crate) struct State {
+    topology: Topology,
+    ring: Ring,
+    /// The slot of each ring member, parallel to `ring.nodes()`.
+    slots: Box<[Arc<NodeSlot>]>,
+    /// Whether the cluster serves its topology; `false` for a node without the `Cluster` service,
+    /// where the topology is empty and every request goes to that node.
+    aware: bool,
+}
+
+impl fmt::Debug for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("State")
+            .field("digest", &self.topology.digest())
+            .field("ring_members", &self.ring.nodes().len())
+            .field("aware", &self.aware)
+            .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    /// The snapshot of `topology`, reusing the slots of `previous` and of the seeds by address.
+    pub(crate) fn build(
+        topology: Topology,
+        aware: bool,
+        previous: Option<&State>,
+        seeds: &[Arc<NodeSlot>],
+    ) -> Self {
+        let ring = Ring::new(&topology);
+        let mut reusable: BTreeMap<&str, &Arc<NodeSlot>> = BTreeMap::new();
+        for slot in previous
+            .into_iter()
+            .flat_map(|p| p.slots.iter())
+            .chain(seeds)
+        {
+            reusable.entry(slot.addr()).or_insert(slot);
+        }
+        let slots = ring
+            .nodes()
+            .iter()
+            .map(|node_id| {
+                let addr = topology
+                    .member(node_id)
+                    .map_or("", |member| member.grpc_addr.as_str());
+                reusable
+                    .get(addr)
+                    .map_or_else(|| Arc::new(NodeSlot::new(addr)), |slot| Arc::clone(slot))
+            })
+            .collect();
+        Self {
+            topology,
+            ring,
+            slots,
+            aware,
+        }
+    }
+
+    pub(crate) fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    pub(crate) fn aware(&self) -> bool {
+        self.aware
+    }
+
+    /// The ring member slots, in node id order.
+    pub(crate) fn slots(&self) -> &[Arc<NodeSlot>] {
+        &self.slots
+    }
+
+    /// The index of a ring member in `ring.nodes()` and `slots`.
+    fn position(&self, node_id: &str) -> Option<usize> {
+        self.ring
+            .nodes()
+            .binary_search_by(|node| (**node).cmp(node_id))
+            .ok()
+    }
+
+    /// The replicas of `key` in the order they are tried: the replica set's order, except that
+    /// nodes marked unreachable come after the others. Each appears once.
+    fn attempt_order<'s>(
+        &'s self,
+        replicas: ReplicaSet<'s>,
+    ) -> impl Iterator<Item = (&'s str, &'s Arc<NodeSlot>)> + 's {
+        // One pass decides which replicas go last, so a node marked unreachable during the
+        // attempts is not tried twice.
+        let mut late: u64 = 0;
+        for (i, node_id) in replicas.iter().enumerate().take(MAX_REORDERED_REPLICAS) {
+            if self
+                .position(node_id)
+                .is_some_and(|p| self.slots[p].is_unreachable())
+            {
+                late |= 1 << i;
+            }
+        }
+        let is_late = move |i: usize| i < MAX_REORDERED_REPLICAS && late & (1 << i) != 0;
+        let n_replicas = replicas.len();
+        let first = (0..n_replicas).filter(move |&i| !is_late(i));
+        let then = (0..n_replicas).filter(move |&i| is_late(i));
+        first.chain(then).filter_map(move |i| {
+            let node_id = replicas.iter().nth(i)?;
+            self.position(node_id)
+                .map(|position| (node_id, &self.slots[position]))
+        })
+    }
+}
+
+/// Picks the node(s) for each request and fails over between replicas.
+pub(crate) struct Router {
+    pub(crate) config: ConnectConfig,
+    /// One slot per seed, in the order given.
+    seeds: Box<[Arc<NodeSlot>]>,
+    /// The seed that answered at connect: requests go there when the ring is empty.
+    home: Arc<NodeSlot>,
+    state: RwLock<Arc<State>>,
+    /// The digest of `state`'s topology, readable without the lock.
+    digest: AtomicU64,
+    /// Serialises building and swapping in snapshots (not reading them).
+    applying: Mutex<()>,
+    pub(crate) refresher: Refresher,
+    /// Rotates the nodes a refresh or the watch start from.
+    pub(crate) rotation: AtomicUsize,
+    /// Dropped with the router, which ends the watch task.
+    _watch_stop: Option<oneshot::Sender<()>>,
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router")
+            .field("home", &self.home.addr())
+            .field("state", &self.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Router {
+    /// A router over `topology` (`None`: the node has no `Cluster` service); starts the watch
+    /// task when there is a topology to watch.
+    pub(crate) fn start(
+        config: ConnectConfig,
+        seeds: Box<[Arc<NodeSlot>]>,
+        home: Arc<NodeSlot>,
+        topology: Option<Topology>,
+    ) -> Arc<Router> {
+        let aware = topology.is_some();
+        let topology = topology.unwrap_or_else(|| Topology::new(Vec::new(), 1, 1));
+        let state = State::build(topology, aware, None, &seeds);
+        let digest = state.topology.digest();
+        let (stop, stopped) = oneshot::channel();
+        let router = Arc::new(Router {
+            config,
+            seeds,
+            home,
+            state: RwLock::new(Arc::new(state)),
+            digest: AtomicU64::new(digest),
+            applying: Mutex::new(()),
+            refresher: Refresher::default(),
+            rotation: AtomicUsize::new(0),
+            _watch_stop: aware.then_some(stop),
+        });
+        if aware {
+            tokio::spawn(refresh::watch(Arc::downgrade(&router), stopped));
+        }
+        router
+    }
+
+    /// The current snapshot.
+    pub(crate) fn snapshot(&self) -> Arc<State> {
+        Arc::clone(&self.state.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The digest of the current topology.
+    pub(crate) fn digest(&self) -> u64 {
+        self.digest.load(Ordering::Acquire)
+    }
+
+    /// The address of the node the client connected through.
+    pub(crate) fn home_addr(&self) -> &str {
+        self.home.addr()
+    }
+
+    pub(crate) fn home(&self) -> &Arc<NodeSlot> {
+        &self.home
+    }
+
+    pub(crate) fn seeds(&self) -> &[Arc<NodeSlot>] {
+        &self.seeds
+    }
+
+    /// Swaps in the snapshot of `topology` unless it is the one in force.
+    pub(crate) fn apply(&self, topology: Topology) {
+        let _applying = self.applying.lock().unwrap_or_else(PoisonError::into_inner);
+        let previous = self.snapshot();
+        if previous.aware && previous.topology.digest() == topology.digest() {
+            return;
+        }
+        let digest = topology.digest();
+        let members = topology.members().len();
+        let state = State::build(topology, true, Some(&previous), &self.seeds);
+        let ring_members = state.ring.nodes().len();
+        *self.state.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(state);
+        self.digest.store(digest, Ordering::Release);
+        tracing::debug!(
+            digest,
+            previous = previous.topology.digest(),
+            members,
+            ring_members,
+            "new topology"
+        );
+    }
+
+    /// Sends `message` for `key` to the key's primary, failing over to its other replicas as
+    /// `access` allows.
+    pub(crate) async fn execute<Req, Resp, F, Fut>(
+        self: &Arc<Self>,
+        key: &[u8],
+        access: Access,
+        message: Req,
+        rpc: F,
+    ) -> Result<Resp, Error>
+    where
+        Req: Clone,
+        F: Fn(CacheClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let state = self.snapshot();
+        let replicas = state.ring.replicas(key);
+        if replicas.is_empty() {
+            return self
+                .send(&self.home, message, &rpc)
+                .await
+                .map_err(|failure| failure.error);
+        }
+        let mut tried = Tried::default();
+        for (node_id, slot) in state.attempt_order(replicas) {
+            match self.send(slot, message.clone(), &rpc).await {
+                Ok(response) => return Ok(response),
+                Err(failure) if !access.fails_over(failure.class) => return Err(failure.error),
+                Err(failure) => {
+                    tracing::debug!(node = node_id, addr = %slot.addr(), error = %failure.error, "replica failed; trying the next");
+                    tried.push(node_id, slot, failure.error);
+                }
+            }
+        }
+        Err(tried.into_error("no replica of the key answered"))
+    }
+
+    /// Sends a batch over `keys`: the keys are split by primary, `build` makes the request of
+    /// each part from the indexes of its keys (ascending), and the parts are sent concurrently,
+    /// each failing over as `access` allows. Returns every part's indexes with its response.
+    pub(crate) async fn execute_batch<Req, Resp, B, F, Fut>(
+        self: &Arc<Self>,
+        keys: &[Bytes],
+        access: Access,
+        build: B,
+        rpc: F,
+    ) -> Result<Vec<(Vec<usize>, Resp)>, Error>
+    where
+        B: Fn(&[usize]) -> Req,
+        F: Fn(CacheClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let state = self.snapshot();
+        let all: Vec<usize> = (0..keys.len()).collect();
+        if state.ring.is_empty() {
+            let response = self
+                .send(&self.home, build(&all), &rpc)
+                .await
+                .map_err(|failure| failure.error)?;
+            return Ok(vec![(all, response)]);
+        }
+
+        let n_nodes = state.slots.len();
+        let mut failed = vec![false; n_nodes];
+        let mut tried = Tried::default();
+        let mut done = Vec::new();
+        let mut pending = all;
+        while !pending.is_empty() {
+            let mut parts: Vec<Vec<usize>> = vec![Vec::new(); n_nodes];
+            let mut stranded = 0;
+            for &index in &pending {
+                let target = state
+                    .attempt_order(state.ring.replicas(&keys[index]))
+                    .filter_map(|(node_id, _)| state.position(node_id))
+                    .find(|&position| !failed[position]);
+                match target {
+                    Some(position) => parts[position].push(index),
+                    None => stranded += 1,
+                }
+            }
+            if stranded > 0 {
+                return Err(tried.into_error(&format!(
+                    "no replica answered for {stranded} of {} keys",
+                    keys.len()
+                )));
+            }
+            let sends = parts
+                .into_iter()
+                .enumerate()
+                .filter(|(_, indexes)| !indexes.is_empty())
+                .map(|(position, indexes)| {
+                    let slot = &state.slots[position];
+                    let message = build(&indexes);
+                    let rpc = &rpc;
+                    async move { (position, indexes, self.send(slot, message, rpc).await) }
+                })
+                .collect();
+            pending = Vec::new();
+            for (position, indexes, outcome) in join_all(sends).await {
+                match outcome {
+                    Ok(response) => done.push((indexes, response)),
+                    Err(failure) if !access.fails_over(failure.class) => {
+                        return Err(failure.error);
+                    }
+                    Err(failure) => {
+                        let node_id = &state.ring.nodes()[position];
+                        tracing::debug!(node = %node_id, error = %failure.error, keys = indexes.len(), "replica failed; trying the next for its keys");
+                        failed[position] = true;
+                        tried.push(node_id, &state.slots[position], failure.error);
+                        pending.extend(indexes);
+                    }
+                }
+            }
+            pending.sort_unstable();
+        }
+        Ok(done)
+    }
+
+    /// Sends one request to one node; notes the digest it reports and what a failure says about
+    /// the node.
+    async fn send<Req, Resp, F, Fut>(
+        self: &Arc<Self>,
+        slot: &Arc<NodeSlot>,
+        message: Req,
+        rpc: F,
+    ) -> Result<Resp, Failure>
+    where
+        F: FnOnce(CacheClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let pool = match slot.pool(&self.config) {
+            Ok(pool) => pool,
+            Err(error) => {
+                let failure = Failure::not_sent(Error::Unavailable(format!(
+                    "cannot open a channel to {}: {error}",
+                    slot.addr()
+                )));
+                self.after_failure(slot, failure.class);
+                return Err(failure);
+            }
+        };
+        let reply = pool.unary(message, self.config.request_timeout, rpc).await;
+        if let Some(digest) = reply.digest {
+            self.observe_digest(digest, slot);
+        }
+        match &reply.result {
+            Ok(_) => slot.mark_reachable(),
+            Err(failure) => self.after_failure(slot, failure.class),
+        }
+        reply.result
+    }
+
+    fn after_failure(self: &Arc<Self>, slot: &Arc<NodeSlot>, class: FailureClass) {
+        if class.node_unreachable() {
+            slot.mark_unreachable();
+        }
+        if class.suggests_refresh() {
+            self.refresh_after_failure(slot);
+        }
+    }
+}
+
+/// The nodes a request failed on, for the error that names them.
+#[derive(Default)]
+struct Tried {
+    reasons: Vec<String>,
+    last: Option<Error>,
+}
+
+impl Tried {
+    fn push(&mut self, node_id: &str, slot: &NodeSlot, error: Error) {
+        self.reasons
+            .push(format!("{node_id} at {}: {error}", slot.addr()));
+        self.last = Some(error);
+    }
+
+    /// The error after every replica failed: one node's own error when only one was tried,
+    /// else `Unavailable` naming each node with its reason.
+    fn into_error(self, what: &str) -> Error {
+        match self.last {
+            Some(error) if self.reasons.len() == 1 => error,
+            _ => Error::Unavailable(format!("{what} ({})", self.reasons.join("; "))),
+        }
+    }
+}
+
+/// Awaits every future concurrently on the caller's task; outputs in input order.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+/// Connects to the first seed that answers and fetches its topology.
+pub(crate) async fn connect(seeds: &[String], config: ConnectConfig) -> Result<Arc<Router>, Error> {
+    let slots: Box<[Arc<NodeSlot>]> = seeds.iter().map(|s| Arc::new(NodeSlot::new(s))).collect();
+    let mut failures = Vec::with_capacity(seeds.len());
+    let mut from = 0;
+    while let Some((offset, pool)) =
+        conn::open_first_seed(&seeds[from..], &config, &mut failures).await
+    {
+        let index = from + offset;
+        let slot = &slots[index];
+        slot.install(pool);
+        match refresh::fetch_topology(slot, &config).await {
+            Ok(topology) => {
+                if topology.is_none() {
+                    tracing::debug!(node = %slot.addr(), "node has no Cluster service; sending every request to it");
+                }
+                let home = Arc::clone(slot);
+                return Ok(Router::start(config, slots, home, topology));
+            }
+            Err(FetchError::Invalid(why)) => {
+                return Err(Error::Protocol(format!(
+                    "seed {} sent an invalid topology: {why}",
+                    slot.addr()
+                )));
+            }
+            Err(FetchError::Failed(why)) => {
+                failures.push(format!("{}: topology: {why}", slot.addr()));
+            }
+        }
+        from = index + 1;
+    }
+    Err(Error::Unavailable(format!(
+        "no seed answered ({})",
+        failures.join("; ")
+    )))
+}
+
+#[cfg(test)]
+impl Router {
+    /// A router over one lazy channel and no topology, for tests that need no node.
+    pub(crate) fn single(addr: &str, channel: Channel, config: ConnectConfig) -> Arc<Router> {
+        let slot = Arc::new(NodeSlot::new(addr));
+        slot.install(NodePool::from_channels(
+            addr,
+            vec![channel],
+            config.max_message_bytes,
+        ));
+        Router::start(config, Box::new([Arc::clone(&slot)]), slot, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ringcache_proto::topology::{Member, NodeState};
+
+    use super::*;
+
+    fn member(id: &str, state: NodeState) -> Member {
+        Member {
+            node_id: id.to_owned(),
+            incarnation: 1,
+            state,
+            weight: 1,
+            grpc_addr: format!("{id}:7379"),
+            gossip_addr: format!("{id}:7380"),
+            http_addr: format!("{id}:7381"),
+        }
+    }
+
+    fn topology(ids: &[&str]) -> Topology {
+        Topology::new(
+            ids.iter().map(|id| member(id, NodeState::Active)).collect(),
+            3,
+            16,
+        )
+    }
+
+    #[test]
+    fn only_unsent_writes_fail_over() {
+        use FailureClass::*;
+        for class in [NotSent, Broken, NodeUnavailable, TimedOut, Answered] {
+            assert_eq!(
+                Access::Read.fails_over(class),
+                class != Answered,
+                "{class:?}"
+            );
+            assert_eq!(
+                Access::Write.fails_over(class),
+                class == NotSent,
+                "{class:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn slots_are_reused_by_address_across_snapshots() {
+        let seed = Arc::new(NodeSlot::new("n1:7379"));
+        let first = State::build(
+            topology(&["n1", "n2", "n3"]),
+            true,
+            None,
+            &[Arc::clone(&seed)],
+        );
+        assert!(
+            Arc::ptr_eq(&first.slots[0], &seed),
+            "the seed's pool serves n1"
+        );
+
+        let mut moved = member("n3", NodeState::Active);
+        moved.grpc_addr = "elsewhere:1".to_owned();
+        let next = Topology::new(
+            vec![
+                member("n1", NodeState::Active),
+                member("n2", NodeState::Active),
+                moved,
+                member("n4", NodeState::Joining),
+            ],
+            3,
+            16,
+        );
+        let second = State::build(next, true, Some(&first), &[seed]);
+        assert_eq!(second.slots.len(), 3, "a joining member is not in the ring");
+        assert!(Arc::ptr_eq(&second.slots[0], &first.slots[0]));
+        assert!(Arc::ptr_eq(&second.slots[1], &first.slots[1]));
+        assert!(!Arc::ptr_eq(&second.slots[2], &first.slots[2]));
+        assert_eq!(second.slots[2].addr(), "elsewhere:1");
+        let moved_away = Arc::downgrade(&first.slots[2]);
+        drop(first);
+        assert!(
+            moved_away.upgrade().is_none(),
+            "the old address's pool is dropped"
+        );
+    }
+
+    #[test]
+    fn unreachable_replicas_are_tried_last_and_once() {
+        let state = State::build(topology(&["n1", "n2", "n3"]), true, None, &[]);
+        let key = b"some-key";
+        let replicas = state.ring.replicas(key);
+        let in_ring_order: Vec<&str> = replicas.iter().collect();
+        let order: Vec<&str> = state.attempt_order(replicas).map(|(id, _)| id).collect();
+        assert_eq!(order, in_ring_order);
+
+        let primary = state.position(in_ring_order[0]).unwrap();
+        state.slots[primary].mark_unreachable();
+        let order: Vec<&str> = state.attempt_order(replicas).map(|(id, _)| id).collect();
+        assert_eq!(
+            order,
+            [in_ring_order[1], in_ring_order[2], in_ring_order[0]]
+        );
+        state.slots[primary].mark_reachable();
+        assert!(!state.slots[primary].is_unreachable());
+    }
+
+    #[tokio::test]
+    async fn join_all_keeps_input_order() {
+        let futures = (0..5u64)
+            .map(|i| async move {
+                tokio::time::sleep(Duration::from_millis(10 * (5 - i))).await;
+                i
+            })
+            .collect();
+        assert_eq!(join_all(futures).await, [0, 1, 2, 3, 4]);
+    }
+}
