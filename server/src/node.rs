@@ -7,8 +7,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
@@ -20,7 +20,7 @@ use ringcache_proto::v1::{
     self, admin_server::AdminServer, cache_server::CacheServer, cluster_server::ClusterServer,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,10 @@ use tonic::transport::server::{Connected, TcpIncoming};
 
 use crate::api::{AdminService, CacheService, ClusterService, DigestLayer};
 use crate::clock::{Clock, SystemClock};
+use crate::cluster::{
+    GossipStatsSnapshot, Membership, MembershipConfig, MembershipHandle, MetaState, NodeIdentity,
+    NodeMeta,
+};
 use crate::config::Config;
 use crate::http;
 use crate::metrics::Metrics;
@@ -62,7 +66,11 @@ pub struct Node {
     /// Set once a topology came from outside (membership, or by hand): the node stops publishing
     /// its own single-member topology.
     external_topology: AtomicBool,
+    /// The running membership, once serving with a gossip socket.
+    membership: OnceLock<MembershipHandle>,
     shutdown: CancellationToken,
+    /// Cancelled by [`Node::crash`]: stop at once, leave nothing gracefully (tests of failures).
+    crash: CancellationToken,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +86,9 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// HTTP (`/metrics`, `/health/*`); `None` to serve no HTTP.
     pub http: Option<TcpListener>,
+    /// Gossip (UDP); `None` to run without membership (a lone node, or a static topology set
+    /// with [`Node::set_topology`]).
+    pub gossip: Option<UdpSocket>,
 }
 
 impl Listeners {
@@ -89,9 +100,14 @@ impl Listeners {
         let http = TcpListener::bind(config.http_addr())
             .await
             .with_context(|| format!("cannot bind the HTTP port {}", config.http_addr()))?;
+        let gossip_addr = SocketAddr::new(config.bind, config.gossip_port);
+        let gossip = UdpSocket::bind(gossip_addr)
+            .await
+            .with_context(|| format!("cannot bind the gossip port {gossip_addr} (UDP)"))?;
         Ok(Self {
             grpc,
             http: Some(http),
+            gossip: Some(gossip),
         })
     }
 }
@@ -126,7 +142,9 @@ impl Node {
             advertised,
             peers,
             external_topology: AtomicBool::new(false),
+            membership: OnceLock::new(),
             shutdown: CancellationToken::new(),
+            crash: CancellationToken::new(),
         });
         node.publish_single_node();
         node
@@ -236,6 +254,17 @@ impl Node {
         self.shutdown.cancel();
     }
 
+    /// Stops the node at once as if its process died: no graceful leave, no draining. For tests
+    /// of failure detection and failover.
+    pub fn crash(&self) {
+        self.crash.cancel();
+    }
+
+    /// Gossip traffic and member counts, when membership runs.
+    pub fn gossip_stats(&self) -> Option<GossipStatsSnapshot> {
+        self.membership.get().map(|m| m.stats().snapshot())
+    }
+
     fn set_state(&self, state: v1::NodeState) {
         self.state.send_replace(state);
         self.publish_single_node();
@@ -262,8 +291,14 @@ impl Node {
     ) -> anyhow::Result<()> {
         let grpc_addr = listeners.grpc.local_addr()?;
         let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
-        self.serve_with_incoming(incoming, grpc_addr, listeners.http, shutdown)
-            .await
+        self.serve_with_incoming(
+            incoming,
+            grpc_addr,
+            listeners.http,
+            listeners.gossip,
+            shutdown,
+        )
+        .await
     }
 
     /// Serves gRPC on any stream of connections; `grpc_addr` is the address advertised for it.
@@ -272,6 +307,7 @@ impl Node {
         incoming: I,
         grpc_addr: SocketAddr,
         http: Option<TcpListener>,
+        gossip: Option<UdpSocket>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()>
     where
@@ -307,6 +343,10 @@ impl Node {
         if let Some(listener) = http {
             tasks.spawn(http::serve(self.clone(), listener));
         }
+        let membership_task = match gossip {
+            Some(socket) => Some(self.start_membership(socket, &mut tasks).await?),
+            None => None,
+        };
 
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(ringcache_proto::FILE_DESCRIPTOR_SET)
@@ -332,18 +372,22 @@ impl Node {
             eviction = self.config.store.eviction.as_str(),
             "ringcached serving"
         );
-        if !self.config.seeds.is_empty() {
-            tracing::warn!(
-                seeds = ?self.config.seeds,
-                "--seeds is set, but this build has no cluster layer yet: serving as a single node"
-            );
-        }
         let mut server = tokio::spawn(
             router.serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned()),
         );
         let result = tokio::select! {
             joined = &mut server => Some(joined),
             () = token.cancelled() => None,
+            () = self.crash.cancelled() => {
+                tracing::warn!("crashing on request: stopping without leaving");
+                server.abort();
+                tasks.abort_all();
+                if let Some(task) = membership_task {
+                    task.abort();
+                }
+                token.cancel();
+                return Ok(());
+            }
         };
         let result = match result {
             Some(joined) => joined,
@@ -361,10 +405,106 @@ impl Node {
         };
         token.cancel();
         while tasks.join_next().await.is_some() {}
+        if let Some(task) = membership_task {
+            // The driver leaves the cluster gracefully once the shutdown token is cancelled.
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("gossip did not stop within 5 s");
+            }
+        }
         tracing::info!("ringcached stopped");
         result
             .context("the gRPC server task failed")?
             .context("the gRPC server failed")
+    }
+}
+
+impl Node {
+    /// Starts gossip on `socket`, joining through the configured seeds, and a task that turns
+    /// every new member list into the node's topology. Returns the driver's task.
+    async fn start_membership(
+        self: &Arc<Self>,
+        socket: UdpSocket,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        let gossip_addr = socket.local_addr()?;
+        let identity = NodeIdentity::new(&self.config.node_id, gossip_addr, self.incarnation)
+            .context("invalid node id")?;
+        let advertised = self.advertised.read().clone();
+        let meta = NodeMeta {
+            grpc_addr: advertised.grpc_addr,
+            http_addr: advertised.http_addr,
+            weight: self.config.weight.get(),
+            state: MetaState::Active,
+        };
+        let config = membership_config(&self.config);
+        let membership = Membership::new(config, identity, meta, rand::random())
+            .context("invalid membership settings")?;
+        let seeds = resolve_seeds(&self.config.seeds, gossip_addr).await;
+        self.external_topology.store(true, Ordering::Release);
+        let (handle, task) =
+            MembershipHandle::spawn(membership, socket, seeds, self.shutdown.clone());
+        tasks.spawn(follow_members(self.clone(), handle.members()));
+        tracing::info!(gossip = %gossip_addr, seeds = ?self.config.seeds, "gossip started");
+        let _ = self.membership.set(handle);
+        Ok(task)
+    }
+
+    /// Installs the topology of a member list from gossip.
+    fn apply_members(&self, members: Vec<Member>) {
+        let topology = Topology::new(
+            members,
+            self.config.replication_factor.get(),
+            self.config.vnodes.get(),
+        );
+        self.replace_topology(topology);
+    }
+}
+
+/// The gossip settings derived from the node's: the probe period, probe timeout and suspicion
+/// timeout come from the config; the other periods scale with the probe period (1 s gives the
+/// membership defaults).
+fn membership_config(config: &Config) -> MembershipConfig {
+    let period = config.probe_interval;
+    MembershipConfig {
+        probe_period: period,
+        probe_rtt: config.probe_timeout,
+        suspect_to_down_after: config.suspicion_timeout,
+        gossip_period: period / 5,
+        reconnect_period: period,
+        announce_period: period * 30,
+        announce_to_down_period: period * 10,
+        dead_retention: period * 30,
+        ..MembershipConfig::default()
+    }
+}
+
+/// Resolves `host:port` seeds; unresolvable ones are logged and skipped, and our own address is
+/// left out.
+async fn resolve_seeds(seeds: &[String], own: SocketAddr) -> Vec<SocketAddr> {
+    let mut resolved = Vec::new();
+    for seed in seeds {
+        match tokio::net::lookup_host(seed.as_str()).await {
+            Ok(addrs) => resolved.extend(addrs.filter(|addr| *addr != own)),
+            Err(error) => tracing::warn!(%seed, %error, "cannot resolve seed; skipping it"),
+        }
+    }
+    resolved
+}
+
+/// Turns every member list into the node's topology until shutdown.
+async fn follow_members(node: Arc<Node>, mut members: watch::Receiver<Vec<Member>>) {
+    loop {
+        let list = members.borrow_and_update().clone();
+        if !list.is_empty() {
+            node.apply_members(list);
+        }
+        tokio::select! {
+            () = node.shutdown.cancelled() => return,
+            changed = members.changed() => if changed.is_err() { return },
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use ringcache_server::clock::{Clock, SystemClock};
 use ringcache_server::{Config, Listeners, Node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -27,26 +27,50 @@ pub struct TestNode {
     pub grpc_addr: SocketAddr,
     /// Where its HTTP endpoint listens.
     pub http_addr: SocketAddr,
+    /// Where its gossip endpoint listens (`None`: started without membership).
+    pub gossip_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestNode {
-    /// Starts a node with `config` (its addresses are replaced by 127.0.0.1:0) and the system clock.
+    /// Starts a node with `config` (its addresses are replaced by 127.0.0.1:0, gossip included)
+    /// and the system clock. It joins through `config.seeds`.
     pub async fn start(config: Config) -> Self {
-        Self::start_with_clock(config, Arc::new(SystemClock)).await
+        Self::start_with(config, Arc::new(SystemClock), true).await
+    }
+
+    /// Starts a node without gossip: a lone node, or one whose topology a test sets by hand.
+    pub async fn start_without_gossip(config: Config) -> Self {
+        Self::start_with(config, Arc::new(SystemClock), false).await
     }
 
     /// Starts a node reading time from `clock`.
     pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Self {
+        Self::start_with(config, clock, true).await
+    }
+
+    async fn start_with(config: Config, clock: Arc<dyn Clock>, gossip: bool) -> Self {
         let grpc = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a free gRPC port");
         let http = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a free HTTP port");
+        let gossip = if gossip {
+            Some(
+                UdpSocket::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind a free gossip port"),
+            )
+        } else {
+            None
+        };
         let grpc_addr = grpc.local_addr().expect("bound address");
         let http_addr = http.local_addr().expect("bound address");
+        let gossip_addr = gossip
+            .as_ref()
+            .map(|s| s.local_addr().expect("bound address"));
         let node = Node::with_clock(config, clock);
         let (tx, rx) = oneshot::channel::<()>();
         let shutdown = async move {
@@ -55,12 +79,14 @@ impl TestNode {
         let listeners = Listeners {
             grpc,
             http: Some(http),
+            gossip,
         };
         let task = tokio::spawn(node.clone().serve(listeners, shutdown));
         Self {
             node,
             grpc_addr,
             http_addr,
+            gossip_addr,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -89,6 +115,12 @@ impl TestNode {
         self.wait_stopped().await
     }
 
+    /// Stops the node at once, as if its process were killed: no graceful leave.
+    pub async fn crash(mut self) -> anyhow::Result<()> {
+        self.node.crash();
+        self.wait_stopped().await
+    }
+
     /// Waits (bounded) for the node to stop on its own, e.g. after an Admin Leave.
     pub async fn wait_stopped(&mut self) -> anyhow::Result<()> {
         let task = self.task.take().context("node already stopped")?;
@@ -103,6 +135,99 @@ impl Drop for TestNode {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+    }
+}
+
+/// Several nodes on loopback joined by gossip: node 1 first, the others seeded with its gossip
+/// address. Node ids are `n1`, `n2`, ….
+#[derive(Debug)]
+pub struct TestCluster {
+    /// The nodes, in start order.
+    pub nodes: Vec<TestNode>,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes with [`Config::for_test`] (fast failure detection).
+    pub async fn start(n: usize) -> Self {
+        Self::start_with(n, |_, _| {}).await
+    }
+
+    /// Starts `n` nodes, letting `configure(i, config)` adjust node `i` (1-based) first.
+    pub async fn start_with(n: usize, configure: impl Fn(usize, &mut Config)) -> Self {
+        let mut cluster = Self { nodes: Vec::new() };
+        for i in 1..=n {
+            cluster.add(i, &configure).await;
+        }
+        cluster
+    }
+
+    /// Starts one more node with id `n{i}` that joins through node 1 (or the first node left).
+    pub async fn add(&mut self, i: usize, configure: impl Fn(usize, &mut Config)) -> &TestNode {
+        let mut config = Config::for_test();
+        config.node_id = format!("n{i}");
+        config.seeds = self
+            .nodes
+            .first()
+            .and_then(|seed| seed.gossip_addr)
+            .map(|addr| vec![addr.to_string()])
+            .unwrap_or_default();
+        configure(i, &mut config);
+        self.nodes.push(TestNode::start(config).await);
+        self.nodes.last().expect("just pushed")
+    }
+
+    /// The node with this id.
+    pub fn node(&self, node_id: &str) -> &TestNode {
+        self.nodes
+            .iter()
+            .find(|n| n.node.config().node_id == node_id)
+            .unwrap_or_else(|| panic!("no node {node_id}"))
+    }
+
+    /// Removes the node with this id from the list (to crash or stop it).
+    pub fn take(&mut self, node_id: &str) -> TestNode {
+        let at = self
+            .nodes
+            .iter()
+            .position(|n| n.node.config().node_id == node_id)
+            .unwrap_or_else(|| panic!("no node {node_id}"));
+        self.nodes.remove(at)
+    }
+
+    /// gRPC targets of every node, for clients.
+    pub fn grpc_targets(&self) -> Vec<String> {
+        self.nodes.iter().map(TestNode::grpc_target).collect()
+    }
+
+    /// Waits until every node's ring holds exactly the nodes of this cluster (by id) and all
+    /// report the same topology digest; returns the digest.
+    pub async fn wait_converged(&self, deadline: Duration) -> anyhow::Result<u64> {
+        let mut expected: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| n.node.config().node_id.clone())
+            .collect();
+        expected.sort();
+        let give_up = tokio::time::Instant::now() + deadline;
+        loop {
+            let views: Vec<_> = self.nodes.iter().map(|n| n.node.view()).collect();
+            let digest = views[0].topology.digest();
+            let agreed = views.iter().all(|view| {
+                let ring: Vec<&str> = view.ring.nodes().iter().map(|id| &**id).collect();
+                view.topology.digest() == digest && ring == expected
+            });
+            if agreed {
+                return Ok(digest);
+            }
+            if tokio::time::Instant::now() >= give_up {
+                let seen: Vec<String> = views
+                    .iter()
+                    .map(|v| format!("{:?}", v.ring.nodes()))
+                    .collect();
+                bail!("not converged on {expected:?} within {deadline:?}; rings: {seen:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

@@ -16,7 +16,7 @@ async fn cluster() -> (Vec<TestNode>, Topology) {
     for i in 1..=3 {
         let mut config = Config::for_test();
         config.node_id = format!("n{i}");
-        nodes.push(TestNode::start(config).await);
+        nodes.push(TestNode::start_without_gossip(config).await);
     }
     let members = nodes
         .iter()
