@@ -36,6 +36,27 @@ fn passthrough(args: &[String]) -> Vec<String> {
     out
 }
 
+/// The gossip port every child uses: `--gossip-port P` / `--gossip-port=P` if given.
+fn gossip_port(args: &[String]) -> u16 {
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if arg == "--gossip-port" {
+            if let Some(port) = iter.next().and_then(|p| p.parse().ok()) {
+                return port;
+            }
+        } else if let Some(port) = arg
+            .strip_prefix("--gossip-port=")
+            .and_then(|p| p.parse().ok())
+        {
+            return port;
+        }
+    }
+    std::env::var("RINGCACHE_GOSSIP_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(DEFAULT_GOSSIP_PORT)
+}
+
 /// The arguments of child `i` (1-based).
 fn child_args(i: u8, passthrough: &[String]) -> Vec<String> {
     let mut args = passthrough.to_vec();
@@ -46,10 +67,8 @@ fn child_args(i: u8, passthrough: &[String]) -> Vec<String> {
         format!("dev-{i}"),
     ]);
     if i > 1 {
-        args.extend([
-            "--seeds".to_owned(),
-            format!("127.0.0.1:{DEFAULT_GOSSIP_PORT}"),
-        ]);
+        let port = gossip_port(passthrough);
+        args.extend(["--seeds".to_owned(), format!("127.0.0.1:{port}")]);
     }
     args
 }
@@ -74,7 +93,7 @@ pub async fn run(
             .spawn()
             .with_context(|| format!("cannot start node dev-{i}"))?;
         let pid = child.id().unwrap_or_default();
-        eprintln!("dev-{i}: pid {pid}, gRPC 127.0.0.{i}:7379, HTTP 127.0.0.{i}:7381");
+        eprintln!("dev-{i}: pid {pid} on 127.0.0.{i}");
         children.push((i, child));
     }
     eprintln!("dev cluster of {nodes} started; clients connect to 127.0.0.1:7379; Ctrl-C stops it");
@@ -158,6 +177,13 @@ mod tests {
         assert_eq!(
             child_args(2, &rest)[6..],
             ["--seeds".to_owned(), "127.0.0.1:7380".to_owned()]
+        );
+        let custom: Vec<String> = ["--gossip-port", "9999"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(
+            child_args(3, &custom).ends_with(&["--seeds".to_owned(), "127.0.0.1:9999".to_owned()])
         );
     }
 }
