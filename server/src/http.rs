@@ -29,6 +29,9 @@ pub(crate) async fn serve(node: Arc<Node>, listener: TcpListener) {
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let stats = node.store().stats();
+    let gossip = node.gossip_stats();
+    node.metrics()
+        .set_cluster(gossip.as_ref(), node.view().ring.nodes().len());
     let body = node
         .metrics()
         .render(&stats, node.config().store.max_memory_bytes, node.uptime());

@@ -12,6 +12,7 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
+use crate::cluster::GossipStatsSnapshot;
 use crate::store::StoreStats;
 
 /// A Cache operation, as the `op` label names it.
@@ -126,6 +127,13 @@ pub struct Metrics {
     evictions: Counter,
     expirations: Counter,
     uptime: Gauge,
+    gossip_packets_sent: Counter,
+    gossip_packets_received: Counter,
+    gossip_bytes_sent: Counter,
+    gossip_bytes_received: Counter,
+    gossip_dropped: Vec<Counter>,
+    members: Vec<Gauge>,
+    topology_members: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -256,7 +264,74 @@ impl Metrics {
                 )
             })
             .collect();
+        describe(
+            &recorder,
+            "ringcache_gossip_packets_sent_total",
+            Unit::Count,
+            "Gossip datagrams sent",
+        );
+        describe(
+            &recorder,
+            "ringcache_gossip_packets_received_total",
+            Unit::Count,
+            "Gossip datagrams received",
+        );
+        describe(
+            &recorder,
+            "ringcache_gossip_bytes_sent_total",
+            Unit::Bytes,
+            "Gossip bytes sent",
+        );
+        describe(
+            &recorder,
+            "ringcache_gossip_bytes_received_total",
+            Unit::Bytes,
+            "Gossip bytes received",
+        );
+        describe(
+            &recorder,
+            "ringcache_gossip_dropped_packets_total",
+            Unit::Count,
+            "Gossip datagrams dropped, by reason (malformed, oversized)",
+        );
+        describe(
+            &recorder,
+            "ringcache_members",
+            Unit::Count,
+            "Cluster members this node sees, by failure-detector state",
+        );
+        describe(
+            &recorder,
+            "ringcache_ring_members",
+            Unit::Count,
+            "Members owning ranges of this node's ring",
+        );
+        let gossip_dropped = ["malformed", "oversized"]
+            .iter()
+            .map(|reason| {
+                counter(
+                    "ringcache_gossip_dropped_packets_total",
+                    vec![Label::new("reason", *reason)],
+                )
+            })
+            .collect();
+        let members = ["alive", "suspect", "dead"]
+            .iter()
+            .map(|state| {
+                recorder.register_gauge(
+                    &Key::from_parts("ringcache_members", vec![Label::new("state", *state)]),
+                    &METADATA,
+                )
+            })
+            .collect();
         Self {
+            gossip_packets_sent: counter("ringcache_gossip_packets_sent_total", vec![]),
+            gossip_packets_received: counter("ringcache_gossip_packets_received_total", vec![]),
+            gossip_bytes_sent: counter("ringcache_gossip_bytes_sent_total", vec![]),
+            gossip_bytes_received: counter("ringcache_gossip_bytes_received_total", vec![]),
+            gossip_dropped,
+            members,
+            topology_members: gauge("ringcache_ring_members"),
             requests,
             latency,
             forwarded,
@@ -302,6 +377,22 @@ impl Metrics {
     pub fn forwarded_total(&self) -> u64 {
         self.forwarded_total
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Copies in the gossip counters and member gauges.
+    pub fn set_cluster(&self, gossip: Option<&GossipStatsSnapshot>, ring_members: usize) {
+        self.topology_members.set(ring_members as f64);
+        let Some(gossip) = gossip else { return };
+        self.gossip_packets_sent.absolute(gossip.packets_sent);
+        self.gossip_packets_received
+            .absolute(gossip.packets_received);
+        self.gossip_bytes_sent.absolute(gossip.bytes_sent);
+        self.gossip_bytes_received.absolute(gossip.bytes_received);
+        self.gossip_dropped[0].absolute(gossip.packets_dropped_malformed);
+        self.gossip_dropped[1].absolute(gossip.packets_dropped_oversized);
+        self.members[0].set(gossip.members_alive as f64);
+        self.members[1].set(gossip.members_suspect as f64);
+        self.members[2].set(gossip.members_dead as f64);
     }
 
     /// Renders the Prometheus text exposition, after copying in the store's current numbers.

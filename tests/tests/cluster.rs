@@ -232,4 +232,14 @@ async fn a_gracefully_stopped_node_leaves_quickly() {
     cluster.wait_converged(CONVERGE).await.unwrap();
     let stats = cluster.nodes[0].node.gossip_stats().expect("gossip runs");
     assert!(stats.packets_received > 0 && stats.packets_sent > 0);
+    let metrics = ringcache_tests::http_get(cluster.nodes[0].http_addr, "/metrics").await.unwrap().body;
+    for needle in [
+        "ringcache_ring_members 2",
+        "ringcache_gossip_packets_sent_total ",
+        "ringcache_gossip_bytes_received_total ",
+        r#"ringcache_gossip_dropped_packets_total{reason="malformed"} 0"#,
+        r#"ringcache_members{state="alive"} 2"#,
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");
+    }
 }
