@@ -232,7 +232,10 @@ async fn a_gracefully_stopped_node_leaves_quickly() {
     cluster.wait_converged(CONVERGE).await.unwrap();
     let stats = cluster.nodes[0].node.gossip_stats().expect("gossip runs");
     assert!(stats.packets_received > 0 && stats.packets_sent > 0);
-    let metrics = ringcache_tests::http_get(cluster.nodes[0].http_addr, "/metrics").await.unwrap().body;
+    let metrics = ringcache_tests::http_get(cluster.nodes[0].http_addr, "/metrics")
+        .await
+        .unwrap()
+        .body;
     for needle in [
         "ringcache_ring_members 2",
         "ringcache_gossip_packets_sent_total ",

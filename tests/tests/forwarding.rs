@@ -247,3 +247,61 @@ async fn invalid_input_is_refused_before_forwarding() {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn a_stale_client_is_forwarded_once_then_refreshes() {
+    let (nodes, old) = cluster().await;
+    let client = ringcache::Client::connect([nodes[0].grpc_target()])
+        .await
+        .unwrap();
+    assert_eq!(client.topology_digest(), old.digest());
+    // n2 stops owning ranges on n2 and n3; n1 (which the client watches) still has the old
+    // topology, so the client does not hear about it.
+    let members = old
+        .members()
+        .iter()
+        .cloned()
+        .map(|mut m| {
+            if m.node_id == "n2" {
+                m.state = NodeState::Joining;
+            }
+            m
+        })
+        .collect();
+    let new = Topology::new(members, 1, 64);
+    nodes[1].node.set_topology(new.clone());
+    nodes[2].node.set_topology(new.clone());
+    let old_ring = ringcache_proto::placement::Ring::new(&old);
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("k{i}"))
+        .filter(|k| old_ring.primary(k.as_bytes()) == Some("n2"))
+        .take(5)
+        .collect();
+
+    client.set(keys[0].clone(), "v").await.unwrap();
+    assert_eq!(
+        nodes[1].node.metrics().forwarded_total(),
+        1,
+        "n2 forwards the stale request"
+    );
+    ringcache_tests::wait_until(std::time::Duration::from_secs(10), || async {
+        client.topology_digest() == new.digest()
+    })
+    .await
+    .expect("the answer's digest makes the client refresh");
+    // Gossip would now bring n1 up to date too.
+    nodes[0].node.set_topology(new.clone());
+    for key in &keys[1..] {
+        client.set(key.clone(), "v").await.unwrap();
+    }
+    assert_eq!(
+        nodes[1].node.metrics().forwarded_total(),
+        1,
+        "fresh routing needs no forwarding"
+    );
+    let total: u64 = nodes
+        .iter()
+        .map(|n| n.node.metrics().forwarded_total())
+        .sum();
+    assert_eq!(total, 1);
+}

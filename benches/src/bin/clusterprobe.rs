@@ -1,0 +1,137 @@
+//! Measures the cluster layer with in-process nodes on loopback and the default failure-detection
+//! settings (1 s probes, 500 ms probe timeout, 3 s suspicion):
+//!
+//! - `clusterprobe converge N TRIALS`: time from starting N nodes (each seeded with the first)
+//!   until every node's ring holds all N and they agree on the digest.
+//! - `clusterprobe detect N TRIALS`: on a converged N-node cluster, time from crashing one node
+//!   (no graceful leave) until every survivor's ring has dropped it.
+//! - `clusterprobe traffic N SECONDS`: gossip bytes and packets sent per node per second in a
+//!   steady N-node cluster.
+//!
+//! Prints each trial and the median. Build in release:
+//! `cargo run --release -p ringcache-bench --bin clusterprobe -- detect 3 10`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ringcache_server::Config;
+use ringcache_tests::TestCluster;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn production_timings(_: usize, config: &mut Config) {
+    config.probe_interval = Duration::from_secs(1);
+    config.probe_timeout = Duration::from_millis(500);
+    config.suspicion_timeout = Duration::from_secs(3);
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 0 {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
+}
+
+async fn converge(nodes: usize, trials: usize) -> anyhow::Result<()> {
+    let mut times = Vec::new();
+    for trial in 1..=trials {
+        let start = Instant::now();
+        let cluster = TestCluster::start_with(nodes, production_timings).await;
+        cluster.wait_converged(DEADLINE).await?;
+        let took = start.elapsed().as_secs_f64();
+        println!("trial {trial}: {nodes} nodes converged in {took:.3} s");
+        times.push(took);
+        for node in cluster.nodes {
+            node.stop().await?;
+        }
+    }
+    println!(
+        "median convergence, {nodes} nodes, {trials} trials: {:.3} s",
+        median(times)
+    );
+    Ok(())
+}
+
+async fn detect(nodes: usize, trials: usize) -> anyhow::Result<()> {
+    if nodes < 2 {
+        bail!("detect needs at least 2 nodes");
+    }
+    let mut times = Vec::new();
+    for trial in 1..=trials {
+        let mut cluster = TestCluster::start_with(nodes, production_timings).await;
+        cluster.wait_converged(DEADLINE).await?;
+        let victim = format!("n{nodes}");
+        let start = Instant::now();
+        cluster.take(&victim).crash().await?;
+        cluster.wait_converged(DEADLINE).await?;
+        let took = start.elapsed().as_secs_f64();
+        println!("trial {trial}: {victim} dropped from every ring in {took:.3} s");
+        times.push(took);
+        for node in cluster.nodes {
+            node.stop().await?;
+        }
+    }
+    println!(
+        "median detection, {nodes} nodes, {trials} trials: {:.3} s",
+        median(times)
+    );
+    Ok(())
+}
+
+async fn traffic(nodes: usize, seconds: u64) -> anyhow::Result<()> {
+    let cluster = TestCluster::start_with(nodes, production_timings).await;
+    cluster.wait_converged(DEADLINE).await?;
+    // Let join traffic settle before measuring.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let snapshot = |c: &TestCluster| -> anyhow::Result<Vec<(u64, u64)>> {
+        c.nodes
+            .iter()
+            .map(|n| {
+                let s = n.node.gossip_stats().context("gossip not running")?;
+                Ok((s.bytes_sent, s.packets_sent))
+            })
+            .collect()
+    };
+    let before = snapshot(&cluster)?;
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let after = snapshot(&cluster)?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut bytes = Vec::new();
+    let mut packets = Vec::new();
+    for ((b0, p0), (b1, p1)) in before.iter().zip(&after) {
+        bytes.push((b1 - b0) as f64 / elapsed);
+        packets.push((p1 - p0) as f64 / elapsed);
+    }
+    println!(
+        "{nodes} nodes over {elapsed:.1} s: gossip sent per node per second: median {:.0} B ({:.1} packets), max {:.0} B",
+        median(bytes.clone()),
+        median(packets),
+        bytes.iter().copied().fold(0.0, f64::max)
+    );
+    for node in cluster.nodes {
+        node.stop().await?;
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let number = |i: usize, default: u64| -> anyhow::Result<u64> {
+        args.get(i).map_or(Ok(default), |a| {
+            a.parse().with_context(|| format!("{a:?} is not a number"))
+        })
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    match args.first().map(String::as_str) {
+        Some("converge") => {
+            runtime.block_on(converge(number(1, 3)? as usize, number(2, 5)? as usize))
+        }
+        Some("detect") => runtime.block_on(detect(number(1, 3)? as usize, number(2, 10)? as usize)),
+        Some("traffic") => runtime.block_on(traffic(number(1, 10)? as usize, number(2, 30)?)),
+        _ => bail!("usage: clusterprobe converge|detect|traffic [NODES] [TRIALS|SECONDS]"),
+    }
+}
