@@ -410,10 +410,7 @@ impl Store {
                 previous,
             });
         }
-        let floor = slot.map_or(0, |s| shard.entry(s).version());
-        let version = self.hlc.next_after(now_ms, floor);
-        let entry = Entry::new(key, value, version, expires_at.unwrap_or(0));
-        self.put(&mut shard, place, slot, entry, now_ms)?;
+        let version = self.write(&mut shard, place, slot, key, value, expires_at, now_ms)?;
         Ok(SetOutcome {
             version: Some(version),
             previous,
@@ -503,12 +500,17 @@ impl Store {
         let value = current
             .checked_add(delta)
             .ok_or(StoreError::Overflow { current, delta })?;
-        let floor = slot.map_or(0, |s| shard.entry(s).version());
-        let version = self.hlc.next_after(now_ms, floor);
         let text = value.to_string();
         self.check_value(text.as_bytes())?;
-        let entry = Entry::new(key, text.as_bytes(), version, expires_at.unwrap_or(0));
-        self.put(&mut shard, place, slot, entry, now_ms)?;
+        let version = self.write(
+            &mut shard,
+            place,
+            slot,
+            key,
+            text.as_bytes(),
+            expires_at,
+            now_ms,
+        )?;
         Ok((value, version))
     }
 
@@ -541,10 +543,7 @@ impl Store {
                 current,
             });
         }
-        let floor = slot.map_or(0, |s| shard.entry(s).version());
-        let version = self.hlc.next_after(now_ms, floor);
-        let entry = Entry::new(key, value, version, expires_at.unwrap_or(0));
-        self.put(&mut shard, place, slot, entry, now_ms)?;
+        let version = self.write(&mut shard, place, slot, key, value, expires_at, now_ms)?;
         Ok(version)
     }
 
@@ -642,6 +641,26 @@ impl Store {
             stats.expirations += slot.expirations.load(Ordering::Relaxed);
         }
         stats
+    }
+
+    /// Writes `key = value` under a new version greater than the one it replaces, in `slot`
+    /// (replacing) or a new slot; returns the version.
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &self,
+        shard: &mut Shard,
+        place: Place,
+        slot: Option<u32>,
+        key: &[u8],
+        value: &[u8],
+        expires_at: Option<u64>,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let floor = slot.map_or(0, |s| shard.entry(s).version());
+        let version = self.hlc.next_after(now_ms, floor);
+        let entry = Entry::new(key, value, version, expires_at.unwrap_or(0));
+        self.put(shard, place, slot, entry, now_ms)?;
+        Ok(version)
     }
 
     /// Stores `entry` in `slot` (replacing) or in a new slot, after making room for it.
