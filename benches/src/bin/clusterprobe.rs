@@ -28,7 +28,7 @@ fn production_timings(_: usize, config: &mut Config) {
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
-    if values.len() % 2 == 0 {
+    if values.len().is_multiple_of(2) {
         (values[mid - 1] + values[mid]) / 2.0
     } else {
         values[mid]
@@ -125,6 +125,9 @@ fn main() -> anyhow::Result<()> {
             a.parse().with_context(|| format!("{a:?} is not a number"))
         })
     };
+    if number(2, 1)? == 0 {
+        bail!("the number of trials (or seconds) must be at least 1");
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     match args.first().map(String::as_str) {
         Some("converge") => {
