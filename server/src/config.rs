@@ -91,6 +91,10 @@ pub struct Cli {
     /// Store shards (lock stripes), rounded up to a power of two [default: 64].
     #[arg(long, env = "RINGCACHE_SHARDS", value_name = "N")]
     pub shards: Option<usize>,
+    /// How long a deleted key is remembered (as a tombstone) so a late or replayed replica write
+    /// cannot bring it back; must outlive the hint age [default: 10m].
+    #[arg(long, env = "RINGCACHE_TOMBSTONE_GRACE", value_name = "DURATION")]
+    pub tombstone_grace: Option<HumanDuration>,
     /// How often expired keys are reclaimed in the background [default: 100ms].
     #[arg(long, env = "RINGCACHE_EXPIRY_INTERVAL", value_name = "DURATION")]
     pub expiry_interval: Option<HumanDuration>,
@@ -226,6 +230,7 @@ struct FileConfig {
     max_ttl: Option<HumanDuration>,
     shards: Option<usize>,
     expiry_interval: Option<HumanDuration>,
+    tombstone_grace: Option<HumanDuration>,
     shutdown_timeout: Option<HumanDuration>,
     workers: Option<usize>,
     log_format: Option<LogFormat>,
@@ -354,6 +359,12 @@ impl Config {
                         d.0.as_millis().try_into().unwrap_or(u64::MAX)
                     }),
                 shards: cli.shards.or(file.shards).unwrap_or(defaults.shards),
+                tombstone_grace_ms: cli
+                    .tombstone_grace
+                    .or(file.tombstone_grace)
+                    .map_or(10 * 60 * 1000, |d| {
+                        d.0.as_millis().try_into().unwrap_or(u64::MAX)
+                    }),
             },
             max_message_bytes: to_usize(
                 "max_message_bytes",

@@ -18,14 +18,16 @@ use triomphe::ThinArc;
 #[derive(Debug)]
 pub(crate) struct Header {
     version: AtomicU64,
-    /// Packed: key length (bits 48..64), CLOCK reference bit (bit 47), expiry in unix ms (bits
-    /// 0..47, 0 = never; 2^47 ms reaches the year 6429).
+    /// Packed: key length (bits 48..64), CLOCK reference bit (bit 47), tombstone bit (bit 46),
+    /// expiry in unix ms (bits 0..46, 0 = never; 2^46 ms reaches the year 4199).
     meta: AtomicU64,
 }
 
 const KEY_LEN_SHIFT: u32 = 48;
 const VISITED: u64 = 1 << 47;
-const EXPIRY_MASK: u64 = VISITED - 1;
+/// Set on a deletion marker: the key is absent, the entry only remembers the delete's version.
+const TOMBSTONE: u64 = 1 << 46;
+const EXPIRY_MASK: u64 = TOMBSTONE - 1;
 
 /// The longest key an entry can hold.
 pub const MAX_KEY_LEN: usize = u16::MAX as usize;
@@ -97,6 +99,23 @@ impl Entry {
             second: value.iter(),
         };
         Self(ThinArc::from_header_and_iter(header, bytes))
+    }
+
+    /// A deletion marker for `key` at `version`, kept until `expires_at_ms`.
+    pub(crate) fn tombstone(key: &[u8], version: u64, expires_at_ms: u64) -> Self {
+        let entry = Self::new(key, b"", version, expires_at_ms);
+        entry.header().meta.fetch_or(TOMBSTONE, Ordering::Relaxed);
+        entry
+    }
+
+    /// Whether this entry marks a deleted key.
+    pub(crate) fn is_tombstone(&self) -> bool {
+        self.header().meta.load(Ordering::Relaxed) & TOMBSTONE != 0
+    }
+
+    /// A readable value: not a tombstone and not expired.
+    pub(crate) fn is_live(&self, now_ms: u64) -> bool {
+        !self.is_tombstone() && !self.is_expired(now_ms)
     }
 
     fn header(&self) -> &Header {
@@ -220,6 +239,23 @@ mod tests {
         e.set_expires_at(None);
         assert_eq!(e.expires_at(), None);
         assert_eq!(e.key().len(), MAX_KEY_LEN);
+    }
+
+    #[test]
+    fn tombstones_are_never_live_and_keep_their_version() {
+        let t = Entry::tombstone(b"k", 42, 1_000);
+        assert!(t.is_tombstone() && !t.is_live(0));
+        assert_eq!(
+            (t.version(), t.value(), t.expires_at()),
+            (42, &b""[..], Some(1_000))
+        );
+        t.touch();
+        assert!(
+            t.is_tombstone(),
+            "the reference bit leaves the tombstone bit alone"
+        );
+        let e = Entry::new(b"k", b"v", 1, 0);
+        assert!(!e.is_tombstone() && e.is_live(u64::MAX));
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub struct StoreConfig {
     pub max_ttl_ms: u64,
     /// Number of shards; rounded up to a power of two, at least 1.
     pub shards: usize,
+    /// How long a delete is remembered as a tombstone (ms), so a late replica write older than
+    /// the delete cannot bring the key back; 0 removes deleted keys at once (a lone node).
+    pub tombstone_grace_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -82,6 +85,7 @@ impl Default for StoreConfig {
             max_value_bytes: 4 * 1024 * 1024,
             max_ttl_ms: 10 * 365 * 24 * 3600 * 1000,
             shards: 64,
+            tombstone_grace_ms: 0,
         }
     }
 }
@@ -163,6 +167,32 @@ pub struct Item {
     pub version: u64,
     /// When it expires (unix ms), `None` if never.
     pub expires_at_ms: Option<u64>,
+}
+
+/// What a node holds for a key, tombstones included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionedItem {
+    /// The value; `None` for a tombstone (the key was deleted at `version`).
+    pub value: Option<Bytes>,
+    /// The version of the write or delete.
+    pub version: u64,
+    /// When the value expires or the tombstone is dropped (unix ms); `None` if never.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl VersionedItem {
+    fn of(entry: &Entry) -> Self {
+        Self {
+            value: (!entry.is_tombstone()).then(|| entry.value_bytes()),
+            version: entry.version(),
+            expires_at_ms: entry.expires_at(),
+        }
+    }
+
+    /// Whether this is a readable value at `now_ms` (not a tombstone, not expired).
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        self.value.is_some() && self.expires_at_ms.is_none_or(|at| at > now_ms)
+    }
 }
 
 /// When a `set` takes effect.
@@ -339,7 +369,7 @@ impl Store {
             let shard = slot.lock.read();
             shard.find(place.hash, key).and_then(|s| {
                 let entry = shard.entry(s);
-                if entry.is_expired(now_ms) {
+                if !entry.is_live(now_ms) {
                     None
                 } else {
                     entry.touch();
@@ -391,9 +421,7 @@ impl Store {
         let place = self.place(key);
         let mut shard = self.shards[place.shard].lock.write();
         let slot = shard.find(place.hash, key);
-        let live = slot
-            .map(|s| shard.entry(s))
-            .filter(|e| !e.is_expired(now_ms));
+        let live = slot.map(|s| shard.entry(s)).filter(|e| e.is_live(now_ms));
         let previous = if options.return_previous {
             live.map(Entry::value_bytes)
         } else {
@@ -443,22 +471,51 @@ impl Store {
             .collect()
     }
 
-    /// Removes a key; says whether a live key was removed.
+    /// Removes a key; says whether a live key was removed. With a tombstone grace period the key
+    /// is replaced by a tombstone carrying a new version (see [`Store::delete_versioned`]).
     pub fn delete(&self, key: &[u8], now_ms: u64) -> Result<bool, StoreError> {
+        Ok(self.delete_versioned(key, now_ms)?.0)
+    }
+
+    /// Removes a key and returns whether a live key was removed and the version of the delete
+    /// (`None` when nothing was recorded: no tombstones, or nothing to delete).
+    pub fn delete_versioned(
+        &self,
+        key: &[u8],
+        now_ms: u64,
+    ) -> Result<(bool, Option<u64>), StoreError> {
         self.check_key(key)?;
         let place = self.place(key);
         let slot = &self.shards[place.shard];
         let mut shard = slot.lock.write();
-        let Some(s) = shard.find(place.hash, key) else {
-            return Ok(false);
-        };
-        let entry = shard.remove(place.hash, s);
-        self.used_bytes.fetch_sub(entry.charge(), Ordering::Relaxed);
-        if entry.is_expired(now_ms) {
-            slot.expirations.fetch_add(1, Ordering::Relaxed);
-            return Ok(false);
+        let found = shard.find(place.hash, key);
+        let live = found.is_some_and(|s| shard.entry(s).is_live(now_ms));
+        if let Some(s) = found {
+            let entry = shard.entry(s);
+            if !entry.is_tombstone() && entry.is_expired(now_ms) {
+                slot.expirations.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        Ok(true)
+        if self.config.tombstone_grace_ms == 0 {
+            if let Some(s) = found {
+                let entry = shard.remove(place.hash, s);
+                self.used_bytes.fetch_sub(entry.charge(), Ordering::Relaxed);
+            }
+            return Ok((live, None));
+        }
+        if let Some(s) = found.filter(|&s| shard.entry(s).is_tombstone()) {
+            // Already deleted: keep the existing tombstone and its version.
+            return Ok((false, Some(shard.entry(s).version())));
+        }
+        let floor = found.map_or(0, |s| shard.entry(s).version());
+        let version = self.hlc.next_after(now_ms, floor);
+        let tombstone = Entry::tombstone(
+            key,
+            version,
+            now_ms.saturating_add(self.config.tombstone_grace_ms),
+        );
+        self.put(&mut shard, place, found, tombstone, now_ms)?;
+        Ok((live, Some(version)))
     }
 
     /// Removes several keys; returns how many live keys were removed.
@@ -487,9 +544,7 @@ impl Store {
         let place = self.place(key);
         let mut shard = self.shards[place.shard].lock.write();
         let slot = shard.find(place.hash, key);
-        let live = slot
-            .map(|s| shard.entry(s))
-            .filter(|e| !e.is_expired(now_ms));
+        let live = slot.map(|s| shard.entry(s)).filter(|e| e.is_live(now_ms));
         let (current, expires_at) = match live {
             Some(entry) => (
                 parse_i64(entry.value()).ok_or(StoreError::NotAnInteger)?,
@@ -531,7 +586,7 @@ impl Store {
         let slot = shard.find(place.hash, key);
         let current = slot
             .map(|s| shard.entry(s))
-            .filter(|e| !e.is_expired(now_ms))
+            .filter(|e| e.is_live(now_ms))
             .map(Entry::version);
         let matches = match current {
             None => expected_version == 0,
@@ -563,7 +618,7 @@ impl Store {
             return Ok(None);
         };
         let entry = shard.entry(slot);
-        if entry.is_expired(now_ms) || (expires_at.is_none() && entry.expires_at().is_none()) {
+        if !entry.is_live(now_ms) || (expires_at.is_none() && entry.expires_at().is_none()) {
             return Ok(None);
         }
         let version = self.hlc.next_after(now_ms, entry.version());
@@ -581,6 +636,9 @@ impl Store {
             return Ok(Ttl::Missing);
         };
         let entry = shard.entry(slot);
+        if entry.is_tombstone() {
+            return Ok(Ttl::Missing);
+        }
         Ok(match entry.expires_at() {
             None => Ttl::Persistent,
             Some(at) if at <= now_ms => Ttl::Missing,
@@ -608,6 +666,7 @@ impl Store {
         for slot in &self.shards {
             let mut shard = slot.lock.write();
             let mut removed = 0;
+            let mut tombstones = 0;
             while removed < budget_per_shard {
                 let Some(s) = shard.first_expired(now_ms) else {
                     break;
@@ -616,15 +675,108 @@ impl Store {
                 let entry = shard.remove(hash, s);
                 self.used_bytes.fetch_sub(entry.charge(), Ordering::Relaxed);
                 removed += 1;
+                tombstones += usize::from(entry.is_tombstone());
             }
             if removed > 0 {
                 slot.expirations
-                    .fetch_add(removed as u64, Ordering::Relaxed);
+                    .fetch_add((removed - tombstones) as u64, Ordering::Relaxed);
                 shard.shrink_if_sparse(|key| self.hash_key(key));
             }
             total += removed;
         }
         total
+    }
+
+    /// What this node holds for `key`, tombstones and expired entries included: the input of
+    /// quorum reads, read repair and rebalancing.
+    pub fn get_versioned(&self, key: &[u8]) -> Result<Option<VersionedItem>, StoreError> {
+        self.check_key(key)?;
+        let place = self.place(key);
+        let shard = self.shards[place.shard].lock.read();
+        Ok(shard
+            .find(place.hash, key)
+            .map(|s| VersionedItem::of(shard.entry(s))))
+    }
+
+    /// Applies a write decided elsewhere (replication, hints, read repair, rebalancing): it takes
+    /// effect only if `version` is newer than what this node holds for the key, tombstones
+    /// included (last writer wins by version). `value` `None` is a delete. Returns whether it was
+    /// applied; an older or equal version changes nothing.
+    pub fn apply(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        version: u64,
+        expires_at_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        self.check_key(key)?;
+        if let Some(value) = value {
+            self.check_value(value)?;
+        }
+        let place = self.place(key);
+        let mut shard = self.shards[place.shard].lock.write();
+        let slot = shard.find(place.hash, key);
+        if slot.is_some_and(|s| shard.entry(s).version() >= version) {
+            return Ok(false);
+        }
+        // Later local writes must order after this one.
+        self.hlc.observe_unchecked(version);
+        let entry = match value {
+            Some(value) => Entry::new(key, value, version, expires_at_ms.unwrap_or(0)),
+            None => {
+                let keep_until = expires_at_ms
+                    .unwrap_or(now_ms.saturating_add(self.config.tombstone_grace_ms.max(1)));
+                Entry::tombstone(key, version, keep_until)
+            }
+        };
+        self.put(&mut shard, place, slot, entry, now_ms)?;
+        Ok(true)
+    }
+
+    /// Drops `key` if it still holds exactly `version` (after its data was handed to its new
+    /// owners); returns whether it did.
+    pub fn remove_if_version(&self, key: &[u8], version: u64) -> Result<bool, StoreError> {
+        self.check_key(key)?;
+        let place = self.place(key);
+        let mut shard = self.shards[place.shard].lock.write();
+        let Some(s) = shard
+            .find(place.hash, key)
+            .filter(|&s| shard.entry(s).version() == version)
+        else {
+            return Ok(false);
+        };
+        let entry = shard.remove(place.hash, s);
+        self.used_bytes.fetch_sub(entry.charge(), Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// The number of shards, for [`Store::scan`].
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Up to `max` entries of shard `shard` from `cursor` on (start at 0), tombstones included,
+    /// and the cursor to continue from (`None` when the shard is done). Holds the shard's read
+    /// lock only while copying pointers; entries written during a scan may be missed or repeated,
+    /// so scanners apply by version.
+    pub fn scan(
+        &self,
+        shard: usize,
+        cursor: usize,
+        max: usize,
+    ) -> (Vec<(Bytes, VersionedItem)>, Option<usize>) {
+        let (entries, next) = self.shards[shard].lock.read().entries_from(cursor, max);
+        let items = entries
+            .iter()
+            .map(|entry| {
+                (
+                    Bytes::copy_from_slice(entry.key()),
+                    VersionedItem::of(entry),
+                )
+            })
+            .collect();
+        (items, next)
     }
 
     /// Current counters.
@@ -634,7 +786,7 @@ impl Store {
             ..StoreStats::default()
         };
         for slot in &self.shards {
-            stats.keys += slot.lock.read().len() as u64;
+            stats.keys += slot.lock.read().value_len() as u64;
             stats.hits += slot.hits.load(Ordering::Relaxed);
             stats.misses += slot.misses.load(Ordering::Relaxed);
             stats.evictions += slot.evictions.load(Ordering::Relaxed);
@@ -683,7 +835,7 @@ impl Store {
         match slot {
             Some(s) => {
                 let old = shard.replace(s, entry);
-                if old.is_expired(now_ms) {
+                if !old.is_tombstone() && old.is_expired(now_ms) {
                     self.shards[place.shard]
                         .expirations
                         .fetch_add(1, Ordering::Relaxed);
@@ -777,6 +929,9 @@ impl Store {
         let hash = self.hash_key(shard.entry(victim).key());
         let entry = shard.remove(hash, victim);
         self.used_bytes.fetch_sub(entry.charge(), Ordering::Relaxed);
+        if entry.is_tombstone() {
+            return true;
+        }
         let counter = if expired {
             &counters.expirations
         } else {

@@ -24,11 +24,32 @@ pub(crate) struct Shard {
     hand: usize,
     /// (expires_at_ms, slot) of every entry that has a TTL, oldest first.
     expiries: BTreeSet<(u64, u32)>,
+    /// How many entries are tombstones.
+    tombstones: usize,
 }
 
 impl Shard {
     pub(crate) fn len(&self) -> usize {
         self.table.len()
+    }
+
+    /// Entries that are not tombstones (expired ones included until reclaimed).
+    pub(crate) fn value_len(&self) -> usize {
+        self.table.len() - self.tombstones
+    }
+
+    /// Up to `max` entries from slot `cursor` on, and the cursor to continue from (`None` at the
+    /// end). Entries inserted or moved while a scan runs may be missed or seen twice.
+    pub(crate) fn entries_from(&self, cursor: usize, max: usize) -> (Vec<Entry>, Option<usize>) {
+        let mut out = Vec::new();
+        let mut at = cursor;
+        while at < self.slots.len() && out.len() < max {
+            if let Some(entry) = &self.slots[at] {
+                out.push(entry.clone());
+            }
+            at += 1;
+        }
+        (out, (at < self.slots.len()).then_some(at))
     }
 
     pub(crate) fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
@@ -51,6 +72,7 @@ impl Shard {
         hash_of: impl Fn(&[u8]) -> u64,
     ) -> u32 {
         let expires_at = entry.expires_at();
+        self.tombstones += usize::from(entry.is_tombstone());
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.slots[slot as usize] = Some(entry);
@@ -75,9 +97,11 @@ impl Shard {
     /// Puts a new entry for the same key in `slot` and returns the old one.
     pub(crate) fn replace(&mut self, slot: u32, entry: Entry) -> Entry {
         let new_expiry = entry.expires_at();
+        self.tombstones += usize::from(entry.is_tombstone());
         let old = self.slots[slot as usize]
             .replace(entry)
             .expect("replace targets an occupied slot");
+        self.tombstones -= usize::from(old.is_tombstone());
         if let Some(at) = old.expires_at() {
             self.expiries.remove(&(at, slot));
         }
@@ -110,6 +134,7 @@ impl Shard {
         let entry = self.slots[slot as usize]
             .take()
             .expect("remove targets an occupied slot");
+        self.tombstones -= usize::from(entry.is_tombstone());
         if let Some(at) = entry.expires_at() {
             self.expiries.remove(&(at, slot));
         }

@@ -725,3 +725,113 @@ mod model {
         }
     }
 }
+
+fn with_tombstones() -> Store {
+    Store::new(StoreConfig {
+        tombstone_grace_ms: 1_000,
+        shards: 2,
+        ..StoreConfig::default()
+    })
+}
+
+#[test]
+fn a_delete_leaves_a_versioned_tombstone_for_the_grace_period() {
+    let s = with_tombstones();
+    let v1 = s
+        .set(b"k", b"v", SetOptions::default(), T0)
+        .unwrap()
+        .version
+        .unwrap();
+    let (deleted, version) = s.delete_versioned(b"k", T0).unwrap();
+    let tomb = version.unwrap();
+    assert!(deleted && tomb > v1);
+    assert_eq!(value(&s, b"k", T0), None);
+    assert_eq!(s.ttl(b"k", T0).unwrap(), Ttl::Missing);
+    assert_eq!(s.stats().keys, 0, "tombstones are not keys");
+    let held = s.get_versioned(b"k").unwrap().unwrap();
+    assert_eq!((held.value, held.version), (None, tomb));
+    // Deleting again keeps the first tombstone.
+    assert_eq!(
+        s.delete_versioned(b"k", T0 + 5).unwrap(),
+        (false, Some(tomb))
+    );
+    // A new write orders after the delete.
+    let v2 = s
+        .set(b"k", b"again", SetOptions::default(), T0)
+        .unwrap()
+        .version
+        .unwrap();
+    assert!(v2 > tomb);
+    // Tombstones go after the grace period and do not count as expirations.
+    s.delete(b"k", T0).unwrap();
+    assert_eq!(s.reclaim_expired(T0 + 1_000, 10), 1);
+    assert!(s.get_versioned(b"k").unwrap().is_none());
+    assert_eq!(s.stats().expirations, 0);
+}
+
+#[test]
+fn apply_keeps_the_newest_version_whatever_the_arrival_order() {
+    let s = with_tombstones();
+    assert!(s.apply(b"k", Some(b"v5"), 5, None, T0).unwrap());
+    assert!(
+        !s.apply(b"k", Some(b"v3"), 3, None, T0).unwrap(),
+        "older write ignored"
+    );
+    assert!(
+        !s.apply(b"k", Some(b"v5b"), 5, None, T0).unwrap(),
+        "equal version ignored"
+    );
+    assert_eq!(value(&s, b"k", T0).as_deref(), Some(&b"v5"[..]));
+    assert!(
+        s.apply(b"k", None, 7, None, T0).unwrap(),
+        "a newer delete wins"
+    );
+    assert_eq!(value(&s, b"k", T0), None);
+    assert!(
+        !s.apply(b"k", Some(b"v6"), 6, None, T0).unwrap(),
+        "a late older write cannot revive it"
+    );
+    assert_eq!(value(&s, b"k", T0), None);
+    assert!(s.apply(b"k", Some(b"v8"), 8, Some(T0 + 50), T0).unwrap());
+    assert_eq!(
+        s.get(b"k", T0).unwrap().unwrap().expires_at_ms,
+        Some(T0 + 50)
+    );
+    // Local writes after an applied version order after it.
+    let local = s
+        .set(b"k", b"local", SetOptions::default(), 1)
+        .unwrap()
+        .version
+        .unwrap();
+    assert!(local > 8);
+}
+
+#[test]
+fn scan_visits_every_entry_and_remove_if_version_is_conditional() {
+    let s = with_tombstones();
+    for i in 0..100 {
+        s.set(format!("k{i}").as_bytes(), b"v", SetOptions::default(), T0)
+            .unwrap();
+    }
+    s.delete(b"k0", T0).unwrap();
+    let mut seen = Vec::new();
+    for shard in 0..s.shard_count() {
+        let mut cursor = Some(0);
+        while let Some(at) = cursor {
+            let (items, next) = s.scan(shard, at, 7);
+            seen.extend(items);
+            cursor = next;
+        }
+    }
+    assert_eq!(seen.len(), 100);
+    let (key, tomb) = seen.iter().find(|(k, _)| k == "k0").unwrap().clone();
+    assert!(tomb.value.is_none());
+    let (k1, item) = seen.iter().find(|(k, _)| k == "k1").unwrap().clone();
+    assert!(
+        !s.remove_if_version(&k1, item.version + 1).unwrap(),
+        "a newer write stays"
+    );
+    assert!(s.remove_if_version(&k1, item.version).unwrap());
+    assert!(s.get_versioned(&k1).unwrap().is_none());
+    assert!(s.remove_if_version(&key, tomb.version).unwrap());
+}
