@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         "proto/ringcache/v1/cache.proto",
         "proto/ringcache/v1/cluster.proto",
         "proto/ringcache/v1/admin.proto",
+        "proto/ringcache/v1/internal.proto",
     ];
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let mut config = tonic_prost_build::Config::new();

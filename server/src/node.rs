@@ -18,6 +18,7 @@ use anyhow::Context;
 use ringcache_proto::topology::{Member, NodeState, Topology};
 use ringcache_proto::v1::{
     self, admin_server::AdminServer, cache_server::CacheServer, cluster_server::ClusterServer,
+    internal_server::InternalServer,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UdpSocket};
@@ -26,7 +27,7 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpIncoming};
 
-use crate::api::{AdminService, CacheService, ClusterService, DigestLayer};
+use crate::api::{AdminService, CacheService, ClusterService, DigestLayer, InternalService};
 use crate::clock::{Clock, SystemClock};
 use crate::cluster::{
     GossipStatsSnapshot, Membership, MembershipConfig, MembershipHandle, MetaState, NodeIdentity,
@@ -363,6 +364,11 @@ impl Node {
             .add_service(cache)
             .add_service(ClusterServer::new(ClusterService::new(self.clone())))
             .add_service(AdminServer::new(AdminService::new(self.clone())))
+            .add_service(
+                InternalServer::new(InternalService::new(self.clone()))
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(max_message),
+            )
             .add_service(reflection);
         tracing::info!(
             node_id = %self.config.node_id,

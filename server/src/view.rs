@@ -10,7 +10,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use ringcache_proto::placement::{ReplicaSet, Ring};
 use ringcache_proto::topology::{Member, Topology};
-use ringcache_proto::v1::{self, cache_client::CacheClient};
+use ringcache_proto::v1::{self, cache_client::CacheClient, internal_client::InternalClient};
 use tonic::transport::{Channel, Endpoint};
 
 /// One topology with its ring and wire form.
@@ -52,10 +52,11 @@ impl ClusterView {
     }
 }
 
-/// Lazily connected gRPC clients to peers, keyed by address.
+/// Lazily connected gRPC channels to peers, keyed by address; one HTTP/2 connection per peer
+/// shared by every service.
 #[derive(Debug)]
 pub struct Peers {
-    clients: Mutex<HashMap<String, CacheClient<Channel>>>,
+    channels: Mutex<HashMap<String, Channel>>,
     max_message_bytes: usize,
     connect_timeout: Duration,
 }
@@ -64,18 +65,18 @@ impl Peers {
     /// An empty pool.
     pub fn new(max_message_bytes: usize, connect_timeout: Duration) -> Self {
         Self {
-            clients: Mutex::new(HashMap::new()),
+            channels: Mutex::new(HashMap::new()),
             max_message_bytes,
             connect_timeout,
         }
     }
 
-    /// The client for `grpc_addr` (`host:port`), created on first use. Connections are made
+    /// The channel to `grpc_addr` (`host:port`), created on first use. Connections are made
     /// lazily and re-established by tonic after failures; HTTP/2 keepalive notices dead ones.
-    pub fn cache_client(&self, grpc_addr: &str) -> Result<CacheClient<Channel>, tonic::Status> {
-        let mut clients = self.clients.lock();
-        if let Some(client) = clients.get(grpc_addr) {
-            return Ok(client.clone());
+    pub fn channel(&self, grpc_addr: &str) -> Result<Channel, tonic::Status> {
+        let mut channels = self.channels.lock();
+        if let Some(channel) = channels.get(grpc_addr) {
+            return Ok(channel.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{grpc_addr}"))
             .map_err(|e| tonic::Status::internal(format!("bad peer address {grpc_addr:?}: {e}")))?
@@ -84,16 +85,31 @@ impl Peers {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
-        let client = CacheClient::new(endpoint.connect_lazy())
+        let channel = endpoint.connect_lazy();
+        channels.insert(grpc_addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    /// The Cache client for `grpc_addr`.
+    pub fn cache_client(&self, grpc_addr: &str) -> Result<CacheClient<Channel>, tonic::Status> {
+        Ok(CacheClient::new(self.channel(grpc_addr)?)
             .max_decoding_message_size(self.max_message_bytes)
-            .max_encoding_message_size(self.max_message_bytes);
-        clients.insert(grpc_addr.to_owned(), client.clone());
-        Ok(client)
+            .max_encoding_message_size(self.max_message_bytes))
+    }
+
+    /// The Internal client for `grpc_addr`.
+    pub fn internal_client(
+        &self,
+        grpc_addr: &str,
+    ) -> Result<InternalClient<Channel>, tonic::Status> {
+        Ok(InternalClient::new(self.channel(grpc_addr)?)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes))
     }
 
     /// Drops clients of addresses no member uses any more.
     pub fn retain(&self, topology: &Topology) {
-        let mut clients = self.clients.lock();
-        clients.retain(|addr, _| topology.members().iter().any(|m| &m.grpc_addr == addr));
+        let mut channels = self.channels.lock();
+        channels.retain(|addr, _| topology.members().iter().any(|m| &m.grpc_addr == addr));
     }
 }

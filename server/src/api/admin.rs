@@ -35,6 +35,29 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn inspect(
+        &self,
+        request: Request<v1::InspectRequest>,
+    ) -> Result<Response<v1::InspectResponse>, Status> {
+        let key = request.into_inner().key;
+        let view = self.node.view();
+        let held = self
+            .node
+            .store()
+            .get_versioned(&key)
+            .map_err(Status::from)?;
+        let now = self.node.now_ms();
+        Ok(Response::new(v1::InspectResponse {
+            key_hash: ringcache_proto::placement::key_hash(&key),
+            replicas: view.replicas(&key).iter().map(str::to_owned).collect(),
+            found: held.is_some(),
+            live: held.as_ref().is_some_and(|item| item.is_live(now)),
+            version: held.as_ref().map_or(0, |item| item.version),
+            expires_at_ms: held.and_then(|item| item.expires_at_ms),
+            topology_digest: view.topology.digest(),
+        }))
+    }
+
     async fn flush(
         &self,
         _: Request<v1::FlushRequest>,

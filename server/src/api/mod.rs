@@ -8,9 +8,11 @@ mod cache;
 mod cluster;
 mod digest;
 mod forward;
+mod internal;
 pub mod status;
 
 pub use admin::AdminService;
 pub use cache::CacheService;
 pub use cluster::ClusterService;
 pub use digest::DigestLayer;
+pub use internal::{InternalService, apply_entry, to_wire};
