@@ -95,6 +95,10 @@ pub struct Cli {
     /// cannot bring it back; must outlive the hint age [default: 10m].
     #[arg(long, env = "RINGCACHE_TOMBSTONE_GRACE", value_name = "DURATION")]
     pub tombstone_grace: Option<HumanDuration>,
+    /// Upper bound on the key and value bytes per second one node sends when data moves after a
+    /// ring change (join, death, leave); 0 = unlimited [default: 64MiB].
+    #[arg(long, env = "RINGCACHE_REBALANCE_RATE", value_name = "SIZE")]
+    pub rebalance_rate: Option<ByteSize>,
     /// How often expired keys are reclaimed in the background [default: 100ms].
     #[arg(long, env = "RINGCACHE_EXPIRY_INTERVAL", value_name = "DURATION")]
     pub expiry_interval: Option<HumanDuration>,
@@ -231,6 +235,7 @@ struct FileConfig {
     shards: Option<usize>,
     expiry_interval: Option<HumanDuration>,
     tombstone_grace: Option<HumanDuration>,
+    rebalance_rate: Option<ByteSize>,
     shutdown_timeout: Option<HumanDuration>,
     workers: Option<usize>,
     log_format: Option<LogFormat>,
@@ -282,6 +287,8 @@ pub struct Config {
     pub probe_timeout: Duration,
     /// Time from suspicion to death.
     pub suspicion_timeout: Duration,
+    /// Bytes per second a node sends when rebalancing (0 = unlimited).
+    pub rebalance_bytes_per_sec: u64,
 }
 
 /// Headroom over key + value for the rest of a gRPC message.
@@ -403,6 +410,10 @@ impl Config {
                 .suspicion_timeout
                 .or(file.suspicion_timeout)
                 .map_or(Duration::from_secs(3), |d| d.0),
+            rebalance_bytes_per_sec: cli
+                .rebalance_rate
+                .or(file.rebalance_rate)
+                .map_or(64 * 1024 * 1024, |b| b.0),
         };
         config.validate()?;
         Ok(config)

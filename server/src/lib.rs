@@ -12,6 +12,7 @@ pub mod dev_cluster;
 mod http;
 pub mod metrics;
 pub mod node;
+pub mod rebalance;
 pub mod store;
 pub mod view;
 

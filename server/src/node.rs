@@ -36,6 +36,7 @@ use crate::cluster::{
 use crate::config::Config;
 use crate::http;
 use crate::metrics::Metrics;
+use crate::rebalance::{RebalanceStats, run_rebalancer};
 use crate::store::Store;
 use crate::view::{ClusterView, Peers};
 
@@ -72,6 +73,8 @@ pub struct Node {
     shutdown: CancellationToken,
     /// Cancelled by [`Node::crash`]: stop at once, leave nothing gracefully (tests of failures).
     crash: CancellationToken,
+    /// Data movement progress.
+    rebalance: RebalanceStats,
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +149,7 @@ impl Node {
             membership: OnceLock::new(),
             shutdown: CancellationToken::new(),
             crash: CancellationToken::new(),
+            rebalance: RebalanceStats::default(),
         });
         node.publish_single_node();
         node
@@ -259,6 +263,11 @@ impl Node {
     /// of failure detection and failover.
     pub fn crash(&self) {
         self.crash.cancel();
+    }
+
+    /// Data movement progress (joins, repairs, leaves).
+    pub fn rebalance(&self) -> &RebalanceStats {
+        &self.rebalance
     }
 
     /// Gossip traffic and member counts, when membership runs.
@@ -439,20 +448,31 @@ impl Node {
         let identity = NodeIdentity::new(&self.config.node_id, gossip_addr, self.incarnation)
             .context("invalid node id")?;
         let advertised = self.advertised.read().clone();
+        // A node that joins an existing cluster is Joining until it has pulled its ranges.
+        let joining = !self.config.seeds.is_empty();
         let meta = NodeMeta {
             grpc_addr: advertised.grpc_addr,
             http_addr: advertised.http_addr,
             weight: self.config.weight.get(),
-            state: MetaState::Active,
+            state: if joining {
+                MetaState::Joining
+            } else {
+                MetaState::Active
+            },
         };
         let config = membership_config(&self.config);
-        let membership = Membership::new(config, identity, meta, rand::random())
+        let membership = Membership::new(config, identity, meta.clone(), rand::random())
             .context("invalid membership settings")?;
         let seeds = resolve_seeds(&self.config.seeds, gossip_addr).await;
         self.external_topology.store(true, Ordering::Release);
         let (handle, task) =
             MembershipHandle::spawn(membership, socket, seeds, self.shutdown.clone());
         tasks.spawn(follow_members(self.clone(), handle.members()));
+        tasks.spawn(run_rebalancer(self.clone(), self.config.probe_interval * 2));
+        if joining {
+            self.state.send_replace(v1::NodeState::Joining);
+            tasks.spawn(join(self.clone(), handle.clone(), meta));
+        }
         tracing::info!(gossip = %gossip_addr, seeds = ?self.config.seeds, "gossip started");
         let _ = self.membership.set(handle);
         Ok(task)
@@ -485,6 +505,37 @@ fn membership_config(config: &Config) -> MembershipConfig {
         dead_retention: period * 30,
         ..MembershipConfig::default()
     }
+}
+
+/// Waits (bounded) to see the cluster, pulls this node's future ranges from its members, then
+/// announces the node Active so it enters the ring.
+async fn join(node: Arc<Node>, handle: MembershipHandle, mut meta: NodeMeta) {
+    let deadline = node.config.probe_interval * 10;
+    let mut members = handle.members();
+    let sees_others = async {
+        loop {
+            if members
+                .borrow_and_update()
+                .iter()
+                .any(|m| m.node_id != node.config.node_id && m.state == NodeState::Active)
+            {
+                return;
+            }
+            if members.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(deadline, sees_others).await.is_err() {
+        tracing::warn!(waited = ?deadline, "no active member seen yet; joining without pulling data");
+    }
+    let pulled = crate::rebalance::pull_ranges(&node).await;
+    tracing::info!(pulled, "ranges pulled; turning active");
+    meta.state = MetaState::Active;
+    if let Err(error) = handle.set_meta(meta).await {
+        tracing::warn!(%error, "could not announce the node active");
+    }
+    node.state.send_replace(v1::NodeState::Active);
 }
 
 /// Resolves `host:port` seeds; unresolvable ones are logged and skipped, and our own address is

@@ -58,6 +58,13 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn rebalance_status(
+        &self,
+        _: Request<v1::RebalanceStatusRequest>,
+    ) -> Result<Response<v1::RebalanceStatusResponse>, Status> {
+        Ok(Response::new(self.node.rebalance().to_wire()))
+    }
+
     async fn flush(
         &self,
         _: Request<v1::FlushRequest>,

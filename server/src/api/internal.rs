@@ -131,12 +131,23 @@ impl Internal for InternalService {
                     cursor = next;
                     // The ring may change during a long stream; each step uses the current one.
                     let view = node.view();
+                    let assumed = request.assume_target_in_ring.then(|| {
+                        crate::rebalance::ring_with(
+                            &view,
+                            &request.target_node_id,
+                            request.target_weight,
+                        )
+                    });
                     for (key, item) in items {
                         scanned += 1;
                         if item.value.is_none() && !request.include_tombstones {
                             continue;
                         }
-                        if !view.replicas(&key).contains(&request.target_node_id) {
+                        let replicas = match &assumed {
+                            Some(ring) => ring.replicas(&key),
+                            None => view.replicas(&key),
+                        };
+                        if !replicas.contains(&request.target_node_id) {
                             continue;
                         }
                         bytes += key.len() + item.value.as_ref().map_or(0, Bytes::len);

@@ -1,0 +1,370 @@
+//! Rebalancing: moving data so every key is on its replicas again after the ring changes.
+//!
+//! Push model, run by every node on every new view (`run_rebalancer`): one pass scans the local
+//! store and, for each entry, compares the key's replica set under the view the node last
+//! rebalanced for with the current one. Replicas that are new for the key get the entry
+//! (`Internal.Replicate`, last-writer-wins, so repeats are harmless); when this node is no longer
+//! a replica it pushes the entry to every current replica and then drops it
+//! (`remove_if_version`, so a write that raced the pass is kept). This one rule covers:
+//! - a join: the old holders push to the joiner the keys whose set now includes it;
+//! - a death: the survivors push each key of the dead node to its new R-th replica;
+//! - a leave: the leaver pushes everything to the ring without itself ([`hand_off`]).
+//!
+//! A joiner also pulls before it turns Active ([`pull_ranges`]: `Internal.StreamEntries` with
+//! `assume_target_in_ring`), so it serves reads filled. Failed sends are counted and the pass is
+//! retried later (resumable: it starts over, and already-moved keys are ignored by version).
+//! Transfer is throttled to `rebalance_bytes_per_sec`. Progress is in [`RebalanceStats`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use ringcache_proto::placement::Ring;
+use ringcache_proto::topology::Member;
+use ringcache_proto::v1;
+use tokio_stream::StreamExt;
+
+use crate::api::{apply_entry, to_wire};
+use crate::node::Node;
+use crate::store::VersionedItem;
+use crate::view::ClusterView;
+
+/// Entries read from the store per scan step.
+const SCAN_STEP: usize = 512;
+/// Entries per Replicate batch.
+const PUSH_BATCH: usize = 256;
+/// Longest wait for one Replicate batch.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Progress counters of this node's data movement.
+#[derive(Debug, Default)]
+pub struct RebalanceStats {
+    phase: Mutex<&'static str>,
+    last_error: Mutex<String>,
+    /// Passes completed.
+    pub passes: AtomicU64,
+    /// Entries scanned by the current pass.
+    pub keys_scanned: AtomicU64,
+    /// Entries held when the current pass started.
+    pub keys_total: AtomicU64,
+    /// Entries sent to other nodes.
+    pub keys_sent: AtomicU64,
+    /// Key and value bytes sent.
+    pub bytes_sent: AtomicU64,
+    /// Entries received by pulls.
+    pub keys_received: AtomicU64,
+    /// Failed sends (retried by the next pass).
+    pub failures: AtomicU64,
+}
+
+impl RebalanceStats {
+    fn set_phase(&self, phase: &'static str) {
+        *self.phase.lock() = phase;
+    }
+
+    fn fail(&self, error: String) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock() = error;
+    }
+
+    /// The Admin.RebalanceStatus answer.
+    pub fn to_wire(&self) -> v1::RebalanceStatusResponse {
+        let phase = *self.phase.lock();
+        v1::RebalanceStatusResponse {
+            phase: if phase.is_empty() { "idle" } else { phase }.to_owned(),
+            passes: self.passes.load(Ordering::Relaxed),
+            keys_scanned: self.keys_scanned.load(Ordering::Relaxed),
+            keys_total: self.keys_total.load(Ordering::Relaxed),
+            keys_sent: self.keys_sent.load(Ordering::Relaxed),
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            keys_received: self.keys_received.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            last_error: self.last_error.lock().clone(),
+        }
+    }
+}
+
+/// Entries waiting to be sent, per target node.
+#[derive(Default)]
+struct Outbox {
+    batches: Vec<(Member, Vec<v1::VersionedEntry>)>,
+    /// Entries to drop once every send of this round succeeded.
+    drops: Vec<(Bytes, u64)>,
+}
+
+impl Outbox {
+    fn add(&mut self, target: &Member, entry: v1::VersionedEntry) {
+        match self
+            .batches
+            .iter_mut()
+            .find(|(m, _)| m.node_id == target.node_id)
+        {
+            Some((_, entries)) => entries.push(entry),
+            None => self.batches.push((target.clone(), vec![entry])),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.batches.iter().map(|(_, e)| e.len()).sum()
+    }
+}
+
+/// Sends one batch to `target`; returns whether it was acknowledged.
+async fn send(node: &Node, target: &Member, entries: Vec<v1::VersionedEntry>) -> bool {
+    let stats = node.rebalance();
+    let n = entries.len() as u64;
+    let bytes: u64 = entries
+        .iter()
+        .map(|e| (e.key.len() + e.value.as_ref().map_or(0, Bytes::len)) as u64)
+        .sum();
+    throttle(node, bytes).await;
+    let result = async {
+        let mut client = node.peers().internal_client(&target.grpc_addr)?;
+        let mut request = tonic::Request::new(v1::ReplicateRequest {
+            from_node_id: node.config().node_id.clone(),
+            entries,
+            hinted: false,
+        });
+        request.set_timeout(PUSH_TIMEOUT);
+        client.replicate(request).await
+    }
+    .await;
+    match result {
+        Ok(_) => {
+            stats.keys_sent.fetch_add(n, Ordering::Relaxed);
+            stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+            true
+        }
+        Err(status) => {
+            stats.fail(format!(
+                "sending {n} entries to {}: {}",
+                target.node_id,
+                status.message()
+            ));
+            false
+        }
+    }
+}
+
+/// Sleeps long enough that `bytes` more stay under the configured rate.
+async fn throttle(node: &Node, bytes: u64) {
+    let rate = node.config().rebalance_bytes_per_sec;
+    if rate == 0 || bytes == 0 {
+        return;
+    }
+    tokio::time::sleep(Duration::from_secs_f64(bytes as f64 / rate as f64)).await;
+}
+
+/// Flushes the outbox: sends every batch, then drops the entries this node no longer owns if all
+/// sends succeeded. Returns whether everything was sent.
+async fn flush(node: &Node, outbox: &mut Outbox) -> bool {
+    let mut ok = true;
+    for (target, entries) in std::mem::take(&mut outbox.batches) {
+        ok &= send(node, &target, entries).await;
+    }
+    let drops = std::mem::take(&mut outbox.drops);
+    if ok {
+        for (key, version) in drops {
+            let _ = node.store().remove_if_version(&key, version);
+        }
+    }
+    ok
+}
+
+/// One pass: moves every entry whose replica set differs between `old` and `new`. Returns
+/// whether every send succeeded.
+async fn pass(node: &Node, old: &ClusterView, new: &ClusterView, leaving: bool) -> bool {
+    let stats = node.rebalance();
+    let self_id = node.config().node_id.clone();
+    stats.keys_scanned.store(0, Ordering::Relaxed);
+    stats
+        .keys_total
+        .store(node.store().stats().keys, Ordering::Relaxed);
+    let mut outbox = Outbox::default();
+    let mut ok = true;
+    let store = node.store();
+    for shard in 0..store.shard_count() {
+        let mut cursor = Some(0);
+        while let Some(at) = cursor {
+            let (items, next) = store.scan(shard, at, SCAN_STEP);
+            cursor = next;
+            for (key, item) in items {
+                stats.keys_scanned.fetch_add(1, Ordering::Relaxed);
+                plan(node, &self_id, old, new, leaving, key, item, &mut outbox);
+            }
+            if outbox.len() >= PUSH_BATCH {
+                ok &= flush(node, &mut outbox).await;
+            }
+            if node.shutdown_token().is_cancelled() && !leaving {
+                return false;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+    ok &= flush(node, &mut outbox).await;
+    ok
+}
+
+/// Decides what to do with one entry.
+#[allow(clippy::too_many_arguments)]
+fn plan(
+    node: &Node,
+    self_id: &str,
+    old: &ClusterView,
+    new: &ClusterView,
+    leaving: bool,
+    key: Bytes,
+    item: VersionedItem,
+    outbox: &mut Outbox,
+) {
+    let now_set = new.replicas(&key);
+    let was_set = old.replicas(&key);
+    let stays = !leaving && now_set.contains(self_id);
+    let version = item.version;
+    let entry = to_wire(key.clone(), item);
+    for replica in now_set.iter() {
+        if replica == self_id {
+            continue;
+        }
+        // Still a replica: send only to the members that are new for this key. Not a replica
+        // any more: send to every replica, then drop.
+        if stays && was_set.contains(replica) {
+            continue;
+        }
+        if let Some(member) = new.topology.member(replica) {
+            outbox.add(member, entry.clone());
+        }
+    }
+    if !stays && !now_set.is_empty() {
+        outbox.drops.push((key, version));
+    }
+    let _ = node;
+}
+
+/// Follows the node's views and runs a pass for every ring change, until shutdown. Failed passes
+/// are retried after `retry` with the same starting view.
+pub async fn run_rebalancer(node: Arc<Node>, retry: Duration) {
+    let mut views = node.watch_view();
+    let mut settled = views.borrow_and_update().clone();
+    loop {
+        tokio::select! {
+            () = node.shutdown_token().cancelled() => return,
+            changed = views.changed() => if changed.is_err() { return },
+        }
+        loop {
+            let current = views.borrow_and_update().clone();
+            if current.topology.digest() == settled.topology.digest() {
+                break;
+            }
+            node.rebalance().set_phase("moving");
+            let ok = pass(&node, &settled, &current, false).await;
+            node.rebalance().passes.fetch_add(1, Ordering::Relaxed);
+            node.rebalance().set_phase("idle");
+            if ok {
+                settled = current;
+            } else {
+                tokio::select! {
+                    () = node.shutdown_token().cancelled() => return,
+                    () = tokio::time::sleep(retry) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Pulls from every ring member the entries this node will hold once it is in the ring (a
+/// joiner, before it turns Active). Returns the number of entries applied.
+pub async fn pull_ranges(node: &Node) -> u64 {
+    let stats = node.rebalance();
+    stats.set_phase("joining");
+    let view = node.view();
+    let self_id = node.config().node_id.clone();
+    let mut received = 0;
+    for member in view.ring.nodes().iter().filter(|id| ***id != *self_id) {
+        let Some(member) = view.topology.member(member) else {
+            continue;
+        };
+        let result = async {
+            let mut client = node.peers().internal_client(&member.grpc_addr)?;
+            let mut stream = client
+                .stream_entries(v1::StreamEntriesRequest {
+                    target_node_id: self_id.clone(),
+                    include_tombstones: true,
+                    max_batch_bytes: 0,
+                    assume_target_in_ring: true,
+                    target_weight: node.config().weight.get(),
+                })
+                .await?
+                .into_inner();
+            let mut count = 0u64;
+            while let Some(batch) = stream.next().await {
+                for entry in batch?.entries {
+                    if apply_entry(node, &entry)? {
+                        count += 1;
+                    }
+                }
+            }
+            Ok::<u64, tonic::Status>(count)
+        }
+        .await;
+        match result {
+            Ok(count) => received += count,
+            Err(status) => stats.fail(format!(
+                "pulling from {}: {}",
+                member.node_id,
+                status.message()
+            )),
+        }
+    }
+    stats.keys_received.fetch_add(received, Ordering::Relaxed);
+    stats.set_phase("idle");
+    received
+}
+
+/// Hands every entry to the replicas it has in the ring without this node (a graceful leave).
+/// Returns whether everything was acknowledged.
+pub async fn hand_off(node: &Node) -> bool {
+    node.rebalance().set_phase("leaving");
+    let current = node.view();
+    let self_id = node.config().node_id.clone();
+    let others: Vec<Member> = current
+        .topology
+        .members()
+        .iter()
+        .filter(|m| m.node_id != self_id)
+        .cloned()
+        .collect();
+    let without = ringcache_proto::topology::Topology::new(
+        others,
+        current.topology.replication_factor(),
+        current.topology.vnodes_per_weight(),
+    );
+    let target = ClusterView::new(without);
+    let ok = if target.ring.is_empty() {
+        true
+    } else {
+        pass(node, &current, &target, true).await
+    };
+    node.rebalance().set_phase("idle");
+    ok
+}
+
+/// The ring `view` would have with `target_id` (weight `weight`) as a member: what a joiner's
+/// StreamEntries asks about.
+pub fn ring_with(view: &ClusterView, target_id: &str, weight: u32) -> Ring {
+    let topology = &view.topology;
+    let mut members: Vec<(&str, u32)> = topology
+        .ring_members()
+        .map(|m| (m.node_id.as_str(), m.weight))
+        .collect();
+    if !members.iter().any(|(id, _)| *id == target_id) {
+        members.push((target_id, weight.max(1)));
+    }
+    Ring::build(
+        members,
+        topology.vnodes_per_weight(),
+        topology.replication_factor(),
+    )
+}
