@@ -102,6 +102,10 @@ pub struct Cli {
     /// How often expired keys are reclaimed in the background [default: 100ms].
     #[arg(long, env = "RINGCACHE_EXPIRY_INTERVAL", value_name = "DURATION")]
     pub expiry_interval: Option<HumanDuration>,
+    /// Longest a graceful leave (SIGTERM, Admin.Leave) spends handing its data to the other nodes
+    /// [default: 5m].
+    #[arg(long, env = "RINGCACHE_LEAVE_TIMEOUT", value_name = "DURATION")]
+    pub leave_timeout: Option<HumanDuration>,
     /// Longest wait for in-flight requests at shutdown before the node exits anyway [default: 10s].
     #[arg(long, env = "RINGCACHE_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<HumanDuration>,
@@ -236,6 +240,7 @@ struct FileConfig {
     expiry_interval: Option<HumanDuration>,
     tombstone_grace: Option<HumanDuration>,
     rebalance_rate: Option<ByteSize>,
+    leave_timeout: Option<HumanDuration>,
     shutdown_timeout: Option<HumanDuration>,
     workers: Option<usize>,
     log_format: Option<LogFormat>,
@@ -289,6 +294,8 @@ pub struct Config {
     pub suspicion_timeout: Duration,
     /// Bytes per second a node sends when rebalancing (0 = unlimited).
     pub rebalance_bytes_per_sec: u64,
+    /// Longest hand-off at a graceful leave.
+    pub leave_timeout: Duration,
 }
 
 /// Headroom over key + value for the rest of a gRPC message.
@@ -414,6 +421,10 @@ impl Config {
                 .rebalance_rate
                 .or(file.rebalance_rate)
                 .map_or(64 * 1024 * 1024, |b| b.0),
+            leave_timeout: cli
+                .leave_timeout
+                .or(file.leave_timeout)
+                .map_or(Duration::from_secs(300), |d| d.0),
         };
         config.validate()?;
         Ok(config)

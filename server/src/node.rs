@@ -75,6 +75,9 @@ pub struct Node {
     crash: CancellationToken,
     /// Data movement progress.
     rebalance: RebalanceStats,
+    /// Stops gossip: cancelled after the hand-off of a graceful shutdown, so the node stays a
+    /// visible (Leaving) member while it hands off.
+    gossip_stop: CancellationToken,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +153,7 @@ impl Node {
             shutdown: CancellationToken::new(),
             crash: CancellationToken::new(),
             rebalance: RebalanceStats::default(),
+            gossip_stop: CancellationToken::new(),
         });
         node.publish_single_node();
         node
@@ -420,8 +424,12 @@ impl Node {
         };
         token.cancel();
         while tasks.join_next().await.is_some() {}
+        if membership_task.is_some() {
+            self.hand_off_before_leaving().await;
+        }
+        self.gossip_stop.cancel();
         if let Some(task) = membership_task {
-            // The driver leaves the cluster gracefully once the shutdown token is cancelled.
+            // The driver leaves the cluster gracefully once `gossip_stop` is cancelled.
             if tokio::time::timeout(Duration::from_secs(5), task)
                 .await
                 .is_err()
@@ -437,6 +445,41 @@ impl Node {
 }
 
 impl Node {
+    /// The graceful part of a shutdown with membership: announce Leaving, then hand every entry
+    /// to the replicas it has in the ring without this node (requests have stopped by now, so
+    /// nothing written here can be missed). Bounded by `leave_timeout`.
+    async fn hand_off_before_leaving(&self) {
+        if let Some(handle) = self.membership.get() {
+            let advertised = self.advertised.read().clone();
+            let meta = NodeMeta {
+                grpc_addr: advertised.grpc_addr,
+                http_addr: advertised.http_addr,
+                weight: self.config.weight.get(),
+                state: MetaState::Leaving,
+            };
+            let _ = handle.set_meta(meta).await;
+        }
+        let keys = self.store.stats().keys;
+        if keys == 0 {
+            return;
+        }
+        tracing::info!(keys, "handing off data before leaving");
+        match tokio::time::timeout(self.config.leave_timeout, crate::rebalance::hand_off(self))
+            .await
+        {
+            Ok(true) => tracing::info!(
+                sent = self.rebalance.keys_sent.load(Ordering::Relaxed),
+                "hand-off complete"
+            ),
+            Ok(false) => {
+                tracing::warn!(error = %self.rebalance.to_wire().last_error, "hand-off incomplete; some keys were not acknowledged")
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?self.config.leave_timeout, "hand-off did not finish in time")
+            }
+        }
+    }
+
     /// Starts gossip on `socket`, joining through the configured seeds, and a task that turns
     /// every new member list into the node's topology. Returns the driver's task.
     async fn start_membership(
@@ -466,7 +509,7 @@ impl Node {
         let seeds = resolve_seeds(&self.config.seeds, gossip_addr).await;
         self.external_topology.store(true, Ordering::Release);
         let (handle, task) =
-            MembershipHandle::spawn(membership, socket, seeds, self.shutdown.clone());
+            MembershipHandle::spawn(membership, socket, seeds, self.gossip_stop.clone());
         tasks.spawn(follow_members(self.clone(), handle.members()));
         tasks.spawn(run_rebalancer(self.clone(), self.config.probe_interval * 2));
         if joining {
@@ -529,7 +572,13 @@ async fn join(node: Arc<Node>, handle: MembershipHandle, mut meta: NodeMeta) {
     if tokio::time::timeout(deadline, sees_others).await.is_err() {
         tracing::warn!(waited = ?deadline, "no active member seen yet; joining without pulling data");
     }
-    let pulled = crate::rebalance::pull_ranges(&node).await;
+    let active: Vec<Member> = members
+        .borrow()
+        .iter()
+        .filter(|m| m.state == NodeState::Active)
+        .cloned()
+        .collect();
+    let pulled = crate::rebalance::pull_ranges(&node, &active).await;
     tracing::info!(pulled, "ranges pulled; turning active");
     meta.state = MetaState::Active;
     if let Err(error) = handle.set_meta(meta).await {

@@ -258,6 +258,12 @@ pub async fn run_rebalancer(node: Arc<Node>, retry: Duration) {
             if current.topology.digest() == settled.topology.digest() {
                 break;
             }
+            if node.state() == v1::NodeState::Joining {
+                // Not in the ring yet: what it holds was pulled for the ring it is about to
+                // join, so nothing moves until it is Active.
+                settled = current;
+                continue;
+            }
             node.rebalance().set_phase("moving");
             let ok = pass(&node, &settled, &current, false).await;
             node.rebalance().passes.fetch_add(1, Ordering::Relaxed);
@@ -274,18 +280,14 @@ pub async fn run_rebalancer(node: Arc<Node>, retry: Duration) {
     }
 }
 
-/// Pulls from every ring member the entries this node will hold once it is in the ring (a
-/// joiner, before it turns Active). Returns the number of entries applied.
-pub async fn pull_ranges(node: &Node) -> u64 {
+/// Pulls from `members` (the active members gossip shows) the entries this node will hold once
+/// it is in the ring (a joiner, before it turns Active). Returns the number of entries applied.
+pub async fn pull_ranges(node: &Node, members: &[Member]) -> u64 {
     let stats = node.rebalance();
     stats.set_phase("joining");
-    let view = node.view();
     let self_id = node.config().node_id.clone();
     let mut received = 0;
-    for member in view.ring.nodes().iter().filter(|id| ***id != *self_id) {
-        let Some(member) = view.topology.member(member) else {
-            continue;
-        };
+    for member in members.iter().filter(|m| m.node_id != self_id) {
         let result = async {
             let mut client = node.peers().internal_client(&member.grpc_addr)?;
             let mut stream = client

@@ -1,0 +1,122 @@
+//! Data movement after ring changes: a joiner is filled, keys that moved are dropped by their
+//! old holders, and a graceful leave hands everything off (R = 1: one copy per key, so any key
+//! not moved would be lost).
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use ringcache::Client;
+use ringcache_proto::placement::Ring;
+use ringcache_tests::{TestCluster, wait_until};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const KEYS: usize = 20_000;
+
+fn one_copy(_: usize, config: &mut ringcache_server::Config) {
+    config.replication_factor = NonZeroU32::MIN;
+    config.rebalance_bytes_per_sec = 0;
+}
+
+async fn load(client: &Client) {
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(500) {
+        client
+            .mset(
+                chunk
+                    .iter()
+                    .map(|i| (format!("key{i}"), format!("value{i}"))),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+}
+
+async fn all_readable(client: &Client) {
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(500) {
+        let values = client
+            .mget(chunk.iter().map(|i| format!("key{i}")))
+            .await
+            .unwrap();
+        for (i, value) in chunk.iter().zip(values) {
+            assert_eq!(
+                value.as_deref(),
+                Some(format!("value{i}").as_bytes()),
+                "key{i} lost"
+            );
+        }
+    }
+}
+
+/// How many nodes hold each key; every key must be on exactly its replicas.
+fn copies_match_the_ring(cluster: &TestCluster) -> bool {
+    let view = cluster.nodes[0].node.view();
+    let ring: &Ring = &view.ring;
+    (0..KEYS).all(|i| {
+        let key = format!("key{i}");
+        let owners = ring.replicas(key.as_bytes());
+        cluster.nodes.iter().all(|n| {
+            let held = n
+                .node
+                .store()
+                .get_versioned(key.as_bytes())
+                .unwrap()
+                .is_some_and(|v| v.value.is_some());
+            held == owners.contains(&n.node.config().node_id)
+        })
+    })
+}
+
+#[tokio::test]
+async fn a_joining_node_is_filled_and_old_holders_drop_what_moved() {
+    let mut cluster = TestCluster::start_with(3, one_copy).await;
+    cluster.wait_converged(DEADLINE).await.unwrap();
+    let client = Client::connect(cluster.grpc_targets()).await.unwrap();
+    load(&client).await;
+    let before: u64 = cluster
+        .nodes
+        .iter()
+        .map(|n| n.node.store().stats().keys)
+        .sum();
+    assert_eq!(before, KEYS as u64);
+
+    cluster.add(4, one_copy).await;
+    cluster.wait_converged(DEADLINE).await.unwrap();
+    let settled = wait_until(DEADLINE, || async { copies_match_the_ring(&cluster) }).await;
+    if settled.is_err() {
+        for n in &cluster.nodes {
+            eprintln!(
+                "DEBUG {} keys {} status {:?} ring {:?}",
+                n.node.config().node_id,
+                n.node.store().stats().keys,
+                n.node.rebalance().to_wire(),
+                n.node.view().ring.nodes()
+            );
+        }
+        panic!("every key ends up exactly on its replica");
+    }
+    let joined = cluster.node("n4").node.store().stats().keys as f64 / KEYS as f64;
+    assert!(
+        (0.18..=0.32).contains(&joined),
+        "the new node holds {joined:.3} of the keys, expected about 1/4"
+    );
+    let status = cluster.node("n4").node.rebalance().to_wire();
+    assert!(status.keys_received > 0, "{status:?}");
+    all_readable(&client).await;
+}
+
+#[tokio::test]
+async fn a_graceful_leave_hands_every_key_off() {
+    let mut cluster = TestCluster::start_with(4, one_copy).await;
+    cluster.wait_converged(DEADLINE).await.unwrap();
+    let client = Client::connect(cluster.grpc_targets()).await.unwrap();
+    load(&client).await;
+    let leaver = cluster.take("n2");
+    let held = leaver.node.store().stats().keys;
+    assert!(held > 0);
+    leaver.stop().await.unwrap();
+    cluster.wait_converged(DEADLINE).await.unwrap();
+    wait_until(DEADLINE, || async { copies_match_the_ring(&cluster) })
+        .await
+        .expect("every key is on its replica among the three left");
+    all_readable(&client).await;
+}
