@@ -8,6 +8,10 @@
 //! - `clusterprobe traffic N SECONDS`: gossip bytes and packets sent per node per second in a
 //!   steady N-node cluster.
 //!
+//! - `clusterprobe rebalance KEYS VALUE_BYTES`: 3 nodes (R = 1) loaded with KEYS values of
+//!   VALUE_BYTES, then a 4th joins: time until every key sits on exactly one node again, and the
+//!   MB/s and keys/s moved.
+//!
 //! Prints each trial and the median. Build in release:
 //! `cargo run --release -p ringcache-bench --bin clusterprobe -- detect 3 10`.
 
@@ -118,6 +122,70 @@ async fn traffic(nodes: usize, seconds: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn rebalance(keys: u64, value_bytes: usize) -> anyhow::Result<()> {
+    let one_copy = |i: usize, config: &mut Config| {
+        production_timings(i, config);
+        config.replication_factor = std::num::NonZeroU32::MIN;
+        config.rebalance_bytes_per_sec = 0;
+        config.store.max_memory_bytes = 8 << 30;
+    };
+    let mut cluster = TestCluster::start_with(3, one_copy).await;
+    cluster.wait_converged(DEADLINE).await?;
+    let client = ringcache::Client::connect(cluster.grpc_targets()).await?;
+    let value = bytes::Bytes::from(vec![b'x'; value_bytes]);
+    let load_start = Instant::now();
+    let mut next = 0;
+    while next < keys {
+        let end = (next + 500).min(keys);
+        client
+            .mset(
+                (next..end).map(|i| (ringcache_bench::bench_key(i), value.clone())),
+                None,
+            )
+            .await?;
+        next = end;
+    }
+    println!(
+        "loaded {keys} keys of {value_bytes} B in {:.1} s",
+        load_start.elapsed().as_secs_f64()
+    );
+    let start = Instant::now();
+    cluster.add(4, one_copy).await;
+    cluster.wait_converged(Duration::from_secs(600)).await?;
+    let give_up = Instant::now() + Duration::from_secs(600);
+    loop {
+        let total: u64 = cluster
+            .nodes
+            .iter()
+            .map(|n| n.node.store().stats().keys)
+            .sum();
+        let idle = cluster
+            .nodes
+            .iter()
+            .all(|n| n.node.rebalance().to_wire().phase == "idle");
+        if total == keys && idle {
+            break;
+        }
+        if Instant::now() > give_up {
+            bail!("rebalancing did not finish in 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = start.elapsed().as_secs_f64();
+    let moved = cluster.node("n4").node.store().stats().keys;
+    let moved_bytes = moved as f64 * (14 + value_bytes) as f64;
+    println!(
+        "4th node joined and got {moved} keys ({:.1} MB) in {took:.2} s: {:.1} MB/s, {:.0} keys/s",
+        moved_bytes / 1e6,
+        moved_bytes / 1e6 / took,
+        moved as f64 / took
+    );
+    for node in cluster.nodes {
+        node.stop().await?;
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let number = |i: usize, default: u64| -> anyhow::Result<u64> {
@@ -135,6 +203,11 @@ fn main() -> anyhow::Result<()> {
         }
         Some("detect") => runtime.block_on(detect(number(1, 3)? as usize, number(2, 10)? as usize)),
         Some("traffic") => runtime.block_on(traffic(number(1, 10)? as usize, number(2, 30)?)),
-        _ => bail!("usage: clusterprobe converge|detect|traffic [NODES] [TRIALS|SECONDS]"),
+        Some("rebalance") => {
+            runtime.block_on(rebalance(number(1, 100_000)?, number(2, 1000)? as usize))
+        }
+        _ => bail!(
+            "usage: clusterprobe converge|detect|traffic [NODES] [TRIALS|SECONDS] | rebalance [KEYS] [VALUE_BYTES]"
+        ),
     }
 }

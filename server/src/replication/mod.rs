@@ -1,0 +1,367 @@
+//! Replication: how a write reaches the other replicas of its key, how reads at QUORUM and ALL
+//! find the newest copy, and how writes missed by an unreachable replica get to it later
+//! (DESIGN §5).
+//!
+//! **Who coordinates.** The node that serves a request (the key's primary normally; any replica
+//! that receives it, e.g. after a client failed over; a node that is no replica only when a
+//! forwarded request lands on it under a disagreeing topology) is its coordinator. Non-replicas
+//! forward to the primary first ([`crate::api`]), unchanged.
+//!
+//! **Write path** ([`replicate`]). The coordinator runs the store operation as a lone node would:
+//! the store decides the new version, and every condition (if-absent, if-present, CAS, incr,
+//! expire on a missing key) is decided there. A failed operation or a condition that did not hold
+//! replicates nothing. Then the coordinator reads back what it holds for each written key
+//! ([`crate::store::Store::get_versioned`], tombstones included) and sends it with
+//! `Internal.Replicate`, one batch per target node, in parallel, to the key's other replicas
+//! (`view.replicas(key)` minus itself). R is the size of that replica set
+//! (min(replication factor, ring members)). The coordinator counts itself when it is one of the
+//! replicas; each replica that answers the batch counts once for every key in it. The request is
+//! answered as soon as every key has `level.required(R)` acknowledgements (ONE = 1, QUORUM =
+//! R/2+1, ALL = R); the remaining calls finish in the background. When the level cannot be met,
+//! the answer waits until every call has ended (each bounded by `replica_timeout`) and is
+//! `UNAVAILABLE`, naming the counts and each replica's failure. A failed level undoes nothing:
+//! the write stays on the replicas that took it.
+//!
+//! **Read path** ([`read`]). ONE reads stay local. QUORUM and ALL read the local copy
+//! (tombstones and expired entries included) and ask the other replicas with
+//! `Internal.ReadVersions` in parallel; the answer is the highest version once enough replicas
+//! answered (a tombstone or an expired entry as the newest is a miss). In the background, once
+//! every call has ended, **read repair** sends the newest copy to every replica that answered with
+//! an older version or nothing (itself included, through `Store::apply`). Two different copies
+//! with the same version (two coordinators' clocks stamping the same millisecond) cannot be
+//! ordered by `apply`; read repair settles them by stamping the deterministic winner with a new
+//! version and replicating it.
+//!
+//! **Hint lifecycle** ([`hints`]). When a replica cannot be reached or times out for a write
+//! (also after the level was met), the coordinator keeps the entries it sent as *hints* for that
+//! node id, bounded per target by bytes (`hint_max_bytes`) and age (`hint_max_age`); over a limit
+//! the oldest hints are dropped and counted. A background task replays them with
+//! `Replicate { hinted: true }` in batches whenever the view changes and every probe interval,
+//! to targets that are Active in the current topology (a restarted node with the same id and a new
+//! incarnation included). A batch is removed only once the target acknowledged it. Replay is
+//! idempotent: `apply` is last-writer-wins by version, and the hint age is below the tombstone
+//! grace period, so a replayed old write cannot revive a key deleted after it. A replica that
+//! answered with an error (e.g. memory full) gets no hint.
+//!
+//! **Minority protection** ([`check_writable`]). With `min_cluster_size` set, a node that sees
+//! fewer Active members than that refuses writes with `UNAVAILABLE`.
+
+mod hints;
+mod read;
+mod write;
+
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use ringcache_proto::topology::NodeState;
+use ringcache_proto::v1;
+
+use crate::node::Node;
+use crate::store::StoreError;
+
+pub use hints::{HintStats, replay_hints_task};
+pub use read::read;
+pub use write::replicate;
+
+/// Default `hint_max_bytes`: per target node.
+pub const DEFAULT_HINT_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// Default `hint_max_age`.
+pub const DEFAULT_HINT_MAX_AGE: Duration = Duration::from_secs(5 * 60);
+/// Default `replica_timeout`.
+pub const DEFAULT_REPLICA_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How many replicas of a key must take part in a request before it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Consistency {
+    /// One replica.
+    One,
+    /// A majority: R/2 + 1.
+    Quorum,
+    /// Every replica.
+    All,
+}
+
+impl Consistency {
+    /// Replicas needed out of `replicas` (at least 1, at most `replicas`; 1 for an empty set).
+    pub fn required(self, replicas: usize) -> usize {
+        let needed = match self {
+            Self::One => 1,
+            Self::Quorum => replicas / 2 + 1,
+            Self::All => replicas,
+        };
+        needed.clamp(1, replicas.max(1))
+    }
+
+    /// The name used in messages (`ONE`, `QUORUM`, `ALL`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::One => "ONE",
+            Self::Quorum => "QUORUM",
+            Self::All => "ALL",
+        }
+    }
+
+    /// The level a request asks for: `CONSISTENCY_UNSPECIFIED` means `default`. `Err` carries an
+    /// unknown wire value.
+    pub fn from_wire(value: i32, default: Self) -> Result<Self, i32> {
+        match v1::Consistency::try_from(value) {
+            Ok(v1::Consistency::Unspecified) => Ok(default),
+            Ok(v1::Consistency::One) => Ok(Self::One),
+            Ok(v1::Consistency::Quorum) => Ok(Self::Quorum),
+            Ok(v1::Consistency::All) => Ok(Self::All),
+            Err(_) => Err(value),
+        }
+    }
+}
+
+/// The replication settings of a node.
+#[derive(Debug, Clone)]
+pub struct ReplicationConfig {
+    /// Level of writes that ask for none (`CONSISTENCY_UNSPECIFIED`).
+    pub write_consistency: Consistency,
+    /// Level of reads that ask for none.
+    pub read_consistency: Consistency,
+    /// Longest wait for one replica's answer (Replicate, ReadVersions, hint replay).
+    pub replica_timeout: Duration,
+    /// Upper bound on the hints kept for one target node (key + value + overhead bytes); 0 keeps
+    /// none (hinted handoff off).
+    pub hint_max_bytes_per_node: usize,
+    /// Hints older than this are dropped; must be shorter than the tombstone grace period.
+    pub hint_max_age: Duration,
+    /// Refuse writes while fewer Active members than this are visible; 0: off.
+    pub min_cluster_size: usize,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            write_consistency: Consistency::Quorum,
+            read_consistency: Consistency::One,
+            replica_timeout: DEFAULT_REPLICA_TIMEOUT,
+            hint_max_bytes_per_node: DEFAULT_HINT_MAX_BYTES,
+            hint_max_age: DEFAULT_HINT_MAX_AGE,
+            min_cluster_size: 0,
+        }
+    }
+}
+
+/// Why a replicated request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicationError {
+    /// The local store refused the key (invalid input).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The consistency level could not be met, or writes are refused (minority protection); the
+    /// message says how many replicas answered and why the others did not.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The node's replication state: the hints waiting for unreachable replicas.
+#[derive(Debug)]
+pub struct Replicator {
+    hints: Mutex<hints::HintQueues>,
+}
+
+impl Replicator {
+    /// A replicator with no hints.
+    pub fn new(config: &ReplicationConfig) -> Self {
+        Self {
+            hints: Mutex::new(hints::HintQueues::new(
+                config.hint_max_bytes_per_node,
+                duration_ms(config.hint_max_age),
+            )),
+        }
+    }
+
+    /// Hints waiting, all targets together.
+    pub fn hints_pending(&self) -> HintStats {
+        self.hints.lock().stats()
+    }
+
+    /// Hints waiting for `node_id`.
+    pub fn hints_pending_for(&self, node_id: &str) -> usize {
+        self.hints.lock().pending_for(node_id)
+    }
+}
+
+/// Refuses writes while this node sees fewer Active members than `min_cluster_size`.
+pub fn check_writable(node: &Node) -> Result<(), ReplicationError> {
+    let min = node.config().replication.min_cluster_size;
+    if min == 0 {
+        return Ok(());
+    }
+    let visible = node
+        .view()
+        .topology
+        .members()
+        .iter()
+        .filter(|m| m.state == NodeState::Active)
+        .count();
+    if visible < min {
+        return Err(ReplicationError::Unavailable(format!(
+            "only {visible} of min_cluster_size {min} members visible; refusing writes"
+        )));
+    }
+    Ok(())
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Why a call to one replica failed.
+#[derive(Debug, Clone)]
+enum Failure {
+    /// No answer within `replica_timeout`.
+    TimedOut(Duration),
+    /// The replica could not be reached (connection refused or broken, no address known).
+    Unreachable(String),
+    /// The replica answered with an error.
+    Refused(String),
+}
+
+impl Failure {
+    /// Whether the write should be kept as a hint for the replica.
+    fn hint(&self) -> bool {
+        matches!(self, Self::TimedOut(_) | Self::Unreachable(_))
+    }
+
+    fn of_status(status: &tonic::Status) -> Self {
+        use tonic::Code;
+        let text = describe_status(status);
+        match status.code() {
+            Code::Unavailable | Code::Unknown | Code::Cancelled => Self::Unreachable(text),
+            Code::DeadlineExceeded => Self::TimedOut(Duration::ZERO),
+            _ => Self::Refused(text),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TimedOut(after) if after.is_zero() => f.write_str("timed out"),
+            Self::TimedOut(after) => write!(f, "timed out after {after:?}"),
+            Self::Unreachable(text) => f.write_str(text),
+            Self::Refused(text) => write!(f, "refused: {text}"),
+        }
+    }
+}
+
+/// A status's message followed by its error sources (where a transport error says what
+/// happened, e.g. "Connection refused"), lower-case where the source is ours.
+fn describe_status(status: &tonic::Status) -> String {
+    let mut text = status.message().to_owned();
+    if text.is_empty() {
+        text = format!("{:?}", status.code()).to_lowercase();
+    }
+    let mut source = std::error::Error::source(status);
+    let mut depth = 0;
+    while let Some(error) = source {
+        let part = error.to_string();
+        if !part.is_empty() && !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = error.source();
+        depth += 1;
+        if depth > 8 {
+            break;
+        }
+    }
+    if text.to_ascii_lowercase().contains("connection refused") {
+        return "connection refused".to_owned();
+    }
+    text
+}
+
+/// Runs `call` against one replica with the replica timeout.
+async fn call_replica<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(match Failure::of_status(&status) {
+            Failure::TimedOut(_) => Failure::TimedOut(timeout),
+            other => other,
+        }),
+        Err(_) => Err(Failure::TimedOut(timeout)),
+    }
+}
+
+/// Sends `entries` to the node at `addr` with `Internal.Replicate`.
+async fn send_replicate(
+    node: &Node,
+    addr: Option<&str>,
+    entries: Vec<v1::VersionedEntry>,
+    hinted: bool,
+) -> Result<(), Failure> {
+    let timeout = node.config().replication.replica_timeout;
+    let addr = addr.ok_or_else(|| Failure::Unreachable("not in the topology".to_owned()))?;
+    let mut client = node
+        .peers()
+        .internal_client(addr)
+        .map_err(|status| Failure::Unreachable(describe_status(&status)))?;
+    let mut request = tonic::Request::new(v1::ReplicateRequest {
+        from_node_id: node.config().node_id.clone(),
+        entries,
+        hinted,
+    });
+    request.set_timeout(timeout);
+    call_replica(timeout, client.replicate(request))
+        .await
+        .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_need_one_a_majority_or_all() {
+        use Consistency::*;
+        assert_eq!(
+            [1, 2, 3, 4, 5].map(|r| One.required(r)),
+            [1, 1, 1, 1, 1]
+        );
+        assert_eq!(
+            [1, 2, 3, 4, 5].map(|r| Quorum.required(r)),
+            [1, 2, 2, 3, 3]
+        );
+        assert_eq!([1, 2, 3, 4, 5].map(|r| All.required(r)), [1, 2, 3, 4, 5]);
+        assert_eq!(All.required(0), 1, "an empty ring: the coordinator alone");
+    }
+
+    #[test]
+    fn unspecified_takes_the_default_and_unknown_values_are_refused() {
+        assert_eq!(
+            Consistency::from_wire(0, Consistency::Quorum),
+            Ok(Consistency::Quorum)
+        );
+        assert_eq!(
+            Consistency::from_wire(0, Consistency::One),
+            Ok(Consistency::One)
+        );
+        assert_eq!(
+            Consistency::from_wire(3, Consistency::One),
+            Ok(Consistency::All)
+        );
+        assert_eq!(Consistency::from_wire(9, Consistency::One), Err(9));
+    }
+
+    #[test]
+    fn only_unreachable_and_slow_replicas_get_hints() {
+        assert!(Failure::TimedOut(Duration::from_secs(2)).hint());
+        assert!(Failure::of_status(&tonic::Status::unavailable("down")).hint());
+        assert!(!Failure::of_status(&tonic::Status::resource_exhausted("full")).hint());
+        assert_eq!(
+            Failure::of_status(&tonic::Status::unavailable(
+                "tcp connect error: Connection refused (os error 111)"
+            ))
+            .to_string(),
+            "connection refused"
+        );
+    }
+}

@@ -1,0 +1,304 @@
+//! The write path: send what the coordinator holds for the written keys to their other
+//! replicas, and answer once the consistency level is met (see the module docs of
+//! [`super`]).
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ringcache_proto::v1;
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+
+use super::{Consistency, Failure, ReplicationError, send_replicate};
+use crate::api::to_wire;
+use crate::node::Node;
+
+/// Replicates the current local state of `keys` (just written by this node) to their other
+/// replicas and waits until every key reached `level`. Keys this node no longer holds (evicted)
+/// are skipped; duplicates count once. The calls that are still running when the level is met
+/// finish in the background, and unreachable replicas get hints.
+pub async fn replicate(
+    node: &Arc<Node>,
+    keys: Vec<Bytes>,
+    level: Consistency,
+) -> Result<(), ReplicationError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let plan = Plan::build(node, keys, level)?;
+    if plan.tally.all_met() && plan.targets.is_empty() {
+        return Ok(());
+    }
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(fan_out(node.clone(), plan, level, tx));
+    rx.await.unwrap_or_else(|_| {
+        Err(ReplicationError::Unavailable(
+            "the replication task ended without an answer".to_owned(),
+        ))
+    })
+}
+
+/// What to send where.
+#[derive(Debug)]
+struct Plan {
+    tally: Tally,
+    /// Per target node id: its address (if known), the entries, and the keys (tally indexes).
+    targets: BTreeMap<String, Target>,
+}
+
+#[derive(Debug)]
+struct Target {
+    addr: Option<String>,
+    entries: Vec<v1::VersionedEntry>,
+    keys: Vec<usize>,
+}
+
+impl Plan {
+    fn build(node: &Node, keys: Vec<Bytes>, level: Consistency) -> Result<Self, ReplicationError> {
+        let view = node.view();
+        let self_id = node.config().node_id.as_str();
+        let mut seen = HashSet::new();
+        let mut tally = Tally::default();
+        let mut targets: BTreeMap<String, Target> = BTreeMap::new();
+        for key in keys {
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            let Some(item) = node.store().get_versioned(&key)? else {
+                continue;
+            };
+            let replicas = view.replicas(&key);
+            if replicas.is_empty() {
+                continue;
+            }
+            let own = replicas.contains(self_id);
+            let index = tally.add(level.required(replicas.len()), replicas.len(), own);
+            let entry = to_wire(key, item);
+            for id in replicas.iter().filter(|id| *id != self_id) {
+                let target = targets.entry(id.to_owned()).or_insert_with(|| Target {
+                    addr: view.topology.member(id).map(|m| m.grpc_addr.clone()),
+                    entries: Vec::new(),
+                    keys: Vec::new(),
+                });
+                target.entries.push(entry.clone());
+                target.keys.push(index);
+                tally.keys[index].pending += 1;
+            }
+        }
+        Ok(Self { tally, targets })
+    }
+}
+
+/// Sends every batch in parallel; answers on `tx` as soon as the level is met, or once every
+/// call ended if it is not; keeps hints for the unreachable targets.
+async fn fan_out(
+    node: Arc<Node>,
+    plan: Plan,
+    level: Consistency,
+    tx: oneshot::Sender<Result<(), ReplicationError>>,
+) {
+    let Plan {
+        mut tally,
+        targets,
+    } = plan;
+    let mut tx = Some(tx);
+    if tally.all_met()
+        && let Some(tx) = tx.take()
+    {
+        let _ = tx.send(Ok(()));
+    }
+    let mut calls = JoinSet::new();
+    for (id, target) in targets {
+        let node = node.clone();
+        calls.spawn(async move {
+            let result =
+                send_replicate(&node, target.addr.as_deref(), target.entries.clone(), false).await;
+            (id, target, result)
+        });
+    }
+    let mut failures: Vec<(String, Failure)> = Vec::new();
+    let mut hinted: Vec<String> = Vec::new();
+    while let Some(joined) = calls.join_next().await {
+        let Ok((id, target, result)) = joined else {
+            continue;
+        };
+        let n = target.entries.len() as u64;
+        match result {
+            Ok(()) => {
+                node.metrics().record_replica_writes(true, n);
+                tally.ack(&target.keys);
+            }
+            Err(failure) => {
+                node.metrics().record_replica_writes(false, n);
+                tracing::debug!(target = %id, entries = n, %failure, "replica write failed");
+                tally.fail(&target.keys);
+                if failure.hint() && node.config().replication.hint_max_bytes_per_node > 0 {
+                    node.replicator().queue_hints(&node, &id, target.entries);
+                    hinted.push(id.clone());
+                }
+                failures.push((id, failure));
+            }
+        }
+        if tally.all_met()
+            && let Some(tx) = tx.take()
+        {
+            let _ = tx.send(Ok(()));
+        }
+    }
+    if let Some(tx) = tx.take() {
+        let message = tally.failure_message(level, &failures, &hinted);
+        let _ = tx.send(Err(ReplicationError::Unavailable(message)));
+    }
+}
+
+/// Acknowledgement counts per key.
+#[derive(Debug, Default)]
+pub(super) struct Tally {
+    keys: Vec<KeyTally>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct KeyTally {
+    needed: usize,
+    replicas: usize,
+    acks: usize,
+    pending: usize,
+}
+
+impl Tally {
+    /// Adds a key needing `needed` of `replicas` acknowledgements, one already there if `own`.
+    fn add(&mut self, needed: usize, replicas: usize, own: bool) -> usize {
+        self.keys.push(KeyTally {
+            needed,
+            replicas,
+            acks: usize::from(own),
+            pending: 0,
+        });
+        self.keys.len() - 1
+    }
+
+    fn ack(&mut self, keys: &[usize]) {
+        for &k in keys {
+            self.keys[k].acks += 1;
+            self.keys[k].pending -= 1;
+        }
+    }
+
+    fn fail(&mut self, keys: &[usize]) {
+        for &k in keys {
+            self.keys[k].pending -= 1;
+        }
+    }
+
+    fn all_met(&self) -> bool {
+        self.keys.iter().all(|k| k.acks >= k.needed)
+    }
+
+    /// "QUORUM write needs 2 of 3 replicas, 1 acknowledged (n2: connection refused; n3: timed
+    /// out after 2s); the write remains on the replicas that took it and is queued as hints for
+    /// n2, n3" — about the key furthest from its level, with how many keys fell short.
+    fn failure_message(
+        &self,
+        level: Consistency,
+        failures: &[(String, Failure)],
+        hinted: &[String],
+    ) -> String {
+        let short: Vec<&KeyTally> = self.keys.iter().filter(|k| k.acks < k.needed).collect();
+        let Some(worst) = short.iter().max_by_key(|k| k.needed - k.acks) else {
+            return format!("{} write met its level", level.as_str());
+        };
+        let mut message = format!(
+            "{} write needs {} of {} replicas, {} acknowledged",
+            level.as_str(),
+            worst.needed,
+            worst.replicas,
+            worst.acks
+        );
+        if self.keys.len() > 1 {
+            let _ = write!(message, " (for {} of {} keys)", short.len(), self.keys.len());
+        }
+        if !failures.is_empty() {
+            let reasons: Vec<String> = failures.iter().map(|(id, f)| format!("{id}: {f}")).collect();
+            let _ = write!(message, " ({})", reasons.join("; "));
+        }
+        message.push_str("; the write remains on the replicas that took it");
+        if !hinted.is_empty() {
+            let _ = write!(message, " and is queued as hints for {}", hinted.join(", "));
+        }
+        message
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_key_is_met_once_enough_replicas_acknowledge() {
+        let mut tally = Tally::default();
+        let a = tally.add(2, 3, true);
+        let b = tally.add(2, 3, false);
+        for k in [a, b] {
+            tally.keys[k].pending = 2;
+        }
+        assert!(!tally.all_met());
+        tally.ack(&[a, b]);
+        assert!(!tally.all_met(), "b has one acknowledgement");
+        tally.fail(&[a, b]);
+        assert!(!tally.all_met());
+        let message = tally.failure_message(
+            Consistency::Quorum,
+            &[("n3".to_owned(), Failure::TimedOut(Duration::from_secs(2)))],
+            &["n3".to_owned()],
+        );
+        assert_eq!(
+            message,
+            "QUORUM write needs 2 of 3 replicas, 1 acknowledged (for 1 of 2 keys) \
+             (n3: timed out after 2s); the write remains on the replicas that took it and is \
+             queued as hints for n3"
+        );
+    }
+
+    #[test]
+    fn a_single_key_message_names_every_failure() {
+        let mut tally = Tally::default();
+        let k = tally.add(3, 3, true);
+        tally.keys[k].pending = 2;
+        tally.fail(&[k]);
+        tally.fail(&[k]);
+        let message = tally.failure_message(
+            Consistency::All,
+            &[
+                (
+                    "n2".to_owned(),
+                    Failure::Unreachable("connection refused".to_owned()),
+                ),
+                (
+                    "n3".to_owned(),
+                    Failure::Refused("memory full".to_owned()),
+                ),
+            ],
+            &["n2".to_owned()],
+        );
+        assert_eq!(
+            message,
+            "ALL write needs 3 of 3 replicas, 1 acknowledged (n2: connection refused; n3: \
+             refused: memory full); the write remains on the replicas that took it and is queued \
+             as hints for n2"
+        );
+    }
+
+    #[test]
+    fn the_coordinator_alone_meets_one() {
+        let mut tally = Tally::default();
+        tally.add(Consistency::One.required(3), 3, true);
+        assert!(tally.all_met());
+        let mut not_a_replica = Tally::default();
+        not_a_replica.add(Consistency::One.required(3), 3, false);
+        assert!(!not_a_replica.all_met());
+    }
+}
