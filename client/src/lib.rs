@@ -43,6 +43,9 @@ mod refresh;
 mod router;
 mod wire;
 
+#[cfg(feature = "cli")]
+pub mod ctl;
+
 pub use builder::ClientBuilder;
 pub use bytes::Bytes;
 pub use client::Client;

@@ -1,0 +1,729 @@
+//! The cluster commands: `status`, `stats`, `rebalance status` and `drain`.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use ringcache_proto::{
+    topology::{Member, NodeState, Topology},
+    v1 as pb,
+};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::{
+    Ctx, EXIT_OK,
+    fmt::{self, Cell, Color, Table, paint, state_color},
+    metrics,
+    node::{NodeConn, NodeError, join_all},
+};
+
+/// How often `drain` polls the topology and the node's progress.
+const DRAIN_POLL: Duration = Duration::from_millis(200);
+
+/// The member with this id, or an error naming the members there are.
+pub(super) fn find_member<'t>(topology: &'t Topology, node_id: &str) -> anyhow::Result<&'t Member> {
+    match topology.member(node_id) {
+        Some(member) => Ok(member),
+        None => {
+            let ids: Vec<&str> = topology
+                .members()
+                .iter()
+                .map(|m| m.node_id.as_str())
+                .collect();
+            bail!(
+                "unknown node id {node_id:?} (members: {})",
+                if ids.is_empty() {
+                    "none".to_owned()
+                } else {
+                    ids.join(", ")
+                }
+            )
+        }
+    }
+}
+
+pub(super) fn member_json(member: &Member) -> Value {
+    json!({
+        "node_id": member.node_id,
+        "state": member.state.as_str(),
+        "incarnation": member.incarnation,
+        "weight": member.weight,
+        "grpc_addr": member.grpc_addr,
+        "gossip_addr": member.gossip_addr,
+        "http_addr": member.http_addr,
+    })
+}
+
+pub(super) fn topology_json(topology: &Topology) -> Value {
+    json!({
+        "digest": fmt::hex(topology.digest()),
+        "replication_factor": topology.replication_factor(),
+        "vnodes_per_weight": topology.vnodes_per_weight(),
+        "members": topology.members().iter().map(member_json).collect::<Vec<_>>(),
+    })
+}
+
+fn node_state_name(state: i32) -> &'static str {
+    NodeState::try_from(state).map_or("unknown", NodeState::as_str)
+}
+
+fn rebalance_json(status: &pb::RebalanceStatusResponse) -> Value {
+    json!({
+        "phase": status.phase,
+        "passes": status.passes,
+        "keys_scanned": status.keys_scanned,
+        "keys_total": status.keys_total,
+        "keys_sent": status.keys_sent,
+        "bytes_sent": status.bytes_sent,
+        "keys_received": status.keys_received,
+        "failures": status.failures,
+        "last_error": (!status.last_error.is_empty()).then_some(&status.last_error),
+    })
+}
+
+// ---- status -------------------------------------------------------------------------------------
+
+/// What one member answered.
+struct Probe {
+    info: pb::NodeInfoResponse,
+    digest: u64,
+    reads_per_second: Option<f64>,
+}
+
+async fn probe(member: &Member, timeout: Duration, rate: bool) -> Result<Probe, NodeError> {
+    let conn = NodeConn::connect(&member.grpc_addr, timeout).await?;
+    let info = conn.node_info().await?;
+    let first = Instant::now();
+    let digest = conn.topology().await?.digest();
+    let reads_per_second = if rate {
+        // The measurement window, not a synchronisation.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let later = conn.node_info().await?;
+        let reads = (later.hits + later.misses).saturating_sub(info.hits + info.misses);
+        #[allow(clippy::cast_precision_loss)] // display only
+        let rate = reads as f64 / first.elapsed().as_secs_f64();
+        Some(rate)
+    } else {
+        None
+    };
+    Ok(Probe {
+        info,
+        digest,
+        reads_per_second,
+    })
+}
+
+/// What is wrong with one member, if anything.
+fn member_problem(member: &Member, probe: &Result<Probe, NodeError>) -> Option<String> {
+    let id = &member.node_id;
+    match (member.state, probe) {
+        (NodeState::Active, Ok(_)) => None,
+        (NodeState::Dead, _) => Some(format!("{id} is dead")),
+        (state, Ok(_)) => Some(format!("{id} is {state}")),
+        (NodeState::Active, Err(error)) => Some(format!("{id} is {}", error.reason())),
+        (state, Err(error)) => Some(format!("{id} is {state} ({})", error.reason())),
+    }
+}
+
+pub(super) async fn status(ctx: &mut Ctx<'_>, rate: bool) -> anyhow::Result<i32> {
+    let home = ctx.home().await?;
+    let topology = home.topology().await?;
+    let members = topology.members();
+    let probes = join_all(
+        members
+            .iter()
+            .map(|m| probe(m, ctx.timeout, rate))
+            .collect(),
+    )
+    .await;
+
+    let mut problems: Vec<String> = members
+        .iter()
+        .zip(&probes)
+        .filter_map(|(m, p)| member_problem(m, p))
+        .collect();
+    if members.is_empty() {
+        problems.push("the topology has no members".to_owned());
+    }
+    let mut digests: std::collections::BTreeMap<u64, Vec<&str>> = Default::default();
+    for (member, probe) in members.iter().zip(&probes) {
+        if let Ok(probe) = probe {
+            digests
+                .entry(probe.digest)
+                .or_default()
+                .push(&member.node_id);
+        }
+    }
+    let digests_agree = digests.len() <= 1;
+    if !digests_agree {
+        let groups: Vec<String> = digests
+            .iter()
+            .map(|(digest, ids)| format!("{}: {}", fmt::hex(*digest), ids.join(", ")))
+            .collect();
+        problems.push(format!("topology digests disagree ({})", groups.join("; ")));
+    }
+    let reachable = probes.iter().filter(|p| p.is_ok()).count();
+    let verdict = if problems.is_empty() {
+        "healthy".to_owned()
+    } else {
+        format!("degraded: {}", problems.join("; "))
+    };
+
+    if ctx.json {
+        let members_json: Vec<Value> = members
+            .iter()
+            .zip(&probes)
+            .map(|(member, probe)| {
+                let mut value = member_json(member);
+                let fields = match probe {
+                    Ok(p) => json!({
+                        "reachable": true,
+                        "error": null,
+                        "node_state": node_state_name(p.info.state),
+                        "version": p.info.version,
+                        "uptime_seconds": p.info.uptime_seconds,
+                        "keys": p.info.keys,
+                        "memory_used_bytes": p.info.memory_used_bytes,
+                        "max_memory_bytes": p.info.max_memory_bytes,
+                        "hits": p.info.hits,
+                        "misses": p.info.misses,
+                        "evictions": p.info.evictions,
+                        "expirations": p.info.expirations,
+                        "topology_digest": fmt::hex(p.digest),
+                        "reads_per_second": p.reads_per_second,
+                    }),
+                    Err(error) => json!({
+                        "reachable": false,
+                        "error": error.reason(),
+                    }),
+                };
+                if let (Value::Object(target), Value::Object(extra)) = (&mut value, fields) {
+                    target.extend(extra);
+                }
+                value
+            })
+            .collect();
+        ctx.print_json(&json!({
+            "cluster": ctx.cluster,
+            "topology": {
+                "digest": fmt::hex(topology.digest()),
+                "replication_factor": topology.replication_factor(),
+                "vnodes_per_weight": topology.vnodes_per_weight(),
+            },
+            "members": members_json,
+            "reachable": reachable,
+            "digests_agree": digests_agree,
+            "healthy": problems.is_empty(),
+            "problems": problems,
+            "verdict": verdict,
+        }))?;
+        return Ok(EXIT_OK);
+    }
+
+    let mut headers = vec![
+        "NODE", "STATE", "INC", "GRPC", "GOSSIP", "HTTP", "KEYS", "MEMORY", "HITS", "MISSES",
+    ];
+    if rate {
+        headers.push("READS/S");
+    }
+    headers.push("DIGEST");
+    let mut table = Table::new(&headers);
+    for (member, probe) in members.iter().zip(&probes) {
+        let mut row = vec![
+            Cell::text(&member.node_id),
+            Cell::text(member.state.as_str()).color(state_color(member.state)),
+            Cell::num(member.incarnation),
+            Cell::text(&member.grpc_addr),
+            Cell::text(&member.gossip_addr),
+            Cell::text(&member.http_addr),
+        ];
+        match probe {
+            Ok(p) => {
+                row.extend([
+                    Cell::num(p.info.keys),
+                    Cell::num(format!(
+                        "{} / {}",
+                        fmt::bytes(p.info.memory_used_bytes),
+                        fmt::bytes(p.info.max_memory_bytes)
+                    )),
+                    Cell::num(p.info.hits),
+                    Cell::num(p.info.misses),
+                ]);
+                if let Some(rps) = p.reads_per_second {
+                    row.push(Cell::num(format!("{rps:.1}")));
+                }
+                let digest = Cell::text(fmt::hex(p.digest));
+                row.push(if p.digest == topology.digest() {
+                    digest
+                } else {
+                    digest.color(Color::Yellow)
+                });
+            }
+            Err(error) => {
+                row.extend(["-", "-", "-", "-"].map(Cell::num));
+                if rate {
+                    row.push(Cell::num("-"));
+                }
+                row.push(Cell::text(error.reason()).color(Color::Red));
+            }
+        }
+        table.row(row);
+    }
+    let mut text = table.render(ctx.color());
+    text.push_str(&format!(
+        "\ntopology {} from {}: {} members, R={}, {} vnodes per unit of weight\n",
+        fmt::hex(topology.digest()),
+        ctx.cluster,
+        members.len(),
+        topology.replication_factor(),
+        topology.vnodes_per_weight(),
+    ));
+    text.push_str(&if digests_agree {
+        format!("all {reachable} reachable members report the same topology digest\n")
+    } else {
+        paint(
+            &format!(
+                "reachable members report {} different topology digests\n",
+                digests.len()
+            ),
+            Some(Color::Yellow),
+            ctx.color(),
+        )
+    });
+    let verdict_color = if problems.is_empty() {
+        Color::Green
+    } else {
+        Color::Yellow
+    };
+    text.push_str(&paint(&verdict, Some(verdict_color), ctx.color()));
+    text.push('\n');
+    ctx.print(&text)?;
+    Ok(EXIT_OK)
+}
+
+// ---- stats --------------------------------------------------------------------------------------
+
+pub(super) async fn stats(ctx: &mut Ctx<'_>, node: Option<String>) -> anyhow::Result<i32> {
+    let home = ctx.home().await?;
+    let (conn, member) = match node {
+        Some(node_id) => {
+            let topology = home.topology().await?;
+            let member = find_member(&topology, &node_id)?.clone();
+            (
+                NodeConn::connect(&member.grpc_addr, ctx.timeout).await?,
+                Some(member),
+            )
+        }
+        None => (home, None),
+    };
+    let info = conn.node_info().await?;
+    let member = match member {
+        Some(member) => Some(member),
+        None => conn
+            .topology()
+            .await
+            .ok()
+            .and_then(|t| t.member(&info.node_id).cloned()),
+    };
+    let rebalance = conn.rebalance_status().await;
+    let http_addr = member
+        .as_ref()
+        .map(|m| m.http_addr.clone())
+        .filter(|a| !a.is_empty());
+    let scraped = match &http_addr {
+        Some(addr) => Some(metrics::scrape(addr, ctx.timeout).await),
+        None => None,
+    };
+
+    if ctx.json {
+        ctx.print_json(&json!({
+            "node_id": info.node_id,
+            "grpc_addr": conn.addr(),
+            "http_addr": http_addr,
+            "version": info.version,
+            "state": node_state_name(info.state),
+            "uptime_seconds": info.uptime_seconds,
+            "keys": info.keys,
+            "memory_used_bytes": info.memory_used_bytes,
+            "max_memory_bytes": info.max_memory_bytes,
+            "eviction_policy": info.eviction_policy,
+            "hits": info.hits,
+            "misses": info.misses,
+            "evictions": info.evictions,
+            "expirations": info.expirations,
+            "rebalance": rebalance.as_ref().ok().map(rebalance_json),
+            "rebalance_error": rebalance.as_ref().err().map(NodeError::reason),
+            "metrics": scraped.as_ref().and_then(|s| s.as_ref().ok()),
+            "metrics_error": scraped.as_ref().and_then(|s| s.as_ref().err()),
+        }))?;
+        return Ok(EXIT_OK);
+    }
+
+    let mut lines: Vec<(&str, String)> = vec![
+        ("node", format!("{} at {}", info.node_id, conn.addr())),
+        ("version", info.version.clone()),
+        ("state", node_state_name(info.state).to_owned()),
+        (
+            "uptime",
+            fmt::duration(Duration::from_secs(info.uptime_seconds)),
+        ),
+        ("keys", info.keys.to_string()),
+        (
+            "memory",
+            format!(
+                "{} of {} ({})",
+                fmt::bytes(info.memory_used_bytes),
+                fmt::bytes(info.max_memory_bytes),
+                fmt::percent(info.memory_used_bytes, info.max_memory_bytes)
+            ),
+        ),
+        ("eviction policy", info.eviction_policy.clone()),
+        ("hits", info.hits.to_string()),
+        ("misses", info.misses.to_string()),
+        (
+            "hit ratio",
+            fmt::percent(info.hits, info.hits + info.misses),
+        ),
+        ("evictions", info.evictions.to_string()),
+        ("expirations", info.expirations.to_string()),
+    ];
+    match &rebalance {
+        Ok(r) => lines.extend([
+            ("rebalance", r.phase.clone()),
+            ("  passes", r.passes.to_string()),
+            (
+                "  scanned",
+                format!("{} of {} keys", r.keys_scanned, r.keys_total),
+            ),
+            (
+                "  sent",
+                format!("{} keys, {}", r.keys_sent, fmt::bytes(r.bytes_sent)),
+            ),
+            ("  received", format!("{} keys", r.keys_received)),
+            ("  failures", r.failures.to_string()),
+            (
+                "  last error",
+                if r.last_error.is_empty() {
+                    "-".to_owned()
+                } else {
+                    r.last_error.clone()
+                },
+            ),
+        ]),
+        Err(error) => lines.push(("rebalance", error.reason())),
+    }
+    let mut metric_lines = Vec::new();
+    match &scraped {
+        Some(Ok(values)) => {
+            lines.push((
+                "metrics",
+                format!("from http://{}/metrics", http_addr.unwrap_or_default()),
+            ));
+            for (name, value) in values {
+                let label = name.strip_prefix("ringcache_").unwrap_or(name).to_owned();
+                metric_lines.push((format!("  {label}"), format_number(*value)));
+            }
+        }
+        Some(Err(error)) => lines.push(("metrics", error.clone())),
+        None => {}
+    }
+    let mut all: Vec<(&str, String)> = lines;
+    all.extend(metric_lines.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    let text = fmt::pairs(&all);
+    ctx.print(&text)?;
+    Ok(EXIT_OK)
+}
+
+fn format_number(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.3}")
+    }
+}
+
+// ---- rebalance status ---------------------------------------------------------------------------
+
+pub(super) async fn rebalance_status(ctx: &mut Ctx<'_>) -> anyhow::Result<i32> {
+    let home = ctx.home().await?;
+    let topology = home.topology().await?;
+    let timeout = ctx.timeout;
+    let statuses = join_all(
+        topology
+            .members()
+            .iter()
+            .map(|m| async move {
+                let conn = NodeConn::connect(&m.grpc_addr, timeout).await?;
+                conn.rebalance_status().await
+            })
+            .collect(),
+    )
+    .await;
+
+    if ctx.json {
+        let nodes: Vec<Value> = topology
+            .members()
+            .iter()
+            .zip(&statuses)
+            .map(|(member, status)| match status {
+                Ok(s) => json!({
+                    "node_id": member.node_id,
+                    "state": member.state.as_str(),
+                    "reachable": true,
+                    "error": null,
+                    "rebalance": rebalance_json(s),
+                }),
+                Err(error) => json!({
+                    "node_id": member.node_id,
+                    "state": member.state.as_str(),
+                    "reachable": false,
+                    "error": error.reason(),
+                    "rebalance": null,
+                }),
+            })
+            .collect();
+        ctx.print_json(&json!({
+            "topology_digest": fmt::hex(topology.digest()),
+            "nodes": nodes,
+        }))?;
+        return Ok(EXIT_OK);
+    }
+
+    let mut table = Table::new(&[
+        "NODE",
+        "STATE",
+        "PHASE",
+        "PASSES",
+        "SCANNED",
+        "SENT",
+        "BYTES SENT",
+        "RECEIVED",
+        "FAILURES",
+        "LAST ERROR",
+    ]);
+    for (member, status) in topology.members().iter().zip(&statuses) {
+        let mut row = vec![
+            Cell::text(&member.node_id),
+            Cell::text(member.state.as_str()).color(state_color(member.state)),
+        ];
+        match status {
+            Ok(s) => {
+                let phase = Cell::text(&s.phase);
+                row.extend([
+                    if s.phase == "idle" {
+                        phase
+                    } else {
+                        phase.color(Color::Yellow)
+                    },
+                    Cell::num(s.passes),
+                    Cell::num(format!("{}/{}", s.keys_scanned, s.keys_total)),
+                    Cell::num(s.keys_sent),
+                    Cell::num(fmt::bytes(s.bytes_sent)),
+                    Cell::num(s.keys_received),
+                    if s.failures > 0 {
+                        Cell::num(s.failures).color(Color::Red)
+                    } else {
+                        Cell::num(s.failures)
+                    },
+                    Cell::text(if s.last_error.is_empty() {
+                        "-"
+                    } else {
+                        &s.last_error
+                    }),
+                ]);
+            }
+            Err(error) => {
+                row.push(Cell::text(error.reason()).color(Color::Red));
+            }
+        }
+        table.row(row);
+    }
+    let text = table.render(ctx.color());
+    ctx.print(&text)?;
+    Ok(EXIT_OK)
+}
+
+// ---- drain --------------------------------------------------------------------------------------
+
+/// Shows drain progress: a bar on a terminal, else a plain line whenever it changes (human
+/// output only).
+struct DrainProgress {
+    bar: Option<ProgressBar>,
+    plain: bool,
+    last: String,
+}
+
+impl DrainProgress {
+    fn new(ctx: &Ctx<'_>) -> Self {
+        let bar = ctx.term.progress.then(|| {
+            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+            if let Ok(style) = ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {pos}/{len} keys ({elapsed})",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        DrainProgress {
+            plain: bar.is_none() && !ctx.json,
+            bar,
+            last: String::new(),
+        }
+    }
+
+    fn update(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        line: String,
+        progress: Option<(u64, u64)>,
+    ) -> anyhow::Result<()> {
+        if let Some(bar) = &self.bar {
+            if let Some((done, total)) = progress {
+                bar.set_length(total);
+                bar.set_position(done.min(total));
+            }
+            bar.set_message(line);
+        } else if self.plain && line != self.last {
+            ctx.print(&format!("{line}\n"))?;
+            self.last = line;
+        }
+        Ok(())
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+pub(super) async fn drain(
+    ctx: &mut Ctx<'_>,
+    node_id: &str,
+    limit: Duration,
+) -> anyhow::Result<i32> {
+    let home = ctx.home().await?;
+    let topology = home.topology().await?;
+    let member = find_member(&topology, node_id)?.clone();
+    if member.state == NodeState::Dead {
+        bail!("{node_id} is dead: it cannot hand off its data");
+    }
+    // Follow the topology from another member: the leaving node stops answering at the end.
+    let home_id = home.node_info().await?.node_id;
+    let observer = if home_id != node_id {
+        Some(home)
+    } else {
+        let mut found = None;
+        for other in topology
+            .members()
+            .iter()
+            .filter(|m| m.node_id != node_id && m.state == NodeState::Active)
+        {
+            if let Ok(conn) = NodeConn::connect(&other.grpc_addr, ctx.timeout).await {
+                found = Some(conn);
+                break;
+            }
+        }
+        found
+    };
+    let target = NodeConn::connect(&member.grpc_addr, ctx.timeout).await?;
+    let before = target.rebalance_status().await.ok();
+    target.leave().await?;
+    let started = Instant::now();
+    let sent_before = before.as_ref().map_or(0, |s| s.keys_sent);
+    let bytes_before = before.as_ref().map_or(0, |s| s.bytes_sent);
+
+    let mut progress = DrainProgress::new(ctx);
+    let mut target = Some(target);
+    // Keys and bytes handed off since the leave, as last read from the node (`None` when it
+    // stopped answering before its progress could be read).
+    let mut sent: Option<(u64, u64)> = None;
+    let mut observer_error: Option<NodeError> = None;
+    loop {
+        let status = match &target {
+            Some(conn) => conn.rebalance_status().await.ok(),
+            None => None,
+        };
+        if status.is_none() {
+            target = None;
+        }
+        if let Some(s) = &status {
+            sent = Some((
+                s.keys_sent.saturating_sub(sent_before),
+                s.bytes_sent.saturating_sub(bytes_before),
+            ));
+        }
+        let gone = match &observer {
+            Some(observer) => match observer.topology().await {
+                Ok(topology) => {
+                    observer_error = None;
+                    topology
+                        .member(node_id)
+                        .is_none_or(|m| m.state == NodeState::Dead)
+                }
+                Err(error) => {
+                    observer_error = Some(error);
+                    false
+                }
+            },
+            None => target.is_none(),
+        };
+        if gone {
+            break;
+        }
+        let (line, bar) = match &status {
+            Some(s) => (
+                format!(
+                    "{node_id}: {}, scanned {}/{} keys, handed off {} keys",
+                    s.phase,
+                    s.keys_scanned,
+                    s.keys_total,
+                    sent.map_or(0, |(keys, _)| keys)
+                ),
+                Some((s.keys_scanned, s.keys_total)),
+            ),
+            None => (
+                format!("{node_id}: stopped answering; waiting for the cluster to drop it"),
+                None,
+            ),
+        };
+        progress.update(ctx, line, bar)?;
+        if started.elapsed() >= limit {
+            progress.finish();
+            let why = observer_error.map_or_else(String::new, |e| format!(" (last error: {e})"));
+            bail!(
+                "{node_id} is still in the topology after {}{why}; it keeps leaving, see ringctl rebalance status",
+                fmt::duration(limit)
+            );
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+    progress.finish();
+    let elapsed = started.elapsed();
+    if ctx.json {
+        ctx.print_json(&json!({
+            "node_id": node_id,
+            "drained": true,
+            "elapsed_ms": u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            "keys_sent": sent.map(|(keys, _)| keys),
+            "bytes_sent": sent.map(|(_, bytes)| bytes),
+        }))?;
+    } else {
+        let handed_off = match sent {
+            Some((keys, bytes)) if target.is_some() => {
+                format!(": handed off {keys} keys ({})", fmt::bytes(bytes))
+            }
+            Some((keys, bytes)) => {
+                format!(": handed off at least {keys} keys ({})", fmt::bytes(bytes))
+            }
+            None => String::new(),
+        };
+        ctx.print(&format!(
+            "{node_id} left the cluster after {}{handed_off}\n",
+            fmt::duration(elapsed),
+        ))?;
+    }
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,547 @@
+//! `ringctl`, the admin CLI of a ringcache cluster, as a library module (feature `cli`).
+//!
+//! [`run`] parses the arguments and runs one command against the node named by `--cluster`
+//! (env `RINGCACHE_CLUSTER`, default `127.0.0.1:7379`), writing to the streams it is given, so
+//! tests can drive it in-process; the `ringctl` binary calls [`run_main`] with the process's own
+//! streams.
+//!
+//! Exit codes: `0` success, `1` error (one line on stderr, `ringctl: <message>`), `2` usage
+//! error, `3` the key does not exist (`get`, `ttl`; nothing is written to stdout).
+//!
+//! Commands: `status`, `ring`, `locate KEY`, `get`/`set`/`del`/`ttl`/`incr`, `stats [NODE]`,
+//! `drain NODE`, `rebalance status`, `watch`, `completions SHELL`. Every command prints aligned
+//! tables by default (colour only on a terminal) or one JSON document with `--output json`
+//! (`watch`: one JSON document per line, per topology).
+
+use std::{
+    io::{IsTerminal, Read, Write},
+    time::Duration,
+};
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum, error::ErrorKind};
+use serde_json::Value;
+
+use crate::{Client, Consistency};
+
+mod cluster;
+mod fmt;
+mod kv;
+mod metrics;
+mod node;
+mod ring;
+mod watch;
+
+use node::{NodeConn, one_line};
+
+/// Exit code of a successful command.
+pub const EXIT_OK: i32 = 0;
+/// Exit code of a failed command (the reason is one line on stderr).
+pub const EXIT_ERROR: i32 = 1;
+/// Exit code of a command line that does not parse.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code of `get` and `ttl` when the key does not exist.
+pub const EXIT_MISSING: i32 = 3;
+
+const EXIT_HELP: &str = "\
+Exit status:
+  0  success
+  1  error: one line on stderr, \"ringctl: <message>\"
+  2  usage error (bad flag, bad duration, missing argument)
+  3  the key does not exist (get, ttl); nothing is written to stdout";
+
+/// Administer and query a ringcache cluster.
+#[derive(Debug, Parser)]
+#[command(name = "ringctl", version, after_help = EXIT_HELP, arg_required_else_help = true)]
+struct Cli {
+    /// gRPC address (host:port) of any node of the cluster.
+    #[arg(
+        long,
+        global = true,
+        env = "RINGCACHE_CLUSTER",
+        default_value = "127.0.0.1:7379",
+        value_name = "HOST:PORT"
+    )]
+    cluster: String,
+
+    /// Output format: aligned tables, or one JSON document per command.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Human)]
+    output: Output,
+
+    /// Bound on connecting to a node and on each request (humantime: 500ms, 5s, 1m).
+    #[arg(long, global = true, default_value = "5s", value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Duration,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ConsistencyArg {
+    One,
+    Quorum,
+    All,
+}
+
+impl From<ConsistencyArg> for Consistency {
+    fn from(value: ConsistencyArg) -> Self {
+        match value {
+            ConsistencyArg::One => Consistency::One,
+            ConsistencyArg::Quorum => Consistency::Quorum,
+            ConsistencyArg::All => Consistency::All,
+        }
+    }
+}
+
+/// Options of the key-value commands.
+#[derive(Debug, clap::Args)]
+struct KvOptions {
+    /// Consistency of the request (default: the cluster's, quorum for writes and one for reads).
+    #[arg(long, value_enum)]
+    consistency: Option<ConsistencyArg>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Every member with its state, addresses and counters, whether all agree on the topology,
+    /// and a verdict: healthy, or degraded and why.
+    Status {
+        /// Also measure reads per second (hits + misses) over one second on each node.
+        #[arg(long)]
+        rate: bool,
+    },
+    /// The ring: each node's vnodes and estimated share of keys (primary and any replica), the
+    /// replication factor, and the keys each node holds.
+    Ring {
+        /// Synthetic keys placed to estimate the shares.
+        #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+        samples: u32,
+    },
+    /// A key's hash and replica set, and what each replica holds for it (version, expiry), so a
+    /// missing or stale copy shows.
+    Locate {
+        /// The key (UTF-8).
+        key: String,
+    },
+    /// Print a key's value: the raw bytes on stdout with no newline added (binary-safe). With
+    /// `--output json`: {"value": ..., "encoding": "utf8"|"base64", "version", "ttl_ms"}.
+    /// A missing key exits with status 3 and prints nothing.
+    Get {
+        /// The key (UTF-8).
+        key: String,
+        #[command(flatten)]
+        options: KvOptions,
+    },
+    /// Store a value: from the VALUE argument, from --file, or else from stdin (binary-safe).
+    Set {
+        /// The key (UTF-8).
+        key: String,
+        /// The value; when absent and no --file is given, stdin is read to its end.
+        value: Option<String>,
+        /// Read the value from this file.
+        #[arg(long, value_name = "PATH", conflicts_with = "value")]
+        file: Option<std::path::PathBuf>,
+        /// Expire the key after this long (humantime: 10s, 5m).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        #[command(flatten)]
+        options: KvOptions,
+    },
+    /// Delete a key (prints whether it existed; exits 0 either way).
+    #[command(alias = "delete")]
+    Del {
+        /// The key (UTF-8).
+        key: String,
+        #[command(flatten)]
+        options: KvOptions,
+    },
+    /// A key's remaining time to live ("persistent" when it has none). A missing key exits with
+    /// status 3 and prints nothing.
+    Ttl {
+        /// The key (UTF-8).
+        key: String,
+        #[command(flatten)]
+        options: KvOptions,
+    },
+    /// Add DELTA (default 1, may be negative) to the integer at a key and print the result.
+    Incr {
+        /// The key (UTF-8).
+        key: String,
+        /// The amount to add.
+        #[arg(allow_negative_numbers = true, default_value_t = 1)]
+        delta: i64,
+        /// TTL given to the key when this call creates it.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        #[command(flatten)]
+        options: KvOptions,
+    },
+    /// One node's counters (keys, memory, hits, misses, evictions, expirations, and what its
+    /// /metrics endpoint adds) and its data movement.
+    Stats {
+        /// A node id from the topology (default: the --cluster node).
+        node: Option<String>,
+    },
+    /// Make a node leave gracefully (Admin.Leave) and follow its hand-off until it is gone from
+    /// the topology.
+    Drain {
+        /// The node id.
+        node: String,
+        /// Give up waiting after this long (the node keeps leaving).
+        #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = parse_duration)]
+        timeout_drain: Duration,
+    },
+    /// Data movement after ring changes.
+    Rebalance {
+        #[command(subcommand)]
+        command: RebalanceCommand,
+    },
+    /// Print the topology, then every new one as it changes, until Ctrl-C or the stream ends.
+    Watch {
+        /// Stop after this many topologies.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
+    },
+    /// Print a shell completion script (e.g. `ringctl completions bash > /etc/bash_completion.d/ringctl`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RebalanceCommand {
+    /// Every member's data movement: phase, keys scanned of total, sent, received, failures.
+    Status,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("bad duration {text:?}: {e} (examples: 500ms, 5s, 10m)"))?;
+    if duration.is_zero() {
+        return Err(format!("bad duration {text:?}: must be greater than zero"));
+    }
+    Ok(duration)
+}
+
+/// Whether the output streams are a terminal: colour on stdout, progress bars on stderr.
+#[derive(Debug, Clone, Copy, Default)]
+struct Terminal {
+    color: bool,
+    progress: bool,
+}
+
+/// What every command gets: the global options and the streams.
+struct Ctx<'a> {
+    cluster: String,
+    json: bool,
+    timeout: Duration,
+    term: Terminal,
+    stdin: &'a mut dyn Read,
+    out: &'a mut dyn Write,
+}
+
+impl Ctx<'_> {
+    /// A connection to the `--cluster` node.
+    async fn home(&self) -> anyhow::Result<NodeConn> {
+        Ok(NodeConn::connect(&self.cluster, self.timeout).await?)
+    }
+
+    /// A routing client through the `--cluster` node.
+    async fn client(&self, options: &KvOptions) -> anyhow::Result<Client> {
+        // Our own connection first: its error names the node and the reason in one line.
+        self.home().await?;
+        let client = Client::builder()
+            .seeds([&self.cluster])
+            .connect_timeout(self.timeout)
+            .request_timeout(self.timeout)
+            .connect()
+            .await?;
+        Ok(client.with_consistency(options.consistency.map(Consistency::from)))
+    }
+
+    /// Writes human output.
+    fn print(&mut self, text: &str) -> anyhow::Result<()> {
+        self.out.write_all(text.as_bytes())?;
+        Ok(())
+    }
+
+    /// Writes one pretty-printed JSON document.
+    fn print_json(&mut self, value: &Value) -> anyhow::Result<()> {
+        serde_json::to_writer_pretty(&mut *self.out, value)?;
+        self.out.write_all(b"\n")?;
+        Ok(())
+    }
+
+    fn color(&self) -> bool {
+        self.term.color
+    }
+}
+
+/// Runs ringctl with `args` (the arguments after the program name) on the given streams, and
+/// returns the exit code. Output is never treated as a terminal: no colour, no progress bars.
+///
+/// ```no_run
+/// # async fn demo() {
+/// let mut out = Vec::new();
+/// let mut err = Vec::new();
+/// let code = ringcache::ctl::run(
+///     vec!["--cluster".into(), "127.0.0.1:7379".into(), "status".into()],
+///     &mut std::io::empty(),
+///     &mut out,
+///     &mut err,
+/// )
+/// .await;
+/// assert_eq!(code, 0);
+/// # }
+/// ```
+pub async fn run(
+    args: Vec<String>,
+    stdin: &mut dyn Read,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> i32 {
+    run_with(args, stdin, stdout, stderr, Terminal::default()).await
+}
+
+/// Runs ringctl on the process's arguments and standard streams (what the `ringctl` binary
+/// does); colour when stdout is a terminal and `NO_COLOR` is unset, progress bars when stderr is
+/// a terminal. Returns the exit code.
+pub async fn run_main() -> i32 {
+    let mut stderr = std::io::stderr();
+    let mut args = Vec::new();
+    for arg in std::env::args_os().skip(1) {
+        match arg.into_string() {
+            Ok(arg) => args.push(arg),
+            Err(arg) => {
+                let _ = writeln!(stderr, "ringctl: argument {arg:?} is not valid UTF-8");
+                return EXIT_USAGE;
+            }
+        }
+    }
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let term = Terminal {
+        color: std::io::stdout().is_terminal() && !no_color,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let stdin = std::io::stdin();
+    let mut stdin = stdin.lock();
+    let mut stdout = std::io::stdout().lock();
+    let code = run_with(args, &mut stdin, &mut stdout, &mut stderr, term).await;
+    match stdout.flush() {
+        Ok(()) => code,
+        Err(error) if code == EXIT_OK => {
+            let _ = writeln!(stderr, "ringctl: cannot write output: {error}");
+            EXIT_ERROR
+        }
+        Err(_) => code,
+    }
+}
+
+async fn run_with(
+    args: Vec<String>,
+    stdin: &mut dyn Read,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+    term: Terminal,
+) -> i32 {
+    let cli = match Cli::try_parse_from(std::iter::once("ringctl".to_owned()).chain(args)) {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(&error, stdout, stderr, term),
+    };
+    let mut ctx = Ctx {
+        cluster: String::new(),
+        json: cli.output == Output::Json,
+        timeout: cli.timeout,
+        term,
+        stdin,
+        out: stdout,
+    };
+    let result = match crate::conn::parse_seeds([&cli.cluster]) {
+        Ok(mut seeds) => {
+            ctx.cluster = seeds.remove(0);
+            dispatch(&mut ctx, cli.command).await
+        }
+        Err(error) => {
+            let message = error.to_string();
+            let message = message
+                .strip_prefix("invalid argument: seed ")
+                .unwrap_or(&message);
+            Err(anyhow::anyhow!("bad --cluster address {message}"))
+        }
+    };
+    let flushed = ctx.out.flush();
+    match result.and_then(|code| {
+        flushed?;
+        Ok(code)
+    }) {
+        Ok(code) => code,
+        Err(error) => {
+            let _ = writeln!(stderr, "ringctl: {}", one_line(&format!("{error:#}")));
+            EXIT_ERROR
+        }
+    }
+}
+
+/// Help and version go to stdout with status 0; other parse errors are one line on stderr with
+/// status 2 (a missing subcommand prints the help there instead).
+fn usage_error(
+    error: &clap::Error,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+    term: Terminal,
+) -> i32 {
+    let rendered = error.render();
+    let text = if term.color {
+        rendered.ansi().to_string()
+    } else {
+        rendered.to_string()
+    };
+    match error.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = stdout.write_all(text.as_bytes());
+            EXIT_OK
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = stderr.write_all(text.as_bytes());
+            EXIT_USAGE
+        }
+        _ => {
+            let plain = rendered.to_string();
+            let first = plain.lines().next().unwrap_or_default();
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            let _ = writeln!(stderr, "ringctl: {first} (see ringctl --help)");
+            EXIT_USAGE
+        }
+    }
+}
+
+async fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> anyhow::Result<i32> {
+    match command {
+        Command::Status { rate } => cluster::status(ctx, rate).await,
+        Command::Ring { samples } => ring::ring(ctx, samples).await,
+        Command::Locate { key } => ring::locate(ctx, key).await,
+        Command::Get { key, options } => kv::get(ctx, key, &options).await,
+        Command::Set {
+            key,
+            value,
+            file,
+            ttl,
+            options,
+        } => kv::set(ctx, key, value, file, ttl, &options).await,
+        Command::Del { key, options } => kv::del(ctx, key, &options).await,
+        Command::Ttl { key, options } => kv::ttl(ctx, key, &options).await,
+        Command::Incr {
+            key,
+            delta,
+            ttl,
+            options,
+        } => kv::incr(ctx, key, delta, ttl, &options).await,
+        Command::Stats { node } => cluster::stats(ctx, node).await,
+        Command::Drain {
+            node,
+            timeout_drain,
+        } => cluster::drain(ctx, &node, timeout_drain).await,
+        Command::Rebalance {
+            command: RebalanceCommand::Status,
+        } => cluster::rebalance_status(ctx).await,
+        Command::Watch { count } => watch::watch(ctx, count).await,
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "ringctl", &mut ctx.out);
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn run_args(args: &[&str]) -> (i32, String, String) {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let code = run(
+            args.iter().map(|s| (*s).to_owned()).collect(),
+            &mut std::io::empty(),
+            &mut out,
+            &mut err,
+        )
+        .await;
+        (
+            code,
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[tokio::test]
+    async fn help_and_version_exit_zero() {
+        let (code, out, err) = run_args(&["--help"]).await;
+        assert_eq!(code, EXIT_OK, "{err}");
+        assert!(
+            out.contains("Exit status:") && out.contains("status"),
+            "{out}"
+        );
+        let (code, out, _) = run_args(&["get", "--help"]).await;
+        assert_eq!(code, EXIT_OK);
+        assert!(out.contains("status 3"), "{out}");
+        let (code, out, _) = run_args(&["--version"]).await;
+        assert_eq!(code, EXIT_OK);
+        assert!(out.starts_with("ringctl "), "{out}");
+    }
+
+    #[tokio::test]
+    async fn usage_errors_exit_two_in_one_line() {
+        for args in [
+            &["--timeout", "soon", "status"][..],
+            &["--timeout", "0s", "status"],
+            &["frobnicate"],
+            &["set", "k", "v", "--file", "x"],
+            &["--output", "yaml", "status"],
+        ] {
+            let (code, out, err) = run_args(args).await;
+            assert_eq!(code, EXIT_USAGE, "{args:?}: {err}");
+            assert!(out.is_empty());
+            assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+            assert!(err.starts_with("ringctl: "), "{err}");
+        }
+        let (code, _, err) = run_args(&["--timeout", "soon", "status"]).await;
+        assert_eq!(code, EXIT_USAGE);
+        assert!(err.contains("bad duration \"soon\""), "{err}");
+        let (code, _, err) = run_args(&[]).await;
+        assert_eq!(code, EXIT_USAGE);
+        assert!(err.contains("Usage:"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_bad_cluster_address_is_one_line() {
+        let (code, out, err) = run_args(&["--cluster", "nowhere", "status"]).await;
+        assert_eq!(code, EXIT_ERROR);
+        assert!(out.is_empty());
+        assert_eq!(
+            err,
+            "ringctl: bad --cluster address \"nowhere\": expected host:port (the port is missing)\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn completions_need_no_cluster() {
+        for shell in ["bash", "zsh", "fish"] {
+            let (code, out, err) =
+                run_args(&["--cluster", "127.0.0.1:1", "completions", shell]).await;
+            assert_eq!(code, EXIT_OK, "{err}");
+            assert!(out.contains("ringctl") && out.contains("locate"), "{shell}");
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! Talking to one node directly: a connection, the `Cluster` and `Admin` calls ringctl makes, each
+//! bounded by `--timeout`, and errors that read as one line ("cannot reach 127.0.0.1:7379:
+//! connection refused").
+
+use std::{error::Error as StdError, fmt, future::Future, pin::Pin, task::Poll, time::Duration};
+
+use bytes::Bytes;
+use ringcache_proto::{
+    topology::Topology,
+    v1::{self as pb, admin_client::AdminClient, cluster_client::ClusterClient},
+};
+use tonic::{
+    Code, Status, Streaming,
+    transport::{Channel, Endpoint},
+};
+
+/// Why a call to a node failed.
+#[derive(Debug, Clone)]
+pub(crate) enum NodeError {
+    /// No connection could be made, or it broke.
+    Unreachable { addr: String, reason: String },
+    /// No answer within the timeout.
+    Timeout {
+        addr: String,
+        call: &'static str,
+        after: Duration,
+    },
+    /// The node answered with an error.
+    Rpc {
+        addr: String,
+        call: &'static str,
+        reason: String,
+    },
+}
+
+impl NodeError {
+    /// The reason alone, for a table cell: `connection refused`, `no answer within 5s`.
+    pub(crate) fn reason(&self) -> String {
+        match self {
+            NodeError::Unreachable { reason, .. } => format!("unreachable: {reason}"),
+            NodeError::Timeout { call, after, .. } => {
+                format!(
+                    "no answer to {call} within {}",
+                    super::fmt::duration(*after)
+                )
+            }
+            NodeError::Rpc { call, reason, .. } => format!("{call}: {reason}"),
+        }
+    }
+}
+
+impl fmt::Display for NodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeError::Unreachable { addr, reason } => write!(f, "cannot reach {addr}: {reason}"),
+            NodeError::Timeout { addr, call, after } => write!(
+                f,
+                "{addr} did not answer {call} within {}",
+                super::fmt::duration(*after)
+            ),
+            NodeError::Rpc { addr, call, reason } => write!(f, "{addr}: {call}: {reason}"),
+        }
+    }
+}
+
+impl StdError for NodeError {}
+
+/// The most useful text of an error chain: an I/O error's kind in words when there is one
+/// (`connection refused`), else the innermost message.
+pub(crate) fn describe_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut innermost = error.to_string();
+    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(cause) = current {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return describe_io(io);
+        }
+        let text = cause.to_string();
+        if !text.is_empty() {
+            innermost = text;
+        }
+        current = cause.source();
+    }
+    one_line(&innermost)
+}
+
+fn describe_io(error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let text = match error.kind() {
+        ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+        ErrorKind::ConnectionReset => "connection reset".to_owned(),
+        ErrorKind::ConnectionAborted => "connection aborted".to_owned(),
+        ErrorKind::TimedOut => "connection timed out".to_owned(),
+        ErrorKind::AddrNotAvailable => "address not available".to_owned(),
+        _ => {
+            let text = error.to_string();
+            match text.find(" (os error") {
+                Some(at) => text[..at].to_owned(),
+                None => text,
+            }
+        }
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => one_line(&(first.to_lowercase().collect::<String>() + chars.as_str())),
+        None => text,
+    }
+}
+
+/// Text on one line: newlines become spaces.
+pub(crate) fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A connection to one node.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeConn {
+    addr: String,
+    channel: Channel,
+    timeout: Duration,
+}
+
+impl NodeConn {
+    /// Connects to `addr` (`host:port`), bounded by `timeout`.
+    pub(crate) async fn connect(addr: &str, timeout: Duration) -> Result<Self, NodeError> {
+        let unreachable = |reason: String| NodeError::Unreachable {
+            addr: addr.to_owned(),
+            reason,
+        };
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| unreachable(format!("bad address: {}", describe_chain(&e))))?
+            .connect_timeout(timeout)
+            .tcp_nodelay(true);
+        match tokio::time::timeout(timeout, endpoint.connect()).await {
+            Ok(Ok(channel)) => Ok(NodeConn {
+                addr: addr.to_owned(),
+                channel,
+                timeout,
+            }),
+            Ok(Err(error)) => Err(unreachable(describe_chain(&error))),
+            Err(_) => Err(unreachable(format!(
+                "no connection within {}",
+                super::fmt::duration(timeout)
+            ))),
+        }
+    }
+
+    /// The node's `host:port`.
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn cluster(&self) -> ClusterClient<Channel> {
+        ClusterClient::new(self.channel.clone())
+    }
+
+    fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel.clone())
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.timeout);
+        request
+    }
+
+    /// Runs one call under the timeout and maps its failure.
+    async fn call<T>(
+        &self,
+        call: &'static str,
+        future: impl Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, NodeError> {
+        match tokio::time::timeout(self.timeout, future).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(self.status_error(call, &status)),
+            Err(_) => Err(NodeError::Timeout {
+                addr: self.addr.clone(),
+                call,
+                after: self.timeout,
+            }),
+        }
+    }
+
+    fn status_error(&self, call: &'static str, status: &Status) -> NodeError {
+        let addr = self.addr.clone();
+        let local = StdError::source(status).is_some();
+        match status.code() {
+            Code::DeadlineExceeded | Code::Cancelled if !local => NodeError::Timeout {
+                addr,
+                call,
+                after: self.timeout,
+            },
+            Code::Unavailable | Code::Unknown | Code::Cancelled if local => {
+                NodeError::Unreachable {
+                    addr,
+                    reason: describe_chain(status),
+                }
+            }
+            code => {
+                let name = format!("{code:?}").to_lowercase();
+                let message = one_line(status.message());
+                let reason = if message.is_empty() {
+                    name
+                } else {
+                    format!("{name}: {message}")
+                };
+                NodeError::Rpc { addr, call, reason }
+            }
+        }
+    }
+
+    /// `Cluster.GetTopology`, validated.
+    pub(crate) async fn topology(&self) -> Result<Topology, NodeError> {
+        let mut client = self.cluster();
+        let wire = self
+            .call(
+                "GetTopology",
+                client.get_topology(self.request(pb::GetTopologyRequest {})),
+            )
+            .await?;
+        Topology::try_from(&wire).map_err(|e| NodeError::Rpc {
+            addr: self.addr.clone(),
+            call: "GetTopology",
+            reason: format!("invalid topology: {e}"),
+        })
+    }
+
+    /// `Cluster.NodeInfo`.
+    pub(crate) async fn node_info(&self) -> Result<pb::NodeInfoResponse, NodeError> {
+        let mut client = self.cluster();
+        self.call(
+            "NodeInfo",
+            client.node_info(self.request(pb::NodeInfoRequest {})),
+        )
+        .await
+    }
+
+    /// `Cluster.WatchTopology`: the stream of topologies (no timeout on the stream itself).
+    pub(crate) async fn watch(&self) -> Result<Streaming<pb::Topology>, NodeError> {
+        let mut client = self.cluster();
+        self.call(
+            "WatchTopology",
+            client.watch_topology(pb::WatchTopologyRequest {}),
+        )
+        .await
+    }
+
+    /// The error of a watch stream that failed.
+    pub(crate) fn stream_error(&self, status: &Status) -> NodeError {
+        self.status_error("WatchTopology", status)
+    }
+
+    /// `Admin.Inspect`.
+    pub(crate) async fn inspect(&self, key: Bytes) -> Result<pb::InspectResponse, NodeError> {
+        let mut client = self.admin();
+        self.call(
+            "Inspect",
+            client.inspect(self.request(pb::InspectRequest { key })),
+        )
+        .await
+    }
+
+    /// `Admin.RebalanceStatus`.
+    pub(crate) async fn rebalance_status(&self) -> Result<pb::RebalanceStatusResponse, NodeError> {
+        let mut client = self.admin();
+        self.call(
+            "RebalanceStatus",
+            client.rebalance_status(self.request(pb::RebalanceStatusRequest {})),
+        )
+        .await
+    }
+
+    /// `Admin.Leave`.
+    pub(crate) async fn leave(&self) -> Result<pb::LeaveResponse, NodeError> {
+        let mut client = self.admin();
+        self.call("Leave", client.leave(self.request(pb::LeaveRequest {})))
+            .await
+    }
+}
+
+/// Awaits every future concurrently on the caller's task; outputs in input order.
+pub(crate) async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_closed_port_is_unreachable_in_one_line() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let error = NodeConn::connect(&addr, Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("cannot reach {addr}: connection refused")
+        );
+        assert_eq!(error.reason(), "unreachable: connection refused");
+    }
+
+    #[test]
+    fn io_errors_read_as_words() {
+        let io = std::io::Error::other("Something\nbroke (os error 5)");
+        assert_eq!(describe_chain(&io), "something broke");
+    }
+}

@@ -1,0 +1,408 @@
+//! `ringctl` against live 3-node loopback clusters, run in-process through `ringcache::ctl::run`
+//! with captured streams: status, ring, locate, the key-value commands, stats, rebalance status,
+//! watch, drain, completions, and its exit codes and one-line errors.
+
+use std::time::Duration;
+
+use ringcache::Client;
+use ringcache_proto::placement::Ring;
+use ringcache_tests::{TestCluster, wait_until};
+use serde_json::Value;
+
+/// Generous bound: failure detection here takes ~0.5 s (100 ms probes, 400 ms suspicion).
+const CONVERGE: Duration = Duration::from_secs(15);
+
+/// What one ringctl run produced.
+struct Outcome {
+    code: i32,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Outcome {
+    fn text(&self) -> String {
+        String::from_utf8(self.stdout.clone()).expect("stdout is UTF-8")
+    }
+
+    fn json(&self) -> Value {
+        assert_eq!(self.code, 0, "stderr: {}", self.stderr);
+        serde_json::from_slice(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {}", self.text()))
+    }
+
+    fn ok(&self) -> String {
+        assert_eq!(self.code, 0, "stderr: {}", self.stderr);
+        assert!(self.stderr.is_empty(), "stderr: {}", self.stderr);
+        self.text()
+    }
+}
+
+async fn ctl_stdin(cluster: &str, args: &[&str], stdin: &[u8]) -> Outcome {
+    let mut argv = vec!["--cluster".to_owned(), cluster.to_owned()];
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
+    let mut input = stdin;
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let code = ringcache::ctl::run(argv, &mut input, &mut stdout, &mut stderr).await;
+    Outcome {
+        code,
+        stdout,
+        stderr: String::from_utf8(stderr).expect("stderr is UTF-8"),
+    }
+}
+
+async fn ctl(cluster: &str, args: &[&str]) -> Outcome {
+    ctl_stdin(cluster, args, &[]).await
+}
+
+async fn converged_cluster() -> (TestCluster, String) {
+    let cluster = TestCluster::start(3).await;
+    cluster.wait_converged(CONVERGE).await.unwrap();
+    let addr = cluster.nodes[0].grpc_target();
+    (cluster, addr)
+}
+
+/// Runs `args` until `done` holds for the outcome (bounded by [`CONVERGE`]) and returns it: a
+/// loaded machine may briefly suspect a healthy node, which the verdict would report.
+async fn ctl_until(cluster: &str, args: &[&str], done: impl Fn(&Outcome) -> bool) -> Outcome {
+    let give_up = tokio::time::Instant::now() + CONVERGE;
+    loop {
+        let outcome = ctl(cluster, args).await;
+        if done(&outcome) || tokio::time::Instant::now() >= give_up {
+            return outcome;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn status_shows_three_healthy_members() {
+    let (cluster, addr) = converged_cluster().await;
+
+    let healthy = |o: &Outcome| o.text().lines().last() == Some("healthy");
+    let text = ctl_until(&addr, &["status"], healthy).await.ok();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("NODE") && lines[0].contains("DIGEST"),
+        "{text}"
+    );
+    for id in ["n1", "n2", "n3"] {
+        let row = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{id} ")))
+            .unwrap_or_else(|| panic!("no row for {id}: {text}"));
+        assert!(row.contains("active"), "{row}");
+        assert!(
+            row.contains(&cluster.node(id).grpc_addr.to_string()),
+            "{row}"
+        );
+    }
+    assert!(text.contains("all 3 reachable members report the same topology digest"));
+    assert_eq!(lines.last(), Some(&"healthy"), "{text}");
+
+    let healthy_json = |o: &Outcome| o.text().contains("\"verdict\": \"healthy\"");
+    let status = ctl_until(&addr, &["--output", "json", "status"], healthy_json)
+        .await
+        .json();
+    assert_eq!(status["verdict"], "healthy");
+    assert_eq!(status["healthy"], true);
+    assert_eq!(status["digests_agree"], true);
+    let members = status["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    for member in members {
+        assert_eq!(member["state"], "active", "{member}");
+        assert_eq!(member["reachable"], true, "{member}");
+        assert_eq!(member["topology_digest"], status["topology"]["digest"]);
+        assert!(member["keys"].is_u64() && member["max_memory_bytes"].as_u64() > Some(0));
+    }
+}
+
+#[tokio::test]
+async fn json_output_parses_for_ring_locate_stats_and_rebalance() {
+    let (cluster, addr) = converged_cluster().await;
+    ctl(&addr, &["set", "k1", "v1"]).await.ok();
+
+    let ring = ctl(&addr, &["-o", "json", "ring", "--samples", "20000"])
+        .await
+        .json();
+    assert_eq!(ring["samples"], 20000);
+    assert_eq!(ring["replicas_per_key"], 3);
+    let nodes = ring["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    let primary: f64 = nodes
+        .iter()
+        .map(|n| n["primary_share"].as_f64().unwrap())
+        .sum();
+    assert!((primary - 1.0).abs() < 1e-9, "{ring}");
+    for node in nodes {
+        // R = 3 of 3 nodes: every node holds a copy of every key.
+        assert_eq!(node["replica_share"].as_f64(), Some(1.0), "{node}");
+        assert_eq!(node["vnodes"], 256, "{node}");
+        assert!(node["keys"].is_u64(), "{node}");
+    }
+    let text = ctl(&addr, &["ring"]).await.ok();
+    assert!(text.contains("ring of 3 nodes, R=3"), "{text}");
+
+    let located = ctl(&addr, &["-o", "json", "locate", "k1"]).await.json();
+    assert_eq!(located["key"], "k1");
+    assert_eq!(located["replicas"].as_array().unwrap().len(), 3);
+
+    let stats = ctl(&addr, &["-o", "json", "stats"]).await.json();
+    assert_eq!(stats["node_id"], "n1");
+    assert!(stats["keys"].is_u64() && stats["hits"].is_u64());
+    assert!(stats["rebalance"]["phase"].is_string(), "{stats}");
+    let stats = ctl(&addr, &["-o", "json", "stats", "n2"]).await.json();
+    assert_eq!(stats["node_id"], "n2");
+    assert_eq!(stats["grpc_addr"], cluster.node("n2").grpc_target());
+    let text = ctl(&addr, &["stats", "n3"]).await.ok();
+    assert!(text.starts_with("node "), "{text}");
+    assert!(
+        text.contains("n3 at ") && text.contains("hit ratio"),
+        "{text}"
+    );
+
+    let rebalance = ctl(&addr, &["-o", "json", "rebalance", "status"])
+        .await
+        .json();
+    let nodes = rebalance["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    assert!(nodes.iter().all(|n| n["rebalance"]["phase"].is_string()));
+    let text = ctl(&addr, &["rebalance", "status"]).await.ok();
+    assert!(text.starts_with("NODE") && text.contains("PHASE"), "{text}");
+
+    let unknown = ctl(&addr, &["stats", "n9"]).await;
+    assert_eq!(unknown.code, 1);
+    assert!(unknown.stdout.is_empty());
+    assert_eq!(
+        unknown.stderr,
+        "ringctl: unknown node id \"n9\" (members: n1, n2, n3)\n"
+    );
+}
+
+#[tokio::test]
+async fn locate_names_the_replicas_the_client_routes_to() {
+    let (cluster, addr) = converged_cluster().await;
+    let client = Client::connect([cluster.nodes[1].grpc_target()])
+        .await
+        .unwrap();
+    let ring = Ring::new(&client.topology());
+    for i in 0..5 {
+        let key = format!("user:{i}");
+        let version = client.set(key.clone(), "x").await.unwrap();
+        let expected: Vec<String> = ring
+            .replicas(key.as_bytes())
+            .iter()
+            .map(str::to_owned)
+            .collect();
+
+        let located = ctl(&addr, &["-o", "json", "locate", &key]).await.json();
+        let replicas: Vec<String> = located["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(replicas, expected, "{key}");
+        assert_eq!(
+            located["hash_u64"].as_u64(),
+            Some(ringcache_proto::placement::key_hash(key.as_bytes()))
+        );
+        let primary = &located["nodes"][0];
+        assert_eq!(primary["node_id"], expected[0].as_str());
+        assert_eq!(primary["role"], "primary");
+        assert_eq!(primary["found"], true, "{located}");
+        assert_eq!(primary["live"], true, "{located}");
+        assert_eq!(primary["version"].as_u64(), Some(version), "{located}");
+
+        let text = ctl(&addr, &["locate", &key]).await.ok();
+        assert!(
+            text.contains(&format!("replicas  {} (R=3)", expected.join(", "))),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn set_get_del_round_trip_including_binary_values_from_stdin() {
+    let (_cluster, addr) = converged_cluster().await;
+
+    let text = ctl(&addr, &["set", "greeting", "hello"]).await.ok();
+    assert!(text.starts_with("stored 5 B (version "), "{text}");
+    let got = ctl(&addr, &["get", "greeting"]).await;
+    assert_eq!(got.ok(), "hello", "raw output, no newline added");
+
+    let binary: Vec<u8> = (0..=255u8).collect();
+    ctl_stdin(&addr, &["set", "blob"], &binary).await.ok();
+    let got = ctl(&addr, &["get", "blob"]).await;
+    assert_eq!(got.code, 0, "{}", got.stderr);
+    assert_eq!(got.stdout, binary);
+    let got = ctl(&addr, &["-o", "json", "get", "blob"]).await.json();
+    assert_eq!(got["encoding"], "base64");
+    assert_eq!(got["value"].as_str().unwrap().len(), 344);
+    let got = ctl(&addr, &["-o", "json", "get", "greeting"]).await.json();
+    assert_eq!(got["encoding"], "utf8");
+    assert_eq!(got["value"], "hello");
+    assert_eq!(got["ttl_ms"], Value::Null);
+
+    let set = ctl(&addr, &["-o", "json", "set", "session", "s", "--ttl", "1h"])
+        .await
+        .json();
+    assert_eq!(set["stored"], true);
+    let ttl = ctl(&addr, &["-o", "json", "ttl", "session"]).await.json();
+    let left = ttl["ttl_ms"].as_u64().unwrap();
+    assert!(left > 3_500_000 && left <= 3_600_000, "{ttl}");
+    assert_eq!(ctl(&addr, &["ttl", "greeting"]).await.ok(), "persistent\n");
+
+    assert_eq!(ctl(&addr, &["incr", "hits"]).await.ok(), "1\n");
+    assert_eq!(ctl(&addr, &["incr", "hits", "41"]).await.ok(), "42\n");
+    assert_eq!(ctl(&addr, &["incr", "hits", "-2"]).await.ok(), "40\n");
+    let not_a_number = ctl(&addr, &["incr", "greeting"]).await;
+    assert_eq!(not_a_number.code, 1);
+    assert_eq!(
+        not_a_number.stderr.lines().count(),
+        1,
+        "{}",
+        not_a_number.stderr
+    );
+
+    assert_eq!(ctl(&addr, &["del", "greeting"]).await.ok(), "deleted\n");
+    assert_eq!(ctl(&addr, &["del", "greeting"]).await.ok(), "not found\n");
+    for args in [
+        &["get", "greeting"][..],
+        &["-o", "json", "get", "greeting"],
+        &["ttl", "greeting"],
+    ] {
+        let missing = ctl(&addr, args).await;
+        assert_eq!(missing.code, 3, "{args:?}: {}", missing.stderr);
+        assert!(missing.stdout.is_empty(), "{args:?}");
+        assert!(missing.stderr.is_empty(), "{args:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_crashed_node_shows_in_status_with_a_degraded_verdict() {
+    let (mut cluster, addr) = converged_cluster().await;
+    cluster.take("n3").crash().await.unwrap();
+
+    let last = std::sync::Mutex::new(Value::Null);
+    let seen = wait_until(CONVERGE, || {
+        let addr = addr.clone();
+        let last = &last;
+        async move {
+            let status = ctl(&addr, &["-o", "json", "status"]).await.json();
+            let n3 = status["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["node_id"] == "n3")
+                .cloned();
+            *last.lock().unwrap() = status.clone();
+            let verdict = status["verdict"].as_str().unwrap_or_default().to_owned();
+            n3.is_some_and(|n3| {
+                (n3["state"] == "suspect" || n3["state"] == "dead") && n3["reachable"] == false
+            }) && verdict.starts_with("degraded: ")
+                && verdict.contains("n3")
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "last status: {}", last.lock().unwrap());
+
+    let text = ctl(&addr, &["status"]).await.ok();
+    let verdict = text.lines().last().unwrap();
+    assert!(
+        verdict.starts_with("degraded: ") && verdict.contains("n3"),
+        "{text}"
+    );
+    let row = text.lines().find(|l| l.starts_with("n3 ")).unwrap();
+    assert!(
+        row.contains("unreachable") && (row.contains("suspect") || row.contains("dead")),
+        "{row}"
+    );
+}
+
+#[tokio::test]
+async fn errors_exit_one_with_one_line() {
+    for args in [
+        &["status"][..],
+        &["get", "k"],
+        &["-o", "json", "ring"],
+        &["locate", "k"],
+        &["watch"],
+    ] {
+        let outcome = ctl("127.0.0.1:1", args).await;
+        assert_eq!(outcome.code, 1, "{args:?}");
+        assert!(outcome.stdout.is_empty(), "{args:?}");
+        assert_eq!(
+            outcome.stderr, "ringctl: cannot reach 127.0.0.1:1: connection refused\n",
+            "{args:?}"
+        );
+    }
+    let bad_duration = ctl("127.0.0.1:1", &["--timeout", "soon", "status"]).await;
+    assert_eq!(bad_duration.code, 2);
+    assert_eq!(
+        bad_duration.stderr.lines().count(),
+        1,
+        "{}",
+        bad_duration.stderr
+    );
+    assert!(
+        bad_duration.stderr.contains("bad duration"),
+        "{}",
+        bad_duration.stderr
+    );
+}
+
+#[tokio::test]
+async fn watch_prints_the_topology() {
+    let (cluster, addr) = converged_cluster().await;
+    let digest = format!("{:#018x}", cluster.nodes[0].node.view().topology.digest());
+    let text = ctl(&addr, &["watch", "--count", "1"]).await.ok();
+    assert!(
+        text.contains(&format!("topology {digest}: 3 members")),
+        "{text}"
+    );
+    for id in ["n1", "n2", "n3"] {
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{id} "))),
+            "{text}"
+        );
+    }
+    let json = ctl(&addr, &["-o", "json", "watch", "--count", "1"]).await;
+    let line: Value = serde_json::from_str(json.ok().trim_end()).unwrap();
+    assert_eq!(line["digest"], digest.as_str());
+    assert_eq!(line["members"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn drain_hands_off_and_the_node_leaves() {
+    let (mut cluster, addr) = converged_cluster().await;
+    for i in 0..20 {
+        ctl(&addr, &["set", &format!("key{i}"), "v"]).await.ok();
+    }
+    let text = ctl(&addr, &["drain", "n3", "--timeout-drain", "60s"])
+        .await
+        .ok();
+    assert!(
+        text.lines()
+            .last()
+            .unwrap()
+            .starts_with("n3 left the cluster after "),
+        "{text}"
+    );
+    cluster.take("n3").wait_stopped().await.unwrap();
+    let ring = ctl(&addr, &["-o", "json", "ring", "--samples", "1000"])
+        .await
+        .json();
+    assert_eq!(ring["nodes"].as_array().unwrap().len(), 2, "{ring}");
+    assert_eq!(ctl(&addr, &["get", "key7"]).await.ok(), "v");
+}
+
+#[tokio::test]
+async fn completions_print_a_script() {
+    let bash = ctl("127.0.0.1:1", &["completions", "bash"]).await.ok();
+    assert!(
+        bash.contains("_ringctl()") && bash.contains("complete "),
+        "{bash}"
+    );
+    assert!(bash.contains("locate") && bash.contains("--cluster"));
+}
