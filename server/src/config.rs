@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use ringcache_proto::placement::DEFAULT_VNODES_PER_WEIGHT;
 
+use crate::replication::{Consistency, ReplicationConfig};
 use crate::store::{EvictionPolicy, MAX_KEY_LEN, StoreConfig};
 
 /// Default gRPC port (clients and nodes).
@@ -134,6 +135,51 @@ pub struct Cli {
     /// [default: text].
     #[arg(long, env = "RINGCACHE_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Replicas that must acknowledge a write that asks for no consistency level: `one`,
+    /// `quorum` (R/2+1) or `all` [default: quorum].
+    #[arg(long, env = "RINGCACHE_WRITE_CONSISTENCY", value_name = "LEVEL")]
+    pub write_consistency: Option<ConsistencyArg>,
+    /// Replicas that must answer a read that asks for no consistency level: `one` (local),
+    /// `quorum` or `all` (newest answer wins, stale replicas are repaired) [default: one].
+    #[arg(long, env = "RINGCACHE_READ_CONSISTENCY", value_name = "LEVEL")]
+    pub read_consistency: Option<ConsistencyArg>,
+    /// Longest wait for one replica's answer to a replicated write, a quorum read or a hint
+    /// replay; a replica that does not answer in time counts as failed [default: 2s].
+    #[arg(long, env = "RINGCACHE_REPLICA_TIMEOUT", value_name = "DURATION")]
+    pub replica_timeout: Option<HumanDuration>,
+    /// Hints (writes kept for a replica that could not be reached) per target node; over it the
+    /// oldest are dropped; 0 keeps no hints [default: 64MiB].
+    #[arg(long, env = "RINGCACHE_HINT_MAX_BYTES", value_name = "SIZE")]
+    pub hint_max_bytes: Option<ByteSize>,
+    /// Hints older than this are dropped; must be shorter than tombstone-grace [default: 5m].
+    #[arg(long, env = "RINGCACHE_HINT_MAX_AGE", value_name = "DURATION")]
+    pub hint_max_age: Option<HumanDuration>,
+    /// Refuse writes (UNAVAILABLE) while this node sees fewer active members than this, so a
+    /// partitioned minority takes no writes; 0 = off [default: 0].
+    #[arg(long, env = "RINGCACHE_MIN_CLUSTER_SIZE", value_name = "N")]
+    pub min_cluster_size: Option<usize>,
+}
+
+/// Consistency level as written in flags and files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsistencyArg {
+    /// One replica.
+    One,
+    /// A majority of the key's replicas.
+    Quorum,
+    /// Every replica of the key.
+    All,
+}
+
+impl From<ConsistencyArg> for Consistency {
+    fn from(arg: ConsistencyArg) -> Self {
+        match arg {
+            ConsistencyArg::One => Self::One,
+            ConsistencyArg::Quorum => Self::Quorum,
+            ConsistencyArg::All => Self::All,
+        }
+    }
 }
 
 /// Eviction policy as written in flags and files.
@@ -249,6 +295,12 @@ struct FileConfig {
     probe_interval: Option<HumanDuration>,
     probe_timeout: Option<HumanDuration>,
     suspicion_timeout: Option<HumanDuration>,
+    write_consistency: Option<ConsistencyArg>,
+    read_consistency: Option<ConsistencyArg>,
+    replica_timeout: Option<HumanDuration>,
+    hint_max_bytes: Option<ByteSize>,
+    hint_max_age: Option<HumanDuration>,
+    min_cluster_size: Option<usize>,
 }
 
 /// Everything a node runs with, validated.
@@ -292,6 +344,8 @@ pub struct Config {
     pub probe_timeout: Duration,
     /// Time from suspicion to death.
     pub suspicion_timeout: Duration,
+    /// Consistency defaults, replica timeout, hint limits, minority protection.
+    pub replication: ReplicationConfig,
     /// Bytes per second a node sends when rebalancing (0 = unlimited).
     pub rebalance_bytes_per_sec: u64,
     /// Longest hand-off at a graceful leave.
@@ -313,6 +367,7 @@ impl Config {
     }
 
     fn layer(cli: Cli, file: FileConfig) -> anyhow::Result<Self> {
+        let replication = replication_config(&cli, &file)?;
         let defaults = StoreConfig::default();
         let bind = cli
             .bind
@@ -417,6 +472,7 @@ impl Config {
                 .suspicion_timeout
                 .or(file.suspicion_timeout)
                 .map_or(Duration::from_secs(3), |d| d.0),
+            replication,
             rebalance_bytes_per_sec: cli
                 .rebalance_rate
                 .or(file.rebalance_rate)
@@ -489,6 +545,18 @@ impl Config {
         if self.workers == Some(0) {
             bail!("workers must be at least 1");
         }
+        let replication = &self.replication;
+        if replication.replica_timeout.is_zero() {
+            bail!("replica_timeout must be greater than zero");
+        }
+        let grace = Duration::from_millis(self.store.tombstone_grace_ms);
+        if self.replication_factor.get() > 1 && replication.hint_max_age >= grace {
+            bail!(
+                "hint_max_age ({:?}) must be shorter than tombstone_grace ({grace:?}), or a replayed \
+                 hint could bring back a key deleted after it",
+                replication.hint_max_age
+            );
+        }
         let ports = [
             ("grpc_port", self.grpc_port),
             ("gossip_port", self.gossip_port),
@@ -534,6 +602,38 @@ impl Config {
     pub fn http_addr(&self) -> SocketAddr {
         SocketAddr::new(self.bind, self.http_port)
     }
+}
+
+/// The replication settings: `cli` over `file` over the defaults.
+fn replication_config(cli: &Cli, file: &FileConfig) -> anyhow::Result<ReplicationConfig> {
+    let defaults = ReplicationConfig::default();
+    Ok(ReplicationConfig {
+        write_consistency: cli
+            .write_consistency
+            .or(file.write_consistency)
+            .map_or(defaults.write_consistency, Consistency::from),
+        read_consistency: cli
+            .read_consistency
+            .or(file.read_consistency)
+            .map_or(defaults.read_consistency, Consistency::from),
+        replica_timeout: cli
+            .replica_timeout
+            .or(file.replica_timeout)
+            .map_or(defaults.replica_timeout, |d| d.0),
+        hint_max_bytes_per_node: to_usize(
+            "hint_max_bytes",
+            cli.hint_max_bytes.or(file.hint_max_bytes).map(|b| b.0),
+        )?
+        .unwrap_or(defaults.hint_max_bytes_per_node),
+        hint_max_age: cli
+            .hint_max_age
+            .or(file.hint_max_age)
+            .map_or(defaults.hint_max_age, |d| d.0),
+        min_cluster_size: cli
+            .min_cluster_size
+            .or(file.min_cluster_size)
+            .unwrap_or(defaults.min_cluster_size),
+    })
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -640,6 +740,63 @@ mod tests {
     }
 
     #[test]
+    fn replication_settings_layer_and_validate() {
+        let defaults = Config::layer(Cli::default(), FileConfig::default()).unwrap();
+        let replication = &defaults.replication;
+        assert_eq!(replication.write_consistency, Consistency::Quorum);
+        assert_eq!(replication.read_consistency, Consistency::One);
+        assert_eq!(replication.replica_timeout, Duration::from_secs(2));
+        assert_eq!(replication.hint_max_bytes_per_node, 64 * 1024 * 1024);
+        assert_eq!(replication.hint_max_age, Duration::from_secs(300));
+        assert_eq!(replication.min_cluster_size, 0);
+
+        let file: FileConfig = toml::from_str(
+            r#"
+            write_consistency = "all"
+            read_consistency = "quorum"
+            hint_max_bytes = "1MiB"
+            min_cluster_size = 2
+            "#,
+        )
+        .unwrap();
+        let cli = parse(&[
+            "--write-consistency",
+            "one",
+            "--replica-timeout",
+            "250ms",
+            "--hint-max-age",
+            "1m",
+        ]);
+        let config = Config::layer(cli, file).unwrap();
+        let replication = &config.replication;
+        assert_eq!(replication.write_consistency, Consistency::One, "flag wins");
+        assert_eq!(replication.read_consistency, Consistency::Quorum);
+        assert_eq!(replication.replica_timeout, Duration::from_millis(250));
+        assert_eq!(replication.hint_max_bytes_per_node, 1024 * 1024);
+        assert_eq!(replication.hint_max_age, Duration::from_secs(60));
+        assert_eq!(replication.min_cluster_size, 2);
+
+        let err = |cli: Cli| {
+            Config::layer(cli, FileConfig::default())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(parse(&["--hint-max-age", "10m"])).contains("hint_max_age"));
+        assert!(
+            err(parse(&["--tombstone-grace", "1m", "--hint-max-age", "2m"]))
+                .contains("tombstone_grace")
+        );
+        assert!(err(parse(&["--replica-timeout", "0s"])).contains("replica_timeout"));
+        assert!(Cli::try_parse_from(["ringcached", "--write-consistency", "two"]).is_err());
+        // A lone copy has no hints to replay, so any grace goes.
+        Config::layer(
+            parse(&["--replication-factor", "1", "--tombstone-grace", "0s"]),
+            FileConfig::default(),
+        )
+        .unwrap();
+    }
+
+    #[test]
     fn a_larger_value_limit_raises_the_message_limit() {
         let config = Config::layer(
             parse(&["--max-value-bytes", "32MiB"]),
@@ -663,6 +820,12 @@ mod tests {
             "--replication-factor",
             "--max-memory",
             "--config",
+            "--write-consistency",
+            "--read-consistency",
+            "--replica-timeout",
+            "--hint-max-bytes",
+            "--hint-max-age",
+            "--min-cluster-size",
         ] {
             assert!(help.contains(flag), "{flag} missing from --help");
         }

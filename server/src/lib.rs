@@ -13,6 +13,7 @@ mod http;
 pub mod metrics;
 pub mod node;
 pub mod rebalance;
+pub mod replication;
 pub mod store;
 pub mod view;
 

@@ -134,7 +134,18 @@ pub struct Metrics {
     gossip_dropped: Vec<Counter>,
     members: Vec<Gauge>,
     topology_members: Gauge,
+    hints_pending: Gauge,
+    hints_pending_bytes: Gauge,
+    /// `hints_dropped[reason]`, reasons as in [`HINT_DROP_REASONS`].
+    hints_dropped: Vec<Counter>,
+    hints_replayed: Counter,
+    /// `replica_writes[0]`: acknowledged, `[1]`: failed.
+    replica_writes: [Counter; 2],
+    read_repairs: Counter,
 }
+
+/// Why hints are dropped, as the `reason` label of `ringcache_hints_dropped_total` names it.
+const HINT_DROP_REASONS: [&str; 2] = ["max_bytes", "max_age"];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -324,7 +335,64 @@ impl Metrics {
                 )
             })
             .collect();
+        describe(
+            &recorder,
+            "ringcache_hints_pending",
+            Unit::Count,
+            "Writes kept as hints for replicas that could not be reached, all targets together",
+        );
+        describe(
+            &recorder,
+            "ringcache_hints_pending_bytes",
+            Unit::Bytes,
+            "Bytes charged to pending hints (key + value + overhead)",
+        );
+        describe(
+            &recorder,
+            "ringcache_hints_dropped_total",
+            Unit::Count,
+            "Hints dropped before delivery, by reason (max_bytes: over hint_max_bytes for the target, max_age: older than hint_max_age)",
+        );
+        describe(
+            &recorder,
+            "ringcache_hints_replayed_total",
+            Unit::Count,
+            "Hints delivered to their target after it came back",
+        );
+        describe(
+            &recorder,
+            "ringcache_replica_writes_total",
+            Unit::Count,
+            "Entries this node sent to other replicas as a write's coordinator, by result (ok, failed)",
+        );
+        describe(
+            &recorder,
+            "ringcache_read_repairs_total",
+            Unit::Count,
+            "Stale or missing copies fixed by read repair after QUORUM and ALL reads",
+        );
+        let hints_dropped = HINT_DROP_REASONS
+            .iter()
+            .map(|reason| {
+                counter(
+                    "ringcache_hints_dropped_total",
+                    vec![Label::new("reason", *reason)],
+                )
+            })
+            .collect();
+        let replica_writes = ["ok", "failed"].map(|result| {
+            counter(
+                "ringcache_replica_writes_total",
+                vec![Label::new("result", result)],
+            )
+        });
         Self {
+            hints_pending: gauge("ringcache_hints_pending"),
+            hints_pending_bytes: gauge("ringcache_hints_pending_bytes"),
+            hints_dropped,
+            hints_replayed: counter("ringcache_hints_replayed_total", vec![]),
+            replica_writes,
+            read_repairs: counter("ringcache_read_repairs_total", vec![]),
             gossip_packets_sent: counter("ringcache_gossip_packets_sent_total", vec![]),
             gossip_packets_received: counter("ringcache_gossip_packets_received_total", vec![]),
             gossip_bytes_sent: counter("ringcache_gossip_bytes_sent_total", vec![]),
@@ -395,6 +463,37 @@ impl Metrics {
         self.members[2].set(gossip.members_dead as f64);
     }
 
+    /// Sets the pending-hint gauges.
+    pub fn set_hints_pending(&self, entries: usize, bytes: usize) {
+        self.hints_pending.set(entries as f64);
+        self.hints_pending_bytes.set(bytes as f64);
+    }
+
+    /// Counts `n` hints dropped for `reason` (`max_bytes` or `max_age`).
+    pub fn record_hints_dropped(&self, reason: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        if let Some(i) = HINT_DROP_REASONS.iter().position(|r| *r == reason) {
+            self.hints_dropped[i].increment(n);
+        }
+    }
+
+    /// Counts `n` hints delivered.
+    pub fn record_hints_replayed(&self, n: u64) {
+        self.hints_replayed.increment(n);
+    }
+
+    /// Counts `n` entries sent to a replica, acknowledged (`ok`) or not.
+    pub fn record_replica_writes(&self, ok: bool, n: u64) {
+        self.replica_writes[usize::from(!ok)].increment(n);
+    }
+
+    /// Counts `n` copies fixed by read repair.
+    pub fn record_read_repairs(&self, n: u64) {
+        self.read_repairs.increment(n);
+    }
+
     /// Renders the Prometheus text exposition, after copying in the store's current numbers.
     pub fn render(&self, stats: &StoreStats, max_memory_bytes: usize, uptime: Duration) -> String {
         self.keys.set(stats.keys as f64);
@@ -454,6 +553,29 @@ mod tests {
             "ringcache_expirations_total 4",
             "ringcache_hits_total 5",
             "# HELP ringcache_requests_total",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn replication_metrics_are_exported_from_the_start() {
+        let metrics = Metrics::new();
+        metrics.set_hints_pending(3, 300);
+        metrics.record_hints_dropped("max_age", 2);
+        metrics.record_hints_replayed(4);
+        metrics.record_replica_writes(false, 5);
+        metrics.record_read_repairs(1);
+        let text = metrics.render(&StoreStats::default(), 1024, Duration::ZERO);
+        for needle in [
+            "ringcache_hints_pending 3",
+            "ringcache_hints_pending_bytes 300",
+            r#"ringcache_hints_dropped_total{reason="max_age"} 2"#,
+            r#"ringcache_hints_dropped_total{reason="max_bytes"} 0"#,
+            "ringcache_hints_replayed_total 4",
+            r#"ringcache_replica_writes_total{result="ok"} 0"#,
+            r#"ringcache_replica_writes_total{result="failed"} 5"#,
+            "ringcache_read_repairs_total 1",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }

@@ -37,6 +37,7 @@ use crate::config::Config;
 use crate::http;
 use crate::metrics::Metrics;
 use crate::rebalance::{RebalanceStats, run_rebalancer};
+use crate::replication::{Replicator, replay_hints_task};
 use crate::store::Store;
 use crate::view::{ClusterView, Peers};
 
@@ -75,6 +76,8 @@ pub struct Node {
     crash: CancellationToken,
     /// Data movement progress.
     rebalance: RebalanceStats,
+    /// Replication state (hints for unreachable replicas).
+    replicator: Replicator,
     /// Stops gossip: cancelled after the hand-off of a graceful shutdown, so the node stays a
     /// visible (Leaving) member while it hands off.
     gossip_stop: CancellationToken,
@@ -135,6 +138,7 @@ impl Node {
             grpc_addr: config.grpc_addr().to_string(),
             http_addr: config.http_addr().to_string(),
         });
+        let replicator = Replicator::new(&config.replication);
         let peers = Peers::new(config.max_message_bytes, PEER_CONNECT_TIMEOUT);
         let node = Arc::new(Self {
             config,
@@ -153,6 +157,7 @@ impl Node {
             shutdown: CancellationToken::new(),
             crash: CancellationToken::new(),
             rebalance: RebalanceStats::default(),
+            replicator,
             gossip_stop: CancellationToken::new(),
         });
         node.publish_single_node();
@@ -269,6 +274,11 @@ impl Node {
         self.crash.cancel();
     }
 
+    /// Replication state: hints waiting for unreachable replicas.
+    pub fn replicator(&self) -> &Replicator {
+        &self.replicator
+    }
+
     /// Data movement progress (joins, repairs, leaves).
     pub fn rebalance(&self) -> &RebalanceStats {
         &self.rebalance
@@ -354,6 +364,7 @@ impl Node {
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(expiry_task(self.clone()));
         tasks.spawn(metrics_upkeep_task(self.clone()));
+        tasks.spawn(replay_hints_task(self.clone()));
         if let Some(listener) = http {
             tasks.spawn(http::serve(self.clone(), listener));
         }

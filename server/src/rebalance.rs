@@ -192,7 +192,7 @@ async fn pass(node: &Node, old: &ClusterView, new: &ClusterView, leaving: bool) 
             cursor = next;
             for (key, item) in items {
                 stats.keys_scanned.fetch_add(1, Ordering::Relaxed);
-                plan(node, &self_id, old, new, leaving, key, item, &mut outbox);
+                plan(&self_id, old, new, leaving, key, item, &mut outbox);
             }
             if outbox.len() >= PUSH_BATCH {
                 ok &= flush(node, &mut outbox).await;
@@ -210,7 +210,6 @@ async fn pass(node: &Node, old: &ClusterView, new: &ClusterView, leaving: bool) 
 /// Decides what to do with one entry.
 #[allow(clippy::too_many_arguments)]
 fn plan(
-    node: &Node,
     self_id: &str,
     old: &ClusterView,
     new: &ClusterView,
@@ -240,7 +239,6 @@ fn plan(
     if !stays && !now_set.is_empty() {
         outbox.drops.push((key, version));
     }
-    let _ = node;
 }
 
 /// Follows the node's views and runs a pass for every ring change, until shutdown. Failed passes
@@ -258,9 +256,13 @@ pub async fn run_rebalancer(node: Arc<Node>, retry: Duration) {
             if current.topology.digest() == settled.topology.digest() {
                 break;
             }
-            if node.state() == v1::NodeState::Joining {
-                // Not in the ring yet: what it holds was pulled for the ring it is about to
-                // join, so nothing moves until it is Active.
+            let self_id = &node.config().node_id;
+            if node.state() == v1::NodeState::Joining
+                || !current.ring.nodes().iter().any(|id| **id == **self_id)
+            {
+                // Not in the ring (yet): what it holds was pulled for the ring it is about to
+                // join, so nothing moves until it is in. (The state alone is not enough: a view
+                // can arrive just before the state turns Active.)
                 settled = current;
                 continue;
             }

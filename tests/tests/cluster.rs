@@ -43,7 +43,12 @@ async fn three_nodes_converge_on_one_topology() {
 
 #[tokio::test]
 async fn the_client_routes_every_key_to_its_primary() {
-    let cluster = TestCluster::start(3).await;
+    // R = 1, so the primary is the only node that holds a key (replication is tested in
+    // replication.rs).
+    let cluster = TestCluster::start_with(3, |_, config| {
+        config.replication_factor = std::num::NonZeroU32::MIN;
+    })
+    .await;
     cluster.wait_converged(CONVERGE).await.unwrap();
     let client = Client::connect([cluster.nodes[0].grpc_target()])
         .await

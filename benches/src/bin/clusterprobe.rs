@@ -12,6 +12,10 @@
 //!   VALUE_BYTES, then a 4th joins: time until every key sits on exactly one node again, and the
 //!   MB/s and keys/s moved.
 //!
+//! - `clusterprobe writes REQUESTS CONCURRENCY`: a 3-node cluster (R = 3) and one client doing
+//!   REQUESTS sets of 100-byte values over 100,000 keys with CONCURRENCY in flight, at ONE, QUORUM
+//!   and ALL in turn: throughput and p50/p99/p99.9 latency.
+//!
 //! Prints each trial and the median. Build in release:
 //! `cargo run --release -p ringcache-bench --bin clusterprobe -- detect 3 10`.
 
@@ -186,6 +190,62 @@ async fn rebalance(keys: u64, value_bytes: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn writes(requests: u64, concurrency: u64) -> anyhow::Result<()> {
+    use ringcache::Consistency;
+    let cluster = TestCluster::start_with(3, production_timings).await;
+    cluster.wait_converged(DEADLINE).await?;
+    let client = ringcache::Client::connect(cluster.grpc_targets()).await?;
+    let value = bytes::Bytes::from(vec![b'v'; 100]);
+    for (name, level) in [
+        ("ONE", Consistency::One),
+        ("QUORUM", Consistency::Quorum),
+        ("ALL", Consistency::All),
+    ] {
+        let writer = client.with_consistency(level);
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..concurrency {
+            let writer = writer.clone();
+            let value = value.clone();
+            let per_task = requests / concurrency;
+            tasks.spawn(async move {
+                let mut histogram =
+                    hdrhistogram::Histogram::<u64>::new(3).expect("valid precision");
+                let mut keys = ringcache_bench::IndexSequence::new(t + 1, 100_000);
+                let mut errors = 0u64;
+                for _ in 0..per_task {
+                    let key = ringcache_bench::bench_key(keys.next().unwrap_or_default());
+                    let sent = Instant::now();
+                    match writer.set(key, value.clone()).await {
+                        Ok(_) => histogram.saturating_record(sent.elapsed().as_micros() as u64),
+                        Err(_) => errors += 1,
+                    }
+                }
+                (histogram, errors)
+            });
+        }
+        let mut all = hdrhistogram::Histogram::<u64>::new(3)?;
+        let mut errors = 0;
+        while let Some(joined) = tasks.join_next().await {
+            let (histogram, failed) = joined?;
+            all.add(histogram)?;
+            errors += failed;
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        println!(
+            "{name:>6}: {:.0} writes/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, errors {errors}",
+            all.len() as f64 / elapsed,
+            all.value_at_quantile(0.50) as f64 / 1000.0,
+            all.value_at_quantile(0.99) as f64 / 1000.0,
+            all.value_at_quantile(0.999) as f64 / 1000.0,
+        );
+    }
+    for node in cluster.nodes {
+        node.stop().await?;
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let number = |i: usize, default: u64| -> anyhow::Result<u64> {
@@ -203,11 +263,12 @@ fn main() -> anyhow::Result<()> {
         }
         Some("detect") => runtime.block_on(detect(number(1, 3)? as usize, number(2, 10)? as usize)),
         Some("traffic") => runtime.block_on(traffic(number(1, 10)? as usize, number(2, 30)?)),
+        Some("writes") => runtime.block_on(writes(number(1, 100_000)?, number(2, 50)?.max(1))),
         Some("rebalance") => {
             runtime.block_on(rebalance(number(1, 100_000)?, number(2, 1000)? as usize))
         }
         _ => bail!(
-            "usage: clusterprobe converge|detect|traffic [NODES] [TRIALS|SECONDS] | rebalance [KEYS] [VALUE_BYTES]"
+            "usage: clusterprobe converge|detect|traffic [NODES] [TRIALS|SECONDS] | rebalance [KEYS] [VALUE_BYTES] | writes [REQUESTS] [CONCURRENCY]"
         ),
     }
 }

@@ -1,9 +1,11 @@
 //! The `Cache` service: the key-value API of one node.
 //!
-//! A request for a key this node is a replica of is served from the local store; any other key is
-//! forwarded one hop to its primary ([`super::forward`]). Replication to the other replicas comes
-//! with the replication layer; until then every consistency level is met by the replica that
-//! serves the request.
+//! A request for a key this node is a replica of is served here; any other key is forwarded one
+//! hop to its primary ([`super::forward`]). A write served here is applied to the local store
+//! (which decides versions and conditions) and then replicated to the key's other replicas until
+//! the request's consistency level is met ([`crate::replication`]); a write that applied nothing
+//! (unmet condition, missing key) replicates nothing. Reads at ONE (the default) are local; at
+//! QUORUM and ALL they ask the other replicas too and return the newest copy.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,7 +22,8 @@ use super::forward::{Split, forward};
 use super::status::ApiError;
 use crate::metrics::{Op, Outcome};
 use crate::node::Node;
-use crate::store::{Item, SetCondition, SetOptions, Ttl};
+use crate::replication::{self, Consistency, ReplicationError};
+use crate::store::{Item, SetCondition, SetOptions, Ttl, VersionedItem};
 
 /// The `ringcache.v1.Cache` gRPC service.
 #[derive(Debug, Clone)]
@@ -42,38 +45,89 @@ impl CacheService {
         self.node.clone()
     }
 
-    /// Runs one request: times it, records its outcome and maps its error.
-    fn run<T>(
+    /// Runs one write served here: checks the level and minority protection, applies it with
+    /// `handler` (which returns the reply and the keys it changed), replicates those keys, and
+    /// records the outcome.
+    async fn run_write<T>(
         &self,
         op: Op,
-        handler: impl FnOnce(&Node, u64) -> Result<T, ApiError>,
+        consistency: i32,
+        handler: impl FnOnce(&Node, u64) -> Result<(T, Vec<Bytes>), ApiError>,
         outcome: impl FnOnce(&T) -> Outcome,
     ) -> Result<Response<T>, Status> {
         let start = Instant::now();
-        let result = handler(&self.node, self.node.now_ms());
-        let recorded = match &result {
+        let result = async {
+            let level = write_level(&self.node, consistency)?;
+            replication::check_writable(&self.node).map_err(status_of)?;
+            let (reply, keys) = handler(&self.node, self.node.now_ms())?;
+            replication::replicate(&self.node, keys, level)
+                .await
+                .map_err(status_of)?;
+            Ok(reply)
+        }
+        .await;
+        self.record(op, start, &result, outcome);
+        result.map(Response::new)
+    }
+
+    /// Runs one single-key read served here: at ONE with `local`, at QUORUM or ALL from the
+    /// newest copy among the replicas, turned into the reply by `newest`.
+    async fn run_read<T>(
+        &self,
+        op: Op,
+        consistency: i32,
+        key: &Bytes,
+        local: impl FnOnce(&Node, u64) -> Result<T, ApiError>,
+        newest: impl FnOnce(Option<VersionedItem>, u64) -> T,
+        outcome: impl FnOnce(&T) -> Outcome,
+    ) -> Result<Response<T>, Status> {
+        let start = Instant::now();
+        let result = async {
+            let level = read_level(&self.node, consistency)?;
+            if level == Consistency::One {
+                return Ok(local(&self.node, self.node.now_ms())?);
+            }
+            let winners = replication::read(&self.node, std::slice::from_ref(key), level)
+                .await
+                .map_err(status_of)?;
+            let winner = winners.into_iter().next().flatten();
+            Ok(newest(winner, self.node.now_ms()))
+        }
+        .await;
+        self.record(op, start, &result, outcome);
+        result.map(Response::new)
+    }
+
+    fn record<T>(
+        &self,
+        op: Op,
+        start: Instant,
+        result: &Result<T, Status>,
+        outcome: impl FnOnce(&T) -> Outcome,
+    ) {
+        let recorded = match result {
             Ok(reply) => outcome(reply),
-            Err(error) => error.outcome(),
+            Err(status) => outcome_of(status),
         };
         self.node.metrics().record(op, recorded, start.elapsed());
-        result.map(Response::new).map_err(Status::from)
     }
 }
 
 impl CacheService {
     /// Runs a multi-key request: validates it, forwards the parts owned elsewhere in parallel,
     /// serves the local part, and reassembles the results in request order. `part` builds the
-    /// sub-request for some positions, `local` serves positions here, `unpack` turns a peer's reply
-    /// for `n` positions into `n` values, `pack` builds the reply from all values.
+    /// sub-request for some positions, `local` serves positions here (replicating or reading
+    /// from the replicas as the level asks), `unpack` turns a peer's reply for `n` positions into
+    /// `n` values, `pack` builds the reply from all values.
     #[allow(clippy::too_many_arguments)]
-    async fn run_split<Req, Resp, T, F, Fut>(
+    async fn run_split<Req, Resp, T, F, Fut, L, LFut>(
         &self,
         op: Op,
         split: Split,
         validate: impl FnOnce(&Node) -> Result<(), ApiError>,
         part: impl Fn(&[usize]) -> Req,
         call: F,
-        local: impl FnOnce(&Node, u64, &[usize]) -> Result<Vec<T>, ApiError>,
+        local: L,
         unpack: impl Fn(Resp, usize) -> Vec<T>,
         pack: impl FnOnce(Vec<T>) -> Resp,
     ) -> Result<Response<Resp>, Status>
@@ -83,6 +137,8 @@ impl CacheService {
         T: Default + Clone,
         F: FnOnce(CacheClient<Channel>, Request<Req>) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = Result<Response<Resp>, Status>> + Send + 'static,
+        L: FnOnce(Arc<Node>, Vec<usize>) -> LFut,
+        LFut: Future<Output = Result<Vec<T>, Status>>,
     {
         let start = Instant::now();
         let result = async {
@@ -96,8 +152,7 @@ impl CacheService {
             }
             let mut values = vec![T::default(); n];
             if !split.local.is_empty() {
-                let now = self.node.now_ms();
-                let served = local(&self.node, now, &split.local)?;
+                let served = local(self.node.clone(), split.local.clone()).await?;
                 for (&position, value) in split.local.iter().zip(served) {
                     values[position] = value;
                 }
@@ -145,6 +200,67 @@ fn check_consistency(value: i32) -> Result<(), ApiError> {
         .map_err(|_| ApiError::Invalid(format!("unknown consistency level {value}")))
 }
 
+/// The level of a write: the request's, or the cluster default for writes.
+fn write_level(node: &Node, value: i32) -> Result<Consistency, ApiError> {
+    Consistency::from_wire(value, node.config().replication.write_consistency)
+        .map_err(|value| ApiError::Invalid(format!("unknown consistency level {value}")))
+}
+
+/// The level of a read: the request's, or the cluster default for reads.
+fn read_level(node: &Node, value: i32) -> Result<Consistency, ApiError> {
+    Consistency::from_wire(value, node.config().replication.read_consistency)
+        .map_err(|value| ApiError::Invalid(format!("unknown consistency level {value}")))
+}
+
+/// The status of a replication failure: the store's code for a refused key, else UNAVAILABLE.
+fn status_of(error: ReplicationError) -> Status {
+    match error {
+        ReplicationError::Store(error) => Status::from(error),
+        ReplicationError::Unavailable(message) => Status::unavailable(message),
+    }
+}
+
+/// A Get answer from the newest copy among the replicas (tombstones and expired copies: miss).
+fn found_versioned(item: Option<VersionedItem>, now_ms: u64) -> v1::GetResponse {
+    match item {
+        Some(item) if item.is_live(now_ms) => v1::GetResponse {
+            found: true,
+            value: item.value.unwrap_or_default(),
+            version: item.version,
+            ttl_ms: ttl_left(item.expires_at_ms, now_ms),
+        },
+        _ => v1::GetResponse::default(),
+    }
+}
+
+fn ttl_reply(ttl: Ttl) -> v1::TtlResponse {
+    match ttl {
+        Ttl::Missing => v1::TtlResponse {
+            found: false,
+            ttl_ms: None,
+        },
+        Ttl::Persistent => v1::TtlResponse {
+            found: true,
+            ttl_ms: None,
+        },
+        Ttl::ExpiresIn(ms) => v1::TtlResponse {
+            found: true,
+            ttl_ms: Some(ms),
+        },
+    }
+}
+
+/// The remaining lifetime of the newest copy among the replicas.
+fn ttl_of(item: Option<VersionedItem>, now_ms: u64) -> Ttl {
+    match item {
+        Some(item) if item.is_live(now_ms) => match item.expires_at_ms {
+            None => Ttl::Persistent,
+            Some(at) => Ttl::ExpiresIn(at - now_ms),
+        },
+        _ => Ttl::Missing,
+    }
+}
+
 fn check_batch(node: &Node, n_keys: usize) -> Result<(), ApiError> {
     let max = node.config().max_batch_keys;
     if n_keys > max {
@@ -189,14 +305,15 @@ impl Cache for CacheService {
                 })
                 .await;
         }
-        self.run(
+        self.run_read(
             Op::Get,
-            |node, now| {
-                check_consistency(req.consistency)?;
-                Ok(found(node.store().get(&req.key, now)?, now))
-            },
+            req.consistency,
+            &req.key,
+            |node, now| Ok(found(node.store().get(&req.key, now)?, now)),
+            found_versioned,
             |reply| hit_or_miss(reply.found),
         )
+        .await
     }
 
     async fn set(
@@ -211,10 +328,10 @@ impl Cache for CacheService {
                 })
                 .await;
         }
-        self.run(
+        self.run_write(
             Op::Set,
+            req.consistency,
             |node, now| {
-                check_consistency(req.consistency)?;
                 let condition = match v1::SetCondition::try_from(req.condition) {
                     Ok(v1::SetCondition::Always) => SetCondition::Always,
                     Ok(v1::SetCondition::IfAbsent) => SetCondition::IfAbsent,
@@ -232,14 +349,17 @@ impl Cache for CacheService {
                     return_previous: req.return_previous,
                 };
                 let outcome = node.store().set(&req.key, &req.value, options, now)?;
-                Ok(v1::SetResponse {
+                let changed = written(outcome.version.is_some(), &req.key);
+                let reply = v1::SetResponse {
                     stored: outcome.version.is_some(),
                     version: outcome.version.unwrap_or(0),
                     previous: outcome.previous,
-                })
+                };
+                Ok((reply, changed))
             },
             |reply| hit_or_miss(reply.stored),
         )
+        .await
     }
 
     async fn delete(
@@ -254,16 +374,18 @@ impl Cache for CacheService {
                 })
                 .await;
         }
-        self.run(
+        self.run_write(
             Op::Delete,
+            req.consistency,
             |node, now| {
-                check_consistency(req.consistency)?;
-                Ok(v1::DeleteResponse {
-                    deleted: node.store().delete(&req.key, now)?,
-                })
+                // The tombstone is replicated even when nothing live was here: another replica
+                // may hold the key.
+                let deleted = node.store().delete(&req.key, now)?;
+                Ok((v1::DeleteResponse { deleted }, vec![req.key.clone()]))
             },
             |reply| hit_or_miss(reply.deleted),
         )
+        .await
     }
 
     async fn m_get(
@@ -272,6 +394,7 @@ impl Cache for CacheService {
     ) -> Result<Response<v1::MGetResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
         let split = self.split(&metadata, req.keys.iter().map(|k| &k[..]));
+        let req = &req;
         self.run_split(
             Op::MGet,
             split,
@@ -284,10 +407,22 @@ impl Cache for CacheService {
                 consistency: req.consistency,
             },
             |mut peer, request| async move { peer.m_get(request).await },
-            |node, now, local| {
-                let keys: Vec<&Bytes> = local.iter().map(|&p| &req.keys[p]).collect();
-                let items = node.store().mget(&keys, now)?;
-                Ok(items.into_iter().map(|item| found(item, now)).collect())
+            |node, local| async move {
+                let level = read_level(&node, req.consistency)?;
+                let keys: Vec<Bytes> = local.iter().map(|&p| req.keys[p].clone()).collect();
+                if level == Consistency::One {
+                    let now = node.now_ms();
+                    let items = node.store().mget(&keys, now).map_err(Status::from)?;
+                    return Ok(items.into_iter().map(|item| found(item, now)).collect());
+                }
+                let winners = replication::read(&node, &keys, level)
+                    .await
+                    .map_err(status_of)?;
+                let now = node.now_ms();
+                Ok(winners
+                    .into_iter()
+                    .map(|item| found_versioned(item, now))
+                    .collect())
             },
             |response: v1::MGetResponse, _| response.results,
             |results| v1::MGetResponse { results },
@@ -301,6 +436,7 @@ impl Cache for CacheService {
     ) -> Result<Response<v1::MSetResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
         let split = self.split(&metadata, req.entries.iter().map(|kv| &kv.key[..]));
+        let req = &req;
         self.run_split(
             Op::MSet,
             split,
@@ -314,12 +450,22 @@ impl Cache for CacheService {
                 consistency: req.consistency,
             },
             |mut peer, request| async move { peer.m_set(request).await },
-            |node, now, local| {
+            |node, local| async move {
+                let level = write_level(&node, req.consistency)?;
+                replication::check_writable(&node).map_err(status_of)?;
                 let pairs: Vec<(&Bytes, &Bytes)> = local
                     .iter()
                     .map(|&p| (&req.entries[p].key, &req.entries[p].value))
                     .collect();
-                Ok(node.store().mset(&pairs, req.ttl_ms, now)?)
+                let versions = node
+                    .store()
+                    .mset(&pairs, req.ttl_ms, node.now_ms())
+                    .map_err(Status::from)?;
+                let keys = local.iter().map(|&p| req.entries[p].key.clone()).collect();
+                replication::replicate(&node, keys, level)
+                    .await
+                    .map_err(status_of)?;
+                Ok(versions)
             },
             |response: v1::MSetResponse, _| response.versions,
             |versions| v1::MSetResponse { versions },
@@ -333,6 +479,7 @@ impl Cache for CacheService {
     ) -> Result<Response<v1::MDeleteResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
         let split = self.split(&metadata, req.keys.iter().map(|k| &k[..]));
+        let req = &req;
         self.run_split(
             Op::MDelete,
             split,
@@ -345,10 +492,18 @@ impl Cache for CacheService {
                 consistency: req.consistency,
             },
             |mut peer, request| async move { peer.m_delete(request).await },
-            |node, now, local| {
-                let keys: Vec<&Bytes> = local.iter().map(|&p| &req.keys[p]).collect();
+            |node, local| async move {
+                let level = write_level(&node, req.consistency)?;
+                replication::check_writable(&node).map_err(status_of)?;
+                let keys: Vec<Bytes> = local.iter().map(|&p| req.keys[p].clone()).collect();
                 // One count per part, at its first position; the reply is the sum.
-                let deleted = node.store().mdelete(&keys, now)?;
+                let deleted = node
+                    .store()
+                    .mdelete(&keys, node.now_ms())
+                    .map_err(Status::from)?;
+                replication::replicate(&node, keys, level)
+                    .await
+                    .map_err(status_of)?;
                 Ok((0..local.len())
                     .map(|i| if i == 0 { deleted } else { 0 })
                     .collect())
@@ -379,15 +534,16 @@ impl Cache for CacheService {
                 })
                 .await;
         }
-        self.run(
+        self.run_write(
             Op::Incr,
+            req.consistency,
             |node, now| {
-                check_consistency(req.consistency)?;
                 let (value, version) = node.store().incr(&req.key, req.delta, req.ttl_ms, now)?;
-                Ok(v1::IncrResponse { value, version })
+                Ok((v1::IncrResponse { value, version }, vec![req.key.clone()]))
             },
             |_| Outcome::Ok,
         )
+        .await
     }
 
     async fn compare_and_set(
@@ -405,10 +561,10 @@ impl Cache for CacheService {
                 )
                 .await;
         }
-        self.run(
+        self.run_write(
             Op::CompareAndSet,
+            req.consistency,
             |node, now| {
-                check_consistency(req.consistency)?;
                 let version = node.store().compare_and_set(
                     &req.key,
                     req.expected_version,
@@ -416,10 +572,11 @@ impl Cache for CacheService {
                     req.ttl_ms,
                     now,
                 )?;
-                Ok(v1::CompareAndSetResponse { version })
+                Ok((v1::CompareAndSetResponse { version }, vec![req.key.clone()]))
             },
             |_| Outcome::Ok,
         )
+        .await
     }
 
     async fn expire(
@@ -434,18 +591,19 @@ impl Cache for CacheService {
                 })
                 .await;
         }
-        self.run(
+        self.run_write(
             Op::Expire,
+            req.consistency,
             |node, now| {
-                check_consistency(req.consistency)?;
                 let updated = node
                     .store()
                     .set_ttl(&req.key, Some(req.ttl_ms), now)?
                     .is_some();
-                Ok(v1::ExpireResponse { updated })
+                Ok((v1::ExpireResponse { updated }, written(updated, &req.key)))
             },
             |reply| hit_or_miss(reply.updated),
         )
+        .await
     }
 
     async fn persist(
@@ -460,15 +618,16 @@ impl Cache for CacheService {
                 })
                 .await;
         }
-        self.run(
+        self.run_write(
             Op::Persist,
+            req.consistency,
             |node, now| {
-                check_consistency(req.consistency)?;
                 let updated = node.store().set_ttl(&req.key, None, now)?.is_some();
-                Ok(v1::PersistResponse { updated })
+                Ok((v1::PersistResponse { updated }, written(updated, &req.key)))
             },
             |reply| hit_or_miss(reply.updated),
         )
+        .await
     }
 
     async fn ttl(
@@ -483,26 +642,19 @@ impl Cache for CacheService {
                 })
                 .await;
         }
-        self.run(
+        self.run_read(
             Op::Ttl,
-            |node, now| {
-                check_consistency(req.consistency)?;
-                Ok(match node.store().ttl(&req.key, now)? {
-                    Ttl::Missing => v1::TtlResponse {
-                        found: false,
-                        ttl_ms: None,
-                    },
-                    Ttl::Persistent => v1::TtlResponse {
-                        found: true,
-                        ttl_ms: None,
-                    },
-                    Ttl::ExpiresIn(ms) => v1::TtlResponse {
-                        found: true,
-                        ttl_ms: Some(ms),
-                    },
-                })
-            },
+            req.consistency,
+            &req.key,
+            |node, now| Ok(ttl_reply(node.store().ttl(&req.key, now)?)),
+            |item, now| ttl_reply(ttl_of(item, now)),
             |reply| hit_or_miss(reply.found),
         )
+        .await
     }
+}
+
+/// The keys a single-key write changed: the key if it took effect, none otherwise.
+fn written(applied: bool, key: &Bytes) -> Vec<Bytes> {
+    if applied { vec![key.clone()] } else { vec![] }
 }

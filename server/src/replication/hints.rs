@@ -177,7 +177,8 @@ impl HintQueues {
         let mut last = 0;
         if let Some(queue) = self.queues.get(target) {
             for hint in &queue.hints {
-                if batch.len() >= max_entries || (!batch.is_empty() && bytes + hint.bytes > max_bytes)
+                if batch.len() >= max_entries
+                    || (!batch.is_empty() && bytes + hint.bytes > max_bytes)
                 {
                     break;
                 }
@@ -396,7 +397,11 @@ mod tests {
     #[test]
     fn a_batch_holds_at_least_one_hint_and_respects_the_byte_bound() {
         let mut hints = HintQueues::new(1 << 20, 60_000);
-        hints.push("n2", (0..4).map(|i| entry(&format!("k{i}"), "v", i)).collect(), 0);
+        hints.push(
+            "n2",
+            (0..4).map(|i| entry(&format!("k{i}"), "v", i)).collect(),
+            0,
+        );
         let size = charge(&entry("k0", "v", 0));
         assert_eq!(hints.peek("n2", 10, 2 * size).0.len(), 2);
         assert_eq!(hints.peek("n2", 10, 1).0.len(), 1);

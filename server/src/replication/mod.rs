@@ -29,10 +29,10 @@
 //! every call has ended, **read repair** sends the newest copy to every replica that answered with
 //! an older version or nothing (itself included, through `Store::apply`). Two different copies
 //! with the same version (two coordinators' clocks stamping the same millisecond) cannot be
-//! ordered by `apply`; read repair settles them by stamping the deterministic winner with a new
-//! version and replicating it.
+//! ordered by `apply`; read repair settles them by giving the deterministic winner (ordered by
+//! content) the next version and replicating it.
 //!
-//! **Hint lifecycle** ([`hints`]). When a replica cannot be reached or times out for a write
+//! **Hint lifecycle** ([`replay_hints_task`]). When a replica cannot be reached or times out for a write
 //! (also after the level was met), the coordinator keeps the entries it sent as *hints* for that
 //! node id, bounded per target by bytes (`hint_max_bytes`) and age (`hint_max_age`); over a limit
 //! the oldest hints are dropped and counted. A background task replays them with
@@ -60,7 +60,7 @@ use crate::node::Node;
 use crate::store::StoreError;
 
 pub use hints::{HintStats, replay_hints_task};
-pub use read::read;
+pub use read::{Winners, read};
 pub use write::replicate;
 
 /// Default `hint_max_bytes`: per target node.
@@ -322,14 +322,8 @@ mod tests {
     #[test]
     fn levels_need_one_a_majority_or_all() {
         use Consistency::*;
-        assert_eq!(
-            [1, 2, 3, 4, 5].map(|r| One.required(r)),
-            [1, 1, 1, 1, 1]
-        );
-        assert_eq!(
-            [1, 2, 3, 4, 5].map(|r| Quorum.required(r)),
-            [1, 2, 2, 3, 3]
-        );
+        assert_eq!([1, 2, 3, 4, 5].map(|r| One.required(r)), [1, 1, 1, 1, 1]);
+        assert_eq!([1, 2, 3, 4, 5].map(|r| Quorum.required(r)), [1, 2, 2, 3, 3]);
         assert_eq!([1, 2, 3, 4, 5].map(|r| All.required(r)), [1, 2, 3, 4, 5]);
         assert_eq!(All.required(0), 1, "an empty ring: the coordinator alone");
     }

@@ -99,10 +99,7 @@ async fn fan_out(
     level: Consistency,
     tx: oneshot::Sender<Result<(), ReplicationError>>,
 ) {
-    let Plan {
-        mut tally,
-        targets,
-    } = plan;
+    let Plan { mut tally, targets } = plan;
     let mut tx = Some(tx);
     if tally.all_met()
         && let Some(tx) = tx.take()
@@ -217,10 +214,18 @@ impl Tally {
             worst.acks
         );
         if self.keys.len() > 1 {
-            let _ = write!(message, " (for {} of {} keys)", short.len(), self.keys.len());
+            let _ = write!(
+                message,
+                " (for {} of {} keys)",
+                short.len(),
+                self.keys.len()
+            );
         }
         if !failures.is_empty() {
-            let reasons: Vec<String> = failures.iter().map(|(id, f)| format!("{id}: {f}")).collect();
+            let reasons: Vec<String> = failures
+                .iter()
+                .map(|(id, f)| format!("{id}: {f}"))
+                .collect();
             let _ = write!(message, " ({})", reasons.join("; "));
         }
         message.push_str("; the write remains on the replicas that took it");
@@ -277,10 +282,7 @@ mod tests {
                     "n2".to_owned(),
                     Failure::Unreachable("connection refused".to_owned()),
                 ),
-                (
-                    "n3".to_owned(),
-                    Failure::Refused("memory full".to_owned()),
-                ),
+                ("n3".to_owned(), Failure::Refused("memory full".to_owned())),
             ],
             &["n2".to_owned()],
         );

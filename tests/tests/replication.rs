@@ -1,0 +1,724 @@
+//! Replication on a 3-node cluster with R = 3 (every node is a replica of every key): writes at
+//! each consistency level, quorum reads with read repair, hinted handoff to a restarted replica,
+//! tombstones against late writes, concurrent writers, minority protection, and a set-style
+//! checker that no acknowledged QUORUM write is lost when a replica crashes mid-way.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringcache::{Client, Consistency, SetOptions};
+use ringcache_proto::topology::NodeState;
+use ringcache_proto::v1::{self, cache_client::CacheClient, internal_client::InternalClient};
+use ringcache_server::Config;
+use ringcache_tests::{TestCluster, TestNode, http_get, wait_until};
+use tokio::sync::Mutex;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// Generous bound for convergence, failure detection and background work.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+const ONE: i32 = v1::Consistency::One as i32;
+const QUORUM: i32 = v1::Consistency::Quorum as i32;
+const ALL: i32 = v1::Consistency::All as i32;
+
+/// A crashed node stays in the ring (Suspect) for the whole test, so it stays a replica of
+/// every key and writes miss it, as while a real node is down but not yet declared dead.
+fn keep_suspects(_: usize, config: &mut Config) {
+    config.suspicion_timeout = Duration::from_secs(120);
+}
+
+async fn cluster(configure: impl Fn(usize, &mut Config)) -> TestCluster {
+    let cluster = TestCluster::start_with(3, configure).await;
+    cluster.wait_converged(DEADLINE).await.unwrap();
+    cluster
+}
+
+async fn raw(node: &TestNode) -> CacheClient<Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(node.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    CacheClient::new(channel)
+}
+
+async fn internal(node: &TestNode) -> InternalClient<Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(node.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    InternalClient::new(channel)
+}
+
+fn set_request(key: &str, value: &str, consistency: i32) -> v1::SetRequest {
+    v1::SetRequest {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        consistency,
+        ..Default::default()
+    }
+}
+
+fn get_request(key: &str, consistency: i32) -> v1::GetRequest {
+    v1::GetRequest {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        consistency,
+    }
+}
+
+/// The live value `node` holds for `key`, if any.
+fn value_on(node: &TestNode, key: &str) -> Option<Bytes> {
+    node.node
+        .store()
+        .get_versioned(key.as_bytes())
+        .unwrap()
+        .filter(|item| item.is_live(node.node.now_ms()))
+        .and_then(|item| item.value)
+}
+
+/// How many nodes of the cluster hold `value` at `key`.
+fn copies(cluster: &TestCluster, key: &str, value: &str) -> usize {
+    cluster
+        .nodes
+        .iter()
+        .filter(|n| value_on(n, key).as_deref() == Some(value.as_bytes()))
+        .count()
+}
+
+/// Waits until every remaining node sees `node_id` as no longer Active.
+async fn wait_not_active(cluster: &TestCluster, node_id: &str) {
+    wait_until(DEADLINE, || async {
+        cluster.nodes.iter().all(|n| {
+            n.node
+                .view()
+                .topology
+                .member(node_id)
+                .is_none_or(|m| m.state != NodeState::Active)
+        })
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{node_id} still seen as active"));
+}
+
+/// The value of an unlabelled metric, or of the labelled series `name{labels}`.
+async fn metric(node: &TestNode, series: &str) -> f64 {
+    let body = http_get(node.http_addr, "/metrics").await.unwrap().body;
+    body.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("{series} missing from\n{body}"))
+}
+
+#[tokio::test]
+async fn an_acknowledged_quorum_write_is_on_a_quorum_at_once_and_on_every_replica_soon() {
+    let cluster = cluster(|_, _| {}).await;
+    let client = Client::connect(cluster.grpc_targets()).await.unwrap();
+    for i in 0..50 {
+        let (key, value) = (format!("key{i}"), format!("value{i}"));
+        client.set(key.clone(), value.clone()).await.unwrap();
+        assert!(
+            copies(&cluster, &key, &value) >= 2,
+            "{key}: acknowledged at QUORUM, so on 2 of 3 replicas already"
+        );
+    }
+    wait_until(DEADLINE, || async {
+        (0..50).all(|i| copies(&cluster, &format!("key{i}"), &format!("value{i}")) == 3)
+    })
+    .await
+    .expect("the third copy arrives in the background");
+    // Every kind of write is replicated: delete, incr, CAS, expire.
+    client.delete("key0").await.unwrap();
+    let counter = client.incr("counter", 5).await.unwrap();
+    assert_eq!(counter, 5);
+    let version = client.get_entry("key1").await.unwrap().unwrap().version;
+    client
+        .compare_and_set("key1", version, "swapped", None)
+        .await
+        .unwrap();
+    assert!(
+        client
+            .expire("key2", Duration::from_secs(600))
+            .await
+            .unwrap()
+    );
+    wait_until(DEADLINE, || async {
+        cluster.nodes.iter().all(|n| {
+            let key2 = n.node.store().get_versioned(b"key2").unwrap().unwrap();
+            value_on(n, "key0").is_none()
+                && value_on(n, "counter").as_deref() == Some(&b"5"[..])
+                && value_on(n, "key1").as_deref() == Some(&b"swapped"[..])
+                && key2.expires_at_ms.is_some()
+        })
+    })
+    .await
+    .expect("every replica sees the delete, incr, CAS and expire");
+    let sent: f64 = metric(
+        &cluster.nodes[0],
+        r#"ringcache_replica_writes_total{result="ok"}"#,
+    )
+    .await
+        + metric(
+            &cluster.nodes[1],
+            r#"ringcache_replica_writes_total{result="ok"}"#,
+        )
+        .await
+        + metric(
+            &cluster.nodes[2],
+            r#"ringcache_replica_writes_total{result="ok"}"#,
+        )
+        .await;
+    assert!(sent >= 100.0, "replica writes counted: {sent}");
+}
+
+#[tokio::test]
+async fn a_write_that_applied_nothing_replicates_nothing() {
+    let cluster = cluster(|_, _| {}).await;
+    let mut n1 = raw(&cluster.nodes[0]).await;
+    n1.set(set_request("taken", "first", ALL)).await.unwrap();
+    let ok = r#"ringcache_replica_writes_total{result="ok"}"#;
+    let before = metric(&cluster.nodes[0], ok).await;
+    let mut if_absent = set_request("taken", "second", ALL);
+    if_absent.condition = v1::SetCondition::IfAbsent as i32;
+    assert!(!n1.set(if_absent).await.unwrap().into_inner().stored);
+    let expire = v1::ExpireRequest {
+        key: Bytes::from_static(b"missing"),
+        ttl_ms: 1000,
+        consistency: ALL,
+    };
+    assert!(!n1.expire(expire).await.unwrap().into_inner().updated);
+    let cas = v1::CompareAndSetRequest {
+        key: Bytes::from_static(b"taken"),
+        expected_version: 1,
+        value: Bytes::from_static(b"third"),
+        consistency: ALL,
+        ..Default::default()
+    };
+    let conflict = n1.compare_and_set(cas).await.unwrap_err();
+    assert_eq!(conflict.code(), Code::FailedPrecondition);
+    assert_eq!(metric(&cluster.nodes[0], ok).await, before);
+    assert_eq!(copies(&cluster, "taken", "first"), 3);
+}
+
+#[tokio::test]
+async fn with_a_replica_down_quorum_succeeds_and_all_fails_naming_the_counts() {
+    let mut cluster = cluster(keep_suspects).await;
+    cluster.take("n3").crash().await.unwrap();
+    wait_not_active(&cluster, "n3").await;
+    let mut n1 = raw(&cluster.nodes[0]).await;
+
+    n1.set(set_request("q", "v", QUORUM)).await.unwrap();
+    assert_eq!(copies(&cluster, "q", "v"), 2);
+
+    let error = n1.set(set_request("a", "v", ALL)).await.unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable, "{error:?}");
+    let message = error.message();
+    // e.g. "ALL write needs 3 of 3 replicas, 2 acknowledged (n3: connection refused); the write
+    // remains on the replicas that took it and is queued as hints for n3"
+    assert!(
+        message.starts_with("ALL write needs 3 of 3 replicas, 2 acknowledged (n3: "),
+        "{message}"
+    );
+    assert!(
+        message.ends_with(
+            "; the write remains on the replicas that took it and is queued as hints for n3"
+        ),
+        "{message}"
+    );
+    // Not undone: the two live replicas took it.
+    assert_eq!(copies(&cluster, "a", "v"), 2);
+    assert_eq!(
+        cluster.nodes[0].node.replicator().hints_pending_for("n3"),
+        2,
+        "both writes wait for n3"
+    );
+    assert_eq!(
+        metric(&cluster.nodes[0], "ringcache_hints_pending").await,
+        2.0
+    );
+
+    // Multi-key writes count per key.
+    let error = n1
+        .m_set(v1::MSetRequest {
+            entries: (0..3)
+                .map(|i| v1::KeyValue {
+                    key: Bytes::from(format!("m{i}")),
+                    value: Bytes::from_static(b"v"),
+                })
+                .collect(),
+            ttl_ms: None,
+            consistency: ALL,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable);
+    assert!(
+        error
+            .message()
+            .starts_with("ALL write needs 3 of 3 replicas, 2 acknowledged (for 3 of 3 keys)"),
+        "{}",
+        error.message()
+    );
+
+    // Reads: QUORUM is met by the two live replicas, ALL is not.
+    let got = n1.get(get_request("q", QUORUM)).await.unwrap().into_inner();
+    assert!(got.found);
+    let error = n1.get(get_request("q", ALL)).await.unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable);
+    assert!(
+        error
+            .message()
+            .starts_with("ALL read needs 3 of 3 replicas, 2 answered (n3: "),
+        "{}",
+        error.message()
+    );
+    // ONE writes are answered by the coordinator alone.
+    n1.set(set_request("one", "v", ONE)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restarted_replica_gets_the_writes_it_missed_as_hints() {
+    let mut cluster = cluster(keep_suspects).await;
+    cluster.take("n3").crash().await.unwrap();
+    wait_not_active(&cluster, "n3").await;
+    let mut n1 = raw(&cluster.nodes[0]).await;
+    for i in 0..20 {
+        n1.set(set_request(&format!("missed{i}"), &format!("v{i}"), QUORUM))
+            .await
+            .unwrap();
+    }
+    // A delete while n3 is down travels as a hint too.
+    n1.delete(v1::DeleteRequest {
+        key: Bytes::from_static(b"missed0"),
+        consistency: QUORUM,
+    })
+    .await
+    .unwrap();
+    let coordinator = &cluster.nodes[0].node;
+    assert_eq!(coordinator.replicator().hints_pending_for("n3"), 21);
+
+    // Same id, new incarnation, empty memory.
+    cluster.add(3, keep_suspects).await;
+    cluster.wait_converged(DEADLINE).await.unwrap();
+    wait_until(DEADLINE, || async {
+        cluster.nodes[0].node.replicator().hints_pending_for("n3") == 0
+    })
+    .await
+    .expect("the hints are delivered once n3 is active again");
+    assert!(metric(&cluster.nodes[0], "ringcache_hints_replayed_total").await >= 21.0);
+    assert_eq!(
+        metric(&cluster.nodes[0], "ringcache_hints_pending").await,
+        0.0
+    );
+    let n3 = cluster.node("n3");
+    wait_until(DEADLINE, || async {
+        (1..20).all(|i| value_on(n3, &format!("missed{i}")) == Some(Bytes::from(format!("v{i}"))))
+    })
+    .await
+    .unwrap_or_else(|_| {
+        let held = (1..20)
+            .filter(|i| value_on(n3, &format!("missed{i}")).is_some())
+            .count();
+        panic!(
+            "n3 holds {held} of 19 keys after the hints were delivered; n3's rebalancing: {:?}",
+            n3.node.rebalance().to_wire()
+        )
+    });
+    let tombstone = n3.node.store().get_versioned(b"missed0").unwrap();
+    assert!(
+        tombstone.as_ref().is_none_or(|t| t.value.is_none()),
+        "the delete reached n3 too: {tombstone:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_quorum_read_returns_the_newest_copy_and_repairs_the_stale_replica() {
+    let cluster = cluster(|_, _| {}).await;
+    let mut n1 = raw(&cluster.nodes[0]).await;
+    for key in ["stale", "m1", "m2"] {
+        n1.set(set_request(key, "old", ALL)).await.unwrap();
+    }
+    // n1 and n2 get a newer version directly; n3 keeps the old one.
+    let n3 = cluster.node("n3");
+    let mut newer = Vec::new();
+    for key in ["stale", "m1", "m2"] {
+        let old = n3
+            .node
+            .store()
+            .get_versioned(key.as_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(old.value.as_deref(), Some(&b"old"[..]));
+        for id in ["n1", "n2"] {
+            let node = &cluster.node(id).node;
+            let applied = node
+                .store()
+                .apply(
+                    key.as_bytes(),
+                    Some(b"new"),
+                    old.version + 1,
+                    None,
+                    node.now_ms(),
+                )
+                .unwrap();
+            assert!(applied);
+        }
+        newer.push(old.version + 1);
+    }
+    let mut via_n3 = raw(n3).await;
+    // ONE reads are local: n3 still answers the old value.
+    let local = via_n3
+        .get(get_request("stale", ONE))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(&local.value[..], b"old");
+    // Any two of three replicas include a newer copy.
+    let got = via_n3
+        .get(get_request("stale", QUORUM))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(got.found);
+    assert_eq!(&got.value[..], b"new");
+    assert_eq!(got.version, newer[0]);
+    let ttl = via_n3
+        .ttl(v1::TtlRequest {
+            key: Bytes::from_static(b"stale"),
+            consistency: QUORUM,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ttl.found && ttl.ttl_ms.is_none());
+    let many = via_n3
+        .m_get(v1::MGetRequest {
+            keys: vec![Bytes::from_static(b"m1"), Bytes::from_static(b"m2")],
+            consistency: ALL,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        many.results
+            .iter()
+            .all(|r| r.found && &r.value[..] == b"new")
+    );
+    wait_until(DEADLINE, || async {
+        ["stale", "m1", "m2"]
+            .iter()
+            .all(|key| value_on(n3, key).as_deref() == Some(&b"new"[..]))
+    })
+    .await
+    .expect("read repair brings n3 up to date");
+    assert!(metric(n3, "ringcache_read_repairs_total").await >= 3.0);
+}
+
+#[tokio::test]
+async fn a_delete_leaves_tombstones_that_a_replayed_older_write_cannot_revive() {
+    let cluster = cluster(|_, _| {}).await;
+    let mut n1 = raw(&cluster.nodes[0]).await;
+    let written = n1
+        .set(set_request("gone", "alive", ALL))
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    let deleted = n1
+        .delete(v1::DeleteRequest {
+            key: Bytes::from_static(b"gone"),
+            consistency: ALL,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(deleted.deleted);
+    for node in &cluster.nodes {
+        let held = node.node.store().get_versioned(b"gone").unwrap().unwrap();
+        assert!(
+            held.value.is_none(),
+            "a tombstone on {}",
+            node.node.config().node_id
+        );
+        assert!(held.version > written);
+    }
+    // The old write arrives late, as a replayed hint, at every replica.
+    for node in &cluster.nodes {
+        let reply = internal(node)
+            .await
+            .replicate(v1::ReplicateRequest {
+                from_node_id: "n9".to_owned(),
+                entries: vec![v1::VersionedEntry {
+                    key: Bytes::from_static(b"gone"),
+                    value: Some(Bytes::from_static(b"alive")),
+                    version: written,
+                    expires_at_ms: None,
+                }],
+                hinted: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((reply.applied, reply.ignored), (0, 1));
+    }
+    let got = n1.get(get_request("gone", ALL)).await.unwrap().into_inner();
+    assert!(!got.found, "still deleted: {got:?}");
+    assert_eq!(copies(&cluster, "gone", "alive"), 0);
+}
+
+/// Whether every node holds the same version and value of `key`; returns it.
+fn agreed(cluster: &TestCluster, key: &str) -> Option<(u64, Option<Bytes>)> {
+    let held: Vec<_> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            n.node
+                .store()
+                .get_versioned(key.as_bytes())
+                .unwrap()
+                .map(|i| (i.version, i.value))
+        })
+        .collect();
+    let first = held[0].clone()?;
+    held.iter()
+        .all(|h| h.as_ref() == Some(&first))
+        .then_some(first)
+}
+
+#[tokio::test]
+async fn concurrent_writers_converge_on_one_value_on_every_replica() {
+    let cluster = cluster(|_, _| {}).await;
+    // Two clients routing to the primary.
+    let a = Client::connect(cluster.grpc_targets()).await.unwrap();
+    let b = Client::connect(cluster.grpc_targets()).await.unwrap();
+    let write = |client: Client, tag: &'static str| async move {
+        for i in 0..100 {
+            client.set("contended", format!("{tag}{i}")).await.unwrap();
+        }
+    };
+    tokio::join!(write(a.clone(), "a"), write(b.clone(), "b"));
+    wait_until(DEADLINE, || async {
+        agreed(&cluster, "contended").is_some()
+    })
+    .await
+    .expect("all replicas end with the same version and value");
+    let (version, value) = agreed(&cluster, "contended").unwrap();
+    let value = value.unwrap();
+    assert!(&value[..] == b"a99" || &value[..] == b"b99", "{value:?}");
+    let read = a
+        .with_consistency(Consistency::All)
+        .get_entry("contended")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((read.version, read.value), (version, value));
+
+    // Two coordinators at once (as after client failover): n1 and n2 both stamp versions, which
+    // may tie; an ALL read settles whatever is left.
+    let mut via_n1 = raw(&cluster.nodes[0]).await;
+    let mut via_n2 = raw(&cluster.nodes[1]).await;
+    let one = async {
+        for i in 0..100 {
+            via_n1
+                .set(set_request("shared", &format!("x{i}"), QUORUM))
+                .await
+                .unwrap();
+        }
+    };
+    let two = async {
+        for i in 0..100 {
+            via_n2
+                .set(set_request("shared", &format!("y{i}"), QUORUM))
+                .await
+                .unwrap();
+        }
+    };
+    tokio::join!(one, two);
+    let mut reader = raw(&cluster.nodes[2]).await;
+    let settled = reader
+        .get(get_request("shared", ALL))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(settled.found);
+    wait_until(DEADLINE, || async { agreed(&cluster, "shared").is_some() })
+        .await
+        .expect("replicas of a key written through two coordinators converge");
+}
+
+#[tokio::test]
+async fn a_version_tie_between_two_coordinators_is_settled_by_a_quorum_read() {
+    let cluster = cluster(|_, _| {}).await;
+    // Two coordinators stamped the same version in the same millisecond: `apply` cannot order
+    // them, so each replica keeps the copy it got first.
+    let version = cluster.nodes[0]
+        .node
+        .store()
+        .hlc()
+        .next(cluster.nodes[0].node.now_ms())
+        + 1000;
+    for (id, value) in [("n1", "a"), ("n2", "b"), ("n3", "a")] {
+        let node = &cluster.node(id).node;
+        let applied = node
+            .store()
+            .apply(
+                b"tied",
+                Some(value.as_bytes()),
+                version,
+                None,
+                node.now_ms(),
+            )
+            .unwrap();
+        assert!(applied);
+    }
+    assert!(agreed(&cluster, "tied").is_none());
+    let mut via_n1 = raw(&cluster.nodes[0]).await;
+    let got = via_n1
+        .get(get_request("tied", ALL))
+        .await
+        .unwrap()
+        .into_inner();
+    // Equal versions are ordered by content, so every node picks the same winner.
+    assert_eq!((&got.value[..], got.version), (&b"b"[..], version));
+    wait_until(DEADLINE, || async { agreed(&cluster, "tied").is_some() })
+        .await
+        .expect("read repair stamps the winner anew and every replica takes it");
+    let (settled, value) = agreed(&cluster, "tied").unwrap();
+    assert!(settled > version);
+    assert_eq!(value.as_deref(), Some(&b"b"[..]));
+}
+
+#[tokio::test]
+async fn a_node_that_sees_too_few_members_refuses_writes() {
+    let mut cluster = cluster(|_, config| config.replication.min_cluster_size = 3).await;
+    let mut n1 = raw(&cluster.nodes[0]).await;
+    n1.set(set_request("before", "v", QUORUM)).await.unwrap();
+    cluster.take("n3").crash().await.unwrap();
+    wait_not_active(&cluster, "n3").await;
+    let error = n1.set(set_request("after", "v", ONE)).await.unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable);
+    assert_eq!(
+        error.message(),
+        "only 2 of min_cluster_size 3 members visible; refusing writes"
+    );
+    assert_eq!(copies(&cluster, "after", "v"), 0, "nothing was applied");
+    let incr = n1
+        .incr(v1::IncrRequest {
+            key: Bytes::from_static(b"n"),
+            delta: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(incr.code(), Code::Unavailable);
+    // Reads still work.
+    let got = n1
+        .get(get_request("before", ONE))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(got.found);
+}
+
+#[tokio::test]
+async fn no_acknowledged_quorum_write_is_lost_when_a_replica_crashes_mid_way() {
+    const WRITERS: usize = 4;
+    const PER_WRITER: usize = 250;
+    let mut cluster = cluster(|_, _| {}).await;
+    let client = Client::builder()
+        .seeds(cluster.grpc_targets())
+        .default_consistency(Consistency::Quorum)
+        .connect()
+        .await
+        .unwrap();
+    let done = Arc::new(AtomicUsize::new(0));
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (client, done, acknowledged) = (client.clone(), done.clone(), acknowledged.clone());
+        writers.push(tokio::spawn(async move {
+            let mut failed = 0;
+            for i in 0..PER_WRITER {
+                let key = format!("set-{w}-{i}");
+                match client.set(key.clone(), format!("value-{w}-{i}")).await {
+                    Ok(_) => acknowledged.lock().await.push((w, i)),
+                    Err(_) => failed += 1,
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            failed
+        }));
+    }
+    // Crash n3 once a third of the writes are done.
+    wait_until(DEADLINE, || async {
+        done.load(Ordering::Relaxed) >= WRITERS * PER_WRITER / 3
+    })
+    .await
+    .unwrap();
+    cluster.take("n3").crash().await.unwrap();
+    let mut failed = 0;
+    for writer in writers {
+        failed += writer.await.unwrap();
+    }
+    cluster.wait_converged(DEADLINE).await.unwrap();
+
+    let acknowledged = acknowledged.lock().await.clone();
+    assert_eq!(acknowledged.len() + failed, WRITERS * PER_WRITER);
+    assert!(
+        acknowledged.len() > WRITERS * PER_WRITER / 2,
+        "most writes succeed: {} of {}",
+        acknowledged.len(),
+        WRITERS * PER_WRITER
+    );
+    let reader = Client::builder()
+        .seeds(cluster.grpc_targets())
+        .default_consistency(Consistency::Quorum)
+        .connect()
+        .await
+        .unwrap();
+    let mut lost = Vec::new();
+    for chunk in acknowledged.chunks(200) {
+        let values = reader
+            .mget(chunk.iter().map(|(w, i)| format!("set-{w}-{i}")))
+            .await
+            .unwrap();
+        for ((w, i), value) in chunk.iter().zip(values) {
+            if value.as_deref() != Some(format!("value-{w}-{i}").as_bytes()) {
+                lost.push(format!("set-{w}-{i}"));
+            }
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost: {lost:?}",
+        lost.len(),
+        acknowledged.len()
+    );
+}
+
+#[tokio::test]
+async fn set_options_carry_the_consistency_level() {
+    let mut cluster = cluster(keep_suspects).await;
+    let client = Client::connect(cluster.grpc_targets()).await.unwrap();
+    cluster.take("n3").crash().await.unwrap();
+    wait_not_active(&cluster, "n3").await;
+    let strict = SetOptions::new().consistency(Consistency::All);
+    let error = client.set_with("strict", "v", strict).await.unwrap_err();
+    assert!(
+        matches!(&error, ringcache::Error::Unavailable(m) if m.contains("needs 3 of 3 replicas")),
+        "{error}"
+    );
+    let relaxed = SetOptions::new().consistency(Consistency::Quorum);
+    assert!(
+        client
+            .set_with("relaxed", "v", relaxed)
+            .await
+            .unwrap()
+            .stored
+    );
+}
