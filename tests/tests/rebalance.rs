@@ -120,3 +120,72 @@ async fn a_graceful_leave_hands_every_key_off() {
         .expect("every key is on its replica among the three left");
     all_readable(&client).await;
 }
+
+/// Copies of `key` across the cluster, counted with Admin.Inspect on every node.
+async fn copies_via_inspect(cluster: &TestCluster, key: &str) -> usize {
+    let mut copies = 0;
+    for node in &cluster.nodes {
+        let channel = tonic::transport::Endpoint::from_shared(node.grpc_url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut admin = ringcache_proto::v1::admin_client::AdminClient::new(channel);
+        let answer = admin
+            .inspect(ringcache_proto::v1::InspectRequest { key: bytes::Bytes::from(key.to_owned()) })
+            .await
+            .unwrap()
+            .into_inner();
+        copies += usize::from(answer.live);
+    }
+    copies
+}
+
+fn three_copies(_: usize, config: &mut ringcache_server::Config) {
+    config.replication_factor = NonZeroU32::new(3).unwrap();
+    config.rebalance_bytes_per_sec = 0;
+}
+
+#[tokio::test]
+async fn with_three_copies_a_joiner_gets_its_share_and_every_key_stays_on_exactly_three_nodes() {
+    let mut cluster = TestCluster::start_with(3, three_copies).await;
+    cluster.wait_converged(DEADLINE).await.unwrap();
+    let client = Client::connect(cluster.grpc_targets()).await.unwrap();
+    load(&client).await;
+    cluster.add(4, three_copies).await;
+    cluster.wait_converged(DEADLINE).await.unwrap();
+    wait_until(DEADLINE, || async { copies_match_the_ring(&cluster) })
+        .await
+        .expect("every key ends up exactly on its three replicas");
+    for i in (0..KEYS).step_by(97) {
+        assert_eq!(copies_via_inspect(&cluster, &format!("key{i}")).await, 3, "key{i}");
+    }
+    // With R = 3 of 4 nodes each node holds about three quarters of the keys.
+    let share = cluster.node("n4").node.store().stats().keys as f64 / KEYS as f64;
+    assert!((0.65..=0.85).contains(&share), "the new node holds {share:.3} of the keys");
+    all_readable(&client).await;
+}
+
+#[tokio::test]
+async fn after_a_node_dies_every_key_gets_its_second_copy_back() {
+    let two_copies = |_: usize, config: &mut ringcache_server::Config| {
+        config.replication_factor = NonZeroU32::new(2).unwrap();
+        config.rebalance_bytes_per_sec = 0;
+    };
+    let mut cluster = TestCluster::start_with(4, two_copies).await;
+    cluster.wait_converged(DEADLINE).await.unwrap();
+    let client = Client::connect(cluster.grpc_targets()).await.unwrap();
+    load(&client).await;
+    wait_until(DEADLINE, || async { copies_match_the_ring(&cluster) })
+        .await
+        .expect("two copies of every key before the failure");
+    cluster.take("n3").crash().await.unwrap();
+    cluster.wait_converged(DEADLINE).await.unwrap();
+    wait_until(DEADLINE, || async { copies_match_the_ring(&cluster) })
+        .await
+        .expect("the survivors restore two copies of every key");
+    for i in (0..KEYS).step_by(97) {
+        assert_eq!(copies_via_inspect(&cluster, &format!("key{i}")).await, 2, "key{i}");
+    }
+    all_readable(&client).await;
+}
