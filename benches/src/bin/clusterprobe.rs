@@ -16,6 +16,9 @@
 //!   REQUESTS sets of 100-byte values over 100,000 keys with CONCURRENCY in flight, at ONE, QUORUM
 //!   and ALL in turn: throughput and p50/p99/p99.9 latency.
 //!
+//! - `clusterprobe repair KEYS VALUE_BYTES`: 4 nodes (R = 2) loaded, then one crashes: time from
+//!   the crash until every key has two copies again (failure detection included).
+//!
 //! Prints each trial and the median. Build in release:
 //! `cargo run --release -p ringcache-bench --bin clusterprobe -- detect 3 10`.
 
@@ -209,22 +212,26 @@ async fn writes(requests: u64, concurrency: u64) -> anyhow::Result<()> {
             let value = value.clone();
             let per_task = requests / concurrency;
             tasks.spawn(async move {
+                // 1 µs .. 60 s, 3 significant digits.
                 let mut histogram =
-                    hdrhistogram::Histogram::<u64>::new(3).expect("valid precision");
+                    hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                        .expect("valid bounds");
                 let mut keys = ringcache_bench::IndexSequence::new(t + 1, 100_000);
                 let mut errors = 0u64;
                 for _ in 0..per_task {
                     let key = ringcache_bench::bench_key(keys.next().unwrap_or_default());
                     let sent = Instant::now();
                     match writer.set(key, value.clone()).await {
-                        Ok(_) => histogram.saturating_record(sent.elapsed().as_micros() as u64),
+                        Ok(_) => {
+                            histogram.saturating_record((sent.elapsed().as_micros() as u64).max(1))
+                        }
                         Err(_) => errors += 1,
                     }
                 }
                 (histogram, errors)
             });
         }
-        let mut all = hdrhistogram::Histogram::<u64>::new(3)?;
+        let mut all = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
         let mut errors = 0;
         while let Some(joined) = tasks.join_next().await {
             let (histogram, failed) = joined?;
@@ -233,13 +240,72 @@ async fn writes(requests: u64, concurrency: u64) -> anyhow::Result<()> {
         }
         let elapsed = start.elapsed().as_secs_f64();
         println!(
-            "{name:>6}: {:.0} writes/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, errors {errors}",
+            "{name:>6}: {:.0} writes/s, mean {:.3} ms, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, errors {errors}",
             all.len() as f64 / elapsed,
+            all.mean() / 1000.0,
             all.value_at_quantile(0.50) as f64 / 1000.0,
             all.value_at_quantile(0.99) as f64 / 1000.0,
             all.value_at_quantile(0.999) as f64 / 1000.0,
         );
     }
+    for node in cluster.nodes {
+        node.stop().await?;
+    }
+    Ok(())
+}
+
+async fn repair(keys: u64, value_bytes: usize) -> anyhow::Result<()> {
+    let two_copies = |i: usize, config: &mut Config| {
+        production_timings(i, config);
+        config.replication_factor = std::num::NonZeroU32::new(2).expect("not zero");
+        config.rebalance_bytes_per_sec = 0;
+        config.store.max_memory_bytes = 8 << 30;
+    };
+    let mut cluster = TestCluster::start_with(4, two_copies).await;
+    cluster.wait_converged(DEADLINE).await?;
+    let client = ringcache::Client::connect(cluster.grpc_targets()).await?;
+    let value = bytes::Bytes::from(vec![b'x'; value_bytes]);
+    let mut next = 0;
+    while next < keys {
+        let end = (next + 500).min(keys);
+        client
+            .mset(
+                (next..end).map(|i| (ringcache_bench::bench_key(i), value.clone())),
+                None,
+            )
+            .await?;
+        next = end;
+    }
+    let copies =
+        |c: &TestCluster| -> u64 { c.nodes.iter().map(|n| n.node.store().stats().keys).sum() };
+    let give_up = Instant::now() + Duration::from_secs(600);
+    while copies(&cluster) != 2 * keys {
+        if Instant::now() > give_up {
+            bail!("the load never reached two copies per key");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lost = cluster.node("n4").node.store().stats().keys;
+    let start = Instant::now();
+    cluster.take("n4").crash().await?;
+    cluster.wait_converged(Duration::from_secs(600)).await?;
+    let detected = start.elapsed().as_secs_f64();
+    while copies(&cluster) != 2 * keys
+        || !cluster
+            .nodes
+            .iter()
+            .all(|n| n.node.rebalance().to_wire().phase == "idle")
+    {
+        if Instant::now() > give_up {
+            bail!("copies were not restored in 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = start.elapsed().as_secs_f64();
+    println!(
+        "crash of a node holding {lost} copies: detected in {detected:.2} s, two copies of all {keys} keys again after {took:.2} s (copying took {:.2} s)",
+        took - detected
+    );
     for node in cluster.nodes {
         node.stop().await?;
     }
@@ -264,11 +330,12 @@ fn main() -> anyhow::Result<()> {
         Some("detect") => runtime.block_on(detect(number(1, 3)? as usize, number(2, 10)? as usize)),
         Some("traffic") => runtime.block_on(traffic(number(1, 10)? as usize, number(2, 30)?)),
         Some("writes") => runtime.block_on(writes(number(1, 100_000)?, number(2, 50)?.max(1))),
+        Some("repair") => runtime.block_on(repair(number(1, 100_000)?, number(2, 1000)? as usize)),
         Some("rebalance") => {
             runtime.block_on(rebalance(number(1, 100_000)?, number(2, 1000)? as usize))
         }
         _ => bail!(
-            "usage: clusterprobe converge|detect|traffic [NODES] [TRIALS|SECONDS] | rebalance [KEYS] [VALUE_BYTES] | writes [REQUESTS] [CONCURRENCY]"
+            "usage: clusterprobe converge|detect|traffic [NODES] [TRIALS|SECONDS] | rebalance [KEYS] [VALUE_BYTES] | writes [REQUESTS] [CONCURRENCY] | repair [KEYS] [VALUE_BYTES]"
         ),
     }
 }
