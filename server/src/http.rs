@@ -32,6 +32,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let gossip = node.gossip_stats();
     node.metrics()
         .set_cluster(gossip.as_ref(), node.view().ring.nodes().len());
+    node.metrics().set_rebalance(&node.rebalance().to_wire());
     let body = node
         .metrics()
         .render(&stats, node.config().store.max_memory_bytes, node.uptime());

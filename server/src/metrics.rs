@@ -134,6 +134,12 @@ pub struct Metrics {
     gossip_dropped: Vec<Counter>,
     members: Vec<Gauge>,
     topology_members: Gauge,
+    rebalance_keys_sent: Counter,
+    rebalance_bytes_sent: Counter,
+    rebalance_keys_received: Counter,
+    rebalance_failures: Counter,
+    rebalance_passes: Counter,
+    rebalance_moving: Gauge,
     hints_pending: Gauge,
     hints_pending_bytes: Gauge,
     /// `hints_dropped[reason]`, reasons as in [`HINT_DROP_REASONS`].
@@ -386,7 +392,49 @@ impl Metrics {
                 vec![Label::new("result", result)],
             )
         });
+        describe(
+            &recorder,
+            "ringcache_rebalance_keys_sent_total",
+            Unit::Count,
+            "Entries sent to other nodes after ring changes (joins, repairs, leaves)",
+        );
+        describe(
+            &recorder,
+            "ringcache_rebalance_bytes_sent_total",
+            Unit::Bytes,
+            "Key and value bytes sent after ring changes",
+        );
+        describe(
+            &recorder,
+            "ringcache_rebalance_keys_received_total",
+            Unit::Count,
+            "Entries pulled by this node when it joined",
+        );
+        describe(
+            &recorder,
+            "ringcache_rebalance_failures_total",
+            Unit::Count,
+            "Failed rebalancing sends (retried by the next pass)",
+        );
+        describe(
+            &recorder,
+            "ringcache_rebalance_passes_total",
+            Unit::Count,
+            "Rebalancing passes completed",
+        );
+        describe(
+            &recorder,
+            "ringcache_rebalance_in_progress",
+            Unit::Count,
+            "1 while this node is moving data (joining, moving, leaving)",
+        );
         Self {
+            rebalance_keys_sent: counter("ringcache_rebalance_keys_sent_total", vec![]),
+            rebalance_bytes_sent: counter("ringcache_rebalance_bytes_sent_total", vec![]),
+            rebalance_keys_received: counter("ringcache_rebalance_keys_received_total", vec![]),
+            rebalance_failures: counter("ringcache_rebalance_failures_total", vec![]),
+            rebalance_passes: counter("ringcache_rebalance_passes_total", vec![]),
+            rebalance_moving: gauge("ringcache_rebalance_in_progress"),
             hints_pending: gauge("ringcache_hints_pending"),
             hints_pending_bytes: gauge("ringcache_hints_pending_bytes"),
             hints_dropped,
@@ -445,6 +493,17 @@ impl Metrics {
     pub fn forwarded_total(&self) -> u64 {
         self.forwarded_total
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Copies in the data-movement counters.
+    pub fn set_rebalance(&self, status: &ringcache_proto::v1::RebalanceStatusResponse) {
+        self.rebalance_keys_sent.absolute(status.keys_sent);
+        self.rebalance_bytes_sent.absolute(status.bytes_sent);
+        self.rebalance_keys_received.absolute(status.keys_received);
+        self.rebalance_failures.absolute(status.failures);
+        self.rebalance_passes.absolute(status.passes);
+        self.rebalance_moving
+            .set(if status.phase == "idle" { 0.0 } else { 1.0 });
     }
 
     /// Copies in the gossip counters and member gauges.

@@ -101,6 +101,16 @@ async fn a_joining_node_is_filled_and_old_holders_drop_what_moved() {
     );
     let status = cluster.node("n4").node.rebalance().to_wire();
     assert!(status.keys_received > 0, "{status:?}");
+    let metrics = ringcache_tests::http_get(cluster.node("n4").http_addr, "/metrics")
+        .await
+        .unwrap()
+        .body;
+    let line = format!(
+        "ringcache_rebalance_keys_received_total {}",
+        status.keys_received
+    );
+    assert!(metrics.contains(&line), "{line} missing from\n{metrics}");
+    assert!(metrics.contains("ringcache_rebalance_in_progress 0"));
     all_readable(&client).await;
 }
 
@@ -132,7 +142,9 @@ async fn copies_via_inspect(cluster: &TestCluster, key: &str) -> usize {
             .unwrap();
         let mut admin = ringcache_proto::v1::admin_client::AdminClient::new(channel);
         let answer = admin
-            .inspect(ringcache_proto::v1::InspectRequest { key: bytes::Bytes::from(key.to_owned()) })
+            .inspect(ringcache_proto::v1::InspectRequest {
+                key: bytes::Bytes::from(key.to_owned()),
+            })
             .await
             .unwrap()
             .into_inner();
@@ -158,11 +170,18 @@ async fn with_three_copies_a_joiner_gets_its_share_and_every_key_stays_on_exactl
         .await
         .expect("every key ends up exactly on its three replicas");
     for i in (0..KEYS).step_by(97) {
-        assert_eq!(copies_via_inspect(&cluster, &format!("key{i}")).await, 3, "key{i}");
+        assert_eq!(
+            copies_via_inspect(&cluster, &format!("key{i}")).await,
+            3,
+            "key{i}"
+        );
     }
     // With R = 3 of 4 nodes each node holds about three quarters of the keys.
     let share = cluster.node("n4").node.store().stats().keys as f64 / KEYS as f64;
-    assert!((0.65..=0.85).contains(&share), "the new node holds {share:.3} of the keys");
+    assert!(
+        (0.65..=0.85).contains(&share),
+        "the new node holds {share:.3} of the keys"
+    );
     all_readable(&client).await;
 }
 
@@ -185,7 +204,11 @@ async fn after_a_node_dies_every_key_gets_its_second_copy_back() {
         .await
         .expect("the survivors restore two copies of every key");
     for i in (0..KEYS).step_by(97) {
-        assert_eq!(copies_via_inspect(&cluster, &format!("key{i}")).await, 2, "key{i}");
+        assert_eq!(
+            copies_via_inspect(&cluster, &format!("key{i}")).await,
+            2,
+            "key{i}"
+        );
     }
     all_readable(&client).await;
 }
