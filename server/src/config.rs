@@ -45,6 +45,11 @@ pub struct Cli {
     /// [default: 127.0.0.1].
     #[arg(long, env = "RINGCACHE_BIND", value_name = "IP")]
     pub bind: Option<IpAddr>,
+    /// The IP other nodes and clients use to reach this node, advertised in the topology with the
+    /// bound ports; required when binding a wildcard address (0.0.0.0 or ::), e.g. the pod IP
+    /// [default: the bind address].
+    #[arg(long, env = "RINGCACHE_ADVERTISE_ADDR", value_name = "IP")]
+    pub advertise_addr: Option<IpAddr>,
     /// gRPC port for clients and nodes; 0 picks a free port [default: 7379].
     #[arg(long, env = "RINGCACHE_GRPC_PORT", value_name = "PORT")]
     pub grpc_port: Option<u16>,
@@ -270,6 +275,7 @@ impl<'de> Deserialize<'de> for HumanDuration {
 struct FileConfig {
     node_id: Option<String>,
     bind: Option<IpAddr>,
+    advertise_addr: Option<IpAddr>,
     grpc_port: Option<u16>,
     gossip_port: Option<u16>,
     http_port: Option<u16>,
@@ -310,6 +316,8 @@ pub struct Config {
     pub node_id: String,
     /// Address all ports bind to.
     pub bind: IpAddr,
+    /// The IP advertised to peers and clients (`None`: the bind address).
+    pub advertise_addr: Option<IpAddr>,
     /// gRPC port (0: any free port).
     pub grpc_port: u16,
     /// Gossip port.
@@ -377,10 +385,10 @@ impl Config {
             .gossip_port
             .or(file.gossip_port)
             .unwrap_or(DEFAULT_GOSSIP_PORT);
-        let node_id = cli
-            .node_id
-            .or(file.node_id)
-            .unwrap_or_else(|| SocketAddr::new(bind, gossip_port).to_string());
+        let node_id = cli.node_id.or(file.node_id).unwrap_or_else(|| {
+            let ip = cli.advertise_addr.or(file.advertise_addr).unwrap_or(bind);
+            SocketAddr::new(ip, gossip_port).to_string()
+        });
         let max_key_bytes = cli
             .max_key_bytes
             .or(file.max_key_bytes)
@@ -394,6 +402,7 @@ impl Config {
         let config = Self {
             node_id,
             bind,
+            advertise_addr: cli.advertise_addr.or(file.advertise_addr),
             grpc_port: cli
                 .grpc_port
                 .or(file.grpc_port)
@@ -511,6 +520,12 @@ impl Config {
                 self.max_message_bytes
             );
         }
+        if self.bind.is_unspecified() && self.advertise_addr.is_none_or(|ip| ip.is_unspecified()) {
+            bail!(
+                "bind {} listens on every interface but is no address others can reach: set advertise_addr (--advertise-addr) to this node's IP",
+                self.bind
+            );
+        }
         if self.max_batch_keys == 0 {
             bail!("max_batch_keys must be at least 1");
         }
@@ -596,6 +611,11 @@ impl Config {
     /// Where the gRPC listener binds.
     pub fn grpc_addr(&self) -> SocketAddr {
         SocketAddr::new(self.bind, self.grpc_port)
+    }
+
+    /// The address peers and clients should use for a socket bound at `bound`.
+    pub fn advertised(&self, bound: SocketAddr) -> SocketAddr {
+        SocketAddr::new(self.advertise_addr.unwrap_or(bound.ip()), bound.port())
     }
 
     /// Where the HTTP listener binds.
@@ -794,6 +814,22 @@ mod tests {
             FileConfig::default(),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_wildcard_bind_advertises_the_given_address() {
+        let config = Config::layer(
+            parse(&["--bind", "0.0.0.0", "--advertise-addr", "10.1.2.3"]),
+            FileConfig::default(),
+        )
+        .unwrap();
+        let bound: SocketAddr = "0.0.0.0:7379".parse().unwrap();
+        assert_eq!(config.advertised(bound).to_string(), "10.1.2.3:7379");
+        let local = Config::layer(Cli::default(), FileConfig::default()).unwrap();
+        assert_eq!(
+            local.advertised("127.0.0.1:9".parse().unwrap()).to_string(),
+            "127.0.0.1:9"
+        );
     }
 
     #[test]

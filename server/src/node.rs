@@ -252,7 +252,9 @@ impl Node {
             state: NodeState::try_from(self.state() as i32).unwrap_or(NodeState::Active),
             weight: 1,
             grpc_addr: advertised.grpc_addr,
-            gossip_addr: SocketAddr::new(config.bind, config.gossip_port).to_string(),
+            gossip_addr: config
+                .advertised(SocketAddr::new(config.bind, config.gossip_port))
+                .to_string(),
             http_addr: advertised.http_addr,
         }
     }
@@ -342,9 +344,9 @@ impl Node {
         let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
         {
             let mut advertised = self.advertised.write();
-            advertised.grpc_addr = grpc_addr.to_string();
+            advertised.grpc_addr = self.config.advertised(grpc_addr).to_string();
             if let Some(addr) = http_addr {
-                advertised.http_addr = addr.to_string();
+                advertised.http_addr = self.config.advertised(addr).to_string();
             }
         }
         self.publish_single_node();
@@ -498,7 +500,7 @@ impl Node {
         socket: UdpSocket,
         tasks: &mut tokio::task::JoinSet<()>,
     ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-        let gossip_addr = socket.local_addr()?;
+        let gossip_addr = self.config.advertised(socket.local_addr()?);
         let identity = NodeIdentity::new(&self.config.node_id, gossip_addr, self.incarnation)
             .context("invalid node id")?;
         let advertised = self.advertised.read().clone();

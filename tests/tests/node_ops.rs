@@ -186,3 +186,24 @@ async fn reflection_lists_the_ringcache_services() {
     }
     node.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_topology_advertises_the_advertise_address() {
+    let mut config = ringcache_server::Config::for_test();
+    config.advertise_addr = Some("127.0.0.5".parse().unwrap());
+    let node = TestNode::start(config).await;
+    let mut cluster = ClusterClient::new(channel(&node).await);
+    let topology = cluster
+        .get_topology(v1::GetTopologyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let me = &topology.members[0];
+    assert_eq!(me.grpc_addr, format!("127.0.0.5:{}", node.grpc_addr.port()));
+    assert_eq!(me.http_addr, format!("127.0.0.5:{}", node.http_addr.port()));
+    assert_eq!(
+        me.gossip_addr,
+        format!("127.0.0.5:{}", node.gossip_addr.unwrap().port())
+    );
+    node.stop().await.unwrap();
+}
