@@ -1,0 +1,1871 @@
+//! The files in `deploy/` checked against the `ringcached` they deploy: every YAML and JSON file
+//! parses; every flag, `RINGCACHE_*` variable and config key they use is one the binary knows;
+//! each deployment's exact settings start a real node (addresses moved to 127.0.0.1, ports to 0,
+//! no seeds); ports, probes and seeds name the right port for their purpose; the Kubernetes
+//! objects select each other; grace periods cover a graceful leave; memory limits follow
+//! `max_memory`; the container health check passes on a live node and fails on a dead one; and
+//! the Grafana dashboard queries only metrics and labels a node exports.
+//!
+//! Nothing here runs Docker, Kubernetes or systemd: the files are parsed and their settings are
+//! tried on the binary. `systemd-analyze verify` checks the unit (.ci/run installs systemd if missing).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize as _;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringcached");
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The documented ports, each for one purpose.
+const GRPC_PORT: u16 = 7379;
+const GOSSIP_PORT: u16 = 7380;
+const HTTP_PORT: u16 = 7381;
+
+/// ringcached's defaults for the settings a graceful stop waits on, and the gossip leave after
+/// the hand-off (`Node::serve` waits up to 5 s for it).
+const DEFAULT_SHUTDOWN_TIMEOUT: &str = "10s";
+const DEFAULT_LEAVE_TIMEOUT: &str = "5m";
+const GOSSIP_LEAVE: Duration = Duration::from_secs(5);
+
+/// Environment variables of other programs that deploy files may name.
+const OTHER_RINGCACHE_VARS: [&str; 1] = ["RINGCACHE_CLUSTER"]; // ringctl --cluster
+
+/// Metric families the dashboard may leave out (none today).
+const NOT_ON_DASHBOARD: [&str; 0] = [];
+
+// ---- files -------------------------------------------------------------------------------------
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("server/ has a parent")
+        .to_path_buf()
+}
+
+fn deploy() -> PathBuf {
+    repo().join("deploy")
+}
+
+fn read(rel: &str) -> String {
+    let path = deploy().join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Every file under `deploy/`, as paths relative to it, sorted.
+fn deploy_files() -> Vec<String> {
+    fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, base, out);
+            } else {
+                let rel = path.strip_prefix(base).unwrap();
+                out.push(rel.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&deploy(), &deploy(), &mut out);
+    out.sort();
+    out
+}
+
+/// The documents of a YAML file (merge keys applied), as JSON values.
+fn yaml_docs(rel: &str) -> Vec<Value> {
+    let text = read(rel);
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| {
+            let mut value = serde_yaml_ng::Value::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{rel}: invalid YAML: {e}"));
+            value
+                .apply_merge()
+                .unwrap_or_else(|e| panic!("{rel}: bad merge key: {e}"));
+            serde_json::to_value(value)
+                .unwrap_or_else(|e| panic!("{rel}: not representable as JSON: {e}"))
+        })
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+/// The one document of `kind` in `rel` named `name` (any name when `None`).
+fn k8s_object(rel: &str, kind: &str, name: Option<&str>) -> Value {
+    let found: Vec<Value> = yaml_docs(rel)
+        .into_iter()
+        .filter(|doc| doc["kind"] == kind && name.is_none_or(|n| doc["metadata"]["name"] == n))
+        .collect();
+    assert_eq!(found.len(), 1, "{rel}: want one {kind} {name:?}");
+    found.into_iter().next().unwrap()
+}
+
+fn str_of<'a>(value: &'a Value, what: &str) -> &'a str {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: want a string, got {value}"))
+}
+
+fn labels(value: &Value) -> BTreeMap<String, String> {
+    value
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), str_of(v, k).to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether every label of `selector` is on `target` with the same value (and there is one).
+fn selects(selector: &BTreeMap<String, String>, target: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| target.get(k) == Some(v))
+}
+
+// ---- what the binary knows -----------------------------------------------------------------------
+
+struct Help {
+    /// Long flags without the dashes, e.g. `max-memory`.
+    flags: BTreeSet<String>,
+    /// `RINGCACHE_*` variables.
+    env: BTreeSet<String>,
+}
+
+impl Help {
+    /// TOML keys: every flag but the ones that only make sense on a command line.
+    fn config_keys(&self) -> BTreeSet<String> {
+        self.flags
+            .iter()
+            .filter(|f| !["config", "dev-cluster", "help", "version"].contains(&f.as_str()))
+            .map(|f| f.replace('-', "_"))
+            .collect()
+    }
+}
+
+fn help() -> &'static Help {
+    static HELP: OnceLock<Help> = OnceLock::new();
+    HELP.get_or_init(|| {
+        let out = Command::new(BIN).arg("--help").output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut flags = BTreeSet::new();
+        let mut env = BTreeSet::new();
+        for line in text.lines() {
+            for token in line.split_whitespace() {
+                let token = token.trim_end_matches(',');
+                if let Some(flag) = token.strip_prefix("--")
+                    && line.trim_start().starts_with('-')
+                    && !flag.is_empty()
+                {
+                    flags.insert(flag.split('=').next().unwrap().to_owned());
+                }
+            }
+            if let Some(at) = line.find("[env: ") {
+                let name = line[at + 6..].split('=').next().unwrap();
+                env.insert(name.to_owned());
+            }
+        }
+        assert!(flags.contains("advertise-addr") && flags.contains("max-memory"));
+        assert!(env.contains("RINGCACHE_MAX_MEMORY"));
+        Help { flags, env }
+    })
+}
+
+// ---- launches: how each deployment starts ringcached ------------------------------------------
+
+/// How one deployment starts `ringcached`: its arguments, its `RINGCACHE_*` environment and the
+/// config file `--config` points at (as deployed).
+#[derive(Debug, Clone)]
+struct Launch {
+    what: String,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    config: Option<String>,
+}
+
+impl Launch {
+    /// `(flag, value)` pairs; every ringcached flag takes a value (`--flag value` or
+    /// `--flag=value`).
+    fn flags(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut args = self.args.iter();
+        while let Some(arg) = args.next() {
+            let flag = arg
+                .strip_prefix("--")
+                .unwrap_or_else(|| panic!("{}: stray argument {arg:?}", self.what));
+            match flag.split_once('=') {
+                Some((name, value)) => out.push((name.to_owned(), value.to_owned())),
+                None => {
+                    let value = args
+                        .next()
+                        .unwrap_or_else(|| panic!("{}: --{flag} has no value", self.what));
+                    out.push((flag.to_owned(), value.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    fn flag(&self, name: &str) -> Option<String> {
+        self.flags()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+    }
+
+    fn toml(&self) -> Option<toml::Table> {
+        self.config.as_ref().map(|text| {
+            text.parse()
+                .unwrap_or_else(|e| panic!("{}: config is not TOML: {e}", self.what))
+        })
+    }
+
+    /// A setting as the node resolves it: flag, then environment, then config file.
+    fn setting(&self, key: &str) -> Option<String> {
+        let flag = key.replace('_', "-");
+        if let Some(value) = self.flag(&flag) {
+            return Some(value);
+        }
+        let var = format!("RINGCACHE_{}", key.to_uppercase());
+        if let Some(value) = self.env.get(&var) {
+            return Some(value.clone());
+        }
+        self.toml()
+            .and_then(|t| t.get(key).cloned())
+            .map(|v| match v {
+                toml::Value::String(s) => s,
+                other => other.to_string(),
+            })
+    }
+
+    fn port(&self, key: &str, default: u16) -> u16 {
+        self.setting(key).map_or(default, |v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{}: {key} {v:?}", self.what))
+        })
+    }
+
+    fn duration(&self, key: &str, default: &str) -> Duration {
+        let text = self.setting(key).unwrap_or_else(|| default.to_owned());
+        humantime::parse_duration(&text).unwrap_or_else(|e| panic!("{}: {key}: {e}", self.what))
+    }
+
+    fn max_memory(&self) -> u64 {
+        let text = self
+            .setting("max_memory")
+            .unwrap_or_else(|| "1GiB".to_owned());
+        text.parse::<bytesize::ByteSize>()
+            .unwrap_or_else(|e| panic!("{}: max_memory: {e}", self.what))
+            .as_u64()
+    }
+
+    /// The time a graceful stop may take: in-flight requests, hand-off, gossip leave.
+    fn graceful_stop(&self) -> Duration {
+        self.duration("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT)
+            + self.duration("leave_timeout", DEFAULT_LEAVE_TIMEOUT)
+            + GOSSIP_LEAVE
+    }
+
+    /// `seeds` as `host:port` strings.
+    fn seeds(&self) -> Vec<String> {
+        if let Some(value) = self
+            .flag("seeds")
+            .or_else(|| self.env.get("RINGCACHE_SEEDS").cloned())
+        {
+            return value.split(',').map(str::to_owned).collect();
+        }
+        self.toml()
+            .and_then(|t| t.get("seeds").cloned())
+            .map(|v| {
+                v.as_array()
+                    .expect("seeds is a list")
+                    .iter()
+                    .map(|s| s.as_str().expect("seeds are strings").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Memory a node may use: `max_memory` × 1.3 + 128 MiB.
+fn memory_limit_for(max_memory: u64) -> u64 {
+    max_memory * 13 / 10 + (128 << 20)
+}
+
+// ---- the Dockerfile ------------------------------------------------------------------------------
+
+/// Instructions as `(INSTRUCTION, rest)`, continuation lines joined, comments dropped.
+fn dockerfile() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in read("Dockerfile").lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || (trimmed.is_empty() && current.is_empty()) {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(part) => {
+                current.push_str(part);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(trimmed);
+                let (op, rest) = current.split_once(' ').unwrap_or((&current, ""));
+                out.push((op.to_uppercase(), rest.trim().to_owned()));
+                current.clear();
+            }
+        }
+    }
+    out
+}
+
+fn docker_stages() -> Vec<Vec<(String, String)>> {
+    let mut stages: Vec<Vec<(String, String)>> = vec![Vec::new()];
+    for (op, rest) in dockerfile() {
+        if op == "FROM" {
+            stages.push(Vec::new());
+        }
+        stages.last_mut().unwrap().push((op, rest));
+    }
+    stages
+}
+
+/// The runtime stage: the last one.
+fn docker_runtime() -> Vec<(String, String)> {
+    docker_stages().pop().unwrap()
+}
+
+fn docker_exec_form(rest: &str, what: &str) -> Vec<String> {
+    serde_json::from_str(rest).unwrap_or_else(|e| panic!("{what} {rest}: want exec form: {e}"))
+}
+
+/// The image's `ENV`, every variable.
+fn docker_env() -> BTreeMap<String, String> {
+    docker_runtime()
+        .iter()
+        .filter(|(op, _)| op == "ENV")
+        .flat_map(|(_, rest)| {
+            rest.split_whitespace()
+                .map(|pair| {
+                    let (k, v) = pair.split_once('=').expect("ENV KEY=VALUE");
+                    (k.to_owned(), v.trim_matches('"').to_owned())
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn ringcache_env(env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    env.iter()
+        .filter(|(k, _)| k.starts_with("RINGCACHE_"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn docker_launch() -> Launch {
+    let runtime = docker_runtime();
+    let find = |name: &str| {
+        runtime
+            .iter()
+            .rev()
+            .find(|(op, _)| op == name)
+            .map(|(_, rest)| docker_exec_form(rest, name))
+    };
+    let entrypoint = find("ENTRYPOINT").expect("an ENTRYPOINT");
+    assert_eq!(entrypoint[0], "ringcached", "the entrypoint is ringcached");
+    let mut args = entrypoint[1..].to_vec();
+    args.extend(find("CMD").unwrap_or_default());
+    Launch {
+        what: "Dockerfile".into(),
+        args,
+        env: ringcache_env(&docker_env()),
+        config: None,
+    }
+}
+
+// ---- docker-compose ------------------------------------------------------------------------------
+
+fn compose() -> Value {
+    let docs = yaml_docs("docker-compose.yml");
+    assert_eq!(docs.len(), 1);
+    docs.into_iter().next().unwrap()
+}
+
+fn compose_services() -> Vec<(String, Value)> {
+    let compose = compose();
+    let services = compose["services"].as_object().expect("services");
+    services
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn compose_env(service: &Value) -> BTreeMap<String, String> {
+    match &service["environment"] {
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), v)
+            })
+            .collect(),
+        Value::Array(list) => list
+            .iter()
+            .map(|item| {
+                let (k, v) = str_of(item, "environment").split_once('=').unwrap();
+                (k.to_owned(), v.to_owned())
+            })
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+fn compose_launches() -> Vec<(Launch, Value)> {
+    compose_services()
+        .into_iter()
+        .map(|(name, service)| {
+            let args = match &service["command"] {
+                Value::Array(list) => list
+                    .iter()
+                    .map(|a| str_of(a, "command").to_owned())
+                    .collect(),
+                Value::String(s) => s.split_whitespace().map(str::to_owned).collect(),
+                _ => Vec::new(),
+            };
+            let mut env = ringcache_env(&docker_env());
+            env.extend(ringcache_env(&compose_env(&service)));
+            let launch = Launch {
+                what: format!("docker-compose.yml {name}"),
+                args,
+                env,
+                config: None,
+            };
+            (launch, service)
+        })
+        .collect()
+}
+
+// ---- Kubernetes ----------------------------------------------------------------------------------
+
+fn statefulset() -> Value {
+    k8s_object("k8s/statefulset.yaml", "StatefulSet", None)
+}
+
+fn ringcached_container(sts: &Value) -> Value {
+    let containers = sts["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers");
+    containers
+        .iter()
+        .find(|c| c["name"] == "ringcached")
+        .expect("a container named ringcached")
+        .clone()
+}
+
+/// The container's env: `name -> value` for plain values, `name -> fieldRef path` for the
+/// downward API.
+fn container_env(container: &Value) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let mut values = BTreeMap::new();
+    let mut fields = BTreeMap::new();
+    for item in container["env"].as_array().into_iter().flatten() {
+        let name = str_of(&item["name"], "env name").to_owned();
+        if let Some(value) = item["value"].as_str() {
+            values.insert(name, value.to_owned());
+        } else if let Some(path) = item["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+            fields.insert(name, path.to_owned());
+        } else {
+            panic!("env {name}: want a value or a fieldRef");
+        }
+    }
+    (values, fields)
+}
+
+/// The text of the file at `path` inside the container, from the ConfigMap mounted there.
+fn mounted_config(sts: &Value, container: &Value, path: &str) -> String {
+    let pod = &sts["spec"]["template"]["spec"];
+    for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+        let dir = str_of(&mount["mountPath"], "mountPath").trim_end_matches('/');
+        let Some(file) = path.strip_prefix(&format!("{dir}/")) else {
+            continue;
+        };
+        let volume = pod["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap_or_else(|| panic!("no volume {}", mount["name"]));
+        let map = &volume["configMap"];
+        let name = str_of(&map["name"], "configMap name");
+        let key = match map["items"].as_array() {
+            Some(items) => items
+                .iter()
+                .find(|i| i["path"] == file)
+                .map(|i| str_of(&i["key"], "key").to_owned())
+                .unwrap_or_else(|| panic!("configMap {name} projects no {file}")),
+            None => file.to_owned(),
+        };
+        let config_map = k8s_object("k8s/configmap.yaml", "ConfigMap", Some(name));
+        return str_of(&config_map["data"][&key], "ConfigMap data").to_owned();
+    }
+    panic!("nothing is mounted at {path}");
+}
+
+fn k8s_launch() -> Launch {
+    let sts = statefulset();
+    let container = ringcached_container(&sts);
+    let mut args: Vec<String> = Vec::new();
+    if let Some(command) = container["command"].as_array() {
+        assert!(
+            str_of(&command[0], "command").ends_with("ringcached"),
+            "command runs ringcached"
+        );
+        args.extend(command[1..].iter().map(|a| str_of(a, "command").to_owned()));
+    }
+    args.extend(
+        container["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .map(|a| str_of(a, "args").to_owned()),
+    );
+    let (values, _) = container_env(&container);
+    let mut env = ringcache_env(&docker_env());
+    env.extend(ringcache_env(&values));
+    let mut launch = Launch {
+        what: "k8s/statefulset.yaml".into(),
+        args,
+        env,
+        config: None,
+    };
+    if let Some(path) = launch.setting("config") {
+        launch.config = Some(mounted_config(&sts, &container, &path));
+    }
+    launch
+}
+
+// ---- systemd -------------------------------------------------------------------------------------
+
+/// `(section, key, value)` of a unit file, in order.
+fn unit(rel: &str) -> Vec<(String, String, String)> {
+    let mut section = String::new();
+    let mut out = Vec::new();
+    for line in read(rel).lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_owned();
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("{rel}: not key=value: {line}"));
+        out.push((
+            section.clone(),
+            key.trim().to_owned(),
+            value.trim().to_owned(),
+        ));
+    }
+    out
+}
+
+fn service_values(key: &str) -> Vec<String> {
+    unit("systemd/ringcached.service")
+        .into_iter()
+        .filter(|(s, k, _)| s == "Service" && k == key)
+        .map(|(_, _, v)| v)
+        .collect()
+}
+
+fn service_value(key: &str) -> String {
+    let values = service_values(key);
+    assert_eq!(values.len(), 1, "ringcached.service: want one {key}=");
+    values.into_iter().next().unwrap()
+}
+
+fn systemd_launch() -> Launch {
+    let exec = service_value("ExecStart");
+    let mut words = exec.split_whitespace().map(str::to_owned);
+    let bin = words.next().unwrap();
+    assert!(bin.starts_with('/'), "ExecStart needs an absolute path");
+    assert!(bin.ends_with("/ringcached"), "ExecStart runs ringcached");
+    let mut env = BTreeMap::new();
+    for line in service_values("Environment") {
+        for pair in line.split_whitespace() {
+            let (k, v) = pair.trim_matches('"').split_once('=').unwrap();
+            env.insert(k.to_owned(), v.to_owned());
+        }
+    }
+    let mut launch = Launch {
+        what: "systemd/ringcached.service".into(),
+        args: words.collect(),
+        env: ringcache_env(&env),
+        config: None,
+    };
+    let path = launch.setting("config").expect("the unit passes --config");
+    assert_eq!(
+        path, "/etc/ringcache/ringcache.toml",
+        "the unit reads the sample's documented path"
+    );
+    launch.config = Some(read("systemd/ringcache.toml"));
+    launch
+}
+
+fn all_launches() -> Vec<Launch> {
+    let mut out = vec![docker_launch(), k8s_launch(), systemd_launch()];
+    out.extend(compose_launches().into_iter().map(|(l, _)| l));
+    out
+}
+
+// ---- running nodes -------------------------------------------------------------------------------
+
+/// A ringcached child, killed when dropped.
+struct Running {
+    child: Child,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts ringcached with `args` and only `env` (plus logging variables) in its environment;
+/// returns it once it logs "ringcached serving" (with that line), or its log when it exits or
+/// does not get there in time.
+fn start(args: &[String], env: &BTreeMap<String, String>) -> Result<(Running, String), String> {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .envs(env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ringcached");
+    let stderr = child.stderr.take().unwrap();
+    let running = Running { child };
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut log = Vec::new();
+    loop {
+        let left = DEADLINE.saturating_sub(started.elapsed());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("ringcached serving") => return Ok((running, line)),
+            Ok(line) => log.push(line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let mut running = running;
+                let status = running.child.wait().unwrap();
+                return Err(format!("exited with {status}:\n{}", log.join("\n")));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(format!(
+                    "not serving within {DEADLINE:?}:\n{}",
+                    log.join("\n")
+                ));
+            }
+        }
+    }
+}
+
+/// Sample values for the variables Kubernetes substitutes in args.
+fn expand_k8s_vars(text: &str) -> String {
+    text.replace("$(POD_NAME)", "ringcache-0")
+        .replace("$(POD_IP)", "10.0.0.10")
+        .replace("$(POD_NAMESPACE)", "default")
+}
+
+/// Starts `launch` as it would run, but on this machine: addresses 127.0.0.1, free ports, no
+/// seeds (nothing may leave the machine), and its config file copied with `seeds` taken out.
+fn start_launch(launch: &Launch, tag: &str) -> Result<(Running, String), String> {
+    let local = ["bind", "advertise-addr"];
+    let ports = ["grpc-port", "gossip-port", "http-port"];
+    let mut args = Vec::new();
+    let mut config_file = None;
+    for (flag, value) in launch.flags() {
+        let value = expand_k8s_vars(&value);
+        if flag == "seeds" || local.contains(&flag.as_str()) || ports.contains(&flag.as_str()) {
+            continue;
+        }
+        if flag == "config" {
+            let mut table = launch.toml().expect("--config has a file");
+            table.remove("seeds");
+            let path = std::env::temp_dir().join(format!(
+                "ringcache-deploy-test-{}-{tag}.toml",
+                std::process::id()
+            ));
+            std::fs::write(&path, table.to_string()).unwrap();
+            args.push(format!("--config={}", path.display()));
+            config_file = Some(path);
+            continue;
+        }
+        args.push(format!("--{flag}={value}"));
+    }
+    for flag in local {
+        args.push(format!("--{flag}=127.0.0.1"));
+    }
+    for flag in ports {
+        args.push(format!("--{flag}=0"));
+    }
+    let mut env = launch.env.clone();
+    env.remove("RINGCACHE_SEEDS");
+    env.remove("RINGCACHE_CONFIG");
+    let result = start(&args, &env);
+    if let Some(path) = config_file {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// A node on 127.0.0.1 with free ports: the process and its HTTP address.
+fn local_node() -> (Running, String) {
+    let args: Vec<String> = [
+        "--bind=127.0.0.1",
+        "--grpc-port=0",
+        "--gossip-port=0",
+        "--http-port=0",
+        "--log-format=json",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let (running, line) = start(&args, &BTreeMap::new()).unwrap_or_else(|log| panic!("{log}"));
+    let event: Value = serde_json::from_str(&line).unwrap();
+    let http = str_of(&event["fields"]["http"], "http field");
+    let addr = http
+        .strip_prefix("Some(")
+        .and_then(|s| s.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("http address in {line}"))
+        .to_owned();
+    (running, addr)
+}
+
+// ---- parsing helpers -----------------------------------------------------------------------------
+
+/// A size with binary suffixes (`Ki`/`Mi`/`Gi` for Kubernetes, `k`/`m`/`g` for Docker, `K`/`M`/`G`
+/// for systemd: all powers of 1024).
+fn binary_size(text: &str) -> u64 {
+    let digits: String = text.chars().take_while(char::is_ascii_digit).collect();
+    let number: u64 = digits.parse().unwrap_or_else(|_| panic!("size {text:?}"));
+    let shift = match text[digits.len()..]
+        .trim_end_matches('i')
+        .to_lowercase()
+        .as_str()
+    {
+        "" | "b" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        other => panic!("unit {other:?} in {text:?}"),
+    };
+    number << shift
+}
+
+/// A `host:port` with a numeric port.
+fn host_port(text: &str) -> (&str, u16) {
+    let (host, port) = text
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("{text:?}: want host:port"));
+    (
+        host,
+        port.parse()
+            .unwrap_or_else(|_| panic!("{text:?}: bad port")),
+    )
+}
+
+fn ipv4(text: &str) -> std::net::Ipv4Addr {
+    text.parse()
+        .unwrap_or_else(|_| panic!("{text:?}: want an IPv4 address"))
+}
+
+fn in_subnet(ip: std::net::Ipv4Addr, subnet: &str) -> bool {
+    let (net, len) = subnet.split_once('/').expect("CIDR");
+    let len: u32 = len.parse().unwrap();
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    u32::from(ip) & mask == u32::from(ipv4(net)) & mask
+}
+
+// ---- tests: parsing and names --------------------------------------------------------------------
+
+#[test]
+fn every_yaml_and_json_file_parses() {
+    let files = deploy_files();
+    for expected in [
+        "Dockerfile",
+        "docker-compose.yml",
+        "k8s/statefulset.yaml",
+        "k8s/service.yaml",
+        "k8s/pdb.yaml",
+        "k8s/configmap.yaml",
+        "systemd/ringcached.service",
+        "systemd/ringcache.toml",
+        "grafana/ringcache-dashboard.json",
+        "README.md",
+    ] {
+        assert!(
+            files.iter().any(|f| f == expected),
+            "deploy/{expected} missing"
+        );
+    }
+    let mut parsed = 0;
+    for file in &files {
+        if file.ends_with(".yaml") || file.ends_with(".yml") {
+            let docs = yaml_docs(file);
+            assert!(!docs.is_empty(), "{file}: no document");
+            for doc in &docs {
+                assert!(doc.is_object(), "{file}: a document is not a mapping");
+                if file.starts_with("k8s/") {
+                    assert!(
+                        doc["apiVersion"].is_string() && doc["kind"].is_string(),
+                        "{file}: apiVersion and kind"
+                    );
+                    assert!(doc["metadata"]["name"].is_string(), "{file}: metadata.name");
+                }
+            }
+            parsed += 1;
+        } else if file.ends_with(".json") {
+            let _: Value = serde_json::from_str(&read(file))
+                .unwrap_or_else(|e| panic!("{file}: invalid JSON: {e}"));
+            parsed += 1;
+        } else if file.ends_with(".toml") {
+            let _: toml::Table = read(file)
+                .parse()
+                .unwrap_or_else(|e| panic!("{file}: invalid TOML: {e}"));
+            parsed += 1;
+        }
+    }
+    assert!(parsed >= 8, "parsed {parsed} files");
+}
+
+#[test]
+fn every_flag_variable_and_config_key_is_one_ringcached_knows() {
+    let help = help();
+    let keys = help.config_keys();
+    let launches = all_launches();
+    assert_eq!(
+        launches.len(),
+        6,
+        "Dockerfile, k8s, systemd, 3 compose nodes"
+    );
+    for launch in &launches {
+        for (flag, _) in launch.flags() {
+            assert!(
+                help.flags.contains(&flag),
+                "{}: --{flag} is not in ringcached --help",
+                launch.what
+            );
+        }
+        for var in launch.env.keys() {
+            assert!(
+                help.env.contains(var),
+                "{}: {var} is not in ringcached --help",
+                launch.what
+            );
+        }
+        if let Some(table) = launch.toml() {
+            for key in table.keys() {
+                assert!(
+                    keys.contains(key),
+                    "{}: config key {key} is no ringcached setting",
+                    launch.what
+                );
+            }
+        }
+    }
+
+    // Any RINGCACHE_* named anywhere in deploy/ (comments and README included).
+    for file in deploy_files() {
+        let text = read(&file);
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("RINGCACHE_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            if name.ends_with('_') {
+                continue; // `RINGCACHE_*`: the family, not a variable
+            }
+            assert!(
+                help.env.contains(&name) || OTHER_RINGCACHE_VARS.contains(&name.as_str()),
+                "deploy/{file}: {name} is not a ringcached variable"
+            );
+        }
+    }
+
+    // Flags on `ringcached` command lines in deploy/README.md.
+    let readme = read("README.md");
+    let mut checked = 0;
+    for line in readme.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for (i, word) in words.iter().enumerate() {
+            if !word.ends_with("ringcached") {
+                continue;
+            }
+            let mut rest = &words[i + 1..];
+            if i > 0 && words[i - 1].starts_with('-') {
+                // `--bin ringcached`: the node's own flags follow a `--`, if any.
+                match rest.iter().position(|w| *w == "--") {
+                    Some(at) => rest = &rest[at + 1..],
+                    None => continue,
+                }
+            }
+            for word in rest {
+                if word.starts_with('#') || ["|", "&&", ";", "&", "\\"].contains(word) {
+                    break;
+                }
+                if let Some(flag) = word.strip_prefix("--") {
+                    let flag: String = flag
+                        .chars()
+                        .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
+                        .collect();
+                    if !flag.is_empty() {
+                        assert!(
+                            help.flags.contains(&flag),
+                            "deploy/README.md: --{flag} is not in ringcached --help: {line}"
+                        );
+                        checked += 1;
+                    }
+                }
+                if word.contains('`') {
+                    break; // the end of an inline command
+                }
+            }
+        }
+    }
+    assert!(
+        checked >= 5,
+        "only {checked} ringcached flags found in deploy/README.md"
+    );
+}
+
+#[test]
+fn every_deployment_starts_a_node_with_its_settings() {
+    for (i, launch) in all_launches().iter().enumerate() {
+        if let Err(log) = start_launch(launch, &i.to_string()) {
+            panic!("{} does not start ringcached: {log}", launch.what);
+        }
+    }
+}
+
+#[test]
+fn bind_and_advertise_addresses_are_ip_addresses() {
+    for launch in all_launches() {
+        let what = &launch.what;
+        let bind = launch
+            .setting("bind")
+            .unwrap_or_else(|| panic!("{what}: sets no bind address"));
+        let bind: std::net::IpAddr = bind.parse().unwrap();
+        let advertise = launch.setting("advertise_addr");
+        if bind.is_unspecified() && !launch.what.starts_with("Dockerfile") {
+            let advertise =
+                advertise.unwrap_or_else(|| panic!("{what}: binds {bind} but advertises nothing"));
+            let advertise = expand_k8s_vars(&advertise);
+            let ip: std::net::IpAddr = advertise.parse().unwrap();
+            assert!(!ip.is_unspecified(), "{what}: advertises {ip}");
+        }
+    }
+}
+
+// ---- tests: ports --------------------------------------------------------------------------------
+
+#[test]
+fn every_deployment_uses_the_standard_ports() {
+    for launch in all_launches() {
+        assert_eq!(
+            launch.port("grpc_port", GRPC_PORT),
+            GRPC_PORT,
+            "{}",
+            launch.what
+        );
+        assert_eq!(
+            launch.port("gossip_port", GOSSIP_PORT),
+            GOSSIP_PORT,
+            "{}",
+            launch.what
+        );
+        assert_eq!(
+            launch.port("http_port", HTTP_PORT),
+            HTTP_PORT,
+            "{}",
+            launch.what
+        );
+        for seed in launch.seeds() {
+            let (host, port) = host_port(&seed);
+            assert!(!host.is_empty(), "{}: seed {seed:?}", launch.what);
+            assert_eq!(
+                port, GOSSIP_PORT,
+                "{}: seed {seed} is not a gossip address",
+                launch.what
+            );
+        }
+    }
+}
+
+#[test]
+fn dockerfile_builds_both_binaries_and_runs_them_unprivileged() {
+    let stages = docker_stages();
+    let args: BTreeMap<String, String> = stages[0]
+        .iter()
+        .filter(|(op, _)| op == "ARG")
+        .filter_map(|(_, rest)| rest.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let image = |stage: &[(String, String)]| {
+        let from = &stage[0];
+        assert_eq!(from.0, "FROM");
+        let mut image = from.1.split_whitespace().next().unwrap().to_owned();
+        for (k, v) in &args {
+            image = image.replace(&format!("${{{k}}}"), v);
+        }
+        image
+    };
+    let (builder, runtime) = (&stages[1], &stages[stages.len() - 1]);
+    assert_eq!(
+        stages.len(),
+        3,
+        "one ARG preamble, a builder and a runtime stage"
+    );
+    assert_eq!(image(builder), "rust:1-bookworm");
+    assert_eq!(image(runtime), "debian:bookworm-slim");
+    let build = builder
+        .iter()
+        .find(|(op, rest)| op == "RUN" && rest.contains("cargo build"))
+        .expect("a cargo build step");
+    for part in ["--release", "--locked", "--bin ringcached", "--bin ringctl"] {
+        assert!(build.1.contains(part), "cargo build without {part}");
+    }
+
+    // COPY sources from the context exist (the context is the repository root).
+    for (op, rest) in stages.iter().flatten() {
+        if op != "COPY" || rest.contains("--from=") {
+            continue;
+        }
+        let words: Vec<&str> = rest
+            .split_whitespace()
+            .filter(|w| !w.starts_with("--"))
+            .collect();
+        for source in &words[..words.len() - 1] {
+            assert!(repo().join(source).exists(), "COPY {source}: no such path");
+        }
+    }
+    let copies: Vec<&String> = runtime
+        .iter()
+        .filter(|(op, _)| op == "COPY")
+        .map(|(_, rest)| rest)
+        .collect();
+    assert!(
+        copies.iter().any(|c| c.contains("--from=builder")
+            && c.contains("/ringcached")
+            && c.contains("/ringctl")
+            && c.ends_with("/usr/local/bin/")),
+        "both binaries go to /usr/local/bin"
+    );
+    assert!(
+        copies.iter().any(|c| c
+            .contains("deploy/healthcheck.sh /usr/local/bin/ringcache-healthcheck")
+            && c.contains("--chmod=0755")),
+        "the health check script is installed executable"
+    );
+
+    let user = runtime
+        .iter()
+        .rev()
+        .find(|(op, _)| op == "USER")
+        .map(|(_, rest)| rest.clone())
+        .expect("a USER");
+    let uid: u32 = user
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("a numeric uid");
+    assert_ne!(uid, 0, "runs as root");
+    let sts = statefulset();
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["securityContext"]["runAsUser"], uid,
+        "the pod runs as the image's user"
+    );
+
+    let exposed: BTreeSet<String> = runtime
+        .iter()
+        .filter(|(op, _)| op == "EXPOSE")
+        .flat_map(|(_, rest)| {
+            rest.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let want: BTreeSet<String> = [
+        format!("{GRPC_PORT}/tcp"),
+        format!("{GOSSIP_PORT}/udp"),
+        format!("{HTTP_PORT}/tcp"),
+    ]
+    .into();
+    assert_eq!(exposed, want);
+
+    let health = runtime
+        .iter()
+        .find(|(op, _)| op == "HEALTHCHECK")
+        .map(|(_, rest)| rest.clone())
+        .expect("a HEALTHCHECK");
+    let (_, cmd) = health.split_once("CMD ").expect("HEALTHCHECK ... CMD");
+    assert_eq!(
+        docker_exec_form(cmd, "HEALTHCHECK CMD"),
+        ["ringcache-healthcheck", "/health/live"]
+    );
+    let script = read("healthcheck.sh");
+    assert!(script.contains(&format!("${{RINGCACHE_HTTP_PORT:-{HTTP_PORT}}}")));
+
+    assert_eq!(
+        docker_env().get("RINGCACHE_BIND").map(String::as_str),
+        Some("0.0.0.0")
+    );
+    assert!(
+        dockerfile()
+            .iter()
+            .any(|(op, rest)| op == "STOPSIGNAL" && rest == "SIGTERM")
+    );
+    let ignore = read("Dockerfile.dockerignore");
+    assert!(
+        ignore.lines().any(|l| l.trim() == "target/"),
+        "target/ stays out of the context"
+    );
+
+    // As documented: the image's wildcard bind without an advertise address is refused, by name.
+    let out = Command::new(BIN)
+        .env_clear()
+        .envs(docker_env())
+        .args(["--grpc-port=0", "--http-port=0", "--gossip-port=0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("advertise_addr"));
+}
+
+#[test]
+fn the_health_check_script_passes_on_a_live_node_and_fails_on_a_dead_one() {
+    let script = deploy().join("healthcheck.sh");
+    let check = |port: u16, path: &str| {
+        Command::new("bash")
+            .arg(&script)
+            .arg(path)
+            .env("RINGCACHE_HTTP_PORT", port.to_string())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run bash")
+            .success()
+    };
+    let (node, addr) = local_node();
+    let (_, port) = host_port(&addr);
+    assert!(check(port, "/health/live"));
+    assert!(check(port, "/health/ready"), "a lone node is active");
+    assert!(!check(port, "/no/such/path"), "only a 200 passes");
+    drop(node);
+    assert!(!check(port, "/health/live"), "nobody listens any more");
+}
+
+#[test]
+fn compose_nodes_advertise_their_own_address_and_join_through_node_one() {
+    let compose = compose();
+    let networks = compose["networks"].as_object().expect("networks");
+    assert_eq!(networks.len(), 1, "one user network");
+    let (network, definition) = networks.iter().next().unwrap();
+    let subnet = str_of(
+        &definition["ipam"]["config"][0]["subnet"],
+        "the network's subnet",
+    );
+
+    let launches = compose_launches();
+    assert_eq!(launches.len(), 3, "three nodes");
+    let mut addresses = Vec::new();
+    let mut ids = BTreeSet::new();
+    for (launch, service) in &launches {
+        let what = &launch.what;
+        let ip = ipv4(str_of(
+            &service["networks"][network]["ipv4_address"],
+            "ipv4_address",
+        ));
+        assert!(in_subnet(ip, subnet), "{what}: {ip} outside {subnet}");
+        assert_eq!(launch.setting("bind").as_deref(), Some("0.0.0.0"), "{what}");
+        assert_eq!(
+            launch.setting("advertise_addr"),
+            Some(ip.to_string()),
+            "{what} advertises its own address"
+        );
+        let id = launch.setting("node_id").expect("a node id");
+        assert!(ids.insert(id.clone()), "{what}: node id {id} used twice");
+        addresses.push(ip.to_string());
+
+        let health = serde_json::to_string(&service["healthcheck"]["test"]).unwrap();
+        assert!(
+            health.contains("ringcache-healthcheck") && health.contains("/health/live"),
+            "{what}: healthcheck {health}"
+        );
+        let grace =
+            humantime::parse_duration(str_of(&service["stop_grace_period"], "stop_grace_period"))
+                .unwrap();
+        assert!(
+            grace >= launch.graceful_stop(),
+            "{what}: stop_grace_period {grace:?} < graceful stop {:?}",
+            launch.graceful_stop()
+        );
+        let limit = binary_size(str_of(&service["mem_limit"], "mem_limit"));
+        let want = memory_limit_for(launch.max_memory());
+        assert!(
+            limit >= want && limit - want < 8 << 20,
+            "{what}: mem_limit {limit} for max_memory {}: want {want} rounded up",
+            launch.max_memory()
+        );
+        assert_ne!(
+            service["restart"], "always",
+            "{what}: a drained node must stay down"
+        );
+        assert_ne!(
+            service["restart"], "unless-stopped",
+            "{what}: a drained node must stay down"
+        );
+
+        // Published ports: loopback only, gRPC and HTTP over TCP.
+        for port in service["ports"].as_array().into_iter().flatten() {
+            let spec = str_of(port, "ports entry");
+            let (spec, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
+            let parts: Vec<&str> = spec.split(':').collect();
+            assert_eq!(parts.len(), 3, "{what}: {spec}: want IP:HOST:CONTAINER");
+            assert_eq!(
+                parts[0], "127.0.0.1",
+                "{what}: {spec} is published beyond loopback"
+            );
+            let container: u16 = parts[2].parse().unwrap();
+            assert!(
+                (container == GRPC_PORT || container == HTTP_PORT) && proto == "tcp",
+                "{what}: publishes {container}/{proto}"
+            );
+        }
+    }
+    let first = &addresses[0];
+    assert!(
+        launches[0].1["ports"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty()),
+        "node 1 publishes its ports"
+    );
+    for (launch, service) in &launches {
+        let seeds = launch.seeds();
+        assert!(
+            seeds.contains(&format!("{first}:{GOSSIP_PORT}")),
+            "{}: seeds {seeds:?} do not name node 1's gossip address",
+            launch.what
+        );
+        for seed in &seeds {
+            let (host, _) = host_port(seed);
+            assert!(
+                addresses.iter().any(|a| a == host),
+                "{}: seed {seed} is no node",
+                launch.what
+            );
+        }
+        if launch.what != launches[0].0.what {
+            let first_name = &compose_services()[0].0;
+            assert_eq!(
+                service["depends_on"][first_name]["condition"], "service_healthy",
+                "{} starts after node 1 is healthy",
+                launch.what
+            );
+        }
+    }
+}
+
+// ---- tests: Kubernetes ---------------------------------------------------------------------------
+
+#[test]
+fn k8s_objects_fit_together() {
+    let sts = statefulset();
+    assert_eq!(sts["apiVersion"], "apps/v1");
+    let name = str_of(&sts["metadata"]["name"], "name");
+    let replicas = sts["spec"]["replicas"].as_u64().expect("replicas");
+    assert_eq!(replicas, 3);
+    let pod_labels = labels(&sts["spec"]["template"]["metadata"]["labels"]);
+    assert!(
+        selects(
+            &labels(&sts["spec"]["selector"]["matchLabels"]),
+            &pod_labels
+        ),
+        "the StatefulSet selects its own pods"
+    );
+
+    // The headless Service named by serviceName.
+    let service_name = str_of(&sts["spec"]["serviceName"], "serviceName");
+    let headless = k8s_object("k8s/service.yaml", "Service", Some(service_name));
+    assert_eq!(headless["apiVersion"], "v1");
+    assert_eq!(
+        headless["spec"]["clusterIP"], "None",
+        "serviceName is headless"
+    );
+    assert_eq!(
+        headless["spec"]["publishNotReadyAddresses"], true,
+        "seeds must resolve before the pods are ready"
+    );
+    let services: Vec<Value> = yaml_docs("k8s/service.yaml");
+    assert_eq!(services.len(), 2, "a headless and a client Service");
+    for service in &services {
+        assert_eq!(service["kind"], "Service");
+        assert!(
+            selects(&labels(&service["spec"]["selector"]), &pod_labels),
+            "Service {} selects the pods",
+            service["metadata"]["name"]
+        );
+    }
+    let client = services
+        .iter()
+        .find(|s| s["metadata"]["name"] != service_name)
+        .unwrap();
+    assert_ne!(client["spec"]["clusterIP"], "None");
+    assert_eq!(client["spec"]["ports"].as_array().unwrap().len(), 1);
+
+    // PodDisruptionBudget.
+    let pdb = k8s_object("k8s/pdb.yaml", "PodDisruptionBudget", None);
+    assert_eq!(pdb["apiVersion"], "policy/v1");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert!(
+        selects(
+            &labels(&pdb["spec"]["selector"]["matchLabels"]),
+            &pod_labels
+        ),
+        "the PDB selects the pods"
+    );
+
+    // ServiceMonitor, if shipped: selects the headless Service only, by a port it has.
+    for file in deploy_files() {
+        let rel = file.as_str();
+        if !rel.starts_with("k8s/") || !(rel.ends_with(".yaml") || rel.ends_with(".yml")) {
+            continue;
+        }
+        for doc in yaml_docs(rel) {
+            if doc["kind"] != "ServiceMonitor" {
+                continue;
+            }
+            assert_eq!(doc["apiVersion"], "monitoring.coreos.com/v1");
+            let selector = labels(&doc["spec"]["selector"]["matchLabels"]);
+            let selected: Vec<&Value> = services
+                .iter()
+                .filter(|s| selects(&selector, &labels(&s["metadata"]["labels"])))
+                .collect();
+            assert_eq!(selected.len(), 1, "{rel}: selects one Service");
+            assert_eq!(selected[0]["metadata"]["name"], service_name, "{rel}");
+            for endpoint in doc["spec"]["endpoints"].as_array().unwrap() {
+                let port = &endpoint["port"];
+                assert!(
+                    headless["spec"]["ports"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|p| p["name"] == *port && p["port"] == HTTP_PORT),
+                    "{rel}: port {port} is not the headless Service's HTTP port"
+                );
+                assert_eq!(endpoint["path"], "/metrics");
+            }
+        }
+    }
+
+    // The container: identity, addresses and seeds from the downward API and the headless names.
+    let container = ringcached_container(&sts);
+    let (_, fields) = container_env(&container);
+    assert_eq!(
+        fields.get("POD_NAME").map(String::as_str),
+        Some("metadata.name")
+    );
+    assert_eq!(
+        fields.get("POD_IP").map(String::as_str),
+        Some("status.podIP")
+    );
+    let launch = k8s_launch();
+    assert_eq!(
+        launch.flag("node-id").as_deref(),
+        Some("$(POD_NAME)"),
+        "node id = pod name"
+    );
+    assert_eq!(launch.flag("advertise-addr").as_deref(), Some("$(POD_IP)"));
+    assert_eq!(launch.setting("bind").as_deref(), Some("0.0.0.0"));
+    for arg in &launch.args {
+        let mut rest = arg.as_str();
+        while let Some(at) = rest.find("$(") {
+            let end = rest[at..].find(')').expect("closing )") + at;
+            let var = &rest[at + 2..end];
+            let (values, fields) = container_env(&container);
+            assert!(
+                values.contains_key(var) || fields.contains_key(var),
+                "{arg}: $({var}) is not in the container's env, so Kubernetes would not expand it"
+            );
+            rest = &rest[end + 1..];
+        }
+    }
+    let namespace_var = fields
+        .iter()
+        .find(|(_, path)| *path == "metadata.namespace")
+        .map(|(name, _)| format!("$({name})"));
+    let seeds = launch.seeds();
+    assert!(seeds.len() >= 2, "at least two seeds: {seeds:?}");
+    for (i, seed) in seeds.iter().enumerate() {
+        let (host, port) = host_port(seed);
+        assert_eq!(port, GOSSIP_PORT, "{seed}");
+        let labels: Vec<&str> = host.split('.').collect();
+        assert_eq!(
+            labels.len(),
+            6,
+            "{seed}: want POD.SERVICE.NAMESPACE.svc.cluster.local"
+        );
+        assert_eq!(
+            labels[0],
+            format!("{name}-{i}"),
+            "{seed}: the first pods, in order"
+        );
+        assert!((i as u64) < replicas);
+        assert_eq!(
+            labels[1], service_name,
+            "{seed}: a name of the headless Service"
+        );
+        if let Some(var) = &namespace_var {
+            assert_eq!(labels[2], var, "{seed}: the pod's own namespace");
+        }
+        assert_eq!(&labels[3..], ["svc", "cluster", "local"], "{seed}");
+    }
+    assert!(
+        launch.config.is_some(),
+        "the ConfigMap is mounted where --config points"
+    );
+}
+
+#[test]
+fn k8s_ports_probes_and_scrape_annotations_name_the_right_ports() {
+    let sts = statefulset();
+    let container = ringcached_container(&sts);
+    let ports: BTreeMap<String, (u64, String)> = container["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| {
+            (
+                str_of(&p["name"], "port name").to_owned(),
+                (
+                    p["containerPort"].as_u64().unwrap(),
+                    p["protocol"].as_str().unwrap_or("TCP").to_owned(),
+                ),
+            )
+        })
+        .collect();
+    let want: BTreeMap<String, (u64, String)> = [
+        ("grpc".to_owned(), (u64::from(GRPC_PORT), "TCP".to_owned())),
+        (
+            "gossip".to_owned(),
+            (u64::from(GOSSIP_PORT), "UDP".to_owned()),
+        ),
+        ("http".to_owned(), (u64::from(HTTP_PORT), "TCP".to_owned())),
+    ]
+    .into();
+    assert_eq!(ports, want);
+    let resolve = |port: &Value| -> u64 {
+        match port {
+            Value::String(name) => {
+                ports
+                    .get(name)
+                    .unwrap_or_else(|| panic!("no port {name}"))
+                    .0
+            }
+            other => other.as_u64().expect("a port"),
+        }
+    };
+    for (probe, path) in [
+        ("readinessProbe", "/health/ready"),
+        ("livenessProbe", "/health/live"),
+    ] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{probe}");
+        assert_eq!(resolve(&get["port"]), u64::from(HTTP_PORT), "{probe} port");
+    }
+    let annotations = labels(&sts["spec"]["template"]["metadata"]["annotations"]);
+    assert_eq!(
+        annotations.get("prometheus.io/scrape").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        annotations.get("prometheus.io/port"),
+        Some(&HTTP_PORT.to_string())
+    );
+    assert_eq!(
+        annotations.get("prometheus.io/path").map(String::as_str),
+        Some("/metrics")
+    );
+    for service in yaml_docs("k8s/service.yaml") {
+        for port in service["spec"]["ports"].as_array().unwrap() {
+            let target = resolve(&port["targetPort"]);
+            assert_eq!(
+                port["port"], target,
+                "{}: port and targetPort",
+                port["name"]
+            );
+            let (_, protocol) = ports
+                .values()
+                .find(|(p, _)| *p == target)
+                .unwrap_or_else(|| panic!("targetPort {target} is no container port"));
+            assert_eq!(
+                port["protocol"].as_str().unwrap_or("TCP"),
+                protocol,
+                "{}: protocol",
+                port["name"]
+            );
+        }
+    }
+    let client = yaml_docs("k8s/service.yaml")
+        .into_iter()
+        .find(|s| s["spec"]["clusterIP"] != "None")
+        .unwrap();
+    assert_eq!(
+        client["spec"]["ports"][0]["port"], GRPC_PORT,
+        "clients start at gRPC"
+    );
+}
+
+#[test]
+fn k8s_grace_period_and_memory_follow_the_config() {
+    let sts = statefulset();
+    let launch = k8s_launch();
+    let pod = &sts["spec"]["template"]["spec"];
+    let grace = Duration::from_secs(pod["terminationGracePeriodSeconds"].as_u64().unwrap());
+    assert!(
+        grace >= launch.graceful_stop(),
+        "terminationGracePeriodSeconds {grace:?} < graceful stop {:?}",
+        launch.graceful_stop()
+    );
+    let container = ringcached_container(&sts);
+    let resources = &container["resources"];
+    let limit = binary_size(str_of(&resources["limits"]["memory"], "memory limit"));
+    let request = binary_size(str_of(&resources["requests"]["memory"], "memory request"));
+    let want = memory_limit_for(launch.max_memory());
+    assert!(
+        limit >= want && limit - want < 8 << 20,
+        "memory limit {limit} for max_memory {}: want {want} rounded up",
+        launch.max_memory()
+    );
+    assert_eq!(request, limit, "request = limit");
+    assert!(resources["requests"]["cpu"].is_string());
+}
+
+// ---- tests: systemd ------------------------------------------------------------------------------
+
+#[test]
+fn systemd_unit_is_hardened_and_waits_for_the_leave() {
+    for (key, value) in [
+        ("DynamicUser", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
+        ("Restart", "on-failure"),
+        ("KillSignal", "SIGTERM"),
+    ] {
+        assert_eq!(service_value(key), value, "{key}");
+    }
+    let launch = systemd_launch();
+    let stop = service_value("TimeoutStopSec");
+    let stop = match stop.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(&stop).unwrap(),
+    };
+    assert!(
+        stop >= launch.graceful_stop(),
+        "TimeoutStopSec {stop:?} < graceful stop {:?}",
+        launch.graceful_stop()
+    );
+    let limit = binary_size(&service_value("MemoryMax"));
+    let want = memory_limit_for(launch.max_memory());
+    assert!(
+        limit >= want && limit - want < 8 << 20,
+        "MemoryMax {limit} for max_memory {}: want {want} rounded up",
+        launch.max_memory()
+    );
+    let files: u64 = service_value("LimitNOFILE").parse().unwrap();
+    assert!(files >= 4096);
+
+    // The sample config names a reachable address (not a wildcard without advertise_addr).
+    let bind: std::net::IpAddr = launch.setting("bind").unwrap().parse().unwrap();
+    assert!(
+        !bind.is_loopback(),
+        "a cluster node binds an address others reach"
+    );
+}
+
+#[test]
+fn systemd_analyze_verify_accepts_the_unit() {
+    let out = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .expect(
+            "systemd-analyze is needed to check the unit: apt-get install systemd (.ci/run does)",
+        );
+    assert!(out.status.success());
+    // verify checks that ExecStart exists: point it at the binary under test.
+    let dir = std::env::temp_dir().join(format!("ringcache-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let unit = read("systemd/ringcached.service").replace("/usr/local/bin/ringcached", BIN);
+    let path = dir.join("ringcached.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // verify exits 0 even for unknown keys or bad values; it says so on stderr.
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
+
+// ---- tests: Grafana ------------------------------------------------------------------------------
+
+/// A label matcher: label, operator (`=`, `!=`, `=~`, `!~`), value.
+type Matcher = (String, String, String);
+
+/// Metric names (`ringcache_*`) in a PromQL expression, each with its label matchers.
+fn promql_metrics(expr: &str) -> Vec<(String, Vec<Matcher>)> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("ringcache_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        let mut matchers = Vec::new();
+        if let Some(inner) = rest.strip_prefix('{') {
+            let end = inner.find('}').expect("closing }");
+            for matcher in inner[..end]
+                .split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+            {
+                let op_at = matcher.find(['=', '!']).expect("a matcher operator");
+                let label = matcher[..op_at].trim().to_owned();
+                let op: String = matcher[op_at..]
+                    .chars()
+                    .take_while(|c| "=!~".contains(*c))
+                    .collect();
+                let value = matcher[op_at + op.len()..]
+                    .trim()
+                    .trim_matches('"')
+                    .to_owned();
+                matchers.push((label, op, value));
+            }
+            rest = &inner[end + 1..];
+        }
+        out.push((name, matchers));
+    }
+    out
+}
+
+/// Label names in `by (...)` and `without (...)` clauses.
+fn promql_grouping(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for keyword in ["by (", "without ("] {
+        let mut rest = expr;
+        while let Some(at) = rest.find(keyword) {
+            let inner = &rest[at + keyword.len()..];
+            let end = inner.find(')').unwrap();
+            out.extend(inner[..end].split(',').map(|l| l.trim().to_owned()));
+            rest = &inner[end..];
+        }
+    }
+    out
+}
+
+/// The series a fresh node exports: metric name -> label name -> values seen.
+fn scraped_series() -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
+    let (node, addr) = local_node();
+    let (status, body) = http_get(&addr, "/metrics").expect("GET /metrics");
+    drop(node);
+    assert_eq!(status, 200);
+    let mut series: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    for line in body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name_end = line.find(['{', ' ']).unwrap();
+        let entry = series.entry(line[..name_end].to_owned()).or_default();
+        if line[name_end..].starts_with('{') {
+            let end = line.find('}').unwrap();
+            for pair in line[name_end + 1..end].split(',') {
+                let (label, value) = pair.split_once('=').unwrap();
+                entry
+                    .entry(label.to_owned())
+                    .or_default()
+                    .insert(value.trim_matches('"').to_owned());
+            }
+        }
+    }
+    series
+}
+
+#[test]
+fn grafana_dashboard_queries_metrics_and_labels_the_node_exports() {
+    let dashboard: Value = serde_json::from_str(&read("grafana/ringcache-dashboard.json")).unwrap();
+    let schema = dashboard["schemaVersion"].as_u64().expect("schemaVersion");
+    assert!((36..=41).contains(&schema), "schemaVersion {schema}");
+    assert!(dashboard["title"].is_string() && dashboard["uid"].is_string());
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables");
+    assert!(
+        variables.iter().any(|v| v["name"] == "datasource"
+            && v["type"] == "datasource"
+            && v["query"] == "prometheus"),
+        "a Prometheus data source variable"
+    );
+
+    let source = std::fs::read_to_string(repo().join("server/src/metrics.rs")).unwrap();
+    let series = scraped_series();
+    let histograms: BTreeSet<String> = series
+        .keys()
+        .filter_map(|n| n.strip_suffix("_bucket").map(str::to_owned))
+        .collect();
+
+    let mut panels: Vec<&Value> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .collect();
+    let nested: Vec<&Value> = panels
+        .iter()
+        .flat_map(|p| p["panels"].as_array().into_iter().flatten())
+        .collect();
+    panels.extend(nested);
+    let mut ids = BTreeSet::new();
+    let mut used = BTreeSet::new();
+    let mut queries = 0;
+    for panel in &panels {
+        let id = panel["id"].as_u64().expect("panel id");
+        assert!(ids.insert(id), "panel id {id} twice");
+        let title = str_of(&panel["title"], "title");
+        assert!(!title.is_empty());
+        assert!(
+            panel["gridPos"]["w"].is_u64() && panel["gridPos"]["h"].is_u64(),
+            "{title}: gridPos"
+        );
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert!(
+            ["timeseries", "stat", "gauge", "bargauge", "table"]
+                .contains(&str_of(&panel["type"], "type")),
+            "{title}: panel type"
+        );
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title}: no query");
+        for target in targets {
+            assert_eq!(target["datasource"]["uid"], "${datasource}", "{title}");
+            let expr = str_of(&target["expr"], "expr");
+            queries += 1;
+            let metrics = promql_metrics(expr);
+            assert!(
+                !metrics.is_empty(),
+                "{title}: {expr} uses no ringcache metric"
+            );
+            let mut labels_here: BTreeSet<String> = ["instance", "job"].map(str::to_owned).into();
+            for (name, matchers) in &metrics {
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| {
+                        name.strip_suffix(suffix)
+                            .filter(|base| histograms.contains(*base))
+                    })
+                    .unwrap_or(name);
+                assert!(
+                    source.contains(&format!("\"{family}\"")),
+                    "{title}: {name} is not defined in server/src/metrics.rs"
+                );
+                let exported = series
+                    .get(name)
+                    .unwrap_or_else(|| panic!("{title}: {name} is not in a node's /metrics"));
+                used.insert(family.to_owned());
+                labels_here.extend(exported.keys().cloned());
+                for (label, op, value) in matchers {
+                    if label == "instance" || label == "job" {
+                        continue;
+                    }
+                    let values = exported
+                        .get(label)
+                        .unwrap_or_else(|| panic!("{title}: {name} has no label {label}"));
+                    if op == "=" || op == "!=" {
+                        assert!(
+                            values.contains(value),
+                            "{title}: {name}{{{label}=\"{value}\"}} never exists"
+                        );
+                    }
+                }
+            }
+            for label in promql_grouping(expr) {
+                assert!(
+                    labels_here.contains(&label),
+                    "{title}: groups by {label}, which {expr} does not have"
+                );
+            }
+            if expr.contains("histogram_quantile") {
+                assert!(
+                    expr.contains("_bucket") && promql_grouping(expr).contains(&"le".to_owned()),
+                    "{title}: {expr}"
+                );
+            }
+        }
+    }
+    assert!(queries >= 20, "{queries} queries");
+
+    let families: BTreeSet<String> = series
+        .keys()
+        .map(|n| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| n.strip_suffix(s).filter(|b| histograms.contains(*b)))
+                .unwrap_or(n)
+                .to_owned()
+        })
+        .collect();
+    let missing: Vec<&String> = families
+        .iter()
+        .filter(|f| !used.contains(*f) && !NOT_ON_DASHBOARD.contains(&f.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "metrics with no panel: {missing:?}");
+}
