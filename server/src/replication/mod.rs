@@ -315,6 +315,27 @@ async fn send_replicate(
         .map(|_| ())
 }
 
+/// Appends how many keys fell short (when a request had several) and each replica's failure to a
+/// level-not-met message.
+fn describe_shortfall(
+    message: &mut String,
+    short: usize,
+    keys: usize,
+    failures: &[(String, Failure)],
+) {
+    use std::fmt::Write as _;
+    if keys > 1 {
+        let _ = write!(message, " (for {short} of {keys} keys)");
+    }
+    if !failures.is_empty() {
+        let reasons: Vec<String> = failures
+            .iter()
+            .map(|(id, f)| format!("{id}: {f}"))
+            .collect();
+        let _ = write!(message, " ({})", reasons.join("; "));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

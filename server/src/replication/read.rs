@@ -4,7 +4,6 @@
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,7 +12,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use super::{
-    Consistency, Failure, ReplicationError, call_replica, describe_status, send_replicate,
+    Consistency, Failure, ReplicationError, call_replica, describe_shortfall, describe_status,
+    send_replicate,
 };
 use crate::api::to_wire;
 use crate::node::Node;
@@ -129,21 +129,7 @@ impl ReadPlan {
             worst.replicas,
             worst.answers.len()
         );
-        if self.keys.len() > 1 {
-            let _ = write!(
-                message,
-                " (for {} of {} keys)",
-                short.len(),
-                self.keys.len()
-            );
-        }
-        if !failures.is_empty() {
-            let reasons: Vec<String> = failures
-                .iter()
-                .map(|(id, f)| format!("{id}: {f}"))
-                .collect();
-            let _ = write!(message, " ({})", reasons.join("; "));
-        }
+        describe_shortfall(&mut message, short.len(), self.keys.len(), failures);
         Some(message)
     }
 }

@@ -11,7 +11,7 @@ use ringcache_proto::v1;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
-use super::{Consistency, Failure, ReplicationError, send_replicate};
+use super::{Consistency, Failure, ReplicationError, describe_shortfall, send_replicate};
 use crate::api::to_wire;
 use crate::node::Node;
 
@@ -213,21 +213,7 @@ impl Tally {
             worst.replicas,
             worst.acks
         );
-        if self.keys.len() > 1 {
-            let _ = write!(
-                message,
-                " (for {} of {} keys)",
-                short.len(),
-                self.keys.len()
-            );
-        }
-        if !failures.is_empty() {
-            let reasons: Vec<String> = failures
-                .iter()
-                .map(|(id, f)| format!("{id}: {f}"))
-                .collect();
-            let _ = write!(message, " ({})", reasons.join("; "));
-        }
+        describe_shortfall(&mut message, short.len(), self.keys.len(), failures);
         message.push_str("; the write remains on the replicas that took it");
         if !hinted.is_empty() {
             let _ = write!(message, " and is queued as hints for {}", hinted.join(", "));
