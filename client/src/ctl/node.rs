@@ -2,7 +2,7 @@
 //! bounded by `--timeout`, and errors that read as one line ("cannot reach 127.0.0.1:7379:
 //! connection refused").
 
-use std::{error::Error as StdError, fmt, future::Future, pin::Pin, task::Poll, time::Duration};
+use std::{error::Error as StdError, fmt, future::Future, time::Duration};
 
 use bytes::Bytes;
 use ringcache_proto::{
@@ -277,29 +277,7 @@ impl NodeConn {
     }
 }
 
-/// Awaits every future concurrently on the caller's task; outputs in input order.
-pub(crate) async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(value) => *output = Some(value),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
-}
+pub(crate) use crate::router::join_all;
 
 #[cfg(test)]
 mod tests {
