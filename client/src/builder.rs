@@ -38,6 +38,7 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     request_timeout: Duration,
     pool_size: usize,
+    pipelining: bool,
     default_consistency: Option<Consistency>,
     max_message_bytes: usize,
     channel_factory: Option<ChannelFactory>,
@@ -50,6 +51,7 @@ impl fmt::Debug for ClientBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("pool_size", &self.pool_size)
+            .field("pipelining", &self.pipelining)
             .field("default_consistency", &self.default_consistency)
             .field("max_message_bytes", &self.max_message_bytes)
             .field(
@@ -71,6 +73,7 @@ impl Default for ClientBuilder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             pool_size: DEFAULT_POOL_SIZE,
+            pipelining: true,
             default_consistency: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             channel_factory: None,
@@ -120,6 +123,20 @@ impl ClientBuilder {
     #[must_use]
     pub fn pool_size(mut self, connections: usize) -> Self {
         self.pool_size = connections.max(1);
+        self
+    }
+
+    /// Whether requests travel on each connection's long-lived pipelined stream (the default),
+    /// or as one unary gRPC call each.
+    ///
+    /// On the stream, requests issued while earlier ones are in flight leave together as one
+    /// batch, so a busy client costs the node far less per request; an idle client sends each
+    /// request at once, without waiting for a batch to fill. Nodes that do not serve the stream
+    /// are sent unary calls either way. Turn it off to compare, or when an intermediary does not
+    /// pass long-lived HTTP/2 streams.
+    #[must_use]
+    pub fn pipelining(mut self, enabled: bool) -> Self {
+        self.pipelining = enabled;
         self
     }
 
@@ -195,6 +212,7 @@ impl ClientBuilder {
             pool_size: self.pool_size.max(1),
             max_message_bytes: self.max_message_bytes,
             request_timeout: self.request_timeout,
+            pipelining: self.pipelining,
             factory: self
                 .channel_factory
                 .unwrap_or_else(|| conn::default_factory(self.connect_timeout)),

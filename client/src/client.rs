@@ -534,6 +534,7 @@ mod tests {
             pool_size: 1,
             max_message_bytes: 1 << 20,
             request_timeout: Duration::from_secs(2),
+            pipelining: true,
             factory: crate::conn::default_factory(Duration::from_secs(2)),
         };
         Client::new(Router::single(&addr, channel, config), None)

@@ -7,7 +7,7 @@ use std::{
     future::Future,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU8, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -23,7 +23,10 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-use crate::Error;
+use crate::{
+    Error,
+    pipeline::{Outcome, Pipeline, PipelineOp},
+};
 
 /// Builds a (possibly lazy) channel to a node's `host:port`.
 pub(crate) type ChannelFactory = Arc<dyn Fn(&str) -> Result<Channel, Error> + Send + Sync>;
@@ -44,6 +47,9 @@ pub(crate) struct ConnectConfig {
     pub(crate) max_message_bytes: usize,
     /// Bound on each request to a node (per attempt when a request fails over).
     pub(crate) request_timeout: Duration,
+    /// Whether `Cache` requests travel on the pipelined stream ([`crate::pipeline`]) rather
+    /// than as unary calls.
+    pub(crate) pipelining: bool,
     pub(crate) factory: ChannelFactory,
 }
 
@@ -54,6 +60,7 @@ impl fmt::Debug for ConnectConfig {
             .field("pool_size", &self.pool_size)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("request_timeout", &self.request_timeout)
+            .field("pipelining", &self.pipelining)
             .finish_non_exhaustive()
     }
 }
@@ -127,19 +134,30 @@ fn parse_seed(seed: &str) -> Result<String, Error> {
 /// The connections to one node, and the one place a request is sent to a node.
 ///
 /// This is the per-node transport seam: the router picks a node and hands the request to
-/// [`NodePool::unary`]; a pipelined per-node stream (DESIGN §6, "The fast path") replaces the
-/// inside of this type without the router or the public API changing.
+/// [`NodePool::call`], which sends it on a connection's pipelined stream (DESIGN §6, "The fast
+/// path"; [`crate::pipeline`]) or, when pipelining is off or the node does not serve it, as a
+/// unary call.
 pub(crate) struct NodePool {
     addr: String,
     conns: Box<[Conn]>,
     next: AtomicUsize,
     max_message_bytes: usize,
+    /// [`PIPELINE_UNKNOWN`], [`PIPELINE_YES`] or [`PIPELINE_NO`].
+    pipelining: AtomicU8,
 }
 
-/// One pooled HTTP/2 connection: the channel, and the `Cache` client over it.
+/// Pipelining is on, and the node has not answered on the stream yet.
+const PIPELINE_UNKNOWN: u8 = 0;
+/// The node answers on the stream.
+const PIPELINE_YES: u8 = 1;
+/// Unary calls only: pipelining is off, or the node does not serve `Pipeline`.
+const PIPELINE_NO: u8 = 2;
+
+/// One pooled HTTP/2 connection: the channel, the `Cache` client over it, and its pipeline.
 struct Conn {
     channel: Channel,
     cache: CacheClient<Channel>,
+    pipeline: Pipeline,
 }
 
 impl fmt::Debug for NodePool {
@@ -157,14 +175,19 @@ impl NodePool {
         addr: &str,
         channels: Vec<Channel>,
         max_message_bytes: usize,
+        pipelining: bool,
     ) -> Self {
         let conns = channels
             .into_iter()
-            .map(|channel| Conn {
-                cache: CacheClient::new(channel.clone())
+            .map(|channel| {
+                let cache = CacheClient::new(channel.clone())
                     .max_decoding_message_size(max_message_bytes)
-                    .max_encoding_message_size(max_message_bytes),
-                channel,
+                    .max_encoding_message_size(max_message_bytes);
+                Conn {
+                    pipeline: Pipeline::new(cache.clone(), addr),
+                    cache,
+                    channel,
+                }
             })
             .collect();
         NodePool {
@@ -172,6 +195,11 @@ impl NodePool {
             conns,
             next: AtomicUsize::new(0),
             max_message_bytes,
+            pipelining: AtomicU8::new(if pipelining {
+                PIPELINE_UNKNOWN
+            } else {
+                PIPELINE_NO
+            }),
         }
     }
 
@@ -185,6 +213,7 @@ impl NodePool {
             addr,
             channels,
             config.max_message_bytes,
+            config.pipelining,
         ))
     }
 
@@ -199,6 +228,51 @@ impl NodePool {
         ClusterClient::new(self.pick().channel.clone())
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes)
+    }
+
+    /// Sends one `Cache` request under `timeout`: on the next connection's pipelined stream, or
+    /// with `rpc` as a unary call when pipelining is off or the node does not serve it. Returns
+    /// the outcome with the topology digest the node reported, if any.
+    pub(crate) async fn call<Req, F, Fut>(
+        &self,
+        message: Req,
+        timeout: Duration,
+        rpc: F,
+    ) -> Reply<Req::Response>
+    where
+        Req: PipelineOp + Clone,
+        F: FnOnce(CacheClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Req::Response>, Status>>,
+    {
+        let support = self.pipelining.load(Ordering::Relaxed);
+        if support == PIPELINE_NO {
+            return self.unary(message, timeout, rpc).await;
+        }
+        // Until the node has answered on a stream, keep a copy to send as a unary call should it
+        // not know `Pipeline`.
+        let copy = (support == PIPELINE_UNKNOWN).then(|| message.clone());
+        match self.pick().pipeline.call(message, timeout).await {
+            Outcome::Done(reply) => {
+                if support == PIPELINE_UNKNOWN && reply.digest.is_some() {
+                    self.pipelining.store(PIPELINE_YES, Ordering::Relaxed);
+                }
+                reply
+            }
+            Outcome::Unsupported => {
+                tracing::debug!(addr = %self.addr, "the node does not serve Pipeline; using unary calls");
+                self.pipelining.store(PIPELINE_NO, Ordering::Relaxed);
+                match copy {
+                    Some(message) => self.unary(message, timeout, rpc).await,
+                    None => Reply {
+                        digest: None,
+                        result: Err(Failure::not_sent(Error::Unavailable(format!(
+                            "{} stopped serving the pipeline stream",
+                            self.addr
+                        )))),
+                    },
+                }
+            }
+        }
     }
 
     /// Runs one unary `Cache` call under `timeout`, both sent to the node (`grpc-timeout`) and
@@ -283,7 +357,7 @@ impl FailureClass {
 
 impl Failure {
     /// Classifies a status a call received after `elapsed` under `timeout`.
-    fn from_status(status: Status, elapsed: Duration, timeout: Duration) -> Self {
+    pub(crate) fn from_status(status: Status, elapsed: Duration, timeout: Duration) -> Self {
         let not_sent = is_connect_error(&status);
         let local = crate::error::is_local_transport_error(&status);
         let error = Error::from_status_after(status, elapsed, timeout);
@@ -378,6 +452,7 @@ async fn open_node(addr: &str, config: &ConnectConfig) -> Result<NodePool, Strin
         addr,
         channels,
         config.max_message_bytes,
+        config.pipelining,
     ))
 }
 
@@ -431,7 +506,7 @@ mod tests {
     async fn a_refused_connection_is_classified_as_not_sent() {
         let addr = closed_addr();
         let channel = default_factory(Duration::from_secs(1))(&addr).unwrap();
-        let pool = NodePool::from_channels(&addr, vec![channel], 1 << 20);
+        let pool = NodePool::from_channels(&addr, vec![channel], 1 << 20, false);
         let request = ringcache_proto::v1::GetRequest::default();
         for _ in 0..2 {
             let reply = pool

@@ -39,6 +39,7 @@ mod client;
 mod conn;
 mod error;
 mod options;
+mod pipeline;
 mod refresh;
 mod router;
 mod wire;

@@ -39,6 +39,7 @@ use ringcache_proto::{
 use tokio::sync::oneshot;
 use tonic::{Status, transport::Channel};
 
+use crate::pipeline::PipelineOp;
 use crate::{
     Error,
     conn::{self, ConnectConfig, Failure, FailureClass, NodePool},
@@ -384,7 +385,7 @@ impl Router {
         rpc: F,
     ) -> Result<Resp, Error>
     where
-        Req: Clone,
+        Req: PipelineOp<Response = Resp> + Clone,
         F: Fn(CacheClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
@@ -422,6 +423,7 @@ impl Router {
     ) -> Result<Vec<(Vec<usize>, Resp)>, Error>
     where
         B: Fn(&[usize]) -> Req,
+        Req: PipelineOp<Response = Resp> + Clone,
         F: Fn(CacheClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
@@ -500,6 +502,7 @@ impl Router {
         rpc: F,
     ) -> Result<Resp, Failure>
     where
+        Req: PipelineOp<Response = Resp> + Clone,
         F: FnOnce(CacheClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
@@ -514,7 +517,7 @@ impl Router {
                 return Err(failure);
             }
         };
-        let reply = pool.unary(message, self.config.request_timeout, rpc).await;
+        let reply = pool.call(message, self.config.request_timeout, rpc).await;
         if let Some(digest) = reply.digest {
             self.observe_digest(digest, slot);
         }
@@ -629,6 +632,7 @@ impl Router {
             addr,
             vec![channel],
             config.max_message_bytes,
+            config.pipelining,
         ));
         Router::start(config, Box::new([Arc::clone(&slot)]), slot, None)
     }

@@ -41,6 +41,17 @@ fn key_str(key: &Bytes) -> &str {
 
 #[tonic::async_trait]
 impl Cache for Fake {
+    // An older node: no pipelined stream, so the client falls back to unary calls (which these
+    // tests inspect: deadlines, metadata, failover).
+    type PipelineStream = tonic::codegen::BoxStream<pb::PipelineResponseBatch>;
+
+    async fn pipeline(
+        &self,
+        _request: Request<tonic::Streaming<pb::PipelineRequestBatch>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        Err(Status::unimplemented("no pipeline on this fake node"))
+    }
+
     async fn get(
         &self,
         request: Request<pb::GetRequest>,

@@ -16,7 +16,7 @@ use ringcache_proto::v1::cache_client::CacheClient;
 use ringcache_proto::v1::{self, cache_server::Cache};
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::forward::{Split, forward};
 use super::status::ApiError;
@@ -293,6 +293,15 @@ fn hit_or_miss(hit: bool) -> Outcome {
 
 #[tonic::async_trait]
 impl Cache for CacheService {
+    type PipelineStream = super::pipeline::PipelineStream;
+
+    async fn pipeline(
+        &self,
+        request: Request<Streaming<v1::PipelineRequestBatch>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        Ok(super::pipeline::serve(self.clone(), request.into_inner()))
+    }
+
     async fn get(
         &self,
         request: Request<v1::GetRequest>,

@@ -9,6 +9,7 @@ mod cluster;
 mod digest;
 mod forward;
 mod internal;
+mod pipeline;
 pub mod status;
 
 pub use admin::AdminService;

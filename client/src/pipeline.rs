@@ -1,0 +1,440 @@
+//! The pipelined per-connection stream (DESIGN §6, "The fast path").
+//!
+//! Every `Cache` request to a node travels as a tagged entry of a long-lived bidirectional
+//! `Cache.Pipeline` stream instead of a unary call of its own. Batching is opportunistic: a caller
+//! queues its request and wakes the stream; when HTTP/2 asks the stream for its next message,
+//! everything queued by then leaves as one batch. When nothing is in flight a request therefore
+//! goes out at once, and while the connection is busy new requests gather into the next batch.
+//! There is no timer and no added latency when idle.
+//!
+//! A stream (a [`Link`]) is opened on first use and replaced after it fails. When it fails,
+//! queued requests that never left fail as not sent (the router may send them elsewhere), and
+//! requests already handed to HTTP/2 fail as broken (they may have been applied). A node that
+//! does not know `Pipeline` (UNIMPLEMENTED) makes the pool fall back to unary calls.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fmt,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures_util::{Stream, task::AtomicWaker};
+use prost::Message;
+use ringcache_proto::{
+    CURRENT_VERSION_METADATA,
+    v1::{
+        self as pb, PipelineRequest, PipelineRequestBatch, PipelineResponseBatch,
+        cache_client::CacheClient, pipeline_request::Op, pipeline_response::Result as Answer,
+    },
+};
+use tokio::{sync::oneshot, time::Instant};
+use tonic::{Code, Status, metadata::MetadataValue, transport::Channel};
+
+use crate::{
+    Error,
+    conn::{Failure, FailureClass, Reply},
+};
+
+/// Most requests in one batch (nodes accept `max_batch_keys`, 1000 by default).
+const MAX_BATCH_REQUESTS: usize = 256;
+
+/// A batch stops growing once its requests' encoded size passes this; a bigger request still
+/// travels, alone.
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// A `Cache` request that can travel on the pipeline, and its answer.
+pub(crate) trait PipelineOp {
+    /// The unary answer type.
+    type Response;
+    /// The request as a pipeline entry.
+    fn into_op(self) -> Op;
+    /// The answer of this request type, `None` if the node answered another type.
+    fn from_answer(answer: Answer) -> Option<Self::Response>;
+}
+
+macro_rules! pipeline_ops {
+    ($($req:ident => $resp:ident, $variant:ident;)*) => {$(
+        impl PipelineOp for pb::$req {
+            type Response = pb::$resp;
+            fn into_op(self) -> Op {
+                Op::$variant(self)
+            }
+            fn from_answer(answer: Answer) -> Option<pb::$resp> {
+                match answer {
+                    Answer::$variant(response) => Some(response),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+
+pipeline_ops! {
+    GetRequest => GetResponse, Get;
+    SetRequest => SetResponse, Set;
+    DeleteRequest => DeleteResponse, Delete;
+    MGetRequest => MGetResponse, MGet;
+    MSetRequest => MSetResponse, MSet;
+    MDeleteRequest => MDeleteResponse, MDelete;
+    IncrRequest => IncrResponse, Incr;
+    CompareAndSetRequest => CompareAndSetResponse, CompareAndSet;
+    ExpireRequest => ExpireResponse, Expire;
+    PersistRequest => PersistResponse, Persist;
+    TtlRequest => TtlResponse, Ttl;
+}
+
+/// The outcome of a pipelined request.
+pub(crate) enum Outcome<T> {
+    /// The node answered (or the request failed in a way that says so).
+    Done(Reply<T>),
+    /// The node does not serve `Pipeline`: the request was not run; send it as a unary call.
+    Unsupported,
+}
+
+/// What a request waiting on a stream receives: the answer with the node's topology digest, or
+/// why the stream closed and whether the request had been handed to HTTP/2 by then.
+type Delivery = Result<(Answer, u64), (Closed, bool)>;
+
+/// Why a stream ended, as seen by one request on it.
+#[derive(Clone, Debug)]
+enum Closed {
+    /// The node does not serve `Pipeline`.
+    Unsupported,
+    /// The stream failed with this status (a transport error or the node's stream-level status).
+    Status(Status),
+    /// The node ended the stream (it is shutting down).
+    Ended,
+    /// The pool was dropped.
+    Dropped,
+}
+
+/// The pipeline of one pooled connection: the current stream, opened on demand.
+pub(crate) struct Pipeline {
+    cache: CacheClient<Channel>,
+    addr: String,
+    link: Mutex<Option<Arc<Link>>>,
+}
+
+impl fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        if let Some(link) = self
+            .link
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            link.close(Closed::Dropped);
+        }
+    }
+}
+
+impl Pipeline {
+    pub(crate) fn new(cache: CacheClient<Channel>, addr: &str) -> Self {
+        Pipeline {
+            cache,
+            addr: addr.to_owned(),
+            link: Mutex::new(None),
+        }
+    }
+
+    /// Sends one request on the stream and waits for its answer, at most `timeout`.
+    pub(crate) async fn call<Req: PipelineOp>(
+        &self,
+        message: Req,
+        timeout: Duration,
+    ) -> Outcome<Req::Response> {
+        let started = Instant::now();
+        let (reply, answer) = oneshot::channel();
+        let mut queued = Queued {
+            op: message.into_op(),
+            reply,
+        };
+        // A stream that closed since it was last used is replaced, once.
+        for _ in 0..2 {
+            let link = self.current_link();
+            match link.push(queued) {
+                Ok(()) => break,
+                Err(back) => {
+                    self.forget(&link);
+                    queued = back;
+                }
+            }
+        }
+        let delivery = match tokio::time::timeout(timeout, answer).await {
+            Err(_) => return Outcome::Done(timed_out(timeout)),
+            // The request was dropped without an answer: only a closing stream does that, and
+            // it answers everything it holds first, so this is a stream we could not even use.
+            Ok(Err(_)) => Err((Closed::Ended, false)),
+            Ok(Ok(delivery)) => delivery,
+        };
+        Outcome::Done(match delivery {
+            Ok((answer, digest)) => Reply {
+                digest: Some(digest),
+                result: match answer {
+                    Answer::Error(error) => Err(Failure::from_status(
+                        status_of(error),
+                        started.elapsed(),
+                        timeout,
+                    )),
+                    answer => Req::from_answer(answer).ok_or_else(|| Failure {
+                        error: Error::Protocol(format!(
+                            "{} answered a pipelined request with another type",
+                            self.addr
+                        )),
+                        class: FailureClass::Answered,
+                    }),
+                },
+            },
+            Err((Closed::Unsupported, _)) => return Outcome::Unsupported,
+            Err((closed, sent)) => Reply {
+                digest: None,
+                result: Err(self.failure(closed, sent, started, timeout)),
+            },
+        })
+    }
+
+    /// The open stream, or a new one.
+    fn current_link(&self) -> Arc<Link> {
+        let mut current = self.link.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(link) = current.as_ref().filter(|link| !link.is_closed()) {
+            return Arc::clone(link);
+        }
+        let link = Link::open(self.cache.clone());
+        *current = Some(Arc::clone(&link));
+        link
+    }
+
+    /// Drops `link` as the current stream if it still is.
+    fn forget(&self, link: &Arc<Link>) {
+        let mut current = self.link.lock().unwrap_or_else(PoisonError::into_inner);
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, link)) {
+            *current = None;
+        }
+    }
+
+    /// The failure of a request on a stream that closed; `sent` when the request had been
+    /// handed to HTTP/2.
+    fn failure(&self, closed: Closed, sent: bool, started: Instant, timeout: Duration) -> Failure {
+        let addr = &self.addr;
+        match closed {
+            // Classified like a unary call's status: a connect error means nothing left.
+            Closed::Status(status) if sent => {
+                Failure::from_status(status, started.elapsed(), timeout)
+            }
+            Closed::Status(status) => Failure::not_sent(Error::Unavailable(format!(
+                "not sent: the pipeline stream to {addr} failed: {}",
+                status.message()
+            ))),
+            _ if sent => Failure {
+                error: Error::Unavailable(format!(
+                    "{addr} closed the pipeline stream before answering"
+                )),
+                class: FailureClass::Broken,
+            },
+            _ => Failure::not_sent(Error::Unavailable(format!(
+                "not sent: {addr} closed the pipeline stream"
+            ))),
+        }
+    }
+}
+
+fn timed_out<T>(timeout: Duration) -> Reply<T> {
+    Reply {
+        digest: None,
+        result: Err(Failure {
+            error: Error::Timeout {
+                after: Some(timeout),
+            },
+            class: FailureClass::TimedOut,
+        }),
+    }
+}
+
+/// A failed request's answer as the status its unary call would have returned.
+fn status_of(error: pb::PipelineError) -> Status {
+    let mut status = Status::new(Code::from(error.code), error.message);
+    if let Some(version) = error.current_version {
+        status
+            .metadata_mut()
+            .insert(CURRENT_VERSION_METADATA, MetadataValue::from(version));
+    }
+    status
+}
+
+/// A request waiting to leave.
+struct Queued {
+    op: Op,
+    reply: oneshot::Sender<Delivery>,
+}
+
+/// One `Pipeline` stream: the queue of requests not yet sent, the requests sent and not yet
+/// answered, and the task reading the answers.
+struct Link {
+    state: Mutex<LinkState>,
+    /// Wakes the request stream when a request is queued or the link closes.
+    waker: AtomicWaker,
+}
+
+#[derive(Default)]
+struct LinkState {
+    queue: VecDeque<Queued>,
+    in_flight: HashMap<u64, oneshot::Sender<Delivery>>,
+    next_tag: u64,
+    closed: Option<Closed>,
+    /// HTTP/2 dropped the request side: nothing more can be sent; the reading task is about to
+    /// close the link with the reason.
+    outbound_gone: bool,
+}
+
+impl Link {
+    /// Opens the stream on `cache`; the task reading answers runs until the stream ends.
+    fn open(mut cache: CacheClient<Channel>) -> Arc<Link> {
+        let link = Arc::new(Link {
+            state: Mutex::new(LinkState::default()),
+            waker: AtomicWaker::new(),
+        });
+        let outbound = Outbound {
+            link: Arc::clone(&link),
+        };
+        let reader = Arc::clone(&link);
+        tokio::spawn(async move {
+            let mut inbound = match cache.pipeline(outbound).await {
+                Ok(response) => response.into_inner(),
+                Err(status) if status.code() == Code::Unimplemented => {
+                    return reader.close(Closed::Unsupported);
+                }
+                Err(status) => return reader.close(Closed::Status(status)),
+            };
+            loop {
+                match inbound.message().await {
+                    Ok(Some(batch)) => reader.deliver(batch),
+                    Ok(None) => return reader.close(Closed::Ended),
+                    Err(status) => return reader.close(Closed::Status(status)),
+                }
+            }
+        });
+        link
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether no more requests can be sent on the stream.
+    fn is_closed(&self) -> bool {
+        let state = self.lock();
+        state.closed.is_some() || state.outbound_gone
+    }
+
+    /// Queues a request; gives it back when the stream has closed.
+    fn push(&self, queued: Queued) -> Result<(), Queued> {
+        {
+            let mut state = self.lock();
+            if state.closed.is_some() || state.outbound_gone {
+                return Err(queued);
+            }
+            state.queue.push_back(queued);
+        }
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// Hands each answer to its request.
+    fn deliver(&self, batch: PipelineResponseBatch) {
+        let digest = batch.topology_digest;
+        let mut ready = Vec::with_capacity(batch.responses.len());
+        {
+            let mut state = self.lock();
+            for response in batch.responses {
+                let Some(answer) = response.result else {
+                    continue;
+                };
+                if let Some(reply) = state.in_flight.remove(&response.tag) {
+                    ready.push((reply, answer));
+                }
+            }
+        }
+        for (reply, answer) in ready {
+            // The caller may have timed out and gone: nothing to do then.
+            let _ = reply.send(Ok((answer, digest)));
+        }
+    }
+
+    /// Closes the stream: queued requests learn it never left, sent ones that it broke.
+    fn close(&self, why: Closed) {
+        let (queue, in_flight) = {
+            let mut state = self.lock();
+            if state.closed.is_some() {
+                return;
+            }
+            state.closed = Some(why.clone());
+            (
+                std::mem::take(&mut state.queue),
+                std::mem::take(&mut state.in_flight),
+            )
+        };
+        self.waker.wake();
+        for queued in queue {
+            let _ = queued.reply.send(Err((why.clone(), false)));
+        }
+        for (_, reply) in in_flight {
+            let _ = reply.send(Err((why.clone(), true)));
+        }
+    }
+}
+
+/// The request side of a stream: each poll takes everything queued as one batch.
+struct Outbound {
+    link: Arc<Link>,
+}
+
+impl Stream for Outbound {
+    type Item = PipelineRequestBatch;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.link.waker.register(cx.waker());
+        let mut state = self.link.lock();
+        if state.closed.is_some() {
+            return Poll::Ready(None);
+        }
+        if state.queue.is_empty() {
+            return Poll::Pending;
+        }
+        let mut requests = Vec::with_capacity(state.queue.len().min(MAX_BATCH_REQUESTS));
+        let mut bytes = 0;
+        while requests.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
+            let Some(queued) = state.queue.pop_front() else {
+                break;
+            };
+            let tag = state.next_tag;
+            state.next_tag = state.next_tag.wrapping_add(1);
+            state.in_flight.insert(tag, queued.reply);
+            let request = PipelineRequest {
+                tag,
+                op: Some(queued.op),
+            };
+            bytes += request.encoded_len();
+            requests.push(request);
+        }
+        Poll::Ready(Some(PipelineRequestBatch { requests }))
+    }
+}
+
+impl Drop for Outbound {
+    /// HTTP/2 dropped the request side (the stream failed or finished): nothing more can leave.
+    /// What is queued waits for the reading task, which closes the link with the reason.
+    fn drop(&mut self) {
+        self.link.lock().outbound_gone = true;
+    }
+}
