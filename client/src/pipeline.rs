@@ -300,10 +300,7 @@ struct LinkState {
 impl Link {
     /// Opens the stream on `cache`; the task reading answers runs until the stream ends.
     fn open(mut cache: CacheClient<Channel>) -> Arc<Link> {
-        let link = Arc::new(Link {
-            state: Mutex::new(LinkState::default()),
-            waker: AtomicWaker::new(),
-        });
+        let link = Link::new();
         let outbound = Outbound {
             link: Arc::clone(&link),
         };
@@ -325,6 +322,14 @@ impl Link {
             }
         });
         link
+    }
+
+    /// A link with nothing queued and no stream behind it yet.
+    fn new() -> Arc<Link> {
+        Arc::new(Link {
+            state: Mutex::new(LinkState::default()),
+            waker: AtomicWaker::new(),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LinkState> {
@@ -436,5 +441,154 @@ impl Drop for Outbound {
     /// What is queued waits for the reading task, which closes the link with the reason.
     fn drop(&mut self) {
         self.link.lock().outbound_gone = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::{FutureExt, StreamExt};
+    use pb::{GetRequest, GetResponse, PipelineResponse};
+
+    use super::*;
+
+    fn queued(key: &'static str) -> (Queued, oneshot::Receiver<Delivery>) {
+        let (reply, answer) = oneshot::channel();
+        let op = GetRequest {
+            key: key.into(),
+            consistency: 0,
+        }
+        .into_op();
+        (Queued { op, reply }, answer)
+    }
+
+    fn outbound(link: &Arc<Link>) -> Outbound {
+        Outbound {
+            link: Arc::clone(link),
+        }
+    }
+
+    #[test]
+    fn everything_queued_leaves_as_one_batch_and_answers_find_their_request() {
+        let link = Link::new();
+        let mut stream = outbound(&link);
+        assert!(stream.next().now_or_never().is_none(), "nothing queued yet");
+
+        let mut answers = Vec::new();
+        for key in ["a", "b", "c"] {
+            let (request, answer) = queued(key);
+            assert!(link.push(request).is_ok());
+            answers.push(answer);
+        }
+        let batch = stream.next().now_or_never().flatten().expect("a batch");
+        let tags: Vec<u64> = batch.requests.iter().map(|r| r.tag).collect();
+        assert_eq!(tags, [0, 1, 2]);
+        assert!(stream.next().now_or_never().is_none(), "the queue is empty");
+
+        // Answers may come in any order, in any batches.
+        link.deliver(PipelineResponseBatch {
+            responses: vec![PipelineResponse {
+                tag: 1,
+                result: Some(Answer::Get(GetResponse {
+                    found: true,
+                    value: "B".into(),
+                    version: 9,
+                    ttl_ms: None,
+                })),
+            }],
+            topology_digest: 42,
+        });
+        let (answer, digest) = answers[1].try_recv().unwrap().ok().unwrap();
+        assert_eq!(digest, 42);
+        assert_eq!(
+            pb::GetRequest::from_answer(answer).map(|r| r.value),
+            Some("B".into())
+        );
+        assert!(answers[0].try_recv().is_err(), "tag 0 is still waiting");
+    }
+
+    #[test]
+    fn a_batch_is_capped_and_the_rest_follows() {
+        let link = Link::new();
+        let mut stream = outbound(&link);
+        let mut answers = Vec::new();
+        for _ in 0..MAX_BATCH_REQUESTS + 3 {
+            let (request, answer) = queued("k");
+            link.push(request).ok().unwrap();
+            answers.push(answer);
+        }
+        let first = stream.next().now_or_never().flatten().unwrap();
+        let second = stream.next().now_or_never().flatten().unwrap();
+        assert_eq!(first.requests.len(), MAX_BATCH_REQUESTS);
+        assert_eq!(second.requests.len(), 3);
+    }
+
+    #[test]
+    fn closing_tells_queued_requests_they_never_left_and_sent_ones_they_may_have() {
+        let link = Link::new();
+        let mut stream = outbound(&link);
+        let (sent_request, mut sent_answer) = queued("sent");
+        link.push(sent_request).ok().unwrap();
+        stream.next().now_or_never().flatten().unwrap();
+        let (waiting_request, mut waiting_answer) = queued("waiting");
+        link.push(waiting_request).ok().unwrap();
+
+        link.close(Closed::Ended);
+        assert!(matches!(
+            sent_answer.try_recv().unwrap(),
+            Err((Closed::Ended, true))
+        ));
+        assert!(matches!(
+            waiting_answer.try_recv().unwrap(),
+            Err((Closed::Ended, false))
+        ));
+        assert!(link.is_closed());
+        let (late, _) = queued("late");
+        assert!(link.push(late).is_err(), "a closed link takes nothing");
+        assert!(
+            matches!(stream.next().now_or_never(), Some(None)),
+            "the request side ends"
+        );
+    }
+
+    #[test]
+    fn a_dropped_request_side_refuses_new_requests_but_keeps_queued_ones_for_the_reason() {
+        let link = Link::new();
+        let (request, mut answer) = queued("queued");
+        link.push(request).ok().unwrap();
+        drop(outbound(&link));
+        assert!(link.is_closed());
+        assert!(answer.try_recv().is_err(), "still waiting for the reason");
+        link.close(Closed::Unsupported);
+        assert!(matches!(
+            answer.try_recv().unwrap(),
+            Err((Closed::Unsupported, false))
+        ));
+    }
+
+    #[test]
+    fn every_request_type_round_trips_through_an_op_and_its_answer() {
+        assert!(matches!(pb::SetRequest::default().into_op(), Op::Set(_)));
+        assert!(matches!(pb::MGetRequest::default().into_op(), Op::MGet(_)));
+        assert!(
+            pb::SetRequest::from_answer(Answer::Get(GetResponse::default())).is_none(),
+            "an answer of another type is refused"
+        );
+        assert!(pb::TtlRequest::from_answer(Answer::Ttl(pb::TtlResponse::default())).is_some());
+    }
+
+    #[test]
+    fn a_pipeline_error_becomes_the_unary_status() {
+        let status = status_of(pb::PipelineError {
+            code: Code::FailedPrecondition as i32,
+            message: "version mismatch".to_owned(),
+            current_version: Some(17),
+        });
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(matches!(
+            Error::from(status),
+            Error::CasConflict {
+                current_version: Some(17)
+            }
+        ));
     }
 }
