@@ -163,6 +163,14 @@ pub struct Cli {
     /// partitioned minority takes no writes; 0 = off [default: 0].
     #[arg(long, env = "RINGCACHE_MIN_CLUSTER_SIZE", value_name = "N")]
     pub min_cluster_size: Option<usize>,
+    /// Most open TCP connections on the gRPC port (clients and other nodes together); a
+    /// connection beyond it is closed at once and counted; 0 = unlimited [default: 10000].
+    #[arg(long, env = "RINGCACHE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// /health/ready: how long the topology must stay unchanged (with no member suspect) before
+    /// a node that has peers reports ready again [default: 2 × probe-interval].
+    #[arg(long, env = "RINGCACHE_READY_SETTLE", value_name = "DURATION")]
+    pub ready_settle: Option<HumanDuration>,
 }
 
 /// Consistency level as written in flags and files.
@@ -307,6 +315,8 @@ struct FileConfig {
     hint_max_bytes: Option<ByteSize>,
     hint_max_age: Option<HumanDuration>,
     min_cluster_size: Option<usize>,
+    max_connections: Option<usize>,
+    ready_settle: Option<HumanDuration>,
 }
 
 /// Everything a node runs with, validated.
@@ -358,7 +368,14 @@ pub struct Config {
     pub rebalance_bytes_per_sec: u64,
     /// Longest hand-off at a graceful leave.
     pub leave_timeout: Duration,
+    /// Most open connections on the gRPC listener; 0 = unlimited.
+    pub max_connections: usize,
+    /// How long the topology must stay unchanged before a node with peers is ready.
+    pub ready_settle: Duration,
 }
+
+/// Default `max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// Headroom over key + value for the rest of a gRPC message.
 const MESSAGE_HEADROOM: u64 = 64 * 1024;
@@ -399,6 +416,10 @@ impl Config {
             .map_or(defaults.max_value_bytes as u64, |b| b.0);
         let default_message = (8 * 1024 * 1024 + MESSAGE_HEADROOM)
             .max(max_key_bytes + max_value_bytes + MESSAGE_HEADROOM);
+        let probe_interval = cli
+            .probe_interval
+            .or(file.probe_interval)
+            .map_or(Duration::from_secs(1), |d| d.0);
         let config = Self {
             node_id,
             bind,
@@ -469,10 +490,7 @@ impl Config {
                 .vnodes
                 .or(file.vnodes)
                 .unwrap_or(NonZeroU32::new(DEFAULT_VNODES_PER_WEIGHT).expect("not zero")),
-            probe_interval: cli
-                .probe_interval
-                .or(file.probe_interval)
-                .map_or(Duration::from_secs(1), |d| d.0),
+            probe_interval,
             probe_timeout: cli
                 .probe_timeout
                 .or(file.probe_timeout)
@@ -490,6 +508,14 @@ impl Config {
                 .leave_timeout
                 .or(file.leave_timeout)
                 .map_or(Duration::from_secs(300), |d| d.0),
+            max_connections: cli
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            ready_settle: cli
+                .ready_settle
+                .or(file.ready_settle)
+                .map_or(probe_interval * 2, |d| d.0),
         };
         config.validate()?;
         Ok(config)
@@ -817,6 +843,35 @@ mod tests {
     }
 
     #[test]
+    fn connection_cap_and_ready_settle_layer_with_their_defaults() {
+        let defaults = Config::layer(Cli::default(), FileConfig::default()).unwrap();
+        assert_eq!(defaults.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(
+            defaults.ready_settle,
+            Duration::from_secs(2),
+            "2 × probe_interval"
+        );
+        // The settle default follows the probe interval, wherever that comes from.
+        let file: FileConfig = toml::from_str(
+            r#"
+            probe_interval = "3s"
+            max_connections = 0
+            "#,
+        )
+        .unwrap();
+        let config = Config::layer(Cli::default(), file).unwrap();
+        assert_eq!(config.ready_settle, Duration::from_secs(6));
+        assert_eq!(config.max_connections, 0, "0 = unlimited");
+        let config = Config::layer(
+            parse(&["--ready-settle", "5s", "--max-connections", "64"]),
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(config.ready_settle, Duration::from_secs(5));
+        assert_eq!(config.max_connections, 64);
+    }
+
+    #[test]
     fn a_wildcard_bind_advertises_the_given_address() {
         let config = Config::layer(
             parse(&["--bind", "0.0.0.0", "--advertise-addr", "10.1.2.3"]),
@@ -862,6 +917,8 @@ mod tests {
             "--hint-max-bytes",
             "--hint-max-age",
             "--min-cluster-size",
+            "--max-connections",
+            "--ready-settle",
         ] {
             assert!(help.contains(flag), "{flag} missing from --help");
         }

@@ -33,6 +33,14 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     node.metrics()
         .set_cluster(gossip.as_ref(), node.view().ring.nodes().len());
     node.metrics().set_rebalance(&node.rebalance().to_wire());
+    let connections = node.connections();
+    node.metrics().set_connections(
+        connections.open(),
+        connections.max(),
+        connections.rejected(),
+    );
+    node.metrics()
+        .set_replication_lag(node.replicator().replication_lag(node.now_ms()));
     let body = node
         .metrics()
         .render(&stats, node.config().store.max_memory_bytes, node.uptime());
@@ -43,14 +51,14 @@ async fn live() -> impl IntoResponse {
     (StatusCode::OK, "live\n")
 }
 
+/// 200 `ready` once the node has joined and its ring has converged; else 503 `not ready:
+/// <reason>` (see [`crate::readiness`]).
 async fn ready(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    if node.is_ready() {
-        (StatusCode::OK, "ready\n".to_owned())
-    } else {
-        let state = node.state().as_str_name();
-        (
+    match node.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {state}\n"),
-        )
+            format!("not ready: {reason}\n"),
+        ),
     }
 }

@@ -148,6 +148,10 @@ pub struct Metrics {
     /// `replica_writes[0]`: acknowledged, `[1]`: failed.
     replica_writes: [Counter; 2],
     read_repairs: Counter,
+    replication_lag: Gauge,
+    connections: Gauge,
+    connections_max: Gauge,
+    connections_rejected: Counter,
 }
 
 /// Why hints are dropped, as the `reason` label of `ringcache_hints_dropped_total` names it.
@@ -377,6 +381,30 @@ impl Metrics {
             Unit::Count,
             "Stale or missing copies fixed by read repair after QUORUM and ALL reads",
         );
+        describe(
+            &recorder,
+            "ringcache_replication_lag_seconds",
+            Unit::Seconds,
+            "Age of the oldest pending hint: how long the most-behind replica has been missing a write this node coordinated; 0 when no hint is pending",
+        );
+        describe(
+            &recorder,
+            "ringcache_connections",
+            Unit::Count,
+            "Open TCP connections on the gRPC port (clients and other nodes)",
+        );
+        describe(
+            &recorder,
+            "ringcache_connections_max",
+            Unit::Count,
+            "The max_connections limit; 0 = unlimited",
+        );
+        describe(
+            &recorder,
+            "ringcache_connections_rejected_total",
+            Unit::Count,
+            "Connections closed at once because max_connections were open",
+        );
         let hints_dropped = HINT_DROP_REASONS
             .iter()
             .map(|reason| {
@@ -441,6 +469,10 @@ impl Metrics {
             hints_replayed: counter("ringcache_hints_replayed_total", vec![]),
             replica_writes,
             read_repairs: counter("ringcache_read_repairs_total", vec![]),
+            replication_lag: gauge("ringcache_replication_lag_seconds"),
+            connections: gauge("ringcache_connections"),
+            connections_max: gauge("ringcache_connections_max"),
+            connections_rejected: counter("ringcache_connections_rejected_total", vec![]),
             gossip_packets_sent: counter("ringcache_gossip_packets_sent_total", vec![]),
             gossip_packets_received: counter("ringcache_gossip_packets_received_total", vec![]),
             gossip_bytes_sent: counter("ringcache_gossip_bytes_sent_total", vec![]),
@@ -526,6 +558,18 @@ impl Metrics {
     pub fn set_hints_pending(&self, entries: usize, bytes: usize) {
         self.hints_pending.set(entries as f64);
         self.hints_pending_bytes.set(bytes as f64);
+    }
+
+    /// Sets the replication lag (age of the oldest pending hint).
+    pub fn set_replication_lag(&self, lag: Duration) {
+        self.replication_lag.set(lag.as_secs_f64());
+    }
+
+    /// Copies in the connection count, the cap (0 = unlimited) and the rejections so far.
+    pub fn set_connections(&self, open: usize, max: usize, rejected: u64) {
+        self.connections.set(open as f64);
+        self.connections_max.set(max as f64);
+        self.connections_rejected.absolute(rejected);
     }
 
     /// Counts `n` hints dropped for `reason` (`max_bytes` or `max_age`).
@@ -618,6 +662,28 @@ mod tests {
     }
 
     #[test]
+    fn connection_metrics_are_exported() {
+        let metrics = Metrics::new();
+        let text = metrics.render(&StoreStats::default(), 1024, Duration::ZERO);
+        for needle in [
+            "ringcache_connections 0",
+            "ringcache_connections_rejected_total 0",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        metrics.set_connections(3, 10, 2);
+        let text = metrics.render(&StoreStats::default(), 1024, Duration::ZERO);
+        for needle in [
+            "ringcache_connections 3",
+            "ringcache_connections_max 10",
+            "ringcache_connections_rejected_total 2",
+            "# HELP ringcache_connections_rejected_total",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+    }
+
+    #[test]
     fn replication_metrics_are_exported_from_the_start() {
         let metrics = Metrics::new();
         metrics.set_hints_pending(3, 300);
@@ -625,6 +691,7 @@ mod tests {
         metrics.record_hints_replayed(4);
         metrics.record_replica_writes(false, 5);
         metrics.record_read_repairs(1);
+        metrics.set_replication_lag(Duration::from_millis(2500));
         let text = metrics.render(&StoreStats::default(), 1024, Duration::ZERO);
         for needle in [
             "ringcache_hints_pending 3",
@@ -635,6 +702,7 @@ mod tests {
             r#"ringcache_replica_writes_total{result="ok"} 0"#,
             r#"ringcache_replica_writes_total{result="failed"} 5"#,
             "ringcache_read_repairs_total 1",
+            "ringcache_replication_lag_seconds 2.5",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }

@@ -34,6 +34,7 @@ use crate::cluster::{
     NodeMeta,
 };
 use crate::config::Config;
+use crate::connections::{self, Connections};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::rebalance::{RebalanceStats, run_rebalancer};
@@ -81,6 +82,16 @@ pub struct Node {
     /// Stops gossip: cancelled after the hand-off of a graceful shutdown, so the node stays a
     /// visible (Leaving) member while it hands off.
     gossip_stop: CancellationToken,
+    /// Open connections on the gRPC listener and the `max_connections` cap.
+    connections: Arc<Connections>,
+    /// Set once the listeners serve and gossip has started (readiness: `starting` before).
+    serving: AtomicBool,
+    /// The seeds resolved to at least one address other than this node's own.
+    seeded: AtomicBool,
+    /// Another live member has been in the view since start (latched).
+    joined: AtomicBool,
+    /// When the view last changed (readiness waits `ready_settle` after it).
+    view_changed_at: parking_lot::Mutex<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +151,7 @@ impl Node {
         });
         let replicator = Replicator::new(&config.replication);
         let peers = Peers::new(config.max_message_bytes, PEER_CONNECT_TIMEOUT);
+        let connections = Connections::new(config.max_connections);
         let node = Arc::new(Self {
             config,
             store,
@@ -159,6 +171,11 @@ impl Node {
             rebalance: RebalanceStats::default(),
             replicator,
             gossip_stop: CancellationToken::new(),
+            connections,
+            serving: AtomicBool::new(false),
+            seeded: AtomicBool::new(false),
+            joined: AtomicBool::new(false),
+            view_changed_at: parking_lot::Mutex::new(Instant::now()),
         });
         node.publish_single_node();
         node
@@ -194,9 +211,32 @@ impl Node {
         *self.state.borrow()
     }
 
-    /// Ready to serve: active and not shutting down.
+    /// Ready to serve (`/health/ready`): joined and its ring converged. See [`Node::readiness`].
     pub fn is_ready(&self) -> bool {
-        self.state() == v1::NodeState::Active && !self.shutdown.is_cancelled()
+        self.readiness().is_ok()
+    }
+
+    /// `Ok` when ready, else why not: `starting`, `leaving`, `joining`, `not joined: no peer
+    /// reachable`, or `ring settling` (the rules are in [`crate::readiness`]).
+    pub fn readiness(&self) -> Result<(), String> {
+        let view = self.view();
+        let since_change = self.view_changed_at.lock().elapsed();
+        crate::readiness::check(&crate::readiness::Inputs {
+            serving: self.serving.load(Ordering::Acquire),
+            shutting_down: self.shutdown.is_cancelled(),
+            state: self.state(),
+            seeded: self.seeded.load(Ordering::Acquire),
+            joined: self.joined.load(Ordering::Acquire),
+            node_id: &self.config.node_id,
+            members: view.topology.members(),
+            since_change,
+            settle: self.config.ready_settle,
+        })
+    }
+
+    /// Open connections on the gRPC listener, and how many were refused at the cap.
+    pub fn connections(&self) -> &Connections {
+        &self.connections
     }
 
     /// The current topology, in wire form.
@@ -234,6 +274,17 @@ impl Node {
         }
         self.peers.retain(&topology);
         self.digest.store(topology.digest(), Ordering::Release);
+        *self.view_changed_at.lock() = Instant::now();
+        let peer_alive = topology.members().iter().any(|m| {
+            m.node_id != self.config.node_id
+                && matches!(
+                    m.state,
+                    NodeState::Joining | NodeState::Active | NodeState::Leaving
+                )
+        });
+        if peer_alive {
+            self.joined.store(true, Ordering::Release);
+        }
         tracing::debug!(
             digest = topology.digest(),
             members = topology.members().len(),
@@ -396,16 +447,19 @@ impl Node {
                     .max_encoding_message_size(max_message),
             )
             .add_service(reflection);
+        let incoming = connections::limit(incoming, self.connections.clone());
+        let mut server = tokio::spawn(
+            router.serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned()),
+        );
+        self.serving.store(true, Ordering::Release);
         tracing::info!(
             node_id = %self.config.node_id,
             grpc = %grpc_addr,
             http = ?http_addr,
             max_memory = self.config.store.max_memory_bytes,
             eviction = self.config.store.eviction.as_str(),
+            max_connections = self.config.max_connections,
             "ringcached serving"
-        );
-        let mut server = tokio::spawn(
-            router.serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned()),
         );
         let result = tokio::select! {
             joined = &mut server => Some(joined),
@@ -520,6 +574,8 @@ impl Node {
         let membership = Membership::new(config, identity, meta.clone(), rand::random())
             .context("invalid membership settings")?;
         let seeds = resolve_seeds(&self.config.seeds, gossip_addr).await;
+        // Seeds that are all this node (or do not resolve) leave it to start a cluster alone.
+        self.seeded.store(!seeds.is_empty(), Ordering::Release);
         self.external_topology.store(true, Ordering::Release);
         let (handle, task) =
             MembershipHandle::spawn(membership, socket, seeds, self.gossip_stop.clone());

@@ -13,11 +13,15 @@
 //! A joiner also pulls before it turns Active ([`pull_ranges`]: `Internal.StreamEntries` with
 //! `assume_target_in_ring`), so it serves reads filled. Failed sends are counted and the pass is
 //! retried later (resumable: it starts over, and already-moved keys are ignored by version).
-//! Transfer is throttled to `rebalance_bytes_per_sec`. Progress is in [`RebalanceStats`].
+//! Transfer is throttled to `rebalance_bytes_per_sec`. Progress is in [`RebalanceStats`]: keys
+//! scanned, and bytes done of the bytes held when the pass started, where an entry is done once
+//! it is scanned and, if it had to move, its batch was sent. The ETA divides the bytes left by
+//! the rate of the last [`RATE_WINDOW`] (the transfer rate as the throttle and the peers allow).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -28,7 +32,7 @@ use tokio_stream::StreamExt;
 
 use crate::api::{apply_entry, to_wire};
 use crate::node::Node;
-use crate::store::VersionedItem;
+use crate::store::{VersionedItem, charge};
 use crate::view::ClusterView;
 
 /// Entries read from the store per scan step.
@@ -37,6 +41,10 @@ const SCAN_STEP: usize = 512;
 const PUSH_BATCH: usize = 256;
 /// Longest wait for one Replicate batch.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// The rate behind the ETA is measured over this much of the latest progress.
+pub const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// Most progress samples kept for the rate.
+const MAX_SAMPLES: usize = 256;
 
 /// Progress counters of this node's data movement.
 #[derive(Debug, Default)]
@@ -57,11 +65,82 @@ pub struct RebalanceStats {
     pub keys_received: AtomicU64,
     /// Failed sends (retried by the next pass).
     pub failures: AtomicU64,
+    /// Charged bytes held when the current pass started.
+    pub bytes_total: AtomicU64,
+    /// Charged bytes of the entries the current pass is done with.
+    pub bytes_done: AtomicU64,
+    /// `(when, bytes_done)` samples of the current pass, oldest first, for the rate.
+    samples: Mutex<VecDeque<(Instant, u64)>>,
+}
+
+/// Progress rate in bytes per second and the estimated time left, from `(when, bytes_done)`
+/// samples (oldest first), as of `now`. The rate runs from the newest sample at least
+/// `window` old (or the oldest one) to `now`, so a pass that stops making progress sees its
+/// rate fall. No ETA without progress in that span.
+fn rate_and_eta(
+    samples: &VecDeque<(Instant, u64)>,
+    done: u64,
+    total: u64,
+    now: Instant,
+    window: Duration,
+) -> (f64, Option<f64>) {
+    let base = samples
+        .iter()
+        .rev()
+        .find(|(at, _)| now.saturating_duration_since(*at) >= window)
+        .or_else(|| samples.front());
+    let Some(&(since, done_then)) = base else {
+        return (0.0, None);
+    };
+    let elapsed = now.saturating_duration_since(since).as_secs_f64();
+    if elapsed <= 0.0 {
+        return (0.0, None);
+    }
+    #[allow(clippy::cast_precision_loss)] // an estimate
+    let rate = done.saturating_sub(done_then) as f64 / elapsed;
+    let left = total.saturating_sub(done);
+    let eta = if left == 0 {
+        Some(0.0)
+    } else if rate > 0.0 {
+        #[allow(clippy::cast_precision_loss)]
+        Some(left as f64 / rate)
+    } else {
+        None
+    };
+    (rate, eta)
 }
 
 impl RebalanceStats {
     fn set_phase(&self, phase: &'static str) {
         *self.phase.lock() = phase;
+    }
+
+    /// Starts the progress of a pass over `bytes_total` charged bytes.
+    fn start_pass(&self, bytes_total: u64) {
+        self.bytes_total.store(bytes_total, Ordering::Relaxed);
+        self.bytes_done.store(0, Ordering::Relaxed);
+        let mut samples = self.samples.lock();
+        samples.clear();
+        samples.push_back((Instant::now(), 0));
+    }
+
+    /// Adds `bytes` to the bytes done and takes a rate sample.
+    fn advance(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let done = self.bytes_done.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let now = Instant::now();
+        let mut samples = self.samples.lock();
+        // Keep one sample older than the window (the rate's base), and a bounded number.
+        while samples.len() >= MAX_SAMPLES
+            || samples
+                .get(1)
+                .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= RATE_WINDOW)
+        {
+            samples.pop_front();
+        }
+        samples.push_back((now, done));
     }
 
     fn fail(&self, error: String) {
@@ -72,8 +151,23 @@ impl RebalanceStats {
     /// The Admin.RebalanceStatus answer.
     pub fn to_wire(&self) -> v1::RebalanceStatusResponse {
         let phase = *self.phase.lock();
+        let phase = if phase.is_empty() { "idle" } else { phase };
+        let bytes_total = self.bytes_total.load(Ordering::Relaxed);
+        let bytes_done = self.bytes_done.load(Ordering::Relaxed);
+        // Only passes (moving, leaving) have a known total.
+        let (rate, eta) = if matches!(phase, "moving" | "leaving") {
+            rate_and_eta(
+                &self.samples.lock(),
+                bytes_done,
+                bytes_total,
+                Instant::now(),
+                RATE_WINDOW,
+            )
+        } else {
+            (0.0, None)
+        };
         v1::RebalanceStatusResponse {
-            phase: if phase.is_empty() { "idle" } else { phase }.to_owned(),
+            phase: phase.to_owned(),
             passes: self.passes.load(Ordering::Relaxed),
             keys_scanned: self.keys_scanned.load(Ordering::Relaxed),
             keys_total: self.keys_total.load(Ordering::Relaxed),
@@ -82,6 +176,10 @@ impl RebalanceStats {
             keys_received: self.keys_received.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             last_error: self.last_error.lock().clone(),
+            bytes_total,
+            bytes_done,
+            rate_bytes_per_second: rate,
+            eta_seconds: eta,
         }
     }
 }
@@ -108,6 +206,10 @@ impl Outbox {
 
     fn len(&self) -> usize {
         self.batches.iter().map(|(_, e)| e.len()).sum()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.batches.is_empty()
     }
 }
 
@@ -179,12 +281,14 @@ async fn pass(node: &Node, old: &ClusterView, new: &ClusterView, leaving: bool) 
     let stats = node.rebalance();
     let self_id = node.config().node_id.clone();
     stats.keys_scanned.store(0, Ordering::Relaxed);
-    stats
-        .keys_total
-        .store(node.store().stats().keys, Ordering::Relaxed);
+    let held = node.store().stats();
+    stats.keys_total.store(held.keys, Ordering::Relaxed);
+    stats.start_pass(held.used_bytes);
     let mut outbox = Outbox::default();
     let mut ok = true;
     let store = node.store();
+    // Bytes scanned whose entries still wait in the outbox: done once it is flushed.
+    let mut scanned_bytes = 0u64;
     for shard in 0..store.shard_count() {
         let mut cursor = Some(0);
         while let Some(at) = cursor {
@@ -192,10 +296,15 @@ async fn pass(node: &Node, old: &ClusterView, new: &ClusterView, leaving: bool) 
             cursor = next;
             for (key, item) in items {
                 stats.keys_scanned.fetch_add(1, Ordering::Relaxed);
+                scanned_bytes +=
+                    charge(key.len(), item.value.as_ref().map_or(0, Bytes::len)) as u64;
                 plan(&self_id, old, new, leaving, key, item, &mut outbox);
             }
             if outbox.len() >= PUSH_BATCH {
                 ok &= flush(node, &mut outbox).await;
+            }
+            if outbox.is_empty() {
+                stats.advance(std::mem::take(&mut scanned_bytes));
             }
             if node.shutdown_token().is_cancelled() && !leaving {
                 return false;
@@ -204,6 +313,7 @@ async fn pass(node: &Node, old: &ClusterView, new: &ClusterView, leaving: bool) 
         }
     }
     ok &= flush(node, &mut outbox).await;
+    stats.advance(scanned_bytes);
     ok
 }
 
@@ -371,4 +481,75 @@ pub fn ring_with(view: &ClusterView, target_id: &str, weight: u32) -> Ring {
         topology.vnodes_per_weight(),
         topology.replication_factor(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples(now: Instant, points: &[(u64, u64)]) -> VecDeque<(Instant, u64)> {
+        // (seconds before now, bytes done then)
+        points
+            .iter()
+            .map(|&(ago, done)| (now - Duration::from_secs(ago), done))
+            .collect()
+    }
+
+    #[test]
+    fn the_eta_is_the_bytes_left_over_the_recent_rate() {
+        let now = Instant::now();
+        let window = Duration::from_secs(10);
+        // 30 s ago: 0; 10 s ago: 1000; now: 3000 of 7000. The rate counts the last 10 s only.
+        let points = samples(now, &[(30, 0), (10, 1000), (2, 2500)]);
+        let (rate, eta) = rate_and_eta(&points, 3000, 7000, now, window);
+        assert!((rate - 200.0).abs() < 1e-9, "{rate}");
+        assert_eq!(eta, Some(20.0));
+        // Younger than the window: the oldest sample is the base.
+        let points = samples(now, &[(4, 0)]);
+        let (rate, eta) = rate_and_eta(&points, 400, 1000, now, window);
+        assert!((rate - 100.0).abs() < 1e-9, "{rate}");
+        assert_eq!(eta, Some(6.0));
+    }
+
+    #[test]
+    fn no_progress_means_no_eta_and_nothing_left_means_zero() {
+        let now = Instant::now();
+        let window = Duration::from_secs(10);
+        let stalled = samples(now, &[(20, 0), (15, 500)]);
+        assert_eq!(
+            rate_and_eta(&stalled, 500, 1000, now, window),
+            (0.0, None),
+            "nothing done in the last 10 s"
+        );
+        assert_eq!(
+            rate_and_eta(&VecDeque::new(), 0, 1000, now, window),
+            (0.0, None)
+        );
+        let finished = samples(now, &[(5, 0)]);
+        assert_eq!(rate_and_eta(&finished, 1000, 900, now, window).1, Some(0.0));
+    }
+
+    #[test]
+    fn progress_samples_stay_bounded_and_keep_a_base_older_than_the_window() {
+        let stats = RebalanceStats::default();
+        stats.start_pass(10_000);
+        for _ in 0..(MAX_SAMPLES * 2) {
+            stats.advance(1);
+        }
+        assert!(stats.samples.lock().len() <= MAX_SAMPLES);
+        assert_eq!(
+            stats.bytes_done.load(Ordering::Relaxed),
+            2 * MAX_SAMPLES as u64
+        );
+        // Idle: no rate and no ETA, whatever the samples say.
+        let wire = stats.to_wire();
+        assert_eq!((wire.phase.as_str(), wire.eta_seconds), ("idle", None));
+        stats.set_phase("moving");
+        let wire = stats.to_wire();
+        assert_eq!(wire.bytes_total, 10_000);
+        assert!(
+            wire.rate_bytes_per_second > 0.0 && wire.eta_seconds.is_some(),
+            "{wire:?}"
+        );
+    }
 }

@@ -67,6 +67,9 @@ impl Cluster for ClusterService {
     ) -> Result<Response<v1::NodeInfoResponse>, Status> {
         let node = &self.node;
         let stats = node.store().stats();
+        let hints = node.replicator().hints_pending();
+        let readiness = node.readiness();
+        let connections = node.connections();
         Ok(Response::new(v1::NodeInfoResponse {
             node_id: node.config().node_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -80,6 +83,18 @@ impl Cluster for ClusterService {
             expirations: stats.expirations,
             eviction_policy: node.config().store.eviction.as_str().to_owned(),
             state: node.state() as i32,
+            connections: connections.open() as u64,
+            connections_rejected: connections.rejected(),
+            max_connections: connections.max() as u64,
+            forwarded_requests: node.metrics().forwarded_total(),
+            hints_pending: hints.entries as u64,
+            hints_pending_bytes: hints.bytes as u64,
+            replication_lag_seconds: node
+                .replicator()
+                .replication_lag(node.now_ms())
+                .as_secs_f64(),
+            ready: readiness.is_ok(),
+            not_ready_reason: readiness.err().unwrap_or_default(),
         }))
     }
 }

@@ -97,6 +97,14 @@ impl HintQueues {
         self.stats
     }
 
+    /// When the oldest pending hint was queued (unix ms), if any hint is pending.
+    pub(super) fn oldest_queued_at_ms(&self) -> Option<u64> {
+        self.queues
+            .values()
+            .filter_map(|q| q.hints.front().map(|h| h.queued_at_ms))
+            .min()
+    }
+
     pub(super) fn pending_for(&self, target: &str) -> usize {
         self.queues.get(target).map_or(0, |q| q.hints.len())
     }
@@ -339,6 +347,26 @@ mod tests {
         let (rest, _) = hints.peek("n2", 10, usize::MAX);
         assert_eq!(keys(&rest), [b"d", b"e"]);
         assert_eq!(hints.stats().entries, 3);
+    }
+
+    #[test]
+    fn the_oldest_pending_hint_of_any_target_gives_the_lag() {
+        let mut hints = HintQueues::new(1 << 20, 60_000);
+        assert_eq!(hints.oldest_queued_at_ms(), None);
+        hints.push("n3", vec![entry("c", "3", 3)], 2_000);
+        hints.push("n2", vec![entry("a", "1", 1)], 1_000);
+        hints.push("n2", vec![entry("b", "2", 2)], 5_000);
+        assert_eq!(hints.oldest_queued_at_ms(), Some(1_000));
+        let (_, up_to) = hints.peek("n2", 1, usize::MAX);
+        hints.ack("n2", up_to);
+        assert_eq!(
+            hints.oldest_queued_at_ms(),
+            Some(2_000),
+            "n3's hint is now the oldest"
+        );
+        let (_, up_to) = hints.peek("n3", 10, usize::MAX);
+        hints.ack("n3", up_to);
+        assert_eq!(hints.oldest_queued_at_ms(), Some(5_000));
     }
 
     #[test]

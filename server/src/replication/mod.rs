@@ -179,6 +179,18 @@ impl Replicator {
         self.hints.lock().stats()
     }
 
+    /// Replication lag as this node sees it: the age of its oldest pending hint (a write that
+    /// some replica has not received yet), zero when no hint is pending. Hints dropped by the
+    /// age or byte limits no longer count (`ringcache_hints_dropped_total` counts them).
+    pub fn replication_lag(&self, now_ms: u64) -> Duration {
+        self.hints
+            .lock()
+            .oldest_queued_at_ms()
+            .map_or(Duration::ZERO, |at| {
+                Duration::from_millis(now_ms.saturating_sub(at))
+            })
+    }
+
     /// Hints waiting for `node_id`.
     pub fn hints_pending_for(&self, node_id: &str) -> usize {
         self.hints.lock().pending_for(node_id)

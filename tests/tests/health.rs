@@ -1,0 +1,175 @@
+//! Operators' side of a node: what `/health/ready` says while a node joins, waits for peers and
+//! settles, and the connection cap with its metrics.
+
+use std::time::Duration;
+
+use ringcache_proto::v1::{self, cluster_client::ClusterClient};
+use ringcache_server::Config;
+use ringcache_tests::{TestCluster, TestNode, http_get, wait_until};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpStream, UdpSocket};
+
+/// Generous bound for gossip on a loaded machine (100 ms probes, 400 ms suspicion).
+const DEADLINE: Duration = Duration::from_secs(20);
+
+async fn channel(node: &TestNode) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(node.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// The status and body of `/health/ready`.
+async fn ready(node: &TestNode) -> (u16, String) {
+    let response = http_get(node.http_addr, "/health/ready").await.unwrap();
+    (response.status, response.body)
+}
+
+/// Waits until `/health/ready` of `node` satisfies `done`; returns the last answer either way.
+async fn ready_until(node: &TestNode, done: impl Fn(u16, &str) -> bool) -> (u16, String) {
+    let last = std::sync::Mutex::new((0, String::new()));
+    let _ = wait_until(DEADLINE, || async {
+        let (status, body) = ready(node).await;
+        let met = done(status, &body);
+        *last.lock().unwrap() = (status, body);
+        met
+    })
+    .await;
+    last.into_inner().unwrap()
+}
+
+#[tokio::test]
+async fn a_lone_node_without_seeds_is_ready() {
+    let node = TestNode::start_default().await;
+    assert_eq!(ready(&node).await, (200, "ready\n".to_owned()));
+    node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_node_whose_seed_is_unreachable_is_not_ready_until_a_peer_joins() {
+    // A seed that exists but never answers.
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut config = Config::for_test();
+    config.node_id = "a".to_owned();
+    config.seeds = vec![silent.local_addr().unwrap().to_string()];
+    let a = TestNode::start(config).await;
+
+    // Joining first (it waits for the cluster), then Active but alone: not joined.
+    let (status, body) = ready_until(&a, |_, body| body.contains("not joined")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            503,
+            "not ready: not joined: no peer reachable (no other member seen through the seeds yet)\n"
+        )
+    );
+    assert_eq!(a.node.state(), v1::NodeState::Active);
+    // Still so on a later look: nothing changed, so nothing can make it ready.
+    assert_eq!(ready(&a).await.0, 503);
+
+    // A peer joins through it: both become ready once the ring has settled.
+    let mut config = Config::for_test();
+    config.node_id = "b".to_owned();
+    config.seeds = vec![a.gossip_addr.unwrap().to_string()];
+    let b = TestNode::start(config).await;
+    let (status, body) = ready_until(&a, |status, _| status == 200).await;
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    let (status, body) = ready_until(&b, |status, _| status == 200).await;
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    drop(silent);
+}
+
+#[tokio::test]
+async fn a_node_with_peers_waits_for_the_ring_to_settle_and_is_ready_alone_once_they_die() {
+    // n1 settles for an hour: once n2 is in its view, it cannot be ready.
+    let mut cluster = TestCluster::start_with(2, |i, config| {
+        if i == 1 {
+            config.ready_settle = Duration::from_secs(3600);
+        }
+    })
+    .await;
+    cluster.wait_converged(DEADLINE).await.unwrap();
+    let n1 = cluster.node("n1");
+    let (status, body) = ready_until(n1, |_, body| body.contains("settle window 1h")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready: ring settling: "), "{body}");
+    let (status, body) = ready_until(cluster.node("n2"), |status, _| status == 200).await;
+    assert_eq!(status, 200, "n2 settles on its default window: {body}");
+
+    // The reason is in NodeInfo too, for ringctl.
+    let mut client = ClusterClient::new(channel(n1).await);
+    let info = client
+        .node_info(v1::NodeInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!info.ready);
+    assert!(
+        info.not_ready_reason.starts_with("ring settling"),
+        "{info:?}"
+    );
+
+    // Its only peer dies: n1 has joined once and has nothing left to converge with.
+    cluster.take("n2").crash().await.unwrap();
+    let (status, body) = ready_until(cluster.node("n1"), |status, _| status == 200).await;
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_are_closed_and_counted() {
+    let mut config = Config::for_test();
+    config.max_connections = 2;
+    let node = TestNode::start_without_gossip(config).await;
+    let connections = || node.node.connections();
+
+    let first = TcpStream::connect(node.grpc_addr).await.unwrap();
+    let second = TcpStream::connect(node.grpc_addr).await.unwrap();
+    wait_until(DEADLINE, || async { connections().open() == 2 })
+        .await
+        .unwrap();
+
+    // At the cap: the third is closed at once, before anything is read or written.
+    let mut third = TcpStream::connect(node.grpc_addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(DEADLINE, third.read(&mut buf))
+        .await
+        .expect("the third connection is closed, not left hanging");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert_eq!((connections().open(), connections().rejected()), (2, 1));
+
+    let metrics = http_get(node.http_addr, "/metrics").await.unwrap().body;
+    for needle in [
+        "ringcache_connections 2",
+        "ringcache_connections_max 2",
+        "ringcache_connections_rejected_total 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");
+    }
+
+    // A closed connection frees its place; a gRPC client then gets in and sees the numbers.
+    drop(first);
+    wait_until(DEADLINE, || async { connections().open() == 1 })
+        .await
+        .unwrap();
+    let mut client = ClusterClient::new(channel(&node).await);
+    let info = client
+        .node_info(v1::NodeInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            info.connections,
+            info.max_connections,
+            info.connections_rejected
+        ),
+        (2, 2, 1)
+    );
+    drop(second);
+    drop(client);
+    wait_until(DEADLINE, || async { connections().open() == 0 })
+        .await
+        .unwrap();
+    node.stop().await.unwrap();
+}
