@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use ringcache::Client;
 use ringcache_proto::placement::Ring;
-use ringcache_tests::{TestCluster, wait_until};
+use ringcache_proto::topology::{Member, NodeState, Topology};
+use ringcache_proto::v1::{self, cache_client::CacheClient};
+use ringcache_server::Config;
+use ringcache_tests::{TestCluster, TestNode, wait_until};
 use serde_json::Value;
 
 /// Generous bound: failure detection here takes ~0.5 s (100 ms probes, 400 ms suspicion).
@@ -151,6 +154,20 @@ async fn json_output_parses_for_ring_locate_stats_and_rebalance() {
     assert_eq!(stats["node_id"], "n1");
     assert!(stats["keys"].is_u64() && stats["hits"].is_u64());
     assert!(stats["rebalance"]["phase"].is_string(), "{stats}");
+    // ringctl's own connection is open while it asks.
+    assert!(stats["connections"].as_u64() >= Some(1), "{stats}");
+    assert_eq!(stats["max_connections"], 10_000, "{stats}");
+    assert_eq!(stats["connections_rejected"], 0, "{stats}");
+    assert!(stats["forwarded_requests"].is_u64(), "{stats}");
+    assert_eq!(stats["hints_pending"], 0, "{stats}");
+    assert_eq!(stats["hints_pending_bytes"], 0, "{stats}");
+    assert_eq!(
+        stats["replication_lag_seconds"].as_f64(),
+        Some(0.0),
+        "{stats}"
+    );
+    assert!(stats["ready"].is_boolean(), "{stats}");
+    assert!(stats["rebalance"]["bytes_done"].is_u64(), "{stats}");
     let stats = ctl(&addr, &["-o", "json", "stats", "n2"]).await.json();
     assert_eq!(stats["node_id"], "n2");
     assert_eq!(stats["grpc_addr"], cluster.node("n2").grpc_target());
@@ -160,6 +177,20 @@ async fn json_output_parses_for_ring_locate_stats_and_rebalance() {
         text.contains("n3 at ") && text.contains("hit ratio"),
         "{text}"
     );
+    for label in [
+        "ready ",
+        "connections ",
+        "forwarded requests ",
+        "hints pending ",
+        "replication lag ",
+        "  progress ",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(label)),
+            "{label:?} missing: {text}"
+        );
+    }
+    assert!(text.contains("open (max 10000), 0 rejected"), "{text}");
 
     let rebalance = ctl(&addr, &["-o", "json", "rebalance", "status"])
         .await
@@ -167,8 +198,16 @@ async fn json_output_parses_for_ring_locate_stats_and_rebalance() {
     let nodes = rebalance["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 3);
     assert!(nodes.iter().all(|n| n["rebalance"]["phase"].is_string()));
+    assert!(
+        nodes.iter().all(|n| n["rebalance"]
+            .as_object()
+            .unwrap()
+            .contains_key("eta_seconds")),
+        "{rebalance}"
+    );
     let text = ctl(&addr, &["rebalance", "status"]).await.ok();
     assert!(text.starts_with("NODE") && text.contains("PHASE"), "{text}");
+    assert!(text.lines().next().unwrap().contains(" ETA "), "{text}");
 
     let unknown = ctl(&addr, &["stats", "n9"]).await;
     assert_eq!(unknown.code, 1);
@@ -177,6 +216,107 @@ async fn json_output_parses_for_ring_locate_stats_and_rebalance() {
         unknown.stderr,
         "ringctl: unknown node id \"n9\" (members: n1, n2, n3)\n"
     );
+}
+
+#[tokio::test]
+async fn stats_shows_forwarded_requests_hints_and_replication_lag() {
+    // n1 alone, with a static topology naming two more nodes that cannot be reached: writes it
+    // coordinates leave hints for them, and requests for their keys are forwarded (and fail).
+    let mut config = Config::for_test();
+    config.node_id = "n1".to_owned();
+    config.replication.write_consistency = ringcache_server::replication::Consistency::One;
+    let n1 = TestNode::start_without_gossip(config).await;
+    let closed = |_| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let member = |id: &str, grpc: String, http: String| Member {
+        node_id: id.to_owned(),
+        incarnation: 1,
+        state: NodeState::Active,
+        weight: 1,
+        grpc_addr: grpc,
+        gossip_addr: "127.0.0.1:1".to_owned(),
+        http_addr: http,
+    };
+    let topology = Topology::new(
+        vec![
+            member("n1", n1.grpc_target(), n1.http_addr.to_string()),
+            member("n2", closed(0), closed(0)),
+            member("n3", closed(0), closed(0)),
+        ],
+        2,
+        64,
+    );
+    n1.node.set_topology(topology.clone());
+    let ring = Ring::new(&topology);
+    let channel = tonic::transport::Endpoint::from_shared(n1.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut cache = CacheClient::new(channel);
+    let (mut hinted, mut forwarded) = (0, 0);
+    for i in 0..30 {
+        let key = format!("key{i}");
+        let holds = ring.replicas(key.as_bytes()).iter().any(|id| id == "n1");
+        let result = cache
+            .set(v1::SetRequest {
+                key: key.clone().into(),
+                value: "v".into(),
+                ..Default::default()
+            })
+            .await;
+        if holds {
+            result.unwrap();
+            hinted += 1;
+        } else {
+            assert!(result.is_err(), "{key}: its primary is unreachable");
+            forwarded += 1;
+        }
+    }
+    assert!(
+        hinted > 0 && forwarded > 0,
+        "{hinted} hinted, {forwarded} forwarded"
+    );
+
+    let addr = n1.grpc_target();
+    let last = std::sync::Mutex::new(Value::Null);
+    let lagging = wait_until(CONVERGE, || {
+        let addr = addr.clone();
+        let last = &last;
+        async move {
+            let stats = ctl(&addr, &["-o", "json", "stats"]).await.json();
+            // Hints are queued as each background replica write fails.
+            let lagging = stats["replication_lag_seconds"].as_f64() > Some(0.0)
+                && stats["hints_pending"] == hinted;
+            *last.lock().unwrap() = stats;
+            lagging
+        }
+    })
+    .await;
+    let last = last.into_inner().unwrap();
+    assert!(lagging.is_ok(), "no replication lag: {last}");
+    assert_eq!(last["forwarded_requests"], forwarded, "{last}");
+    assert_eq!(last["hints_pending"], hinted, "{last}");
+    assert!(last["hints_pending_bytes"].as_u64() > Some(0), "{last}");
+
+    let text = ctl(&addr, &["stats"]).await.ok();
+    let line = |label: &str| {
+        text.lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no {label:?} line: {text}"))
+            .to_owned()
+    };
+    assert!(
+        line("forwarded requests ").ends_with(&format!(" {forwarded}")),
+        "{text}"
+    );
+    assert!(
+        line("hints pending ").contains(&format!(" {hinted} (")),
+        "{text}"
+    );
+    assert!(!line("replication lag ").ends_with(" 0s"), "{text}");
 }
 
 #[tokio::test]
@@ -405,4 +545,71 @@ async fn completions_print_a_script() {
         "{bash}"
     );
     assert!(bash.contains("locate") && bash.contains("--cluster"));
+}
+
+#[tokio::test]
+async fn rebalance_status_shows_an_eta_while_data_moves() {
+    // n1 holds the data and sends slowly (64 KiB/s); when n2 joins, n1 pushes every key to it
+    // (R = 3 of 2 nodes: both hold everything), batch by batch, for several seconds.
+    let mut cluster = TestCluster::start_with(1, |_, config| {
+        config.rebalance_bytes_per_sec = 64 * 1024;
+    })
+    .await;
+    let addr = cluster.nodes[0].grpc_target();
+    let client = Client::connect([addr.clone()]).await.unwrap();
+    let value = "x".repeat(200);
+    for batch in 0..4 {
+        let pairs: Vec<(String, String)> = (0..500)
+            .map(|i| (format!("key{batch}-{i}"), value.clone()))
+            .collect();
+        client.mset(pairs, None).await.unwrap();
+    }
+    cluster.add(2, |_, _| {}).await;
+
+    let last = std::sync::Mutex::new(Value::Null);
+    let moving = wait_until(CONVERGE, || {
+        let addr = addr.clone();
+        let last = &last;
+        async move {
+            let status = ctl(&addr, &["-o", "json", "rebalance", "status"])
+                .await
+                .json();
+            let n1 = status["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["node_id"] == "n1")
+                .cloned()
+                .unwrap_or(Value::Null);
+            let seen =
+                // Past the first throttled batch of the pass that pushes to n2.
+                n1["rebalance"]["phase"] == "moving"
+                    && n1["rebalance"]["keys_sent"].as_u64() > Some(0)
+                    && n1["rebalance"]["eta_seconds"].is_f64();
+            *last.lock().unwrap() = n1;
+            seen
+        }
+    })
+    .await;
+    let n1 = last.into_inner().unwrap();
+    assert!(moving.is_ok(), "never saw n1 moving with an ETA: {n1}");
+    let rebalance = &n1["rebalance"];
+    assert!(rebalance["bytes_total"].as_u64() > Some(0), "{n1}");
+    assert!(
+        rebalance["bytes_done"].as_u64() <= rebalance["bytes_total"].as_u64(),
+        "{n1}"
+    );
+    assert!(
+        rebalance["rate_bytes_per_second"].as_f64() > Some(0.0),
+        "{n1}"
+    );
+    assert!(rebalance["eta_seconds"].as_f64() >= Some(0.0), "{n1}");
+
+    let text = ctl(&addr, &["rebalance", "status"]).await.ok();
+    let header = text.lines().next().unwrap();
+    assert!(
+        header.contains(" DONE ") && header.contains(" RATE ") && header.contains(" ETA "),
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l.starts_with("n1 ")), "{text}");
 }

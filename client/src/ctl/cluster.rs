@@ -79,7 +79,48 @@ fn rebalance_json(status: &pb::RebalanceStatusResponse) -> Value {
         "keys_received": status.keys_received,
         "failures": status.failures,
         "last_error": (!status.last_error.is_empty()).then_some(&status.last_error),
+        "bytes_total": status.bytes_total,
+        "bytes_done": status.bytes_done,
+        "rate_bytes_per_second": status.rate_bytes_per_second,
+        "eta_seconds": status.eta_seconds,
     })
+}
+
+/// The estimated time left of a rebalance: `-` when idle, `unknown` when the node cannot tell
+/// (joining: no known total; no recent progress), else whole seconds, rounded up.
+fn eta_text(status: &pb::RebalanceStatusResponse) -> String {
+    if status.phase == "idle" {
+        return "-".to_owned();
+    }
+    match status.eta_seconds {
+        Some(eta) if eta.is_finite() && eta >= 0.0 => {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // checked above
+            let secs = eta.ceil().min(u64::MAX as f64) as u64;
+            fmt::duration(Duration::from_secs(secs))
+        }
+        _ => "unknown".to_owned(),
+    }
+}
+
+/// The recent transfer rate, `-` when idle.
+fn rate_text(status: &pb::RebalanceStatusResponse) -> String {
+    if status.phase == "idle" {
+        return "-".to_owned();
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // display only
+    let rate = status.rate_bytes_per_second.max(0.0) as u64;
+    format!("{}/s", fmt::bytes(rate))
+}
+
+/// `yes`, or `no: why`.
+fn ready_text(info: &pb::NodeInfoResponse) -> String {
+    if info.ready {
+        "yes".to_owned()
+    } else if info.not_ready_reason.is_empty() {
+        "no".to_owned()
+    } else {
+        format!("no: {}", info.not_ready_reason)
+    }
 }
 
 // ---- status -------------------------------------------------------------------------------------
@@ -352,6 +393,15 @@ pub(super) async fn stats(ctx: &mut Ctx<'_>, node: Option<String>) -> anyhow::Re
             "misses": info.misses,
             "evictions": info.evictions,
             "expirations": info.expirations,
+            "ready": info.ready,
+            "not_ready_reason": (!info.ready).then_some(&info.not_ready_reason),
+            "connections": info.connections,
+            "connections_rejected": info.connections_rejected,
+            "max_connections": info.max_connections,
+            "forwarded_requests": info.forwarded_requests,
+            "hints_pending": info.hints_pending,
+            "hints_pending_bytes": info.hints_pending_bytes,
+            "replication_lag_seconds": info.replication_lag_seconds,
             "rebalance": rebalance.as_ref().ok().map(rebalance_json),
             "rebalance_error": rebalance.as_ref().err().map(NodeError::reason),
             "metrics": scraped.as_ref().and_then(|s| s.as_ref().ok()),
@@ -387,6 +437,37 @@ pub(super) async fn stats(ctx: &mut Ctx<'_>, node: Option<String>) -> anyhow::Re
         ),
         ("evictions", info.evictions.to_string()),
         ("expirations", info.expirations.to_string()),
+        ("ready", ready_text(&info)),
+        (
+            "connections",
+            format!(
+                "{} open (max {}), {} rejected",
+                info.connections,
+                if info.max_connections == 0 {
+                    "unlimited".to_owned()
+                } else {
+                    info.max_connections.to_string()
+                },
+                info.connections_rejected
+            ),
+        ),
+        ("forwarded requests", info.forwarded_requests.to_string()),
+        (
+            "hints pending",
+            format!(
+                "{} ({})",
+                info.hints_pending,
+                fmt::bytes(info.hints_pending_bytes)
+            ),
+        ),
+        (
+            "replication lag",
+            if info.replication_lag_seconds.is_finite() && info.replication_lag_seconds > 0.0 {
+                fmt::duration(Duration::from_secs_f64(info.replication_lag_seconds))
+            } else {
+                "0s".to_owned()
+            },
+        ),
     ];
     match &rebalance {
         Ok(r) => lines.extend([
@@ -401,6 +482,21 @@ pub(super) async fn stats(ctx: &mut Ctx<'_>, node: Option<String>) -> anyhow::Re
                 format!("{} keys, {}", r.keys_sent, fmt::bytes(r.bytes_sent)),
             ),
             ("  received", format!("{} keys", r.keys_received)),
+            (
+                "  progress",
+                if r.phase == "idle" {
+                    "-".to_owned()
+                } else {
+                    format!(
+                        "{} of {} ({}), {}, eta {}",
+                        fmt::bytes(r.bytes_done),
+                        fmt::bytes(r.bytes_total),
+                        fmt::percent(r.bytes_done, r.bytes_total),
+                        rate_text(r),
+                        eta_text(r)
+                    )
+                },
+            ),
             ("  failures", r.failures.to_string()),
             (
                 "  last error",
@@ -499,6 +595,9 @@ pub(super) async fn rebalance_status(ctx: &mut Ctx<'_>) -> anyhow::Result<i32> {
         "SENT",
         "BYTES SENT",
         "RECEIVED",
+        "DONE",
+        "RATE",
+        "ETA",
         "FAILURES",
         "LAST ERROR",
     ]);
@@ -521,6 +620,13 @@ pub(super) async fn rebalance_status(ctx: &mut Ctx<'_>) -> anyhow::Result<i32> {
                     Cell::num(s.keys_sent),
                     Cell::num(fmt::bytes(s.bytes_sent)),
                     Cell::num(s.keys_received),
+                    Cell::num(if s.phase == "idle" {
+                        "-".to_owned()
+                    } else {
+                        fmt::percent(s.bytes_done, s.bytes_total)
+                    }),
+                    Cell::num(rate_text(s)),
+                    Cell::num(eta_text(s)),
                     if s.failures > 0 {
                         Cell::num(s.failures).color(Color::Red)
                     } else {

@@ -1,6 +1,7 @@
 //! The few counters `stats` adds from a node's Prometheus endpoint (`GET /metrics` on its HTTP
-//! address) that `NodeInfo` does not carry: forwarded requests, hints, replica writes, read
-//! repairs, connections, replication lag.
+//! address) that `NodeInfo` does not carry: hints dropped and replayed, replica writes, read
+//! repairs. (Connections, forwarded requests, hints pending and replication lag come with
+//! `NodeInfo`, so they show even when the HTTP port cannot be reached.)
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -11,12 +12,10 @@ use tokio::{
 
 /// Metric name prefixes `stats` shows (summed over their labels; histogram buckets skipped).
 const SHOWN: &[&str] = &[
-    "ringcache_forwarded_",
-    "ringcache_hints_",
-    "ringcache_replica",
+    "ringcache_hints_dropped",
+    "ringcache_hints_replayed",
+    "ringcache_replica_",
     "ringcache_read_repair",
-    "ringcache_replication_",
-    "ringcache_connections",
 ];
 
 /// Scrapes `http://{addr}/metrics` and returns the shown metrics by name, summed over labels.
@@ -108,16 +107,19 @@ mod tests {
     fn shown_metrics_are_summed_over_labels() {
         let text = "\
 # TYPE ringcache_forwarded_requests_total counter
-ringcache_forwarded_requests_total{op=\"get\"} 3
-ringcache_forwarded_requests_total{op=\"set\"} 4
+ringcache_hints_dropped_total{reason=\"max_age\"} 3
+ringcache_hints_dropped_total{reason=\"max_bytes\"} 4
 ringcache_hints_pending 2
 ringcache_keys 99
 ringcache_replica_lag_seconds_bucket{le=\"1\"} 5
 ringcache_replica_lag_seconds_sum 0.5 1700000000000
 ";
         let sums = parse(text);
-        assert_eq!(sums.get("ringcache_forwarded_requests_total"), Some(&7.0));
-        assert_eq!(sums.get("ringcache_hints_pending"), Some(&2.0));
+        assert_eq!(sums.get("ringcache_hints_dropped_total"), Some(&7.0));
+        assert!(
+            !sums.contains_key("ringcache_hints_pending"),
+            "NodeInfo carries it"
+        );
         assert_eq!(sums.get("ringcache_replica_lag_seconds_sum"), Some(&0.5));
         assert!(!sums.contains_key("ringcache_keys"));
         assert!(!sums.contains_key("ringcache_replica_lag_seconds_bucket"));

@@ -181,14 +181,16 @@ enum Command {
         #[command(flatten)]
         options: KvOptions,
     },
-    /// One node's counters (keys, memory, hits, misses, evictions, expirations, and what its
-    /// /metrics endpoint adds) and its data movement.
+    /// One node's counters (keys, memory, hits, misses, evictions, expirations), readiness and
+    /// why not, connections, forwarded requests, hints pending, replication lag, its data
+    /// movement with an ETA, and the replication counters of its /metrics endpoint.
     Stats {
         /// A node id from the topology (default: the --cluster node).
         node: Option<String>,
     },
     /// Make a node leave gracefully (Admin.Leave) and follow its hand-off until it is gone from
-    /// the topology.
+    /// the topology. The process then exits 0. Not for Kubernetes pods: the kubelet restarts
+    /// the container and the pod joins again; scale the StatefulSet down instead.
     Drain {
         /// The node id.
         node: String,
@@ -216,7 +218,8 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum RebalanceCommand {
-    /// Every member's data movement: phase, keys scanned of total, sent, received, failures.
+    /// Every member's data movement: phase, keys scanned of total, sent, received, bytes done,
+    /// recent rate, ETA (bytes left / recent rate), failures.
     Status,
 }
 
