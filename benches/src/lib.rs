@@ -1,6 +1,8 @@
-//! Benchmarks and measurement probes for ringcache. The load harness (`ringbench`) comes later;
-//! today this crate holds the criterion micro-benchmarks (`cargo bench -p ringcache-bench`) and
-//! `memprobe`, which measures memory per key.
+//! Benchmarks and measurement probes for ringcache: the load harness `ringbench` ([`bench`](mod@bench)),
+//! the criterion micro-benchmarks (`cargo bench -p ringcache-bench`), `memprobe`, which measures
+//! memory per key, and `clusterprobe`, which measures the cluster layer.
+
+pub mod bench;
 
 use anyhow::{Context, bail};
 use ringcache_server::store::{SetOptions, Store, StoreConfig};
