@@ -1,7 +1,14 @@
-//! `ringbench`, the load harness: what a run sends ([`workload`]), drawn with the harness's own
-//! generator ([`rng`]) and an exact zipfian sampler ([`zipf`]). These modules are pure: no I/O,
-//! no clock.
+//! `ringbench`, the load harness: workloads ([`workload`], [`zipf`], [`rng`]), targets
+//! ([`target`]), the driver ([`runner`]) and its latency maths ([`histo`]), results and
+//! comparisons ([`report`], [`plot`]).
+//!
+//! Everything but `runner` and `target` is pure: no I/O, no clock.
 
+pub mod histo;
+pub mod plot;
+pub mod report;
 pub mod rng;
+pub mod runner;
+pub mod target;
 pub mod workload;
 pub mod zipf;

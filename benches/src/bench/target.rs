@@ -1,0 +1,509 @@
+//! What the harness sends requests to: the [`Target`] and [`Connection`] traits, and the two
+//! targets there are today, ringcache (through the `ringcache` client crate, smart routing
+//! included) and Redis (through the `redis` crate).
+//!
+//! A new system (ringcache's RESP front door, memcached) is one more pair of types here and
+//! one more arm in [`TargetUrl`]; the runner, reports and suite do not change.
+
+use std::{fmt, future::Future, time::Duration};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::bench::workload::Operation;
+
+/// What one request found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Keys read that existed.
+    pub hits: u32,
+    /// Keys read that did not.
+    pub misses: u32,
+}
+
+/// Why a request (or a connection) failed: a short kind for grouping (`timeout`, `unavailable`,
+/// `io`, …) and the target's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpError {
+    /// Stable, lowercase kind used to group errors in reports.
+    pub kind: &'static str,
+    /// The target's own description.
+    pub message: String,
+}
+
+impl fmt::Display for OpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for OpError {}
+
+/// A system under test, able to open connections.
+pub trait Target: Send + Sync {
+    /// One bench connection: the unit that carries `--concurrency` requests in flight.
+    type Conn: Connection;
+
+    /// Short name for reports: `ringcache`, `redis`.
+    fn kind(&self) -> &'static str;
+
+    /// Opens one connection, ready to serve requests.
+    fn connect(&self) -> impl Future<Output = Result<Self::Conn, OpError>> + Send;
+}
+
+/// One connection to a target. It must accept several requests in flight at once (`&self`).
+pub trait Connection: Send + Sync + 'static {
+    /// Runs one operation.
+    fn execute(&self, op: Operation) -> impl Future<Output = Result<Outcome, OpError>> + Send + '_;
+}
+
+/// Where to send requests, parsed from a URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum TargetUrl {
+    /// `ringcache://host:port[,host:port…]`: seed nodes of a ringcache cluster.
+    Ringcache {
+        /// Seeds as `host:port`.
+        seeds: Vec<String>,
+    },
+    /// `redis://host:port[/db]`, passed to the `redis` crate as written.
+    Redis {
+        /// The URL.
+        url: String,
+    },
+}
+
+impl TargetUrl {
+    /// `ringcache` or `redis`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TargetUrl::Ringcache { .. } => "ringcache",
+            TargetUrl::Redis { .. } => "redis",
+        }
+    }
+}
+
+impl std::str::FromStr for TargetUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Some(rest) = s.strip_prefix("ringcache://") {
+            let seeds: Vec<String> = rest
+                .trim_end_matches('/')
+                .split(',')
+                .map(str::trim)
+                .filter(|seed| !seed.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if seeds.is_empty() {
+                return Err(format!(
+                    "{s:?} names no node: use ringcache://host:port[,host:port]"
+                ));
+            }
+            if let Some(bad) = seeds.iter().find(|seed| !has_port(seed)) {
+                return Err(format!("seed {bad:?} in {s:?} is not host:port"));
+            }
+            return Ok(TargetUrl::Ringcache { seeds });
+        }
+        if s.starts_with("redis://") || s.starts_with("rediss://") || s.starts_with("redis+unix://")
+        {
+            redis::Client::open(s).map_err(|e| format!("bad redis URL {s:?}: {e}"))?;
+            return Ok(TargetUrl::Redis { url: s.to_owned() });
+        }
+        Err(format!(
+            "unknown target {s:?}: use ringcache://host:port[,host:port] or redis://host:port"
+        ))
+    }
+}
+
+fn has_port(seed: &str) -> bool {
+    seed.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+impl fmt::Display for TargetUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetUrl::Ringcache { seeds } => write!(f, "ringcache://{}", seeds.join(",")),
+            TargetUrl::Redis { url } => f.write_str(url),
+        }
+    }
+}
+
+impl TryFrom<String> for TargetUrl {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<TargetUrl> for String {
+    fn from(url: TargetUrl) -> String {
+        url.to_string()
+    }
+}
+
+/// Client settings shared by every target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientSettings {
+    /// How long one request may take before it fails as a timeout, ms.
+    pub request_timeout_ms: u64,
+    /// How long connecting may take, ms.
+    pub connect_timeout_ms: u64,
+    /// ringcache: HTTP/2 connections per node inside each bench connection.
+    pub pool_size: usize,
+    /// ringcache: consistency level of every request (`None`: the cluster's default).
+    pub consistency: Option<ConsistencyLevel>,
+    /// ringcache: how requests travel to a node.
+    #[serde(default)]
+    pub transport: Transport,
+}
+
+/// How the ringcache client carries requests (its builder's `pipelining` setting).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// The long-lived pipelined stream per connection: requests issued while others are in
+    /// flight leave together in one batch (the client's default).
+    #[default]
+    Pipelined,
+    /// One unary gRPC call per request.
+    Unary,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        Self {
+            request_timeout_ms: 5_000,
+            connect_timeout_ms: 2_000,
+            pool_size: 1,
+            consistency: None,
+            transport: Transport::Pipelined,
+        }
+    }
+}
+
+/// ringcache's consistency levels, as flags and JSON write them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsistencyLevel {
+    /// One replica.
+    One,
+    /// A majority of the key's replicas.
+    Quorum,
+    /// Every replica.
+    All,
+}
+
+/// A ringcache cluster reached through the `ringcache` client crate. Each bench connection is a
+/// client of its own (topology, watch stream, `pool_size` HTTP/2 connections per node), so
+/// `--connections` counts independent clients.
+#[derive(Debug, Clone)]
+pub struct RingcacheTarget {
+    seeds: Vec<String>,
+    settings: ClientSettings,
+}
+
+impl RingcacheTarget {
+    /// A target reached through `seeds` (`host:port`).
+    pub fn new(seeds: Vec<String>, settings: ClientSettings) -> Self {
+        Self { seeds, settings }
+    }
+}
+
+impl Target for RingcacheTarget {
+    type Conn = RingcacheConnection;
+
+    fn kind(&self) -> &'static str {
+        "ringcache"
+    }
+
+    async fn connect(&self) -> Result<RingcacheConnection, OpError> {
+        let mut builder = ringcache::Client::builder()
+            .seeds(&self.seeds)
+            .pool_size(self.settings.pool_size)
+            .pipelining(self.settings.transport == Transport::Pipelined)
+            .request_timeout(Duration::from_millis(
+                self.settings.request_timeout_ms.max(1),
+            ))
+            .connect_timeout(Duration::from_millis(
+                self.settings.connect_timeout_ms.max(1),
+            ));
+        if let Some(level) = self.settings.consistency {
+            builder = builder.default_consistency(match level {
+                ConsistencyLevel::One => ringcache::Consistency::One,
+                ConsistencyLevel::Quorum => ringcache::Consistency::Quorum,
+                ConsistencyLevel::All => ringcache::Consistency::All,
+            });
+        }
+        let client = builder.connect().await.map_err(|e| ringcache_error(&e))?;
+        Ok(RingcacheConnection { client })
+    }
+}
+
+/// One ringcache client.
+#[derive(Debug, Clone)]
+pub struct RingcacheConnection {
+    client: ringcache::Client,
+}
+
+fn ringcache_error(error: &ringcache::Error) -> OpError {
+    let kind = match error {
+        ringcache::Error::InvalidArgument(_) => "invalid_argument",
+        ringcache::Error::CasConflict { .. } => "cas_conflict",
+        ringcache::Error::MemoryFull(_) => "memory_full",
+        ringcache::Error::Unavailable(_) => "unavailable",
+        ringcache::Error::Timeout { .. } => "timeout",
+        ringcache::Error::Protocol(_) => "protocol",
+        ringcache::Error::Server { .. } => "server",
+        _ => "other",
+    };
+    OpError {
+        kind,
+        message: error.to_string(),
+    }
+}
+
+fn count_hits<T>(values: &[Option<T>]) -> Outcome {
+    let hits = values.iter().filter(|v| v.is_some()).count() as u32;
+    Outcome {
+        hits,
+        misses: values.len() as u32 - hits,
+    }
+}
+
+impl Connection for RingcacheConnection {
+    async fn execute(&self, op: Operation) -> Result<Outcome, OpError> {
+        let client = &self.client;
+        let result = match op {
+            Operation::Get(key) => client.get(key).await.map(|v| count_hits(&[v])),
+            Operation::Set { key, value, ttl } => match ttl {
+                Some(ttl) => client.set_ex(key, value, ttl).await,
+                None => client.set(key, value).await,
+            }
+            .map(|_| Outcome::default()),
+            Operation::Incr(key) => client.incr(key, 1).await.map(|_| Outcome::default()),
+            Operation::Del(key) => client.delete(key).await.map(|_| Outcome::default()),
+            Operation::Mget(keys) => client.mget(keys).await.map(|v| count_hits(&v)),
+            Operation::Mset { entries, ttl } => {
+                client.mset(entries, ttl).await.map(|_| Outcome::default())
+            }
+        };
+        result.map_err(|e| ringcache_error(&e))
+    }
+}
+
+/// A Redis server reached through the `redis` crate. Each bench connection is one multiplexed
+/// connection: requests in flight on it are pipelined on one TCP connection.
+#[derive(Debug, Clone)]
+pub struct RedisTarget {
+    client: redis::Client,
+    settings: ClientSettings,
+}
+
+impl RedisTarget {
+    /// A target at `url` (`redis://host:port`).
+    ///
+    /// # Errors
+    ///
+    /// When the URL is not one the `redis` crate accepts.
+    pub fn new(url: &str, settings: ClientSettings) -> Result<Self, OpError> {
+        let client = redis::Client::open(url).map_err(|e| redis_error(&e))?;
+        Ok(Self { client, settings })
+    }
+}
+
+impl Target for RedisTarget {
+    type Conn = RedisConnection;
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn connect(&self) -> Result<RedisConnection, OpError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(
+                self.settings.connect_timeout_ms.max(1),
+            )))
+            .set_response_timeout(Some(Duration::from_millis(
+                self.settings.request_timeout_ms.max(1),
+            )));
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| redis_error(&e))?;
+        Ok(RedisConnection { conn })
+    }
+}
+
+/// One multiplexed Redis connection.
+#[derive(Clone)]
+pub struct RedisConnection {
+    conn: redis::aio::MultiplexedConnection,
+}
+
+impl fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConnection").finish_non_exhaustive()
+    }
+}
+
+fn redis_error(error: &redis::RedisError) -> OpError {
+    let kind = if error.is_timeout() {
+        "timeout"
+    } else {
+        match error.kind() {
+            redis::ErrorKind::Io => "io",
+            redis::ErrorKind::Server(_) | redis::ErrorKind::Extension => "server",
+            redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType => "protocol",
+            redis::ErrorKind::AuthenticationFailed => "auth",
+            _ => "client",
+        }
+    };
+    OpError {
+        kind,
+        message: error.to_string(),
+    }
+}
+
+fn redis_command(name: &str, args: usize, bytes: usize) -> redis::Cmd {
+    let mut cmd = redis::Cmd::with_capacity(args + 1, bytes + name.len());
+    cmd.arg(name);
+    cmd
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn set_command(key: &Bytes, value: &Bytes, ttl: Option<Duration>) -> redis::Cmd {
+    let mut cmd = redis_command("SET", 4, key.len() + value.len() + 24);
+    cmd.arg(&key[..]).arg(&value[..]);
+    if let Some(ttl) = ttl {
+        cmd.arg("PX").arg(ttl_ms(ttl));
+    }
+    cmd
+}
+
+impl Connection for RedisConnection {
+    async fn execute(&self, op: Operation) -> Result<Outcome, OpError> {
+        use redis::Value;
+        // A clone is a handle to the same multiplexed pipeline (reference counts only).
+        let mut conn = self.conn.clone();
+        let result = match op {
+            Operation::Get(key) => {
+                let mut cmd = redis_command("GET", 1, key.len());
+                cmd.arg(&key[..]);
+                cmd.query_async::<Value>(&mut conn).await.map(|v| Outcome {
+                    hits: u32::from(v != Value::Nil),
+                    misses: u32::from(v == Value::Nil),
+                })
+            }
+            Operation::Set { key, value, ttl } => set_command(&key, &value, ttl)
+                .query_async::<Value>(&mut conn)
+                .await
+                .map(|_| Outcome::default()),
+            Operation::Incr(key) => {
+                let mut cmd = redis_command("INCR", 1, key.len());
+                cmd.arg(&key[..]);
+                cmd.query_async::<i64>(&mut conn)
+                    .await
+                    .map(|_| Outcome::default())
+            }
+            Operation::Del(key) => {
+                let mut cmd = redis_command("DEL", 1, key.len());
+                cmd.arg(&key[..]);
+                cmd.query_async::<i64>(&mut conn)
+                    .await
+                    .map(|_| Outcome::default())
+            }
+            Operation::Mget(keys) => {
+                let bytes = keys.iter().map(Bytes::len).sum();
+                let mut cmd = redis_command("MGET", keys.len(), bytes);
+                for key in &keys {
+                    cmd.arg(&key[..]);
+                }
+                cmd.query_async::<Vec<Value>>(&mut conn)
+                    .await
+                    .map(|values| {
+                        let hits = values.iter().filter(|v| **v != Value::Nil).count() as u32;
+                        Outcome {
+                            hits,
+                            misses: values.len() as u32 - hits,
+                        }
+                    })
+            }
+            Operation::Mset { entries, ttl: None } => {
+                let bytes = entries.iter().map(|(k, v)| k.len() + v.len()).sum();
+                let mut cmd = redis_command("MSET", entries.len() * 2, bytes);
+                for (key, value) in &entries {
+                    cmd.arg(&key[..]).arg(&value[..]);
+                }
+                cmd.query_async::<Value>(&mut conn)
+                    .await
+                    .map(|_| Outcome::default())
+            }
+            Operation::Mset {
+                entries,
+                ttl: Some(ttl),
+            } => {
+                // MSET takes no TTL: one pipelined SET PX per key, one round trip.
+                let mut pipe = redis::pipe();
+                for (key, value) in &entries {
+                    pipe.add_command(set_command(key, value, Some(ttl)));
+                }
+                pipe.query_async::<Value>(&mut conn)
+                    .await
+                    .map(|_| Outcome::default())
+            }
+        };
+        result.map_err(|e| redis_error(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_urls_parse_and_print() {
+        let url: TargetUrl = "ringcache://127.0.0.1:7379, 127.0.0.2:7379/"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            url,
+            TargetUrl::Ringcache {
+                seeds: vec!["127.0.0.1:7379".into(), "127.0.0.2:7379".into()]
+            }
+        );
+        assert_eq!(url.to_string(), "ringcache://127.0.0.1:7379,127.0.0.2:7379");
+        assert_eq!(url.kind(), "ringcache");
+        let redis: TargetUrl = "redis://127.0.0.1:6379".parse().unwrap();
+        assert_eq!(redis.kind(), "redis");
+        assert_eq!(redis.to_string(), "redis://127.0.0.1:6379");
+        assert!("ringcache://".parse::<TargetUrl>().is_err());
+        assert!(
+            "ringcache://localhost"
+                .parse::<TargetUrl>()
+                .unwrap_err()
+                .contains("host:port")
+        );
+        assert!(
+            "memcached://x:1"
+                .parse::<TargetUrl>()
+                .unwrap_err()
+                .contains("unknown target")
+        );
+    }
+
+    #[test]
+    fn ringcache_errors_get_stable_kinds() {
+        let error = ringcache_error(&ringcache::Error::Timeout { after: None });
+        assert_eq!(error.kind, "timeout");
+        let error = ringcache_error(&ringcache::Error::Unavailable("down".into()));
+        assert_eq!(error.kind, "unavailable");
+        assert!(error.to_string().contains("down"));
+    }
+}
