@@ -1,14 +1,17 @@
 //! `ringbench`, the load harness: workloads ([`workload`], [`zipf`], [`rng`]), targets
 //! ([`target`]), the driver ([`runner`]) and its latency maths ([`histo`]), results and
-//! comparisons ([`report`], [`plot`]).
+//! comparisons ([`report`], [`plot`]), the ringcache-vs-Redis suite with the server processes it
+//! manages ([`suite`]), and the command line ([`cli`]).
 //!
-//! Everything but `runner` and `target` is pure: no I/O, no clock.
+//! Everything but `runner`, `target`, `suite` and `cli` is pure: no I/O, no clock.
 
+pub mod cli;
 pub mod histo;
 pub mod plot;
 pub mod report;
 pub mod rng;
 pub mod runner;
+pub mod suite;
 pub mod target;
 pub mod workload;
 pub mod zipf;
