@@ -15,6 +15,8 @@ const BOTTOM: f64 = 60.0;
 const COLORS: &[&str] = &[
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
 ];
+/// Seconds covered for less than this (the end of a run) are left out of the throughput line.
+const MIN_SPAN_S: f64 = 0.25;
 /// Percentiles beyond 99.999 are drawn at 99.999 (x = 5 nines).
 const MAX_NINES: f64 = 5.0;
 
@@ -183,10 +185,12 @@ pub fn svg(results: &[&RunResult]) -> String {
         }
     }
     for (i, result) in results.iter().enumerate() {
-        // Each second's rate drawn at the middle of the part of the second it covers.
+        // Each second's rate drawn at the middle of the part of the second it covers; a last
+        // sliver of a second (the final answers trickling in) would only draw noise.
         let points: Vec<(f64, f64)> = result
             .timeline
             .iter()
+            .filter(|s| s.span_s >= MIN_SPAN_S)
             .map(|s| {
                 (
                     throughput.x(s.second as f64 + s.span_s / 2.0),

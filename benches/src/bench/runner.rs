@@ -173,6 +173,31 @@ pub async fn run_with<T: Target>(
     let started_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, duration_ms);
+    let shared = Arc::new(Shared {
+        timeline: Mutex::new(BTreeMap::new()),
+        stop: AtomicBool::new(false),
+    });
+    // Ctrl-C from here on stops the run (the load phase too) and reports what was measured.
+    let interrupt = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                shared.stop.store(true, Ordering::Relaxed);
+            }
+        })
+    };
+    let result = measure(target, config, progress, &shared, started_unix_ms).await;
+    interrupt.abort();
+    result
+}
+
+async fn measure<T: Target>(
+    target: &T,
+    config: &RunConfig,
+    progress: bool,
+    shared: &Arc<Shared>,
+    started_unix_ms: u64,
+) -> anyhow::Result<RunResult> {
     let conns = connect_all(target, config).await?;
     let values = ValuePool::new(
         config.workload.seed,
@@ -180,15 +205,11 @@ pub async fn run_with<T: Target>(
     );
 
     let load = if config.load {
-        Some(load_key_space(&conns, config, &values).await?)
+        Some(load_key_space(&conns, config, &values, &shared.stop).await?)
     } else {
         None
     };
 
-    let shared = Arc::new(Shared {
-        timeline: Mutex::new(BTreeMap::new()),
-        stop: AtomicBool::new(false),
-    });
     let run_start = Instant::now();
     let measure_start = run_start + Duration::from_millis(config.warmup_ms);
     let end = config
@@ -250,15 +271,6 @@ pub async fn run_with<T: Target>(
             config.duration_ms,
         ))
     });
-    let interrupt = {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                shared.stop.store(true, Ordering::Relaxed);
-            }
-        })
-    };
-
     let mut totals = DriverResult::new(
         &config
             .workload
@@ -272,7 +284,6 @@ pub async fn run_with<T: Target>(
         let result = driver.await.context("a connection driver panicked")?;
         totals.merge(result);
     }
-    interrupt.abort();
     if let Some(reporter) = reporter {
         reporter.abort();
     }
@@ -280,7 +291,7 @@ pub async fn run_with<T: Target>(
         bar.finish_and_clear();
     }
     let interrupted = shared.stop.load(Ordering::Relaxed);
-    let timeline = finish_timeline(&shared, config.warmup_ms, run_start, totals.last_done_any);
+    let timeline = finish_timeline(shared, config.warmup_ms, run_start, totals.last_done_any);
 
     Ok(build_result(
         config,
@@ -307,6 +318,7 @@ async fn load_key_space<C: Connection>(
     conns: &[C],
     config: &RunConfig,
     values: &ValuePool,
+    stop: &AtomicBool,
 ) -> anyhow::Result<LoadResult> {
     let start = Instant::now();
     let connections = conns.len() as u64;
@@ -318,7 +330,7 @@ async fn load_key_space<C: Connection>(
             i as u64,
             connections,
         );
-        load_one(conn, batches, config.concurrency.max(4))
+        load_one(conn, batches, config.concurrency.max(4), stop)
     });
     let parts = futures_util::future::join_all(per_connection).await;
     let mut result = LoadResult {
@@ -350,11 +362,12 @@ async fn load_one<C: Connection>(
     conn: &C,
     mut batches: impl Iterator<Item = Operation>,
     in_flight: usize,
+    stop: &AtomicBool,
 ) -> (u64, u64, Option<String>) {
     let mut pending = FuturesUnordered::new();
     let (mut keys, mut errors, mut first_error) = (0u64, 0u64, None);
     loop {
-        while pending.len() < in_flight {
+        while pending.len() < in_flight && !stop.load(Ordering::Relaxed) {
             let Some(op) = batches.next() else { break };
             let count = op.key_count() as u64;
             pending.push(async move { (count, conn.execute(op).await) });
@@ -769,7 +782,8 @@ async fn report_progress(
             None => format!("{second}s"),
         };
         bar.set_message(format!(
-            "{phase} {clock}  {ops} ops/s  p99 {}  errors {errors}",
+            "{phase} {clock}  {} ops/s  p99 {}  errors {errors}",
+            crate::bench::report::fmt_count(ops as f64),
             crate::bench::report::fmt_us(p99)
         ));
         bar.tick();

@@ -718,6 +718,9 @@ pub async fn run_suite(
                 config.load = !loaded[s];
                 loaded[s] = true;
                 let mut result = run(&config, progress).await?;
+                if result.interrupted {
+                    bail!("interrupted");
+                }
                 result.label = format!("{} {}", workload.name, system.kind());
                 eprintln!(
                     "[{}/{total_runs}] {:<16} {:<9} run {}: {:>9} ok/s  p50 {:>9}  p99 {:>9}  errors {}{}",
