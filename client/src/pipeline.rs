@@ -134,7 +134,7 @@ impl Drop for Pipeline {
             .unwrap_or_else(PoisonError::into_inner)
             .take()
         {
-            link.close(Closed::Dropped);
+            link.close(&Closed::Dropped);
         }
     }
 }
@@ -309,15 +309,15 @@ impl Link {
             let mut inbound = match cache.pipeline(outbound).await {
                 Ok(response) => response.into_inner(),
                 Err(status) if status.code() == Code::Unimplemented => {
-                    return reader.close(Closed::Unsupported);
+                    return reader.close(&Closed::Unsupported);
                 }
-                Err(status) => return reader.close(Closed::Status(status)),
+                Err(status) => return reader.close(&Closed::Status(status)),
             };
             loop {
                 match inbound.message().await {
                     Ok(Some(batch)) => reader.deliver(batch),
-                    Ok(None) => return reader.close(Closed::Ended),
-                    Err(status) => return reader.close(Closed::Status(status)),
+                    Ok(None) => return reader.close(&Closed::Ended),
+                    Err(status) => return reader.close(&Closed::Status(status)),
                 }
             }
         });
@@ -377,7 +377,7 @@ impl Link {
     }
 
     /// Closes the stream: queued requests learn it never left, sent ones that it broke.
-    fn close(&self, why: Closed) {
+    fn close(&self, why: &Closed) {
         let (queue, in_flight) = {
             let mut state = self.lock();
             if state.closed.is_some() {
@@ -532,7 +532,7 @@ mod tests {
         let (waiting_request, mut waiting_answer) = queued("waiting");
         link.push(waiting_request).ok().unwrap();
 
-        link.close(Closed::Ended);
+        link.close(&Closed::Ended);
         assert!(matches!(
             sent_answer.try_recv().unwrap(),
             Err((Closed::Ended, true))
@@ -558,7 +558,7 @@ mod tests {
         drop(outbound(&link));
         assert!(link.is_closed());
         assert!(answer.try_recv().is_err(), "still waiting for the reason");
-        link.close(Closed::Unsupported);
+        link.close(&Closed::Unsupported);
         assert!(matches!(
             answer.try_recv().unwrap(),
             Err((Closed::Unsupported, false))

@@ -206,15 +206,14 @@ async fn a_batch_over_max_batch_keys_ends_the_stream_with_invalid_argument() {
     let (tx, mut inbound) = open(&node).await;
     let requests = (0..5).map(|tag| request(tag, get("k"))).collect();
     tx.send(PipelineRequestBatch { requests }).await.unwrap();
-    let status = loop {
-        match tokio::time::timeout(PATIENCE, inbound.message())
-            .await
-            .expect("the stream ends")
-        {
-            Ok(Some(batch)) => panic!("no answers expected, got {batch:?}"),
-            Ok(None) => panic!("the stream must end with a status"),
-            Err(status) => break status,
-        }
+    // The stream ends with a status and no answers.
+    let status = match tokio::time::timeout(PATIENCE, inbound.message())
+        .await
+        .expect("the stream ends")
+    {
+        Ok(Some(batch)) => panic!("no answers expected, got {batch:?}"),
+        Ok(None) => panic!("the stream must end with a status"),
+        Err(status) => status,
     };
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("max_batch_keys (4)"), "{status}");
