@@ -152,6 +152,9 @@ pub struct Metrics {
     connections: Gauge,
     connections_max: Gauge,
     connections_rejected: Counter,
+    pipeline_streams: Gauge,
+    pipeline_batches: Counter,
+    pipeline_requests: Counter,
 }
 
 /// Why hints are dropped, as the `reason` label of `ringcache_hints_dropped_total` names it.
@@ -405,6 +408,24 @@ impl Metrics {
             Unit::Count,
             "Connections closed at once because max_connections were open",
         );
+        describe(
+            &recorder,
+            "ringcache_pipeline_streams",
+            Unit::Count,
+            "Open Cache.Pipeline streams (clients' pipelined connections)",
+        );
+        describe(
+            &recorder,
+            "ringcache_pipeline_batches_total",
+            Unit::Count,
+            "Request batches received on Cache.Pipeline streams",
+        );
+        describe(
+            &recorder,
+            "ringcache_pipeline_requests_total",
+            Unit::Count,
+            "Requests received on Cache.Pipeline streams (divided by batches: the mean batch size)",
+        );
         let hints_dropped = HINT_DROP_REASONS
             .iter()
             .map(|reason| {
@@ -473,6 +494,9 @@ impl Metrics {
             connections: gauge("ringcache_connections"),
             connections_max: gauge("ringcache_connections_max"),
             connections_rejected: counter("ringcache_connections_rejected_total", vec![]),
+            pipeline_streams: gauge("ringcache_pipeline_streams"),
+            pipeline_batches: counter("ringcache_pipeline_batches_total", vec![]),
+            pipeline_requests: counter("ringcache_pipeline_requests_total", vec![]),
             gossip_packets_sent: counter("ringcache_gossip_packets_sent_total", vec![]),
             gossip_packets_received: counter("ringcache_gossip_packets_received_total", vec![]),
             gossip_bytes_sent: counter("ringcache_gossip_bytes_sent_total", vec![]),
@@ -570,6 +594,17 @@ impl Metrics {
         self.connections.set(open as f64);
         self.connections_max.set(max as f64);
         self.connections_rejected.absolute(rejected);
+    }
+
+    /// A `Cache.Pipeline` stream opened (`+1`) or ended (`-1`).
+    pub fn pipeline_stream(&self, delta: f64) {
+        self.pipeline_streams.increment(delta);
+    }
+
+    /// Counts one request batch of `requests` received on a pipeline stream.
+    pub fn record_pipeline_batch(&self, requests: usize) {
+        self.pipeline_batches.increment(1);
+        self.pipeline_requests.increment(requests as u64);
     }
 
     /// Counts `n` hints dropped for `reason` (`max_bytes` or `max_age`).

@@ -187,6 +187,22 @@ async fn every_tagged_request_gets_the_answer_of_its_unary_call() {
     assert_eq!(Code::from(conflict.code), Code::FailedPrecondition);
     assert_eq!(conflict.current_version, Some(stored.version));
 
+    // The node counts streams, batches and requests.
+    let metrics = ringcache_tests::http_get(node.http_addr, "/metrics")
+        .await
+        .unwrap()
+        .body;
+    for needle in [
+        "ringcache_pipeline_streams 1",
+        "ringcache_pipeline_batches_total 2",
+        "ringcache_pipeline_requests_total 9",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "{needle} missing from:\n{metrics}"
+        );
+    }
+
     // Closing the request side ends the answers too.
     drop(tx);
     let end = tokio::time::timeout(PATIENCE, inbound.message())

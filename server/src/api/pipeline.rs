@@ -57,6 +57,17 @@ async fn run(
     mut inbound: Streaming<PipelineRequestBatch>,
     tx: mpsc::Sender<Result<PipelineResponseBatch, Status>>,
 ) {
+    let metrics = service.node().metrics();
+    metrics.pipeline_stream(1.0);
+    serve_stream(&service, &mut inbound, &tx).await;
+    metrics.pipeline_stream(-1.0);
+}
+
+async fn serve_stream(
+    service: &CacheService,
+    inbound: &mut Streaming<PipelineRequestBatch>,
+    tx: &mpsc::Sender<Result<PipelineResponseBatch, Status>>,
+) {
     let shutdown = service.node().shutdown_token().clone();
     let max_batch = service.node().config().max_batch_keys;
     let mut pending: FuturesUnordered<Pending<'_>> = FuturesUnordered::new();
@@ -69,7 +80,7 @@ async fn run(
                 while let Some(Some(answer)) = pending.next().now_or_never() {
                     answers.push(answer);
                 }
-                if !send(&service, &tx, answers).await {
+                if !send(service, tx, answers).await {
                     return;
                 }
                 continue;
@@ -93,6 +104,10 @@ async fn run(
                 continue;
             }
         };
+        service
+            .node()
+            .metrics()
+            .record_pipeline_batch(batch.requests.len());
         if batch.requests.len() > max_batch {
             let status = Status::invalid_argument(format!(
                 "{} requests in one pipeline batch, more than max_batch_keys ({max_batch})",
@@ -104,13 +119,13 @@ async fn run(
         }
         let mut answers = Vec::with_capacity(batch.requests.len());
         for request in batch.requests {
-            let mut future = dispatch(&service, request);
+            let mut future = dispatch(service, request);
             match (&mut future).now_or_never() {
                 Some(answer) => answers.push(answer),
                 None => pending.push(future),
             }
         }
-        if !answers.is_empty() && !send(&service, &tx, answers).await {
+        if !answers.is_empty() && !send(service, tx, answers).await {
             return;
         }
     }
