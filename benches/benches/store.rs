@@ -1,11 +1,12 @@
-//! Criterion micro-benchmarks of the store: get and set on 1M keys of 14 B with 100 B values.
+//! Criterion micro-benchmarks of the store (get, set, expire, incr on 1M keys of 14 B with 100 B
+//! values; writes that evict) and of the hybrid logical clock.
 //! Run: `cargo bench -p ringcache-bench --bench store`. Results go to BENCHMARKS.md.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ringcache_bench::{IndexSequence, bench_key};
-use ringcache_server::store::{SetOptions, Store, StoreConfig};
+use ringcache_server::store::{Hlc, SetOptions, Store, StoreConfig};
 
 const KEYS: u64 = 1_000_000;
 const NOW: u64 = 1_700_000_000_000;
@@ -73,6 +74,18 @@ fn store_benches(c: &mut Criterion) {
             black_box(store.set(key.as_bytes(), &value, options, NOW).unwrap())
         })
     });
+    // Expire: a new TTL on an existing key (moves it in the shard's expiry index), then persist
+    // on alternate calls so the index does not grow without bound.
+    let mut seq = IndexSequence::new(7, KEYS);
+    let mut flip = false;
+    group.bench_function("expire_persist", |b| {
+        b.iter(|| {
+            let key = &keys[seq.next().unwrap() as usize];
+            flip = !flip;
+            let ttl = flip.then_some(3_600_000);
+            black_box(store.set_ttl(key.as_bytes(), ttl, NOW).unwrap())
+        })
+    });
     let mut seq = IndexSequence::new(5, KEYS);
     group.bench_function("incr", |b| {
         b.iter(|| {
@@ -102,5 +115,28 @@ fn store_benches(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, store_benches);
+/// The hybrid logical clock: a version for a local write (CAS on one atomic), and taking in a
+/// remote version (what replication does for every entry it applies).
+fn hlc_benches(c: &mut Criterion) {
+    let hlc = Hlc::new();
+    let mut group = c.benchmark_group("hlc");
+    group.throughput(Throughput::Elements(1));
+    let mut now = NOW;
+    group.bench_function("next", |b| {
+        b.iter(|| {
+            now += 1;
+            black_box(hlc.next(black_box(now / 16)))
+        })
+    });
+    let mut remote = Hlc::at_millis(NOW);
+    group.bench_function("observe", |b| {
+        b.iter(|| {
+            remote += 3;
+            black_box(hlc.observe(black_box(remote), NOW, 500).ok())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, store_benches, hlc_benches);
 criterion_main!(benches);
