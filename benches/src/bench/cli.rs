@@ -211,6 +211,10 @@ struct SuiteArgs {
     /// How the ringcache client carries requests.
     #[arg(long, value_enum, default_value_t = Transport::Pipelined)]
     transport: Transport,
+    /// Run again (up to 3 times) a run during which other processes used more than this many
+    /// CPUs (e.g. 0.1); measured only when the suite started both servers.
+    #[arg(long, value_name = "CPUS")]
+    max_other_cpus: Option<f64>,
     /// No live progress line.
     #[arg(long)]
     no_progress: bool,
@@ -421,7 +425,7 @@ fn suite_command(args: &SuiteArgs) -> anyhow::Result<()> {
     let scratch = ScratchDir::new("suite").context("cannot create a scratch directory")?;
 
     // ringcache: a node of our own unless one is given.
-    let (ringcache_url, ringcache_version, _ringcached) = match &args.ringcache {
+    let (ringcache_url, ringcache_version, ringcached_guard) = match &args.ringcache {
         Some(url @ TargetUrl::Ringcache { .. }) => (url.clone(), format!("external {url}"), None),
         Some(other) => bail!("--ringcache wants a ringcache:// URL, got {other}"),
         None => {
@@ -444,7 +448,7 @@ fn suite_command(args: &SuiteArgs) -> anyhow::Result<()> {
     };
 
     // Redis: given, started, or absent (then the ringcache half still runs).
-    let (redis_url, redis_version, _redis) = match &args.redis {
+    let (redis_url, redis_version, redis_guard) = match &args.redis {
         Some(url @ TargetUrl::Redis { .. }) => (Some(url.clone()), format!("external {url}"), None),
         Some(other) => bail!("--redis wants a redis:// URL, got {other}"),
         None => match suite::find_redis_server(
@@ -482,6 +486,7 @@ fn suite_command(args: &SuiteArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         seed: args.seed,
         transport: args.transport,
+        max_other_cpus: args.max_other_cpus,
     };
     let command = std::iter::once("ringbench".to_owned())
         .chain(std::env::args().skip(1))
@@ -501,9 +506,16 @@ fn suite_command(args: &SuiteArgs) -> anyhow::Result<()> {
         rows: Vec::new(),
         runs: Vec::new(),
     };
+    // Other processes' CPU time is known only when every server is ours.
+    let server_pids = match (&ringcached_guard, &redis_guard, &redis_url) {
+        (Some(rc), Some(rd), _) => Some(vec![rc.pid(), rd.pid()]),
+        (Some(rc), None, None) => Some(vec![rc.pid()]),
+        _ => None,
+    };
     let targets = SuiteTargets {
         ringcache: ringcache_url,
         redis: redis_url,
+        server_pids,
     };
     let progress = show_progress(args.no_progress);
     let result = runtime(1)?.block_on(suite::run_suite(&targets, &settings, progress, header))?;

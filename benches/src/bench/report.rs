@@ -69,6 +69,10 @@ pub struct RunResult {
     pub timeline: Vec<SecondSample>,
     /// Stopped early by Ctrl-C.
     pub interrupted: bool,
+    /// CPUs' worth of time other processes on the machine used during the run (suite only,
+    /// Linux): anything well above 0 disturbed the figures.
+    #[serde(default)]
+    pub other_cpus: Option<f64>,
 }
 
 /// Failures of one kind.
@@ -541,6 +545,7 @@ pub(crate) mod tests {
                 })
                 .collect(),
             interrupted: false,
+            other_cpus: None,
         }
     }
 

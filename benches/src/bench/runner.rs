@@ -887,6 +887,7 @@ fn build_result(
         send_lag: config.rate.map(|_| totals.send_lag.summary()),
         timeline,
         interrupted,
+        other_cpus: None,
     }
 }
 

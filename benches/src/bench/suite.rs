@@ -465,6 +465,79 @@ pub fn start_ringcached(
     })
 }
 
+/// Extra attempts of a run disturbed by other processes (`--max-other-cpus`).
+const RERUNS: usize = 3;
+
+/// Clock ticks per second of `/proc` CPU times (`USER_HZ`, 100 on every Linux platform).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// CPU time used by the whole machine and by our own processes (the harness and the servers),
+/// from `/proc`: their difference over a run is what other processes took from it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CpuTimes {
+    /// Busy ticks of all CPUs (user, nice, system, irq, softirq, steal).
+    pub machine: u64,
+    /// Ticks of the harness and the servers (user + system).
+    pub ours: u64,
+    /// When sampled.
+    pub at: Instant,
+}
+
+/// Busy ticks of all CPUs from the text of `/proc/stat`.
+pub fn machine_busy_ticks(proc_stat: &str) -> Option<u64> {
+    let line = proc_stat.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let get = |i: usize| fields.get(i).copied().unwrap_or(0);
+    Some(get(0) + get(1) + get(2) + get(5) + get(6) + get(7))
+}
+
+/// User + system ticks of one process from the text of `/proc/PID/stat`.
+pub fn process_ticks(proc_pid_stat: &str) -> Option<u64> {
+    // The command name may hold spaces and parentheses: fields resume after the last ')'.
+    let rest = &proc_pid_stat[proc_pid_stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of the file (utime, stime) are 11 and 12 after the command.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+impl CpuTimes {
+    /// Samples the machine and this process plus `pids`; `None` where `/proc` is missing.
+    pub fn sample(pids: &[u32]) -> Option<Self> {
+        let machine = machine_busy_ticks(&std::fs::read_to_string("/proc/stat").ok()?)?;
+        let mut ours = process_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+        for pid in pids {
+            ours += std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| process_ticks(&s))
+                .unwrap_or(0);
+        }
+        Some(Self {
+            machine,
+            ours,
+            at: Instant::now(),
+        })
+    }
+
+    /// CPUs' worth of time (1.0 = one CPU all the time) that other processes used since
+    /// `earlier`.
+    pub fn other_cpus_since(&self, earlier: &CpuTimes) -> f64 {
+        let seconds = self.at.saturating_duration_since(earlier.at).as_secs_f64();
+        if seconds <= 0.0 {
+            return 0.0;
+        }
+        let machine = self.machine.saturating_sub(earlier.machine);
+        let ours = self.ours.saturating_sub(earlier.ours);
+        machine.saturating_sub(ours) as f64 / TICKS_PER_SECOND / seconds
+    }
+}
+
 /// One workload of the suite.
 #[derive(Debug, Clone, Copy)]
 pub struct SuiteWorkload {
@@ -524,6 +597,9 @@ pub struct SuiteSettings {
     /// How the ringcache client carries requests.
     #[serde(default)]
     pub transport: Transport,
+    /// Rerun (up to 3 times) a run during which other processes used more than this many CPUs.
+    #[serde(default)]
+    pub max_other_cpus: Option<f64>,
 }
 
 impl Default for SuiteSettings {
@@ -536,6 +612,7 @@ impl Default for SuiteSettings {
             concurrency: 5,
             seed: 1,
             transport: Transport::Pipelined,
+            max_other_cpus: None,
         }
     }
 }
@@ -646,6 +723,9 @@ pub struct SuiteTargets {
     pub ringcache: TargetUrl,
     /// The Redis server, if there is one.
     pub redis: Option<TargetUrl>,
+    /// Process ids of the servers when the suite started them all itself: then the CPU time of
+    /// everything else on the machine is measured per run ([`RunResult::other_cpus`]).
+    pub server_pids: Option<Vec<u32>>,
 }
 
 fn workload_of(preset: &Preset, seed: u64) -> anyhow::Result<WorkloadSpec> {
@@ -717,13 +797,31 @@ pub async fn run_suite(
                 config.client.transport = settings.transport;
                 config.load = !loaded[s];
                 loaded[s] = true;
-                let mut result = run(&config, progress).await?;
-                if result.interrupted {
-                    bail!("interrupted");
-                }
+                let mut attempt = 0;
+                let mut result = loop {
+                    attempt += 1;
+                    let before = targets.server_pids.as_deref().and_then(CpuTimes::sample);
+                    let mut result = run(&config, progress).await?;
+                    if result.interrupted {
+                        bail!("interrupted");
+                    }
+                    let after = targets.server_pids.as_deref().and_then(CpuTimes::sample);
+                    result.other_cpus = before.zip(after).map(|(b, a)| a.other_cpus_since(&b));
+                    match (result.other_cpus, settings.max_other_cpus) {
+                        (Some(other), Some(max)) if other > max && attempt <= RERUNS => {
+                            eprintln!(
+                                "other processes used {other:.2} CPUs during {} {} run {}: running it again",
+                                workload.name,
+                                system.kind(),
+                                rep + 1
+                            );
+                        }
+                        _ => break result,
+                    }
+                };
                 result.label = format!("{} {}", workload.name, system.kind());
                 eprintln!(
-                    "[{}/{total_runs}] {:<16} {:<9} run {}: {:>9} ok/s  p50 {:>9}  p99 {:>9}  errors {}{}",
+                    "[{}/{total_runs}] {:<16} {:<9} run {}: {:>9} ok/s  p50 {:>9}  p99 {:>9}  errors {}{}{}",
                     runs.len() + 1,
                     workload.name,
                     system.kind(),
@@ -735,7 +833,10 @@ pub async fn run_suite(
                     result.send_lag.map_or(String::new(), |lag| format!(
                         "  send lag p99 {}",
                         fmt_us(lag.p99_us)
-                    ))
+                    )),
+                    result
+                        .other_cpus
+                        .map_or(String::new(), |o| format!("  other CPUs {o:.2}"))
                 );
                 runs.push((w, result));
             }
@@ -767,6 +868,9 @@ pub async fn run_suite(
     header.runs = runs.into_iter().map(|(_, r)| r).collect();
     Ok(header)
 }
+
+/// Other processes using more than this many CPUs during a run disturb it visibly.
+const DISTURBED_CPUS: f64 = 0.1;
 
 /// The suite's table in Markdown, ready for BENCHMARKS.md: ratios are ringcache / Redis.
 pub fn markdown(suite: &SuiteResult) -> String {
@@ -848,6 +952,20 @@ pub fn markdown(suite: &SuiteResult) -> String {
         out,
         "- ratio = ringcache / Redis: above 1 means more throughput, or higher (worse) latency, for ringcache."
     );
+    let others: Vec<f64> = suite.runs.iter().filter_map(|r| r.other_cpus).collect();
+    if !others.is_empty() {
+        let worst = others.iter().copied().fold(0.0, f64::max);
+        let _ = writeln!(
+            out,
+            "- other processes on the machine used {:.2} CPUs during the median run, {worst:.2} at most{}",
+            median(&others),
+            if worst > DISTURBED_CPUS {
+                ": figures disturbed, rerun on a quiet machine"
+            } else {
+                ""
+            }
+        );
+    }
     let _ = writeln!(out, "\n```sh\n{}\n```", suite.command);
     out
 }
@@ -896,6 +1014,33 @@ mod tests {
             error.contains("cargo build --release") && error.contains("--ringcached"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn cpu_times_parse_from_proc_text() {
+        let stat = "cpu  100 5 50 1000 20 3 2 7 0 0\ncpu0 50 2 25 500 10 1 1 3 0 0\n";
+        assert_eq!(machine_busy_ticks(stat), Some(100 + 5 + 50 + 3 + 2 + 7));
+        let pid_stat = "42 (a (weird) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 40 0 0 20 0 3 0";
+        assert_eq!(process_ticks(pid_stat), Some(290));
+        assert_eq!(process_ticks("garbage"), None);
+        let now = Instant::now();
+        let earlier = CpuTimes {
+            machine: 1000,
+            ours: 400,
+            at: now,
+        };
+        let later = CpuTimes {
+            machine: 1300,
+            ours: 550,
+            at: now + Duration::from_secs(2),
+        };
+        // 300 busy ticks, 150 ours: 150 ticks = 1.5 CPU-seconds over 2 s.
+        assert!((later.other_cpus_since(&earlier) - 0.75).abs() < 1e-9);
+        // On Linux the live sample works.
+        if Path::new("/proc/stat").exists() {
+            let sample = CpuTimes::sample(&[std::process::id()]).unwrap();
+            assert!(sample.machine >= sample.ours / 2);
+        }
     }
 
     #[test]
