@@ -7,7 +7,7 @@
 //! the Grafana dashboard queries only metrics and labels a node exports.
 //!
 //! Nothing here runs Docker, Kubernetes or systemd: the files are parsed and their settings are
-//! tried on the binary. `systemd-analyze verify` checks the unit (.ci/run installs systemd if missing).
+//! tried on the binary. `systemd-analyze verify` checks the unit (`scripts/test-deps` installs systemd if missing).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -1632,7 +1632,7 @@ fn systemd_analyze_verify_accepts_the_unit() {
         .arg("--version")
         .output()
         .expect(
-            "systemd-analyze is needed to check the unit: apt-get install systemd (.ci/run does)",
+            "systemd-analyze is needed to check the unit: apt-get install systemd (scripts/test-deps does)",
         );
     assert!(out.status.success());
     // verify checks that ExecStart exists: point it at the binary under test.
