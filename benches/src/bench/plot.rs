@@ -12,6 +12,8 @@ const LEFT: f64 = 90.0;
 const RIGHT: f64 = 30.0;
 const TOP: f64 = 50.0;
 const BOTTOM: f64 = 60.0;
+/// Height of one legend entry (two lines).
+const LEGEND_LINE: f64 = 36.0;
 const COLORS: &[&str] = &[
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
 ];
@@ -123,7 +125,7 @@ fn axes(
 
 /// The SVG document for `results` (each drawn in its own colour, named by its label).
 pub fn svg(results: &[&RunResult]) -> String {
-    let height = 2.0 * (PANEL_HEIGHT + TOP + BOTTOM) + 20.0 * results.len() as f64 + 20.0;
+    let height = 2.0 * (PANEL_HEIGHT + TOP + BOTTOM) + LEGEND_LINE * results.len() as f64 + 20.0;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -245,18 +247,20 @@ pub fn svg(results: &[&RunResult]) -> String {
         polyline(&mut out, &points, COLORS[i % COLORS.len()]);
     }
 
-    // Legend.
+    // Legend: the label, and the workload on a line of its own below it.
     let legend_top = top + PANEL_HEIGHT + BOTTOM + 10.0;
     for (i, result) in results.iter().enumerate() {
-        let y = legend_top + 20.0 * i as f64;
+        let y = legend_top + LEGEND_LINE * i as f64;
         let _ = writeln!(
             out,
-            r#"<rect x="{LEFT}" y="{:.1}" width="14" height="4" fill="{}"/><text x="{:.1}" y="{:.1}" font-size="12">{}: {}</text>"#,
+            r##"<rect x="{LEFT}" y="{:.1}" width="14" height="4" fill="{}"/><text x="{:.1}" y="{:.1}" font-size="12">{}</text><text x="{:.1}" y="{:.1}" font-size="10" fill="#555">{}</text>"##,
             y - 4.0,
             COLORS[i % COLORS.len()],
             LEFT + 20.0,
             y + 2.0,
             escape(&result.label),
+            LEFT + 20.0,
+            y + 16.0,
             escape(&result.describe())
         );
     }
