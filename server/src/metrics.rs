@@ -147,6 +147,7 @@ pub struct Metrics {
     hints_replayed: Counter,
     /// `replica_writes[0]`: acknowledged, `[1]`: failed.
     replica_writes: [Counter; 2],
+    replication_batches: Counter,
     read_repairs: Counter,
     replication_lag: Gauge,
     connections: Gauge,
@@ -380,6 +381,12 @@ impl Metrics {
         );
         describe(
             &recorder,
+            "ringcache_replication_batches_total",
+            Unit::Count,
+            "Internal.Replicate calls this node sent as a write's coordinator; writes to the same replica share calls, so entries per call = replica_writes_total / this",
+        );
+        describe(
+            &recorder,
             "ringcache_read_repairs_total",
             Unit::Count,
             "Stale or missing copies fixed by read repair after QUORUM and ALL reads",
@@ -489,6 +496,7 @@ impl Metrics {
             hints_dropped,
             hints_replayed: counter("ringcache_hints_replayed_total", vec![]),
             replica_writes,
+            replication_batches: counter("ringcache_replication_batches_total", vec![]),
             read_repairs: counter("ringcache_read_repairs_total", vec![]),
             replication_lag: gauge("ringcache_replication_lag_seconds"),
             connections: gauge("ringcache_connections"),
@@ -627,6 +635,11 @@ impl Metrics {
         self.replica_writes[usize::from(!ok)].increment(n);
     }
 
+    /// Counts one `Internal.Replicate` call sent for coordinated writes.
+    pub fn record_replication_batch(&self) {
+        self.replication_batches.increment(1);
+    }
+
     /// Counts `n` copies fixed by read repair.
     pub fn record_read_repairs(&self, n: u64) {
         self.read_repairs.increment(n);
@@ -725,6 +738,7 @@ mod tests {
         metrics.record_hints_dropped("max_age", 2);
         metrics.record_hints_replayed(4);
         metrics.record_replica_writes(false, 5);
+        metrics.record_replication_batch();
         metrics.record_read_repairs(1);
         metrics.set_replication_lag(Duration::from_millis(2500));
         let text = metrics.render(&StoreStats::default(), 1024, Duration::ZERO);
@@ -736,6 +750,7 @@ mod tests {
             "ringcache_hints_replayed_total 4",
             r#"ringcache_replica_writes_total{result="ok"} 0"#,
             r#"ringcache_replica_writes_total{result="failed"} 5"#,
+            "ringcache_replication_batches_total 1",
             "ringcache_read_repairs_total 1",
             "ringcache_replication_lag_seconds 2.5",
         ] {
