@@ -11,9 +11,9 @@
 //! the store decides the new version, and every condition (if-absent, if-present, CAS, incr,
 //! expire on a missing key) is decided there. A failed operation or a condition that did not hold
 //! replicates nothing. Then the coordinator reads back what it holds for each written key
-//! ([`crate::store::Store::get_versioned`], tombstones included) and sends it with
-//! `Internal.Replicate`, one batch per target node, in parallel, to the key's other replicas
-//! (`view.replicas(key)` minus itself). R is the size of that replica set
+//! ([`crate::store::Store::get_versioned`], tombstones included) and hands it, one part per
+//! target node, to the key's other replicas (`view.replicas(key)` minus itself) through the
+//! per-peer batcher (below), all targets at once. R is the size of that replica set
 //! (min(replication factor, ring members)). The coordinator counts itself when it is one of the
 //! replicas; each replica that answers the batch counts once for every key in it. The request is
 //! answered as soon as every key has `level.required(R)` acknowledgements (ONE = 1, QUORUM =
@@ -21,6 +21,20 @@
 //! the answer waits until every call has ended (each bounded by `replica_timeout`) and is
 //! `UNAVAILABLE`, naming the counts and each replica's failure. A failed level undoes nothing:
 //! the write stays on the replicas that took it.
+//!
+//! **Batching** (`batch.rs`). Writes to the same peer share `Internal.Replicate` calls: per peer
+//! gRPC address a FIFO of parts and at most 4 calls in flight. A part that finds a free slot is
+//! sent at once (no timer: an idle cluster adds no latency); parts that arrive while every slot
+//! is busy leave together in the next call to go out (up to `max_batch_keys`, at most 1000,
+//! entries and about 1 MiB). Each part gets the outcome of the call that carried it, counted
+//! exactly as an unbatched call would be (metrics, hints, failure messages); a refused batch of
+//! several writes is re-sent write by write so one write's refusal is not reported for another.
+//! `replica_timeout` bounds each part from when its write handed it over: a call ends by the
+//! earliest deadline among its parts, and a part that waited past its deadline times out unsent.
+//! No task is spawned per write: the senders report each outcome to the write, which answers
+//! when its level is met and lets the rest finish in the background. Batching and reordering
+//! writes are safe because replicas apply only newer versions (last writer wins). Hint replays and
+//! read repair send their own calls, never mixed with these.
 //!
 //! **Read path** ([`read`]). ONE reads stay local. QUORUM and ALL read the local copy
 //! (tombstones and expired entries included) and ask the other replicas with
@@ -46,6 +60,7 @@
 //! **Minority protection** ([`check_writable`]). With `min_cluster_size` set, a node that sees
 //! fewer Active members than that refuses writes with `UNAVAILABLE`.
 
+mod batch;
 mod hints;
 mod read;
 mod write;
@@ -161,6 +176,8 @@ pub enum ReplicationError {
 #[derive(Debug)]
 pub struct Replicator {
     hints: Mutex<hints::HintQueues>,
+    /// Per-peer queues of replicated writes waiting to be sent together.
+    batcher: batch::Batcher<write::Job>,
 }
 
 impl Replicator {
@@ -171,6 +188,7 @@ impl Replicator {
                 config.hint_max_bytes_per_node,
                 duration_ms(config.hint_max_age),
             )),
+            batcher: batch::Batcher::default(),
         }
     }
 
@@ -293,7 +311,17 @@ async fn call_replica<T>(
     timeout: Duration,
     call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T, Failure> {
-    match tokio::time::timeout(timeout, call).await {
+    call_replica_until(tokio::time::Instant::now() + timeout, timeout, call).await
+}
+
+/// Runs `call` against one replica until `deadline`; a timeout is reported as `timeout` (the
+/// replica timeout the deadline came from).
+async fn call_replica_until<T>(
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout_at(deadline, call).await {
         Ok(Ok(response)) => Ok(response.into_inner()),
         Ok(Err(status)) => Err(match Failure::of_status(&status) {
             Failure::TimedOut(_) => Failure::TimedOut(timeout),
@@ -303,12 +331,24 @@ async fn call_replica<T>(
     }
 }
 
-/// Sends `entries` to the node at `addr` with `Internal.Replicate`.
+/// Sends `entries` to the node at `addr` with `Internal.Replicate`, within the replica timeout.
 async fn send_replicate(
     node: &Node,
     addr: Option<&str>,
     entries: Vec<v1::VersionedEntry>,
     hinted: bool,
+) -> Result<(), Failure> {
+    let deadline = tokio::time::Instant::now() + node.config().replication.replica_timeout;
+    send_replicate_until(node, addr, entries, hinted, deadline).await
+}
+
+/// Sends `entries` to the node at `addr` with `Internal.Replicate`, ending by `deadline`.
+async fn send_replicate_until(
+    node: &Node,
+    addr: Option<&str>,
+    entries: Vec<v1::VersionedEntry>,
+    hinted: bool,
+    deadline: tokio::time::Instant,
 ) -> Result<(), Failure> {
     let timeout = node.config().replication.replica_timeout;
     let addr = addr.ok_or_else(|| Failure::Unreachable("not in the topology".to_owned()))?;
@@ -321,8 +361,8 @@ async fn send_replicate(
         entries,
         hinted,
     });
-    request.set_timeout(timeout);
-    call_replica(timeout, client.replicate(request))
+    request.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
+    call_replica_until(deadline, timeout, client.replicate(request))
         .await
         .map(|_| ())
 }

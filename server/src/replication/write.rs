@@ -1,17 +1,26 @@
 //! The write path: send what the coordinator holds for the written keys to their other
 //! replicas, and answer once the consistency level is met (see the module docs of
 //! [`super`]).
+//!
+//! A write hands one part per target node to the per-peer [`batch::Batcher`] and waits on a
+//! oneshot. No task is spawned per write: the batcher's sender tasks report each part's outcome
+//! back through [`Coordinator::finish`], which counts it, keeps hints for an unreachable or slow
+//! replica and answers the write as soon as its level is met (or with the failure once every part
+//! has ended). Parts that end after the answer are handled the same way, in the background.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use ringcache_proto::v1;
 use tokio::sync::oneshot;
-use tokio::task::JoinSet;
+use tokio::time::Instant;
 
-use super::{Consistency, Failure, ReplicationError, describe_shortfall, send_replicate};
+use super::batch::{self, Part, Transport as _};
+use super::{Consistency, Failure, ReplicationError, describe_shortfall, send_replicate_until};
 use crate::api::to_wire;
 use crate::node::Node;
 
@@ -27,12 +36,44 @@ pub async fn replicate(
     if keys.is_empty() {
         return Ok(());
     }
-    let plan = Plan::build(node, keys, level)?;
-    if plan.tally.all_met() && plan.targets.is_empty() {
+    let Plan { tally, targets } = Plan::build(node, keys, level)?;
+    if tally.all_met() && targets.is_empty() {
         return Ok(());
     }
     let (tx, rx) = oneshot::channel();
-    tokio::spawn(fan_out(node.clone(), plan, level, tx));
+    let call = Arc::new(Call {
+        level,
+        state: Mutex::new(CallState {
+            tally,
+            failures: Vec::new(),
+            hinted: Vec::new(),
+            remaining: targets.len(),
+            answer: Some(tx),
+        }),
+    });
+    call.state.lock().settle(level);
+    let coordinator = Coordinator(node.clone());
+    let limits = batch::Limits::of(node.config());
+    let deadline = Instant::now() + limits.timeout;
+    for (id, target) in targets {
+        let job = Job {
+            call: call.clone(),
+            target: id,
+            keys: target.keys,
+        };
+        let part = Part::new(target.entries, deadline, job);
+        match target.addr {
+            Some(addr) => node
+                .replicator()
+                .batcher
+                .submit(&coordinator, limits, &addr, part),
+            None => coordinator.finish(
+                part,
+                Err(Failure::Unreachable("not in the topology".to_owned())),
+            ),
+        }
+    }
+    drop(call);
     rx.await.unwrap_or_else(|_| {
         Err(ReplicationError::Unavailable(
             "the replication task ended without an answer".to_owned(),
@@ -91,62 +132,106 @@ impl Plan {
     }
 }
 
-/// Sends every batch in parallel; answers on `tx` as soon as the level is met, or once every
-/// call ended if it is not; keeps hints for the unreachable targets.
-async fn fan_out(
-    node: Arc<Node>,
-    plan: Plan,
+/// One write in progress: its tally and the answer not sent yet.
+#[derive(Debug)]
+struct Call {
     level: Consistency,
-    tx: oneshot::Sender<Result<(), ReplicationError>>,
-) {
-    let Plan { mut tally, targets } = plan;
-    let mut tx = Some(tx);
-    if tally.all_met()
-        && let Some(tx) = tx.take()
-    {
-        let _ = tx.send(Ok(()));
-    }
-    let mut calls = JoinSet::new();
-    for (id, target) in targets {
-        let node = node.clone();
-        calls.spawn(async move {
-            let result =
-                send_replicate(&node, target.addr.as_deref(), target.entries.clone(), false).await;
-            (id, target, result)
-        });
-    }
-    let mut failures: Vec<(String, Failure)> = Vec::new();
-    let mut hinted: Vec<String> = Vec::new();
-    while let Some(joined) = calls.join_next().await {
-        let Ok((id, target, result)) = joined else {
-            continue;
+    state: Mutex<CallState>,
+}
+
+#[derive(Debug)]
+struct CallState {
+    tally: Tally,
+    failures: Vec<(String, Failure)>,
+    hinted: Vec<String>,
+    /// Parts (one per target node) whose outcome is not known yet.
+    remaining: usize,
+    answer: Option<oneshot::Sender<Result<(), ReplicationError>>>,
+}
+
+impl CallState {
+    /// Answers `Ok` once every key met its level, or the failure once no part is left.
+    fn settle(&mut self, level: Consistency) {
+        if self.answer.is_none() {
+            return;
+        }
+        let result = if self.tally.all_met() {
+            Ok(())
+        } else if self.remaining == 0 {
+            let message = self
+                .tally
+                .failure_message(level, &self.failures, &self.hinted);
+            Err(ReplicationError::Unavailable(message))
+        } else {
+            return;
         };
-        let n = target.entries.len() as u64;
-        match result {
-            Ok(()) => {
-                node.metrics().record_replica_writes(true, n);
-                tally.ack(&target.keys);
-            }
-            Err(failure) => {
-                node.metrics().record_replica_writes(false, n);
-                tracing::debug!(target = %id, entries = n, %failure, "replica write failed");
-                tally.fail(&target.keys);
-                if failure.hint() && node.config().replication.hint_max_bytes_per_node > 0 {
-                    node.replicator().queue_hints(&node, &id, target.entries);
-                    hinted.push(id.clone());
-                }
-                failures.push((id, failure));
-            }
-        }
-        if tally.all_met()
-            && let Some(tx) = tx.take()
-        {
-            let _ = tx.send(Ok(()));
+        if let Some(answer) = self.answer.take() {
+            let _ = answer.send(result);
         }
     }
-    if let Some(tx) = tx.take() {
-        let message = tally.failure_message(level, &failures, &hinted);
-        let _ = tx.send(Err(ReplicationError::Unavailable(message)));
+}
+
+/// One write's part for one target node, as the batcher carries it.
+#[derive(Debug)]
+pub(super) struct Job {
+    call: Arc<Call>,
+    target: String,
+    /// The tally indexes of the keys in the part.
+    keys: Vec<usize>,
+}
+
+/// The batcher's transport on a node: `Internal.Replicate` to the peer, and the outcome of each
+/// part counted towards its write, with metrics and hints.
+#[derive(Debug, Clone)]
+struct Coordinator(Arc<Node>);
+
+impl batch::Transport for Coordinator {
+    type Done = Job;
+
+    fn send(
+        &self,
+        addr: &str,
+        entries: Vec<v1::VersionedEntry>,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<(), Failure>> + Send {
+        let node = self.0.clone();
+        let addr = addr.to_owned();
+        async move {
+            node.metrics().record_replication_batch();
+            send_replicate_until(&node, Some(&addr), entries, false, deadline).await
+        }
+    }
+
+    fn finish(&self, part: Part<Job>, result: Result<(), Failure>) {
+        let node = &self.0;
+        let Part {
+            entries, done: job, ..
+        } = part;
+        let n = entries.len() as u64;
+        let mut hinted = false;
+        if let Err(failure) = &result {
+            node.metrics().record_replica_writes(false, n);
+            tracing::debug!(target = %job.target, entries = n, %failure, "replica write failed");
+            if failure.hint() && node.config().replication.hint_max_bytes_per_node > 0 {
+                node.replicator().queue_hints(node, &job.target, entries);
+                hinted = true;
+            }
+        } else {
+            node.metrics().record_replica_writes(true, n);
+        }
+        let mut state = job.call.state.lock();
+        state.remaining -= 1;
+        match result {
+            Ok(()) => state.tally.ack(&job.keys),
+            Err(failure) => {
+                state.tally.fail(&job.keys);
+                if hinted {
+                    state.hinted.push(job.target.clone());
+                }
+                state.failures.push((job.target, failure));
+            }
+        }
+        state.settle(job.call.level);
     }
 }
 
