@@ -82,6 +82,9 @@ fn token(node_id: &Arc<str>, index: u32) -> u64 {
     })
 }
 
+/// The replica list of every key in a one-member ring: member 0.
+static SOLE_MEMBER: [u32; 1] = [0];
+
 /// The ring of one topology.
 #[derive(Debug, Clone)]
 pub struct Ring {
@@ -172,8 +175,25 @@ impl Ring {
         self.replication
     }
 
+    /// Whether `node_id` is a replica of every key: it is in the ring and the ring has no more
+    /// members than the replication factor. No key needs hashing to know that.
+    pub fn holds_every_key(&self, node_id: &str) -> bool {
+        self.nodes.len() <= self.replication
+            && self
+                .nodes
+                .binary_search_by(|id| (**id).cmp(node_id))
+                .is_ok()
+    }
+
     /// The replica set of `key`, primary first. Empty when the ring is.
     pub fn replicas(&self, key: &[u8]) -> ReplicaSet<'_> {
+        // A lone member holds every key: no hashing needed.
+        if self.nodes.len() == 1 {
+            return ReplicaSet {
+                ring: self,
+                nodes: &SOLE_MEMBER,
+            };
+        }
         let mut best: Option<(u64, &VNode)> = None;
         for probe in 0..PROBES {
             let point = Probe { key, probe };

@@ -44,6 +44,9 @@ impl ClusterView {
     /// Where a request for `key` should be served when it reaches `self_id`: `None` to serve it
     /// here (this node is a replica, or the ring is empty), else the primary to forward it to.
     pub fn forward_target(&self, key: &[u8], self_id: &str) -> Option<&Member> {
+        if self.ring.holds_every_key(self_id) {
+            return None;
+        }
         let replicas = self.ring.replicas(key);
         if replicas.is_empty() || replicas.contains(self_id) {
             return None;

@@ -173,3 +173,32 @@ fn a_topology_ring_holds_only_range_owning_members() {
     assert!(set.contains("a") && set.contains("c") && !set.contains("b"));
     assert_eq!(set.position(set.primary().unwrap()), Some(0));
 }
+
+#[test]
+fn a_lone_member_is_every_keys_replica_without_hashing() {
+    let ring = ring_of(&ids(1), 16, 3);
+    for key in [&b"a"[..], b"key:000000000042", b""] {
+        let replicas: Vec<&str> = ring.replicas(key).iter().collect();
+        assert_eq!(replicas, ["node-1"]);
+    }
+    assert!(ring.holds_every_key("node-1"));
+    assert!(!ring.holds_every_key("node-2"));
+}
+
+#[test]
+fn holds_every_key_matches_the_replica_sets() {
+    for (n, replication) in [(2, 3), (3, 3), (4, 3), (5, 2)] {
+        let ids = ids(n);
+        let ring = ring_of(&ids, 32, replication);
+        for id in &ids {
+            let in_every_set =
+                (0..2_000u32).all(|k| ring.replicas(format!("k{k}").as_bytes()).contains(id));
+            assert_eq!(
+                ring.holds_every_key(id),
+                in_every_set,
+                "{n} nodes, R={replication}, {id}"
+            );
+        }
+        assert!(!ring.holds_every_key("outsider"));
+    }
+}

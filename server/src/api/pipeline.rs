@@ -2,8 +2,9 @@
 //! path").
 //!
 //! Each request runs through the very same handler as its unary call ([`CacheService`]), so
-//! routing, forwarding, replication, metrics and errors are identical. One task per stream reads
-//! request batches and starts every request in arrival order. Most requests (reads at ONE, local
+//! routing, forwarding, replication, metrics and errors are identical. The response stream does
+//! the work when HTTP/2 polls it (no task or channel of its own): it reads the request batches
+//! that arrived and starts every request in arrival order. Most requests (reads at ONE, local
 //! writes to a lone node) finish on their first poll; their answers leave together as one
 //! response batch as soon as the request batch is done. Requests that wait (replication,
 //! forwarding, QUORUM reads) are polled alongside, and their answers leave in batches as they
@@ -16,16 +17,16 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 
+use futures_util::Stream;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use futures_util::{FutureExt, Stream};
 use ringcache_proto::CURRENT_VERSION_METADATA;
 use ringcache_proto::v1::{
     self, PipelineError, PipelineRequestBatch, PipelineResponse, PipelineResponseBatch,
     cache_server::Cache, pipeline_request::Op, pipeline_response::Result as Answer,
 };
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::cache::CacheService;
@@ -33,122 +34,124 @@ use super::cache::CacheService;
 /// Requests one stream may have started and not yet answered before it stops reading.
 pub(super) const MAX_PENDING: usize = 4096;
 
-/// Response batches buffered towards the client before the stream task waits for it.
-const OUTBOUND_BATCHES: usize = 16;
-
 /// The response stream of `Cache.Pipeline`.
 pub(super) type PipelineStream =
     Pin<Box<dyn Stream<Item = Result<PipelineResponseBatch, Status>> + Send>>;
 
-type Pending<'a> = Pin<Box<dyn Future<Output = PipelineResponse> + Send + 'a>>;
+type Pending = Pin<Box<dyn Future<Output = PipelineResponse> + Send>>;
 
-/// Starts the stream task for one `Pipeline` call.
+/// The response stream of one `Pipeline` call. There is no task of its own: HTTP/2 polls it when
+/// it can send, and each poll reads the request batches that arrived, runs them, and returns
+/// what is answered as one batch. So a client that stops reading answers also stops the node
+/// reading its requests.
 pub(super) fn serve(
     service: CacheService,
     inbound: Streaming<PipelineRequestBatch>,
 ) -> Response<PipelineStream> {
-    let (tx, rx) = mpsc::channel(OUTBOUND_BATCHES);
-    tokio::spawn(run(service, inbound, tx));
-    Response::new(Box::pin(ReceiverStream::new(rx)))
+    let node = service.node();
+    node.metrics().pipeline_stream(1.0);
+    let shutdown = Box::pin(node.shutdown_token().clone().cancelled_owned());
+    let max_batch = node.config().max_batch_keys;
+    Response::new(Box::pin(Answers {
+        service,
+        inbound,
+        pending: FuturesUnordered::new(),
+        shutdown,
+        max_batch,
+        reading: true,
+        failed: false,
+    }))
 }
 
-async fn run(
+struct Answers {
     service: CacheService,
-    mut inbound: Streaming<PipelineRequestBatch>,
-    tx: mpsc::Sender<Result<PipelineResponseBatch, Status>>,
-) {
-    let metrics = service.node().metrics();
-    metrics.pipeline_stream(1.0);
-    serve_stream(&service, &mut inbound, &tx).await;
-    metrics.pipeline_stream(-1.0);
+    inbound: Streaming<PipelineRequestBatch>,
+    /// Requests started and not yet answered.
+    pending: FuturesUnordered<Pending>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    max_batch: usize,
+    /// Whether request batches are still read: false once the client closed its side, the
+    /// stream failed, or the node is shutting down.
+    reading: bool,
+    /// The stream ended with an error status; nothing more is sent.
+    failed: bool,
 }
 
-async fn serve_stream(
-    service: &CacheService,
-    inbound: &mut Streaming<PipelineRequestBatch>,
-    tx: &mpsc::Sender<Result<PipelineResponseBatch, Status>>,
-) {
-    let shutdown = service.node().shutdown_token().clone();
-    let max_batch = service.node().config().max_batch_keys;
-    let mut pending: FuturesUnordered<Pending<'_>> = FuturesUnordered::new();
-    let mut reading = true;
-    loop {
-        let batch = tokio::select! {
-            biased;
-            Some(first) = pending.next(), if !pending.is_empty() => {
-                let mut answers = vec![first];
-                while let Some(Some(answer)) = pending.next().now_or_never() {
-                    answers.push(answer);
-                }
-                if !send(service, tx, answers).await {
-                    return;
-                }
-                continue;
-            }
-            () = shutdown.cancelled(), if reading => {
-                reading = false;
-                continue;
-            }
-            message = inbound.message(), if reading && pending.len() < MAX_PENDING => message,
-            else => break,
-        };
-        let batch = match batch {
-            Ok(Some(batch)) => batch,
-            Ok(None) => {
-                reading = false;
-                continue;
-            }
-            Err(status) => {
-                tracing::debug!(error = %status, "pipeline request stream failed");
-                reading = false;
-                continue;
-            }
-        };
-        service
-            .node()
-            .metrics()
-            .record_pipeline_batch(batch.requests.len());
-        if batch.requests.len() > max_batch {
-            let status = Status::invalid_argument(format!(
-                "{} requests in one pipeline batch, more than max_batch_keys ({max_batch})",
-                batch.requests.len()
-            ));
-            // The stream ends; what is pending still finishes but is not answered.
-            let _ = tx.send(Err(status)).await;
-            return;
-        }
-        let mut answers = Vec::with_capacity(batch.requests.len());
-        for request in batch.requests {
-            let mut future = dispatch(service, request);
-            match (&mut future).now_or_never() {
-                Some(answer) => answers.push(answer),
-                None => pending.push(future),
-            }
-        }
-        if !answers.is_empty() && !send(service, tx, answers).await {
-            return;
-        }
+impl Drop for Answers {
+    fn drop(&mut self) {
+        self.service.node().metrics().pipeline_stream(-1.0);
     }
 }
 
-/// Sends one response batch stamped with the node's current topology digest; false when the
-/// client is gone.
-async fn send(
-    service: &CacheService,
-    tx: &mpsc::Sender<Result<PipelineResponseBatch, Status>>,
-    responses: Vec<PipelineResponse>,
-) -> bool {
-    let topology_digest = service.node().view().topology.digest();
-    tx.send(Ok(PipelineResponseBatch {
-        responses,
-        topology_digest,
-    }))
-    .await
-    .is_ok()
+impl Stream for Answers {
+    type Item = Result<PipelineResponseBatch, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.failed {
+            return Poll::Ready(None);
+        }
+        let mut answers = Vec::new();
+        while let Poll::Ready(Some(answer)) = this.pending.poll_next_unpin(cx) {
+            answers.push(answer);
+        }
+        if this.reading && this.shutdown.as_mut().poll(cx).is_ready() {
+            this.reading = false;
+        }
+        while this.reading && this.pending.len() < MAX_PENDING {
+            let batch = match this.inbound.poll_next_unpin(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Some(Ok(batch))) => batch,
+                Poll::Ready(None) => {
+                    this.reading = false;
+                    break;
+                }
+                Poll::Ready(Some(Err(status))) => {
+                    tracing::debug!(error = %status, "pipeline request stream failed");
+                    this.reading = false;
+                    break;
+                }
+            };
+            let node = this.service.node();
+            node.metrics().record_pipeline_batch(batch.requests.len());
+            if batch.requests.len() > this.max_batch {
+                // The stream ends; requests still running finish but are not answered.
+                this.failed = true;
+                return Poll::Ready(Some(Err(Status::invalid_argument(format!(
+                    "{} requests in one pipeline batch, more than max_batch_keys ({})",
+                    batch.requests.len(),
+                    this.max_batch
+                )))));
+            }
+            answers.reserve(batch.requests.len());
+            for request in batch.requests {
+                let mut future = dispatch(this.service.clone(), request);
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(answer) => answers.push(answer),
+                    Poll::Pending => this.pending.push(future),
+                }
+            }
+            // Answer this batch before reading the next, so answers never wait for later input.
+            if !answers.is_empty() {
+                break;
+            }
+        }
+        if !answers.is_empty() {
+            let topology_digest = this.service.node().view().topology.digest();
+            return Poll::Ready(Some(Ok(PipelineResponseBatch {
+                responses: answers,
+                topology_digest,
+            })));
+        }
+        if !this.reading && this.pending.is_empty() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    }
 }
 
 /// Runs one request through its unary handler.
-fn dispatch<'a>(service: &'a CacheService, request: v1::PipelineRequest) -> Pending<'a> {
+fn dispatch(service: CacheService, request: v1::PipelineRequest) -> Pending {
     let tag = request.tag;
     let Some(op) = request.op else {
         return Box::pin(std::future::ready(PipelineResponse {
@@ -162,9 +165,9 @@ fn dispatch<'a>(service: &'a CacheService, request: v1::PipelineRequest) -> Pend
     };
     macro_rules! run {
         ($method:ident, $req:expr, $variant:ident) => {{
-            let future = service.$method(Request::new($req));
+            let request = Request::new($req);
             Box::pin(async move {
-                let result = match future.await {
+                let result = match service.$method(request).await {
                     Ok(response) => Answer::$variant(response.into_inner()),
                     Err(status) => Answer::Error(error_of(&status)),
                 };
