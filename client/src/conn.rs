@@ -245,8 +245,10 @@ impl NodePool {
         Fut: Future<Output = Result<tonic::Response<Req::Response>, Status>>,
     {
         let support = self.pipelining.load(Ordering::Relaxed);
+        // The unary path is boxed: its future (a whole tonic call) is large, and inline it would
+        // make every pipelined request's future as large.
         if support == PIPELINE_NO {
-            return self.unary(message, timeout, rpc).await;
+            return Box::pin(self.unary(message, timeout, rpc)).await;
         }
         // Until the node has answered on a stream, keep a copy to send as a unary call should it
         // not know `Pipeline`.
@@ -262,7 +264,7 @@ impl NodePool {
                 tracing::debug!(addr = %self.addr, "the node does not serve Pipeline; using unary calls");
                 self.pipelining.store(PIPELINE_NO, Ordering::Relaxed);
                 match copy {
-                    Some(message) => self.unary(message, timeout, rpc).await,
+                    Some(message) => Box::pin(self.unary(message, timeout, rpc)).await,
                     None => Reply {
                         digest: None,
                         result: Err(Failure::not_sent(Error::Unavailable(format!(
