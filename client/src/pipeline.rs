@@ -154,7 +154,9 @@ impl Pipeline {
         message: Req,
         timeout: Duration,
     ) -> Outcome<Req::Response> {
+        // One clock read serves both the deadline and the elapsed time of a failure.
         let started = Instant::now();
+        let deadline = started + timeout;
         let (reply, answer) = oneshot::channel();
         let mut queued = Queued {
             op: message.into_op(),
@@ -171,7 +173,7 @@ impl Pipeline {
                 }
             }
         }
-        let delivery = match tokio::time::timeout(timeout, answer).await {
+        let delivery = match tokio::time::timeout_at(deadline, answer).await {
             Err(_) => return Outcome::Done(timed_out(timeout)),
             // The request was dropped without an answer: only a closing stream does that, and
             // it answers everything it holds first, so this is a stream we could not even use.
