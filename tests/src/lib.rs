@@ -107,6 +107,25 @@ impl TestNode {
         format!("http://{}", self.grpc_addr)
     }
 
+    /// A fresh channel to the gRPC service (connected now).
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.grpc_url())
+            .expect("a valid URL")
+            .connect()
+            .await
+            .expect("the test node accepts connections")
+    }
+
+    /// The raw generated `Cache` client on a fresh channel, with 64 MiB message limits: to send
+    /// what the typed client refuses to build, and to see the wire answers.
+    pub async fn raw_cache(
+        &self,
+    ) -> ringcache_proto::v1::cache_client::CacheClient<tonic::transport::Channel> {
+        ringcache_proto::v1::cache_client::CacheClient::new(self.channel().await)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024)
+    }
+
     /// Asks the node to shut down and waits (bounded) until it has.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
@@ -198,6 +217,21 @@ impl TestCluster {
     /// gRPC targets of every node, for clients.
     pub fn grpc_targets(&self) -> Vec<String> {
         self.nodes.iter().map(TestNode::grpc_target).collect()
+    }
+
+    /// Starts `n` nodes configured by `configure` and waits (up to `deadline`) until their rings
+    /// have converged.
+    pub async fn start_converged(
+        n: usize,
+        deadline: Duration,
+        configure: impl Fn(usize, &mut Config),
+    ) -> Self {
+        let cluster = Self::start_with(n, configure).await;
+        cluster
+            .wait_converged(deadline)
+            .await
+            .expect("the cluster converges");
+        cluster
     }
 
     /// Waits until every node's ring holds exactly the nodes of this cluster (by id) and all
@@ -308,3 +342,10 @@ where
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// A configuration hook for [`TestCluster::start_with`]: a crashed node stays in the ring
+/// (Suspect) for two minutes, so it stays a replica of every key and writes miss it, as while a
+/// real node is down but not yet declared dead.
+pub fn keep_suspects(_: usize, config: &mut Config) {
+    config.suspicion_timeout = Duration::from_secs(120);
+}

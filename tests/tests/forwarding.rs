@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use ringcache_proto::topology::{Member, NodeState, Topology};
-use ringcache_proto::v1::{self, cache_client::CacheClient};
+use ringcache_proto::v1;
 use ringcache_proto::{FORWARDED_METADATA, STALE_ROUTE_METADATA, TOPOLOGY_DIGEST_METADATA};
 use ringcache_server::Config;
 use ringcache_tests::TestNode;
@@ -38,15 +38,6 @@ async fn cluster() -> (Vec<TestNode>, Topology) {
     (nodes, topology)
 }
 
-async fn raw(node: &TestNode) -> CacheClient<tonic::transport::Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(node.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    CacheClient::new(channel)
-}
-
 fn node_index(nodes: &[TestNode], node_id: &str) -> usize {
     nodes
         .iter()
@@ -58,7 +49,7 @@ fn node_index(nodes: &[TestNode], node_id: &str) -> usize {
 async fn a_request_for_a_key_held_elsewhere_is_forwarded_to_its_primary() {
     let (nodes, topology) = cluster().await;
     let ring = ringcache_proto::placement::Ring::new(&topology);
-    let mut entry = raw(&nodes[0]).await;
+    let mut entry = nodes[0].raw_cache().await;
     let mut forwarded_expected = 0;
     for i in 0..60 {
         let key = format!("key{i}");
@@ -132,7 +123,7 @@ async fn a_forwarded_request_is_served_where_it_lands() {
     request
         .metadata_mut()
         .insert(FORWARDED_METADATA, MetadataValue::from_static("1"));
-    raw(&nodes[0]).await.set(request).await.unwrap();
+    nodes[0].raw_cache().await.set(request).await.unwrap();
     assert!(
         nodes[0]
             .node
@@ -147,7 +138,7 @@ async fn a_forwarded_request_is_served_where_it_lands() {
 #[tokio::test]
 async fn multi_key_requests_are_split_by_primary_and_keep_their_order() {
     let (nodes, _) = cluster().await;
-    let mut entry = raw(&nodes[1]).await;
+    let mut entry = nodes[1].raw_cache().await;
     let keys: Vec<Bytes> = (0..50).map(|i| Bytes::from(format!("m{i}"))).collect();
     let versions = entry
         .m_set(v1::MSetRequest {
@@ -218,7 +209,8 @@ async fn an_unreachable_primary_gives_unavailable_naming_it() {
         .map(|i| format!("k{i}"))
         .find(|k| ring.primary(k.as_bytes()) == Some(dead_id.as_str()))
         .unwrap();
-    let status = raw(&nodes[0])
+    let status = nodes[0]
+        .raw_cache()
         .await
         .get(v1::GetRequest {
             key: Bytes::from(key),
@@ -237,7 +229,8 @@ async fn an_unreachable_primary_gives_unavailable_naming_it() {
 #[tokio::test]
 async fn invalid_input_is_refused_before_forwarding() {
     let (nodes, _) = cluster().await;
-    let status = raw(&nodes[0])
+    let status = nodes[0]
+        .raw_cache()
         .await
         .m_get(v1::MGetRequest {
             keys: vec![Bytes::from("a"), Bytes::new()],

@@ -12,14 +12,6 @@ use tokio::net::{TcpStream, UdpSocket};
 /// Generous bound for gossip on a loaded machine (100 ms probes, 400 ms suspicion).
 const DEADLINE: Duration = Duration::from_secs(20);
 
-async fn channel(node: &TestNode) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(node.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 /// The status and body of `/health/ready`.
 async fn ready(node: &TestNode) -> (u16, String) {
     let response = http_get(node.http_addr, "/health/ready").await.unwrap();
@@ -98,7 +90,7 @@ async fn a_node_with_peers_waits_for_the_ring_to_settle_and_is_ready_alone_once_
     assert_eq!(status, 200, "n2 settles on its default window: {body}");
 
     // The reason is in NodeInfo too, for ringctl.
-    let mut client = ClusterClient::new(channel(n1).await);
+    let mut client = ClusterClient::new(n1.channel().await);
     let info = client
         .node_info(v1::NodeInfoRequest {})
         .await
@@ -152,7 +144,7 @@ async fn connections_beyond_max_connections_are_closed_and_counted() {
     wait_until(DEADLINE, || async { connections().open() == 1 })
         .await
         .unwrap();
-    let mut client = ClusterClient::new(channel(&node).await);
+    let mut client = ClusterClient::new(node.channel().await);
     let info = client
         .node_info(v1::NodeInfoRequest {})
         .await

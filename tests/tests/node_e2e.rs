@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ringcache::{Client, Error, KeyTtl, SetOptions};
-use ringcache_proto::v1::{self, cache_client::CacheClient};
+use ringcache_proto::v1;
 use ringcache_server::Config;
 use ringcache_server::clock::ManualClock;
 use ringcache_server::config::{ByteSize, Cli};
@@ -19,18 +19,6 @@ async fn client(node: &TestNode) -> Client {
     Client::connect([node.grpc_target()])
         .await
         .expect("connect to the test node")
-}
-
-/// A raw generated client, to send what the typed client refuses to build.
-async fn raw(node: &TestNode) -> CacheClient<tonic::transport::Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(node.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    CacheClient::new(channel)
-        .max_decoding_message_size(64 * 1024 * 1024)
-        .max_encoding_message_size(64 * 1024 * 1024)
 }
 
 /// Checks the node still answers a plain set/get.
@@ -210,7 +198,7 @@ async fn limits_give_invalid_argument_and_the_node_keeps_serving() {
     }))
     .await;
     let c = client(&node).await;
-    let mut r = raw(&node).await;
+    let mut r = node.raw_cache().await;
 
     // Server-side checks, via the raw client so nothing is refused locally.
     let status = r
@@ -347,7 +335,7 @@ async fn a_message_over_the_grpc_limit_is_refused_before_it_is_decoded() {
         ..Cli::default()
     }))
     .await;
-    let mut r = raw(&node).await;
+    let mut r = node.raw_cache().await;
     let status = r
         .set(v1::SetRequest {
             key: Bytes::from("k"),

@@ -8,14 +8,6 @@ use ringcache_proto::v1::{self, admin_client::AdminClient, cluster_client::Clust
 use ringcache_tests::{TestNode, http_get};
 use tokio_stream::StreamExt;
 
-async fn channel(node: &TestNode) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(node.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn metrics_count_requests_by_op_and_result() {
     let node = TestNode::start_default().await;
@@ -61,7 +53,7 @@ async fn health_endpoints_report_live_and_ready() {
 #[tokio::test]
 async fn topology_node_info_and_watch_describe_the_node() {
     let node = TestNode::start_default().await;
-    let mut cluster = ClusterClient::new(channel(&node).await);
+    let mut cluster = ClusterClient::new(node.channel().await);
     let topology = cluster
         .get_topology(v1::GetTopologyRequest {})
         .await
@@ -128,7 +120,7 @@ async fn flush_empties_the_node_and_leave_shuts_it_down() {
     c.mset((0..10).map(|i| (format!("k{i}"), "v")), None)
         .await
         .unwrap();
-    let mut admin = AdminClient::new(channel(&node).await);
+    let mut admin = AdminClient::new(node.channel().await);
     let removed = admin
         .flush(v1::FlushRequest {})
         .await
@@ -159,7 +151,7 @@ async fn reflection_lists_the_ringcache_services() {
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
     let node = TestNode::start_default().await;
-    let mut reflection = ServerReflectionClient::new(channel(&node).await);
+    let mut reflection = ServerReflectionClient::new(node.channel().await);
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -192,7 +184,7 @@ async fn the_topology_advertises_the_advertise_address() {
     let mut config = ringcache_server::Config::for_test();
     config.advertise_addr = Some("127.0.0.5".parse().unwrap());
     let node = TestNode::start(config).await;
-    let mut cluster = ClusterClient::new(channel(&node).await);
+    let mut cluster = ClusterClient::new(node.channel().await);
     let topology = cluster
         .get_topology(v1::GetTopologyRequest {})
         .await

@@ -39,13 +39,8 @@ async fn open(
     mpsc::Sender<PipelineRequestBatch>,
     Streaming<v1::PipelineResponseBatch>,
 ) {
-    let channel = tonic::transport::Endpoint::from_shared(node.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
     let (tx, rx) = mpsc::channel(8);
-    let inbound = CacheClient::new(channel)
+    let inbound = CacheClient::new(node.channel().await)
         .pipeline(ReceiverStream::new(rx))
         .await
         .expect("the node serves Pipeline")

@@ -10,9 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use ringcache::{Client, Consistency, SetOptions};
 use ringcache_proto::topology::NodeState;
-use ringcache_proto::v1::{self, cache_client::CacheClient, internal_client::InternalClient};
-use ringcache_server::Config;
-use ringcache_tests::{TestCluster, TestNode, http_get, wait_until};
+use ringcache_proto::v1::{self, internal_client::InternalClient};
+use ringcache_tests::{TestCluster, TestNode, http_get, keep_suspects, wait_until};
 use tokio::sync::Mutex;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -24,34 +23,8 @@ const ONE: i32 = v1::Consistency::One as i32;
 const QUORUM: i32 = v1::Consistency::Quorum as i32;
 const ALL: i32 = v1::Consistency::All as i32;
 
-/// A crashed node stays in the ring (Suspect) for the whole test, so it stays a replica of
-/// every key and writes miss it, as while a real node is down but not yet declared dead.
-fn keep_suspects(_: usize, config: &mut Config) {
-    config.suspicion_timeout = Duration::from_secs(120);
-}
-
-async fn cluster(configure: impl Fn(usize, &mut Config)) -> TestCluster {
-    let cluster = TestCluster::start_with(3, configure).await;
-    cluster.wait_converged(DEADLINE).await.unwrap();
-    cluster
-}
-
-async fn raw(node: &TestNode) -> CacheClient<Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(node.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    CacheClient::new(channel)
-}
-
 async fn internal(node: &TestNode) -> InternalClient<Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(node.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    InternalClient::new(channel)
+    InternalClient::new(node.channel().await)
 }
 
 fn set_request(key: &str, value: &str, consistency: i32) -> v1::SetRequest {
@@ -117,7 +90,7 @@ async fn metric(node: &TestNode, series: &str) -> f64 {
 
 #[tokio::test]
 async fn an_acknowledged_quorum_write_is_on_a_quorum_at_once_and_on_every_replica_soon() {
-    let cluster = cluster(|_, _| {}).await;
+    let cluster = TestCluster::start_converged(3, DEADLINE, |_, _| {}).await;
     let client = Client::connect(cluster.grpc_targets()).await.unwrap();
     for i in 0..50 {
         let (key, value) = (format!("key{i}"), format!("value{i}"));
@@ -178,8 +151,8 @@ async fn an_acknowledged_quorum_write_is_on_a_quorum_at_once_and_on_every_replic
 
 #[tokio::test]
 async fn a_write_that_applied_nothing_replicates_nothing() {
-    let cluster = cluster(|_, _| {}).await;
-    let mut n1 = raw(&cluster.nodes[0]).await;
+    let cluster = TestCluster::start_converged(3, DEADLINE, |_, _| {}).await;
+    let mut n1 = cluster.nodes[0].raw_cache().await;
     n1.set(set_request("taken", "first", ALL)).await.unwrap();
     let ok = r#"ringcache_replica_writes_total{result="ok"}"#;
     let before = metric(&cluster.nodes[0], ok).await;
@@ -207,10 +180,10 @@ async fn a_write_that_applied_nothing_replicates_nothing() {
 
 #[tokio::test]
 async fn with_a_replica_down_quorum_succeeds_and_all_fails_naming_the_counts() {
-    let mut cluster = cluster(keep_suspects).await;
+    let mut cluster = TestCluster::start_converged(3, DEADLINE, keep_suspects).await;
     cluster.take("n3").crash().await.unwrap();
     wait_not_active(&cluster, "n3").await;
-    let mut n1 = raw(&cluster.nodes[0]).await;
+    let mut n1 = cluster.nodes[0].raw_cache().await;
 
     n1.set(set_request("q", "v", QUORUM)).await.unwrap();
     assert_eq!(copies(&cluster, "q", "v"), 2);
@@ -283,10 +256,10 @@ async fn with_a_replica_down_quorum_succeeds_and_all_fails_naming_the_counts() {
 
 #[tokio::test]
 async fn a_restarted_replica_gets_the_writes_it_missed_as_hints() {
-    let mut cluster = cluster(keep_suspects).await;
+    let mut cluster = TestCluster::start_converged(3, DEADLINE, keep_suspects).await;
     cluster.take("n3").crash().await.unwrap();
     wait_not_active(&cluster, "n3").await;
-    let mut n1 = raw(&cluster.nodes[0]).await;
+    let mut n1 = cluster.nodes[0].raw_cache().await;
     for i in 0..20 {
         n1.set(set_request(&format!("missed{i}"), &format!("v{i}"), QUORUM))
             .await
@@ -338,8 +311,8 @@ async fn a_restarted_replica_gets_the_writes_it_missed_as_hints() {
 
 #[tokio::test]
 async fn a_quorum_read_returns_the_newest_copy_and_repairs_the_stale_replica() {
-    let cluster = cluster(|_, _| {}).await;
-    let mut n1 = raw(&cluster.nodes[0]).await;
+    let cluster = TestCluster::start_converged(3, DEADLINE, |_, _| {}).await;
+    let mut n1 = cluster.nodes[0].raw_cache().await;
     for key in ["stale", "m1", "m2"] {
         n1.set(set_request(key, "old", ALL)).await.unwrap();
     }
@@ -370,7 +343,7 @@ async fn a_quorum_read_returns_the_newest_copy_and_repairs_the_stale_replica() {
         }
         newer.push(old.version + 1);
     }
-    let mut via_n3 = raw(n3).await;
+    let mut via_n3 = n3.raw_cache().await;
     // ONE reads are local: n3 still answers the old value.
     let local = via_n3
         .get(get_request("stale", ONE))
@@ -421,8 +394,8 @@ async fn a_quorum_read_returns_the_newest_copy_and_repairs_the_stale_replica() {
 
 #[tokio::test]
 async fn a_delete_leaves_tombstones_that_a_replayed_older_write_cannot_revive() {
-    let cluster = cluster(|_, _| {}).await;
-    let mut n1 = raw(&cluster.nodes[0]).await;
+    let cluster = TestCluster::start_converged(3, DEADLINE, |_, _| {}).await;
+    let mut n1 = cluster.nodes[0].raw_cache().await;
     let written = n1
         .set(set_request("gone", "alive", ALL))
         .await
@@ -492,7 +465,7 @@ fn agreed(cluster: &TestCluster, key: &str) -> Option<(u64, Option<Bytes>)> {
 
 #[tokio::test]
 async fn concurrent_writers_converge_on_one_value_on_every_replica() {
-    let cluster = cluster(|_, _| {}).await;
+    let cluster = TestCluster::start_converged(3, DEADLINE, |_, _| {}).await;
     // Two clients routing to the primary.
     let a = Client::connect(cluster.grpc_targets()).await.unwrap();
     let b = Client::connect(cluster.grpc_targets()).await.unwrap();
@@ -520,8 +493,8 @@ async fn concurrent_writers_converge_on_one_value_on_every_replica() {
 
     // Two coordinators at once (as after client failover): n1 and n2 both stamp versions, which
     // may tie; an ALL read settles whatever is left.
-    let mut via_n1 = raw(&cluster.nodes[0]).await;
-    let mut via_n2 = raw(&cluster.nodes[1]).await;
+    let mut via_n1 = cluster.nodes[0].raw_cache().await;
+    let mut via_n2 = cluster.nodes[1].raw_cache().await;
     let one = async {
         for i in 0..100 {
             via_n1
@@ -539,7 +512,7 @@ async fn concurrent_writers_converge_on_one_value_on_every_replica() {
         }
     };
     tokio::join!(one, two);
-    let mut reader = raw(&cluster.nodes[2]).await;
+    let mut reader = cluster.nodes[2].raw_cache().await;
     let settled = reader
         .get(get_request("shared", ALL))
         .await
@@ -553,7 +526,7 @@ async fn concurrent_writers_converge_on_one_value_on_every_replica() {
 
 #[tokio::test]
 async fn a_version_tie_between_two_coordinators_is_settled_by_a_quorum_read() {
-    let cluster = cluster(|_, _| {}).await;
+    let cluster = TestCluster::start_converged(3, DEADLINE, |_, _| {}).await;
     // Two coordinators stamped the same version in the same millisecond: `apply` cannot order
     // them, so each replica keeps the copy it got first.
     let version = cluster.nodes[0]
@@ -577,7 +550,7 @@ async fn a_version_tie_between_two_coordinators_is_settled_by_a_quorum_read() {
         assert!(applied);
     }
     assert!(agreed(&cluster, "tied").is_none());
-    let mut via_n1 = raw(&cluster.nodes[0]).await;
+    let mut via_n1 = cluster.nodes[0].raw_cache().await;
     let got = via_n1
         .get(get_request("tied", ALL))
         .await
@@ -595,8 +568,11 @@ async fn a_version_tie_between_two_coordinators_is_settled_by_a_quorum_read() {
 
 #[tokio::test]
 async fn a_node_that_sees_too_few_members_refuses_writes() {
-    let mut cluster = cluster(|_, config| config.replication.min_cluster_size = 3).await;
-    let mut n1 = raw(&cluster.nodes[0]).await;
+    let mut cluster = TestCluster::start_converged(3, DEADLINE, |_, config| {
+        config.replication.min_cluster_size = 3;
+    })
+    .await;
+    let mut n1 = cluster.nodes[0].raw_cache().await;
     n1.set(set_request("before", "v", QUORUM)).await.unwrap();
     cluster.take("n3").crash().await.unwrap();
     wait_not_active(&cluster, "n3").await;
@@ -629,7 +605,7 @@ async fn a_node_that_sees_too_few_members_refuses_writes() {
 async fn no_acknowledged_quorum_write_is_lost_when_a_replica_crashes_mid_way() {
     const WRITERS: usize = 4;
     const PER_WRITER: usize = 250;
-    let mut cluster = cluster(|_, _| {}).await;
+    let mut cluster = TestCluster::start_converged(3, DEADLINE, |_, _| {}).await;
     let client = Client::builder()
         .seeds(cluster.grpc_targets())
         .default_consistency(Consistency::Quorum)
@@ -703,7 +679,7 @@ async fn no_acknowledged_quorum_write_is_lost_when_a_replica_crashes_mid_way() {
 
 #[tokio::test]
 async fn set_options_carry_the_consistency_level() {
-    let mut cluster = cluster(keep_suspects).await;
+    let mut cluster = TestCluster::start_converged(3, DEADLINE, keep_suspects).await;
     let client = Client::connect(cluster.grpc_targets()).await.unwrap();
     cluster.take("n3").crash().await.unwrap();
     wait_not_active(&cluster, "n3").await;

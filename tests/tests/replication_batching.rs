@@ -10,8 +10,7 @@ use bytes::Bytes;
 use ringcache::{Client, Consistency};
 use ringcache_proto::topology::NodeState;
 use ringcache_proto::v1::{self, cache_client::CacheClient};
-use ringcache_server::Config;
-use ringcache_tests::{TestCluster, TestNode, http_get, wait_until};
+use ringcache_tests::{TestCluster, TestNode, http_get, keep_suspects, wait_until};
 use tokio::task::JoinSet;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -23,26 +22,6 @@ const CONCURRENT: usize = 64;
 
 const QUORUM: i32 = v1::Consistency::Quorum as i32;
 const ALL: i32 = v1::Consistency::All as i32;
-
-/// A crashed node stays in the ring (Suspect), so it stays a replica of every key.
-fn keep_suspects(_: usize, config: &mut Config) {
-    config.suspicion_timeout = Duration::from_secs(120);
-}
-
-async fn cluster(configure: impl Fn(usize, &mut Config)) -> TestCluster {
-    let cluster = TestCluster::start_with(3, configure).await;
-    cluster.wait_converged(DEADLINE).await.unwrap();
-    cluster
-}
-
-async fn raw(node: &TestNode) -> CacheClient<Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(node.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    CacheClient::new(channel)
-}
 
 fn set_request(key: &str, value: &str, consistency: i32) -> v1::SetRequest {
     v1::SetRequest {
@@ -109,9 +88,9 @@ const BATCHES: &str = "ringcache_replication_batches_total";
 #[tokio::test]
 async fn concurrent_quorum_writes_reach_every_replica_in_shared_calls() {
     const WRITES: usize = 500;
-    let cluster = cluster(|_, _| {}).await;
+    let cluster = TestCluster::start_converged(3, DEADLINE, |_, _| {}).await;
     let n1 = &cluster.nodes[0];
-    let answers = write_concurrently(&raw(n1).await, "k", WRITES, QUORUM).await;
+    let answers = write_concurrently(&n1.raw_cache().await, "k", WRITES, QUORUM).await;
     for (i, answer) in answers.iter().enumerate() {
         assert!(answer.is_ok(), "k{i}: {answer:?}");
     }
@@ -175,11 +154,11 @@ async fn wait_not_active(cluster: &TestCluster, node_id: &str) {
 async fn with_a_replica_down_every_batched_write_fails_there_and_leaves_a_hint() {
     const WRITES: usize = 200;
     const STRICT: usize = 40;
-    let mut cluster = cluster(keep_suspects).await;
+    let mut cluster = TestCluster::start_converged(3, DEADLINE, keep_suspects).await;
     cluster.take("n3").crash().await.unwrap();
     wait_not_active(&cluster, "n3").await;
     let n1 = &cluster.nodes[0];
-    let client = raw(n1).await;
+    let client = n1.raw_cache().await;
 
     // QUORUM is met by n1 and n2; every write's entry for n3 fails and becomes a hint.
     let answers = write_concurrently(&client, "q", WRITES, QUORUM).await;
