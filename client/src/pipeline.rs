@@ -163,12 +163,24 @@ impl Pipeline {
             reply,
         };
         // A stream that closed since it was last used is replaced, once.
-        for _ in 0..2 {
+        let mut attempts = 0;
+        loop {
             let link = self.current_link();
             match link.push(queued) {
                 Ok(()) => break,
                 Err(back) => {
                     self.forget(&link);
+                    attempts += 1;
+                    if attempts == 2 {
+                        // Even a fresh stream closed at once: the request never left.
+                        return Outcome::Done(Reply {
+                            digest: None,
+                            result: Err(Failure::not_sent(Error::Unavailable(format!(
+                                "not sent: the pipeline stream to {} keeps closing",
+                                self.addr
+                            )))),
+                        });
+                    }
                     queued = back;
                 }
             }
