@@ -208,16 +208,43 @@ async fn every_tagged_request_gets_the_answer_of_its_unary_call() {
 }
 
 #[tokio::test]
-async fn a_batch_over_max_batch_keys_ends_the_stream_with_invalid_argument() {
+async fn max_batch_keys_bounds_each_request_and_only_an_oversized_batch_ends_the_stream() {
     let node = TestNode::start(config_with(Cli {
         max_batch_keys: Some(4),
         ..Cli::default()
     }))
     .await;
+
+    // A pipeline batch may hold more requests than max_batch_keys; each multi-key request in it
+    // still obeys the limit.
     let (tx, mut inbound) = open(&node).await;
-    let requests = (0..5).map(|tag| request(tag, get("k"))).collect();
+    let mut requests: Vec<PipelineRequest> = (0..5).map(|tag| request(tag, get("k"))).collect();
+    requests.push(request(
+        5,
+        Op::MGet(v1::MGetRequest {
+            keys: (0..5).map(|i| Bytes::from(format!("k{i}"))).collect(),
+            consistency: 0,
+        }),
+    ));
     tx.send(PipelineRequestBatch { requests }).await.unwrap();
-    // The stream ends with a status and no answers.
+    let got = answers(&mut inbound, 6).await;
+    assert!((0..5).all(|tag| matches!(got[&tag], Answer::Get(_))));
+    assert_eq!(error_code(&got[&5]), Code::InvalidArgument, "{:?}", got[&5]);
+
+    // The typed client batches up to 256 requests whatever the node's max_batch_keys.
+    let client = Client::connect([node.grpc_target()]).await.unwrap();
+    let writes = (0..300).map(|i| client.set(format!("c{i}"), "v"));
+    for result in futures_util::future::join_all(writes).await {
+        result.unwrap();
+    }
+
+    // A batch over the stream's limit is not run: the stream ends with a status.
+    let oversized = (0..=4096).map(|tag| request(tag, get("k"))).collect();
+    tx.send(PipelineRequestBatch {
+        requests: oversized,
+    })
+    .await
+    .unwrap();
     let status = match tokio::time::timeout(PATIENCE, inbound.message())
         .await
         .expect("the stream ends")
@@ -227,7 +254,7 @@ async fn a_batch_over_max_batch_keys_ends_the_stream_with_invalid_argument() {
         Err(status) => status,
     };
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("max_batch_keys (4)"), "{status}");
+    assert!(status.message().contains("more than 4096"), "{status}");
 
     // The node keeps serving, on a new stream.
     let (tx, mut inbound) = open(&node).await;

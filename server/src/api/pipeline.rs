@@ -10,9 +10,10 @@
 //! forwarding, QUORUM reads) are polled alongside, and their answers leave in batches as they
 //! finish. So nothing waits for a timer and a busy stream costs one message per batch each way.
 //!
-//! Limits: at most `max_batch_keys` requests per batch (a bigger batch ends the stream with
-//! INVALID_ARGUMENT) and at most [`MAX_PENDING`] requests waiting per stream (reading pauses
-//! until some finish: backpressure). When the node shuts down the stream stops reading, answers
+//! Limits: at most [`MAX_BATCH_REQUESTS`] requests per batch (a bigger batch is not run: the
+//! answers already made are sent, then the stream ends with INVALID_ARGUMENT) and at most
+//! [`MAX_PENDING`] requests waiting per stream (reading pauses until some finish:
+//! backpressure). When the node shuts down the stream stops reading, answers
 //! what it started, and ends.
 
 use std::future::Future;
@@ -34,6 +35,11 @@ use super::cache::CacheService;
 /// Requests one stream may have started and not yet answered before it stops reading.
 pub(super) const MAX_PENDING: usize = 4096;
 
+/// Most requests in one request batch; a bigger batch ends the stream with INVALID_ARGUMENT.
+/// (Independent of `max_batch_keys`, which bounds the keys of one multi-key request: the client
+/// sends at most 256 requests per batch whatever a node's settings.)
+pub(super) const MAX_BATCH_REQUESTS: usize = MAX_PENDING;
+
 /// The response stream of `Cache.Pipeline`.
 pub(super) type PipelineStream =
     Pin<Box<dyn Stream<Item = Result<PipelineResponseBatch, Status>> + Send>>;
@@ -51,14 +57,13 @@ pub(super) fn serve(
     let node = service.node();
     node.metrics().pipeline_stream(1.0);
     let shutdown = Box::pin(node.shutdown_token().clone().cancelled_owned());
-    let max_batch = node.config().max_batch_keys;
     Response::new(Box::pin(Answers {
         service,
         inbound,
         pending: FuturesUnordered::new(),
         shutdown,
-        max_batch,
         reading: true,
+        error: None,
         failed: false,
     }))
 }
@@ -69,10 +74,11 @@ struct Answers {
     /// Requests started and not yet answered.
     pending: FuturesUnordered<Pending>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
-    max_batch: usize,
     /// Whether request batches are still read: false once the client closed its side, the
-    /// stream failed, or the node is shutting down.
+    /// stream failed, the client broke a limit, or the node is shutting down.
     reading: bool,
+    /// The status that ends the stream once the answers already made are sent.
+    error: Option<Status>,
     /// The stream ended with an error status; nothing more is sent.
     failed: bool,
 }
@@ -90,6 +96,11 @@ impl Stream for Answers {
         let this = &mut *self;
         if this.failed {
             return Poll::Ready(None);
+        }
+        if let Some(status) = this.error.take() {
+            // Requests still running are dropped with the stream: they are not answered.
+            this.failed = true;
+            return Poll::Ready(Some(Err(status)));
         }
         let mut answers = Vec::new();
         while let Poll::Ready(Some(answer)) = this.pending.poll_next_unpin(cx) {
@@ -114,14 +125,14 @@ impl Stream for Answers {
             };
             let node = this.service.node();
             node.metrics().record_pipeline_batch(batch.requests.len());
-            if batch.requests.len() > this.max_batch {
-                // The stream ends; requests still running finish but are not answered.
-                this.failed = true;
-                return Poll::Ready(Some(Err(Status::invalid_argument(format!(
-                    "{} requests in one pipeline batch, more than max_batch_keys ({})",
-                    batch.requests.len(),
-                    this.max_batch
-                )))));
+            if batch.requests.len() > MAX_BATCH_REQUESTS {
+                // None of this batch runs; the answers already made go out, then the error.
+                this.error = Some(Status::invalid_argument(format!(
+                    "{} requests in one pipeline batch, more than {MAX_BATCH_REQUESTS}",
+                    batch.requests.len()
+                )));
+                this.reading = false;
+                break;
             }
             answers.reserve(batch.requests.len());
             for request in batch.requests {
@@ -142,6 +153,10 @@ impl Stream for Answers {
                 responses: answers,
                 topology_digest,
             })));
+        }
+        if let Some(status) = this.error.take() {
+            this.failed = true;
+            return Poll::Ready(Some(Err(status)));
         }
         if !this.reading && this.pending.is_empty() {
             return Poll::Ready(None);
