@@ -218,10 +218,11 @@ impl Pipeline {
         })
     }
 
-    /// The open stream, or a new one.
+    /// The open stream, or a new one. A stream that closed since is found out by
+    /// [`Link::push`], and the caller then [`forget`](Self::forget)s it and asks again.
     fn current_link(&self) -> Arc<Link> {
         let mut current = self.link.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(link) = current.as_ref().filter(|link| !link.is_closed()) {
+        if let Some(link) = current.as_ref() {
             return Arc::clone(link);
         }
         let link = Link::open(self.cache.clone());
@@ -351,6 +352,7 @@ impl Link {
     }
 
     /// Whether no more requests can be sent on the stream.
+    #[cfg(test)]
     fn is_closed(&self) -> bool {
         let state = self.lock();
         state.closed.is_some() || state.outbound_gone
