@@ -274,6 +274,30 @@ fn log_tail(path: &Path) -> String {
 }
 
 /// Polls `probe` every 20 ms until it succeeds, the child exits, or `deadline` passes.
+/// Spawns `command` (the server `name`, from `binary`, serving at `addr`, logging to `log`) and
+/// waits until `probe` answers, at most [`READY_DEADLINE`].
+fn launch(
+    name: &'static str,
+    mut command: Command,
+    binary: &Path,
+    addr: SocketAddr,
+    log: PathBuf,
+    probe: impl FnMut() -> bool,
+) -> anyhow::Result<ManagedServer> {
+    let child = command
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
+    let mut server = ManagedServer {
+        name,
+        child,
+        addr,
+        log,
+        version: version_line(binary),
+    };
+    wait_ready(&mut server.child, name, &server.log, READY_DEADLINE, probe)?;
+    Ok(server)
+}
+
 fn wait_ready(
     child: &mut Child,
     name: &str,
@@ -386,25 +410,10 @@ pub fn start_redis(binary: &Path, pinning: &Pinning, dir: &Path) -> anyhow::Resu
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let mut server = ManagedServer {
-            name: "redis-server",
-            child,
-            addr,
-            log: log.clone(),
-            version: version_line(binary),
-        };
-        wait_ready(
-            &mut server.child,
-            "redis-server",
-            &log,
-            READY_DEADLINE,
-            || redis_ping(addr),
-        )?;
-        Ok(server)
+        launch("redis-server", command, binary, addr, log, || {
+            redis_ping(addr)
+        })
     })
 }
 
@@ -443,25 +452,11 @@ pub fn start_ringcached(
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
         let http_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, http));
-        let mut server = ManagedServer {
-            name: "ringcached",
-            child,
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, grpc)),
-            log: log.clone(),
-            version: version_line(binary),
-        };
-        wait_ready(
-            &mut server.child,
-            "ringcached",
-            &log,
-            READY_DEADLINE,
-            || ringcached_ready(http_addr),
-        )?;
-        Ok(server)
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, grpc));
+        launch("ringcached", command, binary, addr, log, || {
+            ringcached_ready(http_addr)
+        })
     })
 }
 
