@@ -653,6 +653,7 @@ mod tests {
             grpc_addr: format!("{id}:7379"),
             gossip_addr: format!("{id}:7380"),
             http_addr: format!("{id}:7381"),
+            cluster_addr: String::new(),
         }
     }
 

@@ -365,6 +365,7 @@ fn member(id: &str, addr: &str, incarnation: u64, state: NodeState) -> Member {
         grpc_addr: addr.to_owned(),
         gossip_addr: "127.0.0.1:1".to_owned(),
         http_addr: "127.0.0.1:2".to_owned(),
+        cluster_addr: String::new(),
     }
 }
 

@@ -96,6 +96,10 @@ pub struct Member {
     pub gossip_addr: String,
     /// `host:port` of its HTTP endpoint.
     pub http_addr: String,
+    /// `host:port` of its cluster-plane gRPC endpoint (Internal and forwarded requests; node to
+    /// node only). Not part of the digest: it changes only with a restart, which changes the
+    /// incarnation anyway.
+    pub cluster_addr: String,
 }
 
 impl From<&Member> for v1::Member {
@@ -108,6 +112,7 @@ impl From<&Member> for v1::Member {
             grpc_addr: member.grpc_addr.clone(),
             gossip_addr: member.gossip_addr.clone(),
             http_addr: member.http_addr.clone(),
+            cluster_addr: member.cluster_addr.clone(),
         }
     }
 }
@@ -167,6 +172,7 @@ impl TryFrom<&v1::Member> for Member {
             grpc_addr: member.grpc_addr.clone(),
             gossip_addr: member.gossip_addr.clone(),
             http_addr: member.http_addr.clone(),
+            cluster_addr: member.cluster_addr.clone(),
         })
     }
 }
@@ -334,6 +340,7 @@ mod tests {
             grpc_addr: format!("{id}:7379"),
             gossip_addr: format!("{id}:7380"),
             http_addr: format!("{id}:7381"),
+            cluster_addr: format!("{id}:7382"),
         }
     }
 
@@ -380,6 +387,11 @@ mod tests {
         changes.push(with(&|m| m.gossip_addr = "x:1".into()));
         changes.push(with(&|m| m.http_addr = "x:1".into()));
         changes.push(Topology::new(vec![member("n1", NodeState::Active)], 2, 256));
+        // The cluster-plane address is not part of the digest (older clients ignore it).
+        assert_eq!(
+            with(&|m| m.cluster_addr = "x:1".into()).digest(),
+            base.digest()
+        );
         changes.push(Topology::new(vec![member("n1", NodeState::Active)], 3, 128));
         for changed in changes {
             assert_ne!(changed.digest(), base.digest(), "{changed:?}");

@@ -25,6 +25,10 @@ pub const DEFAULT_GRPC_PORT: u16 = 7379;
 pub const DEFAULT_GOSSIP_PORT: u16 = 7380;
 /// Default HTTP port (`/metrics`, `/health/*`).
 pub const DEFAULT_HTTP_PORT: u16 = 7381;
+/// Default cluster-plane port (gRPC between nodes: `Internal` and forwarded requests).
+pub const DEFAULT_CLUSTER_PORT: u16 = 7382;
+/// Default server name every node certificate of the cluster plane carries (a DNS SAN).
+pub const DEFAULT_CLUSTER_SERVER_NAME: &str = "ringcache-cluster";
 
 /// `ringcached` command line. Every flag can also be set by the environment variable shown, or by
 /// the key of the same name (with `_` for `-`) in the `--config` TOML file.
@@ -35,6 +39,13 @@ pub struct Cli {
     /// 127.0.0.N with the default ports, joined through 127.0.0.1. Other flags apply to every node.
     #[arg(long, value_name = "N")]
     pub dev_cluster: Option<u8>,
+    /// Print a new user's `[[users]]` entry (for the users file) and its secret, then exit; the
+    /// secret is shown only once. Use with --role.
+    #[arg(long, value_name = "NAME")]
+    pub gen_user: Option<String>,
+    /// The role of --gen-user: read, write or admin [default: read].
+    #[arg(long, value_name = "ROLE", requires = "gen_user")]
+    pub role: Option<crate::auth::Role>,
     /// TOML config file; flags and environment variables override its values.
     #[arg(long, env = "RINGCACHE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -59,6 +70,10 @@ pub struct Cli {
     /// HTTP port for /metrics, /health/live and /health/ready; 0 picks a free port [default: 7381].
     #[arg(long, env = "RINGCACHE_HTTP_PORT", value_name = "PORT")]
     pub http_port: Option<u16>,
+    /// Cluster-plane port: gRPC between nodes only (replication, rebalancing, forwarding),
+    /// mutual TLS when cluster-ca is set; 0 picks a free port [default: 7382].
+    #[arg(long, env = "RINGCACHE_CLUSTER_PORT", value_name = "PORT")]
+    pub cluster_port: Option<u16>,
     /// Gossip addresses (host:port) of nodes to join through, comma-separated [default: none, a
     /// new cluster]. Cluster membership arrives with the gossip layer; a single node ignores it.
     #[arg(
@@ -171,6 +186,67 @@ pub struct Cli {
     /// a node that has peers reports ready again [default: 2 × probe-interval].
     #[arg(long, env = "RINGCACHE_READY_SETTLE", value_name = "DURATION")]
     pub ready_settle: Option<HumanDuration>,
+    /// TLS certificate chain (PEM) this node presents on the client gRPC port; with tls-key it
+    /// turns TLS on there. Re-read when the file changes [default: none, plaintext].
+    #[arg(long, env = "RINGCACHE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of tls-cert.
+    #[arg(long, env = "RINGCACHE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that client certificates must chain to: clients without one are refused at the
+    /// TLS handshake [default: none, client certificates not asked for].
+    #[arg(long, env = "RINGCACHE_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// The cluster CA (PEM): turns on mutual TLS on the cluster port; only nodes whose
+    /// certificate chains to it can call Internal or forward [default: none, plaintext].
+    #[arg(long, env = "RINGCACHE_CLUSTER_CA", value_name = "FILE")]
+    pub cluster_ca: Option<PathBuf>,
+    /// This node's certificate (PEM) on the cluster port, as server and as client of its peers;
+    /// signed by cluster-ca with cluster-server-name as a DNS name [default: tls-cert].
+    #[arg(long, env = "RINGCACHE_CLUSTER_CERT", value_name = "FILE")]
+    pub cluster_cert: Option<PathBuf>,
+    /// Private key (PEM) of cluster-cert [default: tls-key].
+    #[arg(long, env = "RINGCACHE_CLUSTER_KEY", value_name = "FILE")]
+    pub cluster_key: Option<PathBuf>,
+    /// DNS name every node's cluster certificate carries; peers check it instead of an IP, so
+    /// one name serves the whole cluster [default: ringcache-cluster].
+    #[arg(long, env = "RINGCACHE_CLUSTER_SERVER_NAME", value_name = "NAME")]
+    pub cluster_server_name: Option<String>,
+    /// Users file (TOML, `[[users]]` entries with name, role and secret_sha256); with users
+    /// configured every client request must authenticate. Re-read when the file changes
+    /// [default: none; users may also be listed in the config file].
+    #[arg(long, env = "RINGCACHE_USERS_FILE", value_name = "FILE")]
+    pub users_file: Option<PathBuf>,
+    /// Allow a non-loopback bind without TLS, users, cluster TLS and a gossip key (a trusted,
+    /// isolated network only); printed as a warning at start and in ringctl status.
+    #[arg(long, env = "RINGCACHE_INSECURE")]
+    pub insecure: bool,
+    /// Longest a new connection may take to finish its TLS handshake and HTTP/2 preface and,
+    /// when users are configured, to send its first authenticated request [default: 10s].
+    #[arg(long, env = "RINGCACHE_HANDSHAKE_TIMEOUT", value_name = "DURATION")]
+    pub handshake_timeout: Option<HumanDuration>,
+    /// Most connections on the client port that have not yet authenticated (or finished their
+    /// handshake); more are closed at once [default: 1000].
+    #[arg(
+        long,
+        env = "RINGCACHE_MAX_UNAUTHENTICATED_CONNECTIONS",
+        value_name = "N"
+    )]
+    pub max_unauthenticated_connections: Option<usize>,
+    /// Most open connections on the cluster port (peers only; client connections never count
+    /// against it) [default: 1024].
+    #[arg(long, env = "RINGCACHE_MAX_CLUSTER_CONNECTIONS", value_name = "N")]
+    pub max_cluster_connections: Option<usize>,
+    /// HTTP/2: most requests open at once on one connection [default: 1024].
+    #[arg(long, env = "RINGCACHE_MAX_CONCURRENT_STREAMS", value_name = "N")]
+    pub max_concurrent_streams: Option<u32>,
+    /// HTTP/2: largest header list (metadata) of a request [default: 16KiB].
+    #[arg(long, env = "RINGCACHE_MAX_HEADER_LIST_BYTES", value_name = "SIZE")]
+    pub max_header_list_bytes: Option<ByteSize>,
+    /// Failed authentications one address may make per minute before it is refused without a
+    /// check until the minute is over; 0 = no limit [default: 20].
+    #[arg(long, env = "RINGCACHE_MAX_AUTH_FAILURES", value_name = "N")]
+    pub max_auth_failures: Option<u32>,
 }
 
 /// Consistency level as written in flags and files.
@@ -317,6 +393,25 @@ struct FileConfig {
     min_cluster_size: Option<usize>,
     max_connections: Option<usize>,
     ready_settle: Option<HumanDuration>,
+    cluster_port: Option<u16>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    cluster_ca: Option<PathBuf>,
+    cluster_cert: Option<PathBuf>,
+    cluster_key: Option<PathBuf>,
+    cluster_server_name: Option<String>,
+    users_file: Option<PathBuf>,
+    /// Users listed in the config file itself (not re-read while the node runs).
+    #[serde(default)]
+    users: Vec<crate::auth::UserEntry>,
+    insecure: Option<bool>,
+    handshake_timeout: Option<HumanDuration>,
+    max_unauthenticated_connections: Option<usize>,
+    max_cluster_connections: Option<usize>,
+    max_concurrent_streams: Option<u32>,
+    max_header_list_bytes: Option<ByteSize>,
+    max_auth_failures: Option<u32>,
 }
 
 /// Everything a node runs with, validated.
@@ -334,6 +429,8 @@ pub struct Config {
     pub gossip_port: u16,
     /// HTTP port (0: any free port).
     pub http_port: u16,
+    /// Cluster-plane port (0: any free port).
+    pub cluster_port: u16,
     /// Gossip addresses to join through.
     pub seeds: Vec<String>,
     /// Copies of each key.
@@ -372,6 +469,56 @@ pub struct Config {
     pub max_connections: usize,
     /// How long the topology must stay unchanged before a node with peers is ready.
     pub ready_settle: Duration,
+    /// TLS, users, the insecure gate and connection hardening.
+    pub security: SecurityConfig,
+}
+
+/// TLS files of one listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+    /// CA (PEM) the other side's certificate must chain to (`None`: not asked for).
+    pub ca: Option<PathBuf>,
+}
+
+/// Security settings (see SECURITY.md).
+#[derive(Debug, Clone)]
+pub struct SecurityConfig {
+    /// TLS on the client port (`None`: plaintext).
+    pub tls: Option<TlsFiles>,
+    /// Mutual TLS on the cluster port and for calls to peers (`None`: plaintext). `ca` is always
+    /// set here.
+    pub cluster_tls: Option<TlsFiles>,
+    /// The DNS name on every node's cluster certificate.
+    pub cluster_server_name: String,
+    /// The users file, re-read when it changes.
+    pub users_file: Option<PathBuf>,
+    /// Users from the config file.
+    pub users: Vec<crate::auth::UserEntry>,
+    /// A non-loopback bind was allowed without TLS or authentication.
+    pub insecure: bool,
+    /// Deadline for TLS handshake, HTTP/2 preface and first authenticated request.
+    pub handshake_timeout: Duration,
+    /// Cap on client-port connections not yet authenticated (0 = unlimited).
+    pub max_unauthenticated_connections: usize,
+    /// Cap on cluster-port connections (0 = unlimited).
+    pub max_cluster_connections: usize,
+    /// HTTP/2 concurrent streams per connection.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 header list size.
+    pub max_header_list_bytes: u32,
+    /// Failed authentications per address per minute (0 = no limit).
+    pub max_auth_failures: u32,
+}
+
+impl SecurityConfig {
+    /// Whether clients must authenticate (users come from the config or a users file).
+    pub fn auth_configured(&self) -> bool {
+        !self.users.is_empty() || self.users_file.is_some()
+    }
 }
 
 /// Default `max_connections`.
@@ -393,6 +540,7 @@ impl Config {
 
     fn layer(cli: Cli, file: FileConfig) -> anyhow::Result<Self> {
         let replication = replication_config(&cli, &file)?;
+        let security = security_config(&cli, &file)?;
         let defaults = StoreConfig::default();
         let bind = cli
             .bind
@@ -516,6 +664,11 @@ impl Config {
                 .ready_settle
                 .or(file.ready_settle)
                 .map_or(probe_interval * 2, |d| d.0),
+            cluster_port: cli
+                .cluster_port
+                .or(file.cluster_port)
+                .unwrap_or(DEFAULT_CLUSTER_PORT),
+            security,
         };
         config.validate()?;
         Ok(config)
@@ -602,6 +755,7 @@ impl Config {
             ("grpc_port", self.grpc_port),
             ("gossip_port", self.gossip_port),
             ("http_port", self.http_port),
+            ("cluster_port", self.cluster_port),
         ];
         for (i, (name_a, a)) in ports.iter().enumerate() {
             for (name_b, b) in &ports[i + 1..] {
@@ -620,6 +774,7 @@ impl Config {
             Cli {
                 grpc_port: Some(0),
                 http_port: Some(0),
+                cluster_port: Some(0),
                 max_memory: Some(ByteSize(64 * 1024 * 1024)),
                 gossip_port: Some(0),
                 shards: Some(8),
@@ -648,6 +803,128 @@ impl Config {
     pub fn http_addr(&self) -> SocketAddr {
         SocketAddr::new(self.bind, self.http_port)
     }
+
+    /// Where the cluster-plane listener binds.
+    pub fn cluster_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind, self.cluster_port)
+    }
+
+    /// The secure-defaults gate: a node bound to a non-loopback address needs TLS on both
+    /// planes, users and a gossip key, unless `insecure` says otherwise. `Err` names what is
+    /// missing, in one line.
+    pub fn check_secure_bind(&self, gossip_encrypted: bool) -> Result<(), String> {
+        if self.bind.is_loopback() || self.security.insecure {
+            return Ok(());
+        }
+        let mut missing = Vec::new();
+        if self.security.tls.is_none() {
+            missing.push("TLS (--tls-cert/--tls-key)");
+        }
+        if !self.security.auth_configured() {
+            missing.push("users (--users-file)");
+        }
+        if self.security.cluster_tls.is_none() {
+            missing.push("cluster TLS (--cluster-ca)");
+        }
+        if !gossip_encrypted {
+            missing.push("a gossip key (--gossip-keyring)");
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to serve on non-loopback address {} without {}; configure them (see SECURITY.md) or pass --insecure on a trusted network",
+            self.bind,
+            missing.join(", ")
+        ))
+    }
+}
+
+/// The security settings: `cli` over `file` over the defaults.
+fn security_config(cli: &Cli, file: &FileConfig) -> anyhow::Result<SecurityConfig> {
+    let pick = |a: &Option<PathBuf>, b: &Option<PathBuf>| a.clone().or_else(|| b.clone());
+    let tls_cert = pick(&cli.tls_cert, &file.tls_cert);
+    let tls_key = pick(&cli.tls_key, &file.tls_key);
+    let tls_client_ca = pick(&cli.tls_client_ca, &file.tls_client_ca);
+    let tls = match (tls_cert.clone(), tls_key.clone()) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert,
+            key,
+            ca: tls_client_ca,
+        }),
+        (None, None) if tls_client_ca.is_none() => None,
+        (None, None) => bail!("tls_client_ca needs tls_cert and tls_key"),
+        (Some(_), None) => bail!("tls_cert needs tls_key"),
+        (None, Some(_)) => bail!("tls_key needs tls_cert"),
+    };
+    let cluster_ca = pick(&cli.cluster_ca, &file.cluster_ca);
+    let cluster_cert = pick(&cli.cluster_cert, &file.cluster_cert).or(tls_cert);
+    let cluster_key = pick(&cli.cluster_key, &file.cluster_key).or(tls_key);
+    let cluster_tls = match (cluster_ca, cluster_cert, cluster_key) {
+        (Some(ca), Some(cert), Some(key)) => Some(TlsFiles {
+            cert,
+            key,
+            ca: Some(ca),
+        }),
+        (Some(_), _, _) => {
+            bail!(
+                "cluster_ca needs this node's certificate: set cluster_cert and cluster_key (or tls_cert and tls_key)"
+            )
+        }
+        (None, _, _) => None,
+    };
+    let cluster_server_name = cli
+        .cluster_server_name
+        .clone()
+        .or_else(|| file.cluster_server_name.clone())
+        .unwrap_or_else(|| DEFAULT_CLUSTER_SERVER_NAME.to_owned());
+    if rustls_pki_types::ServerName::try_from(cluster_server_name.as_str()).is_err() {
+        bail!("cluster_server_name {cluster_server_name:?} is not a valid DNS name");
+    }
+    let max_header_list_bytes = cli
+        .max_header_list_bytes
+        .or(file.max_header_list_bytes)
+        .map_or(16 * 1024, |b| b.0);
+    if !(1024..=1024 * 1024).contains(&max_header_list_bytes) {
+        bail!("max_header_list_bytes must be between 1KiB and 1MiB, got {max_header_list_bytes}");
+    }
+    let security = SecurityConfig {
+        tls,
+        cluster_tls,
+        cluster_server_name,
+        users_file: pick(&cli.users_file, &file.users_file),
+        users: file.users.clone(),
+        insecure: cli.insecure || file.insecure.unwrap_or(false),
+        handshake_timeout: cli
+            .handshake_timeout
+            .or(file.handshake_timeout)
+            .map_or(Duration::from_secs(10), |d| d.0),
+        max_unauthenticated_connections: cli
+            .max_unauthenticated_connections
+            .or(file.max_unauthenticated_connections)
+            .unwrap_or(1000),
+        max_cluster_connections: cli
+            .max_cluster_connections
+            .or(file.max_cluster_connections)
+            .unwrap_or(1024),
+        max_concurrent_streams: cli
+            .max_concurrent_streams
+            .or(file.max_concurrent_streams)
+            .unwrap_or(1024),
+        max_header_list_bytes: u32::try_from(max_header_list_bytes).unwrap_or(u32::MAX),
+        max_auth_failures: cli
+            .max_auth_failures
+            .or(file.max_auth_failures)
+            .unwrap_or(20),
+    };
+    if security.handshake_timeout.is_zero() {
+        bail!("handshake_timeout must be greater than zero");
+    }
+    if security.max_concurrent_streams == 0 {
+        bail!("max_concurrent_streams must be at least 1");
+    }
+    crate::auth::Users::from_entries(&security.users).context("users in the config file")?;
+    Ok(security)
 }
 
 /// The replication settings: `cli` over `file` over the defaults.

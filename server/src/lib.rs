@@ -5,6 +5,7 @@
 //! store, [`metrics`], the HTTP endpoint and the gRPC services together; [`config`] is parsed once.
 
 pub mod api;
+pub mod auth;
 pub mod clock;
 pub mod cluster;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod readiness;
 pub mod rebalance;
 pub mod replication;
 pub mod store;
+pub mod tls;
 pub mod view;
 
 pub use config::Config;

@@ -9,7 +9,7 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     match run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("ringcached: {error:#}");
             ExitCode::FAILURE
@@ -17,16 +17,30 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> anyhow::Result<()> {
+fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    if let Some(name) = &cli.gen_user {
+        let role = cli.role.unwrap_or(ringcache_server::auth::Role::Read);
+        let (stanza, secret) = ringcache_server::auth::new_user_stanza(name, role)?;
+        println!("# Add to the users file (--users-file); the node keeps only the hash:");
+        print!("{stanza}");
+        println!("# The secret for {name} (shown once; clients send it with the user name):");
+        println!("# {secret}");
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(nodes) = cli.dev_cluster {
         let args: Vec<String> = std::env::args().skip(1).collect();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        return runtime.block_on(dev_cluster::run(nodes, &args, shutdown_signal()));
+        runtime.block_on(dev_cluster::run(nodes, &args, shutdown_signal()))?;
+        return Ok(ExitCode::SUCCESS);
     }
     let config = Config::load(cli)?;
+    if let Err(reason) = config.check_secure_bind(false) {
+        eprintln!("ringcached: {reason}");
+        return Ok(ExitCode::from(2));
+    }
     init_logging(config.log_format);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
@@ -35,8 +49,29 @@ fn run() -> anyhow::Result<()> {
     }
     runtime.build()?.block_on(async move {
         let listeners = Listeners::bind(&config).await?;
-        Node::new(config).serve(listeners, shutdown_signal()).await
-    })
+        let node = Node::new(config);
+        #[cfg(unix)]
+        tokio::spawn(reload_on_sighup(node.clone()));
+        node.serve(listeners, shutdown_signal()).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Re-reads the users and TLS files on every SIGHUP.
+#[cfg(unix)]
+async fn reload_on_sighup(node: std::sync::Arc<Node>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(signal) => signal,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGHUP; secrets reload only when their files change");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading secrets");
+        node.request_reload();
+    }
 }
 
 fn init_logging(format: LogFormat) {

@@ -156,6 +156,8 @@ pub struct Metrics {
     pipeline_streams: Gauge,
     pipeline_batches: Counter,
     pipeline_requests: Counter,
+    /// Authentication, connection admission and the insecure flag.
+    pub security: SecurityMetrics,
 }
 
 /// Why hints are dropped, as the `reason` label of `ringcache_hints_dropped_total` names it.
@@ -524,6 +526,7 @@ impl Metrics {
             evictions: counter("ringcache_evictions_total", vec![]),
             expirations: counter("ringcache_expirations_total", vec![]),
             uptime: gauge("ringcache_uptime_seconds"),
+            security: SecurityMetrics::register(&recorder),
             handle,
         }
     }
@@ -668,6 +671,141 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Why a request was not authenticated or authorized (the `reason` label of
+/// `ringcache_auth_failures_total`).
+pub const AUTH_FAILURE_REASONS: [&str; 5] = [
+    "missing",
+    "malformed",
+    "invalid",
+    "locked_out",
+    "permission_denied",
+];
+
+/// The planes whose connections are counted (`plane` label).
+pub const PLANES: [&str; 2] = ["client", "cluster"];
+
+/// Metrics of authentication and connection admission.
+pub struct SecurityMetrics {
+    auth_failures: Vec<Counter>,
+    auth_successes: Counter,
+    /// `refused[plane][reason]`.
+    refused: Vec<Vec<Counter>>,
+    cluster_connections: Gauge,
+    unauthenticated_connections: Gauge,
+    insecure: Gauge,
+}
+
+impl std::fmt::Debug for SecurityMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecurityMetrics").finish_non_exhaustive()
+    }
+}
+
+impl SecurityMetrics {
+    fn register(recorder: &PrometheusRecorder) -> Self {
+        describe(
+            recorder,
+            "ringcache_auth_failures_total",
+            Unit::Count,
+            "Client requests refused: no, malformed or invalid credentials, an address locked out after repeated failures, or a role too low (permission_denied)",
+        );
+        describe(
+            recorder,
+            "ringcache_auth_successes_total",
+            Unit::Count,
+            "Credentials checked and accepted (once per connection and credential; later requests reuse the result)",
+        );
+        describe(
+            recorder,
+            "ringcache_connections_refused_total",
+            Unit::Count,
+            "Connections closed before serving, by plane and reason (too_many, too_many_unauthenticated, tls_handshake, handshake_timeout, not_http2, auth_timeout)",
+        );
+        describe(
+            recorder,
+            "ringcache_cluster_connections",
+            Unit::Count,
+            "Open connections on the cluster port (other nodes)",
+        );
+        describe(
+            recorder,
+            "ringcache_unauthenticated_connections",
+            Unit::Count,
+            "Client-port connections that have not authenticated yet",
+        );
+        describe(
+            recorder,
+            "ringcache_insecure",
+            Unit::Count,
+            "1 when the node serves a non-loopback address without TLS or authentication (--insecure)",
+        );
+        let counter = |name: &'static str, labels: Vec<Label>| {
+            recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
+        };
+        let gauge =
+            |name: &'static str| recorder.register_gauge(&Key::from_static_name(name), &METADATA);
+        Self {
+            auth_failures: AUTH_FAILURE_REASONS
+                .iter()
+                .map(|reason| {
+                    counter(
+                        "ringcache_auth_failures_total",
+                        vec![Label::new("reason", *reason)],
+                    )
+                })
+                .collect(),
+            auth_successes: counter("ringcache_auth_successes_total", vec![]),
+            refused: PLANES
+                .iter()
+                .map(|plane| {
+                    crate::connections::Refused::ALL
+                        .iter()
+                        .map(|reason| {
+                            counter(
+                                "ringcache_connections_refused_total",
+                                vec![
+                                    Label::new("plane", *plane),
+                                    Label::new("reason", reason.as_label()),
+                                ],
+                            )
+                        })
+                        .collect()
+                })
+                .collect(),
+            cluster_connections: gauge("ringcache_cluster_connections"),
+            unauthenticated_connections: gauge("ringcache_unauthenticated_connections"),
+            insecure: gauge("ringcache_insecure"),
+        }
+    }
+
+    /// Counts a refused request; `reason` is one of [`AUTH_FAILURE_REASONS`].
+    pub fn record_auth_failure(&self, reason: &str) {
+        if let Some(i) = AUTH_FAILURE_REASONS.iter().position(|r| *r == reason) {
+            self.auth_failures[i].increment(1);
+        }
+    }
+
+    /// Counts accepted credentials.
+    pub fn record_auth_success(&self) {
+        self.auth_successes.increment(1);
+    }
+
+    /// Copies in the admission counts of one plane (index into [`PLANES`]).
+    pub fn set_plane(&self, plane: usize, connections: &crate::connections::Connections) {
+        for (i, reason) in crate::connections::Refused::ALL.iter().enumerate() {
+            self.refused[plane][i].absolute(connections.refused(*reason));
+        }
+    }
+
+    /// Copies in the cluster-port and unauthenticated connection counts and the insecure flag.
+    pub fn set_gauges(&self, cluster_open: usize, unauthenticated_open: usize, insecure: bool) {
+        self.cluster_connections.set(cluster_open as f64);
+        self.unauthenticated_connections
+            .set(unauthenticated_open as f64);
+        self.insecure.set(if insecure { 1.0 } else { 0.0 });
     }
 }
 

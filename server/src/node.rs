@@ -25,21 +25,26 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::{Connected, TcpIncoming};
+use tonic::transport::server::TcpIncoming;
 
-use crate::api::{AdminService, CacheService, ClusterService, DigestLayer, InternalService};
+use crate::api::auth::AuthState;
+use crate::api::{
+    AdminService, AuthLayer, CacheService, ClusterService, DigestLayer, InternalService,
+};
+use crate::auth::{FailureLimiter, Users};
 use crate::clock::{Clock, SystemClock};
 use crate::cluster::{
     GossipStatsSnapshot, Membership, MembershipConfig, MembershipHandle, MetaState, NodeIdentity,
     NodeMeta,
 };
 use crate::config::Config;
-use crate::connections::{self, Connections};
+use crate::connections::{AcceptPolicy, Connections, RemoteAddr, secure_incoming};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::rebalance::{RebalanceStats, run_rebalancer};
 use crate::replication::{Replicator, replay_hints_task};
 use crate::store::Store;
+use crate::tls::{PeerTls, ReloadableTls};
 use crate::view::{ClusterView, Peers};
 
 /// Expired entries reclaimed per shard per pass of the expiry task.
@@ -84,6 +89,18 @@ pub struct Node {
     gossip_stop: CancellationToken,
     /// Open connections on the gRPC listener and the `max_connections` cap.
     connections: Arc<Connections>,
+    /// Client-port connections not authenticated yet, and their cap.
+    unauthenticated: Arc<Connections>,
+    /// Open connections on the cluster port and their cap.
+    cluster_connections: Arc<Connections>,
+    /// Wakes the reload task (SIGHUP).
+    reload_requested: tokio::sync::Notify,
+    /// Users and failure counts, when authentication is configured (set when serving starts).
+    auth: OnceLock<Arc<AuthState>>,
+    /// TLS of the client port, when configured.
+    client_tls: OnceLock<Arc<ReloadableTls>>,
+    /// Mutual TLS of the cluster port, when configured.
+    cluster_tls: OnceLock<Arc<ReloadableTls>>,
     /// Set once the listeners serve and gossip has started (readiness: `starting` before).
     serving: AtomicBool,
     /// The seeds resolved to at least one address other than this node's own.
@@ -98,13 +115,17 @@ pub struct Node {
 struct Advertised {
     grpc_addr: String,
     http_addr: String,
+    cluster_addr: String,
 }
 
 /// The listeners a node serves on.
 #[derive(Debug)]
 pub struct Listeners {
-    /// gRPC (Cache, Cluster, Admin, reflection).
+    /// gRPC for clients (Cache, Cluster, Admin, reflection).
     pub grpc: TcpListener,
+    /// gRPC for other nodes (Internal, forwarded Cache calls); `None` for a node that talks to
+    /// no peer (a lone node).
+    pub cluster: Option<TcpListener>,
     /// HTTP (`/metrics`, `/health/*`); `None` to serve no HTTP.
     pub http: Option<TcpListener>,
     /// Gossip (UDP); `None` to run without membership (a lone node, or a static topology set
@@ -121,12 +142,16 @@ impl Listeners {
         let http = TcpListener::bind(config.http_addr())
             .await
             .with_context(|| format!("cannot bind the HTTP port {}", config.http_addr()))?;
+        let cluster = TcpListener::bind(config.cluster_addr())
+            .await
+            .with_context(|| format!("cannot bind the cluster port {}", config.cluster_addr()))?;
         let gossip_addr = SocketAddr::new(config.bind, config.gossip_port);
         let gossip = UdpSocket::bind(gossip_addr)
             .await
             .with_context(|| format!("cannot bind the gossip port {gossip_addr} (UDP)"))?;
         Ok(Self {
             grpc,
+            cluster: Some(cluster),
             http: Some(http),
             gossip: Some(gossip),
         })
@@ -148,10 +173,13 @@ impl Node {
         let advertised = RwLock::new(Advertised {
             grpc_addr: config.grpc_addr().to_string(),
             http_addr: config.http_addr().to_string(),
+            cluster_addr: config.cluster_addr().to_string(),
         });
         let replicator = Replicator::new(&config.replication);
         let peers = Peers::new(config.max_message_bytes, PEER_CONNECT_TIMEOUT);
         let connections = Connections::new(config.max_connections);
+        let unauthenticated = Connections::new(config.security.max_unauthenticated_connections);
+        let cluster_connections = Connections::new(config.security.max_cluster_connections);
         let node = Arc::new(Self {
             config,
             store,
@@ -172,6 +200,12 @@ impl Node {
             replicator,
             gossip_stop: CancellationToken::new(),
             connections,
+            unauthenticated,
+            cluster_connections,
+            reload_requested: tokio::sync::Notify::new(),
+            auth: OnceLock::new(),
+            client_tls: OnceLock::new(),
+            cluster_tls: OnceLock::new(),
             serving: AtomicBool::new(false),
             seeded: AtomicBool::new(false),
             joined: AtomicBool::new(false),
@@ -237,6 +271,124 @@ impl Node {
     /// Open connections on the gRPC listener, and how many were refused at the cap.
     pub fn connections(&self) -> &Connections {
         &self.connections
+    }
+
+    /// Client-port connections that have not authenticated yet.
+    pub fn unauthenticated_connections(&self) -> &Connections {
+        &self.unauthenticated
+    }
+
+    /// Open connections on the cluster port.
+    pub fn cluster_connections(&self) -> &Connections {
+        &self.cluster_connections
+    }
+
+    /// Users and failure counts, when authentication is configured.
+    pub fn auth(&self) -> Option<&Arc<AuthState>> {
+        self.auth.get()
+    }
+
+    /// Whether this node serves a non-loopback address without the protections
+    /// [`Config::check_secure_bind`] asks for (allowed by `--insecure`).
+    pub fn is_insecure(&self) -> bool {
+        !self.config.bind.is_loopback()
+            && (self.client_tls.get().is_none()
+                || self.auth.get().is_none()
+                || self.cluster_tls.get().is_none()
+                || !self.gossip_encrypted())
+    }
+
+    /// Whether gossip is encrypted.
+    pub fn gossip_encrypted(&self) -> bool {
+        false
+    }
+
+    /// Loads users and TLS files. Called once before serving; an error stops the start.
+    fn load_security(&self) -> anyhow::Result<()> {
+        let security = &self.config.security;
+        if security.auth_configured() {
+            let users = self.read_users()?;
+            let _ = self.auth.set(Arc::new(AuthState {
+                users: parking_lot::RwLock::new(Arc::new(users)),
+                limiter: FailureLimiter::new(security.max_auth_failures),
+            }));
+        }
+        if let Some(files) = &security.tls {
+            let tls = ReloadableTls::load(files.clone()).context("client TLS")?;
+            let _ = self.client_tls.set(Arc::new(tls));
+        }
+        if let Some(files) = &security.cluster_tls {
+            let tls = ReloadableTls::load(files.clone()).context("cluster TLS")?;
+            let _ = self.cluster_tls.set(Arc::new(tls));
+            let peer =
+                PeerTls::load(files, &security.cluster_server_name).context("cluster TLS")?;
+            self.peers.set_tls(peer);
+        }
+        Ok(())
+    }
+
+    /// Asks the node to re-read its secret files now (what SIGHUP does).
+    pub fn request_reload(&self) {
+        self.reload_requested.notify_one();
+    }
+
+    /// The files [`Node::reload_secrets`] reads.
+    fn secret_files(&self) -> Vec<std::path::PathBuf> {
+        let security = &self.config.security;
+        let mut paths: Vec<std::path::PathBuf> = security.users_file.iter().cloned().collect();
+        for files in security.tls.iter().chain(&security.cluster_tls) {
+            paths.push(files.cert.clone());
+            paths.push(files.key.clone());
+            paths.extend(files.ca.clone());
+        }
+        paths.sort();
+        paths.dedup();
+        paths
+    }
+
+    /// The users of the config file and the users file.
+    fn read_users(&self) -> anyhow::Result<Users> {
+        let security = &self.config.security;
+        let mut entries = security.users.clone();
+        if let Some(path) = &security.users_file {
+            entries.extend(Users::load_file(path)?);
+        }
+        Users::from_entries(&entries)
+    }
+
+    /// Re-reads the users file and the TLS files (SIGHUP, or a change seen by the file watcher).
+    /// What fails to load keeps its current value; the errors are returned together.
+    pub fn reload_secrets(&self) -> Result<(), Vec<String>> {
+        let mut errors = Vec::new();
+        if let Some(auth) = self.auth.get() {
+            match self.read_users() {
+                Ok(users) => *auth.users.write() = Arc::new(users),
+                Err(error) => errors.push(format!("users: {error:#}")),
+            }
+        }
+        if let Some(tls) = self.client_tls.get()
+            && let Err(error) = tls.reload()
+        {
+            errors.push(format!("client TLS: {error:#}"));
+        }
+        if let Some(tls) = self.cluster_tls.get() {
+            if let Err(error) = tls.reload() {
+                errors.push(format!("cluster TLS: {error:#}"));
+            }
+            match PeerTls::load(tls.files(), &self.config.security.cluster_server_name) {
+                Ok(peer) => self.peers.set_tls(peer),
+                Err(error) => errors.push(format!("cluster TLS (as a client): {error:#}")),
+            }
+        }
+        if errors.is_empty() {
+            tracing::info!("secrets reloaded");
+            Ok(())
+        } else {
+            for error in &errors {
+                tracing::warn!(%error, "reload failed; keeping the previous value");
+            }
+            Err(errors)
+        }
     }
 
     /// The current topology, in wire form.
@@ -307,6 +459,7 @@ impl Node {
                 .advertised(SocketAddr::new(config.bind, config.gossip_port))
                 .to_string(),
             http_addr: advertised.http_addr,
+            cluster_addr: advertised.cluster_addr,
         }
     }
 
@@ -368,9 +521,17 @@ impl Node {
     ) -> anyhow::Result<()> {
         let grpc_addr = listeners.grpc.local_addr()?;
         let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+        let cluster = match listeners.cluster {
+            Some(listener) => {
+                let addr = listener.local_addr()?;
+                Some((TcpIncoming::from(listener).with_nodelay(Some(true)), addr))
+            }
+            None => None,
+        };
         self.serve_with_incoming(
             incoming,
             grpc_addr,
+            cluster,
             listeners.http,
             listeners.gossip,
             shutdown,
@@ -378,26 +539,32 @@ impl Node {
         .await
     }
 
-    /// Serves gRPC on any stream of connections; `grpc_addr` is the address advertised for it.
+    /// Serves gRPC on any stream of connections: `incoming` is the client port (`grpc_addr`
+    /// advertised for it), `cluster` the cluster port and its address.
     pub async fn serve_with_incoming<I, IO, IE>(
         self: Arc<Self>,
         incoming: I,
         grpc_addr: SocketAddr,
+        cluster: Option<(I, SocketAddr)>,
         http: Option<TcpListener>,
         gossip: Option<UdpSocket>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()>
     where
         I: Stream<Item = Result<IO, IE>> + Send + 'static,
-        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
-        IE: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+        IO: AsyncRead + AsyncWrite + RemoteAddr + Unpin + Send + 'static,
+        IE: std::fmt::Display + Send + 'static,
     {
+        self.load_security()?;
         let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
         {
             let mut advertised = self.advertised.write();
             advertised.grpc_addr = self.config.advertised(grpc_addr).to_string();
             if let Some(addr) = http_addr {
                 advertised.http_addr = self.config.advertised(addr).to_string();
+            }
+            if let Some((_, addr)) = &cluster {
+                advertised.cluster_addr = self.config.advertised(*addr).to_string();
             }
         }
         self.publish_single_node();
@@ -434,23 +601,74 @@ impl Node {
         let cache = CacheServer::new(CacheService::new(self.clone()))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
-        let router = tonic::transport::Server::builder()
+        // The client plane: no Internal service; every request authenticated when users are
+        // configured.
+        let client_router = self
+            .grpc_server_builder()
             .layer(DigestLayer::new(self.digest.clone()))
-            .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-            .add_service(cache)
+            .layer(AuthLayer::new(self.clone()))
+            .add_service(cache.clone())
             .add_service(ClusterServer::new(ClusterService::new(self.clone())))
             .add_service(AdminServer::new(AdminService::new(self.clone())))
-            .add_service(
-                InternalServer::new(InternalService::new(self.clone()))
-                    .max_decoding_message_size(max_message)
-                    .max_encoding_message_size(max_message),
-            )
             .add_service(reflection);
-        let incoming = connections::limit(incoming, self.connections.clone());
-        let mut server = tokio::spawn(
-            router.serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned()),
+        let security = &self.config.security;
+        let client_policy = AcceptPolicy {
+            open: self.connections.clone(),
+            unauthenticated: Some(self.unauthenticated.clone()),
+            tls: self.client_tls.get().cloned(),
+            handshake_timeout: security.handshake_timeout,
+            require_auth: self.auth.get().is_some(),
+        };
+        let client_incoming = secure_incoming(incoming, client_policy, token.clone());
+        let client_server = tokio::spawn(
+            client_router
+                .serve_with_incoming_shutdown(client_incoming, token.clone().cancelled_owned()),
         );
+        // The cluster plane: Internal and forwarded Cache calls, from peers only (mutual TLS
+        // against the cluster CA when configured).
+        let cluster_server = match cluster {
+            Some((cluster_incoming, cluster_addr)) => {
+                let cluster_router = self
+                    .grpc_server_builder()
+                    .layer(DigestLayer::new(self.digest.clone()))
+                    .add_service(cache)
+                    .add_service(
+                        InternalServer::new(InternalService::new(self.clone()))
+                            .max_decoding_message_size(max_message)
+                            .max_encoding_message_size(max_message),
+                    );
+                let cluster_policy = AcceptPolicy {
+                    open: self.cluster_connections.clone(),
+                    unauthenticated: None,
+                    tls: self.cluster_tls.get().cloned(),
+                    handshake_timeout: security.handshake_timeout,
+                    require_auth: false,
+                };
+                tracing::info!(cluster = %cluster_addr, mutual_tls = self.cluster_tls.get().is_some(), "cluster port serving");
+                let incoming = secure_incoming(cluster_incoming, cluster_policy, token.clone());
+                Some(tokio::spawn(cluster_router.serve_with_incoming_shutdown(
+                    incoming,
+                    token.clone().cancelled_owned(),
+                )))
+            }
+            None => None,
+        };
+        let mut server = tokio::spawn(async move {
+            let client = client_server.await;
+            let cluster = match cluster_server {
+                Some(task) => task.await,
+                None => Ok(Ok(())),
+            };
+            match (client, cluster) {
+                (Ok(Ok(())), Ok(Ok(()))) => Ok(()),
+                (Ok(Err(error)), _) | (_, Ok(Err(error))) => Err(anyhow::Error::new(error)),
+                (Err(error), _) | (_, Err(error)) => Err(anyhow::Error::new(error)),
+            }
+        });
+        if self.is_insecure() {
+            tracing::warn!(bind = %self.config.bind, "INSECURE: serving a non-loopback address without TLS, users, cluster TLS or gossip encryption (--insecure); anyone who reaches these ports can read, write and join");
+        }
+        tasks.spawn(reload_task(self.clone()));
         self.serving.store(true, Ordering::Release);
         tracing::info!(
             node_id = %self.config.node_id,
@@ -509,6 +727,48 @@ impl Node {
             .context("the gRPC server task failed")?
             .context("the gRPC server failed")
     }
+
+    /// A tonic server with the node's HTTP/2 settings and limits.
+    fn grpc_server_builder(&self) -> tonic::transport::Server {
+        let security = &self.config.security;
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .max_concurrent_streams(Some(security.max_concurrent_streams))
+            .http2_max_header_list_size(Some(security.max_header_list_bytes))
+            .http2_max_pending_accept_reset_streams(Some(64))
+    }
+}
+
+/// How often the secret files (users, TLS) are checked for changes.
+const SECRETS_POLL_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Reloads the secrets when [`Node::request_reload`] is called (SIGHUP) or when one of their
+/// files changes (checked every [`SECRETS_POLL_INTERVAL`]; a Kubernetes Secret update swaps the
+/// files in place).
+async fn reload_task(node: Arc<Node>) {
+    let paths = node.secret_files();
+    if paths.is_empty() {
+        return;
+    }
+    let mut seen = crate::auth::files_fingerprint(&paths);
+    let mut tick = tokio::time::interval(SECRETS_POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = node.shutdown.cancelled() => return,
+            () = node.reload_requested.notified() => {}
+            _ = tick.tick() => {
+                let now = crate::auth::files_fingerprint(&paths);
+                if now == seen {
+                    continue;
+                }
+                tracing::info!("secret files changed; reloading");
+            }
+        }
+        seen = crate::auth::files_fingerprint(&paths);
+        let _ = node.reload_secrets();
+    }
 }
 
 impl Node {
@@ -521,6 +781,7 @@ impl Node {
             let meta = NodeMeta {
                 grpc_addr: advertised.grpc_addr,
                 http_addr: advertised.http_addr,
+                cluster_addr: advertised.cluster_addr,
                 weight: self.config.weight.get(),
                 state: MetaState::Leaving,
             };
@@ -563,6 +824,7 @@ impl Node {
         let meta = NodeMeta {
             grpc_addr: advertised.grpc_addr,
             http_addr: advertised.http_addr,
+            cluster_addr: advertised.cluster_addr,
             weight: self.config.weight.get(),
             state: if joining {
                 MetaState::Joining

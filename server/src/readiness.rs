@@ -121,6 +121,7 @@ mod tests {
             grpc_addr: String::new(),
             gossip_addr: String::new(),
             http_addr: String::new(),
+            cluster_addr: String::new(),
         }
     }
 

@@ -223,7 +223,7 @@ async fn send(node: &Node, target: &Member, entries: Vec<v1::VersionedEntry>) ->
         .sum();
     throttle(node, bytes).await;
     let result = async {
-        let mut client = node.peers().internal_client(&target.grpc_addr)?;
+        let mut client = node.peers().internal_client(&target.cluster_addr)?;
         let mut request = tonic::Request::new(v1::ReplicateRequest {
             from_node_id: node.config().node_id.clone(),
             entries,
@@ -401,7 +401,7 @@ pub async fn pull_ranges(node: &Node, members: &[Member]) -> u64 {
     let mut received = 0;
     for member in members.iter().filter(|m| m.node_id != self_id) {
         let result = async {
-            let mut client = node.peers().internal_client(&member.grpc_addr)?;
+            let mut client = node.peers().internal_client(&member.cluster_addr)?;
             let mut stream = client
                 .stream_entries(v1::StreamEntriesRequest {
                     target_node_id: self_id.clone(),

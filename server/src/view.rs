@@ -13,6 +13,8 @@ use ringcache_proto::topology::{Member, Topology};
 use ringcache_proto::v1::{self, cache_client::CacheClient, internal_client::InternalClient};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::tls::PeerTls;
+
 /// One topology with its ring and wire form.
 #[derive(Debug)]
 pub struct ClusterView {
@@ -60,6 +62,8 @@ impl ClusterView {
 #[derive(Debug)]
 pub struct Peers {
     channels: Mutex<HashMap<String, Channel>>,
+    /// Mutual TLS to peers' cluster ports (`None`: plaintext).
+    tls: Mutex<Option<PeerTls>>,
     max_message_bytes: usize,
     connect_timeout: Duration,
 }
@@ -69,43 +73,67 @@ impl Peers {
     pub fn new(max_message_bytes: usize, connect_timeout: Duration) -> Self {
         Self {
             channels: Mutex::new(HashMap::new()),
+            tls: Mutex::new(None),
             max_message_bytes,
             connect_timeout,
         }
     }
 
-    /// The channel to `grpc_addr` (`host:port`), created on first use. Connections are made
-    /// lazily and re-established by tonic after failures; HTTP/2 keepalive notices dead ones.
-    pub fn channel(&self, grpc_addr: &str) -> Result<Channel, tonic::Status> {
+    /// Uses `tls` for connections made from now on (open ones are dropped from the pool and
+    /// finish their calls).
+    pub fn set_tls(&self, tls: PeerTls) {
+        *self.tls.lock() = Some(tls);
+        self.channels.lock().clear();
+    }
+
+    /// The channel to a peer's cluster port `cluster_addr` (`host:port`), created on first use.
+    /// Connections are made lazily and re-established by tonic after failures; HTTP/2 keepalive
+    /// notices dead ones.
+    pub fn channel(&self, cluster_addr: &str) -> Result<Channel, tonic::Status> {
         let mut channels = self.channels.lock();
-        if let Some(channel) = channels.get(grpc_addr) {
+        if let Some(channel) = channels.get(cluster_addr) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{grpc_addr}"))
-            .map_err(|e| tonic::Status::internal(format!("bad peer address {grpc_addr:?}: {e}")))?
+        if cluster_addr.is_empty() {
+            return Err(tonic::Status::unavailable(
+                "the peer has no cluster address (it serves no cluster port)",
+            ));
+        }
+        let tls = self.tls.lock().clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint =
+            Endpoint::from_shared(format!("{scheme}://{cluster_addr}")).map_err(|e| {
+                tonic::Status::internal(format!("bad peer address {cluster_addr:?}: {e}"))
+            })?;
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls.client_config()).map_err(|e| {
+                tonic::Status::internal(format!("cluster TLS for {cluster_addr:?}: {e}"))
+            })?;
+        }
+        let endpoint = endpoint
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
         let channel = endpoint.connect_lazy();
-        channels.insert(grpc_addr.to_owned(), channel.clone());
+        channels.insert(cluster_addr.to_owned(), channel.clone());
         Ok(channel)
     }
 
-    /// The Cache client for `grpc_addr`.
-    pub fn cache_client(&self, grpc_addr: &str) -> Result<CacheClient<Channel>, tonic::Status> {
-        Ok(CacheClient::new(self.channel(grpc_addr)?)
+    /// The Cache client for a peer's `cluster_addr`.
+    pub fn cache_client(&self, cluster_addr: &str) -> Result<CacheClient<Channel>, tonic::Status> {
+        Ok(CacheClient::new(self.channel(cluster_addr)?)
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes))
     }
 
-    /// The Internal client for `grpc_addr`.
+    /// The Internal client for a peer's `cluster_addr`.
     pub fn internal_client(
         &self,
-        grpc_addr: &str,
+        cluster_addr: &str,
     ) -> Result<InternalClient<Channel>, tonic::Status> {
-        Ok(InternalClient::new(self.channel(grpc_addr)?)
+        Ok(InternalClient::new(self.channel(cluster_addr)?)
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes))
     }
@@ -113,6 +141,6 @@ impl Peers {
     /// Drops clients of addresses no member uses any more.
     pub fn retain(&self, topology: &Topology) {
         let mut channels = self.channels.lock();
-        channels.retain(|addr, _| topology.members().iter().any(|m| &m.grpc_addr == addr));
+        channels.retain(|addr, _| topology.members().iter().any(|m| &m.cluster_addr == addr));
     }
 }

@@ -698,7 +698,7 @@ fn expand_k8s_vars(text: &str) -> String {
 /// seeds (nothing may leave the machine), and its config file copied with `seeds` taken out.
 fn start_launch(launch: &Launch, tag: &str) -> Result<(Running, String), String> {
     let local = ["bind", "advertise-addr"];
-    let ports = ["grpc-port", "gossip-port", "http-port"];
+    let ports = ["grpc-port", "gossip-port", "http-port", "cluster-port"];
     let mut args = Vec::new();
     let mut config_file = None;
     for (flag, value) in launch.flags() {
@@ -754,6 +754,7 @@ fn local_node() -> (Running, String) {
         "--grpc-port=0",
         "--gossip-port=0",
         "--http-port=0",
+        "--cluster-port=0",
         "--log-format=json",
     ]
     .map(str::to_owned)

@@ -27,6 +27,8 @@ pub struct TestNode {
     pub grpc_addr: SocketAddr,
     /// Where its HTTP endpoint listens.
     pub http_addr: SocketAddr,
+    /// Where its cluster-plane gRPC service (Internal, forwarded calls) listens.
+    pub cluster_addr: SocketAddr,
     /// Where its gossip endpoint listens (`None`: started without membership).
     pub gossip_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -57,6 +59,10 @@ impl TestNode {
         let http = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a free HTTP port");
+        let cluster = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a free cluster port");
+        let cluster_addr = cluster.local_addr().expect("bound address");
         let gossip = if gossip {
             Some(
                 UdpSocket::bind("127.0.0.1:0")
@@ -78,6 +84,7 @@ impl TestNode {
         };
         let listeners = Listeners {
             grpc,
+            cluster: Some(cluster),
             http: Some(http),
             gossip,
         };
@@ -86,6 +93,7 @@ impl TestNode {
             node,
             grpc_addr,
             http_addr,
+            cluster_addr,
             gossip_addr,
             shutdown: Some(tx),
             task: Some(task),
@@ -114,6 +122,15 @@ impl TestNode {
             .connect()
             .await
             .expect("the test node accepts connections")
+    }
+
+    /// A fresh channel to the cluster port (plaintext: for nodes started without cluster TLS).
+    pub async fn cluster_channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.cluster_addr))
+            .expect("a valid URL")
+            .connect()
+            .await
+            .expect("the test node accepts connections on its cluster port")
     }
 
     /// The raw generated `Cache` client on a fresh channel, with 64 MiB message limits: to send

@@ -28,6 +28,7 @@ async fn cluster() -> (Vec<TestNode>, Topology) {
             grpc_addr: n.grpc_addr.to_string(),
             gossip_addr: "127.0.0.1:1".to_owned(),
             http_addr: n.http_addr.to_string(),
+            cluster_addr: n.cluster_addr.to_string(),
         })
         .collect();
     // R = 1: every key has exactly one holder, so any other node must forward.

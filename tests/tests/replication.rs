@@ -29,7 +29,7 @@ const QUORUM: i32 = v1::Consistency::Quorum as i32;
 const ALL: i32 = v1::Consistency::All as i32;
 
 async fn internal(node: &TestNode) -> InternalClient<Channel> {
-    InternalClient::new(node.channel().await)
+    InternalClient::new(node.cluster_channel().await)
 }
 
 fn set_request(key: &str, value: &str, consistency: i32) -> v1::SetRequest {

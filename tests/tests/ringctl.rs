@@ -238,6 +238,7 @@ async fn stats_shows_forwarded_requests_hints_and_replication_lag() {
         grpc_addr: grpc,
         gossip_addr: "127.0.0.1:1".to_owned(),
         http_addr: http,
+        cluster_addr: String::new(),
     };
     let topology = Topology::new(
         vec![

@@ -154,6 +154,7 @@ fn a_topology_ring_holds_only_range_owning_members() {
         grpc_addr: String::new(),
         gossip_addr: String::new(),
         http_addr: String::new(),
+        cluster_addr: String::new(),
     };
     let topology = Topology::new(
         vec![

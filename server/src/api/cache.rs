@@ -7,6 +7,7 @@
 //! (unmet condition, missing key) replicates nothing. Reads at ONE (the default) are local; at
 //! QUORUM and ALL they ask the other replicas too and return the newest copy.
 
+use crate::auth::Principal;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -304,7 +305,12 @@ impl Cache for CacheService {
         &self,
         request: Request<Streaming<v1::PipelineRequestBatch>>,
     ) -> Result<Response<Self::PipelineStream>, Status> {
-        Ok(super::pipeline::serve(self.clone(), request.into_inner()))
+        let principal = request.extensions().get::<Principal>().cloned();
+        Ok(super::pipeline::serve(
+            self.clone(),
+            principal,
+            request.into_inner(),
+        ))
     }
 
     async fn get(

@@ -119,7 +119,7 @@ where
     Fut: Future<Output = Result<Response<Resp>, Status>>,
 {
     node.metrics().record_forward(op);
-    let client = node.peers().cache_client(&primary.grpc_addr)?;
+    let client = node.peers().cache_client(&primary.cluster_addr)?;
     let mut request = Request::new(message);
     request
         .metadata_mut()
@@ -145,7 +145,7 @@ fn forward_failure(status: Status, primary: &Member) -> Status {
             format!(
                 "forwarding to primary {} at {} failed: {}",
                 primary.node_id,
-                primary.grpc_addr,
+                primary.cluster_addr,
                 status.message()
             ),
         )

@@ -4,6 +4,7 @@
 //! **Invariant:** only this module knows `tonic::Status`; the store and the node speak typed errors.
 
 mod admin;
+pub mod auth;
 mod cache;
 mod cluster;
 mod digest;
@@ -13,6 +14,7 @@ mod pipeline;
 pub mod status;
 
 pub use admin::AdminService;
+pub use auth::AuthLayer;
 pub use cache::CacheService;
 pub use cluster::ClusterService;
 pub use digest::DigestLayer;

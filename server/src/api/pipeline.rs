@@ -30,7 +30,9 @@ use ringcache_proto::v1::{
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::check_role;
 use super::cache::CacheService;
+use crate::auth::{Principal, Role};
 
 /// Requests one stream may have started and not yet answered before it stops reading.
 pub(super) const MAX_PENDING: usize = 4096;
@@ -52,6 +54,7 @@ type Pending = Pin<Box<dyn Future<Output = PipelineResponse> + Send>>;
 /// reading its requests.
 pub(super) fn serve(
     service: CacheService,
+    principal: Option<Principal>,
     inbound: Streaming<PipelineRequestBatch>,
 ) -> Response<PipelineStream> {
     let node = service.node();
@@ -59,6 +62,7 @@ pub(super) fn serve(
     let shutdown = Box::pin(node.shutdown_token().clone().cancelled_owned());
     Response::new(Box::pin(Answers {
         service,
+        principal,
         inbound,
         pending: FuturesUnordered::new(),
         shutdown,
@@ -70,6 +74,9 @@ pub(super) fn serve(
 
 struct Answers {
     service: CacheService,
+    /// Who opened the stream (`None` when authentication is off); each request is checked
+    /// against its role.
+    principal: Option<Principal>,
     inbound: Streaming<PipelineRequestBatch>,
     /// Requests started and not yet answered.
     pending: FuturesUnordered<Pending>,
@@ -136,7 +143,7 @@ impl Stream for Answers {
             }
             answers.reserve(batch.requests.len());
             for request in batch.requests {
-                let mut future = dispatch(this.service.clone(), request);
+                let mut future = dispatch(this.service.clone(), this.principal.as_ref(), request);
                 match future.as_mut().poll(cx) {
                     Poll::Ready(answer) => answers.push(answer),
                     Poll::Pending => this.pending.push(future),
@@ -165,19 +172,45 @@ impl Stream for Answers {
     }
 }
 
-/// Runs one request through its unary handler.
-fn dispatch(service: CacheService, request: v1::PipelineRequest) -> Pending {
+/// Runs one request through its unary handler, once `principal`'s role allows it.
+fn dispatch(
+    service: CacheService,
+    principal: Option<&Principal>,
+    request: v1::PipelineRequest,
+) -> Pending {
     let tag = request.tag;
-    let Some(op) = request.op else {
-        return Box::pin(std::future::ready(PipelineResponse {
+    let failed = |status: Status| -> Pending {
+        Box::pin(std::future::ready(PipelineResponse {
             tag,
-            result: Some(Answer::Error(PipelineError {
-                code: tonic::Code::InvalidArgument as i32,
-                message: "pipeline request without an operation".to_owned(),
-                current_version: None,
-            })),
-        }));
+            result: Some(Answer::Error(error_of(&status))),
+        }))
     };
+    let Some(op) = request.op else {
+        return failed(Status::invalid_argument(
+            "pipeline request without an operation",
+        ));
+    };
+    let (required, name) = match &op {
+        Op::Get(_) => (Role::Read, "Get"),
+        Op::MGet(_) => (Role::Read, "MGet"),
+        Op::Ttl(_) => (Role::Read, "Ttl"),
+        Op::Set(_) => (Role::Write, "Set"),
+        Op::Delete(_) => (Role::Write, "Delete"),
+        Op::MSet(_) => (Role::Write, "MSet"),
+        Op::MDelete(_) => (Role::Write, "MDelete"),
+        Op::Incr(_) => (Role::Write, "Incr"),
+        Op::CompareAndSet(_) => (Role::Write, "CompareAndSet"),
+        Op::Expire(_) => (Role::Write, "Expire"),
+        Op::Persist(_) => (Role::Write, "Persist"),
+    };
+    if let Err(status) = check_role(principal, required, name) {
+        service
+            .node()
+            .metrics()
+            .security
+            .record_auth_failure("permission_denied");
+        return failed(status);
+    }
     macro_rules! run {
         ($method:ident, $req:expr, $variant:ident) => {{
             let request = Request::new($req);

@@ -206,6 +206,7 @@ struct WireMeta<S> {
     meta_version: u64,
     grpc_addr: S,
     http_addr: S,
+    cluster_addr: S,
     weight: u32,
     state: u8,
 }
@@ -239,6 +240,8 @@ pub(crate) fn meta_record_len_bound(meta: &NodeMeta) -> usize {
         + meta.grpc_addr.len()
         + VARINT_LEN
         + meta.http_addr.len()
+        + VARINT_LEN
+        + meta.cluster_addr.len()
         + VARINT_U32
         + 1
 }
@@ -251,6 +254,7 @@ pub(crate) fn encode_meta_record(record: &MetaRecord) -> Result<Vec<u8>, CodecEr
         meta_version: record.meta_version,
         grpc_addr: record.meta.grpc_addr.as_str(),
         http_addr: record.meta.http_addr.as_str(),
+        cluster_addr: record.meta.cluster_addr.as_str(),
         weight: record.meta.weight,
         state: state_to_wire(record.meta.state),
     };
@@ -276,6 +280,7 @@ pub(crate) fn decode_meta_record(data: &[u8]) -> Result<MetaRecord, CodecError> 
         meta: NodeMeta {
             grpc_addr: wire.grpc_addr,
             http_addr: wire.http_addr,
+            cluster_addr: wire.cluster_addr,
             weight: wire.weight,
             state: state_from_wire(wire.state)?,
         },
@@ -412,8 +417,7 @@ mod tests {
             "[a-z0-9-]{1,128}",
             any::<u64>(),
             any::<u64>(),
-            ".{0,64}",
-            ".{0,64}",
+            (".{0,64}", ".{0,64}", ".{0,64}"),
             1..=u32::MAX,
             prop_oneof![
                 Just(MetaState::Joining),
@@ -422,7 +426,14 @@ mod tests {
             ],
         )
             .prop_map(
-                |(node_id, incarnation, meta_version, grpc_addr, http_addr, weight, state)| {
+                |(
+                    node_id,
+                    incarnation,
+                    meta_version,
+                    (grpc_addr, http_addr, cluster_addr),
+                    weight,
+                    state,
+                )| {
                     MetaRecord {
                         node_id: NodeId::new(&node_id).unwrap(),
                         incarnation,
@@ -430,6 +441,7 @@ mod tests {
                         meta: NodeMeta {
                             grpc_addr,
                             http_addr,
+                            cluster_addr,
                             weight,
                             state,
                         },

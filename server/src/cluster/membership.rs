@@ -803,5 +803,6 @@ fn member_of(identity: &NodeIdentity, meta: &NodeMeta, state: NodeState) -> Memb
         grpc_addr: meta.grpc_addr.clone(),
         gossip_addr: identity.gossip_addr().to_string(),
         http_addr: meta.http_addr.clone(),
+        cluster_addr: meta.cluster_addr.clone(),
     }
 }

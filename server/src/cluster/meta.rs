@@ -52,6 +52,8 @@ pub struct NodeMeta {
     pub grpc_addr: String,
     /// Where its HTTP endpoint (`/metrics`, `/health/*`) listens (`host:port`).
     pub http_addr: String,
+    /// Where peers reach its cluster-plane gRPC services (`host:port`).
+    pub cluster_addr: String,
     /// Its ring weight (virtual nodes scale with it); at least 1.
     pub weight: u32,
     /// Its life-cycle state.
@@ -227,6 +229,7 @@ mod tests {
         NodeMeta {
             grpc_addr: format!("127.0.0.1:{port}"),
             http_addr: format!("127.0.0.1:{}", port + 1),
+            cluster_addr: format!("127.0.0.1:{}", port + 2),
             weight: 1,
             state,
         }

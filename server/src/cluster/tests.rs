@@ -37,6 +37,7 @@ fn meta_for(index: usize, state: MetaState) -> NodeMeta {
     NodeMeta {
         grpc_addr: format!("10.0.0.{index}:7379"),
         http_addr: format!("10.0.0.{index}:7381"),
+        cluster_addr: format!("10.0.0.{index}:7382"),
         weight: 1 + index as u32,
         state,
     }
@@ -285,6 +286,7 @@ impl Sim {
                     grpc_addr: meta.grpc_addr.clone(),
                     gossip_addr: identity.gossip_addr().to_string(),
                     http_addr: meta.http_addr.clone(),
+                    cluster_addr: meta.cluster_addr.clone(),
                 }
             })
             .collect();

@@ -274,7 +274,7 @@ async fn replay_round(node: &Arc<Node>) {
         if member.state != NodeState::Active || target == node.config().node_id {
             continue;
         }
-        let addr = member.grpc_addr.clone();
+        let addr = member.cluster_addr.clone();
         let node = node.clone();
         rounds.spawn(async move { replay_to(&node, &target, &addr).await });
     }

@@ -90,7 +90,7 @@ impl ReadPlan {
                     .entry(id.to_owned())
                     .or_insert_with(|| {
                         (
-                            view.topology.member(id).map(|m| m.grpc_addr.clone()),
+                            view.topology.member(id).map(|m| m.cluster_addr.clone()),
                             Vec::new(),
                         )
                     })
@@ -309,7 +309,7 @@ async fn repair(node: &Arc<Node>, plan: ReadPlan) {
     let view = node.view();
     let mut calls = JoinSet::new();
     for (id, entries) in batches {
-        let addr = view.topology.member(&id).map(|m| m.grpc_addr.clone());
+        let addr = view.topology.member(&id).map(|m| m.cluster_addr.clone());
         let node = node.clone();
         calls.spawn(async move {
             let n = entries.len() as u64;

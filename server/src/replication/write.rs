@@ -119,7 +119,7 @@ impl Plan {
             let entry = to_wire(key, item);
             for id in replicas.iter().filter(|id| *id != self_id) {
                 let target = targets.entry(id.to_owned()).or_insert_with(|| Target {
-                    addr: view.topology.member(id).map(|m| m.grpc_addr.clone()),
+                    addr: view.topology.member(id).map(|m| m.cluster_addr.clone()),
                     entries: Vec::new(),
                     keys: Vec::new(),
                 });
