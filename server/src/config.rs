@@ -101,6 +101,12 @@ pub struct Cli {
     /// cannot bring it back; must outlive the hint age [default: 10m].
     #[arg(long, env = "RINGCACHE_TOMBSTONE_GRACE", value_name = "DURATION")]
     pub tombstone_grace: Option<HumanDuration>,
+    /// Largest clock difference tolerated between nodes: a version from another node
+    /// (replication, rebalancing, quorum reads, hints) stamped further ahead of this node's
+    /// clock is refused and counted (`ringcache_versions_refused_total`), and never moves this
+    /// node's clock; between 1ms and 1d [default: 60s].
+    #[arg(long, env = "RINGCACHE_MAX_CLOCK_DRIFT", value_name = "DURATION")]
+    pub max_clock_drift: Option<HumanDuration>,
     /// Upper bound on the key and value bytes per second one node sends when data moves after a
     /// ring change (join, death, leave); 0 = unlimited [default: 64MiB].
     #[arg(long, env = "RINGCACHE_REBALANCE_RATE", value_name = "SIZE")]
@@ -299,6 +305,7 @@ struct FileConfig {
     shards: Option<usize>,
     expiry_interval: Option<HumanDuration>,
     tombstone_grace: Option<HumanDuration>,
+    max_clock_drift: Option<HumanDuration>,
     rebalance_rate: Option<ByteSize>,
     leave_timeout: Option<HumanDuration>,
     shutdown_timeout: Option<HumanDuration>,
@@ -373,6 +380,10 @@ pub struct Config {
     /// How long the topology must stay unchanged before a node with peers is ready.
     pub ready_settle: Duration,
 }
+
+/// Largest `max_clock_drift` accepted (one day): a larger bound would let a peer move this
+/// node's clock, and so the versions of its later writes, arbitrarily far ahead.
+pub const MAX_CLOCK_DRIFT_MS: u64 = 24 * 3600 * 1000;
 
 /// Default `max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -462,6 +473,12 @@ impl Config {
                     .tombstone_grace
                     .or(file.tombstone_grace)
                     .map_or(10 * 60 * 1000, |d| {
+                        d.0.as_millis().try_into().unwrap_or(u64::MAX)
+                    }),
+                max_clock_drift_ms: cli
+                    .max_clock_drift
+                    .or(file.max_clock_drift)
+                    .map_or(defaults.max_clock_drift_ms, |d| {
                         d.0.as_millis().try_into().unwrap_or(u64::MAX)
                     }),
             },
@@ -562,6 +579,13 @@ impl Config {
             bail!(
                 "shards must be between 1 and 65536, got {}",
                 self.store.shards
+            );
+        }
+        let drift = self.store.max_clock_drift_ms;
+        if drift == 0 || drift > MAX_CLOCK_DRIFT_MS {
+            bail!(
+                "max_clock_drift must be between 1ms and 1d, got {}",
+                humantime::format_duration(Duration::from_millis(drift))
             );
         }
         if self.expiry_interval.is_zero() {
@@ -872,6 +896,27 @@ mod tests {
     }
 
     #[test]
+    fn max_clock_drift_layers_and_is_bounded() {
+        let defaults = Config::layer(Cli::default(), FileConfig::default()).unwrap();
+        assert_eq!(defaults.store.max_clock_drift_ms, 60_000);
+        let file: FileConfig = toml::from_str(r#"max_clock_drift = "5s""#).unwrap();
+        let config = Config::layer(Cli::default(), file).unwrap();
+        assert_eq!(config.store.max_clock_drift_ms, 5_000, "file wins over default");
+        let file: FileConfig = toml::from_str(r#"max_clock_drift = "5s""#).unwrap();
+        let config = Config::layer(parse(&["--max-clock-drift", "250ms"]), file).unwrap();
+        assert_eq!(config.store.max_clock_drift_ms, 250, "flag wins over file");
+        let config = Config::layer(parse(&["--max-clock-drift", "1d"]), FileConfig::default());
+        assert_eq!(config.unwrap().store.max_clock_drift_ms, MAX_CLOCK_DRIFT_MS);
+        for bad in ["0s", "25h", "10years"] {
+            let error = Config::layer(parse(&["--max-clock-drift", bad]), FileConfig::default())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("max_clock_drift"), "{bad}: {error}");
+        }
+        assert!(Cli::try_parse_from(["ringcached", "--max-clock-drift", "soon"]).is_err());
+    }
+
+    #[test]
     fn a_wildcard_bind_advertises_the_given_address() {
         let config = Config::layer(
             parse(&["--bind", "0.0.0.0", "--advertise-addr", "10.1.2.3"]),
@@ -919,9 +964,11 @@ mod tests {
             "--min-cluster-size",
             "--max-connections",
             "--ready-settle",
+            "--max-clock-drift",
         ] {
             assert!(help.contains(flag), "{flag} missing from --help");
         }
         assert!(help.contains("RINGCACHE_MAX_MEMORY"));
+        assert!(help.contains("RINGCACHE_MAX_CLOCK_DRIFT"));
     }
 }
