@@ -15,6 +15,9 @@ use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
 use ringcache_proto::placement::DEFAULT_VNODES_PER_WEIGHT;
+use ringcache_proto::topology::{
+    MAX_NODE_ID_BYTES, MAX_REPLICATION_FACTOR, MAX_VNODES_PER_WEIGHT, MAX_WEIGHT,
+};
 
 use crate::replication::{Consistency, ReplicationConfig};
 use crate::store::{EvictionPolicy, MAX_KEY_LEN, StoreConfig};
@@ -604,8 +607,20 @@ impl Config {
                 self.probe_interval
             );
         }
-        if self.vnodes.get() > 4096 || self.weight.get() > 64 {
-            bail!("vnodes must be at most 4096 and weight at most 64");
+        if self.vnodes.get() > MAX_VNODES_PER_WEIGHT || self.weight.get() > MAX_WEIGHT {
+            bail!("vnodes must be at most {MAX_VNODES_PER_WEIGHT} and weight at most {MAX_WEIGHT}");
+        }
+        if self.replication_factor.get() > MAX_REPLICATION_FACTOR {
+            bail!(
+                "replication_factor must be at most {MAX_REPLICATION_FACTOR}, got {}",
+                self.replication_factor
+            );
+        }
+        if self.node_id.len() > MAX_NODE_ID_BYTES {
+            bail!(
+                "node_id must be at most {MAX_NODE_ID_BYTES} bytes, got {}",
+                self.node_id.len()
+            );
         }
         if self.workers == Some(0) {
             bail!("workers must be at least 1");
@@ -792,6 +807,10 @@ mod tests {
         assert!(err(parse(&["--max-key-bytes", "0"])).contains("max_key_bytes"));
         assert!(err(parse(&["--max-key-bytes", "64KiB"])).contains("max_key_bytes"));
         assert!(err(parse(&["--grpc-port", "7381"])).contains("grpc_port and http_port"));
+        assert!(err(parse(&["--replication-factor", "17"])).contains("replication_factor"));
+        assert!(err(parse(&["--weight", "65"])).contains("weight"));
+        assert!(err(parse(&["--vnodes", "4097"])).contains("vnodes"));
+        assert!(err(parse(&["--node-id", &"n".repeat(257)])).contains("node_id"));
         assert!(
             err(parse(&[
                 "--max-value-bytes",
