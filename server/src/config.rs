@@ -920,7 +920,10 @@ mod tests {
         assert_eq!(defaults.store.max_clock_drift_ms, 60_000);
         let file: FileConfig = toml::from_str(r#"max_clock_drift = "5s""#).unwrap();
         let config = Config::layer(Cli::default(), file).unwrap();
-        assert_eq!(config.store.max_clock_drift_ms, 5_000, "file wins over default");
+        assert_eq!(
+            config.store.max_clock_drift_ms, 5_000,
+            "file wins over default"
+        );
         let file: FileConfig = toml::from_str(r#"max_clock_drift = "5s""#).unwrap();
         let config = Config::layer(parse(&["--max-clock-drift", "250ms"]), file).unwrap();
         assert_eq!(config.store.max_clock_drift_ms, 250, "flag wins over file");

@@ -876,7 +876,13 @@ fn apply_refuses_versions_too_far_ahead_and_leaves_the_clock_alone() {
     // Exactly at the bound is still accepted (clocks that are merely skewed keep working).
     let edge = Hlc::at_millis(T0 + drift);
     assert!(s.apply(b"k", Some(b"edge"), edge, None, T0).unwrap());
-    assert!(s.set(b"k", b"after", SetOptions::default(), T0).unwrap().version.unwrap() > edge);
+    assert!(
+        s.set(b"k", b"after", SetOptions::default(), T0)
+            .unwrap()
+            .version
+            .unwrap()
+            > edge
+    );
 }
 
 #[test]
@@ -888,7 +894,10 @@ fn the_drift_bound_is_a_setting() {
     let ahead = Hlc::at_millis(T0 + 11);
     assert!(matches!(
         strict.apply(b"k", Some(b"v"), ahead, None, T0),
-        Err(StoreError::ClockDrift(ClockDrift { ahead_ms: 11, max_drift_ms: 10 }))
+        Err(StoreError::ClockDrift(ClockDrift {
+            ahead_ms: 11,
+            max_drift_ms: 10
+        }))
     ));
     assert!(store().apply(b"k", Some(b"v"), ahead, None, T0).unwrap());
 }
