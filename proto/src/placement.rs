@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use hashring::{DefaultHashBuilder, HashRing};
 
-use crate::topology::Topology;
+use crate::topology::{MAX_VNODES_PER_WEIGHT, MAX_WEIGHT, Topology};
 
 /// Virtual nodes per unit of weight unless the cluster says otherwise.
 pub const DEFAULT_VNODES_PER_WEIGHT: u32 = 256;
@@ -108,6 +108,12 @@ impl Ring {
     }
 
     /// A ring of `(node_id, weight)` pairs (any order; duplicate ids count once).
+    ///
+    /// Sizes are not checked here: input from the wire goes through `TryFrom<&v1::Topology>`
+    /// (or [`Topology::check_limits`], or [`check_ring_size`](crate::topology::check_ring_size))
+    /// first, which refuse anything over the limits before a ring is built. As a last guard a
+    /// weight is taken as at most [`MAX_WEIGHT`] and `vnodes_per_weight` as at most
+    /// [`MAX_VNODES_PER_WEIGHT`], so one member never gets more than 64 × 4096 virtual nodes.
     pub fn build<'a>(
         members: impl IntoIterator<Item = (&'a str, u32)>,
         vnodes_per_weight: u32,
@@ -123,7 +129,8 @@ impl Ring {
         // broken by node id and index so the order is still a function of the members.
         let mut vnodes: Vec<(u64, u32, u32)> = Vec::new();
         for (node_idx, (_, weight)) in members.iter().enumerate() {
-            let count = weight.max(&1).saturating_mul(vnodes_per_weight.max(1));
+            let count =
+                (*weight).clamp(1, MAX_WEIGHT) * vnodes_per_weight.clamp(1, MAX_VNODES_PER_WEIGHT);
             for index in 0..count {
                 vnodes.push((token(&nodes[node_idx], index), node_idx as u32, index));
             }

@@ -8,6 +8,26 @@ use std::fmt;
 
 use crate::v1;
 
+/// Most members a topology may list (any state). Every node and client builds a ring from the
+/// list, so it is bounded before anything is built from it.
+pub const MAX_MEMBERS: usize = 1024;
+/// Largest member weight: a member gets `weight × vnodes_per_weight` virtual nodes.
+pub const MAX_WEIGHT: u32 = 64;
+/// Largest `vnodes_per_weight`.
+pub const MAX_VNODES_PER_WEIGHT: u32 = 4096;
+/// Largest replication factor. Each virtual node precomputes its replica list, so the ring
+/// holds up to `R` ids per virtual node.
+pub const MAX_REPLICATION_FACTOR: u32 = 16;
+/// Most virtual nodes in one ring: the sum of `weight × vnodes_per_weight` over the members
+/// that own ranges. About 100 bytes each when built (token, owner, replica list), so a ring
+/// stays within ~100 MiB however the other limits combine (1024 members × 64 × 4096 would be
+/// 268 million).
+pub const MAX_RING_VNODES: u64 = 1 << 20;
+/// Longest node id, in bytes (it is hashed once per virtual node).
+pub const MAX_NODE_ID_BYTES: usize = 256;
+/// Longest `host:port` address of a member, in bytes.
+pub const MAX_ADDR_BYTES: usize = 300;
+
 /// A member's place in its life cycle (DESIGN §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum NodeState {
@@ -140,6 +160,16 @@ pub enum TopologyError {
     /// The replication factor or vnode count was 0.
     #[error("{0} must be at least 1")]
     Zero(&'static str),
+    /// A size on the wire was over its documented limit; nothing was built from it.
+    #[error("{field} is {value}, more than the limit of {max}")]
+    TooLarge {
+        /// What was too large (`members`, `weight of member "n1"`, `vnodes_per_weight`, ...).
+        field: String,
+        /// The value sent.
+        value: u64,
+        /// The limit ([`MAX_MEMBERS`], [`MAX_WEIGHT`], ...).
+        max: u64,
+    },
     /// The digest sent does not match the members sent.
     #[error("digest {sent:#x} does not match the members (computed {computed:#x})")]
     DigestMismatch {
@@ -150,16 +180,126 @@ pub enum TopologyError {
     },
 }
 
+fn too_large(
+    field: impl Into<String>,
+    value: impl TryInto<u64>,
+    max: impl TryInto<u64>,
+) -> TopologyError {
+    TopologyError::TooLarge {
+        field: field.into(),
+        value: value.try_into().unwrap_or(u64::MAX),
+        max: max.try_into().unwrap_or(u64::MAX),
+    }
+}
+
+/// Checks a node id against [`MAX_NODE_ID_BYTES`] (and that it is not empty).
+pub fn check_node_id(node_id: &str) -> Result<(), TopologyError> {
+    if node_id.is_empty() {
+        return Err(TopologyError::EmptyNodeId);
+    }
+    if node_id.len() > MAX_NODE_ID_BYTES {
+        return Err(too_large(
+            "node id length",
+            node_id.len(),
+            MAX_NODE_ID_BYTES,
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a member weight: 1 to [`MAX_WEIGHT`].
+pub fn check_weight(node_id: &str, weight: u32) -> Result<(), TopologyError> {
+    if weight == 0 {
+        return Err(TopologyError::ZeroWeight(node_id.to_owned()));
+    }
+    if weight > MAX_WEIGHT {
+        return Err(too_large(
+            format!("weight of member {node_id:?}"),
+            weight,
+            MAX_WEIGHT,
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the ring parameters: replication factor 1 to [`MAX_REPLICATION_FACTOR`], vnodes per
+/// weight 1 to [`MAX_VNODES_PER_WEIGHT`].
+pub fn check_ring_params(
+    replication_factor: u32,
+    vnodes_per_weight: u32,
+) -> Result<(), TopologyError> {
+    if replication_factor == 0 {
+        return Err(TopologyError::Zero("replication_factor"));
+    }
+    if vnodes_per_weight == 0 {
+        return Err(TopologyError::Zero("vnodes_per_weight"));
+    }
+    if replication_factor > MAX_REPLICATION_FACTOR {
+        return Err(too_large(
+            "replication_factor",
+            replication_factor,
+            MAX_REPLICATION_FACTOR,
+        ));
+    }
+    if vnodes_per_weight > MAX_VNODES_PER_WEIGHT {
+        return Err(too_large(
+            "vnodes_per_weight",
+            vnodes_per_weight,
+            MAX_VNODES_PER_WEIGHT,
+        ));
+    }
+    Ok(())
+}
+
+/// The virtual nodes a ring of members with these `weights` would have, refused over
+/// [`MAX_RING_VNODES`] (computed without overflow, before anything is allocated).
+pub fn check_ring_size(
+    weights: impl IntoIterator<Item = u32>,
+    vnodes_per_weight: u32,
+) -> Result<u64, TopologyError> {
+    let mut total: u64 = 0;
+    for weight in weights {
+        total =
+            total.saturating_add(u64::from(weight.max(1)) * u64::from(vnodes_per_weight.max(1)));
+        if total > MAX_RING_VNODES {
+            return Err(too_large("ring virtual nodes", total, MAX_RING_VNODES));
+        }
+    }
+    Ok(total)
+}
+
+/// Checks a member's gRPC, gossip, HTTP and cluster addresses against [`MAX_ADDR_BYTES`].
+fn check_addrs(node_id: &str, addrs: [&String; 4]) -> Result<(), TopologyError> {
+    for (name, addr) in ["grpc_addr", "gossip_addr", "http_addr", "cluster_addr"]
+        .iter()
+        .zip(addrs)
+    {
+        if addr.len() > MAX_ADDR_BYTES {
+            return Err(too_large(
+                format!("{name} length of member {node_id:?}"),
+                addr.len(),
+                MAX_ADDR_BYTES,
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl TryFrom<&v1::Member> for Member {
     type Error = TopologyError;
 
     fn try_from(member: &v1::Member) -> Result<Self, Self::Error> {
-        if member.node_id.is_empty() {
-            return Err(TopologyError::EmptyNodeId);
-        }
-        if member.weight == 0 {
-            return Err(TopologyError::ZeroWeight(member.node_id.clone()));
-        }
+        check_node_id(&member.node_id)?;
+        check_weight(&member.node_id, member.weight)?;
+        check_addrs(
+            &member.node_id,
+            [
+                &member.grpc_addr,
+                &member.gossip_addr,
+                &member.http_addr,
+                &member.cluster_addr,
+            ],
+        )?;
         let state = NodeState::try_from(member.state).map_err(|source| TopologyError::State {
             node_id: member.node_id.clone(),
             source,
@@ -239,6 +379,33 @@ impl Topology {
     pub fn digest(&self) -> u64 {
         self.digest
     }
+
+    /// Checks the limits a wire topology is held to (see `TryFrom<&v1::Topology>`), for
+    /// topologies built with [`Topology::new`] from other input (gossip).
+    pub fn check_limits(&self) -> Result<(), TopologyError> {
+        check_ring_params(self.replication_factor, self.vnodes_per_weight)?;
+        if self.members.len() > MAX_MEMBERS {
+            return Err(too_large("members", self.members.len(), MAX_MEMBERS));
+        }
+        for member in &self.members {
+            check_node_id(&member.node_id)?;
+            check_weight(&member.node_id, member.weight)?;
+            check_addrs(
+                &member.node_id,
+                [
+                    &member.grpc_addr,
+                    &member.gossip_addr,
+                    &member.http_addr,
+                    &member.cluster_addr,
+                ],
+            )?;
+        }
+        check_ring_size(
+            self.ring_members().map(|m| m.weight),
+            self.vnodes_per_weight,
+        )?;
+        Ok(())
+    }
 }
 
 impl From<&Topology> for v1::Topology {
@@ -255,12 +422,14 @@ impl From<&Topology> for v1::Topology {
 impl TryFrom<&v1::Topology> for Topology {
     type Error = TopologyError;
 
+    /// Checks every size before building anything: at most [`MAX_MEMBERS`] members, each
+    /// within [`MAX_WEIGHT`], [`MAX_NODE_ID_BYTES`] and [`MAX_ADDR_BYTES`], the ring parameters
+    /// within [`MAX_REPLICATION_FACTOR`] and [`MAX_VNODES_PER_WEIGHT`], and the ring the
+    /// range-owning members make within [`MAX_RING_VNODES`]; then the digest.
     fn try_from(wire: &v1::Topology) -> Result<Self, Self::Error> {
-        if wire.replication_factor == 0 {
-            return Err(TopologyError::Zero("replication_factor"));
-        }
-        if wire.vnodes_per_weight == 0 {
-            return Err(TopologyError::Zero("vnodes_per_weight"));
+        check_ring_params(wire.replication_factor, wire.vnodes_per_weight)?;
+        if wire.members.len() > MAX_MEMBERS {
+            return Err(too_large("members", wire.members.len(), MAX_MEMBERS));
         }
         let members = wire
             .members
@@ -272,6 +441,13 @@ impl TryFrom<&v1::Topology> for Topology {
         if let Some(pair) = ids.windows(2).find(|pair| pair[0] == pair[1]) {
             return Err(TopologyError::DuplicateNodeId(pair[0].to_owned()));
         }
+        check_ring_size(
+            members
+                .iter()
+                .filter(|m| m.state.in_ring())
+                .map(|m| m.weight),
+            wire.vnodes_per_weight,
+        )?;
         let topology = Topology::new(members, wire.replication_factor, wire.vnodes_per_weight);
         if topology.digest != wire.digest {
             return Err(TopologyError::DigestMismatch {
@@ -465,5 +641,211 @@ mod tests {
         assert_eq!(ids, ["n1", "n2", "n3"]);
         assert_eq!(t.member("n4").unwrap().state, NodeState::Dead);
         assert!(t.member("zz").is_none());
+    }
+
+    fn wire_of(members: Vec<Member>, replication_factor: u32, vnodes: u32) -> v1::Topology {
+        // Digest as a sender would compute it, so only the limits can refuse it.
+        let mut wire = v1::Topology {
+            members: members.iter().map(v1::Member::from).collect(),
+            digest: 0,
+            replication_factor,
+            vnodes_per_weight: vnodes,
+        };
+        let mut sorted = members;
+        sorted.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        wire.digest = digest(&sorted, replication_factor, vnodes);
+        wire
+    }
+
+    fn too_large_field(result: Result<Topology, TopologyError>) -> String {
+        match result {
+            Err(TopologyError::TooLarge { field, value, max }) => {
+                assert!(value > max, "{field}: {value} <= {max}");
+                field
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn over_limit_topologies_are_refused_naming_the_field() {
+        let ok = wire_of(vec![member("n1", NodeState::Active)], 3, 256);
+        assert!(Topology::try_from(&ok).is_ok());
+
+        let mut heavy = member("n1", NodeState::Active);
+        heavy.weight = u32::MAX;
+        let field = too_large_field(Topology::try_from(&wire_of(vec![heavy], 3, 256)));
+        assert_eq!(field, r#"weight of member "n1""#);
+
+        let field = too_large_field(Topology::try_from(&wire_of(
+            vec![member("n1", NodeState::Active)],
+            3,
+            MAX_VNODES_PER_WEIGHT + 1,
+        )));
+        assert_eq!(field, "vnodes_per_weight");
+
+        let field = too_large_field(Topology::try_from(&wire_of(
+            vec![member("n1", NodeState::Active)],
+            u32::MAX,
+            256,
+        )));
+        assert_eq!(field, "replication_factor");
+
+        let crowd: Vec<Member> = (0..=MAX_MEMBERS)
+            .map(|i| member(&format!("n{i}"), NodeState::Dead))
+            .collect();
+        assert_eq!(
+            too_large_field(Topology::try_from(&wire_of(crowd, 3, 1))),
+            "members"
+        );
+
+        let long_id = "x".repeat(MAX_NODE_ID_BYTES + 1);
+        let field = too_large_field(Topology::try_from(&wire_of(
+            vec![member(&long_id, NodeState::Active)],
+            3,
+            256,
+        )));
+        assert_eq!(field, "node id length");
+
+        let mut far = member("n1", NodeState::Active);
+        far.http_addr = "h".repeat(MAX_ADDR_BYTES + 1);
+        let field = too_large_field(Topology::try_from(&wire_of(vec![far], 3, 256)));
+        assert!(field.starts_with("http_addr length"), "{field}");
+    }
+
+    #[test]
+    fn members_within_their_limits_can_still_make_a_ring_too_large() {
+        // 64 members of the largest weight at the largest vnode count: each alone is fine,
+        // together 64 × 64 × 4096 = 16.7 million virtual nodes.
+        let members: Vec<Member> = (0..64)
+            .map(|i| {
+                let mut m = member(&format!("n{i:02}"), NodeState::Active);
+                m.weight = MAX_WEIGHT;
+                m
+            })
+            .collect();
+        let wire = wire_of(members.clone(), 3, MAX_VNODES_PER_WEIGHT);
+        assert_eq!(
+            too_large_field(Topology::try_from(&wire)),
+            "ring virtual nodes"
+        );
+        let built = Topology::new(members, 3, MAX_VNODES_PER_WEIGHT);
+        assert!(matches!(
+            built.check_limits(),
+            Err(TopologyError::TooLarge { .. })
+        ));
+        // Members out of the ring do not count towards its size.
+        let dead: Vec<Member> = (0..64)
+            .map(|i| {
+                let mut m = member(&format!("n{i:02}"), NodeState::Dead);
+                m.weight = MAX_WEIGHT;
+                m
+            })
+            .collect();
+        let topology = Topology::try_from(&wire_of(dead, 3, MAX_VNODES_PER_WEIGHT)).unwrap();
+        topology.check_limits().unwrap();
+        // The exact bound is accepted.
+        assert_eq!(
+            check_ring_size([MAX_WEIGHT; 4], MAX_VNODES_PER_WEIGHT),
+            Ok(MAX_RING_VNODES)
+        );
+        assert!(check_ring_size([MAX_WEIGHT; 5], MAX_VNODES_PER_WEIGHT).is_err());
+        assert!(check_ring_size(std::iter::repeat_n(u32::MAX, 10), u32::MAX).is_err());
+    }
+
+    mod prop {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn wire_member() -> impl Strategy<Value = v1::Member> {
+            (
+                prop_oneof![Just(String::new()), "[a-c]{1,3}", "[a-z]{250,260}",],
+                any::<u64>(),
+                -1i32..7,
+                prop_oneof![Just(0u32), 1u32..=80, Just(u32::MAX), any::<u32>()],
+                prop_oneof!["[a-z:0-9]{0,12}", "[a-z]{295,305}"],
+            )
+                .prop_map(|(node_id, incarnation, state, weight, addr)| v1::Member {
+                    node_id,
+                    incarnation,
+                    state,
+                    weight,
+                    grpc_addr: addr.clone(),
+                    gossip_addr: addr.clone(),
+                    http_addr: addr.clone(),
+                    cluster_addr: addr,
+                })
+        }
+
+        fn wire_topology() -> impl Strategy<Value = (v1::Topology, bool)> {
+            (
+                prop::collection::vec(wire_member(), 0..12),
+                prop_oneof![Just(0u32), 1u32..=20, Just(u32::MAX)],
+                prop_oneof![Just(0u32), 1u32..=5000, Just(u32::MAX)],
+                any::<u64>(),
+                any::<bool>(),
+            )
+                .prop_map(
+                    |(members, replication_factor, vnodes_per_weight, digest, honest)| {
+                        let mut wire = v1::Topology {
+                            members,
+                            digest,
+                            replication_factor,
+                            vnodes_per_weight,
+                        };
+                        if honest {
+                            // Often a correct digest, so the limits are what decides.
+                            let mut sorted: Vec<Member> = wire
+                                .members
+                                .iter()
+                                .filter_map(|m| Member::try_from(m).ok())
+                                .collect();
+                            sorted.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+                            wire.digest = digest_of(&sorted, replication_factor, vnodes_per_weight);
+                        }
+                        (wire, honest)
+                    },
+                )
+        }
+
+        fn digest_of(members: &[Member], r: u32, v: u32) -> u64 {
+            super::super::digest(members, r, v)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn try_from_never_panics_and_what_it_accepts_is_within_limits((wire, _) in wire_topology()) {
+                let Ok(topology) = Topology::try_from(&wire) else {
+                    return Ok(());
+                };
+                prop_assert!(topology.check_limits().is_ok());
+                prop_assert!(topology.members().len() <= MAX_MEMBERS);
+                prop_assert!((1..=MAX_REPLICATION_FACTOR).contains(&topology.replication_factor()));
+                prop_assert!((1..=MAX_VNODES_PER_WEIGHT).contains(&topology.vnodes_per_weight()));
+                for member in topology.members() {
+                    prop_assert!((1..=MAX_WEIGHT).contains(&member.weight));
+                    prop_assert!(!member.node_id.is_empty() && member.node_id.len() <= MAX_NODE_ID_BYTES);
+                    prop_assert!(member.grpc_addr.len() <= MAX_ADDR_BYTES);
+                }
+                let vnodes: u64 = topology
+                    .ring_members()
+                    .map(|m| u64::from(m.weight) * u64::from(topology.vnodes_per_weight()))
+                    .sum();
+                prop_assert!(vnodes <= MAX_RING_VNODES);
+                // What is accepted round-trips.
+                prop_assert_eq!(Topology::try_from(&v1::Topology::from(&topology)).unwrap(), topology);
+            }
+
+            #[test]
+            fn member_try_from_never_panics(member in wire_member()) {
+                if let Ok(converted) = Member::try_from(&member) {
+                    prop_assert!((1..=MAX_WEIGHT).contains(&converted.weight));
+                    prop_assert!(converted.node_id.len() <= MAX_NODE_ID_BYTES);
+                }
+            }
+        }
     }
 }

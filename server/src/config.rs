@@ -15,6 +15,9 @@ use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
 use ringcache_proto::placement::DEFAULT_VNODES_PER_WEIGHT;
+use ringcache_proto::topology::{
+    MAX_NODE_ID_BYTES, MAX_REPLICATION_FACTOR, MAX_VNODES_PER_WEIGHT, MAX_WEIGHT,
+};
 
 use crate::replication::{Consistency, ReplicationConfig};
 use crate::store::{EvictionPolicy, MAX_KEY_LEN, StoreConfig};
@@ -116,6 +119,12 @@ pub struct Cli {
     /// cannot bring it back; must outlive the hint age [default: 10m].
     #[arg(long, env = "RINGCACHE_TOMBSTONE_GRACE", value_name = "DURATION")]
     pub tombstone_grace: Option<HumanDuration>,
+    /// Largest clock difference tolerated between nodes: a version from another node
+    /// (replication, rebalancing, quorum reads, hints) stamped further ahead of this node's
+    /// clock is refused and counted (`ringcache_versions_refused_total`), and never moves this
+    /// node's clock; between 1ms and 1d [default: 60s].
+    #[arg(long, env = "RINGCACHE_MAX_CLOCK_DRIFT", value_name = "DURATION")]
+    pub max_clock_drift: Option<HumanDuration>,
     /// Upper bound on the key and value bytes per second one node sends when data moves after a
     /// ring change (join, death, leave); 0 = unlimited [default: 64MiB].
     #[arg(long, env = "RINGCACHE_REBALANCE_RATE", value_name = "SIZE")]
@@ -375,6 +384,7 @@ struct FileConfig {
     shards: Option<usize>,
     expiry_interval: Option<HumanDuration>,
     tombstone_grace: Option<HumanDuration>,
+    max_clock_drift: Option<HumanDuration>,
     rebalance_rate: Option<ByteSize>,
     leave_timeout: Option<HumanDuration>,
     shutdown_timeout: Option<HumanDuration>,
@@ -521,6 +531,10 @@ impl SecurityConfig {
     }
 }
 
+/// Largest `max_clock_drift` accepted (one day): a larger bound would let a peer move this
+/// node's clock, and so the versions of its later writes, arbitrarily far ahead.
+pub const MAX_CLOCK_DRIFT_MS: u64 = 24 * 3600 * 1000;
+
 /// Default `max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
@@ -610,6 +624,12 @@ impl Config {
                     .tombstone_grace
                     .or(file.tombstone_grace)
                     .map_or(10 * 60 * 1000, |d| {
+                        d.0.as_millis().try_into().unwrap_or(u64::MAX)
+                    }),
+                max_clock_drift_ms: cli
+                    .max_clock_drift
+                    .or(file.max_clock_drift)
+                    .map_or(defaults.max_clock_drift_ms, |d| {
                         d.0.as_millis().try_into().unwrap_or(u64::MAX)
                     }),
             },
@@ -717,6 +737,13 @@ impl Config {
                 self.store.shards
             );
         }
+        let drift = self.store.max_clock_drift_ms;
+        if drift == 0 || drift > MAX_CLOCK_DRIFT_MS {
+            bail!(
+                "max_clock_drift must be between 1ms and 1d, got {}",
+                humantime::format_duration(Duration::from_millis(drift))
+            );
+        }
         if self.expiry_interval.is_zero() {
             bail!("expiry_interval must be greater than zero");
         }
@@ -733,8 +760,20 @@ impl Config {
                 self.probe_interval
             );
         }
-        if self.vnodes.get() > 4096 || self.weight.get() > 64 {
-            bail!("vnodes must be at most 4096 and weight at most 64");
+        if self.vnodes.get() > MAX_VNODES_PER_WEIGHT || self.weight.get() > MAX_WEIGHT {
+            bail!("vnodes must be at most {MAX_VNODES_PER_WEIGHT} and weight at most {MAX_WEIGHT}");
+        }
+        if self.replication_factor.get() > MAX_REPLICATION_FACTOR {
+            bail!(
+                "replication_factor must be at most {MAX_REPLICATION_FACTOR}, got {}",
+                self.replication_factor
+            );
+        }
+        if self.node_id.len() > MAX_NODE_ID_BYTES {
+            bail!(
+                "node_id must be at most {MAX_NODE_ID_BYTES} bytes, got {}",
+                self.node_id.len()
+            );
         }
         if self.workers == Some(0) {
             bail!("workers must be at least 1");
@@ -1045,6 +1084,10 @@ mod tests {
         assert!(err(parse(&["--max-key-bytes", "0"])).contains("max_key_bytes"));
         assert!(err(parse(&["--max-key-bytes", "64KiB"])).contains("max_key_bytes"));
         assert!(err(parse(&["--grpc-port", "7381"])).contains("grpc_port and http_port"));
+        assert!(err(parse(&["--replication-factor", "17"])).contains("replication_factor"));
+        assert!(err(parse(&["--weight", "65"])).contains("weight"));
+        assert!(err(parse(&["--vnodes", "4097"])).contains("vnodes"));
+        assert!(err(parse(&["--node-id", &"n".repeat(257)])).contains("node_id"));
         assert!(
             err(parse(&[
                 "--max-value-bytes",
@@ -1149,6 +1192,30 @@ mod tests {
     }
 
     #[test]
+    fn max_clock_drift_layers_and_is_bounded() {
+        let defaults = Config::layer(Cli::default(), FileConfig::default()).unwrap();
+        assert_eq!(defaults.store.max_clock_drift_ms, 60_000);
+        let file: FileConfig = toml::from_str(r#"max_clock_drift = "5s""#).unwrap();
+        let config = Config::layer(Cli::default(), file).unwrap();
+        assert_eq!(
+            config.store.max_clock_drift_ms, 5_000,
+            "file wins over default"
+        );
+        let file: FileConfig = toml::from_str(r#"max_clock_drift = "5s""#).unwrap();
+        let config = Config::layer(parse(&["--max-clock-drift", "250ms"]), file).unwrap();
+        assert_eq!(config.store.max_clock_drift_ms, 250, "flag wins over file");
+        let config = Config::layer(parse(&["--max-clock-drift", "1d"]), FileConfig::default());
+        assert_eq!(config.unwrap().store.max_clock_drift_ms, MAX_CLOCK_DRIFT_MS);
+        for bad in ["0s", "25h", "10years"] {
+            let error = Config::layer(parse(&["--max-clock-drift", bad]), FileConfig::default())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("max_clock_drift"), "{bad}: {error}");
+        }
+        assert!(Cli::try_parse_from(["ringcached", "--max-clock-drift", "soon"]).is_err());
+    }
+
+    #[test]
     fn a_wildcard_bind_advertises_the_given_address() {
         let config = Config::layer(
             parse(&["--bind", "0.0.0.0", "--advertise-addr", "10.1.2.3"]),
@@ -1196,9 +1263,11 @@ mod tests {
             "--min-cluster-size",
             "--max-connections",
             "--ready-settle",
+            "--max-clock-drift",
         ] {
             assert!(help.contains(flag), "{flag} missing from --help");
         }
         assert!(help.contains("RINGCACHE_MAX_MEMORY"));
+        assert!(help.contains("RINGCACHE_MAX_CLOCK_DRIFT"));
     }
 }

@@ -13,7 +13,7 @@ use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::cluster::GossipStatsSnapshot;
-use crate::store::StoreStats;
+use crate::store::{ClockDrift, StoreStats};
 
 /// A Cache operation, as the `op` label names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +104,50 @@ impl Outcome {
     }
 }
 
+/// Where a version from another node came from, as the `source` label of
+/// `ringcache_versions_refused_total` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionSource {
+    /// An `Internal.Replicate` call received (a coordinator's write, read repair, a rebalancing
+    /// push).
+    Replicate,
+    /// An `Internal.Replicate` call received with `hinted` set (a hint replay).
+    Hint,
+    /// An entry pulled with `Internal.StreamEntries` while joining.
+    StreamEntries,
+    /// An `Internal.ReadVersions` answer to a QUORUM or ALL read.
+    ReadVersions,
+}
+
+impl VersionSource {
+    const ALL: [VersionSource; 4] = [
+        VersionSource::Replicate,
+        VersionSource::Hint,
+        VersionSource::StreamEntries,
+        VersionSource::ReadVersions,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionSource::Replicate => "replicate",
+            VersionSource::Hint => "hint",
+            VersionSource::StreamEntries => "stream_entries",
+            VersionSource::ReadVersions => "read_versions",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL
+            .iter()
+            .position(|s| *s == self)
+            .expect("every source is listed")
+    }
+}
+
+/// At most one log line per source this often about refused versions; the others are counted.
+pub const REFUSED_VERSION_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Latency buckets in seconds: 25 µs to 1 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -158,6 +202,11 @@ pub struct Metrics {
     pipeline_requests: Counter,
     /// Authentication, connection admission and the insecure flag.
     pub security: SecurityMetrics,
+    /// `versions_refused[source]`, sources as in [`VersionSource::ALL`].
+    versions_refused: Vec<Counter>,
+    versions_refused_totals: [std::sync::atomic::AtomicU64; 4],
+    /// Per source: when its last log line was written, and the refusals not logged since.
+    refused_log: parking_lot::Mutex<[(Option<std::time::Instant>, u64); 4]>,
 }
 
 /// Why hints are dropped, as the `reason` label of `ringcache_hints_dropped_total` names it.
@@ -435,6 +484,21 @@ impl Metrics {
             Unit::Count,
             "Requests received on Cache.Pipeline streams (divided by batches: the mean batch size)",
         );
+        describe(
+            &recorder,
+            "ringcache_versions_refused_total",
+            Unit::Count,
+            "Versions from other nodes refused because they were further ahead of this node's clock than max_clock_drift, by source (replicate, hint, stream_entries, read_versions); nonzero means skewed clocks or a misbehaving peer",
+        );
+        let versions_refused = VersionSource::ALL
+            .iter()
+            .map(|source| {
+                counter(
+                    "ringcache_versions_refused_total",
+                    vec![Label::new("source", source.as_str())],
+                )
+            })
+            .collect();
         let hints_dropped = HINT_DROP_REASONS
             .iter()
             .map(|reason| {
@@ -507,6 +571,9 @@ impl Metrics {
             pipeline_streams: gauge("ringcache_pipeline_streams"),
             pipeline_batches: counter("ringcache_pipeline_batches_total", vec![]),
             pipeline_requests: counter("ringcache_pipeline_requests_total", vec![]),
+            versions_refused,
+            versions_refused_totals: Default::default(),
+            refused_log: parking_lot::Mutex::new([(None, 0); 4]),
             gossip_packets_sent: counter("ringcache_gossip_packets_sent_total", vec![]),
             gossip_packets_received: counter("ringcache_gossip_packets_received_total", vec![]),
             gossip_bytes_sent: counter("ringcache_gossip_bytes_sent_total", vec![]),
@@ -641,6 +708,49 @@ impl Metrics {
     /// Counts one `Internal.Replicate` call sent for coordinated writes.
     pub fn record_replication_batch(&self) {
         self.replication_batches.increment(1);
+    }
+
+    /// Counts `n` versions from `peer` refused by the drift check (`drift` describes the one
+    /// furthest ahead) and logs it, at most once per [`REFUSED_VERSION_LOG_INTERVAL`] per source
+    /// (the line says how many refusals went unlogged before it).
+    pub fn record_versions_refused(
+        &self,
+        source: VersionSource,
+        peer: &str,
+        n: u64,
+        drift: ClockDrift,
+    ) {
+        if n == 0 {
+            return;
+        }
+        self.versions_refused[source.index()].increment(n);
+        self.versions_refused_totals[source.index()]
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        let now = std::time::Instant::now();
+        let unlogged = {
+            let mut log = self.refused_log.lock();
+            let (last, unlogged) = &mut log[source.index()];
+            if last.is_some_and(|at| now.duration_since(at) < REFUSED_VERSION_LOG_INTERVAL) {
+                *unlogged += n;
+                return;
+            }
+            *last = Some(now);
+            std::mem::take(unlogged)
+        };
+        tracing::warn!(
+            source = source.as_str(),
+            %peer,
+            refused = n,
+            ahead_ms = drift.ahead_ms,
+            max_clock_drift_ms = drift.max_drift_ms,
+            unlogged_since_last_line = unlogged,
+            "refused versions too far ahead of this node's clock (skewed clocks or a misbehaving peer)"
+        );
+    }
+
+    /// Versions refused so far from `source`.
+    pub fn versions_refused(&self, source: VersionSource) -> u64 {
+        self.versions_refused_totals[source.index()].load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Counts `n` copies fixed by read repair.
@@ -891,8 +1001,33 @@ mod tests {
             "ringcache_replication_batches_total 1",
             "ringcache_read_repairs_total 1",
             "ringcache_replication_lag_seconds 2.5",
+            r#"ringcache_versions_refused_total{source="replicate"} 0"#,
+            r#"ringcache_versions_refused_total{source="read_versions"} 0"#,
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn refused_versions_are_counted_by_source_and_logged_at_a_bounded_rate() {
+        let metrics = Metrics::new();
+        let drift = ClockDrift {
+            ahead_ms: 86_400_000,
+            max_drift_ms: 60_000,
+        };
+        for _ in 0..3 {
+            metrics.record_versions_refused(VersionSource::Replicate, "n2", 2, drift);
+        }
+        metrics.record_versions_refused(VersionSource::ReadVersions, "n3", 1, drift);
+        metrics.record_versions_refused(VersionSource::Hint, "n3", 0, drift);
+        assert_eq!(metrics.versions_refused(VersionSource::Replicate), 6);
+        assert_eq!(metrics.versions_refused(VersionSource::ReadVersions), 1);
+        assert_eq!(metrics.versions_refused(VersionSource::Hint), 0);
+        // The first refusal of each source was logged; the two later ones wait in the count.
+        let log = metrics.refused_log.lock();
+        assert_eq!(log[VersionSource::Replicate.index()].1, 4);
+        assert!(log[VersionSource::Replicate.index()].0.is_some());
+        assert_eq!(log[VersionSource::ReadVersions.index()].1, 0);
+        assert!(log[VersionSource::Hint.index()].0.is_none());
     }
 }

@@ -26,13 +26,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use ringcache_proto::placement::Ring;
-use ringcache_proto::topology::Member;
+use ringcache_proto::topology::{Member, TopologyError, check_ring_size, check_weight};
 use ringcache_proto::v1;
 use tokio_stream::StreamExt;
 
 use crate::api::{apply_entry, to_wire};
+use crate::metrics::VersionSource;
 use crate::node::Node;
-use crate::store::{VersionedItem, charge};
+use crate::store::{ClockDrift, StoreError, VersionedItem, charge};
 use crate::view::ClusterView;
 
 /// Entries read from the store per scan step.
@@ -413,11 +414,31 @@ pub async fn pull_ranges(node: &Node, members: &[Member]) -> u64 {
                 .await?
                 .into_inner();
             let mut count = 0u64;
+            let peer = format!("{} ({})", member.node_id, member.grpc_addr);
             while let Some(batch) = stream.next().await {
+                let mut refused = 0;
+                let mut worst: Option<ClockDrift> = None;
                 for entry in batch?.entries {
-                    if apply_entry(node, &entry)? {
-                        count += 1;
+                    match apply_entry(node, &entry) {
+                        Ok(applied) => count += u64::from(applied),
+                        // Skipped, not fatal: the rest of the pull is good data this node should
+                        // hold, and the holder keeps its copy (it pushes it again later).
+                        Err(StoreError::ClockDrift(drift)) => {
+                            refused += 1;
+                            if worst.is_none_or(|w| drift.ahead_ms > w.ahead_ms) {
+                                worst = Some(drift);
+                            }
+                        }
+                        Err(error) => return Err(tonic::Status::from(error)),
                     }
+                }
+                if let Some(drift) = worst {
+                    node.metrics().record_versions_refused(
+                        VersionSource::StreamEntries,
+                        &peer,
+                        refused,
+                        drift,
+                    );
                 }
             }
             Ok::<u64, tonic::Status>(count)
@@ -465,22 +486,29 @@ pub async fn hand_off(node: &Node) -> bool {
     ok
 }
 
-/// The ring `view` would have with `target_id` (weight `weight`) as a member: what a joiner's
-/// StreamEntries asks about.
-pub fn ring_with(view: &ClusterView, target_id: &str, weight: u32) -> Ring {
+/// The ring `view` would have with `target_id` (weight `weight`, 0 counting as 1) as a member:
+/// what a joiner's StreamEntries asks about. The weight and the size of the resulting ring are
+/// checked against the placement limits before anything is allocated.
+pub fn ring_with(view: &ClusterView, target_id: &str, weight: u32) -> Result<Ring, TopologyError> {
     let topology = &view.topology;
+    let weight = weight.max(1);
+    check_weight(target_id, weight)?;
     let mut members: Vec<(&str, u32)> = topology
         .ring_members()
         .map(|m| (m.node_id.as_str(), m.weight))
         .collect();
     if !members.iter().any(|(id, _)| *id == target_id) {
-        members.push((target_id, weight.max(1)));
+        members.push((target_id, weight));
     }
-    Ring::build(
+    check_ring_size(
+        members.iter().map(|(_, w)| *w),
+        topology.vnodes_per_weight(),
+    )?;
+    Ok(Ring::build(
         members,
         topology.vnodes_per_weight(),
         topology.replication_factor(),
-    )
+    ))
 }
 
 #[cfg(test)]

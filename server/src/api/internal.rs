@@ -6,13 +6,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use ringcache_proto::placement::Ring;
+use ringcache_proto::topology::{MAX_WEIGHT, check_node_id};
 use ringcache_proto::v1::{self, internal_server::Internal};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
+use crate::metrics::VersionSource;
 use crate::node::Node;
-use crate::store::VersionedItem;
+use crate::store::{ClockDrift, StoreError, VersionedItem};
+use crate::view::ClusterView;
 
 /// Default upper bound on the key and value bytes of one streamed batch.
 const DEFAULT_BATCH_BYTES: usize = 256 * 1024;
@@ -42,17 +46,113 @@ pub fn to_wire(key: Bytes, item: VersionedItem) -> v1::VersionedEntry {
     }
 }
 
-/// Applies one replicated entry to the local store; returns whether it took effect.
-pub fn apply_entry(node: &Node, entry: &v1::VersionedEntry) -> Result<bool, Status> {
-    node.store()
-        .apply(
-            &entry.key,
-            entry.value.as_deref(),
-            entry.version,
-            entry.expires_at_ms,
-            node.now_ms(),
-        )
-        .map_err(Status::from)
+/// Applies one replicated entry to the local store; returns whether it took effect. A version
+/// further ahead of this node's clock than `max_clock_drift` is refused
+/// ([`StoreError::ClockDrift`]) and changes nothing.
+pub fn apply_entry(node: &Node, entry: &v1::VersionedEntry) -> Result<bool, StoreError> {
+    node.store().apply(
+        &entry.key,
+        entry.value.as_deref(),
+        entry.version,
+        entry.expires_at_ms,
+        node.now_ms(),
+    )
+}
+
+/// Who sent a request: the node id it claims and the address it came from.
+fn peer_of<T>(request: &Request<T>, claimed_id: &str) -> String {
+    let addr = request
+        .remote_addr()
+        .map_or_else(|| "unknown address".to_owned(), |a| a.to_string());
+    if claimed_id.is_empty() {
+        addr
+    } else {
+        format!("{claimed_id} ({addr})")
+    }
+}
+
+/// Checks a whole Replicate batch before any of it is applied: every key and value within the
+/// limits, every version within the clock-drift bound. A refused version fails the call with
+/// FAILED_PRECONDITION naming the drift (counted and logged); nothing is applied.
+fn check_batch(node: &Node, request: &v1::ReplicateRequest, peer: &str) -> Result<(), Status> {
+    let store = node.store();
+    let now = node.now_ms();
+    let mut refused = 0u64;
+    let mut worst: Option<(usize, ClockDrift)> = None;
+    for (index, entry) in request.entries.iter().enumerate() {
+        store.check_key(&entry.key)?;
+        if let Some(value) = &entry.value {
+            store.check_value(value)?;
+        }
+        if let Err(drift) = store.check_remote_version(entry.version, now) {
+            refused += 1;
+            if worst.is_none_or(|(_, w)| drift.ahead_ms > w.ahead_ms) {
+                worst = Some((index, drift));
+            }
+        }
+    }
+    let Some((index, drift)) = worst else {
+        return Ok(());
+    };
+    let source = if request.hinted {
+        VersionSource::Hint
+    } else {
+        VersionSource::Replicate
+    };
+    node.metrics()
+        .record_versions_refused(source, peer, refused, drift);
+    Err(Status::failed_precondition(format!(
+        "clock drift: {refused} of {} entries have versions too far ahead of this node's clock \
+         (entry {index} is {} ms ahead, max_clock_drift is {} ms); nothing was applied",
+        request.entries.len(),
+        drift.ahead_ms,
+        drift.max_drift_ms
+    )))
+}
+
+/// Checks a StreamEntries request's wire sizes before anything is built from them.
+fn check_stream_request(request: &v1::StreamEntriesRequest) -> Result<(), Status> {
+    check_node_id(&request.target_node_id)
+        .map_err(|e| Status::invalid_argument(format!("target_node_id: {e}")))?;
+    if request.target_weight > MAX_WEIGHT {
+        return Err(Status::invalid_argument(format!(
+            "target_weight is {}, more than the limit of {MAX_WEIGHT}",
+            request.target_weight
+        )));
+    }
+    Ok(())
+}
+
+/// The replica sets a StreamEntries scan uses, rebuilt only when the view changes.
+struct ScanRing {
+    view: Arc<ClusterView>,
+    /// The ring with the target assumed in it (`assume_target_in_ring`), else `None`.
+    assumed: Option<Ring>,
+}
+
+impl ScanRing {
+    fn new(view: Arc<ClusterView>, request: &v1::StreamEntriesRequest) -> Result<Self, Status> {
+        let assumed = if request.assume_target_in_ring {
+            Some(
+                crate::rebalance::ring_with(&view, &request.target_node_id, request.target_weight)
+                    .map_err(|e| Status::invalid_argument(format!("target_weight: {e}")))?,
+            )
+        } else {
+            None
+        };
+        Ok(Self { view, assumed })
+    }
+
+    fn is_for(&self, view: &ClusterView) -> bool {
+        self.view.topology.digest() == view.topology.digest()
+    }
+
+    fn holds(&self, key: &[u8], target: &str) -> bool {
+        match &self.assumed {
+            Some(ring) => ring.replicas(key).contains(target),
+            None => self.view.replicas(key).contains(target),
+        }
+    }
 }
 
 type EntryStream = Pin<Box<dyn Stream<Item = Result<v1::EntryBatch, Status>> + Send>>;
@@ -63,7 +163,12 @@ impl Internal for InternalService {
         &self,
         request: Request<v1::ReplicateRequest>,
     ) -> Result<Response<v1::ReplicateResponse>, Status> {
+        let peer = peer_of(&request, &request.get_ref().from_node_id);
         let request = request.into_inner();
+        // All or nothing for bad input: a batch with a refused entry applies none of it, so the
+        // coordinator sees one clear failure (a failed replica acknowledgement, no hint) and its
+        // batcher re-sends the batch write by write, which lets the other writes through.
+        check_batch(&self.node, &request, &peer)?;
         let mut reply = v1::ReplicateResponse::default();
         for entry in &request.entries {
             if apply_entry(&self.node, entry)? {
@@ -112,11 +217,15 @@ impl Internal for InternalService {
         request: Request<v1::StreamEntriesRequest>,
     ) -> Result<Response<Self::StreamEntriesStream>, Status> {
         let request = request.into_inner();
+        check_stream_request(&request)?;
         let batch_bytes = match request.max_batch_bytes {
             0 => DEFAULT_BATCH_BYTES,
             n => (n as usize).min(self.node.config().max_message_bytes / 2),
         };
         let node = self.node.clone();
+        // The ring is built once per view, not per scan step; a bad request fails here, before
+        // the stream starts.
+        let mut ring = ScanRing::new(node.view(), &request)?;
         // A bounded channel: a slow receiver slows the scan down (backpressure).
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
@@ -129,25 +238,24 @@ impl Internal for InternalService {
                 while let Some(at) = cursor {
                     let (items, next) = store.scan(shard, at, SCAN_STEP);
                     cursor = next;
-                    // The ring may change during a long stream; each step uses the current one.
+                    // The ring may change during a long stream: each step uses the current view,
+                    // and a new ring is built only when the view changed.
                     let view = node.view();
-                    let assumed = request.assume_target_in_ring.then(|| {
-                        crate::rebalance::ring_with(
-                            &view,
-                            &request.target_node_id,
-                            request.target_weight,
-                        )
-                    });
+                    if !ring.is_for(&view) {
+                        ring = match ScanRing::new(view, &request) {
+                            Ok(ring) => ring,
+                            Err(status) => {
+                                let _ = tx.send(Err(status)).await;
+                                return;
+                            }
+                        };
+                    }
                     for (key, item) in items {
                         scanned += 1;
                         if item.value.is_none() && !request.include_tombstones {
                             continue;
                         }
-                        let replicas = match &assumed {
-                            Some(ring) => ring.replicas(&key),
-                            None => view.replicas(&key),
-                        };
-                        if !replicas.contains(&request.target_node_id) {
+                        if !ring.holds(&key, &request.target_node_id) {
                             continue;
                         }
                         bytes += key.len() + item.value.as_ref().map_or(0, Bytes::len);

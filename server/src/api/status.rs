@@ -32,6 +32,8 @@ impl ApiError {
                 | StoreError::InvalidTtl { .. }
                 | StoreError::NotAnInteger
                 | StoreError::Overflow { .. } => Outcome::InvalidArgument,
+                // Only versions decided elsewhere (Internal calls) meet the drift check.
+                StoreError::ClockDrift(_) => Outcome::Error,
             },
         }
     }
@@ -55,6 +57,8 @@ impl From<ApiError> for Status {
                 | StoreError::InvalidTtl { .. }
                 | StoreError::NotAnInteger => Status::invalid_argument(message),
                 StoreError::Overflow { .. } => Status::out_of_range(message),
+                // The entry is well formed; the two nodes' clocks are too far apart for it.
+                StoreError::ClockDrift(_) => Status::failed_precondition(message),
                 StoreError::MemoryFull { .. } => Status::resource_exhausted(message),
                 StoreError::CasConflict { current, .. } => {
                     let mut status = Status::new(Code::FailedPrecondition, message);
@@ -117,6 +121,13 @@ mod tests {
                     policy: EvictionPolicy::NoEviction,
                 },
                 Code::ResourceExhausted,
+            ),
+            (
+                StoreError::ClockDrift(crate::store::ClockDrift {
+                    ahead_ms: 86_400_000,
+                    max_drift_ms: 60_000,
+                }),
+                Code::FailedPrecondition,
             ),
         ];
         for (error, code) in cases {

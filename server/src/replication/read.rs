@@ -16,8 +16,9 @@ use super::{
     send_replicate,
 };
 use crate::api::to_wire;
+use crate::metrics::VersionSource;
 use crate::node::Node;
-use crate::store::VersionedItem;
+use crate::store::{ClockDrift, VersionedItem};
 
 /// Winners per key, in request order: the newest copy among the answers, `None` if no replica
 /// that answered holds anything. The caller decides liveness (tombstones and expired entries are
@@ -161,6 +162,9 @@ async fn gather(
         let Ok((id, positions, result)) = joined else {
             continue;
         };
+        // An answer carrying a version further ahead than max_clock_drift is not used at all:
+        // it would win the read, be repaired onto every replica and move their clocks.
+        let result = result.and_then(|results| refuse_far_ahead(&node, &id, results));
         match result {
             Ok(results) if results.len() == positions.len() => {
                 for (&p, read) in positions.iter().zip(results) {
@@ -199,6 +203,37 @@ async fn gather(
         let _ = tx.send(Err(ReplicationError::Unavailable(message)));
     }
     repair(&node, plan).await;
+}
+
+/// Fails a replica's ReadVersions answer that holds any version further ahead of this node's
+/// clock than `max_clock_drift` (counted and logged), so the read and its repair never use it:
+/// the replica counts as not having answered.
+fn refuse_far_ahead(
+    node: &Node,
+    replica: &str,
+    results: Vec<v1::VersionedRead>,
+) -> Result<Vec<v1::VersionedRead>, Failure> {
+    let now = node.now_ms();
+    let mut refused = 0u64;
+    let mut worst: Option<ClockDrift> = None;
+    for entry in results.iter().filter_map(|read| read.entry.as_ref()) {
+        if let Err(drift) = node.store().check_remote_version(entry.version, now) {
+            refused += 1;
+            if worst.is_none_or(|w| drift.ahead_ms > w.ahead_ms) {
+                worst = Some(drift);
+            }
+        }
+    }
+    let Some(drift) = worst else {
+        return Ok(results);
+    };
+    node.metrics()
+        .record_versions_refused(VersionSource::ReadVersions, replica, refused, drift);
+    Err(Failure::Refused(format!(
+        "clock drift: answered {refused} versions too far ahead of this node's clock ({} ms \
+         ahead, max_clock_drift is {} ms)",
+        drift.ahead_ms, drift.max_drift_ms
+    )))
 }
 
 async fn read_versions(

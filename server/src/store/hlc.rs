@@ -72,14 +72,10 @@ impl Hlc {
         self.next_after(now_ms, 0)
     }
 
-    /// Moves the clock past `version` without the drift check: for versions a node already
-    /// accepted (replicated data), whose order must be kept whatever the local clock says.
-    pub fn observe_unchecked(&self, version: u64) {
-        self.last.fetch_max(version, Ordering::AcqRel);
-    }
-
     /// Moves the clock past a version seen from another node, so later local versions order after it.
     /// Stamps more than `max_drift_ms` ahead of `now_ms` are refused and leave the clock unchanged.
+    /// There is deliberately no unchecked variant: one forged far-future stamp taken in would
+    /// make every later local version lose last-writer-wins against it.
     pub fn observe(&self, remote: u64, now_ms: u64, max_drift_ms: u64) -> Result<(), ClockDrift> {
         let remote_ms = Self::millis(remote);
         if remote_ms > now_ms.saturating_add(max_drift_ms) {

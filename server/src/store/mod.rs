@@ -31,7 +31,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 
 pub use entry::{ENTRY_OVERHEAD_BYTES, MAX_EXPIRY_MS, MAX_KEY_LEN, charge};
-pub use hlc::Hlc;
+pub use hlc::{ClockDrift, Hlc};
 
 use entry::Entry;
 use shard::Shard;
@@ -74,7 +74,15 @@ pub struct StoreConfig {
     /// How long a delete is remembered as a tombstone (ms), so a late replica write older than
     /// the delete cannot bring the key back; 0 removes deleted keys at once (a lone node).
     pub tombstone_grace_ms: u64,
+    /// How far ahead of this node's wall clock a version decided elsewhere ([`Store::apply`])
+    /// may be (ms). A version further ahead is refused with [`StoreError::ClockDrift`]: taken
+    /// in, it would move this node's clock forward and make every later local write lose
+    /// last-writer-wins against it.
+    pub max_clock_drift_ms: u64,
 }
+
+/// Default [`StoreConfig::max_clock_drift_ms`]: one minute.
+pub const DEFAULT_MAX_CLOCK_DRIFT_MS: u64 = 60_000;
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -86,6 +94,7 @@ impl Default for StoreConfig {
             max_ttl_ms: 10 * 365 * 24 * 3600 * 1000,
             shards: 64,
             tombstone_grace_ms: 0,
+            max_clock_drift_ms: DEFAULT_MAX_CLOCK_DRIFT_MS,
         }
     }
 }
@@ -152,6 +161,10 @@ pub enum StoreError {
         /// The eviction policy in force.
         policy: EvictionPolicy,
     },
+    /// A version decided elsewhere was further ahead of this node's clock than
+    /// `max_clock_drift` allows; nothing was stored and the clock did not move.
+    #[error(transparent)]
+    ClockDrift(#[from] ClockDrift),
 }
 
 fn fmt_version(version: Option<u64>) -> String {
@@ -698,10 +711,28 @@ impl Store {
             .map(|s| VersionedItem::of(shard.entry(s))))
     }
 
+    /// Checks a version decided elsewhere against the clock-drift bound: `Err` when it is more
+    /// than `max_clock_drift_ms` ahead of `now_ms`. Changes nothing.
+    pub fn check_remote_version(&self, version: u64, now_ms: u64) -> Result<(), ClockDrift> {
+        let max_drift_ms = self.config.max_clock_drift_ms;
+        let remote_ms = Hlc::millis(version);
+        if remote_ms > now_ms.saturating_add(max_drift_ms) {
+            return Err(ClockDrift {
+                ahead_ms: remote_ms - now_ms,
+                max_drift_ms,
+            });
+        }
+        Ok(())
+    }
+
     /// Applies a write decided elsewhere (replication, hints, read repair, rebalancing): it takes
     /// effect only if `version` is newer than what this node holds for the key, tombstones
     /// included (last writer wins by version). `value` `None` is a delete. Returns whether it was
     /// applied; an older or equal version changes nothing.
+    ///
+    /// **Invariant:** a version from elsewhere never moves the clock more than
+    /// `max_clock_drift_ms` ahead of `now_ms`: one further ahead is refused
+    /// ([`StoreError::ClockDrift`]) before anything changes, the clock included.
     pub fn apply(
         &self,
         key: &[u8],
@@ -714,14 +745,17 @@ impl Store {
         if let Some(value) = value {
             self.check_value(value)?;
         }
+        self.check_remote_version(version, now_ms)?;
         let place = self.place(key);
         let mut shard = self.shards[place.shard].lock.write();
         let slot = shard.find(place.hash, key);
         if slot.is_some_and(|s| shard.entry(s).version() >= version) {
             return Ok(false);
         }
-        // Later local writes must order after this one.
-        self.hlc.observe_unchecked(version);
+        // Later local writes must order after this one; checked above, so the clock moves at
+        // most `max_clock_drift_ms` ahead of the wall clock.
+        self.hlc
+            .observe(version, now_ms, self.config.max_clock_drift_ms)?;
         let entry = match value {
             Some(value) => Entry::new(key, value, version, expires_at_ms.unwrap_or(0)),
             None => {

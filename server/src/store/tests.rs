@@ -835,3 +835,69 @@ fn scan_visits_every_entry_and_remove_if_version_is_conditional() {
     assert!(s.get_versioned(&k1).unwrap().is_none());
     assert!(s.remove_if_version(&key, tomb.version).unwrap());
 }
+
+#[test]
+fn apply_refuses_versions_too_far_ahead_and_leaves_the_clock_alone() {
+    let s = store();
+    let drift = s.config().max_clock_drift_ms;
+    assert_eq!(drift, DEFAULT_MAX_CLOCK_DRIFT_MS);
+    s.set(b"k", b"mine", SetOptions::default(), T0).unwrap();
+    let before = s.get_versioned(b"k").unwrap().unwrap();
+    let day = 24 * 3600 * 1000;
+    for (forged, ahead_ms) in [
+        (u64::MAX, Hlc::millis(u64::MAX) - T0),
+        (Hlc::at_millis(T0 + day), day),
+        (Hlc::at_millis(T0 + drift + 1), drift + 1),
+    ] {
+        for value in [Some(&b"forged"[..]), None] {
+            assert_eq!(
+                s.apply(b"k", value, forged, None, T0),
+                Err(StoreError::ClockDrift(ClockDrift {
+                    ahead_ms,
+                    max_drift_ms: drift
+                })),
+                "{forged:#x}"
+            );
+            // A new key is refused too, not only one that would be replaced.
+            assert!(s.apply(b"new", value, forged, None, T0).is_err());
+        }
+    }
+    assert_eq!(s.get_versioned(b"k").unwrap(), Some(before.clone()));
+    assert!(s.get_versioned(b"new").unwrap().is_none());
+    // The clock did not move: the next local write is stamped at the wall clock and wins.
+    let next = s
+        .set(b"k", b"later", SetOptions::default(), T0 + 1)
+        .unwrap()
+        .version
+        .unwrap();
+    assert_eq!(next, Hlc::at_millis(T0 + 1));
+    assert!(next > before.version);
+    assert_eq!(value(&s, b"k", T0 + 1).as_deref(), Some(&b"later"[..]));
+    // Exactly at the bound is still accepted (clocks that are merely skewed keep working).
+    let edge = Hlc::at_millis(T0 + drift);
+    assert!(s.apply(b"k", Some(b"edge"), edge, None, T0).unwrap());
+    assert!(
+        s.set(b"k", b"after", SetOptions::default(), T0)
+            .unwrap()
+            .version
+            .unwrap()
+            > edge
+    );
+}
+
+#[test]
+fn the_drift_bound_is_a_setting() {
+    let strict = Store::new(StoreConfig {
+        max_clock_drift_ms: 10,
+        ..StoreConfig::default()
+    });
+    let ahead = Hlc::at_millis(T0 + 11);
+    assert!(matches!(
+        strict.apply(b"k", Some(b"v"), ahead, None, T0),
+        Err(StoreError::ClockDrift(ClockDrift {
+            ahead_ms: 11,
+            max_drift_ms: 10
+        }))
+    ));
+    assert!(store().apply(b"k", Some(b"v"), ahead, None, T0).unwrap());
+}
