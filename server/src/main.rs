@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use ringcache_server::cluster::Keyring;
 use ringcache_server::config::{Cli, Config, LogFormat};
 use ringcache_server::{Listeners, Node, dev_cluster};
 use tracing_subscriber::EnvFilter;
@@ -19,6 +20,12 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.gen_gossip_key {
+        let key = Keyring::generate_key()
+            .map_err(|_| anyhow::anyhow!("the system's secure random generator failed"))?;
+        println!("{key}");
+        return Ok(());
+    }
     if let Some(nodes) = cli.dev_cluster {
         let args: Vec<String> = std::env::args().skip(1).collect();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -35,8 +42,31 @@ fn run() -> anyhow::Result<()> {
     }
     runtime.build()?.block_on(async move {
         let listeners = Listeners::bind(&config).await?;
-        Node::new(config).serve(listeners, shutdown_signal()).await
+        let node = Node::new(config);
+        tokio::spawn(reload_on_sighup(node.clone()));
+        node.serve(listeners, shutdown_signal()).await
     })
+}
+
+/// Reloads the node's secrets (gossip key ring) on every SIGHUP.
+async fn reload_on_sighup(node: std::sync::Arc<Node>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGHUP; secrets reload on change only");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading secrets");
+            node.reload_secrets();
+        }
+    }
+    #[cfg(not(unix))]
+    drop(node);
 }
 
 fn init_logging(format: LogFormat) {

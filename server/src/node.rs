@@ -22,7 +22,7 @@ use ringcache_proto::v1::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpIncoming};
@@ -30,14 +30,15 @@ use tonic::transport::server::{Connected, TcpIncoming};
 use crate::api::{AdminService, CacheService, ClusterService, DigestLayer, InternalService};
 use crate::clock::{Clock, SystemClock};
 use crate::cluster::{
-    GossipStatsSnapshot, Membership, MembershipConfig, MembershipHandle, MetaState, NodeIdentity,
-    NodeMeta,
+    Encryption, GossipStatsSnapshot, Keyring, Membership, MembershipConfig, MembershipHandle,
+    MetaState, NodeIdentity, NodeMeta,
 };
 use crate::config::Config;
 use crate::connections::{self, Connections};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::rebalance::{RebalanceStats, run_rebalancer};
+use crate::reload::{ReloadCause, watch_files};
 use crate::replication::{Replicator, replay_hints_task};
 use crate::store::Store;
 use crate::view::{ClusterView, Peers};
@@ -92,6 +93,8 @@ pub struct Node {
     joined: AtomicBool,
     /// When the view last changed (readiness waits `ready_settle` after it).
     view_changed_at: parking_lot::Mutex<Instant>,
+    /// Notified by [`Node::reload_secrets`] (SIGHUP): the secrets watcher reloads at once.
+    secrets_reload: Arc<Notify>,
 }
 
 #[derive(Debug, Clone)]
@@ -176,6 +179,7 @@ impl Node {
             seeded: AtomicBool::new(false),
             joined: AtomicBool::new(false),
             view_changed_at: parking_lot::Mutex::new(Instant::now()),
+            secrets_reload: Arc::new(Notify::new()),
         });
         node.publish_single_node();
         node
@@ -335,6 +339,15 @@ impl Node {
     /// Data movement progress (joins, repairs, leaves).
     pub fn rebalance(&self) -> &RebalanceStats {
         &self.rebalance
+    }
+
+    /// Re-reads the secret files (the gossip key ring) now instead of at the next
+    /// `secrets_reload_interval` check; `ringcached` calls it on SIGHUP. Returns at once: the
+    /// reload happens on the watcher task, and one that fails keeps the current secrets and
+    /// logs why (`ringcache_secrets_reloads_total{result="failed"}`). Nothing happens when the
+    /// node has no secret files.
+    pub fn reload_secrets(&self) {
+        self.secrets_reload.notify_one();
     }
 
     /// Gossip traffic and member counts, when membership runs.
@@ -573,12 +586,21 @@ impl Node {
         let config = membership_config(&self.config);
         let membership = Membership::new(config, identity, meta.clone(), rand::random())
             .context("invalid membership settings")?;
+        let encryption = match &self.config.gossip_keyring {
+            Some(path) => Some(self.watch_keyring(path.clone())?),
+            None => None,
+        };
         let seeds = resolve_seeds(&self.config.seeds, gossip_addr).await;
         // Seeds that are all this node (or do not resolve) leave it to start a cluster alone.
         self.seeded.store(!seeds.is_empty(), Ordering::Release);
         self.external_topology.store(true, Ordering::Release);
-        let (handle, task) =
-            MembershipHandle::spawn(membership, socket, seeds, self.gossip_stop.clone());
+        let (handle, task) = MembershipHandle::spawn(
+            membership,
+            socket,
+            seeds,
+            encryption,
+            self.gossip_stop.clone(),
+        );
         tasks.spawn(follow_members(self.clone(), handle.members()));
         tasks.spawn(run_rebalancer(self.clone(), self.config.probe_interval * 2));
         if joining {
@@ -588,6 +610,42 @@ impl Node {
         tracing::info!(gossip = %gossip_addr, seeds = ?self.config.seeds, "gossip started");
         let _ = self.membership.set(handle);
         Ok(task)
+    }
+
+    /// Loads the gossip key ring from `path` and starts watching it: a changed file (checked
+    /// every `secrets_reload_interval`) or [`Node::reload_secrets`] loads it again, and a
+    /// valid new key ring reaches the gossip driver; an invalid one is logged and the current
+    /// one stays.
+    fn watch_keyring(self: &Arc<Self>, path: std::path::PathBuf) -> anyhow::Result<Encryption> {
+        let keyring = Keyring::load(&path)?;
+        tracing::info!(?keyring, file = %path.display(), "gossip encryption on");
+        let (keyring_tx, keyring_rx) = watch::channel(keyring);
+        let encryption = Encryption::new(keyring_rx)
+            .map_err(|_| anyhow::anyhow!("cannot draw a gossip instance id from the system RNG"))?;
+        let node = Arc::clone(self);
+        let reload = move |cause: ReloadCause| match Keyring::load(&path) {
+            Ok(keyring) => {
+                if *keyring_tx.borrow() == keyring {
+                    tracing::info!(?cause, ?keyring, "gossip key ring reloaded, unchanged");
+                } else {
+                    tracing::info!(?cause, ?keyring, "gossip key ring reloaded");
+                    keyring_tx.send_replace(keyring);
+                }
+                node.metrics.record_secrets_reload(true);
+            }
+            Err(error) => {
+                tracing::error!(?cause, %error, "gossip key ring reload failed; keeping the current key ring");
+                node.metrics.record_secrets_reload(false);
+            }
+        };
+        watch_files(
+            vec![self.config.gossip_keyring.clone().unwrap_or_default()],
+            self.config.secrets_reload_interval,
+            Arc::clone(&self.secrets_reload),
+            self.shutdown.clone(),
+            reload,
+        );
+        Ok(encryption)
     }
 
     /// Installs the topology of a member list from gossip.

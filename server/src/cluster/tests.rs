@@ -732,7 +732,7 @@ mod driver {
         )
         .unwrap();
         let shutdown = CancellationToken::new();
-        let (handle, task) = MembershipHandle::spawn(core, socket, seeds, shutdown.clone());
+        let (handle, task) = MembershipHandle::spawn(core, socket, seeds, None, shutdown.clone());
         Running {
             handle,
             task,
@@ -857,8 +857,8 @@ mod driver {
             .unwrap();
         let stats = std::sync::Arc::clone(node.handle.stats());
         wait_until("drops counted", || {
-            stats.packets_dropped_malformed.load(Ordering::Relaxed) == 2
-                && stats.packets_dropped_oversized.load(Ordering::Relaxed) == 2
+            stats.dropped(DropReason::Malformed).load(Ordering::Relaxed) == 2
+                && stats.dropped(DropReason::Oversized).load(Ordering::Relaxed) == 2
         })
         .await;
         assert_eq!(stats.snapshot().packets_received, 4);
