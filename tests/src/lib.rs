@@ -4,11 +4,14 @@
 //! Every server binds 127.0.0.1 port 0, so tests run in parallel and beside a running node.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ringcache_server::clock::{Clock, SystemClock};
+use ringcache_server::cluster::Keyring;
 use ringcache_server::{Config, Listeners, Node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -263,6 +266,76 @@ impl TestCluster {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+impl TestCluster {
+    /// Starts `n` nodes whose gossip is encrypted, node `i` (1-based) with the key ring file
+    /// `keyrings[i - 1]`, and waits until they converge.
+    pub async fn start_encrypted(keyrings: &[KeyringFile], deadline: Duration) -> Self {
+        Self::start_converged(keyrings.len(), deadline, |i, config| {
+            config.gossip_keyring = Some(keyrings[i - 1].path().to_path_buf());
+        })
+        .await
+    }
+}
+
+/// A fresh random gossip key, as a key ring line.
+pub fn gossip_key() -> String {
+    Keyring::generate_key().expect("the system RNG works")
+}
+
+/// The id of a key ring line, as `ringcache_gossip_keyring_primary_key_id` shows it.
+pub fn gossip_key_id(key: &str) -> u64 {
+    u64::from(
+        Keyring::parse(key, "test key")
+            .expect("a valid key")
+            .primary_id()
+            .as_u32(),
+    )
+}
+
+/// A gossip key ring file in the temp directory, removed on drop.
+#[derive(Debug)]
+pub struct KeyringFile {
+    path: PathBuf,
+}
+
+impl KeyringFile {
+    /// A file holding `keys` (primary first).
+    pub fn new(keys: &[&str]) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "ringcache-keyring-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = Self { path };
+        file.rewrite(keys);
+        file
+    }
+
+    /// Replaces the keys at once (written aside, then renamed over the file).
+    pub fn rewrite(&self, keys: &[&str]) {
+        let tmp = self.path.with_extension("tmp");
+        let mut text = String::from("# test key ring, primary first\n");
+        for key in keys {
+            text.push_str(key);
+            text.push('\n');
+        }
+        std::fs::write(&tmp, text).expect("write the key ring");
+        std::fs::rename(&tmp, &self.path).expect("replace the key ring");
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for KeyringFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

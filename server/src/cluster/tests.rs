@@ -574,7 +574,13 @@ fn an_impostor_of_a_live_node_id_is_refused_until_the_real_node_is_dead() {
         // A second process claims n1 from another port, with a higher incarnation (it started
         // later), through a seed and straight at the real n1.
         let impostor_addr = SocketAddr::from(([127, 0, 0, 1], 7109));
-        sim.start_named(9, "n1", impostor_addr, 1_000, vec![default_addr(0), default_addr(1)]);
+        sim.start_named(
+            9,
+            "n1",
+            impostor_addr,
+            1_000,
+            vec![default_addr(0), default_addr(1)],
+        );
         let mut broken = None;
         sim.run_until(sim.now + Duration::from_secs(3), |s| {
             if broken.is_none() && !s.converged(&[0, 1, 2]) {
@@ -582,23 +588,35 @@ fn an_impostor_of_a_live_node_id_is_refused_until_the_real_node_is_dead() {
             }
             false
         });
-        assert_eq!(broken, None, "the cluster changed while refusing the impostor");
-        assert_eq!(sim.core(1).identity(), &real, "seed {seed}: n1 renewed its identity");
+        assert_eq!(
+            broken, None,
+            "the cluster changed while refusing the impostor"
+        );
+        assert_eq!(
+            sim.core(1).identity(),
+            &real,
+            "seed {seed}: n1 renewed its identity"
+        );
         let after: Vec<_> = [0, 2]
             .iter()
             .map(|v| sim.nodes[v].core.foca_incarnation_of("n1"))
             .collect();
         assert_eq!(after, refutations, "seed {seed}: n1 had to refute");
-        assert!(sim.core(0).impostor_refusals() > 0, "seed {seed}: not counted at the seed");
-        assert!(sim.core(1).impostor_refusals() > 0, "seed {seed}: not counted at n1");
+        assert!(
+            sim.core(0).impostor_refusals() > 0,
+            "seed {seed}: not counted at the seed"
+        );
+        assert!(
+            sim.core(1).impostor_refusals() > 0,
+            "seed {seed}: not counted at n1"
+        );
         assert_eq!(sim.view(9).len(), 1, "seed {seed}: the impostor joined");
 
         // Once the real n1 is dead, the id may come back from the new address.
         sim.crash(1);
         let moved = sim.run_until(sim.now + Duration::from_secs(3), |s| {
             [0, 2].iter().all(|v| {
-                seen_as(s, *v, "n1")
-                    == Some((impostor_addr.to_string(), NodeState::Active, 1_000))
+                seen_as(s, *v, "n1") == Some((impostor_addr.to_string(), NodeState::Active, 1_000))
             })
         });
         assert!(moved, "{}", sim.describe());
