@@ -66,8 +66,9 @@ pub fn watch_files<F>(
 where
     F: FnMut(ReloadCause) + Send + 'static,
 {
+    // Taken now, not when the task first runs: a change made right after this call counts.
+    let mut last = fingerprint(&paths);
     tokio::spawn(async move {
-        let mut last = fingerprint(&paths);
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;

@@ -609,24 +609,14 @@ mod tests {
             .collect();
         let mut out = Vec::new();
         // Newest first, then the ones inside the window in reverse.
-        let last = sealed.len() - 1;
-        b.open(&sealed[last], &mut out).unwrap();
-        for i in (last + 1 - REPLAY_WINDOW as usize..last).rev() {
-            b.open(&sealed[i], &mut out).unwrap();
+        let (too_old, window) = sealed.split_at(sealed.len() - REPLAY_WINDOW as usize);
+        let (newest, rest) = window.split_last().unwrap();
+        b.open(newest, &mut out).unwrap();
+        for datagram in rest.iter().rev() {
+            b.open(datagram, &mut out).unwrap();
         }
-        for i in 0..=last - REPLAY_WINDOW as usize {
-            assert_eq!(
-                b.open(&sealed[i], &mut out),
-                Err(DropReason::Replayed),
-                "{i}"
-            );
-        }
-        for i in (last + 1 - REPLAY_WINDOW as usize)..=last {
-            assert_eq!(
-                b.open(&sealed[i], &mut out),
-                Err(DropReason::Replayed),
-                "{i}"
-            );
+        for (i, datagram) in too_old.iter().chain(window).enumerate() {
+            assert_eq!(b.open(datagram, &mut out), Err(DropReason::Replayed), "{i}");
         }
     }
 
