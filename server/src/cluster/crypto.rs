@@ -126,12 +126,12 @@ impl fmt::Debug for Keyring {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
     /// The file could not be read.
-    #[error("cannot read gossip keyring {path}: {source}")]
+    #[error("cannot read gossip keyring {path}: {error}")]
     Read {
         /// The file.
         path: String,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A line is not a key.
     #[error("gossip keyring {path}, line {line}: {reason}")]
@@ -208,9 +208,9 @@ impl Keyring {
     /// Reads and parses a key ring file (see [`Keyring::parse`]).
     pub fn load(path: &Path) -> Result<Self, KeyringError> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| KeyringError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| KeyringError::Read {
             path: name.clone(),
-            source,
+            error,
         })?;
         Self::parse(&text, &name)
     }
