@@ -40,31 +40,38 @@ impl TestNode {
     /// Starts a node with `config` (its addresses are replaced by 127.0.0.1:0, gossip included)
     /// and the system clock. It joins through `config.seeds`.
     pub async fn start(config: Config) -> Self {
-        Self::start_with(config, Arc::new(SystemClock), true).await
+        Self::start_with(config, Arc::new(SystemClock), Some(0)).await
+    }
+
+    /// Starts a node like [`TestNode::start`] but with gossip on 127.0.0.1:`gossip_port`: a
+    /// process restarted in place, on the gossip address it had.
+    pub async fn start_on_gossip_port(config: Config, gossip_port: u16) -> Self {
+        Self::start_with(config, Arc::new(SystemClock), Some(gossip_port)).await
     }
 
     /// Starts a node without gossip: a lone node, or one whose topology a test sets by hand.
     pub async fn start_without_gossip(config: Config) -> Self {
-        Self::start_with(config, Arc::new(SystemClock), false).await
+        Self::start_with(config, Arc::new(SystemClock), None).await
     }
 
     /// Starts a node reading time from `clock`.
     pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Self {
-        Self::start_with(config, clock, true).await
+        Self::start_with(config, clock, Some(0)).await
     }
 
-    async fn start_with(config: Config, clock: Arc<dyn Clock>, gossip: bool) -> Self {
+    /// `gossip`: the UDP port to bind on 127.0.0.1 (0: any), or `None` for no gossip.
+    async fn start_with(config: Config, clock: Arc<dyn Clock>, gossip: Option<u16>) -> Self {
         let grpc = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a free gRPC port");
         let http = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a free HTTP port");
-        let gossip = if gossip {
+        let gossip = if let Some(port) = gossip {
             Some(
-                UdpSocket::bind("127.0.0.1:0")
+                UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], port)))
                     .await
-                    .expect("bind a free gossip port"),
+                    .expect("bind the gossip port"),
             )
         } else {
             None
@@ -186,6 +193,17 @@ impl TestCluster {
 
     /// Starts one more node with id `n{i}` that joins through node 1 (or the first node left).
     pub async fn add(&mut self, i: usize, configure: impl Fn(usize, &mut Config)) -> &TestNode {
+        self.add_on_gossip_port(i, 0, configure).await
+    }
+
+    /// Like [`TestCluster::add`], with gossip on 127.0.0.1:`gossip_port` (0: any free port), to
+    /// restart a node in place.
+    pub async fn add_on_gossip_port(
+        &mut self,
+        i: usize,
+        gossip_port: u16,
+        configure: impl Fn(usize, &mut Config),
+    ) -> &TestNode {
         let mut config = Config::for_test();
         config.node_id = format!("n{i}");
         config.seeds = self
@@ -195,7 +213,8 @@ impl TestCluster {
             .map(|addr| vec![addr.to_string()])
             .unwrap_or_default();
         configure(i, &mut config);
-        self.nodes.push(TestNode::start(config).await);
+        self.nodes
+            .push(TestNode::start_on_gossip_port(config, gossip_port).await);
         self.nodes.last().expect("just pushed")
     }
 
