@@ -299,20 +299,6 @@ pub fn new_user_stanza(name: &str, role: Role) -> anyhow::Result<(String, String
     Ok((stanza, secret))
 }
 
-/// A hash of the contents of `paths` (a missing file counts as empty): changes when any of
-/// them does.
-pub fn files_fingerprint(paths: &[std::path::PathBuf]) -> [u8; 32] {
-    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
-    for path in paths {
-        let contents = std::fs::read(path).unwrap_or_default();
-        context.update(&(contents.len() as u64).to_le_bytes());
-        context.update(&contents);
-    }
-    let mut out = [0; 32];
-    out.copy_from_slice(context.finish().as_ref());
-    out
-}
-
 /// The role a client-plane gRPC method needs (`path` = `/package.Service/Method`). `None` for
 /// methods the client plane never serves (`Internal`).
 pub fn required_role(path: &str) -> Option<Role> {

@@ -49,6 +49,10 @@ pub struct Cli {
     /// The role of --gen-user: read, write or admin [default: read].
     #[arg(long, value_name = "ROLE", requires = "gen_user")]
     pub role: Option<crate::auth::Role>,
+    /// Print a fresh random gossip key (standard base64 of 32 random bytes, for a
+    /// --gossip-keyring file) and exit.
+    #[arg(long)]
+    pub gen_gossip_key: bool,
     /// TOML config file; flags and environment variables override its values.
     #[arg(long, env = "RINGCACHE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -256,6 +260,21 @@ pub struct Cli {
     /// check until the minute is over; 0 = no limit [default: 20].
     #[arg(long, env = "RINGCACHE_MAX_AUTH_FAILURES", value_name = "N")]
     pub max_auth_failures: Option<u32>,
+    /// Gossip key ring: a file with one key per line (standard base64 of 32 bytes; `#` comments
+    /// and blank lines allowed). The first key encrypts, every key decrypts. When set, gossip
+    /// is encrypted and authenticated (AES-256-GCM) and plaintext gossip is dropped; every node
+    /// of a cluster needs a common key. Re-read when it changes and on SIGHUP. Make a key with
+    /// --gen-gossip-key [default: none, plaintext gossip].
+    #[arg(long, env = "RINGCACHE_GOSSIP_KEYRING", value_name = "FILE")]
+    pub gossip_keyring: Option<PathBuf>,
+    /// How often secret files (the gossip key ring) are checked for changes; SIGHUP reloads at
+    /// once [default: 10s].
+    #[arg(
+        long,
+        env = "RINGCACHE_SECRETS_RELOAD_INTERVAL",
+        value_name = "DURATION"
+    )]
+    pub secrets_reload_interval: Option<HumanDuration>,
 }
 
 /// Consistency level as written in flags and files.
@@ -422,6 +441,8 @@ struct FileConfig {
     max_concurrent_streams: Option<u32>,
     max_header_list_bytes: Option<ByteSize>,
     max_auth_failures: Option<u32>,
+    gossip_keyring: Option<PathBuf>,
+    secrets_reload_interval: Option<HumanDuration>,
 }
 
 /// Everything a node runs with, validated.
@@ -481,7 +502,12 @@ pub struct Config {
     pub ready_settle: Duration,
     /// TLS, users, the insecure gate and connection hardening.
     pub security: SecurityConfig,
+    /// The gossip key ring file; `None` for plaintext gossip.
+    pub gossip_keyring: Option<PathBuf>,
+    /// How often secret files are checked for changes.
+    pub secrets_reload_interval: Duration,
 }
+
 
 /// TLS files of one listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -534,6 +560,9 @@ impl SecurityConfig {
 /// Largest `max_clock_drift` accepted (one day): a larger bound would let a peer move this
 /// node's clock, and so the versions of its later writes, arbitrarily far ahead.
 pub const MAX_CLOCK_DRIFT_MS: u64 = 24 * 3600 * 1000;
+
+/// Default `secrets_reload_interval`.
+pub const DEFAULT_SECRETS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Default `max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -689,6 +718,11 @@ impl Config {
                 .or(file.cluster_port)
                 .unwrap_or(DEFAULT_CLUSTER_PORT),
             security,
+            gossip_keyring: cli.gossip_keyring.or(file.gossip_keyring),
+            secrets_reload_interval: cli
+                .secrets_reload_interval
+                .or(file.secrets_reload_interval)
+                .map_or(DEFAULT_SECRETS_RELOAD_INTERVAL, |d| d.0),
         };
         config.validate()?;
         Ok(config)
@@ -746,6 +780,9 @@ impl Config {
         }
         if self.expiry_interval.is_zero() {
             bail!("expiry_interval must be greater than zero");
+        }
+        if self.secrets_reload_interval.is_zero() {
+            bail!("secrets_reload_interval must be greater than zero");
         }
         if self.probe_interval.is_zero()
             || self.probe_timeout.is_zero()
@@ -1216,6 +1253,38 @@ mod tests {
     }
 
     #[test]
+    fn gossip_keyring_and_reload_interval_layer_with_their_defaults() {
+        let defaults = Config::layer(Cli::default(), FileConfig::default()).unwrap();
+        assert_eq!(defaults.gossip_keyring, None, "plaintext gossip by default");
+        assert_eq!(defaults.secrets_reload_interval, Duration::from_secs(10));
+        let file: FileConfig = toml::from_str(
+            r#"
+            gossip_keyring = "/etc/ringcache/gossip.keys"
+            secrets_reload_interval = "30s"
+            "#,
+        )
+        .unwrap();
+        let config = Config::layer(parse(&["--secrets-reload-interval", "2s"]), file).unwrap();
+        assert_eq!(
+            config.gossip_keyring.as_deref(),
+            Some(Path::new("/etc/ringcache/gossip.keys"))
+        );
+        assert_eq!(
+            config.secrets_reload_interval,
+            Duration::from_secs(2),
+            "flag wins"
+        );
+        let err = Config::layer(
+            parse(&["--secrets-reload-interval", "0s"]),
+            FileConfig::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("secrets_reload_interval"), "{err}");
+        assert!(parse(&["--gen-gossip-key"]).gen_gossip_key);
+    }
+
+    #[test]
     fn a_wildcard_bind_advertises_the_given_address() {
         let config = Config::layer(
             parse(&["--bind", "0.0.0.0", "--advertise-addr", "10.1.2.3"]),
@@ -1264,6 +1333,9 @@ mod tests {
             "--max-connections",
             "--ready-settle",
             "--max-clock-drift",
+            "--gossip-keyring",
+            "--secrets-reload-interval",
+            "--gen-gossip-key",
         ] {
             assert!(help.contains(flag), "{flag} missing from --help");
         }

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod node;
 pub mod readiness;
 pub mod rebalance;
+pub mod reload;
 pub mod replication;
 pub mod store;
 pub mod tls;

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use ringcache_server::cluster::Keyring;
 use ringcache_server::config::{Cli, Config, LogFormat};
 use ringcache_server::{Listeners, Node, dev_cluster};
 use tracing_subscriber::EnvFilter;
@@ -28,6 +29,12 @@ fn run() -> anyhow::Result<ExitCode> {
         println!("# {secret}");
         return Ok(ExitCode::SUCCESS);
     }
+    if cli.gen_gossip_key {
+        let key = Keyring::generate_key()
+            .map_err(|_| anyhow::anyhow!("the system's secure random generator failed"))?;
+        println!("{key}");
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(nodes) = cli.dev_cluster {
         let args: Vec<String> = std::env::args().skip(1).collect();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -37,7 +44,7 @@ fn run() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let config = Config::load(cli)?;
-    if let Err(reason) = config.check_secure_bind(false) {
+    if let Err(reason) = config.check_secure_bind(config.gossip_keyring.is_some()) {
         eprintln!("ringcached: {reason}");
         return Ok(ExitCode::from(2));
     }
@@ -50,28 +57,31 @@ fn run() -> anyhow::Result<ExitCode> {
     runtime.build()?.block_on(async move {
         let listeners = Listeners::bind(&config).await?;
         let node = Node::new(config);
-        #[cfg(unix)]
         tokio::spawn(reload_on_sighup(node.clone()));
         node.serve(listeners, shutdown_signal()).await
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Re-reads the users and TLS files on every SIGHUP.
-#[cfg(unix)]
+/// Reloads the node's secrets (gossip key ring, users, TLS files) on every SIGHUP.
 async fn reload_on_sighup(node: std::sync::Arc<Node>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(signal) => signal,
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGHUP; secrets reload only when their files change");
-            return;
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGHUP; secrets reload on change only");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading secrets");
+            node.reload_secrets();
         }
-    };
-    while hangup.recv().await.is_some() {
-        tracing::info!("SIGHUP received: reloading secrets");
-        node.request_reload();
     }
+    #[cfg(not(unix))]
+    drop(node);
 }
 
 fn init_logging(format: LogFormat) {

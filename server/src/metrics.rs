@@ -12,7 +12,7 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
-use crate::cluster::GossipStatsSnapshot;
+use crate::cluster::{DropReason, GossipStatsSnapshot};
 use crate::store::{ClockDrift, StoreStats};
 
 /// A Cache operation, as the `op` label names it.
@@ -175,7 +175,12 @@ pub struct Metrics {
     gossip_packets_received: Counter,
     gossip_bytes_sent: Counter,
     gossip_bytes_received: Counter,
+    /// `gossip_dropped[i]`: reason [`DropReason::LABELS`]`[i]`.
     gossip_dropped: Vec<Counter>,
+    gossip_keyring_keys: Gauge,
+    gossip_keyring_primary_id: Gauge,
+    /// `secrets_reloads[0]`: applied, `[1]`: failed (old secrets kept).
+    secrets_reloads: [Counter; 2],
     members: Vec<Gauge>,
     topology_members: Gauge,
     rebalance_keys_sent: Counter,
@@ -368,7 +373,25 @@ impl Metrics {
             &recorder,
             "ringcache_gossip_dropped_packets_total",
             Unit::Count,
-            "Gossip datagrams dropped, by reason (malformed, oversized)",
+            "Gossip datagrams dropped, by reason: malformed, oversized; unknown_key (sealed under a key not in the key ring), unauthenticated (bad tag), replayed (seen before or older than the replay window), plaintext (at a node with a key ring), encrypted (at a node without one); impostor (from or about a node id alive at another gossip address)",
+        );
+        describe(
+            &recorder,
+            "ringcache_gossip_keyring_keys",
+            Unit::Count,
+            "Keys in the gossip key ring; 0 = gossip is not encrypted",
+        );
+        describe(
+            &recorder,
+            "ringcache_gossip_keyring_primary_key_id",
+            Unit::Count,
+            "Id of the primary gossip key (first 4 bytes of its SHA-256 as a number; `ringcached` logs it as 8 hex digits); 0 = not encrypted. Every node should show the same value once a rotation is done",
+        );
+        describe(
+            &recorder,
+            "ringcache_secrets_reloads_total",
+            Unit::Count,
+            "Reloads of secret files (gossip key ring) after a change or SIGHUP, by result (ok, failed: the old secrets stay in use)",
         );
         describe(
             &recorder,
@@ -382,7 +405,7 @@ impl Metrics {
             Unit::Count,
             "Members owning ranges of this node's ring",
         );
-        let gossip_dropped = ["malformed", "oversized"]
+        let gossip_dropped = DropReason::LABELS
             .iter()
             .map(|reason| {
                 counter(
@@ -579,6 +602,14 @@ impl Metrics {
             gossip_bytes_sent: counter("ringcache_gossip_bytes_sent_total", vec![]),
             gossip_bytes_received: counter("ringcache_gossip_bytes_received_total", vec![]),
             gossip_dropped,
+            gossip_keyring_keys: gauge("ringcache_gossip_keyring_keys"),
+            gossip_keyring_primary_id: gauge("ringcache_gossip_keyring_primary_key_id"),
+            secrets_reloads: ["ok", "failed"].map(|result| {
+                counter(
+                    "ringcache_secrets_reloads_total",
+                    vec![Label::new("result", result)],
+                )
+            }),
             members,
             topology_members: gauge("ringcache_ring_members"),
             requests,
@@ -649,11 +680,20 @@ impl Metrics {
             .absolute(gossip.packets_received);
         self.gossip_bytes_sent.absolute(gossip.bytes_sent);
         self.gossip_bytes_received.absolute(gossip.bytes_received);
-        self.gossip_dropped[0].absolute(gossip.packets_dropped_malformed);
-        self.gossip_dropped[1].absolute(gossip.packets_dropped_oversized);
+        for (counter, dropped) in self.gossip_dropped.iter().zip(gossip.dropped) {
+            counter.absolute(dropped);
+        }
+        self.gossip_keyring_keys.set(gossip.keyring_keys as f64);
+        self.gossip_keyring_primary_id
+            .set(gossip.keyring_primary_id as f64);
         self.members[0].set(gossip.members_alive as f64);
         self.members[1].set(gossip.members_suspect as f64);
         self.members[2].set(gossip.members_dead as f64);
+    }
+
+    /// Counts one reload of secret files, applied (`ok`) or failed.
+    pub fn record_secrets_reload(&self, ok: bool) {
+        self.secrets_reloads[usize::from(!ok)].increment(1);
     }
 
     /// Sets the pending-hint gauges.
@@ -974,6 +1014,38 @@ mod tests {
             "ringcache_connections_max 10",
             "ringcache_connections_rejected_total 2",
             "# HELP ringcache_connections_rejected_total",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn gossip_security_metrics_are_exported_from_the_start() {
+        let metrics = Metrics::new();
+        let text = metrics.render(&StoreStats::default(), 1024, Duration::ZERO);
+        for reason in DropReason::LABELS {
+            let needle =
+                format!(r#"ringcache_gossip_dropped_packets_total{{reason="{reason}"}} 0"#);
+            assert!(text.contains(&needle), "{needle} missing from:\n{text}");
+        }
+        let mut gossip = GossipStatsSnapshot {
+            keyring_keys: 2,
+            keyring_primary_id: 0xdead_beef,
+            ..GossipStatsSnapshot::default()
+        };
+        gossip.dropped[DropReason::LABELS
+            .iter()
+            .position(|r| *r == "unknown_key")
+            .unwrap()] = 3;
+        metrics.set_cluster(Some(&gossip), 1);
+        metrics.record_secrets_reload(false);
+        let text = metrics.render(&StoreStats::default(), 1024, Duration::ZERO);
+        for needle in [
+            r#"ringcache_gossip_dropped_packets_total{reason="unknown_key"} 3"#,
+            "ringcache_gossip_keyring_keys 2",
+            "ringcache_gossip_keyring_primary_key_id 3735928559",
+            r#"ringcache_secrets_reloads_total{result="ok"} 0"#,
+            r#"ringcache_secrets_reloads_total{result="failed"} 1"#,
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }

@@ -22,7 +22,7 @@ use ringcache_proto::v1::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
@@ -34,14 +34,15 @@ use crate::api::{
 use crate::auth::{FailureLimiter, Users};
 use crate::clock::{Clock, SystemClock};
 use crate::cluster::{
-    GossipStatsSnapshot, Membership, MembershipConfig, MembershipHandle, MetaState, NodeIdentity,
-    NodeMeta,
+    Encryption, GossipStatsSnapshot, Keyring, Membership, MembershipConfig, MembershipHandle,
+    MetaState, NodeIdentity, NodeMeta,
 };
 use crate::config::Config;
 use crate::connections::{AcceptPolicy, Connections, RemoteAddr, secure_incoming};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::rebalance::{RebalanceStats, run_rebalancer};
+use crate::reload::{ReloadCause, watch_files};
 use crate::replication::{Replicator, replay_hints_task};
 use crate::store::Store;
 use crate::tls::{PeerTls, ReloadableTls};
@@ -93,8 +94,8 @@ pub struct Node {
     unauthenticated: Arc<Connections>,
     /// Open connections on the cluster port and their cap.
     cluster_connections: Arc<Connections>,
-    /// Wakes the reload task (SIGHUP).
-    reload_requested: tokio::sync::Notify,
+    /// Wakes the users and TLS watcher (SIGHUP).
+    reload_requested: Arc<tokio::sync::Notify>,
     /// Users and failure counts, when authentication is configured (set when serving starts).
     auth: OnceLock<Arc<AuthState>>,
     /// TLS of the client port, when configured.
@@ -109,6 +110,8 @@ pub struct Node {
     joined: AtomicBool,
     /// When the view last changed (readiness waits `ready_settle` after it).
     view_changed_at: parking_lot::Mutex<Instant>,
+    /// Notified by [`Node::reload_secrets`] (SIGHUP): the secrets watcher reloads at once.
+    secrets_reload: Arc<Notify>,
 }
 
 #[derive(Debug, Clone)]
@@ -202,7 +205,7 @@ impl Node {
             connections,
             unauthenticated,
             cluster_connections,
-            reload_requested: tokio::sync::Notify::new(),
+            reload_requested: Arc::new(tokio::sync::Notify::new()),
             auth: OnceLock::new(),
             client_tls: OnceLock::new(),
             cluster_tls: OnceLock::new(),
@@ -210,6 +213,7 @@ impl Node {
             seeded: AtomicBool::new(false),
             joined: AtomicBool::new(false),
             view_changed_at: parking_lot::Mutex::new(Instant::now()),
+            secrets_reload: Arc::new(Notify::new()),
         });
         node.publish_single_node();
         node
@@ -298,9 +302,9 @@ impl Node {
                 || !self.gossip_encrypted())
     }
 
-    /// Whether gossip is encrypted.
+    /// Whether gossip is encrypted (a key ring is configured).
     pub fn gossip_encrypted(&self) -> bool {
-        false
+        self.config.gossip_keyring.is_some()
     }
 
     /// Loads users and TLS files. Called once before serving; an error stops the start.
@@ -327,11 +331,6 @@ impl Node {
         Ok(())
     }
 
-    /// Asks the node to re-read its secret files now (what SIGHUP does).
-    pub fn request_reload(&self) {
-        self.reload_requested.notify_one();
-    }
-
     /// The files [`Node::reload_secrets`] reads.
     fn secret_files(&self) -> Vec<std::path::PathBuf> {
         let security = &self.config.security;
@@ -356,9 +355,10 @@ impl Node {
         Users::from_entries(&entries)
     }
 
-    /// Re-reads the users file and the TLS files (SIGHUP, or a change seen by the file watcher).
-    /// What fails to load keeps its current value; the errors are returned together.
-    pub fn reload_secrets(&self) -> Result<(), Vec<String>> {
+    /// Re-reads the users file and the TLS files now (the watcher calls it when they change;
+    /// [`Node::reload_secrets`] on SIGHUP). What fails to load keeps its current value; the
+    /// errors are returned together.
+    pub fn reload_tls_and_users(&self) -> Result<(), Vec<String>> {
         let mut errors = Vec::new();
         if let Some(auth) = self.auth.get() {
             match self.read_users() {
@@ -380,8 +380,9 @@ impl Node {
                 Err(error) => errors.push(format!("cluster TLS (as a client): {error:#}")),
             }
         }
+        self.metrics.record_secrets_reload(errors.is_empty());
         if errors.is_empty() {
-            tracing::info!("secrets reloaded");
+            tracing::info!("users and TLS files reloaded");
             Ok(())
         } else {
             for error in &errors {
@@ -488,6 +489,16 @@ impl Node {
     /// Data movement progress (joins, repairs, leaves).
     pub fn rebalance(&self) -> &RebalanceStats {
         &self.rebalance
+    }
+
+    /// Re-reads the secret files (the gossip key ring) now instead of at the next
+    /// `secrets_reload_interval` check; `ringcached` calls it on SIGHUP. Returns at once: the
+    /// reload happens on the watcher task, and one that fails keeps the current secrets and
+    /// logs why (`ringcache_secrets_reloads_total{result="failed"}`). Nothing happens when the
+    /// node has no secret files.
+    pub fn reload_secrets(&self) {
+        self.secrets_reload.notify_one();
+        self.reload_requested.notify_one();
     }
 
     /// Gossip traffic and member counts, when membership runs.
@@ -668,7 +679,7 @@ impl Node {
         if self.is_insecure() {
             tracing::warn!(bind = %self.config.bind, "INSECURE: serving a non-loopback address without TLS, users, cluster TLS or gossip encryption (--insecure); anyone who reaches these ports can read, write and join");
         }
-        tasks.spawn(reload_task(self.clone()));
+        watch_tls_and_users(&self);
         self.serving.store(true, Ordering::Release);
         tracing::info!(
             node_id = %self.config.node_id,
@@ -740,35 +751,27 @@ impl Node {
     }
 }
 
-/// How often the secret files (users, TLS) are checked for changes.
-const SECRETS_POLL_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Reloads the secrets when [`Node::request_reload`] is called (SIGHUP) or when one of their
-/// files changes (checked every [`SECRETS_POLL_INTERVAL`]; a Kubernetes Secret update swaps the
-/// files in place).
-async fn reload_task(node: Arc<Node>) {
+/// Re-reads the users and TLS files when they change (checked every
+/// `secrets_reload_interval`; a Kubernetes Secret update swaps the files in place) and on
+/// [`Node::reload_secrets`] (SIGHUP).
+fn watch_tls_and_users(node: &Arc<Node>) {
     let paths = node.secret_files();
     if paths.is_empty() {
         return;
     }
-    let mut seen = crate::auth::files_fingerprint(&paths);
-    let mut tick = tokio::time::interval(SECRETS_POLL_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = node.shutdown.cancelled() => return,
-            () = node.reload_requested.notified() => {}
-            _ = tick.tick() => {
-                let now = crate::auth::files_fingerprint(&paths);
-                if now == seen {
-                    continue;
-                }
-                tracing::info!("secret files changed; reloading");
+    let weak = Arc::downgrade(node);
+    watch_files(
+        paths,
+        node.config.secrets_reload_interval,
+        Arc::clone(&node.reload_requested),
+        node.shutdown.clone(),
+        move |cause| {
+            if let Some(node) = weak.upgrade() {
+                tracing::info!(?cause, "reloading users and TLS files");
+                let _ = node.reload_tls_and_users();
             }
-        }
-        seen = crate::auth::files_fingerprint(&paths);
-        let _ = node.reload_secrets();
-    }
+        },
+    );
 }
 
 impl Node {
@@ -835,12 +838,21 @@ impl Node {
         let config = membership_config(&self.config);
         let membership = Membership::new(config, identity, meta.clone(), rand::random())
             .context("invalid membership settings")?;
+        let encryption = match &self.config.gossip_keyring {
+            Some(path) => Some(self.watch_keyring(path.clone())?),
+            None => None,
+        };
         let seeds = resolve_seeds(&self.config.seeds, gossip_addr).await;
         // Seeds that are all this node (or do not resolve) leave it to start a cluster alone.
         self.seeded.store(!seeds.is_empty(), Ordering::Release);
         self.external_topology.store(true, Ordering::Release);
-        let (handle, task) =
-            MembershipHandle::spawn(membership, socket, seeds, self.gossip_stop.clone());
+        let (handle, task) = MembershipHandle::spawn(
+            membership,
+            socket,
+            seeds,
+            encryption,
+            self.gossip_stop.clone(),
+        );
         tasks.spawn(follow_members(self.clone(), handle.members()));
         tasks.spawn(run_rebalancer(self.clone(), self.config.probe_interval * 2));
         if joining {
@@ -850,6 +862,42 @@ impl Node {
         tracing::info!(gossip = %gossip_addr, seeds = ?self.config.seeds, "gossip started");
         let _ = self.membership.set(handle);
         Ok(task)
+    }
+
+    /// Loads the gossip key ring from `path` and starts watching it: a changed file (checked
+    /// every `secrets_reload_interval`) or [`Node::reload_secrets`] loads it again, and a
+    /// valid new key ring reaches the gossip driver; an invalid one is logged and the current
+    /// one stays.
+    fn watch_keyring(self: &Arc<Self>, path: std::path::PathBuf) -> anyhow::Result<Encryption> {
+        let keyring = Keyring::load(&path)?;
+        tracing::info!(?keyring, file = %path.display(), "gossip encryption on");
+        let (keyring_tx, keyring_rx) = watch::channel(keyring);
+        let encryption = Encryption::new(keyring_rx)
+            .map_err(|_| anyhow::anyhow!("cannot draw a gossip instance id from the system RNG"))?;
+        let node = Arc::clone(self);
+        let reload = move |cause: ReloadCause| match Keyring::load(&path) {
+            Ok(keyring) => {
+                if *keyring_tx.borrow() == keyring {
+                    tracing::info!(?cause, ?keyring, "gossip key ring reloaded, unchanged");
+                } else {
+                    tracing::info!(?cause, ?keyring, "gossip key ring reloaded");
+                    keyring_tx.send_replace(keyring);
+                }
+                node.metrics.record_secrets_reload(true);
+            }
+            Err(error) => {
+                tracing::error!(?cause, %error, "gossip key ring reload failed; keeping the current key ring");
+                node.metrics.record_secrets_reload(false);
+            }
+        };
+        watch_files(
+            vec![self.config.gossip_keyring.clone().unwrap_or_default()],
+            self.config.secrets_reload_interval,
+            Arc::clone(&self.secrets_reload),
+            self.shutdown.clone(),
+            reload,
+        );
+        Ok(encryption)
     }
 
     /// Installs the topology of a member list from gossip.

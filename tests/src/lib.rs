@@ -4,11 +4,14 @@
 //! Every server binds 127.0.0.1 port 0, so tests run in parallel and beside a running node.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ringcache_server::clock::{Clock, SystemClock};
+use ringcache_server::cluster::Keyring;
 use ringcache_server::{Config, Listeners, Node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -39,20 +42,27 @@ impl TestNode {
     /// Starts a node with `config` (its addresses are replaced by 127.0.0.1:0, gossip included)
     /// and the system clock. It joins through `config.seeds`.
     pub async fn start(config: Config) -> Self {
-        Self::start_with(config, Arc::new(SystemClock), true).await
+        Self::start_with(config, Arc::new(SystemClock), Some(0)).await
+    }
+
+    /// Starts a node like [`TestNode::start`] but with gossip on 127.0.0.1:`gossip_port`: a
+    /// process restarted in place, on the gossip address it had.
+    pub async fn start_on_gossip_port(config: Config, gossip_port: u16) -> Self {
+        Self::start_with(config, Arc::new(SystemClock), Some(gossip_port)).await
     }
 
     /// Starts a node without gossip: a lone node, or one whose topology a test sets by hand.
     pub async fn start_without_gossip(config: Config) -> Self {
-        Self::start_with(config, Arc::new(SystemClock), false).await
+        Self::start_with(config, Arc::new(SystemClock), None).await
     }
 
     /// Starts a node reading time from `clock`.
     pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Self {
-        Self::start_with(config, clock, true).await
+        Self::start_with(config, clock, Some(0)).await
     }
 
-    async fn start_with(config: Config, clock: Arc<dyn Clock>, gossip: bool) -> Self {
+    /// `gossip`: the UDP port to bind on 127.0.0.1 (0: any), or `None` for no gossip.
+    async fn start_with(config: Config, clock: Arc<dyn Clock>, gossip: Option<u16>) -> Self {
         let grpc = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a free gRPC port");
@@ -63,11 +73,11 @@ impl TestNode {
             .await
             .expect("bind a free cluster port");
         let cluster_addr = cluster.local_addr().expect("bound address");
-        let gossip = if gossip {
+        let gossip = if let Some(port) = gossip {
             Some(
-                UdpSocket::bind("127.0.0.1:0")
+                UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], port)))
                     .await
-                    .expect("bind a free gossip port"),
+                    .expect("bind the gossip port"),
             )
         } else {
             None
@@ -200,6 +210,17 @@ impl TestCluster {
 
     /// Starts one more node with id `n{i}` that joins through node 1 (or the first node left).
     pub async fn add(&mut self, i: usize, configure: impl Fn(usize, &mut Config)) -> &TestNode {
+        self.add_on_gossip_port(i, 0, configure).await
+    }
+
+    /// Like [`TestCluster::add`], with gossip on 127.0.0.1:`gossip_port` (0: any free port), to
+    /// restart a node in place.
+    pub async fn add_on_gossip_port(
+        &mut self,
+        i: usize,
+        gossip_port: u16,
+        configure: impl Fn(usize, &mut Config),
+    ) -> &TestNode {
         let mut config = Config::for_test();
         config.node_id = format!("n{i}");
         config.seeds = self
@@ -209,7 +230,8 @@ impl TestCluster {
             .map(|addr| vec![addr.to_string()])
             .unwrap_or_default();
         configure(i, &mut config);
-        self.nodes.push(TestNode::start(config).await);
+        self.nodes
+            .push(TestNode::start_on_gossip_port(config, gossip_port).await);
         self.nodes.last().expect("just pushed")
     }
 
@@ -280,6 +302,76 @@ impl TestCluster {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+impl TestCluster {
+    /// Starts `n` nodes whose gossip is encrypted, node `i` (1-based) with the key ring file
+    /// `keyrings[i - 1]`, and waits until they converge.
+    pub async fn start_encrypted(keyrings: &[KeyringFile], deadline: Duration) -> Self {
+        Self::start_converged(keyrings.len(), deadline, |i, config| {
+            config.gossip_keyring = Some(keyrings[i - 1].path().to_path_buf());
+        })
+        .await
+    }
+}
+
+/// A fresh random gossip key, as a key ring line.
+pub fn gossip_key() -> String {
+    Keyring::generate_key().expect("the system RNG works")
+}
+
+/// The id of a key ring line, as `ringcache_gossip_keyring_primary_key_id` shows it.
+pub fn gossip_key_id(key: &str) -> u64 {
+    u64::from(
+        Keyring::parse(key, "test key")
+            .expect("a valid key")
+            .primary_id()
+            .as_u32(),
+    )
+}
+
+/// A gossip key ring file in the temp directory, removed on drop.
+#[derive(Debug)]
+pub struct KeyringFile {
+    path: PathBuf,
+}
+
+impl KeyringFile {
+    /// A file holding `keys` (primary first).
+    pub fn new(keys: &[&str]) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "ringcache-keyring-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = Self { path };
+        file.rewrite(keys);
+        file
+    }
+
+    /// Replaces the keys at once (written aside, then renamed over the file).
+    pub fn rewrite(&self, keys: &[&str]) {
+        let tmp = self.path.with_extension("tmp");
+        let mut text = String::from("# test key ring, primary first\n");
+        for key in keys {
+            text.push_str(key);
+            text.push('\n');
+        }
+        std::fs::write(&tmp, text).expect("write the key ring");
+        std::fs::rename(&tmp, &self.path).expect("replace the key ring");
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for KeyringFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

@@ -262,6 +262,7 @@ async fn with_a_replica_down_quorum_succeeds_and_all_fails_naming_the_counts() {
 #[tokio::test]
 async fn a_restarted_replica_gets_the_writes_it_missed_as_hints() {
     let mut cluster = TestCluster::start_converged(3, DEADLINE, keep_suspects).await;
+    let n3_gossip = cluster.node("n3").gossip_addr.unwrap();
     cluster.take("n3").crash().await.unwrap();
     wait_not_active(&cluster, "n3").await;
     let mut n1 = cluster.nodes[0].raw_cache().await;
@@ -280,8 +281,11 @@ async fn a_restarted_replica_gets_the_writes_it_missed_as_hints() {
     let coordinator = &cluster.nodes[0].node;
     assert_eq!(coordinator.replicator().hints_pending_for("n3"), 21);
 
-    // Same id, new incarnation, empty memory.
-    cluster.add(3, keep_suspects).await;
+    // Same id and gossip address (a process restarted in place: a restart at another address
+    // would wait until the old one is declared dead), new incarnation, empty memory.
+    cluster
+        .add_on_gossip_port(3, n3_gossip.port(), keep_suspects)
+        .await;
     cluster.wait_converged(DEADLINE).await.unwrap();
     wait_until(DEADLINE, || async {
         cluster.nodes[0].node.replicator().hints_pending_for("n3") == 0

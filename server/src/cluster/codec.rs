@@ -14,8 +14,11 @@
 //!
 //! A datagram over `max_packet_size`, with another magic or version, an unknown kind, or a body
 //! that does not decode is dropped and reported as a [`DropReason`]; nothing here panics on
-//! input. A new kind or an incompatible body change needs a new `VERSION`. This is also the seam
-//! where authentication (an HMAC or AEAD over the body) slots in.
+//! input. A new kind or an incompatible body change needs a new `VERSION`.
+//!
+//! Version [`SEALED_WIRE_VERSION`] (2) is the same frame encrypted and authenticated under the
+//! cluster key ring (`crypto.rs`): the driver opens it back into a version-1 frame before the
+//! membership core sees it, so everything below only ever handles plaintext frames.
 //!
 //! foca's own packets use [`foca::PostcardCodec`], wrapped by `GossipCodec` to enforce what
 //! foca cannot know: node ids are never empty, except as the destination of an announce to a
@@ -37,6 +40,8 @@ use super::meta::{MetaRecord, MetaState, NodeMeta};
 pub const MAGIC: u8 = 0xC7;
 /// Second byte: the version of this wire format.
 pub const WIRE_VERSION: u8 = 1;
+/// Second byte of a datagram sealed with the gossip key ring (see `crypto.rs`).
+pub const SEALED_WIRE_VERSION: u8 = 2;
 /// Bytes of the frame header in front of every body.
 pub(crate) const FRAME_HEADER_LEN: usize = 3;
 
@@ -71,6 +76,57 @@ pub enum DropReason {
     /// may have been applied up to the faulty part.
     #[error("malformed gossip datagram")]
     Malformed,
+    /// Sealed under a key id that is not in this node's key ring.
+    #[error("sealed under a key not in the gossip key ring")]
+    UnknownKey,
+    /// Sealed under a known key id, but the tag does not verify: tampered, or sealed with
+    /// another key that has the same id.
+    #[error("authentication failed")]
+    Unauthenticated,
+    /// A sealed datagram already received, or older than the replay window of its sender.
+    #[error("replayed or too old")]
+    Replayed,
+    /// A plaintext datagram at a node with a key ring.
+    #[error("plaintext gossip at a node that requires encryption")]
+    Plaintext,
+    /// A sealed datagram at a node without a key ring.
+    #[error("encrypted gossip at a node without a key ring")]
+    Encrypted,
+    /// Sent by, or claiming, a node id that is alive at another gossip address (see the
+    /// impostor rule in `membership.rs`).
+    #[error("node id claimed from a second gossip address")]
+    Impostor,
+}
+
+impl DropReason {
+    /// Every `reason` label value, in the order of [`DropReason::label`].
+    pub const LABELS: [&'static str; 8] = [
+        "malformed",
+        "oversized",
+        "unknown_key",
+        "unauthenticated",
+        "replayed",
+        "plaintext",
+        "encrypted",
+        "impostor",
+    ];
+
+    /// The `reason` label of `ringcache_gossip_dropped_packets_total` (wrong magic and other
+    /// versions count as malformed).
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::WrongMagic | DropReason::UnsupportedVersion(_) | DropReason::Malformed => {
+                "malformed"
+            }
+            DropReason::Oversized => "oversized",
+            DropReason::UnknownKey => "unknown_key",
+            DropReason::Unauthenticated => "unauthenticated",
+            DropReason::Replayed => "replayed",
+            DropReason::Plaintext => "plaintext",
+            DropReason::Encrypted => "encrypted",
+            DropReason::Impostor => "impostor",
+        }
+    }
 }
 
 /// The frame header for `kind`.

@@ -6,14 +6,22 @@
 //! channel when its generation changes, and counts traffic in [`GossipStats`]. On shutdown or
 //! [`Command::Leave`] it leaves the cluster gracefully (sends the leave packets) and returns.
 //!
+//! With a key ring ([`Encryption`]) it seals every datagram it sends and opens every one it
+//! receives (`crypto.rs`) before the core sees it: plaintext datagrams are dropped, and so are
+//! sealed ones at a node without a key ring. A new key ring arrives on a `watch` channel (the
+//! node's reload task fills it) and applies to the next datagram. Datagrams that fail
+//! authentication are logged at most once per source address per [`AUTH_LOG_PERIOD`].
+//!
 //! Must not: make membership decisions (they are all in `membership.rs`), spawn further tasks,
 //! or fail on what the network does (send errors, unreachable seeds, garbage datagrams are
 //! logged or counted, never fatal).
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use ringcache_proto::topology::{Member, NodeState};
 use tokio::net::UdpSocket;
@@ -24,7 +32,8 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
-use super::codec::DropReason;
+use super::codec::{self, DropReason, MAGIC, SEALED_WIRE_VERSION};
+use super::crypto::{INSTANCE_ID_LEN, Keyring, Sealer};
 use super::membership::{Membership, Timer};
 use super::meta::{MetaError, NodeMeta};
 
@@ -51,10 +60,15 @@ pub struct GossipStats {
     pub bytes_sent: AtomicU64,
     /// Bytes of the datagrams received (counter).
     pub bytes_received: AtomicU64,
-    /// Datagrams dropped as not ours, of another wire version, or undecodable (counter).
-    pub packets_dropped_malformed: AtomicU64,
-    /// Datagrams dropped for being larger than `max_packet_size` (counter).
-    pub packets_dropped_oversized: AtomicU64,
+    /// Datagrams dropped, by reason: `dropped[i]` counts the reason
+    /// [`DropReason::LABELS`]`[i]` (counter). Impostor drops count datagrams refused whole or
+    /// in part (some of their member updates removed).
+    pub dropped: [AtomicU64; DropReason::LABELS.len()],
+    /// Keys in the gossip key ring; 0 when gossip is plaintext (gauge).
+    pub keyring_keys: AtomicU64,
+    /// The id of the primary key (first 4 bytes of its SHA-256, big-endian); 0 when gossip is
+    /// plaintext (gauge).
+    pub keyring_primary_id: AtomicU64,
     /// Members in the view that are Joining, Active or Leaving, this node included (gauge).
     pub members_alive: AtomicU64,
     /// Members in the view that are Suspect (gauge).
@@ -74,10 +88,12 @@ pub struct GossipStatsSnapshot {
     pub bytes_sent: u64,
     /// See [`GossipStats::bytes_received`].
     pub bytes_received: u64,
-    /// See [`GossipStats::packets_dropped_malformed`].
-    pub packets_dropped_malformed: u64,
-    /// See [`GossipStats::packets_dropped_oversized`].
-    pub packets_dropped_oversized: u64,
+    /// See [`GossipStats::dropped`].
+    pub dropped: [u64; DropReason::LABELS.len()],
+    /// See [`GossipStats::keyring_keys`].
+    pub keyring_keys: u64,
+    /// See [`GossipStats::keyring_primary_id`].
+    pub keyring_primary_id: u64,
     /// See [`GossipStats::members_alive`].
     pub members_alive: u64,
     /// See [`GossipStats::members_suspect`].
@@ -95,12 +111,18 @@ impl GossipStats {
             packets_received: read(&self.packets_received),
             bytes_sent: read(&self.bytes_sent),
             bytes_received: read(&self.bytes_received),
-            packets_dropped_malformed: read(&self.packets_dropped_malformed),
-            packets_dropped_oversized: read(&self.packets_dropped_oversized),
+            dropped: std::array::from_fn(|i| read(&self.dropped[i])),
+            keyring_keys: read(&self.keyring_keys),
+            keyring_primary_id: read(&self.keyring_primary_id),
             members_alive: read(&self.members_alive),
             members_suspect: read(&self.members_suspect),
             members_dead: read(&self.members_dead),
         }
+    }
+
+    /// The counter of drops for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> &AtomicU64 {
+        &self.dropped[label_index(reason)]
     }
 
     fn count(counter: &AtomicU64, by: u64) {
@@ -117,6 +139,49 @@ impl GossipStats {
             .store(count(&[NodeState::Suspect]), Ordering::Relaxed);
         self.members_dead
             .store(count(&[NodeState::Dead]), Ordering::Relaxed);
+    }
+}
+
+impl GossipStatsSnapshot {
+    /// Datagrams dropped for `reason` (see [`GossipStats::dropped`]).
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[label_index(reason)]
+    }
+}
+
+fn label_index(reason: DropReason) -> usize {
+    DropReason::LABELS
+        .iter()
+        .position(|label| *label == reason.label())
+        .unwrap_or(0)
+}
+
+/// How often, at most, datagrams from one source address that fail authentication are logged.
+pub const AUTH_LOG_PERIOD: Duration = Duration::from_secs(60);
+/// The most source addresses whose last authentication-failure log time is remembered; beyond
+/// it, failures from new sources are counted but not logged until older entries expire.
+const AUTH_LOG_SOURCES: usize = 1024;
+
+/// Gossip encryption for one process: the key ring (replaced whenever the node reloads it) and
+/// this process's sender instance id.
+#[derive(Debug)]
+pub struct Encryption {
+    /// The current key ring; a new value applies to the next datagram.
+    pub keyring: watch::Receiver<Keyring>,
+    /// Fresh random bytes for every process start (see `crypto.rs`: nonces repeat otherwise).
+    pub instance_id: [u8; INSTANCE_ID_LEN],
+}
+
+impl Encryption {
+    /// Encryption with `keyring` and an instance id from the system's secure RNG.
+    pub fn new(keyring: watch::Receiver<Keyring>) -> Result<Self, ring::error::Unspecified> {
+        use ring::rand::SecureRandom as _;
+        let mut instance_id = [0; INSTANCE_ID_LEN];
+        ring::rand::SystemRandom::new().fill(&mut instance_id)?;
+        Ok(Self {
+            keyring,
+            instance_id,
+        })
     }
 }
 
@@ -142,11 +207,13 @@ pub struct MembershipHandle {
 impl MembershipHandle {
     /// Spawns [`run_membership`] on the current runtime. `socket` is already bound (tests bind
     /// `127.0.0.1:0`); the task stops when `shutdown` is cancelled or on [`Command::Leave`],
-    /// after leaving the cluster gracefully.
+    /// after leaving the cluster gracefully. With `encryption`, every datagram is sealed and
+    /// only sealed ones are accepted.
     pub fn spawn(
         membership: Membership,
         socket: UdpSocket,
         seeds: Vec<SocketAddr>,
+        encryption: Option<Encryption>,
         shutdown: CancellationToken,
     ) -> (Self, JoinHandle<()>) {
         let (commands_tx, commands_rx) = mpsc::channel(16);
@@ -156,6 +223,7 @@ impl MembershipHandle {
             membership,
             socket,
             seeds,
+            encryption,
             commands_rx,
             members_tx,
             Arc::clone(&stats),
@@ -207,11 +275,14 @@ impl MembershipHandle {
 /// then leaves the cluster gracefully and returns. Joins through `seeds` first (unreachable or
 /// not yet started seeds are retried while we are not connected). Publishes the view on `members_tx`
 /// each time it changes and counts traffic in `stats`. If `commands` closes, the task keeps
-/// running until `shutdown`.
+/// running until `shutdown`. With `encryption`, datagrams are sealed and opened with its key
+/// ring (see the module docs).
+#[allow(clippy::too_many_arguments)]
 pub async fn run_membership(
     mut membership: Membership,
     socket: UdpSocket,
     seeds: Vec<SocketAddr>,
+    encryption: Option<Encryption>,
     mut commands: mpsc::Receiver<Command>,
     members_tx: watch::Sender<Vec<Member>>,
     stats: Arc<GossipStats>,
@@ -224,11 +295,36 @@ pub async fn run_membership(
     let mut buf = vec![0_u8; membership.config().max_packet_size.get() + 1];
     let mut published_generation = None;
     let mut commands_open = true;
-    tracing::info!(identity = ?membership.identity(), ?seeds, "gossip starting");
+    let max_packet_size = membership.config().max_packet_size.get();
+    let (mut keyring_rx, mut sealer) = match encryption {
+        Some(encryption) => {
+            let mut rx = encryption.keyring;
+            let keyring = rx.borrow_and_update().clone();
+            (Some(rx), Some(Sealer::new(keyring, encryption.instance_id)))
+        }
+        None => (None, None),
+    };
+    record_keyring(&stats, sealer.as_ref().map(Sealer::keyring));
+    let mut plain = Vec::with_capacity(buf.len());
+    let mut auth_log = AuthFailureLog::default();
+    tracing::info!(
+        identity = ?membership.identity(),
+        ?seeds,
+        encrypted = sealer.is_some(),
+        keyring = ?sealer.as_ref().map(Sealer::keyring),
+        "gossip starting"
+    );
     membership.join(origin.elapsed(), seeds);
 
     loop {
-        flush(&mut membership, &socket, &mut timers, &stats).await;
+        flush(
+            &mut membership,
+            &socket,
+            &mut timers,
+            &stats,
+            sealer.as_mut(),
+        )
+        .await;
         if published_generation != Some(membership.generation()) {
             published_generation = Some(membership.generation());
             let members = membership.members().to_vec();
@@ -255,13 +351,33 @@ pub async fn run_membership(
                     None => commands_open = false,
                 }
             }
+            changed = async { keyring_rx.as_mut()?.changed().await.ok() }, if keyring_rx.is_some() => {
+                match (changed, keyring_rx.as_mut(), sealer.as_mut()) {
+                    (Some(()), Some(rx), Some(sealer)) => {
+                        let keyring = rx.borrow_and_update().clone();
+                        tracing::info!(?keyring, "gossip key ring replaced");
+                        sealer.set_keyring(keyring);
+                        record_keyring(&stats, Some(sealer.keyring()));
+                    }
+                    // The sender is gone: keep the current key ring for good.
+                    _ => keyring_rx = None,
+                }
+            }
             received = socket.recv_from(&mut buf) => match received {
                 Ok((len, from)) => {
                     GossipStats::count(&stats.packets_received, 1);
                     GossipStats::count(&stats.bytes_received, len as u64);
-                    if let Err(reason) = membership.handle_data(origin.elapsed(), &buf[..len]) {
+                    let datagram = &buf[..len];
+                    let result = match unseal(sealer.as_mut(), datagram, &mut plain, max_packet_size) {
+                        Ok(frame) => membership.handle_data(origin.elapsed(), frame),
+                        Err(reason) => Err(reason),
+                    };
+                    stats
+                        .dropped(DropReason::Impostor)
+                        .store(membership.impostor_refusals(), Ordering::Relaxed);
+                    if let Err(reason) = result {
                         count_drop(&stats, reason);
-                        tracing::debug!(%from, len, %reason, "gossip datagram dropped");
+                        auth_log.dropped(from, len, reason);
                     }
                 }
                 Err(error) => log_recv_error(&error),
@@ -273,17 +389,107 @@ pub async fn run_membership(
     }
 }
 
-/// Sends what the core wants sent and schedules what it wants scheduled.
+/// The plaintext frame of a received datagram: opened with `sealer` when there is one (and
+/// then only sealed datagrams are accepted), the datagram itself otherwise (and then sealed
+/// ones are refused).
+fn unseal<'a>(
+    sealer: Option<&mut Sealer>,
+    datagram: &'a [u8],
+    plain: &'a mut Vec<u8>,
+    max_packet_size: usize,
+) -> Result<&'a [u8], DropReason> {
+    if datagram.len() > max_packet_size {
+        return Err(DropReason::Oversized);
+    }
+    let sealed = matches!(datagram, [MAGIC, SEALED_WIRE_VERSION, ..]);
+    match (sealer, sealed) {
+        (Some(sealer), true) => {
+            sealer.open(datagram, plain)?;
+            Ok(plain)
+        }
+        (Some(_), false) => Err(codec::split_frame(datagram, max_packet_size)
+            .err()
+            .unwrap_or(DropReason::Plaintext)),
+        (None, true) => Err(DropReason::Encrypted),
+        (None, false) => Ok(datagram),
+    }
+}
+
+/// Logs dropped datagrams: failed authentication (unknown key, bad tag, plaintext/encrypted
+/// mismatch) at warn, at most once per source per [`AUTH_LOG_PERIOD`]; others at debug.
+#[derive(Debug, Default)]
+struct AuthFailureLog {
+    last_logged: HashMap<SocketAddr, Instant>,
+}
+
+impl AuthFailureLog {
+    fn dropped(&mut self, from: SocketAddr, len: usize, reason: DropReason) {
+        let auth = matches!(
+            reason,
+            DropReason::UnknownKey
+                | DropReason::Unauthenticated
+                | DropReason::Plaintext
+                | DropReason::Encrypted
+        );
+        if !auth {
+            tracing::debug!(%from, len, %reason, "gossip datagram dropped");
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .last_logged
+            .get(&from)
+            .is_some_and(|at| now.duration_since(*at) < AUTH_LOG_PERIOD)
+        {
+            return;
+        }
+        if self.last_logged.len() >= AUTH_LOG_SOURCES {
+            self.last_logged
+                .retain(|_, at| now.duration_since(*at) < AUTH_LOG_PERIOD);
+            if self.last_logged.len() >= AUTH_LOG_SOURCES {
+                return;
+            }
+        }
+        self.last_logged.insert(from, now);
+        tracing::warn!(
+            %from,
+            %reason,
+            "gossip datagrams from this address fail authentication and are dropped (wrong or missing gossip key?); logged once a minute per address"
+        );
+    }
+}
+
+fn record_keyring(stats: &GossipStats, keyring: Option<&Keyring>) {
+    let (keys, primary) = keyring.map_or((0, 0), |k| {
+        (k.len() as u64, u64::from(k.primary_id().as_u32()))
+    });
+    stats.keyring_keys.store(keys, Ordering::Relaxed);
+    stats.keyring_primary_id.store(primary, Ordering::Relaxed);
+}
+
+/// Sends what the core wants sent (sealed, with a key ring) and schedules what it wants
+/// scheduled.
 async fn flush(
     membership: &mut Membership,
     socket: &UdpSocket,
     timers: &mut DelayQueue<Timer>,
     stats: &GossipStats,
+    mut sealer: Option<&mut Sealer>,
 ) {
     for (delay, timer) in membership.take_timers() {
         timers.insert(timer, delay);
     }
     for (to, datagram) in membership.take_packets() {
+        let datagram = match sealer.as_deref_mut() {
+            Some(sealer) => match sealer.seal(&datagram) {
+                Ok(sealed) => sealed,
+                Err(error) => {
+                    tracing::warn!(%to, %error, "cannot seal a gossip datagram; not sent");
+                    continue;
+                }
+            },
+            None => datagram,
+        };
         match socket.send_to(&datagram, to).await {
             Ok(sent) => {
                 GossipStats::count(&stats.packets_sent, 1);
@@ -296,13 +502,10 @@ async fn flush(
 }
 
 fn count_drop(stats: &GossipStats, reason: DropReason) {
-    let counter = match reason {
-        DropReason::Oversized => &stats.packets_dropped_oversized,
-        DropReason::WrongMagic | DropReason::UnsupportedVersion(_) | DropReason::Malformed => {
-            &stats.packets_dropped_malformed
-        }
-    };
-    GossipStats::count(counter, 1);
+    // Impostor refusals are counted by the core (partly filtered datagrams included).
+    if reason != DropReason::Impostor {
+        GossipStats::count(stats.dropped(reason), 1);
+    }
 }
 
 fn log_recv_error(error: &io::Error) {

@@ -30,15 +30,27 @@
 //!   all changed identity at once (both sides of a healed partition rejoin together, and then
 //!   drop each other's messages as addressed to the old identity) finds them again: foca alone
 //!   stays disconnected for good in that case, since its timers stop while disconnected.
+//!
+//! **Impostor rule.** A node id belongs to one gossip address at a time. While foca holds a
+//! member with that id that is not down (alive or suspect) at address A, anything claiming the
+//! id from another address B is refused before foca sees it: a datagram whose sender is such a
+//! claim is dropped ([`DropReason::Impostor`]), member updates about it are cut out of the
+//! datagrams that carry them, and metadata records of another incarnation of that id are not
+//! taken. The same holds for our own id at any address but ours. Each refused (id, address) is
+//! logged once (up to [`MAX_IMPOSTORS_LOGGED`] pairs remembered). foca alone would let the two
+//! processes declare each other down and rejoin in a loop (it declares any other identity with
+//! our id down, and the higher incarnation wins elsewhere); with the rule the first live holder
+//! of the id keeps it with a stable incarnation. Once the member at A is declared down, the id
+//! may come back from another address (a pod restarted with a new IP).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use foca::{Foca, Notification, OwnedNotification, PeriodicParams, Runtime, State};
+use foca::{Codec, Foca, Message, Notification, OwnedNotification, PeriodicParams, Runtime, State};
 use parking_lot::Mutex;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -47,6 +59,7 @@ use ringcache_proto::topology::{Member, NodeState};
 use super::codec::{
     self, DropReason, FRAME_HEADER_LEN, FrameKind, GossipCodec, SuspectNotice, frame, frame_header,
 };
+use super::crypto::SEAL_OVERHEAD;
 use super::identity::{NodeId, NodeIdentity};
 use super::meta::{MetaBroadcasts, MetaError, MetaRecord, MetaTable, NodeMeta};
 
@@ -55,6 +68,9 @@ use super::meta::{MetaBroadcasts, MetaError, MetaRecord, MetaTable, NodeMeta};
 pub const MIN_PACKET_SIZE: usize = 1200;
 /// The largest `max_packet_size` accepted (the largest UDP payload over IPv4).
 pub const MAX_PACKET_SIZE: usize = 65_507;
+/// The most (node id, gossip address) impostor claims remembered so each is logged once; when
+/// full the memory is cleared (a claim may then be logged again).
+pub const MAX_IMPOSTORS_LOGGED: usize = 1024;
 
 /// Tuning of failure detection and dissemination. Defaults suit a LAN cluster of a few to a few
 /// dozen nodes; [`MembershipConfig::for_test`] is the same protocol ten times faster.
@@ -99,9 +115,11 @@ pub struct MembershipConfig {
     /// `announce_to_down_period`). Default 24 h; a partition longer than this does not heal by
     /// itself unless one side is left without live members (it then announces to its seeds).
     pub remove_down_after: Duration,
-    /// The largest datagram sent or accepted, frame header included. Default 1400 (fits the
-    /// usual 1500-byte MTU without fragmentation). Between [`MIN_PACKET_SIZE`] and
-    /// [`MAX_PACKET_SIZE`].
+    /// The largest datagram sent or accepted, frame header and encryption overhead included
+    /// (foca builds packets of at most this minus the frame header and
+    /// [`SEAL_OVERHEAD`](super::SEAL_OVERHEAD), whether gossip is encrypted or not). Default
+    /// 1400 (fits the usual 1500-byte MTU without fragmentation). Between [`MIN_PACKET_SIZE`]
+    /// and [`MAX_PACKET_SIZE`].
     pub max_packet_size: NonZeroUsize,
 }
 
@@ -181,8 +199,9 @@ impl MembershipConfig {
         config.max_transmissions = self.max_transmissions;
         config.suspect_to_down_after = self.suspect_to_down_after;
         config.remove_down_after = Some(self.remove_down_after);
-        config.max_packet_size = NonZeroUsize::new(self.max_packet_size.get() - FRAME_HEADER_LEN)
-            .expect("validated: max_packet_size >= MIN_PACKET_SIZE");
+        config.max_packet_size =
+            NonZeroUsize::new(self.max_packet_size.get() - FRAME_HEADER_LEN - SEAL_OVERHEAD)
+                .expect("validated: max_packet_size >= MIN_PACKET_SIZE");
         config.notify_down_members = true;
         config.periodic_announce = Some(PeriodicParams {
             frequency: self.announce_period,
@@ -295,6 +314,12 @@ pub struct Membership {
     left: bool,
     view: Vec<Member>,
     generation: u64,
+    /// Other members foca holds that are not down: where each lives (the impostor rule).
+    live: BTreeMap<NodeId, SocketAddr>,
+    /// Datagrams refused whole or in part under the impostor rule.
+    impostor_refusals: u64,
+    /// Impostor claims already logged.
+    impostors_logged: BTreeSet<(NodeId, SocketAddr)>,
 }
 
 impl Membership {
@@ -334,6 +359,9 @@ impl Membership {
             left: false,
             view: Vec::new(),
             generation: 0,
+            live: BTreeMap::new(),
+            impostor_refusals: 0,
+            impostors_logged: BTreeSet::new(),
         };
         membership.broadcast_own_meta();
         membership.refresh_view(Duration::ZERO);
@@ -467,6 +495,20 @@ impl Membership {
         &self.config
     }
 
+    /// Datagrams refused, whole or in part, under the impostor rule (see the module docs).
+    pub fn impostor_refusals(&self) -> u64 {
+        self.impostor_refusals
+    }
+
+    /// foca's incarnation (its refutation counter) of the member `node_id`, as we hold it.
+    #[cfg(test)]
+    pub(crate) fn foca_incarnation_of(&self, node_id: &str) -> Option<foca::Incarnation> {
+        self.swim
+            .iter_membership_state()
+            .find(|m| m.id().node_id().as_str() == node_id)
+            .map(|member| member.incarnation())
+    }
+
     /// Forgets the metadata we hold for `node_id`, as if it had never arrived.
     #[cfg(test)]
     pub(crate) fn forget_meta_for_test(&mut self, node_id: &str, now: Duration) {
@@ -478,20 +520,10 @@ impl Membership {
     fn receive(&mut self, datagram: &[u8]) -> Result<(), DropReason> {
         let (kind, body) = codec::split_frame(datagram, self.config.max_packet_size.get())?;
         match kind {
-            FrameKind::Swim => match self.swim.handle_data(body, &mut self.outbox) {
-                Ok(()) => Ok(()),
-                Err(
-                    foca::Error::Decode(_)
-                    | foca::Error::MalformedPacket
-                    | foca::Error::CustomBroadcast(_)
-                    | foca::Error::DataTooBig,
-                ) => Err(DropReason::Malformed),
-                Err(error) => {
-                    // Not the sender's fault: our own packet looped back, a probe race...
-                    tracing::trace!(%error, "gossip packet");
-                    Ok(())
-                }
-            },
+            FrameKind::Swim => {
+                let screened = self.screen_swim(body)?;
+                self.handle_swim(screened.as_deref().unwrap_or(body))
+            }
             FrameKind::MetaPush => {
                 let record = codec::decode_meta_record(body).map_err(|error| {
                     tracing::debug!(%error, "metadata push");
@@ -516,6 +548,114 @@ impl Membership {
                     DropReason::Malformed
                 })?;
                 self.refute(&notice);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether `claim` is a node id claimed from a second gossip address (the impostor rule).
+    fn is_impostor(&self, claim: &NodeIdentity) -> bool {
+        let own = self.swim.identity();
+        if claim.node_id() == own.node_id() {
+            return claim.gossip_addr() != own.gossip_addr();
+        }
+        self.live
+            .get(claim.node_id())
+            .is_some_and(|addr| *addr != claim.gossip_addr())
+    }
+
+    fn log_impostor(&mut self, claim: &NodeIdentity) {
+        let key = (claim.node_id().clone(), claim.gossip_addr());
+        if self.impostors_logged.contains(&key) {
+            return;
+        }
+        if self.impostors_logged.len() >= MAX_IMPOSTORS_LOGGED {
+            self.impostors_logged.clear();
+        }
+        self.impostors_logged.insert(key);
+        if claim.node_id() == self.swim.identity().node_id() {
+            tracing::warn!(
+                claimed_from = %claim.gossip_addr(),
+                "another process claims this node's id from another gossip address; ignoring it (two nodes configured with the same node id?)"
+            );
+        } else {
+            tracing::warn!(
+                node_id = %claim.node_id(),
+                claimed_from = %claim.gossip_addr(),
+                live_at = ?self.live.get(claim.node_id()),
+                "a second gossip address claims the node id of a live member; ignoring it until that member is down"
+            );
+        }
+    }
+
+    /// Applies the impostor rule to a foca packet before foca sees it: `Err` if its sender is an
+    /// impostor; `Ok(Some(packet))` with the impostor updates cut out; `Ok(None)` to hand the
+    /// packet over unchanged (nothing to cut, or undecodable: foca reports it).
+    fn screen_swim(&mut self, body: &[u8]) -> Result<Option<Vec<u8>>, DropReason> {
+        let mut codec = GossipCodec::new(self.swim.identity().node_id().clone());
+        let mut cursor = body;
+        let Ok(header) = codec.decode_header(&mut cursor) else {
+            return Ok(None);
+        };
+        if self.is_impostor(&header.src) {
+            self.impostor_refusals += 1;
+            self.log_impostor(&header.src);
+            return Err(DropReason::Impostor);
+        }
+        let header_len = body.len() - cursor.len();
+        // foca's layout after the header: a u16 count of member updates, the updates, then
+        // custom broadcasts (none of that for a Broadcast message).
+        let [high, low, rest @ ..] = cursor else {
+            return Ok(None);
+        };
+        if header.message == Message::Broadcast {
+            return Ok(None);
+        }
+        let count = u16::from_be_bytes([*high, *low]);
+        cursor = rest;
+        let mut kept: Vec<&[u8]> = Vec::new();
+        let mut refused = Vec::new();
+        for _ in 0..count {
+            let before = cursor;
+            let Ok(member) = codec.decode_member(&mut cursor) else {
+                return Ok(None);
+            };
+            if self.is_impostor(member.id()) {
+                refused.push(member.id().clone());
+            } else {
+                kept.push(&before[..before.len() - cursor.len()]);
+            }
+        }
+        if refused.is_empty() {
+            return Ok(None);
+        }
+        self.impostor_refusals += 1;
+        for claim in &refused {
+            self.log_impostor(claim);
+        }
+        let mut packet = Vec::with_capacity(body.len());
+        packet.extend_from_slice(&body[..header_len]);
+        // Fewer than `count`, so it fits.
+        packet.extend_from_slice(&(kept.len() as u16).to_be_bytes());
+        for update in kept {
+            packet.extend_from_slice(update);
+        }
+        packet.extend_from_slice(cursor);
+        Ok(Some(packet))
+    }
+
+    fn handle_swim(&mut self, body: &[u8]) -> Result<(), DropReason> {
+        match self.swim.handle_data(body, &mut self.outbox) {
+            Ok(()) => Ok(()),
+            Err(
+                foca::Error::Decode(_)
+                | foca::Error::MalformedPacket
+                | foca::Error::CustomBroadcast(_)
+                | foca::Error::DataTooBig,
+            ) => Err(DropReason::Malformed),
+            Err(error) => {
+                // Not the sender's fault: our own packet looped back, a probe race...
+                tracing::trace!(%error, "gossip packet");
                 Ok(())
             }
         }
@@ -738,6 +878,8 @@ impl Membership {
 
         let mut expired = Vec::new();
         let mut without_meta = Vec::new();
+        let mut live = BTreeMap::new();
+        let mut pinned = BTreeMap::new();
         {
             let mut metas = self.metas.lock();
             let mut still_down = BTreeMap::new();
@@ -746,6 +888,10 @@ impl Membership {
                 // foca may hold an earlier run of ourselves, as down.
                 if id.node_id() == identity.node_id() {
                     continue;
+                }
+                if member.state() != State::Down {
+                    live.insert(id.node_id().clone(), id.gossip_addr());
+                    pinned.insert(id.node_id().clone(), id.incarnation());
                 }
                 let state = match member.state() {
                     State::Alive => None,
@@ -783,7 +929,9 @@ impl Membership {
             for id in &expired {
                 metas.forget(id.node_id(), id.incarnation());
             }
+            metas.pin(pinned);
         }
+        self.live = live;
 
         view.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         if view != self.view {

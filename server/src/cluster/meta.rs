@@ -5,7 +5,9 @@
 //! [`BroadcastHandler`] for it. A record is named by (node id, incarnation, meta version) and a
 //! newer name invalidates an older one, so stale metadata stops spreading as soon as newer
 //! metadata is seen. A node is the only authority on its own metadata: records about ourselves
-//! that come back from the cluster are ignored.
+//! that come back from the cluster are ignored. While a member is alive, only records of its
+//! live incarnation are taken (`MetaTable::pin`): a second process claiming its node id cannot
+//! replace its metadata (the impostor rule of `membership.rs`).
 //!
 //! Must not: decide membership (that is foca's job, `membership.rs`) or do I/O.
 
@@ -137,6 +139,9 @@ impl Invalidates for MetaKey {
 pub(crate) struct MetaTable {
     own: NodeId,
     records: BTreeMap<NodeId, MetaRecord>,
+    /// The incarnation of every member that is alive or suspect: records of other
+    /// incarnations of these node ids are refused.
+    pinned: BTreeMap<NodeId, u64>,
 }
 
 impl MetaTable {
@@ -144,13 +149,26 @@ impl MetaTable {
         Self {
             own,
             records: BTreeMap::new(),
+            pinned: BTreeMap::new(),
         }
     }
 
-    /// Keeps `record` if it is about another node and newer than what we have; says whether it
-    /// was kept.
+    /// Replaces the live incarnations (node id → incarnation of the member that is not down).
+    pub(crate) fn pin(&mut self, live: BTreeMap<NodeId, u64>) {
+        self.pinned = live;
+    }
+
+    /// Keeps `record` if it is about another node, of its live incarnation when it has one,
+    /// and newer than what we have; says whether it was kept.
     pub(crate) fn offer(&mut self, record: MetaRecord) -> bool {
         if record.node_id == self.own {
+            return false;
+        }
+        if self
+            .pinned
+            .get(&record.node_id)
+            .is_some_and(|live| *live != record.incarnation)
+        {
             return false;
         }
         match self.records.get(&record.node_id) {
@@ -256,6 +274,26 @@ mod tests {
         assert!(!table.offer(record("n1", 1, 9)));
         assert!(!table.offer(record("self", 9, 9)), "we own our metadata");
         assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_live_member_keeps_its_metadata_against_other_incarnations() {
+        let mut table = MetaTable::new(NodeId::new("self").unwrap());
+        assert!(table.offer(record("n1", 5, 1)));
+        table.pin(BTreeMap::from([(NodeId::new("n1").unwrap(), 5)]));
+        assert!(
+            !table.offer(record("n1", 9, 1)),
+            "another run while n1#5 lives"
+        );
+        assert!(
+            table.offer(record("n1", 5, 2)),
+            "its own updates still apply"
+        );
+        table.pin(BTreeMap::new());
+        assert!(
+            table.offer(record("n1", 9, 1)),
+            "once it is down, a new run may take over"
+        );
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //!   versioned and spread as foca custom broadcasts.
 //! - `codec.rs`: the datagram frame (magic, version, kind), foca's postcard codec with our node
 //!   id rules, and the encodings of our own small messages.
+//! - `crypto.rs`: [`Keyring`] and the sealing of datagrams (AES-256-GCM under per-sender HKDF
+//!   subkeys, counter nonces, replay windows); used by the driver only.
 //! - `membership.rs`: [`Membership`], the deterministic core (time and RNG seed are inputs,
 //!   outputs are drained), and [`MembershipConfig`].
 //! - `driver.rs`: [`run_membership`] / [`MembershipHandle`], the thin async shell: socket,
@@ -22,6 +24,7 @@
 //! **Invariant:** only `driver.rs` does I/O or reads the clock.
 
 mod codec;
+mod crypto;
 mod driver;
 mod identity;
 mod membership;
@@ -29,12 +32,18 @@ mod meta;
 #[cfg(test)]
 mod tests;
 
-pub use codec::{DropReason, MAGIC, WIRE_VERSION};
+pub use codec::{DropReason, MAGIC, SEALED_WIRE_VERSION, WIRE_VERSION};
+pub use crypto::{
+    INSTANCE_ID_LEN, KEY_LEN, KeyId, Keyring, KeyringError, MAX_KEYS, MAX_SENDERS, REPLAY_WINDOW,
+    SEAL_OVERHEAD,
+};
 pub use driver::{
-    Command, CommandError, GossipStats, GossipStatsSnapshot, MembershipHandle, run_membership,
+    AUTH_LOG_PERIOD, Command, CommandError, Encryption, GossipStats, GossipStatsSnapshot,
+    MembershipHandle, run_membership,
 };
 pub use identity::{IdentityError, MAX_NODE_ID_BYTES, NodeId, NodeIdentity};
 pub use membership::{
-    MAX_PACKET_SIZE, MIN_PACKET_SIZE, Membership, MembershipConfig, MembershipError, Timer,
+    MAX_IMPOSTORS_LOGGED, MAX_PACKET_SIZE, MIN_PACKET_SIZE, Membership, MembershipConfig,
+    MembershipError, Timer,
 };
 pub use meta::{MAX_META_BYTES, MetaError, MetaState, NodeMeta};

@@ -111,7 +111,19 @@ impl Sim {
         incarnation: u64,
         seeds: Vec<SocketAddr>,
     ) {
-        let identity = NodeIdentity::new(&node_id(index), addr, incarnation).unwrap();
+        self.start_named(index, &node_id(index), addr, incarnation, seeds);
+    }
+
+    /// Starts sim node `index` under the node id `name` (another node's id, for impostors).
+    fn start_named(
+        &mut self,
+        index: usize,
+        name: &str,
+        addr: SocketAddr,
+        incarnation: u64,
+        seeds: Vec<SocketAddr>,
+    ) {
+        let identity = NodeIdentity::new(name, addr, incarnation).unwrap();
         let core_seed = self.seed ^ ((index as u64) << 32) ^ incarnation;
         let mut core = Membership::new(
             self.config.clone(),
@@ -544,6 +556,75 @@ fn a_restarted_node_replaces_its_old_incarnation() {
     }
 }
 
+/// Where `viewer` sees node id `id` and in which state, if at all.
+fn seen_as(sim: &Sim, viewer: usize, id: &str) -> Option<(String, NodeState, u64)> {
+    sim.view(viewer)
+        .iter()
+        .find(|m| m.node_id == id)
+        .map(|m| (m.gossip_addr.clone(), m.state, m.incarnation))
+}
+
+#[test]
+fn an_impostor_of_a_live_node_id_is_refused_until_the_real_node_is_dead() {
+    for seed in 0..SEEDS {
+        let mut sim = Sim::cluster(seed, 3);
+        let real = sim.core(1).identity().clone();
+        let refutations: Vec<_> = [0, 2]
+            .iter()
+            .map(|v| sim.nodes[v].core.foca_incarnation_of("n1"))
+            .collect();
+        // A second process claims n1 from another port, with a higher incarnation (it started
+        // later), through a seed and straight at the real n1.
+        let impostor_addr = SocketAddr::from(([127, 0, 0, 1], 7109));
+        sim.start_named(
+            9,
+            "n1",
+            impostor_addr,
+            1_000,
+            vec![default_addr(0), default_addr(1)],
+        );
+        let mut broken = None;
+        sim.run_until(sim.now + Duration::from_secs(3), |s| {
+            if broken.is_none() && !s.converged(&[0, 1, 2]) {
+                broken = Some(s.describe());
+            }
+            false
+        });
+        assert_eq!(
+            broken, None,
+            "the cluster changed while refusing the impostor"
+        );
+        assert_eq!(
+            sim.core(1).identity(),
+            &real,
+            "seed {seed}: n1 renewed its identity"
+        );
+        let after: Vec<_> = [0, 2]
+            .iter()
+            .map(|v| sim.nodes[v].core.foca_incarnation_of("n1"))
+            .collect();
+        assert_eq!(after, refutations, "seed {seed}: n1 had to refute");
+        assert!(
+            sim.core(0).impostor_refusals() > 0,
+            "seed {seed}: not counted at the seed"
+        );
+        assert!(
+            sim.core(1).impostor_refusals() > 0,
+            "seed {seed}: not counted at n1"
+        );
+        assert_eq!(sim.view(9).len(), 1, "seed {seed}: the impostor joined");
+
+        // Once the real n1 is dead, the id may come back from the new address.
+        sim.crash(1);
+        let moved = sim.run_until(sim.now + Duration::from_secs(3), |s| {
+            [0, 2].iter().all(|v| {
+                seen_as(s, *v, "n1") == Some((impostor_addr.to_string(), NodeState::Active, 1_000))
+            })
+        });
+        assert!(moved, "{}", sim.describe());
+    }
+}
+
 #[test]
 fn a_healed_partition_merges_back() {
     let splits: [(usize, &[usize], &[usize]); 2] = [(4, &[0, 1], &[2, 3]), (3, &[2], &[0, 1])];
@@ -734,7 +815,7 @@ mod driver {
         )
         .unwrap();
         let shutdown = CancellationToken::new();
-        let (handle, task) = MembershipHandle::spawn(core, socket, seeds, shutdown.clone());
+        let (handle, task) = MembershipHandle::spawn(core, socket, seeds, None, shutdown.clone());
         Running {
             handle,
             task,
@@ -859,8 +940,8 @@ mod driver {
             .unwrap();
         let stats = std::sync::Arc::clone(node.handle.stats());
         wait_until("drops counted", || {
-            stats.packets_dropped_malformed.load(Ordering::Relaxed) == 2
-                && stats.packets_dropped_oversized.load(Ordering::Relaxed) == 2
+            stats.dropped(DropReason::Malformed).load(Ordering::Relaxed) == 2
+                && stats.dropped(DropReason::Oversized).load(Ordering::Relaxed) == 2
         })
         .await;
         assert_eq!(stats.snapshot().packets_received, 4);
