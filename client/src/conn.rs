@@ -118,6 +118,7 @@ pub(crate) fn endpoint(
 
 /// Parses seed addresses of a plain-text client: `host:port`, optionally prefixed by `http://`.
 /// Returns the `host:port` forms, in order.
+#[cfg(test)]
 pub(crate) fn parse_seeds<I, S>(seeds: I) -> Result<Vec<String>, Error>
 where
     I: IntoIterator<Item = S>,

@@ -313,6 +313,12 @@ impl Credentials {
         Credentials { user, secret }
     }
 
+    /// The secret, to hand to a builder.
+    #[cfg(feature = "cli")]
+    pub(crate) fn secret(&self) -> &str {
+        &self.secret
+    }
+
     /// The `authorization` header value: `Basic base64(user ":" secret)`, marked sensitive (never
     /// indexed by HPACK, hidden from `Debug`).
     pub(crate) fn header(&self) -> Result<HeaderValue, Error> {
