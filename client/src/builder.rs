@@ -189,13 +189,14 @@ impl ClientBuilder {
     /// of `tls`, and presenting its client certificate, if any.
     ///
     /// ```no_run
-    /// # async fn run() -> Result<(), ringcache::Error> {
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// use ringcache::{Client, TlsOptions};
     ///
+    /// let secret = std::fs::read_to_string("/etc/ringcache/app.secret")?;
     /// let client = Client::builder()
     ///     .seeds(["10.0.0.1:7379"])
-    ///     .tls(TlsOptions::from_ca_file("ca.pem")?.server_name("cache.internal"))
-    ///     .credentials("app", std::fs::read_to_string("secret")?.trim_end())
+    ///     .tls(TlsOptions::from_ca_file("/etc/ringcache/ca.pem")?.server_name("cache.internal"))
+    ///     .credentials("app", secret.trim_end())
     ///     .connect()
     ///     .await?;
     /// # Ok(()) }
@@ -306,6 +307,7 @@ impl ClientBuilder {
             pipelining: self.pipelining,
             factory,
             authorization,
+            tls: self.tls.is_some(),
         };
         let router = router::connect(&seeds, config).await?;
         Ok(Client::new(router, self.default_consistency))

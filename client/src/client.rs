@@ -537,6 +537,7 @@ mod tests {
             pipelining: true,
             factory: crate::conn::default_factory(Duration::from_secs(2), None),
             authorization: None,
+            tls: false,
         };
         Client::new(Router::single(&addr, channel, config), None)
     }

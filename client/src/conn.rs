@@ -56,6 +56,8 @@ pub(crate) struct ConnectConfig {
     /// The `authorization` header put on every request, encoded once; `None` without
     /// credentials.
     pub(crate) authorization: Option<HeaderValue>,
+    /// Whether the default factory dials over TLS (for advice on connection failures).
+    pub(crate) tls: bool,
 }
 
 impl ConnectConfig {
@@ -484,11 +486,85 @@ pub(crate) async fn open_first_seed(
             }
             Err(ProbeFailure::Down(reason)) => {
                 tracing::debug!(seed = %seed, %reason, "seed did not answer");
-                failures.push(format!("{seed}: {reason}"));
+                match TlsAdvice::of(&reason, config.tls) {
+                    Some(advice) => {
+                        failures.push(format!("{seed}: {reason} ({})", advice.for_library()));
+                    }
+                    None => failures.push(format!("{seed}: {reason}")),
+                }
             }
         }
     }
     Ok(None)
+}
+
+/// What a connection failure suggests about TLS settings, as advice for the user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TlsAdvice {
+    /// The node asked for a client certificate and got none.
+    ClientCertificateRequired,
+    /// The node's certificate did not verify.
+    CertificateRejected,
+    /// TLS was spoken to something that answered in plain text.
+    NodeMayNotSpeakTls,
+    /// Plain text was spoken to something that dropped the connection, as a TLS node does.
+    NodeMayRequireTls,
+}
+
+impl TlsAdvice {
+    /// The advice a failure's `reason` calls for, if any, for a client dialing with or without
+    /// `tls`.
+    pub(crate) fn of(reason: &str, tls: bool) -> Option<Self> {
+        if tls {
+            if reason.contains("CertificateRequired") {
+                Some(Self::ClientCertificateRequired)
+            } else if reason.contains("invalid peer certificate") {
+                Some(Self::CertificateRejected)
+            } else if reason.contains("InvalidContentType") || reason.contains("corrupt message") {
+                Some(Self::NodeMayNotSpeakTls)
+            } else {
+                None
+            }
+        } else if ["broken pipe", "connection reset", "frame with invalid size"]
+            .iter()
+            .any(|sign| reason.contains(sign))
+        {
+            Some(Self::NodeMayRequireTls)
+        } else {
+            None
+        }
+    }
+
+    /// The advice in terms of the client's API.
+    pub(crate) fn for_library(self) -> &'static str {
+        match self {
+            Self::ClientCertificateRequired => {
+                "the node requires a client certificate: see TlsOptions::client_identity"
+            }
+            Self::CertificateRejected => {
+                "the node's certificate is not trusted: check that the tls ca signed it and that it \
+                 names the address dialed or the tls server name"
+            }
+            Self::NodeMayNotSpeakTls => "the node does not seem to speak tls",
+            Self::NodeMayRequireTls => "the node may require tls: see ClientBuilder::tls",
+        }
+    }
+
+    /// The advice in terms of ringctl's and ringbench's flags.
+    #[cfg(feature = "cli")]
+    pub(crate) fn for_flags(self) -> &'static str {
+        match self {
+            Self::ClientCertificateRequired => {
+                "the node requires a client certificate: give --tls-cert and --tls-key"
+            }
+            Self::CertificateRejected => {
+                "check that --tls-ca signed the node's certificate and that it names the address \
+                 dialed or --tls-server-name"
+            }
+            Self::NodeMayNotSpeakTls => "the node does not seem to speak tls: drop --tls-ca",
+            Self::NodeMayRequireTls => "the node may require tls: give --tls-ca",
+        }
+    }
 }
 
 /// Why a node did not pass the connect probe.

@@ -164,16 +164,13 @@ fn describe_io(error: &std::io::Error) -> String {
     }
 }
 
-/// Whether a plain-text connection's failure looks like the node speaking TLS.
-fn looks_like_tls_required(reason: &str) -> bool {
-    [
-        "connection reset",
-        "frame with invalid size",
-        "http2 error",
-        "broken pipe",
-    ]
-    .iter()
-    .any(|sign| reason.contains(sign))
+/// A connection failure's reason, with what to do about the TLS flags when it suggests
+/// something.
+fn with_advice(reason: String, tls: bool) -> String {
+    match crate::conn::TlsAdvice::of(&reason, tls) {
+        Some(advice) => format!("{reason} ({})", advice.for_flags()),
+        None => reason,
+    }
 }
 
 /// Text on one line: newlines become spaces.
@@ -203,6 +200,7 @@ pub(crate) struct NodeConn {
     channel: NodeChannel,
     timeout: Duration,
     user: Option<String>,
+    tls: bool,
 }
 
 impl NodeConn {
@@ -223,19 +221,12 @@ impl NodeConn {
                 channel: NodeChannel::new(channel, dial.security.authorization()),
                 timeout,
                 user: dial.security.user().map(str::to_owned),
+                tls: tls.is_some(),
             }),
-            Ok(Err(error)) => {
-                let mut reason = describe_chain(&error);
-                if tls.is_some() && reason.contains("certificate") {
-                    reason.push_str(
-                        " (is --tls-ca the ca that signed the node's certificate, and does the \
-                         certificate name the address dialed or --tls-server-name?)",
-                    );
-                } else if tls.is_none() && looks_like_tls_required(&reason) {
-                    reason.push_str(" (does the node require tls? give --tls-ca)");
-                }
-                Err(unreachable(reason))
-            }
+            Ok(Err(error)) => Err(unreachable(with_advice(
+                describe_chain(&error),
+                tls.is_some(),
+            ))),
             Err(_) => Err(unreachable(format!(
                 "no connection within {}",
                 super::fmt::duration(timeout)
@@ -291,7 +282,7 @@ impl NodeConn {
             Code::Unavailable | Code::Unknown | Code::Cancelled if local => {
                 NodeError::Unreachable {
                     addr,
-                    reason: describe_chain(status),
+                    reason: with_advice(describe_chain(status), self.tls),
                 }
             }
             code @ (Code::Unauthenticated | Code::PermissionDenied) => NodeError::Denied {
