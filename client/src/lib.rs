@@ -55,3 +55,8 @@ pub use error::Error;
 pub use options::{Consistency, Entry, KeyTtl, SetCondition, SetOptions, SetOutcome};
 pub use ringcache_proto::topology::{Member, NodeState, Topology};
 pub use security::TlsOptions;
+
+/// The examples of the workspace README (the client, TLS and credentials), compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
