@@ -258,6 +258,12 @@ impl TlsOptions {
             .map_err(|e| {
                 let why = crate::error::describe_source(&e);
                 match (&self.identity, &self.server_name) {
+                    (Some((certificate, key)), _) if why.contains("KeyMismatch") => {
+                        Error::InvalidArgument(format!(
+                            "{} and {} do not match (the key is not the certificate's)",
+                            certificate.what, key.what
+                        ))
+                    }
                     (Some((certificate, key)), _)
                         if why.contains("key") || why.contains("cert") =>
                     {

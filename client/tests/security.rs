@@ -745,7 +745,7 @@ async fn a_role_too_low_is_permission_denied_on_both_paths() {
 }
 
 #[tokio::test]
-async fn a_bad_ca_file_fails_before_dialing_and_names_the_file() {
+async fn bad_tls_files_or_names_fail_before_dialing_and_are_named() {
     let scratch = Scratch::new("bad-ca");
     let path = scratch.file("ca.pem", "this is not a certificate\n");
     let error = TlsOptions::from_ca_file(&path).unwrap_err();
@@ -768,6 +768,40 @@ async fn a_bad_ca_file_fails_before_dialing_and_names_the_file() {
         )),
         "{error}"
     );
+    // A key of another certificate, and a server name that is not a name: at connect, before
+    // any node is dialed.
+    let pki = pki();
+    let cluster = start(&pki, Mode::MutualTls, 1).await;
+    let stranger = scratch.file("stranger.key", &self::pki().client_key);
+    let tls = TlsOptions::new(pki.ca.as_bytes())
+        .client_identity_files(&cert, &stranger)
+        .unwrap();
+    let error = Client::builder()
+        .seeds(&cluster.addrs)
+        .tls(tls)
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "invalid argument: tls client certificate file {:?} and tls client key file {:?} do not match (the key is not the certificate's)",
+            path_str(&cert),
+            path_str(&stranger)
+        )
+    );
+    let tls = TlsOptions::new(pki.ca.as_bytes()).server_name("not a name!");
+    let error = Client::builder()
+        .seeds(&cluster.addrs)
+        .tls(tls)
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::InvalidArgument(m) if m.contains("server name \"not a name!\"")),
+        "{error:?}"
+    );
+    assert_eq!(cluster.nodes[0].cluster_calls.load(Ordering::SeqCst), 0);
 }
 
 // ---- ringctl ------------------------------------------------------------------------------------
