@@ -258,12 +258,25 @@ mod tests {
         }
     }
 
-    fn scratch_file(name: &str, contents: &[u8]) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("ringctl-security-{}", std::process::id()));
+    /// A file with `contents` in a directory of its own, removed when the guard drops.
+    struct ScratchFile {
+        dir: PathBuf,
+        path: PathBuf,
+    }
+
+    impl Drop for ScratchFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn scratch_file(name: &str, contents: &[u8]) -> ScratchFile {
+        let dir =
+            std::env::temp_dir().join(format!("ringctl-security-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(name);
         std::fs::write(&path, contents).unwrap();
-        path
+        ScratchFile { dir, path }
     }
 
     #[test]
@@ -280,8 +293,8 @@ mod tests {
 
     #[test]
     fn the_password_file_loses_its_trailing_newline_and_wins_over_the_environment() {
-        let path = scratch_file("secret-newline", b"s3cret \r\n\n");
-        let security = args(Some("alice"), Some(path))
+        let file = scratch_file("secret-newline", b"s3cret \r\n\n");
+        let security = args(Some("alice"), Some(file.path.clone()))
             .load_with(Some("from-env".into()))
             .unwrap();
         let header = security.authorization().unwrap();
@@ -313,7 +326,8 @@ mod tests {
             error.to_string(),
             "cannot read --password-file \"/nonexistent/secret\": no such file or directory"
         );
-        let path = scratch_file("secret-empty", b"\n");
+        let file = scratch_file("secret-empty", b"\n");
+        let path = file.path.clone();
         let error = args(Some("alice"), Some(path.clone()))
             .load_with(None)
             .unwrap_err();
@@ -325,7 +339,8 @@ mod tests {
 
     #[test]
     fn a_bad_ca_file_is_named() {
-        let path = scratch_file("not-a-ca.pem", b"hello");
+        let file = scratch_file("not-a-ca.pem", b"hello");
+        let path = file.path.clone();
         let security = SecurityArgs {
             tls_ca: Some(path.clone()),
             ..SecurityArgs::default()
