@@ -5,9 +5,10 @@ use std::{fmt, sync::Arc, time::Duration};
 use tonic::transport::Channel;
 
 use crate::{
-    Client, Consistency, Error,
+    Client, Consistency, Error, TlsOptions,
     conn::{self, ChannelFactory, ConnectConfig},
     router,
+    security::Credentials,
 };
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -42,6 +43,8 @@ pub struct ClientBuilder {
     default_consistency: Option<Consistency>,
     max_message_bytes: usize,
     channel_factory: Option<ChannelFactory>,
+    credentials: Option<Credentials>,
+    tls: Option<TlsOptions>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -62,6 +65,8 @@ impl fmt::Debug for ClientBuilder {
                     "default"
                 },
             )
+            .field("credentials", &self.credentials)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -77,6 +82,8 @@ impl Default for ClientBuilder {
             default_consistency: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             channel_factory: None,
+            credentials: None,
+            tls: None,
         }
     }
 }
@@ -87,7 +94,8 @@ impl ClientBuilder {
         Self::default()
     }
 
-    /// The nodes to connect through, as `host:port` (an `http://` prefix is accepted). They are
+    /// The nodes to connect through, as `host:port` (an `http://` prefix is accepted, or
+    /// `https://` with [`tls`](ClientBuilder::tls)). They are
     /// tried in order; the first that answers gives the cluster's topology, and the seeds are
     /// tried again when the topology cannot be had from its members. Replaces any seeds set
     /// before.
@@ -156,12 +164,63 @@ impl ClientBuilder {
         self
     }
 
+    /// Sends `user` and `secret` with every request, as the gRPC metadata
+    /// `authorization: Basic base64(user ":" secret)`: requests, the pipelined streams, topology
+    /// fetches and watches, and the connect probes, through the default channels or those of a
+    /// [`channel_factory`](ClientBuilder::channel_factory). The header is encoded once, at
+    /// [`connect`](ClientBuilder::connect).
+    ///
+    /// The secret never shows in `Debug` output. Without [`tls`](ClientBuilder::tls) it travels
+    /// in clear text (base64 is not encryption): use TLS on any network that is not trusted.
+    ///
+    /// A node that refuses the credentials answers [`Error::Unauthenticated`]; one that accepts
+    /// them but finds the user's role too low for a request answers
+    /// [`Error::PermissionDenied`]. Neither is retried or sent to another node.
+    ///
+    /// `user` must be non-empty and without `:` or control characters, and `secret` non-empty;
+    /// else `connect` fails with [`Error::InvalidArgument`].
+    #[must_use]
+    pub fn credentials(mut self, user: impl Into<String>, secret: impl Into<String>) -> Self {
+        self.credentials = Some(Credentials::new(user.into(), secret.into()));
+        self
+    }
+
+    /// Connects to the nodes over TLS (`https://`), verifying their certificates against the CA
+    /// of `tls`, and presenting its client certificate, if any.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use ringcache::{Client, TlsOptions};
+    ///
+    /// let secret = std::fs::read_to_string("/etc/ringcache/app.secret")?;
+    /// let client = Client::builder()
+    ///     .seeds(["10.0.0.1:7379"])
+    ///     .tls(TlsOptions::from_ca_file("/etc/ringcache/ca.pem")?.server_name("cache.internal"))
+    ///     .credentials("app", secret.trim_end())
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// TLS applies to the default channels; with a
+    /// [`channel_factory`](ClientBuilder::channel_factory) the factory makes its own (and
+    /// `connect` refuses both at once, so TLS is never silently off).
+    #[must_use]
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Replaces how channels to a node are made. The factory gets the node's `host:port` and
     /// returns a channel, usually a lazy one (`Endpoint::connect_lazy`); it is called once per
-    /// pooled connection, when the client first sends to that node.
+    /// pooled connection, when the client first sends to that node. The client's
+    /// [`credentials`](ClientBuilder::credentials) are added to every request on these channels
+    /// too; TLS is the factory's business (configure it on the `Endpoint`), and cannot be
+    /// combined with [`tls`](ClientBuilder::tls).
     ///
-    /// The default makes a plain-text HTTP/2 channel with the connect timeout, `TCP_NODELAY`,
-    /// and keepalive pings every 10 s (5 s timeout, also while idle).
+    /// The default makes an HTTP/2 channel with the connect timeout, `TCP_NODELAY`, and
+    /// keepalive pings every 10 s (5 s timeout, also while idle); over TLS with
+    /// [`tls`](ClientBuilder::tls), else in plain text.
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), ringcache::Error> {
@@ -192,11 +251,14 @@ impl ClientBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidArgument`] when no seed is given, a seed is not a `host:port`, or a timeout
-    /// is zero; [`Error::Unavailable`] when no seed answers, with each seed's reason;
-    /// [`Error::Protocol`] when the seed sends a topology that does not validate.
+    /// [`Error::InvalidArgument`] when no seed is given, a seed is not a `host:port`, a timeout
+    /// is zero, the credentials are unusable, the TLS certificates or key are bad, or both TLS
+    /// and a channel factory are set; [`Error::Unavailable`] when no seed answers (or completes
+    /// a TLS handshake), with each seed's reason; [`Error::Unauthenticated`] or
+    /// [`Error::PermissionDenied`] when a seed refuses the credentials (the other seeds are not
+    /// tried); [`Error::Protocol`] when the seed sends a topology that does not validate.
     pub async fn connect(self) -> Result<Client, Error> {
-        let seeds = conn::parse_seeds(&self.seeds)?;
+        let seeds = conn::parse_seeds_for(&self.seeds, self.tls.is_some())?;
         if self.connect_timeout.is_zero() {
             return Err(Error::InvalidArgument(
                 "connect timeout must be greater than zero".to_owned(),
@@ -207,15 +269,45 @@ impl ClientBuilder {
                 "request timeout must be greater than zero".to_owned(),
             ));
         }
+        let authorization = self
+            .credentials
+            .as_ref()
+            .map(Credentials::header)
+            .transpose()?;
+        let factory = match (self.channel_factory, &self.tls) {
+            (Some(_), Some(_)) => {
+                return Err(Error::InvalidArgument(
+                    "tls and a channel factory cannot both be set: configure tls on the \
+                     factory's endpoints"
+                        .to_owned(),
+                ));
+            }
+            (Some(factory), None) => factory,
+            (None, tls) => {
+                let tls = tls
+                    .as_ref()
+                    .map(|tls| tls.prepare(self.connect_timeout))
+                    .transpose()?;
+                conn::default_factory(self.connect_timeout, tls)
+            }
+        };
+        if let Some(credentials) = &self.credentials
+            && self.tls.is_none()
+        {
+            tracing::warn!(
+                user = %credentials.user,
+                "credentials without tls: the secret travels in clear text"
+            );
+        }
         let config = ConnectConfig {
             connect_timeout: self.connect_timeout,
             pool_size: self.pool_size.max(1),
             max_message_bytes: self.max_message_bytes,
             request_timeout: self.request_timeout,
             pipelining: self.pipelining,
-            factory: self
-                .channel_factory
-                .unwrap_or_else(|| conn::default_factory(self.connect_timeout)),
+            factory,
+            authorization,
+            tls: self.tls.is_some(),
         };
         let router = router::connect(&seeds, config).await?;
         Ok(Client::new(router, self.default_consistency))
@@ -316,5 +408,53 @@ mod tests {
         assert_eq!(builder.max_message_bytes, 8 * 1024 * 1024 + 64 * 1024);
         let debug = format!("{:?}", builder.channel_factory(|_| unreachable!()));
         assert!(debug.contains("channel_factory: \"custom\""), "{debug}");
+    }
+
+    #[test]
+    fn debug_output_redacts_the_secret() {
+        let builder = ClientBuilder::new().credentials("alice", "hunter2");
+        let debug = format!("{builder:?}");
+        assert!(debug.contains("alice"), "{debug}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("<redacted>"), "{debug}");
+    }
+
+    #[tokio::test]
+    async fn tls_and_a_channel_factory_are_refused_together() {
+        let error = Client::builder()
+            .seeds(["127.0.0.1:1"])
+            .tls(TlsOptions::new("x"))
+            .channel_factory(|_| unreachable!())
+            .connect()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::InvalidArgument(m) if m.contains("cannot both be set")),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_credentials_or_tls_settings_fail_before_dialing() {
+        let error = Client::builder()
+            .seeds(["127.0.0.1:1"])
+            .credentials("a:b", "secret")
+            .connect()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::InvalidArgument(m) if m.contains("must not contain ':'")),
+            "{error:?}"
+        );
+        let error = Client::builder()
+            .seeds(["127.0.0.1:1"])
+            .tls(TlsOptions::new("not pem"))
+            .connect()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::InvalidArgument(m) if m.starts_with("tls ca certificate")),
+            "{error:?}"
+        );
     }
 }

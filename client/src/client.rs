@@ -535,7 +535,9 @@ mod tests {
             max_message_bytes: 1 << 20,
             request_timeout: Duration::from_secs(2),
             pipelining: true,
-            factory: crate::conn::default_factory(Duration::from_secs(2)),
+            factory: crate::conn::default_factory(Duration::from_secs(2), None),
+            authorization: None,
+            tls: false,
         };
         Client::new(Router::single(&addr, channel, config), None)
     }

@@ -19,13 +19,15 @@ use ringcache_proto::{
 use tokio::{task::JoinSet, time::Instant};
 use tonic::{
     Status,
+    codegen::http::HeaderValue,
     metadata::MetadataMap,
-    transport::{Channel, Endpoint},
+    transport::{Channel, ClientTlsConfig, Endpoint},
 };
 
 use crate::{
     Error,
     pipeline::{Outcome, Pipeline, PipelineOp},
+    security::NodeChannel,
 };
 
 /// Builds a (possibly lazy) channel to a node's `host:port`.
@@ -51,6 +53,20 @@ pub(crate) struct ConnectConfig {
     /// than as unary calls.
     pub(crate) pipelining: bool,
     pub(crate) factory: ChannelFactory,
+    /// The `authorization` header put on every request, encoded once; `None` without
+    /// credentials.
+    pub(crate) authorization: Option<HeaderValue>,
+    /// Whether the default factory dials over TLS (for advice on connection failures).
+    pub(crate) tls: bool,
+}
+
+impl ConnectConfig {
+    /// A channel to `addr` from the factory, wrapped so that every request on it carries the
+    /// credentials. The only way channels to nodes are made.
+    pub(crate) fn channel(&self, addr: &str) -> Result<NodeChannel, Error> {
+        let channel = (self.factory)(addr)?;
+        Ok(NodeChannel::new(channel, self.authorization.clone()))
+    }
 }
 
 impl fmt::Debug for ConnectConfig {
@@ -61,35 +77,68 @@ impl fmt::Debug for ConnectConfig {
             .field("max_message_bytes", &self.max_message_bytes)
             .field("request_timeout", &self.request_timeout)
             .field("pipelining", &self.pipelining)
+            .field("credentials", &self.authorization.is_some())
             .finish_non_exhaustive()
     }
 }
 
-/// The default channel factory: a lazily connecting plain-text HTTP/2 channel with TCP_NODELAY and
-/// keepalive pings.
-pub(crate) fn default_factory(connect_timeout: Duration) -> ChannelFactory {
-    Arc::new(move |addr: &str| {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Error::InvalidArgument(format!("bad node address {addr:?}: {e}")))?
-            .connect_timeout(connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
-        Ok(endpoint.connect_lazy())
-    })
+/// The default channel factory: a lazily connecting HTTP/2 channel with TCP_NODELAY and
+/// keepalive pings; over TLS when `tls` is given (checked beforehand by
+/// [`TlsOptions::prepare`](crate::TlsOptions)), else plain text.
+pub(crate) fn default_factory(
+    connect_timeout: Duration,
+    tls: Option<ClientTlsConfig>,
+) -> ChannelFactory {
+    Arc::new(move |addr: &str| Ok(endpoint(addr, connect_timeout, tls.as_ref())?.connect_lazy()))
 }
 
-/// Parses seed addresses: `host:port`, optionally prefixed by `http://`. Returns the `host:port`
-/// forms, in order.
+/// The endpoint of a node: `https://` with `tls`, else `http://`, with the default factory's
+/// settings.
+pub(crate) fn endpoint(
+    addr: &str,
+    connect_timeout: Duration,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Endpoint, Error> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| Error::InvalidArgument(format!("bad node address {addr:?}: {e}")))?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.clone()).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "cannot use tls for {addr:?}: {}",
+                crate::error::describe_source(&e)
+            ))
+        })?;
+    }
+    Ok(endpoint)
+}
+
+/// Parses seed addresses of a plain-text client: `host:port`, optionally prefixed by `http://`.
+/// Returns the `host:port` forms, in order.
+#[cfg(test)]
 pub(crate) fn parse_seeds<I, S>(seeds: I) -> Result<Vec<String>, Error>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    parse_seeds_for(seeds, false)
+}
+
+/// Parses seed addresses: `host:port`, optionally prefixed by `http://` (a plain-text client) or
+/// `https://` (with `tls`). Returns the `host:port` forms, in order.
+pub(crate) fn parse_seeds_for<I, S>(seeds: I, tls: bool) -> Result<Vec<String>, Error>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<str>,
 {
     let seeds = seeds
         .into_iter()
-        .map(|seed| parse_seed(seed.as_ref()))
+        .map(|seed| parse_seed(seed.as_ref(), tls))
         .collect::<Result<Vec<_>, _>>()?;
     if seeds.is_empty() {
         return Err(Error::InvalidArgument("no seed addresses given".to_owned()));
@@ -97,14 +146,25 @@ where
     Ok(seeds)
 }
 
-fn parse_seed(seed: &str) -> Result<String, Error> {
+fn parse_seed(seed: &str, tls: bool) -> Result<String, Error> {
     let invalid = |why: &str| Error::InvalidArgument(format!("seed {seed:?}: {why}"));
     let trimmed = seed.trim();
     let addr = match trimmed.split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") && !tls => rest,
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") && tls => rest,
+        Some((scheme, _)) if scheme.eq_ignore_ascii_case("http") => {
+            return Err(invalid(
+                "http:// but tls is configured (write host:port or https://host:port)",
+            ));
+        }
+        Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => {
+            return Err(invalid(
+                "https:// needs tls settings (a ca certificate; see ClientBuilder::tls)",
+            ));
+        }
         Some((scheme, _)) => {
             return Err(invalid(&format!(
-                "unsupported scheme {scheme:?} (only http:// is supported)"
+                "unsupported scheme {scheme:?} (only http:// and https:// are supported)"
             )));
         }
         None => trimmed,
@@ -155,8 +215,8 @@ const PIPELINE_NO: u8 = 2;
 
 /// One pooled HTTP/2 connection: the channel, the `Cache` client over it, and its pipeline.
 struct Conn {
-    channel: Channel,
-    cache: CacheClient<Channel>,
+    channel: NodeChannel,
+    cache: CacheClient<NodeChannel>,
     pipeline: Pipeline,
 }
 
@@ -173,7 +233,7 @@ impl NodePool {
     /// A pool over already made channels (at least one).
     pub(crate) fn from_channels(
         addr: &str,
-        channels: Vec<Channel>,
+        channels: Vec<NodeChannel>,
         max_message_bytes: usize,
         pipelining: bool,
     ) -> Self {
@@ -207,7 +267,7 @@ impl NodePool {
     /// checked until the first request.
     pub(crate) fn lazy(addr: &str, config: &ConnectConfig) -> Result<Self, Error> {
         let channels = (0..config.pool_size.max(1))
-            .map(|_| (config.factory)(addr))
+            .map(|_| config.channel(addr))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self::from_channels(
             addr,
@@ -224,7 +284,7 @@ impl NodePool {
     }
 
     /// A `Cluster` client on the next connection.
-    pub(crate) fn cluster(&self) -> ClusterClient<Channel> {
+    pub(crate) fn cluster(&self) -> ClusterClient<NodeChannel> {
         ClusterClient::new(self.pick().channel.clone())
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes)
@@ -241,7 +301,7 @@ impl NodePool {
     ) -> Reply<Req::Response>
     where
         Req: PipelineOp + Clone,
-        F: FnOnce(CacheClient<Channel>, tonic::Request<Req>) -> Fut,
+        F: FnOnce(CacheClient<NodeChannel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Req::Response>, Status>>,
     {
         let support = self.pipelining.load(Ordering::Relaxed);
@@ -286,7 +346,7 @@ impl NodePool {
         rpc: F,
     ) -> Reply<Resp>
     where
-        F: FnOnce(CacheClient<Channel>, tonic::Request<Req>) -> Fut,
+        F: FnOnce(CacheClient<NodeChannel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         let mut request = tonic::Request::new(message);
@@ -405,35 +465,127 @@ pub(crate) fn topology_digest(metadata: &MetadataMap) -> Option<u64> {
         .ok()
 }
 
-/// Connects to the first seed that answers a probe; returns its index and its pool, or, when
-/// none answers, `Unavailable` naming every seed with its reason.
+/// Connects to the first seed that answers a probe; returns its index and its pool, or `None`
+/// when none answers (`failures` then names every seed with its reason). A seed that refuses the
+/// credentials or the user's role ends the search with that error: the other seeds would refuse
+/// them too, and each refusal counts as a failed attempt.
 pub(crate) async fn open_first_seed(
     seeds: &[String],
     config: &ConnectConfig,
     failures: &mut Vec<String>,
-) -> Option<(usize, NodePool)> {
+) -> Result<Option<(usize, NodePool)>, Error> {
     for (index, seed) in seeds.iter().enumerate() {
         match open_node(seed, config).await {
             Ok(node) => {
                 tracing::debug!(node = %seed, connections = node.conns.len(), "connected to ringcache node");
-                return Some((index, node));
+                return Ok(Some((index, node)));
             }
-            Err(reason) => {
+            Err(ProbeFailure::Denied(error)) => {
+                tracing::debug!(seed = %seed, %error, "seed refused the credentials");
+                return Err(error);
+            }
+            Err(ProbeFailure::Down(reason)) => {
                 tracing::debug!(seed = %seed, %reason, "seed did not answer");
-                failures.push(format!("{seed}: {reason}"));
+                match TlsAdvice::of(&reason, config.tls) {
+                    Some(advice) => {
+                        failures.push(format!("{seed}: {reason} ({})", advice.for_library()));
+                    }
+                    None => failures.push(format!("{seed}: {reason}")),
+                }
             }
         }
     }
-    None
+    Ok(None)
+}
+
+/// What a connection failure suggests about TLS settings, as advice for the user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TlsAdvice {
+    /// The node asked for a client certificate and got none.
+    ClientCertificateRequired,
+    /// The node's certificate did not verify.
+    CertificateRejected,
+    /// TLS was spoken to something that answered in plain text.
+    NodeMayNotSpeakTls,
+    /// Plain text was spoken to something that dropped the connection, as a TLS node does.
+    NodeMayRequireTls,
+}
+
+impl TlsAdvice {
+    /// The advice a failure's `reason` calls for, if any, for a client dialing with or without
+    /// `tls`.
+    pub(crate) fn of(reason: &str, tls: bool) -> Option<Self> {
+        if tls {
+            if reason.contains("CertificateRequired") {
+                Some(Self::ClientCertificateRequired)
+            } else if reason.contains("invalid peer certificate") {
+                Some(Self::CertificateRejected)
+            } else if reason.contains("InvalidContentType") || reason.contains("corrupt message") {
+                Some(Self::NodeMayNotSpeakTls)
+            } else {
+                None
+            }
+        } else if ["broken pipe", "connection reset", "frame with invalid size"]
+            .iter()
+            .any(|sign| reason.contains(sign))
+        {
+            Some(Self::NodeMayRequireTls)
+        } else {
+            None
+        }
+    }
+
+    /// The advice in terms of the client's API.
+    pub(crate) fn for_library(self) -> &'static str {
+        match self {
+            Self::ClientCertificateRequired => {
+                "the node requires a client certificate: see TlsOptions::client_identity"
+            }
+            Self::CertificateRejected => {
+                "the node's certificate is not trusted: check that the tls ca signed it and that it \
+                 names the address dialed or the tls server name"
+            }
+            Self::NodeMayNotSpeakTls => "the node does not seem to speak tls",
+            Self::NodeMayRequireTls => "the node may require tls: see ClientBuilder::tls",
+        }
+    }
+
+    /// The advice in terms of ringctl's and ringbench's flags.
+    #[cfg(feature = "cli")]
+    pub(crate) fn for_flags(self) -> &'static str {
+        match self {
+            Self::ClientCertificateRequired => {
+                "the node requires a client certificate: give --tls-cert and --tls-key"
+            }
+            Self::CertificateRejected => {
+                "check that --tls-ca signed the node's certificate and that it names the address \
+                 dialed or --tls-server-name"
+            }
+            Self::NodeMayNotSpeakTls => "the node does not seem to speak tls: drop --tls-ca",
+            Self::NodeMayRequireTls => "the node may require tls: give --tls-ca",
+        }
+    }
+}
+
+/// Why a node did not pass the connect probe.
+enum ProbeFailure {
+    /// It is down, unreachable, silent, or not a gRPC server: why.
+    Down(String),
+    /// It refused the credentials or the user's role.
+    Denied(Error),
 }
 
 /// Opens the pool of connections to one node and checks that each of them answers. On failure,
 /// returns why.
-async fn open_node(addr: &str, config: &ConnectConfig) -> Result<NodePool, String> {
+async fn open_node(addr: &str, config: &ConnectConfig) -> Result<NodePool, ProbeFailure> {
     let pool_size = config.pool_size.max(1);
     let mut channels = Vec::with_capacity(pool_size);
     for _ in 0..pool_size {
-        channels.push((config.factory)(addr).map_err(|e| e.to_string())?);
+        channels.push(
+            config
+                .channel(addr)
+                .map_err(|e| ProbeFailure::Down(e.to_string()))?,
+        );
     }
 
     let mut probes = JoinSet::new();
@@ -442,13 +594,18 @@ async fn open_node(addr: &str, config: &ConnectConfig) -> Result<NodePool, Strin
     }
     let all_answered = async {
         while let Some(result) = probes.join_next().await {
-            result.map_err(|e| format!("probe task failed: {e}"))??;
+            result.map_err(|e| ProbeFailure::Down(format!("probe task failed: {e}")))??;
         }
-        Ok::<(), String>(())
+        Ok::<(), ProbeFailure>(())
     };
     match tokio::time::timeout(config.connect_timeout, all_answered).await {
         Ok(result) => result?,
-        Err(_) => return Err(format!("no answer within {:?}", config.connect_timeout)),
+        Err(_) => {
+            return Err(ProbeFailure::Down(format!(
+                "no answer within {:?}",
+                config.connect_timeout
+            )));
+        }
     }
     Ok(NodePool::from_channels(
         addr,
@@ -459,8 +616,9 @@ async fn open_node(addr: &str, config: &ConnectConfig) -> Result<NodePool, Strin
 }
 
 /// Sends one `NodeInfo` round trip. Any answer from the node counts, even an error status such as
-/// `UNIMPLEMENTED`; only a broken connection, a node that is unavailable, or no answer fail.
-async fn probe(channel: Channel, timeout: Duration) -> Result<(), String> {
+/// `UNIMPLEMENTED`; only a broken connection, a node that is unavailable, no answer, or a refusal
+/// of the credentials fail.
+async fn probe(channel: NodeChannel, timeout: Duration) -> Result<(), ProbeFailure> {
     let mut request = tonic::Request::new(NodeInfoRequest {});
     request.set_timeout(timeout);
     let started = tokio::time::Instant::now();
@@ -470,16 +628,20 @@ async fn probe(channel: Channel, timeout: Duration) -> Result<(), String> {
             tracing::trace!(node_id = %info.node_id, version = %info.version, "node answered");
             Ok(())
         }
-        Err(status) if is_not_grpc(&status) => {
-            Err(format!("not a gRPC server: {}", status.message()))
-        }
+        Err(status) if is_not_grpc(&status) => Err(ProbeFailure::Down(format!(
+            "not a gRPC server: {}",
+            status.message()
+        ))),
         Err(status) => match Error::from_status_after(status, started.elapsed(), timeout) {
-            Error::Unavailable(message) => Err(message),
-            Error::Timeout { .. } => Err(format!("no answer within {timeout:?}")),
+            Error::Unavailable(message) => Err(ProbeFailure::Down(message)),
+            Error::Timeout { .. } => {
+                Err(ProbeFailure::Down(format!("no answer within {timeout:?}")))
+            }
             error @ Error::Server {
                 code: tonic::Code::Cancelled,
                 ..
-            } => Err(error.to_string()),
+            } => Err(ProbeFailure::Down(error.to_string())),
+            error if error.is_denial() => Err(ProbeFailure::Denied(error)),
             // Any other answer comes from a live gRPC server, e.g. UNIMPLEMENTED from a node
             // without the Cluster service.
             _ => Ok(()),
@@ -507,8 +669,9 @@ mod tests {
     #[tokio::test]
     async fn a_refused_connection_is_classified_as_not_sent() {
         let addr = closed_addr();
-        let channel = default_factory(Duration::from_secs(1))(&addr).unwrap();
-        let pool = NodePool::from_channels(&addr, vec![channel], 1 << 20, false);
+        let channel = default_factory(Duration::from_secs(1), None)(&addr).unwrap();
+        let pool =
+            NodePool::from_channels(&addr, vec![NodeChannel::new(channel, None)], 1 << 20, false);
         let request = ringcache_proto::v1::GetRequest::default();
         for _ in 0..2 {
             let reply = pool
@@ -558,6 +721,24 @@ mod tests {
     }
 
     #[test]
+    fn the_seed_scheme_must_match_the_tls_setting() {
+        assert_eq!(
+            parse_seeds_for(["https://node-1:7379", "node-2:7379"], true).unwrap(),
+            ["node-1:7379", "node-2:7379"]
+        );
+        let error = parse_seeds_for(["http://node-1:7379"], true).unwrap_err();
+        assert!(
+            matches!(&error, Error::InvalidArgument(m) if m.contains("tls is configured")),
+            "{error:?}"
+        );
+        let error = parse_seeds(["https://node-1:7379"]).unwrap_err();
+        assert!(
+            matches!(&error, Error::InvalidArgument(m) if m.contains("https:// needs tls")),
+            "{error:?}"
+        );
+    }
+
+    #[test]
     fn empty_seed_list_is_invalid() {
         let error = parse_seeds(Vec::<String>::new()).unwrap_err();
         assert!(
@@ -580,6 +761,7 @@ mod tests {
             "::1:7379",
             "https://node:7379",
             "grpc://node:7379",
+            "file:///x",
             "node:7379/path",
             "user@node:7379",
             "no de:7379",

@@ -15,6 +15,10 @@ pub enum Error {
     /// The request was rejected as malformed: an empty or too large key, a too large value, a bad
     /// TTL, too many keys in one batch, a value that is not an integer (`incr`), or an increment
     /// that would overflow. The server reports these as `INVALID_ARGUMENT` or `OUT_OF_RANGE`.
+    ///
+    /// Also a bad client setting, found before anything is sent: a malformed seed, a zero
+    /// timeout, unusable credentials, or TLS certificates or keys that cannot be read or parsed
+    /// (the message names the file).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
@@ -50,6 +54,30 @@ pub enum Error {
     /// The server's answer did not make sense (for example, a batch answer of the wrong length).
     #[error("protocol error: {0}")]
     Protocol(String),
+
+    /// The node did not accept the client's credentials (`UNAUTHENTICATED`): none were given
+    /// ([`ClientBuilder::credentials`](crate::ClientBuilder::credentials)) and the node requires
+    /// them, the user or secret is wrong, or the user is locked out for a while after too many
+    /// failed attempts.
+    ///
+    /// Never retried and never sent to another node: other nodes would refuse the same
+    /// credentials, and each refusal counts as a failed attempt.
+    #[error("unauthenticated: {message}")]
+    Unauthenticated {
+        /// The node's message.
+        message: String,
+    },
+
+    /// The node accepted the credentials but the user's role does not allow the request
+    /// (`PERMISSION_DENIED`). Roles are `read` < `write` < `admin`: reads need `read`, writes
+    /// `write`, and `Admin.Leave` and `Admin.Flush` need `admin`.
+    ///
+    /// Never retried and never sent to another node.
+    #[error("permission denied: {message}")]
+    PermissionDenied {
+        /// The node's message.
+        message: String,
+    },
 
     /// Any other gRPC status returned by the node.
     #[error("server error {code:?}: {message}")]
@@ -117,6 +145,12 @@ impl From<Status> for Error {
             Code::ResourceExhausted => Error::MemoryFull(status.message().to_owned()),
             Code::Unavailable => Error::Unavailable(describe(&status)),
             Code::DeadlineExceeded => Error::Timeout { after: None },
+            Code::Unauthenticated => Error::Unauthenticated {
+                message: status.message().to_owned(),
+            },
+            Code::PermissionDenied => Error::PermissionDenied {
+                message: status.message().to_owned(),
+            },
             // A status built by the local HTTP/2 stack (a broken or refused connection) carries
             // its cause as a source; one decoded from a server's answer never does.
             Code::Unknown if is_local_transport_error(&status) => {
@@ -166,6 +200,31 @@ fn is_local_timeout(status: &Status) -> bool {
         source = cause.source();
     }
     false
+}
+
+/// An error followed by its chain of causes, each once.
+pub(crate) fn describe_source(error: &(dyn StdError + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            let _ = write!(text, ": {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+impl Error {
+    /// Whether the node refused the credentials or the user's role: such an answer is final for
+    /// every node, so it is never retried elsewhere.
+    pub(crate) fn is_denial(&self) -> bool {
+        matches!(
+            self,
+            Error::Unauthenticated { .. } | Error::PermissionDenied { .. }
+        )
+    }
 }
 
 /// The status message followed by its chain of causes, which is where transport errors keep the
@@ -234,6 +293,14 @@ mod tests {
             (Code::DeadlineExceeded, |e| {
                 matches!(e, Error::Timeout { after: None })
             }),
+            (
+                Code::Unauthenticated,
+                |e| matches!(e, Error::Unauthenticated { message } if message == "boom"),
+            ),
+            (
+                Code::PermissionDenied,
+                |e| matches!(e, Error::PermissionDenied { message } if message == "boom"),
+            ),
         ];
         for (code, check) in cases {
             let error = Error::from(Status::new(*code, "boom"));
@@ -245,12 +312,10 @@ mod tests {
             Code::Unknown,
             Code::NotFound,
             Code::AlreadyExists,
-            Code::PermissionDenied,
             Code::Aborted,
             Code::Unimplemented,
             Code::Internal,
             Code::DataLoss,
-            Code::Unauthenticated,
         ] {
             let error = Error::from(Status::new(code, "boom"));
             assert!(
@@ -357,6 +422,19 @@ mod tests {
             .is_retryable()
         );
         assert!(!Error::MemoryFull("full".into()).is_retryable());
+        let denied = Error::Unauthenticated {
+            message: "bad credentials".into(),
+        };
+        assert!(!denied.is_retryable());
+        assert_eq!(denied.to_string(), "unauthenticated: bad credentials");
+        let denied = Error::PermissionDenied {
+            message: "role read cannot write".into(),
+        };
+        assert!(!denied.is_retryable());
+        assert_eq!(
+            denied.to_string(),
+            "permission denied: role read cannot write"
+        );
         assert_eq!(
             Error::Timeout {
                 after: Some(Duration::from_secs(5))

@@ -42,6 +42,7 @@ mod options;
 mod pipeline;
 mod refresh;
 mod router;
+mod security;
 mod wire;
 
 #[cfg(feature = "cli")]
@@ -53,3 +54,9 @@ pub use client::Client;
 pub use error::Error;
 pub use options::{Consistency, Entry, KeyTtl, SetCondition, SetOptions, SetOutcome};
 pub use ringcache_proto::topology::{Member, NodeState, Topology};
+pub use security::TlsOptions;
+
+/// The examples of the workspace README (the client, TLS and credentials), compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -31,11 +31,12 @@ use ringcache_proto::{
     },
 };
 use tokio::{sync::oneshot, time::Instant};
-use tonic::{Code, Status, metadata::MetadataValue, transport::Channel};
+use tonic::{Code, Status, metadata::MetadataValue};
 
 use crate::{
     Error,
     conn::{Failure, FailureClass, Reply},
+    security::NodeChannel,
 };
 
 /// Most requests in one batch (nodes accept `max_batch_keys`, 1000 by default).
@@ -113,7 +114,7 @@ enum Closed {
 
 /// The pipeline of one pooled connection: the current stream, opened on demand.
 pub(crate) struct Pipeline {
-    cache: CacheClient<Channel>,
+    cache: CacheClient<NodeChannel>,
     addr: String,
     link: Mutex<Option<Arc<Link>>>,
 }
@@ -140,7 +141,7 @@ impl Drop for Pipeline {
 }
 
 impl Pipeline {
-    pub(crate) fn new(cache: CacheClient<Channel>, addr: &str) -> Self {
+    pub(crate) fn new(cache: CacheClient<NodeChannel>, addr: &str) -> Self {
         Pipeline {
             cache,
             addr: addr.to_owned(),
@@ -243,8 +244,16 @@ impl Pipeline {
     fn failure(&self, closed: Closed, sent: bool, started: Instant, timeout: Duration) -> Failure {
         let addr = &self.addr;
         match closed {
-            // Classified like a unary call's status: a connect error means nothing left.
-            Closed::Status(status) if sent => {
+            // Classified like a unary call's status: a connect error means nothing left. A
+            // refusal of the credentials or the role (the node's answer to the stream itself)
+            // is final even for requests that never left: another node would refuse them too.
+            Closed::Status(status)
+                if sent
+                    || matches!(
+                        status.code(),
+                        Code::Unauthenticated | Code::PermissionDenied
+                    ) =>
+            {
                 Failure::from_status(status, started.elapsed(), timeout)
             }
             Closed::Status(status) => Failure::not_sent(Error::Unavailable(format!(
@@ -314,7 +323,7 @@ struct LinkState {
 
 impl Link {
     /// Opens the stream on `cache`; the task reading answers runs until the stream ends.
-    fn open(mut cache: CacheClient<Channel>) -> Arc<Link> {
+    fn open(mut cache: CacheClient<NodeChannel>) -> Arc<Link> {
         let link = Link::new();
         let outbound = Outbound {
             link: Arc::clone(&link),

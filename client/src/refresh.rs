@@ -49,6 +49,8 @@ pub(crate) enum FetchError {
     Invalid(String),
     /// The node did not answer, or answered an error.
     Failed(String),
+    /// The node refused the credentials or the user's role: final for every node.
+    Denied(Error),
 }
 
 /// Asks one node for its topology. `Ok(None)`: the node has no `Cluster` service.
@@ -65,7 +67,14 @@ pub(crate) async fn fetch_topology(
     let wire = match tokio::time::timeout(timeout, pool.cluster().get_topology(request)).await {
         Err(_) => return Err(FetchError::Failed(format!("no answer within {timeout:?}"))),
         Ok(Err(status)) if status.code() == Code::Unimplemented => return Ok(None),
-        Ok(Err(status)) => return Err(FetchError::Failed(Error::from(status).to_string())),
+        Ok(Err(status)) => {
+            let error = Error::from(status);
+            return Err(if error.is_denial() {
+                FetchError::Denied(error)
+            } else {
+                FetchError::Failed(error.to_string())
+            });
+        }
         Ok(Ok(response)) => response.into_inner(),
     };
     Topology::try_from(&wire)
@@ -230,6 +239,8 @@ impl Router {
                     failures.push(format!("{}: invalid topology: {why}", slot.addr()));
                 }
                 Err(FetchError::Failed(why)) => failures.push(format!("{}: {why}", slot.addr())),
+                // The next node would refuse the same credentials.
+                Err(FetchError::Denied(error)) => return Err(error),
             }
         }
         let failures = failures.join("; ");
@@ -316,12 +327,17 @@ pub(crate) async fn watch(router: Weak<Router>, mut stop: oneshot::Receiver<()>)
             )
         };
         let session = watch_session(&router, &slot, &config);
-        let (received, why) = tokio::select! {
+        let (received, why, denied) = tokio::select! {
             _ = &mut stop => return,
             ended = session => ended,
         };
         if received > 0 {
             backoff = WATCH_BACKOFF_MIN;
+        }
+        if denied {
+            // Credentials refused (revoked, say): every node would refuse them, and each
+            // refusal counts against the user; try again only rarely.
+            backoff = WATCH_BACKOFF_MAX;
         }
         tracing::debug!(node = %slot.addr(), received, reason = %why, retry_in = ?backoff, "topology watch ended");
         previous = Some(slot);
@@ -333,15 +349,20 @@ pub(crate) async fn watch(router: Weak<Router>, mut stop: oneshot::Receiver<()>)
     }
 }
 
-/// One watch stream from one node. Returns how many topologies it delivered and why it ended.
+/// One watch stream from one node. Returns how many topologies it delivered, why it ended, and
+/// whether the node refused the credentials or the user's role.
 async fn watch_session(
     router: &Weak<Router>,
     slot: &NodeSlot,
     config: &ConnectConfig,
-) -> (usize, String) {
+) -> (usize, String, bool) {
     let pool = match slot.pool(config) {
         Ok(pool) => pool,
-        Err(error) => return (0, error.to_string()),
+        Err(error) => return (0, error.to_string(), false),
+    };
+    let ended = |received: usize, status: tonic::Status| {
+        let error = Error::from(status);
+        (received, error.to_string(), error.is_denial())
     };
     let timeout = config.request_timeout;
     let opened = tokio::time::timeout(
@@ -350,8 +371,8 @@ async fn watch_session(
     )
     .await;
     let mut stream = match opened {
-        Err(_) => return (0, format!("no answer within {timeout:?}")),
-        Ok(Err(status)) => return (0, Error::from(status).to_string()),
+        Err(_) => return (0, format!("no answer within {timeout:?}"), false),
+        Ok(Err(status)) => return ended(0, status),
         Ok(Ok(response)) => response.into_inner(),
     };
     let mut received = 0;
@@ -360,16 +381,18 @@ async fn watch_session(
             Ok(Some(wire)) => {
                 let topology = match Topology::try_from(&wire) {
                     Ok(topology) => topology,
-                    Err(error) => return (received, format!("invalid topology: {error}")),
+                    Err(error) => {
+                        return (received, format!("invalid topology: {error}"), false);
+                    }
                 };
                 let Some(router) = router.upgrade() else {
-                    return (received, "the client is gone".to_owned());
+                    return (received, "the client is gone".to_owned(), false);
                 };
                 router.apply(topology);
                 received += 1;
             }
-            Ok(None) => return (received, "the node ended the stream".to_owned()),
-            Err(status) => return (received, Error::from(status).to_string()),
+            Ok(None) => return (received, "the node ended the stream".to_owned(), false),
+            Err(status) => return ended(received, status),
         }
     }
 }

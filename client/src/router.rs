@@ -37,13 +37,14 @@ use ringcache_proto::{
     v1::cache_client::CacheClient,
 };
 use tokio::sync::oneshot;
-use tonic::{Status, transport::Channel};
+use tonic::Status;
 
 use crate::pipeline::PipelineOp;
 use crate::{
     Error,
     conn::{self, ConnectConfig, Failure, FailureClass, NodePool},
     refresh::{self, FetchError, Refresher},
+    security::NodeChannel,
 };
 
 /// How long a node that failed to connect is tried after the other replicas of a key.
@@ -386,7 +387,7 @@ impl Router {
     ) -> Result<Resp, Error>
     where
         Req: PipelineOp<Response = Resp> + Clone,
-        F: Fn(CacheClient<Channel>, tonic::Request<Req>) -> Fut,
+        F: Fn(CacheClient<NodeChannel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         let state = self.snapshot();
@@ -424,7 +425,7 @@ impl Router {
     where
         B: Fn(&[usize]) -> Req,
         Req: PipelineOp<Response = Resp> + Clone,
-        F: Fn(CacheClient<Channel>, tonic::Request<Req>) -> Fut,
+        F: Fn(CacheClient<NodeChannel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         let state = self.snapshot();
@@ -503,7 +504,7 @@ impl Router {
     ) -> Result<Resp, Failure>
     where
         Req: PipelineOp<Response = Resp> + Clone,
-        F: FnOnce(CacheClient<Channel>, tonic::Request<Req>) -> Fut,
+        F: FnOnce(CacheClient<NodeChannel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         let pool = match slot.pool(&self.config) {
@@ -592,7 +593,7 @@ pub(crate) async fn connect(seeds: &[String], config: ConnectConfig) -> Result<A
     let mut failures = Vec::with_capacity(seeds.len());
     let mut from = 0;
     while let Some((offset, pool)) =
-        conn::open_first_seed(&seeds[from..], &config, &mut failures).await
+        conn::open_first_seed(&seeds[from..], &config, &mut failures).await?
     {
         let index = from + offset;
         let slot = &slots[index];
@@ -611,6 +612,8 @@ pub(crate) async fn connect(seeds: &[String], config: ConnectConfig) -> Result<A
                     slot.addr()
                 )));
             }
+            // Final for every seed: not tried on the others.
+            Err(FetchError::Denied(error)) => return Err(error),
             Err(FetchError::Failed(why)) => {
                 failures.push(format!("{}: topology: {why}", slot.addr()));
             }
@@ -626,11 +629,15 @@ pub(crate) async fn connect(seeds: &[String], config: ConnectConfig) -> Result<A
 #[cfg(test)]
 impl Router {
     /// A router over one lazy channel and no topology, for tests that need no node.
-    pub(crate) fn single(addr: &str, channel: Channel, config: ConnectConfig) -> Arc<Router> {
+    pub(crate) fn single(
+        addr: &str,
+        channel: tonic::transport::Channel,
+        config: ConnectConfig,
+    ) -> Arc<Router> {
         let slot = Arc::new(NodeSlot::new(addr));
         slot.install(NodePool::from_channels(
             addr,
-            vec![channel],
+            vec![NodeChannel::new(channel, config.authorization.clone())],
             config.max_message_bytes,
             config.pipelining,
         ));

@@ -508,7 +508,6 @@ pub struct Config {
     pub secrets_reload_interval: Duration,
 }
 
-
 /// TLS files of one listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {

@@ -1,5 +1,10 @@
 //! `ringbench`'s command line: `run` (the default), `suite`, `compare`, `presets`. The binary only
-//! calls [`main`]; exit codes are 0 (done), 1 (the run failed), 2 (bad usage).
+//! calls [`main`]; exit codes are 0 (done), 1 (the run failed), 2 (bad usage, including a bad TLS
+//! or credential flag).
+//!
+//! `run` and `suite` take ringctl's TLS and credential flags for ringcache targets
+//! ([`SecurityArgs`]: `--user`, `--password-file`, `--tls`, `--tls-ca`, `--tls-cert`,
+//! `--tls-key`, `--tls-server-name`, and their `RINGCACHE_*` environment variables).
 
 use std::{
     ffi::OsString,
@@ -10,6 +15,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use ringcache::ctl::{Security, SecurityArgs};
 
 use crate::bench::{
     plot,
@@ -154,6 +160,9 @@ struct RunArgs {
     /// ringcache: requests on each connection's pipelined stream, or one unary call each.
     #[arg(long, value_enum, default_value_t = Transport::Pipelined)]
     transport: Transport,
+    /// ringcache: TLS and credentials.
+    #[command(flatten)]
+    security: SecurityArgs,
 
     /// Write every figure and the configuration to FILE as JSON.
     #[arg(long, value_name = "FILE")]
@@ -211,6 +220,9 @@ struct SuiteArgs {
     /// How the ringcache client carries requests.
     #[arg(long, value_enum, default_value_t = Transport::Pipelined)]
     transport: Transport,
+    /// TLS and credentials for the node given by --ringcache (the suite's own node uses none).
+    #[command(flatten)]
+    security: SecurityArgs,
     /// Run again (up to 3 times) a run during which other processes used more than this many
     /// CPUs (e.g. 0.1); measured only when the suite started both servers.
     #[arg(long, value_name = "CPUS")]
@@ -244,11 +256,38 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
     };
     match execute(cli) {
         Ok(()) => 0,
+        Err(error) if error.is::<UsageError>() => {
+            eprintln!("ringbench: error: {error:#}");
+            2
+        }
         Err(error) => {
             eprintln!("ringbench: error: {error:#}");
             1
         }
     }
+}
+
+/// A bad flag found after parsing (a TLS or credential flag): exit code 2.
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Whether any TLS or credential flag is set.
+fn wants_security(args: &SecurityArgs) -> bool {
+    args.user.is_some() || args.tls_ca.is_some()
+}
+
+/// Loads the TLS and credential flags: the secret and the certificate files.
+fn load_security(args: &SecurityArgs) -> anyhow::Result<Security> {
+    args.load()
+        .map_err(|error| UsageError(error.to_string()).into())
 }
 
 fn execute(cli: Cli) -> anyhow::Result<()> {
@@ -342,19 +381,30 @@ fn run_config(args: &RunArgs) -> anyhow::Result<RunConfig> {
         pool_size: args.pool_size.max(1),
         consistency: args.consistency,
         transport: args.transport,
+        tls: false,
     };
     config.validate()?;
     Ok(config)
 }
 
 fn run_command(args: &RunArgs) -> anyhow::Result<()> {
-    let config = run_config(args)?;
+    let mut config = run_config(args)?;
+    if wants_security(&args.security) && !matches!(config.target, TargetUrl::Ringcache { .. }) {
+        return Err(UsageError(format!(
+            "the tls and credential flags are for ringcache:// targets, not {}",
+            config.target
+        ))
+        .into());
+    }
+    let security = load_security(&args.security)?;
+    config.client.tls = security.is_tls();
     if let Some(cpu) = args.cpu {
         let taskset = taskset().context("--cpu needs taskset (apt-get install util-linux)")?;
         suite::pin_self(&taskset, cpu).map_err(anyhow::Error::msg)?;
     }
     let progress = show_progress(args.no_progress);
-    let result = runtime(config.threads)?.block_on(runner::run(&config, progress))?;
+    let result =
+        runtime(config.threads)?.block_on(runner::run_secured(&config, &security, progress))?;
     print!("{}", result.table());
     if let Some(path) = &args.json {
         result.write_json(path)?;
@@ -393,6 +443,14 @@ fn suite_command(args: &SuiteArgs) -> anyhow::Result<()> {
     if args.duration.is_zero() {
         bail!("--duration must be longer than zero");
     }
+    if wants_security(&args.security) && args.ringcache.is_none() {
+        return Err(UsageError(
+            "the tls and credential flags are for an external node: give --ringcache ringcache://host:port"
+                .to_owned(),
+        )
+        .into());
+    }
+    let ringcache_security = load_security(&args.security)?;
     // Pin first, before any thread exists.
     let pinning = if args.no_pin {
         Pinning::none()
@@ -516,6 +574,7 @@ fn suite_command(args: &SuiteArgs) -> anyhow::Result<()> {
         ringcache: ringcache_url,
         redis: redis_url,
         server_pids,
+        ringcache_security,
     };
     let progress = show_progress(args.no_progress);
     let result = runtime(1)?.block_on(suite::run_suite(&targets, &settings, progress, header))?;
@@ -647,5 +706,69 @@ mod tests {
             1
         );
         assert_eq!(main(["ringbench", "--bogus"].map(OsString::from)), 2);
+    }
+
+    #[test]
+    fn tls_and_credential_flags_are_ringctls() {
+        let cli = parse(&[
+            "ringcache://127.0.0.1:7379",
+            "--user",
+            "bench",
+            "--password-file",
+            "/run/secret",
+            "--tls-ca",
+            "ca.pem",
+            "--tls-server-name",
+            "cache.internal",
+        ])
+        .unwrap();
+        assert_eq!(cli.run.security.user.as_deref(), Some("bench"));
+        assert_eq!(
+            cli.run.security.tls_server_name.as_deref(),
+            Some("cache.internal")
+        );
+        let Some(Command::Suite(args)) = parse(&[
+            "suite",
+            "--ringcache",
+            "ringcache://127.0.0.1:7379",
+            "--tls-ca",
+            "ca.pem",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("expected suite")
+        };
+        assert!(args.security.tls_ca.is_some());
+        // A key without its certificate, or a server name without a CA, is bad usage.
+        assert_eq!(parse(&["--tls-key", "k.pem"]).unwrap_err().exit_code(), 2);
+        assert_eq!(
+            parse(&["--tls-server-name", "n"]).unwrap_err().exit_code(),
+            2
+        );
+    }
+
+    #[test]
+    fn bad_tls_and_credential_flags_exit_with_2() {
+        // A user without a secret; files that are not there; flags for a Redis target; flags
+        // for the suite's own node. All before anything is dialed or started.
+        for args in [
+            &["ringbench", "ringcache://127.0.0.1:1", "--user", "bench"][..],
+            &[
+                "ringbench",
+                "ringcache://127.0.0.1:1",
+                "--tls-ca",
+                "/nonexistent/ca.pem",
+            ],
+            &[
+                "ringbench",
+                "redis://127.0.0.1:1",
+                "--tls-ca",
+                "/nonexistent/ca.pem",
+            ],
+            &["ringbench", "suite", "--tls-ca", "/nonexistent/ca.pem"],
+        ] {
+            assert_eq!(main(args.iter().map(OsString::from)), 2, "{args:?}");
+        }
     }
 }

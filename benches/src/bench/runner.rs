@@ -19,6 +19,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use futures_util::{StreamExt, stream::FuturesUnordered};
+use ringcache::ctl::Security;
 use serde::{Deserialize, Serialize};
 
 use crate::bench::{
@@ -145,10 +146,25 @@ fn duration_ms(duration: Duration) -> u64 {
 /// An invalid configuration, a target that cannot be reached, or a load phase that failed.
 /// Errors of single requests are counted in the result, not returned.
 pub async fn run(config: &RunConfig, progress: bool) -> anyhow::Result<RunResult> {
+    run_secured(config, &Security::default(), progress).await
+}
+
+/// [`run`], reaching a ringcache target with `security` (TLS and credentials; not part of the
+/// configuration, so never written to result files).
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn run_secured(
+    config: &RunConfig,
+    security: &Security,
+    progress: bool,
+) -> anyhow::Result<RunResult> {
     config.validate()?;
     match &config.target {
         TargetUrl::Ringcache { seeds } => {
-            let target = RingcacheTarget::new(seeds.clone(), config.client);
+            let target =
+                RingcacheTarget::new(seeds.clone(), config.client).with_security(security.clone());
             run_with(&target, config, progress).await
         }
         TargetUrl::Redis { url } => {

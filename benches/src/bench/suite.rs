@@ -19,11 +19,12 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use ringcache::ctl::Security;
 use serde::{Deserialize, Serialize};
 
 use crate::bench::{
     report::{HarnessInfo, RunResult, fmt_count, fmt_ratio, fmt_us},
-    runner::{RunConfig, run},
+    runner::{RunConfig, run_secured},
     target::{TargetUrl, Transport},
     workload::{Preset, WorkloadSpec, preset},
 };
@@ -722,6 +723,8 @@ pub struct SuiteTargets {
     /// Process ids of the servers when the suite started them all itself: then the CPU time of
     /// everything else on the machine is measured per run ([`RunResult::other_cpus`]).
     pub server_pids: Option<Vec<u32>>,
+    /// TLS settings and credentials for the ringcache node (an external one, `--ringcache`).
+    pub ringcache_security: Security,
 }
 
 fn workload_of(preset: &Preset, seed: u64) -> anyhow::Result<WorkloadSpec> {
@@ -791,13 +794,16 @@ pub async fn run_suite(
                 config.rate = rate;
                 config.max_in_flight = 10_000;
                 config.client.transport = settings.transport;
+                config.client.tls = targets.ringcache_security.is_tls()
+                    && matches!(system, TargetUrl::Ringcache { .. });
                 config.load = !loaded[s];
                 loaded[s] = true;
                 let mut attempt = 0;
                 let mut result = loop {
                     attempt += 1;
                     let before = targets.server_pids.as_deref().and_then(CpuTimes::sample);
-                    let mut result = run(&config, progress).await?;
+                    let mut result =
+                        run_secured(&config, &targets.ringcache_security, progress).await?;
                     if result.interrupted {
                         bail!("interrupted");
                     }

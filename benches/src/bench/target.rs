@@ -8,6 +8,7 @@
 use std::{fmt, future::Future, time::Duration};
 
 use bytes::Bytes;
+use ringcache::ctl::Security;
 use serde::{Deserialize, Serialize};
 
 use crate::bench::workload::Operation;
@@ -158,6 +159,9 @@ pub struct ClientSettings {
     /// ringcache: how requests travel to a node.
     #[serde(default)]
     pub transport: Transport,
+    /// ringcache: whether connections use TLS (`--tls-ca`). Credentials are never recorded.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// How the ringcache client carries requests (its builder's `pipelining` setting).
@@ -180,6 +184,7 @@ impl Default for ClientSettings {
             pool_size: 1,
             consistency: None,
             transport: Transport::Pipelined,
+            tls: false,
         }
     }
 }
@@ -203,12 +208,25 @@ pub enum ConsistencyLevel {
 pub struct RingcacheTarget {
     seeds: Vec<String>,
     settings: ClientSettings,
+    security: Security,
 }
 
 impl RingcacheTarget {
-    /// A target reached through `seeds` (`host:port`).
+    /// A target reached through `seeds` (`host:port`), in plain text without credentials.
     pub fn new(seeds: Vec<String>, settings: ClientSettings) -> Self {
-        Self { seeds, settings }
+        Self {
+            seeds,
+            settings,
+            security: Security::default(),
+        }
+    }
+
+    /// The same target reached with these TLS settings and credentials (from
+    /// [`SecurityArgs`](ringcache::ctl::SecurityArgs), the flags ringctl has too).
+    #[must_use]
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
     }
 }
 
@@ -237,7 +255,12 @@ impl Target for RingcacheTarget {
                 ConsistencyLevel::All => ringcache::Consistency::All,
             });
         }
-        let client = builder.connect().await.map_err(|e| ringcache_error(&e))?;
+        let client = self
+            .security
+            .apply(builder)
+            .connect()
+            .await
+            .map_err(|e| ringcache_error(&e))?;
         Ok(RingcacheConnection { client })
     }
 }
@@ -257,6 +280,8 @@ fn ringcache_error(error: &ringcache::Error) -> OpError {
         ringcache::Error::Timeout { .. } => "timeout",
         ringcache::Error::Protocol(_) => "protocol",
         ringcache::Error::Server { .. } => "server",
+        ringcache::Error::Unauthenticated { .. } => "unauthenticated",
+        ringcache::Error::PermissionDenied { .. } => "permission_denied",
         _ => "other",
     };
     OpError {
@@ -505,5 +530,13 @@ mod tests {
         let error = ringcache_error(&ringcache::Error::Unavailable("down".into()));
         assert_eq!(error.kind, "unavailable");
         assert!(error.to_string().contains("down"));
+        let error = ringcache_error(&ringcache::Error::Unauthenticated {
+            message: "bad credentials".into(),
+        });
+        assert_eq!(error.kind, "unauthenticated");
+        let error = ringcache_error(&ringcache::Error::PermissionDenied {
+            message: "role read cannot write".into(),
+        });
+        assert_eq!(error.kind, "permission_denied");
     }
 }

@@ -15,7 +15,7 @@ use super::{
     Ctx, EXIT_OK,
     fmt::{self, Cell, Color, Table, paint, state_color},
     metrics,
-    node::{NodeConn, NodeError, join_all},
+    node::{Dial, NodeError, join_all},
 };
 
 /// How often `drain` polls the topology and the node's progress.
@@ -132,8 +132,8 @@ struct Probe {
     reads_per_second: Option<f64>,
 }
 
-async fn probe(member: &Member, timeout: Duration, rate: bool) -> Result<Probe, NodeError> {
-    let conn = NodeConn::connect(&member.grpc_addr, timeout).await?;
+async fn probe(member: &Member, dial: &Dial, rate: bool) -> Result<Probe, NodeError> {
+    let conn = dial.connect(&member.grpc_addr).await?;
     let info = conn.node_info().await?;
     let first = Instant::now();
     let digest = conn.topology().await?.digest();
@@ -171,13 +171,7 @@ pub(super) async fn status(ctx: &mut Ctx<'_>, rate: bool) -> anyhow::Result<i32>
     let home = ctx.home().await?;
     let topology = home.topology().await?;
     let members = topology.members();
-    let probes = join_all(
-        members
-            .iter()
-            .map(|m| probe(m, ctx.timeout, rate))
-            .collect(),
-    )
-    .await;
+    let probes = join_all(members.iter().map(|m| probe(m, &ctx.dial, rate)).collect()).await;
 
     let mut problems: Vec<String> = members
         .iter()
@@ -351,10 +345,7 @@ pub(super) async fn stats(ctx: &mut Ctx<'_>, node: Option<String>) -> anyhow::Re
         Some(node_id) => {
             let topology = home.topology().await?;
             let member = find_member(&topology, &node_id)?.clone();
-            (
-                NodeConn::connect(&member.grpc_addr, ctx.timeout).await?,
-                Some(member),
-            )
+            (ctx.dial.connect(&member.grpc_addr).await?, Some(member))
         }
         None => (home, None),
     };
@@ -544,13 +535,13 @@ fn format_number(value: f64) -> String {
 pub(super) async fn rebalance_status(ctx: &mut Ctx<'_>) -> anyhow::Result<i32> {
     let home = ctx.home().await?;
     let topology = home.topology().await?;
-    let timeout = ctx.timeout;
+    let dial = &ctx.dial;
     let statuses = join_all(
         topology
             .members()
             .iter()
             .map(|m| async move {
-                let conn = NodeConn::connect(&m.grpc_addr, timeout).await?;
+                let conn = dial.connect(&m.grpc_addr).await?;
                 conn.rebalance_status().await
             })
             .collect(),
@@ -727,14 +718,14 @@ pub(super) async fn drain(
             .iter()
             .filter(|m| m.node_id != node_id && m.state == NodeState::Active)
         {
-            if let Ok(conn) = NodeConn::connect(&other.grpc_addr, ctx.timeout).await {
+            if let Ok(conn) = ctx.dial.connect(&other.grpc_addr).await {
                 found = Some(conn);
                 break;
             }
         }
         found
     };
-    let target = NodeConn::connect(&member.grpc_addr, ctx.timeout).await?;
+    let target = ctx.dial.connect(&member.grpc_addr).await?;
     let before = target.rebalance_status().await.ok();
     target.leave().await?;
     let started = Instant::now();

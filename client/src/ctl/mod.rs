@@ -6,7 +6,13 @@
 //! streams.
 //!
 //! Exit codes: `0` success, `1` error (one line on stderr, `ringctl: <message>`), `2` usage
-//! error, `3` the key does not exist (`get`, `ttl`; nothing is written to stdout).
+//! error (including a bad TLS or credential flag: a `--user` without a secret, a file that cannot
+//! be read), `3` the key does not exist (`get`, `ttl`; nothing is written to stdout).
+//!
+//! TLS and credentials ([`SecurityArgs`]): `--user`, `--password-file` (or the environment
+//! variable `RINGCACHE_PASSWORD`), `--tls`, `--tls-ca`, `--tls-cert`, `--tls-key`,
+//! `--tls-server-name`. They apply to every connection ringctl makes, through the routing
+//! client and directly to each node.
 //!
 //! Commands: `status`, `ring`, `locate KEY`, `get`/`set`/`del`/`ttl`/`incr`, `stats [NODE]`,
 //! `drain NODE`, `rebalance status`, `watch`, `completions SHELL`. Every command prints aligned
@@ -18,7 +24,7 @@ use std::{
     time::Duration,
 };
 
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum, error::ErrorKind};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum, error::ErrorKind};
 use serde_json::Value;
 
 use crate::{Client, Consistency};
@@ -29,9 +35,11 @@ mod kv;
 mod metrics;
 mod node;
 mod ring;
+mod security;
 mod watch;
 
-use node::{NodeConn, one_line};
+use node::{Dial, NodeConn, one_line};
+pub use security::{PASSWORD_ENV, Security, SecurityArgs, SecurityArgsError};
 
 /// Exit code of a successful command.
 pub const EXIT_OK: i32 = 0;
@@ -46,7 +54,8 @@ const EXIT_HELP: &str = "\
 Exit status:
   0  success
   1  error: one line on stderr, \"ringctl: <message>\"
-  2  usage error (bad flag, bad duration, missing argument)
+  2  usage error (bad flag, bad duration, missing argument, --user without a secret,
+     a TLS or password file that cannot be read)
   3  the key does not exist (get, ttl); nothing is written to stdout";
 
 /// Administer and query a ringcache cluster.
@@ -70,6 +79,9 @@ struct Cli {
     /// Bound on connecting to a node and on each request (humantime: 500ms, 5s, 1m).
     #[arg(long, global = true, default_value = "5s", value_name = "DURATION", value_parser = parse_duration)]
     timeout: Duration,
+
+    #[command(flatten)]
+    security: SecurityArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -244,6 +256,8 @@ struct Ctx<'a> {
     cluster: String,
     json: bool,
     timeout: Duration,
+    /// Timeout, TLS and credentials of every connection.
+    dial: Dial,
     term: Terminal,
     stdin: &'a mut dyn Read,
     out: &'a mut dyn Write,
@@ -252,19 +266,18 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     /// A connection to the `--cluster` node.
     async fn home(&self) -> anyhow::Result<NodeConn> {
-        Ok(NodeConn::connect(&self.cluster, self.timeout).await?)
+        Ok(self.dial.connect(&self.cluster).await?)
     }
 
     /// A routing client through the `--cluster` node.
     async fn client(&self, options: &KvOptions) -> anyhow::Result<Client> {
         // Our own connection first: its error names the node and the reason in one line.
         self.home().await?;
-        let client = Client::builder()
+        let builder = Client::builder()
             .seeds([&self.cluster])
             .connect_timeout(self.timeout)
-            .request_timeout(self.timeout)
-            .connect()
-            .await?;
+            .request_timeout(self.timeout);
+        let client = self.dial.security.apply(builder).connect().await?;
         Ok(client.with_consistency(options.consistency.map(Consistency::from)))
     }
 
@@ -353,19 +366,39 @@ async fn run_with(
     stderr: &mut dyn Write,
     term: Terminal,
 ) -> i32 {
-    let cli = match Cli::try_parse_from(std::iter::once("ringctl".to_owned()).chain(args)) {
+    let cli = match cli_command()
+        .try_get_matches_from(std::iter::once("ringctl".to_owned()).chain(args))
+        .and_then(|mut matches| Cli::from_arg_matches_mut(&mut matches))
+    {
         Ok(cli) => cli,
         Err(error) => return usage_error(&error, stdout, stderr, term),
     };
+    // Completions need no node, so no secret either.
+    let security = if matches!(cli.command, Command::Completions { .. }) {
+        Security::default()
+    } else {
+        match cli.security.load() {
+            Ok(security) => security,
+            Err(error) => {
+                let _ = writeln!(stderr, "ringctl: {}", one_line(&error.to_string()));
+                return EXIT_USAGE;
+            }
+        }
+    };
+    let tls = security.is_tls();
     let mut ctx = Ctx {
         cluster: String::new(),
         json: cli.output == Output::Json,
         timeout: cli.timeout,
+        dial: Dial {
+            timeout: cli.timeout,
+            security,
+        },
         term,
         stdin,
         out: stdout,
     };
-    let result = match crate::conn::parse_seeds([&cli.cluster]) {
+    let result = match crate::conn::parse_seeds_for([&cli.cluster], tls) {
         Ok(mut seeds) => {
             ctx.cluster = seeds.remove(0);
             dispatch(&mut ctx, cli.command).await
@@ -385,10 +418,43 @@ async fn run_with(
     }) {
         Ok(code) => code,
         Err(error) => {
-            let _ = writeln!(stderr, "ringctl: {}", one_line(&format!("{error:#}")));
+            let message = match error.downcast_ref::<crate::Error>() {
+                Some(error) => client_error(error, &ctx.cluster, ctx.dial.security.user()),
+                None => format!("{error:#}"),
+            };
+            let _ = writeln!(stderr, "ringctl: {}", one_line(&message));
             EXIT_ERROR
         }
     }
+}
+
+/// A client error with what to do about a refusal of the credentials or the role.
+fn client_error(error: &crate::Error, cluster: &str, user: Option<&str>) -> String {
+    match (error, user) {
+        (crate::Error::Unauthenticated { message }, None) => {
+            format!("{cluster} requires credentials ({message}): give --user and --password-file")
+        }
+        (crate::Error::Unauthenticated { message }, Some(user)) => format!(
+            "{cluster} refused the credentials of user {user:?} ({message}): check --user and the password"
+        ),
+        (crate::Error::PermissionDenied { message }, user) => {
+            let who = user.map_or_else(|| "no user".to_owned(), |u| format!("user {u:?}"));
+            format!("permission denied ({message}): {who} lacks the role this command needs")
+        }
+        (error, _) => error.to_string(),
+    }
+}
+
+/// The command line: [`Cli`] with the TLS and credential flags made global like the others, so
+/// they may follow the subcommand.
+fn cli_command() -> clap::Command {
+    Cli::command().mut_args(|arg| {
+        if security::ARG_IDS.contains(&arg.get_id().as_str()) {
+            arg.global(true)
+        } else {
+            arg
+        }
+    })
 }
 
 /// Help and version go to stdout with status 0; other parse errors are one line on stderr with
@@ -455,7 +521,7 @@ async fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> anyhow::Result<i32> {
         } => cluster::rebalance_status(ctx).await,
         Command::Watch { count } => watch::watch(ctx, count).await,
         Command::Completions { shell } => {
-            let mut command = Cli::command();
+            let mut command = cli_command();
             clap_complete::generate(shell, &mut command, "ringctl", &mut ctx.out);
             Ok(EXIT_OK)
         }
@@ -485,7 +551,63 @@ mod tests {
 
     #[test]
     fn the_cli_is_well_formed() {
-        Cli::command().debug_assert();
+        cli_command().debug_assert();
+    }
+
+    #[tokio::test]
+    async fn security_flags_are_global_and_checked_before_connecting() {
+        // After the subcommand, like --cluster; the user has no secret: usage error, one line.
+        let (code, out, err) =
+            run_args(&["--cluster", "127.0.0.1:1", "status", "--user", "alice"]).await;
+        assert_eq!(code, EXIT_USAGE, "{err}");
+        assert!(out.is_empty());
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with("ringctl: --user \"alice\" needs a secret"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn tls_flags_need_a_ca() {
+        for args in [
+            &["--tls", "status"][..],
+            &["--tls-server-name", "node", "status"],
+            &["--tls-cert", "c.pem", "--tls-key", "k.pem", "status"],
+            &["--tls-ca", "ca.pem", "--tls-cert", "c.pem", "status"],
+        ] {
+            let (code, _, err) = run_args(args).await;
+            assert_eq!(code, EXIT_USAGE, "{args:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        }
+        let (code, _, err) = run_args(&["--tls-ca", "/nonexistent/ca.pem", "status"]).await;
+        assert_eq!(code, EXIT_USAGE, "{err}");
+        assert_eq!(
+            err,
+            "ringctl: cannot read tls ca file \"/nonexistent/ca.pem\": no such file or directory\n"
+        );
+    }
+
+    #[test]
+    fn refusals_read_as_what_to_do() {
+        let denied = crate::Error::Unauthenticated {
+            message: "bad credentials".into(),
+        };
+        assert_eq!(
+            client_error(&denied, "n1:7379", None),
+            "n1:7379 requires credentials (bad credentials): give --user and --password-file"
+        );
+        assert_eq!(
+            client_error(&denied, "n1:7379", Some("bob")),
+            "n1:7379 refused the credentials of user \"bob\" (bad credentials): check --user and the password"
+        );
+        let denied = crate::Error::PermissionDenied {
+            message: "needs admin".into(),
+        };
+        assert_eq!(
+            client_error(&denied, "n1:7379", Some("bob")),
+            "permission denied (needs admin): user \"bob\" lacks the role this command needs"
+        );
     }
 
     #[tokio::test]

@@ -9,10 +9,10 @@ use ringcache_proto::{
     topology::Topology,
     v1::{self as pb, admin_client::AdminClient, cluster_client::ClusterClient},
 };
-use tonic::{
-    Code, Status, Streaming,
-    transport::{Channel, Endpoint},
-};
+use tonic::{Code, Status, Streaming};
+
+use super::security::Security;
+use crate::security::NodeChannel;
 
 /// Why a call to a node failed.
 #[derive(Debug, Clone)]
@@ -24,6 +24,17 @@ pub(crate) enum NodeError {
         addr: String,
         call: &'static str,
         after: Duration,
+    },
+    /// The node refused the credentials (`UNAUTHENTICATED`) or the user's role
+    /// (`PERMISSION_DENIED`).
+    Denied {
+        addr: String,
+        call: &'static str,
+        /// `false`: unauthenticated; `true`: permission denied.
+        permission: bool,
+        message: String,
+        /// The `--user`, if any.
+        user: Option<String>,
     },
     /// The node answered with an error.
     Rpc {
@@ -44,6 +55,18 @@ impl NodeError {
                     super::fmt::duration(*after)
                 )
             }
+            NodeError::Denied {
+                call,
+                permission: false,
+                message,
+                ..
+            } => format!("{call}: unauthenticated: {message}"),
+            NodeError::Denied {
+                call,
+                permission: true,
+                message,
+                ..
+            } => format!("{call}: permission denied: {message}"),
             NodeError::Rpc { call, reason, .. } => format!("{call}: {reason}"),
         }
     }
@@ -58,6 +81,41 @@ impl fmt::Display for NodeError {
                 "{addr} did not answer {call} within {}",
                 super::fmt::duration(*after)
             ),
+            NodeError::Denied {
+                addr,
+                permission: false,
+                message,
+                user: None,
+                ..
+            } => write!(
+                f,
+                "{addr} requires credentials ({message}): give --user and --password-file"
+            ),
+            NodeError::Denied {
+                addr,
+                permission: false,
+                message,
+                user: Some(user),
+                ..
+            } => write!(
+                f,
+                "{addr} refused the credentials of user {user:?} ({message}): check --user and the password"
+            ),
+            NodeError::Denied {
+                addr,
+                call,
+                permission: true,
+                message,
+                user,
+            } => {
+                let who = user
+                    .as_ref()
+                    .map_or_else(|| "no user".to_owned(), |u| format!("user {u:?}"));
+                write!(
+                    f,
+                    "{addr}: {call}: permission denied ({message}): {who} lacks the role it needs"
+                )
+            }
             NodeError::Rpc { addr, call, reason } => write!(f, "{addr}: {call}: {reason}"),
         }
     }
@@ -106,37 +164,69 @@ fn describe_io(error: &std::io::Error) -> String {
     }
 }
 
+/// A connection failure's reason, with what to do about the TLS flags when it suggests
+/// something.
+fn with_advice(reason: String, tls: bool) -> String {
+    match crate::conn::TlsAdvice::of(&reason, tls) {
+        Some(advice) => format!("{reason} ({})", advice.for_flags()),
+        None => reason,
+    }
+}
+
 /// Text on one line: newlines become spaces.
 pub(crate) fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// How ringctl reaches nodes: the bound on connecting and on each call, and the TLS settings and
+/// credentials of every connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Dial {
+    pub(crate) timeout: Duration,
+    pub(crate) security: Security,
+}
+
+impl Dial {
+    /// Connects to `addr` (`host:port`).
+    pub(crate) async fn connect(&self, addr: &str) -> Result<NodeConn, NodeError> {
+        NodeConn::connect(addr, self).await
+    }
 }
 
 /// A connection to one node.
 #[derive(Debug, Clone)]
 pub(crate) struct NodeConn {
     addr: String,
-    channel: Channel,
+    channel: NodeChannel,
     timeout: Duration,
+    user: Option<String>,
+    tls: bool,
 }
 
 impl NodeConn {
-    /// Connects to `addr` (`host:port`), bounded by `timeout`.
-    pub(crate) async fn connect(addr: &str, timeout: Duration) -> Result<Self, NodeError> {
+    /// Connects to `addr` (`host:port`), bounded by the dial's timeout, over TLS when it has TLS
+    /// settings; every call carries its credentials.
+    pub(crate) async fn connect(addr: &str, dial: &Dial) -> Result<Self, NodeError> {
+        let timeout = dial.timeout;
         let unreachable = |reason: String| NodeError::Unreachable {
             addr: addr.to_owned(),
             reason,
         };
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| unreachable(format!("bad address: {}", describe_chain(&e))))?
-            .connect_timeout(timeout)
-            .tcp_nodelay(true);
+        let tls = dial.security.tls_config(timeout);
+        let endpoint = crate::conn::endpoint(addr, timeout, tls.as_ref())
+            .map_err(|e| unreachable(format!("bad address: {}", describe_chain(&e))))?;
         match tokio::time::timeout(timeout, endpoint.connect()).await {
             Ok(Ok(channel)) => Ok(NodeConn {
                 addr: addr.to_owned(),
-                channel,
+                channel: NodeChannel::new(channel, dial.security.authorization()),
                 timeout,
+                user: dial.security.user().map(str::to_owned),
+                tls: tls.is_some(),
             }),
-            Ok(Err(error)) => Err(unreachable(describe_chain(&error))),
+            Ok(Err(error)) => Err(unreachable(with_advice(
+                describe_chain(&error),
+                tls.is_some(),
+            ))),
             Err(_) => Err(unreachable(format!(
                 "no connection within {}",
                 super::fmt::duration(timeout)
@@ -149,11 +239,11 @@ impl NodeConn {
         &self.addr
     }
 
-    fn cluster(&self) -> ClusterClient<Channel> {
+    fn cluster(&self) -> ClusterClient<NodeChannel> {
         ClusterClient::new(self.channel.clone())
     }
 
-    fn admin(&self) -> AdminClient<Channel> {
+    fn admin(&self) -> AdminClient<NodeChannel> {
         AdminClient::new(self.channel.clone())
     }
 
@@ -192,9 +282,16 @@ impl NodeConn {
             Code::Unavailable | Code::Unknown | Code::Cancelled if local => {
                 NodeError::Unreachable {
                     addr,
-                    reason: describe_chain(status),
+                    reason: with_advice(describe_chain(status), self.tls),
                 }
             }
+            code @ (Code::Unauthenticated | Code::PermissionDenied) => NodeError::Denied {
+                addr,
+                call,
+                permission: code == Code::PermissionDenied,
+                message: one_line(status.message()),
+                user: self.user.clone(),
+            },
             code => {
                 let name = format!("{code:?}").to_lowercase();
                 let message = one_line(status.message());
@@ -288,9 +385,11 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let error = NodeConn::connect(&addr, Duration::from_secs(2))
-            .await
-            .unwrap_err();
+        let dial = Dial {
+            timeout: Duration::from_secs(2),
+            security: Security::default(),
+        };
+        let error = dial.connect(&addr).await.unwrap_err();
         assert_eq!(
             error.to_string(),
             format!("cannot reach {addr}: connection refused")

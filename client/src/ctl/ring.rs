@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::{
     Ctx, EXIT_OK,
     fmt::{self, Cell, Color, Table, state_color},
-    node::{NodeConn, NodeError, join_all},
+    node::{NodeError, join_all},
 };
 
 /// The synthetic key number `i` placed by `ring` (any fixed, varied keys do).
@@ -62,12 +62,12 @@ pub(super) async fn ring(ctx: &mut Ctx<'_>, samples: u32) -> anyhow::Result<i32>
         .iter()
         .filter_map(|id| topology.member(id))
         .collect();
-    let timeout = ctx.timeout;
+    let dial = &ctx.dial;
     let infos = join_all(
         ring_members
             .iter()
             .map(|m| async move {
-                let conn = NodeConn::connect(&m.grpc_addr, timeout).await?;
+                let conn = dial.connect(&m.grpc_addr).await?;
                 conn.node_info().await
             })
             .collect(),
@@ -191,14 +191,14 @@ pub(super) async fn locate(ctx: &mut Ctx<'_>, key: String) -> anyhow::Result<i32
                 .filter(|m| !replicas.contains(&m.node_id) && m.state != NodeState::Dead),
         )
         .collect();
-    let timeout = ctx.timeout;
+    let dial = &ctx.dial;
     let replies = join_all(
         members
             .iter()
             .map(|m| {
                 let key = key_bytes.clone();
                 async move {
-                    let conn = NodeConn::connect(&m.grpc_addr, timeout).await?;
+                    let conn = dial.connect(&m.grpc_addr).await?;
                     conn.inspect(key).await
                 }
             })
