@@ -1131,6 +1131,7 @@ fn dockerfile_builds_both_binaries_and_runs_them_unprivileged() {
         format!("{GRPC_PORT}/tcp"),
         format!("{GOSSIP_PORT}/udp"),
         format!("{HTTP_PORT}/tcp"),
+        "7382/tcp".to_owned(),
     ]
     .into();
     assert_eq!(exposed, want);
@@ -1492,6 +1493,7 @@ fn k8s_ports_probes_and_scrape_annotations_name_the_right_ports() {
             (u64::from(GOSSIP_PORT), "UDP".to_owned()),
         ),
         ("http".to_owned(), (u64::from(HTTP_PORT), "TCP".to_owned())),
+        ("cluster".to_owned(), (7382, "TCP".to_owned())),
     ]
     .into();
     assert_eq!(ports, want);
