@@ -179,3 +179,60 @@ fn json_logs_are_one_object_per_line() {
         );
     }
 }
+
+#[test]
+fn a_non_loopback_bind_without_tls_and_users_exits_2_naming_what_is_missing() {
+    // The gate runs before anything binds, so no port is taken.
+    let out = run(&["--bind", "0.0.0.0", "--advertise-addr", "127.0.0.74"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    for missing in [
+        "TLS (--tls-cert/--tls-key)",
+        "users (--users-file)",
+        "cluster TLS (--cluster-ca)",
+        "a gossip key (--gossip-keyring)",
+        "--insecure",
+    ] {
+        assert!(stderr.contains(missing), "{missing} not named: {stderr}");
+    }
+}
+
+#[test]
+fn insecure_lets_a_non_loopback_node_start_with_a_warning() {
+    let child = Command::new(BIN)
+        .args([
+            "--bind",
+            "0.0.0.0",
+            "--advertise-addr",
+            "127.0.0.75",
+            "--insecure",
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "0",
+            "--gossip-port",
+            "0",
+            "--cluster-port",
+            "0",
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start ringcached");
+    let mut guard = Guard(child);
+    let mut stderr = guard.0.stderr.take().unwrap();
+    let text = wait_for("the insecure warning", || {
+        let mut buf = [0u8; 4096];
+        let mut seen = String::new();
+        while !seen.contains("INSECURE") {
+            let n = stderr.read(&mut buf).ok()?;
+            if n == 0 {
+                return None;
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        Some(seen)
+    });
+    assert!(text.contains("without TLS"), "{text}");
+}
