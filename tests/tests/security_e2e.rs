@@ -412,7 +412,11 @@ async fn idle_connections_are_closed_by_the_handshake_timeout_and_clients_keep_w
     let started = std::time::Instant::now();
     let mut idle = Vec::with_capacity(IDLE);
     for _ in 0..IDLE {
-        idle.push(tokio::net::TcpStream::connect(node.grpc_addr).await.unwrap());
+        idle.push(
+            tokio::net::TcpStream::connect(node.grpc_addr)
+                .await
+                .unwrap(),
+        );
     }
     let connected_in = started.elapsed();
 
@@ -494,7 +498,11 @@ async fn cluster_port_requires_a_cluster_certificate() {
         .get_versioned(b"replicated")
         .unwrap()
         .and_then(|item| item.value);
-    assert_eq!(held.as_deref(), Some(&b"over mtls"[..]), "n2 holds the write");
+    assert_eq!(
+        held.as_deref(),
+        Some(&b"over mtls"[..]),
+        "n2 holds the write"
+    );
     let read = CacheClient::new(n2.channel().await)
         .get(get_request("replicated"))
         .await
