@@ -144,7 +144,8 @@ pub struct ConnState {
     pending: Mutex<Option<Slot>>,
     /// The last `authorization` value that authenticated here, and who it named: a request that
     /// repeats it costs one comparison instead of a hash.
-    cached: Mutex<Option<(Bytes, Principal)>>,
+    /// The users generation it was checked against (a reload of the users invalidates it).
+    cached: Mutex<Option<(Bytes, Principal, u64)>>,
 }
 
 impl ConnState {
@@ -161,18 +162,23 @@ impl ConnState {
         }
     }
 
-    /// Who `header` named when it last authenticated on this connection.
-    pub fn cached_principal(&self, header: &[u8]) -> Option<Principal> {
+    /// Who `header` named when it last authenticated on this connection, if that was against
+    /// the users of `generation` (the current one).
+    pub fn cached_principal(&self, header: &[u8], generation: u64) -> Option<Principal> {
         let cached = self.cached.lock();
         match &*cached {
-            Some((value, principal)) if value.as_ref() == header => Some(principal.clone()),
+            Some((value, principal, checked))
+                if *checked == generation && value.as_ref() == header =>
+            {
+                Some(principal.clone())
+            }
             _ => None,
         }
     }
 
-    /// Remembers that `header` authenticated as `principal`.
-    pub fn cache(&self, header: &[u8], principal: Principal) {
-        *self.cached.lock() = Some((Bytes::copy_from_slice(header), principal));
+    /// Remembers that `header` authenticated as `principal` against the users of `generation`.
+    pub fn cache(&self, header: &[u8], principal: Principal, generation: u64) {
+        *self.cached.lock() = Some((Bytes::copy_from_slice(header), principal, generation));
         self.mark_authenticated();
     }
 }

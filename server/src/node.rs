@@ -312,10 +312,10 @@ impl Node {
         let security = &self.config.security;
         if security.auth_configured() {
             let users = self.read_users()?;
-            let _ = self.auth.set(Arc::new(AuthState {
-                users: parking_lot::RwLock::new(Arc::new(users)),
-                limiter: FailureLimiter::new(security.max_auth_failures),
-            }));
+            let _ = self.auth.set(Arc::new(AuthState::new(
+                users,
+                FailureLimiter::new(security.max_auth_failures),
+            )));
         }
         if let Some(files) = &security.tls {
             let tls = ReloadableTls::load(files.clone()).context("client TLS")?;
@@ -362,7 +362,7 @@ impl Node {
         let mut errors = Vec::new();
         if let Some(auth) = self.auth.get() {
             match self.read_users() {
-                Ok(users) => *auth.users.write() = Arc::new(users),
+                Ok(users) => auth.replace_users(users),
                 Err(error) => errors.push(format!("users: {error:#}")),
             }
         }

@@ -199,6 +199,12 @@ pub(super) async fn status(ctx: &mut Ctx<'_>, rate: bool) -> anyhow::Result<i32>
         problems.push(format!("topology digests disagree ({})", groups.join("; ")));
     }
     let reachable = probes.iter().filter(|p| p.is_ok()).count();
+    let insecure: Vec<&str> = members
+        .iter()
+        .zip(&probes)
+        .filter(|(_, p)| p.as_ref().is_ok_and(|p| p.info.insecure))
+        .map(|(m, _)| m.node_id.as_str())
+        .collect();
     let verdict = if problems.is_empty() {
         "healthy".to_owned()
     } else {
@@ -251,6 +257,7 @@ pub(super) async fn status(ctx: &mut Ctx<'_>, rate: bool) -> anyhow::Result<i32>
             "digests_agree": digests_agree,
             "healthy": problems.is_empty(),
             "problems": problems,
+            "insecure_nodes": insecure,
             "verdict": verdict,
         }))?;
         return Ok(EXIT_OK);
@@ -333,6 +340,16 @@ pub(super) async fn status(ctx: &mut Ctx<'_>, rate: bool) -> anyhow::Result<i32>
     };
     text.push_str(&paint(&verdict, Some(verdict_color), ctx.color()));
     text.push('\n');
+    if !insecure.is_empty() {
+        text.push_str(&paint(
+            &format!(
+                "WARNING: insecure (--insecure: no TLS, users, cluster TLS or gossip key on a non-loopback address): {}\n",
+                insecure.join(", ")
+            ),
+            Some(Color::Red),
+            ctx.color(),
+        ));
+    }
     ctx.print(&text)?;
     Ok(EXIT_OK)
 }

@@ -30,11 +30,30 @@ use crate::connections::ConnInfo;
 pub struct AuthState {
     /// The current users.
     pub users: RwLock<Arc<Users>>,
+    /// Bumped on every change of `users`: identities cached on connections before it are
+    /// checked again, so a removed user or a changed secret takes effect on open connections.
+    pub generation: std::sync::atomic::AtomicU64,
     /// Failures per address.
     pub limiter: FailureLimiter,
 }
 
 impl AuthState {
+    /// State checking against `users`, with `limiter` for failures.
+    pub fn new(users: Users, limiter: FailureLimiter) -> Self {
+        Self {
+            users: RwLock::new(Arc::new(users)),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            limiter,
+        }
+    }
+
+    /// Replaces the users; identities cached on open connections are checked again.
+    pub fn replace_users(&self, users: Users) {
+        *self.users.write() = Arc::new(users);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
     /// Checks a request's `authorization` value (`None`: absent) for a method needing
     /// `required`; `conn` caches the outcome per connection. `Ok` says who, and whether the
     /// credentials were checked now (not taken from the connection's cache).
@@ -46,7 +65,8 @@ impl AuthState {
         now: Instant,
     ) -> Result<(Principal, bool), Refusal> {
         let header = header.ok_or(Refusal::Unauthenticated(AuthError::Missing))?;
-        let cached = conn.and_then(|c| c.state.cached_principal(header));
+        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
+        let cached = conn.and_then(|c| c.state.cached_principal(header, generation));
         let checked_now = cached.is_none();
         let principal = match cached {
             Some(principal) => principal,
@@ -64,7 +84,7 @@ impl AuthState {
                 match verified {
                     Ok(principal) => {
                         if let Some(conn) = conn {
-                            conn.state.cache(header, principal.clone());
+                            conn.state.cache(header, principal.clone(), generation);
                         }
                         principal
                     }
@@ -223,5 +243,56 @@ where
                 Either::Right(ready(Ok(refusal.to_status(method).into_http())))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::auth::{UserEntry, basic_header, sha256, to_hex};
+    use crate::connections::ConnState;
+
+    fn users(secret: &str) -> Users {
+        Users::from_entries(&[UserEntry {
+            name: "app".into(),
+            role: Role::Write,
+            secret_sha256: to_hex(&sha256(secret.as_bytes())),
+        }])
+        .unwrap()
+    }
+
+    #[test]
+    fn a_connection_checks_once_and_a_users_reload_makes_it_check_again() {
+        let state = AuthState::new(users("old"), FailureLimiter::new(0));
+        let conn = ConnInfo {
+            remote: Some("10.0.0.1:5000".parse().unwrap()),
+            state: Arc::new(ConnState::default()),
+        };
+        let header = basic_header("app", "old");
+        let now = Instant::now();
+        let first = state.authorize(Some(header.as_bytes()), Some(&conn), Role::Read, now);
+        assert!(matches!(first, Ok((_, true))), "checked now: {first:?}");
+        let again = state.authorize(Some(header.as_bytes()), Some(&conn), Role::Read, now);
+        assert!(matches!(again, Ok((_, false))), "from the cache: {again:?}");
+        // The secret changes: the cached identity no longer counts.
+        state.replace_users(users("new"));
+        let after = state.authorize(Some(header.as_bytes()), Some(&conn), Role::Read, now);
+        assert_eq!(after, Err(Refusal::Unauthenticated(AuthError::Invalid)));
+        let denied = state.authorize(
+            Some(basic_header("app", "new").as_bytes()),
+            Some(&conn),
+            Role::Admin,
+            now,
+        );
+        assert!(matches!(
+            denied,
+            Err(Refusal::PermissionDenied {
+                required: Role::Admin,
+                ..
+            })
+        ));
     }
 }

@@ -95,6 +95,7 @@ impl Cluster for ClusterService {
                 .as_secs_f64(),
             ready: readiness.is_ok(),
             not_ready_reason: readiness.err().unwrap_or_default(),
+            insecure: node.is_insecure(),
         }))
     }
 }
