@@ -588,11 +588,15 @@ async fn open_node(addr: &str, config: &ConnectConfig) -> Result<NodePool, Probe
         );
     }
 
-    let mut probes = JoinSet::new();
-    for channel in &channels {
-        probes.spawn(probe(channel.clone(), config.connect_timeout));
-    }
     let all_answered = async {
+        // The first connection alone, then the others together: credentials a node refuses
+        // cost one failed attempt (which counts against the node's per-address limit), not
+        // one per pooled connection.
+        probe(channels[0].clone(), config.connect_timeout).await?;
+        let mut probes = JoinSet::new();
+        for channel in &channels[1..] {
+            probes.spawn(probe(channel.clone(), config.connect_timeout));
+        }
         while let Some(result) = probes.join_next().await {
             result.map_err(|e| ProbeFailure::Down(format!("probe task failed: {e}")))??;
         }

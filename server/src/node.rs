@@ -907,6 +907,12 @@ impl Node {
             self.config.replication_factor.get(),
             self.config.vnodes.get(),
         );
+        // Gossip is bounded per datagram, not in total: a member list past the wire limits
+        // (members, weights, ring size) is not installed, whoever sent it.
+        if let Err(error) = topology.check_limits() {
+            tracing::error!(%error, "member list over the topology limits; keeping the current view");
+            return;
+        }
         self.replace_topology(topology);
     }
 }

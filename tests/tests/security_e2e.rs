@@ -254,12 +254,12 @@ async fn requests_without_credentials_are_unauthenticated_and_wrong_roles_are_de
         "refused writes changed nothing"
     );
 
-    // A wrong secret. The client probes each pooled connection at connect, and each probe is
-    // a checked (and counted) attempt: one connection, so exactly one failure.
+    // A wrong secret. The client probes its first pooled connection alone before the others,
+    // so a refused credential costs exactly one checked (and counted) attempt.
     let error = Client::builder()
         .seeds([node.grpc_target()])
         .credentials("writer", "not-the-secret")
-        .pool_size(1)
+        .pool_size(4)
         .connect()
         .await
         .unwrap_err();
