@@ -260,6 +260,11 @@ pub struct Cli {
     /// check until the minute is over; 0 = no limit [default: 20].
     #[arg(long, env = "RINGCACHE_MAX_AUTH_FAILURES", value_name = "N")]
     pub max_auth_failures: Option<u32>,
+    /// Close a connection (either port) that has had no request in progress this long; open
+    /// streams (a client's pipeline or topology watch) count as in progress; 0 = never
+    /// [default: 0].
+    #[arg(long, env = "RINGCACHE_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<HumanDuration>,
     /// Gossip key ring: a file with one key per line (standard base64 of 32 bytes; `#` comments
     /// and blank lines allowed). The first key encrypts, every key decrypts. When set, gossip
     /// is encrypted and authenticated (AES-256-GCM) and plaintext gossip is dropped; every node
@@ -441,6 +446,7 @@ struct FileConfig {
     max_concurrent_streams: Option<u32>,
     max_header_list_bytes: Option<ByteSize>,
     max_auth_failures: Option<u32>,
+    idle_timeout: Option<HumanDuration>,
     gossip_keyring: Option<PathBuf>,
     secrets_reload_interval: Option<HumanDuration>,
 }
@@ -547,6 +553,8 @@ pub struct SecurityConfig {
     pub max_header_list_bytes: u32,
     /// Failed authentications per address per minute (0 = no limit).
     pub max_auth_failures: u32,
+    /// Close connections with no request in progress for this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl SecurityConfig {
@@ -991,6 +999,11 @@ fn security_config(cli: &Cli, file: &FileConfig) -> anyhow::Result<SecurityConfi
             .max_auth_failures
             .or(file.max_auth_failures)
             .unwrap_or(20),
+        idle_timeout: cli
+            .idle_timeout
+            .or(file.idle_timeout)
+            .map(|d| d.0)
+            .filter(|d| !d.is_zero()),
     };
     if security.handshake_timeout.is_zero() {
         bail!("handshake_timeout must be greater than zero");

@@ -136,9 +136,15 @@ pub struct ConnInfo {
 }
 
 /// The authentication state of one connection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnState {
     authenticated: AtomicBool,
+    /// When the connection was admitted (the base of `idle_since_ms`).
+    created: tokio::time::Instant,
+    /// Requests in progress (their responses not yet fully sent).
+    active: AtomicUsize,
+    /// Milliseconds after `created` at which `active` last dropped to 0.
+    idle_since_ms: AtomicU64,
     /// The place this connection holds among the unauthenticated ones, given back once it
     /// authenticates.
     pending: Mutex<Option<Slot>>,
@@ -148,7 +154,34 @@ pub struct ConnState {
     cached: Mutex<Option<(Bytes, Principal, u64)>>,
 }
 
+impl Default for ConnState {
+    fn default() -> Self {
+        Self {
+            authenticated: AtomicBool::new(false),
+            created: tokio::time::Instant::now(),
+            active: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            pending: Mutex::new(None),
+            cached: Mutex::new(None),
+        }
+    }
+}
+
 impl ConnState {
+    /// Requests in progress on this connection.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// How long the connection has had no request in progress (zero while one is).
+    pub fn idle_for(&self) -> Duration {
+        if self.active() > 0 {
+            return Duration::ZERO;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        self.created.elapsed().saturating_sub(since)
+    }
+
     /// Whether a request on this connection has authenticated (or none needs to).
     pub fn is_authenticated(&self) -> bool {
         self.authenticated.load(Ordering::Acquire)
@@ -197,6 +230,9 @@ pub struct AcceptPolicy {
     pub handshake_timeout: Duration,
     /// Requests must authenticate (users are configured).
     pub require_auth: bool,
+    /// Close a connection that has had no request in progress this long (`None`: never).
+    /// Requests are counted by [`ActivityLayer`], which must then be in the router.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// A connection admitted by [`secure_incoming`]: TLS (or not) with the preface already checked,
@@ -206,6 +242,8 @@ pub struct Conn<IO> {
     info: ConnInfo,
     /// Closes the connection if it has not authenticated by then.
     auth_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The idle timeout and the timer of its next check.
+    idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
     _slot: Slot,
 }
 
@@ -230,17 +268,20 @@ pub enum Refused {
     NotHttp2,
     /// Connected but sent no authenticated request within the timeout.
     AuthTimeout,
+    /// Had no request in progress for `idle_timeout` (closed after serving).
+    Idle,
 }
 
 impl Refused {
     /// Every reason, in index order.
-    pub const ALL: [Refused; 6] = [
+    pub const ALL: [Refused; 7] = [
         Self::TooMany,
         Self::TooManyUnauthenticated,
         Self::Handshake,
         Self::HandshakeTimeout,
         Self::NotHttp2,
         Self::AuthTimeout,
+        Self::Idle,
     ];
 
     /// Metric label.
@@ -252,6 +293,7 @@ impl Refused {
             Self::HandshakeTimeout => "handshake_timeout",
             Self::NotHttp2 => "not_http2",
             Self::AuthTimeout => "auth_timeout",
+            Self::Idle => "idle",
         }
     }
 }
@@ -325,10 +367,14 @@ where
                             state.mark_authenticated();
                             None
                         };
+                        let idle = policy
+                            .idle_timeout
+                            .map(|timeout| (timeout, Box::pin(tokio::time::sleep(timeout))));
                         let conn = Conn {
                             inner,
                             info: ConnInfo { remote, state },
                             auth_deadline,
+                            idle,
                             _slot: slot,
                         };
                         let _ = tx.send(Ok(conn)).await;
@@ -468,6 +514,23 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Conn<IO> {
                 )));
             }
         }
+        if let Some((timeout, timer)) = &mut this.idle
+            && timer.as_mut().poll(cx).is_ready()
+        {
+            let idle_for = this.info.state.idle_for();
+            if idle_for >= *timeout {
+                this.idle = None;
+                this._slot.0.count_refused(Refused::Idle);
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no request in progress within the idle timeout",
+                )));
+            }
+            // Check again when the connection could first have been idle long enough.
+            let next = tokio::time::Instant::now() + (*timeout - idle_for);
+            timer.as_mut().reset(next);
+            let _ = timer.as_mut().poll(cx);
+        }
         let rewind = &mut this.inner;
         if !rewind.prefix.is_empty() {
             let n = rewind.prefix.len().min(buf.remaining());
@@ -508,6 +571,109 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
     }
 }
 
+/// Counts the requests in progress on each connection (from the request until its response
+/// body has been sent or dropped), for the idle timeout. Only in routers with an idle timeout:
+/// it boxes each response body.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ActivityLayer;
+
+impl<S> tower::Layer<S> for ActivityLayer {
+    type Service = Activity<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Activity { inner }
+    }
+}
+
+/// The service of [`ActivityLayer`].
+#[derive(Debug, Clone)]
+pub struct Activity<S> {
+    inner: S,
+}
+
+type Response = tonic::codegen::http::Response<tonic::body::Body>;
+
+impl<S, B> tower::Service<tonic::codegen::http::Request<B>> for Activity<S>
+where
+    S: tower::Service<tonic::codegen::http::Request<B>, Response = Response>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
+        let guard = request
+            .extensions()
+            .get::<ConnInfo>()
+            .map(|conn| ActiveGuard::new(conn.state.clone()));
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await?;
+            Ok(match guard {
+                Some(guard) => response.map(|body| {
+                    tonic::body::Body::new(Tracked {
+                        inner: body,
+                        _guard: guard,
+                    })
+                }),
+                None => response,
+            })
+        })
+    }
+}
+
+/// One request in progress on a connection.
+#[derive(Debug)]
+struct ActiveGuard(Arc<ConnState>);
+
+impl ActiveGuard {
+    fn new(state: Arc<ConnState>) -> Self {
+        state.active.fetch_add(1, Ordering::AcqRel);
+        Self(state)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        let state = &self.0;
+        if state.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let now = u64::try_from(state.created.elapsed().as_millis()).unwrap_or(u64::MAX);
+            state.idle_since_ms.store(now, Ordering::Release);
+        }
+    }
+}
+
+/// A response body that keeps its request counted as in progress until it is done.
+struct Tracked {
+    inner: tonic::body::Body,
+    _guard: ActiveGuard,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncWriteExt, DuplexStream};
@@ -521,6 +687,7 @@ mod tests {
             tls: None,
             handshake_timeout: Duration::from_secs(10),
             require_auth,
+            idle_timeout: None,
         }
     }
 
@@ -648,6 +815,36 @@ mod tests {
         let admitted: Vec<_> = admitted.take(1).collect().await;
         assert_eq!(admitted.len(), 1);
         assert_eq!(policy.open.refused(Refused::TooManyUnauthenticated), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_with_nothing_in_progress_is_closed_at_the_idle_timeout() {
+        let mut policy = policy(0, None, false);
+        policy.idle_timeout = Some(Duration::from_secs(5));
+        let (mut clients, admitted) = connect(2, &policy);
+        for client in &mut clients {
+            client.write_all(HTTP2_PREFACE).await.unwrap();
+        }
+        let mut admitted: Vec<_> = admitted.take(2).collect().await;
+        let mut busy = admitted.pop().unwrap().unwrap();
+        let mut idle = admitted.pop().unwrap().unwrap();
+        let request = ActiveGuard::new(busy.info.state.clone());
+        let mut buf = [0u8; 64];
+        idle.read_exact(&mut buf[..24]).await.unwrap();
+        busy.read_exact(&mut buf[..24]).await.unwrap();
+        let error = idle.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(policy.open.refused(Refused::Idle), 1);
+        // The busy one outlives several timeouts while its request is in progress, then goes
+        // idle and is closed one timeout later.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        clients[1].write_all(b"x").await.unwrap();
+        assert_eq!(busy.read(&mut buf).await.unwrap(), 1, "still served");
+        drop(request);
+        assert_eq!(busy.info.state.active(), 0);
+        let error = busy.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(policy.open.refused(Refused::Idle), 2);
     }
 
     #[test]

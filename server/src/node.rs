@@ -38,7 +38,7 @@ use crate::cluster::{
     MetaState, NodeIdentity, NodeMeta,
 };
 use crate::config::Config;
-use crate::connections::{AcceptPolicy, Connections, RemoteAddr, secure_incoming};
+use crate::connections::{AcceptPolicy, ActivityLayer, Connections, RemoteAddr, secure_incoming};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::rebalance::{RebalanceStats, run_rebalancer};
@@ -617,6 +617,7 @@ impl Node {
         let client_router = self
             .grpc_server_builder()
             .layer(DigestLayer::new(self.digest.clone()))
+            .layer(self.activity_layer())
             .layer(AuthLayer::new(self.clone()))
             .add_service(cache.clone())
             .add_service(ClusterServer::new(ClusterService::new(self.clone())))
@@ -629,6 +630,7 @@ impl Node {
             tls: self.client_tls.get().cloned(),
             handshake_timeout: security.handshake_timeout,
             require_auth: self.auth.get().is_some(),
+            idle_timeout: security.idle_timeout,
         };
         let client_incoming = secure_incoming(incoming, client_policy, token.clone());
         let client_server = tokio::spawn(
@@ -642,6 +644,7 @@ impl Node {
                 let cluster_router = self
                     .grpc_server_builder()
                     .layer(DigestLayer::new(self.digest.clone()))
+                    .layer(self.activity_layer())
                     .add_service(cache)
                     .add_service(
                         InternalServer::new(InternalService::new(self.clone()))
@@ -654,6 +657,7 @@ impl Node {
                     tls: self.cluster_tls.get().cloned(),
                     handshake_timeout: security.handshake_timeout,
                     require_auth: false,
+                    idle_timeout: security.idle_timeout,
                 };
                 tracing::info!(cluster = %cluster_addr, mutual_tls = self.cluster_tls.get().is_some(), "cluster port serving");
                 let incoming = secure_incoming(cluster_incoming, cluster_policy, token.clone());
@@ -737,6 +741,14 @@ impl Node {
         result
             .context("the gRPC server task failed")?
             .context("the gRPC server failed")
+    }
+
+    /// Request counting for the idle timeout, when there is one.
+    fn activity_layer(&self) -> tower::util::Either<ActivityLayer, tower::layer::util::Identity> {
+        match self.config.security.idle_timeout {
+            Some(_) => tower::util::Either::Left(ActivityLayer),
+            None => tower::util::Either::Right(tower::layer::util::Identity::new()),
+        }
     }
 
     /// A tonic server with the node's HTTP/2 settings and limits.

@@ -558,3 +558,41 @@ async fn cluster_port_requires_a_cluster_certificate() {
 
     drop(cluster);
 }
+
+#[tokio::test]
+async fn idle_connections_are_closed_and_connections_with_open_streams_stay() {
+    let mut config = Config::for_test();
+    config.security.idle_timeout = Some(Duration::from_millis(300));
+    let node = TestNode::start_without_gossip(config).await;
+    // A pipelining client keeps a stream open on each pooled connection: never idle.
+    let busy = Client::builder()
+        .seeds([node.grpc_target()])
+        .pool_size(1)
+        .connect()
+        .await
+        .unwrap();
+    round_trip(&busy, "busy", "1").await;
+    // A raw channel makes one unary call and then has nothing in progress.
+    let mut idle = CacheClient::new(node.channel().await);
+    idle.set(set_request("idle", "1")).await.unwrap();
+    wait_until(DEADLINE, || async {
+        node.node.connections().refused(Refused::Idle) >= 1
+    })
+    .await
+    .expect("the idle connection is closed");
+    // The busy client's connection is older: had it been idle, it would have been closed first.
+    assert_eq!(
+        node.node.connections().refused(Refused::Idle),
+        1,
+        "only the connection without a stream is closed"
+    );
+    // The channel redials on its next call; the busy client was never cut off.
+    wait_until(DEADLINE, || {
+        let mut idle = idle.clone();
+        async move { idle.get(get_request("idle")).await.is_ok() }
+    })
+    .await
+    .expect("a closed idle connection is redialled");
+    round_trip(&busy, "busy", "2").await;
+    node.stop().await.unwrap();
+}
