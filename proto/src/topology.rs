@@ -268,6 +268,13 @@ pub fn check_ring_size(
     Ok(total)
 }
 
+/// Checks a member's id, weight and addresses (wire or domain form) against the limits.
+fn check_member(node_id: &str, weight: u32, addrs: [&String; 4]) -> Result<(), TopologyError> {
+    check_node_id(node_id)?;
+    check_weight(node_id, weight)?;
+    check_addrs(node_id, addrs)
+}
+
 /// Checks a member's gRPC, gossip, HTTP and cluster addresses against [`MAX_ADDR_BYTES`].
 fn check_addrs(node_id: &str, addrs: [&String; 4]) -> Result<(), TopologyError> {
     for (name, addr) in ["grpc_addr", "gossip_addr", "http_addr", "cluster_addr"]
@@ -289,10 +296,9 @@ impl TryFrom<&v1::Member> for Member {
     type Error = TopologyError;
 
     fn try_from(member: &v1::Member) -> Result<Self, Self::Error> {
-        check_node_id(&member.node_id)?;
-        check_weight(&member.node_id, member.weight)?;
-        check_addrs(
+        check_member(
             &member.node_id,
+            member.weight,
             [
                 &member.grpc_addr,
                 &member.gossip_addr,
@@ -388,10 +394,9 @@ impl Topology {
             return Err(too_large("members", self.members.len(), MAX_MEMBERS));
         }
         for member in &self.members {
-            check_node_id(&member.node_id)?;
-            check_weight(&member.node_id, member.weight)?;
-            check_addrs(
+            check_member(
                 &member.node_id,
+                member.weight,
                 [
                     &member.grpc_addr,
                     &member.gossip_addr,

@@ -143,6 +143,13 @@ impl TestNode {
             .expect("the test node accepts connections on its cluster port")
     }
 
+    /// The raw generated `Internal` client on a fresh plaintext channel to the cluster port.
+    pub async fn raw_internal(
+        &self,
+    ) -> ringcache_proto::v1::internal_client::InternalClient<tonic::transport::Channel> {
+        ringcache_proto::v1::internal_client::InternalClient::new(self.cluster_channel().await)
+    }
+
     /// The raw generated `Cache` client on a fresh channel, with 64 MiB message limits: to send
     /// what the typed client refuses to build, and to see the wire answers.
     pub async fn raw_cache(
@@ -457,4 +464,22 @@ pub struct ReadmeDoctests;
 /// real node is down but not yet declared dead.
 pub fn keep_suspects(_: usize, config: &mut Config) {
     config.suspicion_timeout = Duration::from_secs(120);
+}
+
+/// A `Set` request for `key` at a consistency level (`v1::Consistency as i32`).
+pub fn set_request(key: &str, value: &str, consistency: i32) -> ringcache_proto::v1::SetRequest {
+    ringcache_proto::v1::SetRequest {
+        key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+        value: bytes::Bytes::copy_from_slice(value.as_bytes()),
+        consistency,
+        ..Default::default()
+    }
+}
+
+/// A `Get` request for `key` at a consistency level (`v1::Consistency as i32`).
+pub fn get_request(key: &str, consistency: i32) -> ringcache_proto::v1::GetRequest {
+    ringcache_proto::v1::GetRequest {
+        key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+        consistency,
+    }
 }

@@ -10,7 +10,7 @@ use ringcache_proto::topology::MAX_WEIGHT;
 use ringcache_proto::v1::{self, internal_client::InternalClient};
 use ringcache_server::metrics::VersionSource;
 use ringcache_server::store::Hlc;
-use ringcache_tests::{TestCluster, TestNode, http_get};
+use ringcache_tests::{TestCluster, TestNode, get_request, http_get, set_request};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -22,7 +22,7 @@ const QUORUM: i32 = v1::Consistency::Quorum as i32;
 const ALL: i32 = v1::Consistency::All as i32;
 
 async fn internal(node: &TestNode) -> InternalClient<Channel> {
-    InternalClient::new(node.cluster_channel().await)
+    node.raw_internal().await
 }
 
 fn entry(key: &str, value: &str, version: u64) -> v1::VersionedEntry {
@@ -31,22 +31,6 @@ fn entry(key: &str, value: &str, version: u64) -> v1::VersionedEntry {
         value: Some(Bytes::copy_from_slice(value.as_bytes())),
         version,
         expires_at_ms: None,
-    }
-}
-
-fn set_request(key: &str, value: &str, consistency: i32) -> v1::SetRequest {
-    v1::SetRequest {
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        value: Bytes::copy_from_slice(value.as_bytes()),
-        consistency,
-        ..Default::default()
-    }
-}
-
-fn get_request(key: &str, consistency: i32) -> v1::GetRequest {
-    v1::GetRequest {
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        consistency,
     }
 }
 

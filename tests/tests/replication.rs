@@ -15,7 +15,9 @@ use bytes::Bytes;
 use ringcache::{Client, Consistency, SetOptions};
 use ringcache_proto::topology::NodeState;
 use ringcache_proto::v1::{self, cache_client::CacheClient, internal_client::InternalClient};
-use ringcache_tests::{TestCluster, TestNode, http_get, keep_suspects, wait_until};
+use ringcache_tests::{
+    TestCluster, TestNode, get_request, http_get, keep_suspects, set_request, wait_until,
+};
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 use tonic::Code;
@@ -29,23 +31,7 @@ const QUORUM: i32 = v1::Consistency::Quorum as i32;
 const ALL: i32 = v1::Consistency::All as i32;
 
 async fn internal(node: &TestNode) -> InternalClient<Channel> {
-    InternalClient::new(node.cluster_channel().await)
-}
-
-fn set_request(key: &str, value: &str, consistency: i32) -> v1::SetRequest {
-    v1::SetRequest {
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        value: Bytes::copy_from_slice(value.as_bytes()),
-        consistency,
-        ..Default::default()
-    }
-}
-
-fn get_request(key: &str, consistency: i32) -> v1::GetRequest {
-    v1::GetRequest {
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        consistency,
-    }
+    node.raw_internal().await
 }
 
 /// The live value `node` holds for `key`, if any.

@@ -335,7 +335,9 @@ pub(crate) enum SealError {
 }
 
 /// Seals our datagrams and opens others' under a [`Keyring`]. See the module docs.
-pub(crate) struct Sealer {
+///
+/// Public only so the fuzz targets (`fuzz/`) can reach the opener; the driver is its one user.
+pub struct Sealer {
     keyring: Keyring,
     instance: [u8; INSTANCE_ID_LEN],
     /// The counter of the next datagram sealed.
@@ -359,7 +361,7 @@ impl fmt::Debug for Sealer {
 impl Sealer {
     /// A sealer for this process: `instance` must be fresh random bytes for every process start
     /// (nonces repeat otherwise).
-    pub(crate) fn new(keyring: Keyring, instance: [u8; INSTANCE_ID_LEN]) -> Self {
+    pub fn new(keyring: Keyring, instance: [u8; INSTANCE_ID_LEN]) -> Self {
         Self::with_capacity(keyring, instance, MAX_SENDERS)
     }
 
@@ -421,7 +423,7 @@ impl Sealer {
 
     /// Opens a sealed datagram (version 2) into `plain` as a plaintext frame (version 1).
     /// `plain` is cleared first; on error it holds nothing useful.
-    pub(crate) fn open(&mut self, datagram: &[u8], plain: &mut Vec<u8>) -> Result<(), DropReason> {
+    pub fn open(&mut self, datagram: &[u8], plain: &mut Vec<u8>) -> Result<(), DropReason> {
         plain.clear();
         if datagram.len() < SEALED_HEADER_LEN + TAG_LEN {
             return Err(DropReason::Malformed);

@@ -35,7 +35,7 @@ mod tests;
 pub use codec::{DropReason, MAGIC, SEALED_WIRE_VERSION, WIRE_VERSION};
 pub use crypto::{
     INSTANCE_ID_LEN, KEY_LEN, KeyId, Keyring, KeyringError, MAX_KEYS, MAX_SENDERS, REPLAY_WINDOW,
-    SEAL_OVERHEAD,
+    SEAL_OVERHEAD, Sealer,
 };
 pub use driver::{
     AUTH_LOG_PERIOD, Command, CommandError, Encryption, GossipStats, GossipStatsSnapshot,
