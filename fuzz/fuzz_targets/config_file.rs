@@ -38,8 +38,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = config.advertised(grpc);
     let _ = config.http_addr();
     let _ = config.cluster_addr();
-    let _ = config.check_secure_bind(false);
-    let _ = config.check_secure_bind(true);
+    let _ = config.check_secure_bind();
+    let _ = config.missing_protections();
     let _ = config.security.auth_configured();
     if let Ok(users) = Users::from_entries(&config.security.users) {
         assert_eq!(users.len(), config.security.users.len());

@@ -895,10 +895,23 @@ impl Config {
     /// The secure-defaults gate: a node bound to a non-loopback address needs TLS on both
     /// planes, users and a gossip key, unless `insecure` says otherwise. `Err` names what is
     /// missing, in one line.
-    pub fn check_secure_bind(&self, gossip_encrypted: bool) -> Result<(), String> {
+    pub fn check_secure_bind(&self) -> Result<(), String> {
         if self.bind.is_loopback() || self.security.insecure {
             return Ok(());
         }
+        let missing = self.missing_protections();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to serve on non-loopback address {} without {}; configure them (see SECURITY.md) or pass --insecure on a trusted network",
+            self.bind,
+            missing.join(", ")
+        ))
+    }
+
+    /// The protections a node off loopback needs and this config lacks (empty: none missing).
+    pub fn missing_protections(&self) -> Vec<&'static str> {
         let mut missing = Vec::new();
         if self.security.tls.is_none() {
             missing.push("TLS (--tls-cert/--tls-key)");
@@ -909,17 +922,10 @@ impl Config {
         if self.security.cluster_tls.is_none() {
             missing.push("cluster TLS (--cluster-ca)");
         }
-        if !gossip_encrypted {
+        if self.gossip_keyring.is_none() {
             missing.push("a gossip key (--gossip-keyring)");
         }
-        if missing.is_empty() {
-            return Ok(());
-        }
-        Err(format!(
-            "refusing to serve on non-loopback address {} without {}; configure them (see SECURITY.md) or pass --insecure on a trusted network",
-            self.bind,
-            missing.join(", ")
-        ))
+        missing
     }
 }
 

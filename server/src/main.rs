@@ -44,7 +44,7 @@ fn run() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let config = Config::load(cli)?;
-    if let Err(reason) = config.check_secure_bind(config.gossip_keyring.is_some()) {
+    if let Err(reason) = config.check_secure_bind() {
         eprintln!("ringcached: {reason}");
         return Ok(ExitCode::from(2));
     }

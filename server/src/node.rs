@@ -295,16 +295,8 @@ impl Node {
     /// Whether this node serves a non-loopback address without the protections
     /// [`Config::check_secure_bind`] asks for (allowed by `--insecure`).
     pub fn is_insecure(&self) -> bool {
-        !self.config.bind.is_loopback()
-            && (self.client_tls.get().is_none()
-                || self.auth.get().is_none()
-                || self.cluster_tls.get().is_none()
-                || !self.gossip_encrypted())
-    }
-
-    /// Whether gossip is encrypted (a key ring is configured).
-    pub fn gossip_encrypted(&self) -> bool {
-        self.config.gossip_keyring.is_some()
+        // Serving implies every configured file loaded, so the config tells what is missing.
+        !self.config.bind.is_loopback() && !self.config.missing_protections().is_empty()
     }
 
     /// Loads users and TLS files. Called once before serving; an error stops the start.
