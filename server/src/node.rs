@@ -179,7 +179,7 @@ impl Node {
             cluster_addr: config.cluster_addr().to_string(),
         });
         let replicator = Replicator::new(&config.replication);
-        let peers = Peers::new(config.max_message_bytes, PEER_CONNECT_TIMEOUT);
+        let peers = Peers::new(config.max_message_bytes, PEER_CONNECT_TIMEOUT, config.bind);
         let connections = Connections::new(config.max_connections);
         let unauthenticated = Connections::new(config.security.max_unauthenticated_connections);
         let cluster_connections = Connections::new(config.security.max_cluster_connections);

@@ -5,6 +5,7 @@
 //! `Arc<ClusterView>`), so a request sees one consistent topology and ring from start to end.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -66,16 +67,20 @@ pub struct Peers {
     tls: Mutex<Option<PeerTls>>,
     max_message_bytes: usize,
     connect_timeout: Duration,
+    /// The address outgoing connections come from (the node's bind address, so firewalls and
+    /// fault tests can tell nodes apart); `None` lets the system choose.
+    local_ip: Option<IpAddr>,
 }
 
 impl Peers {
-    /// An empty pool.
-    pub fn new(max_message_bytes: usize, connect_timeout: Duration) -> Self {
+    /// An empty pool whose connections come from `local_ip` (unless it is unspecified).
+    pub fn new(max_message_bytes: usize, connect_timeout: Duration, local_ip: IpAddr) -> Self {
         Self {
             channels: Mutex::new(HashMap::new()),
             tls: Mutex::new(None),
             max_message_bytes,
             connect_timeout,
+            local_ip: (!local_ip.is_unspecified()).then_some(local_ip),
         }
     }
 
@@ -112,6 +117,7 @@ impl Peers {
         }
         let endpoint = endpoint
             .connect_timeout(self.connect_timeout)
+            .local_address(self.local_ip)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
