@@ -41,10 +41,10 @@
 //! `Internal.ReadVersions` in parallel; the answer is the highest version once enough replicas
 //! answered (a tombstone or an expired entry as the newest is a miss). In the background, once
 //! every call has ended, **read repair** sends the newest copy to every replica that answered with
-//! an older version or nothing (itself included, through `Store::apply`). Two different copies
-//! with the same version (two coordinators' clocks stamping the same millisecond) cannot be
-//! ordered by `apply`; read repair settles them by giving the deterministic winner (ordered by
-//! content) the next version and replicating it.
+//! an older copy or nothing (itself included, through `Store::apply`). Two different copies with
+//! the same version (two coordinators' clocks stamping the same millisecond) are ordered by
+//! content ([`crate::store::copy_order`]), the same rule `apply` uses, so replicas agree on the
+//! winner whatever order the writes arrived in.
 //!
 //! **Hint lifecycle** ([`replay_hints_task`]). When a replica cannot be reached or times out for a write
 //! (also after the level was met), the coordinator keeps the entries it sent as *hints* for that

@@ -2,7 +2,6 @@
 //! the newest answer once enough replicas answered, and read repair in the background (see the
 //! module docs of [`super`]).
 
-use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -18,7 +17,7 @@ use super::{
 use crate::api::to_wire;
 use crate::metrics::VersionSource;
 use crate::node::Node;
-use crate::store::{ClockDrift, VersionedItem};
+use crate::store::{ClockDrift, VersionedItem, copy_order};
 
 /// Winners per key, in request order: the newest copy among the answers, `None` if no replica
 /// that answered holds anything. The caller decides liveness (tombstones and expired entries are
@@ -254,57 +253,28 @@ async fn read_versions(
         .map(|response| response.results)
 }
 
-/// The newest of `items`: the highest version; equal versions with different contents are
-/// ordered by their contents, so every node picks the same one.
+/// The newest of `items` by [`copy_order`]: the highest version, and at an equal version the
+/// winning content, so every node picks the same copy.
 fn newest<'a>(items: impl Iterator<Item = &'a VersionedItem>) -> Option<&'a VersionedItem> {
-    items.max_by(|a, b| compare(a, b))
+    items.max_by(|a, b| copy_order(a.as_copy(), b.as_copy()))
 }
 
-fn compare(a: &VersionedItem, b: &VersionedItem) -> Ordering {
-    a.version
-        .cmp(&b.version)
-        .then_with(|| a.value.cmp(&b.value))
-        .then_with(|| a.expires_at_ms.cmp(&b.expires_at_ms))
-}
-
-/// What read repair does for one key.
-#[derive(Debug, PartialEq, Eq)]
-enum Repair {
-    /// Nothing is stale.
-    None,
-    /// Send the winner to these nodes.
-    Send(Vec<String>),
-    /// Two copies share the newest version: stamp the winner anew and replicate it.
-    Restamp,
-}
-
-/// Decides the repair of one key from every answer.
-fn plan_repair(answers: &[(String, Option<VersionedItem>)], now_ms: u64) -> Repair {
+/// Decides the repair of one key from every answer: the nodes to send the newest copy to
+/// (those that answered with a copy ordering before it, or with nothing).
+fn plan_repair(answers: &[(String, Option<VersionedItem>)], now_ms: u64) -> Vec<String> {
     let Some(winner) = newest(answers.iter().filter_map(|(_, item)| item.as_ref())) else {
-        return Repair::None;
+        return Vec::new();
     };
-    let tie = answers.iter().any(|(_, item)| {
-        item.as_ref()
-            .is_some_and(|i| i.version == winner.version && compare(i, winner) != Ordering::Equal)
-    });
-    if tie {
-        return Repair::Restamp;
-    }
     // An expired value is worth sending only where it replaces an older copy.
     let dead_value = winner.value.is_some() && !winner.is_live(now_ms);
-    let stale: Vec<String> = answers
+    answers
         .iter()
         .filter(|(_, item)| match item {
-            Some(item) => item.version < winner.version,
+            Some(item) => copy_order(item.as_copy(), winner.as_copy()).is_lt(),
             None => !dead_value,
         })
         .map(|(id, _)| id.clone())
-        .collect();
-    if stale.is_empty() {
-        Repair::None
-    } else {
-        Repair::Send(stale)
-    }
+        .collect()
 }
 
 /// Sends each key's newest copy to the replicas that answered with an older one or nothing.
@@ -312,18 +282,14 @@ async fn repair(node: &Arc<Node>, plan: ReadPlan) {
     let now = node.now_ms();
     let self_id = node.config().node_id.clone();
     let mut batches: BTreeMap<String, Vec<v1::VersionedEntry>> = BTreeMap::new();
-    let mut restamp = Vec::new();
     let mut repaired = 0u64;
     for read in plan.keys {
-        let decision = plan_repair(&read.answers, now);
+        let stale = plan_repair(&read.answers, now);
         let winner = newest(read.answers.iter().filter_map(|(_, item)| item.as_ref())).cloned();
-        let (Some(winner), Repair::Send(stale)) = (winner, &decision) else {
-            if decision == Repair::Restamp {
-                restamp.push(read);
-            }
+        let Some(winner) = winner else {
             continue;
         };
-        for id in stale {
+        for id in &stale {
             if *id == self_id {
                 let applied = node.store().apply(
                     &read.key,
@@ -358,40 +324,7 @@ async fn repair(node: &Arc<Node>, plan: ReadPlan) {
             repaired += n;
         }
     }
-    for read in restamp {
-        repaired += u64::from(restamp_key(node, &read).await);
-    }
     node.metrics().record_read_repairs(repaired);
-}
-
-/// Gives the deterministic winner of a version tie the next version (tie + 1, not a fresh clock
-/// stamp: a write newer than the tie, which may not have reached every replica yet, keeps
-/// winning) on this node and replicates it (level ONE: the rest happens in the background, with
-/// hints). Only a replica does this.
-async fn restamp_key(node: &Arc<Node>, read: &KeyRead) -> bool {
-    let self_id = node.config().node_id.as_str();
-    if !node.view().replicas(&read.key).contains(self_id) {
-        return false;
-    }
-    let Some(winner) = newest(read.answers.iter().filter_map(|(_, item)| item.as_ref())) else {
-        return false;
-    };
-    let now = node.now_ms();
-    let version = winner.version.saturating_add(1);
-    let applied = node.store().apply(
-        &read.key,
-        winner.value.as_deref(),
-        version,
-        winner.expires_at_ms,
-        now,
-    );
-    if !matches!(applied, Ok(true)) {
-        return false;
-    }
-    tracing::debug!(key = ?read.key, version, "settled a version tie by restamping the winner");
-    super::replicate(node, vec![read.key.clone()], Consistency::One)
-        .await
-        .is_ok()
 }
 
 #[cfg(test)]
@@ -423,10 +356,7 @@ mod tests {
             winner.value.is_none(),
             "a tombstone as the newest is a miss"
         );
-        assert_eq!(
-            plan_repair(&list, 0),
-            Repair::Send(vec!["n1".to_owned(), "n3".to_owned()])
-        );
+        assert_eq!(plan_repair(&list, 0), ["n1", "n3"]);
     }
 
     #[test]
@@ -435,11 +365,8 @@ mod tests {
             ("n1", item(Some("v"), 5, None)),
             ("n2", item(Some("v"), 5, None)),
         ]);
-        assert_eq!(plan_repair(&list, 0), Repair::None);
-        assert_eq!(
-            plan_repair(&answers(vec![("n1", None), ("n2", None)]), 0),
-            Repair::None
-        );
+        assert!(plan_repair(&list, 0).is_empty());
+        assert!(plan_repair(&answers(vec![("n1", None), ("n2", None)]), 0).is_empty());
     }
 
     #[test]
@@ -449,20 +376,17 @@ mod tests {
             ("n2", item(Some("old"), 5, None)),
             ("n3", None),
         ]);
-        assert_eq!(plan_repair(&list, 200), Repair::Send(vec!["n2".to_owned()]));
-        assert_eq!(
-            plan_repair(&list, 50),
-            Repair::Send(vec!["n2".to_owned(), "n3".to_owned()])
-        );
+        assert_eq!(plan_repair(&list, 200), ["n2"]);
+        assert_eq!(plan_repair(&list, 50), ["n2", "n3"]);
     }
 
     #[test]
-    fn a_version_tie_with_different_values_is_restamped_and_picks_the_same_winner_everywhere() {
+    fn a_version_tie_with_different_values_sends_the_same_winner_everywhere() {
         let list = answers(vec![
             ("n1", item(Some("a"), 5, None)),
             ("n2", item(Some("b"), 5, None)),
         ]);
-        assert_eq!(plan_repair(&list, 0), Repair::Restamp);
+        assert_eq!(plan_repair(&list, 0), ["n1"], "n1's losing copy is replaced");
         let mut reversed = list.clone();
         reversed.reverse();
         let pick = |l: &[(String, Option<VersionedItem>)]| {

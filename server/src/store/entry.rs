@@ -148,6 +148,15 @@ impl Entry {
     }
 
     /// Expiry in unix ms, `None` when the entry never expires.
+    /// This entry as [`super::copy_order`] compares it.
+    pub(crate) fn as_copy(&self) -> super::CopyRef<'_> {
+        super::CopyRef {
+            version: self.version(),
+            value: (!self.is_tombstone()).then(|| self.value()),
+            expires_at_ms: self.expires_at(),
+        }
+    }
+
     pub(crate) fn expires_at(&self) -> Option<u64> {
         match self.header().meta.load(Ordering::Acquire) & EXPIRY_MASK {
             0 => None,

@@ -193,7 +193,47 @@ pub struct VersionedItem {
     pub expires_at_ms: Option<u64>,
 }
 
+/// One copy of a key as [`copy_order`] compares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyRef<'a> {
+    /// The version of the write or delete.
+    pub version: u64,
+    /// The value; `None` for a tombstone.
+    pub value: Option<&'a [u8]>,
+    /// When the value expires (unix ms), `None` if never; ignored for tombstones.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// The order of two copies of one key: the rule every replica applies, so that replicas that
+/// saw the same writes in any order keep the same copy (last writer wins).
+///
+/// The higher version wins. Two different copies with the same version (two coordinators
+/// stamping the same instant) are ordered by content, as Cassandra breaks timestamp ties: a
+/// value beats a tombstone, then the greater value bytes win, then the later expiry (a value
+/// that never expires is latest). Two tombstones of one version are equal whatever their
+/// clean-up time. Only copies equal in every part compare `Equal`, so no two different writes
+/// tie.
+pub fn copy_order(a: CopyRef<'_>, b: CopyRef<'_>) -> std::cmp::Ordering {
+    let expiry = |c: &CopyRef<'_>| match c.value {
+        Some(_) => c.expires_at_ms.map_or(u64::MAX, |at| at.min(MAX_EXPIRY_MS)),
+        None => 0,
+    };
+    a.version
+        .cmp(&b.version)
+        .then_with(|| a.value.cmp(&b.value))
+        .then_with(|| expiry(&a).cmp(&expiry(&b)))
+}
+
 impl VersionedItem {
+    /// This item as [`copy_order`] compares it.
+    pub fn as_copy(&self) -> CopyRef<'_> {
+        CopyRef {
+            version: self.version,
+            value: self.value.as_deref(),
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
+
     fn of(entry: &Entry) -> Self {
         Self {
             value: (!entry.is_tombstone()).then(|| entry.value_bytes()),
@@ -726,9 +766,10 @@ impl Store {
     }
 
     /// Applies a write decided elsewhere (replication, hints, read repair, rebalancing): it takes
-    /// effect only if `version` is newer than what this node holds for the key, tombstones
-    /// included (last writer wins by version). `value` `None` is a delete. Returns whether it was
-    /// applied; an older or equal version changes nothing.
+    /// effect only if it orders after what this node holds for the key, tombstones included
+    /// ([`copy_order`]: the newer version, or at an equal version the winning content).
+    /// `value` `None` is a delete. Returns whether it was applied; an older copy, or the same
+    /// one again, changes nothing.
     ///
     /// **Invariant:** a version from elsewhere never moves the clock more than
     /// `max_clock_drift_ms` ahead of `now_ms`: one further ahead is refused
@@ -749,7 +790,12 @@ impl Store {
         let place = self.place(key);
         let mut shard = self.shards[place.shard].lock.write();
         let slot = shard.find(place.hash, key);
-        if slot.is_some_and(|s| shard.entry(s).version() >= version) {
+        let incoming = CopyRef {
+            version,
+            value,
+            expires_at_ms: expires_at_ms.filter(|&at| at != 0),
+        };
+        if slot.is_some_and(|s| copy_order(incoming, shard.entry(s).as_copy()).is_le()) {
             return Ok(false);
         }
         // Later local writes must order after this one; checked above, so the clock moves at

@@ -769,6 +769,49 @@ fn a_delete_leaves_a_versioned_tombstone_for_the_grace_period() {
     assert_eq!(s.stats().expirations, 0);
 }
 
+/// Two coordinators can stamp the same version on different writes of one key. Replicas that
+/// receive them in opposite orders must keep the same copy (before content ordering, each kept
+/// whichever arrived first, and they disagreed until a QUORUM read repaired the key).
+#[test]
+fn replicas_keep_the_same_copy_of_a_version_tie_whatever_the_arrival_order() {
+    let copies: [(Option<&[u8]>, Option<u64>); 5] = [
+        (Some(b"apple"), None),
+        (Some(b"pear"), None),
+        (Some(b"pear"), Some(T0 + 10_000)),
+        (None, None),
+        (Some(b""), None),
+    ];
+    for a in copies {
+        for b in copies {
+            let (left, right) = (with_tombstones(), with_tombstones());
+            left.apply(b"k", a.0, 9, a.1, T0).unwrap();
+            left.apply(b"k", b.0, 9, b.1, T0).unwrap();
+            right.apply(b"k", b.0, 9, b.1, T0).unwrap();
+            right.apply(b"k", a.0, 9, a.1, T0).unwrap();
+            let (l, r) = (
+                left.get_versioned(b"k").unwrap().unwrap(),
+                right.get_versioned(b"k").unwrap().unwrap(),
+            );
+            assert_eq!(
+                (l.value.clone(), l.version),
+                (r.value.clone(), r.version),
+                "{a:?} then {b:?} vs the reverse"
+            );
+            if l.value.is_some() {
+                assert_eq!(l.expires_at_ms, r.expires_at_ms, "{a:?} / {b:?}");
+            }
+        }
+    }
+    // The rule: a value beats a tombstone, greater bytes win, a later expiry wins.
+    let s = with_tombstones();
+    s.apply(b"t", None, 9, None, T0).unwrap();
+    assert!(s.apply(b"t", Some(b"a"), 9, None, T0).unwrap());
+    assert!(!s.apply(b"t", None, 9, None, T0).unwrap());
+    assert!(!s.apply(b"t", Some(b"A"), 9, None, T0).unwrap());
+    assert!(s.apply(b"t", Some(b"b"), 9, Some(T0 + 5), T0).unwrap());
+    assert!(s.apply(b"t", Some(b"b"), 9, None, T0).unwrap());
+}
+
 #[test]
 fn apply_keeps_the_newest_version_whatever_the_arrival_order() {
     let s = with_tombstones();
@@ -778,8 +821,12 @@ fn apply_keeps_the_newest_version_whatever_the_arrival_order() {
         "older write ignored"
     );
     assert!(
-        !s.apply(b"k", Some(b"v5b"), 5, None, T0).unwrap(),
-        "equal version ignored"
+        !s.apply(b"k", Some(b"v4x"), 5, None, T0).unwrap(),
+        "an equal version with losing content ignored"
+    );
+    assert!(
+        !s.apply(b"k", Some(b"v5"), 5, None, T0).unwrap(),
+        "the same copy again changes nothing"
     );
     assert_eq!(value(&s, b"k", T0).as_deref(), Some(&b"v5"[..]));
     assert!(
