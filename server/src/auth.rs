@@ -462,6 +462,7 @@ mod tests {
             ("/ringcache.v1.Cluster/WatchTopology", Some(Role::Read)),
             ("/ringcache.v1.Admin/Leave", Some(Role::Admin)),
             ("/ringcache.v1.Admin/Flush", Some(Role::Admin)),
+            ("/ringcache.v1.Admin/Forget", Some(Role::Admin)),
             ("/ringcache.v1.Admin/RebalanceStatus", Some(Role::Read)),
             ("/ringcache.v1.Internal/Replicate", None),
             ("nonsense", None),

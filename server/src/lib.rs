@@ -12,6 +12,7 @@ pub mod config;
 pub mod connections;
 pub mod dev_cluster;
 mod http;
+pub mod known;
 pub mod metrics;
 pub mod node;
 pub mod readiness;

@@ -40,6 +40,7 @@ use crate::cluster::{
 use crate::config::Config;
 use crate::connections::{AcceptPolicy, ActivityLayer, Connections, RemoteAddr, secure_incoming};
 use crate::http;
+use crate::known::{ForgetError, KnownMembers, Quorum};
 use crate::metrics::Metrics;
 use crate::rebalance::{RebalanceStats, run_rebalancer};
 use crate::reload::{ReloadCause, watch_files};
@@ -112,6 +113,8 @@ pub struct Node {
     view_changed_at: parking_lot::Mutex<Instant>,
     /// Notified by [`Node::reload_secrets`] (SIGHUP): the secrets watcher reloads at once.
     secrets_reload: Arc<Notify>,
+    /// Every member that owned ranges and has not left on purpose (minority protection).
+    known: parking_lot::Mutex<KnownMembers>,
 }
 
 #[derive(Debug, Clone)]
@@ -172,7 +175,10 @@ impl Node {
         let incarnation = clock.now_ms();
         let store = Store::new(config.store.clone());
         let (state, _) = watch::channel(v1::NodeState::Active);
-        let (view, _) = watch::channel(Arc::new(ClusterView::new(Topology::new(vec![], 1, 1))));
+        let (view, _) = watch::channel(Arc::new(ClusterView::new(
+            Topology::new(vec![], 1, 1),
+            Quorum::alone(),
+        )));
         let advertised = RwLock::new(Advertised {
             grpc_addr: config.grpc_addr().to_string(),
             http_addr: config.http_addr().to_string(),
@@ -214,6 +220,7 @@ impl Node {
             joined: AtomicBool::new(false),
             view_changed_at: parking_lot::Mutex::new(Instant::now()),
             secrets_reload: Arc::new(Notify::new()),
+            known: parking_lot::Mutex::new(KnownMembers::new()),
         });
         node.publish_single_node();
         node
@@ -430,12 +437,39 @@ impl Node {
         if peer_alive {
             self.joined.store(true, Ordering::Release);
         }
+        // Under the lock until the view is sent, so a concurrent `forget` cannot interleave.
+        let mut known = self.known.lock();
+        known.observe(topology.members());
+        let quorum = Quorum::of(&known, topology.members());
         tracing::debug!(
             digest = topology.digest(),
             members = topology.members().len(),
+            known = quorum.known,
+            alive = quorum.alive,
             "new topology"
         );
-        self.view.send_replace(Arc::new(ClusterView::new(topology)));
+        self.view
+            .send_replace(Arc::new(ClusterView::new(topology, quorum)));
+        drop(known);
+    }
+
+    /// Forgets a member that is gone for good (`ringctl forget`): it no longer counts in the
+    /// known cluster size that QUORUM and ALL are measured against ([`crate::known`]). Refused
+    /// while the member is alive in this node's view.
+    pub fn forget(&self, node_id: &str) -> Result<(), ForgetError> {
+        let mut known = self.known.lock();
+        let view = self.view();
+        known.forget(node_id, view.topology.members())?;
+        let quorum = Quorum::of(&known, view.topology.members());
+        tracing::info!(node_id, known = quorum.known, "member forgotten");
+        self.view
+            .send_replace(Arc::new(ClusterView::new(view.topology.clone(), quorum)));
+        Ok(())
+    }
+
+    /// The ids of the members this node counts in the cluster's known size.
+    pub fn known_members(&self) -> Vec<String> {
+        self.known.lock().ids().map(str::to_owned).collect()
     }
 
     /// This node as a topology member, with the addresses it serves on.

@@ -476,7 +476,7 @@ pub async fn hand_off(node: &Node) -> bool {
         current.topology.replication_factor(),
         current.topology.vnodes_per_weight(),
     );
-    let target = ClusterView::new(without);
+    let target = ClusterView::new(without, current.quorum);
     let ok = if target.ring.is_empty() {
         true
     } else {

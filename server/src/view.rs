@@ -14,6 +14,7 @@ use ringcache_proto::topology::{Member, Topology};
 use ringcache_proto::v1::{self, cache_client::CacheClient, internal_client::InternalClient};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::known::Quorum;
 use crate::tls::PeerTls;
 
 /// One topology with its ring and wire form.
@@ -25,18 +26,29 @@ pub struct ClusterView {
     pub ring: Ring,
     /// The topology as sent to clients.
     pub wire: v1::Topology,
+    /// The known cluster size and how much of it this view holds (minority protection).
+    pub quorum: Quorum,
 }
 
 impl ClusterView {
-    /// The view of `topology`.
-    pub fn new(topology: Topology) -> Self {
+    /// The view of `topology`, with the known members' counts.
+    pub fn new(topology: Topology, quorum: Quorum) -> Self {
         let ring = Ring::new(&topology);
         let wire = v1::Topology::from(&topology);
         Self {
             topology,
             ring,
             wire,
+            quorum,
         }
+    }
+
+    /// The replicas a key with `in_ring` replicas in this ring counts for its consistency level:
+    /// the replication factor capped by the known cluster size, never by the live ring
+    /// ([`Quorum::replicas`]).
+    pub fn replicas_for_level(&self, in_ring: usize) -> usize {
+        let factor = usize::try_from(self.topology.replication_factor()).unwrap_or(usize::MAX);
+        self.quorum.replicas(factor, in_ring)
     }
 
     /// The replicas of `key`.

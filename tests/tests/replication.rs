@@ -522,8 +522,8 @@ async fn concurrent_writers_converge_on_one_value_on_every_replica() {
 #[tokio::test]
 async fn a_version_tie_between_two_coordinators_is_settled_by_a_quorum_read() {
     let cluster = TestCluster::start_converged(3, DEADLINE, |_, _| {}).await;
-    // Two coordinators stamped the same version in the same millisecond: `apply` cannot order
-    // them, so each replica keeps the copy it got first.
+    // Two coordinators stamped the same version in the same millisecond, and each replica got
+    // only one of the two writes so far.
     let version = cluster.nodes[0]
         .node
         .store()
@@ -555,10 +555,82 @@ async fn a_version_tie_between_two_coordinators_is_settled_by_a_quorum_read() {
     assert_eq!((&got.value[..], got.version), (&b"b"[..], version));
     wait_until(DEADLINE, || async { agreed(&cluster, "tied").is_some() })
         .await
-        .expect("read repair stamps the winner anew and every replica takes it");
+        .expect("read repair sends the winner and every replica takes it");
     let (settled, value) = agreed(&cluster, "tied").unwrap();
-    assert!(settled > version);
+    assert_eq!(settled, version, "the winner keeps its version");
     assert_eq!(value.as_deref(), Some(&b"b"[..]));
+}
+
+/// Minority protection. A node whose peers all died (or are cut off) sees only itself once
+/// failure detection removed them; it must not count itself a QUORUM of a 3-node cluster.
+/// Before the known cluster size, it capped R at its own shrunken ring (R = 1) and acknowledged
+/// every QUORUM and ALL write.
+#[tokio::test]
+async fn a_node_left_alone_refuses_quorum_and_all_until_the_dead_are_forgotten() {
+    let mut cluster = TestCluster::start_converged(3, DEADLINE, |_, _| {}).await;
+    let n3 = cluster.take("n3");
+    cluster.take("n1").crash().await.unwrap();
+    cluster.take("n2").crash().await.unwrap();
+    wait_until(DEADLINE, || async {
+        let view = n3.node.view();
+        view.ring.nodes().len() == 1
+    })
+    .await
+    .expect("n3 declares the others dead and takes the whole ring");
+    assert_eq!(n3.node.known_members(), ["n1", "n2", "n3"]);
+    let mut cache = n3.raw_cache().await;
+    for level in [QUORUM, ALL] {
+        let error = cache
+            .set(set_request("alone", "v", level))
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Code::Unavailable, "{error:?}");
+        assert!(
+            error.message().starts_with(
+                "minority protection: this node sees 1 of the cluster's 3 known members"
+            ),
+            "{}",
+            error.message()
+        );
+        let read = cache.get(get_request("alone", level)).await.unwrap_err();
+        assert_eq!(read.code(), Code::Unavailable, "{read:?}");
+    }
+    assert!(
+        n3.node.store().get_versioned(b"alone").unwrap().is_none(),
+        "a refused write is applied nowhere, not even here"
+    );
+    // ONE stays available on any side.
+    cache.set(set_request("alone", "one", ONE)).await.unwrap();
+    assert!(
+        cache
+            .get(get_request("alone", ONE))
+            .await
+            .unwrap()
+            .into_inner()
+            .found
+    );
+    // An operator who knows n1 and n2 are gone for good forgets them.
+    let mut admin = v1::admin_client::AdminClient::new(n3.channel().await);
+    let forget = |id: &str| v1::ForgetRequest {
+        node_id: id.to_owned(),
+    };
+    let left = admin.forget(forget("n1")).await.unwrap().into_inner();
+    assert_eq!(left.known_members, 2);
+    let still = cache
+        .set(set_request("alone", "v", QUORUM))
+        .await
+        .unwrap_err();
+    assert!(
+        still.message().contains("sees 1 of the cluster's 2"),
+        "{still:?}"
+    );
+    admin.forget(forget("n2")).await.unwrap();
+    let unknown = admin.forget(forget("n2")).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    let alive = admin.forget(forget("n3")).await.unwrap_err();
+    assert_eq!(alive.code(), Code::FailedPrecondition, "{alive:?}");
+    cache.set(set_request("alone", "v", QUORUM)).await.unwrap();
+    cache.set(set_request("alone", "w", ALL)).await.unwrap();
 }
 
 #[tokio::test]

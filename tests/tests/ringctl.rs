@@ -462,6 +462,50 @@ async fn a_crashed_node_shows_in_status_with_a_degraded_verdict() {
 }
 
 #[tokio::test]
+async fn forget_takes_a_dead_member_out_of_every_known_cluster_size() {
+    let (mut cluster, addr) = converged_cluster().await;
+    let alive = ctl(&addr, &["forget", "n2"]).await;
+    assert_eq!(alive.code, 1);
+    assert!(
+        alive.stderr.contains("n2 is active in the topology"),
+        "{}",
+        alive.stderr
+    );
+    cluster.take("n3").crash().await.unwrap();
+    wait_until(CONVERGE, || async {
+        cluster.nodes.iter().all(|n| {
+            n.node
+                .view()
+                .topology
+                .member("n3")
+                .is_none_or(|m| m.state == NodeState::Dead)
+        })
+    })
+    .await
+    .expect("n3 is declared dead");
+    for n in &cluster.nodes {
+        assert_eq!(
+            n.node.known_members(),
+            ["n1", "n2", "n3"],
+            "dead stays known"
+        );
+    }
+    let out = ctl(&addr, &["-o", "json", "forget", "n3"]).await.json();
+    assert_eq!(out["forget"], "n3");
+    let nodes = out["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{out}");
+    for node in nodes {
+        assert_eq!(node["forgotten"], true, "{out}");
+        assert_eq!(node["known_members"], 2, "{out}");
+    }
+    for n in &cluster.nodes {
+        assert_eq!(n.node.known_members(), ["n1", "n2"]);
+    }
+    let again = ctl(&addr, &["forget", "n3"]).await.ok();
+    assert!(again.contains("not known"), "{again}");
+}
+
+#[tokio::test]
 async fn errors_exit_one_with_one_line() {
     for args in [
         &["status"][..],

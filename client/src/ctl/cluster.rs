@@ -841,3 +841,83 @@ pub(super) async fn drain(
     }
     Ok(EXIT_OK)
 }
+
+/// `ringctl forget NODE`: every reachable member stops counting `node_id` in its known cluster
+/// size (the size QUORUM and ALL are measured against). For a member that is dead and will not
+/// come back; a live one must be drained. Exits 1 when some member refused or could not be
+/// reached (run it again once they are back).
+pub(super) async fn forget(ctx: &mut Ctx<'_>, node_id: &str) -> anyhow::Result<i32> {
+    let home = ctx.home().await?;
+    let topology = home.topology().await?;
+    if let Some(member) = topology.member(node_id)
+        && member.state != NodeState::Dead
+    {
+        bail!(
+            "{node_id} is {} in the topology: only a dead member can be forgotten (drain a live one)",
+            member.state.as_str()
+        );
+    }
+    let others: Vec<&Member> = topology
+        .members()
+        .iter()
+        .filter(|m| m.node_id != node_id && m.state != NodeState::Dead)
+        .collect();
+    let dial = &ctx.dial;
+    let results = join_all(
+        others
+            .iter()
+            .map(|m| async move {
+                let conn = dial.connect(&m.grpc_addr).await?;
+                conn.forget(node_id).await
+            })
+            .collect(),
+    )
+    .await;
+    // A member that did not know it has nothing to forget.
+    let not_known = |error: &NodeError| error.reason().contains("not a known member");
+    let failed = results
+        .iter()
+        .filter(|r| r.as_ref().is_err_and(|e| !not_known(e)))
+        .count();
+    if ctx.json {
+        let nodes: Vec<Value> = others
+            .iter()
+            .zip(&results)
+            .map(|(member, result)| match result {
+                Ok(r) => json!({
+                    "node_id": member.node_id,
+                    "forgotten": true,
+                    "known_members": r.known_members,
+                    "error": null,
+                }),
+                Err(error) => json!({
+                    "node_id": member.node_id,
+                    "forgotten": false,
+                    "known_members": null,
+                    "error": error.reason(),
+                }),
+            })
+            .collect();
+        ctx.print_json(&json!({ "forget": node_id, "nodes": nodes }))?;
+    } else {
+        let mut table = Table::new(&["NODE", "RESULT", "KNOWN MEMBERS"]);
+        for (member, result) in others.iter().zip(&results) {
+            let (outcome, known) = match result {
+                Ok(r) => ("forgotten".to_owned(), r.known_members.to_string()),
+                Err(error) if not_known(error) => ("not known".to_owned(), "-".to_owned()),
+                Err(error) => (error.reason(), "-".to_owned()),
+            };
+            table.row(vec![
+                Cell::text(member.node_id.clone()),
+                Cell::text(outcome),
+                Cell::num(known),
+            ]);
+        }
+        let color = ctx.color();
+        ctx.print(&table.render(color))?;
+    }
+    if failed > 0 {
+        bail!("{failed} member(s) did not forget {node_id}; run it again once they answer");
+    }
+    Ok(EXIT_OK)
+}

@@ -210,6 +210,13 @@ enum Command {
         #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = parse_duration)]
         timeout_drain: Duration,
     },
+    /// Stop counting a dead member that will not come back in every member's known cluster
+    /// size, which QUORUM and ALL are measured against (a member cut off or dead stays counted,
+    /// so a minority never acknowledges QUORUM writes). Drain a live member instead.
+    Forget {
+        /// The node id.
+        node: String,
+    },
     /// Data movement after ring changes.
     Rebalance {
         #[command(subcommand)]
@@ -516,6 +523,7 @@ async fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> anyhow::Result<i32> {
             node,
             timeout_drain,
         } => cluster::drain(ctx, &node, timeout_drain).await,
+        Command::Forget { node } => cluster::forget(ctx, &node).await,
         Command::Rebalance {
             command: RebalanceCommand::Status,
         } => cluster::rebalance_status(ctx).await,

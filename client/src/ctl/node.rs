@@ -372,6 +372,16 @@ impl NodeConn {
         self.call("Leave", client.leave(self.request(pb::LeaveRequest {})))
             .await
     }
+
+    /// `Admin.Forget`.
+    pub(crate) async fn forget(&self, node_id: &str) -> Result<pb::ForgetResponse, NodeError> {
+        let mut client = self.admin();
+        let request = pb::ForgetRequest {
+            node_id: node_id.to_owned(),
+        };
+        self.call("Forget", client.forget(self.request(request)))
+            .await
+    }
 }
 
 pub(crate) use crate::router::join_all;

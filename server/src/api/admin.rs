@@ -5,6 +5,7 @@ use std::sync::Arc;
 use ringcache_proto::v1::{self, admin_server::Admin};
 use tonic::{Request, Response, Status};
 
+use crate::known::ForgetError;
 use crate::node::Node;
 
 /// The `ringcache.v1.Admin` gRPC service.
@@ -63,6 +64,21 @@ impl Admin for AdminService {
         _: Request<v1::RebalanceStatusRequest>,
     ) -> Result<Response<v1::RebalanceStatusResponse>, Status> {
         Ok(Response::new(self.node.rebalance().to_wire()))
+    }
+
+    async fn forget(
+        &self,
+        request: Request<v1::ForgetRequest>,
+    ) -> Result<Response<v1::ForgetResponse>, Status> {
+        let node_id = request.into_inner().node_id;
+        self.node.forget(&node_id).map_err(|error| match error {
+            ForgetError::Alive(..) => Status::failed_precondition(error.to_string()),
+            ForgetError::Unknown(_) => Status::not_found(error.to_string()),
+        })?;
+        let known = self.node.known_members().len();
+        Ok(Response::new(v1::ForgetResponse {
+            known_members: u32::try_from(known).unwrap_or(u32::MAX),
+        }))
     }
 
     async fn flush(

@@ -59,7 +59,7 @@ impl CacheService {
         let start = Instant::now();
         let result = async {
             let level = write_level(&self.node, consistency)?;
-            replication::check_writable(&self.node).map_err(status_of)?;
+            replication::check_writable(&self.node, level).map_err(status_of)?;
             let (reply, keys) = handler(&self.node, self.node.now_ms())?;
             replication::replicate(&self.node, keys, level)
                 .await
@@ -472,7 +472,7 @@ impl Cache for CacheService {
             |mut peer, request| async move { peer.m_set(request).await },
             |node, local| async move {
                 let level = write_level(&node, req.consistency)?;
-                replication::check_writable(&node).map_err(status_of)?;
+                replication::check_writable(&node, level).map_err(status_of)?;
                 let pairs: Vec<(&Bytes, &Bytes)> = local
                     .iter()
                     .map(|&p| (&req.entries[p].key, &req.entries[p].value))
@@ -514,7 +514,7 @@ impl Cache for CacheService {
             |mut peer, request| async move { peer.m_delete(request).await },
             |node, local| async move {
                 let level = write_level(&node, req.consistency)?;
-                replication::check_writable(&node).map_err(status_of)?;
+                replication::check_writable(&node, level).map_err(status_of)?;
                 let keys: Vec<Bytes> = local.iter().map(|&p| req.keys[p].clone()).collect();
                 // One count per part, at its first position; the reply is the sum.
                 let deleted = node

@@ -13,8 +13,9 @@
 //! replicates nothing. Then the coordinator reads back what it holds for each written key
 //! ([`crate::store::Store::get_versioned`], tombstones included) and hands it, one part per
 //! target node, to the key's other replicas (`view.replicas(key)` minus itself) through the
-//! per-peer batcher (below), all targets at once. R is the size of that replica set
-//! (min(replication factor, ring members)). The coordinator counts itself when it is one of the
+//! per-peer batcher (below), all targets at once. R is min(replication factor, known cluster
+//! size) (see minority protection below); when the ring offers fewer replicas than a level
+//! needs of R, the write fails. The coordinator counts itself when it is one of the
 //! replicas; each replica that answers the batch counts once for every key in it. The request is
 //! answered as soon as every key has `level.required(R)` acknowledgements (ONE = 1, QUORUM =
 //! R/2+1, ALL = R); the remaining calls finish in the background. When the level cannot be met,
@@ -57,8 +58,12 @@
 //! grace period, so a replayed old write cannot revive a key deleted after it. A replica that
 //! answered with an error (e.g. memory full) gets no hint.
 //!
-//! **Minority protection** ([`check_writable`]). With `min_cluster_size` set, a node that sees
-//! fewer Active members than that refuses writes with `UNAVAILABLE`.
+//! **Minority protection** ([`check_majority`], [`crate::known`]). A level counts the key's
+//! replicas as min(R, the cluster's known size), not what the live ring holds, and a node
+//! coordinates QUORUM and ALL only while it sees a majority of the known members: a node cut off
+//! from the others refuses them with `UNAVAILABLE` instead of acknowledging writes the majority
+//! never sees. ONE stays available everywhere. With `min_cluster_size` set, a node that sees
+//! fewer Active members than that refuses every write.
 
 mod batch;
 mod hints;
@@ -73,6 +78,7 @@ use ringcache_proto::v1;
 
 use crate::node::Node;
 use crate::store::StoreError;
+use crate::view::ClusterView;
 
 pub use hints::{HintStats, replay_hints_task};
 pub use read::{Winners, read};
@@ -215,14 +221,17 @@ impl Replicator {
     }
 }
 
-/// Refuses writes while this node sees fewer Active members than `min_cluster_size`.
-pub fn check_writable(node: &Node) -> Result<(), ReplicationError> {
+/// Refuses a write before it is applied anywhere when the node must not coordinate it: at
+/// QUORUM and ALL while it sees no majority of the known cluster ([`check_majority`]), and at
+/// any level while it sees fewer Active members than `min_cluster_size`.
+pub fn check_writable(node: &Node, level: Consistency) -> Result<(), ReplicationError> {
+    let view = node.view();
+    check_majority(&view, level, "writes")?;
     let min = node.config().replication.min_cluster_size;
     if min == 0 {
         return Ok(());
     }
-    let visible = node
-        .view()
+    let visible = view
         .topology
         .members()
         .iter()
@@ -234,6 +243,26 @@ pub fn check_writable(node: &Node) -> Result<(), ReplicationError> {
         )));
     }
     Ok(())
+}
+
+/// Minority protection: QUORUM and ALL need this node to see more than half of the cluster's
+/// known members alive ([`crate::known`]); ONE does not. `what` names the refused requests.
+pub fn check_majority(
+    view: &ClusterView,
+    level: Consistency,
+    what: &str,
+) -> Result<(), ReplicationError> {
+    let quorum = view.quorum;
+    if level == Consistency::One || quorum.is_majority() {
+        return Ok(());
+    }
+    Err(ReplicationError::Unavailable(format!(
+        "minority protection: this node sees {} of the cluster's {} known members, not a majority; \
+         refusing {} {what} (ONE still works; `ringctl forget` members that are gone for good)",
+        quorum.alive,
+        quorum.known,
+        level.as_str(),
+    )))
 }
 
 fn duration_ms(duration: Duration) -> u64 {

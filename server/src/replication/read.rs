@@ -68,6 +68,7 @@ struct ReadPlan {
 impl ReadPlan {
     fn build(node: &Node, keys: &[Bytes], level: Consistency) -> Result<Self, ReplicationError> {
         let view = node.view();
+        super::check_majority(&view, level, "reads")?;
         let self_id = node.config().node_id.as_str();
         let mut plan = Self {
             keys: Vec::with_capacity(keys.len()),
@@ -76,10 +77,11 @@ impl ReadPlan {
         for (position, key) in keys.iter().enumerate() {
             let local = node.store().get_versioned(key)?;
             let replicas = view.replicas(key);
+            let counted = view.replicas_for_level(replicas.len());
             let mut read = KeyRead {
                 key: key.clone(),
-                needed: level.required(replicas.len()),
-                replicas: replicas.len(),
+                needed: level.required(counted),
+                replicas: counted,
                 answers: Vec::new(),
             };
             if replicas.is_empty() || replicas.contains(self_id) {
@@ -386,7 +388,11 @@ mod tests {
             ("n1", item(Some("a"), 5, None)),
             ("n2", item(Some("b"), 5, None)),
         ]);
-        assert_eq!(plan_repair(&list, 0), ["n1"], "n1's losing copy is replaced");
+        assert_eq!(
+            plan_repair(&list, 0),
+            ["n1"],
+            "n1's losing copy is replaced"
+        );
         let mut reversed = list.clone();
         reversed.reverse();
         let pick = |l: &[(String, Option<VersionedItem>)]| {

@@ -115,7 +115,8 @@ impl Plan {
                 continue;
             }
             let own = replicas.contains(self_id);
-            let index = tally.add(level.required(replicas.len()), replicas.len(), own);
+            let counted = view.replicas_for_level(replicas.len());
+            let index = tally.add(level.required(counted), counted, own);
             let entry = to_wire(key, item);
             for id in replicas.iter().filter(|id| *id != self_id) {
                 let target = targets.entry(id.to_owned()).or_insert_with(|| Target {
