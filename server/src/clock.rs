@@ -1,7 +1,7 @@
 //! Wall-clock time for the parts that need it, injected so tests can drive it by hand.
 
 use std::fmt::Debug;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A source of unix time in milliseconds.
@@ -42,5 +42,34 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_ms(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The system clock moved by an offset that can be changed while it runs: a node whose clock
+/// is skewed or jumps, for fault tests and simulations.
+#[derive(Debug, Default)]
+pub struct OffsetClock {
+    offset_ms: AtomicI64,
+}
+
+impl OffsetClock {
+    /// The system clock moved by `offset_ms` (negative: behind).
+    pub fn new(offset_ms: i64) -> Self {
+        Self {
+            offset_ms: AtomicI64::new(offset_ms),
+        }
+    }
+
+    /// Changes the offset (a clock jump, or the skew corrected).
+    pub fn set_offset_ms(&self, offset_ms: i64) {
+        self.offset_ms.store(offset_ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for OffsetClock {
+    fn now_ms(&self) -> u64 {
+        SystemClock
+            .now_ms()
+            .saturating_add_signed(self.offset_ms.load(Ordering::SeqCst))
     }
 }

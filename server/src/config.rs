@@ -187,6 +187,11 @@ pub struct Cli {
     /// Hints older than this are dropped; must be shorter than tombstone-grace [default: 5m].
     #[arg(long, env = "RINGCACHE_HINT_MAX_AGE", value_name = "DURATION")]
     pub hint_max_age: Option<HumanDuration>,
+    /// How often each node compares digests of the keys it shares with each peer and repairs
+    /// what differs (anti-entropy); 0s turns it off. Must be shorter than tombstone-grace
+    /// [default: 1m].
+    #[arg(long, env = "RINGCACHE_ANTI_ENTROPY_INTERVAL", value_name = "DURATION")]
+    pub anti_entropy_interval: Option<HumanDuration>,
     /// Refuse writes (UNAVAILABLE) while this node sees fewer active members than this, so a
     /// partitioned minority takes no writes; 0 = off [default: 0].
     #[arg(long, env = "RINGCACHE_MIN_CLUSTER_SIZE", value_name = "N")]
@@ -424,6 +429,7 @@ struct FileConfig {
     replica_timeout: Option<HumanDuration>,
     hint_max_bytes: Option<ByteSize>,
     hint_max_age: Option<HumanDuration>,
+    anti_entropy_interval: Option<HumanDuration>,
     min_cluster_size: Option<usize>,
     max_connections: Option<usize>,
     ready_settle: Option<HumanDuration>,
@@ -506,6 +512,8 @@ pub struct Config {
     pub max_connections: usize,
     /// How long the topology must stay unchanged before a node with peers is ready.
     pub ready_settle: Duration,
+    /// How often anti-entropy compares this node with each peer; zero: never.
+    pub anti_entropy_interval: Duration,
     /// TLS, users, the insecure gate and connection hardening.
     pub security: SecurityConfig,
     /// The gossip key ring file; `None` for plaintext gossip.
@@ -573,6 +581,8 @@ pub const DEFAULT_SECRETS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Default `max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default `anti_entropy_interval`.
+pub const DEFAULT_ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Headroom over key + value for the rest of a gRPC message.
 const MESSAGE_HEADROOM: u64 = 64 * 1024;
@@ -720,6 +730,10 @@ impl Config {
                 .ready_settle
                 .or(file.ready_settle)
                 .map_or(probe_interval * 2, |d| d.0),
+            anti_entropy_interval: cli
+                .anti_entropy_interval
+                .or(file.anti_entropy_interval)
+                .map_or(DEFAULT_ANTI_ENTROPY_INTERVAL, |d| d.0),
             cluster_port: cli
                 .cluster_port
                 .or(file.cluster_port)
@@ -832,6 +846,14 @@ impl Config {
                 "hint_max_age ({:?}) must be shorter than tombstone_grace ({grace:?}), or a replayed \
                  hint could bring back a key deleted after it",
                 replication.hint_max_age
+            );
+        }
+        if self.replication_factor.get() > 1 && self.anti_entropy_interval >= grace {
+            bail!(
+                "anti_entropy_interval ({:?}) must be shorter than tombstone_grace ({grace:?}), or \
+                 a replica that missed a delete could get the old value back once the tombstones \
+                 are gone",
+                self.anti_entropy_interval
             );
         }
         let ports = [
@@ -1209,6 +1231,28 @@ mod tests {
         );
         assert!(err(parse(&["--replica-timeout", "0s"])).contains("replica_timeout"));
         assert!(Cli::try_parse_from(["ringcached", "--write-consistency", "two"]).is_err());
+        assert_eq!(
+            Config::layer(Cli::default(), FileConfig::default())
+                .unwrap()
+                .anti_entropy_interval,
+            DEFAULT_ANTI_ENTROPY_INTERVAL
+        );
+        let file: FileConfig = toml::from_str(r#"anti_entropy_interval = "30s""#).unwrap();
+        assert_eq!(
+            Config::layer(Cli::default(), file)
+                .unwrap()
+                .anti_entropy_interval,
+            Duration::from_secs(30)
+        );
+        let off = Config::layer(
+            parse(&["--anti-entropy-interval", "0s"]),
+            FileConfig::default(),
+        );
+        assert_eq!(off.unwrap().anti_entropy_interval, Duration::ZERO);
+        assert!(
+            err(parse(&["--anti-entropy-interval", "10m"])).contains("anti_entropy_interval"),
+            "not shorter than the default tombstone grace (10m)"
+        );
         // A lone copy has no hints to replay, so any grace goes.
         Config::layer(
             parse(&["--replication-factor", "1", "--tombstone-grace", "0s"]),

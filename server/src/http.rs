@@ -33,6 +33,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     node.metrics()
         .set_cluster(gossip.as_ref(), node.view().ring.nodes().len());
     node.metrics().set_rebalance(&node.rebalance().to_wire());
+    node.metrics().set_anti_entropy(node.anti_entropy());
     let connections = node.connections();
     node.metrics().set_connections(
         connections.open(),

@@ -4,6 +4,7 @@
 //! Map: [`store`] is the local engine (no I/O); [`api`] adapts it to gRPC; [`node`] wires the
 //! store, [`metrics`], the HTTP endpoint and the gRPC services together; [`config`] is parsed once.
 
+pub mod antientropy;
 pub mod api;
 pub mod auth;
 pub mod clock;
@@ -19,6 +20,7 @@ pub mod readiness;
 pub mod rebalance;
 pub mod reload;
 pub mod replication;
+pub mod skew;
 pub mod store;
 pub mod tls;
 pub mod view;

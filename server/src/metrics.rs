@@ -184,6 +184,11 @@ pub struct Metrics {
     members: Vec<Gauge>,
     topology_members: Gauge,
     rebalance_keys_sent: Counter,
+    /// Anti-entropy rounds: completed, skipped.
+    anti_entropy_rounds: [Counter; 2],
+    anti_entropy_buckets: Counter,
+    /// Anti-entropy keys: pulled, pushed.
+    anti_entropy_keys: [Counter; 2],
     rebalance_bytes_sent: Counter,
     rebalance_keys_received: Counter,
     rebalance_failures: Counter,
@@ -199,6 +204,8 @@ pub struct Metrics {
     replication_batches: Counter,
     read_repairs: Counter,
     replication_lag: Gauge,
+    clock_offset: Gauge,
+    clock_skewed: Gauge,
     connections: Gauge,
     connections_max: Gauge,
     connections_rejected: Counter,
@@ -473,6 +480,18 @@ impl Metrics {
         );
         describe(
             &recorder,
+            "ringcache_clock_offset_seconds",
+            Unit::Seconds,
+            "The cluster's wall clock minus this node's at the last clock check (median of the live members' clocks; negative: this node is ahead)",
+        );
+        describe(
+            &recorder,
+            "ringcache_clock_skewed",
+            Unit::Count,
+            "1 while this node's clock is further from the cluster's than max_clock_drift (it refuses writes), else 0",
+        );
+        describe(
+            &recorder,
             "ringcache_connections",
             Unit::Count,
             "Open TCP connections on the gRPC port (clients and other nodes)",
@@ -539,6 +558,24 @@ impl Metrics {
         });
         describe(
             &recorder,
+            "ringcache_anti_entropy_rounds_total",
+            Unit::Count,
+            "Anti-entropy comparisons with one peer: completed, or skipped (peer unreachable, topologies differ)",
+        );
+        describe(
+            &recorder,
+            "ringcache_anti_entropy_buckets_differing_total",
+            Unit::Count,
+            "Buckets whose digests differed from a peer's in anti-entropy rounds this node started",
+        );
+        describe(
+            &recorder,
+            "ringcache_anti_entropy_keys_total",
+            Unit::Count,
+            "Keys repaired by anti-entropy: pulled from a peer and applied here, or pushed to a peer",
+        );
+        describe(
+            &recorder,
             "ringcache_rebalance_keys_sent_total",
             Unit::Count,
             "Entries sent to other nodes after ring changes (joins, repairs, leaves)",
@@ -575,6 +612,19 @@ impl Metrics {
         );
         Self {
             rebalance_keys_sent: counter("ringcache_rebalance_keys_sent_total", vec![]),
+            anti_entropy_rounds: ["completed", "skipped"].map(|result| {
+                counter(
+                    "ringcache_anti_entropy_rounds_total",
+                    vec![Label::new("result", result)],
+                )
+            }),
+            anti_entropy_buckets: counter("ringcache_anti_entropy_buckets_differing_total", vec![]),
+            anti_entropy_keys: ["pulled", "pushed"].map(|direction| {
+                counter(
+                    "ringcache_anti_entropy_keys_total",
+                    vec![Label::new("direction", direction)],
+                )
+            }),
             rebalance_bytes_sent: counter("ringcache_rebalance_bytes_sent_total", vec![]),
             rebalance_keys_received: counter("ringcache_rebalance_keys_received_total", vec![]),
             rebalance_failures: counter("ringcache_rebalance_failures_total", vec![]),
@@ -588,6 +638,8 @@ impl Metrics {
             replication_batches: counter("ringcache_replication_batches_total", vec![]),
             read_repairs: counter("ringcache_read_repairs_total", vec![]),
             replication_lag: gauge("ringcache_replication_lag_seconds"),
+            clock_offset: gauge("ringcache_clock_offset_seconds"),
+            clock_skewed: gauge("ringcache_clock_skewed"),
             connections: gauge("ringcache_connections"),
             connections_max: gauge("ringcache_connections_max"),
             connections_rejected: counter("ringcache_connections_rejected_total", vec![]),
@@ -671,6 +723,19 @@ impl Metrics {
             .set(if status.phase == "idle" { 0.0 } else { 1.0 });
     }
 
+    /// Copies in the anti-entropy counters.
+    pub fn set_anti_entropy(&self, stats: &crate::antientropy::AntiEntropyStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let rounds = stats.rounds.load(Relaxed);
+        let skipped = stats.rounds_skipped.load(Relaxed);
+        self.anti_entropy_rounds[0].absolute(rounds.saturating_sub(skipped));
+        self.anti_entropy_rounds[1].absolute(skipped);
+        self.anti_entropy_buckets
+            .absolute(stats.buckets_differing.load(Relaxed));
+        self.anti_entropy_keys[0].absolute(stats.keys_pulled.load(Relaxed));
+        self.anti_entropy_keys[1].absolute(stats.keys_pushed.load(Relaxed));
+    }
+
     /// Copies in the gossip counters and member gauges.
     pub fn set_cluster(&self, gossip: Option<&GossipStatsSnapshot>, ring_members: usize) {
         self.topology_members.set(ring_members as f64);
@@ -700,6 +765,12 @@ impl Metrics {
     pub fn set_hints_pending(&self, entries: usize, bytes: usize) {
         self.hints_pending.set(entries as f64);
         self.hints_pending_bytes.set(bytes as f64);
+    }
+
+    /// Sets the clock-check gauges ([`crate::skew`]).
+    pub fn set_clock_offset(&self, offset_ms: i64, skewed: bool) {
+        self.clock_offset.set(offset_ms as f64 / 1000.0);
+        self.clock_skewed.set(f64::from(u8::from(skewed)));
     }
 
     /// Sets the replication lag (age of the oldest pending hint).

@@ -27,6 +27,7 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
+use crate::antientropy::AntiEntropyStats;
 use crate::api::auth::AuthState;
 use crate::api::{
     AdminService, AuthLayer, CacheService, ClusterService, DigestLayer, InternalService,
@@ -45,6 +46,7 @@ use crate::metrics::Metrics;
 use crate::rebalance::{RebalanceStats, run_rebalancer};
 use crate::reload::{ReloadCause, watch_files};
 use crate::replication::{Replicator, replay_hints_task};
+use crate::skew::ClockCheck;
 use crate::store::Store;
 use crate::tls::{PeerTls, ReloadableTls};
 use crate::view::{ClusterView, Peers};
@@ -55,6 +57,8 @@ const EXPIRY_BUDGET_PER_SHARD: usize = 256;
 const EXPIRY_MAX_PASSES: usize = 16;
 /// Longest wait for a TCP connection to a peer.
 const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Probe intervals between two clock checks against the peers (10 s by default).
+const CLOCK_CHECK_PROBES: u32 = 10;
 /// How often recorded histogram samples are folded into buckets.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -115,6 +119,10 @@ pub struct Node {
     secrets_reload: Arc<Notify>,
     /// Every member that owned ranges and has not left on purpose (minority protection).
     known: parking_lot::Mutex<KnownMembers>,
+    /// This node's clock against the cluster's.
+    clock_check: ClockCheck,
+    /// Anti-entropy rounds and what they repaired.
+    anti_entropy: AntiEntropyStats,
 }
 
 #[derive(Debug, Clone)]
@@ -221,6 +229,8 @@ impl Node {
             view_changed_at: parking_lot::Mutex::new(Instant::now()),
             secrets_reload: Arc::new(Notify::new()),
             known: parking_lot::Mutex::new(KnownMembers::new()),
+            clock_check: ClockCheck::default(),
+            anti_entropy: AntiEntropyStats::default(),
         });
         node.publish_single_node();
         node
@@ -276,6 +286,9 @@ impl Node {
             members: view.topology.members(),
             since_change,
             settle: self.config.ready_settle,
+            clock_skew: self
+                .clock_check
+                .refusal(self.config.store.max_clock_drift_ms),
         })
     }
 
@@ -465,6 +478,16 @@ impl Node {
         self.view
             .send_replace(Arc::new(ClusterView::new(view.topology.clone(), quorum)));
         Ok(())
+    }
+
+    /// This node's clock against the cluster's ([`crate::skew`]).
+    pub fn clock_check(&self) -> &ClockCheck {
+        &self.clock_check
+    }
+
+    /// Anti-entropy rounds and what they repaired ([`crate::antientropy`]).
+    pub fn anti_entropy(&self) -> &AntiEntropyStats {
+        &self.anti_entropy
     }
 
     /// The ids of the members this node counts in the cluster's known size.
@@ -893,6 +916,14 @@ impl Node {
         );
         tasks.spawn(follow_members(self.clone(), handle.members()));
         tasks.spawn(run_rebalancer(self.clone(), self.config.probe_interval * 2));
+        tasks.spawn(crate::antientropy::run(
+            self.clone(),
+            self.config.anti_entropy_interval,
+        ));
+        tasks.spawn(crate::skew::run(
+            self.clone(),
+            self.config.probe_interval * CLOCK_CHECK_PROBES,
+        ));
         if joining {
             self.state.send_replace(v1::NodeState::Joining);
             tasks.spawn(join(self.clone(), handle.clone(), meta));

@@ -10,7 +10,9 @@
 //!    `not joined: no peer reachable`. A node with no seeds, or whose seeds are only itself or do
 //!    not resolve (the first pod of a StatefulSet lists itself and pods that do not exist yet),
 //!    starts a cluster and needs no peer;
-//! 5. its ring has converged: when its view holds other members that are not Dead, it is Active
+//! 5. its clock agrees with the cluster's within `max_clock_drift` (else `clock skew: ...`, see
+//!    [`crate::skew`]): such a node refuses writes;
+//! 6. its ring has converged: when its view holds other members that are not Dead, it is Active
 //!    in that view, no member is Suspect, and the view has not changed for `ready_settle`; else
 //!    `ring settling`. A node alone in its view has nothing to converge with.
 //!
@@ -43,10 +45,12 @@ pub struct Inputs<'a> {
     pub since_change: Duration,
     /// `ready_settle`.
     pub settle: Duration,
+    /// Why the node's clock is off from the cluster's, when it is ([`crate::skew`]).
+    pub clock_skew: Option<String>,
 }
 
 /// `Ok` when ready, else why not (one line, starting with one of `starting`, `leaving`,
-/// `joining`, `not joined`, `ring settling`).
+/// `joining`, `not joined`, `clock skew`, `ring settling`).
 pub fn check(inputs: &Inputs<'_>) -> Result<(), String> {
     if !inputs.serving {
         return Err("starting".to_owned());
@@ -73,6 +77,9 @@ pub fn check(inputs: &Inputs<'_>) -> Result<(), String> {
         return Err(
             "not joined: no peer reachable (no other member seen through the seeds yet)".to_owned(),
         );
+    }
+    if let Some(why) = &inputs.clock_skew {
+        return Err(why.clone());
     }
     let others = inputs
         .members
@@ -136,6 +143,7 @@ mod tests {
             members,
             since_change: Duration::from_secs(10),
             settle: Duration::from_secs(2),
+            clock_skew: None,
         }
     }
 
@@ -216,5 +224,15 @@ mod tests {
             ..ready_inputs(&alone)
         };
         assert!(reason(&inputs).starts_with("not joined"));
+    }
+
+    #[test]
+    fn a_node_whose_clock_is_off_is_not_ready() {
+        let alone = [member("n1", NodeState::Active)];
+        let inputs = Inputs {
+            clock_skew: Some("clock skew: 3600 s ahead".to_owned()),
+            ..ready_inputs(&alone)
+        };
+        assert_eq!(reason(&inputs), "clock skew: 3600 s ahead");
     }
 }

@@ -220,14 +220,21 @@ impl TestCluster {
         self.add_on_gossip_port(i, 0, configure).await
     }
 
-    /// Like [`TestCluster::add`], with gossip on 127.0.0.1:`gossip_port` (0: any free port), to
-    /// restart a node in place.
-    pub async fn add_on_gossip_port(
+    /// Like [`TestCluster::add`], with the node reading time from `clock` (a skewed clock).
+    pub async fn add_with_clock(
         &mut self,
         i: usize,
-        gossip_port: u16,
+        clock: Arc<dyn Clock>,
         configure: impl Fn(usize, &mut Config),
     ) -> &TestNode {
+        let config = self.next_config(i, configure);
+        self.nodes
+            .push(TestNode::start_with(config, clock, Some(0)).await);
+        self.nodes.last().expect("just pushed")
+    }
+
+    /// The config of node `n{i}`, joining through the first node.
+    fn next_config(&self, i: usize, configure: impl Fn(usize, &mut Config)) -> Config {
         let mut config = Config::for_test();
         config.node_id = format!("n{i}");
         config.seeds = self
@@ -237,6 +244,18 @@ impl TestCluster {
             .map(|addr| vec![addr.to_string()])
             .unwrap_or_default();
         configure(i, &mut config);
+        config
+    }
+
+    /// Like [`TestCluster::add`], with gossip on 127.0.0.1:`gossip_port` (0: any free port), to
+    /// restart a node in place.
+    pub async fn add_on_gossip_port(
+        &mut self,
+        i: usize,
+        gossip_port: u16,
+        configure: impl Fn(usize, &mut Config),
+    ) -> &TestNode {
+        let config = self.next_config(i, configure);
         self.nodes
             .push(TestNode::start_on_gossip_port(config, gossip_port).await);
         self.nodes.last().expect("just pushed")

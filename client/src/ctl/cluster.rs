@@ -410,6 +410,10 @@ pub(super) async fn stats(ctx: &mut Ctx<'_>, node: Option<String>) -> anyhow::Re
             "hints_pending": info.hints_pending,
             "hints_pending_bytes": info.hints_pending_bytes,
             "replication_lag_seconds": info.replication_lag_seconds,
+            "clock_offset_ms": info.clock_offset_ms,
+            "clock_skewed": info.clock_skewed,
+            "known_members": info.known_members,
+            "anti_entropy": info.anti_entropy.as_ref().map(anti_entropy_json),
             "rebalance": rebalance.as_ref().ok().map(rebalance_json),
             "rebalance_error": rebalance.as_ref().err().map(NodeError::reason),
             "metrics": scraped.as_ref().and_then(|s| s.as_ref().ok()),
@@ -476,7 +480,19 @@ pub(super) async fn stats(ctx: &mut Ctx<'_>, node: Option<String>) -> anyhow::Re
                 "0s".to_owned()
             },
         ),
+        ("clock", clock_text(&info)),
+        (
+            "known members",
+            format!(
+                "{} ({})",
+                info.known_members.len(),
+                info.known_members.join(", ")
+            ),
+        ),
     ];
+    if let Some(ae) = &info.anti_entropy {
+        lines.extend(anti_entropy_lines(ae));
+    }
     match &rebalance {
         Ok(r) => lines.extend([
             ("rebalance", r.phase.clone()),
@@ -920,4 +936,70 @@ pub(super) async fn forget(ctx: &mut Ctx<'_>, node_id: &str) -> anyhow::Result<i
         bail!("{failed} member(s) did not forget {node_id}; run it again once they answer");
     }
     Ok(EXIT_OK)
+}
+
+/// The clock line of `stats`: the offset from the cluster's clock, and whether writes are refused.
+fn clock_text(info: &pb::NodeInfoResponse) -> String {
+    let offset = info.clock_offset_ms;
+    let direction = if offset < 0 { "ahead of" } else { "behind" };
+    let text = if offset == 0 {
+        "agrees with the cluster's".to_owned()
+    } else {
+        format!("{} ms {direction} the cluster's", offset.unsigned_abs())
+    };
+    if info.clock_skewed {
+        format!("{text}: SKEWED, refusing writes (fix NTP)")
+    } else {
+        text
+    }
+}
+
+/// The anti-entropy lines of `stats`.
+fn anti_entropy_lines(ae: &pb::AntiEntropyStatus) -> Vec<(&'static str, String)> {
+    let every = if ae.interval_ms == 0 {
+        "off".to_owned()
+    } else {
+        format!(
+            "every {}",
+            fmt::duration(Duration::from_millis(ae.interval_ms))
+        )
+    };
+    let mut lines = vec![(
+        "anti-entropy",
+        format!(
+            "{every}; {} rounds ({} skipped), {} buckets differed, {} keys pulled, {} pushed",
+            ae.rounds, ae.rounds_skipped, ae.buckets_differing, ae.keys_pulled, ae.keys_pushed
+        ),
+    )];
+    if !ae.last_peer.is_empty() {
+        let outcome = if ae.last_error.is_empty() {
+            format!(
+                "{} buckets differed, {} pulled, {} pushed",
+                ae.last_differing, ae.last_pulled, ae.last_pushed
+            )
+        } else {
+            format!("skipped: {}", ae.last_error)
+        };
+        lines.push(("  last round", format!("with {}: {outcome}", ae.last_peer)));
+    }
+    lines
+}
+
+fn anti_entropy_json(ae: &pb::AntiEntropyStatus) -> Value {
+    json!({
+        "interval_ms": ae.interval_ms,
+        "rounds": ae.rounds,
+        "rounds_skipped": ae.rounds_skipped,
+        "buckets_differing": ae.buckets_differing,
+        "keys_pulled": ae.keys_pulled,
+        "keys_pushed": ae.keys_pushed,
+        "last_round": (!ae.last_peer.is_empty()).then(|| json!({
+            "peer": ae.last_peer,
+            "at_ms": ae.last_at_ms,
+            "buckets_differing": ae.last_differing,
+            "keys_pulled": ae.last_pulled,
+            "keys_pushed": ae.last_pushed,
+            "error": (!ae.last_error.is_empty()).then_some(&ae.last_error),
+        })),
+    })
 }

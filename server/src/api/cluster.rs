@@ -96,6 +96,13 @@ impl Cluster for ClusterService {
             ready: readiness.is_ok(),
             not_ready_reason: readiness.err().unwrap_or_default(),
             insecure: node.is_insecure(),
+            clock_offset_ms: node.clock_check().offset_ms(),
+            clock_skewed: node.clock_check().is_skewed(),
+            known_members: node.known_members(),
+            anti_entropy: Some(
+                node.anti_entropy()
+                    .to_wire(node.config().anti_entropy_interval),
+            ),
         }))
     }
 }

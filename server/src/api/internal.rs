@@ -210,6 +210,24 @@ impl Internal for InternalService {
         Ok(Response::new(v1::ReadVersionsResponse { results }))
     }
 
+    async fn clock(
+        &self,
+        _: Request<v1::ClockRequest>,
+    ) -> Result<Response<v1::ClockResponse>, Status> {
+        Ok(Response::new(v1::ClockResponse {
+            now_ms: self.node.now_ms(),
+        }))
+    }
+
+    async fn anti_entropy(
+        &self,
+        request: Request<v1::AntiEntropyRequest>,
+    ) -> Result<Response<v1::AntiEntropyResponse>, Status> {
+        crate::antientropy::answer(&self.node, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     type StreamEntriesStream = EntryStream;
 
     async fn stream_entries(

@@ -221,10 +221,17 @@ impl Replicator {
     }
 }
 
-/// Refuses a write before it is applied anywhere when the node must not coordinate it: at
-/// QUORUM and ALL while it sees no majority of the known cluster ([`check_majority`]), and at
-/// any level while it sees fewer Active members than `min_cluster_size`.
+/// Refuses a write before it is applied anywhere when the node must not coordinate it: at any
+/// level while its clock is off from the cluster's ([`crate::skew`]), at QUORUM and ALL while it
+/// sees no majority of the known cluster ([`check_majority`]), and at any level while it sees
+/// fewer Active members than `min_cluster_size`.
 pub fn check_writable(node: &Node, level: Consistency) -> Result<(), ReplicationError> {
+    if let Some(refusal) = node
+        .clock_check()
+        .refusal(node.config().store.max_clock_drift_ms)
+    {
+        return Err(ReplicationError::Unavailable(refusal));
+    }
     let view = node.view();
     check_majority(&view, level, "writes")?;
     let min = node.config().replication.min_cluster_size;
@@ -358,6 +365,18 @@ async fn call_replica_until<T>(
         }),
         Err(_) => Err(Failure::TimedOut(timeout)),
     }
+}
+
+/// Sends `entries` to the node at `addr` with `Internal.Replicate` (not as hints), within the
+/// replica timeout: for repairs outside the write path (anti-entropy).
+pub(crate) async fn send_entries(
+    node: &Node,
+    addr: &str,
+    entries: Vec<v1::VersionedEntry>,
+) -> Result<(), String> {
+    send_replicate(node, Some(addr), entries, false)
+        .await
+        .map_err(|failure| failure.to_string())
 }
 
 /// Sends `entries` to the node at `addr` with `Internal.Replicate`, within the replica timeout.

@@ -72,6 +72,13 @@ impl Hlc {
         self.next_after(now_ms, 0)
     }
 
+    /// Moves the clock back to at most `limit`, after every version above it was dropped (a
+    /// clock that ran ahead was corrected): later versions start from the wall clock again
+    /// instead of from stamps no replica accepts.
+    pub fn rewind(&self, limit: u64) {
+        self.last.fetch_min(limit, Ordering::AcqRel);
+    }
+
     /// Moves the clock past a version seen from another node, so later local versions order after it.
     /// Stamps more than `max_drift_ms` ahead of `now_ms` are refused and leave the clock unchanged.
     /// There is deliberately no unchecked variant: one forged far-future stamp taken in would

@@ -859,6 +859,47 @@ impl Store {
         (items, next)
     }
 
+    /// Calls `visit` with the key and copy of up to `max` entries of shard `shard` from `cursor`
+    /// on (tombstones and expired entries included), without copying keys or values or holding
+    /// the shard's lock while `visit` runs; returns the cursor to continue from (`None` when the
+    /// shard is done). Like [`Store::scan`], entries written meanwhile may be missed or repeated.
+    pub fn visit(
+        &self,
+        shard: usize,
+        cursor: usize,
+        max: usize,
+        mut visit: impl FnMut(&[u8], CopyRef<'_>),
+    ) -> Option<usize> {
+        let (entries, next) = self.shards[shard].lock.read().entries_from(cursor, max);
+        for entry in &entries {
+            visit(entry.key(), entry.as_copy());
+        }
+        next
+    }
+
+    /// Drops every entry whose version is above `limit` (stamped by a clock that ran ahead:
+    /// no replica accepts such a copy, so it must not shadow later writes here) and rewinds the
+    /// version clock to `limit`; returns how many entries were dropped.
+    pub fn drop_versions_after(&self, limit: u64) -> usize {
+        self.hlc.rewind(limit);
+        let mut dropped = 0;
+        for shard in 0..self.shards.len() {
+            let mut cursor = Some(0);
+            while let Some(at) = cursor {
+                let mut ahead = Vec::new();
+                cursor = self.visit(shard, at, 1024, |key, copy| {
+                    if copy.version > limit {
+                        ahead.push((key.to_vec(), copy.version));
+                    }
+                });
+                for (key, version) in ahead {
+                    dropped += usize::from(self.remove_if_version(&key, version).unwrap_or(false));
+                }
+            }
+        }
+        dropped
+    }
+
     /// Current counters.
     pub fn stats(&self) -> StoreStats {
         let mut stats = StoreStats {
