@@ -689,27 +689,43 @@ async fn isolated_node_acknowledges_no_quorum_write() {
     .await;
     let detected = cut_at.elapsed();
 
-    // For 3 s (5 suspicion timeouts): QUORUM writes straight to node 3, and through a smart
-    // client seeded with the majority.
-    let majority = smart_client(&[&nodes[0], &nodes[1]]).await;
-    let writers = Writers::start(&majority, "majority", MAX_WRITES_PER_TASK);
+    // For 3.5 s (about 6 suspicion timeouts: node 3 sees the others suspect, then dead, then
+    // drops them), QUORUM writes straight to node 3.
+    let window_end = Instant::now() + Duration::from_secs_f32(3.5);
     let mut node3 = raw_cache(&nodes[2]).await;
-    let mut isolated = Outcome::default();
-    let window = Instant::now();
-    let mut n = 0;
-    while window.elapsed() < Duration::from_secs(3) {
-        let key = format!("isolated-{n}");
-        n += 1;
-        isolated.attempted += 1;
-        match raw_set(&mut node3, &key, &key, v1::Consistency::Quorum).await {
-            Ok(_) => {
-                isolated.acked.insert(key);
+    let to_node3 = tokio::spawn(async move {
+        let mut outcome = Outcome::default();
+        let mut n = 0;
+        while Instant::now() < window_end {
+            let key = format!("isolated-{n}");
+            n += 1;
+            outcome.attempted += 1;
+            match raw_set(&mut node3, &key, &key, v1::Consistency::Quorum).await {
+                Ok(_) => {
+                    outcome.acked.insert(key);
+                }
+                Err(error) => outcome.error(error),
             }
-            Err(error) => isolated.error(error),
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        outcome
+    });
+    // Meanwhile the majority, once its smart client no longer routes to node 3.
+    let majority = smart_client(&[&nodes[0], &nodes[1]]).await;
+    wait_for(
+        "the majority's client drops node 3 from its ring",
+        DEADLINE,
+        async || {
+            let _ = majority.refresh_topology().await;
+            majority.topology().ring_members().count() == 2
+        },
+    )
+    .await;
+    let majority_after = cut_at.elapsed();
+    let writers = Writers::start(&majority, "majority", MAX_WRITES_PER_TASK);
+    tokio::time::sleep_until(window_end.into()).await;
     let majority_outcome = writers.stop().await;
+    let isolated = to_node3.await.expect("the writer to node 3");
     let view3 = describe(topology(&nodes[2]).await.as_ref());
 
     firewall.heal();
@@ -718,7 +734,8 @@ async fn isolated_node_acknowledges_no_quorum_write() {
     acked.extend(majority_outcome.acked.iter().cloned());
     let lost = lost(&client, &acked).await;
     eprintln!(
-        "isolated: node 3 saw the cut after {detected:?}; node 3 acked {}/{} ({:?}); majority \
+        "isolated: node 3 saw the cut after {detected:?}, the majority's client after \
+         {majority_after:?}; node 3 acked {}/{} ({:?}); majority \
          acked {}/{} ({:?}); converged {converge:?} after healing; read back {} keys, {} lost; \
          total {:?}",
         isolated.acked.len(),
