@@ -3,13 +3,13 @@
 //! Hints repair what a coordinator saw fail, and QUORUM reads repair what they read. Neither
 //! covers a write whose hints expired or died with a crashed coordinator, a replica that missed
 //! writes during a partition longer than the hint age, or keys nobody reads. So every
-//! `anti_entropy_interval` each node compares, with each peer whose id sorts after its own
-//! (every pair once per round), digests of the keys both of them replicate:
+//! `anti_entropy_interval` each node compares, with its next peer in turn (round robin), digests of
+//! the keys both of them replicate:
 //!
 //! 1. Keys are put in [`BUCKETS`] buckets by their hash; a bucket's digest is the XOR of a
 //!    64-bit hash of each key's copy (key, version, value or tombstone, expiry). Expired values
-//!    are left out: they may be reclaimed at different times on two nodes. One scan of the store
-//!    gives the digests for every peer at once.
+//!    are left out: they may be reclaimed at different times on two nodes. When the ring has no
+//!    more members than R, every key is shared and no ring lookup is needed.
 //! 2. `Internal.AntiEntropy` sends the caller's digests for the pair (8 KiB, the whole cost when
 //!    nothing differs) with its topology digest: both sides must place keys with the same ring,
 //!    else nothing is compared this round. The callee computes its own, and answers with the
@@ -21,14 +21,17 @@
 //!    `Replicate`; equal versions with different content go both ways and `apply` keeps the
 //!    winner on both. Then it asks for the next differing buckets, until all are done.
 //!
-//! Throttling: one peer at a time, batches of `max_batch_keys` one after the other, and scans
-//! that yield to other tasks every [`SCAN_CHUNK`] entries. At rest a round costs one scan per
-//! node and 8 KiB per pair. Versions beyond `max_clock_drift` are refused on both paths as
+//! Throttling: one comparison per node per round, batches of `max_batch_keys` one after the
+//! other, and scans that yield to other tasks every [`SCAN_CHUNK`] entries. At rest a round costs
+//! each node about two scans (the comparison it starts and, on average, one it answers) and
+//! 8 KiB per comparison, whatever the cluster's size; with N nodes each pair is compared about
+//! every (N-1)/2 rounds. Keys written while the two scans run may show as differing; their
+//! buckets are summarised and compared key by key, and nothing moves for keys that agree. Versions beyond `max_clock_drift` are refused on both paths as
 //! everywhere else. The interval must be shorter than the tombstone grace, or a replica that
 //! missed a delete could get the old value back once every tombstone is gone (the same rule as
 //! Cassandra's repair within `gc_grace_seconds`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -52,7 +55,7 @@ const BUCKET_BITS: u32 = BUCKETS.trailing_zeros();
 /// Entries scanned between two yields to other tasks.
 pub const SCAN_CHUNK: usize = 1024;
 /// Default upper bound on the key summaries in one answer.
-pub const DEFAULT_MAX_KEYS: usize = 100_000;
+pub const DEFAULT_MAX_KEYS: usize = 250_000;
 
 /// The bucket of a key.
 pub fn bucket_of(key: &[u8]) -> usize {
@@ -69,7 +72,16 @@ pub fn content_hash(copy: CopyRef<'_>) -> u64 {
 
 /// A 64-bit hash of one key's copy, the unit of a bucket digest.
 pub fn item_hash(key: &[u8], copy: CopyRef<'_>) -> u64 {
-    mix(key_hash(key) ^ mix(copy.version ^ mix(content_hash(copy))))
+    bucket_and_hash(key, copy).1
+}
+
+/// The bucket of a key and the item hash of its copy, hashing the key once.
+fn bucket_and_hash(key: &[u8], copy: CopyRef<'_>) -> (usize, u64) {
+    let hash = key_hash(key);
+    (
+        (hash >> (64 - BUCKET_BITS)) as usize,
+        mix(hash ^ mix(copy.version ^ mix(content_hash(copy)))),
+    )
 }
 
 /// SplitMix64's finaliser: spreads every input bit over the output.
@@ -95,36 +107,50 @@ async fn scan_store(store: &Store, mut visit: impl FnMut(&[u8], CopyRef<'_>)) {
     }
 }
 
-/// The bucket digests of the keys this node shares with each of `peers` under `view`.
+/// Whether `key` is replicated on both `self_id` and `peer` under `view`; `everything` skips the
+/// ring lookup when both hold every key (a ring no larger than R).
+fn shared(view: &ClusterView, everything: bool, self_id: &str, peer: &str, key: &[u8]) -> bool {
+    if everything {
+        return true;
+    }
+    let replicas = view.replicas(key);
+    replicas.contains(self_id) && replicas.contains(peer)
+}
+
+/// What one node holds of the keys it shares with a peer, bucket by bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digests {
+    /// Per bucket: the XOR of the keys' item hashes.
+    pub hashes: Vec<u64>,
+    /// Per bucket: about the bytes of its key summaries on the wire (to size answers).
+    pub bytes: Vec<u64>,
+}
+
+/// Wire bytes of one key summary beyond its key (version, content hash, framing).
+const SUMMARY_OVERHEAD: u64 = 24;
+
+/// The bucket digests of the keys this node shares with `peer` under `view`.
 pub async fn digests(
     store: &Store,
     view: &ClusterView,
     self_id: &str,
-    peers: &[String],
+    peer: &str,
     now_ms: u64,
-) -> HashMap<String, Vec<u64>> {
-    let mut tables: HashMap<String, Vec<u64>> = peers
-        .iter()
-        .map(|p| (p.clone(), vec![0u64; BUCKETS]))
-        .collect();
+) -> Digests {
+    let everything = view.ring.holds_every_key(self_id) && view.ring.holds_every_key(peer);
+    let mut digests = Digests {
+        hashes: vec![0u64; BUCKETS],
+        bytes: vec![0u64; BUCKETS],
+    };
     scan_store(store, |key, copy| {
-        if !compared(copy, now_ms) {
-            return;
-        }
-        let replicas = view.replicas(key);
-        if !replicas.contains(self_id) {
-            return;
-        }
-        let hash = item_hash(key, copy);
-        let bucket = bucket_of(key);
-        for id in replicas.iter() {
-            if let Some(table) = tables.get_mut(id) {
-                table[bucket] ^= hash;
-            }
+        if compared(copy, now_ms) && shared(view, everything, self_id, peer, key) {
+            let (bucket, hash) = bucket_and_hash(key, copy);
+            digests.hashes[bucket] ^= hash;
+            digests.bytes[bucket] += key.len() as u64 + SUMMARY_OVERHEAD;
         }
     })
     .await;
-    tables
+    digests
 }
 
 /// The summaries of the keys this node shares with `peer` in `buckets`, in key order.
@@ -136,13 +162,13 @@ pub async fn summaries(
     buckets: &HashSet<usize>,
     now_ms: u64,
 ) -> BTreeMap<Bytes, (u64, u64)> {
+    let everything = view.ring.holds_every_key(self_id) && view.ring.holds_every_key(peer);
     let mut found = BTreeMap::new();
     scan_store(store, |key, copy| {
-        if !compared(copy, now_ms) || !buckets.contains(&bucket_of(key)) {
-            return;
-        }
-        let replicas = view.replicas(key);
-        if replicas.contains(self_id) && replicas.contains(peer) {
+        if compared(copy, now_ms)
+            && buckets.contains(&bucket_of(key))
+            && shared(view, everything, self_id, peer, key)
+        {
             found.insert(
                 Bytes::copy_from_slice(key),
                 (copy.version, content_hash(copy)),
@@ -200,6 +226,8 @@ pub struct AntiEntropyStats {
     /// Keys sent to peers.
     pub keys_pushed: AtomicU64,
     last: Mutex<Option<LastRound>>,
+    /// The digests this node last answered with: (peer, topology digest, when, digests).
+    answered: Mutex<Option<(String, u64, tokio::time::Instant, Digests)>>,
 }
 
 /// How the latest round with a peer went.
@@ -219,7 +247,26 @@ pub struct LastRound {
     pub error: Option<String>,
 }
 
+/// How long answered digests serve the later pages of one comparison.
+const ANSWER_CACHE: Duration = Duration::from_secs(30);
+
 impl AntiEntropyStats {
+    /// The digests last answered to `peer` under topology `digest`, if recent.
+    fn cached(&self, peer: &str, digest: u64) -> Option<Digests> {
+        let cached = self.answered.lock();
+        let (who, topology, at, digests) = cached.as_ref()?;
+        (who == peer && *topology == digest && at.elapsed() < ANSWER_CACHE).then(|| digests.clone())
+    }
+
+    fn cache(&self, peer: &str, digest: u64, digests: Digests) {
+        *self.answered.lock() = Some((
+            peer.to_owned(),
+            digest,
+            tokio::time::Instant::now(),
+            digests,
+        ));
+    }
+
     /// The latest round, if any ran.
     pub fn last(&self) -> Option<LastRound> {
         self.last.lock().clone()
@@ -262,7 +309,9 @@ pub async fn run(node: Arc<Node>, interval: Duration) {
     }
 }
 
-/// Compares this node with every Active peer whose id sorts after its own, one at a time.
+/// Compares this node with the next Active peer (round robin over the peers by id): each node
+/// starts one comparison per round, so a node scans its store about twice per round (its own
+/// comparison and one it is asked for) whatever the cluster's size.
 pub async fn round(node: &Arc<Node>) {
     let view = node.view();
     let self_id = node.config().node_id.clone();
@@ -277,53 +326,49 @@ pub async fn round(node: &Arc<Node>) {
         .topology
         .members()
         .iter()
-        .filter(|m| m.node_id > self_id && m.state == NodeState::Active)
+        .filter(|m| m.node_id != self_id && m.state == NodeState::Active)
         .map(|m| m.node_id.clone())
         .collect();
     if peers.is_empty() {
         return;
     }
-    let tables = digests(node.store(), &view, &self_id, &peers, node.now_ms()).await;
-    for peer in peers {
-        let Some(table) = tables.get(&peer) else {
-            continue;
-        };
-        let outcome = with_peer(node, &view, &peer, table).await;
-        let stats = node.anti_entropy();
-        stats.rounds.fetch_add(1, Ordering::Relaxed);
-        let last = match outcome {
-            Ok((differing, pulled, pushed)) => LastRound {
+    let stats = node.anti_entropy();
+    let turn = stats.rounds.fetch_add(1, Ordering::Relaxed);
+    let peer = peers[usize::try_from(turn).unwrap_or(0) % peers.len()].clone();
+    let table = digests(node.store(), &view, &self_id, &peer, node.now_ms()).await;
+    let outcome = with_peer(node, &view, &peer, &table.hashes).await;
+    let last = match outcome {
+        Ok((differing, pulled, pushed)) => LastRound {
+            peer: peer.clone(),
+            at_ms: node.now_ms(),
+            differing,
+            pulled,
+            pushed,
+            error: None,
+        },
+        Err(error) => {
+            stats.rounds_skipped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, %error, "anti-entropy round skipped");
+            LastRound {
                 peer: peer.clone(),
                 at_ms: node.now_ms(),
-                differing,
-                pulled,
-                pushed,
-                error: None,
-            },
-            Err(error) => {
-                stats.rounds_skipped.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%peer, %error, "anti-entropy round skipped");
-                LastRound {
-                    peer: peer.clone(),
-                    at_ms: node.now_ms(),
-                    differing: 0,
-                    pulled: 0,
-                    pushed: 0,
-                    error: Some(error),
-                }
+                differing: 0,
+                pulled: 0,
+                pushed: 0,
+                error: Some(error),
             }
-        };
-        if last.pulled + last.pushed > 0 {
-            tracing::info!(
-                peer = %last.peer,
-                differing_buckets = last.differing,
-                pulled = last.pulled,
-                pushed = last.pushed,
-                "anti-entropy repaired diverged replicas"
-            );
         }
-        *stats.last.lock() = Some(last);
+    };
+    if last.pulled + last.pushed > 0 {
+        tracing::info!(
+            peer = %last.peer,
+            differing_buckets = last.differing,
+            pulled = last.pulled,
+            pushed = last.pushed,
+            "anti-entropy repaired diverged replicas"
+        );
     }
+    *stats.last.lock() = Some(last);
 }
 
 /// One round with `peer`: (buckets differing, keys pulled, keys pushed).
@@ -486,21 +531,26 @@ pub async fn answer(
     let self_id = node.config().node_id.clone();
     let first = BUCKETS - request.buckets.len();
     let now = node.now_ms();
-    let own = digests(
-        node.store(),
-        &view,
-        &self_id,
-        std::slice::from_ref(&peer),
-        now,
-    )
-    .await
-    .remove(&peer)
-    .unwrap_or_else(|| vec![0; BUCKETS]);
+    // The first page is compared with fresh digests; later pages of the same comparison reuse
+    // them (they differ only by what changed meanwhile, and every page is compared key by key).
+    let own = {
+        let cached = (first > 0)
+            .then(|| node.anti_entropy().cached(&peer, digest))
+            .flatten();
+        match cached {
+            Some(own) => own,
+            None => {
+                let own = digests(node.store(), &view, &self_id, &peer, now).await;
+                node.anti_entropy().cache(&peer, digest, own.clone());
+                own
+            }
+        }
+    };
     let differing: Vec<usize> = request
         .buckets
         .iter()
         .enumerate()
-        .filter(|&(i, theirs)| own[first + i] != *theirs)
+        .filter(|&(i, theirs)| own.hashes[first + i] != *theirs)
         .map(|(i, _)| i)
         .collect();
     response.differing = differing.iter().map(|&i| i as u32).collect();
@@ -511,29 +561,31 @@ pub async fn answer(
         0 => DEFAULT_MAX_KEYS,
         n => (n as usize).min(DEFAULT_MAX_KEYS),
     };
-    // Summaries bucket by bucket until the cap: one scan for every differing bucket, then
-    // whole buckets in order.
-    let wanted: HashSet<usize> = differing.iter().map(|&i| first + i).collect();
-    let all = summaries(node.store(), &view, &self_id, &peer, &wanted, now).await;
-    let mut per_bucket: BTreeMap<usize, Vec<v1::KeySummary>> = BTreeMap::new();
-    for (key, (version, content)) in all {
-        per_bucket
-            .entry(bucket_of(&key))
-            .or_default()
-            .push(v1::KeySummary {
-                key,
-                version,
-                content,
-            });
-    }
+    // Whole buckets in order while the answer stays within max_keys and half the message
+    // limit (at least one bucket), then one scan for just those.
+    let budget = (node.config().max_message_bytes / 2) as u64;
+    let (mut keys, mut bytes) = (0u64, 0u64);
+    let mut chosen = HashSet::new();
     for &i in &differing {
-        let keys = per_bucket.remove(&(first + i)).unwrap_or_default();
-        if response.summarized > 0 && response.keys.len() + keys.len() > max_keys {
+        let bucket = first + i;
+        let more = own.bytes[bucket];
+        let count = more / SUMMARY_OVERHEAD.max(1);
+        if !chosen.is_empty() && (bytes + more > budget || keys + count > max_keys as u64) {
             break;
         }
-        response.keys.extend(keys);
-        response.summarized += 1;
+        chosen.insert(bucket);
+        (keys, bytes) = (keys + count, bytes + more);
     }
+    response.summarized = u32::try_from(chosen.len()).unwrap_or(u32::MAX);
+    response.keys = summaries(node.store(), &view, &self_id, &peer, &chosen, now)
+        .await
+        .into_iter()
+        .map(|(key, (version, content))| v1::KeySummary {
+            key,
+            version,
+            content,
+        })
+        .collect();
     Ok(response)
 }
 

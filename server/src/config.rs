@@ -189,7 +189,7 @@ pub struct Cli {
     pub hint_max_age: Option<HumanDuration>,
     /// How often each node compares digests of the keys it shares with each peer and repairs
     /// what differs (anti-entropy); 0s turns it off. Must be shorter than tombstone-grace
-    /// [default: 1m].
+    /// [default: 2m].
     #[arg(long, env = "RINGCACHE_ANTI_ENTROPY_INTERVAL", value_name = "DURATION")]
     pub anti_entropy_interval: Option<HumanDuration>,
     /// Refuse writes (UNAVAILABLE) while this node sees fewer active members than this, so a
@@ -582,7 +582,7 @@ pub const DEFAULT_SECRETS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 /// Default `max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default `anti_entropy_interval`.
-pub const DEFAULT_ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(120);
 
 /// Headroom over key + value for the rest of a gRPC message.
 const MESSAGE_HEADROOM: u64 = 64 * 1024;

@@ -19,6 +19,11 @@
 //! - `clusterprobe repair KEYS VALUE_BYTES`: 4 nodes (R = 2) loaded, then one crashes: time from
 //!   the crash until every key has two copies again (failure detection included).
 //!
+//! - `clusterprobe entropy KEYS PERCENT`: 3 nodes (R = 3, anti-entropy rounds started by hand)
+//!   each holding the same KEYS keys of 100 bytes, then PERCENT % of them newer on n1 only: the
+//!   wall and process CPU time of one anti-entropy round n1 ↔ n2 that repairs them (summaries,
+//!   ReadVersions and Replicate over loopback gRPC), and of a round with nothing to repair.
+//!
 //! Prints each trial and the median. Build in release:
 //! `cargo run --release -p ringcache-bench --bin clusterprobe -- detect 3 10`.
 
@@ -312,6 +317,83 @@ async fn repair(keys: u64, value_bytes: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// CPU time (user + system) of this process so far.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of /proc/[pid]/stat (11 and 12 after the name);
+    // the kernel's USER_HZ is 100 on Linux.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+async fn entropy(keys: u64, percent: u64) -> anyhow::Result<()> {
+    let by_hand = |i: usize, config: &mut Config| {
+        production_timings(i, config);
+        config.anti_entropy_interval = Duration::ZERO;
+        config.store.max_memory_bytes = 8 << 30;
+    };
+    let cluster = TestCluster::start_with(3, by_hand).await;
+    cluster.wait_converged(DEADLINE).await?;
+    let now = cluster.nodes[0].node.now_ms();
+    let base = ringcache_server::store::Hlc::at_millis(now - 60_000);
+    let value = [b'x'; 100];
+    for node in &cluster.nodes {
+        for i in 0..keys {
+            node.node.store().apply(
+                ringcache_bench::bench_key(i).as_bytes(),
+                Some(&value),
+                base + i,
+                None,
+                now,
+            )?;
+        }
+    }
+    let every = (100 / percent.clamp(1, 100)).max(1);
+    let diverged = (0..keys).step_by(every as usize).count();
+    let n1 = &cluster.node("n1").node;
+    for i in (0..keys).step_by(every as usize) {
+        n1.store().apply(
+            ringcache_bench::bench_key(i).as_bytes(),
+            Some(b"newer"),
+            base + keys + i,
+            None,
+            now,
+        )?;
+    }
+    for (label, expect) in [("repair", diverged as u64), ("at rest", 0)] {
+        let (cpu, wall) = (process_cpu(), Instant::now());
+        // Round robin: n1's first round is with n2.
+        ringcache_server::antientropy::round(n1).await;
+        let (wall, cpu) = (wall.elapsed(), process_cpu() - cpu);
+        let last = n1.anti_entropy().last().context("a round ran")?;
+        println!(
+            "{label}: {keys} keys, {} buckets differed, {} pulled, {} pushed in {:.2} s wall, {:.2} s CPU (both nodes, this process)",
+            last.differing,
+            last.pulled,
+            last.pushed,
+            wall.as_secs_f64(),
+            cpu.as_secs_f64()
+        );
+        if let Some(error) = last.error {
+            bail!("the round failed: {error}");
+        }
+        if last.pushed != expect {
+            bail!("expected {expect} keys pushed, got {}", last.pushed);
+        }
+        // The next round of n1 is with n3; go back to n2 for the at-rest round.
+        ringcache_server::antientropy::round(n1).await;
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let number = |i: usize, default: u64| -> anyhow::Result<u64> {
@@ -331,11 +413,12 @@ fn main() -> anyhow::Result<()> {
         Some("traffic") => runtime.block_on(traffic(number(1, 10)? as usize, number(2, 30)?)),
         Some("writes") => runtime.block_on(writes(number(1, 100_000)?, number(2, 50)?.max(1))),
         Some("repair") => runtime.block_on(repair(number(1, 100_000)?, number(2, 1000)? as usize)),
+        Some("entropy") => runtime.block_on(entropy(number(1, 1_000_000)?, number(2, 1)?)),
         Some("rebalance") => {
             runtime.block_on(rebalance(number(1, 100_000)?, number(2, 1000)? as usize))
         }
         _ => bail!(
-            "usage: clusterprobe converge|detect|traffic [NODES] [TRIALS|SECONDS] | rebalance [KEYS] [VALUE_BYTES] | writes [REQUESTS] [CONCURRENCY] | repair [KEYS] [VALUE_BYTES]"
+            "usage: clusterprobe converge|detect|traffic [NODES] [TRIALS|SECONDS] | rebalance [KEYS] [VALUE_BYTES] | writes [REQUESTS] [CONCURRENCY] | repair [KEYS] [VALUE_BYTES] | entropy [KEYS] [PERCENT]"
         ),
     }
 }
