@@ -27,7 +27,7 @@ use std::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::Poll,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -86,8 +86,11 @@ pub(crate) struct NodeSlot {
     pool: OnceLock<Arc<NodePool>>,
     /// Serialises opening the pool, so concurrent first requests make one pool, not several.
     opening: Mutex<()>,
-    /// Until when (ms since [`epoch`]) the node counts as unreachable; 0: it does not.
+    /// Until when (ms since `created`) the node counts as unreachable; 0: it does not.
     unreachable_until_ms: AtomicU64,
+    /// The origin of `unreachable_until_ms`: tokio's clock, so paused and simulated time
+    /// apply.
+    created: tokio::time::Instant,
 }
 
 impl fmt::Debug for NodeSlot {
@@ -107,6 +110,7 @@ impl NodeSlot {
             pool: OnceLock::new(),
             opening: Mutex::new(()),
             unreachable_until_ms: AtomicU64::new(0),
+            created: tokio::time::Instant::now(),
         }
     }
 
@@ -136,11 +140,11 @@ impl NodeSlot {
 
     pub(crate) fn is_unreachable(&self) -> bool {
         let until = self.unreachable_until_ms.load(Ordering::Relaxed);
-        until != 0 && now_ms() < until
+        until != 0 && self.now_ms() < until
     }
 
     fn mark_unreachable(&self) {
-        let until = now_ms().saturating_add(millis(UNREACHABLE_FOR)).max(1);
+        let until = self.now_ms().saturating_add(millis(UNREACHABLE_FOR)).max(1);
         self.unreachable_until_ms.store(until, Ordering::Relaxed);
     }
 
@@ -151,13 +155,11 @@ impl NodeSlot {
     }
 }
 
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn now_ms() -> u64 {
-    millis(epoch().elapsed())
+impl NodeSlot {
+    /// Milliseconds since the slot was created.
+    fn now_ms(&self) -> u64 {
+        millis(self.created.elapsed())
+    }
 }
 
 fn millis(duration: Duration) -> u64 {

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::RwLock;
 use ringcache_proto::placement::DEFAULT_VNODES_PER_WEIGHT;
@@ -23,6 +23,7 @@ use ringcache_proto::v1::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
@@ -35,8 +36,8 @@ use crate::api::{
 use crate::auth::{FailureLimiter, Users};
 use crate::clock::{Clock, SystemClock};
 use crate::cluster::{
-    Encryption, GossipStatsSnapshot, Keyring, Membership, MembershipConfig, MembershipHandle,
-    MetaState, NodeIdentity, NodeMeta,
+    Encryption, GossipSocket, GossipStatsSnapshot, Keyring, Membership, MembershipConfig,
+    MembershipHandle, MetaState, NodeIdentity, NodeMeta,
 };
 use crate::config::Config;
 use crate::connections::{AcceptPolicy, ActivityLayer, Connections, RemoteAddr, secure_incoming};
@@ -83,6 +84,8 @@ pub struct Node {
     external_topology: AtomicBool,
     /// The running membership, once serving with a gossip socket.
     membership: OnceLock<MembershipHandle>,
+    /// Seeds the gossip core's RNG when set (a simulation replays a seed); else a random seed.
+    gossip_rng_seed: OnceLock<u64>,
     shutdown: CancellationToken,
     /// Cancelled by [`Node::crash`]: stop at once, leave nothing gracefully (tests of failures).
     crash: CancellationToken,
@@ -211,6 +214,7 @@ impl Node {
             peers,
             external_topology: AtomicBool::new(false),
             membership: OnceLock::new(),
+            gossip_rng_seed: OnceLock::new(),
             shutdown: CancellationToken::new(),
             crash: CancellationToken::new(),
             rebalance: RebalanceStats::default(),
@@ -234,6 +238,12 @@ impl Node {
         });
         node.publish_single_node();
         node
+    }
+
+    /// Seeds the gossip RNG with `seed` instead of a random one (deterministic simulations).
+    /// Takes effect when serving starts; only the first call counts.
+    pub fn set_gossip_rng_seed(&self, seed: u64) {
+        let _ = self.gossip_rng_seed.set(seed);
     }
 
     /// The validated configuration.
@@ -593,21 +603,24 @@ impl Node {
             grpc_addr,
             cluster,
             listeners.http,
-            listeners.gossip,
+            listeners
+                .gossip
+                .map(|socket| Box::new(socket) as Box<dyn GossipSocket>),
             shutdown,
         )
         .await
     }
 
     /// Serves gRPC on any stream of connections: `incoming` is the client port (`grpc_addr`
-    /// advertised for it), `cluster` the cluster port and its address.
+    /// advertised for it), `cluster` the cluster port and its address; gossip on any
+    /// [`GossipSocket`].
     pub async fn serve_with_incoming<I, IO, IE>(
         self: Arc<Self>,
         incoming: I,
         grpc_addr: SocketAddr,
         cluster: Option<(I, SocketAddr)>,
         http: Option<TcpListener>,
-        gossip: Option<UdpSocket>,
+        gossip: Option<Box<dyn GossipSocket>>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()>
     where
@@ -876,7 +889,7 @@ impl Node {
     /// every new member list into the node's topology. Returns the driver's task.
     async fn start_membership(
         self: &Arc<Self>,
-        socket: UdpSocket,
+        socket: Box<dyn GossipSocket>,
         tasks: &mut tokio::task::JoinSet<()>,
     ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
         let gossip_addr = self.config.advertised(socket.local_addr()?);
@@ -897,7 +910,12 @@ impl Node {
             },
         };
         let config = membership_config(&self.config);
-        let membership = Membership::new(config, identity, meta.clone(), rand::random())
+        let rng_seed = self
+            .gossip_rng_seed
+            .get()
+            .copied()
+            .unwrap_or_else(rand::random);
+        let membership = Membership::new(config, identity, meta.clone(), rng_seed)
             .context("invalid membership settings")?;
         let encryption = match &self.config.gossip_keyring {
             Some(path) => Some(self.watch_keyring(path.clone())?),

@@ -5,14 +5,20 @@
 //! `Arc<ClusterView>`), so a request sees one consistent topology and ring from start to end.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::io;
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use ringcache_proto::placement::{ReplicaSet, Ring};
 use ringcache_proto::topology::{Member, Topology};
 use ringcache_proto::v1::{self, cache_client::CacheClient, internal_client::InternalClient};
-use tonic::transport::{Channel, Endpoint};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::known::Quorum;
 use crate::tls::PeerTls;
@@ -70,6 +76,35 @@ impl ClusterView {
     }
 }
 
+/// A byte stream to a peer's cluster port, as a [`PeerConnector`] opens it.
+pub trait PeerIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> PeerIo for T {}
+
+/// What a [`PeerConnector`] returns: the opened stream.
+pub type PeerConnectFuture = Pin<Box<dyn Future<Output = io::Result<Box<dyn PeerIo>>> + Send>>;
+
+/// Opens connections to peers' cluster ports in place of TCP (a simulated network; tests). It
+/// gets the peer's URI (`http://host:port`); TLS, when configured, still runs on top.
+#[derive(Clone)]
+pub struct PeerConnector(Arc<dyn Fn(Uri) -> PeerConnectFuture + Send + Sync>);
+
+impl PeerConnector {
+    /// A connector calling `connect` for every new connection.
+    pub fn new<F>(connect: F) -> Self
+    where
+        F: Fn(Uri) -> PeerConnectFuture + Send + Sync + 'static,
+    {
+        Self(Arc::new(connect))
+    }
+}
+
+impl fmt::Debug for PeerConnector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PeerConnector")
+    }
+}
+
 /// Lazily connected gRPC channels to peers, keyed by address; one HTTP/2 connection per peer
 /// shared by every service.
 #[derive(Debug)]
@@ -77,6 +112,8 @@ pub struct Peers {
     channels: Mutex<HashMap<String, Channel>>,
     /// Mutual TLS to peers' cluster ports (`None`: plaintext).
     tls: Mutex<Option<PeerTls>>,
+    /// Opens connections instead of TCP (`None`: TCP).
+    connector: Mutex<Option<PeerConnector>>,
     max_message_bytes: usize,
     connect_timeout: Duration,
     /// The address outgoing connections come from (the node's bind address, so firewalls and
@@ -90,6 +127,7 @@ impl Peers {
         Self {
             channels: Mutex::new(HashMap::new()),
             tls: Mutex::new(None),
+            connector: Mutex::new(None),
             max_message_bytes,
             connect_timeout,
             local_ip: (!local_ip.is_unspecified()).then_some(local_ip),
@@ -100,6 +138,13 @@ impl Peers {
     /// finish their calls).
     pub fn set_tls(&self, tls: PeerTls) {
         *self.tls.lock() = Some(tls);
+        self.channels.lock().clear();
+    }
+
+    /// Opens connections made from now on with `connector` instead of TCP (open ones are dropped
+    /// from the pool and finish their calls).
+    pub fn set_connector(&self, connector: PeerConnector) {
+        *self.connector.lock() = Some(connector);
         self.channels.lock().clear();
     }
 
@@ -134,7 +179,15 @@ impl Peers {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect_lazy();
+        let channel = match self.connector.lock().clone() {
+            Some(PeerConnector(connect)) => {
+                endpoint.connect_with_connector_lazy(tower::service_fn(move |uri: Uri| {
+                    let connecting = connect(uri);
+                    async move { connecting.await.map(hyper_util::rt::TokioIo::new) }
+                }))
+            }
+            None => endpoint.connect_lazy(),
+        };
         channels.insert(cluster_addr.to_owned(), channel.clone());
         Ok(channel)
     }

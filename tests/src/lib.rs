@@ -3,6 +3,8 @@
 //!
 //! Every server binds 127.0.0.1 port 0, so tests run in parallel and beside a running node.
 
+pub mod sim;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

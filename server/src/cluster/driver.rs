@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ringcache_proto::topology::{Member, NodeState};
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -36,6 +35,7 @@ use super::codec::{self, DropReason, MAGIC, SEALED_WIRE_VERSION};
 use super::crypto::{INSTANCE_ID_LEN, Keyring, Sealer};
 use super::membership::{Membership, Timer};
 use super::meta::{MetaError, NodeMeta};
+use super::socket::GossipSocket;
 
 /// What the rest of the node asks of the membership task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,12 +206,12 @@ pub struct MembershipHandle {
 
 impl MembershipHandle {
     /// Spawns [`run_membership`] on the current runtime. `socket` is already bound (tests bind
-    /// `127.0.0.1:0`); the task stops when `shutdown` is cancelled or on [`Command::Leave`],
+    /// `127.0.0.1:0`; a simulation passes its own [`GossipSocket`]); the task stops when `shutdown` is cancelled or on [`Command::Leave`],
     /// after leaving the cluster gracefully. With `encryption`, every datagram is sealed and
     /// only sealed ones are accepted.
     pub fn spawn(
         membership: Membership,
-        socket: UdpSocket,
+        socket: Box<dyn GossipSocket>,
         seeds: Vec<SocketAddr>,
         encryption: Option<Encryption>,
         shutdown: CancellationToken,
@@ -280,7 +280,7 @@ impl MembershipHandle {
 #[allow(clippy::too_many_arguments)]
 pub async fn run_membership(
     mut membership: Membership,
-    socket: UdpSocket,
+    socket: Box<dyn GossipSocket>,
     seeds: Vec<SocketAddr>,
     encryption: Option<Encryption>,
     mut commands: mpsc::Receiver<Command>,
@@ -319,7 +319,7 @@ pub async fn run_membership(
     loop {
         flush(
             &mut membership,
-            &socket,
+            &*socket,
             &mut timers,
             &stats,
             sealer.as_mut(),
@@ -471,7 +471,7 @@ fn record_keyring(stats: &GossipStats, keyring: Option<&Keyring>) {
 /// scheduled.
 async fn flush(
     membership: &mut Membership,
-    socket: &UdpSocket,
+    socket: &dyn GossipSocket,
     timers: &mut DelayQueue<Timer>,
     stats: &GossipStats,
     mut sealer: Option<&mut Sealer>,

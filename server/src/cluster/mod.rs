@@ -20,6 +20,8 @@
 //!   outputs are drained), and [`MembershipConfig`].
 //! - `driver.rs`: [`run_membership`] / [`MembershipHandle`], the thin async shell: socket,
 //!   timers, commands, shutdown, [`GossipStats`].
+//! - `socket.rs`: [`GossipSocket`], the datagram socket the driver runs on (UDP, or a
+//!   simulated network).
 //!
 //! **Invariant:** only `driver.rs` does I/O or reads the clock.
 
@@ -29,6 +31,7 @@ mod driver;
 mod identity;
 mod membership;
 mod meta;
+mod socket;
 #[cfg(test)]
 mod tests;
 
@@ -47,3 +50,4 @@ pub use membership::{
     MembershipError, Timer,
 };
 pub use meta::{MAX_META_BYTES, MetaError, MetaState, NodeMeta};
+pub use socket::{GossipSocket, SocketFuture};

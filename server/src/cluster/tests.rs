@@ -815,7 +815,8 @@ mod driver {
         )
         .unwrap();
         let shutdown = CancellationToken::new();
-        let (handle, task) = MembershipHandle::spawn(core, socket, seeds, None, shutdown.clone());
+        let (handle, task) =
+            MembershipHandle::spawn(core, Box::new(socket), seeds, None, shutdown.clone());
         Running {
             handle,
             task,
