@@ -11,11 +11,15 @@
 //! that disagree cannot tell whose clock is wrong, and neither is blamed.
 //!
 //! When the offset exceeds `max_clock_drift` either way, the node is **skewed**: it refuses
-//! writes (UNAVAILABLE, saying by how much its clock is off), reports not ready, logs and
-//! exports `ringcache_clock_offset_seconds` and `ringcache_clock_skewed`. When the clock is back
-//! within the bound, the node drops every entry stamped further ahead than `max_clock_drift`
-//! (copies no replica would accept, written before the skew was noticed), so they cannot shadow
-//! later writes. The window before the first check is bounded by `clock_check_interval`.
+//! writes and reads it would coordinate (UNAVAILABLE, saying by how much its clock is off; its
+//! own copies may carry stamps from the future), reports not ready, logs and
+//! exports `ringcache_clock_offset_seconds` and `ringcache_clock_skewed`, and drops every entry
+//! stamped further ahead than the cluster's clock plus `max_clock_drift` (writes it coordinated
+//! before the skew was noticed: no replica accepts them, and they must not shadow later writes
+//! once it serves again). When the clock is back within the bound, it drops what its own clock
+//! now finds too far ahead, rewinds its version clock, and serves again. A replica that refuses
+//! one of its stamps for drift triggers a check at once, so the window is about one write; the
+//! periodic check (every 10 probe intervals) covers a node that coordinates nothing.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -23,6 +27,7 @@ use std::time::Duration;
 
 use ringcache_proto::topology::NodeState;
 use ringcache_proto::v1;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::node::Node;
@@ -34,6 +39,8 @@ pub struct ClockCheck {
     /// The cluster's clock minus this node's, in ms (negative: this node is ahead).
     offset_ms: AtomicI64,
     skewed: AtomicBool,
+    /// Wakes the checker before its interval (a replica refused one of our stamps).
+    soon: Notify,
 }
 
 impl ClockCheck {
@@ -49,6 +56,11 @@ impl ClockCheck {
         self.skewed.load(Ordering::Acquire)
     }
 
+    /// Asks for a check now instead of at the next interval.
+    pub fn check_soon(&self) {
+        self.soon.notify_one();
+    }
+
     /// Records a check; returns the previous skewed state.
     fn record(&self, offset_ms: i64, skewed: bool) -> bool {
         self.offset_ms.store(offset_ms, Ordering::Relaxed);
@@ -57,6 +69,11 @@ impl ClockCheck {
 
     /// The refusal of a write while skewed, `None` when the clock is fine.
     pub fn refusal(&self, max_drift_ms: u64) -> Option<String> {
+        self.refusal_of("writes", max_drift_ms)
+    }
+
+    /// The refusal of `what` (writes, reads) while skewed, `None` when the clock is fine.
+    pub fn refusal_of(&self, what: &str, max_drift_ms: u64) -> Option<String> {
         if !self.is_skewed() {
             return None;
         }
@@ -64,7 +81,7 @@ impl ClockCheck {
         let direction = if offset < 0 { "ahead of" } else { "behind" };
         Some(format!(
             "clock skew: this node's clock is {} s {direction} the cluster's (median of the \
-             members' clocks), more than max_clock_drift ({} s); refusing writes until it is \
+             members' clocks), more than max_clock_drift ({} s); refusing {what} until it is \
              corrected",
             (offset.unsigned_abs() + 500) / 1000,
             max_drift_ms / 1000
@@ -101,6 +118,7 @@ pub async fn run(node: Arc<Node>, interval: Duration) {
         tokio::select! {
             () = node.shutdown_token().cancelled() => return,
             _ = tick.tick() => {}
+            () = node.clock_check().soon.notified() => {}
             changed = views.changed() => if changed.is_err() { return },
         }
         check_once(&node).await;
@@ -148,12 +166,22 @@ pub async fn check_once(node: &Arc<Node>) {
     let was = check.record(offset, skewed);
     node.metrics().set_clock_offset(offset, skewed);
     match (was, skewed) {
-        (false, true) => tracing::error!(
-            offset_ms = offset,
-            peers = offsets.len(),
-            max_drift_ms = max_drift,
-            "this node's clock is off from the cluster's by more than max_clock_drift; refusing writes until it is corrected (check NTP)"
-        ),
+        (_, true) => {
+            // What this node stamped beyond the cluster's clock plus the drift bound (writes it
+            // coordinated before the skew was noticed): no replica takes them, so they go.
+            let cluster_now = node.now_ms().saturating_add_signed(offset);
+            let limit = Hlc::at_millis(cluster_now.saturating_add(max_drift));
+            let dropped = node.store().drop_entries_after(limit);
+            if !was {
+                tracing::error!(
+                    offset_ms = offset,
+                    peers = offsets.len(),
+                    max_drift_ms = max_drift,
+                    dropped,
+                    "this node's clock is off from the cluster's by more than max_clock_drift; refusing writes and reads until it is corrected (check NTP)"
+                );
+            }
+        }
         (true, false) => {
             let limit = Hlc::at_millis(node.now_ms().saturating_add(max_drift));
             let dropped = node.store().drop_versions_after(limit);

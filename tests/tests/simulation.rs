@@ -364,6 +364,9 @@ fn node_config(name: &str, ip: IpAddr, seeds: Vec<String>) -> Config {
     config.gossip_port = GOSSIP_PORT;
     config.replication_factor = NonZeroU32::new(3).expect("non-zero");
     config.store.eviction = EvictionPolicy::NoEviction;
+    // Anti-entropy every simulated second: replicas that missed writes (lost hints, one-way
+    // partitions) converge within the checker's deadline without any read.
+    config.anti_entropy_interval = Duration::from_secs(1);
     config.seeds = seeds;
     config
 }
@@ -1350,18 +1353,16 @@ fn clock_far_ahead_is_refused() {
 }
 
 /// The same scenario seen through the skewed node itself: its refused write must not stay
-/// behind on it (nor be what a QUORUM read through it returns).
+/// behind on it, and a read through it never returns it (the node refuses to serve while its
+/// clock is off, or serves the later write).
 #[test]
-#[ignore = "known bug (being fixed in main): the coordinator applies its own far-future write \
-            locally before the peers refuse it, keeps it against every later write (LWW), and a \
-            QUORUM read through it returns it"]
 fn clock_far_ahead_leaves_no_future_copy() {
     let (outcome, copies, _) = run_skew_scenario();
     let through_n3 = outcome.reads.iter().find(|(node, _)| node == "n3");
-    assert_eq!(
-        through_n3.map(|(_, read)| read),
-        Some(&Ok(Some("after".to_owned()))),
-        "QUORUM read through the skewed node"
+    let read = through_n3.map(|(_, read)| read).expect("a read through n3");
+    assert!(
+        matches!(read, Err(e) if e.contains("clock skew")) || read == &Ok(Some("after".to_owned())),
+        "QUORUM read through the skewed node: {read:?}"
     );
     for (node, copy) in copies.values().flatten() {
         assert!(
@@ -1426,11 +1427,10 @@ fn checker_rules() {
 
 /// Nodes n2 and n3 (seeded with each other and n1) start before the founder n1 (no seeds): the
 /// cluster must still form, with n1 in it.
+/// Found by seeds 148, 240, 292 and 295 when the founder could start last: n2 and n3 found each
+/// other, were then connected and stopped announcing to their seeds, and n1 has none: two
+/// clusters for good. Connected nodes now announce to their seeds every `announce_period`.
 #[test]
-#[ignore = "known bug: n2 and n3 find each other, are then connected and stop announcing to \
-            seeds (cluster/membership.rs, Timer::Reconnect only while not connected), and n1 \
-            has no seeds: two clusters for good. Found by seeds 148, 240, 292 and 295 before \
-            the founder was started first"]
 fn founder_started_last_is_joined() {
     install_panic_hook();
     let _ = take_panics();

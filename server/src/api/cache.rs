@@ -212,10 +212,19 @@ fn write_level(node: &Node, value: i32) -> Result<Consistency, ApiError> {
         .map_err(|value| ApiError::Invalid(format!("unknown consistency level {value}")))
 }
 
-/// The level of a read: the request's, or the cluster default for reads.
+/// The level of a read: the request's, or the cluster default for reads. A node whose clock is
+/// off from the cluster's serves no read: its own copies may carry versions stamped too far
+/// ahead, which would win against every later write ([`crate::skew`]).
 fn read_level(node: &Node, value: i32) -> Result<Consistency, ApiError> {
-    Consistency::from_wire(value, node.config().replication.read_consistency)
-        .map_err(|value| ApiError::Invalid(format!("unknown consistency level {value}")))
+    let level = Consistency::from_wire(value, node.config().replication.read_consistency)
+        .map_err(|value| ApiError::Invalid(format!("unknown consistency level {value}")))?;
+    if let Some(refusal) = node
+        .clock_check()
+        .refusal_of("reads", node.config().store.max_clock_drift_ms)
+    {
+        return Err(ApiError::Unavailable(refusal));
+    }
+    Ok(level)
 }
 
 /// The status of a replication failure: the store's code for a refused key, else UNAVAILABLE.

@@ -16,6 +16,9 @@ pub enum ApiError {
     /// The request itself is malformed (unknown enum value, too many keys, ...).
     #[error("{0}")]
     Invalid(String),
+    /// This node must not serve it now (its clock is off from the cluster's).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ApiError {
@@ -23,6 +26,7 @@ impl ApiError {
     pub fn outcome(&self) -> Outcome {
         match self {
             ApiError::Invalid(_) => Outcome::InvalidArgument,
+            ApiError::Unavailable(_) => Outcome::Error,
             ApiError::Store(e) => match e {
                 StoreError::CasConflict { .. } => Outcome::Conflict,
                 StoreError::MemoryFull { .. } => Outcome::MemoryFull,
@@ -50,6 +54,7 @@ impl From<ApiError> for Status {
         let message = error.to_string();
         match error {
             ApiError::Invalid(_) => Status::invalid_argument(message),
+            ApiError::Unavailable(_) => Status::unavailable(message),
             ApiError::Store(e) => match e {
                 StoreError::EmptyKey
                 | StoreError::KeyTooLarge { .. }

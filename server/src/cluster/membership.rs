@@ -29,7 +29,10 @@
 //!   members, by address. So a seed that starts later is still joined, and a node whose peers
 //!   all changed identity at once (both sides of a healed partition rejoin together, and then
 //!   drop each other's messages as addressed to the old identity) finds them again: foca alone
-//!   stays disconnected for good in that case, since its timers stop while disconnected.
+//!   stays disconnected for good in that case, since its timers stop while disconnected. While
+//!   connected, we still announce to the seeds every `announce_period`: two groups that formed
+//!   apart (the seed started after the others found each other, or a split outlived
+//!   `remove_down_after`) are each connected and would otherwise never merge.
 //!
 //! **Impostor rule.** A node id belongs to one gossip address at a time. While foca holds a
 //! member with that id that is not down (alive or suspect) at address A, anything claiming the
@@ -112,8 +115,8 @@ pub struct MembershipConfig {
     /// How long a member declared down stays in the view as `Dead`. Default 30 s.
     pub dead_retention: Duration,
     /// How long foca remembers a down member (and keeps announcing to it, see
-    /// `announce_to_down_period`). Default 24 h; a partition longer than this does not heal by
-    /// itself unless one side is left without live members (it then announces to its seeds).
+    /// `announce_to_down_period`). Default 24 h; a partition longer than this heals through the
+    /// seeds, which every node announces to every `announce_period`.
     pub remove_down_after: Duration,
     /// The largest datagram sent or accepted, frame header and encryption overhead included
     /// (foca builds packets of at most this minus the frame header and
@@ -308,6 +311,8 @@ pub struct Membership {
     connected: bool,
     /// Where the next reconnect announce starts in the list of known members.
     reconnect_cursor: usize,
+    /// When the seeds are next announced to while connected (see `Timer::Reconnect`).
+    next_seed_announce: Duration,
     down_since: BTreeMap<NodeId, DownSince>,
     suspect_notices: BTreeMap<NodeId, Duration>,
     meta_requests: BTreeMap<NodeId, Duration>,
@@ -353,6 +358,7 @@ impl Membership {
             seed_token: 0,
             connected: false,
             reconnect_cursor: 0,
+            next_seed_announce: Duration::ZERO,
             down_since: BTreeMap::new(),
             suspect_notices: BTreeMap::new(),
             meta_requests: BTreeMap::new(),
@@ -411,6 +417,15 @@ impl Membership {
                 if token == self.seed_token && !self.left {
                     if !self.connected {
                         self.reconnect();
+                    } else if now >= self.next_seed_announce {
+                        // Connected is not joined to everyone: two groups that formed apart (the
+                        // seed started last, or a split outlived `remove_down_after`) each look
+                        // connected and would never look for the other. The seeds hear from us
+                        // every `announce_period`, which merges such groups.
+                        self.announce_to_seeds();
+                    }
+                    if now >= self.next_seed_announce {
+                        self.next_seed_announce = now + self.config.announce_period;
                     }
                     self.outbox
                         .timers

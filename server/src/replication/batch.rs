@@ -282,7 +282,7 @@ async fn send_batch<T: Transport>(transport: &T, addr: &str, batch: Vec<Part<T::
             .collect()
     };
     let result = transport.send(addr, entries, deadline).await;
-    if matches!(result, Err(Failure::Refused(_))) && batch.len() > 1 {
+    if matches!(result, Err(Failure::Refused(_) | Failure::ClockDrift(_))) && batch.len() > 1 {
         let alone = batch
             .iter()
             .map(|p| transport.send(addr, p.entries.clone(), p.deadline));

@@ -285,6 +285,9 @@ enum Failure {
     Unreachable(String),
     /// The replica answered with an error.
     Refused(String),
+    /// The replica refused the version as too far ahead of its clock (`FAILED_PRECONDITION` on
+    /// `Internal.Replicate`): this node's clock may be off.
+    ClockDrift(String),
 }
 
 impl Failure {
@@ -299,6 +302,7 @@ impl Failure {
         match status.code() {
             Code::Unavailable | Code::Unknown | Code::Cancelled => Self::Unreachable(text),
             Code::DeadlineExceeded => Self::TimedOut(Duration::ZERO),
+            Code::FailedPrecondition => Self::ClockDrift(text),
             _ => Self::Refused(text),
         }
     }
@@ -310,7 +314,7 @@ impl std::fmt::Display for Failure {
             Self::TimedOut(after) if after.is_zero() => f.write_str("timed out"),
             Self::TimedOut(after) => write!(f, "timed out after {after:?}"),
             Self::Unreachable(text) => f.write_str(text),
-            Self::Refused(text) => write!(f, "refused: {text}"),
+            Self::Refused(text) | Self::ClockDrift(text) => write!(f, "refused: {text}"),
         }
     }
 }

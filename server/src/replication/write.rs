@@ -213,6 +213,11 @@ impl batch::Transport for Coordinator {
         if let Err(failure) = &result {
             node.metrics().record_replica_writes(false, n);
             tracing::debug!(target = %job.target, entries = n, %failure, "replica write failed");
+            if matches!(failure, Failure::ClockDrift(_)) {
+                // A replica finds our stamps too far ahead: check our clock now rather than at
+                // the next interval, so a skewed node stops writing after one refusal.
+                node.clock_check().check_soon();
+            }
             if failure.hint() && node.config().replication.hint_max_bytes_per_node > 0 {
                 node.replicator().queue_hints(node, &job.target, entries);
                 hinted = true;

@@ -882,6 +882,12 @@ impl Store {
     /// version clock to `limit`; returns how many entries were dropped.
     pub fn drop_versions_after(&self, limit: u64) -> usize {
         self.hlc.rewind(limit);
+        self.drop_entries_after(limit)
+    }
+
+    /// Drops every entry whose version is above `limit`, leaving the version clock alone;
+    /// returns how many were dropped.
+    pub fn drop_entries_after(&self, limit: u64) -> usize {
         let mut dropped = 0;
         for shard in 0..self.shards.len() {
             let mut cursor = Some(0);
