@@ -1427,6 +1427,20 @@ fn checker_rules() {
 
 /// Nodes n2 and n3 (seeded with each other and n1) start before the founder n1 (no seeds): the
 /// cluster must still form, with n1 in it.
+/// Found by seeds 131 and 199 (7 nodes): one node kept a peer as Joining for good after missing
+/// every piggybacked copy of its change to Active, so the rings never agreed. Nodes now spread
+/// their metadata again every `announce_period`. (Replay is not exact: seed 199 failed on
+/// every replay before the fix; seed 131 only sometimes.)
+#[test]
+fn a_missed_metadata_change_still_arrives() {
+    install_panic_hook();
+    for seed in [131, 199] {
+        if let Err(failure) = run_seed(seed) {
+            panic!("{failure}");
+        }
+    }
+}
+
 /// Found by seeds 148, 240, 292 and 295 when the founder could start last: n2 and n3 found each
 /// other, were then connected and stopped announcing to their seeds, and n1 has none: two
 /// clusters for good. Connected nodes now announce to their seeds every `announce_period`.

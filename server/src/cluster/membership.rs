@@ -32,7 +32,10 @@
 //!   stays disconnected for good in that case, since its timers stop while disconnected. While
 //!   connected, we still announce to the seeds every `announce_period`: two groups that formed
 //!   apart (the seed started after the others found each other, or a split outlived
-//!   `remove_down_after`) are each connected and would otherwise never merge.
+//!   `remove_down_after`) are each connected and would otherwise never merge. At the same
+//!   cadence every node broadcasts its metadata again, so a member that missed every copy of a
+//!   change (found by the simulation: one of seven nodes kept a peer as Joining for good) gets
+//!   it within an `announce_period`.
 //!
 //! **Impostor rule.** A node id belongs to one gossip address at a time. While foca holds a
 //! member with that id that is not down (alive or suspect) at address A, anything claiming the
@@ -425,6 +428,11 @@ impl Membership {
                         self.announce_to_seeds();
                     }
                     if now >= self.next_seed_announce {
+                        // Metadata spreads by piggybacked broadcasts, a limited number of times:
+                        // a member that missed every copy of a change (Joining → Active) would
+                        // keep the old one for good. Spreading ours again every
+                        // `announce_period` bounds that; members that have it do not pass it on.
+                        self.broadcast_own_meta();
                         self.next_seed_announce = now + self.config.announce_period;
                     }
                     self.outbox
