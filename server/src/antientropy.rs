@@ -43,8 +43,8 @@ use ringcache_proto::topology::NodeState;
 use ringcache_proto::v1;
 use tonic::Status;
 
-use crate::api::{apply_entry, to_wire};
 use crate::node::Node;
+use crate::replication::wire::{apply_entry, to_wire};
 use crate::store::{CopyRef, Store};
 use crate::view::ClusterView;
 
@@ -473,7 +473,7 @@ async fn pull(node: &Arc<Node>, addr: &str, keys: &[Bytes]) -> Result<u64, Strin
         for entry in answer.results.iter().filter_map(|r| r.entry.as_ref()) {
             // A version beyond the drift bound is refused here as everywhere (and counted by
             // the store's caller paths); the rest applies by copy order.
-            if matches!(apply_entry(node, entry), Ok(true)) {
+            if matches!(apply_entry(node.store(), entry, node.now_ms()), Ok(true)) {
                 applied += 1;
             }
         }

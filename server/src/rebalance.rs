@@ -30,9 +30,9 @@ use ringcache_proto::topology::{Member, TopologyError, check_ring_size, check_we
 use ringcache_proto::v1;
 use tokio_stream::StreamExt;
 
-use crate::api::{apply_entry, to_wire};
 use crate::metrics::VersionSource;
 use crate::node::Node;
+use crate::replication::wire::{apply_entry, to_wire};
 use crate::store::{ClockDrift, StoreError, VersionedItem, charge};
 use crate::view::ClusterView;
 
@@ -419,7 +419,7 @@ pub async fn pull_ranges(node: &Node, members: &[Member]) -> u64 {
                 let mut refused = 0;
                 let mut worst: Option<ClockDrift> = None;
                 for entry in batch?.entries {
-                    match apply_entry(node, &entry) {
+                    match apply_entry(node.store(), &entry, node.now_ms()) {
                         Ok(applied) => count += u64::from(applied),
                         // Skipped, not fatal: the rest of the pull is good data this node should
                         // hold, and the holder keeps its copy (it pushes it again later).

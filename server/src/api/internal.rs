@@ -15,7 +15,8 @@ use tonic::{Request, Response, Status};
 
 use crate::metrics::VersionSource;
 use crate::node::Node;
-use crate::store::{ClockDrift, StoreError, VersionedItem};
+use crate::replication::wire::{apply_entry, to_wire};
+use crate::store::ClockDrift;
 use crate::view::ClusterView;
 
 /// Default upper bound on the key and value bytes of one streamed batch.
@@ -34,29 +35,6 @@ impl InternalService {
     pub fn new(node: Arc<Node>) -> Self {
         Self { node }
     }
-}
-
-/// The wire form of what a store holds for `key`.
-pub fn to_wire(key: Bytes, item: VersionedItem) -> v1::VersionedEntry {
-    v1::VersionedEntry {
-        key,
-        value: item.value,
-        version: item.version,
-        expires_at_ms: item.expires_at_ms,
-    }
-}
-
-/// Applies one replicated entry to the local store; returns whether it took effect. A version
-/// further ahead of this node's clock than `max_clock_drift` is refused
-/// ([`StoreError::ClockDrift`]) and changes nothing.
-pub fn apply_entry(node: &Node, entry: &v1::VersionedEntry) -> Result<bool, StoreError> {
-    node.store().apply(
-        &entry.key,
-        entry.value.as_deref(),
-        entry.version,
-        entry.expires_at_ms,
-        node.now_ms(),
-    )
 }
 
 /// Who sent a request: the node id it claims and the address it came from.
@@ -171,7 +149,7 @@ impl Internal for InternalService {
         check_batch(&self.node, &request, &peer)?;
         let mut reply = v1::ReplicateResponse::default();
         for entry in &request.entries {
-            if apply_entry(&self.node, entry)? {
+            if apply_entry(self.node.store(), entry, self.node.now_ms())? {
                 reply.applied += 1;
             } else {
                 reply.ignored += 1;

@@ -18,4 +18,4 @@ pub use auth::AuthLayer;
 pub use cache::CacheService;
 pub use cluster::ClusterService;
 pub use digest::DigestLayer;
-pub use internal::{InternalService, apply_entry, to_wire};
+pub use internal::InternalService;

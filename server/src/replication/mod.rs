@@ -68,6 +68,7 @@
 mod batch;
 mod hints;
 mod read;
+pub mod wire;
 mod write;
 
 use std::time::Duration;

@@ -10,11 +10,11 @@ use ringcache_proto::v1;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
+use super::wire::to_wire;
 use super::{
     Consistency, Failure, ReplicationError, call_replica, describe_shortfall, describe_status,
     send_replicate,
 };
-use crate::api::to_wire;
 use crate::metrics::VersionSource;
 use crate::node::Node;
 use crate::store::{ClockDrift, VersionedItem, copy_order};

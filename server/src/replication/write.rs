@@ -20,8 +20,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::batch::{self, Part, Transport as _};
+use super::wire::to_wire;
 use super::{Consistency, Failure, ReplicationError, describe_shortfall, send_replicate_until};
-use crate::api::to_wire;
 use crate::node::Node;
 
 /// Replicates the current local state of `keys` (just written by this node) to their other
