@@ -43,7 +43,7 @@ use ringcache_proto::topology::NodeState;
 use ringcache_proto::v1;
 use tonic::Status;
 
-use crate::node::Node;
+use crate::context::Context;
 use crate::replication::wire::{apply_entry, to_wire};
 use crate::store::{CopyRef, Store};
 use crate::view::ClusterView;
@@ -293,7 +293,7 @@ impl AntiEntropyStats {
 }
 
 /// Runs a round with every peer every `interval` until shutdown; `interval` zero: never.
-pub async fn run(node: Arc<Node>, interval: Duration) {
+pub async fn run(node: Arc<Context>, interval: Duration) {
     if interval.is_zero() {
         return;
     }
@@ -312,7 +312,7 @@ pub async fn run(node: Arc<Node>, interval: Duration) {
 /// Compares this node with the next Active peer (round robin over the peers by id): each node
 /// starts one comparison per round, so a node scans its store about twice per round (its own
 /// comparison and one it is asked for) whatever the cluster's size.
-pub async fn round(node: &Arc<Node>) {
+pub async fn round(node: &Arc<Context>) {
     let view = node.view();
     let self_id = node.config().node_id.clone();
     if view
@@ -373,7 +373,7 @@ pub async fn round(node: &Arc<Node>) {
 
 /// One round with `peer`: (buckets differing, keys pulled, keys pushed).
 async fn with_peer(
-    node: &Arc<Node>,
+    node: &Arc<Context>,
     view: &ClusterView,
     peer: &str,
     table: &[u64],
@@ -453,7 +453,7 @@ async fn with_peer(
 }
 
 /// Fetches `keys` from the peer and applies what it holds; returns how many took effect.
-async fn pull(node: &Arc<Node>, addr: &str, keys: &[Bytes]) -> Result<u64, String> {
+async fn pull(node: &Arc<Context>, addr: &str, keys: &[Bytes]) -> Result<u64, String> {
     let timeout = node.config().replication.replica_timeout;
     let mut applied = 0;
     for chunk in keys.chunks(node.config().max_batch_keys.max(1)) {
@@ -482,7 +482,7 @@ async fn pull(node: &Arc<Node>, addr: &str, keys: &[Bytes]) -> Result<u64, Strin
 }
 
 /// Sends this node's copies of `keys` to the peer; returns how many were sent.
-async fn push(node: &Arc<Node>, addr: &str, keys: &[Bytes]) -> Result<u64, String> {
+async fn push(node: &Arc<Context>, addr: &str, keys: &[Bytes]) -> Result<u64, String> {
     let mut sent = 0;
     for chunk in keys.chunks(node.config().max_batch_keys.max(1)) {
         let entries: Vec<v1::VersionedEntry> = chunk
@@ -504,7 +504,7 @@ async fn push(node: &Arc<Node>, addr: &str, keys: &[Bytes]) -> Result<u64, Strin
 
 /// The callee's side of `Internal.AntiEntropy`.
 pub async fn answer(
-    node: &Node,
+    node: &Context,
     request: v1::AntiEntropyRequest,
 ) -> Result<v1::AntiEntropyResponse, Status> {
     let view = node.view();

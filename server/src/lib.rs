@@ -11,6 +11,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod connections;
+pub mod context;
 pub mod dev_cluster;
 mod http;
 pub mod known;

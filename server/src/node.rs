@@ -14,7 +14,7 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use ringcache_proto::placement::DEFAULT_VNODES_PER_WEIGHT;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use ringcache_proto::topology::{Member, NodeState, Topology};
 use ringcache_proto::v1::{
     self, admin_server::AdminServer, cache_server::CacheServer, cluster_server::ClusterServer,
@@ -41,6 +41,7 @@ use crate::cluster::{
 };
 use crate::config::Config;
 use crate::connections::{AcceptPolicy, ActivityLayer, Connections, RemoteAddr, secure_incoming};
+use crate::context::Context;
 use crate::http;
 use crate::known::{ForgetError, KnownMembers, Quorum};
 use crate::metrics::Metrics;
@@ -66,19 +67,15 @@ const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// One ringcache node.
 #[derive(Debug)]
 pub struct Node {
-    config: Config,
-    store: Store,
-    metrics: Metrics,
-    clock: Arc<dyn Clock>,
+    /// What the data path needs (store, view, peers, clock, metrics, settings); the node derefs
+    /// to it.
+    ctx: Arc<Context>,
     started: Instant,
     incarnation: u64,
-    state: watch::Sender<v1::NodeState>,
-    view: watch::Sender<Arc<ClusterView>>,
     /// The digest of `view`, read by the response layer without touching the channel.
     digest: Arc<AtomicU64>,
     /// Addresses this node advertises (known once it serves).
     advertised: RwLock<Advertised>,
-    peers: Peers,
     /// Set once a topology came from outside (membership, or by hand): the node stops publishing
     /// its own single-member topology.
     external_topology: AtomicBool,
@@ -86,13 +83,8 @@ pub struct Node {
     membership: OnceLock<MembershipHandle>,
     /// Seeds the gossip core's RNG when set (a simulation replays a seed); else a random seed.
     gossip_rng_seed: OnceLock<u64>,
-    shutdown: CancellationToken,
     /// Cancelled by [`Node::crash`]: stop at once, leave nothing gracefully (tests of failures).
     crash: CancellationToken,
-    /// Data movement progress.
-    rebalance: RebalanceStats,
-    /// Replication state (hints for unreachable replicas).
-    replicator: Replicator,
     /// Stops gossip: cancelled after the hand-off of a graceful shutdown, so the node stays a
     /// visible (Leaving) member while it hands off.
     gossip_stop: CancellationToken,
@@ -122,10 +114,14 @@ pub struct Node {
     secrets_reload: Arc<Notify>,
     /// Every member that owned ranges and has not left on purpose (minority protection).
     known: parking_lot::Mutex<KnownMembers>,
-    /// This node's clock against the cluster's.
-    clock_check: ClockCheck,
-    /// Anti-entropy rounds and what they repaired.
-    anti_entropy: AntiEntropyStats,
+}
+
+impl std::ops::Deref for Node {
+    type Target = Context;
+
+    fn deref(&self) -> &Context {
+        &self.ctx
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -200,25 +196,30 @@ impl Node {
         let connections = Connections::new(config.max_connections);
         let unauthenticated = Connections::new(config.security.max_unauthenticated_connections);
         let cluster_connections = Connections::new(config.security.max_cluster_connections);
-        let node = Arc::new(Self {
+        let ctx = Arc::new(Context {
             config,
             store,
             metrics: Metrics::new(),
             clock,
-            started: Instant::now(),
-            incarnation,
             state,
             view,
+            peers,
+            replicator,
+            rebalance: RebalanceStats::default(),
+            anti_entropy: AntiEntropyStats::default(),
+            clock_check: ClockCheck::default(),
+            shutdown: CancellationToken::new(),
+        });
+        let node = Arc::new(Self {
+            ctx,
+            started: Instant::now(),
+            incarnation,
             digest: Arc::new(AtomicU64::new(0)),
             advertised,
-            peers,
             external_topology: AtomicBool::new(false),
             membership: OnceLock::new(),
             gossip_rng_seed: OnceLock::new(),
-            shutdown: CancellationToken::new(),
             crash: CancellationToken::new(),
-            rebalance: RebalanceStats::default(),
-            replicator,
             gossip_stop: CancellationToken::new(),
             connections,
             unauthenticated,
@@ -233,11 +234,14 @@ impl Node {
             view_changed_at: parking_lot::Mutex::new(Instant::now()),
             secrets_reload: Arc::new(Notify::new()),
             known: parking_lot::Mutex::new(KnownMembers::new()),
-            clock_check: ClockCheck::default(),
-            anti_entropy: AntiEntropyStats::default(),
         });
         node.publish_single_node();
         node
+    }
+
+    /// The data path's handles, for replication, rebalancing, anti-entropy and clock checks.
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
     }
 
     /// Seeds the gossip RNG with `seed` instead of a random one (deterministic simulations).
@@ -246,34 +250,9 @@ impl Node {
         let _ = self.gossip_rng_seed.set(seed);
     }
 
-    /// The validated configuration.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
-    /// The local engine.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
-    /// The node's metrics.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    /// Unix time in ms from the node's clock.
-    pub fn now_ms(&self) -> u64 {
-        self.clock.now_ms()
-    }
-
     /// Time since the node was created.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
-    }
-
-    /// The node's life-cycle state.
-    pub fn state(&self) -> v1::NodeState {
-        *self.state.borrow()
     }
 
     /// Ready to serve (`/health/ready`): joined and its ring converged. See [`Node::readiness`].
@@ -419,21 +398,6 @@ impl Node {
         self.view.borrow().wire.clone()
     }
 
-    /// The current view: topology and ring.
-    pub fn view(&self) -> Arc<ClusterView> {
-        self.view.borrow().clone()
-    }
-
-    /// A receiver that sees every new view.
-    pub fn watch_view(&self) -> watch::Receiver<Arc<ClusterView>> {
-        self.view.subscribe()
-    }
-
-    /// Connections to peers, for forwarding.
-    pub fn peers(&self) -> &Peers {
-        &self.peers
-    }
-
     /// Replaces the topology (from membership, or set by hand for static clusters and tests).
     /// Views with an unchanged digest are not republished.
     pub fn set_topology(&self, topology: Topology) {
@@ -490,16 +454,6 @@ impl Node {
         Ok(())
     }
 
-    /// This node's clock against the cluster's ([`crate::skew`]).
-    pub fn clock_check(&self) -> &ClockCheck {
-        &self.clock_check
-    }
-
-    /// Anti-entropy rounds and what they repaired ([`crate::antientropy`]).
-    pub fn anti_entropy(&self) -> &AntiEntropyStats {
-        &self.anti_entropy
-    }
-
     /// The ids of the members this node counts in the cluster's known size.
     pub fn known_members(&self) -> Vec<String> {
         self.known.lock().ids().map(str::to_owned).collect()
@@ -523,11 +477,6 @@ impl Node {
         }
     }
 
-    /// Cancelled when the node begins shutting down.
-    pub fn shutdown_token(&self) -> &CancellationToken {
-        &self.shutdown
-    }
-
     /// Starts a graceful leave: the node turns `Leaving` and shuts down once in-flight requests end.
     pub fn leave(&self) {
         self.set_state(v1::NodeState::Leaving);
@@ -538,16 +487,6 @@ impl Node {
     /// of failure detection and failover.
     pub fn crash(&self) {
         self.crash.cancel();
-    }
-
-    /// Replication state: hints waiting for unreachable replicas.
-    pub fn replicator(&self) -> &Replicator {
-        &self.replicator
-    }
-
-    /// Data movement progress (joins, repairs, leaves).
-    pub fn rebalance(&self) -> &RebalanceStats {
-        &self.rebalance
     }
 
     /// Re-reads the secret files (the gossip key ring) now instead of at the next
@@ -657,7 +596,7 @@ impl Node {
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(expiry_task(self.clone()));
         tasks.spawn(metrics_upkeep_task(self.clone()));
-        tasks.spawn(replay_hints_task(self.clone()));
+        tasks.spawn(replay_hints_task(self.ctx.clone()));
         if let Some(listener) = http {
             tasks.spawn(http::serve(self.clone(), listener));
         }
@@ -933,13 +872,16 @@ impl Node {
             self.gossip_stop.clone(),
         );
         tasks.spawn(follow_members(self.clone(), handle.members()));
-        tasks.spawn(run_rebalancer(self.clone(), self.config.probe_interval * 2));
+        tasks.spawn(run_rebalancer(
+            self.ctx.clone(),
+            self.config.probe_interval * 2,
+        ));
         tasks.spawn(crate::antientropy::run(
-            self.clone(),
+            self.ctx.clone(),
             self.config.anti_entropy_interval,
         ));
         tasks.spawn(crate::skew::run(
-            self.clone(),
+            self.ctx.clone(),
             self.config.probe_interval * CLOCK_CHECK_PROBES,
         ));
         if joining {

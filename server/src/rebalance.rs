@@ -30,8 +30,8 @@ use ringcache_proto::topology::{Member, TopologyError, check_ring_size, check_we
 use ringcache_proto::v1;
 use tokio_stream::StreamExt;
 
+use crate::context::Context;
 use crate::metrics::VersionSource;
-use crate::node::Node;
 use crate::replication::wire::{apply_entry, to_wire};
 use crate::store::{ClockDrift, StoreError, VersionedItem, charge};
 use crate::view::ClusterView;
@@ -215,7 +215,7 @@ impl Outbox {
 }
 
 /// Sends one batch to `target`; returns whether it was acknowledged.
-async fn send(node: &Node, target: &Member, entries: Vec<v1::VersionedEntry>) -> bool {
+async fn send(node: &Context, target: &Member, entries: Vec<v1::VersionedEntry>) -> bool {
     let stats = node.rebalance();
     let n = entries.len() as u64;
     let bytes: u64 = entries
@@ -252,7 +252,7 @@ async fn send(node: &Node, target: &Member, entries: Vec<v1::VersionedEntry>) ->
 }
 
 /// Sleeps long enough that `bytes` more stay under the configured rate.
-async fn throttle(node: &Node, bytes: u64) {
+async fn throttle(node: &Context, bytes: u64) {
     let rate = node.config().rebalance_bytes_per_sec;
     if rate == 0 || bytes == 0 {
         return;
@@ -262,7 +262,7 @@ async fn throttle(node: &Node, bytes: u64) {
 
 /// Flushes the outbox: sends every batch, then drops the entries this node no longer owns if all
 /// sends succeeded. Returns whether everything was sent.
-async fn flush(node: &Node, outbox: &mut Outbox) -> bool {
+async fn flush(node: &Context, outbox: &mut Outbox) -> bool {
     let mut ok = true;
     for (target, entries) in std::mem::take(&mut outbox.batches) {
         ok &= send(node, &target, entries).await;
@@ -278,7 +278,7 @@ async fn flush(node: &Node, outbox: &mut Outbox) -> bool {
 
 /// One pass: moves every entry whose replica set differs between `old` and `new`. Returns
 /// whether every send succeeded.
-async fn pass(node: &Node, old: &ClusterView, new: &ClusterView, leaving: bool) -> bool {
+async fn pass(node: &Context, old: &ClusterView, new: &ClusterView, leaving: bool) -> bool {
     let stats = node.rebalance();
     let self_id = node.config().node_id.clone();
     stats.keys_scanned.store(0, Ordering::Relaxed);
@@ -354,7 +354,7 @@ fn plan(
 
 /// Follows the node's views and runs a pass for every ring change, until shutdown. Failed passes
 /// are retried after `retry` with the same starting view.
-pub async fn run_rebalancer(node: Arc<Node>, retry: Duration) {
+pub async fn run_rebalancer(node: Arc<Context>, retry: Duration) {
     let mut views = node.watch_view();
     let mut settled = views.borrow_and_update().clone();
     loop {
@@ -395,7 +395,7 @@ pub async fn run_rebalancer(node: Arc<Node>, retry: Duration) {
 
 /// Pulls from `members` (the active members gossip shows) the entries this node will hold once
 /// it is in the ring (a joiner, before it turns Active). Returns the number of entries applied.
-pub async fn pull_ranges(node: &Node, members: &[Member]) -> u64 {
+pub async fn pull_ranges(node: &Context, members: &[Member]) -> u64 {
     let stats = node.rebalance();
     stats.set_phase("joining");
     let self_id = node.config().node_id.clone();
@@ -460,7 +460,7 @@ pub async fn pull_ranges(node: &Node, members: &[Member]) -> u64 {
 
 /// Hands every entry to the replicas it has in the ring without this node (a graceful leave).
 /// Returns whether everything was acknowledged.
-pub async fn hand_off(node: &Node) -> bool {
+pub async fn hand_off(node: &Context) -> bool {
     node.rebalance().set_phase("leaving");
     let current = node.view();
     let self_id = node.config().node_id.clone();

@@ -30,7 +30,7 @@ use ringcache_proto::v1;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::node::Node;
+use crate::context::Context;
 use crate::store::Hlc;
 
 /// What the last clock check found.
@@ -110,7 +110,7 @@ pub fn cluster_offset(peer_offsets: &[i64]) -> i64 {
 }
 
 /// Checks the clock every `interval` (and when the view changes) until shutdown.
-pub async fn run(node: Arc<Node>, interval: Duration) {
+pub async fn run(node: Arc<Context>, interval: Duration) {
     let mut views = node.watch_view();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -126,7 +126,7 @@ pub async fn run(node: Arc<Node>, interval: Duration) {
 }
 
 /// Asks every live peer for its clock and records the cluster's offset.
-pub async fn check_once(node: &Arc<Node>) {
+pub async fn check_once(node: &Arc<Context>) {
     let view = node.view();
     let self_id = node.config().node_id.clone();
     let timeout = node.config().replication.replica_timeout;

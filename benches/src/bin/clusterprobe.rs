@@ -371,7 +371,7 @@ async fn entropy(keys: u64, percent: u64) -> anyhow::Result<()> {
     for (label, expect) in [("repair", diverged as u64), ("at rest", 0)] {
         let (cpu, wall) = (process_cpu(), Instant::now());
         // Round robin: n1's first round is with n2.
-        ringcache_server::antientropy::round(n1).await;
+        ringcache_server::antientropy::round(n1.context()).await;
         let (wall, cpu) = (wall.elapsed(), process_cpu() - cpu);
         let last = n1.anti_entropy().last().context("a round ran")?;
         println!(
@@ -389,7 +389,7 @@ async fn entropy(keys: u64, percent: u64) -> anyhow::Result<()> {
             bail!("expected {expect} keys pushed, got {}", last.pushed);
         }
         // The next round of n1 is with n3; go back to n2 for the at-rest round.
-        ringcache_server::antientropy::round(n1).await;
+        ringcache_server::antientropy::round(n1.context()).await;
     }
     Ok(())
 }

@@ -61,7 +61,7 @@ impl CacheService {
             let level = write_level(&self.node, consistency)?;
             replication::check_writable(&self.node, level).map_err(status_of)?;
             let (reply, keys) = handler(&self.node, self.node.now_ms())?;
-            replication::replicate(&self.node, keys, level)
+            replication::replicate(self.node.context(), keys, level)
                 .await
                 .map_err(status_of)?;
             Ok(reply)
@@ -88,7 +88,7 @@ impl CacheService {
             if level == Consistency::One {
                 return Ok(local(&self.node, self.node.now_ms())?);
             }
-            let winners = replication::read(&self.node, std::slice::from_ref(key), level)
+            let winners = replication::read(self.node.context(), std::slice::from_ref(key), level)
                 .await
                 .map_err(status_of)?;
             let winner = winners.into_iter().next().flatten();
@@ -444,7 +444,7 @@ impl Cache for CacheService {
                     let items = node.store().mget(&keys, now).map_err(Status::from)?;
                     return Ok(items.into_iter().map(|item| found(item, now)).collect());
                 }
-                let winners = replication::read(&node, &keys, level)
+                let winners = replication::read(node.context(), &keys, level)
                     .await
                     .map_err(status_of)?;
                 let now = node.now_ms();
@@ -491,7 +491,7 @@ impl Cache for CacheService {
                     .mset(&pairs, req.ttl_ms, node.now_ms())
                     .map_err(Status::from)?;
                 let keys = local.iter().map(|&p| req.entries[p].key.clone()).collect();
-                replication::replicate(&node, keys, level)
+                replication::replicate(node.context(), keys, level)
                     .await
                     .map_err(status_of)?;
                 Ok(versions)
@@ -530,7 +530,7 @@ impl Cache for CacheService {
                     .store()
                     .mdelete(&keys, node.now_ms())
                     .map_err(Status::from)?;
-                replication::replicate(&node, keys, level)
+                replication::replicate(node.context(), keys, level)
                     .await
                     .map_err(status_of)?;
                 Ok((0..local.len())

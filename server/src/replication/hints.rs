@@ -17,7 +17,7 @@ use ringcache_proto::v1;
 use tokio::task::JoinSet;
 
 use super::{Replicator, send_replicate};
-use crate::node::Node;
+use crate::context::Context;
 
 /// Bytes charged per hint beyond its key and value (entry, version, expiry, queue slot).
 pub(super) const HINT_OVERHEAD_BYTES: usize = 64;
@@ -220,21 +220,26 @@ impl HintQueues {
 
 impl Replicator {
     /// Keeps `entries` as hints for `target`, updating the metrics.
-    pub(super) fn queue_hints(&self, node: &Node, target: &str, entries: Vec<v1::VersionedEntry>) {
+    pub(super) fn queue_hints(
+        &self,
+        node: &Context,
+        target: &str,
+        entries: Vec<v1::VersionedEntry>,
+    ) {
         let mut hints = self.hints.lock();
         let dropped = hints.push(target, entries, node.now_ms());
         record(node, &hints, dropped);
     }
 
     /// Drops hints past their age, updating the metrics.
-    fn expire_hints(&self, node: &Node) {
+    fn expire_hints(&self, node: &Context) {
         let mut hints = self.hints.lock();
         let dropped = hints.expire(node.now_ms());
         record(node, &hints, dropped);
     }
 }
 
-fn record(node: &Node, hints: &HintQueues, dropped: Dropped) {
+fn record(node: &Context, hints: &HintQueues, dropped: Dropped) {
     let metrics = node.metrics();
     metrics.record_hints_dropped("max_bytes", dropped.max_bytes);
     metrics.record_hints_dropped("max_age", dropped.max_age);
@@ -243,7 +248,7 @@ fn record(node: &Node, hints: &HintQueues, dropped: Dropped) {
 }
 
 /// Replays hints to their targets on every new view and every probe interval, until shutdown.
-pub async fn replay_hints_task(node: Arc<Node>) {
+pub async fn replay_hints_task(node: Arc<Context>) {
     let mut views = node.watch_view();
     let mut tick = tokio::time::interval(node.config().probe_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -258,7 +263,7 @@ pub async fn replay_hints_task(node: Arc<Node>) {
 }
 
 /// One round: every target with hints that is Active in the current view, in parallel.
-async fn replay_round(node: &Arc<Node>) {
+async fn replay_round(node: &Arc<Context>) {
     let replicator = node.replicator();
     replicator.expire_hints(node);
     let targets = replicator.hints.lock().targets();
@@ -282,7 +287,7 @@ async fn replay_round(node: &Arc<Node>) {
 }
 
 /// Sends the hints of `target` in batches until none is left or one fails.
-async fn replay_to(node: &Node, target: &str, addr: &str) {
+async fn replay_to(node: &Context, target: &str, addr: &str) {
     let max_bytes = REPLAY_BATCH_BYTES.min(node.config().max_message_bytes / 2);
     for _ in 0..REPLAY_MAX_BATCHES_PER_ROUND {
         let (batch, up_to) =

@@ -77,7 +77,7 @@ use parking_lot::Mutex;
 use ringcache_proto::topology::NodeState;
 use ringcache_proto::v1;
 
-use crate::node::Node;
+use crate::context::Context;
 use crate::store::StoreError;
 use crate::view::ClusterView;
 
@@ -226,7 +226,7 @@ impl Replicator {
 /// level while its clock is off from the cluster's ([`crate::skew`]), at QUORUM and ALL while it
 /// sees no majority of the known cluster ([`check_majority`]), and at any level while it sees
 /// fewer Active members than `min_cluster_size`.
-pub fn check_writable(node: &Node, level: Consistency) -> Result<(), ReplicationError> {
+pub fn check_writable(node: &Context, level: Consistency) -> Result<(), ReplicationError> {
     if let Some(refusal) = node
         .clock_check()
         .refusal(node.config().store.max_clock_drift_ms)
@@ -375,7 +375,7 @@ async fn call_replica_until<T>(
 /// Sends `entries` to the node at `addr` with `Internal.Replicate` (not as hints), within the
 /// replica timeout: for repairs outside the write path (anti-entropy).
 pub(crate) async fn send_entries(
-    node: &Node,
+    node: &Context,
     addr: &str,
     entries: Vec<v1::VersionedEntry>,
 ) -> Result<(), String> {
@@ -386,7 +386,7 @@ pub(crate) async fn send_entries(
 
 /// Sends `entries` to the node at `addr` with `Internal.Replicate`, within the replica timeout.
 async fn send_replicate(
-    node: &Node,
+    node: &Context,
     addr: Option<&str>,
     entries: Vec<v1::VersionedEntry>,
     hinted: bool,
@@ -397,7 +397,7 @@ async fn send_replicate(
 
 /// Sends `entries` to the node at `addr` with `Internal.Replicate`, ending by `deadline`.
 async fn send_replicate_until(
-    node: &Node,
+    node: &Context,
     addr: Option<&str>,
     entries: Vec<v1::VersionedEntry>,
     hinted: bool,

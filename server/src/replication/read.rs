@@ -15,8 +15,8 @@ use super::{
     Consistency, Failure, ReplicationError, call_replica, describe_shortfall, describe_status,
     send_replicate,
 };
+use crate::context::Context;
 use crate::metrics::VersionSource;
-use crate::node::Node;
 use crate::store::{ClockDrift, VersionedItem, copy_order};
 
 /// Winners per key, in request order: the newest copy among the answers, `None` if no replica
@@ -28,7 +28,7 @@ pub type Winners = Vec<Option<VersionedItem>>;
 /// and the other replicas' answers, until each key has `level.required(R)` answers; then returns
 /// the newest copy of each key. Read repair runs in the background once every call ended.
 pub async fn read(
-    node: &Arc<Node>,
+    node: &Arc<Context>,
     keys: &[Bytes],
     level: Consistency,
 ) -> Result<Winners, ReplicationError> {
@@ -66,7 +66,7 @@ struct ReadPlan {
 }
 
 impl ReadPlan {
-    fn build(node: &Node, keys: &[Bytes], level: Consistency) -> Result<Self, ReplicationError> {
+    fn build(node: &Context, keys: &[Bytes], level: Consistency) -> Result<Self, ReplicationError> {
         let view = node.view();
         super::check_majority(&view, level, "reads")?;
         let self_id = node.config().node_id.as_str();
@@ -139,7 +139,7 @@ impl ReadPlan {
 /// Asks every target in parallel, answers on `tx` once every key has enough answers (or with
 /// the shortfall once every call ended), then repairs what the answers showed stale.
 async fn gather(
-    node: Arc<Node>,
+    node: Arc<Context>,
     mut plan: ReadPlan,
     level: Consistency,
     tx: oneshot::Sender<Result<Winners, ReplicationError>>,
@@ -210,7 +210,7 @@ async fn gather(
 /// clock than `max_clock_drift` (counted and logged), so the read and its repair never use it:
 /// the replica counts as not having answered.
 fn refuse_far_ahead(
-    node: &Node,
+    node: &Context,
     replica: &str,
     results: Vec<v1::VersionedRead>,
 ) -> Result<Vec<v1::VersionedRead>, Failure> {
@@ -238,7 +238,7 @@ fn refuse_far_ahead(
 }
 
 async fn read_versions(
-    node: &Node,
+    node: &Context,
     addr: Option<&str>,
     keys: Vec<Bytes>,
     timeout: std::time::Duration,
@@ -280,7 +280,7 @@ fn plan_repair(answers: &[(String, Option<VersionedItem>)], now_ms: u64) -> Vec<
 }
 
 /// Sends each key's newest copy to the replicas that answered with an older one or nothing.
-async fn repair(node: &Arc<Node>, plan: ReadPlan) {
+async fn repair(node: &Arc<Context>, plan: ReadPlan) {
     let now = node.now_ms();
     let self_id = node.config().node_id.clone();
     let mut batches: BTreeMap<String, Vec<v1::VersionedEntry>> = BTreeMap::new();

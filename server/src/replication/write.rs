@@ -22,14 +22,14 @@ use tokio::time::Instant;
 use super::batch::{self, Part, Transport as _};
 use super::wire::to_wire;
 use super::{Consistency, Failure, ReplicationError, describe_shortfall, send_replicate_until};
-use crate::node::Node;
+use crate::context::Context;
 
 /// Replicates the current local state of `keys` (just written by this node) to their other
 /// replicas and waits until every key reached `level`. Keys this node no longer holds (evicted)
 /// are skipped; duplicates count once. The calls that are still running when the level is met
 /// finish in the background, and unreachable replicas get hints.
 pub async fn replicate(
-    node: &Arc<Node>,
+    node: &Arc<Context>,
     keys: Vec<Bytes>,
     level: Consistency,
 ) -> Result<(), ReplicationError> {
@@ -97,7 +97,11 @@ struct Target {
 }
 
 impl Plan {
-    fn build(node: &Node, keys: Vec<Bytes>, level: Consistency) -> Result<Self, ReplicationError> {
+    fn build(
+        node: &Context,
+        keys: Vec<Bytes>,
+        level: Consistency,
+    ) -> Result<Self, ReplicationError> {
         let view = node.view();
         let self_id = node.config().node_id.as_str();
         let mut seen = HashSet::new();
@@ -184,7 +188,7 @@ pub(super) struct Job {
 /// The batcher's transport on a node: `Internal.Replicate` to the peer, and the outcome of each
 /// part counted towards its write, with metrics and hints.
 #[derive(Debug, Clone)]
-struct Coordinator(Arc<Node>);
+struct Coordinator(Arc<Context>);
 
 impl batch::Transport for Coordinator {
     type Done = Job;
