@@ -929,8 +929,9 @@ async fn node_an_hour_ahead_does_not_win_last_writer_wins() {
     let mut node3 = raw_cache(&nodes[2]).await;
     let key = "skewed-key";
     // "later", or node 3 refusing because of its clock.
+    type Read<V, E> = Result<Option<(V, u64)>, E>;
     fn acceptable<V: PartialEq<str>, E: std::fmt::Debug>(
-        (node, _, read): &(String, &str, Result<Option<(V, u64)>, E>),
+        (node, _, read): &(String, &str, Read<V, E>),
     ) -> bool {
         match read {
             Ok(Some((value, _))) => value == "later",
