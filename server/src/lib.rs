@@ -21,6 +21,7 @@ pub mod readiness;
 pub mod rebalance;
 pub mod reload;
 pub mod replication;
+pub mod resp;
 pub mod skew;
 pub mod store;
 pub mod tls;
