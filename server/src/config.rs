@@ -81,6 +81,11 @@ pub struct Cli {
     /// mutual TLS when cluster-ca is set; 0 picks a free port [default: 7382].
     #[arg(long, env = "RINGCACHE_CLUSTER_PORT", value_name = "PORT")]
     pub cluster_port: Option<u16>,
+    /// Redis protocol (RESP) port on the bind address, for Redis clients and redis-cli; 0 turns
+    /// it off. Not allowed together with users or TLS until RESP supports AUTH and TLS
+    /// [default: 0, off].
+    #[arg(long, env = "RINGCACHE_RESP_PORT", value_name = "PORT")]
+    pub resp_port: Option<u16>,
     /// Gossip addresses (host:port) of nodes to join through, comma-separated [default: none, a
     /// new cluster]. Cluster membership arrives with the gossip layer; a single node ignores it.
     #[arg(
@@ -434,6 +439,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     ready_settle: Option<HumanDuration>,
     cluster_port: Option<u16>,
+    resp_port: Option<u16>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
@@ -474,6 +480,8 @@ pub struct Config {
     pub http_port: u16,
     /// Cluster-plane port (0: any free port).
     pub cluster_port: u16,
+    /// RESP port; 0: no RESP listener.
+    pub resp_port: u16,
     /// Gossip addresses to join through.
     pub seeds: Vec<String>,
     /// Copies of each key.
@@ -738,6 +746,7 @@ impl Config {
                 .cluster_port
                 .or(file.cluster_port)
                 .unwrap_or(DEFAULT_CLUSTER_PORT),
+            resp_port: cli.resp_port.or(file.resp_port).unwrap_or(0),
             security,
             gossip_keyring: cli.gossip_keyring.or(file.gossip_keyring),
             secrets_reload_interval: cli
@@ -856,11 +865,19 @@ impl Config {
                 self.anti_entropy_interval
             );
         }
+        if self.resp_port != 0 && (self.security.auth_configured() || self.security.tls.is_some()) {
+            bail!(
+                "resp_port {} with users or TLS configured: the Redis protocol port has no AUTH or \
+                 TLS yet and would bypass them; set resp_port to 0",
+                self.resp_port
+            );
+        }
         let ports = [
             ("grpc_port", self.grpc_port),
             ("gossip_port", self.gossip_port),
             ("http_port", self.http_port),
             ("cluster_port", self.cluster_port),
+            ("resp_port", self.resp_port),
         ];
         for (i, (name_a, a)) in ports.iter().enumerate() {
             for (name_b, b) in &ports[i + 1..] {
@@ -912,6 +929,11 @@ impl Config {
     /// Where the cluster-plane listener binds.
     pub fn cluster_addr(&self) -> SocketAddr {
         SocketAddr::new(self.bind, self.cluster_port)
+    }
+
+    /// Where the RESP listener binds, when it is on.
+    pub fn resp_addr(&self) -> Option<SocketAddr> {
+        (self.resp_port != 0).then(|| SocketAddr::new(self.bind, self.resp_port))
     }
 
     /// The secure-defaults gate: a node bound to a non-loopback address needs TLS on both
@@ -1259,6 +1281,34 @@ mod tests {
             FileConfig::default(),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn the_resp_port_is_off_by_default_and_refused_with_users_or_tls() {
+        let defaults = Config::layer(Cli::default(), FileConfig::default()).unwrap();
+        assert_eq!((defaults.resp_port, defaults.resp_addr()), (0, None));
+        let on = Config::layer(parse(&["--resp-port", "6479"]), FileConfig::default()).unwrap();
+        assert_eq!(on.resp_addr(), Some("127.0.0.1:6479".parse().unwrap()));
+        let file: FileConfig = toml::from_str("resp_port = 6380").unwrap();
+        assert_eq!(Config::layer(Cli::default(), file).unwrap().resp_port, 6380);
+        let with_users = Config::layer(
+            parse(&[
+                "--resp-port",
+                "6479",
+                "--users-file",
+                "/nonexistent/users.toml",
+            ]),
+            FileConfig::default(),
+        );
+        assert!(
+            with_users
+                .unwrap_err()
+                .to_string()
+                .contains("no AUTH or TLS yet"),
+            "RESP would bypass the users"
+        );
+        let clash = Config::layer(parse(&["--resp-port", "7379"]), FileConfig::default());
+        assert!(clash.unwrap_err().to_string().contains("resp_port"));
     }
 
     #[test]

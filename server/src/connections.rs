@@ -77,7 +77,7 @@ impl Connections {
     }
 
     /// Takes a place for one more connection, or counts a rejection at the cap.
-    fn admit(self: &Arc<Self>) -> Option<Slot> {
+    pub(crate) fn admit(self: &Arc<Self>) -> Option<Slot> {
         let admitted = self
             .open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
@@ -96,7 +96,7 @@ impl Connections {
 
 /// One counted place; given back when dropped.
 #[derive(Debug)]
-struct Slot(Arc<Connections>);
+pub(crate) struct Slot(Arc<Connections>);
 
 impl Drop for Slot {
     fn drop(&mut self) {

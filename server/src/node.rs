@@ -141,6 +141,8 @@ pub struct Listeners {
     pub cluster: Option<TcpListener>,
     /// HTTP (`/metrics`, `/health/*`); `None` to serve no HTTP.
     pub http: Option<TcpListener>,
+    /// The Redis protocol (RESP); `None` for none.
+    pub resp: Option<TcpListener>,
     /// Gossip (UDP); `None` to run without membership (a lone node, or a static topology set
     /// with [`Node::set_topology`]).
     pub gossip: Option<UdpSocket>,
@@ -162,10 +164,19 @@ impl Listeners {
         let gossip = UdpSocket::bind(gossip_addr)
             .await
             .with_context(|| format!("cannot bind the gossip port {gossip_addr} (UDP)"))?;
+        let resp = match config.resp_addr() {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot bind the RESP port {addr}"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             grpc,
             cluster: Some(cluster),
             http: Some(http),
+            resp,
             gossip: Some(gossip),
         })
     }
@@ -284,6 +295,12 @@ impl Node {
     /// Open connections on the gRPC listener, and how many were refused at the cap.
     pub fn connections(&self) -> &Connections {
         &self.connections
+    }
+
+    /// Takes a place among the open connections (`max_connections`, shared with gRPC), or
+    /// `None` at the cap (counted as rejected).
+    pub(crate) fn admit_connection(&self) -> Option<crate::connections::Slot> {
+        self.connections.admit()
     }
 
     /// Client-port connections that have not authenticated yet.
@@ -529,6 +546,10 @@ impl Node {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let grpc_addr = listeners.grpc.local_addr()?;
+        if let Some(resp) = listeners.resp {
+            tracing::info!(resp = %resp.local_addr()?, "Redis protocol (RESP) serving");
+            tokio::spawn(crate::resp::serve(self.clone(), resp));
+        }
         let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
         let cluster = match listeners.cluster {
             Some(listener) => {

@@ -34,6 +34,8 @@ pub struct TestNode {
     pub http_addr: SocketAddr,
     /// Where its cluster-plane gRPC service (Internal, forwarded calls) listens.
     pub cluster_addr: SocketAddr,
+    /// Where its Redis protocol (RESP) listener listens.
+    pub resp_addr: SocketAddr,
     /// Where its gossip endpoint listens (`None`: started without membership).
     pub gossip_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -75,6 +77,10 @@ impl TestNode {
             .await
             .expect("bind a free cluster port");
         let cluster_addr = cluster.local_addr().expect("bound address");
+        let resp = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a free RESP port");
+        let resp_addr = resp.local_addr().expect("bound address");
         let gossip = if let Some(port) = gossip {
             Some(
                 UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], port)))
@@ -98,6 +104,7 @@ impl TestNode {
             grpc,
             cluster: Some(cluster),
             http: Some(http),
+            resp: Some(resp),
             gossip,
         };
         let task = tokio::spawn(node.clone().serve(listeners, shutdown));
@@ -106,6 +113,7 @@ impl TestNode {
             grpc_addr,
             http_addr,
             cluster_addr,
+            resp_addr,
             gossip_addr,
             shutdown: Some(tx),
             task: Some(task),

@@ -1,4 +1,15 @@
-//! The Redis front door (RESP): reading commands off a connection (`parse`). The listener, the
-//! commands and the Redis Cluster protocol build on it.
+//! The Redis front door (RESP): a listener on `--resp-port` that serves Redis clients
+//! (`redis-cli`, any language's Redis library) from the same cluster as the gRPC API.
+//!
+//! - `parse`: reading commands (multi-bulk and inline, pipelined) with limits;
+//! - `reply`: encoding replies for RESP2 and RESP3;
+//! - `commands`: the commands, run through the node's `Cache` service (routing, forwarding,
+//!   replication and metrics as for gRPC);
+//! - `server`: the accept loop and the per-connection read–run–reply loop.
 
+pub mod commands;
 pub mod parse;
+pub mod reply;
+pub mod server;
+
+pub use server::serve;

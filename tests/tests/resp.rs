@@ -1,0 +1,288 @@
+//! The Redis protocol port with real Redis clients: the `redis` crate (a third-party client
+//! library), `redis-cli` (Redis's own tool; `scripts/test-deps` installs it with redis-server),
+//! and raw bytes for pipelining and protocol errors. On one node and through every node of a
+//! 3-node cluster (a key any node does not hold is forwarded to its primary).
+
+use std::time::Duration;
+
+use ringcache_tests::{TestCluster, TestNode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+async fn connect(node: &TestNode) -> redis::aio::MultiplexedConnection {
+    let url = format!("redis://{}/", node.resp_addr);
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect with the redis crate")
+}
+
+async fn run<T: redis::FromRedisValue>(
+    con: &mut redis::aio::MultiplexedConnection,
+    args: &[&str],
+) -> redis::RedisResult<T> {
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query_async(con).await
+}
+
+/// Sends raw bytes on a fresh connection and reads until the answer ends with `until` (or, for
+/// `""`, until the node closes the connection).
+async fn raw(node: &TestNode, input: &[u8], until: &str) -> (String, bool) {
+    let mut stream = TcpStream::connect(node.resp_addr).await.unwrap();
+    stream.write_all(input).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        let read = tokio::time::timeout(DEADLINE, stream.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        if read == 0 {
+            break true;
+        }
+        out.extend_from_slice(&buf[..read]);
+        if !until.is_empty() && out.ends_with(until.as_bytes()) {
+            break false;
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+#[tokio::test]
+async fn string_commands_answer_as_redis_does() {
+    let node = TestNode::start_default().await;
+    let mut con = connect(&node).await;
+    assert_eq!(run::<String>(&mut con, &["PING"]).await.unwrap(), "PONG");
+    assert_eq!(
+        run::<String>(&mut con, &["ECHO", "hi"]).await.unwrap(),
+        "hi"
+    );
+    assert_eq!(
+        run::<String>(&mut con, &["SET", "k", "v"]).await.unwrap(),
+        "OK"
+    );
+    assert_eq!(run::<String>(&mut con, &["GET", "k"]).await.unwrap(), "v");
+    assert_eq!(
+        run::<Option<String>>(&mut con, &["GET", "missing"])
+            .await
+            .unwrap(),
+        None
+    );
+    // NX / XX / GET.
+    assert_eq!(
+        run::<Option<String>>(&mut con, &["SET", "k", "w", "NX"])
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        run::<Option<String>>(&mut con, &["SET", "k", "w", "XX", "GET"])
+            .await
+            .unwrap(),
+        Some("v".to_owned())
+    );
+    assert_eq!(run::<i64>(&mut con, &["SETNX", "k", "x"]).await.unwrap(), 0);
+    assert_eq!(
+        run::<String>(&mut con, &["GETSET", "k", "y"])
+            .await
+            .unwrap(),
+        "w"
+    );
+    // TTLs.
+    assert_eq!(run::<i64>(&mut con, &["TTL", "k"]).await.unwrap(), -1);
+    assert_eq!(run::<i64>(&mut con, &["TTL", "missing"]).await.unwrap(), -2);
+    assert_eq!(
+        run::<i64>(&mut con, &["EXPIRE", "k", "100"]).await.unwrap(),
+        1
+    );
+    let ttl = run::<i64>(&mut con, &["TTL", "k"]).await.unwrap();
+    assert!((99..=100).contains(&ttl), "{ttl}");
+    let pttl = run::<i64>(&mut con, &["PTTL", "k"]).await.unwrap();
+    assert!((98_000..=100_000).contains(&pttl), "{pttl}");
+    assert_eq!(run::<i64>(&mut con, &["PERSIST", "k"]).await.unwrap(), 1);
+    assert_eq!(
+        run::<String>(&mut con, &["SET", "t", "v", "EX", "50"])
+            .await
+            .unwrap(),
+        "OK"
+    );
+    assert!(run::<i64>(&mut con, &["TTL", "t"]).await.unwrap() > 0);
+    assert_eq!(
+        run::<String>(&mut con, &["SETEX", "s", "10", "v"])
+            .await
+            .unwrap(),
+        "OK"
+    );
+    assert_eq!(
+        run::<i64>(&mut con, &["EXPIRE", "s", "0"]).await.unwrap(),
+        1
+    );
+    assert_eq!(run::<i64>(&mut con, &["EXISTS", "s"]).await.unwrap(), 0);
+    // Counters.
+    assert_eq!(run::<i64>(&mut con, &["INCR", "n"]).await.unwrap(), 1);
+    assert_eq!(
+        run::<i64>(&mut con, &["INCRBY", "n", "41"]).await.unwrap(),
+        42
+    );
+    assert_eq!(
+        run::<i64>(&mut con, &["DECRBY", "n", "2"]).await.unwrap(),
+        40
+    );
+    assert_eq!(run::<i64>(&mut con, &["DECR", "n"]).await.unwrap(), 39);
+    // Several keys.
+    assert_eq!(
+        run::<String>(&mut con, &["MSET", "a", "1", "b", "2"])
+            .await
+            .unwrap(),
+        "OK"
+    );
+    assert_eq!(
+        run::<Vec<Option<String>>>(&mut con, &["MGET", "a", "nope", "b"])
+            .await
+            .unwrap(),
+        [Some("1".to_owned()), None, Some("2".to_owned())]
+    );
+    assert_eq!(
+        run::<i64>(&mut con, &["EXISTS", "a", "b", "a", "nope"])
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        run::<i64>(&mut con, &["DEL", "a", "b", "nope"])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(run::<i64>(&mut con, &["UNLINK", "a"]).await.unwrap(), 0);
+    assert!(run::<i64>(&mut con, &["DBSIZE"]).await.unwrap() >= 3);
+    // Errors, with Redis's texts; the connection keeps working.
+    let err = |e: redis::RedisError| e.to_string();
+    assert!(
+        err(run::<String>(&mut con, &["GET"]).await.unwrap_err())
+            .contains("wrong number of arguments for 'get' command")
+    );
+    assert!(
+        err(run::<i64>(&mut con, &["INCR", "k"]).await.unwrap_err())
+            .contains("value is not an integer or out of range")
+    );
+    assert!(
+        err(run::<String>(&mut con, &["FOO", "bar"]).await.unwrap_err())
+            .contains("unknown command 'FOO', with args beginning with: 'bar'")
+    );
+    assert!(
+        err(run::<String>(&mut con, &["SET", "k", "v", "EX", "0"])
+            .await
+            .unwrap_err())
+        .contains("invalid expire time in 'set' command")
+    );
+    assert!(
+        err(run::<String>(&mut con, &["SET", "k", "v", "BOGUS"])
+            .await
+            .unwrap_err())
+        .contains("syntax error")
+    );
+    assert!(
+        err(run::<String>(&mut con, &["SELECT", "1"]).await.unwrap_err())
+            .contains("DB index is out of range")
+    );
+    assert_eq!(
+        run::<String>(&mut con, &["SELECT", "0"]).await.unwrap(),
+        "OK"
+    );
+    assert_eq!(run::<String>(&mut con, &["GET", "k"]).await.unwrap(), "y");
+}
+
+#[tokio::test]
+async fn pipelined_inline_and_broken_input_on_raw_connections() {
+    let node = TestNode::start_default().await;
+    // Three commands in one write, one of them inline (what telnet sends).
+    let (out, _) = raw(
+        &node,
+        b"*3\r\n$3\r\nSET\r\n$1\r\nx\r\n$2\r\n42\r\nGET x\r\n*2\r\n$4\r\nINCR\r\n$1\r\nx\r\n",
+        ":43\r\n",
+    )
+    .await;
+    assert_eq!(out, "+OK\r\n$2\r\n42\r\n:43\r\n");
+    // A request that cannot be framed: Redis's error, then the connection closes.
+    let (out, closed) = raw(&node, b"*1\r\nfoo\r\n", "").await;
+    assert_eq!(out, "-ERR Protocol error: expected '$', got 'f'\r\n");
+    assert!(closed);
+    let (out, closed) = raw(&node, b"*1\r\n$2000000000\r\n", "").await;
+    assert_eq!(out, "-ERR Protocol error: invalid bulk length\r\n");
+    assert!(closed);
+    // QUIT answers, then closes; the node keeps serving new connections.
+    let (out, closed) = raw(&node, b"QUIT\r\n", "").await;
+    assert_eq!((out.as_str(), closed), ("+OK\r\n", true));
+    let (out, _) = raw(&node, b"PING\r\n", "+PONG\r\n").await;
+    assert_eq!(out, "+PONG\r\n");
+    // RESP3 after HELLO 3: a missing value is `_`.
+    let (out, _) = raw(&node, b"HELLO 3\r\nGET nothing\r\n", "_\r\n").await;
+    assert!(out.starts_with('%'), "{out}");
+    assert!(out.ends_with("_\r\n"), "{out}");
+}
+
+#[tokio::test]
+async fn redis_cli_talks_to_the_resp_port() {
+    let node = TestNode::start_default().await;
+    let port = node.resp_addr.port().to_string();
+    // Async: the node serves on this test's runtime, which must not block on the child.
+    let cli = async |args: &[&str]| {
+        let output = tokio::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port])
+            .args(args)
+            .output()
+            .await
+            .expect("redis-cli runs (scripts/test-deps installs redis-server with it)");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert_eq!(cli(&["set", "foo", "bar"]).await, "OK\n");
+    assert_eq!(cli(&["get", "foo"]).await, "bar\n");
+    assert_eq!(cli(&["incrby", "visits", "5"]).await, "5\n");
+    assert_eq!(cli(&["ping"]).await, "PONG\n");
+    let unknown = cli(&["nosuchcommand"]).await;
+    assert!(
+        unknown.starts_with("ERR unknown command 'nosuchcommand'"),
+        "{unknown}"
+    );
+}
+
+#[tokio::test]
+async fn every_node_serves_every_key() {
+    let cluster = TestCluster::start_converged(3, DEADLINE, |_, _| {}).await;
+    let mut first = connect(&cluster.nodes[0]).await;
+    for i in 0..100 {
+        let key = format!("key:{i}");
+        let value = format!("value:{i}");
+        assert_eq!(
+            run::<String>(&mut first, &["SET", &key, &value])
+                .await
+                .unwrap(),
+            "OK"
+        );
+    }
+    for node in &cluster.nodes {
+        let mut con = connect(node).await;
+        for i in 0..100 {
+            let key = format!("key:{i}");
+            assert_eq!(
+                run::<String>(&mut con, &["GET", &key]).await.unwrap(),
+                format!("value:{i}"),
+                "{key} through {}",
+                node.node.config().node_id
+            );
+        }
+        let keys: Vec<String> = (0..10).map(|i| format!("key:{i}")).collect();
+        let mut args = vec!["MGET"];
+        args.extend(keys.iter().map(String::as_str));
+        let values = run::<Vec<String>>(&mut con, &args).await.unwrap();
+        assert_eq!(values.len(), 10);
+    }
+}
