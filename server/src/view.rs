@@ -23,6 +23,13 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use crate::known::Quorum;
 use crate::tls::PeerTls;
 
+/// How often an idle peer connection is pinged, and how long a ping may go unanswered before
+/// the connection is dropped and redialled. A connection a partition black-holed (no RST, no
+/// FIN) otherwise swallows every call to that peer until it times out; at 2 s + 2 s calls fail
+/// over to a fresh connection within about 4 s instead of 15 s (found by the simulation).
+const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// One topology with its ring and wire form.
 #[derive(Debug)]
 pub struct ClusterView {
@@ -176,8 +183,8 @@ impl Peers {
             .connect_timeout(self.connect_timeout)
             .local_address(self.local_ip)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
         let channel = match self.connector.lock().clone() {
             Some(PeerConnector(connect)) => {
