@@ -166,21 +166,20 @@ pub async fn check_once(node: &Arc<Context>) {
     let was = check.record(offset, skewed);
     node.metrics().set_clock_offset(offset, skewed);
     match (was, skewed) {
-        (_, true) => {
+        (false, true) => {
             // What this node stamped beyond the cluster's clock plus the drift bound (writes it
-            // coordinated before the skew was noticed): no replica takes them, so they go.
+            // coordinated before the skew was noticed): no replica takes them, so they go. Once
+            // here, it stamps nothing more until the clock is corrected: one scan is enough.
             let cluster_now = node.now_ms().saturating_add_signed(offset);
             let limit = Hlc::at_millis(cluster_now.saturating_add(max_drift));
             let dropped = node.store().drop_entries_after(limit);
-            if !was {
-                tracing::error!(
-                    offset_ms = offset,
-                    peers = offsets.len(),
-                    max_drift_ms = max_drift,
-                    dropped,
-                    "this node's clock is off from the cluster's by more than max_clock_drift; refusing writes and reads until it is corrected (check NTP)"
-                );
-            }
+            tracing::error!(
+                offset_ms = offset,
+                peers = offsets.len(),
+                max_drift_ms = max_drift,
+                dropped,
+                "this node's clock is off from the cluster's by more than max_clock_drift; refusing writes and reads until it is corrected (check NTP)"
+            );
         }
         (true, false) => {
             let limit = Hlc::at_millis(node.now_ms().saturating_add(max_drift));

@@ -267,3 +267,52 @@ async fn stream_entries_refuses_sizes_over_the_limits_before_starting() {
     assert_eq!(keys, [Bytes::from_static(b"k")]);
     node.stop().await.unwrap();
 }
+
+/// `Internal.AntiEntropy` from a caller that is not a member, with too many buckets, or under
+/// another topology: refused or answered with nothing compared, never a scan of someone else's
+/// keys for a stranger.
+#[tokio::test]
+async fn anti_entropy_refuses_strangers_oversized_requests_and_other_topologies() {
+    let node = TestNode::start_default().await;
+    let mut cache = node.raw_cache().await;
+    cache.set(set_request("k", "v", ONE)).await.unwrap();
+    let own_id = node.node.config().node_id.clone();
+    let digest = node.node.view().topology.digest();
+    let mut peer = internal(&node).await;
+    let request = |from: &str, topology: u64, buckets: usize| v1::AntiEntropyRequest {
+        from_node_id: from.to_owned(),
+        topology_digest: topology,
+        buckets: vec![0; buckets],
+        max_keys: 0,
+    };
+    let other = peer
+        .anti_entropy(request(&own_id, digest ^ 1, 1024))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(other.topology_digest, digest);
+    assert!(
+        other.differing.is_empty() && other.keys.is_empty(),
+        "{other:?}"
+    );
+    let too_many = peer
+        .anti_entropy(request(&own_id, digest, 1025))
+        .await
+        .unwrap_err();
+    assert_eq!(too_many.code(), Code::InvalidArgument, "{too_many:?}");
+    let stranger = peer
+        .anti_entropy(request("mallory", digest, 1024))
+        .await
+        .unwrap_err();
+    assert_eq!(stranger.code(), Code::FailedPrecondition, "{stranger:?}");
+    // A member's request with empty digests finds its one bucket with a key and summarises it.
+    let answer = peer
+        .anti_entropy(request(&own_id, digest, 1024))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.differing.len(), 1, "{answer:?}");
+    assert_eq!(answer.summarized, 1);
+    assert_eq!(answer.keys.len(), 1);
+    assert_eq!(&answer.keys[0].key[..], b"k");
+}

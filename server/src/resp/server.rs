@@ -19,6 +19,9 @@ use crate::node::Node;
 
 /// Bytes read per call.
 const READ_CHUNK: usize = 16 * 1024;
+/// Replies buffered before they are written out mid-batch: a pipeline of GETs of large values
+/// from a client that does not read must block on the socket, not grow this buffer.
+const MAX_PENDING_OUTPUT: usize = 64 * 1024;
 
 /// The parse limits of `node`: an MSET of `max_batch_keys` pairs, and the largest key or value.
 pub fn limits(node: &Node) -> Limits {
@@ -91,6 +94,10 @@ async fn connection(node: Arc<Node>, mut stream: TcpStream) -> std::io::Result<(
                     if flow == Flow::Close {
                         close = true;
                         break;
+                    }
+                    if output.len() >= MAX_PENDING_OUTPUT {
+                        stream.write_all(&output).await?;
+                        output.clear();
                     }
                 }
                 Ok(None) => break,
