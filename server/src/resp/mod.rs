@@ -5,11 +5,14 @@
 //! - `reply`: encoding replies for RESP2 and RESP3;
 //! - `commands`: the commands, run through the node's `Cache` service (routing, forwarding,
 //!   replication and metrics as for gRPC);
+//! - `table`: the command table (arity, flags, key positions, roles), shared by `COMMAND`,
+//!   arity checks, slot routing and role checks;
 //! - `server`: the accept loop and the per-connection read–run–reply loop.
 
 pub mod commands;
 pub mod parse;
 pub mod reply;
 pub mod server;
+pub mod table;
 
 pub use server::serve;
