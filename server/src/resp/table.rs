@@ -50,7 +50,7 @@ const KEY_READ: &[&str] = &["@keyspace", "@read", "@fast"];
 const KEY_WRITE: &[&str] = &["@keyspace", "@write", "@fast"];
 const KEY_WRITE_SLOW: &[&str] = &["@keyspace", "@write", "@slow"];
 const CONNECTION: &[&str] = &["@fast", "@connection"];
-const SERVER_SLOW: &[&str] = &["@slow", "@dangerous"];
+const DANGEROUS_WRITE: &[&str] = &["@keyspace", "@write", "@slow", "@dangerous"];
 
 /// A command with one key at position 1.
 const fn one_key(
@@ -234,8 +234,7 @@ impl Spec {
             0
         } else if self.last_key < 0 {
             // -1 is the last argument.
-            argc.checked_sub(self.last_key.unsigned_abs() as usize)
-                .unwrap_or(0)
+            argc.saturating_sub(self.last_key.unsigned_abs() as usize)
         } else {
             (self.last_key as usize).min(argc.saturating_sub(1))
         };
