@@ -27,6 +27,7 @@ fn member(id: &str) -> Member {
         gossip_addr: String::new(),
         http_addr: String::new(),
         cluster_addr: String::new(),
+        resp_addr: String::new(),
     }
 }
 

@@ -663,6 +663,7 @@ mod tests {
             gossip_addr: format!("{id}:7380"),
             http_addr: format!("{id}:7381"),
             cluster_addr: String::new(),
+            resp_addr: String::new(),
         }
     }
 

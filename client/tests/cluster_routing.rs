@@ -366,6 +366,7 @@ fn member(id: &str, addr: &str, incarnation: u64, state: NodeState) -> Member {
         gossip_addr: "127.0.0.1:1".to_owned(),
         http_addr: "127.0.0.1:2".to_owned(),
         cluster_addr: String::new(),
+        resp_addr: String::new(),
     }
 }
 

@@ -443,6 +443,7 @@ async fn start(pki: &Pki, mode: Mode, n: usize) -> FakeCluster {
                 gossip_addr: "127.0.0.1:1".to_owned(),
                 http_addr: String::new(),
                 cluster_addr: String::new(),
+                resp_addr: String::new(),
             })
             .collect(),
         u32::try_from(n).unwrap(),

@@ -163,6 +163,7 @@ fn topology_seeds(dir: &Path) {
         gossip_addr: format!("10.0.0.{i}:7380"),
         http_addr: format!("10.0.0.{i}:7381"),
         cluster_addr: format!("10.0.0.{i}:7382"),
+        resp_addr: String::new(),
     };
     let cases: Vec<(Vec<Member>, u32, u32)> = vec![
         (vec![], 3, 256),

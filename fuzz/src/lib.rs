@@ -40,6 +40,7 @@ pub fn meta_for(index: u8) -> NodeMeta {
         grpc_addr: format!("10.0.0.{index}:7379"),
         http_addr: format!("10.0.0.{index}:7381"),
         cluster_addr: format!("10.0.0.{index}:7382"),
+        resp_addr: String::new(),
         weight: 1 + u32::from(index),
         state: MetaState::Active,
     }

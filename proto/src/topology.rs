@@ -120,6 +120,9 @@ pub struct Member {
     /// node only). Not part of the digest: it changes only with a restart, which changes the
     /// incarnation anyway.
     pub cluster_addr: String,
+    /// `host:port` of its Redis protocol (RESP) endpoint, empty when it serves none. Not part of
+    /// the digest, for the same reason as `cluster_addr`.
+    pub resp_addr: String,
 }
 
 impl From<&Member> for v1::Member {
@@ -133,6 +136,7 @@ impl From<&Member> for v1::Member {
             gossip_addr: member.gossip_addr.clone(),
             http_addr: member.http_addr.clone(),
             cluster_addr: member.cluster_addr.clone(),
+            resp_addr: member.resp_addr.clone(),
         }
     }
 }
@@ -269,17 +273,23 @@ pub fn check_ring_size(
 }
 
 /// Checks a member's id, weight and addresses (wire or domain form) against the limits.
-fn check_member(node_id: &str, weight: u32, addrs: [&String; 4]) -> Result<(), TopologyError> {
+fn check_member(node_id: &str, weight: u32, addrs: [&String; 5]) -> Result<(), TopologyError> {
     check_node_id(node_id)?;
     check_weight(node_id, weight)?;
     check_addrs(node_id, addrs)
 }
 
-/// Checks a member's gRPC, gossip, HTTP and cluster addresses against [`MAX_ADDR_BYTES`].
-fn check_addrs(node_id: &str, addrs: [&String; 4]) -> Result<(), TopologyError> {
-    for (name, addr) in ["grpc_addr", "gossip_addr", "http_addr", "cluster_addr"]
-        .iter()
-        .zip(addrs)
+/// Checks a member's gRPC, gossip, HTTP, cluster and RESP addresses against [`MAX_ADDR_BYTES`].
+fn check_addrs(node_id: &str, addrs: [&String; 5]) -> Result<(), TopologyError> {
+    for (name, addr) in [
+        "grpc_addr",
+        "gossip_addr",
+        "http_addr",
+        "cluster_addr",
+        "resp_addr",
+    ]
+    .iter()
+    .zip(addrs)
     {
         if addr.len() > MAX_ADDR_BYTES {
             return Err(too_large(
@@ -304,6 +314,7 @@ impl TryFrom<&v1::Member> for Member {
                 &member.gossip_addr,
                 &member.http_addr,
                 &member.cluster_addr,
+                &member.resp_addr,
             ],
         )?;
         let state = NodeState::try_from(member.state).map_err(|source| TopologyError::State {
@@ -319,6 +330,7 @@ impl TryFrom<&v1::Member> for Member {
             gossip_addr: member.gossip_addr.clone(),
             http_addr: member.http_addr.clone(),
             cluster_addr: member.cluster_addr.clone(),
+            resp_addr: member.resp_addr.clone(),
         })
     }
 }
@@ -402,6 +414,7 @@ impl Topology {
                     &member.gossip_addr,
                     &member.http_addr,
                     &member.cluster_addr,
+                    &member.resp_addr,
                 ],
             )?;
         }
@@ -522,6 +535,7 @@ mod tests {
             gossip_addr: format!("{id}:7380"),
             http_addr: format!("{id}:7381"),
             cluster_addr: format!("{id}:7382"),
+            resp_addr: String::new(),
         }
     }
 
@@ -780,6 +794,7 @@ mod tests {
                     gossip_addr: addr.clone(),
                     http_addr: addr.clone(),
                     cluster_addr: addr,
+                    resp_addr: String::new(),
                 })
         }
 

@@ -129,6 +129,7 @@ struct Advertised {
     grpc_addr: String,
     http_addr: String,
     cluster_addr: String,
+    resp_addr: String,
 }
 
 /// The listeners a node serves on.
@@ -201,6 +202,7 @@ impl Node {
             grpc_addr: config.grpc_addr().to_string(),
             http_addr: config.http_addr().to_string(),
             cluster_addr: config.cluster_addr().to_string(),
+            resp_addr: String::new(),
         });
         let replicator = Replicator::new(&config.replication);
         let peers = Peers::new(config.max_message_bytes, PEER_CONNECT_TIMEOUT, config.bind);
@@ -491,6 +493,7 @@ impl Node {
                 .to_string(),
             http_addr: advertised.http_addr,
             cluster_addr: advertised.cluster_addr,
+            resp_addr: advertised.resp_addr,
         }
     }
 
@@ -547,7 +550,9 @@ impl Node {
     ) -> anyhow::Result<()> {
         let grpc_addr = listeners.grpc.local_addr()?;
         if let Some(resp) = listeners.resp {
-            tracing::info!(resp = %resp.local_addr()?, "Redis protocol (RESP) serving");
+            let addr = resp.local_addr()?;
+            self.advertised.write().resp_addr = self.config.advertised(addr).to_string();
+            tracing::info!(resp = %addr, "Redis protocol (RESP) serving");
             tokio::spawn(crate::resp::serve(self.clone(), resp));
         }
         let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
@@ -819,6 +824,7 @@ impl Node {
                 grpc_addr: advertised.grpc_addr,
                 http_addr: advertised.http_addr,
                 cluster_addr: advertised.cluster_addr,
+                resp_addr: advertised.resp_addr,
                 weight: self.config.weight.get(),
                 state: MetaState::Leaving,
             };
@@ -862,6 +868,7 @@ impl Node {
             grpc_addr: advertised.grpc_addr,
             http_addr: advertised.http_addr,
             cluster_addr: advertised.cluster_addr,
+            resp_addr: advertised.resp_addr,
             weight: self.config.weight.get(),
             state: if joining {
                 MetaState::Joining

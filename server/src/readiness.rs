@@ -129,6 +129,7 @@ mod tests {
             gossip_addr: String::new(),
             http_addr: String::new(),
             cluster_addr: String::new(),
+            resp_addr: String::new(),
         }
     }
 

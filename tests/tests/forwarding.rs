@@ -29,6 +29,7 @@ async fn cluster() -> (Vec<TestNode>, Topology) {
             gossip_addr: "127.0.0.1:1".to_owned(),
             http_addr: n.http_addr.to_string(),
             cluster_addr: n.cluster_addr.to_string(),
+            resp_addr: String::new(),
         })
         .collect();
     // R = 1: every key has exactly one holder, so any other node must forward.

@@ -239,6 +239,7 @@ async fn stats_shows_forwarded_requests_hints_and_replication_lag() {
         gossip_addr: "127.0.0.1:1".to_owned(),
         http_addr: http,
         cluster_addr: String::new(),
+        resp_addr: String::new(),
     };
     let topology = Topology::new(
         vec![
@@ -345,8 +346,10 @@ async fn locate_names_the_replicas_the_client_routes_to() {
             .collect();
         assert_eq!(replicas, expected, "{key}");
         assert_eq!(
-            located["hash_u64"].as_u64(),
-            Some(ringcache_proto::placement::key_hash(key.as_bytes()))
+            located["slot"].as_u64(),
+            Some(u64::from(ringcache_proto::placement::key_slot(
+                key.as_bytes()
+            )))
         );
         let primary = &located["nodes"][0];
         assert_eq!(primary["node_id"], expected[0].as_str());

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use ringcache_proto::{
-    placement::{Ring, key_hash},
+    placement::{Ring, hash_tag, key_slot},
     topology::{Member, NodeState},
     v1 as pb,
 };
@@ -178,7 +178,8 @@ pub(super) async fn locate(ctx: &mut Ctx<'_>, key: String) -> anyhow::Result<i32
         .iter()
         .map(str::to_owned)
         .collect();
-    let hash = key_hash(&key_bytes);
+    let slot = key_slot(&key_bytes);
+    let tagged = hash_tag(&key_bytes).len() != key_bytes.len();
 
     // Ask every member that may answer: the replicas, and the others to find stray copies.
     let members: Vec<&Member> = replicas
@@ -296,8 +297,8 @@ pub(super) async fn locate(ctx: &mut Ctx<'_>, key: String) -> anyhow::Result<i32
             .collect();
         ctx.print_json(&json!({
             "key": key,
-            "hash": fmt::hex(hash),
-            "hash_u64": hash,
+            "slot": slot,
+            "hash_tag": tagged.then(|| String::from_utf8_lossy(hash_tag(&key_bytes)).into_owned()),
             "replicas": replicas,
             "replication_factor": topology.replication_factor(),
             "topology_digest": fmt::hex(topology.digest()),
@@ -309,7 +310,17 @@ pub(super) async fn locate(ctx: &mut Ctx<'_>, key: String) -> anyhow::Result<i32
 
     let mut text = fmt::pairs(&[
         ("key", key.clone()),
-        ("hash", format!("{} ({hash})", fmt::hex(hash))),
+        (
+            "slot",
+            if tagged {
+                format!(
+                    "{slot} (hash tag {:?})",
+                    String::from_utf8_lossy(hash_tag(&key_bytes))
+                )
+            } else {
+                slot.to_string()
+            },
+        ),
         (
             "replicas",
             if replicas.is_empty() {

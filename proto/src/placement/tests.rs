@@ -35,18 +35,100 @@ fn key_hash_is_siphash_2_4_with_zero_keys_and_pinned() {
 }
 
 #[test]
+fn key_slots_are_redis_clusters() {
+    // Redis's documented values (CLUSTER KEYSLOT) and CRC16/XMODEM's check value.
+    assert_eq!(
+        crc16::State::<crc16::XMODEM>::calculate(b"123456789"),
+        0x31c3
+    );
+    assert_eq!(key_slot(b"123456789"), 0x31c3);
+    assert_eq!(key_slot(b"somekey"), 11058);
+    assert_eq!(key_slot(b"foo{hash_tag}"), 2515);
+    assert_eq!(key_slot(b"{hash_tag}"), 2515);
+    assert_eq!(key_slot(b"foo"), 12182);
+    assert_eq!(key_slot(b""), 0);
+    // Hash tags: the first `{`, the first `}` after it, not empty.
+    assert_eq!(hash_tag(b"{user1000}.following"), b"user1000");
+    assert_eq!(hash_tag(b"foo{}{bar}"), b"foo{}{bar}");
+    assert_eq!(hash_tag(b"foo{{bar}}zap"), b"{bar");
+    assert_eq!(hash_tag(b"foo{bar}{zap}"), b"bar");
+    assert_eq!(hash_tag(b"no}tag{"), b"no}tag{");
+    assert_eq!(hash_tag(b"{"), b"{");
+}
+
+#[test]
 fn golden_vectors_pin_the_replica_sets() {
     let ring = ring_of(&ids(5), 256, 3);
-    let golden: [(&str, [&str; 3]); 4] = [
-        ("user:42", ["node-1", "node-3", "node-5"]),
-        ("a", ["node-4", "node-3", "node-5"]),
-        ("", ["node-2", "node-5", "node-4"]),
-        ("session:9f8e", ["node-5", "node-2", "node-1"]),
+    let golden: [(&str, [&str; 3]); 5] = [
+        ("user:42", ["node-3", "node-5", "node-1"]),
+        ("a", ["node-4", "node-2", "node-5"]),
+        ("", ["node-5", "node-4", "node-2"]),
+        ("session:9f8e", ["node-5", "node-4", "node-3"]),
+        ("{user:42}:cart", ["node-3", "node-5", "node-1"]),
     ];
     for (key, owners) in golden {
         let got: Vec<&str> = ring.replicas(key.as_bytes()).iter().collect();
         assert_eq!(got, owners, "key {key:?}");
     }
+}
+
+#[test]
+fn keys_of_one_slot_share_a_replica_set() {
+    let ring = ring_of(&ids(7), 64, 3);
+    for i in 0..2_000 {
+        let tagged = format!("{{tag{i}}}:a");
+        let other = format!("x{{tag{i}}}:b");
+        let bare = format!("tag{i}");
+        let set: Vec<&str> = ring.replicas(tagged.as_bytes()).iter().collect();
+        assert_eq!(
+            set,
+            ring.replicas(other.as_bytes()).iter().collect::<Vec<_>>()
+        );
+        assert_eq!(
+            set,
+            ring.replicas(bare.as_bytes()).iter().collect::<Vec<_>>()
+        );
+        let slot = key_slot(bare.as_bytes());
+        assert_eq!(set, ring.slot_replicas(slot).iter().collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn slot_ranges_and_shards_describe_every_slot_exactly() {
+    for n in [1, 2, 3, 7] {
+        let ring = ring_of(&ids(n), 64, 3);
+        let mut next = 0u32;
+        for (first, last, set) in ring.slot_ranges() {
+            assert_eq!(u32::from(first), next, "ranges are contiguous");
+            assert!(first <= last);
+            for slot in first..=last {
+                assert_eq!(
+                    ring.slot_replicas(slot).iter().collect::<Vec<_>>(),
+                    set.iter().collect::<Vec<_>>()
+                );
+            }
+            next = u32::from(last) + 1;
+        }
+        assert_eq!(next, u32::from(SLOTS), "{n} nodes: ranges cover every slot");
+        let mut covered = vec![false; usize::from(SLOTS)];
+        for (set, runs) in ring.shards() {
+            for (first, last) in runs {
+                for slot in first..=last {
+                    assert!(!covered[usize::from(slot)], "slot {slot} in two shards");
+                    covered[usize::from(slot)] = true;
+                    assert_eq!(
+                        ring.slot_replicas(slot).iter().collect::<Vec<_>>(),
+                        set.iter().collect::<Vec<_>>()
+                    );
+                }
+            }
+        }
+        assert!(covered.iter().all(|&c| c));
+    }
+    assert_eq!(
+        Ring::build(std::iter::empty(), 16, 3).slot_ranges().count(),
+        0
+    );
 }
 
 #[test]
@@ -64,23 +146,59 @@ fn the_same_members_give_the_same_ring_in_any_order() {
     }
 }
 
+/// max/mean keys per node over a million keys, for ten sets of member names.
+fn balance(n: usize) -> Vec<f64> {
+    let mut per_slot = vec![0u32; usize::from(SLOTS)];
+    for i in 0..1_000_000 {
+        per_slot[usize::from(key_slot(format!("key:{i}").as_bytes()))] += 1;
+    }
+    (0..10)
+        .map(|set| {
+            let names: Vec<String> = (1..=n).map(|i| format!("set{set}-node-{i}")).collect();
+            let ring = ring_of(&names, DEFAULT_VNODES_PER_WEIGHT, 1);
+            let mut counts: HashMap<&str, u64> = HashMap::new();
+            for (first, last, set) in ring.slot_ranges() {
+                let keys: u64 = (first..=last)
+                    .map(|slot| u64::from(per_slot[usize::from(slot)]))
+                    .sum();
+                *counts.entry(set.primary().unwrap()).or_default() += keys;
+            }
+            assert_eq!(counts.len(), n, "every node owns keys");
+            *counts.values().max().unwrap() as f64 / (1_000_000.0 / n as f64)
+        })
+        .collect()
+}
+
 #[test]
-fn balance_within_ten_percent_at_256_vnodes_over_a_million_keys() {
-    for n in [3, 5, 16, 64] {
-        let ring = ring_of(&ids(n), DEFAULT_VNODES_PER_WEIGHT, 1);
-        let mut counts: HashMap<String, u32> = HashMap::new();
-        for owner in primaries(&ring, 1_000_000) {
-            *counts.entry(owner).or_default() += 1;
-        }
-        assert_eq!(counts.len(), n, "every node owns keys");
-        let max = *counts.values().max().unwrap() as f64;
-        let mean = 1_000_000.0 / n as f64;
+fn balance_within_ten_percent_up_to_sixteen_nodes() {
+    for n in [3, 5, 8, 16] {
+        let ratios = balance(n);
+        let worst = ratios.iter().copied().fold(0.0, f64::max);
         assert!(
-            max / mean <= 1.10,
-            "{n} nodes: max/mean = {:.3}",
-            max / mean
+            worst <= 1.10,
+            "{n} nodes: max/mean up to {worst:.3} ({ratios:.3?})"
         );
     }
+}
+
+#[test]
+fn balance_at_sixty_four_nodes_is_what_16384_random_slots_allow() {
+    // 256 slots per node on average, so one standard deviation is ~16 slots (6.2 %): the
+    // expected busiest of 64 nodes is ~2.4 deviations above the mean (~1.15) for any placement
+    // that picks each slot's owner at random, however even the ring. Measured over ten member
+    // sets: median 1.158, worst 1.212.
+    let mut ratios = balance(64);
+    ratios.sort_by(f64::total_cmp);
+    let median = (ratios[4] + ratios[5]) / 2.0;
+    assert!(
+        median <= 1.17,
+        "64 nodes: median max/mean {median:.3} ({ratios:.3?})"
+    );
+    assert!(
+        ratios[9] <= 1.25,
+        "64 nodes: worst max/mean {:.3}",
+        ratios[9]
+    );
 }
 
 #[test]
@@ -155,6 +273,7 @@ fn a_topology_ring_holds_only_range_owning_members() {
         gossip_addr: String::new(),
         http_addr: String::new(),
         cluster_addr: String::new(),
+        resp_addr: String::new(),
     };
     let topology = Topology::new(
         vec![

@@ -49,7 +49,7 @@ impl Admin for AdminService {
             .map_err(Status::from)?;
         let now = self.node.now_ms();
         Ok(Response::new(v1::InspectResponse {
-            key_hash: ringcache_proto::placement::key_hash(&key),
+            slot: u32::from(ringcache_proto::placement::key_slot(&key)),
             replicas: view.replicas(&key).iter().map(str::to_owned).collect(),
             found: held.is_some(),
             live: held.as_ref().is_some_and(|item| item.is_live(now)),

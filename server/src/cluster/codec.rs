@@ -265,6 +265,7 @@ struct WireMeta<S> {
     cluster_addr: S,
     weight: u32,
     state: u8,
+    resp_addr: S,
 }
 
 fn state_to_wire(state: MetaState) -> u8 {
@@ -298,6 +299,8 @@ pub(crate) fn meta_record_len_bound(meta: &NodeMeta) -> usize {
         + meta.http_addr.len()
         + VARINT_LEN
         + meta.cluster_addr.len()
+        + VARINT_LEN
+        + meta.resp_addr.len()
         + VARINT_U32
         + 1
 }
@@ -311,6 +314,7 @@ pub(crate) fn encode_meta_record(record: &MetaRecord) -> Result<Vec<u8>, CodecEr
         grpc_addr: record.meta.grpc_addr.as_str(),
         http_addr: record.meta.http_addr.as_str(),
         cluster_addr: record.meta.cluster_addr.as_str(),
+        resp_addr: record.meta.resp_addr.as_str(),
         weight: record.meta.weight,
         state: state_to_wire(record.meta.state),
     };
@@ -337,6 +341,7 @@ pub(crate) fn decode_meta_record(data: &[u8]) -> Result<MetaRecord, CodecError> 
             grpc_addr: wire.grpc_addr,
             http_addr: wire.http_addr,
             cluster_addr: wire.cluster_addr,
+            resp_addr: wire.resp_addr,
             weight: wire.weight,
             state: state_from_wire(wire.state)?,
         },
@@ -498,6 +503,7 @@ mod tests {
                             grpc_addr,
                             http_addr,
                             cluster_addr,
+                            resp_addr: String::new(),
                             weight,
                             state,
                         },

@@ -975,5 +975,6 @@ fn member_of(identity: &NodeIdentity, meta: &NodeMeta, state: NodeState) -> Memb
         gossip_addr: identity.gossip_addr().to_string(),
         http_addr: meta.http_addr.clone(),
         cluster_addr: meta.cluster_addr.clone(),
+        resp_addr: meta.resp_addr.clone(),
     }
 }

@@ -56,6 +56,8 @@ pub struct NodeMeta {
     pub http_addr: String,
     /// Where peers reach its cluster-plane gRPC services (`host:port`).
     pub cluster_addr: String,
+    /// Where clients reach its Redis protocol port (`host:port`); empty when it has none.
+    pub resp_addr: String,
     /// Its ring weight (virtual nodes scale with it); at least 1.
     pub weight: u32,
     /// Its life-cycle state.
@@ -248,6 +250,7 @@ mod tests {
             grpc_addr: format!("127.0.0.1:{port}"),
             http_addr: format!("127.0.0.1:{}", port + 1),
             cluster_addr: format!("127.0.0.1:{}", port + 2),
+            resp_addr: String::new(),
             weight: 1,
             state,
         }

@@ -38,6 +38,7 @@ fn meta_for(index: usize, state: MetaState) -> NodeMeta {
         grpc_addr: format!("10.0.0.{index}:7379"),
         http_addr: format!("10.0.0.{index}:7381"),
         cluster_addr: format!("10.0.0.{index}:7382"),
+        resp_addr: String::new(),
         weight: 1 + index as u32,
         state,
     }
@@ -299,6 +300,7 @@ impl Sim {
                     gossip_addr: identity.gossip_addr().to_string(),
                     http_addr: meta.http_addr.clone(),
                     cluster_addr: meta.cluster_addr.clone(),
+                    resp_addr: meta.resp_addr.clone(),
                 }
             })
             .collect();

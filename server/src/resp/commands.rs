@@ -12,8 +12,10 @@ use bytes::Bytes;
 use ringcache_proto::v1::{self, cache_server::Cache};
 use tonic::{Code, Request, Status};
 
+use super::cluster;
 use super::parse::Command;
 use super::reply::Reply;
+use super::table;
 use crate::api::CacheService;
 use crate::node::Node;
 
@@ -38,6 +40,12 @@ pub struct Session {
     pub resp3: bool,
     name: Option<Bytes>,
     id: u64,
+    /// `-MOVED` or forwarding, `READONLY` ([`cluster::Routing`]).
+    routing: cluster::Routing,
+    ring: Arc<cluster::RingWatch>,
+    /// The consistency of reads and of writes (`RINGCACHE CONSISTENCY`).
+    read_level: i32,
+    write_level: i32,
 }
 
 const ONE: i32 = v1::Consistency::One as i32;
@@ -69,19 +77,23 @@ fn status_reply(status: &Status) -> Reply {
     }
 }
 
-fn integer(arg: &[u8]) -> Option<i64> {
+pub(crate) fn integer(arg: &[u8]) -> Option<i64> {
     std::str::from_utf8(arg).ok()?.parse().ok()
 }
 
 impl Session {
     /// A new connection's session.
-    pub fn new(node: Arc<Node>) -> Self {
+    pub fn new(node: Arc<Node>, ring: Arc<cluster::RingWatch>) -> Self {
         Self {
             cache: CacheService::new(node.clone()),
             node,
             resp3: false,
             name: None,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            routing: cluster::Routing::default(),
+            ring,
+            read_level: ONE,
+            write_level: DEFAULT,
         }
     }
 
@@ -93,6 +105,12 @@ impl Session {
         };
         let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
         let rest = &args[1..];
+        if let Some(spec) = table::lookup(name)
+            && let cluster::Route::Refuse(reply) =
+                self.routing.route(&self.node, &self.ring, spec, &args)
+        {
+            return (reply, Flow::Continue);
+        }
         let reply = match lower.as_str() {
             "quit" => return (Reply::OK, Flow::Close),
             "ping" => match rest {
@@ -111,6 +129,27 @@ impl Session {
                 _ => wrong_arity("select"),
             },
             "hello" => self.hello(rest),
+            "cluster" => {
+                if rest.first().is_some_and(|sub| {
+                    [&b"slots"[..], b"shards", b"nodes"]
+                        .iter()
+                        .any(|map| sub.eq_ignore_ascii_case(map))
+                }) {
+                    // It asked for the map: a cluster client, which follows -MOVED.
+                    self.routing.cluster_aware = true;
+                }
+                cluster::cluster(&self.node, rest)
+            }
+            "readonly" | "readwrite" | "asking" if rest.is_empty() => {
+                self.routing.cluster_aware = true;
+                match lower.as_str() {
+                    "readonly" => self.routing.readonly = true,
+                    "readwrite" => self.routing.readonly = false,
+                    _ => {}
+                }
+                Reply::OK
+            }
+            "ringcache" => self.ringcache(rest),
             "auth" => Reply::err(
                 "AUTH <password> called without any password configured for the default user. \
                  Are you sure your configuration is correct?",
@@ -204,7 +243,7 @@ impl Session {
                 [key] => {
                     let request = v1::PersistRequest {
                         key: key.clone(),
-                        consistency: DEFAULT,
+                        consistency: self.write_level,
                     };
                     match self.cache.persist(Request::new(request)).await {
                         Ok(r) => Reply::Integer(i64::from(r.into_inner().updated)),
@@ -292,10 +331,85 @@ impl Session {
         }
     }
 
+    /// `RINGCACHE ROUTING MOVED|FORWARD`, `RINGCACHE CONSISTENCY [READS|WRITES] level`: the
+    /// ringcache-specific settings of this connection.
+    fn ringcache(&mut self, rest: &[Bytes]) -> Reply {
+        let upper: Vec<String> = rest
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).to_ascii_uppercase())
+            .collect();
+        let words: Vec<&str> = upper.iter().map(String::as_str).collect();
+        let level = |word: &str| match word {
+            "ONE" => Some(v1::Consistency::One as i32),
+            "QUORUM" => Some(v1::Consistency::Quorum as i32),
+            "ALL" => Some(v1::Consistency::All as i32),
+            "DEFAULT" => Some(DEFAULT),
+            _ => None,
+        };
+        let level_name = |level: i32| match v1::Consistency::try_from(level) {
+            Ok(v1::Consistency::One) => "ONE",
+            Ok(v1::Consistency::Quorum) => "QUORUM",
+            Ok(v1::Consistency::All) => "ALL",
+            _ => "DEFAULT",
+        };
+        match words.as_slice() {
+            ["ROUTING"] => Reply::Simple(if self.routing.cluster_aware { "MOVED" } else { "FORWARD" }),
+            ["ROUTING", "MOVED"] => {
+                self.routing.cluster_aware = true;
+                Reply::OK
+            }
+            ["ROUTING", "FORWARD"] => {
+                self.routing = cluster::Routing::default();
+                Reply::OK
+            }
+            ["CONSISTENCY"] => Reply::Array(vec![
+                Reply::Bulk(Bytes::from_static(b"reads")),
+                Reply::Bulk(Bytes::from_static(level_name(self.read_level).as_bytes())),
+                Reply::Bulk(Bytes::from_static(b"writes")),
+                Reply::Bulk(Bytes::from_static(level_name(self.write_level).as_bytes())),
+            ]),
+            ["CONSISTENCY", which @ ("READS" | "WRITES"), word] | ["CONSISTENCY", word @ which]
+                if level(word).is_some() =>
+            {
+                let level = level(word).unwrap_or(DEFAULT);
+                // Reads at DEFAULT are ONE, as for every RESP read.
+                let read = if level == DEFAULT { ONE } else { level };
+                match *which {
+                    "READS" => self.read_level = read,
+                    "WRITES" => self.write_level = level,
+                    _ => {
+                        self.read_level = read;
+                        self.write_level = level;
+                    }
+                }
+                Reply::OK
+            }
+            ["HELP"] => Reply::Array(
+                [
+                    "RINGCACHE <subcommand> [<arg> ...]. Subcommands are:",
+                    "ROUTING [MOVED|FORWARD]",
+                    "    How this connection's requests for keys another node owns are served:",
+                    "    MOVED answers -MOVED (cluster clients), FORWARD serves them through this node.",
+                    "CONSISTENCY [READS|WRITES] [ONE|QUORUM|ALL|DEFAULT]",
+                    "    The consistency level of this connection's reads and writes",
+                    "    (default: reads ONE, writes the node's default level).",
+                ]
+                .iter()
+                .map(|line| Reply::Simple(line))
+                .collect(),
+            ),
+            [] => wrong_arity("ringcache"),
+            _ => Reply::err(format!(
+                "unknown subcommand or wrong arguments '{}'. Try RINGCACHE HELP.",
+                upper.join(" ")
+            )),
+        }
+    }
+
     async fn get(&self, key: Bytes) -> Reply {
         let request = v1::GetRequest {
             key,
-            consistency: ONE,
+            consistency: self.read_level,
         };
         match self.cache.get(Request::new(request)).await {
             Ok(r) => {
@@ -324,7 +438,7 @@ impl Session {
             ttl_ms,
             condition: condition as i32,
             return_previous: false,
-            consistency: DEFAULT,
+            consistency: self.write_level,
         };
         match self.cache.set(Request::new(request)).await {
             Ok(r) => Ok(r.into_inner().stored),
@@ -372,7 +486,7 @@ impl Session {
             ttl_ms,
             condition: condition as i32,
             return_previous: get,
-            consistency: DEFAULT,
+            consistency: self.write_level,
         };
         match self.cache.set(Request::new(request)).await {
             Ok(r) => {
@@ -390,7 +504,7 @@ impl Session {
     async fn delete(&self, keys: &[Bytes]) -> Reply {
         let request = v1::MDeleteRequest {
             keys: keys.to_vec(),
-            consistency: DEFAULT,
+            consistency: self.write_level,
         };
         match self.cache.m_delete(Request::new(request)).await {
             Ok(r) => Reply::Integer(i64::try_from(r.into_inner().deleted).unwrap_or(i64::MAX)),
@@ -401,7 +515,7 @@ impl Session {
     async fn read_many(&self, keys: &[Bytes]) -> Result<Vec<v1::GetResponse>, Reply> {
         let request = v1::MGetRequest {
             keys: keys.to_vec(),
-            consistency: ONE,
+            consistency: self.read_level,
         };
         match self.cache.m_get(Request::new(request)).await {
             Ok(r) => Ok(r.into_inner().results),
@@ -444,7 +558,7 @@ impl Session {
                 })
                 .collect(),
             ttl_ms: None,
-            consistency: DEFAULT,
+            consistency: self.write_level,
         };
         match self.cache.m_set(Request::new(request)).await {
             Ok(_) => Reply::OK,
@@ -457,7 +571,7 @@ impl Session {
             key: key.clone(),
             delta,
             ttl_ms: None,
-            consistency: DEFAULT,
+            consistency: self.write_level,
         };
         match self.cache.incr(Request::new(request)).await {
             Ok(r) => Reply::Integer(r.into_inner().value),
@@ -468,7 +582,7 @@ impl Session {
     async fn ttl(&self, key: &Bytes, seconds: bool) -> Reply {
         let request = v1::TtlRequest {
             key: key.clone(),
-            consistency: ONE,
+            consistency: self.read_level,
         };
         match self.cache.ttl(Request::new(request)).await {
             Ok(r) => {
@@ -492,7 +606,7 @@ impl Session {
         let request = v1::ExpireRequest {
             key: key.clone(),
             ttl_ms: ttl_ms as u64,
-            consistency: DEFAULT,
+            consistency: self.write_level,
         };
         match self.cache.expire(Request::new(request)).await {
             Ok(r) => Reply::Integer(i64::from(r.into_inner().updated)),

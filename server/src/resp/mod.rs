@@ -3,12 +3,15 @@
 //!
 //! - `parse`: reading commands (multi-bulk and inline, pipelined) with limits;
 //! - `reply`: encoding replies for RESP2 and RESP3;
+//! - `cluster`: the Redis Cluster protocol (`CLUSTER ...`, `-MOVED`/`-CROSSSLOT` routing of
+//!   cluster-aware connections);
 //! - `commands`: the commands, run through the node's `Cache` service (routing, forwarding,
 //!   replication and metrics as for gRPC);
 //! - `table`: the command table (arity, flags, key positions, roles), shared by `COMMAND`,
 //!   arity checks, slot routing and role checks;
 //! - `server`: the accept loop and the per-connection read–run–reply loop.
 
+pub mod cluster;
 pub mod commands;
 pub mod parse;
 pub mod reply;

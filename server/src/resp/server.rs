@@ -35,6 +35,7 @@ pub fn limits(node: &Node) -> Limits {
 /// Accepts RESP connections on `listener` until the node shuts down.
 pub async fn serve(node: Arc<Node>, listener: TcpListener) {
     let shutdown = node.shutdown_token().clone();
+    let ring = super::cluster::RingWatch::spawn(&node);
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -59,20 +60,25 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
         };
         let _ = stream.set_nodelay(true);
         let node = node.clone();
+        let ring = ring.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(error) = connection(node, stream).await {
+            if let Err(error) = connection(node, ring, stream).await {
                 tracing::debug!(%peer, %error, "RESP connection ended");
             }
         });
     }
 }
 
-async fn connection(node: Arc<Node>, mut stream: TcpStream) -> std::io::Result<()> {
+async fn connection(
+    node: Arc<Node>,
+    ring: Arc<super::cluster::RingWatch>,
+    mut stream: TcpStream,
+) -> std::io::Result<()> {
     let limits = limits(&node);
     let max_query = node.config().max_message_bytes.max(limits.max_arg_bytes);
     let shutdown = node.shutdown_token().clone();
-    let mut session = Session::new(node);
+    let mut session = Session::new(node, ring);
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output = BytesMut::new();
     loop {
