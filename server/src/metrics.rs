@@ -1069,7 +1069,7 @@ pub const RESP_ERROR_KINDS: [&str; 12] = [
 
 /// Metrics of the RESP port. Command labels are the command table's names (an unknown command
 /// is `unknown`), error labels one of [`RESP_ERROR_KINDS`] or `other`: both sets are bounded.
-/// Series appear at their first use.
+/// Command series exist from the start; error series appear at their first use.
 pub struct RespMetrics {
     recorder: std::sync::Arc<PrometheusRecorder>,
     connections: Gauge,
@@ -1106,29 +1106,57 @@ impl RespMetrics {
             &Key::from_static_name("ringcache_resp_connections"),
             &METADATA,
         );
-        Self {
+        let metrics = Self {
             recorder,
             connections,
             commands: dashmap::DashMap::new(),
             errors: dashmap::DashMap::new(),
+        };
+        // Exported from the start: every command of the table (a bounded set) and the error of
+        // an unknown command, so dashboards and alerts find the families on a fresh node.
+        for spec in crate::resp::table::COMMANDS {
+            metrics.counter_of(spec.name);
         }
+        metrics.counter_of("unknown");
+        metrics.error_counter_of("unknown", "ERR");
+        metrics
+    }
+
+    fn counter_of(
+        &self,
+        command: &'static str,
+    ) -> dashmap::mapref::one::RefMut<'_, &'static str, Counter> {
+        self.commands.entry(command).or_insert_with(|| {
+            self.recorder.register_counter(
+                &Key::from_parts(
+                    "ringcache_resp_commands_total",
+                    vec![Label::new("command", command)],
+                ),
+                &METADATA,
+            )
+        })
+    }
+
+    fn error_counter_of(
+        &self,
+        command: &'static str,
+        kind: &'static str,
+    ) -> dashmap::mapref::one::RefMut<'_, (&'static str, &'static str), Counter> {
+        self.errors.entry((command, kind)).or_insert_with(|| {
+            self.recorder.register_counter(
+                &Key::from_parts(
+                    "ringcache_resp_errors_total",
+                    vec![Label::new("command", command), Label::new("error", kind)],
+                ),
+                &METADATA,
+            )
+        })
     }
 
     /// Counts one command (`command`: its table name, or `unknown`) and, when its reply was an
     /// error, the error's code (the first word of the error text).
     pub fn record_command(&self, command: &'static str, error: Option<&str>) {
-        self.commands
-            .entry(command)
-            .or_insert_with(|| {
-                self.recorder.register_counter(
-                    &Key::from_parts(
-                        "ringcache_resp_commands_total",
-                        vec![Label::new("command", command)],
-                    ),
-                    &METADATA,
-                )
-            })
-            .increment(1);
+        self.counter_of(command).increment(1);
         if let Some(text) = error {
             let code = text.split(' ').next().unwrap_or_default();
             let kind = RESP_ERROR_KINDS
@@ -1136,18 +1164,7 @@ impl RespMetrics {
                 .find(|k| **k == code)
                 .copied()
                 .unwrap_or("other");
-            self.errors
-                .entry((command, kind))
-                .or_insert_with(|| {
-                    self.recorder.register_counter(
-                        &Key::from_parts(
-                            "ringcache_resp_errors_total",
-                            vec![Label::new("command", command), Label::new("error", kind)],
-                        ),
-                        &METADATA,
-                    )
-                })
-                .increment(1);
+            self.error_counter_of(command, kind).increment(1);
         }
     }
 
