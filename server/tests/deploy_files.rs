@@ -1363,7 +1363,10 @@ fn k8s_objects_fit_together() {
         .find(|s| s["metadata"]["name"] != service_name)
         .unwrap();
     assert_ne!(client["spec"]["clusterIP"], "None");
-    assert_eq!(client["spec"]["ports"].as_array().unwrap().len(), 1);
+    // gRPC (clients fetch the topology there) and RESP (any node serves any key).
+    let client_ports: Vec<&Value> = client["spec"]["ports"].as_array().unwrap().iter().collect();
+    assert_eq!(client_ports.len(), 2);
+    assert_eq!(client_ports[1]["port"], RESP_PORT);
 
     // PodDisruptionBudget.
     let pdb = k8s_object("k8s/pdb.yaml", "PodDisruptionBudget", None);
