@@ -482,11 +482,14 @@ async fn auth_gates_every_command_and_roles_come_from_the_table() {
         run::<String>(&mut default, &["GET", "a"]).await.unwrap(),
         "1"
     );
-    let wrong = connect_url(&format!("redis://writer:nope@127.0.0.1:{port}/"))
-        .await
-        .err()
-        .expect("wrong credentials fail the connection");
-    assert_eq!(wrong.kind(), redis::ErrorKind::AuthenticationFailed, "{wrong}");
+    let Err(wrong) = connect_url(&format!("redis://writer:nope@127.0.0.1:{port}/")).await else {
+        panic!("wrong credentials fail the connection")
+    };
+    assert_eq!(
+        wrong.kind(),
+        redis::ErrorKind::AuthenticationFailed,
+        "{wrong}"
+    );
     // HELLO 3 AUTH authenticates and switches protocol in one command (RESP3: a map).
     let mut hello = Raw::open(&node).await;
     assert!(
@@ -774,11 +777,14 @@ async fn tls_with_users_through_the_redis_crate_and_redis_cli() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Some("NOAUTH"), "{refused}");
-    let wrong = tls_connect(&node, &ca, None, "writer:nope@")
-        .await
-        .err()
-        .unwrap();
-    assert_eq!(wrong.kind(), redis::ErrorKind::AuthenticationFailed, "{wrong}");
+    let Err(wrong) = tls_connect(&node, &ca, None, "writer:nope@").await else {
+        panic!("wrong credentials fail the connection")
+    };
+    assert_eq!(
+        wrong.kind(),
+        redis::ErrorKind::AuthenticationFailed,
+        "{wrong}"
+    );
     // A plaintext client gets no answer (the bytes are not a TLS hello) and is closed.
     let mut plain = Raw::open(&node).await;
     plain.0.write_all(b"PING\r\n").await.unwrap();

@@ -179,12 +179,12 @@ impl ClientInfo {
             .last_active
             .map_or(0, |at| now.saturating_duration_since(at).as_secs());
         let mut line = String::with_capacity(320);
-        let _ = write!(
+        let _ = writeln!(
             line,
             "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={flags} db=0 sub=0 psub=0 \
              ssub=0 multi=-1 watch=0 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 \
              oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} \
-             lib-ver={}\n",
+             lib-ver={}",
             self.id,
             addr(self.addr),
             addr(self.laddr),

@@ -300,10 +300,9 @@ fn write_section(out: &mut String, section: &str, node: &Node, registry: &Regist
             field("keyspace_hits", &stats.hits);
             field("keyspace_misses", &stats.misses);
         }
-        "keyspace" => {
-            if stats.keys > 0 {
-                field("db0", &format!("keys={},expires=0,avg_ttl=0", stats.keys));
-            }
+        // Redis leaves out a database without keys.
+        "keyspace" if stats.keys > 0 => {
+            field("db0", &format!("keys={},expires=0,avg_ttl=0", stats.keys));
         }
         "cluster" => {
             field("cluster_enabled", &1);
