@@ -30,6 +30,8 @@ pub const DEFAULT_GOSSIP_PORT: u16 = 7380;
 pub const DEFAULT_HTTP_PORT: u16 = 7381;
 /// Default cluster-plane port (gRPC between nodes: `Internal` and forwarded requests).
 pub const DEFAULT_CLUSTER_PORT: u16 = 7382;
+/// Default RESP (Redis protocol) port: Redis's 6379 + 100, so a node and a local Redis coexist.
+pub const DEFAULT_RESP_PORT: u16 = 6479;
 /// Default server name every node certificate of the cluster plane carries (a DNS SAN).
 pub const DEFAULT_CLUSTER_SERVER_NAME: &str = "ringcache-cluster";
 
@@ -82,10 +84,14 @@ pub struct Cli {
     #[arg(long, env = "RINGCACHE_CLUSTER_PORT", value_name = "PORT")]
     pub cluster_port: Option<u16>,
     /// Redis protocol (RESP) port on the bind address, for Redis clients and redis-cli; 0 turns
-    /// it off. Not allowed together with users or TLS until RESP supports AUTH and TLS
-    /// [default: 0, off].
+    /// it off. It has the client port's TLS (tls-cert, tls-client-ca) and users (AUTH)
+    /// [default: 6479].
     #[arg(long, env = "RINGCACHE_RESP_PORT", value_name = "PORT")]
     pub resp_port: Option<u16>,
+    /// Close a RESP connection that has sent nothing this long (Redis's `timeout`); 0 = never
+    /// [default: 0].
+    #[arg(long, env = "RINGCACHE_RESP_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub resp_idle_timeout: Option<HumanDuration>,
     /// Gossip addresses (host:port) of nodes to join through, comma-separated [default: none, a
     /// new cluster]. Cluster membership arrives with the gossip layer; a single node ignores it.
     #[arg(
@@ -245,7 +251,8 @@ pub struct Cli {
     #[arg(long, env = "RINGCACHE_INSECURE")]
     pub insecure: bool,
     /// Longest a new connection may take to finish its TLS handshake and HTTP/2 preface and,
-    /// when users are configured, to send its first authenticated request [default: 10s].
+    /// when users are configured, to send its first authenticated request (on the RESP port:
+    /// its TLS handshake and, with users, its AUTH or HELLO AUTH) [default: 10s].
     #[arg(long, env = "RINGCACHE_HANDSHAKE_TIMEOUT", value_name = "DURATION")]
     pub handshake_timeout: Option<HumanDuration>,
     /// Most connections on the client port that have not yet authenticated (or finished their
@@ -440,6 +447,7 @@ struct FileConfig {
     ready_settle: Option<HumanDuration>,
     cluster_port: Option<u16>,
     resp_port: Option<u16>,
+    resp_idle_timeout: Option<HumanDuration>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
@@ -482,6 +490,8 @@ pub struct Config {
     pub cluster_port: u16,
     /// RESP port; 0: no RESP listener.
     pub resp_port: u16,
+    /// Close RESP connections that sent nothing for this long (`None`: never).
+    pub resp_idle_timeout: Option<Duration>,
     /// Gossip addresses to join through.
     pub seeds: Vec<String>,
     /// Copies of each key.
@@ -746,7 +756,15 @@ impl Config {
                 .cluster_port
                 .or(file.cluster_port)
                 .unwrap_or(DEFAULT_CLUSTER_PORT),
-            resp_port: cli.resp_port.or(file.resp_port).unwrap_or(0),
+            resp_port: cli
+                .resp_port
+                .or(file.resp_port)
+                .unwrap_or(DEFAULT_RESP_PORT),
+            resp_idle_timeout: cli
+                .resp_idle_timeout
+                .or(file.resp_idle_timeout)
+                .map(|d| d.0)
+                .filter(|d| !d.is_zero()),
             security,
             gossip_keyring: cli.gossip_keyring.or(file.gossip_keyring),
             secrets_reload_interval: cli
@@ -865,13 +883,6 @@ impl Config {
                 self.anti_entropy_interval
             );
         }
-        if self.resp_port != 0 && (self.security.auth_configured() || self.security.tls.is_some()) {
-            bail!(
-                "resp_port {} with users or TLS configured: the Redis protocol port has no AUTH or \
-                 TLS yet and would bypass them; set resp_port to 0",
-                self.resp_port
-            );
-        }
         let ports = [
             ("grpc_port", self.grpc_port),
             ("gossip_port", self.gossip_port),
@@ -897,6 +908,8 @@ impl Config {
                 grpc_port: Some(0),
                 http_port: Some(0),
                 cluster_port: Some(0),
+                // Off: tests bind their own RESP listener on a free port (TestNode).
+                resp_port: Some(0),
                 max_memory: Some(ByteSize(64 * 1024 * 1024)),
                 gossip_port: Some(0),
                 shards: Some(8),
@@ -1284,13 +1297,24 @@ mod tests {
     }
 
     #[test]
-    fn the_resp_port_is_off_by_default_and_refused_with_users_or_tls() {
+    fn the_resp_port_defaults_to_6479_and_goes_with_users_and_tls() {
         let defaults = Config::layer(Cli::default(), FileConfig::default()).unwrap();
-        assert_eq!((defaults.resp_port, defaults.resp_addr()), (0, None));
-        let on = Config::layer(parse(&["--resp-port", "6479"]), FileConfig::default()).unwrap();
-        assert_eq!(on.resp_addr(), Some("127.0.0.1:6479".parse().unwrap()));
-        let file: FileConfig = toml::from_str("resp_port = 6380").unwrap();
-        assert_eq!(Config::layer(Cli::default(), file).unwrap().resp_port, 6380);
+        assert_eq!(
+            defaults.resp_addr(),
+            Some("127.0.0.1:6479".parse().unwrap())
+        );
+        assert_eq!(defaults.resp_idle_timeout, None, "Redis's timeout 0: never");
+        let off = Config::layer(parse(&["--resp-port", "0"]), FileConfig::default()).unwrap();
+        assert_eq!((off.resp_port, off.resp_addr()), (0, None));
+        let file: FileConfig =
+            toml::from_str("resp_port = 6380\nresp_idle_timeout = \"5m\"").unwrap();
+        let from_file = Config::layer(Cli::default(), file).unwrap();
+        assert_eq!(from_file.resp_port, 6380);
+        assert_eq!(from_file.resp_idle_timeout, Some(Duration::from_secs(300)));
+        let zero =
+            Config::layer(parse(&["--resp-idle-timeout", "0s"]), FileConfig::default()).unwrap();
+        assert_eq!(zero.resp_idle_timeout, None);
+        // Users and TLS now cover the RESP port (AUTH, TLS): no longer refused together.
         let with_users = Config::layer(
             parse(&[
                 "--resp-port",
@@ -1299,16 +1323,12 @@ mod tests {
                 "/nonexistent/users.toml",
             ]),
             FileConfig::default(),
-        );
-        assert!(
-            with_users
-                .unwrap_err()
-                .to_string()
-                .contains("no AUTH or TLS yet"),
-            "RESP would bypass the users"
-        );
+        )
+        .unwrap();
+        assert!(with_users.security.auth_configured());
         let clash = Config::layer(parse(&["--resp-port", "7379"]), FileConfig::default());
         assert!(clash.unwrap_err().to_string().contains("resp_port"));
+        assert_eq!(Config::for_test().resp_port, 0, "tests bind their own");
     }
 
     #[test]

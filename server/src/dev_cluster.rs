@@ -9,7 +9,7 @@ use std::process::Stdio;
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 
-use crate::config::DEFAULT_GOSSIP_PORT;
+use crate::config::{DEFAULT_GOSSIP_PORT, DEFAULT_RESP_PORT};
 
 /// Most nodes a dev cluster may have.
 pub const MAX_DEV_NODES: u8 = 32;
@@ -36,25 +36,44 @@ fn passthrough(args: &[String]) -> Vec<String> {
     out
 }
 
-/// The gossip port every child uses: `--gossip-port P` / `--gossip-port=P` if given.
-fn gossip_port(args: &[String]) -> u16 {
+/// The value of the port flag `flag` (`--flag P` / `--flag=P`) in `args`, else the environment
+/// variable `env`, else `default`.
+fn port_flag(args: &[String], flag: &str, env: &str, default: u16) -> u16 {
     let mut iter = args.iter();
+    let prefix = format!("{flag}=");
     while let Some(arg) = iter.next() {
-        if arg == "--gossip-port" {
+        if arg == flag {
             if let Some(port) = iter.next().and_then(|p| p.parse().ok()) {
                 return port;
             }
-        } else if let Some(port) = arg
-            .strip_prefix("--gossip-port=")
-            .and_then(|p| p.parse().ok())
-        {
+        } else if let Some(port) = arg.strip_prefix(&prefix).and_then(|p| p.parse().ok()) {
             return port;
         }
     }
-    std::env::var("RINGCACHE_GOSSIP_PORT")
+    std::env::var(env)
         .ok()
         .and_then(|p| p.parse().ok())
-        .unwrap_or(DEFAULT_GOSSIP_PORT)
+        .unwrap_or(default)
+}
+
+/// The gossip port every child uses: `--gossip-port P` / `--gossip-port=P` if given.
+fn gossip_port(args: &[String]) -> u16 {
+    port_flag(
+        args,
+        "--gossip-port",
+        "RINGCACHE_GOSSIP_PORT",
+        DEFAULT_GOSSIP_PORT,
+    )
+}
+
+/// The RESP port every child uses (each on its own address); 0: off.
+fn resp_port(args: &[String]) -> u16 {
+    port_flag(
+        args,
+        "--resp-port",
+        "RINGCACHE_RESP_PORT",
+        DEFAULT_RESP_PORT,
+    )
 }
 
 /// The arguments of child `i` (1-based).
@@ -93,10 +112,23 @@ pub async fn run(
             .spawn()
             .with_context(|| format!("cannot start node dev-{i}"))?;
         let pid = child.id().unwrap_or_default();
-        eprintln!("dev-{i}: pid {pid} on 127.0.0.{i}");
+        match resp_port(&passthrough) {
+            0 => eprintln!("dev-{i}: pid {pid} on 127.0.0.{i}"),
+            resp => {
+                eprintln!("dev-{i}: pid {pid} on 127.0.0.{i}, Redis protocol on 127.0.0.{i}:{resp}")
+            }
+        }
         children.push((i, child));
     }
-    eprintln!("dev cluster of {nodes} started; clients connect to 127.0.0.1:7379; Ctrl-C stops it");
+    match resp_port(&passthrough) {
+        0 => eprintln!(
+            "dev cluster of {nodes} started; clients connect to 127.0.0.1:7379; Ctrl-C stops it"
+        ),
+        resp => eprintln!(
+            "dev cluster of {nodes} started; clients connect to 127.0.0.1:7379 (gRPC) or \
+             127.0.0.1:{resp} (redis-cli -p {resp}); Ctrl-C stops it"
+        ),
+    }
     tokio::pin!(shutdown);
     loop {
         if children.is_empty() {
@@ -185,5 +217,19 @@ mod tests {
         assert!(
             child_args(3, &custom).ends_with(&["--seeds".to_owned(), "127.0.0.1:9999".to_owned()])
         );
+    }
+
+    #[test]
+    fn every_child_serves_resp_on_its_own_address_at_the_given_port() {
+        let strings = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            resp_port(&strings(&["--max-memory", "64MiB"])),
+            DEFAULT_RESP_PORT
+        );
+        assert_eq!(resp_port(&strings(&["--resp-port", "7000"])), 7000);
+        assert_eq!(resp_port(&strings(&["--resp-port=0"])), 0);
+        // The flag is passed on: each child binds it on its own 127.0.0.i.
+        let rest = passthrough(&strings(&["--dev-cluster", "2", "--resp-port=7000"]));
+        assert_eq!(child_args(2, &rest)[0], "--resp-port=7000");
     }
 }

@@ -40,6 +40,14 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         connections.max(),
         connections.rejected(),
     );
+    let security = &node.metrics().security;
+    security.set_plane(0, node.connections());
+    security.set_plane(1, node.cluster_connections());
+    security.set_gauges(
+        node.cluster_connections().open(),
+        node.unauthenticated_connections().open(),
+        node.is_insecure(),
+    );
     node.metrics()
         .set_replication_lag(node.replicator().replication_lag(node.now_ms()));
     let body = node

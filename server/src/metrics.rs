@@ -214,6 +214,8 @@ pub struct Metrics {
     pipeline_requests: Counter,
     /// Authentication, connection admission and the insecure flag.
     pub security: SecurityMetrics,
+    /// The RESP port: commands, errors, connections.
+    pub resp: RespMetrics,
     /// `versions_refused[source]`, sources as in [`VersionSource::ALL`].
     versions_refused: Vec<Counter>,
     versions_refused_totals: [std::sync::atomic::AtomicU64; 4],
@@ -236,10 +238,12 @@ static METADATA: Metadata<'static> =
 impl Metrics {
     /// A fresh set of metrics with its own registry.
     pub fn new() -> Self {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets(LATENCY_BUCKETS)
-            .expect("the bucket list is not empty")
-            .build_recorder();
+        let recorder = std::sync::Arc::new(
+            PrometheusBuilder::new()
+                .set_buckets(LATENCY_BUCKETS)
+                .expect("the bucket list is not empty")
+                .build_recorder(),
+        );
         let handle = recorder.handle();
         let counter = |name: &'static str, labels: Vec<Label>| {
             recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
@@ -677,6 +681,7 @@ impl Metrics {
             expirations: counter("ringcache_expirations_total", vec![]),
             uptime: gauge("ringcache_uptime_seconds"),
             security: SecurityMetrics::register(&recorder),
+            resp: RespMetrics::register(recorder.clone()),
             handle,
         }
     }
@@ -905,8 +910,12 @@ pub const AUTH_FAILURE_REASONS: [&str; 5] = [
     "permission_denied",
 ];
 
-/// The planes whose connections are counted (`plane` label).
-pub const PLANES: [&str; 2] = ["client", "cluster"];
+/// The planes whose connections are counted (`plane` label): the gRPC client port, the cluster
+/// port and the RESP port.
+pub const PLANES: [&str; 3] = ["client", "cluster", "resp"];
+
+/// The `plane` index of the RESP port in [`PLANES`].
+pub const RESP_PLANE: usize = 2;
 
 /// Metrics of authentication and connection admission.
 pub struct SecurityMetrics {
@@ -1021,12 +1030,147 @@ impl SecurityMetrics {
         }
     }
 
+    /// Counts one connection of `plane` (index into [`PLANES`]) closed for `reason`, for planes
+    /// that count as they go rather than through [`SecurityMetrics::set_plane`] (RESP).
+    pub fn record_refused(&self, plane: usize, reason: crate::connections::Refused) {
+        if let Some(i) = crate::connections::Refused::ALL
+            .iter()
+            .position(|r| *r == reason)
+        {
+            self.refused[plane][i].increment(1);
+        }
+    }
+
     /// Copies in the cluster-port and unauthenticated connection counts and the insecure flag.
     pub fn set_gauges(&self, cluster_open: usize, unauthenticated_open: usize, insecure: bool) {
         self.cluster_connections.set(cluster_open as f64);
         self.unauthenticated_connections
             .set(unauthenticated_open as f64);
         self.insecure.set(if insecure { 1.0 } else { 0.0 });
+    }
+}
+
+/// The error codes `ringcache_resp_errors_total` tells apart (the first word of a Redis error
+/// reply); any other is `other`.
+pub const RESP_ERROR_KINDS: [&str; 12] = [
+    "ERR",
+    "WRONGPASS",
+    "NOAUTH",
+    "NOPERM",
+    "OOM",
+    "NOPROTO",
+    "WRONGTYPE",
+    "MOVED",
+    "ASK",
+    "CROSSSLOT",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+];
+
+/// Metrics of the RESP port. Command labels are the command table's names (an unknown command
+/// is `unknown`), error labels one of [`RESP_ERROR_KINDS`] or `other`: both sets are bounded.
+/// Command series exist from the start; error series appear at their first use.
+pub struct RespMetrics {
+    recorder: std::sync::Arc<PrometheusRecorder>,
+    connections: Gauge,
+    commands: dashmap::DashMap<&'static str, Counter>,
+    errors: dashmap::DashMap<(&'static str, &'static str), Counter>,
+}
+
+impl std::fmt::Debug for RespMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RespMetrics").finish_non_exhaustive()
+    }
+}
+
+impl RespMetrics {
+    fn register(recorder: std::sync::Arc<PrometheusRecorder>) -> Self {
+        describe(
+            &recorder,
+            "ringcache_resp_commands_total",
+            Unit::Count,
+            "Commands received on the RESP port, by command (unknown commands: unknown), refused ones included",
+        );
+        describe(
+            &recorder,
+            "ringcache_resp_errors_total",
+            Unit::Count,
+            "Error replies on the RESP port, by command and Redis error code (ERR, WRONGPASS, NOAUTH, NOPERM, OOM, ...; other)",
+        );
+        recorder.describe_gauge(
+            "ringcache_resp_connections".into(),
+            Some(Unit::Count),
+            "Open connections on the RESP port".into(),
+        );
+        let connections = recorder.register_gauge(
+            &Key::from_static_name("ringcache_resp_connections"),
+            &METADATA,
+        );
+        let metrics = Self {
+            recorder,
+            connections,
+            commands: dashmap::DashMap::new(),
+            errors: dashmap::DashMap::new(),
+        };
+        // Exported from the start: every command of the table (a bounded set) and the error of
+        // an unknown command, so dashboards and alerts find the families on a fresh node.
+        for spec in crate::resp::table::COMMANDS {
+            metrics.counter_of(spec.name);
+        }
+        metrics.counter_of("unknown");
+        metrics.error_counter_of("unknown", "ERR");
+        metrics
+    }
+
+    fn counter_of(
+        &self,
+        command: &'static str,
+    ) -> dashmap::mapref::one::RefMut<'_, &'static str, Counter> {
+        self.commands.entry(command).or_insert_with(|| {
+            self.recorder.register_counter(
+                &Key::from_parts(
+                    "ringcache_resp_commands_total",
+                    vec![Label::new("command", command)],
+                ),
+                &METADATA,
+            )
+        })
+    }
+
+    fn error_counter_of(
+        &self,
+        command: &'static str,
+        kind: &'static str,
+    ) -> dashmap::mapref::one::RefMut<'_, (&'static str, &'static str), Counter> {
+        self.errors.entry((command, kind)).or_insert_with(|| {
+            self.recorder.register_counter(
+                &Key::from_parts(
+                    "ringcache_resp_errors_total",
+                    vec![Label::new("command", command), Label::new("error", kind)],
+                ),
+                &METADATA,
+            )
+        })
+    }
+
+    /// Counts one command (`command`: its table name, or `unknown`) and, when its reply was an
+    /// error, the error's code (the first word of the error text).
+    pub fn record_command(&self, command: &'static str, error: Option<&str>) {
+        self.counter_of(command).increment(1);
+        if let Some(text) = error {
+            let code = text.split(' ').next().unwrap_or_default();
+            let kind = RESP_ERROR_KINDS
+                .iter()
+                .find(|k| **k == code)
+                .copied()
+                .unwrap_or("other");
+            self.error_counter_of(command, kind).increment(1);
+        }
+    }
+
+    /// One RESP connection more (`1.0`) or less (`-1.0`).
+    pub fn connection(&self, delta: f64) {
+        self.connections.increment(delta);
     }
 }
 

@@ -102,6 +102,9 @@ pub struct Node {
     client_tls: OnceLock<Arc<ReloadableTls>>,
     /// Mutual TLS of the cluster port, when configured.
     cluster_tls: OnceLock<Arc<ReloadableTls>>,
+    /// The RESP listener between [`Node::serve`] and the loading of users and TLS: it starts
+    /// serving only once they are loaded.
+    resp_listener: parking_lot::Mutex<Option<TcpListener>>,
     /// Set once the listeners serve and gossip has started (readiness: `starting` before).
     serving: AtomicBool,
     /// The seeds resolved to at least one address other than this node's own.
@@ -241,6 +244,7 @@ impl Node {
             auth: OnceLock::new(),
             client_tls: OnceLock::new(),
             cluster_tls: OnceLock::new(),
+            resp_listener: parking_lot::Mutex::new(None),
             serving: AtomicBool::new(false),
             seeded: AtomicBool::new(false),
             joined: AtomicBool::new(false),
@@ -303,6 +307,17 @@ impl Node {
     /// `None` at the cap (counted as rejected).
     pub(crate) fn admit_connection(&self) -> Option<crate::connections::Slot> {
         self.connections.admit()
+    }
+
+    /// Takes a place among the connections not authenticated yet (shared by the gRPC client
+    /// port and the RESP port), or `None` at the cap (counted).
+    pub(crate) fn admit_unauthenticated(&self) -> Option<crate::connections::Slot> {
+        self.unauthenticated.admit()
+    }
+
+    /// TLS of the client port (and the RESP port), when configured.
+    pub(crate) fn client_tls(&self) -> Option<&Arc<ReloadableTls>> {
+        self.client_tls.get()
     }
 
     /// Client-port connections that have not authenticated yet.
@@ -549,12 +564,7 @@ impl Node {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let grpc_addr = listeners.grpc.local_addr()?;
-        if let Some(resp) = listeners.resp {
-            let addr = resp.local_addr()?;
-            self.advertised.write().resp_addr = self.config.advertised(addr).to_string();
-            tracing::info!(resp = %addr, "Redis protocol (RESP) serving");
-            tokio::spawn(crate::resp::serve(self.clone(), resp));
-        }
+        *self.resp_listener.lock() = listeners.resp;
         let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
         let cluster = match listeners.cluster {
             Some(listener) => {
@@ -594,6 +604,18 @@ impl Node {
         IE: std::fmt::Display + Send + 'static,
     {
         self.load_security()?;
+        let resp_listener = self.resp_listener.lock().take();
+        if let Some(resp) = resp_listener {
+            let addr = resp.local_addr()?;
+            self.advertised.write().resp_addr = self.config.advertised(addr).to_string();
+            tracing::info!(
+                resp = %addr,
+                tls = self.client_tls.get().is_some(),
+                auth = self.auth.get().is_some(),
+                "Redis protocol (RESP) serving"
+            );
+            tokio::spawn(crate::resp::serve(self.clone(), resp));
+        }
         let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
         {
             let mut advertised = self.advertised.write();

@@ -145,7 +145,18 @@ impl PeerTls {
 #[derive(Debug)]
 pub struct ReloadableTls {
     files: TlsFiles,
-    current: RwLock<Arc<rustls::ServerConfig>>,
+    /// For gRPC (ALPN h2), and the same without ALPN for the RESP port.
+    current: RwLock<(Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>)>,
+}
+
+/// The gRPC configuration and its copy without ALPN (Redis clients offer none, and one that
+/// offered something else than h2 must not be refused for it).
+fn with_resp(
+    config: rustls::ServerConfig,
+) -> (Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>) {
+    let mut resp = config.clone();
+    resp.alpn_protocols.clear();
+    (Arc::new(config), Arc::new(resp))
 }
 
 impl ReloadableTls {
@@ -154,13 +165,19 @@ impl ReloadableTls {
         let config = server_config(&files)?;
         Ok(Self {
             files,
-            current: RwLock::new(Arc::new(config)),
+            current: RwLock::new(with_resp(config)),
         })
     }
 
     /// The configuration for the next connection.
     pub fn current(&self) -> Arc<rustls::ServerConfig> {
-        self.current.read().clone()
+        self.current.read().0.clone()
+    }
+
+    /// The configuration for the next RESP connection: the same certificates and client
+    /// verification, no ALPN.
+    pub fn current_resp(&self) -> Arc<rustls::ServerConfig> {
+        self.current.read().1.clone()
     }
 
     /// The files it reads.
@@ -171,7 +188,7 @@ impl ReloadableTls {
     /// Re-reads the files; on error the current configuration stays.
     pub fn reload(&self) -> anyhow::Result<()> {
         let config = server_config(&self.files)?;
-        *self.current.write() = Arc::new(config);
+        *self.current.write() = with_resp(config);
         Ok(())
     }
 }

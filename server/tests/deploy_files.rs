@@ -28,6 +28,7 @@ const DEADLINE: Duration = Duration::from_secs(20);
 const GRPC_PORT: u16 = 7379;
 const GOSSIP_PORT: u16 = 7380;
 const HTTP_PORT: u16 = 7381;
+const RESP_PORT: u16 = 6479;
 
 /// ringcached's defaults for the settings a graceful stop waits on, and the gossip leave after
 /// the hand-off (`Node::serve` waits up to 5 s for it).
@@ -755,6 +756,7 @@ fn local_node() -> (Running, String) {
         "--gossip-port=0",
         "--http-port=0",
         "--cluster-port=0",
+        "--resp-port=0",
         "--log-format=json",
     ]
     .map(str::to_owned)
@@ -1021,6 +1023,12 @@ fn every_deployment_uses_the_standard_ports() {
             "{}",
             launch.what
         );
+        assert_eq!(
+            launch.port("resp_port", RESP_PORT),
+            RESP_PORT,
+            "{}",
+            launch.what
+        );
         for seed in launch.seeds() {
             let (host, port) = host_port(&seed);
             assert!(!host.is_empty(), "{}: seed {seed:?}", launch.what);
@@ -1132,6 +1140,7 @@ fn dockerfile_builds_both_binaries_and_runs_them_unprivileged() {
         format!("{GOSSIP_PORT}/udp"),
         format!("{HTTP_PORT}/tcp"),
         "7382/tcp".to_owned(),
+        format!("{RESP_PORT}/tcp"),
     ]
     .into();
     assert_eq!(exposed, want);
@@ -1270,7 +1279,8 @@ fn compose_nodes_advertise_their_own_address_and_join_through_node_one() {
             );
             let container: u16 = parts[2].parse().unwrap();
             assert!(
-                (container == GRPC_PORT || container == HTTP_PORT) && proto == "tcp",
+                (container == GRPC_PORT || container == HTTP_PORT || container == RESP_PORT)
+                    && proto == "tcp",
                 "{what}: publishes {container}/{proto}"
             );
         }
@@ -1353,7 +1363,10 @@ fn k8s_objects_fit_together() {
         .find(|s| s["metadata"]["name"] != service_name)
         .unwrap();
     assert_ne!(client["spec"]["clusterIP"], "None");
-    assert_eq!(client["spec"]["ports"].as_array().unwrap().len(), 1);
+    // gRPC (clients fetch the topology there) and RESP (any node serves any key).
+    let client_ports: Vec<&Value> = client["spec"]["ports"].as_array().unwrap().iter().collect();
+    assert_eq!(client_ports.len(), 2);
+    assert_eq!(client_ports[1]["port"], RESP_PORT);
 
     // PodDisruptionBudget.
     let pdb = k8s_object("k8s/pdb.yaml", "PodDisruptionBudget", None);
@@ -1494,6 +1507,7 @@ fn k8s_ports_probes_and_scrape_annotations_name_the_right_ports() {
         ),
         ("http".to_owned(), (u64::from(HTTP_PORT), "TCP".to_owned())),
         ("cluster".to_owned(), (7382, "TCP".to_owned())),
+        ("resp".to_owned(), (u64::from(RESP_PORT), "TCP".to_owned())),
     ]
     .into();
     assert_eq!(ports, want);

@@ -64,6 +64,7 @@ fn help_documents_the_design_flags_and_their_environment_variables() {
         "--grpc-port",
         "--gossip-port",
         "--http-port",
+        "--resp-port",
         "--seeds",
         "--replication-factor",
         "--max-memory",
@@ -118,6 +119,13 @@ fn starts_with_defaults_serves_and_stops_cleanly_on_sigterm() {
         TcpStream::connect(format!("{bind}:7379")).is_ok(),
         "gRPC port open"
     );
+    // The Redis protocol on its default port, 6479.
+    let mut resp = TcpStream::connect(format!("{bind}:6479")).expect("RESP port open");
+    resp.set_read_timeout(Some(DEADLINE)).unwrap();
+    resp.write_all(b"PING\r\n").unwrap();
+    let mut pong = [0u8; 7];
+    resp.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"+PONG\r\n");
 
     let pid = guard.0.id().to_string();
     let kill = Command::new("kill")
@@ -214,6 +222,8 @@ fn insecure_lets_a_non_loopback_node_start_with_a_warning() {
             "--gossip-port",
             "0",
             "--cluster-port",
+            "0",
+            "--resp-port",
             "0",
         ])
         .stderr(Stdio::piped())

@@ -448,7 +448,7 @@ pub fn start_ringcached(
             .args(["--grpc-port", &grpc.to_string()])
             .args(["--http-port", &http.to_string()])
             .args(["--gossip-port", &gossip.to_string()])
-            .args(["--cluster-port", "0"])
+            .args(["--cluster-port", "0", "--resp-port", "0"])
             .args(["--workers", "1", "--max-memory", "8GiB"])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

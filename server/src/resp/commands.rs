@@ -6,21 +6,19 @@
 //! ONE.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use ringcache_proto::v1::{self, cache_server::Cache};
 use tonic::{Code, Request, Status};
 
 use super::cluster;
+use super::client::{Conn, Registry};
+use super::introspect;
 use super::parse::Command;
 use super::reply::Reply;
 use super::table;
 use crate::api::CacheService;
 use crate::node::Node;
-
-/// Connection ids, as `CLIENT ID` reports them.
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// What the connection does after a reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,25 +32,27 @@ pub enum Flow {
 /// One RESP connection's state.
 #[derive(Debug)]
 pub struct Session {
-    node: Arc<Node>,
+    pub(super) node: Arc<Node>,
     cache: CacheService,
     /// RESP3 after `HELLO 3`.
     pub resp3: bool,
-    name: Option<Bytes>,
-    id: u64,
     /// `-MOVED` or forwarding, `READONLY` ([`cluster::Routing`]).
     routing: cluster::Routing,
     ring: Arc<cluster::RingWatch>,
     /// The consistency of reads and of writes (`RINGCACHE CONSISTENCY`).
     read_level: i32,
     write_level: i32,
+    /// The connection: identity, name, its line in `CLIENT LIST`.
+    pub(super) conn: Conn,
+    /// The listener's connections and counters.
+    pub(super) registry: Arc<Registry>,
 }
 
 const ONE: i32 = v1::Consistency::One as i32;
 /// The node's default write level.
 const DEFAULT: i32 = v1::Consistency::Unspecified as i32;
 
-fn wrong_arity(name: &str) -> Reply {
+pub(super) fn wrong_arity(name: &str) -> Reply {
     Reply::err(format!("wrong number of arguments for '{name}' command"))
 }
 
@@ -83,13 +83,18 @@ pub(crate) fn integer(arg: &[u8]) -> Option<i64> {
 
 impl Session {
     /// A new connection's session.
-    pub fn new(node: Arc<Node>, ring: Arc<cluster::RingWatch>) -> Self {
+    pub fn new(
+        node: Arc<Node>,
+        conn: Conn,
+        registry: Arc<Registry>,
+        ring: Arc<cluster::RingWatch>,
+    ) -> Self {
         Self {
             cache: CacheService::new(node.clone()),
             node,
             resp3: false,
-            name: None,
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            conn,
+            registry,
             routing: cluster::Routing::default(),
             ring,
             read_level: ONE,
@@ -97,8 +102,21 @@ impl Session {
         }
     }
 
-    /// Runs one command.
+    /// Runs one command: checked against the table (known, arity, authentication, role;
+    /// `gate.rs`), run, counted.
     pub async fn execute(&mut self, args: Command) -> (Reply, Flow) {
+        let (spec, reply, flow) = match self.admit(&args) {
+            Ok(spec) => {
+                let (reply, flow) = self.dispatch(&args).await;
+                (Some(spec), reply, flow)
+            }
+            Err((spec, reply)) => (spec, reply, Flow::Continue),
+        };
+        self.count(spec, &reply);
+        (reply, flow)
+    }
+
+    async fn dispatch(&mut self, args: &Command) -> (Reply, Flow) {
         let Some(name) = args.first() else {
             // An empty line or `*0`: Redis sends nothing back; nor do we (the caller skips it).
             return (Reply::Nil, Flow::Continue);
@@ -150,17 +168,12 @@ impl Session {
                 Reply::OK
             }
             "ringcache" => self.ringcache(rest),
-            "auth" => Reply::err(
-                "AUTH <password> called without any password configured for the default user. \
-                 Are you sure your configuration is correct?",
-            ),
-            "client" => self.client(rest),
-            "command" => match rest.first().map(|a| a.to_ascii_lowercase()) {
-                None => Reply::Array(Vec::new()),
-                Some(sub) if sub == b"count" => Reply::Integer(0),
-                Some(sub) if sub == b"docs" || sub == b"info" => Reply::Array(Vec::new()),
-                Some(_) => syntax_error(),
-            },
+            "auth" => self.auth(rest),
+            "reset" => self.reset(),
+            "client" => self.client(rest, &self.registry.clone()),
+            "command" => introspect::command(rest),
+            "info" => introspect::info(&self.node, &self.registry, rest),
+            "time" => introspect::time(),
             "dbsize" if rest.is_empty() => {
                 Reply::Integer(i64::try_from(self.node.store().stats().keys).unwrap_or(i64::MAX))
             }
@@ -258,77 +271,11 @@ impl Session {
         (reply, Flow::Continue)
     }
 
-    fn hello(&mut self, rest: &[Bytes]) -> Reply {
-        if let Some(version) = rest.first() {
-            match integer(version) {
-                Some(2) => self.resp3 = false,
-                Some(3) => self.resp3 = true,
-                Some(_) => {
-                    return Reply::Error("NOPROTO unsupported protocol version".to_owned());
-                }
-                None => return Reply::err("Protocol version is not an integer or out of range"),
-            }
-            let mut options = rest[1..].iter();
-            while let Some(option) = options.next() {
-                match option.to_ascii_lowercase().as_slice() {
-                    b"setname" => match options.next() {
-                        Some(name) => self.name = Some(name.clone()),
-                        None => return syntax_error(),
-                    },
-                    b"auth" => {
-                        return Reply::err(
-                            "AUTH <password> called without any password configured for the \
-                             default user. Are you sure your configuration is correct?",
-                        );
-                    }
-                    _ => return syntax_error(),
-                }
-            }
-        }
-        let text = |s: &str| Reply::bulk(Bytes::copy_from_slice(s.as_bytes()));
-        Reply::Map(vec![
-            (text("server"), text("ringcache")),
-            (text("version"), text(env!("CARGO_PKG_VERSION"))),
-            (
-                text("proto"),
-                Reply::Integer(if self.resp3 { 3 } else { 2 }),
-            ),
-            (
-                text("id"),
-                Reply::Integer(i64::try_from(self.id).unwrap_or(i64::MAX)),
-            ),
-            (text("mode"), text("standalone")),
-            (text("role"), text("master")),
-            (text("modules"), Reply::Array(Vec::new())),
-        ])
-    }
-
-    fn client(&mut self, rest: &[Bytes]) -> Reply {
-        let Some(sub) = rest.first() else {
-            return wrong_arity("client");
-        };
-        match (sub.to_ascii_lowercase().as_slice(), &rest[1..]) {
-            (b"setname", [name]) => {
-                if name.iter().any(|b| *b <= b' ' || *b > b'~') {
-                    return Reply::err(
-                        "Client names cannot contain spaces, newlines or special characters.",
-                    );
-                }
-                self.name = (!name.is_empty()).then(|| name.clone());
-                Reply::OK
-            }
-            (b"getname", []) => self.name.clone().map_or(Reply::Nil, Reply::Bulk),
-            (b"id", []) => Reply::Integer(i64::try_from(self.id).unwrap_or(i64::MAX)),
-            (b"setinfo", [_, _]) => Reply::OK,
-            (b"setname" | b"getname" | b"id" | b"setinfo", _) => wrong_arity(&format!(
-                "client|{}",
-                String::from_utf8_lossy(sub).to_lowercase()
-            )),
-            _ => Reply::err(format!(
-                "unknown subcommand '{}'. Try CLIENT HELP.",
-                String::from_utf8_lossy(sub)
-            )),
-        }
+    /// Forgets `READONLY`, the routing mode and the consistency levels (`RESET`).
+    pub(super) fn reset_cluster_state(&mut self) {
+        self.routing = cluster::Routing::default();
+        self.read_level = ONE;
+        self.write_level = DEFAULT;
     }
 
     /// `RINGCACHE ROUTING MOVED|FORWARD`, `RINGCACHE CONSISTENCY [READS|WRITES] level`: the
@@ -616,7 +563,7 @@ impl Session {
 }
 
 /// Redis's unknown-command error: `ERR unknown command 'x', with args beginning with: 'a' `.
-fn unknown_command(name: &Bytes, rest: &[Bytes]) -> Reply {
+pub(super) fn unknown_command(name: &Bytes, rest: &[Bytes]) -> Reply {
     let mut text = format!(
         "unknown command '{}', with args beginning with: ",
         String::from_utf8_lossy(&name[..name.len().min(128)])

@@ -9,10 +9,17 @@
 //!   replication and metrics as for gRPC);
 //! - `table`: the command table (arity, flags, key positions, roles), shared by `COMMAND`,
 //!   arity checks, slot routing and role checks;
-//! - `server`: the accept loop and the per-connection read–run–reply loop.
+//! - `gate`: the checks every command passes first (known, arity, AUTH, role) and its count;
+//! - `client`: connection state, the registry of open connections, `AUTH`, `HELLO`, `RESET`,
+//!   `CLIENT`;
+//! - `introspect`: `COMMAND`, `INFO`, `TIME`;
+//! - `server`: the accept loop (caps, TLS, timeouts) and the per-connection read–run–reply loop.
 
+pub mod client;
 pub mod cluster;
 pub mod commands;
+mod gate;
+pub mod introspect;
 pub mod parse;
 pub mod reply;
 pub mod server;

@@ -25,8 +25,11 @@ pub struct Spec {
     pub step: i32,
     /// Redis's ACL categories, reported by `COMMAND INFO`.
     pub categories: &'static [&'static str],
-    /// The role a user needs, when users are configured; `None` for connection commands that
-    /// need none (`HELLO`, `AUTH`, `QUIT`, `RESET`, `PING`...).
+    /// The role a user needs, when users are configured; `None` for the commands Redis runs
+    /// before authentication (its `no_auth` flag: `AUTH`, `HELLO`, `QUIT`, `RESET`; also
+    /// `READONLY`/`READWRITE` here). Everything else, `PING` included, gets `-NOAUTH` until
+    /// the connection authenticates, as in Redis. `CLIENT LIST` needs `admin` (checked in its
+    /// handler: Redis puts it in `@admin`).
     pub role: Option<Role>,
 }
 
@@ -118,20 +121,20 @@ pub static COMMANDS: &[Spec] = &[
     one_key("append", 3, W_OOM, STRING_WRITE_FAST, WRITE),
     no_keys("asking", 1, &["fast"], CONNECTION, READ),
     no_keys("auth", -2, NO_AUTH, CONNECTION, None),
-    no_keys("client", -2, &["loading", "stale"], &["@slow"], None),
+    no_keys("client", -2, &["loading", "stale"], &["@slow"], READ),
     no_keys("cluster", -2, &["loading", "stale"], &["@slow"], READ),
     no_keys(
         "command",
         -1,
         &["loading", "stale"],
         &["@slow", "@connection"],
-        None,
+        READ,
     ),
     no_keys("dbsize", 1, R_FAST, KEY_READ, READ),
     one_key("decr", 2, W_OOM_FAST, STRING_WRITE_FAST, WRITE),
     one_key("decrby", 3, W_OOM_FAST, STRING_WRITE_FAST, WRITE),
     all_keys("del", -2, W, 1, KEY_WRITE_SLOW, WRITE),
-    no_keys("echo", 2, &["fast"], CONNECTION, None),
+    no_keys("echo", 2, &["fast"], CONNECTION, READ),
     all_keys("exists", -2, R_FAST, 1, KEY_READ, READ),
     one_key("expire", -3, W_FAST, KEY_WRITE, WRITE),
     one_key("expireat", -3, W_FAST, KEY_WRITE, WRITE),
@@ -161,7 +164,7 @@ pub static COMMANDS: &[Spec] = &[
     one_key("pexpire", -3, W_FAST, KEY_WRITE, WRITE),
     one_key("pexpireat", -3, W_FAST, KEY_WRITE, WRITE),
     one_key("pexpiretime", 2, R_FAST, KEY_READ, READ),
-    no_keys("ping", -1, &["fast"], CONNECTION, None),
+    no_keys("ping", -1, &["fast"], CONNECTION, READ),
     one_key("psetex", 4, W_OOM, STRING_WRITE, WRITE),
     one_key("pttl", 2, R_FAST, KEY_READ, READ),
     no_keys("quit", -1, NO_AUTH, CONNECTION, None),
@@ -171,13 +174,13 @@ pub static COMMANDS: &[Spec] = &[
     no_keys("reset", 1, NO_AUTH, CONNECTION, None),
     no_keys("ringcache", -2, &["fast"], CONNECTION, READ),
     no_keys("scan", -2, R, &["@keyspace", "@read", "@slow"], READ),
-    no_keys("select", 2, &["loading", "stale", "fast"], CONNECTION, None),
+    no_keys("select", 2, &["loading", "stale", "fast"], CONNECTION, READ),
     one_key("set", -3, W_OOM, STRING_WRITE, WRITE),
     one_key("setex", 4, W_OOM, STRING_WRITE, WRITE),
     one_key("setnx", 3, W_OOM_FAST, STRING_WRITE_FAST, WRITE),
     one_key("setrange", 4, W_OOM, STRING_WRITE, WRITE),
     one_key("strlen", 2, R_FAST, STRING_READ, READ),
-    no_keys("time", 1, &["loading", "stale", "fast"], &["@fast"], None),
+    no_keys("time", 1, &["loading", "stale", "fast"], &["@fast"], READ),
     all_keys("touch", -2, R_FAST, 1, KEY_READ, READ),
     one_key("ttl", 2, R_FAST, KEY_READ, READ),
     one_key("type", 2, R_FAST, KEY_READ, READ),
@@ -269,6 +272,22 @@ mod tests {
         assert!(lookup(b"").is_none());
         assert!(lookup(&[b'a'; 100]).is_none());
         assert!(lookup(&[0xff, 0xfe]).is_none());
+    }
+
+    #[test]
+    fn only_redis_no_auth_commands_run_before_authentication() {
+        let open: Vec<&str> = COMMANDS
+            .iter()
+            .filter(|spec| spec.role.is_none())
+            .map(|spec| spec.name)
+            .collect();
+        assert_eq!(
+            open,
+            ["auth", "hello", "quit", "readonly", "readwrite", "reset"]
+        );
+        for name in ["auth", "hello", "quit", "reset"] {
+            assert!(lookup(name.as_bytes()).unwrap().flags.contains(&"no_auth"));
+        }
     }
 
     #[test]
