@@ -327,6 +327,7 @@ impl Client {
                     entries: pick(&request.entries, indexes),
                     ttl_ms: request.ttl_ms,
                     consistency: request.consistency,
+                    if_absent: false,
                 },
                 |mut c, r| async move { c.m_set(r).await },
             )

@@ -32,32 +32,32 @@ pub enum Flow {
 /// One RESP connection's state.
 #[derive(Debug)]
 pub struct Session {
-    node: Arc<Node>,
-    cache: CacheService,
+    pub(super) node: Arc<Node>,
+    pub(super) cache: CacheService,
     /// RESP3 after `HELLO 3`.
     pub resp3: bool,
     name: Option<Bytes>,
     id: u64,
 }
 
-const ONE: i32 = v1::Consistency::One as i32;
+pub(super) const ONE: i32 = v1::Consistency::One as i32;
 /// The node's default write level.
-const DEFAULT: i32 = v1::Consistency::Unspecified as i32;
+pub(super) const DEFAULT: i32 = v1::Consistency::Unspecified as i32;
 
-fn wrong_arity(name: &str) -> Reply {
+pub(super) fn wrong_arity(name: &str) -> Reply {
     Reply::err(format!("wrong number of arguments for '{name}' command"))
 }
 
-fn not_an_integer() -> Reply {
+pub(super) fn not_an_integer() -> Reply {
     Reply::err("value is not an integer or out of range")
 }
 
-fn syntax_error() -> Reply {
+pub(super) fn syntax_error() -> Reply {
     Reply::err("syntax error")
 }
 
 /// Redis's reply to a failed request.
-fn status_reply(status: &Status) -> Reply {
+pub(super) fn status_reply(status: &Status) -> Reply {
     let message = status.message();
     match status.code() {
         Code::InvalidArgument if message.contains("integer") => not_an_integer(),
@@ -69,7 +69,7 @@ fn status_reply(status: &Status) -> Reply {
     }
 }
 
-fn integer(arg: &[u8]) -> Option<i64> {
+pub(super) fn integer(arg: &[u8]) -> Option<i64> {
     std::str::from_utf8(arg).ok()?.parse().ok()
 }
 
@@ -129,10 +129,6 @@ impl Session {
                 [key] => self.get(key.clone()).await,
                 _ => wrong_arity("get"),
             },
-            "set" => match rest {
-                [key, value, options @ ..] => self.set(key, value, options).await,
-                _ => wrong_arity("set"),
-            },
             "setnx" => match rest {
                 [key, value] => {
                     match self
@@ -189,17 +185,6 @@ impl Session {
                 [key] => self.ttl(key, lower == "ttl").await,
                 _ => wrong_arity(&lower),
             },
-            "expire" | "pexpire" => match rest {
-                [key, ttl] => match integer(ttl) {
-                    Some(n) => {
-                        let unit = if lower == "expire" { 1000 } else { 1 };
-                        self.expire(key, n.saturating_mul(unit)).await
-                    }
-                    None => not_an_integer(),
-                },
-                [_, _, _, ..] => syntax_error(),
-                _ => wrong_arity(&lower),
-            },
             "persist" => match rest {
                 [key] => {
                     let request = v1::PersistRequest {
@@ -214,6 +199,7 @@ impl Session {
                 _ => wrong_arity("persist"),
             },
             "del" | "unlink" | "exists" | "mget" | "mset" | "dbsize" => wrong_arity(&lower),
+            name if super::strings::handles(name) => self.string_command(name, rest).await,
             _ => unknown_command(name, rest),
         };
         (reply, Flow::Continue)
@@ -325,6 +311,7 @@ impl Session {
             condition: condition as i32,
             return_previous: false,
             consistency: DEFAULT,
+            ..v1::SetRequest::default()
         };
         match self.cache.set(Request::new(request)).await {
             Ok(r) => Ok(r.into_inner().stored),
@@ -332,62 +319,7 @@ impl Session {
         }
     }
 
-    /// `SET key value [NX | XX] [GET] [EX seconds | PX milliseconds]`.
-    async fn set(&self, key: &Bytes, value: &Bytes, options: &[Bytes]) -> Reply {
-        let mut condition = v1::SetCondition::Always;
-        let mut get = false;
-        let mut ttl_ms = None;
-        let mut i = 0;
-        while i < options.len() {
-            let option = options[i].to_ascii_lowercase();
-            match option.as_slice() {
-                b"nx" if condition == v1::SetCondition::Always => {
-                    condition = v1::SetCondition::IfAbsent;
-                }
-                b"xx" if condition == v1::SetCondition::Always => {
-                    condition = v1::SetCondition::IfPresent;
-                }
-                b"get" => get = true,
-                b"ex" | b"px" if ttl_ms.is_none() => {
-                    let Some(amount) = options.get(i + 1) else {
-                        return syntax_error();
-                    };
-                    let Some(n) = integer(amount) else {
-                        return not_an_integer();
-                    };
-                    if n <= 0 {
-                        return Reply::err("invalid expire time in 'set' command");
-                    }
-                    let unit = if option == b"ex" { 1000 } else { 1 };
-                    ttl_ms = Some((n as u64).saturating_mul(unit));
-                    i += 1;
-                }
-                _ => return syntax_error(),
-            }
-            i += 1;
-        }
-        let request = v1::SetRequest {
-            key: key.clone(),
-            value: value.clone(),
-            ttl_ms,
-            condition: condition as i32,
-            return_previous: get,
-            consistency: DEFAULT,
-        };
-        match self.cache.set(Request::new(request)).await {
-            Ok(r) => {
-                let r = r.into_inner();
-                match (get, r.stored) {
-                    (true, _) => r.previous.map_or(Reply::Nil, Reply::Bulk),
-                    (false, true) => Reply::OK,
-                    (false, false) => Reply::Nil,
-                }
-            }
-            Err(status) => status_reply(&status),
-        }
-    }
-
-    async fn delete(&self, keys: &[Bytes]) -> Reply {
+    pub(super) async fn delete(&self, keys: &[Bytes]) -> Reply {
         let request = v1::MDeleteRequest {
             keys: keys.to_vec(),
             consistency: DEFAULT,
@@ -398,7 +330,7 @@ impl Session {
         }
     }
 
-    async fn read_many(&self, keys: &[Bytes]) -> Result<Vec<v1::GetResponse>, Reply> {
+    pub(super) async fn read_many(&self, keys: &[Bytes]) -> Result<Vec<v1::GetResponse>, Reply> {
         let request = v1::MGetRequest {
             keys: keys.to_vec(),
             consistency: ONE,
@@ -409,7 +341,7 @@ impl Session {
         }
     }
 
-    async fn exists(&self, keys: &[Bytes]) -> Reply {
+    pub(super) async fn exists(&self, keys: &[Bytes]) -> Reply {
         match self.read_many(keys).await {
             Ok(results) => Reply::Integer(results.iter().filter(|r| r.found).count() as i64),
             Err(reply) => reply,
@@ -445,6 +377,7 @@ impl Session {
                 .collect(),
             ttl_ms: None,
             consistency: DEFAULT,
+            if_absent: false,
         };
         match self.cache.m_set(Request::new(request)).await {
             Ok(_) => Reply::OK,
@@ -480,22 +413,6 @@ impl Session {
                     (true, Some(ms)) => Reply::Integer(ms as i64),
                 }
             }
-            Err(status) => status_reply(&status),
-        }
-    }
-
-    /// `EXPIRE`/`PEXPIRE`: a TTL of 0 or less deletes the key, as Redis does.
-    async fn expire(&self, key: &Bytes, ttl_ms: i64) -> Reply {
-        if ttl_ms <= 0 {
-            return self.delete(std::slice::from_ref(key)).await;
-        }
-        let request = v1::ExpireRequest {
-            key: key.clone(),
-            ttl_ms: ttl_ms as u64,
-            consistency: DEFAULT,
-        };
-        match self.cache.expire(Request::new(request)).await {
-            Ok(r) => Reply::Integer(i64::from(r.into_inner().updated)),
             Err(status) => status_reply(&status),
         }
     }
