@@ -410,14 +410,16 @@ mod tests {
         assert_eq!(
             key_ttl(&pb::TtlResponse {
                 found: true,
-                ttl_ms: None
+                ttl_ms: None,
+                ..Default::default()
             }),
             KeyTtl::Persistent
         );
         assert_eq!(
             key_ttl(&pb::TtlResponse {
                 found: true,
-                ttl_ms: Some(250)
+                ttl_ms: Some(250),
+                ..Default::default()
             }),
             KeyTtl::ExpiresIn(Duration::from_millis(250))
         );
