@@ -327,6 +327,7 @@ impl Client {
                     entries: pick(&request.entries, indexes),
                     ttl_ms: request.ttl_ms,
                     consistency: request.consistency,
+                    if_absent: false,
                 },
                 |mut c, r| async move { c.m_set(r).await },
             )
@@ -413,6 +414,135 @@ impl Client {
             })
             .await?;
         Ok(response.value)
+    }
+
+    /// Sends one `Cache.Update` for `key` to its primary (a write: no failover once sent).
+    async fn update(
+        &self,
+        key: Bytes,
+        op: pb::update_request::Op,
+    ) -> Result<pb::UpdateResponse, Error> {
+        let request = pb::UpdateRequest {
+            key: key.clone(),
+            consistency: wire::consistency(self.consistency),
+            op: Some(op),
+        };
+        self.inner
+            .execute(&key, Access::Write, request, |mut c, r| async move {
+                c.update(r).await
+            })
+            .await
+    }
+
+    /// Appends `suffix` to the value at `key` (a missing key starts empty) in one step on the
+    /// key's primary and returns the new length. The key keeps its TTL.
+    ///
+    /// Fails with [`Error::InvalidArgument`] when the result would exceed the nodes'
+    /// `max_value_bytes`.
+    ///
+    /// ```no_run
+    /// # async fn run(client: ringcache::Client) -> Result<(), ringcache::Error> {
+    /// let len = client.append("log", "line\n").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn append(
+        &self,
+        key: impl Into<Bytes>,
+        suffix: impl Into<Bytes>,
+    ) -> Result<u64, Error> {
+        let key = wire::key(key)?;
+        let op = pb::update_request::Op::Append(pb::AppendOp {
+            value: suffix.into(),
+        });
+        Ok(self.update(key, op).await?.length)
+    }
+
+    /// Overwrites the value at `key` from byte `offset` with `bytes`, padding with zero bytes,
+    /// in one step on the key's primary (Redis SETRANGE); returns the new length. Empty
+    /// `bytes` change nothing (and create nothing). The key keeps its TTL.
+    ///
+    /// Fails with [`Error::InvalidArgument`] when `offset + bytes.len()` exceeds the nodes'
+    /// `max_value_bytes`.
+    pub async fn set_range(
+        &self,
+        key: impl Into<Bytes>,
+        offset: u64,
+        bytes: impl Into<Bytes>,
+    ) -> Result<u64, Error> {
+        let key = wire::key(key)?;
+        let op = pb::update_request::Op::SetRange(pb::SetRangeOp {
+            offset,
+            value: bytes.into(),
+        });
+        Ok(self.update(key, op).await?.length)
+    }
+
+    /// Adds `delta` to the number stored as decimal text at `key` (a missing key counts as 0)
+    /// in one step on the key's primary, and returns the new value as stored (Redis
+    /// INCRBYFLOAT: `"10.6"`, `"5200"`). The key keeps its TTL.
+    ///
+    /// Fails with [`Error::InvalidArgument`] when the value is not a number, `delta` is NaN, or
+    /// the result would be NaN or infinite.
+    ///
+    /// ```no_run
+    /// # async fn run(client: ringcache::Client) -> Result<(), ringcache::Error> {
+    /// let total = client.incr_by_float("price", 0.25).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn incr_by_float(&self, key: impl Into<Bytes>, delta: f64) -> Result<Bytes, Error> {
+        let key = wire::key(key)?;
+        if delta.is_nan() {
+            return Err(Error::InvalidArgument("delta is NaN".to_owned()));
+        }
+        let op = pb::update_request::Op::IncrByFloat(pb::IncrByFloatOp { delta });
+        Ok(self.update(key, op).await?.value)
+    }
+
+    /// Removes `key` and returns the value it held (`None` for a missing key), read and deleted
+    /// in one step on the key's primary (Redis GETDEL).
+    pub async fn get_del(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>, Error> {
+        let key = wire::key(key)?;
+        let mut request = wire::delete_request(key.clone(), self.consistency);
+        request.return_previous = true;
+        let response = self
+            .inner
+            .execute(&key, Access::Write, request, |mut c, r| async move {
+                c.delete(r).await
+            })
+            .await?;
+        Ok(response.previous)
+    }
+
+    /// Returns the value at `key` (`None` for a missing key) and changes its TTL in the same
+    /// step on the key's primary (Redis GETEX).
+    ///
+    /// ```no_run
+    /// # async fn run(client: ringcache::Client) -> Result<(), ringcache::Error> {
+    /// use std::time::Duration;
+    /// use ringcache::GetExpiry;
+    /// let session = client.get_ex("session:9", GetExpiry::In(Duration::from_secs(60))).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_ex(
+        &self,
+        key: impl Into<Bytes>,
+        expiry: crate::GetExpiry,
+    ) -> Result<Option<Bytes>, Error> {
+        use pb::get_ex_op::Expiry as W;
+        let key = wire::key(key)?;
+        let expiry = match expiry {
+            crate::GetExpiry::In(ttl) => W::TtlMs(wire::ttl_ms(ttl)?),
+            crate::GetExpiry::At(at) => W::ExpiresAtMs(
+                at.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            ),
+            crate::GetExpiry::Persist => W::Persist(true),
+        };
+        let op = pb::update_request::Op::GetEx(pb::GetExOp {
+            expiry: Some(expiry),
+        });
+        let response = self.update(key, op).await?;
+        Ok(response.found.then_some(response.value))
     }
 
     /// Stores `value` at `key` only if the key's current version is `expected_version` (0: only

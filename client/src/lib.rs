@@ -52,7 +52,7 @@ pub use builder::ClientBuilder;
 pub use bytes::Bytes;
 pub use client::Client;
 pub use error::Error;
-pub use options::{Consistency, Entry, KeyTtl, SetCondition, SetOptions, SetOutcome};
+pub use options::{Consistency, Entry, GetExpiry, KeyTtl, SetCondition, SetOptions, SetOutcome};
 pub use ringcache_proto::topology::{Member, NodeState, Topology};
 pub use security::TlsOptions;
 

@@ -132,3 +132,14 @@ pub enum KeyTtl {
     /// The key expires after this long.
     ExpiresIn(Duration),
 }
+
+/// The TTL change of [`Client::get_ex`](crate::Client::get_ex).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetExpiry {
+    /// Expire this long from now (> 0).
+    In(std::time::Duration),
+    /// Expire at this time; a time already past deletes the key (its value is still returned).
+    At(std::time::SystemTime),
+    /// Remove the TTL (nothing changes for a key without one).
+    Persist,
+}

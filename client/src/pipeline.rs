@@ -85,6 +85,7 @@ pipeline_ops! {
     ExpireRequest => ExpireResponse, Expire;
     PersistRequest => PersistResponse, Persist;
     TtlRequest => TtlResponse, Ttl;
+    UpdateRequest => UpdateResponse, Update;
 }
 
 /// The outcome of a pipelined request.

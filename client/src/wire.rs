@@ -102,6 +102,7 @@ pub(crate) fn set_request(
         condition: condition(options.condition),
         return_previous: options.return_previous,
         consistency: consistency(options.consistency.or(default_consistency)),
+        ..pb::SetRequest::default()
     })
 }
 
@@ -130,6 +131,7 @@ pub(crate) fn delete_request(key: Bytes, consistency_: Option<Consistency>) -> p
     pb::DeleteRequest {
         key,
         consistency: consistency(consistency_),
+        return_previous: false,
     }
 }
 
@@ -168,6 +170,7 @@ pub(crate) fn mset_request<K: Into<Bytes>, V: Into<Bytes>>(
         entries,
         ttl_ms: optional_ttl_ms(ttl)?,
         consistency: consistency(consistency_),
+        if_absent: false,
     })
 }
 
@@ -253,6 +256,7 @@ pub(crate) fn expire_request(
         key,
         ttl_ms: ttl_ms(ttl)?,
         consistency: consistency(consistency_),
+        ..pb::ExpireRequest::default()
     })
 }
 
@@ -406,14 +410,16 @@ mod tests {
         assert_eq!(
             key_ttl(&pb::TtlResponse {
                 found: true,
-                ttl_ms: None
+                ttl_ms: None,
+                ..Default::default()
             }),
             KeyTtl::Persistent
         );
         assert_eq!(
             key_ttl(&pb::TtlResponse {
                 found: true,
-                ttl_ms: Some(250)
+                ttl_ms: Some(250),
+                ..Default::default()
             }),
             KeyTtl::ExpiresIn(Duration::from_millis(250))
         );

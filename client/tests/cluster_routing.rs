@@ -190,7 +190,10 @@ impl Cache for Svc {
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         self.0.record("delete", &request.into_inner().key);
-        self.0.answer(pb::DeleteResponse { deleted: true })
+        self.0.answer(pb::DeleteResponse {
+            deleted: true,
+            ..Default::default()
+        })
     }
 
     async fn m_get(
@@ -273,7 +276,10 @@ impl Cache for Svc {
         request: Request<pb::ExpireRequest>,
     ) -> Result<Response<pb::ExpireResponse>, Status> {
         self.0.record("expire", &request.into_inner().key);
-        self.0.answer(pb::ExpireResponse { updated: true })
+        self.0.answer(pb::ExpireResponse {
+            updated: true,
+            ..Default::default()
+        })
     }
 
     async fn persist(
@@ -284,6 +290,13 @@ impl Cache for Svc {
         self.0.answer(pb::PersistResponse { updated: true })
     }
 
+    async fn update(
+        &self,
+        _: Request<pb::UpdateRequest>,
+    ) -> Result<Response<pb::UpdateResponse>, Status> {
+        Err(Status::unimplemented("update"))
+    }
+
     async fn ttl(
         &self,
         request: Request<pb::TtlRequest>,
@@ -292,6 +305,7 @@ impl Cache for Svc {
         self.0.answer(pb::TtlResponse {
             found: true,
             ttl_ms: None,
+            ..Default::default()
         })
     }
 }

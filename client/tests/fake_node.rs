@@ -115,7 +115,10 @@ impl Cache for Fake {
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let deleted = key_str(&request.into_inner().key) == "present";
-        Ok(Response::new(pb::DeleteResponse { deleted }))
+        Ok(Response::new(pb::DeleteResponse {
+            deleted,
+            ..Default::default()
+        }))
     }
 
     async fn m_get(
@@ -203,7 +206,10 @@ impl Cache for Fake {
     ) -> Result<Response<pb::ExpireResponse>, Status> {
         let request = request.into_inner();
         let updated = key_str(&request.key) != "missing" && request.ttl_ms == 1;
-        Ok(Response::new(pb::ExpireResponse { updated }))
+        Ok(Response::new(pb::ExpireResponse {
+            updated,
+            ..Default::default()
+        }))
     }
 
     async fn persist(
@@ -212,6 +218,13 @@ impl Cache for Fake {
     ) -> Result<Response<pb::PersistResponse>, Status> {
         let updated = key_str(&request.into_inner().key) != "missing";
         Ok(Response::new(pb::PersistResponse { updated }))
+    }
+
+    async fn update(
+        &self,
+        _: Request<pb::UpdateRequest>,
+    ) -> Result<Response<pb::UpdateResponse>, Status> {
+        Err(Status::unimplemented("update"))
     }
 
     async fn ttl(
@@ -223,10 +236,12 @@ impl Cache for Fake {
             "forever" => pb::TtlResponse {
                 found: true,
                 ttl_ms: None,
+                ..Default::default()
             },
             _ => pb::TtlResponse {
                 found: true,
                 ttl_ms: Some(2500),
+                ..Default::default()
             },
         };
         Ok(Response::new(response))

@@ -358,6 +358,13 @@ impl Cache for Svc {
         unimplemented()
     }
 
+    async fn update(
+        &self,
+        _: Request<pb::UpdateRequest>,
+    ) -> Result<Response<pb::UpdateResponse>, Status> {
+        Err(Status::unimplemented("update"))
+    }
+
     async fn ttl(&self, _: Request<pb::TtlRequest>) -> Result<Response<pb::TtlResponse>, Status> {
         unimplemented()
     }

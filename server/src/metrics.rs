@@ -30,10 +30,14 @@ pub enum Op {
     Expire,
     Persist,
     Ttl,
+    Append,
+    SetRange,
+    IncrByFloat,
+    GetEx,
 }
 
 impl Op {
-    const ALL: [Op; 11] = [
+    const ALL: [Op; 15] = [
         Op::Get,
         Op::Set,
         Op::Delete,
@@ -45,6 +49,10 @@ impl Op {
         Op::Expire,
         Op::Persist,
         Op::Ttl,
+        Op::Append,
+        Op::SetRange,
+        Op::IncrByFloat,
+        Op::GetEx,
     ];
 
     /// The label value.
@@ -61,6 +69,10 @@ impl Op {
             Op::Expire => "expire",
             Op::Persist => "persist",
             Op::Ttl => "ttl",
+            Op::Append => "append",
+            Op::SetRange => "set_range",
+            Op::IncrByFloat => "incr_by_float",
+            Op::GetEx => "get_ex",
         }
     }
 }

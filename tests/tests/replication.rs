@@ -154,6 +154,7 @@ async fn a_write_that_applied_nothing_replicates_nothing() {
         key: Bytes::from_static(b"missing"),
         ttl_ms: 1000,
         consistency: ALL,
+        ..Default::default()
     };
     assert!(!n1.expire(expire).await.unwrap().into_inner().updated);
     let cas = v1::CompareAndSetRequest {
@@ -217,6 +218,7 @@ async fn with_a_replica_down_quorum_succeeds_and_all_fails_naming_the_counts() {
                 .collect(),
             ttl_ms: None,
             consistency: ALL,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -261,6 +263,7 @@ async fn a_restarted_replica_gets_the_writes_it_missed_as_hints() {
     n1.delete(v1::DeleteRequest {
         key: Bytes::from_static(b"missed0"),
         consistency: QUORUM,
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -401,6 +404,7 @@ async fn a_delete_leaves_tombstones_that_a_replayed_older_write_cannot_revive() 
         .delete(v1::DeleteRequest {
             key: Bytes::from_static(b"gone"),
             consistency: ALL,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -24,7 +24,7 @@ use super::status::ApiError;
 use crate::metrics::{Op, Outcome};
 use crate::node::Node;
 use crate::replication::{self, Consistency, ReplicationError};
-use crate::store::{Item, SetCondition, SetOptions, Ttl, VersionedItem};
+use crate::store::{ExpireOutcome, Expiry, Item, SetCondition, SetOptions, Ttl, VersionedItem};
 
 /// The `ringcache.v1.Cache` gRPC service.
 #[derive(Debug, Clone)]
@@ -49,7 +49,7 @@ impl CacheService {
     /// Runs one write served here: checks the level and minority protection, applies it with
     /// `handler` (which returns the reply and the keys it changed), replicates those keys, and
     /// records the outcome.
-    async fn run_write<T>(
+    pub(super) async fn run_write<T>(
         &self,
         op: Op,
         consistency: i32,
@@ -200,14 +200,14 @@ fn outcome_of(status: &Status) -> Outcome {
     }
 }
 
-fn check_consistency(value: i32) -> Result<(), ApiError> {
+pub(super) fn check_consistency(value: i32) -> Result<(), ApiError> {
     v1::Consistency::try_from(value)
         .map(|_| ())
         .map_err(|_| ApiError::Invalid(format!("unknown consistency level {value}")))
 }
 
 /// The level of a write: the request's, or the cluster default for writes.
-fn write_level(node: &Node, value: i32) -> Result<Consistency, ApiError> {
+pub(super) fn write_level(node: &Node, value: i32) -> Result<Consistency, ApiError> {
     Consistency::from_wire(value, node.config().replication.write_consistency)
         .map_err(|value| ApiError::Invalid(format!("unknown consistency level {value}")))
 }
@@ -228,7 +228,7 @@ fn read_level(node: &Node, value: i32) -> Result<Consistency, ApiError> {
 }
 
 /// The status of a replication failure: the store's code for a refused key, else UNAVAILABLE.
-fn status_of(error: ReplicationError) -> Status {
+pub(super) fn status_of(error: ReplicationError) -> Status {
     match error {
         ReplicationError::Store(error) => Status::from(error),
         ReplicationError::Unavailable(message) => Status::unavailable(message),
@@ -248,19 +248,17 @@ fn found_versioned(item: Option<VersionedItem>, now_ms: u64) -> v1::GetResponse 
     }
 }
 
-fn ttl_reply(ttl: Ttl) -> v1::TtlResponse {
+fn ttl_reply(ttl: Ttl, now_ms: u64) -> v1::TtlResponse {
     match ttl {
-        Ttl::Missing => v1::TtlResponse {
-            found: false,
-            ttl_ms: None,
-        },
+        Ttl::Missing => v1::TtlResponse::default(),
         Ttl::Persistent => v1::TtlResponse {
             found: true,
-            ttl_ms: None,
+            ..v1::TtlResponse::default()
         },
         Ttl::ExpiresIn(ms) => v1::TtlResponse {
             found: true,
             ttl_ms: Some(ms),
+            expires_at_ms: Some(now_ms.saturating_add(ms)),
         },
     }
 }
@@ -276,7 +274,7 @@ fn ttl_of(item: Option<VersionedItem>, now_ms: u64) -> Ttl {
     }
 }
 
-fn check_batch(node: &Node, n_keys: usize) -> Result<(), ApiError> {
+pub(super) fn check_batch(node: &Node, n_keys: usize) -> Result<(), ApiError> {
     let max = node.config().max_batch_keys;
     if n_keys > max {
         return Err(ApiError::Invalid(format!(
@@ -302,7 +300,7 @@ fn found(item: Option<Item>, now_ms: u64) -> v1::GetResponse {
     }
 }
 
-fn hit_or_miss(hit: bool) -> Outcome {
+pub(super) fn hit_or_miss(hit: bool) -> Outcome {
     if hit { Outcome::Ok } else { Outcome::Miss }
 }
 
@@ -372,8 +370,18 @@ impl Cache for CacheService {
                         )));
                     }
                 };
+                let expiries = usize::from(req.ttl_ms.is_some())
+                    + usize::from(req.expires_at_ms.is_some())
+                    + usize::from(req.keep_ttl);
+                if expiries > 1 {
+                    return Err(ApiError::Invalid(
+                        "ttl_ms, expires_at_ms and keep_ttl exclude each other".to_owned(),
+                    ));
+                }
                 let options = SetOptions {
                     ttl_ms: req.ttl_ms,
+                    expires_at_ms: req.expires_at_ms,
+                    keep_ttl: req.keep_ttl,
                     condition,
                     return_previous: req.return_previous,
                 };
@@ -409,8 +417,14 @@ impl Cache for CacheService {
             |node, now| {
                 // The tombstone is replicated even when nothing live was here: another replica
                 // may hold the key.
-                let deleted = node.store().delete(&req.key, now)?;
-                Ok((v1::DeleteResponse { deleted }, vec![req.key.clone()]))
+                let (deleted, previous) = if req.return_previous {
+                    let (previous, _) = node.store().take(&req.key, now)?;
+                    (previous.is_some(), previous)
+                } else {
+                    (node.store().delete(&req.key, now)?, None)
+                };
+                let reply = v1::DeleteResponse { deleted, previous };
+                Ok((reply, vec![req.key.clone()]))
             },
             |reply| hit_or_miss(reply.deleted),
         )
@@ -464,6 +478,9 @@ impl Cache for CacheService {
         request: Request<v1::MSetRequest>,
     ) -> Result<Response<v1::MSetResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
+        if req.if_absent {
+            return self.m_set_if_absent(&metadata, req).await;
+        }
         let split = self.split(&metadata, req.entries.iter().map(|kv| &kv.key[..]));
         let req = &req;
         self.run_split(
@@ -477,6 +494,7 @@ impl Cache for CacheService {
                 entries: positions.iter().map(|&p| req.entries[p].clone()).collect(),
                 ttl_ms: req.ttl_ms,
                 consistency: req.consistency,
+                if_absent: false,
             },
             |mut peer, request| async move { peer.m_set(request).await },
             |node, local| async move {
@@ -624,11 +642,19 @@ impl Cache for CacheService {
             Op::Expire,
             req.consistency,
             |node, now| {
-                let updated = node
-                    .store()
-                    .set_ttl(&req.key, Some(req.ttl_ms), now)?
-                    .is_some();
-                Ok((v1::ExpireResponse { updated }, written(updated, &req.key)))
+                let condition = super::update::expire_condition(req.condition)?;
+                let expiry = match req.expires_at_ms {
+                    Some(at) => Expiry::At(at),
+                    None => Expiry::In(req.ttl_ms),
+                };
+                let (updated, deleted) =
+                    match node.store().expire(&req.key, expiry, condition, now)? {
+                        ExpireOutcome::Missing | ExpireOutcome::Unchanged => (false, false),
+                        ExpireOutcome::Updated(_) => (true, false),
+                        ExpireOutcome::Deleted(_) => (true, true),
+                    };
+                let reply = v1::ExpireResponse { updated, deleted };
+                Ok((reply, written(updated, &req.key)))
             },
             |reply| hit_or_miss(reply.updated),
         )
@@ -659,6 +685,13 @@ impl Cache for CacheService {
         .await
     }
 
+    async fn update(
+        &self,
+        request: Request<v1::UpdateRequest>,
+    ) -> Result<Response<v1::UpdateResponse>, Status> {
+        self.serve_update(request).await
+    }
+
     async fn ttl(
         &self,
         request: Request<v1::TtlRequest>,
@@ -675,8 +708,8 @@ impl Cache for CacheService {
             Op::Ttl,
             req.consistency,
             &req.key,
-            |node, now| Ok(ttl_reply(node.store().ttl(&req.key, now)?)),
-            |item, now| ttl_reply(ttl_of(item, now)),
+            |node, now| Ok(ttl_reply(node.store().ttl(&req.key, now)?, now)),
+            |item, now| ttl_reply(ttl_of(item, now), now),
             |reply| hit_or_miss(reply.found),
         )
         .await
@@ -684,6 +717,6 @@ impl Cache for CacheService {
 }
 
 /// The keys a single-key write changed: the key if it took effect, none otherwise.
-fn written(applied: bool, key: &Bytes) -> Vec<Bytes> {
+pub(super) fn written(applied: bool, key: &Bytes) -> Vec<Bytes> {
     if applied { vec![key.clone()] } else { vec![] }
 }

@@ -12,6 +12,7 @@ mod forward;
 mod internal;
 mod pipeline;
 pub mod status;
+mod update;
 
 pub use admin::AdminService;
 pub use auth::AuthLayer;

@@ -202,6 +202,7 @@ fn dispatch(
         Op::CompareAndSet(_) => (Role::Write, "CompareAndSet"),
         Op::Expire(_) => (Role::Write, "Expire"),
         Op::Persist(_) => (Role::Write, "Persist"),
+        Op::Update(_) => (Role::Write, "Update"),
     };
     if let Err(status) = check_role(principal, required, name) {
         service
@@ -238,6 +239,7 @@ fn dispatch(
         Op::Expire(req) => run!(expire, req, Expire),
         Op::Persist(req) => run!(persist, req, Persist),
         Op::Ttl(req) => run!(ttl, req, Ttl),
+        Op::Update(req) => run!(update, req, Update),
     }
 }
 

@@ -35,6 +35,8 @@ impl ApiError {
                 | StoreError::ValueTooLarge { .. }
                 | StoreError::InvalidTtl { .. }
                 | StoreError::NotAnInteger
+                | StoreError::NotAFloat
+                | StoreError::NotFinite
                 | StoreError::Overflow { .. } => Outcome::InvalidArgument,
                 // Only versions decided elsewhere (Internal calls) meet the drift check.
                 StoreError::ClockDrift(_) => Outcome::Error,
@@ -60,8 +62,11 @@ impl From<ApiError> for Status {
                 | StoreError::KeyTooLarge { .. }
                 | StoreError::ValueTooLarge { .. }
                 | StoreError::InvalidTtl { .. }
-                | StoreError::NotAnInteger => Status::invalid_argument(message),
-                StoreError::Overflow { .. } => Status::out_of_range(message),
+                | StoreError::NotAnInteger
+                | StoreError::NotAFloat => Status::invalid_argument(message),
+                StoreError::Overflow { .. } | StoreError::NotFinite => {
+                    Status::out_of_range(message)
+                }
                 // The entry is well formed; the two nodes' clocks are too far apart for it.
                 StoreError::ClockDrift(_) => Status::failed_precondition(message),
                 StoreError::MemoryFull { .. } => Status::resource_exhausted(message),

@@ -33,39 +33,39 @@ pub enum Flow {
 #[derive(Debug)]
 pub struct Session {
     pub(super) node: Arc<Node>,
-    cache: CacheService,
+    pub(super) cache: CacheService,
     /// RESP3 after `HELLO 3`.
     pub resp3: bool,
     /// `-MOVED` or forwarding, `READONLY` ([`cluster::Routing`]).
     routing: cluster::Routing,
     ring: Arc<cluster::RingWatch>,
     /// The consistency of reads and of writes (`RINGCACHE CONSISTENCY`).
-    read_level: i32,
-    write_level: i32,
+    pub(super) read_level: i32,
+    pub(super) write_level: i32,
     /// The connection: identity, name, its line in `CLIENT LIST`.
     pub(super) conn: Conn,
     /// The listener's connections and counters.
     pub(super) registry: Arc<Registry>,
 }
 
-const ONE: i32 = v1::Consistency::One as i32;
+pub(super) const ONE: i32 = v1::Consistency::One as i32;
 /// The node's default write level.
-const DEFAULT: i32 = v1::Consistency::Unspecified as i32;
+pub(super) const DEFAULT: i32 = v1::Consistency::Unspecified as i32;
 
 pub(super) fn wrong_arity(name: &str) -> Reply {
     Reply::err(format!("wrong number of arguments for '{name}' command"))
 }
 
-fn not_an_integer() -> Reply {
+pub(super) fn not_an_integer() -> Reply {
     Reply::err("value is not an integer or out of range")
 }
 
-fn syntax_error() -> Reply {
+pub(super) fn syntax_error() -> Reply {
     Reply::err("syntax error")
 }
 
 /// Redis's reply to a failed request.
-fn status_reply(status: &Status) -> Reply {
+pub(super) fn status_reply(status: &Status) -> Reply {
     let message = status.message();
     match status.code() {
         Code::InvalidArgument if message.contains("integer") => not_an_integer(),
@@ -181,10 +181,6 @@ impl Session {
                 [key] => self.get(key.clone()).await,
                 _ => wrong_arity("get"),
             },
-            "set" => match rest {
-                [key, value, options @ ..] => self.set(key, value, options).await,
-                _ => wrong_arity("set"),
-            },
             "setnx" => match rest {
                 [key, value] => {
                     match self
@@ -241,17 +237,6 @@ impl Session {
                 [key] => self.ttl(key, lower == "ttl").await,
                 _ => wrong_arity(&lower),
             },
-            "expire" | "pexpire" => match rest {
-                [key, ttl] => match integer(ttl) {
-                    Some(n) => {
-                        let unit = if lower == "expire" { 1000 } else { 1 };
-                        self.expire(key, n.saturating_mul(unit)).await
-                    }
-                    None => not_an_integer(),
-                },
-                [_, _, _, ..] => syntax_error(),
-                _ => wrong_arity(&lower),
-            },
             "persist" => match rest {
                 [key] => {
                     let request = v1::PersistRequest {
@@ -266,6 +251,7 @@ impl Session {
                 _ => wrong_arity("persist"),
             },
             "del" | "unlink" | "exists" | "mget" | "mset" | "dbsize" => wrong_arity(&lower),
+            name if super::strings::handles(name) => self.string_command(name, rest).await,
             _ => unknown_command(name, rest),
         };
         (reply, Flow::Continue)
@@ -386,6 +372,7 @@ impl Session {
             condition: condition as i32,
             return_previous: false,
             consistency: self.write_level,
+            ..v1::SetRequest::default()
         };
         match self.cache.set(Request::new(request)).await {
             Ok(r) => Ok(r.into_inner().stored),
@@ -393,62 +380,7 @@ impl Session {
         }
     }
 
-    /// `SET key value [NX | XX] [GET] [EX seconds | PX milliseconds]`.
-    async fn set(&self, key: &Bytes, value: &Bytes, options: &[Bytes]) -> Reply {
-        let mut condition = v1::SetCondition::Always;
-        let mut get = false;
-        let mut ttl_ms = None;
-        let mut i = 0;
-        while i < options.len() {
-            let option = options[i].to_ascii_lowercase();
-            match option.as_slice() {
-                b"nx" if condition == v1::SetCondition::Always => {
-                    condition = v1::SetCondition::IfAbsent;
-                }
-                b"xx" if condition == v1::SetCondition::Always => {
-                    condition = v1::SetCondition::IfPresent;
-                }
-                b"get" => get = true,
-                b"ex" | b"px" if ttl_ms.is_none() => {
-                    let Some(amount) = options.get(i + 1) else {
-                        return syntax_error();
-                    };
-                    let Some(n) = integer(amount) else {
-                        return not_an_integer();
-                    };
-                    if n <= 0 {
-                        return Reply::err("invalid expire time in 'set' command");
-                    }
-                    let unit = if option == b"ex" { 1000 } else { 1 };
-                    ttl_ms = Some((n as u64).saturating_mul(unit));
-                    i += 1;
-                }
-                _ => return syntax_error(),
-            }
-            i += 1;
-        }
-        let request = v1::SetRequest {
-            key: key.clone(),
-            value: value.clone(),
-            ttl_ms,
-            condition: condition as i32,
-            return_previous: get,
-            consistency: self.write_level,
-        };
-        match self.cache.set(Request::new(request)).await {
-            Ok(r) => {
-                let r = r.into_inner();
-                match (get, r.stored) {
-                    (true, _) => r.previous.map_or(Reply::Nil, Reply::Bulk),
-                    (false, true) => Reply::OK,
-                    (false, false) => Reply::Nil,
-                }
-            }
-            Err(status) => status_reply(&status),
-        }
-    }
-
-    async fn delete(&self, keys: &[Bytes]) -> Reply {
+    pub(super) async fn delete(&self, keys: &[Bytes]) -> Reply {
         let request = v1::MDeleteRequest {
             keys: keys.to_vec(),
             consistency: self.write_level,
@@ -459,7 +391,7 @@ impl Session {
         }
     }
 
-    async fn read_many(&self, keys: &[Bytes]) -> Result<Vec<v1::GetResponse>, Reply> {
+    pub(super) async fn read_many(&self, keys: &[Bytes]) -> Result<Vec<v1::GetResponse>, Reply> {
         let request = v1::MGetRequest {
             keys: keys.to_vec(),
             consistency: self.read_level,
@@ -470,7 +402,7 @@ impl Session {
         }
     }
 
-    async fn exists(&self, keys: &[Bytes]) -> Reply {
+    pub(super) async fn exists(&self, keys: &[Bytes]) -> Reply {
         match self.read_many(keys).await {
             Ok(results) => Reply::Integer(results.iter().filter(|r| r.found).count() as i64),
             Err(reply) => reply,
@@ -506,6 +438,7 @@ impl Session {
                 .collect(),
             ttl_ms: None,
             consistency: self.write_level,
+            if_absent: false,
         };
         match self.cache.m_set(Request::new(request)).await {
             Ok(_) => Reply::OK,
@@ -541,22 +474,6 @@ impl Session {
                     (true, Some(ms)) => Reply::Integer(ms as i64),
                 }
             }
-            Err(status) => status_reply(&status),
-        }
-    }
-
-    /// `EXPIRE`/`PEXPIRE`: a TTL of 0 or less deletes the key, as Redis does.
-    async fn expire(&self, key: &Bytes, ttl_ms: i64) -> Reply {
-        if ttl_ms <= 0 {
-            return self.delete(std::slice::from_ref(key)).await;
-        }
-        let request = v1::ExpireRequest {
-            key: key.clone(),
-            ttl_ms: ttl_ms as u64,
-            consistency: self.write_level,
-        };
-        match self.cache.expire(Request::new(request)).await {
-            Ok(r) => Reply::Integer(i64::from(r.into_inner().updated)),
             Err(status) => status_reply(&status),
         }
     }

@@ -7,6 +7,9 @@
 //!   cluster-aware connections);
 //! - `commands`: the commands, run through the node's `Cache` service (routing, forwarding,
 //!   replication and metrics as for gRPC);
+//! - `strings`: the string and expiry commands beyond GET/SET basics (SET's options, GETDEL,
+//!   GETEX, MSETNX, APPEND, SETRANGE, GETRANGE, STRLEN, INCRBYFLOAT, the EXPIRE family, TYPE,
+//!   TOUCH), each a store operation done in one step on the key's coordinator;
 //! - `table`: the command table (arity, flags, key positions, roles), shared by `COMMAND`,
 //!   arity checks, slot routing and role checks;
 //! - `gate`: the checks every command passes first (known, arity, AUTH, role) and its count;
@@ -23,6 +26,7 @@ pub mod introspect;
 pub mod parse;
 pub mod reply;
 pub mod server;
+mod strings;
 pub mod table;
 
 pub use server::serve;

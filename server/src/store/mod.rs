@@ -23,6 +23,7 @@
 mod entry;
 pub mod hlc;
 mod shard;
+mod update;
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,6 +33,10 @@ use parking_lot::RwLock;
 
 pub use entry::{ENTRY_OVERHEAD_BYTES, MAX_EXPIRY_MS, MAX_KEY_LEN, charge};
 pub use hlc::{ClockDrift, Hlc};
+pub use update::{
+    ExpireCondition, ExpireOutcome, Expiry, GetExOutcome, MAX_FLOAT_TEXT_BYTES, format_float,
+    parse_float,
+};
 
 use entry::Entry;
 use shard::Shard;
@@ -132,6 +137,12 @@ pub enum StoreError {
     /// Incr on a value that is not a decimal signed 64-bit integer.
     #[error("value is not a 64-bit signed decimal integer")]
     NotAnInteger,
+    /// IncrByFloat on a value (or with an increment) that is not a decimal number.
+    #[error("value is not a valid float")]
+    NotAFloat,
+    /// IncrByFloat would store NaN or an infinity.
+    #[error("increment would produce NaN or Infinity")]
+    NotFinite,
     /// Incr would overflow a signed 64-bit integer.
     #[error("increment of {current} by {delta} overflows a 64-bit signed integer")]
     Overflow {
@@ -263,8 +274,14 @@ pub enum SetCondition {
 /// Options of a `set`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SetOptions {
-    /// Time to live in ms; `None` means never expire.
+    /// Time to live in ms; `None` means never expire (unless `keep_ttl` or `expires_at_ms`).
     pub ttl_ms: Option<u64>,
+    /// Absolute expiry (unix ms), used instead of `ttl_ms`. A time at or before `now_ms`
+    /// deletes the key instead of storing the value (it would be expired at once); the
+    /// outcome still says stored.
+    pub expires_at_ms: Option<u64>,
+    /// Keep the key's current expiry (Redis KEEPTTL); wins over `ttl_ms` and `expires_at_ms`.
+    pub keep_ttl: bool,
     /// When the write takes effect.
     pub condition: SetCondition,
     /// Return the value the key held before.
@@ -470,7 +487,10 @@ impl Store {
     ) -> Result<SetOutcome, StoreError> {
         self.check_key(key)?;
         self.check_value(value)?;
-        let expires_at = self.expiry_for(options.ttl_ms, now_ms)?;
+        let expiry = match options.expires_at_ms {
+            Some(at) => self.deadline(Expiry::At(at), now_ms)?,
+            None => self.expiry_for(options.ttl_ms, now_ms)?,
+        };
         let place = self.place(key);
         let mut shard = self.shards[place.shard].lock.write();
         let slot = shard.find(place.hash, key);
@@ -488,6 +508,20 @@ impl Store {
         if !allowed {
             return Ok(SetOutcome {
                 version: None,
+                previous,
+            });
+        }
+        let expires_at = if options.keep_ttl {
+            live.and_then(Entry::expires_at)
+        } else {
+            expiry
+        };
+        if expires_at.is_some_and(|at| at <= now_ms) {
+            // Stored and expired at once: what is left is the key's deletion.
+            let (_, version) = self.remove_locked(&mut shard, place, slot, key, now_ms)?;
+            let version = version.unwrap_or_else(|| self.hlc.next_after(now_ms, 0));
+            return Ok(SetOutcome {
+                version: Some(version),
                 previous,
             });
         }
@@ -539,10 +573,28 @@ impl Store {
     ) -> Result<(bool, Option<u64>), StoreError> {
         self.check_key(key)?;
         let place = self.place(key);
-        let slot = &self.shards[place.shard];
-        let mut shard = slot.lock.write();
+        let mut shard = self.shards[place.shard].lock.write();
         let found = shard.find(place.hash, key);
-        let live = found.is_some_and(|s| shard.entry(s).is_live(now_ms));
+        let (removed, version) = self.remove_locked(&mut shard, place, found, key, now_ms)?;
+        Ok((removed.is_some(), version))
+    }
+
+    /// Removes `key` (found at `found` in the locked `shard`): drops it, or with a tombstone
+    /// grace period replaces it by a tombstone with a new version. Returns the live value that
+    /// was removed, if any, and the version of the delete (`None` when nothing was recorded).
+    fn remove_locked(
+        &self,
+        shard: &mut Shard,
+        place: Place,
+        found: Option<u32>,
+        key: &[u8],
+        now_ms: u64,
+    ) -> Result<(Option<Bytes>, Option<u64>), StoreError> {
+        let slot = &self.shards[place.shard];
+        let live = found
+            .map(|s| shard.entry(s))
+            .filter(|e| e.is_live(now_ms))
+            .map(Entry::value_bytes);
         if let Some(s) = found {
             let entry = shard.entry(s);
             if !entry.is_tombstone() && entry.is_expired(now_ms) {
@@ -558,7 +610,7 @@ impl Store {
         }
         if let Some(s) = found.filter(|&s| shard.entry(s).is_tombstone()) {
             // Already deleted: keep the existing tombstone and its version.
-            return Ok((false, Some(shard.entry(s).version())));
+            return Ok((None, Some(shard.entry(s).version())));
         }
         let floor = found.map_or(0, |s| shard.entry(s).version());
         let version = self.hlc.next_after(now_ms, floor);
@@ -567,7 +619,7 @@ impl Store {
             version,
             now_ms.saturating_add(self.config.tombstone_grace_ms),
         );
-        self.put(&mut shard, place, found, tombstone, now_ms)?;
+        self.put(shard, place, found, tombstone, now_ms)?;
         Ok((live, Some(version)))
     }
 
