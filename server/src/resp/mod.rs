@@ -10,6 +10,7 @@
 //! - `server`: the accept loop and the per-connection read–run–reply loop.
 
 pub mod commands;
+pub mod glob;
 pub mod parse;
 pub mod reply;
 pub mod server;
