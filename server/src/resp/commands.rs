@@ -12,6 +12,7 @@ use bytes::Bytes;
 use ringcache_proto::v1::{self, cache_server::Cache};
 use tonic::{Code, Request, Status};
 
+use super::keyspace;
 use super::parse::Command;
 use super::reply::Reply;
 use crate::api::CacheService;
@@ -122,9 +123,10 @@ impl Session {
                 Some(sub) if sub == b"docs" || sub == b"info" => Reply::Array(Vec::new()),
                 Some(_) => syntax_error(),
             },
-            "dbsize" if rest.is_empty() => {
-                Reply::Integer(i64::try_from(self.node.store().stats().keys).unwrap_or(i64::MAX))
-            }
+            "dbsize" => keyspace::dbsize(&self.node, rest),
+            "scan" => keyspace::scan(&self.node, rest),
+            "randomkey" => keyspace::randomkey(&self.node, rest),
+            "flushall" | "flushdb" => keyspace::flush(&self.node, &lower, rest).await,
             "get" => match rest {
                 [key] => self.get(key.clone()).await,
                 _ => wrong_arity("get"),
@@ -213,7 +215,7 @@ impl Session {
                 }
                 _ => wrong_arity("persist"),
             },
-            "del" | "unlink" | "exists" | "mget" | "mset" | "dbsize" => wrong_arity(&lower),
+            "del" | "unlink" | "exists" | "mget" | "mset" => wrong_arity(&lower),
             _ => unknown_command(name, rest),
         };
         (reply, Flow::Continue)

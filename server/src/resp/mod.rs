@@ -11,6 +11,7 @@
 
 pub mod commands;
 pub mod glob;
+pub mod keyspace;
 pub mod parse;
 pub mod reply;
 pub mod server;
