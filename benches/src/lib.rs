@@ -3,6 +3,7 @@
 //! memory per key, and `clusterprobe`, which measures the cluster layer.
 
 pub mod bench;
+pub mod resp_inputs;
 
 use anyhow::{Context, bail};
 use ringcache_server::store::{SetOptions, Store, StoreConfig};

@@ -206,6 +206,19 @@ impl Internal for InternalService {
             .map(Response::new)
     }
 
+    async fn flush_through(
+        &self,
+        request: Request<v1::FlushThroughRequest>,
+    ) -> Result<Response<v1::FlushThroughResponse>, Status> {
+        let version = request.into_inner().version;
+        let removed = self
+            .node
+            .store()
+            .flush_through(version, self.node.now_ms())?;
+        tracing::info!(removed, version, "flushed for a cluster-wide flush");
+        Ok(Response::new(v1::FlushThroughResponse { removed }))
+    }
+
     type StreamEntriesStream = EntryStream;
 
     async fn stream_entries(

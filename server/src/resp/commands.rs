@@ -11,9 +11,10 @@ use bytes::Bytes;
 use ringcache_proto::v1::{self, cache_server::Cache};
 use tonic::{Code, Request, Status};
 
-use super::cluster;
 use super::client::{Conn, Registry};
+use super::cluster;
 use super::introspect;
+use super::keyspace;
 use super::parse::Command;
 use super::reply::Reply;
 use super::table;
@@ -174,9 +175,10 @@ impl Session {
             "command" => introspect::command(rest),
             "info" => introspect::info(&self.node, &self.registry, rest),
             "time" => introspect::time(),
-            "dbsize" if rest.is_empty() => {
-                Reply::Integer(i64::try_from(self.node.store().stats().keys).unwrap_or(i64::MAX))
-            }
+            "dbsize" => keyspace::dbsize(&self.node, rest),
+            "scan" => keyspace::scan(&self.node, rest),
+            "randomkey" => keyspace::randomkey(&self.node, rest),
+            "flushall" | "flushdb" => keyspace::flush(&self.node, &lower, rest).await,
             "get" => match rest {
                 [key] => self.get(key.clone()).await,
                 _ => wrong_arity("get"),
@@ -250,7 +252,7 @@ impl Session {
                 }
                 _ => wrong_arity("persist"),
             },
-            "del" | "unlink" | "exists" | "mget" | "mset" | "dbsize" => wrong_arity(&lower),
+            "del" | "unlink" | "exists" | "mget" | "mset" => wrong_arity(&lower),
             name if super::strings::handles(name) => self.string_command(name, rest).await,
             _ => unknown_command(name, rest),
         };

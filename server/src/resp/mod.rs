@@ -10,6 +10,8 @@
 //! - `strings`: the string and expiry commands beyond GET/SET basics (SET's options, GETDEL,
 //!   GETEX, MSETNX, APPEND, SETRANGE, GETRANGE, STRLEN, INCRBYFLOAT, the EXPIRE family, TYPE,
 //!   TOUCH), each a store operation done in one step on the key's coordinator;
+//! - `keyspace`: `SCAN`, `RANDOMKEY`, `DBSIZE`, `FLUSHALL`/`FLUSHDB`; `glob`: Redis's `MATCH`
+//!   patterns;
 //! - `table`: the command table (arity, flags, key positions, roles), shared by `COMMAND`,
 //!   arity checks, slot routing and role checks;
 //! - `gate`: the checks every command passes first (known, arity, AUTH, role) and its count;
@@ -22,7 +24,9 @@ pub mod client;
 pub mod cluster;
 pub mod commands;
 mod gate;
+pub mod glob;
 pub mod introspect;
+pub mod keyspace;
 pub mod parse;
 pub mod reply;
 pub mod server;

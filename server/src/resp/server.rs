@@ -146,7 +146,12 @@ async fn connection(
     let auth_required = node.auth().is_some();
     let Some(tls) = node.client_tls().cloned() else {
         let conn = Conn::new(registered, auth_required, pending);
-        return serve_stream(node.clone(), Session::new(node, conn, registry, ring), stream).await;
+        return serve_stream(
+            node.clone(),
+            Session::new(node, conn, registry, ring),
+            stream,
+        )
+        .await;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.current_resp());
     let timeout = node.config().security.handshake_timeout;
@@ -155,7 +160,12 @@ async fn connection(
             // TLS without users: the handshake was the proof.
             let pending = if auth_required { pending } else { None };
             let conn = Conn::new(registered, auth_required, pending);
-            serve_stream(node.clone(), Session::new(node, conn, registry, ring), stream).await
+            serve_stream(
+                node.clone(),
+                Session::new(node, conn, registry, ring),
+                stream,
+            )
+            .await
         }
         Ok(Err(error)) => {
             refused(&node, Refused::Handshake);

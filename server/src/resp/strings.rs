@@ -12,9 +12,7 @@ use bytes::Bytes;
 use ringcache_proto::v1::{self, cache_server::Cache, update_request::Op as UpdateOp};
 use tonic::{Code, Request, Status};
 
-use super::commands::{
-    Session, integer, not_an_integer, status_reply, syntax_error, wrong_arity,
-};
+use super::commands::{Session, integer, not_an_integer, status_reply, syntax_error, wrong_arity};
 use super::reply::Reply;
 
 /// The commands this module answers (lower case).

@@ -346,6 +346,10 @@ pub struct Store {
     config: StoreConfig,
     hlc: Hlc,
     used_bytes: AtomicUsize,
+    /// The version of the last cluster-wide flush ([`Store::flush_through`]): a write decided
+    /// elsewhere at or below it is refused by [`Store::apply`], so nothing flushed comes back
+    /// through replication, hints, anti-entropy or rebalancing.
+    flush_floor: AtomicU64,
 }
 
 /// Where a key lives.
@@ -368,6 +372,7 @@ impl Store {
             config,
             hlc: Hlc::new(),
             used_bytes: AtomicUsize::new(0),
+            flush_floor: AtomicU64::new(0),
         }
     }
 
@@ -839,6 +844,10 @@ impl Store {
             self.check_value(value)?;
         }
         self.check_remote_version(version, now_ms)?;
+        if version <= self.flush_floor.load(Ordering::Acquire) {
+            // Written before a cluster-wide flush: flushed here already.
+            return Ok(false);
+        }
         let place = self.place(key);
         let mut shard = self.shards[place.shard].lock.write();
         let slot = shard.find(place.hash, key);
@@ -927,6 +936,153 @@ impl Store {
             visit(entry.key(), entry.as_copy());
         }
         next
+    }
+
+    /// A key scan (`SCAN`): the live keys (no tombstones, no expired entries) of up to
+    /// `max_entries` entries, looking at no more than `max_slots` slab positions, from `cursor`
+    /// (0 to start), and the cursor to continue from (0 when the scan is done).
+    ///
+    /// The cursor is a slab position: slot (low 32 bits), shard (the next log2(shards) bits) and
+    /// the shard's generation (the rest, truncated). An entry stays in its slot for as long as
+    /// its key exists (overwrites, TTL changes and deletes into tombstones keep the slot; hash
+    /// table growth moves only the index, not the slab), and the only operations that move
+    /// entries (compaction of a sparse shard, clear) bump the shard's generation; a cursor of
+    /// another generation starts its shard over. So every key present for the whole scan is
+    /// returned at least once, whatever is written, deleted, expired or resized meanwhile;
+    /// keys may be returned more than once (after a compaction), as Redis allows. Every `u64`
+    /// is a valid cursor (stray bits are masked off), as in Redis.
+    pub fn scan_keys(
+        &self,
+        cursor: u64,
+        max_entries: usize,
+        max_slots: usize,
+        now_ms: u64,
+    ) -> (Vec<Bytes>, u64) {
+        let n_shards = self.shards.len();
+        let shard_bits = n_shards.trailing_zeros();
+        let generation_bits = 64 - 32 - shard_bits;
+        let generation_mask = (1u64 << generation_bits) - 1;
+        let encode = |shard: usize, slot: usize, generation: u64| -> u64 {
+            ((generation & generation_mask) << (32 + shard_bits))
+                | ((shard as u64) << 32)
+                | slot as u64
+        };
+        let mut shard = ((cursor >> 32) as usize) & (n_shards - 1);
+        let mut slot = (cursor & 0xffff_ffff) as usize;
+        let mut generation = Some(cursor >> (32 + shard_bits));
+        let (max_entries, max_slots) = (max_entries.max(1), max_slots.max(1));
+        let (mut entries, mut slots) = (0, 0);
+        let mut keys = Vec::new();
+        while shard < n_shards {
+            let guard = self.shards[shard].lock.read();
+            if generation
+                .take()
+                .is_some_and(|g| g != guard.generation() & generation_mask)
+            {
+                // Entries moved since the cursor was made: this shard starts over.
+                slot = 0;
+            }
+            let end = guard.slot_count();
+            while slot < end && entries < max_entries && slots < max_slots {
+                if let Some(entry) = guard.at(slot) {
+                    entries += 1;
+                    if entry.is_live(now_ms) {
+                        keys.push(Bytes::copy_from_slice(entry.key()));
+                    }
+                }
+                slot += 1;
+                slots += 1;
+            }
+            if slot < end {
+                return (keys, encode(shard, slot, guard.generation()));
+            }
+            drop(guard);
+            shard += 1;
+            slot = 0;
+            slots += 1; // an empty shard costs a step too, so a call's work stays bounded
+            if shard < n_shards && (entries >= max_entries || slots >= max_slots) {
+                // Slot 0 of a later shard: nonzero, and any generation starts it from 0.
+                return (keys, encode(shard, 0, 0));
+            }
+        }
+        (keys, 0)
+    }
+
+    /// A random live key, or `None` when none was found: a random shard and slot, then onwards
+    /// from there, looking at no more than `max_slots` slab positions in all (a store of
+    /// only expired or deleted entries costs that much and answers `None`, never more). `seed`
+    /// is the caller's randomness (the store has none). Not uniform: a key after a run of free
+    /// slots is likelier, as with Redis's bucket sampling.
+    pub fn random_key(&self, now_ms: u64, seed: u64, max_slots: usize) -> Option<Bytes> {
+        let n_shards = self.shards.len();
+        let start = (seed as usize) & (n_shards - 1);
+        let mut budget = max_slots.max(1);
+        for i in 0..n_shards {
+            if budget == 0 {
+                return None;
+            }
+            budget -= 1;
+            let shard = self.shards[(start + i) & (n_shards - 1)].lock.read();
+            let n_slots = shard.slot_count();
+            if shard.value_len() == 0 || n_slots == 0 {
+                continue;
+            }
+            let first = ((seed >> 16) % n_slots as u64) as usize;
+            for step in 0..n_slots.min(budget) {
+                budget -= 1;
+                if let Some(entry) = shard.at((first + step) % n_slots)
+                    && entry.is_live(now_ms)
+                {
+                    return Some(Bytes::copy_from_slice(entry.key()));
+                }
+            }
+        }
+        None
+    }
+
+    /// A cluster-wide flush at `version` (a version stamped by the node that runs it): drops
+    /// every entry written at or before `version`, tombstones included, and from now on refuses
+    /// ([`Store::apply`] answers "not applied") every write decided elsewhere at or before it,
+    /// so a replica, hint, anti-entropy round or hand-off that still carries a flushed write
+    /// cannot bring it back. The clock moves past `version` (checked against the drift bound
+    /// like any remote version), so later local writes survive the floor. Returns how many
+    /// live-or-not entries were dropped.
+    pub fn flush_through(&self, version: u64, now_ms: u64) -> Result<u64, StoreError> {
+        self.check_remote_version(version, now_ms)?;
+        self.hlc
+            .observe(version, now_ms, self.config.max_clock_drift_ms)?;
+        let floor = self
+            .flush_floor
+            .fetch_max(version, Ordering::AcqRel)
+            .max(version);
+        let mut removed = 0;
+        for slot in &self.shards {
+            let mut shard = slot.lock.write();
+            let old: Vec<(u64, u32)> = (0..shard.slot_count())
+                .filter_map(|at| {
+                    let entry = shard.at(at)?;
+                    (entry.version() <= floor).then(|| (self.hash_key(entry.key()), at as u32))
+                })
+                .collect();
+            if old.len() == shard.len() {
+                let freed = shard.charged_bytes();
+                removed += shard.clear() as u64;
+                self.used_bytes.fetch_sub(freed, Ordering::Relaxed);
+                continue;
+            }
+            for (hash, at) in old {
+                let entry = shard.remove(hash, at);
+                self.used_bytes.fetch_sub(entry.charge(), Ordering::Relaxed);
+                removed += 1;
+            }
+            shard.shrink_if_sparse(|key| self.hash_key(key));
+        }
+        Ok(removed)
+    }
+
+    /// The version of the last cluster-wide flush this store took part in (0: none).
+    pub fn flush_floor(&self) -> u64 {
+        self.flush_floor.load(Ordering::Acquire)
     }
 
     /// Drops every entry whose version is above `limit` (stamped by a clock that ran ahead:

@@ -26,6 +26,9 @@ pub(crate) struct Shard {
     expiries: BTreeSet<(u64, u32)>,
     /// How many entries are tombstones.
     tombstones: usize,
+    /// Bumped whenever entries change slots (compaction, clear): a key scan that resumes at a
+    /// slot number under another generation starts the shard over (`Store::scan_keys`).
+    generation: u64,
 }
 
 impl Shard {
@@ -50,6 +53,21 @@ impl Shard {
             at += 1;
         }
         (out, (at < self.slots.len()).then_some(at))
+    }
+
+    /// The number of slab slots (occupied or free): positions `0..slot_count()`.
+    pub(crate) fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The entry at slab position `at`, if the slot is occupied.
+    pub(crate) fn at(&self, at: usize) -> Option<&Entry> {
+        self.slots.get(at).and_then(Option::as_ref)
+    }
+
+    /// How many times entries changed slots (see the field).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub(crate) fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
@@ -186,7 +204,9 @@ impl Shard {
     /// Drops every entry and returns how many there were.
     pub(crate) fn clear(&mut self) -> usize {
         let n = self.len();
+        let generation = self.generation.wrapping_add(1);
         *self = Self::default();
+        self.generation = generation;
         n
     }
 
@@ -195,7 +215,9 @@ impl Shard {
         if self.slots.len() > 1024 && self.len() < self.slots.len() / 4 {
             // Slots are positions: they can only be compacted by re-inserting everything.
             let entries: Vec<Entry> = self.slots.drain(..).flatten().collect();
+            let generation = self.generation.wrapping_add(1);
             *self = Self::default();
+            self.generation = generation;
             for entry in entries {
                 let hash = hash_of(entry.key());
                 self.insert(hash, entry, &hash_of);

@@ -948,3 +948,300 @@ fn the_drift_bound_is_a_setting() {
     ));
     assert!(store().apply(b"k", Some(b"v"), ahead, None, T0).unwrap());
 }
+
+/// Every key of a whole `scan_keys` pass from cursor 0, calling `between` after each call.
+fn scan_all(
+    s: &Store,
+    count: usize,
+    now: &mut u64,
+    mut between: impl FnMut(&Store, &mut u64),
+) -> Vec<Bytes> {
+    let (mut cursor, mut keys, mut calls) = (0, Vec::new(), 0);
+    loop {
+        let (batch, next) = s.scan_keys(cursor, count, count * 10, *now);
+        assert!(batch.len() <= count, "at most COUNT keys per call");
+        keys.extend(batch);
+        calls += 1;
+        assert!(calls < 100_000, "the scan ends");
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+        between(s, now);
+    }
+}
+
+#[test]
+fn a_key_scan_of_a_quiet_store_returns_every_live_key_once() {
+    let s = Store::new(StoreConfig {
+        shards: 8,
+        tombstone_grace_ms: 60_000,
+        ..StoreConfig::default()
+    });
+    for i in 0..3000 {
+        s.set(format!("k{i}").as_bytes(), b"v", SetOptions::default(), T0)
+            .unwrap();
+    }
+    // Tombstones and expired entries are not keys.
+    s.delete(b"k7", T0).unwrap();
+    let ttl = SetOptions {
+        ttl_ms: Some(10),
+        ..SetOptions::default()
+    };
+    s.set(b"k8", b"v", ttl, T0).unwrap();
+    let mut now = T0 + 10;
+    let mut keys = scan_all(&s, 100, &mut now, |_, _| {});
+    keys.sort();
+    let mut expected: Vec<Bytes> = (0..3000)
+        .filter(|i| *i != 7 && *i != 8)
+        .map(|i| Bytes::from(format!("k{i}")))
+        .collect();
+    expected.sort();
+    assert_eq!(keys, expected);
+    assert_ne!(
+        s.scan_keys(0, 10, 100, now).1,
+        0,
+        "a partial pass gives a cursor"
+    );
+    // An empty store ends at once; any cursor value is accepted.
+    let empty = store();
+    assert_eq!(empty.scan_keys(0, 10, 100, T0), (Vec::new(), 0));
+    assert_eq!(
+        empty.scan_keys(u64::MAX, 10, 100, T0).0,
+        Vec::<Bytes>::new()
+    );
+}
+
+#[test]
+fn a_key_scan_call_does_bounded_work_on_a_sparse_store() {
+    let s = Store::new(StoreConfig {
+        shards: 1,
+        ..StoreConfig::default()
+    });
+    for i in 0..1000 {
+        s.set(format!("k{i}").as_bytes(), b"v", SetOptions::default(), T0)
+            .unwrap();
+    }
+    for i in 0..999 {
+        s.delete(format!("k{i}").as_bytes(), T0).unwrap();
+    }
+    // 999 free slots before the one key: a call with COUNT 10 looks at 100 of them and returns
+    // a cursor, not the key.
+    let (keys, cursor) = s.scan_keys(0, 10, 100, T0);
+    assert!(keys.is_empty());
+    assert_eq!(cursor, 100);
+    let mut now = T0;
+    assert_eq!(scan_all(&s, 10, &mut now, |_, _| {}), [Bytes::from("k999")]);
+}
+
+#[test]
+fn a_key_scan_survives_compaction_of_a_shard() {
+    let s = Store::new(StoreConfig {
+        shards: 1,
+        ..StoreConfig::default()
+    });
+    let ttl = SetOptions {
+        ttl_ms: Some(10),
+        ..SetOptions::default()
+    };
+    // 3000 short-lived keys, then 100 that stay, at the end of the slab.
+    for i in 0..3000 {
+        s.set(format!("gone{i}").as_bytes(), b"v", ttl, T0).unwrap();
+    }
+    for i in 0..100 {
+        s.set(
+            format!("stay{i}").as_bytes(),
+            b"v",
+            SetOptions::default(),
+            T0,
+        )
+        .unwrap();
+    }
+    let mut now = T0;
+    let mut first = true;
+    let keys = scan_all(&s, 50, &mut now, |s, now| {
+        if first {
+            // Past the first 500 slots: the short-lived keys expire and the shard compacts,
+            // moving the keys that stay to slots the cursor already passed.
+            first = false;
+            *now += 10;
+            assert_eq!(s.reclaim_expired(*now, usize::MAX), 3000);
+        }
+    });
+    for i in 0..100 {
+        let key = Bytes::from(format!("stay{i}"));
+        assert!(keys.contains(&key), "{key:?} missed");
+    }
+}
+
+#[test]
+fn random_key_finds_live_keys_and_gives_up_on_expired_ones() {
+    let s = Store::new(StoreConfig {
+        shards: 8,
+        tombstone_grace_ms: 60_000,
+        ..StoreConfig::default()
+    });
+    assert_eq!(s.random_key(T0, 1, 1000), None);
+    s.set(b"only", b"v", SetOptions::default(), T0).unwrap();
+    for seed in 0..64 {
+        assert_eq!(s.random_key(T0, seed, 1000).as_deref(), Some(&b"only"[..]));
+    }
+    s.delete(b"only", T0).unwrap();
+    assert_eq!(s.random_key(T0, 3, 1000), None, "a tombstone is no key");
+    let ttl = SetOptions {
+        ttl_ms: Some(10),
+        ..SetOptions::default()
+    };
+    for i in 0..20_000 {
+        s.set(format!("k{i}").as_bytes(), b"v", ttl, T0).unwrap();
+    }
+    // Everything expired but not reclaimed: bounded work, then none.
+    assert_eq!(s.random_key(T0 + 10, 7, 1000), None);
+    assert!(s.random_key(T0 + 9, 7, 1000).is_some());
+    let seen: std::collections::HashSet<Bytes> = (0..200)
+        .filter_map(|seed| s.random_key(T0, u64::wrapping_mul(seed, 0x9e37_79b9_7f4a_7c15), 1000))
+        .collect();
+    assert!(seen.len() > 100, "random keys vary: {}", seen.len());
+}
+
+#[test]
+fn a_flush_through_a_version_drops_older_writes_and_refuses_them_later() {
+    let s = Store::new(StoreConfig {
+        shards: 4,
+        tombstone_grace_ms: 60_000,
+        ..StoreConfig::default()
+    });
+    for i in 0..100 {
+        s.set(format!("k{i}").as_bytes(), b"v", SetOptions::default(), T0)
+            .unwrap();
+    }
+    s.delete(b"k0", T0).unwrap();
+    let old = s.get_versioned(b"k1").unwrap().unwrap().version;
+    // A flush stamped by another node a little ahead of this one.
+    let flush = Hlc::at_millis(T0 + 5);
+    assert_eq!(
+        s.flush_through(flush, T0).unwrap(),
+        100,
+        "tombstone included"
+    );
+    assert_eq!(s.stats().keys, 0);
+    assert_eq!(s.stats().used_bytes, 0);
+    assert_eq!(s.flush_floor(), flush);
+    // A replica, hint or anti-entropy push of a flushed write is not applied.
+    assert!(!s.apply(b"k1", Some(b"v"), old, None, T0).unwrap());
+    assert!(!s.apply(b"k1", Some(b"v"), flush, None, T0).unwrap());
+    assert_eq!(value(&s, b"k1", T0), None);
+    // Later writes, local or remote, are kept.
+    let local = s
+        .set(b"k2", b"new", SetOptions::default(), T0)
+        .unwrap()
+        .version
+        .unwrap();
+    assert!(local > flush, "the clock moved past the flush");
+    assert!(s.apply(b"k3", Some(b"new"), flush + 1, None, T0).unwrap());
+    // A second flush keeps what is newer than it.
+    assert_eq!(s.flush_through(flush, T0).unwrap(), 0);
+    assert_eq!(s.stats().keys, 2);
+    // A flush stamped too far ahead is refused like any remote version.
+    let ahead = Hlc::at_millis(T0 + 3_600_000);
+    assert!(matches!(
+        s.flush_through(ahead, T0),
+        Err(StoreError::ClockDrift(_))
+    ));
+    assert_eq!(s.stats().keys, 2);
+}
+
+mod scan_model {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What happens between two scan calls.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Nothing.
+        Quiet,
+        /// New keys (some short-lived).
+        Insert(u16, bool),
+        /// Deletes of keys that were only there for a while.
+        DeleteChurn(u16),
+        /// The short-lived keys expire and are reclaimed (shards compact).
+        ExpireChurn,
+        /// Overwrites of keys that stay.
+        Overwrite(u16),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            Just(Step::Quiet),
+            (1u16..2000, any::<bool>()).prop_map(|(n, ttl)| Step::Insert(n, ttl)),
+            (1u16..2000).prop_map(Step::DeleteChurn),
+            Just(Step::ExpireChurn),
+            (1u16..200).prop_map(Step::Overwrite),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn a_scan_over_a_changing_store_returns_every_key_that_stayed(
+            shards in prop_oneof![Just(1usize), Just(2), Just(8)],
+            stay in 1usize..400,
+            churn in 0usize..3000,
+            count in 1usize..200,
+            steps in proptest::collection::vec(step(), 0..40),
+        ) {
+            let s = Store::new(StoreConfig { shards, ..StoreConfig::default() });
+            let ttl = SetOptions { ttl_ms: Some(10), ..SetOptions::default() };
+            let mut next_churn = 0usize;
+            // Churn and staying keys interleaved, so slots move under the cursor.
+            for i in 0..stay.max(churn) {
+                if i < churn {
+                    s.set(format!("c{next_churn}").as_bytes(), b"v", ttl, T0).unwrap();
+                    next_churn += 1;
+                }
+                if i < stay {
+                    s.set(format!("s{i}").as_bytes(), b"v", SetOptions::default(), T0).unwrap();
+                }
+            }
+            let mut steps = steps.into_iter();
+            let mut deleted_upto = 0usize;
+            let mut now = T0;
+            let keys = scan_all(&s, count, &mut now, |s, now| {
+                match steps.next().unwrap_or(Step::Quiet) {
+                    Step::Quiet => {}
+                    Step::Insert(n, short) => {
+                        for _ in 0..n {
+                            let key = format!("c{next_churn}");
+                            next_churn += 1;
+                            let options = if short { ttl } else { SetOptions::default() };
+                            s.set(key.as_bytes(), b"v", options, *now).unwrap();
+                        }
+                    }
+                    Step::DeleteChurn(n) => {
+                        let upto = (deleted_upto + usize::from(n)).min(next_churn);
+                        for i in deleted_upto..upto {
+                            s.delete(format!("c{i}").as_bytes(), *now).unwrap();
+                        }
+                        deleted_upto = upto;
+                    }
+                    Step::ExpireChurn => {
+                        *now += 10;
+                        s.reclaim_expired(*now, usize::MAX);
+                    }
+                    Step::Overwrite(n) => {
+                        for i in 0..usize::from(n).min(stay) {
+                            s.set(format!("s{i}").as_bytes(), b"w", SetOptions::default(), *now)
+                                .unwrap();
+                        }
+                    }
+                }
+            });
+            let seen: std::collections::HashSet<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+            for i in 0..stay {
+                let key = format!("s{i}");
+                prop_assert!(seen.contains(key.as_bytes()), "{} missed", key);
+            }
+        }
+    }
+}
