@@ -108,7 +108,7 @@ impl Session {
     pub async fn execute(&mut self, args: Command) -> (Reply, Flow) {
         let (spec, reply, flow) = match self.admit(&args) {
             Ok(spec) => {
-                let (reply, flow) = self.dispatch(&args).await;
+                let (reply, flow) = self.dispatch(&args, spec).await;
                 (Some(spec), reply, flow)
             }
             Err((spec, reply)) => (spec, reply, Flow::Continue),
@@ -117,16 +117,15 @@ impl Session {
         (reply, flow)
     }
 
-    async fn dispatch(&mut self, args: &Command) -> (Reply, Flow) {
+    async fn dispatch(&mut self, args: &Command, spec: &'static table::Spec) -> (Reply, Flow) {
         let Some(name) = args.first() else {
             // An empty line or `*0`: Redis sends nothing back; nor do we (the caller skips it).
             return (Reply::Nil, Flow::Continue);
         };
         let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
         let rest = &args[1..];
-        if let Some(spec) = table::lookup(name)
-            && let cluster::Route::Refuse(reply) =
-                self.routing.route(&self.node, &self.ring, spec, &args)
+        if let cluster::Route::Refuse(reply) =
+            self.routing.route(&self.node, &self.ring, spec, args)
         {
             return (reply, Flow::Continue);
         }
