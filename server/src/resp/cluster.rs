@@ -309,6 +309,13 @@ fn keys_in_slot(node: &Node, slot: u16, max: usize) -> Vec<Bytes> {
 /// `CLUSTER SLOTS`: `[start, end, primary, replicas...]` per run of slots with one replica set;
 /// each node as `[host, port, id]`.
 fn slots(view: &ClusterView, myself: &Member) -> Reply {
+    // Each member's entry once (a SHA-256 per member, not per range).
+    let entries: std::collections::HashMap<&str, Reply> = view
+        .topology
+        .members()
+        .iter()
+        .map(|member| (member.node_id.as_str(), node_entry(member)))
+        .collect();
     Reply::Array(
         view.ring
             .slot_ranges()
@@ -320,7 +327,12 @@ fn slots(view: &ClusterView, myself: &Member) -> Reply {
                 entry.extend(
                     entry_members(view, myself, set)
                         .into_iter()
-                        .map(|(member, _)| node_entry(member)),
+                        .map(|(member, _)| {
+                            entries
+                                .get(member.node_id.as_str())
+                                .cloned()
+                                .unwrap_or_else(|| node_entry(member))
+                        }),
                 );
                 Reply::Array(entry)
             })
@@ -339,6 +351,22 @@ fn health(member: &Member) -> &'static str {
 /// `CLUSTER SHARDS`: one shard per distinct replica set (its primary the master, the others
 /// replicas), with the slots it serves as `[start, end, ...]`.
 fn shards(view: &ClusterView, myself: &Member) -> Reply {
+    let ids: std::collections::HashMap<&str, Bytes> = view
+        .topology
+        .members()
+        .iter()
+        .map(|member| {
+            (
+                member.node_id.as_str(),
+                Bytes::from(redis_id(&member.node_id)),
+            )
+        })
+        .collect();
+    let id_of = |member: &Member| {
+        ids.get(member.node_id.as_str())
+            .cloned()
+            .unwrap_or_else(|| Bytes::from(redis_id(&member.node_id)))
+    };
     let text = |s: &str| Reply::Bulk(Bytes::copy_from_slice(s.as_bytes()));
     Reply::Array(
         view.ring
@@ -359,10 +387,7 @@ fn shards(view: &ClusterView, myself: &Member) -> Reply {
                     .map(|(member, primary)| {
                         let (host, port) = resp_endpoint(member).unwrap_or(("", 0));
                         Reply::Map(vec![
-                            (
-                                text("id"),
-                                Reply::Bulk(Bytes::from(redis_id(&member.node_id))),
-                            ),
+                            (text("id"), Reply::Bulk(id_of(member))),
                             (text("port"), Reply::Integer(i64::from(port))),
                             (text("ip"), text(host)),
                             (text("endpoint"), text(host)),

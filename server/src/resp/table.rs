@@ -89,7 +89,7 @@ const fn all_keys(
         arity,
         flags,
         first_key: 1,
-        last_key: if step == 2 { -2 } else { -1 },
+        last_key: -1,
         step,
         categories,
         role,
@@ -313,7 +313,7 @@ mod tests {
         assert_eq!(keys(b"del", 2), [1]);
         assert!(keys(b"ping", 2).is_empty());
         assert!(keys(b"scan", 4).is_empty());
-        // A malformed MSET (missing value) still names only whole pairs' keys.
-        assert_eq!(keys(b"mset", 4), [1]);
+        // Redis's MSET: first 1, last -1, step 2 (a malformed MSET is refused by its handler).
+        assert_eq!(keys(b"mset", 4), [1, 3]);
     }
 }
