@@ -185,8 +185,8 @@ async fn assert_described(cluster: &TestCluster) {
             for range in &fields[8..] {
                 let (first, last) = range.split_once('-').unwrap_or((range, range));
                 let (first, last): (usize, usize) = (first.parse().unwrap(), last.parse().unwrap());
-                for slot in first..=last {
-                    assert_eq!(expected[slot][0], addr, "CLUSTER NODES slot {slot}");
+                for (slot, owners) in expected.iter().enumerate().take(last + 1).skip(first) {
+                    assert_eq!(owners[0], addr, "CLUSTER NODES slot {slot}");
                 }
                 *primary_of.entry(addr).or_default() += last - first + 1;
             }
