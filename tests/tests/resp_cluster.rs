@@ -131,7 +131,9 @@ async fn assert_described(cluster: &TestCluster) {
     for node in &cluster.nodes {
         let expected = expected_owners(node, &addrs);
         let mut con = connect(node).await;
-        assert_eq!(cluster_slots(&mut con).await, expected, "CLUSTER SLOTS");
+        // CLUSTER SLOTS lists each slot's primary (the replica sets are in CLUSTER SHARDS).
+        let primaries: Vec<Vec<SocketAddr>> = expected.iter().map(|set| vec![set[0]]).collect();
+        assert_eq!(cluster_slots(&mut con).await, primaries, "CLUSTER SLOTS");
 
         // SHARDS: every slot in exactly one shard, whose nodes are its replica set.
         let shards: Vec<Value> = run(&mut con, &["CLUSTER", "SHARDS"]).await.unwrap();
@@ -421,4 +423,60 @@ async fn the_redis_crate_cluster_client_writes_to_owners_and_survives_a_join_and
     })
     .await
     .expect("the cluster client recovers after a node is killed");
+}
+
+/// Runs `redis-benchmark` (Redis's own load tool; `scripts/test-deps` installs it with
+/// redis-server) with `args`, bounded in time; returns its output.
+async fn redis_benchmark(args: &[String]) -> String {
+    let output = tokio::time::timeout(
+        DEADLINE * 4,
+        tokio::process::Command::new("redis-benchmark")
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("redis-benchmark finishes in time")
+    .expect("redis-benchmark runs (scripts/test-deps installs it)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "redis-benchmark {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn redis_benchmark_runs_against_one_node_and_in_cluster_mode() {
+    let node = TestNode::start_default().await;
+    let args = |addr: SocketAddr, extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = ["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(
+            ["-t", "set,get", "-n", "1000", "-c", "4", "-q"]
+                .iter()
+                .chain(extra)
+                .map(|s| s.to_string()),
+        );
+        args
+    };
+    let out = redis_benchmark(&args(node.resp_addr, &["-P", "16"])).await;
+    for test in ["SET: ", "GET: "] {
+        assert!(
+            out.contains(test) && out.contains("requests per second"),
+            "{out}"
+        );
+    }
+
+    // --cluster: redis-benchmark reads CLUSTER NODES and sends each key to its master.
+    let cluster = TestCluster::start_converged(3, DEADLINE, |_, _| {}).await;
+    let out = redis_benchmark(&args(cluster.nodes[0].resp_addr, &["--cluster"])).await;
+    assert!(out.contains("Cluster has 3 master nodes"), "{out}");
+    assert!(
+        out.contains("GET: ") && out.contains("requests per second"),
+        "{out}"
+    );
 }

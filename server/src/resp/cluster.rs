@@ -306,9 +306,25 @@ fn keys_in_slot(node: &Node, slot: u16, max: usize) -> Vec<Bytes> {
     keys
 }
 
-/// `CLUSTER SLOTS`: `[start, end, primary, replicas...]` per run of slots with one replica set;
-/// each node as `[host, port, id]`.
+/// `CLUSTER SLOTS`: `[start, end, [host, port, id]]` per run of slots with one primary.
+///
+/// Only primaries are listed. In Redis Cluster a node is either a master or a replica, and
+/// cluster clients (redis-py, the redis crate, Jedis) give each node the one role they last saw
+/// it in; here every node is the primary of some slots and holds copies of others, so listing
+/// the copies as replicas makes clients take most nodes for replicas and send "every master"
+/// commands (SCAN, DBSIZE, FLUSHALL) to a few nodes only. The full replica sets are in
+/// `CLUSTER SHARDS`.
 fn slots(view: &ClusterView, myself: &Member) -> Reply {
+    let mut runs: Vec<(u16, u16, &Member)> = Vec::new();
+    for (first, last, set) in view.ring.slot_ranges() {
+        let Some((primary, _)) = entry_members(view, myself, set).into_iter().next() else {
+            continue;
+        };
+        match runs.last_mut() {
+            Some(run) if run.2.node_id == primary.node_id && run.1 + 1 == first => run.1 = last,
+            _ => runs.push((first, last, primary)),
+        }
+    }
     // Each member's entry once (a SHA-256 per member, not per range).
     let entries: std::collections::HashMap<&str, Reply> = view
         .topology
@@ -317,24 +333,16 @@ fn slots(view: &ClusterView, myself: &Member) -> Reply {
         .map(|member| (member.node_id.as_str(), node_entry(member)))
         .collect();
     Reply::Array(
-        view.ring
-            .slot_ranges()
-            .map(|(first, last, set)| {
-                let mut entry = vec![
+        runs.into_iter()
+            .map(|(first, last, primary)| {
+                Reply::Array(vec![
                     Reply::Integer(i64::from(first)),
                     Reply::Integer(i64::from(last)),
-                ];
-                entry.extend(
-                    entry_members(view, myself, set)
-                        .into_iter()
-                        .map(|(member, _)| {
-                            entries
-                                .get(member.node_id.as_str())
-                                .cloned()
-                                .unwrap_or_else(|| node_entry(member))
-                        }),
-                );
-                Reply::Array(entry)
+                    entries
+                        .get(primary.node_id.as_str())
+                        .cloned()
+                        .unwrap_or_else(|| node_entry(primary)),
+                ])
             })
             .collect(),
     )
