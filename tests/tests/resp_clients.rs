@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use ringcache_proto::placement::key_slot;
-use ringcache_tests::{TestCluster, TestNode};
+use ringcache_tests::{TestCluster, TestNode, http_get};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// How long a cluster may take to converge.
@@ -231,7 +231,18 @@ for k in samples:
     assert rc.keyslot(k) == rc.cluster_keyslot(k), (k, rc.keyslot(k), rc.cluster_keyslot(k))
 
 routes = {k: rc.get_node_from_key(k).port for k in keys}
-print(json.dumps({"routes": routes, "slots": {k: rc.keyslot(k) for k in keys}}))
+# Each node's SCAN returns the keys it is the primary of, so scanning every node sees each
+# key once. Scan ALL_NODES: CLUSTER SLOTS lists every node as a replica of the others' slots,
+# and redis-py gives a node one role, so get_primaries() (the default scan target) misses
+# nodes (README: cluster clients).
+scanned = list(rc.scan_iter(match="pyc:*", count=500, target_nodes=RedisCluster.ALL_NODES))
+assert sorted(scanned) == sorted(keys), len(scanned)
+roles = {
+    "primaries": sorted(n.port for n in rc.get_primaries()),
+    "replicas": sorted(n.port for n in rc.get_replicas()),
+    "scan_primaries": len(set(rc.scan_iter(match="pyc:*", count=500))),
+}
+print(json.dumps({"routes": routes, "slots": {k: rc.keyslot(k) for k in keys}, "roles": roles}))
 "#;
 
 #[tokio::test]
@@ -240,6 +251,12 @@ async fn python_redis_cluster_client() {
     let out = python_script(CLUSTER, &resp_ports(&cluster)).await;
     let report: serde_json::Value = serde_json::from_str(out.stdout.trim())
         .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
+    // Shown, not asserted: how redis-py sees the nodes' roles (README: cluster clients).
+    eprintln!(
+        "redis-py's roles: {} (ports {:?})",
+        report["roles"],
+        resp_ports(&cluster)
+    );
     let view = cluster.nodes[0].node.view();
     let mut per_node = std::collections::BTreeMap::<String, usize>::new();
     for (key, port) in report["routes"].as_object().expect("routes") {
@@ -399,6 +416,7 @@ async fn redis_cli_cluster_mode_and_forwarding() {
         args.extend(rest.iter().map(|s| (*s).to_owned()));
         args
     };
+    wait_moved(&cluster).await;
     let first = &cluster.nodes[0];
     for (i, owner) in cluster.nodes.iter().enumerate() {
         let id = owner.node.config().node_id.clone();
@@ -438,8 +456,70 @@ async fn redis_cli_cluster_mode_and_forwarding() {
         .await;
         assert_eq!(
             moved,
-            format!("OK\nOK\nmoved-{id}\n"),
+            format!(
+                "OK\n-> Redirected to slot [{}] located at {}\nOK\nmoved-{id}\n",
+                key_slot(key.as_bytes()),
+                owner.resp_addr
+            ),
             "{key} owned by {id}"
         );
+        assert!(
+            moved_errors(non_owner).await >= 1.0,
+            "{} answered no -MOVED for {key}",
+            non_owner.node.config().node_id
+        );
     }
+}
+
+/// Waits until every node answers a cluster-aware connection's GET of a key it does not own
+/// with `-MOVED`: a node forwards instead while its ring changed within the last few probe
+/// intervals (the settle window), as it has just after the cluster formed.
+async fn wait_moved(cluster: &TestCluster) {
+    for node in &cluster.nodes {
+        let id = node.node.config().node_id.clone();
+        let other = cluster
+            .nodes
+            .iter()
+            .find(|n| n.node.config().node_id != id)
+            .expect("another node");
+        let key = key_owned_by(cluster, &other.node.config().node_id);
+        let url = format!("redis://{}", node.resp_addr);
+        let mut conn = redis::Client::open(url)
+            .expect("a valid URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the RESP port");
+        let routing: String = redis::cmd("RINGCACHE")
+            .arg("ROUTING")
+            .arg("MOVED")
+            .query_async(&mut conn)
+            .await
+            .expect("RINGCACHE ROUTING MOVED");
+        assert_eq!(routing, "OK");
+        ringcache_tests::wait_until(CONVERGE, || {
+            let mut conn = conn.clone();
+            let key = key.clone();
+            async move {
+                let got: redis::RedisResult<Option<String>> =
+                    redis::cmd("GET").arg(&key).query_async(&mut conn).await;
+                matches!(got, Err(e) if e.code() == Some("MOVED"))
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{id} never answered -MOVED: {e}"));
+    }
+}
+
+/// How many `-MOVED` replies to SET the node has sent (its `/metrics`).
+async fn moved_errors(node: &TestNode) -> f64 {
+    let series = "ringcache_resp_errors_total{command=\"set\",error=\"MOVED\"} ";
+    let response = http_get(node.http_addr, "/metrics")
+        .await
+        .expect("/metrics");
+    response
+        .body
+        .lines()
+        .filter_map(|line| line.strip_prefix(series))
+        .map(|value| value.trim().parse::<f64>().expect("a number"))
+        .sum()
 }
