@@ -279,6 +279,27 @@ async fn python_redis_cluster_client() {
     assert_eq!(per_node.len(), 3, "every node owns some keys: {per_node:?}");
 }
 
+/// The README's `RedisCluster` example, run against a cluster (its port 6479 replaced).
+#[tokio::test]
+async fn the_readme_python_example_runs() {
+    let readme = include_str!("../../README.md");
+    let example = readme
+        .split("**Cluster clients of other languages.**")
+        .nth(1)
+        .and_then(|rest| rest.split("```python\n").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("README has the RedisCluster example");
+    let cluster = TestCluster::start_converged(3, CONVERGE, |_, _| {}).await;
+    let port = cluster.nodes[1].resp_addr.port().to_string();
+    let script = format!(
+        "{}\nassert rc.get('user:42') == 'Ada'\nassert rc.get('a') == '1'\n\
+         assert keys == ['user:42'], keys\nprint('ok')\n",
+        example.replace("6479", &port)
+    );
+    let out = python_script(&script, &[]).await;
+    assert_eq!(out.stdout, "ok\n", "{}", out.stderr);
+}
+
 /// `RedisCluster` writing and reading keys in rounds while the test crashes a node: prints
 /// `ROUND n` after each clean round and `READY` before the first; the line `crashed` on stdin
 /// marks the crash. It then needs a clean round (every key written and read back) within the
