@@ -148,7 +148,14 @@ async fn anti_entropy_repairs_replicas_that_missed_writes_and_deletes() {
     let stats: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let ae = &stats["anti_entropy"];
     assert_eq!(ae["interval_ms"], 300);
-    assert!(ae["keys_pushed"].as_u64().unwrap() >= 200, "{stats}");
+    // What n1 itself repaired (the others may have repaired n3 from n2 first).
+    let n1_pushed = n1
+        .node
+        .anti_entropy()
+        .keys_pushed
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(n1_pushed >= 1, "{stats}");
+    assert_eq!(ae["keys_pushed"].as_u64(), Some(n1_pushed), "{stats}");
     assert_eq!(ae["last_round"]["buckets_differing"], 0, "{stats}");
     assert_eq!(
         stats["known_members"],

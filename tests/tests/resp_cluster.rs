@@ -200,7 +200,7 @@ async fn assert_described(cluster: &TestCluster) {
 
 #[tokio::test]
 async fn cluster_slots_shards_and_nodes_describe_the_placement_before_and_after_a_join() {
-    let mut cluster = TestCluster::start_converged(3, DEADLINE, |_, _| {}).await;
+    let mut cluster = TestCluster::start_converged(3, DEADLINE, patient).await;
     assert_described(&cluster).await;
 
     let mut con = connect(&cluster.nodes[0]).await;
@@ -215,9 +215,17 @@ async fn cluster_slots_shards_and_nodes_describe_the_placement_before_and_after_
     assert!(info.contains("cluster_slots_assigned:16384"), "{info}");
     assert!(info.contains("cluster_known_nodes:3"), "{info}");
 
-    cluster.add(4, |_, _| {}).await;
+    cluster.add(4, patient).await;
     cluster.wait_converged(DEADLINE).await.unwrap();
     assert_described(&cluster).await;
+}
+
+/// Failure detection patient enough that a loaded machine (debug builds, tests in parallel) does
+/// not suspect live nodes: these tests check routing, not the detector.
+fn patient(_: usize, config: &mut ringcache_server::Config) {
+    config.probe_interval = Duration::from_millis(400);
+    config.probe_timeout = Duration::from_millis(300);
+    config.suspicion_timeout = Duration::from_secs(2);
 }
 
 /// A key whose primary under `node`'s ring is `owner`'s index in the cluster.
@@ -233,7 +241,8 @@ fn key_owned_by(cluster: &TestCluster, owner: usize, tag: &str) -> String {
 #[tokio::test]
 async fn cluster_clients_get_moved_and_crossslot_while_plain_clients_are_forwarded() {
     // R = 2 of 3, so each node is a replica of some keys it is not the primary of.
-    let cluster = TestCluster::start_converged(3, DEADLINE, |_, config| {
+    let cluster = TestCluster::start_converged(3, DEADLINE, |i, config| {
+        patient(i, config);
         config.replication_factor = std::num::NonZeroU32::new(2).unwrap();
     })
     .await;
@@ -360,7 +369,7 @@ async fn cluster_connection(cluster: &TestCluster) -> redis::cluster_async::Clus
 
 #[tokio::test]
 async fn the_redis_crate_cluster_client_writes_to_owners_and_survives_a_join_and_a_crash() {
-    let mut cluster = TestCluster::start_converged(3, DEADLINE, |_, _| {}).await;
+    let mut cluster = TestCluster::start_converged(3, DEADLINE, patient).await;
     let mut con = cluster_connection(&cluster).await;
     for i in 0..1000 {
         let _: () = con.set(format!("k{i}"), i).await.unwrap();
@@ -393,7 +402,7 @@ async fn the_redis_crate_cluster_client_writes_to_owners_and_survives_a_join_and
             acked
         })
     };
-    cluster.add(4, |_, _| {}).await;
+    cluster.add(4, patient).await;
     cluster.wait_converged(DEADLINE).await.unwrap();
     let acked = writer.await.unwrap();
     for (i, key) in acked.iter().enumerate() {
@@ -479,4 +488,33 @@ async fn redis_benchmark_runs_against_one_node_and_in_cluster_mode() {
         out.contains("GET: ") && out.contains("requests per second"),
         "{out}"
     );
+}
+
+#[tokio::test]
+async fn multi_is_refused_and_nothing_until_exec_runs() {
+    let node = TestNode::start_default().await;
+    let mut con = connect(&node).await;
+    let error = run::<Value>(&mut con, &["MULTI"]).await.unwrap_err();
+    assert!(
+        error.to_string().contains("MULTI is not supported"),
+        "{error}"
+    );
+    let error = run::<Value>(&mut con, &["SET", "t", "1"])
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("inside MULTI"), "{error}");
+    let error = run::<Value>(&mut con, &["EXEC"]).await.unwrap_err();
+    assert_eq!(error.code(), Some("EXECABORT"), "{error}");
+    assert_eq!(
+        run::<Option<String>>(&mut con, &["GET", "t"])
+            .await
+            .unwrap(),
+        None
+    );
+    // DISCARD ends it too; outside MULTI, EXEC and DISCARD are errors.
+    let _ = run::<Value>(&mut con, &["MULTI"]).await.unwrap_err();
+    let _: String = run(&mut con, &["DISCARD"]).await.unwrap();
+    let _: () = run(&mut con, &["SET", "t", "2"]).await.unwrap();
+    let error = run::<Value>(&mut con, &["EXEC"]).await.unwrap_err();
+    assert!(error.to_string().contains("EXEC without MULTI"), "{error}");
 }

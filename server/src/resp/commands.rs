@@ -43,6 +43,9 @@ pub struct Session {
     /// The consistency of reads and of writes (`RINGCACHE CONSISTENCY`).
     pub(super) read_level: i32,
     pub(super) write_level: i32,
+    /// Inside a `MULTI` (refused: ringcache has no transactions) until `EXEC` or `DISCARD`:
+    /// every command in between is refused, so none of a transaction runs.
+    in_multi: bool,
     /// The connection: identity, name, its line in `CLIENT LIST`.
     pub(super) conn: Conn,
     /// The listener's connections and counters.
@@ -100,6 +103,7 @@ impl Session {
             ring,
             read_level: ONE,
             write_level: DEFAULT,
+            in_multi: false,
         }
     }
 
@@ -124,6 +128,9 @@ impl Session {
         };
         let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
         let rest = &args[1..];
+        if let Some(reply) = self.transaction(&lower) {
+            return (reply, Flow::Continue);
+        }
         if let cluster::Route::Refuse(reply) =
             self.routing.route(&self.node, &self.ring, spec, args)
         {
@@ -258,8 +265,46 @@ impl Session {
         (reply, Flow::Continue)
     }
 
+    /// `MULTI`/`EXEC`/`DISCARD`: there are no transactions, and a client that sends `MULTI`,
+    /// commands, `EXEC` in one go must not see half of them applied. So `MULTI` is refused and
+    /// every command until `EXEC` (`-EXECABORT`) or `DISCARD` is refused too; `None` lets a
+    /// command run.
+    fn transaction(&mut self, lower: &str) -> Option<Reply> {
+        match (lower, self.in_multi) {
+            ("multi", false) => {
+                self.in_multi = true;
+                Some(Reply::err(
+                    "MULTI is not supported: ringcache has no transactions; commands until EXEC \
+                     or DISCARD are refused",
+                ))
+            }
+            ("multi", true) => Some(Reply::err("MULTI calls can not be nested")),
+            ("exec", true) => {
+                self.in_multi = false;
+                Some(Reply::Error(
+                    "EXECABORT Transaction discarded because of previous errors.".to_owned(),
+                ))
+            }
+            ("discard", true) => {
+                self.in_multi = false;
+                Some(Reply::OK)
+            }
+            ("exec", false) => Some(Reply::err("EXEC without MULTI")),
+            ("discard", false) => Some(Reply::err("DISCARD without MULTI")),
+            ("quit" | "reset", _) => {
+                self.in_multi = false;
+                None
+            }
+            (_, true) => Some(Reply::err(
+                "command refused inside MULTI: ringcache has no transactions (send DISCARD)",
+            )),
+            _ => None,
+        }
+    }
+
     /// Forgets `READONLY`, the routing mode and the consistency levels (`RESET`).
     pub(super) fn reset_cluster_state(&mut self) {
+        self.in_multi = false;
         self.routing = cluster::Routing::default();
         self.read_level = ONE;
         self.write_level = DEFAULT;
