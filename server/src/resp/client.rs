@@ -5,7 +5,7 @@
 //! the same as the gRPC client port): `AUTH user secret`, `AUTH secret` (user `default`, as in
 //! Redis) and `HELLO 3 AUTH user secret`. The connection remembers who it is and the secret, tagged
 //! with the users' generation; after a users reload the next command checks the secret again
-//! ([`Session::recheck`]), so a removed user or a changed secret stops working on open
+//! (`Session::recheck`), so a removed user or a changed secret stops working on open
 //! connections too, while a reload that changed nothing else costs one hash per connection.
 
 use std::collections::BTreeMap;
