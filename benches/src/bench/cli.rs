@@ -208,6 +208,13 @@ struct SuiteArgs {
     /// Use this running ringcache node instead of starting one (ringcache://host:port).
     #[arg(long, value_name = "URL")]
     ringcache: Option<TargetUrl>,
+    /// Measure this RESP port of the ringcache node too (redis://host:port) [default: the
+    /// started node's own RESP port; none with --ringcache].
+    #[arg(long, value_name = "URL", conflicts_with = "no_resp")]
+    ringcache_resp: Option<TargetUrl>,
+    /// Do not measure ringcache over RESP (gRPC and Redis only, as before).
+    #[arg(long)]
+    no_resp: bool,
     /// Use this running Redis (redis://host:port) instead of starting redis-server.
     #[arg(long, value_name = "URL")]
     redis: Option<TargetUrl>,
@@ -482,6 +489,11 @@ fn suite_command(args: &SuiteArgs) -> anyhow::Result<()> {
     };
     let scratch = ScratchDir::new("suite").context("cannot create a scratch directory")?;
 
+    if let Some(url) = &args.ringcache_resp
+        && !matches!(url, TargetUrl::Redis { .. })
+    {
+        bail!("--ringcache-resp wants a redis:// URL (the node's RESP port), got {url}");
+    }
     // ringcache: a node of our own unless one is given.
     let (ringcache_url, ringcache_version, ringcached_guard) = match &args.ringcache {
         Some(url @ TargetUrl::Ringcache { .. }) => (url.clone(), format!("external {url}"), None),
@@ -490,13 +502,17 @@ fn suite_command(args: &SuiteArgs) -> anyhow::Result<()> {
             let exe = std::env::current_exe().context("cannot find ringbench's own executable")?;
             let binary = suite::find_ringcached(args.ringcached.as_deref(), &exe)
                 .map_err(anyhow::Error::msg)?;
-            let server = suite::start_ringcached(&binary, &pinning, scratch.path())
+            let resp = !args.no_resp && args.ringcache_resp.is_none();
+            let server = suite::start_ringcached(&binary, &pinning, scratch.path(), resp)
                 .context("cannot start ringcached")?;
             eprintln!(
-                "started {} (pid {}) at {} on {}",
+                "started {} (pid {}) at {}{} on {}",
                 binary.display(),
                 server.pid(),
                 server.addr,
+                server
+                    .resp_addr
+                    .map_or(String::new(), |addr| format!(" (RESP {addr})")),
                 pinning.describe()
             );
             let url: TargetUrl = server.url().parse().map_err(anyhow::Error::msg)?;
@@ -566,12 +582,28 @@ fn suite_command(args: &SuiteArgs) -> anyhow::Result<()> {
     };
     // Other processes' CPU time is known only when every server is ours.
     let server_pids = match (&ringcached_guard, &redis_guard, &redis_url) {
+        _ if args.ringcache_resp.is_some() => None,
         (Some(rc), Some(rd), _) => Some(vec![rc.pid(), rd.pid()]),
         (Some(rc), None, None) => Some(vec![rc.pid()]),
         _ => None,
     };
+    let ringcache_resp = match (&args.ringcache_resp, &ringcached_guard) {
+        _ if args.no_resp => None,
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(server)) => server
+            .resp_url()
+            .map(|url| url.parse().map_err(anyhow::Error::msg))
+            .transpose()?,
+        (None, None) => {
+            eprintln!(
+                "ringbench: note: no RESP column for an external node unless --ringcache-resp redis://host:port names its RESP port"
+            );
+            None
+        }
+    };
     let targets = SuiteTargets {
         ringcache: ringcache_url,
+        ringcache_resp,
         redis: redis_url,
         server_pids,
         ringcache_security,
