@@ -998,7 +998,7 @@ pub fn markdown(suite: &SuiteResult) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Servers on {}, ringbench on CPU {}; {} runs of {} s (after {} s warmup) per workload and system, ringcache and Redis alternating; medians. {} connections x {} requests in flight (closed loop); open-loop runs offer both systems half the lower of their two peaks. ringcached: `{}` ({} client transport); Redis: `{}`.",
+        "Servers on {}, ringbench on CPU {}; {} runs of {} s (after {} s warmup) per workload and system, the systems alternating; medians. {} connections x {} requests in flight (closed loop); open-loop runs offer every system half the lowest of their peaks. ringcached: `{}` ({} client transport); Redis: `{}`.",
         suite.server_pinning,
         suite.harness.cpus_allowed,
         s.repeat,
