@@ -450,6 +450,11 @@ fn suite_command(args: &SuiteArgs) -> anyhow::Result<()> {
     if args.duration.is_zero() {
         bail!("--duration must be longer than zero");
     }
+    if let Some(url) = &args.ringcache_resp
+        && !matches!(url, TargetUrl::Redis { .. })
+    {
+        bail!("--ringcache-resp wants a redis:// URL (the node's RESP port), got {url}");
+    }
     if wants_security(&args.security) && args.ringcache.is_none() {
         return Err(UsageError(
             "the tls and credential flags are for an external node: give --ringcache ringcache://host:port"
@@ -489,11 +494,6 @@ fn suite_command(args: &SuiteArgs) -> anyhow::Result<()> {
     };
     let scratch = ScratchDir::new("suite").context("cannot create a scratch directory")?;
 
-    if let Some(url) = &args.ringcache_resp
-        && !matches!(url, TargetUrl::Redis { .. })
-    {
-        bail!("--ringcache-resp wants a redis:// URL (the node's RESP port), got {url}");
-    }
     // ringcache: a node of our own unless one is given.
     let (ringcache_url, ringcache_version, ringcached_guard) = match &args.ringcache {
         Some(url @ TargetUrl::Ringcache { .. }) => (url.clone(), format!("external {url}"), None),
@@ -691,6 +691,44 @@ mod tests {
             parse(&["presets"]).unwrap().command,
             Some(Command::Presets)
         ));
+        let Some(Command::Suite(suite)) =
+            parse(&["suite", "--ringcache-resp", "redis://127.0.0.1:6479"])
+                .unwrap()
+                .command
+        else {
+            panic!("suite");
+        };
+        assert_eq!(
+            suite.ringcache_resp.unwrap().to_string(),
+            "redis://127.0.0.1:6479"
+        );
+        assert!(!suite.no_resp);
+        assert!(
+            parse(&[
+                "suite",
+                "--no-resp",
+                "--ringcache-resp",
+                "redis://127.0.0.1:6479"
+            ])
+            .is_err(),
+            "--no-resp and --ringcache-resp conflict"
+        );
+        // A redis+cluster:// URL is not one node's RESP port.
+        let Some(Command::Suite(suite)) = parse(&[
+            "suite",
+            "--ringcache-resp",
+            "redis+cluster://127.0.0.1:6479",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("suite");
+        };
+        let error = suite_command(&suite).unwrap_err().to_string();
+        assert!(
+            error.contains("--ringcache-resp wants a redis:// URL"),
+            "{error}"
+        );
     }
 
     #[test]

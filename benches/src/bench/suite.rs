@@ -961,6 +961,9 @@ fn two_system_table(suite: &SuiteResult) -> String {
     out
 }
 
+/// A figure of the medians and how to print it.
+type Figure = (fn(Medians) -> f64, fn(f64) -> String);
+
 /// ringcache over gRPC and over RESP against Redis; ratios are each over Redis.
 fn three_system_table(suite: &SuiteResult) -> String {
     let mut out = String::new();
@@ -969,10 +972,10 @@ fn three_system_table(suite: &SuiteResult) -> String {
     let na = || "n/a".to_owned();
     for row in &suite.rows {
         let _ = write!(out, "| {} ", row.workload);
-        let figures: [(&dyn Fn(Medians) -> f64, &dyn Fn(f64) -> String); 3] = [
-            (&|m| m.throughput, &fmt_count),
-            (&|m| m.p50_us, &fmt_us),
-            (&|m| m.p99_us, &fmt_us),
+        let figures: [Figure; 3] = [
+            (|m| m.throughput, fmt_count),
+            (|m| m.p50_us, fmt_us),
+            (|m| m.p99_us, fmt_us),
         ];
         for (figure, format) in figures {
             for m in [row.ringcache, row.ringcache_resp, row.redis] {
