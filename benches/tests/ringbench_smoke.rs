@@ -1,6 +1,7 @@
-//! Short ringbench runs, by request count, against an in-process ringcache node and a real
-//! `redis-server` started by the harness's own server management. They check counts, never
-//! timings.
+//! Short ringbench runs, by request count, against an in-process ringcache node (over gRPC and
+//! over its RESP port, alone and as a 3-node cluster through the `redis` crate's cluster client)
+//! and a real `redis-server` started by the harness's own server management. They check counts,
+//! never timings.
 
 use std::{ffi::OsString, time::Duration};
 
@@ -11,7 +12,10 @@ use ringcache_bench::bench::{
     target::{TargetUrl, Transport},
     workload::WorkloadSpec,
 };
-use ringcache_tests::TestNode;
+use ringcache_tests::{TestCluster, TestNode};
+
+/// How long a test cluster has to converge.
+const DEADLINE: Duration = Duration::from_secs(20);
 
 fn workload(mix: &str, keys: u64) -> WorkloadSpec {
     WorkloadSpec {
@@ -138,6 +142,71 @@ async fn redis_server_started_by_the_harness() {
     open.rate = Some(2000.0);
     check_counts(&run(&open, false).await.unwrap(), 200);
     server.stop();
+}
+
+/// The `redis://` target (the `redis` crate) aimed at a ringcache node's RESP port.
+#[tokio::test]
+async fn ringcache_resp_port_as_a_redis_target() {
+    let node = TestNode::start_default().await;
+    let target = format!("redis://{}", node.resp_addr);
+
+    let result = run(&config(&target, "get=1", 300), false).await.unwrap();
+    check_counts(&result, 300);
+    assert_eq!((result.hits, result.misses), (0, 300));
+
+    // Every operation the harness has, TTLs included (MSET with a TTL is pipelined SET PX).
+    let mut loaded = config(&target, "get=60,set=10,mget=10,mset=10,incr=5,del=5", 400);
+    loaded.load = true;
+    loaded.load_batch = 32;
+    loaded.workload.ttl_ms = Some(600_000);
+    let result = run(&loaded, false).await.unwrap();
+    check_counts(&result, 400);
+    assert_eq!(result.load.as_ref().unwrap().keys, 200);
+    assert_eq!(result.target_kind, "redis");
+    // Deletes during the run make later reads of their keys miss; the rest hit.
+    assert!(result.hits > 0, "{}", result.table());
+    assert!(node.node.store().stats().keys > 0);
+
+    let mut open = config(&target, "get=90,set=10", 200);
+    open.rate = Some(2000.0);
+    check_counts(&run(&open, false).await.unwrap(), 200);
+    node.stop().await.unwrap();
+}
+
+/// `redis+cluster://` (the `redis` crate's cluster client: CLUSTER SLOTS, a connection per node,
+/// MGET/MSET split by slot) against a 3-node ringcache cluster's RESP ports; and a plain
+/// `redis://` connection to one node of it, which the node forwards.
+#[tokio::test]
+async fn ringcache_cluster_through_the_redis_cluster_client() {
+    let cluster = TestCluster::start_converged(3, DEADLINE, |_, _| {}).await;
+    let seeds: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.resp_addr.to_string())
+        .collect();
+    let target = format!("redis+cluster://{}", seeds[..2].join(","));
+
+    let mut loaded = config(&target, "get=60,set=10,mget=15,mset=10,incr=5", 400);
+    loaded.load = true;
+    loaded.load_batch = 32;
+    let result = run(&loaded, false).await.unwrap();
+    check_counts(&result, 400);
+    assert_eq!(result.target_kind, "redis-cluster");
+    assert_eq!(result.load.as_ref().unwrap().keys, 200);
+    assert_eq!(result.misses, 0, "{}", result.table());
+
+    // MSET with a TTL: SET PX per key, across slots and nodes.
+    let mut ttl = config(&target, "mset=50,mget=50", 200);
+    ttl.workload.ttl_ms = Some(600_000);
+    check_counts(&run(&ttl, false).await.unwrap(), 200);
+
+    // A plain connection to the third node (never a seed above): it forwards what it is not
+    // primary for, and every key the cluster client loaded is there.
+    let mut standalone = config(&format!("redis://{}", seeds[2]), "get=80,mget=20", 300);
+    standalone.connections = 2;
+    let result = run(&standalone, false).await.unwrap();
+    check_counts(&result, 300);
+    assert_eq!(result.misses, 0, "{}", result.table());
 }
 
 /// The binary's code path end to end: run with --json and --plot, then compare the file with

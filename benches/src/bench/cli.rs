@@ -208,6 +208,13 @@ struct SuiteArgs {
     /// Use this running ringcache node instead of starting one (ringcache://host:port).
     #[arg(long, value_name = "URL")]
     ringcache: Option<TargetUrl>,
+    /// Measure this RESP port of the ringcache node too (redis://host:port) [default: the
+    /// started node's own RESP port; none with --ringcache].
+    #[arg(long, value_name = "URL", conflicts_with = "no_resp")]
+    ringcache_resp: Option<TargetUrl>,
+    /// Do not measure ringcache over RESP (gRPC and Redis only, as before).
+    #[arg(long)]
+    no_resp: bool,
     /// Use this running Redis (redis://host:port) instead of starting redis-server.
     #[arg(long, value_name = "URL")]
     redis: Option<TargetUrl>,
@@ -443,6 +450,11 @@ fn suite_command(args: &SuiteArgs) -> anyhow::Result<()> {
     if args.duration.is_zero() {
         bail!("--duration must be longer than zero");
     }
+    if let Some(url) = &args.ringcache_resp
+        && !matches!(url, TargetUrl::Redis { .. })
+    {
+        bail!("--ringcache-resp wants a redis:// URL (the node's RESP port), got {url}");
+    }
     if wants_security(&args.security) && args.ringcache.is_none() {
         return Err(UsageError(
             "the tls and credential flags are for an external node: give --ringcache ringcache://host:port"
@@ -490,13 +502,17 @@ fn suite_command(args: &SuiteArgs) -> anyhow::Result<()> {
             let exe = std::env::current_exe().context("cannot find ringbench's own executable")?;
             let binary = suite::find_ringcached(args.ringcached.as_deref(), &exe)
                 .map_err(anyhow::Error::msg)?;
-            let server = suite::start_ringcached(&binary, &pinning, scratch.path())
+            let resp = !args.no_resp && args.ringcache_resp.is_none();
+            let server = suite::start_ringcached(&binary, &pinning, scratch.path(), resp)
                 .context("cannot start ringcached")?;
             eprintln!(
-                "started {} (pid {}) at {} on {}",
+                "started {} (pid {}) at {}{} on {}",
                 binary.display(),
                 server.pid(),
                 server.addr,
+                server
+                    .resp_addr
+                    .map_or(String::new(), |addr| format!(" (RESP {addr})")),
                 pinning.describe()
             );
             let url: TargetUrl = server.url().parse().map_err(anyhow::Error::msg)?;
@@ -566,12 +582,28 @@ fn suite_command(args: &SuiteArgs) -> anyhow::Result<()> {
     };
     // Other processes' CPU time is known only when every server is ours.
     let server_pids = match (&ringcached_guard, &redis_guard, &redis_url) {
+        _ if args.ringcache_resp.is_some() => None,
         (Some(rc), Some(rd), _) => Some(vec![rc.pid(), rd.pid()]),
         (Some(rc), None, None) => Some(vec![rc.pid()]),
         _ => None,
     };
+    let ringcache_resp = match (&args.ringcache_resp, &ringcached_guard) {
+        _ if args.no_resp => None,
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(server)) => server
+            .resp_url()
+            .map(|url| url.parse().map_err(anyhow::Error::msg))
+            .transpose()?,
+        (None, None) => {
+            eprintln!(
+                "ringbench: note: no RESP column for an external node unless --ringcache-resp redis://host:port names its RESP port"
+            );
+            None
+        }
+    };
     let targets = SuiteTargets {
         ringcache: ringcache_url,
+        ringcache_resp,
         redis: redis_url,
         server_pids,
         ringcache_security,
@@ -659,6 +691,44 @@ mod tests {
             parse(&["presets"]).unwrap().command,
             Some(Command::Presets)
         ));
+        let Some(Command::Suite(suite)) =
+            parse(&["suite", "--ringcache-resp", "redis://127.0.0.1:6479"])
+                .unwrap()
+                .command
+        else {
+            panic!("suite");
+        };
+        assert_eq!(
+            suite.ringcache_resp.unwrap().to_string(),
+            "redis://127.0.0.1:6479"
+        );
+        assert!(!suite.no_resp);
+        assert!(
+            parse(&[
+                "suite",
+                "--no-resp",
+                "--ringcache-resp",
+                "redis://127.0.0.1:6479"
+            ])
+            .is_err(),
+            "--no-resp and --ringcache-resp conflict"
+        );
+        // A redis+cluster:// URL is not one node's RESP port.
+        let Some(Command::Suite(suite)) = parse(&[
+            "suite",
+            "--ringcache-resp",
+            "redis+cluster://127.0.0.1:6479",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("suite");
+        };
+        let error = suite_command(&suite).unwrap_err().to_string();
+        assert!(
+            error.contains("--ringcache-resp wants a redis:// URL"),
+            "{error}"
+        );
     }
 
     #[test]

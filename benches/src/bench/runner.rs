@@ -26,8 +26,8 @@ use crate::bench::{
     histo::{IntervalHistogram, LatencyHistogram, RequestTiming, Schedule},
     report::{ErrorTally, HarnessInfo, LoadResult, OpStats, RunResult, SecondSample},
     target::{
-        ClientSettings, Connection, OpError, Outcome, RedisTarget, RingcacheTarget, Target,
-        TargetUrl,
+        ClientSettings, Connection, OpError, Outcome, RedisClusterTarget, RedisTarget,
+        RingcacheTarget, Target, TargetUrl,
     },
     workload::{OpGenerator, OpKind, Operation, ValuePool, WorkloadSpec, load_batches},
 };
@@ -170,6 +170,11 @@ pub async fn run_secured(
         TargetUrl::Redis { url } => {
             let target = RedisTarget::new(url, config.client)
                 .map_err(|e| anyhow::anyhow!("bad redis target {url}: {e}"))?;
+            run_with(&target, config, progress).await
+        }
+        TargetUrl::RedisCluster { seeds } => {
+            let target = RedisClusterTarget::new(seeds, config.client)
+                .map_err(|e| anyhow::anyhow!("bad redis cluster target {}: {e}", config.target))?;
             run_with(&target, config, progress).await
         }
     }

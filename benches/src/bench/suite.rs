@@ -223,6 +223,8 @@ pub struct ManagedServer {
     child: Child,
     /// Where clients reach it.
     pub addr: SocketAddr,
+    /// ringcached: where its RESP (Redis protocol) port listens.
+    pub resp_addr: Option<SocketAddr>,
     /// Its stdout and stderr.
     pub log: PathBuf,
     /// The program's version line, when known.
@@ -236,6 +238,11 @@ impl ManagedServer {
             "redis-server" => format!("redis://{}", self.addr),
             _ => format!("ringcache://{}", self.addr),
         }
+    }
+
+    /// ringcached: the `redis://` URL of its RESP port.
+    pub fn resp_url(&self) -> Option<String> {
+        self.resp_addr.map(|addr| format!("redis://{addr}"))
     }
 
     /// Its process id.
@@ -292,6 +299,7 @@ fn launch(
         name,
         child,
         addr,
+        resp_addr: None,
         log,
         version: version_line(binary),
     };
@@ -418,9 +426,10 @@ pub fn start_redis(binary: &Path, pinning: &Pinning, dir: &Path) -> anyhow::Resu
     })
 }
 
-/// Starts `ringcached` alone on free loopback ports (gRPC, HTTP, gossip) with a fresh
-/// configuration: no config file, no `RINGCACHE_*` variables from this environment, one worker
-/// thread (the server gets one CPU), 8 GiB of memory. Waits for `/health/ready`.
+/// Starts `ringcached` alone on free loopback ports (gRPC, HTTP, gossip, and RESP when `resp`)
+/// with a fresh configuration: no config file, no `RINGCACHE_*` variables from this environment,
+/// one worker thread (the server gets one CPU), 8 GiB of memory. Waits for `/health/ready` (and
+/// a `PING` on the RESP port).
 ///
 /// # Errors
 ///
@@ -429,9 +438,15 @@ pub fn start_ringcached(
     binary: &Path,
     pinning: &Pinning,
     dir: &Path,
+    resp: bool,
 ) -> anyhow::Result<ManagedServer> {
     with_port_retries(|| {
         let grpc = free_tcp_port().context("no free loopback port")?;
+        let resp_port = if resp {
+            free_tcp_port().context("no free loopback port")?
+        } else {
+            0
+        };
         let http = free_tcp_port().context("no free loopback port")?;
         let gossip = free_udp_port().context("no free loopback port")?;
         let log = dir.join(format!("ringcached-{grpc}.log"));
@@ -448,7 +463,7 @@ pub fn start_ringcached(
             .args(["--grpc-port", &grpc.to_string()])
             .args(["--http-port", &http.to_string()])
             .args(["--gossip-port", &gossip.to_string()])
-            .args(["--cluster-port", "0", "--resp-port", "0"])
+            .args(["--cluster-port", "0", "--resp-port", &resp_port.to_string()])
             .args(["--workers", "1", "--max-memory", "8GiB"])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -456,9 +471,13 @@ pub fn start_ringcached(
             .stderr(out);
         let http_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, http));
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, grpc));
-        launch("ringcached", command, binary, addr, log, || {
-            ringcached_ready(http_addr)
-        })
+        let resp_addr =
+            (resp_port != 0).then(|| SocketAddr::from((Ipv4Addr::LOCALHOST, resp_port)));
+        let mut server = launch("ringcached", command, binary, addr, log, || {
+            ringcached_ready(http_addr) && resp_addr.is_none_or(redis_ping)
+        })?;
+        server.resp_addr = resp_addr;
+        Ok(server)
     })
 }
 
@@ -682,8 +701,11 @@ pub struct SuiteRow {
     pub about: String,
     /// Open loop: the rate offered to both systems.
     pub rate: Option<f64>,
-    /// ringcache's medians.
+    /// ringcache's medians (gRPC, the `ringcache` client crate).
     pub ringcache: Option<Medians>,
+    /// ringcache's medians over its RESP port (the `redis` crate; `None`: not measured).
+    #[serde(default)]
+    pub ringcache_resp: Option<Medians>,
     /// Redis's medians (`None`: no Redis).
     pub redis: Option<Medians>,
 }
@@ -718,6 +740,8 @@ pub struct SuiteResult {
 pub struct SuiteTargets {
     /// The ringcache node.
     pub ringcache: TargetUrl,
+    /// The same node's RESP port (`redis://`), if it is measured too.
+    pub ringcache_resp: Option<TargetUrl>,
     /// The Redis server, if there is one.
     pub redis: Option<TargetUrl>,
     /// Process ids of the servers when the suite started them all itself: then the CPU time of
@@ -739,6 +763,29 @@ fn workload_of(preset: &Preset, seed: u64) -> anyhow::Result<WorkloadSpec> {
     })
 }
 
+/// The suite's columns: which system a run measured (a `redis://` URL may be Redis or
+/// ringcache's RESP port, so the URL's kind does not say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum System {
+    /// ringcache through its gRPC client.
+    Ringcache,
+    /// ringcache's RESP port through the `redis` crate.
+    RingcacheResp,
+    /// Redis.
+    Redis,
+}
+
+impl System {
+    /// In run labels and progress lines.
+    fn name(self) -> &'static str {
+        match self {
+            System::Ringcache => "ringcache",
+            System::RingcacheResp => "ringcache-resp",
+            System::Redis => "redis",
+        }
+    }
+}
+
 /// Runs the suite against `targets`, printing a line per run on stderr.
 ///
 /// # Errors
@@ -750,10 +797,16 @@ pub async fn run_suite(
     progress: bool,
     mut header: SuiteResult,
 ) -> anyhow::Result<SuiteResult> {
-    let mut systems = vec![targets.ringcache.clone()];
-    systems.extend(targets.redis.clone());
+    let mut systems = vec![(System::Ringcache, targets.ringcache.clone())];
+    systems.extend(
+        targets
+            .ringcache_resp
+            .clone()
+            .map(|url| (System::RingcacheResp, url)),
+    );
+    systems.extend(targets.redis.clone().map(|url| (System::Redis, url)));
     let total_runs = SUITE.len() * settings.repeat * systems.len();
-    let mut runs: Vec<(usize, RunResult)> = Vec::new();
+    let mut runs: Vec<(usize, System, RunResult)> = Vec::new();
     let mut loaded = vec![false; systems.len()];
     let mut rows = Vec::new();
 
@@ -766,7 +819,7 @@ pub async fn run_suite(
                 let peaks: Vec<f64> = rows
                     .iter()
                     .filter(|r: &&SuiteRow| r.workload == base)
-                    .flat_map(|r| [r.ringcache, r.redis])
+                    .flat_map(|r| [r.ringcache, r.ringcache_resp, r.redis])
                     .flatten()
                     .map(|m| m.throughput)
                     .collect();
@@ -781,7 +834,7 @@ pub async fn run_suite(
             }
         };
         for rep in 0..settings.repeat {
-            for (s, system) in systems.iter().enumerate() {
+            for (s, (column, system)) in systems.iter().enumerate() {
                 let mut config = RunConfig::new(
                     system.clone(),
                     spec.clone(),
@@ -814,19 +867,19 @@ pub async fn run_suite(
                             eprintln!(
                                 "other processes used {other:.2} CPUs during {} {} run {}: running it again",
                                 workload.name,
-                                system.kind(),
+                                column.name(),
                                 rep + 1
                             );
                         }
                         _ => break result,
                     }
                 };
-                result.label = format!("{} {}", workload.name, system.kind());
+                result.label = format!("{} {}", workload.name, column.name());
                 eprintln!(
-                    "[{}/{total_runs}] {:<16} {:<9} run {}: {:>9} ok/s  p50 {:>9}  p99 {:>9}  errors {}{}{}",
+                    "[{}/{total_runs}] {:<16} {:<14} run {}: {:>9} ok/s  p50 {:>9}  p99 {:>9}  errors {}{}{}",
                     runs.len() + 1,
                     workload.name,
-                    system.kind(),
+                    column.name(),
                     rep + 1,
                     fmt_count(result.throughput),
                     fmt_us(result.latency.p50_us),
@@ -840,14 +893,14 @@ pub async fn run_suite(
                         .other_cpus
                         .map_or(String::new(), |o| format!("  other CPUs {o:.2}"))
                 );
-                runs.push((w, result));
+                runs.push((w, *column, result));
             }
         }
-        let of_kind = |kind: &str| -> Option<Medians> {
+        let of_system = |system: System| -> Option<Medians> {
             let mine: Vec<&RunResult> = runs
                 .iter()
-                .filter(|(i, r)| *i == w && r.target_kind == kind)
-                .map(|(_, r)| r)
+                .filter(|(i, c, _)| *i == w && *c == system)
+                .map(|(_, _, r)| r)
                 .collect();
             Medians::of(&mine)
         };
@@ -862,40 +915,22 @@ pub async fn run_suite(
                 }
             ),
             rate,
-            ringcache: of_kind("ringcache"),
-            redis: of_kind("redis"),
+            ringcache: of_system(System::Ringcache),
+            ringcache_resp: of_system(System::RingcacheResp),
+            redis: of_system(System::Redis),
         });
     }
     header.rows = rows;
-    header.runs = runs.into_iter().map(|(_, r)| r).collect();
+    header.runs = runs.into_iter().map(|(_, _, r)| r).collect();
     Ok(header)
 }
 
 /// Other processes using more than this many CPUs during a run disturb it visibly.
 const DISTURBED_CPUS: f64 = 0.1;
 
-/// The suite's table in Markdown, ready for BENCHMARKS.md: ratios are ringcache / Redis.
-pub fn markdown(suite: &SuiteResult) -> String {
-    let s = &suite.settings;
+/// ringcache (gRPC) against Redis: the table without a RESP column.
+fn two_system_table(suite: &SuiteResult) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "Servers on {}, ringbench on CPU {}; {} runs of {} s (after {} s warmup) per workload and system, ringcache and Redis alternating; medians. {} connections x {} requests in flight (closed loop); open-loop runs offer both systems half the lower of their two peaks. ringcached: `{}` ({} client transport); Redis: `{}`.",
-        suite.server_pinning,
-        suite.harness.cpus_allowed,
-        s.repeat,
-        s.duration_ms as f64 / 1000.0,
-        s.warmup_ms as f64 / 1000.0,
-        s.connections,
-        s.concurrency,
-        suite.ringcache_version,
-        match s.transport {
-            Transport::Pipelined => "pipelined",
-            Transport::Unary => "unary",
-        },
-        suite.redis_version,
-    );
-    out.push('\n');
     out.push_str("| Workload | ringcache req/s | Redis req/s | ratio | ringcache p50 | Redis p50 | ratio | ringcache p99 | Redis p99 | ratio |\n");
     out.push_str("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
     let na = || "n/a".to_owned();
@@ -923,15 +958,88 @@ pub fn markdown(suite: &SuiteResult) -> String {
             ratio(&|m| m.p99_us),
         );
     }
+    out
+}
+
+/// A figure of the medians and how to print it.
+type Figure = (fn(Medians) -> f64, fn(f64) -> String);
+
+/// ringcache over gRPC and over RESP against Redis; ratios are each over Redis.
+fn three_system_table(suite: &SuiteResult) -> String {
+    let mut out = String::new();
+    out.push_str("| Workload | gRPC req/s | RESP req/s | Redis req/s | gRPC/Redis | RESP/Redis | gRPC p50 | RESP p50 | Redis p50 | gRPC/Redis | RESP/Redis | gRPC p99 | RESP p99 | Redis p99 | gRPC/Redis | RESP/Redis |\n");
+    out.push_str("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+    let na = || "n/a".to_owned();
+    for row in &suite.rows {
+        let _ = write!(out, "| {} ", row.workload);
+        let figures: [Figure; 3] = [
+            (|m| m.throughput, fmt_count),
+            (|m| m.p50_us, fmt_us),
+            (|m| m.p99_us, fmt_us),
+        ];
+        for (figure, format) in figures {
+            for m in [row.ringcache, row.ringcache_resp, row.redis] {
+                let _ = write!(out, "| {} ", m.map_or_else(na, |m| format(figure(m))));
+            }
+            for m in [row.ringcache, row.ringcache_resp] {
+                let ratio = match (m, row.redis) {
+                    // ringcache / Redis.
+                    (Some(a), Some(b)) => fmt_ratio(figure(b), figure(a)),
+                    _ => na(),
+                };
+                let _ = write!(out, "| {ratio} ");
+            }
+        }
+        out.push_str("|\n");
+    }
+    out
+}
+
+/// The suite's table in Markdown, ready for BENCHMARKS.md: ratios are ringcache / Redis.
+pub fn markdown(suite: &SuiteResult) -> String {
+    let s = &suite.settings;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Servers on {}, ringbench on CPU {}; {} runs of {} s (after {} s warmup) per workload and system, the systems alternating; medians. {} connections x {} requests in flight (closed loop); open-loop runs offer every system half the lowest of their peaks. ringcached: `{}` ({} client transport); Redis: `{}`.",
+        suite.server_pinning,
+        suite.harness.cpus_allowed,
+        s.repeat,
+        s.duration_ms as f64 / 1000.0,
+        s.warmup_ms as f64 / 1000.0,
+        s.connections,
+        s.concurrency,
+        suite.ringcache_version,
+        match s.transport {
+            Transport::Pipelined => "pipelined",
+            Transport::Unary => "unary",
+        },
+        suite.redis_version,
+    );
+    let with_resp = suite.rows.iter().any(|row| row.ringcache_resp.is_some());
+    if with_resp {
+        let _ = writeln!(
+            out,
+            "\nringcache is measured twice, on the same node: over gRPC (the `ringcache` client crate) and over its RESP port (the `redis` crate, the client the Redis runs use); the three alternate within each repetition, and open-loop runs offer all three half the lowest of their peaks."
+        );
+    }
+    out.push('\n');
+    if with_resp {
+        out.push_str(&three_system_table(suite));
+    } else {
+        out.push_str(&two_system_table(suite));
+    }
     out.push('\n');
     for row in &suite.rows {
-        let lag = match (
-            row.ringcache.and_then(|m| m.send_lag_p99_us),
-            row.redis.and_then(|m| m.send_lag_p99_us),
-        ) {
-            (Some(a), Some(b)) => format!(" (harness send lag p99: {} / {})", fmt_us(a), fmt_us(b)),
-            (Some(a), None) => format!(" (harness send lag p99: {})", fmt_us(a)),
-            _ => String::new(),
+        let lags: Vec<String> = [row.ringcache, row.ringcache_resp, row.redis]
+            .into_iter()
+            .filter_map(|m| m.and_then(|m| m.send_lag_p99_us))
+            .map(fmt_us)
+            .collect();
+        let lag = if lags.is_empty() {
+            String::new()
+        } else {
+            format!(" (harness send lag p99: {})", lags.join(" / "))
         };
         let _ = writeln!(out, "- {}: {}{lag}", row.workload, row.about);
     }
@@ -939,12 +1047,16 @@ pub fn markdown(suite: &SuiteResult) -> String {
         .rows
         .iter()
         .flat_map(|row| {
-            [("ringcache", row.ringcache), ("Redis", row.redis)]
-                .into_iter()
-                .filter_map(move |(name, m)| {
-                    m.filter(|m| m.errors > 0)
-                        .map(|m| format!("{} {name}: {} errors", row.workload, m.errors))
-                })
+            [
+                ("ringcache", row.ringcache),
+                ("ringcache RESP", row.ringcache_resp),
+                ("Redis", row.redis),
+            ]
+            .into_iter()
+            .filter_map(move |(name, m)| {
+                m.filter(|m| m.errors > 0)
+                    .map(|m| format!("{} {name}: {} errors", row.workload, m.errors))
+            })
         })
         .collect();
     if !errors.is_empty() {
@@ -1102,6 +1214,7 @@ mod tests {
                 about: "95% get".into(),
                 rate: None,
                 ringcache: Some(m(50_000.0, 400.0, 1200.0)),
+                ringcache_resp: None,
                 redis: Some(m(100_000.0, 200.0, 400.0)),
             },
             SuiteRow {
@@ -1109,6 +1222,7 @@ mod tests {
                 about: "90% set".into(),
                 rate: None,
                 ringcache: Some(m(40_000.0, 500.0, 1500.0)),
+                ringcache_resp: None,
                 redis: None,
             },
         ]));
@@ -1127,5 +1241,67 @@ mod tests {
         assert!(row.contains("| 40,000 | n/a | n/a |"), "{row}");
         assert!(text.contains("|---|--:|"));
         assert!(text.contains("ringbench suite --duration 5s"));
+        assert!(!text.contains("RESP"), "no RESP column without RESP runs");
+    }
+
+    #[test]
+    fn the_resp_column_sits_beside_grpc_and_redis() {
+        let m = |throughput, p50_us, p99_us, errors| Medians {
+            throughput,
+            p50_us,
+            p99_us,
+            p999_us: p99_us * 2.0,
+            errors,
+            runs: 3,
+            send_lag_p99_us: None,
+        };
+        let text = markdown(&suite_of(vec![
+            SuiteRow {
+                workload: "read-heavy".into(),
+                about: "95% get".into(),
+                rate: None,
+                ringcache: Some(m(50_000.0, 400.0, 1200.0, 0)),
+                ringcache_resp: Some(m(80_000.0, 300.0, 600.0, 2)),
+                redis: Some(m(100_000.0, 200.0, 400.0, 0)),
+            },
+            SuiteRow {
+                workload: "write-heavy".into(),
+                about: "90% set".into(),
+                rate: None,
+                ringcache: Some(m(40_000.0, 500.0, 1500.0, 0)),
+                ringcache_resp: None,
+                redis: Some(m(100_000.0, 200.0, 400.0, 0)),
+            },
+        ]));
+        assert!(
+            text.contains(
+                "| Workload | gRPC req/s | RESP req/s | Redis req/s | gRPC/Redis | RESP/Redis |"
+            ),
+            "{text}"
+        );
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("| read-heavy"))
+            .unwrap();
+        assert_eq!(
+            row,
+            "| read-heavy | 50,000 | 80,000 | 100,000 | 0.50x | 0.80x | 400.0 µs | 300.0 µs | 200.0 µs | 2.00x | 1.50x | 1.20 ms | 600.0 µs | 400.0 µs | 3.00x | 1.50x |"
+        );
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("| write-heavy"))
+            .unwrap();
+        assert!(
+            row.contains("| 40,000 | n/a | 100,000 | 0.40x | n/a |"),
+            "{row}"
+        );
+        assert!(
+            text.contains("read-heavy ringcache RESP: 2 errors"),
+            "{text}"
+        );
+        // Old JSON (no RESP field) still reads.
+        let json = r#"{"workload":"w","about":"a","rate":null,"ringcache":null,"redis":null}"#;
+        let row: SuiteRow = serde_json::from_str(json).unwrap();
+        assert_eq!(row.ringcache_resp, None);
     }
 }

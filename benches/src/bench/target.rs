@@ -1,9 +1,12 @@
-//! What the harness sends requests to: the [`Target`] and [`Connection`] traits, and the two
-//! targets there are today, ringcache (through the `ringcache` client crate, smart routing
-//! included) and Redis (through the `redis` crate).
+//! What the harness sends requests to: the [`Target`] and [`Connection`] traits, and the
+//! targets there are today: ringcache (through the `ringcache` client crate, smart routing
+//! included) and anything that speaks RESP (through the `redis` crate) — Redis, or ringcache's
+//! own RESP port — either one server (`redis://`) or a cluster through the `redis` crate's
+//! cluster client (`redis+cluster://`: it reads `CLUSTER SLOTS` and sends each key to its
+//! slot's node).
 //!
-//! A new system (ringcache's RESP front door, memcached) is one more pair of types here and
-//! one more arm in [`TargetUrl`]; the runner, reports and suite do not change.
+//! A new system (memcached) is one more pair of types here and one more arm in [`TargetUrl`];
+//! the runner, reports and suite do not change.
 
 use std::{fmt, future::Future, time::Duration};
 
@@ -72,16 +75,44 @@ pub enum TargetUrl {
         /// The URL.
         url: String,
     },
+    /// `redis+cluster://host:port[,host:port…]`: seed nodes of a Redis Cluster (or of a
+    /// ringcache cluster's RESP ports), reached through the `redis` crate's cluster client.
+    RedisCluster {
+        /// Seeds as `host:port`.
+        seeds: Vec<String>,
+    },
 }
 
 impl TargetUrl {
-    /// `ringcache` or `redis`.
+    /// `ringcache`, `redis` or `redis-cluster`: the client that talks to the target (a
+    /// `redis://` URL may point at ringcache's RESP port).
     pub fn kind(&self) -> &'static str {
         match self {
             TargetUrl::Ringcache { .. } => "ringcache",
             TargetUrl::Redis { .. } => "redis",
+            TargetUrl::RedisCluster { .. } => "redis-cluster",
         }
     }
+}
+
+/// `host:port[,host:port…]` after a scheme: the seeds, or why they are not seeds.
+fn parse_seeds(s: &str, rest: &str, scheme: &str) -> Result<Vec<String>, String> {
+    let seeds: Vec<String> = rest
+        .trim_end_matches('/')
+        .split(',')
+        .map(str::trim)
+        .filter(|seed| !seed.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if seeds.is_empty() {
+        return Err(format!(
+            "{s:?} names no node: use {scheme}://host:port[,host:port]"
+        ));
+    }
+    if let Some(bad) = seeds.iter().find(|seed| !has_port(seed)) {
+        return Err(format!("seed {bad:?} in {s:?} is not host:port"));
+    }
+    Ok(seeds)
 }
 
 impl std::str::FromStr for TargetUrl {
@@ -90,22 +121,12 @@ impl std::str::FromStr for TargetUrl {
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
         if let Some(rest) = s.strip_prefix("ringcache://") {
-            let seeds: Vec<String> = rest
-                .trim_end_matches('/')
-                .split(',')
-                .map(str::trim)
-                .filter(|seed| !seed.is_empty())
-                .map(str::to_owned)
-                .collect();
-            if seeds.is_empty() {
-                return Err(format!(
-                    "{s:?} names no node: use ringcache://host:port[,host:port]"
-                ));
-            }
-            if let Some(bad) = seeds.iter().find(|seed| !has_port(seed)) {
-                return Err(format!("seed {bad:?} in {s:?} is not host:port"));
-            }
+            let seeds = parse_seeds(s, rest, "ringcache")?;
             return Ok(TargetUrl::Ringcache { seeds });
+        }
+        if let Some(rest) = s.strip_prefix("redis+cluster://") {
+            let seeds = parse_seeds(s, rest, "redis+cluster")?;
+            return Ok(TargetUrl::RedisCluster { seeds });
         }
         if s.starts_with("redis://") || s.starts_with("rediss://") || s.starts_with("redis+unix://")
         {
@@ -113,7 +134,7 @@ impl std::str::FromStr for TargetUrl {
             return Ok(TargetUrl::Redis { url: s.to_owned() });
         }
         Err(format!(
-            "unknown target {s:?}: use ringcache://host:port[,host:port] or redis://host:port"
+            "unknown target {s:?}: use ringcache://host:port[,host:port], redis://host:port or redis+cluster://host:port[,host:port]"
         ))
     }
 }
@@ -128,6 +149,7 @@ impl fmt::Display for TargetUrl {
         match self {
             TargetUrl::Ringcache { seeds } => write!(f, "ringcache://{}", seeds.join(",")),
             TargetUrl::Redis { url } => f.write_str(url),
+            TargetUrl::RedisCluster { seeds } => write!(f, "redis+cluster://{}", seeds.join(",")),
         }
     }
 }
@@ -363,13 +385,56 @@ impl Target for RedisTarget {
     }
 }
 
-/// One multiplexed Redis connection.
-#[derive(Clone)]
-pub struct RedisConnection {
-    conn: redis::aio::MultiplexedConnection,
+/// A Redis Cluster (or ringcache's RESP ports) reached through the `redis` crate's cluster
+/// client: it reads the slot map (`CLUSTER SLOTS`) from a seed, keeps one multiplexed connection
+/// per node, sends each command to its key's slot owner, splits `MGET`/`MSET` by slot and
+/// follows `-MOVED`. Each bench connection is one cluster client of its own.
+#[derive(Debug, Clone)]
+pub struct RedisClusterTarget {
+    client: redis::cluster::ClusterClient,
 }
 
-impl fmt::Debug for RedisConnection {
+impl RedisClusterTarget {
+    /// A target reached through `seeds` (`host:port`).
+    ///
+    /// # Errors
+    ///
+    /// When the `redis` crate refuses the seeds.
+    pub fn new(seeds: &[String], settings: ClientSettings) -> Result<Self, OpError> {
+        let urls: Vec<String> = seeds.iter().map(|seed| format!("redis://{seed}")).collect();
+        let client = redis::cluster::ClusterClientBuilder::new(urls)
+            .connection_timeout(Duration::from_millis(settings.connect_timeout_ms.max(1)))
+            .response_timeout(Duration::from_millis(settings.request_timeout_ms.max(1)))
+            .build()
+            .map_err(|e| redis_error(&e))?;
+        Ok(Self { client })
+    }
+}
+
+impl Target for RedisClusterTarget {
+    type Conn = RedisConnection<redis::cluster_async::ClusterConnection>;
+
+    fn kind(&self) -> &'static str {
+        "redis-cluster"
+    }
+
+    async fn connect(&self) -> Result<Self::Conn, OpError> {
+        let conn = self
+            .client
+            .get_async_connection()
+            .await
+            .map_err(|e| redis_error(&e))?;
+        Ok(RedisConnection { conn })
+    }
+}
+
+/// One multiplexed Redis connection, or one cluster client (a multiplexed connection per node).
+#[derive(Clone)]
+pub struct RedisConnection<C = redis::aio::MultiplexedConnection> {
+    conn: C,
+}
+
+impl<C> fmt::Debug for RedisConnection<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConnection").finish_non_exhaustive()
     }
@@ -412,7 +477,40 @@ fn set_command(key: &Bytes, value: &Bytes, ttl: Option<Duration>) -> redis::Cmd 
     cmd
 }
 
-impl Connection for RedisConnection {
+/// How a connection sends several `SET PX` at once (`MSET` takes no TTL).
+pub trait SetMany: redis::aio::ConnectionLike + Clone + Send + Sync + 'static {
+    /// Runs the `SET`s, all in flight together.
+    fn set_many(
+        &mut self,
+        sets: Vec<redis::Cmd>,
+    ) -> impl Future<Output = redis::RedisResult<()>> + Send;
+}
+
+impl SetMany for redis::aio::MultiplexedConnection {
+    /// One pipeline: one write, one round trip.
+    async fn set_many(&mut self, sets: Vec<redis::Cmd>) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for cmd in sets {
+            pipe.add_command(cmd);
+        }
+        pipe.query_async::<()>(self).await
+    }
+}
+
+impl SetMany for redis::cluster_async::ClusterConnection {
+    /// The cluster client refuses a pipeline across slots: each `SET` on its own, concurrently
+    /// (the client pipelines those bound for one node on its connection).
+    async fn set_many(&mut self, sets: Vec<redis::Cmd>) -> redis::RedisResult<()> {
+        let conn = self.clone();
+        let sends = sets.into_iter().map(|cmd| {
+            let mut conn = conn.clone();
+            async move { cmd.query_async::<()>(&mut conn).await }
+        });
+        futures_util::future::try_join_all(sends).await.map(drop)
+    }
+}
+
+impl<C: SetMany> Connection for RedisConnection<C> {
     async fn execute(&self, op: Operation) -> Result<Outcome, OpError> {
         use redis::Value;
         // A clone is a handle to the same multiplexed pipeline (reference counts only).
@@ -474,14 +572,12 @@ impl Connection for RedisConnection {
                 entries,
                 ttl: Some(ttl),
             } => {
-                // MSET takes no TTL: one pipelined SET PX per key, one round trip.
-                let mut pipe = redis::pipe();
-                for (key, value) in &entries {
-                    pipe.add_command(set_command(key, value, Some(ttl)));
-                }
-                pipe.query_async::<Value>(&mut conn)
-                    .await
-                    .map(|_| Outcome::default())
+                // MSET takes no TTL: one SET PX per key, all in flight at once.
+                let sets = entries
+                    .iter()
+                    .map(|(key, value)| set_command(key, value, Some(ttl)))
+                    .collect();
+                conn.set_many(sets).await.map(|()| Outcome::default())
             }
         };
         result.map_err(|e| redis_error(&e))
@@ -514,6 +610,32 @@ mod tests {
                 .parse::<TargetUrl>()
                 .unwrap_err()
                 .contains("host:port")
+        );
+        let cluster: TargetUrl = "redis+cluster://127.0.0.1:6479,127.0.0.2:6479"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            cluster,
+            TargetUrl::RedisCluster {
+                seeds: vec!["127.0.0.1:6479".into(), "127.0.0.2:6479".into()]
+            }
+        );
+        assert_eq!(cluster.kind(), "redis-cluster");
+        assert_eq!(
+            cluster.to_string(),
+            "redis+cluster://127.0.0.1:6479,127.0.0.2:6479"
+        );
+        assert!(
+            "redis+cluster://127.0.0.1"
+                .parse::<TargetUrl>()
+                .unwrap_err()
+                .contains("host:port")
+        );
+        assert!(
+            "redis+cluster://"
+                .parse::<TargetUrl>()
+                .unwrap_err()
+                .contains("names no node")
         );
         assert!(
             "memcached://x:1"
