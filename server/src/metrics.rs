@@ -1168,7 +1168,11 @@ impl RespMetrics {
     /// Counts one command (`command`: its table name, or `unknown`) and, when its reply was an
     /// error, the error's code (the first word of the error text).
     pub fn record_command(&self, command: &'static str, error: Option<&str>) {
-        self.counter_of(command).increment(1);
+        // Every table command is registered at start: a read lock finds it.
+        match self.commands.get(command) {
+            Some(counter) => counter.increment(1),
+            None => self.counter_of(command).increment(1),
+        }
         if let Some(text) = error {
             let code = text.split(' ').next().unwrap_or_default();
             let kind = RESP_ERROR_KINDS

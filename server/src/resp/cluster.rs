@@ -121,6 +121,10 @@ pub struct Routing {
 impl Routing {
     /// Where `args` (a command described by `spec`) should run when it reaches `node`.
     pub fn route(&self, node: &Node, watch: &RingWatch, spec: &Spec, args: &[Bytes]) -> Route {
+        // A plain connection is served whatever its keys (forwarding): no hashing.
+        if !self.cluster_aware {
+            return Route::Here;
+        }
         let mut keys = spec.key_positions(args.len()).filter_map(|i| args.get(i));
         let Some(first) = keys.next() else {
             return Route::Here;
@@ -128,12 +132,12 @@ impl Routing {
         let slot = key_slot(first);
         // Keys of several slots: a cluster client gets Redis Cluster's refusal; anyone else
         // gets them served (split by owner, as the gRPC API does).
-        if self.cluster_aware && keys.any(|key| key_slot(key) != slot) {
+        if keys.any(|key| key_slot(key) != slot) {
             return Route::Refuse(Reply::Error(
                 "CROSSSLOT Keys in request don't hash to the same slot".to_owned(),
             ));
         }
-        if !self.cluster_aware || !watch.settled() {
+        if !watch.settled() {
             return Route::Here;
         }
         let view = node.view();

@@ -126,9 +126,10 @@ impl Session {
             // An empty line or `*0`: Redis sends nothing back; nor do we (the caller skips it).
             return (Reply::Nil, Flow::Continue);
         };
-        let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
+        // The table's lower-case name: no allocation per command (the gate refused unknown ones).
+        let lower: &'static str = spec.name;
         let rest = &args[1..];
-        if let Some(reply) = self.transaction(&lower) {
+        if let Some(reply) = self.transaction(lower) {
             return (reply, Flow::Continue);
         }
         if let cluster::Route::Refuse(reply) =
@@ -136,7 +137,7 @@ impl Session {
         {
             return (reply, Flow::Continue);
         }
-        let reply = match lower.as_str() {
+        let reply = match lower {
             "quit" => return (Reply::OK, Flow::Close),
             "ping" => match rest {
                 [] => Reply::Simple("PONG"),
@@ -167,7 +168,7 @@ impl Session {
             }
             "readonly" | "readwrite" | "asking" if rest.is_empty() => {
                 self.routing.cluster_aware = true;
-                match lower.as_str() {
+                match lower {
                     "readonly" => self.routing.readonly = true,
                     "readwrite" => self.routing.readonly = false,
                     _ => {}
@@ -184,7 +185,7 @@ impl Session {
             "dbsize" => keyspace::dbsize(&self.node, rest),
             "scan" => keyspace::scan(&self.node, rest),
             "randomkey" => keyspace::randomkey(&self.node, rest),
-            "flushall" | "flushdb" => keyspace::flush(&self.node, &lower, rest).await,
+            "flushall" | "flushdb" => keyspace::flush(&self.node, lower, rest).await,
             "get" => match rest {
                 [key] => self.get(key.clone()).await,
                 _ => wrong_arity("get"),
@@ -216,7 +217,7 @@ impl Session {
                         None => not_an_integer(),
                     }
                 }
-                _ => wrong_arity(&lower),
+                _ => wrong_arity(lower),
             },
             "getset" => match rest {
                 [key, value] => self.set(key, value, &[Bytes::from_static(b"GET")]).await,
@@ -228,7 +229,7 @@ impl Session {
             "mset" if !rest.is_empty() && rest.len().is_multiple_of(2) => self.mset(rest).await,
             "incr" | "decr" => match rest {
                 [key] => self.incr(key, if lower == "incr" { 1 } else { -1 }).await,
-                _ => wrong_arity(&lower),
+                _ => wrong_arity(lower),
             },
             "incrby" | "decrby" => match rest {
                 [key, delta] => match integer(delta) {
@@ -239,11 +240,11 @@ impl Session {
                     },
                     None => not_an_integer(),
                 },
-                _ => wrong_arity(&lower),
+                _ => wrong_arity(lower),
             },
             "ttl" | "pttl" => match rest {
                 [key] => self.ttl(key, lower == "ttl").await,
-                _ => wrong_arity(&lower),
+                _ => wrong_arity(lower),
             },
             "persist" => match rest {
                 [key] => {
@@ -258,7 +259,7 @@ impl Session {
                 }
                 _ => wrong_arity("persist"),
             },
-            "del" | "unlink" | "exists" | "mget" | "mset" => wrong_arity(&lower),
+            "del" | "unlink" | "exists" | "mget" | "mset" => wrong_arity(lower),
             name if super::strings::handles(name) => self.string_command(name, rest).await,
             _ => unknown_command(name, rest),
         };
