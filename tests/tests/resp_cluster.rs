@@ -11,31 +11,10 @@ use std::time::Duration;
 use redis::cluster_routing::Slot;
 use redis::{AsyncCommands, Value};
 use ringcache_proto::placement::{SLOTS, key_slot};
+use ringcache_tests::resp::{connect, run};
 use ringcache_tests::{TestCluster, TestNode, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// A connection with a response timeout long enough for `CLUSTER SLOTS` (about 14,000 ranges
-/// at 3 nodes, a few MB) parsed by a debug build of the redis crate.
-async fn connect(node: &TestNode) -> redis::aio::MultiplexedConnection {
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(DEADLINE));
-    redis::Client::open(format!("redis://{}/", node.resp_addr))
-        .unwrap()
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .expect("connect with the redis crate")
-}
-
-async fn run<T: redis::FromRedisValue>(
-    con: &mut redis::aio::MultiplexedConnection,
-    args: &[&str],
-) -> redis::RedisResult<T> {
-    let mut cmd = redis::cmd(args[0]);
-    for arg in &args[1..] {
-        cmd.arg(*arg);
-    }
-    cmd.query_async(con).await
-}
 
 /// The RESP address of every node, by node id.
 fn resp_addrs(cluster: &TestCluster) -> HashMap<String, SocketAddr> {
