@@ -2,14 +2,12 @@
 //! TLS (the redis crate's rustls and `redis-cli --tls`), the authentication and idle timeouts,
 //! CLIENT, COMMAND, INFO, TIME, RESET and the RESP metrics.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use ringcache_server::Config;
 use ringcache_server::auth::{Role, UserEntry, sha256, to_hex};
 use ringcache_server::config::TlsFiles;
+use ringcache_tests::certs::{Ca, Scratch};
 use ringcache_tests::resp::{connect, raw, run};
 use ringcache_tests::{TestNode, http_get, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -390,66 +388,6 @@ async fn unauthenticated_and_idle_connections_are_closed_at_their_deadlines() {
 }
 
 // ---- TLS ------------------------------------------------------------------------------------------
-
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.self_signed(&key).unwrap();
-        Self {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A certificate for `names` and its key, PEM.
-    fn sign(&self, names: &[&str]) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-                .unwrap();
-        params.distinguished_name.push(DnType::CommonName, names[0]);
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-/// A scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "ringcache-resp-{}-{name}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.0.join(name);
-        let tmp = self.0.join(format!("{name}.tmp"));
-        std::fs::write(&tmp, contents).unwrap();
-        std::fs::rename(&tmp, &path).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 async fn tls_connect(
     node: &TestNode,

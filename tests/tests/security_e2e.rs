@@ -4,15 +4,12 @@
 //! idle connections closed by the handshake timeout under a flood, and mutual TLS on the cluster
 //! port (replication works between nodes, a client without a cluster certificate is refused).
 //!
-//! Certificates are made here with rcgen and written to a scratch directory under the system temp
-//! directory, removed at the end of each test.
+//! Certificates are made with rcgen (`ringcache_tests::certs`) and written to a scratch
+//! directory under the system temp directory, removed at the end of each test.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use ringcache::{Client, Error, TlsOptions};
 use ringcache_proto::v1::{
     self, admin_client::AdminClient, cache_client::CacheClient, internal_client::InternalClient,
@@ -21,6 +18,7 @@ use ringcache_server::Config;
 use ringcache_server::auth::{Role, UserEntry, basic_header, sha256, to_hex};
 use ringcache_server::config::TlsFiles;
 use ringcache_server::connections::Refused;
+use ringcache_tests::certs::{Ca, Scratch};
 use ringcache_tests::{TestCluster, TestNode, http_get, wait_until};
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -116,70 +114,6 @@ async fn round_trip(client: &Client, key: &str, value: &str) {
 }
 
 // ---- certificates -------------------------------------------------------------------------------
-
-/// A CA able to sign more certificates.
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.self_signed(&key).unwrap();
-        Self {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A certificate for `names` (DNS names or IP addresses) and its key, PEM.
-    fn sign(&self, names: &[&str]) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-                .unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "ringcached");
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-/// A scratch directory under the temp directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "ringcache-security-e2e-{}-{name}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    /// Writes `contents` to `name` (aside, then renamed over it) and returns the path.
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.0.join(name);
-        let tmp = self.0.join(format!("{name}.tmp"));
-        std::fs::write(&tmp, contents).unwrap();
-        std::fs::rename(&tmp, &path).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A CA, and a node certificate for `localhost` and `127.0.0.1` in `scratch`, as client-port TLS
 /// files.
