@@ -414,7 +414,7 @@ async fn the_redis_crate_cluster_client_writes_to_owners_and_survives_a_join_and
 }
 
 /// Runs `redis-benchmark` (Redis's own load tool; `scripts/test-deps` installs it with
-/// redis-server) with `args`, bounded in time; returns its output.
+/// redis-server) with `args`, bounded in time; returns its output (stdout, then stderr).
 async fn redis_benchmark(args: &[String]) -> String {
     let output = tokio::time::timeout(
         DEADLINE * 4,
@@ -426,13 +426,16 @@ async fn redis_benchmark(args: &[String]) -> String {
     .await
     .expect("redis-benchmark finishes in time")
     .expect("redis-benchmark runs (scripts/test-deps installs it)");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "redis-benchmark {args:?} failed: {stdout}{}",
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    stdout
+    assert!(
+        output.status.success(),
+        "redis-benchmark {args:?} failed: {out}"
+    );
+    out
 }
 
 #[tokio::test]
@@ -496,4 +499,47 @@ async fn multi_is_refused_and_nothing_until_exec_runs() {
     let _: () = run(&mut con, &["SET", "t", "2"]).await.unwrap();
     let error = run::<Value>(&mut con, &["EXEC"]).await.unwrap_err();
     assert!(error.to_string().contains("EXEC without MULTI"), "{error}");
+}
+
+#[tokio::test]
+async fn config_get_reports_the_settings_and_config_set_is_refused() {
+    let node = TestNode::start_default().await;
+    let mut con = connect(&node).await;
+    let values: HashMap<String, String> = run(&mut con, &["CONFIG", "GET", "maxmemory*"])
+        .await
+        .unwrap();
+    assert_eq!(
+        values["maxmemory"],
+        node.node.config().store.max_memory_bytes.to_string()
+    );
+    assert!(values.contains_key("maxmemory-policy"), "{values:?}");
+    let values: HashMap<String, String> = run(&mut con, &["CONFIG", "GET", "save", "appendonly"])
+        .await
+        .unwrap();
+    assert_eq!(values["save"], "");
+    assert_eq!(values["appendonly"], "no");
+    let none: HashMap<String, String> = run(&mut con, &["CONFIG", "GET", "no-such-*"])
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    let error = run::<Value>(&mut con, &["CONFIG", "SET", "maxmemory", "1"])
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("CONFIG SET is not supported"),
+        "{error}"
+    );
+    // redis-benchmark reads CONFIG at start and no longer warns.
+    let out = redis_benchmark(&[
+        "-h".into(),
+        node.resp_addr.ip().to_string(),
+        "-p".into(),
+        node.resp_addr.port().to_string(),
+        "-t".into(),
+        "ping".into(),
+        "-n".into(),
+        "100".into(),
+    ])
+    .await;
+    assert!(!out.contains("Could not fetch server CONFIG"), "{out}");
 }

@@ -182,6 +182,7 @@ impl Session {
             "command" => introspect::command(rest),
             "info" => introspect::info(&self.node, &self.registry, rest),
             "time" => introspect::time(),
+            "config" => introspect::config(&self.node, rest),
             "dbsize" => keyspace::dbsize(&self.node, rest),
             "scan" => keyspace::scan(&self.node, rest),
             "randomkey" => keyspace::randomkey(&self.node, rest),

@@ -183,6 +183,91 @@ pub fn time() -> Reply {
     ])
 }
 
+/// `CONFIG GET pattern...`: the node's settings under Redis's parameter names (read-only: the
+/// settings are flags, environment variables or the config file, so `CONFIG SET` is refused).
+/// Tools ask for these (redis-benchmark reads `save` and `appendonly`; others `maxmemory`,
+/// `timeout`, `databases`).
+pub fn config(node: &Node, rest: &[Bytes]) -> Reply {
+    let Some(sub) = rest.first() else {
+        return Reply::err("wrong number of arguments for 'config' command");
+    };
+    let sub = String::from_utf8_lossy(sub).to_ascii_lowercase();
+    match sub.as_str() {
+        "get" if rest.len() >= 2 => {
+            let config = node.config();
+            let resp_port = config.resp_port.to_string();
+            let params: [(&str, String); 13] = [
+                ("maxmemory", config.store.max_memory_bytes.to_string()),
+                (
+                    "maxmemory-policy",
+                    match config.store.eviction.as_str() {
+                        "noeviction" => "noeviction",
+                        _ => "allkeys-lru",
+                    }
+                    .to_owned(),
+                ),
+                ("maxclients", config.max_connections.to_string()),
+                (
+                    "timeout",
+                    config
+                        .resp_idle_timeout
+                        .map_or(0, |idle| idle.as_secs())
+                        .to_string(),
+                ),
+                ("databases", "1".to_owned()),
+                ("port", resp_port),
+                ("bind", config.bind.to_string()),
+                (
+                    "proto-max-bulk-len",
+                    config.store.max_value_bytes.to_string(),
+                ),
+                ("cluster-enabled", "yes".to_owned()),
+                (
+                    "cluster-node-timeout",
+                    config.suspicion_timeout.as_millis().to_string(),
+                ),
+                ("appendonly", "no".to_owned()),
+                ("save", String::new()),
+                ("maxmemory-samples", "5".to_owned()),
+            ];
+            let mut pairs = Vec::new();
+            for (name, value) in &params {
+                if rest[1..].iter().any(|pattern| {
+                    super::glob::string_match(&pattern.to_ascii_lowercase(), name.as_bytes())
+                }) {
+                    pairs.push((text(name), text(value)));
+                }
+            }
+            Reply::Map(pairs)
+        }
+        "set" => Reply::err(
+            "CONFIG SET is not supported: ringcache's settings are command-line flags, RINGCACHE_* \
+             environment variables or the config file",
+        ),
+        "resetstat" | "rewrite" => Reply::err(format!(
+            "CONFIG {} is not supported by ringcache",
+            sub.to_ascii_uppercase()
+        )),
+        "help" => Reply::Array(
+            [
+                "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "GET <pattern>",
+                "    Return parameters matching the glob-like <pattern> and their values.",
+                "HELP",
+                "    Print this help.",
+            ]
+            .iter()
+            .map(|line| text(line))
+            .collect(),
+        ),
+        "get" => Reply::err("wrong number of arguments for 'config|get' command"),
+        _ => Reply::err(format!(
+            "unknown subcommand '{}'. Try CONFIG HELP.",
+            String::from_utf8_lossy(&rest[0])
+        )),
+    }
+}
+
 /// The sections `INFO` knows, in the order it prints them.
 const SECTIONS: [&str; 6] = [
     "server", "clients", "memory", "stats", "keyspace", "cluster",

@@ -130,6 +130,13 @@ pub static COMMANDS: &[Spec] = &[
         &["@slow", "@connection"],
         READ,
     ),
+    no_keys(
+        "config",
+        -2,
+        &["admin", "noscript", "loading", "stale"],
+        &["@admin", "@slow", "@dangerous"],
+        ADMIN,
+    ),
     no_keys("dbsize", 1, R_FAST, KEY_READ, READ),
     one_key("decr", 2, W_OOM_FAST, STRING_WRITE_FAST, WRITE),
     one_key("decrby", 3, W_OOM_FAST, STRING_WRITE_FAST, WRITE),
