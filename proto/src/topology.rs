@@ -730,6 +730,12 @@ mod tests {
         far.http_addr = "h".repeat(MAX_ADDR_BYTES + 1);
         let field = too_large_field(Topology::try_from(&wire_of(vec![far], 3, 256)));
         assert!(field.starts_with("http_addr length"), "{field}");
+
+        // The gossiped RESP address is bounded like the others.
+        let mut far = member("n1", NodeState::Active);
+        far.resp_addr = "r".repeat(MAX_ADDR_BYTES + 1);
+        let field = too_large_field(Topology::try_from(&wire_of(vec![far], 3, 256)));
+        assert!(field.starts_with("resp_addr length"), "{field}");
     }
 
     #[test]

@@ -475,8 +475,9 @@ impl Session {
         }
     }
 
-    async fn mset(&self, pairs: &[Bytes]) -> Reply {
-        let request = v1::MSetRequest {
+    /// The `MSet` request of MSET / MSETNX key-value `pairs`.
+    pub(super) fn mset_request(&self, pairs: &[Bytes], if_absent: bool) -> v1::MSetRequest {
+        v1::MSetRequest {
             entries: pairs
                 .chunks_exact(2)
                 .map(|pair| v1::KeyValue {
@@ -486,8 +487,12 @@ impl Session {
                 .collect(),
             ttl_ms: None,
             consistency: self.write_level,
-            if_absent: false,
-        };
+            if_absent,
+        }
+    }
+
+    async fn mset(&self, pairs: &[Bytes]) -> Reply {
+        let request = self.mset_request(pairs, false);
         match self.cache.m_set(Request::new(request)).await {
             Ok(_) => Reply::OK,
             Err(status) => status_reply(&status),

@@ -351,18 +351,7 @@ impl Session {
     }
 
     async fn mset_nx(&self, pairs: &[Bytes]) -> Reply {
-        let request = v1::MSetRequest {
-            entries: pairs
-                .chunks_exact(2)
-                .map(|pair| v1::KeyValue {
-                    key: pair[0].clone(),
-                    value: pair[1].clone(),
-                })
-                .collect(),
-            ttl_ms: None,
-            consistency: self.write_level,
-            if_absent: true,
-        };
+        let request = self.mset_request(pairs, true);
         match self.cache.m_set(Request::new(request)).await {
             Ok(r) => Reply::Integer(i64::from(!r.into_inner().versions.is_empty())),
             Err(status) => status_reply(&status),
