@@ -1085,7 +1085,8 @@ pub const RESP_ERROR_KINDS: [&str; 12] = [
 pub struct RespMetrics {
     recorder: std::sync::Arc<PrometheusRecorder>,
     connections: Gauge,
-    commands: dashmap::DashMap<&'static str, Counter>,
+    /// One counter per command of the table, in table order, then one for unknown commands.
+    commands: Box<[Counter]>,
     errors: dashmap::DashMap<(&'static str, &'static str), Counter>,
 }
 
@@ -1118,35 +1119,30 @@ impl RespMetrics {
             &Key::from_static_name("ringcache_resp_connections"),
             &METADATA,
         );
+        // Exported from the start: every command of the table (a bounded set) and the error of
+        // an unknown command, so dashboards and alerts find the families on a fresh node.
+        let commands = crate::resp::table::COMMANDS
+            .iter()
+            .map(|spec| spec.name)
+            .chain(["unknown"])
+            .map(|command| {
+                recorder.register_counter(
+                    &Key::from_parts(
+                        "ringcache_resp_commands_total",
+                        vec![Label::new("command", command)],
+                    ),
+                    &METADATA,
+                )
+            })
+            .collect();
         let metrics = Self {
             recorder,
             connections,
-            commands: dashmap::DashMap::new(),
+            commands,
             errors: dashmap::DashMap::new(),
         };
-        // Exported from the start: every command of the table (a bounded set) and the error of
-        // an unknown command, so dashboards and alerts find the families on a fresh node.
-        for spec in crate::resp::table::COMMANDS {
-            metrics.counter_of(spec.name);
-        }
-        metrics.counter_of("unknown");
         metrics.error_counter_of("unknown", "ERR");
         metrics
-    }
-
-    fn counter_of(
-        &self,
-        command: &'static str,
-    ) -> dashmap::mapref::one::RefMut<'_, &'static str, Counter> {
-        self.commands.entry(command).or_insert_with(|| {
-            self.recorder.register_counter(
-                &Key::from_parts(
-                    "ringcache_resp_commands_total",
-                    vec![Label::new("command", command)],
-                ),
-                &METADATA,
-            )
-        })
     }
 
     fn error_counter_of(
@@ -1165,15 +1161,17 @@ impl RespMetrics {
         })
     }
 
-    /// Counts one command (`command`: its table name, or `unknown`) and, when its reply was an
-    /// error, the error's code (the first word of the error text).
-    pub fn record_command(&self, command: &'static str, error: Option<&str>) {
-        // Every table command is registered at start: a read lock finds it.
-        match self.commands.get(command) {
-            Some(counter) => counter.increment(1),
-            None => self.counter_of(command).increment(1),
-        }
+    /// Counts one command (`spec`: its table entry, `None` for an unknown command) and, when
+    /// its reply was an error, the error's code (the first word of the error text).
+    pub fn record_command(
+        &self,
+        spec: Option<&'static crate::resp::table::Spec>,
+        error: Option<&str>,
+    ) {
+        let unknown = self.commands.len() - 1;
+        self.commands[spec.map_or(unknown, |spec| spec.index())].increment(1);
         if let Some(text) = error {
+            let command = spec.map_or("unknown", |spec| spec.name);
             let code = text.split(' ').next().unwrap_or_default();
             let kind = RESP_ERROR_KINDS
                 .iter()

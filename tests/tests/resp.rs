@@ -246,3 +246,48 @@ async fn every_node_serves_every_key() {
 }
 
 // ---- AUTH, roles, TLS and timeouts ----------------------------------------------------------------
+
+/// GET and SET of a key the node answers alone take a path without the gRPC scaffolding
+/// (`CacheService::read_here` / `write_here`): it must keep the API's checks (minority
+/// protection refuses the write, a read still works), its limits and its metrics.
+#[tokio::test]
+async fn gets_and_sets_answered_at_once_keep_the_api_checks_and_metrics() {
+    let mut config = ringcache_server::config::Config::for_test();
+    config.replication.min_cluster_size = 2;
+    config.store.max_key_bytes = 16;
+    let node = TestNode::start(config).await;
+    let mut con = connect(&node).await;
+    let refused = ringcache_tests::resp::error(&mut con, &["SET", "k", "v"]).await;
+    assert!(
+        refused.contains("only 1 of min_cluster_size 2 members visible"),
+        "{refused}"
+    );
+    assert_eq!(
+        run::<Option<String>>(&mut con, &["GET", "k"])
+            .await
+            .unwrap(),
+        None
+    );
+    let long_key = "k".repeat(17);
+    let too_long = ringcache_tests::resp::error(&mut con, &["GET", &long_key]).await;
+    assert!(too_long.contains("key"), "{too_long}");
+
+    let metrics = ringcache_tests::http_get(node.http_addr, "/metrics")
+        .await
+        .unwrap()
+        .body;
+    for line in [
+        r#"ringcache_requests_total{op="get",result="miss"} 1"#,
+        r#"ringcache_resp_commands_total{command="get"} 2"#,
+        r#"ringcache_resp_commands_total{command="set"} 1"#,
+        r#"ringcache_resp_errors_total{command="set",error="ERR"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "no `{line}` in\n{metrics}");
+    }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with(r#"ringcache_requests_total{op="set",result="#)),
+        "the refused SET is not counted:\n{metrics}"
+    );
+}

@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::forward::{Split, forward};
+use super::forward::{Split, forward, was_forwarded};
 use super::status::ApiError;
 use crate::metrics::{Op, Outcome};
 use crate::node::Node;
@@ -97,6 +97,74 @@ impl CacheService {
         .await;
         self.record(op, start, &result, outcome);
         result.map(Response::new)
+    }
+
+    /// Runs one single-key write at once, without awaiting, when it needs nothing from another
+    /// node: the key's replica set holds no other node and the level is met by this node's own
+    /// copy (a lone node, R = 1). `None` when it must take the general path ([`Self::run_write`]:
+    /// forwarded to the primary or replicated); nothing has been applied then. The checks, the
+    /// store call and the metrics are those of `run_write`.
+    pub(crate) fn write_here<T>(
+        &self,
+        op: Op,
+        consistency: i32,
+        key: &[u8],
+        handler: impl FnOnce(&Node, u64) -> Result<(T, Vec<Bytes>), ApiError>,
+        outcome: impl FnOnce(&T) -> Outcome,
+    ) -> Option<Result<T, Status>> {
+        let start = Instant::now();
+        let level = match write_level(&self.node, consistency) {
+            Ok(level) => level,
+            Err(error) => return Some(self.recorded(op, start, Err(error.into()), outcome)),
+        };
+        if replication::needs_others(&self.node.view(), &self.node.config().node_id, key, level) {
+            return None;
+        }
+        let result = replication::check_writable(&self.node, level)
+            .map_err(status_of)
+            .and_then(|()| Ok(handler(&self.node, self.node.now_ms())?.0));
+        Some(self.recorded(op, start, result, outcome))
+    }
+
+    /// Runs one single-key read at once, without awaiting, when this node answers it from its
+    /// own copy: it holds the key (or the request was `forwarded` here) and the level is ONE.
+    /// `None` when it must take the general path ([`Self::run_read`]).
+    pub(crate) fn read_here<T>(
+        &self,
+        op: Op,
+        consistency: i32,
+        key: &[u8],
+        forwarded: bool,
+        local: impl FnOnce(&Node, u64) -> Result<T, ApiError>,
+        outcome: impl FnOnce(&T) -> Outcome,
+    ) -> Option<Result<T, Status>> {
+        let start = Instant::now();
+        if !forwarded
+            && self
+                .node
+                .view()
+                .forward_target(key, &self.node.config().node_id)
+                .is_some()
+        {
+            return None;
+        }
+        let result = match read_level(&self.node, consistency) {
+            Ok(Consistency::One) => local(&self.node, self.node.now_ms()).map_err(Status::from),
+            Ok(_) => return None,
+            Err(error) => Err(error.into()),
+        };
+        Some(self.recorded(op, start, result, outcome))
+    }
+
+    fn recorded<T>(
+        &self,
+        op: Op,
+        start: Instant,
+        result: Result<T, Status>,
+        outcome: impl FnOnce(&T) -> Outcome,
+    ) -> Result<T, Status> {
+        self.record(op, start, &result, outcome);
+        result
     }
 
     fn record<T>(
@@ -325,6 +393,9 @@ impl Cache for CacheService {
         request: Request<v1::GetRequest>,
     ) -> Result<Response<v1::GetResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
+        if let Some(reply) = self.get_here(&req.key, req.consistency, was_forwarded(&metadata)) {
+            return reply.map(Response::new);
+        }
         if let Some(primary) = self.route(&metadata, &req.key) {
             return self
                 .forward_one(Op::Get, primary, req, |mut peer, request| async move {
@@ -336,7 +407,7 @@ impl Cache for CacheService {
             Op::Get,
             req.consistency,
             &req.key,
-            |node, now| Ok(found(node.store().get(&req.key, now)?, now)),
+            |node, now| get_local(node, &req.key, now),
             found_versioned,
             |reply| hit_or_miss(reply.found),
         )
@@ -348,6 +419,9 @@ impl Cache for CacheService {
         request: Request<v1::SetRequest>,
     ) -> Result<Response<v1::SetResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
+        if let Some(reply) = self.set_here(&req) {
+            return reply.map(Response::new);
+        }
         if let Some(primary) = self.route(&metadata, &req.key) {
             return self
                 .forward_one(Op::Set, primary, req, |mut peer, request| async move {
@@ -358,42 +432,7 @@ impl Cache for CacheService {
         self.run_write(
             Op::Set,
             req.consistency,
-            |node, now| {
-                let condition = match v1::SetCondition::try_from(req.condition) {
-                    Ok(v1::SetCondition::Always) => SetCondition::Always,
-                    Ok(v1::SetCondition::IfAbsent) => SetCondition::IfAbsent,
-                    Ok(v1::SetCondition::IfPresent) => SetCondition::IfPresent,
-                    Err(_) => {
-                        return Err(ApiError::Invalid(format!(
-                            "unknown set condition {}",
-                            req.condition
-                        )));
-                    }
-                };
-                let expiries = usize::from(req.ttl_ms.is_some())
-                    + usize::from(req.expires_at_ms.is_some())
-                    + usize::from(req.keep_ttl);
-                if expiries > 1 {
-                    return Err(ApiError::Invalid(
-                        "ttl_ms, expires_at_ms and keep_ttl exclude each other".to_owned(),
-                    ));
-                }
-                let options = SetOptions {
-                    ttl_ms: req.ttl_ms,
-                    expires_at_ms: req.expires_at_ms,
-                    keep_ttl: req.keep_ttl,
-                    condition,
-                    return_previous: req.return_previous,
-                };
-                let outcome = node.store().set(&req.key, &req.value, options, now)?;
-                let changed = written(outcome.version.is_some(), &req.key);
-                let reply = v1::SetResponse {
-                    stored: outcome.version.is_some(),
-                    version: outcome.version.unwrap_or(0),
-                    previous: outcome.previous,
-                };
-                Ok((reply, changed))
-            },
+            |node, now| apply_set(node, &req, now),
             |reply| hit_or_miss(reply.stored),
         )
         .await
@@ -717,6 +756,84 @@ impl Cache for CacheService {
 }
 
 /// The keys a single-key write changed: the key if it took effect, none otherwise.
+impl CacheService {
+    /// A Get this node answers at once (see [`Self::read_here`]); `None`: the general path.
+    /// `forwarded`: another node sent it here to be served.
+    pub(crate) fn get_here(
+        &self,
+        key: &[u8],
+        consistency: i32,
+        forwarded: bool,
+    ) -> Option<Result<v1::GetResponse, Status>> {
+        self.read_here(
+            Op::Get,
+            consistency,
+            key,
+            forwarded,
+            |node, now| get_local(node, key, now),
+            |reply| hit_or_miss(reply.found),
+        )
+    }
+
+    /// A Set this node completes at once (see [`Self::write_here`]); `None`: the general path.
+    pub(crate) fn set_here(&self, req: &v1::SetRequest) -> Option<Result<v1::SetResponse, Status>> {
+        self.write_here(
+            Op::Set,
+            req.consistency,
+            &req.key,
+            |node, now| apply_set(node, req, now),
+            |reply| hit_or_miss(reply.stored),
+        )
+    }
+}
+
+/// A Get from this node's store.
+fn get_local(node: &Node, key: &[u8], now: u64) -> Result<v1::GetResponse, ApiError> {
+    Ok(found(node.store().get(key, now)?, now))
+}
+
+/// Applies a Set to this node's store: the reply and the key when it changed.
+fn apply_set(
+    node: &Node,
+    req: &v1::SetRequest,
+    now: u64,
+) -> Result<(v1::SetResponse, Vec<Bytes>), ApiError> {
+    let condition = match v1::SetCondition::try_from(req.condition) {
+        Ok(v1::SetCondition::Always) => SetCondition::Always,
+        Ok(v1::SetCondition::IfAbsent) => SetCondition::IfAbsent,
+        Ok(v1::SetCondition::IfPresent) => SetCondition::IfPresent,
+        Err(_) => {
+            return Err(ApiError::Invalid(format!(
+                "unknown set condition {}",
+                req.condition
+            )));
+        }
+    };
+    let expiries = usize::from(req.ttl_ms.is_some())
+        + usize::from(req.expires_at_ms.is_some())
+        + usize::from(req.keep_ttl);
+    if expiries > 1 {
+        return Err(ApiError::Invalid(
+            "ttl_ms, expires_at_ms and keep_ttl exclude each other".to_owned(),
+        ));
+    }
+    let options = SetOptions {
+        ttl_ms: req.ttl_ms,
+        expires_at_ms: req.expires_at_ms,
+        keep_ttl: req.keep_ttl,
+        condition,
+        return_previous: req.return_previous,
+    };
+    let outcome = node.store().set(&req.key, &req.value, options, now)?;
+    let changed = written(outcome.version.is_some(), &req.key);
+    let reply = v1::SetResponse {
+        stored: outcome.version.is_some(),
+        version: outcome.version.unwrap_or(0),
+        previous: outcome.previous,
+    };
+    Ok((reply, changed))
+}
+
 pub(super) fn written(applied: bool, key: &Bytes) -> Vec<Bytes> {
     if applied { vec![key.clone()] } else { vec![] }
 }

@@ -83,7 +83,7 @@ use crate::view::ClusterView;
 
 pub use hints::{HintStats, replay_hints_task};
 pub use read::{Winners, read};
-pub use write::replicate;
+pub use write::{needs_others, replicate};
 
 /// Default `hint_max_bytes`: per target node.
 pub const DEFAULT_HINT_MAX_BYTES: usize = 64 * 1024 * 1024;

@@ -23,6 +23,20 @@ use super::batch::{self, Part, Transport as _};
 use super::wire::to_wire;
 use super::{Consistency, Failure, ReplicationError, describe_shortfall, send_replicate_until};
 use crate::context::Context;
+use crate::view::ClusterView;
+
+/// Whether a write of `key` at `level` coordinated by `self_id` needs another node: its replica
+/// set holds another node (to forward to or replicate to), or the level asks for more copies
+/// than this node's own (the set is this node alone but more members are known: the write must
+/// fail as [`replicate`] would). When `false`, applying the write here is all of it: `replicate`
+/// would send nothing and succeed.
+pub fn needs_others(view: &ClusterView, self_id: &str, key: &[u8], level: Consistency) -> bool {
+    let replicas = view.replicas(key);
+    if replicas.iter().any(|id| id != self_id) {
+        return true;
+    }
+    !replicas.is_empty() && level.required(view.replicas_for_level(replicas.len())) > 1
+}
 
 /// Replicates the current local state of `keys` (just written by this node) to their other
 /// replicas and waits until every key reached `level`. Keys this node no longer holds (evicted)

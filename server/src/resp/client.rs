@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -20,6 +21,7 @@ use tokio::time::Instant;
 
 use super::commands::Session;
 use super::reply::Reply;
+use super::table::{COMMANDS, Spec};
 use crate::auth::{AuthError, Principal, Role};
 use crate::connections::Slot;
 
@@ -75,10 +77,9 @@ impl Registry {
             laddr,
             fd,
             created: now,
-            state: Mutex::new(ClientState {
-                last_active: Some(now),
-                ..ClientState::default()
-            }),
+            active_ms: AtomicU64::new(0),
+            last_command: AtomicUsize::new(0),
+            state: Mutex::new(ClientState::default()),
         });
         self.clients.lock().insert(id, info.clone());
         self.connections_received.fetch_add(1, Ordering::Relaxed);
@@ -126,6 +127,10 @@ pub struct ClientInfo {
     laddr: Option<SocketAddr>,
     fd: i64,
     created: Instant,
+    /// Milliseconds from `created` to the last batch of commands read.
+    active_ms: AtomicU64,
+    /// The last command run: 1 + its index in the table; 0 before the first.
+    last_command: AtomicUsize,
     state: Mutex<ClientState>,
 }
 
@@ -134,8 +139,6 @@ struct ClientState {
     name: Option<Bytes>,
     lib_name: Option<Bytes>,
     lib_ver: Option<Bytes>,
-    last_active: Option<Instant>,
-    last_command: &'static str,
     resp3: bool,
     user: Option<Arc<str>>,
     no_evict: bool,
@@ -148,11 +151,17 @@ impl ClientInfo {
         self.addr
     }
 
-    /// Notes that `command` ran now.
-    pub fn touch(&self, command: &'static str) {
-        let mut state = self.state.lock();
-        state.last_active = Some(Instant::now());
-        state.last_command = command;
+    /// Notes that `command` ran (no clock read: [`Self::active`] notes the time per batch).
+    pub fn touch(&self, command: &'static Spec) {
+        self.last_command
+            .store(command.index() + 1, Ordering::Relaxed);
+    }
+
+    /// Notes that commands arrived now.
+    pub fn active(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.created).as_millis();
+        self.active_ms
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// Redis's `CLIENT INFO` / `CLIENT LIST` line, newline included.
@@ -175,9 +184,13 @@ impl ClientInfo {
         if flags.is_empty() {
             flags.push('N');
         }
-        let idle = state
-            .last_active
-            .map_or(0, |at| now.saturating_duration_since(at).as_secs());
+        let age = now.saturating_duration_since(self.created);
+        let active = Duration::from_millis(self.active_ms.load(Ordering::Relaxed));
+        let idle = age.saturating_sub(active).as_secs();
+        let last_command = match self.last_command.load(Ordering::Relaxed) {
+            0 => "NULL",
+            i => COMMANDS.get(i - 1).map_or("NULL", |spec| spec.name),
+        };
         let mut line = String::with_capacity(320);
         let _ = writeln!(
             line,
@@ -190,13 +203,9 @@ impl ClientInfo {
             addr(self.laddr),
             self.fd,
             show(&state.name),
-            now.saturating_duration_since(self.created).as_secs(),
+            age.as_secs(),
             idle,
-            if state.last_command.is_empty() {
-                "NULL"
-            } else {
-                state.last_command
-            },
+            last_command,
             state.user.as_deref().unwrap_or("default"),
             if state.resp3 { 3 } else { 2 },
             show(&state.lib_name),
@@ -624,7 +633,8 @@ mod tests {
             Some("127.0.0.1:6479".parse().unwrap()),
             9,
         );
-        a.info.touch("get");
+        a.info
+            .touch(super::super::table::lookup(b"get").expect("get"));
         a.info.state.lock().name = Some(Bytes::from_static(b"worker"));
         let line = a.info.line();
         assert!(line.ends_with('\n'), "{line}");

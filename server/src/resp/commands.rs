@@ -30,6 +30,15 @@ pub enum Flow {
     Close,
 }
 
+/// What [`Session::begin`] did with a command.
+#[derive(Debug)]
+pub enum Step {
+    /// Answered: send this reply.
+    Done(Reply, Flow),
+    /// Admitted: [`Session::finish`] runs it.
+    Later(&'static table::Spec),
+}
+
 /// One RESP connection's state.
 #[derive(Debug)]
 pub struct Session {
@@ -110,15 +119,66 @@ impl Session {
     /// Runs one command: checked against the table (known, arity, authentication, role;
     /// `gate.rs`), run, counted.
     pub async fn execute(&mut self, args: Command) -> (Reply, Flow) {
-        let (spec, reply, flow) = match self.admit(&args) {
-            Ok(spec) => {
-                let (reply, flow) = self.dispatch(&args, spec).await;
-                (Some(spec), reply, flow)
+        match self.begin(&args) {
+            Step::Done(reply, flow) => (reply, flow),
+            Step::Later(spec) => self.finish(&args, spec).await,
+        }
+    }
+
+    /// The part of [`Self::execute`] that needs no waiting: the gate, and the commands this
+    /// node answers at once (a refusal; GET or SET of a key it holds that needs no other node).
+    /// The connection loop calls it first and awaits [`Self::finish`] only for the rest: no
+    /// future is built for most commands.
+    pub fn begin(&mut self, args: &Command) -> Step {
+        match self.admit(args) {
+            Ok(spec) => match self.run_now(args, spec) {
+                Some(reply) => {
+                    self.count(Some(spec), &reply);
+                    Step::Done(reply, Flow::Continue)
+                }
+                None => Step::Later(spec),
+            },
+            Err((spec, reply)) => {
+                self.count(spec, &reply);
+                Step::Done(reply, Flow::Continue)
             }
-            Err((spec, reply)) => (spec, reply, Flow::Continue),
-        };
-        self.count(spec, &reply);
+        }
+    }
+
+    /// Runs and counts a command [`Self::begin`] admitted but did not answer.
+    pub async fn finish(&mut self, args: &Command, spec: &'static table::Spec) -> (Reply, Flow) {
+        let (reply, flow) = self.dispatch(args, spec).await;
+        self.count(Some(spec), &reply);
         (reply, flow)
+    }
+
+    /// GET and SET answered without awaiting when this node holds the key at the connection's
+    /// level and needs no other node (see `CacheService::read_here` and `write_here`: the same
+    /// checks, store calls and metrics as the general path); cluster routing refusals. `None`:
+    /// run [`Self::dispatch`].
+    fn run_now(&mut self, args: &Command, spec: &'static table::Spec) -> Option<Reply> {
+        if self.in_multi {
+            return None;
+        }
+        let get = match spec.name.as_bytes() {
+            b"get" => true,
+            b"set" => false,
+            _ => return None,
+        };
+        if let cluster::Route::Refuse(reply) =
+            self.routing.route(&self.node, &self.ring, spec, args)
+        {
+            return Some(reply);
+        }
+        match (get, &args[1..]) {
+            (true, [key]) => match self.cache.get_here(key, self.read_level, false)? {
+                Ok(r) if r.found => Some(Reply::Bulk(r.value)),
+                Ok(_) => Some(Reply::Nil),
+                Err(status) => Some(status_reply(&status)),
+            },
+            (false, [key, value, options @ ..]) => self.set_now(key, value, options),
+            _ => None,
+        }
     }
 
     async fn dispatch(&mut self, args: &Command, spec: &'static table::Spec) -> (Reply, Flow) {

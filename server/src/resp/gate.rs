@@ -33,7 +33,7 @@ impl Session {
             self.check_role(role, spec.name)
                 .map_err(|reply| (Some(spec), reply))?;
         }
-        self.conn.info().touch(spec.name);
+        self.conn.info().touch(spec);
         Ok(spec)
     }
 
@@ -46,9 +46,6 @@ impl Session {
             Reply::Error(text) => Some(text.as_str()),
             _ => None,
         };
-        self.node
-            .metrics()
-            .resp
-            .record_command(spec.map_or("unknown", |s| s.name), error);
+        self.node.metrics().resp.record_command(spec, error);
     }
 }

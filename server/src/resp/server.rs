@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use super::client::{Conn, Registry};
-use super::commands::{Flow, Session};
+use super::commands::{Flow, Session, Step};
 use super::parse::{Limits, parse};
 use super::reply::Reply;
 use crate::connections::{Refused, Slot};
@@ -226,12 +226,16 @@ where
         if read == 0 {
             return Ok(());
         }
+        session.conn.info().active(Instant::now());
         let mut close = false;
         loop {
             match parse(&mut input, &limits) {
                 Ok(Some(command)) if command.is_empty() => {}
                 Ok(Some(command)) => {
-                    let (reply, flow) = session.execute(command).await;
+                    let (reply, flow) = match session.begin(&command) {
+                        Step::Done(reply, flow) => (reply, flow),
+                        Step::Later(spec) => session.finish(&command, spec).await,
+                    };
                     reply.encode(session.resp3, &mut output);
                     if flow == Flow::Close {
                         close = true;

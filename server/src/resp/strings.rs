@@ -10,7 +10,7 @@
 
 use bytes::Bytes;
 use ringcache_proto::v1::{self, cache_server::Cache, update_request::Op as UpdateOp};
-use tonic::{Code, Request, Status};
+use tonic::{Code, Request, Response, Status};
 
 use super::commands::{Session, integer, not_an_integer, status_reply, syntax_error, wrong_arity};
 use super::reply::Reply;
@@ -242,6 +242,37 @@ impl Session {
     /// allowed, the last wins); anything else is a syntax error. An EXAT/PXAT in the past stores
     /// nothing and deletes the key (the value would be expired at once) and answers OK.
     pub(super) async fn set(&self, key: &Bytes, value: &Bytes, options: &[Bytes]) -> Reply {
+        let (request, get) = match self.set_request(key, value, options) {
+            Ok(parsed) => parsed,
+            Err(reply) => return reply,
+        };
+        set_reply(
+            get,
+            self.cache
+                .set(Request::new(request))
+                .await
+                .map(Response::into_inner),
+        )
+    }
+
+    /// SET at once when this node holds the key and needs no other node (the fast path of
+    /// `serve_stream`); `None`: take the general path.
+    pub(super) fn set_now(&self, key: &Bytes, value: &Bytes, options: &[Bytes]) -> Option<Reply> {
+        let (request, get) = match self.set_request(key, value, options) {
+            Ok(parsed) => parsed,
+            Err(reply) => return Some(reply),
+        };
+        Some(set_reply(get, self.cache.set_here(&request)?))
+    }
+
+    /// The Set request of `SET key value [options]`, and whether it asked for the old value
+    /// (`GET`); else the syntax or range error.
+    fn set_request(
+        &self,
+        key: &Bytes,
+        value: &Bytes,
+        options: &[Bytes],
+    ) -> Result<(v1::SetRequest, bool), Reply> {
         let mut condition = v1::SetCondition::Always;
         let mut get = false;
         let mut given = None;
@@ -260,7 +291,7 @@ impl Session {
                     if ExpiryOption::take(&mut given, other, b"keepttl", options, &mut i)
                         != Some(true)
                     {
-                        return syntax_error();
+                        return Err(syntax_error());
                     }
                 }
             }
@@ -269,7 +300,7 @@ impl Session {
         let expiry = match given.map(|g| g.expiry(self.node.now_ms(), "set")) {
             None => None,
             Some(Ok(expiry)) => Some(expiry),
-            Some(Err(reply)) => return reply,
+            Some(Err(reply)) => return Err(reply),
         };
         let (ttl_ms, expires_at_ms, keep_ttl) = match expiry {
             None => (None, None, false),
@@ -287,17 +318,7 @@ impl Session {
             keep_ttl,
             expires_at_ms,
         };
-        match self.cache.set(Request::new(request)).await {
-            Ok(r) => {
-                let r = r.into_inner();
-                match (get, r.stored) {
-                    (true, _) => r.previous.map_or(Reply::Nil, Reply::Bulk),
-                    (false, true) => Reply::OK,
-                    (false, false) => Reply::Nil,
-                }
-            }
-            Err(status) => status_reply(&status),
-        }
+        Ok((request, get))
     }
 
     async fn get_del(&self, key: &Bytes) -> Reply {
@@ -515,6 +536,19 @@ fn range(len: usize, start: i64, end: i64) -> Option<(usize, usize)> {
     .max(0)
     .min(len - 1);
     (start <= end).then_some((start as usize, end as usize))
+}
+
+/// SET's reply: the old value with `GET`, else OK when stored and nil when a condition
+/// (`NX`/`XX`) was not met.
+fn set_reply(get: bool, result: Result<v1::SetResponse, Status>) -> Reply {
+    match result {
+        Ok(r) => match (get, r.stored) {
+            (true, _) => r.previous.map_or(Reply::Nil, Reply::Bulk),
+            (false, true) => Reply::OK,
+            (false, false) => Reply::Nil,
+        },
+        Err(status) => status_reply(&status),
+    }
 }
 
 #[cfg(test)]

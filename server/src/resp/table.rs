@@ -218,22 +218,50 @@ pub static COMMANDS: &[Spec] = &[
 /// The longest command name in the table, in bytes.
 const MAX_NAME: usize = 16;
 
+/// A command name of at most [`MAX_NAME`] bytes, lower-cased and zero-padded into one
+/// big-endian integer: integers compare as the names do (names hold no NUL byte), so a lookup
+/// is a binary search over integers, not over strings.
+const fn pack(name: &[u8]) -> u128 {
+    let mut packed = 0u128;
+    let mut i = 0;
+    while i < MAX_NAME {
+        packed <<= 8;
+        if i < name.len() {
+            packed |= name[i].to_ascii_lowercase() as u128;
+        }
+        i += 1;
+    }
+    packed
+}
+
+/// [`COMMANDS`]' names, packed ([`pack`]), in the same (sorted) order.
+static PACKED: std::sync::LazyLock<Box<[u128]>> = std::sync::LazyLock::new(|| {
+    COMMANDS
+        .iter()
+        .map(|spec| pack(spec.name.as_bytes()))
+        .collect()
+});
+
 /// The command named `name` (any case).
 pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
     if name.len() > MAX_NAME {
         return None;
     }
-    let mut lower = [0u8; MAX_NAME];
-    let lower = &mut lower[..name.len()];
-    lower.copy_from_slice(name);
-    lower.make_ascii_lowercase();
-    COMMANDS
-        .binary_search_by(|spec| spec.name.as_bytes().cmp(lower))
-        .ok()
-        .map(|i| &COMMANDS[i])
+    PACKED.binary_search(&pack(name)).ok().map(|i| &COMMANDS[i])
 }
 
 impl Spec {
+    /// Its position in [`COMMANDS`] (table entries only: every `Spec` the server uses is one).
+    pub fn index(&'static self) -> usize {
+        let offset = std::ptr::from_ref(self).addr() - COMMANDS.as_ptr().addr();
+        let index = offset / std::mem::size_of::<Spec>();
+        debug_assert!(
+            std::ptr::eq(&COMMANDS[index], self),
+            "a Spec outside COMMANDS"
+        );
+        index
+    }
+
     /// Whether `argc` arguments (counting the name) fit the arity.
     pub fn arity_ok(&self, argc: usize) -> bool {
         let argc = i64::try_from(argc).unwrap_or(i64::MAX);
