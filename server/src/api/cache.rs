@@ -109,7 +109,7 @@ impl CacheService {
         op: Op,
         consistency: i32,
         key: &[u8],
-        handler: impl FnOnce(&Node, u64) -> Result<(T, Vec<Bytes>), ApiError>,
+        handler: impl FnOnce(&Node, u64) -> Result<T, ApiError>,
         outcome: impl FnOnce(&T) -> Outcome,
     ) -> Option<Result<T, Status>> {
         let start = Instant::now();
@@ -122,7 +122,7 @@ impl CacheService {
         }
         let result = replication::check_writable(&self.node, level)
             .map_err(status_of)
-            .and_then(|()| Ok(handler(&self.node, self.node.now_ms())?.0));
+            .and_then(|()| Ok(handler(&self.node, self.node.now_ms())?));
         Some(self.recorded(op, start, result, outcome))
     }
 
@@ -432,7 +432,11 @@ impl Cache for CacheService {
         self.run_write(
             Op::Set,
             req.consistency,
-            |node, now| apply_set(node, &req, now),
+            |node, now| {
+                let reply = apply_set(node, &req, now)?;
+                let changed = written(reply.stored, &req.key);
+                Ok((reply, changed))
+            },
             |reply| hit_or_miss(reply.stored),
         )
         .await
@@ -792,12 +796,8 @@ fn get_local(node: &Node, key: &[u8], now: u64) -> Result<v1::GetResponse, ApiEr
     Ok(found(node.store().get(key, now)?, now))
 }
 
-/// Applies a Set to this node's store: the reply and the key when it changed.
-fn apply_set(
-    node: &Node,
-    req: &v1::SetRequest,
-    now: u64,
-) -> Result<(v1::SetResponse, Vec<Bytes>), ApiError> {
+/// Applies a Set to this node's store.
+fn apply_set(node: &Node, req: &v1::SetRequest, now: u64) -> Result<v1::SetResponse, ApiError> {
     let condition = match v1::SetCondition::try_from(req.condition) {
         Ok(v1::SetCondition::Always) => SetCondition::Always,
         Ok(v1::SetCondition::IfAbsent) => SetCondition::IfAbsent,
@@ -825,13 +825,11 @@ fn apply_set(
         return_previous: req.return_previous,
     };
     let outcome = node.store().set(&req.key, &req.value, options, now)?;
-    let changed = written(outcome.version.is_some(), &req.key);
-    let reply = v1::SetResponse {
+    Ok(v1::SetResponse {
         stored: outcome.version.is_some(),
         version: outcome.version.unwrap_or(0),
         previous: outcome.previous,
-    };
-    Ok((reply, changed))
+    })
 }
 
 pub(super) fn written(applied: bool, key: &Bytes) -> Vec<Bytes> {

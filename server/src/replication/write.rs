@@ -31,11 +31,16 @@ use crate::view::ClusterView;
 /// fail as [`replicate`] would). When `false`, applying the write here is all of it: `replicate`
 /// would send nothing and succeed.
 pub fn needs_others(view: &ClusterView, self_id: &str, key: &[u8], level: Consistency) -> bool {
+    let alone = || level.required(view.replicas_for_level(1)) > 1;
+    // A ring of this node alone holds every key here: no need to hash the key.
+    if let [only] = view.ring.nodes() {
+        return **only != *self_id || alone();
+    }
     let replicas = view.replicas(key);
     if replicas.iter().any(|id| id != self_id) {
         return true;
     }
-    !replicas.is_empty() && level.required(view.replicas_for_level(replicas.len())) > 1
+    !replicas.is_empty() && alone()
 }
 
 /// Replicates the current local state of `keys` (just written by this node) to their other

@@ -76,12 +76,31 @@ fn line_end(buf: &[u8], from: usize) -> Option<usize> {
 }
 
 /// Reads a decimal integer as Redis does (`string2ll`): an optional `-`, digits, no spaces.
+/// A decimal integer as Redis reads lengths and counts: an optional `-`, then digits only (no
+/// `+`, no spaces), at most 20 bytes, within `i64`.
 fn number(digits: &[u8]) -> Option<i64> {
-    let text = std::str::from_utf8(digits).ok()?;
-    if text.is_empty() || text.starts_with('+') || text.len() > 20 {
+    let (negative, body) = match digits {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, digits),
+    };
+    if body.is_empty() || digits.len() > 20 {
         return None;
     }
-    text.parse().ok()
+    let mut value: i64 = 0;
+    for &digit in body {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        let digit = i64::from(digit - b'0');
+        value = value.checked_mul(10)?;
+        // Negative numbers accumulate downwards so that i64::MIN parses.
+        value = if negative {
+            value.checked_sub(digit)?
+        } else {
+            value.checked_add(digit)?
+        };
+    }
+    Some(value)
 }
 
 fn parse_multibulk(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Command>, ProtocolError> {
@@ -291,6 +310,54 @@ mod tests {
             .iter()
             .map(|a| std::str::from_utf8(a).unwrap())
             .collect()
+    }
+
+    /// What `number` accepted before it was written by hand: `str::parse` without `+`.
+    fn number_by_std(digits: &[u8]) -> Option<i64> {
+        let text = std::str::from_utf8(digits).ok()?;
+        if text.is_empty() || text.starts_with('+') || text.len() > 20 {
+            return None;
+        }
+        text.parse().ok()
+    }
+
+    #[test]
+    fn numbers_parse_as_std_does() {
+        for case in [
+            "0",
+            "-0",
+            "7",
+            "-7",
+            "0012",
+            "-",
+            "",
+            "+5",
+            " 5",
+            "5 ",
+            "1a",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "00000000000000000001",
+            "000000000000000000001",
+            "--1",
+            "\u{e9}",
+        ] {
+            assert_eq!(
+                number(case.as_bytes()),
+                number_by_std(case.as_bytes()),
+                "{case:?}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_parse_as_std_does(bytes in proptest::collection::vec(
+            proptest::sample::select(b"-+0123456789 a".to_vec()), 0..24)) {
+            proptest::prop_assert_eq!(number(&bytes), number_by_std(&bytes));
+        }
     }
 
     #[test]
