@@ -26,6 +26,28 @@ use crate::node::Node;
 use crate::replication::{self, Consistency, ReplicationError};
 use crate::store::{ExpireOutcome, Expiry, Item, SetCondition, SetOptions, Ttl, VersionedItem};
 
+/// When a request arrived, for its latency, and the wall-clock time it runs at (expiry,
+/// versions): read once per gRPC request, and once per batch of pipelined commands read from a
+/// RESP connection (a command's latency then counts from its batch's arrival, the wait behind
+/// the commands before it included).
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// When it arrived.
+    pub start: Instant,
+    /// The node's clock then, in milliseconds since the Unix epoch.
+    pub now_ms: u64,
+}
+
+impl Arrival {
+    /// Now, by `node`'s clock.
+    pub fn now(node: &Node) -> Self {
+        Self {
+            start: Instant::now(),
+            now_ms: node.now_ms(),
+        }
+    }
+}
+
 /// The `ringcache.v1.Cache` gRPC service.
 #[derive(Debug, Clone)]
 pub struct CacheService {
@@ -109,10 +131,11 @@ impl CacheService {
         op: Op,
         consistency: i32,
         key: &[u8],
+        arrival: Arrival,
         handler: impl FnOnce(&Node, u64) -> Result<T, ApiError>,
         outcome: impl FnOnce(&T) -> Outcome,
     ) -> Option<Result<T, Status>> {
-        let start = Instant::now();
+        let start = arrival.start;
         let level = match write_level(&self.node, consistency) {
             Ok(level) => level,
             Err(error) => return Some(self.recorded(op, start, Err(error.into()), outcome)),
@@ -122,34 +145,35 @@ impl CacheService {
         }
         let result = replication::check_writable(&self.node, level)
             .map_err(status_of)
-            .and_then(|()| Ok(handler(&self.node, self.node.now_ms())?));
+            .and_then(|()| Ok(handler(&self.node, arrival.now_ms)?));
         Some(self.recorded(op, start, result, outcome))
     }
 
-    /// Runs one single-key read at once, without awaiting, when this node answers it from its
-    /// own copy: it holds the key (or the request was `forwarded` here) and the level is ONE.
-    /// `None` when it must take the general path ([`Self::run_read`]).
+    /// Whether a request for `key` is served here: this node holds it, or another node
+    /// `forwarded` the request here to be served.
+    fn serves(&self, key: &[u8], forwarded: bool) -> bool {
+        forwarded
+            || self
+                .node
+                .view()
+                .forward_target(key, &self.node.config().node_id)
+                .is_none()
+    }
+
+    /// Runs one single-key read this node [serves](Self::serves) at once, without awaiting,
+    /// when the level is ONE (its own copy answers). `None` when it must take the general path
+    /// ([`Self::run_read`]).
     pub(crate) fn read_here<T>(
         &self,
         op: Op,
         consistency: i32,
-        key: &[u8],
-        forwarded: bool,
+        arrival: Arrival,
         local: impl FnOnce(&Node, u64) -> Result<T, ApiError>,
         outcome: impl FnOnce(&T) -> Outcome,
     ) -> Option<Result<T, Status>> {
-        let start = Instant::now();
-        if !forwarded
-            && self
-                .node
-                .view()
-                .forward_target(key, &self.node.config().node_id)
-                .is_some()
-        {
-            return None;
-        }
+        let start = arrival.start;
         let result = match read_level(&self.node, consistency) {
-            Ok(Consistency::One) => local(&self.node, self.node.now_ms()).map_err(Status::from),
+            Ok(Consistency::One) => local(&self.node, arrival.now_ms).map_err(Status::from),
             Ok(_) => return None,
             Err(error) => Err(error.into()),
         };
@@ -393,7 +417,12 @@ impl Cache for CacheService {
         request: Request<v1::GetRequest>,
     ) -> Result<Response<v1::GetResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
-        if let Some(reply) = self.get_here(&req.key, req.consistency, was_forwarded(&metadata)) {
+        if let Some(reply) = self.get_here(
+            &req.key,
+            req.consistency,
+            was_forwarded(&metadata),
+            Arrival::now(&self.node),
+        ) {
             return reply.map(Response::new);
         }
         if let Some(primary) = self.route(&metadata, &req.key) {
@@ -419,7 +448,7 @@ impl Cache for CacheService {
         request: Request<v1::SetRequest>,
     ) -> Result<Response<v1::SetResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
-        if let Some(reply) = self.set_here(&req) {
+        if let Some(reply) = self.set_here(&req, Arrival::now(&self.node)) {
             return reply.map(Response::new);
         }
         if let Some(primary) = self.route(&metadata, &req.key) {
@@ -768,23 +797,31 @@ impl CacheService {
         key: &[u8],
         consistency: i32,
         forwarded: bool,
+        arrival: Arrival,
     ) -> Option<Result<v1::GetResponse, Status>> {
+        if !self.serves(key, forwarded) {
+            return None;
+        }
         self.read_here(
             Op::Get,
             consistency,
-            key,
-            forwarded,
+            arrival,
             |node, now| get_local(node, key, now),
             |reply| hit_or_miss(reply.found),
         )
     }
 
     /// A Set this node completes at once (see [`Self::write_here`]); `None`: the general path.
-    pub(crate) fn set_here(&self, req: &v1::SetRequest) -> Option<Result<v1::SetResponse, Status>> {
+    pub(crate) fn set_here(
+        &self,
+        req: &v1::SetRequest,
+        arrival: Arrival,
+    ) -> Option<Result<v1::SetResponse, Status>> {
         self.write_here(
             Op::Set,
             req.consistency,
             &req.key,
+            arrival,
             |node, now| apply_set(node, req, now),
             |reply| hit_or_miss(reply.stored),
         )

@@ -16,7 +16,7 @@ mod update;
 
 pub use admin::AdminService;
 pub use auth::AuthLayer;
-pub use cache::CacheService;
+pub use cache::{Arrival, CacheService};
 pub use cluster::ClusterService;
 pub use digest::DigestLayer;
 pub use internal::InternalService;

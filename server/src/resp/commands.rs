@@ -18,7 +18,7 @@ use super::keyspace;
 use super::parse::Command;
 use super::reply::Reply;
 use super::table;
-use crate::api::CacheService;
+use crate::api::{Arrival, CacheService};
 use crate::node::Node;
 
 /// What the connection does after a reply.
@@ -57,6 +57,8 @@ pub struct Session {
     in_multi: bool,
     /// The connection: identity, name, its line in `CLIENT LIST`.
     pub(super) conn: Conn,
+    /// When the batch of commands being run arrived ([`Self::arrived`]).
+    pub(super) arrival: Arrival,
     /// The listener's connections and counters.
     pub(super) registry: Arc<Registry>,
 }
@@ -104,6 +106,7 @@ impl Session {
     ) -> Self {
         Self {
             cache: CacheService::new(node.clone()),
+            arrival: Arrival::now(&node),
             node,
             resp3: false,
             conn,
@@ -114,6 +117,15 @@ impl Session {
             write_level: DEFAULT,
             in_multi: false,
         }
+    }
+
+    /// Notes that a batch of commands arrived (read once for all of them: the time commands
+    /// answered at once count their latency from and run at, the connection's idle time).
+    pub fn arrived(&mut self) {
+        self.arrival = Arrival::now(&self.node);
+        self.conn
+            .info()
+            .active(tokio::time::Instant::from_std(self.arrival.start));
     }
 
     /// Runs one command: checked against the table (known, arity, authentication, role;
@@ -171,7 +183,10 @@ impl Session {
             return Some(reply);
         }
         match (get, &args[1..]) {
-            (true, [key]) => match self.cache.get_here(key, self.read_level, false)? {
+            (true, [key]) => match self
+                .cache
+                .get_here(key, self.read_level, false, self.arrival)?
+            {
                 Ok(r) if r.found => Some(Reply::Bulk(r.value)),
                 Ok(_) => Some(Reply::Nil),
                 Err(status) => Some(status_reply(&status)),

@@ -226,7 +226,7 @@ where
         if read == 0 {
             return Ok(());
         }
-        session.conn.info().active(Instant::now());
+        session.arrived();
         let mut close = false;
         loop {
             match parse(&mut input, &limits) {

@@ -262,7 +262,7 @@ impl Session {
             Ok(parsed) => parsed,
             Err(reply) => return Some(reply),
         };
-        Some(set_reply(get, self.cache.set_here(&request)?))
+        Some(set_reply(get, self.cache.set_here(&request, self.arrival)?))
     }
 
     /// The Set request of `SET key value [options]`, and whether it asked for the old value
