@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
 use ringcache_proto::placement::{ReplicaSet, SLOTS, key_slot};
 use ringcache_proto::topology::{Member, NodeState};
 use tokio::time::Instant;
@@ -29,12 +30,24 @@ use crate::view::ClusterView;
 /// probe interval).
 const SETTLE_PROBES: u32 = 5;
 
-/// When this node's ring last changed, for the settle window.
+/// When this node's ring last changed, for the settle window; and the cluster map answers of
+/// the current view, shared by the listener's connections.
 #[derive(Debug)]
 pub struct RingWatch {
     start: Instant,
     changed_ms: AtomicU64,
     settle: Duration,
+    maps: Mutex<Option<Maps>>,
+}
+
+/// `CLUSTER SLOTS` and `CLUSTER NODES` of one view, encoded (the same in RESP2 and RESP3). Every
+/// cluster client asks for the map after a topology change, all at once; a map of 10,000
+/// ranges takes milliseconds to build, so it is built once per view, not once per client.
+#[derive(Debug)]
+struct Maps {
+    view: Arc<ClusterView>,
+    slots: Bytes,
+    nodes: Bytes,
 }
 
 impl RingWatch {
@@ -44,6 +57,7 @@ impl RingWatch {
             start: Instant::now(),
             changed_ms: AtomicU64::new(0),
             settle: node.config().probe_interval * SETTLE_PROBES,
+            maps: Mutex::new(None),
         });
         let mut views = node.watch_view();
         let shutdown = node.shutdown_token().clone();
@@ -65,6 +79,31 @@ impl RingWatch {
             }
         });
         watch
+    }
+
+    /// `CLUSTER SLOTS` (`nodes`: `CLUSTER NODES`) of `view` as answered by `myself`, built once
+    /// per view.
+    fn map(&self, view: &Arc<ClusterView>, myself: &Member, nodes: bool) -> Reply {
+        let mut maps = self.maps.lock();
+        let current = match &*maps {
+            Some(built) if Arc::ptr_eq(&built.view, view) => built,
+            _ => {
+                let mut slots_out = BytesMut::new();
+                slots(view, myself).encode(false, &mut slots_out);
+                let mut nodes_out = BytesMut::new();
+                Reply::bulk(nodes_text(view, myself)).encode(false, &mut nodes_out);
+                maps.insert(Maps {
+                    view: view.clone(),
+                    slots: slots_out.freeze(),
+                    nodes: nodes_out.freeze(),
+                })
+            }
+        };
+        Reply::Encoded(if nodes {
+            current.nodes.clone()
+        } else {
+            current.slots.clone()
+        })
     }
 
     /// Whether the ring has been the same for the whole settle window.
@@ -193,7 +232,7 @@ fn node_entry(member: &Member) -> Reply {
 }
 
 /// Runs `CLUSTER <subcommand> ...`.
-pub fn cluster(node: &Node, rest: &[Bytes]) -> Reply {
+pub fn cluster(node: &Node, watch: &RingWatch, rest: &[Bytes]) -> Reply {
     let Some(sub) = rest.first() else {
         return Reply::err("wrong number of arguments for 'cluster' command");
     };
@@ -204,9 +243,9 @@ pub fn cluster(node: &Node, rest: &[Bytes]) -> Reply {
         return Reply::err("this node is not in its own topology yet");
     };
     match (sub.as_str(), args) {
-        ("slots", []) => slots(&view, myself),
+        ("slots", []) => watch.map(&view, myself, false),
         ("shards", []) => shards(&view, myself),
-        ("nodes", []) => Reply::Bulk(Bytes::from(nodes(&view, myself))),
+        ("nodes", []) => watch.map(&view, myself, true),
         ("myid", []) => Reply::Bulk(Bytes::from(redis_id(&myself.node_id))),
         ("myshardid", []) => Reply::Bulk(Bytes::from(redis_id(&myself.node_id))),
         ("info", []) => Reply::Bulk(Bytes::from(info(node, &view))),
@@ -424,7 +463,7 @@ fn shards(view: &ClusterView, myself: &Member) -> Reply {
 /// `CLUSTER NODES`: one line per live member; every member is a master of the slots it is the
 /// primary of (its neighbours' copies are not Redis replicas of one master, so they are not
 /// shown as replica lines).
-fn nodes(view: &ClusterView, myself: &Member) -> String {
+fn nodes_text(view: &ClusterView, myself: &Member) -> String {
     let mut primary_runs: std::collections::HashMap<&str, Vec<(u16, u16)>> = Default::default();
     for (first, last, set) in view.ring.slot_ranges() {
         let Some((member, _)) = entry_members(view, myself, set).into_iter().next() else {

@@ -239,7 +239,7 @@ impl Session {
                     // It asked for the map: a cluster client, which follows -MOVED.
                     self.routing.cluster_aware = true;
                 }
-                cluster::cluster(&self.node, rest)
+                cluster::cluster(&self.node, &self.ring, rest)
             }
             "readonly" | "readwrite" | "asking" if rest.is_empty() => {
                 self.routing.cluster_aware = true;

@@ -19,6 +19,8 @@ pub enum Reply {
     Array(Vec<Reply>),
     /// A map: `%n` in RESP3, a flat array of keys and values in RESP2.
     Map(Vec<(Reply, Reply)>),
+    /// A reply encoded already, the same in RESP2 and RESP3 (no maps, no nil inside).
+    Encoded(Bytes),
 }
 
 impl Reply {
@@ -53,12 +55,15 @@ impl Reply {
             }
             Reply::Integer(n) => {
                 out.put_u8(b':');
-                out.put_slice(n.to_string().as_bytes());
+                if *n < 0 {
+                    out.put_u8(b'-');
+                }
+                put_decimal(out, n.unsigned_abs());
                 out.put_slice(b"\r\n");
             }
             Reply::Bulk(bytes) => {
                 out.put_u8(b'$');
-                out.put_slice(bytes.len().to_string().as_bytes());
+                put_decimal(out, bytes.len() as u64);
                 out.put_slice(b"\r\n");
                 out.put_slice(bytes);
                 out.put_slice(b"\r\n");
@@ -67,7 +72,7 @@ impl Reply {
             Reply::Nil => out.put_slice(b"$-1\r\n"),
             Reply::Array(items) => {
                 out.put_u8(b'*');
-                out.put_slice(items.len().to_string().as_bytes());
+                put_decimal(out, items.len() as u64);
                 out.put_slice(b"\r\n");
                 for item in items {
                     item.encode(resp3, out);
@@ -76,15 +81,31 @@ impl Reply {
             Reply::Map(pairs) => {
                 out.put_u8(if resp3 { b'%' } else { b'*' });
                 let n = if resp3 { pairs.len() } else { pairs.len() * 2 };
-                out.put_slice(n.to_string().as_bytes());
+                put_decimal(out, n as u64);
                 out.put_slice(b"\r\n");
                 for (key, value) in pairs {
                     key.encode(resp3, out);
                     value.encode(resp3, out);
                 }
             }
+            Reply::Encoded(bytes) => out.put_slice(bytes),
         }
     }
+}
+
+/// Appends `n` in decimal (no allocation: every length and integer reply has one).
+fn put_decimal(out: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[at..]);
 }
 
 #[cfg(test)]
@@ -105,6 +126,19 @@ mod tests {
             "-ERR unknown command 'x'\r\n"
         );
         assert_eq!(encoded(&Reply::Integer(-3), false), ":-3\r\n");
+        assert_eq!(encoded(&Reply::Integer(0), false), ":0\r\n");
+        assert_eq!(
+            encoded(&Reply::Integer(i64::MIN), false),
+            format!(":{}\r\n", i64::MIN)
+        );
+        assert_eq!(
+            encoded(&Reply::Integer(i64::MAX), false),
+            format!(":{}\r\n", i64::MAX)
+        );
+        assert_eq!(
+            encoded(&Reply::Encoded(Bytes::from_static(b"*0\r\n")), true),
+            "*0\r\n"
+        );
         assert_eq!(encoded(&Reply::bulk("a\r\nb"), false), "$4\r\na\r\nb\r\n");
         assert_eq!(encoded(&Reply::Nil, false), "$-1\r\n");
         assert_eq!(encoded(&Reply::Nil, true), "_\r\n");
