@@ -195,6 +195,8 @@ pub struct Metrics {
     secrets_reloads: [Counter; 2],
     members: Vec<Gauge>,
     topology_members: Gauge,
+    refused_members: Gauge,
+    join_refused: Gauge,
     rebalance_keys_sent: Counter,
     /// Anti-entropy rounds: completed, skipped.
     anti_entropy_rounds: [Counter; 2],
@@ -427,6 +429,18 @@ impl Metrics {
             "ringcache_ring_members",
             Unit::Count,
             "Members owning ranges of this node's ring",
+        );
+        describe(
+            &recorder,
+            "ringcache_cluster_refused_members",
+            Unit::Count,
+            "Live members refused because their placement settings (replication factor, vnodes, placement version) differ from this node's",
+        );
+        describe(
+            &recorder,
+            "ringcache_join_refused",
+            Unit::Count,
+            "1 when this node refused to join the cluster it found (other placement settings; see /health/ready), else 0",
         );
         let gossip_dropped = DropReason::LABELS
             .iter()
@@ -680,6 +694,8 @@ impl Metrics {
             }),
             members,
             topology_members: gauge("ringcache_ring_members"),
+            refused_members: gauge("ringcache_cluster_refused_members"),
+            join_refused: gauge("ringcache_join_refused"),
             requests,
             latency,
             forwarded,
@@ -771,6 +787,12 @@ impl Metrics {
         self.members[0].set(gossip.members_alive as f64);
         self.members[1].set(gossip.members_suspect as f64);
         self.members[2].set(gossip.members_dead as f64);
+        self.refused_members.set(gossip.members_refused as f64);
+    }
+
+    /// Notes that this node refused to join the cluster it found.
+    pub fn record_join_refused(&self) {
+        self.join_refused.set(1.0);
     }
 
     /// Counts one reload of secret files, applied (`ok`) or failed.

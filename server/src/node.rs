@@ -36,8 +36,8 @@ use crate::api::{
 use crate::auth::{FailureLimiter, Users};
 use crate::clock::{Clock, SystemClock};
 use crate::cluster::{
-    Encryption, GossipSocket, GossipStatsSnapshot, Keyring, Membership, MembershipConfig,
-    MembershipHandle, MetaState, NodeIdentity, NodeMeta,
+    ClusterSettings, Encryption, GossipSocket, GossipStatsSnapshot, Keyring, Membership,
+    MembershipConfig, MembershipHandle, MetaState, NodeIdentity, NodeMeta,
 };
 use crate::config::Config;
 use crate::connections::{AcceptPolicy, ActivityLayer, Connections, RemoteAddr, secure_incoming};
@@ -111,6 +111,8 @@ pub struct Node {
     seeded: AtomicBool,
     /// Another live member has been in the view since start (latched).
     joined: AtomicBool,
+    /// Why this node refused to join the cluster it found (other placement settings).
+    join_refused: parking_lot::Mutex<Option<String>>,
     /// When the view last changed (readiness waits `ready_settle` after it).
     view_changed_at: parking_lot::Mutex<Instant>,
     /// Notified by [`Node::reload_secrets`] (SIGHUP): the secrets watcher reloads at once.
@@ -248,6 +250,7 @@ impl Node {
             serving: AtomicBool::new(false),
             seeded: AtomicBool::new(false),
             joined: AtomicBool::new(false),
+            join_refused: parking_lot::Mutex::new(None),
             view_changed_at: parking_lot::Mutex::new(Instant::now()),
             secrets_reload: Arc::new(Notify::new()),
             known: parking_lot::Mutex::new(KnownMembers::new()),
@@ -295,6 +298,7 @@ impl Node {
             clock_skew: self
                 .clock_check
                 .refusal(self.config.store.max_clock_drift_ms),
+            join_refused: self.join_refused.lock().clone(),
         })
     }
 
@@ -532,6 +536,15 @@ impl Node {
     pub fn reload_secrets(&self) {
         self.secrets_reload.notify_one();
         self.reload_requested.notify_one();
+    }
+
+    /// Live members refused for their placement settings (R, vnodes, placement version): they
+    /// are not in this node's view or ring.
+    pub fn refused_members(&self) -> Vec<crate::cluster::RefusedMember> {
+        self.membership
+            .get()
+            .map(|m| m.stats().refused())
+            .unwrap_or_default()
     }
 
     /// Gossip traffic and member counts, when membership runs.
@@ -848,6 +861,7 @@ impl Node {
                 cluster_addr: advertised.cluster_addr,
                 resp_addr: advertised.resp_addr,
                 weight: self.config.weight.get(),
+                settings: cluster_settings(&self.config),
                 state: MetaState::Leaving,
             };
             let _ = handle.set_meta(meta).await;
@@ -892,6 +906,7 @@ impl Node {
             cluster_addr: advertised.cluster_addr,
             resp_addr: advertised.resp_addr,
             weight: self.config.weight.get(),
+            settings: cluster_settings(&self.config),
             state: if joining {
                 MetaState::Joining
             } else {
@@ -996,6 +1011,32 @@ impl Node {
     }
 }
 
+/// Why a joining node must not join, given the members it refused: some of them are serving
+/// (Active or Leaving), so a cluster runs with other placement settings.
+fn join_refusal(refused: &[crate::cluster::RefusedMember]) -> Option<String> {
+    let serving: Vec<String> = refused
+        .iter()
+        .filter(|m| matches!(m.state, NodeState::Active | NodeState::Leaving))
+        .map(|m| format!("{} has {}", m.node_id, m.reason))
+        .collect();
+    (!serving.is_empty()).then(|| {
+        format!(
+            "refused: this node's placement settings differ from the cluster's ({}); restart it \
+             with the cluster's settings",
+            serving.join("; ")
+        )
+    })
+}
+
+/// The settings every member must share, as this node has them.
+pub fn cluster_settings(config: &Config) -> ClusterSettings {
+    ClusterSettings {
+        replication_factor: config.replication_factor.get(),
+        vnodes: config.vnodes.get(),
+        placement_version: ringcache_proto::placement::PLACEMENT_VERSION,
+    }
+}
+
 /// The gossip settings derived from the node's: the probe period, probe timeout and suspicion
 /// timeout come from the config; the other periods scale with the probe period (1 s gives the
 /// membership defaults).
@@ -1034,6 +1075,14 @@ async fn join(node: Arc<Node>, handle: MembershipHandle, mut meta: NodeMeta) {
         }
     };
     if tokio::time::timeout(deadline, sees_others).await.is_err() {
+        // A cluster whose members all run with other placement settings is not in the view:
+        // joining it would start a second cluster beside it. Stay out, and say why.
+        if let Some(why) = join_refusal(&handle.stats().refused()) {
+            tracing::error!(reason = %why, "not joining the cluster");
+            *node.join_refused.lock() = Some(why);
+            node.metrics.record_join_refused();
+            return;
+        }
         tracing::warn!(waited = ?deadline, "no active member seen yet; joining without pulling data");
     }
     let active: Vec<Member> = members

@@ -198,6 +198,27 @@ pub(super) async fn status(ctx: &mut Ctx<'_>, rate: bool) -> anyhow::Result<i32>
             .collect();
         problems.push(format!("topology digests disagree ({})", groups.join("; ")));
     }
+    // Members refused for their placement settings are in no topology: the members that
+    // refused them say so.
+    let mut refused: std::collections::BTreeMap<(&str, &str), Vec<&str>> = Default::default();
+    for (member, probe) in members.iter().zip(&probes) {
+        for r in probe.iter().flat_map(|p| &p.info.refused_members) {
+            refused
+                .entry((r.node_id.as_str(), r.reason.as_str()))
+                .or_default()
+                .push(&member.node_id);
+        }
+    }
+    for ((id, reason), by) in &refused {
+        problems.push(format!(
+            "{id} refused by {} (placement settings differ: {reason})",
+            by.join(", ")
+        ));
+    }
+    let refused_json: Vec<Value> = refused
+        .iter()
+        .map(|((id, reason), by)| json!({"node_id": id, "reason": reason, "refused_by": by}))
+        .collect();
     let reachable = probes.iter().filter(|p| p.is_ok()).count();
     let insecure: Vec<&str> = members
         .iter()
@@ -255,6 +276,7 @@ pub(super) async fn status(ctx: &mut Ctx<'_>, rate: bool) -> anyhow::Result<i32>
             "members": members_json,
             "reachable": reachable,
             "digests_agree": digests_agree,
+            "refused_members": refused_json,
             "healthy": problems.is_empty(),
             "problems": problems,
             "insecure_nodes": insecure,

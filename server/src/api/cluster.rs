@@ -103,6 +103,16 @@ impl Cluster for ClusterService {
                 node.anti_entropy()
                     .to_wire(node.config().anti_entropy_interval),
             ),
+            refused_members: node
+                .refused_members()
+                .into_iter()
+                .map(|m| v1::RefusedMember {
+                    node_id: m.node_id,
+                    gossip_addr: m.gossip_addr,
+                    state: v1::NodeState::from(m.state) as i32,
+                    reason: m.reason,
+                })
+                .collect(),
         }))
     }
 }
