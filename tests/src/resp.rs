@@ -211,6 +211,26 @@ pub async fn resp_errors(node: &TestNode, error: &str) -> BTreeMap<String, f64> 
     errors
 }
 
+/// The commands the node received on its RESP port, by command, from its
+/// `ringcache_resp_commands_total` series on `/metrics`.
+pub async fn resp_commands(node: &TestNode) -> BTreeMap<String, f64> {
+    let response = crate::http_get(node.http_addr, "/metrics")
+        .await
+        .expect("/metrics");
+    let mut commands = BTreeMap::new();
+    for line in response.body.lines() {
+        let Some(rest) = line.strip_prefix("ringcache_resp_commands_total{command=\"") else {
+            continue;
+        };
+        let Some((command, value)) = rest.split_once("\"} ") else {
+            continue;
+        };
+        let value: f64 = value.trim().parse().expect("a number");
+        *commands.entry(command.to_owned()).or_default() += value;
+    }
+    commands
+}
+
 /// Runs a client script that writes and reads keys in rounds while node `victim` crashes, and
 /// checks what it printed: `READY` before the first round, `ROUND n` after each clean round
 /// (every key written and read back); after `ROUND 2` the test crashes the node and writes the
