@@ -173,6 +173,28 @@ async fn ioredis_against_one_node() {
     assert_eq!(out.stdout, "ok\n", "{}", out.stderr);
 }
 
+/// The README's ioredis example, run against a cluster (its port 6479 replaced).
+#[tokio::test]
+async fn the_readme_ioredis_example_runs() {
+    let readme = include_str!("../../README.md");
+    let example = readme
+        .split("**Cluster clients of other languages.**")
+        .nth(1)
+        .and_then(|rest| rest.split("```js\n").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("README has the ioredis example");
+    let cluster = TestCluster::start_converged(3, CONVERGE, patient).await;
+    let port = cluster.nodes[1].resp_addr.port().to_string();
+    let script = format!(
+        "{PRELUDE}main(async () => {{\n{}\nassert.equal(await cluster.get('user:42'), 'Ada');\n\
+         assert.deepEqual([name, mail], ['Ada', 'ada@example.org']);\n\
+         await cluster.quit();\nconsole.log('ok');\n}});\n",
+        example.replace("6479", &port)
+    );
+    let out = node_script(&script, &[]).await;
+    assert_eq!(out.stdout, "ok\n", "{}", out.stderr);
+}
+
 /// `Cluster` given one seed node (argv: the seed's port, then every node's): discovery, 200
 /// keys, hash-tagged MSET/MGET and a one-slot pipeline, ioredis's slots against `CLUSTER
 /// KEYSLOT`, an MGET across slots (served: ioredis reads `CLUSTER SLOTS` on a separate
