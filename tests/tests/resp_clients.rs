@@ -15,7 +15,7 @@ use ringcache_proto::placement::key_slot;
 use ringcache_tests::resp::{
     crash_during_rounds, key_owned_by, resp_errors, resp_ports, run_child, target_dir, wait_moved,
 };
-use ringcache_tests::{TestCluster, TestNode};
+use ringcache_tests::{TestCluster, TestNode, patient};
 use tokio::process::Command;
 
 /// How long a cluster may take to converge.
@@ -139,7 +139,7 @@ print("ok")
 
 #[tokio::test]
 async fn python_redis_against_one_node() {
-    let cluster = TestCluster::start_converged(3, CONVERGE, |_, _| {}).await;
+    let cluster = TestCluster::start_converged(3, CONVERGE, patient).await;
     let out = python_script(STANDALONE, &resp_ports(&cluster)).await;
     assert_eq!(out.stdout, "ok\n", "{}", out.stderr);
 }
@@ -198,7 +198,7 @@ print(json.dumps({"routes": routes, "slots": {k: rc.keyslot(k) for k in keys}, "
 
 #[tokio::test]
 async fn python_redis_cluster_client() {
-    let cluster = TestCluster::start_converged(3, CONVERGE, |_, _| {}).await;
+    let cluster = TestCluster::start_converged(3, CONVERGE, patient).await;
     let out = python_script(CLUSTER, &resp_ports(&cluster)).await;
     let report: serde_json::Value = serde_json::from_str(out.stdout.trim())
         .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
@@ -240,7 +240,7 @@ async fn the_readme_python_example_runs() {
         .and_then(|rest| rest.split("```python\n").nth(1))
         .and_then(|block| block.split("```").next())
         .expect("README has the RedisCluster example");
-    let cluster = TestCluster::start_converged(3, CONVERGE, |_, _| {}).await;
+    let cluster = TestCluster::start_converged(3, CONVERGE, patient).await;
     let port = cluster.nodes[1].resp_addr.port().to_string();
     let script = format!(
         "{}\nassert rc.get('user:42') == 'Ada'\nassert rc.get('a') == '1'\n\
@@ -298,7 +298,7 @@ print("values " + ",".join(sorted(set(rc.mget_nonatomic(keys)))), flush=True)
 async fn python_redis_cluster_survives_a_node_crash() {
     const RECOVERY: f64 = 20.0;
     require_redis_py().await;
-    let mut cluster = TestCluster::start_converged(3, CONVERGE, |_, _| {}).await;
+    let mut cluster = TestCluster::start_converged(3, CONVERGE, patient).await;
     let mut args = resp_ports(&cluster);
     args.push(RECOVERY.to_string());
     let mut python = Command::new(python());
@@ -317,7 +317,7 @@ async fn redis_cli(args: &[String], stdin: &str) -> String {
 
 #[tokio::test]
 async fn redis_cli_cluster_mode_and_forwarding() {
-    let cluster = TestCluster::start_converged(3, CONVERGE, |_, _| {}).await;
+    let cluster = TestCluster::start_converged(3, CONVERGE, patient).await;
     let port = |n: &TestNode| n.resp_addr.port().to_string();
     let cli = |node: &TestNode, cluster_mode: bool, rest: &[&str]| {
         let mut args: Vec<String> = Vec::new();
