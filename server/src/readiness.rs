@@ -92,7 +92,7 @@ pub fn check(inputs: &Inputs<'_>) -> Result<(), String> {
     let others = inputs
         .members
         .iter()
-        .filter(|m| m.node_id != inputs.node_id && m.state != NodeState::Dead);
+        .filter(|m| m.node_id != inputs.node_id && !m.state.is_gone());
     let mut alone = true;
     for member in others {
         alone = false;

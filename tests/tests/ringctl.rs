@@ -58,9 +58,10 @@ async fn ctl(cluster: &str, args: &[&str]) -> Outcome {
     ctl_stdin(cluster, args, &[]).await
 }
 
+/// Three converged nodes with patient failure detection: a loaded machine must not make a
+/// live node suspect (a ring of two would answer `locate` with two replicas).
 async fn converged_cluster() -> (TestCluster, String) {
-    let cluster = TestCluster::start(3).await;
-    cluster.wait_converged(CONVERGE).await.unwrap();
+    let cluster = TestCluster::start_converged(3, CONVERGE, ringcache_tests::patient).await;
     let addr = cluster.nodes[0].grpc_target();
     (cluster, addr)
 }
@@ -660,4 +661,103 @@ async fn rebalance_status_shows_an_eta_while_data_moves() {
         "{text}"
     );
     assert!(text.lines().any(|l| l.starts_with("n1 ")), "{text}");
+}
+
+/// `status` after a kill -9: the cluster stays degraded (the dead member is missing, every slot
+/// has fewer than R serving copies) until the member returns or is forgotten, however long it
+/// has been gone; a drained member shows as `left`, which is healthy; `--check` says it all in
+/// its exit code (0 healthy, 1 degraded, 2 unreachable).
+#[tokio::test]
+async fn status_stays_degraded_until_a_killed_node_is_forgotten_and_shows_drained_ones_as_left() {
+    let cluster = TestCluster::start(4).await;
+    cluster.wait_converged(CONVERGE).await.unwrap();
+    let mut cluster = cluster;
+    let addr = cluster.nodes[0].grpc_target();
+    let healthy = ctl_until(&addr, &["status", "--check"], |o| o.code == 0).await;
+    assert_eq!(healthy.code, 0, "{}", healthy.text());
+
+    cluster.take("n4").crash().await.unwrap();
+    // Well past dead_retention (30 probes, 3 s here): n4 is gone from every view, and still
+    // the cluster knows it is missing.
+    let gone = ctl_until(&addr, &["-o", "json", "status"], |o| {
+        let status: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        status["members"]
+            .as_array()
+            .is_some_and(|m| m.iter().all(|m| m["node_id"] != "n4"))
+    })
+    .await;
+    let status = gone.json();
+    assert_eq!(
+        status["missing_members"],
+        serde_json::json!(["n4"]),
+        "{status}"
+    );
+    assert_eq!(status["expected_members"], 4, "{status}");
+    // Three serving members still give every slot R = 3 replicas: capacity is missing, copies
+    // are not (a 3-node cluster would count every slot; see the unit tests of ClusterHealth).
+    assert_eq!(status["under_replicated_slots"], 0, "{status}");
+    assert_eq!(status["healthy"], false, "{status}");
+    let verdict = status["verdict"].as_str().unwrap();
+    assert!(
+        verdict.contains("n4 is missing") && verdict.contains("3 of 4 expected members serving"),
+        "{verdict}"
+    );
+    let check = ctl(&addr, &["status", "--check"]).await;
+    assert_eq!(check.code, 1, "{}", check.text());
+    let metrics = ringcache_tests::http_get(cluster.nodes[0].http_addr, "/metrics")
+        .await
+        .unwrap()
+        .body;
+    for line in [
+        "ringcache_cluster_expected_members 4\n",
+        "ringcache_cluster_under_replicated_slots 0\n",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    }
+    // Readiness flips to 0 for the settle window after each ring change: present, either value.
+    assert!(metrics.contains("\nringcache_ready "), "{metrics}");
+    assert!(
+        metrics.contains("ringcache_build_info{version="),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("process_resident_memory_bytes "),
+        "{metrics}"
+    );
+
+    ctl(&addr, &["forget", "n4"]).await.ok();
+    let forgotten = ctl_until(&addr, &["status", "--check"], |o| o.code == 0).await;
+    assert_eq!(forgotten.code, 0, "{}", forgotten.text());
+    let status = ctl(&addr, &["-o", "json", "status"]).await.json();
+    assert_eq!(status["expected_members"], 3, "{status}");
+    assert_eq!(status["under_replicated_slots"], 0, "{status}");
+
+    // A drained member is `left`, not `dead`, and leaves the cluster healthy.
+    ctl(&addr, &["drain", "n3", "--timeout-drain", "60s"])
+        .await
+        .ok();
+    cluster.take("n3").wait_stopped().await.unwrap();
+    let left = ctl_until(&addr, &["-o", "json", "status"], |o| {
+        let status: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        status["members"].as_array().is_some_and(|m| {
+            m.iter()
+                .any(|m| m["node_id"] == "n3" && m["state"] == "left")
+        }) && status["healthy"] == true
+    })
+    .await;
+    let status = left.json();
+    assert_eq!(status["healthy"], true, "{status}");
+    assert_eq!(status["expected_members"], 2, "{status}");
+    let text = ctl(&addr, &["status"]).await.ok();
+    let row = text.lines().find(|l| l.starts_with("n3 ")).unwrap();
+    assert!(row.contains("left"), "{text}");
+
+    // Nobody answers: unreachable.
+    let unreachable = ctl("127.0.0.1:1", &["--timeout", "2s", "status", "--check"]).await;
+    assert_eq!(unreachable.code, 2, "{}", unreachable.text());
+    assert!(
+        unreachable.text().starts_with("unreachable: "),
+        "{}",
+        unreachable.text()
+    );
 }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::{
-    Ctx, EXIT_OK,
+    Ctx, EXIT_DEGRADED, EXIT_OK, EXIT_UNREACHABLE,
     fmt::{self, Cell, Color, Table, paint, state_color},
     metrics,
     node::{Dial, NodeError, join_all},
@@ -161,15 +161,32 @@ fn member_problem(member: &Member, probe: &Result<Probe, NodeError>) -> Option<S
     match (member.state, probe) {
         (NodeState::Active, Ok(_)) => None,
         (NodeState::Dead, _) => Some(format!("{id} is dead")),
+        (NodeState::Left, _) => None,
         (state, Ok(_)) => Some(format!("{id} is {state}")),
         (NodeState::Active, Err(error)) => Some(format!("{id} is {}", error.reason())),
         (state, Err(error)) => Some(format!("{id} is {state} ({})", error.reason())),
     }
 }
 
-pub(super) async fn status(ctx: &mut Ctx<'_>, rate: bool) -> anyhow::Result<i32> {
-    let home = ctx.home().await?;
-    let topology = home.topology().await?;
+pub(super) async fn status(ctx: &mut Ctx<'_>, rate: bool, check: bool) -> anyhow::Result<i32> {
+    let reached = async {
+        let home = ctx.home().await?;
+        let topology = home.topology().await?;
+        let info = home.node_info().await?;
+        anyhow::Ok((topology, info))
+    }
+    .await;
+    let (topology, home_info) = match reached {
+        Ok(reached) => reached,
+        Err(error) if check => {
+            ctx.print(&format!(
+                "unreachable: {}\n",
+                super::one_line(&error.to_string())
+            ))?;
+            return Ok(EXIT_UNREACHABLE);
+        }
+        Err(error) => return Err(error),
+    };
     let members = topology.members();
     let probes = join_all(members.iter().map(|m| probe(m, &ctx.dial, rate)).collect()).await;
 
@@ -180,6 +197,39 @@ pub(super) async fn status(ctx: &mut Ctx<'_>, rate: bool) -> anyhow::Result<i32>
         .collect();
     if members.is_empty() {
         problems.push("the topology has no members".to_owned());
+    }
+    // What the --cluster node counts on: the members the cluster should have, and the slots
+    // with fewer serving copies than R.
+    let serving: Vec<&str> = members
+        .iter()
+        .filter(|m| matches!(m.state, NodeState::Active | NodeState::Leaving))
+        .map(|m| m.node_id.as_str())
+        .collect();
+    let missing: Vec<&str> = home_info
+        .known_members
+        .iter()
+        .map(String::as_str)
+        .filter(|id| !members.iter().any(|m| m.node_id == *id))
+        .collect();
+    for id in &missing {
+        problems.push(format!(
+            "{id} is missing (it owned ranges and is gone from the view; `ringctl forget {id}` if it is gone for good)"
+        ));
+    }
+    if (serving.len() as u64) < home_info.expected_members {
+        problems.push(format!(
+            "{} of {} expected members serving",
+            serving.len(),
+            home_info.expected_members
+        ));
+    }
+    if home_info.under_replicated_slots > 0 {
+        problems.push(format!(
+            "{} of {} hash slots under-replicated (fewer than {} serving replicas)",
+            home_info.under_replicated_slots,
+            ringcache_proto::placement::SLOTS,
+            u64::from(topology.replication_factor()).min(home_info.expected_members)
+        ));
     }
     let mut digests: std::collections::BTreeMap<u64, Vec<&str>> = Default::default();
     for (member, probe) in members.iter().zip(&probes) {
@@ -277,12 +327,16 @@ pub(super) async fn status(ctx: &mut Ctx<'_>, rate: bool) -> anyhow::Result<i32>
             "reachable": reachable,
             "digests_agree": digests_agree,
             "refused_members": refused_json,
+            "expected_members": home_info.expected_members,
+            "serving_members": serving,
+            "missing_members": missing,
+            "under_replicated_slots": home_info.under_replicated_slots,
             "healthy": problems.is_empty(),
             "problems": problems,
             "insecure_nodes": insecure,
             "verdict": verdict,
         }))?;
-        return Ok(EXIT_OK);
+        return Ok(status_exit(check, problems.is_empty()));
     }
 
     let mut headers = vec![
@@ -373,7 +427,16 @@ pub(super) async fn status(ctx: &mut Ctx<'_>, rate: bool) -> anyhow::Result<i32>
         ));
     }
     ctx.print(&text)?;
-    Ok(EXIT_OK)
+    Ok(status_exit(check, problems.is_empty()))
+}
+
+/// `status`'s exit code: 0, or with `--check` 1 when degraded.
+fn status_exit(check: bool, healthy: bool) -> i32 {
+    if check && !healthy {
+        EXIT_DEGRADED
+    } else {
+        EXIT_OK
+    }
 }
 
 // ---- stats --------------------------------------------------------------------------------------
@@ -759,7 +822,7 @@ pub(super) async fn drain(
     let home = ctx.home().await?;
     let topology = home.topology().await?;
     let member = find_member(&topology, node_id)?.clone();
-    if member.state == NodeState::Dead {
+    if member.state.is_gone() {
         bail!("{node_id} is dead: it cannot hand off its data");
     }
     // Follow the topology from another member: the leaving node stops answering at the end.
@@ -811,9 +874,7 @@ pub(super) async fn drain(
             Some(observer) => match observer.topology().await {
                 Ok(topology) => {
                     observer_error = None;
-                    topology
-                        .member(node_id)
-                        .is_none_or(|m| m.state == NodeState::Dead)
+                    topology.member(node_id).is_none_or(|m| m.state.is_gone())
                 }
                 Err(error) => {
                     observer_error = Some(error);
@@ -888,7 +949,7 @@ pub(super) async fn forget(ctx: &mut Ctx<'_>, node_id: &str) -> anyhow::Result<i
     let home = ctx.home().await?;
     let topology = home.topology().await?;
     if let Some(member) = topology.member(node_id)
-        && member.state != NodeState::Dead
+        && !member.state.is_gone()
     {
         bail!(
             "{node_id} is {} in the topology: only a dead member can be forgotten (drain a live one)",
@@ -898,7 +959,7 @@ pub(super) async fn forget(ctx: &mut Ctx<'_>, node_id: &str) -> anyhow::Result<i
     let others: Vec<&Member> = topology
         .members()
         .iter()
-        .filter(|m| m.node_id != node_id && m.state != NodeState::Dead)
+        .filter(|m| m.node_id != node_id && !m.state.is_gone())
         .collect();
     let dial = &ctx.dial;
     let results = join_all(

@@ -49,6 +49,10 @@ pub const EXIT_ERROR: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 /// Exit code of `get` and `ttl` when the key does not exist.
 pub const EXIT_MISSING: i32 = 3;
+/// Exit code of `status --check` when the cluster is degraded.
+pub const EXIT_DEGRADED: i32 = 1;
+/// Exit code of `status --check` when the `--cluster` node cannot be reached.
+pub const EXIT_UNREACHABLE: i32 = 2;
 
 const EXIT_HELP: &str = "\
 Exit status:
@@ -56,7 +60,8 @@ Exit status:
   1  error: one line on stderr, \"ringctl: <message>\"
   2  usage error (bad flag, bad duration, missing argument, --user without a secret,
      a TLS or password file that cannot be read)
-  3  the key does not exist (get, ttl); nothing is written to stdout";
+  3  the key does not exist (get, ttl); nothing is written to stdout
+status --check: 0 healthy, 1 degraded, 2 the --cluster node cannot be reached";
 
 /// Administer and query a ringcache cluster.
 #[derive(Debug, Parser)]
@@ -126,6 +131,10 @@ enum Command {
         /// Also measure reads per second (hits + misses) over one second on each node.
         #[arg(long)]
         rate: bool,
+        /// For scripts and probes: exit 0 when healthy, 1 when degraded, 2 when the --cluster
+        /// node cannot be reached.
+        #[arg(long)]
+        check: bool,
     },
     /// The ring: each node's vnodes and estimated share of keys (primary and any replica), the
     /// replication factor, and the keys each node holds.
@@ -499,7 +508,7 @@ fn usage_error(
 
 async fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> anyhow::Result<i32> {
     match command {
-        Command::Status { rate } => cluster::status(ctx, rate).await,
+        Command::Status { rate, check } => cluster::status(ctx, rate, check).await,
         Command::Ring { samples } => ring::ring(ctx, samples).await,
         Command::Locate { key } => ring::locate(ctx, key).await,
         Command::Get { key, options } => kv::get(ctx, key, &options).await,

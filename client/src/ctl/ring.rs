@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use ringcache_proto::{
     placement::{Ring, hash_tag, key_slot},
-    topology::{Member, NodeState},
+    topology::Member,
     v1 as pb,
 };
 use serde_json::{Value, json};
@@ -189,7 +189,7 @@ pub(super) async fn locate(ctx: &mut Ctx<'_>, key: String) -> anyhow::Result<i32
             topology
                 .members()
                 .iter()
-                .filter(|m| !replicas.contains(&m.node_id) && m.state != NodeState::Dead),
+                .filter(|m| !replicas.contains(&m.node_id) && !m.state.is_gone()),
         )
         .collect();
     let dial = &ctx.dial;

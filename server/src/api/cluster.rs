@@ -70,6 +70,7 @@ impl Cluster for ClusterService {
         let hints = node.replicator().hints_pending();
         let readiness = node.readiness();
         let connections = node.connections();
+        let health = node.cluster_health();
         Ok(Response::new(v1::NodeInfoResponse {
             node_id: node.config().node_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -113,6 +114,8 @@ impl Cluster for ClusterService {
                     reason: m.reason,
                 })
                 .collect(),
+            expected_members: health.expected as u64,
+            under_replicated_slots: health.under_replicated_slots,
         }))
     }
 }

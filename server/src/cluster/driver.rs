@@ -75,6 +75,8 @@ pub struct GossipStats {
     pub members_suspect: AtomicU64,
     /// Members in the view that are Dead, i.e. down for less than `dead_retention` (gauge).
     pub members_dead: AtomicU64,
+    /// Members in the view that Left (drained, then gone; kept for `dead_retention`) (gauge).
+    pub members_left: AtomicU64,
     /// Live members refused for their settings, as last published ([`RefusedMember`]).
     refused: parking_lot::Mutex<Vec<RefusedMember>>,
 }
@@ -102,6 +104,8 @@ pub struct GossipStatsSnapshot {
     pub members_suspect: u64,
     /// See [`GossipStats::members_dead`].
     pub members_dead: u64,
+    /// See [`GossipStats::members_left`].
+    pub members_left: u64,
     /// Live members refused for their settings ([`GossipStats::refused`]).
     pub members_refused: u64,
 }
@@ -121,6 +125,7 @@ impl GossipStats {
             members_alive: read(&self.members_alive),
             members_suspect: read(&self.members_suspect),
             members_dead: read(&self.members_dead),
+            members_left: read(&self.members_left),
             members_refused: self.refused.lock().len() as u64,
         }
     }
@@ -149,6 +154,8 @@ impl GossipStats {
             .store(count(&[NodeState::Suspect]), Ordering::Relaxed);
         self.members_dead
             .store(count(&[NodeState::Dead]), Ordering::Relaxed);
+        self.members_left
+            .store(count(&[NodeState::Left]), Ordering::Relaxed);
     }
 }
 
@@ -353,7 +360,18 @@ pub async fn run_membership(
         }
 
         tokio::select! {
-            () = shutdown.cancelled() => membership.leave(origin.elapsed()),
+            () = shutdown.cancelled() => {
+                // Metadata sent before the shutdown (the Leaving announcement of a drain) goes
+                // out with the leave, whichever branch `select!` picked first.
+                while let Ok(command) = commands.try_recv() {
+                    if let Command::SetMeta(meta) = command
+                        && let Err(error) = membership.set_meta(origin.elapsed(), meta)
+                    {
+                        tracing::warn!(%error, "metadata refused");
+                    }
+                }
+                membership.leave(origin.elapsed());
+            }
             command = commands.recv(), if commands_open => {
                 let now = origin.elapsed();
                 match command {

@@ -67,7 +67,7 @@ use super::codec::{
 };
 use super::crypto::SEAL_OVERHEAD;
 use super::identity::{NodeId, NodeIdentity};
-use super::meta::{MetaBroadcasts, MetaError, MetaRecord, MetaTable, NodeMeta};
+use super::meta::{MetaBroadcasts, MetaError, MetaRecord, MetaState, MetaTable, NodeMeta};
 
 /// The smallest `max_packet_size` accepted: room for two of the longest identities, a message
 /// and one metadata record of the largest size.
@@ -487,6 +487,15 @@ impl Membership {
             return;
         }
         self.left = true;
+        // A node that announced Leaving (a drain, a graceful stop) tells every live member
+        // directly, just before it goes: its Leaving broadcast may not have spread yet, and a
+        // member that sees it go down without it would count it as failed, not left.
+        if self.own_meta.state == MetaState::Leaving {
+            let live: Vec<SocketAddr> = self.live.values().copied().collect();
+            for addr in live {
+                self.push_own_meta(addr);
+            }
+        }
         if let Err(error) = self.swim.leave_cluster(&mut self.outbox) {
             tracing::warn!(%error, "leaving the cluster");
         }
@@ -924,7 +933,7 @@ impl Membership {
             &identity,
             &self.own_meta,
             if self.left {
-                NodeState::Dead
+                NodeState::Left
             } else {
                 self.own_meta.state.into()
             },
@@ -974,10 +983,16 @@ impl Membership {
                 };
                 match metas.get(id) {
                     Some(meta) => {
-                        let state = state.unwrap_or(meta.state.into());
+                        let state = match state {
+                            // Down after announcing it was leaving: drained, gone on purpose.
+                            Some(NodeState::Dead) if meta.state == MetaState::Leaving => {
+                                NodeState::Left
+                            }
+                            state => state.unwrap_or(meta.state.into()),
+                        };
                         match self.own_meta.settings.difference(&meta.settings) {
                             None => view.push(member_of(id, meta, state)),
-                            Some(reason) if state != NodeState::Dead => {
+                            Some(reason) if !state.is_gone() => {
                                 refused.push(RefusedMember {
                                     node_id: id.node_id().as_str().to_owned(),
                                     gossip_addr: id.gossip_addr().to_string(),

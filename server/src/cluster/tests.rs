@@ -459,6 +459,30 @@ fn a_late_joiner_learns_every_members_metadata_quickly() {
 }
 
 #[test]
+fn a_member_that_announces_leaving_then_leaves_is_left_not_dead() {
+    for seed in 0..SEEDS {
+        let mut sim = Sim::cluster(seed, 3);
+        let now = sim.now;
+        // Leaving and gone at once: the Leaving broadcast has had no time to spread.
+        sim.core(2)
+            .set_meta(now, meta_for(2, MetaState::Leaving))
+            .unwrap();
+        sim.core(2).leave(now);
+        sim.collect(2);
+        let left = sim.run_until(now + ms(2000), |s| {
+            (0..2).all(|viewer| s.state(viewer, 2) == Some(NodeState::Left))
+        });
+        assert!(left, "seed {seed}: {}", sim.describe());
+        // A crash is a death.
+        sim.crash(1);
+        let dead = sim.run_until(sim.now + ms(5000), |s| {
+            s.state(0, 1) == Some(NodeState::Dead)
+        });
+        assert!(dead, "seed {seed}: {}", sim.describe());
+    }
+}
+
+#[test]
 fn metadata_changes_reach_every_member() {
     for seed in 0..SEEDS {
         let mut sim = Sim::cluster(seed, 3);
