@@ -39,7 +39,8 @@ pub(super) async fn get(
     Ok(EXIT_OK)
 }
 
-/// `set KEY [VALUE] [--file PATH] [--ttl D]`: the value from the argument, the file, or stdin.
+/// `set KEY (VALUE | --file PATH | --stdin) [--ttl D]`: the value from the argument, the file, or
+/// stdin.
 pub(super) async fn set(
     ctx: &mut Ctx<'_>,
     key: String,
@@ -60,6 +61,7 @@ pub(super) async fn set(
                 )
             })?
             .into(),
+        // `--stdin` (the command line requires one of the three sources).
         (None, None) => {
             let mut buffer = Vec::new();
             ctx.stdin

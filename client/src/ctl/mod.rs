@@ -149,15 +149,28 @@ enum Command {
         #[command(flatten)]
         options: KvOptions,
     },
-    /// Store a value: from the VALUE argument, from --file, or else from stdin (binary-safe).
+    /// Store a value, given as the VALUE argument, or read from a file (--file PATH) or from
+    /// stdin (--stdin) to its end (binary-safe). Exactly one of the three is required: a `set`
+    /// with no value is refused rather than storing an empty one.
+    #[command(
+        override_usage = "ringctl set [OPTIONS] <KEY> <VALUE|--file <PATH>|--stdin>",
+        group(
+            clap::ArgGroup::new("source")
+                .args(["value", "file", "stdin"])
+                .required(true)
+        )
+    )]
     Set {
         /// The key (UTF-8).
         key: String,
-        /// The value; when absent and no --file is given, stdin is read to its end.
+        /// The value (UTF-8); for binary values use --file or --stdin.
         value: Option<String>,
         /// Read the value from this file.
-        #[arg(long, value_name = "PATH", conflicts_with = "value")]
+        #[arg(long, value_name = "PATH")]
         file: Option<std::path::PathBuf>,
+        /// Read the value from stdin, to its end (an empty stdin stores an empty value).
+        #[arg(long)]
+        stdin: bool,
         /// Expire the key after this long (humantime: 10s, 5m).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         ttl: Option<Duration>,
@@ -464,8 +477,10 @@ fn cli_command() -> clap::Command {
     })
 }
 
-/// Help and version go to stdout with status 0; other parse errors are one line on stderr with
-/// status 2 (a missing subcommand prints the help there instead).
+/// Help and version go to stdout with status 0; other parse errors go to stderr with status 2,
+/// as clap renders them: what is wrong (the missing argument named, a suggestion for a typo, the
+/// values an enum allows) and the usage line (a missing subcommand prints the help there
+/// instead).
 fn usage_error(
     error: &clap::Error,
     stdout: &mut dyn Write,
@@ -483,15 +498,8 @@ fn usage_error(
             let _ = stdout.write_all(text.as_bytes());
             EXIT_OK
         }
-        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            let _ = stderr.write_all(text.as_bytes());
-            EXIT_USAGE
-        }
         _ => {
-            let plain = rendered.to_string();
-            let first = plain.lines().next().unwrap_or_default();
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            let _ = writeln!(stderr, "ringctl: {first} (see ringctl --help)");
+            let _ = stderr.write_all(text.as_bytes());
             EXIT_USAGE
         }
     }
@@ -507,6 +515,7 @@ async fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> anyhow::Result<i32> {
             key,
             value,
             file,
+            stdin: _,
             ttl,
             options,
         } => kv::set(ctx, key, value, file, ttl, &options).await,
@@ -578,15 +587,26 @@ mod tests {
 
     #[tokio::test]
     async fn tls_flags_need_a_ca() {
-        for args in [
-            &["--tls", "status"][..],
-            &["--tls-server-name", "node", "status"],
-            &["--tls-cert", "c.pem", "--tls-key", "k.pem", "status"],
-            &["--tls-ca", "ca.pem", "--tls-cert", "c.pem", "status"],
+        // Each names the flag it lacks.
+        for (args, missing) in [
+            (&["--tls", "status"][..], "--tls-ca <FILE>"),
+            (&["--tls-server-name", "node", "status"], "--tls-ca <FILE>"),
+            (
+                &["--tls-cert", "c.pem", "--tls-key", "k.pem", "status"],
+                "--tls-ca <FILE>",
+            ),
+            (
+                &["--tls-ca", "ca.pem", "--tls-cert", "c.pem", "status"],
+                "--tls-key <FILE>",
+            ),
         ] {
             let (code, _, err) = run_args(args).await;
             assert_eq!(code, EXIT_USAGE, "{args:?}: {err}");
-            assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+            assert!(
+                err.starts_with("error: the following required arguments were not provided:")
+                    && err.contains(missing),
+                "{args:?}: {err}"
+            );
         }
         let (code, _, err) = run_args(&["--tls-ca", "/nonexistent/ca.pem", "status"]).await;
         assert_eq!(code, EXIT_USAGE, "{err}");
@@ -635,7 +655,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn usage_errors_exit_two_in_one_line() {
+    async fn usage_errors_exit_two_with_the_usage_line() {
         for args in [
             &["--timeout", "soon", "status"][..],
             &["--timeout", "0s", "status"],
@@ -646,8 +666,11 @@ mod tests {
             let (code, out, err) = run_args(args).await;
             assert_eq!(code, EXIT_USAGE, "{args:?}: {err}");
             assert!(out.is_empty());
-            assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
-            assert!(err.starts_with("ringctl: "), "{err}");
+            assert!(err.starts_with("error: "), "{args:?}: {err}");
+            assert!(
+                err.ends_with("For more information, try '--help'.\n"),
+                "{args:?}: {err}"
+            );
         }
         let (code, _, err) = run_args(&["--timeout", "soon", "status"]).await;
         assert_eq!(code, EXIT_USAGE);
@@ -655,6 +678,61 @@ mod tests {
         let (code, _, err) = run_args(&[]).await;
         assert_eq!(code, EXIT_USAGE);
         assert!(err.contains("Usage:"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn usage_errors_show_clap_s_whole_message() {
+        // The missing argument is named, with the usage line.
+        let (code, out, err) = run_args(&["get"]).await;
+        assert_eq!(code, EXIT_USAGE, "{err}");
+        assert!(out.is_empty());
+        assert!(
+            err.contains("the following required arguments were not provided")
+                && err.contains("<KEY>")
+                && err.contains("Usage: ringctl get"),
+            "{err}"
+        );
+        // A typo of a subcommand or a flag gets a suggestion.
+        let (code, _, err) = run_args(&["stauts"]).await;
+        assert_eq!(code, EXIT_USAGE, "{err}");
+        assert!(
+            err.contains("'stauts'") && err.contains("'status'"),
+            "{err}"
+        );
+        let (code, _, err) = run_args(&["status", "--rat"]).await;
+        assert_eq!(code, EXIT_USAGE, "{err}");
+        assert!(err.contains("'--rate'"), "{err}");
+        // A bad enum value lists the values there are.
+        let (code, _, err) = run_args(&["--output", "yaml", "status"]).await;
+        assert_eq!(code, EXIT_USAGE, "{err}");
+        assert!(err.contains("[possible values: human, json]"), "{err}");
+        let (code, _, err) = run_args(&["get", "k", "--consistency", "two"]).await;
+        assert_eq!(code, EXIT_USAGE, "{err}");
+        assert!(err.contains("one, quorum, all"), "{err}");
+        let (code, _, err) = run_args(&["completions", "tcsh"]).await;
+        assert_eq!(code, EXIT_USAGE, "{err}");
+        assert!(err.contains("bash") && err.contains("zsh"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn set_without_a_value_says_where_it_may_come_from() {
+        // Nothing is read or sent: the source of the value is a usage error, before connecting.
+        let (code, out, err) = run_args(&["--cluster", "127.0.0.1:1", "set", "k"]).await;
+        assert_eq!(code, EXIT_USAGE, "{err}");
+        assert!(out.is_empty());
+        assert!(
+            err.contains("<VALUE|--file <PATH>|--stdin>") && err.contains("Usage: ringctl set"),
+            "{err}"
+        );
+        for args in [
+            &["set", "k", "v", "--stdin"][..],
+            &["set", "k", "--file", "x", "--stdin"],
+            &["set", "k", "v", "--file", "x"],
+        ] {
+            let (code, _, err) = run_args(args).await;
+            assert_eq!(code, EXIT_USAGE, "{args:?}: {err}");
+            assert!(err.contains("cannot be used with"), "{args:?}: {err}");
+        }
     }
 
     #[tokio::test]
