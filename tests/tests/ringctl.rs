@@ -413,16 +413,80 @@ async fn set_get_del_round_trip_including_binary_values_from_stdin() {
 
     assert_eq!(ctl(&addr, &["del", "greeting"]).await.ok(), "deleted\n");
     assert_eq!(ctl(&addr, &["del", "greeting"]).await.ok(), "not found\n");
-    for args in [
-        &["get", "greeting"][..],
-        &["-o", "json", "get", "greeting"],
-        &["ttl", "greeting"],
-    ] {
-        let missing = ctl(&addr, args).await;
-        assert_eq!(missing.code, 3, "{args:?}: {}", missing.stderr);
-        assert!(missing.stdout.is_empty(), "{args:?}");
-        assert!(missing.stderr.is_empty(), "{args:?}");
-    }
+    assert_eq!(
+        ctl(&addr, &["-o", "json", "del", "greeting"]).await.json(),
+        serde_json::json!({"key": "greeting", "deleted": false})
+    );
+
+    // A miss exits 3 and says so: on stderr for `get` (stdout holds values only), in JSON with
+    // the shape of a hit.
+    let missing = ctl(&addr, &["get", "greeting"]).await;
+    assert_eq!(missing.code, 3, "{}", missing.stderr);
+    assert!(missing.stdout.is_empty());
+    assert_eq!(missing.stderr, "ringctl: key \"greeting\" not found\n");
+    let missing = ctl(&addr, &["-o", "json", "get", "greeting"]).await;
+    assert_eq!(missing.code, 3, "{}", missing.stderr);
+    assert!(missing.stderr.is_empty(), "{}", missing.stderr);
+    let json: Value = serde_json::from_slice(&missing.stdout).expect("one JSON document");
+    assert_eq!(
+        json,
+        serde_json::json!({"key": "greeting", "found": false, "value": null,
+            "encoding": null, "version": null, "ttl_ms": null})
+    );
+    let missing = ctl(&addr, &["ttl", "greeting"]).await;
+    assert_eq!(
+        (missing.code, missing.text()),
+        (3, "not found\n".to_owned())
+    );
+    let missing = ctl(&addr, &["-o", "json", "ttl", "greeting"]).await;
+    assert_eq!(missing.code, 3, "{}", missing.stderr);
+    let json: Value = serde_json::from_slice(&missing.stdout).expect("one JSON document");
+    assert_eq!(
+        json,
+        serde_json::json!({"key": "greeting", "found": false, "persistent": false, "ttl_ms": null})
+    );
+}
+
+#[tokio::test]
+async fn set_without_a_value_stores_nothing() {
+    let (_cluster, addr) = converged_cluster().await;
+    let refused = ctl_stdin(&addr, &["set", "k"], b"").await;
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("<VALUE|--file <PATH>|--stdin>"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(ctl(&addr, &["get", "k"]).await.code, 3, "nothing stored");
+    // Said explicitly, an empty stdin is an empty value.
+    let stored = ctl_stdin(&addr, &["-o", "json", "set", "k", "--stdin"], b"")
+        .await
+        .json();
+    assert_eq!(stored["bytes"], 0);
+    assert_eq!(ctl(&addr, &["get", "k"]).await.ok(), "");
+}
+
+#[tokio::test]
+async fn a_full_node_s_refusal_names_memory_full_once() {
+    let mut config = Config::for_test();
+    config.store.max_memory_bytes = 64 * 1024;
+    config.store.eviction = ringcache_server::store::EvictionPolicy::NoEviction;
+    let node = TestNode::start(config).await;
+    let addr = node.grpc_target();
+    let refused = ctl_stdin(&addr, &["set", "big", "--stdin"], &[b'x'; 100 * 1024]).await;
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(refused.stdout.is_empty());
+    assert!(
+        refused.stderr.starts_with("ringctl: memory full: "),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        refused.stderr.matches("memory full").count(),
+        1,
+        "{}",
+        refused.stderr
+    );
 }
 
 #[tokio::test]

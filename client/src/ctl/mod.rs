@@ -36,6 +36,7 @@ mod metrics;
 mod node;
 mod ring;
 mod security;
+mod view;
 mod watch;
 
 use node::{Dial, NodeConn, one_line};
@@ -281,6 +282,7 @@ struct Ctx<'a> {
     term: Terminal,
     stdin: &'a mut dyn Read,
     out: &'a mut dyn Write,
+    err: &'a mut dyn Write,
 }
 
 impl Ctx<'_> {
@@ -316,6 +318,23 @@ impl Ctx<'_> {
 
     fn color(&self) -> bool {
         self.term.color
+    }
+
+    /// Prints a command's result with the renderer `--output` chose (one pretty JSON document,
+    /// or its text) and returns the exit status of that outcome.
+    fn emit(&mut self, view: &impl view::View) -> anyhow::Result<i32> {
+        if self.json {
+            serde_json::to_writer_pretty(&mut *self.out, view)?;
+            self.out.write_all(b"\n")?;
+        } else {
+            let human = view.human(self.color());
+            self.out.write_all(&human.stdout)?;
+            if let Some(note) = human.note {
+                self.out.flush()?;
+                writeln!(self.err, "ringctl: {note}")?;
+            }
+        }
+        Ok(view.exit_code())
     }
 }
 
@@ -417,6 +436,7 @@ async fn run_with(
         term,
         stdin,
         out: stdout,
+        err: stderr,
     };
     let result = match crate::conn::parse_seeds_for([&cli.cluster], tls) {
         Ok(mut seeds) => {
@@ -442,7 +462,7 @@ async fn run_with(
                 Some(error) => client_error(error, &ctx.cluster, ctx.dial.security.user()),
                 None => format!("{error:#}"),
             };
-            let _ = writeln!(stderr, "ringctl: {}", one_line(&message));
+            let _ = writeln!(ctx.err, "ringctl: {}", one_line(&message));
             EXIT_ERROR
         }
     }
