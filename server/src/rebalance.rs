@@ -56,7 +56,8 @@ pub struct RebalanceStats {
     pub passes: AtomicU64,
     /// Entries scanned by the current pass.
     pub keys_scanned: AtomicU64,
-    /// Entries held when the current pass started.
+    /// Entries the current pass scans: those held when it started, tombstones included (the
+    /// scan visits them too), raised when writes during the pass make the scan see more.
     pub keys_total: AtomicU64,
     /// Entries sent to other nodes.
     pub keys_sent: AtomicU64,
@@ -66,7 +67,8 @@ pub struct RebalanceStats {
     pub keys_received: AtomicU64,
     /// Failed sends (retried by the next pass).
     pub failures: AtomicU64,
-    /// Charged bytes held when the current pass started.
+    /// Charged bytes held when the current pass started, raised when writes during the pass
+    /// make the bytes done exceed it.
     pub bytes_total: AtomicU64,
     /// Charged bytes of the entries the current pass is done with.
     pub bytes_done: AtomicU64,
@@ -116,8 +118,10 @@ impl RebalanceStats {
         *self.phase.lock() = phase;
     }
 
-    /// Starts the progress of a pass over `bytes_total` charged bytes.
-    fn start_pass(&self, bytes_total: u64) {
+    /// Starts the progress of a pass over `keys_total` entries of `bytes_total` charged bytes.
+    fn start_pass(&self, keys_total: u64, bytes_total: u64) {
+        self.keys_scanned.store(0, Ordering::Relaxed);
+        self.keys_total.store(keys_total, Ordering::Relaxed);
         self.bytes_total.store(bytes_total, Ordering::Relaxed);
         self.bytes_done.store(0, Ordering::Relaxed);
         let mut samples = self.samples.lock();
@@ -131,6 +135,8 @@ impl RebalanceStats {
             return;
         }
         let done = self.bytes_done.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        // Entries written during the pass: the scan may see more than the pass started with.
+        self.bytes_total.fetch_max(done, Ordering::Relaxed);
         let now = Instant::now();
         let mut samples = self.samples.lock();
         // Keep one sample older than the window (the rate's base), and a bounded number.
@@ -144,6 +150,13 @@ impl RebalanceStats {
         samples.push_back((now, done));
     }
 
+    /// Counts one scanned entry; the total grows with it when writes during the pass made the
+    /// scan see more entries than the pass started with.
+    fn scanned_one(&self) {
+        let scanned = self.keys_scanned.fetch_add(1, Ordering::Relaxed) + 1;
+        self.keys_total.fetch_max(scanned, Ordering::Relaxed);
+    }
+
     fn fail(&self, error: String) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         *self.last_error.lock() = error;
@@ -153,8 +166,12 @@ impl RebalanceStats {
     pub fn to_wire(&self) -> v1::RebalanceStatusResponse {
         let phase = *self.phase.lock();
         let phase = if phase.is_empty() { "idle" } else { phase };
-        let bytes_total = self.bytes_total.load(Ordering::Relaxed);
+        // Done first, then the totals, and never more done than total: a reader between the
+        // scanner's two updates sees a consistent pair.
+        let keys_scanned = self.keys_scanned.load(Ordering::Relaxed);
+        let keys_total = self.keys_total.load(Ordering::Relaxed).max(keys_scanned);
         let bytes_done = self.bytes_done.load(Ordering::Relaxed);
+        let bytes_total = self.bytes_total.load(Ordering::Relaxed).max(bytes_done);
         // Only passes (moving, leaving) have a known total.
         let (rate, eta) = if matches!(phase, "moving" | "leaving") {
             rate_and_eta(
@@ -170,8 +187,8 @@ impl RebalanceStats {
         v1::RebalanceStatusResponse {
             phase: phase.to_owned(),
             passes: self.passes.load(Ordering::Relaxed),
-            keys_scanned: self.keys_scanned.load(Ordering::Relaxed),
-            keys_total: self.keys_total.load(Ordering::Relaxed),
+            keys_scanned,
+            keys_total,
             keys_sent: self.keys_sent.load(Ordering::Relaxed),
             bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
             keys_received: self.keys_received.load(Ordering::Relaxed),
@@ -281,10 +298,8 @@ async fn flush(node: &Context, outbox: &mut Outbox) -> bool {
 async fn pass(node: &Context, old: &ClusterView, new: &ClusterView, leaving: bool) -> bool {
     let stats = node.rebalance();
     let self_id = node.config().node_id.clone();
-    stats.keys_scanned.store(0, Ordering::Relaxed);
-    let held = node.store().stats();
-    stats.keys_total.store(held.keys, Ordering::Relaxed);
-    stats.start_pass(held.used_bytes);
+    // The scan visits tombstones too, so they count in its total.
+    stats.start_pass(node.store().entry_count(), node.store().stats().used_bytes);
     let mut outbox = Outbox::default();
     let mut ok = true;
     let store = node.store();
@@ -296,7 +311,7 @@ async fn pass(node: &Context, old: &ClusterView, new: &ClusterView, leaving: boo
             let (items, next) = store.scan(shard, at, SCAN_STEP);
             cursor = next;
             for (key, item) in items {
-                stats.keys_scanned.fetch_add(1, Ordering::Relaxed);
+                stats.scanned_one();
                 scanned_bytes +=
                     charge(key.len(), item.value.as_ref().map_or(0, Bytes::len)) as u64;
                 plan(&self_id, old, new, leaving, key, item, &mut outbox);
@@ -558,9 +573,27 @@ mod tests {
     }
 
     #[test]
+    fn done_never_exceeds_total_when_the_scan_sees_more_than_the_pass_started_with() {
+        let stats = RebalanceStats::default();
+        stats.start_pass(2, 100);
+        for _ in 0..3 {
+            stats.scanned_one();
+        }
+        stats.advance(150);
+        let wire = stats.to_wire();
+        assert_eq!((wire.keys_scanned, wire.keys_total), (3, 3));
+        assert_eq!((wire.bytes_done, wire.bytes_total), (150, 150));
+        // A new pass starts over.
+        stats.start_pass(5, 500);
+        let wire = stats.to_wire();
+        assert_eq!((wire.keys_scanned, wire.keys_total), (0, 5));
+        assert_eq!((wire.bytes_done, wire.bytes_total), (0, 500));
+    }
+
+    #[test]
     fn progress_samples_stay_bounded_and_keep_a_base_older_than_the_window() {
         let stats = RebalanceStats::default();
-        stats.start_pass(10_000);
+        stats.start_pass(10, 10_000);
         for _ in 0..(MAX_SAMPLES * 2) {
             stats.advance(1);
         }

@@ -723,3 +723,52 @@ async fn rebalance_status_shows_an_eta_while_data_moves() {
     );
     assert!(text.lines().any(|l| l.starts_with("n1 ")), "{text}");
 }
+
+#[tokio::test]
+async fn rebalance_counters_never_show_more_done_than_total() {
+    // n1 holds values and tombstones (deleted keys, kept for the tombstone grace); when n2 joins,
+    // n1's pass scans both. The total must count what the scan visits.
+    let mut cluster = TestCluster::start(1).await;
+    let addr = cluster.nodes[0].grpc_target();
+    let client = Client::connect([addr.clone()]).await.unwrap();
+    let pairs: Vec<(String, String)> = (0..300).map(|i| (format!("key{i}"), "v".into())).collect();
+    client.mset(pairs, None).await.unwrap();
+    for i in 0..100 {
+        assert!(client.delete(format!("key{i}")).await.unwrap());
+    }
+    let passes_before = cluster.nodes[0].node.rebalance().to_wire().passes;
+    cluster.add(2, |_, _| {}).await;
+    cluster.wait_converged(CONVERGE).await.unwrap();
+    wait_until(CONVERGE, || async {
+        let status = cluster.nodes[0].node.rebalance().to_wire();
+        status.passes > passes_before && status.phase == "idle"
+    })
+    .await
+    .expect("n1 ran a pass for n2's join");
+
+    let status = ctl(&addr, &["-o", "json", "rebalance", "status"])
+        .await
+        .json();
+    let n1 = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node_id"] == "n1")
+        .cloned()
+        .unwrap();
+    let rebalance = &n1["rebalance"];
+    let scanned = rebalance["keys_scanned"].as_u64().unwrap();
+    let total = rebalance["keys_total"].as_u64().unwrap();
+    assert_eq!(
+        (scanned, total),
+        (300, 300),
+        "every entry, tombstones included, scanned of the entries held: {n1}"
+    );
+    assert!(
+        rebalance["bytes_done"].as_u64() <= rebalance["bytes_total"].as_u64(),
+        "{n1}"
+    );
+    let text = ctl(&addr, &["rebalance", "status"]).await.ok();
+    let row = text.lines().find(|l| l.starts_with("n1 ")).unwrap();
+    assert!(row.contains(" 300/300 "), "{text}");
+}
