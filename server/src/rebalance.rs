@@ -46,6 +46,9 @@ const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 /// Most progress samples kept for the rate.
 const MAX_SAMPLES: usize = 256;
+/// Most senders whose hand-offs are counted ([`RebalanceStats::record_handoff`]); the least
+/// recently counted is forgotten first.
+pub const MAX_HANDOFF_SENDERS: usize = 16;
 
 /// Progress counters of this node's data movement.
 #[derive(Debug, Default)]
@@ -74,6 +77,9 @@ pub struct RebalanceStats {
     pub bytes_done: AtomicU64,
     /// `(when, bytes_done)` samples of the current pass, oldest first, for the rate.
     samples: Mutex<VecDeque<(Instant, u64)>>,
+    /// Entries and bytes handed off to this node by leaving members, least recently counted
+    /// first.
+    handoffs: Mutex<VecDeque<v1::HandoffReceived>>,
 }
 
 /// Progress rate in bytes per second and the estimated time left, from `(when, bytes_done)`
@@ -157,6 +163,25 @@ impl RebalanceStats {
         self.keys_total.fetch_max(scanned, Ordering::Relaxed);
     }
 
+    /// Counts `keys` entries of `bytes` key and value bytes that `from` handed off to this node
+    /// as it left.
+    pub fn record_handoff(&self, from: &str, keys: u64, bytes: u64) {
+        let mut handoffs = self.handoffs.lock();
+        let mut counted = match handoffs.iter().position(|h| h.from_node_id == from) {
+            Some(at) => handoffs.remove(at).unwrap_or_default(),
+            None => v1::HandoffReceived {
+                from_node_id: from.to_owned(),
+                ..Default::default()
+            },
+        };
+        counted.keys += keys;
+        counted.bytes += bytes;
+        while handoffs.len() >= MAX_HANDOFF_SENDERS {
+            handoffs.pop_front();
+        }
+        handoffs.push_back(counted);
+    }
+
     fn fail(&self, error: String) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         *self.last_error.lock() = error;
@@ -198,6 +223,7 @@ impl RebalanceStats {
             bytes_done,
             rate_bytes_per_second: rate,
             eta_seconds: eta,
+            handoffs_received: self.handoffs.lock().iter().cloned().collect(),
         }
     }
 }
@@ -231,14 +257,25 @@ impl Outbox {
     }
 }
 
-/// Sends one batch to `target`; returns whether it was acknowledged.
-async fn send(node: &Context, target: &Member, entries: Vec<v1::VersionedEntry>) -> bool {
-    let stats = node.rebalance();
-    let n = entries.len() as u64;
-    let bytes: u64 = entries
+/// Key and value bytes of `entries`, as rebalancing counts them.
+pub fn entry_bytes(entries: &[v1::VersionedEntry]) -> u64 {
+    entries
         .iter()
         .map(|e| (e.key.len() + e.value.as_ref().map_or(0, Bytes::len)) as u64)
-        .sum();
+        .sum()
+}
+
+/// Sends one batch to `target` (`handoff`: this node is leaving and hands them off); returns
+/// whether it was acknowledged.
+async fn send(
+    node: &Context,
+    target: &Member,
+    entries: Vec<v1::VersionedEntry>,
+    handoff: bool,
+) -> bool {
+    let stats = node.rebalance();
+    let n = entries.len() as u64;
+    let bytes = entry_bytes(&entries);
     throttle(node, bytes).await;
     let result = async {
         let mut client = node.peers().internal_client(&target.cluster_addr)?;
@@ -246,6 +283,7 @@ async fn send(node: &Context, target: &Member, entries: Vec<v1::VersionedEntry>)
             from_node_id: node.config().node_id.clone(),
             entries,
             hinted: false,
+            handoff,
         });
         request.set_timeout(PUSH_TIMEOUT);
         client.replicate(request).await
@@ -279,10 +317,10 @@ async fn throttle(node: &Context, bytes: u64) {
 
 /// Flushes the outbox: sends every batch, then drops the entries this node no longer owns if all
 /// sends succeeded. Returns whether everything was sent.
-async fn flush(node: &Context, outbox: &mut Outbox) -> bool {
+async fn flush(node: &Context, outbox: &mut Outbox, handoff: bool) -> bool {
     let mut ok = true;
     for (target, entries) in std::mem::take(&mut outbox.batches) {
-        ok &= send(node, &target, entries).await;
+        ok &= send(node, &target, entries, handoff).await;
     }
     let drops = std::mem::take(&mut outbox.drops);
     if ok {
@@ -317,7 +355,7 @@ async fn pass(node: &Context, old: &ClusterView, new: &ClusterView, leaving: boo
                 plan(&self_id, old, new, leaving, key, item, &mut outbox);
             }
             if outbox.len() >= PUSH_BATCH {
-                ok &= flush(node, &mut outbox).await;
+                ok &= flush(node, &mut outbox, leaving).await;
             }
             if outbox.is_empty() {
                 stats.advance(std::mem::take(&mut scanned_bytes));
@@ -328,7 +366,7 @@ async fn pass(node: &Context, old: &ClusterView, new: &ClusterView, leaving: boo
             tokio::task::yield_now().await;
         }
     }
-    ok &= flush(node, &mut outbox).await;
+    ok &= flush(node, &mut outbox, leaving).await;
     stats.advance(scanned_bytes);
     ok
 }
@@ -588,6 +626,35 @@ mod tests {
         let wire = stats.to_wire();
         assert_eq!((wire.keys_scanned, wire.keys_total), (0, 5));
         assert_eq!((wire.bytes_done, wire.bytes_total), (0, 500));
+    }
+
+    #[test]
+    fn handoffs_are_counted_per_sender_for_the_most_recent_senders() {
+        let stats = RebalanceStats::default();
+        stats.record_handoff("n3", 10, 100);
+        stats.record_handoff("n4", 1, 5);
+        stats.record_handoff("n3", 2, 20);
+        let wire = stats.to_wire();
+        let counted = |id: &str| {
+            wire.handoffs_received
+                .iter()
+                .find(|h| h.from_node_id == id)
+                .map(|h| (h.keys, h.bytes))
+        };
+        assert_eq!(counted("n3"), Some((12, 120)));
+        assert_eq!(counted("n4"), Some((1, 5)));
+        for i in 0..MAX_HANDOFF_SENDERS {
+            stats.record_handoff(&format!("x{i}"), 1, 1);
+        }
+        let wire = stats.to_wire();
+        assert_eq!(wire.handoffs_received.len(), MAX_HANDOFF_SENDERS);
+        assert!(
+            !wire
+                .handoffs_received
+                .iter()
+                .any(|h| h.from_node_id == "n3"),
+            "the least recent sender is forgotten first"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use ringcache_proto::{
     topology::{Member, NodeState, Topology},
     v1 as pb,
 };
+use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -15,7 +16,8 @@ use super::{
     Ctx, EXIT_OK,
     fmt::{self, Cell, Color, Table, paint, state_color},
     metrics,
-    node::{Dial, NodeError, join_all},
+    node::{Dial, NodeConn, NodeError, join_all},
+    view::{Human, View, millis},
 };
 
 /// How often `drain` polls the topology and the node's progress.
@@ -729,6 +731,110 @@ impl DrainProgress {
     }
 }
 
+/// What one other member received from the drained node's hand-off.
+#[derive(Debug, Serialize)]
+struct HandoffReceiver {
+    node_id: String,
+    /// Entries received from the drained node during the drain; `null` when it did not answer
+    /// before or after.
+    keys: Option<u64>,
+    bytes: Option<u64>,
+    error: Option<String>,
+}
+
+/// `drain NODE`: whether it left, how long it took, and what it handed off.
+#[derive(Debug, Serialize)]
+struct Drained {
+    node_id: String,
+    /// `false`: it was still in the topology when `--timeout-drain` ran out (it keeps leaving).
+    drained: bool,
+    elapsed_ms: u64,
+    /// Keys (values) the node held when it was asked to leave.
+    keys_held: u64,
+    /// Entries handed off, each copy counted once per receiving member: what the receivers
+    /// counted, or what the node itself reported, whichever is more.
+    keys_sent: u64,
+    /// Key and value bytes of those entries.
+    bytes_sent: u64,
+    /// Whether every other member answered before and after, so the counts are exact (else
+    /// they are a lower bound).
+    counts_complete: bool,
+    receivers: Vec<HandoffReceiver>,
+    /// Why the drain is not finished (`drained: false`).
+    error: Option<String>,
+}
+
+impl View for Drained {
+    fn human(&self, _color: bool) -> Human {
+        if self.error.is_some() {
+            // Said by `failure`.
+            return Human::default();
+        }
+        let at_least = if self.counts_complete {
+            ""
+        } else {
+            "at least "
+        };
+        let receivers = self.receivers.iter().filter(|r| r.keys.is_some()).count();
+        let mut text = format!(
+            "{} left the cluster after {}: handed off {at_least}{} entries ({}) to {receivers} member(s); it held {} keys\n",
+            self.node_id,
+            fmt::duration(Duration::from_millis(self.elapsed_ms)),
+            self.keys_sent,
+            fmt::bytes(self.bytes_sent),
+            self.keys_held,
+        );
+        for receiver in self.receivers.iter().filter(|r| r.error.is_some()) {
+            text.push_str(&format!(
+                "  {} did not say what it received: {}\n",
+                receiver.node_id,
+                receiver.error.as_deref().unwrap_or_default()
+            ));
+        }
+        Human::text(text)
+    }
+
+    fn exit_code(&self) -> i32 {
+        if self.drained {
+            EXIT_OK
+        } else {
+            super::EXIT_ERROR
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.error.clone()
+    }
+}
+
+/// The entries and bytes `from` handed off to the node behind `conn`, as it counts them.
+async fn handoff_received(conn: &NodeConn, from: &str) -> Result<(u64, u64), NodeError> {
+    let status = conn.rebalance_status().await?;
+    Ok(status
+        .handoffs_received
+        .iter()
+        .find(|h| h.from_node_id == from)
+        .map_or((0, 0), |h| (h.keys, h.bytes)))
+}
+
+/// Asks each of `members` for what `from` handed off to it.
+async fn handoffs_received(
+    dial: &Dial,
+    members: &[Member],
+    from: &str,
+) -> Vec<Result<(u64, u64), NodeError>> {
+    join_all(
+        members
+            .iter()
+            .map(|m| async move {
+                let conn = dial.connect(&m.grpc_addr).await?;
+                handoff_received(&conn, from).await
+            })
+            .collect(),
+    )
+    .await
+}
+
 pub(super) async fn drain(
     ctx: &mut Ctx<'_>,
     node_id: &str,
@@ -758,7 +864,17 @@ pub(super) async fn drain(
         }
         found
     };
+    // The leaving node stops serving before it hands off, so what it sent is counted by the
+    // members that receive it: each is asked before and after.
+    let receivers: Vec<Member> = topology
+        .members()
+        .iter()
+        .filter(|m| m.node_id != node_id && m.state != NodeState::Dead)
+        .cloned()
+        .collect();
+    let received_before = handoffs_received(&ctx.dial, &receivers, node_id).await;
     let target = ctx.dial.connect(&member.grpc_addr).await?;
+    let keys_held = target.node_info().await?.keys;
     let before = target.rebalance_status().await.ok();
     target.leave().await?;
     let started = Instant::now();
@@ -767,10 +883,11 @@ pub(super) async fn drain(
 
     let mut progress = DrainProgress::new(ctx);
     let mut target = Some(target);
-    // Keys and bytes handed off since the leave, as last read from the node (`None` when it
-    // stopped answering before its progress could be read).
-    let mut sent: Option<(u64, u64)> = None;
+    // Keys and bytes handed off since the leave, as last read from the node (it stops
+    // answering once its hand-off starts).
+    let mut sent: (u64, u64) = (0, 0);
     let mut observer_error: Option<NodeError> = None;
+    let mut timed_out = None;
     loop {
         let status = match &target {
             Some(conn) => conn.rebalance_status().await.ok(),
@@ -780,10 +897,10 @@ pub(super) async fn drain(
             target = None;
         }
         if let Some(s) = &status {
-            sent = Some((
+            sent = (
                 s.keys_sent.saturating_sub(sent_before),
                 s.bytes_sent.saturating_sub(bytes_before),
-            ));
+            );
         }
         let gone = match &observer {
             Some(observer) => match observer.topology().await {
@@ -807,55 +924,70 @@ pub(super) async fn drain(
             Some(s) => (
                 format!(
                     "{node_id}: {}, scanned {}/{} keys, handed off {} keys",
-                    s.phase,
-                    s.keys_scanned,
-                    s.keys_total,
-                    sent.map_or(0, |(keys, _)| keys)
+                    s.phase, s.keys_scanned, s.keys_total, sent.0
                 ),
                 Some((s.keys_scanned, s.keys_total)),
             ),
             None => (
-                format!("{node_id}: stopped answering; waiting for the cluster to drop it"),
+                format!("{node_id}: handing off; waiting for the cluster to drop it"),
                 None,
             ),
         };
         progress.update(ctx, line, bar)?;
         if started.elapsed() >= limit {
-            progress.finish();
-            let why = observer_error.map_or_else(String::new, |e| format!(" (last error: {e})"));
-            bail!(
+            let why = observer_error
+                .as_ref()
+                .map_or_else(String::new, |e| format!(" (last error: {e})"));
+            timed_out = Some(format!(
                 "{node_id} is still in the topology after {}{why}; it keeps leaving, see ringctl rebalance status",
                 fmt::duration(limit)
-            );
+            ));
+            break;
         }
         tokio::time::sleep(DRAIN_POLL).await;
     }
     progress.finish();
     let elapsed = started.elapsed();
-    if ctx.json {
-        ctx.print_json(&json!({
-            "node_id": node_id,
-            "drained": true,
-            "elapsed_ms": u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-            "keys_sent": sent.map(|(keys, _)| keys),
-            "bytes_sent": sent.map(|(_, bytes)| bytes),
-        }))?;
-    } else {
-        let handed_off = match sent {
-            Some((keys, bytes)) if target.is_some() => {
-                format!(": handed off {keys} keys ({})", fmt::bytes(bytes))
+    let received_after = handoffs_received(&ctx.dial, &receivers, node_id).await;
+    let mut counts_complete = true;
+    let mut received = (0u64, 0u64);
+    let receivers: Vec<HandoffReceiver> = receivers
+        .iter()
+        .zip(received_before.iter().zip(&received_after))
+        .map(|(member, pair)| match pair {
+            (Ok(before), Ok(after)) => {
+                let keys = after.0.saturating_sub(before.0);
+                let bytes = after.1.saturating_sub(before.1);
+                received = (received.0 + keys, received.1 + bytes);
+                HandoffReceiver {
+                    node_id: member.node_id.clone(),
+                    keys: Some(keys),
+                    bytes: Some(bytes),
+                    error: None,
+                }
             }
-            Some((keys, bytes)) => {
-                format!(": handed off at least {keys} keys ({})", fmt::bytes(bytes))
+            (Err(error), _) | (_, Err(error)) => {
+                counts_complete = false;
+                HandoffReceiver {
+                    node_id: member.node_id.clone(),
+                    keys: None,
+                    bytes: None,
+                    error: Some(error.reason()),
+                }
             }
-            None => String::new(),
-        };
-        ctx.print(&format!(
-            "{node_id} left the cluster after {}{handed_off}\n",
-            fmt::duration(elapsed),
-        ))?;
-    }
-    Ok(EXIT_OK)
+        })
+        .collect();
+    ctx.emit(&Drained {
+        node_id: node_id.to_owned(),
+        drained: timed_out.is_none(),
+        elapsed_ms: millis(elapsed),
+        keys_held,
+        keys_sent: received.0.max(sent.0),
+        bytes_sent: received.1.max(sent.1),
+        counts_complete,
+        receivers,
+        error: timed_out,
+    })
 }
 
 /// `ringctl forget NODE`: every reachable member stops counting `node_id` in its known cluster
@@ -1002,4 +1134,69 @@ fn anti_entropy_json(ae: &pb::AntiEntropyStatus) -> Value {
             "error": (!ae.last_error.is_empty()).then_some(&ae.last_error),
         })),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drained(complete: bool, error: Option<&str>) -> Drained {
+        Drained {
+            node_id: "n3".into(),
+            drained: error.is_none(),
+            elapsed_ms: 1500,
+            keys_held: 20,
+            keys_sent: 40,
+            bytes_sent: 2048,
+            counts_complete: complete,
+            receivers: vec![
+                HandoffReceiver {
+                    node_id: "n1".into(),
+                    keys: Some(20),
+                    bytes: Some(1024),
+                    error: None,
+                },
+                HandoffReceiver {
+                    node_id: "n2".into(),
+                    keys: complete.then_some(20),
+                    bytes: complete.then_some(1024),
+                    error: (!complete).then(|| "unreachable: connection refused".into()),
+                },
+            ],
+            error: error.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_drain_says_what_was_handed_off_and_how_sure_it_is() {
+        let done = drained(true, None);
+        assert_eq!(done.exit_code(), EXIT_OK);
+        assert_eq!(done.failure(), None);
+        assert_eq!(
+            String::from_utf8(done.human(false).stdout).unwrap(),
+            "n3 left the cluster after 1s 500ms: handed off 40 entries (2.0 KiB) to 2 member(s); it held 20 keys\n"
+        );
+        let partial = drained(false, None);
+        let text = String::from_utf8(partial.human(false).stdout).unwrap();
+        assert!(
+            text.contains("handed off at least 40 entries (2.0 KiB) to 1 member(s)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("n2 did not say what it received: unreachable: connection refused"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&partial).unwrap();
+        assert_eq!(json["counts_complete"], false);
+        assert_eq!(json["receivers"][1]["keys"], Value::Null);
+
+        let late = drained(true, Some("n3 is still in the topology after 10s"));
+        assert_eq!(late.exit_code(), crate::ctl::EXIT_ERROR);
+        assert!(late.human(false).stdout.is_empty());
+        assert_eq!(
+            late.failure().as_deref(),
+            Some("n3 is still in the topology after 10s")
+        );
+        assert_eq!(serde_json::to_value(&late).unwrap()["drained"], false);
+    }
 }

@@ -331,8 +331,12 @@ impl Ctx<'_> {
             self.out.write_all(&human.stdout)?;
             if let Some(note) = human.note {
                 self.out.flush()?;
-                writeln!(self.err, "ringctl: {note}")?;
+                writeln!(self.err, "ringctl: {}", one_line(&note))?;
             }
+        }
+        if let Some(failure) = view.failure() {
+            self.out.flush()?;
+            writeln!(self.err, "ringctl: {}", one_line(&failure))?;
         }
         Ok(view.exit_code())
     }

@@ -53,6 +53,12 @@ pub(crate) trait View: Serialize {
     fn exit_code(&self) -> i32 {
         EXIT_OK
     }
+
+    /// Why the command failed, when this outcome is a failure: one line on stderr (after
+    /// `ringctl: `) whichever renderer prints the value.
+    fn failure(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Milliseconds of a duration, saturating, for JSON.
