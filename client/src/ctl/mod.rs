@@ -25,7 +25,6 @@ use std::{
 };
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum, error::ErrorKind};
-use serde_json::Value;
 
 use crate::{Client, Consistency};
 
@@ -36,6 +35,7 @@ mod metrics;
 mod node;
 mod ring;
 mod security;
+mod stats;
 mod view;
 mod watch;
 
@@ -309,10 +309,15 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Writes one pretty-printed JSON document.
-    fn print_json(&mut self, value: &Value) -> anyhow::Result<()> {
-        serde_json::to_writer_pretty(&mut *self.out, value)?;
-        self.out.write_all(b"\n")?;
+    /// Prints one of a stream of results: as one compact JSON document on its own line
+    /// (NDJSON), or as text.
+    fn emit_line(&mut self, view: &impl view::View) -> anyhow::Result<()> {
+        if self.json {
+            serde_json::to_writer(&mut *self.out, view)?;
+            self.out.write_all(b"\n")?;
+        } else {
+            self.out.write_all(&view.human(self.color()).stdout)?;
+        }
         Ok(())
     }
 
@@ -529,6 +534,19 @@ fn usage_error(
     }
 }
 
+/// `completions SHELL`: the script (JSON: `{"shell", "script"}`).
+#[derive(Debug, serde::Serialize)]
+struct Completions {
+    shell: String,
+    script: String,
+}
+
+impl view::View for Completions {
+    fn human(&self, _color: bool) -> view::Human {
+        view::Human::text(self.script.clone())
+    }
+}
+
 async fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> anyhow::Result<i32> {
     match command {
         Command::Status { rate } => cluster::status(ctx, rate).await,
@@ -551,7 +569,7 @@ async fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> anyhow::Result<i32> {
             ttl,
             options,
         } => kv::incr(ctx, key, delta, ttl, &options).await,
-        Command::Stats { node } => cluster::stats(ctx, node).await,
+        Command::Stats { node } => stats::stats(ctx, node).await,
         Command::Drain {
             node,
             timeout_drain,
@@ -562,9 +580,12 @@ async fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> anyhow::Result<i32> {
         } => cluster::rebalance_status(ctx).await,
         Command::Watch { count } => watch::watch(ctx, count).await,
         Command::Completions { shell } => {
-            let mut command = cli_command();
-            clap_complete::generate(shell, &mut command, "ringctl", &mut ctx.out);
-            Ok(EXIT_OK)
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cli_command(), "ringctl", &mut script);
+            ctx.emit(&Completions {
+                shell: shell.to_string(),
+                script: String::from_utf8(script)?,
+            })
         }
     }
 }

@@ -45,6 +45,11 @@ pub(crate) enum NodeError {
 }
 
 impl NodeError {
+    /// Whether no connection could be made, or it broke.
+    pub(crate) fn is_unreachable(&self) -> bool {
+        matches!(self, NodeError::Unreachable { .. })
+    }
+
     /// The reason alone, for a table cell: `connection refused`, `no answer within 5s`.
     pub(crate) fn reason(&self) -> String {
         match self {
