@@ -781,3 +781,52 @@ async fn rebalance_counters_never_show_more_done_than_total() {
     let row = text.lines().find(|l| l.starts_with("n1 ")).unwrap();
     assert!(row.contains(" 300/300 "), "{text}");
 }
+
+#[tokio::test]
+async fn every_command_prints_json_for_every_outcome() {
+    let (_cluster, addr) = converged_cluster().await;
+    ctl(&addr, &["set", "here", "v"]).await.ok();
+    // (arguments, exit status): misses and "nothing to do" outcomes included.
+    let cases: &[(&[&str], i32)] = &[
+        (&["status"], 0),
+        (&["ring", "--samples", "1000"], 0),
+        (&["locate", "here"], 0),
+        (&["locate", "nowhere"], 0),
+        (&["get", "here"], 0),
+        (&["get", "nowhere"], 3),
+        (&["set", "k", "v"], 0),
+        (&["ttl", "k"], 0),
+        (&["ttl", "nowhere"], 3),
+        (&["del", "k"], 0),
+        (&["del", "k"], 0),
+        (&["incr", "n", "5"], 0),
+        (&["stats"], 0),
+        (&["stats", "n2"], 0),
+        (&["rebalance", "status"], 0),
+        (&["forget", "n9"], 0),
+        (&["completions", "bash"], 0),
+    ];
+    for (args, code) in cases {
+        let mut argv = vec!["-o", "json"];
+        argv.extend_from_slice(args);
+        let outcome = ctl(&addr, &argv).await;
+        assert_eq!(outcome.code, *code, "{args:?}: {}", outcome.stderr);
+        let json: Value = serde_json::from_slice(&outcome.stdout).unwrap_or_else(|e| {
+            panic!("{args:?}: not one JSON document ({e}): {}", outcome.text())
+        });
+        assert!(json.is_object(), "{args:?}: {json}");
+        for (_, value) in json.as_object().unwrap() {
+            assert!(
+                !value.as_str().is_some_and(|s| s.contains("\u{1b}[")),
+                "{args:?}: no colour codes in JSON: {json}"
+            );
+        }
+    }
+    let missing = ctl(&addr, &["-o", "json", "locate", "nowhere"]).await.json();
+    assert_eq!(missing["newest_version"], Value::Null, "{missing}");
+    assert_eq!(missing["holders"], 0, "{missing}");
+    let forgot = ctl(&addr, &["-o", "json", "forget", "n9"]).await.json();
+    for node in forgot["nodes"].as_array().unwrap() {
+        assert_eq!(node["outcome"], "not known", "{forgot}");
+    }
+}

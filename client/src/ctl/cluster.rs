@@ -1080,6 +1080,62 @@ mod tests {
     }
 
     #[test]
+    fn status_problems_name_the_member_once_and_read_as_sentences() {
+        let member = |state| Member {
+            node_id: "n3".into(),
+            incarnation: 1,
+            state,
+            weight: 1,
+            grpc_addr: "127.0.0.3:7379".into(),
+            gossip_addr: String::new(),
+            http_addr: String::new(),
+            cluster_addr: String::new(),
+            resp_addr: String::new(),
+        };
+        let unreachable = Err(NodeError::Unreachable {
+            addr: "127.0.0.3:7379".into(),
+            reason: "connection refused".into(),
+        });
+        let refused = Err(NodeError::Rpc {
+            addr: "127.0.0.3:7379".into(),
+            call: "NodeInfo",
+            reason: "unavailable: shutting down".into(),
+        });
+        let answered = Ok(Probe {
+            info: pb::NodeInfoResponse::default(),
+            digest: 1,
+            reads_per_second: None,
+        });
+        let cases = [
+            (NodeState::Active, &answered, None),
+            (
+                NodeState::Active,
+                &unreachable,
+                Some("n3 is unreachable: connection refused"),
+            ),
+            (
+                NodeState::Active,
+                &refused,
+                Some("n3: NodeInfo: unavailable: shutting down"),
+            ),
+            (NodeState::Dead, &unreachable, Some("n3 is dead")),
+            (NodeState::Suspect, &answered, Some("n3 is suspect")),
+            (
+                NodeState::Leaving,
+                &unreachable,
+                Some("n3 is leaving (unreachable: connection refused)"),
+            ),
+        ];
+        for (state, probe, expected) in cases {
+            assert_eq!(
+                member_problem(&member(state), probe).as_deref(),
+                expected,
+                "{state:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_drain_says_what_was_handed_off_and_how_sure_it_is() {
         let done = drained(true, None);
         assert_eq!(done.exit_code(), EXIT_OK);
