@@ -5,9 +5,12 @@
 //! tests can drive it in-process; the `ringctl` binary calls [`run_main`] with the process's own
 //! streams.
 //!
-//! Exit codes: `0` success, `1` error (one line on stderr, `ringctl: <message>`), `2` usage
-//! error (including a bad TLS or credential flag: a `--user` without a secret, a file that cannot
-//! be read), `3` the key does not exist (`get`, `ttl`; nothing is written to stdout).
+//! Exit codes: `0` success, `1` error (one line on stderr, `ringctl: <message>`; also a `drain`
+//! that ran out of time and a `forget` some member did not carry out), `2` usage error (clap's
+//! message: what is missing or wrong, a suggestion for a typo, the values allowed; or a bad TLS
+//! or credential flag: a `--user` without a secret, a file that cannot be read), `3` the key does
+//! not exist (`get`, `ttl`: `{"found": false, ...}` with `--output json`; `get` prints nothing on
+//! stdout and says so on stderr, `ttl` prints `not found`).
 //!
 //! TLS and credentials ([`SecurityArgs`]): `--user`, `--password-file` (or the environment
 //! variable `RINGCACHE_PASSWORD`), `--tls`, `--tls-ca`, `--tls-cert`, `--tls-key`,
@@ -15,9 +18,10 @@
 //! client and directly to each node.
 //!
 //! Commands: `status`, `ring`, `locate KEY`, `get`/`set`/`del`/`ttl`/`incr`, `stats [NODE]`,
-//! `drain NODE`, `rebalance status`, `watch`, `completions SHELL`. Every command prints aligned
-//! tables by default (colour only on a terminal) or one JSON document with `--output json`
-//! (`watch`: one JSON document per line, per topology).
+//! `drain NODE`, `forget NODE`, `rebalance status`, `watch`, `completions SHELL`. Each command
+//! builds one value for its outcome (misses and partial failures included) and prints it as
+//! aligned tables or lines by default (colour only on a terminal) or as one JSON document with
+//! `--output json` (`watch`: one JSON document per line, per topology).
 
 use std::{
     io::{IsTerminal, Read, Write},
@@ -44,7 +48,8 @@ pub use security::{PASSWORD_ENV, Security, SecurityArgs, SecurityArgsError};
 
 /// Exit code of a successful command.
 pub const EXIT_OK: i32 = 0;
-/// Exit code of a failed command (the reason is one line on stderr).
+/// Exit code of a failed command (the reason is one line on stderr; with `--output json` the
+/// outcome may also be on stdout, e.g. a `drain` that ran out of time).
 pub const EXIT_ERROR: i32 = 1;
 /// Exit code of a command line that does not parse.
 pub const EXIT_USAGE: i32 = 2;
@@ -52,12 +57,18 @@ pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_MISSING: i32 = 3;
 
 const EXIT_HELP: &str = "\
+Output:
+  Text by default (tables, colour only on a terminal); with -o json one JSON document per
+  command for every outcome, misses and failures included (watch: one line per topology).
+
 Exit status:
   0  success
-  1  error: one line on stderr, \"ringctl: <message>\"
-  2  usage error (bad flag, bad duration, missing argument, --user without a secret,
-     a TLS or password file that cannot be read)
-  3  the key does not exist (get, ttl); nothing is written to stdout";
+  1  error: one line on stderr, \"ringctl: <message>\" (also: drain ran out of time,
+     forget was not carried out by every member)
+  2  usage error: what is missing or wrong, suggestions, allowed values (also --user
+     without a secret, a TLS or password file that cannot be read)
+  3  the key does not exist (get, ttl); JSON {\"found\": false, ...}; get prints nothing
+     on stdout and says so on stderr, ttl prints \"not found\"";
 
 /// Administer and query a ringcache cluster.
 #[derive(Debug, Parser)]
@@ -142,8 +153,9 @@ enum Command {
         key: String,
     },
     /// Print a key's value: the raw bytes on stdout with no newline added (binary-safe). With
-    /// `--output json`: {"value": ..., "encoding": "utf8"|"base64", "version", "ttl_ms"}.
-    /// A missing key exits with status 3 and prints nothing.
+    /// `--output json`: {"key", "found", "value", "encoding": "utf8"|"base64", "version",
+    /// "ttl_ms"}. A missing key exits with status 3: nothing on stdout and a line on stderr, or
+    /// {"found": false} with the other fields null in JSON.
     Get {
         /// The key (UTF-8).
         key: String,
@@ -186,8 +198,8 @@ enum Command {
         #[command(flatten)]
         options: KvOptions,
     },
-    /// A key's remaining time to live ("persistent" when it has none). A missing key exits with
-    /// status 3 and prints nothing.
+    /// A key's remaining time to live ("persistent" when it has none). A missing key prints
+    /// "not found" ({"found": false} in JSON) and exits with status 3.
     Ttl {
         /// The key (UTF-8).
         key: String,
@@ -215,8 +227,10 @@ enum Command {
         node: Option<String>,
     },
     /// Make a node leave gracefully (Admin.Leave) and follow its hand-off until it is gone from
-    /// the topology. The process then exits 0. Not for Kubernetes pods: the kubelet restarts
-    /// the container and the pod joins again; scale the StatefulSet down instead.
+    /// the topology, then say what it handed off (entries and bytes, as the members that
+    /// received them count them) and exit 0; exit 1 if it is still leaving after
+    /// --timeout-drain. Not for Kubernetes pods: the kubelet restarts the container and the pod
+    /// joins again; scale the StatefulSet down instead.
     Drain {
         /// The node id.
         node: String,
@@ -226,7 +240,8 @@ enum Command {
     },
     /// Stop counting a dead member that will not come back in every member's known cluster
     /// size, which QUORUM and ALL are measured against (a member cut off or dead stays counted,
-    /// so a minority never acknowledges QUORUM writes). Drain a live member instead.
+    /// so a minority never acknowledges QUORUM writes). Drain a live member instead. Exits 1
+    /// when a member could not be asked or refused (run it again once it answers).
     Forget {
         /// The node id.
         node: String,
@@ -242,7 +257,8 @@ enum Command {
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         count: Option<u64>,
     },
-    /// Print a shell completion script (e.g. `ringctl completions bash > /etc/bash_completion.d/ringctl`).
+    /// Print a shell completion script (e.g. `ringctl completions bash > /etc/bash_completion.d/ringctl`;
+    /// JSON: {"shell", "script"}).
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
