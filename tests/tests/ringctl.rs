@@ -822,7 +822,9 @@ async fn every_command_prints_json_for_every_outcome() {
             );
         }
     }
-    let missing = ctl(&addr, &["-o", "json", "locate", "nowhere"]).await.json();
+    let missing = ctl(&addr, &["-o", "json", "locate", "nowhere"])
+        .await
+        .json();
     assert_eq!(missing["newest_version"], Value::Null, "{missing}");
     assert_eq!(missing["holders"], 0, "{missing}");
     let forgot = ctl(&addr, &["-o", "json", "forget", "n9"]).await.json();
