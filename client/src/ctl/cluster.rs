@@ -406,10 +406,11 @@ impl View for Status {
             self.topology.vnodes_per_weight,
         ));
         text.push_str(&if self.digests_agree {
-            format!(
-                "all {} reachable members report the same topology digest\n",
-                self.reachable
-            )
+            match self.reachable {
+                0 => "no member answered\n".to_owned(),
+                1 => "the one reachable member reports the topology digest\n".to_owned(),
+                n => format!("all {n} reachable members report the same topology digest\n"),
+            }
         } else {
             paint(
                 &format!(
