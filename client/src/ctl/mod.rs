@@ -5,7 +5,8 @@
 //! tests can drive it in-process; the `ringctl` binary calls [`run_main`] with the process's own
 //! streams.
 //!
-//! Exit codes: `0` success, `1` error (one line on stderr, `ringctl: <message>`; also a `drain`
+//! Exit codes: `0` success, `1` error (one line on stderr, `ringctl: <message>`, and with
+//! `--output json` the document `{"error": "<message>"}` on stdout; also a `drain`
 //! that ran out of time and a `forget` some member did not carry out), `2` usage error (clap's
 //! message: what is missing or wrong, a suggestion for a typo, the values allowed; or a bad TLS
 //! or credential flag: a `--user` without a secret, a file that cannot be read), `3` the key does
@@ -59,7 +60,8 @@ pub const EXIT_MISSING: i32 = 3;
 const EXIT_HELP: &str = "\
 Output:
   Text by default (tables, colour only on a terminal); with -o json one JSON document per
-  command for every outcome, misses and failures included (watch: one line per topology).
+  command for every outcome, misses and failures included (watch: one line per topology;
+  a failed command prints {\"error\": \"<message>\"} as well as its line on stderr).
 
 Exit status:
   0  success
@@ -477,6 +479,7 @@ async fn run_with(
         }
     };
     let flushed = ctx.out.flush();
+    let flushed_ok = flushed.is_ok();
     match result.and_then(|code| {
         flushed?;
         Ok(code)
@@ -487,7 +490,13 @@ async fn run_with(
                 Some(error) => client_error(error, &ctx.cluster, ctx.dial.security.user()),
                 None => format!("{error:#}"),
             };
-            let _ = writeln!(ctx.err, "ringctl: {}", one_line(&message));
+            let message = one_line(&message);
+            // A failure is an outcome too: scripts reading JSON get a document saying it.
+            if ctx.json && flushed_ok {
+                let failed = serde_json::json!({ "error": message });
+                let _ = writeln!(ctx.out, "{failed}").and_then(|()| ctx.out.flush());
+            }
+            let _ = writeln!(ctx.err, "ringctl: {message}");
             EXIT_ERROR
         }
     }
