@@ -118,7 +118,8 @@ impl View for Stored {
         Human::text(match (self.stored, self.version) {
             (true, Some(version)) => format!("stored {size} (version {version})\n"),
             (true, None) => format!("stored {size}\n"),
-            (false, _) => "not stored\n".to_owned(),
+            // Said by `failure`.
+            (false, _) => String::new(),
         })
     }
 
@@ -128,6 +129,10 @@ impl View for Stored {
         } else {
             super::EXIT_ERROR
         }
+    }
+
+    fn failure(&self) -> Option<String> {
+        (!self.stored).then(|| format!("{:?} was not stored", self.key))
     }
 }
 
