@@ -125,7 +125,9 @@ async fn json_output_parses_for_ring_locate_stats_and_rebalance() {
     let (cluster, addr) = converged_cluster().await;
     ctl(&addr, &["set", "k1", "v1"]).await.ok();
 
-    let ring = ctl(&addr, &["-o", "json", "ring", "--samples", "20000"])
+    // A loaded machine may briefly suspect a member, which takes it out of the ring.
+    let whole = |o: &Outcome| o.text().contains("\"replicas_per_key\": 3");
+    let ring = ctl_until(&addr, &["-o", "json", "ring", "--samples", "20000"], whole)
         .await
         .json();
     assert_eq!(ring["samples"], 20000);
@@ -143,7 +145,11 @@ async fn json_output_parses_for_ring_locate_stats_and_rebalance() {
         assert_eq!(node["vnodes"], 256, "{node}");
         assert!(node["keys"].is_u64(), "{node}");
     }
-    let text = ctl(&addr, &["ring"]).await.ok();
+    let text = ctl_until(&addr, &["ring"], |o| {
+        o.text().contains("ring of 3 nodes, R=3")
+    })
+    .await
+    .ok();
     assert!(text.contains("ring of 3 nodes, R=3"), "{text}");
 
     let located = ctl(&addr, &["-o", "json", "locate", "k1"]).await.json();
@@ -549,6 +555,8 @@ async fn forget_takes_a_dead_member_out_of_every_known_cluster_size() {
         alive.stderr
     );
     cluster.take("n3").crash().await.unwrap();
+    // n3 dead, and n1 (the --cluster node) sees n2 alive: a loaded machine may briefly
+    // suspect it too.
     wait_until(CONVERGE, || async {
         cluster.nodes.iter().all(|n| {
             n.node
@@ -556,7 +564,12 @@ async fn forget_takes_a_dead_member_out_of_every_known_cluster_size() {
                 .topology
                 .member("n3")
                 .is_none_or(|m| m.state == NodeState::Dead)
-        })
+        }) && cluster.nodes[0]
+            .node
+            .view()
+            .topology
+            .member("n2")
+            .is_some_and(|m| m.state == NodeState::Active)
     })
     .await
     .expect("n3 is declared dead");
@@ -647,7 +660,12 @@ async fn watch_prints_the_topology() {
             "{text}"
         );
     }
-    let current = |o: &Outcome| o.text().contains(&format!("\"digest\":\"{}\"", digest()));
+    let current = |o: &Outcome| {
+        serde_json::from_slice::<Value>(&o.stdout).is_ok_and(|line| {
+            line["digest"] == digest().as_str()
+                && line["members"].as_array().map(Vec::len) == Some(3)
+        })
+    };
     let json = ctl_until(&addr, &["-o", "json", "watch", "--count", "1"], current).await;
     let line: Value = serde_json::from_str(json.ok().trim_end()).unwrap();
     assert_eq!(line["digest"], digest().as_str());
@@ -661,7 +679,8 @@ async fn drain_hands_off_and_the_node_leaves() {
         ctl(&addr, &["set", &format!("key{i}"), "v"]).await.ok();
     }
     // n3 stops answering before it hands off: the counts come from the members that received
-    // its entries. R = 3 of 3: n3 held all 20 keys and sends each to both n1 and n2.
+    // its entries. R = 3 of 3: n3 held all 20 keys and sends each to both n1 and n2 (to one of
+    // them only if a loaded machine made n3 suspect the other as it left).
     let drained = ctl(
         &addr,
         &["-o", "json", "drain", "n3", "--timeout-drain", "60s"],
@@ -670,15 +689,23 @@ async fn drain_hands_off_and_the_node_leaves() {
     .json();
     assert_eq!(drained["drained"], true, "{drained}");
     assert_eq!(drained["keys_held"], 20, "{drained}");
-    assert_eq!(drained["keys_sent"], 40, "{drained}");
-    assert!(drained["bytes_sent"].as_u64() > Some(0), "{drained}");
     assert_eq!(drained["counts_complete"], true, "{drained}");
     let receivers = drained["receivers"].as_array().unwrap();
     assert_eq!(receivers.len(), 2, "{drained}");
+    let (mut keys, mut bytes) = (0, 0);
     for receiver in receivers {
-        assert_eq!(receiver["keys"], 20, "{drained}");
+        assert!(
+            [Some(0), Some(20)].contains(&receiver["keys"].as_u64()),
+            "every key or none: {drained}"
+        );
         assert_eq!(receiver["error"], Value::Null, "{drained}");
+        keys += receiver["keys"].as_u64().unwrap();
+        bytes += receiver["bytes"].as_u64().unwrap();
     }
+    assert!(keys == 20 || keys == 40, "{drained}");
+    assert_eq!(drained["keys_sent"], keys, "{drained}");
+    assert_eq!(drained["bytes_sent"], bytes, "{drained}");
+    assert!(bytes > 0, "{drained}");
     cluster.take("n3").wait_stopped().await.unwrap();
     let ring = ctl(&addr, &["-o", "json", "ring", "--samples", "1000"])
         .await
