@@ -27,11 +27,13 @@ use tokio::time::Instant;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::pb::health_server::HealthServer;
 
 use crate::antientropy::AntiEntropyStats;
 use crate::api::auth::AuthState;
 use crate::api::{
-    AdminService, AuthLayer, CacheService, ClusterService, DigestLayer, InternalService,
+    AdminService, AuthLayer, CacheService, ClusterService, DigestLayer, HealthService,
+    InternalService,
 };
 use crate::auth::{FailureLimiter, Users};
 use crate::clock::{Clock, SystemClock};
@@ -61,6 +63,15 @@ const EXPIRY_MAX_PASSES: usize = 16;
 const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Probe intervals between two clock checks against the peers (10 s by default).
 const CLOCK_CHECK_PROBES: u32 = 10;
+/// The gRPC services of the client port, as reflection lists them.
+const CLIENT_PLANE_SERVICES: [&str; 6] = [
+    "ringcache.v1.Cache",
+    "ringcache.v1.Cluster",
+    "ringcache.v1.Admin",
+    crate::api::health::HEALTH_SERVICE,
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
 /// How often recorded histogram samples are folded into buckets.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -138,7 +149,7 @@ struct Advertised {
 /// The listeners a node serves on.
 #[derive(Debug)]
 pub struct Listeners {
-    /// gRPC for clients (Cache, Cluster, Admin, reflection).
+    /// gRPC for clients (Cache, Cluster, Admin, health, reflection).
     pub grpc: TcpListener,
     /// gRPC for other nodes (Internal, forwarded Cache calls); `None` for a node that talks to
     /// no peer (a lone node).
@@ -653,10 +664,30 @@ impl Node {
             None => None,
         };
 
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(ringcache_proto::FILE_DESCRIPTOR_SET)
+        // Reflection in both versions: v1, and v1alpha for clients that speak only it
+        // (Python's grpcio-reflection, older grpcurl). Both list exactly the services this
+        // port serves: not Internal (only the cluster port serves it), and both reflections.
+        let reflection = || {
+            CLIENT_PLANE_SERVICES.iter().fold(
+                tonic_reflection::server::Builder::configure()
+                    .include_reflection_service(false)
+                    .register_encoded_file_descriptor_set(ringcache_proto::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(
+                        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                    )
+                    .register_encoded_file_descriptor_set(
+                        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                    ),
+                |builder, service| builder.with_service_name(*service),
+            )
+        };
+        let reflection_v1 = reflection()
             .build_v1()
-            .context("cannot build the gRPC reflection service")?;
+            .context("cannot build the gRPC reflection service (v1)")?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .context("cannot build the gRPC reflection service (v1alpha)")?;
         let max_message = self.config.max_message_bytes;
         let cache = CacheServer::new(CacheService::new(self.clone()))
             .max_decoding_message_size(max_message)
@@ -671,7 +702,9 @@ impl Node {
             .add_service(cache.clone())
             .add_service(ClusterServer::new(ClusterService::new(self.clone())))
             .add_service(AdminServer::new(AdminService::new(self.clone())))
-            .add_service(reflection);
+            .add_service(HealthServer::new(HealthService::new(self.clone())))
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
         let security = &self.config.security;
         let client_policy = AcceptPolicy {
             open: self.connections.clone(),

@@ -165,3 +165,156 @@ async fn connections_beyond_max_connections_are_closed_and_counted() {
         .unwrap();
     node.stop().await.unwrap();
 }
+
+// ---- the gRPC health service (grpc.health.v1.Health) --------------------------------------------
+
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+/// `Health.Check` of `service` on `node`'s client port, without credentials.
+async fn grpc_check(node: &TestNode, service: &str) -> Result<ServingStatus, tonic::Status> {
+    let mut client = HealthClient::new(node.channel().await);
+    let response = client
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await?
+        .into_inner();
+    Ok(ServingStatus::try_from(response.status).expect("a known status"))
+}
+
+/// Waits until `Health.Check("")` of `node` answers `want`; returns the last answer.
+async fn grpc_check_until(node: &TestNode, want: ServingStatus) -> ServingStatus {
+    let last = std::sync::Mutex::new(ServingStatus::Unknown);
+    let _ = wait_until(DEADLINE, || async {
+        let status = grpc_check(node, "").await.expect("Check answers");
+        *last.lock().unwrap() = status;
+        status == want
+    })
+    .await;
+    last.into_inner().unwrap()
+}
+
+#[tokio::test]
+async fn grpc_health_follows_readiness_for_check_and_watch() {
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut config = Config::for_test();
+    config.node_id = "a".to_owned();
+    config.seeds = vec![silent.local_addr().unwrap().to_string()];
+    let a = TestNode::start(config).await;
+
+    // Not joined: /health/ready says 503, and so does every name the health service knows.
+    let (status, body) = ready_until(&a, |_, body| body.contains("not joined")).await;
+    assert_eq!(status, 503, "{body}");
+    for service in [
+        "",
+        "ringcache.v1.Cache",
+        "ringcache.v1.Cluster",
+        "ringcache.v1.Admin",
+    ] {
+        assert_eq!(
+            grpc_check(&a, service).await.unwrap(),
+            ServingStatus::NotServing,
+            "{service:?}"
+        );
+    }
+    let unknown = grpc_check(&a, "no.such.Service").await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+
+    // A watch starts with the current status, and an unknown name is SERVICE_UNKNOWN (the
+    // stream stays open).
+    let mut client = HealthClient::new(a.channel().await);
+    let mut watch = client
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().expect("a first status");
+    assert_eq!(first.status, ServingStatus::NotServing as i32);
+    let mut unknown_watch = client
+        .watch(HealthCheckRequest {
+            service: "no.such.Service".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = unknown_watch.message().await.unwrap().expect("a status");
+    assert_eq!(first.status, ServingStatus::ServiceUnknown as i32);
+
+    // A peer joins: the watch sees SERVING, and Check agrees with /health/ready.
+    let mut config = Config::for_test();
+    config.node_id = "b".to_owned();
+    config.seeds = vec![a.gossip_addr.unwrap().to_string()];
+    let b = TestNode::start(config).await;
+    let next = tokio::time::timeout(DEADLINE, watch.message())
+        .await
+        .expect("the watch reports the change")
+        .unwrap()
+        .expect("a status");
+    assert_eq!(next.status, ServingStatus::Serving as i32);
+    assert_eq!(
+        grpc_check_until(&a, ServingStatus::Serving).await,
+        ServingStatus::Serving
+    );
+    assert_eq!(ready(&a).await.0, 200);
+    assert_eq!(
+        grpc_check_until(&b, ServingStatus::Serving).await,
+        ServingStatus::Serving
+    );
+
+    // A graceful stop: the watch says NOT_SERVING and ends, and does not hold the shutdown.
+    a.stop().await.unwrap();
+    let mut seen = Vec::new();
+    while let Some(message) = tokio::time::timeout(DEADLINE, watch.message())
+        .await
+        .expect("the watch ends with the node")
+        .unwrap_or(None)
+    {
+        seen.push(message.status);
+    }
+    assert_eq!(
+        seen.last(),
+        Some(&(ServingStatus::NotServing as i32)),
+        "{seen:?}"
+    );
+    drop(silent);
+}
+
+#[tokio::test]
+async fn grpc_health_needs_no_credentials_where_every_other_call_does() {
+    use ringcache_server::auth::{Role, UserEntry, sha256, to_hex};
+    let mut config = Config::for_test();
+    config.security.users = vec![UserEntry {
+        name: "app".to_owned(),
+        role: Role::Admin,
+        secret_sha256: to_hex(&sha256(b"app-secret-0123456789")),
+    }];
+    let node = TestNode::start_without_gossip(config).await;
+    assert_eq!(
+        grpc_check(&node, "").await.unwrap(),
+        ServingStatus::Serving,
+        "a probe carries no credentials"
+    );
+    let refused = ClusterClient::new(node.channel().await)
+        .node_info(v1::NodeInfoRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    // Reflection is not let through with health.
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest,
+    };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let refused = ServerReflectionClient::new(node.channel().await)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    node.stop().await.unwrap();
+}
