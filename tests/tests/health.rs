@@ -291,12 +291,24 @@ async fn grpc_health_needs_no_credentials_where_every_other_call_does() {
         role: Role::Admin,
         secret_sha256: to_hex(&sha256(b"app-secret-0123456789")),
     }];
+    config.security.handshake_timeout = Duration::from_millis(500);
     let node = TestNode::start_without_gossip(config).await;
-    assert_eq!(
-        grpc_check(&node, "").await.unwrap(),
-        ServingStatus::Serving,
-        "a probe carries no credentials"
-    );
+    let mut probe = HealthClient::new(node.channel().await);
+    let answer = probe
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("a probe carries no credentials")
+        .into_inner();
+    assert_eq!(answer.status, ServingStatus::Serving as i32);
+    // The probe's connection is still unauthenticated, and closed at the handshake timeout.
+    let unauthenticated = node.node.unauthenticated_connections();
+    assert_eq!(unauthenticated.open(), 1);
+    wait_until(DEADLINE, || async { unauthenticated.open() == 0 })
+        .await
+        .expect("a connection that only probes is closed at the handshake timeout");
+    drop(probe);
     let refused = ClusterClient::new(node.channel().await)
         .node_info(v1::NodeInfoRequest {})
         .await
