@@ -330,3 +330,150 @@ async fn grpc_health_needs_no_credentials_where_every_other_call_does() {
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     node.stop().await.unwrap();
 }
+
+// ---- seeds resolved again until they answer -----------------------------------------------------
+
+/// A resolver for one seed name whose answer a test sets (none at first: "no such host"),
+/// counting lookups.
+#[derive(Debug)]
+struct TestDns {
+    name: String,
+    answer: std::sync::Mutex<Option<std::net::SocketAddr>>,
+    lookups: std::sync::atomic::AtomicUsize,
+}
+
+impl TestDns {
+    fn new(name: &str) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            name: name.to_owned(),
+            answer: std::sync::Mutex::new(None),
+            lookups: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    fn answer(&self, addr: std::net::SocketAddr) {
+        *self.answer.lock().unwrap() = Some(addr);
+    }
+
+    fn lookups(&self) -> usize {
+        self.lookups.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl ringcache_server::seeds::SeedResolver for TestDns {
+    fn resolve(&self, seed: &str) -> ringcache_server::seeds::LookupFuture {
+        self.lookups
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let answer = match *self.answer.lock().unwrap() {
+            Some(addr) if seed == self.name => Ok(vec![addr]),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such host",
+            )),
+        };
+        Box::pin(async move { answer })
+    }
+}
+
+/// The ids of the members in `node`'s view.
+fn view_ids(node: &TestNode) -> Vec<String> {
+    let view = node.node.view();
+    view.topology
+        .members()
+        .iter()
+        .map(|m| m.node_id.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_node_whose_seed_does_not_resolve_yet_keeps_trying_and_joins_once_it_does() {
+    const SEED: &str = "ringcache-0.ringcache.test.svc:7380";
+    let mut config = Config::for_test();
+    config.node_id = "a".to_owned();
+    let a = TestNode::start(config).await;
+
+    // b starts before its seed's name exists (a StatefulSet pod whose seed pod is not created
+    // yet, or a resolver that cached the miss).
+    let dns = TestDns::new(SEED);
+    let mut config = Config::for_test();
+    config.node_id = "b".to_owned();
+    config.seeds = vec![SEED.to_owned()];
+    let probe = config.probe_interval;
+    let b = TestNode::start_prepared(config, |node| node.set_seed_resolver(dns.clone())).await;
+
+    // It keeps resolving, with a growing delay: 5 lookups take 1 + 2 + 4 + 8 = 15 probe
+    // intervals, longer than the 10 a node with a resolving seed waits before it goes Active
+    // alone. This one must not found a cluster of one.
+    wait_until(DEADLINE, || async { dns.lookups() >= 5 })
+        .await
+        .expect("the seed is resolved again and again");
+    assert!(b.node.uptime() >= probe * 15, "{:?}", b.node.uptime());
+    assert_eq!(b.node.state(), v1::NodeState::Joining);
+    assert_eq!(
+        ready(&b).await,
+        (
+            503,
+            format!(
+                "not ready: joining: waiting for a seed to resolve ({SEED}: no such host); retrying\n"
+            )
+        )
+    );
+    assert_eq!(view_ids(&b), ["b"]);
+    assert_eq!(view_ids(&a), ["a"]);
+
+    // The name appears: b joins a, pulls its ranges, turns Active, and both become ready.
+    dns.answer(a.gossip_addr.unwrap());
+    let (status, body) = ready_until(&b, |status, _| status == 200).await;
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    assert_eq!(b.node.state(), v1::NodeState::Active);
+    let (status, body) = ready_until(&a, |status, _| status == 200).await;
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    assert_eq!(view_ids(&a), ["a", "b"]);
+    assert_eq!(view_ids(&b), ["a", "b"]);
+}
+
+#[tokio::test]
+async fn a_seed_that_moves_to_another_address_is_found_there() {
+    const SEED: &str = "ringcache-0.ringcache.test.svc:7380";
+    let mut config = Config::for_test();
+    config.node_id = "a".to_owned();
+    let a = TestNode::start(config).await;
+
+    // The name first gives the address the seed pod had before it was rescheduled: nobody
+    // answers there.
+    let old_address = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let dns = TestDns::new(SEED);
+    dns.answer(old_address.local_addr().unwrap());
+    let mut config = Config::for_test();
+    config.node_id = "b".to_owned();
+    config.seeds = vec![SEED.to_owned()];
+    let b = TestNode::start_prepared(config, |node| node.set_seed_resolver(dns.clone())).await;
+    let (status, body) = ready_until(&b, |_, body| body.contains("not joined")).await;
+    assert_eq!(status, 503, "{body}");
+
+    // The name now gives the seed's new address: b announces there and joins.
+    dns.answer(a.gossip_addr.unwrap());
+    let (status, body) = ready_until(&b, |status, _| status == 200).await;
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    assert_eq!(view_ids(&a), ["a", "b"]);
+    drop(old_address);
+}
+
+#[tokio::test]
+async fn with_the_system_resolver_a_name_that_does_not_resolve_is_named_and_retried() {
+    // `.invalid` never resolves (RFC 2606).
+    const SEED: &str = "ringcache-0.ringcache.nosuch.invalid:7380";
+    let mut config = Config::for_test();
+    config.seeds = vec![SEED.to_owned()];
+    let node = TestNode::start(config).await;
+    let (status, body) = ready_until(&node, |_, body| body.contains("waiting for a seed")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.starts_with(&format!(
+            "not ready: joining: waiting for a seed to resolve ({SEED}: "
+        )),
+        "{body}"
+    );
+    assert_eq!(node.node.state(), v1::NodeState::Joining);
+    node.stop().await.unwrap();
+}
