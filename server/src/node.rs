@@ -812,6 +812,7 @@ impl Node {
             max_memory = self.config.store.max_memory_bytes,
             eviction = self.config.store.eviction.as_str(),
             max_connections = self.config.max_connections,
+            workers = tokio::runtime::Handle::current().metrics().num_workers(),
             "ringcached serving"
         );
         let result = tokio::select! {
