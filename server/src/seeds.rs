@@ -2,7 +2,7 @@
 //!
 //! A name may not resolve yet when the node starts: in a StatefulSet a pod's DNS name appears
 //! only once the pod exists (and a resolver may cache the miss for a while), and a node may be
-//! started before its seeds. So seeds are not resolved once: [`follow`] resolves them again
+//! started before its seeds. So seeds are not resolved once: `follow` resolves them again
 //! with a backoff, from one probe interval doubling up to [`MAX_DELAY_PROBES`] probe intervals
 //! (30 s by default), for as long as the node has not joined or some seed does not resolve, and
 //! every [`MAX_DELAY_PROBES`] probe intervals after that, so a seed that moved (a rescheduled
