@@ -214,18 +214,24 @@ async fn python_grpc_health_client_sees_not_serving_then_serving() {
     config.node_id = "b".to_owned();
     config.seeds = vec![a.gossip_addr.unwrap().to_string()];
     let _b = TestNode::start(config).await;
-    wait_until(DEADLINE, || async { a.node.is_ready() })
-        .await
-        .expect("the node becomes ready");
-    let out = run_python(HEALTH, &args(&a)).await;
-    assert_eq!(
-        out.lines().collect::<Vec<_>>(),
-        [
-            "- SERVING",
-            "ringcache.v1.Cache SERVING",
-            "no.such.Service NOT_FOUND"
-        ],
-        "{out}"
+    let want = [
+        "- SERVING",
+        "ringcache.v1.Cache SERVING",
+        "no.such.Service NOT_FOUND",
+    ];
+    // Once ready (the ring settles after the join), the client sees it.
+    let last = std::sync::Mutex::new(String::new());
+    let seen = wait_until(DEADLINE, || async {
+        let out = run_python(HEALTH, &args(&a)).await;
+        let done = out.lines().eq(want);
+        *last.lock().unwrap() = out;
+        done
+    })
+    .await;
+    assert!(
+        seen.is_ok(),
+        "never {want:?}; last:\n{}",
+        last.lock().unwrap()
     );
     drop(silent);
 }

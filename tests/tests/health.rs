@@ -258,7 +258,7 @@ async fn grpc_health_follows_readiness_for_check_and_watch() {
         grpc_check_until(&a, ServingStatus::Serving).await,
         ServingStatus::Serving
     );
-    assert_eq!(ready(&a).await.0, 200);
+    assert_eq!(ready_until(&a, |status, _| status == 200).await.0, 200);
     assert_eq!(
         grpc_check_until(&b, ServingStatus::Serving).await,
         ServingStatus::Serving
