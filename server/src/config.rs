@@ -217,6 +217,11 @@ pub struct Cli {
     /// a node that has peers reports ready again [default: 2 × probe-interval].
     #[arg(long, env = "RINGCACHE_READY_SETTLE", value_name = "DURATION")]
     pub ready_settle: Option<HumanDuration>,
+    /// How many members the cluster should have: fewer live ones make it degraded (status,
+    /// metrics); 0 = learned, the members that ever owned ranges, less those drained or
+    /// forgotten (`ringctl forget`) [default: 0].
+    #[arg(long, env = "RINGCACHE_EXPECTED_NODES", value_name = "N")]
+    pub expected_nodes: Option<usize>,
     /// TLS certificate chain (PEM) this node presents on the client gRPC port; with tls-key it
     /// turns TLS on there. Re-read when the file changes [default: none, plaintext].
     #[arg(long, env = "RINGCACHE_TLS_CERT", value_name = "FILE")]
@@ -447,6 +452,7 @@ struct FileConfig {
     min_cluster_size: Option<usize>,
     max_connections: Option<usize>,
     ready_settle: Option<HumanDuration>,
+    expected_nodes: Option<usize>,
     cluster_port: Option<u16>,
     resp_port: Option<u16>,
     resp_idle_timeout: Option<HumanDuration>,
@@ -533,6 +539,8 @@ pub struct Config {
     pub max_connections: usize,
     /// How long the topology must stay unchanged before a node with peers is ready.
     pub ready_settle: Duration,
+    /// How many members the cluster should have; 0: learned (the known members).
+    pub expected_nodes: usize,
     /// How often anti-entropy compares this node with each peer; zero: never.
     pub anti_entropy_interval: Duration,
     /// TLS, users, the insecure gate and connection hardening.
@@ -768,6 +776,7 @@ impl Config {
                 .ready_settle
                 .or(file.ready_settle)
                 .map_or(probe_interval * 2, |d| d.0),
+            expected_nodes: cli.expected_nodes.or(file.expected_nodes).unwrap_or(0),
             anti_entropy_interval: cli
                 .anti_entropy_interval
                 .or(file.anti_entropy_interval)

@@ -38,8 +38,8 @@ use crate::api::{
 use crate::auth::{FailureLimiter, Users};
 use crate::clock::{Clock, SystemClock};
 use crate::cluster::{
-    Encryption, GossipSocket, GossipStatsSnapshot, Keyring, Membership, MembershipConfig,
-    MembershipHandle, MetaState, NodeIdentity, NodeMeta,
+    ClusterSettings, Encryption, GossipSocket, GossipStatsSnapshot, Keyring, Membership,
+    MembershipConfig, MembershipHandle, MetaState, NodeIdentity, NodeMeta,
 };
 use crate::config::Config;
 use crate::connections::{AcceptPolicy, ActivityLayer, Connections, RemoteAddr, secure_incoming};
@@ -126,6 +126,8 @@ pub struct Node {
     seed_resolver: OnceLock<Arc<dyn SeedResolver>>,
     /// Another live member has been in the view since start (latched).
     joined: AtomicBool,
+    /// Why this node refused to join the cluster it found (other placement settings).
+    join_refused: parking_lot::Mutex<Option<String>>,
     /// When the view last changed (readiness waits `ready_settle` after it).
     view_changed_at: parking_lot::Mutex<Instant>,
     /// Notified by [`Node::reload_secrets`] (SIGHUP): the secrets watcher reloads at once.
@@ -264,6 +266,7 @@ impl Node {
             seeds: watch::Sender::new(SeedState::Founder),
             seed_resolver: OnceLock::new(),
             joined: AtomicBool::new(false),
+            join_refused: parking_lot::Mutex::new(None),
             view_changed_at: parking_lot::Mutex::new(Instant::now()),
             secrets_reload: Arc::new(Notify::new()),
             known: parking_lot::Mutex::new(KnownMembers::new()),
@@ -344,6 +347,7 @@ impl Node {
             clock_skew: self
                 .clock_check
                 .refusal(self.config.store.max_clock_drift_ms),
+            join_refused: self.join_refused.lock().clone(),
         })
     }
 
@@ -542,6 +546,12 @@ impl Node {
         self.known.lock().ids().map(str::to_owned).collect()
     }
 
+    /// How complete the cluster is in this node's view: see [`ClusterHealth`].
+    pub fn cluster_health(&self) -> ClusterHealth {
+        let known = self.known.lock().len();
+        ClusterHealth::of(&self.view(), known, self.config.expected_nodes)
+    }
+
     /// This node as a topology member, with the addresses it serves on.
     pub fn self_member(&self) -> Member {
         let config = &self.config;
@@ -581,6 +591,15 @@ impl Node {
     pub fn reload_secrets(&self) {
         self.secrets_reload.notify_one();
         self.reload_requested.notify_one();
+    }
+
+    /// Live members refused for their placement settings (R, vnodes, placement version): they
+    /// are not in this node's view or ring.
+    pub fn refused_members(&self) -> Vec<crate::cluster::RefusedMember> {
+        self.membership
+            .get()
+            .map(|m| m.stats().refused())
+            .unwrap_or_default()
     }
 
     /// Gossip traffic and member counts, when membership runs.
@@ -920,6 +939,7 @@ impl Node {
                 cluster_addr: advertised.cluster_addr,
                 resp_addr: advertised.resp_addr,
                 weight: self.config.weight.get(),
+                settings: cluster_settings(&self.config),
                 state: MetaState::Leaving,
             };
             let _ = handle.set_meta(meta).await;
@@ -964,6 +984,7 @@ impl Node {
             cluster_addr: advertised.cluster_addr,
             resp_addr: advertised.resp_addr,
             weight: self.config.weight.get(),
+            settings: cluster_settings(&self.config),
             state: if joining {
                 MetaState::Joining
             } else {
@@ -1087,6 +1108,78 @@ impl Node {
     }
 }
 
+/// How complete the cluster is, as one node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterHealth {
+    /// Members the cluster should have: `--expected-nodes`, or the known members (every member
+    /// that owned ranges, less the drained and the forgotten), whichever is larger.
+    pub expected: usize,
+    /// Members serving in the view (Active or Leaving).
+    pub live: usize,
+    /// Hash slots whose replica set has fewer live members than min(R, expected): copies the
+    /// cluster should hold and does not (a dead or suspect replica, a missing member).
+    pub under_replicated_slots: u64,
+}
+
+impl ClusterHealth {
+    /// The health of `view`, with `known` members known and `expected_nodes` configured.
+    pub fn of(view: &ClusterView, known: usize, expected_nodes: usize) -> Self {
+        let serving = |state: NodeState| matches!(state, NodeState::Active | NodeState::Leaving);
+        let members = view.topology.members();
+        let live = members.iter().filter(|m| serving(m.state)).count();
+        let expected = expected_nodes.max(known);
+        let factor = usize::try_from(view.topology.replication_factor()).unwrap_or(usize::MAX);
+        let wanted = factor.min(expected);
+        let mut under_replicated_slots = 0u64;
+        if view.ring.nodes().is_empty() {
+            if wanted > 0 {
+                under_replicated_slots = u64::from(ringcache_proto::placement::SLOTS);
+            }
+        } else {
+            for (first, last, replicas) in view.ring.slot_ranges() {
+                let live_replicas = replicas
+                    .iter()
+                    .filter(|id| view.topology.member(id).is_some_and(|m| serving(m.state)))
+                    .count();
+                if live_replicas < wanted {
+                    under_replicated_slots += u64::from(last - first) + 1;
+                }
+            }
+        }
+        Self {
+            expected,
+            live,
+            under_replicated_slots,
+        }
+    }
+}
+
+/// Why a joining node must not join, given the members it refused: some of them are serving
+/// (Active or Leaving), so a cluster runs with other placement settings.
+fn join_refusal(refused: &[crate::cluster::RefusedMember]) -> Option<String> {
+    let serving: Vec<String> = refused
+        .iter()
+        .filter(|m| matches!(m.state, NodeState::Active | NodeState::Leaving))
+        .map(|m| format!("{} has {}", m.node_id, m.reason))
+        .collect();
+    (!serving.is_empty()).then(|| {
+        format!(
+            "refused: this node's placement settings differ from the cluster's ({}); restart it \
+             with the cluster's settings",
+            serving.join("; ")
+        )
+    })
+}
+
+/// The settings every member must share, as this node has them.
+pub fn cluster_settings(config: &Config) -> ClusterSettings {
+    ClusterSettings {
+        replication_factor: config.replication_factor.get(),
+        vnodes: config.vnodes.get(),
+        placement_version: ringcache_proto::placement::PLACEMENT_VERSION,
+    }
+}
+
 /// The gossip settings derived from the node's: the probe period, probe timeout and suspicion
 /// timeout come from the config; the other periods scale with the probe period (1 s gives the
 /// membership defaults).
@@ -1145,6 +1238,14 @@ async fn join(node: Arc<Node>, handle: MembershipHandle, mut meta: NodeMeta) {
         .await
         .is_err()
     {
+        // A cluster whose members all run with other placement settings is not in the view:
+        // joining it would start a second cluster beside it. Stay out, and say why.
+        if let Some(why) = join_refusal(&handle.stats().refused()) {
+            tracing::error!(reason = %why, "not joining the cluster");
+            *node.join_refused.lock() = Some(why);
+            node.metrics.record_join_refused();
+            return;
+        }
         tracing::warn!(waited = ?deadline, "no active member seen yet; joining without pulling data");
     }
     let active: Vec<Member> = members
@@ -1205,5 +1306,73 @@ async fn metrics_upkeep_task(node: Arc<Node>) {
             () = node.shutdown.cancelled() => return,
             _ = tick.tick() => node.metrics.run_upkeep(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(states: &[(&str, NodeState)], replication: u32) -> ClusterView {
+        let members = states
+            .iter()
+            .map(|(id, state)| Member {
+                node_id: (*id).to_owned(),
+                incarnation: 1,
+                state: *state,
+                weight: 1,
+                grpc_addr: String::new(),
+                gossip_addr: String::new(),
+                http_addr: String::new(),
+                cluster_addr: String::new(),
+                resp_addr: String::new(),
+            })
+            .collect();
+        ClusterView::new(Topology::new(members, replication, 64), Quorum::alone())
+    }
+
+    #[test]
+    fn every_slot_with_fewer_serving_replicas_than_r_is_under_replicated() {
+        use NodeState::{Active, Dead, Left, Suspect};
+        let all = u64::from(ringcache_proto::placement::SLOTS);
+        let health = |states: &[(&str, NodeState)], known, expected| {
+            ClusterHealth::of(&view(states, 3), known, expected)
+        };
+        let three = [("a", Active), ("b", Active), ("c", Active)];
+        assert_eq!(
+            health(&three, 3, 0),
+            ClusterHealth {
+                expected: 3,
+                live: 3,
+                under_replicated_slots: 0
+            }
+        );
+        // A suspect replica is in the ring but serves nothing: every slot is short of a copy.
+        let suspect = [("a", Active), ("b", Active), ("c", Suspect)];
+        assert_eq!(health(&suspect, 3, 0).under_replicated_slots, all);
+        // Dead and gone from the ring, still known: the same.
+        let dead = [("a", Active), ("b", Active), ("c", Dead)];
+        assert_eq!(health(&dead, 3, 0).under_replicated_slots, all);
+        assert_eq!(health(&dead, 3, 0).live, 2);
+        // Forgotten (or drained: left), nobody expects it: two copies are all there can be.
+        let left = [("a", Active), ("b", Active), ("c", Left)];
+        assert_eq!(health(&left, 2, 0).under_replicated_slots, 0);
+        // ...unless the operator said the cluster has three.
+        assert_eq!(health(&left, 2, 3).expected, 3);
+        assert_eq!(health(&left, 2, 3).under_replicated_slots, all);
+        // Four members, R = 3, one dead: three serving copies of every slot remain.
+        let four = [("a", Active), ("b", Active), ("c", Active), ("d", Dead)];
+        assert_eq!(health(&four, 4, 0).under_replicated_slots, 0);
+        assert_eq!(health(&four, 4, 0).expected, 4);
+        // Some slots have the suspect among their replicas, some do not.
+        let five = [
+            ("a", Active),
+            ("b", Active),
+            ("c", Active),
+            ("d", Active),
+            ("e", Suspect),
+        ];
+        let some = health(&five, 5, 0).under_replicated_slots;
+        assert!(some > 0 && some < all, "{some}");
     }
 }

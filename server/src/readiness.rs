@@ -4,16 +4,18 @@
 //! reason given):
 //! 1. it serves (listeners bound, gossip started): else `starting`;
 //! 2. it is not shutting down or Leaving: else `leaving`;
-//! 3. it is Active: a Joining node is still pulling its ranges (`joining`);
-//! 4. it has joined: a node whose seeds resolved to at least one address other than its own has
+//! 3. it did not refuse to join a cluster whose placement settings differ from its own
+//!    (`refused: ...`; it stays Joining until restarted with the cluster's settings);
+//! 4. it is Active: a Joining node is still pulling its ranges (`joining`);
+//! 5. it has joined: a node whose seeds resolved to at least one address other than its own has
 //!    seen another live member (Joining, Active or Leaving) at least once since it started, else
 //!    `not joined: no peer reachable`. A node with no seeds, or whose seeds resolve only to
 //!    itself (the first pod of a StatefulSet lists itself and pods that do not exist yet),
 //!    founds a cluster and needs no peer. A node none of whose seeds resolves stays Joining and
 //!    says `joining: waiting for a seed to resolve` ([`crate::seeds`]);
-//! 5. its clock agrees with the cluster's within `max_clock_drift` (else `clock skew: ...`, see
+//! 6. its clock agrees with the cluster's within `max_clock_drift` (else `clock skew: ...`, see
 //!    [`crate::skew`]): such a node refuses writes;
-//! 6. its ring has converged: when its view holds other members that are not Dead, it is Active
+//! 7. its ring has converged: when its view holds other members that are not Dead, it is Active
 //!    in that view, no member is Suspect, and the view has not changed for `ready_settle`; else
 //!    `ring settling`. A node alone in its view has nothing to converge with.
 //!
@@ -61,6 +63,9 @@ pub struct Inputs<'a> {
     pub settle: Duration,
     /// Why the node's clock is off from the cluster's, when it is ([`crate::skew`]).
     pub clock_skew: Option<String>,
+    /// Why the node refused to join, when it did: the cluster it found runs with other
+    /// placement settings.
+    pub join_refused: Option<String>,
 }
 
 /// `Ok` when ready, else why not (one line, starting with one of `starting`, `leaving`,
@@ -71,6 +76,9 @@ pub fn check(inputs: &Inputs<'_>) -> Result<(), String> {
     }
     if inputs.shutting_down || inputs.state == v1::NodeState::Leaving {
         return Err("leaving: handing off its data before it stops".to_owned());
+    }
+    if let Some(why) = &inputs.join_refused {
+        return Err(why.clone());
     }
     match inputs.state {
         v1::NodeState::Active => {}
@@ -103,7 +111,7 @@ pub fn check(inputs: &Inputs<'_>) -> Result<(), String> {
     let others = inputs
         .members
         .iter()
-        .filter(|m| m.node_id != inputs.node_id && m.state != NodeState::Dead);
+        .filter(|m| m.node_id != inputs.node_id && !m.state.is_gone());
     let mut alone = true;
     for member in others {
         alone = false;
@@ -164,6 +172,7 @@ mod tests {
             since_change: Duration::from_secs(10),
             settle: Duration::from_secs(2),
             clock_skew: None,
+            join_refused: None,
         }
     }
 
@@ -261,5 +270,16 @@ mod tests {
             ..ready_inputs(&alone)
         };
         assert_eq!(reason(&inputs), "clock skew: 3600 s ahead");
+    }
+
+    #[test]
+    fn a_node_that_refused_to_join_says_why() {
+        let alone = [member("n1", NodeState::Joining)];
+        let inputs = Inputs {
+            state: v1::NodeState::Joining,
+            join_refused: Some("refused: the cluster's settings differ".to_owned()),
+            ..ready_inputs(&alone)
+        };
+        assert_eq!(reason(&inputs), "refused: the cluster's settings differ");
     }
 }

@@ -370,6 +370,15 @@ impl TestCluster {
     }
 }
 
+/// A `configure` for [`TestCluster::start_converged`]: failure detection patient enough that a
+/// loaded machine (debug builds, tests in parallel) does not suspect live nodes, for tests that
+/// check something else than the detector (routing, clients).
+pub fn patient(_: usize, config: &mut Config) {
+    config.probe_interval = Duration::from_millis(400);
+    config.probe_timeout = Duration::from_millis(300);
+    config.suspicion_timeout = Duration::from_secs(2);
+}
+
 /// A fresh random gossip key, as a key ring line.
 pub fn gossip_key() -> String {
     Keyring::generate_key().expect("the system RNG works")
