@@ -154,7 +154,9 @@ pub struct Cli {
     /// Longest wait for in-flight requests at shutdown before the node exits anyway [default: 10s].
     #[arg(long, env = "RINGCACHE_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<HumanDuration>,
-    /// Tokio worker threads [default: number of CPUs].
+    /// Tokio worker threads [default: the CPUs this process may use: its CPU quota (cgroup v1 or
+    /// v2, e.g. a container's CPU limit, rounded down) or its CPU affinity, whichever is lower;
+    /// at least 1].
     #[arg(long, env = "RINGCACHE_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
     /// Relative capacity of this node: it gets WEIGHT × vnodes virtual nodes [default: 1].
@@ -512,7 +514,8 @@ pub struct Config {
     pub expiry_interval: Duration,
     /// Longest wait for in-flight requests at shutdown.
     pub shutdown_timeout: Duration,
-    /// Tokio worker threads; `None` for one per CPU.
+    /// Tokio worker threads; `None` for one per CPU this process may use
+    /// ([`Config::worker_threads`]).
     pub workers: Option<usize>,
     /// Log format.
     pub log_format: LogFormat,
@@ -613,7 +616,24 @@ pub const DEFAULT_ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(120);
 /// Headroom over key + value for the rest of a gRPC message.
 const MESSAGE_HEADROOM: u64 = 64 * 1024;
 
+/// Most tokio worker threads `workers` may ask for.
+pub const MAX_WORKERS: usize = 1024;
+
 impl Config {
+    /// The tokio worker threads to run, and where the number comes from: `workers` when set,
+    /// else the parallelism available to this process (`std::thread::available_parallelism`:
+    /// on Linux the CPU quota of its cgroup, v1 or v2, rounded down, and its CPU affinity,
+    /// whichever is lower; at least 1), capped at [`MAX_WORKERS`].
+    pub fn worker_threads(&self) -> (usize, &'static str) {
+        match self.workers {
+            Some(workers) => (workers, "workers setting"),
+            None => match std::thread::available_parallelism() {
+                Ok(cpus) => (cpus.get().min(MAX_WORKERS), "CPU quota and affinity"),
+                Err(_) => (1, "CPU count unknown"),
+            },
+        }
+    }
+
     /// Layers flags, environment (already merged into `cli` by clap), the TOML file and defaults,
     /// then validates.
     pub fn load(cli: Cli) -> anyhow::Result<Self> {
@@ -871,6 +891,9 @@ impl Config {
         }
         if self.workers == Some(0) {
             bail!("workers must be at least 1");
+        }
+        if let Some(workers) = self.workers.filter(|w| *w > MAX_WORKERS) {
+            bail!("workers must be at most {MAX_WORKERS}, got {workers}");
         }
         let replication = &self.replication;
         if replication.replica_timeout.is_zero() {

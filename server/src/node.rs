@@ -27,11 +27,13 @@ use tokio::time::Instant;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::pb::health_server::HealthServer;
 
 use crate::antientropy::AntiEntropyStats;
 use crate::api::auth::AuthState;
 use crate::api::{
-    AdminService, AuthLayer, CacheService, ClusterService, DigestLayer, InternalService,
+    AdminService, AuthLayer, CacheService, ClusterService, DigestLayer, HealthService,
+    InternalService,
 };
 use crate::auth::{FailureLimiter, Users};
 use crate::clock::{Clock, SystemClock};
@@ -45,9 +47,11 @@ use crate::context::Context;
 use crate::http;
 use crate::known::{ForgetError, KnownMembers, Quorum};
 use crate::metrics::Metrics;
+use crate::readiness::SeedState;
 use crate::rebalance::{RebalanceStats, run_rebalancer};
 use crate::reload::{ReloadCause, watch_files};
 use crate::replication::{Replicator, replay_hints_task};
+use crate::seeds::{SeedResolver, SystemResolver};
 use crate::skew::ClockCheck;
 use crate::store::Store;
 use crate::tls::{PeerTls, ReloadableTls};
@@ -61,6 +65,15 @@ const EXPIRY_MAX_PASSES: usize = 16;
 const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Probe intervals between two clock checks against the peers (10 s by default).
 const CLOCK_CHECK_PROBES: u32 = 10;
+/// The gRPC services of the client port, as reflection lists them.
+const CLIENT_PLANE_SERVICES: [&str; 6] = [
+    "ringcache.v1.Cache",
+    "ringcache.v1.Cluster",
+    "ringcache.v1.Admin",
+    crate::api::health::HEALTH_SERVICE,
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
 /// How often recorded histogram samples are folded into buckets.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -107,8 +120,10 @@ pub struct Node {
     resp_listener: parking_lot::Mutex<Option<TcpListener>>,
     /// Set once the listeners serve and gossip has started (readiness: `starting` before).
     serving: AtomicBool,
-    /// The seeds resolved to at least one address other than this node's own.
-    seeded: AtomicBool,
+    /// What the seeds resolved to, until the node turned Active ([`crate::seeds`]).
+    seeds: watch::Sender<SeedState>,
+    /// Resolves the seeds' names (the system's resolver unless set).
+    seed_resolver: OnceLock<Arc<dyn SeedResolver>>,
     /// Another live member has been in the view since start (latched).
     joined: AtomicBool,
     /// Why this node refused to join the cluster it found (other placement settings).
@@ -140,7 +155,7 @@ struct Advertised {
 /// The listeners a node serves on.
 #[derive(Debug)]
 pub struct Listeners {
-    /// gRPC for clients (Cache, Cluster, Admin, reflection).
+    /// gRPC for clients (Cache, Cluster, Admin, health, reflection).
     pub grpc: TcpListener,
     /// gRPC for other nodes (Internal, forwarded Cache calls); `None` for a node that talks to
     /// no peer (a lone node).
@@ -248,7 +263,8 @@ impl Node {
             cluster_tls: OnceLock::new(),
             resp_listener: parking_lot::Mutex::new(None),
             serving: AtomicBool::new(false),
-            seeded: AtomicBool::new(false),
+            seeds: watch::Sender::new(SeedState::Founder),
+            seed_resolver: OnceLock::new(),
             joined: AtomicBool::new(false),
             join_refused: parking_lot::Mutex::new(None),
             view_changed_at: parking_lot::Mutex::new(Instant::now()),
@@ -270,6 +286,39 @@ impl Node {
         let _ = self.gossip_rng_seed.set(seed);
     }
 
+    /// Resolves seed names with `resolver` instead of the system's resolver (tests; a
+    /// simulation). Takes effect when serving starts; only the first call counts.
+    pub fn set_seed_resolver(&self, resolver: Arc<dyn SeedResolver>) {
+        let _ = self.seed_resolver.set(resolver);
+    }
+
+    /// The resolver of seed names.
+    pub(crate) fn seed_resolver(&self) -> Arc<dyn SeedResolver> {
+        self.seed_resolver
+            .get()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(SystemResolver))
+    }
+
+    /// Records what the seeds resolved to (while Joining; see [`crate::seeds`]).
+    pub(crate) fn record_seed_state(&self, state: SeedState) {
+        self.seeds.send_if_modified(|current| {
+            let changed = *current != state;
+            *current = state;
+            changed
+        });
+    }
+
+    /// What the seeds resolved to ([`SeedState`]).
+    pub fn seed_state(&self) -> SeedState {
+        self.seeds.borrow().clone()
+    }
+
+    /// Whether another live member has been in the view since start (latched).
+    pub fn has_joined(&self) -> bool {
+        self.joined.load(Ordering::Acquire)
+    }
+
     /// Time since the node was created.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
@@ -289,7 +338,7 @@ impl Node {
             serving: self.serving.load(Ordering::Acquire),
             shutting_down: self.shutdown.is_cancelled(),
             state: self.state(),
-            seeded: self.seeded.load(Ordering::Acquire),
+            seeds: self.seeds.borrow().clone(),
             joined: self.joined.load(Ordering::Acquire),
             node_id: &self.config.node_id,
             members: view.topology.members(),
@@ -672,10 +721,30 @@ impl Node {
             None => None,
         };
 
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(ringcache_proto::FILE_DESCRIPTOR_SET)
+        // Reflection in both versions: v1, and v1alpha for clients that speak only it
+        // (Python's grpcio-reflection, older grpcurl). Both list exactly the services this
+        // port serves: not Internal (only the cluster port serves it), and both reflections.
+        let reflection = || {
+            CLIENT_PLANE_SERVICES.iter().fold(
+                tonic_reflection::server::Builder::configure()
+                    .include_reflection_service(false)
+                    .register_encoded_file_descriptor_set(ringcache_proto::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(
+                        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                    )
+                    .register_encoded_file_descriptor_set(
+                        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                    ),
+                |builder, service| builder.with_service_name(*service),
+            )
+        };
+        let reflection_v1 = reflection()
             .build_v1()
-            .context("cannot build the gRPC reflection service")?;
+            .context("cannot build the gRPC reflection service (v1)")?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .context("cannot build the gRPC reflection service (v1alpha)")?;
         let max_message = self.config.max_message_bytes;
         let cache = CacheServer::new(CacheService::new(self.clone()))
             .max_decoding_message_size(max_message)
@@ -690,7 +759,9 @@ impl Node {
             .add_service(cache.clone())
             .add_service(ClusterServer::new(ClusterService::new(self.clone())))
             .add_service(AdminServer::new(AdminService::new(self.clone())))
-            .add_service(reflection);
+            .add_service(HealthServer::new(HealthService::new(self.clone())))
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
         let security = &self.config.security;
         let client_policy = AcceptPolicy {
             open: self.connections.clone(),
@@ -760,6 +831,7 @@ impl Node {
             max_memory = self.config.store.max_memory_bytes,
             eviction = self.config.store.eviction.as_str(),
             max_connections = self.config.max_connections,
+            workers = tokio::runtime::Handle::current().metrics().num_workers(),
             "ringcached serving"
         );
         let result = tokio::select! {
@@ -931,18 +1003,37 @@ impl Node {
             Some(path) => Some(self.watch_keyring(path.clone())?),
             None => None,
         };
-        let seeds = resolve_seeds(&self.config.seeds, gossip_addr).await;
-        // Seeds that are all this node (or do not resolve) leave it to start a cluster alone.
-        self.seeded.store(!seeds.is_empty(), Ordering::Release);
+        // The seeds are resolved now and again later (crate::seeds): a name that does not
+        // resolve yet is retried, never dropped.
+        let first = if joining {
+            let found =
+                crate::seeds::resolve_all(&*self.seed_resolver(), &self.config.seeds, gossip_addr)
+                    .await;
+            if !found.failures.is_empty() {
+                tracing::warn!(failures = %found.failures.join("; "), "cannot resolve seeds yet; retrying");
+            }
+            self.record_seed_state(found.state());
+            found
+        } else {
+            crate::seeds::Resolution::default()
+        };
         self.external_topology.store(true, Ordering::Release);
         let (handle, task) = MembershipHandle::spawn(
             membership,
             socket,
-            seeds,
+            first.others.clone(),
             encryption,
             self.gossip_stop.clone(),
         );
         tasks.spawn(follow_members(self.clone(), handle.members()));
+        if joining {
+            tasks.spawn(crate::seeds::follow(
+                self.clone(),
+                handle.clone(),
+                gossip_addr,
+                first,
+            ));
+        }
         tasks.spawn(run_rebalancer(
             self.ctx.clone(),
             self.config.probe_interval * 2,
@@ -1107,26 +1198,46 @@ fn membership_config(config: &Config) -> MembershipConfig {
     }
 }
 
-/// Waits (bounded) to see the cluster, pulls this node's future ranges from its members, then
-/// announces the node Active so it enters the ring.
+/// Waits to see the cluster, pulls this node's future ranges from its members, then announces
+/// the node Active so it enters the ring. While no seed resolves it waits without a bound (it
+/// never founds a cluster of one on a DNS failure); once one does, or for a node whose seeds
+/// are only itself, it waits at most 10 probe intervals for an active member.
 async fn join(node: Arc<Node>, handle: MembershipHandle, mut meta: NodeMeta) {
     let deadline = node.config.probe_interval * 10;
     let mut members = handle.members();
-    let sees_others = async {
-        loop {
-            if members
-                .borrow_and_update()
-                .iter()
-                .any(|m| m.node_id != node.config.node_id && m.state == NodeState::Active)
-            {
-                return;
-            }
-            if members.changed().await.is_err() {
-                return;
+    let node_id = node.config.node_id.clone();
+    let sees_others = |members: &mut watch::Receiver<Vec<Member>>| {
+        let node_id = node_id.clone();
+        let mut members = members.clone();
+        async move {
+            loop {
+                if members
+                    .borrow_and_update()
+                    .iter()
+                    .any(|m| m.node_id != node_id && m.state == NodeState::Active)
+                {
+                    return;
+                }
+                if members.changed().await.is_err() {
+                    return;
+                }
             }
         }
     };
-    if tokio::time::timeout(deadline, sees_others).await.is_err() {
+    let mut seeds = node.seeds.subscribe();
+    if matches!(*seeds.borrow(), SeedState::Unresolved(_)) {
+        tracing::warn!("no seed resolves yet: waiting to join (not founding a cluster of one)");
+        let resolved = seeds.wait_for(|state| !matches!(state, SeedState::Unresolved(_)));
+        tokio::select! {
+            _ = resolved => {}
+            () = sees_others(&mut members) => {}
+            () = node.shutdown.cancelled() => return,
+        }
+    }
+    if tokio::time::timeout(deadline, sees_others(&mut members))
+        .await
+        .is_err()
+    {
         // A cluster whose members all run with other placement settings is not in the view:
         // joining it would start a second cluster beside it. Stay out, and say why.
         if let Some(why) = join_refusal(&handle.stats().refused()) {
@@ -1150,19 +1261,6 @@ async fn join(node: Arc<Node>, handle: MembershipHandle, mut meta: NodeMeta) {
         tracing::warn!(%error, "could not announce the node active");
     }
     node.state.send_replace(v1::NodeState::Active);
-}
-
-/// Resolves `host:port` seeds; unresolvable ones are logged and skipped, and our own address is
-/// left out.
-async fn resolve_seeds(seeds: &[String], own: SocketAddr) -> Vec<SocketAddr> {
-    let mut resolved = Vec::new();
-    for seed in seeds {
-        match tokio::net::lookup_host(seed.as_str()).await {
-            Ok(addrs) => resolved.extend(addrs.filter(|addr| *addr != own)),
-            Err(error) => tracing::warn!(%seed, %error, "cannot resolve seed; skipping it"),
-        }
-    }
-    resolved
 }
 
 /// Turns every member list into the node's topology until shutdown.

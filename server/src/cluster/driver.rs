@@ -44,6 +44,9 @@ pub enum Command {
     SetMeta(NodeMeta),
     /// Announce to one more gossip address (a seed or any member).
     Announce(SocketAddr),
+    /// Replace the seeds (their addresses were resolved again): announce to them now, and keep
+    /// announcing to these instead of the old ones.
+    Seeds(Vec<SocketAddr>),
     /// Leave the cluster gracefully and stop the task.
     Leave,
 }
@@ -275,6 +278,11 @@ impl MembershipHandle {
         self.send(Command::Announce(addr)).await
     }
 
+    /// Replaces the seeds (after they were resolved again, e.g. to a seed pod's new IP).
+    pub async fn set_seeds(&self, seeds: Vec<SocketAddr>) -> Result<(), CommandError> {
+        self.send(Command::Seeds(seeds)).await
+    }
+
     /// Leaves the cluster gracefully; the task then stops.
     pub async fn leave(&self) -> Result<(), CommandError> {
         self.send(Command::Leave).await
@@ -381,6 +389,7 @@ pub async fn run_membership(
                         }
                     }
                     Some(Command::Announce(addr)) => membership.announce(now, addr),
+                    Some(Command::Seeds(seeds)) => membership.join(now, seeds),
                     Some(Command::Leave) => membership.leave(now),
                     None => commands_open = false,
                 }
