@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
+use tracing::{Instrument as _, Span};
 
 use crate::antientropy::AntiEntropyStats;
 use crate::api::auth::AuthState;
@@ -44,6 +45,7 @@ use crate::connections::{AcceptPolicy, ActivityLayer, Connections, RemoteAddr, s
 use crate::context::Context;
 use crate::http;
 use crate::known::{ForgetError, KnownMembers, Quorum};
+use crate::member_log::MemberLog;
 use crate::metrics::Metrics;
 use crate::rebalance::{RebalanceStats, run_rebalancer};
 use crate::reload::{ReloadCause, watch_files};
@@ -119,6 +121,11 @@ pub struct Node {
     secrets_reload: Arc<Notify>,
     /// Every member that owned ranges and has not left on purpose (minority protection).
     known: parking_lot::Mutex<KnownMembers>,
+    /// Logs the member state changes between consecutive views (see [`crate::member_log`]).
+    member_log: parking_lot::Mutex<MemberLog>,
+    /// `node{id=...}`: everything the node runs, and so every line it logs, is inside it
+    /// (see [`crate::logging`]).
+    span: Span,
 }
 
 impl std::ops::Deref for Node {
@@ -197,6 +204,7 @@ impl Node {
     /// A node reading time from `clock` (tests drive TTLs with a manual clock).
     pub fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Arc<Self> {
         let incarnation = clock.now_ms();
+        let span = crate::logging::node_span(&config.node_id);
         let store = Store::new(config.store.clone());
         let (state, _) = watch::channel(v1::NodeState::Active);
         let (view, _) = watch::channel(Arc::new(ClusterView::new(
@@ -254,9 +262,17 @@ impl Node {
             view_changed_at: parking_lot::Mutex::new(Instant::now()),
             secrets_reload: Arc::new(Notify::new()),
             known: parking_lot::Mutex::new(KnownMembers::new()),
+            member_log: parking_lot::Mutex::new(MemberLog::default()),
+            span,
         });
-        node.publish_single_node();
+        node.span.in_scope(|| node.publish_single_node());
         node
+    }
+
+    /// The node's root span, `node{id=<node id>}` (see [`crate::logging`]): the node runs in
+    /// it; a process that runs one node can also enter it on all its threads.
+    pub fn span(&self) -> &Span {
+        &self.span
     }
 
     /// The data path's handles, for replication, rebalancing, anti-entropy and clock checks.
@@ -439,6 +455,7 @@ impl Node {
     /// Replaces the topology (from membership, or set by hand for static clusters and tests).
     /// Views with an unchanged digest are not republished.
     pub fn set_topology(&self, topology: Topology) {
+        let _entered = self.span.enter();
         self.external_topology.store(true, Ordering::Release);
         self.replace_topology(topology);
     }
@@ -473,6 +490,13 @@ impl Node {
             alive = quorum.alive,
             "new topology"
         );
+        let previous = Arc::clone(&self.view.borrow());
+        self.member_log.lock().log(
+            Instant::now(),
+            &self.config.node_id,
+            previous.topology.members(),
+            topology.members(),
+        );
         self.view
             .send_replace(Arc::new(ClusterView::new(topology, quorum)));
         drop(known);
@@ -486,7 +510,7 @@ impl Node {
         let view = self.view();
         known.forget(node_id, view.topology.members())?;
         let quorum = Quorum::of(&known, view.topology.members());
-        tracing::info!(node_id, known = quorum.known, "member forgotten");
+        tracing::info!(member = node_id, known = quorum.known, "member forgotten");
         self.view
             .send_replace(Arc::new(ClusterView::new(view.topology.clone(), quorum)));
         Ok(())
@@ -524,13 +548,25 @@ impl Node {
 
     /// Starts a graceful leave: the node turns `Leaving` and shuts down once in-flight requests end.
     pub fn leave(&self) {
-        self.set_state(v1::NodeState::Leaving);
+        let _entered = self.span.enter();
+        self.enter_leaving("drain");
+        self.publish_single_node();
         self.shutdown.cancel();
+    }
+
+    /// Turns the node `Leaving` and says so once (`why`: `drain` for a requested leave,
+    /// `shutdown` for a signal or the shutdown future).
+    fn enter_leaving(&self, why: &'static str) {
+        if self.state.send_replace(v1::NodeState::Leaving) != v1::NodeState::Leaving {
+            tracing::info!(reason = why, "node leaving");
+        }
     }
 
     /// Stops the node at once as if its process died: no graceful leave, no draining. For tests
     /// of failure detection and failover.
     pub fn crash(&self) {
+        let _entered = self.span.enter();
+        tracing::warn!("crashing on request: stopping without leaving");
         self.crash.cancel();
     }
 
@@ -556,11 +592,6 @@ impl Node {
     /// Gossip traffic and member counts, when membership runs.
     pub fn gossip_stats(&self) -> Option<GossipStatsSnapshot> {
         self.membership.get().map(|m| m.stats().snapshot())
-    }
-
-    fn set_state(&self, state: v1::NodeState) {
-        self.state.send_replace(state);
-        self.publish_single_node();
     }
 
     /// Publishes the one-member topology of a node alone.
@@ -607,8 +638,29 @@ impl Node {
 
     /// Serves gRPC on any stream of connections: `incoming` is the client port (`grpc_addr`
     /// advertised for it), `cluster` the cluster port and its address; gossip on any
-    /// [`GossipSocket`].
+    /// [`GossipSocket`]. Runs in the node's span, and so do the tasks it spawns.
     pub async fn serve_with_incoming<I, IO, IE>(
+        self: Arc<Self>,
+        incoming: I,
+        grpc_addr: SocketAddr,
+        cluster: Option<(I, SocketAddr)>,
+        http: Option<TcpListener>,
+        gossip: Option<Box<dyn GossipSocket>>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()>
+    where
+        I: Stream<Item = Result<IO, IE>> + Send + 'static,
+        IO: AsyncRead + AsyncWrite + RemoteAddr + Unpin + Send + 'static,
+        IE: std::fmt::Display + Send + 'static,
+    {
+        let span = self.span.clone();
+        self.run(incoming, grpc_addr, cluster, http, gossip, shutdown)
+            .instrument(span)
+            .await
+    }
+
+    /// [`Node::serve_with_incoming`], inside the node's span.
+    async fn run<I, IO, IE>(
         self: Arc<Self>,
         incoming: I,
         grpc_addr: SocketAddr,
@@ -633,7 +685,7 @@ impl Node {
                 auth = self.auth.get().is_some(),
                 "Redis protocol (RESP) serving"
             );
-            tokio::spawn(crate::resp::serve(self.clone(), resp));
+            tokio::spawn(crate::resp::serve(self.clone(), resp).in_current_span());
         }
         let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
         {
@@ -648,24 +700,27 @@ impl Node {
         }
         self.publish_single_node();
         let token = self.shutdown.clone();
-        tokio::spawn({
-            let token = token.clone();
-            async move {
-                tokio::select! {
-                    () = shutdown => {
-                        tracing::info!("shutdown requested");
-                        token.cancel();
+        tokio::spawn(
+            {
+                let token = token.clone();
+                async move {
+                    tokio::select! {
+                        () = shutdown => {
+                            tracing::info!("shutdown requested");
+                            token.cancel();
+                        }
+                        () = token.cancelled() => {}
                     }
-                    () = token.cancelled() => {}
                 }
             }
-        });
+            .in_current_span(),
+        );
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(expiry_task(self.clone()));
-        tasks.spawn(metrics_upkeep_task(self.clone()));
-        tasks.spawn(replay_hints_task(self.ctx.clone()));
+        tasks.spawn(expiry_task(self.clone()).in_current_span());
+        tasks.spawn(metrics_upkeep_task(self.clone()).in_current_span());
+        tasks.spawn(replay_hints_task(self.ctx.clone()).in_current_span());
         if let Some(listener) = http {
-            tasks.spawn(http::serve(self.clone(), listener));
+            tasks.spawn(http::serve(self.clone(), listener).in_current_span());
         }
         let membership_task = match gossip {
             Some(socket) => Some(self.start_membership(socket, &mut tasks).await?),
@@ -684,6 +739,7 @@ impl Node {
         // configured.
         let client_router = self
             .grpc_server_builder()
+            .trace_fn(self.request_span())
             .layer(DigestLayer::new(self.digest.clone()))
             .layer(self.activity_layer())
             .layer(AuthLayer::new(self.clone()))
@@ -703,7 +759,8 @@ impl Node {
         let client_incoming = secure_incoming(incoming, client_policy, token.clone());
         let client_server = tokio::spawn(
             client_router
-                .serve_with_incoming_shutdown(client_incoming, token.clone().cancelled_owned()),
+                .serve_with_incoming_shutdown(client_incoming, token.clone().cancelled_owned())
+                .in_current_span(),
         );
         // The cluster plane: Internal and forwarded Cache calls, from peers only (mutual TLS
         // against the cluster CA when configured).
@@ -711,6 +768,7 @@ impl Node {
             Some((cluster_incoming, cluster_addr)) => {
                 let cluster_router = self
                     .grpc_server_builder()
+                    .trace_fn(self.request_span())
                     .layer(DigestLayer::new(self.digest.clone()))
                     .layer(self.activity_layer())
                     .add_service(cache)
@@ -729,25 +787,29 @@ impl Node {
                 };
                 tracing::info!(cluster = %cluster_addr, mutual_tls = self.cluster_tls.get().is_some(), "cluster port serving");
                 let incoming = secure_incoming(cluster_incoming, cluster_policy, token.clone());
-                Some(tokio::spawn(cluster_router.serve_with_incoming_shutdown(
-                    incoming,
-                    token.clone().cancelled_owned(),
-                )))
+                Some(tokio::spawn(
+                    cluster_router
+                        .serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned())
+                        .in_current_span(),
+                ))
             }
             None => None,
         };
-        let mut server = tokio::spawn(async move {
-            let client = client_server.await;
-            let cluster = match cluster_server {
-                Some(task) => task.await,
-                None => Ok(Ok(())),
-            };
-            match (client, cluster) {
-                (Ok(Ok(())), Ok(Ok(()))) => Ok(()),
-                (Ok(Err(error)), _) | (_, Ok(Err(error))) => Err(anyhow::Error::new(error)),
-                (Err(error), _) | (_, Err(error)) => Err(anyhow::Error::new(error)),
+        let mut server = tokio::spawn(
+            async move {
+                let client = client_server.await;
+                let cluster = match cluster_server {
+                    Some(task) => task.await,
+                    None => Ok(Ok(())),
+                };
+                match (client, cluster) {
+                    (Ok(Ok(())), Ok(Ok(()))) => Ok(()),
+                    (Ok(Err(error)), _) | (_, Ok(Err(error))) => Err(anyhow::Error::new(error)),
+                    (Err(error), _) | (_, Err(error)) => Err(anyhow::Error::new(error)),
+                }
             }
-        });
+            .in_current_span(),
+        );
         if self.is_insecure() {
             tracing::warn!(bind = %self.config.bind, "INSECURE: serving a non-loopback address without TLS, users, cluster TLS or gossip encryption (--insecure); anyone who reaches these ports can read, write and join");
         }
@@ -756,17 +818,20 @@ impl Node {
         tracing::info!(
             node_id = %self.config.node_id,
             grpc = %grpc_addr,
-            http = ?http_addr,
+            http = http_addr.map(tracing::field::display),
             max_memory = self.config.store.max_memory_bytes,
             eviction = self.config.store.eviction.as_str(),
             max_connections = self.config.max_connections,
             "ringcached serving"
         );
+        if self.state() == v1::NodeState::Active {
+            // A node that joins says so once it has pulled its ranges (`join`).
+            tracing::info!(keys_pulled = 0, "node active");
+        }
         let result = tokio::select! {
             joined = &mut server => Some(joined),
             () = token.cancelled() => None,
             () = self.crash.cancelled() => {
-                tracing::warn!("crashing on request: stopping without leaving");
                 server.abort();
                 tasks.abort_all();
                 if let Some(task) = membership_task {
@@ -779,11 +844,14 @@ impl Node {
         let result = match result {
             Some(joined) => joined,
             None => {
-                self.state.send_replace(v1::NodeState::Leaving);
+                self.enter_leaving("shutdown");
                 match tokio::time::timeout(self.config.shutdown_timeout, &mut server).await {
                     Ok(joined) => joined,
                     Err(_) => {
-                        tracing::warn!(timeout = ?self.config.shutdown_timeout, "in-flight requests did not finish in time; stopping anyway");
+                        tracing::warn!(
+                            timeout = %humantime::format_duration(self.config.shutdown_timeout),
+                            "in-flight requests did not finish in time; stopping anyway"
+                        );
                         server.abort();
                         Ok(Ok(()))
                     }
@@ -805,7 +873,7 @@ impl Node {
                 tracing::warn!("gossip did not stop within 5 s");
             }
         }
-        tracing::info!("ringcached stopped");
+        tracing::info!("node stopped");
         result
             .context("the gRPC server task failed")?
             .context("the gRPC server failed")
@@ -817,6 +885,15 @@ impl Node {
             Some(_) => tower::util::Either::Left(ActivityLayer),
             None => tower::util::Either::Right(tower::layer::util::Identity::new()),
         }
+    }
+
+    /// tonic's `trace_fn`: every gRPC request runs in the node's span (tonic serves each
+    /// connection on a task of its own, outside any span).
+    fn request_span(
+        &self,
+    ) -> impl Fn(&tonic::codegen::http::Request<()>) -> Span + Send + Sync + 'static {
+        let span = self.span.clone();
+        move |_| span.clone()
     }
 
     /// A tonic server with the node's HTTP/2 settings and limits.
@@ -847,7 +924,7 @@ fn watch_tls_and_users(node: &Arc<Node>) {
         node.shutdown.clone(),
         move |cause| {
             if let Some(node) = weak.upgrade() {
-                tracing::info!(?cause, "reloading users and TLS files");
+                tracing::info!(%cause, "reloading users and TLS files");
                 let _ = node.reload_tls_and_users();
             }
         },
@@ -876,20 +953,15 @@ impl Node {
         if keys == 0 {
             return;
         }
-        tracing::info!(keys, "handing off data before leaving");
-        match tokio::time::timeout(self.config.leave_timeout, crate::rebalance::hand_off(self))
-            .await
-        {
-            Ok(true) => tracing::info!(
-                sent = self.rebalance.keys_sent.load(Ordering::Relaxed),
-                "hand-off complete"
-            ),
-            Ok(false) => {
-                tracing::warn!(error = %self.rebalance.to_wire().last_error, "hand-off incomplete; some keys were not acknowledged")
-            }
-            Err(_) => {
-                tracing::warn!(timeout = ?self.config.leave_timeout, "hand-off did not finish in time")
-            }
+        // `hand_off` logs its start and how it ended.
+        let handed_off =
+            tokio::time::timeout(self.config.leave_timeout, crate::rebalance::hand_off(self)).await;
+        if handed_off.is_err() {
+            tracing::warn!(
+                kind = "hand_off",
+                timeout = %humantime::format_duration(self.config.leave_timeout),
+                "rebalance did not finish within the leave timeout; leaving anyway"
+            );
         }
     }
 
@@ -934,6 +1006,7 @@ impl Node {
         let seeds = resolve_seeds(&self.config.seeds, gossip_addr).await;
         // Seeds that are all this node (or do not resolve) leave it to start a cluster alone.
         self.seeded.store(!seeds.is_empty(), Ordering::Release);
+        let resolved_seeds = seeds.len();
         self.external_topology.store(true, Ordering::Release);
         let (handle, task) = MembershipHandle::spawn(
             membership,
@@ -942,24 +1015,31 @@ impl Node {
             encryption,
             self.gossip_stop.clone(),
         );
-        tasks.spawn(follow_members(self.clone(), handle.members()));
-        tasks.spawn(run_rebalancer(
-            self.ctx.clone(),
-            self.config.probe_interval * 2,
-        ));
-        tasks.spawn(crate::antientropy::run(
-            self.ctx.clone(),
-            self.config.anti_entropy_interval,
-        ));
-        tasks.spawn(crate::skew::run(
-            self.ctx.clone(),
-            self.config.probe_interval * CLOCK_CHECK_PROBES,
-        ));
+        tasks.spawn(follow_members(self.clone(), handle.members()).in_current_span());
+        tasks.spawn(
+            run_rebalancer(self.ctx.clone(), self.config.probe_interval * 2).in_current_span(),
+        );
+        tasks.spawn(
+            crate::antientropy::run(self.ctx.clone(), self.config.anti_entropy_interval)
+                .in_current_span(),
+        );
+        tasks.spawn(
+            crate::skew::run(
+                self.ctx.clone(),
+                self.config.probe_interval * CLOCK_CHECK_PROBES,
+            )
+            .in_current_span(),
+        );
+        tracing::info!(
+            gossip = %gossip_addr,
+            seeds = %self.config.seeds.join(","),
+            "gossip started"
+        );
         if joining {
             self.state.send_replace(v1::NodeState::Joining);
-            tasks.spawn(join(self.clone(), handle.clone(), meta));
+            tracing::info!(seeds = resolved_seeds, "node joining");
+            tasks.spawn(join(self.clone(), handle.clone(), meta).in_current_span());
         }
-        tracing::info!(gossip = %gossip_addr, seeds = ?self.config.seeds, "gossip started");
         let _ = self.membership.set(handle);
         Ok(task)
     }
@@ -970,7 +1050,7 @@ impl Node {
     /// one stays.
     fn watch_keyring(self: &Arc<Self>, path: std::path::PathBuf) -> anyhow::Result<Encryption> {
         let keyring = Keyring::load(&path)?;
-        tracing::info!(?keyring, file = %path.display(), "gossip encryption on");
+        tracing::info!(keys = %keyring, file = %path.display(), "gossip encryption on");
         let (keyring_tx, keyring_rx) = watch::channel(keyring);
         let encryption = Encryption::new(keyring_rx)
             .map_err(|_| anyhow::anyhow!("cannot draw a gossip instance id from the system RNG"))?;
@@ -978,15 +1058,15 @@ impl Node {
         let reload = move |cause: ReloadCause| match Keyring::load(&path) {
             Ok(keyring) => {
                 if *keyring_tx.borrow() == keyring {
-                    tracing::info!(?cause, ?keyring, "gossip key ring reloaded, unchanged");
+                    tracing::info!(%cause, keys = %keyring, "gossip key ring reloaded, unchanged");
                 } else {
-                    tracing::info!(?cause, ?keyring, "gossip key ring reloaded");
+                    tracing::info!(%cause, keys = %keyring, "gossip key ring reloaded");
                     keyring_tx.send_replace(keyring);
                 }
                 node.metrics.record_secrets_reload(true);
             }
             Err(error) => {
-                tracing::error!(?cause, %error, "gossip key ring reload failed; keeping the current key ring");
+                tracing::error!(%cause, %error, "gossip key ring reload failed; keeping the current key ring");
                 node.metrics.record_secrets_reload(false);
             }
         };
@@ -1135,7 +1215,10 @@ async fn join(node: Arc<Node>, handle: MembershipHandle, mut meta: NodeMeta) {
             node.metrics.record_join_refused();
             return;
         }
-        tracing::warn!(waited = ?deadline, "no active member seen yet; joining without pulling data");
+        tracing::warn!(
+            waited = %humantime::format_duration(deadline),
+            "no active member seen yet; joining without pulling data"
+        );
     }
     let active: Vec<Member> = members
         .borrow()
@@ -1144,12 +1227,12 @@ async fn join(node: Arc<Node>, handle: MembershipHandle, mut meta: NodeMeta) {
         .cloned()
         .collect();
     let pulled = crate::rebalance::pull_ranges(&node, &active).await;
-    tracing::info!(pulled, "ranges pulled; turning active");
     meta.state = MetaState::Active;
     if let Err(error) = handle.set_meta(meta).await {
         tracing::warn!(%error, "could not announce the node active");
     }
     node.state.send_replace(v1::NodeState::Active);
+    tracing::info!(keys_pulled = pulled, "node active");
 }
 
 /// Resolves `host:port` seeds; unresolvable ones are logged and skipped, and our own address is

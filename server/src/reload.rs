@@ -16,6 +16,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use ring::digest;
 use tokio::sync::Notify;
@@ -29,6 +30,15 @@ pub enum ReloadCause {
     Changed,
     /// The trigger was notified (SIGHUP, `Node::reload_secrets`): reload whatever the content.
     Requested,
+}
+
+impl std::fmt::Display for ReloadCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Changed => "file changed",
+            Self::Requested => "reload requested",
+        })
+    }
 }
 
 /// The content hash of each path (`None`: unreadable).
@@ -68,24 +78,27 @@ where
 {
     // Taken now, not when the task first runs: a change made right after this call counts.
     let mut last = fingerprint(&paths);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            let cause = tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = trigger.notified() => ReloadCause::Requested,
-                _ = tick.tick() => ReloadCause::Changed,
-            };
-            let now = fingerprint(&paths);
-            let changed = !same(&now, &last);
-            last = now;
-            if changed || cause == ReloadCause::Requested {
-                reload(cause);
+    tokio::spawn(
+        async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                let cause = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = trigger.notified() => ReloadCause::Requested,
+                    _ = tick.tick() => ReloadCause::Changed,
+                };
+                let now = fingerprint(&paths);
+                let changed = !same(&now, &last);
+                last = now;
+                if changed || cause == ReloadCause::Requested {
+                    reload(cause);
+                }
             }
         }
-    })
+        .in_current_span(),
+    )
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use crate::auth::Principal;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument as _;
 
 use bytes::Bytes;
 use ringcache_proto::v1::cache_client::CacheClient;
@@ -246,7 +247,7 @@ impl CacheService {
             for (primary, positions) in split.remote {
                 let message = part(&positions);
                 let forwarded = forward(self.node.clone(), op, primary, message, call.clone());
-                remote.spawn(async move { (positions, forwarded.await) });
+                remote.spawn(async move { (positions, forwarded.await) }.in_current_span());
             }
             let mut values = vec![T::default(); n];
             if !split.local.is_empty() {

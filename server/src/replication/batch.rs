@@ -26,6 +26,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use parking_lot::Mutex;
 use ringcache_proto::v1;
@@ -205,7 +206,9 @@ impl<D: Send + 'static> Batcher<D> {
                 queues: self.queues.clone(),
                 addr: addr.to_owned(),
             };
-            tokio::spawn(send_until_empty(transport.clone(), limits, slot, batch));
+            tokio::spawn(
+                send_until_empty(transport.clone(), limits, slot, batch).in_current_span(),
+            );
         }
     }
 

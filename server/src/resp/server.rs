@@ -19,6 +19,7 @@
 
 use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -77,11 +78,14 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
             tracing::debug!(%peer, "RESP connection refused: max_connections reached");
             refused(&node, Refused::TooMany);
             if !tls {
-                tokio::spawn(async move {
-                    let _ = stream
-                        .write_all(b"-ERR max number of clients reached\r\n")
-                        .await;
-                });
+                tokio::spawn(
+                    async move {
+                        let _ = stream
+                            .write_all(b"-ERR max number of clients reached\r\n")
+                            .await;
+                    }
+                    .in_current_span(),
+                );
             }
             continue;
         };
@@ -94,11 +98,14 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
                     tracing::debug!(%peer, "RESP connection refused: max_unauthenticated_connections reached");
                     refused(&node, Refused::TooManyUnauthenticated);
                     if !tls {
-                        tokio::spawn(async move {
-                            let _ = stream
-                                .write_all(b"-ERR max number of clients reached\r\n")
-                                .await;
-                        });
+                        tokio::spawn(
+                            async move {
+                                let _ = stream
+                                    .write_all(b"-ERR max number of clients reached\r\n")
+                                    .await;
+                            }
+                            .in_current_span(),
+                        );
                     }
                     continue;
                 }
@@ -110,12 +117,15 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
         let node = node.clone();
         let registry = registry.clone();
         let ring = ring.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            if let Err(error) = connection(node, registry, ring, stream, pending).await {
-                tracing::debug!(%peer, %error, "RESP connection ended");
+        tokio::spawn(
+            async move {
+                let _slot = slot;
+                if let Err(error) = connection(node, registry, ring, stream, pending).await {
+                    tracing::debug!(%peer, %error, "RESP connection ended");
+                }
             }
-        });
+            .in_current_span(),
+        );
     }
 }
 
@@ -216,7 +226,7 @@ where
             read = stream.read_buf(&mut input) => read?,
             () = expired => {
                 if let Some((_, reason)) = deadline {
-                    tracing::debug!(?reason, "closing a RESP connection");
+                    tracing::debug!(reason = reason.as_label(), "closing a RESP connection");
                     refused(&node, reason);
                 }
                 let _ = stream.shutdown().await;
