@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tracing::Instrument as _;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -314,90 +313,84 @@ where
     IE: std::fmt::Display + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Conn<IO>, io::Error>>(64);
-    tokio::spawn(
-        async move {
-            let mut incoming = std::pin::pin!(incoming);
-            loop {
-                let accepted = tokio::select! {
-                    () = stop.cancelled() => return,
-                    accepted = incoming.next() => accepted,
-                };
-                let io = match accepted {
-                    Some(Ok(io)) => io,
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, "accept failed");
-                        // Out of file descriptors and similar: do not spin.
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+    crate::logging::spawn(async move {
+        let mut incoming = std::pin::pin!(incoming);
+        loop {
+            let accepted = tokio::select! {
+                () = stop.cancelled() => return,
+                accepted = incoming.next() => accepted,
+            };
+            let io = match accepted {
+                Some(Ok(io)) => io,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "accept failed");
+                    // Out of file descriptors and similar: do not spin.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                None => return,
+            };
+            let Some(slot) = policy.open.admit() else {
+                tracing::debug!(
+                    max = policy.open.max(),
+                    "connection cap reached: closing a new connection"
+                );
+                continue;
+            };
+            let pending = match &policy.unauthenticated {
+                Some(unauthenticated) => match unauthenticated.admit() {
+                    Some(pending) => Some(pending),
+                    None => {
+                        policy.open.count_refused(Refused::TooManyUnauthenticated);
                         continue;
                     }
-                    None => return,
-                };
-                let Some(slot) = policy.open.admit() else {
-                    tracing::debug!(
-                        max = policy.open.max(),
-                        "connection cap reached: closing a new connection"
-                    );
-                    continue;
-                };
-                let pending = match &policy.unauthenticated {
-                    Some(unauthenticated) => match unauthenticated.admit() {
-                        Some(pending) => Some(pending),
-                        None => {
-                            policy.open.count_refused(Refused::TooManyUnauthenticated);
-                            continue;
-                        }
-                    },
-                    None => None,
-                };
-                let policy = policy.clone();
-                let tx = tx.clone();
-                tokio::spawn(
-                    async move {
-                        let remote = io.remote_addr();
-                        let outcome = tokio::time::timeout(
-                            policy.handshake_timeout,
-                            handshake(io, policy.tls.as_deref()),
-                        )
-                        .await
-                        .unwrap_or(Err(Refused::HandshakeTimeout));
-                        match outcome {
-                            Ok(inner) => {
-                                let state = Arc::new(ConnState::default());
-                                *state.pending.lock() = pending;
-                                let auth_deadline = if policy.require_auth {
-                                    Some(Box::pin(tokio::time::sleep(policy.handshake_timeout)))
-                                } else {
-                                    state.mark_authenticated();
-                                    None
-                                };
-                                let idle = policy.idle_timeout.map(|timeout| {
-                                    (timeout, Box::pin(tokio::time::sleep(timeout)))
-                                });
-                                let conn = Conn {
-                                    inner,
-                                    info: ConnInfo { remote, state },
-                                    auth_deadline,
-                                    idle,
-                                    _slot: slot,
-                                };
-                                let _ = tx.send(Ok(conn)).await;
-                            }
-                            Err(reason) => {
-                                tracing::debug!(
-                                    remote = remote.map(tracing::field::display),
-                                    reason = reason.as_label(),
-                                    "closing a connection before it served"
-                                );
-                                policy.open.count_refused(reason);
-                            }
-                        }
+                },
+                None => None,
+            };
+            let policy = policy.clone();
+            let tx = tx.clone();
+            crate::logging::spawn(async move {
+                let remote = io.remote_addr();
+                let outcome = tokio::time::timeout(
+                    policy.handshake_timeout,
+                    handshake(io, policy.tls.as_deref()),
+                )
+                .await
+                .unwrap_or(Err(Refused::HandshakeTimeout));
+                match outcome {
+                    Ok(inner) => {
+                        let state = Arc::new(ConnState::default());
+                        *state.pending.lock() = pending;
+                        let auth_deadline = if policy.require_auth {
+                            Some(Box::pin(tokio::time::sleep(policy.handshake_timeout)))
+                        } else {
+                            state.mark_authenticated();
+                            None
+                        };
+                        let idle = policy
+                            .idle_timeout
+                            .map(|timeout| (timeout, Box::pin(tokio::time::sleep(timeout))));
+                        let conn = Conn {
+                            inner,
+                            info: ConnInfo { remote, state },
+                            auth_deadline,
+                            idle,
+                            _slot: slot,
+                        };
+                        let _ = tx.send(Ok(conn)).await;
                     }
-                    .in_current_span(),
-                );
-            }
+                    Err(reason) => {
+                        tracing::debug!(
+                            remote = remote.map(tracing::field::display),
+                            reason = reason.as_label(),
+                            "closing a connection before it served"
+                        );
+                        policy.open.count_refused(reason);
+                    }
+                }
+            });
         }
-        .in_current_span(),
-    );
+    });
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 

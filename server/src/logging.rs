@@ -17,8 +17,8 @@ use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::io::IsTerminal;
 
-use tracing::Span;
 use tracing::span::EnteredSpan;
+use tracing::{Instrument as _, Span};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -60,6 +60,25 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.with_ansi(ansi).init(),
         LogFormat::Json => builder.json().with_ansi(false).init(),
     }
+}
+
+/// `tokio::spawn` in the current span: the task's lines keep the node span of the code that
+/// spawned it (a spawned task starts outside any span otherwise).
+pub fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(future.in_current_span())
+}
+
+/// `JoinSet::spawn` in the current span (see [`spawn`]).
+pub fn spawn_in<T, F>(set: &mut tokio::task::JoinSet<T>, future: F) -> tokio::task::AbortHandle
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    set.spawn(future.in_current_span())
 }
 
 thread_local! {

@@ -685,7 +685,7 @@ impl Node {
                 auth = self.auth.get().is_some(),
                 "Redis protocol (RESP) serving"
             );
-            tokio::spawn(crate::resp::serve(self.clone(), resp).in_current_span());
+            crate::logging::spawn(crate::resp::serve(self.clone(), resp));
         }
         let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
         {
@@ -700,27 +700,24 @@ impl Node {
         }
         self.publish_single_node();
         let token = self.shutdown.clone();
-        tokio::spawn(
-            {
-                let token = token.clone();
-                async move {
-                    tokio::select! {
-                        () = shutdown => {
-                            tracing::info!("shutdown requested");
-                            token.cancel();
-                        }
-                        () = token.cancelled() => {}
+        crate::logging::spawn({
+            let token = token.clone();
+            async move {
+                tokio::select! {
+                    () = shutdown => {
+                        tracing::info!("shutdown requested");
+                        token.cancel();
                     }
+                    () = token.cancelled() => {}
                 }
             }
-            .in_current_span(),
-        );
+        });
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(expiry_task(self.clone()).in_current_span());
-        tasks.spawn(metrics_upkeep_task(self.clone()).in_current_span());
-        tasks.spawn(replay_hints_task(self.ctx.clone()).in_current_span());
+        crate::logging::spawn_in(&mut tasks, expiry_task(self.clone()));
+        crate::logging::spawn_in(&mut tasks, metrics_upkeep_task(self.clone()));
+        crate::logging::spawn_in(&mut tasks, replay_hints_task(self.ctx.clone()));
         if let Some(listener) = http {
-            tasks.spawn(http::serve(self.clone(), listener).in_current_span());
+            crate::logging::spawn_in(&mut tasks, http::serve(self.clone(), listener));
         }
         let membership_task = match gossip {
             Some(socket) => Some(self.start_membership(socket, &mut tasks).await?),
@@ -757,10 +754,9 @@ impl Node {
             idle_timeout: security.idle_timeout,
         };
         let client_incoming = secure_incoming(incoming, client_policy, token.clone());
-        let client_server = tokio::spawn(
+        let client_server = crate::logging::spawn(
             client_router
-                .serve_with_incoming_shutdown(client_incoming, token.clone().cancelled_owned())
-                .in_current_span(),
+                .serve_with_incoming_shutdown(client_incoming, token.clone().cancelled_owned()),
         );
         // The cluster plane: Internal and forwarded Cache calls, from peers only (mutual TLS
         // against the cluster CA when configured).
@@ -787,29 +783,25 @@ impl Node {
                 };
                 tracing::info!(cluster = %cluster_addr, mutual_tls = self.cluster_tls.get().is_some(), "cluster port serving");
                 let incoming = secure_incoming(cluster_incoming, cluster_policy, token.clone());
-                Some(tokio::spawn(
+                Some(crate::logging::spawn(
                     cluster_router
-                        .serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned())
-                        .in_current_span(),
+                        .serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned()),
                 ))
             }
             None => None,
         };
-        let mut server = tokio::spawn(
-            async move {
-                let client = client_server.await;
-                let cluster = match cluster_server {
-                    Some(task) => task.await,
-                    None => Ok(Ok(())),
-                };
-                match (client, cluster) {
-                    (Ok(Ok(())), Ok(Ok(()))) => Ok(()),
-                    (Ok(Err(error)), _) | (_, Ok(Err(error))) => Err(anyhow::Error::new(error)),
-                    (Err(error), _) | (_, Err(error)) => Err(anyhow::Error::new(error)),
-                }
+        let mut server = crate::logging::spawn(async move {
+            let client = client_server.await;
+            let cluster = match cluster_server {
+                Some(task) => task.await,
+                None => Ok(Ok(())),
+            };
+            match (client, cluster) {
+                (Ok(Ok(())), Ok(Ok(()))) => Ok(()),
+                (Ok(Err(error)), _) | (_, Ok(Err(error))) => Err(anyhow::Error::new(error)),
+                (Err(error), _) | (_, Err(error)) => Err(anyhow::Error::new(error)),
             }
-            .in_current_span(),
-        );
+        });
         if self.is_insecure() {
             tracing::warn!(bind = %self.config.bind, "INSECURE: serving a non-loopback address without TLS, users, cluster TLS or gossip encryption (--insecure); anyone who reaches these ports can read, write and join");
         }
@@ -1015,20 +1007,21 @@ impl Node {
             encryption,
             self.gossip_stop.clone(),
         );
-        tasks.spawn(follow_members(self.clone(), handle.members()).in_current_span());
-        tasks.spawn(
-            run_rebalancer(self.ctx.clone(), self.config.probe_interval * 2).in_current_span(),
+        crate::logging::spawn_in(tasks, follow_members(self.clone(), handle.members()));
+        crate::logging::spawn_in(
+            tasks,
+            run_rebalancer(self.ctx.clone(), self.config.probe_interval * 2),
         );
-        tasks.spawn(
-            crate::antientropy::run(self.ctx.clone(), self.config.anti_entropy_interval)
-                .in_current_span(),
+        crate::logging::spawn_in(
+            tasks,
+            crate::antientropy::run(self.ctx.clone(), self.config.anti_entropy_interval),
         );
-        tasks.spawn(
+        crate::logging::spawn_in(
+            tasks,
             crate::skew::run(
                 self.ctx.clone(),
                 self.config.probe_interval * CLOCK_CHECK_PROBES,
-            )
-            .in_current_span(),
+            ),
         );
         tracing::info!(
             gossip = %gossip_addr,
@@ -1038,7 +1031,7 @@ impl Node {
         if joining {
             self.state.send_replace(v1::NodeState::Joining);
             tracing::info!(seeds = resolved_seeds, "node joining");
-            tasks.spawn(join(self.clone(), handle.clone(), meta).in_current_span());
+            crate::logging::spawn_in(tasks, join(self.clone(), handle.clone(), meta));
         }
         let _ = self.membership.set(handle);
         Ok(task)

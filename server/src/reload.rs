@@ -16,7 +16,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument as _;
 
 use ring::digest;
 use tokio::sync::Notify;
@@ -78,27 +77,24 @@ where
 {
     // Taken now, not when the task first runs: a change made right after this call counts.
     let mut last = fingerprint(&paths);
-    tokio::spawn(
-        async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                let cause = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = trigger.notified() => ReloadCause::Requested,
-                    _ = tick.tick() => ReloadCause::Changed,
-                };
-                let now = fingerprint(&paths);
-                let changed = !same(&now, &last);
-                last = now;
-                if changed || cause == ReloadCause::Requested {
-                    reload(cause);
-                }
+    crate::logging::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            let cause = tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = trigger.notified() => ReloadCause::Requested,
+                _ = tick.tick() => ReloadCause::Changed,
+            };
+            let now = fingerprint(&paths);
+            let changed = !same(&now, &last);
+            last = now;
+            if changed || cause == ReloadCause::Requested {
+                reload(cause);
             }
         }
-        .in_current_span(),
-    )
+    })
 }
 
 #[cfg(test)]

@@ -24,7 +24,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
-use tracing::Instrument as _;
 
 use ringcache_proto::topology::NodeState;
 use ringcache_proto::v1;
@@ -143,19 +142,16 @@ pub async fn check_once(node: &Arc<Context>) {
             continue;
         };
         let node = node.clone();
-        calls.spawn(
-            async move {
-                let before = node.now_ms();
-                let mut request = tonic::Request::new(v1::ClockRequest {});
-                request.set_timeout(timeout);
-                let answer = tokio::time::timeout(timeout, client.clock(request)).await;
-                let after = node.now_ms();
-                let peer_now = answer.ok()?.ok()?.into_inner().now_ms;
-                let local = before / 2 + after / 2;
-                Some(i64::try_from(peer_now).ok()? - i64::try_from(local).ok()?)
-            }
-            .in_current_span(),
-        );
+        crate::logging::spawn_in(&mut calls, async move {
+            let before = node.now_ms();
+            let mut request = tonic::Request::new(v1::ClockRequest {});
+            request.set_timeout(timeout);
+            let answer = tokio::time::timeout(timeout, client.clock(request)).await;
+            let after = node.now_ms();
+            let peer_now = answer.ok()?.ok()?.into_inner().now_ms;
+            let local = before / 2 + after / 2;
+            Some(i64::try_from(peer_now).ok()? - i64::try_from(local).ok()?)
+        });
     }
     let mut offsets = Vec::new();
     while let Some(joined) = calls.join_next().await {

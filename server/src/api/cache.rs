@@ -11,7 +11,6 @@ use crate::auth::Principal;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
-use tracing::Instrument as _;
 
 use bytes::Bytes;
 use ringcache_proto::v1::cache_client::CacheClient;
@@ -247,7 +246,7 @@ impl CacheService {
             for (primary, positions) in split.remote {
                 let message = part(&positions);
                 let forwarded = forward(self.node.clone(), op, primary, message, call.clone());
-                remote.spawn(async move { (positions, forwarded.await) }.in_current_span());
+                crate::logging::spawn_in(&mut remote, async move { (positions, forwarded.await) });
             }
             let mut values = vec![T::default(); n];
             if !split.local.is_empty() {

@@ -2,7 +2,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use tracing::Instrument as _;
 
 use ringcache_proto::v1::{self, cluster_server::Cluster};
 use tokio::sync::mpsc;
@@ -46,22 +45,19 @@ impl Cluster for ClusterService {
         let (tx, rx) = mpsc::channel(4);
         let mut views = self.node.watch_view();
         let shutdown = self.node.shutdown_token().clone();
-        tokio::spawn(
-            async move {
-                loop {
-                    let current = views.borrow_and_update().wire.clone();
-                    if tx.send(Ok(current)).await.is_err() {
-                        return;
-                    }
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tx.closed() => return,
-                        changed = views.changed() => if changed.is_err() { return },
-                    }
+        crate::logging::spawn(async move {
+            loop {
+                let current = views.borrow_and_update().wire.clone();
+                if tx.send(Ok(current)).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tx.closed() => return,
+                    changed = views.changed() => if changed.is_err() { return },
                 }
             }
-            .in_current_span(),
-        );
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

@@ -4,7 +4,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use tracing::Instrument as _;
 
 use bytes::Bytes;
 use ringcache_proto::placement::Ring;
@@ -238,61 +237,58 @@ impl Internal for InternalService {
         let mut ring = ScanRing::new(node.view(), &request)?;
         // A bounded channel: a slow receiver slows the scan down (backpressure).
         let (tx, rx) = mpsc::channel(2);
-        tokio::spawn(
-            async move {
-                let store = node.store();
-                let mut batch = v1::EntryBatch::default();
-                let mut bytes = 0;
-                let mut scanned = 0u64;
-                for shard in 0..store.shard_count() {
-                    let mut cursor = Some(0);
-                    while let Some(at) = cursor {
-                        let (items, next) = store.scan(shard, at, SCAN_STEP);
-                        cursor = next;
-                        // The ring may change during a long stream: each step uses the current view,
-                        // and a new ring is built only when the view changed.
-                        let view = node.view();
-                        if !ring.is_for(&view) {
-                            ring = match ScanRing::new(view, &request) {
-                                Ok(ring) => ring,
-                                Err(status) => {
-                                    let _ = tx.send(Err(status)).await;
-                                    return;
-                                }
-                            };
-                        }
-                        for (key, item) in items {
-                            scanned += 1;
-                            if item.value.is_none() && !request.include_tombstones {
-                                continue;
+        crate::logging::spawn(async move {
+            let store = node.store();
+            let mut batch = v1::EntryBatch::default();
+            let mut bytes = 0;
+            let mut scanned = 0u64;
+            for shard in 0..store.shard_count() {
+                let mut cursor = Some(0);
+                while let Some(at) = cursor {
+                    let (items, next) = store.scan(shard, at, SCAN_STEP);
+                    cursor = next;
+                    // The ring may change during a long stream: each step uses the current view,
+                    // and a new ring is built only when the view changed.
+                    let view = node.view();
+                    if !ring.is_for(&view) {
+                        ring = match ScanRing::new(view, &request) {
+                            Ok(ring) => ring,
+                            Err(status) => {
+                                let _ = tx.send(Err(status)).await;
+                                return;
                             }
-                            if !ring.holds(&key, &request.target_node_id) {
-                                continue;
-                            }
-                            bytes += key.len() + item.value.as_ref().map_or(0, Bytes::len);
-                            batch.entries.push(to_wire(key, item));
-                            if bytes >= batch_bytes {
-                                batch.scanned = scanned;
-                                if tx.send(Ok(std::mem::take(&mut batch))).await.is_err() {
-                                    return;
-                                }
-                                bytes = 0;
-                            }
-                        }
-                        if node.shutdown_token().is_cancelled() {
-                            let _ = tx
-                                .send(Err(Status::unavailable("node is shutting down")))
-                                .await;
-                            return;
-                        }
-                        tokio::task::yield_now().await;
+                        };
                     }
+                    for (key, item) in items {
+                        scanned += 1;
+                        if item.value.is_none() && !request.include_tombstones {
+                            continue;
+                        }
+                        if !ring.holds(&key, &request.target_node_id) {
+                            continue;
+                        }
+                        bytes += key.len() + item.value.as_ref().map_or(0, Bytes::len);
+                        batch.entries.push(to_wire(key, item));
+                        if bytes >= batch_bytes {
+                            batch.scanned = scanned;
+                            if tx.send(Ok(std::mem::take(&mut batch))).await.is_err() {
+                                return;
+                            }
+                            bytes = 0;
+                        }
+                    }
+                    if node.shutdown_token().is_cancelled() {
+                        let _ = tx
+                            .send(Err(Status::unavailable("node is shutting down")))
+                            .await;
+                        return;
+                    }
+                    tokio::task::yield_now().await;
                 }
-                batch.scanned = scanned;
-                let _ = tx.send(Ok(batch)).await;
             }
-            .in_current_span(),
-        );
+            batch.scanned = scanned;
+            let _ = tx.send(Ok(batch)).await;
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -22,7 +22,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tracing::Instrument as _;
 
 use ringcache_proto::topology::{Member, NodeState};
 use tokio::sync::{mpsc, watch};
@@ -237,19 +236,16 @@ impl MembershipHandle {
         let (commands_tx, commands_rx) = mpsc::channel(16);
         let (members_tx, members_rx) = watch::channel(membership.members().to_vec());
         let stats = Arc::new(GossipStats::default());
-        let task = tokio::spawn(
-            run_membership(
-                membership,
-                socket,
-                seeds,
-                encryption,
-                commands_rx,
-                members_tx,
-                Arc::clone(&stats),
-                shutdown,
-            )
-            .in_current_span(),
-        );
+        let task = crate::logging::spawn(run_membership(
+            membership,
+            socket,
+            seeds,
+            encryption,
+            commands_rx,
+            members_tx,
+            Arc::clone(&stats),
+            shutdown,
+        ));
         let handle = Self {
             commands: commands_tx,
             members: members_rx,

@@ -26,7 +26,6 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument as _;
 
 use parking_lot::Mutex;
 use ringcache_proto::v1;
@@ -206,9 +205,7 @@ impl<D: Send + 'static> Batcher<D> {
                 queues: self.queues.clone(),
                 addr: addr.to_owned(),
             };
-            tokio::spawn(
-                send_until_empty(transport.clone(), limits, slot, batch).in_current_span(),
-            );
+            crate::logging::spawn(send_until_empty(transport.clone(), limits, slot, batch));
         }
     }
 

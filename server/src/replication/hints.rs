@@ -20,7 +20,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::Instrument as _;
 
 use ringcache_proto::topology::NodeState;
 use ringcache_proto::v1;
@@ -313,13 +312,10 @@ async fn replay_round(node: &Arc<Context>, log: &mut ReplayLog) {
         }
         let addr = member.cluster_addr.clone();
         let node = node.clone();
-        rounds.spawn(
-            async move {
-                let outcome = replay_to(&node, &target, &addr).await;
-                (target, outcome)
-            }
-            .in_current_span(),
-        );
+        crate::logging::spawn_in(&mut rounds, async move {
+            let outcome = replay_to(&node, &target, &addr).await;
+            (target, outcome)
+        });
     }
     while let Some(joined) = rounds.join_next().await {
         let Ok((target, outcome)) = joined else {

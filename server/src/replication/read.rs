@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tracing::Instrument as _;
 
 use bytes::Bytes;
 use ringcache_proto::v1;
@@ -42,7 +41,7 @@ pub async fn read(
         return Ok(plan.winners());
     }
     let (tx, rx) = oneshot::channel();
-    tokio::spawn(gather(node.clone(), plan, level, tx).in_current_span());
+    crate::logging::spawn(gather(node.clone(), plan, level, tx));
     rx.await.unwrap_or_else(|_| {
         Err(ReplicationError::Unavailable(
             "the read task ended without an answer".to_owned(),
@@ -154,13 +153,10 @@ async fn gather(
             .map(|&p| plan.keys[p].key.clone())
             .collect();
         let node = node.clone();
-        calls.spawn(
-            async move {
-                let result = read_versions(&node, addr.as_deref(), keys, timeout).await;
-                (id, positions, result)
-            }
-            .in_current_span(),
-        );
+        crate::logging::spawn_in(&mut calls, async move {
+            let result = read_versions(&node, addr.as_deref(), keys, timeout).await;
+            (id, positions, result)
+        });
     }
     let mut failures = Vec::new();
     while let Some(joined) = calls.join_next().await {
@@ -318,15 +314,12 @@ async fn repair(node: &Arc<Context>, plan: ReadPlan) {
     for (id, entries) in batches {
         let addr = view.topology.member(&id).map(|m| m.cluster_addr.clone());
         let node = node.clone();
-        calls.spawn(
-            async move {
-                let n = entries.len() as u64;
-                send_replicate(&node, addr.as_deref(), entries, false)
-                    .await
-                    .map(|()| n)
-            }
-            .in_current_span(),
-        );
+        crate::logging::spawn_in(&mut calls, async move {
+            let n = entries.len() as u64;
+            send_replicate(&node, addr.as_deref(), entries, false)
+                .await
+                .map(|()| n)
+        });
     }
     while let Some(joined) = calls.join_next().await {
         if let Ok(Ok(n)) = joined {

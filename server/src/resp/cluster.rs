@@ -12,7 +12,6 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tracing::Instrument as _;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
@@ -63,25 +62,22 @@ impl RingWatch {
         let mut views = node.watch_view();
         let shutdown = node.shutdown_token().clone();
         let task = watch.clone();
-        tokio::spawn(
-            async move {
-                let mut last = ring_shape(&views.borrow_and_update());
-                loop {
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        changed = views.changed() => if changed.is_err() { return },
-                    }
-                    let shape = ring_shape(&views.borrow_and_update());
-                    if shape != last {
-                        last = shape;
-                        let ms = task.start.elapsed().as_millis();
-                        task.changed_ms
-                            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
-                    }
+        crate::logging::spawn(async move {
+            let mut last = ring_shape(&views.borrow_and_update());
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    changed = views.changed() => if changed.is_err() { return },
+                }
+                let shape = ring_shape(&views.borrow_and_update());
+                if shape != last {
+                    last = shape;
+                    let ms = task.start.elapsed().as_millis();
+                    task.changed_ms
+                        .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
                 }
             }
-            .in_current_span(),
-        );
+        });
         watch
     }
 

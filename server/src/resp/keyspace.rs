@@ -22,7 +22,6 @@
 //! [`Store::scan_keys`]: crate::store::Store::scan_keys
 
 use std::sync::Arc;
-use tracing::Instrument as _;
 
 use bytes::Bytes;
 use ringcache_proto::v1;
@@ -178,20 +177,16 @@ pub async fn flush(node: &Arc<Node>, name: &str, rest: &[Bytes]) -> Reply {
         reached += 1;
         let id = member.node_id.clone();
         let client = node.peers().internal_client(&member.cluster_addr);
-        calls.spawn(
-            async move {
-                let mut client =
-                    client.map_err(|status| (id.clone(), status.message().to_owned()))?;
-                let mut request = tonic::Request::new(v1::FlushThroughRequest { version });
-                request.set_timeout(timeout);
-                match tokio::time::timeout(timeout, client.flush_through(request)).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(status)) => Err((id, status.message().to_owned())),
-                    Err(_) => Err((id, format!("no answer within {timeout:?}"))),
-                }
+        crate::logging::spawn_in(&mut calls, async move {
+            let mut client = client.map_err(|status| (id.clone(), status.message().to_owned()))?;
+            let mut request = tonic::Request::new(v1::FlushThroughRequest { version });
+            request.set_timeout(timeout);
+            match tokio::time::timeout(timeout, client.flush_through(request)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(status)) => Err((id, status.message().to_owned())),
+                Err(_) => Err((id, format!("no answer within {timeout:?}"))),
             }
-            .in_current_span(),
-        );
+        });
     }
     while let Some(joined) = calls.join_next().await {
         match joined {

@@ -19,7 +19,6 @@
 
 use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
-use tracing::Instrument as _;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -78,14 +77,11 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
             tracing::debug!(%peer, "RESP connection refused: max_connections reached");
             refused(&node, Refused::TooMany);
             if !tls {
-                tokio::spawn(
-                    async move {
-                        let _ = stream
-                            .write_all(b"-ERR max number of clients reached\r\n")
-                            .await;
-                    }
-                    .in_current_span(),
-                );
+                crate::logging::spawn(async move {
+                    let _ = stream
+                        .write_all(b"-ERR max number of clients reached\r\n")
+                        .await;
+                });
             }
             continue;
         };
@@ -98,14 +94,11 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
                     tracing::debug!(%peer, "RESP connection refused: max_unauthenticated_connections reached");
                     refused(&node, Refused::TooManyUnauthenticated);
                     if !tls {
-                        tokio::spawn(
-                            async move {
-                                let _ = stream
-                                    .write_all(b"-ERR max number of clients reached\r\n")
-                                    .await;
-                            }
-                            .in_current_span(),
-                        );
+                        crate::logging::spawn(async move {
+                            let _ = stream
+                                .write_all(b"-ERR max number of clients reached\r\n")
+                                .await;
+                        });
                     }
                     continue;
                 }
@@ -117,15 +110,12 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
         let node = node.clone();
         let registry = registry.clone();
         let ring = ring.clone();
-        tokio::spawn(
-            async move {
-                let _slot = slot;
-                if let Err(error) = connection(node, registry, ring, stream, pending).await {
-                    tracing::debug!(%peer, %error, "RESP connection ended");
-                }
+        crate::logging::spawn(async move {
+            let _slot = slot;
+            if let Err(error) = connection(node, registry, ring, stream, pending).await {
+                tracing::debug!(%peer, %error, "RESP connection ended");
             }
-            .in_current_span(),
-        );
+        });
     }
 }
 
