@@ -382,7 +382,7 @@ where
                     Err(reason) => {
                         tracing::debug!(
                             remote = remote.map(tracing::field::display),
-                            reason = reason.as_label(),
+                            reason = %reason.as_label(),
                             "closing a connection before it served"
                         );
                         policy.open.count_refused(reason);

@@ -7,16 +7,17 @@
 //! | `member active` | Joining → Active, or first seen Active (it serves and owns ranges) |
 //! | `member suspected` | → Suspect (failure detection suspects it; still in the ring) |
 //! | `member no longer suspected` | Suspect → Joining/Active (it refuted the suspicion) |
-//! | `member declared dead` | Joining/Active/Suspect → Dead (out of the ring) |
-//! | `member leaving` | → Leaving (a graceful leave: it hands off its data) |
-//! | `member left` | Leaving → Dead (it left gossip after the hand-off) |
-//! | `member rejoined` | a new incarnation of the same node id (a restart, or a rejoin after it was declared dead) |
-//! | `member removed` | no longer in the view (`dead_retention` after it died or left) |
+//! | `member declared dead` | → Dead (failure detection gave up on it; out of the ring) |
+//! | `member leaving` | → Leaving (a graceful leave or drain: it hands off its data) |
+//! | `member left` | → Left (it left gossip after announcing Leaving: drained, not failed) |
+//! | `member rejoined` | a new incarnation of the same node id (a restart, or a rejoin after it was declared dead), also when the old one had already been removed from the view (remembered for [`REMEMBER_REMOVED`]) |
+//! | `member removed` | no longer in the view (`dead_retention` after it died or left; or a new incarnation whose metadata has not arrived yet) |
 //! | `member state changed` | any other change |
 //!
-//! Fields: `member` (its node id), `state` (the new state; the last one for `member removed`),
-//! `from` (the previous state, absent when first seen), `incarnation`, `addr` (its gRPC
-//! address) and, after lines were held back, `suppressed`.
+//! Fields (all Display, no `Some(...)`): `member` (its node id), `state` (the new state; the
+//! last one for `member removed`), `from` (the previous state; absent when first seen and for
+//! `member removed`), `incarnation`, `addr` (its gRPC address) and, after lines were held
+//! back, `suppressed`.
 //!
 //! **Flood bound.** Each member has a budget of [`BURST`] lines, refilled by one every
 //! [`REFILL`]: a member that flaps (suspected, refuted, suspected...) logs its first changes,
@@ -34,6 +35,11 @@ use tokio::time::Instant;
 pub const BURST: u32 = 10;
 /// One more line per member after this long.
 pub const REFILL: Duration = Duration::from_secs(6);
+/// How long the incarnation of a member removed from the view is remembered, so that its
+/// return as a new incarnation reads as `member rejoined`.
+pub const REMEMBER_REMOVED: Duration = Duration::from_secs(600);
+/// Most removed members remembered (the oldest are forgotten first).
+pub const MAX_REMEMBERED: usize = 1024;
 
 /// The kind of one member's change between two views.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,11 +52,11 @@ pub enum Change {
     Suspected,
     /// Suspect → Joining or Active.
     Recovered,
-    /// Joining, Active or Suspect → Dead (or first seen Dead).
+    /// Now Dead (declared down).
     Dead,
     /// Now Leaving.
     Leaving,
-    /// Leaving → Dead.
+    /// Now Left (drained).
     Left,
     /// A new incarnation of the node id.
     Rejoined,
@@ -93,6 +99,17 @@ pub struct MemberChange<'a> {
 /// The changes from `old` to `new`, by member id; `own_id` (this node) is left out: the node
 /// logs its own transitions itself.
 pub fn diff<'a>(own_id: &str, old: &'a [Member], new: &'a [Member]) -> Vec<MemberChange<'a>> {
+    diff_remembering(own_id, old, new, |_| None)
+}
+
+/// [`diff`], where `removed(id)` gives the incarnation of a member removed from an earlier view:
+/// one that comes back as another incarnation has rejoined.
+fn diff_remembering<'a>(
+    own_id: &str,
+    old: &'a [Member],
+    new: &'a [Member],
+    removed: impl Fn(&str) -> Option<u64>,
+) -> Vec<MemberChange<'a>> {
     let mut before: BTreeMap<&str, &Member> = BTreeMap::new();
     for member in old.iter().filter(|m| m.node_id != own_id) {
         before.insert(&member.node_id, member);
@@ -100,7 +117,13 @@ pub fn diff<'a>(own_id: &str, old: &'a [Member], new: &'a [Member]) -> Vec<Membe
     let mut changes = Vec::new();
     for member in new.iter().filter(|m| m.node_id != own_id) {
         let previous = before.remove(member.node_id.as_str());
-        if let Some(change) = classify(previous, member) {
+        let change = match previous {
+            None if removed(&member.node_id).is_some_and(|inc| inc != member.incarnation) => {
+                Some(Change::Rejoined)
+            }
+            _ => classify(previous, member),
+        };
+        if let Some(change) = change {
             changes.push(MemberChange {
                 change,
                 member,
@@ -112,7 +135,7 @@ pub fn diff<'a>(own_id: &str, old: &'a [Member], new: &'a [Member]) -> Vec<Membe
         changes.push(MemberChange {
             change: Change::Removed,
             member,
-            from: Some(member.state),
+            from: None,
         });
     }
     changes
@@ -120,7 +143,7 @@ pub fn diff<'a>(own_id: &str, old: &'a [Member], new: &'a [Member]) -> Vec<Membe
 
 /// What changed for a member now in the view; `None` when nothing did.
 fn classify(previous: Option<&Member>, now: &Member) -> Option<Change> {
-    use NodeState::{Active, Dead, Joining, Leaving, Suspect};
+    use NodeState::{Active, Dead, Joining, Leaving, Left, Suspect};
     let Some(previous) = previous else {
         return Some(match now.state {
             Joining => Change::Joining,
@@ -128,6 +151,7 @@ fn classify(previous: Option<&Member>, now: &Member) -> Option<Change> {
             Suspect => Change::Suspected,
             Leaving => Change::Leaving,
             Dead => Change::Dead,
+            Left => Change::Left,
         });
     };
     if previous.incarnation != now.incarnation {
@@ -137,7 +161,7 @@ fn classify(previous: Option<&Member>, now: &Member) -> Option<Change> {
         (from, to) if from == to => return None,
         (_, Suspect) => Change::Suspected,
         (_, Leaving) => Change::Leaving,
-        (Leaving, Dead) => Change::Left,
+        (_, Left) => Change::Left,
         (_, Dead) => Change::Dead,
         (Joining, Active) => Change::Active,
         (Suspect, Joining | Active) => Change::Recovered,
@@ -156,16 +180,56 @@ struct Budget {
 #[derive(Debug, Default)]
 pub struct MemberLog {
     budgets: BTreeMap<String, Budget>,
+    /// Members removed from the view: their last incarnation and when they were removed.
+    removed: BTreeMap<String, (u64, Instant)>,
 }
 
 impl MemberLog {
     /// Logs the changes from `old` to `new` at `now`.
     pub fn log(&mut self, now: Instant, own_id: &str, old: &[Member], new: &[Member]) {
-        for (change, suppressed) in self.admit(now, diff(own_id, old, new)) {
+        for (change, suppressed) in self.changes(now, own_id, old, new) {
             emit(&change, suppressed);
+        }
+    }
+
+    /// The changes to log from `old` to `new` at `now`, each with the number of lines of its
+    /// member held back before it; keeps the budgets and the removed members up to date.
+    fn changes<'a>(
+        &mut self,
+        now: Instant,
+        own_id: &str,
+        old: &'a [Member],
+        new: &'a [Member],
+    ) -> Vec<(MemberChange<'a>, u64)> {
+        self.removed
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < REMEMBER_REMOVED);
+        let removed = &self.removed;
+        let changes = diff_remembering(own_id, old, new, |id| removed.get(id).map(|(inc, _)| *inc));
+        let admitted = self.admit(now, changes);
+        for (change, _) in &admitted {
+            if change.change == Change::Removed {
+                let member = change.member;
+                self.removed
+                    .insert(member.node_id.clone(), (member.incarnation, now));
+            }
+        }
+        for member in new {
+            self.removed.remove(&member.node_id);
+        }
+        while self.removed.len() > MAX_REMEMBERED {
+            let oldest = self
+                .removed
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(id, _)| id.clone());
+            match oldest {
+                Some(id) => self.removed.remove(&id),
+                None => break,
+            };
         }
         self.budgets
             .retain(|id, _| new.iter().any(|m| &m.node_id == id));
+        admitted
     }
 
     /// The changes to log now, each with the number of lines of its member held back before
@@ -211,10 +275,10 @@ fn emit(change: &MemberChange<'_>, suppressed: u64) {
     let member = change.member;
     tracing::info!(
         member = %member.node_id,
-        state = member.state.as_str(),
-        from = change.from.map(NodeState::as_str),
+        state = %member.state.as_str(),
+        from = change.from.map(|from| display(from.as_str())),
         incarnation = member.incarnation,
-        addr = (!member.grpc_addr.is_empty()).then_some(member.grpc_addr.as_str()),
+        addr = (!member.grpc_addr.is_empty()).then(|| display(&member.grpc_addr)),
         suppressed = (suppressed > 0).then_some(suppressed),
         "{}",
         change.change.message()
@@ -265,7 +329,10 @@ mod tests {
         assert_eq!(one(Some((Suspect, 1)), (Dead, 1)), Change::Dead);
         assert_eq!(one(Some((Active, 1)), (Dead, 1)), Change::Dead);
         assert_eq!(one(Some((Active, 1)), (Leaving, 1)), Change::Leaving);
-        assert_eq!(one(Some((Leaving, 1)), (Dead, 1)), Change::Left);
+        assert_eq!(one(Some((Leaving, 1)), (Left, 1)), Change::Left);
+        assert_eq!(one(None, (Left, 1)), Change::Left);
+        // Gone without its Leaving announcement: a failure as far as this node can tell.
+        assert_eq!(one(Some((Leaving, 1)), (Dead, 1)), Change::Dead);
         assert_eq!(one(Some((Dead, 1)), (Joining, 2)), Change::Rejoined);
         assert_eq!(one(Some((Active, 1)), (Active, 2)), Change::Rejoined);
         assert_eq!(one(Some((Active, 1)), (Joining, 1)), Change::Other);
@@ -285,7 +352,47 @@ mod tests {
             [("b".to_owned(), Change::Removed)]
         );
         let changes = diff("a", &view, &gone);
-        assert_eq!(changes[0].from, Some(Active));
+        assert_eq!((changes[0].member.state, changes[0].from), (Active, None));
+    }
+
+    #[test]
+    fn a_member_back_as_another_incarnation_after_its_removal_has_rejoined() {
+        use NodeState::*;
+        let start = Instant::now();
+        let mut log = MemberLog::default();
+        let kinds = |admitted: Vec<(MemberChange<'_>, u64)>| -> Vec<Change> {
+            admitted.into_iter().map(|(c, _)| c.change).collect()
+        };
+        let first = [member("b", Active, 1)];
+        let restarted = [member("b", Joining, 2)];
+        assert_eq!(
+            kinds(log.changes(start, "a", &[], &first)),
+            [Change::Active]
+        );
+        assert_eq!(
+            kinds(log.changes(start, "a", &first, &[])),
+            [Change::Removed]
+        );
+        assert_eq!(
+            kinds(log.changes(start, "a", &[], &restarted)),
+            [Change::Rejoined]
+        );
+        // The same incarnation back (its metadata was late) is no rejoin.
+        assert_eq!(
+            kinds(log.changes(start, "a", &restarted, &[])),
+            [Change::Removed]
+        );
+        assert_eq!(
+            kinds(log.changes(start, "a", &[], &restarted)),
+            [Change::Joining]
+        );
+        // Long after its removal a member is new again.
+        log.changes(start, "a", &restarted, &[]);
+        let later = start + REMEMBER_REMOVED;
+        assert_eq!(
+            kinds(log.changes(later, "a", &[], &first)),
+            [Change::Active]
+        );
     }
 
     #[test]

@@ -558,7 +558,7 @@ impl Node {
     /// `shutdown` for a signal or the shutdown future).
     fn enter_leaving(&self, why: &'static str) {
         if self.state.send_replace(v1::NodeState::Leaving) != v1::NodeState::Leaving {
-            tracing::info!(reason = why, "node leaving");
+            tracing::info!(reason = %why, "node leaving");
         }
     }
 
@@ -812,7 +812,7 @@ impl Node {
             grpc = %grpc_addr,
             http = http_addr.map(tracing::field::display),
             max_memory = self.config.store.max_memory_bytes,
-            eviction = self.config.store.eviction.as_str(),
+            eviction = %self.config.store.eviction.as_str(),
             max_connections = self.config.max_connections,
             "ringcached serving"
         );
@@ -950,7 +950,7 @@ impl Node {
             tokio::time::timeout(self.config.leave_timeout, crate::rebalance::hand_off(self)).await;
         if handed_off.is_err() {
             tracing::warn!(
-                kind = "hand_off",
+                kind = %"hand_off",
                 timeout = %humantime::format_duration(self.config.leave_timeout),
                 "rebalance did not finish within the leave timeout; leaving anyway"
             );

@@ -457,7 +457,7 @@ pub async fn run_rebalancer(node: Arc<Context>, retry: Duration) {
                 let held = node.store().stats();
                 if moves {
                     tracing::info!(
-                        kind = "push",
+                        kind = %"push",
                         ring_members = current.ring.nodes().len(),
                         keys = held.keys,
                         bytes = held.used_bytes,
@@ -465,7 +465,7 @@ pub async fn run_rebalancer(node: Arc<Context>, retry: Duration) {
                     );
                 } else {
                     tracing::debug!(
-                        kind = "push",
+                        kind = %"push",
                         keys = held.keys,
                         "rebalance started (ring unchanged)"
                     );
@@ -479,7 +479,7 @@ pub async fn run_rebalancer(node: Arc<Context>, retry: Duration) {
             if ok {
                 if moves || done.keys_sent > 0 {
                     tracing::info!(
-                        kind = "push",
+                        kind = %"push",
                         keys_scanned = stats.keys_scanned.load(Ordering::Relaxed),
                         keys_sent = done.keys_sent,
                         bytes_sent = done.bytes_sent,
@@ -489,7 +489,7 @@ pub async fn run_rebalancer(node: Arc<Context>, retry: Duration) {
                     );
                 } else {
                     tracing::debug!(
-                        kind = "push",
+                        kind = %"push",
                         attempts,
                         "rebalance finished (nothing moved)"
                     );
@@ -499,7 +499,7 @@ pub async fn run_rebalancer(node: Arc<Context>, retry: Duration) {
                 if warned_at.is_none_or(|at| at.elapsed() >= RETRY_WARN_INTERVAL) {
                     warned_at = Some(Instant::now());
                     tracing::warn!(
-                        kind = "push",
+                        kind = %"push",
                         keys_sent = done.keys_sent,
                         failures = done.failures,
                         error = %stats.last_error.lock(),
@@ -509,7 +509,7 @@ pub async fn run_rebalancer(node: Arc<Context>, retry: Duration) {
                     );
                 } else {
                     tracing::debug!(
-                        kind = "push",
+                        kind = %"push",
                         keys_sent = done.keys_sent,
                         failures = done.failures,
                         attempts,
@@ -534,7 +534,7 @@ pub async fn pull_ranges(node: &Context, members: &[Member]) -> u64 {
     let sources = members.iter().filter(|m| m.node_id != self_id).count();
     let before = stats.counts();
     let started = Instant::now();
-    tracing::info!(kind = "pull", sources, "rebalance started");
+    tracing::info!(kind = %"pull", sources, "rebalance started");
     let mut received = 0;
     for member in members.iter().filter(|m| m.node_id != self_id) {
         let result = async {
@@ -594,7 +594,7 @@ pub async fn pull_ranges(node: &Context, members: &[Member]) -> u64 {
     let done = stats.counts().since(before);
     if done.failures == 0 {
         tracing::info!(
-            kind = "pull",
+            kind = %"pull",
             sources,
             keys_received = received,
             took_ms = millis(started.elapsed()),
@@ -603,7 +603,7 @@ pub async fn pull_ranges(node: &Context, members: &[Member]) -> u64 {
     } else {
         // Not retried: the members push what the joiner misses once it is in the ring.
         tracing::warn!(
-            kind = "pull",
+            kind = %"pull",
             sources,
             keys_received = received,
             failures = done.failures,
@@ -639,14 +639,14 @@ pub async fn hand_off(node: &Context) -> bool {
     let target = ClusterView::new(without, current.quorum);
     if target.ring.is_empty() {
         tracing::info!(
-            kind = "hand_off",
+            kind = %"hand_off",
             keys = held.keys,
             "rebalance skipped: no other member to hand the data to"
         );
         return true;
     }
     tracing::info!(
-        kind = "hand_off",
+        kind = %"hand_off",
         ring_members = target.ring.nodes().len(),
         keys = held.keys,
         bytes = held.used_bytes,
@@ -658,7 +658,7 @@ pub async fn hand_off(node: &Context) -> bool {
     let done = stats.counts().since(before);
     if ok {
         tracing::info!(
-            kind = "hand_off",
+            kind = %"hand_off",
             keys_scanned = stats.keys_scanned.load(Ordering::Relaxed),
             keys_sent = done.keys_sent,
             bytes_sent = done.bytes_sent,
@@ -667,7 +667,7 @@ pub async fn hand_off(node: &Context) -> bool {
         );
     } else {
         tracing::warn!(
-            kind = "hand_off",
+            kind = %"hand_off",
             keys_sent = done.keys_sent,
             failures = done.failures,
             error = %stats.last_error.lock(),

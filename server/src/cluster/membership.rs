@@ -1040,7 +1040,7 @@ impl Membership {
                 tracing::warn!(
                     member = %member.node_id,
                     gossip_addr = %member.gossip_addr,
-                    state = member.state.as_str(),
+                    state = %member.state.as_str(),
                     reason = %member.reason,
                     "refusing a member whose placement settings differ from this node's; it is not admitted to the ring"
                 );

@@ -216,7 +216,7 @@ where
             read = stream.read_buf(&mut input) => read?,
             () = expired => {
                 if let Some((_, reason)) = deadline {
-                    tracing::debug!(reason = reason.as_label(), "closing a RESP connection");
+                    tracing::debug!(reason = %reason.as_label(), "closing a RESP connection");
                     refused(&node, reason);
                 }
                 let _ = stream.shutdown().await;
