@@ -1025,7 +1025,7 @@ impl Node {
         );
         tracing::info!(
             gossip = %gossip_addr,
-            seeds = %self.config.seeds.join(","),
+            seeds = (!self.config.seeds.is_empty()).then(|| display(self.config.seeds.join(","))),
             "gossip started"
         );
         if joining {

@@ -495,6 +495,15 @@ pub async fn run_rebalancer(node: Arc<Context>, retry: Duration) {
                     );
                 }
                 settled = current;
+            } else if node.shutdown_token().is_cancelled() {
+                // Stopped for the shutdown: the hand-off (a graceful leave) moves the rest.
+                tracing::info!(
+                    kind = %"push",
+                    keys_sent = done.keys_sent,
+                    took_ms = millis(started.elapsed()),
+                    "rebalance stopped: the node is shutting down"
+                );
+                return;
             } else {
                 if warned_at.is_none_or(|at| at.elapsed() >= RETRY_WARN_INTERVAL) {
                     warned_at = Some(Instant::now());

@@ -327,11 +327,13 @@ pub async fn run_membership(
     let mut auth_log = AuthFailureLog::default();
     tracing::info!(
         identity = %membership.identity(),
-        seeds = %seeds
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(","),
+        seeds = (!seeds.is_empty()).then(|| display(
+            seeds
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        )),
         encrypted = sealer.is_some(),
         keys = sealer
             .as_ref()
