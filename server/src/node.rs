@@ -818,7 +818,7 @@ impl Node {
         );
         if self.state() == v1::NodeState::Active {
             // A node that joins says so once it has pulled its ranges (`join`).
-            tracing::info!(keys_pulled = 0, "node active");
+            tracing::info!("node active");
         }
         let result = tokio::select! {
             joined = &mut server => Some(joined),
