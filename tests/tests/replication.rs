@@ -432,6 +432,7 @@ async fn a_delete_leaves_tombstones_that_a_replayed_older_write_cannot_revive() 
                     expires_at_ms: None,
                 }],
                 hinted: true,
+                handoff: false,
             })
             .await
             .unwrap()
