@@ -4,7 +4,8 @@
 //! A three-node cluster where one node is killed and comes back and another is drained tells
 //! its story at INFO: joins, the node's own states, suspicion, death, rejoin, leave, rebalances
 //! with counts. Every JSON line names its node; no line carries ANSI escapes when stderr is not a
-//! terminal, or a Debug `Some(...)`.
+//! terminal, or a Debug `Some(...)`. `LOGS_DUMP=1 cargo test -p ringcache-server --test logs --
+//! --nocapture` prints the lines of n1 and the restarted n3, to read the story.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
