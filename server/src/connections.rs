@@ -313,7 +313,7 @@ where
     IE: std::fmt::Display + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Conn<IO>, io::Error>>(64);
-    tokio::spawn(async move {
+    crate::logging::spawn(async move {
         let mut incoming = std::pin::pin!(incoming);
         loop {
             let accepted = tokio::select! {
@@ -349,7 +349,7 @@ where
             };
             let policy = policy.clone();
             let tx = tx.clone();
-            tokio::spawn(async move {
+            crate::logging::spawn(async move {
                 let remote = io.remote_addr();
                 let outcome = tokio::time::timeout(
                     policy.handshake_timeout,
@@ -380,7 +380,11 @@ where
                         let _ = tx.send(Ok(conn)).await;
                     }
                     Err(reason) => {
-                        tracing::debug!(?remote, ?reason, "closing a connection before it served");
+                        tracing::debug!(
+                            remote = remote.map(tracing::field::display),
+                            reason = %reason.as_label(),
+                            "closing a connection before it served"
+                        );
                         policy.open.count_refused(reason);
                     }
                 }

@@ -15,6 +15,8 @@ pub mod context;
 pub mod dev_cluster;
 mod http;
 pub mod known;
+pub mod logging;
+pub mod member_log;
 pub mod metrics;
 pub mod node;
 pub mod readiness;

@@ -4,9 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ringcache_server::cluster::Keyring;
-use ringcache_server::config::{Cli, Config, LogFormat};
-use ringcache_server::{Listeners, Node, dev_cluster};
-use tracing_subscriber::EnvFilter;
+use ringcache_server::config::{Cli, Config};
+use ringcache_server::{Listeners, Node, dev_cluster, logging};
 
 fn main() -> ExitCode {
     match run() {
@@ -48,15 +47,23 @@ fn run() -> anyhow::Result<ExitCode> {
         eprintln!("ringcached: {reason}");
         return Ok(ExitCode::from(2));
     }
-    init_logging(config.log_format);
+    logging::init(config.log_format);
     // Always set, so tokio never reads TOKIO_WORKER_THREADS (it panics on a bad value).
     let (workers, from) = config.worker_threads();
+    let node = Node::new(config);
+    // One node per process: every thread runs in its span, so every line names the node,
+    // library lines from tasks it did not spawn included.
+    let span = node.span().clone();
+    let _entered = node.span().clone().entered();
     tracing::info!(workers, from, "starting the runtime");
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all().worker_threads(workers);
+    runtime
+        .enable_all()
+        .worker_threads(workers)
+        .on_thread_start(move || logging::enter_for_thread(&span))
+        .on_thread_stop(logging::exit_for_thread);
     runtime.build()?.block_on(async move {
-        let listeners = Listeners::bind(&config).await?;
-        let node = Node::new(config);
+        let listeners = Listeners::bind(node.config()).await?;
         tokio::spawn(reload_on_sighup(node.clone()));
         node.serve(listeners, shutdown_signal()).await
     })?;
@@ -82,17 +89,6 @@ async fn reload_on_sighup(node: std::sync::Arc<Node>) {
     }
     #[cfg(not(unix))]
     drop(node);
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 /// Completes on SIGINT or SIGTERM.

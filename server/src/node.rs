@@ -28,6 +28,7 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::pb::health_server::HealthServer;
+use tracing::{Instrument as _, Span};
 
 use crate::antientropy::AntiEntropyStats;
 use crate::api::auth::AuthState;
@@ -46,6 +47,7 @@ use crate::connections::{AcceptPolicy, ActivityLayer, Connections, RemoteAddr, s
 use crate::context::Context;
 use crate::http;
 use crate::known::{ForgetError, KnownMembers, Quorum};
+use crate::member_log::MemberLog;
 use crate::metrics::Metrics;
 use crate::readiness::SeedState;
 use crate::rebalance::{RebalanceStats, run_rebalancer};
@@ -134,6 +136,11 @@ pub struct Node {
     secrets_reload: Arc<Notify>,
     /// Every member that owned ranges and has not left on purpose (minority protection).
     known: parking_lot::Mutex<KnownMembers>,
+    /// Logs the member state changes between consecutive views (see [`crate::member_log`]).
+    member_log: parking_lot::Mutex<MemberLog>,
+    /// `node{id=...}`: everything the node runs, and so every line it logs, is inside it
+    /// (see [`crate::logging`]).
+    span: Span,
 }
 
 impl std::ops::Deref for Node {
@@ -212,6 +219,7 @@ impl Node {
     /// A node reading time from `clock` (tests drive TTLs with a manual clock).
     pub fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Arc<Self> {
         let incarnation = clock.now_ms();
+        let span = crate::logging::node_span(&config.node_id);
         let store = Store::new(config.store.clone());
         let (state, _) = watch::channel(v1::NodeState::Active);
         let (view, _) = watch::channel(Arc::new(ClusterView::new(
@@ -270,9 +278,17 @@ impl Node {
             view_changed_at: parking_lot::Mutex::new(Instant::now()),
             secrets_reload: Arc::new(Notify::new()),
             known: parking_lot::Mutex::new(KnownMembers::new()),
+            member_log: parking_lot::Mutex::new(MemberLog::default()),
+            span,
         });
-        node.publish_single_node();
+        node.span.in_scope(|| node.publish_single_node());
         node
+    }
+
+    /// The node's root span, `node{id=<node id>}` (see [`crate::logging`]): the node runs in
+    /// it; a process that runs one node can also enter it on all its threads.
+    pub fn span(&self) -> &Span {
+        &self.span
     }
 
     /// The data path's handles, for replication, rebalancing, anti-entropy and clock checks.
@@ -488,6 +504,7 @@ impl Node {
     /// Replaces the topology (from membership, or set by hand for static clusters and tests).
     /// Views with an unchanged digest are not republished.
     pub fn set_topology(&self, topology: Topology) {
+        let _entered = self.span.enter();
         self.external_topology.store(true, Ordering::Release);
         self.replace_topology(topology);
     }
@@ -522,6 +539,13 @@ impl Node {
             alive = quorum.alive,
             "new topology"
         );
+        let previous = Arc::clone(&self.view.borrow());
+        self.member_log.lock().log(
+            Instant::now(),
+            &self.config.node_id,
+            previous.topology.members(),
+            topology.members(),
+        );
         self.view
             .send_replace(Arc::new(ClusterView::new(topology, quorum)));
         drop(known);
@@ -535,7 +559,7 @@ impl Node {
         let view = self.view();
         known.forget(node_id, view.topology.members())?;
         let quorum = Quorum::of(&known, view.topology.members());
-        tracing::info!(node_id, known = quorum.known, "member forgotten");
+        tracing::info!(member = node_id, known = quorum.known, "member forgotten");
         self.view
             .send_replace(Arc::new(ClusterView::new(view.topology.clone(), quorum)));
         Ok(())
@@ -573,13 +597,25 @@ impl Node {
 
     /// Starts a graceful leave: the node turns `Leaving` and shuts down once in-flight requests end.
     pub fn leave(&self) {
-        self.set_state(v1::NodeState::Leaving);
+        let _entered = self.span.enter();
+        self.enter_leaving("drain");
+        self.publish_single_node();
         self.shutdown.cancel();
+    }
+
+    /// Turns the node `Leaving` and says so once (`why`: `drain` for a requested leave,
+    /// `shutdown` for a signal or the shutdown future).
+    fn enter_leaving(&self, why: &'static str) {
+        if self.state.send_replace(v1::NodeState::Leaving) != v1::NodeState::Leaving {
+            tracing::info!(reason = %why, "node leaving");
+        }
     }
 
     /// Stops the node at once as if its process died: no graceful leave, no draining. For tests
     /// of failure detection and failover.
     pub fn crash(&self) {
+        let _entered = self.span.enter();
+        tracing::warn!("crashing on request: stopping without leaving");
         self.crash.cancel();
     }
 
@@ -605,11 +641,6 @@ impl Node {
     /// Gossip traffic and member counts, when membership runs.
     pub fn gossip_stats(&self) -> Option<GossipStatsSnapshot> {
         self.membership.get().map(|m| m.stats().snapshot())
-    }
-
-    fn set_state(&self, state: v1::NodeState) {
-        self.state.send_replace(state);
-        self.publish_single_node();
     }
 
     /// Publishes the one-member topology of a node alone.
@@ -656,8 +687,29 @@ impl Node {
 
     /// Serves gRPC on any stream of connections: `incoming` is the client port (`grpc_addr`
     /// advertised for it), `cluster` the cluster port and its address; gossip on any
-    /// [`GossipSocket`].
+    /// [`GossipSocket`]. Runs in the node's span, and so do the tasks it spawns.
     pub async fn serve_with_incoming<I, IO, IE>(
+        self: Arc<Self>,
+        incoming: I,
+        grpc_addr: SocketAddr,
+        cluster: Option<(I, SocketAddr)>,
+        http: Option<TcpListener>,
+        gossip: Option<Box<dyn GossipSocket>>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()>
+    where
+        I: Stream<Item = Result<IO, IE>> + Send + 'static,
+        IO: AsyncRead + AsyncWrite + RemoteAddr + Unpin + Send + 'static,
+        IE: std::fmt::Display + Send + 'static,
+    {
+        let span = self.span.clone();
+        self.run(incoming, grpc_addr, cluster, http, gossip, shutdown)
+            .instrument(span)
+            .await
+    }
+
+    /// [`Node::serve_with_incoming`], inside the node's span.
+    async fn run<I, IO, IE>(
         self: Arc<Self>,
         incoming: I,
         grpc_addr: SocketAddr,
@@ -682,7 +734,7 @@ impl Node {
                 auth = self.auth.get().is_some(),
                 "Redis protocol (RESP) serving"
             );
-            tokio::spawn(crate::resp::serve(self.clone(), resp));
+            crate::logging::spawn(crate::resp::serve(self.clone(), resp));
         }
         let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
         {
@@ -697,7 +749,7 @@ impl Node {
         }
         self.publish_single_node();
         let token = self.shutdown.clone();
-        tokio::spawn({
+        crate::logging::spawn({
             let token = token.clone();
             async move {
                 tokio::select! {
@@ -710,11 +762,11 @@ impl Node {
             }
         });
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(expiry_task(self.clone()));
-        tasks.spawn(metrics_upkeep_task(self.clone()));
-        tasks.spawn(replay_hints_task(self.ctx.clone()));
+        crate::logging::spawn_in(&mut tasks, expiry_task(self.clone()));
+        crate::logging::spawn_in(&mut tasks, metrics_upkeep_task(self.clone()));
+        crate::logging::spawn_in(&mut tasks, replay_hints_task(self.ctx.clone()));
         if let Some(listener) = http {
-            tasks.spawn(http::serve(self.clone(), listener));
+            crate::logging::spawn_in(&mut tasks, http::serve(self.clone(), listener));
         }
         let membership_task = match gossip {
             Some(socket) => Some(self.start_membership(socket, &mut tasks).await?),
@@ -753,6 +805,7 @@ impl Node {
         // configured.
         let client_router = self
             .grpc_server_builder()
+            .trace_fn(self.request_span())
             .layer(DigestLayer::new(self.digest.clone()))
             .layer(self.activity_layer())
             .layer(AuthLayer::new(self.clone()))
@@ -772,7 +825,7 @@ impl Node {
             idle_timeout: security.idle_timeout,
         };
         let client_incoming = secure_incoming(incoming, client_policy, token.clone());
-        let client_server = tokio::spawn(
+        let client_server = crate::logging::spawn(
             client_router
                 .serve_with_incoming_shutdown(client_incoming, token.clone().cancelled_owned()),
         );
@@ -782,6 +835,7 @@ impl Node {
             Some((cluster_incoming, cluster_addr)) => {
                 let cluster_router = self
                     .grpc_server_builder()
+                    .trace_fn(self.request_span())
                     .layer(DigestLayer::new(self.digest.clone()))
                     .layer(self.activity_layer())
                     .add_service(cache)
@@ -800,14 +854,14 @@ impl Node {
                 };
                 tracing::info!(cluster = %cluster_addr, mutual_tls = self.cluster_tls.get().is_some(), "cluster port serving");
                 let incoming = secure_incoming(cluster_incoming, cluster_policy, token.clone());
-                Some(tokio::spawn(cluster_router.serve_with_incoming_shutdown(
-                    incoming,
-                    token.clone().cancelled_owned(),
-                )))
+                Some(crate::logging::spawn(
+                    cluster_router
+                        .serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned()),
+                ))
             }
             None => None,
         };
-        let mut server = tokio::spawn(async move {
+        let mut server = crate::logging::spawn(async move {
             let client = client_server.await;
             let cluster = match cluster_server {
                 Some(task) => task.await,
@@ -827,18 +881,21 @@ impl Node {
         tracing::info!(
             node_id = %self.config.node_id,
             grpc = %grpc_addr,
-            http = ?http_addr,
+            http = http_addr.map(tracing::field::display),
             max_memory = self.config.store.max_memory_bytes,
-            eviction = self.config.store.eviction.as_str(),
+            eviction = %self.config.store.eviction.as_str(),
             max_connections = self.config.max_connections,
             workers = tokio::runtime::Handle::current().metrics().num_workers(),
             "ringcached serving"
         );
+        if self.state() == v1::NodeState::Active {
+            // A node that joins says so once it has pulled its ranges (`join`).
+            tracing::info!("node active");
+        }
         let result = tokio::select! {
             joined = &mut server => Some(joined),
             () = token.cancelled() => None,
             () = self.crash.cancelled() => {
-                tracing::warn!("crashing on request: stopping without leaving");
                 server.abort();
                 tasks.abort_all();
                 if let Some(task) = membership_task {
@@ -851,11 +908,14 @@ impl Node {
         let result = match result {
             Some(joined) => joined,
             None => {
-                self.state.send_replace(v1::NodeState::Leaving);
+                self.enter_leaving("shutdown");
                 match tokio::time::timeout(self.config.shutdown_timeout, &mut server).await {
                     Ok(joined) => joined,
                     Err(_) => {
-                        tracing::warn!(timeout = ?self.config.shutdown_timeout, "in-flight requests did not finish in time; stopping anyway");
+                        tracing::warn!(
+                            timeout = %humantime::format_duration(self.config.shutdown_timeout),
+                            "in-flight requests did not finish in time; stopping anyway"
+                        );
                         server.abort();
                         Ok(Ok(()))
                     }
@@ -877,7 +937,7 @@ impl Node {
                 tracing::warn!("gossip did not stop within 5 s");
             }
         }
-        tracing::info!("ringcached stopped");
+        tracing::info!("node stopped");
         result
             .context("the gRPC server task failed")?
             .context("the gRPC server failed")
@@ -889,6 +949,15 @@ impl Node {
             Some(_) => tower::util::Either::Left(ActivityLayer),
             None => tower::util::Either::Right(tower::layer::util::Identity::new()),
         }
+    }
+
+    /// tonic's `trace_fn`: every gRPC request runs in the node's span (tonic serves each
+    /// connection on a task of its own, outside any span).
+    fn request_span(
+        &self,
+    ) -> impl Fn(&tonic::codegen::http::Request<()>) -> Span + Send + Sync + 'static {
+        let span = self.span.clone();
+        move |_| span.clone()
     }
 
     /// A tonic server with the node's HTTP/2 settings and limits.
@@ -919,7 +988,7 @@ fn watch_tls_and_users(node: &Arc<Node>) {
         node.shutdown.clone(),
         move |cause| {
             if let Some(node) = weak.upgrade() {
-                tracing::info!(?cause, "reloading users and TLS files");
+                tracing::info!(%cause, "reloading users and TLS files");
                 let _ = node.reload_tls_and_users();
             }
         },
@@ -948,20 +1017,15 @@ impl Node {
         if keys == 0 {
             return;
         }
-        tracing::info!(keys, "handing off data before leaving");
-        match tokio::time::timeout(self.config.leave_timeout, crate::rebalance::hand_off(self))
-            .await
-        {
-            Ok(true) => tracing::info!(
-                sent = self.rebalance.keys_sent.load(Ordering::Relaxed),
-                "hand-off complete"
-            ),
-            Ok(false) => {
-                tracing::warn!(error = %self.rebalance.to_wire().last_error, "hand-off incomplete; some keys were not acknowledged")
-            }
-            Err(_) => {
-                tracing::warn!(timeout = ?self.config.leave_timeout, "hand-off did not finish in time")
-            }
+        // `hand_off` logs its start and how it ended.
+        let handed_off =
+            tokio::time::timeout(self.config.leave_timeout, crate::rebalance::hand_off(self)).await;
+        if handed_off.is_err() {
+            tracing::warn!(
+                kind = %"hand_off",
+                timeout = %humantime::format_duration(self.config.leave_timeout),
+                "rebalance did not finish within the leave timeout; leaving anyway"
+            );
         }
     }
 
@@ -1017,6 +1081,7 @@ impl Node {
         } else {
             crate::seeds::Resolution::default()
         };
+        let resolved_seeds = first.others.len();
         self.external_topology.store(true, Ordering::Release);
         let (handle, task) = MembershipHandle::spawn(
             membership,
@@ -1025,32 +1090,38 @@ impl Node {
             encryption,
             self.gossip_stop.clone(),
         );
-        tasks.spawn(follow_members(self.clone(), handle.members()));
+        crate::logging::spawn_in(tasks, follow_members(self.clone(), handle.members()));
         if joining {
-            tasks.spawn(crate::seeds::follow(
-                self.clone(),
-                handle.clone(),
-                gossip_addr,
-                first,
-            ));
+            crate::logging::spawn_in(
+                tasks,
+                crate::seeds::follow(self.clone(), handle.clone(), gossip_addr, first),
+            );
         }
-        tasks.spawn(run_rebalancer(
-            self.ctx.clone(),
-            self.config.probe_interval * 2,
-        ));
-        tasks.spawn(crate::antientropy::run(
-            self.ctx.clone(),
-            self.config.anti_entropy_interval,
-        ));
-        tasks.spawn(crate::skew::run(
-            self.ctx.clone(),
-            self.config.probe_interval * CLOCK_CHECK_PROBES,
-        ));
+        crate::logging::spawn_in(
+            tasks,
+            run_rebalancer(self.ctx.clone(), self.config.probe_interval * 2),
+        );
+        crate::logging::spawn_in(
+            tasks,
+            crate::antientropy::run(self.ctx.clone(), self.config.anti_entropy_interval),
+        );
+        crate::logging::spawn_in(
+            tasks,
+            crate::skew::run(
+                self.ctx.clone(),
+                self.config.probe_interval * CLOCK_CHECK_PROBES,
+            ),
+        );
+        tracing::info!(
+            gossip = %gossip_addr,
+            seeds = (!self.config.seeds.is_empty()).then(|| display(self.config.seeds.join(","))),
+            "gossip started"
+        );
         if joining {
             self.state.send_replace(v1::NodeState::Joining);
-            tasks.spawn(join(self.clone(), handle.clone(), meta));
+            tracing::info!(seeds = resolved_seeds, "node joining");
+            crate::logging::spawn_in(tasks, join(self.clone(), handle.clone(), meta));
         }
-        tracing::info!(gossip = %gossip_addr, seeds = ?self.config.seeds, "gossip started");
         let _ = self.membership.set(handle);
         Ok(task)
     }
@@ -1061,7 +1132,7 @@ impl Node {
     /// one stays.
     fn watch_keyring(self: &Arc<Self>, path: std::path::PathBuf) -> anyhow::Result<Encryption> {
         let keyring = Keyring::load(&path)?;
-        tracing::info!(?keyring, file = %path.display(), "gossip encryption on");
+        tracing::info!(keys = %keyring, file = %path.display(), "gossip encryption on");
         let (keyring_tx, keyring_rx) = watch::channel(keyring);
         let encryption = Encryption::new(keyring_rx)
             .map_err(|_| anyhow::anyhow!("cannot draw a gossip instance id from the system RNG"))?;
@@ -1069,15 +1140,15 @@ impl Node {
         let reload = move |cause: ReloadCause| match Keyring::load(&path) {
             Ok(keyring) => {
                 if *keyring_tx.borrow() == keyring {
-                    tracing::info!(?cause, ?keyring, "gossip key ring reloaded, unchanged");
+                    tracing::info!(%cause, keys = %keyring, "gossip key ring reloaded, unchanged");
                 } else {
-                    tracing::info!(?cause, ?keyring, "gossip key ring reloaded");
+                    tracing::info!(%cause, keys = %keyring, "gossip key ring reloaded");
                     keyring_tx.send_replace(keyring);
                 }
                 node.metrics.record_secrets_reload(true);
             }
             Err(error) => {
-                tracing::error!(?cause, %error, "gossip key ring reload failed; keeping the current key ring");
+                tracing::error!(%cause, %error, "gossip key ring reload failed; keeping the current key ring");
                 node.metrics.record_secrets_reload(false);
             }
         };
@@ -1246,7 +1317,10 @@ async fn join(node: Arc<Node>, handle: MembershipHandle, mut meta: NodeMeta) {
             node.metrics.record_join_refused();
             return;
         }
-        tracing::warn!(waited = ?deadline, "no active member seen yet; joining without pulling data");
+        tracing::warn!(
+            waited = %humantime::format_duration(deadline),
+            "no active member seen yet; joining without pulling data"
+        );
     }
     let active: Vec<Member> = members
         .borrow()
@@ -1255,12 +1329,12 @@ async fn join(node: Arc<Node>, handle: MembershipHandle, mut meta: NodeMeta) {
         .cloned()
         .collect();
     let pulled = crate::rebalance::pull_ranges(&node, &active).await;
-    tracing::info!(pulled, "ranges pulled; turning active");
     meta.state = MetaState::Active;
     if let Err(error) = handle.set_meta(meta).await {
         tracing::warn!(%error, "could not announce the node active");
     }
     node.state.send_replace(v1::NodeState::Active);
+    tracing::info!(keys_pulled = pulled, "node active");
 }
 
 /// Turns every member list into the node's topology until shutdown.

@@ -17,6 +17,15 @@
 //! scanned, and bytes done of the bytes held when the pass started, where an entry is done once
 //! it is scanned and, if it had to move, its batch was sent. The ETA divides the bytes left by
 //! the rate of the last [`RATE_WINDOW`] (the transfer rate as the throttle and the peers allow).
+//!
+//! **Log lines** (INFO, `kind` = `push` for a pass after a ring change, `pull` for a joiner's
+//! pull, `hand_off` for a graceful leave): `rebalance started` (with the keys and bytes held,
+//! or the members pulled from) and `rebalance finished` (`keys_scanned`, `keys_sent`,
+//! `bytes_sent` or `keys_received`, `failures`, `took_ms`, `attempts`). A pass that could not
+//! send everything logs `rebalance incomplete; retrying` at WARN on its first attempt and then
+//! at most once a minute ([`RETRY_WARN_INTERVAL`]); its retries log at DEBUG. Passes for a view
+//! whose ring did not change (a member suspected or joining) normally move nothing and log at
+//! DEBUG, unless they sent something.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -46,6 +55,8 @@ const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 /// Most progress samples kept for the rate.
 const MAX_SAMPLES: usize = 256;
+/// A pass that keeps failing warns at most this often.
+pub const RETRY_WARN_INTERVAL: Duration = Duration::from_secs(60);
 /// Most senders whose hand-offs are counted ([`RebalanceStats::record_handoff`]); the least
 /// recently counted is forgotten first.
 pub const MAX_HANDOFF_SENDERS: usize = 16;
@@ -187,6 +198,16 @@ impl RebalanceStats {
         *self.last_error.lock() = error;
     }
 
+    /// The counters a log line reports the change of.
+    fn counts(&self) -> Counts {
+        Counts {
+            keys_sent: self.keys_sent.load(Ordering::Relaxed),
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            keys_received: self.keys_received.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+        }
+    }
+
     /// The Admin.RebalanceStatus answer.
     pub fn to_wire(&self) -> v1::RebalanceStatusResponse {
         let phase = *self.phase.lock();
@@ -226,6 +247,47 @@ impl RebalanceStats {
             handoffs_received: self.handoffs.lock().iter().cloned().collect(),
         }
     }
+}
+
+/// The counters of [`RebalanceStats`] a log line reports, taken before and after a pass.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    keys_sent: u64,
+    bytes_sent: u64,
+    keys_received: u64,
+    failures: u64,
+}
+
+impl Counts {
+    fn since(self, before: Counts) -> Counts {
+        Counts {
+            keys_sent: self.keys_sent.saturating_sub(before.keys_sent),
+            bytes_sent: self.bytes_sent.saturating_sub(before.bytes_sent),
+            keys_received: self.keys_received.saturating_sub(before.keys_received),
+            failures: self.failures.saturating_sub(before.failures),
+        }
+    }
+}
+
+fn millis(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Whether the two views place keys differently: their range-owning members (id and weight),
+/// R or vnodes differ.
+fn ring_changed(old: &ClusterView, new: &ClusterView) -> bool {
+    let shape = |view: &ClusterView| {
+        let topology = &view.topology;
+        (
+            topology
+                .ring_members()
+                .map(|m| (m.node_id.clone(), m.weight))
+                .collect::<Vec<_>>(),
+            topology.replication_factor(),
+            topology.vnodes_per_weight(),
+        )
+    };
+    shape(old) != shape(new)
 }
 
 /// Entries waiting to be sent, per target node.
@@ -410,6 +472,10 @@ fn plan(
 pub async fn run_rebalancer(node: Arc<Context>, retry: Duration) {
     let mut views = node.watch_view();
     let mut settled = views.borrow_and_update().clone();
+    // The view the passes aim at, how many passes aimed at it, and when one last warned.
+    let mut target: Option<u64> = None;
+    let mut attempts = 0u32;
+    let mut warned_at: Option<Instant> = None;
     loop {
         tokio::select! {
             () = node.shutdown_token().cancelled() => return,
@@ -430,13 +496,88 @@ pub async fn run_rebalancer(node: Arc<Context>, retry: Duration) {
                 settled = current;
                 continue;
             }
-            node.rebalance().set_phase("moving");
+            if target != Some(current.topology.digest()) {
+                target = Some(current.topology.digest());
+                attempts = 0;
+                warned_at = None;
+            }
+            attempts += 1;
+            let moves = ring_changed(&settled, &current);
+            let stats = node.rebalance();
+            let before = stats.counts();
+            let started = Instant::now();
+            if attempts == 1 {
+                let held = node.store().stats();
+                if moves {
+                    tracing::info!(
+                        kind = %"push",
+                        ring_members = current.ring.nodes().len(),
+                        keys = held.keys,
+                        bytes = held.used_bytes,
+                        "rebalance started"
+                    );
+                } else {
+                    tracing::debug!(
+                        kind = %"push",
+                        keys = held.keys,
+                        "rebalance started (ring unchanged)"
+                    );
+                }
+            }
+            stats.set_phase("moving");
             let ok = pass(&node, &settled, &current, false).await;
-            node.rebalance().passes.fetch_add(1, Ordering::Relaxed);
-            node.rebalance().set_phase("idle");
+            stats.passes.fetch_add(1, Ordering::Relaxed);
+            stats.set_phase("idle");
+            let done = stats.counts().since(before);
             if ok {
+                if moves || done.keys_sent > 0 {
+                    tracing::info!(
+                        kind = %"push",
+                        keys_scanned = stats.keys_scanned.load(Ordering::Relaxed),
+                        keys_sent = done.keys_sent,
+                        bytes_sent = done.bytes_sent,
+                        took_ms = millis(started.elapsed()),
+                        attempts,
+                        "rebalance finished"
+                    );
+                } else {
+                    tracing::debug!(
+                        kind = %"push",
+                        attempts,
+                        "rebalance finished (nothing moved)"
+                    );
+                }
                 settled = current;
+            } else if node.shutdown_token().is_cancelled() {
+                // Stopped for the shutdown: the hand-off (a graceful leave) moves the rest.
+                tracing::info!(
+                    kind = %"push",
+                    keys_sent = done.keys_sent,
+                    took_ms = millis(started.elapsed()),
+                    "rebalance stopped: the node is shutting down"
+                );
+                return;
             } else {
+                if warned_at.is_none_or(|at| at.elapsed() >= RETRY_WARN_INTERVAL) {
+                    warned_at = Some(Instant::now());
+                    tracing::warn!(
+                        kind = %"push",
+                        keys_sent = done.keys_sent,
+                        failures = done.failures,
+                        error = %stats.last_error.lock(),
+                        attempts,
+                        retry_in_ms = millis(retry),
+                        "rebalance incomplete; retrying"
+                    );
+                } else {
+                    tracing::debug!(
+                        kind = %"push",
+                        keys_sent = done.keys_sent,
+                        failures = done.failures,
+                        attempts,
+                        "rebalance incomplete; retrying"
+                    );
+                }
                 tokio::select! {
                     () = node.shutdown_token().cancelled() => return,
                     () = tokio::time::sleep(retry) => {}
@@ -452,6 +593,10 @@ pub async fn pull_ranges(node: &Context, members: &[Member]) -> u64 {
     let stats = node.rebalance();
     stats.set_phase("joining");
     let self_id = node.config().node_id.clone();
+    let sources = members.iter().filter(|m| m.node_id != self_id).count();
+    let before = stats.counts();
+    let started = Instant::now();
+    tracing::info!(kind = %"pull", sources, "rebalance started");
     let mut received = 0;
     for member in members.iter().filter(|m| m.node_id != self_id) {
         let result = async {
@@ -508,13 +653,37 @@ pub async fn pull_ranges(node: &Context, members: &[Member]) -> u64 {
     }
     stats.keys_received.fetch_add(received, Ordering::Relaxed);
     stats.set_phase("idle");
+    let done = stats.counts().since(before);
+    if done.failures == 0 {
+        tracing::info!(
+            kind = %"pull",
+            sources,
+            keys_received = received,
+            took_ms = millis(started.elapsed()),
+            "rebalance finished"
+        );
+    } else {
+        // Not retried: the members push what the joiner misses once it is in the ring.
+        tracing::warn!(
+            kind = %"pull",
+            sources,
+            keys_received = received,
+            failures = done.failures,
+            error = %stats.last_error.lock(),
+            took_ms = millis(started.elapsed()),
+            "rebalance incomplete; the members push the rest once this node is active"
+        );
+    }
     received
 }
 
 /// Hands every entry to the replicas it has in the ring without this node (a graceful leave).
 /// Returns whether everything was acknowledged.
 pub async fn hand_off(node: &Context) -> bool {
-    node.rebalance().set_phase("leaving");
+    let stats = node.rebalance();
+    let before = stats.counts();
+    let started = Instant::now();
+    let held = node.store().stats();
     let current = node.view();
     let self_id = node.config().node_id.clone();
     let others: Vec<Member> = current
@@ -530,12 +699,44 @@ pub async fn hand_off(node: &Context) -> bool {
         current.topology.vnodes_per_weight(),
     );
     let target = ClusterView::new(without, current.quorum);
-    let ok = if target.ring.is_empty() {
-        true
+    if target.ring.is_empty() {
+        tracing::info!(
+            kind = %"hand_off",
+            keys = held.keys,
+            "rebalance skipped: no other member to hand the data to"
+        );
+        return true;
+    }
+    tracing::info!(
+        kind = %"hand_off",
+        ring_members = target.ring.nodes().len(),
+        keys = held.keys,
+        bytes = held.used_bytes,
+        "rebalance started"
+    );
+    stats.set_phase("leaving");
+    let ok = pass(node, &current, &target, true).await;
+    stats.set_phase("idle");
+    let done = stats.counts().since(before);
+    if ok {
+        tracing::info!(
+            kind = %"hand_off",
+            keys_scanned = stats.keys_scanned.load(Ordering::Relaxed),
+            keys_sent = done.keys_sent,
+            bytes_sent = done.bytes_sent,
+            took_ms = millis(started.elapsed()),
+            "rebalance finished"
+        );
     } else {
-        pass(node, &current, &target, true).await
-    };
-    node.rebalance().set_phase("idle");
+        tracing::warn!(
+            kind = %"hand_off",
+            keys_sent = done.keys_sent,
+            failures = done.failures,
+            error = %stats.last_error.lock(),
+            took_ms = millis(started.elapsed()),
+            "rebalance incomplete; some keys were not acknowledged"
+        );
+    }
     ok
 }
 

@@ -31,6 +31,15 @@ pub enum ReloadCause {
     Requested,
 }
 
+impl std::fmt::Display for ReloadCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Changed => "file changed",
+            Self::Requested => "reload requested",
+        })
+    }
+}
+
 /// The content hash of each path (`None`: unreadable).
 fn fingerprint(paths: &[PathBuf]) -> Vec<Option<digest::Digest>> {
     paths
@@ -68,7 +77,7 @@ where
 {
     // Taken now, not when the task first runs: a change made right after this call counts.
     let mut last = fingerprint(&paths);
-    tokio::spawn(async move {
+    crate::logging::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;

@@ -142,7 +142,7 @@ pub async fn check_once(node: &Arc<Context>) {
             continue;
         };
         let node = node.clone();
-        calls.spawn(async move {
+        crate::logging::spawn_in(&mut calls, async move {
             let before = node.now_ms();
             let mut request = tonic::Request::new(v1::ClockRequest {});
             request.set_timeout(timeout);

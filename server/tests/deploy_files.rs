@@ -953,12 +953,7 @@ fn local_node() -> (Running, String) {
     .to_vec();
     let (running, line) = start(&args, &BTreeMap::new()).unwrap_or_else(|log| panic!("{log}"));
     let event: Value = serde_json::from_str(&line).unwrap();
-    let http = str_of(&event["fields"]["http"], "http field");
-    let addr = http
-        .strip_prefix("Some(")
-        .and_then(|s| s.strip_suffix(')'))
-        .unwrap_or_else(|| panic!("http address in {line}"))
-        .to_owned();
+    let addr = str_of(&event["fields"]["http"], "http field").to_owned();
     (running, addr)
 }
 

@@ -160,7 +160,7 @@ fn starts_with_defaults_serves_and_stops_cleanly_on_sigterm() {
         .read_to_string(&mut log)
         .unwrap();
     assert!(
-        log.contains("SIGTERM received") && log.contains("ringcached stopped"),
+        log.contains("SIGTERM received") && log.contains("node stopped"),
         "{log}"
     );
 }

@@ -246,7 +246,7 @@ impl CacheService {
             for (primary, positions) in split.remote {
                 let message = part(&positions);
                 let forwarded = forward(self.node.clone(), op, primary, message, call.clone());
-                remote.spawn(async move { (positions, forwarded.await) });
+                crate::logging::spawn_in(&mut remote, async move { (positions, forwarded.await) });
             }
             let mut values = vec![T::default(); n];
             if !split.local.is_empty() {

@@ -45,7 +45,7 @@ impl Cluster for ClusterService {
         let (tx, rx) = mpsc::channel(4);
         let mut views = self.node.watch_view();
         let shutdown = self.node.shutdown_token().clone();
-        tokio::spawn(async move {
+        crate::logging::spawn(async move {
             loop {
                 let current = views.borrow_and_update().wire.clone();
                 if tx.send(Ok(current)).await.is_err() {

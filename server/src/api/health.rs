@@ -103,7 +103,7 @@ impl Health for HealthService {
         let service = request.into_inner().service;
         let (tx, rx) = mpsc::channel(4);
         let node = self.node.clone();
-        tokio::spawn(async move {
+        crate::logging::spawn(async move {
             let mut views = node.watch_view();
             let shutdown = node.shutdown_token().clone();
             let mut tick = tokio::time::interval(WATCH_RECHECK);

@@ -253,7 +253,7 @@ impl Internal for InternalService {
         let mut ring = ScanRing::new(node.view(), &request)?;
         // A bounded channel: a slow receiver slows the scan down (backpressure).
         let (tx, rx) = mpsc::channel(2);
-        tokio::spawn(async move {
+        crate::logging::spawn(async move {
             let store = node.store();
             let mut batch = v1::EntryBatch::default();
             let mut bytes = 0;

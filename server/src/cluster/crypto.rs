@@ -122,6 +122,19 @@ impl fmt::Debug for Keyring {
     }
 }
 
+impl fmt::Display for Keyring {
+    /// The key ids, primary first, comma-separated (`0a1b2c3d,5e6f7a8b`); never key bytes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, id) in self.ids().iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            fmt::Display::fmt(id, f)?;
+        }
+        Ok(())
+    }
+}
+
 /// A key ring file that cannot be used. Never contains key material.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {

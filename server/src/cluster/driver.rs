@@ -239,7 +239,7 @@ impl MembershipHandle {
         let (commands_tx, commands_rx) = mpsc::channel(16);
         let (members_tx, members_rx) = watch::channel(membership.members().to_vec());
         let stats = Arc::new(GossipStats::default());
-        let task = tokio::spawn(run_membership(
+        let task = crate::logging::spawn(run_membership(
             membership,
             socket,
             seeds,
@@ -334,10 +334,18 @@ pub async fn run_membership(
     let mut plain = Vec::with_capacity(buf.len());
     let mut auth_log = AuthFailureLog::default();
     tracing::info!(
-        identity = ?membership.identity(),
-        ?seeds,
+        identity = %membership.identity(),
+        seeds = (!seeds.is_empty()).then(|| display(
+            seeds
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        )),
         encrypted = sealer.is_some(),
-        keyring = ?sealer.as_ref().map(Sealer::keyring),
+        keys = sealer
+            .as_ref()
+            .map(|sealer| tracing::field::display(sealer.keyring())),
         "gossip starting"
     );
     membership.join(origin.elapsed(), seeds);
@@ -363,7 +371,7 @@ pub async fn run_membership(
             members_tx.send_replace(members);
         }
         if membership.has_left() {
-            tracing::info!(identity = ?membership.identity(), "gossip stopped after leaving");
+            tracing::info!(identity = %membership.identity(), "gossip stopped after leaving");
             return;
         }
 
@@ -398,7 +406,7 @@ pub async fn run_membership(
                 match (changed, keyring_rx.as_mut(), sealer.as_mut()) {
                     (Some(()), Some(rx), Some(sealer)) => {
                         let keyring = rx.borrow_and_update().clone();
-                        tracing::info!(?keyring, "gossip key ring replaced");
+                        tracing::info!(keys = %keyring, "gossip key ring replaced");
                         sealer.set_keyring(keyring);
                         record_keyring(&stats, Some(sealer.keyring()));
                     }

@@ -177,6 +177,13 @@ impl NodeIdentity {
 impl fmt::Debug for NodeIdentity {
     /// `id#incarnation@addr`: short, because foca logs identities a lot.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for NodeIdentity {
+    /// `id#incarnation@addr`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
             "{}#{}@{}",

@@ -643,9 +643,9 @@ impl Membership {
             );
         } else {
             tracing::warn!(
-                node_id = %claim.node_id(),
+                member = %claim.node_id(),
                 claimed_from = %claim.gossip_addr(),
-                live_at = ?self.live.get(claim.node_id()),
+                live_at = self.live.get(claim.node_id()).map(tracing::field::display),
                 "a second gossip address claims the node id of a live member; ignoring it until that member is down"
             );
         }
@@ -825,22 +825,25 @@ impl Membership {
     fn on_notification(&mut self, notification: OwnedNotification<NodeIdentity>) {
         match notification {
             OwnedNotification::MemberUp(member) => {
-                tracing::debug!(?member, "member up");
+                tracing::debug!(%member, "member up");
                 if !self.left {
                     self.push_own_meta(member.gossip_addr());
                 }
             }
             OwnedNotification::Rename(before, after) => {
-                tracing::debug!(?before, ?after, "member renamed");
+                tracing::debug!(%before, %after, "member renamed");
                 let alive = self.swim.iter_members().any(|m| m.id() == &after);
                 if alive && !self.left {
                     self.push_own_meta(after.gossip_addr());
                 }
             }
-            OwnedNotification::MemberDown(member) => tracing::debug!(?member, "member down"),
+            OwnedNotification::MemberDown(member) => tracing::debug!(%member, "member down"),
             OwnedNotification::Rejoin(identity) => {
                 // Our metadata belongs to an incarnation: announce it under the new one.
-                tracing::info!(?identity, "declared down by the cluster, rejoined");
+                tracing::info!(
+                    incarnation = identity.incarnation(),
+                    "node rejoined after the cluster declared it down"
+                );
                 self.connected = false;
                 self.broadcast_own_meta();
             }
@@ -1035,9 +1038,9 @@ impl Membership {
         for member in &refused {
             if !self.refused.iter().any(|old| same(old, member)) {
                 tracing::warn!(
-                    node = %member.node_id,
+                    member = %member.node_id,
                     gossip_addr = %member.gossip_addr,
-                    state = member.state.as_str(),
+                    state = %member.state.as_str(),
                     reason = %member.reason,
                     "refusing a member whose placement settings differ from this node's; it is not admitted to the ring"
                 );
@@ -1045,7 +1048,7 @@ impl Membership {
         }
         for old in &self.refused {
             if !refused.iter().any(|member| member.node_id == old.node_id) {
-                tracing::info!(node = %old.node_id, "a member refused for its settings is gone");
+                tracing::info!(member = %old.node_id, "a member refused for its settings is gone");
             }
         }
         if refused != self.refused {

@@ -205,7 +205,7 @@ impl<D: Send + 'static> Batcher<D> {
                 queues: self.queues.clone(),
                 addr: addr.to_owned(),
             };
-            tokio::spawn(send_until_empty(transport.clone(), limits, slot, batch));
+            crate::logging::spawn(send_until_empty(transport.clone(), limits, slot, batch));
         }
     }
 

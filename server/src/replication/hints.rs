@@ -8,9 +8,18 @@
 //! [`replay_hints_task`] replays: on every new view and every probe interval, for each target
 //! with hints that is Active in the view, it sends batches with `Replicate { hinted: true }` until
 //! the queue is empty or a batch fails (the rest waits for the next round).
+//!
+//! **Log lines** (INFO, field `target`): `hint replay started` (`pending` hints and their
+//! `bytes`) when hints for a target start to flow after it became Active again, and `hint
+//! replay finished` (`replayed`, `took_ms`, `failed_rounds`) once its queue is empty, however
+//! many rounds that took. The first failed round of a replay logs `hint replay interrupted;
+//! retrying` at WARN (`replayed` so far, `remaining`, `error`), later ones at DEBUG, so a target
+//! that stays unreachable costs one line, not one per probe interval. A replay whose remaining
+//! hints were all dropped (age or size limit) ends with `hint replay stopped`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ringcache_proto::topology::NodeState;
 use ringcache_proto::v1;
@@ -107,6 +116,11 @@ impl HintQueues {
 
     pub(super) fn pending_for(&self, target: &str) -> usize {
         self.queues.get(target).map_or(0, |q| q.hints.len())
+    }
+
+    /// The charged bytes of the hints of `target`.
+    fn bytes_for(&self, target: &str) -> usize {
+        self.queues.get(target).map_or(0, |q| q.bytes)
     }
 
     /// Targets with hints, in id order.
@@ -252,21 +266,29 @@ pub async fn replay_hints_task(node: Arc<Context>) {
     let mut views = node.watch_view();
     let mut tick = tokio::time::interval(node.config().probe_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut log = ReplayLog::default();
     loop {
         tokio::select! {
             () = node.shutdown_token().cancelled() => return,
             changed = views.changed() => if changed.is_err() { return },
             _ = tick.tick() => {}
         }
-        replay_round(&node).await;
+        replay_round(&node, &mut log).await;
     }
 }
 
 /// One round: every target with hints that is Active in the current view, in parallel.
-async fn replay_round(node: &Arc<Context>) {
+async fn replay_round(node: &Arc<Context>, log: &mut ReplayLog) {
     let replicator = node.replicator();
     replicator.expire_hints(node);
     let targets = replicator.hints.lock().targets();
+    for (target, replayed) in log.end_absent(&targets) {
+        tracing::info!(
+            %target,
+            replayed,
+            "hint replay stopped: the remaining hints were dropped (age or size limit)"
+        );
+    }
     if targets.is_empty() {
         return;
     }
@@ -279,16 +301,168 @@ async fn replay_round(node: &Arc<Context>) {
         if member.state != NodeState::Active || target == node.config().node_id {
             continue;
         }
+        if log.begin(&target, Instant::now()) {
+            let hints = replicator.hints.lock();
+            tracing::info!(
+                %target,
+                pending = hints.pending_for(&target),
+                bytes = hints.bytes_for(&target),
+                "hint replay started"
+            );
+        }
         let addr = member.cluster_addr.clone();
         let node = node.clone();
-        rounds.spawn(async move { replay_to(&node, &target, &addr).await });
+        crate::logging::spawn_in(&mut rounds, async move {
+            let outcome = replay_to(&node, &target, &addr).await;
+            (target, outcome)
+        });
     }
-    while rounds.join_next().await.is_some() {}
+    while let Some(joined) = rounds.join_next().await {
+        let Ok((target, outcome)) = joined else {
+            continue;
+        };
+        match log.end_round(&target, outcome, Instant::now()) {
+            Some(ReplayEvent::Finished {
+                replayed,
+                took,
+                failed_rounds,
+            }) => tracing::info!(
+                %target,
+                replayed,
+                took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                failed_rounds,
+                "hint replay finished"
+            ),
+            Some(ReplayEvent::Interrupted {
+                replayed,
+                remaining,
+                error,
+                first,
+            }) => {
+                if first {
+                    tracing::warn!(%target, replayed, remaining, %error, "hint replay interrupted; retrying");
+                } else {
+                    tracing::debug!(%target, replayed, remaining, %error, "hint replay interrupted; retrying");
+                }
+            }
+            None => {}
+        }
+    }
 }
 
-/// Sends the hints of `target` in batches until none is left or one fails.
-async fn replay_to(node: &Context, target: &str, addr: &str) {
+/// How one round of replay to a target went.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct RoundOutcome {
+    /// Hints acknowledged in this round.
+    replayed: u64,
+    /// Hints still queued for the target after it.
+    remaining: usize,
+    /// Why it stopped early, if a batch failed.
+    failure: Option<String>,
+}
+
+/// One target's replay: from the round that first sent it hints until its queue is empty.
+#[derive(Debug, Clone, Copy)]
+struct Episode {
+    started: Instant,
+    replayed: u64,
+    failed_rounds: u32,
+}
+
+/// What a round's end says about a replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ReplayEvent {
+    /// The queue is empty.
+    Finished {
+        replayed: u64,
+        took: Duration,
+        failed_rounds: u32,
+    },
+    /// A batch failed; `first` for the first failed round of the replay.
+    Interrupted {
+        replayed: u64,
+        remaining: usize,
+        error: String,
+        first: bool,
+    },
+}
+
+/// The replays in progress, per target, so a replay logs one start and one end however many
+/// rounds it takes (see the module docs).
+#[derive(Debug, Default)]
+struct ReplayLog {
+    episodes: BTreeMap<String, Episode>,
+}
+
+impl ReplayLog {
+    /// A round is about to send hints to `target`: whether that starts a replay.
+    fn begin(&mut self, target: &str, now: Instant) -> bool {
+        if self.episodes.contains_key(target) {
+            return false;
+        }
+        self.episodes.insert(
+            target.to_owned(),
+            Episode {
+                started: now,
+                replayed: 0,
+                failed_rounds: 0,
+            },
+        );
+        true
+    }
+
+    /// Takes in how a round to `target` went.
+    fn end_round(
+        &mut self,
+        target: &str,
+        outcome: RoundOutcome,
+        now: Instant,
+    ) -> Option<ReplayEvent> {
+        let episode = self.episodes.get_mut(target)?;
+        episode.replayed += outcome.replayed;
+        if let Some(error) = outcome.failure {
+            episode.failed_rounds += 1;
+            return Some(ReplayEvent::Interrupted {
+                replayed: episode.replayed,
+                remaining: outcome.remaining,
+                error,
+                first: episode.failed_rounds == 1,
+            });
+        }
+        if outcome.remaining > 0 {
+            return None;
+        }
+        let episode = self.episodes.remove(target)?;
+        Some(ReplayEvent::Finished {
+            replayed: episode.replayed,
+            took: now.saturating_duration_since(episode.started),
+            failed_rounds: episode.failed_rounds,
+        })
+    }
+
+    /// Ends the replays of targets that have no hints any more (dropped, not replayed):
+    /// returns each with what it had replayed.
+    fn end_absent(&mut self, targets: &[String]) -> Vec<(String, u64)> {
+        let gone: Vec<String> = self
+            .episodes
+            .keys()
+            .filter(|target| !targets.contains(target))
+            .cloned()
+            .collect();
+        gone.into_iter()
+            .filter_map(|target| {
+                let episode = self.episodes.remove(&target)?;
+                Some((target, episode.replayed))
+            })
+            .collect()
+    }
+}
+
+/// Sends the hints of `target` in batches until none is left, one fails, or the round's batch
+/// limit is reached.
+async fn replay_to(node: &Context, target: &str, addr: &str) -> RoundOutcome {
     let max_bytes = REPLAY_BATCH_BYTES.min(node.config().max_message_bytes / 2);
+    let mut outcome = RoundOutcome::default();
     for _ in 0..REPLAY_MAX_BATCHES_PER_ROUND {
         let (batch, up_to) =
             node.replicator()
@@ -296,22 +470,24 @@ async fn replay_to(node: &Context, target: &str, addr: &str) {
                 .lock()
                 .peek(target, REPLAY_BATCH_ENTRIES, max_bytes);
         if batch.is_empty() {
-            return;
+            break;
         }
-        let n = batch.len();
         match send_replicate(node, Some(addr), batch, true).await {
             Ok(()) => {
                 let mut hints = node.replicator().hints.lock();
                 let removed = hints.ack(target, up_to);
                 node.metrics().record_hints_replayed(removed as u64);
                 record(node, &hints, Dropped::default());
+                outcome.replayed += removed as u64;
             }
             Err(failure) => {
-                tracing::debug!(%target, entries = n, %failure, "hint replay failed; retrying later");
-                return;
+                outcome.failure = Some(failure.to_string());
+                break;
             }
         }
     }
+    outcome.remaining = node.replicator().hints.lock().pending_for(target);
+    outcome
 }
 
 #[cfg(test)]
@@ -331,6 +507,78 @@ mod tests {
 
     fn keys(batch: &[v1::VersionedEntry]) -> Vec<&[u8]> {
         batch.iter().map(|e| &e.key[..]).collect()
+    }
+
+    #[test]
+    fn a_replay_logs_one_start_one_interruption_and_one_end_however_many_rounds_it_takes() {
+        let mut log = ReplayLog::default();
+        let start = Instant::now();
+        assert!(log.begin("n2", start));
+        assert!(
+            !log.begin("n2", start),
+            "the next round continues the replay"
+        );
+        let failed = RoundOutcome {
+            replayed: 10,
+            remaining: 5,
+            failure: Some("unreachable".to_owned()),
+        };
+        assert_eq!(
+            log.end_round("n2", failed.clone(), start),
+            Some(ReplayEvent::Interrupted {
+                replayed: 10,
+                remaining: 5,
+                error: "unreachable".to_owned(),
+                first: true
+            })
+        );
+        let again = RoundOutcome {
+            replayed: 0,
+            ..failed
+        };
+        assert!(matches!(
+            log.end_round("n2", again, start),
+            Some(ReplayEvent::Interrupted { first: false, .. })
+        ));
+        // The round's batch limit, hints left, no failure: nothing to say.
+        let partial = RoundOutcome {
+            replayed: 3,
+            remaining: 2,
+            failure: None,
+        };
+        assert_eq!(log.end_round("n2", partial, start), None);
+        let later = start + Duration::from_secs(3);
+        let last = RoundOutcome {
+            replayed: 2,
+            remaining: 0,
+            failure: None,
+        };
+        assert_eq!(
+            log.end_round("n2", last, later),
+            Some(ReplayEvent::Finished {
+                replayed: 15,
+                took: Duration::from_secs(3),
+                failed_rounds: 2
+            })
+        );
+        assert!(log.begin("n2", later), "the next hints start a new replay");
+    }
+
+    #[test]
+    fn a_replay_whose_hints_were_all_dropped_ends() {
+        let mut log = ReplayLog::default();
+        let now = Instant::now();
+        log.begin("n2", now);
+        log.begin("n3", now);
+        let outcome = RoundOutcome {
+            replayed: 4,
+            remaining: 1,
+            failure: None,
+        };
+        assert_eq!(log.end_round("n2", outcome, now), None);
+        assert_eq!(log.end_absent(&["n3".to_owned()]), [("n2".to_owned(), 4)]);
+        assert!(log.end_absent(&["n3".to_owned()]).is_empty());
+        assert!(log.begin("n2", now));
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub async fn read(
         return Ok(plan.winners());
     }
     let (tx, rx) = oneshot::channel();
-    tokio::spawn(gather(node.clone(), plan, level, tx));
+    crate::logging::spawn(gather(node.clone(), plan, level, tx));
     rx.await.unwrap_or_else(|_| {
         Err(ReplicationError::Unavailable(
             "the read task ended without an answer".to_owned(),
@@ -153,7 +153,7 @@ async fn gather(
             .map(|&p| plan.keys[p].key.clone())
             .collect();
         let node = node.clone();
-        calls.spawn(async move {
+        crate::logging::spawn_in(&mut calls, async move {
             let result = read_versions(&node, addr.as_deref(), keys, timeout).await;
             (id, positions, result)
         });
@@ -314,7 +314,7 @@ async fn repair(node: &Arc<Context>, plan: ReadPlan) {
     for (id, entries) in batches {
         let addr = view.topology.member(&id).map(|m| m.cluster_addr.clone());
         let node = node.clone();
-        calls.spawn(async move {
+        crate::logging::spawn_in(&mut calls, async move {
             let n = entries.len() as u64;
             send_replicate(&node, addr.as_deref(), entries, false)
                 .await

@@ -62,7 +62,7 @@ impl RingWatch {
         let mut views = node.watch_view();
         let shutdown = node.shutdown_token().clone();
         let task = watch.clone();
-        tokio::spawn(async move {
+        crate::logging::spawn(async move {
             let mut last = ring_shape(&views.borrow_and_update());
             loop {
                 tokio::select! {

@@ -177,7 +177,7 @@ pub async fn flush(node: &Arc<Node>, name: &str, rest: &[Bytes]) -> Reply {
         reached += 1;
         let id = member.node_id.clone();
         let client = node.peers().internal_client(&member.cluster_addr);
-        calls.spawn(async move {
+        crate::logging::spawn_in(&mut calls, async move {
             let mut client = client.map_err(|status| (id.clone(), status.message().to_owned()))?;
             let mut request = tonic::Request::new(v1::FlushThroughRequest { version });
             request.set_timeout(timeout);

@@ -77,7 +77,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
             tracing::debug!(%peer, "RESP connection refused: max_connections reached");
             refused(&node, Refused::TooMany);
             if !tls {
-                tokio::spawn(async move {
+                crate::logging::spawn(async move {
                     let _ = stream
                         .write_all(b"-ERR max number of clients reached\r\n")
                         .await;
@@ -94,7 +94,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
                     tracing::debug!(%peer, "RESP connection refused: max_unauthenticated_connections reached");
                     refused(&node, Refused::TooManyUnauthenticated);
                     if !tls {
-                        tokio::spawn(async move {
+                        crate::logging::spawn(async move {
                             let _ = stream
                                 .write_all(b"-ERR max number of clients reached\r\n")
                                 .await;
@@ -110,7 +110,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
         let node = node.clone();
         let registry = registry.clone();
         let ring = ring.clone();
-        tokio::spawn(async move {
+        crate::logging::spawn(async move {
             let _slot = slot;
             if let Err(error) = connection(node, registry, ring, stream, pending).await {
                 tracing::debug!(%peer, %error, "RESP connection ended");
@@ -216,7 +216,7 @@ where
             read = stream.read_buf(&mut input) => read?,
             () = expired => {
                 if let Some((_, reason)) = deadline {
-                    tracing::debug!(?reason, "closing a RESP connection");
+                    tracing::debug!(reason = %reason.as_label(), "closing a RESP connection");
                     refused(&node, reason);
                 }
                 let _ = stream.shutdown().await;
