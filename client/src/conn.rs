@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use hyper_util::rt::TokioIo;
 use ringcache_proto::{
     TOPOLOGY_DIGEST_METADATA,
     v1::{NodeInfoRequest, cache_client::CacheClient, cluster_client::ClusterClient},
@@ -21,16 +22,18 @@ use tonic::{
     Status,
     codegen::http::HeaderValue,
     metadata::MetadataMap,
-    transport::{Channel, ClientTlsConfig, Endpoint},
+    transport::{Channel, ClientTlsConfig, Endpoint, Uri},
 };
 
 use crate::{
-    Error,
+    Connector, Error,
     pipeline::{Outcome, Pipeline, PipelineOp},
     security::NodeChannel,
 };
 
-/// Builds a (possibly lazy) channel to a node's `host:port`.
+/// Builds a (lazy) channel to a node's `host:port`: [`default_factory`] or
+/// [`connector_factory`]. Crate-private, so no tonic type is in the public API; tests inside
+/// the crate may make their own.
 pub(crate) type ChannelFactory = Arc<dyn Fn(&str) -> Result<Channel, Error> + Send + Sync>;
 
 /// HTTP/2 keepalive of the default channel factory: a ping every 10 s, even when idle, and the
@@ -90,6 +93,34 @@ pub(crate) fn default_factory(
     tls: Option<ClientTlsConfig>,
 ) -> ChannelFactory {
     Arc::new(move |addr: &str| Ok(endpoint(addr, connect_timeout, tls.as_ref())?.connect_lazy()))
+}
+
+/// A factory whose channels get their byte streams from `connector` (the
+/// [`ClientBuilder::connector`](crate::ClientBuilder::connector) seam), with the default
+/// factory's HTTP/2 settings, and TLS on top of the stream when `tls` is given.
+pub(crate) fn connector_factory(
+    connect_timeout: Duration,
+    tls: Option<ClientTlsConfig>,
+    connector: Connector,
+) -> ChannelFactory {
+    Arc::new(move |addr: &str| {
+        let connector = connector.clone();
+        let dial = tower::service_fn(move |uri: Uri| {
+            let connector = connector.clone();
+            async move {
+                let authority = uri.authority().map(|a| a.as_str().to_owned());
+                let Some(addr) = authority else {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("no host:port in {uri}"),
+                    ));
+                };
+                let stream = connector.connect(&addr).await?;
+                Ok(TokioIo::new(stream))
+            }
+        });
+        Ok(endpoint(addr, connect_timeout, tls.as_ref())?.connect_with_connector_lazy(dial))
+    })
 }
 
 /// The endpoint of a node: `https://` with `tls`, else `http://`, with the default factory's
@@ -642,7 +673,7 @@ async fn probe(channel: NodeChannel, timeout: Duration) -> Result<(), ProbeFailu
                 Err(ProbeFailure::Down(format!("no answer within {timeout:?}")))
             }
             error @ Error::Server {
-                code: tonic::Code::Cancelled,
+                code: crate::ServerCode::Cancelled,
                 ..
             } => Err(ProbeFailure::Down(error.to_string())),
             error if error.is_denial() => Err(ProbeFailure::Denied(error)),

@@ -37,6 +37,7 @@
 mod builder;
 mod client;
 mod conn;
+mod connector;
 mod error;
 mod options;
 mod pipeline;
@@ -51,7 +52,8 @@ pub mod ctl;
 pub use builder::ClientBuilder;
 pub use bytes::Bytes;
 pub use client::Client;
-pub use error::Error;
+pub use connector::{ConnectFuture, Connector, NodeStream};
+pub use error::{Error, ServerCode};
 pub use options::{Consistency, Entry, GetExpiry, KeyTtl, SetCondition, SetOptions, SetOutcome};
 pub use ringcache_proto::topology::{Member, NodeState, Topology};
 pub use security::TlsOptions;

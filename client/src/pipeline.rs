@@ -611,7 +611,7 @@ mod tests {
         });
         assert_eq!(status.code(), Code::FailedPrecondition);
         assert!(matches!(
-            Error::from(status),
+            Error::from_status(status),
             Error::CasConflict {
                 current_version: Some(17)
             }

@@ -427,7 +427,7 @@ async fn connect_client(nodes: usize) -> Result<Client, ClientError> {
             .seeds(&seeds)
             .request_timeout(REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_millis(300))
-            .channel_factory(|addr| sim::client_channel(addr, Duration::from_millis(300)))
+            .connector(sim::client_connector())
             .connect()
             .await;
         match connecting {
