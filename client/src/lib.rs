@@ -58,7 +58,7 @@ pub use options::{Consistency, Entry, GetExpiry, KeyTtl, SetCondition, SetOption
 pub use ringcache_proto::topology::{Member, NodeState, Topology};
 pub use security::TlsOptions;
 
-/// The examples of the workspace README (the client, TLS and credentials), compiled as doctests.
+/// The examples of the crate's own README (its registry page), compiled as doctests.
 #[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeDoctests;
+#[doc = include_str!("../README.md")]
+pub struct CrateReadmeDoctests;
