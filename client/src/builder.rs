@@ -15,6 +15,9 @@ const DEFAULT_POOL_SIZE: usize = 2;
 /// tonic's own 4 MiB limit would refuse a 4 MiB value once its key and framing are added; this
 /// leaves room for values of several MiB.
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024 + 64 * 1024;
+/// The smallest message limit accepted: below it, the framing of a single request would not
+/// fit.
+const MIN_MESSAGE_BYTES: usize = 1024;
 
 /// Configures and connects a [`Client`].
 ///
@@ -40,6 +43,7 @@ pub struct ClientBuilder {
     pipelining: bool,
     default_consistency: Option<Consistency>,
     max_message_bytes: usize,
+    max_batch_keys: Option<usize>,
     connector: Option<Connector>,
     credentials: Option<Credentials>,
     tls: Option<TlsOptions>,
@@ -55,6 +59,7 @@ impl fmt::Debug for ClientBuilder {
             .field("pipelining", &self.pipelining)
             .field("default_consistency", &self.default_consistency)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_batch_keys", &self.max_batch_keys)
             .field(
                 "connector",
                 &if self.connector.is_some() {
@@ -79,6 +84,7 @@ impl Default for ClientBuilder {
             pipelining: true,
             default_consistency: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_batch_keys: None,
             connector: None,
             credentials: None,
             tls: None,
@@ -155,10 +161,28 @@ impl ClientBuilder {
     }
 
     /// Largest gRPC message sent or received, in bytes. Default: 8 MiB + 64 KiB, room for a
-    /// value of several MiB. Raise it for batches of large values.
+    /// value of several MiB. Batches are split into requests that fit both this and the nodes'
+    /// own `max_message_bytes` (see [`max_batch_keys`](ClientBuilder::max_batch_keys)); an
+    /// answer larger than this (an `mget` of many large values) fails with
+    /// [`Error::InvalidArgument`].
     #[must_use]
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
+        self
+    }
+
+    /// The most keys (or key-value pairs) one multi-key request (`mget`, `mset`, `mdelete`)
+    /// carries. Larger batches are split transparently into several requests, sent
+    /// concurrently, and their answers put back in order.
+    ///
+    /// The nodes state their own `max_batch_keys` and `max_message_bytes` with their topology;
+    /// requests are kept within the smallest limits any node stated, and within this and
+    /// [`max_message_bytes`](ClientBuilder::max_message_bytes). While no node has stated its
+    /// limits (nodes older than the statement), 1000 keys per request (the nodes' default) is
+    /// assumed. Default: no bound of the client's own. Must be at least 1.
+    #[must_use]
+    pub fn max_batch_keys(mut self, keys: usize) -> Self {
+        self.max_batch_keys = Some(keys);
         self
     }
 
@@ -242,6 +266,16 @@ impl ClientBuilder {
                 "request timeout must be greater than zero".to_owned(),
             ));
         }
+        if self.max_batch_keys == Some(0) {
+            return Err(Error::InvalidArgument(
+                "max batch keys must be at least 1".to_owned(),
+            ));
+        }
+        if self.max_message_bytes < MIN_MESSAGE_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "max message bytes must be at least {MIN_MESSAGE_BYTES}"
+            )));
+        }
         let authorization = self
             .credentials
             .as_ref()
@@ -268,6 +302,7 @@ impl ClientBuilder {
             connect_timeout: self.connect_timeout,
             pool_size: self.pool_size.max(1),
             max_message_bytes: self.max_message_bytes,
+            max_batch_keys: self.max_batch_keys,
             request_timeout: self.request_timeout,
             pipelining: self.pipelining,
             factory,

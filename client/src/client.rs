@@ -289,6 +289,7 @@ impl Client {
             .execute_batch(
                 &keys,
                 Access::Read,
+                |index| wire::key_size(&keys[index]),
                 |indexes| wire::mget_request(pick(&keys, indexes), self.consistency),
                 |mut c, r| async move { c.m_get(r).await },
             )
@@ -323,6 +324,7 @@ impl Client {
             .execute_batch(
                 &keys,
                 Access::Write,
+                |index| wire::entry_size(&request.entries[index]),
                 |indexes| pb::MSetRequest {
                     entries: pick(&request.entries, indexes),
                     ttl_ms: request.ttl_ms,
@@ -359,6 +361,7 @@ impl Client {
             .execute_batch(
                 &keys,
                 Access::Write,
+                |index| wire::key_size(&keys[index]),
                 |indexes| wire::mdelete_request(pick(&keys, indexes), self.consistency),
                 |mut c, r| async move { c.m_delete(r).await },
             )
@@ -663,6 +666,7 @@ mod tests {
             connect_timeout: Duration::from_secs(2),
             pool_size: 1,
             max_message_bytes: 1 << 20,
+            max_batch_keys: None,
             request_timeout: Duration::from_secs(2),
             pipelining: true,
             factory: crate::conn::default_factory(Duration::from_secs(2), None),

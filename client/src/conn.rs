@@ -50,6 +50,8 @@ pub(crate) struct ConnectConfig {
     pub(crate) pool_size: usize,
     /// Largest gRPC message sent or received.
     pub(crate) max_message_bytes: usize,
+    /// The client's own bound on keys per multi-key request (`None`: the nodes' limits alone).
+    pub(crate) max_batch_keys: Option<usize>,
     /// Bound on each request to a node (per attempt when a request fails over).
     pub(crate) request_timeout: Duration,
     /// Whether `Cache` requests travel on the pipelined stream ([`crate::pipeline`]) rather
@@ -78,6 +80,7 @@ impl fmt::Debug for ConnectConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("pool_size", &self.pool_size)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_batch_keys", &self.max_batch_keys)
             .field("request_timeout", &self.request_timeout)
             .field("pipelining", &self.pipelining)
             .field("credentials", &self.authorization.is_some())
@@ -321,13 +324,15 @@ impl NodePool {
             .max_encoding_message_size(self.max_message_bytes)
     }
 
-    /// Sends one `Cache` request under `timeout`: on the next connection's pipelined stream, or
-    /// with `rpc` as a unary call when pipelining is off or the node does not serve it. Returns
-    /// the outcome with the topology digest the node reported, if any.
+    /// Sends one `Cache` request under `timeout`: on the next connection's pipelined stream
+    /// (in batches of at most `max_batch_bytes`), or with `rpc` as a unary call when pipelining
+    /// is off or the node does not serve it. Returns the outcome with the topology digest the
+    /// node reported, if any.
     pub(crate) async fn call<Req, F, Fut>(
         &self,
         message: Req,
         timeout: Duration,
+        max_batch_bytes: usize,
         rpc: F,
     ) -> Reply<Req::Response>
     where
@@ -344,7 +349,12 @@ impl NodePool {
         // Until the node has answered on a stream, keep a copy to send as a unary call should it
         // not know `Pipeline`.
         let copy = (support == PIPELINE_UNKNOWN).then(|| message.clone());
-        match self.pick().pipeline.call(message, timeout).await {
+        match self
+            .pick()
+            .pipeline
+            .call(message, timeout, max_batch_bytes)
+            .await
+        {
             Outcome::Done(reply) => {
                 if support == PIPELINE_UNKNOWN && reply.digest.is_some() {
                     self.pipelining.store(PIPELINE_YES, Ordering::Relaxed);

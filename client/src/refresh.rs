@@ -22,7 +22,7 @@ use std::{
 
 use ringcache_proto::{
     topology::Topology,
-    v1::{GetTopologyRequest, WatchTopologyRequest},
+    v1::{GetTopologyRequest, NodeLimits, WatchTopologyRequest},
 };
 use tokio::{sync::oneshot, time::Instant};
 use tonic::Code;
@@ -53,11 +53,14 @@ pub(crate) enum FetchError {
     Denied(Error),
 }
 
+/// A topology as one node served it, with the limits the node stated (`None`: an older node).
+pub(crate) type Fetched = (Topology, Option<NodeLimits>);
+
 /// Asks one node for its topology. `Ok(None)`: the node has no `Cluster` service.
 pub(crate) async fn fetch_topology(
     slot: &NodeSlot,
     config: &ConnectConfig,
-) -> Result<Option<Topology>, FetchError> {
+) -> Result<Option<Fetched>, FetchError> {
     let pool = slot
         .pool(config)
         .map_err(|error| FetchError::Failed(error.to_string()))?;
@@ -78,7 +81,7 @@ pub(crate) async fn fetch_topology(
         Ok(Ok(response)) => response.into_inner(),
     };
     Topology::try_from(&wire)
-        .map(Some)
+        .map(|topology| Some((topology, wire.sender_limits)))
         .map_err(|error| FetchError::Invalid(error.to_string()))
 }
 
@@ -227,7 +230,8 @@ impl Router {
         let mut invalid = false;
         for slot in self.fetch_candidates(prefer, avoid) {
             match fetch_topology(&slot, &self.config).await {
-                Ok(Some(topology)) => {
+                Ok(Some((topology, limits))) => {
+                    self.limits.note(slot.addr(), limits);
                     self.apply(topology);
                     return Ok(());
                 }
@@ -388,6 +392,7 @@ async fn watch_session(
                 let Some(router) = router.upgrade() else {
                     return (received, "the client is gone".to_owned(), false);
                 };
+                router.limits.note(slot.addr(), wire.sender_limits);
                 router.apply(topology);
                 received += 1;
             }

@@ -34,7 +34,7 @@ use bytes::Bytes;
 use ringcache_proto::{
     placement::{ReplicaSet, Ring},
     topology::Topology,
-    v1::cache_client::CacheClient,
+    v1::{NodeLimits, cache_client::CacheClient},
 };
 use tokio::sync::oneshot;
 use tonic::Status;
@@ -52,6 +52,90 @@ const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
 
 /// Replica positions beyond this are never reordered (a bit mask of positions is used).
 const MAX_REORDERED_REPLICAS: usize = 64;
+
+/// Keys per multi-key request while no node has stated its limit (older nodes): the nodes'
+/// default `max_batch_keys`.
+pub(crate) const DEFAULT_NODE_BATCH_KEYS: usize = 1000;
+
+/// Room kept in every request under the message limit for what is not an item's key or value:
+/// field tags and lengths, the consistency, the pipeline entry's tag.
+const MESSAGE_HEADROOM: usize = 4096;
+
+/// The request limits the nodes stated with their topologies (`Topology.sender_limits`): the
+/// latest statement of each node, and the smallest of them, which batches are split to fit.
+#[derive(Debug, Default)]
+pub(crate) struct StatedLimits {
+    by_node: Mutex<BTreeMap<String, NodeLimits>>,
+    /// The smallest stated `max_batch_keys`; 0 while no node stated one.
+    batch_keys: AtomicUsize,
+    /// The smallest stated `max_message_bytes`; 0 while no node stated one.
+    message_bytes: AtomicUsize,
+}
+
+impl StatedLimits {
+    /// Notes what the node at `addr` stated (`None`: an older node, which states nothing).
+    pub(crate) fn note(&self, addr: &str, limits: Option<NodeLimits>) {
+        let Some(limits) = limits else {
+            return;
+        };
+        let mut by_node = self.by_node.lock().unwrap_or_else(PoisonError::into_inner);
+        if by_node.get(addr) == Some(&limits) {
+            return;
+        }
+        by_node.insert(addr.to_owned(), limits);
+        let smallest = |of: fn(&NodeLimits) -> u64| {
+            by_node
+                .values()
+                .map(of)
+                .filter(|&n| n > 0)
+                .min()
+                .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
+        };
+        let keys = smallest(|l| u64::from(l.max_batch_keys));
+        let bytes = smallest(|l| l.max_message_bytes);
+        self.batch_keys.store(keys, Ordering::Relaxed);
+        self.message_bytes.store(bytes, Ordering::Relaxed);
+        tracing::debug!(node = %addr, max_batch_keys = keys, max_message_bytes = bytes, "node limits");
+    }
+}
+
+/// How big one part of a batch may be: at most `keys` items, and items whose sizes add up to at
+/// most `bytes` (an item bigger than that still travels, alone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PartLimits {
+    pub(crate) keys: usize,
+    pub(crate) bytes: usize,
+}
+
+/// Splits `indexes` (in order) into consecutive parts within `limits`; `size` gives each item's
+/// encoded size. Every part holds at least one item.
+pub(crate) fn split_parts(
+    indexes: Vec<usize>,
+    limits: PartLimits,
+    size: impl Fn(usize) -> usize,
+) -> Vec<Vec<usize>> {
+    let max_keys = limits.keys.max(1);
+    if indexes.len() <= max_keys && limits.bytes == usize::MAX {
+        return vec![indexes];
+    }
+    let mut parts = Vec::new();
+    let mut part = Vec::new();
+    let mut bytes = 0usize;
+    for index in indexes {
+        let item = size(index);
+        if !part.is_empty() && (part.len() == max_keys || bytes.saturating_add(item) > limits.bytes)
+        {
+            parts.push(std::mem::take(&mut part));
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(item);
+        part.push(index);
+    }
+    if !part.is_empty() {
+        parts.push(part);
+    }
+    parts
+}
 
 /// What a request does to the data, which decides when it may be retried on another replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -287,6 +371,8 @@ pub(crate) struct Router {
     /// Serialises building and swapping in snapshots (not reading them).
     applying: Mutex<()>,
     pub(crate) refresher: Refresher,
+    /// The request limits the nodes stated.
+    pub(crate) limits: StatedLimits,
     /// Rotates the nodes a refresh or the watch start from.
     pub(crate) rotation: AtomicUsize,
     /// Dropped with the router, which ends the watch task.
@@ -303,16 +389,23 @@ impl fmt::Debug for Router {
 }
 
 impl Router {
-    /// A router over `topology` (`None`: the node has no `Cluster` service); starts the watch
-    /// task when there is a topology to watch.
+    /// A router over `fetched`, the topology `home` served with its limits (`None`: the node
+    /// has no `Cluster` service); starts the watch task when there is a topology to watch.
     pub(crate) fn start(
         config: ConnectConfig,
         seeds: Box<[Arc<NodeSlot>]>,
         home: Arc<NodeSlot>,
-        topology: Option<Topology>,
+        fetched: Option<refresh::Fetched>,
     ) -> Arc<Router> {
-        let aware = topology.is_some();
-        let topology = topology.unwrap_or_else(|| Topology::new(Vec::new(), 1, 1));
+        let aware = fetched.is_some();
+        let limits = StatedLimits::default();
+        let topology = match fetched {
+            Some((topology, stated)) => {
+                limits.note(home.addr(), stated);
+                topology
+            }
+            None => Topology::new(Vec::new(), 1, 1),
+        };
         let state = State::build(topology, aware, None, &seeds);
         let digest = state.topology.digest();
         let (stop, stopped) = oneshot::channel();
@@ -324,6 +417,7 @@ impl Router {
             digest: AtomicU64::new(digest),
             applying: Mutex::new(()),
             refresher: Refresher::default(),
+            limits,
             rotation: AtomicUsize::new(0),
             _watch_stop: aware.then_some(stop),
         });
@@ -414,30 +508,67 @@ impl Router {
         Err(tried.into_error("no replica of the key answered"))
     }
 
-    /// Sends a batch over `keys`: the keys are split by primary, `build` makes the request of
-    /// each part from the indexes of its keys (ascending), and the parts are sent concurrently,
-    /// each failing over as `access` allows. Returns every part's indexes with its response.
-    pub(crate) async fn execute_batch<Req, Resp, B, F, Fut>(
+    /// The size of one part of a batch: the client's `max_batch_keys` and the smallest limit
+    /// the nodes stated (or [`DEFAULT_NODE_BATCH_KEYS`] while none did); the client's and the
+    /// nodes' message limits, less [`MESSAGE_HEADROOM`].
+    pub(crate) fn part_limits(&self) -> PartLimits {
+        let stated_keys = self.limits.batch_keys.load(Ordering::Relaxed);
+        let node_keys = if stated_keys == 0 {
+            DEFAULT_NODE_BATCH_KEYS
+        } else {
+            stated_keys
+        };
+        let keys = node_keys
+            .min(self.config.max_batch_keys.unwrap_or(usize::MAX))
+            .max(1);
+        let stated_bytes = self.limits.message_bytes.load(Ordering::Relaxed);
+        let message = match stated_bytes {
+            0 => self.config.max_message_bytes,
+            stated => stated.min(self.config.max_message_bytes),
+        };
+        PartLimits {
+            keys,
+            bytes: message.saturating_sub(MESSAGE_HEADROOM).max(1),
+        }
+    }
+
+    /// Sends a batch over `keys`: the keys are split by primary, and each node's keys into
+    /// parts within [`part_limits`](Self::part_limits) (`size` gives each item's encoded
+    /// size); `build` makes the request of each part from the indexes of its keys (ascending),
+    /// and the parts are sent concurrently, each failing over as `access` allows. Returns every
+    /// part's indexes with its response.
+    pub(crate) async fn execute_batch<Req, Resp, S, B, F, Fut>(
         self: &Arc<Self>,
         keys: &[Bytes],
         access: Access,
+        size: S,
         build: B,
         rpc: F,
     ) -> Result<Vec<(Vec<usize>, Resp)>, Error>
     where
+        S: Fn(usize) -> usize,
         B: Fn(&[usize]) -> Req,
         Req: PipelineOp<Response = Resp> + Clone,
         F: Fn(CacheClient<NodeChannel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         let state = self.snapshot();
+        let limits = self.part_limits();
         let all: Vec<usize> = (0..keys.len()).collect();
         if state.ring.is_empty() {
-            let response = self
-                .send(&self.home, build(&all), &rpc)
-                .await
-                .map_err(|failure| failure.error)?;
-            return Ok(vec![(all, response)]);
+            let sends = split_parts(all, limits, &size)
+                .into_iter()
+                .map(|indexes| {
+                    let message = build(&indexes);
+                    let rpc = &rpc;
+                    async move { (indexes, self.send(&self.home, message, rpc).await) }
+                })
+                .collect();
+            let mut done = Vec::new();
+            for (indexes, outcome) in join_all(sends).await {
+                done.push((indexes, outcome.map_err(|failure| failure.error)?));
+            }
+            return Ok(done);
         }
 
         let n_nodes = state.slots.len();
@@ -468,6 +599,11 @@ impl Router {
                 .into_iter()
                 .enumerate()
                 .filter(|(_, indexes)| !indexes.is_empty())
+                .flat_map(|(position, indexes)| {
+                    split_parts(indexes, limits, &size)
+                        .into_iter()
+                        .map(move |part| (position, part))
+                })
                 .map(|(position, indexes)| {
                     let slot = &state.slots[position];
                     let message = build(&indexes);
@@ -520,7 +656,10 @@ impl Router {
                 return Err(failure);
             }
         };
-        let reply = pool.call(message, self.config.request_timeout, rpc).await;
+        let max_batch_bytes = self.part_limits().bytes;
+        let reply = pool
+            .call(message, self.config.request_timeout, max_batch_bytes, rpc)
+            .await;
         if let Some(digest) = reply.digest {
             self.observe_digest(digest, slot);
         }
@@ -544,14 +683,19 @@ impl Router {
 /// The nodes a request failed on, for the error that names them.
 #[derive(Default)]
 struct Tried {
+    /// Each node once (several parts of a batch may fail on the same node).
+    nodes: Vec<String>,
     reasons: Vec<String>,
     last: Option<Error>,
 }
 
 impl Tried {
     fn push(&mut self, node_id: &str, slot: &NodeSlot, error: Error) {
-        self.reasons
-            .push(format!("{node_id} at {}: {error}", slot.addr()));
+        if !self.nodes.iter().any(|n| n == node_id) {
+            self.nodes.push(node_id.to_owned());
+            self.reasons
+                .push(format!("{node_id} at {}: {error}", slot.addr()));
+        }
         self.last = Some(error);
     }
 
@@ -601,12 +745,12 @@ pub(crate) async fn connect(seeds: &[String], config: ConnectConfig) -> Result<A
         let slot = &slots[index];
         slot.install(pool);
         match refresh::fetch_topology(slot, &config).await {
-            Ok(topology) => {
-                if topology.is_none() {
+            Ok(fetched) => {
+                if fetched.is_none() {
                     tracing::debug!(node = %slot.addr(), "node has no Cluster service; sending every request to it");
                 }
                 let home = Arc::clone(slot);
-                return Ok(Router::start(config, slots, home, topology));
+                return Ok(Router::start(config, slots, home, fetched));
             }
             Err(FetchError::Invalid(why)) => {
                 return Err(Error::Protocol(format!(
@@ -750,6 +894,56 @@ mod tests {
         );
         state.slots[primary].mark_reachable();
         assert!(!state.slots[primary].is_unreachable());
+    }
+
+    #[test]
+    fn parts_stay_within_the_key_and_byte_limits_in_order() {
+        let sizes = [10, 10, 50, 10, 10, 10, 200, 10];
+        let size = |i: usize| sizes[i];
+        let all: Vec<usize> = (0..sizes.len()).collect();
+        let limits = |keys, bytes| PartLimits { keys, bytes };
+        assert_eq!(
+            split_parts(all.clone(), limits(3, usize::MAX), size),
+            [vec![0, 1, 2], vec![3, 4, 5], vec![6, 7]]
+        );
+        assert_eq!(
+            split_parts(all.clone(), limits(100, 60), size),
+            [vec![0, 1], vec![2, 3], vec![4, 5], vec![6], vec![7]],
+            "an item over the byte limit goes alone"
+        );
+        assert_eq!(
+            split_parts(all.clone(), limits(2, 30), size),
+            [vec![0, 1], vec![2], vec![3, 4], vec![5], vec![6], vec![7]]
+        );
+        assert_eq!(
+            split_parts(all.clone(), limits(1000, usize::MAX), size),
+            [all.clone()]
+        );
+        assert_eq!(split_parts(vec![5], limits(0, 1), size), [vec![5]]);
+        assert!(split_parts(Vec::new(), limits(1, 1), size).is_empty());
+    }
+
+    #[test]
+    fn the_smallest_stated_limit_applies() {
+        let limits = StatedLimits::default();
+        let stated = |keys, bytes| NodeLimits {
+            max_batch_keys: keys,
+            max_message_bytes: bytes,
+        };
+        limits.note("a:1", None);
+        assert_eq!(
+            limits.batch_keys.load(Ordering::Relaxed),
+            0,
+            "nothing stated"
+        );
+        limits.note("a:1", Some(stated(500, 1 << 20)));
+        limits.note("b:1", Some(stated(200, 0)));
+        assert_eq!(limits.batch_keys.load(Ordering::Relaxed), 200);
+        assert_eq!(limits.message_bytes.load(Ordering::Relaxed), 1 << 20);
+        // A node's new statement replaces its old one.
+        limits.note("b:1", Some(stated(800, 1 << 16)));
+        assert_eq!(limits.batch_keys.load(Ordering::Relaxed), 500);
+        assert_eq!(limits.message_bytes.load(Ordering::Relaxed), 1 << 16);
     }
 
     #[tokio::test]

@@ -46,6 +46,8 @@ struct FakeNode {
     received: Mutex<Vec<(&'static str, String)>>,
     /// `MGet`, `MSet` and `MDelete` requests.
     batches: AtomicUsize,
+    /// The number of keys of each of those requests.
+    batch_sizes: Mutex<Vec<usize>>,
     get_topology_calls: AtomicUsize,
     /// Open `WatchTopology` streams.
     watchers: Arc<AtomicUsize>,
@@ -203,6 +205,7 @@ impl Cache for Svc {
         let node = &self.0;
         node.batches.fetch_add(1, Ordering::SeqCst);
         let keys = request.into_inner().keys;
+        node.batch_sizes.lock().unwrap().push(keys.len());
         let results = keys
             .iter()
             .map(|key| {
@@ -224,9 +227,9 @@ impl Cache for Svc {
     ) -> Result<Response<pb::MSetResponse>, Status> {
         let node = &self.0;
         node.batches.fetch_add(1, Ordering::SeqCst);
-        let versions = request
-            .into_inner()
-            .entries
+        let entries = request.into_inner().entries;
+        node.batch_sizes.lock().unwrap().push(entries.len());
+        let versions = entries
             .iter()
             .map(|entry| {
                 node.record("mset", &entry.key);
@@ -243,6 +246,7 @@ impl Cache for Svc {
         let node = &self.0;
         node.batches.fetch_add(1, Ordering::SeqCst);
         let keys = request.into_inner().keys;
+        node.batch_sizes.lock().unwrap().push(keys.len());
         for key in &keys {
             node.record("mdelete", key);
         }
@@ -410,6 +414,7 @@ impl FakeCluster {
                 addr,
                 received: Mutex::default(),
                 batches: AtomicUsize::new(0),
+                batch_sizes: Mutex::default(),
                 get_topology_calls: AtomicUsize::new(0),
                 watchers: Arc::default(),
                 served: Mutex::new(wire.clone()),
@@ -589,6 +594,64 @@ async fn batches_are_split_by_primary_and_answered_in_request_order() {
         );
         assert_eq!(node.keys("mset"), node.keys("mget"));
         assert_eq!(node.keys("mdelete"), node.keys("mget"));
+    }
+}
+
+#[tokio::test]
+async fn batches_are_split_to_the_limits_the_nodes_state() {
+    let cluster = FakeCluster::start().await;
+    let limits = pb::NodeLimits {
+        max_batch_keys: 7,
+        max_message_bytes: 1 << 20,
+    };
+    for node in &cluster.nodes {
+        node.served.lock().unwrap().sender_limits = Some(limits);
+    }
+    let client = cluster.connect().await;
+    let mut keys = keys(300);
+    keys.reverse();
+    let ring = Ring::new(&cluster.topology);
+    let primary = |key: &str| ring.primary(key.as_bytes()).unwrap().to_owned();
+
+    let values = client.mget(keys.clone()).await.unwrap();
+    for (key, value) in keys.iter().zip(&values) {
+        let expected = format!("{key}@{}", primary(key));
+        assert_eq!(value.as_deref(), Some(expected.as_bytes()), "{key}");
+    }
+    let versions = client
+        .mset(keys.iter().map(|k| (k.clone(), "v")), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        versions,
+        keys.iter().map(|k| key_number(k)).collect::<Vec<_>>()
+    );
+    assert_eq!(client.mdelete(keys.clone()).await.unwrap(), 300);
+
+    let mut requests = 0;
+    for node in &cluster.nodes {
+        let sizes = node.batch_sizes.lock().unwrap().clone();
+        assert!(
+            sizes.iter().all(|&n| (1..=7).contains(&n)),
+            "{}: request sizes {sizes:?}",
+            node.id
+        );
+        let owned = keys.iter().filter(|k| primary(k) == node.id).count();
+        assert_eq!(sizes.iter().sum::<usize>(), 3 * owned, "{}", node.id);
+        assert_eq!(node.keys("mget").len(), owned);
+        requests += sizes.len();
+    }
+    assert!(requests >= 3 * 300 / 7, "{requests} requests");
+
+    // A node stating nothing (older) is assumed to take 1000 keys.
+    let cluster = FakeCluster::start().await;
+    let client = cluster.connect().await;
+    let keys: Vec<String> = (0..4000).map(|i| format!("many-{i}")).collect();
+    assert_eq!(client.mget(keys).await.unwrap().len(), 4000);
+    for node in &cluster.nodes {
+        let sizes = node.batch_sizes.lock().unwrap().clone();
+        assert!(sizes.iter().all(|&n| n <= 1000), "{}: {sizes:?}", node.id);
+        assert!(sizes.len() >= 2, "{}: {sizes:?}", node.id);
     }
 }
 
