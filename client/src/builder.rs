@@ -3,7 +3,7 @@
 use std::{fmt, time::Duration};
 
 use crate::{
-    Client, Connector, Consistency, Error, TlsOptions,
+    Client, Connector, Consistency, Error, RetryBudget, RetryPolicy, TlsOptions,
     conn::{self, ConnectConfig},
     router,
     security::Credentials,
@@ -44,6 +44,8 @@ pub struct ClientBuilder {
     default_consistency: Option<Consistency>,
     max_message_bytes: usize,
     max_batch_keys: Option<usize>,
+    retry: RetryPolicy,
+    retry_budget: RetryBudget,
     connector: Option<Connector>,
     credentials: Option<Credentials>,
     tls: Option<TlsOptions>,
@@ -60,6 +62,8 @@ impl fmt::Debug for ClientBuilder {
             .field("default_consistency", &self.default_consistency)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("max_batch_keys", &self.max_batch_keys)
+            .field("retry", &self.retry)
+            .field("retry_budget", &self.retry_budget)
             .field(
                 "connector",
                 &if self.connector.is_some() {
@@ -85,6 +89,8 @@ impl Default for ClientBuilder {
             default_consistency: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_batch_keys: None,
+            retry: RetryPolicy::default(),
+            retry_budget: RetryBudget::default(),
             connector: None,
             credentials: None,
             tls: None,
@@ -121,9 +127,10 @@ impl ClientBuilder {
         self
     }
 
-    /// How long a request may take before it fails with [`Error::Timeout`]. The deadline is also
-    /// sent to the node. A read that fails over to another replica gets this long again for each
-    /// attempt. Default: 5 s.
+    /// How long each attempt of a request may take before it fails with [`Error::Timeout`]. The
+    /// deadline is also sent to the node. A read that fails over to another replica, or a
+    /// retried request, gets this long again for each attempt. A per-call timeout
+    /// ([`Client::with_timeout`]) bounds a whole call instead. Default: 5 s.
     #[must_use]
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
@@ -183,6 +190,23 @@ impl ClientBuilder {
     #[must_use]
     pub fn max_batch_keys(mut self, keys: usize) -> Self {
         self.max_batch_keys = Some(keys);
+        self
+    }
+
+    /// The retry policy of calls that do not choose their own (see [`RetryPolicy`]: what is
+    /// retried, and how). Default: [`RetryPolicy::new`], 3 attempts with jittered backoff from
+    /// 20 ms to 1 s; [`RetryPolicy::none`] turns retries off.
+    #[must_use]
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// How many retries the client may make compared with its calls (see [`RetryBudget`]).
+    /// Default: 0.1 retries per call, 10 at once.
+    #[must_use]
+    pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.retry_budget = budget;
         self
     }
 
@@ -266,6 +290,7 @@ impl ClientBuilder {
                 "request timeout must be greater than zero".to_owned(),
             ));
         }
+        crate::retry::check(&self.retry_budget)?;
         if self.max_batch_keys == Some(0) {
             return Err(Error::InvalidArgument(
                 "max batch keys must be at least 1".to_owned(),
@@ -303,12 +328,18 @@ impl ClientBuilder {
             pool_size: self.pool_size.max(1),
             max_message_bytes: self.max_message_bytes,
             max_batch_keys: self.max_batch_keys,
+            retry: RetryPolicy {
+                max_attempts: self.retry.max_attempts.max(1),
+                ..self.retry
+            },
+            retry_budget: self.retry_budget,
             request_timeout: self.request_timeout,
             pipelining: self.pipelining,
             factory,
             authorization,
             tls: self.tls.is_some(),
         };
+        crate::observe::describe();
         let router = router::connect(&seeds, config).await?;
         Ok(Client::new(router, self.default_consistency))
     }

@@ -26,7 +26,7 @@ use tonic::{
 };
 
 use crate::{
-    Connector, Error,
+    Connector, Error, RetryBudget, RetryPolicy, observe,
     pipeline::{Outcome, Pipeline, PipelineOp},
     security::NodeChannel,
 };
@@ -52,6 +52,10 @@ pub(crate) struct ConnectConfig {
     pub(crate) max_message_bytes: usize,
     /// The client's own bound on keys per multi-key request (`None`: the nodes' limits alone).
     pub(crate) max_batch_keys: Option<usize>,
+    /// The retry policy of calls that do not choose their own.
+    pub(crate) retry: RetryPolicy,
+    /// The retry budget's settings (checked).
+    pub(crate) retry_budget: RetryBudget,
     /// Bound on each request to a node (per attempt when a request fails over).
     pub(crate) request_timeout: Duration,
     /// Whether `Cache` requests travel on the pipelined stream ([`crate::pipeline`]) rather
@@ -81,6 +85,8 @@ impl fmt::Debug for ConnectConfig {
             .field("pool_size", &self.pool_size)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("max_batch_keys", &self.max_batch_keys)
+            .field("retry", &self.retry)
+            .field("retry_budget", &self.retry_budget)
             .field("request_timeout", &self.request_timeout)
             .field("pipelining", &self.pipelining)
             .field("credentials", &self.authorization.is_some())
@@ -263,6 +269,12 @@ impl fmt::Debug for NodePool {
     }
 }
 
+impl Drop for NodePool {
+    fn drop(&mut self) {
+        observe::pool_opened(self.conns.len(), false);
+    }
+}
+
 impl NodePool {
     /// A pool over already made channels (at least one).
     pub(crate) fn from_channels(
@@ -271,7 +283,7 @@ impl NodePool {
         max_message_bytes: usize,
         pipelining: bool,
     ) -> Self {
-        let conns = channels
+        let conns: Box<[Conn]> = channels
             .into_iter()
             .map(|channel| {
                 let cache = CacheClient::new(channel.clone())
@@ -284,6 +296,7 @@ impl NodePool {
                 }
             })
             .collect();
+        observe::pool_opened(conns.len(), true);
         NodePool {
             addr: addr.to_owned(),
             conns,

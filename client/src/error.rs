@@ -206,6 +206,24 @@ fn fmt_after(after: Option<Duration>) -> String {
 }
 
 impl Error {
+    /// A short, stable name of the error's kind, in `snake_case`: `invalid_argument`,
+    /// `cas_conflict`, `memory_full`, `unavailable`, `timeout`, `protocol`,
+    /// `unauthenticated`, `permission_denied`, or for [`Error::Server`] the code's name
+    /// ([`ServerCode::as_str`]). The client's metrics label outcomes with it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::CasConflict { .. } => "cas_conflict",
+            Error::MemoryFull(_) => "memory_full",
+            Error::Unavailable(_) => "unavailable",
+            Error::Timeout { .. } => "timeout",
+            Error::Protocol(_) => "protocol",
+            Error::Unauthenticated { .. } => "unauthenticated",
+            Error::PermissionDenied { .. } => "permission_denied",
+            Error::Server { code, .. } => code.as_str(),
+        }
+    }
+
     /// Whether trying the same request again later may succeed: `true` for
     /// [`Unavailable`](Error::Unavailable) and [`Timeout`](Error::Timeout).
     ///

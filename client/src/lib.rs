@@ -39,9 +39,11 @@ mod client;
 mod conn;
 mod connector;
 mod error;
+mod observe;
 mod options;
 mod pipeline;
 mod refresh;
+mod retry;
 mod router;
 mod security;
 mod wire;
@@ -54,7 +56,10 @@ pub use bytes::Bytes;
 pub use client::Client;
 pub use connector::{ConnectFuture, Connector, NodeStream};
 pub use error::{Error, ServerCode};
-pub use options::{Consistency, Entry, GetExpiry, KeyTtl, SetCondition, SetOptions, SetOutcome};
+pub use options::{
+    CallOptions, Consistency, Entry, GetExpiry, KeyTtl, RetryBudget, RetryPolicy, SetCondition,
+    SetOptions, SetOutcome,
+};
 pub use ringcache_proto::topology::{Member, NodeState, Topology};
 pub use security::TlsOptions;
 

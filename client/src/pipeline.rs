@@ -38,6 +38,7 @@ use tonic::{Code, Status, metadata::MetadataValue};
 use crate::{
     Error,
     conn::{Failure, FailureClass, Reply},
+    observe,
     security::NodeChannel,
 };
 
@@ -320,6 +321,8 @@ struct Link {
     /// The size batches stop growing at: [`MAX_BATCH_BYTES`], or less when the nodes' message
     /// limit is smaller (set by each call).
     max_batch_bytes: AtomicUsize,
+    /// Whether the link is a real stream, counted in the open streams gauge until it closes.
+    counted: bool,
 }
 
 #[derive(Default)]
@@ -336,7 +339,7 @@ struct LinkState {
 impl Link {
     /// Opens the stream on `cache`; the task reading answers runs until the stream ends.
     fn open(mut cache: CacheClient<NodeChannel>) -> Arc<Link> {
-        let link = Link::new();
+        let link = Link::with_gauge(true);
         let outbound = Outbound {
             link: Arc::clone(&link),
         };
@@ -361,11 +364,21 @@ impl Link {
     }
 
     /// A link with nothing queued and no stream behind it yet.
+    #[cfg(test)]
     fn new() -> Arc<Link> {
+        Link::with_gauge(false)
+    }
+
+    /// A link; `counted` ones count in the open streams gauge until they close.
+    fn with_gauge(counted: bool) -> Arc<Link> {
+        if counted {
+            observe::stream_opened(true);
+        }
         Arc::new(Link {
             state: Mutex::new(LinkState::default()),
             waker: AtomicWaker::new(),
             max_batch_bytes: AtomicUsize::new(MAX_BATCH_BYTES),
+            counted,
         })
     }
 
@@ -427,6 +440,9 @@ impl Link {
                 std::mem::take(&mut state.in_flight),
             )
         };
+        if self.counted {
+            observe::stream_opened(false);
+        }
         self.waker.wake();
         for queued in queue {
             let _ = queued.reply.send(Err((why.clone(), false)));

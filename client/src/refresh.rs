@@ -30,6 +30,7 @@ use tonic::Code;
 use crate::{
     Error,
     conn::ConnectConfig,
+    observe,
     router::{NodeSlot, Router},
 };
 
@@ -233,6 +234,7 @@ impl Router {
                 Ok(Some((topology, limits))) => {
                     self.limits.note(slot.addr(), limits);
                     self.apply(topology);
+                    observe::refreshed(true);
                     return Ok(());
                 }
                 // A node without the Cluster service: nothing to refresh from it.
@@ -247,6 +249,7 @@ impl Router {
                 Err(FetchError::Denied(error)) => return Err(error),
             }
         }
+        observe::refreshed(false);
         let failures = failures.join("; ");
         Err(if invalid {
             Error::Protocol(format!("no valid topology ({failures})"))
@@ -344,6 +347,7 @@ pub(crate) async fn watch(router: Weak<Router>, mut stop: oneshot::Receiver<()>)
             backoff = WATCH_BACKOFF_MAX;
         }
         tracing::debug!(node = %slot.addr(), received, reason = %why, retry_in = ?backoff, "topology watch ended");
+        observe::watch_restarted();
         previous = Some(slot);
         tokio::select! {
             _ = &mut stop => return,
