@@ -82,6 +82,12 @@ pub enum Error {
         message: String,
     },
 
+    /// A value could not be encoded or decoded by the client: a stored value that is not valid
+    /// JSON for the requested type (`get_json`, `mget_json`), or a value that cannot be
+    /// serialized (`set_json`; feature `serde`). The message names the key.
+    #[error("codec error: {0}")]
+    Codec(String),
+
     /// Any other status returned by the node (or made by the local HTTP/2 stack for a request
     /// it abandoned), such as [`ServerCode::Unimplemented`] from a node too old for a call, or
     /// [`ServerCode::Internal`].
@@ -208,7 +214,7 @@ fn fmt_after(after: Option<Duration>) -> String {
 impl Error {
     /// A short, stable name of the error's kind, in `snake_case`: `invalid_argument`,
     /// `cas_conflict`, `memory_full`, `unavailable`, `timeout`, `protocol`,
-    /// `unauthenticated`, `permission_denied`, or for [`Error::Server`] the code's name
+    /// `unauthenticated`, `permission_denied`, `codec`, or for [`Error::Server`] the code's name
     /// ([`ServerCode::as_str`]). The client's metrics label outcomes with it.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -220,6 +226,7 @@ impl Error {
             Error::Protocol(_) => "protocol",
             Error::Unauthenticated { .. } => "unauthenticated",
             Error::PermissionDenied { .. } => "permission_denied",
+            Error::Codec(_) => "codec",
             Error::Server { code, .. } => code.as_str(),
         }
     }

@@ -39,6 +39,8 @@ mod client;
 mod conn;
 mod connector;
 mod error;
+#[cfg(feature = "serde")]
+mod json;
 mod observe;
 mod options;
 mod pipeline;
