@@ -413,7 +413,7 @@ impl NodePool {
             },
             Ok(Err(status)) => Reply {
                 digest: topology_digest(status.metadata()),
-                result: Err(Failure::from_status(status, started.elapsed(), timeout)),
+                result: Err(Failure::from_status(&status, started.elapsed(), timeout)),
             },
             Err(_) => Reply {
                 digest: None,
@@ -473,9 +473,9 @@ impl FailureClass {
 
 impl Failure {
     /// Classifies a status a call received after `elapsed` under `timeout`.
-    pub(crate) fn from_status(status: Status, elapsed: Duration, timeout: Duration) -> Self {
-        let not_sent = is_connect_error(&status);
-        let local = crate::error::is_local_transport_error(&status);
+    pub(crate) fn from_status(status: &Status, elapsed: Duration, timeout: Duration) -> Self {
+        let not_sent = is_connect_error(status);
+        let local = crate::error::is_local_transport_error(status);
         let error = Error::from_status_after(status, elapsed, timeout);
         let class = match &error {
             Error::Unavailable(_) if not_sent => FailureClass::NotSent,
@@ -690,7 +690,7 @@ async fn probe(channel: NodeChannel, timeout: Duration) -> Result<(), ProbeFailu
             "not a gRPC server: {}",
             status.message()
         ))),
-        Err(status) => match Error::from_status_after(status, started.elapsed(), timeout) {
+        Err(status) => match Error::from_status_after(&status, started.elapsed(), timeout) {
             Error::Unavailable(message) => Err(ProbeFailure::Down(message)),
             Error::Timeout { .. } => {
                 Err(ProbeFailure::Down(format!("no answer within {timeout:?}")))

@@ -241,11 +241,15 @@ impl Error {
 
     /// Maps a status received by a request that ran for `elapsed` under a client-side
     /// `timeout`, so that every flavour of "too late" becomes [`Error::Timeout`].
-    pub(crate) fn from_status_after(status: Status, elapsed: Duration, timeout: Duration) -> Error {
+    pub(crate) fn from_status_after(
+        status: &Status,
+        elapsed: Duration,
+        timeout: Duration,
+    ) -> Error {
         match status.code() {
             // tonic's channel enforces the `grpc-timeout` header locally too, and reports it as
             // CANCELLED; the server reports its own deadline as DEADLINE_EXCEEDED.
-            Code::Cancelled if elapsed >= timeout || is_local_timeout(&status) => Error::Timeout {
+            Code::Cancelled if elapsed >= timeout || is_local_timeout(status) => Error::Timeout {
                 after: Some(timeout),
             },
             Code::DeadlineExceeded => Error::Timeout {
@@ -262,16 +266,16 @@ fn round_to_millis(duration: Duration) -> Duration {
 
 impl Error {
     /// The error a gRPC status stands for. Crate-private: the public API carries no tonic type.
-    pub(crate) fn from_status(status: Status) -> Self {
+    pub(crate) fn from_status(status: &Status) -> Self {
         match status.code() {
             Code::InvalidArgument | Code::OutOfRange => {
                 Error::InvalidArgument(status.message().to_owned())
             }
             Code::FailedPrecondition => Error::CasConflict {
-                current_version: current_version(&status),
+                current_version: current_version(status),
             },
             Code::ResourceExhausted => Error::MemoryFull(status.message().to_owned()),
-            Code::Unavailable => Error::Unavailable(describe(&status)),
+            Code::Unavailable => Error::Unavailable(describe(status)),
             Code::DeadlineExceeded => Error::Timeout { after: None },
             Code::Unauthenticated => Error::Unauthenticated {
                 message: status.message().to_owned(),
@@ -281,12 +285,12 @@ impl Error {
             },
             // A status built by the local HTTP/2 stack (a broken or refused connection) carries
             // its cause as a source; one decoded from a server's answer never does.
-            Code::Unknown if is_local_transport_error(&status) => {
-                Error::Unavailable(describe(&status))
+            Code::Unknown if is_local_transport_error(status) => {
+                Error::Unavailable(describe(status))
             }
             // hyper cancels a request whose connection closed under it.
-            Code::Cancelled if is_local_transport_error(&status) => {
-                Error::Unavailable(describe(&status))
+            Code::Cancelled if is_local_transport_error(status) => {
+                Error::Unavailable(describe(status))
             }
             code => Error::Server {
                 // `OK` is never an error status; should a broken peer send one, call it unknown.
@@ -432,7 +436,7 @@ mod tests {
             ),
         ];
         for (code, check) in cases {
-            let error = Error::from_status(Status::new(*code, "boom"));
+            let error = Error::from_status(&Status::new(*code, "boom"));
             assert!(check(&error), "{code:?} mapped to {error:?}");
         }
         for (code, expected) in [
@@ -446,7 +450,7 @@ mod tests {
             (Code::Internal, ServerCode::Internal),
             (Code::DataLoss, ServerCode::DataLoss),
         ] {
-            let error = Error::from_status(Status::new(code, "boom"));
+            let error = Error::from_status(&Status::new(code, "boom"));
             assert!(
                 matches!(&error, Error::Server { code: c, message } if *c == expected && message == "boom"),
                 "{code:?} mapped to {error:?}"
@@ -468,7 +472,7 @@ mod tests {
 
     #[test]
     fn cas_conflict_reads_the_current_version() {
-        let error = Error::from_status(conflict_with(Some("42")));
+        let error = Error::from_status(&conflict_with(Some("42")));
         assert!(matches!(
             error,
             Error::CasConflict {
@@ -484,7 +488,7 @@ mod tests {
     #[test]
     fn cas_conflict_without_or_with_garbled_metadata_has_no_version() {
         for value in [None, Some("not-a-number"), Some("-1"), Some("")] {
-            let error = Error::from_status(conflict_with(value));
+            let error = Error::from_status(&conflict_with(value));
             assert!(
                 matches!(
                     error,
@@ -496,7 +500,7 @@ mod tests {
             );
         }
         assert_eq!(
-            Error::from_status(conflict_with(None)).to_string(),
+            Error::from_status(&conflict_with(None)).to_string(),
             "compare-and-set conflict: current version none (key absent)"
         );
     }
@@ -506,7 +510,7 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset");
         let status = Status::from_error(Box::new(io));
         assert_eq!(status.code(), Code::Unknown);
-        let error = Error::from_status(status);
+        let error = Error::from_status(&status);
         assert!(
             matches!(&error, Error::Unavailable(m) if m.contains("connection reset")),
             "{error:?}"
@@ -515,7 +519,7 @@ mod tests {
 
         let not_ready = Status::unknown("Service was not ready: transport error");
         assert!(matches!(
-            Error::from_status(not_ready),
+            Error::from_status(&not_ready),
             Error::Unavailable(_)
         ));
     }
@@ -525,21 +529,21 @@ mod tests {
         let timeout = Duration::from_secs(1);
         let cancelled = Status::cancelled("Timeout expired");
         assert!(matches!(
-            Error::from_status_after(cancelled, Duration::from_millis(1001), timeout),
+            Error::from_status_after(&cancelled, Duration::from_millis(1001), timeout),
             Error::Timeout {
                 after: Some(t)
             } if t == timeout
         ));
         let early_cancel = Status::cancelled("connection closed");
         assert!(matches!(
-            Error::from_status_after(early_cancel, Duration::from_millis(10), timeout),
+            Error::from_status_after(&early_cancel, Duration::from_millis(10), timeout),
             Error::Server {
                 code: ServerCode::Cancelled,
                 ..
             }
         ));
         let deadline = Status::deadline_exceeded("replicas too slow");
-        let error = Error::from_status_after(deadline, Duration::from_micros(300_700), timeout);
+        let error = Error::from_status_after(&deadline, Duration::from_micros(300_700), timeout);
         assert!(matches!(
             error,
             Error::Timeout {
@@ -549,7 +553,7 @@ mod tests {
         assert_eq!(error.to_string(), "request timed out after 300ms");
         let other = Status::invalid_argument("key too large");
         assert!(matches!(
-            Error::from_status_after(other, Duration::from_secs(5), timeout),
+            Error::from_status_after(&other, Duration::from_secs(5), timeout),
             Error::InvalidArgument(_)
         ));
     }

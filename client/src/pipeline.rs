@@ -208,7 +208,7 @@ impl Pipeline {
                 digest: Some(digest),
                 result: match answer {
                     Answer::Error(error) => Err(Failure::from_status(
-                        status_of(error),
+                        &status_of(error),
                         started.elapsed(),
                         timeout,
                     )),
@@ -264,7 +264,7 @@ impl Pipeline {
                         Code::Unauthenticated | Code::PermissionDenied
                     ) =>
             {
-                Failure::from_status(status, started.elapsed(), timeout)
+                Failure::from_status(&status, started.elapsed(), timeout)
             }
             Closed::Status(status) => Failure::not_sent(Error::Unavailable(format!(
                 "not sent: the pipeline stream to {addr} failed: {}",
@@ -693,7 +693,7 @@ mod tests {
         });
         assert_eq!(status.code(), Code::FailedPrecondition);
         assert!(matches!(
-            Error::from_status(status),
+            Error::from_status(&status),
             Error::CasConflict {
                 current_version: Some(17)
             }

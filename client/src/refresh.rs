@@ -72,7 +72,7 @@ pub(crate) async fn fetch_topology(
         Err(_) => return Err(FetchError::Failed(format!("no answer within {timeout:?}"))),
         Ok(Err(status)) if status.code() == Code::Unimplemented => return Ok(None),
         Ok(Err(status)) => {
-            let error = Error::from_status(status);
+            let error = Error::from_status(&status);
             return Err(if error.is_denial() {
                 FetchError::Denied(error)
             } else {
@@ -369,7 +369,7 @@ async fn watch_session(
         Err(error) => return (0, error.to_string(), false),
     };
     let ended = |received: usize, status: tonic::Status| {
-        let error = Error::from_status(status);
+        let error = Error::from_status(&status);
         (received, error.to_string(), error.is_denial())
     };
     let timeout = config.request_timeout;

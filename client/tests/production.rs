@@ -318,7 +318,7 @@ impl Harness {
     }
 }
 
-fn is_unavailable<T: std::fmt::Debug>(result: Result<T, Error>) -> bool {
+fn is_unavailable<T: std::fmt::Debug>(result: &Result<T, Error>) -> bool {
     matches!(result, Err(Error::Unavailable(_)))
 }
 
@@ -365,12 +365,12 @@ async fn idempotent_calls_are_retried_after_an_unavailable_answer() {
 
     // Three attempts by default: a third failure is the caller's.
     fake.fail_next(3);
-    assert!(is_unavailable(client.get("k").await));
+    assert!(is_unavailable(&client.get("k").await));
     assert_eq!(fake.calls("get"), 6);
     // Turned off for one call, or for the client.
     fake.fail_next(1);
     assert!(is_unavailable(
-        client.with_retry(RetryPolicy::none()).get("k").await
+        &client.with_retry(RetryPolicy::none()).get("k").await
     ));
     assert_eq!(fake.calls("get"), 7);
     fake.fail_next(0);
@@ -383,16 +383,16 @@ async fn operations_that_may_have_run_are_never_retried() {
     let fake = &harness.fake;
 
     fake.fail_next(1);
-    assert!(is_unavailable(client.incr("n", 1).await));
+    assert!(is_unavailable(&client.incr("n", 1).await));
     assert_eq!(fake.calls("incr"), 1, "incr ran at most once");
     fake.fail_next(1);
-    assert!(is_unavailable(client.decr("n", 1).await));
+    assert!(is_unavailable(&client.decr("n", 1).await));
     assert_eq!(fake.calls("incr"), 2);
 
     fake.fail_next(1);
-    assert!(is_unavailable(client.append("log", "x").await));
+    assert!(is_unavailable(&client.append("log", "x").await));
     fake.fail_next(1);
-    assert!(is_unavailable(client.incr_by_float("f", 0.5).await));
+    assert!(is_unavailable(&client.incr_by_float("f", 0.5).await));
     assert_eq!(
         fake.calls("update"),
         2,
@@ -401,20 +401,20 @@ async fn operations_that_may_have_run_are_never_retried() {
 
     fake.fail_next(1);
     assert!(is_unavailable(
-        client.compare_and_set("k", 1, "v", None).await
+        &client.compare_and_set("k", 1, "v", None).await
     ));
     assert_eq!(fake.calls("cas"), 1);
 
     fake.fail_next(1);
     let lock = SetOptions::new().if_absent();
-    assert!(is_unavailable(client.set_with("lock", "me", lock).await));
+    assert!(is_unavailable(&client.set_with("lock", "me", lock).await));
     fake.fail_next(1);
     let swap = SetOptions::new().return_previous();
-    assert!(is_unavailable(client.set_with("k", "v", swap).await));
+    assert!(is_unavailable(&client.set_with("k", "v", swap).await));
     assert_eq!(fake.calls("set"), 2, "conditional sets ran at most once");
 
     fake.fail_next(1);
-    assert!(is_unavailable(client.get_del("k").await));
+    assert!(is_unavailable(&client.get_del("k").await));
     assert_eq!(fake.calls("delete"), 1);
 
     // The same calls with no fault go through once each.
@@ -471,7 +471,7 @@ async fn the_retry_budget_caps_retries() {
     assert_eq!(fake.calls("get"), 2);
     // Empty now (the call above earned half a token): no retry.
     fake.fail_next(1);
-    assert!(is_unavailable(client.get("k").await));
+    assert!(is_unavailable(&client.get("k").await));
     assert_eq!(fake.calls("get"), 3);
     // Two more calls earn the next token (capped at the reserve of one).
     client.get("k").await.unwrap();
@@ -532,7 +532,7 @@ async fn a_per_call_timeout_bounds_the_whole_call() {
         .retry(slow_retries);
     let result = client.with_options(options).get("k").await;
     let took = started.elapsed();
-    assert!(is_unavailable(result), "the last error is the node's");
+    assert!(is_unavailable(&result), "the last error is the node's");
     assert!(took < Duration::from_secs(2), "{took:?}");
     let attempts = harness.fake.calls("get") - 1;
     assert!((2..=6).contains(&attempts), "{attempts} attempts in 200 ms");
@@ -739,9 +739,12 @@ mod spans {
     };
     use tracing_subscriber::{Layer, layer::Context, registry::LookupSpan};
 
-    /// Every span's name and fields (values as text), in creation order.
+    /// A span's name and fields (values as text).
+    pub(super) type SpanFields = (String, BTreeMap<String, String>);
+
+    /// Every span, in creation order.
     #[derive(Clone, Default)]
-    pub(super) struct Captured(pub(super) Arc<Mutex<Vec<(String, BTreeMap<String, String>)>>>);
+    pub(super) struct Captured(pub(super) Arc<Mutex<Vec<SpanFields>>>);
 
     struct Fields<'a>(&'a mut BTreeMap<String, String>);
 
