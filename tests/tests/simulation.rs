@@ -428,6 +428,8 @@ async fn connect_client(nodes: usize) -> Result<Client, ClientError> {
             .request_timeout(REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_millis(300))
             .connector(sim::client_connector())
+            // Retries as in production, minus the jitter: it draws from the OS, not the seed.
+            .retry_policy(ringcache::RetryPolicy::new().jitter(false))
             .connect()
             .await;
         match connecting {
