@@ -170,8 +170,12 @@ impl ClientBuilder {
     /// Largest gRPC message sent or received, in bytes. Default: 8 MiB + 64 KiB, room for a
     /// value of several MiB. Batches are split into requests that fit both this and the nodes'
     /// own `max_message_bytes` (see [`max_batch_keys`](ClientBuilder::max_batch_keys)); an
-    /// answer larger than this (an `mget` of many large values) fails with
-    /// [`Error::InvalidArgument`].
+    /// `mget` whose answer is over either limit is split in halves until each answer fits, and
+    /// only a single value over the limit fails, with [`Error::InvalidArgument`].
+    ///
+    /// Keep it at least the nodes' `max_message_bytes` (their default is this default): on the
+    /// pipelined stream a node batches several answers into one message up to its own limit,
+    /// and a message over this limit fails the requests waiting on that connection.
     #[must_use]
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;

@@ -350,6 +350,13 @@ pub(crate) fn describe_source(error: &(dyn StdError + 'static)) -> String {
 }
 
 impl Error {
+    /// Whether a message was over a gRPC message limit (the node's when it encoded its answer,
+    /// or the client's when it decoded it): tonic's `OUT_OF_RANGE` statuses say "encoded
+    /// message length too large" and "decoded message length too large".
+    pub(crate) fn is_message_too_large(&self) -> bool {
+        matches!(self, Error::InvalidArgument(message) if message.contains("message length too large"))
+    }
+
     /// Whether the node refused the credentials or the user's role: such an answer is final for
     /// every node, so it is never retried elsewhere.
     pub(crate) fn is_denial(&self) -> bool {

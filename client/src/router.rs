@@ -698,8 +698,11 @@ impl Router {
         let mut left = Vec::new();
         let mut retryable: Option<Failure> = None;
         let mut fatal: Option<Failure> = None;
-        let mut first = true;
-        while !pending.is_empty() {
+        // Parts of a read whose answer was too large for one message, halved: sent as they are.
+        let mut halves: Vec<(usize, Vec<usize>)> = Vec::new();
+        // Whether `pending` holds keys of parts that failed over.
+        let mut failing_over = false;
+        while !pending.is_empty() || !halves.is_empty() {
             // Each key's node: the home node while the ring is empty, else its first replica
             // not failed in this round (`None` for a key with none left).
             let mut parts: Vec<Vec<usize>> = vec![Vec::new(); n_nodes.max(1)];
@@ -718,6 +721,10 @@ impl Router {
                     None => stranded.push(index),
                 }
             }
+            if std::mem::take(&mut failing_over) && parts.iter().any(|p| !p.is_empty()) {
+                // Keys of failed parts, on to their next replicas.
+                observe::failover(call.op);
+            }
             if !stranded.is_empty() {
                 let failure = std::mem::take(&mut tried).into_failure(&format!(
                     "no replica answered for {} of {total} keys",
@@ -735,6 +742,7 @@ impl Router {
                         .into_iter()
                         .map(move |part| (position, part))
                 })
+                .chain(std::mem::take(&mut halves))
                 .map(|(position, indexes)| {
                     let (node, slot) = if home {
                         (self.home.addr(), &self.home)
@@ -750,21 +758,34 @@ impl Router {
                     }
                 })
                 .collect();
-            if !std::mem::take(&mut first) && !sends.is_empty() {
-                // Keys of failed parts, on to their next replicas.
-                observe::failover(call.op);
-            }
             observe::batch_parts(call.op, sends.len());
             pending = Vec::new();
             for (position, indexes, outcome) in join_all(sends).await {
                 match outcome {
                     Ok(response) => done.push((indexes, response)),
+                    // The answer (the values of a read) did not fit in one message: the same
+                    // node gets each half of the keys; a single key too large stays an error.
+                    Err(failure)
+                        if batch.access == Access::Read
+                            && indexes.len() > 1
+                            && failure.error.is_message_too_large() =>
+                    {
+                        tracing::debug!(
+                            keys = indexes.len(),
+                            "answer too large for one message; halving the part"
+                        );
+                        let mut first_half = indexes;
+                        let second_half = first_half.split_off(first_half.len() / 2);
+                        halves.push((position, first_half));
+                        halves.push((position, second_half));
+                    }
                     Err(failure) if !home && batch.access.fails_over(failure.class) => {
                         let node_id = &state.ring.nodes()[position];
                         tracing::debug!(node = %node_id, error = %failure.error, keys = indexes.len(), "replica failed; trying the next for its keys");
                         failed[position] = true;
                         tried.push(node_id, &state.slots[position], failure);
                         pending.extend(indexes);
+                        failing_over = true;
                     }
                     Err(failure) if call.retry.may_retry(failure.class) => {
                         left.extend(indexes);

@@ -268,6 +268,65 @@ async fn batches_are_split_to_the_nodes_limits() {
 }
 
 #[tokio::test]
+async fn an_mget_whose_answer_is_over_the_message_limit_is_halved_until_it_fits() {
+    // 1000 keys per request, but answers of at most 64 KiB: 40 values of 10 KiB do not fit in
+    // one answer (the node refuses to encode it), so the client halves the part until they do.
+    let node = TestNode::start(config_with(Cli {
+        max_key_bytes: Some(ByteSize(1024)),
+        max_value_bytes: Some(ByteSize(16 * 1024)),
+        max_message_bytes: Some(ByteSize(64 * 1024)),
+        ..Cli::default()
+    }))
+    .await;
+    let c = client(&node).await;
+    let big: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| (format!("big-{i}"), vec![b'a' + (i % 26) as u8; 10 * 1024]))
+        .collect();
+    c.mset(big.clone(), None).await.unwrap();
+    let mut keys: Vec<String> = big.iter().map(|(k, _)| k.clone()).collect();
+    keys.push("missing".to_owned());
+    let values = c
+        .mget(keys.clone())
+        .await
+        .expect("halved until each answer fits");
+    assert_eq!(values.len(), 41);
+    for ((_, value), got) in big.iter().zip(&values) {
+        assert_eq!(got.as_deref(), Some(&value[..]));
+    }
+    assert_eq!(values[40], None);
+
+    // The client's own, smaller, message limit: its decoder refuses the answer; halved too.
+    // (Unary calls: on the pipelined stream the node batches answers up to its own limit, so a
+    // client's limit must not be below the nodes'; see ClientBuilder::max_message_bytes.)
+    let small = Client::builder()
+        .seeds([node.grpc_target()])
+        .max_message_bytes(32 * 1024)
+        .pipelining(false)
+        .connect()
+        .await
+        .unwrap();
+    let values = small.mget(keys).await.unwrap();
+    assert_eq!(values.iter().flatten().count(), 40);
+
+    // A single value over the client's limit is still an error, and says so.
+    let error = Client::builder()
+        .seeds([node.grpc_target()])
+        .max_message_bytes(8 * 1024)
+        .pipelining(false)
+        .connect()
+        .await
+        .unwrap()
+        .mget(["big-0", "big-1"])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::InvalidArgument(m) if m.contains("message length too large")),
+        "{error:?}"
+    );
+    node.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn limits_give_invalid_argument_and_the_node_keeps_serving() {
     let node = TestNode::start(config_with(Cli {
         max_key_bytes: Some(ByteSize(16)),
