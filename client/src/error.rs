@@ -22,7 +22,7 @@ pub enum Error {
     /// Also a bad client setting, found before anything is sent: a malformed seed, a zero
     /// timeout, unusable credentials, or TLS certificates or keys that cannot be read or parsed
     /// (the message names the file).
-    #[error("invalid argument: {0}")]
+    #[error("{}", with_kind("invalid argument", .0))]
     InvalidArgument(String),
 
     /// A compare-and-set found a different version than the expected one (`FAILED_PRECONDITION`).
@@ -37,13 +37,13 @@ pub enum Error {
 
     /// The node is out of memory and does not evict (`noeviction` policy), or the item is larger
     /// than the node's whole memory budget (`RESOURCE_EXHAUSTED`).
-    #[error("memory full: {0}")]
+    #[error("{}", with_kind("memory full", .0))]
     MemoryFull(String),
 
     /// No node could serve the request: the connection failed or broke, every seed was down, or
     /// the node answered `UNAVAILABLE` (not enough replicas, leaving, shutting down). Retrying
     /// later may succeed.
-    #[error("unavailable: {0}")]
+    #[error("{}", with_kind("unavailable", .0))]
     Unavailable(String),
 
     /// The request did not complete in time: the client's request timeout passed, or the server
@@ -55,7 +55,7 @@ pub enum Error {
     },
 
     /// The server's answer did not make sense (for example, a batch answer of the wrong length).
-    #[error("protocol error: {0}")]
+    #[error("{}", with_kind("protocol error", .0))]
     Protocol(String),
 
     /// The node did not accept the client's credentials (`UNAUTHENTICATED`): none were given
@@ -65,7 +65,7 @@ pub enum Error {
     ///
     /// Never retried and never sent to another node: other nodes would refuse the same
     /// credentials, and each refusal counts as a failed attempt.
-    #[error("unauthenticated: {message}")]
+    #[error("{}", with_kind("unauthenticated", message))]
     Unauthenticated {
         /// The node's message.
         message: String,
@@ -76,7 +76,7 @@ pub enum Error {
     /// `write`, and `Admin.Leave` and `Admin.Flush` need `admin`.
     ///
     /// Never retried and never sent to another node.
-    #[error("permission denied: {message}")]
+    #[error("{}", with_kind("permission denied", message))]
     PermissionDenied {
         /// The node's message.
         message: String,
@@ -85,13 +85,13 @@ pub enum Error {
     /// A value could not be encoded or decoded by the client: a stored value that is not valid
     /// JSON for the requested type (`get_json`, `mget_json`), or a value that cannot be
     /// serialized (`set_json`; feature `serde`). The message names the key.
-    #[error("codec error: {0}")]
+    #[error("{}", with_kind("codec error", .0))]
     Codec(String),
 
     /// Any other status returned by the node (or made by the local HTTP/2 stack for a request
     /// it abandoned), such as [`ServerCode::Unimplemented`] from a node too old for a call, or
     /// [`ServerCode::Internal`].
-    #[error("server error {code}: {message}")]
+    #[error("{}", with_kind(&format!("server error {code}"), message))]
     Server {
         /// The status code.
         code: ServerCode,
@@ -194,6 +194,27 @@ impl ServerCode {
 impl fmt::Display for ServerCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// `kind: message`, or the message alone when it already starts with the kind: a node's message
+/// often names it ("memory full: 12 more bytes needed ..."), and saying it twice reads as a
+/// stutter ("memory full: memory full: ..."). An empty message is the kind alone.
+pub(crate) fn with_kind(kind: &str, message: &str) -> String {
+    if message.is_empty() {
+        return kind.to_owned();
+    }
+    let named = message
+        .get(..kind.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(kind))
+        && message[kind.len()..]
+            .chars()
+            .next()
+            .is_none_or(|next| !next.is_alphanumeric());
+    if named {
+        message.to_owned()
+    } else {
+        format!("{kind}: {message}")
     }
 }
 
@@ -563,6 +584,51 @@ mod tests {
             Error::from_status_after(&other, Duration::from_secs(5), timeout),
             Error::InvalidArgument(_)
         ));
+    }
+
+    #[test]
+    fn a_message_that_names_its_kind_does_not_get_it_twice() {
+        // What nodes send: the store's messages start with their kind.
+        let full = Error::from_status(&Status::resource_exhausted(
+            "memory full: 1500068 more bytes needed, 1500068 of max_memory 2097152 in use",
+        ));
+        assert_eq!(
+            full.to_string(),
+            "memory full: 1500068 more bytes needed, 1500068 of max_memory 2097152 in use"
+        );
+        let cases = [
+            Error::InvalidArgument("invalid argument: key is empty".into()),
+            Error::MemoryFull("Memory full: 5 more bytes needed".into()),
+            Error::Unavailable("unavailable: ALL write needs 3 of 3 replicas".into()),
+            Error::Protocol("protocol error: batch of 2 answers for 3 keys".into()),
+            Error::Unauthenticated {
+                message: "unauthenticated: bad credentials".into(),
+            },
+            Error::PermissionDenied {
+                message: "permission denied: role read cannot write".into(),
+            },
+            Error::Server {
+                code: ServerCode::Internal,
+                message: "server error internal: oops".into(),
+            },
+            Error::Codec("codec error: not json".into()),
+        ];
+        for error in cases {
+            let text = error.to_string();
+            let lower = text.to_lowercase();
+            let kind = lower.split(':').next().unwrap();
+            assert_eq!(
+                lower.matches(kind).count(),
+                1,
+                "{error:?} displays as {text:?}"
+            );
+        }
+        // Messages that only begin with the same letters keep the kind.
+        assert_eq!(
+            Error::Unavailable("unavailableness".into()).to_string(),
+            "unavailable: unavailableness"
+        );
+        assert_eq!(Error::Unavailable(String::new()).to_string(), "unavailable");
     }
 
     #[test]

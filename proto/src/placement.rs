@@ -48,6 +48,13 @@ pub const SLOTS: u16 = 16_384;
 /// Hashes of each slot compared to pick its owner.
 pub const SLOT_PROBES: u8 = 16;
 
+/// The version of the placement contract: how keys map to slots (CRC16 of the key or its hash
+/// tag, [`SLOTS`] slots), slots to the ring ([`SLOT_PROBES`] probes per slot) and the ring to
+/// replica sets. Nodes gossip it and admit only members of the same version, so nodes that
+/// would place keys differently never share a ring. Bump it with every change to the mapping
+/// (and regenerate the golden vectors).
+pub const PLACEMENT_VERSION: u32 = 2;
+
 /// Bytes hashed, by one `write` (probe 0) or followed by the probe number.
 struct Probe<'a> {
     key: &'a [u8],

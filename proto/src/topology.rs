@@ -41,12 +41,19 @@ pub enum NodeState {
     Suspect,
     /// Declared down; out of the ring.
     Dead,
+    /// Left on purpose (drained: seen Leaving, then gone); out of the ring, not a failure.
+    Left,
 }
 
 impl NodeState {
     /// Whether a member in this state owns ranges of the ring.
     pub fn in_ring(self) -> bool {
         matches!(self, Self::Active | Self::Leaving | Self::Suspect)
+    }
+
+    /// Whether the member is gone: declared down, or left on purpose.
+    pub fn is_gone(self) -> bool {
+        matches!(self, Self::Dead | Self::Left)
     }
 
     /// Lower-case name, as shown to operators.
@@ -57,6 +64,7 @@ impl NodeState {
             Self::Leaving => "leaving",
             Self::Suspect => "suspect",
             Self::Dead => "dead",
+            Self::Left => "left",
         }
     }
 }
@@ -75,6 +83,7 @@ impl From<NodeState> for v1::NodeState {
             NodeState::Leaving => v1::NodeState::Leaving,
             NodeState::Suspect => v1::NodeState::Suspect,
             NodeState::Dead => v1::NodeState::Dead,
+            NodeState::Left => v1::NodeState::Left,
         }
     }
 }
@@ -94,6 +103,7 @@ impl TryFrom<i32> for NodeState {
             Ok(v1::NodeState::Leaving) => Ok(Self::Leaving),
             Ok(v1::NodeState::Suspect) => Ok(Self::Suspect),
             Ok(v1::NodeState::Dead) => Ok(Self::Dead),
+            Ok(v1::NodeState::Left) => Ok(Self::Left),
             Ok(v1::NodeState::Unspecified) | Err(_) => Err(InvalidNodeState(value)),
         }
     }

@@ -313,8 +313,9 @@ pub fn required_role(path: &str) -> Option<Role> {
             _ => Role::Admin,
         }),
         "ringcache.v1.Internal" => None,
-        // Cluster (topology, node info), reflection, health and anything unknown (answered
-        // UNIMPLEMENTED once authenticated).
+        // Cluster (topology, node info), reflection and anything unknown (answered
+        // UNIMPLEMENTED once authenticated). The health service is let through before any
+        // role is asked for (`api::auth`).
         _ => Some(Role::Read),
     }
 }

@@ -154,7 +154,9 @@ pub struct Cli {
     /// Longest wait for in-flight requests at shutdown before the node exits anyway [default: 10s].
     #[arg(long, env = "RINGCACHE_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<HumanDuration>,
-    /// Tokio worker threads [default: number of CPUs].
+    /// Tokio worker threads [default: the CPUs this process may use: its CPU quota (cgroup v1 or
+    /// v2, e.g. a container's CPU limit, rounded down) or its CPU affinity, whichever is lower;
+    /// at least 1].
     #[arg(long, env = "RINGCACHE_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
     /// Relative capacity of this node: it gets WEIGHT × vnodes virtual nodes [default: 1].
@@ -215,6 +217,11 @@ pub struct Cli {
     /// a node that has peers reports ready again [default: 2 × probe-interval].
     #[arg(long, env = "RINGCACHE_READY_SETTLE", value_name = "DURATION")]
     pub ready_settle: Option<HumanDuration>,
+    /// How many members the cluster should have: fewer live ones make it degraded (status,
+    /// metrics); 0 = learned, the members that ever owned ranges, less those drained or
+    /// forgotten (`ringctl forget`) [default: 0].
+    #[arg(long, env = "RINGCACHE_EXPECTED_NODES", value_name = "N")]
+    pub expected_nodes: Option<usize>,
     /// TLS certificate chain (PEM) this node presents on the client gRPC port; with tls-key it
     /// turns TLS on there. Re-read when the file changes [default: none, plaintext].
     #[arg(long, env = "RINGCACHE_TLS_CERT", value_name = "FILE")]
@@ -445,6 +452,7 @@ struct FileConfig {
     min_cluster_size: Option<usize>,
     max_connections: Option<usize>,
     ready_settle: Option<HumanDuration>,
+    expected_nodes: Option<usize>,
     cluster_port: Option<u16>,
     resp_port: Option<u16>,
     resp_idle_timeout: Option<HumanDuration>,
@@ -506,7 +514,8 @@ pub struct Config {
     pub expiry_interval: Duration,
     /// Longest wait for in-flight requests at shutdown.
     pub shutdown_timeout: Duration,
-    /// Tokio worker threads; `None` for one per CPU.
+    /// Tokio worker threads; `None` for one per CPU this process may use
+    /// ([`Config::worker_threads`]).
     pub workers: Option<usize>,
     /// Log format.
     pub log_format: LogFormat,
@@ -530,6 +539,8 @@ pub struct Config {
     pub max_connections: usize,
     /// How long the topology must stay unchanged before a node with peers is ready.
     pub ready_settle: Duration,
+    /// How many members the cluster should have; 0: learned (the known members).
+    pub expected_nodes: usize,
     /// How often anti-entropy compares this node with each peer; zero: never.
     pub anti_entropy_interval: Duration,
     /// TLS, users, the insecure gate and connection hardening.
@@ -605,7 +616,24 @@ pub const DEFAULT_ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(120);
 /// Headroom over key + value for the rest of a gRPC message.
 const MESSAGE_HEADROOM: u64 = 64 * 1024;
 
+/// Most tokio worker threads `workers` may ask for.
+pub const MAX_WORKERS: usize = 1024;
+
 impl Config {
+    /// The tokio worker threads to run, and where the number comes from: `workers` when set,
+    /// else the parallelism available to this process (`std::thread::available_parallelism`:
+    /// on Linux the CPU quota of its cgroup, v1 or v2, rounded down, and its CPU affinity,
+    /// whichever is lower; at least 1), capped at [`MAX_WORKERS`].
+    pub fn worker_threads(&self) -> (usize, &'static str) {
+        match self.workers {
+            Some(workers) => (workers, "workers setting"),
+            None => match std::thread::available_parallelism() {
+                Ok(cpus) => (cpus.get().min(MAX_WORKERS), "CPU quota and affinity"),
+                Err(_) => (1, "CPU count unknown"),
+            },
+        }
+    }
+
     /// Layers flags, environment (already merged into `cli` by clap), the TOML file and defaults,
     /// then validates.
     pub fn load(cli: Cli) -> anyhow::Result<Self> {
@@ -748,6 +776,7 @@ impl Config {
                 .ready_settle
                 .or(file.ready_settle)
                 .map_or(probe_interval * 2, |d| d.0),
+            expected_nodes: cli.expected_nodes.or(file.expected_nodes).unwrap_or(0),
             anti_entropy_interval: cli
                 .anti_entropy_interval
                 .or(file.anti_entropy_interval)
@@ -862,6 +891,9 @@ impl Config {
         }
         if self.workers == Some(0) {
             bail!("workers must be at least 1");
+        }
+        if let Some(workers) = self.workers.filter(|w| *w > MAX_WORKERS) {
+            bail!("workers must be at most {MAX_WORKERS}, got {workers}");
         }
         let replication = &self.replication;
         if replication.replica_timeout.is_zero() {

@@ -30,8 +30,15 @@ pub(crate) async fn serve(node: Arc<Node>, listener: TcpListener) {
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let stats = node.store().stats();
     let gossip = node.gossip_stats();
+    let view = node.view();
     node.metrics()
-        .set_cluster(gossip.as_ref(), node.view().ring.nodes().len());
+        .set_cluster(gossip.as_ref(), view.ring.nodes().len());
+    node.metrics().set_health(
+        &node.cluster_health(),
+        view.topology.digest(),
+        node.readiness().is_ok(),
+    );
+    node.metrics().collect_process();
     node.metrics().set_rebalance(&node.rebalance().to_wire());
     node.metrics().set_anti_entropy(node.anti_entropy());
     let connections = node.connections();

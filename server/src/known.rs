@@ -72,6 +72,9 @@ impl KnownMembers {
                         self.members.remove(&member.node_id);
                     }
                 }
+                NodeState::Left => {
+                    self.members.remove(&member.node_id);
+                }
                 // Not an owner yet: a joiner that dies before it turns Active never counted.
                 NodeState::Joining => {}
             }

@@ -22,6 +22,7 @@ pub mod rebalance;
 pub mod reload;
 pub mod replication;
 pub mod resp;
+pub mod seeds;
 pub mod skew;
 pub mod store;
 pub mod tls;

@@ -49,11 +49,11 @@ fn run() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     init_logging(config.log_format);
+    // Always set, so tokio never reads TOKIO_WORKER_THREADS (it panics on a bad value).
+    let (workers, from) = config.worker_threads();
+    tracing::info!(workers, from, "starting the runtime");
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if let Some(workers) = config.workers {
-        runtime.worker_threads(workers);
-    }
+    runtime.enable_all().worker_threads(workers);
     runtime.build()?.block_on(async move {
         let listeners = Listeners::bind(&config).await?;
         let node = Node::new(config);

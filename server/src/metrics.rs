@@ -195,6 +195,16 @@ pub struct Metrics {
     secrets_reloads: [Counter; 2],
     members: Vec<Gauge>,
     topology_members: Gauge,
+    refused_members: Gauge,
+    expected_members: Gauge,
+    under_replicated_slots: Gauge,
+    topology_digest: Gauge,
+    ready: Gauge,
+    /// Process metrics (`process_*`: CPU seconds, resident memory, open fds, threads), read
+    /// from /proc at each scrape into `process_recorder`.
+    process: metrics_process::Collector,
+    process_recorder: std::sync::Arc<PrometheusRecorder>,
+    join_refused: Gauge,
     rebalance_keys_sent: Counter,
     /// Anti-entropy rounds: completed, skipped.
     anti_entropy_rounds: [Counter; 2],
@@ -262,6 +272,18 @@ impl Metrics {
         };
         let gauge =
             |name: &'static str| recorder.register_gauge(&Key::from_static_name(name), &METADATA);
+        recorder
+            .register_gauge(
+                &Key::from_parts(
+                    "ringcache_build_info",
+                    vec![Label::new("version", env!("CARGO_PKG_VERSION"))],
+                ),
+                &METADATA,
+            )
+            .set(1.0);
+        metrics::with_local_recorder(&*recorder, || {
+            metrics_process::Collector::default().describe()
+        });
 
         describe(
             &recorder,
@@ -420,13 +442,55 @@ impl Metrics {
             &recorder,
             "ringcache_members",
             Unit::Count,
-            "Cluster members this node sees, by failure-detector state",
+            "Cluster members this node sees, by state (alive: joining, active or leaving; suspect; dead; left: drained and gone)",
         );
         describe(
             &recorder,
             "ringcache_ring_members",
             Unit::Count,
             "Members owning ranges of this node's ring",
+        );
+        describe(
+            &recorder,
+            "ringcache_cluster_expected_members",
+            Unit::Count,
+            "Members the cluster should have: --expected-nodes, or the members that owned ranges less the drained and forgotten, whichever is larger",
+        );
+        describe(
+            &recorder,
+            "ringcache_cluster_under_replicated_slots",
+            Unit::Count,
+            "Hash slots whose replica set has fewer serving members than min(R, expected members), in this node's view (0 when healthy)",
+        );
+        describe(
+            &recorder,
+            "ringcache_topology_digest",
+            Unit::Count,
+            "Low 32 bits of this node's topology digest: nodes that agree on the topology show the same value",
+        );
+        describe(
+            &recorder,
+            "ringcache_ready",
+            Unit::Count,
+            "1 when /health/ready answers ready, else 0",
+        );
+        describe(
+            &recorder,
+            "ringcache_build_info",
+            Unit::Count,
+            "Always 1; the version label is this node's build",
+        );
+        describe(
+            &recorder,
+            "ringcache_cluster_refused_members",
+            Unit::Count,
+            "Live members refused because their placement settings (replication factor, vnodes, placement version) differ from this node's",
+        );
+        describe(
+            &recorder,
+            "ringcache_join_refused",
+            Unit::Count,
+            "1 when this node refused to join the cluster it found (other placement settings; see /health/ready), else 0",
         );
         let gossip_dropped = DropReason::LABELS
             .iter()
@@ -437,7 +501,7 @@ impl Metrics {
                 )
             })
             .collect();
-        let members = ["alive", "suspect", "dead"]
+        let members = ["alive", "suspect", "dead", "left"]
             .iter()
             .map(|state| {
                 recorder.register_gauge(
@@ -680,6 +744,14 @@ impl Metrics {
             }),
             members,
             topology_members: gauge("ringcache_ring_members"),
+            refused_members: gauge("ringcache_cluster_refused_members"),
+            expected_members: gauge("ringcache_cluster_expected_members"),
+            under_replicated_slots: gauge("ringcache_cluster_under_replicated_slots"),
+            topology_digest: gauge("ringcache_topology_digest"),
+            ready: gauge("ringcache_ready"),
+            process: metrics_process::Collector::default(),
+            process_recorder: recorder.clone(),
+            join_refused: gauge("ringcache_join_refused"),
             requests,
             latency,
             forwarded,
@@ -771,6 +843,27 @@ impl Metrics {
         self.members[0].set(gossip.members_alive as f64);
         self.members[1].set(gossip.members_suspect as f64);
         self.members[2].set(gossip.members_dead as f64);
+        self.members[3].set(gossip.members_left as f64);
+        self.refused_members.set(gossip.members_refused as f64);
+    }
+
+    /// Sets the cluster-health gauges, the topology digest and readiness.
+    pub fn set_health(&self, health: &crate::node::ClusterHealth, digest: u64, ready: bool) {
+        self.expected_members.set(health.expected as f64);
+        self.under_replicated_slots
+            .set(health.under_replicated_slots as f64);
+        self.topology_digest.set(f64::from(digest as u32));
+        self.ready.set(if ready { 1.0 } else { 0.0 });
+    }
+
+    /// Reads the process metrics (`process_*`) from the operating system.
+    pub fn collect_process(&self) {
+        metrics::with_local_recorder(&*self.process_recorder, || self.process.collect());
+    }
+
+    /// Notes that this node refused to join the cluster it found.
+    pub fn record_join_refused(&self) {
+        self.join_refused.set(1.0);
     }
 
     /// Counts one reload of secret files, applied (`ok`) or failed.

@@ -27,17 +27,19 @@ use tokio::time::Instant;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::pb::health_server::HealthServer;
 
 use crate::antientropy::AntiEntropyStats;
 use crate::api::auth::AuthState;
 use crate::api::{
-    AdminService, AuthLayer, CacheService, ClusterService, DigestLayer, InternalService,
+    AdminService, AuthLayer, CacheService, ClusterService, DigestLayer, HealthService,
+    InternalService,
 };
 use crate::auth::{FailureLimiter, Users};
 use crate::clock::{Clock, SystemClock};
 use crate::cluster::{
-    Encryption, GossipSocket, GossipStatsSnapshot, Keyring, Membership, MembershipConfig,
-    MembershipHandle, MetaState, NodeIdentity, NodeMeta,
+    ClusterSettings, Encryption, GossipSocket, GossipStatsSnapshot, Keyring, Membership,
+    MembershipConfig, MembershipHandle, MetaState, NodeIdentity, NodeMeta,
 };
 use crate::config::Config;
 use crate::connections::{AcceptPolicy, ActivityLayer, Connections, RemoteAddr, secure_incoming};
@@ -45,9 +47,11 @@ use crate::context::Context;
 use crate::http;
 use crate::known::{ForgetError, KnownMembers, Quorum};
 use crate::metrics::Metrics;
+use crate::readiness::SeedState;
 use crate::rebalance::{RebalanceStats, run_rebalancer};
 use crate::reload::{ReloadCause, watch_files};
 use crate::replication::{Replicator, replay_hints_task};
+use crate::seeds::{SeedResolver, SystemResolver};
 use crate::skew::ClockCheck;
 use crate::store::Store;
 use crate::tls::{PeerTls, ReloadableTls};
@@ -61,6 +65,15 @@ const EXPIRY_MAX_PASSES: usize = 16;
 const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Probe intervals between two clock checks against the peers (10 s by default).
 const CLOCK_CHECK_PROBES: u32 = 10;
+/// The gRPC services of the client port, as reflection lists them.
+const CLIENT_PLANE_SERVICES: [&str; 6] = [
+    "ringcache.v1.Cache",
+    "ringcache.v1.Cluster",
+    "ringcache.v1.Admin",
+    crate::api::health::HEALTH_SERVICE,
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
 /// How often recorded histogram samples are folded into buckets.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -107,10 +120,14 @@ pub struct Node {
     resp_listener: parking_lot::Mutex<Option<TcpListener>>,
     /// Set once the listeners serve and gossip has started (readiness: `starting` before).
     serving: AtomicBool,
-    /// The seeds resolved to at least one address other than this node's own.
-    seeded: AtomicBool,
+    /// What the seeds resolved to, until the node turned Active ([`crate::seeds`]).
+    seeds: watch::Sender<SeedState>,
+    /// Resolves the seeds' names (the system's resolver unless set).
+    seed_resolver: OnceLock<Arc<dyn SeedResolver>>,
     /// Another live member has been in the view since start (latched).
     joined: AtomicBool,
+    /// Why this node refused to join the cluster it found (other placement settings).
+    join_refused: parking_lot::Mutex<Option<String>>,
     /// When the view last changed (readiness waits `ready_settle` after it).
     view_changed_at: parking_lot::Mutex<Instant>,
     /// Notified by [`Node::reload_secrets`] (SIGHUP): the secrets watcher reloads at once.
@@ -138,7 +155,7 @@ struct Advertised {
 /// The listeners a node serves on.
 #[derive(Debug)]
 pub struct Listeners {
-    /// gRPC for clients (Cache, Cluster, Admin, reflection).
+    /// gRPC for clients (Cache, Cluster, Admin, health, reflection).
     pub grpc: TcpListener,
     /// gRPC for other nodes (Internal, forwarded Cache calls); `None` for a node that talks to
     /// no peer (a lone node).
@@ -246,8 +263,10 @@ impl Node {
             cluster_tls: OnceLock::new(),
             resp_listener: parking_lot::Mutex::new(None),
             serving: AtomicBool::new(false),
-            seeded: AtomicBool::new(false),
+            seeds: watch::Sender::new(SeedState::Founder),
+            seed_resolver: OnceLock::new(),
             joined: AtomicBool::new(false),
+            join_refused: parking_lot::Mutex::new(None),
             view_changed_at: parking_lot::Mutex::new(Instant::now()),
             secrets_reload: Arc::new(Notify::new()),
             known: parking_lot::Mutex::new(KnownMembers::new()),
@@ -265,6 +284,39 @@ impl Node {
     /// Takes effect when serving starts; only the first call counts.
     pub fn set_gossip_rng_seed(&self, seed: u64) {
         let _ = self.gossip_rng_seed.set(seed);
+    }
+
+    /// Resolves seed names with `resolver` instead of the system's resolver (tests; a
+    /// simulation). Takes effect when serving starts; only the first call counts.
+    pub fn set_seed_resolver(&self, resolver: Arc<dyn SeedResolver>) {
+        let _ = self.seed_resolver.set(resolver);
+    }
+
+    /// The resolver of seed names.
+    pub(crate) fn seed_resolver(&self) -> Arc<dyn SeedResolver> {
+        self.seed_resolver
+            .get()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(SystemResolver))
+    }
+
+    /// Records what the seeds resolved to (while Joining; see [`crate::seeds`]).
+    pub(crate) fn record_seed_state(&self, state: SeedState) {
+        self.seeds.send_if_modified(|current| {
+            let changed = *current != state;
+            *current = state;
+            changed
+        });
+    }
+
+    /// What the seeds resolved to ([`SeedState`]).
+    pub fn seed_state(&self) -> SeedState {
+        self.seeds.borrow().clone()
+    }
+
+    /// Whether another live member has been in the view since start (latched).
+    pub fn has_joined(&self) -> bool {
+        self.joined.load(Ordering::Acquire)
     }
 
     /// Time since the node was created.
@@ -286,7 +338,7 @@ impl Node {
             serving: self.serving.load(Ordering::Acquire),
             shutting_down: self.shutdown.is_cancelled(),
             state: self.state(),
-            seeded: self.seeded.load(Ordering::Acquire),
+            seeds: self.seeds.borrow().clone(),
             joined: self.joined.load(Ordering::Acquire),
             node_id: &self.config.node_id,
             members: view.topology.members(),
@@ -295,6 +347,7 @@ impl Node {
             clock_skew: self
                 .clock_check
                 .refusal(self.config.store.max_clock_drift_ms),
+            join_refused: self.join_refused.lock().clone(),
         })
     }
 
@@ -493,6 +546,12 @@ impl Node {
         self.known.lock().ids().map(str::to_owned).collect()
     }
 
+    /// How complete the cluster is in this node's view: see [`ClusterHealth`].
+    pub fn cluster_health(&self) -> ClusterHealth {
+        let known = self.known.lock().len();
+        ClusterHealth::of(&self.view(), known, self.config.expected_nodes)
+    }
+
     /// This node as a topology member, with the addresses it serves on.
     pub fn self_member(&self) -> Member {
         let config = &self.config;
@@ -532,6 +591,15 @@ impl Node {
     pub fn reload_secrets(&self) {
         self.secrets_reload.notify_one();
         self.reload_requested.notify_one();
+    }
+
+    /// Live members refused for their placement settings (R, vnodes, placement version): they
+    /// are not in this node's view or ring.
+    pub fn refused_members(&self) -> Vec<crate::cluster::RefusedMember> {
+        self.membership
+            .get()
+            .map(|m| m.stats().refused())
+            .unwrap_or_default()
     }
 
     /// Gossip traffic and member counts, when membership runs.
@@ -653,10 +721,30 @@ impl Node {
             None => None,
         };
 
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(ringcache_proto::FILE_DESCRIPTOR_SET)
+        // Reflection in both versions: v1, and v1alpha for clients that speak only it
+        // (Python's grpcio-reflection, older grpcurl). Both list exactly the services this
+        // port serves: not Internal (only the cluster port serves it), and both reflections.
+        let reflection = || {
+            CLIENT_PLANE_SERVICES.iter().fold(
+                tonic_reflection::server::Builder::configure()
+                    .include_reflection_service(false)
+                    .register_encoded_file_descriptor_set(ringcache_proto::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(
+                        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                    )
+                    .register_encoded_file_descriptor_set(
+                        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                    ),
+                |builder, service| builder.with_service_name(*service),
+            )
+        };
+        let reflection_v1 = reflection()
             .build_v1()
-            .context("cannot build the gRPC reflection service")?;
+            .context("cannot build the gRPC reflection service (v1)")?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .context("cannot build the gRPC reflection service (v1alpha)")?;
         let max_message = self.config.max_message_bytes;
         let cache = CacheServer::new(CacheService::new(self.clone()))
             .max_decoding_message_size(max_message)
@@ -671,7 +759,9 @@ impl Node {
             .add_service(cache.clone())
             .add_service(ClusterServer::new(ClusterService::new(self.clone())))
             .add_service(AdminServer::new(AdminService::new(self.clone())))
-            .add_service(reflection);
+            .add_service(HealthServer::new(HealthService::new(self.clone())))
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
         let security = &self.config.security;
         let client_policy = AcceptPolicy {
             open: self.connections.clone(),
@@ -741,6 +831,7 @@ impl Node {
             max_memory = self.config.store.max_memory_bytes,
             eviction = self.config.store.eviction.as_str(),
             max_connections = self.config.max_connections,
+            workers = tokio::runtime::Handle::current().metrics().num_workers(),
             "ringcached serving"
         );
         let result = tokio::select! {
@@ -848,6 +939,7 @@ impl Node {
                 cluster_addr: advertised.cluster_addr,
                 resp_addr: advertised.resp_addr,
                 weight: self.config.weight.get(),
+                settings: cluster_settings(&self.config),
                 state: MetaState::Leaving,
             };
             let _ = handle.set_meta(meta).await;
@@ -892,6 +984,7 @@ impl Node {
             cluster_addr: advertised.cluster_addr,
             resp_addr: advertised.resp_addr,
             weight: self.config.weight.get(),
+            settings: cluster_settings(&self.config),
             state: if joining {
                 MetaState::Joining
             } else {
@@ -910,18 +1003,37 @@ impl Node {
             Some(path) => Some(self.watch_keyring(path.clone())?),
             None => None,
         };
-        let seeds = resolve_seeds(&self.config.seeds, gossip_addr).await;
-        // Seeds that are all this node (or do not resolve) leave it to start a cluster alone.
-        self.seeded.store(!seeds.is_empty(), Ordering::Release);
+        // The seeds are resolved now and again later (crate::seeds): a name that does not
+        // resolve yet is retried, never dropped.
+        let first = if joining {
+            let found =
+                crate::seeds::resolve_all(&*self.seed_resolver(), &self.config.seeds, gossip_addr)
+                    .await;
+            if !found.failures.is_empty() {
+                tracing::warn!(failures = %found.failures.join("; "), "cannot resolve seeds yet; retrying");
+            }
+            self.record_seed_state(found.state());
+            found
+        } else {
+            crate::seeds::Resolution::default()
+        };
         self.external_topology.store(true, Ordering::Release);
         let (handle, task) = MembershipHandle::spawn(
             membership,
             socket,
-            seeds,
+            first.others.clone(),
             encryption,
             self.gossip_stop.clone(),
         );
         tasks.spawn(follow_members(self.clone(), handle.members()));
+        if joining {
+            tasks.spawn(crate::seeds::follow(
+                self.clone(),
+                handle.clone(),
+                gossip_addr,
+                first,
+            ));
+        }
         tasks.spawn(run_rebalancer(
             self.ctx.clone(),
             self.config.probe_interval * 2,
@@ -996,6 +1108,78 @@ impl Node {
     }
 }
 
+/// How complete the cluster is, as one node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterHealth {
+    /// Members the cluster should have: `--expected-nodes`, or the known members (every member
+    /// that owned ranges, less the drained and the forgotten), whichever is larger.
+    pub expected: usize,
+    /// Members serving in the view (Active or Leaving).
+    pub live: usize,
+    /// Hash slots whose replica set has fewer live members than min(R, expected): copies the
+    /// cluster should hold and does not (a dead or suspect replica, a missing member).
+    pub under_replicated_slots: u64,
+}
+
+impl ClusterHealth {
+    /// The health of `view`, with `known` members known and `expected_nodes` configured.
+    pub fn of(view: &ClusterView, known: usize, expected_nodes: usize) -> Self {
+        let serving = |state: NodeState| matches!(state, NodeState::Active | NodeState::Leaving);
+        let members = view.topology.members();
+        let live = members.iter().filter(|m| serving(m.state)).count();
+        let expected = expected_nodes.max(known);
+        let factor = usize::try_from(view.topology.replication_factor()).unwrap_or(usize::MAX);
+        let wanted = factor.min(expected);
+        let mut under_replicated_slots = 0u64;
+        if view.ring.nodes().is_empty() {
+            if wanted > 0 {
+                under_replicated_slots = u64::from(ringcache_proto::placement::SLOTS);
+            }
+        } else {
+            for (first, last, replicas) in view.ring.slot_ranges() {
+                let live_replicas = replicas
+                    .iter()
+                    .filter(|id| view.topology.member(id).is_some_and(|m| serving(m.state)))
+                    .count();
+                if live_replicas < wanted {
+                    under_replicated_slots += u64::from(last - first) + 1;
+                }
+            }
+        }
+        Self {
+            expected,
+            live,
+            under_replicated_slots,
+        }
+    }
+}
+
+/// Why a joining node must not join, given the members it refused: some of them are serving
+/// (Active or Leaving), so a cluster runs with other placement settings.
+fn join_refusal(refused: &[crate::cluster::RefusedMember]) -> Option<String> {
+    let serving: Vec<String> = refused
+        .iter()
+        .filter(|m| matches!(m.state, NodeState::Active | NodeState::Leaving))
+        .map(|m| format!("{} has {}", m.node_id, m.reason))
+        .collect();
+    (!serving.is_empty()).then(|| {
+        format!(
+            "refused: this node's placement settings differ from the cluster's ({}); restart it \
+             with the cluster's settings",
+            serving.join("; ")
+        )
+    })
+}
+
+/// The settings every member must share, as this node has them.
+pub fn cluster_settings(config: &Config) -> ClusterSettings {
+    ClusterSettings {
+        replication_factor: config.replication_factor.get(),
+        vnodes: config.vnodes.get(),
+        placement_version: ringcache_proto::placement::PLACEMENT_VERSION,
+    }
+}
+
 /// The gossip settings derived from the node's: the probe period, probe timeout and suspicion
 /// timeout come from the config; the other periods scale with the probe period (1 s gives the
 /// membership defaults).
@@ -1014,26 +1198,54 @@ fn membership_config(config: &Config) -> MembershipConfig {
     }
 }
 
-/// Waits (bounded) to see the cluster, pulls this node's future ranges from its members, then
-/// announces the node Active so it enters the ring.
+/// Waits to see the cluster, pulls this node's future ranges from its members, then announces
+/// the node Active so it enters the ring. While no seed resolves it waits without a bound (it
+/// never founds a cluster of one on a DNS failure); once one does, or for a node whose seeds
+/// are only itself, it waits at most 10 probe intervals for an active member.
 async fn join(node: Arc<Node>, handle: MembershipHandle, mut meta: NodeMeta) {
     let deadline = node.config.probe_interval * 10;
     let mut members = handle.members();
-    let sees_others = async {
-        loop {
-            if members
-                .borrow_and_update()
-                .iter()
-                .any(|m| m.node_id != node.config.node_id && m.state == NodeState::Active)
-            {
-                return;
-            }
-            if members.changed().await.is_err() {
-                return;
+    let node_id = node.config.node_id.clone();
+    let sees_others = |members: &mut watch::Receiver<Vec<Member>>| {
+        let node_id = node_id.clone();
+        let mut members = members.clone();
+        async move {
+            loop {
+                if members
+                    .borrow_and_update()
+                    .iter()
+                    .any(|m| m.node_id != node_id && m.state == NodeState::Active)
+                {
+                    return;
+                }
+                if members.changed().await.is_err() {
+                    return;
+                }
             }
         }
     };
-    if tokio::time::timeout(deadline, sees_others).await.is_err() {
+    let mut seeds = node.seeds.subscribe();
+    if matches!(*seeds.borrow(), SeedState::Unresolved(_)) {
+        tracing::warn!("no seed resolves yet: waiting to join (not founding a cluster of one)");
+        let resolved = seeds.wait_for(|state| !matches!(state, SeedState::Unresolved(_)));
+        tokio::select! {
+            _ = resolved => {}
+            () = sees_others(&mut members) => {}
+            () = node.shutdown.cancelled() => return,
+        }
+    }
+    if tokio::time::timeout(deadline, sees_others(&mut members))
+        .await
+        .is_err()
+    {
+        // A cluster whose members all run with other placement settings is not in the view:
+        // joining it would start a second cluster beside it. Stay out, and say why.
+        if let Some(why) = join_refusal(&handle.stats().refused()) {
+            tracing::error!(reason = %why, "not joining the cluster");
+            *node.join_refused.lock() = Some(why);
+            node.metrics.record_join_refused();
+            return;
+        }
         tracing::warn!(waited = ?deadline, "no active member seen yet; joining without pulling data");
     }
     let active: Vec<Member> = members
@@ -1049,19 +1261,6 @@ async fn join(node: Arc<Node>, handle: MembershipHandle, mut meta: NodeMeta) {
         tracing::warn!(%error, "could not announce the node active");
     }
     node.state.send_replace(v1::NodeState::Active);
-}
-
-/// Resolves `host:port` seeds; unresolvable ones are logged and skipped, and our own address is
-/// left out.
-async fn resolve_seeds(seeds: &[String], own: SocketAddr) -> Vec<SocketAddr> {
-    let mut resolved = Vec::new();
-    for seed in seeds {
-        match tokio::net::lookup_host(seed.as_str()).await {
-            Ok(addrs) => resolved.extend(addrs.filter(|addr| *addr != own)),
-            Err(error) => tracing::warn!(%seed, %error, "cannot resolve seed; skipping it"),
-        }
-    }
-    resolved
 }
 
 /// Turns every member list into the node's topology until shutdown.
@@ -1107,5 +1306,73 @@ async fn metrics_upkeep_task(node: Arc<Node>) {
             () = node.shutdown.cancelled() => return,
             _ = tick.tick() => node.metrics.run_upkeep(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(states: &[(&str, NodeState)], replication: u32) -> ClusterView {
+        let members = states
+            .iter()
+            .map(|(id, state)| Member {
+                node_id: (*id).to_owned(),
+                incarnation: 1,
+                state: *state,
+                weight: 1,
+                grpc_addr: String::new(),
+                gossip_addr: String::new(),
+                http_addr: String::new(),
+                cluster_addr: String::new(),
+                resp_addr: String::new(),
+            })
+            .collect();
+        ClusterView::new(Topology::new(members, replication, 64), Quorum::alone())
+    }
+
+    #[test]
+    fn every_slot_with_fewer_serving_replicas_than_r_is_under_replicated() {
+        use NodeState::{Active, Dead, Left, Suspect};
+        let all = u64::from(ringcache_proto::placement::SLOTS);
+        let health = |states: &[(&str, NodeState)], known, expected| {
+            ClusterHealth::of(&view(states, 3), known, expected)
+        };
+        let three = [("a", Active), ("b", Active), ("c", Active)];
+        assert_eq!(
+            health(&three, 3, 0),
+            ClusterHealth {
+                expected: 3,
+                live: 3,
+                under_replicated_slots: 0
+            }
+        );
+        // A suspect replica is in the ring but serves nothing: every slot is short of a copy.
+        let suspect = [("a", Active), ("b", Active), ("c", Suspect)];
+        assert_eq!(health(&suspect, 3, 0).under_replicated_slots, all);
+        // Dead and gone from the ring, still known: the same.
+        let dead = [("a", Active), ("b", Active), ("c", Dead)];
+        assert_eq!(health(&dead, 3, 0).under_replicated_slots, all);
+        assert_eq!(health(&dead, 3, 0).live, 2);
+        // Forgotten (or drained: left), nobody expects it: two copies are all there can be.
+        let left = [("a", Active), ("b", Active), ("c", Left)];
+        assert_eq!(health(&left, 2, 0).under_replicated_slots, 0);
+        // ...unless the operator said the cluster has three.
+        assert_eq!(health(&left, 2, 3).expected, 3);
+        assert_eq!(health(&left, 2, 3).under_replicated_slots, all);
+        // Four members, R = 3, one dead: three serving copies of every slot remain.
+        let four = [("a", Active), ("b", Active), ("c", Active), ("d", Dead)];
+        assert_eq!(health(&four, 4, 0).under_replicated_slots, 0);
+        assert_eq!(health(&four, 4, 0).expected, 4);
+        // Some slots have the suspect among their replicas, some do not.
+        let five = [
+            ("a", Active),
+            ("b", Active),
+            ("c", Active),
+            ("d", Active),
+            ("e", Suspect),
+        ];
+        let some = health(&five, 5, 0).under_replicated_slots;
+        assert!(some > 0 && some < all, "{some}");
     }
 }

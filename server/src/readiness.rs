@@ -4,15 +4,18 @@
 //! reason given):
 //! 1. it serves (listeners bound, gossip started): else `starting`;
 //! 2. it is not shutting down or Leaving: else `leaving`;
-//! 3. it is Active: a Joining node is still pulling its ranges (`joining`);
-//! 4. it has joined: a node whose seeds resolve to at least one address other than its own has
+//! 3. it did not refuse to join a cluster whose placement settings differ from its own
+//!    (`refused: ...`; it stays Joining until restarted with the cluster's settings);
+//! 4. it is Active: a Joining node is still pulling its ranges (`joining`);
+//! 5. it has joined: a node whose seeds resolved to at least one address other than its own has
 //!    seen another live member (Joining, Active or Leaving) at least once since it started, else
-//!    `not joined: no peer reachable`. A node with no seeds, or whose seeds are only itself or do
-//!    not resolve (the first pod of a StatefulSet lists itself and pods that do not exist yet),
-//!    starts a cluster and needs no peer;
-//! 5. its clock agrees with the cluster's within `max_clock_drift` (else `clock skew: ...`, see
+//!    `not joined: no peer reachable`. A node with no seeds, or whose seeds resolve only to
+//!    itself (the first pod of a StatefulSet lists itself and pods that do not exist yet),
+//!    founds a cluster and needs no peer. A node none of whose seeds resolves stays Joining and
+//!    says `joining: waiting for a seed to resolve` ([`crate::seeds`]);
+//! 6. its clock agrees with the cluster's within `max_clock_drift` (else `clock skew: ...`, see
 //!    [`crate::skew`]): such a node refuses writes;
-//! 6. its ring has converged: when its view holds other members that are not Dead, it is Active
+//! 7. its ring has converged: when its view holds other members that are not Dead, it is Active
 //!    in that view, no member is Suspect, and the view has not changed for `ready_settle`; else
 //!    `ring settling`. A node alone in its view has nothing to converge with.
 //!
@@ -24,6 +27,19 @@ use std::time::Duration;
 use ringcache_proto::topology::{Member, NodeState};
 use ringcache_proto::v1;
 
+/// What a node's seeds resolved to before it turned Active ([`crate::seeds`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeedState {
+    /// No seeds, or seeds that resolve only to this node (the first pod of a StatefulSet lists
+    /// itself and pods that do not exist yet): it founds a cluster and needs no peer.
+    Founder,
+    /// Seeds are configured and none resolves yet (why, per seed): the node stays Joining and
+    /// resolves them again.
+    Unresolved(String),
+    /// A seed resolves to another node's address: the node must see another member.
+    Peers,
+}
+
 /// Everything the readiness decision looks at, read once.
 #[derive(Debug, Clone)]
 pub struct Inputs<'a> {
@@ -33,8 +49,8 @@ pub struct Inputs<'a> {
     pub shutting_down: bool,
     /// The node's own life-cycle state.
     pub state: v1::NodeState,
-    /// The seeds resolved to at least one address other than the node's own.
-    pub seeded: bool,
+    /// What the seeds resolved to.
+    pub seeds: SeedState,
     /// Another live member has been seen since start.
     pub joined: bool,
     /// The node's id.
@@ -47,6 +63,9 @@ pub struct Inputs<'a> {
     pub settle: Duration,
     /// Why the node's clock is off from the cluster's, when it is ([`crate::skew`]).
     pub clock_skew: Option<String>,
+    /// Why the node refused to join, when it did: the cluster it found runs with other
+    /// placement settings.
+    pub join_refused: Option<String>,
 }
 
 /// `Ok` when ready, else why not (one line, starting with one of `starting`, `leaving`,
@@ -58,9 +77,17 @@ pub fn check(inputs: &Inputs<'_>) -> Result<(), String> {
     if inputs.shutting_down || inputs.state == v1::NodeState::Leaving {
         return Err("leaving: handing off its data before it stops".to_owned());
     }
+    if let Some(why) = &inputs.join_refused {
+        return Err(why.clone());
+    }
     match inputs.state {
         v1::NodeState::Active => {}
         v1::NodeState::Joining => {
+            if let SeedState::Unresolved(why) = &inputs.seeds {
+                return Err(format!(
+                    "joining: waiting for a seed to resolve ({why}); retrying"
+                ));
+            }
             return Err("joining: pulling its ranges from the cluster".to_owned());
         }
         other => {
@@ -73,7 +100,7 @@ pub fn check(inputs: &Inputs<'_>) -> Result<(), String> {
             ));
         }
     }
-    if inputs.seeded && !inputs.joined {
+    if inputs.seeds != SeedState::Founder && !inputs.joined {
         return Err(
             "not joined: no peer reachable (no other member seen through the seeds yet)".to_owned(),
         );
@@ -84,7 +111,7 @@ pub fn check(inputs: &Inputs<'_>) -> Result<(), String> {
     let others = inputs
         .members
         .iter()
-        .filter(|m| m.node_id != inputs.node_id && m.state != NodeState::Dead);
+        .filter(|m| m.node_id != inputs.node_id && !m.state.is_gone());
     let mut alone = true;
     for member in others {
         alone = false;
@@ -138,13 +165,14 @@ mod tests {
             serving: true,
             shutting_down: false,
             state: v1::NodeState::Active,
-            seeded: true,
+            seeds: SeedState::Peers,
             joined: true,
             node_id: "n1",
             members,
             since_change: Duration::from_secs(10),
             settle: Duration::from_secs(2),
             clock_skew: None,
+            join_refused: None,
         }
     }
 
@@ -176,7 +204,14 @@ mod tests {
         assert_eq!(with(&|i| i.serving = false), "starting");
         assert!(with(&|i| i.shutting_down = true).starts_with("leaving"));
         assert!(with(&|i| i.state = v1::NodeState::Leaving).starts_with("leaving"));
-        assert!(with(&|i| i.state = v1::NodeState::Joining).starts_with("joining"));
+        assert!(with(&|i| i.state = v1::NodeState::Joining).starts_with("joining: pulling"));
+        assert_eq!(
+            with(&|i| {
+                i.state = v1::NodeState::Joining;
+                i.seeds = SeedState::Unresolved("cache-0.cache:7380: no such host".to_owned());
+            }),
+            "joining: waiting for a seed to resolve (cache-0.cache:7380: no such host); retrying"
+        );
         assert!(with(&|i| i.joined = false).starts_with("not joined: no peer reachable"));
         let settling = with(&|i| i.since_change = Duration::from_millis(500));
         assert_eq!(
@@ -203,7 +238,7 @@ mod tests {
         // No seeds, or seeds that are only itself: nobody to join, nothing to settle.
         let alone = [member("n1", NodeState::Active)];
         let inputs = Inputs {
-            seeded: false,
+            seeds: SeedState::Founder,
             joined: false,
             since_change: Duration::ZERO,
             ..ready_inputs(&alone)
@@ -235,5 +270,16 @@ mod tests {
             ..ready_inputs(&alone)
         };
         assert_eq!(reason(&inputs), "clock skew: 3600 s ahead");
+    }
+
+    #[test]
+    fn a_node_that_refused_to_join_says_why() {
+        let alone = [member("n1", NodeState::Joining)];
+        let inputs = Inputs {
+            state: v1::NodeState::Joining,
+            join_refused: Some("refused: the cluster's settings differ".to_owned()),
+            ..ready_inputs(&alone)
+        };
+        assert_eq!(reason(&inputs), "refused: the cluster's settings differ");
     }
 }

@@ -46,6 +46,9 @@ const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 /// Most progress samples kept for the rate.
 const MAX_SAMPLES: usize = 256;
+/// Most senders whose hand-offs are counted ([`RebalanceStats::record_handoff`]); the least
+/// recently counted is forgotten first.
+pub const MAX_HANDOFF_SENDERS: usize = 16;
 
 /// Progress counters of this node's data movement.
 #[derive(Debug, Default)]
@@ -56,7 +59,8 @@ pub struct RebalanceStats {
     pub passes: AtomicU64,
     /// Entries scanned by the current pass.
     pub keys_scanned: AtomicU64,
-    /// Entries held when the current pass started.
+    /// Entries the current pass scans: those held when it started, tombstones included (the
+    /// scan visits them too), raised when writes during the pass make the scan see more.
     pub keys_total: AtomicU64,
     /// Entries sent to other nodes.
     pub keys_sent: AtomicU64,
@@ -66,12 +70,16 @@ pub struct RebalanceStats {
     pub keys_received: AtomicU64,
     /// Failed sends (retried by the next pass).
     pub failures: AtomicU64,
-    /// Charged bytes held when the current pass started.
+    /// Charged bytes held when the current pass started, raised when writes during the pass
+    /// make the bytes done exceed it.
     pub bytes_total: AtomicU64,
     /// Charged bytes of the entries the current pass is done with.
     pub bytes_done: AtomicU64,
     /// `(when, bytes_done)` samples of the current pass, oldest first, for the rate.
     samples: Mutex<VecDeque<(Instant, u64)>>,
+    /// Entries and bytes handed off to this node by leaving members, least recently counted
+    /// first.
+    handoffs: Mutex<VecDeque<v1::HandoffReceived>>,
 }
 
 /// Progress rate in bytes per second and the estimated time left, from `(when, bytes_done)`
@@ -116,8 +124,10 @@ impl RebalanceStats {
         *self.phase.lock() = phase;
     }
 
-    /// Starts the progress of a pass over `bytes_total` charged bytes.
-    fn start_pass(&self, bytes_total: u64) {
+    /// Starts the progress of a pass over `keys_total` entries of `bytes_total` charged bytes.
+    fn start_pass(&self, keys_total: u64, bytes_total: u64) {
+        self.keys_scanned.store(0, Ordering::Relaxed);
+        self.keys_total.store(keys_total, Ordering::Relaxed);
         self.bytes_total.store(bytes_total, Ordering::Relaxed);
         self.bytes_done.store(0, Ordering::Relaxed);
         let mut samples = self.samples.lock();
@@ -131,6 +141,8 @@ impl RebalanceStats {
             return;
         }
         let done = self.bytes_done.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        // Entries written during the pass: the scan may see more than the pass started with.
+        self.bytes_total.fetch_max(done, Ordering::Relaxed);
         let now = Instant::now();
         let mut samples = self.samples.lock();
         // Keep one sample older than the window (the rate's base), and a bounded number.
@@ -144,6 +156,32 @@ impl RebalanceStats {
         samples.push_back((now, done));
     }
 
+    /// Counts one scanned entry; the total grows with it when writes during the pass made the
+    /// scan see more entries than the pass started with.
+    fn scanned_one(&self) {
+        let scanned = self.keys_scanned.fetch_add(1, Ordering::Relaxed) + 1;
+        self.keys_total.fetch_max(scanned, Ordering::Relaxed);
+    }
+
+    /// Counts `keys` entries of `bytes` key and value bytes that `from` handed off to this node
+    /// as it left.
+    pub fn record_handoff(&self, from: &str, keys: u64, bytes: u64) {
+        let mut handoffs = self.handoffs.lock();
+        let mut counted = match handoffs.iter().position(|h| h.from_node_id == from) {
+            Some(at) => handoffs.remove(at).unwrap_or_default(),
+            None => v1::HandoffReceived {
+                from_node_id: from.to_owned(),
+                ..Default::default()
+            },
+        };
+        counted.keys += keys;
+        counted.bytes += bytes;
+        while handoffs.len() >= MAX_HANDOFF_SENDERS {
+            handoffs.pop_front();
+        }
+        handoffs.push_back(counted);
+    }
+
     fn fail(&self, error: String) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         *self.last_error.lock() = error;
@@ -153,8 +191,12 @@ impl RebalanceStats {
     pub fn to_wire(&self) -> v1::RebalanceStatusResponse {
         let phase = *self.phase.lock();
         let phase = if phase.is_empty() { "idle" } else { phase };
-        let bytes_total = self.bytes_total.load(Ordering::Relaxed);
+        // Done first, then the totals, and never more done than total: a reader between the
+        // scanner's two updates sees a consistent pair.
+        let keys_scanned = self.keys_scanned.load(Ordering::Relaxed);
+        let keys_total = self.keys_total.load(Ordering::Relaxed).max(keys_scanned);
         let bytes_done = self.bytes_done.load(Ordering::Relaxed);
+        let bytes_total = self.bytes_total.load(Ordering::Relaxed).max(bytes_done);
         // Only passes (moving, leaving) have a known total.
         let (rate, eta) = if matches!(phase, "moving" | "leaving") {
             rate_and_eta(
@@ -170,8 +212,8 @@ impl RebalanceStats {
         v1::RebalanceStatusResponse {
             phase: phase.to_owned(),
             passes: self.passes.load(Ordering::Relaxed),
-            keys_scanned: self.keys_scanned.load(Ordering::Relaxed),
-            keys_total: self.keys_total.load(Ordering::Relaxed),
+            keys_scanned,
+            keys_total,
             keys_sent: self.keys_sent.load(Ordering::Relaxed),
             bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
             keys_received: self.keys_received.load(Ordering::Relaxed),
@@ -181,6 +223,7 @@ impl RebalanceStats {
             bytes_done,
             rate_bytes_per_second: rate,
             eta_seconds: eta,
+            handoffs_received: self.handoffs.lock().iter().cloned().collect(),
         }
     }
 }
@@ -214,14 +257,25 @@ impl Outbox {
     }
 }
 
-/// Sends one batch to `target`; returns whether it was acknowledged.
-async fn send(node: &Context, target: &Member, entries: Vec<v1::VersionedEntry>) -> bool {
-    let stats = node.rebalance();
-    let n = entries.len() as u64;
-    let bytes: u64 = entries
+/// Key and value bytes of `entries`, as rebalancing counts them.
+pub fn entry_bytes(entries: &[v1::VersionedEntry]) -> u64 {
+    entries
         .iter()
         .map(|e| (e.key.len() + e.value.as_ref().map_or(0, Bytes::len)) as u64)
-        .sum();
+        .sum()
+}
+
+/// Sends one batch to `target` (`handoff`: this node is leaving and hands them off); returns
+/// whether it was acknowledged.
+async fn send(
+    node: &Context,
+    target: &Member,
+    entries: Vec<v1::VersionedEntry>,
+    handoff: bool,
+) -> bool {
+    let stats = node.rebalance();
+    let n = entries.len() as u64;
+    let bytes = entry_bytes(&entries);
     throttle(node, bytes).await;
     let result = async {
         let mut client = node.peers().internal_client(&target.cluster_addr)?;
@@ -229,6 +283,7 @@ async fn send(node: &Context, target: &Member, entries: Vec<v1::VersionedEntry>)
             from_node_id: node.config().node_id.clone(),
             entries,
             hinted: false,
+            handoff,
         });
         request.set_timeout(PUSH_TIMEOUT);
         client.replicate(request).await
@@ -262,10 +317,10 @@ async fn throttle(node: &Context, bytes: u64) {
 
 /// Flushes the outbox: sends every batch, then drops the entries this node no longer owns if all
 /// sends succeeded. Returns whether everything was sent.
-async fn flush(node: &Context, outbox: &mut Outbox) -> bool {
+async fn flush(node: &Context, outbox: &mut Outbox, handoff: bool) -> bool {
     let mut ok = true;
     for (target, entries) in std::mem::take(&mut outbox.batches) {
-        ok &= send(node, &target, entries).await;
+        ok &= send(node, &target, entries, handoff).await;
     }
     let drops = std::mem::take(&mut outbox.drops);
     if ok {
@@ -281,10 +336,8 @@ async fn flush(node: &Context, outbox: &mut Outbox) -> bool {
 async fn pass(node: &Context, old: &ClusterView, new: &ClusterView, leaving: bool) -> bool {
     let stats = node.rebalance();
     let self_id = node.config().node_id.clone();
-    stats.keys_scanned.store(0, Ordering::Relaxed);
-    let held = node.store().stats();
-    stats.keys_total.store(held.keys, Ordering::Relaxed);
-    stats.start_pass(held.used_bytes);
+    // The scan visits tombstones too, so they count in its total.
+    stats.start_pass(node.store().entry_count(), node.store().stats().used_bytes);
     let mut outbox = Outbox::default();
     let mut ok = true;
     let store = node.store();
@@ -296,13 +349,13 @@ async fn pass(node: &Context, old: &ClusterView, new: &ClusterView, leaving: boo
             let (items, next) = store.scan(shard, at, SCAN_STEP);
             cursor = next;
             for (key, item) in items {
-                stats.keys_scanned.fetch_add(1, Ordering::Relaxed);
+                stats.scanned_one();
                 scanned_bytes +=
                     charge(key.len(), item.value.as_ref().map_or(0, Bytes::len)) as u64;
                 plan(&self_id, old, new, leaving, key, item, &mut outbox);
             }
             if outbox.len() >= PUSH_BATCH {
-                ok &= flush(node, &mut outbox).await;
+                ok &= flush(node, &mut outbox, leaving).await;
             }
             if outbox.is_empty() {
                 stats.advance(std::mem::take(&mut scanned_bytes));
@@ -313,7 +366,7 @@ async fn pass(node: &Context, old: &ClusterView, new: &ClusterView, leaving: boo
             tokio::task::yield_now().await;
         }
     }
-    ok &= flush(node, &mut outbox).await;
+    ok &= flush(node, &mut outbox, leaving).await;
     stats.advance(scanned_bytes);
     ok
 }
@@ -558,9 +611,56 @@ mod tests {
     }
 
     #[test]
+    fn done_never_exceeds_total_when_the_scan_sees_more_than_the_pass_started_with() {
+        let stats = RebalanceStats::default();
+        stats.start_pass(2, 100);
+        for _ in 0..3 {
+            stats.scanned_one();
+        }
+        stats.advance(150);
+        let wire = stats.to_wire();
+        assert_eq!((wire.keys_scanned, wire.keys_total), (3, 3));
+        assert_eq!((wire.bytes_done, wire.bytes_total), (150, 150));
+        // A new pass starts over.
+        stats.start_pass(5, 500);
+        let wire = stats.to_wire();
+        assert_eq!((wire.keys_scanned, wire.keys_total), (0, 5));
+        assert_eq!((wire.bytes_done, wire.bytes_total), (0, 500));
+    }
+
+    #[test]
+    fn handoffs_are_counted_per_sender_for_the_most_recent_senders() {
+        let stats = RebalanceStats::default();
+        stats.record_handoff("n3", 10, 100);
+        stats.record_handoff("n4", 1, 5);
+        stats.record_handoff("n3", 2, 20);
+        let wire = stats.to_wire();
+        let counted = |id: &str| {
+            wire.handoffs_received
+                .iter()
+                .find(|h| h.from_node_id == id)
+                .map(|h| (h.keys, h.bytes))
+        };
+        assert_eq!(counted("n3"), Some((12, 120)));
+        assert_eq!(counted("n4"), Some((1, 5)));
+        for i in 0..MAX_HANDOFF_SENDERS {
+            stats.record_handoff(&format!("x{i}"), 1, 1);
+        }
+        let wire = stats.to_wire();
+        assert_eq!(wire.handoffs_received.len(), MAX_HANDOFF_SENDERS);
+        assert!(
+            !wire
+                .handoffs_received
+                .iter()
+                .any(|h| h.from_node_id == "n3"),
+            "the least recent sender is forgotten first"
+        );
+    }
+
+    #[test]
     fn progress_samples_stay_bounded_and_keep_a_base_older_than_the_window() {
         let stats = RebalanceStats::default();
-        stats.start_pass(10_000);
+        stats.start_pass(10, 10_000);
         for _ in 0..(MAX_SAMPLES * 2) {
             stats.advance(1);
         }

@@ -67,8 +67,23 @@ impl TestNode {
         Self::start_with(config, clock, Some(0)).await
     }
 
+    /// Starts a node like [`TestNode::start`], letting `prepare` set it up before it serves
+    /// (e.g. [`Node::set_seed_resolver`]).
+    pub async fn start_prepared(config: Config, prepare: impl FnOnce(&Arc<Node>)) -> Self {
+        Self::start_full(config, Arc::new(SystemClock), Some(0), prepare).await
+    }
+
     /// `gossip`: the UDP port to bind on 127.0.0.1 (0: any), or `None` for no gossip.
     async fn start_with(config: Config, clock: Arc<dyn Clock>, gossip: Option<u16>) -> Self {
+        Self::start_full(config, clock, gossip, |_| {}).await
+    }
+
+    async fn start_full(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        gossip: Option<u16>,
+        prepare: impl FnOnce(&Arc<Node>),
+    ) -> Self {
         let grpc = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a free gRPC port");
@@ -98,6 +113,7 @@ impl TestNode {
             .as_ref()
             .map(|s| s.local_addr().expect("bound address"));
         let node = Node::with_clock(config, clock);
+        prepare(&node);
         let (tx, rx) = oneshot::channel::<()>();
         let shutdown = async move {
             let _ = rx.await;
@@ -352,6 +368,15 @@ impl TestCluster {
         })
         .await
     }
+}
+
+/// A `configure` for [`TestCluster::start_converged`]: failure detection patient enough that a
+/// loaded machine (debug builds, tests in parallel) does not suspect live nodes, for tests that
+/// check something else than the detector (routing, clients).
+pub fn patient(_: usize, config: &mut Config) {
+    config.probe_interval = Duration::from_millis(400);
+    config.probe_timeout = Duration::from_millis(300);
+    config.suspicion_timeout = Duration::from_secs(2);
 }
 
 /// A fresh random gossip key, as a key ring line.

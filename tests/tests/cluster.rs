@@ -45,7 +45,10 @@ async fn three_nodes_converge_on_one_topology() {
 async fn the_client_routes_every_key_to_its_primary() {
     // R = 1, so the primary is the only node that holds a key (replication is tested in
     // replication.rs).
-    let cluster = TestCluster::start_with(3, |_, config| {
+    // Patient failure detection: a false suspicion on a loaded machine changes the ring and
+    // makes one request forwarded.
+    let cluster = TestCluster::start_with(3, |i, config| {
+        ringcache_tests::patient(i, config);
         config.replication_factor = std::num::NonZeroU32::MIN;
     })
     .await;
@@ -250,4 +253,70 @@ async fn a_gracefully_stopped_node_leaves_quickly() {
     ] {
         assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");
     }
+}
+
+/// A node whose placement settings differ from the cluster's (here R and vnodes) would place
+/// keys differently: the cluster refuses it and it refuses to join, each saying why (log,
+/// metric, `NodeInfo` for `ringctl status`, readiness), and it never enters a ring.
+#[tokio::test]
+async fn a_node_with_other_placement_settings_is_refused_at_join() {
+    let mut cluster = TestCluster::start(2).await;
+    cluster.wait_converged(CONVERGE).await.unwrap();
+    cluster
+        .add(3, |_, config| {
+            config.replication_factor = std::num::NonZeroU32::new(2).unwrap();
+            config.vnodes = std::num::NonZeroU32::new(64).unwrap();
+        })
+        .await;
+    let odd = &cluster.nodes[2].node;
+    let expected = "replication_factor 2, this node's 3; vnodes 64, this node's 256";
+    wait_until(CONVERGE, || async {
+        cluster.nodes[..2].iter().all(|n| {
+            n.node
+                .refused_members()
+                .iter()
+                .any(|m| m.node_id == "n3" && m.reason == expected)
+        })
+    })
+    .await
+    .expect("both members refuse n3");
+    wait_until(CONVERGE, || async {
+        odd.readiness().is_err_and(|why| {
+            why.starts_with("refused: ") && why.contains("n1 has replication_factor 3")
+        })
+    })
+    .await
+    .unwrap_or_else(|_| panic!("n3 does not refuse to join: {:?}", odd.readiness()));
+    assert_eq!(odd.state(), ringcache_proto::v1::NodeState::Joining);
+    for node in &cluster.nodes[..2] {
+        let view = node.node.view();
+        assert!(view.topology.member("n3").is_none());
+        assert_eq!(view.ring.nodes().len(), 2);
+    }
+    assert_eq!(
+        odd.view().ring.nodes().len(),
+        0,
+        "n3 built a ring of its own"
+    );
+
+    let metrics = |i: usize| {
+        let addr = cluster.nodes[i].http_addr;
+        async move {
+            ringcache_tests::http_get(addr, "/metrics")
+                .await
+                .unwrap()
+                .body
+        }
+    };
+    assert!(
+        metrics(0)
+            .await
+            .contains("ringcache_cluster_refused_members 1\n")
+    );
+    assert!(metrics(2).await.contains("ringcache_join_refused 1\n"));
+    let ready = ringcache_tests::http_get(cluster.nodes[2].http_addr, "/health/ready")
+        .await
+        .unwrap();
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(ready.body.contains("refused"), "{}", ready.body);
 }

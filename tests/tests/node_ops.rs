@@ -179,12 +179,79 @@ async fn reflection_lists_the_ringcache_services() {
         "ringcache.v1.Cache",
         "ringcache.v1.Cluster",
         "ringcache.v1.Admin",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
     ] {
         assert!(
             names.iter().any(|n| n == service),
             "{service} missing from {names:?}"
         );
     }
+    assert!(
+        !names.iter().any(|n| n == "ringcache.v1.Internal"),
+        "the client port does not serve Internal: {names:?}"
+    );
+    node.stop().await.unwrap();
+}
+
+/// Reflection v1alpha, the version older tools and Python's grpcio-reflection speak, answers as
+/// v1 does: the service list and the file that defines a symbol.
+#[tokio::test]
+async fn reflection_v1alpha_answers_like_v1() {
+    use prost::Message as _;
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let node = TestNode::start_default().await;
+    let mut reflection = ServerReflectionClient::new(node.channel().await);
+    let requests = [
+        MessageRequest::ListServices(String::new()),
+        MessageRequest::FileContainingSymbol("ringcache.v1.Cache".to_owned()),
+    ]
+    .map(|message| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(message),
+    });
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .expect("v1alpha is served")
+        .into_inner();
+    let response = responses.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for service in [
+        "ringcache.v1.Cache",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(
+            names.iter().any(|n| n == service),
+            "{service} missing from {names:?}"
+        );
+    }
+    let response = responses.next().await.unwrap().unwrap();
+    let Some(MessageResponse::FileDescriptorResponse(files)) = response.message_response else {
+        panic!("unexpected reflection answer {response:?}");
+    };
+    let cache_file = files
+        .file_descriptor_proto
+        .iter()
+        .map(|bytes| prost_types::FileDescriptorProto::decode(bytes.as_slice()).unwrap())
+        .find(|file| file.service.iter().any(|s| s.name() == "Cache"))
+        .expect("the file defining ringcache.v1.Cache");
+    assert_eq!(cache_file.package(), "ringcache.v1");
+    assert!(
+        cache_file.service[0]
+            .method
+            .iter()
+            .any(|m| m.name() == "Get"),
+        "{cache_file:?}"
+    );
     node.stop().await.unwrap();
 }
 

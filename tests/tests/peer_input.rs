@@ -79,6 +79,7 @@ async fn a_forged_replicate_far_ahead_is_refused_and_later_writes_win() {
                         entry("k", "forged", version),
                     ],
                     hinted,
+                    handoff: false,
                 })
                 .await
                 .unwrap_err();
@@ -126,6 +127,7 @@ async fn a_forged_replicate_far_ahead_is_refused_and_later_writes_win() {
             from_node_id: "n2".to_owned(),
             entries: vec![entry("k", "near", near)],
             hinted: false,
+            handoff: false,
         })
         .await
         .unwrap()

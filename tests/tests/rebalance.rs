@@ -13,6 +13,8 @@ const DEADLINE: Duration = Duration::from_secs(30);
 const KEYS: usize = 20_000;
 
 fn one_copy(_: usize, config: &mut ringcache_server::Config) {
+    // Not a failure-detection test: a loaded machine must not suspect live nodes.
+    ringcache_tests::patient(0, config);
     config.replication_factor = NonZeroU32::MIN;
     config.rebalance_bytes_per_sec = 0;
 }
@@ -160,6 +162,8 @@ async fn copies_via_inspect(cluster: &TestCluster, key: &str) -> usize {
 }
 
 fn three_copies(_: usize, config: &mut ringcache_server::Config) {
+    // Not a failure-detection test: a loaded machine must not suspect live nodes.
+    ringcache_tests::patient(0, config);
     config.replication_factor = NonZeroU32::new(3).unwrap();
     config.rebalance_bytes_per_sec = 0;
 }
@@ -194,6 +198,7 @@ async fn with_three_copies_a_joiner_gets_its_share_and_every_key_stays_on_exactl
 #[tokio::test]
 async fn after_a_node_dies_every_key_gets_its_second_copy_back() {
     let two_copies = |_: usize, config: &mut ringcache_server::Config| {
+        ringcache_tests::patient(0, config);
         config.replication_factor = NonZeroU32::new(2).unwrap();
         config.rebalance_bytes_per_sec = 0;
     };

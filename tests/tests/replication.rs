@@ -81,7 +81,7 @@ async fn metric(node: &TestNode, series: &str) -> f64 {
 
 #[tokio::test]
 async fn an_acknowledged_quorum_write_is_on_a_quorum_at_once_and_on_every_replica_soon() {
-    let cluster = TestCluster::start_converged(3, DEADLINE, |_, _| {}).await;
+    let cluster = TestCluster::start_converged(3, DEADLINE, ringcache_tests::patient).await;
     let client = Client::connect(cluster.grpc_targets()).await.unwrap();
     for i in 0..50 {
         let (key, value) = (format!("key{i}"), format!("value{i}"));
@@ -142,7 +142,7 @@ async fn an_acknowledged_quorum_write_is_on_a_quorum_at_once_and_on_every_replic
 
 #[tokio::test]
 async fn a_write_that_applied_nothing_replicates_nothing() {
-    let cluster = TestCluster::start_converged(3, DEADLINE, |_, _| {}).await;
+    let cluster = TestCluster::start_converged(3, DEADLINE, ringcache_tests::patient).await;
     let mut n1 = cluster.nodes[0].raw_cache().await;
     n1.set(set_request("taken", "first", ALL)).await.unwrap();
     let ok = r#"ringcache_replica_writes_total{result="ok"}"#;
@@ -309,7 +309,7 @@ async fn a_restarted_replica_gets_the_writes_it_missed_as_hints() {
 
 #[tokio::test]
 async fn a_quorum_read_returns_the_newest_copy_and_repairs_the_stale_replica() {
-    let cluster = TestCluster::start_converged(3, DEADLINE, |_, _| {}).await;
+    let cluster = TestCluster::start_converged(3, DEADLINE, ringcache_tests::patient).await;
     let mut n1 = cluster.nodes[0].raw_cache().await;
     for key in ["stale", "m1", "m2"] {
         n1.set(set_request(key, "old", ALL)).await.unwrap();
@@ -392,7 +392,7 @@ async fn a_quorum_read_returns_the_newest_copy_and_repairs_the_stale_replica() {
 
 #[tokio::test]
 async fn a_delete_leaves_tombstones_that_a_replayed_older_write_cannot_revive() {
-    let cluster = TestCluster::start_converged(3, DEADLINE, |_, _| {}).await;
+    let cluster = TestCluster::start_converged(3, DEADLINE, ringcache_tests::patient).await;
     let mut n1 = cluster.nodes[0].raw_cache().await;
     let written = n1
         .set(set_request("gone", "alive", ALL))
@@ -432,6 +432,7 @@ async fn a_delete_leaves_tombstones_that_a_replayed_older_write_cannot_revive() 
                     expires_at_ms: None,
                 }],
                 hinted: true,
+                handoff: false,
             })
             .await
             .unwrap()
@@ -464,7 +465,7 @@ fn agreed(cluster: &TestCluster, key: &str) -> Option<(u64, Option<Bytes>)> {
 
 #[tokio::test]
 async fn concurrent_writers_converge_on_one_value_on_every_replica() {
-    let cluster = TestCluster::start_converged(3, DEADLINE, |_, _| {}).await;
+    let cluster = TestCluster::start_converged(3, DEADLINE, ringcache_tests::patient).await;
     // Two clients routing to the primary.
     let a = Client::connect(cluster.grpc_targets()).await.unwrap();
     let b = Client::connect(cluster.grpc_targets()).await.unwrap();
@@ -525,7 +526,7 @@ async fn concurrent_writers_converge_on_one_value_on_every_replica() {
 
 #[tokio::test]
 async fn a_version_tie_between_two_coordinators_is_settled_by_a_quorum_read() {
-    let cluster = TestCluster::start_converged(3, DEADLINE, |_, _| {}).await;
+    let cluster = TestCluster::start_converged(3, DEADLINE, ringcache_tests::patient).await;
     // Two coordinators stamped the same version in the same millisecond, and each replica got
     // only one of the two writes so far.
     let version = cluster.nodes[0]
@@ -571,7 +572,7 @@ async fn a_version_tie_between_two_coordinators_is_settled_by_a_quorum_read() {
 /// every QUORUM and ALL write.
 #[tokio::test]
 async fn a_node_left_alone_refuses_quorum_and_all_until_the_dead_are_forgotten() {
-    let mut cluster = TestCluster::start_converged(3, DEADLINE, |_, _| {}).await;
+    let mut cluster = TestCluster::start_converged(3, DEADLINE, ringcache_tests::patient).await;
     let n3 = cluster.take("n3");
     cluster.take("n1").crash().await.unwrap();
     cluster.take("n2").crash().await.unwrap();
@@ -676,7 +677,7 @@ async fn a_node_that_sees_too_few_members_refuses_writes() {
 async fn no_acknowledged_quorum_write_is_lost_when_a_replica_crashes_mid_way() {
     const WRITERS: usize = 4;
     const PER_WRITER: usize = 250;
-    let mut cluster = TestCluster::start_converged(3, DEADLINE, |_, _| {}).await;
+    let mut cluster = TestCluster::start_converged(3, DEADLINE, ringcache_tests::patient).await;
     let client = Client::builder()
         .seeds(cluster.grpc_targets())
         .default_consistency(Consistency::Quorum)
@@ -810,7 +811,7 @@ const BATCHES: &str = "ringcache_replication_batches_total";
 #[tokio::test]
 async fn concurrent_quorum_writes_reach_every_replica_in_shared_calls() {
     const WRITES: usize = 500;
-    let cluster = TestCluster::start_converged(3, DEADLINE, |_, _| {}).await;
+    let cluster = TestCluster::start_converged(3, DEADLINE, ringcache_tests::patient).await;
     let n1 = &cluster.nodes[0];
     let answers = write_concurrently(&n1.raw_cache().await, "k", WRITES, QUORUM).await;
     for (i, answer) in answers.iter().enumerate() {

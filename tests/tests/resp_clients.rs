@@ -9,17 +9,17 @@
 //! or `$RINGCACHE_TEST_PYTHON`; a missing interpreter or package fails the test with the command
 //! that installs it (never a skip).
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use ringcache_proto::placement::key_slot;
-use ringcache_tests::{TestCluster, TestNode, http_get};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use ringcache_tests::resp::{
+    crash_during_rounds, key_owned_by, resp_errors, resp_ports, run_child, target_dir, wait_moved,
+};
+use ringcache_tests::{TestCluster, TestNode, patient};
+use tokio::process::Command;
 
 /// How long a cluster may take to converge.
 const CONVERGE: Duration = Duration::from_secs(10);
-/// Longest one client script may run.
-const SCRIPT_DEADLINE: Duration = Duration::from_secs(120);
 /// redis-py's version must be at least this: 4.3 and older crash re-reading the cluster map
 /// after a node fails (`cannot pickle '_thread.lock' object`, fixed in 4.4).
 const MIN_REDIS_PY: (u32, u32) = (4, 4);
@@ -27,63 +27,19 @@ const MIN_REDIS_PY: (u32, u32) = (4, 4);
 const INSTALL: &str = "run scripts/test-deps (with the same CARGO_TARGET_DIR): it makes the \
     virtualenv <target>/python-clients with tests/python-requirements.txt; or point \
     RINGCACHE_TEST_PYTHON at a Python 3 with redis>=4.4 (python3 -m pip install 'redis>=4.4')";
+/// How to install `redis-cli`.
+const INSTALL_CLI: &str = "run scripts/test-deps: it installs redis-server (with redis-cli)";
 
 /// The Python interpreter the tests run: `$RINGCACHE_TEST_PYTHON`, or the virtualenv in the
-/// target directory this test binary was built in (`<target>/debug/deps/resp_clients-*`).
+/// target directory this test binary was built in.
 fn python() -> String {
     if let Ok(python) = std::env::var("RINGCACHE_TEST_PYTHON") {
         return python;
     }
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .expect("the test binary is in <target>/<profile>/deps");
-    target
+    target_dir()
         .join("python-clients/bin/python")
         .to_string_lossy()
         .into_owned()
-}
-
-/// What a finished child process printed.
-struct Finished {
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `program args` with `stdin` as its input, bounded by [`SCRIPT_DEADLINE`]; panics with
-/// its output unless it exits 0.
-async fn run(program: &str, args: &[String], stdin: &str) -> Finished {
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}; {INSTALL}"));
-    let mut input = child.stdin.take().expect("piped stdin");
-    input
-        .write_all(stdin.as_bytes())
-        .await
-        .expect("write the child's input");
-    drop(input);
-    let output = tokio::time::timeout(SCRIPT_DEADLINE, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("{program} {args:?} did not finish within {SCRIPT_DEADLINE:?}"))
-        .expect("wait for the child");
-    let finished = Finished {
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-        output.status,
-        finished.stdout,
-        finished.stderr
-    );
-    finished
 }
 
 /// Checks that the interpreter runs and has redis-py with `RedisCluster`; panics with the
@@ -115,20 +71,14 @@ async fn require_redis_py() {
 
 /// Runs a Python script with `args` (as `sys.argv[1:]`); panics with its output unless it
 /// exits 0.
-async fn python_script(script: &str, args: &[String]) -> Finished {
+async fn python_script(script: &str, args: &[String]) -> ringcache_tests::resp::Finished {
     require_redis_py().await;
-    let mut all = vec!["-c".to_owned(), script.to_owned()];
-    all.extend_from_slice(args);
-    run(&python(), &all, "").await
-}
-
-/// The RESP ports of the cluster's nodes, as arguments.
-fn resp_ports(cluster: &TestCluster) -> Vec<String> {
-    cluster
-        .nodes
-        .iter()
-        .map(|n| n.resp_addr.port().to_string())
-        .collect()
+    run_child(
+        Command::new(python()).arg("-c").arg(script).args(args),
+        "",
+        INSTALL,
+    )
+    .await
 }
 
 /// `redis.Redis` against one node: the basic commands, a pipeline, and 1000 keys written
@@ -189,7 +139,7 @@ print("ok")
 
 #[tokio::test]
 async fn python_redis_against_one_node() {
-    let cluster = TestCluster::start_converged(3, CONVERGE, |_, _| {}).await;
+    let cluster = TestCluster::start_converged(3, CONVERGE, patient).await;
     let out = python_script(STANDALONE, &resp_ports(&cluster)).await;
     assert_eq!(out.stdout, "ok\n", "{}", out.stderr);
 }
@@ -248,7 +198,7 @@ print(json.dumps({"routes": routes, "slots": {k: rc.keyslot(k) for k in keys}, "
 
 #[tokio::test]
 async fn python_redis_cluster_client() {
-    let cluster = TestCluster::start_converged(3, CONVERGE, |_, _| {}).await;
+    let cluster = TestCluster::start_converged(3, CONVERGE, patient).await;
     let out = python_script(CLUSTER, &resp_ports(&cluster)).await;
     let report: serde_json::Value = serde_json::from_str(out.stdout.trim())
         .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
@@ -290,7 +240,7 @@ async fn the_readme_python_example_runs() {
         .and_then(|rest| rest.split("```python\n").nth(1))
         .and_then(|block| block.split("```").next())
         .expect("README has the RedisCluster example");
-    let cluster = TestCluster::start_converged(3, CONVERGE, |_, _| {}).await;
+    let cluster = TestCluster::start_converged(3, CONVERGE, patient).await;
     let port = cluster.nodes[1].resp_addr.port().to_string();
     let script = format!(
         "{}\nassert rc.get('user:42') == 'Ada'\nassert rc.get('a') == '1'\n\
@@ -348,81 +298,26 @@ print("values " + ",".join(sorted(set(rc.mget_nonatomic(keys)))), flush=True)
 async fn python_redis_cluster_survives_a_node_crash() {
     const RECOVERY: f64 = 20.0;
     require_redis_py().await;
-    let mut cluster = TestCluster::start_converged(3, CONVERGE, |_, _| {}).await;
+    let mut cluster = TestCluster::start_converged(3, CONVERGE, patient).await;
     let mut args = resp_ports(&cluster);
     args.push(RECOVERY.to_string());
-    let mut child = tokio::process::Command::new(python())
-        .args(["-c", CRASH])
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}; {INSTALL}", python()));
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let mut seen = Vec::new();
-    let drive = async {
-        // Two clean rounds, then crash n3 while the third is under way.
-        while let Some(line) = lines.next_line().await.expect("read the script's output") {
-            seen.push(line.clone());
-            if line == "ROUND 2" {
-                cluster.take("n3").crash().await.expect("n3 stops");
-                stdin
-                    .write_all(b"crashed\n")
-                    .await
-                    .expect("tell the script");
-                stdin.flush().await.expect("tell the script");
-                break;
-            }
-        }
-        while let Some(line) = lines.next_line().await.expect("read the script's output") {
-            seen.push(line);
-        }
-        child.wait().await.expect("wait for the script")
-    };
-    let status = tokio::time::timeout(SCRIPT_DEADLINE, drive).await;
-    let mut err = String::new();
-    let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut err).await;
-    let status = status.unwrap_or_else(|_| panic!("the script did not finish: {seen:?}\n{err}"));
-    assert!(status.success(), "{status}: {seen:#?}\n--- stderr\n{err}");
-    let recovered = seen
-        .iter()
-        .find_map(|l| l.strip_prefix("RECOVERED "))
-        .unwrap_or_else(|| panic!("no recovery: {seen:#?}\n{err}"));
-    let last_round = seen
-        .iter()
-        .rev()
-        .find_map(|l| l.strip_prefix("ROUND "))
-        .expect("a clean round");
-    // Every key holds what the last clean round wrote, read through the survivors.
-    assert_eq!(
-        seen.last().map(String::as_str),
-        Some(format!("values r{last_round}").as_str()),
-        "{seen:#?}"
-    );
-    eprintln!("recovered after the crash: {recovered}");
+    let mut python = Command::new(python());
+    python.arg("-c").arg(CRASH).args(&args);
+    let lines = crash_during_rounds(&mut cluster, "n3", &mut python, INSTALL).await;
+    let recovered = lines.iter().find_map(|l| l.strip_prefix("RECOVERED "));
+    eprintln!("recovered after the crash: {recovered:?}");
 }
 
 /// `redis-cli` with `args`, its output.
 async fn redis_cli(args: &[String], stdin: &str) -> String {
-    run("redis-cli", args, stdin).await.stdout
-}
-
-/// A key whose primary is `node_id`.
-fn key_owned_by(cluster: &TestCluster, node_id: &str) -> String {
-    let view = cluster.nodes[0].node.view();
-    (0..)
-        .map(|i| format!("cli:{i}"))
-        .find(|k| view.ring.slot_replicas(key_slot(k.as_bytes())).primary() == Some(node_id))
-        .expect("some key is owned by every node")
+    run_child(Command::new("redis-cli").args(args), stdin, INSTALL_CLI)
+        .await
+        .stdout
 }
 
 #[tokio::test]
 async fn redis_cli_cluster_mode_and_forwarding() {
-    let cluster = TestCluster::start_converged(3, CONVERGE, |_, _| {}).await;
+    let cluster = TestCluster::start_converged(3, CONVERGE, patient).await;
     let port = |n: &TestNode| n.resp_addr.port().to_string();
     let cli = |node: &TestNode, cluster_mode: bool, rest: &[&str]| {
         let mut args: Vec<String> = Vec::new();
@@ -438,11 +333,11 @@ async fn redis_cli_cluster_mode_and_forwarding() {
         args.extend(rest.iter().map(|s| (*s).to_owned()));
         args
     };
-    wait_moved(&cluster).await;
+    wait_moved(&cluster, CONVERGE).await;
     let first = &cluster.nodes[0];
     for (i, owner) in cluster.nodes.iter().enumerate() {
         let id = owner.node.config().node_id.clone();
-        let key = key_owned_by(&cluster, &id);
+        let key = key_owned_by(&cluster, &id, "cli:");
         let other = &cluster.nodes[(i + 1) % 3];
         // redis-cli -c through node 1, then read through another node.
         let value = format!("via-n1-{id}");
@@ -486,62 +381,9 @@ async fn redis_cli_cluster_mode_and_forwarding() {
             "{key} owned by {id}"
         );
         assert!(
-            moved_errors(non_owner).await >= 1.0,
+            resp_errors(non_owner, "MOVED").await.get("set") >= Some(&1.0),
             "{} answered no -MOVED for {key}",
             non_owner.node.config().node_id
         );
     }
-}
-
-/// Waits until every node answers a cluster-aware connection's GET of a key it does not own
-/// with `-MOVED`: a node forwards instead while its ring changed within the last few probe
-/// intervals (the settle window), as it has just after the cluster formed.
-async fn wait_moved(cluster: &TestCluster) {
-    for node in &cluster.nodes {
-        let id = node.node.config().node_id.clone();
-        let other = cluster
-            .nodes
-            .iter()
-            .find(|n| n.node.config().node_id != id)
-            .expect("another node");
-        let key = key_owned_by(cluster, &other.node.config().node_id);
-        let url = format!("redis://{}", node.resp_addr);
-        let mut conn = redis::Client::open(url)
-            .expect("a valid URL")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect to the RESP port");
-        let routing: String = redis::cmd("RINGCACHE")
-            .arg("ROUTING")
-            .arg("MOVED")
-            .query_async(&mut conn)
-            .await
-            .expect("RINGCACHE ROUTING MOVED");
-        assert_eq!(routing, "OK");
-        ringcache_tests::wait_until(CONVERGE, || {
-            let mut conn = conn.clone();
-            let key = key.clone();
-            async move {
-                let got: redis::RedisResult<Option<String>> =
-                    redis::cmd("GET").arg(&key).query_async(&mut conn).await;
-                matches!(got, Err(e) if e.code() == Some("MOVED"))
-            }
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{id} never answered -MOVED: {e}"));
-    }
-}
-
-/// How many `-MOVED` replies to SET the node has sent (its `/metrics`).
-async fn moved_errors(node: &TestNode) -> f64 {
-    let series = "ringcache_resp_errors_total{command=\"set\",error=\"MOVED\"} ";
-    let response = http_get(node.http_addr, "/metrics")
-        .await
-        .expect("/metrics");
-    response
-        .body
-        .lines()
-        .filter_map(|line| line.strip_prefix(series))
-        .map(|value| value.trim().parse::<f64>().expect("a number"))
-        .sum()
 }

@@ -12,7 +12,7 @@ use redis::cluster_routing::Slot;
 use redis::{AsyncCommands, Value};
 use ringcache_proto::placement::{SLOTS, key_slot};
 use ringcache_tests::resp::{connect, run};
-use ringcache_tests::{TestCluster, TestNode, wait_until};
+use ringcache_tests::{TestCluster, TestNode, patient, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -197,14 +197,6 @@ async fn cluster_slots_shards_and_nodes_describe_the_placement_before_and_after_
     cluster.add(4, patient).await;
     cluster.wait_converged(DEADLINE).await.unwrap();
     assert_described(&cluster).await;
-}
-
-/// Failure detection patient enough that a loaded machine (debug builds, tests in parallel) does
-/// not suspect live nodes: these tests check routing, not the detector.
-fn patient(_: usize, config: &mut ringcache_server::Config) {
-    config.probe_interval = Duration::from_millis(400);
-    config.probe_timeout = Duration::from_millis(300);
-    config.suspicion_timeout = Duration::from_secs(2);
 }
 
 /// A key whose primary under `node`'s ring is `owner`'s index in the cluster.

@@ -292,6 +292,7 @@ async fn scan_on_every_node_covers_the_cluster_once_and_flushall_empties_it_for_
             from_node_id: cluster.nodes[0].node.config().node_id.clone(),
             entries: vec![late],
             hinted: true,
+            handoff: false,
         })
         .await
         .unwrap()

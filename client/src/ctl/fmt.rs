@@ -36,6 +36,7 @@ pub(crate) fn state_color(state: NodeState) -> Color {
         NodeState::Active => Color::Green,
         NodeState::Joining | NodeState::Leaving | NodeState::Suspect => Color::Yellow,
         NodeState::Dead => Color::Red,
+        NodeState::Left => Color::Yellow,
     }
 }
 

@@ -5,9 +5,13 @@
 //! tests can drive it in-process; the `ringctl` binary calls [`run_main`] with the process's own
 //! streams.
 //!
-//! Exit codes: `0` success, `1` error (one line on stderr, `ringctl: <message>`), `2` usage
-//! error (including a bad TLS or credential flag: a `--user` without a secret, a file that cannot
-//! be read), `3` the key does not exist (`get`, `ttl`; nothing is written to stdout).
+//! Exit codes: `0` success, `1` error (one line on stderr, `ringctl: <message>`, and with
+//! `--output json` the document `{"error": "<message>"}` on stdout; also a `drain`
+//! that ran out of time and a `forget` some member did not carry out), `2` usage error (clap's
+//! message: what is missing or wrong, a suggestion for a typo, the values allowed; or a bad TLS
+//! or credential flag: a `--user` without a secret, a file that cannot be read), `3` the key does
+//! not exist (`get`, `ttl`: `{"found": false, ...}` with `--output json`; `get` prints nothing on
+//! stdout and says so on stderr, `ttl` prints `not found`).
 //!
 //! TLS and credentials ([`SecurityArgs`]): `--user`, `--password-file` (or the environment
 //! variable `RINGCACHE_PASSWORD`), `--tls`, `--tls-ca`, `--tls-cert`, `--tls-key`,
@@ -15,9 +19,10 @@
 //! client and directly to each node.
 //!
 //! Commands: `status`, `ring`, `locate KEY`, `get`/`set`/`del`/`ttl`/`incr`, `stats [NODE]`,
-//! `drain NODE`, `rebalance status`, `watch`, `completions SHELL`. Every command prints aligned
-//! tables by default (colour only on a terminal) or one JSON document with `--output json`
-//! (`watch`: one JSON document per line, per topology).
+//! `drain NODE`, `forget NODE`, `rebalance status`, `watch`, `completions SHELL`. Each command
+//! builds one value for its outcome (misses and partial failures included) and prints it as
+//! aligned tables or lines by default (colour only on a terminal) or as one JSON document with
+//! `--output json` (`watch`: one JSON document per line, per topology).
 
 use std::{
     io::{IsTerminal, Read, Write},
@@ -25,7 +30,6 @@ use std::{
 };
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum, error::ErrorKind};
-use serde_json::Value;
 
 use crate::{Client, Consistency};
 
@@ -36,6 +40,8 @@ mod metrics;
 mod node;
 mod ring;
 mod security;
+mod stats;
+mod view;
 mod watch;
 
 use node::{Dial, NodeConn, one_line};
@@ -43,20 +49,33 @@ pub use security::{PASSWORD_ENV, Security, SecurityArgs, SecurityArgsError};
 
 /// Exit code of a successful command.
 pub const EXIT_OK: i32 = 0;
-/// Exit code of a failed command (the reason is one line on stderr).
+/// Exit code of a failed command (the reason is one line on stderr; with `--output json` the
+/// outcome may also be on stdout, e.g. a `drain` that ran out of time).
 pub const EXIT_ERROR: i32 = 1;
 /// Exit code of a command line that does not parse.
 pub const EXIT_USAGE: i32 = 2;
 /// Exit code of `get` and `ttl` when the key does not exist.
 pub const EXIT_MISSING: i32 = 3;
+/// Exit code of `status --check` when the cluster is degraded.
+pub const EXIT_DEGRADED: i32 = 1;
+/// Exit code of `status --check` when the `--cluster` node cannot be reached.
+pub const EXIT_UNREACHABLE: i32 = 2;
 
 const EXIT_HELP: &str = "\
+Output:
+  Text by default (tables, colour only on a terminal); with -o json one JSON document per
+  command for every outcome, misses and failures included (watch: one line per topology;
+  a failed command prints {\"error\": \"<message>\"} as well as its line on stderr).
+
 Exit status:
   0  success
-  1  error: one line on stderr, \"ringctl: <message>\"
-  2  usage error (bad flag, bad duration, missing argument, --user without a secret,
-     a TLS or password file that cannot be read)
-  3  the key does not exist (get, ttl); nothing is written to stdout";
+  1  error: one line on stderr, \"ringctl: <message>\" (also: drain ran out of time,
+     forget was not carried out by every member)
+  2  usage error: what is missing or wrong, suggestions, allowed values (also --user
+     without a secret, a TLS or password file that cannot be read)
+  3  the key does not exist (get, ttl); JSON {\"found\": false, ...}; get prints nothing
+     on stdout and says so on stderr, ttl prints \"not found\"
+status --check: 0 healthy, 1 degraded, 2 the --cluster node cannot be reached";
 
 /// Administer and query a ringcache cluster.
 #[derive(Debug, Parser)]
@@ -126,6 +145,10 @@ enum Command {
         /// Also measure reads per second (hits + misses) over one second on each node.
         #[arg(long)]
         rate: bool,
+        /// For scripts and probes: exit 0 when healthy, 1 when degraded, 2 when the --cluster
+        /// node cannot be reached.
+        #[arg(long)]
+        check: bool,
     },
     /// The ring: each node's vnodes and estimated share of keys (primary and any replica), the
     /// replication factor, and the keys each node holds.
@@ -141,23 +164,37 @@ enum Command {
         key: String,
     },
     /// Print a key's value: the raw bytes on stdout with no newline added (binary-safe). With
-    /// `--output json`: {"value": ..., "encoding": "utf8"|"base64", "version", "ttl_ms"}.
-    /// A missing key exits with status 3 and prints nothing.
+    /// `--output json`: {"key", "found", "value", "encoding": "utf8"|"base64", "version",
+    /// "ttl_ms"}. A missing key exits with status 3: nothing on stdout and a line on stderr, or
+    /// {"found": false} with the other fields null in JSON.
     Get {
         /// The key (UTF-8).
         key: String,
         #[command(flatten)]
         options: KvOptions,
     },
-    /// Store a value: from the VALUE argument, from --file, or else from stdin (binary-safe).
+    /// Store a value, given as the VALUE argument, or read from a file (--file PATH) or from
+    /// stdin (--stdin) to its end (binary-safe). Exactly one of the three is required: a `set`
+    /// with no value is refused rather than storing an empty one.
+    #[command(
+        override_usage = "ringctl set [OPTIONS] <KEY> <VALUE|--file <PATH>|--stdin>",
+        group(
+            clap::ArgGroup::new("source")
+                .args(["value", "file", "stdin"])
+                .required(true)
+        )
+    )]
     Set {
         /// The key (UTF-8).
         key: String,
-        /// The value; when absent and no --file is given, stdin is read to its end.
+        /// The value (UTF-8); for binary values use --file or --stdin.
         value: Option<String>,
         /// Read the value from this file.
-        #[arg(long, value_name = "PATH", conflicts_with = "value")]
+        #[arg(long, value_name = "PATH")]
         file: Option<std::path::PathBuf>,
+        /// Read the value from stdin, to its end (an empty stdin stores an empty value).
+        #[arg(long)]
+        stdin: bool,
         /// Expire the key after this long (humantime: 10s, 5m).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         ttl: Option<Duration>,
@@ -172,8 +209,8 @@ enum Command {
         #[command(flatten)]
         options: KvOptions,
     },
-    /// A key's remaining time to live ("persistent" when it has none). A missing key exits with
-    /// status 3 and prints nothing.
+    /// A key's remaining time to live ("persistent" when it has none). A missing key prints
+    /// "not found" ({"found": false} in JSON) and exits with status 3.
     Ttl {
         /// The key (UTF-8).
         key: String,
@@ -201,8 +238,10 @@ enum Command {
         node: Option<String>,
     },
     /// Make a node leave gracefully (Admin.Leave) and follow its hand-off until it is gone from
-    /// the topology. The process then exits 0. Not for Kubernetes pods: the kubelet restarts
-    /// the container and the pod joins again; scale the StatefulSet down instead.
+    /// the topology, then say what it handed off (entries and bytes, as the members that
+    /// received them count them) and exit 0; exit 1 if it is still leaving after
+    /// --timeout-drain. Not for Kubernetes pods: the kubelet restarts the container and the pod
+    /// joins again; scale the StatefulSet down instead.
     Drain {
         /// The node id.
         node: String,
@@ -212,7 +251,8 @@ enum Command {
     },
     /// Stop counting a dead member that will not come back in every member's known cluster
     /// size, which QUORUM and ALL are measured against (a member cut off or dead stays counted,
-    /// so a minority never acknowledges QUORUM writes). Drain a live member instead.
+    /// so a minority never acknowledges QUORUM writes). Drain a live member instead. Exits 1
+    /// when a member could not be asked or refused (run it again once it answers).
     Forget {
         /// The node id.
         node: String,
@@ -228,7 +268,8 @@ enum Command {
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         count: Option<u64>,
     },
-    /// Print a shell completion script (e.g. `ringctl completions bash > /etc/bash_completion.d/ringctl`).
+    /// Print a shell completion script (e.g. `ringctl completions bash > /etc/bash_completion.d/ringctl`;
+    /// JSON: {"shell", "script"}).
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
@@ -268,6 +309,7 @@ struct Ctx<'a> {
     term: Terminal,
     stdin: &'a mut dyn Read,
     out: &'a mut dyn Write,
+    err: &'a mut dyn Write,
 }
 
 impl Ctx<'_> {
@@ -294,15 +336,41 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Writes one pretty-printed JSON document.
-    fn print_json(&mut self, value: &Value) -> anyhow::Result<()> {
-        serde_json::to_writer_pretty(&mut *self.out, value)?;
-        self.out.write_all(b"\n")?;
+    /// Prints one of a stream of results: as one compact JSON document on its own line
+    /// (NDJSON), or as text.
+    fn emit_line(&mut self, view: &impl view::View) -> anyhow::Result<()> {
+        if self.json {
+            serde_json::to_writer(&mut *self.out, view)?;
+            self.out.write_all(b"\n")?;
+        } else {
+            self.out.write_all(&view.human(self.color()).stdout)?;
+        }
         Ok(())
     }
 
     fn color(&self) -> bool {
         self.term.color
+    }
+
+    /// Prints a command's result with the renderer `--output` chose (one pretty JSON document,
+    /// or its text) and returns the exit status of that outcome.
+    fn emit(&mut self, view: &impl view::View) -> anyhow::Result<i32> {
+        if self.json {
+            serde_json::to_writer_pretty(&mut *self.out, view)?;
+            self.out.write_all(b"\n")?;
+        } else {
+            let human = view.human(self.color());
+            self.out.write_all(&human.stdout)?;
+            if let Some(note) = human.note {
+                self.out.flush()?;
+                writeln!(self.err, "ringctl: {}", one_line(&note))?;
+            }
+        }
+        if let Some(failure) = view.failure() {
+            self.out.flush()?;
+            writeln!(self.err, "ringctl: {}", one_line(&failure))?;
+        }
+        Ok(view.exit_code())
     }
 }
 
@@ -404,6 +472,7 @@ async fn run_with(
         term,
         stdin,
         out: stdout,
+        err: stderr,
     };
     let result = match crate::conn::parse_seeds_for([&cli.cluster], tls) {
         Ok(mut seeds) => {
@@ -419,6 +488,7 @@ async fn run_with(
         }
     };
     let flushed = ctx.out.flush();
+    let flushed_ok = flushed.is_ok();
     match result.and_then(|code| {
         flushed?;
         Ok(code)
@@ -429,7 +499,13 @@ async fn run_with(
                 Some(error) => client_error(error, &ctx.cluster, ctx.dial.security.user()),
                 None => format!("{error:#}"),
             };
-            let _ = writeln!(stderr, "ringctl: {}", one_line(&message));
+            let message = one_line(&message);
+            // A failure is an outcome too: scripts reading JSON get a document saying it.
+            if ctx.json && flushed_ok {
+                let failed = serde_json::json!({ "error": message });
+                let _ = writeln!(ctx.out, "{failed}").and_then(|()| ctx.out.flush());
+            }
+            let _ = writeln!(ctx.err, "ringctl: {message}");
             EXIT_ERROR
         }
     }
@@ -464,8 +540,10 @@ fn cli_command() -> clap::Command {
     })
 }
 
-/// Help and version go to stdout with status 0; other parse errors are one line on stderr with
-/// status 2 (a missing subcommand prints the help there instead).
+/// Help and version go to stdout with status 0; other parse errors go to stderr with status 2,
+/// as clap renders them: what is wrong (the missing argument named, a suggestion for a typo, the
+/// values an enum allows) and the usage line (a missing subcommand prints the help there
+/// instead).
 fn usage_error(
     error: &clap::Error,
     stdout: &mut dyn Write,
@@ -483,23 +561,29 @@ fn usage_error(
             let _ = stdout.write_all(text.as_bytes());
             EXIT_OK
         }
-        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            let _ = stderr.write_all(text.as_bytes());
-            EXIT_USAGE
-        }
         _ => {
-            let plain = rendered.to_string();
-            let first = plain.lines().next().unwrap_or_default();
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            let _ = writeln!(stderr, "ringctl: {first} (see ringctl --help)");
+            let _ = stderr.write_all(text.as_bytes());
             EXIT_USAGE
         }
     }
 }
 
+/// `completions SHELL`: the script (JSON: `{"shell", "script"}`).
+#[derive(Debug, serde::Serialize)]
+struct Completions {
+    shell: String,
+    script: String,
+}
+
+impl view::View for Completions {
+    fn human(&self, _color: bool) -> view::Human {
+        view::Human::text(self.script.clone())
+    }
+}
+
 async fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> anyhow::Result<i32> {
     match command {
-        Command::Status { rate } => cluster::status(ctx, rate).await,
+        Command::Status { rate, check } => cluster::status(ctx, rate, check).await,
         Command::Ring { samples } => ring::ring(ctx, samples).await,
         Command::Locate { key } => ring::locate(ctx, key).await,
         Command::Get { key, options } => kv::get(ctx, key, &options).await,
@@ -507,6 +591,7 @@ async fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> anyhow::Result<i32> {
             key,
             value,
             file,
+            stdin: _,
             ttl,
             options,
         } => kv::set(ctx, key, value, file, ttl, &options).await,
@@ -518,7 +603,7 @@ async fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> anyhow::Result<i32> {
             ttl,
             options,
         } => kv::incr(ctx, key, delta, ttl, &options).await,
-        Command::Stats { node } => cluster::stats(ctx, node).await,
+        Command::Stats { node } => stats::stats(ctx, node).await,
         Command::Drain {
             node,
             timeout_drain,
@@ -529,9 +614,12 @@ async fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> anyhow::Result<i32> {
         } => cluster::rebalance_status(ctx).await,
         Command::Watch { count } => watch::watch(ctx, count).await,
         Command::Completions { shell } => {
-            let mut command = cli_command();
-            clap_complete::generate(shell, &mut command, "ringctl", &mut ctx.out);
-            Ok(EXIT_OK)
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cli_command(), "ringctl", &mut script);
+            ctx.emit(&Completions {
+                shell: shell.to_string(),
+                script: String::from_utf8(script)?,
+            })
         }
     }
 }
@@ -578,15 +666,26 @@ mod tests {
 
     #[tokio::test]
     async fn tls_flags_need_a_ca() {
-        for args in [
-            &["--tls", "status"][..],
-            &["--tls-server-name", "node", "status"],
-            &["--tls-cert", "c.pem", "--tls-key", "k.pem", "status"],
-            &["--tls-ca", "ca.pem", "--tls-cert", "c.pem", "status"],
+        // Each names the flag it lacks.
+        for (args, missing) in [
+            (&["--tls", "status"][..], "--tls-ca <FILE>"),
+            (&["--tls-server-name", "node", "status"], "--tls-ca <FILE>"),
+            (
+                &["--tls-cert", "c.pem", "--tls-key", "k.pem", "status"],
+                "--tls-ca <FILE>",
+            ),
+            (
+                &["--tls-ca", "ca.pem", "--tls-cert", "c.pem", "status"],
+                "--tls-key <FILE>",
+            ),
         ] {
             let (code, _, err) = run_args(args).await;
             assert_eq!(code, EXIT_USAGE, "{args:?}: {err}");
-            assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+            assert!(
+                err.starts_with("error: the following required arguments were not provided:")
+                    && err.contains(missing),
+                "{args:?}: {err}"
+            );
         }
         let (code, _, err) = run_args(&["--tls-ca", "/nonexistent/ca.pem", "status"]).await;
         assert_eq!(code, EXIT_USAGE, "{err}");
@@ -635,7 +734,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn usage_errors_exit_two_in_one_line() {
+    async fn usage_errors_exit_two_with_the_usage_line() {
         for args in [
             &["--timeout", "soon", "status"][..],
             &["--timeout", "0s", "status"],
@@ -646,8 +745,11 @@ mod tests {
             let (code, out, err) = run_args(args).await;
             assert_eq!(code, EXIT_USAGE, "{args:?}: {err}");
             assert!(out.is_empty());
-            assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
-            assert!(err.starts_with("ringctl: "), "{err}");
+            assert!(err.starts_with("error: "), "{args:?}: {err}");
+            assert!(
+                err.ends_with("For more information, try '--help'.\n"),
+                "{args:?}: {err}"
+            );
         }
         let (code, _, err) = run_args(&["--timeout", "soon", "status"]).await;
         assert_eq!(code, EXIT_USAGE);
@@ -655,6 +757,61 @@ mod tests {
         let (code, _, err) = run_args(&[]).await;
         assert_eq!(code, EXIT_USAGE);
         assert!(err.contains("Usage:"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn usage_errors_show_clap_s_whole_message() {
+        // The missing argument is named, with the usage line.
+        let (code, out, err) = run_args(&["get"]).await;
+        assert_eq!(code, EXIT_USAGE, "{err}");
+        assert!(out.is_empty());
+        assert!(
+            err.contains("the following required arguments were not provided")
+                && err.contains("<KEY>")
+                && err.contains("Usage: ringctl get"),
+            "{err}"
+        );
+        // A typo of a subcommand or a flag gets a suggestion.
+        let (code, _, err) = run_args(&["stauts"]).await;
+        assert_eq!(code, EXIT_USAGE, "{err}");
+        assert!(
+            err.contains("'stauts'") && err.contains("'status'"),
+            "{err}"
+        );
+        let (code, _, err) = run_args(&["status", "--rat"]).await;
+        assert_eq!(code, EXIT_USAGE, "{err}");
+        assert!(err.contains("'--rate'"), "{err}");
+        // A bad enum value lists the values there are.
+        let (code, _, err) = run_args(&["--output", "yaml", "status"]).await;
+        assert_eq!(code, EXIT_USAGE, "{err}");
+        assert!(err.contains("[possible values: human, json]"), "{err}");
+        let (code, _, err) = run_args(&["get", "k", "--consistency", "two"]).await;
+        assert_eq!(code, EXIT_USAGE, "{err}");
+        assert!(err.contains("one, quorum, all"), "{err}");
+        let (code, _, err) = run_args(&["completions", "tcsh"]).await;
+        assert_eq!(code, EXIT_USAGE, "{err}");
+        assert!(err.contains("bash") && err.contains("zsh"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn set_without_a_value_says_where_it_may_come_from() {
+        // Nothing is read or sent: the source of the value is a usage error, before connecting.
+        let (code, out, err) = run_args(&["--cluster", "127.0.0.1:1", "set", "k"]).await;
+        assert_eq!(code, EXIT_USAGE, "{err}");
+        assert!(out.is_empty());
+        assert!(
+            err.contains("<VALUE|--file <PATH>|--stdin>") && err.contains("Usage: ringctl set"),
+            "{err}"
+        );
+        for args in [
+            &["set", "k", "v", "--stdin"][..],
+            &["set", "k", "--file", "x", "--stdin"],
+            &["set", "k", "v", "--file", "x"],
+        ] {
+            let (code, _, err) = run_args(args).await;
+            assert_eq!(code, EXIT_USAGE, "{args:?}: {err}");
+            assert!(err.contains("cannot be used with"), "{args:?}: {err}");
+        }
     }
 
     #[tokio::test]

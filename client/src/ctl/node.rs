@@ -12,7 +12,7 @@ use ringcache_proto::{
 use tonic::{Code, Status, Streaming};
 
 use super::security::Security;
-use crate::security::NodeChannel;
+use crate::{error::with_kind, security::NodeChannel};
 
 /// Why a call to a node failed.
 #[derive(Debug, Clone)]
@@ -45,6 +45,11 @@ pub(crate) enum NodeError {
 }
 
 impl NodeError {
+    /// Whether no connection could be made, or it broke.
+    pub(crate) fn is_unreachable(&self) -> bool {
+        matches!(self, NodeError::Unreachable { .. })
+    }
+
     /// The reason alone, for a table cell: `connection refused`, `no answer within 5s`.
     pub(crate) fn reason(&self) -> String {
         match self {
@@ -60,13 +65,13 @@ impl NodeError {
                 permission: false,
                 message,
                 ..
-            } => format!("{call}: unauthenticated: {message}"),
+            } => format!("{call}: {}", with_kind("unauthenticated", message)),
             NodeError::Denied {
                 call,
                 permission: true,
                 message,
                 ..
-            } => format!("{call}: permission denied: {message}"),
+            } => format!("{call}: {}", with_kind("permission denied", message)),
             NodeError::Rpc { call, reason, .. } => format!("{call}: {reason}"),
         }
     }
@@ -171,6 +176,19 @@ fn with_advice(reason: String, tls: bool) -> String {
         Some(advice) => format!("{reason} ({})", advice.for_flags()),
         None => reason,
     }
+}
+
+/// A gRPC code in words, as its `Status` message would name it: `resource exhausted`,
+/// `failed precondition`.
+fn code_name(code: Code) -> String {
+    let mut name = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            name.push(' ');
+        }
+        name.push(c.to_ascii_lowercase());
+    }
+    name
 }
 
 /// Text on one line: newlines become spaces.
@@ -293,13 +311,8 @@ impl NodeConn {
                 user: self.user.clone(),
             },
             code => {
-                let name = format!("{code:?}").to_lowercase();
-                let message = one_line(status.message());
-                let reason = if message.is_empty() {
-                    name
-                } else {
-                    format!("{name}: {message}")
-                };
+                let name = code_name(code);
+                let reason = with_kind(&name, &one_line(status.message()));
                 NodeError::Rpc { addr, call, reason }
             }
         }
@@ -405,6 +418,51 @@ mod tests {
             format!("cannot reach {addr}: connection refused")
         );
         assert_eq!(error.reason(), "unreachable: connection refused");
+    }
+
+    #[tokio::test]
+    async fn a_node_s_message_that_names_its_code_is_not_prefixed_again() {
+        let conn = NodeConn {
+            addr: "n1:7379".into(),
+            channel: NodeChannel::new(
+                tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
+                None,
+            ),
+            timeout: Duration::from_secs(1),
+            user: None,
+            tls: false,
+        };
+        let cases = [
+            (
+                Status::unavailable("unavailable: node is leaving"),
+                "RebalanceStatus: unavailable: node is leaving",
+            ),
+            (
+                Status::unavailable("node is leaving"),
+                "RebalanceStatus: unavailable: node is leaving",
+            ),
+            (
+                Status::resource_exhausted("memory full: 5 more bytes needed"),
+                "RebalanceStatus: resource exhausted: memory full: 5 more bytes needed",
+            ),
+            (
+                Status::failed_precondition("x"),
+                "RebalanceStatus: failed precondition: x",
+            ),
+            (Status::internal(""), "RebalanceStatus: internal"),
+            (
+                Status::permission_denied("permission denied: needs admin"),
+                "RebalanceStatus: permission denied: needs admin",
+            ),
+            (
+                Status::unauthenticated("bad credentials"),
+                "RebalanceStatus: unauthenticated: bad credentials",
+            ),
+        ];
+        for (status, reason) in cases {
+            let error = conn.status_error("RebalanceStatus", &status);
+            assert_eq!(error.reason(), reason, "{status:?}");
+        }
     }
 
     #[test]

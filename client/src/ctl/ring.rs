@@ -7,12 +7,14 @@ use ringcache_proto::{
     topology::{Member, NodeState},
     v1 as pb,
 };
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use super::{
-    Ctx, EXIT_OK,
+    Ctx,
+    cluster::state_name,
     fmt::{self, Cell, Color, Table, state_color},
     node::{NodeError, join_all},
+    view::{Human, View},
 };
 
 /// The synthetic key number `i` placed by `ring` (any fixed, varied keys do).
@@ -46,6 +48,94 @@ fn share(count: u64, samples: u32) -> f64 {
     ratio
 }
 
+/// One ring member as `ring` shows it.
+#[derive(Debug, Serialize)]
+struct RingNode {
+    node_id: String,
+    #[serde(serialize_with = "state_name")]
+    state: NodeState,
+    weight: u32,
+    vnodes: u64,
+    /// Share of the sampled keys it is the primary of.
+    primary_share: f64,
+    /// Share of the sampled keys it holds a copy of.
+    replica_share: f64,
+    /// Keys it holds now; `null` when it did not answer.
+    keys: Option<u64>,
+    error: Option<String>,
+}
+
+/// A member outside the ring (joining, dead).
+#[derive(Debug, Serialize)]
+struct OutsideRing {
+    node_id: String,
+    #[serde(serialize_with = "state_name")]
+    state: NodeState,
+}
+
+/// `ring`: each ring member's vnodes and estimated share of keys.
+#[derive(Debug, Serialize)]
+struct RingReport {
+    topology_digest: String,
+    replication_factor: u32,
+    replicas_per_key: usize,
+    vnodes_per_weight: u32,
+    samples: u32,
+    nodes: Vec<RingNode>,
+    not_in_ring: Vec<OutsideRing>,
+}
+
+/// A share (0..=1) as a percentage with one decimal.
+fn share_text(share: f64) -> String {
+    format!("{:.1}%", share * 100.0)
+}
+
+impl View for RingReport {
+    fn human(&self, color: bool) -> Human {
+        let mut text = format!(
+            "ring of {} nodes, R={} (configured {}), {} vnodes per unit of weight, topology {}\n\n",
+            self.nodes.len(),
+            self.replicas_per_key,
+            self.replication_factor,
+            self.vnodes_per_weight,
+            self.topology_digest,
+        );
+        let mut table = Table::new(&[
+            "NODE", "STATE", "WEIGHT", "VNODES", "PRIMARY", "REPLICA", "KEYS",
+        ]);
+        for node in &self.nodes {
+            table.row(vec![
+                Cell::text(&node.node_id),
+                Cell::text(node.state.as_str()).color(state_color(node.state)),
+                Cell::num(node.weight),
+                Cell::num(node.vnodes),
+                Cell::num(share_text(node.primary_share)),
+                Cell::num(share_text(node.replica_share)),
+                match (node.keys, &node.error) {
+                    (Some(keys), _) => Cell::num(keys),
+                    (None, error) => {
+                        Cell::text(error.clone().unwrap_or_default()).color(Color::Red)
+                    }
+                },
+            ]);
+        }
+        text.push_str(&table.render(color));
+        text.push_str(&format!(
+            "\nPRIMARY/REPLICA: share of {} sampled keys a node is the primary of / holds a copy of; KEYS: keys the node holds now\n",
+            self.samples
+        ));
+        if !self.not_in_ring.is_empty() {
+            let names: Vec<String> = self
+                .not_in_ring
+                .iter()
+                .map(|m| format!("{} ({})", m.node_id, m.state))
+                .collect();
+            text.push_str(&format!("not in the ring: {}\n", names.join(", ")));
+        }
+        Human::text(text)
+    }
+}
+
 pub(super) async fn ring(ctx: &mut Ctx<'_>, samples: u32) -> anyhow::Result<i32> {
     let home = ctx.home().await?;
     let topology = home.topology().await?;
@@ -73,84 +163,39 @@ pub(super) async fn ring(ctx: &mut Ctx<'_>, samples: u32) -> anyhow::Result<i32>
             .collect(),
     )
     .await;
-    let outside: Vec<&Member> = topology
-        .members()
-        .iter()
-        .filter(|m| !m.state.in_ring())
-        .collect();
     let vnodes = |m: &Member| u64::from(m.weight) * u64::from(topology.vnodes_per_weight());
-
-    if ctx.json {
-        let nodes: Vec<Value> = ring_members
+    let nodes = ring_members
+        .iter()
+        .zip(&counts)
+        .zip(&infos)
+        .map(|((member, (primary, replica)), info)| RingNode {
+            node_id: member.node_id.clone(),
+            state: member.state,
+            weight: member.weight,
+            vnodes: vnodes(member),
+            primary_share: share(*primary, samples),
+            replica_share: share(*replica, samples),
+            keys: info.as_ref().ok().map(|i| i.keys),
+            error: info.as_ref().err().map(NodeError::reason),
+        })
+        .collect();
+    ctx.emit(&RingReport {
+        topology_digest: fmt::hex(topology.digest()),
+        replication_factor: topology.replication_factor(),
+        replicas_per_key: ring.replication(),
+        vnodes_per_weight: topology.vnodes_per_weight(),
+        samples,
+        nodes,
+        not_in_ring: topology
+            .members()
             .iter()
-            .zip(&counts)
-            .zip(&infos)
-            .map(|((member, (primary, replica)), info)| {
-                json!({
-                    "node_id": member.node_id,
-                    "state": member.state.as_str(),
-                    "weight": member.weight,
-                    "vnodes": vnodes(member),
-                    "primary_share": share(*primary, samples),
-                    "replica_share": share(*replica, samples),
-                    "keys": info.as_ref().ok().map(|i| i.keys),
-                    "error": info.as_ref().err().map(NodeError::reason),
-                })
+            .filter(|m| !m.state.in_ring())
+            .map(|m| OutsideRing {
+                node_id: m.node_id.clone(),
+                state: m.state,
             })
-            .collect();
-        ctx.print_json(&json!({
-            "topology_digest": fmt::hex(topology.digest()),
-            "replication_factor": topology.replication_factor(),
-            "replicas_per_key": ring.replication(),
-            "vnodes_per_weight": topology.vnodes_per_weight(),
-            "samples": samples,
-            "nodes": nodes,
-            "not_in_ring": outside.iter().map(|m| json!({
-                "node_id": m.node_id,
-                "state": m.state.as_str(),
-            })).collect::<Vec<_>>(),
-        }))?;
-        return Ok(EXIT_OK);
-    }
-
-    let mut text = format!(
-        "ring of {} nodes, R={} (configured {}), {} vnodes per unit of weight, topology {}\n\n",
-        ring.nodes().len(),
-        ring.replication(),
-        topology.replication_factor(),
-        topology.vnodes_per_weight(),
-        fmt::hex(topology.digest()),
-    );
-    let mut table = Table::new(&[
-        "NODE", "STATE", "WEIGHT", "VNODES", "PRIMARY", "REPLICA", "KEYS",
-    ]);
-    for ((member, (primary, replica)), info) in ring_members.iter().zip(&counts).zip(&infos) {
-        table.row(vec![
-            Cell::text(&member.node_id),
-            Cell::text(member.state.as_str()).color(state_color(member.state)),
-            Cell::num(member.weight),
-            Cell::num(vnodes(member)),
-            Cell::num(fmt::percent(*primary, u64::from(samples))),
-            Cell::num(fmt::percent(*replica, u64::from(samples))),
-            match info {
-                Ok(info) => Cell::num(info.keys),
-                Err(error) => Cell::text(error.reason()).color(Color::Red),
-            },
-        ]);
-    }
-    text.push_str(&table.render(ctx.color()));
-    text.push_str(&format!(
-        "\nPRIMARY/REPLICA: share of {samples} sampled keys a node is the primary of / holds a copy of; KEYS: keys the node holds now\n"
-    ));
-    if !outside.is_empty() {
-        let names: Vec<String> = outside
-            .iter()
-            .map(|m| format!("{} ({})", m.node_id, m.state))
-            .collect();
-        text.push_str(&format!("not in the ring: {}\n", names.join(", ")));
-    }
-    ctx.print(&text)?;
-    Ok(EXIT_OK)
+            .collect(),
+    })
 }
 
 /// What one node holds for the key, in words.
@@ -162,6 +207,118 @@ fn holds(reply: &pb::InspectResponse) -> &'static str {
             Some(at) if at <= fmt::now_unix_ms() => "expired",
             _ => "tombstone",
         },
+    }
+}
+
+/// One node's copy of the key, as `locate` shows it (every field of its answer `null` when it
+/// did not answer).
+#[derive(Debug, Serialize)]
+struct LocatedNode {
+    node_id: String,
+    #[serde(serialize_with = "state_name")]
+    state: NodeState,
+    /// `primary`, `replica N`, or `not a replica` (a stray copy).
+    role: String,
+    replica_index: Option<usize>,
+    reachable: bool,
+    error: Option<String>,
+    found: Option<bool>,
+    live: Option<bool>,
+    /// `value`, `tombstone`, `expired` or `nothing`.
+    holds: Option<&'static str>,
+    version: Option<u64>,
+    expires_at_ms: Option<u64>,
+    /// Older than the newest copy.
+    stale: Option<bool>,
+    /// Its replica set for the key, under its own topology.
+    replicas: Option<Vec<String>>,
+    topology_digest: Option<String>,
+    /// What is off: `stale`, `missing`, its replica set or topology when they differ.
+    notes: Vec<String>,
+}
+
+/// `locate KEY`: the key's slot, replica set, and what each node holds for it.
+#[derive(Debug, Serialize)]
+struct Located {
+    key: String,
+    slot: u16,
+    hash_tag: Option<String>,
+    replicas: Vec<String>,
+    replication_factor: u32,
+    topology_digest: String,
+    newest_version: Option<u64>,
+    /// Replicas that hold a live value.
+    holders: usize,
+    nodes: Vec<LocatedNode>,
+}
+
+impl View for Located {
+    fn human(&self, color: bool) -> Human {
+        let mut text = fmt::pairs(&[
+            ("key", self.key.clone()),
+            (
+                "slot",
+                match &self.hash_tag {
+                    Some(tag) => format!("{} (hash tag {tag:?})", self.slot),
+                    None => self.slot.to_string(),
+                },
+            ),
+            (
+                "replicas",
+                if self.replicas.is_empty() {
+                    "none (empty ring)".to_owned()
+                } else {
+                    format!("{} (R={})", self.replicas.join(", "), self.replicas.len())
+                },
+            ),
+        ]);
+        text.push('\n');
+        let mut table = Table::new(&["NODE", "ROLE", "HOLDS", "VERSION", "EXPIRES", "NOTE"]);
+        for node in &self.nodes {
+            let mut cells = vec![Cell::text(&node.node_id), Cell::text(&node.role)];
+            match node.holds {
+                Some(holds) => {
+                    let held = Cell::text(holds);
+                    cells.extend([
+                        match holds {
+                            "value" => held.color(Color::Green),
+                            "nothing" if self.newest_version.is_none() => held,
+                            _ => held.color(Color::Yellow),
+                        },
+                        Cell::num(
+                            node.version
+                                .map_or_else(|| "-".to_owned(), |v| v.to_string()),
+                        ),
+                        Cell::text(match (node.found, node.expires_at_ms) {
+                            (Some(true), None) => "never".to_owned(),
+                            (Some(true), Some(at)) => fmt::expires(at),
+                            _ => "-".to_owned(),
+                        }),
+                    ]);
+                    let note = Cell::text(node.notes.join("; "));
+                    cells.push(if node.notes.is_empty() {
+                        note
+                    } else {
+                        note.color(Color::Yellow)
+                    });
+                }
+                None => {
+                    cells.extend(["-", "-", "-"].map(Cell::text));
+                    cells.push(Cell::text(node.notes.join("; ")).color(Color::Red));
+                }
+            }
+            table.row(cells);
+        }
+        text.push_str(&table.render(color));
+        text.push_str(&match self.newest_version {
+            Some(newest) => format!(
+                "\n{} of {} replicas hold a live value; newest version {newest}\n",
+                self.holders,
+                self.replicas.len()
+            ),
+            None => "\nno node holds the key\n".to_owned(),
+        });
+        Human::text(text)
     }
 }
 
@@ -189,7 +346,7 @@ pub(super) async fn locate(ctx: &mut Ctx<'_>, key: String) -> anyhow::Result<i32
             topology
                 .members()
                 .iter()
-                .filter(|m| !replicas.contains(&m.node_id) && m.state != NodeState::Dead),
+                .filter(|m| !replicas.contains(&m.node_id) && !m.state.is_gone()),
         )
         .collect();
     let dial = &ctx.dial;
@@ -213,14 +370,7 @@ pub(super) async fn locate(ctx: &mut Ctx<'_>, key: String) -> anyhow::Result<i32
         .map(|r| r.version)
         .max();
 
-    struct Row<'a> {
-        member: &'a Member,
-        role: String,
-        reply: &'a Result<pb::InspectResponse, NodeError>,
-        notes: Vec<String>,
-        stale: bool,
-    }
-    let mut rows = Vec::new();
+    let mut nodes = Vec::new();
     for (member, reply) in members.iter().zip(&replies) {
         let position = replicas.iter().position(|id| *id == member.node_id);
         // Members outside the replica set show only when they hold something.
@@ -251,136 +401,39 @@ pub(super) async fn locate(ctx: &mut Ctx<'_>, key: String) -> anyhow::Result<i32
             }
             Err(error) => notes.push(error.reason()),
         }
-        rows.push(Row {
-            member,
+        let ok = reply.as_ref().ok();
+        nodes.push(LocatedNode {
+            node_id: member.node_id.clone(),
+            state: member.state,
             role,
-            reply,
+            replica_index: position,
+            reachable: ok.is_some(),
+            error: reply.as_ref().err().map(NodeError::reason),
+            found: ok.map(|r| r.found),
+            live: ok.map(|r| r.live),
+            holds: ok.map(holds),
+            version: ok.filter(|r| r.found).map(|r| r.version),
+            expires_at_ms: ok.and_then(|r| r.expires_at_ms),
+            stale: ok.map(|_| stale),
+            replicas: ok.map(|r| r.replicas.clone()),
+            topology_digest: ok.map(|r| fmt::hex(r.topology_digest)),
             notes,
-            stale,
         });
     }
-
-    if ctx.json {
-        let nodes: Vec<Value> = rows
-            .iter()
-            .map(|row| {
-                let base = json!({
-                    "node_id": row.member.node_id,
-                    "state": row.member.state.as_str(),
-                    "role": row.role,
-                    "replica_index": replicas.iter().position(|id| *id == row.member.node_id),
-                });
-                let fields = match row.reply {
-                    Ok(r) => json!({
-                        "reachable": true,
-                        "error": null,
-                        "found": r.found,
-                        "live": r.live,
-                        "holds": holds(r),
-                        "version": r.found.then_some(r.version),
-                        "expires_at_ms": r.expires_at_ms,
-                        "stale": row.stale,
-                        "replicas": r.replicas,
-                        "topology_digest": fmt::hex(r.topology_digest),
-                    }),
-                    Err(error) => json!({
-                        "reachable": false,
-                        "error": error.reason(),
-                    }),
-                };
-                let mut value = base;
-                if let (Value::Object(target), Value::Object(extra)) = (&mut value, fields) {
-                    target.extend(extra);
-                }
-                value
-            })
-            .collect();
-        ctx.print_json(&json!({
-            "key": key,
-            "slot": slot,
-            "hash_tag": tagged.then(|| String::from_utf8_lossy(hash_tag(&key_bytes)).into_owned()),
-            "replicas": replicas,
-            "replication_factor": topology.replication_factor(),
-            "topology_digest": fmt::hex(topology.digest()),
-            "newest_version": newest,
-            "nodes": nodes,
-        }))?;
-        return Ok(EXIT_OK);
-    }
-
-    let mut text = fmt::pairs(&[
-        ("key", key.clone()),
-        (
-            "slot",
-            if tagged {
-                format!(
-                    "{slot} (hash tag {:?})",
-                    String::from_utf8_lossy(hash_tag(&key_bytes))
-                )
-            } else {
-                slot.to_string()
-            },
-        ),
-        (
-            "replicas",
-            if replicas.is_empty() {
-                "none (empty ring)".to_owned()
-            } else {
-                format!("{} (R={})", replicas.join(", "), ring.replication())
-            },
-        ),
-    ]);
-    text.push('\n');
-    let mut table = Table::new(&["NODE", "ROLE", "HOLDS", "VERSION", "EXPIRES", "NOTE"]);
-    for row in &rows {
-        let mut cells = vec![Cell::text(&row.member.node_id), Cell::text(&row.role)];
-        match row.reply {
-            Ok(r) => {
-                let held = Cell::text(holds(r));
-                cells.extend([
-                    match holds(r) {
-                        "value" => held.color(Color::Green),
-                        "nothing" if newest.is_none() => held,
-                        _ => held.color(Color::Yellow),
-                    },
-                    Cell::num(if r.found {
-                        r.version.to_string()
-                    } else {
-                        "-".to_owned()
-                    }),
-                    Cell::text(match (r.found, r.expires_at_ms) {
-                        (false, _) => "-".to_owned(),
-                        (true, None) => "never".to_owned(),
-                        (true, Some(at)) => fmt::expires(at),
-                    }),
-                ]);
-                let note = Cell::text(row.notes.join("; "));
-                cells.push(if row.notes.is_empty() {
-                    note
-                } else {
-                    note.color(Color::Yellow)
-                });
-            }
-            Err(_) => {
-                cells.extend(["-", "-", "-"].map(Cell::text));
-                cells.push(Cell::text(row.notes.join("; ")).color(Color::Red));
-            }
-        }
-        table.row(cells);
-    }
-    text.push_str(&table.render(ctx.color()));
-    let holders = rows
+    let holders = nodes
         .iter()
-        .filter(|r| replicas.contains(&r.member.node_id))
-        .filter(|r| r.reply.as_ref().is_ok_and(|r| r.found && r.live))
+        .filter(|n| n.replica_index.is_some())
+        .filter(|n| n.found == Some(true) && n.live == Some(true))
         .count();
-    text.push_str(&match newest {
-        Some(newest) => format!(
-            "\n{holders} of {} replicas hold a live value; newest version {newest}\n",
-            replicas.len()
-        ),
-        None => "\nno node holds the key\n".to_owned(),
-    });
-    ctx.print(&text)?;
-    Ok(EXIT_OK)
+    ctx.emit(&Located {
+        key,
+        slot,
+        hash_tag: tagged.then(|| String::from_utf8_lossy(hash_tag(&key_bytes)).into_owned()),
+        replicas,
+        replication_factor: topology.replication_factor(),
+        topology_digest: fmt::hex(topology.digest()),
+        newest_version: newest,
+        holders,
+        nodes,
+    })
 }

@@ -2,12 +2,60 @@
 
 use anyhow::bail;
 use ringcache_proto::topology::Topology;
+use serde::Serialize;
 
 use super::{
     Ctx, EXIT_OK,
-    cluster::topology_json,
+    cluster::MemberView,
     fmt::{self, Cell, Table, state_color},
+    view::{Human, View},
 };
+
+/// One topology as it arrived.
+#[derive(Debug, Serialize)]
+struct Watched {
+    digest: String,
+    replication_factor: u32,
+    vnodes_per_weight: u32,
+    members: Vec<MemberView>,
+    /// When ringctl received it (RFC 3339, seconds).
+    received_at: String,
+    /// Whether it is the first one printed (the text separates the others by a blank line).
+    #[serde(skip)]
+    first: bool,
+}
+
+impl View for Watched {
+    fn human(&self, color: bool) -> Human {
+        let mut text = if self.first {
+            String::new()
+        } else {
+            "\n".to_owned()
+        };
+        text.push_str(&format!(
+            "{}  topology {}: {} members, R={}, {} vnodes per unit of weight\n",
+            self.received_at,
+            self.digest,
+            self.members.len(),
+            self.replication_factor,
+            self.vnodes_per_weight,
+        ));
+        let mut table = Table::new(&["NODE", "STATE", "INC", "WEIGHT", "GRPC", "GOSSIP", "HTTP"]);
+        for member in &self.members {
+            table.row(vec![
+                Cell::text(&member.node_id),
+                Cell::text(member.state.as_str()).color(state_color(member.state)),
+                Cell::num(member.incarnation),
+                Cell::num(member.weight),
+                Cell::text(&member.grpc_addr),
+                Cell::text(&member.gossip_addr),
+                Cell::text(&member.http_addr),
+            ]);
+        }
+        text.push_str(&table.render(color));
+        Human::text(text)
+    }
+}
 
 pub(super) async fn watch(ctx: &mut Ctx<'_>, count: Option<u64>) -> anyhow::Result<i32> {
     let home = ctx.home().await?;
@@ -22,44 +70,17 @@ pub(super) async fn watch(ctx: &mut Ctx<'_>, count: Option<u64>) -> anyhow::Resu
         let topology = Topology::try_from(&wire)
             .map_err(|e| anyhow::anyhow!("{}: invalid topology: {e}", home.addr()))?;
         seen += 1;
-        let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
-        if ctx.json {
-            // One compact document per line (NDJSON), so a consumer can act on each at once.
-            let mut value = topology_json(&topology);
-            if let serde_json::Value::Object(map) = &mut value {
-                map.insert("received_at".to_owned(), at.to_string().into());
-            }
-            serde_json::to_writer(&mut *ctx.out, &value)?;
-            ctx.out.write_all(b"\n")?;
-        } else {
-            let mut text = if seen > 1 {
-                "\n".to_owned()
-            } else {
-                String::new()
-            };
-            text.push_str(&format!(
-                "{at}  topology {}: {} members, R={}, {} vnodes per unit of weight\n",
-                fmt::hex(topology.digest()),
-                topology.members().len(),
-                topology.replication_factor(),
-                topology.vnodes_per_weight(),
-            ));
-            let mut table =
-                Table::new(&["NODE", "STATE", "INC", "WEIGHT", "GRPC", "GOSSIP", "HTTP"]);
-            for member in topology.members() {
-                table.row(vec![
-                    Cell::text(&member.node_id),
-                    Cell::text(member.state.as_str()).color(state_color(member.state)),
-                    Cell::num(member.incarnation),
-                    Cell::num(member.weight),
-                    Cell::text(&member.grpc_addr),
-                    Cell::text(&member.gossip_addr),
-                    Cell::text(&member.http_addr),
-                ]);
-            }
-            text.push_str(&table.render(ctx.color()));
-            ctx.print(&text)?;
-        }
+        let watched = Watched {
+            digest: fmt::hex(topology.digest()),
+            replication_factor: topology.replication_factor(),
+            vnodes_per_weight: topology.vnodes_per_weight(),
+            members: topology.members().iter().map(MemberView::from).collect(),
+            received_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                .to_string(),
+            first: seen == 1,
+        };
+        // JSON: one compact document per line (NDJSON), so a consumer can act on each at once.
+        ctx.emit_line(&watched)?;
         ctx.out.flush()?;
     }
     Ok(EXIT_OK)

@@ -1,5 +1,6 @@
 //! The authentication and authorization layer of the client port: a tower layer in front of
-//! every service (Cache, Cluster, Admin, reflection).
+//! every service (Cache, Cluster, Admin, reflection) but the gRPC health service, which answers
+//! without credentials (as `/health/ready` does on the HTTP port).
 //!
 //! Each request must carry `authorization: Basic base64(user:secret)`. The first request of a
 //! connection with a given value is checked against the users ([`crate::auth::Users::verify`]:
@@ -187,6 +188,14 @@ impl<S> Layer<S> for AuthLayer {
     }
 }
 
+/// Whether `path` (`/package.Service/Method`) is a call of the gRPC health service, which
+/// needs no credentials.
+fn is_health_call(path: &str) -> bool {
+    path.strip_prefix('/')
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(service, _)| service == super::health::HEALTH_SERVICE)
+}
+
 /// The service of [`AuthLayer`].
 #[derive(Debug, Clone)]
 pub struct AuthService<S> {
@@ -212,6 +221,12 @@ where
             return Either::Left(self.inner.call(request));
         };
         let path = request.uri().path();
+        // Health answers one status, like `/health/ready` on the HTTP port: probes carry no
+        // credentials. The connection still counts as unauthenticated (closed at the handshake
+        // timeout unless it authenticates).
+        if is_health_call(path) {
+            return Either::Left(self.inner.call(request));
+        }
         let security = &self.node.metrics().security;
         let Some(required) = required_role(path) else {
             security.record_auth_failure("permission_denied");

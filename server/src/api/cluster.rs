@@ -84,6 +84,7 @@ impl Cluster for ClusterService {
         let hints = node.replicator().hints_pending();
         let readiness = node.readiness();
         let connections = node.connections();
+        let health = node.cluster_health();
         Ok(Response::new(v1::NodeInfoResponse {
             node_id: node.config().node_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -117,6 +118,18 @@ impl Cluster for ClusterService {
                 node.anti_entropy()
                     .to_wire(node.config().anti_entropy_interval),
             ),
+            refused_members: node
+                .refused_members()
+                .into_iter()
+                .map(|m| v1::RefusedMember {
+                    node_id: m.node_id,
+                    gossip_addr: m.gossip_addr,
+                    state: v1::NodeState::from(m.state) as i32,
+                    reason: m.reason,
+                })
+                .collect(),
+            expected_members: health.expected as u64,
+            under_replicated_slots: health.under_replicated_slots,
         }))
     }
 }

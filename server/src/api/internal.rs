@@ -155,6 +155,22 @@ impl Internal for InternalService {
                 reply.ignored += 1;
             }
         }
+        // A leaving member's hand-off, counted for `ringctl drain` (which cannot ask the
+        // leaver once it stops serving); only from members of this node's topology.
+        if request.handoff
+            && self
+                .node
+                .view()
+                .topology
+                .member(&request.from_node_id)
+                .is_some()
+        {
+            self.node.rebalance().record_handoff(
+                &request.from_node_id,
+                request.entries.len() as u64,
+                crate::rebalance::entry_bytes(&request.entries),
+            );
+        }
         Ok(Response::new(reply))
     }
 

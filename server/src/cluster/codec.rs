@@ -34,7 +34,7 @@ use foca::{Codec, Header, Member, Message, PostcardCodec};
 use serde::{Deserialize, Serialize};
 
 use super::identity::{MAX_NODE_ID_BYTES, NodeId, NodeIdentity};
-use super::meta::{MetaRecord, MetaState, NodeMeta};
+use super::meta::{ClusterSettings, MetaRecord, MetaState, NodeMeta};
 
 /// First byte of every ringcache gossip datagram.
 pub const MAGIC: u8 = 0xC7;
@@ -266,6 +266,9 @@ struct WireMeta<S> {
     weight: u32,
     state: u8,
     resp_addr: S,
+    replication_factor: u32,
+    vnodes: u32,
+    placement_version: u32,
 }
 
 fn state_to_wire(state: MetaState) -> u8 {
@@ -303,6 +306,7 @@ pub(crate) fn meta_record_len_bound(meta: &NodeMeta) -> usize {
         + meta.resp_addr.len()
         + VARINT_U32
         + 1
+        + 3 * VARINT_U32
 }
 
 /// Encodes a metadata record (the body of a broadcast or a push).
@@ -317,6 +321,9 @@ pub(crate) fn encode_meta_record(record: &MetaRecord) -> Result<Vec<u8>, CodecEr
         resp_addr: record.meta.resp_addr.as_str(),
         weight: record.meta.weight,
         state: state_to_wire(record.meta.state),
+        replication_factor: record.meta.settings.replication_factor,
+        vnodes: record.meta.settings.vnodes,
+        placement_version: record.meta.settings.placement_version,
     };
     Ok(postcard::to_allocvec(&wire)?)
 }
@@ -344,6 +351,11 @@ pub(crate) fn decode_meta_record(data: &[u8]) -> Result<MetaRecord, CodecError> 
             resp_addr: wire.resp_addr,
             weight: wire.weight,
             state: state_from_wire(wire.state)?,
+            settings: ClusterSettings {
+                replication_factor: wire.replication_factor,
+                vnodes: wire.vnodes,
+                placement_version: wire.placement_version,
+            },
         },
     })
 }
@@ -506,6 +518,11 @@ mod tests {
                             resp_addr: String::new(),
                             weight,
                             state,
+                            settings: ClusterSettings {
+                                replication_factor: weight % 7,
+                                vnodes: weight,
+                                placement_version: u32::MAX - weight,
+                            },
                         },
                     }
                 },

@@ -33,7 +33,7 @@ use tokio_util::time::DelayQueue;
 
 use super::codec::{self, DropReason, MAGIC, SEALED_WIRE_VERSION};
 use super::crypto::{INSTANCE_ID_LEN, Keyring, Sealer};
-use super::membership::{Membership, Timer};
+use super::membership::{Membership, RefusedMember, Timer};
 use super::meta::{MetaError, NodeMeta};
 use super::socket::GossipSocket;
 
@@ -44,6 +44,9 @@ pub enum Command {
     SetMeta(NodeMeta),
     /// Announce to one more gossip address (a seed or any member).
     Announce(SocketAddr),
+    /// Replace the seeds (their addresses were resolved again): announce to them now, and keep
+    /// announcing to these instead of the old ones.
+    Seeds(Vec<SocketAddr>),
     /// Leave the cluster gracefully and stop the task.
     Leave,
 }
@@ -75,6 +78,10 @@ pub struct GossipStats {
     pub members_suspect: AtomicU64,
     /// Members in the view that are Dead, i.e. down for less than `dead_retention` (gauge).
     pub members_dead: AtomicU64,
+    /// Members in the view that Left (drained, then gone; kept for `dead_retention`) (gauge).
+    pub members_left: AtomicU64,
+    /// Live members refused for their settings, as last published ([`RefusedMember`]).
+    refused: parking_lot::Mutex<Vec<RefusedMember>>,
 }
 
 /// A copy of [`GossipStats`] at one moment.
@@ -100,6 +107,10 @@ pub struct GossipStatsSnapshot {
     pub members_suspect: u64,
     /// See [`GossipStats::members_dead`].
     pub members_dead: u64,
+    /// See [`GossipStats::members_left`].
+    pub members_left: u64,
+    /// Live members refused for their settings ([`GossipStats::refused`]).
+    pub members_refused: u64,
 }
 
 impl GossipStats {
@@ -117,6 +128,8 @@ impl GossipStats {
             members_alive: read(&self.members_alive),
             members_suspect: read(&self.members_suspect),
             members_dead: read(&self.members_dead),
+            members_left: read(&self.members_left),
+            members_refused: self.refused.lock().len() as u64,
         }
     }
 
@@ -129,6 +142,11 @@ impl GossipStats {
         counter.fetch_add(by, Ordering::Relaxed);
     }
 
+    /// Live members refused for their settings (see [`RefusedMember`]).
+    pub fn refused(&self) -> Vec<RefusedMember> {
+        self.refused.lock().clone()
+    }
+
     fn record_view(&self, members: &[Member]) {
         let count = |wanted: &[NodeState]| {
             members.iter().filter(|m| wanted.contains(&m.state)).count() as u64
@@ -139,6 +157,8 @@ impl GossipStats {
             .store(count(&[NodeState::Suspect]), Ordering::Relaxed);
         self.members_dead
             .store(count(&[NodeState::Dead]), Ordering::Relaxed);
+        self.members_left
+            .store(count(&[NodeState::Left]), Ordering::Relaxed);
     }
 }
 
@@ -258,6 +278,11 @@ impl MembershipHandle {
         self.send(Command::Announce(addr)).await
     }
 
+    /// Replaces the seeds (after they were resolved again, e.g. to a seed pod's new IP).
+    pub async fn set_seeds(&self, seeds: Vec<SocketAddr>) -> Result<(), CommandError> {
+        self.send(Command::Seeds(seeds)).await
+    }
+
     /// Leaves the cluster gracefully; the task then stops.
     pub async fn leave(&self) -> Result<(), CommandError> {
         self.send(Command::Leave).await
@@ -294,6 +319,7 @@ pub async fn run_membership(
     // being silently truncated to a valid-looking size.
     let mut buf = vec![0_u8; membership.config().max_packet_size.get() + 1];
     let mut published_generation = None;
+    let mut published_refused = 0;
     let mut commands_open = true;
     let max_packet_size = membership.config().max_packet_size.get();
     let (mut keyring_rx, mut sealer) = match encryption {
@@ -325,6 +351,11 @@ pub async fn run_membership(
             sealer.as_mut(),
         )
         .await;
+        if published_refused != membership.refused_generation() {
+            // Before the view: a reader that sees the new view sees these refusals too.
+            published_refused = membership.refused_generation();
+            *stats.refused.lock() = membership.refused().to_vec();
+        }
         if published_generation != Some(membership.generation()) {
             published_generation = Some(membership.generation());
             let members = membership.members().to_vec();
@@ -337,7 +368,18 @@ pub async fn run_membership(
         }
 
         tokio::select! {
-            () = shutdown.cancelled() => membership.leave(origin.elapsed()),
+            () = shutdown.cancelled() => {
+                // Metadata sent before the shutdown (the Leaving announcement of a drain) goes
+                // out with the leave, whichever branch `select!` picked first.
+                while let Ok(command) = commands.try_recv() {
+                    if let Command::SetMeta(meta) = command
+                        && let Err(error) = membership.set_meta(origin.elapsed(), meta)
+                    {
+                        tracing::warn!(%error, "metadata refused");
+                    }
+                }
+                membership.leave(origin.elapsed());
+            }
             command = commands.recv(), if commands_open => {
                 let now = origin.elapsed();
                 match command {
@@ -347,6 +389,7 @@ pub async fn run_membership(
                         }
                     }
                     Some(Command::Announce(addr)) => membership.announce(now, addr),
+                    Some(Command::Seeds(seeds)) => membership.join(now, seeds),
                     Some(Command::Leave) => membership.leave(now),
                     None => commands_open = false,
                 }

@@ -67,7 +67,7 @@ use super::codec::{
 };
 use super::crypto::SEAL_OVERHEAD;
 use super::identity::{NodeId, NodeIdentity};
-use super::meta::{MetaBroadcasts, MetaError, MetaRecord, MetaTable, NodeMeta};
+use super::meta::{MetaBroadcasts, MetaError, MetaRecord, MetaState, MetaTable, NodeMeta};
 
 /// The smallest `max_packet_size` accepted: room for two of the longest identities, a message
 /// and one metadata record of the largest size.
@@ -328,6 +328,25 @@ pub struct Membership {
     impostor_refusals: u64,
     /// Impostor claims already logged.
     impostors_logged: BTreeSet<(NodeId, SocketAddr)>,
+    /// Live members left out of the view because their settings differ from ours.
+    refused: Vec<RefusedMember>,
+    /// Grows by one every time `refused` changes.
+    refused_generation: u64,
+}
+
+/// A live member left out of this node's view because the settings that decide placement
+/// (R, vnodes, the placement version) differ from this node's: it would place keys
+/// differently, so it is never admitted to the ring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedMember {
+    /// Its node id.
+    pub node_id: String,
+    /// Its gossip address.
+    pub gossip_addr: String,
+    /// The state it announces (an `Active` one means a cluster runs with other settings).
+    pub state: NodeState,
+    /// What differs ("replication_factor 2, this node's 3").
+    pub reason: String,
 }
 
 impl Membership {
@@ -371,6 +390,8 @@ impl Membership {
             live: BTreeMap::new(),
             impostor_refusals: 0,
             impostors_logged: BTreeSet::new(),
+            refused: Vec::new(),
+            refused_generation: 0,
         };
         membership.broadcast_own_meta();
         membership.refresh_view(Duration::ZERO);
@@ -466,6 +487,15 @@ impl Membership {
             return;
         }
         self.left = true;
+        // A node that announced Leaving (a drain, a graceful stop) tells every live member
+        // directly, just before it goes: its Leaving broadcast may not have spread yet, and a
+        // member that sees it go down without it would count it as failed, not left.
+        if self.own_meta.state == MetaState::Leaving {
+            let live: Vec<SocketAddr> = self.live.values().copied().collect();
+            for addr in live {
+                self.push_own_meta(addr);
+            }
+        }
         if let Err(error) = self.swim.leave_cluster(&mut self.outbox) {
             tracing::warn!(%error, "leaving the cluster");
         }
@@ -491,6 +521,16 @@ impl Membership {
     /// Grows by one every time [`Membership::members`] changes.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Live members refused for their settings, sorted by node id (see [`RefusedMember`]).
+    pub fn refused(&self) -> &[RefusedMember] {
+        &self.refused
+    }
+
+    /// Grows by one every time [`Membership::refused`] changes.
+    pub fn refused_generation(&self) -> u64 {
+        self.refused_generation
     }
 
     /// Our current identity (its incarnation grows when foca rejoins by itself).
@@ -893,7 +933,7 @@ impl Membership {
             &identity,
             &self.own_meta,
             if self.left {
-                NodeState::Dead
+                NodeState::Left
             } else {
                 self.own_meta.state.into()
             },
@@ -901,6 +941,7 @@ impl Membership {
 
         let mut expired = Vec::new();
         let mut without_meta = Vec::new();
+        let mut refused = Vec::new();
         let mut live = BTreeMap::new();
         let mut pinned = BTreeMap::new();
         {
@@ -942,7 +983,25 @@ impl Membership {
                 };
                 match metas.get(id) {
                     Some(meta) => {
-                        view.push(member_of(id, meta, state.unwrap_or(meta.state.into())));
+                        let state = match state {
+                            // Down after announcing it was leaving: drained, gone on purpose.
+                            Some(NodeState::Dead) if meta.state == MetaState::Leaving => {
+                                NodeState::Left
+                            }
+                            state => state.unwrap_or(meta.state.into()),
+                        };
+                        match self.own_meta.settings.difference(&meta.settings) {
+                            None => view.push(member_of(id, meta, state)),
+                            Some(reason) if !state.is_gone() => {
+                                refused.push(RefusedMember {
+                                    node_id: id.node_id().as_str().to_owned(),
+                                    gossip_addr: id.gossip_addr().to_string(),
+                                    state,
+                                    reason,
+                                });
+                            }
+                            Some(_) => {}
+                        }
                     }
                     None if state != Some(NodeState::Dead) => without_meta.push(id.clone()),
                     None => {}
@@ -955,6 +1014,7 @@ impl Membership {
             metas.pin(pinned);
         }
         self.live = live;
+        self.note_refused(refused);
 
         view.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         if view != self.view {
@@ -962,6 +1022,36 @@ impl Membership {
             self.generation += 1;
         }
         without_meta
+    }
+}
+
+impl Membership {
+    /// Takes in the members refused by the latest view: logs each newly refused one (once per
+    /// node id and reason) and each one no longer refused.
+    fn note_refused(&mut self, mut refused: Vec<RefusedMember>) {
+        refused.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        let same =
+            |a: &RefusedMember, b: &RefusedMember| a.node_id == b.node_id && a.reason == b.reason;
+        for member in &refused {
+            if !self.refused.iter().any(|old| same(old, member)) {
+                tracing::warn!(
+                    node = %member.node_id,
+                    gossip_addr = %member.gossip_addr,
+                    state = member.state.as_str(),
+                    reason = %member.reason,
+                    "refusing a member whose placement settings differ from this node's; it is not admitted to the ring"
+                );
+            }
+        }
+        for old in &self.refused {
+            if !refused.iter().any(|member| member.node_id == old.node_id) {
+                tracing::info!(node = %old.node_id, "a member refused for its settings is gone");
+            }
+        }
+        if refused != self.refused {
+            self.refused = refused;
+            self.refused_generation += 1;
+        }
     }
 }
 

@@ -62,6 +62,48 @@ pub struct NodeMeta {
     pub weight: u32,
     /// Its life-cycle state.
     pub state: MetaState,
+    /// The settings every member must share.
+    pub settings: ClusterSettings,
+}
+
+/// The settings that decide placement, which every member of a cluster must share: nodes that
+/// differ would place keys differently. A member whose settings differ from this node's is
+/// refused (`membership.rs`): never admitted to its view, so never to its ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ClusterSettings {
+    /// Copies of each key (R).
+    pub replication_factor: u32,
+    /// Virtual nodes per unit of weight.
+    pub vnodes: u32,
+    /// `ringcache_proto::placement::PLACEMENT_VERSION` of the node's build: the hash-slot scheme
+    /// and the ring's placement rule.
+    pub placement_version: u32,
+}
+
+impl ClusterSettings {
+    /// What differs in `other` from `self`, one clause per setting ("replication_factor 2,
+    /// this node's 3"); `None` when they agree.
+    pub fn difference(&self, other: &ClusterSettings) -> Option<String> {
+        let mut clauses = Vec::new();
+        for (name, ours, theirs) in [
+            (
+                "replication_factor",
+                self.replication_factor,
+                other.replication_factor,
+            ),
+            ("vnodes", self.vnodes, other.vnodes),
+            (
+                "placement_version",
+                self.placement_version,
+                other.placement_version,
+            ),
+        ] {
+            if ours != theirs {
+                clauses.push(format!("{name} {theirs}, this node's {ours}"));
+            }
+        }
+        (!clauses.is_empty()).then(|| clauses.join("; "))
+    }
 }
 
 impl NodeMeta {
@@ -253,6 +295,7 @@ mod tests {
             resp_addr: String::new(),
             weight: 1,
             state,
+            settings: ClusterSettings::default(),
         }
     }
 

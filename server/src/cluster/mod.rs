@@ -47,7 +47,7 @@ pub use driver::{
 pub use identity::{IdentityError, MAX_NODE_ID_BYTES, NodeId, NodeIdentity};
 pub use membership::{
     MAX_IMPOSTORS_LOGGED, MAX_PACKET_SIZE, MIN_PACKET_SIZE, Membership, MembershipConfig,
-    MembershipError, Timer,
+    MembershipError, RefusedMember, Timer,
 };
-pub use meta::{MAX_META_BYTES, MetaError, MetaState, NodeMeta};
+pub use meta::{ClusterSettings, MAX_META_BYTES, MetaError, MetaState, NodeMeta};
 pub use socket::{GossipSocket, SocketFuture};

@@ -41,6 +41,7 @@ fn meta_for(index: usize, state: MetaState) -> NodeMeta {
         resp_addr: String::new(),
         weight: 1 + index as u32,
         state,
+        settings: ClusterSettings::default(),
     }
 }
 
@@ -79,6 +80,8 @@ struct Sim {
     refused: Vec<(usize, DropReason)>,
     /// Probability that any one datagram is lost.
     loss: f64,
+    /// Placement settings of nodes that do not run with the default ones.
+    settings: BTreeMap<usize, ClusterSettings>,
 }
 
 fn sim(seed: u64) -> Sim {
@@ -95,6 +98,7 @@ fn sim(seed: u64) -> Sim {
         cut: BTreeSet::new(),
         refused: Vec::new(),
         loss: 0.0,
+        settings: BTreeMap::new(),
     }
 }
 
@@ -126,13 +130,11 @@ impl Sim {
     ) {
         let identity = NodeIdentity::new(name, addr, incarnation).unwrap();
         let core_seed = self.seed ^ ((index as u64) << 32) ^ incarnation;
-        let mut core = Membership::new(
-            self.config.clone(),
-            identity,
-            meta_for(index, MetaState::Active),
-            core_seed,
-        )
-        .unwrap();
+        let meta = NodeMeta {
+            settings: self.settings.get(&index).copied().unwrap_or_default(),
+            ..meta_for(index, MetaState::Active)
+        };
+        let mut core = Membership::new(self.config.clone(), identity, meta, core_seed).unwrap();
         core.join(self.now, seeds);
         self.next_epoch += 1;
         self.addrs.retain(|_, node| *node != index);
@@ -340,6 +342,63 @@ impl Sim {
 }
 
 #[test]
+fn a_member_with_other_placement_settings_is_refused_on_both_sides() {
+    for seed in 0..SEEDS {
+        let mut sim = Sim::cluster(seed, 3);
+        sim.settings.insert(
+            3,
+            ClusterSettings {
+                replication_factor: 2,
+                vnodes: 64,
+                ..ClusterSettings::default()
+            },
+        );
+        sim.start(3, &[0]);
+        let refused_everywhere = |s: &Sim| {
+            (0..3).all(|i| s.nodes[&i].core.refused().len() == 1)
+                && s.nodes[&3].core.refused().len() == 3
+        };
+        assert!(
+            sim.run_until(sim.now + ms(3000), refused_everywhere),
+            "seed {seed}: {}",
+            sim.describe()
+        );
+        // Keep gossiping: the refusal holds, and nobody admits the other side.
+        sim.run_for(ms(2000));
+        for i in 0..3 {
+            assert_eq!(sim.state(i, 3), None, "seed {seed}: n{i} admitted n3");
+            let refused = &sim.nodes[&i].core.refused()[0];
+            assert_eq!(refused.node_id, node_id(3));
+            assert_eq!(refused.state, NodeState::Active);
+            assert_eq!(
+                refused.reason,
+                "replication_factor 2, this node's 0; vnodes 64, this node's 0"
+            );
+        }
+        assert_eq!(sim.view(3).len(), 1, "seed {seed}: n3 admitted someone");
+        let reasons: Vec<&str> = sim.nodes[&3]
+            .core
+            .refused()
+            .iter()
+            .map(|r| r.reason.as_str())
+            .collect();
+        assert_eq!(
+            reasons,
+            ["replication_factor 0, this node's 2; vnodes 0, this node's 64"; 3]
+        );
+        assert!(sim.converged(&[0, 1, 2]), "seed {seed}: {}", sim.describe());
+        // Once the odd node is gone, nobody refuses anything.
+        sim.crash(3);
+        assert!(
+            sim.run_until(sim.now + ms(10_000), |s| (0..3)
+                .all(|i| s.nodes[&i].core.refused().is_empty())),
+            "seed {seed}: {}",
+            sim.describe()
+        );
+    }
+}
+
+#[test]
 fn three_nodes_join_through_a_seed_and_converge() {
     for seed in 0..SEEDS {
         let mut sim = sim(seed);
@@ -396,6 +455,30 @@ fn a_late_joiner_learns_every_members_metadata_quickly() {
         let bound = joined_at + sim.config.probe_period / 2;
         let converged = sim.run_until(bound, |s| s.converged(&[0, 1, 2, 3]));
         assert!(converged, "{}", sim.describe());
+    }
+}
+
+#[test]
+fn a_member_that_announces_leaving_then_leaves_is_left_not_dead() {
+    for seed in 0..SEEDS {
+        let mut sim = Sim::cluster(seed, 3);
+        let now = sim.now;
+        // Leaving and gone at once: the Leaving broadcast has had no time to spread.
+        sim.core(2)
+            .set_meta(now, meta_for(2, MetaState::Leaving))
+            .unwrap();
+        sim.core(2).leave(now);
+        sim.collect(2);
+        let left = sim.run_until(now + ms(2000), |s| {
+            (0..2).all(|viewer| s.state(viewer, 2) == Some(NodeState::Left))
+        });
+        assert!(left, "seed {seed}: {}", sim.describe());
+        // A crash is a death.
+        sim.crash(1);
+        let dead = sim.run_until(sim.now + ms(5000), |s| {
+            s.state(0, 1) == Some(NodeState::Dead)
+        });
+        assert!(dead, "seed {seed}: {}", sim.describe());
     }
 }
 

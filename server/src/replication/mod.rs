@@ -413,6 +413,7 @@ async fn send_replicate_until(
         from_node_id: node.config().node_id.clone(),
         entries,
         hinted,
+        handoff: false,
     });
     request.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
     call_replica_until(deadline, timeout, client.replicate(request))

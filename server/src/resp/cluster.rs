@@ -395,7 +395,7 @@ fn health(member: &Member) -> &'static str {
     match member.state {
         NodeState::Active | NodeState::Leaving => "online",
         NodeState::Joining => "loading",
-        NodeState::Suspect | NodeState::Dead => "failed",
+        NodeState::Suspect | NodeState::Dead | NodeState::Left => "failed",
     }
 }
 
@@ -477,7 +477,7 @@ fn nodes_text(view: &ClusterView, myself: &Member) -> String {
     }
     let mut out = String::new();
     for member in view.topology.members() {
-        if member.state == NodeState::Dead {
+        if member.state.is_gone() {
             continue;
         }
         let Some((host, port)) = resp_endpoint(member) else {
@@ -537,7 +537,7 @@ fn info(node: &Node, view: &ClusterView) -> String {
         .topology
         .members()
         .iter()
-        .filter(|m| m.state != NodeState::Dead)
+        .filter(|m| !m.state.is_gone())
         .count();
     let epoch = view
         .topology

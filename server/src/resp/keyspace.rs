@@ -24,7 +24,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ringcache_proto::topology::NodeState;
 use ringcache_proto::v1;
 use tokio::task::JoinSet;
 
@@ -173,7 +172,7 @@ pub async fn flush(node: &Arc<Node>, name: &str, rest: &[Bytes]) -> Reply {
         .topology
         .members()
         .iter()
-        .filter(|m| m.node_id != self_id && m.state != NodeState::Dead)
+        .filter(|m| m.node_id != self_id && !m.state.is_gone())
     {
         reached += 1;
         let id = member.node_id.clone();

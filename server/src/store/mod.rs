@@ -897,6 +897,16 @@ impl Store {
         self.shards.len()
     }
 
+    /// Entries held, tombstones and expired entries not yet reclaimed included: what a full
+    /// [`Store::scan`] visits (when nothing is written meanwhile). [`StoreStats::keys`] counts
+    /// values only.
+    pub fn entry_count(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|slot| slot.lock.read().len() as u64)
+            .sum()
+    }
+
     /// Up to `max` entries of shard `shard` from `cursor` on (start at 0), tombstones included,
     /// and the cursor to continue from (`None` when the shard is done). Holds the shard's read
     /// lock only while copying pointers; entries written during a scan may be missed or repeated,
