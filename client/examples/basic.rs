@@ -71,9 +71,29 @@ async fn run(addr: &str) -> Result<(), Error> {
         .await?;
     println!("set example:session if absent: stored = {}", outcome.stored);
 
+    // A batch of any size: split by node and to the nodes' limits, answered in order.
+    let keys: Vec<String> = (0..2500).map(|i| format!("example:batch:{i}")).collect();
+    client
+        .mset(
+            keys.iter().map(|k| (k.clone(), "x")),
+            Some(Duration::from_secs(60)),
+        )
+        .await?;
+    let found = client.mget(keys.clone()).await?.iter().flatten().count();
+    println!("mset/mget of {} keys: {found} found", keys.len());
+
+    // Per-call options: this read may take 100 ms in all, retries included.
+    let quick = client.with_timeout(Duration::from_millis(100));
+    match quick.get("example:greeting").await {
+        Ok(value) => println!("get within 100 ms: {}", value.is_some()),
+        Err(Error::Timeout { .. }) => println!("get did not finish within 100 ms"),
+        Err(other) => return Err(other),
+    }
+
     let removed = client
         .mdelete(["example:greeting", "example:visits", "example:session"])
         .await?;
+    let removed = removed + client.mdelete(keys).await?;
     println!("cleaned up {removed} keys");
     Ok(())
 }

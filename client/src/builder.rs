@@ -1,12 +1,10 @@
 //! [`ClientBuilder`]: the client's settings and its connection step.
 
-use std::{fmt, sync::Arc, time::Duration};
-
-use tonic::transport::Channel;
+use std::{fmt, time::Duration};
 
 use crate::{
-    Client, Consistency, Error, TlsOptions,
-    conn::{self, ChannelFactory, ConnectConfig},
+    Client, Connector, Consistency, Error, RetryBudget, RetryPolicy, TlsOptions,
+    conn::{self, ConnectConfig},
     router,
     security::Credentials,
 };
@@ -17,6 +15,9 @@ const DEFAULT_POOL_SIZE: usize = 2;
 /// tonic's own 4 MiB limit would refuse a 4 MiB value once its key and framing are added; this
 /// leaves room for values of several MiB.
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024 + 64 * 1024;
+/// The smallest message limit accepted: below it, the framing of a single request would not
+/// fit.
+const MIN_MESSAGE_BYTES: usize = 1024;
 
 /// Configures and connects a [`Client`].
 ///
@@ -42,7 +43,10 @@ pub struct ClientBuilder {
     pipelining: bool,
     default_consistency: Option<Consistency>,
     max_message_bytes: usize,
-    channel_factory: Option<ChannelFactory>,
+    max_batch_keys: Option<usize>,
+    retry: RetryPolicy,
+    retry_budget: RetryBudget,
+    connector: Option<Connector>,
     credentials: Option<Credentials>,
     tls: Option<TlsOptions>,
 }
@@ -57,9 +61,12 @@ impl fmt::Debug for ClientBuilder {
             .field("pipelining", &self.pipelining)
             .field("default_consistency", &self.default_consistency)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_batch_keys", &self.max_batch_keys)
+            .field("retry", &self.retry)
+            .field("retry_budget", &self.retry_budget)
             .field(
-                "channel_factory",
-                &if self.channel_factory.is_some() {
+                "connector",
+                &if self.connector.is_some() {
                     "custom"
                 } else {
                     "default"
@@ -81,7 +88,10 @@ impl Default for ClientBuilder {
             pipelining: true,
             default_consistency: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            channel_factory: None,
+            max_batch_keys: None,
+            retry: RetryPolicy::default(),
+            retry_budget: RetryBudget::default(),
+            connector: None,
             credentials: None,
             tls: None,
         }
@@ -117,9 +127,10 @@ impl ClientBuilder {
         self
     }
 
-    /// How long a request may take before it fails with [`Error::Timeout`]. The deadline is also
-    /// sent to the node. A read that fails over to another replica gets this long again for each
-    /// attempt. Default: 5 s.
+    /// How long each attempt of a request may take before it fails with [`Error::Timeout`]. The
+    /// deadline is also sent to the node. A read that fails over to another replica, or a
+    /// retried request, gets this long again for each attempt. A per-call timeout
+    /// ([`Client::with_timeout`]) bounds a whole call instead. Default: 5 s.
     #[must_use]
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
@@ -157,17 +168,56 @@ impl ClientBuilder {
     }
 
     /// Largest gRPC message sent or received, in bytes. Default: 8 MiB + 64 KiB, room for a
-    /// value of several MiB. Raise it for batches of large values.
+    /// value of several MiB. Batches are split into requests that fit both this and the nodes'
+    /// own `max_message_bytes` (see [`max_batch_keys`](ClientBuilder::max_batch_keys)); an
+    /// `mget` whose answer is over either limit is split in halves until each answer fits, and
+    /// only a single value over the limit fails, with [`Error::InvalidArgument`].
+    ///
+    /// Keep it at least the nodes' `max_message_bytes` (their default is this default): on the
+    /// pipelined stream a node batches several answers into one message up to its own limit,
+    /// and a message over this limit fails the requests waiting on that connection.
     #[must_use]
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
         self
     }
 
+    /// The most keys (or key-value pairs) one multi-key request (`mget`, `mset`, `mdelete`)
+    /// carries. Larger batches are split transparently into several requests, sent
+    /// concurrently, and their answers put back in order.
+    ///
+    /// The nodes state their own `max_batch_keys` and `max_message_bytes` with their topology;
+    /// requests are kept within the smallest limits any node stated, and within this and
+    /// [`max_message_bytes`](ClientBuilder::max_message_bytes). While no node has stated its
+    /// limits (nodes older than the statement), 1000 keys per request (the nodes' default) is
+    /// assumed. Default: no bound of the client's own. Must be at least 1.
+    #[must_use]
+    pub fn max_batch_keys(mut self, keys: usize) -> Self {
+        self.max_batch_keys = Some(keys);
+        self
+    }
+
+    /// The retry policy of calls that do not choose their own (see [`RetryPolicy`]: what is
+    /// retried, and how). Default: [`RetryPolicy::new`], 3 attempts with jittered backoff from
+    /// 20 ms to 1 s; [`RetryPolicy::none`] turns retries off.
+    #[must_use]
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// How many retries the client may make compared with its calls (see [`RetryBudget`]).
+    /// Default: 0.1 retries per call, 10 at once.
+    #[must_use]
+    pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.retry_budget = budget;
+        self
+    }
+
     /// Sends `user` and `secret` with every request, as the gRPC metadata
     /// `authorization: Basic base64(user ":" secret)`: requests, the pipelined streams, topology
-    /// fetches and watches, and the connect probes, through the default channels or those of a
-    /// [`channel_factory`](ClientBuilder::channel_factory). The header is encoded once, at
+    /// fetches and watches, and the connect probes, whether the connections are dialed by the
+    /// client or by a [`connector`](ClientBuilder::connector). The header is encoded once, at
     /// [`connect`](ClientBuilder::connect).
     ///
     /// The secret never shows in `Debug` output. Without [`tls`](ClientBuilder::tls) it travels
@@ -202,48 +252,23 @@ impl ClientBuilder {
     /// # Ok(()) }
     /// ```
     ///
-    /// TLS applies to the default channels; with a
-    /// [`channel_factory`](ClientBuilder::channel_factory) the factory makes its own (and
-    /// `connect` refuses both at once, so TLS is never silently off).
+    /// TLS also applies over the streams of a [`connector`](ClientBuilder::connector).
     #[must_use]
     pub fn tls(mut self, tls: TlsOptions) -> Self {
         self.tls = Some(tls);
         self
     }
 
-    /// Replaces how channels to a node are made. The factory gets the node's `host:port` and
-    /// returns a channel, usually a lazy one (`Endpoint::connect_lazy`); it is called once per
-    /// pooled connection, when the client first sends to that node. The client's
-    /// [`credentials`](ClientBuilder::credentials) are added to every request on these channels
-    /// too; TLS is the factory's business (configure it on the `Endpoint`), and cannot be
-    /// combined with [`tls`](ClientBuilder::tls).
+    /// Replaces how connections to nodes are dialed: `connector` makes the byte stream of each
+    /// connection (see [`Connector`]); the client runs HTTP/2, gRPC, its timeouts and keepalives,
+    /// the [`credentials`](ClientBuilder::credentials), and the [`tls`](ClientBuilder::tls)
+    /// handshake when set, on top of it. The connect timeout bounds each dial.
     ///
-    /// The default makes an HTTP/2 channel with the connect timeout, `TCP_NODELAY`, and
-    /// keepalive pings every 10 s (5 s timeout, also while idle); over TLS with
-    /// [`tls`](ClientBuilder::tls), else in plain text.
-    ///
-    /// ```no_run
-    /// # async fn run() -> Result<(), ringcache::Error> {
-    /// use tonic::transport::Endpoint;
-    ///
-    /// let client = ringcache::Client::builder()
-    ///     .seeds(["127.0.0.1:7379"])
-    ///     .channel_factory(|addr| {
-    ///         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-    ///             .map_err(|e| ringcache::Error::InvalidArgument(e.to_string()))?
-    ///             .initial_stream_window_size(4 << 20);
-    ///         Ok(endpoint.connect_lazy())
-    ///     })
-    ///     .connect()
-    ///     .await?;
-    /// # Ok(()) }
-    /// ```
+    /// The default dials TCP with `TCP_NODELAY`, with HTTP/2 keepalive pings every 10 s (5 s
+    /// timeout, also while idle).
     #[must_use]
-    pub fn channel_factory<F>(mut self, factory: F) -> Self
-    where
-        F: Fn(&str) -> Result<Channel, Error> + Send + Sync + 'static,
-    {
-        self.channel_factory = Some(Arc::new(factory));
+    pub fn connector(mut self, connector: Connector) -> Self {
+        self.connector = Some(connector);
         self
     }
 
@@ -252,8 +277,8 @@ impl ClientBuilder {
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] when no seed is given, a seed is not a `host:port`, a timeout
-    /// is zero, the credentials are unusable, the TLS certificates or key are bad, or both TLS
-    /// and a channel factory are set; [`Error::Unavailable`] when no seed answers (or completes
+    /// is zero, the credentials are unusable, or the TLS certificates or key are bad;
+    /// [`Error::Unavailable`] when no seed answers (or completes
     /// a TLS handshake), with each seed's reason; [`Error::Unauthenticated`] or
     /// [`Error::PermissionDenied`] when a seed refuses the credentials (the other seeds are not
     /// tried); [`Error::Protocol`] when the seed sends a topology that does not validate.
@@ -269,27 +294,30 @@ impl ClientBuilder {
                 "request timeout must be greater than zero".to_owned(),
             ));
         }
+        crate::retry::check(&self.retry_budget)?;
+        if self.max_batch_keys == Some(0) {
+            return Err(Error::InvalidArgument(
+                "max batch keys must be at least 1".to_owned(),
+            ));
+        }
+        if self.max_message_bytes < MIN_MESSAGE_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "max message bytes must be at least {MIN_MESSAGE_BYTES}"
+            )));
+        }
         let authorization = self
             .credentials
             .as_ref()
             .map(Credentials::header)
             .transpose()?;
-        let factory = match (self.channel_factory, &self.tls) {
-            (Some(_), Some(_)) => {
-                return Err(Error::InvalidArgument(
-                    "tls and a channel factory cannot both be set: configure tls on the \
-                     factory's endpoints"
-                        .to_owned(),
-                ));
-            }
-            (Some(factory), None) => factory,
-            (None, tls) => {
-                let tls = tls
-                    .as_ref()
-                    .map(|tls| tls.prepare(self.connect_timeout))
-                    .transpose()?;
-                conn::default_factory(self.connect_timeout, tls)
-            }
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|tls| tls.prepare(self.connect_timeout))
+            .transpose()?;
+        let factory = match self.connector {
+            Some(connector) => conn::connector_factory(self.connect_timeout, tls, connector),
+            None => conn::default_factory(self.connect_timeout, tls),
         };
         if let Some(credentials) = &self.credentials
             && self.tls.is_none()
@@ -303,12 +331,19 @@ impl ClientBuilder {
             connect_timeout: self.connect_timeout,
             pool_size: self.pool_size.max(1),
             max_message_bytes: self.max_message_bytes,
+            max_batch_keys: self.max_batch_keys,
+            retry: RetryPolicy {
+                max_attempts: self.retry.max_attempts.max(1),
+                ..self.retry
+            },
+            retry_budget: self.retry_budget,
             request_timeout: self.request_timeout,
             pipelining: self.pipelining,
             factory,
             authorization,
             tls: self.tls.is_some(),
         };
+        crate::observe::describe();
         let router = router::connect(&seeds, config).await?;
         Ok(Client::new(router, self.default_consistency))
     }
@@ -382,11 +417,18 @@ mod tests {
         accept.abort();
     }
 
+    fn refusing_connector() -> Connector {
+        Connector::new(|addr: &str| {
+            let why = format!("refusing {addr}");
+            Box::pin(async move { Err(std::io::Error::other(why)) })
+        })
+    }
+
     #[tokio::test]
-    async fn factory_errors_are_reported_per_seed() {
+    async fn connector_errors_are_reported_per_seed() {
         let error = Client::builder()
             .seeds(["node-a:1", "node-b:2"])
-            .channel_factory(|addr| Err(Error::InvalidArgument(format!("refusing {addr}"))))
+            .connector(refusing_connector())
             .connect()
             .await
             .unwrap_err();
@@ -406,8 +448,9 @@ mod tests {
         assert_eq!(builder.connect_timeout, Duration::from_secs(2));
         assert_eq!(builder.request_timeout, Duration::from_secs(5));
         assert_eq!(builder.max_message_bytes, 8 * 1024 * 1024 + 64 * 1024);
-        let debug = format!("{:?}", builder.channel_factory(|_| unreachable!()));
-        assert!(debug.contains("channel_factory: \"custom\""), "{debug}");
+        assert!(format!("{builder:?}").contains("connector: \"default\""));
+        let debug = format!("{:?}", builder.connector(refusing_connector()));
+        assert!(debug.contains("connector: \"custom\""), "{debug}");
     }
 
     #[test]
@@ -420,16 +463,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn tls_and_a_channel_factory_are_refused_together() {
+    async fn tls_settings_are_checked_with_a_connector_too() {
         let error = Client::builder()
             .seeds(["127.0.0.1:1"])
             .tls(TlsOptions::new("x"))
-            .channel_factory(|_| unreachable!())
+            .connector(refusing_connector())
             .connect()
             .await
             .unwrap_err();
         assert!(
-            matches!(&error, Error::InvalidArgument(m) if m.contains("cannot both be set")),
+            matches!(&error, Error::InvalidArgument(m) if m.starts_with("tls ca certificate")),
             "{error:?}"
         );
     }

@@ -1,13 +1,17 @@
 //! [`Client`]: the requests of the cache API.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use ringcache_proto::{topology::Topology, v1 as pb};
+use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::{
-    ClientBuilder, Consistency, Entry, Error, KeyTtl, SetOptions, SetOutcome,
-    router::{Access, Router},
+    CallOptions, ClientBuilder, Consistency, Entry, Error, KeyTtl, RetryPolicy, SetCondition,
+    SetOptions, SetOutcome, observe,
+    retry::Retry,
+    router::{Access, Call, Router},
     wire,
 };
 
@@ -63,8 +67,9 @@ use crate::{
 pub struct Client {
     /// Shared by every clone; the background topology watch ends when the last one is dropped.
     inner: Arc<Router>,
-    /// The consistency of requests that do not choose their own; `None` is the cluster default.
-    consistency: Option<Consistency>,
+    /// This handle's options: timeout, consistency (`None`: the cluster default) and retry
+    /// policy (`None`: the builder's).
+    options: CallOptions,
 }
 
 impl fmt::Debug for Client {
@@ -75,7 +80,7 @@ impl fmt::Debug for Client {
             .field("topology_digest", &state.topology().digest())
             .field("members", &state.topology().members().len())
             .field("request_timeout", &self.inner.config.request_timeout)
-            .field("consistency", &self.consistency)
+            .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }
@@ -84,7 +89,10 @@ impl Client {
     pub(crate) fn new(router: Arc<Router>, consistency: Option<Consistency>) -> Self {
         Self {
             inner: router,
-            consistency,
+            options: CallOptions {
+                consistency,
+                ..CallOptions::default()
+            },
         }
     }
 
@@ -123,10 +131,126 @@ impl Client {
     /// ```
     #[must_use]
     pub fn with_consistency(&self, consistency: impl Into<Option<Consistency>>) -> Client {
+        let consistency = consistency.into();
         Client {
             inner: Arc::clone(&self.inner),
-            consistency: consistency.into(),
+            options: CallOptions {
+                consistency,
+                ..self.options
+            },
         }
+    }
+
+    /// A client sharing this one's connections whose calls use `options` (see
+    /// [`CallOptions`]); the options left unset take the client's defaults (the builder's),
+    /// not this handle's.
+    ///
+    /// ```no_run
+    /// # async fn run(client: ringcache::Client) -> Result<(), ringcache::Error> {
+    /// use std::time::Duration;
+    /// use ringcache::{CallOptions, Consistency};
+    ///
+    /// let options = CallOptions::new()
+    ///     .timeout(Duration::from_millis(200))
+    ///     .consistency(Consistency::One);
+    /// let value = client.with_options(options).get("session:9").await?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn with_options(&self, options: CallOptions) -> Client {
+        Client {
+            inner: Arc::clone(&self.inner),
+            options,
+        }
+    }
+
+    /// A client sharing this one's connections whose every call must finish within `timeout`
+    /// from its start, retries, failover and backoff included ([`CallOptions::timeout`]);
+    /// a late call fails with [`Error::Timeout`]. Without it, each attempt is bounded by the
+    /// builder's [`request_timeout`](ClientBuilder::request_timeout).
+    ///
+    /// ```no_run
+    /// # async fn run(client: ringcache::Client) -> Result<(), ringcache::Error> {
+    /// use std::time::Duration;
+    ///
+    /// let flags = client.with_timeout(Duration::from_millis(20)).get("flags").await?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn with_timeout(&self, timeout: Duration) -> Client {
+        self.with_options(CallOptions {
+            timeout: Some(timeout),
+            ..self.options
+        })
+    }
+
+    /// A client sharing this one's connections whose calls retry under `policy` instead of
+    /// the builder's ([`RetryPolicy::none`] turns retries off).
+    #[must_use]
+    pub fn with_retry(&self, policy: RetryPolicy) -> Client {
+        self.with_options(CallOptions {
+            retry: Some(policy),
+            ..self.options
+        })
+    }
+
+    /// The options of this handle's calls.
+    pub fn options(&self) -> CallOptions {
+        self.options
+    }
+
+    /// Runs one call: its span and metrics, its deadline, and its [`Call`] for the router.
+    /// `key` is the key of a single-key call (for the span), `keys` the size of a batch.
+    async fn run<T, F, Fut>(
+        &self,
+        op: &'static str,
+        retry: Retry,
+        key: Option<&[u8]>,
+        keys: usize,
+        body: F,
+    ) -> Result<T, Error>
+    where
+        F: FnOnce(Call) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let span = observe::request_span(op, key, keys);
+        let started = Instant::now();
+        let timeout = self.options.timeout;
+        let result = async {
+            if timeout.is_some_and(|t| t.is_zero()) {
+                return Err(Error::InvalidArgument(
+                    "call timeout must be greater than zero".to_owned(),
+                ));
+            }
+            let deadline = timeout.map(|t| started + t);
+            let call = Call {
+                op,
+                retry,
+                policy: self.options.retry.unwrap_or(self.inner.config.retry),
+                timeout,
+                deadline,
+            };
+            let Some(deadline) = deadline else {
+                return body(call).await;
+            };
+            let late = || Error::Timeout { after: timeout };
+            match tokio::time::timeout_at(deadline, body(call)).await {
+                Err(_) => Err(late()),
+                Ok(Err(Error::Timeout { .. })) if Instant::now() >= deadline => Err(late()),
+                Ok(result) => result,
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        span.record(
+            "outcome",
+            match &result {
+                Ok(_) => "ok",
+                Err(error) => error.kind(),
+            },
+        );
+        observe::call_finished(op, result.as_ref().map(drop), started.elapsed());
+        result
     }
 
     /// The digest of the topology the client routes by: equal digests mean equal member lists
@@ -172,11 +296,13 @@ impl Client {
     /// ```
     pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>, Error> {
         let key = wire::key(key)?;
-        let request = wire::get_request(key.clone(), self.consistency);
+        let request = wire::get_request(key.clone(), self.options.consistency);
         let response = self
-            .inner
-            .execute(&key, Access::Read, request, |mut c, r| async move {
-                c.get(r).await
+            .run("get", Retry::Idempotent, Some(&key), 1, |call| {
+                self.inner
+                    .execute(call, &key, Access::Read, request, |mut c, r| async move {
+                        c.get(r).await
+                    })
             })
             .await?;
         Ok(wire::value(response))
@@ -186,11 +312,13 @@ impl Client {
     /// key does not exist.
     pub async fn get_entry(&self, key: impl Into<Bytes>) -> Result<Option<Entry>, Error> {
         let key = wire::key(key)?;
-        let request = wire::get_request(key.clone(), self.consistency);
+        let request = wire::get_request(key.clone(), self.options.consistency);
         let response = self
-            .inner
-            .execute(&key, Access::Read, request, |mut c, r| async move {
-                c.get(r).await
+            .run("get_entry", Retry::Idempotent, Some(&key), 1, |call| {
+                self.inner
+                    .execute(call, &key, Access::Read, request, |mut c, r| async move {
+                        c.get(r).await
+                    })
             })
             .await?;
         Ok(wire::entry(response))
@@ -199,7 +327,7 @@ impl Client {
     /// Stores `value` at `key` without expiry, replacing any previous value. Returns the new
     /// version.
     pub async fn set(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<u64, Error> {
-        let response = self.raw_set(key, value, SetOptions::new()).await?;
+        let response = self.raw_set("set", key, value, SetOptions::new()).await?;
         wire::set_version(&response)
     }
 
@@ -210,7 +338,9 @@ impl Client {
         value: impl Into<Bytes>,
         ttl: Duration,
     ) -> Result<u64, Error> {
-        let response = self.raw_set(key, value, SetOptions::new().ttl(ttl)).await?;
+        let response = self
+            .raw_set("set_ex", key, value, SetOptions::new().ttl(ttl))
+            .await?;
         wire::set_version(&response)
     }
 
@@ -233,33 +363,50 @@ impl Client {
         value: impl Into<Bytes>,
         options: SetOptions,
     ) -> Result<SetOutcome, Error> {
-        let response = self.raw_set(key, value, options).await?;
+        let response = self.raw_set("set_with", key, value, options).await?;
         Ok(wire::set_outcome(response))
     }
 
     async fn raw_set(
         &self,
+        op: &'static str,
         key: impl Into<Bytes>,
         value: impl Into<Bytes>,
         options: SetOptions,
     ) -> Result<ringcache_proto::v1::SetResponse, Error> {
         let key = wire::key(key)?;
-        let request = wire::set_request(key.clone(), value.into(), &options, self.consistency)?;
-        self.inner
-            .execute(&key, Access::Write, request, |mut c, r| async move {
-                c.set(r).await
-            })
-            .await
+        let request = wire::set_request(
+            key.clone(),
+            value.into(),
+            &options,
+            self.options.consistency,
+        )?;
+        // A plain set stores the same value however often it runs; a conditional one, or one
+        // returning the previous value, would answer differently the second time.
+        let retry = if options.condition == SetCondition::Always && !options.return_previous {
+            Retry::Idempotent
+        } else {
+            Retry::OnlyUnsent
+        };
+        self.run(op, retry, Some(&key), 1, |call| {
+            self.inner
+                .execute(call, &key, Access::Write, request, |mut c, r| async move {
+                    c.set(r).await
+                })
+        })
+        .await
     }
 
     /// Removes `key`. Returns whether it existed.
     pub async fn delete(&self, key: impl Into<Bytes>) -> Result<bool, Error> {
         let key = wire::key(key)?;
-        let request = wire::delete_request(key.clone(), self.consistency);
+        let request = wire::delete_request(key.clone(), self.options.consistency);
         let response = self
-            .inner
-            .execute(&key, Access::Write, request, |mut c, r| async move {
-                c.delete(r).await
+            .run("delete", Retry::Idempotent, Some(&key), 1, |call| {
+                self.inner
+                    .execute(call, &key, Access::Write, request, |mut c, r| async move {
+                        c.delete(r).await
+                    })
             })
             .await?;
         Ok(response.deleted)
@@ -285,13 +432,16 @@ impl Client {
             return Ok(Vec::new());
         }
         let parts = self
-            .inner
-            .execute_batch(
-                &keys,
-                Access::Read,
-                |indexes| wire::mget_request(pick(&keys, indexes), self.consistency),
-                |mut c, r| async move { c.m_get(r).await },
-            )
+            .run("mget", Retry::Idempotent, None, keys.len(), |call| {
+                self.inner.execute_batch(
+                    call,
+                    &keys,
+                    Access::Read,
+                    |index| wire::key_size(&keys[index]),
+                    |indexes| wire::mget_request(pick(&keys, indexes), self.options.consistency),
+                    |mut c, r| async move { c.m_get(r).await },
+                )
+            })
             .await?;
         let mut values = vec![None; keys.len()];
         for (indexes, response) in parts {
@@ -313,24 +463,27 @@ impl Client {
         entries: impl IntoIterator<Item = (K, V)>,
         ttl: Option<Duration>,
     ) -> Result<Vec<u64>, Error> {
-        let request = wire::mset_request(entries, ttl, self.consistency)?;
+        let request = wire::mset_request(entries, ttl, self.options.consistency)?;
         if request.entries.is_empty() {
             return Ok(Vec::new());
         }
         let keys: Vec<Bytes> = request.entries.iter().map(|e| e.key.clone()).collect();
         let parts = self
-            .inner
-            .execute_batch(
-                &keys,
-                Access::Write,
-                |indexes| pb::MSetRequest {
-                    entries: pick(&request.entries, indexes),
-                    ttl_ms: request.ttl_ms,
-                    consistency: request.consistency,
-                    if_absent: false,
-                },
-                |mut c, r| async move { c.m_set(r).await },
-            )
+            .run("mset", Retry::Idempotent, None, keys.len(), |call| {
+                self.inner.execute_batch(
+                    call,
+                    &keys,
+                    Access::Write,
+                    |index| wire::entry_size(&request.entries[index]),
+                    |indexes| pb::MSetRequest {
+                        entries: pick(&request.entries, indexes),
+                        ttl_ms: request.ttl_ms,
+                        consistency: request.consistency,
+                        if_absent: false,
+                    },
+                    |mut c, r| async move { c.m_set(r).await },
+                )
+            })
             .await?;
         let mut versions = vec![0; keys.len()];
         for (indexes, response) in parts {
@@ -355,13 +508,16 @@ impl Client {
             return Ok(0);
         }
         let parts = self
-            .inner
-            .execute_batch(
-                &keys,
-                Access::Write,
-                |indexes| wire::mdelete_request(pick(&keys, indexes), self.consistency),
-                |mut c, r| async move { c.m_delete(r).await },
-            )
+            .run("mdelete", Retry::Idempotent, None, keys.len(), |call| {
+                self.inner.execute_batch(
+                    call,
+                    &keys,
+                    Access::Write,
+                    |index| wire::key_size(&keys[index]),
+                    |indexes| wire::mdelete_request(pick(&keys, indexes), self.options.consistency),
+                    |mut c, r| async move { c.m_delete(r).await },
+                )
+            })
             .await?;
         Ok(parts.iter().map(|(_, response)| response.deleted).sum())
     }
@@ -378,14 +534,14 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn incr(&self, key: impl Into<Bytes>, delta: i64) -> Result<i64, Error> {
-        self.raw_incr(key, delta, None).await
+        self.raw_incr("incr", key, delta, None).await
     }
 
     /// Subtracts `delta` from the integer stored at `key`; see [`incr`](Client::incr).
     /// `i64::MIN` is rejected, as its negation does not fit.
     pub async fn decr(&self, key: impl Into<Bytes>, delta: i64) -> Result<i64, Error> {
         let delta = wire::negate_delta(delta)?;
-        self.raw_incr(key, delta, None).await
+        self.raw_incr("decr", key, delta, None).await
     }
 
     /// Like [`incr`](Client::incr), and gives the key `ttl` when this call creates it; an
@@ -396,42 +552,49 @@ impl Client {
         delta: i64,
         ttl: Duration,
     ) -> Result<i64, Error> {
-        self.raw_incr(key, delta, Some(ttl)).await
+        self.raw_incr("incr_with_ttl", key, delta, Some(ttl)).await
     }
 
     async fn raw_incr(
         &self,
+        op: &'static str,
         key: impl Into<Bytes>,
         delta: i64,
         ttl: Option<Duration>,
     ) -> Result<i64, Error> {
         let key = wire::key(key)?;
-        let request = wire::incr_request(key.clone(), delta, ttl, self.consistency)?;
+        let request = wire::incr_request(key.clone(), delta, ttl, self.options.consistency)?;
         let response = self
-            .inner
-            .execute(&key, Access::Write, request, |mut c, r| async move {
-                c.incr(r).await
+            .run(op, Retry::OnlyUnsent, Some(&key), 1, |call| {
+                self.inner
+                    .execute(call, &key, Access::Write, request, |mut c, r| async move {
+                        c.incr(r).await
+                    })
             })
             .await?;
         Ok(response.value)
     }
 
-    /// Sends one `Cache.Update` for `key` to its primary (a write: no failover once sent).
+    /// Sends one `Cache.Update` for `key` to its primary (a write: no failover once sent, and
+    /// no retry: none of the updates may run twice).
     async fn update(
         &self,
+        name: &'static str,
         key: Bytes,
         op: pb::update_request::Op,
     ) -> Result<pb::UpdateResponse, Error> {
         let request = pb::UpdateRequest {
             key: key.clone(),
-            consistency: wire::consistency(self.consistency),
+            consistency: wire::consistency(self.options.consistency),
             op: Some(op),
         };
-        self.inner
-            .execute(&key, Access::Write, request, |mut c, r| async move {
-                c.update(r).await
-            })
-            .await
+        self.run(name, Retry::OnlyUnsent, Some(&key), 1, |call| {
+            self.inner
+                .execute(call, &key, Access::Write, request, |mut c, r| async move {
+                    c.update(r).await
+                })
+        })
+        .await
     }
 
     /// Appends `suffix` to the value at `key` (a missing key starts empty) in one step on the
@@ -454,7 +617,7 @@ impl Client {
         let op = pb::update_request::Op::Append(pb::AppendOp {
             value: suffix.into(),
         });
-        Ok(self.update(key, op).await?.length)
+        Ok(self.update("append", key, op).await?.length)
     }
 
     /// Overwrites the value at `key` from byte `offset` with `bytes`, padding with zero bytes,
@@ -474,7 +637,7 @@ impl Client {
             offset,
             value: bytes.into(),
         });
-        Ok(self.update(key, op).await?.length)
+        Ok(self.update("set_range", key, op).await?.length)
     }
 
     /// Adds `delta` to the number stored as decimal text at `key` (a missing key counts as 0)
@@ -495,19 +658,22 @@ impl Client {
             return Err(Error::InvalidArgument("delta is NaN".to_owned()));
         }
         let op = pb::update_request::Op::IncrByFloat(pb::IncrByFloatOp { delta });
-        Ok(self.update(key, op).await?.value)
+        Ok(self.update("incr_by_float", key, op).await?.value)
     }
 
     /// Removes `key` and returns the value it held (`None` for a missing key), read and deleted
     /// in one step on the key's primary (Redis GETDEL).
     pub async fn get_del(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>, Error> {
         let key = wire::key(key)?;
-        let mut request = wire::delete_request(key.clone(), self.consistency);
+        let mut request = wire::delete_request(key.clone(), self.options.consistency);
         request.return_previous = true;
+        // A second run would find the key gone and return nothing.
         let response = self
-            .inner
-            .execute(&key, Access::Write, request, |mut c, r| async move {
-                c.delete(r).await
+            .run("get_del", Retry::OnlyUnsent, Some(&key), 1, |call| {
+                self.inner
+                    .execute(call, &key, Access::Write, request, |mut c, r| async move {
+                        c.delete(r).await
+                    })
             })
             .await?;
         Ok(response.previous)
@@ -541,7 +707,7 @@ impl Client {
         let op = pb::update_request::Op::GetEx(pb::GetExOp {
             expiry: Some(expiry),
         });
-        let response = self.update(key, op).await?;
+        let response = self.update("get_ex", key, op).await?;
         Ok(response.found.then_some(response.value))
     }
 
@@ -576,13 +742,21 @@ impl Client {
             expected_version,
             value.into(),
             ttl,
-            self.consistency,
+            self.options.consistency,
         )?;
         let response = self
-            .inner
-            .execute(&key, Access::Write, request, |mut c, r| async move {
-                c.compare_and_set(r).await
-            })
+            .run(
+                "compare_and_set",
+                Retry::OnlyUnsent,
+                Some(&key),
+                1,
+                |call| {
+                    self.inner
+                        .execute(call, &key, Access::Write, request, |mut c, r| async move {
+                            c.compare_and_set(r).await
+                        })
+                },
+            )
             .await?;
         Ok(response.version)
     }
@@ -590,11 +764,13 @@ impl Client {
     /// Gives an existing key a new TTL. Returns `false` when the key does not exist.
     pub async fn expire(&self, key: impl Into<Bytes>, ttl: Duration) -> Result<bool, Error> {
         let key = wire::key(key)?;
-        let request = wire::expire_request(key.clone(), ttl, self.consistency)?;
+        let request = wire::expire_request(key.clone(), ttl, self.options.consistency)?;
         let response = self
-            .inner
-            .execute(&key, Access::Write, request, |mut c, r| async move {
-                c.expire(r).await
+            .run("expire", Retry::Idempotent, Some(&key), 1, |call| {
+                self.inner
+                    .execute(call, &key, Access::Write, request, |mut c, r| async move {
+                        c.expire(r).await
+                    })
             })
             .await?;
         Ok(response.updated)
@@ -603,11 +779,13 @@ impl Client {
     /// Removes the TTL of a key. Returns `false` when the key does not exist or had no TTL.
     pub async fn persist(&self, key: impl Into<Bytes>) -> Result<bool, Error> {
         let key = wire::key(key)?;
-        let request = wire::persist_request(key.clone(), self.consistency);
+        let request = wire::persist_request(key.clone(), self.options.consistency);
         let response = self
-            .inner
-            .execute(&key, Access::Write, request, |mut c, r| async move {
-                c.persist(r).await
+            .run("persist", Retry::Idempotent, Some(&key), 1, |call| {
+                self.inner
+                    .execute(call, &key, Access::Write, request, |mut c, r| async move {
+                        c.persist(r).await
+                    })
             })
             .await?;
         Ok(response.updated)
@@ -626,11 +804,13 @@ impl Client {
     /// ```
     pub async fn ttl(&self, key: impl Into<Bytes>) -> Result<KeyTtl, Error> {
         let key = wire::key(key)?;
-        let request = wire::ttl_request(key.clone(), self.consistency);
+        let request = wire::ttl_request(key.clone(), self.options.consistency);
         let response = self
-            .inner
-            .execute(&key, Access::Read, request, |mut c, r| async move {
-                c.ttl(r).await
+            .run("ttl", Retry::Idempotent, Some(&key), 1, |call| {
+                self.inner
+                    .execute(call, &key, Access::Read, request, |mut c, r| async move {
+                        c.ttl(r).await
+                    })
             })
             .await?;
         Ok(wire::key_ttl(&response))
@@ -663,6 +843,9 @@ mod tests {
             connect_timeout: Duration::from_secs(2),
             pool_size: 1,
             max_message_bytes: 1 << 20,
+            max_batch_keys: None,
+            retry: RetryPolicy::new(),
+            retry_budget: crate::RetryBudget::default(),
             request_timeout: Duration::from_secs(2),
             pipelining: true,
             factory: crate::conn::default_factory(Duration::from_secs(2), None),
@@ -768,7 +951,7 @@ mod tests {
         let client = unconnected_client();
         let strict = client.with_consistency(Consistency::All);
         assert!(Arc::ptr_eq(&client.inner, &strict.inner));
-        assert_eq!(strict.consistency, Some(Consistency::All));
-        assert_eq!(strict.with_consistency(None).consistency, None);
+        assert_eq!(strict.options.consistency, Some(Consistency::All));
+        assert_eq!(strict.with_consistency(None).options.consistency, None);
     }
 }

@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use hyper_util::rt::TokioIo;
 use ringcache_proto::{
     TOPOLOGY_DIGEST_METADATA,
     v1::{NodeInfoRequest, cache_client::CacheClient, cluster_client::ClusterClient},
@@ -21,16 +22,18 @@ use tonic::{
     Status,
     codegen::http::HeaderValue,
     metadata::MetadataMap,
-    transport::{Channel, ClientTlsConfig, Endpoint},
+    transport::{Channel, ClientTlsConfig, Endpoint, Uri},
 };
 
 use crate::{
-    Error,
+    Connector, Error, RetryBudget, RetryPolicy, observe,
     pipeline::{Outcome, Pipeline, PipelineOp},
     security::NodeChannel,
 };
 
-/// Builds a (possibly lazy) channel to a node's `host:port`.
+/// Builds a (lazy) channel to a node's `host:port`: [`default_factory`] or
+/// [`connector_factory`]. Crate-private, so no tonic type is in the public API; tests inside
+/// the crate may make their own.
 pub(crate) type ChannelFactory = Arc<dyn Fn(&str) -> Result<Channel, Error> + Send + Sync>;
 
 /// HTTP/2 keepalive of the default channel factory: a ping every 10 s, even when idle, and the
@@ -47,6 +50,12 @@ pub(crate) struct ConnectConfig {
     pub(crate) pool_size: usize,
     /// Largest gRPC message sent or received.
     pub(crate) max_message_bytes: usize,
+    /// The client's own bound on keys per multi-key request (`None`: the nodes' limits alone).
+    pub(crate) max_batch_keys: Option<usize>,
+    /// The retry policy of calls that do not choose their own.
+    pub(crate) retry: RetryPolicy,
+    /// The retry budget's settings (checked).
+    pub(crate) retry_budget: RetryBudget,
     /// Bound on each request to a node (per attempt when a request fails over).
     pub(crate) request_timeout: Duration,
     /// Whether `Cache` requests travel on the pipelined stream ([`crate::pipeline`]) rather
@@ -75,6 +84,9 @@ impl fmt::Debug for ConnectConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("pool_size", &self.pool_size)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_batch_keys", &self.max_batch_keys)
+            .field("retry", &self.retry)
+            .field("retry_budget", &self.retry_budget)
             .field("request_timeout", &self.request_timeout)
             .field("pipelining", &self.pipelining)
             .field("credentials", &self.authorization.is_some())
@@ -90,6 +102,34 @@ pub(crate) fn default_factory(
     tls: Option<ClientTlsConfig>,
 ) -> ChannelFactory {
     Arc::new(move |addr: &str| Ok(endpoint(addr, connect_timeout, tls.as_ref())?.connect_lazy()))
+}
+
+/// A factory whose channels get their byte streams from `connector` (the
+/// [`ClientBuilder::connector`](crate::ClientBuilder::connector) seam), with the default
+/// factory's HTTP/2 settings, and TLS on top of the stream when `tls` is given.
+pub(crate) fn connector_factory(
+    connect_timeout: Duration,
+    tls: Option<ClientTlsConfig>,
+    connector: Connector,
+) -> ChannelFactory {
+    Arc::new(move |addr: &str| {
+        let connector = connector.clone();
+        let dial = tower::service_fn(move |uri: Uri| {
+            let connector = connector.clone();
+            async move {
+                let authority = uri.authority().map(|a| a.as_str().to_owned());
+                let Some(addr) = authority else {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("no host:port in {uri}"),
+                    ));
+                };
+                let stream = connector.connect(&addr).await?;
+                Ok(TokioIo::new(stream))
+            }
+        });
+        Ok(endpoint(addr, connect_timeout, tls.as_ref())?.connect_with_connector_lazy(dial))
+    })
 }
 
 /// The endpoint of a node: `https://` with `tls`, else `http://`, with the default factory's
@@ -229,6 +269,12 @@ impl fmt::Debug for NodePool {
     }
 }
 
+impl Drop for NodePool {
+    fn drop(&mut self) {
+        observe::pool_opened(self.conns.len(), false);
+    }
+}
+
 impl NodePool {
     /// A pool over already made channels (at least one).
     pub(crate) fn from_channels(
@@ -237,7 +283,7 @@ impl NodePool {
         max_message_bytes: usize,
         pipelining: bool,
     ) -> Self {
-        let conns = channels
+        let conns: Box<[Conn]> = channels
             .into_iter()
             .map(|channel| {
                 let cache = CacheClient::new(channel.clone())
@@ -250,6 +296,7 @@ impl NodePool {
                 }
             })
             .collect();
+        observe::pool_opened(conns.len(), true);
         NodePool {
             addr: addr.to_owned(),
             conns,
@@ -290,13 +337,15 @@ impl NodePool {
             .max_encoding_message_size(self.max_message_bytes)
     }
 
-    /// Sends one `Cache` request under `timeout`: on the next connection's pipelined stream, or
-    /// with `rpc` as a unary call when pipelining is off or the node does not serve it. Returns
-    /// the outcome with the topology digest the node reported, if any.
+    /// Sends one `Cache` request under `timeout`: on the next connection's pipelined stream
+    /// (in batches of at most `max_batch_bytes`), or with `rpc` as a unary call when pipelining
+    /// is off or the node does not serve it. Returns the outcome with the topology digest the
+    /// node reported, if any.
     pub(crate) async fn call<Req, F, Fut>(
         &self,
         message: Req,
         timeout: Duration,
+        max_batch_bytes: usize,
         rpc: F,
     ) -> Reply<Req::Response>
     where
@@ -313,7 +362,12 @@ impl NodePool {
         // Until the node has answered on a stream, keep a copy to send as a unary call should it
         // not know `Pipeline`.
         let copy = (support == PIPELINE_UNKNOWN).then(|| message.clone());
-        match self.pick().pipeline.call(message, timeout).await {
+        match self
+            .pick()
+            .pipeline
+            .call(message, timeout, max_batch_bytes)
+            .await
+        {
             Outcome::Done(reply) => {
                 if support == PIPELINE_UNKNOWN && reply.digest.is_some() {
                     self.pipelining.store(PIPELINE_YES, Ordering::Relaxed);
@@ -359,7 +413,7 @@ impl NodePool {
             },
             Ok(Err(status)) => Reply {
                 digest: topology_digest(status.metadata()),
-                result: Err(Failure::from_status(status, started.elapsed(), timeout)),
+                result: Err(Failure::from_status(&status, started.elapsed(), timeout)),
             },
             Err(_) => Reply {
                 digest: None,
@@ -419,9 +473,9 @@ impl FailureClass {
 
 impl Failure {
     /// Classifies a status a call received after `elapsed` under `timeout`.
-    pub(crate) fn from_status(status: Status, elapsed: Duration, timeout: Duration) -> Self {
-        let not_sent = is_connect_error(&status);
-        let local = crate::error::is_local_transport_error(&status);
+    pub(crate) fn from_status(status: &Status, elapsed: Duration, timeout: Duration) -> Self {
+        let not_sent = is_connect_error(status);
+        let local = crate::error::is_local_transport_error(status);
         let error = Error::from_status_after(status, elapsed, timeout);
         let class = match &error {
             Error::Unavailable(_) if not_sent => FailureClass::NotSent,
@@ -636,13 +690,13 @@ async fn probe(channel: NodeChannel, timeout: Duration) -> Result<(), ProbeFailu
             "not a gRPC server: {}",
             status.message()
         ))),
-        Err(status) => match Error::from_status_after(status, started.elapsed(), timeout) {
+        Err(status) => match Error::from_status_after(&status, started.elapsed(), timeout) {
             Error::Unavailable(message) => Err(ProbeFailure::Down(message)),
             Error::Timeout { .. } => {
                 Err(ProbeFailure::Down(format!("no answer within {timeout:?}")))
             }
             error @ Error::Server {
-                code: tonic::Code::Cancelled,
+                code: crate::ServerCode::Cancelled,
                 ..
             } => Err(ProbeFailure::Down(error.to_string())),
             error if error.is_denial() => Err(ProbeFailure::Denied(error)),

@@ -1,6 +1,9 @@
 //! The client's error type and its mapping from gRPC statuses.
+//!
+//! The public types here ([`Error`], [`ServerCode`]) carry no transport type: gRPC statuses are
+//! mapped in this module and nowhere else leave the crate.
 
-use std::{error::Error as StdError, fmt::Write as _, time::Duration};
+use std::{error::Error as StdError, fmt, fmt::Write as _, time::Duration};
 
 use ringcache_proto::CURRENT_VERSION_METADATA;
 use tonic::{Code, Status};
@@ -79,14 +82,119 @@ pub enum Error {
         message: String,
     },
 
-    /// Any other gRPC status returned by the node.
-    #[error("{}", with_kind(&format!("server error {code:?}"), message))]
+    /// A value could not be encoded or decoded by the client: a stored value that is not valid
+    /// JSON for the requested type (`get_json`, `mget_json`), or a value that cannot be
+    /// serialized (`set_json`; feature `serde`). The message names the key.
+    #[error("{}", with_kind("codec error", .0))]
+    Codec(String),
+
+    /// Any other status returned by the node (or made by the local HTTP/2 stack for a request
+    /// it abandoned), such as [`ServerCode::Unimplemented`] from a node too old for a call, or
+    /// [`ServerCode::Internal`].
+    #[error("{}", with_kind(&format!("server error {code}"), message))]
     Server {
-        /// The gRPC status code.
-        code: Code,
+        /// The status code.
+        code: ServerCode,
         /// The status message.
         message: String,
     },
+}
+
+/// The status code of a node's answer, as carried by [`Error::Server`]: gRPC's status codes,
+/// in an enum of the client's own so that the public API does not depend on a transport
+/// library.
+///
+/// Codes that have an [`Error`] variant of their own (`INVALID_ARGUMENT`, `UNAVAILABLE`,
+/// `UNAUTHENTICATED`, ...) come as that variant, not as [`Error::Server`]; they are here so that
+/// a code can always be named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ServerCode {
+    /// The request was cancelled (usually by the client side).
+    Cancelled,
+    /// An error the node could not classify.
+    Unknown,
+    /// The request was malformed.
+    InvalidArgument,
+    /// The request's deadline passed before it completed.
+    DeadlineExceeded,
+    /// Something the request names does not exist.
+    NotFound,
+    /// Something the request would create exists already.
+    AlreadyExists,
+    /// The user's role does not allow the request.
+    PermissionDenied,
+    /// A limit was reached (memory, quota).
+    ResourceExhausted,
+    /// The state the request needs does not hold (a compare-and-set version mismatch).
+    FailedPrecondition,
+    /// The request was aborted (a concurrency conflict).
+    Aborted,
+    /// A value is out of its valid range (an overflowing increment, an oversized message).
+    OutOfRange,
+    /// The node does not implement the call (an older node).
+    Unimplemented,
+    /// An internal error of the node.
+    Internal,
+    /// The node cannot serve the request now.
+    Unavailable,
+    /// Unrecoverable data loss.
+    DataLoss,
+    /// The request carried no valid credentials.
+    Unauthenticated,
+}
+
+impl ServerCode {
+    /// The code's name in `snake_case` (`"not_found"`), as used in messages and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerCode::Cancelled => "cancelled",
+            ServerCode::Unknown => "unknown",
+            ServerCode::InvalidArgument => "invalid_argument",
+            ServerCode::DeadlineExceeded => "deadline_exceeded",
+            ServerCode::NotFound => "not_found",
+            ServerCode::AlreadyExists => "already_exists",
+            ServerCode::PermissionDenied => "permission_denied",
+            ServerCode::ResourceExhausted => "resource_exhausted",
+            ServerCode::FailedPrecondition => "failed_precondition",
+            ServerCode::Aborted => "aborted",
+            ServerCode::OutOfRange => "out_of_range",
+            ServerCode::Unimplemented => "unimplemented",
+            ServerCode::Internal => "internal",
+            ServerCode::Unavailable => "unavailable",
+            ServerCode::DataLoss => "data_loss",
+            ServerCode::Unauthenticated => "unauthenticated",
+        }
+    }
+
+    /// The code of a gRPC status code; `None` for `OK`.
+    pub(crate) fn from_grpc(code: Code) -> Option<Self> {
+        Some(match code {
+            Code::Ok => return None,
+            Code::Cancelled => ServerCode::Cancelled,
+            Code::Unknown => ServerCode::Unknown,
+            Code::InvalidArgument => ServerCode::InvalidArgument,
+            Code::DeadlineExceeded => ServerCode::DeadlineExceeded,
+            Code::NotFound => ServerCode::NotFound,
+            Code::AlreadyExists => ServerCode::AlreadyExists,
+            Code::PermissionDenied => ServerCode::PermissionDenied,
+            Code::ResourceExhausted => ServerCode::ResourceExhausted,
+            Code::FailedPrecondition => ServerCode::FailedPrecondition,
+            Code::Aborted => ServerCode::Aborted,
+            Code::OutOfRange => ServerCode::OutOfRange,
+            Code::Unimplemented => ServerCode::Unimplemented,
+            Code::Internal => ServerCode::Internal,
+            Code::Unavailable => ServerCode::Unavailable,
+            Code::DataLoss => ServerCode::DataLoss,
+            Code::Unauthenticated => ServerCode::Unauthenticated,
+        })
+    }
+}
+
+impl fmt::Display for ServerCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `kind: message`, or the message alone when it already starts with the kind: a node's message
@@ -125,6 +233,25 @@ fn fmt_after(after: Option<Duration>) -> String {
 }
 
 impl Error {
+    /// A short, stable name of the error's kind, in `snake_case`: `invalid_argument`,
+    /// `cas_conflict`, `memory_full`, `unavailable`, `timeout`, `protocol`,
+    /// `unauthenticated`, `permission_denied`, `codec`, or for [`Error::Server`] the code's name
+    /// ([`ServerCode::as_str`]). The client's metrics label outcomes with it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::CasConflict { .. } => "cas_conflict",
+            Error::MemoryFull(_) => "memory_full",
+            Error::Unavailable(_) => "unavailable",
+            Error::Timeout { .. } => "timeout",
+            Error::Protocol(_) => "protocol",
+            Error::Unauthenticated { .. } => "unauthenticated",
+            Error::PermissionDenied { .. } => "permission_denied",
+            Error::Codec(_) => "codec",
+            Error::Server { code, .. } => code.as_str(),
+        }
+    }
+
     /// Whether trying the same request again later may succeed: `true` for
     /// [`Unavailable`](Error::Unavailable) and [`Timeout`](Error::Timeout).
     ///
@@ -135,17 +262,21 @@ impl Error {
 
     /// Maps a status received by a request that ran for `elapsed` under a client-side
     /// `timeout`, so that every flavour of "too late" becomes [`Error::Timeout`].
-    pub(crate) fn from_status_after(status: Status, elapsed: Duration, timeout: Duration) -> Error {
+    pub(crate) fn from_status_after(
+        status: &Status,
+        elapsed: Duration,
+        timeout: Duration,
+    ) -> Error {
         match status.code() {
             // tonic's channel enforces the `grpc-timeout` header locally too, and reports it as
             // CANCELLED; the server reports its own deadline as DEADLINE_EXCEEDED.
-            Code::Cancelled if elapsed >= timeout || is_local_timeout(&status) => Error::Timeout {
+            Code::Cancelled if elapsed >= timeout || is_local_timeout(status) => Error::Timeout {
                 after: Some(timeout),
             },
             Code::DeadlineExceeded => Error::Timeout {
                 after: Some(round_to_millis(elapsed)),
             },
-            _ => Error::from(status),
+            _ => Error::from_status(status),
         }
     }
 }
@@ -154,17 +285,18 @@ fn round_to_millis(duration: Duration) -> Duration {
     Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
 }
 
-impl From<Status> for Error {
-    fn from(status: Status) -> Self {
+impl Error {
+    /// The error a gRPC status stands for. Crate-private: the public API carries no tonic type.
+    pub(crate) fn from_status(status: &Status) -> Self {
         match status.code() {
             Code::InvalidArgument | Code::OutOfRange => {
                 Error::InvalidArgument(status.message().to_owned())
             }
             Code::FailedPrecondition => Error::CasConflict {
-                current_version: current_version(&status),
+                current_version: current_version(status),
             },
             Code::ResourceExhausted => Error::MemoryFull(status.message().to_owned()),
-            Code::Unavailable => Error::Unavailable(describe(&status)),
+            Code::Unavailable => Error::Unavailable(describe(status)),
             Code::DeadlineExceeded => Error::Timeout { after: None },
             Code::Unauthenticated => Error::Unauthenticated {
                 message: status.message().to_owned(),
@@ -174,15 +306,16 @@ impl From<Status> for Error {
             },
             // A status built by the local HTTP/2 stack (a broken or refused connection) carries
             // its cause as a source; one decoded from a server's answer never does.
-            Code::Unknown if is_local_transport_error(&status) => {
-                Error::Unavailable(describe(&status))
+            Code::Unknown if is_local_transport_error(status) => {
+                Error::Unavailable(describe(status))
             }
             // hyper cancels a request whose connection closed under it.
-            Code::Cancelled if is_local_transport_error(&status) => {
-                Error::Unavailable(describe(&status))
+            Code::Cancelled if is_local_transport_error(status) => {
+                Error::Unavailable(describe(status))
             }
             code => Error::Server {
-                code,
+                // `OK` is never an error status; should a broken peer send one, call it unknown.
+                code: ServerCode::from_grpc(code).unwrap_or(ServerCode::Unknown),
                 message: status.message().to_owned(),
             },
         }
@@ -238,6 +371,13 @@ pub(crate) fn describe_source(error: &(dyn StdError + 'static)) -> String {
 }
 
 impl Error {
+    /// Whether a message was over a gRPC message limit (the node's when it encoded its answer,
+    /// or the client's when it decoded it): tonic's `OUT_OF_RANGE` statuses say "encoded
+    /// message length too large" and "decoded message length too large".
+    pub(crate) fn is_message_too_large(&self) -> bool {
+        matches!(self, Error::InvalidArgument(message) if message.contains("message length too large"))
+    }
+
     /// Whether the node refused the credentials or the user's role: such an answer is final for
     /// every node, so it is never retried elsewhere.
     pub(crate) fn is_denial(&self) -> bool {
@@ -324,31 +464,43 @@ mod tests {
             ),
         ];
         for (code, check) in cases {
-            let error = Error::from(Status::new(*code, "boom"));
+            let error = Error::from_status(&Status::new(*code, "boom"));
             assert!(check(&error), "{code:?} mapped to {error:?}");
         }
-        for code in [
-            Code::Ok,
-            Code::Cancelled,
-            Code::Unknown,
-            Code::NotFound,
-            Code::AlreadyExists,
-            Code::Aborted,
-            Code::Unimplemented,
-            Code::Internal,
-            Code::DataLoss,
+        for (code, expected) in [
+            (Code::Ok, ServerCode::Unknown),
+            (Code::Cancelled, ServerCode::Cancelled),
+            (Code::Unknown, ServerCode::Unknown),
+            (Code::NotFound, ServerCode::NotFound),
+            (Code::AlreadyExists, ServerCode::AlreadyExists),
+            (Code::Aborted, ServerCode::Aborted),
+            (Code::Unimplemented, ServerCode::Unimplemented),
+            (Code::Internal, ServerCode::Internal),
+            (Code::DataLoss, ServerCode::DataLoss),
         ] {
-            let error = Error::from(Status::new(code, "boom"));
+            let error = Error::from_status(&Status::new(code, "boom"));
             assert!(
-                matches!(&error, Error::Server { code: c, message } if *c == code && message == "boom"),
+                matches!(&error, Error::Server { code: c, message } if *c == expected && message == "boom"),
                 "{code:?} mapped to {error:?}"
             );
         }
     }
 
     #[test]
+    fn every_grpc_code_has_a_server_code_with_a_distinct_name() {
+        let mut names = std::collections::BTreeSet::new();
+        for value in 1..=16 {
+            let code = ServerCode::from_grpc(Code::from_i32(value)).unwrap();
+            assert!(names.insert(code.as_str()), "{code:?} named twice");
+            assert_eq!(code.to_string(), code.as_str());
+        }
+        assert_eq!(ServerCode::from_grpc(Code::Ok), None);
+        assert_eq!(names.len(), 16);
+    }
+
+    #[test]
     fn cas_conflict_reads_the_current_version() {
-        let error = Error::from(conflict_with(Some("42")));
+        let error = Error::from_status(&conflict_with(Some("42")));
         assert!(matches!(
             error,
             Error::CasConflict {
@@ -364,7 +516,7 @@ mod tests {
     #[test]
     fn cas_conflict_without_or_with_garbled_metadata_has_no_version() {
         for value in [None, Some("not-a-number"), Some("-1"), Some("")] {
-            let error = Error::from(conflict_with(value));
+            let error = Error::from_status(&conflict_with(value));
             assert!(
                 matches!(
                     error,
@@ -376,7 +528,7 @@ mod tests {
             );
         }
         assert_eq!(
-            Error::from(conflict_with(None)).to_string(),
+            Error::from_status(&conflict_with(None)).to_string(),
             "compare-and-set conflict: current version none (key absent)"
         );
     }
@@ -386,7 +538,7 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset");
         let status = Status::from_error(Box::new(io));
         assert_eq!(status.code(), Code::Unknown);
-        let error = Error::from(status);
+        let error = Error::from_status(&status);
         assert!(
             matches!(&error, Error::Unavailable(m) if m.contains("connection reset")),
             "{error:?}"
@@ -394,7 +546,10 @@ mod tests {
         assert!(error.is_retryable());
 
         let not_ready = Status::unknown("Service was not ready: transport error");
-        assert!(matches!(Error::from(not_ready), Error::Unavailable(_)));
+        assert!(matches!(
+            Error::from_status(&not_ready),
+            Error::Unavailable(_)
+        ));
     }
 
     #[test]
@@ -402,21 +557,21 @@ mod tests {
         let timeout = Duration::from_secs(1);
         let cancelled = Status::cancelled("Timeout expired");
         assert!(matches!(
-            Error::from_status_after(cancelled, Duration::from_millis(1001), timeout),
+            Error::from_status_after(&cancelled, Duration::from_millis(1001), timeout),
             Error::Timeout {
                 after: Some(t)
             } if t == timeout
         ));
         let early_cancel = Status::cancelled("connection closed");
         assert!(matches!(
-            Error::from_status_after(early_cancel, Duration::from_millis(10), timeout),
+            Error::from_status_after(&early_cancel, Duration::from_millis(10), timeout),
             Error::Server {
-                code: Code::Cancelled,
+                code: ServerCode::Cancelled,
                 ..
             }
         ));
         let deadline = Status::deadline_exceeded("replicas too slow");
-        let error = Error::from_status_after(deadline, Duration::from_micros(300_700), timeout);
+        let error = Error::from_status_after(&deadline, Duration::from_micros(300_700), timeout);
         assert!(matches!(
             error,
             Error::Timeout {
@@ -426,7 +581,7 @@ mod tests {
         assert_eq!(error.to_string(), "request timed out after 300ms");
         let other = Status::invalid_argument("key too large");
         assert!(matches!(
-            Error::from_status_after(other, Duration::from_secs(5), timeout),
+            Error::from_status_after(&other, Duration::from_secs(5), timeout),
             Error::InvalidArgument(_)
         ));
     }
@@ -434,7 +589,7 @@ mod tests {
     #[test]
     fn a_message_that_names_its_kind_does_not_get_it_twice() {
         // What nodes send: the store's messages start with their kind.
-        let full = Error::from(Status::resource_exhausted(
+        let full = Error::from_status(&Status::resource_exhausted(
             "memory full: 1500068 more bytes needed, 1500068 of max_memory 2097152 in use",
         ));
         assert_eq!(
@@ -453,9 +608,10 @@ mod tests {
                 message: "permission denied: role read cannot write".into(),
             },
             Error::Server {
-                code: Code::Internal,
-                message: "server error Internal: oops".into(),
+                code: ServerCode::Internal,
+                message: "server error internal: oops".into(),
             },
+            Error::Codec("codec error: not json".into()),
         ];
         for error in cases {
             let text = error.to_string();
@@ -513,11 +669,11 @@ mod tests {
         );
         assert_eq!(
             Error::Server {
-                code: Code::Internal,
+                code: ServerCode::Internal,
                 message: "oops".into()
             }
             .to_string(),
-            "server error Internal: oops"
+            "server error internal: oops"
         );
     }
 }

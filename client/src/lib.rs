@@ -31,16 +31,49 @@
 //!
 //! A missing key is never an error: reads return `None`. Failures are [`Error`]s;
 //! [`Error::is_retryable`] tells those worth retrying.
+//!
+//! # In production
+//!
+//! - **Batches** (`mget`, `mset`, `mdelete`) of any size are split by node and into requests
+//!   within the limits the nodes state (`max_batch_keys`, `max_message_bytes`) and
+//!   [`ClientBuilder::max_batch_keys`], sent concurrently, and answered in order.
+//! - **Per-call options**: [`Client::with_timeout`], [`Client::with_consistency`],
+//!   [`Client::with_retry`] and [`Client::with_options`] ([`CallOptions`]) return a cheap handle
+//!   whose calls use them; a per-call timeout bounds the whole call.
+//! - **Retries** ([`RetryPolicy`], [`RetryBudget`]): jittered exponential backoff under a
+//!   token-bucket budget, for what is safe to repeat only: a request that never reached a
+//!   node, or an idempotent operation (reads, plain sets, deletes) after a broken connection
+//!   or an `UNAVAILABLE` answer. `incr`, `append`, `compare_and_set`, conditional sets and the
+//!   like are never repeated once they may have run.
+//! - **Metrics** through the [`metrics`](https://docs.rs/metrics) facade (requests by operation
+//!   and outcome, latency, attempt failures, failovers, retries, batch parts, topology
+//!   refreshes, pools and streams; all named `ringcache_client_*`), and **tracing spans**
+//!   `ringcache.request` (operation, the key's hash slot and hash, never the key; the node that
+//!   answered; attempts; outcome) with a `ringcache.attempt` span per node tried.
+//! - **No transport type in the API**: errors carry [`ServerCode`], not a gRPC library's code;
+//!   custom networks plug in a [`Connector`] (a byte stream per connection).
+//!
+//! # Features
+//!
+//! - `cli` (default): the `ringctl` binary and [`ctl`], its library. Library users turn it off
+//!   with `default-features = false`.
+//! - `serde`: typed values as JSON, `Client::get_json`, `set_json`, `set_json_ex`,
+//!   `set_json_with` and `mget_json`.
 
 #![warn(missing_docs)]
 
 mod builder;
 mod client;
 mod conn;
+mod connector;
 mod error;
+#[cfg(feature = "serde")]
+mod json;
+mod observe;
 mod options;
 mod pipeline;
 mod refresh;
+mod retry;
 mod router;
 mod security;
 mod wire;
@@ -51,12 +84,16 @@ pub mod ctl;
 pub use builder::ClientBuilder;
 pub use bytes::Bytes;
 pub use client::Client;
-pub use error::Error;
-pub use options::{Consistency, Entry, GetExpiry, KeyTtl, SetCondition, SetOptions, SetOutcome};
+pub use connector::{ConnectFuture, Connector, NodeStream};
+pub use error::{Error, ServerCode};
+pub use options::{
+    CallOptions, Consistency, Entry, GetExpiry, KeyTtl, RetryBudget, RetryPolicy, SetCondition,
+    SetOptions, SetOutcome,
+};
 pub use ringcache_proto::topology::{Member, NodeState, Topology};
 pub use security::TlsOptions;
 
-/// The examples of the workspace README (the client, TLS and credentials), compiled as doctests.
+/// The examples of the crate's own README (its registry page), compiled as doctests.
 #[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeDoctests;
+#[doc = include_str!("../README.md")]
+pub struct CrateReadmeDoctests;

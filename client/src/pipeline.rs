@@ -16,13 +16,15 @@ use std::{
     collections::{HashMap, VecDeque},
     fmt,
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
 
 use futures_util::{Stream, task::AtomicWaker};
-use prost::Message;
 use ringcache_proto::{
     CURRENT_VERSION_METADATA,
     v1::{
@@ -36,15 +38,18 @@ use tonic::{Code, Status, metadata::MetadataValue};
 use crate::{
     Error,
     conn::{Failure, FailureClass, Reply},
+    observe,
     security::NodeChannel,
 };
 
 /// Most requests in one batch (nodes accept `max_batch_keys`, 1000 by default).
 const MAX_BATCH_REQUESTS: usize = 256;
 
-/// A batch stops growing once its requests' encoded size passes this; a bigger request still
-/// travels, alone.
-const MAX_BATCH_BYTES: usize = 1 << 20;
+/// A batch stops growing before its requests' encoded size would pass this, or the nodes'
+/// message limit when smaller (the `max_batch_bytes` of each call); a bigger request still
+/// travels, alone, so a batch never exceeds the larger of the cap and its one request (which the
+/// router keeps within the nodes' message limit).
+pub(crate) const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// A `Cache` request that can travel on the pipeline, and its answer.
 pub(crate) trait PipelineOp {
@@ -150,11 +155,13 @@ impl Pipeline {
         }
     }
 
-    /// Sends one request on the stream and waits for its answer, at most `timeout`.
+    /// Sends one request on the stream and waits for its answer, at most `timeout`. Batches
+    /// of the stream stay within `max_batch_bytes` (at most [`MAX_BATCH_BYTES`]).
     pub(crate) async fn call<Req: PipelineOp>(
         &self,
         message: Req,
         timeout: Duration,
+        max_batch_bytes: usize,
     ) -> Outcome<Req::Response> {
         // One clock read serves both the deadline and the elapsed time of a failure.
         let started = Instant::now();
@@ -168,6 +175,8 @@ impl Pipeline {
         let mut attempts = 0;
         loop {
             let link = self.current_link();
+            link.max_batch_bytes
+                .store(max_batch_bytes.clamp(1, MAX_BATCH_BYTES), Ordering::Relaxed);
             match link.push(queued) {
                 Ok(()) => break,
                 Err(back) => {
@@ -199,7 +208,7 @@ impl Pipeline {
                 digest: Some(digest),
                 result: match answer {
                     Answer::Error(error) => Err(Failure::from_status(
-                        status_of(error),
+                        &status_of(error),
                         started.elapsed(),
                         timeout,
                     )),
@@ -255,7 +264,7 @@ impl Pipeline {
                         Code::Unauthenticated | Code::PermissionDenied
                     ) =>
             {
-                Failure::from_status(status, started.elapsed(), timeout)
+                Failure::from_status(&status, started.elapsed(), timeout)
             }
             Closed::Status(status) => Failure::not_sent(Error::Unavailable(format!(
                 "not sent: the pipeline stream to {addr} failed: {}",
@@ -309,6 +318,11 @@ struct Link {
     state: Mutex<LinkState>,
     /// Wakes the request stream when a request is queued or the link closes.
     waker: AtomicWaker,
+    /// The size batches stop growing at: [`MAX_BATCH_BYTES`], or less when the nodes' message
+    /// limit is smaller (set by each call).
+    max_batch_bytes: AtomicUsize,
+    /// Whether the link is a real stream, counted in the open streams gauge until it closes.
+    counted: bool,
 }
 
 #[derive(Default)]
@@ -325,7 +339,7 @@ struct LinkState {
 impl Link {
     /// Opens the stream on `cache`; the task reading answers runs until the stream ends.
     fn open(mut cache: CacheClient<NodeChannel>) -> Arc<Link> {
-        let link = Link::new();
+        let link = Link::with_gauge(true);
         let outbound = Outbound {
             link: Arc::clone(&link),
         };
@@ -350,10 +364,21 @@ impl Link {
     }
 
     /// A link with nothing queued and no stream behind it yet.
+    #[cfg(test)]
     fn new() -> Arc<Link> {
+        Link::with_gauge(false)
+    }
+
+    /// A link; `counted` ones count in the open streams gauge until they close.
+    fn with_gauge(counted: bool) -> Arc<Link> {
+        if counted {
+            observe::stream_opened(true);
+        }
         Arc::new(Link {
             state: Mutex::new(LinkState::default()),
             waker: AtomicWaker::new(),
+            max_batch_bytes: AtomicUsize::new(MAX_BATCH_BYTES),
+            counted,
         })
     }
 
@@ -415,6 +440,9 @@ impl Link {
                 std::mem::take(&mut state.in_flight),
             )
         };
+        if self.counted {
+            observe::stream_opened(false);
+        }
         self.waker.wake();
         for queued in queue {
             let _ = queued.reply.send(Err((why.clone(), false)));
@@ -443,20 +471,28 @@ impl Stream for Outbound {
             return Poll::Pending;
         }
         let mut requests = Vec::with_capacity(state.queue.len().min(MAX_BATCH_REQUESTS));
-        let mut bytes = 0;
-        while requests.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
-            let Some(queued) = state.queue.pop_front() else {
+        let max_bytes = self.link.max_batch_bytes.load(Ordering::Relaxed);
+        let mut bytes = 0usize;
+        while requests.len() < MAX_BATCH_REQUESTS {
+            let Some(next) = state.queue.front() else {
                 break;
             };
             let tag = state.next_tag;
+            let size = prost::encoding::message::encoded_len(1, &PipelineRequest { tag, op: None })
+                + next.op.encoded_len();
+            if !requests.is_empty() && bytes.saturating_add(size) > max_bytes {
+                break;
+            }
+            let Some(queued) = state.queue.pop_front() else {
+                break;
+            };
             state.next_tag = state.next_tag.wrapping_add(1);
             state.in_flight.insert(tag, queued.reply);
-            let request = PipelineRequest {
+            bytes = bytes.saturating_add(size);
+            requests.push(PipelineRequest {
                 tag,
                 op: Some(queued.op),
-            };
-            bytes += request.encoded_len();
-            requests.push(request);
+            });
         }
         Poll::Ready(Some(PipelineRequestBatch { requests }))
     }
@@ -472,8 +508,10 @@ impl Drop for Outbound {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use futures_util::{FutureExt, StreamExt};
     use pb::{GetRequest, GetResponse, PipelineResponse};
+    use prost::Message;
 
     use super::*;
 
@@ -549,6 +587,50 @@ mod tests {
     }
 
     #[test]
+    fn a_large_request_travels_alone_and_batches_stay_within_their_size() {
+        let link = Link::new();
+        let mut stream = outbound(&link);
+        let big = || {
+            let (reply, answer) = oneshot::channel();
+            let op = pb::SetRequest {
+                key: "big".into(),
+                value: Bytes::from(vec![0u8; MAX_BATCH_BYTES]),
+                ..Default::default()
+            }
+            .into_op();
+            (Queued { op, reply }, answer)
+        };
+        let mut answers = Vec::new();
+        for request in [queued("a"), big(), queued("b"), queued("c"), big()] {
+            link.push(request.0).ok().unwrap();
+            answers.push(request.1);
+        }
+        let mut sizes = Vec::new();
+        while let Some(Some(batch)) = stream.next().now_or_never() {
+            assert!(
+                batch.requests.len() == 1 || batch.encoded_len() <= MAX_BATCH_BYTES,
+                "a batch of {} requests is {} bytes",
+                batch.requests.len(),
+                batch.encoded_len()
+            );
+            sizes.push(batch.requests.len());
+        }
+        assert_eq!(sizes, [1, 1, 2, 1], "small, big, small + small, big");
+
+        // A smaller cap (the nodes' message limit) splits batches sooner.
+        link.max_batch_bytes.store(8, Ordering::Relaxed);
+        for _ in 0..3 {
+            let (request, answer) = queued("k");
+            link.push(request).ok().unwrap();
+            answers.push(answer);
+        }
+        for _ in 0..3 {
+            let batch = stream.next().now_or_never().flatten().unwrap();
+            assert_eq!(batch.requests.len(), 1);
+        }
+    }
+
+    #[test]
     fn closing_tells_queued_requests_they_never_left_and_sent_ones_they_may_have() {
         let link = Link::new();
         let mut stream = outbound(&link);
@@ -611,7 +693,7 @@ mod tests {
         });
         assert_eq!(status.code(), Code::FailedPrecondition);
         assert!(matches!(
-            Error::from(status),
+            Error::from_status(&status),
             Error::CasConflict {
                 current_version: Some(17)
             }

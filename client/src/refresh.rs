@@ -22,7 +22,7 @@ use std::{
 
 use ringcache_proto::{
     topology::Topology,
-    v1::{GetTopologyRequest, WatchTopologyRequest},
+    v1::{GetTopologyRequest, NodeLimits, WatchTopologyRequest},
 };
 use tokio::{sync::oneshot, time::Instant};
 use tonic::Code;
@@ -30,6 +30,7 @@ use tonic::Code;
 use crate::{
     Error,
     conn::ConnectConfig,
+    observe,
     router::{NodeSlot, Router},
 };
 
@@ -53,11 +54,14 @@ pub(crate) enum FetchError {
     Denied(Error),
 }
 
+/// A topology as one node served it, with the limits the node stated (`None`: an older node).
+pub(crate) type Fetched = (Topology, Option<NodeLimits>);
+
 /// Asks one node for its topology. `Ok(None)`: the node has no `Cluster` service.
 pub(crate) async fn fetch_topology(
     slot: &NodeSlot,
     config: &ConnectConfig,
-) -> Result<Option<Topology>, FetchError> {
+) -> Result<Option<Fetched>, FetchError> {
     let pool = slot
         .pool(config)
         .map_err(|error| FetchError::Failed(error.to_string()))?;
@@ -68,7 +72,7 @@ pub(crate) async fn fetch_topology(
         Err(_) => return Err(FetchError::Failed(format!("no answer within {timeout:?}"))),
         Ok(Err(status)) if status.code() == Code::Unimplemented => return Ok(None),
         Ok(Err(status)) => {
-            let error = Error::from(status);
+            let error = Error::from_status(&status);
             return Err(if error.is_denial() {
                 FetchError::Denied(error)
             } else {
@@ -78,7 +82,7 @@ pub(crate) async fn fetch_topology(
         Ok(Ok(response)) => response.into_inner(),
     };
     Topology::try_from(&wire)
-        .map(Some)
+        .map(|topology| Some((topology, wire.sender_limits)))
         .map_err(|error| FetchError::Invalid(error.to_string()))
 }
 
@@ -227,8 +231,10 @@ impl Router {
         let mut invalid = false;
         for slot in self.fetch_candidates(prefer, avoid) {
             match fetch_topology(&slot, &self.config).await {
-                Ok(Some(topology)) => {
+                Ok(Some((topology, limits))) => {
+                    self.limits.note(slot.addr(), limits);
                     self.apply(topology);
+                    observe::refreshed(true);
                     return Ok(());
                 }
                 // A node without the Cluster service: nothing to refresh from it.
@@ -243,6 +249,7 @@ impl Router {
                 Err(FetchError::Denied(error)) => return Err(error),
             }
         }
+        observe::refreshed(false);
         let failures = failures.join("; ");
         Err(if invalid {
             Error::Protocol(format!("no valid topology ({failures})"))
@@ -340,6 +347,7 @@ pub(crate) async fn watch(router: Weak<Router>, mut stop: oneshot::Receiver<()>)
             backoff = WATCH_BACKOFF_MAX;
         }
         tracing::debug!(node = %slot.addr(), received, reason = %why, retry_in = ?backoff, "topology watch ended");
+        observe::watch_restarted();
         previous = Some(slot);
         tokio::select! {
             _ = &mut stop => return,
@@ -361,7 +369,7 @@ async fn watch_session(
         Err(error) => return (0, error.to_string(), false),
     };
     let ended = |received: usize, status: tonic::Status| {
-        let error = Error::from(status);
+        let error = Error::from_status(&status);
         (received, error.to_string(), error.is_denial())
     };
     let timeout = config.request_timeout;
@@ -388,6 +396,7 @@ async fn watch_session(
                 let Some(router) = router.upgrade() else {
                     return (received, "the client is gone".to_owned(), false);
                 };
+                router.limits.note(slot.addr(), wire.sender_limits);
                 router.apply(topology);
                 received += 1;
             }

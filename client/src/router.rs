@@ -34,16 +34,19 @@ use bytes::Bytes;
 use ringcache_proto::{
     placement::{ReplicaSet, Ring},
     topology::Topology,
-    v1::cache_client::CacheClient,
+    v1::{NodeLimits, cache_client::CacheClient},
 };
-use tokio::sync::oneshot;
+use tokio::{sync::oneshot, time::Instant};
 use tonic::Status;
+use tracing::{Instrument, Span};
 
 use crate::pipeline::PipelineOp;
 use crate::{
-    Error,
+    Error, RetryPolicy,
     conn::{self, ConnectConfig, Failure, FailureClass, NodePool},
+    observe,
     refresh::{self, FetchError, Refresher},
+    retry::{self, Budget, Retry},
     security::NodeChannel,
 };
 
@@ -52,6 +55,90 @@ const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
 
 /// Replica positions beyond this are never reordered (a bit mask of positions is used).
 const MAX_REORDERED_REPLICAS: usize = 64;
+
+/// Keys per multi-key request while no node has stated its limit (older nodes): the nodes'
+/// default `max_batch_keys`.
+pub(crate) const DEFAULT_NODE_BATCH_KEYS: usize = 1000;
+
+/// Room kept in every request under the message limit for what is not an item's key or value:
+/// field tags and lengths, the consistency, the pipeline entry's tag.
+const MESSAGE_HEADROOM: usize = 4096;
+
+/// The request limits the nodes stated with their topologies (`Topology.sender_limits`): the
+/// latest statement of each node, and the smallest of them, which batches are split to fit.
+#[derive(Debug, Default)]
+pub(crate) struct StatedLimits {
+    by_node: Mutex<BTreeMap<String, NodeLimits>>,
+    /// The smallest stated `max_batch_keys`; 0 while no node stated one.
+    batch_keys: AtomicUsize,
+    /// The smallest stated `max_message_bytes`; 0 while no node stated one.
+    message_bytes: AtomicUsize,
+}
+
+impl StatedLimits {
+    /// Notes what the node at `addr` stated (`None`: an older node, which states nothing).
+    pub(crate) fn note(&self, addr: &str, limits: Option<NodeLimits>) {
+        let Some(limits) = limits else {
+            return;
+        };
+        let mut by_node = self.by_node.lock().unwrap_or_else(PoisonError::into_inner);
+        if by_node.get(addr) == Some(&limits) {
+            return;
+        }
+        by_node.insert(addr.to_owned(), limits);
+        let smallest = |of: fn(&NodeLimits) -> u64| {
+            by_node
+                .values()
+                .map(of)
+                .filter(|&n| n > 0)
+                .min()
+                .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
+        };
+        let keys = smallest(|l| u64::from(l.max_batch_keys));
+        let bytes = smallest(|l| l.max_message_bytes);
+        self.batch_keys.store(keys, Ordering::Relaxed);
+        self.message_bytes.store(bytes, Ordering::Relaxed);
+        tracing::debug!(node = %addr, max_batch_keys = keys, max_message_bytes = bytes, "node limits");
+    }
+}
+
+/// How big one part of a batch may be: at most `keys` items, and items whose sizes add up to at
+/// most `bytes` (an item bigger than that still travels, alone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PartLimits {
+    pub(crate) keys: usize,
+    pub(crate) bytes: usize,
+}
+
+/// Splits `indexes` (in order) into consecutive parts within `limits`; `size` gives each item's
+/// encoded size. Every part holds at least one item.
+pub(crate) fn split_parts(
+    indexes: Vec<usize>,
+    limits: PartLimits,
+    size: impl Fn(usize) -> usize,
+) -> Vec<Vec<usize>> {
+    let max_keys = limits.keys.max(1);
+    if indexes.len() <= max_keys && limits.bytes == usize::MAX {
+        return vec![indexes];
+    }
+    let mut parts = Vec::new();
+    let mut part = Vec::new();
+    let mut bytes = 0usize;
+    for index in indexes {
+        let item = size(index);
+        if !part.is_empty() && (part.len() == max_keys || bytes.saturating_add(item) > limits.bytes)
+        {
+            parts.push(std::mem::take(&mut part));
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(item);
+        part.push(index);
+    }
+    if !part.is_empty() {
+        parts.push(part);
+    }
+    parts
+}
 
 /// What a request does to the data, which decides when it may be retried on another replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,6 +231,7 @@ impl NodeSlot {
     }
 
     fn mark_unreachable(&self) {
+        observe::marked_unreachable();
         let until = self.now_ms().saturating_add(millis(UNREACHABLE_FOR)).max(1);
         self.unreachable_until_ms.store(until, Ordering::Relaxed);
     }
@@ -287,6 +375,10 @@ pub(crate) struct Router {
     /// Serialises building and swapping in snapshots (not reading them).
     applying: Mutex<()>,
     pub(crate) refresher: Refresher,
+    /// The request limits the nodes stated.
+    pub(crate) limits: StatedLimits,
+    /// The retry budget shared by the client and its clones.
+    pub(crate) budget: Budget,
     /// Rotates the nodes a refresh or the watch start from.
     pub(crate) rotation: AtomicUsize,
     /// Dropped with the router, which ends the watch task.
@@ -303,17 +395,25 @@ impl fmt::Debug for Router {
 }
 
 impl Router {
-    /// A router over `topology` (`None`: the node has no `Cluster` service); starts the watch
-    /// task when there is a topology to watch.
+    /// A router over `fetched`, the topology `home` served with its limits (`None`: the node
+    /// has no `Cluster` service); starts the watch task when there is a topology to watch.
     pub(crate) fn start(
         config: ConnectConfig,
         seeds: Box<[Arc<NodeSlot>]>,
         home: Arc<NodeSlot>,
-        topology: Option<Topology>,
+        fetched: Option<refresh::Fetched>,
     ) -> Arc<Router> {
-        let aware = topology.is_some();
-        let topology = topology.unwrap_or_else(|| Topology::new(Vec::new(), 1, 1));
+        let aware = fetched.is_some();
+        let limits = StatedLimits::default();
+        let topology = match fetched {
+            Some((topology, stated)) => {
+                limits.note(home.addr(), stated);
+                topology
+            }
+            None => Topology::new(Vec::new(), 1, 1),
+        };
         let state = State::build(topology, aware, None, &seeds);
+        let budget = Budget::new(&config.retry_budget);
         let digest = state.topology.digest();
         let (stop, stopped) = oneshot::channel();
         let router = Arc::new(Router {
@@ -324,6 +424,8 @@ impl Router {
             digest: AtomicU64::new(digest),
             applying: Mutex::new(()),
             refresher: Refresher::default(),
+            budget,
+            limits,
             rotation: AtomicUsize::new(0),
             _watch_stop: aware.then_some(stop),
         });
@@ -369,6 +471,7 @@ impl Router {
         let ring_members = state.ring.nodes().len();
         *self.state.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(state);
         self.digest.store(digest, Ordering::Release);
+        observe::topology_changed();
         tracing::debug!(
             digest,
             previous = previous.topology.digest(),
@@ -379,9 +482,10 @@ impl Router {
     }
 
     /// Sends `message` for `key` to the key's primary, failing over to its other replicas as
-    /// `access` allows.
+    /// `access` allows, and retrying the whole as `call` allows.
     pub(crate) async fn execute<Req, Resp, F, Fut>(
         self: &Arc<Self>,
+        call: Call,
         key: &[u8],
         access: Access,
         message: Req,
@@ -392,143 +496,373 @@ impl Router {
         F: Fn(CacheClient<NodeChannel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
+        self.budget.deposit();
+        let mut attempt = 1;
+        loop {
+            let outcome = self
+                .attempt_replicas(&call, key, access, &message, &rpc, attempt)
+                .await;
+            Span::current().record("attempts", attempt);
+            let failure = match outcome {
+                Ok(response) => return Ok(response),
+                Err(failure) => failure,
+            };
+            if !self.may_retry(&call, failure.class, attempt).await {
+                return Err(failure.error);
+            }
+            attempt += 1;
+        }
+    }
+
+    /// One attempt of a single-key request: the key's replicas in order, as `access` allows.
+    async fn attempt_replicas<Req, Resp, F, Fut>(
+        self: &Arc<Self>,
+        call: &Call,
+        key: &[u8],
+        access: Access,
+        message: &Req,
+        rpc: &F,
+        attempt: u32,
+    ) -> Result<Resp, Failure>
+    where
+        Req: PipelineOp<Response = Resp> + Clone,
+        F: Fn(CacheClient<NodeChannel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
         let state = self.snapshot();
         let replicas = state.ring.replicas(key);
         if replicas.is_empty() {
+            let home = self.home.addr();
+            Span::current().record("node", home);
             return self
-                .send(&self.home, message, &rpc)
-                .await
-                .map_err(|failure| failure.error);
+                .send(call, home, &self.home, message.clone(), rpc, attempt)
+                .await;
         }
         let mut tried = Tried::default();
         for (node_id, slot) in state.attempt_order(replicas) {
-            match self.send(slot, message.clone(), &rpc).await {
-                Ok(response) => return Ok(response),
-                Err(failure) if !access.fails_over(failure.class) => return Err(failure.error),
+            if tried.last.is_some() {
+                tracing::debug!(node = node_id, "trying the next replica");
+                observe::failover(call.op);
+            }
+            match self
+                .send(call, node_id, slot, message.clone(), rpc, attempt)
+                .await
+            {
+                Ok(response) => {
+                    Span::current().record("node", node_id);
+                    return Ok(response);
+                }
+                Err(failure) if !access.fails_over(failure.class) => {
+                    Span::current().record("node", node_id);
+                    return Err(failure);
+                }
                 Err(failure) => {
-                    tracing::debug!(node = node_id, addr = %slot.addr(), error = %failure.error, "replica failed; trying the next");
-                    tried.push(node_id, slot, failure.error);
+                    tracing::debug!(node = node_id, addr = %slot.addr(), error = %failure.error, "replica failed");
+                    tried.push(node_id, slot, failure);
                 }
             }
         }
-        Err(tried.into_error("no replica of the key answered"))
+        Err(tried.into_failure("no replica of the key answered"))
     }
 
-    /// Sends a batch over `keys`: the keys are split by primary, `build` makes the request of
-    /// each part from the indexes of its keys (ascending), and the parts are sent concurrently,
-    /// each failing over as `access` allows. Returns every part's indexes with its response.
-    pub(crate) async fn execute_batch<Req, Resp, B, F, Fut>(
+    /// Whether `call`, whose attempt `attempt` failed with `class`, is tried again; waits the
+    /// backoff first when it is.
+    async fn may_retry(&self, call: &Call, class: FailureClass, attempt: u32) -> bool {
+        if !call.retry.may_retry(class) || attempt >= call.policy.max_attempts {
+            return false;
+        }
+        let delay = retry::backoff(&call.policy, attempt);
+        if let Some(deadline) = call.deadline
+            && Instant::now() + delay >= deadline
+        {
+            observe::retry_denied(call.op, "deadline");
+            return false;
+        }
+        if !self.budget.withdraw() {
+            tracing::debug!(op = call.op, "retry budget empty; not retrying");
+            observe::retry_denied(call.op, "budget");
+            return false;
+        }
+        observe::retry(call.op);
+        tracing::debug!(
+            op = call.op,
+            attempt,
+            ?delay,
+            class = observe::class_label(class),
+            "retrying"
+        );
+        tokio::time::sleep(delay).await;
+        true
+    }
+
+    /// The size of one part of a batch: the client's `max_batch_keys` and the smallest limit
+    /// the nodes stated (or [`DEFAULT_NODE_BATCH_KEYS`] while none did); the client's and the
+    /// nodes' message limits, less [`MESSAGE_HEADROOM`].
+    pub(crate) fn part_limits(&self) -> PartLimits {
+        let stated_keys = self.limits.batch_keys.load(Ordering::Relaxed);
+        let node_keys = if stated_keys == 0 {
+            DEFAULT_NODE_BATCH_KEYS
+        } else {
+            stated_keys
+        };
+        let keys = node_keys
+            .min(self.config.max_batch_keys.unwrap_or(usize::MAX))
+            .max(1);
+        let stated_bytes = self.limits.message_bytes.load(Ordering::Relaxed);
+        let message = match stated_bytes {
+            0 => self.config.max_message_bytes,
+            stated => stated.min(self.config.max_message_bytes),
+        };
+        PartLimits {
+            keys,
+            bytes: message.saturating_sub(MESSAGE_HEADROOM).max(1),
+        }
+    }
+
+    /// Sends a batch over `keys`: the keys are split by primary, and each node's keys into
+    /// parts within [`part_limits`](Self::part_limits) (`size` gives each item's encoded
+    /// size); `build` makes the request of each part from the indexes of its keys (ascending),
+    /// and the parts are sent concurrently, each failing over as `access` allows. Keys whose
+    /// part failed in a way `call` may retry are sent again after a backoff (only those).
+    /// Returns every part's indexes with its response.
+    pub(crate) async fn execute_batch<Req, Resp, S, B, F, Fut>(
         self: &Arc<Self>,
+        call: Call,
         keys: &[Bytes],
         access: Access,
+        size: S,
         build: B,
         rpc: F,
     ) -> Result<Vec<(Vec<usize>, Resp)>, Error>
     where
+        S: Fn(usize) -> usize,
+        B: Fn(&[usize]) -> Req,
+        Req: PipelineOp<Response = Resp> + Clone,
+        F: Fn(CacheClient<NodeChannel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        self.budget.deposit();
+        let batch = Batch {
+            keys,
+            access,
+            size: &size,
+            build: &build,
+            rpc: &rpc,
+        };
+        let mut done = Vec::new();
+        let mut pending: Vec<usize> = (0..keys.len()).collect();
+        let mut attempt = 1;
+        loop {
+            let outcome = self
+                .batch_round(&call, &batch, pending, &mut done, attempt)
+                .await;
+            Span::current().record("attempts", attempt);
+            let (failure, left) = match outcome {
+                Ok(()) => return Ok(done),
+                Err(failed) => failed,
+            };
+            if !self.may_retry(&call, failure.class, attempt).await {
+                return Err(failure.error);
+            }
+            pending = left;
+            attempt += 1;
+        }
+    }
+
+    /// One attempt of a batch over the `pending` keys, from the current snapshot: answered
+    /// parts go to `done`; on failure, the failure that decides whether to retry and the keys
+    /// left.
+    async fn batch_round<Req, Resp, S, B, F, Fut>(
+        self: &Arc<Self>,
+        call: &Call,
+        batch: &Batch<'_, S, B, F>,
+        mut pending: Vec<usize>,
+        done: &mut Vec<(Vec<usize>, Resp)>,
+        attempt: u32,
+    ) -> Result<(), (Failure, Vec<usize>)>
+    where
+        S: Fn(usize) -> usize,
         B: Fn(&[usize]) -> Req,
         Req: PipelineOp<Response = Resp> + Clone,
         F: Fn(CacheClient<NodeChannel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         let state = self.snapshot();
-        let all: Vec<usize> = (0..keys.len()).collect();
-        if state.ring.is_empty() {
-            let response = self
-                .send(&self.home, build(&all), &rpc)
-                .await
-                .map_err(|failure| failure.error)?;
-            return Ok(vec![(all, response)]);
-        }
-
+        let limits = self.part_limits();
+        let total = batch.keys.len();
+        let home = state.ring.is_empty();
         let n_nodes = state.slots.len();
         let mut failed = vec![false; n_nodes];
         let mut tried = Tried::default();
-        let mut done = Vec::new();
-        let mut pending = all;
-        while !pending.is_empty() {
-            let mut parts: Vec<Vec<usize>> = vec![Vec::new(); n_nodes];
-            let mut stranded = 0;
+        // Keys to send again after a backoff, and why; an answer that must not be retried.
+        let mut left = Vec::new();
+        let mut retryable: Option<Failure> = None;
+        let mut fatal: Option<Failure> = None;
+        // Parts of a read whose answer was too large for one message, halved: sent as they are.
+        let mut halves: Vec<(usize, Vec<usize>)> = Vec::new();
+        // Whether `pending` holds keys of parts that failed over.
+        let mut failing_over = false;
+        while !pending.is_empty() || !halves.is_empty() {
+            // Each key's node: the home node while the ring is empty, else its first replica
+            // not failed in this round (`None` for a key with none left).
+            let mut parts: Vec<Vec<usize>> = vec![Vec::new(); n_nodes.max(1)];
+            let mut stranded = Vec::new();
             for &index in &pending {
-                let target = state
-                    .attempt_order(state.ring.replicas(&keys[index]))
-                    .filter_map(|(node_id, _)| state.position(node_id))
-                    .find(|&position| !failed[position]);
+                let target = if home {
+                    Some(0)
+                } else {
+                    state
+                        .attempt_order(state.ring.replicas(&batch.keys[index]))
+                        .filter_map(|(node_id, _)| state.position(node_id))
+                        .find(|&position| !failed[position])
+                };
                 match target {
                     Some(position) => parts[position].push(index),
-                    None => stranded += 1,
+                    None => stranded.push(index),
                 }
             }
-            if stranded > 0 {
-                return Err(tried.into_error(&format!(
-                    "no replica answered for {stranded} of {} keys",
-                    keys.len()
-                )));
+            if std::mem::take(&mut failing_over) && parts.iter().any(|p| !p.is_empty()) {
+                // Keys of failed parts, on to their next replicas.
+                observe::failover(call.op);
             }
-            let sends = parts
+            if !stranded.is_empty() {
+                let failure = std::mem::take(&mut tried).into_failure(&format!(
+                    "no replica answered for {} of {total} keys",
+                    stranded.len()
+                ));
+                left.extend(stranded);
+                retryable = Some(failure);
+            }
+            let sends: Vec<_> = parts
                 .into_iter()
                 .enumerate()
                 .filter(|(_, indexes)| !indexes.is_empty())
+                .flat_map(|(position, indexes)| {
+                    split_parts(indexes, limits, batch.size)
+                        .into_iter()
+                        .map(move |part| (position, part))
+                })
+                .chain(std::mem::take(&mut halves))
                 .map(|(position, indexes)| {
-                    let slot = &state.slots[position];
-                    let message = build(&indexes);
-                    let rpc = &rpc;
-                    async move { (position, indexes, self.send(slot, message, rpc).await) }
+                    let (node, slot) = if home {
+                        (self.home.addr(), &self.home)
+                    } else {
+                        (&*state.ring.nodes()[position], &state.slots[position])
+                    };
+                    let message = (batch.build)(&indexes);
+                    async move {
+                        let outcome = self
+                            .send(call, node, slot, message, batch.rpc, attempt)
+                            .await;
+                        (position, indexes, outcome)
+                    }
                 })
                 .collect();
+            observe::batch_parts(call.op, sends.len());
             pending = Vec::new();
             for (position, indexes, outcome) in join_all(sends).await {
                 match outcome {
                     Ok(response) => done.push((indexes, response)),
-                    Err(failure) if !access.fails_over(failure.class) => {
-                        return Err(failure.error);
+                    // The answer (the values of a read) did not fit in one message: the same
+                    // node gets each half of the keys; a single key too large stays an error.
+                    Err(failure)
+                        if batch.access == Access::Read
+                            && indexes.len() > 1
+                            && failure.error.is_message_too_large() =>
+                    {
+                        tracing::debug!(
+                            keys = indexes.len(),
+                            "answer too large for one message; halving the part"
+                        );
+                        let mut first_half = indexes;
+                        let second_half = first_half.split_off(first_half.len() / 2);
+                        halves.push((position, first_half));
+                        halves.push((position, second_half));
                     }
-                    Err(failure) => {
+                    Err(failure) if !home && batch.access.fails_over(failure.class) => {
                         let node_id = &state.ring.nodes()[position];
                         tracing::debug!(node = %node_id, error = %failure.error, keys = indexes.len(), "replica failed; trying the next for its keys");
                         failed[position] = true;
-                        tried.push(node_id, &state.slots[position], failure.error);
+                        tried.push(node_id, &state.slots[position], failure);
                         pending.extend(indexes);
+                        failing_over = true;
                     }
+                    Err(failure) if call.retry.may_retry(failure.class) => {
+                        left.extend(indexes);
+                        retryable = Some(failure);
+                    }
+                    Err(failure) => fatal = Some(failure),
                 }
             }
             pending.sort_unstable();
         }
-        Ok(done)
+        if let Some(failure) = fatal {
+            return Err((failure, Vec::new()));
+        }
+        match retryable {
+            None => Ok(()),
+            Some(failure) => {
+                left.sort_unstable();
+                Err((failure, left))
+            }
+        }
     }
 
-    /// Sends one request to one node; notes the digest it reports and what a failure says about
+    /// Sends one request to one node (`node`: its id, or its address without a topology) as
+    /// attempt `attempt` of `call`; notes the digest it reports and what a failure says about
     /// the node.
     async fn send<Req, Resp, F, Fut>(
         self: &Arc<Self>,
+        call: &Call,
+        node: &str,
         slot: &Arc<NodeSlot>,
         message: Req,
-        rpc: F,
+        rpc: &F,
+        attempt: u32,
     ) -> Result<Resp, Failure>
     where
         Req: PipelineOp<Response = Resp> + Clone,
-        F: FnOnce(CacheClient<NodeChannel>, tonic::Request<Req>) -> Fut,
+        F: Fn(CacheClient<NodeChannel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
-        let pool = match slot.pool(&self.config) {
-            Ok(pool) => pool,
-            Err(error) => {
-                let failure = Failure::not_sent(Error::Unavailable(format!(
-                    "cannot open a channel to {}: {error}",
-                    slot.addr()
-                )));
-                self.after_failure(slot, failure.class);
-                return Err(failure);
+        let span = observe::attempt_span(node, slot.addr(), attempt);
+        let result = async {
+            let Some(timeout) = call.attempt_timeout(self.config.request_timeout) else {
+                return Err(Failure {
+                    error: Error::Timeout {
+                        after: call.timeout,
+                    },
+                    class: FailureClass::TimedOut,
+                });
+            };
+            let pool = match slot.pool(&self.config) {
+                Ok(pool) => pool,
+                Err(error) => {
+                    let failure = Failure::not_sent(Error::Unavailable(format!(
+                        "cannot open a channel to {}: {error}",
+                        slot.addr()
+                    )));
+                    self.after_failure(slot, failure.class);
+                    return Err(failure);
+                }
+            };
+            let max_batch_bytes = self.part_limits().bytes;
+            let reply = pool.call(message, timeout, max_batch_bytes, rpc).await;
+            if let Some(digest) = reply.digest {
+                self.observe_digest(digest, slot);
             }
-        };
-        let reply = pool.call(message, self.config.request_timeout, rpc).await;
-        if let Some(digest) = reply.digest {
-            self.observe_digest(digest, slot);
+            match &reply.result {
+                Ok(_) => slot.mark_reachable(),
+                Err(failure) => self.after_failure(slot, failure.class),
+            }
+            reply.result
         }
-        match &reply.result {
-            Ok(_) => slot.mark_reachable(),
-            Err(failure) => self.after_failure(slot, failure.class),
+        .instrument(span)
+        .await;
+        if let Err(failure) = &result {
+            observe::attempt_failed(call.op, failure.class);
         }
-        reply.result
+        result
     }
 
     fn after_failure(self: &Arc<Self>, slot: &Arc<NodeSlot>, class: FailureClass) {
@@ -541,26 +875,82 @@ impl Router {
     }
 }
 
+/// What a batch sends: its keys, how it may fail over, and how its parts are sized, built and
+/// sent.
+struct Batch<'a, S, B, F> {
+    keys: &'a [Bytes],
+    access: Access,
+    size: &'a S,
+    build: &'a B,
+    rpc: &'a F,
+}
+
+/// One call as the router runs it: what it is (for retries, metrics and spans) and its bounds.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Call {
+    /// The operation's name (metric label and span field).
+    pub(crate) op: &'static str,
+    /// What may be retried.
+    pub(crate) retry: Retry,
+    /// How often and after how long.
+    pub(crate) policy: RetryPolicy,
+    /// The call's timeout, when it has one ([`CallOptions::timeout`](crate::CallOptions)).
+    pub(crate) timeout: Option<Duration>,
+    /// The call's deadline (its start + `timeout`).
+    pub(crate) deadline: Option<Instant>,
+}
+
+impl Call {
+    /// The time an attempt may take: what is left before the deadline, else the request
+    /// timeout; `None` when the deadline has passed.
+    fn attempt_timeout(&self, request_timeout: Duration) -> Option<Duration> {
+        match self.deadline {
+            None => Some(request_timeout),
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                (!left.is_zero()).then_some(left)
+            }
+        }
+    }
+}
+
 /// The nodes a request failed on, for the error that names them.
 #[derive(Default)]
 struct Tried {
+    /// Each node once (several parts of a batch may fail on the same node).
+    nodes: Vec<String>,
     reasons: Vec<String>,
-    last: Option<Error>,
+    last: Option<Failure>,
+    /// Whether every failure was a request that never left.
+    all_unsent: bool,
 }
 
 impl Tried {
-    fn push(&mut self, node_id: &str, slot: &NodeSlot, error: Error) {
-        self.reasons
-            .push(format!("{node_id} at {}: {error}", slot.addr()));
-        self.last = Some(error);
+    fn push(&mut self, node_id: &str, slot: &NodeSlot, failure: Failure) {
+        if !self.nodes.iter().any(|n| n == node_id) {
+            self.nodes.push(node_id.to_owned());
+            self.reasons
+                .push(format!("{node_id} at {}: {}", slot.addr(), failure.error));
+        }
+        self.all_unsent =
+            (self.last.is_none() || self.all_unsent) && failure.class == FailureClass::NotSent;
+        self.last = Some(failure);
     }
 
-    /// The error after every replica failed: one node's own error when only one was tried,
-    /// else `Unavailable` naming each node with its reason.
-    fn into_error(self, what: &str) -> Error {
+    /// The failure after every replica failed: one node's own failure when only one was
+    /// tried, else `Unavailable` naming each node with its reason, never sent if no request
+    /// left, else of the class of the last failure.
+    fn into_failure(self, what: &str) -> Failure {
         match self.last {
-            Some(error) if self.reasons.len() == 1 => error,
-            _ => Error::Unavailable(format!("{what} ({})", self.reasons.join("; "))),
+            Some(failure) if self.reasons.len() == 1 => failure,
+            last => Failure {
+                error: Error::Unavailable(format!("{what} ({})", self.reasons.join("; "))),
+                class: match last {
+                    Some(_) if self.all_unsent => FailureClass::NotSent,
+                    Some(failure) => failure.class,
+                    None => FailureClass::NotSent,
+                },
+            },
         }
     }
 }
@@ -601,12 +991,12 @@ pub(crate) async fn connect(seeds: &[String], config: ConnectConfig) -> Result<A
         let slot = &slots[index];
         slot.install(pool);
         match refresh::fetch_topology(slot, &config).await {
-            Ok(topology) => {
-                if topology.is_none() {
+            Ok(fetched) => {
+                if fetched.is_none() {
                     tracing::debug!(node = %slot.addr(), "node has no Cluster service; sending every request to it");
                 }
                 let home = Arc::clone(slot);
-                return Ok(Router::start(config, slots, home, topology));
+                return Ok(Router::start(config, slots, home, fetched));
             }
             Err(FetchError::Invalid(why)) => {
                 return Err(Error::Protocol(format!(
@@ -750,6 +1140,55 @@ mod tests {
         );
         state.slots[primary].mark_reachable();
         assert!(!state.slots[primary].is_unreachable());
+    }
+
+    #[test]
+    fn parts_stay_within_the_key_and_byte_limits_in_order() {
+        let sizes = [10, 10, 50, 10, 10, 10, 200, 10];
+        let size = |i: usize| sizes[i];
+        let all: Vec<usize> = (0..sizes.len()).collect();
+        let limits = |keys, bytes| PartLimits { keys, bytes };
+        assert_eq!(
+            split_parts(all.clone(), limits(3, usize::MAX), size),
+            [vec![0, 1, 2], vec![3, 4, 5], vec![6, 7]]
+        );
+        assert_eq!(
+            split_parts(all.clone(), limits(100, 60), size),
+            [vec![0, 1], vec![2, 3], vec![4, 5], vec![6], vec![7]],
+            "an item over the byte limit goes alone"
+        );
+        assert_eq!(
+            split_parts(all.clone(), limits(2, 30), size),
+            [vec![0, 1], vec![2], vec![3, 4], vec![5], vec![6], vec![7]]
+        );
+        let whole = split_parts(all.clone(), limits(1000, usize::MAX), size);
+        assert_eq!(whole.len(), 1);
+        assert_eq!(whole[0], all);
+        assert_eq!(split_parts(vec![5], limits(0, 1), size), [vec![5]]);
+        assert!(split_parts(Vec::new(), limits(1, 1), size).is_empty());
+    }
+
+    #[test]
+    fn the_smallest_stated_limit_applies() {
+        let limits = StatedLimits::default();
+        let stated = |keys, bytes| NodeLimits {
+            max_batch_keys: keys,
+            max_message_bytes: bytes,
+        };
+        limits.note("a:1", None);
+        assert_eq!(
+            limits.batch_keys.load(Ordering::Relaxed),
+            0,
+            "nothing stated"
+        );
+        limits.note("a:1", Some(stated(500, 1 << 20)));
+        limits.note("b:1", Some(stated(200, 0)));
+        assert_eq!(limits.batch_keys.load(Ordering::Relaxed), 200);
+        assert_eq!(limits.message_bytes.load(Ordering::Relaxed), 1 << 20);
+        // A node's new statement replaces its old one.
+        limits.note("b:1", Some(stated(800, 1 << 16)));
+        assert_eq!(limits.batch_keys.load(Ordering::Relaxed), 500);
+        assert_eq!(limits.message_bytes.load(Ordering::Relaxed), 1 << 16);
     }
 
     #[tokio::test]

@@ -192,6 +192,17 @@ pub(crate) fn mdelete_request(
     }
 }
 
+/// The encoded size of a key in a batch request (`repeated bytes keys`), for splitting batches
+/// within the message limit.
+pub(crate) fn key_size(key: &Bytes) -> usize {
+    prost::encoding::bytes::encoded_len(1, key)
+}
+
+/// The encoded size of a key-value pair in an `MSet` request.
+pub(crate) fn entry_size(entry: &pb::KeyValue) -> usize {
+    prost::encoding::message::encoded_len(1, entry)
+}
+
 fn check_len(what: &str, got: usize, requested: usize) -> Result<(), Error> {
     if got == requested {
         Ok(())

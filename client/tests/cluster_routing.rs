@@ -13,7 +13,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use ringcache::{Client, Error, NodeState};
+use ringcache::{Client, Connector, Error, NodeState, NodeStream};
 use ringcache_proto::{
     TOPOLOGY_DIGEST_METADATA,
     placement::Ring,
@@ -32,7 +32,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
     Request, Response, Status,
     metadata::MetadataValue,
-    transport::{Endpoint, Server, server::TcpIncoming},
+    transport::{Server, server::TcpIncoming},
 };
 
 /// Bound on every wait for a background effect (a refresh, the watch reconnecting).
@@ -46,6 +46,8 @@ struct FakeNode {
     received: Mutex<Vec<(&'static str, String)>>,
     /// `MGet`, `MSet` and `MDelete` requests.
     batches: AtomicUsize,
+    /// The number of keys of each of those requests.
+    batch_sizes: Mutex<Vec<usize>>,
     get_topology_calls: AtomicUsize,
     /// Open `WatchTopology` streams.
     watchers: Arc<AtomicUsize>,
@@ -203,6 +205,7 @@ impl Cache for Svc {
         let node = &self.0;
         node.batches.fetch_add(1, Ordering::SeqCst);
         let keys = request.into_inner().keys;
+        node.batch_sizes.lock().unwrap().push(keys.len());
         let results = keys
             .iter()
             .map(|key| {
@@ -224,9 +227,9 @@ impl Cache for Svc {
     ) -> Result<Response<pb::MSetResponse>, Status> {
         let node = &self.0;
         node.batches.fetch_add(1, Ordering::SeqCst);
-        let versions = request
-            .into_inner()
-            .entries
+        let entries = request.into_inner().entries;
+        node.batch_sizes.lock().unwrap().push(entries.len());
+        let versions = entries
             .iter()
             .map(|entry| {
                 node.record("mset", &entry.key);
@@ -243,6 +246,7 @@ impl Cache for Svc {
         let node = &self.0;
         node.batches.fetch_add(1, Ordering::SeqCst);
         let keys = request.into_inner().keys;
+        node.batch_sizes.lock().unwrap().push(keys.len());
         for key in &keys {
             node.record("mdelete", key);
         }
@@ -410,6 +414,7 @@ impl FakeCluster {
                 addr,
                 received: Mutex::default(),
                 batches: AtomicUsize::new(0),
+                batch_sizes: Mutex::default(),
                 get_topology_calls: AtomicUsize::new(0),
                 watchers: Arc::default(),
                 served: Mutex::new(wire.clone()),
@@ -589,6 +594,64 @@ async fn batches_are_split_by_primary_and_answered_in_request_order() {
         );
         assert_eq!(node.keys("mset"), node.keys("mget"));
         assert_eq!(node.keys("mdelete"), node.keys("mget"));
+    }
+}
+
+#[tokio::test]
+async fn batches_are_split_to_the_limits_the_nodes_state() {
+    let cluster = FakeCluster::start().await;
+    let limits = pb::NodeLimits {
+        max_batch_keys: 7,
+        max_message_bytes: 1 << 20,
+    };
+    for node in &cluster.nodes {
+        node.served.lock().unwrap().sender_limits = Some(limits);
+    }
+    let client = cluster.connect().await;
+    let mut keys = keys(300);
+    keys.reverse();
+    let ring = Ring::new(&cluster.topology);
+    let primary = |key: &str| ring.primary(key.as_bytes()).unwrap().to_owned();
+
+    let values = client.mget(keys.clone()).await.unwrap();
+    for (key, value) in keys.iter().zip(&values) {
+        let expected = format!("{key}@{}", primary(key));
+        assert_eq!(value.as_deref(), Some(expected.as_bytes()), "{key}");
+    }
+    let versions = client
+        .mset(keys.iter().map(|k| (k.clone(), "v")), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        versions,
+        keys.iter().map(|k| key_number(k)).collect::<Vec<_>>()
+    );
+    assert_eq!(client.mdelete(keys.clone()).await.unwrap(), 300);
+
+    let mut requests = 0;
+    for node in &cluster.nodes {
+        let sizes = node.batch_sizes.lock().unwrap().clone();
+        assert!(
+            sizes.iter().all(|&n| (1..=7).contains(&n)),
+            "{}: request sizes {sizes:?}",
+            node.id
+        );
+        let owned = keys.iter().filter(|k| primary(k) == node.id).count();
+        assert_eq!(sizes.iter().sum::<usize>(), 3 * owned, "{}", node.id);
+        assert_eq!(node.keys("mget").len(), owned);
+        requests += sizes.len();
+    }
+    assert!(requests >= 3 * 300 / 7, "{requests} requests");
+
+    // A node stating nothing (older) is assumed to take 1000 keys.
+    let cluster = FakeCluster::start().await;
+    let client = cluster.connect().await;
+    let keys: Vec<String> = (0..4000).map(|i| format!("many-{i}")).collect();
+    assert_eq!(client.mget(keys).await.unwrap().len(), 4000);
+    for node in &cluster.nodes {
+        let sizes = node.batch_sizes.lock().unwrap().clone();
+        assert!(sizes.iter().all(|&n| n <= 1000), "{}: {sizes:?}", node.id);
+        assert!(sizes.len() >= 2, "{}: {sizes:?}", node.id);
     }
 }
 
@@ -835,36 +898,42 @@ async fn dropping_the_last_client_ends_the_watch() {
     .await;
 }
 
+/// A connector over real TCP that logs the address of every connection it dials.
+fn logging_connector(log: Arc<Mutex<Vec<String>>>) -> Connector {
+    Connector::new(move |addr: &str| {
+        log.lock().unwrap().push(addr.to_owned());
+        let addr = addr.to_owned();
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            Ok(Box::new(stream) as Box<dyn NodeStream>)
+        })
+    })
+}
+
 #[tokio::test]
 async fn pools_are_opened_lazily_and_kept_across_refreshes() {
     let cluster = FakeCluster::start().await;
-    let made = Arc::new(Mutex::new(Vec::<String>::new()));
-    let log = Arc::clone(&made);
+    let dialed = Arc::new(Mutex::new(Vec::<String>::new()));
     let client = Client::builder()
         .seeds([&cluster.nodes[0].addr])
         .pool_size(2)
-        .channel_factory(move |addr| {
-            log.lock().unwrap().push(addr.to_owned());
-            Ok(Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| Error::InvalidArgument(e.to_string()))?
-                .connect_lazy())
-        })
+        .connector(logging_connector(Arc::clone(&dialed)))
         .connect()
         .await
         .unwrap();
-    let count = |addr: &str| made.lock().unwrap().iter().filter(|a| *a == addr).count();
+    let count = |addr: &str| dialed.lock().unwrap().iter().filter(|a| *a == addr).count();
     assert_eq!(
-        made.lock().unwrap().len(),
+        dialed.lock().unwrap().len(),
         2,
-        "only the seed's pool at first"
+        "only the seed's pool at first (both connections probed)"
     );
 
     client.mget(keys(60)).await.unwrap();
     for node in &cluster.nodes {
-        assert_eq!(
-            count(&node.addr),
-            2,
-            "one pool for {}, reused by the ring",
+        let dials = count(&node.addr);
+        assert!(
+            (1..=2).contains(&dials),
+            "{} dialed {dials} times: one pool, opened on first use",
             node.id
         );
     }
@@ -877,12 +946,18 @@ async fn pools_are_opened_lazily_and_kept_across_refreshes() {
         client.topology_digest() == newer.digest()
     })
     .await;
-    client.mget(keys(60)).await.unwrap();
-    assert_eq!(
-        made.lock().unwrap().len(),
-        6,
-        "unchanged addresses keep their pools"
-    );
+    // Round-robin over each pool: a pool made anew by the refresh would dial again.
+    for _ in 0..4 {
+        client.mget(keys(60)).await.unwrap();
+    }
+    for node in &cluster.nodes {
+        assert_eq!(
+            count(&node.addr),
+            2,
+            "{}: unchanged addresses keep their pools (two connections each)",
+            node.id
+        );
+    }
 }
 
 #[tokio::test]

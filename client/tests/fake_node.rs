@@ -11,7 +11,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use ringcache::{Client, Consistency, Entry, Error, KeyTtl, SetOptions, SetOutcome};
+use ringcache::{
+    Client, Connector, Consistency, Entry, Error, KeyTtl, NodeStream, SetOptions, SetOutcome,
+};
 use ringcache_proto::{
     CURRENT_VERSION_METADATA,
     v1::{
@@ -22,7 +24,7 @@ use ringcache_proto::{
 use tonic::{
     Request, Response, Status,
     metadata::{MetadataMap, MetadataValue},
-    transport::{Endpoint, Server, server::TcpIncoming},
+    transport::{Server, server::TcpIncoming},
 };
 
 const BIG: usize = 4 * 1024 * 1024;
@@ -491,27 +493,31 @@ async fn the_first_seed_that_answers_is_used() {
 #[tokio::test]
 async fn the_pool_opens_one_channel_per_connection_and_uses_them_all() {
     let (_fake, addr) = start().await;
-    let made = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&made);
+    let dialed = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&dialed);
     let client = Client::builder()
         .seeds([&addr])
         .pool_size(3)
         .default_consistency(Consistency::One)
-        .channel_factory(move |addr| {
+        .connector(Connector::new(move |addr: &str| {
             counter.fetch_add(1, Ordering::SeqCst);
-            Ok(Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| Error::InvalidArgument(e.to_string()))?
-                .connect_lazy())
-        })
+            let addr = addr.to_owned();
+            Box::pin(async move {
+                let stream = tokio::net::TcpStream::connect(addr).await?;
+                Ok(Box::new(stream) as Box<dyn NodeStream>)
+            })
+        }))
         .connect()
         .await
         .unwrap();
-    assert_eq!(made.load(Ordering::SeqCst), 3);
+    // The connect probe checks every connection of the seed's pool.
+    assert_eq!(dialed.load(Ordering::SeqCst), 3);
     for _ in 0..6 {
         assert!(client.get("a").await.unwrap().is_some());
     }
     let clone = client.clone();
     assert!(clone.get("a").await.unwrap().is_some());
+    assert_eq!(dialed.load(Ordering::SeqCst), 3, "the connections are kept");
 }
 
 #[tokio::test]

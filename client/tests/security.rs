@@ -17,7 +17,7 @@ use std::{
 use base64::Engine as _;
 use bytes::Bytes;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use ringcache::{Client, Error, NodeState, TlsOptions};
+use ringcache::{Client, Connector, Error, NodeState, NodeStream, TlsOptions};
 use ringcache_proto::{
     TOPOLOGY_DIGEST_METADATA,
     topology::{Member, Topology},
@@ -564,6 +564,35 @@ async fn a_tls_client_with_credentials_round_trips_with_unary_calls() {
     let node = &cluster.nodes[0];
     assert_eq!(node.unary.load(Ordering::SeqCst), 2);
     assert_eq!(node.pipelined.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn tls_and_credentials_run_over_the_streams_of_a_custom_connector() {
+    let pki = pki();
+    let cluster = start(&pki, Mode::Tls, 1).await;
+    let dialed = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&dialed);
+    let connector = Connector::new(move |addr: &str| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let addr = addr.to_owned();
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            Ok(Box::new(stream) as Box<dyn NodeStream>)
+        })
+    });
+    let client = tls_builder(&pki, &cluster.addrs)
+        .credentials("app", "open sesame")
+        .connector(connector)
+        .connect()
+        .await
+        .unwrap();
+    client.set("greeting", "hello").await.unwrap();
+    assert_eq!(
+        client.get("greeting").await.unwrap().as_deref(),
+        Some(&b"hello"[..])
+    );
+    assert!(dialed.load(Ordering::SeqCst) >= 1, "the connector dialed");
+    assert_eq!(cluster.nodes[0].pipelined.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]

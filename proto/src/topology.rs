@@ -443,6 +443,8 @@ impl From<&Topology> for v1::Topology {
             digest: topology.digest,
             replication_factor: topology.replication_factor,
             vnodes_per_weight: topology.vnodes_per_weight,
+            // The member list alone; a node adds its own limits when it serves it.
+            sender_limits: None,
         }
     }
 }
@@ -679,6 +681,7 @@ mod tests {
             digest: 0,
             replication_factor,
             vnodes_per_weight: vnodes,
+            sender_limits: None,
         };
         let mut sorted = members;
         sorted.sort_by(|a, b| a.node_id.cmp(&b.node_id));
@@ -829,6 +832,7 @@ mod tests {
                             digest,
                             replication_factor,
                             vnodes_per_weight,
+                            sender_limits: None,
                         };
                         if honest {
                             // Often a correct digest, so the limits are what decides.

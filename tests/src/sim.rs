@@ -1,6 +1,6 @@
 //! The pieces that put nodes and clients on turmoil's simulated network and clock: a wall clock
 //! reading simulated time (with a per-node offset for skews and jumps), the gossip socket, the
-//! peer connector and the incoming connections of a node, and the client's channel factory.
+//! peer connector and the incoming connections of a node, and the client's connector.
 //!
 //! Every type here is only usable inside a turmoil host (they talk to the simulated world of
 //! the current thread). The simulation itself is `tests/tests/simulation.rs`.
@@ -160,11 +160,23 @@ pub fn peer_connector() -> PeerConnector {
     })
 }
 
-/// A lazily connecting channel to `addr` (`host:port`) over turmoil TCP: the client's channel
-/// factory in the simulation.
-pub fn client_channel(addr: &str, connect_timeout: Duration) -> Result<Channel, ringcache::Error> {
+/// Connections to nodes over turmoil TCP: the client's connector in the simulation (the client
+/// runs its own HTTP/2 and gRPC stack over these streams, as over real TCP).
+pub fn client_connector() -> ringcache::Connector {
+    ringcache::Connector::new(|addr: &str| {
+        let addr = addr.to_owned();
+        Box::pin(async move {
+            let stream = turmoil::net::TcpStream::connect(addr).await?;
+            Ok(Box::new(stream) as Box<dyn ringcache::NodeStream>)
+        })
+    })
+}
+
+/// A lazily connecting raw gRPC channel to `addr` (`host:port`) over turmoil TCP, for tests that
+/// call a node's services directly rather than through the client.
+pub fn client_channel(addr: &str, connect_timeout: Duration) -> Result<Channel, String> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| ringcache::Error::InvalidArgument(format!("bad address {addr:?}: {e}")))?
+        .map_err(|e| format!("bad address {addr:?}: {e}"))?
         .connect_timeout(connect_timeout);
     Ok(
         endpoint.connect_with_connector_lazy(tower::service_fn(|uri: Uri| async move {

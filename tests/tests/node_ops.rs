@@ -68,6 +68,15 @@ async fn topology_node_info_and_watch_describe_the_node() {
     let checked =
         ringcache_proto::topology::Topology::try_from(&topology).expect("a valid topology");
     assert_eq!(checked.digest(), topology.digest);
+    // The node states its request limits, for clients to split batches to.
+    let config = node.node.config();
+    assert_eq!(
+        topology.sender_limits,
+        Some(v1::NodeLimits {
+            max_batch_keys: config.max_batch_keys as u32,
+            max_message_bytes: config.max_message_bytes as u64,
+        })
+    );
 
     let mut watch = cluster
         .watch_topology(v1::WatchTopologyRequest {})
@@ -81,7 +90,7 @@ async fn topology_node_info_and_watch_describe_the_node() {
         .unwrap();
     assert_eq!(
         first, topology,
-        "the watch starts with the current topology"
+        "the watch starts with the current topology, limits included"
     );
 
     let c = Client::connect([node.grpc_target()]).await.unwrap();

@@ -352,3 +352,99 @@ async fn pipelined_and_unary_clients_see_the_same_results_and_errors() {
     }
     node.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn response_batches_stay_within_the_message_limit_and_a_too_large_answer_fails_alone() {
+    let node = TestNode::start(config_with(Cli {
+        max_key_bytes: Some(ByteSize(1024)),
+        max_value_bytes: Some(ByteSize(16 * 1024)),
+        max_message_bytes: Some(ByteSize(64 * 1024)),
+        ..Cli::default()
+    }))
+    .await;
+    let client = Client::connect([node.grpc_target()]).await.unwrap();
+    let value = Bytes::from(vec![b'v'; 10 * 1024]);
+    let keys: Vec<String> = (0..12).map(|i| format!("big-{i}")).collect();
+    for key in &keys {
+        client.set(key.clone(), value.clone()).await.unwrap();
+    }
+
+    // Twelve answers of 10 KiB asked in one request batch: 120 KiB of answers, which used to
+    // leave as one response batch over the 64 KiB limit and end the stream for every request.
+    let (tx, mut inbound) = open(&node).await;
+    let mut requests: Vec<PipelineRequest> = keys
+        .iter()
+        .enumerate()
+        .map(|(tag, key)| {
+            request(
+                tag as u64,
+                Op::Get(v1::GetRequest {
+                    key: Bytes::from(key.clone()),
+                    consistency: 0,
+                }),
+            )
+        })
+        .collect();
+    // An MGet whose answer alone is over the limit: an error for it, not for the stream.
+    requests.push(request(
+        100,
+        Op::MGet(v1::MGetRequest {
+            keys: keys.iter().map(|k| Bytes::from(k.clone())).collect(),
+            consistency: 0,
+        }),
+    ));
+    requests.push(request(101, get("missing")));
+    tx.send(PipelineRequestBatch { requests }).await.unwrap();
+    let mut got = HashMap::new();
+    let mut batches = 0;
+    while got.len() < 14 {
+        let batch = tokio::time::timeout(PATIENCE, inbound.message())
+            .await
+            .expect("answers within the deadline")
+            .expect("the stream stays up")
+            .expect("the stream does not end");
+        let values: usize = batch
+            .responses
+            .iter()
+            .map(|r| match &r.result {
+                Some(Answer::Get(get)) => get.value.len(),
+                _ => 0,
+            })
+            .sum();
+        assert!(
+            values <= 64 * 1024,
+            "a response batch with {values} bytes of values"
+        );
+        batches += 1;
+        for response in batch.responses {
+            got.insert(response.tag, response.result.unwrap());
+        }
+    }
+    assert!(batches >= 2, "{batches} batches");
+    for tag in 0..12 {
+        assert!(
+            matches!(&got[&tag], Answer::Get(r) if r.found && r.value == value),
+            "tag {tag}"
+        );
+    }
+    assert_eq!(error_code(&got[&100]), Code::OutOfRange);
+    let Answer::Error(error) = &got[&100] else {
+        unreachable!()
+    };
+    assert!(
+        error.message.contains("max_message_bytes"),
+        "{}",
+        error.message
+    );
+    assert!(matches!(&got[&101], Answer::Get(r) if !r.found));
+
+    // The stream still serves.
+    tx.send(PipelineRequestBatch {
+        requests: vec![request(200, get("big-0"))],
+    })
+    .await
+    .unwrap();
+    let after = answers(&mut inbound, 1).await;
+    assert!(matches!(&after[&200], Answer::Get(r) if r.found));
+    node.stop().await.unwrap();
+}

@@ -427,7 +427,9 @@ async fn connect_client(nodes: usize) -> Result<Client, ClientError> {
             .seeds(&seeds)
             .request_timeout(REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_millis(300))
-            .channel_factory(|addr| sim::client_channel(addr, Duration::from_millis(300)))
+            .connector(sim::client_connector())
+            // Retries as in production, minus the jitter: it draws from the OS, not the seed.
+            .retry_policy(ringcache::RetryPolicy::new().jitter(false))
             .connect()
             .await;
         match connecting {

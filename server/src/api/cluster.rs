@@ -25,13 +25,25 @@ impl ClusterService {
 
 type TopologyStream = Pin<Box<dyn Stream<Item = Result<v1::Topology, Status>> + Send>>;
 
+/// This node's request limits, as clients learn them with the topology (they split batches to
+/// fit).
+fn limits(node: &Node) -> v1::NodeLimits {
+    let config = node.config();
+    v1::NodeLimits {
+        max_batch_keys: u32::try_from(config.max_batch_keys).unwrap_or(u32::MAX),
+        max_message_bytes: u64::try_from(config.max_message_bytes).unwrap_or(u64::MAX),
+    }
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn get_topology(
         &self,
         _: Request<v1::GetTopologyRequest>,
     ) -> Result<Response<v1::Topology>, Status> {
-        Ok(Response::new(self.node.topology()))
+        let mut topology = self.node.topology();
+        topology.sender_limits = Some(limits(&self.node));
+        Ok(Response::new(topology))
     }
 
     type WatchTopologyStream = TopologyStream;
@@ -45,9 +57,11 @@ impl Cluster for ClusterService {
         let (tx, rx) = mpsc::channel(4);
         let mut views = self.node.watch_view();
         let shutdown = self.node.shutdown_token().clone();
+        let limits = limits(&self.node);
         crate::logging::spawn(async move {
             loop {
-                let current = views.borrow_and_update().wire.clone();
+                let mut current = views.borrow_and_update().wire.clone();
+                current.sender_limits = Some(limits);
                 if tx.send(Ok(current)).await.is_err() {
                     return;
                 }

@@ -13,9 +13,14 @@
 //! Limits: at most [`MAX_BATCH_REQUESTS`] requests per batch (a bigger batch is not run: the
 //! answers already made are sent, then the stream ends with INVALID_ARGUMENT) and at most
 //! [`MAX_PENDING`] requests waiting per stream (reading pauses until some finish:
-//! backpressure). When the node shuts down the stream stops reading, answers
-//! what it started, and ends.
+//! backpressure). A response batch stays within `max_message_bytes`: answers that would push it
+//! over wait for the next batch (and reading waits for them), and an answer over the limit on
+//! its own (an `MGet` of many large values) is replaced by an OUT_OF_RANGE error for its
+//! request, as its unary call would fail, so one large answer never ends the stream for the
+//! others. When the node shuts down the stream stops reading, answers what it started, and
+//! ends.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -60,7 +65,11 @@ pub(super) fn serve(
     let node = service.node();
     node.metrics().pipeline_stream(1.0);
     let shutdown = Box::pin(node.shutdown_token().clone().cancelled_owned());
+    // Room for the batch's own fields (the digest) beside its answers.
+    let max_batch_bytes = node.config().max_message_bytes.saturating_sub(64).max(1);
     Response::new(Box::pin(Answers {
+        max_batch_bytes,
+        waiting: VecDeque::new(),
         service,
         principal,
         inbound,
@@ -73,6 +82,10 @@ pub(super) fn serve(
 }
 
 struct Answers {
+    /// Most bytes of answers in one response batch (the node's message limit, less room).
+    max_batch_bytes: usize,
+    /// Answers made but not sent: they did not fit in the last batch.
+    waiting: VecDeque<PipelineResponse>,
     service: CacheService,
     /// Who opened the stream (`None` when authentication is off); each request is checked
     /// against its role.
@@ -104,19 +117,24 @@ impl Stream for Answers {
         if this.failed {
             return Poll::Ready(None);
         }
-        if let Some(status) = this.error.take() {
+        if this.waiting.is_empty()
+            && let Some(status) = this.error.take()
+        {
             // Requests still running are dropped with the stream: they are not answered.
             this.failed = true;
             return Poll::Ready(Some(Err(status)));
         }
-        let mut answers = Vec::new();
+        // Answers left over from the last batch go first, and no request is read until they
+        // are out (backpressure).
+        let carried = !this.waiting.is_empty();
+        let mut answers: Vec<PipelineResponse> = this.waiting.drain(..).collect();
         while let Poll::Ready(Some(answer)) = this.pending.poll_next_unpin(cx) {
             answers.push(answer);
         }
         if this.reading && this.shutdown.as_mut().poll(cx).is_ready() {
             this.reading = false;
         }
-        while this.reading && this.pending.len() < MAX_PENDING {
+        while this.reading && !carried && this.pending.len() < MAX_PENDING {
             let batch = match this.inbound.poll_next_unpin(cx) {
                 Poll::Pending => break,
                 Poll::Ready(Some(Ok(batch))) => batch,
@@ -156,8 +174,9 @@ impl Stream for Answers {
         }
         if !answers.is_empty() {
             let topology_digest = this.service.node().view().topology.digest();
+            let responses = this.fit(answers);
             return Poll::Ready(Some(Ok(PipelineResponseBatch {
-                responses: answers,
+                responses,
                 topology_digest,
             })));
         }
@@ -169,6 +188,39 @@ impl Stream for Answers {
             return Poll::Ready(None);
         }
         Poll::Pending
+    }
+}
+
+impl Answers {
+    /// The answers that fit in one response batch, in order; the rest wait in `waiting`. An
+    /// answer too large on its own becomes an OUT_OF_RANGE error for its request.
+    fn fit(&mut self, answers: Vec<PipelineResponse>) -> Vec<PipelineResponse> {
+        let mut batch = Vec::with_capacity(answers.len());
+        let mut bytes = 0usize;
+        let mut answers = answers.into_iter();
+        for mut answer in answers.by_ref() {
+            let mut size = prost::encoding::message::encoded_len(1, &answer);
+            if size > self.max_batch_bytes {
+                let status = Status::out_of_range(format!(
+                    "Error, encoded message length too large: the answer is {size} bytes, the \
+                     limit is {} bytes (max_message_bytes); ask for fewer keys",
+                    self.max_batch_bytes
+                ));
+                answer = PipelineResponse {
+                    tag: answer.tag,
+                    result: Some(Answer::Error(error_of(&status))),
+                };
+                size = prost::encoding::message::encoded_len(1, &answer);
+            }
+            if !batch.is_empty() && bytes.saturating_add(size) > self.max_batch_bytes {
+                self.waiting.push_back(answer);
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            batch.push(answer);
+        }
+        self.waiting.extend(answers);
+        batch
     }
 }
 
