@@ -428,10 +428,12 @@ impl View for Status {
         }
         let mut text = table.render(color);
         text.push_str(&format!(
-            "\ntopology {} from {}: {} members, R={}, {} vnodes per unit of weight\n",
+            "\ntopology {} from {}: {} members ({} serving, {} expected), R={}, {} vnodes per unit of weight\n",
             self.topology.digest,
             self.cluster,
             self.members.len(),
+            self.serving_members.len(),
+            self.expected_members,
             self.topology.replication_factor,
             self.topology.vnodes_per_weight,
         ));
