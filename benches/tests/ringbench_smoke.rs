@@ -235,6 +235,9 @@ fn command_line_run_json_plot_and_compare() {
         json.display().to_string(),
         "--plot".into(),
         svg.display().to_string(),
+        // The node runs in this process: its CPU time is this process's.
+        "--server-pid".into(),
+        std::process::id().to_string(),
     ];
     assert_eq!(
         ringcache_bench::bench::cli::main(args.map(OsString::from)),
@@ -244,6 +247,14 @@ fn command_line_run_json_plot_and_compare() {
     check_counts(&result, 150);
     assert_eq!(result.config.workload.mix.to_string(), "mget=90,mset=10");
     assert_eq!(result.misses, 0);
+    let cpu = result
+        .server_cpu
+        .as_ref()
+        .expect("--server-pid reports the server's CPU time");
+    assert_eq!(cpu.pids, vec![std::process::id()]);
+    assert!(cpu.window_s > 0.0 && cpu.cpu_s >= 0.0, "{cpu:?}");
+    // mget/mset carry several keys per request.
+    assert!(cpu.us_per_key <= cpu.us_per_request, "{cpu:?}");
     let plot = std::fs::read_to_string(&svg).unwrap();
     assert!(plot.starts_with("<svg") && plot.contains("<polyline"));
     let compare = [
@@ -255,6 +266,20 @@ fn command_line_run_json_plot_and_compare() {
     assert_eq!(
         ringcache_bench::bench::cli::main(compare.map(OsString::from)),
         0
+    );
+    // A process that cannot be measured is a usage error before anything runs.
+    let gone = [
+        "ringbench".to_owned(),
+        format!("ringcache://{}", node.grpc_target()),
+        "-n".into(),
+        "10".into(),
+        "--no-progress".into(),
+        "--server-pid".into(),
+        u32::MAX.to_string(),
+    ];
+    assert_eq!(
+        ringcache_bench::bench::cli::main(gone.map(OsString::from)),
+        2
     );
     runtime.block_on(node.stop()).unwrap();
 }

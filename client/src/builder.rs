@@ -3,7 +3,7 @@
 use std::{fmt, time::Duration};
 
 use crate::{
-    Client, Connector, Consistency, Error, RetryBudget, RetryPolicy, TlsOptions,
+    CircuitBreaker, Client, Connector, Consistency, Error, RetryBudget, RetryPolicy, TlsOptions,
     conn::{self, ConnectConfig},
     router,
     security::Credentials,
@@ -46,6 +46,7 @@ pub struct ClientBuilder {
     max_batch_keys: Option<usize>,
     retry: RetryPolicy,
     retry_budget: RetryBudget,
+    breaker: CircuitBreaker,
     connector: Option<Connector>,
     credentials: Option<Credentials>,
     tls: Option<TlsOptions>,
@@ -64,6 +65,7 @@ impl fmt::Debug for ClientBuilder {
             .field("max_batch_keys", &self.max_batch_keys)
             .field("retry", &self.retry)
             .field("retry_budget", &self.retry_budget)
+            .field("circuit_breaker", &self.breaker)
             .field(
                 "connector",
                 &if self.connector.is_some() {
@@ -91,6 +93,7 @@ impl Default for ClientBuilder {
             max_batch_keys: None,
             retry: RetryPolicy::default(),
             retry_budget: RetryBudget::default(),
+            breaker: CircuitBreaker::default(),
             connector: None,
             credentials: None,
             tls: None,
@@ -214,6 +217,17 @@ impl ClientBuilder {
         self
     }
 
+    /// Each node's circuit breaker: after consecutive transport failures (refused, broken or
+    /// timed-out connections and requests) a node is tried after the key's other replicas for a
+    /// jittered, growing while, then probed again; see [`CircuitBreaker`]. So reads keep
+    /// succeeding on the other replicas while a killed node is still in the cluster's topology.
+    /// Default [`CircuitBreaker::default`]: 2 failures, open 1 s doubling up to 30 s;
+    /// [`CircuitBreaker::disabled`] turns it off.
+    pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
     /// Sends `user` and `secret` with every request, as the gRPC metadata
     /// `authorization: Basic base64(user ":" secret)`: requests, the pipelined streams, topology
     /// fetches and watches, and the connect probes, whether the connections are dialed by the
@@ -295,6 +309,7 @@ impl ClientBuilder {
             ));
         }
         crate::retry::check(&self.retry_budget)?;
+        crate::breaker::check(&self.breaker)?;
         if self.max_batch_keys == Some(0) {
             return Err(Error::InvalidArgument(
                 "max batch keys must be at least 1".to_owned(),
@@ -337,6 +352,7 @@ impl ClientBuilder {
                 ..self.retry
             },
             retry_budget: self.retry_budget,
+            breaker: self.breaker,
             request_timeout: self.request_timeout,
             pipelining: self.pipelining,
             factory,

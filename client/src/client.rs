@@ -846,6 +846,7 @@ mod tests {
             max_batch_keys: None,
             retry: RetryPolicy::new(),
             retry_budget: crate::RetryBudget::default(),
+            breaker: crate::CircuitBreaker::default(),
             request_timeout: Duration::from_secs(2),
             pipelining: true,
             factory: crate::conn::default_factory(Duration::from_secs(2), None),

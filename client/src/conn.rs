@@ -56,6 +56,8 @@ pub(crate) struct ConnectConfig {
     pub(crate) retry: RetryPolicy,
     /// The retry budget's settings (checked).
     pub(crate) retry_budget: RetryBudget,
+    /// Each node's circuit breaker settings (checked).
+    pub(crate) breaker: crate::CircuitBreaker,
     /// Bound on each request to a node (per attempt when a request fails over).
     pub(crate) request_timeout: Duration,
     /// Whether `Cache` requests travel on the pipelined stream ([`crate::pipeline`]) rather
@@ -460,11 +462,6 @@ pub(crate) enum FailureClass {
 }
 
 impl FailureClass {
-    /// Whether the node looks unreachable, so it is tried after the other replicas for a while.
-    pub(crate) fn node_unreachable(self) -> bool {
-        matches!(self, Self::NotSent | Self::Broken)
-    }
-
     /// Whether the failure hints that the client's topology may be out of date.
     pub(crate) fn suggests_refresh(self) -> bool {
         matches!(self, Self::NotSent | Self::Broken | Self::NodeUnavailable)

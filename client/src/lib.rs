@@ -62,6 +62,7 @@
 
 #![warn(missing_docs)]
 
+mod breaker;
 mod builder;
 mod client;
 mod conn;
@@ -81,6 +82,7 @@ mod wire;
 #[cfg(feature = "cli")]
 pub mod ctl;
 
+pub use breaker::CircuitBreaker;
 pub use builder::ClientBuilder;
 pub use bytes::Bytes;
 pub use client::Client;

@@ -18,7 +18,7 @@
 //! | `ringcache_client_node_pools` | gauge | | nodes with an open connection pool |
 //! | `ringcache_client_connections` | gauge | | pooled HTTP/2 connections (channels) |
 //! | `ringcache_client_pipeline_streams` | gauge | | open pipelined streams |
-//! | `ringcache_client_nodes_marked_unreachable_total` | counter | | times a node failed to connect and was put after the other replicas |
+//! | `ringcache_client_nodes_marked_unreachable_total` | counter | | times a node's circuit breaker opened (it is tried after the other replicas for a while) |
 //!
 //! **Spans**: every call runs in an INFO span `ringcache.request` (target `ringcache::request`)
 //! with `op`, the key's hash slot `key_slot` and 64-bit `key_hash` (single-key calls) or the
@@ -101,7 +101,7 @@ pub(crate) fn describe() {
     describe_gauge!(PIPELINE_STREAMS, "Open pipelined request streams.");
     describe_counter!(
         UNREACHABLE,
-        "Times a node failed to connect and was tried after the other replicas for a while."
+        "Times a node's circuit breaker opened: it is tried after the other replicas for a while."
     );
 }
 

@@ -8,7 +8,8 @@
 //! lock. Neither lock is ever held across an await.
 //!
 //! **Routing.** A key goes to the first node of its replica set (its primary), except that nodes
-//! that recently failed to connect are tried after the others. A ring with no members (a node
+//! whose circuit breaker is open (`breaker.rs`: consecutive transport failures) are tried after
+//! the others. A ring with no members (a node
 //! without the `Cluster` service, or every member still joining) sends everything to the node the
 //! client connected to, which forwards what it does not own.
 //!
@@ -42,16 +43,14 @@ use tracing::{Instrument, Span};
 
 use crate::pipeline::PipelineOp;
 use crate::{
-    Error, RetryPolicy,
+    CircuitBreaker, Error, RetryPolicy,
+    breaker::{self, BreakerState, Noted},
     conn::{self, ConnectConfig, Failure, FailureClass, NodePool},
     observe,
     refresh::{self, FetchError, Refresher},
     retry::{self, Budget, Retry},
     security::NodeChannel,
 };
-
-/// How long a node that failed to connect is tried after the other replicas of a key.
-const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
 
 /// Replica positions beyond this are never reordered (a bit mask of positions is used).
 const MAX_REORDERED_REPLICAS: usize = 64;
@@ -173,10 +172,9 @@ pub(crate) struct NodeSlot {
     pool: OnceLock<Arc<NodePool>>,
     /// Serialises opening the pool, so concurrent first requests make one pool, not several.
     opening: Mutex<()>,
-    /// Until when (ms since `created`) the node counts as unreachable; 0: it does not.
-    unreachable_until_ms: AtomicU64,
-    /// The origin of `unreachable_until_ms`: tokio's clock, so paused and simulated time
-    /// apply.
+    /// The node's circuit breaker (times in ms since `created`).
+    breaker: BreakerState,
+    /// The origin of the breaker's times: tokio's clock, so paused and simulated time apply.
     created: tokio::time::Instant,
 }
 
@@ -196,7 +194,7 @@ impl NodeSlot {
             addr: addr.to_owned(),
             pool: OnceLock::new(),
             opening: Mutex::new(()),
-            unreachable_until_ms: AtomicU64::new(0),
+            breaker: BreakerState::default(),
             created: tokio::time::Instant::now(),
         }
     }
@@ -225,21 +223,28 @@ impl NodeSlot {
         let _ = self.pool.set(Arc::new(pool));
     }
 
+    /// Whether the node's circuit breaker is open (it is tried after the other replicas).
     pub(crate) fn is_unreachable(&self) -> bool {
-        let until = self.unreachable_until_ms.load(Ordering::Relaxed);
-        until != 0 && self.now_ms() < until
+        self.breaker.is_open(self.now_ms())
     }
 
-    fn mark_unreachable(&self) {
-        observe::marked_unreachable();
-        let until = self.now_ms().saturating_add(millis(UNREACHABLE_FOR)).max(1);
-        self.unreachable_until_ms.store(until, Ordering::Relaxed);
+    /// Whether a request should try this node after the others: its breaker is open, or
+    /// half-open with the probe taken by another request (this call may take it).
+    fn holds_back(&self, settings: &CircuitBreaker) -> bool {
+        self.breaker.holds_back(self.now_ms(), settings)
     }
 
-    fn mark_reachable(&self) {
-        if self.unreachable_until_ms.load(Ordering::Relaxed) != 0 {
-            self.unreachable_until_ms.store(0, Ordering::Relaxed);
+    /// A transport failure: may open the breaker.
+    fn mark_failed(&self, settings: &CircuitBreaker) {
+        if let Noted::Opened(open_for) = self.breaker.failed(self.now_ms(), settings) {
+            observe::marked_unreachable();
+            tracing::debug!(node = %self.addr, ?open_for, "circuit breaker opened");
         }
+    }
+
+    /// The node answered: closes the breaker.
+    fn mark_reachable(&self) {
+        self.breaker.succeeded();
     }
 }
 
@@ -334,10 +339,11 @@ impl State {
     }
 
     /// The replicas of `key` in the order they are tried: the replica set's order, except that
-    /// nodes marked unreachable come after the others. Each appears once.
+    /// nodes whose breaker holds them back come after the others. Each appears once.
     fn attempt_order<'s>(
         &'s self,
         replicas: ReplicaSet<'s>,
+        breaker: &CircuitBreaker,
     ) -> impl Iterator<Item = (&'s str, &'s Arc<NodeSlot>)> + 's {
         // One pass decides which replicas go last, so a node marked unreachable during the
         // attempts is not tried twice.
@@ -345,7 +351,7 @@ impl State {
         for (i, node_id) in replicas.iter().enumerate().take(MAX_REORDERED_REPLICAS) {
             if self
                 .position(node_id)
-                .is_some_and(|p| self.slots[p].is_unreachable())
+                .is_some_and(|p| self.slots[p].holds_back(breaker))
             {
                 late |= 1 << i;
             }
@@ -539,7 +545,7 @@ impl Router {
                 .await;
         }
         let mut tried = Tried::default();
-        for (node_id, slot) in state.attempt_order(replicas) {
+        for (node_id, slot) in state.attempt_order(replicas, &self.config.breaker) {
             if tried.last.is_some() {
                 tracing::debug!(node = node_id, "trying the next replica");
                 observe::failover(call.op);
@@ -712,7 +718,10 @@ impl Router {
                     Some(0)
                 } else {
                     state
-                        .attempt_order(state.ring.replicas(&batch.keys[index]))
+                        .attempt_order(
+                            state.ring.replicas(&batch.keys[index]),
+                            &self.config.breaker,
+                        )
                         .filter_map(|(node_id, _)| state.position(node_id))
                         .find(|&position| !failed[position])
                 };
@@ -866,8 +875,11 @@ impl Router {
     }
 
     fn after_failure(self: &Arc<Self>, slot: &Arc<NodeSlot>, class: FailureClass) {
-        if class.node_unreachable() {
-            slot.mark_unreachable();
+        if breaker::is_transport_failure(class) {
+            slot.mark_failed(&self.config.breaker);
+        } else {
+            // It answered, even if with an error.
+            slot.mark_reachable();
         }
         if class.suggests_refresh() {
             self.refresh_after_failure(slot);
@@ -1128,12 +1140,21 @@ mod tests {
         let key = b"some-key";
         let replicas = state.ring.replicas(key);
         let in_ring_order: Vec<&str> = replicas.iter().collect();
-        let order: Vec<&str> = state.attempt_order(replicas).map(|(id, _)| id).collect();
+        let breaker = CircuitBreaker::new().failures(2);
+        let order: Vec<&str> = state
+            .attempt_order(replicas, &breaker)
+            .map(|(id, _)| id)
+            .collect();
         assert_eq!(order, in_ring_order);
 
         let primary = state.position(in_ring_order[0]).unwrap();
-        state.slots[primary].mark_unreachable();
-        let order: Vec<&str> = state.attempt_order(replicas).map(|(id, _)| id).collect();
+        state.slots[primary].mark_failed(&breaker);
+        assert!(!state.slots[primary].is_unreachable(), "one failure of two");
+        state.slots[primary].mark_failed(&breaker);
+        let order: Vec<&str> = state
+            .attempt_order(replicas, &breaker)
+            .map(|(id, _)| id)
+            .collect();
         assert_eq!(
             order,
             [in_ring_order[1], in_ring_order[2], in_ring_order[0]]

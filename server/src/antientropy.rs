@@ -96,6 +96,28 @@ fn compared(copy: CopyRef<'_>, now_ms: u64) -> bool {
     copy.value.is_none() || copy.expires_at_ms.is_none_or(|at| at > now_ms)
 }
 
+/// Most hash slots one `Internal.SlotDigests` call may ask for.
+pub const MAX_DIGEST_SLOTS: usize = 1024;
+
+/// The digest of each of `slots` as `store` holds it at `now_ms`: the XOR of the item hashes of
+/// its copies, values already expired left out (two nodes may reclaim them at different times:
+/// a difference only costs a push). Rebalancing skips pushing a slot to a member whose digest
+/// equals its own. Yields to other tasks between slots.
+pub async fn slot_digests(store: &Store, slots: &[u16], now_ms: u64) -> Vec<u64> {
+    let mut digests = Vec::with_capacity(slots.len());
+    for &slot in slots {
+        let mut digest = 0;
+        store.visit_slot(slot, |key, copy| {
+            if compared(copy, now_ms) {
+                digest ^= item_hash(key, copy);
+            }
+        });
+        digests.push(digest);
+        tokio::task::yield_now().await;
+    }
+    digests
+}
+
 /// Calls `visit` for every entry of `store`, yielding to other tasks between chunks.
 async fn scan_store(store: &Store, mut visit: impl FnMut(&[u8], CopyRef<'_>)) {
     for shard in 0..store.shard_count() {

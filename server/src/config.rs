@@ -127,7 +127,8 @@ pub struct Cli {
     /// Longest TTL accepted [default: 10years].
     #[arg(long, env = "RINGCACHE_MAX_TTL", value_name = "DURATION")]
     pub max_ttl: Option<HumanDuration>,
-    /// Store shards (lock stripes), rounded up to a power of two [default: 64].
+    /// Store shards (lock stripes, each holding whole hash slots), rounded up to a power of two,
+    /// at most 16384 [default: 64].
     #[arg(long, env = "RINGCACHE_SHARDS", value_name = "N")]
     pub shards: Option<usize>,
     /// How long a deleted key is remembered (as a tombstone) so a late or replayed replica write
@@ -144,6 +145,12 @@ pub struct Cli {
     /// ring change (join, death, leave); 0 = unlimited [default: 64MiB].
     #[arg(long, env = "RINGCACHE_REBALANCE_RATE", value_name = "SIZE")]
     pub rebalance_rate: Option<ByteSize>,
+    /// While this node serves requests, data movement slows down (halves its rate, 10 times a
+    /// second) whenever the node's threads wait longer than this on average for a CPU, and
+    /// speeds up again when they do not; an idle node moves at rebalance-rate. 0 = always
+    /// rebalance-rate; at most 1s [default: 500us].
+    #[arg(long, env = "RINGCACHE_REBALANCE_YIELD", value_name = "DURATION")]
+    pub rebalance_yield: Option<HumanDuration>,
     /// How often expired keys are reclaimed in the background [default: 100ms].
     #[arg(long, env = "RINGCACHE_EXPIRY_INTERVAL", value_name = "DURATION")]
     pub expiry_interval: Option<HumanDuration>,
@@ -166,17 +173,27 @@ pub struct Cli {
     /// [default: 256].
     #[arg(long, env = "RINGCACHE_VNODES", value_name = "N")]
     pub vnodes: Option<NonZeroU32>,
-    /// Gossip: how often each node probes a random member [default: 1s].
+    /// Gossip: how often each node probes a random member (stretched by the local health
+    /// multiplier) [default: 500ms].
     #[arg(long, env = "RINGCACHE_PROBE_INTERVAL", value_name = "DURATION")]
     pub probe_interval: Option<HumanDuration>,
-    /// Gossip: how long a probe may wait for its answer before indirect probes start [default:
-    /// 500ms].
+    /// Gossip: how long a probe may wait for its answer before indirect probes start (stretched
+    /// by the local health multiplier) [default: 200ms].
     #[arg(long, env = "RINGCACHE_PROBE_TIMEOUT", value_name = "DURATION")]
     pub probe_timeout: Option<HumanDuration>,
     /// Gossip: how long a suspected member has to refute before it is declared dead and leaves the
-    /// ring [default: 3s].
+    /// ring, once other members confirm the suspicion (the shortest suspicion) [default: 1s].
     #[arg(long, env = "RINGCACHE_SUSPICION_TIMEOUT", value_name = "DURATION")]
     pub suspicion_timeout: Option<HumanDuration>,
+    /// Gossip: how long a suspected member has to refute when no other member confirms the
+    /// suspicion; confirmations shorten it down to suspicion-timeout [default: 6 ×
+    /// suspicion-timeout].
+    #[arg(long, env = "RINGCACHE_SUSPICION_MAX_TIMEOUT", value_name = "DURATION")]
+    pub suspicion_max_timeout: Option<HumanDuration>,
+    /// Gossip: the most a node stretches its own probe interval and timeout while its probes
+    /// fail or it must refute suspicions about itself (1..=32; 1 = off) [default: 8].
+    #[arg(long, env = "RINGCACHE_LOCAL_HEALTH_MAX", value_name = "N")]
+    pub local_health_max: Option<u32>,
     /// Log format; the level comes from RUST_LOG (e.g. `info`, `ringcache_server=debug`)
     /// [default: text].
     #[arg(long, env = "RINGCACHE_LOG_FORMAT", value_name = "FORMAT")]
@@ -193,6 +210,11 @@ pub struct Cli {
     /// replay; a replica that does not answer in time counts as failed [default: 2s].
     #[arg(long, env = "RINGCACHE_REPLICA_TIMEOUT", value_name = "DURATION")]
     pub replica_timeout: Option<HumanDuration>,
+    /// Most replica requests (Replicate and ReadVersions batches) in flight on the one stream
+    /// this node keeps to each peer (Internal.ReplicaStream); more wait for a slot. 0: no
+    /// streams, a unary call per batch [default: 64].
+    #[arg(long, env = "RINGCACHE_REPLICA_STREAM_IN_FLIGHT", value_name = "N")]
+    pub replica_stream_in_flight: Option<usize>,
     /// Hints (writes kept for a replica that could not be reached) per target node; over it the
     /// oldest are dropped; 0 keeps no hints [default: 64MiB].
     #[arg(long, env = "RINGCACHE_HINT_MAX_BYTES", value_name = "SIZE")]
@@ -434,6 +456,7 @@ struct FileConfig {
     tombstone_grace: Option<HumanDuration>,
     max_clock_drift: Option<HumanDuration>,
     rebalance_rate: Option<ByteSize>,
+    rebalance_yield: Option<HumanDuration>,
     leave_timeout: Option<HumanDuration>,
     shutdown_timeout: Option<HumanDuration>,
     workers: Option<usize>,
@@ -443,9 +466,12 @@ struct FileConfig {
     probe_interval: Option<HumanDuration>,
     probe_timeout: Option<HumanDuration>,
     suspicion_timeout: Option<HumanDuration>,
+    suspicion_max_timeout: Option<HumanDuration>,
+    local_health_max: Option<u32>,
     write_consistency: Option<ConsistencyArg>,
     read_consistency: Option<ConsistencyArg>,
     replica_timeout: Option<HumanDuration>,
+    replica_stream_in_flight: Option<usize>,
     hint_max_bytes: Option<ByteSize>,
     hint_max_age: Option<HumanDuration>,
     anti_entropy_interval: Option<HumanDuration>,
@@ -527,12 +553,19 @@ pub struct Config {
     pub probe_interval: Duration,
     /// Gossip probe round-trip timeout.
     pub probe_timeout: Duration,
-    /// Time from suspicion to death.
+    /// Time from suspicion to death once other members confirm it (the shortest).
     pub suspicion_timeout: Duration,
+    /// Time from suspicion to death without confirmations (the longest).
+    pub suspicion_max_timeout: Duration,
+    /// The largest local health multiplier of the probe interval and timeout (1 = off).
+    pub local_health_max: u32,
     /// Consistency defaults, replica timeout, hint limits, minority protection.
     pub replication: ReplicationConfig,
     /// Bytes per second a node sends when rebalancing (0 = unlimited).
     pub rebalance_bytes_per_sec: u64,
+    /// Mean CPU wait above which rebalancing slows down while the node serves requests (zero:
+    /// never, always `rebalance_bytes_per_sec`).
+    pub rebalance_yield: Duration,
     /// Longest hand-off at a graceful leave.
     pub leave_timeout: Duration,
     /// Most open connections on the gRPC listener; 0 = unlimited.
@@ -612,6 +645,10 @@ pub const DEFAULT_SECRETS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default `anti_entropy_interval`.
 pub const DEFAULT_ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(120);
+/// Default `rebalance_yield`.
+pub const DEFAULT_REBALANCE_YIELD: Duration = Duration::from_micros(500);
+/// Largest `rebalance_yield`.
+pub const MAX_REBALANCE_YIELD: Duration = Duration::from_secs(1);
 
 /// Headroom over key + value for the rest of a gRPC message.
 const MESSAGE_HEADROOM: u64 = 64 * 1024;
@@ -673,6 +710,10 @@ impl Config {
         let probe_interval = cli
             .probe_interval
             .or(file.probe_interval)
+            .map_or(Duration::from_millis(500), |d| d.0);
+        let suspicion_timeout = cli
+            .suspicion_timeout
+            .or(file.suspicion_timeout)
             .map_or(Duration::from_secs(1), |d| d.0);
         let config = Self {
             node_id,
@@ -754,16 +795,22 @@ impl Config {
             probe_timeout: cli
                 .probe_timeout
                 .or(file.probe_timeout)
-                .map_or(Duration::from_millis(500), |d| d.0),
-            suspicion_timeout: cli
-                .suspicion_timeout
-                .or(file.suspicion_timeout)
-                .map_or(Duration::from_secs(3), |d| d.0),
+                .map_or(Duration::from_millis(200), |d| d.0),
+            suspicion_timeout,
+            suspicion_max_timeout: cli
+                .suspicion_max_timeout
+                .or(file.suspicion_max_timeout)
+                .map_or(suspicion_timeout * 6, |d| d.0),
+            local_health_max: cli.local_health_max.or(file.local_health_max).unwrap_or(8),
             replication,
             rebalance_bytes_per_sec: cli
                 .rebalance_rate
                 .or(file.rebalance_rate)
                 .map_or(64 * 1024 * 1024, |b| b.0),
+            rebalance_yield: cli
+                .rebalance_yield
+                .or(file.rebalance_yield)
+                .map_or(DEFAULT_REBALANCE_YIELD, |d| d.0),
             leave_timeout: cli
                 .leave_timeout
                 .or(file.leave_timeout)
@@ -842,9 +889,12 @@ impl Config {
         if self.store.max_ttl_ms == 0 {
             bail!("max_ttl must be at least 1ms");
         }
-        if self.store.shards == 0 || self.store.shards > 1 << 16 {
+        // A shard holds whole hash slots: more shards than slots would stay empty.
+        if self.store.shards == 0
+            || self.store.shards > usize::from(ringcache_proto::placement::SLOTS)
+        {
             bail!(
-                "shards must be between 1 and 65536, got {}",
+                "shards must be between 1 and 16384 (one hash slot each), got {}",
                 self.store.shards
             );
         }
@@ -866,6 +916,20 @@ impl Config {
             || self.suspicion_timeout.is_zero()
         {
             bail!("probe_interval, probe_timeout and suspicion_timeout must be greater than zero");
+        }
+        if self.suspicion_max_timeout < self.suspicion_timeout {
+            bail!(
+                "suspicion_max_timeout ({:?}) must be at least suspicion_timeout ({:?})",
+                self.suspicion_max_timeout,
+                self.suspicion_timeout
+            );
+        }
+        if !(1..=crate::cluster::MAX_LOCAL_HEALTH).contains(&self.local_health_max) {
+            bail!(
+                "local_health_max must be between 1 and {} (got {})",
+                crate::cluster::MAX_LOCAL_HEALTH,
+                self.local_health_max
+            );
         }
         if self.probe_timeout >= self.probe_interval {
             bail!(
@@ -899,12 +963,27 @@ impl Config {
         if replication.replica_timeout.is_zero() {
             bail!("replica_timeout must be greater than zero");
         }
+        let most = crate::replication::MAX_REPLICA_STREAM_IN_FLIGHT;
+        if replication.replica_stream_in_flight > most {
+            bail!(
+                "replica_stream_in_flight is {}, more than {most} (what a node reads from one \
+                 stream at once)",
+                replication.replica_stream_in_flight
+            );
+        }
         let grace = Duration::from_millis(self.store.tombstone_grace_ms);
         if self.replication_factor.get() > 1 && replication.hint_max_age >= grace {
             bail!(
                 "hint_max_age ({:?}) must be shorter than tombstone_grace ({grace:?}), or a replayed \
                  hint could bring back a key deleted after it",
                 replication.hint_max_age
+            );
+        }
+        if self.rebalance_yield > MAX_REBALANCE_YIELD {
+            bail!(
+                "rebalance_yield must be at most {MAX_REBALANCE_YIELD:?} (0 turns yielding off), \
+                 got {:?}",
+                self.rebalance_yield
             );
         }
         if self.replication_factor.get() > 1 && self.anti_entropy_interval >= grace {
@@ -1126,6 +1205,10 @@ fn replication_config(cli: &Cli, file: &FileConfig) -> anyhow::Result<Replicatio
             .replica_timeout
             .or(file.replica_timeout)
             .map_or(defaults.replica_timeout, |d| d.0),
+        replica_stream_in_flight: cli
+            .replica_stream_in_flight
+            .or(file.replica_stream_in_flight)
+            .unwrap_or(defaults.replica_stream_in_flight),
         hint_max_bytes_per_node: to_usize(
             "hint_max_bytes",
             cli.hint_max_bytes.or(file.hint_max_bytes).map(|b| b.0),
@@ -1259,6 +1342,7 @@ mod tests {
         assert_eq!(replication.hint_max_bytes_per_node, 64 * 1024 * 1024);
         assert_eq!(replication.hint_max_age, Duration::from_secs(300));
         assert_eq!(replication.min_cluster_size, 0);
+        assert_eq!(replication.replica_stream_in_flight, 64);
 
         let file: FileConfig = toml::from_str(
             r#"
@@ -1266,6 +1350,7 @@ mod tests {
             read_consistency = "quorum"
             hint_max_bytes = "1MiB"
             min_cluster_size = 2
+            replica_stream_in_flight = 8
             "#,
         )
         .unwrap();
@@ -1285,6 +1370,16 @@ mod tests {
         assert_eq!(replication.hint_max_bytes_per_node, 1024 * 1024);
         assert_eq!(replication.hint_max_age, Duration::from_secs(60));
         assert_eq!(replication.min_cluster_size, 2);
+        assert_eq!(replication.replica_stream_in_flight, 8);
+        let off = Config::layer(
+            parse(&["--replica-stream-in-flight", "0"]),
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            off.replication.replica_stream_in_flight, 0,
+            "0: unary calls"
+        );
 
         let err = |cli: Cli| {
             Config::layer(cli, FileConfig::default())
@@ -1297,6 +1392,9 @@ mod tests {
                 .contains("tombstone_grace")
         );
         assert!(err(parse(&["--replica-timeout", "0s"])).contains("replica_timeout"));
+        assert!(
+            err(parse(&["--replica-stream-in-flight", "257"])).contains("replica_stream_in_flight")
+        );
         assert!(Cli::try_parse_from(["ringcached", "--write-consistency", "two"]).is_err());
         assert_eq!(
             Config::layer(Cli::default(), FileConfig::default())
@@ -1364,12 +1462,82 @@ mod tests {
     }
 
     #[test]
+    fn failure_detection_settings_layer_with_their_defaults_and_are_checked() {
+        let defaults = Config::layer(Cli::default(), FileConfig::default()).unwrap();
+        assert_eq!(defaults.probe_interval, Duration::from_millis(500));
+        assert_eq!(defaults.probe_timeout, Duration::from_millis(200));
+        assert_eq!(defaults.suspicion_timeout, Duration::from_secs(1));
+        assert_eq!(defaults.suspicion_max_timeout, Duration::from_secs(6));
+        assert_eq!(defaults.local_health_max, 8);
+        // The longest suspicion follows the shortest, wherever that comes from.
+        let file: FileConfig = toml::from_str(
+            r#"
+            suspicion_timeout = "2s"
+            local_health_max = 4
+            "#,
+        )
+        .unwrap();
+        let config = Config::layer(Cli::default(), file).unwrap();
+        assert_eq!(config.suspicion_max_timeout, Duration::from_secs(12));
+        assert_eq!(config.local_health_max, 4);
+        let config = Config::layer(
+            parse(&["--suspicion-max-timeout", "3s", "--local-health-max", "1"]),
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(config.suspicion_max_timeout, Duration::from_secs(3));
+        assert_eq!(config.local_health_max, 1);
+        let shorter = Config::layer(
+            parse(&["--suspicion-timeout", "2s", "--suspicion-max-timeout", "1s"]),
+            FileConfig::default(),
+        );
+        assert!(
+            shorter
+                .unwrap_err()
+                .to_string()
+                .contains("suspicion_max_timeout")
+        );
+        for bad in ["0", "33"] {
+            let refused = Config::layer(parse(&["--local-health-max", bad]), FileConfig::default());
+            assert!(
+                refused
+                    .unwrap_err()
+                    .to_string()
+                    .contains("local_health_max")
+            );
+        }
+    }
+
+    #[test]
+    fn rebalance_yield_layers_with_its_default_and_is_bounded() {
+        let defaults = Config::layer(Cli::default(), FileConfig::default()).unwrap();
+        assert_eq!(defaults.rebalance_yield, DEFAULT_REBALANCE_YIELD);
+        let file: FileConfig = toml::from_str(r#"rebalance_yield = "2ms""#).unwrap();
+        let config = Config::layer(Cli::default(), file).unwrap();
+        assert_eq!(config.rebalance_yield, Duration::from_millis(2));
+        let file: FileConfig = toml::from_str(r#"rebalance_yield = "2ms""#).unwrap();
+        let config = Config::layer(parse(&["--rebalance-yield", "0s"]), file).unwrap();
+        assert_eq!(
+            config.rebalance_yield,
+            Duration::ZERO,
+            "the flag wins; 0 = off"
+        );
+        let too_long = Config::layer(parse(&["--rebalance-yield", "2s"]), FileConfig::default());
+        assert!(
+            too_long
+                .unwrap_err()
+                .to_string()
+                .contains("rebalance_yield")
+        );
+    }
+
+    #[test]
     fn connection_cap_and_ready_settle_layer_with_their_defaults() {
         let defaults = Config::layer(Cli::default(), FileConfig::default()).unwrap();
         assert_eq!(defaults.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert_eq!(
             defaults.ready_settle,
-            Duration::from_secs(2),
+            Duration::from_secs(1),
             "2 × probe_interval"
         );
         // The settle default follows the probe interval, wherever that comes from.

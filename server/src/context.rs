@@ -46,6 +46,9 @@ pub struct Context {
     pub(crate) clock_check: ClockCheck,
     /// Cancelled when the node begins shutting down.
     pub(crate) shutdown: CancellationToken,
+    /// The node's root span: tasks started outside a request (per-peer replica streams) run
+    /// in it, so their log lines name the node.
+    pub(crate) span: tracing::Span,
 }
 
 impl Context {

@@ -39,7 +39,10 @@ fn run() -> anyhow::Result<ExitCode> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        runtime.block_on(dev_cluster::run(nodes, &args, shutdown_signal()))?;
+        runtime.block_on(async {
+            let shutdown = shutdown_signal();
+            dev_cluster::run(nodes, &args, shutdown).await
+        })?;
         return Ok(ExitCode::SUCCESS);
     }
     let config = Config::load(cli)?;
@@ -63,58 +66,80 @@ fn run() -> anyhow::Result<ExitCode> {
         .on_thread_start(move || logging::enter_for_thread(&span))
         .on_thread_stop(logging::exit_for_thread);
     runtime.build()?.block_on(async move {
+        // The handlers are installed before any port opens: a signal that arrives once the node
+        // answers must reach them, never the default action (which ends the process at once).
+        let shutdown = shutdown_signal();
+        let reload = reload_on_sighup(node.clone());
         let listeners = Listeners::bind(node.config()).await?;
-        tokio::spawn(reload_on_sighup(node.clone()));
-        node.serve(listeners, shutdown_signal()).await
+        tokio::spawn(reload);
+        node.serve(listeners, shutdown).await
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reloads the node's secrets (gossip key ring, users, TLS files) on every SIGHUP.
-async fn reload_on_sighup(node: std::sync::Arc<Node>) {
+/// Reloads the node's secrets (gossip key ring, users, TLS files) on every SIGHUP. The handler is
+/// installed when this is called (inside the runtime), not when the returned future first runs.
+fn reload_on_sighup(node: std::sync::Arc<Node>) -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(hangups) => hangups,
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGHUP; secrets reload on change only");
-                return;
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        #[cfg(unix)]
+        {
+            let mut hangups = match hangups {
+                Ok(hangups) => hangups,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGHUP; secrets reload on change only");
+                    return;
+                }
+            };
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP received: reloading secrets");
+                node.reload_secrets();
             }
-        };
-        while hangups.recv().await.is_some() {
-            tracing::info!("SIGHUP received: reloading secrets");
-            node.reload_secrets();
         }
+        #[cfg(not(unix))]
+        drop(node);
     }
-    #[cfg(not(unix))]
-    drop(node);
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
+/// Completes on SIGINT or SIGTERM. The handlers are installed when this is called (inside the
+/// runtime), not when the returned future first runs.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    let (interrupt, terminate) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let wait = |stream: std::io::Result<tokio::signal::unix::Signal>,
+                        name: &'static str| async move {
+                match stream {
+                    Ok(mut stream) => {
+                        stream.recv().await;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "cannot listen for {name}");
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            tokio::select! {
+                () = wait(interrupt, "SIGINT") => tracing::info!("SIGINT received"),
+                () = wait(terminate, "SIGTERM") => tracing::info!("SIGTERM received"),
             }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
+        }
+        #[cfg(not(unix))]
+        {
+            if let Err(error) = tokio::signal::ctrl_c().await {
+                tracing::error!(%error, "cannot listen for SIGINT");
                 std::future::pending::<()>().await;
             }
+            tracing::info!("SIGINT received");
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received"),
-        () = terminate => tracing::info!("SIGTERM received"),
     }
 }

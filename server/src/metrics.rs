@@ -116,6 +116,28 @@ impl Outcome {
     }
 }
 
+/// A kind of batched call a coordinator sends to replicas, as the `kind` label of
+/// `ringcache_replication_batches_total` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaCall {
+    /// `Internal.Replicate`: replicated writes and read repairs.
+    Replicate,
+    /// `Internal.ReadVersions`: the keys of QUORUM and ALL reads.
+    ReadVersions,
+}
+
+impl ReplicaCall {
+    const ALL: [ReplicaCall; 2] = [ReplicaCall::Replicate, ReplicaCall::ReadVersions];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaCall::Replicate => "replicate",
+            ReplicaCall::ReadVersions => "read_versions",
+        }
+    }
+}
+
 /// Where a version from another node came from, as the `source` label of
 /// `ringcache_versions_refused_total` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,12 +197,15 @@ pub struct Metrics {
     /// `forwarded[op]`: requests this node forwarded to the key's primary.
     forwarded: Vec<Counter>,
     forwarded_total: std::sync::atomic::AtomicU64,
+    /// Requests handled so far, all ops together (what rebalancing yields to).
+    handled_total: std::sync::atomic::AtomicU64,
     keys: Gauge,
     memory_used: Gauge,
     memory_max: Gauge,
     hits: Counter,
     misses: Counter,
     evictions: Counter,
+    tombstones_evicted: Counter,
     expirations: Counter,
     uptime: Gauge,
     gossip_packets_sent: Counter,
@@ -191,6 +216,7 @@ pub struct Metrics {
     gossip_dropped: Vec<Counter>,
     gossip_keyring_keys: Gauge,
     gossip_keyring_primary_id: Gauge,
+    gossip_local_health: Gauge,
     /// `secrets_reloads[0]`: applied, `[1]`: failed (old secrets kept).
     secrets_reloads: [Counter; 2],
     members: Vec<Gauge>,
@@ -215,6 +241,9 @@ pub struct Metrics {
     rebalance_keys_received: Counter,
     rebalance_failures: Counter,
     rebalance_passes: Counter,
+    rebalance_keys_scanned: Counter,
+    rebalance_slots_skipped: Counter,
+    rebalance_pace: Gauge,
     rebalance_moving: Gauge,
     hints_pending: Gauge,
     hints_pending_bytes: Gauge,
@@ -223,7 +252,8 @@ pub struct Metrics {
     hints_replayed: Counter,
     /// `replica_writes[0]`: acknowledged, `[1]`: failed.
     replica_writes: [Counter; 2],
-    replication_batches: Counter,
+    /// By [`ReplicaCall`], in its order.
+    replication_batches: [Counter; 2],
     read_repairs: Counter,
     replication_lag: Gauge,
     clock_offset: Gauge,
@@ -232,6 +262,8 @@ pub struct Metrics {
     connections_max: Gauge,
     connections_rejected: Counter,
     pipeline_streams: Gauge,
+    replica_streams: Gauge,
+    replica_streams_served: Gauge,
     pipeline_batches: Counter,
     pipeline_requests: Counter,
     /// Authentication, connection admission and the insecure flag.
@@ -335,6 +367,12 @@ impl Metrics {
         );
         describe(
             &recorder,
+            "ringcache_tombstones_evicted_total",
+            Unit::Count,
+            "Tombstones evicted under memory pressure before their grace ran out (their versions stay as a floor, so no late copy revives the key)",
+        );
+        describe(
+            &recorder,
             "ringcache_expirations_total",
             Unit::Count,
             "Keys removed because their TTL ran out",
@@ -419,6 +457,12 @@ impl Metrics {
             "ringcache_gossip_dropped_packets_total",
             Unit::Count,
             "Gossip datagrams dropped, by reason: malformed, oversized; unknown_key (sealed under a key not in the key ring), unauthenticated (bad tag), replayed (seen before or older than the replay window), plaintext (at a node with a key ring), encrypted (at a node without one); impostor (from or about a node id alive at another gossip address)",
+        );
+        describe(
+            &recorder,
+            "ringcache_gossip_local_health",
+            Unit::Count,
+            "Local health score of the failure detector (0 = healthy): the node's probe interval and timeout are stretched by this + 1 after its own probes failed or it had to refute suspicions about itself (--local-health-max)",
         );
         describe(
             &recorder,
@@ -544,7 +588,7 @@ impl Metrics {
             &recorder,
             "ringcache_replication_batches_total",
             Unit::Count,
-            "Internal.Replicate calls this node sent as a write's coordinator; writes to the same replica share calls, so entries per call = replica_writes_total / this",
+            "Batched calls this node sent to replicas as a coordinator, by kind: replicate (Internal.Replicate: replicated writes and read repairs; entries per call = replica_writes_total / this) and read_versions (Internal.ReadVersions: the keys of QUORUM and ALL reads); requests to the same replica share calls",
         );
         describe(
             &recorder,
@@ -593,6 +637,18 @@ impl Metrics {
             "ringcache_pipeline_streams",
             Unit::Count,
             "Open Cache.Pipeline streams (clients' pipelined connections)",
+        );
+        describe(
+            &recorder,
+            "ringcache_replica_streams",
+            Unit::Count,
+            "Open Internal.ReplicaStream streams this node opened to peers (one per peer it replicates to or reads from)",
+        );
+        describe(
+            &recorder,
+            "ringcache_replica_streams_served",
+            Unit::Count,
+            "Open Internal.ReplicaStream streams peers opened to this node",
         );
         describe(
             &recorder,
@@ -686,6 +742,24 @@ impl Metrics {
         );
         describe(
             &recorder,
+            "ringcache_rebalance_keys_scanned_total",
+            Unit::Count,
+            "Entries read by rebalancing passes (only those of hash slots whose replica set changed)",
+        );
+        describe(
+            &recorder,
+            "ringcache_rebalance_slots_skipped_total",
+            Unit::Count,
+            "Hash slots not sent to a member because its slot digest matched this node's (it held the same copies already)",
+        );
+        describe(
+            &recorder,
+            "ringcache_rebalance_pace_bytes_per_second",
+            Unit::Count,
+            "The rate data movement is paced at now: rebalance_rate, or less while the node yields to requests",
+        );
+        describe(
+            &recorder,
             "ringcache_rebalance_in_progress",
             Unit::Count,
             "1 while this node is moving data (joining, moving, leaving)",
@@ -709,13 +783,21 @@ impl Metrics {
             rebalance_keys_received: counter("ringcache_rebalance_keys_received_total", vec![]),
             rebalance_failures: counter("ringcache_rebalance_failures_total", vec![]),
             rebalance_passes: counter("ringcache_rebalance_passes_total", vec![]),
+            rebalance_keys_scanned: counter("ringcache_rebalance_keys_scanned_total", vec![]),
+            rebalance_slots_skipped: counter("ringcache_rebalance_slots_skipped_total", vec![]),
+            rebalance_pace: gauge("ringcache_rebalance_pace_bytes_per_second"),
             rebalance_moving: gauge("ringcache_rebalance_in_progress"),
             hints_pending: gauge("ringcache_hints_pending"),
             hints_pending_bytes: gauge("ringcache_hints_pending_bytes"),
             hints_dropped,
             hints_replayed: counter("ringcache_hints_replayed_total", vec![]),
             replica_writes,
-            replication_batches: counter("ringcache_replication_batches_total", vec![]),
+            replication_batches: ReplicaCall::ALL.map(|kind| {
+                counter(
+                    "ringcache_replication_batches_total",
+                    vec![Label::new("kind", kind.as_str())],
+                )
+            }),
             read_repairs: counter("ringcache_read_repairs_total", vec![]),
             replication_lag: gauge("ringcache_replication_lag_seconds"),
             clock_offset: gauge("ringcache_clock_offset_seconds"),
@@ -724,6 +806,8 @@ impl Metrics {
             connections_max: gauge("ringcache_connections_max"),
             connections_rejected: counter("ringcache_connections_rejected_total", vec![]),
             pipeline_streams: gauge("ringcache_pipeline_streams"),
+            replica_streams: gauge("ringcache_replica_streams"),
+            replica_streams_served: gauge("ringcache_replica_streams_served"),
             pipeline_batches: counter("ringcache_pipeline_batches_total", vec![]),
             pipeline_requests: counter("ringcache_pipeline_requests_total", vec![]),
             versions_refused,
@@ -736,6 +820,7 @@ impl Metrics {
             gossip_dropped,
             gossip_keyring_keys: gauge("ringcache_gossip_keyring_keys"),
             gossip_keyring_primary_id: gauge("ringcache_gossip_keyring_primary_key_id"),
+            gossip_local_health: gauge("ringcache_gossip_local_health"),
             secrets_reloads: ["ok", "failed"].map(|result| {
                 counter(
                     "ringcache_secrets_reloads_total",
@@ -756,12 +841,14 @@ impl Metrics {
             latency,
             forwarded,
             forwarded_total: std::sync::atomic::AtomicU64::new(0),
+            handled_total: std::sync::atomic::AtomicU64::new(0),
             keys: gauge("ringcache_keys"),
             memory_used: gauge("ringcache_memory_used_bytes"),
             memory_max: gauge("ringcache_memory_max_bytes"),
             hits: counter("ringcache_hits_total", vec![]),
             misses: counter("ringcache_misses_total", vec![]),
             evictions: counter("ringcache_evictions_total", vec![]),
+            tombstones_evicted: counter("ringcache_tombstones_evicted_total", vec![]),
             expirations: counter("ringcache_expirations_total", vec![]),
             uptime: gauge("ringcache_uptime_seconds"),
             security: SecurityMetrics::register(&recorder),
@@ -782,6 +869,14 @@ impl Metrics {
             .expect("every outcome is listed");
         self.requests[op_idx][outcome_idx].increment(1);
         self.latency[op_idx].record(elapsed.as_secs_f64());
+        self.handled_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Requests handled so far, all ops and outcomes together.
+    pub fn handled_total(&self) -> u64 {
+        self.handled_total
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Counts a request forwarded to another node.
@@ -808,6 +903,11 @@ impl Metrics {
         self.rebalance_keys_received.absolute(status.keys_received);
         self.rebalance_failures.absolute(status.failures);
         self.rebalance_passes.absolute(status.passes);
+        self.rebalance_keys_scanned
+            .absolute(status.keys_scanned_total);
+        self.rebalance_slots_skipped
+            .absolute(status.slots_skipped_total);
+        self.rebalance_pace.set(status.pace_bytes_per_second);
         self.rebalance_moving
             .set(if status.phase == "idle" { 0.0 } else { 1.0 });
     }
@@ -838,6 +938,7 @@ impl Metrics {
             counter.absolute(dropped);
         }
         self.gossip_keyring_keys.set(gossip.keyring_keys as f64);
+        self.gossip_local_health.set(gossip.local_health as f64);
         self.gossip_keyring_primary_id
             .set(gossip.keyring_primary_id as f64);
         self.members[0].set(gossip.members_alive as f64);
@@ -900,6 +1001,16 @@ impl Metrics {
         self.pipeline_streams.increment(delta);
     }
 
+    /// An `Internal.ReplicaStream` to a peer opened (`+1`) or ended (`-1`).
+    pub fn replica_stream(&self, delta: f64) {
+        self.replica_streams.increment(delta);
+    }
+
+    /// An `Internal.ReplicaStream` from a peer opened (`+1`) or ended (`-1`).
+    pub fn replica_stream_served(&self, delta: f64) {
+        self.replica_streams_served.increment(delta);
+    }
+
     /// Counts one request batch of `requests` received on a pipeline stream.
     pub fn record_pipeline_batch(&self, requests: usize) {
         self.pipeline_batches.increment(1);
@@ -926,9 +1037,9 @@ impl Metrics {
         self.replica_writes[usize::from(!ok)].increment(n);
     }
 
-    /// Counts one `Internal.Replicate` call sent for coordinated writes.
-    pub fn record_replication_batch(&self) {
-        self.replication_batches.increment(1);
+    /// Counts one batched call sent to a replica.
+    pub fn record_replication_batch(&self, kind: ReplicaCall) {
+        self.replication_batches[kind as usize].increment(1);
     }
 
     /// Counts `n` versions from `peer` refused by the drift check (`drift` describes the one
@@ -987,6 +1098,7 @@ impl Metrics {
         self.hits.absolute(stats.hits);
         self.misses.absolute(stats.misses);
         self.evictions.absolute(stats.evictions);
+        self.tombstones_evicted.absolute(stats.tombstones_evicted);
         self.expirations.absolute(stats.expirations);
         self.uptime.set(uptime.as_secs_f64());
         self.handle.render()
@@ -1301,6 +1413,7 @@ mod tests {
             misses: 1,
             evictions: 2,
             expirations: 4,
+            tombstones_evicted: 6,
         };
         let text = metrics.render(&stats, 1024, Duration::from_secs(7));
         for needle in [
@@ -1312,6 +1425,7 @@ mod tests {
             "ringcache_memory_max_bytes 1024",
             "ringcache_evictions_total 2",
             "ringcache_expirations_total 4",
+            "ringcache_tombstones_evicted_total 6",
             "ringcache_hits_total 5",
             "# HELP ringcache_requests_total",
         ] {
@@ -1380,7 +1494,8 @@ mod tests {
         metrics.record_hints_dropped("max_age", 2);
         metrics.record_hints_replayed(4);
         metrics.record_replica_writes(false, 5);
-        metrics.record_replication_batch();
+        metrics.record_replication_batch(ReplicaCall::Replicate);
+        metrics.record_replication_batch(ReplicaCall::ReadVersions);
         metrics.record_read_repairs(1);
         metrics.set_replication_lag(Duration::from_millis(2500));
         let text = metrics.render(&StoreStats::default(), 1024, Duration::ZERO);
@@ -1392,7 +1507,8 @@ mod tests {
             "ringcache_hints_replayed_total 4",
             r#"ringcache_replica_writes_total{result="ok"} 0"#,
             r#"ringcache_replica_writes_total{result="failed"} 5"#,
-            "ringcache_replication_batches_total 1",
+            r#"ringcache_replication_batches_total{kind="replicate"} 1"#,
+            r#"ringcache_replication_batches_total{kind="read_versions"} 1"#,
             "ringcache_read_repairs_total 1",
             "ringcache_replication_lag_seconds 2.5",
             r#"ringcache_versions_refused_total{source="replicate"} 0"#,

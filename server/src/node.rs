@@ -250,6 +250,7 @@ impl Node {
             anti_entropy: AntiEntropyStats::default(),
             clock_check: ClockCheck::default(),
             shutdown: CancellationToken::new(),
+            span: span.clone(),
         });
         let node = Arc::new(Self {
             ctx,
@@ -516,6 +517,7 @@ impl Node {
             return;
         }
         self.peers.retain(&topology);
+        self.replicator.retain_links(&topology);
         self.digest.store(topology.digest(), Ordering::Release);
         *self.view_changed_at.lock() = Instant::now();
         let peer_alive = topology.members().iter().any(|m| {
@@ -531,6 +533,13 @@ impl Node {
         // Under the lock until the view is sent, so a concurrent `forget` cannot interleave.
         let mut known = self.known.lock();
         known.observe(topology.members());
+        // Another copy of a key can exist only where another member is (or was) a replica.
+        let others = topology
+            .members()
+            .iter()
+            .any(|m| m.node_id != self.config.node_id && m.state != NodeState::Left);
+        self.store()
+            .set_tombstones_needed(others || known.len() > 1);
         let quorum = Quorum::of(&known, topology.members());
         tracing::debug!(
             digest = topology.digest(),
@@ -1260,6 +1269,8 @@ fn membership_config(config: &Config) -> MembershipConfig {
         probe_period: period,
         probe_rtt: config.probe_timeout,
         suspect_to_down_after: config.suspicion_timeout,
+        suspect_to_down_max: config.suspicion_max_timeout,
+        local_health_max: config.local_health_max,
         gossip_period: period / 5,
         reconnect_period: period,
         announce_period: period * 30,
@@ -1322,6 +1333,14 @@ async fn join(node: Arc<Node>, handle: MembershipHandle, mut meta: NodeMeta) {
             "no active member seen yet; joining without pulling data"
         );
     }
+    // The first active member seen is usually the seed alone: let gossip bring the others
+    // (until the list is quiet for half a probe interval, at most the join deadline), so the
+    // pull is shared among all the members that hold data.
+    let settle = node.config.probe_interval / 2;
+    let _ = tokio::time::timeout(deadline, async {
+        while let Ok(Ok(())) = tokio::time::timeout(settle, members.changed()).await {}
+    })
+    .await;
     let active: Vec<Member> = members
         .borrow()
         .iter()

@@ -1,31 +1,48 @@
 //! Rebalancing: moving data so every key is on its replicas again after the ring changes.
 //!
-//! Push model, run by every node on every new view (`run_rebalancer`): one pass scans the local
-//! store and, for each entry, compares the key's replica set under the view the node last
-//! rebalanced for with the current one. Replicas that are new for the key get the entry
-//! (`Internal.Replicate`, last-writer-wins, so repeats are harmless); when this node is no longer
-//! a replica it pushes the entry to every current replica and then drops it
-//! (`remove_if_version`, so a write that raced the pass is kept). This one rule covers:
-//! - a join: the old holders push to the joiner the keys whose set now includes it;
-//! - a death: the survivors push each key of the dead node to its new R-th replica;
-//! - a leave: the leaver pushes everything to the ring without itself ([`hand_off`]).
+//! Push model, run by every node on every new view (`run_rebalancer`), **by hash slot**: the
+//! node keeps, per slot, the view it last finished moving that slot's data for. A new view is
+//! compared with those slot by slot (16,384 replica sets, from the rings' slot tables): only
+//! the slots whose replica set changed and that this node holds entries of (plus slots it holds
+//! entries of without being a replica: strays) are read, through the store's per-slot chains,
+//! never the whole store. For each entry of such a slot, replicas that are new for the slot get
+//! it (`Internal.Replicate`, last-writer-wins, so repeats are harmless); members that were
+//! replicas already hold it. When this node is no longer a replica it sends the entry to every
+//! current replica and then drops it (`remove_if_version`, so a write that raced the pass is
+//! kept). A slot this node keeps without new members to send to is not read. Nodes answer
+//! `Internal.SlotDigests` (a digest per slot) so a pusher could skip members that hold a slot
+//! already; the pass does not use it yet (it lost a write made during a join in a test). This
+//! one rule covers:
+//! - a join: the old holders push to the joiner the slots whose set now includes it;
+//! - a death: the survivors push each slot of the dead node to its new R-th replica;
+//! - a leave: the leaver pushes everything to every replica of the ring without itself
+//!   ([`hand_off`]).
+//!
+//! A slot is settled once all its entries were sent; a pass that fails leaves the failed slots
+//! for the retry, and a pass that a newer view supersedes stops after its current slot: the
+//! next pass starts from each slot's own settled view, so nothing done is read again.
 //!
 //! A joiner also pulls before it turns Active ([`pull_ranges`]: `Internal.StreamEntries` with
-//! `assume_target_in_ring`), so it serves reads filled. Failed sends are counted and the pass is
-//! retried later (resumable: it starts over, and already-moved keys are ignored by version).
-//! Transfer is throttled to `rebalance_bytes_per_sec`. Progress is in [`RebalanceStats`]: keys
-//! scanned, and bytes done of the bytes held when the pass started, where an entry is done once
-//! it is scanned and, if it had to move, its batch was sent. The ETA divides the bytes left by
-//! the rate of the last [`RATE_WINDOW`] (the transfer rate as the throttle and the peers allow).
+//! `assume_target_in_ring`), asking each member for a share of the slots it will hold (each
+//! slot from one of its current replicas), so it serves reads filled. Everything a node sends
+//! (pushes and the streams it serves) is paced by its [`pace::Pacer`]: at most
+//! `--rebalance-rate`, and slower while the node serves requests and its threads wait for a
+//! CPU (`--rebalance-yield`), in batches of at most [`PUSH_BATCH`] entries and
+//! [`PUSH_BATCH_BYTES`]. Progress is in [`RebalanceStats`]: keys scanned, and bytes done of the
+//! bytes the pass is estimated to read, where an entry is done once it is scanned and, if it
+//! had to move, its batch was sent. The ETA divides the bytes left by the rate of the last
+//! [`RATE_WINDOW`].
 //!
 //! **Log lines** (INFO, `kind` = `push` for a pass after a ring change, `pull` for a joiner's
-//! pull, `hand_off` for a graceful leave): `rebalance started` (with the keys and bytes held,
-//! or the members pulled from) and `rebalance finished` (`keys_scanned`, `keys_sent`,
-//! `bytes_sent` or `keys_received`, `failures`, `took_ms`, `attempts`). A pass that could not
-//! send everything logs `rebalance incomplete; retrying` at WARN on its first attempt and then
-//! at most once a minute ([`RETRY_WARN_INTERVAL`]); its retries log at DEBUG. Passes for a view
-//! whose ring did not change (a member suspected or joining) normally move nothing and log at
-//! DEBUG, unless they sent something.
+//! pull, `hand_off` for a graceful leave): `rebalance started` (with the slots to move and the
+//! keys and bytes held, or the members pulled from) and `rebalance finished` (`keys_scanned`,
+//! `keys_sent`, `bytes_sent`, `slots_skipped` or `keys_received`, `failures`, `took_ms`,
+//! `attempts`). A pass that
+//! could not send everything logs `rebalance incomplete; retrying` at WARN on its first attempt
+//! and then at most once a minute ([`RETRY_WARN_INTERVAL`]); its retries log at DEBUG. Passes
+//! for a view that moves no slot (a member suspected or joining) log at DEBUG.
+
+pub mod pace;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -34,21 +51,25 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use ringcache_proto::placement::Ring;
+use ringcache_proto::placement::{ReplicaSet, Ring, SLOTS};
 use ringcache_proto::topology::{Member, TopologyError, check_ring_size, check_weight};
 use ringcache_proto::v1;
+use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
 use crate::context::Context;
 use crate::metrics::VersionSource;
 use crate::replication::wire::{apply_entry, to_wire};
-use crate::store::{ClockDrift, StoreError, VersionedItem, charge};
+use crate::store::{ClockDrift, SlotCursor, StoreError, VersionedItem, charge};
 use crate::view::ClusterView;
 
 /// Entries read from the store per scan step.
-const SCAN_STEP: usize = 512;
-/// Entries per Replicate batch.
-const PUSH_BATCH: usize = 256;
+const SCAN_STEP: usize = 256;
+/// Most entries per Replicate batch.
+pub const PUSH_BATCH: usize = 256;
+/// Most key and value bytes per Replicate batch (one more entry may pass it): a receiver applies
+/// a batch in one go, so bounded batches keep requests from waiting behind one.
+pub const PUSH_BATCH_BYTES: u64 = 128 * 1024;
 /// Longest wait for one Replicate batch.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// The rate behind the ETA is measured over this much of the latest progress.
@@ -70,8 +91,18 @@ pub struct RebalanceStats {
     pub passes: AtomicU64,
     /// Entries scanned by the current pass.
     pub keys_scanned: AtomicU64,
-    /// Entries the current pass scans: those held when it started, tombstones included (the
-    /// scan visits them too), raised when writes during the pass make the scan see more.
+    /// Entries scanned by every pass so far (only entries of slots that had to move are).
+    pub keys_scanned_total: AtomicU64,
+    /// Slots read by every pass so far.
+    pub slots_scanned_total: AtomicU64,
+    /// Sends of a slot to a member skipped because its slot digest matched this node's.
+    pub slots_skipped_total: AtomicU64,
+    /// Key and value bytes sent in `StreamEntries` answers (joiners' pulls) by this node.
+    pub stream_bytes_sent: AtomicU64,
+    /// Paces everything this node sends when data moves.
+    pub pacer: pace::Pacer,
+    /// Entries the current pass scans, estimated when it starts from the share of held slots
+    /// it reads (tombstones included), raised when the scan sees more.
     pub keys_total: AtomicU64,
     /// Entries sent to other nodes.
     pub keys_sent: AtomicU64,
@@ -81,8 +112,8 @@ pub struct RebalanceStats {
     pub keys_received: AtomicU64,
     /// Failed sends (retried by the next pass).
     pub failures: AtomicU64,
-    /// Charged bytes held when the current pass started, raised when writes during the pass
-    /// make the bytes done exceed it.
+    /// Charged bytes of the entries the current pass reads, estimated like `keys_total`, raised
+    /// when the bytes done exceed it.
     pub bytes_total: AtomicU64,
     /// Charged bytes of the entries the current pass is done with.
     pub bytes_done: AtomicU64,
@@ -170,6 +201,7 @@ impl RebalanceStats {
     /// Counts one scanned entry; the total grows with it when writes during the pass made the
     /// scan see more entries than the pass started with.
     fn scanned_one(&self) {
+        self.keys_scanned_total.fetch_add(1, Ordering::Relaxed);
         let scanned = self.keys_scanned.fetch_add(1, Ordering::Relaxed) + 1;
         self.keys_total.fetch_max(scanned, Ordering::Relaxed);
     }
@@ -205,6 +237,7 @@ impl RebalanceStats {
             bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
             keys_received: self.keys_received.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
+            slots_skipped: self.slots_skipped_total.load(Ordering::Relaxed),
         }
     }
 
@@ -245,6 +278,10 @@ impl RebalanceStats {
             rate_bytes_per_second: rate,
             eta_seconds: eta,
             handoffs_received: self.handoffs.lock().iter().cloned().collect(),
+            keys_scanned_total: self.keys_scanned_total.load(Ordering::Relaxed),
+            slots_scanned_total: self.slots_scanned_total.load(Ordering::Relaxed),
+            pace_bytes_per_second: self.pacer.rate().unwrap_or(0.0),
+            slots_skipped_total: self.slots_skipped_total.load(Ordering::Relaxed),
         }
     }
 }
@@ -256,6 +293,8 @@ struct Counts {
     bytes_sent: u64,
     keys_received: u64,
     failures: u64,
+    /// Slot sends skipped because the target's slot digest matched.
+    slots_skipped: u64,
 }
 
 impl Counts {
@@ -265,6 +304,7 @@ impl Counts {
             bytes_sent: self.bytes_sent.saturating_sub(before.bytes_sent),
             keys_received: self.keys_received.saturating_sub(before.keys_received),
             failures: self.failures.saturating_sub(before.failures),
+            slots_skipped: self.slots_skipped.saturating_sub(before.slots_skipped),
         }
     }
 }
@@ -273,33 +313,50 @@ fn millis(elapsed: Duration) -> u64 {
     u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Whether the two views place keys differently: their range-owning members (id and weight),
-/// R or vnodes differ.
-fn ring_changed(old: &ClusterView, new: &ClusterView) -> bool {
-    let shape = |view: &ClusterView| {
-        let topology = &view.topology;
-        (
-            topology
-                .ring_members()
-                .map(|m| (m.node_id.clone(), m.weight))
-                .collect::<Vec<_>>(),
-            topology.replication_factor(),
-            topology.vnodes_per_weight(),
-        )
-    };
-    shape(old) != shape(new)
+/// Whether two replica sets hold the same members (in any order: a new primary among the same
+/// members moves nothing).
+fn same_members(a: ReplicaSet<'_>, b: ReplicaSet<'_>) -> bool {
+    a.len() == b.len() && a.iter().all(|id| b.contains(id))
+}
+
+/// The slots a pass towards `new` has to read, given the view each slot was last settled for
+/// and which slots the store holds entries of: of those it holds entries of, the ones this node
+/// is not a replica of any more (its copies go, strays included), and the ones whose replica
+/// set changed where this node has members to send to ([`send_targets`]). A slot this node
+/// keeps and sends nothing of (a joiner's own slots) is not read at all.
+fn slots_to_move(
+    self_id: &str,
+    settled: &[Arc<ClusterView>],
+    new: &ClusterView,
+    held: &[bool],
+) -> Vec<u16> {
+    (0..SLOTS)
+        .filter(|&slot| {
+            let i = usize::from(slot);
+            if !held[i] || new.ring.is_empty() {
+                return false;
+            }
+            let now = new.ring.slot_replicas(slot);
+            let was = settled[i].ring.slot_replicas(slot);
+            !now.contains(self_id)
+                || (!same_members(was, now) && !send_targets(self_id, was, now, false).is_empty())
+        })
+        .collect()
 }
 
 /// Entries waiting to be sent, per target node.
 #[derive(Default)]
 struct Outbox {
     batches: Vec<(Member, Vec<v1::VersionedEntry>)>,
+    /// Key and value bytes waiting.
+    bytes: u64,
     /// Entries to drop once every send of this round succeeded.
     drops: Vec<(Bytes, u64)>,
 }
 
 impl Outbox {
     fn add(&mut self, target: &Member, entry: v1::VersionedEntry) {
+        self.bytes += (entry.key.len() + entry.value.as_ref().map_or(0, Bytes::len)) as u64;
         match self
             .batches
             .iter_mut()
@@ -310,12 +367,13 @@ impl Outbox {
         }
     }
 
-    fn len(&self) -> usize {
-        self.batches.iter().map(|(_, e)| e.len()).sum()
+    /// Whether a batch is full: [`PUSH_BATCH`] entries or [`PUSH_BATCH_BYTES`] for one target.
+    fn is_full(&self) -> bool {
+        self.bytes >= PUSH_BATCH_BYTES || self.batches.iter().any(|(_, e)| e.len() >= PUSH_BATCH)
     }
 
     fn is_empty(&self) -> bool {
-        self.batches.is_empty()
+        self.batches.is_empty() && self.drops.is_empty()
     }
 }
 
@@ -325,6 +383,21 @@ pub fn entry_bytes(entries: &[v1::VersionedEntry]) -> u64 {
         .iter()
         .map(|e| (e.key.len() + e.value.as_ref().map_or(0, Bytes::len)) as u64)
         .sum()
+}
+
+/// Waits until `bytes` more may be sent: the node's [`pace::Pacer`] at `--rebalance-rate`,
+/// slower while the node serves requests and waits for CPUs (`--rebalance-yield`).
+pub async fn pace(node: &Context, bytes: u64) {
+    let config = node.config();
+    let delay = node.rebalance().pacer.delay(
+        bytes,
+        node.metrics().handled_total(),
+        config.rebalance_bytes_per_sec,
+        config.rebalance_yield,
+    );
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
 }
 
 /// Sends one batch to `target` (`handoff`: this node is leaving and hands them off); returns
@@ -338,7 +411,7 @@ async fn send(
     let stats = node.rebalance();
     let n = entries.len() as u64;
     let bytes = entry_bytes(&entries);
-    throttle(node, bytes).await;
+    pace(node, bytes).await;
     let result = async {
         let mut client = node.peers().internal_client(&target.cluster_addr)?;
         let mut request = tonic::Request::new(v1::ReplicateRequest {
@@ -368,19 +441,11 @@ async fn send(
     }
 }
 
-/// Sleeps long enough that `bytes` more stay under the configured rate.
-async fn throttle(node: &Context, bytes: u64) {
-    let rate = node.config().rebalance_bytes_per_sec;
-    if rate == 0 || bytes == 0 {
-        return;
-    }
-    tokio::time::sleep(Duration::from_secs_f64(bytes as f64 / rate as f64)).await;
-}
-
 /// Flushes the outbox: sends every batch, then drops the entries this node no longer owns if all
 /// sends succeeded. Returns whether everything was sent.
 async fn flush(node: &Context, outbox: &mut Outbox, handoff: bool) -> bool {
     let mut ok = true;
+    outbox.bytes = 0;
     for (target, entries) in std::mem::take(&mut outbox.batches) {
         ok &= send(node, &target, entries, handoff).await;
     }
@@ -393,53 +458,141 @@ async fn flush(node: &Context, outbox: &mut Outbox, handoff: bool) -> bool {
     ok
 }
 
-/// One pass: moves every entry whose replica set differs between `old` and `new`. Returns
-/// whether every send succeeded.
-async fn pass(node: &Context, old: &ClusterView, new: &ClusterView, leaving: bool) -> bool {
+/// What one pass does: read `slots` (each with the view its data was last settled for) and
+/// move their entries to where `new` places them.
+struct PassPlan {
+    slots: Vec<(u16, Arc<ClusterView>)>,
+    new: Arc<ClusterView>,
+    /// This node is leaving: everything goes to every replica of `new`, and is dropped.
+    leaving: bool,
+}
+
+/// How a pass ended.
+#[derive(Debug, Default)]
+struct PassOutcome {
+    /// The slots whose entries were all sent (settled at the pass's view).
+    done: Vec<u16>,
+    /// Some send failed: the slots it carried are not done.
+    failed: bool,
+    /// A newer view arrived: the pass stopped after a slot (the rest is for the next pass).
+    superseded: bool,
+    /// The node is shutting down.
+    stopped: bool,
+}
+
+/// One pass over the slots of `plan`, in bounded batches. With `views`, a newer view ends it
+/// early (after the current slot, once what was read is sent).
+async fn pass(
+    node: &Context,
+    plan: &PassPlan,
+    views: Option<&watch::Receiver<Arc<ClusterView>>>,
+) -> PassOutcome {
     let stats = node.rebalance();
     let self_id = node.config().node_id.clone();
-    // The scan visits tombstones too, so they count in its total.
-    stats.start_pass(node.store().entry_count(), node.store().stats().used_bytes);
-    let mut outbox = Outbox::default();
-    let mut ok = true;
     let store = node.store();
+    let mut outbox = Outbox::default();
+    let mut outcome = PassOutcome::default();
+    // Slots read whole whose entries may still wait in the outbox: done once it is sent.
+    let mut pending: Vec<u16> = Vec::new();
     // Bytes scanned whose entries still wait in the outbox: done once it is flushed.
     let mut scanned_bytes = 0u64;
-    for shard in 0..store.shard_count() {
-        let mut cursor = Some(0);
+    for (slot, old) in &plan.slots {
+        // Pushes skip nothing yet: skipping the members whose slot digest matches
+        // (`Internal.SlotDigests`) lost a write made during a join in the RESP cluster test,
+        // and is off until that is understood.
+        let skip: &[String] = &[];
+        stats.slots_scanned_total.fetch_add(1, Ordering::Relaxed);
+        let mut slot_ok = true;
+        let mut cursor = Some(SlotCursor::default());
         while let Some(at) = cursor {
-            let (items, next) = store.scan(shard, at, SCAN_STEP);
+            let (items, next) = store.scan_slot(*slot, at, SCAN_STEP);
             cursor = next;
             for (key, item) in items {
                 stats.scanned_one();
                 scanned_bytes +=
                     charge(key.len(), item.value.as_ref().map_or(0, Bytes::len)) as u64;
-                plan(&self_id, old, new, leaving, key, item, &mut outbox);
-            }
-            if outbox.len() >= PUSH_BATCH {
-                ok &= flush(node, &mut outbox, leaving).await;
+                plan_entry(
+                    &self_id,
+                    old,
+                    &plan.new,
+                    plan.leaving,
+                    skip,
+                    key,
+                    item,
+                    &mut outbox,
+                );
+                if outbox.is_full() {
+                    let ok = flush(node, &mut outbox, plan.leaving).await;
+                    settle(&mut pending, ok, &mut outcome);
+                    slot_ok &= ok;
+                    stats.advance(std::mem::take(&mut scanned_bytes));
+                }
             }
             if outbox.is_empty() {
                 stats.advance(std::mem::take(&mut scanned_bytes));
             }
-            if node.shutdown_token().is_cancelled() && !leaving {
-                return false;
+            if node.shutdown_token().is_cancelled() && !plan.leaving {
+                outcome.stopped = true;
+                return outcome;
             }
             tokio::task::yield_now().await;
         }
+        if slot_ok {
+            pending.push(*slot);
+        } else {
+            outcome.failed = true;
+        }
+        if views.is_some_and(|v| v.has_changed().unwrap_or(false)) {
+            outcome.superseded = true;
+            break;
+        }
     }
-    ok &= flush(node, &mut outbox, leaving).await;
+    let ok = flush(node, &mut outbox, plan.leaving).await;
+    settle(&mut pending, ok, &mut outcome);
     stats.advance(scanned_bytes);
-    ok
+    outcome
 }
 
-/// Decides what to do with one entry.
+/// After a flush: the slots read whole before it are done if it succeeded.
+fn settle(pending: &mut Vec<u16>, ok: bool, outcome: &mut PassOutcome) {
+    if ok {
+        outcome.done.append(pending);
+    } else {
+        pending.clear();
+        outcome.failed = true;
+    }
+}
+
+/// The members this node sends a slot's entries to when its replica set goes from `was` to
+/// `now` (`leaving`: this node hands everything off): when it stays a replica, the members new
+/// to the set (those that were replicas hold the entries already: replication wrote them
+/// there); when it leaves or is no longer a replica, every replica, since it is about to drop
+/// its copy. Every old replica that stays sends, not just one: with views that differ for a
+/// moment between nodes (a member suspected and back), one designated sender left new
+/// replicas empty until its own view caught up (seen in the R = 3 join test under load).
+fn send_targets<'a>(
+    self_id: &str,
+    was: ReplicaSet<'a>,
+    now: ReplicaSet<'a>,
+    leaving: bool,
+) -> Vec<&'a str> {
+    let others = now.iter().filter(|id| *id != self_id);
+    if leaving || !now.contains(self_id) {
+        return others.collect();
+    }
+    others.filter(|id| !was.contains(id)).collect()
+}
+
+/// Decides what to do with one entry, whose slot was settled for `old` and now goes where `new`
+/// places it: send it ([`send_targets`], but not to the members in `skip`, which hold the
+/// slot as this node does), and drop it when this node no longer holds the slot.
 #[allow(clippy::too_many_arguments)]
-fn plan(
+fn plan_entry(
     self_id: &str,
     old: &ClusterView,
     new: &ClusterView,
     leaving: bool,
+    skip: &[String],
     key: Bytes,
     item: VersionedItem,
     outbox: &mut Outbox,
@@ -448,18 +601,14 @@ fn plan(
     let was_set = old.replicas(&key);
     let stays = !leaving && now_set.contains(self_id);
     let version = item.version;
-    let entry = to_wire(key.clone(), item);
-    for replica in now_set.iter() {
-        if replica == self_id {
-            continue;
-        }
-        // Still a replica: send only to the members that are new for this key. Not a replica
-        // any more: send to every replica, then drop.
-        if stays && was_set.contains(replica) {
-            continue;
-        }
-        if let Some(member) = new.topology.member(replica) {
-            outbox.add(member, entry.clone());
+    let mut targets = send_targets(self_id, was_set, now_set, leaving);
+    targets.retain(|target| !skip.iter().any(|s| s == target));
+    if !targets.is_empty() {
+        let entry = to_wire(key.clone(), item);
+        for replica in targets {
+            if let Some(member) = new.topology.member(replica) {
+                outbox.add(member, entry.clone());
+            }
         }
     }
     if !stays && !now_set.is_empty() {
@@ -467,11 +616,27 @@ fn plan(
     }
 }
 
-/// Follows the node's views and runs a pass for every ring change, until shutdown. Failed passes
-/// are retried after `retry` with the same starting view.
+/// The keys and charged bytes a pass over `slots` of the `held` slots is expected to read: the
+/// store's totals in proportion (a progress estimate, raised as the scan goes).
+fn pass_estimate(node: &Context, slots: usize, held: &[bool]) -> (u64, u64) {
+    let held = held.iter().filter(|&&h| h).count().max(1) as u64;
+    let share = |total: u64| total.saturating_mul(slots as u64) / held;
+    (
+        share(node.store().entry_count()),
+        share(node.store().stats().used_bytes),
+    )
+}
+
+/// Follows the node's views and runs a pass for every ring change, until shutdown. Each slot
+/// remembers the view it was settled for; a pass reads only the slots the newest view moves
+/// (see the module docs). Failed passes are retried after `retry`; a pass superseded by a newer
+/// view is followed at once by one towards it.
 pub async fn run_rebalancer(node: Arc<Context>, retry: Duration) {
     let mut views = node.watch_view();
-    let mut settled = views.borrow_and_update().clone();
+    let first = views.borrow_and_update().clone();
+    let mut settled: Vec<Arc<ClusterView>> = vec![first.clone(); usize::from(SLOTS)];
+    // The digest every slot is settled at, when they all are at one view.
+    let mut all_at = Some(first.topology.digest());
     // The view the passes aim at, how many passes aimed at it, and when one last warned.
     let mut target: Option<u64> = None;
     let mut attempts = 0u32;
@@ -483,7 +648,8 @@ pub async fn run_rebalancer(node: Arc<Context>, retry: Duration) {
         }
         loop {
             let current = views.borrow_and_update().clone();
-            if current.topology.digest() == settled.topology.digest() {
+            let digest = current.topology.digest();
+            if all_at == Some(digest) {
                 break;
             }
             let self_id = &node.config().node_id;
@@ -493,62 +659,65 @@ pub async fn run_rebalancer(node: Arc<Context>, retry: Duration) {
                 // Not in the ring (yet): what it holds was pulled for the ring it is about to
                 // join, so nothing moves until it is in. (The state alone is not enough: a view
                 // can arrive just before the state turns Active.)
-                settled = current;
+                settled.fill(current.clone());
+                all_at = Some(digest);
                 continue;
             }
-            if target != Some(current.topology.digest()) {
-                target = Some(current.topology.digest());
+            if target != Some(digest) {
+                target = Some(digest);
                 attempts = 0;
                 warned_at = None;
             }
             attempts += 1;
-            let moves = ring_changed(&settled, &current);
+            let held = node.store().held_slots();
+            let slots = slots_to_move(self_id, &settled, &current, &held);
+            // Every slot not read is settled at this view as it is.
+            let mut read = vec![false; usize::from(SLOTS)];
+            for &slot in &slots {
+                read[usize::from(slot)] = true;
+            }
+            for (slot, view) in settled.iter_mut().enumerate() {
+                if !read[slot] {
+                    *view = current.clone();
+                }
+            }
+            if slots.is_empty() {
+                tracing::debug!(kind = %"push", attempts, "rebalance: no slot moves");
+                all_at = Some(digest);
+                continue;
+            }
             let stats = node.rebalance();
             let before = stats.counts();
             let started = Instant::now();
+            let (keys, bytes) = pass_estimate(&node, slots.len(), &held);
             if attempts == 1 {
-                let held = node.store().stats();
-                if moves {
-                    tracing::info!(
-                        kind = %"push",
-                        ring_members = current.ring.nodes().len(),
-                        keys = held.keys,
-                        bytes = held.used_bytes,
-                        "rebalance started"
-                    );
-                } else {
-                    tracing::debug!(
-                        kind = %"push",
-                        keys = held.keys,
-                        "rebalance started (ring unchanged)"
-                    );
-                }
+                tracing::info!(
+                    kind = %"push",
+                    ring_members = current.ring.nodes().len(),
+                    slots = slots.len(),
+                    keys,
+                    bytes,
+                    "rebalance started"
+                );
             }
+            stats.start_pass(keys, bytes);
             stats.set_phase("moving");
-            let ok = pass(&node, &settled, &current, false).await;
+            let plan = PassPlan {
+                slots: slots
+                    .iter()
+                    .map(|&slot| (slot, settled[usize::from(slot)].clone()))
+                    .collect(),
+                new: current.clone(),
+                leaving: false,
+            };
+            let outcome = pass(&node, &plan, Some(&views)).await;
             stats.passes.fetch_add(1, Ordering::Relaxed);
             stats.set_phase("idle");
+            for &slot in &outcome.done {
+                settled[usize::from(slot)] = current.clone();
+            }
             let done = stats.counts().since(before);
-            if ok {
-                if moves || done.keys_sent > 0 {
-                    tracing::info!(
-                        kind = %"push",
-                        keys_scanned = stats.keys_scanned.load(Ordering::Relaxed),
-                        keys_sent = done.keys_sent,
-                        bytes_sent = done.bytes_sent,
-                        took_ms = millis(started.elapsed()),
-                        attempts,
-                        "rebalance finished"
-                    );
-                } else {
-                    tracing::debug!(
-                        kind = %"push",
-                        attempts,
-                        "rebalance finished (nothing moved)"
-                    );
-                }
-                settled = current;
-            } else if node.shutdown_token().is_cancelled() {
+            if outcome.stopped {
                 // Stopped for the shutdown: the hand-off (a graceful leave) moves the rest.
                 tracing::info!(
                     kind = %"push",
@@ -557,31 +726,56 @@ pub async fn run_rebalancer(node: Arc<Context>, retry: Duration) {
                     "rebalance stopped: the node is shutting down"
                 );
                 return;
+            }
+            if !outcome.failed && !outcome.superseded {
+                tracing::info!(
+                    kind = %"push",
+                    slots = slots.len(),
+                    keys_scanned = stats.keys_scanned.load(Ordering::Relaxed),
+                    keys_sent = done.keys_sent,
+                    bytes_sent = done.bytes_sent,
+                    slots_skipped = done.slots_skipped,
+                    took_ms = millis(started.elapsed()),
+                    attempts,
+                    "rebalance finished"
+                );
+                all_at = Some(digest);
+                continue;
+            }
+            all_at = None;
+            if !outcome.failed {
+                // Superseded: the next pass starts from each slot's own settled view.
+                tracing::debug!(
+                    kind = %"push",
+                    slots_done = outcome.done.len(),
+                    slots = slots.len(),
+                    "rebalance superseded by a newer view"
+                );
+                continue;
+            }
+            if warned_at.is_none_or(|at| at.elapsed() >= RETRY_WARN_INTERVAL) {
+                warned_at = Some(Instant::now());
+                tracing::warn!(
+                    kind = %"push",
+                    keys_sent = done.keys_sent,
+                    failures = done.failures,
+                    error = %stats.last_error.lock(),
+                    attempts,
+                    retry_in_ms = millis(retry),
+                    "rebalance incomplete; retrying"
+                );
             } else {
-                if warned_at.is_none_or(|at| at.elapsed() >= RETRY_WARN_INTERVAL) {
-                    warned_at = Some(Instant::now());
-                    tracing::warn!(
-                        kind = %"push",
-                        keys_sent = done.keys_sent,
-                        failures = done.failures,
-                        error = %stats.last_error.lock(),
-                        attempts,
-                        retry_in_ms = millis(retry),
-                        "rebalance incomplete; retrying"
-                    );
-                } else {
-                    tracing::debug!(
-                        kind = %"push",
-                        keys_sent = done.keys_sent,
-                        failures = done.failures,
-                        attempts,
-                        "rebalance incomplete; retrying"
-                    );
-                }
-                tokio::select! {
-                    () = node.shutdown_token().cancelled() => return,
-                    () = tokio::time::sleep(retry) => {}
-                }
+                tracing::debug!(
+                    kind = %"push",
+                    keys_sent = done.keys_sent,
+                    failures = done.failures,
+                    attempts,
+                    "rebalance incomplete; retrying"
+                );
+            }
+            tokio::select! {
+                () = node.shutdown_token().cancelled() => return,
+                () = tokio::time::sleep(retry) => {}
             }
         }
     }
@@ -593,12 +787,21 @@ pub async fn pull_ranges(node: &Context, members: &[Member]) -> u64 {
     let stats = node.rebalance();
     stats.set_phase("joining");
     let self_id = node.config().node_id.clone();
-    let sources = members.iter().filter(|m| m.node_id != self_id).count();
+    let config = node.config();
+    let shares = pull_shares(
+        &self_id,
+        config.weight.get(),
+        members,
+        config.vnodes.get(),
+        config.replication_factor.get(),
+    );
+    let sources = shares.len();
     let before = stats.counts();
     let started = Instant::now();
     tracing::info!(kind = %"pull", sources, "rebalance started");
-    let mut received = 0;
-    for member in members.iter().filter(|m| m.node_id != self_id) {
+    // From every member at once: each sends its share, paced on its side.
+    let self_id = &self_id;
+    let pulls = shares.iter().map(|(member, slots)| async move {
         let result = async {
             let mut client = node.peers().internal_client(&member.cluster_addr)?;
             let mut stream = client
@@ -608,6 +811,7 @@ pub async fn pull_ranges(node: &Context, members: &[Member]) -> u64 {
                     max_batch_bytes: 0,
                     assume_target_in_ring: true,
                     target_weight: node.config().weight.get(),
+                    slots: slots.clone(),
                 })
                 .await?
                 .into_inner();
@@ -643,14 +847,21 @@ pub async fn pull_ranges(node: &Context, members: &[Member]) -> u64 {
         }
         .await;
         match result {
-            Ok(count) => received += count,
-            Err(status) => stats.fail(format!(
-                "pulling from {}: {}",
-                member.node_id,
-                status.message()
-            )),
+            Ok(count) => count,
+            Err(status) => {
+                stats.fail(format!(
+                    "pulling from {}: {}",
+                    member.node_id,
+                    status.message()
+                ));
+                0
+            }
         }
-    }
+    });
+    let received: u64 = futures_util::future::join_all(pulls)
+        .await
+        .into_iter()
+        .sum();
     stats.keys_received.fetch_add(received, Ordering::Relaxed);
     stats.set_phase("idle");
     let done = stats.counts().since(before);
@@ -675,6 +886,66 @@ pub async fn pull_ranges(node: &Context, members: &[Member]) -> u64 {
         );
     }
     received
+}
+
+/// What a joiner asks each member for: every slot it will hold (in the ring of `members` and
+/// itself at `weight`), each from one of the slot's current replicas among `members` (the
+/// first that stays a replica, else the first), so each slot is pulled once. The rings are
+/// built from `members` (the active members gossip shows, with the placement settings every
+/// member shares: `vnodes` per weight, `replication` copies), not from the view, which may not
+/// have caught up with gossip yet. Slots no member holds are asked of every member, and when the
+/// ring is over the placement limits every member is asked for everything (an empty list).
+/// Members with nothing to send are left out.
+fn pull_shares(
+    self_id: &str,
+    weight: u32,
+    members: &[Member],
+    vnodes: u32,
+    replication: u32,
+) -> Vec<(Member, Vec<u32>)> {
+    let others: Vec<&Member> = members.iter().filter(|m| m.node_id != self_id).collect();
+    let current: Vec<(&str, u32)> = others
+        .iter()
+        .map(|m| (m.node_id.as_str(), m.weight))
+        .collect();
+    let weight = weight.max(1);
+    let with_self = current.iter().copied().chain([(self_id, weight)]);
+    if check_weight(self_id, weight).is_err()
+        || check_ring_size(with_self.clone().map(|(_, w)| w), vnodes).is_err()
+    {
+        return others
+            .into_iter()
+            .map(|m| (m.clone(), Vec::new()))
+            .collect();
+    }
+    let future = Ring::build(with_self, vnodes, replication);
+    let now = Ring::build(current, vnodes, replication);
+    let mut shares: Vec<Vec<u32>> = vec![Vec::new(); others.len()];
+    let mut unassigned: Vec<u32> = Vec::new();
+    for slot in 0..SLOTS {
+        let after = future.slot_replicas(slot);
+        if !after.contains(self_id) {
+            continue;
+        }
+        let holder = |stays: bool| {
+            now.slot_replicas(slot)
+                .iter()
+                .filter(|id| !stays || after.contains(id))
+                .find_map(|id| others.iter().position(|m| m.node_id == id))
+        };
+        match holder(true).or_else(|| holder(false)) {
+            Some(at) => shares[at].push(u32::from(slot)),
+            None => unassigned.push(u32::from(slot)),
+        }
+    }
+    others
+        .into_iter()
+        .zip(shares)
+        .filter_map(|(member, mut slots)| {
+            slots.extend_from_slice(&unassigned);
+            (!slots.is_empty()).then(|| (member.clone(), slots))
+        })
+        .collect()
 }
 
 /// Hands every entry to the replicas it has in the ring without this node (a graceful leave).
@@ -714,8 +985,20 @@ pub async fn hand_off(node: &Context) -> bool {
         bytes = held.used_bytes,
         "rebalance started"
     );
+    // Every slot this node holds entries of, from the view it serves.
+    let held_slots = node.store().held_slots();
+    let plan = PassPlan {
+        slots: (0..SLOTS)
+            .filter(|&s| held_slots[usize::from(s)])
+            .map(|s| (s, current.clone()))
+            .collect(),
+        new: Arc::new(target),
+        leaving: true,
+    };
+    stats.start_pass(node.store().entry_count(), held.used_bytes);
     stats.set_phase("leaving");
-    let ok = pass(node, &current, &target, true).await;
+    let outcome = pass(node, &plan, None).await;
+    let ok = !outcome.failed;
     stats.set_phase("idle");
     let done = stats.counts().since(before);
     if ok {
@@ -724,6 +1007,7 @@ pub async fn hand_off(node: &Context) -> bool {
             keys_scanned = stats.keys_scanned.load(Ordering::Relaxed),
             keys_sent = done.keys_sent,
             bytes_sent = done.bytes_sent,
+            slots_skipped = done.slots_skipped,
             took_ms = millis(started.elapsed()),
             "rebalance finished"
         );
@@ -768,6 +1052,81 @@ pub fn ring_with(view: &ClusterView, target_id: &str, weight: u32) -> Result<Rin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_joiner_pulls_each_of_its_slots_once_from_a_replica_that_stays() {
+        let member = |id: &str| Member {
+            node_id: id.to_owned(),
+            incarnation: 1,
+            state: ringcache_proto::topology::NodeState::Active,
+            weight: 1,
+            grpc_addr: String::new(),
+            gossip_addr: String::new(),
+            http_addr: String::new(),
+            cluster_addr: String::new(),
+            resp_addr: String::new(),
+        };
+        let members = [member("a"), member("b"), member("c"), member("j")];
+        let shares = pull_shares("j", 1, &members, 64, 3);
+        assert_eq!(shares.len(), 3, "every old member sends a share");
+        let old = Ring::build([("a", 1), ("b", 1), ("c", 1)], 64, 3);
+        let new = Ring::build([("a", 1), ("b", 1), ("c", 1), ("j", 1)], 64, 3);
+        let mut asked = vec![0u32; usize::from(SLOTS)];
+        for (source, slots) in &shares {
+            for &slot in slots {
+                asked[slot as usize] += 1;
+                let slot = slot as u16;
+                // From a current replica that stays one.
+                assert!(old.slot_replicas(slot).contains(&source.node_id));
+                assert!(new.slot_replicas(slot).contains(&source.node_id));
+            }
+        }
+        for slot in 0..SLOTS {
+            let holds = new.slot_replicas(slot).contains("j");
+            assert_eq!(asked[usize::from(slot)], u32::from(holds), "slot {slot}");
+        }
+        // A lone joiner asks nobody; one over the weight limit asks everyone for everything.
+        assert!(pull_shares("j", 1, &[member("j")], 64, 3).is_empty());
+        let everything = pull_shares("j", u32::MAX, &members, 64, 3);
+        assert!(everything.len() == 3 && everything.iter().all(|(_, s)| s.is_empty()));
+    }
+
+    #[test]
+    fn old_replicas_send_a_moved_slot_to_the_new_members_and_leavers_to_all() {
+        let old = Ring::build([("a", 1), ("b", 1), ("c", 1)], 64, 3);
+        let new = Ring::build([("a", 1), ("b", 1), ("c", 1), ("j", 1)], 64, 3);
+        let moved = (0..SLOTS)
+            .find(|&s| new.slot_replicas(s).contains("j"))
+            .expect("the joiner holds slots");
+        let (was, now) = (old.slot_replicas(moved), new.slot_replicas(moved));
+        for id in ["a", "b", "c"] {
+            let targets = send_targets(id, was, now, false);
+            if now.contains(id) {
+                assert_eq!(targets, ["j"], "{id} stays and sends to the new member");
+            } else {
+                assert_eq!(targets.len(), 3, "{id} drops its copy: every replica");
+            }
+        }
+        assert!(
+            send_targets("j", was, now, false).is_empty(),
+            "the joiner's own first pass sends nothing to the old replicas"
+        );
+        // Leaving: every replica of the new ring.
+        let others = now.iter().filter(|id| *id != "a").count();
+        assert_eq!(send_targets("a", was, now, true).len(), others);
+        // A stray copy (neither before nor now a replica) goes to every replica.
+        assert_eq!(send_targets("x", was, now, false).len(), 3);
+        // A slot whose set did not change sends nothing.
+        let same = (0..SLOTS)
+            .find(|&s| !new.slot_replicas(s).contains("j"))
+            .unwrap();
+        for id in ["a", "b", "c"] {
+            assert!(
+                send_targets(id, old.slot_replicas(same), new.slot_replicas(same), false)
+                    .is_empty()
+            );
+        }
+    }
 
     fn samples(now: Instant, points: &[(u64, u64)]) -> VecDeque<(Instant, u64)> {
         // (seconds before now, bytes done then)

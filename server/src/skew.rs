@@ -8,7 +8,11 @@
 //! against its peers' (`Internal.Clock`, every `clock_check_interval`): the cluster's offset is
 //! the median of every live member's clock, this node's included (offset 0), so one wrong clock
 //! among three is outvoted. With an even count the middle value nearer 0 is taken: two nodes
-//! that disagree cannot tell whose clock is wrong, and neither is blamed.
+//! that disagree cannot tell whose clock is wrong, and neither is blamed. A check that cannot
+//! tell (no peer answered, or the two middle clocks fall on different sides of the bound, as
+//! when a skewed node of three hears from only one peer for a round) leaves the last verdict
+//! standing ([`decides`]): a skewed node does not serve again because a peer was briefly
+//! unreachable.
 //!
 //! When the offset exceeds `max_clock_drift` either way, the node is **skewed**: it refuses
 //! writes and reads it would coordinate (UNAVAILABLE, saying by how much its clock is off; its
@@ -109,6 +113,24 @@ pub fn cluster_offset(peer_offsets: &[i64]) -> i64 {
     }
 }
 
+/// Whether a check whose `asked` peers answered with `peer_offsets` can change the verdict: not
+/// when peers were asked and none answered, nor when, with an even count (this node included),
+/// the two middle clocks fall on different sides of `max_drift_ms` (two clocks disagree and
+/// nothing tells which is wrong). The last verdict then stands: a skewed node that hears from
+/// only one of two peers for a round stays skewed, and a node never blamed stays unblamed.
+pub fn decides(peer_offsets: &[i64], asked: usize, max_drift_ms: u64) -> bool {
+    if asked > 0 && peer_offsets.is_empty() {
+        return false;
+    }
+    let mut all: Vec<i64> = peer_offsets.to_vec();
+    all.push(0);
+    all.sort_unstable();
+    let n = all.len();
+    n % 2 == 1
+        || (all[n / 2 - 1].unsigned_abs() > max_drift_ms)
+            == (all[n / 2].unsigned_abs() > max_drift_ms)
+}
+
 /// Checks the clock every `interval` (and when the view changes) until shutdown.
 pub async fn run(node: Arc<Context>, interval: Duration) {
     let mut views = node.watch_view();
@@ -131,6 +153,7 @@ pub async fn check_once(node: &Arc<Context>) {
     let self_id = node.config().node_id.clone();
     let timeout = node.config().replication.replica_timeout;
     let mut calls = JoinSet::new();
+    let mut asked = 0;
     for member in view.topology.members().iter().filter(|m| {
         m.node_id != self_id
             && matches!(
@@ -142,6 +165,7 @@ pub async fn check_once(node: &Arc<Context>) {
             continue;
         };
         let node = node.clone();
+        asked += 1;
         crate::logging::spawn_in(&mut calls, async move {
             let before = node.now_ms();
             let mut request = tonic::Request::new(v1::ClockRequest {});
@@ -161,6 +185,15 @@ pub async fn check_once(node: &Arc<Context>) {
     }
     let offset = cluster_offset(&offsets);
     let max_drift = node.config().store.max_clock_drift_ms;
+    if !decides(&offsets, asked, max_drift) {
+        tracing::debug!(
+            asked,
+            answered = offsets.len(),
+            offset_ms = offset,
+            "clock check undecided (too few peers answered to tell whose clock is wrong); the last verdict stands"
+        );
+        return;
+    }
     let skewed = offset.unsigned_abs() > max_drift;
     let check = node.clock_check();
     let was = check.record(offset, skewed);
@@ -213,6 +246,20 @@ mod tests {
         assert_eq!(cluster_offset(&[3_600_000]), 0);
         assert_eq!(cluster_offset(&[-3_600_000]), 0);
         assert_eq!(cluster_offset(&[]), 0, "alone: nothing to compare");
+    }
+
+    #[test]
+    fn a_check_that_cannot_tell_leaves_the_verdict_standing() {
+        let max = 60_000;
+        // n3 of three, an hour ahead: both peers answering decide; one alone does not.
+        assert!(decides(&[-3_600_000, -3_600_010], 2, max));
+        assert!(!decides(&[-3_600_000], 2, max));
+        // Nobody answered: nothing to go on. Nobody to ask: alone, never skewed.
+        assert!(!decides(&[], 2, max));
+        assert!(decides(&[], 0, max));
+        // Two middle clocks on the same side of the bound decide either way.
+        assert!(decides(&[5], 1, max));
+        assert!(decides(&[-3_600_000, 40, 3_600_000, -20], 4, max));
     }
 
     #[test]

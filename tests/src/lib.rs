@@ -377,6 +377,8 @@ pub fn patient(_: usize, config: &mut Config) {
     config.probe_interval = Duration::from_millis(400);
     config.probe_timeout = Duration::from_millis(300);
     config.suspicion_timeout = Duration::from_secs(2);
+    // The longest suspicion (no confirmations) keeps its default ratio to the shortest.
+    config.suspicion_max_timeout = Duration::from_secs(12);
 }
 
 /// A fresh random gossip key, as a key ring line.
@@ -517,9 +519,10 @@ pub struct ReadmeDoctests;
 
 /// A configuration hook for [`TestCluster::start_with`]: a crashed node stays in the ring
 /// (Suspect) for two minutes, so it stays a replica of every key and writes miss it, as while a
-/// real node is down but not yet declared dead.
+/// real node is down but not yet declared dead (however many members confirm the suspicion).
 pub fn keep_suspects(_: usize, config: &mut Config) {
     config.suspicion_timeout = Duration::from_secs(120);
+    config.suspicion_max_timeout = Duration::from_secs(120);
 }
 
 /// A `Set` request for `key` at a consistency level (`v1::Consistency as i32`).

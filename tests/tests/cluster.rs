@@ -144,6 +144,65 @@ async fn a_crashed_node_leaves_every_ring_and_the_client_reroutes() {
 }
 
 #[tokio::test]
+async fn reads_at_one_see_no_errors_while_a_replica_is_killed() {
+    // R = 2 of 3 nodes, and gossip slow to declare the victim dead (patient timings): the
+    // client's circuit breaker and failover carry the reads until the topology changes.
+    let mut cluster = TestCluster::start_converged(3, CONVERGE, |i, config| {
+        ringcache_tests::patient(i, config);
+        config.replication_factor = std::num::NonZeroU32::new(2).unwrap();
+    })
+    .await;
+    let client = std::sync::Arc::new(
+        Client::builder()
+            .seeds([cluster.nodes[0].grpc_target()])
+            .default_consistency(ringcache::Consistency::One)
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let keys: Vec<String> = (0..200).map(|i| format!("breaker{i}")).collect();
+    for key in &keys {
+        client
+            .set_with(
+                key.clone(),
+                "v",
+                ringcache::SetOptions::new().consistency(ringcache::Consistency::All),
+            )
+            .await
+            .unwrap();
+    }
+    let reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reader = {
+        let (client, keys, reads) = (client.clone(), keys.clone(), reads.clone());
+        tokio::spawn(async move {
+            let mut errors = Vec::new();
+            // Bounded: 10 passes over the keys.
+            for key in keys.iter().cycle().take(keys.len() * 10) {
+                match client.get(key.clone()).await {
+                    Ok(Some(value)) if value.as_ref() == b"v" => {}
+                    other => errors.push(format!("{key}: {other:?}")),
+                }
+                reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            errors
+        })
+    };
+    wait_until(CONVERGE, || async {
+        reads.load(std::sync::atomic::Ordering::Relaxed) >= keys.len()
+    })
+    .await
+    .expect("the reader runs");
+    cluster.take("n3").crash().await.unwrap();
+    let errors = reader.await.unwrap();
+    assert!(
+        errors.is_empty(),
+        "{} reads failed while n3 was killed, first: {:?}",
+        errors.len(),
+        errors.first()
+    );
+}
+
+#[tokio::test]
 async fn the_client_follows_a_joining_node_without_forwarding() {
     let mut cluster = TestCluster::start(2).await;
     cluster.wait_converged(CONVERGE).await.unwrap();

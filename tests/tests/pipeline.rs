@@ -272,12 +272,25 @@ async fn an_open_stream_does_not_hold_up_shutdown() {
     let node = TestNode::start(config_with(Cli::default())).await;
     let client = Client::connect([node.grpc_target()]).await.unwrap();
     client.set("k", "v").await.unwrap();
+    let addr = node.grpc_addr;
     // The client's stream stays open; stopping waits for it to finish, not forever.
     tokio::time::timeout(PATIENCE, node.stop())
         .await
         .expect("the node stops with a pipeline stream open")
         .unwrap();
-    match client.get("k").await {
+    // The stopped node's port is free: hold it, so no other test's node can take it while the
+    // client tries, and drop every connection at once (a node that is gone).
+    let holder = tokio::net::TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|e| panic!("the stopped node's gRPC port {addr} is still bound: {e}"));
+    let refuse = tokio::spawn(async move {
+        while let Ok((connection, _)) = holder.accept().await {
+            drop(connection);
+        }
+    });
+    let answer = client.get("k").await;
+    refuse.abort();
+    match answer {
         Err(Error::Unavailable(_) | Error::Timeout { .. }) => {}
         other => panic!("expected the stopped node to be unavailable, got {other:?}"),
     }

@@ -3,6 +3,7 @@
 //! not moved would be lost).
 
 use std::num::NonZeroU32;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use ringcache::Client;
@@ -219,6 +220,53 @@ async fn after_a_node_dies_every_key_gets_its_second_copy_back() {
             copies_via_inspect(&cluster, &format!("key{i}")).await,
             2,
             "key{i}"
+        );
+    }
+    all_readable(&client).await;
+}
+
+/// A ring change reads only the entries of the slots it moves: the old holders find them
+/// through the store's per-slot chains instead of scanning everything they hold.
+#[tokio::test]
+async fn a_join_reads_only_the_entries_of_the_slots_that_move() {
+    let mut cluster = TestCluster::start_with(3, one_copy).await;
+    cluster.wait_converged(DEADLINE).await.unwrap();
+    let client = Client::connect(cluster.grpc_targets()).await.unwrap();
+    load(&client).await;
+    let old_ring = cluster.nodes[0].node.view().ring.clone();
+    let scanned_before: Vec<u64> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.node.rebalance().keys_scanned_total.load(Relaxed))
+        .collect();
+    cluster.add(4, one_copy).await;
+    cluster.wait_converged(DEADLINE).await.unwrap();
+    wait_until(DEADLINE, || async { copies_match_the_ring(&cluster) })
+        .await
+        .expect("every key ends up exactly on its replica");
+    let new_ring = cluster.nodes[0].node.view().ring.clone();
+    for (node, before) in cluster.nodes.iter().take(3).zip(scanned_before) {
+        let id = node.node.config().node_id.clone();
+        // With one copy a key moves when its primary changes; this node held the keys whose old
+        // primary it was.
+        let held = (0..KEYS)
+            .filter(|i| old_ring.primary(format!("key{i}").as_bytes()) == Some(id.as_str()))
+            .count() as u64;
+        let moved = (0..KEYS)
+            .filter(|i| {
+                let key = format!("key{i}");
+                old_ring.primary(key.as_bytes()) == Some(id.as_str())
+                    && new_ring.primary(key.as_bytes()) != Some(id.as_str())
+            })
+            .count() as u64;
+        let scanned = node.node.rebalance().keys_scanned_total.load(Relaxed) - before;
+        assert!(
+            moved > 0 && moved < held / 2,
+            "{id}: {moved} of {held} moved"
+        );
+        assert_eq!(
+            scanned, moved,
+            "{id} read exactly the entries of the slots that moved, not the {held} it held"
         );
     }
     all_readable(&client).await;

@@ -3,9 +3,11 @@
 //! tombstones against late writes, concurrent writers, minority protection, and a set-style
 //! checker that no acknowledged QUORUM write is lost when a replica crashes mid-way; and
 //! batching: many concurrent writes reach every replica while sharing `Internal.Replicate` calls,
-//! and with a replica down every write still gets its own answer, failure message and hint (the
-//! exact batching is unit-tested with a fake transport in `server/src/replication/batch.rs`; here
-//! only what holds whatever the timing is asserted).
+//! and with a replica down every write still gets its own answer, failure message and hint;
+//! reads started together (one pipelined batch) share `Internal.ReadVersions` calls and each
+//! gets its own key's value, and with a replica down QUORUM reads ask the next replica while ALL
+//! reads fail naming it (the exact batching is unit-tested with a fake transport in
+//! `server/src/replication/batch.rs`; here only what holds whatever the timing is asserted).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -806,7 +808,7 @@ async fn write_concurrently(
 
 const REPLICA_OK: &str = r#"ringcache_replica_writes_total{result="ok"}"#;
 const REPLICA_FAILED: &str = r#"ringcache_replica_writes_total{result="failed"}"#;
-const BATCHES: &str = "ringcache_replication_batches_total";
+const BATCHES: &str = r#"ringcache_replication_batches_total{kind="replicate"}"#;
 
 #[tokio::test]
 async fn concurrent_quorum_writes_reach_every_replica_in_shared_calls() {
@@ -916,5 +918,126 @@ async fn with_a_replica_down_every_batched_write_fails_there_and_leaves_a_hint()
                 "{key} on {id}"
             );
         }
+    }
+}
+
+const READ_CALLS: &str = r#"ringcache_replication_batches_total{kind="read_versions"}"#;
+
+/// Sends `keys` as Gets at `consistency` in one batch on a pipelined stream to `node` (so the
+/// node starts every read before any of them is answered) and returns each key's answer.
+async fn pipelined_gets(
+    node: &TestNode,
+    keys: &[String],
+    consistency: i32,
+) -> Vec<v1::pipeline_response::Result> {
+    use tokio_stream::wrappers::ReceiverStream;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut inbound = node
+        .raw_cache()
+        .await
+        .pipeline(ReceiverStream::new(rx))
+        .await
+        .expect("the node serves Pipeline")
+        .into_inner();
+    let requests = keys
+        .iter()
+        .enumerate()
+        .map(|(tag, key)| v1::PipelineRequest {
+            tag: tag as u64,
+            op: Some(v1::pipeline_request::Op::Get(get_request(key, consistency))),
+        })
+        .collect();
+    tx.send(v1::PipelineRequestBatch { requests })
+        .await
+        .expect("the stream takes the batch");
+    let mut answers: Vec<Option<v1::pipeline_response::Result>> = vec![None; keys.len()];
+    let mut missing = keys.len();
+    while missing > 0 {
+        let batch = tokio::time::timeout(DEADLINE, inbound.message())
+            .await
+            .expect("answers within the deadline")
+            .expect("the stream stays up")
+            .expect("the stream does not end");
+        for response in batch.responses {
+            let slot = &mut answers[response.tag as usize];
+            assert!(slot.is_none(), "tag {} answered twice", response.tag);
+            *slot = Some(response.result.expect("every answer has a result"));
+            missing -= 1;
+        }
+    }
+    drop(tx);
+    answers.into_iter().map(Option::unwrap).collect()
+}
+
+/// The value a pipelined Get answered, or the error's message.
+fn got(answer: &v1::pipeline_response::Result) -> Result<Option<Bytes>, String> {
+    match answer {
+        v1::pipeline_response::Result::Get(reply) => Ok(reply.found.then(|| reply.value.clone())),
+        v1::pipeline_response::Result::Error(error) => Err(error.message.clone()),
+        other => panic!("not a Get answer: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn concurrent_quorum_reads_share_read_versions_calls() {
+    const READS: usize = 200;
+    let cluster = TestCluster::start_converged(3, DEADLINE, ringcache_tests::patient).await;
+    let n1 = &cluster.nodes[0];
+    let answers = write_concurrently(&n1.raw_cache().await, "r", READS, ALL).await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    let before = metric(n1, READ_CALLS).await;
+
+    // Every read starts before any is answered: n1 asks the other replicas for all of them in a
+    // handful of shared calls, and each read still gets its own key's value.
+    let keys: Vec<String> = (0..READS).map(|i| format!("r{i}")).collect();
+    for (level, name) in [(QUORUM, "QUORUM"), (ALL, "ALL")] {
+        let at = metric(n1, READ_CALLS).await;
+        let answers = pipelined_gets(n1, &keys, level).await;
+        for (i, answer) in answers.iter().enumerate() {
+            assert_eq!(
+                got(answer),
+                Ok(Some(Bytes::from(format!("v{i}")))),
+                "{name} read of r{i}"
+            );
+        }
+        let calls = metric(n1, READ_CALLS).await - at;
+        assert!(
+            calls >= 1.0 && calls < (READS / 2) as f64,
+            "{name}: {calls} ReadVersions calls for {READS} reads"
+        );
+    }
+    assert!(metric(n1, READ_CALLS).await > before);
+}
+
+#[tokio::test]
+async fn with_a_replica_down_quorum_reads_ask_the_next_replica_and_all_reads_fail_naming_it() {
+    const READS: usize = 60;
+    let mut cluster = TestCluster::start_converged(3, DEADLINE, keep_suspects).await;
+    let n1 = &cluster.nodes[0];
+    let answers = write_concurrently(&n1.raw_cache().await, "d", READS, ALL).await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    cluster.take("n3").crash().await.unwrap();
+    wait_not_active(&cluster, "n3").await;
+    let n1 = &cluster.nodes[0];
+
+    // n3 still owns its ranges (suspect), so some reads ask it first: its calls fail, which
+    // fails only the reads they carried, and those ask n2 instead. Every read succeeds.
+    let keys: Vec<String> = (0..READS).map(|i| format!("d{i}")).collect();
+    let answers = pipelined_gets(n1, &keys, QUORUM).await;
+    for (i, answer) in answers.iter().enumerate() {
+        assert_eq!(
+            got(answer),
+            Ok(Some(Bytes::from(format!("v{i}")))),
+            "QUORUM read of d{i}"
+        );
+    }
+    // ALL needs n3: every read fails with its own counts and n3's failure.
+    let answers = pipelined_gets(n1, &keys, ALL).await;
+    for (i, answer) in answers.iter().enumerate() {
+        let message = got(answer).expect_err("ALL cannot be met with n3 down");
+        assert!(
+            message.starts_with("ALL read needs 3 of 3 replicas, 2 answered (n3: "),
+            "d{i}: {message}"
+        );
     }
 }

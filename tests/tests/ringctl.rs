@@ -9,7 +9,7 @@ use ringcache_proto::placement::Ring;
 use ringcache_proto::topology::{Member, NodeState, Topology};
 use ringcache_proto::v1::{self, cache_client::CacheClient};
 use ringcache_server::Config;
-use ringcache_tests::{TestCluster, TestNode, wait_until};
+use ringcache_tests::{TestCluster, TestNode, patient, wait_until};
 use serde_json::Value;
 
 /// Generous bound: failure detection here takes ~0.5 s (100 ms probes, 400 ms suspicion).
@@ -61,7 +61,7 @@ async fn ctl(cluster: &str, args: &[&str]) -> Outcome {
 /// Three converged nodes with patient failure detection: a loaded machine must not make a
 /// live node suspect (a ring of two would answer `locate` with two replicas).
 async fn converged_cluster() -> (TestCluster, String) {
-    let cluster = TestCluster::start_converged(3, CONVERGE, ringcache_tests::patient).await;
+    let cluster = TestCluster::start_converged(3, CONVERGE, patient).await;
     let addr = cluster.nodes[0].grpc_target();
     (cluster, addr)
 }
@@ -727,9 +727,12 @@ async fn completions_print_a_script() {
 
 #[tokio::test]
 async fn rebalance_status_shows_an_eta_while_data_moves() {
-    // n1 holds the data and sends slowly (64 KiB/s); when n2 joins, n1 pushes every key to it
-    // (R = 3 of 2 nodes: both hold everything), batch by batch, for several seconds.
-    let mut cluster = TestCluster::start_with(1, |_, config| {
+    // Three nodes at R = 2 send slowly (64 KiB/s). When n3 crashes, the survivors push the slots
+    // it replicated to their new second replica (a push pass with a known total: an ETA), batch by
+    // batch, for several seconds. (A joiner's pull has no known total, hence no ETA.)
+    let mut cluster = TestCluster::start_converged(3, CONVERGE, |i, config| {
+        patient(i, config);
+        config.replication_factor = std::num::NonZeroU32::new(2).unwrap();
         config.rebalance_bytes_per_sec = 64 * 1024;
     })
     .await;
@@ -742,7 +745,7 @@ async fn rebalance_status_shows_an_eta_while_data_moves() {
             .collect();
         client.mset(pairs, None).await.unwrap();
     }
-    cluster.add(2, |_, _| {}).await;
+    cluster.take("n3").crash().await.unwrap();
 
     let last = std::sync::Mutex::new(Value::Null);
     let moving = wait_until(CONVERGE, || {
@@ -893,9 +896,11 @@ async fn status_stays_degraded_until_a_killed_node_is_forgotten_and_shows_draine
 
 #[tokio::test]
 async fn rebalance_counters_never_show_more_done_than_total() {
-    // n1 holds values and tombstones (deleted keys, kept for the tombstone grace); when n2 joins,
-    // n1's pass scans both. The total must count what the scan visits.
-    let mut cluster = TestCluster::start(1).await;
+    // n1 holds values and tombstones (deleted keys, kept for the tombstone grace while n2 holds
+    // copies too; a node alone would keep none); when n3 joins, n1's pass scans both. The total
+    // must count what the scan visits.
+    let mut cluster = TestCluster::start_with(2, patient).await;
+    cluster.wait_converged(CONVERGE).await.unwrap();
     let addr = cluster.nodes[0].grpc_target();
     let client = Client::connect([addr.clone()]).await.unwrap();
     let pairs: Vec<(String, String)> = (0..300).map(|i| (format!("key{i}"), "v".into())).collect();
@@ -903,8 +908,15 @@ async fn rebalance_counters_never_show_more_done_than_total() {
     for i in 0..100 {
         assert!(client.delete(format!("key{i}")).await.unwrap());
     }
+    let store = cluster.nodes[0].node.store();
+    let held = store.entry_count();
+    assert!(
+        held > store.stats().keys,
+        "n1 keeps tombstones beside its {} keys",
+        store.stats().keys
+    );
     let passes_before = cluster.nodes[0].node.rebalance().to_wire().passes;
-    cluster.add(2, |_, _| {}).await;
+    cluster.add(3, patient).await;
     cluster.wait_converged(CONVERGE).await.unwrap();
     wait_until(CONVERGE, || async {
         let status = cluster.nodes[0].node.rebalance().to_wire();
@@ -928,7 +940,7 @@ async fn rebalance_counters_never_show_more_done_than_total() {
     let total = rebalance["keys_total"].as_u64().unwrap();
     assert_eq!(
         (scanned, total),
-        (300, 300),
+        (held, held),
         "every entry, tombstones included, scanned of the entries held: {n1}"
     );
     assert!(
@@ -937,7 +949,7 @@ async fn rebalance_counters_never_show_more_done_than_total() {
     );
     let text = ctl(&addr, &["rebalance", "status"]).await.ok();
     let row = text.lines().find(|l| l.starts_with("n1 ")).unwrap();
-    assert!(row.contains(" 300/300 "), "{text}");
+    assert!(row.contains(&format!(" {held}/{held} ")), "{text}");
 }
 
 #[tokio::test]

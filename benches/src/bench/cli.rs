@@ -18,6 +18,7 @@ use clap::{Args, Parser, Subcommand};
 use ringcache::ctl::{Security, SecurityArgs};
 
 use crate::bench::{
+    cpu::ProcessCpu,
     plot,
     report::{self, HarnessInfo, RunResult},
     runner::{self, RunConfig},
@@ -145,6 +146,11 @@ struct RunArgs {
     /// Pin the harness to this CPU (needs taskset).
     #[arg(long, value_name = "CPU")]
     cpu: Option<usize>,
+    /// Report the CPU time this local server process spent over the measured window, per
+    /// request and per key (Linux /proc; repeat or comma-separate for several processes, e.g.
+    /// every node of a local cluster).
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Request timeout.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     timeout: Duration,
@@ -167,7 +173,8 @@ struct RunArgs {
     /// Write every figure and the configuration to FILE as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Write an SVG of throughput over time and the latency distribution to FILE.
+    /// Write an SVG of throughput and p50/p99 latency per second over time and the latency
+    /// distribution to FILE.
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
     /// No live progress line.
@@ -234,6 +241,13 @@ struct SuiteArgs {
     /// CPUs (e.g. 0.1); measured only when the suite started both servers.
     #[arg(long, value_name = "CPUS")]
     max_other_cpus: Option<f64>,
+    /// The process of the node given by --ringcache, to report its CPU per request (the
+    /// suite's own node is measured anyway).
+    #[arg(long, value_name = "PID", requires = "ringcache")]
+    ringcache_pid: Option<u32>,
+    /// The process of the Redis given by --redis, to report its CPU per request.
+    #[arg(long, value_name = "PID", requires = "redis")]
+    redis_pid: Option<u32>,
     /// No live progress line.
     #[arg(long)]
     no_progress: bool,
@@ -382,6 +396,7 @@ fn run_config(args: &RunArgs) -> anyhow::Result<RunConfig> {
     config.load = args.load;
     config.load_batch = args.load_batch;
     config.threads = args.threads;
+    config.server_pids = args.server_pid.clone();
     config.client = ClientSettings {
         request_timeout_ms: u64::try_from(args.timeout.as_millis()).unwrap_or(u64::MAX),
         connect_timeout_ms: u64::try_from(args.connect_timeout.as_millis()).unwrap_or(u64::MAX),
@@ -405,6 +420,13 @@ fn run_command(args: &RunArgs) -> anyhow::Result<()> {
     }
     let security = load_security(&args.security)?;
     config.client.tls = security.is_tls();
+    if !config.server_pids.is_empty() && ProcessCpu::sample(&config.server_pids).is_none() {
+        return Err(UsageError(format!(
+            "--server-pid: cannot read the CPU time of {:?} from /proc/PID/stat (no such process, or not Linux)",
+            config.server_pids
+        ))
+        .into());
+    }
     if let Some(cpu) = args.cpu {
         let taskset = taskset().context("--cpu needs taskset (apt-get install util-linux)")?;
         suite::pin_self(&taskset, cpu).map_err(anyhow::Error::msg)?;
@@ -601,11 +623,29 @@ fn suite_command(args: &SuiteArgs) -> anyhow::Result<()> {
             None
         }
     };
+    let ringcache_pid = ringcached_guard
+        .as_ref()
+        .map(|server| server.pid())
+        .or(args.ringcache_pid);
+    let redis_pid = redis_guard
+        .as_ref()
+        .map(|server| server.pid())
+        .or(args.redis_pid);
+    for pid in [ringcache_pid, redis_pid].into_iter().flatten() {
+        if ProcessCpu::sample(&[pid]).is_none() {
+            return Err(UsageError(format!(
+                "cannot read the CPU time of process {pid} from /proc/{pid}/stat (no such process, or not Linux)"
+            ))
+            .into());
+        }
+    }
     let targets = SuiteTargets {
         ringcache: ringcache_url,
         ringcache_resp,
         redis: redis_url,
         server_pids,
+        ringcache_pid,
+        redis_pid,
         ringcache_security,
     };
     let progress = show_progress(args.no_progress);

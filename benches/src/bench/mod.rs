@@ -1,11 +1,12 @@
 //! `ringbench`, the load harness: workloads ([`workload`], [`zipf`], [`rng`]), targets
 //! ([`target`]), the driver ([`runner`]) and its latency maths ([`histo`]), results and
-//! comparisons ([`report`], [`plot`]), the ringcache-vs-Redis suite with the server processes it
+//! comparisons ([`report`], [`plot`]), server CPU time from `/proc` ([`cpu`]), the ringcache-vs-Redis suite with the server processes it
 //! manages ([`suite`]), and the command line ([`cli`]).
 //!
 //! Everything but `runner`, `target`, `suite` and `cli` is pure: no I/O, no clock.
 
 pub mod cli;
+pub mod cpu;
 pub mod histo;
 pub mod plot;
 pub mod report;

@@ -1,5 +1,7 @@
 //! `--plot FILE`: a self-contained SVG of one or more results: throughput per second over time,
-//! and the latency distribution by percentile (x axis in "nines", as HdrHistogram plots do).
+//! the p99 (solid) and p50 (dashed) latency of each second over time (what shows the effect of
+//! an event during the run, such as a node joining), and the latency distribution by
+//! percentile (x axis in "nines", as HdrHistogram plots do).
 //! Written by hand: two line charts do not need a plotting crate.
 
 use std::fmt::Write as _;
@@ -70,13 +72,18 @@ impl Panel {
 }
 
 fn polyline(out: &mut String, points: &[(f64, f64)], color: &str) {
+    polyline_styled(out, points, color, "");
+}
+
+/// A polyline with extra attributes (`style`, e.g. a dash pattern).
+fn polyline_styled(out: &mut String, points: &[(f64, f64)], color: &str, style: &str) {
     let coords: Vec<String> = points
         .iter()
         .map(|(x, y)| format!("{x:.1},{y:.1}"))
         .collect();
     let _ = writeln!(
         out,
-        r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+        r#"<polyline fill="none" stroke="{color}" stroke-width="2"{style} points="{}"/>"#,
         coords.join(" ")
     );
 }
@@ -125,7 +132,7 @@ fn axes(
 
 /// The SVG document for `results` (each drawn in its own colour, named by its label).
 pub fn svg(results: &[&RunResult]) -> String {
-    let height = 2.0 * (PANEL_HEIGHT + TOP + BOTTOM) + LEGEND_LINE * results.len() as f64 + 20.0;
+    let height = 3.0 * (PANEL_HEIGHT + TOP + BOTTOM) + LEGEND_LINE * results.len() as f64 + 20.0;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -203,8 +210,60 @@ pub fn svg(results: &[&RunResult]) -> String {
         polyline(&mut out, &points, COLORS[i % COLORS.len()]);
     }
 
-    // Latency by percentile.
+    // p99 and p50 of each second over time.
     let top = TOP + PANEL_HEIGHT + BOTTOM + TOP;
+    let seconds = |r: &'_ RunResult| -> Vec<crate::bench::report::SecondSample> {
+        r.timeline
+            .iter()
+            .filter(|s| s.span_s >= MIN_SPAN_S && s.ops > s.errors)
+            .copied()
+            .collect()
+    };
+    let y_max = results
+        .iter()
+        .flat_map(|r| seconds(r).into_iter().map(|s| s.p99_us))
+        .fold(0.0, f64::max);
+    let y_ticks = nice_ticks(y_max);
+    let over_time = Panel {
+        top,
+        x_max,
+        y_max: *y_ticks.last().unwrap_or(&1.0),
+    };
+    axes(
+        &mut out,
+        &over_time,
+        "Latency per second: p99 (solid), p50 (dashed)",
+        "seconds since start",
+        &y_ticks,
+        &fmt_us,
+    );
+    for tick in nice_ticks(x_max) {
+        if tick <= x_max {
+            let _ = writeln!(
+                out,
+                r#"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="middle">{tick}</text>"#,
+                over_time.x(tick),
+                top + PANEL_HEIGHT + 16.0
+            );
+        }
+    }
+    for (i, result) in results.iter().enumerate() {
+        let samples = seconds(result);
+        let at = |s: &crate::bench::report::SecondSample, us: f64| {
+            (
+                over_time.x(s.second as f64 + s.span_s / 2.0),
+                over_time.y(us),
+            )
+        };
+        let color = COLORS[i % COLORS.len()];
+        let p99: Vec<(f64, f64)> = samples.iter().map(|s| at(s, s.p99_us)).collect();
+        polyline(&mut out, &p99, color);
+        let p50: Vec<(f64, f64)> = samples.iter().map(|s| at(s, s.p50_us)).collect();
+        polyline_styled(&mut out, &p50, color, r#" stroke-dasharray="6 4""#);
+    }
+
+    // Latency by percentile.
+    let top = top + PANEL_HEIGHT + BOTTOM + TOP;
     let y_max = results
         .iter()
         .flat_map(|r| r.percentiles.iter().map(|p| p.latency_us))
@@ -302,7 +361,9 @@ mod tests {
         let svg = svg(&[&a, &b]);
         assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
         assert!(svg.trim_end().ends_with("</svg>"));
-        assert_eq!(svg.matches("<polyline").count(), 4);
+        // Per result: throughput, p99 and p50 over time, the percentile curve.
+        assert_eq!(svg.matches("<polyline").count(), 8);
+        assert!(svg.contains("Latency per second") && svg.contains("stroke-dasharray"));
         assert!(svg.contains("ringcache &lt;A&gt;"));
         assert!(!svg.contains("NaN") && !svg.contains("inf"));
         assert!(svg.contains("99.9%") && svg.contains("warmup"));

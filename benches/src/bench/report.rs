@@ -6,6 +6,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::bench::{
+    cpu::ServerCpu,
     histo::{LatencySummary, PercentilePoint},
     runner::RunConfig,
 };
@@ -73,6 +74,10 @@ pub struct RunResult {
     /// Linux): anything well above 0 disturbed the figures.
     #[serde(default)]
     pub other_cpus: Option<f64>,
+    /// CPU time of the server processes over the measured window (`--server-pid`, or the
+    /// servers a suite started), per request and per key.
+    #[serde(default)]
+    pub server_cpu: Option<ServerCpu>,
 }
 
 /// Failures of one kind.
@@ -194,6 +199,13 @@ impl RunResult {
         Ok(result)
     }
 
+    /// This result with the servers' CPU time of its measured window.
+    #[must_use]
+    pub fn with_server_cpu(mut self, server_cpu: Option<ServerCpu>) -> Self {
+        self.server_cpu = server_cpu;
+        self
+    }
+
     /// A one-line description of the workload and load model.
     pub fn describe(&self) -> String {
         let c = &self.config;
@@ -272,6 +284,18 @@ impl RunResult {
                 ""
             }
         );
+        if let Some(cpu) = &self.server_cpu {
+            let _ = writeln!(
+                out,
+                "server CPU: {:.2} CPU-s in {:.2} s ({:.2} CPUs, pids {:?}): {} per request, {} per key",
+                cpu.cpu_s,
+                cpu.window_s,
+                cpu.cpus(),
+                cpu.pids,
+                fmt_us(cpu.us_per_request),
+                fmt_us(cpu.us_per_key)
+            );
+        }
         let mut rows: Vec<(String, u64, u64, LatencySummary)> =
             vec![("all".to_owned(), self.requests, self.errors, self.latency)];
         if self.ops.len() > 1 {
@@ -409,6 +433,15 @@ pub fn compare(a: &RunResult, b: &RunResult) -> String {
     row("p99.9", a.latency.p999_us, b.latency.p999_us, &latency);
     row("max", a.latency.max_us, b.latency.max_us, &latency);
     row("mean", a.latency.mean_us, b.latency.mean_us, &latency);
+    if let (Some(x), Some(y)) = (&a.server_cpu, &b.server_cpu) {
+        row(
+            "server CPU / request",
+            x.us_per_request,
+            y.us_per_request,
+            &latency,
+        );
+        row("server CPU / key", x.us_per_key, y.us_per_key, &latency);
+    }
     if let (Some(x), Some(y)) = (a.hit_ratio, b.hit_ratio) {
         row("hit ratio (%)", x * 100.0, y * 100.0, &|v| {
             format!("{v:.1}")
@@ -546,6 +579,7 @@ pub(crate) mod tests {
                 .collect(),
             interrupted: false,
             other_cpus: None,
+            server_cpu: None,
         }
     }
 

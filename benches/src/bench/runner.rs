@@ -23,6 +23,7 @@ use ringcache::ctl::Security;
 use serde::{Deserialize, Serialize};
 
 use crate::bench::{
+    cpu::{ProcessCpu, ServerCpu},
     histo::{IntervalHistogram, LatencyHistogram, RequestTiming, Schedule},
     report::{ErrorTally, HarnessInfo, LoadResult, OpStats, RunResult, SecondSample},
     target::{
@@ -64,6 +65,11 @@ pub struct RunConfig {
     pub client: ClientSettings,
     /// Tokio worker threads of the harness (1: a current-thread runtime).
     pub threads: usize,
+    /// Local server processes whose CPU time over the measured window is reported
+    /// ([`RunResult::server_cpu`]); not part of the configuration's identity (pids differ
+    /// between otherwise equal runs), so not written to JSON here.
+    #[serde(skip)]
+    pub server_pids: Vec<u32>,
 }
 
 impl RunConfig {
@@ -85,6 +91,7 @@ impl RunConfig {
             load_batch: 100,
             client: ClientSettings::default(),
             threads: 1,
+            server_pids: Vec::new(),
         }
     }
 
@@ -245,6 +252,15 @@ async fn measure<T: Target>(
             .map(|n| n / connections + u64::from(i < n % connections))
     };
 
+    // The servers' CPU time is sampled when measuring starts and once every answer is in.
+    let cpu_before = (!config.server_pids.is_empty()).then(|| {
+        let pids = config.server_pids.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_start.into()).await;
+            ProcessCpu::sample(&pids)
+        })
+    });
+
     let mut drivers = Vec::with_capacity(conns.len());
     for (i, conn) in conns.into_iter().enumerate() {
         let i = i as u64;
@@ -305,6 +321,23 @@ async fn measure<T: Target>(
         let result = driver.await.context("a connection driver panicked")?;
         totals.merge(result);
     }
+    let server_cpu = match cpu_before {
+        Some(before) => {
+            let before = before.await.context("the CPU sampler panicked")?;
+            let after = ProcessCpu::sample(&config.server_pids);
+            let answered = totals.ok + totals.errors.values().map(|t| t.count).sum::<u64>();
+            match before.zip(after) {
+                Some((before, after)) => {
+                    ServerCpu::between(&config.server_pids, before, after, answered, totals.keys_ok)
+                }
+                None => bail!(
+                    "cannot read the CPU time of server process(es) {:?} from /proc (gone?)",
+                    config.server_pids
+                ),
+            }
+        }
+        None => None,
+    };
     if let Some(reporter) = reporter {
         reporter.abort();
     }
@@ -323,7 +356,8 @@ async fn measure<T: Target>(
         measure_start,
         timeline,
         interrupted,
-    ))
+    )
+    .with_server_cpu(server_cpu))
 }
 
 async fn connect_all<T: Target>(target: &T, config: &RunConfig) -> anyhow::Result<Vec<T::Conn>> {
@@ -909,6 +943,7 @@ fn build_result(
         timeline,
         interrupted,
         other_cpus: None,
+        server_cpu: None,
     }
 }
 

@@ -23,6 +23,7 @@ use ringcache::ctl::Security;
 use serde::{Deserialize, Serialize};
 
 use crate::bench::{
+    cpu::CpuTimes,
     report::{HarnessInfo, RunResult, fmt_count, fmt_ratio, fmt_us},
     runner::{RunConfig, run_secured},
     target::{TargetUrl, Transport},
@@ -484,76 +485,6 @@ pub fn start_ringcached(
 /// Extra attempts of a run disturbed by other processes (`--max-other-cpus`).
 const RERUNS: usize = 3;
 
-/// Clock ticks per second of `/proc` CPU times (`USER_HZ`, 100 on every Linux platform).
-const TICKS_PER_SECOND: f64 = 100.0;
-
-/// CPU time used by the whole machine and by our own processes (the harness and the servers),
-/// from `/proc`: their difference over a run is what other processes took from it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CpuTimes {
-    /// Busy ticks of all CPUs (user, nice, system, irq, softirq, steal).
-    pub machine: u64,
-    /// Ticks of the harness and the servers (user + system).
-    pub ours: u64,
-    /// When sampled.
-    pub at: Instant,
-}
-
-/// Busy ticks of all CPUs from the text of `/proc/stat`.
-pub fn machine_busy_ticks(proc_stat: &str) -> Option<u64> {
-    let line = proc_stat.lines().find(|l| l.starts_with("cpu "))?;
-    let fields: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|f| f.parse().ok())
-        .collect::<Option<_>>()?;
-    // user nice system idle iowait irq softirq steal (guest time is already in user).
-    let get = |i: usize| fields.get(i).copied().unwrap_or(0);
-    Some(get(0) + get(1) + get(2) + get(5) + get(6) + get(7))
-}
-
-/// User + system ticks of one process from the text of `/proc/PID/stat`.
-pub fn process_ticks(proc_pid_stat: &str) -> Option<u64> {
-    // The command name may hold spaces and parentheses: fields resume after the last ')'.
-    let rest = &proc_pid_stat[proc_pid_stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of the file (utime, stime) are 11 and 12 after the command.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-impl CpuTimes {
-    /// Samples the machine and this process plus `pids`; `None` where `/proc` is missing.
-    pub fn sample(pids: &[u32]) -> Option<Self> {
-        let machine = machine_busy_ticks(&std::fs::read_to_string("/proc/stat").ok()?)?;
-        let mut ours = process_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
-        for pid in pids {
-            ours += std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| process_ticks(&s))
-                .unwrap_or(0);
-        }
-        Some(Self {
-            machine,
-            ours,
-            at: Instant::now(),
-        })
-    }
-
-    /// CPUs' worth of time (1.0 = one CPU all the time) that other processes used since
-    /// `earlier`.
-    pub fn other_cpus_since(&self, earlier: &CpuTimes) -> f64 {
-        let seconds = self.at.saturating_duration_since(earlier.at).as_secs_f64();
-        if seconds <= 0.0 {
-            return 0.0;
-        }
-        let machine = self.machine.saturating_sub(earlier.machine);
-        let ours = self.ours.saturating_sub(earlier.ours);
-        machine.saturating_sub(ours) as f64 / TICKS_PER_SECOND / seconds
-    }
-}
-
 /// One workload of the suite.
 #[derive(Debug, Clone, Copy)]
 pub struct SuiteWorkload {
@@ -592,6 +523,11 @@ pub const SUITE: &[SuiteWorkload] = &[
         name: "multi-key @50%",
         preset: "multi-key",
         open_loop_of: Some("multi-key"),
+    },
+    SuiteWorkload {
+        name: "write-heavy @50%",
+        preset: "write-heavy",
+        open_loop_of: Some("write-heavy"),
     },
 ];
 
@@ -652,6 +588,13 @@ pub struct Medians {
     /// latencies means the harness, not the server, was the bottleneck.
     #[serde(default)]
     pub send_lag_p99_us: Option<f64>,
+    /// µs of server CPU per request over the measured windows (`None`: the server is not a
+    /// local process).
+    #[serde(default)]
+    pub server_us_per_request: Option<f64>,
+    /// µs of server CPU per key carried (mget/mset count each key).
+    #[serde(default)]
+    pub server_us_per_key: Option<f64>,
 }
 
 /// The median of `values` (the mean of the middle two for an even count).
@@ -688,6 +631,14 @@ impl Medians {
                 .iter()
                 .all(|r| r.send_lag.is_some())
                 .then(|| pick(&|r| r.send_lag.map_or(0.0, |l| l.p99_us))),
+            server_us_per_request: runs
+                .iter()
+                .all(|r| r.server_cpu.is_some())
+                .then(|| pick(&|r| r.server_cpu.as_ref().map_or(0.0, |c| c.us_per_request))),
+            server_us_per_key: runs
+                .iter()
+                .all(|r| r.server_cpu.is_some())
+                .then(|| pick(&|r| r.server_cpu.as_ref().map_or(0.0, |c| c.us_per_key))),
         })
     }
 }
@@ -747,6 +698,11 @@ pub struct SuiteTargets {
     /// Process ids of the servers when the suite started them all itself: then the CPU time of
     /// everything else on the machine is measured per run ([`RunResult::other_cpus`]).
     pub server_pids: Option<Vec<u32>>,
+    /// The ringcache node's process, when local: its CPU time per request is reported (for the
+    /// gRPC and the RESP column alike).
+    pub ringcache_pid: Option<u32>,
+    /// The Redis server's process, when local.
+    pub redis_pid: Option<u32>,
     /// TLS settings and credentials for the ringcache node (an external one, `--ringcache`).
     pub ringcache_security: Security,
 }
@@ -849,6 +805,12 @@ pub async fn run_suite(
                 config.client.transport = settings.transport;
                 config.client.tls = targets.ringcache_security.is_tls()
                     && matches!(system, TargetUrl::Ringcache { .. });
+                config.server_pids = match column {
+                    System::Ringcache | System::RingcacheResp => targets.ringcache_pid,
+                    System::Redis => targets.redis_pid,
+                }
+                .into_iter()
+                .collect();
                 config.load = !loaded[s];
                 loaded[s] = true;
                 let mut attempt = 0;
@@ -876,7 +838,7 @@ pub async fn run_suite(
                 };
                 result.label = format!("{} {}", workload.name, column.name());
                 eprintln!(
-                    "[{}/{total_runs}] {:<16} {:<14} run {}: {:>9} ok/s  p50 {:>9}  p99 {:>9}  errors {}{}{}",
+                    "[{}/{total_runs}] {:<16} {:<14} run {}: {:>9} ok/s  p50 {:>9}  p99 {:>9}  errors {}{}{}{}",
                     runs.len() + 1,
                     workload.name,
                     column.name(),
@@ -891,7 +853,14 @@ pub async fn run_suite(
                     )),
                     result
                         .other_cpus
-                        .map_or(String::new(), |o| format!("  other CPUs {o:.2}"))
+                        .map_or(String::new(), |o| format!("  other CPUs {o:.2}")),
+                    result
+                        .server_cpu
+                        .as_ref()
+                        .map_or(String::new(), |c| format!(
+                            "  server CPU {}/req",
+                            fmt_us(c.us_per_request)
+                        ))
                 );
                 runs.push((w, *column, result));
             }
@@ -995,6 +964,78 @@ fn three_system_table(suite: &SuiteResult) -> String {
     out
 }
 
+/// A system's name and its medians in a row.
+type Column = (&'static str, fn(&SuiteRow) -> Option<Medians>);
+
+/// Server CPU per request and per key of each system, with ringcache / Redis ratios; `None`
+/// when no system's server was a local process.
+fn cpu_table(suite: &SuiteResult) -> Option<String> {
+    let columns: Vec<Column> = [
+        (
+            "ringcache",
+            (|r: &SuiteRow| r.ringcache) as fn(&SuiteRow) -> Option<Medians>,
+        ),
+        ("RESP", |r: &SuiteRow| r.ringcache_resp),
+        ("Redis", |r: &SuiteRow| r.redis),
+    ]
+    .into_iter()
+    .filter(|(_, get)| suite.rows.iter().any(|r| get(r).is_some()))
+    .collect();
+    let measured = |m: Option<Medians>| m.and_then(|m| m.server_us_per_request);
+    if !suite
+        .rows
+        .iter()
+        .any(|r| columns.iter().any(|(_, get)| measured(get(r)).is_some()))
+    {
+        return None;
+    }
+    let ours: Vec<&Column> = columns
+        .iter()
+        .filter(|(name, _)| *name != "Redis")
+        .collect();
+    let with_redis = columns.iter().any(|(name, _)| *name == "Redis");
+    let mut out = String::new();
+    out.push_str("| Workload |");
+    for (name, _) in &columns {
+        let _ = write!(out, " {name} CPU/req |");
+    }
+    if with_redis {
+        for (name, _) in &ours {
+            let _ = write!(out, " {name}/Redis |");
+        }
+    }
+    for (name, _) in &columns {
+        let _ = write!(out, " {name} CPU/key |");
+    }
+    out.push('\n');
+    let cells = columns.len() * 2 + if with_redis { ours.len() } else { 0 };
+    out.push_str("|---|");
+    out.push_str(&"--:|".repeat(cells));
+    out.push('\n');
+    let na = || "n/a".to_owned();
+    for row in &suite.rows {
+        let _ = write!(out, "| {} |", row.workload);
+        for (_, get) in &columns {
+            let _ = write!(out, " {} |", measured(get(row)).map_or_else(na, fmt_us));
+        }
+        if with_redis {
+            for (_, get) in &ours {
+                let ratio = match (measured(get(row)), measured(row.redis)) {
+                    (Some(a), Some(b)) => fmt_ratio(b, a),
+                    _ => na(),
+                };
+                let _ = write!(out, " {ratio} |");
+            }
+        }
+        for (_, get) in &columns {
+            let per_key = get(row).and_then(|m| m.server_us_per_key);
+            let _ = write!(out, " {} |", per_key.map_or_else(na, fmt_us));
+        }
+        out.push('\n');
+    }
+    Some(out)
+}
+
 /// The suite's table in Markdown, ready for BENCHMARKS.md: ratios are ringcache / Redis.
 pub fn markdown(suite: &SuiteResult) -> String {
     let s = &suite.settings;
@@ -1028,6 +1069,12 @@ pub fn markdown(suite: &SuiteResult) -> String {
         out.push_str(&three_system_table(suite));
     } else {
         out.push_str(&two_system_table(suite));
+    }
+    if let Some(cpu) = cpu_table(suite) {
+        out.push_str(
+            "\nServer CPU time over the measured windows (user + system, from /proc), per request and per key carried; medians. This is the figure to compare: the harness shares the machine, so throughput and latency are partly the harness's.\n\n",
+        );
+        out.push_str(&cpu);
     }
     out.push('\n');
     for row in &suite.rows {
@@ -1131,33 +1178,6 @@ mod tests {
     }
 
     #[test]
-    fn cpu_times_parse_from_proc_text() {
-        let stat = "cpu  100 5 50 1000 20 3 2 7 0 0\ncpu0 50 2 25 500 10 1 1 3 0 0\n";
-        assert_eq!(machine_busy_ticks(stat), Some(100 + 5 + 50 + 3 + 2 + 7));
-        let pid_stat = "42 (a (weird) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 40 0 0 20 0 3 0";
-        assert_eq!(process_ticks(pid_stat), Some(290));
-        assert_eq!(process_ticks("garbage"), None);
-        let now = Instant::now();
-        let earlier = CpuTimes {
-            machine: 1000,
-            ours: 400,
-            at: now,
-        };
-        let later = CpuTimes {
-            machine: 1300,
-            ours: 550,
-            at: now + Duration::from_secs(2),
-        };
-        // 300 busy ticks, 150 ours: 150 ticks = 1.5 CPU-seconds over 2 s.
-        assert!((later.other_cpus_since(&earlier) - 0.75).abs() < 1e-9);
-        // On Linux the live sample works.
-        if Path::new("/proc/stat").exists() {
-            let sample = CpuTimes::sample(&[std::process::id()]).unwrap();
-            assert!(sample.machine >= sample.ours / 2);
-        }
-    }
-
-    #[test]
     fn free_ports_are_loopback_and_nonzero() {
         assert_ne!(free_tcp_port().unwrap(), 0);
         assert_ne!(free_udp_port().unwrap(), 0);
@@ -1207,6 +1227,8 @@ mod tests {
             errors: 0,
             runs: 3,
             send_lag_p99_us: None,
+            server_us_per_request: None,
+            server_us_per_key: None,
         };
         let text = markdown(&suite_of(vec![
             SuiteRow {
@@ -1254,6 +1276,8 @@ mod tests {
             errors,
             runs: 3,
             send_lag_p99_us: None,
+            server_us_per_request: None,
+            server_us_per_key: None,
         };
         let text = markdown(&suite_of(vec![
             SuiteRow {
@@ -1303,5 +1327,64 @@ mod tests {
         let json = r#"{"workload":"w","about":"a","rate":null,"ringcache":null,"redis":null}"#;
         let row: SuiteRow = serde_json::from_str(json).unwrap();
         assert_eq!(row.ringcache_resp, None);
+    }
+
+    #[test]
+    fn server_cpu_gets_its_own_table_with_ratios_over_redis() {
+        let m = |cpu: Option<(f64, f64)>| Medians {
+            throughput: 50_000.0,
+            p50_us: 400.0,
+            p99_us: 1200.0,
+            p999_us: 2400.0,
+            errors: 0,
+            runs: 3,
+            send_lag_p99_us: None,
+            server_us_per_request: cpu.map(|c| c.0),
+            server_us_per_key: cpu.map(|c| c.1),
+        };
+        let rows = vec![
+            SuiteRow {
+                workload: "read-heavy".into(),
+                about: "95% get".into(),
+                rate: None,
+                ringcache: Some(m(Some((12.0, 12.0)))),
+                ringcache_resp: Some(m(Some((9.0, 9.0)))),
+                redis: Some(m(Some((10.0, 10.0)))),
+            },
+            SuiteRow {
+                workload: "multi-key".into(),
+                about: "mget/mset of 10".into(),
+                rate: None,
+                ringcache: Some(m(Some((40.0, 4.0)))),
+                ringcache_resp: Some(m(None)),
+                redis: Some(m(Some((50.0, 5.0)))),
+            },
+        ];
+        let text = markdown(&suite_of(rows.clone()));
+        let cpu = &text[text.find("Server CPU time").expect("a CPU section")..];
+        assert!(
+            cpu.contains("| Workload | ringcache CPU/req | RESP CPU/req | Redis CPU/req | ringcache/Redis | RESP/Redis | ringcache CPU/key | RESP CPU/key | Redis CPU/key |"),
+            "{cpu}"
+        );
+        let line = |name: &str| cpu.lines().find(|l| l.starts_with(name)).unwrap();
+        assert_eq!(
+            line("| read-heavy"),
+            "| read-heavy | 12.0 µs | 9.0 µs | 10.0 µs | 1.20x | 0.90x | 12.0 µs | 9.0 µs | 10.0 µs |"
+        );
+        assert_eq!(
+            line("| multi-key"),
+            "| multi-key | 40.0 µs | n/a | 50.0 µs | 0.80x | n/a | 4.0 µs | n/a | 5.0 µs |"
+        );
+        // Without any local server there is no CPU section.
+        let none: Vec<SuiteRow> = rows
+            .into_iter()
+            .map(|mut r| {
+                r.ringcache = Some(m(None));
+                r.ringcache_resp = None;
+                r.redis = Some(m(None));
+                r
+            })
+            .collect();
+        assert!(!markdown(&suite_of(none)).contains("Server CPU time"));
     }
 }

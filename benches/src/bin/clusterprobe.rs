@@ -1,10 +1,20 @@
-//! Measures the cluster layer with in-process nodes on loopback and the default failure-detection
-//! settings (1 s probes, 500 ms probe timeout, 3 s suspicion):
+//! Measures the cluster layer with in-process nodes on loopback and the server's default
+//! failure-detection settings (500 ms probes, 200 ms probe timeout, suspicion 1 s confirmed to
+//! 6 s unconfirmed):
 //!
 //! - `clusterprobe converge N TRIALS`: time from starting N nodes (each seeded with the first)
 //!   until every node's ring holds all N and they agree on the digest.
 //! - `clusterprobe detect N TRIALS`: on a converged N-node cluster, time from crashing one node
 //!   (no graceful leave) until every survivor's ring has dropped it.
+//! - `clusterprobe kill N TRIALS`: the same with real `ringcached` processes (the release binary
+//!   beside this one, default settings, on 127.0.0.201..) and SIGKILL: time from the kill until
+//!   every survivor's `ringcache_ring_members` gauge says N − 1.
+//! - `clusterprobe loss N SECONDS PERCENT`: N real processes with the default settings for
+//!   SECONDS while nftables drops PERCENT % of the gossip datagrams they receive (at random; needs
+//!   root and `nft`): how many times a member was declared dead (every live node's
+//!   `ringcache_members{state="dead"}` sampled every 100 ms; each rise is one death).
+//! - `clusterprobe starve N SECONDS`: the same without loss, the last node starved of CPU: it is
+//!   SIGSTOPped for 50 ms to 1.2 s, then runs for 20-200 ms, and so on (the simulation's model).
 //! - `clusterprobe traffic N SECONDS`: gossip bytes and packets sent per node per second in a
 //!   steady N-node cluster.
 //!
@@ -25,7 +35,7 @@
 //!   ReadVersions and Replicate over loopback gRPC), and of a round with nothing to repair.
 //!
 //! Prints each trial and the median. Build in release:
-//! `cargo run --release -p ringcache-bench --bin clusterprobe -- detect 3 10`.
+//! `cargo run --release -p ringcache-bench --features probes --bin clusterprobe -- detect 3 10`.
 
 use std::time::{Duration, Instant};
 
@@ -35,10 +45,16 @@ use ringcache_tests::TestCluster;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
+/// The server's default failure detection (the tests' base config is ten times faster).
 fn production_timings(_: usize, config: &mut Config) {
-    config.probe_interval = Duration::from_secs(1);
-    config.probe_timeout = Duration::from_millis(500);
-    config.suspicion_timeout = Duration::from_secs(3);
+    let defaults = Config::load(ringcache_server::config::Cli::default())
+        .expect("the default config is valid");
+    config.probe_interval = defaults.probe_interval;
+    config.probe_timeout = defaults.probe_timeout;
+    config.suspicion_timeout = defaults.suspicion_timeout;
+    config.suspicion_max_timeout = defaults.suspicion_max_timeout;
+    config.local_health_max = defaults.local_health_max;
+    config.ready_settle = defaults.ready_settle;
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -394,6 +410,266 @@ async fn entropy(keys: u64, percent: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `ringcache_ring_members` gauge of the node whose HTTP port is at `ip`:7381.
+async fn ring_members(ip: &str) -> Option<u64> {
+    let addr = format!("{ip}:7381").parse().ok()?;
+    let response = ringcache_tests::http_get(addr, "/metrics").await.ok()?;
+    response
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix("ringcache_ring_members "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value as u64)
+}
+
+/// The `ringcache_members{state="dead"}` gauge of the node at `ip`, if it answers within 300 ms.
+async fn dead_members(ip: &str) -> Option<u64> {
+    let addr = format!("{ip}:7381").parse().ok()?;
+    let response = tokio::time::timeout(
+        Duration::from_millis(300),
+        ringcache_tests::http_get(addr, "/metrics"),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    response
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix("ringcache_members{state=\"dead\"} "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value as u64)
+}
+
+/// Runs `nft -f -` with `script`.
+fn nft(script: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("run nft (install nftables; needs root)")?;
+    child
+        .stdin
+        .take()
+        .context("nft stdin")?
+        .write_all(script.as_bytes())?;
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("nft failed ({status}) on:\n{script}");
+    }
+    Ok(())
+}
+
+/// The nftables table of `loss`, deleted when dropped.
+struct LossTable;
+
+impl Drop for LossTable {
+    fn drop(&mut self) {
+        if let Err(error) = nft("delete table inet ringcache_probe_loss\n") {
+            eprintln!("could not delete the nft table ringcache_probe_loss: {error}");
+        }
+    }
+}
+
+/// Real processes under gossip loss (`percent` > 0, needs root) or with the last one starved of
+/// CPU: counts members declared dead over `seconds`.
+async fn chaos(nodes: usize, seconds: u64, percent: u64, starve: bool) -> anyhow::Result<()> {
+    if !(2..=50).contains(&nodes) || percent > 100 {
+        bail!("2 to 50 nodes, loss 0 to 100 %");
+    }
+    let cluster = Processes::start(nodes)?;
+    cluster.wait_rings(nodes as u64, 1..=nodes).await?;
+    let _table = if percent > 0 {
+        // `numgen random mod 100 < 100` is refused: all of them is a plain drop.
+        let sample = if percent == 100 {
+            String::new()
+        } else {
+            format!("numgen random mod 100 < {percent} ")
+        };
+        nft(&format!(
+            "table inet ringcache_probe_loss {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    ip daddr {}-{} udp dport 7380 {sample}counter drop\n  }}\n}}\n",
+            Processes::ip(1),
+            Processes::ip(nodes)
+        ))?;
+        Some(LossTable)
+    } else {
+        None
+    };
+    let watched = if starve { nodes - 1 } else { nodes };
+    let victim = cluster.children.last().map(std::process::Child::id);
+    let start = Instant::now();
+    let mut last = vec![0_u64; watched];
+    let mut deaths = 0;
+    let mut stalled_until: Option<Instant> = None;
+    let mut running_until = Instant::now();
+    let mut seed = u64::from(std::process::id());
+    let mut random = |low: u64, high: u64| {
+        // xorshift: a benchmark's jitter, not security.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        low + seed % (high - low + 1)
+    };
+    while start.elapsed() < Duration::from_secs(seconds) {
+        if let (true, Some(pid)) = (starve, victim) {
+            let now = Instant::now();
+            match stalled_until {
+                Some(until) if now >= until => {
+                    signal(pid, "-CONT")?;
+                    stalled_until = None;
+                    running_until = now + Duration::from_millis(random(20, 200));
+                }
+                None if now >= running_until => {
+                    signal(pid, "-STOP")?;
+                    stalled_until = Some(now + Duration::from_millis(random(50, 1200)));
+                }
+                _ => {}
+            }
+        }
+        for (i, seen) in last.iter_mut().enumerate() {
+            if let Some(dead) = dead_members(&Processes::ip(i + 1)).await {
+                if dead > *seen {
+                    deaths += dead - *seen;
+                    println!(
+                        "{:.1} s: p{} sees {dead} dead member(s)",
+                        start.elapsed().as_secs_f64(),
+                        i + 1
+                    );
+                }
+                *seen = dead;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if let (true, Some(pid)) = (starve, victim) {
+        signal(pid, "-CONT")?;
+    }
+    println!(
+        "{nodes} processes, {seconds} s, {percent} % gossip loss{}: {deaths} members declared dead",
+        if starve { ", last node starved" } else { "" }
+    );
+    Ok(())
+}
+
+fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()?;
+    if !status.success() {
+        bail!("kill {signal} {pid} failed");
+    }
+    Ok(())
+}
+
+/// `ringcached` processes with the default settings on 127.0.0.201.., p2.. seeded with p1;
+/// killed when dropped.
+struct Processes {
+    children: Vec<std::process::Child>,
+}
+
+impl Processes {
+    fn ip(i: usize) -> String {
+        format!("127.0.0.{}", 200 + i)
+    }
+
+    fn start(nodes: usize) -> anyhow::Result<Self> {
+        use std::process::{Command, Stdio};
+        let bin = std::env::current_exe()?.with_file_name("ringcached");
+        if !bin.exists() {
+            bail!(
+                "{} not found: cargo build --release -p ringcache-server --bin ringcached",
+                bin.display()
+            );
+        }
+        let mut processes = Self {
+            children: Vec::new(),
+        };
+        for i in 1..=nodes {
+            let mut command = Command::new(&bin);
+            command
+                .args(["--bind", &Self::ip(i), "--node-id", &format!("p{i}")])
+                .args(["--max-memory", "64MiB"])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if i > 1 {
+                command.args(["--seeds", &format!("{}:7380", Self::ip(1))]);
+            }
+            processes
+                .children
+                .push(command.spawn().context("spawn ringcached")?);
+        }
+        Ok(processes)
+    }
+
+    /// Waits until the rings of nodes `which` all hold `expected` members; how long it took.
+    async fn wait_rings(
+        &self,
+        expected: u64,
+        which: std::ops::RangeInclusive<usize>,
+    ) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        loop {
+            let mut all = true;
+            for i in which.clone() {
+                all &= ring_members(&Self::ip(i)).await == Some(expected);
+            }
+            if all {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > DEADLINE {
+                bail!("rings did not reach {expected} members within {DEADLINE:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = signal(child.id(), "-CONT");
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Real processes: start `nodes` `ringcached`s with the default settings, SIGKILL the last one,
+/// time until every survivor's ring has dropped it.
+async fn kill(nodes: usize, trials: usize) -> anyhow::Result<()> {
+    if !(2..=50).contains(&nodes) {
+        bail!("kill needs 2 to 50 nodes");
+    }
+    let mut times = Vec::new();
+    for trial in 1..=trials {
+        let mut cluster = Processes::start(nodes)?;
+        cluster.wait_rings(nodes as u64, 1..=nodes).await?;
+        // Let the probe cycles run a while, as in a cluster that has been up.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cluster
+            .children
+            .last_mut()
+            .expect("at least 2 nodes")
+            .kill()
+            .context("SIGKILL")?;
+        let took = cluster
+            .wait_rings(nodes as u64 - 1, 1..=nodes - 1)
+            .await?
+            .as_secs_f64();
+        println!("trial {trial}: p{nodes} (SIGKILL) dropped from every ring in {took:.3} s");
+        times.push(took);
+    }
+    println!(
+        "median failover, {nodes} processes, {trials} trials: {:.3} s (min {:.3}, max {:.3})",
+        median(times.clone()),
+        times.iter().copied().fold(f64::INFINITY, f64::min),
+        times.iter().copied().fold(0.0, f64::max)
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let number = |i: usize, default: u64| -> anyhow::Result<u64> {
@@ -410,6 +686,14 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(converge(number(1, 3)? as usize, number(2, 5)? as usize))
         }
         Some("detect") => runtime.block_on(detect(number(1, 3)? as usize, number(2, 10)? as usize)),
+        Some("kill") => runtime.block_on(kill(number(1, 5)? as usize, number(2, 7)? as usize)),
+        Some("loss") => runtime.block_on(chaos(
+            number(1, 5)? as usize,
+            number(2, 600)?,
+            number(3, 10)?,
+            false,
+        )),
+        Some("starve") => runtime.block_on(chaos(number(1, 5)? as usize, number(2, 600)?, 0, true)),
         Some("traffic") => runtime.block_on(traffic(number(1, 10)? as usize, number(2, 30)?)),
         Some("writes") => runtime.block_on(writes(number(1, 100_000)?, number(2, 50)?.max(1))),
         Some("repair") => runtime.block_on(repair(number(1, 100_000)?, number(2, 1000)? as usize)),
@@ -418,7 +702,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(rebalance(number(1, 100_000)?, number(2, 1000)? as usize))
         }
         _ => bail!(
-            "usage: clusterprobe converge|detect|traffic [NODES] [TRIALS|SECONDS] | rebalance [KEYS] [VALUE_BYTES] | writes [REQUESTS] [CONCURRENCY] | repair [KEYS] [VALUE_BYTES] | entropy [KEYS] [PERCENT]"
+            "usage: clusterprobe converge|detect|kill|traffic [NODES] [TRIALS|SECONDS] | loss [NODES] [SECONDS] [PERCENT] | starve [NODES] [SECONDS] | rebalance [KEYS] [VALUE_BYTES] | writes [REQUESTS] [CONCURRENCY] | repair [KEYS] [VALUE_BYTES] | entropy [KEYS] [PERCENT]"
         ),
     }
 }

@@ -4,9 +4,10 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use ringcache_proto::placement::Ring;
+use ringcache_proto::placement::{Ring, SLOTS};
 use ringcache_proto::topology::{MAX_WEIGHT, check_node_id};
 use ringcache_proto::v1::{self, internal_server::Internal};
 use tokio::sync::mpsc;
@@ -16,11 +17,11 @@ use tonic::{Request, Response, Status};
 use crate::metrics::VersionSource;
 use crate::node::Node;
 use crate::replication::wire::{apply_entry, to_wire};
-use crate::store::ClockDrift;
+use crate::store::{ClockDrift, SlotCursor};
 use crate::view::ClusterView;
 
 /// Default upper bound on the key and value bytes of one streamed batch.
-const DEFAULT_BATCH_BYTES: usize = 256 * 1024;
+const DEFAULT_BATCH_BYTES: usize = 128 * 1024;
 /// Entries read from the store per scan step (one short read lock each).
 const SCAN_STEP: usize = 256;
 
@@ -34,6 +35,11 @@ impl InternalService {
     /// A service for `node`.
     pub fn new(node: Arc<Node>) -> Self {
         Self { node }
+    }
+
+    /// The node served.
+    pub(super) fn node(&self) -> &Arc<Node> {
+        &self.node
     }
 }
 
@@ -98,6 +104,11 @@ fn check_stream_request(request: &v1::StreamEntriesRequest) -> Result<(), Status
             request.target_weight
         )));
     }
+    if let Some(slot) = request.slots.iter().find(|&&s| s >= u32::from(SLOTS)) {
+        return Err(Status::invalid_argument(format!(
+            "slots: {slot} is not a hash slot (0..{SLOTS})"
+        )));
+    }
     Ok(())
 }
 
@@ -129,6 +140,13 @@ impl ScanRing {
         match &self.assumed {
             Some(ring) => ring.replicas(key).contains(target),
             None => self.view.replicas(key).contains(target),
+        }
+    }
+
+    fn holds_slot(&self, slot: u16, target: &str) -> bool {
+        match &self.assumed {
+            Some(ring) => ring.slot_replicas(slot).contains(target),
+            None => self.view.ring.slot_replicas(slot).contains(target),
         }
     }
 }
@@ -235,6 +253,46 @@ impl Internal for InternalService {
         Ok(Response::new(v1::FlushThroughResponse { removed }))
     }
 
+    async fn slot_digests(
+        &self,
+        request: Request<v1::SlotDigestsRequest>,
+    ) -> Result<Response<v1::SlotDigestsResponse>, Status> {
+        use crate::antientropy::{MAX_DIGEST_SLOTS, slot_digests};
+        let slots = request.into_inner().slots;
+        if slots.len() > MAX_DIGEST_SLOTS {
+            return Err(Status::invalid_argument(format!(
+                "slots: {} in one SlotDigests request, more than {MAX_DIGEST_SLOTS}",
+                slots.len()
+            )));
+        }
+        let slots = slots
+            .into_iter()
+            .map(|slot| {
+                u16::try_from(slot)
+                    .ok()
+                    .filter(|&s| s < SLOTS)
+                    .ok_or_else(|| {
+                        Status::invalid_argument(format!(
+                            "slots: {slot} is not a hash slot (0..{SLOTS})"
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<u16>, Status>>()?;
+        let digests = slot_digests(self.node.store(), &slots, self.node.now_ms()).await;
+        Ok(Response::new(v1::SlotDigestsResponse { digests }))
+    }
+
+    type ReplicaStreamStream = super::replica_stream::ReplicaAnswerStream;
+
+    /// Replicate and ReadVersions requests on one stream, each run by the handlers above
+    /// (`api/replica_stream.rs`).
+    async fn replica_stream(
+        &self,
+        request: Request<tonic::Streaming<v1::ReplicaRequests>>,
+    ) -> Result<Response<Self::ReplicaStreamStream>, Status> {
+        Ok(super::replica_stream::serve(self.clone(), request))
+    }
+
     type StreamEntriesStream = EntryStream;
 
     async fn stream_entries(
@@ -253,15 +311,29 @@ impl Internal for InternalService {
         let mut ring = ScanRing::new(node.view(), &request)?;
         // A bounded channel: a slow receiver slows the scan down (backpressure).
         let (tx, rx) = mpsc::channel(2);
+        // Only the slots asked for (all when none are), that the target holds and this node
+        // has entries of: each is read through the store's slot chains, not by scanning.
+        let mut wanted = vec![request.slots.is_empty(); usize::from(SLOTS)];
+        for &slot in &request.slots {
+            wanted[slot as usize] = true;
+        }
+        let held = node.store().held_slots();
+        let slots: Vec<u16> = (0..SLOTS)
+            .filter(|&s| {
+                wanted[usize::from(s)]
+                    && held[usize::from(s)]
+                    && ring.holds_slot(s, &request.target_node_id)
+            })
+            .collect();
         crate::logging::spawn(async move {
             let store = node.store();
             let mut batch = v1::EntryBatch::default();
             let mut bytes = 0;
             let mut scanned = 0u64;
-            for shard in 0..store.shard_count() {
-                let mut cursor = Some(0);
+            for slot in slots {
+                let mut cursor = Some(SlotCursor::default());
                 while let Some(at) = cursor {
-                    let (items, next) = store.scan(shard, at, SCAN_STEP);
+                    let (items, next) = store.scan_slot(slot, at, SCAN_STEP);
                     cursor = next;
                     // The ring may change during a long stream: each step uses the current view,
                     // and a new ring is built only when the view changed.
@@ -287,6 +359,12 @@ impl Internal for InternalService {
                         batch.entries.push(to_wire(key, item));
                         if bytes >= batch_bytes {
                             batch.scanned = scanned;
+                            // Paced like the node's pushes, so serving a joiner yields to
+                            // requests too.
+                            crate::rebalance::pace(&node, bytes as u64).await;
+                            node.rebalance()
+                                .stream_bytes_sent
+                                .fetch_add(bytes as u64, Ordering::Relaxed);
                             if tx.send(Ok(std::mem::take(&mut batch))).await.is_err() {
                                 return;
                             }
@@ -303,6 +381,9 @@ impl Internal for InternalService {
                 }
             }
             batch.scanned = scanned;
+            node.rebalance()
+                .stream_bytes_sent
+                .fetch_add(bytes as u64, Ordering::Relaxed);
             let _ = tx.send(Ok(batch)).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -12,6 +12,7 @@ mod forward;
 pub mod health;
 mod internal;
 mod pipeline;
+mod replica_stream;
 pub mod status;
 mod update;
 

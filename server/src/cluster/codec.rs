@@ -58,6 +58,10 @@ pub(crate) enum FrameKind {
     /// "Push me your metadata at this gossip address": asked of an alive member whose metadata
     /// has not arrived after a probe period.
     MetaRequest = 3,
+    /// "I suspect this member too": sent by a node whose own probe of a member failed to every
+    /// other live member, so their suspicion timers shrink (Lifeguard's confirmations; see
+    /// `membership.rs`). Nodes from before it drop it as malformed.
+    Confirm = 4,
 }
 
 /// Why a received datagram was dropped.
@@ -154,6 +158,7 @@ pub(crate) fn split_frame(
                 1 => FrameKind::MetaPush,
                 2 => FrameKind::SuspectNotice,
                 3 => FrameKind::MetaRequest,
+                4 => FrameKind::Confirm,
                 _ => return Err(DropReason::Malformed),
             };
             Ok((kind, body))
@@ -394,6 +399,31 @@ pub(crate) fn decode_suspect_notice(data: &[u8]) -> Result<SuspectNotice, CodecE
     Ok(notice)
 }
 
+/// A suspicion confirmation: `accuser` suspects the member of `suspect` (its own probe of it
+/// failed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SuspicionConfirm {
+    pub(crate) suspect: SuspectNotice,
+    pub(crate) accuser: NodeId,
+}
+
+/// Encodes a suspicion confirmation body.
+pub(crate) fn encode_confirm(confirm: &SuspicionConfirm) -> Result<Vec<u8>, CodecError> {
+    Ok(postcard::to_allocvec(confirm)?)
+}
+
+/// Decodes exactly one suspicion confirmation body.
+pub(crate) fn decode_confirm(data: &[u8]) -> Result<SuspicionConfirm, CodecError> {
+    let (confirm, rest): (SuspicionConfirm, _) = postcard::take_from_bytes(data)?;
+    if !rest.is_empty() {
+        return Err(CodecError::TrailingBytes);
+    }
+    if confirm.suspect.node_id.is_placeholder() || confirm.accuser.is_placeholder() {
+        return Err(CodecError::EmptyNodeId);
+    }
+    Ok(confirm)
+}
+
 /// Encodes a metadata request body: where to send the metadata.
 pub(crate) fn encode_meta_request(reply_to: SocketAddr) -> Result<Vec<u8>, CodecError> {
     Ok(postcard::to_allocvec(&reply_to)?)
@@ -542,6 +572,7 @@ mod tests {
             let _ = decode_meta_record(&body);
             let _ = decode_suspect_notice(&body);
             let _ = decode_meta_request(&body);
+            let _ = decode_confirm(&body);
             let _ = GossipCodec::new(NodeId::new("me").unwrap()).decode_header(&body[..]);
             let _ = split_frame(&body, 128);
         }
@@ -559,6 +590,15 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(decode_suspect_notice(&longer).is_err());
+        let confirm = SuspicionConfirm {
+            suspect: notice,
+            accuser: NodeId::new("n2").unwrap(),
+        };
+        let bytes = encode_confirm(&confirm).unwrap();
+        assert_eq!(decode_confirm(&bytes).unwrap(), confirm);
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_confirm(&longer).is_err());
         let addr = SocketAddr::from(([10, 0, 0, 1], 7380));
         let bytes = encode_meta_request(addr).unwrap();
         assert_eq!(decode_meta_request(&bytes).unwrap(), addr);

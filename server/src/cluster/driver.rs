@@ -80,6 +80,9 @@ pub struct GossipStats {
     pub members_dead: AtomicU64,
     /// Members in the view that Left (drained, then gone; kept for `dead_retention`) (gauge).
     pub members_left: AtomicU64,
+    /// The failure detector's local health score, 0 = healthy (gauge; see
+    /// [`Membership::local_health`]).
+    pub local_health: AtomicU64,
     /// Live members refused for their settings, as last published ([`RefusedMember`]).
     refused: parking_lot::Mutex<Vec<RefusedMember>>,
 }
@@ -109,6 +112,8 @@ pub struct GossipStatsSnapshot {
     pub members_dead: u64,
     /// See [`GossipStats::members_left`].
     pub members_left: u64,
+    /// See [`GossipStats::local_health`].
+    pub local_health: u64,
     /// Live members refused for their settings ([`GossipStats::refused`]).
     pub members_refused: u64,
 }
@@ -129,6 +134,7 @@ impl GossipStats {
             members_suspect: read(&self.members_suspect),
             members_dead: read(&self.members_dead),
             members_left: read(&self.members_left),
+            local_health: read(&self.local_health),
             members_refused: self.refused.lock().len() as u64,
         }
     }
@@ -175,6 +181,10 @@ fn label_index(reason: DropReason) -> usize {
         .position(|label| *label == reason.label())
         .unwrap_or(0)
 }
+
+/// The most datagrams read in a row while timers are due (see the select in
+/// [`run_membership`]).
+const MAX_READS_BEFORE_TIMERS: u32 = 64;
 
 /// How often, at most, datagrams from one source address that fail authentication are logged.
 pub const AUTH_LOG_PERIOD: Duration = Duration::from_secs(60);
@@ -332,6 +342,8 @@ pub async fn run_membership(
     };
     record_keyring(&stats, sealer.as_ref().map(Sealer::keyring));
     let mut plain = Vec::with_capacity(buf.len());
+    // Datagrams read since a timer last ran (see the `biased` select below).
+    let mut reads_in_a_row = 0_u32;
     let mut auth_log = AuthFailureLog::default();
     tracing::info!(
         identity = %membership.identity(),
@@ -370,12 +382,20 @@ pub async fn run_membership(
             stats.record_view(&members);
             members_tx.send_replace(members);
         }
+        stats
+            .local_health
+            .store(u64::from(membership.local_health()), Ordering::Relaxed);
         if membership.has_left() {
             tracing::info!(identity = %membership.identity(), "gossip stopped after leaving");
             return;
         }
 
+        // Biased: what has arrived is read before due timers run, so a node that was starved of
+        // CPU sees the acks that came in meanwhile before it decides its probes failed (an
+        // unbiased select picks at random). At most `MAX_READS_BEFORE_TIMERS` datagrams in a
+        // row, so a flood cannot stop the timers.
         tokio::select! {
+            biased;
             () = shutdown.cancelled() => {
                 // Metadata sent before the shutdown (the Leaving announcement of a drain) goes
                 // out with the leave, whichever branch `select!` picked first.
@@ -414,8 +434,9 @@ pub async fn run_membership(
                     _ => keyring_rx = None,
                 }
             }
-            received = socket.recv_from(&mut buf) => match received {
+            received = socket.recv_from(&mut buf), if reads_in_a_row < MAX_READS_BEFORE_TIMERS => match received {
                 Ok((len, from)) => {
+                    reads_in_a_row += 1;
                     GossipStats::count(&stats.packets_received, 1);
                     GossipStats::count(&stats.bytes_received, len as u64);
                     let datagram = &buf[..len];
@@ -434,7 +455,12 @@ pub async fn run_membership(
                 Err(error) => log_recv_error(&error),
             },
             Some(expired) = timers.next() => {
+                reads_in_a_row = 0;
                 membership.handle_timer(origin.elapsed(), expired.into_inner());
+            }
+            // No timer is pending at all (not connected yet, for instance): read again.
+            () = std::future::ready(()), if reads_in_a_row >= MAX_READS_BEFORE_TIMERS && timers.is_empty() => {
+                reads_in_a_row = 0;
             }
         }
     }

@@ -37,6 +37,28 @@
 //!   change (found by the simulation: one of seven nodes kept a peer as Joining for good) gets
 //!   it within an `announce_period`.
 //!
+//! **Lifeguard** (memberlist's failure-detector refinements; foca 2.0 has none of them, so the
+//! core adds them around it):
+//! - *Local health*: a score from 0 to `local_health_max` − 1 that goes up by one for each of
+//!   our probes that fails and for each suspicion about ourselves we must refute, and down by
+//!   one for each probe answered directly. foca's probe timers pass through our runtime
+//!   (`Outbox::submit_after`), which stretches `ProbeRandomMember` (the probe period) and
+//!   `SendIndirectProbe` (the probe timeout) by score + 1: a node that is starved of CPU or
+//!   losing packets probes less often and waits longer before accusing anyone. (foca's
+//!   `set_config` refuses to change the probe period or timeout, hence the timers.)
+//! - *Suspicion that shrinks with confirmations*: foca asks for one `ChangeSuspectToDown` timer
+//!   after each of our failed probes; the core holds it instead of scheduling it, and tells every
+//!   other live member that it suspects the member (a `Confirm` datagram: foca's gossip does not
+//!   say who suspects). Our timeout starts at `suspect_to_down_max` and shrinks with each
+//!   distinct other accuser as memberlist's does (`max − (max − min)·ln(C+1)/ln(K+1)`, K =
+//!   [`SUSPICION_CONFIRMATIONS`], fewer below four members), down to `suspect_to_down_after`;
+//!   both scale with max(1, log10 n). When it runs out the core hands foca its timer, and foca
+//!   declares the member down if it is still suspect at that incarnation. A crashed node fails
+//!   everyone's probes and goes down after the short timeout; a live one that a lossy link or a
+//!   slow moment made one member suspect has the long timeout to refute.
+//! - *Buddy notice*: the suspicion notice above, sent at once and every probe period.
+//! - Not done: nacks from indirect-probe helpers (memberlist's finer local health signal).
+//!
 //! **Impostor rule.** A node id belongs to one gossip address at a time. While foca holds a
 //! member with that id that is not down (alive or suspect) at address A, anything claiming the
 //! id from another address B is refused before foca sees it: a datagram whose sender is such a
@@ -74,29 +96,50 @@ use super::meta::{MetaBroadcasts, MetaError, MetaRecord, MetaState, MetaTable, N
 pub const MIN_PACKET_SIZE: usize = 1200;
 /// The largest `max_packet_size` accepted (the largest UDP payload over IPv4).
 pub const MAX_PACKET_SIZE: usize = 65_507;
+/// The largest accepted `local_health_max`.
+pub const MAX_LOCAL_HEALTH: u32 = 32;
+/// How many independent confirmations (other accusers) bring a suspicion down to its shortest
+/// timeout (memberlist's `SuspicionMult - 2` with its default multiplier); fewer in clusters
+/// too small to have that many other members.
+pub const SUSPICION_CONFIRMATIONS: usize = 2;
+/// The most accusations by others remembered (suspect, incarnation); the oldest are forgotten
+/// first.
+const MAX_ACCUSATIONS: usize = 1024;
 /// The most (node id, gossip address) impostor claims remembered so each is logged once; when
 /// full the memory is cleared (a claim may then be logged again).
 pub const MAX_IMPOSTORS_LOGGED: usize = 1024;
 
 /// Tuning of failure detection and dissemination. Defaults suit a LAN cluster of a few to a few
-/// dozen nodes; [`MembershipConfig::for_test`] is the same protocol ten times faster.
+/// dozen nodes; [`MembershipConfig::for_test`] is the same protocol five times faster.
 ///
-/// Failure detection time is roughly `probe_period` (until someone probes the failed node) plus
-/// `suspect_to_down_after`: about 4 s with the defaults.
+/// Failure detection time is roughly one or two `probe_period`s (until members probe the failed
+/// node and their probes fail) plus `suspect_to_down_after` once enough members confirm the
+/// suspicion: about 2 s with the defaults (see the module docs, *Lifeguard*).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MembershipConfig {
-    /// How often this node probes one random member. Default 1 s. Must be greater than
-    /// `probe_rtt` (ideally more than twice: the indirect probes need time too).
+    /// How often this node probes one random member. Default 500 ms. Must be greater than
+    /// `probe_rtt` (ideally more than twice: the indirect probes need time too). Stretched by
+    /// the local health multiplier (see `local_health_max`).
     pub probe_period: Duration,
     /// How long to wait for a direct ack before asking others to probe indirectly. Default
-    /// 500 ms; a high percentile of the network round trip.
+    /// 200 ms; a high percentile of the network round trip. Stretched like `probe_period`.
     pub probe_rtt: Duration,
     /// How many members are asked to probe indirectly (and to receive an explicit gossip).
     /// Default 3.
     pub num_indirect_probes: NonZeroUsize,
-    /// How long a suspected member has to refute before it is declared down. Default 3 s
-    /// (small clusters); raise it for large or lossy ones, at the cost of slower failover.
+    /// How long a suspected member has to refute before it is declared down once enough other
+    /// members confirm the suspicion (the shortest suspicion). Default 1 s. Multiplied by
+    /// max(1, log10(members)) like memberlist's.
     pub suspect_to_down_after: Duration,
+    /// How long a suspected member has to refute when no other member confirms the suspicion
+    /// (the longest suspicion); each independent confirmation shortens it logarithmically down
+    /// to `suspect_to_down_after`. Default 6 s. At least `suspect_to_down_after`.
+    pub suspect_to_down_max: Duration,
+    /// The largest local health multiplier: a node whose own probes fail, or that must refute
+    /// suspicions about itself, stretches its probe period and probe timeout by up to this
+    /// factor, so a starved or badly connected node slows its own accusations. Default 8;
+    /// 1 turns it off. Between 1 and [`MAX_LOCAL_HEALTH`].
+    pub local_health_max: u32,
     /// How many times each update and metadata broadcast is piggybacked before it is dropped
     /// from the backlog. Default 6; about 4·log10(n + 1) suffices for n nodes.
     pub max_transmissions: NonZeroU8,
@@ -132,10 +175,12 @@ pub struct MembershipConfig {
 impl Default for MembershipConfig {
     fn default() -> Self {
         Self {
-            probe_period: Duration::from_secs(1),
-            probe_rtt: Duration::from_millis(500),
+            probe_period: Duration::from_millis(500),
+            probe_rtt: Duration::from_millis(200),
             num_indirect_probes: NonZeroUsize::new(3).unwrap(),
-            suspect_to_down_after: Duration::from_secs(3),
+            suspect_to_down_after: Duration::from_secs(1),
+            suspect_to_down_max: Duration::from_secs(6),
+            local_health_max: 8,
             max_transmissions: NonZeroU8::new(6).unwrap(),
             gossip_period: Duration::from_millis(200),
             gossip_fanout: NonZeroUsize::new(3).unwrap(),
@@ -151,12 +196,14 @@ impl Default for MembershipConfig {
 }
 
 impl MembershipConfig {
-    /// Short timings for tests: probe every 100 ms, suspicion 300 ms, dead entries kept 1 s.
+    /// Short timings for tests: probe every 100 ms, suspicion 300 ms (1.8 s unconfirmed), dead
+    /// entries kept 1 s.
     pub fn for_test() -> Self {
         Self {
             probe_period: Duration::from_millis(100),
             probe_rtt: Duration::from_millis(40),
             suspect_to_down_after: Duration::from_millis(300),
+            suspect_to_down_max: Duration::from_millis(1800),
             gossip_period: Duration::from_millis(30),
             announce_period: Duration::from_secs(1),
             announce_to_down_period: Duration::from_millis(200),
@@ -176,6 +223,7 @@ impl MembershipConfig {
             ("probe_period", self.probe_period),
             ("probe_rtt", self.probe_rtt),
             ("suspect_to_down_after", self.suspect_to_down_after),
+            ("suspect_to_down_max", self.suspect_to_down_max),
             ("gossip_period", self.gossip_period),
             ("announce_period", self.announce_period),
             ("announce_to_down_period", self.announce_to_down_period),
@@ -187,6 +235,15 @@ impl MembershipConfig {
         }
         if self.probe_rtt >= self.probe_period {
             return invalid("probe_rtt", "must be less than probe_period");
+        }
+        if self.suspect_to_down_max < self.suspect_to_down_after {
+            return invalid(
+                "suspect_to_down_max",
+                "must be at least suspect_to_down_after",
+            );
+        }
+        if !(1..=MAX_LOCAL_HEALTH).contains(&self.local_health_max) {
+            return invalid("local_health_max", "must be between 1 and 32");
         }
         let size = self.max_packet_size.get();
         if !(MIN_PACKET_SIZE..=MAX_PACKET_SIZE).contains(&size) {
@@ -203,7 +260,9 @@ impl MembershipConfig {
         config.probe_rtt = self.probe_rtt;
         config.num_indirect_probes = self.num_indirect_probes;
         config.max_transmissions = self.max_transmissions;
-        config.suspect_to_down_after = self.suspect_to_down_after;
+        // Never used as is: the core holds every ChangeSuspectToDown timer foca asks for and
+        // hands it back when the (shrinking) suspicion timeout runs out.
+        config.suspect_to_down_after = self.suspect_to_down_max;
         config.remove_down_after = Some(self.remove_down_after);
         config.max_packet_size =
             NonZeroUsize::new(self.max_packet_size.get() - FRAME_HEADER_LEN - SEAL_OVERHEAD)
@@ -256,14 +315,37 @@ pub enum Timer {
     },
     /// A dead member may have outlived `dead_retention`: refresh the view.
     ExpireDead,
+    /// A suspicion we hold about `node_id` may have run out (Lifeguard; ignored unless its
+    /// current deadline has passed).
+    SuspicionDue {
+        /// The suspect.
+        node_id: NodeId,
+    },
 }
 
 /// foca's runtime: collects what foca asks for, framing datagrams on the way.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Outbox {
     packets: Vec<(SocketAddr, Bytes)>,
     timers: Vec<(Duration, Timer)>,
     notifications: VecDeque<OwnedNotification<NodeIdentity>>,
+    /// foca's `ChangeSuspectToDown` timers: foca asks for one after each failed probe; the
+    /// core decides when to hand it back (Lifeguard's suspicion timeout).
+    suspicions: Vec<foca::Timer<NodeIdentity>>,
+    /// The local health multiplier: foca's probe timers are stretched by it.
+    probe_scale: u32,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Self {
+            packets: Vec::new(),
+            timers: Vec::new(),
+            notifications: VecDeque::new(),
+            suspicions: Vec::new(),
+            probe_scale: 1,
+        }
+    }
 }
 
 impl Outbox {
@@ -285,11 +367,38 @@ impl Runtime<NodeIdentity> for Outbox {
     }
 
     fn submit_after(&mut self, event: foca::Timer<NodeIdentity>, after: Duration) {
-        self.timers.push((after, Timer::Swim(event)));
+        match event {
+            foca::Timer::ChangeSuspectToDown { .. } => self.suspicions.push(event),
+            foca::Timer::ProbeRandomMember(_) | foca::Timer::SendIndirectProbe { .. } => {
+                self.timers
+                    .push((after * self.probe_scale, Timer::Swim(event)));
+            }
+            _ => self.timers.push((after, Timer::Swim(event))),
+        }
     }
 }
 
 type Swim = Foca<NodeIdentity, GossipCodec, StdRng, MetaBroadcasts>;
+
+/// A suspicion this node holds because its own probe failed (Lifeguard): foca's timer that
+/// declares the member down, held until the timeout, which shrinks as others confirm.
+#[derive(Debug, Clone)]
+struct Suspicion {
+    identity: NodeIdentity,
+    incarnation: foca::Incarnation,
+    started: Duration,
+    /// Other members that suspect it too (at this incarnation).
+    confirmers: BTreeSet<NodeId>,
+    deadline: Duration,
+    foca_timer: foca::Timer<NodeIdentity>,
+}
+
+/// Other members' accusations of one member at one incarnation.
+#[derive(Debug, Clone)]
+struct Accusation {
+    accusers: BTreeSet<NodeId>,
+    first_heard: Duration,
+}
 
 /// When a member was first seen down, for `dead_retention`.
 #[derive(Debug, Clone, Copy)]
@@ -332,6 +441,19 @@ pub struct Membership {
     refused: Vec<RefusedMember>,
     /// Grows by one every time `refused` changes.
     refused_generation: u64,
+    /// Suspicions from our own failed probes, by suspect (Lifeguard).
+    suspicions: BTreeMap<NodeId, Suspicion>,
+    /// Accusations heard from others, by (suspect, incarnation).
+    accusations: BTreeMap<(NodeId, foca::Incarnation), Accusation>,
+    /// The local health score, 0..local_health_max (the probe multiplier is this + 1).
+    local_health: u32,
+    /// Members that answered a direct ping since the current probe started.
+    direct_acks: BTreeSet<NodeId>,
+    /// The highest incarnation at which we were told we are suspect (each refute counts once
+    /// against our local health).
+    refuted_up_to: Option<foca::Incarnation>,
+    /// Members declared down after a suspicion we held ran out (a counter for tests and stats).
+    declared_down: u64,
 }
 
 /// A live member left out of this node's view because the settings that decide placement
@@ -392,6 +514,12 @@ impl Membership {
             impostors_logged: BTreeSet::new(),
             refused: Vec::new(),
             refused_generation: 0,
+            suspicions: BTreeMap::new(),
+            accusations: BTreeMap::new(),
+            local_health: 0,
+            direct_acks: BTreeSet::new(),
+            refuted_up_to: None,
+            declared_down: 0,
         };
         membership.broadcast_own_meta();
         membership.refresh_view(Duration::ZERO);
@@ -424,7 +552,7 @@ impl Membership {
     /// Feeds one received datagram. `Err` says why it was dropped (for the caller's counters);
     /// a foca packet may have been applied up to a malformed part.
     pub fn handle_data(&mut self, now: Duration, datagram: &[u8]) -> Result<(), DropReason> {
-        let result = self.receive(datagram);
+        let result = self.receive(now, datagram);
         self.settle(now);
         result
     }
@@ -433,10 +561,21 @@ impl Membership {
     pub fn handle_timer(&mut self, now: Duration, timer: Timer) {
         match timer {
             Timer::Swim(timer) => {
+                match &timer {
+                    foca::Timer::ProbeRandomMember(_) => self.direct_acks.clear(),
+                    foca::Timer::SendIndirectProbe { probed_id, .. }
+                        if self.direct_acks.contains(probed_id.node_id()) =>
+                    {
+                        // The direct probe succeeded: we are probably healthy.
+                        self.adjust_local_health(-1);
+                    }
+                    _ => {}
+                }
                 if let Err(error) = self.swim.handle_timer(timer, &mut self.outbox) {
                     tracing::debug!(%error, "gossip timer");
                 }
             }
+            Timer::SuspicionDue { node_id } => self.suspicion_due(now, &node_id),
             Timer::Reconnect { token } => {
                 if token == self.seed_token && !self.left {
                     if !self.connected {
@@ -563,6 +702,35 @@ impl Membership {
         self.impostor_refusals
     }
 
+    /// The local health score (0 = healthy): probes are stretched by this + 1 (see
+    /// [`MembershipConfig::local_health_max`]).
+    pub fn local_health(&self) -> u32 {
+        self.local_health
+    }
+
+    /// Members this node declared down when a suspicion it held ran out (counter).
+    pub fn declared_down(&self) -> u64 {
+        self.declared_down
+    }
+
+    /// The suspicion timeout for a suspicion with `confirmations` independent confirmations
+    /// while foca holds `members` members (ourselves included): memberlist's formula, from
+    /// `suspect_to_down_max` with none down to `suspect_to_down_after` with
+    /// [`SUSPICION_CONFIRMATIONS`] (fewer in clusters of fewer than four), both scaled by
+    /// max(1, log10(members)).
+    pub fn suspicion_timeout(&self, members: usize, confirmations: usize) -> Duration {
+        let scale = (members.max(1) as f64).log10().max(1.0);
+        let min = self.config.suspect_to_down_after.as_secs_f64() * scale;
+        let max = self.config.suspect_to_down_max.as_secs_f64() * scale;
+        let expected = SUSPICION_CONFIRMATIONS.min(members.saturating_sub(2));
+        if expected == 0 {
+            return Duration::from_secs_f64(min);
+        }
+        let confirmations = confirmations.min(expected) as f64;
+        let fraction = (confirmations + 1.0).ln() / (expected as f64 + 1.0).ln();
+        Duration::from_secs_f64((max - (max - min) * fraction).max(min))
+    }
+
     /// foca's incarnation (its refutation counter) of the member `node_id`, as we hold it.
     #[cfg(test)]
     pub(crate) fn foca_incarnation_of(&self, node_id: &str) -> Option<foca::Incarnation> {
@@ -570,6 +738,16 @@ impl Membership {
             .iter_membership_state()
             .find(|m| m.id().node_id().as_str() == node_id)
             .map(|member| member.incarnation())
+    }
+
+    /// How many members we heard accuse `node_id` of being down at foca incarnation
+    /// `suspected_at`.
+    #[cfg(test)]
+    pub(crate) fn accusers_of(&self, node_id: &str, suspected_at: foca::Incarnation) -> usize {
+        let key = (NodeId::new(node_id).unwrap(), suspected_at);
+        self.accusations
+            .get(&key)
+            .map_or(0, |heard| heard.accusers.len())
     }
 
     /// Forgets the metadata we hold for `node_id`, as if it had never arrived.
@@ -580,7 +758,7 @@ impl Membership {
         self.settle(now);
     }
 
-    fn receive(&mut self, datagram: &[u8]) -> Result<(), DropReason> {
+    fn receive(&mut self, now: Duration, datagram: &[u8]) -> Result<(), DropReason> {
         let (kind, body) = codec::split_frame(datagram, self.config.max_packet_size.get())?;
         match kind {
             FrameKind::Swim => {
@@ -611,6 +789,14 @@ impl Membership {
                     DropReason::Malformed
                 })?;
                 self.refute(&notice);
+                Ok(())
+            }
+            FrameKind::Confirm => {
+                let confirm = codec::decode_confirm(body).map_err(|error| {
+                    tracing::debug!(%error, "suspicion confirmation");
+                    DropReason::Malformed
+                })?;
+                self.on_confirm(now, confirm);
                 Ok(())
             }
         }
@@ -665,6 +851,9 @@ impl Membership {
             self.log_impostor(&header.src);
             return Err(DropReason::Impostor);
         }
+        if matches!(header.message, Message::Ack(_)) {
+            self.direct_acks.insert(header.src.node_id().clone());
+        }
         let header_len = body.len() - cursor.len();
         // foca's layout after the header: a u16 count of member updates, the updates, then
         // custom broadcasts (none of that for a Broadcast message).
@@ -683,6 +872,9 @@ impl Membership {
             let Ok(member) = codec.decode_member(&mut cursor) else {
                 return Ok(None);
             };
+            if member.state() == State::Suspect && member.id() == self.swim.identity() {
+                self.note_refute(member.incarnation());
+            }
             if self.is_impostor(member.id()) {
                 refused.push(member.id().clone());
             } else {
@@ -734,6 +926,7 @@ impl Membership {
         {
             return;
         }
+        self.note_refute(notice.suspected_at);
         let suspicion = foca::Member::new(identity, notice.suspected_at, State::Suspect);
         if let Err(error) = self
             .swim
@@ -817,6 +1010,7 @@ impl Membership {
         while let Some(notification) = self.outbox.notifications.pop_front() {
             self.on_notification(notification);
         }
+        self.take_suspicions(now);
         self.send_suspect_notices(now);
         let without_meta = self.refresh_view(now);
         self.request_missing_meta(now, without_meta);
@@ -1054,6 +1248,229 @@ impl Membership {
         if refused != self.refused {
             self.refused = refused;
             self.refused_generation += 1;
+        }
+    }
+}
+
+/// Lifeguard around foca: local health and suspicions that shrink with confirmations (see the
+/// module docs).
+impl Membership {
+    /// Moves the local health score by `delta` within 0..local_health_max and stretches foca's
+    /// probe timers accordingly (from the next one on).
+    fn adjust_local_health(&mut self, delta: i32) {
+        let max = self.config.local_health_max.saturating_sub(1);
+        let score = self.local_health.saturating_add_signed(delta).min(max);
+        if score != self.local_health {
+            tracing::debug!(
+                from = self.local_health,
+                to = score,
+                "local health score changed"
+            );
+            self.local_health = score;
+            self.outbox.probe_scale = score + 1;
+        }
+    }
+
+    /// We are suspected at `incarnation`: a refute is due, which counts once per incarnation
+    /// against our local health.
+    fn note_refute(&mut self, incarnation: foca::Incarnation) {
+        if self.left || self.refuted_up_to.is_some_and(|done| done >= incarnation) {
+            return;
+        }
+        self.refuted_up_to = Some(incarnation);
+        self.adjust_local_health(1);
+    }
+
+    /// Takes the suspicions foca started after our failed probes: holds each one's timer,
+    /// counts the failure against our local health, and tells every other live member so their
+    /// suspicions shrink.
+    fn take_suspicions(&mut self, now: Duration) {
+        for timer in std::mem::take(&mut self.outbox.suspicions) {
+            let foca::Timer::ChangeSuspectToDown {
+                member_id,
+                incarnation,
+                ..
+            } = &timer
+            else {
+                continue;
+            };
+            let (member_id, incarnation) = (member_id.clone(), *incarnation);
+            self.adjust_local_health(1);
+            if self.left {
+                continue;
+            }
+            let node_id = member_id.node_id().clone();
+            let same = self
+                .suspicions
+                .get(&node_id)
+                .is_some_and(|held| held.identity == member_id && held.incarnation == incarnation);
+            if same {
+                // Another failed probe of the same suspect: keep when it started.
+                if let Some(held) = self.suspicions.get_mut(&node_id) {
+                    held.foca_timer = timer;
+                }
+            } else {
+                let confirmers = self
+                    .accusations
+                    .get(&(node_id.clone(), incarnation))
+                    .map(|heard| heard.accusers.clone())
+                    .unwrap_or_default();
+                tracing::debug!(
+                    member = %member_id,
+                    confirmations = confirmers.len(),
+                    "our probe failed; suspecting the member"
+                );
+                self.suspicions.insert(
+                    node_id.clone(),
+                    Suspicion {
+                        identity: member_id.clone(),
+                        incarnation,
+                        started: now,
+                        confirmers,
+                        deadline: Duration::MAX,
+                        foca_timer: timer,
+                    },
+                );
+                self.reschedule_suspicion(now, &node_id);
+            }
+            self.send_confirmations(&member_id, incarnation);
+        }
+    }
+
+    /// Recomputes the deadline of our suspicion of `node_id` and asks for a timer at it when it
+    /// moved.
+    fn reschedule_suspicion(&mut self, now: Duration, node_id: &NodeId) {
+        let members = self.swim.num_members() + 1;
+        let Some(confirmations) = self.suspicions.get(node_id).map(|s| s.confirmers.len()) else {
+            return;
+        };
+        let timeout = self.suspicion_timeout(members, confirmations);
+        let Some(held) = self.suspicions.get_mut(node_id) else {
+            return;
+        };
+        let deadline = held.started + timeout;
+        if deadline != held.deadline {
+            held.deadline = deadline;
+            self.outbox.timers.push((
+                deadline.saturating_sub(now),
+                Timer::SuspicionDue {
+                    node_id: node_id.clone(),
+                },
+            ));
+        }
+    }
+
+    /// Tells every other live member (not the suspect) that we suspect `suspect`.
+    fn send_confirmations(&mut self, suspect: &NodeIdentity, incarnation: foca::Incarnation) {
+        let confirm = codec::SuspicionConfirm {
+            suspect: SuspectNotice {
+                node_id: suspect.node_id().clone(),
+                incarnation: suspect.incarnation(),
+                suspected_at: incarnation,
+            },
+            accuser: self.swim.identity().node_id().clone(),
+        };
+        let body = match codec::encode_confirm(&confirm) {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::warn!(%error, "cannot encode a suspicion confirmation");
+                return;
+            }
+        };
+        let targets: Vec<SocketAddr> = self
+            .live
+            .iter()
+            .filter(|(node_id, _)| *node_id != suspect.node_id())
+            .map(|(_, addr)| *addr)
+            .collect();
+        for addr in targets {
+            self.outbox.send(addr, FrameKind::Confirm, &body);
+        }
+    }
+
+    /// Another member suspects `confirm.suspect`: remember it, and shrink our own suspicion of
+    /// the same member and incarnation. A confirmation about ourselves is a suspicion notice.
+    fn on_confirm(&mut self, now: Duration, confirm: codec::SuspicionConfirm) {
+        // Only a member we hold as live can accuse, and never of itself: a confirmation from
+        // anyone else (a stale or forged datagram) would otherwise grow the accuser sets without
+        // bound, shorten a suspicion on its own, or make us refute for nothing.
+        if confirm.accuser == confirm.suspect.node_id || !self.live.contains_key(&confirm.accuser) {
+            return;
+        }
+        let own = self.swim.identity().node_id().clone();
+        if confirm.suspect.node_id == own {
+            self.refute(&confirm.suspect);
+            return;
+        }
+        if confirm.accuser == own {
+            return;
+        }
+        // Forget accusations older than any suspicion can last.
+        let longest = self.suspicion_timeout(self.swim.num_members() + 1, 0);
+        self.accusations
+            .retain(|_, heard| now.saturating_sub(heard.first_heard) <= longest);
+        let key = (
+            confirm.suspect.node_id.clone(),
+            confirm.suspect.suspected_at,
+        );
+        if !self.accusations.contains_key(&key) && self.accusations.len() >= MAX_ACCUSATIONS {
+            let oldest = self
+                .accusations
+                .iter()
+                .min_by_key(|(_, heard)| heard.first_heard)
+                .map(|(key, _)| key.clone());
+            if let Some(oldest) = oldest {
+                self.accusations.remove(&oldest);
+            }
+        }
+        self.accusations
+            .entry(key)
+            .or_insert_with(|| Accusation {
+                accusers: BTreeSet::new(),
+                first_heard: now,
+            })
+            .accusers
+            .insert(confirm.accuser.clone());
+        let node_id = confirm.suspect.node_id;
+        let confirmed = self.suspicions.get_mut(&node_id).is_some_and(|held| {
+            held.identity.incarnation() == confirm.suspect.incarnation
+                && held.incarnation == confirm.suspect.suspected_at
+                && held.confirmers.insert(confirm.accuser)
+        });
+        if confirmed {
+            self.reschedule_suspicion(now, &node_id);
+        }
+    }
+
+    /// A suspicion timer came due: if the suspicion's current deadline has passed, hand foca
+    /// its timer (foca declares the member down if it is still suspect at that incarnation).
+    fn suspicion_due(&mut self, now: Duration, node_id: &NodeId) {
+        let due = self
+            .suspicions
+            .get(node_id)
+            .is_some_and(|held| held.deadline <= now);
+        if !due {
+            return;
+        }
+        let Some(held) = self.suspicions.remove(node_id) else {
+            return;
+        };
+        let still_suspect = self.swim.iter_membership_state().any(|member| {
+            member.id() == &held.identity
+                && member.incarnation() == held.incarnation
+                && member.state() == State::Suspect
+        });
+        if still_suspect {
+            tracing::debug!(
+                member = %held.identity,
+                confirmations = held.confirmers.len(),
+                after = ?now.saturating_sub(held.started),
+                "suspicion ran out; declaring the member down"
+            );
+            self.declared_down += 1;
+        }
+        if let Err(error) = self.swim.handle_timer(held.foca_timer, &mut self.outbox) {
+            tracing::debug!(%error, "suspicion timer");
         }
     }
 }

@@ -46,8 +46,8 @@ pub use driver::{
 };
 pub use identity::{IdentityError, MAX_NODE_ID_BYTES, NodeId, NodeIdentity};
 pub use membership::{
-    MAX_IMPOSTORS_LOGGED, MAX_PACKET_SIZE, MIN_PACKET_SIZE, Membership, MembershipConfig,
-    MembershipError, RefusedMember, Timer,
+    MAX_IMPOSTORS_LOGGED, MAX_LOCAL_HEALTH, MAX_PACKET_SIZE, MIN_PACKET_SIZE, Membership,
+    MembershipConfig, MembershipError, RefusedMember, SUSPICION_CONFIRMATIONS, Timer,
 };
 pub use meta::{ClusterSettings, MAX_META_BYTES, MetaError, MetaState, NodeMeta};
 pub use socket::{GossipSocket, SocketFuture};

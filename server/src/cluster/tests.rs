@@ -82,6 +82,19 @@ struct Sim {
     loss: f64,
     /// Placement settings of nodes that do not run with the default ones.
     settings: BTreeMap<usize, ClusterSettings>,
+    /// Nodes starved of CPU: they run in short bursts between stalls (see [`Starved`]).
+    starved: BTreeMap<usize, Starved>,
+}
+
+/// A node starved of CPU: it runs for `run` (random, up to the bound), then handles nothing for
+/// `stall` (random, up to the bound), and so on. Whatever comes due during a stall (datagrams,
+/// timers) is handled at its end, in arrival order, with the late time as `now`.
+struct Starved {
+    run: (Duration, Duration),
+    stall: (Duration, Duration),
+    /// The current or next stall.
+    stall_start: Duration,
+    stall_end: Duration,
 }
 
 fn sim(seed: u64) -> Sim {
@@ -99,6 +112,7 @@ fn sim(seed: u64) -> Sim {
         refused: Vec::new(),
         loss: 0.0,
         settings: BTreeMap::new(),
+        starved: BTreeMap::new(),
     }
 }
 
@@ -236,7 +250,47 @@ impl Sim {
         self.run_until(self.now + duration, |_| false);
     }
 
+    /// Starves node `index` of CPU from now on (see [`Starved`]).
+    fn starve(&mut self, index: usize, run: (Duration, Duration), stall: (Duration, Duration)) {
+        let start = self.now + self.rng.random_range(run.0..=run.1);
+        let end = start + self.rng.random_range(stall.0..=stall.1);
+        self.starved.insert(
+            index,
+            Starved {
+                run,
+                stall,
+                stall_start: start,
+                stall_end: end,
+            },
+        );
+    }
+
+    /// When a starved node `index` next gets the CPU, if it is stalled now.
+    fn stalled_until(&mut self, index: usize) -> Option<Duration> {
+        let now = self.now;
+        let rng = &mut self.rng;
+        let starved = self.starved.get_mut(&index)?;
+        while now >= starved.stall_end {
+            starved.stall_start =
+                starved.stall_end + rng.random_range(starved.run.0..=starved.run.1);
+            starved.stall_end =
+                starved.stall_start + rng.random_range(starved.stall.0..=starved.stall.1);
+        }
+        (now >= starved.stall_start).then_some(starved.stall_end)
+    }
+
     fn process(&mut self, event: Event) {
+        let target = match &event {
+            Event::Deliver { to, .. } => self.addrs.get(to).copied(),
+            Event::Timer { node, .. } => Some(*node),
+        };
+        if let Some(index) = target
+            && let Some(until) = self.stalled_until(index)
+        {
+            let wait = until - self.now;
+            self.push(wait, event);
+            return;
+        }
         match event {
             Event::Deliver { from, to, datagram } => {
                 let Some(&index) = self.addrs.get(&to) else {
@@ -717,13 +771,15 @@ fn a_healed_partition_merges_back() {
         for (count, left, right) in splits {
             let mut sim = Sim::cluster(seed, count);
             sim.partition(&[left, right]);
-            let split = sim.run_until(sim.now + Duration::from_secs(3), |s| {
-                left.iter().all(|l| {
-                    right.iter().all(|r| {
-                        s.state(*l, *r) == Some(NodeState::Dead)
-                            && s.state(*r, *l) == Some(NodeState::Dead)
-                    })
-                })
+            // A side of one has nobody to confirm its suspicions and its failing probes raise
+            // its local health score (slower probes): it takes the longest suspicion timeout.
+            let split = sim.run_until(sim.now + Duration::from_secs(10), |s| {
+                // Dead, or already dropped after `dead_retention` (the quicker side's view).
+                let gone = |viewer: usize, node: usize| {
+                    matches!(s.state(viewer, node), Some(NodeState::Dead) | None)
+                };
+                left.iter()
+                    .all(|l| right.iter().all(|r| gone(*l, *r) && gone(*r, *l)))
             });
             assert!(split, "{left:?}|{right:?}: {}", sim.describe());
             sim.heal();
@@ -802,6 +858,47 @@ fn garbage_datagrams_are_dropped_and_change_nothing() {
     assert!(sim.converged(&[0, 1]), "{}", sim.describe());
 }
 
+#[test]
+fn only_live_members_confirm_suspicions() {
+    let mut sim = Sim::cluster(11, 3);
+    let now = sim.now;
+    let confirm = |suspect: &NodeIdentity, accuser: &str| {
+        let body = codec::encode_confirm(&codec::SuspicionConfirm {
+            suspect: codec::SuspectNotice {
+                node_id: suspect.node_id().clone(),
+                incarnation: suspect.incarnation(),
+                suspected_at: 4,
+            },
+            accuser: NodeId::new(accuser).unwrap(),
+        })
+        .unwrap();
+        frame(FrameKind::Confirm, &body).to_vec()
+    };
+    let n0 = sim.core(0).identity().clone();
+    let n2 = sim.core(2).identity().clone();
+    // Strangers (never members) and the suspect itself count for nothing, however many.
+    for i in 0..2_000 {
+        let stranger = format!("stranger-{i}");
+        assert_eq!(
+            sim.core(0).handle_data(now, &confirm(&n2, &stranger)),
+            Ok(())
+        );
+    }
+    assert_eq!(sim.core(0).handle_data(now, &confirm(&n2, "n2")), Ok(()));
+    assert_eq!(sim.core(0).accusers_of("n2", 4), 0);
+    // A stranger's word about n0 itself does not make it refute (which costs local health).
+    assert_eq!(
+        sim.core(0).handle_data(now, &confirm(&n0, "stranger")),
+        Ok(())
+    );
+    assert_eq!(sim.core(0).local_health(), 0);
+    // A live member's confirmation counts, once however often it repeats.
+    for _ in 0..3 {
+        assert_eq!(sim.core(0).handle_data(now, &confirm(&n2, "n1")), Ok(()));
+    }
+    assert_eq!(sim.core(0).accusers_of("n2", 4), 1);
+}
+
 proptest::proptest! {
     #[test]
     fn arbitrary_datagrams_never_panic(
@@ -823,6 +920,239 @@ proptest::proptest! {
     }
 }
 
+/// A member seen `Dead` by anyone, or any suspicion run out, while `run` lasts: a false
+/// death when nobody crashed.
+struct DeathWatch {
+    deaths: u64,
+    seen_dead: BTreeSet<String>,
+}
+
+impl Sim {
+    /// A cluster of `count` nodes with the default (production) timings, converged.
+    fn production(seed: u64, count: usize) -> Sim {
+        let mut sim = sim(seed);
+        sim.config = MembershipConfig::default();
+        sim.start(0, &[]);
+        for index in 1..count {
+            sim.start(index, &[0]);
+        }
+        let all: Vec<usize> = (0..count).collect();
+        let deadline = sim.now + Duration::from_secs(10);
+        assert!(
+            sim.run_until(deadline, |s| s.converged(&all)),
+            "no convergence: {}",
+            sim.describe()
+        );
+        sim
+    }
+
+    /// Runs for `duration`, counting members declared down and who was ever seen dead.
+    fn watch_deaths(&mut self, duration: Duration) -> DeathWatch {
+        let before: u64 = self.nodes.values().map(|n| n.core.declared_down()).sum();
+        let mut seen_dead = BTreeSet::new();
+        self.run_until(self.now + duration, |s| {
+            for node in s.nodes.values() {
+                for member in node.core.members() {
+                    if member.state == NodeState::Dead {
+                        seen_dead.insert(member.node_id.clone());
+                    }
+                }
+            }
+            false
+        });
+        let after: u64 = self.nodes.values().map(|n| n.core.declared_down()).sum();
+        DeathWatch {
+            deaths: after - before,
+            seen_dead,
+        }
+    }
+}
+
+/// Simulated minutes of the long detector runs: `FAILOVER_SIM_MINUTES` (default 10).
+fn sim_minutes() -> u64 {
+    std::env::var("FAILOVER_SIM_MINUTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
+}
+
+/// Seeds of the long detector runs: `FAILOVER_SIM_SEEDS` (default 2), from
+/// `FAILOVER_SIM_FIRST_SEED` (default 0).
+fn failover_seeds() -> std::ops::Range<u64> {
+    let var = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let first = var("FAILOVER_SIM_FIRST_SEED", 0);
+    first..first + var("FAILOVER_SIM_SEEDS", 2)
+}
+
+fn replay_hint(seed: u64) -> String {
+    format!(
+        "replay: FAILOVER_SIM_FIRST_SEED={seed} FAILOVER_SIM_SEEDS=1 cargo test -p ringcache-server --lib cluster::tests::"
+    )
+}
+
+#[test]
+fn no_member_is_declared_dead_over_ten_minutes_of_ten_percent_loss() {
+    for seed in failover_seeds() {
+        let mut sim = Sim::production(seed, 5);
+        sim.loss = 0.1;
+        let watch = sim.watch_deaths(Duration::from_secs(60 * sim_minutes()));
+        println!(
+            "seed {seed}: 10% loss, {} min, 5 nodes: {} false deaths, seen dead {:?}",
+            sim_minutes(),
+            watch.deaths,
+            watch.seen_dead
+        );
+        assert!(
+            watch.deaths == 0 && watch.seen_dead.is_empty(),
+            "seed {seed}: {} members declared dead ({:?}) with 10% loss: {}\n{}",
+            watch.deaths,
+            watch.seen_dead,
+            sim.describe(),
+            replay_hint(seed)
+        );
+    }
+}
+
+#[test]
+fn thirty_percent_loss_declares_few_members_dead_and_the_cluster_heals() {
+    for seed in failover_seeds() {
+        let mut sim = Sim::production(seed, 5);
+        sim.loss = 0.3;
+        let minutes = sim_minutes();
+        let watch = sim.watch_deaths(Duration::from_secs(60 * minutes));
+        println!(
+            "seed {seed}: 30% loss, {minutes} min, 5 nodes: {} false deaths, seen dead {:?}",
+            watch.deaths, watch.seen_dead
+        );
+        // Before Lifeguard: 30 false deaths in 90 s on real processes. Now at most a few in
+        // ten minutes (a rate, so a shorter run allows proportionally fewer).
+        let allowed = minutes.div_ceil(5);
+        assert!(
+            watch.deaths <= allowed,
+            "seed {seed}: {} members declared dead with 30% loss (allowed {allowed}): {}\n{}",
+            watch.deaths,
+            sim.describe(),
+            replay_hint(seed)
+        );
+        sim.loss = 0.0;
+        let all: Vec<usize> = (0..5).collect();
+        let healed = sim.run_until(sim.now + Duration::from_secs(60), |s| s.converged(&all));
+        assert!(healed, "{}\n{}", sim.describe(), replay_hint(seed));
+    }
+}
+
+#[test]
+fn a_node_starved_of_cpu_gets_nobody_declared_dead() {
+    for seed in failover_seeds() {
+        let mut sim = Sim::production(seed, 5);
+        // n4 runs 20-200 ms at a time between stalls of 50 ms to 1.2 s: most of the time it
+        // handles nothing, and its timers and answers come late. (A node that stops answering
+        // for more than about two seconds cannot be told from a dead one with a 3 s failover:
+        // with stalls up to 2.5 s it is declared dead, and rejoins.)
+        sim.starve(4, (ms(20), ms(200)), (ms(50), ms(1200)));
+        let minutes = sim_minutes();
+        let watch = sim.watch_deaths(Duration::from_secs(60 * minutes));
+        println!(
+            "seed {seed}: one node starved, {minutes} min, 5 nodes: {} false deaths, seen dead {:?}, n4's local health {}",
+            watch.deaths,
+            watch.seen_dead,
+            sim.core(4).local_health()
+        );
+        assert!(
+            watch.deaths == 0 && watch.seen_dead.is_empty(),
+            "seed {seed}: {} members declared dead with n4 starved: {}\n{}",
+            watch.deaths,
+            sim.describe(),
+            replay_hint(seed)
+        );
+    }
+}
+
+#[test]
+fn a_killed_node_leaves_every_view_within_three_seconds() {
+    let mut times = Vec::new();
+    for seed in 0..SEEDS {
+        let mut sim = Sim::production(seed, 5);
+        // Let the probe cycles spread out as they would in a running cluster.
+        sim.run_for(Duration::from_millis(1000 + 97 * seed));
+        sim.crash(4);
+        let killed_at = sim.now;
+        let gone = sim.run_until(killed_at + Duration::from_secs(3), |s| {
+            (0..4).all(|v| s.state(v, 4) != Some(NodeState::Active))
+                && (0..4).all(|v| s.state(v, 4) != Some(NodeState::Suspect))
+        });
+        assert!(
+            gone,
+            "seed {seed}: n4 still in a view 3 s after it was killed: {}",
+            sim.describe()
+        );
+        times.push(sim.now - killed_at);
+    }
+    times.sort();
+    println!(
+        "killed node out of every view (simulated): median {:?}, max {:?}",
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+}
+
+#[test]
+fn suspicion_shrinks_with_confirmations_like_memberlists() {
+    let config = MembershipConfig::default();
+    let core = Membership::new(
+        config.clone(),
+        NodeIdentity::new("n0", default_addr(0), 1).unwrap(),
+        meta_for(0, MetaState::Active),
+        0,
+    )
+    .unwrap();
+    let min = config.suspect_to_down_after;
+    let max = config.suspect_to_down_max;
+    // Five members: two confirmations expected.
+    assert_eq!(core.suspicion_timeout(5, 0), max);
+    let one = core.suspicion_timeout(5, 1);
+    assert!(min < one && one < max, "{one:?}");
+    // memberlist: max - (max - min) * ln 2 / ln 3.
+    let expected = max.as_secs_f64() - (max - min).as_secs_f64() * 2f64.ln() / 3f64.ln();
+    assert!((one.as_secs_f64() - expected).abs() < 1e-6);
+    assert_eq!(core.suspicion_timeout(5, 2), min);
+    assert_eq!(core.suspicion_timeout(5, 7), min);
+    // Three members: one other can confirm; two members: nobody, so the shortest at once.
+    assert_eq!(core.suspicion_timeout(3, 0), max);
+    assert_eq!(core.suspicion_timeout(3, 1), min);
+    assert_eq!(core.suspicion_timeout(2, 0), min);
+    // 100 members: both scaled by log10(100) = 2.
+    assert_eq!(core.suspicion_timeout(100, 2), min * 2);
+    assert_eq!(core.suspicion_timeout(100, 0), max * 2);
+}
+
+#[test]
+fn local_health_stretches_probes_of_a_node_that_cannot_reach_anyone() {
+    for seed in 0..SEEDS / 4 {
+        let mut sim = Sim::production(seed, 3);
+        assert_eq!(sim.core(0).local_health(), 0);
+        // n0 loses every datagram it sends: its probes fail, and the others suspect it, so it
+        // must refute (which cannot reach them either).
+        sim.cut.insert((0, 1));
+        sim.cut.insert((0, 2));
+        let raised = sim.run_until(sim.now + Duration::from_secs(5), |s| {
+            s.nodes[&0].core.local_health() >= 2
+        });
+        assert!(raised, "seed {seed}: {}", sim.describe());
+        sim.heal();
+        // Healthy again: direct acks bring it back to 0.
+        let healed = sim.run_until(sim.now + Duration::from_secs(60), |s| {
+            s.nodes[&0].core.local_health() == 0
+        });
+        assert!(healed, "seed {seed}: {}", sim.describe());
+    }
+}
+
 #[test]
 fn the_same_seed_gives_the_same_history() {
     let run = |seed| {
@@ -841,8 +1171,11 @@ fn the_same_seed_gives_the_same_history() {
 #[test]
 fn config_defaults_are_documented_values_and_validated() {
     let config = MembershipConfig::default();
-    assert_eq!(config.probe_period, Duration::from_secs(1));
-    assert_eq!(config.suspect_to_down_after, Duration::from_secs(3));
+    assert_eq!(config.probe_period, Duration::from_millis(500));
+    assert_eq!(config.probe_rtt, Duration::from_millis(200));
+    assert_eq!(config.suspect_to_down_after, Duration::from_secs(1));
+    assert_eq!(config.suspect_to_down_max, Duration::from_secs(6));
+    assert_eq!(config.local_health_max, 8);
     assert_eq!(config.max_packet_size.get(), 1400);
     assert_eq!(config.dead_retention, Duration::from_secs(30));
     assert_eq!(config.validate(), Ok(()));
@@ -858,6 +1191,30 @@ fn config_defaults_are_documented_values_and_validated() {
             ..
         })
     ));
+    let bad = MembershipConfig {
+        suspect_to_down_max: config.suspect_to_down_after / 2,
+        ..config.clone()
+    };
+    assert!(matches!(
+        bad.validate(),
+        Err(MembershipError::InvalidConfig {
+            field: "suspect_to_down_max",
+            ..
+        })
+    ));
+    for local_health_max in [0, MAX_LOCAL_HEALTH + 1] {
+        let bad = MembershipConfig {
+            local_health_max,
+            ..config.clone()
+        };
+        assert!(matches!(
+            bad.validate(),
+            Err(MembershipError::InvalidConfig {
+                field: "local_health_max",
+                ..
+            })
+        ));
+    }
     let bad = MembershipConfig {
         max_packet_size: std::num::NonZeroUsize::new(512).unwrap(),
         ..config

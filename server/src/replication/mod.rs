@@ -23,26 +23,40 @@
 //! `UNAVAILABLE`, naming the counts and each replica's failure. A failed level undoes nothing:
 //! the write stays on the replicas that took it.
 //!
-//! **Batching** (`batch.rs`). Writes to the same peer share `Internal.Replicate` calls: per peer
-//! gRPC address a FIFO of parts and at most 4 calls in flight. A part that finds a free slot is
-//! sent at once (no timer: an idle cluster adds no latency); parts that arrive while every slot
-//! is busy leave together in the next call to go out (up to `max_batch_keys`, at most 1000,
-//! entries and about 1 MiB). Each part gets the outcome of the call that carried it, counted
-//! exactly as an unbatched call would be (metrics, hints, failure messages); a refused batch of
-//! several writes is re-sent write by write so one write's refusal is not reported for another.
-//! `replica_timeout` bounds each part from when its write handed it over: a call ends by the
-//! earliest deadline among its parts, and a part that waited past its deadline times out unsent.
-//! No task is spawned per write: the senders report each outcome to the write, which answers
-//! when its level is met and lets the rest finish in the background. Batching and reordering
-//! writes are safe because replicas apply only newer versions (last writer wins). Hint replays and
-//! read repair send their own calls, never mixed with these.
+//! **Batching** (`batch.rs`). Requests to the same peer share calls: writes and read repairs share
+//! `Internal.Replicate` calls, QUORUM and ALL reads share `Internal.ReadVersions` calls; one
+//! implementation, generic over what a call carries, serves both. Per peer gRPC address and kind
+//! of call there is a FIFO of parts and at most 2 calls in flight. A part that finds a free slot
+//! is sent at once (no timer: an idle cluster adds no latency); parts that arrive while every slot
+//! is busy leave together in the next call to go out (up to `max_batch_keys`, at most 1000, items
+//! and about 1 MiB). Each part gets the outcome of the call that carried it — for a read, its own
+//! keys' answers, cut out of the call's answer — counted exactly as an unbatched call would be
+//! (metrics, hints, failure messages); a failed call fails only the parts it carried, and a
+//! refused call of several parts is re-sent part by part so one request's refusal is not reported
+//! for another. `replica_timeout` bounds each part from when its request handed it over: a call
+//! ends by the earliest deadline among its parts, and a part that waited past its deadline times
+//! out unsent. No task is spawned per request: the senders report each outcome to the request,
+//! which answers when its level is met and lets the rest finish in the background. Batching and
+//! reordering writes are safe because replicas apply only newer versions (last writer wins).
+//! Hint replays send their own calls (already in batches of up to 256 entries).
+//!
+//! **Replica streams** (`link.rs`). The batchers' calls do not each open an HTTP/2 stream: they
+//! travel as tagged requests on one long-lived `Internal.ReplicaStream` per peer, opened on
+//! first use and replaced when it ends, which the peer serves by running each request through
+//! its unary handler (`crate::api`). A stream that breaks fails the requests sent on it as a
+//! broken unary call would (unreachable: writes become hints) and hands the ones not sent yet
+//! back to be sent as unary calls; a peer that answers UNIMPLEMENTED gets unary calls.
 //!
 //! **Read path** ([`read`]). ONE reads stay local. QUORUM and ALL read the local copy
-//! (tombstones and expired entries included) and ask the other replicas with
-//! `Internal.ReadVersions` in parallel; the answer is the highest version once enough replicas
-//! answered (a tombstone or an expired entry as the newest is a miss). In the background, once
-//! every call has ended, **read repair** sends the newest copy to every replica that answered with
-//! an older copy or nothing (itself included, through `Store::apply`). Two different copies with
+//! (tombstones and expired entries included) and ask other replicas with `Internal.ReadVersions`
+//! (through the read batcher), only as many as the level still needs: a QUORUM read of R = 3 on
+//! a replica asks one other replica, ALL asks every one. When an asked replica fails (unreachable,
+//! timed out, refused, or an answer with a version too far ahead), its keys are asked of a replica
+//! not asked yet. The answer is the highest version once enough replicas answered (a tombstone or
+//! an expired entry as the newest is a miss). Once every ask has ended, **read repair** sends the
+//! newest copy to every replica that answered with an older copy or nothing (itself included,
+//! through `Store::apply`; the others through the write batcher). A replica that was not asked is
+//! not repaired by the read; hints and anti-entropy reach it. Two different copies with
 //! the same version (two coordinators' clocks stamping the same millisecond) are ordered by
 //! content ([`crate::store::copy_order`]), the same rule `apply` uses, so replicas agree on the
 //! winner whatever order the writes arrived in.
@@ -67,6 +81,7 @@
 
 mod batch;
 mod hints;
+mod link;
 mod read;
 pub mod wire;
 mod write;
@@ -89,6 +104,11 @@ pub use write::{needs_others, replicate};
 pub const DEFAULT_HINT_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Default `hint_max_age`.
 pub const DEFAULT_HINT_MAX_AGE: Duration = Duration::from_secs(5 * 60);
+/// Most `replica_stream_in_flight`: also what a node starts at once of one replica stream's
+/// requests, and the most requests it takes in one message.
+pub const MAX_REPLICA_STREAM_IN_FLIGHT: usize = 256;
+/// Default `replica_stream_in_flight`.
+pub const DEFAULT_REPLICA_STREAM_IN_FLIGHT: usize = 64;
 /// Default `replica_timeout`.
 pub const DEFAULT_REPLICA_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -152,6 +172,9 @@ pub struct ReplicationConfig {
     pub hint_max_age: Duration,
     /// Refuse writes while fewer Active members than this are visible; 0: off.
     pub min_cluster_size: usize,
+    /// Most requests in flight on the replica stream to one peer; 0: no streams (a unary call
+    /// per batch).
+    pub replica_stream_in_flight: usize,
 }
 
 impl Default for ReplicationConfig {
@@ -163,6 +186,7 @@ impl Default for ReplicationConfig {
             hint_max_bytes_per_node: DEFAULT_HINT_MAX_BYTES,
             hint_max_age: DEFAULT_HINT_MAX_AGE,
             min_cluster_size: 0,
+            replica_stream_in_flight: DEFAULT_REPLICA_STREAM_IN_FLIGHT,
         }
     }
 }
@@ -183,8 +207,12 @@ pub enum ReplicationError {
 #[derive(Debug)]
 pub struct Replicator {
     hints: Mutex<hints::HintQueues>,
-    /// Per-peer queues of replicated writes waiting to be sent together.
-    batcher: batch::Batcher<write::Job>,
+    /// Per-peer queues of replicated writes and read repairs waiting to be sent together.
+    batcher: batch::Batcher<v1::VersionedEntry, write::Job>,
+    /// Per-peer queues of QUORUM and ALL reads' keys waiting to be asked together.
+    reads: batch::Batcher<bytes::Bytes, read::Waiter>,
+    /// The replica stream to each peer, which carries both batchers' calls.
+    links: link::Links,
 }
 
 impl Replicator {
@@ -196,7 +224,19 @@ impl Replicator {
                 duration_ms(config.hint_max_age),
             )),
             batcher: batch::Batcher::default(),
+            reads: batch::Batcher::default(),
+            links: link::Links::default(),
         }
+    }
+
+    /// Replica streams to peers opened or opening (`Internal.ReplicaStream`).
+    pub fn replica_streams(&self) -> usize {
+        self.links.open()
+    }
+
+    /// Closes the replica streams to addresses no member of `topology` uses any more.
+    pub(crate) fn retain_links(&self, topology: &ringcache_proto::topology::Topology) {
+        self.links.retain(topology);
     }
 
     /// Hints waiting, all targets together.
@@ -347,14 +387,6 @@ fn describe_status(status: &tonic::Status) -> String {
     text
 }
 
-/// Runs `call` against one replica with the replica timeout.
-async fn call_replica<T>(
-    timeout: Duration,
-    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<T, Failure> {
-    call_replica_until(tokio::time::Instant::now() + timeout, timeout, call).await
-}
-
 /// Runs `call` against one replica until `deadline`; a timeout is reported as `timeout` (the
 /// replica timeout the deadline came from).
 async fn call_replica_until<T>(
@@ -403,22 +435,64 @@ async fn send_replicate_until(
     hinted: bool,
     deadline: tokio::time::Instant,
 ) -> Result<(), Failure> {
-    let timeout = node.config().replication.replica_timeout;
     let addr = addr.ok_or_else(|| Failure::Unreachable("not in the topology".to_owned()))?;
-    let mut client = node
-        .peers()
-        .internal_client(addr)
-        .map_err(|status| Failure::Unreachable(describe_status(&status)))?;
-    let mut request = tonic::Request::new(v1::ReplicateRequest {
+    let request = v1::ReplicateRequest {
         from_node_id: node.config().node_id.clone(),
         entries,
         hinted,
         handoff: false,
-    });
+    };
+    unary_replicate(node, addr, request, deadline).await
+}
+
+/// One unary `Internal.Replicate` call to `addr`, ending by `deadline`.
+async fn unary_replicate(
+    node: &Context,
+    addr: &str,
+    request: v1::ReplicateRequest,
+    deadline: tokio::time::Instant,
+) -> Result<(), Failure> {
+    let timeout = node.config().replication.replica_timeout;
+    let mut client = node
+        .peers()
+        .internal_client(addr)
+        .map_err(|status| Failure::Unreachable(describe_status(&status)))?;
+    let mut request = tonic::Request::new(request);
     request.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
     call_replica_until(deadline, timeout, client.replicate(request))
         .await
         .map(|_| ())
+}
+
+/// A coordinator's batch of `entries` for the replica at `addr`, ending by `deadline`: on the
+/// peer's replica stream ([`link`]), or as a unary `Internal.Replicate` call when there is none.
+async fn replicate_batch(
+    node: &std::sync::Arc<Context>,
+    addr: &str,
+    entries: Vec<v1::VersionedEntry>,
+    deadline: tokio::time::Instant,
+) -> Result<(), Failure> {
+    use ringcache_proto::v1::{replica_answer::Result as Answer, replica_request::Op};
+    let request = v1::ReplicateRequest {
+        from_node_id: node.config().node_id.clone(),
+        entries,
+        hinted: false,
+        handoff: false,
+    };
+    let op = Op::Replicate(request);
+    match node.replicator().links.call(node, addr, op, deadline).await {
+        link::Routed::Answered(Ok(Answer::Replicate(_))) => Ok(()),
+        link::Routed::Answered(Ok(_)) => Err(Failure::Refused(
+            "the replica answered a Replicate with another kind of answer".to_owned(),
+        )),
+        link::Routed::Answered(Err(failure)) => Err(failure),
+        link::Routed::Unary(Op::Replicate(request)) => {
+            unary_replicate(node, addr, request, deadline).await
+        }
+        link::Routed::Unary(_) => Err(Failure::Refused(
+            "a Replicate came back from the replica stream as another request".to_owned(),
+        )),
+    }
 }
 
 /// Appends how many keys fell short (when a request had several) and each replica's failure to a

@@ -7,6 +7,8 @@
 //! back through [`Coordinator::finish`], which counts it, keeps hints for an unreachable or slow
 //! replica and answers the write as soon as its level is met (or with the failure once every part
 //! has ended). Parts that end after the answer are handled the same way, in the background.
+//! Read repair ([`repair`]) hands its entries to the same batcher, so repairs share `Replicate`
+//! calls with writes.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -19,10 +21,11 @@ use ringcache_proto::v1;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::batch::{self, Part, Transport as _};
+use super::batch::{self, Outcome, Part, Transport as _};
 use super::wire::to_wire;
-use super::{Consistency, Failure, ReplicationError, describe_shortfall, send_replicate_until};
+use super::{Consistency, Failure, ReplicationError, describe_shortfall};
 use crate::context::Context;
+use crate::metrics::ReplicaCall;
 use crate::view::ClusterView;
 
 /// Whether a write of `key` at `level` coordinated by `self_id` needs another node: its replica
@@ -75,7 +78,7 @@ pub async fn replicate(
     let limits = batch::Limits::of(node.config());
     let deadline = Instant::now() + limits.timeout;
     for (id, target) in targets {
-        let job = Job {
+        let job = Job::Write {
             call: call.clone(),
             target: id,
             keys: target.keys,
@@ -158,7 +161,7 @@ impl Plan {
 
 /// One write in progress: its tally and the answer not sent yet.
 #[derive(Debug)]
-struct Call {
+pub(super) struct Call {
     level: Consistency,
     state: Mutex<CallState>,
 }
@@ -195,13 +198,46 @@ impl CallState {
     }
 }
 
-/// One write's part for one target node, as the batcher carries it.
-#[derive(Debug)]
-pub(super) struct Job {
-    call: Arc<Call>,
+/// Hands read repair's `entries` for the replica `target` (at `addr`) to the write batcher; each
+/// entry the replica acknowledges counts as a read repair. A failed repair keeps no hint: the
+/// next read or anti-entropy finds the copy stale again.
+pub(super) fn repair(
+    node: &Arc<Context>,
     target: String,
-    /// The tally indexes of the keys in the part.
-    keys: Vec<usize>,
+    addr: Option<&str>,
+    entries: Vec<v1::VersionedEntry>,
+) {
+    let coordinator = Coordinator(node.clone());
+    let limits = batch::Limits::of(node.config());
+    let part = Part::new(
+        entries,
+        Instant::now() + limits.timeout,
+        Job::Repair { target },
+    );
+    match addr {
+        Some(addr) => node
+            .replicator()
+            .batcher
+            .submit(&coordinator, limits, addr, part),
+        None => coordinator.finish(
+            part,
+            Err(Failure::Unreachable("not in the topology".to_owned())),
+        ),
+    }
+}
+
+/// What the write batcher carries a part for.
+#[derive(Debug)]
+pub(super) enum Job {
+    /// One write's part for one target node.
+    Write {
+        call: Arc<Call>,
+        target: String,
+        /// The tally indexes of the keys in the part.
+        keys: Vec<usize>,
+    },
+    /// Read repair's entries for one target node.
+    Repair { target: String },
 }
 
 /// The batcher's transport on a node: `Internal.Replicate` to the peer, and the outcome of each
@@ -210,6 +246,8 @@ pub(super) struct Job {
 struct Coordinator(Arc<Context>);
 
 impl batch::Transport for Coordinator {
+    type Item = v1::VersionedEntry;
+    type Answer = ();
     type Done = Job;
 
     fn send(
@@ -217,50 +255,68 @@ impl batch::Transport for Coordinator {
         addr: &str,
         entries: Vec<v1::VersionedEntry>,
         deadline: Instant,
-    ) -> impl Future<Output = Result<(), Failure>> + Send {
+    ) -> impl Future<Output = Outcome<()>> + Send {
         let node = self.0.clone();
         let addr = addr.to_owned();
         async move {
-            node.metrics().record_replication_batch();
-            send_replicate_until(&node, Some(&addr), entries, false, deadline).await
+            node.metrics()
+                .record_replication_batch(ReplicaCall::Replicate);
+            let n = entries.len();
+            super::replicate_batch(&node, &addr, entries, deadline)
+                .await
+                .map(|()| vec![(); n])
         }
     }
 
-    fn finish(&self, part: Part<Job>, result: Result<(), Failure>) {
+    fn finish(&self, part: Part<v1::VersionedEntry, Job>, result: Outcome<()>) {
         let node = &self.0;
         let Part {
-            entries, done: job, ..
+            items: entries,
+            done: job,
+            ..
         } = part;
         let n = entries.len() as u64;
+        let (call, target, keys) = match job {
+            Job::Write { call, target, keys } => (call, target, keys),
+            Job::Repair { target } => {
+                match result {
+                    Ok(_) => node.metrics().record_read_repairs(n),
+                    Err(failure) => {
+                        tracing::debug!(%target, entries = n, %failure, "read repair failed");
+                    }
+                }
+                return;
+            }
+        };
         let mut hinted = false;
         if let Err(failure) = &result {
             node.metrics().record_replica_writes(false, n);
-            tracing::debug!(target = %job.target, entries = n, %failure, "replica write failed");
+            tracing::debug!(%target, entries = n, %failure, "replica write failed");
             if matches!(failure, Failure::ClockDrift(_)) {
                 // A replica finds our stamps too far ahead: check our clock now rather than at
                 // the next interval, so a skewed node stops writing after one refusal.
                 node.clock_check().check_soon();
             }
             if failure.hint() && node.config().replication.hint_max_bytes_per_node > 0 {
-                node.replicator().queue_hints(node, &job.target, entries);
+                node.replicator().queue_hints(node, &target, entries);
                 hinted = true;
             }
         } else {
             node.metrics().record_replica_writes(true, n);
         }
-        let mut state = job.call.state.lock();
+        let mut state = call.state.lock();
         state.remaining -= 1;
         match result {
-            Ok(()) => state.tally.ack(&job.keys),
+            Ok(_) => state.tally.ack(&keys),
             Err(failure) => {
-                state.tally.fail(&job.keys);
+                state.tally.fail(&keys);
                 if hinted {
-                    state.hinted.push(job.target.clone());
+                    state.hinted.push(target.clone());
                 }
-                state.failures.push((job.target, failure));
+                state.failures.push((target, failure));
             }
         }
-        state.settle(job.call.level);
+        state.settle(call.level);
     }
 }
 

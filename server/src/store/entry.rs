@@ -39,14 +39,29 @@ pub const MAX_EXPIRY_MS: u64 = EXPIRY_MASK;
 #[derive(Debug, Clone)]
 pub(crate) struct Entry(ThinArc<Header, u8>);
 
-/// Estimated bytes an entry costs beyond its key and value: the allocation's reference count, header
-/// and length (32 B), allocator rounding, and its share of the table (slot, control byte, slab
-/// pointer). Measured by `memprobe` (BENCHMARKS.md) and used for `max_memory` accounting.
-pub const ENTRY_OVERHEAD_BYTES: usize = 64;
+/// Bytes of the allocation in front of the key and value: the reference count (8), the
+/// [`Header`] (16) and the slice length (8), as `triomphe` lays out a `ThinArc`.
+const ALLOC_PREFIX_BYTES: usize = 32;
 
-/// Bytes charged against `max_memory` for an item of this size.
+/// What an entry costs in the shard's structures besides its allocation: its slab pointer (8 B)
+/// and chain link (8 B), its index bucket (4 B + 1 control byte at hashbrown's load factor of
+/// 7/16 to 7/8) and the headroom the slab vectors and the index keep when they double. Measured
+/// with `memprobe` and under churn (BENCHMARKS.md); used for `max_memory` accounting.
+pub const INDEX_BYTES_PER_ENTRY: usize = 32;
+
+/// The bytes the allocator really takes for an entry of `key_len + value_len` bytes: the
+/// allocation's size (prefix, key and value, padded to 8) as glibc's malloc serves it, with its
+/// 8-byte chunk header, rounded up to 16 and at least 32 bytes.
+pub fn allocation_bytes(key_len: usize, value_len: usize) -> usize {
+    let size = (ALLOC_PREFIX_BYTES + key_len + value_len).next_multiple_of(8);
+    (size + 8).next_multiple_of(16).max(32)
+}
+
+/// Bytes charged against `max_memory` for an item of this size: its allocation as the
+/// allocator serves it ([`allocation_bytes`]) and its share of the shard's index and slab
+/// ([`INDEX_BYTES_PER_ENTRY`]).
 pub fn charge(key_len: usize, value_len: usize) -> usize {
-    key_len + value_len + ENTRY_OVERHEAD_BYTES
+    allocation_bytes(key_len, value_len) + INDEX_BYTES_PER_ENTRY
 }
 
 /// Copies two slices one after the other, with an exact length, into the entry's allocation.
@@ -231,7 +246,7 @@ mod tests {
         e.touch();
         assert!(e.take_visited());
         assert!(!e.take_visited());
-        assert_eq!(e.charge(), 1 + ENTRY_OVERHEAD_BYTES);
+        assert_eq!(e.charge(), charge(1, 0));
     }
 
     #[test]
@@ -265,6 +280,29 @@ mod tests {
         );
         let e = Entry::new(b"k", b"v", 1, 0);
         assert!(!e.is_tombstone() && e.is_live(u64::MAX));
+    }
+
+    #[test]
+    fn the_allocation_size_is_what_glibc_serves() {
+        // A 14-byte key and 100-byte value: 32 + 114 = 146 bytes, padded to 152, served from a
+        // 160-byte chunk (8-byte chunk header, 16-byte steps; BENCHMARKS.md "Memory per key").
+        assert_eq!(allocation_bytes(14, 100), 160);
+        // 14 + 200: 246, padded to 248, chunk 256.
+        assert_eq!(allocation_bytes(14, 200), 256);
+        // The smallest chunk glibc hands out is 32 bytes; an empty item takes 48.
+        assert_eq!(allocation_bytes(0, 0), 48);
+        // Sizes within one 16-byte step cost the same; one byte past it costs 16 more.
+        assert_eq!(allocation_bytes(5, 100), allocation_bytes(5, 101));
+        assert_eq!(allocation_bytes(5, 115), allocation_bytes(5, 116) - 16);
+        for n in 0..4_096 {
+            let bytes = allocation_bytes(n, 0);
+            assert!(
+                bytes.is_multiple_of(16) && bytes >= 32 + n + 8,
+                "{n}: {bytes}"
+            );
+            assert!(bytes <= 32 + n + 23, "{n}: {bytes}");
+            assert_eq!(charge(n, 0), bytes + INDEX_BYTES_PER_ENTRY);
+        }
     }
 
     #[test]

@@ -4,16 +4,18 @@
 //! **Invariant:** the store does no I/O and never reads the clock. Every operation takes `now_ms`
 //! (unix milliseconds) from its caller, which is what lets tests drive TTLs and versions by hand.
 //!
-//! Layout: `shards` (a power of two) each behind its own `RwLock`. A key's hash picks its shard and
-//! its slot in that shard's index (`shard.rs`). Each item is one allocation (`entry.rs`). Reads take the
-//! read lock, set the entry's CLOCK bit atomically and clone the entry pointer; writes take the write
-//! lock of one shard at a time and never hold two shard locks at once (eviction in other shards uses
-//! `try_write`), so there is no lock order to get wrong.
+//! Layout: `shards` (a power of two) each behind its own `RwLock`. A key's hash slot picks its shard
+//! (`slot % shards`) and its hash picks its place in that shard's index (`shard.rs`). Each item is
+//! one allocation (`entry.rs`). Reads take the read lock, set the entry's CLOCK bit atomically and
+//! clone the entry pointer; writes take the write lock of one shard at a time and never hold two
+//! shard locks at once (eviction in other shards uses `try_write`), so there is no lock order to
+//! get wrong.
 //!
-//! Memory: every entry is charged `key + value + ENTRY_OVERHEAD_BYTES` against one global
-//! `max_memory` budget. Under [`EvictionPolicy::Clock`] a write that would exceed it first drops
-//! expired entries, then CLOCK victims of its own shard, then of the others, before it is stored,
-//! so the accounted total never exceeds the limit; under [`EvictionPolicy::NoEviction`] it fails with
+//! Memory: every entry is charged its allocation as the allocator serves it plus its share of the
+//! shard index and slab ([`charge`]) against one global `max_memory` budget. Under
+//! [`EvictionPolicy::Clock`] a write that would exceed it first drops expired entries, then CLOCK
+//! victims of its own shard, then of the others, before it is stored, so the accounted total never
+//! exceeds the limit; under [`EvictionPolicy::NoEviction`] it fails with
 //! [`StoreError::MemoryFull`] and nothing changes.
 //!
 //! TTL: an expired entry is invisible at once (checked on every access) and reclaimed later by
@@ -26,12 +28,13 @@ mod shard;
 mod update;
 
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use parking_lot::RwLock;
+use ringcache_proto::placement::{SLOTS, key_slot};
 
-pub use entry::{ENTRY_OVERHEAD_BYTES, MAX_EXPIRY_MS, MAX_KEY_LEN, charge};
+pub use entry::{INDEX_BYTES_PER_ENTRY, MAX_EXPIRY_MS, MAX_KEY_LEN, allocation_bytes, charge};
 pub use hlc::{ClockDrift, Hlc};
 pub use update::{
     ExpireCondition, ExpireOutcome, Expiry, GetExOutcome, MAX_FLOAT_TEXT_BYTES, format_float,
@@ -74,7 +77,8 @@ pub struct StoreConfig {
     pub max_value_bytes: usize,
     /// Longest TTL accepted, in milliseconds.
     pub max_ttl_ms: u64,
-    /// Number of shards; rounded up to a power of two, at least 1.
+    /// Number of shards; rounded up to a power of two, at least 1 and at most [`SLOTS`] (a shard
+    /// holds whole hash slots: slot `s` lives in shard `s % shards`).
     pub shards: usize,
     /// How long a delete is remembered as a tombstone (ms), so a late replica write older than
     /// the delete cannot bring the key back; 0 removes deleted keys at once (a lone node).
@@ -323,10 +327,13 @@ pub struct StoreStats {
     pub evictions: u64,
     /// Entries removed because they expired.
     pub expirations: u64,
+    /// Tombstones evicted before their grace ran out (their versions stay as a floor for late
+    /// copies of the keys, so none can revive one).
+    pub tombstones_evicted: u64,
 }
 
 /// One shard with its lock and the counters updated under a read lock, padded to its own cache lines.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 #[repr(align(128))]
 struct ShardSlot {
     lock: RwLock<Shard>,
@@ -334,14 +341,14 @@ struct ShardSlot {
     misses: AtomicU64,
     evictions: AtomicU64,
     expirations: AtomicU64,
+    tombstones_evicted: AtomicU64,
 }
 
 /// The local key-value engine. Cheap to share: wrap it in an `Arc`.
 #[derive(Debug)]
 pub struct Store {
+    /// Shard `i` holds the keys of the hash slots `s` with `s % shards.len() == i`.
     shards: Box<[ShardSlot]>,
-    /// Right shift that turns a hash into a shard index (bits just below hashbrown's 7 tag bits).
-    shard_shift: u32,
     hasher: hashbrown::DefaultHashBuilder,
     config: StoreConfig,
     hlc: Hlc,
@@ -350,7 +357,27 @@ pub struct Store {
     /// elsewhere at or below it is refused by [`Store::apply`], so nothing flushed comes back
     /// through replication, hints, anti-entropy or rebalancing.
     flush_floor: AtomicU64,
+    /// Whether deletes must leave tombstones: true unless the node is known to be the only
+    /// member that ever held data (see [`Store::set_tombstones_needed`]).
+    tombstones_needed: AtomicBool,
 }
+
+/// Where a walk of one hash slot's entries resumes ([`Store::scan_slot`]); the default starts
+/// at the beginning.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlotCursor {
+    /// The shard whose chain of the slot is being walked (the slot's owner; past the last
+    /// shard: done; before the owner: not started).
+    shard: usize,
+    /// The next slab position in it and the shard's generation then; `None`: its first.
+    at: Option<(u32, u64)>,
+    /// How many times this shard's walk restarted because its next entry went away.
+    restarts: u8,
+}
+
+/// Restarts of one shard's walk in [`Store::scan_slot`] before the rest of it is taken in one
+/// step.
+pub const MAX_SLOT_RESTARTS: u8 = 3;
 
 /// Where a key lives.
 #[derive(Clone, Copy)]
@@ -362,17 +389,28 @@ struct Place {
 impl Store {
     /// An empty store.
     pub fn new(mut config: StoreConfig) -> Self {
-        config.shards = config.shards.clamp(1, 1 << 16).next_power_of_two();
+        config.shards = config
+            .shards
+            .clamp(1, usize::from(SLOTS))
+            .next_power_of_two();
         config.max_key_bytes = config.max_key_bytes.min(MAX_KEY_LEN);
         let shard_bits = config.shards.trailing_zeros();
+        let shard = || ShardSlot {
+            lock: RwLock::new(Shard::new(shard_bits)),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            expirations: AtomicU64::new(0),
+            tombstones_evicted: AtomicU64::new(0),
+        };
         Self {
-            shards: (0..config.shards).map(|_| ShardSlot::default()).collect(),
-            shard_shift: 57 - shard_bits,
+            shards: (0..config.shards).map(|_| shard()).collect(),
             hasher: hashbrown::DefaultHashBuilder::default(),
             config,
             hlc: Hlc::new(),
             used_bytes: AtomicUsize::new(0),
             flush_floor: AtomicU64::new(0),
+            tombstones_needed: AtomicBool::new(true),
         }
     }
 
@@ -392,8 +430,13 @@ impl Store {
 
     fn place(&self, key: &[u8]) -> Place {
         let hash = self.hash_key(key);
-        let shard = ((hash >> self.shard_shift) as usize) & (self.shards.len() - 1);
+        let shard = self.shard_of_slot(key_slot(key));
         Place { hash, shard }
+    }
+
+    /// The shard that holds the keys of hash slot `slot`.
+    fn shard_of_slot(&self, slot: u16) -> usize {
+        usize::from(slot) & (self.shards.len() - 1)
     }
 
     /// Checks a key against the limits.
@@ -585,7 +628,8 @@ impl Store {
     }
 
     /// Removes `key` (found at `found` in the locked `shard`): drops it, or with a tombstone
-    /// grace period replaces it by a tombstone with a new version. Returns the live value that
+    /// grace period, while another copy can exist ([`Store::set_tombstones_needed`]), replaces it
+    /// by a tombstone with a new version. Returns the live value that
     /// was removed, if any, and the version of the delete (`None` when nothing was recorded).
     fn remove_locked(
         &self,
@@ -606,7 +650,7 @@ impl Store {
                 slot.expirations.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if self.config.tombstone_grace_ms == 0 {
+        if self.config.tombstone_grace_ms == 0 || !self.tombstones_needed.load(Ordering::Relaxed) {
             if let Some(s) = found {
                 let entry = shard.remove(place.hash, s);
                 self.used_bytes.fetch_sub(entry.charge(), Ordering::Relaxed);
@@ -851,6 +895,11 @@ impl Store {
         let place = self.place(key);
         let mut shard = self.shards[place.shard].lock.write();
         let slot = shard.find(place.hash, key);
+        if slot.is_none() && version <= shard.tombstone_floor(place.hash) {
+            // A tombstone of this key's group was evicted at a newer version: this copy may
+            // predate a delete this node no longer remembers.
+            return Ok(false);
+        }
         let incoming = CopyRef {
             version,
             value,
@@ -928,6 +977,107 @@ impl Store {
             })
             .collect();
         (items, next)
+    }
+
+    /// Up to `max` entries of hash slot `slot` (taken modulo [`SLOTS`]) from `cursor` on
+    /// ([`SlotCursor::default`] to start), tombstones and expired entries included, and the
+    /// cursor to continue from (`None` when the slot is done). Only that slot's entries are
+    /// visited: one shard holds the slot and keeps a chain of its entries (see `shard.rs`).
+    /// Like [`Store::scan`], entries written during the walk may be missed or repeated, so
+    /// walkers apply by version. A cursor whose next entry was removed meanwhile restarts the
+    /// chain (repeating what it already returned); after [`MAX_SLOT_RESTARTS`] restarts the
+    /// rest of the chain comes in one step, so a walk always ends.
+    pub fn scan_slot(
+        &self,
+        slot: u16,
+        cursor: SlotCursor,
+        max: usize,
+    ) -> (Vec<(Bytes, VersionedItem)>, Option<SlotCursor>) {
+        let slot = slot % SLOTS;
+        let max = max.max(1);
+        let owner = self.shard_of_slot(slot);
+        let mut cursor = cursor;
+        if cursor.shard < owner {
+            // Only the owner holds entries of this slot.
+            cursor = SlotCursor {
+                shard: owner,
+                ..SlotCursor::default()
+            };
+        }
+        let mut out = Vec::new();
+        while cursor.shard == owner && out.len() < max {
+            let guard = self.shards[cursor.shard].lock.read();
+            let start = match cursor.at {
+                None => guard.chain_head(slot),
+                Some((at, generation)) => {
+                    let valid = generation == guard.generation()
+                        && guard
+                            .at(at as usize)
+                            .is_some_and(|e| key_slot(e.key()) == slot);
+                    if valid {
+                        at
+                    } else {
+                        cursor.restarts = cursor.restarts.saturating_add(1);
+                        guard.chain_head(slot)
+                    }
+                }
+            };
+            let budget = if cursor.restarts > MAX_SLOT_RESTARTS {
+                usize::MAX
+            } else {
+                max - out.len()
+            };
+            let (entries, next) = guard.chain_from(start, budget);
+            let generation = guard.generation();
+            drop(guard);
+            out.extend(entries.iter().map(|entry| {
+                (
+                    Bytes::copy_from_slice(entry.key()),
+                    VersionedItem::of(entry),
+                )
+            }));
+            cursor = if next == shard::NIL {
+                // The slot's chain is done: no other shard holds the slot.
+                SlotCursor {
+                    shard: self.shards.len(),
+                    ..SlotCursor::default()
+                }
+            } else {
+                SlotCursor {
+                    at: Some((next, generation)),
+                    ..cursor
+                }
+            };
+        }
+        (out, (cursor.shard == owner).then_some(cursor))
+    }
+
+    /// Calls `visit` for every entry of hash slot `slot` (tombstones and expired entries
+    /// included), as they were under one read lock of the slot's shard.
+    pub fn visit_slot(&self, slot: u16, mut visit: impl FnMut(&[u8], CopyRef<'_>)) {
+        let slot = slot % SLOTS;
+        // Only the slot's own shard holds entries of it.
+        let (entries, _) = {
+            let guard = self.shards[self.shard_of_slot(slot)].lock.read();
+            guard.chain_from(guard.chain_head(slot), usize::MAX)
+        };
+        for entry in &entries {
+            visit(entry.key(), entry.as_copy());
+        }
+    }
+
+    /// Which hash slots this store holds entries of (tombstones included): `held[s]` for slot
+    /// `s`. One read lock per shard; entries written meanwhile may or may not be seen.
+    pub fn held_slots(&self) -> Vec<bool> {
+        let mut held = vec![false; usize::from(SLOTS)];
+        for (i, slot) in self.shards.iter().enumerate() {
+            let shard = slot.lock.read();
+            let n = self.shards.len();
+            for s in (i..usize::from(SLOTS)).step_by(n) {
+                held[s] = shard.holds_slot(s as u16);
+            }
+        }
+        held
     }
 
     /// Calls `visit` with the key and copy of up to `max` entries of shard `shard` from `cursor`
@@ -1124,6 +1274,14 @@ impl Store {
         dropped
     }
 
+    /// Says whether another copy of any key can exist elsewhere (a peer in the view, or a member
+    /// that once owned ranges): only then does a delete need a tombstone, which exists to stop
+    /// an older copy arriving later from reviving the key. A node alone in a cluster of one
+    /// deletes as Redis does, so a delete-heavy load costs it no capacity. True until told.
+    pub fn set_tombstones_needed(&self, needed: bool) {
+        self.tombstones_needed.store(needed, Ordering::Relaxed);
+    }
+
     /// Current counters.
     pub fn stats(&self) -> StoreStats {
         let mut stats = StoreStats {
@@ -1136,6 +1294,7 @@ impl Store {
             stats.misses += slot.misses.load(Ordering::Relaxed);
             stats.evictions += slot.evictions.load(Ordering::Relaxed);
             stats.expirations += slot.expirations.load(Ordering::Relaxed);
+            stats.tombstones_evicted += slot.tombstones_evicted.load(Ordering::Relaxed);
         }
         stats
     }
@@ -1275,6 +1434,12 @@ impl Store {
         let entry = shard.remove(hash, victim);
         self.used_bytes.fetch_sub(entry.charge(), Ordering::Relaxed);
         if entry.is_tombstone() {
+            if !expired {
+                // Forgotten before its grace ran out: an older copy of the key arriving later
+                // (a hint, a lagging replica, anti-entropy) must not bring the key back.
+                shard.raise_tombstone_floor(hash, entry.version());
+                counters.tombstones_evicted.fetch_add(1, Ordering::Relaxed);
+            }
             return true;
         }
         let counter = if expired {

@@ -6,20 +6,56 @@
 //!
 //! Every method here runs under the shard's lock, taken by the caller; nothing here knows about
 //! memory limits or counters, which the store keeps.
+//!
+//! **Slot chains**: the entries of each hash slot (the cluster's placement unit, [`key_slot`])
+//! are also linked in a doubly-linked list through `links` (8 bytes per slab position, parallel
+//! to the slab), headed per slot in `heads`. A shard holds the keys of its own hash slots only
+//! (the store picks the shard from the slot: `slot % shards`), so `heads` has one 4-byte head
+//! per slot *of this shard* (`SLOTS / shards`: 256 at 64 shards, 1 KiB), allocated with the first
+//! entry. A new entry goes to the head of its slot's chain; removal unlinks it in O(1). So the
+//! entries of one slot are found without scanning the shard (rebalancing, `StreamEntries`,
+//! `CLUSTER GETKEYSINSLOT`).
+//!
+//! **Free slab positions** are chained through the same `links` (`next` of a free position is
+//! the next free one), so freeing a position never allocates.
 
 use std::collections::BTreeSet;
 
 use hashbrown::HashTable;
+use ringcache_proto::placement::{SLOTS, key_slot};
 
 use super::entry::Entry;
 
-#[derive(Debug, Default)]
+/// No position: the end of a chain, or an empty slot's head.
+pub(crate) const NIL: u32 = u32::MAX;
+
+/// A slab position's neighbours in its hash slot's chain.
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    prev: u32,
+    next: u32,
+}
+
+const UNLINKED: Link = Link {
+    prev: NIL,
+    next: NIL,
+};
+
+#[derive(Debug)]
 pub(crate) struct Shard {
     /// Slot numbers, found by key hash; the key itself lives in the entry.
     table: HashTable<u32>,
-    /// Entries by slot; `None` marks a free slot (listed in `free`).
+    /// Entries by slot; `None` marks a free slot (chained from `free`).
     slots: Vec<Option<Entry>>,
-    free: Vec<u32>,
+    /// Per slab position, its neighbours in its hash slot's chain (same length as `slots`).
+    links: Vec<Link>,
+    /// Per hash slot of this shard (slot `s` at `s >> chain_shift`), the first slab position of
+    /// its chain ([`NIL`]: none). Empty until the first insert.
+    heads: Box<[u32]>,
+    /// log2 of the store's shard count: slot `s` of this shard has head `s >> chain_shift`.
+    chain_shift: u32,
+    /// The first free slab position ([`NIL`]: none); the rest follow through `links[..].next`.
+    free: u32,
     /// The CLOCK hand: the next slot eviction looks at.
     hand: usize,
     /// (expires_at_ms, slot) of every entry that has a TTL, oldest first.
@@ -29,9 +65,55 @@ pub(crate) struct Shard {
     /// Bumped whenever entries change slots (compaction, clear): a key scan that resumes at a
     /// slot number under another generation starts the shard over (`Store::scan_keys`).
     generation: u64,
+    /// The highest version of a tombstone evicted before its grace ran out, per group of keys
+    /// (hash bits 32..38; empty until the first such eviction): a copy from elsewhere at or below
+    /// it, of a key this shard does not hold, may be older than the forgotten delete, so it is
+    /// refused rather than allowed to revive the key.
+    tombstone_floors: Vec<u64>,
+}
+
+/// Key groups per shard that remember evicted tombstones' versions (64 x 64 shards = 4,096 per
+/// store by default: an eviction refuses late copies of 1/4,096 of the absent keys, not all).
+const FLOOR_GROUPS: usize = 64;
+
+fn floor_group(hash: u64) -> usize {
+    ((hash >> 32) as usize) & (FLOOR_GROUPS - 1)
 }
 
 impl Shard {
+    /// An empty shard of a store with `2^shard_bits` shards, which holds the hash slots `s` with
+    /// `s % 2^shard_bits` equal to its index.
+    pub(crate) fn new(shard_bits: u32) -> Self {
+        Self {
+            table: HashTable::new(),
+            slots: Vec::new(),
+            links: Vec::new(),
+            heads: Box::default(),
+            chain_shift: shard_bits,
+            free: NIL,
+            hand: 0,
+            expiries: BTreeSet::new(),
+            tombstones: 0,
+            generation: 0,
+            tombstone_floors: Vec::new(),
+        }
+    }
+
+    /// An empty shard like this one (same slots), of the next generation. The tombstone floors
+    /// stay: forgetting them would let a late copy older than an evicted tombstone revive its key.
+    fn emptied(&mut self) -> Self {
+        Self {
+            generation: self.generation.wrapping_add(1),
+            tombstone_floors: std::mem::take(&mut self.tombstone_floors),
+            ..Self::new(self.chain_shift)
+        }
+    }
+
+    /// Where hash slot `slot`'s chain head is kept in `heads`.
+    fn head_index(&self, slot: u16) -> usize {
+        usize::from(slot) >> self.chain_shift
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.table.len()
     }
@@ -77,6 +159,24 @@ impl Shard {
             .copied()
     }
 
+    /// The version at or below which a copy of an absent key with this hash may predate an
+    /// evicted tombstone (0: no tombstone of its group was evicted).
+    pub(crate) fn tombstone_floor(&self, hash: u64) -> u64 {
+        self.tombstone_floors
+            .get(floor_group(hash))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Remembers that a tombstone of `version` for a key with this hash was evicted.
+    pub(crate) fn raise_tombstone_floor(&mut self, hash: u64, version: u64) {
+        if self.tombstone_floors.is_empty() {
+            self.tombstone_floors = vec![0; FLOOR_GROUPS];
+        }
+        let floor = &mut self.tombstone_floors[floor_group(hash)];
+        *floor = (*floor).max(version);
+    }
+
     pub(crate) fn entry(&self, slot: u32) -> &Entry {
         slot_entry(&self.slots, slot)
     }
@@ -91,18 +191,25 @@ impl Shard {
     ) -> u32 {
         let expires_at = entry.expires_at();
         self.tombstones += usize::from(entry.is_tombstone());
-        let slot = match self.free.pop() {
-            Some(slot) => {
+        let chain = self.head_index(key_slot(entry.key()));
+        let slot = match self.free {
+            slot if slot != NIL => {
+                self.free = self.links[slot as usize].next;
                 self.slots[slot as usize] = Some(entry);
                 slot
             }
-            None => {
-                let slot =
-                    u32::try_from(self.slots.len()).expect("fewer than 2^32 entries per shard");
+            _ => {
+                // Below NIL: a position is never mistaken for the end of a chain.
+                let slot = u32::try_from(self.slots.len())
+                    .ok()
+                    .filter(|&s| s < NIL)
+                    .expect("fewer than 2^32 - 1 entries per shard");
                 self.slots.push(Some(entry));
+                self.links.push(UNLINKED);
                 slot
             }
         };
+        self.link(chain, slot);
         let slots = &self.slots;
         self.table
             .insert_unique(hash, slot, |&s| hash_of(slot_entry(slots, s).key()));
@@ -152,12 +259,73 @@ impl Shard {
         let entry = self.slots[slot as usize]
             .take()
             .expect("remove targets an occupied slot");
+        self.unlink(self.head_index(key_slot(entry.key())), slot);
         self.tombstones -= usize::from(entry.is_tombstone());
         if let Some(at) = entry.expires_at() {
             self.expiries.remove(&(at, slot));
         }
-        self.free.push(slot);
+        self.links[slot as usize].next = self.free;
+        self.free = slot;
         entry
+    }
+
+    /// Puts slab position `at` at the head of hash slot `chain`'s chain.
+    fn link(&mut self, chain: usize, at: u32) {
+        if self.heads.is_empty() {
+            let heads = (usize::from(SLOTS) >> self.chain_shift).max(1);
+            self.heads = vec![NIL; heads].into_boxed_slice();
+        }
+        let first = self.heads[chain];
+        self.links[at as usize] = Link {
+            prev: NIL,
+            next: first,
+        };
+        if first != NIL {
+            self.links[first as usize].prev = at;
+        }
+        self.heads[chain] = at;
+    }
+
+    /// Takes slab position `at` out of hash slot `chain`'s chain.
+    fn unlink(&mut self, chain: usize, at: u32) {
+        let Link { prev, next } = std::mem::replace(&mut self.links[at as usize], UNLINKED);
+        if prev == NIL {
+            self.heads[chain] = next;
+        } else {
+            self.links[prev as usize].next = next;
+        }
+        if next != NIL {
+            self.links[next as usize].prev = prev;
+        }
+    }
+
+    /// The first slab position of hash slot `chain`'s chain ([`NIL`]: no entry of that slot).
+    /// `chain` must be one of this shard's slots.
+    pub(crate) fn chain_head(&self, chain: u16) -> u32 {
+        self.heads
+            .get(self.head_index(chain))
+            .copied()
+            .unwrap_or(NIL)
+    }
+
+    /// Whether this shard holds an entry of hash slot `chain`.
+    pub(crate) fn holds_slot(&self, chain: u16) -> bool {
+        self.chain_head(chain) != NIL
+    }
+
+    /// Up to `max` entries of a slot's chain from slab position `from` (which must be in that
+    /// chain; [`Shard::chain_head`] to start), and the position to continue from ([`NIL`]: the
+    /// chain is done).
+    pub(crate) fn chain_from(&self, from: u32, max: usize) -> (Vec<Entry>, u32) {
+        let mut out = Vec::new();
+        let mut at = from;
+        while at != NIL && out.len() < max {
+            if let Some(entry) = &self.slots[at as usize] {
+                out.push(entry.clone());
+            }
+            at = self.links[at as usize].next;
+        }
+        (out, at)
     }
 
     /// The slot of the entry that expires first, if it has expired by `now_ms`.
@@ -204,9 +372,7 @@ impl Shard {
     /// Drops every entry and returns how many there were.
     pub(crate) fn clear(&mut self) -> usize {
         let n = self.len();
-        let generation = self.generation.wrapping_add(1);
-        *self = Self::default();
-        self.generation = generation;
+        *self = self.emptied();
         n
     }
 
@@ -215,9 +381,7 @@ impl Shard {
         if self.slots.len() > 1024 && self.len() < self.slots.len() / 4 {
             // Slots are positions: they can only be compacted by re-inserting everything.
             let entries: Vec<Entry> = self.slots.drain(..).flatten().collect();
-            let generation = self.generation.wrapping_add(1);
-            *self = Self::default();
-            self.generation = generation;
+            *self = self.emptied();
             for entry in entries {
                 let hash = hash_of(entry.key());
                 self.insert(hash, entry, &hash_of);

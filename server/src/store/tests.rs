@@ -538,9 +538,14 @@ fn noeviction_refuses_writes_and_keeps_serving_reads() {
     // Overwriting with a value of the same size needs no new memory.
     s.set(b"k0000", &[2u8; 100], SetOptions::default(), T0)
         .unwrap();
-    // Growing a value does.
+    // Nor does growing it within the allocator's chunk (here 16-byte steps)...
+    assert_eq!(charge(5, 101), per_item);
+    s.set(b"k0000", &[2u8; 101], SetOptions::default(), T0)
+        .unwrap();
+    // ...but growing it past the chunk does.
+    assert!(charge(5, 120) > per_item);
     assert!(matches!(
-        s.set(b"k0000", &[2u8; 101], SetOptions::default(), T0),
+        s.set(b"k0000", &[2u8; 120], SetOptions::default(), T0),
         Err(StoreError::MemoryFull { .. })
     ));
     // Deleting frees room.
@@ -1244,4 +1249,341 @@ mod scan_model {
             }
         }
     }
+}
+
+#[test]
+fn a_node_alone_deletes_without_tombstones_and_resumes_them_when_told() {
+    let s = with_tombstones();
+    s.set_tombstones_needed(false);
+    s.set(b"k", b"v", SetOptions::default(), T0).unwrap();
+    assert_eq!(s.delete_versioned(b"k", T0).unwrap(), (true, None));
+    assert!(s.get_versioned(b"k").unwrap().is_none(), "nothing kept");
+    assert_eq!(
+        s.delete_versioned(b"absent", T0).unwrap(),
+        (false, None),
+        "no tombstone for a key nobody holds"
+    );
+    assert_eq!(s.stats().used_bytes, 0);
+    // A peer appears: deletes leave tombstones again.
+    s.set_tombstones_needed(true);
+    s.set(b"k", b"v", SetOptions::default(), T0).unwrap();
+    let (deleted, version) = s.delete_versioned(b"k", T0).unwrap();
+    assert!(deleted && version.is_some());
+    assert_eq!(s.get_versioned(b"k").unwrap().unwrap().value, None);
+}
+
+#[test]
+fn an_evicted_tombstone_never_lets_an_older_copy_revive_its_key() {
+    let per_item = charge(5, 100);
+    let s = Store::new(StoreConfig {
+        max_memory_bytes: 4 * per_item,
+        tombstone_grace_ms: 600_000,
+        shards: 1,
+        ..StoreConfig::default()
+    });
+    let payload = [1u8; 100];
+    let old = s
+        .set(b"gone0", &payload, SetOptions::default(), T0)
+        .unwrap()
+        .version
+        .unwrap();
+    let (_, tomb) = s.delete_versioned(b"gone0", T0).unwrap();
+    let tomb = tomb.unwrap();
+    // Fill memory until the tombstone is evicted, well within its grace period.
+    let mut i = 0;
+    while s.get_versioned(b"gone0").unwrap().is_some() {
+        assert!(i < 100, "the tombstone was never evicted");
+        s.set(
+            format!("k{i:04}").as_bytes(),
+            &payload,
+            SetOptions::default(),
+            T0 + 1,
+        )
+        .unwrap();
+        i += 1;
+    }
+    assert_eq!(s.stats().tombstones_evicted, 1);
+    // A late copy older than the delete (a hint, a lagging replica, anti-entropy) is refused...
+    assert!(
+        !s.apply(b"gone0", Some(&payload), old, None, T0 + 2)
+            .unwrap()
+    );
+    assert_eq!(value(&s, b"gone0", T0 + 2), None);
+    // ...and so is a copy at the delete's own version; a newer write is taken.
+    assert!(
+        !s.apply(b"gone0", Some(&payload), tomb, None, T0 + 2)
+            .unwrap()
+    );
+    let newer = s
+        .set(b"fresh", b"x", SetOptions::default(), T0 + 2)
+        .unwrap();
+    let newer = newer.version.unwrap();
+    assert!(newer > tomb);
+    assert!(
+        s.apply(b"gone0", Some(b"new"), newer, None, T0 + 2)
+            .unwrap()
+    );
+    assert_eq!(value(&s, b"gone0", T0 + 2).as_deref(), Some(&b"new"[..]));
+    // A key that is present keeps ordering by its own version, floor or not.
+    let held = s.get_versioned(b"fresh").unwrap().unwrap().version;
+    assert!(
+        !s.apply(b"fresh", Some(b"older"), held - 1, None, T0 + 2)
+            .unwrap()
+    );
+}
+
+/// Every entry of `slot`, walked `step` at a time.
+fn walk_slot(s: &Store, slot: u16, step: usize) -> Vec<Bytes> {
+    let mut keys = Vec::new();
+    let mut cursor = Some(SlotCursor::default());
+    while let Some(at) = cursor {
+        let (items, next) = s.scan_slot(slot, at, step);
+        keys.extend(items.into_iter().map(|(k, _)| k));
+        cursor = next;
+    }
+    keys.sort();
+    keys
+}
+
+#[test]
+fn a_slot_walk_visits_exactly_that_slots_entries_through_removals_and_compaction() {
+    let s = small(1 << 30, EvictionPolicy::NoEviction);
+    // Hash tags put many keys in a few slots; plain keys spread over the rest.
+    let tagged = |t: u32, i: u32| format!("{{tag{t}}}:{i}");
+    for t in 0..3 {
+        for i in 0..500 {
+            s.set(tagged(t, i).as_bytes(), b"v", SetOptions::default(), T0)
+                .unwrap();
+        }
+    }
+    for i in 0..3000 {
+        s.set(
+            format!("plain{i}").as_bytes(),
+            b"v",
+            SetOptions::default(),
+            T0,
+        )
+        .unwrap();
+    }
+    let expected = |s: &Store, slot: u16| {
+        let mut keys: Vec<Bytes> = (0..s.shard_count())
+            .flat_map(|shard| {
+                let mut all = Vec::new();
+                let mut cursor = Some(0);
+                while let Some(at) = cursor {
+                    let (items, next) = s.scan(shard, at, 100);
+                    all.extend(items.into_iter().map(|(k, _)| k));
+                    cursor = next;
+                }
+                all
+            })
+            .filter(|k| key_slot(k) == slot)
+            .collect();
+        keys.sort();
+        keys
+    };
+    let tag_slot = key_slot(b"tag0");
+    let plain_slot = key_slot(b"plain7");
+    for slot in [tag_slot, plain_slot, key_slot(b"tag2")] {
+        let want = expected(&s, slot);
+        assert!(!want.is_empty());
+        assert_eq!(walk_slot(&s, slot, 7), want, "slot {slot}");
+        assert_eq!(walk_slot(&s, slot, 10_000), want, "slot {slot} in one step");
+    }
+    // Removals from the middle, the head and the tail of chains keep them whole.
+    for i in (0..500).step_by(3) {
+        assert!(
+            s.remove_if_version(
+                tagged(0, i).as_bytes(),
+                s.get_versioned(tagged(0, i).as_bytes())
+                    .unwrap()
+                    .unwrap()
+                    .version
+            )
+            .unwrap()
+        );
+    }
+    let want = expected(&s, tag_slot);
+    assert_eq!(want.len(), 500 - 167);
+    assert_eq!(walk_slot(&s, tag_slot, 5), want);
+    // Held slots: the tag slots and the plain keys' slots, nothing else.
+    let held = s.held_slots();
+    let mut slots: Vec<u16> = (0..3000)
+        .map(|i| key_slot(format!("plain{i}").as_bytes()))
+        .chain((0..3).map(|t| key_slot(format!("tag{t}").as_bytes())))
+        .collect();
+    slots.sort_unstable();
+    slots.dedup();
+    assert_eq!(
+        (0..SLOTS)
+            .filter(|&s| held[usize::from(s)])
+            .collect::<Vec<_>>(),
+        slots
+    );
+    // Removing nearly everything compacts the shards (entries move): the chains follow.
+    for i in 0..3000 {
+        if i % 50 != 0 {
+            let key = format!("plain{i}");
+            let version = s.get_versioned(key.as_bytes()).unwrap().unwrap().version;
+            assert!(s.remove_if_version(key.as_bytes(), version).unwrap());
+        }
+    }
+    for t in 0..3 {
+        for i in 0..500 {
+            let key = tagged(t, i);
+            if let Some(item) = s.get_versioned(key.as_bytes()).unwrap() {
+                s.remove_if_version(key.as_bytes(), item.version).unwrap();
+            }
+        }
+    }
+    s.reclaim_expired(T0, usize::MAX);
+    for i in (0..3000).step_by(50) {
+        let slot = key_slot(format!("plain{i}").as_bytes());
+        assert_eq!(walk_slot(&s, slot, 3), expected(&s, slot));
+    }
+    assert!(walk_slot(&s, tag_slot, 3).is_empty());
+    // An empty store holds no slot.
+    s.flush();
+    assert!(!s.held_slots().iter().any(|&h| h));
+}
+
+#[test]
+fn a_slot_walk_survives_its_next_entry_going_away() {
+    // One shard: the slot is one chain.
+    let s = Store::new(StoreConfig {
+        shards: 1,
+        ..StoreConfig::default()
+    });
+    let keys: Vec<String> = (0..40).map(|i| format!("{{t}}:{i}")).collect();
+    for key in &keys {
+        s.set(key.as_bytes(), b"v", SetOptions::default(), T0)
+            .unwrap();
+    }
+    let slot = key_slot(b"t");
+    let (first, cursor) = s.scan_slot(slot, SlotCursor::default(), 10);
+    assert_eq!(first.len(), 10);
+    let cursor = cursor.unwrap();
+    // Remove every key not returned yet: the cursor's next entry is gone, the walk restarts its
+    // chain and returns what is left (the first ten again), and ends.
+    for key in &keys {
+        if !first.iter().any(|(k, _)| k == key.as_bytes()) {
+            let version = s.get_versioned(key.as_bytes()).unwrap().unwrap().version;
+            s.remove_if_version(key.as_bytes(), version).unwrap();
+        }
+    }
+    let mut rest = Vec::new();
+    let mut cursor = Some(cursor);
+    let mut steps = 0;
+    while let Some(at) = cursor {
+        let (items, next) = s.scan_slot(slot, at, 4);
+        rest.extend(items.into_iter().map(|(k, _)| k));
+        cursor = next;
+        steps += 1;
+        assert!(steps < 100, "the walk ends");
+    }
+    rest.sort();
+    let mut want: Vec<Bytes> = first.into_iter().map(|(k, _)| k).collect();
+    want.sort();
+    assert_eq!(rest, want);
+}
+
+#[test]
+fn compaction_keeps_the_tombstone_floors() {
+    let per_item = charge(5, 100);
+    let s = Store::new(StoreConfig {
+        max_memory_bytes: 1_200 * per_item,
+        tombstone_grace_ms: 600_000,
+        shards: 1,
+        ..StoreConfig::default()
+    });
+    let payload = [1u8; 100];
+    let old = s
+        .set(b"gone0", &payload, SetOptions::default(), T0)
+        .unwrap()
+        .version
+        .unwrap();
+    s.delete(b"gone0", T0).unwrap();
+    let ttl = SetOptions {
+        ttl_ms: Some(1_000),
+        ..SetOptions::default()
+    };
+    let mut i = 0;
+    while s.stats().tombstones_evicted == 0 {
+        assert!(i < 2_000, "the tombstone was never evicted");
+        s.set(format!("k{i:04}").as_bytes(), &payload, ttl, T0 + 1)
+            .unwrap();
+        i += 1;
+    }
+    let generation = s.shards[0].lock.read().generation();
+    assert!(s.reclaim_expired(T0 + 5_000, usize::MAX) > 1_024);
+    assert_ne!(
+        s.shards[0].lock.read().generation(),
+        generation,
+        "the shard compacted"
+    );
+    assert!(
+        !s.apply(b"gone0", Some(&payload), old, None, T0 + 5_000)
+            .unwrap(),
+        "the evicted tombstone's floor outlives the compaction"
+    );
+    assert_eq!(value(&s, b"gone0", T0 + 5_000), None);
+}
+
+#[test]
+fn a_hash_slot_lives_in_one_shard_and_its_walk_reads_only_that_shard() {
+    let s = Store::new(StoreConfig {
+        shards: 8,
+        ..StoreConfig::default()
+    });
+    for i in 0..2_000 {
+        s.set(
+            format!("key:{i}").as_bytes(),
+            b"v",
+            SetOptions::default(),
+            T0,
+        )
+        .unwrap();
+    }
+    let held = s.held_slots();
+    for i in 0..2_000 {
+        let key = format!("key:{i}");
+        let slot = key_slot(key.as_bytes());
+        let place = s.place(key.as_bytes());
+        assert_eq!(place.shard, usize::from(slot) % 8, "{key}");
+        assert!(held[usize::from(slot)], "{key}");
+    }
+    assert_eq!(
+        held.iter().filter(|&&h| h).count(),
+        (0..2_000)
+            .map(|i| key_slot(format!("key:{i}").as_bytes()))
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        "no slot without an entry is reported held"
+    );
+    // A walk of a slot with entries returns them and ends after its owner shard.
+    let slot = key_slot(b"key:0");
+    let (items, next) = s.scan_slot(slot, SlotCursor::default(), 1_000);
+    assert!(next.is_none());
+    assert!(items.iter().any(|(k, _)| &k[..] == b"key:0"));
+    assert!(items.iter().all(|(k, _)| key_slot(k) == slot));
+    // Visiting a slot (slot digests) sees exactly its entries, for every slot.
+    let mut by_slot: std::collections::HashMap<u16, Vec<Vec<u8>>> = Default::default();
+    for i in 0..2_000 {
+        let key = format!("key:{i}").into_bytes();
+        by_slot.entry(key_slot(&key)).or_default().push(key);
+    }
+    for slot in 0..SLOTS {
+        let mut seen = Vec::new();
+        s.visit_slot(slot, |key, _| seen.push(key.to_vec()));
+        seen.sort();
+        let mut expected = by_slot.remove(&slot).unwrap_or_default();
+        expected.sort();
+        assert_eq!(seen, expected, "slot {slot}");
+    }
+    // More shards than slots are clamped: every shard still holds whole slots.
+    let many = Store::new(StoreConfig {
+        shards: 1 << 16,
+        ..StoreConfig::default()
+    });
+    assert_eq!(many.config().shards, usize::from(SLOTS));
 }
