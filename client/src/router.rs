@@ -34,7 +34,7 @@ use std::{
 use bytes::Bytes;
 use ringcache_proto::{
     placement::{ReplicaSet, Ring},
-    topology::Topology,
+    topology::{NodeState, Topology},
     v1::{NodeLimits, cache_client::CacheClient},
 };
 use tokio::{sync::oneshot, time::Instant};
@@ -265,6 +265,9 @@ pub(crate) struct State {
     ring: Ring,
     /// The slot of each ring member, parallel to `ring.nodes()`.
     slots: Box<[Arc<NodeSlot>]>,
+    /// Whether each ring member is `Restarting` (stopped for a quick restart, or catching up
+    /// after one), parallel to `ring.nodes()`: tried after the others.
+    restarting: Box<[bool]>,
     /// Whether the cluster serves its topology; `false` for a node without the `Cluster` service,
     /// where the topology is empty and every request goes to that node.
     aware: bool,
@@ -309,10 +312,20 @@ impl State {
                     .map_or_else(|| Arc::new(NodeSlot::new(addr)), |slot| Arc::clone(slot))
             })
             .collect();
+        let restarting = ring
+            .nodes()
+            .iter()
+            .map(|node_id| {
+                topology
+                    .member(node_id)
+                    .is_some_and(|member| member.state == NodeState::Restarting)
+            })
+            .collect();
         Self {
             topology,
             ring,
             slots,
+            restarting,
             aware,
         }
     }
@@ -339,7 +352,8 @@ impl State {
     }
 
     /// The replicas of `key` in the order they are tried: the replica set's order, except that
-    /// nodes whose breaker holds them back come after the others. Each appears once.
+    /// nodes whose breaker holds them back, and nodes restarting, come after the others. Each
+    /// appears once.
     fn attempt_order<'s>(
         &'s self,
         replicas: ReplicaSet<'s>,
@@ -351,7 +365,7 @@ impl State {
         for (i, node_id) in replicas.iter().enumerate().take(MAX_REORDERED_REPLICAS) {
             if self
                 .position(node_id)
-                .is_some_and(|p| self.slots[p].holds_back(breaker))
+                .is_some_and(|p| self.restarting[p] || self.slots[p].holds_back(breaker))
             {
                 late |= 1 << i;
             }
@@ -1161,6 +1175,39 @@ mod tests {
         );
         state.slots[primary].mark_reachable();
         assert!(!state.slots[primary].is_unreachable());
+    }
+
+    #[test]
+    fn restarting_replicas_are_tried_last_but_stay_in_the_ring() {
+        let all = State::build(topology(&["n1", "n2", "n3"]), true, None, &[]);
+        let key = b"some-key";
+        let in_ring_order: Vec<&str> = all.ring.replicas(key).iter().collect();
+        let members = ["n1", "n2", "n3"]
+            .iter()
+            .map(|id| {
+                let state = if *id == in_ring_order[0] {
+                    NodeState::Restarting
+                } else {
+                    NodeState::Active
+                };
+                member(id, state)
+            })
+            .collect();
+        let state = State::build(Topology::new(members, 3, 16), true, None, &[]);
+        let replicas = state.ring.replicas(key);
+        assert_eq!(
+            replicas.iter().collect::<Vec<_>>(),
+            in_ring_order,
+            "a restarting member keeps its ranges"
+        );
+        let order: Vec<&str> = state
+            .attempt_order(replicas, &CircuitBreaker::new())
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(
+            order,
+            [in_ring_order[1], in_ring_order[2], in_ring_order[0]]
+        );
     }
 
     #[test]

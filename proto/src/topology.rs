@@ -43,12 +43,19 @@ pub enum NodeState {
     Dead,
     /// Left on purpose (drained: seen Leaving, then gone); out of the ring, not a failure.
     Left,
+    /// Stopped for a quick restart with its data kept on disk, or back from one and catching
+    /// up: kept in the ring for the restart grace so its ranges do not move (like `Suspect`);
+    /// it does not serve until it is `Active` again.
+    Restarting,
 }
 
 impl NodeState {
     /// Whether a member in this state owns ranges of the ring.
     pub fn in_ring(self) -> bool {
-        matches!(self, Self::Active | Self::Leaving | Self::Suspect)
+        matches!(
+            self,
+            Self::Active | Self::Leaving | Self::Suspect | Self::Restarting
+        )
     }
 
     /// Whether the member is gone: declared down, or left on purpose.
@@ -65,6 +72,7 @@ impl NodeState {
             Self::Suspect => "suspect",
             Self::Dead => "dead",
             Self::Left => "left",
+            Self::Restarting => "restarting",
         }
     }
 }
@@ -84,6 +92,7 @@ impl From<NodeState> for v1::NodeState {
             NodeState::Suspect => v1::NodeState::Suspect,
             NodeState::Dead => v1::NodeState::Dead,
             NodeState::Left => v1::NodeState::Left,
+            NodeState::Restarting => v1::NodeState::Restarting,
         }
     }
 }
@@ -104,6 +113,7 @@ impl TryFrom<i32> for NodeState {
             Ok(v1::NodeState::Suspect) => Ok(Self::Suspect),
             Ok(v1::NodeState::Dead) => Ok(Self::Dead),
             Ok(v1::NodeState::Left) => Ok(Self::Left),
+            Ok(v1::NodeState::Restarting) => Ok(Self::Restarting),
             Ok(v1::NodeState::Unspecified) | Err(_) => Err(InvalidNodeState(value)),
         }
     }

@@ -161,6 +161,16 @@ pub struct Cli {
     /// Longest wait for in-flight requests at shutdown before the node exits anyway [default: 10s].
     #[arg(long, env = "RINGCACHE_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<HumanDuration>,
+    /// What SIGTERM/SIGINT does: `handoff` hands every key to the other nodes and leaves the
+    /// cluster; `restart` keeps the data in a snapshot in --data-dir and stops for a quick
+    /// restart (the cluster keeps the node's ranges for the restart grace) [default: handoff].
+    #[arg(long, env = "RINGCACHE_SHUTDOWN_MODE", value_name = "MODE")]
+    pub shutdown_mode: Option<ShutdownMode>,
+    /// How long the other nodes keep the ranges of a node stopped for a restart (`ringctl drain
+    /// --restart`, or --shutdown-mode restart) before they count it as dead and copy its data
+    /// elsewhere; 1s to 1h [default: 60s].
+    #[arg(long, env = "RINGCACHE_RESTART_GRACE", value_name = "DURATION")]
+    pub restart_grace: Option<HumanDuration>,
     /// Tokio worker threads [default: the CPUs this process may use: its CPU quota (cgroup v1 or
     /// v2, e.g. a container's CPU limit, rounded down) or its CPU affinity, whichever is lower;
     /// at least 1].
@@ -350,6 +360,19 @@ impl From<ConsistencyArg> for Consistency {
     }
 }
 
+/// What a node does when it is told to stop (a signal, or the shutdown future).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShutdownMode {
+    /// Hand every key to the other nodes, then leave the cluster (a drain).
+    #[default]
+    Handoff,
+    /// Write a snapshot to the data directory and stop for a quick restart: the other nodes
+    /// keep this node's ranges for the restart grace, and the node reloads its data when it
+    /// starts again.
+    Restart,
+}
+
 /// Eviction policy as written in flags and files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -459,6 +482,8 @@ struct FileConfig {
     rebalance_yield: Option<HumanDuration>,
     leave_timeout: Option<HumanDuration>,
     shutdown_timeout: Option<HumanDuration>,
+    shutdown_mode: Option<ShutdownMode>,
+    restart_grace: Option<HumanDuration>,
     workers: Option<usize>,
     log_format: Option<LogFormat>,
     weight: Option<NonZeroU32>,
@@ -568,6 +593,13 @@ pub struct Config {
     pub rebalance_yield: Duration,
     /// Longest hand-off at a graceful leave.
     pub leave_timeout: Duration,
+    /// Where the node keeps its snapshot (none: no snapshots). TEMPORARY until the snapshot
+    /// settings land.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// What a signal's shutdown does: hand off and leave, or keep the data for a restart.
+    pub shutdown_mode: ShutdownMode,
+    /// How long peers keep the ranges of a member stopped for a restart.
+    pub restart_grace: Duration,
     /// Most open connections on the gRPC listener; 0 = unlimited.
     pub max_connections: usize,
     /// How long the topology must stay unchanged before a node with peers is ready.
@@ -647,6 +679,12 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(120);
 /// Default `rebalance_yield`.
 pub const DEFAULT_REBALANCE_YIELD: Duration = Duration::from_micros(500);
+/// How long peers keep the ranges of a member stopped for a restart, unless set.
+pub const DEFAULT_RESTART_GRACE: Duration = Duration::from_secs(60);
+/// Shortest `restart_grace`.
+pub const MIN_RESTART_GRACE: Duration = Duration::from_secs(1);
+/// Longest `restart_grace`: past it the cluster runs short of copies for too long.
+pub const MAX_RESTART_GRACE: Duration = Duration::from_secs(3600);
 /// Largest `rebalance_yield`.
 pub const MAX_REBALANCE_YIELD: Duration = Duration::from_secs(1);
 
@@ -815,6 +853,12 @@ impl Config {
                 .leave_timeout
                 .or(file.leave_timeout)
                 .map_or(Duration::from_secs(300), |d| d.0),
+            data_dir: None,
+            shutdown_mode: cli.shutdown_mode.or(file.shutdown_mode).unwrap_or_default(),
+            restart_grace: cli
+                .restart_grace
+                .or(file.restart_grace)
+                .map_or(DEFAULT_RESTART_GRACE, |d| d.0),
             max_connections: cli
                 .max_connections
                 .or(file.max_connections)
@@ -856,6 +900,12 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.node_id.trim().is_empty() {
             bail!("node_id must not be empty");
+        }
+        if !(MIN_RESTART_GRACE..=MAX_RESTART_GRACE).contains(&self.restart_grace) {
+            bail!(
+                "restart_grace must be between 1s and 1h, got {}",
+                humantime::format_duration(self.restart_grace)
+            );
         }
         if self.store.max_key_bytes == 0 || self.store.max_key_bytes > MAX_KEY_LEN {
             bail!(

@@ -60,7 +60,7 @@ impl KnownMembers {
     pub fn observe(&mut self, members: &[Member]) {
         for member in members {
             match member.state {
-                NodeState::Active | NodeState::Suspect => {
+                NodeState::Active | NodeState::Suspect | NodeState::Restarting => {
                     self.members.insert(member.node_id.clone(), Known::Owner);
                 }
                 NodeState::Leaving => {

@@ -10,6 +10,7 @@
 //! | `member declared dead` | → Dead (failure detection gave up on it; out of the ring) |
 //! | `member leaving` | → Leaving (a graceful leave or drain: it hands off its data) |
 //! | `member left` | → Left (it left gossip after announcing Leaving: drained, not failed) |
+//! | `member restarting` | → Restarting (stopped for a quick restart with its data on disk, or back from one and catching up; still in the ring) |
 //! | `member rejoined` | a new incarnation of the same node id (a restart, or a rejoin after it was declared dead), also when the old one had already been removed from the view (remembered for [`REMEMBER_REMOVED`]) |
 //! | `member removed` | no longer in the view (`dead_retention` after it died or left; or a new incarnation whose metadata has not arrived yet) |
 //! | `member state changed` | any other change |
@@ -58,6 +59,8 @@ pub enum Change {
     Leaving,
     /// Now Left (drained).
     Left,
+    /// Now Restarting (a quick restart; still in the ring).
+    Restarting,
     /// A new incarnation of the node id.
     Rejoined,
     /// No longer in the view.
@@ -77,6 +80,7 @@ impl Change {
             Self::Dead => "member declared dead",
             Self::Leaving => "member leaving",
             Self::Left => "member left",
+            Self::Restarting => "member restarting",
             Self::Rejoined => "member rejoined",
             Self::Removed => "member removed",
             Self::Other => "member state changed",
@@ -143,7 +147,7 @@ fn diff_remembering<'a>(
 
 /// What changed for a member now in the view; `None` when nothing did.
 fn classify(previous: Option<&Member>, now: &Member) -> Option<Change> {
-    use NodeState::{Active, Dead, Joining, Leaving, Left, Suspect};
+    use NodeState::{Active, Dead, Joining, Leaving, Left, Restarting, Suspect};
     let Some(previous) = previous else {
         return Some(match now.state {
             Joining => Change::Joining,
@@ -152,6 +156,7 @@ fn classify(previous: Option<&Member>, now: &Member) -> Option<Change> {
             Leaving => Change::Leaving,
             Dead => Change::Dead,
             Left => Change::Left,
+            Restarting => Change::Restarting,
         });
     };
     if previous.incarnation != now.incarnation {
@@ -160,6 +165,8 @@ fn classify(previous: Option<&Member>, now: &Member) -> Option<Change> {
     Some(match (previous.state, now.state) {
         (from, to) if from == to => return None,
         (_, Suspect) => Change::Suspected,
+        (_, Restarting) => Change::Restarting,
+        (Restarting, Active) => Change::Active,
         (_, Leaving) => Change::Leaving,
         (_, Left) => Change::Left,
         (_, Dead) => Change::Dead,

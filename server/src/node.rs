@@ -42,7 +42,7 @@ use crate::cluster::{
     ClusterSettings, Encryption, GossipSocket, GossipStatsSnapshot, Keyring, Membership,
     MembershipConfig, MembershipHandle, MetaState, NodeIdentity, NodeMeta,
 };
-use crate::config::Config;
+use crate::config::{Config, ShutdownMode};
 use crate::connections::{AcceptPolicy, ActivityLayer, Connections, RemoteAddr, secure_incoming};
 use crate::context::Context;
 use crate::http;
@@ -138,9 +138,38 @@ pub struct Node {
     known: parking_lot::Mutex<KnownMembers>,
     /// Logs the member state changes between consecutive views (see [`crate::member_log`]).
     member_log: parking_lot::Mutex<MemberLog>,
+    /// How a requested stop ends, once one was requested ([`Node::leave`], [`Node::restart`]);
+    /// a stop from a signal follows `shutdown_mode`.
+    stop: parking_lot::Mutex<Option<Stop>>,
+    /// The version this node's data was current at when it was loaded from a snapshot at start
+    /// (a warm restart): it pulls only newer entries from its co-replicas.
+    warm_since: OnceLock<u64>,
     /// `node{id=...}`: everything the node runs, and so every line it logs, is inside it
     /// (see [`crate::logging`]).
     span: Span,
+}
+
+/// How a stop ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Hand every key to the other nodes and leave the cluster.
+    Drain,
+    /// Keep the data in a snapshot and let the cluster keep this node's ranges for the restart
+    /// grace.
+    Restart,
+}
+
+/// Why [`Node::restart`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestartRefused {
+    /// The node has no data directory to keep its data in.
+    #[error(
+        "this node has no data directory (--data-dir): it cannot keep its data across a restart; drain it instead"
+    )]
+    NoDataDir,
+    /// The node is already stopping.
+    #[error("the node is already stopping ({0})")]
+    AlreadyStopping(&'static str),
 }
 
 impl std::ops::Deref for Node {
@@ -280,6 +309,8 @@ impl Node {
             secrets_reload: Arc::new(Notify::new()),
             known: parking_lot::Mutex::new(KnownMembers::new()),
             member_log: parking_lot::Mutex::new(MemberLog::default()),
+            stop: parking_lot::Mutex::new(None),
+            warm_since: OnceLock::new(),
             span,
         });
         node.span.in_scope(|| node.publish_single_node());
@@ -607,9 +638,60 @@ impl Node {
     /// Starts a graceful leave: the node turns `Leaving` and shuts down once in-flight requests end.
     pub fn leave(&self) {
         let _entered = self.span.enter();
+        {
+            let mut stop = self.stop.lock();
+            if stop.is_none() {
+                *stop = Some(Stop::Drain);
+            }
+        }
         self.enter_leaving("drain");
         self.publish_single_node();
         self.shutdown.cancel();
+    }
+
+    /// Starts a stop for a quick restart (`ringctl drain --restart`): once in-flight requests
+    /// end, the node turns `Restarting` (its peers keep its ranges for their restart grace),
+    /// writes its data to a snapshot in its data directory, leaves gossip and stops, handing
+    /// nothing off. Started again with the same node id and data directory, it loads the
+    /// snapshot and pulls only what changed meanwhile. Refused without a data directory or when
+    /// a stop is already under way.
+    pub fn restart(&self) -> Result<(), RestartRefused> {
+        let _entered = self.span.enter();
+        if self.config.data_dir.is_none() {
+            return Err(RestartRefused::NoDataDir);
+        }
+        {
+            let mut stop = self.stop.lock();
+            match *stop {
+                Some(Stop::Drain) => return Err(RestartRefused::AlreadyStopping("draining")),
+                Some(Stop::Restart) => return Err(RestartRefused::AlreadyStopping("restarting")),
+                None if self.shutdown.is_cancelled() => {
+                    return Err(RestartRefused::AlreadyStopping("shutting down"));
+                }
+                None => *stop = Some(Stop::Restart),
+            }
+        }
+        self.enter_restarting("drain --restart");
+        self.shutdown.cancel();
+        Ok(())
+    }
+
+    /// Whether the stop under way keeps the data for a restart: requested so, or a signal's
+    /// stop with `shutdown_mode = restart` and a data directory.
+    fn stops_for_restart(&self) -> bool {
+        match *self.stop.lock() {
+            Some(stop) => stop == Stop::Restart,
+            None => {
+                self.config.shutdown_mode == ShutdownMode::Restart && self.config.data_dir.is_some()
+            }
+        }
+    }
+
+    /// Turns the node `Restarting` and says so once.
+    fn enter_restarting(&self, why: &'static str) {
+        if self.state.send_replace(v1::NodeState::Restarting) != v1::NodeState::Restarting {
+            tracing::info!(reason = %why, "node restarting");
+        }
     }
 
     /// Turns the node `Leaving` and says so once (`why`: `drain` for a requested leave,
@@ -917,7 +999,11 @@ impl Node {
         let result = match result {
             Some(joined) => joined,
             None => {
-                self.enter_leaving("shutdown");
+                if self.stops_for_restart() {
+                    self.enter_restarting("shutdown");
+                } else {
+                    self.enter_leaving("shutdown");
+                }
                 match tokio::time::timeout(self.config.shutdown_timeout, &mut server).await {
                     Ok(joined) => joined,
                     Err(_) => {
@@ -933,7 +1019,17 @@ impl Node {
         };
         token.cancel();
         while tasks.join_next().await.is_some() {}
-        if membership_task.is_some() {
+        let restart = self.stops_for_restart();
+        if restart && membership_task.is_some() {
+            self.announce(MetaState::Restarting).await;
+        }
+        // Requests have stopped: the snapshot holds everything this node acknowledged.
+        let kept = self.write_stop_snapshot().await;
+        if membership_task.is_some() && !(restart && kept) {
+            if restart {
+                tracing::warn!("no snapshot to restart from: handing the data off instead");
+                self.enter_leaving("restart without a snapshot");
+            }
             self.hand_off_before_leaving().await;
         }
         self.gossip_stop.cancel();
@@ -1005,10 +1101,8 @@ fn watch_tls_and_users(node: &Arc<Node>) {
 }
 
 impl Node {
-    /// The graceful part of a shutdown with membership: announce Leaving, then hand every entry
-    /// to the replicas it has in the ring without this node (requests have stopped by now, so
-    /// nothing written here can be missed). Bounded by `leave_timeout`.
-    async fn hand_off_before_leaving(&self) {
+    /// Announces `state` in this node's gossiped metadata (when it runs gossip).
+    async fn announce(&self, state: MetaState) {
         if let Some(handle) = self.membership.get() {
             let advertised = self.advertised.read().clone();
             let meta = NodeMeta {
@@ -1018,10 +1112,26 @@ impl Node {
                 resp_addr: advertised.resp_addr,
                 weight: self.config.weight.get(),
                 settings: cluster_settings(&self.config),
-                state: MetaState::Leaving,
+                state,
             };
-            let _ = handle.set_meta(meta).await;
+            if let Err(error) = handle.set_meta(meta).await {
+                tracing::warn!(%error, state = ?state, "could not announce the node's state");
+            }
         }
+    }
+
+    /// Writes the snapshot of a graceful stop when the node has a data directory; returns
+    /// whether one was written.
+    async fn write_stop_snapshot(&self) -> bool {
+        // Wired to the snapshot writer when it lands.
+        false
+    }
+
+    /// The graceful part of a shutdown with membership: announce Leaving, then hand every entry
+    /// to the replicas it has in the ring without this node (requests have stopped by now, so
+    /// nothing written here can be missed). Bounded by `leave_timeout`.
+    async fn hand_off_before_leaving(&self) {
+        self.announce(MetaState::Leaving).await;
         let keys = self.store.stats().keys;
         if keys == 0 {
             return;
@@ -1058,10 +1168,12 @@ impl Node {
             resp_addr: advertised.resp_addr,
             weight: self.config.weight.get(),
             settings: cluster_settings(&self.config),
-            state: if joining {
-                MetaState::Joining
-            } else {
-                MetaState::Active
+            // A node back from a restart with its data (a snapshot) stays in the ring while it
+            // catches up: its ranges never move.
+            state: match (joining, self.warm_since.get()) {
+                (true, Some(_)) => MetaState::Restarting,
+                (true, None) => MetaState::Joining,
+                (false, _) => MetaState::Active,
             },
         };
         let config = membership_config(&self.config);
@@ -1276,6 +1388,7 @@ fn membership_config(config: &Config) -> MembershipConfig {
         announce_period: period * 30,
         announce_to_down_period: period * 10,
         dead_retention: period * 30,
+        restart_grace: config.restart_grace,
         ..MembershipConfig::default()
     }
 }
@@ -1347,7 +1460,15 @@ async fn join(node: Arc<Node>, handle: MembershipHandle, mut meta: NodeMeta) {
         .filter(|m| m.state == NodeState::Active)
         .cloned()
         .collect();
-    let pulled = crate::rebalance::pull_ranges(&node, &active).await;
+    // Back from a restart with a snapshot: only what changed since it was taken (less the
+    // clock drift bound, so a peer whose clock runs behind cannot stamp a missed write below
+    // it). The rest of the range is in the snapshot.
+    let since = node.warm_since.get().map(|&version| {
+        version.saturating_sub(crate::store::Hlc::at_millis(
+            node.config.store.max_clock_drift_ms,
+        ))
+    });
+    let pulled = crate::rebalance::pull_ranges(&node, &active, since.unwrap_or(0)).await;
     meta.state = MetaState::Active;
     if let Err(error) = handle.set_meta(meta).await {
         tracing::warn!(%error, "could not announce the node active");

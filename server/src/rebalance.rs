@@ -782,8 +782,10 @@ pub async fn run_rebalancer(node: Arc<Context>, retry: Duration) {
 }
 
 /// Pulls from `members` (the active members gossip shows) the entries this node will hold once
-/// it is in the ring (a joiner, before it turns Active). Returns the number of entries applied.
-pub async fn pull_ranges(node: &Context, members: &[Member]) -> u64 {
+/// it is in the ring (a joiner, before it turns Active), only those above version `since`
+/// (0: all; a node back from a restart asks for what changed after its snapshot). Returns the
+/// number of entries applied.
+pub async fn pull_ranges(node: &Context, members: &[Member], since: u64) -> u64 {
     let stats = node.rebalance();
     stats.set_phase("joining");
     let self_id = node.config().node_id.clone();
@@ -798,7 +800,7 @@ pub async fn pull_ranges(node: &Context, members: &[Member]) -> u64 {
     let sources = shares.len();
     let before = stats.counts();
     let started = Instant::now();
-    tracing::info!(kind = %"pull", sources, "rebalance started");
+    tracing::info!(kind = %"pull", sources, since, "rebalance started");
     // From every member at once: each sends its share, paced on its side.
     let self_id = &self_id;
     let pulls = shares.iter().map(|(member, slots)| async move {
@@ -812,15 +814,29 @@ pub async fn pull_ranges(node: &Context, members: &[Member]) -> u64 {
                     assume_target_in_ring: true,
                     target_weight: node.config().weight.get(),
                     slots: slots.clone(),
+                    since_version: since,
                 })
                 .await?
                 .into_inner();
             let mut count = 0u64;
             let peer = format!("{} ({})", member.node_id, member.grpc_addr);
             while let Some(batch) = stream.next().await {
+                let batch = batch?;
                 let mut refused = 0;
                 let mut worst: Option<ClockDrift> = None;
-                for entry in batch?.entries {
+                if batch.flush_floor > node.store().flush_floor() {
+                    // A cluster-wide flush this node missed (it was down): what it holds from
+                    // before it goes, as it went everywhere else.
+                    match node.store().flush_through(batch.flush_floor, node.now_ms()) {
+                        Ok(dropped) => tracing::info!(
+                            flush_version = batch.flush_floor,
+                            dropped,
+                            "applied a cluster-wide flush missed while down"
+                        ),
+                        Err(error) => tracing::warn!(%error, "cannot apply a peer's flush floor"),
+                    }
+                }
+                for entry in batch.entries {
                     match apply_entry(node.store(), &entry, node.now_ms()) {
                         Ok(applied) => count += u64::from(applied),
                         // Skipped, not fatal: the rest of the pull is good data this node should

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use ringcache_proto::placement::{ReplicaSet, Ring};
-use ringcache_proto::topology::{Member, Topology};
+use ringcache_proto::topology::{Member, NodeState, Topology};
 use ringcache_proto::v1::{self, cache_client::CacheClient, internal_client::InternalClient};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -70,7 +70,9 @@ impl ClusterView {
     }
 
     /// Where a request for `key` should be served when it reaches `self_id`: `None` to serve it
-    /// here (this node is a replica, or the ring is empty), else the primary to forward it to.
+    /// here (this node is a replica, or the ring is empty), else the replica to forward it to:
+    /// the primary, or while the primary is restarting (away, or catching up) the first replica
+    /// that is not.
     pub fn forward_target(&self, key: &[u8], self_id: &str) -> Option<&Member> {
         if self.ring.holds_every_key(self_id) {
             return None;
@@ -79,7 +81,12 @@ impl ClusterView {
         if replicas.is_empty() || replicas.contains(self_id) {
             return None;
         }
-        replicas.primary().and_then(|id| self.topology.member(id))
+        let mut members = replicas.iter().filter_map(|id| self.topology.member(id));
+        let primary = members.next();
+        primary
+            .filter(|m| m.state != NodeState::Restarting)
+            .or_else(|| members.find(|m| m.state != NodeState::Restarting))
+            .or(primary)
     }
 }
 

@@ -859,6 +859,113 @@ impl View for Drained {
     }
 }
 
+/// `drain --restart NODE`: how the stop for a restart went.
+#[derive(Debug, Serialize)]
+struct StoppedForRestart {
+    node_id: String,
+    /// Whether the node stopped, and the cluster shows it `restarting`, in time.
+    stopped: bool,
+    elapsed_ms: u64,
+    /// Keys the node held when it was asked to stop (they stay in its snapshot).
+    keys_held: u64,
+    /// Why it is not done (`stopped: false`).
+    error: Option<String>,
+}
+
+impl View for StoppedForRestart {
+    fn human(&self, _color: bool) -> Human {
+        if self.error.is_some() {
+            return Human::default();
+        }
+        Human::text(format!(
+            "{} stopped for a restart after {}, keeping its {} keys on disk; the cluster keeps its ranges (restarting) for the restart grace: start it again with the same node id and data directory\n",
+            self.node_id,
+            fmt::duration(Duration::from_millis(self.elapsed_ms)),
+            self.keys_held,
+        ))
+    }
+
+    fn exit_code(&self) -> i32 {
+        if self.stopped {
+            EXIT_OK
+        } else {
+            super::EXIT_ERROR
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.error.clone()
+    }
+}
+
+/// `drain --restart NODE`: asks the node to stop for a quick restart and waits until it has
+/// stopped (it stops answering) and another member shows it `restarting`.
+pub(super) async fn drain_for_restart(
+    ctx: &mut Ctx<'_>,
+    node_id: &str,
+    limit: Duration,
+) -> anyhow::Result<i32> {
+    let home = ctx.home().await?;
+    let topology = home.topology().await?;
+    let member = find_member(&topology, node_id)?.clone();
+    if member.state.is_gone() {
+        bail!("{node_id} is {}: there is nothing to restart", member.state);
+    }
+    let mut observers = Vec::new();
+    for other in topology
+        .members()
+        .iter()
+        .filter(|m| m.node_id != node_id && m.state == NodeState::Active)
+    {
+        if let Ok(conn) = ctx.dial.connect(&other.grpc_addr).await {
+            observers.push(conn);
+            break;
+        }
+    }
+    let target = ctx.dial.connect(&member.grpc_addr).await?;
+    let keys_held = target.node_info().await?.keys;
+    target.leave(true).await?;
+    let started = Instant::now();
+    let mut progress = DrainProgress::new(ctx);
+    let mut error = None;
+    loop {
+        let stopped = target.node_info().await.is_err();
+        let shown = match observers.first() {
+            Some(observer) => observer.topology().await.ok().is_some_and(|topology| {
+                topology
+                    .member(node_id)
+                    .is_some_and(|m| m.state == NodeState::Restarting)
+            }),
+            // No other member to ask (a cluster of one): stopping is all there is to see.
+            None => true,
+        };
+        if stopped && shown {
+            break;
+        }
+        progress.update(
+            ctx,
+            format!("{node_id}: writing its snapshot and stopping"),
+            None,
+        )?;
+        if started.elapsed() >= limit {
+            error = Some(format!(
+                "{node_id} has not stopped for its restart after {} (stopped: {stopped}, shown restarting: {shown})",
+                fmt::duration(limit)
+            ));
+            break;
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+    progress.finish();
+    ctx.emit(&StoppedForRestart {
+        node_id: node_id.to_owned(),
+        stopped: error.is_none(),
+        elapsed_ms: millis(started.elapsed()),
+        keys_held,
+        error,
+    })
+}
+
 /// The entries and bytes `from` handed off to the node behind `conn`, as it counts them.
 async fn handoff_received(conn: &NodeConn, from: &str) -> Result<(u64, u64), NodeError> {
     let status = conn.rebalance_status().await?;
@@ -928,7 +1035,7 @@ pub(super) async fn drain(
     let target = ctx.dial.connect(&member.grpc_addr).await?;
     let keys_held = target.node_info().await?.keys;
     let before = target.rebalance_status().await.ok();
-    target.leave().await?;
+    target.leave(false).await?;
     let started = Instant::now();
     let sent_before = before.as_ref().map_or(0, |s| s.keys_sent);
     let bytes_before = before.as_ref().map_or(0, |s| s.bytes_sent);

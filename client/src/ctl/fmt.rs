@@ -34,7 +34,9 @@ pub(crate) fn paint(text: &str, color: Option<Color>, enabled: bool) -> String {
 pub(crate) fn state_color(state: NodeState) -> Color {
     match state {
         NodeState::Active => Color::Green,
-        NodeState::Joining | NodeState::Leaving | NodeState::Suspect => Color::Yellow,
+        NodeState::Joining | NodeState::Leaving | NodeState::Suspect | NodeState::Restarting => {
+            Color::Yellow
+        }
         NodeState::Dead => Color::Red,
         NodeState::Left => Color::Yellow,
     }

@@ -379,11 +379,14 @@ impl NodeConn {
         .await
     }
 
-    /// `Admin.Leave`.
-    pub(crate) async fn leave(&self) -> Result<pb::LeaveResponse, NodeError> {
+    /// `Admin.Leave`; with `restart`, a stop for a quick restart that keeps the data.
+    pub(crate) async fn leave(&self, restart: bool) -> Result<pb::LeaveResponse, NodeError> {
         let mut client = self.admin();
-        self.call("Leave", client.leave(self.request(pb::LeaveRequest {})))
-            .await
+        self.call(
+            "Leave",
+            client.leave(self.request(pb::LeaveRequest { restart })),
+        )
+        .await
     }
 
     /// `Admin.Forget`.

@@ -2062,6 +2062,10 @@ pub enum NodeState {
     Dead = 5,
     /// Left on purpose (drained, then gone); out of the ring. Not a failure.
     Left = 6,
+    /// Stopped for a quick restart with its data kept on disk (`ringctl drain --restart`), or
+    /// back and catching up on what it missed: kept in the ring, like a suspect, for the
+    /// restart grace, so its ranges do not move; after the grace it counts as dead.
+    Restarting = 7,
 }
 impl NodeState {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -2077,6 +2081,7 @@ impl NodeState {
             Self::Suspect => "NODE_STATE_SUSPECT",
             Self::Dead => "NODE_STATE_DEAD",
             Self::Left => "NODE_STATE_LEFT",
+            Self::Restarting => "NODE_STATE_RESTARTING",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -2089,6 +2094,7 @@ impl NodeState {
             "NODE_STATE_SUSPECT" => Some(Self::Suspect),
             "NODE_STATE_DEAD" => Some(Self::Dead),
             "NODE_STATE_LEFT" => Some(Self::Left),
+            "NODE_STATE_RESTARTING" => Some(Self::Restarting),
             _ => None,
         }
     }
@@ -2558,12 +2564,18 @@ pub struct ForgetResponse {
 /// LeaveRequest has no fields.
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct LeaveRequest {}
+pub struct LeaveRequest {
+    /// Stop for a quick restart instead of leaving: keep the data (a snapshot in the node's data
+    /// directory), hand nothing off, and let the cluster keep the node's ranges for the restart
+    /// grace. Refused when the node has no data directory.
+    #[prost(bool, tag = "1")]
+    pub restart: bool,
+}
 /// LeaveResponse acknowledges the start of the leave.
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct LeaveResponse {
-    /// The state the node moved to (LEAVING).
+    /// The state the node moved to (LEAVING, or RESTARTING for a restart).
     #[prost(string, tag = "1")]
     pub state: ::prost::alloc::string::String,
 }
@@ -3547,6 +3559,10 @@ pub struct StreamEntriesRequest {
     /// field sends every slot, which is correct but repeats data.
     #[prost(uint32, repeated, tag = "6")]
     pub slots: ::prost::alloc::vec::Vec<u32>,
+    /// Only entries (and tombstones) whose version is above this one (0: all): a node restarted
+    /// from a snapshot asks only for what changed since the snapshot was taken.
+    #[prost(uint64, tag = "7")]
+    pub since_version: u64,
 }
 /// EntryBatch is one chunk of a StreamEntries answer.
 #[allow(clippy::all)]
@@ -3558,6 +3574,10 @@ pub struct EntryBatch {
     /// Entries scanned so far on the sending node (progress).
     #[prost(uint64, tag = "2")]
     pub scanned: u64,
+    /// The version of the last cluster-wide flush the sender took part in (0: none). A node back
+    /// from a restart that missed a flush drops what its snapshot holds from before it.
+    #[prost(uint64, tag = "3")]
+    pub flush_floor: u64,
 }
 /// Generated client implementations.
 pub mod internal_client {

@@ -27,8 +27,17 @@ impl Admin for AdminService {
     /// requests finish, then the process exits). Hand-off to ring neighbours comes with replication.
     async fn leave(
         &self,
-        _: Request<v1::LeaveRequest>,
+        request: Request<v1::LeaveRequest>,
     ) -> Result<Response<v1::LeaveResponse>, Status> {
+        if request.into_inner().restart {
+            tracing::info!("stop for a restart requested over the admin API");
+            self.node
+                .restart()
+                .map_err(|refused| Status::failed_precondition(refused.to_string()))?;
+            return Ok(Response::new(v1::LeaveResponse {
+                state: v1::NodeState::Restarting.as_str_name().to_owned(),
+            }));
+        }
         tracing::info!("leave requested over the admin API");
         self.node.leave();
         Ok(Response::new(v1::LeaveResponse {

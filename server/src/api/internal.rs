@@ -349,7 +349,9 @@ impl Internal for InternalService {
                     }
                     for (key, item) in items {
                         scanned += 1;
-                        if item.value.is_none() && !request.include_tombstones {
+                        if (item.value.is_none() && !request.include_tombstones)
+                            || item.version <= request.since_version
+                        {
                             continue;
                         }
                         if !ring.holds(&key, &request.target_node_id) {
@@ -359,6 +361,7 @@ impl Internal for InternalService {
                         batch.entries.push(to_wire(key, item));
                         if bytes >= batch_bytes {
                             batch.scanned = scanned;
+                            batch.flush_floor = store.flush_floor();
                             // Paced like the node's pushes, so serving a joiner yields to
                             // requests too.
                             crate::rebalance::pace(&node, bytes as u64).await;
@@ -381,6 +384,7 @@ impl Internal for InternalService {
                 }
             }
             batch.scanned = scanned;
+            batch.flush_floor = store.flush_floor();
             node.rebalance()
                 .stream_bytes_sent
                 .fetch_add(bytes as u64, Ordering::Relaxed);

@@ -281,6 +281,7 @@ fn state_to_wire(state: MetaState) -> u8 {
         MetaState::Joining => 1,
         MetaState::Active => 2,
         MetaState::Leaving => 3,
+        MetaState::Restarting => 4,
     }
 }
 
@@ -289,6 +290,7 @@ fn state_from_wire(state: u8) -> Result<MetaState, CodecError> {
         1 => Ok(MetaState::Joining),
         2 => Ok(MetaState::Active),
         3 => Ok(MetaState::Leaving),
+        4 => Ok(MetaState::Restarting),
         other => Err(CodecError::UnknownState(other)),
     }
 }
@@ -525,7 +527,8 @@ mod tests {
             prop_oneof![
                 Just(MetaState::Joining),
                 Just(MetaState::Active),
-                Just(MetaState::Leaving)
+                Just(MetaState::Leaving),
+                Just(MetaState::Restarting)
             ],
         )
             .prop_map(

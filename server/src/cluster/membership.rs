@@ -13,7 +13,10 @@
 //! The view (see [`Membership::members`]) lists ourselves and every member foca knows whose
 //! metadata for that exact incarnation has arrived: a member without addresses cannot be routed
 //! to. Its state is the announced metadata state while foca says alive, `Suspect` while foca
-//! suspects it, and `Dead` for `dead_retention` after foca declared it down.
+//! suspects it, and `Dead` for `dead_retention` after foca declared it down. A member whose
+//! last metadata said `Restarting` (a quick restart with its data kept on disk) is
+//! `Restarting` for `restart_grace` after foca declared it down, keeping its ranges, and only
+//! then `Dead`.
 //!
 //! Beyond plain foca, three small mechanisms make the view converge fast:
 //! - *meta push*: when a member comes up (or comes back as a new incarnation) we send it our own
@@ -160,6 +163,10 @@ pub struct MembershipConfig {
     pub reconnect_period: Duration,
     /// How long a member declared down stays in the view as `Dead`. Default 30 s.
     pub dead_retention: Duration,
+    /// How long a member that went down after announcing a restart (metadata state
+    /// `Restarting`) stays in the view as `Restarting`, keeping its ranges, before it counts
+    /// as `Dead`. Default 60 s.
+    pub restart_grace: Duration,
     /// How long foca remembers a down member (and keeps announcing to it, see
     /// `announce_to_down_period`). Default 24 h; a partition longer than this heals through the
     /// seeds, which every node announces to every `announce_period`.
@@ -189,6 +196,7 @@ impl Default for MembershipConfig {
             announce_to_down_fanout: NonZeroUsize::new(2).unwrap(),
             reconnect_period: Duration::from_secs(1),
             dead_retention: Duration::from_secs(30),
+            restart_grace: Duration::from_secs(60),
             remove_down_after: Duration::from_secs(24 * 60 * 60),
             max_packet_size: NonZeroUsize::new(1400).unwrap(),
         }
@@ -426,6 +434,11 @@ pub struct Membership {
     /// When the seeds are next announced to while connected (see `Timer::Reconnect`).
     next_seed_announce: Duration,
     down_since: BTreeMap<NodeId, DownSince>,
+    /// Members that went down announcing a restart: their identity then and when they were
+    /// first seen down. While within `restart_grace` they stay in the view as Restarting even
+    /// when foca holds no entry for them (between dropping the old incarnation and taking in
+    /// the new one), until they are back with their new metadata.
+    restarting: BTreeMap<NodeId, (NodeIdentity, Duration)>,
     suspect_notices: BTreeMap<NodeId, Duration>,
     meta_requests: BTreeMap<NodeId, Duration>,
     left: bool,
@@ -504,6 +517,7 @@ impl Membership {
             reconnect_cursor: 0,
             next_seed_announce: Duration::ZERO,
             down_since: BTreeMap::new(),
+            restarting: BTreeMap::new(),
             suspect_notices: BTreeMap::new(),
             meta_requests: BTreeMap::new(),
             left: false,
@@ -626,10 +640,14 @@ impl Membership {
             return;
         }
         self.left = true;
-        // A node that announced Leaving (a drain, a graceful stop) tells every live member
-        // directly, just before it goes: its Leaving broadcast may not have spread yet, and a
-        // member that sees it go down without it would count it as failed, not left.
-        if self.own_meta.state == MetaState::Leaving {
+        // A node that announced Leaving (a drain, a graceful stop) or Restarting (a quick
+        // restart) tells every live member directly, just before it goes: its broadcast may not
+        // have spread yet, and a member that sees it go down without it would count it as
+        // failed, not left (or not restarting).
+        if matches!(
+            self.own_meta.state,
+            MetaState::Leaving | MetaState::Restarting
+        ) {
             let live: Vec<SocketAddr> = self.live.values().copied().collect();
             for addr in live {
                 self.push_own_meta(addr);
@@ -1144,12 +1162,14 @@ impl Membership {
         {
             let mut metas = self.metas.lock();
             let mut still_down = BTreeMap::new();
+            let mut seen = BTreeSet::new();
             for member in self.swim.iter_membership_state() {
                 let id = member.id();
                 // foca may hold an earlier run of ourselves, as down.
                 if id.node_id() == identity.node_id() {
                     continue;
                 }
+                seen.insert(id.node_id().clone());
                 if member.state() != State::Down {
                     live.insert(id.node_id().clone(), id.gossip_addr());
                     pinned.insert(id.node_id().clone(), id.incarnation());
@@ -1158,12 +1178,32 @@ impl Membership {
                     State::Alive => None,
                     State::Suspect => Some(NodeState::Suspect),
                     State::Down => {
+                        // A member that went down announcing a restart keeps its ranges for
+                        // the restart grace, then counts as dead like any other.
+                        // (Its record may already be the next incarnation's, which can arrive
+                        // before foca hears of that incarnation: what it announced when it went
+                        // down is remembered in `restarting`.)
+                        let restarting = metas
+                            .get(id)
+                            .is_some_and(|meta| meta.state == MetaState::Restarting)
+                            || self
+                                .restarting
+                                .get(id.node_id())
+                                .is_some_and(|(known, _)| known.incarnation() == id.incarnation());
+                        let grace = if restarting {
+                            self.config.restart_grace
+                        } else {
+                            Duration::ZERO
+                        };
                         let down = match self.down_since.get(id.node_id()) {
                             Some(down) if down.incarnation == id.incarnation() => *down,
                             _ => {
+                                if restarting {
+                                    self.outbox.timers.push((grace, Timer::ExpireDead));
+                                }
                                 self.outbox
                                     .timers
-                                    .push((self.config.dead_retention, Timer::ExpireDead));
+                                    .push((grace + self.config.dead_retention, Timer::ExpireDead));
                                 DownSince {
                                     incarnation: id.incarnation(),
                                     since: now,
@@ -1171,13 +1211,30 @@ impl Membership {
                             }
                         };
                         still_down.insert(id.node_id().clone(), down);
-                        if now.saturating_sub(down.since) >= self.config.dead_retention {
+                        if restarting {
+                            self.restarting
+                                .entry(id.node_id().clone())
+                                .or_insert_with(|| (id.clone(), down.since));
+                        }
+                        let down_for = now.saturating_sub(down.since);
+                        if down_for >= grace + self.config.dead_retention {
                             expired.push(id.clone());
                             continue;
                         }
-                        Some(NodeState::Dead)
+                        if down_for < grace {
+                            Some(NodeState::Restarting)
+                        } else {
+                            Some(NodeState::Dead)
+                        }
                     }
                 };
+                if state.is_none() && metas.get(id).is_some() {
+                    // Alive with the metadata of its incarnation: back (or never gone).
+                    self.restarting.remove(id.node_id());
+                }
+                if state == Some(NodeState::Dead) {
+                    self.restarting.remove(id.node_id());
+                }
                 match metas.get(id) {
                     Some(meta) => {
                         let state = match state {
@@ -1200,11 +1257,45 @@ impl Membership {
                             Some(_) => {}
                         }
                     }
-                    None if state != Some(NodeState::Dead) => without_meta.push(id.clone()),
+                    None if state != Some(NodeState::Dead) => {
+                        // Back from a restart, its new metadata not here yet: it stays in the
+                        // ring as Restarting (with the addresses it had) until the metadata
+                        // arrives, so its ranges do not move for that round trip.
+                        if let Some(meta) = metas
+                            .latest(id.node_id())
+                            .filter(|meta| meta.state == MetaState::Restarting)
+                            && self.own_meta.settings.difference(&meta.settings).is_none()
+                        {
+                            view.push(member_of(id, meta, NodeState::Restarting));
+                        }
+                        without_meta.push(id.clone());
+                    }
                     None => {}
                 }
             }
             self.down_since = still_down;
+            // Restarting members foca holds no entry for right now (it dropped the old
+            // incarnation and has not taken in the new one yet) keep their place until the
+            // grace ends.
+            let grace = self.config.restart_grace;
+            self.restarting.retain(|node_id, (id, since)| {
+                if seen.contains(node_id) {
+                    return true;
+                }
+                let Some(meta) = metas
+                    .latest(node_id)
+                    .filter(|meta| meta.state == MetaState::Restarting)
+                else {
+                    return false;
+                };
+                if now.saturating_sub(*since) >= grace {
+                    return false;
+                }
+                if self.own_meta.settings.difference(&meta.settings).is_none() {
+                    view.push(member_of(id, meta, NodeState::Restarting));
+                }
+                true
+            });
             for id in &expired {
                 metas.forget(id.node_id(), id.incarnation());
             }

@@ -35,6 +35,9 @@ pub enum MetaState {
     Active,
     /// Handing its data off; still serving until it is gone.
     Leaving,
+    /// Stopping for a quick restart with its data kept on disk (members keep its ranges for
+    /// the restart grace once it is down), or back from one and catching up on what it missed.
+    Restarting,
 }
 
 impl From<MetaState> for NodeState {
@@ -43,6 +46,7 @@ impl From<MetaState> for NodeState {
             MetaState::Joining => NodeState::Joining,
             MetaState::Active => NodeState::Active,
             MetaState::Leaving => NodeState::Leaving,
+            MetaState::Restarting => NodeState::Restarting,
         }
     }
 }
@@ -231,6 +235,11 @@ impl MetaTable {
             .get(identity.node_id())
             .filter(|record| record.incarnation == identity.incarnation())
             .map(|record| &record.meta)
+    }
+
+    /// The newest metadata known of `node_id`, whichever incarnation it belongs to.
+    pub(crate) fn latest(&self, node_id: &NodeId) -> Option<&NodeMeta> {
+        self.records.get(node_id).map(|record| &record.meta)
     }
 
     /// Drops the record of `node_id` if it belongs to `incarnation` or an earlier one.

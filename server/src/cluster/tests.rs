@@ -379,7 +379,11 @@ impl Sim {
 
     /// Starts `count` nodes, all joining through n0, and waits until they converge.
     fn cluster(seed: u64, count: usize) -> Sim {
-        let mut sim = sim(seed);
+        Self::cluster_with(sim(seed), count)
+    }
+
+    /// [`Sim::cluster`] of a sim set up beforehand (its config, say).
+    fn cluster_with(mut sim: Sim, count: usize) -> Sim {
         sim.start(0, &[]);
         for index in 1..count {
             sim.start(index, &[0]);
@@ -533,6 +537,102 @@ fn a_member_that_announces_leaving_then_leaves_is_left_not_dead() {
             s.state(0, 1) == Some(NodeState::Dead)
         });
         assert!(dead, "seed {seed}: {}", sim.describe());
+    }
+}
+
+#[test]
+fn a_member_that_stops_to_restart_keeps_its_ranges_for_the_grace_then_is_dead() {
+    for seed in 0..SEEDS {
+        let mut sim = sim(seed);
+        sim.config.restart_grace = Duration::from_secs(3);
+        let mut sim = Sim::cluster_with(sim, 3);
+        let now = sim.now;
+        sim.core(2)
+            .set_meta(now, meta_for(2, MetaState::Restarting))
+            .unwrap();
+        sim.core(2).leave(now);
+        sim.collect(2);
+        sim.crash(2);
+        let restarting = sim.run_until(now + ms(2000), |s| {
+            (0..2).all(|viewer| s.state(viewer, 2) == Some(NodeState::Restarting))
+        });
+        assert!(restarting, "seed {seed}: {}", sim.describe());
+        let seen_at = sim.now;
+        // In the ring for the whole grace: its ranges do not move.
+        let stayed = !sim.run_until(now + sim.config.restart_grace - ms(100), |s| {
+            (0..2).any(|viewer| s.state(viewer, 2) != Some(NodeState::Restarting))
+        });
+        assert!(stayed, "seed {seed}: {}", sim.describe());
+        assert!(NodeState::Restarting.in_ring());
+        // Then it counts as dead, and is dropped after the dead retention.
+        let dead = sim.run_until(seen_at + sim.config.restart_grace + ms(500), |s| {
+            (0..2).all(|viewer| s.state(viewer, 2) == Some(NodeState::Dead))
+        });
+        assert!(dead, "seed {seed}: {}", sim.describe());
+        let dropped = sim.run_until(sim.now + sim.config.dead_retention + ms(500), |s| {
+            (0..2).all(|viewer| s.state(viewer, 2).is_none())
+        });
+        assert!(dropped, "seed {seed}: {}", sim.describe());
+    }
+}
+
+#[test]
+fn a_member_back_from_a_restart_within_the_grace_never_leaves_the_ring() {
+    for seed in 0..SEEDS {
+        let mut sim = sim(seed);
+        sim.config.restart_grace = Duration::from_secs(5);
+        let mut sim = Sim::cluster_with(sim, 3);
+        let now = sim.now;
+        sim.core(2)
+            .set_meta(now, meta_for(2, MetaState::Restarting))
+            .unwrap();
+        sim.core(2).leave(now);
+        sim.collect(2);
+        sim.crash(2);
+        sim.run_for(ms(1500));
+        // Back as a new incarnation, still Restarting while it catches up, then Active.
+        sim.start_with(2, default_addr(2), 2, vec![default_addr(0)]);
+        let now = sim.now;
+        sim.core(2)
+            .set_meta(now, meta_for(2, MetaState::Restarting))
+            .unwrap();
+        sim.collect(2);
+        let mut left_ring = None;
+        let back = sim.run_until(now + ms(2000), |s| {
+            if left_ring.is_none()
+                && (0..2).any(|viewer| !s.state(viewer, 2).is_some_and(NodeState::in_ring))
+            {
+                left_ring = Some(s.describe());
+            }
+            (0..2).all(|viewer| {
+                s.view(viewer)
+                    .iter()
+                    .any(|m| m.node_id == "n2" && m.incarnation == 2)
+            })
+        });
+        assert!(
+            back && left_ring.is_none(),
+            "seed {seed}: left the ring: {left_ring:?}; {}",
+            sim.describe()
+        );
+        let now = sim.now;
+        sim.core(2)
+            .set_meta(now, meta_for(2, MetaState::Active))
+            .unwrap();
+        sim.collect(2);
+        let active = sim.run_until(now + ms(2000), |s| {
+            if left_ring.is_none()
+                && (0..2).any(|viewer| !s.state(viewer, 2).is_some_and(NodeState::in_ring))
+            {
+                left_ring = Some(s.describe());
+            }
+            s.converged(&[0, 1, 2])
+        });
+        assert!(
+            active && left_ring.is_none(),
+            "seed {seed}: left the ring: {left_ring:?}; {}",
+            sim.describe()
+        );
     }
 }
 

@@ -394,7 +394,7 @@ fn slots(view: &ClusterView, myself: &Member) -> Reply {
 fn health(member: &Member) -> &'static str {
     match member.state {
         NodeState::Active | NodeState::Leaving => "online",
-        NodeState::Joining => "loading",
+        NodeState::Joining | NodeState::Restarting => "loading",
         NodeState::Suspect | NodeState::Dead | NodeState::Left => "failed",
     }
 }
