@@ -326,6 +326,24 @@ pub struct Cli {
         value_name = "DURATION"
     )]
     pub secrets_reload_interval: Option<HumanDuration>,
+    /// Directory of this node's snapshot file (`snapshot.rcs`): written on graceful shutdown
+    /// and every snapshot-interval, loaded at start. Created if missing; must be writable
+    /// [default: none, snapshots off].
+    #[arg(long, env = "RINGCACHE_DATA_DIR", value_name = "PATH")]
+    pub data_dir: Option<PathBuf>,
+    /// Also write a snapshot this often while serving (at least 1s; needs data-dir)
+    /// [default: none, only at shutdown].
+    #[arg(long, env = "RINGCACHE_SNAPSHOT_INTERVAL", value_name = "DURATION")]
+    pub snapshot_interval: Option<HumanDuration>,
+    /// Most bytes per second a periodic snapshot writes (the one at shutdown is not throttled);
+    /// 0 = unthrottled [default: 256MiB].
+    #[arg(long, env = "RINGCACHE_SNAPSHOT_RATE", value_name = "SIZE")]
+    pub snapshot_rate: Option<ByteSize>,
+    /// Oldest snapshot loaded at start; an older one may hold keys deleted in the cluster since
+    /// (their tombstones are gone) and is refused. Raise it when the whole cluster restarts
+    /// [default: tombstone-grace].
+    #[arg(long, env = "RINGCACHE_SNAPSHOT_MAX_AGE", value_name = "DURATION")]
+    pub snapshot_max_age: Option<HumanDuration>,
 }
 
 /// Consistency level as written in flags and files.
@@ -503,6 +521,10 @@ struct FileConfig {
     idle_timeout: Option<HumanDuration>,
     gossip_keyring: Option<PathBuf>,
     secrets_reload_interval: Option<HumanDuration>,
+    data_dir: Option<PathBuf>,
+    snapshot_interval: Option<HumanDuration>,
+    snapshot_rate: Option<ByteSize>,
+    snapshot_max_age: Option<HumanDuration>,
 }
 
 /// Everything a node runs with, validated.
@@ -582,7 +604,36 @@ pub struct Config {
     pub gossip_keyring: Option<PathBuf>,
     /// How often secret files are checked for changes.
     pub secrets_reload_interval: Duration,
+    /// Snapshots: where, how often, how fast, how old a snapshot may be loaded.
+    pub snapshot: SnapshotConfig,
 }
+
+/// Snapshot settings ([`crate::snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotConfig {
+    /// Directory of the snapshot file; `None`: snapshots off.
+    pub data_dir: Option<PathBuf>,
+    /// Period of the background snapshot; `None`: only at shutdown.
+    pub interval: Option<Duration>,
+    /// Bytes per second of a periodic snapshot; 0: unthrottled.
+    pub rate_bytes_per_sec: u64,
+    /// Oldest snapshot loaded at start.
+    pub max_age: Duration,
+}
+
+impl SnapshotConfig {
+    /// The snapshot file, when snapshots are on.
+    pub fn path(&self) -> Option<PathBuf> {
+        self.data_dir
+            .as_ref()
+            .map(|dir| dir.join(crate::snapshot::FILE_NAME))
+    }
+}
+
+/// Default `snapshot_rate`: 256 MiB per second.
+pub const DEFAULT_SNAPSHOT_RATE: u64 = 256 * 1024 * 1024;
+/// Shortest `snapshot_interval`.
+pub const MIN_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// TLS files of one listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -715,6 +766,12 @@ impl Config {
             .suspicion_timeout
             .or(file.suspicion_timeout)
             .map_or(Duration::from_secs(1), |d| d.0);
+        let tombstone_grace_ms = cli
+            .tombstone_grace
+            .or(file.tombstone_grace)
+            .map_or(10 * 60 * 1000, |d| {
+                d.0.as_millis().try_into().unwrap_or(u64::MAX)
+            });
         let config = Self {
             node_id,
             bind,
@@ -753,12 +810,7 @@ impl Config {
                         d.0.as_millis().try_into().unwrap_or(u64::MAX)
                     }),
                 shards: cli.shards.or(file.shards).unwrap_or(defaults.shards),
-                tombstone_grace_ms: cli
-                    .tombstone_grace
-                    .or(file.tombstone_grace)
-                    .map_or(10 * 60 * 1000, |d| {
-                        d.0.as_millis().try_into().unwrap_or(u64::MAX)
-                    }),
+                tombstone_grace_ms,
                 max_clock_drift_ms: cli
                     .max_clock_drift
                     .or(file.max_clock_drift)
@@ -847,6 +899,21 @@ impl Config {
                 .secrets_reload_interval
                 .or(file.secrets_reload_interval)
                 .map_or(DEFAULT_SECRETS_RELOAD_INTERVAL, |d| d.0),
+            snapshot: SnapshotConfig {
+                data_dir: cli.data_dir.or(file.data_dir),
+                interval: cli
+                    .snapshot_interval
+                    .or(file.snapshot_interval)
+                    .map(|d| d.0),
+                rate_bytes_per_sec: cli
+                    .snapshot_rate
+                    .or(file.snapshot_rate)
+                    .map_or(DEFAULT_SNAPSHOT_RATE, |b| b.0),
+                max_age: cli.snapshot_max_age.or(file.snapshot_max_age).map_or(
+                    Duration::from_millis(tombstone_grace_ms),
+                    |d| d.0,
+                ),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -994,6 +1061,7 @@ impl Config {
                 self.anti_entropy_interval
             );
         }
+        self.validate_snapshot()?;
         let ports = [
             ("grpc_port", self.grpc_port),
             ("gossip_port", self.gossip_port),
@@ -1008,6 +1076,37 @@ impl Config {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Checks the snapshot settings; with a data directory, creates it if missing and checks
+    /// that a file can be written there (the error says which and why).
+    fn validate_snapshot(&self) -> anyhow::Result<()> {
+        let snapshot = &self.snapshot;
+        let Some(dir) = &snapshot.data_dir else {
+            if snapshot.interval.is_some() {
+                bail!("snapshot_interval needs data_dir (--data-dir): where to write snapshots");
+            }
+            return Ok(());
+        };
+        if let Some(interval) = snapshot.interval.filter(|i| *i < MIN_SNAPSHOT_INTERVAL) {
+            bail!("snapshot_interval must be at least 1s, got {interval:?}");
+        }
+        if snapshot.max_age.is_zero() {
+            bail!(
+                "snapshot_max_age must be greater than zero (its default is tombstone_grace, \
+                 which is 0 here): set --snapshot-max-age"
+            );
+        }
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("data_dir {} cannot be created", dir.display()))?;
+        if !dir.is_dir() {
+            bail!("data_dir {} is not a directory", dir.display());
+        }
+        let probe = dir.join(format!(".ringcache-write-check.{}", std::process::id()));
+        std::fs::write(&probe, b"ringcache")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .with_context(|| format!("data_dir {} is not writable", dir.display()))?;
         Ok(())
     }
 

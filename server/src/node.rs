@@ -55,6 +55,7 @@ use crate::reload::{ReloadCause, watch_files};
 use crate::replication::{Replicator, replay_hints_task};
 use crate::seeds::{SeedResolver, SystemResolver};
 use crate::skew::ClockCheck;
+use crate::snapshot::{LoadOutcome, SnapshotError, SnapshotInfo, WriteOptions};
 use crate::store::Store;
 use crate::tls::{PeerTls, ReloadableTls};
 use crate::view::{ClusterView, Peers};
@@ -138,6 +139,8 @@ pub struct Node {
     known: parking_lot::Mutex<KnownMembers>,
     /// Logs the member state changes between consecutive views (see [`crate::member_log`]).
     member_log: parking_lot::Mutex<MemberLog>,
+    /// Held by the blocking thread that writes a snapshot: one write at a time.
+    snapshot_lock: Arc<parking_lot::Mutex<()>>,
     /// `node{id=...}`: everything the node runs, and so every line it logs, is inside it
     /// (see [`crate::logging`]).
     span: Span,
@@ -280,6 +283,7 @@ impl Node {
             secrets_reload: Arc::new(Notify::new()),
             known: parking_lot::Mutex::new(KnownMembers::new()),
             member_log: parking_lot::Mutex::new(MemberLog::default()),
+            snapshot_lock: Arc::new(parking_lot::Mutex::new(())),
             span,
         });
         node.span.in_scope(|| node.publish_single_node());
@@ -733,6 +737,10 @@ impl Node {
         IE: std::fmt::Display + Send + 'static,
     {
         self.load_security()?;
+        if self.config.snapshot.data_dir.is_some() {
+            // Before anything serves: a failed load leaves the store empty and is logged.
+            let _ = self.load_snapshot().await;
+        }
         let resp_listener = self.resp_listener.lock().take();
         if let Some(resp) = resp_listener {
             let addr = resp.local_addr()?;
@@ -773,6 +781,7 @@ impl Node {
         let mut tasks = tokio::task::JoinSet::new();
         crate::logging::spawn_in(&mut tasks, expiry_task(self.clone()));
         crate::logging::spawn_in(&mut tasks, metrics_upkeep_task(self.clone()));
+        crate::logging::spawn_in(&mut tasks, snapshot_task(self.clone()));
         crate::logging::spawn_in(&mut tasks, replay_hints_task(self.ctx.clone()));
         if let Some(listener) = http {
             crate::logging::spawn_in(&mut tasks, http::serve(self.clone(), listener));
@@ -1367,6 +1376,125 @@ async fn follow_members(node: Arc<Node>, mut members: watch::Receiver<Vec<Member
             () = node.shutdown.cancelled() => return,
             changed = members.changed() => if changed.is_err() { return },
         }
+    }
+}
+
+impl Node {
+    /// Writes the store to `<data_dir>/snapshot.rcs` on a blocking thread, at most `rate`
+    /// bytes per second (`None` or `Some(0)`: unthrottled, as at shutdown), one write at a time
+    /// (a second call waits for the first). Logs the outcome and records the metrics;
+    /// [`SnapshotError::Disabled`] when no data directory is set.
+    pub async fn write_snapshot(&self, rate: Option<u64>) -> Result<SnapshotInfo, SnapshotError> {
+        self.write_snapshot_until(rate, None).await
+    }
+
+    /// [`Node::write_snapshot`] that stops, keeping the previous snapshot, when `cancel` is
+    /// cancelled.
+    async fn write_snapshot_until(
+        &self,
+        rate: Option<u64>,
+        cancel: Option<CancellationToken>,
+    ) -> Result<SnapshotInfo, SnapshotError> {
+        let Some(path) = self.config.snapshot.path() else {
+            return Err(SnapshotError::Disabled);
+        };
+        let ctx = self.ctx.clone();
+        let lock = self.snapshot_lock.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = lock.lock();
+            let options = WriteOptions {
+                rate_bytes_per_sec: rate.unwrap_or(0),
+                cancel,
+                ..WriteOptions::at(ctx.now_ms())
+            };
+            crate::snapshot::write(&ctx.store, &path, &ctx.config.node_id, &options)
+        })
+        .await
+        .unwrap_or_else(|e| Err(SnapshotError::Task(e.to_string())));
+        match &written {
+            Ok(info) => {
+                self.metrics.record_snapshot_written(info, self.now_ms());
+                let secs = info.duration.as_secs_f64();
+                tracing::info!(
+                    entries = info.entries,
+                    bytes = info.bytes,
+                    took_ms = info.duration.as_millis() as u64,
+                    mb_per_s = format!("{:.1}", info.bytes as f64 / 1e6 / secs.max(1e-6)),
+                    path = %info.path.display(),
+                    "snapshot written"
+                );
+            }
+            Err(SnapshotError::Cancelled { .. }) => {
+                tracing::info!("snapshot cancelled by shutdown; the previous one is kept");
+            }
+            Err(error) => {
+                self.metrics.record_snapshot_failure();
+                tracing::warn!(%error, "snapshot failed; the previous one is kept");
+            }
+        }
+        written
+    }
+
+    /// Loads `<data_dir>/snapshot.rcs` into the store, which must still be empty (call it
+    /// before the node serves). Logs the outcome (a failure: WARN, starting empty) and sets
+    /// `ringcache_snapshot_loaded_entries`.
+    pub async fn load_snapshot(&self) -> Result<LoadOutcome, SnapshotError> {
+        let Some(path) = self.config.snapshot.path() else {
+            return Err(SnapshotError::Disabled);
+        };
+        let ctx = self.ctx.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let config = &ctx.config;
+            crate::snapshot::load(
+                &ctx.store,
+                &path,
+                &config.node_id,
+                ctx.now_ms(),
+                config.snapshot.max_age,
+            )
+        })
+        .await
+        .unwrap_or_else(|e| Err(SnapshotError::Task(e.to_string())));
+        match &loaded {
+            Ok(LoadOutcome::Loaded(info)) => {
+                self.metrics.set_snapshot_loaded(info.entries);
+                tracing::info!(
+                    entries = info.entries,
+                    tombstones = info.tombstones,
+                    skipped = info.skipped_expired + info.skipped_other,
+                    age = %humantime::format_duration(Duration::from_secs(info.age.as_secs())),
+                    took_ms = info.duration.as_millis() as u64,
+                    "snapshot loaded"
+                );
+            }
+            Ok(LoadOutcome::NoSnapshot) => {
+                tracing::info!("no snapshot to load; starting empty");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "snapshot not loaded; starting empty");
+            }
+        }
+        loaded
+    }
+}
+
+/// Writes a snapshot every `snapshot_interval`, throttled to `snapshot_rate`, until shutdown;
+/// a write in progress at shutdown is cancelled (the shutdown snapshot follows it).
+async fn snapshot_task(node: Arc<Node>) {
+    let snapshot = &node.config.snapshot;
+    let (Some(_), Some(interval)) = (&snapshot.data_dir, snapshot.interval) else {
+        return;
+    };
+    let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = node.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let cancel = node.shutdown.child_token();
+        let rate = Some(node.config.snapshot.rate_bytes_per_sec);
+        let _ = node.write_snapshot_until(rate, Some(cancel)).await;
     }
 }
 

@@ -67,6 +67,12 @@ impl Hlc {
         }
     }
 
+    /// The last version this clock gave out or observed (0: none yet). Changes nothing: later
+    /// versions are greater.
+    pub fn current(&self) -> u64 {
+        self.last.load(Ordering::Acquire)
+    }
+
     /// A new version greater than everything seen so far.
     pub fn next(&self, now_ms: u64) -> u64 {
         self.next_after(now_ms, 0)
