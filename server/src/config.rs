@@ -1716,6 +1716,85 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_settings_layer_with_their_defaults() {
+        let defaults = Config::layer(Cli::default(), FileConfig::default()).unwrap();
+        assert_eq!(defaults.snapshot.data_dir, None, "snapshots off by default");
+        assert_eq!(defaults.snapshot.path(), None);
+        assert_eq!(defaults.snapshot.interval, None, "only at shutdown by default");
+        assert_eq!(defaults.snapshot.rate_bytes_per_sec, 256 * 1024 * 1024);
+        assert_eq!(
+            defaults.snapshot.max_age,
+            Duration::from_secs(600),
+            "the tombstone grace"
+        );
+        let grace = Config::layer(parse(&["--tombstone-grace", "20m"]), FileConfig::default());
+        assert_eq!(grace.unwrap().snapshot.max_age, Duration::from_secs(1200));
+
+        let dir = std::env::temp_dir().join(format!(
+            "ringcache-config-data-dir-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let file: FileConfig = toml::from_str(&format!(
+            r#"
+            data_dir = "{}"
+            snapshot_interval = "5m"
+            snapshot_rate = "64MiB"
+            snapshot_max_age = "1h"
+            "#,
+            dir.join("nested").display()
+        ))
+        .unwrap();
+        let config = Config::layer(parse(&["--snapshot-rate", "0"]), file).unwrap();
+        assert!(dir.join("nested").is_dir(), "the data dir is created");
+        assert_eq!(
+            config.snapshot.path(),
+            Some(dir.join("nested").join("snapshot.rcs"))
+        );
+        assert_eq!(config.snapshot.interval, Some(Duration::from_secs(300)));
+        assert_eq!(config.snapshot.rate_bytes_per_sec, 0, "the flag wins; 0 = unthrottled");
+        assert_eq!(config.snapshot.max_age, Duration::from_secs(3600));
+        let dir_flag = dir.to_str().unwrap();
+        let config = Config::layer(
+            parse(&["--data-dir", dir_flag, "--snapshot-interval", "1s"]),
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(config.snapshot.interval, Some(Duration::from_secs(1)));
+        assert!(
+            std::fs::read_dir(&dir).unwrap().count() == 1,
+            "the write check leaves nothing behind"
+        );
+
+        let error = |args: &[&str]| {
+            Config::layer(parse(args), FileConfig::default())
+                .unwrap_err()
+                .to_string()
+        };
+        let e = error(&["--data-dir", dir_flag, "--snapshot-interval", "500ms"]);
+        assert!(e.contains("snapshot_interval must be at least 1s"), "{e}");
+        let e = error(&["--snapshot-interval", "1m"]);
+        assert!(e.contains("snapshot_interval needs data_dir"), "{e}");
+        let e = error(&[
+            "--data-dir",
+            dir_flag,
+            "--tombstone-grace",
+            "0s",
+            "--replication-factor",
+            "1",
+        ]);
+        assert!(e.contains("snapshot_max_age"), "{e}");
+        let a_file = dir.join("a-file");
+        std::fs::write(&a_file, b"x").unwrap();
+        let e = error(&["--data-dir", a_file.join("below").to_str().unwrap()]);
+        assert!(e.contains("data_dir") && e.contains("cannot be created"), "{e}");
+        let e = error(&["--data-dir", a_file.to_str().unwrap()]);
+        assert!(e.contains("data_dir"), "{e}");
+        assert!(Cli::try_parse_from(["ringcached", "--snapshot-rate", "fast"]).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_wildcard_bind_advertises_the_given_address() {
         let config = Config::layer(
             parse(&["--bind", "0.0.0.0", "--advertise-addr", "10.1.2.3"]),
@@ -1767,6 +1846,10 @@ mod tests {
             "--gossip-keyring",
             "--secrets-reload-interval",
             "--gen-gossip-key",
+            "--data-dir",
+            "--snapshot-interval",
+            "--snapshot-rate",
+            "--snapshot-max-age",
         ] {
             assert!(help.contains(flag), "{flag} missing from --help");
         }

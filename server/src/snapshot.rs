@@ -1044,3 +1044,543 @@ fn apply_records(
     }
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::store::{SetOptions, StoreConfig, VersionedItem};
+
+    /// Unix ms the tests' stores run at.
+    const NOW: u64 = 1_700_000_000_000;
+    /// The tombstone grace of the tests' stores (10 min).
+    const GRACE: u64 = 600_000;
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// A fresh directory under the system's temp dir, removed at drop.
+    struct TestDir(PathBuf);
+
+    impl TestDir {
+        fn new(name: &str) -> Self {
+            static N: AtomicU64 = AtomicU64::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "ringcache-snapshot-{name}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+
+        fn file(&self) -> PathBuf {
+            self.0.join(FILE_NAME)
+        }
+
+        fn names(&self) -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(&self.0)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn config() -> StoreConfig {
+        StoreConfig {
+            shards: 8,
+            tombstone_grace_ms: GRACE,
+            max_memory_bytes: 64 << 20,
+            ..StoreConfig::default()
+        }
+    }
+
+    fn store() -> Store {
+        Store::new(config())
+    }
+
+    fn set(store: &Store, key: &str, value: &[u8], ttl_ms: Option<u64>) {
+        let options = SetOptions {
+            ttl_ms,
+            ..SetOptions::default()
+        };
+        store.set(key.as_bytes(), value, options, NOW).unwrap();
+    }
+
+    /// Every entry of `store`, tombstones and expired ones included.
+    fn contents(store: &Store) -> BTreeMap<Vec<u8>, VersionedItem> {
+        let mut all = BTreeMap::new();
+        for shard in 0..store.shard_count() {
+            let mut cursor = Some(0);
+            while let Some(at) = cursor {
+                let (items, next) = store.scan(shard, at, 256);
+                all.extend(items.into_iter().map(|(k, v)| (k.to_vec(), v)));
+                cursor = next;
+            }
+        }
+        all
+    }
+
+    fn write_at(store: &Store, path: &Path, now_ms: u64) -> SnapshotInfo {
+        write(store, path, "node-a", &WriteOptions::at(now_ms)).unwrap()
+    }
+
+    fn loaded(outcome: Result<LoadOutcome, SnapshotError>) -> LoadInfo {
+        match outcome.unwrap() {
+            LoadOutcome::Loaded(info) => info,
+            LoadOutcome::NoSnapshot => panic!("no snapshot"),
+        }
+    }
+
+    /// A store of `n` small values, a few with TTLs, and a few tombstones.
+    fn sample(n: usize, value_len: usize) -> Store {
+        let store = store();
+        for i in 0..n {
+            let ttl = (i % 3 == 0).then_some(3_600_000 + i as u64);
+            set(&store, &format!("key:{i:04}"), &vec![b'a' + (i % 26) as u8; value_len], ttl);
+        }
+        for i in (0..n).step_by(7) {
+            store.delete(format!("key:{i:04}").as_bytes(), NOW).unwrap();
+        }
+        store
+    }
+
+    #[test]
+    fn a_snapshot_loads_back_every_value_ttl_version_tombstone_and_the_flush_floor() {
+        let dir = TestDir::new("round-trip");
+        let store = store();
+        set(&store, "flushed", b"gone", None);
+        let floor = store.hlc().next(NOW);
+        store.flush_through(floor, NOW).unwrap();
+        set(&store, "plain", b"value", None);
+        set(&store, "empty", b"", None);
+        set(&store, "ttl", b"short-lived", Some(60_000));
+        set(&store, "deleted", b"x", None);
+        store.delete(b"deleted", NOW).unwrap();
+        let big = vec![7u8; 1 << 20];
+        set(&store, "big", &big, None);
+        for i in 0..2_000 {
+            set(&store, &format!("k{i}"), format!("v{i}").as_bytes(), Some(1_000 + i));
+        }
+        let before = contents(&store);
+        let info = write_at(&store, &dir.file(), NOW);
+        assert_eq!(info.entries, before.len() as u64);
+        assert_eq!(info.tombstones, 1);
+        assert_eq!(info.start_version, store.hlc().current());
+        assert_eq!(info.bytes, std::fs::metadata(dir.file()).unwrap().len());
+        assert_eq!(dir.names(), [FILE_NAME], "no temporary file is left");
+
+        let fresh = store();
+        let loaded = loaded(load(&fresh, &dir.file(), "node-a", NOW + 500, HOUR));
+        assert_eq!(loaded.entries, before.len() as u64);
+        assert_eq!(loaded.tombstones, 1);
+        assert_eq!((loaded.skipped_expired, loaded.skipped_other), (0, 0));
+        assert_eq!(loaded.start_version, info.start_version);
+        assert_eq!(loaded.age, Duration::from_millis(500));
+        assert_eq!(loaded.bytes, info.bytes);
+        assert_eq!(contents(&fresh), before, "every entry, version and expiry");
+        assert_eq!(
+            fresh.get_versioned(b"deleted").unwrap(),
+            store.get_versioned(b"deleted").unwrap()
+        );
+        assert_eq!(
+            fresh.get(b"big", NOW).unwrap().unwrap().value.as_ref(),
+            &big[..]
+        );
+        assert_eq!(fresh.flush_floor(), floor, "the flush floor is restored");
+        assert!(
+            !fresh.apply(b"flushed", Some(b"late"), floor, None, NOW).unwrap(),
+            "a copy from before the flush stays refused"
+        );
+        assert!(
+            fresh.hlc().current() >= info.start_version,
+            "the clock resumes after every version of the snapshot"
+        );
+        assert!(fresh.hlc().next(NOW) > info.start_version);
+    }
+
+    #[test]
+    fn an_empty_store_round_trips() {
+        let dir = TestDir::new("empty");
+        let info = write_at(&store(), &dir.file(), NOW);
+        assert_eq!(info.entries, 0);
+        let fresh = store();
+        let loaded = loaded(load(&fresh, &dir.file(), "node-a", NOW, HOUR));
+        assert_eq!(loaded.entries, 0);
+        assert_eq!(fresh.entry_count(), 0);
+    }
+
+    /// A small snapshot of several blocks: 50 entries of 100-byte values.
+    fn small_snapshot(dir: &TestDir) -> Vec<u8> {
+        let store = sample(50, 100);
+        let options = WriteOptions {
+            block_bytes: 4096,
+            ..WriteOptions::at(NOW)
+        };
+        write(&store, &dir.file(), "node-a", &options).unwrap();
+        let bytes = std::fs::read(dir.file()).unwrap();
+        assert!(bytes.len() > 2 * 4096, "several blocks: {} bytes", bytes.len());
+        bytes
+    }
+
+    #[test]
+    fn a_byte_changed_at_any_offset_is_an_error_and_leaves_the_store_empty() {
+        let dir = TestDir::new("corrupt");
+        let good = small_snapshot(&dir);
+        let path = dir.0.join("damaged.rcs");
+        for offset in 0..good.len() {
+            for flip in [0x01u8, 0xff] {
+                let mut bad = good.clone();
+                bad[offset] ^= flip;
+                std::fs::write(&path, &bad).unwrap();
+                let fresh = store();
+                let result = load(&fresh, &path, "node-a", NOW, HOUR);
+                assert!(
+                    result.is_err(),
+                    "byte {offset} ^ {flip:#04x} loaded: {result:?}"
+                );
+                assert_eq!(fresh.entry_count(), 0, "byte {offset}: the store is left empty");
+            }
+        }
+        // The untouched file loads.
+        let fresh = store();
+        assert_eq!(
+            loaded(load(&fresh, &dir.file(), "node-a", NOW, HOUR)).entries,
+            50
+        );
+    }
+
+    #[test]
+    fn a_truncated_or_extended_file_is_an_error_and_leaves_the_store_empty() {
+        let dir = TestDir::new("truncated");
+        let good = small_snapshot(&dir);
+        let path = dir.0.join("short.rcs");
+        for len in 0..good.len() {
+            std::fs::write(&path, &good[..len]).unwrap();
+            let fresh = store();
+            let error = load(&fresh, &path, "node-a", NOW, HOUR).unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    SnapshotError::Truncated { .. }
+                        | SnapshotError::NotASnapshot { .. }
+                        | SnapshotError::Corrupt { .. }
+                ),
+                "{len} bytes: {error}"
+            );
+            assert_eq!(fresh.entry_count(), 0, "{len} bytes: the store is left empty");
+        }
+        let error = {
+            std::fs::write(&path, &good[..good.len() - 10]).unwrap();
+            load(&store(), &path, "node-a", NOW, HOUR).unwrap_err()
+        };
+        assert!(error.to_string().contains("truncated"), "{error}");
+        let mut longer = good.clone();
+        longer.push(0);
+        std::fs::write(&path, &longer).unwrap();
+        let fresh = store();
+        let error = load(&fresh, &path, "node-a", NOW, HOUR).unwrap_err();
+        assert!(error.to_string().contains("after the trailer"), "{error}");
+        assert_eq!(fresh.entry_count(), 0);
+    }
+
+    #[test]
+    fn lengths_beyond_the_limits_are_corruption_not_allocations() {
+        let dir = TestDir::new("lengths");
+        let good = small_snapshot(&dir);
+        let header_len = le_u32(&good, 12) as usize;
+        let path = dir.0.join("bad.rcs");
+        // A block length of almost 4 GiB.
+        let mut bad = good.clone();
+        bad[header_len + 1..header_len + 5].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
+        std::fs::write(&path, &bad).unwrap();
+        let error = load(&store(), &path, "node-a", NOW, HOUR).unwrap_err();
+        let SnapshotError::Corrupt { offset, what, .. } = &error else {
+            panic!("{error}")
+        };
+        assert_eq!(*offset, header_len as u64 + 1);
+        assert!(what.contains("block length"), "{error}");
+        // A record whose value length is past the header's limit, in a block with a valid
+        // checksum: refused as corrupt before anything is read for it.
+        let mut bad = good.clone();
+        let record = header_len + BLOCK_HEADER_BYTES;
+        bad[record + 3..record + 7].copy_from_slice(&(1u32 << 30).to_le_bytes());
+        let payload_len = le_u32(&bad, header_len + 1) as usize;
+        let block_end = header_len + BLOCK_HEADER_BYTES + payload_len;
+        let crc = crc32fast::hash(&bad[header_len..block_end]);
+        bad[block_end..block_end + 4].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &bad).unwrap();
+        let fresh = store();
+        let error = load(&fresh, &path, "node-a", NOW, HOUR).unwrap_err();
+        let SnapshotError::Corrupt { offset, what, .. } = &error else {
+            panic!("{error}")
+        };
+        assert_eq!(*offset, record as u64);
+        assert!(what.contains("value length"), "{error}");
+        assert_eq!(fresh.entry_count(), 0);
+    }
+
+    #[test]
+    fn records_over_the_loading_stores_limits_are_skipped() {
+        let dir = TestDir::new("limits");
+        let store = store();
+        set(&store, "small", b"ok", None);
+        set(&store, "large", &[1u8; 2048], None);
+        write_at(&store, &dir.file(), NOW);
+        let fresh = Store::new(StoreConfig {
+            max_value_bytes: 1024,
+            ..config()
+        });
+        let info = loaded(load(&fresh, &dir.file(), "node-a", NOW, HOUR));
+        assert_eq!((info.entries, info.skipped_other), (1, 1));
+        assert!(fresh.get(b"large", NOW).unwrap().is_none());
+    }
+
+    #[test]
+    fn expired_entries_are_left_out_when_writing_and_dropped_when_loading() {
+        let dir = TestDir::new("expiry");
+        let store = store();
+        set(&store, "forever", b"v", None);
+        set(&store, "one-second", b"v", Some(1_000));
+        set(&store, "one-minute", b"v", Some(60_000));
+        set(&store, "one-hour", b"v", Some(3_600_000));
+        set(&store, "deleted", b"v", None);
+        store.delete(b"deleted", NOW).unwrap(); // kept until NOW + GRACE
+        // Written 2 s later: the one-second key has expired already.
+        let info = write_at(&store, &dir.file(), NOW + 2_000);
+        assert_eq!((info.entries, info.skipped_expired), (4, 1));
+        // Loaded 2 min later: the one-minute key has expired meanwhile.
+        let fresh = store();
+        let info = loaded(load(&fresh, &dir.file(), "node-a", NOW + 120_000, HOUR));
+        assert_eq!((info.entries, info.skipped_expired), (3, 1));
+        assert!(fresh.get_versioned(b"one-minute").unwrap().is_none());
+        assert!(fresh.get_versioned(b"deleted").unwrap().is_some());
+        // Loaded after the tombstone's grace: only live values come back.
+        let fresh = store();
+        let info = loaded(load(&fresh, &dir.file(), "node-a", NOW + GRACE + 1, HOUR));
+        assert_eq!((info.entries, info.skipped_expired), (2, 2));
+        assert!(fresh.get_versioned(b"deleted").unwrap().is_none());
+        assert!(fresh.get(b"one-hour", NOW + GRACE + 1).unwrap().is_some());
+    }
+
+    #[test]
+    fn another_nodes_an_old_an_unknown_or_a_future_snapshot_is_refused() {
+        let dir = TestDir::new("refused");
+        let store = sample(20, 10);
+        write_at(&store, &dir.file(), NOW);
+        let refused = |node: &str, now_ms: u64, max_age: Duration| {
+            let fresh = super::tests::store();
+            let error = load(&fresh, &dir.file(), node, now_ms, max_age).unwrap_err();
+            assert_eq!(fresh.entry_count(), 0);
+            error
+        };
+        let error = refused("node-b", NOW, HOUR);
+        assert!(matches!(error, SnapshotError::OtherNode { .. }), "{error}");
+        assert!(error.to_string().contains("node-a"), "{error}");
+        let error = refused("node-a", NOW + 11 * 60_000, Duration::from_secs(600));
+        assert!(matches!(error, SnapshotError::TooOld { .. }), "{error}");
+        assert!(error.to_string().contains("--snapshot-max-age"), "{error}");
+        // Raising the limit loads it (a whole-cluster restart).
+        let fresh = super::tests::store();
+        let info = loaded(load(&fresh, &dir.file(), "node-a", NOW + 11 * 60_000, HOUR));
+        assert!(info.entries > 0);
+        assert_eq!(info.age, Duration::from_secs(660));
+        // Versions far ahead of the loading node's clock (its clock was set back).
+        let error = refused("node-a", NOW - 3_600_000, HOUR);
+        assert!(matches!(error, SnapshotError::FromTheFuture { .. }), "{error}");
+        // Another format version, with a valid header checksum.
+        let mut bytes = std::fs::read(dir.file()).unwrap();
+        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let header_len = le_u32(&bytes, 12) as usize;
+        let crc = crc32fast::hash(&bytes[..header_len - 4]);
+        bytes[header_len - 4..header_len].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(dir.file(), &bytes).unwrap();
+        let error = refused("node-a", NOW, HOUR);
+        assert!(
+            matches!(error, SnapshotError::UnknownVersion { found: 2, .. }),
+            "{error}"
+        );
+        std::fs::write(dir.file(), b"not a snapshot at all").unwrap();
+        let error = refused("node-a", NOW, HOUR);
+        assert!(matches!(error, SnapshotError::NotASnapshot { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_missing_file_is_no_snapshot_and_a_full_store_is_refused() {
+        let dir = TestDir::new("missing");
+        let fresh = store();
+        assert_eq!(
+            load(&fresh, &dir.file(), "node-a", NOW, HOUR).unwrap(),
+            LoadOutcome::NoSnapshot
+        );
+        write_at(&sample(5, 5), &dir.file(), NOW);
+        set(&fresh, "already", b"here", None);
+        let error = load(&fresh, &dir.file(), "node-a", NOW, HOUR).unwrap_err();
+        assert!(matches!(error, SnapshotError::StoreNotEmpty { entries: 1, .. }), "{error}");
+        assert!(fresh.get(b"already", NOW).unwrap().is_some(), "left as it was");
+    }
+
+    #[test]
+    fn a_write_concurrent_with_writers_completes_and_loads() {
+        let dir = TestDir::new("concurrent");
+        let store = Arc::new(store());
+        for i in 0..20_000 {
+            set(&store, &format!("stable:{i}"), format!("v{i}").as_bytes(), None);
+        }
+        for i in 0..1_000 {
+            set(&store, &format!("hot:{i}"), b"0", None);
+        }
+        let stable = contents(&store);
+        let done = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..2)
+            .map(|t| {
+                let (store, done) = (store.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    // Bounded: stops when the snapshot is written or after 2 million writes.
+                    while !done.load(Ordering::Relaxed) && n < 2_000_000 {
+                        let key = format!("hot:{}", n % 1_000);
+                        store
+                            .set(key.as_bytes(), format!("{t}-{n}").as_bytes(), SetOptions::default(), NOW)
+                            .unwrap();
+                        let fresh = format!("new:{t}:{n}");
+                        store.set(fresh.as_bytes(), b"x", SetOptions::default(), NOW).unwrap();
+                        if n % 3 == 0 {
+                            store.delete(fresh.as_bytes(), NOW).unwrap();
+                        }
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let options = WriteOptions {
+            block_bytes: 4096,
+            batch_entries: 16,
+            ..WriteOptions::at(NOW)
+        };
+        let info = write(&store, &dir.file(), "node-a", &options).unwrap();
+        done.store(true, Ordering::Relaxed);
+        let written: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+        assert!(info.entries >= stable.len() as u64, "{info:?}");
+        let fresh = self::store();
+        let loaded = loaded(load(&fresh, &dir.file(), "node-a", NOW, HOUR));
+        assert!(loaded.entries >= stable.len() as u64);
+        for (key, item) in &stable {
+            let got = fresh.get_versioned(key).unwrap().expect("present all along");
+            if key.starts_with(b"stable:") {
+                assert_eq!(&got, item, "untouched keys come back exactly");
+            } else {
+                assert!(got.version >= item.version, "hot keys at their version or later");
+            }
+        }
+        assert!(written > 0);
+    }
+
+    #[test]
+    fn pacing_keeps_the_average_at_the_rate() {
+        let mib = 1 << 20;
+        assert_eq!(pace_delay(mib, 0, Duration::ZERO), Duration::ZERO, "0: unthrottled");
+        assert_eq!(pace_delay(0, mib, Duration::ZERO), Duration::ZERO);
+        assert_eq!(pace_delay(mib, mib, Duration::ZERO), Duration::from_secs(1));
+        assert_eq!(
+            pace_delay(mib, mib, Duration::from_millis(400)),
+            Duration::from_millis(600)
+        );
+        assert_eq!(
+            pace_delay(256 * mib, 256 * mib, Duration::from_secs(2)),
+            Duration::ZERO,
+            "behind schedule: no sleep"
+        );
+        assert_eq!(
+            pace_delay(3 * mib, 2 * mib, Duration::from_millis(500)),
+            Duration::from_millis(1_000)
+        );
+        assert_eq!(pace_delay(u64::MAX, 1, Duration::ZERO), Duration::from_nanos(u64::MAX));
+    }
+
+    #[test]
+    fn a_failed_or_cancelled_write_keeps_the_previous_snapshot() {
+        let dir = TestDir::new("failed");
+        let old = sample(30, 10);
+        write_at(&old, &dir.file(), NOW);
+        let good = std::fs::read(dir.file()).unwrap();
+        let newer = sample(200, 50);
+        // Cancelled part way (at its first block).
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let options = WriteOptions {
+            cancel: Some(cancel),
+            ..WriteOptions::at(NOW)
+        };
+        let error = write(&newer, &dir.file(), "node-a", &options).unwrap_err();
+        assert!(matches!(error, SnapshotError::Cancelled { .. }), "{error}");
+        assert_eq!(std::fs::read(dir.file()).unwrap(), good);
+        assert_eq!(dir.names(), [FILE_NAME], "the temporary file is removed");
+        // Failing at the rename, after the whole file was written: the target is a directory.
+        let target = dir.0.join("occupied");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("inside"), b"x").unwrap();
+        let error = write(&newer, &target, "node-a", &WriteOptions::at(NOW)).unwrap_err();
+        assert!(error.to_string().contains("rename"), "{error}");
+        assert_eq!(dir.names(), ["occupied", FILE_NAME]);
+        // A directory that does not exist.
+        let error = write(&newer, &dir.0.join("no/such/dir/s.rcs"), "node-a", &WriteOptions::at(NOW))
+            .unwrap_err();
+        assert!(matches!(error, SnapshotError::Io { .. }), "{error}");
+        // The good snapshot still loads.
+        let fresh = store();
+        assert_eq!(
+            loaded(load(&fresh, &dir.file(), "node-a", NOW, HOUR)).entries,
+            contents(&old).len() as u64
+        );
+    }
+
+    #[tokio::test]
+    async fn a_node_writes_its_snapshot_and_a_restarted_node_loads_it() {
+        use crate::clock::ManualClock;
+        use crate::config::Config;
+        use crate::node::Node;
+        let dir = TestDir::new("node");
+        let mut config = Config::for_test();
+        config.snapshot.data_dir = Some(dir.0.clone());
+        let clock = Arc::new(ManualClock::new(NOW));
+        let node = Node::with_clock(config.clone(), clock.clone());
+        node.store()
+            .set(b"k", b"v", SetOptions::default(), NOW)
+            .unwrap();
+        let info = node.write_snapshot(None).await.unwrap();
+        assert_eq!(info.entries, 1);
+        let text = node.metrics().render(&node.store().stats(), 1, Duration::ZERO);
+        assert!(text.contains("ringcache_snapshot_bytes "), "{text}");
+        assert!(text.contains(&format!("ringcache_snapshot_bytes {}", info.bytes)), "{text}");
+        clock.advance(Duration::from_secs(5));
+        let restarted = Node::with_clock(config.clone(), clock.clone());
+        let LoadOutcome::Loaded(loaded) = restarted.load_snapshot().await.unwrap() else {
+            panic!("not loaded")
+        };
+        assert_eq!(loaded.entries, 1);
+        assert_eq!(loaded.age, Duration::from_secs(5));
+        assert_eq!(
+            restarted.store().get(b"k", NOW).unwrap().unwrap().value.as_ref(),
+            b"v"
+        );
+        let text = restarted
+            .metrics()
+            .render(&restarted.store().stats(), 1, Duration::ZERO);
+        assert!(text.contains("ringcache_snapshot_loaded_entries 1"), "{text}");
+        // Without a data directory, snapshots are off.
+        let off = Node::with_clock(Config::for_test(), clock);
+        assert!(matches!(off.write_snapshot(None).await, Err(SnapshotError::Disabled)));
+    }
+}
