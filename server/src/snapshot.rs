@@ -747,6 +747,10 @@ pub fn load(
     }
     match load_blocks(store, &mut input, &header, now_ms) {
         Ok(mut info) => {
+            // Later local versions order after everything the writer had stamped (checked
+            // against the drift bound above).
+            let drift = store.config().max_clock_drift_ms;
+            let _ = store.hlc().observe(header.start_version, now_ms, drift);
             info.age = age;
             info.duration = started.elapsed();
             Ok(LoadOutcome::Loaded(info))
