@@ -909,10 +909,10 @@ impl Config {
                     .snapshot_rate
                     .or(file.snapshot_rate)
                     .map_or(DEFAULT_SNAPSHOT_RATE, |b| b.0),
-                max_age: cli.snapshot_max_age.or(file.snapshot_max_age).map_or(
-                    Duration::from_millis(tombstone_grace_ms),
-                    |d| d.0,
-                ),
+                max_age: cli
+                    .snapshot_max_age
+                    .or(file.snapshot_max_age)
+                    .map_or(Duration::from_millis(tombstone_grace_ms), |d| d.0),
             },
         };
         config.validate()?;
@@ -1720,7 +1720,10 @@ mod tests {
         let defaults = Config::layer(Cli::default(), FileConfig::default()).unwrap();
         assert_eq!(defaults.snapshot.data_dir, None, "snapshots off by default");
         assert_eq!(defaults.snapshot.path(), None);
-        assert_eq!(defaults.snapshot.interval, None, "only at shutdown by default");
+        assert_eq!(
+            defaults.snapshot.interval, None,
+            "only at shutdown by default"
+        );
         assert_eq!(defaults.snapshot.rate_bytes_per_sec, 256 * 1024 * 1024);
         assert_eq!(
             defaults.snapshot.max_age,
@@ -1730,10 +1733,8 @@ mod tests {
         let grace = Config::layer(parse(&["--tombstone-grace", "20m"]), FileConfig::default());
         assert_eq!(grace.unwrap().snapshot.max_age, Duration::from_secs(1200));
 
-        let dir = std::env::temp_dir().join(format!(
-            "ringcache-config-data-dir-{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("ringcache-config-data-dir-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let file: FileConfig = toml::from_str(&format!(
             r#"
@@ -1752,7 +1753,10 @@ mod tests {
             Some(dir.join("nested").join("snapshot.rcs"))
         );
         assert_eq!(config.snapshot.interval, Some(Duration::from_secs(300)));
-        assert_eq!(config.snapshot.rate_bytes_per_sec, 0, "the flag wins; 0 = unthrottled");
+        assert_eq!(
+            config.snapshot.rate_bytes_per_sec, 0,
+            "the flag wins; 0 = unthrottled"
+        );
         assert_eq!(config.snapshot.max_age, Duration::from_secs(3600));
         let dir_flag = dir.to_str().unwrap();
         let config = Config::layer(
@@ -1787,7 +1791,10 @@ mod tests {
         let a_file = dir.join("a-file");
         std::fs::write(&a_file, b"x").unwrap();
         let e = error(&["--data-dir", a_file.join("below").to_str().unwrap()]);
-        assert!(e.contains("data_dir") && e.contains("cannot be created"), "{e}");
+        assert!(
+            e.contains("data_dir") && e.contains("cannot be created"),
+            "{e}"
+        );
         let e = error(&["--data-dir", a_file.to_str().unwrap()]);
         assert!(e.contains("data_dir"), "{e}");
         assert!(Cli::try_parse_from(["ringcached", "--snapshot-rate", "fast"]).is_err());

@@ -31,10 +31,14 @@ fn main() -> anyhow::Result<()> {
     let rate: u64 = take_flag(&mut args, "--rate")?
         .map_or(Ok(0), |v| v.parse())
         .context("--rate must be a number of bytes per second")?;
-    let dir = take_flag(&mut args, "--dir")?
-        .map_or_else(|| std::env::temp_dir().join("ringcache-snapprobe"), Into::into);
+    let dir = take_flag(&mut args, "--dir")?.map_or_else(
+        || std::env::temp_dir().join("ringcache-snapprobe"),
+        Into::into,
+    );
     if !args.is_empty() {
-        bail!("unknown arguments {args:?}; usage: snapprobe [--gib G] [--value-bytes V] [--rate B/s] [--dir PATH]");
+        bail!(
+            "unknown arguments {args:?}; usage: snapprobe [--gib G] [--value-bytes V] [--rate B/s] [--dir PATH]"
+        );
     }
     if value_len == 0 || !(gib > 0.0) {
         bail!("--gib and --value-bytes must be positive");
