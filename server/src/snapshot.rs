@@ -1509,7 +1509,7 @@ mod tests {
                         store
                             .set(fresh.as_bytes(), b"x", SetOptions::default(), NOW)
                             .unwrap();
-                        if n % 3 == 0 {
+                        if n.is_multiple_of(3) {
                             store.delete(fresh.as_bytes(), NOW).unwrap();
                         }
                         n += 1;

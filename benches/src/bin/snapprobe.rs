@@ -40,7 +40,7 @@ fn main() -> anyhow::Result<()> {
             "unknown arguments {args:?}; usage: snapprobe [--gib G] [--value-bytes V] [--rate B/s] [--dir PATH]"
         );
     }
-    if value_len == 0 || !(gib > 0.0) {
+    if value_len == 0 || gib.is_nan() || gib <= 0.0 {
         bail!("--gib and --value-bytes must be positive");
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
