@@ -78,6 +78,8 @@ const TRAILER_PAYLOAD_BYTES: usize = 8 + 8 + 8 + 4;
 const HEADER_FIXED_BYTES: usize = 8 + 4 + 4 + 8 + 8 + 8 + 4 + 4 + 4 + 2;
 /// Longest header accepted: the fixed part, a node id of at most `u16::MAX` bytes and its CRC.
 const MAX_HEADER_BYTES: u64 = (HEADER_FIXED_BYTES + u16::MAX as usize + 4) as u64;
+/// The longest single sleep of a throttled write (it checks for cancellation in between).
+const PACE_SLICE: Duration = Duration::from_millis(100);
 /// Block tag: a block of records.
 const TAG_RECORDS: u8 = 1;
 /// Block tag: the trailer.
@@ -252,6 +254,9 @@ pub struct SnapshotInfo {
     /// Entries left out because they had expired (values past their TTL, tombstones past
     /// their grace).
     pub skipped_expired: u64,
+    /// Values left out because they are longer than the format allows
+    /// ([`MAX_VALUE_BYTES_CAP`]; only with `max_value_bytes` set above it).
+    pub skipped_too_large: u64,
     /// Bytes of the file.
     pub bytes: u64,
     /// How long the write took (throttling included).
@@ -359,8 +364,8 @@ pub fn write(
     header.extend_from_slice(&start_version.to_le_bytes());
     header.extend_from_slice(&flush_floor.to_le_bytes());
     header.extend_from_slice(&(config.max_key_bytes.min(MAX_KEY_LEN) as u32).to_le_bytes());
-    let max_value = (config.max_value_bytes as u64).min(MAX_VALUE_BYTES_CAP) as u32;
-    header.extend_from_slice(&max_value.to_le_bytes());
+    let max_value = (config.max_value_bytes as u64).min(MAX_VALUE_BYTES_CAP);
+    header.extend_from_slice(&(max_value as u32).to_le_bytes());
     header.extend_from_slice(&(block_bytes as u32).to_le_bytes());
     header.extend_from_slice(&node_id_len.to_le_bytes());
     header.extend_from_slice(node_id.as_bytes());
@@ -385,6 +390,7 @@ pub fn write(
     out.start_block();
 
     let mut skipped_expired = 0u64;
+    let mut skipped_too_large = 0u64;
     let mut failed: Option<io::Error> = None;
     let batch = options.batch_entries.max(1);
     let now_ms = options.now_ms;
@@ -407,6 +413,11 @@ pub fn write(
                 }
                 if copy.version <= flush_floor {
                     // Flushed cluster-wide (a flush ran meanwhile): nothing to keep.
+                    return;
+                }
+                if copy.value.is_some_and(|v| v.len() as u64 > max_value) {
+                    // Only with max_value_bytes above the format's 1 GiB cap.
+                    skipped_too_large += 1;
                     return;
                 }
                 if let Err(error) = out.record(key, copy.value, copy.version, expires) {
@@ -456,6 +467,7 @@ pub fn write(
         entries: out.records,
         tombstones: out.tombstones,
         skipped_expired,
+        skipped_too_large,
         bytes: out.written,
         duration: started.elapsed(),
         start_version,
@@ -570,11 +582,13 @@ impl BlockWriter {
         result?;
         self.blocks += 1;
         self.start_block();
-        let delay = pace_delay(self.written, self.rate, self.started.elapsed());
-        if !delay.is_zero() && !self.cancelled() {
-            // Throttling a blocking thread: the periodic write must not take the disk's whole
-            // bandwidth. A cancelled write stops sleeping.
-            std::thread::sleep(delay.min(Duration::from_secs(1)));
+        // Throttling a blocking thread: the periodic write must not take the disk's whole
+        // bandwidth. Slept in slices, so a cancelled write stops sleeping soon.
+        let mut delay = pace_delay(self.written, self.rate, self.started.elapsed());
+        while !delay.is_zero() && !self.cancelled() {
+            let step = delay.min(PACE_SLICE);
+            std::thread::sleep(step);
+            delay -= step;
         }
         Ok(())
     }
