@@ -1534,6 +1534,70 @@ async fn metrics_upkeep_task(node: Arc<Node>) {
 mod tests {
     use super::*;
 
+    /// A node whose snapshots go to a fresh directory (removed by the caller).
+    fn snapshot_node(name: &str, interval: Option<Duration>) -> (Arc<Node>, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "ringcache-node-snapshot-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config = Config::for_test();
+        config.snapshot.data_dir = Some(dir.clone());
+        config.snapshot.interval = interval;
+        let clock = Arc::new(crate::clock::ManualClock::new(1_700_000_000_000));
+        (Node::with_clock(config, clock), dir)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_snapshot_task_writes_every_interval_until_shutdown() {
+        let (node, dir) = snapshot_node("task", Some(Duration::from_secs(60)));
+        node.store()
+            .set(b"k", b"v", Default::default(), node.now_ms())
+            .unwrap();
+        let task = tokio::spawn(snapshot_task(node.clone()));
+        let file = dir.join(crate::snapshot::FILE_NAME);
+        // Virtual time: the interval passes at once; a blocking write holds the clock still.
+        for _ in 0..100 {
+            if file.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        assert!(file.exists(), "written after one interval");
+        node.shutdown.cancel();
+        task.await.unwrap();
+        let text = node
+            .metrics
+            .render(&node.store().stats(), 1, Duration::ZERO);
+        assert!(
+            !text.contains("ringcache_snapshot_last_success_timestamp_seconds 0\n"),
+            "{text}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_failed_snapshot_write_is_counted_and_without_an_interval_no_task_runs() {
+        let (node, dir) = snapshot_node("failure", None);
+        // The task returns at once: no interval, snapshots only at shutdown.
+        snapshot_task(node.clone()).await;
+        std::fs::remove_dir_all(&dir).unwrap();
+        let error = node.write_snapshot(None).await.unwrap_err();
+        assert!(matches!(error, SnapshotError::Io { .. }), "{error}");
+        let text = node
+            .metrics
+            .render(&node.store().stats(), 1, Duration::ZERO);
+        assert!(
+            text.contains("ringcache_snapshot_failures_total 1"),
+            "{text}"
+        );
+        // A missing snapshot at start is no error: the node starts empty.
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(node.load_snapshot().await.unwrap(), LoadOutcome::NoSnapshot);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     fn view(states: &[(&str, NodeState)], replication: u32) -> ClusterView {
         let members = states
             .iter()

@@ -107,6 +107,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn current_is_the_last_version_given_out_or_observed() {
+        let hlc = Hlc::new();
+        assert_eq!(hlc.current(), 0);
+        let a = hlc.next(10_000);
+        assert_eq!(hlc.current(), a);
+        hlc.observe(Hlc::at_millis(20_000), 20_000, 0).unwrap();
+        assert_eq!(hlc.current(), Hlc::at_millis(20_000));
+        let current = hlc.current();
+        assert!(hlc.next(10_000) > current, "current changes nothing");
+    }
+
+    #[test]
     fn versions_strictly_increase_even_when_the_wall_clock_goes_back() {
         let hlc = Hlc::new();
         let a = hlc.next(10_000);
