@@ -34,7 +34,7 @@
 //! - **Atomic replacement:** the writer writes `<path>.tmp.<pid>.<n>` in the same directory,
 //!   `fsync`s it, renames it over `path` and `fsync`s the directory; a write that fails or is
 //!   cancelled removes its temp file and leaves the previous snapshot as it was.
-//! - **Never half-loaded:** [`load`] refuses to start on a store that holds anything; if any
+//! - **Never half-loaded:** [`load()`] refuses to start on a store that holds anything; if any
 //!   check fails part way (a checksum, a length, a truncated file, a missing or inconsistent
 //!   trailer) it empties the store again before returning the error.
 //! - **Bounded memory:** one block buffer (the target block size, or one record if larger) and
@@ -211,7 +211,7 @@ pub enum SnapshotError {
     Task(String),
 }
 
-/// How [`write`] runs.
+/// How [`write()`] runs.
 #[derive(Debug, Clone)]
 pub struct WriteOptions {
     /// Unix ms now: the file's creation time; expired entries and tombstones past their grace
@@ -242,7 +242,7 @@ impl WriteOptions {
     }
 }
 
-/// What [`write`] wrote.
+/// What [`write()`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotInfo {
     /// The snapshot file.
@@ -267,7 +267,7 @@ pub struct SnapshotInfo {
     pub created_at_ms: u64,
 }
 
-/// What [`load`] found.
+/// What [`load()`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoadOutcome {
     /// There is no snapshot file: the node starts empty (not an error).
@@ -276,7 +276,7 @@ pub enum LoadOutcome {
     Loaded(LoadInfo),
 }
 
-/// What [`load`] loaded.
+/// What [`load()`] loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadInfo {
     /// Records applied to the store (values and tombstones).
