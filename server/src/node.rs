@@ -1419,7 +1419,7 @@ impl Node {
                     entries = info.entries,
                     bytes = info.bytes,
                     took_ms = info.duration.as_millis() as u64,
-                    mb_per_s = format!("{:.1}", info.bytes as f64 / 1e6 / secs.max(1e-6)),
+                    mb_per_s = %format!("{:.1}", info.bytes as f64 / 1e6 / secs.max(1e-6)),
                     path = %info.path.display(),
                     "snapshot written"
                 );
