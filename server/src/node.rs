@@ -1443,18 +1443,26 @@ impl Node {
             return Err(SnapshotError::Disabled);
         };
         let ctx = self.ctx.clone();
-        let loaded = tokio::task::spawn_blocking(move || {
+        let (stale, loaded) = tokio::task::spawn_blocking(move || {
+            let stale = crate::snapshot::remove_stale_temp_files(&path);
             let config = &ctx.config;
-            crate::snapshot::load(
+            let loaded = crate::snapshot::load(
                 &ctx.store,
                 &path,
                 &config.node_id,
                 ctx.now_ms(),
                 config.snapshot.max_age,
-            )
+            );
+            (stale, loaded)
         })
         .await
-        .unwrap_or_else(|e| Err(SnapshotError::Task(e.to_string())));
+        .unwrap_or_else(|e| (0, Err(SnapshotError::Task(e.to_string()))));
+        if stale > 0 {
+            tracing::info!(
+                removed = stale,
+                "temporary files of unfinished snapshots removed"
+            );
+        }
         match &loaded {
             Ok(LoadOutcome::Loaded(info)) => {
                 self.metrics.set_snapshot_loaded(info.entries);

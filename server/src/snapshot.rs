@@ -475,6 +475,44 @@ pub fn write(
     })
 }
 
+/// Removes the temporary files that writes of `path` left behind when their process died
+/// before finishing (`<path>.tmp.<pid>.<n>` whose process no longer runs, per `/proc`; where
+/// there is no `/proc`, nothing is removed). Returns how many were removed. The node calls it
+/// at start, before loading.
+pub fn remove_stale_temp_files(path: &Path) -> usize {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return 0;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    if !Path::new("/proc/self").exists() {
+        return 0;
+    }
+    let prefix = format!("{}.tmp.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        let Some(rest) = file_name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let alive = Path::new("/proc").join(pid.to_string()).exists();
+        if !alive && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// A unique temporary name next to `path`.
 fn temp_path(path: &Path) -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -1630,6 +1668,26 @@ mod tests {
             loaded(load(&fresh, &dir.file(), "node-a", NOW, HOUR)).entries,
             contents(&old).len() as u64
         );
+    }
+
+    #[test]
+    fn temporary_files_of_dead_writers_are_removed() {
+        let dir = TestDir::new("stale");
+        let file = dir.file();
+        write_at(&sample(5, 5), &file, NOW);
+        // A pid above the kernel's limit (4,194,304) never runs; ours does.
+        let dead = dir.0.join(format!("{FILE_NAME}.tmp.4294967295.0"));
+        let ours = dir
+            .0
+            .join(format!("{FILE_NAME}.tmp.{}.7", std::process::id()));
+        let other = dir.0.join("other.tmp.4294967295.0");
+        for path in [&dead, &ours, &other] {
+            std::fs::write(path, b"partial").unwrap();
+        }
+        assert_eq!(remove_stale_temp_files(&file), 1);
+        assert!(!dead.exists());
+        assert!(ours.exists() && other.exists() && file.exists());
+        assert_eq!(remove_stale_temp_files(&dir.0.join("missing-dir/x.rcs")), 0);
     }
 
     #[tokio::test]
