@@ -336,6 +336,24 @@ pub struct Cli {
         value_name = "DURATION"
     )]
     pub secrets_reload_interval: Option<HumanDuration>,
+    /// Directory of this node's snapshot file (`snapshot.rcs`): written on graceful shutdown
+    /// and every snapshot-interval, loaded at start. Created if missing; must be writable
+    /// [default: none, snapshots off].
+    #[arg(long, env = "RINGCACHE_DATA_DIR", value_name = "PATH")]
+    pub data_dir: Option<PathBuf>,
+    /// Also write a snapshot this often while serving (at least 1s; needs data-dir)
+    /// [default: none, only at shutdown].
+    #[arg(long, env = "RINGCACHE_SNAPSHOT_INTERVAL", value_name = "DURATION")]
+    pub snapshot_interval: Option<HumanDuration>,
+    /// Most bytes per second a periodic snapshot writes (the one at shutdown is not throttled);
+    /// 0 = unthrottled [default: 256MiB].
+    #[arg(long, env = "RINGCACHE_SNAPSHOT_RATE", value_name = "SIZE")]
+    pub snapshot_rate: Option<ByteSize>,
+    /// Oldest snapshot loaded at start; an older one may hold keys deleted in the cluster since
+    /// (their tombstones are gone) and is refused. Raise it when the whole cluster restarts
+    /// [default: tombstone-grace].
+    #[arg(long, env = "RINGCACHE_SNAPSHOT_MAX_AGE", value_name = "DURATION")]
+    pub snapshot_max_age: Option<HumanDuration>,
 }
 
 /// Consistency level as written in flags and files.
@@ -528,6 +546,10 @@ struct FileConfig {
     idle_timeout: Option<HumanDuration>,
     gossip_keyring: Option<PathBuf>,
     secrets_reload_interval: Option<HumanDuration>,
+    data_dir: Option<PathBuf>,
+    snapshot_interval: Option<HumanDuration>,
+    snapshot_rate: Option<ByteSize>,
+    snapshot_max_age: Option<HumanDuration>,
 }
 
 /// Everything a node runs with, validated.
@@ -593,9 +615,6 @@ pub struct Config {
     pub rebalance_yield: Duration,
     /// Longest hand-off at a graceful leave.
     pub leave_timeout: Duration,
-    /// Where the node keeps its snapshot (none: no snapshots). TEMPORARY until the snapshot
-    /// settings land.
-    pub data_dir: Option<std::path::PathBuf>,
     /// What a signal's shutdown does: hand off and leave, or keep the data for a restart.
     pub shutdown_mode: ShutdownMode,
     /// How long peers keep the ranges of a member stopped for a restart.
@@ -614,7 +633,36 @@ pub struct Config {
     pub gossip_keyring: Option<PathBuf>,
     /// How often secret files are checked for changes.
     pub secrets_reload_interval: Duration,
+    /// Snapshots: where, how often, how fast, how old a snapshot may be loaded.
+    pub snapshot: SnapshotConfig,
 }
+
+/// Snapshot settings ([`crate::snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotConfig {
+    /// Directory of the snapshot file; `None`: snapshots off.
+    pub data_dir: Option<PathBuf>,
+    /// Period of the background snapshot; `None`: only at shutdown.
+    pub interval: Option<Duration>,
+    /// Bytes per second of a periodic snapshot; 0: unthrottled.
+    pub rate_bytes_per_sec: u64,
+    /// Oldest snapshot loaded at start.
+    pub max_age: Duration,
+}
+
+impl SnapshotConfig {
+    /// The snapshot file, when snapshots are on.
+    pub fn path(&self) -> Option<PathBuf> {
+        self.data_dir
+            .as_ref()
+            .map(|dir| dir.join(crate::snapshot::FILE_NAME))
+    }
+}
+
+/// Default `snapshot_rate`: 256 MiB per second.
+pub const DEFAULT_SNAPSHOT_RATE: u64 = 256 * 1024 * 1024;
+/// Shortest `snapshot_interval`.
+pub const MIN_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// TLS files of one listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -753,6 +801,12 @@ impl Config {
             .suspicion_timeout
             .or(file.suspicion_timeout)
             .map_or(Duration::from_secs(1), |d| d.0);
+        let tombstone_grace_ms = cli
+            .tombstone_grace
+            .or(file.tombstone_grace)
+            .map_or(10 * 60 * 1000, |d| {
+                d.0.as_millis().try_into().unwrap_or(u64::MAX)
+            });
         let config = Self {
             node_id,
             bind,
@@ -791,12 +845,7 @@ impl Config {
                         d.0.as_millis().try_into().unwrap_or(u64::MAX)
                     }),
                 shards: cli.shards.or(file.shards).unwrap_or(defaults.shards),
-                tombstone_grace_ms: cli
-                    .tombstone_grace
-                    .or(file.tombstone_grace)
-                    .map_or(10 * 60 * 1000, |d| {
-                        d.0.as_millis().try_into().unwrap_or(u64::MAX)
-                    }),
+                tombstone_grace_ms,
                 max_clock_drift_ms: cli
                     .max_clock_drift
                     .or(file.max_clock_drift)
@@ -853,7 +902,6 @@ impl Config {
                 .leave_timeout
                 .or(file.leave_timeout)
                 .map_or(Duration::from_secs(300), |d| d.0),
-            data_dir: None,
             shutdown_mode: cli.shutdown_mode.or(file.shutdown_mode).unwrap_or_default(),
             restart_grace: cli
                 .restart_grace
@@ -891,6 +939,21 @@ impl Config {
                 .secrets_reload_interval
                 .or(file.secrets_reload_interval)
                 .map_or(DEFAULT_SECRETS_RELOAD_INTERVAL, |d| d.0),
+            snapshot: SnapshotConfig {
+                data_dir: cli.data_dir.or(file.data_dir),
+                interval: cli
+                    .snapshot_interval
+                    .or(file.snapshot_interval)
+                    .map(|d| d.0),
+                rate_bytes_per_sec: cli
+                    .snapshot_rate
+                    .or(file.snapshot_rate)
+                    .map_or(DEFAULT_SNAPSHOT_RATE, |b| b.0),
+                max_age: cli
+                    .snapshot_max_age
+                    .or(file.snapshot_max_age)
+                    .map_or(Duration::from_millis(tombstone_grace_ms), |d| d.0),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -1044,6 +1107,7 @@ impl Config {
                 self.anti_entropy_interval
             );
         }
+        self.validate_snapshot()?;
         let ports = [
             ("grpc_port", self.grpc_port),
             ("gossip_port", self.gossip_port),
@@ -1058,6 +1122,37 @@ impl Config {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Checks the snapshot settings; with a data directory, creates it if missing and checks
+    /// that a file can be written there (the error says which and why).
+    fn validate_snapshot(&self) -> anyhow::Result<()> {
+        let snapshot = &self.snapshot;
+        let Some(dir) = &snapshot.data_dir else {
+            if snapshot.interval.is_some() {
+                bail!("snapshot_interval needs data_dir (--data-dir): where to write snapshots");
+            }
+            return Ok(());
+        };
+        if let Some(interval) = snapshot.interval.filter(|i| *i < MIN_SNAPSHOT_INTERVAL) {
+            bail!("snapshot_interval must be at least 1s, got {interval:?}");
+        }
+        if snapshot.max_age.is_zero() {
+            bail!(
+                "snapshot_max_age must be greater than zero (its default is tombstone_grace, \
+                 which is 0 here): set --snapshot-max-age"
+            );
+        }
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("data_dir {} cannot be created", dir.display()))?;
+        if !dir.is_dir() {
+            bail!("data_dir {} is not a directory", dir.display());
+        }
+        let probe = dir.join(format!(".ringcache-write-check.{}", std::process::id()));
+        std::fs::write(&probe, b"ringcache")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .with_context(|| format!("data_dir {} is not writable", dir.display()))?;
         Ok(())
     }
 
@@ -1667,6 +1762,92 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_settings_layer_with_their_defaults() {
+        let defaults = Config::layer(Cli::default(), FileConfig::default()).unwrap();
+        assert_eq!(defaults.snapshot.data_dir, None, "snapshots off by default");
+        assert_eq!(defaults.snapshot.path(), None);
+        assert_eq!(
+            defaults.snapshot.interval, None,
+            "only at shutdown by default"
+        );
+        assert_eq!(defaults.snapshot.rate_bytes_per_sec, 256 * 1024 * 1024);
+        assert_eq!(
+            defaults.snapshot.max_age,
+            Duration::from_secs(600),
+            "the tombstone grace"
+        );
+        let grace = Config::layer(parse(&["--tombstone-grace", "20m"]), FileConfig::default());
+        assert_eq!(grace.unwrap().snapshot.max_age, Duration::from_secs(1200));
+
+        let dir =
+            std::env::temp_dir().join(format!("ringcache-config-data-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let file: FileConfig = toml::from_str(&format!(
+            r#"
+            data_dir = "{}"
+            snapshot_interval = "5m"
+            snapshot_rate = "64MiB"
+            snapshot_max_age = "1h"
+            "#,
+            dir.join("nested").display()
+        ))
+        .unwrap();
+        let config = Config::layer(parse(&["--snapshot-rate", "0"]), file).unwrap();
+        assert!(dir.join("nested").is_dir(), "the data dir is created");
+        assert_eq!(
+            config.snapshot.path(),
+            Some(dir.join("nested").join("snapshot.rcs"))
+        );
+        assert_eq!(config.snapshot.interval, Some(Duration::from_secs(300)));
+        assert_eq!(
+            config.snapshot.rate_bytes_per_sec, 0,
+            "the flag wins; 0 = unthrottled"
+        );
+        assert_eq!(config.snapshot.max_age, Duration::from_secs(3600));
+        let dir_flag = dir.to_str().unwrap();
+        let config = Config::layer(
+            parse(&["--data-dir", dir_flag, "--snapshot-interval", "1s"]),
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(config.snapshot.interval, Some(Duration::from_secs(1)));
+        assert!(
+            std::fs::read_dir(&dir).unwrap().count() == 1,
+            "the write check leaves nothing behind"
+        );
+
+        let error = |args: &[&str]| {
+            Config::layer(parse(args), FileConfig::default())
+                .unwrap_err()
+                .to_string()
+        };
+        let e = error(&["--data-dir", dir_flag, "--snapshot-interval", "500ms"]);
+        assert!(e.contains("snapshot_interval must be at least 1s"), "{e}");
+        let e = error(&["--snapshot-interval", "1m"]);
+        assert!(e.contains("snapshot_interval needs data_dir"), "{e}");
+        let e = error(&[
+            "--data-dir",
+            dir_flag,
+            "--tombstone-grace",
+            "0s",
+            "--replication-factor",
+            "1",
+        ]);
+        assert!(e.contains("snapshot_max_age"), "{e}");
+        let a_file = dir.join("a-file");
+        std::fs::write(&a_file, b"x").unwrap();
+        let e = error(&["--data-dir", a_file.join("below").to_str().unwrap()]);
+        assert!(
+            e.contains("data_dir") && e.contains("cannot be created"),
+            "{e}"
+        );
+        let e = error(&["--data-dir", a_file.to_str().unwrap()]);
+        assert!(e.contains("data_dir"), "{e}");
+        assert!(Cli::try_parse_from(["ringcached", "--snapshot-rate", "fast"]).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_wildcard_bind_advertises_the_given_address() {
         let config = Config::layer(
             parse(&["--bind", "0.0.0.0", "--advertise-addr", "10.1.2.3"]),
@@ -1718,6 +1899,10 @@ mod tests {
             "--gossip-keyring",
             "--secrets-reload-interval",
             "--gen-gossip-key",
+            "--data-dir",
+            "--snapshot-interval",
+            "--snapshot-rate",
+            "--snapshot-max-age",
         ] {
             assert!(help.contains(flag), "{flag} missing from --help");
         }

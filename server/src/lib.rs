@@ -26,6 +26,7 @@ pub mod replication;
 pub mod resp;
 pub mod seeds;
 pub mod skew;
+pub mod snapshot;
 pub mod store;
 pub mod tls;
 pub mod view;

@@ -266,6 +266,11 @@ pub struct Metrics {
     replica_streams_served: Gauge,
     pipeline_batches: Counter,
     pipeline_requests: Counter,
+    snapshot_last_success: Gauge,
+    snapshot_duration: Gauge,
+    snapshot_bytes: Gauge,
+    snapshot_failures: Counter,
+    snapshot_loaded_entries: Gauge,
     /// Authentication, connection admission and the insecure flag.
     pub security: SecurityMetrics,
     /// The RESP port: commands, errors, connections.
@@ -764,7 +769,42 @@ impl Metrics {
             Unit::Count,
             "1 while this node is moving data (joining, moving, leaving)",
         );
+        describe(
+            &recorder,
+            "ringcache_snapshot_last_success_timestamp_seconds",
+            Unit::Seconds,
+            "Unix time the last snapshot was written successfully (0: none since start)",
+        );
+        describe(
+            &recorder,
+            "ringcache_snapshot_duration_seconds",
+            Unit::Seconds,
+            "How long the last successful snapshot write took, throttling included",
+        );
+        describe(
+            &recorder,
+            "ringcache_snapshot_bytes",
+            Unit::Bytes,
+            "Size of the last snapshot written",
+        );
+        describe(
+            &recorder,
+            "ringcache_snapshot_failures_total",
+            Unit::Count,
+            "Snapshot writes that failed (the previous snapshot file is kept)",
+        );
+        describe(
+            &recorder,
+            "ringcache_snapshot_loaded_entries",
+            Unit::Count,
+            "Entries loaded from the snapshot at start (0: none, or the load failed)",
+        );
         Self {
+            snapshot_last_success: gauge("ringcache_snapshot_last_success_timestamp_seconds"),
+            snapshot_duration: gauge("ringcache_snapshot_duration_seconds"),
+            snapshot_bytes: gauge("ringcache_snapshot_bytes"),
+            snapshot_failures: counter("ringcache_snapshot_failures_total", vec![]),
+            snapshot_loaded_entries: gauge("ringcache_snapshot_loaded_entries"),
             rebalance_keys_sent: counter("ringcache_rebalance_keys_sent_total", vec![]),
             anti_entropy_rounds: ["completed", "skipped"].map(|result| {
                 counter(
@@ -987,6 +1027,23 @@ impl Metrics {
     /// Sets the replication lag (age of the oldest pending hint).
     pub fn set_replication_lag(&self, lag: Duration) {
         self.replication_lag.set(lag.as_secs_f64());
+    }
+
+    /// Records a snapshot written at `now_ms` (unix ms).
+    pub fn record_snapshot_written(&self, info: &crate::snapshot::SnapshotInfo, now_ms: u64) {
+        self.snapshot_last_success.set(now_ms as f64 / 1000.0);
+        self.snapshot_duration.set(info.duration.as_secs_f64());
+        self.snapshot_bytes.set(info.bytes as f64);
+    }
+
+    /// Counts a failed snapshot write.
+    pub fn record_snapshot_failure(&self) {
+        self.snapshot_failures.increment(1);
+    }
+
+    /// Sets the entries loaded from the snapshot at start.
+    pub fn set_snapshot_loaded(&self, entries: u64) {
+        self.snapshot_loaded_entries.set(entries as f64);
     }
 
     /// Copies in the connection count, the cap (0 = unlimited) and the rejections so far.

@@ -55,6 +55,7 @@ use crate::reload::{ReloadCause, watch_files};
 use crate::replication::{Replicator, replay_hints_task};
 use crate::seeds::{SeedResolver, SystemResolver};
 use crate::skew::ClockCheck;
+use crate::snapshot::{LoadOutcome, SnapshotError, SnapshotInfo, WriteOptions};
 use crate::store::Store;
 use crate::tls::{PeerTls, ReloadableTls};
 use crate::view::{ClusterView, Peers};
@@ -144,6 +145,8 @@ pub struct Node {
     /// The version this node's data was current at when it was loaded from a snapshot at start
     /// (a warm restart): it pulls only newer entries from its co-replicas.
     warm_since: OnceLock<u64>,
+    /// Held by the blocking thread that writes a snapshot: one write at a time.
+    snapshot_lock: Arc<parking_lot::Mutex<()>>,
     /// `node{id=...}`: everything the node runs, and so every line it logs, is inside it
     /// (see [`crate::logging`]).
     span: Span,
@@ -311,6 +314,7 @@ impl Node {
             member_log: parking_lot::Mutex::new(MemberLog::default()),
             stop: parking_lot::Mutex::new(None),
             warm_since: OnceLock::new(),
+            snapshot_lock: Arc::new(parking_lot::Mutex::new(())),
             span,
         });
         node.span.in_scope(|| node.publish_single_node());
@@ -657,7 +661,7 @@ impl Node {
     /// a stop is already under way.
     pub fn restart(&self) -> Result<(), RestartRefused> {
         let _entered = self.span.enter();
-        if self.config.data_dir.is_none() {
+        if self.config.snapshot.data_dir.is_none() {
             return Err(RestartRefused::NoDataDir);
         }
         {
@@ -682,7 +686,8 @@ impl Node {
         match *self.stop.lock() {
             Some(stop) => stop == Stop::Restart,
             None => {
-                self.config.shutdown_mode == ShutdownMode::Restart && self.config.data_dir.is_some()
+                self.config.shutdown_mode == ShutdownMode::Restart
+                    && self.config.snapshot.data_dir.is_some()
             }
         }
     }
@@ -815,6 +820,20 @@ impl Node {
         IE: std::fmt::Display + Send + 'static,
     {
         self.load_security()?;
+        if self.config.snapshot.data_dir.is_some() {
+            // Before anything serves (and before gossip: a node back with its data announces
+            // itself Restarting, not Joining); a failed load leaves the store empty and is
+            // logged.
+            if let Ok(LoadOutcome::Loaded(info)) = self.load_snapshot().await {
+                // What the node held then: every version it had seen, and (from its clock)
+                // every write made anywhere before the snapshot began that reached it. The
+                // drift bound is taken off where the pull asks for what is newer.
+                let since = info
+                    .start_version
+                    .max(crate::store::Hlc::at_millis(info.created_at_ms));
+                let _ = self.warm_since.set(since);
+            }
+        }
         let resp_listener = self.resp_listener.lock().take();
         if let Some(resp) = resp_listener {
             let addr = resp.local_addr()?;
@@ -855,6 +874,7 @@ impl Node {
         let mut tasks = tokio::task::JoinSet::new();
         crate::logging::spawn_in(&mut tasks, expiry_task(self.clone()));
         crate::logging::spawn_in(&mut tasks, metrics_upkeep_task(self.clone()));
+        crate::logging::spawn_in(&mut tasks, snapshot_task(self.clone()));
         crate::logging::spawn_in(&mut tasks, replay_hints_task(self.ctx.clone()));
         if let Some(listener) = http {
             crate::logging::spawn_in(&mut tasks, http::serve(self.clone(), listener));
@@ -1123,8 +1143,11 @@ impl Node {
     /// Writes the snapshot of a graceful stop when the node has a data directory; returns
     /// whether one was written.
     async fn write_stop_snapshot(&self) -> bool {
-        // Wired to the snapshot writer when it lands.
-        false
+        if self.config.snapshot.data_dir.is_none() {
+            return false;
+        }
+        // Unthrottled: the stop waits for it. `write_snapshot` logs how it went.
+        self.write_snapshot(None).await.is_ok()
     }
 
     /// The graceful part of a shutdown with membership: announce Leaving, then hand every entry
@@ -1491,6 +1514,133 @@ async fn follow_members(node: Arc<Node>, mut members: watch::Receiver<Vec<Member
     }
 }
 
+impl Node {
+    /// Writes the store to `<data_dir>/snapshot.rcs` on a blocking thread, at most `rate`
+    /// bytes per second (`None` or `Some(0)`: unthrottled, as at shutdown), one write at a time
+    /// (a second call waits for the first). Logs the outcome and records the metrics;
+    /// [`SnapshotError::Disabled`] when no data directory is set.
+    pub async fn write_snapshot(&self, rate: Option<u64>) -> Result<SnapshotInfo, SnapshotError> {
+        self.write_snapshot_until(rate, None).await
+    }
+
+    /// [`Node::write_snapshot`] that stops, keeping the previous snapshot, when `cancel` is
+    /// cancelled.
+    async fn write_snapshot_until(
+        &self,
+        rate: Option<u64>,
+        cancel: Option<CancellationToken>,
+    ) -> Result<SnapshotInfo, SnapshotError> {
+        let Some(path) = self.config.snapshot.path() else {
+            return Err(SnapshotError::Disabled);
+        };
+        let ctx = self.ctx.clone();
+        let lock = self.snapshot_lock.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = lock.lock();
+            let options = WriteOptions {
+                rate_bytes_per_sec: rate.unwrap_or(0),
+                cancel,
+                ..WriteOptions::at(ctx.now_ms())
+            };
+            crate::snapshot::write(&ctx.store, &path, &ctx.config.node_id, &options)
+        })
+        .await
+        .unwrap_or_else(|e| Err(SnapshotError::Task(e.to_string())));
+        match &written {
+            Ok(info) => {
+                self.metrics.record_snapshot_written(info, self.now_ms());
+                let secs = info.duration.as_secs_f64();
+                tracing::info!(
+                    entries = info.entries,
+                    bytes = info.bytes,
+                    took_ms = info.duration.as_millis() as u64,
+                    mb_per_s = %format!("{:.1}", info.bytes as f64 / 1e6 / secs.max(1e-6)),
+                    path = %info.path.display(),
+                    "snapshot written"
+                );
+            }
+            Err(SnapshotError::Cancelled { .. }) => {
+                tracing::info!("snapshot cancelled by shutdown; the previous one is kept");
+            }
+            Err(error) => {
+                self.metrics.record_snapshot_failure();
+                tracing::warn!(%error, "snapshot failed; the previous one is kept");
+            }
+        }
+        written
+    }
+
+    /// Loads `<data_dir>/snapshot.rcs` into the store, which must still be empty (call it
+    /// before the node serves). Logs the outcome (a failure: WARN, starting empty) and sets
+    /// `ringcache_snapshot_loaded_entries`.
+    pub async fn load_snapshot(&self) -> Result<LoadOutcome, SnapshotError> {
+        let Some(path) = self.config.snapshot.path() else {
+            return Err(SnapshotError::Disabled);
+        };
+        let ctx = self.ctx.clone();
+        let (stale, loaded) = tokio::task::spawn_blocking(move || {
+            let stale = crate::snapshot::remove_stale_temp_files(&path);
+            let config = &ctx.config;
+            let loaded = crate::snapshot::load(
+                &ctx.store,
+                &path,
+                &config.node_id,
+                ctx.now_ms(),
+                config.snapshot.max_age,
+            );
+            (stale, loaded)
+        })
+        .await
+        .unwrap_or_else(|e| (0, Err(SnapshotError::Task(e.to_string()))));
+        if stale > 0 {
+            tracing::info!(
+                removed = stale,
+                "temporary files of unfinished snapshots removed"
+            );
+        }
+        match &loaded {
+            Ok(LoadOutcome::Loaded(info)) => {
+                self.metrics.set_snapshot_loaded(info.entries);
+                tracing::info!(
+                    entries = info.entries,
+                    tombstones = info.tombstones,
+                    skipped = info.skipped_expired + info.skipped_other,
+                    age = %humantime::format_duration(Duration::from_secs(info.age.as_secs())),
+                    took_ms = info.duration.as_millis() as u64,
+                    "snapshot loaded"
+                );
+            }
+            Ok(LoadOutcome::NoSnapshot) => {
+                tracing::info!("no snapshot to load; starting empty");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "snapshot not loaded; starting empty");
+            }
+        }
+        loaded
+    }
+}
+
+/// Writes a snapshot every `snapshot_interval`, throttled to `snapshot_rate`, until shutdown;
+/// a write in progress at shutdown is cancelled (the shutdown snapshot follows it).
+async fn snapshot_task(node: Arc<Node>) {
+    let snapshot = &node.config.snapshot;
+    let (Some(_), Some(interval)) = (&snapshot.data_dir, snapshot.interval) else {
+        return;
+    };
+    let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = node.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let cancel = node.shutdown.child_token();
+        let rate = Some(node.config.snapshot.rate_bytes_per_sec);
+        let _ = node.write_snapshot_until(rate, Some(cancel)).await;
+    }
+}
+
 /// Reclaims expired entries every `expiry_interval`, in bounded passes, until shutdown.
 async fn expiry_task(node: Arc<Node>) {
     let mut tick = tokio::time::interval(node.config.expiry_interval);
@@ -1526,6 +1676,70 @@ async fn metrics_upkeep_task(node: Arc<Node>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node whose snapshots go to a fresh directory (removed by the caller).
+    fn snapshot_node(name: &str, interval: Option<Duration>) -> (Arc<Node>, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "ringcache-node-snapshot-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config = Config::for_test();
+        config.snapshot.data_dir = Some(dir.clone());
+        config.snapshot.interval = interval;
+        let clock = Arc::new(crate::clock::ManualClock::new(1_700_000_000_000));
+        (Node::with_clock(config, clock), dir)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_snapshot_task_writes_every_interval_until_shutdown() {
+        let (node, dir) = snapshot_node("task", Some(Duration::from_secs(60)));
+        node.store()
+            .set(b"k", b"v", Default::default(), node.now_ms())
+            .unwrap();
+        let task = tokio::spawn(snapshot_task(node.clone()));
+        let file = dir.join(crate::snapshot::FILE_NAME);
+        // Virtual time: the interval passes at once; a blocking write holds the clock still.
+        for _ in 0..100 {
+            if file.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        assert!(file.exists(), "written after one interval");
+        node.shutdown.cancel();
+        task.await.unwrap();
+        let text = node
+            .metrics
+            .render(&node.store().stats(), 1, Duration::ZERO);
+        assert!(
+            !text.contains("ringcache_snapshot_last_success_timestamp_seconds 0\n"),
+            "{text}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_failed_snapshot_write_is_counted_and_without_an_interval_no_task_runs() {
+        let (node, dir) = snapshot_node("failure", None);
+        // The task returns at once: no interval, snapshots only at shutdown.
+        snapshot_task(node.clone()).await;
+        std::fs::remove_dir_all(&dir).unwrap();
+        let error = node.write_snapshot(None).await.unwrap_err();
+        assert!(matches!(error, SnapshotError::Io { .. }), "{error}");
+        let text = node
+            .metrics
+            .render(&node.store().stats(), 1, Duration::ZERO);
+        assert!(
+            text.contains("ringcache_snapshot_failures_total 1"),
+            "{text}"
+        );
+        // A missing snapshot at start is no error: the node starts empty.
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(node.load_snapshot().await.unwrap(), LoadOutcome::NoSnapshot);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn view(states: &[(&str, NodeState)], replication: u32) -> ClusterView {
         let members = states

@@ -261,6 +261,21 @@ impl TestCluster {
         self.nodes.last().expect("just pushed")
     }
 
+    /// Like [`TestCluster::add_with_clock`], with gossip on 127.0.0.1:`gossip_port` (0: any
+    /// free port), to restart a node in place with the clock the others share.
+    pub async fn add_with_clock_on_gossip_port(
+        &mut self,
+        i: usize,
+        clock: Arc<dyn Clock>,
+        gossip_port: u16,
+        configure: impl Fn(usize, &mut Config),
+    ) -> &TestNode {
+        let config = self.next_config(i, configure);
+        self.nodes
+            .push(TestNode::start_with(config, clock, Some(gossip_port)).await);
+        self.nodes.last().expect("just pushed")
+    }
+
     /// The config of node `n{i}`, joining through the first node.
     fn next_config(&self, i: usize, configure: impl Fn(usize, &mut Config)) -> Config {
         let mut config = Config::for_test();

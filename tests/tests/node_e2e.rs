@@ -577,3 +577,30 @@ async fn many_concurrent_clients_see_their_own_writes() {
     );
     node.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_node_restarted_with_its_data_dir_serves_what_it_held() {
+    let dir = std::env::temp_dir().join(format!("ringcache-e2e-snapshot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = Config::for_test();
+    config.snapshot.data_dir = Some(dir.clone());
+    config
+        .validate()
+        .expect("the data dir is created and writable");
+    let node = TestNode::start_without_gossip(config.clone()).await;
+    let c = client(&node).await;
+    c.set("kept", "across the restart").await.unwrap();
+    let info = node.node.write_snapshot(None).await.unwrap();
+    assert_eq!(info.entries, 1);
+    node.stop().await.unwrap();
+
+    // The restarted node loads the snapshot before it serves: the first read finds the key.
+    let node = TestNode::start_without_gossip(config).await;
+    let c = client(&node).await;
+    assert_eq!(
+        c.get("kept").await.unwrap().as_deref(),
+        Some(&b"across the restart"[..])
+    );
+    node.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

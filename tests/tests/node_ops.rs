@@ -140,7 +140,7 @@ async fn flush_empties_the_node_and_leave_shuts_it_down() {
     assert_eq!(c.get("k1").await.unwrap(), None);
 
     let state = admin
-        .leave(v1::LeaveRequest {})
+        .leave(v1::LeaveRequest::default())
         .await
         .unwrap()
         .into_inner()

@@ -243,6 +243,7 @@ async fn stream_entries_refuses_sizes_over_the_limits_before_starting() {
         assume_target_in_ring: true,
         target_weight: weight,
         slots: Vec::new(),
+        ..Default::default()
     };
     for (target, weight, field) in [
         ("joiner", u32::MAX, "target_weight"),
@@ -296,6 +297,38 @@ async fn stream_entries_refuses_sizes_over_the_limits_before_starting() {
             keys.extend(batch.entries.into_iter().map(|e| e.key));
         }
         assert_eq!(keys, expected, "slots {slots:?}");
+    }
+    // `since_version`: only entries written after it (a node back from a restart asks for
+    // what changed since its snapshot); the answer also carries the sender's flush floor.
+    let version = node
+        .node
+        .store()
+        .get(b"k", node.node.now_ms())
+        .unwrap()
+        .unwrap()
+        .version;
+    for (since, expected) in [
+        (version - 1, vec![Bytes::from_static(b"k")]),
+        (version, vec![]),
+        (u64::MAX, vec![]),
+    ] {
+        let mut stream = peer
+            .stream_entries(v1::StreamEntriesRequest {
+                since_version: since,
+                ..request("joiner", 1)
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut keys = Vec::new();
+        while let Some(batch) = stream.message().await.unwrap() {
+            assert_eq!(batch.flush_floor, node.node.store().flush_floor());
+            keys.extend(batch.entries.into_iter().map(|e| e.key));
+        }
+        assert_eq!(
+            keys, expected,
+            "since {since} (the key's version {version})"
+        );
     }
     node.stop().await.unwrap();
 }

@@ -205,7 +205,7 @@ async fn requests_without_credentials_are_unauthenticated_and_wrong_roles_are_de
     // Admin calls need the admin role.
     let mut admin = AdminClient::new(node.channel().await);
     let status = admin
-        .leave(authed(v1::LeaveRequest {}, "writer", WRITER_SECRET))
+        .leave(authed(v1::LeaveRequest::default(), "writer", WRITER_SECRET))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");

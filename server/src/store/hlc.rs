@@ -67,6 +67,12 @@ impl Hlc {
         }
     }
 
+    /// The last version this clock gave out or observed (0: none yet). Changes nothing: later
+    /// versions are greater.
+    pub fn current(&self) -> u64 {
+        self.last.load(Ordering::Acquire)
+    }
+
     /// A new version greater than everything seen so far.
     pub fn next(&self, now_ms: u64) -> u64 {
         self.next_after(now_ms, 0)
@@ -99,6 +105,18 @@ impl Hlc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn current_is_the_last_version_given_out_or_observed() {
+        let hlc = Hlc::new();
+        assert_eq!(hlc.current(), 0);
+        let a = hlc.next(10_000);
+        assert_eq!(hlc.current(), a);
+        hlc.observe(Hlc::at_millis(20_000), 20_000, 0).unwrap();
+        assert_eq!(hlc.current(), Hlc::at_millis(20_000));
+        let current = hlc.current();
+        assert!(hlc.next(10_000) > current, "current changes nothing");
+    }
 
     #[test]
     fn versions_strictly_increase_even_when_the_wall_clock_goes_back() {
