@@ -1066,6 +1066,7 @@ mod tests {
             http_addr: format!("{id}:7381"),
             cluster_addr: String::new(),
             resp_addr: String::new(),
+            zone: None,
         }
     }
 

@@ -1065,6 +1065,7 @@ mod tests {
             http_addr: String::new(),
             cluster_addr: String::new(),
             resp_addr: String::new(),
+            zone: None,
         };
         let members = [member("a"), member("b"), member("c"), member("j")];
         let shares = pull_shares("j", 1, &members, 64, 3);

@@ -1201,6 +1201,7 @@ mod tests {
             http_addr: String::new(),
             cluster_addr: String::new(),
             resp_addr: String::new(),
+            zone: None,
         };
         let unreachable = Err(NodeError::Unreachable {
             addr: "127.0.0.3:7379".into(),

@@ -1843,6 +1843,12 @@ pub struct Member {
     /// topology digest.
     #[prost(string, tag = "9")]
     pub resp_addr: ::prost::alloc::string::String,
+    /// Its zone (failure domain), empty when it has none: 1 to 64 bytes of letters, digits, '.',
+    /// '\_' and '-'. Placement spreads each key's copies over zones, so it is part of the topology
+    /// digest (only when set: the digest of a topology without zones is unchanged). A client that
+    /// predates zones cannot match the digest of a zoned topology and keeps the one it has.
+    #[prost(string, tag = "10")]
+    pub zone: ::prost::alloc::string::String,
 }
 /// GetTopologyRequest has no fields.
 #[allow(clippy::all)]
