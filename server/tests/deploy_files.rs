@@ -1533,7 +1533,10 @@ fn k8s_pods_take_their_zone_from_a_pod_label_and_spread_over_zones() {
             .collect();
         for spread in &spreads {
             assert!(
-                selects(&labels(&spread["labelSelector"]["matchLabels"]), &pod_labels),
+                selects(
+                    &labels(&spread["labelSelector"]["matchLabels"]),
+                    &pod_labels
+                ),
                 "{what}: the zone spread counts the ringcache pods"
             );
         }
