@@ -3553,6 +3553,10 @@ pub struct StreamEntriesRequest {
     /// field sends every slot, which is correct but repeats data.
     #[prost(uint32, repeated, tag = "6")]
     pub slots: ::prost::alloc::vec::Vec<u32>,
+    /// The target's zone when `assume_target_in_ring` is set (empty: none), so the replica sets
+    /// are the ones the target will have in its zone. Checked like a member's zone.
+    #[prost(string, tag = "7")]
+    pub target_zone: ::prost::alloc::string::String,
 }
 /// EntryBatch is one chunk of a StreamEntries answer.
 #[allow(clippy::all)]
