@@ -196,3 +196,61 @@ async fn three_zones_at_r2_keep_every_keys_copies_in_two_zones() {
     assert_eq!(view.ring.zone_count(), 4);
     assert_eq!(view.ring.crowded_ranges(), 0);
 }
+
+/// Every one of `keys` keys is held by exactly its replicas in node 1's (zoned) ring.
+fn copies_match_the_ring(cluster: &TestCluster, keys: usize) -> bool {
+    let view = cluster.nodes[0].node.view();
+    (0..keys).all(|i| {
+        let key = format!("key{i}");
+        let owners = view.ring.replicas(key.as_bytes());
+        cluster.nodes.iter().all(|n| {
+            let held = n
+                .node
+                .store()
+                .get_versioned(key.as_bytes())
+                .unwrap()
+                .is_some_and(|v| v.value.is_some());
+            held == owners.contains(&n.node.config().node_id)
+        })
+    })
+}
+
+/// A node joining zone-a of a zoned cluster pulls the slots it holds in the zoned ring, and the
+/// old holders drop what moved: every key ends up on exactly its zoned replicas, in two zones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_a_zone_gets_the_keys_of_the_zoned_ring() {
+    const KEYS: usize = 5_000;
+    let configure = |i: usize, config: &mut ringcache_server::Config| {
+        patient(i, config);
+        config.replication_factor = std::num::NonZeroU32::new(2).unwrap();
+        config.rebalance_bytes_per_sec = 0;
+        config.zone = Some(zone_of((i - 1) % 3 + 1));
+    };
+    let mut cluster = TestCluster::start_converged(3, CONVERGE, configure).await;
+    let client = Client::connect(cluster.grpc_targets())
+        .await
+        .expect("connect");
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(500) {
+        client
+            .mset(
+                chunk
+                    .iter()
+                    .map(|i| (format!("key{i}"), format!("value{i}"))),
+                None,
+            )
+            .await
+            .expect("a batch write");
+    }
+    cluster.add(4, configure).await;
+    cluster.wait_converged(CONVERGE).await.expect("n4 joins");
+    let view = cluster.nodes[0].node.view();
+    assert_eq!(view.ring.zone("n4"), Some("zone-a"));
+    ringcache_tests::wait_until(CONVERGE, || async { copies_match_the_ring(&cluster, KEYS) })
+        .await
+        .expect("every key ends up exactly on its zoned replicas");
+    assert!(cluster.node("n4").node.store().stats().keys > 0);
+    for i in 0..KEYS {
+        let set = view.ring.replicas(format!("key{i}").as_bytes());
+        assert_eq!(set.zone_span(), 2, "key{i}");
+    }
+}
