@@ -56,8 +56,9 @@ pub const SLOT_PROBES: u8 = 16;
 
 /// The version of the placement contract: how keys map to slots (CRC16 of the key or its hash
 /// tag, [`SLOTS`] slots), slots to the ring ([`SLOT_PROBES`] probes per slot) and the ring to
-/// replica sets. Nodes gossip it and admit only members of the same version, so nodes that
-/// would place keys differently never share a ring. Bump it with every change to the mapping
+/// replica sets. Nodes gossip it and admit only members of a compatible version
+/// ([`placement_versions_compatible`]), so nodes that would place keys differently never share
+/// a ring. Bump it with every change to the mapping
 /// (and regenerate the golden vectors).
 ///
 /// This is what a node without a zone advertises: zones left the placement of zone-less rings

@@ -410,7 +410,9 @@ impl View for Status {
                 Cell::num(member.incarnation),
             ];
             if zoned {
-                row.push(Cell::text(member.zone.as_deref().unwrap_or("-")));
+                row.push(Cell::text(
+                    member.zone.as_deref().unwrap_or(super::zones::UNNAMED),
+                ));
             }
             row.extend([
                 Cell::text(&member.grpc_addr),

@@ -55,7 +55,9 @@ impl View for Watched {
                 Cell::num(member.weight),
             ];
             if zoned {
-                row.push(Cell::text(member.zone.as_deref().unwrap_or("-")));
+                row.push(Cell::text(
+                    member.zone.as_deref().unwrap_or(super::zones::UNNAMED),
+                ));
             }
             row.extend([
                 Cell::text(&member.grpc_addr),
