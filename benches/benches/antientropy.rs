@@ -28,6 +28,7 @@ fn member(id: &str) -> Member {
         http_addr: String::new(),
         cluster_addr: String::new(),
         resp_addr: String::new(),
+        zone: None,
     }
 }
 

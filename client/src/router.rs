@@ -1080,6 +1080,7 @@ mod tests {
             http_addr: format!("{id}:7381"),
             cluster_addr: String::new(),
             resp_addr: String::new(),
+            zone: None,
         }
     }
 

@@ -385,11 +385,17 @@ fn member(id: &str, addr: &str, incarnation: u64, state: NodeState) -> Member {
         http_addr: "127.0.0.1:2".to_owned(),
         cluster_addr: String::new(),
         resp_addr: String::new(),
+        zone: None,
     }
 }
 
 impl FakeCluster {
     async fn start() -> Self {
+        Self::start_zoned([None; 3], 3).await
+    }
+
+    /// Three fake nodes whose members have these zones, at replication factor `replication`.
+    async fn start_zoned(zones: [Option<&str>; 3], replication: u32) -> Self {
         let incomings: Vec<TcpIncoming> = (0..3)
             .map(|_| TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap())
             .collect();
@@ -401,9 +407,13 @@ impl FakeCluster {
         let topology = Topology::new(
             ids.iter()
                 .zip(&addrs)
-                .map(|(id, addr)| member(id, addr, 1, NodeState::Active))
+                .zip(zones)
+                .map(|((id, addr), zone)| Member {
+                    zone: zone.map(str::to_owned),
+                    ..member(id, addr, 1, NodeState::Active)
+                })
                 .collect(),
-            3,
+            replication,
             64,
         );
         let wire = pb::Topology::from(&topology);
@@ -713,6 +723,55 @@ async fn a_down_node_fails_over_to_the_next_replica_and_refreshes() {
             .unwrap();
         assert_eq!(value, &Some(Bytes::from(format!("{key}@{answered_by}"))));
     }
+}
+
+/// With zones the replica after the primary is the next node of another zone: n1 and n2 share
+/// zone `a`, so a key of n1 fails over to n3 (zone `b`) where a ring without zones would often
+/// pick n2. The client computes that from the topology, as the nodes do.
+#[tokio::test]
+async fn a_zoned_topology_fails_over_to_the_next_replica_in_another_zone() {
+    let cluster = FakeCluster::start_zoned([Some("a"), Some("a"), Some("b")], 2).await;
+    let client = cluster.connect().await;
+    assert_eq!(
+        client.topology(),
+        cluster.topology,
+        "the zones arrive, digest and all"
+    );
+    let ring = Ring::new(&cluster.topology);
+    let zoneless = Ring::build(
+        cluster
+            .topology
+            .members()
+            .iter()
+            .map(|m| (m.node_id.as_str(), m.weight)),
+        cluster.topology.vnodes_per_weight(),
+        2,
+    );
+    let keys = keys(200);
+    client.mget(keys.clone()).await.unwrap();
+    cluster.node("n1").kill().await;
+    let orphans: Vec<&String> = keys
+        .iter()
+        .filter(|k| ring.primary(k.as_bytes()) == Some("n1"))
+        .collect();
+    assert!(!orphans.is_empty());
+    let mut differs = 0;
+    for key in &orphans {
+        let next: Vec<&str> = ring.replicas(key.as_bytes()).iter().collect();
+        assert_eq!(next, ["n1", "n3"], "{key}: the other zone's node is next");
+        if zoneless.replicas(key.as_bytes()).iter().nth(1) == Some("n2") {
+            differs += 1;
+        }
+        assert_eq!(
+            client.get((*key).clone()).await.unwrap(),
+            Some(Bytes::from(format!("{key}@n3"))),
+            "a read of {key} is answered by its replica in the other zone"
+        );
+    }
+    assert!(
+        differs > 0,
+        "some keys would fail over elsewhere without zones"
+    );
 }
 
 #[tokio::test]

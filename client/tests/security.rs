@@ -451,6 +451,7 @@ async fn start(pki: &Pki, mode: Mode, n: usize) -> FakeCluster {
                 http_addr: String::new(),
                 cluster_addr: String::new(),
                 resp_addr: String::new(),
+                zone: None,
             })
             .collect(),
         u32::try_from(n).unwrap(),

@@ -164,6 +164,7 @@ fn topology_seeds(dir: &Path) {
         http_addr: format!("10.0.0.{i}:7381"),
         cluster_addr: format!("10.0.0.{i}:7382"),
         resp_addr: String::new(),
+        zone: (i % 2 == 0).then(|| format!("zone-{i}")),
     };
     let cases: Vec<(Vec<Member>, u32, u32)> = vec![
         (vec![], 3, 256),

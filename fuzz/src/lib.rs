@@ -16,8 +16,8 @@ use std::time::Duration;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::{digest, hkdf};
 use ringcache_server::cluster::{
-    INSTANCE_ID_LEN, KEY_LEN, MAGIC, Membership, MembershipConfig, MetaState, NodeIdentity,
-    NodeMeta, SEALED_WIRE_VERSION, WIRE_VERSION,
+    ClusterSettings, INSTANCE_ID_LEN, KEY_LEN, MAGIC, Membership, MembershipConfig, MetaState,
+    NodeIdentity, NodeMeta, SEALED_WIRE_VERSION, WIRE_VERSION,
 };
 
 /// The node id of the membership core under test.
@@ -43,6 +43,9 @@ pub fn meta_for(index: u8) -> NodeMeta {
         resp_addr: String::new(),
         weight: 1 + u32::from(index),
         state: MetaState::Active,
+        settings: ClusterSettings::default(),
+        // Odd nodes have a zone, so zoned records (the zone after the record) are exercised.
+        zone: (index % 2 == 1).then(|| format!("zone-{index}")),
     }
 }
 

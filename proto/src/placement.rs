@@ -16,9 +16,15 @@
 //!   (ties: the lower probe). This is multi-probe consistent hashing (Appleton & O'Reilly 2015)
 //!   applied to slots: more probes even out the nodes' shares of the ring, and adding a node
 //!   still moves slots only onto the new node.
-//! - **Replica set**: the owner of the winning virtual node, then the next distinct nodes met
-//!   walking clockwise from it, `min(R, members)` in all. The first is the slot's primary, the
-//!   others its neighbours.
+//! - **Replica set**: `min(R, members)` distinct nodes, the first the slot's primary, the others
+//!   its neighbours. Members may name a **zone** (a failure domain); members without one share
+//!   one unnamed zone. Walking clockwise from the winning virtual node, a first pass takes each
+//!   node met that is not yet taken and whose zone is not yet used, until R are taken or every
+//!   zone of the ring is used; if fewer than R are taken, a second pass from the same virtual
+//!   node takes the next nodes not yet taken (the order of Cassandra's
+//!   NetworkTopologyStrategy). So each slot's copies span `min(R, zones)` zones. Without zones
+//!   (one unnamed zone) this is the owner of the winning virtual node, then the next distinct
+//!   nodes clockwise, exactly as before zones existed (placement version 2).
 //!
 //! Everything is computed once per ring: a table of 16,384 entries, each naming one of the
 //! ring's distinct replica lists, so a lookup is a CRC16 and an index, with no allocation.
@@ -50,10 +56,39 @@ pub const SLOT_PROBES: u8 = 16;
 
 /// The version of the placement contract: how keys map to slots (CRC16 of the key or its hash
 /// tag, [`SLOTS`] slots), slots to the ring ([`SLOT_PROBES`] probes per slot) and the ring to
-/// replica sets. Nodes gossip it and admit only members of the same version, so nodes that
-/// would place keys differently never share a ring. Bump it with every change to the mapping
+/// replica sets. Nodes gossip it and admit only members of a compatible version
+/// ([`placement_versions_compatible`]), so nodes that would place keys differently never share
+/// a ring. Bump it with every change to the mapping
 /// (and regenerate the golden vectors).
+///
+/// This is what a node without a zone advertises: zones left the placement of zone-less rings
+/// unchanged, so such a node places keys exactly as nodes of version 2 that predate zones. A
+/// node with a zone advertises [`PLACEMENT_VERSION_ZONED`]; see
+/// [`placement_versions_compatible`].
 pub const PLACEMENT_VERSION: u32 = 2;
+
+/// The placement version a node with a zone advertises: version 2 plus the zone rule of the
+/// replica walk. Builds that predate zones cannot decode a zoned member's metadata, so they
+/// never admit one; upgrade every node before setting zones.
+pub const PLACEMENT_VERSION_ZONED: u32 = 3;
+
+/// The placement version a node advertises: [`PLACEMENT_VERSION_ZONED`] when it has a zone,
+/// else [`PLACEMENT_VERSION`].
+pub fn placement_version(zoned: bool) -> u32 {
+    if zoned {
+        PLACEMENT_VERSION_ZONED
+    } else {
+        PLACEMENT_VERSION
+    }
+}
+
+/// Whether nodes advertising placement versions `a` and `b` place keys the same way and so may
+/// share a ring: equal versions, or 2 and 3 (a build with zones places zone-less members as
+/// version 2 did, and admits both).
+pub fn placement_versions_compatible(a: u32, b: u32) -> bool {
+    let zones = PLACEMENT_VERSION..=PLACEMENT_VERSION_ZONED;
+    a == b || (zones.contains(&a) && zones.contains(&b))
+}
 
 /// Bytes hashed, by one `write` (probe 0) or followed by the probe number.
 struct Probe<'a> {
@@ -126,6 +161,10 @@ fn token(node_id: &Arc<str>, index: u32) -> u64 {
 pub struct Ring {
     /// Ring members' ids, sorted.
     nodes: Vec<Arc<str>>,
+    /// Each member's zone (aligned with `nodes`); `None` for the unnamed zone.
+    zones: Vec<Option<Arc<str>>>,
+    /// Distinct zones among the members, the unnamed one included when some member has none.
+    zone_count: usize,
     /// The distinct replica lists (indexes into `nodes`, primary first).
     lists: Vec<Box<[u32]>>,
     /// Per slot, its index into `lists`. Empty when the ring is.
@@ -137,16 +176,17 @@ impl Ring {
     /// The ring of a topology's range-owning members (see
     /// [`NodeState::in_ring`](crate::topology::NodeState::in_ring)).
     pub fn new(topology: &Topology) -> Self {
-        Self::build(
+        Self::build_zoned(
             topology
                 .ring_members()
-                .map(|m| (m.node_id.as_str(), m.weight)),
+                .map(|m| (m.node_id.as_str(), m.weight, m.zone.as_deref())),
             topology.vnodes_per_weight(),
             topology.replication_factor(),
         )
     }
 
-    /// A ring of `(node_id, weight)` pairs (any order; duplicate ids count once).
+    /// A ring of `(node_id, weight)` pairs (any order; duplicate ids count once), none of them
+    /// in a zone.
     ///
     /// Sizes are not checked here: input from the wire goes through `TryFrom<&v1::Topology>`
     /// (or [`Topology::check_limits`], or [`check_ring_size`](crate::topology::check_ring_size))
@@ -158,15 +198,42 @@ impl Ring {
         vnodes_per_weight: u32,
         replication_factor: u32,
     ) -> Self {
-        let mut members: Vec<(&str, u32)> = members.into_iter().collect();
+        Self::build_zoned(
+            members.into_iter().map(|(id, weight)| (id, weight, None)),
+            vnodes_per_weight,
+            replication_factor,
+        )
+    }
+
+    /// A ring of `(node_id, weight, zone)` members (any order; duplicate ids count once, the
+    /// lowest weight, then no zone, kept), as [`Ring::build`] but with zones: see the module docs
+    /// for the replica walk. A ring where no member has a zone is [`Ring::build`]'s.
+    pub fn build_zoned<'a>(
+        members: impl IntoIterator<Item = (&'a str, u32, Option<&'a str>)>,
+        vnodes_per_weight: u32,
+        replication_factor: u32,
+    ) -> Self {
+        let mut members: Vec<(&str, u32, Option<&str>)> = members.into_iter().collect();
         members.sort_unstable();
         members.dedup_by(|a, b| a.0 == b.0);
-        let nodes: Vec<Arc<str>> = members.iter().map(|(id, _)| Arc::from(*id)).collect();
+        let nodes: Vec<Arc<str>> = members.iter().map(|(id, _, _)| Arc::from(*id)).collect();
+        // Zone names, sorted, and each node's index into them.
+        let mut zone_names: Vec<Option<&str>> = members.iter().map(|m| m.2).collect();
+        zone_names.sort_unstable();
+        zone_names.dedup();
+        let zone_count = zone_names.len();
+        let zone_of: Vec<usize> = members
+            .iter()
+            .map(|m| zone_names.binary_search(&m.2).unwrap_or(0))
+            .collect();
+        let zones: Vec<Option<Arc<str>>> = members.iter().map(|m| m.2.map(Arc::from)).collect();
         let replication = (replication_factor.max(1) as usize).min(nodes.len());
         match nodes.len() {
             0 => {
                 return Self {
                     nodes,
+                    zones,
+                    zone_count,
                     lists: Vec::new(),
                     slots: Box::new([]),
                     replication,
@@ -176,6 +243,8 @@ impl Ring {
             1 => {
                 return Self {
                     nodes,
+                    zones,
+                    zone_count,
                     lists: vec![Box::new([0])],
                     slots: vec![0; usize::from(SLOTS)].into_boxed_slice(),
                     replication,
@@ -187,7 +256,7 @@ impl Ring {
         // Every virtual node with its token, in ring order; ties (never seen in practice) are
         // broken by node id and index so the order is still a function of the members.
         let mut vnodes: Vec<(u64, u32, u32)> = Vec::new();
-        for (node_idx, (_, weight)) in members.iter().enumerate() {
+        for (node_idx, (_, weight, _)) in members.iter().enumerate() {
             let count =
                 (*weight).clamp(1, MAX_WEIGHT) * vnodes_per_weight.clamp(1, MAX_VNODES_PER_WEIGHT);
             for index in 0..count {
@@ -198,6 +267,8 @@ impl Ring {
 
         let n_vnodes = vnodes.len();
         let mut ring_order = Vec::with_capacity(n_vnodes);
+        // Per zone, the ring positions of its virtual nodes, in ring order.
+        let mut zone_positions: Vec<Vec<u32>> = vec![Vec::new(); zone_count];
         for (position, &(token, node_idx, index)) in vnodes.iter().enumerate() {
             ring_order.push(VNode {
                 node_id: nodes[node_idx as usize].clone(),
@@ -205,14 +276,31 @@ impl Ring {
                 token,
                 position: position as u32,
             });
+            zone_positions[zone_of[node_idx as usize]].push(position as u32);
         }
         let mut index = HashRing::new();
         // Already sorted by token; hashring's stable sort keeps it.
         index.batch_add(ring_order);
 
-        // The replica list of a virtual node: the first distinct nodes from it clockwise.
+        // The replica list of a virtual node (see the module docs). The first pass takes, of
+        // every zone, the first of its virtual nodes met clockwise (its node cannot be taken
+        // yet: taken nodes are of used zones), nearest first, `min(R, zones)` of them; found
+        // by a binary search per zone instead of a walk, so a small zone costs no long walk.
+        // With one zone that is the start's own node. The second pass is the plain walk.
         let replicas_from = |start: usize| -> Box<[u32]> {
             let mut replicas: Vec<u32> = Vec::with_capacity(replication);
+            let mut firsts: Vec<(usize, u32)> = zone_positions
+                .iter()
+                .filter(|positions| !positions.is_empty())
+                .map(|positions| {
+                    let at = positions.partition_point(|&p| (p as usize) < start);
+                    let position = positions.get(at).copied().unwrap_or(positions[0]) as usize;
+                    let distance = (position + n_vnodes - start) % n_vnodes;
+                    (distance, vnodes[position].1)
+                })
+                .collect();
+            firsts.sort_unstable();
+            replicas.extend(firsts.iter().take(replication).map(|&(_, node)| node));
             let mut step = 0;
             while replicas.len() < replication && step < n_vnodes {
                 let owner = vnodes[(start + step) % n_vnodes].1;
@@ -255,6 +343,8 @@ impl Ring {
         }
         Self {
             nodes,
+            zones,
+            zone_count,
             lists,
             slots: slots.into_boxed_slice(),
             replication,
@@ -264,6 +354,34 @@ impl Ring {
     /// Ring members' ids, sorted.
     pub fn nodes(&self) -> &[Arc<str>] {
         &self.nodes
+    }
+
+    /// The zone of ring member `node_id`: `None` when it has none (or is not in the ring).
+    pub fn zone(&self, node_id: &str) -> Option<&str> {
+        self.nodes
+            .binary_search_by(|id| (**id).cmp(node_id))
+            .ok()
+            .and_then(|i| self.zones[i].as_deref())
+    }
+
+    /// Whether some ring member has a zone.
+    pub fn is_zoned(&self) -> bool {
+        self.zones.iter().any(Option::is_some)
+    }
+
+    /// Distinct zones among the ring members, the unnamed zone (members without one) counting
+    /// as one: 1 for a ring without zones, 0 for an empty ring.
+    pub fn zone_count(&self) -> usize {
+        self.zone_count
+    }
+
+    /// The slot ranges (as [`Ring::slot_ranges`] makes them) whose copies share a zone while a
+    /// zone of the ring holds none of them: copies span fewer than `min(copies, zones)` zones.
+    /// The placement rule never makes one, so anything but 0 is a bug.
+    pub fn crowded_ranges(&self) -> usize {
+        self.slot_ranges()
+            .filter(|(_, _, set)| set.zone_span() < set.len().min(self.zone_count))
+            .count()
     }
 
     /// Whether no node owns anything.
@@ -391,6 +509,22 @@ impl<'a> ReplicaSet<'a> {
     /// Whether there are none (empty ring).
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
+    }
+
+    /// The replicas' zones, in replica order (`None`: the unnamed zone).
+    pub fn zones(&self) -> impl Iterator<Item = Option<&'a str>> + 'a {
+        let zones = &self.ring.zones;
+        self.nodes
+            .iter()
+            .map(move |&i| zones[i as usize].as_deref())
+    }
+
+    /// How many distinct zones the replicas are in (the unnamed zone counting as one).
+    pub fn zone_span(&self) -> usize {
+        let mut zones: Vec<Option<&str>> = self.zones().collect();
+        zones.sort_unstable();
+        zones.dedup();
+        zones.len()
     }
 
     /// Whether `node_id` is one of the replicas.

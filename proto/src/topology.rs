@@ -27,6 +27,8 @@ pub const MAX_RING_VNODES: u64 = 1 << 20;
 pub const MAX_NODE_ID_BYTES: usize = 256;
 /// Longest `host:port` address of a member, in bytes.
 pub const MAX_ADDR_BYTES: usize = 300;
+/// Longest zone name, in bytes (see [`check_zone`]).
+pub const MAX_ZONE_BYTES: usize = 64;
 
 /// A member's place in its life cycle (DESIGN §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -143,6 +145,10 @@ pub struct Member {
     /// `host:port` of its Redis protocol (RESP) endpoint, empty when it serves none. Not part of
     /// the digest, for the same reason as `cluster_addr`.
     pub resp_addr: String,
+    /// Its zone (failure domain; see [`check_zone`]), `None` when it has none. Placement
+    /// spreads each key's copies over zones (see [`crate::placement`]). In the digest only
+    /// when set, so the digest of a topology without zones is what it was before zones.
+    pub zone: Option<String>,
 }
 
 impl From<&Member> for v1::Member {
@@ -157,6 +163,7 @@ impl From<&Member> for v1::Member {
             http_addr: member.http_addr.clone(),
             cluster_addr: member.cluster_addr.clone(),
             resp_addr: member.resp_addr.clone(),
+            zone: member.zone.clone().unwrap_or_default(),
         }
     }
 }
@@ -194,6 +201,9 @@ pub enum TopologyError {
         /// The limit ([`MAX_MEMBERS`], [`MAX_WEIGHT`], ...).
         max: u64,
     },
+    /// A member's zone is not 1 to [`MAX_ZONE_BYTES`] bytes of `[A-Za-z0-9._-]`.
+    #[error("invalid zone {0:?}: a zone is 1 to 64 bytes of letters, digits, '.', '_' and '-'")]
+    InvalidZone(String),
     /// The digest sent does not match the members sent.
     #[error("digest {sent:#x} does not match the members (computed {computed:#x})")]
     DigestMismatch {
@@ -229,6 +239,22 @@ pub fn check_node_id(node_id: &str) -> Result<(), TopologyError> {
         ));
     }
     Ok(())
+}
+
+/// Checks a zone name: 1 to [`MAX_ZONE_BYTES`] bytes of ASCII letters, digits, `.`, `_` and `-`
+/// (what a Kubernetes label value allows, less the empty value).
+pub fn check_zone(zone: &str) -> Result<(), TopologyError> {
+    let valid = (1..=MAX_ZONE_BYTES).contains(&zone.len())
+        && zone
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        // At most a few characters more than a valid one, so the error stays short.
+        let shown: String = zone.chars().take(MAX_ZONE_BYTES + 8).collect();
+        Err(TopologyError::InvalidZone(shown))
+    }
 }
 
 /// Checks a member weight: 1 to [`MAX_WEIGHT`].
@@ -341,6 +367,11 @@ impl TryFrom<&v1::Member> for Member {
             node_id: member.node_id.clone(),
             source,
         })?;
+        // An empty zone on the wire is no zone (what senders that predate zones send).
+        let zone = (!member.zone.is_empty()).then(|| member.zone.clone());
+        if let Some(zone) = &zone {
+            check_zone(zone)?;
+        }
         Ok(Member {
             node_id: member.node_id.clone(),
             incarnation: member.incarnation,
@@ -351,6 +382,7 @@ impl TryFrom<&v1::Member> for Member {
             http_addr: member.http_addr.clone(),
             cluster_addr: member.cluster_addr.clone(),
             resp_addr: member.resp_addr.clone(),
+            zone,
         })
     }
 }
@@ -437,6 +469,9 @@ impl Topology {
                     &member.resp_addr,
                 ],
             )?;
+            if let Some(zone) = &member.zone {
+                check_zone(zone)?;
+            }
         }
         check_ring_size(
             self.ring_members().map(|m| m.weight),
@@ -525,7 +560,8 @@ impl Fnv {
 }
 
 /// The digest of a sorted member list and the ring parameters: FNV-1a over a length-prefixed,
-/// little-endian encoding of every field. Part of the wire contract (pinned by a test).
+/// little-endian encoding of every field (the zone only when a member has one, after the
+/// marker `u64::MAX`). Part of the wire contract (pinned by a test).
 fn digest(members: &[Member], replication_factor: u32, vnodes_per_weight: u32) -> u64 {
     let mut hash = Fnv::new();
     hash.u64(members.len() as u64);
@@ -537,6 +573,12 @@ fn digest(members: &[Member], replication_factor: u32, vnodes_per_weight: u32) -
         hash.str(&member.grpc_addr);
         hash.str(&member.gossip_addr);
         hash.str(&member.http_addr);
+        // Only when set, behind a marker no string length can equal, so a topology without
+        // zones keeps the digest it had before zones and no other layout hashes alike.
+        if let Some(zone) = &member.zone {
+            hash.u64(u64::MAX);
+            hash.str(zone);
+        }
     }
     hash.u64(u64::from(replication_factor));
     hash.u64(u64::from(vnodes_per_weight));
@@ -558,6 +600,7 @@ mod tests {
             http_addr: format!("{id}:7381"),
             cluster_addr: format!("{id}:7382"),
             resp_addr: String::new(),
+            zone: None,
         }
     }
 
@@ -603,6 +646,7 @@ mod tests {
         changes.push(with(&|m| m.grpc_addr = "x:1".into()));
         changes.push(with(&|m| m.gossip_addr = "x:1".into()));
         changes.push(with(&|m| m.http_addr = "x:1".into()));
+        changes.push(with(&|m| m.zone = Some("a".into())));
         changes.push(Topology::new(vec![member("n1", NodeState::Active)], 2, 256));
         // The cluster-plane address is not part of the digest (older clients ignore it).
         assert_eq!(
@@ -613,6 +657,57 @@ mod tests {
         for changed in changes {
             assert_ne!(changed.digest(), base.digest(), "{changed:?}");
         }
+    }
+
+    #[test]
+    fn zones_enter_the_digest_only_when_set() {
+        let two = |zone: Option<&str>| {
+            let mut n1 = member("n1", NodeState::Active);
+            n1.zone = zone.map(str::to_owned);
+            Topology::new(vec![n1, member("n2", NodeState::Active)], 3, 256)
+        };
+        // Pinned from the documented encoding (computed apart from this code): the digest of a
+        // topology without zones is the one it had before zones existed.
+        assert_eq!(two(None).digest(), 0x4f04_7c58_060c_a19d);
+        assert_eq!(two(Some("zone-a")).digest(), 0x3c2a_eee6_af9d_4f53);
+        assert_ne!(two(Some("zone-b")).digest(), two(Some("zone-a")).digest());
+    }
+
+    #[test]
+    fn zones_cross_the_wire_and_bad_ones_are_refused() {
+        let mut zoned = member("n1", NodeState::Active);
+        zoned.zone = Some("eu-west-1a".into());
+        let t = Topology::new(vec![zoned, member("n2", NodeState::Active)], 2, 64);
+        let wire = v1::Topology::from(&t);
+        assert_eq!(wire.members[0].zone, "eu-west-1a");
+        assert_eq!(wire.members[1].zone, "", "no zone is the empty string");
+        let back = Topology::try_from(&wire).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(back.member("n2").unwrap().zone, None);
+        for bad in ["a b", "zone/1", "é", &"z".repeat(MAX_ZONE_BYTES + 1)] {
+            let mut member = member("n1", NodeState::Active);
+            member.zone = Some(bad.to_owned());
+            assert!(
+                matches!(
+                    Topology::try_from(&wire_of(vec![member.clone()], 3, 256)),
+                    Err(TopologyError::InvalidZone(_))
+                ),
+                "{bad:?}"
+            );
+            assert!(Topology::new(vec![member], 3, 256).check_limits().is_err());
+        }
+        for good in [
+            "a",
+            "us-east-1b",
+            "Zone_1.rack-2",
+            &"z".repeat(MAX_ZONE_BYTES),
+        ] {
+            assert_eq!(check_zone(good), Ok(()), "{good:?}");
+        }
+        assert!(check_zone("").is_err());
+        let long = "x".repeat(10_000);
+        let message = check_zone(&long).unwrap_err().to_string();
+        assert!(message.len() < 200, "the error stays short: {message}");
     }
 
     #[test]
@@ -813,17 +908,26 @@ mod tests {
                 -1i32..7,
                 prop_oneof![Just(0u32), 1u32..=80, Just(u32::MAX), any::<u32>()],
                 prop_oneof!["[a-z:0-9]{0,12}", "[a-z]{295,305}"],
+                prop_oneof![
+                    Just(String::new()),
+                    "[a-c]{1,3}",
+                    "[a-z]{60,70}",
+                    "[ -~]{1,4}"
+                ],
             )
-                .prop_map(|(node_id, incarnation, state, weight, addr)| v1::Member {
-                    node_id,
-                    incarnation,
-                    state,
-                    weight,
-                    grpc_addr: addr.clone(),
-                    gossip_addr: addr.clone(),
-                    http_addr: addr.clone(),
-                    cluster_addr: addr,
-                    resp_addr: String::new(),
+                .prop_map(|(node_id, incarnation, state, weight, addr, zone)| {
+                    v1::Member {
+                        node_id,
+                        incarnation,
+                        state,
+                        weight,
+                        grpc_addr: addr.clone(),
+                        gossip_addr: addr.clone(),
+                        http_addr: addr.clone(),
+                        cluster_addr: addr,
+                        resp_addr: String::new(),
+                        zone,
+                    }
                 })
         }
 
@@ -879,6 +983,9 @@ mod tests {
                     prop_assert!((1..=MAX_WEIGHT).contains(&member.weight));
                     prop_assert!(!member.node_id.is_empty() && member.node_id.len() <= MAX_NODE_ID_BYTES);
                     prop_assert!(member.grpc_addr.len() <= MAX_ADDR_BYTES);
+                    if let Some(zone) = &member.zone {
+                        prop_assert!(check_zone(zone).is_ok());
+                    }
                 }
                 let vnodes: u64 = topology
                     .ring_members()

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use ringcache_proto::placement::DEFAULT_VNODES_PER_WEIGHT;
 use ringcache_proto::topology::{
-    MAX_NODE_ID_BYTES, MAX_REPLICATION_FACTOR, MAX_VNODES_PER_WEIGHT, MAX_WEIGHT,
+    MAX_NODE_ID_BYTES, MAX_REPLICATION_FACTOR, MAX_VNODES_PER_WEIGHT, MAX_WEIGHT, MAX_ZONE_BYTES,
 };
 
 use crate::replication::{Consistency, ReplicationConfig};
@@ -179,6 +179,11 @@ pub struct Cli {
     /// Relative capacity of this node: it gets WEIGHT × vnodes virtual nodes [default: 1].
     #[arg(long, env = "RINGCACHE_WEIGHT", value_name = "WEIGHT")]
     pub weight: Option<NonZeroU32>,
+    /// This node's zone (failure domain: an availability zone, a rack): each key's copies go
+    /// to as many zones as R allows. 1 to 64 bytes of letters, digits, '.', '_' and '-'; empty
+    /// is none. Set it only once every node runs a build that knows zones [default: none].
+    #[arg(long, env = "RINGCACHE_ZONE", value_name = "NAME")]
+    pub zone: Option<String>,
     /// Virtual nodes per unit of weight; every node of a cluster must use the same value
     /// [default: 256].
     #[arg(long, env = "RINGCACHE_VNODES", value_name = "N")]
@@ -505,6 +510,7 @@ struct FileConfig {
     workers: Option<usize>,
     log_format: Option<LogFormat>,
     weight: Option<NonZeroU32>,
+    zone: Option<String>,
     vnodes: Option<NonZeroU32>,
     probe_interval: Option<HumanDuration>,
     probe_timeout: Option<HumanDuration>,
@@ -594,6 +600,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// This node's weight (share of virtual nodes).
     pub weight: NonZeroU32,
+    /// This node's zone (failure domain); `None` for none.
+    pub zone: Option<String>,
     /// Virtual nodes per unit of weight.
     pub vnodes: NonZeroU32,
     /// Gossip probe period.
@@ -874,6 +882,8 @@ impl Config {
             workers: cli.workers.or(file.workers),
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             weight: cli.weight.or(file.weight).unwrap_or(NonZeroU32::MIN),
+            // Empty is none: what the downward API gives a pod without the zone label.
+            zone: cli.zone.or(file.zone).filter(|zone| !zone.is_empty()),
             vnodes: cli
                 .vnodes
                 .or(file.vnodes)
@@ -1058,6 +1068,14 @@ impl Config {
             bail!(
                 "replication_factor must be at most {MAX_REPLICATION_FACTOR}, got {}",
                 self.replication_factor
+            );
+        }
+        if let Some(zone) = &self.zone
+            && ringcache_proto::topology::check_zone(zone).is_err()
+        {
+            bail!(
+                "zone must be 1 to {MAX_ZONE_BYTES} bytes of letters, digits, '.', '_' and '-', got {:?}",
+                zone.chars().take(MAX_ZONE_BYTES + 8).collect::<String>()
             );
         }
         if self.node_id.len() > MAX_NODE_ID_BYTES {
@@ -1442,6 +1460,50 @@ mod tests {
         assert_eq!(config.store.eviction, EvictionPolicy::NoEviction);
         assert_eq!(config.expiry_interval, Duration::from_millis(250));
         assert_eq!(config.seeds, ["a:1", "b:2"]);
+    }
+
+    #[test]
+    fn the_zone_is_a_flag_an_env_var_or_a_file_key_and_is_checked() {
+        use clap::CommandFactory;
+        let none = Config::layer(Cli::default(), FileConfig::default()).unwrap();
+        assert_eq!(none.zone, None, "no zone by default");
+        let file: FileConfig = toml::from_str(r#"zone = "eu-west-1a""#).unwrap();
+        assert_eq!(
+            Config::layer(Cli::default(), file).unwrap().zone.as_deref(),
+            Some("eu-west-1a")
+        );
+        let file: FileConfig = toml::from_str(r#"zone = "eu-west-1a""#).unwrap();
+        let flag = Config::layer(parse(&["--zone", "rack_2.b"]), file).unwrap();
+        assert_eq!(flag.zone.as_deref(), Some("rack_2.b"), "the flag wins");
+        let env = Cli::command()
+            .get_arguments()
+            .find(|arg| arg.get_id() == "zone")
+            .and_then(|arg| arg.get_env())
+            .map(|env| env.to_string_lossy().into_owned());
+        assert_eq!(env.as_deref(), Some("RINGCACHE_ZONE"));
+        let longest = "z".repeat(MAX_ZONE_BYTES);
+        assert!(Config::layer(parse(&["--zone", &longest]), FileConfig::default()).is_ok());
+        // Empty is none (a pod without the zone label gets an empty RINGCACHE_ZONE).
+        let empty = Config::layer(parse(&["--zone", ""]), FileConfig::default()).unwrap();
+        assert_eq!(empty.zone, None);
+        for bad in [
+            "eu west",
+            "a/b",
+            "zoné",
+            " ",
+            &"z".repeat(MAX_ZONE_BYTES + 1),
+        ] {
+            let error = Config::layer(parse(&["--zone", bad]), FileConfig::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.starts_with("zone must be 1 to 64 bytes of letters, digits"),
+                "{bad:?}: {error}"
+            );
+        }
+        // The placement version it advertises.
+        assert_eq!(crate::node::cluster_settings(&none).placement_version, 2);
+        assert_eq!(crate::node::cluster_settings(&flag).placement_version, 3);
     }
 
     #[test]

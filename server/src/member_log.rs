@@ -17,8 +17,8 @@
 //!
 //! Fields (all Display, no `Some(...)`): `member` (its node id), `state` (the new state; the
 //! last one for `member removed`), `from` (the previous state; absent when first seen and for
-//! `member removed`), `incarnation`, `addr` (its gRPC address) and, after lines were held
-//! back, `suppressed`.
+//! `member removed`), `incarnation`, `addr` (its gRPC address), `zone` (when it has one) and,
+//! after lines were held back, `suppressed`.
 //!
 //! **Flood bound.** Each member has a budget of [`BURST`] lines, refilled by one every
 //! [`REFILL`]: a member that flaps (suspected, refuted, suspected...) logs its first changes,
@@ -286,6 +286,7 @@ fn emit(change: &MemberChange<'_>, suppressed: u64) {
         from = change.from.map(|from| display(from.as_str())),
         incarnation = member.incarnation,
         addr = (!member.grpc_addr.is_empty()).then(|| display(&member.grpc_addr)),
+        zone = member.zone.as_deref().map(display),
         suppressed = (suppressed > 0).then_some(suppressed),
         "{}",
         change.change.message()
@@ -307,6 +308,7 @@ mod tests {
             http_addr: String::new(),
             cluster_addr: String::new(),
             resp_addr: String::new(),
+            zone: None,
         }
     }
 

@@ -636,6 +636,7 @@ impl Node {
             http_addr: advertised.http_addr,
             cluster_addr: advertised.cluster_addr,
             resp_addr: advertised.resp_addr,
+            zone: config.zone.clone(),
         }
     }
 
@@ -1133,6 +1134,7 @@ impl Node {
                 weight: self.config.weight.get(),
                 settings: cluster_settings(&self.config),
                 state,
+                zone: self.config.zone.clone(),
             };
             if let Err(error) = handle.set_meta(meta).await {
                 tracing::warn!(%error, state = ?state, "could not announce the node's state");
@@ -1198,6 +1200,7 @@ impl Node {
                 (true, None) => MetaState::Joining,
                 (false, _) => MetaState::Active,
             },
+            zone: self.config.zone.clone(),
         };
         let config = membership_config(&self.config);
         let rng_seed = self
@@ -1386,12 +1389,13 @@ fn join_refusal(refused: &[crate::cluster::RefusedMember]) -> Option<String> {
     })
 }
 
-/// The settings every member must share, as this node has them.
+/// The settings every member must share, as this node has them (placement version 3 with a
+/// zone, 2 without: see `ringcache_proto::placement::placement_versions_compatible`).
 pub fn cluster_settings(config: &Config) -> ClusterSettings {
     ClusterSettings {
         replication_factor: config.replication_factor.get(),
         vnodes: config.vnodes.get(),
-        placement_version: ringcache_proto::placement::PLACEMENT_VERSION,
+        placement_version: ringcache_proto::placement::placement_version(config.zone.is_some()),
     }
 }
 
@@ -1754,6 +1758,7 @@ mod tests {
                 http_addr: String::new(),
                 cluster_addr: String::new(),
                 resp_addr: String::new(),
+                zone: None,
             })
             .collect();
         ClusterView::new(Topology::new(members, replication, 64), Quorum::alone())

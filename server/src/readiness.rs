@@ -157,6 +157,7 @@ mod tests {
             http_addr: String::new(),
             cluster_addr: String::new(),
             resp_addr: String::new(),
+            zone: None,
         }
     }
 

@@ -793,6 +793,7 @@ pub async fn pull_ranges(node: &Context, members: &[Member], since: u64) -> u64 
     let shares = pull_shares(
         &self_id,
         config.weight.get(),
+        config.zone.as_deref(),
         members,
         config.vnodes.get(),
         config.replication_factor.get(),
@@ -814,6 +815,7 @@ pub async fn pull_ranges(node: &Context, members: &[Member], since: u64) -> u64 
                     assume_target_in_ring: true,
                     target_weight: node.config().weight.get(),
                     slots: slots.clone(),
+                    target_zone: node.config().zone.clone().unwrap_or_default(),
                     since_version: since,
                 })
                 .await?
@@ -905,7 +907,7 @@ pub async fn pull_ranges(node: &Context, members: &[Member], since: u64) -> u64 
 }
 
 /// What a joiner asks each member for: every slot it will hold (in the ring of `members` and
-/// itself at `weight`), each from one of the slot's current replicas among `members` (the
+/// itself at `weight` in `zone`), each from one of the slot's current replicas among `members` (the
 /// first that stays a replica, else the first), so each slot is pulled once. The rings are
 /// built from `members` (the active members gossip shows, with the placement settings every
 /// member shares: `vnodes` per weight, `replication` copies), not from the view, which may not
@@ -915,27 +917,28 @@ pub async fn pull_ranges(node: &Context, members: &[Member], since: u64) -> u64 
 fn pull_shares(
     self_id: &str,
     weight: u32,
+    zone: Option<&str>,
     members: &[Member],
     vnodes: u32,
     replication: u32,
 ) -> Vec<(Member, Vec<u32>)> {
     let others: Vec<&Member> = members.iter().filter(|m| m.node_id != self_id).collect();
-    let current: Vec<(&str, u32)> = others
+    let current: Vec<(&str, u32, Option<&str>)> = others
         .iter()
-        .map(|m| (m.node_id.as_str(), m.weight))
+        .map(|m| (m.node_id.as_str(), m.weight, m.zone.as_deref()))
         .collect();
     let weight = weight.max(1);
-    let with_self = current.iter().copied().chain([(self_id, weight)]);
+    let with_self = current.iter().copied().chain([(self_id, weight, zone)]);
     if check_weight(self_id, weight).is_err()
-        || check_ring_size(with_self.clone().map(|(_, w)| w), vnodes).is_err()
+        || check_ring_size(with_self.clone().map(|(_, w, _)| w), vnodes).is_err()
     {
         return others
             .into_iter()
             .map(|m| (m.clone(), Vec::new()))
             .collect();
     }
-    let future = Ring::build(with_self, vnodes, replication);
-    let now = Ring::build(current, vnodes, replication);
+    let future = Ring::build_zoned(with_self, vnodes, replication);
+    let now = Ring::build_zoned(current, vnodes, replication);
     let mut shares: Vec<Vec<u32>> = vec![Vec::new(); others.len()];
     let mut unassigned: Vec<u32> = Vec::new();
     for slot in 0..SLOTS {
@@ -1040,25 +1043,30 @@ pub async fn hand_off(node: &Context) -> bool {
     ok
 }
 
-/// The ring `view` would have with `target_id` (weight `weight`, 0 counting as 1) as a member:
-/// what a joiner's StreamEntries asks about. The weight and the size of the resulting ring are
-/// checked against the placement limits before anything is allocated.
-pub fn ring_with(view: &ClusterView, target_id: &str, weight: u32) -> Result<Ring, TopologyError> {
+/// The ring `view` would have with `target_id` (weight `weight`, 0 counting as 1, in `zone`) as
+/// a member: what a joiner's StreamEntries asks about. The weight and the size of the resulting
+/// ring are checked against the placement limits before anything is allocated.
+pub fn ring_with(
+    view: &ClusterView,
+    target_id: &str,
+    weight: u32,
+    zone: Option<&str>,
+) -> Result<Ring, TopologyError> {
     let topology = &view.topology;
     let weight = weight.max(1);
     check_weight(target_id, weight)?;
-    let mut members: Vec<(&str, u32)> = topology
+    let mut members: Vec<(&str, u32, Option<&str>)> = topology
         .ring_members()
-        .map(|m| (m.node_id.as_str(), m.weight))
+        .map(|m| (m.node_id.as_str(), m.weight, m.zone.as_deref()))
         .collect();
-    if !members.iter().any(|(id, _)| *id == target_id) {
-        members.push((target_id, weight));
+    if !members.iter().any(|(id, _, _)| *id == target_id) {
+        members.push((target_id, weight, zone));
     }
     check_ring_size(
-        members.iter().map(|(_, w)| *w),
+        members.iter().map(|(_, w, _)| *w),
         topology.vnodes_per_weight(),
     )?;
-    Ok(Ring::build(
+    Ok(Ring::build_zoned(
         members,
         topology.vnodes_per_weight(),
         topology.replication_factor(),
@@ -1081,9 +1089,10 @@ mod tests {
             http_addr: String::new(),
             cluster_addr: String::new(),
             resp_addr: String::new(),
+            zone: None,
         };
         let members = [member("a"), member("b"), member("c"), member("j")];
-        let shares = pull_shares("j", 1, &members, 64, 3);
+        let shares = pull_shares("j", 1, None, &members, 64, 3);
         assert_eq!(shares.len(), 3, "every old member sends a share");
         let old = Ring::build([("a", 1), ("b", 1), ("c", 1)], 64, 3);
         let new = Ring::build([("a", 1), ("b", 1), ("c", 1), ("j", 1)], 64, 3);
@@ -1102,9 +1111,72 @@ mod tests {
             assert_eq!(asked[usize::from(slot)], u32::from(holds), "slot {slot}");
         }
         // A lone joiner asks nobody; one over the weight limit asks everyone for everything.
-        assert!(pull_shares("j", 1, &[member("j")], 64, 3).is_empty());
-        let everything = pull_shares("j", u32::MAX, &members, 64, 3);
+        assert!(pull_shares("j", 1, None, &[member("j")], 64, 3).is_empty());
+        let everything = pull_shares("j", u32::MAX, None, &members, 64, 3);
         assert!(everything.len() == 3 && everything.iter().all(|(_, s)| s.is_empty()));
+    }
+
+    /// With zones the joiner pulls the slots it will hold in its zone, and the ring a member
+    /// computes for a joiner's StreamEntries is the ring the joiner will be in.
+    #[test]
+    fn a_zoned_joiner_pulls_and_is_sent_the_slots_of_its_zone() {
+        let member = |id: &str, zone: &str| Member {
+            node_id: id.to_owned(),
+            incarnation: 1,
+            state: ringcache_proto::topology::NodeState::Active,
+            weight: 1,
+            grpc_addr: String::new(),
+            gossip_addr: String::new(),
+            http_addr: String::new(),
+            cluster_addr: String::new(),
+            resp_addr: String::new(),
+            zone: Some(zone.to_owned()),
+        };
+        let old = [
+            member("a1", "a"),
+            member("a2", "a"),
+            member("b1", "b"),
+            member("b2", "b"),
+        ];
+        let mut all = old.to_vec();
+        all.push(member("j", "b"));
+        let future = Ring::new(&ringcache_proto::topology::Topology::new(
+            all.clone(),
+            2,
+            64,
+        ));
+        let zoneless = Ring::build(all.iter().map(|m| (m.node_id.as_str(), 1)), 64, 2);
+        let differs = (0..SLOTS)
+            .filter(|&s| {
+                future.slot_replicas(s).contains("j") != zoneless.slot_replicas(s).contains("j")
+            })
+            .count();
+        assert!(differs > 0, "zones change which slots the joiner holds");
+
+        let shares = pull_shares("j", 1, Some("b"), &all, 64, 2);
+        let mut asked = vec![0u32; usize::from(SLOTS)];
+        for (_, slots) in &shares {
+            for &slot in slots {
+                asked[slot as usize] += 1;
+            }
+        }
+        for slot in 0..SLOTS {
+            let holds = future.slot_replicas(slot).contains("j");
+            assert_eq!(asked[usize::from(slot)], u32::from(holds), "slot {slot}");
+        }
+
+        let view = ClusterView::new(
+            ringcache_proto::topology::Topology::new(old.to_vec(), 2, 64),
+            crate::known::Quorum::alone(),
+        );
+        let assumed = ring_with(&view, "j", 1, Some("b")).unwrap();
+        for slot in 0..SLOTS {
+            assert_eq!(
+                assumed.slot_replicas(slot).iter().collect::<Vec<_>>(),
+                future.slot_replicas(slot).iter().collect::<Vec<_>>(),
+                "slot {slot}"
+            );
+        }
     }
 
     #[test]

@@ -1513,6 +1513,56 @@ fn compose_nodes_advertise_their_own_address_and_join_through_node_one() {
 // Each test runs over every set of manifests: deploy/k8s/ and the Helm chart rendered with its
 // default values and with each values file of deploy/helm/ringcache/ci/.
 
+/// The pods take their zone from a pod label through the downward API (deploy/k8s and the
+/// chart by default: `topology.kubernetes.io/zone`) and spread evenly over zones; the chart
+/// can name another label, or none.
+#[test]
+fn k8s_pods_take_their_zone_from_a_pod_label_and_spread_over_zones() {
+    for m in k8s_sets() {
+        let what = m.what.as_str();
+        let sts = statefulset(&m);
+        let (_, fields) = container_env(&ringcached_container(&sts));
+        let zone = fields.get("RINGCACHE_ZONE").map(String::as_str);
+        let pod = &sts["spec"]["template"]["spec"];
+        let pod_labels = labels(&sts["spec"]["template"]["metadata"]["labels"]);
+        let spreads: Vec<&Value> = pod["topologySpreadConstraints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["topologyKey"] == "topology.kubernetes.io/zone")
+            .collect();
+        for spread in &spreads {
+            assert!(
+                selects(
+                    &labels(&spread["labelSelector"]["matchLabels"]),
+                    &pod_labels
+                ),
+                "{what}: the zone spread counts the ringcache pods"
+            );
+        }
+        let when = |c: &&Value| c["whenUnsatisfiable"].as_str().map(str::to_owned);
+        let expected: (Option<&str>, Option<&str>) = match what {
+            "deploy/k8s" | "helm chart, default values" => (
+                Some("metadata.labels['topology.kubernetes.io/zone']"),
+                Some("ScheduleAnyway"),
+            ),
+            "helm chart, ci/grpc-probe-values.yaml" => (None, Some("DoNotSchedule")),
+            "helm chart, ci/secure-values.yaml" => (
+                Some("metadata.labels['example.com/failure-domain']"),
+                Some("ScheduleAnyway"),
+            ),
+            other => panic!("{other}: say what zone settings it renders"),
+        };
+        assert_eq!(zone, expected.0, "{what}: RINGCACHE_ZONE");
+        assert_eq!(spreads.len(), 1, "{what}: one spread over zones");
+        assert_eq!(
+            spreads.first().and_then(when).as_deref(),
+            expected.1,
+            "{what}: the zone spread"
+        );
+    }
+}
+
 #[test]
 fn k8s_objects_fit_together() {
     for m in k8s_sets() {

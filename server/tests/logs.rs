@@ -66,6 +66,12 @@ impl Logged {
         if let Some(seed) = seed {
             command.args(["--seeds", seed]);
         }
+        // n2 has a zone (from the environment), so member lines show one.
+        if id == "n2" {
+            command.env("RINGCACHE_ZONE", "zone-b");
+        } else {
+            command.env_remove("RINGCACHE_ZONE");
+        }
         let mut child = command
             .env("RUST_LOG", "info")
             .env_remove("NO_COLOR")
@@ -198,6 +204,11 @@ async fn a_cluster_tells_its_story_at_info_with_the_node_id_on_every_json_line()
         joiner.wait_for("node active", &[]);
         n1.wait_for("member active", &[("member", &joiner.id)]);
     }
+    // A member's zone is on its lines when it has one, and absent otherwise.
+    let zoned = n1.wait_for("member active", &[("member", "n2")]);
+    assert_eq!(text(&zoned["fields"]["zone"]), "zone-b", "{zoned}");
+    let plain = n1.wait_for("member active", &[("member", "n3")]);
+    assert!(plain["fields"].get("zone").is_none(), "{plain}");
     // Data, so rebalances have something to move.
     let grpc = n1.field("ringcached serving", "grpc");
     let client = ringcache::Client::connect([grpc.as_str()])

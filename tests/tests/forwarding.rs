@@ -30,6 +30,7 @@ async fn cluster() -> (Vec<TestNode>, Topology) {
             http_addr: n.http_addr.to_string(),
             cluster_addr: n.cluster_addr.to_string(),
             resp_addr: String::new(),
+            zone: None,
         })
         .collect();
     // R = 1: every key has exactly one holder, so any other node must forward.

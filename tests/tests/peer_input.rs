@@ -283,6 +283,20 @@ async fn stream_entries_refuses_sizes_over_the_limits_before_starting() {
         .expect_err("slot 16384 accepted");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("slots"), "{}", status.message());
+    // A zone is checked like a member's.
+    let status = peer
+        .stream_entries(v1::StreamEntriesRequest {
+            target_zone: "not a zone".to_owned(),
+            ..request("joiner", 1)
+        })
+        .await
+        .expect_err("a bad zone accepted");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("target_zone"),
+        "{}",
+        status.message()
+    );
     for (slots, expected) in [
         (vec![(slot + 1) % 16_384, (slot + 2) % 16_384], vec![]),
         (vec![slot, slot], vec![Bytes::from_static(b"k")]),

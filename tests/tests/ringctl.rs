@@ -247,6 +247,7 @@ async fn stats_shows_forwarded_requests_hints_and_replication_lag() {
         http_addr: http,
         cluster_addr: String::new(),
         resp_addr: String::new(),
+        zone: None,
     };
     let topology = Topology::new(
         vec![

@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::bail;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ringcache_proto::{
+    placement::Ring,
     topology::{Member, NodeState, Topology},
     v1 as pb,
 };
@@ -16,6 +17,7 @@ use super::{
     fmt::{self, Cell, Color, Table, paint, state_color},
     node::{Dial, NodeConn, NodeError, join_all},
     view::{Human, View, millis},
+    zones::{ZoneReport, zone_report},
 };
 
 /// How often `drain` polls the topology and the node's progress.
@@ -54,6 +56,8 @@ pub(super) struct MemberView {
     pub(super) grpc_addr: String,
     pub(super) gossip_addr: String,
     pub(super) http_addr: String,
+    /// `null` when it has none.
+    pub(super) zone: Option<String>,
 }
 
 impl From<&Member> for MemberView {
@@ -66,6 +70,7 @@ impl From<&Member> for MemberView {
             grpc_addr: member.grpc_addr.clone(),
             gossip_addr: member.gossip_addr.clone(),
             http_addr: member.http_addr.clone(),
+            zone: member.zone.clone(),
         }
     }
 }
@@ -291,6 +296,8 @@ struct MemberStatus {
     expirations: Option<u64>,
     topology_digest: Option<String>,
     reads_per_second: Option<f64>,
+    /// `null` when it has none.
+    zone: Option<String>,
 }
 
 impl MemberStatus {
@@ -319,6 +326,7 @@ impl MemberStatus {
             expirations: info.map(|i| i.expirations),
             topology_digest: ok.map(|p| fmt::hex(p.digest)),
             reads_per_second: ok.and_then(|p| p.reads_per_second),
+            zone: member.zone.clone(),
         }
     }
 }
@@ -355,6 +363,8 @@ struct Status {
     missing_members: Vec<String>,
     /// Hash slots with fewer than min(R, expected) serving replicas.
     under_replicated_slots: u64,
+    /// The ring's zones and what to warn about; `null` when no ring member has a zone.
+    zones: Option<ZoneReport>,
     verdict: String,
     /// Whether reads per second were measured (`--rate`).
     #[serde(skip)]
@@ -382,9 +392,12 @@ impl View for Status {
     }
 
     fn human(&self, color: bool) -> Human {
-        let mut headers = vec![
-            "NODE", "STATE", "INC", "GRPC", "GOSSIP", "HTTP", "KEYS", "MEMORY", "HITS", "MISSES",
-        ];
+        let zoned = self.members.iter().any(|m| m.zone.is_some());
+        let mut headers = vec!["NODE", "STATE", "INC"];
+        if zoned {
+            headers.push("ZONE");
+        }
+        headers.extend(["GRPC", "GOSSIP", "HTTP", "KEYS", "MEMORY", "HITS", "MISSES"]);
         if self.rate {
             headers.push("READS/S");
         }
@@ -395,10 +408,17 @@ impl View for Status {
                 Cell::text(&member.node_id),
                 Cell::text(member.state.as_str()).color(state_color(member.state)),
                 Cell::num(member.incarnation),
+            ];
+            if zoned {
+                row.push(Cell::text(
+                    member.zone.as_deref().unwrap_or(super::zones::UNNAMED),
+                ));
+            }
+            row.extend([
                 Cell::text(&member.grpc_addr),
                 Cell::text(&member.gossip_addr),
                 Cell::text(&member.http_addr),
-            ];
+            ]);
             let dash = || "-".to_owned();
             let num = |v: Option<u64>| Cell::num(v.map_or_else(dash, |v| v.to_string()));
             row.extend([
@@ -458,6 +478,16 @@ impl View for Status {
         } else {
             Color::Yellow
         };
+        if let Some(zones) = &self.zones {
+            text.push_str(&zones.summary());
+            for warning in &zones.warnings {
+                text.push_str(&paint(
+                    &format!("WARNING: {warning}\n"),
+                    Some(Color::Yellow),
+                    color,
+                ));
+            }
+        }
         text.push_str(&paint(&self.verdict, Some(verdict_color), color));
         text.push('\n');
         if !self.insecure_nodes.is_empty() {
@@ -571,6 +601,14 @@ pub(super) async fn status(ctx: &mut Ctx<'_>, rate: bool, check: bool) -> anyhow
             by.join(", ")
         ));
     }
+    let zones = zone_report(&Ring::new(&topology), &topology);
+    if let Some(zones) = zones.as_ref().filter(|z| z.crowded_ranges > 0) {
+        problems.push(format!(
+            "{} slot ranges keep two copies in one zone while another zone holds none (a \
+             placement bug)",
+            zones.crowded_ranges
+        ));
+    }
     let insecure_nodes: Vec<String> = members
         .iter()
         .zip(&probes)
@@ -612,6 +650,7 @@ pub(super) async fn status(ctx: &mut Ctx<'_>, rate: bool, check: bool) -> anyhow
         serving_members: serving.iter().map(|id| (*id).to_owned()).collect(),
         missing_members: missing.iter().map(|id| (*id).to_owned()).collect(),
         under_replicated_slots: home_info.under_replicated_slots,
+        zones,
         verdict,
         rate,
         check,
@@ -1308,6 +1347,7 @@ mod tests {
             http_addr: String::new(),
             cluster_addr: String::new(),
             resp_addr: String::new(),
+            zone: None,
         };
         let unreachable = Err(NodeError::Unreachable {
             addr: "127.0.0.3:7379".into(),

@@ -43,6 +43,7 @@ mod security;
 mod stats;
 mod view;
 mod watch;
+mod zones;
 
 use node::{Dial, NodeConn, one_line};
 pub use security::{PASSWORD_ENV, Security, SecurityArgs, SecurityArgsError};

@@ -15,6 +15,7 @@ use super::{
     fmt::{self, Cell, Color, Table, state_color},
     node::{NodeError, join_all},
     view::{Human, View},
+    zones::{ZoneReport, zone_report},
 };
 
 /// The synthetic key number `i` placed by `ring` (any fixed, varied keys do).
@@ -55,6 +56,8 @@ struct RingNode {
     #[serde(serialize_with = "state_name")]
     state: NodeState,
     weight: u32,
+    /// `null` when it has none.
+    zone: Option<String>,
     vnodes: u64,
     /// Share of the sampled keys it is the primary of.
     primary_share: f64,
@@ -83,6 +86,8 @@ struct RingReport {
     samples: u32,
     nodes: Vec<RingNode>,
     not_in_ring: Vec<OutsideRing>,
+    /// The ring's zones and what to warn about; `null` when no ring member has a zone.
+    zones: Option<ZoneReport>,
 }
 
 /// A share (0..=1) as a percentage with one decimal.
@@ -100,13 +105,24 @@ impl View for RingReport {
             self.vnodes_per_weight,
             self.topology_digest,
         );
-        let mut table = Table::new(&[
-            "NODE", "STATE", "WEIGHT", "VNODES", "PRIMARY", "REPLICA", "KEYS",
-        ]);
+        let zoned = self.zones.is_some();
+        let mut headers = vec!["NODE", "STATE"];
+        if zoned {
+            headers.push("ZONE");
+        }
+        headers.extend(["WEIGHT", "VNODES", "PRIMARY", "REPLICA", "KEYS"]);
+        let mut table = Table::new(&headers);
         for node in &self.nodes {
-            table.row(vec![
+            let mut row = vec![
                 Cell::text(&node.node_id),
                 Cell::text(node.state.as_str()).color(state_color(node.state)),
+            ];
+            if zoned {
+                row.push(Cell::text(
+                    node.zone.as_deref().unwrap_or(super::zones::UNNAMED),
+                ));
+            }
+            row.extend([
                 Cell::num(node.weight),
                 Cell::num(node.vnodes),
                 Cell::num(share_text(node.primary_share)),
@@ -118,12 +134,23 @@ impl View for RingReport {
                     }
                 },
             ]);
+            table.row(row);
         }
         text.push_str(&table.render(color));
         text.push_str(&format!(
             "\nPRIMARY/REPLICA: share of {} sampled keys a node is the primary of / holds a copy of; KEYS: keys the node holds now\n",
             self.samples
         ));
+        if let Some(zones) = &self.zones {
+            text.push_str(&zones.summary());
+            for warning in &zones.warnings {
+                text.push_str(&fmt::paint(
+                    &format!("WARNING: {warning}\n"),
+                    Some(Color::Yellow),
+                    color,
+                ));
+            }
+        }
         if !self.not_in_ring.is_empty() {
             let names: Vec<String> = self
                 .not_in_ring
@@ -172,6 +199,7 @@ pub(super) async fn ring(ctx: &mut Ctx<'_>, samples: u32) -> anyhow::Result<i32>
             node_id: member.node_id.clone(),
             state: member.state,
             weight: member.weight,
+            zone: member.zone.clone(),
             vnodes: vnodes(member),
             primary_share: share(*primary, samples),
             replica_share: share(*replica, samples),
@@ -185,6 +213,7 @@ pub(super) async fn ring(ctx: &mut Ctx<'_>, samples: u32) -> anyhow::Result<i32>
         replicas_per_key: ring.replication(),
         vnodes_per_weight: topology.vnodes_per_weight(),
         samples,
+        zones: zone_report(&ring, &topology),
         nodes,
         not_in_ring: topology
             .members()
@@ -217,6 +246,8 @@ struct LocatedNode {
     node_id: String,
     #[serde(serialize_with = "state_name")]
     state: NodeState,
+    /// `null` when it has none.
+    zone: Option<String>,
     /// `primary`, `replica N`, or `not a replica` (a stray copy).
     role: String,
     replica_index: Option<usize>,
@@ -244,6 +275,9 @@ struct Located {
     slot: u16,
     hash_tag: Option<String>,
     replicas: Vec<String>,
+    /// The replicas' zones, in replica order (`null`: none); empty when no ring member has a
+    /// zone.
+    replica_zones: Vec<Option<String>>,
     replication_factor: u32,
     topology_digest: String,
     newest_version: Option<u64>,
@@ -267,15 +301,47 @@ impl View for Located {
                 "replicas",
                 if self.replicas.is_empty() {
                     "none (empty ring)".to_owned()
-                } else {
+                } else if self.replica_zones.is_empty() {
                     format!("{} (R={})", self.replicas.join(", "), self.replicas.len())
+                } else {
+                    let mut zones: Vec<&str> = self
+                        .replica_zones
+                        .iter()
+                        .map(|z| z.as_deref().unwrap_or(super::zones::UNNAMED))
+                        .collect();
+                    let named: Vec<String> = self
+                        .replicas
+                        .iter()
+                        .zip(&zones)
+                        .map(|(id, zone)| format!("{id} [{zone}]"))
+                        .collect();
+                    zones.sort_unstable();
+                    zones.dedup();
+                    format!(
+                        "{} (R={}, {} zones)",
+                        named.join(", "),
+                        self.replicas.len(),
+                        zones.len()
+                    )
                 },
             ),
         ]);
         text.push('\n');
-        let mut table = Table::new(&["NODE", "ROLE", "HOLDS", "VERSION", "EXPIRES", "NOTE"]);
+        let zoned = !self.replica_zones.is_empty();
+        let mut headers = vec!["NODE"];
+        if zoned {
+            headers.push("ZONE");
+        }
+        headers.extend(["ROLE", "HOLDS", "VERSION", "EXPIRES", "NOTE"]);
+        let mut table = Table::new(&headers);
         for node in &self.nodes {
-            let mut cells = vec![Cell::text(&node.node_id), Cell::text(&node.role)];
+            let mut cells = vec![Cell::text(&node.node_id)];
+            if zoned {
+                cells.push(Cell::text(
+                    node.zone.as_deref().unwrap_or(super::zones::UNNAMED),
+                ));
+            }
+            cells.push(Cell::text(&node.role));
             match node.holds {
                 Some(holds) => {
                     let held = Cell::text(holds);
@@ -335,6 +401,14 @@ pub(super) async fn locate(ctx: &mut Ctx<'_>, key: String) -> anyhow::Result<i32
         .iter()
         .map(str::to_owned)
         .collect();
+    let replica_zones: Vec<Option<String>> = if ring.is_zoned() {
+        ring.replicas(&key_bytes)
+            .zones()
+            .map(|z| z.map(str::to_owned))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let slot = key_slot(&key_bytes);
     let tagged = hash_tag(&key_bytes).len() != key_bytes.len();
 
@@ -405,6 +479,7 @@ pub(super) async fn locate(ctx: &mut Ctx<'_>, key: String) -> anyhow::Result<i32
         nodes.push(LocatedNode {
             node_id: member.node_id.clone(),
             state: member.state,
+            zone: member.zone.clone(),
             role,
             replica_index: position,
             reachable: ok.is_some(),
@@ -430,6 +505,7 @@ pub(super) async fn locate(ctx: &mut Ctx<'_>, key: String) -> anyhow::Result<i32
         slot,
         hash_tag: tagged.then(|| String::from_utf8_lossy(hash_tag(&key_bytes)).into_owned()),
         replicas,
+        replica_zones,
         replication_factor: topology.replication_factor(),
         topology_digest: fmt::hex(topology.digest()),
         newest_version: newest,

@@ -40,17 +40,31 @@ impl View for Watched {
             self.replication_factor,
             self.vnodes_per_weight,
         ));
-        let mut table = Table::new(&["NODE", "STATE", "INC", "WEIGHT", "GRPC", "GOSSIP", "HTTP"]);
+        let zoned = self.members.iter().any(|m| m.zone.is_some());
+        let mut headers = vec!["NODE", "STATE", "INC", "WEIGHT"];
+        if zoned {
+            headers.push("ZONE");
+        }
+        headers.extend(["GRPC", "GOSSIP", "HTTP"]);
+        let mut table = Table::new(&headers);
         for member in &self.members {
-            table.row(vec![
+            let mut row = vec![
                 Cell::text(&member.node_id),
                 Cell::text(member.state.as_str()).color(state_color(member.state)),
                 Cell::num(member.incarnation),
                 Cell::num(member.weight),
+            ];
+            if zoned {
+                row.push(Cell::text(
+                    member.zone.as_deref().unwrap_or(super::zones::UNNAMED),
+                ));
+            }
+            row.extend([
                 Cell::text(&member.grpc_addr),
                 Cell::text(&member.gossip_addr),
                 Cell::text(&member.http_addr),
             ]);
+            table.row(row);
         }
         text.push_str(&table.render(color));
         Human::text(text)

@@ -76,6 +76,7 @@ fn topology() -> Topology {
             http_addr: "member-1:7381".to_owned(),
             cluster_addr: String::new(),
             resp_addr: String::new(),
+            zone: None,
         }],
         1,
         16,

@@ -1843,6 +1843,12 @@ pub struct Member {
     /// topology digest.
     #[prost(string, tag = "9")]
     pub resp_addr: ::prost::alloc::string::String,
+    /// Its zone (failure domain), empty when it has none: 1 to 64 bytes of letters, digits, '.',
+    /// '\_' and '-'. Placement spreads each key's copies over zones, so it is part of the topology
+    /// digest (only when set: the digest of a topology without zones is unchanged). A client that
+    /// predates zones cannot match the digest of a zoned topology and keeps the one it has.
+    #[prost(string, tag = "10")]
+    pub zone: ::prost::alloc::string::String,
 }
 /// GetTopologyRequest has no fields.
 #[allow(clippy::all)]
@@ -3559,9 +3565,13 @@ pub struct StreamEntriesRequest {
     /// field sends every slot, which is correct but repeats data.
     #[prost(uint32, repeated, tag = "6")]
     pub slots: ::prost::alloc::vec::Vec<u32>,
+    /// The target's zone when `assume_target_in_ring` is set (empty: none), so the replica sets
+    /// are the ones the target will have in its zone. Checked like a member's zone.
+    #[prost(string, tag = "7")]
+    pub target_zone: ::prost::alloc::string::String,
     /// Only entries (and tombstones) whose version is above this one (0: all): a node restarted
     /// from a snapshot asks only for what changed since the snapshot was taken.
-    #[prost(uint64, tag = "7")]
+    #[prost(uint64, tag = "8")]
     pub since_version: u64,
 }
 /// EntryBatch is one chunk of a StreamEntries answer.

@@ -104,6 +104,10 @@ fn check_stream_request(request: &v1::StreamEntriesRequest) -> Result<(), Status
             request.target_weight
         )));
     }
+    if !request.target_zone.is_empty() {
+        ringcache_proto::topology::check_zone(&request.target_zone)
+            .map_err(|e| Status::invalid_argument(format!("target_zone: {e}")))?;
+    }
     if let Some(slot) = request.slots.iter().find(|&&s| s >= u32::from(SLOTS)) {
         return Err(Status::invalid_argument(format!(
             "slots: {slot} is not a hash slot (0..{SLOTS})"
@@ -123,8 +127,13 @@ impl ScanRing {
     fn new(view: Arc<ClusterView>, request: &v1::StreamEntriesRequest) -> Result<Self, Status> {
         let assumed = if request.assume_target_in_ring {
             Some(
-                crate::rebalance::ring_with(&view, &request.target_node_id, request.target_weight)
-                    .map_err(|e| Status::invalid_argument(format!("target_weight: {e}")))?,
+                crate::rebalance::ring_with(
+                    &view,
+                    &request.target_node_id,
+                    request.target_weight,
+                    (!request.target_zone.is_empty()).then_some(request.target_zone.as_str()),
+                )
+                .map_err(|e| Status::invalid_argument(format!("target_weight: {e}")))?,
             )
         } else {
             None

@@ -185,6 +185,9 @@ pub(crate) enum CodecError {
     /// Metadata with weight 0.
     #[error("metadata weight is 0")]
     ZeroWeight,
+    /// A zone that is not 1 to 64 bytes of `[A-Za-z0-9._-]`.
+    #[error("invalid zone")]
+    InvalidZone,
 }
 
 /// foca's postcard codec plus the node id rules (see the module docs).
@@ -259,7 +262,9 @@ impl Codec<NodeIdentity> for GossipCodec {
 }
 
 /// The wire form of a metadata record (a compatibility promise: append fields only with a new
-/// wire version).
+/// wire version). A node's zone, when it has one, follows the record as a postcard string;
+/// a record without a zone is exactly what builds before zones send, and those builds refuse
+/// a zoned record (trailing bytes), so they never admit a zoned member.
 #[derive(Serialize, Deserialize)]
 struct WireMeta<S> {
     node_id: NodeId,
@@ -314,6 +319,7 @@ pub(crate) fn meta_record_len_bound(meta: &NodeMeta) -> usize {
         + VARINT_U32
         + 1
         + 3 * VARINT_U32
+        + meta.zone.as_ref().map_or(0, |zone| VARINT_LEN + zone.len())
 }
 
 /// Encodes a metadata record (the body of a broadcast or a push).
@@ -332,15 +338,28 @@ pub(crate) fn encode_meta_record(record: &MetaRecord) -> Result<Vec<u8>, CodecEr
         vnodes: record.meta.settings.vnodes,
         placement_version: record.meta.settings.placement_version,
     };
-    Ok(postcard::to_allocvec(&wire)?)
+    let mut bytes = postcard::to_allocvec(&wire)?;
+    if let Some(zone) = &record.meta.zone {
+        bytes.extend(postcard::to_allocvec(zone.as_str())?);
+    }
+    Ok(bytes)
 }
 
-/// Decodes exactly one metadata record and checks it.
+/// Decodes exactly one metadata record (with its zone, when one follows) and checks it.
 pub(crate) fn decode_meta_record(data: &[u8]) -> Result<MetaRecord, CodecError> {
     let (wire, rest): (WireMeta<String>, _) = postcard::take_from_bytes(data)?;
-    if !rest.is_empty() {
-        return Err(CodecError::TrailingBytes);
-    }
+    let zone = if rest.is_empty() {
+        None
+    } else {
+        let (zone, rest): (String, _) = postcard::take_from_bytes(rest)?;
+        if !rest.is_empty() {
+            return Err(CodecError::TrailingBytes);
+        }
+        if ringcache_proto::topology::check_zone(&zone).is_err() {
+            return Err(CodecError::InvalidZone);
+        }
+        Some(zone)
+    };
     if wire.node_id.is_placeholder() {
         return Err(CodecError::EmptyNodeId);
     }
@@ -363,6 +382,7 @@ pub(crate) fn decode_meta_record(data: &[u8]) -> Result<MetaRecord, CodecError> 
                 vnodes: wire.vnodes,
                 placement_version: wire.placement_version,
             },
+            zone,
         },
     })
 }
@@ -530,6 +550,7 @@ mod tests {
                 Just(MetaState::Leaving),
                 Just(MetaState::Restarting)
             ],
+            prop_oneof![Just(None), "[A-Za-z0-9._-]{1,64}".prop_map(Some)],
         )
             .prop_map(
                 |(
@@ -539,6 +560,7 @@ mod tests {
                     (grpc_addr, http_addr, cluster_addr),
                     weight,
                     state,
+                    zone,
                 )| {
                     MetaRecord {
                         node_id: NodeId::new(&node_id).unwrap(),
@@ -556,6 +578,7 @@ mod tests {
                                 vnodes: weight,
                                 placement_version: u32::MAX - weight,
                             },
+                            zone,
                         },
                     }
                 },
@@ -579,6 +602,82 @@ mod tests {
             let _ = GossipCodec::new(NodeId::new("me").unwrap()).decode_header(&body[..]);
             let _ = split_frame(&body, 128);
         }
+    }
+
+    fn plain_record() -> MetaRecord {
+        MetaRecord {
+            node_id: NodeId::new("n1").unwrap(),
+            incarnation: 5,
+            meta_version: 2,
+            meta: NodeMeta {
+                grpc_addr: "h:1".into(),
+                http_addr: "h:2".into(),
+                cluster_addr: "h:3".into(),
+                resp_addr: String::new(),
+                weight: 1,
+                state: MetaState::Active,
+                settings: ClusterSettings {
+                    replication_factor: 3,
+                    vnodes: 256,
+                    placement_version: 2,
+                },
+                zone: None,
+            },
+        }
+    }
+
+    /// The record of a node without a zone, as builds before zones encode it.
+    const PLAIN_RECORD: &[u8] = &[
+        2, b'n', b'1', // node id
+        5, 2, // incarnation, meta version
+        3, b'h', b':', b'1', // grpc
+        3, b'h', b':', b'2', // http
+        3, b'h', b':', b'3', // cluster
+        1, 2, // weight, state (active)
+        0, // resp (none)
+        3, 0x80, 0x02, 2, // R, vnodes (varint 256), placement version
+    ];
+
+    #[test]
+    fn a_record_without_a_zone_is_byte_identical_to_before_zones() {
+        let record = plain_record();
+        assert_eq!(encode_meta_record(&record).unwrap(), PLAIN_RECORD);
+        assert_eq!(decode_meta_record(PLAIN_RECORD).unwrap(), record);
+    }
+
+    #[test]
+    fn a_zone_follows_the_record_and_nothing_else_may() {
+        let mut record = plain_record();
+        record.meta.zone = Some("az1".into());
+        record.meta.settings.placement_version = 3;
+        let bytes = encode_meta_record(&record).unwrap();
+        let mut want = PLAIN_RECORD.to_vec();
+        *want.last_mut().unwrap() = 3;
+        want.extend([3, b'a', b'z', b'1']);
+        assert_eq!(bytes, want);
+        assert!(bytes.len() <= meta_record_len_bound(&record.meta));
+        assert_eq!(decode_meta_record(&bytes).unwrap(), record);
+        // Anything after the zone is still an error; so is a zone that is not valid, or a
+        // truncated one.
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(
+            decode_meta_record(&longer),
+            Err(CodecError::TrailingBytes)
+        ));
+        let mut empty_zone = PLAIN_RECORD.to_vec();
+        empty_zone.push(0);
+        assert!(matches!(
+            decode_meta_record(&empty_zone),
+            Err(CodecError::InvalidZone)
+        ));
+        let mut bad_zone = PLAIN_RECORD.to_vec();
+        bad_zone.extend([3, b'a', b' ', b'b']);
+        assert!(matches!(
+            decode_meta_record(&bad_zone),
+            Err(CodecError::InvalidZone)
+        ));
+        assert!(decode_meta_record(&bytes[..bytes.len() - 1]).is_err());
     }
 
     #[test]

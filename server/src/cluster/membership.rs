@@ -1577,5 +1577,6 @@ fn member_of(identity: &NodeIdentity, meta: &NodeMeta, state: NodeState) -> Memb
         http_addr: meta.http_addr.clone(),
         cluster_addr: meta.cluster_addr.clone(),
         resp_addr: meta.resp_addr.clone(),
+        zone: meta.zone.clone(),
     }
 }

@@ -68,25 +68,32 @@ pub struct NodeMeta {
     pub state: MetaState,
     /// The settings every member must share.
     pub settings: ClusterSettings,
+    /// Its zone (failure domain), `None` for none: placement spreads each key's copies over
+    /// zones. Checked with `ringcache_proto::topology::check_zone`.
+    pub zone: Option<String>,
 }
 
 /// The settings that decide placement, which every member of a cluster must share: nodes that
 /// differ would place keys differently. A member whose settings differ from this node's is
-/// refused (`membership.rs`): never admitted to its view, so never to its ring.
+/// refused (`membership.rs`): never admitted to its view, so never to its ring. Placement
+/// versions need not be equal, only compatible
+/// (`ringcache_proto::placement::placement_versions_compatible`): a node with a zone
+/// advertises 3, one without 2, and builds that know zones place both alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct ClusterSettings {
     /// Copies of each key (R).
     pub replication_factor: u32,
     /// Virtual nodes per unit of weight.
     pub vnodes: u32,
-    /// `ringcache_proto::placement::PLACEMENT_VERSION` of the node's build: the hash-slot scheme
-    /// and the ring's placement rule.
+    /// The placement version the node advertises (`ringcache_proto::placement::placement_version`):
+    /// the hash-slot scheme and the ring's placement rule of its build, 3 when it has a zone.
     pub placement_version: u32,
 }
 
 impl ClusterSettings {
     /// What differs in `other` from `self`, one clause per setting ("replication_factor 2,
-    /// this node's 3"); `None` when they agree.
+    /// this node's 3"); `None` when they agree. R and vnodes must be equal; placement versions
+    /// compatible (2 and 3 are: see the type's docs).
     pub fn difference(&self, other: &ClusterSettings) -> Option<String> {
         let mut clauses = Vec::new();
         for (name, ours, theirs) in [
@@ -96,25 +103,35 @@ impl ClusterSettings {
                 other.replication_factor,
             ),
             ("vnodes", self.vnodes, other.vnodes),
-            (
-                "placement_version",
-                self.placement_version,
-                other.placement_version,
-            ),
         ] {
             if ours != theirs {
                 clauses.push(format!("{name} {theirs}, this node's {ours}"));
             }
+        }
+        if !ringcache_proto::placement::placement_versions_compatible(
+            self.placement_version,
+            other.placement_version,
+        ) {
+            clauses.push(format!(
+                "placement_version {}, this node's {}",
+                other.placement_version, self.placement_version
+            ));
         }
         (!clauses.is_empty()).then(|| clauses.join("; "))
     }
 }
 
 impl NodeMeta {
-    /// Checks what the cluster cannot accept: weight 0, or a record over [`MAX_META_BYTES`].
+    /// Checks what the cluster cannot accept: weight 0, an invalid zone, or a record over
+    /// [`MAX_META_BYTES`].
     pub fn validate(&self) -> Result<(), MetaError> {
         if self.weight == 0 {
             return Err(MetaError::ZeroWeight);
+        }
+        if let Some(zone) = &self.zone
+            && ringcache_proto::topology::check_zone(zone).is_err()
+        {
+            return Err(MetaError::InvalidZone);
         }
         // The record adds the node id and two varints; bound it with the longest id.
         let len = codec::meta_record_len_bound(self);
@@ -131,6 +148,9 @@ pub enum MetaError {
     /// The weight was 0; a member needs weight ≥ 1 to own ranges.
     #[error("weight must be at least 1")]
     ZeroWeight,
+    /// The zone is not 1 to 64 bytes of `[A-Za-z0-9._-]`.
+    #[error("zone must be 1 to 64 bytes of letters, digits, '.', '_' and '-'")]
+    InvalidZone,
     /// The encoded record would be `len` bytes, over [`MAX_META_BYTES`].
     #[error("metadata record would be {len} bytes, more than 512")]
     TooLarge {
@@ -305,6 +325,7 @@ mod tests {
             weight: 1,
             state,
             settings: ClusterSettings::default(),
+            zone: None,
         }
     }
 
@@ -395,5 +416,45 @@ mod tests {
         let mut m = meta(1, MetaState::Active);
         m.grpc_addr = "x".repeat(400);
         assert!(matches!(m.validate(), Err(MetaError::TooLarge { .. })));
+        let mut m = meta(1, MetaState::Active);
+        m.zone = Some("eu-west-1a".into());
+        assert_eq!(m.validate(), Ok(()));
+        m.zone = Some("no spaces".into());
+        assert_eq!(m.validate(), Err(MetaError::InvalidZone));
+        m.zone = Some(String::new());
+        assert_eq!(m.validate(), Err(MetaError::InvalidZone));
+    }
+
+    #[test]
+    fn placement_versions_2_and_3_agree_and_r_and_vnodes_must_be_equal() {
+        let settings = |r, vnodes, version| ClusterSettings {
+            replication_factor: r,
+            vnodes,
+            placement_version: version,
+        };
+        let plain = settings(3, 256, 2);
+        let zoned = settings(3, 256, 3);
+        assert_eq!(plain.difference(&zoned), None, "a zoned node is admitted");
+        assert_eq!(zoned.difference(&plain), None, "and admits zone-less ones");
+        assert_eq!(zoned.difference(&zoned), None);
+        assert_eq!(
+            plain.difference(&settings(3, 256, 1)).as_deref(),
+            Some("placement_version 1, this node's 2")
+        );
+        assert_eq!(
+            zoned.difference(&settings(3, 256, 4)).as_deref(),
+            Some("placement_version 4, this node's 3")
+        );
+        assert_eq!(
+            zoned.difference(&settings(2, 256, 2)).as_deref(),
+            Some("replication_factor 2, this node's 3")
+        );
+        assert_eq!(
+            plain.difference(&settings(3, 128, 1)).as_deref(),
+            Some("vnodes 128, this node's 256; placement_version 1, this node's 2")
+        );
+        // What a build of this version advertises.
+        assert_eq!(ringcache_proto::placement::placement_version(false), 2);
+        assert_eq!(ringcache_proto::placement::placement_version(true), 3);
     }
 }

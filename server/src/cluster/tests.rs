@@ -42,6 +42,7 @@ fn meta_for(index: usize, state: MetaState) -> NodeMeta {
         weight: 1 + index as u32,
         state,
         settings: ClusterSettings::default(),
+        zone: None,
     }
 }
 
@@ -357,6 +358,7 @@ impl Sim {
                     http_addr: meta.http_addr.clone(),
                     cluster_addr: meta.cluster_addr.clone(),
                     resp_addr: meta.resp_addr.clone(),
+                    zone: meta.zone.clone(),
                 }
             })
             .collect();
