@@ -16,7 +16,13 @@ pub const MAX_DEV_NODES: u8 = 32;
 
 /// Removes `--dev-cluster N` / `--dev-cluster=N` and the flags each child sets itself.
 fn passthrough(args: &[String]) -> Vec<String> {
-    let own = ["--dev-cluster", "--bind", "--node-id", "--seeds"];
+    let own = [
+        "--dev-cluster",
+        "--bind",
+        "--node-id",
+        "--seeds",
+        "--data-dir",
+    ];
     let mut out = Vec::new();
     let mut skip_value = false;
     for arg in args {
@@ -76,8 +82,25 @@ fn resp_port(args: &[String]) -> u16 {
     )
 }
 
-/// The arguments of child `i` (1-based).
-fn child_args(i: u8, passthrough: &[String]) -> Vec<String> {
+/// The data directory given to the dev cluster (`--data-dir D` / `--data-dir=D`, else
+/// `RINGCACHE_DATA_DIR`), if any: each child keeps its snapshot in its own subdirectory.
+fn data_dir(args: &[String]) -> Option<String> {
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if arg == "--data-dir" {
+            return iter.next().cloned();
+        }
+        if let Some(dir) = arg.strip_prefix("--data-dir=") {
+            return Some(dir.to_owned());
+        }
+    }
+    std::env::var("RINGCACHE_DATA_DIR")
+        .ok()
+        .filter(|dir| !dir.is_empty())
+}
+
+/// The arguments of child `i` (1-based); `data_dir` is the dev cluster's data directory.
+fn child_args(i: u8, passthrough: &[String], data_dir: Option<&str>) -> Vec<String> {
     let mut args = passthrough.to_vec();
     args.extend([
         "--bind".to_owned(),
@@ -85,6 +108,10 @@ fn child_args(i: u8, passthrough: &[String]) -> Vec<String> {
         "--node-id".to_owned(),
         format!("dev-{i}"),
     ]);
+    if let Some(dir) = data_dir {
+        let own = std::path::Path::new(dir).join(format!("dev-{i}"));
+        args.extend(["--data-dir".to_owned(), own.display().to_string()]);
+    }
     if i > 1 {
         let port = gossip_port(passthrough);
         args.extend(["--seeds".to_owned(), format!("127.0.0.1:{port}")]);
@@ -103,10 +130,11 @@ pub async fn run(
     }
     let exe = std::env::current_exe().context("cannot find the ringcached executable")?;
     let passthrough = passthrough(args);
+    let data_dir = data_dir(args);
     let mut children: Vec<(u8, Child)> = Vec::new();
     for i in 1..=nodes {
         let child = Command::new(&exe)
-            .args(child_args(i, &passthrough))
+            .args(child_args(i, &passthrough, data_dir.as_deref()))
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -196,7 +224,7 @@ mod tests {
         let rest = passthrough(&args);
         assert_eq!(rest, ["--max-memory", "64MiB"]);
         assert_eq!(
-            child_args(1, &rest),
+            child_args(1, &rest, None),
             [
                 "--max-memory",
                 "64MiB",
@@ -207,7 +235,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            child_args(2, &rest)[6..],
+            child_args(2, &rest, None)[6..],
             ["--seeds".to_owned(), "127.0.0.1:7380".to_owned()]
         );
         let custom: Vec<String> = ["--gossip-port", "9999"]
@@ -215,8 +243,38 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         assert!(
-            child_args(3, &custom).ends_with(&["--seeds".to_owned(), "127.0.0.1:9999".to_owned()])
+            child_args(3, &custom, None)
+                .ends_with(&["--seeds".to_owned(), "127.0.0.1:9999".to_owned()])
         );
+    }
+
+    #[test]
+    fn every_child_keeps_its_snapshot_in_its_own_directory() {
+        let strings = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let args = strings(&[
+            "--dev-cluster",
+            "3",
+            "--data-dir",
+            "/tmp/rc",
+            "--workers",
+            "1",
+        ]);
+        let rest = passthrough(&args);
+        assert_eq!(rest, ["--workers", "1"]);
+        let dir = data_dir(&args);
+        assert_eq!(dir.as_deref(), Some("/tmp/rc"));
+        let child = child_args(2, &rest, dir.as_deref());
+        assert!(
+            child
+                .windows(2)
+                .any(|w| w == strings(&["--data-dir", "/tmp/rc/dev-2"]).as_slice()),
+            "{child:?}"
+        );
+        assert_eq!(
+            data_dir(&strings(&["--data-dir=/var/x"])).as_deref(),
+            Some("/var/x")
+        );
+        assert!(!child_args(1, &rest, None).contains(&"--data-dir".to_owned()));
     }
 
     #[test]
@@ -230,6 +288,6 @@ mod tests {
         assert_eq!(resp_port(&strings(&["--resp-port=0"])), 0);
         // The flag is passed on: each child binds it on its own 127.0.0.i.
         let rest = passthrough(&strings(&["--dev-cluster", "2", "--resp-port=7000"]));
-        assert_eq!(child_args(2, &rest)[0], "--resp-port=7000");
+        assert_eq!(child_args(2, &rest, None)[0], "--resp-port=7000");
     }
 }
