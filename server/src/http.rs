@@ -39,7 +39,12 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         node.readiness().is_ok(),
     );
     node.metrics().collect_process();
-    node.metrics().set_rebalance(&node.rebalance().to_wire());
+    node.metrics().set_rebalance(
+        &node.rebalance().to_wire(),
+        node.rebalance()
+            .stream_bytes_sent
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
     node.metrics().set_anti_entropy(node.anti_entropy());
     let connections = node.connections();
     node.metrics().set_connections(

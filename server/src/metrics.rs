@@ -238,6 +238,7 @@ pub struct Metrics {
     /// Anti-entropy keys: pulled, pushed.
     anti_entropy_keys: [Counter; 2],
     rebalance_bytes_sent: Counter,
+    rebalance_stream_bytes_sent: Counter,
     rebalance_keys_received: Counter,
     rebalance_failures: Counter,
     rebalance_passes: Counter,
@@ -729,6 +730,12 @@ impl Metrics {
         );
         describe(
             &recorder,
+            "ringcache_rebalance_stream_bytes_sent_total",
+            Unit::Bytes,
+            "Key and value bytes sent in answers to other nodes' pulls (a joiner, or a node back from a restart catching up)",
+        );
+        describe(
+            &recorder,
             "ringcache_rebalance_keys_received_total",
             Unit::Count,
             "Entries pulled by this node when it joined",
@@ -820,6 +827,10 @@ impl Metrics {
                 )
             }),
             rebalance_bytes_sent: counter("ringcache_rebalance_bytes_sent_total", vec![]),
+            rebalance_stream_bytes_sent: counter(
+                "ringcache_rebalance_stream_bytes_sent_total",
+                vec![],
+            ),
             rebalance_keys_received: counter("ringcache_rebalance_keys_received_total", vec![]),
             rebalance_failures: counter("ringcache_rebalance_failures_total", vec![]),
             rebalance_passes: counter("ringcache_rebalance_passes_total", vec![]),
@@ -936,10 +947,15 @@ impl Metrics {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Copies in the data-movement counters.
-    pub fn set_rebalance(&self, status: &ringcache_proto::v1::RebalanceStatusResponse) {
+    /// Copies in the data-movement counters (and the bytes served to other nodes' pulls).
+    pub fn set_rebalance(
+        &self,
+        status: &ringcache_proto::v1::RebalanceStatusResponse,
+        stream_bytes_sent: u64,
+    ) {
         self.rebalance_keys_sent.absolute(status.keys_sent);
         self.rebalance_bytes_sent.absolute(status.bytes_sent);
+        self.rebalance_stream_bytes_sent.absolute(stream_bytes_sent);
         self.rebalance_keys_received.absolute(status.keys_received);
         self.rebalance_failures.absolute(status.failures);
         self.rebalance_passes.absolute(status.passes);
