@@ -9,7 +9,7 @@ use ringcache_proto::placement::Ring;
 use ringcache_proto::topology::{Member, NodeState, Topology};
 use ringcache_proto::v1::{self, cache_client::CacheClient};
 use ringcache_server::Config;
-use ringcache_tests::{TestCluster, TestNode, patient, wait_until};
+use ringcache_tests::{DataDir, TestCluster, TestNode, patient, wait_until};
 use serde_json::Value;
 
 /// Generous bound: failure detection here takes ~0.5 s (100 ms probes, 400 ms suspicion).
@@ -714,6 +714,60 @@ async fn drain_hands_off_and_the_node_leaves() {
         .json();
     assert_eq!(ring["nodes"].as_array().unwrap().len(), 2, "{ring}");
     assert_eq!(ctl(&addr, &["get", "key7"]).await.ok(), "v");
+}
+
+#[tokio::test]
+async fn drain_restart_stops_the_node_and_the_cluster_keeps_its_ranges() {
+    let dirs: Vec<DataDir> = (0..3).map(|_| DataDir::new()).collect();
+    let mut cluster = TestCluster::start_converged(3, CONVERGE, |i, config| {
+        patient(i, config);
+        // n2 has none: it refuses to stop for a restart.
+        if i != 2 {
+            config.snapshot.data_dir = Some(dirs[i - 1].path().to_path_buf());
+        }
+    })
+    .await;
+    let addr = cluster.nodes[0].grpc_target();
+    for i in 0..20 {
+        ctl(&addr, &["set", &format!("key{i}"), "v"]).await.ok();
+    }
+    let stopped = ctl(
+        &addr,
+        &[
+            "-o",
+            "json",
+            "drain",
+            "--restart",
+            "n3",
+            "--timeout-drain",
+            "60s",
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(stopped["stopped"], true, "{stopped}");
+    assert_eq!(stopped["keys_held"], 20, "{stopped}");
+    cluster.take("n3").wait_stopped().await.unwrap();
+    assert!(
+        dirs[2].path().join("snapshot.rcs").exists(),
+        "the node wrote its snapshot"
+    );
+    // Still in the ring, shown restarting.
+    let ring = ctl(&addr, &["-o", "json", "ring", "--samples", "1000"])
+        .await
+        .json();
+    assert_eq!(ring["nodes"].as_array().unwrap().len(), 3, "{ring}");
+    let status = ctl(&addr, &["status"]).await.text();
+    assert!(status.contains("restarting"), "{status}");
+    assert_eq!(ctl(&addr, &["get", "key7"]).await.ok(), "v");
+    // A node without a data directory refuses, and says why.
+    let refused = ctl(&addr, &["drain", "--restart", "n2"]).await;
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("no data directory"),
+        "{}",
+        refused.stderr
+    );
 }
 
 #[tokio::test]

@@ -950,14 +950,15 @@ pub(super) async fn drain_for_restart(
     if member.state.is_gone() {
         bail!("{node_id} is {}: there is nothing to restart", member.state);
     }
-    let mut observers = Vec::new();
+    // Another member tells when the cluster shows it restarting.
+    let mut observer = None;
     for other in topology
         .members()
         .iter()
         .filter(|m| m.node_id != node_id && m.state == NodeState::Active)
     {
         if let Ok(conn) = ctx.dial.connect(&other.grpc_addr).await {
-            observers.push(conn);
+            observer = Some(conn);
             break;
         }
     }
@@ -969,7 +970,7 @@ pub(super) async fn drain_for_restart(
     let mut error = None;
     loop {
         let stopped = target.node_info().await.is_err();
-        let shown = match observers.first() {
+        let shown = match &observer {
             Some(observer) => observer.topology().await.ok().is_some_and(|topology| {
                 topology
                     .member(node_id)
