@@ -2,8 +2,9 @@
 //! parses; every flag, `RINGCACHE_*` variable and config key they use is one the binary knows;
 //! each deployment's exact settings start a real node (addresses moved to 127.0.0.1, ports to 0,
 //! no seeds); ports, probes and seeds name the right port for their purpose; the Kubernetes
-//! objects select each other; grace periods cover a graceful leave; memory limits follow
-//! `max_memory`; the container health check passes on a live node and fails on a dead one; and
+//! objects select each other; grace periods cover a graceful stop (the snapshot included);
+//! memory limits follow `max_memory`; where the node keeps a snapshot (`data_dir`) it is on a
+//! volume of its own and SIGTERM keeps the node warm (`shutdown_mode = "restart"`); the container health check passes on a live node and fails on a dead one; and
 //! the Grafana dashboard queries only metrics and labels a node exports.
 //!
 //! Nothing here runs Docker, Kubernetes or systemd: the files are parsed and their settings are
@@ -42,6 +43,11 @@ const RESP_PORT: u16 = 6479;
 const DEFAULT_SHUTDOWN_TIMEOUT: &str = "10s";
 const DEFAULT_LEAVE_TIMEOUT: &str = "5m";
 const GOSSIP_LEAVE: Duration = Duration::from_secs(5);
+/// The disk speed the deployments budget for the snapshot a stop writes (unthrottled): about a
+/// network disk's or a slow SSD's sequential write speed, in bytes per second.
+const SNAPSHOT_WRITE_BYTES_PER_SEC: u64 = 300_000_000;
+/// Where every deployment keeps the node's snapshot (Kubernetes volume, systemd StateDirectory).
+const DATA_DIR: &str = "/var/lib/ringcache";
 
 /// Environment variables of other programs that deploy files may name.
 const OTHER_RINGCACHE_VARS: [&str; 1] = ["RINGCACHE_CLUSTER"]; // ringctl --cluster
@@ -268,11 +274,29 @@ impl Launch {
             .as_u64()
     }
 
-    /// The time a graceful stop may take: in-flight requests, hand-off, gossip leave.
+    /// The time a graceful stop may take: in-flight requests, the snapshot (with a data dir;
+    /// written in either shutdown mode), the hand-off (with `handoff`, or when the snapshot
+    /// failed), the gossip leave.
     fn graceful_stop(&self) -> Duration {
         self.duration("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT)
+            + self.snapshot_write()
             + self.duration("leave_timeout", DEFAULT_LEAVE_TIMEOUT)
             + GOSSIP_LEAVE
+    }
+
+    /// The time the stop's snapshot may take: `max_memory` at [`SNAPSHOT_WRITE_BYTES_PER_SEC`],
+    /// rounded up to a second; nothing without a data dir.
+    fn snapshot_write(&self) -> Duration {
+        if self.setting("data_dir").is_none() {
+            return Duration::ZERO;
+        }
+        Duration::from_secs(self.max_memory().div_ceil(SNAPSHOT_WRITE_BYTES_PER_SEC))
+    }
+
+    /// `shutdown_mode` as the node resolves it (`handoff` by default).
+    fn shutdown_mode(&self) -> String {
+        self.setting("shutdown_mode")
+            .unwrap_or_else(|| "handoff".to_owned())
     }
 
     /// `seeds` as `host:port` strings.
@@ -479,6 +503,8 @@ struct Expect {
     cluster_domain: String,
     /// The memory limit is max_memory x 1.3 + 128Mi rounded up to a MiB (not set by hand).
     computed_memory: bool,
+    /// Each pod has a data volume (a volumeClaimTemplate) for its snapshot.
+    persistence: bool,
 }
 
 impl Manifests {
@@ -513,6 +539,7 @@ fn static_k8s() -> Manifests {
             resp: true,
             cluster_domain: "cluster.local".into(),
             computed_memory: true,
+            persistence: true,
         },
     }
 }
@@ -889,7 +916,11 @@ fn start_launch(launch: &Launch, tag: &str) -> Result<(Running, String), String>
     }
     for (flag, value) in launch.flags() {
         let value = expand_k8s_vars(&value);
-        if flag == "seeds" || local.contains(&flag.as_str()) || ports.contains(&flag.as_str()) {
+        if flag == "seeds"
+            || flag == "data-dir"
+            || local.contains(&flag.as_str())
+            || ports.contains(&flag.as_str())
+        {
             continue;
         }
         if let Some(file) = fixtures.get(&value) {
@@ -915,6 +946,10 @@ fn start_launch(launch: &Launch, tag: &str) -> Result<(Running, String), String>
     }
     for flag in ports {
         args.push(format!("--{flag}=0"));
+    }
+    // The data dir, in the scratch directory (the flag wins over the config file's).
+    if launch.setting("data_dir").is_some() {
+        args.push(format!("--data-dir={}", scratch.join("data").display()));
     }
     let mut env = launch.env.clone();
     env.remove("RINGCACHE_SEEDS");
@@ -1308,6 +1343,13 @@ fn dockerfile_builds_both_binaries_and_runs_them_unprivileged() {
         .parse()
         .expect("a numeric uid");
     assert_ne!(uid, 0, "runs as root");
+    // The data dir's mount point exists, owned by that user (a new named volume copies it).
+    assert!(
+        runtime.iter().any(|(op, rest)| op == "RUN"
+            && rest.contains(DATA_DIR)
+            && rest.contains(&format!("-o {uid}"))),
+        "the image makes {DATA_DIR}, owned by uid {uid}"
+    );
     for m in k8s_sets() {
         let sts = statefulset(&m);
         assert_eq!(
@@ -1987,6 +2029,107 @@ fn k8s_grace_period_and_memory_follow_the_config() {
     }
 }
 
+#[test]
+fn k8s_pods_keep_their_snapshot_on_a_volume_of_their_own_and_restart_warm() {
+    for m in k8s_sets() {
+        let what = &m.what;
+        let sts = statefulset(&m);
+        let launch = k8s_launch(&m);
+        let container = ringcached_container(&sts);
+        let pod = &sts["spec"]["template"]["spec"];
+        let claims = sts["spec"]["volumeClaimTemplates"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        // Rolling restarts one pod at a time: each waits for the previous one to be ready again.
+        assert_eq!(
+            sts["spec"]["updateStrategy"]["type"], "RollingUpdate",
+            "{what}"
+        );
+        let unavailable = &sts["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"];
+        assert!(
+            unavailable.is_null() || *unavailable == 1,
+            "{what}: maxUnavailable {unavailable}: one pod at a time"
+        );
+        let Some(dir) = launch.setting("data_dir") else {
+            assert!(!m.expect.persistence, "{what}: persistence but no data_dir");
+            assert!(claims.is_empty(), "{what}: a volume claim no data_dir uses");
+            assert_eq!(
+                launch.setting("shutdown_mode").as_deref(),
+                Some("handoff"),
+                "{what}: without a data dir, SIGTERM hands off (and says so)"
+            );
+            continue;
+        };
+        assert!(
+            m.expect.persistence,
+            "{what}: a data_dir without persistence"
+        );
+        assert_eq!(dir, DATA_DIR, "{what}: data_dir");
+        assert_eq!(
+            launch.shutdown_mode(),
+            "restart",
+            "{what}: with a data volume, a rolling update keeps the pods warm"
+        );
+        // A writable mount at exactly data_dir, from a volume claim template (a pod volume such
+        // as an emptyDir goes with the pod a rolling update replaces).
+        let mount = container["volumeMounts"]
+            .as_array()
+            .expect("volumeMounts")
+            .iter()
+            .find(|mount| str_of(&mount["mountPath"], "mountPath").trim_end_matches('/') == dir)
+            .unwrap_or_else(|| panic!("{what}: nothing is mounted at data_dir {dir}"));
+        assert_ne!(mount["readOnly"], true, "{what}: data_dir is read-only");
+        assert!(mount["subPath"].is_null(), "{what}: the whole volume");
+        let name = &mount["name"];
+        assert!(
+            pod["volumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|volume| volume["name"] != *name),
+            "{what}: data_dir is on a pod volume {name}, not a claim of the pod's own"
+        );
+        let claim = claims
+            .iter()
+            .find(|claim| claim["metadata"]["name"] == *name)
+            .unwrap_or_else(|| panic!("{what}: no volumeClaimTemplate {name}"));
+        assert_eq!(
+            claim["spec"]["accessModes"],
+            serde_json::json!(["ReadWriteOnce"]),
+            "{what}"
+        );
+        // Room for a new snapshot beside the previous one: each up to max_memory.
+        let size = binary_size(str_of(
+            &claim["spec"]["resources"]["requests"]["storage"],
+            "storage request",
+        ));
+        assert!(
+            size >= 2 * launch.max_memory(),
+            "{what}: a {size}-byte volume for max_memory {}",
+            launch.max_memory()
+        );
+        // The unprivileged user can write it.
+        let security = &pod["securityContext"];
+        assert!(security["fsGroup"].is_u64(), "{what}: no fsGroup");
+        assert_eq!(
+            security["fsGroup"], security["runAsGroup"],
+            "{what}: the volume's group is the node's"
+        );
+        // The grace period covers the snapshot too (k8s_grace_period_and_memory_follow_the_config
+        // checks the sum).
+        assert!(
+            launch.snapshot_write() > Duration::ZERO,
+            "{what}: the stop writes a snapshot"
+        );
+        // The others keep a restarting pod's ranges long enough for it to be rescheduled.
+        assert!(
+            launch.duration("restart_grace", "60s") >= Duration::from_secs(60),
+            "{what}: restart_grace"
+        );
+    }
+}
+
 // ---- tests: systemd ------------------------------------------------------------------------------
 
 #[test]
@@ -2023,6 +2166,36 @@ fn systemd_unit_is_hardened_and_waits_for_the_leave() {
     );
     let files: u64 = service_value("LimitNOFILE").parse().unwrap();
     assert!(files >= 4096);
+
+    // Warm restarts: the snapshot goes to the unit's state directory, the one place it may
+    // write (DynamicUser implies ProtectSystem=strict; StateDirectory is writable under it).
+    let state = service_value("StateDirectory");
+    assert_eq!(
+        launch.setting("data_dir").as_deref(),
+        Some(format!("/var/lib/{state}").as_str()),
+        "data_dir is the unit's StateDirectory"
+    );
+    assert_eq!(launch.setting("data_dir").as_deref(), Some(DATA_DIR));
+    assert_eq!(
+        launch.shutdown_mode(),
+        "restart",
+        "`systemctl restart` is a warm restart"
+    );
+    assert!(launch.snapshot_write() > Duration::ZERO);
+    for (key, value) in service_values("ReadWritePaths")
+        .iter()
+        .map(|v| ("ReadWritePaths", v))
+        .chain(
+            service_values("ReadOnlyPaths")
+                .iter()
+                .map(|v| ("ReadOnlyPaths", v)),
+        )
+    {
+        assert!(
+            !value.contains(DATA_DIR),
+            "{key}={value}: the state directory is writable as it is"
+        );
+    }
 
     // The sample config names a reachable address (not a wildcard without advertise_addr).
     let bind: std::net::IpAddr = launch.setting("bind").unwrap().parse().unwrap();

@@ -210,6 +210,7 @@ pub(super) fn manifests(
             resp: merged["resp"]["enabled"].as_bool().unwrap(),
             cluster_domain: str_of(&merged["clusterDomain"], "clusterDomain").to_owned(),
             computed_memory: merged["resources"]["memory"] == "",
+            persistence: merged["persistence"]["enabled"].as_bool().unwrap(),
         },
     }
 }
@@ -401,7 +402,38 @@ fn bad_values_are_refused_naming_what_to_change() {
         ),
         (
             json!({"terminationGracePeriodSeconds": 60}),
+            "terminationGracePeriodSeconds 60 is shorter than a graceful stop (shutdownTimeout + the snapshot, maxMemory at 300MB/s (4s) + leaveTimeout + 5s = 319s)",
+        ),
+        (
+            json!({"terminationGracePeriodSeconds": 60, "persistence": {"enabled": false}}),
             "terminationGracePeriodSeconds 60 is shorter than a graceful stop (shutdownTimeout + leaveTimeout + 5s = 315s)",
+        ),
+        // persistence
+        (
+            json!({"persistence": {"enabled": false}, "shutdownMode": "restart"}),
+            "shutdownMode restart needs persistence.enabled",
+        ),
+        (
+            json!({"persistence": {"enabled": false}, "snapshotInterval": "5m"}),
+            "snapshotInterval needs persistence.enabled",
+        ),
+        (
+            json!({"persistence": {"size": "1Gi"}}),
+            "persistence.size 1Gi is below 2 x maxMemory (1GiB)",
+        ),
+        (
+            json!({"persistence": {"size": "3GB"}}),
+            "at '/persistence/size'",
+        ),
+        (json!({"shutdownMode": "drain"}), "at '/shutdownMode'"),
+        (json!({"restartGrace": ""}), "at '/restartGrace'"),
+        (
+            json!({"config": {"data_dir": "/tmp"}}),
+            "config.data_dir is set by the chart itself",
+        ),
+        (
+            json!({"config": {"shutdown_mode": "restart"}}),
+            "config.shutdown_mode is set by the chart itself",
         ),
         (
             json!({"config": {"seeds": ["x:7380"]}}),
@@ -427,19 +459,26 @@ fn bad_values_are_refused_naming_what_to_change() {
 
 #[test]
 fn the_memory_and_grace_period_follow_their_settings() {
+    // Grace: shutdownTimeout + the snapshot (maxMemory at 300MB/s, with persistence) +
+    // leaveTimeout + 5s + 15s.
     let cases = [
-        (json!({"maxMemory": "256MiB"}), "461Mi", 330),
+        (json!({"maxMemory": "256MiB"}), "461Mi", 331),
         (
             json!({"maxMemory": "4GiB", "leaveTimeout": "1m"}),
             "5453Mi",
-            90,
+            105,
         ),
         (
             json!({"maxMemory": "2GB", "shutdownTimeout": "1500ms"}),
             "2608Mi",
-            322,
+            329,
         ),
-        (json!({"resources": {"memory": "2Gi"}}), "2Gi", 330),
+        (json!({"resources": {"memory": "2Gi"}}), "2Gi", 334),
+        (
+            json!({"maxMemory": "4GiB", "persistence": {"enabled": false}}),
+            "5453Mi",
+            330,
+        ),
     ];
     let renders: Vec<Render> = cases
         .iter()
@@ -464,6 +503,118 @@ fn the_memory_and_grace_period_follow_their_settings() {
             sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"], *grace,
             "{values}"
         );
+    }
+}
+
+#[test]
+fn persistence_makes_a_data_volume_per_pod_and_sigterm_a_warm_restart() {
+    // (values, the volume's size, the storage class, shutdown_mode)
+    let cases = [
+        (json!({}), Some("3Gi"), None, "restart"),
+        (json!({"maxMemory": "256MiB"}), Some("1Gi"), None, "restart"),
+        (json!({"maxMemory": "4GiB"}), Some("9Gi"), None, "restart"),
+        (
+            json!({"persistence": {"size": "50Gi", "storageClass": "local-ssd"}}),
+            Some("50Gi"),
+            Some("local-ssd"),
+            "restart",
+        ),
+        (
+            json!({"persistence": {"storageClass": "-"}}),
+            Some("3Gi"),
+            Some(""),
+            "restart",
+        ),
+        (
+            json!({"shutdownMode": "handoff"}),
+            Some("3Gi"),
+            None,
+            "handoff",
+        ),
+        (
+            json!({"persistence": {"enabled": false}}),
+            None,
+            None,
+            "handoff",
+        ),
+        (
+            json!({"persistence": {"enabled": false}, "shutdownMode": "handoff"}),
+            None,
+            None,
+            "handoff",
+        ),
+    ];
+    let renders: Vec<Render> = cases
+        .iter()
+        .map(|(values, ..)| Render::new(values.clone(), "ringcache", "default"))
+        .collect();
+    let output = run_helm(&[], &renders);
+    for (((values, size, class, mode), render), files) in
+        cases.iter().zip(&renders).zip(output.renders)
+    {
+        let files = files.unwrap_or_else(|e| panic!("{values}: {e}"));
+        let m = manifests(&values.to_string(), render, &files);
+        let sts = super::statefulset(&m);
+        let launch = super::k8s_launch(&m);
+        assert_eq!(
+            launch.setting("shutdown_mode").as_deref(),
+            Some(*mode),
+            "{values}"
+        );
+        let claims = &sts["spec"]["volumeClaimTemplates"];
+        let security = &sts["spec"]["template"]["spec"]["securityContext"];
+        match size {
+            Some(size) => {
+                assert_eq!(
+                    launch.setting("data_dir").as_deref(),
+                    Some(super::DATA_DIR),
+                    "{values}"
+                );
+                assert_eq!(claims.as_array().map(Vec::len), Some(1), "{values}");
+                let claim = &claims[0]["spec"];
+                assert_eq!(claim["resources"]["requests"]["storage"], *size, "{values}");
+                match class {
+                    Some(class) => assert_eq!(claim["storageClassName"], *class, "{values}"),
+                    None => assert!(claim["storageClassName"].is_null(), "{values}"),
+                }
+                assert_eq!(security["fsGroup"], 10001, "{values}");
+                assert_eq!(
+                    sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"], "Delete",
+                    "{values}"
+                );
+            }
+            None => {
+                // No volume, no data dir, nothing that would need one.
+                assert!(claims.is_null(), "{values}: {claims}");
+                assert!(security["fsGroup"].is_null(), "{values}");
+                assert!(
+                    sts["spec"]["persistentVolumeClaimRetentionPolicy"].is_null(),
+                    "{values}"
+                );
+                let toml = launch.toml().unwrap();
+                for key in [
+                    "data_dir",
+                    "snapshot_interval",
+                    "snapshot_rate",
+                    "snapshot_max_age",
+                ] {
+                    assert!(!toml.contains_key(key), "{values}: {key}");
+                }
+                let container = super::ringcached_container(&sts);
+                assert!(
+                    super::mount_of(&sts, &container, "/var/lib/ringcache/snapshot.rcs").is_none(),
+                    "{values}"
+                );
+                assert!(
+                    container["volumeMounts"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|mount| mount["mountPath"] != super::DATA_DIR),
+                    "{values}"
+                );
+            }
+        }
     }
 }
 

@@ -92,9 +92,42 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
-{{/* What a graceful stop may take: in-flight requests, the hand-off, the gossip leave (5s). */}}
+{{/* What SIGTERM does: shutdownMode, or restart with persistence and handoff without. */}}
+{{- define "ringcache.shutdownMode" -}}
+{{- if .Values.shutdownMode -}}
+{{- .Values.shutdownMode -}}
+{{- else if .Values.persistence.enabled -}}
+restart
+{{- else -}}
+handoff
+{{- end -}}
+{{- end -}}
+
+{{/* The data volume's size: persistence.size, or 2 x max_memory + 10% rounded up to a Gi (a
+snapshot holds at most max_memory; a new one is written beside the previous one). */}}
+{{- define "ringcache.dataSize" -}}
+{{- with .Values.persistence.size -}}
+{{- . -}}
+{{- else -}}
+{{- $bytes := include "ringcache.bytes" .Values.maxMemory | int64 -}}
+{{- printf "%dGi" (div (add (div (mul $bytes 22) 10) 1073741823) 1073741824) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Seconds the stop's snapshot may take with persistence: max_memory at 300MB/s (a network
+disk's or a slow SSD's write speed), rounded up; 0 without persistence. */}}
+{{- define "ringcache.snapshotSeconds" -}}
+{{- if .Values.persistence.enabled -}}
+{{- div (add (include "ringcache.bytes" .Values.maxMemory | int64) 299999999) 300000000 -}}
+{{- else -}}
+0
+{{- end -}}
+{{- end -}}
+
+{{/* What a graceful stop may take: in-flight requests, the snapshot, the hand-off (with
+handoff, or when no snapshot could be written), the gossip leave (5s). */}}
 {{- define "ringcache.gracefulStop" -}}
-{{- add (include "ringcache.seconds" .Values.shutdownTimeout | int64) (include "ringcache.seconds" .Values.leaveTimeout | int64) 5 -}}
+{{- add (include "ringcache.seconds" .Values.shutdownTimeout | int64) (include "ringcache.snapshotSeconds" . | int64) (include "ringcache.seconds" .Values.leaveTimeout | int64) 5 -}}
 {{- end -}}
 
 {{- define "ringcache.terminationGracePeriod" -}}
@@ -104,7 +137,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- else -}}
 {{- $set := .Values.terminationGracePeriodSeconds | int64 -}}
 {{- if lt $set $stop -}}
+{{- if .Values.persistence.enabled -}}
+{{- fail (printf "terminationGracePeriodSeconds %d is shorter than a graceful stop (shutdownTimeout + the snapshot, maxMemory at 300MB/s (%ss) + leaveTimeout + 5s = %ds): the kubelet would kill the snapshot or the hand-off" $set (include "ringcache.snapshotSeconds" .) $stop) -}}
+{{- else -}}
 {{- fail (printf "terminationGracePeriodSeconds %d is shorter than a graceful stop (shutdownTimeout + leaveTimeout + 5s = %ds): the kubelet would kill the hand-off" $set $stop) -}}
+{{- end -}}
 {{- end -}}
 {{- $set -}}
 {{- end -}}
@@ -119,7 +156,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* Settings the chart sets itself, refused in .Values.config. */}}
 {{- define "ringcache.reservedKeys" -}}
-config node_id bind advertise_addr seeds grpc_port gossip_port http_port cluster_port resp_port workers insecure tls_cert tls_key tls_client_ca cluster_ca cluster_cert cluster_key cluster_server_name users_file gossip_keyring max_memory eviction_policy replication_factor vnodes write_consistency read_consistency min_cluster_size shutdown_timeout leave_timeout rebalance_rate log_format dev_cluster
+config node_id bind advertise_addr seeds grpc_port gossip_port http_port cluster_port resp_port workers insecure tls_cert tls_key tls_client_ca cluster_ca cluster_cert cluster_key cluster_server_name users_file gossip_keyring max_memory eviction_policy replication_factor vnodes write_consistency read_consistency min_cluster_size shutdown_timeout leave_timeout rebalance_rate log_format dev_cluster data_dir shutdown_mode restart_grace snapshot_interval snapshot_rate snapshot_max_age
 {{- end -}}
 
 {{/* Checks across values; each failure names the values and what to change. */}}
@@ -154,6 +191,19 @@ config node_id bind advertise_addr seeds grpc_port gossip_port http_port cluster
 {{- end -}}
 {{- if kindIs "map" $value -}}
 {{- fail (printf "config.%s: a setting is a string, number, boolean or list, not a map" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- if not $v.persistence.enabled -}}
+{{- if eq $v.shutdownMode "restart" -}}
+{{- fail "shutdownMode restart needs persistence.enabled: the pod keeps its data in a snapshot on its volume; use handoff (or \"\") without persistence" -}}
+{{- end -}}
+{{- if $v.snapshotInterval -}}
+{{- fail "snapshotInterval needs persistence.enabled: the snapshots go to the pod's volume" -}}
+{{- end -}}
+{{- else if $v.persistence.size -}}
+{{- $want := mul (include "ringcache.bytes" $v.maxMemory | int64) 2 -}}
+{{- if lt (include "ringcache.quantityBytes" $v.persistence.size | int64) $want -}}
+{{- fail (printf "persistence.size %s is below 2 x maxMemory (%s): a new snapshot (up to maxMemory) is written beside the previous one before it replaces it" $v.persistence.size $v.maxMemory) -}}
 {{- end -}}
 {{- end -}}
 {{- $_ := include "ringcache.memory" . -}}
