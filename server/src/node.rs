@@ -1004,9 +1004,11 @@ impl Node {
             // A node that joins says so once it has pulled its ranges (`join`).
             tracing::info!("node active");
         }
+        // Biased: a shutdown also ends the server (it stops on `token`), and when both are
+        // ready at once the shutdown must win, or the node would skip its Leaving/Restarting
+        // announcement and say nothing of it.
         let result = tokio::select! {
-            joined = &mut server => Some(joined),
-            () = token.cancelled() => None,
+            biased;
             () = self.crash.cancelled() => {
                 server.abort();
                 tasks.abort_all();
@@ -1016,6 +1018,8 @@ impl Node {
                 token.cancel();
                 return Ok(());
             }
+            () = token.cancelled() => None,
+            joined = &mut server => Some(joined),
         };
         let result = match result {
             Some(joined) => joined,
