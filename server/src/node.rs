@@ -147,6 +147,9 @@ pub struct Node {
     warm_since: OnceLock<u64>,
     /// Held by the blocking thread that writes a snapshot: one write at a time.
     snapshot_lock: Arc<parking_lot::Mutex<()>>,
+    /// Paces periodic snapshots like data movement: at most `--snapshot-rate`, slower while
+    /// requests wait for a CPU longer than `--rebalance-yield`.
+    snapshot_pacer: Arc<crate::rebalance::pace::Pacer>,
     /// `node{id=...}`: everything the node runs, and so every line it logs, is inside it
     /// (see [`crate::logging`]).
     span: Span,
@@ -315,6 +318,7 @@ impl Node {
             stop: parking_lot::Mutex::new(None),
             warm_since: OnceLock::new(),
             snapshot_lock: Arc::new(parking_lot::Mutex::new(())),
+            snapshot_pacer: Arc::default(),
             span,
         });
         node.span.in_scope(|| node.publish_single_node());
@@ -1543,11 +1547,26 @@ impl Node {
         };
         let ctx = self.ctx.clone();
         let lock = self.snapshot_lock.clone();
+        // A throttled (periodic) write also yields to requests, as data movement does; the one
+        // at shutdown runs flat out.
+        let yield_to = rate.filter(|&r| r > 0).map(|rate| {
+            let pacer = self.snapshot_pacer.clone();
+            let ctx = self.ctx.clone();
+            crate::snapshot::YieldTo(Arc::new(move |bytes| {
+                pacer.delay(
+                    bytes,
+                    ctx.metrics.handled_total(),
+                    rate,
+                    ctx.config.rebalance_yield,
+                )
+            }))
+        });
         let written = tokio::task::spawn_blocking(move || {
             let _one_at_a_time = lock.lock();
             let options = WriteOptions {
                 rate_bytes_per_sec: rate.unwrap_or(0),
                 cancel,
+                yield_to,
                 ..WriteOptions::at(ctx.now_ms())
             };
             crate::snapshot::write(&ctx.store, &path, &ctx.config.node_id, &options)

@@ -47,6 +47,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -227,6 +228,20 @@ pub struct WriteOptions {
     pub batch_entries: usize,
     /// When cancelled, the write stops at the next block and keeps the previous snapshot.
     pub cancel: Option<CancellationToken>,
+    /// Called with each block's size once it is written; the writer then sleeps as long as it
+    /// says, on top of `rate_bytes_per_sec` (the node's adaptive pacer: slower while requests
+    /// wait for a CPU).
+    pub yield_to: Option<YieldTo>,
+}
+
+/// How long a writer waits after each block, given its bytes (see [`WriteOptions::yield_to`]).
+#[derive(Clone)]
+pub struct YieldTo(pub Arc<dyn Fn(u64) -> Duration + Send + Sync>);
+
+impl std::fmt::Debug for YieldTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("YieldTo")
+    }
 }
 
 impl WriteOptions {
@@ -238,6 +253,7 @@ impl WriteOptions {
             block_bytes: DEFAULT_BLOCK_BYTES,
             batch_entries: DEFAULT_BATCH_ENTRIES,
             cancel: None,
+            yield_to: None,
         }
     }
 }
@@ -385,6 +401,7 @@ pub fn write(
         rate: options.rate_bytes_per_sec,
         started,
         cancel: options.cancel.clone(),
+        yield_to: options.yield_to.clone(),
     };
     out.write_raw(&header).map_err(io("write the header"))?;
     out.start_block();
@@ -554,6 +571,7 @@ struct BlockWriter {
     rate: u64,
     started: Instant,
     cancel: Option<CancellationToken>,
+    yield_to: Option<YieldTo>,
 }
 
 impl BlockWriter {
@@ -615,6 +633,7 @@ impl BlockWriter {
         let crc = crc32fast::hash(&self.buf);
         self.buf.extend_from_slice(&crc.to_le_bytes());
         let block = std::mem::take(&mut self.buf);
+        let block_len = block.len() as u64;
         let result = self.write_raw(&block);
         self.buf = block;
         result?;
@@ -623,6 +642,9 @@ impl BlockWriter {
         // Throttling a blocking thread: the periodic write must not take the disk's whole
         // bandwidth. Slept in slices, so a cancelled write stops sleeping soon.
         let mut delay = pace_delay(self.written, self.rate, self.started.elapsed());
+        if let Some(YieldTo(yield_to)) = &self.yield_to {
+            delay = delay.max(yield_to(block_len));
+        }
         while !delay.is_zero() && !self.cancelled() {
             let step = delay.min(PACE_SLICE);
             std::thread::sleep(step);
@@ -1597,6 +1619,35 @@ mod tests {
             }
         }
         assert!(written > 0);
+    }
+
+    #[test]
+    fn the_yield_hook_hears_of_every_block_and_its_bytes() {
+        let dir = TestDir::new("yield");
+        let store = sample(50, 100);
+        let heard = Arc::new(AtomicU64::new(0));
+        let calls = Arc::new(AtomicU64::new(0));
+        let options = WriteOptions {
+            block_bytes: 4096,
+            yield_to: Some(YieldTo(Arc::new({
+                let (heard, calls) = (heard.clone(), calls.clone());
+                move |bytes| {
+                    heard.fetch_add(bytes, Ordering::Relaxed);
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    Duration::ZERO
+                }
+            }))),
+            ..WriteOptions::at(NOW)
+        };
+        let info = write(&store, &dir.file(), "node-a", &options).unwrap();
+        assert!(calls.load(Ordering::Relaxed) >= 2, "several blocks");
+        // Every record block, each told once: at most the file less its header and trailer.
+        let heard = heard.load(Ordering::Relaxed);
+        assert!(
+            heard > 50 * 100 && heard < info.bytes,
+            "{heard} of {}",
+            info.bytes
+        );
     }
 
     #[test]
