@@ -1561,7 +1561,8 @@ impl Node {
                 )
             }))
         });
-        let written = tokio::task::spawn_blocking(move || {
+        let background = yield_to.is_some();
+        let write = move || {
             let _one_at_a_time = lock.lock();
             let options = WriteOptions {
                 rate_bytes_per_sec: rate.unwrap_or(0),
@@ -1570,9 +1571,29 @@ impl Node {
                 ..WriteOptions::at(ctx.now_ms())
             };
             crate::snapshot::write(&ctx.store, &path, &ctx.config.node_id, &options)
-        })
-        .await
-        .unwrap_or_else(|e| Err(SnapshotError::Task(e.to_string())));
+        };
+        let written = if background {
+            // A periodic write runs on a thread of its own at the lowest CPU priority, so the
+            // threads serving requests preempt it (the blocking pool's threads are shared and
+            // could not get their priority back).
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let spawned = std::thread::Builder::new()
+                .name("snapshot".to_owned())
+                .spawn(move || {
+                    lower_thread_priority();
+                    let _ = tx.send(write());
+                });
+            match spawned {
+                Ok(_) => rx.await.unwrap_or_else(|_| {
+                    Err(SnapshotError::Task("the snapshot thread ended".to_owned()))
+                }),
+                Err(error) => Err(SnapshotError::Task(error.to_string())),
+            }
+        } else {
+            tokio::task::spawn_blocking(write)
+                .await
+                .unwrap_or_else(|e| Err(SnapshotError::Task(e.to_string())))
+        };
         match &written {
             Ok(info) => {
                 self.metrics.record_snapshot_written(info, self.now_ms());
@@ -1645,6 +1666,15 @@ impl Node {
             }
         }
         loaded
+    }
+}
+
+/// Gives the calling thread the lowest CPU priority (nice 19; on Linux a thread's own). Elsewhere,
+/// where the priority is the whole process's, it does nothing.
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(error) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
+        tracing::debug!(%error, "cannot lower the snapshot thread's priority");
     }
 }
 
