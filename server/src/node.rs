@@ -1572,28 +1572,30 @@ impl Node {
             };
             crate::snapshot::write(&ctx.store, &path, &ctx.config.node_id, &options)
         };
-        let written = if background {
+        let written = tokio::task::spawn_blocking(move || {
+            if !background {
+                return write();
+            }
             // A periodic write runs on a thread of its own at the lowest CPU priority, so the
             // threads serving requests preempt it (the blocking pool's threads are shared and
-            // could not get their priority back).
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let spawned = std::thread::Builder::new()
+            // could not get their priority back); the pool's thread waits for it, which also
+            // tells tokio a blocking task is under way.
+            std::thread::Builder::new()
                 .name("snapshot".to_owned())
                 .spawn(move || {
                     lower_thread_priority();
-                    let _ = tx.send(write());
-                });
-            match spawned {
-                Ok(_) => rx.await.unwrap_or_else(|_| {
-                    Err(SnapshotError::Task("the snapshot thread ended".to_owned()))
-                }),
-                Err(error) => Err(SnapshotError::Task(error.to_string())),
-            }
-        } else {
-            tokio::task::spawn_blocking(write)
-                .await
-                .unwrap_or_else(|e| Err(SnapshotError::Task(e.to_string())))
-        };
+                    write()
+                })
+                .map_err(|error| SnapshotError::Task(error.to_string()))?
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(SnapshotError::Task(
+                        "the snapshot thread panicked".to_owned(),
+                    ))
+                })
+        })
+        .await
+        .unwrap_or_else(|e| Err(SnapshotError::Task(e.to_string())));
         match &written {
             Ok(info) => {
                 self.metrics.record_snapshot_written(info, self.now_ms());
