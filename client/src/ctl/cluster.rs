@@ -898,6 +898,21 @@ impl View for Drained {
     }
 }
 
+/// A connection to the first active member other than `node_id` that answers, if any: it
+/// follows the topology while `node_id` stops.
+async fn another_member(dial: &Dial, topology: &Topology, node_id: &str) -> Option<NodeConn> {
+    for other in topology
+        .members()
+        .iter()
+        .filter(|m| m.node_id != node_id && m.state == NodeState::Active)
+    {
+        if let Ok(conn) = dial.connect(&other.grpc_addr).await {
+            return Some(conn);
+        }
+    }
+    None
+}
+
 /// `drain --restart NODE`: how the stop for a restart went.
 #[derive(Debug, Serialize)]
 struct StoppedForRestart {
@@ -951,17 +966,7 @@ pub(super) async fn drain_for_restart(
         bail!("{node_id} is {}: there is nothing to restart", member.state);
     }
     // Another member tells when the cluster shows it restarting.
-    let mut observer = None;
-    for other in topology
-        .members()
-        .iter()
-        .filter(|m| m.node_id != node_id && m.state == NodeState::Active)
-    {
-        if let Ok(conn) = ctx.dial.connect(&other.grpc_addr).await {
-            observer = Some(conn);
-            break;
-        }
-    }
+    let observer = another_member(&ctx.dial, &topology, node_id).await;
     let target = ctx.dial.connect(&member.grpc_addr).await?;
     let keys_held = target.node_info().await?.keys;
     target.leave(true).await?;
@@ -1050,18 +1055,7 @@ pub(super) async fn drain(
     let observer = if home_id != node_id {
         Some(home)
     } else {
-        let mut found = None;
-        for other in topology
-            .members()
-            .iter()
-            .filter(|m| m.node_id != node_id && m.state == NodeState::Active)
-        {
-            if let Ok(conn) = ctx.dial.connect(&other.grpc_addr).await {
-                found = Some(conn);
-                break;
-            }
-        }
-        found
+        another_member(&ctx.dial, &topology, node_id).await
     };
     // The leaving node stops serving before it hands off, so what it sent is counted by the
     // members that receive it: each is asked before and after.
