@@ -272,6 +272,7 @@ impl Node {
         let connections = Connections::new(config.max_connections);
         let unauthenticated = Connections::new(config.security.max_unauthenticated_connections);
         let cluster_connections = Connections::new(config.security.max_cluster_connections);
+        let hot_keys = crate::hotkeys::HotKeys::new(config.hot_keys);
         let ctx = Arc::new(Context {
             config,
             store,
@@ -286,6 +287,7 @@ impl Node {
             clock_check: ClockCheck::default(),
             shutdown: CancellationToken::new(),
             span: span.clone(),
+            hot_keys,
         });
         let node = Arc::new(Self {
             ctx,
