@@ -18,6 +18,7 @@
 
 use std::cell::Cell;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -222,6 +223,16 @@ pub struct HotKeys {
     hasher: std::hash::RandomState,
     stripes: Box<[Mutex<Stripe>]>,
     windows: Mutex<Windows>,
+    /// When the summary was made: `window_end_ns` counts from it.
+    epoch: Instant,
+    /// When the current window ends, in nanoseconds since `epoch`: the hot path reads it without
+    /// a lock and takes the windows lock only to rotate.
+    window_end_ns: AtomicU64,
+}
+
+/// A duration in nanoseconds, saturating.
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 thread_local! {
@@ -245,6 +256,8 @@ impl HotKeys {
             stripes: (0..stripes)
                 .map(|_| Mutex::new(Stripe::new(per_stripe)))
                 .collect(),
+            epoch: now,
+            window_end_ns: AtomicU64::new(nanos(config.window)),
             windows: Mutex::new(Windows {
                 started: now,
                 last: HotKeysReport {
@@ -305,11 +318,10 @@ impl HotKeys {
     /// (or, when a whole window passed with nothing counted, the last window is empty).
     fn rotate_at(&self, now: Instant) {
         let window = self.config.window;
+        if nanos(now.saturating_duration_since(self.epoch))
+            < self.window_end_ns.load(Ordering::Relaxed)
         {
-            let windows = self.windows.lock();
-            if now.saturating_duration_since(windows.started) < window {
-                return;
-            }
+            return;
         }
         let mut windows = self.windows.lock();
         let elapsed = now.saturating_duration_since(windows.started);
@@ -340,6 +352,11 @@ impl HotKeys {
         if now.saturating_duration_since(windows.started) >= window {
             windows.started = now;
         }
+        let end = windows.started + window;
+        self.window_end_ns.store(
+            nanos(end.saturating_duration_since(self.epoch)),
+            Ordering::Relaxed,
+        );
     }
 
     /// Closes the current window now, whatever its age (tests and shutdown).
