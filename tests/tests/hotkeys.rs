@@ -144,3 +144,61 @@ async fn hotkeys_off_is_refused_with_a_clear_error() {
     assert_eq!(outcome.code, 1);
     assert!(outcome.stderr.contains("off"), "{}", outcome.stderr);
 }
+
+/// The RESP port's keyed commands feed the summary: reads and writes, each key of a multi-key
+/// command; `/metrics` shows the top ranks without key names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp_commands_feed_the_hot_keys_and_the_metrics() {
+    let mut config = ringcache_server::Config::for_test();
+    config.hot_keys.window = Duration::from_secs(1);
+    config.hot_keys.sample = 1;
+    let node = ringcache_tests::TestNode::start(config).await;
+    let mut con = ringcache_tests::resp::connect(&node).await;
+    let run = ringcache_tests::resp::run::<redis::Value>;
+
+    let give_up = tokio::time::Instant::now() + DEADLINE;
+    let report = loop {
+        run(&mut con, &["SET", "resp-hot", "v"]).await.unwrap();
+        for _ in 0..20 {
+            run(&mut con, &["GET", "resp-hot"]).await.unwrap();
+            run(&mut con, &["INCR", "resp-counter"]).await.unwrap();
+        }
+        for _ in 0..10 {
+            run(&mut con, &["MSET", "resp-a", "1", "resp-b", "2"])
+                .await
+                .unwrap();
+        }
+        run(&mut con, &["DEL", "resp-cold"]).await.unwrap();
+        let report = node.node.hot_keys().report(10);
+        let wanted: [&[u8]; 4] = [b"resp-hot", b"resp-counter", b"resp-a", b"resp-b"];
+        if wanted
+            .iter()
+            .all(|name| report.keys.iter().any(|k| k.key == *name))
+        {
+            break report;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "RESP commands never showed: {report:?}"
+        );
+    };
+    let find = |name: &[u8]| report.keys.iter().find(|k| k.key == name).unwrap();
+    let hot = find(b"resp-hot");
+    assert!(hot.reads > hot.writes, "GET reads, SET writes: {hot:?}");
+    let counter = find(b"resp-counter");
+    assert_eq!(counter.reads, 0, "INCR writes: {counter:?}");
+    assert!(counter.writes > 0);
+    let (a, b) = (find(b"resp-a"), find(b"resp-b"));
+    assert!(a.writes > 0 && b.writes > 0, "each key of MSET counts");
+
+    let metrics = ringcache_tests::http_get(node.http_addr, "/metrics")
+        .await
+        .expect("/metrics")
+        .body;
+    assert!(
+        metrics.contains(r#"ringcache_hot_key_requests_per_second{rank="1"}"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("ringcache_hot_keys_top_share"));
+    assert!(!metrics.contains("resp-hot"), "no key names in the metrics");
+}
