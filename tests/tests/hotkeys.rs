@@ -132,6 +132,38 @@ async fn ringctl_hotkeys_lists_the_heaviest_keys_of_a_three_node_cluster() {
     assert_eq!(zero.code, 2, "{}", zero.stderr);
 }
 
+/// `Admin.HotKeys` itself: the limit is 1..=capacity (here 16), a clear INVALID_ARGUMENT
+/// otherwise; the window and sampling rate are reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hot_keys_rpc_bounds_its_limit_by_the_capacity() {
+    use ringcache_proto::v1::{self, admin_client::AdminClient};
+    let mut config = ringcache_server::Config::for_test();
+    config.hot_keys.capacity = 16;
+    let node = ringcache_tests::TestNode::start(config).await;
+    let mut admin = AdminClient::new(node.channel().await);
+    for limit in [0, 17, u32::MAX] {
+        let status = admin
+            .hot_keys(v1::HotKeysRequest { limit })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{limit}");
+        assert!(
+            status
+                .message()
+                .contains("between 1 and hot_keys_capacity (16)"),
+            "{status:?}"
+        );
+    }
+    let answer = admin
+        .hot_keys(v1::HotKeysRequest { limit: 16 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.window_ms, 10_000);
+    assert_eq!(answer.sample, 8);
+    assert!(answer.entries.len() <= 16);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hotkeys_off_is_refused_with_a_clear_error() {
     let cluster = TestCluster::start_converged(1, DEADLINE, |i, config| {
