@@ -228,6 +228,9 @@ pub struct HotKeys {
     /// When the current window ends, in nanoseconds since `epoch`: the hot path reads it without
     /// a lock and takes the windows lock only to rotate.
     window_end_ns: AtomicU64,
+    /// Longer keys are not counted: the store refuses them, and the summary's memory stays
+    /// bounded by capacity × this.
+    max_key_bytes: usize,
 }
 
 /// A duration in nanoseconds, saturating.
@@ -257,6 +260,7 @@ impl HotKeys {
                 .map(|_| Mutex::new(Stripe::new(per_stripe)))
                 .collect(),
             epoch: now,
+            max_key_bytes: usize::MAX,
             window_end_ns: AtomicU64::new(nanos(config.window)),
             windows: Mutex::new(Windows {
                 started: now,
@@ -266,6 +270,13 @@ impl HotKeys {
                 },
             }),
         }
+    }
+
+    /// Keys longer than `max_key_bytes` (the store's `max_key_bytes`: it refuses them) are
+    /// not counted, so the summary holds at most capacity × `max_key_bytes` of key bytes.
+    pub fn with_max_key_bytes(mut self, max_key_bytes: usize) -> Self {
+        self.max_key_bytes = max_key_bytes;
+        self
     }
 
     /// The settings.
@@ -298,6 +309,9 @@ impl HotKeys {
     }
 
     fn record_sampled(&self, key: &[u8], access: Access) {
+        if key.len() > self.max_key_bytes {
+            return;
+        }
         let sample = self.config.sample.max(1);
         let keep = OFFERED.with(|offered| {
             let next = offered.get().wrapping_add(1) % sample;
@@ -576,6 +590,19 @@ mod tests {
         let report = hot.report(10);
         assert_eq!(report.total, 0);
         assert!(report.keys.is_empty());
+    }
+
+    #[test]
+    fn hotkeys_keys_over_the_key_limit_are_not_counted() {
+        let hot = HotKeys::with_stripes(config(16, 1), 1, Instant::now()).with_max_key_bytes(4);
+        hot.record(b"four", Access::Read);
+        hot.record(b"fives", Access::Read);
+        hot.record(&[b'x'; 1 << 20], Access::Write);
+        hot.rotate();
+        let report = hot.report(10);
+        assert_eq!(report.total, 1);
+        assert_eq!(report.keys.len(), 1);
+        assert_eq!(report.keys[0].key, b"four");
     }
 
     #[test]

@@ -272,7 +272,8 @@ impl Node {
         let connections = Connections::new(config.max_connections);
         let unauthenticated = Connections::new(config.security.max_unauthenticated_connections);
         let cluster_connections = Connections::new(config.security.max_cluster_connections);
-        let hot_keys = crate::hotkeys::HotKeys::new(config.hot_keys);
+        let hot_keys = crate::hotkeys::HotKeys::new(config.hot_keys)
+            .with_max_key_bytes(config.store.max_key_bytes);
         let ctx = Arc::new(Context {
             config,
             store,
