@@ -359,6 +359,25 @@ pub struct Cli {
     /// [default: tombstone-grace].
     #[arg(long, env = "RINGCACHE_SNAPSHOT_MAX_AGE", value_name = "DURATION")]
     pub snapshot_max_age: Option<HumanDuration>,
+    /// Track this node's heaviest keys per window (`ringctl hotkeys`, the hot-key metrics):
+    /// on or off [default: on].
+    #[arg(
+        long,
+        env = "RINGCACHE_HOT_KEYS",
+        value_name = "on|off",
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub hot_keys: Option<bool>,
+    /// Most keys the hot-key summary counts per window, 16..=65536 [default: 256].
+    #[arg(long, env = "RINGCACHE_HOT_KEYS_CAPACITY", value_name = "N")]
+    pub hot_keys_capacity: Option<usize>,
+    /// Length of a hot-key window; reports show the last complete one, 1s..=1h [default: 10s].
+    #[arg(long, env = "RINGCACHE_HOT_KEYS_WINDOW", value_name = "DURATION")]
+    pub hot_keys_window: Option<HumanDuration>,
+    /// Count one request in N for hot keys (counts are scaled back), 1..=1024 [default: 8].
+    #[arg(long, env = "RINGCACHE_HOT_KEYS_SAMPLE", value_name = "N")]
+    pub hot_keys_sample: Option<u32>,
 }
 
 /// Consistency level as written in flags and files.
@@ -556,6 +575,10 @@ struct FileConfig {
     snapshot_interval: Option<HumanDuration>,
     snapshot_rate: Option<ByteSize>,
     snapshot_max_age: Option<HumanDuration>,
+    hot_keys: Option<bool>,
+    hot_keys_capacity: Option<usize>,
+    hot_keys_window: Option<HumanDuration>,
+    hot_keys_sample: Option<u32>,
 }
 
 /// Everything a node runs with, validated.
@@ -643,6 +666,8 @@ pub struct Config {
     pub secrets_reload_interval: Duration,
     /// Snapshots: where, how often, how fast, how old a snapshot may be loaded.
     pub snapshot: SnapshotConfig,
+    /// Hot-key tracking ([`crate::hotkeys`]).
+    pub hot_keys: crate::hotkeys::HotKeysConfig,
 }
 
 /// Snapshot settings ([`crate::snapshot`]).
@@ -964,6 +989,21 @@ impl Config {
                     .or(file.snapshot_max_age)
                     .map_or(Duration::from_millis(tombstone_grace_ms), |d| d.0),
             },
+            hot_keys: crate::hotkeys::HotKeysConfig {
+                enabled: cli.hot_keys.or(file.hot_keys).unwrap_or(true),
+                capacity: cli
+                    .hot_keys_capacity
+                    .or(file.hot_keys_capacity)
+                    .unwrap_or(crate::hotkeys::DEFAULT_CAPACITY),
+                window: cli
+                    .hot_keys_window
+                    .or(file.hot_keys_window)
+                    .map_or(crate::hotkeys::DEFAULT_WINDOW, |d| d.0),
+                sample: cli
+                    .hot_keys_sample
+                    .or(file.hot_keys_sample)
+                    .unwrap_or(crate::hotkeys::DEFAULT_SAMPLE),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -1031,6 +1071,7 @@ impl Config {
         if self.expiry_interval.is_zero() {
             bail!("expiry_interval must be greater than zero");
         }
+        self.validate_hot_keys()?;
         if self.secrets_reload_interval.is_zero() {
             bail!("secrets_reload_interval must be greater than zero");
         }
@@ -1145,6 +1186,30 @@ impl Config {
 
     /// Checks the snapshot settings; with a data directory, creates it if missing and checks
     /// that a file can be written there (the error says which and why).
+    fn validate_hot_keys(&self) -> anyhow::Result<()> {
+        use crate::hotkeys::{MAX_CAPACITY, MAX_SAMPLE, MAX_WINDOW, MIN_CAPACITY, MIN_WINDOW};
+        let hot = &self.hot_keys;
+        if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&hot.capacity) {
+            bail!(
+                "hot_keys_capacity must be between {MIN_CAPACITY} and {MAX_CAPACITY}, got {}",
+                hot.capacity
+            );
+        }
+        if !(MIN_WINDOW..=MAX_WINDOW).contains(&hot.window) {
+            bail!(
+                "hot_keys_window must be between 1s and 1h, got {}",
+                humantime::format_duration(hot.window)
+            );
+        }
+        if !(1..=MAX_SAMPLE).contains(&hot.sample) {
+            bail!(
+                "hot_keys_sample must be between 1 and {MAX_SAMPLE}, got {}",
+                hot.sample
+            );
+        }
+        Ok(())
+    }
+
     fn validate_snapshot(&self) -> anyhow::Result<()> {
         let snapshot = &self.snapshot;
         let Some(dir) = &snapshot.data_dir else {
@@ -1910,6 +1975,72 @@ mod tests {
     }
 
     #[test]
+    fn hot_keys_settings_layer_with_their_defaults_and_bounds() {
+        use crate::hotkeys::HotKeysConfig;
+        let defaults = Config::layer(parse(&[]), FileConfig::default()).unwrap();
+        assert_eq!(defaults.hot_keys, HotKeysConfig::default());
+        assert!(defaults.hot_keys.enabled);
+        assert_eq!(defaults.hot_keys.capacity, 256);
+        assert_eq!(defaults.hot_keys.window, Duration::from_secs(10));
+        assert_eq!(defaults.hot_keys.sample, 8);
+
+        let file: FileConfig = toml::from_str(
+            r#"
+            hot_keys = false
+            hot_keys_capacity = 1024
+            hot_keys_window = "1m"
+            hot_keys_sample = 1
+            "#,
+        )
+        .unwrap();
+        let config = Config::layer(parse(&["--hot-keys-sample", "16"]), file).unwrap();
+        assert_eq!(
+            config.hot_keys,
+            HotKeysConfig {
+                enabled: false,
+                capacity: 1024,
+                window: Duration::from_secs(60),
+                sample: 16,
+            },
+            "the file over the defaults, the flag over the file"
+        );
+        for (flag, on) in [("on", true), ("off", false), ("true", true), ("no", false)] {
+            let config =
+                Config::layer(parse(&["--hot-keys", flag]), FileConfig::default()).unwrap();
+            assert_eq!(config.hot_keys.enabled, on, "--hot-keys {flag}");
+        }
+        assert!(Cli::try_parse_from(["ringcached", "--hot-keys", "maybe"]).is_err());
+        assert!(Cli::try_parse_from(["ringcached", "--hot-keys-capacity", "-1"]).is_err());
+
+        for (args, named) in [
+            (["--hot-keys-capacity", "15"], "hot_keys_capacity"),
+            (["--hot-keys-capacity", "65537"], "hot_keys_capacity"),
+            (["--hot-keys-window", "999ms"], "hot_keys_window"),
+            (["--hot-keys-window", "61m"], "hot_keys_window"),
+            (["--hot-keys-sample", "0"], "hot_keys_sample"),
+            (["--hot-keys-sample", "1025"], "hot_keys_sample"),
+        ] {
+            let err = Config::layer(parse(&args), FileConfig::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(named), "{args:?}: {err}");
+        }
+        for args in [
+            ["--hot-keys-capacity", "16"],
+            ["--hot-keys-capacity", "65536"],
+            ["--hot-keys-window", "1s"],
+            ["--hot-keys-window", "1h"],
+            ["--hot-keys-sample", "1"],
+            ["--hot-keys-sample", "1024"],
+        ] {
+            assert!(
+                Config::layer(parse(&args), FileConfig::default()).is_ok(),
+                "{args:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_wildcard_bind_advertises_the_given_address() {
         let config = Config::layer(
             parse(&["--bind", "0.0.0.0", "--advertise-addr", "10.1.2.3"]),
@@ -1965,6 +2096,10 @@ mod tests {
             "--snapshot-interval",
             "--snapshot-rate",
             "--snapshot-max-age",
+            "--hot-keys",
+            "--hot-keys-capacity",
+            "--hot-keys-window",
+            "--hot-keys-sample",
         ] {
             assert!(help.contains(flag), "{flag} missing from --help");
         }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::antientropy::AntiEntropyStats;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::hotkeys::HotKeys;
 use crate::metrics::Metrics;
 use crate::rebalance::RebalanceStats;
 use crate::replication::Replicator;
@@ -49,6 +50,8 @@ pub struct Context {
     /// The node's root span: tasks started outside a request (per-peer replica streams) run
     /// in it, so their log lines name the node.
     pub(crate) span: tracing::Span,
+    /// This node's heaviest keys per window ([`crate::hotkeys`]).
+    pub(crate) hot_keys: HotKeys,
 }
 
 impl Context {
@@ -99,6 +102,10 @@ impl Context {
     /// Replication state: hints waiting for unreachable replicas.
     pub fn replicator(&self) -> &Replicator {
         &self.replicator
+    }
+    /// This node's heaviest keys per window ([`crate::hotkeys`]).
+    pub fn hot_keys(&self) -> &HotKeys {
+        &self.hot_keys
     }
     /// Data movement progress (joins, repairs, leaves).
     pub fn rebalance(&self) -> &RebalanceStats {

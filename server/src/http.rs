@@ -46,6 +46,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             .load(std::sync::atomic::Ordering::Relaxed),
     );
     node.metrics().set_anti_entropy(node.anti_entropy());
+    node.metrics().set_hot_keys(node.hot_keys());
     let connections = node.connections();
     node.metrics().set_connections(
         connections.open(),

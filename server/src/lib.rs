@@ -13,6 +13,7 @@ pub mod config;
 pub mod connections;
 pub mod context;
 pub mod dev_cluster;
+pub mod hotkeys;
 mod http;
 pub mod known;
 pub mod logging;

@@ -237,6 +237,10 @@ pub struct Metrics {
     anti_entropy_buckets: Counter,
     /// Anti-entropy keys: pulled, pushed.
     anti_entropy_keys: [Counter; 2],
+    /// Requests per second of the top ten hot keys of the last window, by rank.
+    hot_key_rates: [Gauge; crate::hotkeys::METRIC_RANKS],
+    /// Share of the last window's requests that went to the top ten keys.
+    hot_keys_top_share: Gauge,
     rebalance_bytes_sent: Counter,
     rebalance_stream_bytes_sent: Counter,
     rebalance_keys_received: Counter,
@@ -800,6 +804,16 @@ impl Metrics {
             Unit::Count,
             "Snapshot writes that failed (the previous snapshot file is kept)",
         );
+        recorder.describe_gauge(
+            "ringcache_hot_key_requests_per_second".into(),
+            None,
+            "Requests per second of this node's heaviest keys in the last hot-key window, by rank (1 = heaviest; no key names: ringctl hotkeys shows them)".into(),
+        );
+        recorder.describe_gauge(
+            "ringcache_hot_keys_top_share".into(),
+            None,
+            "Share (0..1) of the requests of the last hot-key window that went to this node's ten heaviest keys".into(),
+        );
         describe(
             &recorder,
             "ringcache_snapshot_loaded_entries",
@@ -826,6 +840,16 @@ impl Metrics {
                     vec![Label::new("direction", direction)],
                 )
             }),
+            hot_key_rates: std::array::from_fn(|rank| {
+                recorder.register_gauge(
+                    &Key::from_parts(
+                        "ringcache_hot_key_requests_per_second",
+                        vec![Label::new("rank", (rank + 1).to_string())],
+                    ),
+                    &METADATA,
+                )
+            }),
+            hot_keys_top_share: gauge("ringcache_hot_keys_top_share"),
             rebalance_bytes_sent: counter("ringcache_rebalance_bytes_sent_total", vec![]),
             rebalance_stream_bytes_sent: counter(
                 "ringcache_rebalance_stream_bytes_sent_total",
@@ -979,6 +1003,24 @@ impl Metrics {
             .absolute(stats.buckets_differing.load(Relaxed));
         self.anti_entropy_keys[0].absolute(stats.keys_pulled.load(Relaxed));
         self.anti_entropy_keys[1].absolute(stats.keys_pushed.load(Relaxed));
+    }
+
+    /// Copies in the last hot-key window: the top ten's rates (0 for ranks with no key) and
+    /// their share of all requests.
+    pub fn set_hot_keys(&self, hot: &crate::hotkeys::HotKeys) {
+        if !hot.enabled() {
+            return;
+        }
+        let report = hot.report(crate::hotkeys::METRIC_RANKS);
+        for (rank, gauge) in self.hot_key_rates.iter().enumerate() {
+            let rate = report
+                .keys
+                .get(rank)
+                .map_or(0.0, |key| report.per_second(key.count));
+            gauge.set(rate);
+        }
+        self.hot_keys_top_share
+            .set(report.top_share(crate::hotkeys::METRIC_RANKS));
     }
 
     /// Copies in the gossip counters and member gauges.
@@ -1473,6 +1515,36 @@ fn describe(recorder: &PrometheusRecorder, name: &'static str, unit: Unit, help:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hot_key_metrics_show_the_last_window_by_rank() {
+        use crate::hotkeys::{Access, HotKeys, HotKeysConfig};
+        let metrics = Metrics::new();
+        let hot = HotKeys::new(HotKeysConfig {
+            enabled: true,
+            capacity: 16,
+            window: Duration::from_secs(10),
+            sample: 1,
+        });
+        for _ in 0..30 {
+            hot.record(b"heavy", Access::Read);
+        }
+        for _ in 0..10 {
+            hot.record(b"light", Access::Write);
+        }
+        hot.rotate();
+        metrics.set_hot_keys(&hot);
+        let text = metrics.render(&StoreStats::default(), 1024, Duration::from_secs(1));
+        for needle in [
+            r#"ringcache_hot_key_requests_per_second{rank="1"} 3"#,
+            r#"ringcache_hot_key_requests_per_second{rank="2"} 1"#,
+            r#"ringcache_hot_key_requests_per_second{rank="10"} 0"#,
+            "ringcache_hot_keys_top_share 1",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        assert!(!text.contains("heavy"), "no key names in metrics");
+    }
 
     #[test]
     fn render_names_every_metric_with_labels() {

@@ -272,6 +272,8 @@ impl Node {
         let connections = Connections::new(config.max_connections);
         let unauthenticated = Connections::new(config.security.max_unauthenticated_connections);
         let cluster_connections = Connections::new(config.security.max_cluster_connections);
+        let hot_keys = crate::hotkeys::HotKeys::new(config.hot_keys)
+            .with_max_key_bytes(config.store.max_key_bytes);
         let ctx = Arc::new(Context {
             config,
             store,
@@ -286,6 +288,7 @@ impl Node {
             clock_check: ClockCheck::default(),
             shutdown: CancellationToken::new(),
             span: span.clone(),
+            hot_keys,
         });
         let node = Arc::new(Self {
             ctx,

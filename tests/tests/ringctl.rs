@@ -1028,6 +1028,8 @@ async fn every_command_prints_json_for_every_outcome() {
         (&["stats"], 0),
         (&["stats", "n2"], 0),
         (&["rebalance", "status"], 0),
+        (&["hotkeys"], 0),
+        (&["hotkeys", "--limit", "1000"], 1),
         (&["forget", "n9"], 0),
         (&["completions", "bash"], 0),
     ];

@@ -19,7 +19,7 @@
 //! client and directly to each node.
 //!
 //! Commands: `status`, `ring`, `locate KEY`, `get`/`set`/`del`/`ttl`/`incr`, `stats [NODE]`,
-//! `drain NODE`, `forget NODE`, `rebalance status`, `watch`, `completions SHELL`. Each command
+//! `drain NODE`, `forget NODE`, `rebalance status`, `hotkeys`, `watch`, `completions SHELL`. Each command
 //! builds one value for its outcome (misses and partial failures included) and prints it as
 //! aligned tables or lines by default (colour only on a terminal) or as one JSON document with
 //! `--output json` (`watch`: one JSON document per line, per topology).
@@ -35,6 +35,7 @@ use crate::{Client, Consistency};
 
 mod cluster;
 mod fmt;
+mod hotkeys;
 mod kv;
 mod metrics;
 mod node;
@@ -264,6 +265,16 @@ enum Command {
     Forget {
         /// The node id.
         node: String,
+    },
+    /// Every member's heaviest keys in its last complete hot-key window (--hot-keys-window),
+    /// merged (a key several members report is summed): key (escaped; base64 in JSON when not
+    /// UTF-8), requests per second, share of all requests, error bound, reads, writes, and the
+    /// members that reported it. Exits 1 when a member did not answer.
+    Hotkeys {
+        /// Most keys to show (each member returns at most this many; at most its
+        /// --hot-keys-capacity).
+        #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
+        limit: u32,
     },
     /// Data movement after ring changes.
     Rebalance {
@@ -623,6 +634,7 @@ async fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> anyhow::Result<i32> {
             restart: true,
         } => cluster::drain_for_restart(ctx, &node, timeout_drain).await,
         Command::Forget { node } => cluster::forget(ctx, &node).await,
+        Command::Hotkeys { limit } => hotkeys::hotkeys(ctx, limit).await,
         Command::Rebalance {
             command: RebalanceCommand::Status,
         } => cluster::rebalance_status(ctx).await,

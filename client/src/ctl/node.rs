@@ -369,6 +369,16 @@ impl NodeConn {
         .await
     }
 
+    /// `Admin.HotKeys`.
+    pub(crate) async fn hot_keys(&self, limit: u32) -> Result<pb::HotKeysResponse, NodeError> {
+        let mut client = self.admin();
+        self.call(
+            "HotKeys",
+            client.hot_keys(self.request(pb::HotKeysRequest { limit })),
+        )
+        .await
+    }
+
     /// `Admin.RebalanceStatus`.
     pub(crate) async fn rebalance_status(&self) -> Result<pb::RebalanceStatusResponse, NodeError> {
         let mut client = self.admin();

@@ -2552,6 +2552,53 @@ pub mod cluster_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// HotKeysRequest asks for the heaviest keys.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HotKeysRequest {
+    /// Most keys to return: 1..=hot_keys_capacity.
+    #[prost(uint32, tag = "1")]
+    pub limit: u32,
+}
+/// HotKeysResponse is the last complete window's summary.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct HotKeysResponse {
+    /// Length of the window, in milliseconds.
+    #[prost(uint64, tag = "1")]
+    pub window_ms: u64,
+    /// Requests (keys of requests: a multi-key request counts each key) seen in the window, all
+    /// keys, estimated from the sample.
+    #[prost(uint64, tag = "2")]
+    pub total_requests: u64,
+    /// The heaviest keys, heaviest first.
+    #[prost(message, repeated, tag = "3")]
+    pub entries: ::prost::alloc::vec::Vec<HotKeyEntry>,
+    /// Counts are estimated from one request in sample.
+    #[prost(uint32, tag = "4")]
+    pub sample: u32,
+}
+/// HotKeyEntry is one key of a HotKeysResponse.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct HotKeyEntry {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub key: ::prost::bytes::Bytes,
+    /// Estimated requests in the window; the true count is between requests - error and requests
+    /// (up to the sampling).
+    #[prost(uint64, tag = "2")]
+    pub requests: u64,
+    #[prost(uint64, tag = "3")]
+    pub error: u64,
+    /// requests / window length.
+    #[prost(double, tag = "4")]
+    pub requests_per_second: f64,
+    /// Of requests, reads and writes.
+    #[prost(uint64, tag = "5")]
+    pub reads: u64,
+    #[prost(uint64, tag = "6")]
+    pub writes: u64,
+}
 /// ForgetRequest names the member to forget.
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -2914,6 +2961,34 @@ pub mod admin_client {
             req.extensions_mut().insert(GrpcMethod::new("ringcache.v1.Admin", "Forget"));
             self.inner.unary(req, path, codec).await
         }
+        /// HotKeys reports this node's heaviest keys in its last complete hot-key window (requests
+        /// clients sent to this node; a request forwarded to another node is counted where it
+        /// arrived). INVALID_ARGUMENT when limit is 0 or above the node's hot_keys_capacity;
+        /// FAILED_PRECONDITION when hot-key tracking is off. `ringctl hotkeys` asks every member.
+        pub async fn hot_keys(
+            &mut self,
+            request: impl tonic::IntoRequest<super::HotKeysRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::HotKeysResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ringcache.v1.Admin/HotKeys",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ringcache.v1.Admin", "HotKeys"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2961,6 +3036,14 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::ForgetRequest>,
         ) -> std::result::Result<tonic::Response<super::ForgetResponse>, tonic::Status>;
+        /// HotKeys reports this node's heaviest keys in its last complete hot-key window (requests
+        /// clients sent to this node; a request forwarded to another node is counted where it
+        /// arrived). INVALID_ARGUMENT when limit is 0 or above the node's hot_keys_capacity;
+        /// FAILED_PRECONDITION when hot-key tracking is off. `ringctl hotkeys` asks every member.
+        async fn hot_keys(
+            &self,
+            request: tonic::Request<super::HotKeysRequest>,
+        ) -> std::result::Result<tonic::Response<super::HotKeysResponse>, tonic::Status>;
     }
     /// Admin changes a node's state. Meant for ringctl and operators, not for applications.
     #[derive(Debug)]
@@ -3241,6 +3324,49 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ForgetSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ringcache.v1.Admin/HotKeys" => {
+                    #[allow(non_camel_case_types)]
+                    struct HotKeysSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::HotKeysRequest>
+                    for HotKeysSvc<T> {
+                        type Response = super::HotKeysResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::HotKeysRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::hot_keys(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = HotKeysSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

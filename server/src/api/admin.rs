@@ -90,6 +90,45 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn hot_keys(
+        &self,
+        request: Request<v1::HotKeysRequest>,
+    ) -> Result<Response<v1::HotKeysResponse>, Status> {
+        let limit = request.into_inner().limit;
+        let hot = self.node.hot_keys();
+        let config = hot.config();
+        if !config.enabled {
+            return Err(Status::failed_precondition(
+                "hot-key tracking is off on this node (--hot-keys off)",
+            ));
+        }
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        if limit == 0 || limit > config.capacity {
+            return Err(Status::invalid_argument(format!(
+                "limit must be between 1 and hot_keys_capacity ({}), got {limit}",
+                config.capacity
+            )));
+        }
+        let report = hot.report(limit);
+        Ok(Response::new(v1::HotKeysResponse {
+            window_ms: u64::try_from(report.window.as_millis()).unwrap_or(u64::MAX),
+            total_requests: report.total,
+            sample: config.sample,
+            entries: report
+                .keys
+                .iter()
+                .map(|entry| v1::HotKeyEntry {
+                    key: entry.key.clone().into(),
+                    requests: entry.count,
+                    error: entry.error,
+                    requests_per_second: report.per_second(entry.count),
+                    reads: entry.reads,
+                    writes: entry.writes,
+                })
+                .collect(),
+        }))
+    }
+
     async fn flush(
         &self,
         _: Request<v1::FlushRequest>,

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use ringcache_proto::v1::cache_client::CacheClient;
 use ringcache_proto::v1::{self, cache_server::Cache};
 use tokio::task::JoinSet;
+use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -58,6 +59,29 @@ impl CacheService {
     /// A service answering from `node`.
     pub fn new(node: Arc<Node>) -> Self {
         Self { node }
+    }
+
+    /// Counts a request for the hot-key summary on the node the client sent it to (a
+    /// forwarded request was counted there).
+    #[inline]
+    pub(super) fn hot(&self, metadata: &MetadataMap, key: &[u8], access: crate::hotkeys::Access) {
+        let hot = self.node.hot_keys();
+        if hot.enabled() && !was_forwarded(metadata) {
+            hot.record(key, access);
+        }
+    }
+
+    /// [`Self::hot`] for each key of a multi-key request.
+    fn hot_all<'a>(
+        &self,
+        metadata: &MetadataMap,
+        keys: impl IntoIterator<Item = &'a [u8]>,
+        access: crate::hotkeys::Access,
+    ) {
+        let hot = self.node.hot_keys();
+        if hot.enabled() && !was_forwarded(metadata) {
+            hot.record_all(keys, access);
+        }
     }
 
     pub(super) fn node(&self) -> &Node {
@@ -417,6 +441,7 @@ impl Cache for CacheService {
         request: Request<v1::GetRequest>,
     ) -> Result<Response<v1::GetResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
+        self.hot(&metadata, &req.key, crate::hotkeys::Access::Read);
         if let Some(reply) = self.get_here(
             &req.key,
             req.consistency,
@@ -448,6 +473,7 @@ impl Cache for CacheService {
         request: Request<v1::SetRequest>,
     ) -> Result<Response<v1::SetResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
+        self.hot(&metadata, &req.key, crate::hotkeys::Access::Write);
         if let Some(reply) = self.set_here(&req, Arrival::now(&self.node)) {
             return reply.map(Response::new);
         }
@@ -476,6 +502,7 @@ impl Cache for CacheService {
         request: Request<v1::DeleteRequest>,
     ) -> Result<Response<v1::DeleteResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
+        self.hot(&metadata, &req.key, crate::hotkeys::Access::Write);
         if let Some(primary) = self.route(&metadata, &req.key) {
             return self
                 .forward_one(Op::Delete, primary, req, |mut peer, request| async move {
@@ -508,6 +535,11 @@ impl Cache for CacheService {
         request: Request<v1::MGetRequest>,
     ) -> Result<Response<v1::MGetResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
+        self.hot_all(
+            &metadata,
+            req.keys.iter().map(|k| &k[..]),
+            crate::hotkeys::Access::Read,
+        );
         let split = self.split(&metadata, req.keys.iter().map(|k| &k[..]));
         let req = &req;
         self.run_split(
@@ -550,6 +582,11 @@ impl Cache for CacheService {
         request: Request<v1::MSetRequest>,
     ) -> Result<Response<v1::MSetResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
+        self.hot_all(
+            &metadata,
+            req.entries.iter().map(|kv| &kv.key[..]),
+            crate::hotkeys::Access::Write,
+        );
         if req.if_absent {
             return self.m_set_if_absent(&metadata, req).await;
         }
@@ -597,6 +634,11 @@ impl Cache for CacheService {
         request: Request<v1::MDeleteRequest>,
     ) -> Result<Response<v1::MDeleteResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
+        self.hot_all(
+            &metadata,
+            req.keys.iter().map(|k| &k[..]),
+            crate::hotkeys::Access::Write,
+        );
         let split = self.split(&metadata, req.keys.iter().map(|k| &k[..]));
         let req = &req;
         self.run_split(
@@ -646,6 +688,7 @@ impl Cache for CacheService {
         request: Request<v1::IncrRequest>,
     ) -> Result<Response<v1::IncrResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
+        self.hot(&metadata, &req.key, crate::hotkeys::Access::Write);
         if let Some(primary) = self.route(&metadata, &req.key) {
             return self
                 .forward_one(Op::Incr, primary, req, |mut peer, request| async move {
@@ -670,6 +713,7 @@ impl Cache for CacheService {
         request: Request<v1::CompareAndSetRequest>,
     ) -> Result<Response<v1::CompareAndSetResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
+        self.hot(&metadata, &req.key, crate::hotkeys::Access::Write);
         if let Some(primary) = self.route(&metadata, &req.key) {
             return self
                 .forward_one(
@@ -703,6 +747,7 @@ impl Cache for CacheService {
         request: Request<v1::ExpireRequest>,
     ) -> Result<Response<v1::ExpireResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
+        self.hot(&metadata, &req.key, crate::hotkeys::Access::Write);
         if let Some(primary) = self.route(&metadata, &req.key) {
             return self
                 .forward_one(Op::Expire, primary, req, |mut peer, request| async move {
@@ -738,6 +783,7 @@ impl Cache for CacheService {
         request: Request<v1::PersistRequest>,
     ) -> Result<Response<v1::PersistResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
+        self.hot(&metadata, &req.key, crate::hotkeys::Access::Write);
         if let Some(primary) = self.route(&metadata, &req.key) {
             return self
                 .forward_one(Op::Persist, primary, req, |mut peer, request| async move {
@@ -769,6 +815,7 @@ impl Cache for CacheService {
         request: Request<v1::TtlRequest>,
     ) -> Result<Response<v1::TtlResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
+        self.hot(&metadata, &req.key, crate::hotkeys::Access::Read);
         if let Some(primary) = self.route(&metadata, &req.key) {
             return self
                 .forward_one(Op::Ttl, primary, req, |mut peer, request| async move {

@@ -125,6 +125,7 @@ impl CacheService {
         request: Request<v1::UpdateRequest>,
     ) -> Result<Response<v1::UpdateResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
+        self.hot(&metadata, &req.key, crate::hotkeys::Access::Write);
         let Some(op) = req.op.as_ref().map(metric_op) else {
             return Err(Status::invalid_argument("update without an operation"));
         };

@@ -143,18 +143,43 @@ impl Session {
     /// future is built for most commands.
     pub fn begin(&mut self, args: &Command) -> Step {
         match self.admit(args) {
-            Ok(spec) => match self.run_now(args, spec) {
-                Some(reply) => {
-                    self.count(Some(spec), &reply);
-                    Step::Done(reply, Flow::Continue)
+            Ok(spec) => {
+                self.record_hot(args, spec);
+                match self.run_now(args, spec) {
+                    Some(reply) => {
+                        self.count(Some(spec), &reply);
+                        Step::Done(reply, Flow::Continue)
+                    }
+                    None => Step::Later(spec),
                 }
-                None => Step::Later(spec),
-            },
+            }
             Err((spec, reply)) => {
                 self.count(spec, &reply);
                 Step::Done(reply, Flow::Continue)
             }
         }
+    }
+
+    /// Counts an admitted command's keys for the hot-key summary (each key of a multi-key
+    /// command; a write when the command writes). Commands queued in a transaction are not
+    /// counted.
+    #[inline]
+    fn record_hot(&self, args: &Command, spec: &'static table::Spec) {
+        let hot = self.node.hot_keys();
+        if !hot.enabled() || spec.first_key <= 0 || self.in_multi {
+            return;
+        }
+        let access = if spec.flags.contains(&"write") {
+            crate::hotkeys::Access::Write
+        } else {
+            crate::hotkeys::Access::Read
+        };
+        hot.record_all(
+            spec.key_positions(args.len())
+                .filter_map(|position| args.get(position))
+                .map(|key| &key[..]),
+            access,
+        );
     }
 
     /// Runs and counts a command [`Self::begin`] admitted but did not answer.
