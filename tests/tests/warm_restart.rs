@@ -215,6 +215,63 @@ async fn a_node_restarted_from_its_snapshot_serves_its_keys_at_once_and_catches_
 }
 
 #[tokio::test]
+async fn a_node_back_from_a_restart_drops_what_a_flush_it_missed_removed() {
+    let dirs: Vec<DataDir> = (0..3).map(|_| DataDir::new()).collect();
+    let mut cluster = TestCluster::start_converged(3, DEADLINE, warm(&dirs)).await;
+    let client = Client::connect(cluster.grpc_targets())
+        .await
+        .unwrap()
+        .with_consistency(Consistency::Quorum);
+    load(&client).await;
+    wait_until(DEADLINE, || async {
+        cluster.node("n3").node.store().entry_count() >= KEYS as u64
+    })
+    .await
+    .expect("n3 holds every key");
+    let n3 = cluster.take("n3");
+    let gossip_port = n3.gossip_addr.expect("gossip").port();
+    stop_for_restart(n3, false).await;
+    wait_until(DEADLINE, || async {
+        all_see(&cluster, "n3", NodeState::Restarting)
+    })
+    .await
+    .expect("n3 is shown restarting");
+    // A cluster-wide flush while n3 is away: the others flush, n3 cannot be reached.
+    let mut con = ringcache_tests::resp::connect(cluster.node("n1")).await;
+    let refused = ringcache_tests::resp::error(&mut con, &["FLUSHALL"]).await;
+    assert!(refused.contains("n3"), "{refused}");
+    client
+        .set("after", "flush")
+        .await
+        .expect("a write after the flush");
+
+    cluster
+        .add_on_gossip_port(3, gossip_port, warm(&dirs))
+        .await;
+    let n3 = cluster.node("n3");
+    wait_until(DEADLINE, || async {
+        n3.node.state() == v1::NodeState::Active
+    })
+    .await
+    .expect("n3 turns active again");
+    // The peers' flush floor came with its catch-up pull: its snapshot's keys are gone, the
+    // write made after the flush is there.
+    wait_until(DEADLINE, || async {
+        let now = n3.node.now_ms();
+        let store = n3.node.store();
+        store.get(b"after", now).unwrap().is_some()
+            && (0..KEYS).all(|i| {
+                store
+                    .get(format!("key{i}").as_bytes(), now)
+                    .unwrap()
+                    .is_none()
+            })
+    })
+    .await
+    .expect("n3 applied the flush it missed");
+}
+
+#[tokio::test]
 async fn a_restart_is_refused_without_a_data_dir() {
     let cluster = TestCluster::start_converged(2, DEADLINE, ringcache_tests::patient).await;
     let refused = cluster.node("n1").node.restart();
