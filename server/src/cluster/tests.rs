@@ -164,6 +164,17 @@ impl Sim {
         self.collect(index);
     }
 
+    /// Node `index` announces Restarting, leaves gossip and stops (`ringctl drain --restart`).
+    fn stop_for_restart(&mut self, index: usize) {
+        let now = self.now;
+        self.core(index)
+            .set_meta(now, meta_for(index, MetaState::Restarting))
+            .unwrap();
+        self.core(index).leave(now);
+        self.collect(index);
+        self.crash(index);
+    }
+
     /// The process of node `index` stops: its address goes dark and its timers are void.
     fn crash(&mut self, index: usize) {
         self.nodes.remove(&index);
@@ -549,12 +560,7 @@ fn a_member_that_stops_to_restart_keeps_its_ranges_for_the_grace_then_is_dead() 
         sim.config.restart_grace = Duration::from_secs(3);
         let mut sim = Sim::cluster_with(sim, 3);
         let now = sim.now;
-        sim.core(2)
-            .set_meta(now, meta_for(2, MetaState::Restarting))
-            .unwrap();
-        sim.core(2).leave(now);
-        sim.collect(2);
-        sim.crash(2);
+        sim.stop_for_restart(2);
         let restarting = sim.run_until(now + ms(2000), |s| {
             (0..2).all(|viewer| s.state(viewer, 2) == Some(NodeState::Restarting))
         });
@@ -584,13 +590,7 @@ fn a_member_back_from_a_restart_within_the_grace_never_leaves_the_ring() {
         let mut sim = sim(seed);
         sim.config.restart_grace = Duration::from_secs(5);
         let mut sim = Sim::cluster_with(sim, 3);
-        let now = sim.now;
-        sim.core(2)
-            .set_meta(now, meta_for(2, MetaState::Restarting))
-            .unwrap();
-        sim.core(2).leave(now);
-        sim.collect(2);
-        sim.crash(2);
+        sim.stop_for_restart(2);
         sim.run_for(ms(1500));
         // Back as a new incarnation, still Restarting while it catches up, then Active.
         sim.start_with(2, default_addr(2), 2, vec![default_addr(0)]);
