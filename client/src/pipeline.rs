@@ -42,7 +42,9 @@ use crate::{
     security::NodeChannel,
 };
 
-/// Most requests in one batch (nodes accept `max_batch_keys`, 1000 by default).
+/// Most requests in one batch. Nodes take up to 4,096 requests per pipeline batch whatever their
+/// settings (`max_batch_keys` bounds the keys of one multi-key request, not a batch); 256 keeps a
+/// batch's encoding and its answers small enough to leave without waiting for the others.
 const MAX_BATCH_REQUESTS: usize = 256;
 
 /// A batch stops growing before its requests' encoded size would pass this, or the nodes'

@@ -6,7 +6,7 @@ use ringcache_proto::topology::{Member, NodeState, Topology};
 use ringcache_proto::v1;
 use ringcache_proto::{FORWARDED_METADATA, STALE_ROUTE_METADATA, TOPOLOGY_DIGEST_METADATA};
 use ringcache_server::Config;
-use ringcache_tests::TestNode;
+use ringcache_tests::{TestNode, http_get};
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 
@@ -300,4 +300,39 @@ async fn a_stale_client_is_forwarded_once_then_refreshes() {
         .map(|n| n.node.metrics().forwarded_total())
         .sum();
     assert_eq!(total, 1);
+}
+
+#[tokio::test]
+async fn a_refusal_from_the_owner_is_recorded_as_that_refusal_where_it_was_forwarded() {
+    let (nodes, topology) = cluster().await;
+    let ring = ringcache_proto::placement::Ring::new(&topology);
+    let key = (0..)
+        .map(|i| format!("word{i}"))
+        .find(|k| ring.primary(k.as_bytes()) != Some("n1"))
+        .unwrap();
+    let mut entry = nodes[0].raw_cache().await;
+    entry
+        .set(v1::SetRequest {
+            key: Bytes::from(key.clone()),
+            value: Bytes::from("not a number"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Passes the forwarder's checks; only the owner, holding the value, can refuse it.
+    let status = entry
+        .incr(v1::IncrRequest {
+            key: Bytes::from(key),
+            delta: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(nodes[0].node.metrics().forwarded_total(), 2);
+    let text = http_get(nodes[0].http_addr, "/metrics").await.unwrap().body;
+    let needle = r#"ringcache_requests_total{op="incr",result="invalid_argument"} 1"#;
+    assert!(text.contains(needle), "{needle} missing from\n{text}");
+    let wrong = r#"ringcache_requests_total{op="incr",result="error"} 1"#;
+    assert!(!text.contains(wrong), "recorded as an error:\n{text}");
 }

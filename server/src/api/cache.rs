@@ -18,10 +18,10 @@ use ringcache_proto::v1::{self, cache_server::Cache};
 use tokio::task::JoinSet;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::forward::{Split, forward, was_forwarded};
-use super::status::ApiError;
+use super::status::{ApiError, outcome_of};
 use crate::metrics::{Op, Outcome};
 use crate::node::Node;
 use crate::replication::{self, Consistency, ReplicationError};
@@ -303,16 +303,6 @@ impl CacheService {
         };
         self.node.metrics().record(op, outcome, start.elapsed());
         result.map(Response::new)
-    }
-}
-
-/// The metrics outcome of a failed request.
-fn outcome_of(status: &Status) -> Outcome {
-    match status.code() {
-        Code::InvalidArgument | Code::OutOfRange => Outcome::InvalidArgument,
-        Code::FailedPrecondition => Outcome::Conflict,
-        Code::ResourceExhausted => Outcome::MemoryFull,
-        _ => Outcome::Error,
     }
 }
 

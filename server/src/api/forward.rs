@@ -96,10 +96,11 @@ impl CacheService {
     {
         let start = Instant::now();
         let result = forward(self.node_arc(), op, primary, message, call).await;
-        let outcome = if result.is_ok() {
-            Outcome::Ok
-        } else {
-            Outcome::Error
+        // The owner's answer decides, as for a request served here: a refusal it sends back
+        // (bad input, a conflict, memory full) is recorded as that refusal, not as an error.
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(status) => super::status::outcome_of(status),
         };
         self.node().metrics().record(op, outcome, start.elapsed());
         result

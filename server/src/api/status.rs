@@ -21,27 +21,16 @@ pub enum ApiError {
     Unavailable(String),
 }
 
-impl ApiError {
-    /// The `result` label of the request metric.
-    pub fn outcome(&self) -> Outcome {
-        match self {
-            ApiError::Invalid(_) => Outcome::InvalidArgument,
-            ApiError::Unavailable(_) => Outcome::Error,
-            ApiError::Store(e) => match e {
-                StoreError::CasConflict { .. } => Outcome::Conflict,
-                StoreError::MemoryFull { .. } => Outcome::MemoryFull,
-                StoreError::EmptyKey
-                | StoreError::KeyTooLarge { .. }
-                | StoreError::ValueTooLarge { .. }
-                | StoreError::InvalidTtl { .. }
-                | StoreError::NotAnInteger
-                | StoreError::NotAFloat
-                | StoreError::NotFinite
-                | StoreError::Overflow { .. } => Outcome::InvalidArgument,
-                // Only versions decided elsewhere (Internal calls) meet the drift check.
-                StoreError::ClockDrift(_) => Outcome::Error,
-            },
-        }
+/// The `result` label of the request metric for a failed request: the one mapping from errors
+/// to metric outcomes. Every failure is a status by the time it is recorded (a store error, a
+/// refusal, or a forwarded request's answer from its owner), so the mapping reads the code that
+/// [`From<ApiError> for Status`](Status) chose: the same code the caller sees.
+pub(crate) fn outcome_of(status: &Status) -> Outcome {
+    match status.code() {
+        Code::InvalidArgument | Code::OutOfRange => Outcome::InvalidArgument,
+        Code::FailedPrecondition => Outcome::Conflict,
+        Code::ResourceExhausted => Outcome::MemoryFull,
+        _ => Outcome::Error,
     }
 }
 

@@ -18,7 +18,7 @@
 //! `Restarting` for `restart_grace` after foca declared it down, keeping its ranges, and only
 //! then `Dead`.
 //!
-//! Beyond plain foca, three small mechanisms make the view converge fast:
+//! Beyond plain foca, four small mechanisms make the view converge fast:
 //! - *meta push*: when a member comes up (or comes back as a new incarnation) we send it our own
 //!   metadata directly, so a late joiner learns every node's metadata within one round trip
 //!   instead of waiting for broadcasts that may already have been spent;

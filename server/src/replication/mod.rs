@@ -361,7 +361,9 @@ impl std::fmt::Display for Failure {
 }
 
 /// A status's message followed by its error sources (where a transport error says what
-/// happened, e.g. "Connection refused"), lower-case where the source is ours.
+/// happened), lower-case where the source is ours. A refused connection, found by the type of
+/// its source (an `io::Error` of kind `ConnectionRefused` somewhere in the chain), is said in
+/// two words: the common case of a replica that is down.
 fn describe_status(status: &tonic::Status) -> String {
     let mut text = status.message().to_owned();
     if text.is_empty() {
@@ -370,6 +372,12 @@ fn describe_status(status: &tonic::Status) -> String {
     let mut source = std::error::Error::source(status);
     let mut depth = 0;
     while let Some(error) = source {
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return "connection refused".to_owned();
+        }
         let part = error.to_string();
         if !part.is_empty() && !text.contains(&part) {
             text.push_str(": ");
@@ -380,9 +388,6 @@ fn describe_status(status: &tonic::Status) -> String {
         if depth > 8 {
             break;
         }
-    }
-    if text.to_ascii_lowercase().contains("connection refused") {
-        return "connection refused".to_owned();
     }
     text
 }
@@ -546,17 +551,47 @@ mod tests {
         assert_eq!(Consistency::from_wire(9, Consistency::One), Err(9));
     }
 
+    /// A real call to a closed port: its status carries the refused connection in its source
+    /// chain, which is what `describe_status` reads (not the wording of any message).
+    #[tokio::test]
+    async fn a_real_refused_connection_is_recognised_by_type() {
+        // Bind, learn the port, close it: nothing listens there now.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect_lazy();
+        let status = ringcache_proto::v1::internal_client::InternalClient::new(channel)
+            .clock(v1::ClockRequest::default())
+            .await
+            .unwrap_err();
+        let failure = Failure::of_status(&status);
+        assert!(failure.hint(), "{failure:?}");
+        assert_eq!(failure.to_string(), "connection refused");
+    }
+
     #[test]
     fn only_unreachable_and_slow_replicas_get_hints() {
         assert!(Failure::TimedOut(Duration::from_secs(2)).hint());
         assert!(Failure::of_status(&tonic::Status::unavailable("down")).hint());
         assert!(!Failure::of_status(&tonic::Status::resource_exhausted("full")).hint());
+        // A refused connection is recognised by its source's type, however it is worded.
+        let mut refused = tonic::Status::unavailable("tcp connect error");
+        refused.set_source(std::sync::Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
         assert_eq!(
-            Failure::of_status(&tonic::Status::unavailable(
-                "tcp connect error: Connection refused (os error 111)"
-            ))
-            .to_string(),
+            Failure::of_status(&refused).to_string(),
             "connection refused"
+        );
+        // A message that only says so is kept as it is.
+        let worded = tonic::Status::unavailable("tcp connect error: Connection refused");
+        assert_eq!(
+            Failure::of_status(&worded).to_string(),
+            "tcp connect error: Connection refused"
         );
     }
 }
