@@ -517,13 +517,9 @@ fn primary(topology: &Topology, key: &str) -> String {
 
 /// Polls `condition` every few milliseconds until it holds; fails the test after [`PATIENCE`].
 async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let polled = tokio::time::timeout(PATIENCE, async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    assert!(polled.is_ok(), "timed out waiting until {what}");
+    ringcache_test_support::until(what, PATIENCE, async || condition())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

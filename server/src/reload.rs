@@ -125,15 +125,15 @@ mod tests {
         std::fs::rename(&tmp, path).unwrap();
     }
 
+    /// The calls made once there are `n` of them (or all made within 10 s, for the caller to
+    /// compare).
     async fn wait_for_calls(calls: &Mutex<Vec<ReloadCause>>, n: usize) -> Vec<ReloadCause> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let seen = calls.lock().unwrap().clone();
-            if seen.len() >= n || tokio::time::Instant::now() >= deadline {
-                return seen;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let what = format!("{n} reload calls");
+        let _ = ringcache_test_support::until(&what, Duration::from_secs(10), async || {
+            calls.lock().unwrap().len() >= n
+        })
+        .await;
+        calls.lock().unwrap().clone()
     }
 
     #[tokio::test]

@@ -1,14 +1,14 @@
-//! Fault tests with real `ringcached` processes on their own loopback addresses (127.0.0.81–83,
-//! default ports): a node is SIGKILLed, or paused with SIGSTOP and resumed, while clients write
+//! Fault tests with real `ringcached` processes on loopback addresses of their own (picked free
+//! at random, so two test runs never meet), on the default ports: a node is SIGKILLed, or paused with SIGSTOP and resumed, while clients write
 //! distinct keys at QUORUM. A set-style checker (Jepsen's set workload) records every
 //! acknowledged write and reads all of them back at QUORUM at the end: none may be lost.
 //! Eviction and TTLs are off, so a missing key can only be a lost write.
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ringcache::{Client, Consistency};
 
@@ -28,8 +28,12 @@ impl Drop for Proc {
     }
 }
 
-fn start(i: u8, base: u8) -> Proc {
-    let bind = format!("127.0.0.{}", base + i);
+/// The default ports a node binds: gRPC, HTTP, cluster and RESP over TCP, gossip over UDP.
+const TCP_PORTS: [u16; 4] = [7379, 7381, 7382, 6479];
+const UDP_PORTS: [u16; 1] = [7380];
+
+fn start(i: u8, ips: &[Ipv4Addr]) -> Proc {
+    let bind = ips[usize::from(i) - 1].to_string();
     let mut args = vec![
         "--bind".to_owned(),
         bind,
@@ -47,7 +51,7 @@ fn start(i: u8, base: u8) -> Proc {
         "noeviction".to_owned(),
     ];
     if i > 1 {
-        args.extend(["--seeds".to_owned(), format!("127.0.0.{}:7380", base + 1)]);
+        args.extend(["--seeds".to_owned(), format!("{}:7380", ips[0])]);
     }
     let child = Command::new(BIN)
         .args(args)
@@ -87,25 +91,23 @@ fn ready(addr: &str) -> bool {
     text.starts_with("HTTP/1.1 200")
 }
 
-async fn wait_for(what: &str, mut condition: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while !condition().await {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{what} not reached within {DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_for(what: &str, condition: impl AsyncFnMut() -> bool) {
+    ringcache_test_support::until(what, DEADLINE, condition)
+        .await
+        .unwrap();
 }
 
 /// Starts three nodes and a client that sees all of them.
-async fn cluster(base: u8) -> (Vec<Proc>, Client) {
-    let procs: Vec<Proc> = (1..=3).map(|i| start(i, base)).collect();
-    for i in 1..=3 {
-        let http = format!("127.0.0.{}:7381", base + i);
+async fn cluster() -> (Vec<Proc>, Client) {
+    let ips: Vec<Ipv4Addr> = (0..3)
+        .map(|_| ringcache_test_support::free_loopback_ip(&TCP_PORTS, &UDP_PORTS))
+        .collect();
+    let procs: Vec<Proc> = (1..=3).map(|i| start(i, &ips)).collect();
+    for ip in &ips {
+        let http = format!("{ip}:7381");
         wait_for("node ready", async || ready(&http)).await;
     }
-    let seed = format!("127.0.0.{}:7379", base + 1);
+    let seed = format!("{}:7379", ips[0]);
     let client = Client::builder()
         .seeds([seed])
         .request_timeout(Duration::from_secs(1))
@@ -167,7 +169,7 @@ async fn lost(client: &Client, acked: &BTreeSet<String>) -> Vec<String> {
 
 #[tokio::test]
 async fn no_acknowledged_quorum_write_is_lost_when_a_node_is_killed() {
-    let (mut procs, client) = cluster(80).await;
+    let (mut procs, client) = cluster().await;
     let mut acked = write(&client, "before", 400).await;
     assert_eq!(
         acked.len(),
@@ -196,7 +198,7 @@ async fn no_acknowledged_quorum_write_is_lost_when_a_node_is_killed() {
 
 #[tokio::test]
 async fn no_acknowledged_quorum_write_is_lost_when_a_node_is_paused_and_resumed() {
-    let (procs, client) = cluster(90).await;
+    let (procs, client) = cluster().await;
     let mut acked = write(&client, "before", 400).await;
     assert_eq!(acked.len(), 400);
     signal(&procs[2], "-STOP");

@@ -23,7 +23,8 @@
 //! failure. Run them as root after `scripts/test-deps`:
 //! `cargo test -p ringcache-server --test net_faults`.
 //!
-//! Addresses: 127.0.0.101–103, .111–113, .121–123, .131–133 and .141–143, one block per test.
+//! Addresses: three loopback addresses per test, picked free at random (127.x.y.z outside
+//! 127.0.0.0/16), so tests, test runs and a node on 127.0.0.1 never meet.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
@@ -276,15 +277,24 @@ impl Node {
     }
 }
 
-/// The address of node `i` (1-based) of the block starting at 127.0.0.`base + 1`.
-fn addr(base: u8, i: u8) -> String {
-    format!("127.0.0.{}", base + i)
+/// Three loopback addresses whose default ports are free, one per node of a test.
+fn block() -> Vec<String> {
+    (0..3)
+        .map(|_| {
+            ringcache_test_support::free_loopback_ip(&[7379, 7381, 7382, 6479], &[7380]).to_string()
+        })
+        .collect()
 }
 
-/// Starts node `i` of block `base` (id `n<i>`; nodes 2 and 3 join through node 1), under
+/// The address of node `i` (1-based) of `block`.
+fn addr(block: &[String], i: u8) -> String {
+    block[usize::from(i) - 1].clone()
+}
+
+/// Starts node `i` of `block` (id `n<i>`; nodes 2 and 3 join through node 1), under
 /// `faketime -f <skew>` when given.
-fn start(test: &str, base: u8, i: u8, skew: Option<&str>) -> Node {
-    let ip = addr(base, i);
+fn start(test: &str, block: &[String], i: u8, skew: Option<&str>) -> Node {
+    let ip = addr(block, i);
     let id = format!("n{i}");
     let mut args = vec![
         "--bind".to_owned(),
@@ -305,7 +315,7 @@ fn start(test: &str, base: u8, i: u8, skew: Option<&str>) -> Node {
         "noeviction".to_owned(),
     ];
     if i > 1 {
-        args.extend(["--seeds".to_owned(), format!("{}:7380", addr(base, 1))]);
+        args.extend(["--seeds".to_owned(), format!("{}:7380", addr(block, 1))]);
     }
     let mut command = match skew {
         Some(skew) => {
@@ -330,16 +340,11 @@ fn start(test: &str, base: u8, i: u8, skew: Option<&str>) -> Node {
     Node { child, ip, id }
 }
 
-/// Polls `condition` every 20 ms until it holds; panics naming `what` after `deadline`.
-async fn wait_for(what: &str, deadline: Duration, mut condition: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while !condition().await {
-        assert!(
-            start.elapsed() < deadline,
-            "{what}: not reached within {deadline:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Polls `condition` until it holds; panics naming `what` after `deadline`.
+async fn wait_for(what: &str, deadline: Duration, condition: impl AsyncFnMut() -> bool) {
+    ringcache_test_support::until(what, deadline, condition)
+        .await
+        .unwrap();
 }
 
 async fn channel(target: &str) -> Option<Channel> {
@@ -463,9 +468,10 @@ async fn smart_client(seeds: &[&Node]) -> Client {
 
 /// Starts three nodes (node 3 under `faketime -f <skew3>` when given), waits until they are
 /// converged, and returns them with a smart client that sees all three.
-async fn cluster(test: &str, base: u8, skew3: Option<&str>) -> (Vec<Node>, Client) {
+async fn cluster(test: &str, skew3: Option<&str>) -> (Vec<Node>, Client) {
+    let block = block();
     let nodes: Vec<Node> = (1..=3)
-        .map(|i| start(test, base, i, if i == 3 { skew3 } else { None }))
+        .map(|i| start(test, &block, i, if i == 3 { skew3 } else { None }))
         .collect();
     wait_converged("start-up", &nodes, DEADLINE).await;
     let client = smart_client(&[&nodes[0], &nodes[1], &nodes[2]]).await;
@@ -671,7 +677,7 @@ async fn isolated_node_acknowledges_no_quorum_write() {
         return;
     };
     let started = Instant::now();
-    let (nodes, client) = cluster(TEST, 100, None).await;
+    let (nodes, client) = cluster(TEST, None).await;
     let mut acked = Writers::start(&client, "before", 50).finish().await.acked;
 
     firewall.isolate(&nodes[2].ip, &[&nodes[0].ip, &nodes[1].ip]);
@@ -788,7 +794,7 @@ async fn one_way_partition_loses_no_acknowledged_write() {
         return;
     };
     let started = Instant::now();
-    let (nodes, client) = cluster(TEST, 110, None).await;
+    let (nodes, client) = cluster(TEST, None).await;
     let mut outcome = Writers::start(&client, "before", 50).finish().await;
 
     let writers = Writers::start(&client, "oneway", MAX_WRITES_PER_TASK);
@@ -818,25 +824,25 @@ async fn one_way_partition_loses_no_acknowledged_write() {
 /// again by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn partition_longer_than_member_removal_heals_by_itself() {
-    long_split("longsplit", 120, 3).await;
+    long_split("longsplit", 3).await;
 }
 
 /// The same with node 1 cut off: the node the others joined through, which has no seeds of
 /// its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn partition_of_the_seed_node_longer_than_member_removal_heals_by_itself() {
-    long_split("longsplit_seed", 140, 1).await;
+    long_split("longsplit_seed", 1).await;
 }
 
 /// Cuts node `victim` (1-based) off from the other two until both sides have removed each
 /// other from their views, and 2 s more; heals; asserts the cluster merges by itself and loses
 /// no write the majority acknowledged.
-async fn long_split(test: &str, base: u8, victim: usize) {
+async fn long_split(test: &str, victim: usize) {
     let Some(mut firewall) = Firewall::new(test) else {
         return;
     };
     let started = Instant::now();
-    let (nodes, client) = cluster(test, base, None).await;
+    let (nodes, client) = cluster(test, None).await;
     let mut acked = Writers::start(&client, "before", 50).finish().await.acked;
 
     let lone = &nodes[victim - 1];
@@ -924,7 +930,7 @@ async fn node_an_hour_ahead_does_not_win_last_writer_wins() {
         return;
     }
     let started = Instant::now();
-    let (nodes, client) = cluster(TEST, 130, Some("+3600s")).await;
+    let (nodes, client) = cluster(TEST, Some("+3600s")).await;
     let mut node1 = raw_cache(&nodes[0]).await;
     let mut node3 = raw_cache(&nodes[2]).await;
     let key = "skewed-key";

@@ -1,6 +1,7 @@
 //! The `ringcached` binary as an operator runs it: flags, defaults, bad config, SIGTERM, the
-//! worker threads it starts. Each test binds its own 127.0.0.x so it never meets a node running
-//! on 127.0.0.1.
+//! worker threads it starts. A test on the default ports binds a loopback address picked free at
+//! random (127.x.y.z outside 127.0.0.0/16), so it never meets a node running on 127.0.0.1 or
+//! another test run; the others bind port 0.
 //!
 //! `workers_follow_a_cgroup_cpu_quota` puts the node in a cgroup with a CPU quota, which needs
 //! root and a writable cgroup file system: without them it prints why and passes without
@@ -45,18 +46,14 @@ fn http_status(addr: &str, path: &str) -> Option<u16> {
     text.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{what} not reached within {DEADLINE:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// A loopback address whose default ports (gRPC, HTTP, cluster, RESP; gossip over UDP) are
+/// free.
+fn default_ports_ip() -> String {
+    ringcache_test_support::free_loopback_ip(&[7379, 7381, 7382, 6479], &[7380]).to_string()
+}
+
+fn wait_for<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    ringcache_test_support::blocking_until_some(what, DEADLINE, probe).unwrap()
 }
 
 #[test]
@@ -118,7 +115,7 @@ fn bad_flags_and_config_files_fail_with_one_clear_line() {
 #[test]
 fn starts_with_defaults_serves_and_stops_cleanly_on_sigterm() {
     // Defaults everywhere but the bind address: ports 7379/7381 on an address of its own.
-    let bind = "127.0.0.73";
+    let bind = &default_ports_ip();
     let child = Command::new(BIN)
         .args(["--bind", bind])
         .env("RUST_LOG", "info")
@@ -167,7 +164,7 @@ fn starts_with_defaults_serves_and_stops_cleanly_on_sigterm() {
 
 #[test]
 fn json_logs_are_one_object_per_line() {
-    let bind = "127.0.0.74";
+    let bind = &default_ports_ip();
     let child = Command::new(BIN)
         .args(["--bind", bind, "--log-format", "json"])
         .env("RUST_LOG", "info")

@@ -17,6 +17,8 @@ use anyhow::{Context, bail};
 use ringcache_server::clock::{Clock, SystemClock};
 use ringcache_server::cluster::Keyring;
 use ringcache_server::{Config, Listeners, Node};
+/// Waiting for conditions and free loopback addresses, shared by every test crate.
+pub use ringcache_test_support as support;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::oneshot;
@@ -547,22 +549,14 @@ fn dechunk(mut body: &str) -> anyhow::Result<String> {
     }
 }
 
-/// Polls `condition` every 10 ms until it holds or `deadline` passes.
+/// Polls `condition` until it holds or `deadline` passes ([`support::until`]).
 pub async fn wait_until<F, Fut>(deadline: Duration, mut condition: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let give_up = tokio::time::Instant::now() + deadline;
-    loop {
-        if condition().await {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= give_up {
-            bail!("condition not met within {deadline:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    support::until("condition", deadline, async || condition().await).await?;
+    Ok(())
 }
 
 /// Compiles the README's code examples, so they cannot drift from the API.

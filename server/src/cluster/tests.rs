@@ -1386,13 +1386,9 @@ mod driver {
 
     /// Polls `condition` until it holds; fails after [`WAIT`].
     async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-        let waited = timeout(WAIT, async {
-            while !condition() {
-                tokio::time::sleep(ms(5)).await;
-            }
-        })
-        .await;
-        assert!(waited.is_ok(), "timed out waiting for {what}");
+        ringcache_test_support::until(what, WAIT, async || condition())
+            .await
+            .unwrap();
     }
 
     fn all_active(members: &[Member], ids: &[&str]) -> bool {
