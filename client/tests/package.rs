@@ -166,3 +166,39 @@ fn the_node_benchmarks_and_tests_stay_unpublished() {
         );
     }
 }
+
+/// Library users pay for the client only: the default features are empty, and what only the
+/// `ringctl` CLI needs is optional, behind `cli`.
+#[test]
+fn the_default_features_are_the_client_alone() {
+    let metadata = metadata();
+    let client = package(&metadata, "ringcache");
+    let default = client["features"]["default"].as_array().unwrap();
+    assert!(default.is_empty(), "default features: {default:?}");
+    let cli: Vec<&str> = client["features"]["cli"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    for only_cli in ["clap", "clap_complete", "indicatif", "anyhow", "humantime"] {
+        let dependency = client["dependencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == only_cli && d["kind"].is_null())
+            .unwrap_or_else(|| panic!("no dependency {only_cli}"));
+        assert_eq!(dependency["optional"], true, "{only_cli} is not optional");
+        assert!(
+            cli.contains(&format!("dep:{only_cli}").as_str()),
+            "{only_cli} is not behind `cli`: {cli:?}"
+        );
+    }
+    let ringctl = client["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ringctl")
+        .expect("the ringctl binary");
+    assert_eq!(ringctl["required-features"], serde_json::json!(["cli"]));
+}
