@@ -236,8 +236,8 @@ fn parse_seed(seed: &str, tls: bool) -> Result<String, Error> {
 /// The connections to one node, and the one place a request is sent to a node.
 ///
 /// This is the per-node transport seam: the router picks a node and hands the request to
-/// [`NodePool::call`], which sends it on a connection's pipelined stream (DESIGN §6, "The fast
-/// path"; [`crate::pipeline`]) or, when pipelining is off or the node does not serve it, as a
+/// [`NodePool::call`], which sends it on a connection's pipelined stream (the fast
+/// path: [`crate::pipeline`]) or, when pipelining is off or the node does not serve it, as a
 /// unary call.
 pub(crate) struct NodePool {
     addr: String,

@@ -1,4 +1,4 @@
-//! The pipelined per-connection stream (DESIGN §6, "The fast path").
+//! The pipelined per-connection stream (the fast path).
 //!
 //! Every `Cache` request to a node travels as a tagged entry of a long-lived bidirectional
 //! `Cache.Pipeline` stream instead of a unary call of its own. Batching is opportunistic: a caller

@@ -1,4 +1,4 @@
-//! Where keys live: the consistent-hash ring (DESIGN §3), computed the same way by every node and
+//! Where keys live: the consistent-hash ring, computed the same way by every node and
 //! every client from the member list alone.
 //!
 //! The contract, pinned by golden-vector tests:

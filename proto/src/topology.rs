@@ -30,7 +30,7 @@ pub const MAX_ADDR_BYTES: usize = 300;
 /// Longest zone name, in bytes (see [`check_zone`]).
 pub const MAX_ZONE_BYTES: usize = 64;
 
-/// A member's place in its life cycle (DESIGN §4).
+/// A member's place in its life cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum NodeState {
     /// In gossip, receiving its ranges, not yet serving reads; not in the ring.

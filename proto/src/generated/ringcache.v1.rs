@@ -2049,7 +2049,7 @@ pub struct AntiEntropyStatus {
     #[prost(uint64, tag = "12")]
     pub interval_ms: u64,
 }
-/// NodeState is a member's place in its life cycle (DESIGN §4).
+/// NodeState is a member's place in its life cycle.
 #[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]

@@ -1,4 +1,4 @@
-//! The server-side safety net (issue 3, DESIGN §1 "Routing"): a request for a key this node is
+//! The server-side safety net: a request for a key this node is
 //! not a replica of — from a stale or topology-unaware client — is forwarded one hop to the key's
 //! primary. The forwarded request carries [`FORWARDED_METADATA`] and is served wherever it lands,
 //! so nothing is forwarded twice, even while two nodes disagree about the topology. The response

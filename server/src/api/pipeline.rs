@@ -1,5 +1,4 @@
-//! The `Cache.Pipeline` stream: many tagged requests on one HTTP/2 stream (DESIGN §6, "The fast
-//! path").
+//! The `Cache.Pipeline` stream: many tagged requests on one HTTP/2 stream (the fast path).
 //!
 //! Each request runs through the very same handler as its unary call ([`CacheService`]), so
 //! routing, forwarding, replication, metrics and errors are identical. The response stream does

@@ -1,4 +1,4 @@
-//! The one mapping from ringcache errors to gRPC status codes (DESIGN §5).
+//! The one mapping from ringcache errors to gRPC status codes (the table at the top of `cache.proto`).
 
 use ringcache_proto::CURRENT_VERSION_METADATA;
 use tonic::metadata::MetadataValue;

@@ -25,7 +25,7 @@ use super::identity::{NodeId, NodeIdentity};
 /// header (see `MembershipConfig::max_packet_size`).
 pub const MAX_META_BYTES: usize = 512;
 
-/// The life-cycle states a node announces about itself (DESIGN §4). `Suspect` and `Dead` are not
+/// The life-cycle states a node announces about itself. `Suspect` and `Dead` are not
 /// here: they are what failure detection concludes about others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MetaState {

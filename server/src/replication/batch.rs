@@ -1,5 +1,5 @@
 //! Per-peer batching of replica calls: what several requests send to the same node leaves
-//! together in one call (DESIGN §6, "batch opportunistically"). One implementation serves both
+//! together in one call. One implementation serves both
 //! kinds of call: `Internal.Replicate` (the entries of replicated writes and read repairs) and
 //! `Internal.ReadVersions` (the keys of QUORUM and ALL reads). Each [`Transport`] says what its
 //! items are (entries or keys), how to send a call and what to do with each part's answers.

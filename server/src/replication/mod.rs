@@ -1,6 +1,5 @@
 //! Replication: how a write reaches the other replicas of its key, how reads at QUORUM and ALL
-//! find the newest copy, and how writes missed by an unreachable replica get to it later
-//! (DESIGN §5).
+//! find the newest copy, and how writes missed by an unreachable replica get to it later.
 //!
 //! **Who coordinates.** The node that serves a request (the key's primary normally; any replica
 //! that receives it, e.g. after a client failed over; a node that is no replica only when a

@@ -1,4 +1,4 @@
-//! Hybrid logical clock: the source of every write's version (DESIGN §5).
+//! Hybrid logical clock: the source of every write's version (the table at the top of `cache.proto`).
 //!
 //! A version is a `u64`: the upper 48 bits are unix milliseconds, the lower 16 a counter that orders
 //! writes within one millisecond. The clock never goes backwards and never hands out the same value
