@@ -90,6 +90,23 @@ impl ClusterView {
     }
 }
 
+impl ClusterView {
+    /// Where a GetOrLease for `key` is decided when it reaches `self_id`: `None` when this node
+    /// is the key's primary (the first of its replicas that is not Restarting; the ring is
+    /// empty), else that primary. Unlike [`Self::forward_target`] a replica other than the
+    /// primary forwards too: the primary alone keeps the key's lease.
+    pub fn lease_target(&self, key: &[u8], self_id: &str) -> Option<&Member> {
+        let replicas = self.ring.replicas(key);
+        let mut members = replicas.iter().filter_map(|id| self.topology.member(id));
+        let first = members.next();
+        let primary = first
+            .filter(|m| m.state != NodeState::Restarting)
+            .or_else(|| members.find(|m| m.state != NodeState::Restarting))
+            .or(first)?;
+        (primary.node_id != self_id).then_some(primary)
+    }
+}
+
 /// A byte stream to a peer's cluster port, as a [`PeerConnector`] opens it.
 pub trait PeerIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 
