@@ -324,9 +324,9 @@ impl Leases {
     }
 }
 
-/// A random non-zero token.
+/// A random non-zero token below 2^63 (a RESP integer reply carries it).
 fn new_token() -> u64 {
-    rand::random::<u64>() | 1
+    (rand::random::<u64>() >> 1) | 1
 }
 
 #[cfg(test)]

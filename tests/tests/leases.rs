@@ -493,3 +493,117 @@ async fn get_or_lease_needs_the_write_role() {
         .into_inner();
     assert_ne!(reply.lease_token, 0);
 }
+
+#[tokio::test]
+async fn lease_get_and_lease_set_round_trip_over_resp() {
+    use redis::Value;
+    use ringcache_tests::resp::{connect, error, run};
+    let node = TestNode::start_default().await;
+    let mut con = connect(&node).await;
+
+    let (kind, value, token): (String, Option<String>, i64) =
+        run(&mut con, &["LEASE.GET", "rk", "10000"]).await.unwrap();
+    assert_eq!((kind.as_str(), value), ("lease", None));
+    assert!(token > 0);
+    let (kind, _, other): (String, Option<String>, i64) =
+        run(&mut con, &["LEASE.GET", "rk", "10000", "WAIT", "0"])
+            .await
+            .unwrap();
+    assert_eq!((kind.as_str(), other), ("timeout", 0), "the lease is held");
+
+    let ok: String = run(
+        &mut con,
+        &[
+            "LEASE.SET",
+            "rk",
+            &token.to_string(),
+            "fresh",
+            "PX",
+            "60000",
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok, "OK");
+    let (kind, value, token): (String, Option<String>, i64) =
+        run(&mut con, &["lease.get", "rk", "10000"]).await.unwrap();
+    assert_eq!(
+        (kind.as_str(), value.as_deref(), token),
+        ("hit", Some("fresh"), 0)
+    );
+    let ttl: i64 = run(&mut con, &["PTTL", "rk"]).await.unwrap();
+    assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
+
+    // Bad input gets a clear error.
+    assert!(
+        error(&mut con, &["LEASE.GET", "rk", "0"])
+            .await
+            .contains("lease_ms")
+    );
+    assert!(
+        error(&mut con, &["LEASE.GET", "rk", "x"])
+            .await
+            .contains("integer")
+    );
+    assert!(
+        error(&mut con, &["LEASE.GET", "rk", "10", "NOWAIT", "1"])
+            .await
+            .contains("syntax")
+    );
+    assert!(
+        error(&mut con, &["LEASE.GET", "rk"])
+            .await
+            .contains("wrong number")
+    );
+    assert!(
+        error(&mut con, &["LEASE.SET", "rk", "0", "v"])
+            .await
+            .contains("token")
+    );
+    assert!(
+        error(&mut con, &["LEASE.SET", "rk", "1", "v", "KX", "1"])
+            .await
+            .contains("syntax")
+    );
+    assert!(
+        error(&mut con, &["LEASE.SET", "rk", "1", "v", "EX", "0"])
+            .await
+            .contains("expire")
+    );
+
+    // COMMAND INFO describes them (key at position 1, write).
+    let info: Value = run(&mut con, &["COMMAND", "INFO", "lease.get", "lease.set"])
+        .await
+        .unwrap();
+    let Value::Array(entries) = info else {
+        panic!("an array: {info:?}")
+    };
+    assert_eq!(entries.len(), 2);
+    assert!(
+        entries.iter().all(|e| !matches!(e, Value::Nil)),
+        "{entries:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_commands_route_by_slot_in_cluster_mode() {
+    use ringcache_tests::resp::{connect, key_owned_by, run, wait_moved};
+    let cluster = TestCluster::start_converged(3, DEADLINE, patient).await;
+    wait_moved(&cluster, DEADLINE).await;
+    let far = key_owned_by(&cluster, "n2", "lease:");
+    let mut aware = connect(&cluster.nodes[0]).await;
+    let _: String = run(&mut aware, &["RINGCACHE", "ROUTING", "MOVED"])
+        .await
+        .unwrap();
+    let error = run::<redis::Value>(&mut aware, &["LEASE.GET", &far, "1000"])
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some("MOVED"), "{error:?}");
+    let (addr, _) = error.redirect_node().expect("a redirect");
+    assert_eq!(addr, cluster.node("n2").resp_addr.to_string());
+    // The owner serves it.
+    let mut owner = connect(cluster.node("n2")).await;
+    let (kind, _, _): (String, Option<String>, i64) =
+        run(&mut owner, &["LEASE.GET", &far, "1000"]).await.unwrap();
+    assert_eq!(kind, "lease");
+}
