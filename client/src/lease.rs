@@ -233,8 +233,9 @@ impl Client {
     /// (`tokio::spawn`) and stores its result.
     ///
     /// A wait that timed out, or a request that failed because the primary was lost, slow or
-    /// full, is retried up to `options.attempts` times; after that `compute` runs without
-    /// caching (its value is returned, not stored). `compute` runs at most once per call.
+    /// full, is retried up to `options.attempts` times in all (after a failure with a backoff
+    /// of 50 ms doubling up to `options.max_wait`); after that `compute` runs without caching
+    /// (its value is returned, not stored). `compute` runs at most once per call.
     /// An error of `compute` is returned as [`ComputeError::Compute`] and its lease is left to
     /// expire (after `options.lease_ttl` the next waiter takes it over); a failed store of a
     /// computed value is logged and the value still returned.
@@ -253,7 +254,7 @@ impl Client {
     {
         let key: Bytes = key.into();
         crate::wire::ttl_ms(ttl).map_err(ComputeError::Cache)?;
-        for _ in 0..options.attempts.max(1) {
+        for attempt in 0..options.attempts.max(1) {
             match self.get_or_lease_with(key.clone(), options).await {
                 Ok(Leased::Hit(value) | Leased::Stale { value, lease: None }) => {
                     return Ok(value);
@@ -293,7 +294,12 @@ impl Client {
                 }
                 Ok(Leased::TimedOut) => {}
                 Err(error) if retryable(&error) => {
-                    tracing::debug!(%error, "get_or_compute: retrying");
+                    // The primary may be gone until the failure detector replaces it: back off
+                    // (50 ms, doubling, at most the wait) before asking again.
+                    let backoff =
+                        Duration::from_millis(50u64 << attempt.min(10)).min(options.max_wait);
+                    tracing::debug!(%error, ?backoff, "get_or_compute: retrying");
+                    tokio::time::sleep(backoff).await;
                 }
                 Err(error) => return Err(ComputeError::Cache(error)),
             }

@@ -607,3 +607,78 @@ async fn lease_commands_route_by_slot_in_cluster_mode() {
         run(&mut owner, &["LEASE.GET", &far, "1000"]).await.unwrap();
     assert_eq!(kind, "lease");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiters_of_a_crashed_primary_retry_on_the_new_one_and_compute_once() {
+    let mut cluster = TestCluster::start_converged(3, DEADLINE, patient).await;
+    let (primary, _) = primary_and_others(&cluster, "failover");
+    let primary_id = primary.node.config().node_id.clone();
+    let survivors: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.node.config().node_id.clone())
+        .filter(|id| *id != primary_id)
+        .collect();
+    let client = Client::connect(cluster.grpc_targets()).await.unwrap();
+    // A holder that never sets (its lease lives long: only the failover ends it).
+    let Leased::Lease(_held) = client
+        .get_or_lease("failover", Duration::from_secs(60))
+        .await
+        .unwrap()
+    else {
+        panic!("the first caller gets the lease");
+    };
+
+    let computations = Arc::new(AtomicUsize::new(0));
+    let mut callers = JoinSet::new();
+    for _ in 0..20 {
+        let client = client.clone();
+        let computations = computations.clone();
+        callers.spawn(async move {
+            client
+                .get_or_compute_with(
+                    "failover",
+                    Duration::from_secs(60),
+                    LeaseOptions::new()
+                        .max_wait(Duration::from_secs(1))
+                        .attempts(40),
+                    move || async move {
+                        computations.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, std::convert::Infallible>("after failover")
+                    },
+                )
+                .await
+        });
+    }
+    let waiting_on_primary = cluster.node(&primary_id).node.clone();
+    wait_until(DEADLINE, || {
+        let n = waiting_on_primary.leases().waiting();
+        async move { n >= 5 }
+    })
+    .await
+    .expect("callers wait on the primary");
+    drop(waiting_on_primary);
+    cluster.take(&primary_id).crash().await.unwrap();
+
+    while let Some(joined) = callers.join_next().await {
+        assert_eq!(joined.unwrap().unwrap(), Bytes::from("after failover"));
+    }
+    assert_eq!(
+        computations.load(Ordering::SeqCst),
+        1,
+        "one new lease on the new primary, one computation"
+    );
+    let granted: u64 = survivors
+        .iter()
+        .map(|id| {
+            cluster
+                .node(id)
+                .node
+                .leases()
+                .stats()
+                .granted
+                .load(Ordering::Relaxed)
+        })
+        .sum();
+    assert_eq!(granted, 1);
+}
