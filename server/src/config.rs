@@ -378,7 +378,7 @@ pub struct Cli {
     /// Count one request in N for hot keys (counts are scaled back), 1..=1024 [default: 8].
     #[arg(long, env = "RINGCACHE_HOT_KEYS_SAMPLE", value_name = "N")]
     pub hot_keys_sample: Option<u32>,
-    /// Most GetOrLease leases held at once on this node, 1..=10000000 [default: 100000].
+    /// Most GetOrLease leases held at once on this node, 1..=10000000 [default: 10000].
     #[arg(long, env = "RINGCACHE_LEASE_MAX_LEASES", value_name = "N")]
     pub lease_max_leases: Option<usize>,
     /// Most GetOrLease callers waiting at once on this node, 1..=1000000 [default: 10000].
@@ -2062,7 +2062,7 @@ mod tests {
         use crate::lease::LeaseConfig;
         let defaults = Config::layer(parse(&[]), FileConfig::default()).unwrap();
         assert_eq!(defaults.leases, LeaseConfig::default());
-        assert_eq!(defaults.leases.max_leases, 100_000);
+        assert_eq!(defaults.leases.max_leases, 10_000);
         assert_eq!(defaults.leases.max_waiters, 10_000);
         assert_eq!(defaults.leases.max_ttl, Duration::from_secs(60));
         assert_eq!(defaults.leases.max_wait, Duration::from_secs(3));

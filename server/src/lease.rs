@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Default `lease_max_leases`.
-pub const DEFAULT_MAX_LEASES: usize = 100_000;
+pub const DEFAULT_MAX_LEASES: usize = 10_000;
 /// Default `lease_max_waiters`.
 pub const DEFAULT_MAX_WAITERS: usize = 10_000;
 /// Default `lease_max_ttl`.

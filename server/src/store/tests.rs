@@ -1605,13 +1605,17 @@ fn serve_stale_keeps_expired_values_readable_through_get_or_stale_only() {
     // The expiry task leaves it for the window, then reclaims it.
     assert_eq!(s.reclaim_expired(T0 + 1_099, 100), 0);
     assert!(s.get_or_stale(b"k", T0 + 1_099).unwrap().is_some());
-    assert!(s.get_or_stale(b"k", T0 + 1_100).unwrap().is_none(), "past the window");
+    assert!(
+        s.get_or_stale(b"k", T0 + 1_100).unwrap().is_none(),
+        "past the window"
+    );
     assert_eq!(s.reclaim_expired(T0 + 1_100, 100), 1);
     assert_eq!(s.stats().keys, 0);
 
     // A write replaces a stale value; a delete leaves nothing stale.
     s.set(b"k", b"old", ttl, T0).unwrap();
-    s.set(b"k", b"new", SetOptions::default(), T0 + 200).unwrap();
+    s.set(b"k", b"new", SetOptions::default(), T0 + 200)
+        .unwrap();
     let (item, stale) = s.get_or_stale(b"k", T0 + 200).unwrap().unwrap();
     assert_eq!((&item.value[..], stale), (&b"new"[..], false));
     s.delete(b"k", T0 + 300).unwrap();
