@@ -246,3 +246,63 @@ impl Peers {
         channels.retain(|addr, _| topology.members().iter().any(|m| &m.cluster_addr == addr));
     }
 }
+
+#[cfg(test)]
+mod lease_target_tests {
+    use super::*;
+    use crate::known::Quorum;
+
+    fn view(states: &[(&str, NodeState)]) -> ClusterView {
+        let members = states
+            .iter()
+            .map(|(id, state)| Member {
+                node_id: (*id).to_owned(),
+                incarnation: 1,
+                state: *state,
+                weight: 1,
+                grpc_addr: String::new(),
+                gossip_addr: String::new(),
+                http_addr: String::new(),
+                cluster_addr: String::new(),
+                resp_addr: String::new(),
+                zone: None,
+            })
+            .collect();
+        ClusterView::new(Topology::new(members, 3, 64), Quorum::alone())
+    }
+
+    #[test]
+    fn only_the_primary_decides_leases_even_where_every_node_is_a_replica() {
+        use NodeState::{Active, Restarting};
+        let all = view(&[("a", Active), ("b", Active), ("c", Active)]);
+        let replicas: Vec<String> = all.replicas(b"k").iter().map(str::to_owned).collect();
+        let primary = &replicas[0];
+        assert_eq!(all.lease_target(b"k", primary), None);
+        for other in &replicas[1..] {
+            // A replica serves a plain Get itself, but forwards a GetOrLease.
+            assert!(all.forward_target(b"k", other).is_none());
+            assert_eq!(
+                all.lease_target(b"k", other).map(|m| m.node_id.as_str()),
+                Some(primary.as_str())
+            );
+        }
+        // A restarting primary hands the decision to the next replica.
+        let states: Vec<(&str, NodeState)> = replicas
+            .iter()
+            .map(|id| {
+                let state = if id == primary { Restarting } else { Active };
+                (id.as_str(), state)
+            })
+            .collect();
+        let restarting = view(&states);
+        assert_eq!(restarting.lease_target(b"k", &replicas[1]), None);
+        assert_eq!(
+            restarting
+                .lease_target(b"k", primary)
+                .map(|m| m.node_id.as_str()),
+            Some(replicas[1].as_str())
+        );
+        // An empty ring: decided where it arrives.
+        assert_eq!(view(&[]).lease_target(b"k", "a"), None);
+    }
+}
