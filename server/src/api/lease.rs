@@ -73,7 +73,15 @@ impl CacheService {
                 .forward_lease(primary, req, wait + FORWARD_TIMEOUT)
                 .await;
         }
-        let result = self.decide(&req.key, ttl, wait).await;
+        // Like a read: a node whose clock is off from the cluster's answers from its store no
+        // more (`crate::skew`).
+        let refusal = node
+            .clock_check()
+            .refusal_of("reads", node.config().store.max_clock_drift_ms);
+        let result = match refusal {
+            Some(refusal) => Err(Status::unavailable(refusal)),
+            None => self.decide(&req.key, ttl, wait).await,
+        };
         let outcome = match &result {
             Ok(reply) if reply.found && !reply.stale => Outcome::Ok,
             Ok(_) => Outcome::Miss,
