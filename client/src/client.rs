@@ -253,6 +253,30 @@ impl Client {
         result
     }
 
+    /// Runs a single-key call the pipeline stream does not carry as unary calls (see
+    /// [`Router::execute_unary`]); `extra` is how long the node may hold it.
+    pub(crate) async fn run_unary<Req, Resp, F, Fut>(
+        &self,
+        op: &'static str,
+        key: &Bytes,
+        extra: Duration,
+        request: Req,
+        rpc: F,
+    ) -> Result<Resp, Error>
+    where
+        Req: Clone,
+        F: Fn(
+            ringcache_proto::v1::cache_client::CacheClient<crate::security::NodeChannel>,
+            tonic::Request<Req>,
+        ) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        self.run(op, Retry::OnlyUnsent, Some(key), 1, |call| {
+            self.inner.execute_unary(call, key, extra, request, rpc)
+        })
+        .await
+    }
+
     /// The digest of the topology the client routes by: equal digests mean equal member lists
     /// and therefore equal rings. It changes whenever the client takes in a new topology.
     ///

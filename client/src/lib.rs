@@ -70,6 +70,7 @@ mod connector;
 mod error;
 #[cfg(feature = "serde")]
 mod json;
+mod lease;
 mod observe;
 mod options;
 mod pipeline;
@@ -88,6 +89,7 @@ pub use bytes::Bytes;
 pub use client::Client;
 pub use connector::{ConnectFuture, Connector, NodeStream};
 pub use error::{Error, ServerCode};
+pub use lease::{ComputeError, LeaseOptions, LeaseToken, Leased};
 pub use options::{
     CallOptions, Consistency, Entry, GetExpiry, KeyTtl, RetryBudget, RetryPolicy, SetCondition,
     SetOptions, SetOutcome,

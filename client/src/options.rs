@@ -49,9 +49,19 @@ pub struct SetOptions {
     pub return_previous: bool,
     /// Write consistency; `None` uses the client's default.
     pub consistency: Option<Consistency>,
+    /// The lease this write fills ([`Client::get_or_lease`](crate::Client::get_or_lease)):
+    /// the write goes to the key's primary and wakes the callers waiting for the value.
+    pub lease: Option<crate::LeaseToken>,
 }
 
 impl SetOptions {
+    /// Fills the lease `token` granted: the waiters for the key get this value.
+    #[must_use]
+    pub fn lease(mut self, token: crate::LeaseToken) -> Self {
+        self.lease = Some(token);
+        self
+    }
+
     /// Options of a plain set: no TTL, no condition.
     pub fn new() -> Self {
         Self::default()

@@ -396,6 +396,9 @@ impl Link {
     }
 
     /// Queues a request; gives it back when the stream has closed.
+    // The Err is the request itself, handed back (moved, not copied) on the rare closed
+    // stream so the caller can queue it on a fresh one; boxing it would allocate on every push.
+    #[allow(clippy::result_large_err)]
     fn push(&self, queued: Queued) -> Result<(), Queued> {
         {
             let mut state = self.lock();

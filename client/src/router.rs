@@ -585,6 +585,109 @@ impl Router {
         Err(tried.into_failure("no replica of the key answered"))
     }
 
+    /// Runs a single-key call the pipeline stream does not carry (`GetOrLease`) as unary calls:
+    /// to the key's replicas in attempt order (the node forwards it to the key's primary), with
+    /// the failover and retries of a write. Each attempt may take `extra` longer than usual (the
+    /// time the node may hold the request, waiting).
+    pub(crate) async fn execute_unary<Req, Resp, F, Fut>(
+        self: &Arc<Self>,
+        call: Call,
+        key: &[u8],
+        extra: Duration,
+        message: Req,
+        rpc: F,
+    ) -> Result<Resp, Error>
+    where
+        Req: Clone,
+        F: Fn(CacheClient<NodeChannel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        self.budget.deposit();
+        let mut attempt = 1;
+        loop {
+            let state = self.snapshot();
+            let replicas = state.ring.replicas(key);
+            let outcome = if replicas.is_empty() {
+                self.send_unary(&call, &self.home, message.clone(), &rpc, extra)
+                    .await
+            } else {
+                let mut tried = Tried::default();
+                let mut answer = None;
+                for (node_id, slot) in state.attempt_order(replicas, &self.config.breaker) {
+                    match self
+                        .send_unary(&call, slot, message.clone(), &rpc, extra)
+                        .await
+                    {
+                        Ok(response) => {
+                            answer = Some(Ok(response));
+                            break;
+                        }
+                        Err(failure) if !Access::Write.fails_over(failure.class) => {
+                            answer = Some(Err(failure));
+                            break;
+                        }
+                        Err(failure) => tried.push(node_id, slot, failure),
+                    }
+                }
+                answer.unwrap_or_else(|| Err(tried.into_failure("no replica of the key answered")))
+            };
+            Span::current().record("attempts", attempt);
+            let failure = match outcome {
+                Ok(response) => return Ok(response),
+                Err(failure) => failure,
+            };
+            if !self.may_retry(&call, failure.class, attempt).await {
+                return Err(failure.error);
+            }
+            attempt += 1;
+        }
+    }
+
+    async fn send_unary<Req, Resp, F, Fut>(
+        self: &Arc<Self>,
+        call: &Call,
+        slot: &Arc<NodeSlot>,
+        message: Req,
+        rpc: &F,
+        extra: Duration,
+    ) -> Result<Resp, Failure>
+    where
+        F: Fn(CacheClient<NodeChannel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let timeout = match call.deadline {
+            None => self.config.request_timeout + extra,
+            Some(_) => call
+                .attempt_timeout(self.config.request_timeout)
+                .ok_or(Failure {
+                    error: Error::Timeout {
+                        after: call.timeout,
+                    },
+                    class: FailureClass::TimedOut,
+                })?,
+        };
+        let pool = slot.pool(&self.config).map_err(|error| {
+            let failure = Failure::not_sent(Error::Unavailable(format!(
+                "cannot open a channel to {}: {error}",
+                slot.addr()
+            )));
+            self.after_failure(slot, failure.class);
+            failure
+        })?;
+        let reply = pool.unary(message, timeout, rpc).await;
+        if let Some(digest) = reply.digest {
+            self.observe_digest(digest, slot);
+        }
+        match &reply.result {
+            Ok(_) => slot.mark_reachable(),
+            Err(failure) => self.after_failure(slot, failure.class),
+        }
+        if let Err(failure) = &reply.result {
+            observe::attempt_failed(call.op, failure.class);
+        }
+        reply.result
+    }
+
     /// Whether `call`, whose attempt `attempt` failed with `class`, is tried again; waits the
     /// backoff first when it is.
     async fn may_retry(&self, call: &Call, class: FailureClass, attempt: u32) -> bool {

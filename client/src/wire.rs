@@ -102,6 +102,7 @@ pub(crate) fn set_request(
         condition: condition(options.condition),
         return_previous: options.return_previous,
         consistency: consistency(options.consistency.or(default_consistency)),
+        lease_token: options.lease.map_or(0, crate::LeaseToken::get),
         ..pb::SetRequest::default()
     })
 }

@@ -294,6 +294,13 @@ impl Cache for Svc {
         self.0.answer(pb::PersistResponse { updated: true })
     }
 
+    async fn get_or_lease(
+        &self,
+        _: Request<pb::GetOrLeaseRequest>,
+    ) -> Result<Response<pb::GetOrLeaseResponse>, Status> {
+        Err(Status::unimplemented("get_or_lease"))
+    }
+
     async fn update(
         &self,
         _: Request<pb::UpdateRequest>,

@@ -222,6 +222,13 @@ impl Cache for Fake {
         Ok(Response::new(pb::PersistResponse { updated }))
     }
 
+    async fn get_or_lease(
+        &self,
+        _: Request<pb::GetOrLeaseRequest>,
+    ) -> Result<Response<pb::GetOrLeaseResponse>, Status> {
+        Err(Status::unimplemented("get_or_lease"))
+    }
+
     async fn update(
         &self,
         _: Request<pb::UpdateRequest>,

@@ -460,6 +460,7 @@ mod tests {
             ("/ringcache.v1.Cache/Pipeline", Some(Role::Read)),
             ("/ringcache.v1.Cache/Set", Some(Role::Write)),
             ("/ringcache.v1.Cache/Incr", Some(Role::Write)),
+            ("/ringcache.v1.Cache/GetOrLease", Some(Role::Write)),
             ("/ringcache.v1.Cluster/WatchTopology", Some(Role::Read)),
             ("/ringcache.v1.Admin/Leave", Some(Role::Admin)),
             ("/ringcache.v1.Admin/Flush", Some(Role::Admin)),

@@ -378,6 +378,23 @@ pub struct Cli {
     /// Count one request in N for hot keys (counts are scaled back), 1..=1024 [default: 8].
     #[arg(long, env = "RINGCACHE_HOT_KEYS_SAMPLE", value_name = "N")]
     pub hot_keys_sample: Option<u32>,
+    /// Most GetOrLease leases held at once on this node, 1..=10000000 [default: 10000].
+    #[arg(long, env = "RINGCACHE_LEASE_MAX_LEASES", value_name = "N")]
+    pub lease_max_leases: Option<usize>,
+    /// Most GetOrLease callers waiting at once on this node, 1..=1000000 [default: 10000].
+    #[arg(long, env = "RINGCACHE_LEASE_MAX_WAITERS", value_name = "N")]
+    pub lease_max_waiters: Option<usize>,
+    /// Longest lease a GetOrLease grants (longer requests are capped), 1ms..=1h [default: 60s].
+    #[arg(long, env = "RINGCACHE_LEASE_MAX_TTL", value_name = "DURATION")]
+    pub lease_max_ttl: Option<HumanDuration>,
+    /// Longest a GetOrLease waits for another caller's lease (longer requests are capped),
+    /// 0..=30s [default: 3s].
+    #[arg(long, env = "RINGCACHE_LEASE_MAX_WAIT", value_name = "DURATION")]
+    pub lease_max_wait: Option<HumanDuration>,
+    /// Keep expired values this long, readable through GetOrLease only (as stale, with one
+    /// refresh lease), 0..=24h; 0 is off [default: 0].
+    #[arg(long, env = "RINGCACHE_SERVE_STALE", value_name = "DURATION")]
+    pub serve_stale: Option<HumanDuration>,
 }
 
 /// Consistency level as written in flags and files.
@@ -579,6 +596,11 @@ struct FileConfig {
     hot_keys_capacity: Option<usize>,
     hot_keys_window: Option<HumanDuration>,
     hot_keys_sample: Option<u32>,
+    lease_max_leases: Option<usize>,
+    lease_max_waiters: Option<usize>,
+    lease_max_ttl: Option<HumanDuration>,
+    lease_max_wait: Option<HumanDuration>,
+    serve_stale: Option<HumanDuration>,
 }
 
 /// Everything a node runs with, validated.
@@ -668,6 +690,8 @@ pub struct Config {
     pub snapshot: SnapshotConfig,
     /// Hot-key tracking ([`crate::hotkeys`]).
     pub hot_keys: crate::hotkeys::HotKeysConfig,
+    /// GetOrLease leases and serve-stale ([`crate::lease`]).
+    pub leases: crate::lease::LeaseConfig,
 }
 
 /// Snapshot settings ([`crate::snapshot`]).
@@ -1004,6 +1028,28 @@ impl Config {
                     .or(file.hot_keys_sample)
                     .unwrap_or(crate::hotkeys::DEFAULT_SAMPLE),
             },
+            leases: crate::lease::LeaseConfig {
+                max_leases: cli
+                    .lease_max_leases
+                    .or(file.lease_max_leases)
+                    .unwrap_or(crate::lease::DEFAULT_MAX_LEASES),
+                max_waiters: cli
+                    .lease_max_waiters
+                    .or(file.lease_max_waiters)
+                    .unwrap_or(crate::lease::DEFAULT_MAX_WAITERS),
+                max_ttl: cli
+                    .lease_max_ttl
+                    .or(file.lease_max_ttl)
+                    .map_or(crate::lease::DEFAULT_MAX_TTL, |d| d.0),
+                max_wait: cli
+                    .lease_max_wait
+                    .or(file.lease_max_wait)
+                    .map_or(crate::lease::DEFAULT_MAX_WAIT, |d| d.0),
+                serve_stale: cli
+                    .serve_stale
+                    .or(file.serve_stale)
+                    .map_or(Duration::ZERO, |d| d.0),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -1072,6 +1118,7 @@ impl Config {
             bail!("expiry_interval must be greater than zero");
         }
         self.validate_hot_keys()?;
+        self.validate_leases()?;
         if self.secrets_reload_interval.is_zero() {
             bail!("secrets_reload_interval must be greater than zero");
         }
@@ -1184,8 +1231,44 @@ impl Config {
         Ok(())
     }
 
-    /// Checks the snapshot settings; with a data directory, creates it if missing and checks
-    /// that a file can be written there (the error says which and why).
+    /// Checks the lease and serve-stale settings.
+    fn validate_leases(&self) -> anyhow::Result<()> {
+        use crate::lease::{MAX_MAX_TTL, MAX_MAX_WAIT, MAX_SERVE_STALE};
+        let leases = &self.leases;
+        if !(1..=10_000_000).contains(&leases.max_leases) {
+            bail!(
+                "lease_max_leases must be between 1 and 10000000, got {}",
+                leases.max_leases
+            );
+        }
+        if !(1..=1_000_000).contains(&leases.max_waiters) {
+            bail!(
+                "lease_max_waiters must be between 1 and 1000000, got {}",
+                leases.max_waiters
+            );
+        }
+        if !(Duration::from_millis(1)..=MAX_MAX_TTL).contains(&leases.max_ttl) {
+            bail!(
+                "lease_max_ttl must be between 1ms and 1h, got {}",
+                humantime::format_duration(leases.max_ttl)
+            );
+        }
+        if leases.max_wait > MAX_MAX_WAIT {
+            bail!(
+                "lease_max_wait must be at most 30s, got {}",
+                humantime::format_duration(leases.max_wait)
+            );
+        }
+        if leases.serve_stale > MAX_SERVE_STALE {
+            bail!(
+                "serve_stale must be at most 24h, got {}",
+                humantime::format_duration(leases.serve_stale)
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks the hot-key settings.
     fn validate_hot_keys(&self) -> anyhow::Result<()> {
         use crate::hotkeys::{MAX_CAPACITY, MAX_SAMPLE, MAX_WINDOW, MIN_CAPACITY, MIN_WINDOW};
         let hot = &self.hot_keys;
@@ -1972,6 +2055,66 @@ mod tests {
         assert!(e.contains("data_dir"), "{e}");
         assert!(Cli::try_parse_from(["ringcached", "--snapshot-rate", "fast"]).is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn lease_settings_layer_with_their_defaults_and_bounds() {
+        use crate::lease::LeaseConfig;
+        let defaults = Config::layer(parse(&[]), FileConfig::default()).unwrap();
+        assert_eq!(defaults.leases, LeaseConfig::default());
+        assert_eq!(defaults.leases.max_leases, 10_000);
+        assert_eq!(defaults.leases.max_waiters, 10_000);
+        assert_eq!(defaults.leases.max_ttl, Duration::from_secs(60));
+        assert_eq!(defaults.leases.max_wait, Duration::from_secs(3));
+        assert_eq!(defaults.leases.serve_stale, Duration::ZERO);
+
+        let file: FileConfig = toml::from_str(
+            r#"
+            lease_max_leases = 10
+            lease_max_waiters = 20
+            lease_max_ttl = "5s"
+            lease_max_wait = "1s"
+            serve_stale = "30s"
+            "#,
+        )
+        .unwrap();
+        let config = Config::layer(parse(&["--lease-max-waiters", "30"]), file).unwrap();
+        assert_eq!(
+            config.leases,
+            LeaseConfig {
+                max_leases: 10,
+                max_waiters: 30,
+                max_ttl: Duration::from_secs(5),
+                max_wait: Duration::from_secs(1),
+                serve_stale: Duration::from_secs(30),
+            },
+            "the file over the defaults, the flag over the file"
+        );
+        for (args, named) in [
+            (["--lease-max-leases", "0"], "lease_max_leases"),
+            (["--lease-max-leases", "10000001"], "lease_max_leases"),
+            (["--lease-max-waiters", "0"], "lease_max_waiters"),
+            (["--lease-max-waiters", "1000001"], "lease_max_waiters"),
+            (["--lease-max-ttl", "0s"], "lease_max_ttl"),
+            (["--lease-max-ttl", "61m"], "lease_max_ttl"),
+            (["--lease-max-wait", "31s"], "lease_max_wait"),
+            (["--serve-stale", "25h"], "serve_stale"),
+        ] {
+            let err = Config::layer(parse(&args), FileConfig::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(named), "{args:?}: {err}");
+        }
+        for args in [
+            ["--lease-max-leases", "1"],
+            ["--lease-max-waiters", "1000000"],
+            ["--lease-max-ttl", "1h"],
+            ["--lease-max-wait", "0s"],
+            ["--serve-stale", "24h"],
+        ] {
+            Config::layer(parse(&args), FileConfig::default()).unwrap();
+        }
+        assert!(Cli::try_parse_from(["ringcached", "--lease-max-leases", "-1"]).is_err());
     }
 
     #[test]

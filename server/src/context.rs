@@ -52,6 +52,8 @@ pub struct Context {
     pub(crate) span: tracing::Span,
     /// This node's heaviest keys per window ([`crate::hotkeys`]).
     pub(crate) hot_keys: HotKeys,
+    /// GetOrLease leases of the keys this node is the primary of ([`crate::lease`]).
+    pub(crate) leases: crate::lease::Leases,
 }
 
 impl Context {
@@ -106,6 +108,10 @@ impl Context {
     /// This node's heaviest keys per window ([`crate::hotkeys`]).
     pub fn hot_keys(&self) -> &HotKeys {
         &self.hot_keys
+    }
+    /// GetOrLease leases ([`crate::lease`]).
+    pub fn leases(&self) -> &crate::lease::Leases {
+        &self.leases
     }
     /// Data movement progress (joins, repairs, leaves).
     pub fn rebalance(&self) -> &RebalanceStats {

@@ -16,6 +16,7 @@ pub mod dev_cluster;
 pub mod hotkeys;
 mod http;
 pub mod known;
+pub mod lease;
 pub mod logging;
 pub mod member_log;
 pub mod metrics;

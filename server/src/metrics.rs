@@ -34,10 +34,11 @@ pub enum Op {
     SetRange,
     IncrByFloat,
     GetEx,
+    GetOrLease,
 }
 
 impl Op {
-    const ALL: [Op; 15] = [
+    const ALL: [Op; 16] = [
         Op::Get,
         Op::Set,
         Op::Delete,
@@ -53,6 +54,7 @@ impl Op {
         Op::SetRange,
         Op::IncrByFloat,
         Op::GetEx,
+        Op::GetOrLease,
     ];
 
     /// The label value.
@@ -73,6 +75,7 @@ impl Op {
             Op::SetRange => "set_range",
             Op::IncrByFloat => "incr_by_float",
             Op::GetEx => "get_ex",
+            Op::GetOrLease => "get_or_lease",
         }
     }
 }
@@ -241,6 +244,14 @@ pub struct Metrics {
     hot_key_rates: [Gauge; crate::hotkeys::METRIC_RANKS],
     /// Share of the last window's requests that went to the top ten keys.
     hot_keys_top_share: Gauge,
+    leases_granted: Counter,
+    leases_taken_over: Counter,
+    leases_expired: Counter,
+    /// GetOrLease waits: answered with a value, timed out.
+    lease_waits: [Counter; 2],
+    lease_waiters: Gauge,
+    leases_held: Gauge,
+    stale_served: Counter,
     rebalance_bytes_sent: Counter,
     rebalance_stream_bytes_sent: Counter,
     rebalance_keys_received: Counter,
@@ -816,6 +827,46 @@ impl Metrics {
         );
         describe(
             &recorder,
+            "ringcache_leases_granted_total",
+            Unit::Count,
+            "GetOrLease leases granted by this node as a key's primary (take-overs included)",
+        );
+        describe(
+            &recorder,
+            "ringcache_leases_taken_over_total",
+            Unit::Count,
+            "Expired GetOrLease leases (holder gone or too slow) taken over by a waiting or later caller",
+        );
+        describe(
+            &recorder,
+            "ringcache_leases_expired_total",
+            Unit::Count,
+            "Expired GetOrLease leases removed without a take-over",
+        );
+        describe(
+            &recorder,
+            "ringcache_lease_waits_total",
+            Unit::Count,
+            "GetOrLease waits for another caller's lease, by result: value (woken with the value) or timed_out",
+        );
+        recorder.describe_gauge(
+            "ringcache_lease_waiters".into(),
+            None,
+            "GetOrLease callers waiting for another caller's lease on this node now".into(),
+        );
+        recorder.describe_gauge(
+            "ringcache_leases_held".into(),
+            None,
+            "GetOrLease leases held on this node now (expired ones not swept yet included)".into(),
+        );
+        describe(
+            &recorder,
+            "ringcache_stale_served_total",
+            Unit::Count,
+            "Expired values served by GetOrLease within the serve-stale window",
+        );
+        describe(
+            &recorder,
             "ringcache_snapshot_loaded_entries",
             Unit::Count,
             "Entries loaded from the snapshot at start (0: none, or the load failed)",
@@ -850,6 +901,18 @@ impl Metrics {
                 )
             }),
             hot_keys_top_share: gauge("ringcache_hot_keys_top_share"),
+            leases_granted: counter("ringcache_leases_granted_total", vec![]),
+            leases_taken_over: counter("ringcache_leases_taken_over_total", vec![]),
+            leases_expired: counter("ringcache_leases_expired_total", vec![]),
+            lease_waits: ["value", "timed_out"].map(|result| {
+                counter(
+                    "ringcache_lease_waits_total",
+                    vec![Label::new("result", result)],
+                )
+            }),
+            lease_waiters: gauge("ringcache_lease_waiters"),
+            leases_held: gauge("ringcache_leases_held"),
+            stale_served: counter("ringcache_stale_served_total", vec![]),
             rebalance_bytes_sent: counter("ringcache_rebalance_bytes_sent_total", vec![]),
             rebalance_stream_bytes_sent: counter(
                 "ringcache_rebalance_stream_bytes_sent_total",
@@ -1003,6 +1066,21 @@ impl Metrics {
             .absolute(stats.buckets_differing.load(Relaxed));
         self.anti_entropy_keys[0].absolute(stats.keys_pulled.load(Relaxed));
         self.anti_entropy_keys[1].absolute(stats.keys_pushed.load(Relaxed));
+    }
+
+    /// Copies in the lease counters and gauges.
+    pub fn set_leases(&self, leases: &crate::lease::Leases) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = leases.stats();
+        self.leases_granted.absolute(stats.granted.load(Relaxed));
+        self.leases_taken_over
+            .absolute(stats.taken_over.load(Relaxed));
+        self.leases_expired.absolute(stats.expired.load(Relaxed));
+        self.lease_waits[0].absolute(stats.woken_by_value.load(Relaxed));
+        self.lease_waits[1].absolute(stats.timed_out.load(Relaxed));
+        self.stale_served.absolute(stats.stale_served.load(Relaxed));
+        self.lease_waiters.set(leases.waiting() as f64);
+        self.leases_held.set(leases.held() as f64);
     }
 
     /// Copies in the last hot-key window: the top ten's rates (0 for ranks with no key) and

@@ -255,7 +255,9 @@ impl Node {
     pub fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Arc<Self> {
         let incarnation = clock.now_ms();
         let span = crate::logging::node_span(&config.node_id);
-        let store = Store::new(config.store.clone());
+        let serve_stale_ms =
+            u64::try_from(config.leases.serve_stale.as_millis()).unwrap_or(u64::MAX);
+        let store = Store::new(config.store.clone()).with_serve_stale_ms(serve_stale_ms);
         let (state, _) = watch::channel(v1::NodeState::Active);
         let (view, _) = watch::channel(Arc::new(ClusterView::new(
             Topology::new(vec![], 1, 1),
@@ -272,6 +274,7 @@ impl Node {
         let connections = Connections::new(config.max_connections);
         let unauthenticated = Connections::new(config.security.max_unauthenticated_connections);
         let cluster_connections = Connections::new(config.security.max_cluster_connections);
+        let config_leases = config.leases;
         let hot_keys = crate::hotkeys::HotKeys::new(config.hot_keys)
             .with_max_key_bytes(config.store.max_key_bytes);
         let ctx = Arc::new(Context {
@@ -289,6 +292,7 @@ impl Node {
             shutdown: CancellationToken::new(),
             span: span.clone(),
             hot_keys,
+            leases: crate::lease::Leases::new(config_leases),
         });
         let node = Arc::new(Self {
             ctx,
@@ -1713,6 +1717,7 @@ async fn expiry_task(node: Arc<Node>) {
             () = node.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        node.leases.sweep(tokio::time::Instant::now());
         for _ in 0..EXPIRY_MAX_PASSES {
             let reclaimed = node
                 .store

@@ -90,6 +90,23 @@ impl ClusterView {
     }
 }
 
+impl ClusterView {
+    /// Where a GetOrLease for `key` is decided when it reaches `self_id`: `None` when this node
+    /// is the key's primary (the first of its replicas that is not Restarting; the ring is
+    /// empty), else that primary. Unlike [`Self::forward_target`] a replica other than the
+    /// primary forwards too: the primary alone keeps the key's lease.
+    pub fn lease_target(&self, key: &[u8], self_id: &str) -> Option<&Member> {
+        let replicas = self.ring.replicas(key);
+        let mut members = replicas.iter().filter_map(|id| self.topology.member(id));
+        let first = members.next();
+        let primary = first
+            .filter(|m| m.state != NodeState::Restarting)
+            .or_else(|| members.find(|m| m.state != NodeState::Restarting))
+            .or(first)?;
+        (primary.node_id != self_id).then_some(primary)
+    }
+}
+
 /// A byte stream to a peer's cluster port, as a [`PeerConnector`] opens it.
 pub trait PeerIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 
@@ -227,5 +244,65 @@ impl Peers {
     pub fn retain(&self, topology: &Topology) {
         let mut channels = self.channels.lock();
         channels.retain(|addr, _| topology.members().iter().any(|m| &m.cluster_addr == addr));
+    }
+}
+
+#[cfg(test)]
+mod lease_target_tests {
+    use super::*;
+    use crate::known::Quorum;
+
+    fn view(states: &[(&str, NodeState)]) -> ClusterView {
+        let members = states
+            .iter()
+            .map(|(id, state)| Member {
+                node_id: (*id).to_owned(),
+                incarnation: 1,
+                state: *state,
+                weight: 1,
+                grpc_addr: String::new(),
+                gossip_addr: String::new(),
+                http_addr: String::new(),
+                cluster_addr: String::new(),
+                resp_addr: String::new(),
+                zone: None,
+            })
+            .collect();
+        ClusterView::new(Topology::new(members, 3, 64), Quorum::alone())
+    }
+
+    #[test]
+    fn only_the_primary_decides_leases_even_where_every_node_is_a_replica() {
+        use NodeState::{Active, Restarting};
+        let all = view(&[("a", Active), ("b", Active), ("c", Active)]);
+        let replicas: Vec<String> = all.replicas(b"k").iter().map(str::to_owned).collect();
+        let primary = &replicas[0];
+        assert_eq!(all.lease_target(b"k", primary), None);
+        for other in &replicas[1..] {
+            // A replica serves a plain Get itself, but forwards a GetOrLease.
+            assert!(all.forward_target(b"k", other).is_none());
+            assert_eq!(
+                all.lease_target(b"k", other).map(|m| m.node_id.as_str()),
+                Some(primary.as_str())
+            );
+        }
+        // A restarting primary hands the decision to the next replica.
+        let states: Vec<(&str, NodeState)> = replicas
+            .iter()
+            .map(|id| {
+                let state = if id == primary { Restarting } else { Active };
+                (id.as_str(), state)
+            })
+            .collect();
+        let restarting = view(&states);
+        assert_eq!(restarting.lease_target(b"k", &replicas[1]), None);
+        assert_eq!(
+            restarting
+                .lease_target(b"k", primary)
+                .map(|m| m.node_id.as_str()),
+            Some(replicas[1].as_str())
+        );
+        // An empty ring: decided where it arrives.
+        assert_eq!(view(&[]).lease_target(b"k", "a"), None);
     }
 }

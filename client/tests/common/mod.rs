@@ -191,6 +191,13 @@ impl Cache for Svc {
         Ok(Response::new(pb::PersistResponse::default()))
     }
 
+    async fn get_or_lease(
+        &self,
+        _: Request<pb::GetOrLeaseRequest>,
+    ) -> Result<Response<pb::GetOrLeaseResponse>, Status> {
+        Err(Status::unimplemented("get_or_lease"))
+    }
+
     async fn update(
         &self,
         _: Request<pb::UpdateRequest>,

@@ -58,6 +58,12 @@ pub struct SetRequest {
     /// expired at once); it still counts as stored.
     #[prost(uint64, optional, tag = "8")]
     pub expires_at_ms: ::core::option::Option<u64>,
+    /// The lease token a GetOrLease granted for this key (0: none). A Set with a token is served
+    /// by the key's primary and releases the lease: the waiters get the value. A token that no
+    /// longer holds the lease (it expired and was taken over) is not an error: the write is a
+    /// plain Set.
+    #[prost(uint64, tag = "9")]
+    pub lease_token: u64,
 }
 /// SetResponse tells whether the value was stored.
 #[allow(clippy::all)]
@@ -409,6 +415,51 @@ pub struct UpdateResponse {
     /// The version written; 0 when the update changed nothing.
     #[prost(uint64, tag = "4")]
     pub version: u64,
+}
+/// GetOrLeaseRequest asks for a key, or for the right to compute it.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetOrLeaseRequest {
+    /// The key; 1..=max_key_bytes bytes.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub key: ::prost::bytes::Bytes,
+    /// How long a granted lease holds before another caller may take it over, in milliseconds,
+    ///
+    /// >
+    /// > 0; capped by the server's lease_max_ttl.
+    #[prost(uint64, tag = "2")]
+    pub lease_ttl_ms: u64,
+    /// Longest wait for another caller's lease, in milliseconds (0: do not wait); capped by the
+    /// server's lease_max_wait.
+    #[prost(uint64, tag = "3")]
+    pub max_wait_ms: u64,
+}
+/// GetOrLeaseResponse is a value, a lease, or neither (the wait timed out).
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetOrLeaseResponse {
+    /// Whether a value is returned (live, or stale when `stale`).
+    #[prost(bool, tag = "1")]
+    pub found: bool,
+    /// The value.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub value: ::prost::bytes::Bytes,
+    /// The value's version.
+    #[prost(uint64, tag = "3")]
+    pub version: u64,
+    /// Milliseconds the value has left to live; absent when it has no TTL or is stale.
+    #[prost(uint64, optional, tag = "4")]
+    pub ttl_ms: ::core::option::Option<u64>,
+    /// The value has expired and is served within the server's serve_stale window.
+    #[prost(bool, tag = "5")]
+    pub stale: bool,
+    /// Non-zero: this caller holds the key's lease; compute the value and Set it with this token.
+    /// found = false and lease_token = 0: the wait timed out.
+    #[prost(uint64, tag = "6")]
+    pub lease_token: u64,
+    /// The granted lease's TTL in milliseconds (after the server's cap); 0 without a lease.
+    #[prost(uint64, tag = "7")]
+    pub lease_ttl_ms: u64,
 }
 /// PipelineRequestBatch is one message of the Pipeline request stream: the requests a client had
 /// queued when the stream was ready to send. At most 4096 requests (a bigger batch ends the stream
@@ -996,6 +1047,35 @@ pub mod cache_client {
             req.extensions_mut().insert(GrpcMethod::new("ringcache.v1.Cache", "Update"));
             self.inner.unary(req, path, codec).await
         }
+        /// GetOrLease is a Get with stampede protection, decided by the key's primary (a request
+        /// reaching another node is forwarded to it): a hit returns the value; the first miss gets a
+        /// lease (a token: compute the value and Set it with lease_token); other callers for the key
+        /// wait, up to max_wait_ms, and get the value once a write lands, or the lease once it expires.
+        /// Needs the write role. RESOURCE_EXHAUSTED when the node's lease or waiter limits are reached.
+        pub async fn get_or_lease(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetOrLeaseRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetOrLeaseResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ringcache.v1.Cache/GetOrLease",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ringcache.v1.Cache", "GetOrLease"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Pipeline is the fast path: one long-lived stream carries many tagged requests, in batches,
         /// and the node answers each with the same tag, in batches, in any order. Requests are started
         /// in the order they arrive and behave exactly like the unary calls above (routing,
@@ -1110,6 +1190,18 @@ pub mod cache_server {
             &self,
             request: tonic::Request<super::UpdateRequest>,
         ) -> std::result::Result<tonic::Response<super::UpdateResponse>, tonic::Status>;
+        /// GetOrLease is a Get with stampede protection, decided by the key's primary (a request
+        /// reaching another node is forwarded to it): a hit returns the value; the first miss gets a
+        /// lease (a token: compute the value and Set it with lease_token); other callers for the key
+        /// wait, up to max_wait_ms, and get the value once a write lands, or the lease once it expires.
+        /// Needs the write role. RESOURCE_EXHAUSTED when the node's lease or waiter limits are reached.
+        async fn get_or_lease(
+            &self,
+            request: tonic::Request<super::GetOrLeaseRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetOrLeaseResponse>,
+            tonic::Status,
+        >;
         /// Server streaming response type for the Pipeline method.
         type PipelineStream: tonic::codegen::tokio_stream::Stream<
                 Item = std::result::Result<super::PipelineResponseBatch, tonic::Status>,
@@ -1707,6 +1799,49 @@ pub mod cache_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = UpdateSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ringcache.v1.Cache/GetOrLease" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetOrLeaseSvc<T: Cache>(pub Arc<T>);
+                    impl<T: Cache> tonic::server::UnaryService<super::GetOrLeaseRequest>
+                    for GetOrLeaseSvc<T> {
+                        type Response = super::GetOrLeaseResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetOrLeaseRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Cache>::get_or_lease(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetOrLeaseSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -107,6 +107,7 @@ impl CacheService {
             let level = write_level(&self.node, consistency)?;
             replication::check_writable(&self.node, level).map_err(status_of)?;
             let (reply, keys) = handler(&self.node, self.node.now_ms())?;
+            self.node.leases().on_writes(&keys);
             replication::replicate(self.node.context(), keys, level)
                 .await
                 .map_err(status_of)?;
@@ -170,6 +171,9 @@ impl CacheService {
         let result = replication::check_writable(&self.node, level)
             .map_err(status_of)
             .and_then(|()| Ok(handler(&self.node, arrival.now_ms)?));
+        if result.is_ok() {
+            self.node.leases().on_write(key);
+        }
         Some(self.recorded(op, start, result, outcome))
     }
 
@@ -390,7 +394,7 @@ pub(super) fn check_batch(node: &Node, n_keys: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn ttl_left(expires_at_ms: Option<u64>, now_ms: u64) -> Option<u64> {
+pub(super) fn ttl_left(expires_at_ms: Option<u64>, now_ms: u64) -> Option<u64> {
     expires_at_ms.map(|at| at.saturating_sub(now_ms).max(1))
 }
 
@@ -464,6 +468,16 @@ impl Cache for CacheService {
     ) -> Result<Response<v1::SetResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
         self.hot(&metadata, &req.key, crate::hotkeys::Access::Write);
+        if req.lease_token != 0 {
+            // A leased Set goes to the key's primary, which holds the lease and its waiters.
+            if let Some(primary) = self.lease_route(&metadata, &req.key) {
+                return self
+                    .forward_one(Op::Set, primary, req, |mut peer, request| async move {
+                        peer.set(request).await
+                    })
+                    .await;
+            }
+        }
         if let Some(reply) = self.set_here(&req, Arrival::now(&self.node)) {
             return reply.map(Response::new);
         }
@@ -607,7 +621,8 @@ impl Cache for CacheService {
                     .store()
                     .mset(&pairs, req.ttl_ms, node.now_ms())
                     .map_err(Status::from)?;
-                let keys = local.iter().map(|&p| req.entries[p].key.clone()).collect();
+                let keys: Vec<Bytes> = local.iter().map(|&p| req.entries[p].key.clone()).collect();
+                node.leases().on_writes(&keys);
                 replication::replicate(node.context(), keys, level)
                     .await
                     .map_err(status_of)?;
@@ -652,6 +667,7 @@ impl Cache for CacheService {
                     .store()
                     .mdelete(&keys, node.now_ms())
                     .map_err(Status::from)?;
+                node.leases().on_writes(&keys);
                 replication::replicate(node.context(), keys, level)
                     .await
                     .map_err(status_of)?;
@@ -791,6 +807,13 @@ impl Cache for CacheService {
             |reply| hit_or_miss(reply.updated),
         )
         .await
+    }
+
+    async fn get_or_lease(
+        &self,
+        request: Request<v1::GetOrLeaseRequest>,
+    ) -> Result<Response<v1::GetOrLeaseResponse>, Status> {
+        self.serve_get_or_lease(request).await
     }
 
     async fn update(

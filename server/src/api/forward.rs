@@ -119,13 +119,29 @@ where
     F: FnOnce(CacheClient<Channel>, Request<Req>) -> Fut,
     Fut: Future<Output = Result<Response<Resp>, Status>>,
 {
+    forward_with_timeout(node, op, primary, message, FORWARD_TIMEOUT, call).await
+}
+
+/// [`forward`] with its own timeout (a GetOrLease may wait on the primary).
+pub(super) async fn forward_with_timeout<Req, Resp, F, Fut>(
+    node: Arc<Node>,
+    op: Op,
+    primary: Member,
+    message: Req,
+    timeout: Duration,
+    call: F,
+) -> Result<Response<Resp>, Status>
+where
+    F: FnOnce(CacheClient<Channel>, Request<Req>) -> Fut,
+    Fut: Future<Output = Result<Response<Resp>, Status>>,
+{
     node.metrics().record_forward(op);
     let client = node.peers().cache_client(&primary.cluster_addr)?;
     let mut request = Request::new(message);
     request
         .metadata_mut()
         .insert(FORWARDED_METADATA, MetadataValue::from_static("1"));
-    request.set_timeout(FORWARD_TIMEOUT);
+    request.set_timeout(timeout);
     match call(client, request).await {
         Ok(mut response) => {
             response

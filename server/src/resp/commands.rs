@@ -360,6 +360,8 @@ impl Session {
                 }
                 _ => wrong_arity("persist"),
             },
+            "lease.get" => self.lease_get(rest).await,
+            "lease.set" => self.lease_set(rest).await,
             "del" | "unlink" | "exists" | "mget" | "mset" => wrong_arity(lower),
             name if super::strings::handles(name) => self.string_command(name, rest).await,
             _ => unknown_command(name, rest),

@@ -27,6 +27,7 @@ mod gate;
 pub mod glob;
 pub mod introspect;
 pub mod keyspace;
+mod lease;
 pub mod parse;
 pub mod reply;
 pub mod server;

@@ -317,6 +317,7 @@ impl Session {
             consistency: self.write_level,
             keep_ttl,
             expires_at_ms,
+            lease_token: 0,
         };
         Ok((request, get))
     }

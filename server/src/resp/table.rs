@@ -178,6 +178,10 @@ pub static COMMANDS: &[Spec] = &[
         &["@slow", "@dangerous"],
         READ,
     ),
+    // Stampede protection (`crate::resp::lease`): a lease grants the right to write, and a
+    // LEASE.GET may wait.
+    one_key("lease.get", -3, W, STRING_WRITE, WRITE),
+    one_key("lease.set", -4, W_OOM, STRING_WRITE, WRITE),
     all_keys("mget", -2, R_FAST, 1, STRING_READ, READ),
     all_keys("mset", -3, W_OOM, 2, STRING_WRITE, WRITE),
     all_keys("msetnx", -3, W_OOM, 2, STRING_WRITE, WRITE),

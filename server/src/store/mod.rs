@@ -360,6 +360,9 @@ pub struct Store {
     /// Whether deletes must leave tombstones: true unless the node is known to be the only
     /// member that ever held data (see [`Store::set_tombstones_needed`]).
     tombstones_needed: AtomicBool,
+    /// How long (ms) an expired value is kept for [`Store::get_or_stale`] (serve-stale); 0: off,
+    /// expired entries are reclaimed as soon as the expiry task sees them.
+    serve_stale_ms: u64,
 }
 
 /// Where a walk of one hash slot's entries resumes ([`Store::scan_slot`]); the default starts
@@ -411,7 +414,22 @@ impl Store {
             used_bytes: AtomicUsize::new(0),
             flush_floor: AtomicU64::new(0),
             tombstones_needed: AtomicBool::new(true),
+            serve_stale_ms: 0,
         }
+    }
+
+    /// Keeps expired values readable through [`Store::get_or_stale`] for `ms` after they
+    /// expire (serve-stale): [`Store::reclaim_expired`] leaves them until then. They stay
+    /// charged against `max_memory` and are eviction's first victims like any expired entry.
+    #[must_use]
+    pub fn with_serve_stale_ms(mut self, ms: u64) -> Self {
+        self.serve_stale_ms = ms;
+        self
+    }
+
+    /// The serve-stale window in milliseconds (0: off).
+    pub fn serve_stale_ms(&self) -> u64 {
+        self.serve_stale_ms
     }
 
     /// The limits this store enforces.
@@ -509,6 +527,55 @@ impl Store {
                 Ok(None)
             }
         }
+    }
+
+    /// Reads a key for GetOrLease: a live value as `(item, false)`; with serve-stale on, a value
+    /// that expired less than `serve_stale_ms` ago as `(item, true)`; else `None`. Counts a hit
+    /// or a miss like [`Store::get`] (a stale value is a miss).
+    pub fn get_or_stale(
+        &self,
+        key: &[u8],
+        now_ms: u64,
+    ) -> Result<Option<(Item, bool)>, StoreError> {
+        if self.serve_stale_ms == 0 {
+            return Ok(self.get(key, now_ms)?.map(|item| (item, false)));
+        }
+        self.check_key(key)?;
+        let place = self.place(key);
+        let slot = &self.shards[place.shard];
+        let found = {
+            let shard = slot.lock.read();
+            shard.find(place.hash, key).and_then(|s| {
+                let entry = shard.entry(s);
+                if entry.is_tombstone() {
+                    return None;
+                }
+                let live = entry.is_live(now_ms);
+                let fresh_enough = live
+                    || entry
+                        .expires_at()
+                        .is_some_and(|at| at.saturating_add(self.serve_stale_ms) > now_ms);
+                fresh_enough.then(|| {
+                    entry.touch();
+                    (entry.clone(), !live)
+                })
+            })
+        };
+        let counter = match &found {
+            Some((_, false)) => &slot.hits,
+            _ => &slot.misses,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(found.map(|(entry, stale)| {
+            (
+                Item {
+                    value: entry.value_bytes(),
+                    version: entry.version(),
+                    expires_at_ms: entry.expires_at(),
+                },
+                stale,
+            )
+        }))
     }
 
     /// Reads several keys; `result[i]` answers `keys[i]`. All keys are checked before any is read.
@@ -815,7 +882,10 @@ impl Store {
     /// Removes expired entries, at most `budget_per_shard` from each shard, oldest deadline first.
     /// Returns how many were removed; a caller that gets `budget_per_shard * shards` back may call
     /// again at once, as more may be waiting.
+    /// With serve-stale on, an entry is reclaimed only once it has been expired for the whole
+    /// serve-stale window.
     pub fn reclaim_expired(&self, now_ms: u64, budget_per_shard: usize) -> usize {
+        let now_ms = now_ms.saturating_sub(self.serve_stale_ms);
         let mut total = 0;
         for slot in &self.shards {
             let mut shard = slot.lock.write();

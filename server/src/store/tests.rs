@@ -1587,3 +1587,50 @@ fn a_hash_slot_lives_in_one_shard_and_its_walk_reads_only_that_shard() {
     });
     assert_eq!(many.config().shards, usize::from(SLOTS));
 }
+
+#[test]
+fn serve_stale_keeps_expired_values_readable_through_get_or_stale_only() {
+    let s = store().with_serve_stale_ms(1_000);
+    let ttl = SetOptions {
+        ttl_ms: Some(100),
+        ..SetOptions::default()
+    };
+    s.set(b"k", b"old", ttl, T0).unwrap();
+    let (item, stale) = s.get_or_stale(b"k", T0 + 50).unwrap().unwrap();
+    assert_eq!((&item.value[..], stale), (&b"old"[..], false), "live");
+    // Expired: a plain read misses, get_or_stale answers it as stale within the window.
+    assert_eq!(value(&s, b"k", T0 + 100), None);
+    let (item, stale) = s.get_or_stale(b"k", T0 + 100).unwrap().unwrap();
+    assert_eq!((&item.value[..], stale), (&b"old"[..], true));
+    // The expiry task leaves it for the window, then reclaims it.
+    assert_eq!(s.reclaim_expired(T0 + 1_099, 100), 0);
+    assert!(s.get_or_stale(b"k", T0 + 1_099).unwrap().is_some());
+    assert!(
+        s.get_or_stale(b"k", T0 + 1_100).unwrap().is_none(),
+        "past the window"
+    );
+    assert_eq!(s.reclaim_expired(T0 + 1_100, 100), 1);
+    assert_eq!(s.stats().keys, 0);
+
+    // A write replaces a stale value; a delete leaves nothing stale.
+    s.set(b"k", b"old", ttl, T0).unwrap();
+    s.set(b"k", b"new", SetOptions::default(), T0 + 200)
+        .unwrap();
+    let (item, stale) = s.get_or_stale(b"k", T0 + 200).unwrap().unwrap();
+    assert_eq!((&item.value[..], stale), (&b"new"[..], false));
+    s.delete(b"k", T0 + 300).unwrap();
+    assert!(s.get_or_stale(b"k", T0 + 300).unwrap().is_none());
+}
+
+#[test]
+fn without_serve_stale_get_or_stale_is_get_and_expired_entries_are_reclaimed_at_once() {
+    let s = store();
+    assert_eq!(s.serve_stale_ms(), 0);
+    let ttl = SetOptions {
+        ttl_ms: Some(100),
+        ..SetOptions::default()
+    };
+    s.set(b"k", b"v", ttl, T0).unwrap();
+    assert!(s.get_or_stale(b"k", T0 + 100).unwrap().is_none());
+    assert_eq!(s.reclaim_expired(T0 + 100, 100), 1);
+}
