@@ -549,14 +549,24 @@ fn dechunk(mut body: &str) -> anyhow::Result<String> {
     }
 }
 
-/// Polls `condition` until it holds or `deadline` passes ([`support::until`]).
+/// Polls `condition` every [`support::POLL`] until it holds or `deadline` passes.
 pub async fn wait_until<F, Fut>(deadline: Duration, mut condition: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    support::until("condition", deadline, async || condition().await).await?;
-    Ok(())
+    // A loop of its own rather than `support::until`: an async closure around `condition` would
+    // make the future not `Send` for callers that spawn it.
+    let give_up = tokio::time::Instant::now() + deadline;
+    loop {
+        if condition().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= give_up {
+            bail!("condition not met within {deadline:?}");
+        }
+        tokio::time::sleep(support::POLL).await;
+    }
 }
 
 /// Compiles the README's code examples, so they cannot drift from the API.
