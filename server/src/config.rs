@@ -378,6 +378,17 @@ pub struct Cli {
     /// Count one request in N for hot keys (counts are scaled back), 1..=1024 [default: 8].
     #[arg(long, env = "RINGCACHE_HOT_KEYS_SAMPLE", value_name = "N")]
     pub hot_keys_sample: Option<u32>,
+    /// Most keys the near-cache tracking table remembers; a key pushed out is invalidated for
+    /// its readers, 1..=100000000 [default: 1000000].
+    #[arg(long, env = "RINGCACHE_TRACKING_MAX_KEYS", value_name = "N")]
+    pub tracking_max_keys: Option<usize>,
+    /// Most near-cache invalidation streams open at once, 1..=65536 [default: 1024].
+    #[arg(long, env = "RINGCACHE_TRACKING_MAX_SUBSCRIBERS", value_name = "N")]
+    pub tracking_max_subscribers: Option<usize>,
+    /// Most keys queued on one invalidation stream; past it the stream ends with an error and
+    /// the client drops its near cache, 1..=1048576 [default: 16384].
+    #[arg(long, env = "RINGCACHE_TRACKING_QUEUE", value_name = "N")]
+    pub tracking_queue: Option<usize>,
 }
 
 /// Consistency level as written in flags and files.
@@ -579,6 +590,9 @@ struct FileConfig {
     hot_keys_capacity: Option<usize>,
     hot_keys_window: Option<HumanDuration>,
     hot_keys_sample: Option<u32>,
+    tracking_max_keys: Option<usize>,
+    tracking_max_subscribers: Option<usize>,
+    tracking_queue: Option<usize>,
 }
 
 /// Everything a node runs with, validated.
@@ -668,6 +682,8 @@ pub struct Config {
     pub snapshot: SnapshotConfig,
     /// Hot-key tracking ([`crate::hotkeys`]).
     pub hot_keys: crate::hotkeys::HotKeysConfig,
+    /// Near-cache tracking bounds ([`crate::tracking`]).
+    pub tracking: crate::tracking::TrackingConfig,
 }
 
 /// Snapshot settings ([`crate::snapshot`]).
@@ -1004,6 +1020,20 @@ impl Config {
                     .or(file.hot_keys_sample)
                     .unwrap_or(crate::hotkeys::DEFAULT_SAMPLE),
             },
+            tracking: crate::tracking::TrackingConfig {
+                max_keys: cli
+                    .tracking_max_keys
+                    .or(file.tracking_max_keys)
+                    .unwrap_or(crate::tracking::DEFAULT_MAX_KEYS),
+                max_subscribers: cli
+                    .tracking_max_subscribers
+                    .or(file.tracking_max_subscribers)
+                    .unwrap_or(crate::tracking::DEFAULT_MAX_SUBSCRIBERS),
+                queue: cli
+                    .tracking_queue
+                    .or(file.tracking_queue)
+                    .unwrap_or(crate::tracking::DEFAULT_QUEUE),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -1072,6 +1102,7 @@ impl Config {
             bail!("expiry_interval must be greater than zero");
         }
         self.validate_hot_keys()?;
+        self.validate_tracking()?;
         if self.secrets_reload_interval.is_zero() {
             bail!("secrets_reload_interval must be greater than zero");
         }
@@ -1186,6 +1217,21 @@ impl Config {
 
     /// Checks the snapshot settings; with a data directory, creates it if missing and checks
     /// that a file can be written there (the error says which and why).
+    fn validate_tracking(&self) -> anyhow::Result<()> {
+        use crate::tracking::{MAX_MAX_KEYS, MAX_MAX_SUBSCRIBERS, MAX_QUEUE};
+        let t = &self.tracking;
+        for (name, value, max) in [
+            ("tracking_max_keys", t.max_keys, MAX_MAX_KEYS),
+            ("tracking_max_subscribers", t.max_subscribers, MAX_MAX_SUBSCRIBERS),
+            ("tracking_queue", t.queue, MAX_QUEUE),
+        ] {
+            if !(1..=max).contains(&value) {
+                bail!("{name} must be between 1 and {max}, got {value}");
+            }
+        }
+        Ok(())
+    }
+
     fn validate_hot_keys(&self) -> anyhow::Result<()> {
         use crate::hotkeys::{MAX_CAPACITY, MAX_SAMPLE, MAX_WINDOW, MIN_CAPACITY, MIN_WINDOW};
         let hot = &self.hot_keys;
@@ -1972,6 +2018,48 @@ mod tests {
         assert!(e.contains("data_dir"), "{e}");
         assert!(Cli::try_parse_from(["ringcached", "--snapshot-rate", "fast"]).is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn tracking_settings_layer_with_their_defaults_and_bounds() {
+        use crate::tracking::TrackingConfig;
+        let defaults = Config::layer(parse(&[]), FileConfig::default()).unwrap();
+        assert_eq!(defaults.tracking, TrackingConfig::default());
+        assert_eq!(defaults.tracking.max_keys, 1_000_000);
+        assert_eq!(defaults.tracking.max_subscribers, 1024);
+        assert_eq!(defaults.tracking.queue, 16_384);
+        let file: FileConfig = toml::from_str(
+            r#"
+            tracking_max_keys = 10
+            tracking_max_subscribers = 3
+            tracking_queue = 7
+            "#,
+        )
+        .unwrap();
+        let config = Config::layer(parse(&["--tracking-queue", "9"]), file).unwrap();
+        assert_eq!(
+            config.tracking,
+            TrackingConfig {
+                max_keys: 10,
+                max_subscribers: 3,
+                queue: 9,
+            },
+            "the file over the defaults, the flag over the file"
+        );
+        for (args, named) in [
+            (["--tracking-max-keys", "0"], "tracking_max_keys"),
+            (["--tracking-max-keys", "100000001"], "tracking_max_keys"),
+            (["--tracking-max-subscribers", "0"], "tracking_max_subscribers"),
+            (["--tracking-max-subscribers", "65537"], "tracking_max_subscribers"),
+            (["--tracking-queue", "0"], "tracking_queue"),
+            (["--tracking-queue", "1048577"], "tracking_queue"),
+        ] {
+            let err = Config::layer(parse(&args), FileConfig::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(named), "{args:?}: {err}");
+        }
+        assert!(Cli::try_parse_from(["ringcached", "--tracking-queue", "-1"]).is_err());
     }
 
     #[test]

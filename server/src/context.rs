@@ -52,6 +52,8 @@ pub struct Context {
     pub(crate) span: tracing::Span,
     /// This node's heaviest keys per window ([`crate::hotkeys`]).
     pub(crate) hot_keys: HotKeys,
+    /// Near-cache tracking: who read which key ([`crate::tracking`]).
+    pub(crate) tracking: std::sync::Arc<crate::tracking::Tracking>,
 }
 
 impl Context {
@@ -106,6 +108,10 @@ impl Context {
     /// This node's heaviest keys per window ([`crate::hotkeys`]).
     pub fn hot_keys(&self) -> &HotKeys {
         &self.hot_keys
+    }
+    /// Near-cache tracking: who read which key ([`crate::tracking`]).
+    pub fn tracking(&self) -> &crate::tracking::Tracking {
+        &self.tracking
     }
     /// Data movement progress (joins, repairs, leaves).
     pub fn rebalance(&self) -> &RebalanceStats {

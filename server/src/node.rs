@@ -274,6 +274,8 @@ impl Node {
         let cluster_connections = Connections::new(config.security.max_cluster_connections);
         let hot_keys = crate::hotkeys::HotKeys::new(config.hot_keys)
             .with_max_key_bytes(config.store.max_key_bytes);
+        let tracking = Arc::new(crate::tracking::Tracking::new(config.tracking));
+        store.observe(tracking.switch(), tracking.clone());
         let ctx = Arc::new(Context {
             config,
             store,
@@ -289,6 +291,7 @@ impl Node {
             shutdown: CancellationToken::new(),
             span: span.clone(),
             hot_keys,
+            tracking,
         });
         let node = Arc::new(Self {
             ctx,

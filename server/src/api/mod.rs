@@ -9,6 +9,7 @@ mod cache;
 mod cluster;
 mod digest;
 mod forward;
+mod invalidations;
 pub mod health;
 mod internal;
 mod pipeline;
