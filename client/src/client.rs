@@ -8,8 +8,10 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::{
-    CallOptions, ClientBuilder, Consistency, Entry, Error, KeyTtl, RetryPolicy, SetCondition,
-    SetOptions, SetOutcome, observe,
+    CallOptions, ClientBuilder, Consistency, Entry, Error, KeyTtl, NearCacheOptions,
+    NearCacheStats, RetryPolicy, SetCondition, SetOptions, SetOutcome,
+    near::NearCache,
+    observe,
     retry::Retry,
     router::{Access, Call, Router},
     wire,
@@ -67,6 +69,8 @@ use crate::{
 pub struct Client {
     /// Shared by every clone; the background topology watch ends when the last one is dropped.
     inner: Arc<Router>,
+    /// The near cache, when the builder turned it on; shared by every clone.
+    near: Option<Arc<NearCache>>,
     /// This handle's options: timeout, consistency (`None`: the cluster default) and retry
     /// policy (`None`: the builder's).
     options: CallOptions,
@@ -89,11 +93,63 @@ impl Client {
     pub(crate) fn new(router: Arc<Router>, consistency: Option<Consistency>) -> Self {
         Self {
             inner: router,
+            near: None,
             options: CallOptions {
                 consistency,
                 ..CallOptions::default()
             },
         }
+    }
+
+    /// Turns the near cache on (the builder's [`near_cache`](ClientBuilder::near_cache)).
+    pub(crate) fn with_near_cache(mut self, options: NearCacheOptions) -> Self {
+        self.near = Some(NearCache::new(options, self.inner.digest()));
+        self
+    }
+
+    /// The near cache's counters; `None` when it is off ([`ClientBuilder::near_cache`]).
+    pub fn near_cache_stats(&self) -> Option<NearCacheStats> {
+        self.near.as_ref().map(|near| near.stats())
+    }
+
+    /// The near cache, for a read at this handle's consistency: only ONE (or the default) reads
+    /// use it; QUORUM and ALL bypass it.
+    fn near_for_reads(&self) -> Option<&Arc<NearCache>> {
+        self.near
+            .as_ref()
+            .filter(|_| matches!(self.options.consistency, None | Some(Consistency::One)))
+    }
+
+    /// A write of `keys` through this client returned (or failed): drop their entries, and stop
+    /// reads in flight from caching older values.
+    fn wrote(&self, keys: &[Bytes]) {
+        if let Some(near) = &self.near {
+            for key in keys {
+                near.invalidate(key);
+            }
+        }
+    }
+
+    /// [`Client::get`] through the near cache.
+    async fn get_near(&self, near: &Arc<NearCache>, key: Bytes) -> Result<Option<Bytes>, Error> {
+        let digest = self.inner.digest();
+        if let Some(value) = near.lookup(&key, digest) {
+            return Ok(value);
+        }
+        // Before the tracking id is taken (in `get_tracked`): a stream that breaks after that
+        // flushes past this ticket.
+        let ticket = near.begin(&key, digest);
+        let request = wire::get_request(key.clone(), self.options.consistency);
+        let (response, tracked) = self
+            .run("get", Retry::Idempotent, Some(&key), 1, |call| {
+                self.inner.get_tracked(call, &key, request, near)
+            })
+            .await?;
+        if tracked {
+            let value = response.found.then(|| response.value.clone());
+            near.finish(ticket, key, value, response.ttl_ms, self.inner.digest());
+        }
+        Ok(wire::value(response))
     }
 
     /// Connects with the default settings to the first of `seeds` (`host:port`, optionally with
@@ -134,6 +190,7 @@ impl Client {
         let consistency = consistency.into();
         Client {
             inner: Arc::clone(&self.inner),
+            near: self.near.clone(),
             options: CallOptions {
                 consistency,
                 ..self.options
@@ -160,6 +217,7 @@ impl Client {
     pub fn with_options(&self, options: CallOptions) -> Client {
         Client {
             inner: Arc::clone(&self.inner),
+            near: self.near.clone(),
             options,
         }
     }
@@ -250,6 +308,12 @@ impl Client {
             },
         );
         observe::call_finished(op, result.as_ref().map(drop), started.elapsed());
+        if let (Some(near), Some(key)) = (&self.near, key)
+            && !matches!(op, "get" | "get_entry" | "ttl")
+        {
+            // Any single-key call but a read may have changed the key.
+            near.invalidate(key);
+        }
         result
     }
 
@@ -296,6 +360,9 @@ impl Client {
     /// ```
     pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>, Error> {
         let key = wire::key(key)?;
+        if let Some(near) = self.near_for_reads() {
+            return self.get_near(near, key).await;
+        }
         let request = wire::get_request(key.clone(), self.options.consistency);
         let response = self
             .run("get", Retry::Idempotent, Some(&key), 1, |call| {
@@ -468,7 +535,7 @@ impl Client {
             return Ok(Vec::new());
         }
         let keys: Vec<Bytes> = request.entries.iter().map(|e| e.key.clone()).collect();
-        let parts = self
+        let result = self
             .run("mset", Retry::Idempotent, None, keys.len(), |call| {
                 self.inner.execute_batch(
                     call,
@@ -484,7 +551,9 @@ impl Client {
                     |mut c, r| async move { c.m_set(r).await },
                 )
             })
-            .await?;
+            .await;
+        self.wrote(&keys);
+        let parts = result?;
         let mut versions = vec![0; keys.len()];
         for (indexes, response) in parts {
             let part = wire::mset_versions(response, indexes.len())?;
@@ -507,7 +576,7 @@ impl Client {
         if keys.is_empty() {
             return Ok(0);
         }
-        let parts = self
+        let result = self
             .run("mdelete", Retry::Idempotent, None, keys.len(), |call| {
                 self.inner.execute_batch(
                     call,
@@ -518,7 +587,9 @@ impl Client {
                     |mut c, r| async move { c.m_delete(r).await },
                 )
             })
-            .await?;
+            .await;
+        self.wrote(&keys);
+        let parts = result?;
         Ok(parts.iter().map(|(_, response)| response.deleted).sum())
     }
 

@@ -70,6 +70,7 @@ mod connector;
 mod error;
 #[cfg(feature = "serde")]
 mod json;
+mod near;
 mod observe;
 mod options;
 mod pipeline;
@@ -88,6 +89,10 @@ pub use bytes::Bytes;
 pub use client::Client;
 pub use connector::{ConnectFuture, Connector, NodeStream};
 pub use error::{Error, ServerCode};
+pub use near::{
+    DEFAULT_NEAR_MAX_BYTES, DEFAULT_NEAR_MAX_ENTRIES, DEFAULT_NEAR_TTL, MAX_NEAR_ENTRIES,
+    MAX_NEAR_TTL, NEAR_ENTRY_OVERHEAD, NearCacheOptions, NearCacheStats, STREAM_RETRY,
+};
 pub use options::{
     CallOptions, Consistency, Entry, GetExpiry, KeyTtl, RetryBudget, RetryPolicy, SetCondition,
     SetOptions, SetOutcome,

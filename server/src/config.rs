@@ -1222,7 +1222,11 @@ impl Config {
         let t = &self.tracking;
         for (name, value, max) in [
             ("tracking_max_keys", t.max_keys, MAX_MAX_KEYS),
-            ("tracking_max_subscribers", t.max_subscribers, MAX_MAX_SUBSCRIBERS),
+            (
+                "tracking_max_subscribers",
+                t.max_subscribers,
+                MAX_MAX_SUBSCRIBERS,
+            ),
             ("tracking_queue", t.queue, MAX_QUEUE),
         ] {
             if !(1..=max).contains(&value) {
@@ -2049,8 +2053,14 @@ mod tests {
         for (args, named) in [
             (["--tracking-max-keys", "0"], "tracking_max_keys"),
             (["--tracking-max-keys", "100000001"], "tracking_max_keys"),
-            (["--tracking-max-subscribers", "0"], "tracking_max_subscribers"),
-            (["--tracking-max-subscribers", "65537"], "tracking_max_subscribers"),
+            (
+                ["--tracking-max-subscribers", "0"],
+                "tracking_max_subscribers",
+            ),
+            (
+                ["--tracking-max-subscribers", "65537"],
+                "tracking_max_subscribers",
+            ),
             (["--tracking-queue", "0"], "tracking_queue"),
             (["--tracking-queue", "1048577"], "tracking_queue"),
         ] {

@@ -469,7 +469,10 @@ mod tests {
         }
         assert_eq!(batch(&a).await, Next::Overflowed);
         assert_eq!(t.stats().overflows, 1);
-        assert!(!t.track(a.id(), b"a"), "an overflowed stream tracks nothing more");
+        assert!(
+            !t.track(a.id(), b"a"),
+            "an overflowed stream tracks nothing more"
+        );
     }
 
     #[tokio::test]
