@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -236,9 +236,7 @@ impl NearCache {
     }
 
     fn stripe(&self, key: &[u8]) -> usize {
-        let mut hasher = self.hasher.build_hasher();
-        key.hash(&mut hasher);
-        (hasher.finish() as usize) & (STRIPES - 1)
+        (self.hasher.hash_one(key) as usize) & (STRIPES - 1)
     }
 
     /// Flushes when the client's topology digest moved since the entries were read.

@@ -226,6 +226,7 @@ async fn max_batch_keys_bounds_each_request_and_only_an_oversized_batch_ends_the
         Op::MGet(v1::MGetRequest {
             keys: (0..5).map(|i| Bytes::from(format!("k{i}"))).collect(),
             consistency: 0,
+            tracking_id: 0,
         }),
     ));
     tx.send(PipelineRequestBatch { requests }).await.unwrap();
