@@ -136,6 +136,16 @@ impl Client {
         if let Some(value) = near.lookup(&key, digest) {
             return Ok(value);
         }
+        self.get_near_miss(near, key, digest).await
+    }
+
+    /// A near-cache miss: a tracked read whose answer is cached if nothing moved meanwhile.
+    async fn get_near_miss(
+        &self,
+        near: &Arc<NearCache>,
+        key: Bytes,
+        digest: u64,
+    ) -> Result<Option<Bytes>, Error> {
         // Before the tracking id is taken (in `get_tracked`): a stream that breaks after that
         // flushes past this ticket.
         let ticket = near.begin(&key, digest);
@@ -498,14 +508,51 @@ impl Client {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
+        let Some(near) = self.near_for_reads() else {
+            return self.mget_from_nodes(&keys).await;
+        };
+        // Keys the near cache holds are answered from it; a few missing ones are read (and
+        // cached) as tracked gets, sent concurrently (the pipelined transport batches them);
+        // many are one untracked MGet, not cached.
+        let digest = self.inner.digest();
+        let mut values = vec![None; keys.len()];
+        let mut missing = Vec::new();
+        for (index, key) in keys.iter().enumerate() {
+            match near.lookup(key, digest) {
+                Some(value) => values[index] = value,
+                None => missing.push(index),
+            }
+        }
+        if !missing.is_empty() && missing.len() <= NEAR_MGET_TRACKED_KEYS {
+            let reads = missing
+                .iter()
+                .map(|&index| self.get_near_miss(near, keys[index].clone(), digest))
+                .collect();
+            for (index, value) in missing
+                .into_iter()
+                .zip(crate::router::join_all(reads).await)
+            {
+                values[index] = value?;
+            }
+        } else if !missing.is_empty() {
+            let fetched = self.mget_from_nodes(&pick(&keys, &missing)).await?;
+            for (index, value) in missing.into_iter().zip(fetched) {
+                values[index] = value;
+            }
+        }
+        Ok(values)
+    }
+
+    /// [`Client::mget`] from the nodes.
+    async fn mget_from_nodes(&self, keys: &[Bytes]) -> Result<Vec<Option<Bytes>>, Error> {
         let parts = self
             .run("mget", Retry::Idempotent, None, keys.len(), |call| {
                 self.inner.execute_batch(
                     call,
-                    &keys,
+                    keys,
                     Access::Read,
                     |index| wire::key_size(&keys[index]),
-                    |indexes| wire::mget_request(pick(&keys, indexes), self.options.consistency),
+                    |indexes| wire::mget_request(pick(keys, indexes), self.options.consistency),
                     |mut c, r| async move { c.m_get(r).await },
                 )
             })
@@ -889,6 +936,10 @@ impl Client {
 }
 
 /// The items at `indexes` (cheap: keys and values are reference-counted).
+/// Most keys of an [`Client::mget`] missing from the near cache that are read as tracked gets
+/// (and cached); more are one untracked MGet.
+const NEAR_MGET_TRACKED_KEYS: usize = 64;
+
 fn pick<T: Clone>(items: &[T], indexes: &[usize]) -> Vec<T> {
     indexes.iter().map(|&index| items[index].clone()).collect()
 }

@@ -303,3 +303,35 @@ async fn a_flush_tells_every_subscriber_to_drop_everything() {
     assert!(batch.flush_all, "{batch:?}");
     assert_eq!(node.node.tracking().stats().keys, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mget_serves_and_fills_the_near_cache_and_sees_other_writers() {
+    let cluster = TestCluster::start_converged(3, DEADLINE, patient).await;
+    let reader = near_client(cluster.grpc_targets()).await;
+    let writer = Client::connect(cluster.grpc_targets()).await.unwrap();
+    let keys = ["a", "b", "c", "missing"];
+    for key in &keys[..3] {
+        writer.set(*key, "1").await.unwrap();
+    }
+    let one = Some(Bytes::from_static(b"1"));
+    eventually("an MGet answered wholly from the near cache", || async {
+        let before = reader.near_cache_stats().unwrap();
+        let values = reader.mget(keys).await.unwrap();
+        assert_eq!(values, vec![one.clone(), one.clone(), one.clone(), None]);
+        let after = reader.near_cache_stats().unwrap();
+        (after.hits - before.hits == 4).then_some(())
+    })
+    .await;
+    writer.set("b", "2").await.unwrap();
+    eventually("the MGet sees the other client's write", || async {
+        let values = reader.mget(keys).await.unwrap();
+        (values[1].as_deref() == Some(&b"2"[..])).then_some(())
+    })
+    .await;
+    // The reader's own write is never followed by its older value.
+    reader.mset([("c", "3")], None).await.unwrap();
+    assert_eq!(
+        reader.mget(["c"]).await.unwrap(),
+        vec![Some(Bytes::from_static(b"3"))]
+    );
+}
