@@ -335,3 +335,31 @@ async fn mget_serves_and_fills_the_near_cache_and_sees_other_writers() {
         vec![Some(Bytes::from_static(b"3"))]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracked_read_the_node_forwards_is_followed_by_an_invalidation() {
+    // R = 1: every key has one holder, so the other nodes forward its reads.
+    let cluster = TestCluster::start_converged(3, DEADLINE, |i, config| {
+        patient(i, config);
+        config.replication_factor = std::num::NonZeroU32::MIN;
+    })
+    .await;
+    let node = &cluster.nodes[0];
+    let id_of_node = node.node.config().node_id.clone();
+    // A key another node is the primary of: this node forwards its reads.
+    let key = (0..1000)
+        .map(|i| format!("elsewhere-{i}"))
+        .find(|key| {
+            node.node
+                .view()
+                .forward_target(key.as_bytes(), &id_of_node)
+                .is_some()
+        })
+        .expect("some key is held elsewhere");
+    let mut cache = node.raw_cache().await;
+    let (mut stream, id) = subscribe(&mut cache).await;
+    tracked_get(&mut cache, &key, id).await;
+    let batch = stream.message().await.unwrap().expect("a batch");
+    assert_eq!(batch.keys, vec![Bytes::from(key)]);
+    assert_eq!(node.node.tracking().stats().keys, 0, "nothing tracked here");
+}
