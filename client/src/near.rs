@@ -135,7 +135,8 @@ pub struct NearCacheStats {
     pub flushes: u64,
     /// Entries held now.
     pub entries: u64,
-    /// Bytes charged now.
+    /// Bytes charged now: each entry its key, value and [`NEAR_ENTRY_OVERHEAD`], and at least
+    /// `max_bytes / max_entries` (which is how one weight bound keeps both bounds).
     pub bytes: u64,
     /// Invalidation streams live now.
     pub streams: u64,

@@ -24,7 +24,7 @@
 //! | `ringcache_client_near_cache_invalidations_total` | counter | | keys the nodes invalidated |
 //! | `ringcache_client_near_cache_flushes_total` | counter | `reason` | times the near cache was emptied: `stream` (an invalidation stream ended), `topology` (the topology changed), `node` (a node said so: flush, cluster-wide flush) |
 //! | `ringcache_client_near_cache_entries` | gauge | | entries in the near cache (the last client to change it) |
-//! | `ringcache_client_near_cache_bytes` | gauge | | bytes charged in the near cache (the last client to change it) |
+//! | `ringcache_client_near_cache_bytes` | gauge | | bytes charged in the near cache, each entry at least `max_bytes / max_entries` (the last client to change it) |
 //! | `ringcache_client_near_cache_streams` | gauge | | live invalidation streams |
 //!
 //! **Spans**: every call runs in an INFO span `ringcache.request` (target `ringcache::request`)
