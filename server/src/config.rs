@@ -385,10 +385,15 @@ pub struct Cli {
     /// Most near-cache invalidation streams open at once, 1..=65536 [default: 1024].
     #[arg(long, env = "RINGCACHE_TRACKING_MAX_SUBSCRIBERS", value_name = "N")]
     pub tracking_max_subscribers: Option<usize>,
-    /// Most keys queued on one invalidation stream; past it the stream ends with an error and
-    /// the client drops its near cache, 1..=1048576 [default: 16384].
-    #[arg(long, env = "RINGCACHE_TRACKING_QUEUE", value_name = "N")]
-    pub tracking_queue: Option<usize>,
+    /// Most bytes of keys the near-cache tracking table remembers (each key charged 64 B
+    /// more), 1MiB..=64GiB [default: 256MiB].
+    #[arg(long, env = "RINGCACHE_TRACKING_MAX_BYTES", value_name = "SIZE")]
+    pub tracking_max_bytes: Option<ByteSize>,
+    /// Most bytes of keys queued on one invalidation stream (each key charged 32 B more); past
+    /// it the stream ends with an error and the client drops its near cache, 1KiB..=1GiB
+    /// [default: 1MiB].
+    #[arg(long, env = "RINGCACHE_TRACKING_QUEUE_BYTES", value_name = "SIZE")]
+    pub tracking_queue_bytes: Option<ByteSize>,
 }
 
 /// Consistency level as written in flags and files.
@@ -592,7 +597,8 @@ struct FileConfig {
     hot_keys_sample: Option<u32>,
     tracking_max_keys: Option<usize>,
     tracking_max_subscribers: Option<usize>,
-    tracking_queue: Option<usize>,
+    tracking_max_bytes: Option<ByteSize>,
+    tracking_queue_bytes: Option<ByteSize>,
 }
 
 /// Everything a node runs with, validated.
@@ -1025,14 +1031,18 @@ impl Config {
                     .tracking_max_keys
                     .or(file.tracking_max_keys)
                     .unwrap_or(crate::tracking::DEFAULT_MAX_KEYS),
+                max_bytes: cli
+                    .tracking_max_bytes
+                    .or(file.tracking_max_bytes)
+                    .map_or(crate::tracking::DEFAULT_MAX_BYTES, |b| b.0),
                 max_subscribers: cli
                     .tracking_max_subscribers
                     .or(file.tracking_max_subscribers)
                     .unwrap_or(crate::tracking::DEFAULT_MAX_SUBSCRIBERS),
-                queue: cli
-                    .tracking_queue
-                    .or(file.tracking_queue)
-                    .unwrap_or(crate::tracking::DEFAULT_QUEUE),
+                queue_bytes: cli
+                    .tracking_queue_bytes
+                    .or(file.tracking_queue_bytes)
+                    .map_or(crate::tracking::DEFAULT_QUEUE_BYTES, |b| b.0),
             },
         };
         config.validate()?;
@@ -1218,7 +1228,10 @@ impl Config {
     /// Checks the snapshot settings; with a data directory, creates it if missing and checks
     /// that a file can be written there (the error says which and why).
     fn validate_tracking(&self) -> anyhow::Result<()> {
-        use crate::tracking::{MAX_MAX_KEYS, MAX_MAX_SUBSCRIBERS, MAX_QUEUE};
+        use crate::tracking::{
+            MAX_MAX_BYTES, MAX_MAX_KEYS, MAX_MAX_SUBSCRIBERS, MAX_QUEUE_BYTES, MIN_MAX_BYTES,
+            MIN_QUEUE_BYTES,
+        };
         let t = &self.tracking;
         for (name, value, max) in [
             ("tracking_max_keys", t.max_keys, MAX_MAX_KEYS),
@@ -1227,10 +1240,32 @@ impl Config {
                 t.max_subscribers,
                 MAX_MAX_SUBSCRIBERS,
             ),
-            ("tracking_queue", t.queue, MAX_QUEUE),
         ] {
             if !(1..=max).contains(&value) {
                 bail!("{name} must be between 1 and {max}, got {value}");
+            }
+        }
+        for (name, value, min, max) in [
+            (
+                "tracking_max_bytes",
+                t.max_bytes,
+                MIN_MAX_BYTES,
+                MAX_MAX_BYTES,
+            ),
+            (
+                "tracking_queue_bytes",
+                t.queue_bytes,
+                MIN_QUEUE_BYTES,
+                MAX_QUEUE_BYTES,
+            ),
+        ] {
+            if !(min..=max).contains(&value) {
+                bail!(
+                    "{name} must be between {} and {}, got {}",
+                    bytesize::ByteSize(min).display().iec(),
+                    bytesize::ByteSize(max).display().iec(),
+                    bytesize::ByteSize(value).display().iec()
+                );
             }
         }
         Ok(())
@@ -2031,22 +2066,25 @@ mod tests {
         assert_eq!(defaults.tracking, TrackingConfig::default());
         assert_eq!(defaults.tracking.max_keys, 1_000_000);
         assert_eq!(defaults.tracking.max_subscribers, 1024);
-        assert_eq!(defaults.tracking.queue, 16_384);
+        assert_eq!(defaults.tracking.max_bytes, 256 << 20);
+        assert_eq!(defaults.tracking.queue_bytes, 1 << 20);
         let file: FileConfig = toml::from_str(
             r#"
             tracking_max_keys = 10
+            tracking_max_bytes = "2MiB"
             tracking_max_subscribers = 3
-            tracking_queue = 7
+            tracking_queue_bytes = "4KiB"
             "#,
         )
         .unwrap();
-        let config = Config::layer(parse(&["--tracking-queue", "9"]), file).unwrap();
+        let config = Config::layer(parse(&["--tracking-queue-bytes", "8KiB"]), file).unwrap();
         assert_eq!(
             config.tracking,
             TrackingConfig {
                 max_keys: 10,
+                max_bytes: 2 << 20,
                 max_subscribers: 3,
-                queue: 9,
+                queue_bytes: 8 << 10,
             },
             "the file over the defaults, the flag over the file"
         );
@@ -2061,15 +2099,18 @@ mod tests {
                 ["--tracking-max-subscribers", "65537"],
                 "tracking_max_subscribers",
             ),
-            (["--tracking-queue", "0"], "tracking_queue"),
-            (["--tracking-queue", "1048577"], "tracking_queue"),
+            (["--tracking-max-bytes", "1023KiB"], "tracking_max_bytes"),
+            (["--tracking-max-bytes", "65GiB"], "tracking_max_bytes"),
+            (["--tracking-queue-bytes", "1023"], "tracking_queue_bytes"),
+            (["--tracking-queue-bytes", "2GiB"], "tracking_queue_bytes"),
         ] {
             let err = Config::layer(parse(&args), FileConfig::default())
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(named), "{args:?}: {err}");
         }
-        assert!(Cli::try_parse_from(["ringcached", "--tracking-queue", "-1"]).is_err());
+        assert!(Cli::try_parse_from(["ringcached", "--tracking-max-keys", "-1"]).is_err());
+        assert!(Cli::try_parse_from(["ringcached", "--tracking-queue-bytes", "lots"]).is_err());
     }
 
     #[test]

@@ -29,14 +29,28 @@ use crate::store::KeyObserver;
 pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 /// Default `--tracking-max-subscribers`.
 pub const DEFAULT_MAX_SUBSCRIBERS: usize = 1024;
-/// Default `--tracking-queue`.
-pub const DEFAULT_QUEUE: usize = 16_384;
+/// Default `--tracking-max-bytes`: 256 MiB.
+pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
+/// Default `--tracking-queue-bytes`: 1 MiB.
+pub const DEFAULT_QUEUE_BYTES: u64 = 1 << 20;
 /// Upper bound of `--tracking-max-keys`.
 pub const MAX_MAX_KEYS: usize = 100_000_000;
 /// Upper bound of `--tracking-max-subscribers`.
 pub const MAX_MAX_SUBSCRIBERS: usize = 65_536;
-/// Upper bound of `--tracking-queue`.
-pub const MAX_QUEUE: usize = 1 << 20;
+/// Bounds of `--tracking-max-bytes`: 1 MiB..=64 GiB.
+pub const MIN_MAX_BYTES: u64 = 1 << 20;
+/// Upper bound of `--tracking-max-bytes`.
+pub const MAX_MAX_BYTES: u64 = 64 << 30;
+/// Bounds of `--tracking-queue-bytes`: 1 KiB..=1 GiB.
+pub const MIN_QUEUE_BYTES: u64 = 1 << 10;
+/// Upper bound of `--tracking-queue-bytes`.
+pub const MAX_QUEUE_BYTES: u64 = 1 << 30;
+/// Bytes a remembered key is charged beside its own (map entry, reader list).
+pub const TABLE_KEY_OVERHEAD: usize = 64;
+/// Bytes a queued key is charged beside its own.
+pub const QUEUED_KEY_OVERHEAD: usize = 32;
+/// Most keys one tracked read may push out of a full table.
+const MAX_EVICTIONS_PER_READ: usize = 8;
 /// Most key bytes in one invalidation batch (a batch holds at least one key).
 pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// A key's list of readers is pruned of closed streams once it is this long.
@@ -47,18 +61,22 @@ const PRUNE_AT: usize = 8;
 pub struct TrackingConfig {
     /// Most keys remembered at once (all subscribers together).
     pub max_keys: usize,
+    /// Most bytes of remembered keys (each charged [`TABLE_KEY_OVERHEAD`] more).
+    pub max_bytes: u64,
     /// Most invalidation streams open at once.
     pub max_subscribers: usize,
-    /// Most keys waiting in one stream's queue.
-    pub queue: usize,
+    /// Most bytes of keys waiting in one stream's queue (each charged [`QUEUED_KEY_OVERHEAD`]
+    /// more).
+    pub queue_bytes: u64,
 }
 
 impl Default for TrackingConfig {
     fn default() -> Self {
         Self {
             max_keys: DEFAULT_MAX_KEYS,
+            max_bytes: DEFAULT_MAX_BYTES,
             max_subscribers: DEFAULT_MAX_SUBSCRIBERS,
-            queue: DEFAULT_QUEUE,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
         }
     }
 }
@@ -80,6 +98,7 @@ pub enum Next {
 #[derive(Debug, Default)]
 struct Queue {
     keys: VecDeque<Bytes>,
+    bytes: usize,
     flush_all: bool,
     overflowed: bool,
 }
@@ -109,14 +128,17 @@ impl Subscriber {
             // Everything goes anyway.
             return true;
         }
-        if queue.keys.len() >= self.capacity {
+        let charge = key.len() + QUEUED_KEY_OVERHEAD;
+        if queue.bytes + charge > self.capacity {
             queue.overflowed = true;
             queue.keys = VecDeque::new();
+            queue.bytes = 0;
             drop(queue);
             self.notify.notify_one();
             return false;
         }
         queue.keys.push_back(Bytes::copy_from_slice(key));
+        queue.bytes += charge;
         drop(queue);
         self.notify.notify_one();
         true
@@ -127,6 +149,7 @@ impl Subscriber {
         let mut queue = self.queue.lock();
         queue.flush_all = true;
         queue.keys = VecDeque::new();
+        queue.bytes = 0;
         drop(queue);
         self.notify.notify_one();
     }
@@ -150,6 +173,11 @@ impl Subscriber {
                         bytes += key.len();
                         keys.extend(queue.keys.pop_front());
                     }
+                    queue.bytes = queue
+                        .keys
+                        .iter()
+                        .map(|k| k.len() + QUEUED_KEY_OVERHEAD)
+                        .sum();
                     return Next::Batch { flush_all, keys };
                 }
             }
@@ -173,6 +201,8 @@ pub struct TrackingStats {
     pub subscribers: u64,
     /// Keys remembered.
     pub keys: u64,
+    /// Bytes charged for the keys remembered.
+    pub bytes: u64,
     /// Keys queued to subscribers (one per subscriber and key).
     pub invalidations: u64,
     /// Keys forgotten to stay within `max_keys` (their readers were told).
@@ -191,6 +221,7 @@ pub struct Tracking {
     on: Arc<AtomicBool>,
     table: DashMap<Bytes, Vec<u64>>,
     keys: AtomicUsize,
+    bytes: AtomicUsize,
     subscribers: DashMap<u64, Arc<Subscriber>>,
     /// Serialises subscribing and unsubscribing, so `on` follows the subscriber count.
     membership: Mutex<()>,
@@ -208,6 +239,7 @@ impl Tracking {
             on: Arc::new(AtomicBool::new(false)),
             table: DashMap::new(),
             keys: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
             subscribers: DashMap::new(),
             membership: Mutex::new(()),
             invalidations: AtomicU64::new(0),
@@ -246,7 +278,7 @@ impl Tracking {
         }
         let subscriber = Arc::new(Subscriber {
             id,
-            capacity: self.config.queue,
+            capacity: usize::try_from(self.config.queue_bytes).unwrap_or(usize::MAX),
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
         });
@@ -264,6 +296,7 @@ impl Tracking {
             // Nobody listens: nothing remembered can matter any more.
             self.table.clear();
             self.keys.store(0, Ordering::Relaxed);
+            self.bytes.store(0, Ordering::Relaxed);
         }
     }
 
@@ -289,8 +322,19 @@ impl Tracking {
                 true
             }
         };
-        if added && self.keys.fetch_add(1, Ordering::Relaxed) >= self.config.max_keys {
-            self.evict_one(key);
+        if added {
+            self.keys.fetch_add(1, Ordering::Relaxed);
+            self.bytes
+                .fetch_add(key.len() + TABLE_KEY_OVERHEAD, Ordering::Relaxed);
+            let max_bytes = usize::try_from(self.config.max_bytes).unwrap_or(usize::MAX);
+            for _ in 0..MAX_EVICTIONS_PER_READ {
+                if self.keys.load(Ordering::Relaxed) <= self.config.max_keys
+                    && self.bytes.load(Ordering::Relaxed) <= max_bytes
+                {
+                    break;
+                }
+                self.evict_one(key);
+            }
         }
         true
     }
@@ -325,6 +369,8 @@ impl Tracking {
             return false;
         };
         self.keys.fetch_sub(1, Ordering::Relaxed);
+        self.bytes
+            .fetch_sub(key.len() + TABLE_KEY_OVERHEAD, Ordering::Relaxed);
         for id in readers {
             if let Some(subscriber) = self.subscribers.get(&id).map(|s| Arc::clone(&s)) {
                 self.send(&subscriber, &key);
@@ -353,6 +399,7 @@ impl Tracking {
         TrackingStats {
             subscribers: self.subscribers.len() as u64,
             keys: self.keys.load(Ordering::Relaxed) as u64,
+            bytes: self.bytes.load(Ordering::Relaxed) as u64,
             invalidations: self.invalidations.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
             overflows: self.overflows.load(Ordering::Relaxed),
@@ -369,6 +416,7 @@ impl KeyObserver for Tracking {
     fn flushed(&self) {
         self.table.clear();
         self.keys.store(0, Ordering::Relaxed);
+        self.bytes.store(0, Ordering::Relaxed);
         let subscribers: Vec<Arc<Subscriber>> =
             self.subscribers.iter().map(|s| Arc::clone(&s)).collect();
         for subscriber in subscribers {
@@ -381,11 +429,13 @@ impl KeyObserver for Tracking {
 mod tests {
     use super::*;
 
+    /// `queue`: keys of up to 8 bytes the queue holds.
     fn tracking(max_keys: usize, max_subscribers: usize, queue: usize) -> Tracking {
         Tracking::new(TrackingConfig {
             max_keys,
+            max_bytes: DEFAULT_MAX_BYTES,
             max_subscribers,
-            queue,
+            queue_bytes: (queue * (8 + QUEUED_KEY_OVERHEAD)) as u64,
         })
     }
 
@@ -444,6 +494,22 @@ mod tests {
         assert!(!flush_all);
         assert_eq!(keys.len(), 1);
         assert_ne!(keys[0], Bytes::from_static(b"c"), "the new key stays");
+    }
+
+    #[tokio::test]
+    async fn the_byte_bound_pushes_out_keys_too() {
+        let t = Tracking::new(TrackingConfig {
+            max_bytes: (3 * (100 + TABLE_KEY_OVERHEAD)) as u64,
+            ..TrackingConfig::default()
+        });
+        let a = t.subscribe().unwrap();
+        for i in 0..10u8 {
+            assert!(t.track(a.id(), &[i; 100]));
+        }
+        let stats = t.stats();
+        assert_eq!(stats.keys, 3, "{stats:?}");
+        assert_eq!(stats.bytes, (3 * (100 + TABLE_KEY_OVERHEAD)) as u64);
+        assert_eq!(stats.evictions, 7);
     }
 
     #[tokio::test]

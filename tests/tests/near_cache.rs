@@ -261,7 +261,8 @@ async fn a_hostile_subscriber_is_bounded_in_streams_and_tracked_keys() {
 async fn an_overflowing_invalidation_queue_ends_the_stream_with_an_error() {
     let cluster = TestCluster::start_converged(1, DEADLINE, |i, config| {
         patient(i, config);
-        config.tracking.queue = 2;
+        // Two keys of 2 bytes (each charged 32 bytes more).
+        config.tracking.queue_bytes = 2 * (2 + 32);
     })
     .await;
     let node = &cluster.nodes[0];
@@ -271,7 +272,7 @@ async fn an_overflowing_invalidation_queue_ends_the_stream_with_an_error() {
     for i in 0..6 {
         tracked_get(&mut cache, &format!("k{i}"), id).await;
     }
-    // Six changes in one request against a queue of two: the stream ends with an error (never
+    // Six changes in one request against a queue of two keys: the stream ends with an error (never
     // a silent drop).
     cache
         .m_delete(v1::MDeleteRequest {

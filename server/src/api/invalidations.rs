@@ -66,8 +66,8 @@ pub(super) fn serve(node: &Arc<Node>) -> Result<InvalidationsStream, Status> {
                         )),
                         Next::Overflowed => Some((
                             Err(Status::resource_exhausted(format!(
-                                "invalidation queue overflowed (tracking_queue = {}): drop everything read from this node",
-                                sub.node.tracking().config().queue
+                                "invalidation queue overflowed (tracking_queue_bytes = {}): drop everything read from this node",
+                                sub.node.tracking().config().queue_bytes
                             ))),
                             Step::Done,
                         )),
