@@ -575,6 +575,42 @@ mod tests {
         assert!(n.stats().bytes <= 4096, "{:?}", n.stats());
     }
 
+    #[tokio::test(flavor = "current_thread")]
+    async fn hits_misses_flushes_and_size_are_metrics() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let _guard = metrics::set_default_local_recorder(&recorder);
+        let n = near(100, 1 << 20, Duration::from_secs(60));
+        assert_eq!(n.lookup(b"k", 7), None);
+        let t = n.begin(b"k", 7);
+        assert!(n.finish(t, b("k"), Some(b("v")), None, 7));
+        assert!(n.lookup(b"k", 7).is_some());
+        assert!(n.lookup(b"k", 7).is_some());
+        n.flush("stream");
+        let metrics = snapshotter.snapshot().into_vec();
+        let value = |name: &str| {
+            metrics
+                .iter()
+                .find(|(key, ..)| key.key().name() == name)
+                .map(|(.., value)| value)
+        };
+        assert_eq!(
+            value(observe::names::NEAR_HITS),
+            Some(&DebugValue::Counter(2))
+        );
+        assert_eq!(
+            value(observe::names::NEAR_MISSES),
+            Some(&DebugValue::Counter(1))
+        );
+        assert_eq!(
+            value(observe::names::NEAR_FLUSHES),
+            Some(&DebugValue::Counter(1))
+        );
+        assert!(value(observe::names::NEAR_ENTRIES).is_some());
+        assert!(value(observe::names::NEAR_BYTES).is_some());
+    }
+
     #[test]
     fn options_are_checked() {
         assert!(NearCacheOptions::default().check().is_ok());
