@@ -91,7 +91,7 @@ pub use connector::{ConnectFuture, Connector, NodeStream};
 pub use error::{Error, ServerCode};
 pub use near::{
     DEFAULT_NEAR_MAX_BYTES, DEFAULT_NEAR_MAX_ENTRIES, DEFAULT_NEAR_TTL, MAX_NEAR_ENTRIES,
-    MAX_NEAR_TTL, NEAR_ENTRY_OVERHEAD, NearCacheOptions, NearCacheStats, STREAM_RETRY,
+    MAX_NEAR_TTL, NEAR_ENTRY_OVERHEAD, NEAR_STREAM_RETRY, NearCacheOptions, NearCacheStats,
 };
 pub use options::{
     CallOptions, Consistency, Entry, GetExpiry, KeyTtl, RetryBudget, RetryPolicy, SetCondition,

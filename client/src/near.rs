@@ -54,7 +54,7 @@ pub const MAX_NEAR_ENTRIES: u64 = 1 << 32;
 pub const NEAR_ENTRY_OVERHEAD: u64 = 64;
 /// How long after an invalidation stream to a node ended (or could not be opened) the client
 /// waits before opening it again; reads from that node are not cached meanwhile.
-pub const STREAM_RETRY: Duration = Duration::from_secs(1);
+pub const NEAR_STREAM_RETRY: Duration = Duration::from_secs(1);
 /// Stripes of generations (a power of two).
 const STRIPES: usize = 256;
 
@@ -338,7 +338,7 @@ impl NearCache {
 
     /// The tracking id of the live invalidation stream to the node at `addr`, or 0 (its read
     /// must not be cached) while there is none; opens one if none is open or opening (and the
-    /// last one did not end less than [`STREAM_RETRY`] ago).
+    /// last one did not end less than [`NEAR_STREAM_RETRY`] ago).
     pub(crate) fn tracking_id(
         self: &Arc<Self>,
         addr: &str,
@@ -353,7 +353,10 @@ impl NearCache {
             _ => {}
         }
         let Some(pool) = pool() else {
-            streams.insert(addr.to_owned(), Stream::Down(Instant::now() + STREAM_RETRY));
+            streams.insert(
+                addr.to_owned(),
+                Stream::Down(Instant::now() + NEAR_STREAM_RETRY),
+            );
             return 0;
         };
         streams.insert(addr.to_owned(), Stream::Opening);
@@ -376,8 +379,10 @@ impl NearCache {
     /// The stream to `addr` ended: stop lending its id, then drop everything.
     fn stream_ended(&self, addr: &str, reason: &str) {
         let was_live = matches!(
-            lock(&self.streams)
-                .insert(addr.to_owned(), Stream::Down(Instant::now() + STREAM_RETRY)),
+            lock(&self.streams).insert(
+                addr.to_owned(),
+                Stream::Down(Instant::now() + NEAR_STREAM_RETRY)
+            ),
             Some(Stream::Live(_))
         );
         tracing::debug!(node = %addr, %reason, "near cache: invalidation stream ended");
