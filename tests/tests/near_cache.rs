@@ -364,3 +364,25 @@ async fn a_tracked_read_the_node_forwards_is_followed_by_an_invalidation() {
     assert_eq!(batch.keys, vec![Bytes::from(key)]);
     assert_eq!(node.node.tracking().stats().keys, 0, "nothing tracked here");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_the_store_refuses_is_never_tracked() {
+    let cluster = TestCluster::start_converged(1, DEADLINE, |i, config| {
+        patient(i, config);
+        config.store.max_key_bytes = 16;
+    })
+    .await;
+    let node = &cluster.nodes[0];
+    let mut cache = node.raw_cache().await;
+    let (_stream, id) = subscribe(&mut cache).await;
+    let refused = cache
+        .get(v1::GetRequest {
+            key: Bytes::from(vec![b'x'; 17]),
+            consistency: 0,
+            tracking_id: id,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert_eq!(node.node.tracking().stats().keys, 0);
+}

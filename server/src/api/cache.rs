@@ -584,7 +584,7 @@ impl Cache for CacheService {
                 if level == Consistency::One {
                     // Tracked before the store is read: a change after this is told.
                     for key in &keys {
-                        node.tracking().track(tracking_id, key);
+                        track(&node, tracking_id, key);
                     }
                     let now = node.now_ms();
                     let items = node.store().mget(&keys, now).map_err(Status::from)?;
@@ -910,7 +910,7 @@ impl CacheService {
             consistency,
             arrival,
             |node, now| {
-                node.tracking().track(tracking_id, key);
+                track(node, tracking_id, key);
                 get_local(node, key, now)
             },
             |reply| hit_or_miss(reply.found),
@@ -931,6 +931,15 @@ impl CacheService {
             |node, now| apply_set(node, req, now),
             |reply| hit_or_miss(reply.stored),
         )
+    }
+}
+
+/// Remembers that stream `tracking_id` reads `key` (before the store is read), unless the key
+/// is one the store refuses (empty or too long: the read fails anyway, and the table never holds
+/// a key longer than `max_key_bytes`).
+fn track(node: &Node, tracking_id: u64, key: &[u8]) {
+    if tracking_id != 0 && node.store().check_key(key).is_ok() {
+        node.tracking().track(tracking_id, key);
     }
 }
 
