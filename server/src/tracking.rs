@@ -47,6 +47,8 @@ pub const MIN_QUEUE_BYTES: u64 = 1 << 10;
 pub const MAX_QUEUE_BYTES: u64 = 1 << 30;
 /// Bytes a remembered key is charged beside its own (map entry, reader list).
 pub const TABLE_KEY_OVERHEAD: usize = 64;
+/// Bytes each reader of a remembered key is charged.
+pub const TABLE_READER_BYTES: usize = 8;
 /// Bytes a queued key is charged beside its own.
 pub const QUEUED_KEY_OVERHEAD: usize = 32;
 /// Most keys one tracked read may push out of a full table.
@@ -311,9 +313,12 @@ impl Tracking {
                 let readers = readers.get_mut();
                 if !readers.contains(&id) {
                     if readers.len() >= PRUNE_AT {
+                        let before = readers.len();
                         readers.retain(|r| self.subscribers.contains_key(r));
+                        saturating_sub(&self.bytes, (before - readers.len()) * TABLE_READER_BYTES);
                     }
                     readers.push(id);
+                    self.bytes.fetch_add(TABLE_READER_BYTES, Ordering::Relaxed);
                 }
                 false
             }
@@ -324,8 +329,10 @@ impl Tracking {
         };
         if added {
             self.keys.fetch_add(1, Ordering::Relaxed);
-            self.bytes
-                .fetch_add(key.len() + TABLE_KEY_OVERHEAD, Ordering::Relaxed);
+            self.bytes.fetch_add(
+                key.len() + TABLE_KEY_OVERHEAD + TABLE_READER_BYTES,
+                Ordering::Relaxed,
+            );
             let max_bytes = usize::try_from(self.config.max_bytes).unwrap_or(usize::MAX);
             for _ in 0..MAX_EVICTIONS_PER_READ {
                 if self.keys.load(Ordering::Relaxed) <= self.config.max_keys
@@ -368,9 +375,11 @@ impl Tracking {
         let Some((key, readers)) = self.table.remove(key) else {
             return false;
         };
-        self.keys.fetch_sub(1, Ordering::Relaxed);
-        self.bytes
-            .fetch_sub(key.len() + TABLE_KEY_OVERHEAD, Ordering::Relaxed);
+        saturating_sub(&self.keys, 1);
+        saturating_sub(
+            &self.bytes,
+            key.len() + TABLE_KEY_OVERHEAD + readers.len() * TABLE_READER_BYTES,
+        );
         for id in readers {
             if let Some(subscriber) = self.subscribers.get(&id).map(|s| Arc::clone(&s)) {
                 self.send(&subscriber, &key);
@@ -406,6 +415,14 @@ impl Tracking {
             refused: self.refused.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Lowers a counter, never below 0 (a flush may have zeroed it while an entry was on its way
+/// out).
+fn saturating_sub(counter: &AtomicUsize, n: usize) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        Some(v.saturating_sub(n))
+    });
 }
 
 impl KeyObserver for Tracking {
@@ -499,7 +516,7 @@ mod tests {
     #[tokio::test]
     async fn the_byte_bound_pushes_out_keys_too() {
         let t = Tracking::new(TrackingConfig {
-            max_bytes: (3 * (100 + TABLE_KEY_OVERHEAD)) as u64,
+            max_bytes: (3 * (100 + TABLE_KEY_OVERHEAD + TABLE_READER_BYTES)) as u64,
             ..TrackingConfig::default()
         });
         let a = t.subscribe().unwrap();
@@ -508,7 +525,10 @@ mod tests {
         }
         let stats = t.stats();
         assert_eq!(stats.keys, 3, "{stats:?}");
-        assert_eq!(stats.bytes, (3 * (100 + TABLE_KEY_OVERHEAD)) as u64);
+        assert_eq!(
+            stats.bytes,
+            (3 * (100 + TABLE_KEY_OVERHEAD + TABLE_READER_BYTES)) as u64
+        );
         assert_eq!(stats.evictions, 7);
     }
 
