@@ -137,7 +137,7 @@ pub struct NearCacheStats {
     pub entries: u64,
     /// Bytes charged now: each entry its key, value and [`NEAR_ENTRY_OVERHEAD`], and at least
     /// `max_bytes / max_entries` (which is how one weight bound keeps both bounds).
-    pub bytes: u64,
+    pub charged_bytes: u64,
     /// Invalidation streams live now.
     pub streams: u64,
 }
@@ -410,7 +410,7 @@ impl NearCache {
             invalidations: self.invalidations.load(Ordering::Relaxed),
             flushes: self.flushes.load(Ordering::Relaxed),
             entries: self.cache.len() as u64,
-            bytes: self.cache.weight(),
+            charged_bytes: self.cache.weight(),
             streams,
         }
     }
@@ -577,7 +577,7 @@ mod tests {
             let t = n.begin(key.as_bytes(), 7);
             n.finish(t, b(&key), Some(Bytes::from(vec![0u8; 500])), None, 7);
         }
-        assert!(n.stats().bytes <= 4096, "{:?}", n.stats());
+        assert!(n.stats().charged_bytes <= 4096, "{:?}", n.stats());
     }
 
     #[tokio::test(flavor = "current_thread")]

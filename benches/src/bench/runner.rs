@@ -175,14 +175,14 @@ pub async fn run_secured(
             let result = run_with(&target, config, progress).await;
             if let Some(near) = target.near_cache_totals() {
                 eprintln!(
-                    "near cache (whole run, all clients): hit rate {:.1}% ({} hits, {} misses), {} invalidations, {} flushes, {} entries, {} bytes",
+                    "near cache (whole run, all clients): hit rate {:.1}% ({} hits, {} misses), {} invalidations, {} flushes, {} entries, {} bytes charged",
                     100.0 * near.hits as f64 / (near.hits + near.misses).max(1) as f64,
                     near.hits,
                     near.misses,
                     near.invalidations,
                     near.flushes,
                     near.entries,
-                    near.bytes
+                    near.charged_bytes
                 );
             }
             result

@@ -268,7 +268,7 @@ impl RingcacheTarget {
             total.invalidations += stats.invalidations;
             total.flushes += stats.flushes;
             total.entries += stats.entries;
-            total.bytes += stats.bytes;
+            total.charged_bytes += stats.charged_bytes;
             total.streams += stats.streams;
         }
         Some(total)
