@@ -452,7 +452,17 @@ async fn run_stream(
     };
     let mut live = false;
     loop {
-        let batch = match stream.message().await {
+        let next = if live {
+            stream.message().await
+        } else {
+            // The first batch (the tracking id) comes at once; a node that sends nothing is
+            // given up on, so the stream is tried again later.
+            match tokio::time::timeout(open_timeout, stream.message()).await {
+                Ok(next) => next,
+                Err(_) => return format!("no tracking id within {open_timeout:?}"),
+            }
+        };
+        let batch = match next {
             Ok(Some(batch)) => batch,
             Ok(None) => return "the node ended the stream".to_owned(),
             Err(status) => return Error::from_status(&status).to_string(),

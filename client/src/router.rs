@@ -563,18 +563,20 @@ impl Router {
         if let Some((node, slot)) = first
             && tracking_id != 0
         {
-            self.budget.deposit();
             let tracked = ringcache_proto::v1::GetRequest {
                 tracking_id,
                 ..message.clone()
             };
             match self.send(&call, node, slot, tracked, &rpc, 1).await {
                 Ok(response) => {
+                    // One call, one deposit: the fallback below deposits in `execute`.
+                    self.budget.deposit();
                     Span::current().record("node", node);
                     Span::current().record("attempts", 1);
                     return Ok((response, true));
                 }
                 Err(failure) if !Access::Read.fails_over(failure.class) => {
+                    self.budget.deposit();
                     return Err(failure.error);
                 }
                 Err(_) => {}
