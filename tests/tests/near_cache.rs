@@ -386,3 +386,22 @@ async fn a_key_the_store_refuses_is_never_tracked() {
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     assert_eq!(node.node.tracking().stats().keys, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topology_change_empties_the_near_cache() {
+    let mut cluster = TestCluster::start_converged(1, DEADLINE, patient).await;
+    let client = near_client(cluster.grpc_targets()).await;
+    client.set("k", "v").await.unwrap();
+    cached(&client, "k").await;
+    let before = client.near_cache_stats().unwrap();
+    assert_eq!(before.entries, 1);
+    cluster.add(2, patient).await;
+    cluster.wait_converged(DEADLINE).await.unwrap();
+    // The next near-cache read after the client takes in the new topology drops everything.
+    eventually("the near cache is flushed for the new topology", || async {
+        client.get("k").await.unwrap();
+        let stats = client.near_cache_stats().unwrap();
+        (stats.flushes > before.flushes).then_some(())
+    })
+    .await;
+}
