@@ -2,6 +2,8 @@
 
 use std::{fmt, time::Duration};
 
+use crate::NearCacheOptions;
+
 use crate::{
     CircuitBreaker, Client, Connector, Consistency, Error, RetryBudget, RetryPolicy, TlsOptions,
     conn::{self, ConnectConfig},
@@ -50,6 +52,7 @@ pub struct ClientBuilder {
     connector: Option<Connector>,
     credentials: Option<Credentials>,
     tls: Option<TlsOptions>,
+    near_cache: Option<NearCacheOptions>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -76,6 +79,7 @@ impl fmt::Debug for ClientBuilder {
             )
             .field("credentials", &self.credentials)
             .field("tls", &self.tls)
+            .field("near_cache", &self.near_cache)
             .finish()
     }
 }
@@ -97,6 +101,7 @@ impl Default for ClientBuilder {
             connector: None,
             credentials: None,
             tls: None,
+            near_cache: None,
         }
     }
 }
@@ -286,6 +291,38 @@ impl ClientBuilder {
         self
     }
 
+    /// Turns on the near cache (off by default): values read at ONE are kept in this client's
+    /// memory, within `options`' bounds, and served from there until a node invalidates them.
+    /// The client opens one invalidation stream (`Cache.Invalidations`, role read) per node it
+    /// reads from; a read is cached only when that node's stream is live, and everything is
+    /// dropped when a stream ends or the topology changes. Writes through this client drop their
+    /// keys' entries, so this client never reads its own overwritten values. QUORUM and ALL
+    /// reads bypass it. Counters: [`Client::near_cache_stats`] and the
+    /// `ringcache_client_near_cache_*` metrics.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), ringcache::Error> {
+    /// use std::time::Duration;
+    /// use ringcache::{Client, NearCacheOptions};
+    ///
+    /// let client = Client::builder()
+    ///     .seeds(["127.0.0.1:7379"])
+    ///     .near_cache(NearCacheOptions {
+    ///         max_entries: 50_000,
+    ///         max_bytes: 32 << 20,
+    ///         ttl: Duration::from_secs(30),
+    ///     })
+    ///     .connect()
+    ///     .await?;
+    /// client.get("config:flags").await?; // from the node, then cached
+    /// client.get("config:flags").await?; // from memory until the key changes
+    /// # Ok(()) }
+    /// ```
+    pub fn near_cache(mut self, options: NearCacheOptions) -> Self {
+        self.near_cache = Some(options);
+        self
+    }
+
     /// Connects to the first seed that answers and fetches the cluster's topology from it.
     ///
     /// # Errors
@@ -309,6 +346,9 @@ impl ClientBuilder {
             ));
         }
         crate::retry::check(&self.retry_budget)?;
+        if let Some(near) = &self.near_cache {
+            near.check()?;
+        }
         crate::breaker::check(&self.breaker)?;
         if self.max_batch_keys == Some(0) {
             return Err(Error::InvalidArgument(
@@ -361,7 +401,11 @@ impl ClientBuilder {
         };
         crate::observe::describe();
         let router = router::connect(&seeds, config).await?;
-        Ok(Client::new(router, self.default_consistency))
+        let client = Client::new(router, self.default_consistency);
+        Ok(match self.near_cache {
+            Some(options) => client.with_near_cache(options),
+            None => client,
+        })
     }
 }
 

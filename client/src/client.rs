@@ -8,8 +8,10 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::{
-    CallOptions, ClientBuilder, Consistency, Entry, Error, KeyTtl, RetryPolicy, SetCondition,
-    SetOptions, SetOutcome, observe,
+    CallOptions, ClientBuilder, Consistency, Entry, Error, KeyTtl, NearCacheOptions,
+    NearCacheStats, RetryPolicy, SetCondition, SetOptions, SetOutcome,
+    near::NearCache,
+    observe,
     retry::Retry,
     router::{Access, Call, Router},
     wire,
@@ -67,6 +69,8 @@ use crate::{
 pub struct Client {
     /// Shared by every clone; the background topology watch ends when the last one is dropped.
     inner: Arc<Router>,
+    /// The near cache, when the builder turned it on; shared by every clone.
+    near: Option<Arc<NearCache>>,
     /// This handle's options: timeout, consistency (`None`: the cluster default) and retry
     /// policy (`None`: the builder's).
     options: CallOptions,
@@ -89,11 +93,73 @@ impl Client {
     pub(crate) fn new(router: Arc<Router>, consistency: Option<Consistency>) -> Self {
         Self {
             inner: router,
+            near: None,
             options: CallOptions {
                 consistency,
                 ..CallOptions::default()
             },
         }
+    }
+
+    /// Turns the near cache on (the builder's [`near_cache`](ClientBuilder::near_cache)).
+    pub(crate) fn with_near_cache(mut self, options: NearCacheOptions) -> Self {
+        self.near = Some(NearCache::new(options, self.inner.digest()));
+        self
+    }
+
+    /// The near cache's counters; `None` when it is off ([`ClientBuilder::near_cache`]).
+    pub fn near_cache_stats(&self) -> Option<NearCacheStats> {
+        self.near.as_ref().map(|near| near.stats())
+    }
+
+    /// The near cache, for a read at this handle's consistency: only ONE (or the default) reads
+    /// use it; QUORUM and ALL bypass it.
+    fn near_for_reads(&self) -> Option<&Arc<NearCache>> {
+        self.near
+            .as_ref()
+            .filter(|_| matches!(self.options.consistency, None | Some(Consistency::One)))
+    }
+
+    /// A write of `keys` through this client returned (or failed): drop their entries, and stop
+    /// reads in flight from caching older values.
+    fn wrote(&self, keys: &[Bytes]) {
+        if let Some(near) = &self.near {
+            for key in keys {
+                near.invalidate(key);
+            }
+        }
+    }
+
+    /// [`Client::get`] through the near cache.
+    async fn get_near(&self, near: &Arc<NearCache>, key: Bytes) -> Result<Option<Bytes>, Error> {
+        let digest = self.inner.digest();
+        if let Some(value) = near.lookup(&key, digest) {
+            return Ok(value);
+        }
+        self.get_near_miss(near, key, digest).await
+    }
+
+    /// A near-cache miss: a tracked read whose answer is cached if nothing moved meanwhile.
+    async fn get_near_miss(
+        &self,
+        near: &Arc<NearCache>,
+        key: Bytes,
+        digest: u64,
+    ) -> Result<Option<Bytes>, Error> {
+        // Before the tracking id is taken (in `get_tracked`): a stream that breaks after that
+        // flushes past this ticket.
+        let ticket = near.begin(&key, digest);
+        let request = wire::get_request(key.clone(), self.options.consistency);
+        let (response, tracked) = self
+            .run("get", Retry::Idempotent, Some(&key), 1, |call| {
+                self.inner.get_tracked(call, &key, request, near)
+            })
+            .await?;
+        if tracked {
+            let value = response.found.then(|| response.value.clone());
+            near.finish(ticket, key, value, response.ttl_ms, self.inner.digest());
+        }
+        Ok(wire::value(response))
     }
 
     /// Connects with the default settings to the first of `seeds` (`host:port`, optionally with
@@ -134,6 +200,7 @@ impl Client {
         let consistency = consistency.into();
         Client {
             inner: Arc::clone(&self.inner),
+            near: self.near.clone(),
             options: CallOptions {
                 consistency,
                 ..self.options
@@ -160,6 +227,7 @@ impl Client {
     pub fn with_options(&self, options: CallOptions) -> Client {
         Client {
             inner: Arc::clone(&self.inner),
+            near: self.near.clone(),
             options,
         }
     }
@@ -250,6 +318,12 @@ impl Client {
             },
         );
         observe::call_finished(op, result.as_ref().map(drop), started.elapsed());
+        if let (Some(near), Some(key)) = (&self.near, key)
+            && !matches!(op, "get" | "get_entry" | "ttl")
+        {
+            // Any single-key call but a read may have changed the key.
+            near.invalidate(key);
+        }
         result
     }
 
@@ -320,6 +394,9 @@ impl Client {
     /// ```
     pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>, Error> {
         let key = wire::key(key)?;
+        if let Some(near) = self.near_for_reads() {
+            return self.get_near(near, key).await;
+        }
         let request = wire::get_request(key.clone(), self.options.consistency);
         let response = self
             .run("get", Retry::Idempotent, Some(&key), 1, |call| {
@@ -455,14 +532,51 @@ impl Client {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
+        let Some(near) = self.near_for_reads() else {
+            return self.mget_from_nodes(&keys).await;
+        };
+        // Keys the near cache holds are answered from it; a few missing ones are read (and
+        // cached) as tracked gets, sent concurrently (the pipelined transport batches them);
+        // many are one untracked MGet, not cached.
+        let digest = self.inner.digest();
+        let mut values = vec![None; keys.len()];
+        let mut missing = Vec::new();
+        for (index, key) in keys.iter().enumerate() {
+            match near.lookup(key, digest) {
+                Some(value) => values[index] = value,
+                None => missing.push(index),
+            }
+        }
+        if !missing.is_empty() && missing.len() <= NEAR_MGET_TRACKED_KEYS {
+            let reads = missing
+                .iter()
+                .map(|&index| self.get_near_miss(near, keys[index].clone(), digest))
+                .collect();
+            for (index, value) in missing
+                .into_iter()
+                .zip(crate::router::join_all(reads).await)
+            {
+                values[index] = value?;
+            }
+        } else if !missing.is_empty() {
+            let fetched = self.mget_from_nodes(&pick(&keys, &missing)).await?;
+            for (index, value) in missing.into_iter().zip(fetched) {
+                values[index] = value;
+            }
+        }
+        Ok(values)
+    }
+
+    /// [`Client::mget`] from the nodes.
+    async fn mget_from_nodes(&self, keys: &[Bytes]) -> Result<Vec<Option<Bytes>>, Error> {
         let parts = self
             .run("mget", Retry::Idempotent, None, keys.len(), |call| {
                 self.inner.execute_batch(
                     call,
-                    &keys,
+                    keys,
                     Access::Read,
                     |index| wire::key_size(&keys[index]),
-                    |indexes| wire::mget_request(pick(&keys, indexes), self.options.consistency),
+                    |indexes| wire::mget_request(pick(keys, indexes), self.options.consistency),
                     |mut c, r| async move { c.m_get(r).await },
                 )
             })
@@ -492,7 +606,7 @@ impl Client {
             return Ok(Vec::new());
         }
         let keys: Vec<Bytes> = request.entries.iter().map(|e| e.key.clone()).collect();
-        let parts = self
+        let result = self
             .run("mset", Retry::Idempotent, None, keys.len(), |call| {
                 self.inner.execute_batch(
                     call,
@@ -508,7 +622,9 @@ impl Client {
                     |mut c, r| async move { c.m_set(r).await },
                 )
             })
-            .await?;
+            .await;
+        self.wrote(&keys);
+        let parts = result?;
         let mut versions = vec![0; keys.len()];
         for (indexes, response) in parts {
             let part = wire::mset_versions(response, indexes.len())?;
@@ -531,7 +647,7 @@ impl Client {
         if keys.is_empty() {
             return Ok(0);
         }
-        let parts = self
+        let result = self
             .run("mdelete", Retry::Idempotent, None, keys.len(), |call| {
                 self.inner.execute_batch(
                     call,
@@ -542,7 +658,9 @@ impl Client {
                     |mut c, r| async move { c.m_delete(r).await },
                 )
             })
-            .await?;
+            .await;
+        self.wrote(&keys);
+        let parts = result?;
         Ok(parts.iter().map(|(_, response)| response.deleted).sum())
     }
 
@@ -842,6 +960,10 @@ impl Client {
 }
 
 /// The items at `indexes` (cheap: keys and values are reference-counted).
+/// Most keys of an [`Client::mget`] missing from the near cache that are read as tracked gets
+/// (and cached); more are one untracked MGet.
+const NEAR_MGET_TRACKED_KEYS: usize = 64;
+
 fn pick<T: Clone>(items: &[T], indexes: &[usize]) -> Vec<T> {
     indexes.iter().map(|&index| items[index].clone()).collect()
 }

@@ -332,6 +332,11 @@ impl NodePool {
         &self.conns[index]
     }
 
+    /// A `Cache` client on the next connection (for streams other than the pipeline).
+    pub(crate) fn cache(&self) -> CacheClient<NodeChannel> {
+        self.pick().cache.clone()
+    }
+
     /// A `Cluster` client on the next connection.
     pub(crate) fn cluster(&self) -> ClusterClient<NodeChannel> {
         ClusterClient::new(self.pick().channel.clone())

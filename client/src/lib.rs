@@ -71,6 +71,7 @@ mod error;
 #[cfg(feature = "serde")]
 mod json;
 mod lease;
+mod near;
 mod observe;
 mod options;
 mod pipeline;
@@ -90,6 +91,10 @@ pub use client::Client;
 pub use connector::{ConnectFuture, Connector, NodeStream};
 pub use error::{Error, ServerCode};
 pub use lease::{ComputeError, LeaseOptions, LeaseToken, Leased};
+pub use near::{
+    DEFAULT_NEAR_MAX_BYTES, DEFAULT_NEAR_MAX_ENTRIES, DEFAULT_NEAR_TTL, MAX_NEAR_ENTRIES,
+    MAX_NEAR_TTL, NEAR_ENTRY_OVERHEAD, NEAR_STREAM_RETRY, NearCacheOptions, NearCacheStats,
+};
 pub use options::{
     CallOptions, Consistency, Entry, GetExpiry, KeyTtl, RetryBudget, RetryPolicy, SetCondition,
     SetOptions, SetOutcome,

@@ -19,6 +19,13 @@
 //! | `ringcache_client_connections` | gauge | | pooled HTTP/2 connections (channels) |
 //! | `ringcache_client_pipeline_streams` | gauge | | open pipelined streams |
 //! | `ringcache_client_nodes_marked_unreachable_total` | counter | | times a node's circuit breaker opened (it is tried after the other replicas for a while) |
+//! | `ringcache_client_near_cache_hits_total` | counter | | reads answered from the near cache ([`NearCacheOptions`](crate::NearCacheOptions)) |
+//! | `ringcache_client_near_cache_misses_total` | counter | | near-cache reads that went to a node |
+//! | `ringcache_client_near_cache_invalidations_total` | counter | | keys the nodes invalidated |
+//! | `ringcache_client_near_cache_flushes_total` | counter | `reason` | times the near cache was emptied: `stream` (an invalidation stream ended), `topology` (the topology changed), `node` (a node said so: flush, cluster-wide flush) |
+//! | `ringcache_client_near_cache_entries` | gauge | | entries in the near cache (the last client to change it) |
+//! | `ringcache_client_near_cache_bytes` | gauge | | bytes charged in the near cache, each entry at least `max_bytes / max_entries` (the last client to change it) |
+//! | `ringcache_client_near_cache_streams` | gauge | | live invalidation streams |
 //!
 //! **Spans**: every call runs in an INFO span `ringcache.request` (target `ringcache::request`)
 //! with `op`, the key's hash slot `key_slot` and 64-bit `key_hash` (single-key calls) or the
@@ -52,12 +59,36 @@ pub(crate) mod names {
     pub(crate) const CONNECTIONS: &str = "ringcache_client_connections";
     pub(crate) const PIPELINE_STREAMS: &str = "ringcache_client_pipeline_streams";
     pub(crate) const UNREACHABLE: &str = "ringcache_client_nodes_marked_unreachable_total";
+    pub(crate) const NEAR_HITS: &str = "ringcache_client_near_cache_hits_total";
+    pub(crate) const NEAR_MISSES: &str = "ringcache_client_near_cache_misses_total";
+    pub(crate) const NEAR_INVALIDATIONS: &str = "ringcache_client_near_cache_invalidations_total";
+    pub(crate) const NEAR_FLUSHES: &str = "ringcache_client_near_cache_flushes_total";
+    pub(crate) const NEAR_ENTRIES: &str = "ringcache_client_near_cache_entries";
+    pub(crate) const NEAR_BYTES: &str = "ringcache_client_near_cache_bytes";
+    pub(crate) const NEAR_STREAMS: &str = "ringcache_client_near_cache_streams";
 }
 
 /// Describes every metric to the installed recorder (called at each connect; recorders take
 /// repeated descriptions).
 pub(crate) fn describe() {
     use names::*;
+    describe_counter!(NEAR_HITS, "Reads answered from the client's near cache.");
+    describe_counter!(NEAR_MISSES, "Near-cache reads that went to a node.");
+    describe_counter!(
+        NEAR_INVALIDATIONS,
+        "Near-cache keys invalidated by the nodes."
+    );
+    describe_counter!(
+        NEAR_FLUSHES,
+        "Times the near cache was emptied, by reason (stream, topology, node)."
+    );
+    describe_gauge!(NEAR_ENTRIES, "Entries in the near cache.");
+    describe_gauge!(
+        NEAR_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes charged in the near cache."
+    );
+    describe_gauge!(NEAR_STREAMS, "Live near-cache invalidation streams.");
     describe_counter!(
         REQUESTS,
         "Calls of the ringcache client, by operation and outcome."
@@ -178,6 +209,36 @@ pub(crate) fn stream_opened(open: bool) {
 
 /// The span of one call: `op`, and the key's slot and hash (or the number of keys); the node,
 /// attempts and outcome are recorded as the call goes.
+pub(crate) fn near_hit() {
+    counter!(names::NEAR_HITS).increment(1);
+}
+
+pub(crate) fn near_miss() {
+    counter!(names::NEAR_MISSES).increment(1);
+}
+
+pub(crate) fn near_invalidations(keys: usize) {
+    counter!(names::NEAR_INVALIDATIONS).increment(keys as u64);
+}
+
+pub(crate) fn near_flush(reason: &'static str) {
+    counter!(names::NEAR_FLUSHES, "reason" => reason).increment(1);
+}
+
+pub(crate) fn near_size(entries: usize, bytes: u64) {
+    gauge!(names::NEAR_ENTRIES).set(entries as f64);
+    gauge!(names::NEAR_BYTES).set(bytes as f64);
+}
+
+pub(crate) fn near_stream(open: bool) {
+    let gauge = gauge!(names::NEAR_STREAMS);
+    if open {
+        gauge.increment(1.0);
+    } else {
+        gauge.decrement(1.0);
+    }
+}
+
 pub(crate) fn request_span(op: &'static str, key: Option<&[u8]>, keys: usize) -> Span {
     let span = tracing::info_span!(
         target: "ringcache::request",

@@ -525,6 +525,7 @@ mod tests {
         let op = GetRequest {
             key: key.into(),
             consistency: 0,
+            tracking_id: 0,
         }
         .into_op();
         (Queued { op, reply }, answer)

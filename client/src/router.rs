@@ -534,6 +534,58 @@ impl Router {
         }
     }
 
+    /// A ONE-level Get for the near cache: sent to the node the key's first attempt goes to,
+    /// with the tracking id of the near cache's live invalidation stream to that node. Returns
+    /// the answer and whether it was tracked (only then may it be cached). Without a live
+    /// stream, or when that node fails, it runs as a plain [`Self::execute`] (untracked).
+    pub(crate) async fn get_tracked(
+        self: &Arc<Self>,
+        call: Call,
+        key: &[u8],
+        message: ringcache_proto::v1::GetRequest,
+        near: &Arc<crate::near::NearCache>,
+    ) -> Result<(ringcache_proto::v1::GetResponse, bool), Error> {
+        let rpc = |mut c: CacheClient<NodeChannel>, r| async move { c.get(r).await };
+        let state = self.snapshot();
+        let replicas = state.ring.replicas(key);
+        let first = if replicas.is_empty() {
+            Some((self.home.addr(), &self.home))
+        } else {
+            state.attempt_order(replicas, &self.config.breaker).next()
+        };
+        let tracking_id = first.map_or(0, |(_, slot)| {
+            near.tracking_id(
+                slot.addr(),
+                || slot.pool(&self.config).ok(),
+                self.config.request_timeout,
+            )
+        });
+        if let Some((node, slot)) = first
+            && tracking_id != 0
+        {
+            let tracked = ringcache_proto::v1::GetRequest {
+                tracking_id,
+                ..message.clone()
+            };
+            match self.send(&call, node, slot, tracked, &rpc, 1).await {
+                Ok(response) => {
+                    // One call, one deposit: the fallback below deposits in `execute`.
+                    self.budget.deposit();
+                    Span::current().record("node", node);
+                    Span::current().record("attempts", 1);
+                    return Ok((response, true));
+                }
+                Err(failure) if !Access::Read.fails_over(failure.class) => {
+                    self.budget.deposit();
+                    return Err(failure.error);
+                }
+                Err(_) => {}
+            }
+        }
+        let response = self.execute(call, key, Access::Read, message, rpc).await?;
+        Ok((response, false))
+    }
+
     /// One attempt of a single-key request: the key's replicas in order, as `access` allows.
     async fn attempt_replicas<Req, Resp, F, Fut>(
         self: &Arc<Self>,

@@ -72,6 +72,7 @@ pub(crate) fn get_request(key: Bytes, consistency_: Option<Consistency>) -> pb::
     pb::GetRequest {
         key,
         consistency: consistency(consistency_),
+        tracking_id: 0,
     }
 }
 
@@ -142,6 +143,7 @@ pub(crate) fn mget_request(keys: Vec<Bytes>, consistency_: Option<Consistency>) 
     pb::MGetRequest {
         keys,
         consistency: consistency(consistency_),
+        tracking_id: 0,
     }
 }
 

@@ -46,6 +46,16 @@ impl Cache for Fake {
     // An older node: no pipelined stream, so the client falls back to unary calls (which these
     // tests inspect: deadlines, metadata, failover).
     type PipelineStream = tonic::codegen::BoxStream<pb::PipelineResponseBatch>;
+    type InvalidationsStream = tonic::codegen::BoxStream<pb::InvalidationBatch>;
+
+    async fn invalidations(
+        &self,
+        _request: Request<pb::InvalidationsRequest>,
+    ) -> Result<Response<Self::InvalidationsStream>, Status> {
+        Err(Status::unimplemented(
+            "no near-cache tracking on this fake node",
+        ))
+    }
 
     async fn pipeline(
         &self,

@@ -233,6 +233,16 @@ type BatchStream = ReceiverStream<Result<pb::PipelineResponseBatch, Status>>;
 #[tonic::async_trait]
 impl Cache for Svc {
     type PipelineStream = BatchStream;
+    type InvalidationsStream = tonic::codegen::BoxStream<pb::InvalidationBatch>;
+
+    async fn invalidations(
+        &self,
+        _request: Request<pb::InvalidationsRequest>,
+    ) -> Result<Response<Self::InvalidationsStream>, Status> {
+        Err(Status::unimplemented(
+            "no near-cache tracking on this fake node",
+        ))
+    }
 
     async fn pipeline(
         &self,

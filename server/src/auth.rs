@@ -305,7 +305,7 @@ pub fn required_role(path: &str) -> Option<Role> {
     let (service, method) = path.trim_start_matches('/').split_once('/')?;
     match service {
         "ringcache.v1.Cache" => Some(match method {
-            "Get" | "MGet" | "Ttl" | "Pipeline" => Role::Read,
+            "Get" | "MGet" | "Ttl" | "Pipeline" | "Invalidations" => Role::Read,
             _ => Role::Write,
         }),
         "ringcache.v1.Admin" => Some(match method {
@@ -458,6 +458,7 @@ mod tests {
         for (path, role) in [
             ("/ringcache.v1.Cache/Get", Some(Role::Read)),
             ("/ringcache.v1.Cache/Pipeline", Some(Role::Read)),
+            ("/ringcache.v1.Cache/Invalidations", Some(Role::Read)),
             ("/ringcache.v1.Cache/Set", Some(Role::Write)),
             ("/ringcache.v1.Cache/Incr", Some(Role::Write)),
             ("/ringcache.v1.Cache/GetOrLease", Some(Role::Write)),

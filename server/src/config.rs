@@ -395,6 +395,22 @@ pub struct Cli {
     /// refresh lease), 0..=24h; 0 is off [default: 0].
     #[arg(long, env = "RINGCACHE_SERVE_STALE", value_name = "DURATION")]
     pub serve_stale: Option<HumanDuration>,
+    /// Most keys the near-cache tracking table remembers; a key pushed out is invalidated for
+    /// its readers, 1..=100000000 [default: 1000000].
+    #[arg(long, env = "RINGCACHE_TRACKING_MAX_KEYS", value_name = "N")]
+    pub tracking_max_keys: Option<usize>,
+    /// Most near-cache invalidation streams open at once, 1..=65536 [default: 1024].
+    #[arg(long, env = "RINGCACHE_TRACKING_MAX_SUBSCRIBERS", value_name = "N")]
+    pub tracking_max_subscribers: Option<usize>,
+    /// Most bytes of keys the near-cache tracking table remembers (each key charged 64 B
+    /// more), 1MiB..=64GiB [default: 256MiB].
+    #[arg(long, env = "RINGCACHE_TRACKING_MAX_BYTES", value_name = "SIZE")]
+    pub tracking_max_bytes: Option<ByteSize>,
+    /// Most bytes of keys queued on one invalidation stream (each key charged 32 B more); past
+    /// it the stream ends with an error and the client drops its near cache, 1KiB..=1GiB
+    /// [default: 1MiB].
+    #[arg(long, env = "RINGCACHE_TRACKING_QUEUE_BYTES", value_name = "SIZE")]
+    pub tracking_queue_bytes: Option<ByteSize>,
 }
 
 /// Consistency level as written in flags and files.
@@ -601,6 +617,10 @@ struct FileConfig {
     lease_max_ttl: Option<HumanDuration>,
     lease_max_wait: Option<HumanDuration>,
     serve_stale: Option<HumanDuration>,
+    tracking_max_keys: Option<usize>,
+    tracking_max_subscribers: Option<usize>,
+    tracking_max_bytes: Option<ByteSize>,
+    tracking_queue_bytes: Option<ByteSize>,
 }
 
 /// Everything a node runs with, validated.
@@ -692,6 +712,8 @@ pub struct Config {
     pub hot_keys: crate::hotkeys::HotKeysConfig,
     /// GetOrLease leases and serve-stale ([`crate::lease`]).
     pub leases: crate::lease::LeaseConfig,
+    /// Near-cache tracking bounds ([`crate::tracking`]).
+    pub tracking: crate::tracking::TrackingConfig,
 }
 
 /// Snapshot settings ([`crate::snapshot`]).
@@ -1050,6 +1072,24 @@ impl Config {
                     .or(file.serve_stale)
                     .map_or(Duration::ZERO, |d| d.0),
             },
+            tracking: crate::tracking::TrackingConfig {
+                max_keys: cli
+                    .tracking_max_keys
+                    .or(file.tracking_max_keys)
+                    .unwrap_or(crate::tracking::DEFAULT_MAX_KEYS),
+                max_bytes: cli
+                    .tracking_max_bytes
+                    .or(file.tracking_max_bytes)
+                    .map_or(crate::tracking::DEFAULT_MAX_BYTES, |b| b.0),
+                max_subscribers: cli
+                    .tracking_max_subscribers
+                    .or(file.tracking_max_subscribers)
+                    .unwrap_or(crate::tracking::DEFAULT_MAX_SUBSCRIBERS),
+                queue_bytes: cli
+                    .tracking_queue_bytes
+                    .or(file.tracking_queue_bytes)
+                    .map_or(crate::tracking::DEFAULT_QUEUE_BYTES, |b| b.0),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -1119,6 +1159,7 @@ impl Config {
         }
         self.validate_hot_keys()?;
         self.validate_leases()?;
+        self.validate_tracking()?;
         if self.secrets_reload_interval.is_zero() {
             bail!("secrets_reload_interval must be greater than zero");
         }
@@ -1268,6 +1309,51 @@ impl Config {
         Ok(())
     }
 
+    /// Checks the near-cache tracking bounds.
+    fn validate_tracking(&self) -> anyhow::Result<()> {
+        use crate::tracking::{
+            MAX_MAX_BYTES, MAX_MAX_KEYS, MAX_MAX_SUBSCRIBERS, MAX_QUEUE_BYTES, MIN_MAX_BYTES,
+            MIN_QUEUE_BYTES,
+        };
+        let t = &self.tracking;
+        for (name, value, max) in [
+            ("tracking_max_keys", t.max_keys, MAX_MAX_KEYS),
+            (
+                "tracking_max_subscribers",
+                t.max_subscribers,
+                MAX_MAX_SUBSCRIBERS,
+            ),
+        ] {
+            if !(1..=max).contains(&value) {
+                bail!("{name} must be between 1 and {max}, got {value}");
+            }
+        }
+        for (name, value, min, max) in [
+            (
+                "tracking_max_bytes",
+                t.max_bytes,
+                MIN_MAX_BYTES,
+                MAX_MAX_BYTES,
+            ),
+            (
+                "tracking_queue_bytes",
+                t.queue_bytes,
+                MIN_QUEUE_BYTES,
+                MAX_QUEUE_BYTES,
+            ),
+        ] {
+            if !(min..=max).contains(&value) {
+                bail!(
+                    "{name} must be between {} and {}, got {}",
+                    bytesize::ByteSize(min).display().iec(),
+                    bytesize::ByteSize(max).display().iec(),
+                    bytesize::ByteSize(value).display().iec()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Checks the hot-key settings.
     fn validate_hot_keys(&self) -> anyhow::Result<()> {
         use crate::hotkeys::{MAX_CAPACITY, MAX_SAMPLE, MAX_WINDOW, MIN_CAPACITY, MIN_WINDOW};
@@ -1293,6 +1379,8 @@ impl Config {
         Ok(())
     }
 
+    /// Checks the snapshot settings; with a data directory, creates it if missing and checks
+    /// that a file can be written there (the error says which and why).
     fn validate_snapshot(&self) -> anyhow::Result<()> {
         let snapshot = &self.snapshot;
         let Some(dir) = &snapshot.data_dir else {
@@ -2115,6 +2203,60 @@ mod tests {
             Config::layer(parse(&args), FileConfig::default()).unwrap();
         }
         assert!(Cli::try_parse_from(["ringcached", "--lease-max-leases", "-1"]).is_err());
+    }
+
+    #[test]
+    fn tracking_settings_layer_with_their_defaults_and_bounds() {
+        use crate::tracking::TrackingConfig;
+        let defaults = Config::layer(parse(&[]), FileConfig::default()).unwrap();
+        assert_eq!(defaults.tracking, TrackingConfig::default());
+        assert_eq!(defaults.tracking.max_keys, 1_000_000);
+        assert_eq!(defaults.tracking.max_subscribers, 1024);
+        assert_eq!(defaults.tracking.max_bytes, 256 << 20);
+        assert_eq!(defaults.tracking.queue_bytes, 1 << 20);
+        let file: FileConfig = toml::from_str(
+            r#"
+            tracking_max_keys = 10
+            tracking_max_bytes = "2MiB"
+            tracking_max_subscribers = 3
+            tracking_queue_bytes = "4KiB"
+            "#,
+        )
+        .unwrap();
+        let config = Config::layer(parse(&["--tracking-queue-bytes", "8KiB"]), file).unwrap();
+        assert_eq!(
+            config.tracking,
+            TrackingConfig {
+                max_keys: 10,
+                max_bytes: 2 << 20,
+                max_subscribers: 3,
+                queue_bytes: 8 << 10,
+            },
+            "the file over the defaults, the flag over the file"
+        );
+        for (args, named) in [
+            (["--tracking-max-keys", "0"], "tracking_max_keys"),
+            (["--tracking-max-keys", "100000001"], "tracking_max_keys"),
+            (
+                ["--tracking-max-subscribers", "0"],
+                "tracking_max_subscribers",
+            ),
+            (
+                ["--tracking-max-subscribers", "65537"],
+                "tracking_max_subscribers",
+            ),
+            (["--tracking-max-bytes", "1023KiB"], "tracking_max_bytes"),
+            (["--tracking-max-bytes", "65GiB"], "tracking_max_bytes"),
+            (["--tracking-queue-bytes", "1023"], "tracking_queue_bytes"),
+            (["--tracking-queue-bytes", "2GiB"], "tracking_queue_bytes"),
+        ] {
+            let err = Config::layer(parse(&args), FileConfig::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(named), "{args:?}: {err}");
+        }
+        assert!(Cli::try_parse_from(["ringcached", "--tracking-max-keys", "-1"]).is_err());
+        assert!(Cli::try_parse_from(["ringcached", "--tracking-queue-bytes", "lots"]).is_err());
     }
 
     #[test]

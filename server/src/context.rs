@@ -54,6 +54,8 @@ pub struct Context {
     pub(crate) hot_keys: HotKeys,
     /// GetOrLease leases of the keys this node is the primary of ([`crate::lease`]).
     pub(crate) leases: crate::lease::Leases,
+    /// Near-cache tracking: who read which key ([`crate::tracking`]).
+    pub(crate) tracking: std::sync::Arc<crate::tracking::Tracking>,
 }
 
 impl Context {
@@ -112,6 +114,10 @@ impl Context {
     /// GetOrLease leases ([`crate::lease`]).
     pub fn leases(&self) -> &crate::lease::Leases {
         &self.leases
+    }
+    /// Near-cache tracking: who read which key ([`crate::tracking`]).
+    pub fn tracking(&self) -> &crate::tracking::Tracking {
+        &self.tracking
     }
     /// Data movement progress (joins, repairs, leaves).
     pub fn rebalance(&self) -> &RebalanceStats {

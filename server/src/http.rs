@@ -48,6 +48,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     node.metrics().set_anti_entropy(node.anti_entropy());
     node.metrics().set_hot_keys(node.hot_keys());
     node.metrics().set_leases(node.leases());
+    node.metrics().set_tracking(node.tracking().stats());
     let connections = node.connections();
     node.metrics().set_connections(
         connections.open(),

@@ -31,6 +31,7 @@ pub mod skew;
 pub mod snapshot;
 pub mod store;
 pub mod tls;
+pub mod tracking;
 pub mod view;
 
 pub use config::Config;

@@ -252,6 +252,15 @@ pub struct Metrics {
     lease_waiters: Gauge,
     leases_held: Gauge,
     stale_served: Counter,
+    /// Near-cache tracking: open invalidation streams and keys remembered.
+    tracking_subscribers: Gauge,
+    tracking_keys: Gauge,
+    /// Near-cache tracking: invalidations queued, keys pushed out of the table, streams ended
+    /// by a queue overflow, streams refused.
+    tracking_invalidations: Counter,
+    tracking_evictions: Counter,
+    tracking_overflows: Counter,
+    tracking_refused: Counter,
     rebalance_bytes_sent: Counter,
     rebalance_stream_bytes_sent: Counter,
     rebalance_keys_received: Counter,
@@ -821,6 +830,40 @@ impl Metrics {
             "Requests per second of this node's heaviest keys in the last hot-key window, by rank (1 = heaviest; no key names: ringctl hotkeys shows them)".into(),
         );
         recorder.describe_gauge(
+            "ringcache_tracking_subscribers".into(),
+            Some(Unit::Count),
+            "Near-cache invalidation streams (Cache.Invalidations) open on this node".into(),
+        );
+        recorder.describe_gauge(
+            "ringcache_tracking_keys".into(),
+            Some(Unit::Count),
+            "Keys the near-cache tracking table remembers (bounded by tracking_max_keys)".into(),
+        );
+        describe(
+            &recorder,
+            "ringcache_tracking_invalidations_total",
+            Unit::Count,
+            "Near-cache invalidations queued to subscribers (one per subscriber and key)",
+        );
+        describe(
+            &recorder,
+            "ringcache_tracking_evictions_total",
+            Unit::Count,
+            "Keys pushed out of the full tracking table (their readers were sent an invalidation)",
+        );
+        describe(
+            &recorder,
+            "ringcache_tracking_overflows_total",
+            Unit::Count,
+            "Invalidation streams ended because their queue overflowed (tracking_queue)",
+        );
+        describe(
+            &recorder,
+            "ringcache_tracking_refused_total",
+            Unit::Count,
+            "Invalidation streams refused because tracking_max_subscribers were open",
+        );
+        recorder.describe_gauge(
             "ringcache_hot_keys_top_share".into(),
             None,
             "Share (0..1) of the requests of the last hot-key window that went to this node's ten heaviest keys".into(),
@@ -913,6 +956,12 @@ impl Metrics {
             lease_waiters: gauge("ringcache_lease_waiters"),
             leases_held: gauge("ringcache_leases_held"),
             stale_served: counter("ringcache_stale_served_total", vec![]),
+            tracking_subscribers: gauge("ringcache_tracking_subscribers"),
+            tracking_keys: gauge("ringcache_tracking_keys"),
+            tracking_invalidations: counter("ringcache_tracking_invalidations_total", vec![]),
+            tracking_evictions: counter("ringcache_tracking_evictions_total", vec![]),
+            tracking_overflows: counter("ringcache_tracking_overflows_total", vec![]),
+            tracking_refused: counter("ringcache_tracking_refused_total", vec![]),
             rebalance_bytes_sent: counter("ringcache_rebalance_bytes_sent_total", vec![]),
             rebalance_stream_bytes_sent: counter(
                 "ringcache_rebalance_stream_bytes_sent_total",
@@ -1099,6 +1148,16 @@ impl Metrics {
         }
         self.hot_keys_top_share
             .set(report.top_share(crate::hotkeys::METRIC_RANKS));
+    }
+
+    /// Copies in the near-cache tracking counters.
+    pub fn set_tracking(&self, stats: crate::tracking::TrackingStats) {
+        self.tracking_subscribers.set(stats.subscribers as f64);
+        self.tracking_keys.set(stats.keys as f64);
+        self.tracking_invalidations.absolute(stats.invalidations);
+        self.tracking_evictions.absolute(stats.evictions);
+        self.tracking_overflows.absolute(stats.overflows);
+        self.tracking_refused.absolute(stats.refused);
     }
 
     /// Copies in the gossip counters and member gauges.

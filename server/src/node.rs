@@ -277,6 +277,8 @@ impl Node {
         let config_leases = config.leases;
         let hot_keys = crate::hotkeys::HotKeys::new(config.hot_keys)
             .with_max_key_bytes(config.store.max_key_bytes);
+        let tracking = Arc::new(crate::tracking::Tracking::new(config.tracking));
+        store.observe(tracking.switch(), tracking.clone());
         let ctx = Arc::new(Context {
             config,
             store,
@@ -293,6 +295,7 @@ impl Node {
             span: span.clone(),
             hot_keys,
             leases: crate::lease::Leases::new(config_leases),
+            tracking,
         });
         let node = Arc::new(Self {
             ctx,

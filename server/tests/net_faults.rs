@@ -649,6 +649,7 @@ async fn raw_get(
     let request = v1::GetRequest {
         key: bytes::Bytes::copy_from_slice(key.as_bytes()),
         consistency: consistency as i32,
+        tracking_id: 0,
     };
     match tokio::time::timeout(Duration::from_secs(3), client.get(request)).await {
         Ok(Ok(response)) => {

@@ -597,5 +597,6 @@ pub fn get_request(key: &str, consistency: i32) -> ringcache_proto::v1::GetReque
     ringcache_proto::v1::GetRequest {
         key: bytes::Bytes::copy_from_slice(key.as_bytes()),
         consistency,
+        tracking_id: 0,
     }
 }

@@ -90,6 +90,7 @@ async fn a_request_for_a_key_held_elsewhere_is_forwarded_to_its_primary() {
             .get(v1::GetRequest {
                 key: Bytes::from(key),
                 consistency: 0,
+                tracking_id: 0,
             })
             .await
             .unwrap()
@@ -173,6 +174,7 @@ async fn multi_key_requests_are_split_by_primary_and_keep_their_order() {
         .m_get(v1::MGetRequest {
             keys: asked.clone(),
             consistency: 0,
+            tracking_id: 0,
         })
         .await
         .unwrap()
@@ -218,6 +220,7 @@ async fn an_unreachable_primary_gives_unavailable_naming_it() {
         .get(v1::GetRequest {
             key: Bytes::from(key),
             consistency: 0,
+            tracking_id: 0,
         })
         .await
         .unwrap_err();
@@ -238,6 +241,7 @@ async fn invalid_input_is_refused_before_forwarding() {
         .m_get(v1::MGetRequest {
             keys: vec![Bytes::from("a"), Bytes::new()],
             consistency: 0,
+            tracking_id: 0,
         })
         .await
         .unwrap_err();

@@ -343,6 +343,7 @@ async fn limits_give_invalid_argument_and_the_node_keeps_serving() {
         .get(v1::GetRequest {
             key: Bytes::new(),
             consistency: 0,
+            tracking_id: 0,
         })
         .await
         .unwrap_err();
@@ -392,6 +393,7 @@ async fn limits_give_invalid_argument_and_the_node_keeps_serving() {
         .m_get(v1::MGetRequest {
             keys: ["a", "b", "c", "d", "e"].map(Bytes::from).to_vec(),
             consistency: 0,
+            tracking_id: 0,
         })
         .await
         .unwrap_err();
@@ -425,6 +427,7 @@ async fn limits_give_invalid_argument_and_the_node_keeps_serving() {
         .get(v1::GetRequest {
             key: Bytes::from("k"),
             consistency: 42,
+            tracking_id: 0,
         })
         .await
         .unwrap_err();

@@ -81,6 +81,7 @@ fn get(key: &'static str) -> Op {
     Op::Get(v1::GetRequest {
         key: key.into(),
         consistency: 0,
+        tracking_id: 0,
     })
 }
 
@@ -125,6 +126,7 @@ async fn every_tagged_request_gets_the_answer_of_its_unary_call() {
             Op::MGet(v1::MGetRequest {
                 keys: vec!["a".into(), "missing".into()],
                 consistency: 0,
+                tracking_id: 0,
             }),
         ),
     ];
@@ -224,6 +226,7 @@ async fn max_batch_keys_bounds_each_request_and_only_an_oversized_batch_ends_the
         Op::MGet(v1::MGetRequest {
             keys: (0..5).map(|i| Bytes::from(format!("k{i}"))).collect(),
             consistency: 0,
+            tracking_id: 0,
         }),
     ));
     tx.send(PipelineRequestBatch { requests }).await.unwrap();
@@ -394,6 +397,7 @@ async fn response_batches_stay_within_the_message_limit_and_a_too_large_answer_f
                 Op::Get(v1::GetRequest {
                     key: Bytes::from(key.clone()),
                     consistency: 0,
+                    tracking_id: 0,
                 }),
             )
         })
@@ -404,6 +408,7 @@ async fn response_batches_stay_within_the_message_limit_and_a_too_large_answer_f
         Op::MGet(v1::MGetRequest {
             keys: keys.iter().map(|k| Bytes::from(k.clone())).collect(),
             consistency: 0,
+            tracking_id: 0,
         }),
     ));
     requests.push(request(101, get("missing")));

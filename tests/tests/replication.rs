@@ -373,6 +373,7 @@ async fn a_quorum_read_returns_the_newest_copy_and_repairs_the_stale_replica() {
         .m_get(v1::MGetRequest {
             keys: vec![Bytes::from_static(b"m1"), Bytes::from_static(b"m2")],
             consistency: ALL,
+            tracking_id: 0,
         })
         .await
         .unwrap()

@@ -166,6 +166,10 @@ struct RunArgs {
     /// ringcache: requests on each connection's pipelined stream, or one unary call each.
     #[arg(long, value_enum, default_value_t = Transport::Pipelined)]
     transport: Transport,
+    /// ringcache: give each client a near cache of at most N entries (invalidated by the
+    /// nodes); prints the near-cache hit rate after the run [default: off].
+    #[arg(long, value_name = "N")]
+    near_cache: Option<u64>,
     /// ringcache: TLS and credentials.
     #[command(flatten)]
     security: SecurityArgs,
@@ -404,6 +408,7 @@ fn run_config(args: &RunArgs) -> anyhow::Result<RunConfig> {
         consistency: args.consistency,
         transport: args.transport,
         tls: false,
+        near_cache_entries: args.near_cache,
     };
     config.validate()?;
     Ok(config)

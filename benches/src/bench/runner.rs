@@ -172,7 +172,20 @@ pub async fn run_secured(
         TargetUrl::Ringcache { seeds } => {
             let target =
                 RingcacheTarget::new(seeds.clone(), config.client).with_security(security.clone());
-            run_with(&target, config, progress).await
+            let result = run_with(&target, config, progress).await;
+            if let Some(near) = target.near_cache_totals() {
+                eprintln!(
+                    "near cache (whole run, all clients): hit rate {:.1}% ({} hits, {} misses), {} invalidations, {} flushes, {} entries, {} bytes charged",
+                    100.0 * near.hits as f64 / (near.hits + near.misses).max(1) as f64,
+                    near.hits,
+                    near.misses,
+                    near.invalidations,
+                    near.flushes,
+                    near.entries,
+                    near.charged_bytes
+                );
+            }
+            result
         }
         TargetUrl::Redis { url } => {
             let target = RedisTarget::new(url, config.client)

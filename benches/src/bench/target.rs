@@ -184,6 +184,9 @@ pub struct ClientSettings {
     /// ringcache: whether connections use TLS (`--tls-ca`). Credentials are never recorded.
     #[serde(default)]
     pub tls: bool,
+    /// ringcache: each client's near cache, by its most entries (`None`: off).
+    #[serde(default)]
+    pub near_cache_entries: Option<u64>,
 }
 
 /// How the ringcache client carries requests (its builder's `pipelining` setting).
@@ -207,6 +210,7 @@ impl Default for ClientSettings {
             consistency: None,
             transport: Transport::Pipelined,
             tls: false,
+            near_cache_entries: None,
         }
     }
 }
@@ -231,6 +235,8 @@ pub struct RingcacheTarget {
     seeds: Vec<String>,
     settings: ClientSettings,
     security: Security,
+    /// The clients connected, kept to sum their near-cache counters after the run.
+    clients: std::sync::Arc<std::sync::Mutex<Vec<ringcache::Client>>>,
 }
 
 impl RingcacheTarget {
@@ -240,7 +246,32 @@ impl RingcacheTarget {
             seeds,
             settings,
             security: Security::default(),
+            clients: std::sync::Arc::default(),
         }
+    }
+
+    /// The near-cache counters of every client this target connected, summed (`None`: the
+    /// near cache is off).
+    pub fn near_cache_totals(&self) -> Option<ringcache::NearCacheStats> {
+        self.settings.near_cache_entries?;
+        let clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut total = ringcache::NearCacheStats::default();
+        for stats in clients
+            .iter()
+            .filter_map(ringcache::Client::near_cache_stats)
+        {
+            total.hits += stats.hits;
+            total.misses += stats.misses;
+            total.invalidations += stats.invalidations;
+            total.flushes += stats.flushes;
+            total.entries += stats.entries;
+            total.charged_bytes += stats.charged_bytes;
+            total.streams += stats.streams;
+        }
+        Some(total)
     }
 
     /// The same target reached with these TLS settings and credentials (from
@@ -277,12 +308,24 @@ impl Target for RingcacheTarget {
                 ConsistencyLevel::All => ringcache::Consistency::All,
             });
         }
+        if let Some(max_entries) = self.settings.near_cache_entries {
+            builder = builder.near_cache(ringcache::NearCacheOptions {
+                max_entries,
+                ..ringcache::NearCacheOptions::default()
+            });
+        }
         let client = self
             .security
             .apply(builder)
             .connect()
             .await
             .map_err(|e| ringcache_error(&e))?;
+        if self.settings.near_cache_entries.is_some() {
+            self.clients
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(client.clone());
+        }
         Ok(RingcacheConnection { client })
     }
 }

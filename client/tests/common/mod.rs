@@ -86,6 +86,16 @@ fn topology() -> Topology {
 #[tonic::async_trait]
 impl Cache for Svc {
     type PipelineStream = tonic::codegen::BoxStream<pb::PipelineResponseBatch>;
+    type InvalidationsStream = tonic::codegen::BoxStream<pb::InvalidationBatch>;
+
+    async fn invalidations(
+        &self,
+        _request: Request<pb::InvalidationsRequest>,
+    ) -> Result<Response<Self::InvalidationsStream>, Status> {
+        Err(Status::unimplemented(
+            "no near-cache tracking on this fake node",
+        ))
+    }
 
     async fn pipeline(
         &self,

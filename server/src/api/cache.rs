@@ -434,16 +434,21 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::GetRequest>,
     ) -> Result<Response<v1::GetResponse>, Status> {
-        let (metadata, _, req) = request.into_parts();
+        let (metadata, _, mut req) = request.into_parts();
         self.hot(&metadata, &req.key, crate::hotkeys::Access::Read);
-        if let Some(reply) = self.get_here(
+        let tracking_id = std::mem::take(&mut req.tracking_id);
+        if let Some(reply) = self.get_tracked_here(
             &req.key,
             req.consistency,
             was_forwarded(&metadata),
             Arrival::now(&self.node),
+            tracking_id,
         ) {
             return reply.map(Response::new);
         }
+        // Not served here at ONE: whatever the caller caches for the key is dropped, as this
+        // node will not see the key's changes.
+        self.node.tracking().untracked(tracking_id, &req.key);
         if let Some(primary) = self.route(&metadata, &req.key) {
             return self
                 .forward_one(Op::Get, primary, req, |mut peer, request| async move {
@@ -460,6 +465,15 @@ impl Cache for CacheService {
             |reply| hit_or_miss(reply.found),
         )
         .await
+    }
+
+    type InvalidationsStream = super::invalidations::InvalidationsStream;
+
+    async fn invalidations(
+        &self,
+        _request: Request<v1::InvalidationsRequest>,
+    ) -> Result<Response<Self::InvalidationsStream>, Status> {
+        super::invalidations::serve(&self.node).map(Response::new)
     }
 
     async fn set(
@@ -545,6 +559,15 @@ impl Cache for CacheService {
             crate::hotkeys::Access::Read,
         );
         let split = self.split(&metadata, req.keys.iter().map(|k| &k[..]));
+        let tracking_id = req.tracking_id;
+        if tracking_id != 0 {
+            // Keys another node answers: this one will not see their changes.
+            for (_, positions) in &split.remote {
+                for &p in positions {
+                    self.node.tracking().untracked(tracking_id, &req.keys[p]);
+                }
+            }
+        }
         let req = &req;
         self.run_split(
             Op::MGet,
@@ -556,15 +579,23 @@ impl Cache for CacheService {
             |positions| v1::MGetRequest {
                 keys: positions.iter().map(|&p| req.keys[p].clone()).collect(),
                 consistency: req.consistency,
+                tracking_id: 0,
             },
             |mut peer, request| async move { peer.m_get(request).await },
             |node, local| async move {
                 let level = read_level(&node, req.consistency)?;
                 let keys: Vec<Bytes> = local.iter().map(|&p| req.keys[p].clone()).collect();
                 if level == Consistency::One {
+                    // Tracked before the store is read: a change after this is told.
+                    for key in &keys {
+                        track(&node, tracking_id, key);
+                    }
                     let now = node.now_ms();
                     let items = node.store().mget(&keys, now).map_err(Status::from)?;
                     return Ok(items.into_iter().map(|item| found(item, now)).collect());
+                }
+                for key in &keys {
+                    node.tracking().untracked(tracking_id, key);
                 }
                 let winners = replication::read(node.context(), &keys, level)
                     .await
@@ -871,6 +902,34 @@ impl CacheService {
         )
     }
 
+    /// [`Self::get_here`] for a read that may carry a near-cache tracking id: served at ONE
+    /// here, the key is tracked for that stream before the store is read.
+    pub(crate) fn get_tracked_here(
+        &self,
+        key: &[u8],
+        consistency: i32,
+        forwarded: bool,
+        arrival: Arrival,
+        tracking_id: u64,
+    ) -> Option<Result<v1::GetResponse, Status>> {
+        if tracking_id == 0 {
+            return self.get_here(key, consistency, forwarded, arrival);
+        }
+        if !self.serves(key, forwarded) {
+            return None;
+        }
+        self.read_here(
+            Op::Get,
+            consistency,
+            arrival,
+            |node, now| {
+                track(node, tracking_id, key);
+                get_local(node, key, now)
+            },
+            |reply| hit_or_miss(reply.found),
+        )
+    }
+
     /// A Set this node completes at once (see [`Self::write_here`]); `None`: the general path.
     pub(crate) fn set_here(
         &self,
@@ -885,6 +944,15 @@ impl CacheService {
             |node, now| apply_set(node, req, now),
             |reply| hit_or_miss(reply.stored),
         )
+    }
+}
+
+/// Remembers that stream `tracking_id` reads `key` (before the store is read), unless the key
+/// is one the store refuses (empty or too long: the read fails anyway, and the table never holds
+/// a key longer than `max_key_bytes`).
+fn track(node: &Node, tracking_id: u64, key: &[u8]) {
+    if tracking_id != 0 && node.store().check_key(key).is_ok() {
+        node.tracking().track(tracking_id, key);
     }
 }
 

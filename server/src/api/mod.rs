@@ -11,6 +11,7 @@ mod digest;
 mod forward;
 pub mod health;
 mod internal;
+mod invalidations;
 mod lease;
 mod pipeline;
 mod replica_stream;

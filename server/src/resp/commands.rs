@@ -493,6 +493,7 @@ impl Session {
         let request = v1::GetRequest {
             key,
             consistency: self.read_level,
+            tracking_id: 0,
         };
         match self.cache.get(Request::new(request)).await {
             Ok(r) => {
@@ -545,6 +546,7 @@ impl Session {
         let request = v1::MGetRequest {
             keys: keys.to_vec(),
             consistency: self.read_level,
+            tracking_id: 0,
         };
         match self.cache.m_get(Request::new(request)).await {
             Ok(r) => Ok(r.into_inner().results),

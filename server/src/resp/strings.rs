@@ -210,6 +210,7 @@ impl Session {
         let request = v1::GetRequest {
             key: key.clone(),
             consistency: self.read_level,
+            tracking_id: 0,
         };
         match self.cache.get(Request::new(request)).await {
             Ok(r) => {

@@ -29,6 +29,7 @@ mod update;
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use parking_lot::RwLock;
@@ -62,6 +63,26 @@ impl EvictionPolicy {
             Self::NoEviction => "noeviction",
         }
     }
+}
+
+/// Told of every change of a key in the store, whatever its path (client writes, replication,
+/// repair, rebalancing, eviction, expiry reclaim, flushes): the near-cache tracking table
+/// ([`crate::tracking`]). Called with the key's shard locked, so it must not touch the store; it
+/// may be told of a key that did not change (a write whose condition failed), never left
+/// untold of one that did.
+pub trait KeyObserver: Send + Sync + std::fmt::Debug {
+    /// `key` may have changed.
+    fn changed(&self, key: &[u8]);
+    /// Many keys may have changed (a flush).
+    fn flushed(&self);
+}
+
+/// The observer of a store and the switch that says whether it wants to hear anything: while
+/// off (nobody subscribed), a write costs one relaxed load more than without an observer.
+#[derive(Debug)]
+struct Observer {
+    on: Arc<AtomicBool>,
+    sink: Arc<dyn KeyObserver>,
 }
 
 /// Limits and sizing of a store.
@@ -363,6 +384,8 @@ pub struct Store {
     /// How long (ms) an expired value is kept for [`Store::get_or_stale`] (serve-stale); 0: off,
     /// expired entries are reclaimed as soon as the expiry task sees them.
     serve_stale_ms: u64,
+    /// Told of every change while its switch is on ([`Store::observe`]).
+    observer: OnceLock<Observer>,
 }
 
 /// Where a walk of one hash slot's entries resumes ([`Store::scan_slot`]); the default starts
@@ -415,6 +438,32 @@ impl Store {
             flush_floor: AtomicU64::new(0),
             tombstones_needed: AtomicBool::new(true),
             serve_stale_ms: 0,
+            observer: OnceLock::new(),
+        }
+    }
+
+    /// Installs the observer told of every change while `on` is true (once; a second call is
+    /// ignored and returns false).
+    pub fn observe(&self, on: Arc<AtomicBool>, sink: Arc<dyn KeyObserver>) -> bool {
+        self.observer.set(Observer { on, sink }).is_ok()
+    }
+
+    /// Tells the observer `key` may have changed (the caller holds the key's shard lock).
+    #[inline]
+    fn changed(&self, key: &[u8]) {
+        if let Some(observer) = self.observer.get()
+            && observer.on.load(Ordering::Relaxed)
+        {
+            observer.sink.changed(key);
+        }
+    }
+
+    /// Tells the observer many keys may have changed.
+    fn flushed(&self) {
+        if let Some(observer) = self.observer.get()
+            && observer.on.load(Ordering::Relaxed)
+        {
+            observer.sink.flushed();
         }
     }
 
@@ -608,6 +657,7 @@ impl Store {
         };
         let place = self.place(key);
         let mut shard = self.shards[place.shard].lock.write();
+        self.changed(key);
         let slot = shard.find(place.hash, key);
         let live = slot.map(|s| shard.entry(s)).filter(|e| e.is_live(now_ms));
         let previous = if options.return_previous {
@@ -689,6 +739,7 @@ impl Store {
         self.check_key(key)?;
         let place = self.place(key);
         let mut shard = self.shards[place.shard].lock.write();
+        self.changed(key);
         let found = shard.find(place.hash, key);
         let (removed, version) = self.remove_locked(&mut shard, place, found, key, now_ms)?;
         Ok((removed.is_some(), version))
@@ -764,6 +815,7 @@ impl Store {
         let new_expiry = self.expiry_for(ttl_ms, now_ms)?;
         let place = self.place(key);
         let mut shard = self.shards[place.shard].lock.write();
+        self.changed(key);
         let slot = shard.find(place.hash, key);
         let live = slot.map(|s| shard.entry(s)).filter(|e| e.is_live(now_ms));
         let (current, expires_at) = match live {
@@ -804,6 +856,7 @@ impl Store {
         let expires_at = self.expiry_for(ttl_ms, now_ms)?;
         let place = self.place(key);
         let mut shard = self.shards[place.shard].lock.write();
+        self.changed(key);
         let slot = shard.find(place.hash, key);
         let current = slot
             .map(|s| shard.entry(s))
@@ -835,6 +888,7 @@ impl Store {
         let expires_at = self.expiry_for(ttl_ms, now_ms)?;
         let place = self.place(key);
         let mut shard = self.shards[place.shard].lock.write();
+        self.changed(key);
         let Some(slot) = shard.find(place.hash, key) else {
             return Ok(None);
         };
@@ -876,6 +930,7 @@ impl Store {
             removed += shard.clear() as u64;
             self.used_bytes.fetch_sub(freed, Ordering::Relaxed);
         }
+        self.flushed();
         removed
     }
 
@@ -895,6 +950,7 @@ impl Store {
                 let Some(s) = shard.first_expired(now_ms) else {
                     break;
                 };
+                self.changed(shard.entry(s).key());
                 let hash = self.hash_key(shard.entry(s).key());
                 let entry = shard.remove(hash, s);
                 self.used_bytes.fetch_sub(entry.charge(), Ordering::Relaxed);
@@ -964,6 +1020,7 @@ impl Store {
         }
         let place = self.place(key);
         let mut shard = self.shards[place.shard].lock.write();
+        self.changed(key);
         let slot = shard.find(place.hash, key);
         if slot.is_none() && version <= shard.tombstone_floor(place.hash) {
             // A tombstone of this key's group was evicted at a newer version: this copy may
@@ -1000,6 +1057,7 @@ impl Store {
         self.check_key(key)?;
         let place = self.place(key);
         let mut shard = self.shards[place.shard].lock.write();
+        self.changed(key);
         let Some(s) = shard
             .find(place.hash, key)
             .filter(|&s| shard.entry(s).version() == version)
@@ -1307,6 +1365,7 @@ impl Store {
             }
             shard.shrink_if_sparse(|key| self.hash_key(key));
         }
+        self.flushed();
         Ok(removed)
     }
 
@@ -1500,6 +1559,7 @@ impl Store {
                 None => return false,
             },
         };
+        self.changed(shard.entry(victim).key());
         let hash = self.hash_key(shard.entry(victim).key());
         let entry = shard.remove(hash, victim);
         self.used_bytes.fetch_sub(entry.charge(), Ordering::Relaxed);

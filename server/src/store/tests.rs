@@ -1634,3 +1634,120 @@ fn without_serve_stale_get_or_stale_is_get_and_expired_entries_are_reclaimed_at_
     assert!(s.get_or_stale(b"k", T0 + 100).unwrap().is_none());
     assert_eq!(s.reclaim_expired(T0 + 100, 100), 1);
 }
+
+/// Records what the store tells its observer.
+#[derive(Debug, Default)]
+struct Recorder {
+    keys: parking_lot::Mutex<Vec<Vec<u8>>>,
+    flushes: AtomicUsize,
+}
+
+impl KeyObserver for Recorder {
+    fn changed(&self, key: &[u8]) {
+        self.keys.lock().push(key.to_vec());
+    }
+    fn flushed(&self) {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Recorder {
+    /// Whether `key` was told since the last call, and forgets what was told.
+    fn told(&self, key: &[u8]) -> bool {
+        std::mem::take(&mut *self.keys.lock())
+            .iter()
+            .any(|k| k == key)
+    }
+}
+
+fn observed(store: &Store) -> (Arc<Recorder>, Arc<AtomicBool>) {
+    let recorder = Arc::new(Recorder::default());
+    let on = Arc::new(AtomicBool::new(true));
+    assert!(store.observe(on.clone(), recorder.clone()));
+    (recorder, on)
+}
+
+#[test]
+fn every_mutation_path_tells_the_observer() {
+    let s = store();
+    let (rec, _on) = observed(&s);
+    let now = T0;
+    let k = b"k".as_slice();
+    s.set(k, b"1", SetOptions::default(), now).unwrap();
+    assert!(rec.told(k), "set");
+    s.incr(k, 1, None, now).unwrap();
+    assert!(rec.told(k), "incr");
+    let version = s.get(k, now).unwrap().unwrap().version;
+    s.compare_and_set(k, version, b"5", None, now).unwrap();
+    assert!(rec.told(k), "compare_and_set");
+    s.set_ttl(k, Some(60_000), now).unwrap();
+    assert!(rec.told(k), "set_ttl");
+    s.expire(k, Expiry::In(30_000), ExpireCondition::Always, now)
+        .unwrap();
+    assert!(rec.told(k), "expire");
+    s.append(k, b"x", now).unwrap();
+    assert!(rec.told(k), "append");
+    s.set_range(k, 0, b"9", now).unwrap();
+    assert!(rec.told(k), "set_range");
+    s.set(k, b"1.5", SetOptions::default(), now).unwrap();
+    rec.told(k);
+    s.incr_by_float(k, 1.0, now).unwrap();
+    assert!(rec.told(k), "incr_by_float");
+    s.get_ex(k, Some(Expiry::In(10_000)), now).unwrap();
+    assert!(rec.told(k), "get_ex");
+    s.take(k, now).unwrap();
+    assert!(rec.told(k), "take");
+    s.set(k, b"v", SetOptions::default(), now).unwrap();
+    s.delete(k, now).unwrap();
+    assert!(rec.told(k), "delete");
+    s.mset(&[(k, b"m".as_slice())], None, now).unwrap();
+    assert!(rec.told(k), "mset");
+    s.mdelete(&[k], now).unwrap();
+    assert!(rec.told(k), "mdelete");
+    s.mset_if_absent(&[(b"nx".as_slice(), b"v".as_slice())], None, now)
+        .unwrap();
+    assert!(rec.told(b"nx"), "mset_if_absent");
+    let remote = Hlc::at_millis(now) + 1_000;
+    s.apply(b"r", Some(b"v"), remote, None, now).unwrap();
+    assert!(
+        rec.told(b"r"),
+        "apply (replication, repair, hints, rebalancing)"
+    );
+    s.remove_if_version(b"r", remote).unwrap();
+    assert!(rec.told(b"r"), "remove_if_version (hand-off)");
+    s.set(
+        b"ttl",
+        b"v",
+        SetOptions {
+            ttl_ms: Some(10),
+            ..SetOptions::default()
+        },
+        now,
+    )
+    .unwrap();
+    rec.told(b"ttl");
+    s.reclaim_expired(now + 1_000, 100);
+    assert!(rec.told(b"ttl"), "reclaim_expired");
+    s.flush();
+    assert_eq!(rec.flushes.load(Ordering::Relaxed), 1, "flush");
+    s.flush_through(Hlc::at_millis(now + 10), now + 10).unwrap();
+    assert_eq!(rec.flushes.load(Ordering::Relaxed), 2, "flush_through");
+}
+
+#[test]
+fn eviction_tells_the_observer_and_a_switched_off_observer_hears_nothing() {
+    let s = small(64 * 1024, EvictionPolicy::Clock);
+    let (rec, on) = observed(&s);
+    s.set(b"victim", &[0; 512], SetOptions::default(), 1)
+        .unwrap();
+    rec.told(b"victim");
+    for i in 0..1_000u32 {
+        s.set(&i.to_be_bytes(), &[0; 512], SetOptions::default(), 1)
+            .unwrap();
+    }
+    assert!(s.stats().evictions > 0);
+    assert!(rec.told(b"victim"), "the evicted key was told");
+    on.store(false, Ordering::Relaxed);
+    s.set(b"quiet", b"v", SetOptions::default(), 1).unwrap();
+    assert!(!rec.told(b"quiet"));
+}

@@ -138,6 +138,7 @@ impl Store {
         self.check_key(key)?;
         let place = self.place(key);
         let mut shard = self.shards[place.shard].lock.write();
+        self.changed(key);
         let slot = shard.find(place.hash, key);
         let live = slot.map(|s| shard.entry(s)).filter(|e| e.is_live(now_ms));
         let old_len = live.map_or(0, |e| e.value().len());
@@ -172,6 +173,7 @@ impl Store {
         self.check_key(key)?;
         let place = self.place(key);
         let mut shard = self.shards[place.shard].lock.write();
+        self.changed(key);
         let slot = shard.find(place.hash, key);
         let live = slot.map(|s| shard.entry(s)).filter(|e| e.is_live(now_ms));
         if bytes.is_empty() {
@@ -212,6 +214,7 @@ impl Store {
         }
         let place = self.place(key);
         let mut shard = self.shards[place.shard].lock.write();
+        self.changed(key);
         let slot = shard.find(place.hash, key);
         let live = slot.map(|s| shard.entry(s)).filter(|e| e.is_live(now_ms));
         let (current, expires_at) = match live {
@@ -241,6 +244,7 @@ impl Store {
         self.check_key(key)?;
         let place = self.place(key);
         let mut shard = self.shards[place.shard].lock.write();
+        self.changed(key);
         let found = shard.find(place.hash, key);
         self.remove_locked(&mut shard, place, found, key, now_ms)
     }
@@ -262,6 +266,7 @@ impl Store {
         let place = self.place(key);
         let counters = &self.shards[place.shard];
         let mut shard = counters.lock.write();
+        self.changed(key);
         let found = shard.find(place.hash, key);
         let Some(slot) = found.filter(|&s| shard.entry(s).is_live(now_ms)) else {
             counters
@@ -319,6 +324,7 @@ impl Store {
         };
         let place = self.place(key);
         let mut shard = self.shards[place.shard].lock.write();
+        self.changed(key);
         let found = shard.find(place.hash, key);
         let Some(slot) = found.filter(|&s| shard.entry(s).is_live(now_ms)) else {
             return Ok(ExpireOutcome::Missing);
@@ -383,6 +389,9 @@ impl Store {
         }
         // (key index, version written, the tombstone it replaced)
         let mut written: Vec<(usize, u64, Option<Entry>)> = Vec::with_capacity(entries.len());
+        for (key, _) in entries {
+            self.changed(key.as_ref());
+        }
         for (i, ((key, value), place)) in entries.iter().zip(&places).enumerate() {
             let at = guard_of(place.shard);
             let shard = &mut *guards[at].1;
