@@ -557,6 +557,7 @@ mod tests {
                     value: "B".into(),
                     version: 9,
                     ttl_ms: None,
+                    hot: false,
                 })),
             }],
             topology_digest: 42,

@@ -169,6 +169,7 @@ impl Cache for Svc {
             value: node.value(&key_str(&key)),
             version: 1,
             ttl_ms: None,
+            hot: false,
         })
     }
 
@@ -215,6 +216,7 @@ impl Cache for Svc {
                     value: node.value(&key_str(key)),
                     version: 1,
                     ttl_ms: None,
+                    hot: false,
                 }
             })
             .collect();

@@ -74,6 +74,7 @@ impl Cache for Fake {
                 value: Bytes::from(vec![7u8; BIG]),
                 version: 1,
                 ttl_ms: None,
+                hot: false,
             },
             key => pb::GetResponse {
                 found: true,
@@ -137,6 +138,7 @@ impl Cache for Fake {
                     value: Bytes::from(other.to_uppercase()),
                     version: 1,
                     ttl_ms: None,
+                    hot: false,
                 },
             })
             .collect();

@@ -241,6 +241,8 @@ pub struct Metrics {
     hot_key_rates: [Gauge; crate::hotkeys::METRIC_RANKS],
     /// Share of the last window's requests that went to the top ten keys.
     hot_keys_top_share: Gauge,
+    /// Keys answered as hot now (`--hot-key-threshold`).
+    hot_keys_marked: Gauge,
     rebalance_bytes_sent: Counter,
     rebalance_stream_bytes_sent: Counter,
     rebalance_keys_received: Counter,
@@ -814,6 +816,11 @@ impl Metrics {
             None,
             "Share (0..1) of the requests of the last hot-key window that went to this node's ten heaviest keys".into(),
         );
+        recorder.describe_gauge(
+            "ringcache_hot_keys_marked".into(),
+            None,
+            "Keys this node answers as hot now (read rate in the last hot-key window at least --hot-key-threshold): clients spread their reads over the replicas".into(),
+        );
         describe(
             &recorder,
             "ringcache_snapshot_loaded_entries",
@@ -850,6 +857,7 @@ impl Metrics {
                 )
             }),
             hot_keys_top_share: gauge("ringcache_hot_keys_top_share"),
+            hot_keys_marked: gauge("ringcache_hot_keys_marked"),
             rebalance_bytes_sent: counter("ringcache_rebalance_bytes_sent_total", vec![]),
             rebalance_stream_bytes_sent: counter(
                 "ringcache_rebalance_stream_bytes_sent_total",
@@ -1021,6 +1029,7 @@ impl Metrics {
         }
         self.hot_keys_top_share
             .set(report.top_share(crate::hotkeys::METRIC_RANKS));
+        self.hot_keys_marked.set(hot.hot_count() as f64);
     }
 
     /// Copies in the gossip counters and member gauges.
@@ -1525,6 +1534,7 @@ mod tests {
             capacity: 16,
             window: Duration::from_secs(10),
             sample: 1,
+            threshold: 2,
         });
         for _ in 0..30 {
             hot.record(b"heavy", Access::Read);
@@ -1540,6 +1550,7 @@ mod tests {
             r#"ringcache_hot_key_requests_per_second{rank="2"} 1"#,
             r#"ringcache_hot_key_requests_per_second{rank="10"} 0"#,
             "ringcache_hot_keys_top_share 1",
+            "ringcache_hot_keys_marked 1",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }

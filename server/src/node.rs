@@ -273,7 +273,8 @@ impl Node {
         let unauthenticated = Connections::new(config.security.max_unauthenticated_connections);
         let cluster_connections = Connections::new(config.security.max_cluster_connections);
         let hot_keys = crate::hotkeys::HotKeys::new(config.hot_keys)
-            .with_max_key_bytes(config.store.max_key_bytes);
+            .with_max_key_bytes(config.store.max_key_bytes)
+            .with_replicas(config.replication_factor.get());
         let ctx = Arc::new(Context {
             config,
             store,
