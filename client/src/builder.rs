@@ -50,6 +50,7 @@ pub struct ClientBuilder {
     connector: Option<Connector>,
     credentials: Option<Credentials>,
     tls: Option<TlsOptions>,
+    hot: crate::hot::HotSettings,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -76,6 +77,7 @@ impl fmt::Debug for ClientBuilder {
             )
             .field("credentials", &self.credentials)
             .field("tls", &self.tls)
+            .field("hot_keys", &self.hot)
             .finish()
     }
 }
@@ -97,6 +99,7 @@ impl Default for ClientBuilder {
             connector: None,
             credentials: None,
             tls: None,
+            hot: crate::hot::HotSettings::default(),
         }
     }
 }
@@ -228,6 +231,35 @@ impl ClientBuilder {
         self
     }
 
+    /// Whether ONE reads (`get`, `get_entry`, `mget` at [`Consistency::One`] or the default
+    /// level) of keys a node answered as hot are spread over the key's `Active` replicas in
+    /// turn instead of all going to its primary. A node answers a key as hot when the key's
+    /// read rate reached the node's `--hot-key-threshold`; the key then stays hot here for
+    /// [`hot_key_ttl`](ClientBuilder::hot_key_ttl) after the last such answer. Replicas whose
+    /// circuit breaker is open, or that are restarting, joining or leaving, get no spread
+    /// reads. Default: on.
+    #[must_use]
+    pub fn hot_key_spreading(mut self, enabled: bool) -> Self {
+        self.hot.enabled = enabled;
+        self
+    }
+
+    /// How long a key stays hot after the last answer that said so (greater than zero, at most
+    /// 1 h). Default: 30 s.
+    #[must_use]
+    pub fn hot_key_ttl(mut self, ttl: Duration) -> Self {
+        self.hot.ttl = ttl;
+        self
+    }
+
+    /// Most hot keys remembered (1..=1048576); a new one replaces the one closest to expiry.
+    /// Default: 1024.
+    #[must_use]
+    pub fn max_hot_keys(mut self, keys: usize) -> Self {
+        self.hot.capacity = keys;
+        self
+    }
+
     /// Sends `user` and `secret` with every request, as the gRPC metadata
     /// `authorization: Basic base64(user ":" secret)`: requests, the pipelined streams, topology
     /// fetches and watches, and the connect probes, whether the connections are dialed by the
@@ -310,6 +342,7 @@ impl ClientBuilder {
         }
         crate::retry::check(&self.retry_budget)?;
         crate::breaker::check(&self.breaker)?;
+        crate::hot::check(&self.hot)?;
         if self.max_batch_keys == Some(0) {
             return Err(Error::InvalidArgument(
                 "max batch keys must be at least 1".to_owned(),
@@ -358,6 +391,7 @@ impl ClientBuilder {
             factory,
             authorization,
             tls: self.tls.is_some(),
+            hot: self.hot,
         };
         crate::observe::describe();
         let router = router::connect(&seeds, config).await?;

@@ -72,6 +72,19 @@ pub struct Client {
     options: CallOptions,
 }
 
+/// Counters of a client and its clones, from [`Client::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ClientStats {
+    /// ONE reads of hot keys sent to the key's replicas in turn instead of its primary.
+    pub spread_reads: u64,
+    /// ONE reads served by the process's own embedded node
+    /// (embedded mode), without a network request.
+    pub local_reads: u64,
+    /// Keys hot now (a node answered them as hot within the hot-key TTL).
+    pub hot_keys: usize,
+}
+
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = self.inner.snapshot();
@@ -116,6 +129,19 @@ impl Client {
     /// A builder to configure timeouts, pooling, consistency and the channel factory.
     pub fn builder() -> ClientBuilder {
         ClientBuilder::new()
+    }
+
+    /// Counters of this client and its clones: reads spread over hot keys' replicas, reads
+    /// served by the local node, keys hot now.
+    pub fn stats(&self) -> ClientStats {
+        ClientStats {
+            spread_reads: self.inner.hot.spread_reads(),
+            local_reads: self
+                .inner
+                .local_reads
+                .load(std::sync::atomic::Ordering::Relaxed),
+            hot_keys: self.inner.hot.hot_now(),
+        }
     }
 
     /// A client sharing this one's connections whose requests use `consistency` by default
@@ -229,6 +255,7 @@ impl Client {
                 policy: self.options.retry.unwrap_or(self.inner.config.retry),
                 timeout,
                 deadline,
+                spread: false,
             };
             let Some(deadline) = deadline else {
                 return body(call).await;
@@ -296,32 +323,38 @@ impl Client {
     /// ```
     pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>, Error> {
         let key = wire::key(key)?;
+        Ok(wire::value(self.raw_get("get", key).await?))
+    }
+
+    /// Whether this handle's reads may be spread over a hot key's replicas: reads at ONE, or
+    /// at the cluster's default level.
+    fn spreads(&self) -> bool {
+        matches!(self.options.consistency, None | Some(Consistency::One))
+    }
+
+    /// A Get of `key`: spread over its replicas when the key is hot, and its `hot` mark
+    /// noted.
+    async fn raw_get(&self, op: &'static str, key: Bytes) -> Result<pb::GetResponse, Error> {
         let request = wire::get_request(key.clone(), self.options.consistency);
+        let spread = self.spreads();
         let response = self
-            .run("get", Retry::Idempotent, Some(&key), 1, |call| {
+            .run(op, Retry::Idempotent, Some(&key), 1, |mut call| {
+                call.spread = spread;
                 self.inner
                     .execute(call, &key, Access::Read, request, |mut c, r| async move {
                         c.get(r).await
                     })
             })
             .await?;
-        Ok(wire::value(response))
+        self.inner.hot.note(&key, response.hot);
+        Ok(response)
     }
 
     /// Returns the value stored at `key` with its version and remaining TTL, or `None` when the
     /// key does not exist.
     pub async fn get_entry(&self, key: impl Into<Bytes>) -> Result<Option<Entry>, Error> {
         let key = wire::key(key)?;
-        let request = wire::get_request(key.clone(), self.options.consistency);
-        let response = self
-            .run("get_entry", Retry::Idempotent, Some(&key), 1, |call| {
-                self.inner
-                    .execute(call, &key, Access::Read, request, |mut c, r| async move {
-                        c.get(r).await
-                    })
-            })
-            .await?;
-        Ok(wire::entry(response))
+        Ok(wire::entry(self.raw_get("get_entry", key).await?))
     }
 
     /// Stores `value` at `key` without expiry, replacing any previous value. Returns the new
@@ -431,8 +464,10 @@ impl Client {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
+        let spread = self.spreads();
         let parts = self
-            .run("mget", Retry::Idempotent, None, keys.len(), |call| {
+            .run("mget", Retry::Idempotent, None, keys.len(), |mut call| {
+                call.spread = spread;
                 self.inner.execute_batch(
                     call,
                     &keys,
@@ -445,6 +480,9 @@ impl Client {
             .await?;
         let mut values = vec![None; keys.len()];
         for (indexes, response) in parts {
+            for (&index, result) in indexes.iter().zip(&response.results) {
+                self.inner.hot.note(&keys[index], result.hot);
+            }
             let part = wire::mget_values(response, indexes.len())?;
             for (index, value) in indexes.into_iter().zip(part) {
                 values[index] = value;
@@ -852,6 +890,7 @@ mod tests {
             factory: crate::conn::default_factory(Duration::from_secs(2), None),
             authorization: None,
             tls: false,
+            hot: crate::hot::HotSettings::default(),
         };
         Client::new(Router::single(&addr, channel, config), None)
     }

@@ -69,6 +69,8 @@ pub(crate) struct ConnectConfig {
     pub(crate) authorization: Option<HeaderValue>,
     /// Whether the default factory dials over TLS (for advice on connection failures).
     pub(crate) tls: bool,
+    /// Spreading the reads of hot keys (checked).
+    pub(crate) hot: crate::hot::HotSettings,
 }
 
 impl ConnectConfig {
@@ -91,6 +93,7 @@ impl fmt::Debug for ConnectConfig {
             .field("retry_budget", &self.retry_budget)
             .field("request_timeout", &self.request_timeout)
             .field("pipelining", &self.pipelining)
+            .field("hot", &self.hot)
             .field("credentials", &self.authorization.is_some())
             .finish_non_exhaustive()
     }

@@ -68,6 +68,7 @@ mod client;
 mod conn;
 mod connector;
 mod error;
+mod hot;
 #[cfg(feature = "serde")]
 mod json;
 mod observe;
@@ -85,7 +86,7 @@ pub mod ctl;
 pub use breaker::CircuitBreaker;
 pub use builder::ClientBuilder;
 pub use bytes::Bytes;
-pub use client::Client;
+pub use client::{Client, ClientStats};
 pub use connector::{ConnectFuture, Connector, NodeStream};
 pub use error::{Error, ServerCode};
 pub use options::{

@@ -19,6 +19,8 @@
 //! | `ringcache_client_connections` | gauge | | pooled HTTP/2 connections (channels) |
 //! | `ringcache_client_pipeline_streams` | gauge | | open pipelined streams |
 //! | `ringcache_client_nodes_marked_unreachable_total` | counter | | times a node's circuit breaker opened (it is tried after the other replicas for a while) |
+//! | `ringcache_client_spread_reads_total` | counter | | ONE reads of hot keys sent to the key's replicas in turn instead of its primary |
+//! | `ringcache_client_local_reads_total` | counter | | ONE reads served by the process's own embedded node, without a network request |
 //!
 //! **Spans**: every call runs in an INFO span `ringcache.request` (target `ringcache::request`)
 //! with `op`, the key's hash slot `key_slot` and 64-bit `key_hash` (single-key calls) or the
@@ -52,6 +54,8 @@ pub(crate) mod names {
     pub(crate) const CONNECTIONS: &str = "ringcache_client_connections";
     pub(crate) const PIPELINE_STREAMS: &str = "ringcache_client_pipeline_streams";
     pub(crate) const UNREACHABLE: &str = "ringcache_client_nodes_marked_unreachable_total";
+    pub(crate) const SPREAD_READS: &str = "ringcache_client_spread_reads_total";
+    pub(crate) const LOCAL_READS: &str = "ringcache_client_local_reads_total";
 }
 
 /// Describes every metric to the installed recorder (called at each connect; recorders take
@@ -102,6 +106,14 @@ pub(crate) fn describe() {
     describe_counter!(
         UNREACHABLE,
         "Times a node's circuit breaker opened: it is tried after the other replicas for a while."
+    );
+    describe_counter!(
+        SPREAD_READS,
+        "Reads of hot keys sent to the key's replicas in turn instead of its primary."
+    );
+    describe_counter!(
+        LOCAL_READS,
+        "Reads served by the process's own embedded node, without a network request."
     );
 }
 
@@ -157,6 +169,14 @@ pub(crate) fn topology_changed() {
 
 pub(crate) fn watch_restarted() {
     counter!(names::WATCH_RESTARTS).increment(1);
+}
+
+pub(crate) fn spread_read() {
+    counter!(names::SPREAD_READS).increment(1);
+}
+
+pub(crate) fn local_read() {
+    counter!(names::LOCAL_READS).increment(1);
 }
 
 pub(crate) fn marked_unreachable() {

@@ -380,7 +380,11 @@ pub struct Cli {
     pub hot_keys_sample: Option<u32>,
     /// Reads per second (in the last hot-key window) from which a key is answered as hot, so
     /// clients spread its reads over its replicas; 0 never, 0..=100000000 [default: 1000].
-    #[arg(long, env = "RINGCACHE_HOT_KEY_THRESHOLD", value_name = "READS_PER_SEC")]
+    #[arg(
+        long,
+        env = "RINGCACHE_HOT_KEY_THRESHOLD",
+        value_name = "READS_PER_SEC"
+    )]
     pub hot_key_threshold: Option<u64>,
 }
 

@@ -711,8 +711,14 @@ mod tests {
         hot.rotate_at(start + window);
         assert!(hot.any_hot.load(Ordering::Relaxed));
         assert!(hot.hot.read().contains(&b"a"[..]));
-        assert!(!hot.hot.read().contains(&b"b"[..]), "just under the threshold");
-        assert!(!hot.hot.read().contains(&b"w"[..]), "writes do not make a key hot");
+        assert!(
+            !hot.hot.read().contains(&b"b"[..]),
+            "just under the threshold"
+        );
+        assert!(
+            !hot.hot.read().contains(&b"w"[..]),
+            "writes do not make a key hot"
+        );
         // Next window: `a` at a third of the rate stays hot; `b` at the same rate is not.
         for _ in 0..40 {
             hot.record(b"a", Access::Read);
