@@ -51,6 +51,7 @@ pub struct ClientBuilder {
     credentials: Option<Credentials>,
     tls: Option<TlsOptions>,
     hot: crate::hot::HotSettings,
+    local: Option<std::sync::Arc<dyn crate::LocalNode>>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -78,6 +79,10 @@ impl fmt::Debug for ClientBuilder {
             .field("credentials", &self.credentials)
             .field("tls", &self.tls)
             .field("hot_keys", &self.hot)
+            .field(
+                "local_node",
+                &self.local.as_ref().map(|local| local.node_id()),
+            )
             .finish()
     }
 }
@@ -100,6 +105,7 @@ impl Default for ClientBuilder {
             credentials: None,
             tls: None,
             hot: crate::hot::HotSettings::default(),
+            local: None,
         }
     }
 }
@@ -260,6 +266,18 @@ impl ClientBuilder {
         self
     }
 
+    /// The node running in this process (embedded mode: `ringcache_server::embedded` with the
+    /// server's `embedded` feature builds a client with it). ONE reads (`get`, `get_entry`)
+    /// of keys whose replica set contains this node, while the topology shows it `Active`, are
+    /// served by [`LocalNode::read_one`](crate::LocalNode::read_one) without a network
+    /// request, unless the node declines; everything else goes the normal way.
+    /// [`Client::stats`](crate::Client::stats) counts local reads.
+    #[must_use]
+    pub fn local_node(mut self, node: std::sync::Arc<dyn crate::LocalNode>) -> Self {
+        self.local = Some(node);
+        self
+    }
+
     /// Sends `user` and `secret` with every request, as the gRPC metadata
     /// `authorization: Basic base64(user ":" secret)`: requests, the pipelined streams, topology
     /// fetches and watches, and the connect probes, whether the connections are dialed by the
@@ -392,6 +410,7 @@ impl ClientBuilder {
             authorization,
             tls: self.tls.is_some(),
             hot: self.hot,
+            local: self.local,
         };
         crate::observe::describe();
         let router = router::connect(&seeds, config).await?;

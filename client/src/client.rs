@@ -79,7 +79,7 @@ pub struct ClientStats {
     /// ONE reads of hot keys sent to the key's replicas in turn instead of its primary.
     pub spread_reads: u64,
     /// ONE reads served by the process's own embedded node
-    /// (embedded mode), without a network request.
+    /// ([`ClientBuilder::local_node`]), without a network request.
     pub local_reads: u64,
     /// Keys hot now (a node answered them as hot within the hot-key TTL).
     pub hot_keys: usize,
@@ -337,14 +337,30 @@ impl Client {
     async fn raw_get(&self, op: &'static str, key: Bytes) -> Result<pb::GetResponse, Error> {
         let request = wire::get_request(key.clone(), self.options.consistency);
         let spread = self.spreads();
+        let consistency = self.options.consistency;
+        let key_ref = &key;
         let response = self
-            .run(op, Retry::Idempotent, Some(&key), 1, |mut call| {
-                call.spread = spread;
-                self.inner
-                    .execute(call, &key, Access::Read, request, |mut c, r| async move {
-                        c.get(r).await
-                    })
-            })
+            .run(
+                op,
+                Retry::Idempotent,
+                Some(&key),
+                1,
+                |mut call| async move {
+                    if let Some(local) = self.inner.local_read(key_ref, consistency) {
+                        return Ok(local);
+                    }
+                    call.spread = spread;
+                    self.inner
+                        .execute(
+                            call,
+                            key_ref,
+                            Access::Read,
+                            request,
+                            |mut c, r| async move { c.get(r).await },
+                        )
+                        .await
+                },
+            )
             .await?;
         self.inner.hot.note(&key, response.hot);
         Ok(response)
@@ -891,6 +907,7 @@ mod tests {
             authorization: None,
             tls: false,
             hot: crate::hot::HotSettings::default(),
+            local: None,
         };
         Client::new(Router::single(&addr, channel, config), None)
     }

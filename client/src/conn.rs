@@ -71,6 +71,9 @@ pub(crate) struct ConnectConfig {
     pub(crate) tls: bool,
     /// Spreading the reads of hot keys (checked).
     pub(crate) hot: crate::hot::HotSettings,
+    /// The node running in this process (embedded mode), which serves the ONE reads of keys it
+    /// holds.
+    pub(crate) local: Option<std::sync::Arc<dyn crate::LocalNode>>,
 }
 
 impl ConnectConfig {
@@ -94,6 +97,7 @@ impl fmt::Debug for ConnectConfig {
             .field("request_timeout", &self.request_timeout)
             .field("pipelining", &self.pipelining)
             .field("hot", &self.hot)
+            .field("local", &self.local.as_ref().map(|local| local.node_id()))
             .field("credentials", &self.authorization.is_some())
             .finish_non_exhaustive()
     }

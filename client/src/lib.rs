@@ -71,6 +71,7 @@ mod error;
 mod hot;
 #[cfg(feature = "serde")]
 mod json;
+mod local;
 mod observe;
 mod options;
 mod pipeline;
@@ -89,6 +90,7 @@ pub use bytes::Bytes;
 pub use client::{Client, ClientStats};
 pub use connector::{ConnectFuture, Connector, NodeStream};
 pub use error::{Error, ServerCode};
+pub use local::{LocalNode, LocalRead};
 pub use options::{
     CallOptions, Consistency, Entry, GetExpiry, KeyTtl, RetryBudget, RetryPolicy, SetCondition,
     SetOptions, SetOutcome,

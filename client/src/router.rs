@@ -618,6 +618,42 @@ impl Router {
         Err(tried.into_failure("no replica of the key answered"))
     }
 
+    /// A read of `key` served by the local node (embedded mode): when there is one, it is a
+    /// replica of the key, `Active` in the current topology, and answers it (see
+    /// [`crate::LocalNode`]). `None`: send the read the normal way.
+    pub(crate) fn local_read(
+        &self,
+        key: &[u8],
+        consistency: Option<crate::Consistency>,
+    ) -> Option<ringcache_proto::v1::GetResponse> {
+        let local = self.config.local.as_ref()?;
+        let state = self.snapshot();
+        let node_id = local.node_id();
+        if !state.ring.replicas(key).contains(node_id) {
+            return None;
+        }
+        if !state.position(node_id).is_some_and(|p| state.active[p]) {
+            return None;
+        }
+        let response = match local.read_one(key, consistency) {
+            crate::LocalRead::Found(entry) => ringcache_proto::v1::GetResponse {
+                found: true,
+                value: entry.value,
+                version: entry.version,
+                ttl_ms: entry
+                    .ttl
+                    .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)),
+                hot: false,
+            },
+            crate::LocalRead::Missing => ringcache_proto::v1::GetResponse::default(),
+            crate::LocalRead::NotHere => return None,
+        };
+        self.local_reads.fetch_add(1, Ordering::Relaxed);
+        observe::local_read();
+        Span::current().record("node", node_id);
+        Some(response)
+    }
+
     /// The round-robin turn of a read of `key` when `call` may be spread and `key` is hot.
     fn spread_turn(&self, call: &Call, key: &[u8]) -> Option<usize> {
         (call.spread && self.hot.is_hot(key)).then(|| self.hot.next_turn())
