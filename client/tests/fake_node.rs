@@ -81,6 +81,7 @@ impl Cache for Fake {
                 value: Bytes::from(format!("value-of-{key}")),
                 version: 7,
                 ttl_ms: Some(1500),
+                hot: false,
             },
         };
         Ok(Response::new(response))
