@@ -267,8 +267,8 @@ impl ClientBuilder {
     }
 
     /// The node running in this process (embedded mode: `ringcache_server::embedded` with the
-    /// server's `embedded` feature builds a client with it). ONE reads (`get`, `get_entry`)
-    /// of keys whose replica set contains this node, while the topology shows it `Active`, are
+    /// server's `embedded` feature builds a client with it). ONE reads (`get`, `get_entry`,
+    /// each key of an `mget`) of keys whose replica set contains this node, while the topology shows it `Active`, are
     /// served by [`LocalNode::read_one`](crate::LocalNode::read_one) without a network
     /// request, unless the node declines; everything else goes the normal way.
     /// [`Client::stats`](crate::Client::stats) counts local reads.

@@ -481,20 +481,49 @@ impl Client {
             return Ok(Vec::new());
         }
         let spread = self.spreads();
-        let parts = self
-            .run("mget", Retry::Idempotent, None, keys.len(), |mut call| {
-                call.spread = spread;
-                self.inner.execute_batch(
-                    call,
-                    &keys,
-                    Access::Read,
-                    |index| wire::key_size(&keys[index]),
-                    |indexes| wire::mget_request(pick(&keys, indexes), self.options.consistency),
-                    |mut c, r| async move { c.m_get(r).await },
-                )
-            })
+        let consistency = self.options.consistency;
+        let keys_ref = &keys;
+        let (local, parts) = self
+            .run(
+                "mget",
+                Retry::Idempotent,
+                None,
+                keys.len(),
+                |mut call| async move {
+                    // Keys the local node answers (embedded mode); the others go over the network.
+                    let mut local = Vec::new();
+                    let mut remote = Vec::new();
+                    for (index, key) in keys_ref.iter().enumerate() {
+                        match self.inner.local_read(key, consistency) {
+                            Some(response) => local.push((index, response)),
+                            None => remote.push(index),
+                        }
+                    }
+                    call.spread = spread;
+                    if local.is_empty() {
+                        return Ok((local, self.mget_parts(call, keys_ref).await?));
+                    }
+                    if remote.is_empty() {
+                        return Ok((local, Vec::new()));
+                    }
+                    let remote_keys: Vec<Bytes> =
+                        remote.iter().map(|&i| keys_ref[i].clone()).collect();
+                    let parts = self
+                        .mget_parts(call, &remote_keys)
+                        .await?
+                        .into_iter()
+                        .map(|(indexes, response)| {
+                            (indexes.into_iter().map(|i| remote[i]).collect(), response)
+                        })
+                        .collect();
+                    Ok((local, parts))
+                },
+            )
             .await?;
         let mut values = vec![None; keys.len()];
+        for (index, response) in local {
+            values[index] = wire::value(response);
+        }
         for (indexes, response) in parts {
             for (&index, result) in indexes.iter().zip(&response.results) {
                 self.inner.hot.note(&keys[index], result.hot);
@@ -505,6 +534,25 @@ impl Client {
             }
         }
         Ok(values)
+    }
+
+    /// The network part of an `mget` over `keys`: each part's indexes (into `keys`) with its
+    /// answer.
+    async fn mget_parts(
+        &self,
+        call: Call,
+        keys: &[Bytes],
+    ) -> Result<Vec<(Vec<usize>, pb::MGetResponse)>, Error> {
+        self.inner
+            .execute_batch(
+                call,
+                keys,
+                Access::Read,
+                |index| wire::key_size(&keys[index]),
+                |indexes| wire::mget_request(pick(keys, indexes), self.options.consistency),
+                |mut c, r| async move { c.m_get(r).await },
+            )
+            .await
     }
 
     /// Stores several key-value pairs, all with the same optional `ttl`. Each pair is applied on

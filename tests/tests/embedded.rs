@@ -21,17 +21,23 @@ fn configure(i: usize, config: &mut ringcache_server::Config) {
     config.replication_factor = std::num::NonZeroU32::new(2).unwrap();
 }
 
-/// The gRPC Get requests `node` counted, whatever their result.
-fn grpc_gets(node: &ringcache_server::Node) -> u64 {
+/// The gRPC requests of operation `op` `node` counted, whatever their result.
+fn grpc_count(node: &ringcache_server::Node, op: &str) -> u64 {
     let text = node.metrics().render(
         &node.store().stats(),
         node.config().store.max_memory_bytes,
         node.uptime(),
     );
+    let prefix = format!(r#"ringcache_requests_total{{op="{op}","#);
     text.lines()
-        .filter(|line| line.starts_with(r#"ringcache_requests_total{op="get","#))
+        .filter(|line| line.starts_with(&prefix))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// The gRPC Get requests `node` counted.
+fn grpc_gets(node: &ringcache_server::Node) -> u64 {
+    grpc_count(node, "get")
 }
 
 async fn start_embedded(cluster: &TestCluster) -> EmbeddedNode {
@@ -124,6 +130,17 @@ async fn an_embedded_node_joins_and_serves_its_own_keys_without_a_network_hop() 
     );
     // Those reads never reached the embedded node's gRPC service (the others went to their
     // primaries, other nodes).
+    assert_eq!(grpc_gets(embedded.node()), gets_before);
+
+    // An mget reads the held keys locally and sends only the others (to their primaries).
+    let mgets_before = grpc_count(embedded.node(), "mget");
+    let local_before = client.stats().local_reads;
+    let values = client.mget(keys.iter().cloned()).await.unwrap();
+    for (key, value) in keys.iter().zip(&values) {
+        assert_eq!(value.as_deref(), Some(format!("value of {key}").as_bytes()));
+    }
+    assert_eq!(client.stats().local_reads - local_before, held as u64);
+    assert_eq!(grpc_count(embedded.node(), "mget"), mgets_before);
     assert_eq!(grpc_gets(embedded.node()), gets_before);
 
     // get_entry is local too, with the version the other node returns.
