@@ -1372,6 +1372,102 @@ mod tests {
         );
     }
 
+    /// A local node answering every read with `answer`, counting the reads it was asked.
+    #[derive(Debug)]
+    struct FakeLocal {
+        answer: crate::LocalRead,
+        asked: std::sync::atomic::AtomicUsize,
+    }
+
+    impl crate::LocalNode for FakeLocal {
+        fn node_id(&self) -> &str {
+            "n2"
+        }
+
+        fn read_one(&self, _: &[u8], _: Option<crate::Consistency>) -> crate::LocalRead {
+            self.asked.fetch_add(1, Ordering::Relaxed);
+            self.answer.clone()
+        }
+    }
+
+    fn router_with_local(answer: crate::LocalRead) -> (Arc<Router>, Arc<FakeLocal>) {
+        let local = Arc::new(FakeLocal {
+            answer,
+            asked: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let config = ConnectConfig {
+            connect_timeout: Duration::from_secs(1),
+            pool_size: 1,
+            max_message_bytes: 1 << 20,
+            max_batch_keys: None,
+            retry: crate::RetryPolicy::new(),
+            retry_budget: crate::RetryBudget::default(),
+            breaker: CircuitBreaker::default(),
+            request_timeout: Duration::from_secs(1),
+            pipelining: true,
+            factory: crate::conn::default_factory(Duration::from_secs(1), None),
+            authorization: None,
+            tls: false,
+            hot: crate::hot::HotSettings::default(),
+            local: Some(Arc::clone(&local) as Arc<dyn crate::LocalNode>),
+        };
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        (Router::single("127.0.0.1:1", channel, config), local)
+    }
+
+    /// A key whose replica set (2 of n1..n3) does or does not contain n2.
+    fn key_held_by_n2(router: &Router, held: bool) -> Vec<u8> {
+        let state = router.snapshot();
+        (0..1000)
+            .map(|i| format!("key-{i}").into_bytes())
+            .find(|key| state.ring.replicas(key).contains("n2") == held)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_local_node_answers_only_the_keys_it_holds_while_active() {
+        let entry = crate::Entry {
+            value: Bytes::from_static(b"v"),
+            version: 9,
+            ttl: Some(Duration::from_millis(1500)),
+        };
+        let (router, local) = router_with_local(crate::LocalRead::Found(entry));
+        // No topology yet: nothing is local.
+        assert!(router.local_read(b"k", None).is_none());
+        let members = ["n1", "n2", "n3"].map(|id| member(id, NodeState::Active));
+        router.apply(Topology::new(members.to_vec(), 2, 16));
+        let held = key_held_by_n2(&router, true);
+        let other = key_held_by_n2(&router, false);
+        let answer = router.local_read(&held, None).unwrap();
+        assert!(answer.found);
+        assert_eq!(
+            (&answer.value[..], answer.version, answer.ttl_ms),
+            (&b"v"[..], 9, Some(1500))
+        );
+        assert!(router.local_read(&other, None).is_none(), "not a replica");
+        assert_eq!(local.asked.load(Ordering::Relaxed), 1, "not even asked");
+        assert_eq!(router.local_reads.load(Ordering::Relaxed), 1);
+
+        // Restarting (or joining, leaving) in the topology: not asked.
+        let mut members = members.to_vec();
+        members[1].state = NodeState::Restarting;
+        router.apply(Topology::new(members, 2, 16));
+        assert!(router.local_read(&held, None).is_none());
+        assert_eq!(local.asked.load(Ordering::Relaxed), 1);
+
+        // A node that declines: the normal way; a miss is an answer.
+        for (answer, expect) in [
+            (crate::LocalRead::NotHere, None),
+            (crate::LocalRead::Missing, Some(false)),
+        ] {
+            let (router, _) = router_with_local(answer);
+            let members = ["n1", "n2", "n3"].map(|id| member(id, NodeState::Active));
+            router.apply(Topology::new(members.to_vec(), 2, 16));
+            let held = key_held_by_n2(&router, true);
+            assert_eq!(router.local_read(&held, None).map(|r| r.found), expect);
+        }
+    }
+
     #[test]
     fn parts_stay_within_the_key_and_byte_limits_in_order() {
         let sizes = [10, 10, 50, 10, 10, 10, 200, 10];
