@@ -28,6 +28,11 @@ pub(crate) const MAX_TTL: Duration = Duration::from_secs(3600);
 pub(crate) const DEFAULT_CAPACITY: usize = 1024;
 /// Most hot keys a client may be configured to keep.
 pub(crate) const MAX_CAPACITY: usize = 1 << 20;
+/// Consecutive spread reads a replica gets before the next replica's turn. Runs, rather than
+/// one read each, keep what a busy client has in flight for one replica together, so its
+/// pipelined stream to that replica still carries big batches (a node's cost per request grows
+/// as its batches shrink); over time every replica gets the same share.
+pub(crate) const SPREAD_RUN: u64 = 128;
 
 /// Hot-key settings of a client (checked by [`check`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,8 +81,6 @@ pub(crate) struct HotKeys {
     keys: RwLock<HashMap<Bytes, AtomicU64>>,
     /// `keys.len()`, readable without the lock.
     len: AtomicUsize,
-    /// Turns of the round-robin over a hot key's replicas.
-    turn: AtomicUsize,
     /// Reads sent by spreading (whichever replica got them).
     spread_reads: AtomicU64,
 }
@@ -89,7 +92,6 @@ impl HotKeys {
             base: Instant::now(),
             keys: RwLock::new(HashMap::new()),
             len: AtomicUsize::new(0),
-            turn: AtomicUsize::new(0),
             spread_reads: AtomicU64::new(0),
         }
     }
@@ -160,9 +162,9 @@ impl HotKeys {
 
     /// The next turn of the round-robin (counts a spread read).
     pub(crate) fn next_turn(&self) -> usize {
-        self.spread_reads.fetch_add(1, Ordering::Relaxed);
         crate::observe::spread_read();
-        self.turn.fetch_add(1, Ordering::Relaxed)
+        let read = self.spread_reads.fetch_add(1, Ordering::Relaxed);
+        usize::try_from(read / SPREAD_RUN).unwrap_or(usize::MAX)
     }
 
     /// Reads sent by spreading so far.
@@ -240,6 +242,17 @@ mod tests {
             keys.note(&Bytes::from(i.to_be_bytes().to_vec()), true);
         }
         assert!(keys.keys.read().unwrap().len() <= 2);
+    }
+
+    #[test]
+    fn turns_advance_by_runs_of_spread_reads() {
+        let keys = hot(8, Duration::from_secs(10));
+        let turns: Vec<usize> = (0..3 * SPREAD_RUN).map(|_| keys.next_turn()).collect();
+        let run = usize::try_from(SPREAD_RUN).unwrap();
+        assert!(turns[..run].iter().all(|&t| t == 0));
+        assert!(turns[run..2 * run].iter().all(|&t| t == 1));
+        assert!(turns[2 * run..].iter().all(|&t| t == 2));
+        assert_eq!(keys.spread_reads(), 3 * SPREAD_RUN);
     }
 
     #[test]
