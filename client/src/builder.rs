@@ -53,6 +53,8 @@ pub struct ClientBuilder {
     credentials: Option<Credentials>,
     tls: Option<TlsOptions>,
     near_cache: Option<NearCacheOptions>,
+    hot: crate::hot::HotSettings,
+    local: Option<std::sync::Arc<dyn crate::LocalNode>>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -80,6 +82,11 @@ impl fmt::Debug for ClientBuilder {
             .field("credentials", &self.credentials)
             .field("tls", &self.tls)
             .field("near_cache", &self.near_cache)
+            .field("hot_keys", &self.hot)
+            .field(
+                "local_node",
+                &self.local.as_ref().map(|local| local.node_id()),
+            )
             .finish()
     }
 }
@@ -102,6 +109,8 @@ impl Default for ClientBuilder {
             credentials: None,
             tls: None,
             near_cache: None,
+            hot: crate::hot::HotSettings::default(),
+            local: None,
         }
     }
 }
@@ -233,6 +242,47 @@ impl ClientBuilder {
         self
     }
 
+    /// Whether ONE reads (`get`, `get_entry`, `mget` at [`Consistency::One`] or the default
+    /// level) of keys a node answered as hot are spread over the key's `Active` replicas in
+    /// turn instead of all going to its primary. A node answers a key as hot when the key's
+    /// read rate reached the node's `--hot-key-threshold`; the key then stays hot here for
+    /// [`hot_key_ttl`](ClientBuilder::hot_key_ttl) after the last such answer. Replicas whose
+    /// circuit breaker is open, or that are restarting, joining or leaving, get no spread
+    /// reads. Default: on.
+    #[must_use]
+    pub fn hot_key_spreading(mut self, enabled: bool) -> Self {
+        self.hot.enabled = enabled;
+        self
+    }
+
+    /// How long a key stays hot after the last answer that said so (greater than zero, at most
+    /// 1 h). Default: 30 s.
+    #[must_use]
+    pub fn hot_key_ttl(mut self, ttl: Duration) -> Self {
+        self.hot.ttl = ttl;
+        self
+    }
+
+    /// Most hot keys remembered (1..=1048576); a new one replaces the one closest to expiry.
+    /// Default: 1024.
+    #[must_use]
+    pub fn max_hot_keys(mut self, keys: usize) -> Self {
+        self.hot.capacity = keys;
+        self
+    }
+
+    /// The node running in this process (embedded mode: `ringcache_server::embedded` with the
+    /// server's `embedded` feature builds a client with it). ONE reads (`get`, `get_entry`,
+    /// each key of an `mget`) of keys whose replica set contains this node, while the topology shows it `Active`, are
+    /// served by [`LocalNode::read_one`](crate::LocalNode::read_one) without a network
+    /// request, unless the node declines; everything else goes the normal way.
+    /// [`Client::stats`](crate::Client::stats) counts local reads.
+    #[must_use]
+    pub fn local_node(mut self, node: std::sync::Arc<dyn crate::LocalNode>) -> Self {
+        self.local = Some(node);
+        self
+    }
+
     /// Sends `user` and `secret` with every request, as the gRPC metadata
     /// `authorization: Basic base64(user ":" secret)`: requests, the pipelined streams, topology
     /// fetches and watches, and the connect probes, whether the connections are dialed by the
@@ -350,6 +400,7 @@ impl ClientBuilder {
             near.check()?;
         }
         crate::breaker::check(&self.breaker)?;
+        crate::hot::check(&self.hot)?;
         if self.max_batch_keys == Some(0) {
             return Err(Error::InvalidArgument(
                 "max batch keys must be at least 1".to_owned(),
@@ -398,6 +449,8 @@ impl ClientBuilder {
             factory,
             authorization,
             tls: self.tls.is_some(),
+            hot: self.hot,
+            local: self.local,
         };
         crate::observe::describe();
         let router = router::connect(&seeds, config).await?;

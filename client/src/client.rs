@@ -76,6 +76,19 @@ pub struct Client {
     options: CallOptions,
 }
 
+/// Counters of a client and its clones, from [`Client::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ClientStats {
+    /// ONE reads of hot keys sent to the key's replicas in turn instead of its primary.
+    pub spread_reads: u64,
+    /// ONE reads served by the process's own embedded node
+    /// ([`ClientBuilder::local_node`]), without a network request.
+    pub local_reads: u64,
+    /// Keys hot now (a node answered them as hot within the hot-key TTL).
+    pub hot_keys: usize,
+}
+
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = self.inner.snapshot();
@@ -150,11 +163,14 @@ impl Client {
         // flushes past this ticket.
         let ticket = near.begin(&key, digest);
         let request = wire::get_request(key.clone(), self.options.consistency);
+        let spread = self.spreads();
         let (response, tracked) = self
-            .run("get", Retry::Idempotent, Some(&key), 1, |call| {
+            .run("get", Retry::Idempotent, Some(&key), 1, |mut call| {
+                call.spread = spread;
                 self.inner.get_tracked(call, &key, request, near)
             })
             .await?;
+        self.inner.hot.note(&key, response.hot);
         if tracked {
             let value = response.found.then(|| response.value.clone());
             near.finish(ticket, key, value, response.ttl_ms, self.inner.digest());
@@ -182,6 +198,19 @@ impl Client {
     /// A builder to configure timeouts, pooling, consistency and the channel factory.
     pub fn builder() -> ClientBuilder {
         ClientBuilder::new()
+    }
+
+    /// Counters of this client and its clones: reads spread over hot keys' replicas, reads
+    /// served by the local node, keys hot now.
+    pub fn stats(&self) -> ClientStats {
+        ClientStats {
+            spread_reads: self.inner.hot.spread_reads(),
+            local_reads: self
+                .inner
+                .local_reads
+                .load(std::sync::atomic::Ordering::Relaxed),
+            hot_keys: self.inner.hot.hot_now(),
+        }
     }
 
     /// A client sharing this one's connections whose requests use `consistency` by default
@@ -297,6 +326,7 @@ impl Client {
                 policy: self.options.retry.unwrap_or(self.inner.config.retry),
                 timeout,
                 deadline,
+                spread: false,
             };
             let Some(deadline) = deadline else {
                 return body(call).await;
@@ -397,32 +427,54 @@ impl Client {
         if let Some(near) = self.near_for_reads() {
             return self.get_near(near, key).await;
         }
+        Ok(wire::value(self.raw_get("get", key).await?))
+    }
+
+    /// Whether this handle's reads may be spread over a hot key's replicas: reads at ONE, or
+    /// at the cluster's default level.
+    fn spreads(&self) -> bool {
+        matches!(self.options.consistency, None | Some(Consistency::One))
+    }
+
+    /// A Get of `key`: served by the local node when it holds the key (embedded mode),
+    /// otherwise spread over its replicas when the key is hot, and its `hot` mark noted.
+    async fn raw_get(&self, op: &'static str, key: Bytes) -> Result<pb::GetResponse, Error> {
         let request = wire::get_request(key.clone(), self.options.consistency);
+        let spread = self.spreads();
+        let consistency = self.options.consistency;
+        let key_ref = &key;
         let response = self
-            .run("get", Retry::Idempotent, Some(&key), 1, |call| {
-                self.inner
-                    .execute(call, &key, Access::Read, request, |mut c, r| async move {
-                        c.get(r).await
-                    })
-            })
+            .run(
+                op,
+                Retry::Idempotent,
+                Some(&key),
+                1,
+                |mut call| async move {
+                    if let Some(local) = self.inner.local_read(key_ref, consistency) {
+                        return Ok(local);
+                    }
+                    call.spread = spread;
+                    self.inner
+                        .execute(
+                            call,
+                            key_ref,
+                            Access::Read,
+                            request,
+                            |mut c, r| async move { c.get(r).await },
+                        )
+                        .await
+                },
+            )
             .await?;
-        Ok(wire::value(response))
+        self.inner.hot.note(&key, response.hot);
+        Ok(response)
     }
 
     /// Returns the value stored at `key` with its version and remaining TTL, or `None` when the
     /// key does not exist.
     pub async fn get_entry(&self, key: impl Into<Bytes>) -> Result<Option<Entry>, Error> {
         let key = wire::key(key)?;
-        let request = wire::get_request(key.clone(), self.options.consistency);
-        let response = self
-            .run("get_entry", Retry::Idempotent, Some(&key), 1, |call| {
-                self.inner
-                    .execute(call, &key, Access::Read, request, |mut c, r| async move {
-                        c.get(r).await
-                    })
-            })
-            .await?;
-        Ok(wire::entry(response))
+        Ok(wire::entry(self.raw_get("get_entry", key).await?))
     }
 
     /// Stores `value` at `key` without expiry, replacing any previous value. Returns the new
@@ -569,26 +621,79 @@ impl Client {
 
     /// [`Client::mget`] from the nodes.
     async fn mget_from_nodes(&self, keys: &[Bytes]) -> Result<Vec<Option<Bytes>>, Error> {
-        let parts = self
-            .run("mget", Retry::Idempotent, None, keys.len(), |call| {
-                self.inner.execute_batch(
-                    call,
-                    keys,
-                    Access::Read,
-                    |index| wire::key_size(&keys[index]),
-                    |indexes| wire::mget_request(pick(keys, indexes), self.options.consistency),
-                    |mut c, r| async move { c.m_get(r).await },
-                )
-            })
+        let spread = self.spreads();
+        let consistency = self.options.consistency;
+        let keys_ref = keys;
+        let (local, parts) = self
+            .run(
+                "mget",
+                Retry::Idempotent,
+                None,
+                keys.len(),
+                |mut call| async move {
+                    // Keys the local node answers (embedded mode); the others go over the network.
+                    let mut local = Vec::new();
+                    let mut remote = Vec::new();
+                    for (index, key) in keys_ref.iter().enumerate() {
+                        match self.inner.local_read(key, consistency) {
+                            Some(response) => local.push((index, response)),
+                            None => remote.push(index),
+                        }
+                    }
+                    call.spread = spread;
+                    if local.is_empty() {
+                        return Ok((local, self.mget_parts(call, keys_ref).await?));
+                    }
+                    if remote.is_empty() {
+                        return Ok((local, Vec::new()));
+                    }
+                    let remote_keys: Vec<Bytes> =
+                        remote.iter().map(|&i| keys_ref[i].clone()).collect();
+                    let parts = self
+                        .mget_parts(call, &remote_keys)
+                        .await?
+                        .into_iter()
+                        .map(|(indexes, response)| {
+                            (indexes.into_iter().map(|i| remote[i]).collect(), response)
+                        })
+                        .collect();
+                    Ok((local, parts))
+                },
+            )
             .await?;
         let mut values = vec![None; keys.len()];
+        for (index, response) in local {
+            values[index] = wire::value(response);
+        }
         for (indexes, response) in parts {
+            for (&index, result) in indexes.iter().zip(&response.results) {
+                self.inner.hot.note(&keys[index], result.hot);
+            }
             let part = wire::mget_values(response, indexes.len())?;
             for (index, value) in indexes.into_iter().zip(part) {
                 values[index] = value;
             }
         }
         Ok(values)
+    }
+
+    /// The network part of an `mget` over `keys`: each part's indexes (into `keys`) with its
+    /// answer.
+    async fn mget_parts(
+        &self,
+        call: Call,
+        keys: &[Bytes],
+    ) -> Result<Vec<(Vec<usize>, pb::MGetResponse)>, Error> {
+        self.inner
+            .execute_batch(
+                call,
+                keys,
+                Access::Read,
+                |index| wire::key_size(&keys[index]),
+                |indexes| wire::mget_request(pick(keys, indexes), self.options.consistency),
+                |mut c, r| async move { c.m_get(r).await },
+            )
+            .await
     }
 
     /// Stores several key-value pairs, all with the same optional `ttl`. Each pair is applied on
@@ -998,6 +1103,8 @@ mod tests {
             factory: crate::conn::default_factory(Duration::from_secs(2), None),
             authorization: None,
             tls: false,
+            hot: crate::hot::HotSettings::default(),
+            local: None,
         };
         Client::new(Router::single(&addr, channel, config), None)
     }

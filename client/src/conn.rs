@@ -69,6 +69,11 @@ pub(crate) struct ConnectConfig {
     pub(crate) authorization: Option<HeaderValue>,
     /// Whether the default factory dials over TLS (for advice on connection failures).
     pub(crate) tls: bool,
+    /// Spreading the reads of hot keys (checked).
+    pub(crate) hot: crate::hot::HotSettings,
+    /// The node running in this process (embedded mode), which serves the ONE reads of keys it
+    /// holds.
+    pub(crate) local: Option<std::sync::Arc<dyn crate::LocalNode>>,
 }
 
 impl ConnectConfig {
@@ -91,6 +96,8 @@ impl fmt::Debug for ConnectConfig {
             .field("retry_budget", &self.retry_budget)
             .field("request_timeout", &self.request_timeout)
             .field("pipelining", &self.pipelining)
+            .field("hot", &self.hot)
+            .field("local", &self.local.as_ref().map(|local| local.node_id()))
             .field("credentials", &self.authorization.is_some())
             .finish_non_exhaustive()
     }

@@ -68,9 +68,11 @@ mod client;
 mod conn;
 mod connector;
 mod error;
+mod hot;
 #[cfg(feature = "serde")]
 mod json;
 mod lease;
+mod local;
 mod near;
 mod observe;
 mod options;
@@ -87,10 +89,11 @@ pub mod ctl;
 pub use breaker::CircuitBreaker;
 pub use builder::ClientBuilder;
 pub use bytes::Bytes;
-pub use client::Client;
+pub use client::{Client, ClientStats};
 pub use connector::{ConnectFuture, Connector, NodeStream};
 pub use error::{Error, ServerCode};
 pub use lease::{ComputeError, LeaseOptions, LeaseToken, Leased};
+pub use local::{LocalNode, LocalRead};
 pub use near::{
     DEFAULT_NEAR_MAX_BYTES, DEFAULT_NEAR_MAX_ENTRIES, DEFAULT_NEAR_TTL, MAX_NEAR_ENTRIES,
     MAX_NEAR_TTL, NEAR_ENTRY_OVERHEAD, NEAR_STREAM_RETRY, NearCacheOptions, NearCacheStats,

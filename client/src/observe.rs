@@ -26,6 +26,8 @@
 //! | `ringcache_client_near_cache_entries` | gauge | | entries in the near cache (the last client to change it) |
 //! | `ringcache_client_near_cache_bytes` | gauge | | bytes charged in the near cache, each entry at least `max_bytes / max_entries` (the last client to change it) |
 //! | `ringcache_client_near_cache_streams` | gauge | | live invalidation streams |
+//! | `ringcache_client_spread_reads_total` | counter | | ONE reads of hot keys sent to the key's replicas in turn instead of its primary |
+//! | `ringcache_client_local_reads_total` | counter | | ONE reads served by the process's own embedded node, without a network request |
 //!
 //! **Spans**: every call runs in an INFO span `ringcache.request` (target `ringcache::request`)
 //! with `op`, the key's hash slot `key_slot` and 64-bit `key_hash` (single-key calls) or the
@@ -66,6 +68,8 @@ pub(crate) mod names {
     pub(crate) const NEAR_ENTRIES: &str = "ringcache_client_near_cache_entries";
     pub(crate) const NEAR_BYTES: &str = "ringcache_client_near_cache_bytes";
     pub(crate) const NEAR_STREAMS: &str = "ringcache_client_near_cache_streams";
+    pub(crate) const SPREAD_READS: &str = "ringcache_client_spread_reads_total";
+    pub(crate) const LOCAL_READS: &str = "ringcache_client_local_reads_total";
 }
 
 /// Describes every metric to the installed recorder (called at each connect; recorders take
@@ -134,6 +138,14 @@ pub(crate) fn describe() {
         UNREACHABLE,
         "Times a node's circuit breaker opened: it is tried after the other replicas for a while."
     );
+    describe_counter!(
+        SPREAD_READS,
+        "Reads of hot keys sent to the key's replicas in turn instead of its primary."
+    );
+    describe_counter!(
+        LOCAL_READS,
+        "Reads served by the process's own embedded node, without a network request."
+    );
 }
 
 /// The label of a failure class.
@@ -188,6 +200,14 @@ pub(crate) fn topology_changed() {
 
 pub(crate) fn watch_restarted() {
     counter!(names::WATCH_RESTARTS).increment(1);
+}
+
+pub(crate) fn spread_read() {
+    counter!(names::SPREAD_READS).increment(1);
+}
+
+pub(crate) fn local_read() {
+    counter!(names::LOCAL_READS).increment(1);
 }
 
 pub(crate) fn marked_unreachable() {

@@ -563,6 +563,7 @@ mod tests {
                     value: "B".into(),
                     version: 9,
                     ttl_ms: None,
+                    hot: false,
                 })),
             }],
             topology_digest: 42,

@@ -268,6 +268,9 @@ pub(crate) struct State {
     /// Whether each ring member is `Restarting` (stopped for a quick restart, or catching up
     /// after one), parallel to `ring.nodes()`: tried after the others.
     restarting: Box<[bool]>,
+    /// Whether each ring member is `Active`, parallel to `ring.nodes()`: the reads of a hot key
+    /// are spread over these only.
+    active: Box<[bool]>,
     /// Whether the cluster serves its topology; `false` for a node without the `Cluster` service,
     /// where the topology is empty and every request goes to that node.
     aware: bool,
@@ -321,11 +324,21 @@ impl State {
                     .is_some_and(|member| member.state == NodeState::Restarting)
             })
             .collect();
+        let active = ring
+            .nodes()
+            .iter()
+            .map(|node_id| {
+                topology
+                    .member(node_id)
+                    .is_some_and(|member| member.state == NodeState::Active)
+            })
+            .collect();
         Self {
             topology,
             ring,
             slots,
             restarting,
+            active,
             aware,
         }
     }
@@ -354,25 +367,37 @@ impl State {
     /// The replicas of `key` in the order they are tried: the replica set's order, except that
     /// nodes whose breaker holds them back, and nodes restarting, come after the others. Each
     /// appears once.
+    ///
+    /// `spread` (a hot key's read: the turn of the round-robin) also puts members that are not
+    /// `Active` after the others, and starts the others at the turn's replica instead of the
+    /// primary.
     fn attempt_order<'s>(
         &'s self,
         replicas: ReplicaSet<'s>,
         breaker: &CircuitBreaker,
+        spread: Option<usize>,
     ) -> impl Iterator<Item = (&'s str, &'s Arc<NodeSlot>)> + 's {
         // One pass decides which replicas go last, so a node marked unreachable during the
         // attempts is not tried twice.
         let mut late: u64 = 0;
         for (i, node_id) in replicas.iter().enumerate().take(MAX_REORDERED_REPLICAS) {
-            if self
-                .position(node_id)
-                .is_some_and(|p| self.restarting[p] || self.slots[p].holds_back(breaker))
-            {
+            if self.position(node_id).is_some_and(|p| {
+                self.restarting[p]
+                    || self.slots[p].holds_back(breaker)
+                    || (spread.is_some() && !self.active[p])
+            }) {
                 late |= 1 << i;
             }
         }
         let is_late = move |i: usize| i < MAX_REORDERED_REPLICAS && late & (1 << i) != 0;
         let n_replicas = replicas.len();
+        let n_first = (0..n_replicas).filter(|&i| !is_late(i)).count();
+        let skip = match spread {
+            Some(turn) if n_first > 0 => turn % n_first,
+            _ => 0,
+        };
         let first = (0..n_replicas).filter(move |&i| !is_late(i));
+        let first = first.clone().skip(skip).chain(first.take(skip));
         let then = (0..n_replicas).filter(move |&i| is_late(i));
         first.chain(then).filter_map(move |i| {
             let node_id = replicas.iter().nth(i)?;
@@ -401,6 +426,10 @@ pub(crate) struct Router {
     pub(crate) budget: Budget,
     /// Rotates the nodes a refresh or the watch start from.
     pub(crate) rotation: AtomicUsize,
+    /// The keys the nodes answered as hot, whose ONE reads are spread over their replicas.
+    pub(crate) hot: crate::hot::HotKeys,
+    /// Reads served by the local node.
+    pub(crate) local_reads: AtomicU64,
     /// Dropped with the router, which ends the watch task.
     _watch_stop: Option<oneshot::Sender<()>>,
 }
@@ -434,6 +463,7 @@ impl Router {
         };
         let state = State::build(topology, aware, None, &seeds);
         let budget = Budget::new(&config.retry_budget);
+        let hot = crate::hot::HotKeys::new(config.hot);
         let digest = state.topology.digest();
         let (stop, stopped) = oneshot::channel();
         let router = Arc::new(Router {
@@ -447,6 +477,8 @@ impl Router {
             budget,
             limits,
             rotation: AtomicUsize::new(0),
+            hot,
+            local_reads: AtomicU64::new(0),
             _watch_stop: aware.then_some(stop),
         });
         if aware {
@@ -551,7 +583,9 @@ impl Router {
         let first = if replicas.is_empty() {
             Some((self.home.addr(), &self.home))
         } else {
-            state.attempt_order(replicas, &self.config.breaker).next()
+            state
+                .attempt_order(replicas, &self.config.breaker, self.spread_turn(&call, key))
+                .next()
         };
         let tracking_id = first.map_or(0, |(_, slot)| {
             near.tracking_id(
@@ -611,7 +645,8 @@ impl Router {
                 .await;
         }
         let mut tried = Tried::default();
-        for (node_id, slot) in state.attempt_order(replicas, &self.config.breaker) {
+        let spread = self.spread_turn(call, key);
+        for (node_id, slot) in state.attempt_order(replicas, &self.config.breaker, spread) {
             if tried.last.is_some() {
                 tracing::debug!(node = node_id, "trying the next replica");
                 observe::failover(call.op);
@@ -665,7 +700,7 @@ impl Router {
             } else {
                 let mut tried = Tried::default();
                 let mut answer = None;
-                for (node_id, slot) in state.attempt_order(replicas, &self.config.breaker) {
+                for (node_id, slot) in state.attempt_order(replicas, &self.config.breaker, None) {
                     match self
                         .send_unary(&call, slot, message.clone(), &rpc, extra)
                         .await
@@ -738,6 +773,47 @@ impl Router {
             observe::attempt_failed(call.op, failure.class);
         }
         reply.result
+    }
+
+    /// A read of `key` served by the local node (embedded mode): when there is one, it is a
+    /// replica of the key, `Active` in the current topology, and answers it (see
+    /// [`crate::LocalNode`]). `None`: send the read the normal way.
+    pub(crate) fn local_read(
+        &self,
+        key: &[u8],
+        consistency: Option<crate::Consistency>,
+    ) -> Option<ringcache_proto::v1::GetResponse> {
+        let local = self.config.local.as_ref()?;
+        let state = self.snapshot();
+        let node_id = local.node_id();
+        if !state.ring.replicas(key).contains(node_id) {
+            return None;
+        }
+        if !state.position(node_id).is_some_and(|p| state.active[p]) {
+            return None;
+        }
+        let response = match local.read_one(key, consistency) {
+            crate::LocalRead::Found(entry) => ringcache_proto::v1::GetResponse {
+                found: true,
+                value: entry.value,
+                version: entry.version,
+                ttl_ms: entry
+                    .ttl
+                    .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)),
+                hot: false,
+            },
+            crate::LocalRead::Missing => ringcache_proto::v1::GetResponse::default(),
+            crate::LocalRead::NotHere => return None,
+        };
+        self.local_reads.fetch_add(1, Ordering::Relaxed);
+        observe::local_read();
+        Span::current().record("node", node_id);
+        Some(response)
+    }
+
+    /// The round-robin turn of a read of `key` when `call` may be spread and `key` is hot.
+    fn spread_turn(&self, call: &Call, key: &[u8]) -> Option<usize> {
+        (call.spread && self.hot.is_hot(key)).then(|| self.hot.next_turn())
     }
 
     /// Whether `call`, whose attempt `attempt` failed with `class`, is tried again; waits the
@@ -886,11 +962,14 @@ impl Router {
                 let target = if home {
                     Some(0)
                 } else {
+                    let key = &batch.keys[index];
+                    let spread = if failing_over {
+                        None
+                    } else {
+                        self.spread_turn(call, key)
+                    };
                     state
-                        .attempt_order(
-                            state.ring.replicas(&batch.keys[index]),
-                            &self.config.breaker,
-                        )
+                        .attempt_order(state.ring.replicas(key), &self.config.breaker, spread)
                         .filter_map(|(node_id, _)| state.position(node_id))
                         .find(|&position| !failed[position])
                 };
@@ -1079,6 +1158,8 @@ pub(crate) struct Call {
     pub(crate) timeout: Option<Duration>,
     /// The call's deadline (its start + `timeout`).
     pub(crate) deadline: Option<Instant>,
+    /// A read at ONE whose hot keys may go to any of their replicas in turn.
+    pub(crate) spread: bool,
 }
 
 impl Call {
@@ -1312,7 +1393,7 @@ mod tests {
         let in_ring_order: Vec<&str> = replicas.iter().collect();
         let breaker = CircuitBreaker::new().failures(2);
         let order: Vec<&str> = state
-            .attempt_order(replicas, &breaker)
+            .attempt_order(replicas, &breaker, None)
             .map(|(id, _)| id)
             .collect();
         assert_eq!(order, in_ring_order);
@@ -1322,7 +1403,7 @@ mod tests {
         assert!(!state.slots[primary].is_unreachable(), "one failure of two");
         state.slots[primary].mark_failed(&breaker);
         let order: Vec<&str> = state
-            .attempt_order(replicas, &breaker)
+            .attempt_order(replicas, &breaker, None)
             .map(|(id, _)| id)
             .collect();
         assert_eq!(
@@ -1357,13 +1438,191 @@ mod tests {
             "a restarting member keeps its ranges"
         );
         let order: Vec<&str> = state
-            .attempt_order(replicas, &CircuitBreaker::new())
+            .attempt_order(replicas, &CircuitBreaker::new(), None)
             .map(|(id, _)| id)
             .collect();
         assert_eq!(
             order,
             [in_ring_order[1], in_ring_order[2], in_ring_order[0]]
         );
+    }
+
+    #[test]
+    fn spread_reads_take_the_active_reachable_replicas_in_turn() {
+        let all = State::build(topology(&["n1", "n2", "n3"]), true, None, &[]);
+        let key = b"hot-key";
+        let in_ring_order: Vec<&str> = all.ring.replicas(key).iter().collect();
+        let breaker = CircuitBreaker::new().failures(1);
+        let firsts = |state: &State| -> Vec<&str> {
+            (0..6)
+                .map(|turn| {
+                    state
+                        .attempt_order(state.ring.replicas(key), &breaker, Some(turn))
+                        .map(|(id, _)| id)
+                        .next()
+                        .unwrap()
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|id| in_ring_order.iter().copied().find(|n| *n == id).unwrap())
+                .collect()
+        };
+        // Every replica in turn; each order still lists every replica once.
+        assert_eq!(
+            firsts(&all),
+            [0, 1, 2, 0, 1, 2].map(|i| in_ring_order[i]).to_vec()
+        );
+        let order: Vec<&str> = all
+            .attempt_order(all.ring.replicas(key), &breaker, Some(1))
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(
+            order,
+            [in_ring_order[1], in_ring_order[2], in_ring_order[0]]
+        );
+
+        // A replica whose breaker is open gets no turn (it is still tried last).
+        let second = all.position(in_ring_order[1]).unwrap();
+        all.slots[second].mark_failed(&breaker);
+        assert!(!firsts(&all).contains(&in_ring_order[1]));
+        let order: Vec<&str> = all
+            .attempt_order(all.ring.replicas(key), &breaker, Some(1))
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(
+            order,
+            [in_ring_order[2], in_ring_order[0], in_ring_order[1]]
+        );
+        all.slots[second].mark_reachable();
+
+        // Restarting and leaving members get no turn either.
+        for (i, away) in [(0, NodeState::Restarting), (2, NodeState::Leaving)] {
+            let members = ["n1", "n2", "n3"]
+                .iter()
+                .map(|id| {
+                    let state = if *id == in_ring_order[i] {
+                        away
+                    } else {
+                        NodeState::Active
+                    };
+                    member(id, state)
+                })
+                .collect();
+            let state = State::build(Topology::new(members, 3, 16), true, None, &[]);
+            let turns = firsts(&state);
+            assert!(!turns.contains(&in_ring_order[i]), "{away:?}: {turns:?}");
+            assert_eq!(
+                turns
+                    .iter()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len(),
+                2,
+                "{away:?}: the two others share the reads"
+            );
+        }
+        // Without `spread`, the primary first.
+        assert_eq!(
+            all.attempt_order(all.ring.replicas(key), &breaker, None)
+                .next()
+                .map(|(id, _)| id),
+            Some(in_ring_order[0])
+        );
+    }
+
+    /// A local node answering every read with `answer`, counting the reads it was asked.
+    #[derive(Debug)]
+    struct FakeLocal {
+        answer: crate::LocalRead,
+        asked: std::sync::atomic::AtomicUsize,
+    }
+
+    impl crate::LocalNode for FakeLocal {
+        fn node_id(&self) -> &str {
+            "n2"
+        }
+
+        fn read_one(&self, _: &[u8], _: Option<crate::Consistency>) -> crate::LocalRead {
+            self.asked.fetch_add(1, Ordering::Relaxed);
+            self.answer.clone()
+        }
+    }
+
+    fn router_with_local(answer: crate::LocalRead) -> (Arc<Router>, Arc<FakeLocal>) {
+        let local = Arc::new(FakeLocal {
+            answer,
+            asked: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let config = ConnectConfig {
+            connect_timeout: Duration::from_secs(1),
+            pool_size: 1,
+            max_message_bytes: 1 << 20,
+            max_batch_keys: None,
+            retry: crate::RetryPolicy::new(),
+            retry_budget: crate::RetryBudget::default(),
+            breaker: CircuitBreaker::default(),
+            request_timeout: Duration::from_secs(1),
+            pipelining: true,
+            factory: crate::conn::default_factory(Duration::from_secs(1), None),
+            authorization: None,
+            tls: false,
+            hot: crate::hot::HotSettings::default(),
+            local: Some(Arc::clone(&local) as Arc<dyn crate::LocalNode>),
+        };
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        (Router::single("127.0.0.1:1", channel, config), local)
+    }
+
+    /// A key whose replica set (2 of n1..n3) does or does not contain n2.
+    fn key_held_by_n2(router: &Router, held: bool) -> Vec<u8> {
+        let state = router.snapshot();
+        (0..1000)
+            .map(|i| format!("key-{i}").into_bytes())
+            .find(|key| state.ring.replicas(key).contains("n2") == held)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_local_node_answers_only_the_keys_it_holds_while_active() {
+        let entry = crate::Entry {
+            value: Bytes::from_static(b"v"),
+            version: 9,
+            ttl: Some(Duration::from_millis(1500)),
+        };
+        let (router, local) = router_with_local(crate::LocalRead::Found(entry));
+        // No topology yet: nothing is local.
+        assert!(router.local_read(b"k", None).is_none());
+        let members = ["n1", "n2", "n3"].map(|id| member(id, NodeState::Active));
+        router.apply(Topology::new(members.to_vec(), 2, 16));
+        let held = key_held_by_n2(&router, true);
+        let other = key_held_by_n2(&router, false);
+        let answer = router.local_read(&held, None).unwrap();
+        assert!(answer.found);
+        assert_eq!(
+            (&answer.value[..], answer.version, answer.ttl_ms),
+            (&b"v"[..], 9, Some(1500))
+        );
+        assert!(router.local_read(&other, None).is_none(), "not a replica");
+        assert_eq!(local.asked.load(Ordering::Relaxed), 1, "not even asked");
+        assert_eq!(router.local_reads.load(Ordering::Relaxed), 1);
+
+        // Restarting (or joining, leaving) in the topology: not asked.
+        let mut members = members.to_vec();
+        members[1].state = NodeState::Restarting;
+        router.apply(Topology::new(members, 2, 16));
+        assert!(router.local_read(&held, None).is_none());
+        assert_eq!(local.asked.load(Ordering::Relaxed), 1);
+
+        // A node that declines: the normal way; a miss is an answer.
+        for (answer, expect) in [
+            (crate::LocalRead::NotHere, None),
+            (crate::LocalRead::Missing, Some(false)),
+        ] {
+            let (router, _) = router_with_local(answer);
+            let members = ["n1", "n2", "n3"].map(|id| member(id, NodeState::Active));
+            router.apply(Topology::new(members.to_vec(), 2, 16));
+            let held = key_held_by_n2(&router, true);
+            assert_eq!(router.local_read(&held, None).map(|r| r.found), expect);
+        }
     }
 
     #[test]

@@ -389,6 +389,7 @@ mod tests {
             value: Bytes::from("v"),
             version: 7,
             ttl_ms: Some(1500),
+            hot: false,
         };
         assert_eq!(
             entry(hit.clone()),

@@ -179,6 +179,7 @@ impl Cache for Svc {
             value: node.value(&key_str(&key)),
             version: 1,
             ttl_ms: None,
+            hot: false,
         })
     }
 
@@ -225,6 +226,7 @@ impl Cache for Svc {
                     value: node.value(&key_str(key)),
                     version: 1,
                     ttl_ms: None,
+                    hot: false,
                 }
             })
             .collect();

@@ -84,12 +84,14 @@ impl Cache for Fake {
                 value: Bytes::from(vec![7u8; BIG]),
                 version: 1,
                 ttl_ms: None,
+                hot: false,
             },
             key => pb::GetResponse {
                 found: true,
                 value: Bytes::from(format!("value-of-{key}")),
                 version: 7,
                 ttl_ms: Some(1500),
+                hot: false,
             },
         };
         Ok(Response::new(response))
@@ -147,6 +149,7 @@ impl Cache for Fake {
                     value: Bytes::from(other.to_uppercase()),
                     version: 1,
                     ttl_ms: None,
+                    hot: false,
                 },
             })
             .collect();

@@ -193,6 +193,7 @@ impl Node {
                 value: value.clone(),
                 version: 1,
                 ttl_ms: None,
+                hot: false,
             },
             None => pb::GetResponse::default(),
         }

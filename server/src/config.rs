@@ -411,6 +411,14 @@ pub struct Cli {
     /// [default: 1MiB].
     #[arg(long, env = "RINGCACHE_TRACKING_QUEUE_BYTES", value_name = "SIZE")]
     pub tracking_queue_bytes: Option<ByteSize>,
+    /// Reads per second (in the last hot-key window) from which a key is answered as hot, so
+    /// clients spread its reads over its replicas; 0 never, 0..=100000000 [default: 1000].
+    #[arg(
+        long,
+        env = "RINGCACHE_HOT_KEY_THRESHOLD",
+        value_name = "READS_PER_SEC"
+    )]
+    pub hot_key_threshold: Option<u64>,
 }
 
 /// Consistency level as written in flags and files.
@@ -621,6 +629,7 @@ struct FileConfig {
     tracking_max_subscribers: Option<usize>,
     tracking_max_bytes: Option<ByteSize>,
     tracking_queue_bytes: Option<ByteSize>,
+    hot_key_threshold: Option<u64>,
 }
 
 /// Everything a node runs with, validated.
@@ -1049,6 +1058,10 @@ impl Config {
                     .hot_keys_sample
                     .or(file.hot_keys_sample)
                     .unwrap_or(crate::hotkeys::DEFAULT_SAMPLE),
+                threshold: cli
+                    .hot_key_threshold
+                    .or(file.hot_key_threshold)
+                    .unwrap_or(crate::hotkeys::DEFAULT_THRESHOLD),
             },
             leases: crate::lease::LeaseConfig {
                 max_leases: cli
@@ -1356,7 +1369,9 @@ impl Config {
 
     /// Checks the hot-key settings.
     fn validate_hot_keys(&self) -> anyhow::Result<()> {
-        use crate::hotkeys::{MAX_CAPACITY, MAX_SAMPLE, MAX_WINDOW, MIN_CAPACITY, MIN_WINDOW};
+        use crate::hotkeys::{
+            MAX_CAPACITY, MAX_SAMPLE, MAX_THRESHOLD, MAX_WINDOW, MIN_CAPACITY, MIN_WINDOW,
+        };
         let hot = &self.hot_keys;
         if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&hot.capacity) {
             bail!(
@@ -1374,6 +1389,12 @@ impl Config {
             bail!(
                 "hot_keys_sample must be between 1 and {MAX_SAMPLE}, got {}",
                 hot.sample
+            );
+        }
+        if hot.threshold > MAX_THRESHOLD {
+            bail!(
+                "hot_key_threshold must be between 0 and {MAX_THRESHOLD} reads/s, got {}",
+                hot.threshold
             );
         }
         Ok(())
@@ -2268,6 +2289,7 @@ mod tests {
         assert_eq!(defaults.hot_keys.capacity, 256);
         assert_eq!(defaults.hot_keys.window, Duration::from_secs(10));
         assert_eq!(defaults.hot_keys.sample, 8);
+        assert_eq!(defaults.hot_keys.threshold, 1000);
 
         let file: FileConfig = toml::from_str(
             r#"
@@ -2275,6 +2297,7 @@ mod tests {
             hot_keys_capacity = 1024
             hot_keys_window = "1m"
             hot_keys_sample = 1
+            hot_key_threshold = 0
             "#,
         )
         .unwrap();
@@ -2286,6 +2309,7 @@ mod tests {
                 capacity: 1024,
                 window: Duration::from_secs(60),
                 sample: 16,
+                threshold: 0,
             },
             "the file over the defaults, the flag over the file"
         );
@@ -2304,6 +2328,7 @@ mod tests {
             (["--hot-keys-window", "61m"], "hot_keys_window"),
             (["--hot-keys-sample", "0"], "hot_keys_sample"),
             (["--hot-keys-sample", "1025"], "hot_keys_sample"),
+            (["--hot-key-threshold", "100000001"], "hot_key_threshold"),
         ] {
             let err = Config::layer(parse(&args), FileConfig::default())
                 .unwrap_err()
@@ -2317,6 +2342,8 @@ mod tests {
             ["--hot-keys-window", "1h"],
             ["--hot-keys-sample", "1"],
             ["--hot-keys-sample", "1024"],
+            ["--hot-key-threshold", "0"],
+            ["--hot-key-threshold", "100000000"],
         ] {
             assert!(
                 Config::layer(parse(&args), FileConfig::default()).is_ok(),

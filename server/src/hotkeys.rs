@@ -18,7 +18,7 @@
 
 use std::cell::Cell;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -43,6 +43,10 @@ pub const MAX_SAMPLE: u32 = 1024;
 const MAX_STRIPES: usize = 16;
 /// How many of the top keys the metrics show.
 pub const METRIC_RANKS: usize = 10;
+/// Default `hot_key_threshold` (reads per second).
+pub const DEFAULT_THRESHOLD: u64 = 1_000;
+/// Largest `hot_key_threshold`.
+pub const MAX_THRESHOLD: u64 = 100_000_000;
 
 /// Hot-key tracking settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +59,8 @@ pub struct HotKeysConfig {
     pub window: Duration,
     /// Count one request in this many.
     pub sample: u32,
+    /// Reads per second (in the last window) from which a key is answered as hot; 0: never.
+    pub threshold: u64,
 }
 
 impl Default for HotKeysConfig {
@@ -64,6 +70,7 @@ impl Default for HotKeysConfig {
             capacity: DEFAULT_CAPACITY,
             window: DEFAULT_WINDOW,
             sample: DEFAULT_SAMPLE,
+            threshold: DEFAULT_THRESHOLD,
         }
     }
 }
@@ -231,7 +238,19 @@ pub struct HotKeys {
     /// Longer keys are not counted: the store refuses them, and the summary's memory stays
     /// bounded by capacity × this.
     max_key_bytes: usize,
+    /// The keys answered as hot: rebuilt at each rotation from the closed window, read-only in
+    /// between (at most `capacity` keys).
+    hot: parking_lot::RwLock<HotSet>,
+    /// Whether `hot` holds any key: a get of a node with no hot key reads only this.
+    any_hot: AtomicBool,
+    /// A key hot in the last window stays hot while its rate is at least
+    /// `threshold / keep_divisor` (the replication factor: its reads are spread over the
+    /// replicas, each sees its share).
+    keep_divisor: u64,
 }
+
+/// The set of hot keys published at a rotation.
+type HotSet = hashbrown::HashSet<Box<[u8]>>;
 
 /// A duration in nanoseconds, saturating.
 fn nanos(duration: Duration) -> u64 {
@@ -261,6 +280,9 @@ impl HotKeys {
                 .collect(),
             epoch: now,
             max_key_bytes: usize::MAX,
+            hot: parking_lot::RwLock::new(HotSet::new()),
+            any_hot: AtomicBool::new(false),
+            keep_divisor: 1,
             window_end_ns: AtomicU64::new(nanos(config.window)),
             windows: Mutex::new(Windows {
                 started: now,
@@ -277,6 +299,35 @@ impl HotKeys {
     pub fn with_max_key_bytes(mut self, max_key_bytes: usize) -> Self {
         self.max_key_bytes = max_key_bytes;
         self
+    }
+
+    /// A key that was hot stays hot while its rate is at least `threshold / replicas` (its
+    /// reads spread over `replicas` nodes, this node sees its share of them).
+    pub fn with_replicas(mut self, replicas: u32) -> Self {
+        self.keep_divisor = u64::from(replicas.max(1));
+        self
+    }
+
+    /// Whether `key` is currently hot here: in the last complete window its rate reached
+    /// `threshold` requests/s (or, for a key already hot, `threshold / replicas`). One bool
+    /// when tracking is off or nothing is hot; else one hash lookup under a read lock.
+    #[inline]
+    pub fn is_hot(&self, key: &[u8]) -> bool {
+        if !self.config.enabled || !self.any_hot.load(Ordering::Relaxed) {
+            return false;
+        }
+        // A node whose traffic stopped must not keep answering from an old window.
+        self.rotate_at(Instant::now());
+        self.hot.read().contains(key)
+    }
+
+    /// How many keys are answered as hot now.
+    pub fn hot_count(&self) -> usize {
+        if !self.config.enabled {
+            return 0;
+        }
+        self.rotate_at(Instant::now());
+        self.hot.read().len()
     }
 
     /// The settings.
@@ -358,6 +409,7 @@ impl HotKeys {
         closed
             .keys
             .sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
+        self.publish_hot(&closed);
         windows.last = closed;
         // Whole windows since the start, so the windows stay aligned.
         let passed = elapsed.as_nanos() / window.as_nanos().max(1);
@@ -371,6 +423,32 @@ impl HotKeys {
             nanos(end.saturating_duration_since(self.epoch)),
             Ordering::Relaxed,
         );
+    }
+
+    /// Rebuilds the hot set from a closed window (under the windows lock).
+    fn publish_hot(&self, closed: &HotKeysReport) {
+        let threshold = self.config.threshold;
+        if threshold == 0 {
+            return;
+        }
+        let window_ms = u128::from(nanos(closed.window) / 1_000_000).max(1);
+        // rate >= limit  <=>  count * 1000 >= limit * window_ms (no floating point).
+        let reaches =
+            |count: u64, limit: u64| u128::from(count) * 1000 >= u128::from(limit) * window_ms;
+        let keep = threshold.div_ceil(self.keep_divisor).max(1);
+        let mut hot = self.hot.write();
+        let next: HotSet = closed
+            .keys
+            .iter()
+            .filter(|key| {
+                // Reads only: a key written heavily gains nothing from spreading its reads.
+                reaches(key.reads, threshold)
+                    || (reaches(key.reads, keep) && hot.contains(&key.key[..]))
+            })
+            .map(|key| key.key.clone().into_boxed_slice())
+            .collect();
+        self.any_hot.store(!next.is_empty(), Ordering::Relaxed);
+        *hot = next;
     }
 
     /// Closes the current window now, whatever its age (tests and shutdown).
@@ -406,6 +484,7 @@ mod tests {
             capacity,
             window: Duration::from_secs(10),
             sample,
+            threshold: DEFAULT_THRESHOLD,
         }
     }
 
@@ -603,6 +682,101 @@ mod tests {
         assert_eq!(report.total, 1);
         assert_eq!(report.keys.len(), 1);
         assert_eq!(report.keys[0].key, b"four");
+    }
+
+    #[test]
+    fn hotkeys_hot_set_follows_the_threshold_with_a_lower_bar_to_stay() {
+        let start = Instant::now();
+        let window = Duration::from_secs(10);
+        // 10 reads/s over a 10 s window: 100 reads; a key already hot stays from 10 / 3 → 4/s.
+        let hot = HotKeys::with_stripes(
+            HotKeysConfig {
+                threshold: 10,
+                ..config(16, 1)
+            },
+            1,
+            start,
+        )
+        .with_replicas(3);
+        assert!(!hot.is_hot(b"a"), "nothing is hot before a window closed");
+        for _ in 0..100 {
+            hot.record(b"a", Access::Read);
+        }
+        for _ in 0..99 {
+            hot.record(b"b", Access::Read);
+        }
+        for _ in 0..500 {
+            hot.record(b"w", Access::Write);
+        }
+        hot.rotate_at(start + window);
+        assert!(hot.any_hot.load(Ordering::Relaxed));
+        assert!(hot.hot.read().contains(&b"a"[..]));
+        assert!(
+            !hot.hot.read().contains(&b"b"[..]),
+            "just under the threshold"
+        );
+        assert!(
+            !hot.hot.read().contains(&b"w"[..]),
+            "writes do not make a key hot"
+        );
+        // Next window: `a` at a third of the rate stays hot; `b` at the same rate is not.
+        for _ in 0..40 {
+            hot.record(b"a", Access::Read);
+            hot.record(b"b", Access::Read);
+        }
+        hot.rotate_at(start + window * 2);
+        assert!(hot.hot.read().contains(&b"a"[..]));
+        assert!(!hot.hot.read().contains(&b"b"[..]));
+        // Below the bar to stay: no longer hot.
+        for _ in 0..39 {
+            hot.record(b"a", Access::Read);
+        }
+        hot.rotate_at(start + window * 3);
+        assert!(hot.hot.read().is_empty());
+        assert!(!hot.any_hot.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn hotkeys_nothing_is_hot_when_off_or_with_a_zero_threshold() {
+        for config in [
+            HotKeysConfig {
+                threshold: 0,
+                ..config(16, 1)
+            },
+            HotKeysConfig {
+                enabled: false,
+                threshold: 1,
+                ..config(16, 1)
+            },
+        ] {
+            let hot = HotKeys::with_stripes(config, 1, Instant::now());
+            for _ in 0..1000 {
+                hot.record(b"a", Access::Read);
+            }
+            hot.rotate();
+            assert!(!hot.is_hot(b"a"), "{config:?}");
+            assert_eq!(hot.hot_count(), 0);
+        }
+    }
+
+    #[test]
+    fn hotkeys_an_old_hot_set_is_dropped_when_a_window_passes_unseen() {
+        let start = Instant::now();
+        let hot = HotKeys::with_stripes(
+            HotKeysConfig {
+                threshold: 1,
+                ..config(16, 1)
+            },
+            1,
+            start,
+        );
+        for _ in 0..100 {
+            hot.record(b"a", Access::Read);
+        }
+        hot.rotate_at(start + Duration::from_secs(10));
+        assert!(hot.hot.read().contains(&b"a"[..]));
+        hot.rotate_at(start + Duration::from_secs(20));
+        assert!(hot.hot.read().is_empty());
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub mod config;
 pub mod connections;
 pub mod context;
 pub mod dev_cluster;
+#[cfg(feature = "embedded")]
+pub mod embedded;
 pub mod hotkeys;
 mod http;
 pub mod known;

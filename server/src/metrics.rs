@@ -261,6 +261,8 @@ pub struct Metrics {
     tracking_evictions: Counter,
     tracking_overflows: Counter,
     tracking_refused: Counter,
+    /// Keys answered as hot now (`--hot-key-threshold`).
+    hot_keys_marked: Gauge,
     rebalance_bytes_sent: Counter,
     rebalance_stream_bytes_sent: Counter,
     rebalance_keys_received: Counter,
@@ -868,6 +870,11 @@ impl Metrics {
             None,
             "Share (0..1) of the requests of the last hot-key window that went to this node's ten heaviest keys".into(),
         );
+        recorder.describe_gauge(
+            "ringcache_hot_keys_marked".into(),
+            None,
+            "Keys this node answers as hot now (read rate in the last hot-key window at least --hot-key-threshold): clients spread their reads over the replicas".into(),
+        );
         describe(
             &recorder,
             "ringcache_leases_granted_total",
@@ -962,6 +969,7 @@ impl Metrics {
             tracking_evictions: counter("ringcache_tracking_evictions_total", vec![]),
             tracking_overflows: counter("ringcache_tracking_overflows_total", vec![]),
             tracking_refused: counter("ringcache_tracking_refused_total", vec![]),
+            hot_keys_marked: gauge("ringcache_hot_keys_marked"),
             rebalance_bytes_sent: counter("ringcache_rebalance_bytes_sent_total", vec![]),
             rebalance_stream_bytes_sent: counter(
                 "ringcache_rebalance_stream_bytes_sent_total",
@@ -1148,6 +1156,7 @@ impl Metrics {
         }
         self.hot_keys_top_share
             .set(report.top_share(crate::hotkeys::METRIC_RANKS));
+        self.hot_keys_marked.set(hot.hot_count() as f64);
     }
 
     /// Copies in the near-cache tracking counters.
@@ -1662,6 +1671,7 @@ mod tests {
             capacity: 16,
             window: Duration::from_secs(10),
             sample: 1,
+            threshold: 2,
         });
         for _ in 0..30 {
             hot.record(b"heavy", Access::Read);
@@ -1677,6 +1687,7 @@ mod tests {
             r#"ringcache_hot_key_requests_per_second{rank="2"} 1"#,
             r#"ringcache_hot_key_requests_per_second{rank="10"} 0"#,
             "ringcache_hot_keys_top_share 1",
+            "ringcache_hot_keys_marked 1",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }

@@ -276,7 +276,8 @@ impl Node {
         let cluster_connections = Connections::new(config.security.max_cluster_connections);
         let config_leases = config.leases;
         let hot_keys = crate::hotkeys::HotKeys::new(config.hot_keys)
-            .with_max_key_bytes(config.store.max_key_bytes);
+            .with_max_key_bytes(config.store.max_key_bytes)
+            .with_replicas(config.replication_factor.get());
         let tracking = Arc::new(crate::tracking::Tracking::new(config.tracking));
         store.observe(tracking.switch(), tracking.clone());
         let ctx = Arc::new(Context {

@@ -66,6 +66,9 @@ async fn ringctl_hotkeys_lists_the_heaviest_keys_of_a_three_node_cluster() {
         config.hot_keys.window = Duration::from_secs(1);
         // Every request counted: the test checks which keys come first, not the sampling.
         config.hot_keys.sample = 1;
+        // No key answered hot: the client keeps sending each key to its primary (spreading
+        // would count a key on every replica; tests/hot_spread.rs covers that).
+        config.hot_keys.threshold = 0;
     })
     .await;
     let addr = cluster.nodes[0].grpc_target();
@@ -233,4 +236,63 @@ async fn resp_commands_feed_the_hot_keys_and_the_metrics() {
     );
     assert!(metrics.contains("ringcache_hot_keys_top_share"));
     assert!(!metrics.contains("resp-hot"), "no key names in the metrics");
+}
+
+/// `n` keys drawn from `distinct` keys with a zipfian distribution (key `i` has weight
+/// `1 / (i + 1)^0.99`, as ringbench's `zipfian:0.99`), from a fixed seed.
+fn zipf_keys(n: usize, distinct: usize, seed: u64) -> Vec<String> {
+    use rand::{RngExt, SeedableRng};
+    let weights: Vec<f64> = (0..distinct)
+        .map(|i| 1.0 / (i as f64 + 1.0).powf(0.99))
+        .collect();
+    let sum: f64 = weights.iter().sum();
+    let mut cumulative = Vec::with_capacity(distinct);
+    let mut acc = 0.0;
+    for weight in &weights {
+        acc += weight / sum;
+        cumulative.push(acc);
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let draw: f64 = rng.random();
+            let index = cumulative.partition_point(|&c| c < draw).min(distinct - 1);
+            format!("zipf-{index}")
+        })
+        .collect()
+}
+
+/// A zipfian read workload over 1000 keys through the client: the three heaviest keys of the
+/// distribution are among the top five `ringctl hotkeys` reports (merged over the members).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zipfian_workloads_top_keys_lead_ringctl_hotkeys() {
+    let cluster = TestCluster::start_converged(3, DEADLINE, |i, config| {
+        patient(i, config);
+        config.hot_keys.window = Duration::from_secs(1);
+        config.hot_keys.sample = 1;
+    })
+    .await;
+    let addr = cluster.nodes[0].grpc_target();
+    let client = Client::connect(cluster.grpc_targets()).await.unwrap();
+    let stream = zipf_keys(3000, 1000, 16);
+    let give_up = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        for batch in stream.chunks(100) {
+            client.mget(batch.iter().cloned()).await.unwrap();
+        }
+        let outcome = ctl(&addr, &["-o", "json", "hotkeys", "--limit", "20"]).await;
+        assert_eq!(outcome.code, 0, "stderr: {}", outcome.stderr);
+        let report: Value = serde_json::from_slice(&outcome.stdout).unwrap();
+        let top = top_five(&report);
+        if ["zipf-0", "zipf-1", "zipf-2"]
+            .iter()
+            .all(|key| top.iter().any(|reported| reported == key))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the zipfian top keys never led: {report:#}"
+        );
+    }
 }

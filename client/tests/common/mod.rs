@@ -114,6 +114,7 @@ impl Cache for Svc {
             value: Bytes::from("v"),
             version: 1,
             ttl_ms: None,
+            hot: false,
         }))
     }
 

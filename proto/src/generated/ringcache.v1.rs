@@ -50,6 +50,11 @@ pub struct GetResponse {
     /// Milliseconds the key has left to live; absent when it has no TTL.
     #[prost(uint64, optional, tag = "4")]
     pub ttl_ms: ::core::option::Option<u64>,
+    /// The answering node counts this key as hot (its read rate in the node's last hot-key window
+    /// reached --hot-key-threshold). A client may then spread ONE reads of the key over all its
+    /// replicas instead of sending them to the primary. Set on Get, MGet results and pipelined Gets.
+    #[prost(bool, tag = "5")]
+    pub hot: bool,
 }
 /// SetRequest stores one value.
 #[allow(clippy::all)]

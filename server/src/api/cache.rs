@@ -84,6 +84,15 @@ impl CacheService {
         }
     }
 
+    /// Marks a Get answer `hot` when this node counts its key as hot: the client may then
+    /// spread the key's reads over its replicas. An answer a peer marked stays marked.
+    #[inline]
+    fn mark_hot(&self, key: &[u8], reply: &mut v1::GetResponse) {
+        if !reply.hot {
+            reply.hot = self.node.hot_keys().is_hot(key);
+        }
+    }
+
     pub(super) fn node(&self) -> &Node {
         &self.node
     }
@@ -353,6 +362,7 @@ fn found_versioned(item: Option<VersionedItem>, now_ms: u64) -> v1::GetResponse 
             value: item.value.unwrap_or_default(),
             version: item.version,
             ttl_ms: ttl_left(item.expires_at_ms, now_ms),
+            hot: false,
         },
         _ => v1::GetResponse::default(),
     }
@@ -405,6 +415,7 @@ fn found(item: Option<Item>, now_ms: u64) -> v1::GetResponse {
             value: item.value,
             version: item.version,
             ttl_ms: ttl_left(item.expires_at_ms, now_ms),
+            hot: false,
         },
         None => v1::GetResponse::default(),
     }
@@ -437,34 +448,38 @@ impl Cache for CacheService {
         let (metadata, _, mut req) = request.into_parts();
         self.hot(&metadata, &req.key, crate::hotkeys::Access::Read);
         let tracking_id = std::mem::take(&mut req.tracking_id);
-        if let Some(reply) = self.get_tracked_here(
+        let key = req.key.clone();
+        let mut response = if let Some(reply) = self.get_tracked_here(
             &req.key,
             req.consistency,
             was_forwarded(&metadata),
             Arrival::now(&self.node),
             tracking_id,
         ) {
-            return reply.map(Response::new);
-        }
-        // Not served here at ONE: whatever the caller caches for the key is dropped, as this
-        // node will not see the key's changes.
-        self.node.tracking().untracked(tracking_id, &req.key);
-        if let Some(primary) = self.route(&metadata, &req.key) {
-            return self
-                .forward_one(Op::Get, primary, req, |mut peer, request| async move {
+            Response::new(reply?)
+        } else {
+            // Not served here at ONE: whatever the caller caches for the key is dropped, as this
+            // node will not see the key's changes.
+            self.node.tracking().untracked(tracking_id, &req.key);
+            if let Some(primary) = self.route(&metadata, &req.key) {
+                self.forward_one(Op::Get, primary, req, |mut peer, request| async move {
                     peer.get(request).await
                 })
-                .await;
-        }
-        self.run_read(
-            Op::Get,
-            req.consistency,
-            &req.key,
-            |node, now| get_local(node, &req.key, now),
-            found_versioned,
-            |reply| hit_or_miss(reply.found),
-        )
-        .await
+                .await?
+            } else {
+                self.run_read(
+                    Op::Get,
+                    req.consistency,
+                    &req.key,
+                    |node, now| get_local(node, &req.key, now),
+                    found_versioned,
+                    |reply| hit_or_miss(reply.found),
+                )
+                .await?
+            }
+        };
+        self.mark_hot(&key, response.get_mut());
+        Ok(response)
     }
 
     type InvalidationsStream = super::invalidations::InvalidationsStream;
@@ -610,6 +625,12 @@ impl Cache for CacheService {
             |results| v1::MGetResponse { results },
         )
         .await
+        .map(|mut response| {
+            for (key, result) in req.keys.iter().zip(&mut response.get_mut().results) {
+                self.mark_hot(key, result);
+            }
+            response
+        })
     }
 
     async fn m_set(
