@@ -12,7 +12,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::RwLock;
-use ringcache_proto::placement::DEFAULT_VNODES_PER_WEIGHT;
 
 use anyhow::Context as _;
 use ringcache_proto::topology::{Member, NodeState, Topology};
@@ -643,7 +642,7 @@ impl Node {
             node_id: config.node_id.clone(),
             incarnation: self.incarnation,
             state: NodeState::try_from(self.state() as i32).unwrap_or(NodeState::Active),
-            weight: 1,
+            weight: config.weight.get(),
             grpc_addr: advertised.grpc_addr,
             gossip_addr: config
                 .advertised(SocketAddr::new(config.bind, config.gossip_port))
@@ -763,7 +762,7 @@ impl Node {
         let topology = Topology::new(
             vec![self.self_member()],
             self.config.replication_factor.get(),
-            DEFAULT_VNODES_PER_WEIGHT,
+            self.config.vnodes.get(),
         );
         self.replace_topology(topology);
     }
@@ -1761,6 +1760,20 @@ mod tests {
         config.snapshot.interval = interval;
         let clock = Arc::new(crate::clock::ManualClock::new(1_700_000_000_000));
         (Node::with_clock(config, clock), dir)
+    }
+
+    /// A node alone publishes itself with its configured weight and virtual nodes, as the
+    /// members' gossiped records later do (so the ring does not change when peers arrive).
+    #[tokio::test]
+    async fn a_node_alone_is_in_its_topology_with_its_weight_and_vnodes() {
+        let mut config = Config::for_test();
+        config.weight = std::num::NonZeroU32::new(3).unwrap();
+        config.vnodes = std::num::NonZeroU32::new(32).unwrap();
+        let node = Node::with_clock(config, Arc::new(crate::clock::SystemClock));
+        let topology = node.topology();
+        assert_eq!(topology.members.len(), 1);
+        assert_eq!(topology.members[0].weight, 3);
+        assert_eq!(topology.vnodes_per_weight, 32);
     }
 
     #[tokio::test(start_paused = true)]
