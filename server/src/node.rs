@@ -1826,22 +1826,7 @@ mod tests {
     }
 
     fn view(states: &[(&str, NodeState)], replication: u32) -> ClusterView {
-        let members = states
-            .iter()
-            .map(|(id, state)| Member {
-                node_id: (*id).to_owned(),
-                incarnation: 1,
-                state: *state,
-                weight: 1,
-                grpc_addr: String::new(),
-                gossip_addr: String::new(),
-                http_addr: String::new(),
-                cluster_addr: String::new(),
-                resp_addr: String::new(),
-                zone: None,
-            })
-            .collect();
-        ClusterView::new(Topology::new(members, replication, 64), Quorum::alone())
+        crate::view::test_view(states, replication)
     }
 
     #[test]

@@ -247,28 +247,37 @@ impl Peers {
     }
 }
 
+/// A view of members with the given ids and states (weight 1, no addresses), R = `replication`,
+/// for tests.
+#[cfg(test)]
+pub(crate) fn test_view(states: &[(&str, NodeState)], replication: u32) -> ClusterView {
+    let members = states
+        .iter()
+        .map(|(id, state)| Member {
+            node_id: (*id).to_owned(),
+            incarnation: 1,
+            state: *state,
+            weight: 1,
+            grpc_addr: String::new(),
+            gossip_addr: String::new(),
+            http_addr: String::new(),
+            cluster_addr: String::new(),
+            resp_addr: String::new(),
+            zone: None,
+        })
+        .collect();
+    ClusterView::new(
+        Topology::new(members, replication, 64),
+        crate::known::Quorum::alone(),
+    )
+}
+
 #[cfg(test)]
 mod lease_target_tests {
     use super::*;
-    use crate::known::Quorum;
 
     fn view(states: &[(&str, NodeState)]) -> ClusterView {
-        let members = states
-            .iter()
-            .map(|(id, state)| Member {
-                node_id: (*id).to_owned(),
-                incarnation: 1,
-                state: *state,
-                weight: 1,
-                grpc_addr: String::new(),
-                gossip_addr: String::new(),
-                http_addr: String::new(),
-                cluster_addr: String::new(),
-                resp_addr: String::new(),
-                zone: None,
-            })
-            .collect();
-        ClusterView::new(Topology::new(members, 3, 64), Quorum::alone())
+        test_view(states, 3)
     }
 
     #[test]

@@ -449,7 +449,7 @@ impl Cache for CacheService {
         self.hot(&metadata, &req.key, crate::hotkeys::Access::Read);
         let tracking_id = std::mem::take(&mut req.tracking_id);
         let key = req.key.clone();
-        let mut response = if let Some(reply) = self.get_tracked_here(
+        let mut response = if let Some(reply) = self.get_here(
             &req.key,
             req.consistency,
             was_forwarded(&metadata),
@@ -903,29 +903,10 @@ impl Cache for CacheService {
 /// The keys a single-key write changed: the key if it took effect, none otherwise.
 impl CacheService {
     /// A Get this node answers at once (see [`Self::read_here`]); `None`: the general path.
-    /// `forwarded`: another node sent it here to be served.
+    /// `forwarded`: another node sent it here to be served. A non-zero `tracking_id` (a
+    /// near-cache invalidation stream) tracks the key for that stream before the store is read,
+    /// when the read is served here.
     pub(crate) fn get_here(
-        &self,
-        key: &[u8],
-        consistency: i32,
-        forwarded: bool,
-        arrival: Arrival,
-    ) -> Option<Result<v1::GetResponse, Status>> {
-        if !self.serves(key, forwarded) {
-            return None;
-        }
-        self.read_here(
-            Op::Get,
-            consistency,
-            arrival,
-            |node, now| get_local(node, key, now),
-            |reply| hit_or_miss(reply.found),
-        )
-    }
-
-    /// [`Self::get_here`] for a read that may carry a near-cache tracking id: served at ONE
-    /// here, the key is tracked for that stream before the store is read.
-    pub(crate) fn get_tracked_here(
         &self,
         key: &[u8],
         consistency: i32,
@@ -933,9 +914,6 @@ impl CacheService {
         arrival: Arrival,
         tracking_id: u64,
     ) -> Option<Result<v1::GetResponse, Status>> {
-        if tracking_id == 0 {
-            return self.get_here(key, consistency, forwarded, arrival);
-        }
         if !self.serves(key, forwarded) {
             return None;
         }
@@ -944,7 +922,9 @@ impl CacheService {
             consistency,
             arrival,
             |node, now| {
-                track(node, tracking_id, key);
+                if tracking_id != 0 {
+                    track(node, tracking_id, key);
+                }
                 get_local(node, key, now)
             },
             |reply| hit_or_miss(reply.found),

@@ -208,14 +208,16 @@ impl Session {
             return Some(reply);
         }
         match (get, &args[1..]) {
-            (true, [key]) => match self
-                .cache
-                .get_here(key, self.read_level, false, self.arrival)?
-            {
-                Ok(r) if r.found => Some(Reply::Bulk(r.value)),
-                Ok(_) => Some(Reply::Nil),
-                Err(status) => Some(status_reply(&status)),
-            },
+            (true, [key]) => {
+                match self
+                    .cache
+                    .get_here(key, self.read_level, false, self.arrival, 0)?
+                {
+                    Ok(r) if r.found => Some(Reply::Bulk(r.value)),
+                    Ok(_) => Some(Reply::Nil),
+                    Err(status) => Some(status_reply(&status)),
+                }
+            }
             (false, [key, value, options @ ..]) => self.set_now(key, value, options),
             _ => None,
         }
