@@ -548,21 +548,36 @@ impl Router {
         F: Fn(CacheClient<NodeChannel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
+        self.with_retries(&call, |attempt| {
+            self.attempt_replicas(&call, key, access, &message, &rpc, attempt)
+        })
+        .await
+    }
+
+    /// Runs `attempt` (numbered from 1) until it succeeds, fails in a way that is not retried,
+    /// or `call`'s retries run out (waiting each backoff); records the attempts on the span.
+    /// One call, one deposit in the retry budget.
+    async fn with_retries<T, Fut>(
+        self: &Arc<Self>,
+        call: &Call,
+        mut attempt: impl FnMut(u32) -> Fut,
+    ) -> Result<T, Error>
+    where
+        Fut: Future<Output = Result<T, Failure>>,
+    {
         self.budget.deposit();
-        let mut attempt = 1;
+        let mut number = 1;
         loop {
-            let outcome = self
-                .attempt_replicas(&call, key, access, &message, &rpc, attempt)
-                .await;
-            Span::current().record("attempts", attempt);
+            let outcome = attempt(number).await;
+            Span::current().record("attempts", number);
             let failure = match outcome {
                 Ok(response) => return Ok(response),
                 Err(failure) => failure,
             };
-            if !self.may_retry(&call, failure.class, attempt).await {
+            if !self.may_retry(call, failure.class, number).await {
                 return Err(failure.error);
             }
-            attempt += 1;
+            number += 1;
         }
     }
 
@@ -689,45 +704,30 @@ impl Router {
         F: Fn(CacheClient<NodeChannel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
-        self.budget.deposit();
-        let mut attempt = 1;
-        loop {
+        self.with_retries(&call, |_| async {
             let state = self.snapshot();
             let replicas = state.ring.replicas(key);
-            let outcome = if replicas.is_empty() {
-                self.send_unary(&call, &self.home, message.clone(), &rpc, extra)
-                    .await
-            } else {
-                let mut tried = Tried::default();
-                let mut answer = None;
-                for (node_id, slot) in state.attempt_order(replicas, &self.config.breaker, None) {
-                    match self
-                        .send_unary(&call, slot, message.clone(), &rpc, extra)
-                        .await
-                    {
-                        Ok(response) => {
-                            answer = Some(Ok(response));
-                            break;
-                        }
-                        Err(failure) if !Access::Write.fails_over(failure.class) => {
-                            answer = Some(Err(failure));
-                            break;
-                        }
-                        Err(failure) => tried.push(node_id, slot, failure),
-                    }
-                }
-                answer.unwrap_or_else(|| Err(tried.into_failure("no replica of the key answered")))
-            };
-            Span::current().record("attempts", attempt);
-            let failure = match outcome {
-                Ok(response) => return Ok(response),
-                Err(failure) => failure,
-            };
-            if !self.may_retry(&call, failure.class, attempt).await {
-                return Err(failure.error);
+            if replicas.is_empty() {
+                return self
+                    .send_unary(&call, &self.home, message.clone(), &rpc, extra)
+                    .await;
             }
-            attempt += 1;
-        }
+            let mut tried = Tried::default();
+            for (node_id, slot) in state.attempt_order(replicas, &self.config.breaker, None) {
+                match self
+                    .send_unary(&call, slot, message.clone(), &rpc, extra)
+                    .await
+                {
+                    Ok(response) => return Ok(response),
+                    Err(failure) if !Access::Write.fails_over(failure.class) => {
+                        return Err(failure);
+                    }
+                    Err(failure) => tried.push(node_id, slot, failure),
+                }
+            }
+            Err(tried.into_failure("no replica of the key answered"))
+        })
+        .await
     }
 
     async fn send_unary<Req, Resp, F, Fut>(
