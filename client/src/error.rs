@@ -313,6 +313,12 @@ impl Error {
             Code::Cancelled if is_local_transport_error(status) => {
                 Error::Unavailable(describe(status))
             }
+            // tonic turns an HTTP/2 error of the connection (the node's process died mid-stream:
+            // "h2 protocol error") into INTERNAL with the h2 error as its source: the connection
+            // broke, the node did not answer.
+            Code::Internal if is_local_transport_error(status) => {
+                Error::Unavailable(describe(status))
+            }
             code => Error::Server {
                 // `OK` is never an error status; should a broken peer send one, call it unknown.
                 code: ServerCode::from_grpc(code).unwrap_or(ServerCode::Unknown),
@@ -549,6 +555,23 @@ mod tests {
         assert!(matches!(
             Error::from_status(&not_ready),
             Error::Unavailable(_)
+        ));
+
+        // An HTTP/2 error of the connection itself (the node died mid-stream): INTERNAL with a
+        // source, made here; an INTERNAL a node sends has none and stays a server error.
+        let mut broken = Status::internal("h2 protocol error: http2 error");
+        broken.set_source(std::sync::Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        let error = Error::from_status(&broken);
+        assert!(matches!(&error, Error::Unavailable(_)), "{error:?}");
+        assert!(error.is_retryable());
+        assert!(matches!(
+            Error::from_status(&Status::internal("a bug on the node")),
+            Error::Server {
+                code: ServerCode::Internal,
+                ..
+            }
         ));
     }
 
