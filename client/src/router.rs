@@ -45,7 +45,7 @@ use crate::pipeline::PipelineOp;
 use crate::{
     CircuitBreaker, Error, RetryPolicy,
     breaker::{self, BreakerState, Noted},
-    conn::{self, ConnectConfig, Failure, FailureClass, NodePool},
+    conn::{self, ConnectConfig, Failure, FailureClass, NodePool, Reply},
     observe,
     refresh::{self, FetchError, Refresher},
     retry::{self, Budget, Retry},
@@ -753,26 +753,12 @@ impl Router {
                     class: FailureClass::TimedOut,
                 })?,
         };
-        let pool = slot.pool(&self.config).map_err(|error| {
-            let failure = Failure::not_sent(Error::Unavailable(format!(
-                "cannot open a channel to {}: {error}",
-                slot.addr()
-            )));
-            self.after_failure(slot, failure.class);
-            failure
-        })?;
-        let reply = pool.unary(message, timeout, rpc).await;
-        if let Some(digest) = reply.digest {
-            self.observe_digest(digest, slot);
-        }
-        match &reply.result {
-            Ok(_) => slot.mark_reachable(),
-            Err(failure) => self.after_failure(slot, failure.class),
-        }
-        if let Err(failure) = &reply.result {
+        let reply = self.pool_of(slot)?.unary(message, timeout, rpc).await;
+        let result = self.noted(slot, reply);
+        if let Err(failure) = &result {
             observe::attempt_failed(call.op, failure.class);
         }
-        reply.result
+        result
     }
 
     /// A read of `key` served by the local node (embedded mode): when there is one, it is a
@@ -1092,27 +1078,10 @@ impl Router {
                     class: FailureClass::TimedOut,
                 });
             };
-            let pool = match slot.pool(&self.config) {
-                Ok(pool) => pool,
-                Err(error) => {
-                    let failure = Failure::not_sent(Error::Unavailable(format!(
-                        "cannot open a channel to {}: {error}",
-                        slot.addr()
-                    )));
-                    self.after_failure(slot, failure.class);
-                    return Err(failure);
-                }
-            };
+            let pool = self.pool_of(slot)?;
             let max_batch_bytes = self.part_limits().bytes;
             let reply = pool.call(message, timeout, max_batch_bytes, rpc).await;
-            if let Some(digest) = reply.digest {
-                self.observe_digest(digest, slot);
-            }
-            match &reply.result {
-                Ok(_) => slot.mark_reachable(),
-                Err(failure) => self.after_failure(slot, failure.class),
-            }
-            reply.result
+            self.noted(slot, reply)
         }
         .instrument(span)
         .await;
@@ -1120,6 +1089,31 @@ impl Router {
             observe::attempt_failed(call.op, failure.class);
         }
         result
+    }
+
+    /// The node's connection pool; a node no channel can be made to fails as not sent.
+    fn pool_of(self: &Arc<Self>, slot: &Arc<NodeSlot>) -> Result<Arc<NodePool>, Failure> {
+        slot.pool(&self.config).map_err(|error| {
+            let failure = Failure::not_sent(Error::Unavailable(format!(
+                "cannot open a channel to {}: {error}",
+                slot.addr()
+            )));
+            self.after_failure(slot, failure.class);
+            failure
+        })
+    }
+
+    /// Notes what a reply says about its node (the topology digest it reports, reached or
+    /// failed) and returns its result.
+    fn noted<T>(self: &Arc<Self>, slot: &Arc<NodeSlot>, reply: Reply<T>) -> Result<T, Failure> {
+        if let Some(digest) = reply.digest {
+            self.observe_digest(digest, slot);
+        }
+        match &reply.result {
+            Ok(_) => slot.mark_reachable(),
+            Err(failure) => self.after_failure(slot, failure.class),
+        }
+        reply.result
     }
 
     fn after_failure(self: &Arc<Self>, slot: &Arc<NodeSlot>, class: FailureClass) {
