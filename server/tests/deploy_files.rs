@@ -166,13 +166,19 @@ struct Help {
 }
 
 impl Help {
-    /// TOML keys: every flag but the ones that only make sense on a command line.
+    /// TOML keys: the settings' names, each of which `--help` must list as a flag.
     fn config_keys(&self) -> BTreeSet<String> {
-        self.flags
+        let keys: BTreeSet<String> = ringcache_server::config::settings::NAMES
             .iter()
-            .filter(|f| !["config", "dev-cluster", "help", "version"].contains(&f.as_str()))
-            .map(|f| f.replace('-', "_"))
-            .collect()
+            .map(|name| (*name).to_owned())
+            .collect();
+        for key in &keys {
+            assert!(
+                self.flags.contains(&key.replace('_', "-")),
+                "setting {key} is not in ringcached --help"
+            );
+        }
+        keys
     }
 }
 
@@ -191,7 +197,7 @@ fn help() -> &'static Help {
                     && line.trim_start().starts_with('-')
                     && !flag.is_empty()
                 {
-                    flags.insert(flag.split('=').next().unwrap().to_owned());
+                    flags.insert(flag.split(['=', '[']).next().unwrap().to_owned());
                 }
             }
             if let Some(at) = line.find("[env: ") {

@@ -102,8 +102,8 @@ fn bad_flags_and_config_files_fail_with_one_clear_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_batch_keys"));
 
     for (workers, says) in [
-        ("0", "workers must be at least 1"),
-        ("5000", "workers must be at most 1024, got 5000"),
+        ("0", "workers must be between 1 and 1024, got 0"),
+        ("5000", "workers must be between 1 and 1024, got 5000"),
     ] {
         let out = run(&["--workers", workers]);
         assert_eq!(out.status.code(), Some(1), "--workers {workers}");

@@ -9,7 +9,7 @@ use ringcache::{Client, Error, KeyTtl, SetOptions};
 use ringcache_proto::v1;
 use ringcache_server::Config;
 use ringcache_server::clock::ManualClock;
-use ringcache_server::config::{ByteSize, Cli};
+use ringcache_server::config::{ByteSize, Settings};
 use ringcache_tests::TestNode;
 use tonic::Code;
 
@@ -33,12 +33,12 @@ async fn still_serving(client: &Client) {
     );
 }
 
-fn config_with(cli: Cli) -> Config {
-    let mut config = Config::load(Cli {
+fn config_with(settings: Settings) -> Config {
+    let mut config = Config::from_settings(Settings {
         grpc_port: Some(0),
         http_port: Some(0),
         node_id: Some("e2e".to_owned()),
-        ..cli
+        ..settings
     })
     .unwrap();
     config.store.shards = 8;
@@ -192,12 +192,12 @@ async fn ttl_expiry_follows_the_node_clock() {
 async fn batches_are_split_to_the_nodes_limits() {
     // A node that takes 4 keys per request and 64 KiB messages; it states both with its
     // topology, and the client splits every batch to fit.
-    let node = TestNode::start(config_with(Cli {
+    let node = TestNode::start(config_with(Settings {
         max_batch_keys: Some(4),
         max_key_bytes: Some(ByteSize(1024)),
         max_value_bytes: Some(ByteSize(16 * 1024)),
         max_message_bytes: Some(ByteSize(64 * 1024)),
-        ..Cli::default()
+        ..Settings::default()
     }))
     .await;
     let c = client(&node).await;
@@ -271,11 +271,11 @@ async fn batches_are_split_to_the_nodes_limits() {
 async fn an_mget_whose_answer_is_over_the_message_limit_is_halved_until_it_fits() {
     // 1000 keys per request, but answers of at most 64 KiB: 40 values of 10 KiB do not fit in
     // one answer (the node refuses to encode it), so the client halves the part until they do.
-    let node = TestNode::start(config_with(Cli {
+    let node = TestNode::start(config_with(Settings {
         max_key_bytes: Some(ByteSize(1024)),
         max_value_bytes: Some(ByteSize(16 * 1024)),
         max_message_bytes: Some(ByteSize(64 * 1024)),
-        ..Cli::default()
+        ..Settings::default()
     }))
     .await;
     let c = client(&node).await;
@@ -328,11 +328,11 @@ async fn an_mget_whose_answer_is_over_the_message_limit_is_halved_until_it_fits(
 
 #[tokio::test]
 async fn limits_give_invalid_argument_and_the_node_keeps_serving() {
-    let node = TestNode::start(config_with(Cli {
+    let node = TestNode::start(config_with(Settings {
         max_key_bytes: Some(ByteSize(16)),
         max_value_bytes: Some(ByteSize(1024)),
         max_batch_keys: Some(4),
-        ..Cli::default()
+        ..Settings::default()
     }))
     .await;
     let c = client(&node).await;
@@ -475,10 +475,10 @@ async fn default_limits_accept_a_four_mib_value_and_refuse_more() {
 
 #[tokio::test]
 async fn a_message_over_the_grpc_limit_is_refused_before_it_is_decoded() {
-    let node = TestNode::start(config_with(Cli {
+    let node = TestNode::start(config_with(Settings {
         max_value_bytes: Some(ByteSize(1024)),
         max_message_bytes: Some(ByteSize(64 * 1024)),
-        ..Cli::default()
+        ..Settings::default()
     }))
     .await;
     let mut r = node.raw_cache().await;
@@ -497,10 +497,10 @@ async fn a_message_over_the_grpc_limit_is_refused_before_it_is_decoded() {
 
 #[tokio::test]
 async fn noeviction_reports_memory_full_and_reads_keep_working() {
-    let node = TestNode::start(config_with(Cli {
+    let node = TestNode::start(config_with(Settings {
         max_memory: Some(ByteSize(64 * 1024)),
         eviction_policy: Some(ringcache_server::config::EvictionPolicyArg::Noeviction),
-        ..Cli::default()
+        ..Settings::default()
     }))
     .await;
     let c = client(&node).await;
@@ -531,9 +531,9 @@ async fn noeviction_reports_memory_full_and_reads_keep_working() {
 #[tokio::test]
 async fn eviction_keeps_the_node_under_max_memory() {
     let max = 256 * 1024;
-    let node = TestNode::start(config_with(Cli {
+    let node = TestNode::start(config_with(Settings {
         max_memory: Some(ByteSize(max)),
-        ..Cli::default()
+        ..Settings::default()
     }))
     .await;
     let c = client(&node).await;

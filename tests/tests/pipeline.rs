@@ -12,7 +12,7 @@ use ringcache_proto::v1::{
     pipeline_response::Result as Answer,
 };
 use ringcache_server::Config;
-use ringcache_server::config::{ByteSize, Cli};
+use ringcache_server::config::{ByteSize, Settings};
 use ringcache_tests::TestNode;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,12 +20,12 @@ use tonic::{Code, Streaming};
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
-fn config_with(cli: Cli) -> Config {
-    let mut config = Config::load(Cli {
+fn config_with(settings: Settings) -> Config {
+    let mut config = Config::from_settings(Settings {
         grpc_port: Some(0),
         http_port: Some(0),
         node_id: Some("pipe".to_owned()),
-        ..cli
+        ..settings
     })
     .unwrap();
     config.store.shards = 4;
@@ -102,7 +102,7 @@ fn error_code(answer: &Answer) -> Code {
 
 #[tokio::test]
 async fn every_tagged_request_gets_the_answer_of_its_unary_call() {
-    let node = TestNode::start(config_with(Cli::default())).await;
+    let node = TestNode::start(config_with(Settings::default())).await;
     let (tx, mut inbound) = open(&node).await;
 
     // Requests start in arrival order: the get after the set sees its value.
@@ -211,9 +211,9 @@ async fn every_tagged_request_gets_the_answer_of_its_unary_call() {
 
 #[tokio::test]
 async fn max_batch_keys_bounds_each_request_and_only_an_oversized_batch_ends_the_stream() {
-    let node = TestNode::start(config_with(Cli {
+    let node = TestNode::start(config_with(Settings {
         max_batch_keys: Some(4),
-        ..Cli::default()
+        ..Settings::default()
     }))
     .await;
 
@@ -272,7 +272,7 @@ async fn max_batch_keys_bounds_each_request_and_only_an_oversized_batch_ends_the
 
 #[tokio::test]
 async fn an_open_stream_does_not_hold_up_shutdown() {
-    let node = TestNode::start(config_with(Cli::default())).await;
+    let node = TestNode::start(config_with(Settings::default())).await;
     let client = Client::connect([node.grpc_target()]).await.unwrap();
     client.set("k", "v").await.unwrap();
     let addr = node.grpc_addr;
@@ -302,9 +302,9 @@ async fn an_open_stream_does_not_hold_up_shutdown() {
 /// Runs the same requests with pipelining on and off; both must see the same results.
 #[tokio::test]
 async fn pipelined_and_unary_clients_see_the_same_results_and_errors() {
-    let node = TestNode::start(config_with(Cli {
+    let node = TestNode::start(config_with(Settings {
         max_value_bytes: Some(ByteSize(1024)),
-        ..Cli::default()
+        ..Settings::default()
     }))
     .await;
     for pipelining in [true, false] {
@@ -371,11 +371,11 @@ async fn pipelined_and_unary_clients_see_the_same_results_and_errors() {
 
 #[tokio::test]
 async fn response_batches_stay_within_the_message_limit_and_a_too_large_answer_fails_alone() {
-    let node = TestNode::start(config_with(Cli {
+    let node = TestNode::start(config_with(Settings {
         max_key_bytes: Some(ByteSize(1024)),
         max_value_bytes: Some(ByteSize(16 * 1024)),
         max_message_bytes: Some(ByteSize(64 * 1024)),
-        ..Cli::default()
+        ..Settings::default()
     }))
     .await;
     let client = Client::connect([node.grpc_target()]).await.unwrap();
