@@ -29,9 +29,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use super::Failure;
-use crate::context::Context;
-use crate::peer::{self, PeerError, PeerErrorKind};
 use futures_util::Stream;
 use parking_lot::Mutex;
 use prost::Message as _;
@@ -43,6 +40,10 @@ use ringcache_proto::v1::{
 use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use super::Failure;
+use crate::context::Context;
+use crate::peer::{self, PeerError, PeerErrorKind};
 
 /// How long a peer that answered UNIMPLEMENTED (it does not know the stream) gets unary calls
 /// before a stream is tried again (it may have been upgraded).
@@ -575,8 +576,10 @@ mod tests {
         let error = v1::ReplicaAnswer {
             tag: tb,
             result: Some(Answer::Error(v1::ReplicaError {
-                // FAILED_PRECONDITION, as the replica's handler answers a version it refuses.
-                code: 9,
+                // The wire form of a peer's error carries its gRPC code, as the replica's handler
+                // answers a version it refuses.
+                #[allow(clippy::disallowed_types)]
+                code: tonic::Code::FailedPrecondition as i32,
                 message: "clock drift".to_owned(),
             })),
         };
