@@ -6,7 +6,7 @@
 
 pub mod antientropy;
 // The gRPC services: the one place that builds and reads `tonic::Status` for requests this node
-// serves (the lint is in server/clippy.toml; ARCHITECTURE.md, "Rules").
+// serves (the lint is in server/clippy.toml; ARCHITECTURE.md, "Invariants").
 #[allow(clippy::disallowed_types)]
 pub mod api;
 pub mod auth;
