@@ -62,15 +62,6 @@ impl PeerError {
     pub fn answered(code: i32, message: String) -> Self {
         Self::from(Status::new(Code::from_i32(code), message))
     }
-
-    /// Whether the peer was not reached or did not answer in time (a write for it is kept as a
-    /// hint).
-    pub fn unanswered(&self) -> bool {
-        matches!(
-            self.kind,
-            PeerErrorKind::Unreachable | PeerErrorKind::TimedOut
-        )
-    }
 }
 
 impl fmt::Display for PeerError {
@@ -168,10 +159,6 @@ mod tests {
         for (status, kind) in cases {
             let error = PeerError::from(status.clone());
             assert_eq!(error.kind, kind, "{status:?}");
-            assert_eq!(
-                error.unanswered(),
-                matches!(kind, PeerErrorKind::Unreachable | PeerErrorKind::TimedOut)
-            );
         }
         let error = PeerError::answered(Code::FailedPrecondition as i32, "clock drift".into());
         assert_eq!(error.kind, PeerErrorKind::FailedPrecondition);
