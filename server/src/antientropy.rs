@@ -41,9 +41,10 @@ use parking_lot::Mutex;
 use ringcache_proto::placement::key_hash;
 use ringcache_proto::topology::NodeState;
 use ringcache_proto::v1;
-use tonic::Status;
 
+use crate::api::status::ApiError;
 use crate::context::Context;
+use crate::peer::{self, PeerError};
 use crate::replication::wire::{apply_entry, to_wire};
 use crate::store::{CopyRef, Store};
 use crate::view::ClusterView;
@@ -416,7 +417,7 @@ async fn with_peer(
         let mut client = node
             .peers()
             .internal_client(&addr)
-            .map_err(|s| s.message().to_owned())?;
+            .map_err(|error| error.message)?;
         let mut request = tonic::Request::new(v1::AntiEntropyRequest {
             from_node_id: self_id.clone(),
             topology_digest: view.topology.digest(),
@@ -425,11 +426,10 @@ async fn with_peer(
         });
         // The callee scans its store: give it more than one replica timeout.
         request.set_timeout(timeout * 5);
-        let answer = tokio::time::timeout(timeout * 5, client.anti_entropy(request))
+        let answer = tokio::time::timeout(timeout * 5, peer::call(client.anti_entropy(request)))
             .await
             .map_err(|_| "timed out".to_owned())?
-            .map_err(|s| s.message().to_owned())?
-            .into_inner();
+            .map_err(|error: PeerError| error.message)?;
         if answer.topology_digest != view.topology.digest() {
             return Err("the peer's topology differs; next round".to_owned());
         }
@@ -482,16 +482,15 @@ async fn pull(node: &Arc<Context>, addr: &str, keys: &[Bytes]) -> Result<u64, St
         let mut client = node
             .peers()
             .internal_client(addr)
-            .map_err(|s| s.message().to_owned())?;
+            .map_err(|error| error.message)?;
         let mut request = tonic::Request::new(v1::ReadVersionsRequest {
             keys: chunk.to_vec(),
         });
         request.set_timeout(timeout);
-        let answer = tokio::time::timeout(timeout, client.read_versions(request))
+        let answer = tokio::time::timeout(timeout, peer::call(client.read_versions(request)))
             .await
             .map_err(|_| "timed out".to_owned())?
-            .map_err(|s| s.message().to_owned())?
-            .into_inner();
+            .map_err(|error: PeerError| error.message)?;
         for entry in answer.results.iter().filter_map(|r| r.entry.as_ref()) {
             // A version beyond the drift bound is refused here as everywhere (and counted by
             // the store's caller paths); the rest applies by copy order.
@@ -528,7 +527,7 @@ async fn push(node: &Arc<Context>, addr: &str, keys: &[Bytes]) -> Result<u64, St
 pub async fn answer(
     node: &Context,
     request: v1::AntiEntropyRequest,
-) -> Result<v1::AntiEntropyResponse, Status> {
+) -> Result<v1::AntiEntropyResponse, ApiError> {
     let view = node.view();
     let digest = view.topology.digest();
     let mut response = v1::AntiEntropyResponse {
@@ -539,14 +538,14 @@ pub async fn answer(
         return Ok(response);
     }
     if request.buckets.len() > BUCKETS {
-        return Err(Status::invalid_argument(format!(
+        return Err(ApiError::Invalid(format!(
             "{} buckets, more than {BUCKETS}",
             request.buckets.len()
         )));
     }
     let peer = request.from_node_id;
     if view.topology.member(&peer).is_none() {
-        return Err(Status::failed_precondition(format!(
+        return Err(ApiError::FailedPrecondition(format!(
             "{peer:?} is not a member of this node's topology"
         )));
     }

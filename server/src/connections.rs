@@ -660,7 +660,8 @@ struct Tracked {
 
 impl http_body::Body for Tracked {
     type Data = Bytes;
-    type Error = tonic::Status;
+    // Whatever the gRPC transport's body fails with (the node logic never builds it).
+    type Error = <tonic::body::Body as http_body::Body>::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

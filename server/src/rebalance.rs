@@ -55,10 +55,10 @@ use ringcache_proto::placement::{ReplicaSet, Ring, SLOTS};
 use ringcache_proto::topology::{Member, TopologyError, check_ring_size, check_weight};
 use ringcache_proto::v1;
 use tokio::sync::watch;
-use tokio_stream::StreamExt;
 
 use crate::context::Context;
 use crate::metrics::VersionSource;
+use crate::peer::{self, PeerError};
 use crate::replication::wire::{apply_entry, to_wire};
 use crate::store::{ClockDrift, SlotCursor, StoreError, VersionedItem, charge};
 use crate::view::ClusterView;
@@ -421,7 +421,7 @@ async fn send(
             handoff,
         });
         request.set_timeout(PUSH_TIMEOUT);
-        client.replicate(request).await
+        peer::call(client.replicate(request)).await
     }
     .await;
     match result {
@@ -430,11 +430,10 @@ async fn send(
             stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
             true
         }
-        Err(status) => {
+        Err(error) => {
             stats.fail(format!(
                 "sending {n} entries to {}: {}",
-                target.node_id,
-                status.message()
+                target.node_id, error.message
             ));
             false
         }
@@ -781,6 +780,17 @@ pub async fn run_rebalancer(node: Arc<Context>, retry: Duration) {
     }
 }
 
+/// Why a pull from one member stopped.
+#[derive(Debug, thiserror::Error)]
+enum PullError {
+    /// The call or its stream failed (the message the peer or the transport gave).
+    #[error("{}", .0.message)]
+    Peer(#[from] PeerError),
+    /// This node's store refused an entry for another reason than clock drift.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
 /// Pulls from `members` (the active members gossip shows) the entries this node will hold once
 /// it is in the ring (a joiner, before it turns Active), only those above version `since`
 /// (0: all; a node back from a restart asks for what changed after its snapshot). Returns the
@@ -807,23 +817,20 @@ pub async fn pull_ranges(node: &Context, members: &[Member], since: u64) -> u64 
     let pulls = shares.iter().map(|(member, slots)| async move {
         let result = async {
             let mut client = node.peers().internal_client(&member.cluster_addr)?;
-            let mut stream = client
-                .stream_entries(v1::StreamEntriesRequest {
-                    target_node_id: self_id.clone(),
-                    include_tombstones: true,
-                    max_batch_bytes: 0,
-                    assume_target_in_ring: true,
-                    target_weight: node.config().weight.get(),
-                    slots: slots.clone(),
-                    target_zone: node.config().zone.clone().unwrap_or_default(),
-                    since_version: since,
-                })
-                .await?
-                .into_inner();
+            let mut stream = peer::call(client.stream_entries(v1::StreamEntriesRequest {
+                target_node_id: self_id.clone(),
+                include_tombstones: true,
+                max_batch_bytes: 0,
+                assume_target_in_ring: true,
+                target_weight: node.config().weight.get(),
+                slots: slots.clone(),
+                target_zone: node.config().zone.clone().unwrap_or_default(),
+                since_version: since,
+            }))
+            .await?;
             let mut count = 0u64;
             let peer = format!("{} ({})", member.node_id, member.grpc_addr);
-            while let Some(batch) = stream.next().await {
-                let batch = batch?;
+            while let Some(batch) = peer::next_message(&mut stream).await? {
                 let mut refused = 0;
                 let mut worst: Option<ClockDrift> = None;
                 if batch.flush_floor > node.store().flush_floor() {
@@ -849,7 +856,7 @@ pub async fn pull_ranges(node: &Context, members: &[Member], since: u64) -> u64 
                                 worst = Some(drift);
                             }
                         }
-                        Err(error) => return Err(tonic::Status::from(error)),
+                        Err(error) => return Err(PullError::Store(error)),
                     }
                 }
                 if let Some(drift) = worst {
@@ -861,17 +868,13 @@ pub async fn pull_ranges(node: &Context, members: &[Member], since: u64) -> u64 
                     );
                 }
             }
-            Ok::<u64, tonic::Status>(count)
+            Ok::<u64, PullError>(count)
         }
         .await;
         match result {
             Ok(count) => count,
-            Err(status) => {
-                stats.fail(format!(
-                    "pulling from {}: {}",
-                    member.node_id,
-                    status.message()
-                ));
+            Err(error) => {
+                stats.fail(format!("pulling from {}: {error}", member.node_id));
                 0
             }
         }

@@ -170,9 +170,10 @@ pub async fn check_once(node: &Arc<Context>) {
             let before = node.now_ms();
             let mut request = tonic::Request::new(v1::ClockRequest {});
             request.set_timeout(timeout);
-            let answer = tokio::time::timeout(timeout, client.clock(request)).await;
+            let answer =
+                tokio::time::timeout(timeout, crate::peer::call(client.clock(request))).await;
             let after = node.now_ms();
-            let peer_now = answer.ok()?.ok()?.into_inner().now_ms;
+            let peer_now = answer.ok()?.ok()?.now_ms;
             let local = before / 2 + after / 2;
             Some(i64::try_from(peer_now).ok()? - i64::try_from(local).ok()?)
         });

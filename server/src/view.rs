@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::known::Quorum;
+use crate::peer::{PeerError, PeerErrorKind};
 use crate::tls::PeerTls;
 
 /// How often an idle peer connection is pinged, and how long a ping may go unanswered before
@@ -182,13 +183,14 @@ impl Peers {
     /// The channel to a peer's cluster port `cluster_addr` (`host:port`), created on first use.
     /// Connections are made lazily and re-established by tonic after failures; HTTP/2 keepalive
     /// notices dead ones.
-    pub fn channel(&self, cluster_addr: &str) -> Result<Channel, tonic::Status> {
+    pub fn channel(&self, cluster_addr: &str) -> Result<Channel, PeerError> {
         let mut channels = self.channels.lock();
         if let Some(channel) = channels.get(cluster_addr) {
             return Ok(channel.clone());
         }
         if cluster_addr.is_empty() {
-            return Err(tonic::Status::unavailable(
+            return Err(PeerError::new(
+                PeerErrorKind::Unreachable,
                 "the peer has no cluster address (it serves no cluster port)",
             ));
         }
@@ -196,11 +198,17 @@ impl Peers {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mut endpoint =
             Endpoint::from_shared(format!("{scheme}://{cluster_addr}")).map_err(|e| {
-                tonic::Status::internal(format!("bad peer address {cluster_addr:?}: {e}"))
+                PeerError::new(
+                    PeerErrorKind::Local,
+                    format!("bad peer address {cluster_addr:?}: {e}"),
+                )
             })?;
         if let Some(tls) = tls {
             endpoint = endpoint.tls_config(tls.client_config()).map_err(|e| {
-                tonic::Status::internal(format!("cluster TLS for {cluster_addr:?}: {e}"))
+                PeerError::new(
+                    PeerErrorKind::Local,
+                    format!("cluster TLS for {cluster_addr:?}: {e}"),
+                )
             })?;
         }
         let endpoint = endpoint
@@ -224,7 +232,7 @@ impl Peers {
     }
 
     /// The Cache client for a peer's `cluster_addr`.
-    pub fn cache_client(&self, cluster_addr: &str) -> Result<CacheClient<Channel>, tonic::Status> {
+    pub fn cache_client(&self, cluster_addr: &str) -> Result<CacheClient<Channel>, PeerError> {
         Ok(CacheClient::new(self.channel(cluster_addr)?)
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes))
@@ -234,7 +242,7 @@ impl Peers {
     pub fn internal_client(
         &self,
         cluster_addr: &str,
-    ) -> Result<InternalClient<Channel>, tonic::Status> {
+    ) -> Result<InternalClient<Channel>, PeerError> {
         Ok(InternalClient::new(self.channel(cluster_addr)?)
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes))

@@ -248,6 +248,7 @@ impl Internal for InternalService {
         crate::antientropy::answer(&self.node, request.into_inner())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn flush_through(

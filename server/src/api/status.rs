@@ -5,6 +5,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 use crate::metrics::Outcome;
+use crate::peer::{PeerError, PeerErrorKind};
 use crate::store::StoreError;
 
 /// Why a request failed before or inside the store.
@@ -19,6 +20,10 @@ pub enum ApiError {
     /// This node must not serve it now (its clock is off from the cluster's).
     #[error("{0}")]
     Unavailable(String),
+    /// The request is well formed but the node's state does not allow it (a peer's request
+    /// from a node that is not in this node's topology).
+    #[error("{0}")]
+    FailedPrecondition(String),
 }
 
 /// The `result` label of the request metric for a failed request: the one mapping from errors
@@ -34,6 +39,22 @@ pub(crate) fn outcome_of(status: &Status) -> Outcome {
     }
 }
 
+/// A call to a peer this node could not make or that failed, answered to the caller whose
+/// request needed it (e.g. a forward whose channel cannot be opened).
+impl From<PeerError> for Status {
+    fn from(error: PeerError) -> Self {
+        let code = match error.kind {
+            PeerErrorKind::Unreachable => Code::Unavailable,
+            PeerErrorKind::TimedOut => Code::DeadlineExceeded,
+            PeerErrorKind::FailedPrecondition => Code::FailedPrecondition,
+            PeerErrorKind::Unimplemented => Code::Unimplemented,
+            PeerErrorKind::Refused => Code::Unknown,
+            PeerErrorKind::Local => Code::Internal,
+        };
+        Status::new(code, error.message)
+    }
+}
+
 impl From<StoreError> for Status {
     fn from(error: StoreError) -> Self {
         Status::from(ApiError::Store(error))
@@ -46,6 +67,7 @@ impl From<ApiError> for Status {
         match error {
             ApiError::Invalid(_) => Status::invalid_argument(message),
             ApiError::Unavailable(_) => Status::unavailable(message),
+            ApiError::FailedPrecondition(_) => Status::failed_precondition(message),
             ApiError::Store(e) => match e {
                 StoreError::EmptyKey
                 | StoreError::KeyTooLarge { .. }
@@ -138,6 +160,19 @@ mod tests {
             Status::from(ApiError::Invalid("x".into())).code(),
             Code::InvalidArgument
         );
+        assert_eq!(
+            Status::from(ApiError::FailedPrecondition("x".into())).code(),
+            Code::FailedPrecondition
+        );
+    }
+
+    #[test]
+    fn a_peer_channel_error_keeps_its_code() {
+        let unreachable = Status::from(PeerError::new(PeerErrorKind::Unreachable, "no address"));
+        assert_eq!(unreachable.code(), Code::Unavailable);
+        assert_eq!(unreachable.message(), "no address");
+        let local = Status::from(PeerError::new(PeerErrorKind::Local, "bad peer address"));
+        assert_eq!(local.code(), Code::Internal);
     }
 
     #[test]

@@ -40,10 +40,10 @@ use ringcache_proto::v1::{
 use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status};
 
-use super::{Failure, describe_status};
+use super::Failure;
 use crate::context::Context;
+use crate::peer::{self, PeerError, PeerErrorKind};
 
 /// How long a peer that answered UNIMPLEMENTED (it does not know the stream) gets unary calls
 /// before a stream is tried again (it may have been upgraded).
@@ -298,10 +298,10 @@ impl Link {
                 continue;
             };
             let reply = match answer.result {
-                Some(Answer::Error(error)) => {
-                    let status = Status::new(Code::from_i32(error.code), error.message);
-                    Reply::Failed(failure_of(&status, timeout))
-                }
+                Some(Answer::Error(error)) => Reply::Failed(Failure::of_peer_within(
+                    PeerError::answered(error.code, error.message),
+                    timeout,
+                )),
                 Some(result) => Reply::Answer(result),
                 None => Reply::Failed(Failure::Refused("an answer without a result".to_owned())),
             };
@@ -399,13 +399,16 @@ async fn run(link: Arc<Link>, node: Arc<Context>, addr: String) {
     let links = &node.replicator().links;
     let mut client = match node.peers().internal_client(&addr) {
         Ok(client) => client,
-        Err(status) => {
+        Err(error) => {
             links.ended(&addr, &link, Some(Instant::now() + REOPEN_AFTER));
-            link.close(Some(Failure::Unreachable(describe_status(&status))));
+            link.close(Some(Failure::Unreachable(error.to_string())));
             return;
         }
     };
-    let opening = tokio::time::timeout(timeout, client.replica_stream(Outbound(link.clone())));
+    let opening = tokio::time::timeout(
+        timeout,
+        peer::call(client.replica_stream(Outbound(link.clone()))),
+    );
     let opened = tokio::select! {
         opened = opening => opened,
         () = link.closing.cancelled() => {
@@ -415,14 +418,13 @@ async fn run(link: Arc<Link>, node: Arc<Context>, addr: String) {
         }
     };
     let inbound = match opened {
-        Ok(Ok(response)) => response.into_inner(),
-        Ok(Err(status)) => {
-            let unimplemented = status.code() == Code::Unimplemented;
-            let after = if unimplemented {
+        Ok(Ok(inbound)) => inbound,
+        Ok(Err(error)) => {
+            let after = if error.kind == PeerErrorKind::Unimplemented {
                 tracing::info!(peer = %addr, "the peer does not know Internal.ReplicaStream; replica calls to it are unary");
                 UNARY_RETRY_AFTER
             } else {
-                tracing::debug!(peer = %addr, error = %status, "cannot open a replica stream");
+                tracing::debug!(peer = %addr, %error, "cannot open a replica stream");
                 REOPEN_AFTER
             };
             links.ended(&addr, &link, Some(Instant::now() + after));
@@ -453,7 +455,7 @@ async fn read_answers(
 ) -> Failure {
     loop {
         let message = tokio::select! {
-            message = inbound.message() => message,
+            message = peer::next_message(&mut inbound) => message,
             () = link.closing.cancelled() => {
                 return Failure::Unreachable(
                     "the replica stream was closed: the peer left the topology".to_owned(),
@@ -465,16 +467,8 @@ async fn read_answers(
             Ok(None) => {
                 return Failure::Unreachable("the peer closed the replica stream".to_owned());
             }
-            Err(status) => return failure_of(&status, timeout),
+            Err(error) => return Failure::of_peer_within(error, timeout),
         }
-    }
-}
-
-/// The failure a unary call with this status would have had.
-pub(super) fn failure_of(status: &Status, timeout: Duration) -> Failure {
-    match Failure::of_status(status) {
-        Failure::TimedOut(_) => Failure::TimedOut(timeout),
-        other => other,
     }
 }
 
@@ -582,7 +576,10 @@ mod tests {
         let error = v1::ReplicaAnswer {
             tag: tb,
             result: Some(Answer::Error(v1::ReplicaError {
-                code: Code::FailedPrecondition as i32,
+                // The wire form of a peer's error carries its gRPC code, as the replica's handler
+                // answers a version it refuses.
+                #[allow(clippy::disallowed_types)]
+                code: tonic::Code::FailedPrecondition as i32,
                 message: "clock drift".to_owned(),
             })),
         };
@@ -659,12 +656,12 @@ mod tests {
     #[test]
     fn stream_failures_are_classified_like_unary_calls() {
         let timeout = Duration::from_secs(2);
-        assert!(failure_of(&Status::unavailable("broken pipe"), timeout).hint());
-        assert!(failure_of(&Status::cancelled("reset"), timeout).hint());
+        let failure = |kind| Failure::of_peer_within(PeerError::new(kind, "x"), timeout);
+        assert!(failure(PeerErrorKind::Unreachable).hint());
         assert_eq!(
-            failure_of(&Status::deadline_exceeded(""), timeout).to_string(),
+            failure(PeerErrorKind::TimedOut).to_string(),
             "timed out after 2s"
         );
-        assert!(!failure_of(&Status::resource_exhausted("full"), timeout).hint());
+        assert!(!failure(PeerErrorKind::Refused).hint());
     }
 }

@@ -92,6 +92,7 @@ use ringcache_proto::topology::NodeState;
 use ringcache_proto::v1;
 
 use crate::context::Context;
+use crate::peer::{self, PeerError, PeerErrorKind};
 use crate::store::StoreError;
 use crate::view::ClusterView;
 
@@ -336,14 +337,25 @@ impl Failure {
         matches!(self, Self::TimedOut(_) | Self::Unreachable(_))
     }
 
-    fn of_status(status: &tonic::Status) -> Self {
-        use tonic::Code;
-        let text = describe_status(status);
-        match status.code() {
-            Code::Unavailable | Code::Unknown | Code::Cancelled => Self::Unreachable(text),
-            Code::DeadlineExceeded => Self::TimedOut(Duration::ZERO),
-            Code::FailedPrecondition => Self::ClockDrift(text),
-            _ => Self::Refused(text),
+    /// The failure of a call whose peer answered or broke with `error`.
+    fn of_peer(error: PeerError) -> Self {
+        let text = error.detail;
+        match error.kind {
+            PeerErrorKind::Unreachable => Self::Unreachable(text),
+            PeerErrorKind::TimedOut => Self::TimedOut(Duration::ZERO),
+            PeerErrorKind::FailedPrecondition => Self::ClockDrift(text),
+            PeerErrorKind::Unimplemented | PeerErrorKind::Refused | PeerErrorKind::Local => {
+                Self::Refused(text)
+            }
+        }
+    }
+
+    /// The failure of a call whose peer answered or broke with `error`, a timeout being
+    /// reported as `timeout` (the replica timeout the call's deadline came from).
+    fn of_peer_within(error: PeerError, timeout: Duration) -> Self {
+        match Self::of_peer(error) {
+            Self::TimedOut(_) => Self::TimedOut(timeout),
+            other => other,
         }
     }
 }
@@ -359,51 +371,16 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// A status's message followed by its error sources (where a transport error says what
-/// happened), lower-case where the source is ours. A refused connection, found by the type of
-/// its source (an `io::Error` of kind `ConnectionRefused` somewhere in the chain), is said in
-/// two words: the common case of a replica that is down.
-fn describe_status(status: &tonic::Status) -> String {
-    let mut text = status.message().to_owned();
-    if text.is_empty() {
-        text = format!("{:?}", status.code()).to_lowercase();
-    }
-    let mut source = std::error::Error::source(status);
-    let mut depth = 0;
-    while let Some(error) = source {
-        if error
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
-        {
-            return "connection refused".to_owned();
-        }
-        let part = error.to_string();
-        if !part.is_empty() && !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = error.source();
-        depth += 1;
-        if depth > 8 {
-            break;
-        }
-    }
-    text
-}
-
 /// Runs `call` against one replica until `deadline`; a timeout is reported as `timeout` (the
 /// replica timeout the deadline came from).
 async fn call_replica_until<T>(
     deadline: tokio::time::Instant,
     timeout: Duration,
-    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    call: impl Future<Output = Result<T, PeerError>>,
 ) -> Result<T, Failure> {
     match tokio::time::timeout_at(deadline, call).await {
-        Ok(Ok(response)) => Ok(response.into_inner()),
-        Ok(Err(status)) => Err(match Failure::of_status(&status) {
-            Failure::TimedOut(_) => Failure::TimedOut(timeout),
-            other => other,
-        }),
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(error)) => Err(Failure::of_peer_within(error, timeout)),
         Err(_) => Err(Failure::TimedOut(timeout)),
     }
 }
@@ -460,10 +437,10 @@ async fn unary_replicate(
     let mut client = node
         .peers()
         .internal_client(addr)
-        .map_err(|status| Failure::Unreachable(describe_status(&status)))?;
+        .map_err(|error| Failure::Unreachable(error.to_string()))?;
     let mut request = tonic::Request::new(request);
     request.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
-    call_replica_until(deadline, timeout, client.replicate(request))
+    call_replica_until(deadline, timeout, peer::call(client.replicate(request)))
         .await
         .map(|_| ())
 }
@@ -551,7 +528,7 @@ mod tests {
     }
 
     /// A real call to a closed port: its status carries the refused connection in its source
-    /// chain, which is what `describe_status` reads (not the wording of any message).
+    /// chain, which is what `PeerError` reads (not the wording of any message).
     #[tokio::test]
     async fn a_real_refused_connection_is_recognised_by_type() {
         // Bind, learn the port, close it: nothing listens there now.
@@ -563,11 +540,11 @@ mod tests {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
             .unwrap()
             .connect_lazy();
-        let status = ringcache_proto::v1::internal_client::InternalClient::new(channel)
-            .clock(v1::ClockRequest::default())
+        let mut client = ringcache_proto::v1::internal_client::InternalClient::new(channel);
+        let error = peer::call(client.clock(v1::ClockRequest::default()))
             .await
             .unwrap_err();
-        let failure = Failure::of_status(&status);
+        let failure = Failure::of_peer(error);
         assert!(failure.hint(), "{failure:?}");
         assert_eq!(failure.to_string(), "connection refused");
     }
@@ -575,22 +552,19 @@ mod tests {
     #[test]
     fn only_unreachable_and_slow_replicas_get_hints() {
         assert!(Failure::TimedOut(Duration::from_secs(2)).hint());
-        assert!(Failure::of_status(&tonic::Status::unavailable("down")).hint());
-        assert!(!Failure::of_status(&tonic::Status::resource_exhausted("full")).hint());
-        // A refused connection is recognised by its source's type, however it is worded.
-        let mut refused = tonic::Status::unavailable("tcp connect error");
-        refused.set_source(std::sync::Arc::new(std::io::Error::from(
-            std::io::ErrorKind::ConnectionRefused,
-        )));
+        let peer = |kind, text: &str| Failure::of_peer(PeerError::new(kind, text));
+        assert!(peer(PeerErrorKind::Unreachable, "down").hint());
+        assert!(peer(PeerErrorKind::TimedOut, "").hint());
+        assert!(!peer(PeerErrorKind::Refused, "full").hint());
+        assert!(!peer(PeerErrorKind::FailedPrecondition, "clock drift").hint());
+        assert!(!peer(PeerErrorKind::Unimplemented, "old").hint());
         assert_eq!(
-            Failure::of_status(&refused).to_string(),
-            "connection refused"
-        );
-        // A message that only says so is kept as it is.
-        let worded = tonic::Status::unavailable("tcp connect error: Connection refused");
-        assert_eq!(
-            Failure::of_status(&worded).to_string(),
-            "tcp connect error: Connection refused"
+            Failure::of_peer_within(
+                PeerError::new(PeerErrorKind::TimedOut, ""),
+                Duration::from_secs(2)
+            )
+            .to_string(),
+            "timed out after 2s"
         );
     }
 }

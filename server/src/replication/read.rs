@@ -22,10 +22,11 @@ use tokio::time::Instant;
 use super::batch::{self, Outcome, Part, Transport as _};
 use super::link::Routed;
 use super::wire::to_wire;
+use super::write;
 use super::{Consistency, Failure, ReplicationError, call_replica_until, describe_shortfall};
-use super::{describe_status, write};
 use crate::context::Context;
 use crate::metrics::{ReplicaCall, VersionSource};
+use crate::peer;
 use crate::store::{ClockDrift, VersionedItem, copy_order};
 
 /// Winners per key, in request order: the newest copy among the answers, `None` if no replica
@@ -430,10 +431,10 @@ async fn read_versions(
     let mut client = node
         .peers()
         .internal_client(addr)
-        .map_err(|status| Failure::Unreachable(describe_status(&status)))?;
+        .map_err(|error| Failure::Unreachable(error.to_string()))?;
     let mut request = tonic::Request::new(request);
     request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-    call_replica_until(deadline, timeout, client.read_versions(request))
+    call_replica_until(deadline, timeout, peer::call(client.read_versions(request)))
         .await
         .map(|response| response.results)
 }

@@ -9,13 +9,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ringcache_proto::v1::{self, cache_server::Cache};
-use tonic::{Code, Request, Status};
+use tonic::Request;
 
 use super::client::{Conn, Registry};
 use super::cluster;
 use super::introspect;
 use super::keyspace;
 use super::parse::Command;
+use super::refusal::status_reply;
 use super::reply::Reply;
 use super::table;
 use crate::api::{Arrival, CacheService};
@@ -77,19 +78,6 @@ pub(super) fn not_an_integer() -> Reply {
 
 pub(super) fn syntax_error() -> Reply {
     Reply::err("syntax error")
-}
-
-/// Redis's reply to a failed request.
-pub(super) fn status_reply(status: &Status) -> Reply {
-    let message = status.message();
-    match status.code() {
-        Code::InvalidArgument if message.contains("integer") => not_an_integer(),
-        Code::OutOfRange => Reply::err("increment or decrement would overflow"),
-        Code::ResourceExhausted => {
-            Reply::Error("OOM command not allowed when used memory > 'maxmemory'.".to_owned())
-        }
-        _ => Reply::err(message),
-    }
 }
 
 pub(crate) fn integer(arg: &[u8]) -> Option<i64> {

@@ -178,12 +178,13 @@ pub async fn flush(node: &Arc<Node>, name: &str, rest: &[Bytes]) -> Reply {
         let id = member.node_id.clone();
         let client = node.peers().internal_client(&member.cluster_addr);
         crate::logging::spawn_in(&mut calls, async move {
-            let mut client = client.map_err(|status| (id.clone(), status.message().to_owned()))?;
+            let mut client = client.map_err(|error| (id.clone(), error.message))?;
             let mut request = tonic::Request::new(v1::FlushThroughRequest { version });
             request.set_timeout(timeout);
-            match tokio::time::timeout(timeout, client.flush_through(request)).await {
+            let call = crate::peer::call(client.flush_through(request));
+            match tokio::time::timeout(timeout, call).await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(status)) => Err((id, status.message().to_owned())),
+                Ok(Err(error)) => Err((id, error.message)),
                 Err(_) => Err((id, format!("no answer within {timeout:?}"))),
             }
         });

@@ -13,18 +13,11 @@
 
 use bytes::Bytes;
 use ringcache_proto::v1::{self, cache_server::Cache};
-use tonic::{Code, Request, Status};
+use tonic::Request;
 
-use super::commands::{Session, integer, not_an_integer, status_reply, syntax_error, wrong_arity};
+use super::commands::{Session, integer, not_an_integer, syntax_error, wrong_arity};
+use super::refusal::{lease_reply, status_reply};
 use super::reply::Reply;
-
-/// A lease error keeps its own message (which limit was hit), not Redis's OOM text.
-fn lease_status_reply(status: &Status) -> Reply {
-    if status.code() == Code::ResourceExhausted && status.message().contains("lease") {
-        return Reply::err(status.message());
-    }
-    status_reply(status)
-}
 
 /// A positive integer argument in milliseconds, or the reply refusing it.
 fn positive(arg: &[u8], what: &str) -> Result<u64, Reply> {
@@ -73,7 +66,7 @@ impl Session {
                 };
                 Reply::Array(vec![Reply::bulk(kind), value, token])
             }
-            Err(status) => lease_status_reply(&status),
+            Err(status) => lease_reply(&status),
         }
     }
 

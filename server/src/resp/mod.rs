@@ -18,6 +18,7 @@
 //! - `client`: connection state, the registry of open connections, `AUTH`, `HELLO`, `RESET`,
 //!   `CLIENT`;
 //! - `introspect`: `COMMAND`, `INFO`, `TIME`;
+//! - `refusal`: Redis's replies to the refusals of the `Cache` service (its `tonic::Status`);
 //! - `server`: the accept loop (caps, TLS, timeouts) and the per-connection read–run–reply loop.
 
 pub mod client;
@@ -29,6 +30,10 @@ pub mod introspect;
 pub mod keyspace;
 mod lease;
 pub mod parse;
+// RESP adapts the gRPC `Cache` service in-process: this module alone reads the `tonic::Status`
+// its handlers refuse a command with, and turns it into Redis's reply.
+#[allow(clippy::disallowed_types)]
+mod refusal;
 pub mod reply;
 pub mod server;
 mod strings;

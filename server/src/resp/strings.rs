@@ -10,9 +10,10 @@
 
 use bytes::Bytes;
 use ringcache_proto::v1::{self, cache_server::Cache, update_request::Op as UpdateOp};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response};
 
-use super::commands::{Session, integer, not_an_integer, status_reply, syntax_error, wrong_arity};
+use super::commands::{Session, integer, not_an_integer, syntax_error, wrong_arity};
+use super::refusal::{Refused, status_reply};
 use super::reply::Reply;
 
 /// The commands this module answers (lower case).
@@ -43,28 +44,6 @@ pub(super) fn handles(name: &str) -> bool {
 
 fn invalid_expire(command: &str) -> Reply {
     Reply::err(format!("invalid expire time in '{command}' command"))
-}
-
-/// A value that would outgrow `--max-value-bytes`: Redis's text for its 512 MB limit, with ours.
-fn too_large(status: &Status) -> Reply {
-    if status.code() == Code::InvalidArgument && status.message().contains("max_value_bytes") {
-        return Reply::err(format!(
-            "string exceeds maximum allowed size ({})",
-            status.message()
-        ));
-    }
-    status_reply(status)
-}
-
-/// INCRBYFLOAT's errors.
-fn float_reply(status: &Status) -> Reply {
-    match status.code() {
-        Code::InvalidArgument if status.message().contains("valid float") => {
-            Reply::err("value is not a valid float")
-        }
-        Code::OutOfRange => Reply::err("increment would produce NaN or Infinity"),
-        _ => too_large(status),
-    }
 }
 
 /// A TTL argument in milliseconds, from `arg` in `unit` ms; `Err` with Redis's reply when it is
@@ -183,7 +162,7 @@ impl Session {
                     }),
                 )
                 .await
-                .map_or_else(|s| too_large(&s), |r| length(r.length)),
+                .map_or_else(|refused| refused.too_large(), |r| length(r.length)),
             ("strlen", [key]) => match self.read(key).await {
                 Ok(value) => length(value.map_or(0, |v| v.len() as u64)),
                 Err(reply) => reply,
@@ -200,7 +179,7 @@ impl Session {
             ("type", [key]) => match self.ttl_of(key).await {
                 Ok(r) if r.found => Reply::Simple("string"),
                 Ok(_) => Reply::Simple("none"),
-                Err(status) => status_reply(&status),
+                Err(refused) => refused.reply(),
             },
             _ => wrong_arity(name),
         }
@@ -221,7 +200,7 @@ impl Session {
         }
     }
 
-    async fn ttl_of(&self, key: &Bytes) -> Result<v1::TtlResponse, Status> {
+    async fn ttl_of(&self, key: &Bytes) -> Result<v1::TtlResponse, Refused> {
         let request = v1::TtlRequest {
             key: key.clone(),
             consistency: self.read_level,
@@ -229,7 +208,7 @@ impl Session {
         Ok(self.cache.ttl(Request::new(request)).await?.into_inner())
     }
 
-    async fn update(&self, key: &Bytes, op: UpdateOp) -> Result<v1::UpdateResponse, Status> {
+    async fn update(&self, key: &Bytes, op: UpdateOp) -> Result<v1::UpdateResponse, Refused> {
         let request = v1::UpdateRequest {
             key: key.clone(),
             consistency: self.write_level,
@@ -252,7 +231,8 @@ impl Session {
             self.cache
                 .set(Request::new(request))
                 .await
-                .map(Response::into_inner),
+                .map(Response::into_inner)
+                .map_err(Refused::from),
         )
     }
 
@@ -263,7 +243,8 @@ impl Session {
             Ok(parsed) => parsed,
             Err(reply) => return Some(reply),
         };
-        Some(set_reply(get, self.cache.set_here(&request, self.arrival)?))
+        let result = self.cache.set_here(&request, self.arrival)?;
+        Some(set_reply(get, result.map_err(Refused::from)))
     }
 
     /// The Set request of `SET key value [options]`, and whether it asked for the old value
@@ -369,7 +350,7 @@ impl Session {
         match self.update(key, op).await {
             Ok(r) if r.found => Reply::Bulk(r.value),
             Ok(_) => Reply::Nil,
-            Err(status) => status_reply(&status),
+            Err(refused) => refused.reply(),
         }
     }
 
@@ -411,7 +392,7 @@ impl Session {
         });
         self.update(key, op)
             .await
-            .map_or_else(|s| too_large(&s), |r| length(r.length))
+            .map_or_else(|refused| refused.too_large(), |r| length(r.length))
     }
 
     async fn incr_by_float(&self, key: &Bytes, delta: &[u8]) -> Reply {
@@ -421,7 +402,7 @@ impl Session {
         let op = UpdateOp::IncrByFloat(v1::IncrByFloatOp { delta });
         match self.update(key, op).await {
             Ok(r) => Reply::Bulk(r.value),
-            Err(status) => float_reply(&status),
+            Err(refused) => refused.float(),
         }
     }
 
@@ -508,7 +489,7 @@ impl Session {
                     Reply::Integer(i64::try_from(at).unwrap_or(i64::MAX))
                 }
             },
-            Err(status) => status_reply(&status),
+            Err(refused) => refused.reply(),
         }
     }
 }
@@ -542,14 +523,14 @@ fn range(len: usize, start: i64, end: i64) -> Option<(usize, usize)> {
 
 /// SET's reply: the old value with `GET`, else OK when stored and nil when a condition
 /// (`NX`/`XX`) was not met.
-fn set_reply(get: bool, result: Result<v1::SetResponse, Status>) -> Reply {
+fn set_reply(get: bool, result: Result<v1::SetResponse, Refused>) -> Reply {
     match result {
         Ok(r) => match (get, r.stored) {
             (true, _) => r.previous.map_or(Reply::Nil, Reply::Bulk),
             (false, true) => Reply::OK,
             (false, false) => Reply::Nil,
         },
-        Err(status) => status_reply(&status),
+        Err(refused) => refused.reply(),
     }
 }
 
