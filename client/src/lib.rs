@@ -47,7 +47,8 @@
 //!   like are never repeated once they may have run.
 //! - **Metrics** through the [`metrics`](https://docs.rs/metrics) facade (requests by operation
 //!   and outcome, latency, attempt failures, failovers, retries, batch parts, topology
-//!   refreshes, pools and streams; all named `ringcache_client_*`), and **tracing spans**
+//!   refreshes, pools and streams; all named `ringcache_client_*` and listed in
+//!   [`metrics_catalog`]), and **tracing spans**
 //!   `ringcache.request` (operation, the key's hash slot and hash, never the key; the node that
 //!   answered; attempts; outcome) with a `ringcache.attempt` span per node tried.
 //! - **No transport type in the API**: errors carry [`ServerCode`], not a gRPC library's code;
