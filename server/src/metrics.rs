@@ -65,7 +65,7 @@ impl Op {
         Op::GetOrLease,
     ];
 
-    /// Every `op` label value, in the order of [`Op::ALL`].
+    /// Every `op` label value, in the order of `Op::ALL`.
     pub const LABELS: [&'static str; 16] = [
         "get",
         "set",
@@ -135,7 +135,7 @@ impl Outcome {
         Outcome::Error,
     ];
 
-    /// Every `result` label value, in the order of [`Outcome::ALL`].
+    /// Every `result` label value, in the order of `Outcome::ALL`.
     pub const LABELS: [&'static str; 6] = [
         "ok",
         "miss",

@@ -1,10 +1,10 @@
 //! The catalog of a node's metrics: every `ringcache_*` family, declared once.
 //!
-//! Each entry of the [`catalog!`] invocation below gives a family's handle name, type, Prometheus
+//! Each entry of the `catalog!` invocation below gives a family's handle name, type, Prometheus
 //! name, unit, labels (with their values where those are a closed set) and help text. The macro
 //! makes one typed static per entry ([`Def<CounterKind>`], [`Def<GaugeKind>`] or
 //! [`Def<HistogramKind>`]) and the list [`CATALOG`] of all of them. `Metrics::new` describes every
-//! family by walking [`CATALOG`] and creates its handles through a [`Registrar`], which takes only
+//! family by walking [`CATALOG`] and creates its handles through a `Registrar`, which takes only
 //! these statics: a handle of the wrong type does not compile, and a handle of a family not in
 //! [`CATALOG`] cannot be made (a `Def` is only made here, and the registrar checks it is listed).
 //!
@@ -103,7 +103,7 @@ pub struct GaugeKind;
 pub struct HistogramKind;
 
 /// A catalog entry typed by its kind, so handles of the wrong type cannot be registered. Made only
-/// by [`catalog!`].
+/// by `catalog!`.
 #[derive(Debug)]
 pub struct Def<K> {
     /// The entry.
