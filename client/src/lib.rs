@@ -47,7 +47,8 @@
 //!   like are never repeated once they may have run.
 //! - **Metrics** through the [`metrics`](https://docs.rs/metrics) facade (requests by operation
 //!   and outcome, latency, attempt failures, failovers, retries, batch parts, topology
-//!   refreshes, pools and streams; all named `ringcache_client_*`), and **tracing spans**
+//!   refreshes, pools and streams; all named `ringcache_client_*` and listed in
+//!   [`metrics_catalog`]), and **tracing spans**
 //!   `ringcache.request` (operation, the key's hash slot and hash, never the key; the node that
 //!   answered; attempts; outcome) with a `ringcache.attempt` span per node tried.
 //! - **No transport type in the API**: errors carry [`ServerCode`], not a gRPC library's code;
@@ -98,6 +99,8 @@ pub use near::{
     DEFAULT_NEAR_MAX_BYTES, DEFAULT_NEAR_MAX_ENTRIES, DEFAULT_NEAR_TTL, MAX_NEAR_ENTRIES,
     MAX_NEAR_TTL, NEAR_ENTRY_OVERHEAD, NEAR_STREAM_RETRY, NearCacheOptions, NearCacheStats,
 };
+/// The catalog of the client's metrics (`ringcache_client_*`): name, type, unit, labels, help.
+pub use observe::catalog as metrics_catalog;
 pub use options::{
     CallOptions, Consistency, Entry, GetExpiry, KeyTtl, RetryBudget, RetryPolicy, SetCondition,
     SetOptions, SetOutcome,

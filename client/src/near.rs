@@ -611,19 +611,19 @@ mod tests {
                 .map(|(.., value)| value)
         };
         assert_eq!(
-            value(observe::names::NEAR_HITS),
+            value(observe::catalog::NEAR_HITS.name),
             Some(&DebugValue::Counter(2))
         );
         assert_eq!(
-            value(observe::names::NEAR_MISSES),
+            value(observe::catalog::NEAR_MISSES.name),
             Some(&DebugValue::Counter(1))
         );
         assert_eq!(
-            value(observe::names::NEAR_FLUSHES),
+            value(observe::catalog::NEAR_FLUSHES.name),
             Some(&DebugValue::Counter(1))
         );
-        assert!(value(observe::names::NEAR_ENTRIES).is_some());
-        assert!(value(observe::names::NEAR_BYTES).is_some());
+        assert!(value(observe::catalog::NEAR_ENTRIES.name).is_some());
+        assert!(value(observe::catalog::NEAR_BYTES.name).is_some());
     }
 
     #[test]

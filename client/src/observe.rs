@@ -3,31 +3,8 @@
 //! **Metrics** go to whatever recorder the application installed (none: they cost a branch).
 //! They are process-wide, like the facade: several clients in one process add up.
 //!
-//! | Metric | Kind | Labels | What |
-//! |---|---|---|---|
-//! | `ringcache_client_requests_total` | counter | `op`, `outcome` | calls, by operation and outcome (`ok` or the error kind, [`Error::kind`]) |
-//! | `ringcache_client_request_duration_seconds` | histogram | `op` | time of each call, retries and failover included |
-//! | `ringcache_client_attempt_failures_total` | counter | `op`, `class` | failed attempts on one node: `not_sent`, `broken`, `node_unavailable`, `timed_out`, `answered` |
-//! | `ringcache_client_failovers_total` | counter | `op` | attempts moved on to a key's next replica |
-//! | `ringcache_client_retries_total` | counter | `op` | retries made after a backoff |
-//! | `ringcache_client_retries_denied_total` | counter | `op`, `reason` | retries not made: `budget` (retry budget empty), `deadline` (the call's deadline would pass) |
-//! | `ringcache_client_batch_parts_total` | counter | `op` | requests batches were split into (by node and by the nodes' limits) |
-//! | `ringcache_client_topology_refreshes_total` | counter | `result` | topology fetches (`ok`, `error`), triggered or explicit |
-//! | `ringcache_client_topology_changes_total` | counter | | new topologies routed by (fetched or watched) |
-//! | `ringcache_client_topology_watch_restarts_total` | counter | | topology watch streams that ended and were reopened |
-//! | `ringcache_client_node_pools` | gauge | | nodes with an open connection pool |
-//! | `ringcache_client_connections` | gauge | | pooled HTTP/2 connections (channels) |
-//! | `ringcache_client_pipeline_streams` | gauge | | open pipelined streams |
-//! | `ringcache_client_nodes_marked_unreachable_total` | counter | | times a node's circuit breaker opened (it is tried after the other replicas for a while) |
-//! | `ringcache_client_near_cache_hits_total` | counter | | reads answered from the near cache ([`NearCacheOptions`](crate::NearCacheOptions)) |
-//! | `ringcache_client_near_cache_misses_total` | counter | | near-cache reads that went to a node |
-//! | `ringcache_client_near_cache_invalidations_total` | counter | | keys the nodes invalidated |
-//! | `ringcache_client_near_cache_flushes_total` | counter | `reason` | times the near cache was emptied: `stream` (an invalidation stream ended), `topology` (the topology changed), `node` (a node said so: flush, cluster-wide flush) |
-//! | `ringcache_client_near_cache_entries` | gauge | | entries in the near cache (the last client to change it) |
-//! | `ringcache_client_near_cache_bytes` | gauge | | bytes charged in the near cache, each entry at least `max_bytes / max_entries` (the last client to change it) |
-//! | `ringcache_client_near_cache_streams` | gauge | | live invalidation streams |
-//! | `ringcache_client_spread_reads_total` | counter | | ONE reads of hot keys sent to the key's replicas in turn instead of its primary |
-//! | `ringcache_client_local_reads_total` | counter | | ONE reads served by the process's own embedded node, without a network request |
+//! Every metric is declared once, in [`catalog`] (public as [`crate::metrics_catalog`]): name,
+//! type, unit, labels and help. The repository's `docs/METRICS.md` is generated from it.
 //!
 //! **Spans**: every call runs in an INFO span `ringcache.request` (target `ringcache::request`)
 //! with `op`, the key's hash slot `key_slot` and 64-bit `key_hash` (single-key calls) or the
@@ -40,112 +17,262 @@
 
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram};
 use tracing::{Span, field::Empty};
 
 use crate::{Error, conn::FailureClass};
 
-/// Names of the metrics (see the module documentation).
-pub(crate) mod names {
-    pub(crate) const REQUESTS: &str = "ringcache_client_requests_total";
-    pub(crate) const DURATION: &str = "ringcache_client_request_duration_seconds";
-    pub(crate) const ATTEMPT_FAILURES: &str = "ringcache_client_attempt_failures_total";
-    pub(crate) const FAILOVERS: &str = "ringcache_client_failovers_total";
-    pub(crate) const RETRIES: &str = "ringcache_client_retries_total";
-    pub(crate) const RETRIES_DENIED: &str = "ringcache_client_retries_denied_total";
-    pub(crate) const BATCH_PARTS: &str = "ringcache_client_batch_parts_total";
-    pub(crate) const REFRESHES: &str = "ringcache_client_topology_refreshes_total";
-    pub(crate) const TOPOLOGY_CHANGES: &str = "ringcache_client_topology_changes_total";
-    pub(crate) const WATCH_RESTARTS: &str = "ringcache_client_topology_watch_restarts_total";
-    pub(crate) const NODE_POOLS: &str = "ringcache_client_node_pools";
-    pub(crate) const CONNECTIONS: &str = "ringcache_client_connections";
-    pub(crate) const PIPELINE_STREAMS: &str = "ringcache_client_pipeline_streams";
-    pub(crate) const UNREACHABLE: &str = "ringcache_client_nodes_marked_unreachable_total";
-    pub(crate) const NEAR_HITS: &str = "ringcache_client_near_cache_hits_total";
-    pub(crate) const NEAR_MISSES: &str = "ringcache_client_near_cache_misses_total";
-    pub(crate) const NEAR_INVALIDATIONS: &str = "ringcache_client_near_cache_invalidations_total";
-    pub(crate) const NEAR_FLUSHES: &str = "ringcache_client_near_cache_flushes_total";
-    pub(crate) const NEAR_ENTRIES: &str = "ringcache_client_near_cache_entries";
-    pub(crate) const NEAR_BYTES: &str = "ringcache_client_near_cache_bytes";
-    pub(crate) const NEAR_STREAMS: &str = "ringcache_client_near_cache_streams";
-    pub(crate) const SPREAD_READS: &str = "ringcache_client_spread_reads_total";
-    pub(crate) const LOCAL_READS: &str = "ringcache_client_local_reads_total";
+/// The catalog of the client's metrics.
+pub mod catalog {
+    use std::marker::PhantomData;
+
+    pub use metrics::Unit;
+
+    /// A metric's Prometheus type.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Kind {
+        /// Only goes up.
+        Counter,
+        /// Goes up and down.
+        Gauge,
+        /// Samples in buckets.
+        Histogram,
+    }
+
+    impl Kind {
+        /// The name in a Prometheus `# TYPE` line.
+        pub fn as_str(self) -> &'static str {
+            match self {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+                Kind::Histogram => "histogram",
+            }
+        }
+    }
+
+    /// The values of a label.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Values {
+        /// Exactly these.
+        Closed(&'static [&'static str]),
+        /// A bounded set described in words.
+        Open(&'static str),
+    }
+
+    /// A label of a metric.
+    #[derive(Debug, Clone, Copy)]
+    pub struct LabelDef {
+        /// The label name.
+        pub name: &'static str,
+        /// Its values.
+        pub values: Values,
+    }
+
+    const fn closed(name: &'static str, values: &'static [&'static str]) -> LabelDef {
+        LabelDef {
+            name,
+            values: Values::Closed(values),
+        }
+    }
+
+    const fn open(name: &'static str, what: &'static str) -> LabelDef {
+        LabelDef {
+            name,
+            values: Values::Open(what),
+        }
+    }
+
+    /// One metric of the client.
+    #[derive(Debug)]
+    pub struct MetricDef {
+        /// The name (`ringcache_client_*`).
+        pub name: &'static str,
+        /// Its type.
+        pub kind: Kind,
+        /// Its unit, if any.
+        pub unit: Option<Unit>,
+        /// Its labels.
+        pub labels: &'static [LabelDef],
+        /// What it counts.
+        pub help: &'static str,
+    }
+
+    /// Marks a counter's [`Def`].
+    #[derive(Debug)]
+    pub struct CounterKind;
+    /// Marks a gauge's [`Def`].
+    #[derive(Debug)]
+    pub struct GaugeKind;
+    /// Marks a histogram's [`Def`].
+    #[derive(Debug)]
+    pub struct HistogramKind;
+
+    /// A catalog entry typed by its kind (handles of another type do not compile).
+    #[derive(Debug)]
+    pub struct Def<K> {
+        /// The entry.
+        pub def: MetricDef,
+        kind: PhantomData<K>,
+    }
+
+    impl<K> Def<K> {
+        const fn new(def: MetricDef) -> Self {
+            Def {
+                def,
+                kind: PhantomData,
+            }
+        }
+    }
+
+    impl<K> std::ops::Deref for Def<K> {
+        type Target = MetricDef;
+        fn deref(&self) -> &MetricDef {
+            &self.def
+        }
+    }
+
+    macro_rules! catalog {
+        (@kind counter) => { CounterKind };
+        (@kind gauge) => { GaugeKind };
+        (@kind histogram) => { HistogramKind };
+        (@Kind counter) => { Kind::Counter };
+        (@Kind gauge) => { Kind::Gauge };
+        (@Kind histogram) => { Kind::Histogram };
+        (@unit none) => { None };
+        (@unit $unit:ident) => { Some(Unit::$unit) };
+        ($(
+            $ident:ident: $kind:ident $name:literal, $unit:ident, [$($label:expr),* $(,)?],
+                $help:expr;
+        )*) => {
+            $(
+                #[doc = concat!("`", $name, "`")]
+                pub static $ident: Def<catalog!(@kind $kind)> = Def::new(MetricDef {
+                    name: $name,
+                    kind: catalog!(@Kind $kind),
+                    unit: catalog!(@unit $unit),
+                    labels: &[$($label),*],
+                    help: $help,
+                });
+            )*
+            /// Every metric of the client, in declaration order.
+            pub static CATALOG: &[&MetricDef] = &[$(&$ident.def),*];
+        };
+    }
+
+    const OP: LabelDef = open("op", "the client method (get, set, mget, ...)");
+    /// Failure classes of `ringcache_client_attempt_failures_total`.
+    pub const FAILURE_CLASSES: [&str; 5] = [
+        "not_sent",
+        "broken",
+        "node_unavailable",
+        "timed_out",
+        "answered",
+    ];
+
+    catalog! {
+        REQUESTS: counter "ringcache_client_requests_total", Count,
+            [OP, open("outcome", "ok, or the error kind (Error::kind: invalid_argument, unavailable, timeout, ...)")],
+            "Calls of the ringcache client, by operation and outcome";
+        DURATION: histogram "ringcache_client_request_duration_seconds", Seconds, [OP],
+            "Time of each ringcache client call, retries and failover included";
+        ATTEMPT_FAILURES: counter "ringcache_client_attempt_failures_total", Count,
+            [OP, closed("class", &FAILURE_CLASSES)],
+            "Failed attempts of ringcache client calls on one node, by failure class";
+        FAILOVERS: counter "ringcache_client_failovers_total", Count, [OP],
+            "Attempts moved on to a key's next replica";
+        RETRIES: counter "ringcache_client_retries_total", Count, [OP],
+            "Retries of ringcache client calls after a backoff";
+        RETRIES_DENIED: counter "ringcache_client_retries_denied_total", Count,
+            [OP, closed("reason", &["budget", "deadline"])],
+            "Retries not made: budget (the retry budget was empty) or deadline (the call's deadline would pass)";
+        BATCH_PARTS: counter "ringcache_client_batch_parts_total", Count, [OP],
+            "Requests that multi-key calls were split into (by node and node limits)";
+        REFRESHES: counter "ringcache_client_topology_refreshes_total", Count,
+            [closed("result", &["ok", "error"])],
+            "Topology fetches of the ringcache client (triggered or explicit), by result";
+        TOPOLOGY_CHANGES: counter "ringcache_client_topology_changes_total", Count, [],
+            "New topologies the ringcache client routes by (fetched or watched)";
+        WATCH_RESTARTS: counter "ringcache_client_topology_watch_restarts_total", Count, [],
+            "Topology watch streams that ended and were reopened";
+        NODE_POOLS: gauge "ringcache_client_node_pools", Count, [],
+            "Nodes with an open connection pool";
+        CONNECTIONS: gauge "ringcache_client_connections", Count, [],
+            "Pooled HTTP/2 connections (channels) to nodes";
+        PIPELINE_STREAMS: gauge "ringcache_client_pipeline_streams", Count, [],
+            "Open pipelined request streams";
+        UNREACHABLE: counter "ringcache_client_nodes_marked_unreachable_total", Count, [],
+            "Times a node's circuit breaker opened: it is tried after the other replicas for a while";
+        NEAR_HITS: counter "ringcache_client_near_cache_hits_total", Count, [],
+            "Reads answered from the client's near cache";
+        NEAR_MISSES: counter "ringcache_client_near_cache_misses_total", Count, [],
+            "Near-cache reads that went to a node";
+        NEAR_INVALIDATIONS: counter "ringcache_client_near_cache_invalidations_total", Count, [],
+            "Near-cache keys invalidated by the nodes";
+        NEAR_FLUSHES: counter "ringcache_client_near_cache_flushes_total", Count,
+            [closed("reason", &["stream", "topology", "node"])],
+            "Times the near cache was emptied, by reason: stream (an invalidation stream ended), topology (the topology changed), node (a node said so: flush, cluster-wide flush)";
+        NEAR_ENTRIES: gauge "ringcache_client_near_cache_entries", Count, [],
+            "Entries in the near cache (the last client to change it)";
+        NEAR_BYTES: gauge "ringcache_client_near_cache_bytes", Bytes, [],
+            "Bytes charged in the near cache, each entry at least max_bytes / max_entries (the last client to change it)";
+        NEAR_STREAMS: gauge "ringcache_client_near_cache_streams", Count, [],
+            "Live near-cache invalidation streams";
+        SPREAD_READS: counter "ringcache_client_spread_reads_total", Count, [],
+            "ONE reads of hot keys sent to the key's replicas in turn instead of its primary";
+        LOCAL_READS: counter "ringcache_client_local_reads_total", Count, [],
+            "ONE reads served by the process's own embedded node, without a network request";
+    }
+
+    /// Checks `labels` against `def`'s (debug builds).
+    pub(super) fn check(def: &MetricDef, labels: &[(&'static str, &'static str)]) {
+        debug_assert!(
+            labels.len() == def.labels.len()
+                && labels.iter().zip(def.labels).all(|((name, value), label)| {
+                    *name == label.name
+                        && match label.values {
+                            Values::Closed(values) => values.contains(value),
+                            Values::Open(_) => true,
+                        }
+                }),
+            "{}: labels {labels:?} do not match the catalog",
+            def.name
+        );
+    }
 }
 
-/// Describes every metric to the installed recorder (called at each connect; recorders take
-/// repeated descriptions).
+use catalog::{CounterKind, Def, GaugeKind, HistogramKind, Kind};
+
+fn counter(def: &'static Def<CounterKind>, labels: &[(&'static str, &'static str)]) -> Counter {
+    catalog::check(def, labels);
+    metrics::counter!(def.name, labels)
+}
+
+fn gauge(def: &'static Def<GaugeKind>) -> Gauge {
+    catalog::check(def, &[]);
+    metrics::gauge!(def.name)
+}
+
+fn histogram(
+    def: &'static Def<HistogramKind>,
+    labels: &[(&'static str, &'static str)],
+) -> Histogram {
+    catalog::check(def, labels);
+    metrics::histogram!(def.name, labels)
+}
+
+/// Describes every metric of the catalog to the installed recorder (called at each connect;
+/// recorders take repeated descriptions).
 pub(crate) fn describe() {
-    use names::*;
-    describe_counter!(NEAR_HITS, "Reads answered from the client's near cache.");
-    describe_counter!(NEAR_MISSES, "Near-cache reads that went to a node.");
-    describe_counter!(
-        NEAR_INVALIDATIONS,
-        "Near-cache keys invalidated by the nodes."
-    );
-    describe_counter!(
-        NEAR_FLUSHES,
-        "Times the near cache was emptied, by reason (stream, topology, node)."
-    );
-    describe_gauge!(NEAR_ENTRIES, "Entries in the near cache.");
-    describe_gauge!(
-        NEAR_BYTES,
-        metrics::Unit::Bytes,
-        "Bytes charged in the near cache."
-    );
-    describe_gauge!(NEAR_STREAMS, "Live near-cache invalidation streams.");
-    describe_counter!(
-        REQUESTS,
-        "Calls of the ringcache client, by operation and outcome."
-    );
-    describe_histogram!(
-        DURATION,
-        metrics::Unit::Seconds,
-        "Time of each ringcache client call, retries and failover included."
-    );
-    describe_counter!(
-        ATTEMPT_FAILURES,
-        "Failed attempts of ringcache client calls on one node, by failure class."
-    );
-    describe_counter!(FAILOVERS, "Attempts moved on to a key's next replica.");
-    describe_counter!(
-        RETRIES,
-        "Retries of ringcache client calls after a backoff."
-    );
-    describe_counter!(
-        RETRIES_DENIED,
-        "Retries not made: the retry budget was empty, or the call's deadline would pass."
-    );
-    describe_counter!(
-        BATCH_PARTS,
-        "Requests that multi-key calls were split into (by node and node limits)."
-    );
-    describe_counter!(
-        REFRESHES,
-        "Topology fetches of the ringcache client, by result."
-    );
-    describe_counter!(
-        TOPOLOGY_CHANGES,
-        "New topologies the ringcache client routes by."
-    );
-    describe_counter!(
-        WATCH_RESTARTS,
-        "Topology watch streams that ended and were reopened."
-    );
-    describe_gauge!(NODE_POOLS, "Nodes with an open connection pool.");
-    describe_gauge!(CONNECTIONS, "Pooled HTTP/2 connections to nodes.");
-    describe_gauge!(PIPELINE_STREAMS, "Open pipelined request streams.");
-    describe_counter!(
-        UNREACHABLE,
-        "Times a node's circuit breaker opened: it is tried after the other replicas for a while."
-    );
-    describe_counter!(
-        SPREAD_READS,
-        "Reads of hot keys sent to the key's replicas in turn instead of its primary."
-    );
-    describe_counter!(
-        LOCAL_READS,
-        "Reads served by the process's own embedded node, without a network request."
-    );
+    metrics::with_recorder(|recorder| {
+        for def in catalog::CATALOG {
+            let (name, help) = (def.name.into(), def.help.into());
+            match def.kind {
+                Kind::Counter => recorder.describe_counter(name, def.unit, help),
+                Kind::Gauge => recorder.describe_gauge(name, def.unit, help),
+                Kind::Histogram => recorder.describe_histogram(name, def.unit, help),
+            }
+        }
+    });
 }
 
 /// The label of a failure class.
@@ -165,93 +292,97 @@ pub(crate) fn call_finished(op: &'static str, outcome: Result<(), &Error>, elaps
         Ok(()) => "ok",
         Err(error) => error.kind(),
     };
-    counter!(names::REQUESTS, "op" => op, "outcome" => outcome).increment(1);
-    histogram!(names::DURATION, "op" => op).record(elapsed.as_secs_f64());
+    counter(&catalog::REQUESTS, &[("op", op), ("outcome", outcome)]).increment(1);
+    histogram(&catalog::DURATION, &[("op", op)]).record(elapsed.as_secs_f64());
 }
 
 pub(crate) fn attempt_failed(op: &'static str, class: FailureClass) {
-    counter!(names::ATTEMPT_FAILURES, "op" => op, "class" => class_label(class)).increment(1);
+    counter(
+        &catalog::ATTEMPT_FAILURES,
+        &[("op", op), ("class", class_label(class))],
+    )
+    .increment(1);
 }
 
 pub(crate) fn failover(op: &'static str) {
-    counter!(names::FAILOVERS, "op" => op).increment(1);
+    counter(&catalog::FAILOVERS, &[("op", op)]).increment(1);
 }
 
 pub(crate) fn retry(op: &'static str) {
-    counter!(names::RETRIES, "op" => op).increment(1);
+    counter(&catalog::RETRIES, &[("op", op)]).increment(1);
 }
 
 pub(crate) fn retry_denied(op: &'static str, reason: &'static str) {
-    counter!(names::RETRIES_DENIED, "op" => op, "reason" => reason).increment(1);
+    counter(&catalog::RETRIES_DENIED, &[("op", op), ("reason", reason)]).increment(1);
 }
 
 pub(crate) fn batch_parts(op: &'static str, parts: usize) {
-    counter!(names::BATCH_PARTS, "op" => op).increment(parts as u64);
+    counter(&catalog::BATCH_PARTS, &[("op", op)]).increment(parts as u64);
 }
 
 pub(crate) fn refreshed(ok: bool) {
     let result = if ok { "ok" } else { "error" };
-    counter!(names::REFRESHES, "result" => result).increment(1);
+    counter(&catalog::REFRESHES, &[("result", result)]).increment(1);
 }
 
 pub(crate) fn topology_changed() {
-    counter!(names::TOPOLOGY_CHANGES).increment(1);
+    counter(&catalog::TOPOLOGY_CHANGES, &[]).increment(1);
 }
 
 pub(crate) fn watch_restarted() {
-    counter!(names::WATCH_RESTARTS).increment(1);
+    counter(&catalog::WATCH_RESTARTS, &[]).increment(1);
 }
 
 pub(crate) fn spread_read() {
-    counter!(names::SPREAD_READS).increment(1);
+    counter(&catalog::SPREAD_READS, &[]).increment(1);
 }
 
 pub(crate) fn local_read() {
-    counter!(names::LOCAL_READS).increment(1);
+    counter(&catalog::LOCAL_READS, &[]).increment(1);
 }
 
 pub(crate) fn marked_unreachable() {
-    counter!(names::UNREACHABLE).increment(1);
+    counter(&catalog::UNREACHABLE, &[]).increment(1);
 }
 
 /// A pool of `connections` opened (`+`) or dropped (`-`).
 pub(crate) fn pool_opened(connections: usize, open: bool) {
     let sign = if open { 1.0 } else { -1.0 };
-    gauge!(names::NODE_POOLS).increment(sign);
+    gauge(&catalog::NODE_POOLS).increment(sign);
     #[allow(clippy::cast_precision_loss)]
-    gauge!(names::CONNECTIONS).increment(sign * connections as f64);
+    gauge(&catalog::CONNECTIONS).increment(sign * connections as f64);
 }
 
 /// A pipelined stream opened (`true`) or closed.
 pub(crate) fn stream_opened(open: bool) {
-    gauge!(names::PIPELINE_STREAMS).increment(if open { 1.0 } else { -1.0 });
+    gauge(&catalog::PIPELINE_STREAMS).increment(if open { 1.0 } else { -1.0 });
 }
 
 /// The span of one call: `op`, and the key's slot and hash (or the number of keys); the node,
 /// attempts and outcome are recorded as the call goes.
 pub(crate) fn near_hit() {
-    counter!(names::NEAR_HITS).increment(1);
+    counter(&catalog::NEAR_HITS, &[]).increment(1);
 }
 
 pub(crate) fn near_miss() {
-    counter!(names::NEAR_MISSES).increment(1);
+    counter(&catalog::NEAR_MISSES, &[]).increment(1);
 }
 
 pub(crate) fn near_invalidations(keys: usize) {
-    counter!(names::NEAR_INVALIDATIONS).increment(keys as u64);
+    counter(&catalog::NEAR_INVALIDATIONS, &[]).increment(keys as u64);
 }
 
 pub(crate) fn near_flush(reason: &'static str) {
-    counter!(names::NEAR_FLUSHES, "reason" => reason).increment(1);
+    counter(&catalog::NEAR_FLUSHES, &[("reason", reason)]).increment(1);
 }
 
 pub(crate) fn near_size(entries: usize, bytes: u64) {
-    gauge!(names::NEAR_ENTRIES).set(entries as f64);
-    gauge!(names::NEAR_BYTES).set(bytes as f64);
+    gauge(&catalog::NEAR_ENTRIES).set(entries as f64);
+    gauge(&catalog::NEAR_BYTES).set(bytes as f64);
 }
 
 pub(crate) fn near_stream(open: bool) {
-    let gauge = gauge!(names::NEAR_STREAMS);
+    let gauge = gauge(&catalog::NEAR_STREAMS);
     if open {
         gauge.increment(1.0);
     } else {
@@ -300,4 +431,62 @@ pub(crate) fn attempt_span(node: &str, addr: &str, attempt: u32) -> Span {
         addr,
         attempt
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metrics_util::MetricKind;
+    use metrics_util::debugging::DebuggingRecorder;
+
+    /// Every recording function writes a metric of the catalog, of its declared type and with
+    /// its declared labels; and every catalog entry has a recording function.
+    #[test]
+    fn every_metric_recorded_is_the_catalogs() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let _guard = metrics::set_default_local_recorder(&recorder);
+        call_finished("get", Ok(()), Duration::from_millis(1));
+        attempt_failed("get", FailureClass::TimedOut);
+        failover("get");
+        retry("get");
+        retry_denied("get", "budget");
+        batch_parts("mget", 2);
+        refreshed(false);
+        topology_changed();
+        watch_restarted();
+        spread_read();
+        local_read();
+        marked_unreachable();
+        pool_opened(2, true);
+        stream_opened(true);
+        near_hit();
+        near_miss();
+        near_invalidations(3);
+        near_flush("topology");
+        near_size(1, 10);
+        near_stream(true);
+        let recorded = snapshotter.snapshot().into_vec();
+        let mut seen = std::collections::BTreeSet::new();
+        for (key, ..) in &recorded {
+            let name = key.key().name();
+            let def = catalog::CATALOG
+                .iter()
+                .find(|d| d.name == name)
+                .unwrap_or_else(|| panic!("{name} is not in the catalog"));
+            let kind = match key.kind() {
+                MetricKind::Counter => Kind::Counter,
+                MetricKind::Gauge => Kind::Gauge,
+                MetricKind::Histogram => Kind::Histogram,
+            };
+            assert_eq!(kind, def.kind, "{name}");
+            let labels: Vec<&str> = key.key().labels().map(|l| l.key()).collect();
+            let declared: Vec<&str> = def.labels.iter().map(|l| l.name).collect();
+            assert_eq!(labels, declared, "{name}");
+            seen.insert(name.to_owned());
+        }
+        for def in catalog::CATALOG {
+            assert!(seen.contains(def.name), "{} is never recorded", def.name);
+        }
+    }
 }

@@ -284,6 +284,17 @@ impl Refused {
         Self::Idle,
     ];
 
+    /// Every metric label, in the order of [`Refused::ALL`].
+    pub const LABELS: [&'static str; 7] = [
+        "too_many",
+        "too_many_unauthenticated",
+        "tls_handshake",
+        "handshake_timeout",
+        "not_http2",
+        "auth_timeout",
+        "idle",
+    ];
+
     /// Metric label.
     pub fn as_label(self) -> &'static str {
         match self {

@@ -4,13 +4,21 @@
 //! keep separate numbers. Request handlers record through handles registered once at start-up;
 //! store gauges and counters are copied from [`crate::store::StoreStats`] when `/metrics` is scraped.
 //!
+//! Every family is declared once, in [`catalog`] ([`CATALOG`]): name, type, unit, labels and
+//! help; handles can only be made from its entries.
+//!
 //! Names follow Prometheus conventions: `ringcache_` prefix, `_total` counters, `_seconds`
 //! histograms, `_bytes` gauges; `op` and `result` labels on request metrics.
 
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
+use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+pub mod catalog;
+
+pub use catalog::CATALOG;
+use catalog::Registrar;
 
 use crate::cluster::{DropReason, GossipStatsSnapshot};
 use crate::store::{ClockDrift, StoreStats};
@@ -55,6 +63,26 @@ impl Op {
         Op::IncrByFloat,
         Op::GetEx,
         Op::GetOrLease,
+    ];
+
+    /// Every `op` label value, in the order of `Op::ALL`.
+    pub const LABELS: [&'static str; 16] = [
+        "get",
+        "set",
+        "delete",
+        "mget",
+        "mset",
+        "mdelete",
+        "incr",
+        "compare_and_set",
+        "expire",
+        "persist",
+        "ttl",
+        "append",
+        "set_range",
+        "incr_by_float",
+        "get_ex",
+        "get_or_lease",
     ];
 
     /// The label value.
@@ -107,7 +135,18 @@ impl Outcome {
         Outcome::Error,
     ];
 
-    fn as_str(self) -> &'static str {
+    /// Every `result` label value, in the order of `Outcome::ALL`.
+    pub const LABELS: [&'static str; 6] = [
+        "ok",
+        "miss",
+        "invalid_argument",
+        "conflict",
+        "memory_full",
+        "error",
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
             Outcome::Miss => "miss",
@@ -131,6 +170,9 @@ pub enum ReplicaCall {
 
 impl ReplicaCall {
     const ALL: [ReplicaCall; 2] = [ReplicaCall::Replicate, ReplicaCall::ReadVersions];
+
+    /// Every `kind` label value, in the order of the variants.
+    pub const LABELS: [&'static str; 2] = ["replicate", "read_versions"];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -164,6 +206,9 @@ impl VersionSource {
         VersionSource::ReadVersions,
     ];
 
+    /// Every `source` label value, in the order of the variants.
+    pub const LABELS: [&'static str; 4] = ["replicate", "hint", "stream_entries", "read_versions"];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -195,10 +240,10 @@ const LATENCY_BUCKETS: &[f64] = &[
 pub struct Metrics {
     handle: PrometheusHandle,
     /// `requests[op][outcome]`.
-    requests: Vec<Vec<Counter>>,
-    latency: Vec<Histogram>,
+    requests: [[Counter; Outcome::LABELS.len()]; Op::LABELS.len()],
+    latency: [Histogram; Op::LABELS.len()],
     /// `forwarded[op]`: requests this node forwarded to the key's primary.
-    forwarded: Vec<Counter>,
+    forwarded: [Counter; Op::LABELS.len()],
     forwarded_total: std::sync::atomic::AtomicU64,
     /// Requests handled so far, all ops together (what rebalancing yields to).
     handled_total: std::sync::atomic::AtomicU64,
@@ -216,13 +261,13 @@ pub struct Metrics {
     gossip_bytes_sent: Counter,
     gossip_bytes_received: Counter,
     /// `gossip_dropped[i]`: reason [`DropReason::LABELS`]`[i]`.
-    gossip_dropped: Vec<Counter>,
+    gossip_dropped: [Counter; DropReason::LABELS.len()],
     gossip_keyring_keys: Gauge,
     gossip_keyring_primary_id: Gauge,
     gossip_local_health: Gauge,
     /// `secrets_reloads[0]`: applied, `[1]`: failed (old secrets kept).
     secrets_reloads: [Counter; 2],
-    members: Vec<Gauge>,
+    members: [Gauge; 4],
     topology_members: Gauge,
     refused_members: Gauge,
     expected_members: Gauge,
@@ -275,7 +320,7 @@ pub struct Metrics {
     hints_pending: Gauge,
     hints_pending_bytes: Gauge,
     /// `hints_dropped[reason]`, reasons as in [`HINT_DROP_REASONS`].
-    hints_dropped: Vec<Counter>,
+    hints_dropped: [Counter; 2],
     hints_replayed: Counter,
     /// `replica_writes[0]`: acknowledged, `[1]`: failed.
     replica_writes: [Counter; 2],
@@ -303,14 +348,14 @@ pub struct Metrics {
     /// The RESP port: commands, errors, connections.
     pub resp: RespMetrics,
     /// `versions_refused[source]`, sources as in [`VersionSource::ALL`].
-    versions_refused: Vec<Counter>,
+    versions_refused: [Counter; 4],
     versions_refused_totals: [std::sync::atomic::AtomicU64; 4],
     /// Per source: when its last log line was written, and the refusals not logged since.
     refused_log: parking_lot::Mutex<[(Option<std::time::Instant>, u64); 4]>,
 }
 
 /// Why hints are dropped, as the `reason` label of `ringcache_hints_dropped_total` names it.
-const HINT_DROP_REASONS: [&str; 2] = ["max_bytes", "max_age"];
+pub const HINT_DROP_REASONS: [&str; 2] = ["max_bytes", "max_age"];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -318,12 +363,11 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-static METADATA: Metadata<'static> =
-    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
-
 impl Metrics {
-    /// A fresh set of metrics with its own registry.
+    /// A fresh set of metrics with its own registry: every family of [`CATALOG`] described, and
+    /// the handles made from its entries.
     pub fn new() -> Self {
+        use catalog as c;
         let recorder = std::sync::Arc::new(
             PrometheusBuilder::new()
                 .set_buckets(LATENCY_BUCKETS)
@@ -331,727 +375,113 @@ impl Metrics {
                 .build_recorder(),
         );
         let handle = recorder.handle();
-        let counter = |name: &'static str, labels: Vec<Label>| {
-            recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
-        };
-        let gauge =
-            |name: &'static str| recorder.register_gauge(&Key::from_static_name(name), &METADATA);
-        recorder
-            .register_gauge(
-                &Key::from_parts(
-                    "ringcache_build_info",
-                    vec![Label::new("version", env!("CARGO_PKG_VERSION"))],
-                ),
-                &METADATA,
-            )
-            .set(1.0);
         metrics::with_local_recorder(&*recorder, || {
             metrics_process::Collector::default().describe()
         });
-
-        describe(
-            &recorder,
-            "ringcache_requests_total",
-            Unit::Count,
-            "Cache requests handled, by operation and result",
-        );
-        describe(
-            &recorder,
-            "ringcache_request_duration_seconds",
-            Unit::Seconds,
-            "Time to handle a Cache request, by operation",
-        );
-        describe(
-            &recorder,
-            "ringcache_keys",
-            Unit::Count,
-            "Keys held by this node (expired keys count until reclaimed)",
-        );
-        describe(
-            &recorder,
-            "ringcache_memory_used_bytes",
-            Unit::Bytes,
-            "Bytes charged to stored entries",
-        );
-        describe(
-            &recorder,
-            "ringcache_memory_max_bytes",
-            Unit::Bytes,
-            "The max_memory limit",
-        );
-        describe(
-            &recorder,
-            "ringcache_hits_total",
-            Unit::Count,
-            "Key reads that found a live key",
-        );
-        describe(
-            &recorder,
-            "ringcache_misses_total",
-            Unit::Count,
-            "Key reads that found nothing",
-        );
-        describe(
-            &recorder,
-            "ringcache_evictions_total",
-            Unit::Count,
-            "Keys evicted to stay under max_memory",
-        );
-        describe(
-            &recorder,
-            "ringcache_tombstones_evicted_total",
-            Unit::Count,
-            "Tombstones evicted under memory pressure before their grace ran out (their versions stay as a floor, so no late copy revives the key)",
-        );
-        describe(
-            &recorder,
-            "ringcache_expirations_total",
-            Unit::Count,
-            "Keys removed because their TTL ran out",
-        );
-        describe(
-            &recorder,
-            "ringcache_uptime_seconds",
-            Unit::Seconds,
-            "Seconds since the node started",
-        );
-
-        let requests = Op::ALL
-            .iter()
-            .map(|op| {
-                Outcome::ALL
-                    .iter()
-                    .map(|outcome| {
-                        counter(
-                            "ringcache_requests_total",
-                            vec![
-                                Label::new("op", op.as_str()),
-                                Label::new("result", outcome.as_str()),
-                            ],
-                        )
-                    })
-                    .collect()
-            })
-            .collect();
-        let latency = Op::ALL
-            .iter()
-            .map(|op| {
-                recorder.register_histogram(
-                    &Key::from_parts(
-                        "ringcache_request_duration_seconds",
-                        vec![Label::new("op", op.as_str())],
-                    ),
-                    &METADATA,
-                )
-            })
-            .collect();
-        describe(
-            &recorder,
-            "ringcache_forwarded_requests_total",
-            Unit::Count,
-            "Requests for keys this node does not hold, forwarded to the key's primary; stays 0 while clients route directly",
-        );
-        let forwarded = Op::ALL
-            .iter()
-            .map(|op| {
-                counter(
-                    "ringcache_forwarded_requests_total",
-                    vec![Label::new("op", op.as_str())],
-                )
-            })
-            .collect();
-        describe(
-            &recorder,
-            "ringcache_gossip_packets_sent_total",
-            Unit::Count,
-            "Gossip datagrams sent",
-        );
-        describe(
-            &recorder,
-            "ringcache_gossip_packets_received_total",
-            Unit::Count,
-            "Gossip datagrams received",
-        );
-        describe(
-            &recorder,
-            "ringcache_gossip_bytes_sent_total",
-            Unit::Bytes,
-            "Gossip bytes sent",
-        );
-        describe(
-            &recorder,
-            "ringcache_gossip_bytes_received_total",
-            Unit::Bytes,
-            "Gossip bytes received",
-        );
-        describe(
-            &recorder,
-            "ringcache_gossip_dropped_packets_total",
-            Unit::Count,
-            "Gossip datagrams dropped, by reason: malformed, oversized; unknown_key (sealed under a key not in the key ring), unauthenticated (bad tag), replayed (seen before or older than the replay window), plaintext (at a node with a key ring), encrypted (at a node without one); impostor (from or about a node id alive at another gossip address)",
-        );
-        describe(
-            &recorder,
-            "ringcache_gossip_local_health",
-            Unit::Count,
-            "Local health score of the failure detector (0 = healthy): the node's probe interval and timeout are stretched by this + 1 after its own probes failed or it had to refute suspicions about itself (--local-health-max)",
-        );
-        describe(
-            &recorder,
-            "ringcache_gossip_keyring_keys",
-            Unit::Count,
-            "Keys in the gossip key ring; 0 = gossip is not encrypted",
-        );
-        describe(
-            &recorder,
-            "ringcache_gossip_keyring_primary_key_id",
-            Unit::Count,
-            "Id of the primary gossip key (first 4 bytes of its SHA-256 as a number; `ringcached` logs it as 8 hex digits); 0 = not encrypted. Every node should show the same value once a rotation is done",
-        );
-        describe(
-            &recorder,
-            "ringcache_secrets_reloads_total",
-            Unit::Count,
-            "Reloads of secret files (gossip key ring) after a change or SIGHUP, by result (ok, failed: the old secrets stay in use)",
-        );
-        describe(
-            &recorder,
-            "ringcache_members",
-            Unit::Count,
-            "Cluster members this node sees, by state (alive: joining, active or leaving; suspect; dead; left: drained and gone)",
-        );
-        describe(
-            &recorder,
-            "ringcache_ring_members",
-            Unit::Count,
-            "Members owning ranges of this node's ring",
-        );
-        describe(
-            &recorder,
-            "ringcache_cluster_expected_members",
-            Unit::Count,
-            "Members the cluster should have: --expected-nodes, or the members that owned ranges less the drained and forgotten, whichever is larger",
-        );
-        describe(
-            &recorder,
-            "ringcache_cluster_under_replicated_slots",
-            Unit::Count,
-            "Hash slots whose replica set has fewer serving members than min(R, expected members), in this node's view (0 when healthy)",
-        );
-        describe(
-            &recorder,
-            "ringcache_topology_digest",
-            Unit::Count,
-            "Low 32 bits of this node's topology digest: nodes that agree on the topology show the same value",
-        );
-        describe(
-            &recorder,
-            "ringcache_ready",
-            Unit::Count,
-            "1 when /health/ready answers ready, else 0",
-        );
-        describe(
-            &recorder,
-            "ringcache_build_info",
-            Unit::Count,
-            "Always 1; the version label is this node's build",
-        );
-        describe(
-            &recorder,
-            "ringcache_cluster_refused_members",
-            Unit::Count,
-            "Live members refused because their placement settings (replication factor, vnodes, placement version) differ from this node's",
-        );
-        describe(
-            &recorder,
-            "ringcache_join_refused",
-            Unit::Count,
-            "1 when this node refused to join the cluster it found (other placement settings; see /health/ready), else 0",
-        );
-        let gossip_dropped = DropReason::LABELS
-            .iter()
-            .map(|reason| {
-                counter(
-                    "ringcache_gossip_dropped_packets_total",
-                    vec![Label::new("reason", *reason)],
-                )
-            })
-            .collect();
-        let members = ["alive", "suspect", "dead", "left"]
-            .iter()
-            .map(|state| {
-                recorder.register_gauge(
-                    &Key::from_parts("ringcache_members", vec![Label::new("state", *state)]),
-                    &METADATA,
-                )
-            })
-            .collect();
-        describe(
-            &recorder,
-            "ringcache_hints_pending",
-            Unit::Count,
-            "Writes kept as hints for replicas that could not be reached, all targets together",
-        );
-        describe(
-            &recorder,
-            "ringcache_hints_pending_bytes",
-            Unit::Bytes,
-            "Bytes charged to pending hints (key + value + overhead)",
-        );
-        describe(
-            &recorder,
-            "ringcache_hints_dropped_total",
-            Unit::Count,
-            "Hints dropped before delivery, by reason (max_bytes: over hint_max_bytes for the target, max_age: older than hint_max_age)",
-        );
-        describe(
-            &recorder,
-            "ringcache_hints_replayed_total",
-            Unit::Count,
-            "Hints delivered to their target after it came back",
-        );
-        describe(
-            &recorder,
-            "ringcache_replica_writes_total",
-            Unit::Count,
-            "Entries this node sent to other replicas as a write's coordinator, by result (ok, failed)",
-        );
-        describe(
-            &recorder,
-            "ringcache_replication_batches_total",
-            Unit::Count,
-            "Batched calls this node sent to replicas as a coordinator, by kind: replicate (Internal.Replicate: replicated writes and read repairs; entries per call = replica_writes_total / this) and read_versions (Internal.ReadVersions: the keys of QUORUM and ALL reads); requests to the same replica share calls",
-        );
-        describe(
-            &recorder,
-            "ringcache_read_repairs_total",
-            Unit::Count,
-            "Stale or missing copies fixed by read repair after QUORUM and ALL reads",
-        );
-        describe(
-            &recorder,
-            "ringcache_replication_lag_seconds",
-            Unit::Seconds,
-            "Age of the oldest pending hint: how long the most-behind replica has been missing a write this node coordinated; 0 when no hint is pending",
-        );
-        describe(
-            &recorder,
-            "ringcache_clock_offset_seconds",
-            Unit::Seconds,
-            "The cluster's wall clock minus this node's at the last clock check (median of the live members' clocks; negative: this node is ahead)",
-        );
-        describe(
-            &recorder,
-            "ringcache_clock_skewed",
-            Unit::Count,
-            "1 while this node's clock is further from the cluster's than max_clock_drift (it refuses writes), else 0",
-        );
-        describe(
-            &recorder,
-            "ringcache_connections",
-            Unit::Count,
-            "Open TCP connections on the gRPC port (clients and other nodes)",
-        );
-        describe(
-            &recorder,
-            "ringcache_connections_max",
-            Unit::Count,
-            "The max_connections limit; 0 = unlimited",
-        );
-        describe(
-            &recorder,
-            "ringcache_connections_rejected_total",
-            Unit::Count,
-            "Connections closed at once because max_connections were open",
-        );
-        describe(
-            &recorder,
-            "ringcache_pipeline_streams",
-            Unit::Count,
-            "Open Cache.Pipeline streams (clients' pipelined connections)",
-        );
-        describe(
-            &recorder,
-            "ringcache_replica_streams",
-            Unit::Count,
-            "Open Internal.ReplicaStream streams this node opened to peers (one per peer it replicates to or reads from)",
-        );
-        describe(
-            &recorder,
-            "ringcache_replica_streams_served",
-            Unit::Count,
-            "Open Internal.ReplicaStream streams peers opened to this node",
-        );
-        describe(
-            &recorder,
-            "ringcache_pipeline_batches_total",
-            Unit::Count,
-            "Request batches received on Cache.Pipeline streams",
-        );
-        describe(
-            &recorder,
-            "ringcache_pipeline_requests_total",
-            Unit::Count,
-            "Requests received on Cache.Pipeline streams (divided by batches: the mean batch size)",
-        );
-        describe(
-            &recorder,
-            "ringcache_versions_refused_total",
-            Unit::Count,
-            "Versions from other nodes refused because they were further ahead of this node's clock than max_clock_drift, by source (replicate, hint, stream_entries, read_versions); nonzero means skewed clocks or a misbehaving peer",
-        );
-        let versions_refused = VersionSource::ALL
-            .iter()
-            .map(|source| {
-                counter(
-                    "ringcache_versions_refused_total",
-                    vec![Label::new("source", source.as_str())],
-                )
-            })
-            .collect();
-        let hints_dropped = HINT_DROP_REASONS
-            .iter()
-            .map(|reason| {
-                counter(
-                    "ringcache_hints_dropped_total",
-                    vec![Label::new("reason", *reason)],
-                )
-            })
-            .collect();
-        let replica_writes = ["ok", "failed"].map(|result| {
-            counter(
-                "ringcache_replica_writes_total",
-                vec![Label::new("result", result)],
-            )
-        });
-        describe(
-            &recorder,
-            "ringcache_anti_entropy_rounds_total",
-            Unit::Count,
-            "Anti-entropy comparisons with one peer: completed, or skipped (peer unreachable, topologies differ)",
-        );
-        describe(
-            &recorder,
-            "ringcache_anti_entropy_buckets_differing_total",
-            Unit::Count,
-            "Buckets whose digests differed from a peer's in anti-entropy rounds this node started",
-        );
-        describe(
-            &recorder,
-            "ringcache_anti_entropy_keys_total",
-            Unit::Count,
-            "Keys repaired by anti-entropy: pulled from a peer and applied here, or pushed to a peer",
-        );
-        describe(
-            &recorder,
-            "ringcache_rebalance_keys_sent_total",
-            Unit::Count,
-            "Entries sent to other nodes after ring changes (joins, repairs, leaves)",
-        );
-        describe(
-            &recorder,
-            "ringcache_rebalance_bytes_sent_total",
-            Unit::Bytes,
-            "Key and value bytes sent after ring changes",
-        );
-        describe(
-            &recorder,
-            "ringcache_rebalance_stream_bytes_sent_total",
-            Unit::Bytes,
-            "Key and value bytes sent in answers to other nodes' pulls (a joiner, or a node back from a restart catching up)",
-        );
-        describe(
-            &recorder,
-            "ringcache_rebalance_keys_received_total",
-            Unit::Count,
-            "Entries pulled by this node when it joined",
-        );
-        describe(
-            &recorder,
-            "ringcache_rebalance_failures_total",
-            Unit::Count,
-            "Failed rebalancing sends (retried by the next pass)",
-        );
-        describe(
-            &recorder,
-            "ringcache_rebalance_passes_total",
-            Unit::Count,
-            "Rebalancing passes completed",
-        );
-        describe(
-            &recorder,
-            "ringcache_rebalance_keys_scanned_total",
-            Unit::Count,
-            "Entries read by rebalancing passes (only those of hash slots whose replica set changed)",
-        );
-        describe(
-            &recorder,
-            "ringcache_rebalance_slots_skipped_total",
-            Unit::Count,
-            "Hash slots not sent to a member because its slot digest matched this node's (it held the same copies already)",
-        );
-        describe(
-            &recorder,
-            "ringcache_rebalance_pace_bytes_per_second",
-            Unit::Count,
-            "The rate data movement is paced at now: rebalance_rate, or less while the node yields to requests",
-        );
-        describe(
-            &recorder,
-            "ringcache_rebalance_in_progress",
-            Unit::Count,
-            "1 while this node is moving data (joining, moving, leaving)",
-        );
-        describe(
-            &recorder,
-            "ringcache_snapshot_last_success_timestamp_seconds",
-            Unit::Seconds,
-            "Unix time the last snapshot was written successfully (0: none since start)",
-        );
-        describe(
-            &recorder,
-            "ringcache_snapshot_duration_seconds",
-            Unit::Seconds,
-            "How long the last successful snapshot write took, throttling included",
-        );
-        describe(
-            &recorder,
-            "ringcache_snapshot_bytes",
-            Unit::Bytes,
-            "Size of the last snapshot written",
-        );
-        describe(
-            &recorder,
-            "ringcache_snapshot_failures_total",
-            Unit::Count,
-            "Snapshot writes that failed (the previous snapshot file is kept)",
-        );
-        recorder.describe_gauge(
-            "ringcache_hot_key_requests_per_second".into(),
-            None,
-            "Requests per second of this node's heaviest keys in the last hot-key window, by rank (1 = heaviest; no key names: ringctl hotkeys shows them)".into(),
-        );
-        recorder.describe_gauge(
-            "ringcache_tracking_subscribers".into(),
-            Some(Unit::Count),
-            "Near-cache invalidation streams (Cache.Invalidations) open on this node".into(),
-        );
-        recorder.describe_gauge(
-            "ringcache_tracking_keys".into(),
-            Some(Unit::Count),
-            "Keys the near-cache tracking table remembers (bounded by tracking_max_keys)".into(),
-        );
-        describe(
-            &recorder,
-            "ringcache_tracking_invalidations_total",
-            Unit::Count,
-            "Near-cache invalidations queued to subscribers (one per subscriber and key)",
-        );
-        describe(
-            &recorder,
-            "ringcache_tracking_evictions_total",
-            Unit::Count,
-            "Keys pushed out of the full tracking table (their readers were sent an invalidation)",
-        );
-        describe(
-            &recorder,
-            "ringcache_tracking_overflows_total",
-            Unit::Count,
-            "Invalidation streams ended because their queue overflowed (tracking_queue)",
-        );
-        describe(
-            &recorder,
-            "ringcache_tracking_refused_total",
-            Unit::Count,
-            "Invalidation streams refused because tracking_max_subscribers were open",
-        );
-        recorder.describe_gauge(
-            "ringcache_hot_keys_top_share".into(),
-            None,
-            "Share (0..1) of the requests of the last hot-key window that went to this node's ten heaviest keys".into(),
-        );
-        recorder.describe_gauge(
-            "ringcache_hot_keys_marked".into(),
-            None,
-            "Keys this node answers as hot now (read rate in the last hot-key window at least --hot-key-threshold): clients spread their reads over the replicas".into(),
-        );
-        describe(
-            &recorder,
-            "ringcache_leases_granted_total",
-            Unit::Count,
-            "GetOrLease leases granted by this node as a key's primary (take-overs included)",
-        );
-        describe(
-            &recorder,
-            "ringcache_leases_taken_over_total",
-            Unit::Count,
-            "Expired GetOrLease leases (holder gone or too slow) taken over by a waiting or later caller",
-        );
-        describe(
-            &recorder,
-            "ringcache_leases_expired_total",
-            Unit::Count,
-            "Expired GetOrLease leases removed without a take-over",
-        );
-        describe(
-            &recorder,
-            "ringcache_lease_waits_total",
-            Unit::Count,
-            "GetOrLease waits for another caller's lease, by result: value (woken with the value) or timed_out",
-        );
-        recorder.describe_gauge(
-            "ringcache_lease_waiters".into(),
-            None,
-            "GetOrLease callers waiting for another caller's lease on this node now".into(),
-        );
-        recorder.describe_gauge(
-            "ringcache_leases_held".into(),
-            None,
-            "GetOrLease leases held on this node now (expired ones not swept yet included)".into(),
-        );
-        describe(
-            &recorder,
-            "ringcache_stale_served_total",
-            Unit::Count,
-            "Expired values served by GetOrLease within the serve-stale window",
-        );
-        describe(
-            &recorder,
-            "ringcache_snapshot_loaded_entries",
-            Unit::Count,
-            "Entries loaded from the snapshot at start (0: none, or the load failed)",
-        );
+        catalog::describe_all(&recorder);
+        let reg = Registrar {
+            recorder: &recorder,
+        };
+        reg.gauge(&c::BUILD_INFO, &[env!("CARGO_PKG_VERSION")])
+            .set(1.0);
+        let counter = |def| reg.counter(def, &[]);
+        let gauge = |def| reg.gauge(def, &[]);
         Self {
-            snapshot_last_success: gauge("ringcache_snapshot_last_success_timestamp_seconds"),
-            snapshot_duration: gauge("ringcache_snapshot_duration_seconds"),
-            snapshot_bytes: gauge("ringcache_snapshot_bytes"),
-            snapshot_failures: counter("ringcache_snapshot_failures_total", vec![]),
-            snapshot_loaded_entries: gauge("ringcache_snapshot_loaded_entries"),
-            rebalance_keys_sent: counter("ringcache_rebalance_keys_sent_total", vec![]),
-            anti_entropy_rounds: ["completed", "skipped"].map(|result| {
-                counter(
-                    "ringcache_anti_entropy_rounds_total",
-                    vec![Label::new("result", result)],
-                )
-            }),
-            anti_entropy_buckets: counter("ringcache_anti_entropy_buckets_differing_total", vec![]),
-            anti_entropy_keys: ["pulled", "pushed"].map(|direction| {
-                counter(
-                    "ringcache_anti_entropy_keys_total",
-                    vec![Label::new("direction", direction)],
-                )
-            }),
-            hot_key_rates: std::array::from_fn(|rank| {
-                recorder.register_gauge(
-                    &Key::from_parts(
-                        "ringcache_hot_key_requests_per_second",
-                        vec![Label::new("rank", (rank + 1).to_string())],
-                    ),
-                    &METADATA,
-                )
-            }),
-            hot_keys_top_share: gauge("ringcache_hot_keys_top_share"),
-            leases_granted: counter("ringcache_leases_granted_total", vec![]),
-            leases_taken_over: counter("ringcache_leases_taken_over_total", vec![]),
-            leases_expired: counter("ringcache_leases_expired_total", vec![]),
-            lease_waits: ["value", "timed_out"].map(|result| {
-                counter(
-                    "ringcache_lease_waits_total",
-                    vec![Label::new("result", result)],
-                )
-            }),
-            lease_waiters: gauge("ringcache_lease_waiters"),
-            leases_held: gauge("ringcache_leases_held"),
-            stale_served: counter("ringcache_stale_served_total", vec![]),
-            tracking_subscribers: gauge("ringcache_tracking_subscribers"),
-            tracking_keys: gauge("ringcache_tracking_keys"),
-            tracking_invalidations: counter("ringcache_tracking_invalidations_total", vec![]),
-            tracking_evictions: counter("ringcache_tracking_evictions_total", vec![]),
-            tracking_overflows: counter("ringcache_tracking_overflows_total", vec![]),
-            tracking_refused: counter("ringcache_tracking_refused_total", vec![]),
-            hot_keys_marked: gauge("ringcache_hot_keys_marked"),
-            rebalance_bytes_sent: counter("ringcache_rebalance_bytes_sent_total", vec![]),
-            rebalance_stream_bytes_sent: counter(
-                "ringcache_rebalance_stream_bytes_sent_total",
-                vec![],
-            ),
-            rebalance_keys_received: counter("ringcache_rebalance_keys_received_total", vec![]),
-            rebalance_failures: counter("ringcache_rebalance_failures_total", vec![]),
-            rebalance_passes: counter("ringcache_rebalance_passes_total", vec![]),
-            rebalance_keys_scanned: counter("ringcache_rebalance_keys_scanned_total", vec![]),
-            rebalance_slots_skipped: counter("ringcache_rebalance_slots_skipped_total", vec![]),
-            rebalance_pace: gauge("ringcache_rebalance_pace_bytes_per_second"),
-            rebalance_moving: gauge("ringcache_rebalance_in_progress"),
-            hints_pending: gauge("ringcache_hints_pending"),
-            hints_pending_bytes: gauge("ringcache_hints_pending_bytes"),
-            hints_dropped,
-            hints_replayed: counter("ringcache_hints_replayed_total", vec![]),
-            replica_writes,
-            replication_batches: ReplicaCall::ALL.map(|kind| {
-                counter(
-                    "ringcache_replication_batches_total",
-                    vec![Label::new("kind", kind.as_str())],
-                )
-            }),
-            read_repairs: counter("ringcache_read_repairs_total", vec![]),
-            replication_lag: gauge("ringcache_replication_lag_seconds"),
-            clock_offset: gauge("ringcache_clock_offset_seconds"),
-            clock_skewed: gauge("ringcache_clock_skewed"),
-            connections: gauge("ringcache_connections"),
-            connections_max: gauge("ringcache_connections_max"),
-            connections_rejected: counter("ringcache_connections_rejected_total", vec![]),
-            pipeline_streams: gauge("ringcache_pipeline_streams"),
-            replica_streams: gauge("ringcache_replica_streams"),
-            replica_streams_served: gauge("ringcache_replica_streams_served"),
-            pipeline_batches: counter("ringcache_pipeline_batches_total", vec![]),
-            pipeline_requests: counter("ringcache_pipeline_requests_total", vec![]),
-            versions_refused,
-            versions_refused_totals: Default::default(),
-            refused_log: parking_lot::Mutex::new([(None, 0); 4]),
-            gossip_packets_sent: counter("ringcache_gossip_packets_sent_total", vec![]),
-            gossip_packets_received: counter("ringcache_gossip_packets_received_total", vec![]),
-            gossip_bytes_sent: counter("ringcache_gossip_bytes_sent_total", vec![]),
-            gossip_bytes_received: counter("ringcache_gossip_bytes_received_total", vec![]),
-            gossip_dropped,
-            gossip_keyring_keys: gauge("ringcache_gossip_keyring_keys"),
-            gossip_keyring_primary_id: gauge("ringcache_gossip_keyring_primary_key_id"),
-            gossip_local_health: gauge("ringcache_gossip_local_health"),
-            secrets_reloads: ["ok", "failed"].map(|result| {
-                counter(
-                    "ringcache_secrets_reloads_total",
-                    vec![Label::new("result", result)],
-                )
-            }),
-            members,
-            topology_members: gauge("ringcache_ring_members"),
-            refused_members: gauge("ringcache_cluster_refused_members"),
-            expected_members: gauge("ringcache_cluster_expected_members"),
-            under_replicated_slots: gauge("ringcache_cluster_under_replicated_slots"),
-            topology_digest: gauge("ringcache_topology_digest"),
-            ready: gauge("ringcache_ready"),
-            process: metrics_process::Collector::default(),
-            process_recorder: recorder.clone(),
-            join_refused: gauge("ringcache_join_refused"),
-            requests,
-            latency,
-            forwarded,
+            requests: Op::LABELS
+                .map(|op| Outcome::LABELS.map(|result| reg.counter(&c::REQUESTS, &[op, result]))),
+            latency: Op::LABELS.map(|op| reg.histogram(&c::REQUEST_DURATION, &[op])),
+            forwarded: reg.counters(&c::FORWARDED_REQUESTS, &Op::LABELS),
             forwarded_total: std::sync::atomic::AtomicU64::new(0),
             handled_total: std::sync::atomic::AtomicU64::new(0),
-            keys: gauge("ringcache_keys"),
-            memory_used: gauge("ringcache_memory_used_bytes"),
-            memory_max: gauge("ringcache_memory_max_bytes"),
-            hits: counter("ringcache_hits_total", vec![]),
-            misses: counter("ringcache_misses_total", vec![]),
-            evictions: counter("ringcache_evictions_total", vec![]),
-            tombstones_evicted: counter("ringcache_tombstones_evicted_total", vec![]),
-            expirations: counter("ringcache_expirations_total", vec![]),
-            uptime: gauge("ringcache_uptime_seconds"),
-            security: SecurityMetrics::register(&recorder),
+            keys: gauge(&c::KEYS),
+            memory_used: gauge(&c::MEMORY_USED),
+            memory_max: gauge(&c::MEMORY_MAX),
+            hits: counter(&c::HITS),
+            misses: counter(&c::MISSES),
+            evictions: counter(&c::EVICTIONS),
+            tombstones_evicted: counter(&c::TOMBSTONES_EVICTED),
+            expirations: counter(&c::EXPIRATIONS),
+            uptime: gauge(&c::UPTIME),
+            gossip_packets_sent: counter(&c::GOSSIP_PACKETS_SENT),
+            gossip_packets_received: counter(&c::GOSSIP_PACKETS_RECEIVED),
+            gossip_bytes_sent: counter(&c::GOSSIP_BYTES_SENT),
+            gossip_bytes_received: counter(&c::GOSSIP_BYTES_RECEIVED),
+            gossip_dropped: reg.counters(&c::GOSSIP_DROPPED, &DropReason::LABELS),
+            gossip_keyring_keys: gauge(&c::GOSSIP_KEYRING_KEYS),
+            gossip_keyring_primary_id: gauge(&c::GOSSIP_KEYRING_PRIMARY_KEY_ID),
+            gossip_local_health: gauge(&c::GOSSIP_LOCAL_HEALTH),
+            secrets_reloads: reg.counters(&c::SECRETS_RELOADS, &c::OK_FAILED),
+            members: reg.gauges(&c::MEMBERS, &c::MEMBER_STATES),
+            topology_members: gauge(&c::RING_MEMBERS),
+            refused_members: gauge(&c::CLUSTER_REFUSED_MEMBERS),
+            expected_members: gauge(&c::CLUSTER_EXPECTED_MEMBERS),
+            under_replicated_slots: gauge(&c::CLUSTER_UNDER_REPLICATED_SLOTS),
+            topology_digest: gauge(&c::TOPOLOGY_DIGEST),
+            ready: gauge(&c::READY),
+            process: metrics_process::Collector::default(),
+            process_recorder: recorder.clone(),
+            join_refused: gauge(&c::JOIN_REFUSED),
+            rebalance_keys_sent: counter(&c::REBALANCE_KEYS_SENT),
+            anti_entropy_rounds: reg.counters(&c::ANTI_ENTROPY_ROUNDS, &c::ROUND_RESULTS),
+            anti_entropy_buckets: counter(&c::ANTI_ENTROPY_BUCKETS_DIFFERING),
+            anti_entropy_keys: reg.counters(&c::ANTI_ENTROPY_KEYS, &c::DIRECTIONS),
+            hot_key_rates: reg.gauges(&c::HOT_KEY_REQUESTS_PER_SECOND, &c::HOT_KEY_RANKS),
+            hot_keys_top_share: gauge(&c::HOT_KEYS_TOP_SHARE),
+            leases_granted: counter(&c::LEASES_GRANTED),
+            leases_taken_over: counter(&c::LEASES_TAKEN_OVER),
+            leases_expired: counter(&c::LEASES_EXPIRED),
+            lease_waits: reg.counters(&c::LEASE_WAITS, &c::LEASE_WAIT_RESULTS),
+            lease_waiters: gauge(&c::LEASE_WAITERS),
+            leases_held: gauge(&c::LEASES_HELD),
+            stale_served: counter(&c::STALE_SERVED),
+            tracking_subscribers: gauge(&c::TRACKING_SUBSCRIBERS),
+            tracking_keys: gauge(&c::TRACKING_KEYS),
+            tracking_invalidations: counter(&c::TRACKING_INVALIDATIONS),
+            tracking_evictions: counter(&c::TRACKING_EVICTIONS),
+            tracking_overflows: counter(&c::TRACKING_OVERFLOWS),
+            tracking_refused: counter(&c::TRACKING_REFUSED),
+            hot_keys_marked: gauge(&c::HOT_KEYS_MARKED),
+            rebalance_bytes_sent: counter(&c::REBALANCE_BYTES_SENT),
+            rebalance_stream_bytes_sent: counter(&c::REBALANCE_STREAM_BYTES_SENT),
+            rebalance_keys_received: counter(&c::REBALANCE_KEYS_RECEIVED),
+            rebalance_failures: counter(&c::REBALANCE_FAILURES),
+            rebalance_passes: counter(&c::REBALANCE_PASSES),
+            rebalance_keys_scanned: counter(&c::REBALANCE_KEYS_SCANNED),
+            rebalance_slots_skipped: counter(&c::REBALANCE_SLOTS_SKIPPED),
+            rebalance_pace: gauge(&c::REBALANCE_PACE),
+            rebalance_moving: gauge(&c::REBALANCE_IN_PROGRESS),
+            hints_pending: gauge(&c::HINTS_PENDING),
+            hints_pending_bytes: gauge(&c::HINTS_PENDING_BYTES),
+            hints_dropped: reg.counters(&c::HINTS_DROPPED, &HINT_DROP_REASONS),
+            hints_replayed: counter(&c::HINTS_REPLAYED),
+            replica_writes: reg.counters(&c::REPLICA_WRITES, &c::OK_FAILED),
+            replication_batches: ReplicaCall::ALL
+                .map(|kind| reg.counter(&c::REPLICATION_BATCHES, &[kind.as_str()])),
+            read_repairs: counter(&c::READ_REPAIRS),
+            replication_lag: gauge(&c::REPLICATION_LAG),
+            clock_offset: gauge(&c::CLOCK_OFFSET),
+            clock_skewed: gauge(&c::CLOCK_SKEWED),
+            connections: gauge(&c::CONNECTIONS),
+            connections_max: gauge(&c::CONNECTIONS_MAX),
+            connections_rejected: counter(&c::CONNECTIONS_REJECTED),
+            pipeline_streams: gauge(&c::PIPELINE_STREAMS),
+            replica_streams: gauge(&c::REPLICA_STREAMS),
+            replica_streams_served: gauge(&c::REPLICA_STREAMS_SERVED),
+            pipeline_batches: counter(&c::PIPELINE_BATCHES),
+            pipeline_requests: counter(&c::PIPELINE_REQUESTS),
+            snapshot_last_success: gauge(&c::SNAPSHOT_LAST_SUCCESS),
+            snapshot_duration: gauge(&c::SNAPSHOT_DURATION),
+            snapshot_bytes: gauge(&c::SNAPSHOT_BYTES),
+            snapshot_failures: counter(&c::SNAPSHOT_FAILURES),
+            snapshot_loaded_entries: gauge(&c::SNAPSHOT_LOADED_ENTRIES),
+            security: SecurityMetrics::register(reg),
             resp: RespMetrics::register(recorder.clone()),
+            versions_refused: reg.counters(&c::VERSIONS_REFUSED, &VersionSource::LABELS),
+            versions_refused_totals: Default::default(),
+            refused_log: parking_lot::Mutex::new([(None, 0); 4]),
             handle,
         }
     }
-
     /// Records one handled request.
     pub fn record(&self, op: Op, outcome: Outcome, elapsed: Duration) {
         let op_idx = Op::ALL
@@ -1397,10 +827,10 @@ pub const RESP_PLANE: usize = 2;
 
 /// Metrics of authentication and connection admission.
 pub struct SecurityMetrics {
-    auth_failures: Vec<Counter>,
+    auth_failures: [Counter; AUTH_FAILURE_REASONS.len()],
     auth_successes: Counter,
     /// `refused[plane][reason]`.
-    refused: Vec<Vec<Counter>>,
+    refused: [[Counter; crate::connections::Refused::LABELS.len()]; PLANES.len()],
     cluster_connections: Gauge,
     unauthenticated_connections: Gauge,
     insecure: Gauge,
@@ -1413,79 +843,18 @@ impl std::fmt::Debug for SecurityMetrics {
 }
 
 impl SecurityMetrics {
-    fn register(recorder: &PrometheusRecorder) -> Self {
-        describe(
-            recorder,
-            "ringcache_auth_failures_total",
-            Unit::Count,
-            "Client requests refused: no, malformed or invalid credentials, an address locked out after repeated failures, or a role too low (permission_denied)",
-        );
-        describe(
-            recorder,
-            "ringcache_auth_successes_total",
-            Unit::Count,
-            "Credentials checked and accepted (once per connection and credential; later requests reuse the result)",
-        );
-        describe(
-            recorder,
-            "ringcache_connections_refused_total",
-            Unit::Count,
-            "Connections closed before serving, by plane and reason (too_many, too_many_unauthenticated, tls_handshake, handshake_timeout, not_http2, auth_timeout)",
-        );
-        describe(
-            recorder,
-            "ringcache_cluster_connections",
-            Unit::Count,
-            "Open connections on the cluster port (other nodes)",
-        );
-        describe(
-            recorder,
-            "ringcache_unauthenticated_connections",
-            Unit::Count,
-            "Client-port connections that have not authenticated yet",
-        );
-        describe(
-            recorder,
-            "ringcache_insecure",
-            Unit::Count,
-            "1 when the node serves a non-loopback address without TLS or authentication (--insecure)",
-        );
-        let counter = |name: &'static str, labels: Vec<Label>| {
-            recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
-        };
-        let gauge =
-            |name: &'static str| recorder.register_gauge(&Key::from_static_name(name), &METADATA);
+    fn register(reg: Registrar<'_>) -> Self {
+        use catalog as c;
         Self {
-            auth_failures: AUTH_FAILURE_REASONS
-                .iter()
-                .map(|reason| {
-                    counter(
-                        "ringcache_auth_failures_total",
-                        vec![Label::new("reason", *reason)],
-                    )
-                })
-                .collect(),
-            auth_successes: counter("ringcache_auth_successes_total", vec![]),
-            refused: PLANES
-                .iter()
-                .map(|plane| {
-                    crate::connections::Refused::ALL
-                        .iter()
-                        .map(|reason| {
-                            counter(
-                                "ringcache_connections_refused_total",
-                                vec![
-                                    Label::new("plane", *plane),
-                                    Label::new("reason", reason.as_label()),
-                                ],
-                            )
-                        })
-                        .collect()
-                })
-                .collect(),
-            cluster_connections: gauge("ringcache_cluster_connections"),
-            unauthenticated_connections: gauge("ringcache_unauthenticated_connections"),
-            insecure: gauge("ringcache_insecure"),
+            auth_failures: reg.counters(&c::AUTH_FAILURES, &AUTH_FAILURE_REASONS),
+            auth_successes: reg.counter(&c::AUTH_SUCCESSES, &[]),
+            refused: PLANES.map(|plane| {
+                crate::connections::Refused::LABELS
+                    .map(|reason| reg.counter(&c::CONNECTIONS_REFUSED, &[plane, reason]))
+            }),
+            cluster_connections: reg.gauge(&c::CLUSTER_CONNECTIONS, &[]),
+            unauthenticated_connections: reg.gauge(&c::UNAUTHENTICATED_CONNECTIONS, &[]),
+            insecure: reg.gauge(&c::INSECURE, &[]),
         }
     }
 
@@ -1564,42 +933,17 @@ impl std::fmt::Debug for RespMetrics {
 
 impl RespMetrics {
     fn register(recorder: std::sync::Arc<PrometheusRecorder>) -> Self {
-        describe(
-            &recorder,
-            "ringcache_resp_commands_total",
-            Unit::Count,
-            "Commands received on the RESP port, by command (unknown commands: unknown), refused ones included",
-        );
-        describe(
-            &recorder,
-            "ringcache_resp_errors_total",
-            Unit::Count,
-            "Error replies on the RESP port, by command and Redis error code (ERR, WRONGPASS, NOAUTH, NOPERM, OOM, ...; other)",
-        );
-        recorder.describe_gauge(
-            "ringcache_resp_connections".into(),
-            Some(Unit::Count),
-            "Open connections on the RESP port".into(),
-        );
-        let connections = recorder.register_gauge(
-            &Key::from_static_name("ringcache_resp_connections"),
-            &METADATA,
-        );
+        let reg = Registrar {
+            recorder: &recorder,
+        };
+        let connections = reg.gauge(&catalog::RESP_CONNECTIONS, &[]);
         // Exported from the start: every command of the table (a bounded set) and the error of
         // an unknown command, so dashboards and alerts find the families on a fresh node.
         let commands = crate::resp::table::COMMANDS
             .iter()
             .map(|spec| spec.name)
             .chain(["unknown"])
-            .map(|command| {
-                recorder.register_counter(
-                    &Key::from_parts(
-                        "ringcache_resp_commands_total",
-                        vec![Label::new("command", command)],
-                    ),
-                    &METADATA,
-                )
-            })
+            .map(|command| reg.counter(&catalog::RESP_COMMANDS, &[command]))
             .collect();
         let metrics = Self {
             recorder,
@@ -1617,13 +961,10 @@ impl RespMetrics {
         kind: &'static str,
     ) -> dashmap::mapref::one::RefMut<'_, (&'static str, &'static str), Counter> {
         self.errors.entry((command, kind)).or_insert_with(|| {
-            self.recorder.register_counter(
-                &Key::from_parts(
-                    "ringcache_resp_errors_total",
-                    vec![Label::new("command", command), Label::new("error", kind)],
-                ),
-                &METADATA,
-            )
+            Registrar {
+                recorder: &self.recorder,
+            }
+            .counter(&catalog::RESP_ERRORS, &[command, kind])
         })
     }
 
@@ -1654,13 +995,24 @@ impl RespMetrics {
     }
 }
 
-fn describe(recorder: &PrometheusRecorder, name: &'static str, unit: Unit, help: &'static str) {
-    recorder.describe_counter(name.into(), Some(unit), help.into());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_catalog_family_is_rendered_with_its_type_from_the_start() {
+        let metrics = Metrics::new();
+        let text = metrics.render(&StoreStats::default(), 1024, Duration::ZERO);
+        for def in CATALOG {
+            let line = format!("# TYPE {} {}\n", def.name, def.kind.as_str());
+            assert!(text.contains(&line), "{line:?} missing from:\n{text}");
+            assert!(
+                text.contains(&format!("# HELP {} {}", def.name, def.help)),
+                "{}: help",
+                def.name
+            );
+        }
+    }
 
     #[test]
     fn hot_key_metrics_show_the_last_window_by_rank() {

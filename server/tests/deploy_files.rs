@@ -23,6 +23,8 @@ use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use ringcache_server::metrics::CATALOG;
+use ringcache_server::metrics::catalog::{self, Kind, MetricDef, Values};
 use serde::Deserialize as _;
 use serde_json::Value;
 

@@ -1,9 +1,54 @@
-//! The Grafana dashboard queries only metrics and labels a node exports, and shows every
-//! metric family.
+//! The Grafana dashboard queries only metrics and labels a node exports and the metrics catalog
+//! (`ringcache_server::metrics::CATALOG`) declares, and shows every metric family: every catalog
+//! entry and every `process_*` family a node exports.
 
 use super::*;
 
 // ---- tests: Grafana ------------------------------------------------------------------------------
+
+/// The catalog entry of a series name (`name`, or a histogram's `name_bucket`, `_sum`,
+/// `_count`), with the family's name.
+pub(super) fn catalog_family(name: &str) -> Option<&'static MetricDef> {
+    catalog::find(name).or_else(|| {
+        ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
+            name.strip_suffix(suffix)
+                .and_then(catalog::find)
+                .filter(|def| def.kind == Kind::Histogram)
+        })
+    })
+}
+
+/// Checks a `ringcache_*` series name and its label matchers, as `what` uses them, against the
+/// catalog: the family is declared, every label is one of its labels, and an `=`/`!=` value of
+/// a closed label is one of its values. Returns the family's entry.
+pub(super) fn check_against_catalog(
+    what: &str,
+    name: &str,
+    matchers: &[Matcher],
+    target_labels: &[&str],
+) -> &'static MetricDef {
+    let def = catalog_family(name).unwrap_or_else(|| {
+        panic!("{what}: {name} is not in the metrics catalog (server/src/metrics/catalog.rs)")
+    });
+    for (label, op, value) in matchers {
+        if target_labels.contains(&label.as_str()) || (label == "le" && def.kind == Kind::Histogram)
+        {
+            continue;
+        }
+        let declared = def
+            .labels
+            .iter()
+            .find(|l| l.name == label)
+            .unwrap_or_else(|| panic!("{what}: {name} has no label {label} in the catalog"));
+        if let (Values::Closed(values), "=" | "!=") = (declared.values, op.as_str()) {
+            assert!(
+                values.contains(&value.as_str()),
+                "{what}: {name}{{{label}=\"{value}\"}}: {value} is not one of the catalog's {values:?}"
+            );
+        }
+    }
+    def
+}
 
 /// A label matcher: label, operator (`=`, `!=`, `=~`, `!~`), value.
 pub(super) type Matcher = (String, String, String);
@@ -119,7 +164,6 @@ pub(super) fn grafana_dashboard_queries_metrics_and_labels_the_node_exports() {
         "a Prometheus data source variable"
     );
 
-    let source = std::fs::read_to_string(repo().join("server/src/metrics.rs")).unwrap();
     let series = scraped_series();
     let histograms: BTreeSet<String> = series
         .keys()
@@ -176,11 +220,10 @@ pub(super) fn grafana_dashboard_queries_metrics_and_labels_the_node_exports() {
                             .filter(|base| histograms.contains(*base))
                     })
                     .unwrap_or(name);
-                // `process_*` come from the process collector (metrics-process), not our source.
-                assert!(
-                    family.starts_with("process_") || source.contains(&format!("\"{family}\"")),
-                    "{title}: {name} is not defined in server/src/metrics.rs"
-                );
+                // `process_*` come from the process collector (metrics-process), not the catalog.
+                if !family.starts_with("process_") {
+                    check_against_catalog(title, name, matchers, &["instance", "job"]);
+                }
                 let exported = series
                     .get(name)
                     .unwrap_or_else(|| panic!("{title}: {name} is not in a node's /metrics"));
@@ -227,9 +270,14 @@ pub(super) fn grafana_dashboard_queries_metrics_and_labels_the_node_exports() {
                 .to_owned()
         })
         .collect();
-    let missing: Vec<&String> = families
+    // Every catalog entry, and every family a node exports (`process_*` included).
+    let missing: Vec<&str> = CATALOG
         .iter()
-        .filter(|f| !used.contains(*f) && !NOT_ON_DASHBOARD.contains(&f.as_str()))
+        .map(|def| def.name)
+        .chain(families.iter().map(String::as_str))
+        .collect::<BTreeSet<&str>>()
+        .into_iter()
+        .filter(|f| !used.contains(*f) && !NOT_ON_DASHBOARD.contains(f))
         .collect();
     assert!(missing.is_empty(), "metrics with no panel: {missing:?}");
 }
