@@ -45,7 +45,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{ByteSize, Config, List, Settings};
 use crate::hotkeys::Access;
 use crate::node::{Listeners, Node};
 use crate::replication;
@@ -209,24 +209,45 @@ impl EmbeddedBuilder {
     fn build_config(&self) -> anyhow::Result<Config> {
         let mut config = match &self.config {
             Some(config) => config.clone(),
-            None => Config::load(crate::config::Cli::default())?,
+            None => Config::from_settings(Settings::default())?,
         };
-        if let Some(node_id) = &self.node_id {
-            config.node_id.clone_from(node_id);
+        // The builder's settings are checked against their declared bounds (resolving them
+        // beside defaults, which are valid), then override the config's.
+        let replication_factor = self
+            .replication_factor
+            .map(|replicas| {
+                NonZeroU32::new(replicas).context("replication_factor must be at least 1, got 0")
+            })
+            .transpose()?;
+        let given = Settings {
+            node_id: self.node_id.clone(),
+            seeds: self.seeds.clone().map(List),
+            max_memory: self.max_memory.map(ByteSize),
+            replication_factor,
+            advertise_addr: self.advertise_addr,
+            ..Settings::default()
+        };
+        let checked = given.clone().resolve()?;
+        if given.node_id.is_some() {
+            config.node_id = checked.node_id;
         }
-        if let Some(seeds) = &self.seeds {
-            config.seeds.clone_from(seeds);
+        if given.seeds.is_some() {
+            config.seeds = checked.seeds;
         }
-        if let Some(bytes) = self.max_memory {
-            config.store.max_memory_bytes = usize::try_from(bytes)
-                .with_context(|| format!("max_memory {bytes} does not fit this machine"))?;
+        if given.max_memory.is_some() {
+            config.store.max_memory_bytes =
+                usize::try_from(checked.max_memory.0).with_context(|| {
+                    format!(
+                        "max_memory {} does not fit this machine",
+                        checked.max_memory.0
+                    )
+                })?;
         }
-        if let Some(replicas) = self.replication_factor {
-            config.replication_factor = NonZeroU32::new(replicas)
-                .context("replication_factor must be at least 1, got 0")?;
+        if given.replication_factor.is_some() {
+            config.replication_factor = checked.replication_factor;
         }
-        if self.advertise_addr.is_some() {
-            config.advertise_addr = self.advertise_addr;
+        if given.advertise_addr.is_some() {
+            config.advertise_addr = checked.advertise_addr;
         }
         if self.ready_timeout.is_zero() || self.ready_timeout > MAX_READY_TIMEOUT {
             bail!(

@@ -39,6 +39,8 @@ mod hotkeys;
 mod kv;
 mod metrics;
 mod node;
+#[cfg(test)]
+mod reference;
 mod ring;
 mod security;
 mod stats;
@@ -141,8 +143,17 @@ struct KvOptions {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Every member with its state, addresses and counters, whether all agree on the topology,
-    /// and a verdict: healthy, or degraded and why.
+    /// Every member: state (`left` for a drained member, `dead` for a failed one), addresses,
+    /// incarnation, keys, memory, hits/misses (reads/s with `--rate`), topology digest
+    /// agreement, and a verdict: `healthy` or `degraded: why` — a member down or suspect, a
+    /// member that owned ranges and is gone (`missing` until it returns or is `forget`-ten),
+    /// fewer serving members than expected (`--expected-nodes`), hash slots with fewer than R
+    /// serving replicas, members refused for other placement settings, digests that disagree.
+    /// With zones: each member's zone and warnings when some members have no zone, when there
+    /// are fewer zones than R, or when zones are uneven while R ≥ zones (the nodes of the
+    /// smallest zone carry more: by how much); slot ranges whose copies share a zone while
+    /// another zone holds none (never made by the placement rule: a bug) make it degraded.
+    /// `--check` exits 0 healthy, 1 degraded, 2 unreachable.
     Status {
         /// Also measure reads per second (hits + misses) over one second on each node.
         #[arg(long)]
@@ -152,15 +163,16 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
-    /// The ring: each node's vnodes and estimated share of keys (primary and any replica), the
-    /// replication factor, and the keys each node holds.
+    /// Each node's vnodes and share of keys as primary and as any replica (from sampled keys),
+    /// R, and the keys each holds; with zones, each node's zone, the zones, and the warnings of
+    /// `status`.
     Ring {
         /// Synthetic keys placed to estimate the shares.
         #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
         samples: u32,
     },
-    /// A key's hash and replica set, and what each replica holds for it (version, expiry), so a
-    /// missing or stale copy shows.
+    /// The key's hash, its replica set in order (with each replica's zone when there are
+    /// zones), and what each replica holds (version, expiry): stale or missing copies show.
     Locate {
         /// The key (UTF-8).
         key: String,
@@ -232,18 +244,29 @@ enum Command {
         #[command(flatten)]
         options: KvOptions,
     },
-    /// One node's counters (keys, memory, hits, misses, evictions, expirations), readiness and
-    /// why not, connections, forwarded requests, hints pending, replication lag, its data
-    /// movement with an ETA, and the replication counters of its /metrics endpoint.
+    /// A node's counters, readiness (and why not), connections (open, max, rejected), forwarded
+    /// requests, hints pending, replication lag, its clock against the cluster's, the known
+    /// members, anti-entropy (rounds, buckets differing, keys pulled and pushed, the last
+    /// round), its data movement with an ETA, and the replica-write/read-repair/hint series of
+    /// its `/metrics`.
     Stats {
         /// A node id from the topology (default: the --cluster node).
         node: Option<String>,
     },
-    /// Make a node leave gracefully (Admin.Leave) and follow its hand-off until it is gone from
-    /// the topology, then say what it handed off (entries and bytes, as the members that
-    /// received them count them) and exit 0; exit 1 if it is still leaving after
-    /// --timeout-drain. Not for Kubernetes pods: the kubelet restarts the container and the pod
-    /// joins again; scale the StatefulSet down instead.
+    /// Graceful leave with progress until the node is gone from the topology
+    /// (`--timeout-drain`), then what it handed off: the keys it held, the entries and bytes
+    /// sent, per receiving member (the node stops serving before its hand-off, so the members
+    /// that receive the entries count them; `counts_complete: false` when one did not answer)
+    /// and exit 0; exit 1 if it is still leaving after `--timeout-drain` (JSON: `"drained":
+    /// false`). Not on Kubernetes: the kubelet restarts the pod, which joins again; scale the
+    /// StatefulSet down instead (deploy/README.md). With `--restart`: stop the node for a quick
+    /// restart (upgrade, config change, host reboot) instead: it writes its data to a snapshot
+    /// in its `--data-dir`, hands nothing off and stops; the other members keep its ranges
+    /// (`restarting` in `status`) for their `--restart-grace` (60 s by default). Start it again
+    /// with the same `--node-id` and `--data-dir` within that time and it serves its keys at
+    /// once and pulls only what changed meanwhile (README, Warm restarts). Exits 0 once the
+    /// node has stopped and the cluster shows it `restarting`; refused (exit 1) by a node
+    /// without a data directory.
     Drain {
         /// The node id.
         node: String,
@@ -258,18 +281,21 @@ enum Command {
         #[arg(long)]
         restart: bool,
     },
-    /// Stop counting a dead member that will not come back in every member's known cluster
-    /// size, which QUORUM and ALL are measured against (a member cut off or dead stays counted,
-    /// so a minority never acknowledges QUORUM writes). Drain a live member instead. Exits 1
-    /// when a member could not be asked or refused (run it again once it answers).
+    /// For a member that died and will not come back: every member stops counting it in the
+    /// cluster's known size, which QUORUM and ALL are measured against (a dead or cut-off
+    /// member stays counted, so a minority never acknowledges QUORUM writes). Refused for a
+    /// live member (drain it instead); exits 1 if some member did not answer (run it again once
+    /// it does).
     Forget {
         /// The node id.
         node: String,
     },
-    /// Every member's heaviest keys in its last complete hot-key window (--hot-keys-window),
-    /// merged (a key several members report is summed): key (escaped; base64 in JSON when not
-    /// UTF-8), requests per second, share of all requests, error bound, reads, writes, and the
-    /// members that reported it. Exits 1 when a member did not answer.
+    /// Every member's heaviest keys in its last complete hot-key window (`--hot-keys-window`),
+    /// merged (a key several members report is summed): key (escaped for the terminal; in JSON
+    /// base64 with `"encoding": "base64"` when not UTF-8), requests/s, share of all requests,
+    /// error bound (the true count is at least requests − error), reads, writes, and the
+    /// members that reported it. `--limit` is at most the nodes' `--hot-keys-capacity`; exits 1
+    /// when a member did not answer (or has tracking off).
     Hotkeys {
         /// Most keys to show (each member returns at most this many; at most its
         /// --hot-keys-capacity).
@@ -281,7 +307,8 @@ enum Command {
         #[command(subcommand)]
         command: RebalanceCommand,
     },
-    /// Print the topology, then every new one as it changes, until Ctrl-C or the stream ends.
+    /// Topology changes as they happen: the topology, then every new one, until Ctrl-C or the
+    /// stream ends (JSON: one line per topology).
     Watch {
         /// Stop after this many topologies.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -297,8 +324,11 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum RebalanceCommand {
-    /// Every member's data movement: phase, keys scanned of total, sent, received, bytes done,
-    /// recent rate, ETA (bytes left / recent rate), failures.
+    /// Every member's data movement: phase, keys scanned/total (the entries of the moving slots
+    /// the pass reads, tombstones included; the total is estimated at the start and never less
+    /// than scanned), sent, received, bytes done, recent rate, ETA (bytes left / rate of the
+    /// last 10 s; `unknown` while joining or stalled), failures, and what leaving members
+    /// handed off to it.
     Status,
 }
 
