@@ -56,7 +56,7 @@
 //!
 //! # Features
 //!
-//! - `cli` (off by default): the `ringctl` binary and [`ctl`], its library
+//! - `cli` (off by default): the `ringctl` binary and `ctl`, its library
 //!   (`cargo install --path client --features cli`). Without it the crate is the client alone.
 //! - `serde`: typed values as JSON, `Client::get_json`, `set_json`, `set_json_ex`,
 //!   `set_json_with` and `mget_json`.

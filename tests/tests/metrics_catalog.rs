@@ -241,3 +241,14 @@ fn docs_metrics_md_is_generated_from_the_catalogs() {
          commit the result"
     );
 }
+
+#[test]
+fn the_families_ringctl_stats_reads_are_declared_counters() {
+    for family in ringcache::ctl::STATS_FAMILIES {
+        let def = CATALOG
+            .iter()
+            .find(|def| def.name == *family)
+            .unwrap_or_else(|| panic!("ringctl stats reads {family}, which no node declares"));
+        assert_eq!(def.kind, Kind::Counter, "{family}");
+    }
+}

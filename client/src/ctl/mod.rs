@@ -48,6 +48,7 @@ mod view;
 mod watch;
 mod zones;
 
+pub use metrics::STATS_FAMILIES;
 use node::{Dial, NodeConn, one_line};
 pub use security::{PASSWORD_ENV, Security, SecurityArgs, SecurityArgsError};
 

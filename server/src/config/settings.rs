@@ -1,6 +1,6 @@
 //! Every setting of a node, declared once.
 //!
-//! Each entry of the [`settings!`] list below is the whole of a setting: its doc comment is the
+//! Each entry of the `settings!` list below is the whole of a setting: its doc comment is the
 //! help text (`ringcached --help`) and the README's settings table, its `#[arg]` line names the
 //! flag and the `RINGCACHE_*` variable (its TOML key is the field name), and after the type come
 //! the default (an expression that may use the settings declared above it) and the bounds of
