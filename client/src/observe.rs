@@ -24,140 +24,10 @@ use crate::{Error, conn::FailureClass};
 
 /// The catalog of the client's metrics.
 pub mod catalog {
-    use std::marker::PhantomData;
-
-    pub use metrics::Unit;
-
-    /// A metric's Prometheus type.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum Kind {
-        /// Only goes up.
-        Counter,
-        /// Goes up and down.
-        Gauge,
-        /// Samples in buckets.
-        Histogram,
-    }
-
-    impl Kind {
-        /// The name in a Prometheus `# TYPE` line.
-        pub fn as_str(self) -> &'static str {
-            match self {
-                Kind::Counter => "counter",
-                Kind::Gauge => "gauge",
-                Kind::Histogram => "histogram",
-            }
-        }
-    }
-
-    /// The values of a label.
-    #[derive(Debug, Clone, Copy)]
-    pub enum Values {
-        /// Exactly these.
-        Closed(&'static [&'static str]),
-        /// A bounded set described in words.
-        Open(&'static str),
-    }
-
-    /// A label of a metric.
-    #[derive(Debug, Clone, Copy)]
-    pub struct LabelDef {
-        /// The label name.
-        pub name: &'static str,
-        /// Its values.
-        pub values: Values,
-    }
-
-    const fn closed(name: &'static str, values: &'static [&'static str]) -> LabelDef {
-        LabelDef {
-            name,
-            values: Values::Closed(values),
-        }
-    }
-
-    const fn open(name: &'static str, what: &'static str) -> LabelDef {
-        LabelDef {
-            name,
-            values: Values::Open(what),
-        }
-    }
-
-    /// One metric of the client.
-    #[derive(Debug)]
-    pub struct MetricDef {
-        /// The name (`ringcache_client_*`).
-        pub name: &'static str,
-        /// Its type.
-        pub kind: Kind,
-        /// Its unit, if any.
-        pub unit: Option<Unit>,
-        /// Its labels.
-        pub labels: &'static [LabelDef],
-        /// What it counts.
-        pub help: &'static str,
-    }
-
-    /// Marks a counter's [`Def`].
-    #[derive(Debug)]
-    pub struct CounterKind;
-    /// Marks a gauge's [`Def`].
-    #[derive(Debug)]
-    pub struct GaugeKind;
-    /// Marks a histogram's [`Def`].
-    #[derive(Debug)]
-    pub struct HistogramKind;
-
-    /// A catalog entry typed by its kind (handles of another type do not compile).
-    #[derive(Debug)]
-    pub struct Def<K> {
-        /// The entry.
-        pub def: MetricDef,
-        kind: PhantomData<K>,
-    }
-
-    impl<K> Def<K> {
-        const fn new(def: MetricDef) -> Self {
-            Def {
-                def,
-                kind: PhantomData,
-            }
-        }
-    }
-
-    impl<K> std::ops::Deref for Def<K> {
-        type Target = MetricDef;
-        fn deref(&self) -> &MetricDef {
-            &self.def
-        }
-    }
-
-    macro_rules! catalog {
-        (@kind counter) => { CounterKind };
-        (@kind gauge) => { GaugeKind };
-        (@kind histogram) => { HistogramKind };
-        (@Kind counter) => { Kind::Counter };
-        (@Kind gauge) => { Kind::Gauge };
-        (@Kind histogram) => { Kind::Histogram };
-        (@unit none) => { None };
-        (@unit $unit:ident) => { Some(Unit::$unit) };
-        ($(
-            $ident:ident: $kind:ident $name:literal, $unit:ident, [$($label:expr),* $(,)?],
-                $help:expr;
-        )*) => {
-            $(
-                #[doc = concat!("`", $name, "`")]
-                pub static $ident: Def<catalog!(@kind $kind)> = Def::new(MetricDef {
-                    name: $name,
-                    kind: catalog!(@Kind $kind),
-                    unit: catalog!(@unit $unit),
-                    labels: &[$($label),*],
-                    help: $help,
-                });
-            )*
-            /// Every metric of the client, in declaration order.
-            pub static CATALOG: &[&MetricDef] = &[$(&$ident.def),*];
-        };
-    }
+    pub use ringcache_proto::metric_catalog::{
+        CounterKind, Def, GaugeKind, HistogramKind, Kind, LabelDef, MetricDef, Unit, Values,
+        closed, open,
+    };
 
     const OP: LabelDef = open("op", "the client method (get, set, mget, ...)");
     /// Failure classes of `ringcache_client_attempt_failures_total`.
@@ -169,7 +39,8 @@ pub mod catalog {
         "answered",
     ];
 
-    catalog! {
+    ringcache_proto::metric_catalog! {
+        /// Every metric of the client, in declaration order.
         REQUESTS: counter "ringcache_client_requests_total", Count,
             [OP, open("outcome", "ok, or the error kind (Error::kind: invalid_argument, unavailable, timeout, ...)")],
             "Calls of the ringcache client, by operation and outcome";

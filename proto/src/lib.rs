@@ -6,9 +6,11 @@
 //! says how to regenerate it.
 //!
 //! This crate holds only what both sides must agree on: the wire types, the [`topology`] (member
-//! list and digest) and the [`placement`] of keys on the ring. It must not depend on the server or
+//! list and digest), the [`placement`] of keys on the ring, and what the [`metric_catalog`]s of
+//! both sides are made of. It must not depend on the server or
 //! the client crate, and it does no I/O.
 
+pub mod metric_catalog;
 pub mod placement;
 pub mod topology;
 

@@ -16,7 +16,7 @@ use std::path::Path;
 use ringcache::metrics_catalog as client;
 use ringcache_server::Config;
 use ringcache_server::metrics::CATALOG;
-use ringcache_server::metrics::catalog::{Kind, Values};
+use ringcache_server::metrics::catalog::{Kind, MetricDef, Values};
 use ringcache_tests::{TestNode, http_get};
 
 /// Families of a `/metrics` text: name -> (type, label name -> values seen).
@@ -154,42 +154,28 @@ fn labels_text<'a>(
 
 /// The reference, as generated from the catalogs.
 fn reference() -> String {
-    let node: Vec<Row> = CATALOG
-        .iter()
-        .map(|def| Row {
-            name: def.name,
-            kind: def.kind.as_str(),
-            unit: def.unit.map_or("", |u| u.as_str()),
-            labels: labels_text(def.labels.iter().map(|l| {
-                (
-                    l.name,
-                    match l.values {
-                        Values::Closed(v) => Ok(v),
-                        Values::Open(what) => Err(what),
-                    },
-                )
-            })),
-            help: def.help,
-        })
-        .collect();
-    let client: Vec<Row> = client::CATALOG
-        .iter()
-        .map(|def| Row {
-            name: def.name,
-            kind: def.kind.as_str(),
-            unit: def.unit.map_or("", |u| u.as_str()),
-            labels: labels_text(def.labels.iter().map(|l| {
-                (
-                    l.name,
-                    match l.values {
-                        client::Values::Closed(v) => Ok(v),
-                        client::Values::Open(what) => Err(what),
-                    },
-                )
-            })),
-            help: def.help,
-        })
-        .collect();
+    let rows = |catalog: &[&'static MetricDef]| -> Vec<Row> {
+        catalog
+            .iter()
+            .map(|def| Row {
+                name: def.name,
+                kind: def.kind.as_str(),
+                unit: def.unit.map_or("", |u| u.as_str()),
+                labels: labels_text(def.labels.iter().map(|l| {
+                    (
+                        l.name,
+                        match l.values {
+                            Values::Closed(v) => Ok(v),
+                            Values::Open(what) => Err(what),
+                        },
+                    )
+                })),
+                help: def.help,
+            })
+            .collect()
+    };
+    let node = rows(CATALOG);
+    let client = rows(client::CATALOG);
     let histograms = CATALOG.iter().filter(|d| d.kind == Kind::Histogram).count();
     let mut out = String::from(
         "# Metrics reference\n\n\

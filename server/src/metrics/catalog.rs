@@ -1,6 +1,6 @@
 //! The catalog of a node's metrics: every `ringcache_*` family, declared once.
 //!
-//! Each entry of the `catalog!` invocation below gives a family's handle name, type, Prometheus
+//! Each entry of the `ringcache_proto::metric_catalog!` invocation below (the types and the macro are shared with the client's catalog) gives a family's handle name, type, Prometheus
 //! name, unit, labels (with their values where those are a closed set) and help text. The macro
 //! makes one typed static per entry ([`Def<CounterKind>`], [`Def<GaugeKind>`] or
 //! [`Def<HistogramKind>`]) and the list [`CATALOG`] of all of them. `Metrics::new` describes every
@@ -16,144 +16,15 @@
 //!
 //! `process_*` metrics come from the process collector (`metrics-process`) and are not listed.
 
-use std::marker::PhantomData;
-
-use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::PrometheusRecorder;
 
+pub use ringcache_proto::metric_catalog::{
+    CounterKind, Def, GaugeKind, HistogramKind, Kind, LabelDef, MetricDef, Unit, Values, closed,
+    open,
+};
+
 use super::{HINT_DROP_REASONS, Op, Outcome, ReplicaCall, VersionSource};
-
-/// A metric family's Prometheus type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// Only goes up (`_total`).
-    Counter,
-    /// Goes up and down.
-    Gauge,
-    /// Samples in buckets (`_bucket`, `_sum`, `_count`).
-    Histogram,
-}
-
-impl Kind {
-    /// The name in a `# TYPE` line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
-        }
-    }
-}
-
-/// The values a label takes.
-#[derive(Debug, Clone, Copy)]
-pub enum Values {
-    /// Exactly these; every one is exported from the start unless the family says otherwise.
-    Closed(&'static [&'static str]),
-    /// A bounded set too large or too dynamic to list here; the text says what it is.
-    Open(&'static str),
-}
-
-/// A label of a metric family.
-#[derive(Debug, Clone, Copy)]
-pub struct LabelDef {
-    /// The label name.
-    pub name: &'static str,
-    /// Its values.
-    pub values: Values,
-}
-
-const fn closed(name: &'static str, values: &'static [&'static str]) -> LabelDef {
-    LabelDef {
-        name,
-        values: Values::Closed(values),
-    }
-}
-
-const fn open(name: &'static str, what: &'static str) -> LabelDef {
-    LabelDef {
-        name,
-        values: Values::Open(what),
-    }
-}
-
-/// One metric family of a node.
-#[derive(Debug)]
-pub struct MetricDef {
-    /// The Prometheus name (`ringcache_*`).
-    pub name: &'static str,
-    /// Its type.
-    pub kind: Kind,
-    /// Its unit, if it has one.
-    pub unit: Option<Unit>,
-    /// Its labels, in the order handles give their values.
-    pub labels: &'static [LabelDef],
-    /// The `# HELP` text.
-    pub help: &'static str,
-}
-
-/// Marks a [`Def`] of a counter.
-#[derive(Debug)]
-pub struct CounterKind;
-/// Marks a [`Def`] of a gauge.
-#[derive(Debug)]
-pub struct GaugeKind;
-/// Marks a [`Def`] of a histogram.
-#[derive(Debug)]
-pub struct HistogramKind;
-
-/// A catalog entry typed by its kind, so handles of the wrong type cannot be registered. Made only
-/// by `catalog!`.
-#[derive(Debug)]
-pub struct Def<K> {
-    /// The entry.
-    pub def: MetricDef,
-    kind: PhantomData<K>,
-}
-
-impl<K> Def<K> {
-    const fn new(def: MetricDef) -> Self {
-        Def {
-            def,
-            kind: PhantomData,
-        }
-    }
-}
-
-impl<K> std::ops::Deref for Def<K> {
-    type Target = MetricDef;
-    fn deref(&self) -> &MetricDef {
-        &self.def
-    }
-}
-
-macro_rules! catalog {
-    (@kind counter) => { CounterKind };
-    (@kind gauge) => { GaugeKind };
-    (@kind histogram) => { HistogramKind };
-    (@Kind counter) => { Kind::Counter };
-    (@Kind gauge) => { Kind::Gauge };
-    (@Kind histogram) => { Kind::Histogram };
-    (@unit none) => { None };
-    (@unit $unit:ident) => { Some(Unit::$unit) };
-    ($(
-        $ident:ident: $kind:ident $name:literal, $unit:ident, [$($label:expr),* $(,)?],
-            $help:expr;
-    )*) => {
-        $(
-            #[doc = concat!("`", $name, "`")]
-            pub static $ident: Def<catalog!(@kind $kind)> = Def::new(MetricDef {
-                name: $name,
-                kind: catalog!(@Kind $kind),
-                unit: catalog!(@unit $unit),
-                labels: &[$($label),*],
-                help: $help,
-            });
-        )*
-        /// Every metric family of a node, in declaration order.
-        pub static CATALOG: &[&MetricDef] = &[$(&$ident.def),*];
-    };
-}
 
 /// Ranks of `ringcache_hot_key_requests_per_second` (1 = heaviest).
 pub const HOT_KEY_RANKS: [&str; crate::hotkeys::METRIC_RANKS] =
@@ -169,7 +40,8 @@ pub const DIRECTIONS: [&str; 2] = ["pulled", "pushed"];
 /// Results of `ringcache_lease_waits_total`.
 pub const LEASE_WAIT_RESULTS: [&str; 2] = ["value", "timed_out"];
 
-catalog! {
+ringcache_proto::metric_catalog! {
+    /// Every metric family of a node, in declaration order.
     // ---- requests -------------------------------------------------------------------------
     REQUESTS: counter "ringcache_requests_total", Count,
         [closed("op", &Op::LABELS), closed("result", &Outcome::LABELS)],
