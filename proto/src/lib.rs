@@ -6,7 +6,7 @@
 //! says how to regenerate it.
 //!
 //! This crate holds only what both sides must agree on: the wire types, the [`topology`] (member
-//! list and digest), the [`placement`] of keys on the ring, and what the [`metric_catalog`]s of
+//! list and digest), the [`placement`] of keys on the ring, and what the [`metric_catalog`](mod@metric_catalog)s of
 //! both sides are made of. It must not depend on the server or
 //! the client crate, and it does no I/O.
 

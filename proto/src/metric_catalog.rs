@@ -2,7 +2,7 @@
 //! (`ringcache`) catalogs alike: the metric names, types and labels are a contract with the
 //! dashboards and alerts built on them, like the wire types are with the other side.
 //!
-//! A catalog is one [`metric_catalog!`](crate::metric_catalog) invocation: each entry gives a
+//! A catalog is one [`metric_catalog!`](macro@crate::metric_catalog) invocation: each entry gives a
 //! family's handle name, type, Prometheus name, unit, labels (with their values where those are
 //! a closed set) and help text, and becomes a typed static ([`Def<CounterKind>`],
 //! [`Def<GaugeKind>`] or [`Def<HistogramKind>`]), so a handle of the wrong type does not compile;
@@ -102,7 +102,7 @@ pub struct Def<K> {
 }
 
 impl<K> Def<K> {
-    /// An entry; made by [`metric_catalog!`](crate::metric_catalog).
+    /// An entry; made by [`metric_catalog!`](macro@crate::metric_catalog).
     #[doc(hidden)]
     pub const fn new(def: MetricDef) -> Self {
         Def {

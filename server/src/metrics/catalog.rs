@@ -1,6 +1,7 @@
 //! The catalog of a node's metrics: every `ringcache_*` family, declared once.
 //!
-//! Each entry of the `ringcache_proto::metric_catalog!` invocation below (the types and the macro are shared with the client's catalog) gives a family's handle name, type, Prometheus
+//! Each entry of the `ringcache_proto::metric_catalog!` invocation below (the types and the
+//! macro are shared with the client's catalog) gives a family's handle name, type, Prometheus
 //! name, unit, labels (with their values where those are a closed set) and help text. The macro
 //! makes one typed static per entry ([`Def<CounterKind>`], [`Def<GaugeKind>`] or
 //! [`Def<HistogramKind>`]) and the list [`CATALOG`] of all of them. `Metrics::new` describes every
