@@ -105,32 +105,12 @@ mod tests {
 
     #[test]
     fn the_readme_command_table_is_the_generated_one() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
-        let readme = std::fs::read_to_string(&path).expect("README.md is readable");
-        let begin = readme
-            .find(BEGIN)
-            .expect("README.md has the ringctl table's begin marker");
-        let end = readme
-            .find(END)
-            .expect("README.md has the ringctl table's end marker");
-        assert!(begin < end, "the ringctl table's markers are out of order");
-        let expected = format!(
-            "{}{BEGIN}\n{}{}",
-            &readme[..begin],
-            markdown_table(),
-            &readme[end..]
-        );
-        if std::env::var_os("RINGCACHE_REGENERATE").is_some() {
-            if expected != readme {
-                std::fs::write(&path, &expected).expect("README.md is writable");
-            }
-            return;
-        }
-        assert!(
-            expected == readme,
-            "README.md's ringctl table differs from the commands' doc comments \
-             (client/src/ctl/mod.rs); rewrite it with `RINGCACHE_REGENERATE=1 cargo test -p \
-             ringcache --features cli --lib ctl::reference`"
+        ringcache_test_support::generated_section(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+            BEGIN,
+            END,
+            &markdown_table(),
+            "RINGCACHE_REGENERATE=1 cargo test -p ringcache --features cli --lib ctl::reference",
         );
     }
 

@@ -146,43 +146,14 @@ mod tests {
     use super::*;
     use crate::config::Settings;
 
-    fn readme_path() -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")
-    }
-
-    /// README.md with its settings table replaced by the generated one.
-    fn regenerated(readme: &str) -> String {
-        let begin = readme
-            .find(BEGIN)
-            .expect("README.md has the settings table's begin marker");
-        let end = readme
-            .find(END)
-            .expect("README.md has the settings table's end marker");
-        assert!(begin < end, "the settings table's markers are out of order");
-        format!(
-            "{}{BEGIN}\n{}{}",
-            &readme[..begin],
-            markdown_table(),
-            &readme[end..]
-        )
-    }
-
     #[test]
     fn the_readme_settings_table_is_the_generated_one() {
-        let path = readme_path();
-        let readme = std::fs::read_to_string(&path).expect("README.md is readable");
-        let expected = regenerated(&readme);
-        if std::env::var_os("RINGCACHE_REGENERATE").is_some() {
-            if expected != readme {
-                std::fs::write(&path, &expected).expect("README.md is writable");
-            }
-            return;
-        }
-        assert!(
-            expected == readme,
-            "README.md's settings table differs from the settings' declarations \
-             (server/src/config/settings.rs); rewrite it with \
-             `RINGCACHE_REGENERATE=1 cargo test -p ringcache-server --lib config::reference`"
+        ringcache_test_support::generated_section(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+            BEGIN,
+            END,
+            &markdown_table(),
+            "RINGCACHE_REGENERATE=1 cargo test -p ringcache-server --lib config::reference",
         );
     }
 

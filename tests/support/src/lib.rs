@@ -174,3 +174,57 @@ mod tests {
         }
     }
 }
+
+/// The variable that makes [`generated_file`] and [`generated_section`] rewrite a stale file
+/// instead of failing.
+pub const REGENERATE: &str = "RINGCACHE_REGENERATE";
+
+/// Checks that the committed file `path` is `fresh` (what the code generates); with
+/// `RINGCACHE_REGENERATE` set, rewrites it instead. `command` is how to rewrite it, for the
+/// failure message.
+///
+/// # Panics
+///
+/// When the file differs (or cannot be written while regenerating).
+pub fn generated_file(path: &std::path::Path, fresh: &str, command: &str) {
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    if committed == fresh {
+        return;
+    }
+    if std::env::var_os(REGENERATE).is_some() {
+        std::fs::write(path, fresh)
+            .unwrap_or_else(|e| panic!("cannot rewrite {}: {e}", path.display()));
+        return;
+    }
+    panic!(
+        "{} differs from what the code generates: rewrite it with `{command}` and commit it",
+        path.display()
+    );
+}
+
+/// [`generated_file`] for the part of `path` after the line holding `begin` and up to `end`
+/// (both markers stay); the rest of the file is left as it is.
+///
+/// # Panics
+///
+/// When the markers are missing or out of order, or as [`generated_file`] does.
+pub fn generated_section(
+    path: &std::path::Path,
+    begin: &str,
+    end: &str,
+    fresh: &str,
+    command: &str,
+) {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let (Some(start), Some(stop)) = (text.find(begin), text.find(end)) else {
+        panic!("{} lacks the markers {begin:?} and {end:?}", path.display());
+    };
+    assert!(
+        start < stop,
+        "{}: {begin:?} comes after {end:?}",
+        path.display()
+    );
+    let whole = format!("{}{begin}\n{fresh}{}", &text[..start], &text[stop..]);
+    generated_file(path, &whole, command);
+}
