@@ -7,6 +7,9 @@
 //!   whose given ports are free, for tests of the binary that need fixed ports (its defaults,
 //!   seeds known in advance). Two test runs on one machine, or a node running beside them on
 //!   127.0.0.1, do not meet.
+//! - **Generated files** ([`generated_file`], [`generated_section`]): a committed file (or the
+//!   part of one between markers) must be what the code generates; `RINGCACHE_REGENERATE=1`
+//!   rewrites it.
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
@@ -129,52 +132,6 @@ fn next(state: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn until_returns_once_the_condition_holds_and_times_out_naming_it() {
-        let mut polls = 0;
-        until("three polls", Duration::from_secs(1), async || {
-            polls += 1;
-            polls == 3
-        })
-        .await
-        .unwrap();
-        assert_eq!(polls, 3);
-        let err = until("never", Duration::from_millis(100), async || false)
-            .await
-            .unwrap_err();
-        assert_eq!(err.to_string(), "never not reached within 100ms");
-    }
-
-    #[test]
-    fn blocking_until_some_gives_the_value() {
-        let mut n = 0;
-        let value = blocking_until_some("n = 2", Duration::from_secs(5), || {
-            n += 1;
-            (n == 2).then_some(n * 10)
-        })
-        .unwrap();
-        assert_eq!(value, 20);
-        assert!(blocking_until_some("never", Duration::ZERO, || None::<()>).is_err());
-    }
-
-    #[test]
-    fn a_free_loopback_address_is_outside_127_0_and_its_ports_bind() {
-        let ip = free_loopback_ip(&[7379, 7381], &[7380]);
-        assert_eq!(ip.octets()[0], 127);
-        assert_ne!(ip.octets()[1], 0);
-        let _held = TcpListener::bind(SocketAddrV4::new(ip, 7379)).unwrap();
-        // A second pick never returns an address whose port is held.
-        for _ in 0..20 {
-            let other = free_loopback_ip(&[7379], &[]);
-            assert_ne!(other, ip);
-        }
-    }
-}
-
 /// The variable that makes [`generated_file`] and [`generated_section`] rewrite a stale file
 /// instead of failing.
 pub const REGENERATE: &str = "RINGCACHE_REGENERATE";
@@ -227,4 +184,50 @@ pub fn generated_section(
     );
     let whole = format!("{}{begin}\n{fresh}{}", &text[..start], &text[stop..]);
     generated_file(path, &whole, command);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn until_returns_once_the_condition_holds_and_times_out_naming_it() {
+        let mut polls = 0;
+        until("three polls", Duration::from_secs(1), async || {
+            polls += 1;
+            polls == 3
+        })
+        .await
+        .unwrap();
+        assert_eq!(polls, 3);
+        let err = until("never", Duration::from_millis(100), async || false)
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "never not reached within 100ms");
+    }
+
+    #[test]
+    fn blocking_until_some_gives_the_value() {
+        let mut n = 0;
+        let value = blocking_until_some("n = 2", Duration::from_secs(5), || {
+            n += 1;
+            (n == 2).then_some(n * 10)
+        })
+        .unwrap();
+        assert_eq!(value, 20);
+        assert!(blocking_until_some("never", Duration::ZERO, || None::<()>).is_err());
+    }
+
+    #[test]
+    fn a_free_loopback_address_is_outside_127_0_and_its_ports_bind() {
+        let ip = free_loopback_ip(&[7379, 7381], &[7380]);
+        assert_eq!(ip.octets()[0], 127);
+        assert_ne!(ip.octets()[1], 0);
+        let _held = TcpListener::bind(SocketAddrV4::new(ip, 7379)).unwrap();
+        // A second pick never returns an address whose port is held.
+        for _ in 0..20 {
+            let other = free_loopback_ip(&[7379], &[]);
+            assert_ne!(other, ip);
+        }
+    }
 }
