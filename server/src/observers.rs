@@ -110,7 +110,8 @@ mod tests {
             0,
             "nothing held: the store does not call in"
         );
-        let paths: [(&str, &dyn Fn(&str)); 4] = [
+        type Write<'a> = &'a dyn Fn(&str);
+        let paths: [(&str, Write<'_>); 4] = [
             (
                 "apply (replication, anti-entropy, rebalancing, hints)",
                 &|key| {

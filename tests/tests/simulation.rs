@@ -1469,15 +1469,20 @@ fn founder_started_last_is_joined() {
 // ---------------------------------------------------------------------------------------------
 // GetOrLease across a partition: each side's primary grants its own lease, at most one per side.
 
+/// A GetOrLease answer: (lease token (0: none), whether a value was found).
+type Asked = Result<(u64, bool), String>;
+/// A GetOrLease answer after the heal: (lease token, the value found).
+type AskedAfter = Result<(u64, Option<String>), String>;
+
 /// What the clients of [`a_partition_grants_at_most_one_lease_per_side`] saw.
 #[derive(Debug, Default)]
 struct LeaseOutcome {
     /// During the partition: (node asked, lease token granted (0: none), found a value).
-    asked: Vec<(String, Result<(u64, bool), String>)>,
+    asked: Vec<(String, Asked)>,
     /// The holders' Sets with their tokens: (node, result).
     sets: Vec<(String, Result<(), String>)>,
     /// After the heal: (node asked, token, value found).
-    after: Vec<(String, Result<(u64, Option<String>), String>)>,
+    after: Vec<(String, AskedAfter)>,
 }
 
 fn status_text(status: &tonic::Status) -> String {
