@@ -141,7 +141,7 @@ fn hlc_benches(c: &mut Criterion) {
 
 /// The store's observer on the write path: overwrites of 1,000 cache-resident keys on a bare
 /// store, on a store observed as a node observes it (tracking and leases) with nothing
-/// listening (one relaxed load per write), and with one lease held on another key (every write
+/// listening (the switch, one relaxed atomic), and with one lease held on another key (every write
 /// then asks the lease table).
 fn observer_benches(c: &mut Criterion) {
     use std::sync::Arc;

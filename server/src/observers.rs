@@ -3,7 +3,7 @@
 //!
 //! Both share one switch, a counter the store reads (relaxed) before calling in: tracking adds
 //! 1 while a stream is open, the lease table 1 per lease held. With no stream and no lease, a
-//! write costs that one load. Tracking hears of every change ([`KeyObserver::changed`], before
+//! write costs loading it (twice: before and after the change). Tracking hears of every change ([`KeyObserver::changed`], before
 //! it, and flushes); the lease table hears only of writes that landed
 //! ([`KeyObserver::written`], after them): a value or a delete stored by any path (client
 //! writes, replication, hints, read repair, anti-entropy, rebalancing, snapshot load), never an

@@ -88,9 +88,9 @@ pub trait KeyObserver: Send + Sync + std::fmt::Debug {
 }
 
 /// The observer of a store and the switch that says whether it wants to hear anything: while
-/// zero (nobody subscribed to invalidations, no lease held), a write costs one relaxed load more
-/// than without an observer. Each party interested adds to it while it is (tracking: 1 while a
-/// stream is open; leases: 1 per lease held).
+/// zero (nobody subscribed to invalidations, no lease held), a write costs two relaxed loads of
+/// it (before and after the change) more than without an observer. Each party interested adds
+/// to it while it is (tracking: 1 while a stream is open; leases: 1 per lease held).
 #[derive(Debug)]
 struct Observer {
     on: Arc<AtomicUsize>,
