@@ -1,5 +1,6 @@
 //! Criterion micro-benchmarks of the store (get, set, expire, incr on 1M keys of 14 B with 100 B
-//! values; writes that evict) and of the hybrid logical clock.
+//! values; writes that evict), of the store's observer on the write path (near-cache tracking
+//! and GetOrLease leases) and of the hybrid logical clock.
 //! Run: `cargo bench -p ringcache-bench --bench store`. Results go to BENCHMARKS.md.
 
 use std::hint::black_box;
@@ -138,5 +139,65 @@ fn hlc_benches(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, store_benches, hlc_benches);
+/// The store's observer on the write path: overwrites of 1,000 cache-resident keys on a bare
+/// store, on a store observed as a node observes it (tracking and leases) with nothing
+/// listening (the switch, one relaxed atomic), and with one lease held on another key (every write
+/// then asks the lease table).
+fn observer_benches(c: &mut Criterion) {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use ringcache_server::lease::{LeaseConfig, Leases};
+    use ringcache_server::observers::Observers;
+    use ringcache_server::tracking::{Tracking, TrackingConfig};
+
+    let keys: Vec<String> = (0..1_000).map(bench_key).collect();
+    let value = [b'y'; 100];
+    let observed = || {
+        let store = Store::new(StoreConfig::default());
+        let switch = Arc::new(AtomicUsize::new(0));
+        let tracking =
+            Arc::new(Tracking::new(TrackingConfig::default()).with_switch(Arc::clone(&switch)));
+        let leases = Arc::new(Leases::new(LeaseConfig::default()).with_switch(Arc::clone(&switch)));
+        store.observe(
+            switch,
+            Arc::new(Observers::new(tracking, Arc::clone(&leases))),
+        );
+        (store, leases)
+    };
+    let bare = Store::new(StoreConfig::default());
+    let (idle, _idle_leases) = observed();
+    let (leased, leases) = observed();
+    leases
+        .acquire(
+            &bytes::Bytes::from_static(b"another key"),
+            Duration::from_secs(3600),
+            tokio::time::Instant::now(),
+            || None::<()>,
+        )
+        .unwrap();
+    let mut group = c.benchmark_group("observed_writes_1k_keys");
+    group.throughput(Throughput::Elements(1));
+    for (name, store) in [
+        ("bare", &bare),
+        ("observed_idle", &idle),
+        ("observed_one_lease_held", &leased),
+    ] {
+        let mut seq = IndexSequence::new(7, 1_000);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let key = &keys[seq.next().unwrap() as usize];
+                black_box(
+                    store
+                        .set(key.as_bytes(), &value, SetOptions::default(), NOW)
+                        .unwrap(),
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, store_benches, observer_benches, hlc_benches);
 criterion_main!(benches);

@@ -53,7 +53,7 @@ pub struct Context {
     /// This node's heaviest keys per window ([`crate::hotkeys`]).
     pub(crate) hot_keys: HotKeys,
     /// GetOrLease leases of the keys this node is the primary of ([`crate::lease`]).
-    pub(crate) leases: crate::lease::Leases,
+    pub(crate) leases: std::sync::Arc<crate::lease::Leases>,
     /// Near-cache tracking: who read which key ([`crate::tracking`]).
     pub(crate) tracking: std::sync::Arc<crate::tracking::Tracking>,
 }

@@ -4,20 +4,31 @@
 //! reaching another node is forwarded there), which keeps one [`Leases`] table. On a miss the
 //! first caller is granted a lease (a random non-zero token, valid for the lease TTL); every
 //! other caller for that key waits on the lease's wake-up channel, bounded by its own wait and
-//! the node's `lease_max_wait`. Any write of the key on the primary (the holder's Set with its
-//! token, any other write coordinated here, a replica write applied here) removes the lease,
-//! which wakes the waiters: they read the value from the store. When the lease expires without a
-//! write (its holder died), the first waiter to look takes it over with a new token, and the
-//! others wait on the new lease: exactly one new computation.
+//! the node's `lease_max_wait`. Any write of the key that lands in the primary's store, whatever
+//! its path (the holder's Set with its token, any other client write, replication, hints, read
+//! repair, anti-entropy, rebalancing), removes the lease, which wakes the waiters: they read the
+//! value from the store. The store tells this table itself ([`crate::store::KeyObserver::written`],
+//! through the node's fan-out in [`crate::observers`]), under the key's store shard lock, after the
+//! change. When the lease expires without a write (its holder died), the first waiter to look
+//! takes it over with a new token, and the others wait on the new lease: exactly one new
+//! computation.
 //!
 //! Bounds: at most `lease_max_leases` leases (expired ones are swept at every
 //! [`Leases::sweep`] and before a refusal) and `lease_max_waiters` waiters per node; beyond them
 //! RESOURCE_EXHAUSTED. A lease holds at most `lease_max_ttl`, a wait at most `lease_max_wait`.
 //!
-//! Lock order: a lease-table entry lock may be held while the store is read (the re-check
-//! before a grant); the store's locks are never held while the table is touched, so there is
-//! no cycle.
+//! **Lock order: store shard → lease-table shard, never the reverse.** The store's observer
+//! removes a lease (a table-shard write lock) while the store holds the key's shard lock. So no
+//! code here reads the store while it holds a table lock: [`Leases::acquire`] inserts the lease,
+//! lets go of the table, and only then re-reads the store; a value found then releases the
+//! lease it just inserted. Why nothing is missed: the insert (and the switch count it raises)
+//! happens before the re-read, which takes the store shard lock; a write takes the same lock.
+//! If the write's lock comes first, the re-read sees the value; if it comes second, it sees the
+//! switch raised and the lease in the table, and removes it (waking every waiter). Dropping a
+//! lease's `watch` sender under the store lock only wakes tasks; it runs none and takes no lock
+//! but the channel's own.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -133,8 +144,12 @@ pub struct LeaseStats {
 pub struct Leases {
     config: LeaseConfig,
     table: DashMap<Bytes, Lease>,
-    /// Entries in `table` (the write path's fast check, the limit).
+    /// Entries in `table` (the limit; the write path's check).
     count: AtomicUsize,
+    /// The store's observer switch ([`crate::store::Store::observe`]), shared with near-cache
+    /// tracking: raised by 1 per lease held, so the store calls in only while a lease (or a
+    /// tracking stream) exists.
+    switch: Arc<AtomicUsize>,
     waiters: AtomicUsize,
     stats: LeaseStats,
 }
@@ -156,8 +171,35 @@ impl Leases {
             config,
             table: DashMap::new(),
             count: AtomicUsize::new(0),
+            switch: Arc::new(AtomicUsize::new(0)),
             waiters: AtomicUsize::new(0),
             stats: LeaseStats::default(),
+        }
+    }
+
+    /// Shares the store's observer switch (call before any lease is granted).
+    #[must_use]
+    pub fn with_switch(mut self, switch: Arc<AtomicUsize>) -> Self {
+        self.switch = switch;
+        self
+    }
+
+    /// Counts one more lease, or refuses it beyond `lease_max_leases`.
+    fn count_in(&self) -> Result<(), LeaseError> {
+        let max = self.config.max_leases;
+        if self.count.fetch_add(1, Relaxed) >= max {
+            self.count.fetch_sub(1, Relaxed);
+            return Err(LeaseError::TooManyLeases(max));
+        }
+        self.switch.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    /// Counts `n` leases out.
+    fn count_out(&self, n: usize) {
+        if n > 0 {
+            self.count.fetch_sub(n, Relaxed);
+            self.switch.fetch_sub(n, Relaxed);
         }
     }
 
@@ -192,8 +234,10 @@ impl Leases {
     }
 
     /// Takes the lease of `key` for `ttl`, or tells who holds it. `recheck` reads the value
-    /// under the lease's lock: a value written since the caller's miss is returned instead of a
-    /// lease (so a release racing with a miss never grants a second lease).
+    /// once the lease is in the table (and the table's lock let go, see the module's lock
+    /// order): a value written since the caller's miss is returned instead of a lease, and the
+    /// lease just taken is released (so a write racing with a miss never leaves a lease behind,
+    /// nor grants a second one after it).
     pub fn acquire<T>(
         &self,
         key: &Bytes,
@@ -204,57 +248,55 @@ impl Leases {
         if self.count.load(Relaxed) >= self.config.max_leases && !self.table.contains_key(key) {
             self.sweep(now);
         }
-        match self.table.entry(key.clone()) {
+        let token = new_token();
+        let lease = || Lease {
+            token,
+            deadline: now + ttl,
+            wake: watch::channel(()).0,
+        };
+        let took_over = match self.table.entry(key.clone()) {
             Entry::Occupied(mut held) => {
-                let lease = held.get();
-                if lease.deadline > now {
+                let current = held.get();
+                if current.deadline > now {
                     return Ok(Acquire::Held {
-                        wake: lease.wake.subscribe(),
-                        deadline: lease.deadline,
+                        wake: current.wake.subscribe(),
+                        deadline: current.deadline,
                     });
                 }
-                if let Some(found) = recheck() {
-                    held.remove();
-                    self.count.fetch_sub(1, Relaxed);
-                    self.stats.expired.fetch_add(1, Relaxed);
-                    return Ok(Acquire::Found(found));
-                }
-                let token = new_token();
                 // Replacing the lease drops its sender: the other waiters wake and wait on
                 // the new one.
-                *held.get_mut() = Lease {
-                    token,
-                    deadline: now + ttl,
-                    wake: watch::channel(()).0,
-                };
-                self.stats.granted.fetch_add(1, Relaxed);
-                self.stats.taken_over.fetch_add(1, Relaxed);
-                Ok(Acquire::Granted {
-                    token,
-                    took_over: true,
-                })
+                *held.get_mut() = lease();
+                true
             }
             Entry::Vacant(vacant) => {
-                if let Some(found) = recheck() {
-                    return Ok(Acquire::Found(found));
-                }
-                let max = self.config.max_leases;
-                if self.count.fetch_add(1, Relaxed) >= max {
-                    self.count.fetch_sub(1, Relaxed);
-                    return Err(LeaseError::TooManyLeases(max));
-                }
-                let token = new_token();
-                vacant.insert(Lease {
-                    token,
-                    deadline: now + ttl,
-                    wake: watch::channel(()).0,
-                });
-                self.stats.granted.fetch_add(1, Relaxed);
-                Ok(Acquire::Granted {
-                    token,
-                    took_over: false,
-                })
+                self.count_in()?;
+                vacant.insert(lease());
+                false
             }
+        };
+        // The table's shard lock is let go: the store may be read now.
+        if let Some(found) = recheck() {
+            self.release(key, token);
+            if took_over {
+                self.stats.expired.fetch_add(1, Relaxed);
+            }
+            return Ok(Acquire::Found(found));
+        }
+        self.stats.granted.fetch_add(1, Relaxed);
+        if took_over {
+            self.stats.taken_over.fetch_add(1, Relaxed);
+        }
+        Ok(Acquire::Granted { token, took_over })
+    }
+
+    /// Removes the lease of `key` if `token` still holds it (waking its waiters).
+    fn release(&self, key: &[u8], token: u64) {
+        if self
+            .table
+            .remove_if(key, |_, lease| lease.token == token)
+            .is_some()
+        {
+            self.count_out(1);
         }
     }
 
@@ -269,24 +311,16 @@ impl Leases {
     }
 
     /// A write of `key` landed on this node: its lease (if any) is released and its waiters
-    /// wake. One atomic load when no lease is held.
+    /// wake. One atomic load when no lease is held. The store calls it with the key's shard
+    /// lock held ([`crate::store::KeyObserver::written`]): it takes a table-shard lock and
+    /// nothing else.
     #[inline]
     pub fn on_write(&self, key: &[u8]) {
         if self.count.load(Relaxed) == 0 {
             return;
         }
         if self.table.remove(key).is_some() {
-            self.count.fetch_sub(1, Relaxed);
-        }
-    }
-
-    /// [`Self::on_write`] for several keys.
-    pub fn on_writes<K: AsRef<[u8]>>(&self, keys: &[K]) {
-        if self.count.load(Relaxed) == 0 {
-            return;
-        }
-        for key in keys {
-            self.on_write(key.as_ref());
+            self.count_out(1);
         }
     }
 
@@ -309,7 +343,7 @@ impl Leases {
             keep
         });
         if removed > 0 {
-            self.count.fetch_sub(removed, Relaxed);
+            self.count_out(removed);
             self.stats.expired.fetch_add(removed as u64, Relaxed);
         }
         removed
@@ -317,10 +351,12 @@ impl Leases {
 
     /// Drops every lease (waking every waiter): a flush, or the node stopping.
     pub fn clear(&self) {
-        let n = self.table.len();
-        self.table.clear();
-        self.count
-            .fetch_sub(n.min(self.count.load(Relaxed)), Relaxed);
+        let mut removed = 0;
+        self.table.retain(|_, _| {
+            removed += 1;
+            false
+        });
+        self.count_out(removed);
     }
 }
 

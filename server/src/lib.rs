@@ -26,6 +26,7 @@ pub mod logging;
 pub mod member_log;
 pub mod metrics;
 pub mod node;
+pub mod observers;
 // The peer transport: turns a tonic client's `Status` into a `PeerError` at the call.
 #[allow(clippy::disallowed_types)]
 pub mod peer;

@@ -277,8 +277,21 @@ impl Node {
         let hot_keys = crate::hotkeys::HotKeys::new(config.hot_keys)
             .with_max_key_bytes(config.store.max_key_bytes)
             .with_replicas(config.replication_factor.get());
-        let tracking = Arc::new(crate::tracking::Tracking::new(config.tracking));
-        store.observe(tracking.switch(), tracking.clone());
+        // One switch for every observer of the store: non-zero while a tracking stream is open
+        // or a lease is held (see `crate::observers`).
+        let switch = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tracking = Arc::new(
+            crate::tracking::Tracking::new(config.tracking).with_switch(Arc::clone(&switch)),
+        );
+        let leases =
+            Arc::new(crate::lease::Leases::new(config_leases).with_switch(Arc::clone(&switch)));
+        store.observe(
+            switch,
+            Arc::new(crate::observers::Observers::new(
+                Arc::clone(&tracking),
+                Arc::clone(&leases),
+            )),
+        );
         let ctx = Arc::new(Context {
             config,
             store,
@@ -294,7 +307,7 @@ impl Node {
             shutdown: CancellationToken::new(),
             span: span.clone(),
             hot_keys,
-            leases: crate::lease::Leases::new(config_leases),
+            leases,
             tracking,
         });
         let node = Arc::new(Self {

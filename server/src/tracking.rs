@@ -219,8 +219,11 @@ pub struct TrackingStats {
 #[derive(Debug)]
 pub struct Tracking {
     config: TrackingConfig,
-    /// On while anyone is subscribed: the store's switch ([`crate::store::Store::observe`]).
-    on: Arc<AtomicBool>,
+    /// On while anyone is subscribed.
+    on: AtomicBool,
+    /// The store's switch ([`crate::store::Store::observe`], shared with the lease table):
+    /// tracking adds 1 to it while `on`.
+    switch: Arc<AtomicUsize>,
     table: DashMap<Bytes, Vec<u64>>,
     keys: AtomicUsize,
     bytes: AtomicUsize,
@@ -238,7 +241,8 @@ impl Tracking {
     pub fn new(config: TrackingConfig) -> Self {
         Self {
             config,
-            on: Arc::new(AtomicBool::new(false)),
+            on: AtomicBool::new(false),
+            switch: Arc::new(AtomicUsize::new(0)),
             table: DashMap::new(),
             keys: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
@@ -251,9 +255,22 @@ impl Tracking {
         }
     }
 
-    /// The switch the store checks before calling in.
-    pub fn switch(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.on)
+    /// Shares the store's switch `switch` (non-zero while anyone wants to hear of changes)
+    /// with the other observers; call before anyone subscribes.
+    #[must_use]
+    pub fn with_switch(mut self, switch: Arc<AtomicUsize>) -> Self {
+        self.switch = switch;
+        self
+    }
+
+    /// The switch the store checks before calling in (non-zero while anyone listens).
+    pub fn switch(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.switch)
+    }
+
+    /// Whether anyone is subscribed.
+    pub fn is_on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
     }
 
     /// The bounds.
@@ -285,7 +302,9 @@ impl Tracking {
             notify: Notify::new(),
         });
         self.subscribers.insert(id, Arc::clone(&subscriber));
-        self.on.store(true, Ordering::SeqCst);
+        if !self.on.swap(true, Ordering::SeqCst) {
+            self.switch.fetch_add(1, Ordering::SeqCst);
+        }
         Ok(subscriber)
     }
 
@@ -294,7 +313,9 @@ impl Tracking {
         let _membership = self.membership.lock();
         self.subscribers.remove(&id);
         if self.subscribers.is_empty() {
-            self.on.store(false, Ordering::SeqCst);
+            if self.on.swap(false, Ordering::SeqCst) {
+                self.switch.fetch_sub(1, Ordering::SeqCst);
+            }
             // Nobody listens: nothing remembered can matter any more.
             self.table.clear();
             self.keys.store(0, Ordering::Relaxed);
@@ -474,7 +495,7 @@ mod tests {
         let a = t.subscribe().unwrap();
         let b = t.subscribe().unwrap();
         assert_ne!(a.id(), b.id());
-        assert!(t.switch().load(Ordering::Relaxed));
+        assert_eq!(t.switch().load(Ordering::Relaxed), 1);
         assert!(t.track(a.id(), b"k"));
         assert!(t.track(b.id(), b"k"));
         assert!(t.track(a.id(), b"k"), "a second read is one entry");
@@ -493,7 +514,7 @@ mod tests {
         assert_eq!(t.stats().keys, 0);
         t.unsubscribe(a.id());
         t.unsubscribe(b.id());
-        assert!(!t.switch().load(Ordering::Relaxed));
+        assert_eq!(t.switch().load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]

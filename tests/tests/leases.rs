@@ -682,3 +682,167 @@ async fn waiters_of_a_crashed_primary_retry_on_the_new_one_and_compute_once() {
         .sum();
     assert_eq!(granted, 1);
 }
+
+/// The node id of `key`'s primary, as node 1 sees the ring.
+fn primary_of(cluster: &TestCluster, key: &str) -> String {
+    primary_and_others(cluster, key)
+        .0
+        .node
+        .config()
+        .node_id
+        .clone()
+}
+
+/// A value that reaches the primary without any client write there (anti-entropy brings it
+/// from another replica) releases the lease and wakes the waiters at once, not when the
+/// lease's 30 s run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_arriving_by_anti_entropy_wakes_the_waiters_long_before_the_lease_ends() {
+    let cluster = TestCluster::start_converged(3, DEADLINE, |i, config| {
+        patient(i, config);
+        config.replication_factor = std::num::NonZeroU32::new(3).expect("non-zero");
+        config.anti_entropy_interval = Duration::from_millis(300);
+        config.leases.max_wait = Duration::from_secs(25);
+    })
+    .await;
+    wait_until(DEADLINE, || async {
+        cluster.nodes.iter().all(|n| n.node.is_ready())
+    })
+    .await
+    .expect("every node ready");
+    let key = "by-anti-entropy";
+    let (primary, others) = primary_and_others(&cluster, key);
+    let replica = others[0];
+
+    let mut holder = primary.raw_cache().await;
+    let lease = holder
+        .get_or_lease(lease_request(key, 30_000, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(lease.lease_token, 0, "{lease:?}");
+    let mut waiter_client = others[1].raw_cache().await;
+    let waiter = tokio::spawn(async move {
+        waiter_client
+            .get_or_lease(lease_request(key, 30_000, 25_000))
+            .await
+    });
+    wait_until(DEADLINE, || {
+        let n = primary.node.leases().waiting();
+        async move { n == 1 }
+    })
+    .await
+    .expect("the waiter waits on the primary");
+
+    // The value lands on another replica only, straight into its store: as if the holder's
+    // write had reached that replica and not the primary. Only anti-entropy can bring it over.
+    let started = std::time::Instant::now();
+    let now = replica.node.now_ms();
+    replica
+        .node
+        .store()
+        .apply(
+            key.as_bytes(),
+            Some(b"repaired"),
+            ringcache_server::store::Hlc::at_millis(now),
+            None,
+            now,
+        )
+        .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter is answered within 10 s, not at the end of the 30 s lease")
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    assert!(reply.found, "{reply:?}");
+    assert_eq!(reply.value, Bytes::from("repaired"));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        primary.node.leases().held(),
+        0,
+        "the value released the lease"
+    );
+    let repaired: u64 = [primary, replica]
+        .iter()
+        .map(|n| {
+            let ae = n.node.anti_entropy();
+            ae.keys_pulled.load(Ordering::Relaxed) + ae.keys_pushed.load(Ordering::Relaxed)
+        })
+        .sum();
+    assert!(repaired >= 1, "anti-entropy moved the value");
+    let stats = primary.node.leases().stats();
+    assert_eq!(stats.woken_by_value.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.granted.load(Ordering::Relaxed), 1, "no second lease");
+}
+
+/// A primary whose clock is off from the cluster's refuses GetOrLease as it refuses reads
+/// (`skew.rs`): asked directly or through another node (forwarded), it answers UNAVAILABLE and
+/// grants nothing; keys of sane primaries are still served through it; once its clock is fixed
+/// it grants leases again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_or_lease_on_a_primary_whose_clock_is_skewed_is_refused() {
+    use ringcache_server::clock::{Clock, OffsetClock};
+    const HOUR_MS: i64 = 3_600_000;
+    let mut cluster = TestCluster::start_converged(2, DEADLINE, patient).await;
+    let clock = Arc::new(OffsetClock::new(HOUR_MS));
+    cluster
+        .add_with_clock(3, clock.clone() as Arc<dyn Clock>, patient)
+        .await;
+    cluster.wait_converged(DEADLINE).await.unwrap();
+    let (n1, n3) = (cluster.node("n1"), cluster.node("n3"));
+    wait_until(DEADLINE, || async { n3.node.clock_check().is_skewed() })
+        .await
+        .expect("n3 finds its clock an hour off the cluster's");
+    let on_n3 = (0..1000)
+        .map(|i| format!("skewed:{i}"))
+        .find(|k| primary_of(&cluster, k) == "n3")
+        .expect("some key has n3 as its primary");
+    let on_n1 = (0..1000)
+        .map(|i| format!("sane:{i}"))
+        .find(|k| primary_of(&cluster, k) == "n1")
+        .expect("some key has n1 as its primary");
+
+    for via in [n3, n1] {
+        let refused = via
+            .raw_cache()
+            .await
+            .get_or_lease(lease_request(&on_n3, 10_000, 1_000))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+        assert!(
+            refused.message().contains("clock skew"),
+            "via {}: {refused:?}",
+            via.node.config().node_id
+        );
+    }
+    assert_eq!(n3.node.leases().held(), 0);
+    assert_eq!(n3.node.leases().stats().granted.load(Ordering::Relaxed), 0);
+
+    // A sane primary's key, asked through the skewed node: forwarded and granted there.
+    let granted = n3
+        .raw_cache()
+        .await
+        .get_or_lease(lease_request(&on_n1, 10_000, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(granted.lease_token, 0, "{granted:?}");
+    assert_eq!(n1.node.leases().held(), 1);
+
+    // NTP fixes the clock: n3 decides again.
+    clock.set_offset_ms(0);
+    wait_until(DEADLINE, || async { !n3.node.clock_check().is_skewed() })
+        .await
+        .expect("n3 trusts its clock again");
+    let granted = n3
+        .raw_cache()
+        .await
+        .get_or_lease(lease_request(&on_n3, 10_000, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(granted.lease_token, 0, "{granted:?}");
+    assert_eq!(n3.node.leases().held(), 1);
+}

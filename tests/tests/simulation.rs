@@ -1465,3 +1465,264 @@ fn founder_started_last_is_joined() {
     assert!(take_panics().is_empty(), "a node panicked");
     formed.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// GetOrLease across a partition: each side's primary grants its own lease, at most one per side.
+
+/// A GetOrLease answer: (lease token (0: none), whether a value was found).
+type Asked = Result<(u64, bool), String>;
+/// A GetOrLease answer after the heal: (lease token, the value found).
+type AskedAfter = Result<(u64, Option<String>), String>;
+
+/// What the clients of [`a_partition_grants_at_most_one_lease_per_side`] saw.
+#[derive(Debug, Default)]
+struct LeaseOutcome {
+    /// During the partition: (node asked, lease token granted (0: none), found a value).
+    asked: Vec<(String, Asked)>,
+    /// The holders' Sets with their tokens: (node, result).
+    sets: Vec<(String, Result<(), String>)>,
+    /// After the heal: (node asked, token, value found).
+    after: Vec<(String, AskedAfter)>,
+}
+
+fn status_text(status: &tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+/// The partition's callers: every node is asked for `key`'s lease three times within one lease
+/// TTL, then each caller granted a lease stores its side's value with its token through the
+/// node that granted it.
+async fn lease_partition_client(
+    outcome: Rc<RefCell<LeaseOutcome>>,
+    key: String,
+    ttl_ms: u64,
+) -> turmoil::Result {
+    use ringcache_proto::v1;
+    let mut granted = Vec::new();
+    for _ in 0..3 {
+        for node in ["n1", "n2", "n3"] {
+            let mut client = cache_client(node).await;
+            let request = v1::GetOrLeaseRequest {
+                key: key.clone().into(),
+                lease_ttl_ms: ttl_ms,
+                max_wait_ms: 0,
+            };
+            let reply = tokio::time::timeout(REQUEST_TIMEOUT, client.get_or_lease(request))
+                .await
+                .map_err(|_| "timed out".to_owned())
+                .and_then(|r| r.map_err(|s| status_text(&s)))
+                .map(|r| {
+                    let r = r.into_inner();
+                    (r.lease_token, r.found)
+                });
+            if let Ok((token, _)) = &reply
+                && *token != 0
+            {
+                granted.push((node, *token));
+            }
+            outcome.borrow_mut().asked.push((node.to_owned(), reply));
+        }
+    }
+    for (node, token) in granted {
+        let mut client = cache_client(node).await;
+        let request = v1::SetRequest {
+            key: key.clone().into(),
+            value: format!("computed-via-{node}").into(),
+            lease_token: token,
+            consistency: v1::Consistency::One as i32,
+            ..Default::default()
+        };
+        let set = tokio::time::timeout(REQUEST_TIMEOUT, client.set(request))
+            .await
+            .map_err(|_| "timed out".to_owned())
+            .and_then(|r| r.map(|_| ()).map_err(|s| status_text(&s)));
+        outcome.borrow_mut().sets.push((node.to_owned(), set));
+    }
+    Ok(())
+}
+
+/// After the heal: a later caller asks every node and gets the value, no lease.
+async fn lease_after_heal_client(
+    outcome: Rc<RefCell<LeaseOutcome>>,
+    key: String,
+) -> turmoil::Result {
+    use ringcache_proto::v1;
+    for node in ["n1", "n2", "n3"] {
+        let mut client = cache_client(node).await;
+        let request = v1::GetOrLeaseRequest {
+            key: key.clone().into(),
+            lease_ttl_ms: 10_000,
+            max_wait_ms: 500,
+        };
+        let reply = tokio::time::timeout(REQUEST_TIMEOUT, client.get_or_lease(request))
+            .await
+            .map_err(|_| "timed out".to_owned())
+            .and_then(|r| r.map_err(|s| status_text(&s)))
+            .map(|r| {
+                let r = r.into_inner();
+                let value = r
+                    .found
+                    .then(|| String::from_utf8_lossy(&r.value).into_owned());
+                (r.lease_token, value)
+            });
+        outcome.borrow_mut().after.push((node.to_owned(), reply));
+    }
+    Ok(())
+}
+
+/// Steps until the client hosts finish (bounded by `limit` of simulated time).
+fn run_clients(driver: &mut Driver<'_>, limit: Duration) {
+    let mut done = false;
+    for _ in 0..(limit.as_millis() / TICK.as_millis()) {
+        done = driver.sim.step().expect("no host fails");
+        if done {
+            break;
+        }
+    }
+    assert!(done, "the clients did not finish within {limit:?}");
+}
+
+/// A 3-node cluster (R = 3) split {n1} | {n2, n3}, where n1 is the key's primary: n1 keeps
+/// deciding on its side, and once n2 and n3 count n1 out, the next replica decides on theirs.
+/// Nine GetOrLease calls (three through each node) within one lease TTL grant exactly one lease
+/// per side — the documented bound: two sides, at most two computations. After the heal, a
+/// later caller gets the value through every node and no new lease is granted.
+#[test]
+fn a_partition_grants_at_most_one_lease_per_side() {
+    const LEASE_TTL: Duration = Duration::from_secs(20);
+    install_panic_hook();
+    let _ = take_panics();
+    let plan = Plan {
+        seed: 11,
+        nodes: 3,
+        clients: 0,
+        min_latency: Duration::from_millis(1),
+        max_latency: Duration::from_millis(3),
+        random_order: false,
+        faults: Vec::new(),
+    };
+    let mut driver = Driver::new(plan);
+    driver
+        .step_until(CONVERGE_DEADLINE, "initial convergence", |d| d.converged())
+        .expect("the cluster forms");
+    let key = {
+        let nodes = driver.shared.nodes.borrow();
+        let view = nodes["n1"].view();
+        (0..1000)
+            .map(|i| format!("leased-{i}"))
+            .find(|k| view.lease_target(k.as_bytes(), "n1").is_none())
+            .expect("some key has n1 as its primary")
+    };
+    let partition = Fault::Partition { side: vec![1] };
+    driver.start_fault(&partition);
+    driver
+        .step_until(CONVERGE_DEADLINE, "n2 and n3 count n1 out", |d| {
+            let nodes = d.shared.nodes.borrow();
+            ["n2", "n3"].iter().all(|n| {
+                nodes[*n]
+                    .view()
+                    .lease_target(key.as_bytes(), n)
+                    .is_none_or(|m| m.node_id != "n1")
+            })
+        })
+        .expect("the majority side elects another primary for the key");
+    let granted_before: u64 = {
+        let nodes = driver.shared.nodes.borrow();
+        nodes
+            .values()
+            .map(|n| n.leases().stats().granted.load(Ordering::Relaxed))
+            .sum()
+    };
+    assert_eq!(granted_before, 0);
+
+    let outcome = Rc::new(RefCell::new(LeaseOutcome::default()));
+    let started = driver.elapsed();
+    {
+        let (outcome, key) = (Rc::clone(&outcome), key.clone());
+        let ttl_ms = u64::try_from(LEASE_TTL.as_millis()).expect("small");
+        driver.sim.client("lease-callers", async move {
+            lease_partition_client(outcome, key, ttl_ms).await
+        });
+    }
+    run_clients(&mut driver, Duration::from_secs(30));
+    let took = driver.elapsed() - started;
+    {
+        let outcome = outcome.borrow();
+        println!("partition: {outcome:#?} in {took:?}");
+        assert!(
+            took < LEASE_TTL,
+            "the callers ran within one lease TTL: {took:?}"
+        );
+        let grants = |side: &[&str]| {
+            outcome
+                .asked
+                .iter()
+                .filter(|(node, reply)| {
+                    side.contains(&node.as_str()) && matches!(reply, Ok((token, _)) if *token != 0)
+                })
+                .count()
+        };
+        assert_eq!(grants(&["n1"]), 1, "one lease on n1's side: {outcome:#?}");
+        assert_eq!(
+            grants(&["n2", "n3"]),
+            1,
+            "one lease on n2/n3's side: {outcome:#?}"
+        );
+        assert!(
+            outcome
+                .asked
+                .iter()
+                .all(|(_, reply)| matches!(reply, Ok((_, false)))),
+            "nobody found a value before a holder stored one: {outcome:#?}"
+        );
+    }
+    let granted_on = |driver: &Driver<'_>, side: &[&str]| -> u64 {
+        let nodes = driver.shared.nodes.borrow();
+        side.iter()
+            .map(|n| nodes[*n].leases().stats().granted.load(Ordering::Relaxed))
+            .sum()
+    };
+    assert_eq!(granted_on(&driver, &["n1"]), 1);
+    assert_eq!(granted_on(&driver, &["n2", "n3"]), 1);
+
+    driver.end_fault(&partition);
+    driver
+        .step_until(CONVERGE_DEADLINE, "heal", |d| d.converged())
+        .expect("the cluster heals");
+    let keys = [key.clone()];
+    driver
+        .step_until(REPLICAS_DEADLINE, "replica convergence", |d| {
+            d.divergent(&keys).is_empty()
+        })
+        .expect("the replicas agree on the key");
+    {
+        let (outcome, key) = (Rc::clone(&outcome), key.clone());
+        driver.sim.client("later-caller", async move {
+            lease_after_heal_client(outcome, key).await
+        });
+    }
+    run_clients(&mut driver, Duration::from_secs(30));
+    assert!(take_panics().is_empty(), "a node panicked");
+    let outcome = outcome.borrow();
+    println!("after the heal: {:#?}", outcome.after);
+    assert!(
+        outcome.sets.iter().any(|(_, set)| set.is_ok()),
+        "a holder stored its value: {outcome:#?}"
+    );
+    assert_eq!(outcome.after.len(), 3);
+    for (node, reply) in &outcome.after {
+        let Ok((token, Some(value))) = reply else {
+            panic!("a later caller through {node} gets the value: {reply:?}");
+        };
+        assert_eq!(*token, 0, "through {node}");
+        assert!(
+            value.starts_with("computed-via-n"),
+            "through {node}: {value}"
+        );
+    }
+    assert_eq!(
+        granted_on(&driver, &["n1", "n2", "n3"]),
+        2,
+        "no lease after the heal"
+    );
+}

@@ -116,7 +116,6 @@ impl CacheService {
             let level = write_level(&self.node, consistency)?;
             replication::check_writable(&self.node, level).map_err(status_of)?;
             let (reply, keys) = handler(&self.node, self.node.now_ms())?;
-            self.node.leases().on_writes(&keys);
             replication::replicate(self.node.context(), keys, level)
                 .await
                 .map_err(status_of)?;
@@ -180,9 +179,6 @@ impl CacheService {
         let result = replication::check_writable(&self.node, level)
             .map_err(status_of)
             .and_then(|()| Ok(handler(&self.node, arrival.now_ms)?));
-        if result.is_ok() {
-            self.node.leases().on_write(key);
-        }
         Some(self.recorded(op, start, result, outcome))
     }
 
@@ -674,7 +670,6 @@ impl Cache for CacheService {
                     .mset(&pairs, req.ttl_ms, node.now_ms())
                     .map_err(Status::from)?;
                 let keys: Vec<Bytes> = local.iter().map(|&p| req.entries[p].key.clone()).collect();
-                node.leases().on_writes(&keys);
                 replication::replicate(node.context(), keys, level)
                     .await
                     .map_err(status_of)?;
@@ -719,7 +714,6 @@ impl Cache for CacheService {
                     .store()
                     .mdelete(&keys, node.now_ms())
                     .map_err(Status::from)?;
-                node.leases().on_writes(&keys);
                 replication::replicate(node.context(), keys, level)
                     .await
                     .map_err(status_of)?;

@@ -177,7 +177,6 @@ impl Internal for InternalService {
         let mut reply = v1::ReplicateResponse::default();
         for entry in &request.entries {
             if apply_entry(self.node.store(), entry, self.node.now_ms())? {
-                self.node.leases().on_write(&entry.key);
                 reply.applied += 1;
             } else {
                 reply.ignored += 1;

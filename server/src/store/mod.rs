@@ -67,21 +67,33 @@ impl EvictionPolicy {
 
 /// Told of every change of a key in the store, whatever its path (client writes, replication,
 /// repair, rebalancing, eviction, expiry reclaim, flushes): the near-cache tracking table
-/// ([`crate::tracking`]). Called with the key's shard locked, so it must not touch the store; it
-/// may be told of a key that did not change (a write whose condition failed), never left
-/// untold of one that did.
+/// ([`crate::tracking`]) and the lease table ([`crate::lease`]), through one fan-out
+/// (`crate::observers`). Called with the key's shard locked, so it must not touch the store (it
+/// may take locks of its own that are never held while a store lock is taken).
 pub trait KeyObserver: Send + Sync + std::fmt::Debug {
-    /// `key` may have changed.
+    /// `key` may change: called at the start of every mutation of `key`, before the store
+    /// decides anything. It may be told of a key that did not change (a write whose condition
+    /// failed, a copy refused as older), never left untold of one that did.
     fn changed(&self, key: &[u8]);
+    /// A write of `key` landed: a value or a delete (tombstone or removal) is in the store now,
+    /// whatever the path (a client write, replication, hints, read repair, anti-entropy,
+    /// rebalancing, snapshot load). Called under the shard lock after the change, only when
+    /// something was stored or removed; never for eviction, expiry reclaim, hand-off drops or
+    /// flushes. The default does nothing.
+    fn written(&self, key: &[u8]) {
+        let _ = key;
+    }
     /// Many keys may have changed (a flush).
     fn flushed(&self);
 }
 
 /// The observer of a store and the switch that says whether it wants to hear anything: while
-/// off (nobody subscribed), a write costs one relaxed load more than without an observer.
+/// zero (nobody subscribed to invalidations, no lease held), a write costs two relaxed loads of
+/// it (before and after the change) more than without an observer. Each party interested adds
+/// to it while it is (tracking: 1 while a stream is open; leases: 1 per lease held).
 #[derive(Debug)]
 struct Observer {
-    on: Arc<AtomicBool>,
+    on: Arc<AtomicUsize>,
     sink: Arc<dyn KeyObserver>,
 }
 
@@ -442,9 +454,9 @@ impl Store {
         }
     }
 
-    /// Installs the observer told of every change while `on` is true (once; a second call is
-    /// ignored and returns false).
-    pub fn observe(&self, on: Arc<AtomicBool>, sink: Arc<dyn KeyObserver>) -> bool {
+    /// Installs the observer told of every change while `on` is non-zero (once; a second call
+    /// is ignored and returns false).
+    pub fn observe(&self, on: Arc<AtomicUsize>, sink: Arc<dyn KeyObserver>) -> bool {
         self.observer.set(Observer { on, sink }).is_ok()
     }
 
@@ -452,16 +464,27 @@ impl Store {
     #[inline]
     fn changed(&self, key: &[u8]) {
         if let Some(observer) = self.observer.get()
-            && observer.on.load(Ordering::Relaxed)
+            && observer.on.load(Ordering::Relaxed) != 0
         {
             observer.sink.changed(key);
+        }
+    }
+
+    /// Tells the observer a write of `key` landed (the caller holds the key's shard lock, and
+    /// the change is made).
+    #[inline]
+    fn written(&self, key: &[u8]) {
+        if let Some(observer) = self.observer.get()
+            && observer.on.load(Ordering::Relaxed) != 0
+        {
+            observer.sink.written(key);
         }
     }
 
     /// Tells the observer many keys may have changed.
     fn flushed(&self) {
         if let Some(observer) = self.observer.get()
-            && observer.on.load(Ordering::Relaxed)
+            && observer.on.load(Ordering::Relaxed) != 0
         {
             observer.sink.flushed();
         }
@@ -772,6 +795,7 @@ impl Store {
             if let Some(s) = found {
                 let entry = shard.remove(place.hash, s);
                 self.used_bytes.fetch_sub(entry.charge(), Ordering::Relaxed);
+                self.written(key);
             }
             return Ok((live, None));
         }
@@ -787,6 +811,7 @@ impl Store {
             now_ms.saturating_add(self.config.tombstone_grace_ms),
         );
         self.put(shard, place, found, tombstone, now_ms)?;
+        self.written(key);
         Ok((live, Some(version)))
     }
 
@@ -1048,6 +1073,7 @@ impl Store {
             }
         };
         self.put(&mut shard, place, slot, entry, now_ms)?;
+        self.written(key);
         Ok(true)
     }
 
@@ -1445,6 +1471,7 @@ impl Store {
         let version = self.hlc.next_after(now_ms, floor);
         let entry = Entry::new(key, value, version, expires_at.unwrap_or(0));
         self.put(shard, place, slot, entry, now_ms)?;
+        self.written(key);
         Ok(version)
     }
 

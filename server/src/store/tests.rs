@@ -1660,9 +1660,9 @@ impl Recorder {
     }
 }
 
-fn observed(store: &Store) -> (Arc<Recorder>, Arc<AtomicBool>) {
+fn observed(store: &Store) -> (Arc<Recorder>, Arc<AtomicUsize>) {
     let recorder = Arc::new(Recorder::default());
-    let on = Arc::new(AtomicBool::new(true));
+    let on = Arc::new(AtomicUsize::new(1));
     assert!(store.observe(on.clone(), recorder.clone()));
     (recorder, on)
 }
@@ -1747,7 +1747,7 @@ fn eviction_tells_the_observer_and_a_switched_off_observer_hears_nothing() {
     }
     assert!(s.stats().evictions > 0);
     assert!(rec.told(b"victim"), "the evicted key was told");
-    on.store(false, Ordering::Relaxed);
+    on.store(0, Ordering::Relaxed);
     s.set(b"quiet", b"v", SetOptions::default(), 1).unwrap();
     assert!(!rec.told(b"quiet"));
 }
