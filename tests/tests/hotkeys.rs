@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use ringcache::Client;
+use ringcache_test_support::zipf::Zipfian;
 use ringcache_tests::{TestCluster, patient};
 use serde_json::Value;
 
@@ -242,23 +243,10 @@ async fn resp_commands_feed_the_hot_keys_and_the_metrics() {
 /// `1 / (i + 1)^0.99`, as ringbench's `zipfian:0.99`), from a fixed seed.
 fn zipf_keys(n: usize, distinct: usize, seed: u64) -> Vec<String> {
     use rand::{RngExt, SeedableRng};
-    let weights: Vec<f64> = (0..distinct)
-        .map(|i| 1.0 / (i as f64 + 1.0).powf(0.99))
-        .collect();
-    let sum: f64 = weights.iter().sum();
-    let mut cumulative = Vec::with_capacity(distinct);
-    let mut acc = 0.0;
-    for weight in &weights {
-        acc += weight / sum;
-        cumulative.push(acc);
-    }
+    let zipf = Zipfian::new(distinct as u64, 0.99).expect("a valid distribution");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     (0..n)
-        .map(|_| {
-            let draw: f64 = rng.random();
-            let index = cumulative.partition_point(|&c| c < draw).min(distinct - 1);
-            format!("zipf-{index}")
-        })
+        .map(|_| format!("zipf-{}", zipf.sample(|| rng.random())))
         .collect()
 }
 

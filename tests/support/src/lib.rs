@@ -7,6 +7,10 @@
 //!   whose given ports are free, for tests of the binary that need fixed ports (its defaults,
 //!   seeds known in advance). Two test runs on one machine, or a node running beside them on
 //!   127.0.0.1, do not meet.
+//! - **Zipfian ranks** ([`zipf::Zipfian`]): the skewed key choice of ringbench's workloads, its
+//!   micro-benchmarks and the hot-key tests (no dependency: the caller brings the uniform draws).
+
+pub mod zipf;
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
