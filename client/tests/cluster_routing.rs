@@ -333,18 +333,12 @@ struct FakeCluster {
 }
 
 fn member(id: &str, addr: &str, incarnation: u64, state: NodeState) -> Member {
-    Member {
-        node_id: id.to_owned(),
-        incarnation,
-        state,
-        weight: 1,
-        grpc_addr: addr.to_owned(),
-        gossip_addr: "127.0.0.1:1".to_owned(),
-        http_addr: "127.0.0.1:2".to_owned(),
-        cluster_addr: String::new(),
-        resp_addr: String::new(),
-        zone: None,
-    }
+    Member::for_test(id)
+        .with_incarnation(incarnation)
+        .with_state(state)
+        .with_grpc_addr(addr)
+        .with_gossip_addr("127.0.0.1:1")
+        .with_http_addr("127.0.0.1:2")
 }
 
 impl FakeCluster {
@@ -366,10 +360,7 @@ impl FakeCluster {
             ids.iter()
                 .zip(&addrs)
                 .zip(zones)
-                .map(|((id, addr), zone)| Member {
-                    zone: zone.map(str::to_owned),
-                    ..member(id, addr, 1, NodeState::Active)
-                })
+                .map(|((id, addr), zone)| member(id, addr, 1, NodeState::Active).with_zone(zone))
                 .collect(),
             replication,
             64,

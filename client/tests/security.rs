@@ -20,7 +20,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use common::fake_cache::{FakeCache, Reply, Served};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use ringcache::{Client, Connector, Error, NodeState, NodeStream, TlsOptions};
+use ringcache::{Client, Connector, Error, NodeStream, TlsOptions};
 use ringcache_proto::{
     TOPOLOGY_DIGEST_METADATA,
     topology::{Member, Topology},
@@ -366,17 +366,10 @@ async fn start(pki: &Pki, mode: Mode, n: usize) -> FakeCluster {
         addrs
             .iter()
             .enumerate()
-            .map(|(i, addr)| Member {
-                node_id: format!("n{i}"),
-                incarnation: 1,
-                state: NodeState::Active,
-                weight: 1,
-                grpc_addr: addr.clone(),
-                gossip_addr: "127.0.0.1:1".to_owned(),
-                http_addr: String::new(),
-                cluster_addr: String::new(),
-                resp_addr: String::new(),
-                zone: None,
+            .map(|(i, addr)| {
+                Member::for_test(format!("n{i}"))
+                    .with_grpc_addr(addr.as_str())
+                    .with_gossip_addr("127.0.0.1:1")
             })
             .collect(),
         u32::try_from(n).unwrap(),

@@ -237,17 +237,11 @@ async fn stats_shows_forwarded_requests_hints_and_replication_lag() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().to_string()
     };
-    let member = |id: &str, grpc: String, http: String| Member {
-        node_id: id.to_owned(),
-        incarnation: 1,
-        state: NodeState::Active,
-        weight: 1,
-        grpc_addr: grpc,
-        gossip_addr: "127.0.0.1:1".to_owned(),
-        http_addr: http,
-        cluster_addr: String::new(),
-        resp_addr: String::new(),
-        zone: None,
+    let member = |id: &str, grpc: String, http: String| {
+        Member::for_test(id)
+            .with_grpc_addr(grpc)
+            .with_gossip_addr("127.0.0.1:1")
+            .with_http_addr(http)
     };
     let topology = Topology::new(
         vec![

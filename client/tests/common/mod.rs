@@ -16,7 +16,7 @@ use std::{
 
 use bytes::Bytes;
 use fake_cache::{FakeCache, Reply, cache_server};
-use ringcache::{Client, ClientBuilder, Connector, Error, NodeState, NodeStream, RetryPolicy};
+use ringcache::{Client, ClientBuilder, Connector, Error, NodeStream, RetryPolicy};
 use ringcache_proto::{
     topology::{Member, Topology},
     v1::{
@@ -69,18 +69,12 @@ struct Svc(Arc<Fake>);
 
 fn topology() -> Topology {
     Topology::new(
-        vec![Member {
-            node_id: "n1".to_owned(),
-            incarnation: 1,
-            state: NodeState::Active,
-            weight: 1,
-            grpc_addr: MEMBER_ADDR.to_owned(),
-            gossip_addr: "member-1:7380".to_owned(),
-            http_addr: "member-1:7381".to_owned(),
-            cluster_addr: String::new(),
-            resp_addr: String::new(),
-            zone: None,
-        }],
+        vec![
+            Member::for_test("n1")
+                .with_grpc_addr(MEMBER_ADDR)
+                .with_gossip_addr("member-1:7380")
+                .with_http_addr("member-1:7381"),
+        ],
         1,
         16,
     )
