@@ -20,7 +20,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use common::fake_cache::{FakeCache, Reply, Served};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use ringcache::{Client, Connector, Error, NodeStream, TlsOptions};
+use ringcache::{Client, ClientBuilder, Connector, Error, NodeStream, TlsOptions};
 use ringcache_proto::{
     TOPOLOGY_DIGEST_METADATA,
     topology::{Member, Topology},
@@ -531,14 +531,8 @@ async fn a_client_certificate_is_presented_when_the_node_requires_one() {
     client.set("k", "v").await.unwrap();
     assert_eq!(client.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
 
-    let error = tls_builder(&pki, &cluster.addrs)
-        .credentials("app", "open sesame")
-        .connect()
-        .await
-        .unwrap_err();
-    let Error::Unavailable(message) = &error else {
-        panic!("expected unavailable, got {error:?}");
-    };
+    let message =
+        unavailable(tls_builder(&pki, &cluster.addrs).credentials("app", "open sesame")).await;
     assert!(
         message.contains(&cluster.addrs[0])
             && message.contains("the node requires a client certificate"),
@@ -546,19 +540,22 @@ async fn a_client_certificate_is_presented_when_the_node_requires_one() {
     );
 }
 
+/// The message of the `Unavailable` error `builder` fails to connect with.
+async fn unavailable(builder: ClientBuilder) -> String {
+    let error = builder.connect().await.unwrap_err();
+    let Error::Unavailable(message) = error else {
+        panic!("expected unavailable, got {error:?}");
+    };
+    message
+}
+
 #[tokio::test]
 async fn a_client_that_does_not_trust_the_nodes_ca_fails_to_connect_clearly() {
     let pki = pki();
     let other = self::pki();
     let cluster = start(&pki, Mode::Tls, 1).await;
-    let error = tls_builder(&other, &cluster.addrs)
-        .credentials("app", "open sesame")
-        .connect()
-        .await
-        .unwrap_err();
-    let Error::Unavailable(message) = &error else {
-        panic!("expected unavailable, got {error:?}");
-    };
+    let message =
+        unavailable(tls_builder(&other, &cluster.addrs).credentials("app", "open sesame")).await;
     assert!(
         message.contains(&cluster.addrs[0])
             && message.contains("invalid peer certificate")
@@ -573,15 +570,12 @@ async fn a_client_that_does_not_trust_the_nodes_ca_fails_to_connect_clearly() {
 async fn a_client_whose_server_name_is_not_in_the_certificate_fails_to_connect_clearly() {
     let pki = pki();
     let cluster = start(&pki, Mode::Tls, 1).await;
-    let error = Client::builder()
-        .seeds(&cluster.addrs)
-        .tls(TlsOptions::new(pki.ca.as_bytes()).server_name("cache.example"))
-        .connect()
-        .await
-        .unwrap_err();
-    let Error::Unavailable(message) = &error else {
-        panic!("expected unavailable, got {error:?}");
-    };
+    let message = unavailable(
+        Client::builder()
+            .seeds(&cluster.addrs)
+            .tls(TlsOptions::new(pki.ca.as_bytes()).server_name("cache.example")),
+    )
+    .await;
     assert!(message.contains("invalid peer certificate"), "{message}");
 }
 
@@ -589,15 +583,12 @@ async fn a_client_whose_server_name_is_not_in_the_certificate_fails_to_connect_c
 async fn a_plain_text_client_against_a_tls_node_fails_clearly() {
     let pki = pki();
     let cluster = start(&pki, Mode::Tls, 1).await;
-    let error = Client::builder()
-        .seeds(&cluster.addrs)
-        .credentials("app", "open sesame")
-        .connect()
-        .await
-        .unwrap_err();
-    let Error::Unavailable(message) = &error else {
-        panic!("expected unavailable, got {error:?}");
-    };
+    let message = unavailable(
+        Client::builder()
+            .seeds(&cluster.addrs)
+            .credentials("app", "open sesame"),
+    )
+    .await;
     assert!(
         message.contains(&cluster.addrs[0]) && message.contains("the node may require tls"),
         "{message}"
@@ -609,14 +600,8 @@ async fn a_plain_text_client_against_a_tls_node_fails_clearly() {
 async fn a_tls_client_against_a_plain_text_node_fails_clearly() {
     let pki = pki();
     let cluster = start(&pki, Mode::Plain, 1).await;
-    let error = tls_builder(&pki, &cluster.addrs)
-        .credentials("app", "open sesame")
-        .connect()
-        .await
-        .unwrap_err();
-    let Error::Unavailable(message) = &error else {
-        panic!("expected unavailable, got {error:?}");
-    };
+    let message =
+        unavailable(tls_builder(&pki, &cluster.addrs).credentials("app", "open sesame")).await;
     assert!(
         message.contains(&cluster.addrs[0])
             && message.contains("the node does not seem to speak tls"),

@@ -21,11 +21,7 @@ const ADMIN_SECRET: &str = "admin-secret-0123456789";
 const DEFAULT_SECRET: &str = "default-secret-0123456789";
 
 fn user(name: &str, role: Role, secret: &str) -> UserEntry {
-    UserEntry {
-        name: name.to_owned(),
-        role,
-        secret_sha256: to_hex(&sha256(secret.as_bytes())),
-    }
+    UserEntry::with_secret(name, role, secret.as_bytes())
 }
 
 /// reader (read), writer (write), admin (admin) and default (write: `AUTH secret`).

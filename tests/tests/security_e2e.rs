@@ -15,7 +15,7 @@ use ringcache_proto::v1::{
     self, admin_client::AdminClient, cache_client::CacheClient, internal_client::InternalClient,
 };
 use ringcache_server::Config;
-use ringcache_server::auth::{Role, UserEntry, basic_header, sha256, to_hex};
+use ringcache_server::auth::{Role, UserEntry, basic_header};
 use ringcache_server::config::TlsFiles;
 use ringcache_server::connections::Refused;
 use ringcache_tests::certs::{Ca, Scratch};
@@ -33,11 +33,7 @@ const ADMIN_SECRET: &str = "admin-secret-0123456789";
 // ---- users, requests and metrics ----------------------------------------------------------------
 
 fn user(name: &str, role: Role, secret: &str) -> UserEntry {
-    UserEntry {
-        name: name.to_owned(),
-        role,
-        secret_sha256: to_hex(&sha256(secret.as_bytes())),
-    }
+    UserEntry::with_secret(name, role, secret.as_bytes())
 }
 
 /// reader (read), writer (write) and admin (admin).
