@@ -15,6 +15,19 @@ use tokio::process::Command;
 
 use crate::{TestCluster, TestNode};
 
+/// `redis-cli` with `args` against `node`'s RESP port: its standard output, once it exited
+/// successfully.
+pub async fn redis_cli(node: &TestNode, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &node.resp_addr.port().to_string()])
+        .args(args)
+        .output()
+        .await
+        .expect("redis-cli runs (scripts/test-deps installs redis-server with it)");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
 /// How long one reply may take: long enough for `CLUSTER SLOTS` (about 11,000 runs at 3 nodes)
 /// parsed by a debug build of the redis crate on a loaded machine.
 pub const REPLY_DEADLINE: Duration = Duration::from_secs(30);
