@@ -4,7 +4,6 @@
 //! (keys by owner, the settle window, `-MOVED` counts) and the node crash protocol.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -95,15 +94,7 @@ pub async fn raw(node: &TestNode, input: &[u8], until: &str) -> (String, bool) {
 /// Longest one client script may run.
 pub const SCRIPT_DEADLINE: Duration = Duration::from_secs(120);
 
-/// The target directory this test binary was built in (it is `<target>/<profile>/deps/<test>-*`),
-/// where `scripts/test-deps` installs the clients of other languages.
-pub fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    exe.ancestors()
-        .nth(3)
-        .expect("the test binary is in <target>/<profile>/deps")
-        .to_path_buf()
-}
+pub use ringcache_test_support::{python, target_dir};
 
 /// What a finished child process printed.
 #[derive(Debug)]

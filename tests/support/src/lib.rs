@@ -7,6 +7,8 @@
 //!   whose given ports are free, for tests of the binary that need fixed ports (its defaults,
 //!   seeds known in advance). Two test runs on one machine, or a node running beside them on
 //!   127.0.0.1, do not meet.
+//! - **The clients of other languages** ([`target_dir`], [`python`]): where `scripts/test-deps`
+//!   installs them, beside the test binary.
 //! - **Zipfian ranks** ([`zipf::Zipfian`]): the skewed key choice of ringbench's workloads, its
 //!   micro-benchmarks and the hot-key tests (no dependency: the caller brings the uniform draws).
 
@@ -14,6 +16,7 @@ pub mod zipf;
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How often a condition is polled.
@@ -131,6 +134,28 @@ fn next(state: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// The target directory this test binary was built in (it is `<target>/<profile>/deps/<test>-*`),
+/// where `scripts/test-deps` installs the clients of other languages.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.ancestors()
+        .nth(3)
+        .expect("the test binary is in <target>/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The Python interpreter of the tests: `$RINGCACHE_TEST_PYTHON`, or the virtualenv that
+/// `scripts/test-deps` makes in the [`target_dir`].
+pub fn python() -> String {
+    if let Ok(python) = std::env::var("RINGCACHE_TEST_PYTHON") {
+        return python;
+    }
+    target_dir()
+        .join("python-clients/bin/python")
+        .to_string_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]
