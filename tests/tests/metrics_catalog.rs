@@ -226,19 +226,12 @@ fn docs_metrics_md_is_generated_from_the_catalogs() {
         .parent()
         .expect("tests/ has a parent")
         .join("docs/METRICS.md");
-    let fresh = reference();
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    if committed == fresh {
-        return;
-    }
-    if std::env::var_os("RINGCACHE_REGENERATE").is_some() {
-        std::fs::write(&path, &fresh).expect("write docs/METRICS.md");
-        return;
-    }
-    panic!(
+    ringcache_test_support::check_generated(
+        &path,
+        &reference(),
         "docs/METRICS.md differs from what the metric catalogs generate: run \
          `RINGCACHE_REGENERATE=1 cargo test -p ringcache-tests --test metrics_catalog` and \
-         commit the result"
+         commit the result",
     );
 }
 

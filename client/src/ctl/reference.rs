@@ -120,17 +120,12 @@ mod tests {
             markdown_table(),
             &readme[end..]
         );
-        if std::env::var_os("RINGCACHE_REGENERATE").is_some() {
-            if expected != readme {
-                std::fs::write(&path, &expected).expect("README.md is writable");
-            }
-            return;
-        }
-        assert!(
-            expected == readme,
+        ringcache_test_support::check_generated(
+            &path,
+            &expected,
             "README.md's ringctl table differs from the commands' doc comments \
              (client/src/ctl/mod.rs); rewrite it with `RINGCACHE_REGENERATE=1 cargo test -p \
-             ringcache --features cli --lib ctl::reference`"
+             ringcache --features cli --lib ctl::reference`",
         );
     }
 

@@ -172,17 +172,12 @@ mod tests {
         let path = readme_path();
         let readme = std::fs::read_to_string(&path).expect("README.md is readable");
         let expected = regenerated(&readme);
-        if std::env::var_os("RINGCACHE_REGENERATE").is_some() {
-            if expected != readme {
-                std::fs::write(&path, &expected).expect("README.md is writable");
-            }
-            return;
-        }
-        assert!(
-            expected == readme,
+        ringcache_test_support::check_generated(
+            &path,
+            &expected,
             "README.md's settings table differs from the settings' declarations \
              (server/src/config/settings.rs); rewrite it with \
-             `RINGCACHE_REGENERATE=1 cargo test -p ringcache-server --lib config::reference`"
+             `RINGCACHE_REGENERATE=1 cargo test -p ringcache-server --lib config::reference`",
         );
     }
 

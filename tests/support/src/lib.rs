@@ -9,6 +9,8 @@
 //!   127.0.0.1, do not meet.
 //! - **The clients of other languages** ([`target_dir`], [`python`]): where `scripts/test-deps`
 //!   installs them, beside the test binary.
+//! - **Generated files** ([`check_generated`]): a committed file that is generated from the
+//!   code is current, or rewritten with `RINGCACHE_REGENERATE=1`.
 //! - **Zipfian ranks** ([`zipf::Zipfian`]): the skewed key choice of ringbench's workloads, its
 //!   micro-benchmarks and the hot-key tests (no dependency: the caller brings the uniform draws).
 
@@ -16,7 +18,7 @@ pub mod zipf;
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How often a condition is polled.
@@ -156,6 +158,22 @@ pub fn python() -> String {
         .join("python-clients/bin/python")
         .to_string_lossy()
         .into_owned()
+}
+
+/// Checks that the committed file at `path` is `fresh`, what the code generates: with
+/// `RINGCACHE_REGENERATE` set it is rewritten instead (when it differs); otherwise a difference
+/// panics with `stale`, which should say how to rewrite it.
+pub fn check_generated(path: &Path, fresh: &str, stale: &str) {
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    if committed == fresh {
+        return;
+    }
+    if std::env::var_os("RINGCACHE_REGENERATE").is_some() {
+        std::fs::write(path, fresh)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        return;
+    }
+    panic!("{stale}");
 }
 
 #[cfg(test)]
