@@ -26,6 +26,7 @@ use ringcache_proto::{
         cluster_server::{Cluster, ClusterServer},
     },
 };
+use ringcache_test_support::closed_addr;
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
@@ -1007,12 +1008,7 @@ async fn an_invalid_topology_is_a_protocol_error() {
 
 #[tokio::test]
 async fn all_seeds_down_is_unavailable_naming_every_seed() {
-    let closed: Vec<String> = (0..3)
-        .map(|_| {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().to_string()
-        })
-        .collect();
+    let closed: Vec<String> = (0..3).map(|_| closed_addr()).collect();
     let error = Client::connect(&closed).await.unwrap_err();
     let Error::Unavailable(message) = &error else {
         panic!("expected unavailable, got {error:?}");

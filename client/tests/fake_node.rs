@@ -21,6 +21,7 @@ use ringcache_proto::{
     CURRENT_VERSION_METADATA,
     v1::{self as pb},
 };
+use ringcache_test_support::closed_addr;
 use tonic::{
     Request, Response, Status,
     metadata::{MetadataMap, MetadataValue},
@@ -222,11 +223,6 @@ async fn start() -> (Arc<Fake>, String) {
             .serve_with_incoming(incoming),
     );
     (fake, addr)
-}
-
-fn closed_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
 }
 
 #[tokio::test]

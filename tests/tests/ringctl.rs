@@ -9,6 +9,7 @@ use ringcache_proto::placement::Ring;
 use ringcache_proto::topology::{Member, NodeState, Topology};
 use ringcache_proto::v1::{self, cache_client::CacheClient};
 use ringcache_server::Config;
+use ringcache_test_support::closed_addr;
 use ringcache_tests::{DataDir, TestCluster, TestNode, patient, wait_until};
 use serde_json::Value;
 
@@ -233,10 +234,6 @@ async fn stats_shows_forwarded_requests_hints_and_replication_lag() {
     config.node_id = "n1".to_owned();
     config.replication.write_consistency = ringcache_server::replication::Consistency::One;
     let n1 = TestNode::start_without_gossip(config).await;
-    let closed = |_| {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().to_string()
-    };
     let member = |id: &str, grpc: String, http: String| {
         Member::for_test(id)
             .with_grpc_addr(grpc)
@@ -246,8 +243,8 @@ async fn stats_shows_forwarded_requests_hints_and_replication_lag() {
     let topology = Topology::new(
         vec![
             member("n1", n1.grpc_target(), n1.http_addr.to_string()),
-            member("n2", closed(0), closed(0)),
-            member("n3", closed(0), closed(0)),
+            member("n2", closed_addr(), closed_addr()),
+            member("n3", closed_addr(), closed_addr()),
         ],
         2,
         64,

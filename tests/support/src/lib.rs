@@ -6,7 +6,7 @@
 //! - **Free loopback addresses** ([`free_loopback_ip`]): a `127.x.y.z` address, picked at random,
 //!   whose given ports are free, for tests of the binary that need fixed ports (its defaults,
 //!   seeds known in advance). Two test runs on one machine, or a node running beside them on
-//!   127.0.0.1, do not meet.
+//!   127.0.0.1, do not meet; and a closed one ([`closed_addr`]) for a peer that is down.
 //! - **The clients of other languages** ([`target_dir`], [`python`]): where `scripts/test-deps`
 //!   installs them, beside the test binary.
 //! - **Generated files** ([`check_generated`]): a committed file that is generated from the
@@ -136,6 +136,16 @@ fn next(state: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// A `127.0.0.1` port nothing listens on (bound to a free port, then released): a dial to it
+/// is refused.
+pub fn closed_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
+    listener
+        .local_addr()
+        .expect("a bound listener's address")
+        .to_string()
 }
 
 /// The target directory this test binary was built in (it is `<target>/<profile>/deps/<test>-*`),
