@@ -582,6 +582,21 @@ pub fn keep_suspects(_: usize, config: &mut Config) {
     config.suspicion_max_timeout = Duration::from_secs(120);
 }
 
+/// Writes `key{i}` = `value{i}` for every `i` below `keys`, in `MSet` batches of 500.
+pub async fn load_keys(client: &ringcache::Client, keys: usize) {
+    for chunk in (0..keys).collect::<Vec<_>>().chunks(500) {
+        client
+            .mset(
+                chunk
+                    .iter()
+                    .map(|i| (format!("key{i}"), format!("value{i}"))),
+                None,
+            )
+            .await
+            .expect("a batch write");
+    }
+}
+
 /// A `Set` request for `key` at a consistency level (`v1::Consistency as i32`).
 pub fn set_request(key: &str, value: &str, consistency: i32) -> ringcache_proto::v1::SetRequest {
     ringcache_proto::v1::SetRequest {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ringcache::Client;
 use ringcache_proto::placement::Ring;
-use ringcache_tests::{TestCluster, wait_until};
+use ringcache_tests::{TestCluster, load_keys, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const KEYS: usize = 20_000;
@@ -18,20 +18,6 @@ fn one_copy(_: usize, config: &mut ringcache_server::Config) {
     ringcache_tests::patient(0, config);
     config.replication_factor = NonZeroU32::MIN;
     config.rebalance_bytes_per_sec = 0;
-}
-
-async fn load(client: &Client) {
-    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(500) {
-        client
-            .mset(
-                chunk
-                    .iter()
-                    .map(|i| (format!("key{i}"), format!("value{i}"))),
-                None,
-            )
-            .await
-            .unwrap();
-    }
 }
 
 async fn all_readable(client: &Client) {
@@ -74,7 +60,7 @@ async fn a_joining_node_is_filled_and_old_holders_drop_what_moved() {
     let mut cluster = TestCluster::start_with(3, one_copy).await;
     cluster.wait_converged(DEADLINE).await.unwrap();
     let client = Client::connect(cluster.grpc_targets()).await.unwrap();
-    load(&client).await;
+    load_keys(&client, KEYS).await;
     let before: u64 = cluster
         .nodes
         .iter()
@@ -122,7 +108,7 @@ async fn a_graceful_leave_hands_every_key_off() {
     let mut cluster = TestCluster::start_with(4, one_copy).await;
     cluster.wait_converged(DEADLINE).await.unwrap();
     let client = Client::connect(cluster.grpc_targets()).await.unwrap();
-    load(&client).await;
+    load_keys(&client, KEYS).await;
     let leaver = cluster.take("n2");
     let held = leaver.node.store().stats().keys;
     assert!(held > 0);
@@ -174,7 +160,7 @@ async fn with_three_copies_a_joiner_gets_its_share_and_every_key_stays_on_exactl
     let mut cluster = TestCluster::start_with(3, three_copies).await;
     cluster.wait_converged(DEADLINE).await.unwrap();
     let client = Client::connect(cluster.grpc_targets()).await.unwrap();
-    load(&client).await;
+    load_keys(&client, KEYS).await;
     cluster.add(4, three_copies).await;
     cluster.wait_converged(DEADLINE).await.unwrap();
     wait_until(DEADLINE, || async { copies_match_the_ring(&cluster) })
@@ -206,7 +192,7 @@ async fn after_a_node_dies_every_key_gets_its_second_copy_back() {
     let mut cluster = TestCluster::start_with(4, two_copies).await;
     cluster.wait_converged(DEADLINE).await.unwrap();
     let client = Client::connect(cluster.grpc_targets()).await.unwrap();
-    load(&client).await;
+    load_keys(&client, KEYS).await;
     wait_until(DEADLINE, || async { copies_match_the_ring(&cluster) })
         .await
         .expect("two copies of every key before the failure");
@@ -232,7 +218,7 @@ async fn a_join_reads_only_the_entries_of_the_slots_that_move() {
     let mut cluster = TestCluster::start_with(3, one_copy).await;
     cluster.wait_converged(DEADLINE).await.unwrap();
     let client = Client::connect(cluster.grpc_targets()).await.unwrap();
-    load(&client).await;
+    load_keys(&client, KEYS).await;
     let old_ring = cluster.nodes[0].node.view().ring.clone();
     let scanned_before: Vec<u64> = cluster
         .nodes

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ringcache::Client;
 use ringcache_proto::placement::{Ring, SLOTS};
-use ringcache_tests::{TestCluster, patient};
+use ringcache_tests::{TestCluster, load_keys, patient};
 use serde_json::Value;
 
 /// Generous bound for convergence and for ringctl to see a settled cluster.
@@ -230,17 +230,7 @@ async fn a_node_joining_a_zone_gets_the_keys_of_the_zoned_ring() {
     let client = Client::connect(cluster.grpc_targets())
         .await
         .expect("connect");
-    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(500) {
-        client
-            .mset(
-                chunk
-                    .iter()
-                    .map(|i| (format!("key{i}"), format!("value{i}"))),
-                None,
-            )
-            .await
-            .expect("a batch write");
-    }
+    load_keys(&client, KEYS).await;
     cluster.add(4, configure).await;
     cluster.wait_converged(CONVERGE).await.expect("n4 joins");
     let view = cluster.nodes[0].node.view();
