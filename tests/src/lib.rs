@@ -4,6 +4,7 @@
 //! Every server binds 127.0.0.1 port 0, so tests run in parallel and beside a running node.
 
 pub mod certs;
+pub mod ctl;
 pub mod resp;
 pub mod sim;
 

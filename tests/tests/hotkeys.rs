@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use ringcache::Client;
 use ringcache_test_support::zipf::Zipfian;
+use ringcache_tests::ctl::ctl;
 use ringcache_tests::{TestCluster, patient};
 use serde_json::Value;
 
@@ -13,26 +14,6 @@ use serde_json::Value;
 const DEADLINE: Duration = Duration::from_secs(30);
 /// The heavy keys.
 const HOT: [&str; 5] = ["hot-0", "hot-1", "hot-2", "hot-3", "hot-4"];
-
-struct Outcome {
-    code: i32,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-async fn ctl(cluster: &str, args: &[&str]) -> Outcome {
-    let mut argv = vec!["--cluster".to_owned(), cluster.to_owned()];
-    argv.extend(args.iter().map(|a| (*a).to_owned()));
-    let mut input: &[u8] = &[];
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    let code = ringcache::ctl::run(argv, &mut input, &mut stdout, &mut stderr).await;
-    Outcome {
-        code,
-        stdout,
-        stderr: String::from_utf8(stderr).expect("stderr is UTF-8"),
-    }
-}
 
 /// One burst of skewed load: each heavy key is read and written far more often than the rest.
 async fn load(client: &Client) {

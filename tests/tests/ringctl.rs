@@ -10,54 +10,12 @@ use ringcache_proto::topology::{Member, NodeState, Topology};
 use ringcache_proto::v1::{self, cache_client::CacheClient};
 use ringcache_server::Config;
 use ringcache_test_support::closed_addr;
+use ringcache_tests::ctl::{Outcome, ctl, ctl_stdin};
 use ringcache_tests::{DataDir, TestCluster, TestNode, patient, wait_until};
 use serde_json::Value;
 
 /// Generous bound: failure detection here takes ~0.5 s (100 ms probes, 400 ms suspicion).
 const CONVERGE: Duration = Duration::from_secs(15);
-
-/// What one ringctl run produced.
-struct Outcome {
-    code: i32,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-impl Outcome {
-    fn text(&self) -> String {
-        String::from_utf8(self.stdout.clone()).expect("stdout is UTF-8")
-    }
-
-    fn json(&self) -> Value {
-        assert_eq!(self.code, 0, "stderr: {}", self.stderr);
-        serde_json::from_slice(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {}", self.text()))
-    }
-
-    fn ok(&self) -> String {
-        assert_eq!(self.code, 0, "stderr: {}", self.stderr);
-        assert!(self.stderr.is_empty(), "stderr: {}", self.stderr);
-        self.text()
-    }
-}
-
-async fn ctl_stdin(cluster: &str, args: &[&str], stdin: &[u8]) -> Outcome {
-    let mut argv = vec!["--cluster".to_owned(), cluster.to_owned()];
-    argv.extend(args.iter().map(|a| (*a).to_owned()));
-    let mut input = stdin;
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    let code = ringcache::ctl::run(argv, &mut input, &mut stdout, &mut stderr).await;
-    Outcome {
-        code,
-        stdout,
-        stderr: String::from_utf8(stderr).expect("stderr is UTF-8"),
-    }
-}
-
-async fn ctl(cluster: &str, args: &[&str]) -> Outcome {
-    ctl_stdin(cluster, args, &[]).await
-}
 
 /// Three converged nodes with patient failure detection: a loaded machine must not make a
 /// live node suspect (a ring of two would answer `locate` with two replicas).
