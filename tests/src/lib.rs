@@ -583,6 +583,25 @@ pub fn keep_suspects(_: usize, config: &mut Config) {
     config.suspicion_max_timeout = Duration::from_secs(120);
 }
 
+/// Whether each of the keys `key{i}` below `keys` is held (live) by exactly its replicas in the
+/// first node's ring, on every node of `cluster`.
+pub fn copies_match_the_ring(cluster: &TestCluster, keys: usize) -> bool {
+    let view = cluster.nodes[0].node.view();
+    (0..keys).all(|i| {
+        let key = format!("key{i}");
+        let owners = view.ring.replicas(key.as_bytes());
+        cluster.nodes.iter().all(|n| {
+            let held = n
+                .node
+                .store()
+                .get_versioned(key.as_bytes())
+                .unwrap()
+                .is_some_and(|v| v.value.is_some());
+            held == owners.contains(&n.node.config().node_id)
+        })
+    })
+}
+
 /// Writes `key{i}` = `value{i}` for every `i` below `keys`, in `MSet` batches of 500.
 pub async fn load_keys(client: &ringcache::Client, keys: usize) {
     for chunk in (0..keys).collect::<Vec<_>>().chunks(500) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ringcache::Client;
 use ringcache_proto::placement::{Ring, SLOTS};
 use ringcache_tests::ctl::{Outcome, ctl};
-use ringcache_tests::{TestCluster, load_keys, patient};
+use ringcache_tests::{TestCluster, copies_match_the_ring, load_keys, patient};
 use serde_json::Value;
 
 /// Generous bound for convergence and for ringctl to see a settled cluster.
@@ -177,24 +177,6 @@ async fn three_zones_at_r2_keep_every_keys_copies_in_two_zones() {
     let view = cluster.nodes[0].node.view();
     assert_eq!(view.ring.zone_count(), 4);
     assert_eq!(view.ring.crowded_ranges(), 0);
-}
-
-/// Every one of `keys` keys is held by exactly its replicas in node 1's (zoned) ring.
-fn copies_match_the_ring(cluster: &TestCluster, keys: usize) -> bool {
-    let view = cluster.nodes[0].node.view();
-    (0..keys).all(|i| {
-        let key = format!("key{i}");
-        let owners = view.ring.replicas(key.as_bytes());
-        cluster.nodes.iter().all(|n| {
-            let held = n
-                .node
-                .store()
-                .get_versioned(key.as_bytes())
-                .unwrap()
-                .is_some_and(|v| v.value.is_some());
-            held == owners.contains(&n.node.config().node_id)
-        })
-    })
 }
 
 /// A node joining zone-a of a zoned cluster pulls the slots it holds in the zoned ring, and the
