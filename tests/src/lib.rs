@@ -583,6 +583,36 @@ pub fn keep_suspects(_: usize, config: &mut Config) {
     config.suspicion_max_timeout = Duration::from_secs(120);
 }
 
+/// `node`'s `/metrics` page (Prometheus text), once it answered 200.
+pub async fn metrics_text(node: &TestNode) -> String {
+    let response = http_get(node.http_addr, "/metrics")
+        .await
+        .expect("the metrics endpoint answers");
+    assert_eq!(response.status, 200, "{}", response.body);
+    response.body
+}
+
+/// The value of the sample `series` (name and labels, exactly as exported) in the Prometheus
+/// text `body`, `None` when it is not there.
+pub fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.trim().parse().expect("a number"))
+    })
+}
+
+/// The value of the sample `series` on `node`'s `/metrics`; panics when it is not exported.
+pub async fn metric(node: &TestNode, series: &str) -> f64 {
+    let body = metrics_text(node).await;
+    sample(&body, series).unwrap_or_else(|| panic!("{series} missing from\n{body}"))
+}
+
+/// The value of the sample `series` on `node`'s `/metrics`, 0 when it is not exported (a
+/// labelled series appears once it is first counted).
+pub async fn metric_or_zero(node: &TestNode, series: &str) -> f64 {
+    sample(&metrics_text(node).await, series).unwrap_or(0.0)
+}
+
 /// Whether each of the keys `key{i}` below `keys` is held (live) by exactly its replicas in the
 /// first node's ring, on every node of `cluster`.
 pub fn copies_match_the_ring(cluster: &TestCluster, keys: usize) -> bool {
