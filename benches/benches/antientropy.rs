@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use ringcache_proto::topology::{Member, NodeState, Topology};
+use ringcache_proto::topology::{Member, Topology};
 use ringcache_server::antientropy::{BUCKETS, digests, plan, summaries};
 use ringcache_server::known::Quorum;
 use ringcache_server::store::{Store, StoreConfig};
@@ -17,23 +17,10 @@ use ringcache_server::view::ClusterView;
 const KEYS: u64 = 1_000_000;
 const NOW: u64 = 1_800_000_000_000;
 
-fn member(id: &str) -> Member {
-    Member {
-        node_id: id.to_owned(),
-        incarnation: 1,
-        state: NodeState::Active,
-        weight: 1,
-        grpc_addr: String::new(),
-        gossip_addr: String::new(),
-        http_addr: String::new(),
-        cluster_addr: String::new(),
-        resp_addr: String::new(),
-        zone: None,
-    }
-}
-
 fn cluster_view(nodes: usize) -> ClusterView {
-    let members = (1..=nodes).map(|i| member(&format!("n{i}"))).collect();
+    let members = (1..=nodes)
+        .map(|i| Member::for_test(format!("n{i}")))
+        .collect();
     let topology = Topology::new(members, 3, 256);
     ClusterView::new(
         topology,

@@ -1,28 +1,26 @@
 //! Criterion micro-benchmarks of hot-key tracking (`ringcache_server::hotkeys`): the cost a
 //! request pays with tracking off (a branch on a bool), on with the default sampling (1 in 8),
-//! and on counting every request, over 100,000 keys of 14 B with a zipfian-ish skew.
+//! and on counting every request, over 100,000 keys of 14 B with a zipfian skew
+//! (θ = 1).
 //! Run: `cargo bench -p ringcache-bench --bench hotkeys`.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ringcache_bench::bench::{rng::Rng, zipf::Zipfian};
 use ringcache_bench::bench_key;
 use ringcache_server::hotkeys::{Access, HotKeys, HotKeysConfig};
 
 const KEYS: usize = 100_000;
 
 fn hotkeys_benches(c: &mut Criterion) {
-    // A skewed stream: key i drawn about 1/(i+1) as often (a fixed, repeatable sequence).
+    // A skewed stream: key i drawn about 1/(i+1) as often (zipfian, θ = 1; a fixed seed).
     let keys: Vec<String> = (0..KEYS as u64).map(bench_key).collect();
+    let zipf = Zipfian::new(KEYS as u64, 1.0).expect("a valid distribution");
+    let mut rng = Rng::new(1);
     let stream: Vec<usize> = (0..KEYS)
-        .map(|i| {
-            let x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
-            let u = (x as f64 + 1.0) / (1u64 << 24) as f64;
-            ((KEYS as f64).powf(u) as usize)
-                .saturating_sub(1)
-                .min(KEYS - 1)
-        })
+        .map(|_| usize::try_from(zipf.sample(|| rng.next_f64())).expect("a rank below KEYS"))
         .collect();
     let mut group = c.benchmark_group("hotkeys_record");
     group.throughput(Throughput::Elements(1));

@@ -13,6 +13,20 @@ pub fn bench_key(i: u64) -> String {
     format!("key:{i:010}")
 }
 
+/// Removes `flag` and the value after it from a probe's arguments: the value, `None` without the
+/// flag, an error when the flag has no value.
+pub fn take_flag(args: &mut Vec<String>, flag: &str) -> anyhow::Result<Option<String>> {
+    let Some(at) = args.iter().position(|a| a == flag) else {
+        return Ok(None);
+    };
+    if at + 1 >= args.len() {
+        bail!("{flag} needs a value");
+    }
+    let value = args.remove(at + 1);
+    args.remove(at);
+    Ok(Some(value))
+}
+
 /// What [`measure_memory`] found.
 #[derive(Debug, Clone, Copy)]
 pub struct MemoryReport {

@@ -466,10 +466,7 @@ impl ClientBuilder {
 mod tests {
     use super::*;
 
-    fn closed_addr() -> String {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().to_string()
-    }
+    use ringcache_test_support::closed_addr;
 
     #[tokio::test]
     async fn empty_or_bad_seeds_are_invalid() {

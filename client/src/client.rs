@@ -1078,11 +1078,7 @@ mod tests {
     use super::*;
     use crate::conn::ConnectConfig;
 
-    /// A port nothing listens on (bound, then released).
-    fn closed_addr() -> String {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().to_string()
-    }
+    use ringcache_test_support::closed_addr;
 
     /// A client whose requests would fail with `Unavailable` if they were sent.
     fn unconnected_client() -> Client {

@@ -728,10 +728,7 @@ fn is_not_grpc(status: &tonic::Status) -> bool {
 mod tests {
     use super::*;
 
-    fn closed_addr() -> String {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().to_string()
-    }
+    use ringcache_test_support::closed_addr;
 
     #[tokio::test]
     async fn a_refused_connection_is_classified_as_not_sent() {

@@ -1300,18 +1300,11 @@ mod tests {
     use super::*;
 
     fn member(id: &str, state: NodeState) -> Member {
-        Member {
-            node_id: id.to_owned(),
-            incarnation: 1,
-            state,
-            weight: 1,
-            grpc_addr: format!("{id}:7379"),
-            gossip_addr: format!("{id}:7380"),
-            http_addr: format!("{id}:7381"),
-            cluster_addr: String::new(),
-            resp_addr: String::new(),
-            zone: None,
-        }
+        Member::for_test(id)
+            .with_state(state)
+            .with_grpc_addr(format!("{id}:7379"))
+            .with_gossip_addr(format!("{id}:7380"))
+            .with_http_addr(format!("{id}:7381"))
     }
 
     fn topology(ids: &[&str]) -> Topology {

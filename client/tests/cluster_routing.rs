@@ -3,6 +3,8 @@
 //! topology's digest, and record which keys reach them. Nothing here waits on a fixed sleep: every
 //! background effect is awaited by a bounded polling loop under `tokio::time::timeout`.
 
+mod common;
+
 use std::{
     collections::BTreeSet,
     sync::{
@@ -13,6 +15,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use common::fake_cache::{FakeCache, Reply, cache_server};
 use ringcache::{Client, Connector, Error, NodeState, NodeStream};
 use ringcache_proto::{
     TOPOLOGY_DIGEST_METADATA,
@@ -20,10 +23,10 @@ use ringcache_proto::{
     topology::{Member, Topology},
     v1::{
         self as pb,
-        cache_server::{Cache, CacheServer},
         cluster_server::{Cluster, ClusterServer},
     },
 };
+use ringcache_test_support::closed_addr;
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
@@ -140,34 +143,12 @@ impl FakeNode {
 #[derive(Clone)]
 struct Svc(Arc<FakeNode>);
 
+// An older node: no pipelined stream (UNIMPLEMENTED), so the client falls back to unary calls
+// (which these tests inspect: deadlines, metadata, failover).
 #[tonic::async_trait]
-impl Cache for Svc {
-    // An older node: no pipelined stream, so the client falls back to unary calls (which these
-    // tests inspect: deadlines, metadata, failover).
-    type PipelineStream = tonic::codegen::BoxStream<pb::PipelineResponseBatch>;
-    type InvalidationsStream = tonic::codegen::BoxStream<pb::InvalidationBatch>;
-
-    async fn invalidations(
-        &self,
-        _request: Request<pb::InvalidationsRequest>,
-    ) -> Result<Response<Self::InvalidationsStream>, Status> {
-        Err(Status::unimplemented(
-            "no near-cache tracking on this fake node",
-        ))
-    }
-
-    async fn pipeline(
-        &self,
-        _request: Request<tonic::Streaming<pb::PipelineRequestBatch>>,
-    ) -> Result<Response<Self::PipelineStream>, Status> {
-        Err(Status::unimplemented("no pipeline on this fake node"))
-    }
-
-    async fn get(
-        &self,
-        request: Request<pb::GetRequest>,
-    ) -> Result<Response<pb::GetResponse>, Status> {
-        let node = &self.0;
+impl FakeCache for FakeNode {
+    async fn get(&self, request: Request<pb::GetRequest>) -> Reply<pb::GetResponse> {
+        let node = self;
         let key = request.into_inner().key;
         node.record("get", &key);
         node.maybe_hang(&key).await;
@@ -183,11 +164,8 @@ impl Cache for Svc {
         })
     }
 
-    async fn set(
-        &self,
-        request: Request<pb::SetRequest>,
-    ) -> Result<Response<pb::SetResponse>, Status> {
-        let node = &self.0;
+    async fn set(&self, request: Request<pb::SetRequest>) -> Reply<pb::SetResponse> {
+        let node = self;
         let key = request.into_inner().key;
         node.record("set", &key);
         node.maybe_hang(&key).await;
@@ -198,22 +176,16 @@ impl Cache for Svc {
         })
     }
 
-    async fn delete(
-        &self,
-        request: Request<pb::DeleteRequest>,
-    ) -> Result<Response<pb::DeleteResponse>, Status> {
-        self.0.record("delete", &request.into_inner().key);
-        self.0.answer(pb::DeleteResponse {
+    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Reply<pb::DeleteResponse> {
+        self.record("delete", &request.into_inner().key);
+        self.answer(pb::DeleteResponse {
             deleted: true,
             ..Default::default()
         })
     }
 
-    async fn m_get(
-        &self,
-        request: Request<pb::MGetRequest>,
-    ) -> Result<Response<pb::MGetResponse>, Status> {
-        let node = &self.0;
+    async fn m_get(&self, request: Request<pb::MGetRequest>) -> Reply<pb::MGetResponse> {
+        let node = self;
         node.batches.fetch_add(1, Ordering::SeqCst);
         let keys = request.into_inner().keys;
         node.batch_sizes.lock().unwrap().push(keys.len());
@@ -233,11 +205,8 @@ impl Cache for Svc {
         node.answer(pb::MGetResponse { results })
     }
 
-    async fn m_set(
-        &self,
-        request: Request<pb::MSetRequest>,
-    ) -> Result<Response<pb::MSetResponse>, Status> {
-        let node = &self.0;
+    async fn m_set(&self, request: Request<pb::MSetRequest>) -> Reply<pb::MSetResponse> {
+        let node = self;
         node.batches.fetch_add(1, Ordering::SeqCst);
         let entries = request.into_inner().entries;
         node.batch_sizes.lock().unwrap().push(entries.len());
@@ -251,11 +220,8 @@ impl Cache for Svc {
         node.answer(pb::MSetResponse { versions })
     }
 
-    async fn m_delete(
-        &self,
-        request: Request<pb::MDeleteRequest>,
-    ) -> Result<Response<pb::MDeleteResponse>, Status> {
-        let node = &self.0;
+    async fn m_delete(&self, request: Request<pb::MDeleteRequest>) -> Reply<pb::MDeleteResponse> {
+        let node = self;
         node.batches.fetch_add(1, Ordering::SeqCst);
         let keys = request.into_inner().keys;
         node.batch_sizes.lock().unwrap().push(keys.len());
@@ -267,13 +233,10 @@ impl Cache for Svc {
         })
     }
 
-    async fn incr(
-        &self,
-        request: Request<pb::IncrRequest>,
-    ) -> Result<Response<pb::IncrResponse>, Status> {
+    async fn incr(&self, request: Request<pb::IncrRequest>) -> Reply<pb::IncrResponse> {
         let request = request.into_inner();
-        self.0.record("incr", &request.key);
-        self.0.answer(pb::IncrResponse {
+        self.record("incr", &request.key);
+        self.answer(pb::IncrResponse {
             value: request.delta,
             version: 1,
         })
@@ -282,50 +245,27 @@ impl Cache for Svc {
     async fn compare_and_set(
         &self,
         request: Request<pb::CompareAndSetRequest>,
-    ) -> Result<Response<pb::CompareAndSetResponse>, Status> {
-        self.0.record("cas", &request.into_inner().key);
-        self.0.answer(pb::CompareAndSetResponse { version: 2 })
+    ) -> Reply<pb::CompareAndSetResponse> {
+        self.record("cas", &request.into_inner().key);
+        self.answer(pb::CompareAndSetResponse { version: 2 })
     }
 
-    async fn expire(
-        &self,
-        request: Request<pb::ExpireRequest>,
-    ) -> Result<Response<pb::ExpireResponse>, Status> {
-        self.0.record("expire", &request.into_inner().key);
-        self.0.answer(pb::ExpireResponse {
+    async fn expire(&self, request: Request<pb::ExpireRequest>) -> Reply<pb::ExpireResponse> {
+        self.record("expire", &request.into_inner().key);
+        self.answer(pb::ExpireResponse {
             updated: true,
             ..Default::default()
         })
     }
 
-    async fn persist(
-        &self,
-        request: Request<pb::PersistRequest>,
-    ) -> Result<Response<pb::PersistResponse>, Status> {
-        self.0.record("persist", &request.into_inner().key);
-        self.0.answer(pb::PersistResponse { updated: true })
+    async fn persist(&self, request: Request<pb::PersistRequest>) -> Reply<pb::PersistResponse> {
+        self.record("persist", &request.into_inner().key);
+        self.answer(pb::PersistResponse { updated: true })
     }
 
-    async fn get_or_lease(
-        &self,
-        _: Request<pb::GetOrLeaseRequest>,
-    ) -> Result<Response<pb::GetOrLeaseResponse>, Status> {
-        Err(Status::unimplemented("get_or_lease"))
-    }
-
-    async fn update(
-        &self,
-        _: Request<pb::UpdateRequest>,
-    ) -> Result<Response<pb::UpdateResponse>, Status> {
-        Err(Status::unimplemented("update"))
-    }
-
-    async fn ttl(
-        &self,
-        request: Request<pb::TtlRequest>,
-    ) -> Result<Response<pb::TtlResponse>, Status> {
-        self.0.record("ttl", &request.into_inner().key);
-        self.0.answer(pb::TtlResponse {
+    async fn ttl(&self, request: Request<pb::TtlRequest>) -> Reply<pb::TtlResponse> {
+        self.record("ttl", &request.into_inner().key);
+        self.answer(pb::TtlResponse {
             found: true,
             ttl_ms: None,
             ..Default::default()
@@ -394,18 +334,12 @@ struct FakeCluster {
 }
 
 fn member(id: &str, addr: &str, incarnation: u64, state: NodeState) -> Member {
-    Member {
-        node_id: id.to_owned(),
-        incarnation,
-        state,
-        weight: 1,
-        grpc_addr: addr.to_owned(),
-        gossip_addr: "127.0.0.1:1".to_owned(),
-        http_addr: "127.0.0.1:2".to_owned(),
-        cluster_addr: String::new(),
-        resp_addr: String::new(),
-        zone: None,
-    }
+    Member::for_test(id)
+        .with_incarnation(incarnation)
+        .with_state(state)
+        .with_grpc_addr(addr)
+        .with_gossip_addr("127.0.0.1:1")
+        .with_http_addr("127.0.0.1:2")
 }
 
 impl FakeCluster {
@@ -427,10 +361,7 @@ impl FakeCluster {
             ids.iter()
                 .zip(&addrs)
                 .zip(zones)
-                .map(|((id, addr), zone)| Member {
-                    zone: zone.map(str::to_owned),
-                    ..member(id, addr, 1, NodeState::Active)
-                })
+                .map(|((id, addr), zone)| member(id, addr, 1, NodeState::Active).with_zone(zone))
                 .collect(),
             replication,
             64,
@@ -453,10 +384,11 @@ impl FakeCluster {
                 server: Mutex::new(None),
             });
             let svc = Svc(Arc::clone(&node));
+            let cache = cache_server(Arc::clone(&node));
             let mut stop = node.stop.subscribe();
             let server = tokio::spawn(async move {
                 Server::builder()
-                    .add_service(CacheServer::new(svc.clone()))
+                    .add_service(cache)
                     .add_service(ClusterServer::new(svc))
                     .serve_with_incoming_shutdown(incoming, async move {
                         let _ = stop.wait_for(|stopped| *stopped).await;
@@ -1076,12 +1008,7 @@ async fn an_invalid_topology_is_a_protocol_error() {
 
 #[tokio::test]
 async fn all_seeds_down_is_unavailable_naming_every_seed() {
-    let closed: Vec<String> = (0..3)
-        .map(|_| {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().to_string()
-        })
-        .collect();
+    let closed: Vec<String> = (0..3).map(|_| closed_addr()).collect();
     let error = Client::connect(&closed).await.unwrap_err();
     let Error::Unavailable(message) = &error else {
         panic!("expected unavailable, got {error:?}");

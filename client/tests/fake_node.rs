@@ -2,6 +2,8 @@
 //! to check what goes over the wire and how answers and failures come back. End-to-end tests
 //! against real nodes live in the `tests` crate.
 
+mod common;
+
 use std::{
     sync::{
         Arc, Mutex,
@@ -11,16 +13,15 @@ use std::{
 };
 
 use bytes::Bytes;
+use common::fake_cache::{FakeCache, Reply, cache_server};
 use ringcache::{
     Client, Connector, Consistency, Entry, Error, KeyTtl, NodeStream, SetOptions, SetOutcome,
 };
 use ringcache_proto::{
     CURRENT_VERSION_METADATA,
-    v1::{
-        self as pb,
-        cache_server::{Cache, CacheServer},
-    },
+    v1::{self as pb},
 };
+use ringcache_test_support::closed_addr;
 use tonic::{
     Request, Response, Status,
     metadata::{MetadataMap, MetadataValue},
@@ -41,33 +42,11 @@ fn key_str(key: &Bytes) -> &str {
     std::str::from_utf8(key).unwrap()
 }
 
+// An older node: no pipelined stream (UNIMPLEMENTED), so the client falls back to unary calls
+// (which these tests inspect: deadlines, metadata, failover).
 #[tonic::async_trait]
-impl Cache for Fake {
-    // An older node: no pipelined stream, so the client falls back to unary calls (which these
-    // tests inspect: deadlines, metadata, failover).
-    type PipelineStream = tonic::codegen::BoxStream<pb::PipelineResponseBatch>;
-    type InvalidationsStream = tonic::codegen::BoxStream<pb::InvalidationBatch>;
-
-    async fn invalidations(
-        &self,
-        _request: Request<pb::InvalidationsRequest>,
-    ) -> Result<Response<Self::InvalidationsStream>, Status> {
-        Err(Status::unimplemented(
-            "no near-cache tracking on this fake node",
-        ))
-    }
-
-    async fn pipeline(
-        &self,
-        _request: Request<tonic::Streaming<pb::PipelineRequestBatch>>,
-    ) -> Result<Response<Self::PipelineStream>, Status> {
-        Err(Status::unimplemented("no pipeline on this fake node"))
-    }
-
-    async fn get(
-        &self,
-        request: Request<pb::GetRequest>,
-    ) -> Result<Response<pb::GetResponse>, Status> {
+impl FakeCache for Fake {
+    async fn get(&self, request: Request<pb::GetRequest>) -> Reply<pb::GetResponse> {
         let has_deadline = request.metadata().get("grpc-timeout").is_some();
         let request = request.into_inner();
         *self.last_get.lock().unwrap() = Some((request.clone(), has_deadline));
@@ -97,10 +76,7 @@ impl Cache for Fake {
         Ok(Response::new(response))
     }
 
-    async fn set(
-        &self,
-        request: Request<pb::SetRequest>,
-    ) -> Result<Response<pb::SetResponse>, Status> {
+    async fn set(&self, request: Request<pb::SetRequest>) -> Reply<pb::SetResponse> {
         let request = request.into_inner();
         *self.last_set.lock().unwrap() = Some(request.clone());
         if key_str(&request.key) == "full" {
@@ -124,10 +100,7 @@ impl Cache for Fake {
         }))
     }
 
-    async fn delete(
-        &self,
-        request: Request<pb::DeleteRequest>,
-    ) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Reply<pb::DeleteResponse> {
         let deleted = key_str(&request.into_inner().key) == "present";
         Ok(Response::new(pb::DeleteResponse {
             deleted,
@@ -135,10 +108,7 @@ impl Cache for Fake {
         }))
     }
 
-    async fn m_get(
-        &self,
-        request: Request<pb::MGetRequest>,
-    ) -> Result<Response<pb::MGetResponse>, Status> {
+    async fn m_get(&self, request: Request<pb::MGetRequest>) -> Reply<pb::MGetResponse> {
         let keys = request.into_inner().keys;
         let mut results: Vec<_> = keys
             .iter()
@@ -159,10 +129,7 @@ impl Cache for Fake {
         Ok(Response::new(pb::MGetResponse { results }))
     }
 
-    async fn m_set(
-        &self,
-        request: Request<pb::MSetRequest>,
-    ) -> Result<Response<pb::MSetResponse>, Status> {
+    async fn m_set(&self, request: Request<pb::MSetRequest>) -> Reply<pb::MSetResponse> {
         let request = request.into_inner();
         if request.ttl_ms != Some(60_000) {
             return Err(Status::invalid_argument("expected a 60 s ttl"));
@@ -171,18 +138,12 @@ impl Cache for Fake {
         Ok(Response::new(pb::MSetResponse { versions }))
     }
 
-    async fn m_delete(
-        &self,
-        request: Request<pb::MDeleteRequest>,
-    ) -> Result<Response<pb::MDeleteResponse>, Status> {
+    async fn m_delete(&self, request: Request<pb::MDeleteRequest>) -> Reply<pb::MDeleteResponse> {
         let deleted = request.into_inner().keys.len() as u64;
         Ok(Response::new(pb::MDeleteResponse { deleted }))
     }
 
-    async fn incr(
-        &self,
-        request: Request<pb::IncrRequest>,
-    ) -> Result<Response<pb::IncrResponse>, Status> {
+    async fn incr(&self, request: Request<pb::IncrRequest>) -> Reply<pb::IncrResponse> {
         let request = request.into_inner();
         *self.last_incr.lock().unwrap() = Some(request.clone());
         match key_str(&request.key) {
@@ -198,7 +159,7 @@ impl Cache for Fake {
     async fn compare_and_set(
         &self,
         request: Request<pb::CompareAndSetRequest>,
-    ) -> Result<Response<pb::CompareAndSetResponse>, Status> {
+    ) -> Reply<pb::CompareAndSetResponse> {
         let request = request.into_inner();
         if key_str(&request.key) == "absent" {
             return Err(Status::failed_precondition("key does not exist"));
@@ -215,10 +176,7 @@ impl Cache for Fake {
         ))
     }
 
-    async fn expire(
-        &self,
-        request: Request<pb::ExpireRequest>,
-    ) -> Result<Response<pb::ExpireResponse>, Status> {
+    async fn expire(&self, request: Request<pb::ExpireRequest>) -> Reply<pb::ExpireResponse> {
         let request = request.into_inner();
         let updated = key_str(&request.key) != "missing" && request.ttl_ms == 1;
         Ok(Response::new(pb::ExpireResponse {
@@ -227,32 +185,12 @@ impl Cache for Fake {
         }))
     }
 
-    async fn persist(
-        &self,
-        request: Request<pb::PersistRequest>,
-    ) -> Result<Response<pb::PersistResponse>, Status> {
+    async fn persist(&self, request: Request<pb::PersistRequest>) -> Reply<pb::PersistResponse> {
         let updated = key_str(&request.into_inner().key) != "missing";
         Ok(Response::new(pb::PersistResponse { updated }))
     }
 
-    async fn get_or_lease(
-        &self,
-        _: Request<pb::GetOrLeaseRequest>,
-    ) -> Result<Response<pb::GetOrLeaseResponse>, Status> {
-        Err(Status::unimplemented("get_or_lease"))
-    }
-
-    async fn update(
-        &self,
-        _: Request<pb::UpdateRequest>,
-    ) -> Result<Response<pb::UpdateResponse>, Status> {
-        Err(Status::unimplemented("update"))
-    }
-
-    async fn ttl(
-        &self,
-        request: Request<pb::TtlRequest>,
-    ) -> Result<Response<pb::TtlResponse>, Status> {
+    async fn ttl(&self, request: Request<pb::TtlRequest>) -> Reply<pb::TtlResponse> {
         let response = match key_str(&request.into_inner().key) {
             "missing" => pb::TtlResponse::default(),
             "forever" => pb::TtlResponse {
@@ -276,7 +214,7 @@ async fn start() -> (Arc<Fake>, String) {
     let fake = Arc::new(Fake::default());
     let incoming = TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = incoming.local_addr().unwrap().to_string();
-    let service = CacheServer::from_arc(Arc::clone(&fake))
+    let service = cache_server(Arc::clone(&fake))
         .max_decoding_message_size(16 << 20)
         .max_encoding_message_size(16 << 20);
     tokio::spawn(
@@ -285,11 +223,6 @@ async fn start() -> (Arc<Fake>, String) {
             .serve_with_incoming(incoming),
     );
     (fake, addr)
-}
-
-fn closed_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
 }
 
 #[tokio::test]

@@ -5,6 +5,8 @@
 //! stream). They count the calls they see, so tests can tell that a refused request went nowhere
 //! else.
 
+mod common;
+
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -16,14 +18,15 @@ use std::{
 
 use base64::Engine as _;
 use bytes::Bytes;
+use common::fake_cache::{FakeCache, Reply, Served};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use ringcache::{Client, Connector, Error, NodeState, NodeStream, TlsOptions};
+use ringcache::{Client, ClientBuilder, Connector, Error, NodeStream, TlsOptions};
 use ringcache_proto::{
     TOPOLOGY_DIGEST_METADATA,
     topology::{Member, Topology},
     v1::{
         self as pb,
-        cache_server::{Cache, CacheServer},
+        cache_server::CacheServer,
         cluster_server::{Cluster, ClusterServer},
         pipeline_request::Op,
         pipeline_response::Result as Answer,
@@ -33,6 +36,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tonic::{
     Code, Request, Response, Status,
+    codegen::BoxStream,
     metadata::{MetadataMap, MetadataValue},
     transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
 };
@@ -225,30 +229,12 @@ fn role_of<T>(request: &Request<T>) -> Role {
 #[derive(Clone)]
 struct Svc(Arc<Node>);
 
-fn unimplemented<T>() -> Result<Response<T>, Status> {
-    Err(Status::unimplemented("not on this fake node"))
-}
-
-type BatchStream = ReceiverStream<Result<pb::PipelineResponseBatch, Status>>;
-
 #[tonic::async_trait]
-impl Cache for Svc {
-    type PipelineStream = BatchStream;
-    type InvalidationsStream = tonic::codegen::BoxStream<pb::InvalidationBatch>;
-
-    async fn invalidations(
-        &self,
-        _request: Request<pb::InvalidationsRequest>,
-    ) -> Result<Response<Self::InvalidationsStream>, Status> {
-        Err(Status::unimplemented(
-            "no near-cache tracking on this fake node",
-        ))
-    }
-
+impl FakeCache for Svc {
     async fn pipeline(
         &self,
         request: Request<tonic::Streaming<pb::PipelineRequestBatch>>,
-    ) -> Result<Response<BatchStream>, Status> {
+    ) -> Reply<BoxStream<pb::PipelineResponseBatch>> {
         let role = role_of(&request);
         let mut inbound = request.into_inner();
         let node = Arc::clone(&self.0);
@@ -291,100 +277,21 @@ impl Cache for Svc {
                 }
             }
         });
-        self.0.answer(ReceiverStream::new(rx))
+        self.0
+            .answer(Box::pin(ReceiverStream::new(rx)) as BoxStream<_>)
     }
 
-    async fn get(
-        &self,
-        request: Request<pb::GetRequest>,
-    ) -> Result<Response<pb::GetResponse>, Status> {
+    async fn get(&self, request: Request<pb::GetRequest>) -> Reply<pb::GetResponse> {
         self.0.unary.fetch_add(1, Ordering::SeqCst);
         let response = self.0.get(&request.into_inner().key);
         self.0.answer(response)
     }
 
-    async fn set(
-        &self,
-        request: Request<pb::SetRequest>,
-    ) -> Result<Response<pb::SetResponse>, Status> {
+    async fn set(&self, request: Request<pb::SetRequest>) -> Reply<pb::SetResponse> {
         self.0.unary.fetch_add(1, Ordering::SeqCst);
         let role = role_of(&request);
         let response = self.0.set(role, request.into_inner())?;
         self.0.answer(response)
-    }
-
-    async fn delete(
-        &self,
-        _: Request<pb::DeleteRequest>,
-    ) -> Result<Response<pb::DeleteResponse>, Status> {
-        unimplemented()
-    }
-
-    async fn m_get(
-        &self,
-        _: Request<pb::MGetRequest>,
-    ) -> Result<Response<pb::MGetResponse>, Status> {
-        unimplemented()
-    }
-
-    async fn m_set(
-        &self,
-        _: Request<pb::MSetRequest>,
-    ) -> Result<Response<pb::MSetResponse>, Status> {
-        unimplemented()
-    }
-
-    async fn m_delete(
-        &self,
-        _: Request<pb::MDeleteRequest>,
-    ) -> Result<Response<pb::MDeleteResponse>, Status> {
-        unimplemented()
-    }
-
-    async fn incr(
-        &self,
-        _: Request<pb::IncrRequest>,
-    ) -> Result<Response<pb::IncrResponse>, Status> {
-        unimplemented()
-    }
-
-    async fn compare_and_set(
-        &self,
-        _: Request<pb::CompareAndSetRequest>,
-    ) -> Result<Response<pb::CompareAndSetResponse>, Status> {
-        unimplemented()
-    }
-
-    async fn expire(
-        &self,
-        _: Request<pb::ExpireRequest>,
-    ) -> Result<Response<pb::ExpireResponse>, Status> {
-        unimplemented()
-    }
-
-    async fn persist(
-        &self,
-        _: Request<pb::PersistRequest>,
-    ) -> Result<Response<pb::PersistResponse>, Status> {
-        unimplemented()
-    }
-
-    async fn get_or_lease(
-        &self,
-        _: Request<pb::GetOrLeaseRequest>,
-    ) -> Result<Response<pb::GetOrLeaseResponse>, Status> {
-        Err(Status::unimplemented("get_or_lease"))
-    }
-
-    async fn update(
-        &self,
-        _: Request<pb::UpdateRequest>,
-    ) -> Result<Response<pb::UpdateResponse>, Status> {
-        Err(Status::unimplemented("update"))
-    }
-
-    async fn ttl(&self, _: Request<pb::TtlRequest>) -> Result<Response<pb::TtlResponse>, Status> {
-        unimplemented()
     }
 }
 
@@ -459,17 +366,10 @@ async fn start(pki: &Pki, mode: Mode, n: usize) -> FakeCluster {
         addrs
             .iter()
             .enumerate()
-            .map(|(i, addr)| Member {
-                node_id: format!("n{i}"),
-                incarnation: 1,
-                state: NodeState::Active,
-                weight: 1,
-                grpc_addr: addr.clone(),
-                gossip_addr: "127.0.0.1:1".to_owned(),
-                http_addr: String::new(),
-                cluster_addr: String::new(),
-                resp_addr: String::new(),
-                zone: None,
+            .map(|(i, addr)| {
+                Member::for_test(format!("n{i}"))
+                    .with_grpc_addr(addr.as_str())
+                    .with_gossip_addr("127.0.0.1:1")
             })
             .collect(),
         u32::try_from(n).unwrap(),
@@ -489,7 +389,7 @@ async fn start(pki: &Pki, mode: Mode, n: usize) -> FakeCluster {
         }
         let cache_node = Arc::clone(&node);
         let cache = CacheServer::with_interceptor(
-            Svc(Arc::clone(&node)),
+            Served(Arc::new(Svc(Arc::clone(&node)))),
             move |mut request: Request<()>| {
                 cache_node.cache_calls.fetch_add(1, Ordering::SeqCst);
                 let role = cache_node.authenticate(request.metadata())?;
@@ -631,14 +531,8 @@ async fn a_client_certificate_is_presented_when_the_node_requires_one() {
     client.set("k", "v").await.unwrap();
     assert_eq!(client.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
 
-    let error = tls_builder(&pki, &cluster.addrs)
-        .credentials("app", "open sesame")
-        .connect()
-        .await
-        .unwrap_err();
-    let Error::Unavailable(message) = &error else {
-        panic!("expected unavailable, got {error:?}");
-    };
+    let message =
+        unavailable(tls_builder(&pki, &cluster.addrs).credentials("app", "open sesame")).await;
     assert!(
         message.contains(&cluster.addrs[0])
             && message.contains("the node requires a client certificate"),
@@ -646,19 +540,22 @@ async fn a_client_certificate_is_presented_when_the_node_requires_one() {
     );
 }
 
+/// The message of the `Unavailable` error `builder` fails to connect with.
+async fn unavailable(builder: ClientBuilder) -> String {
+    let error = builder.connect().await.unwrap_err();
+    let Error::Unavailable(message) = error else {
+        panic!("expected unavailable, got {error:?}");
+    };
+    message
+}
+
 #[tokio::test]
 async fn a_client_that_does_not_trust_the_nodes_ca_fails_to_connect_clearly() {
     let pki = pki();
     let other = self::pki();
     let cluster = start(&pki, Mode::Tls, 1).await;
-    let error = tls_builder(&other, &cluster.addrs)
-        .credentials("app", "open sesame")
-        .connect()
-        .await
-        .unwrap_err();
-    let Error::Unavailable(message) = &error else {
-        panic!("expected unavailable, got {error:?}");
-    };
+    let message =
+        unavailable(tls_builder(&other, &cluster.addrs).credentials("app", "open sesame")).await;
     assert!(
         message.contains(&cluster.addrs[0])
             && message.contains("invalid peer certificate")
@@ -673,15 +570,12 @@ async fn a_client_that_does_not_trust_the_nodes_ca_fails_to_connect_clearly() {
 async fn a_client_whose_server_name_is_not_in_the_certificate_fails_to_connect_clearly() {
     let pki = pki();
     let cluster = start(&pki, Mode::Tls, 1).await;
-    let error = Client::builder()
-        .seeds(&cluster.addrs)
-        .tls(TlsOptions::new(pki.ca.as_bytes()).server_name("cache.example"))
-        .connect()
-        .await
-        .unwrap_err();
-    let Error::Unavailable(message) = &error else {
-        panic!("expected unavailable, got {error:?}");
-    };
+    let message = unavailable(
+        Client::builder()
+            .seeds(&cluster.addrs)
+            .tls(TlsOptions::new(pki.ca.as_bytes()).server_name("cache.example")),
+    )
+    .await;
     assert!(message.contains("invalid peer certificate"), "{message}");
 }
 
@@ -689,15 +583,12 @@ async fn a_client_whose_server_name_is_not_in_the_certificate_fails_to_connect_c
 async fn a_plain_text_client_against_a_tls_node_fails_clearly() {
     let pki = pki();
     let cluster = start(&pki, Mode::Tls, 1).await;
-    let error = Client::builder()
-        .seeds(&cluster.addrs)
-        .credentials("app", "open sesame")
-        .connect()
-        .await
-        .unwrap_err();
-    let Error::Unavailable(message) = &error else {
-        panic!("expected unavailable, got {error:?}");
-    };
+    let message = unavailable(
+        Client::builder()
+            .seeds(&cluster.addrs)
+            .credentials("app", "open sesame"),
+    )
+    .await;
     assert!(
         message.contains(&cluster.addrs[0]) && message.contains("the node may require tls"),
         "{message}"
@@ -709,14 +600,8 @@ async fn a_plain_text_client_against_a_tls_node_fails_clearly() {
 async fn a_tls_client_against_a_plain_text_node_fails_clearly() {
     let pki = pki();
     let cluster = start(&pki, Mode::Plain, 1).await;
-    let error = tls_builder(&pki, &cluster.addrs)
-        .credentials("app", "open sesame")
-        .connect()
-        .await
-        .unwrap_err();
-    let Error::Unavailable(message) = &error else {
-        panic!("expected unavailable, got {error:?}");
-    };
+    let message =
+        unavailable(tls_builder(&pki, &cluster.addrs).credentials("app", "open sesame")).await;
     assert!(
         message.contains(&cluster.addrs[0])
             && message.contains("the node does not seem to speak tls"),

@@ -151,6 +151,86 @@ pub struct Member {
     pub zone: Option<String>,
 }
 
+/// Members for tests: [`Member::for_test`] and its `with_*` setters (the other fields are public;
+/// struct update syntax, `Member { resp_addr, ..Member::for_test("n1") }`, sets them). Built for
+/// this crate's tests and, with the `test-util` feature, for the other crates' tests.
+#[cfg(any(test, feature = "test-util"))]
+impl Member {
+    /// Member `node_id`: incarnation 1, [`NodeState::Active`], weight 1, no addresses (all
+    /// empty) and no zone.
+    pub fn for_test(node_id: impl Into<String>) -> Self {
+        Self {
+            node_id: node_id.into(),
+            incarnation: 1,
+            state: NodeState::Active,
+            weight: 1,
+            grpc_addr: String::new(),
+            gossip_addr: String::new(),
+            http_addr: String::new(),
+            cluster_addr: String::new(),
+            resp_addr: String::new(),
+            zone: None,
+        }
+    }
+
+    /// The same member in `state`.
+    #[must_use]
+    pub fn with_state(self, state: NodeState) -> Self {
+        Self { state, ..self }
+    }
+
+    /// The same member at `incarnation`.
+    #[must_use]
+    pub fn with_incarnation(self, incarnation: u64) -> Self {
+        Self {
+            incarnation,
+            ..self
+        }
+    }
+
+    /// The same member with `weight`.
+    #[must_use]
+    pub fn with_weight(self, weight: u32) -> Self {
+        Self { weight, ..self }
+    }
+
+    /// The same member with its gRPC endpoint at `addr`.
+    #[must_use]
+    pub fn with_grpc_addr(self, addr: impl Into<String>) -> Self {
+        Self {
+            grpc_addr: addr.into(),
+            ..self
+        }
+    }
+
+    /// The same member with its gossip endpoint at `addr`.
+    #[must_use]
+    pub fn with_gossip_addr(self, addr: impl Into<String>) -> Self {
+        Self {
+            gossip_addr: addr.into(),
+            ..self
+        }
+    }
+
+    /// The same member with its HTTP endpoint at `addr`.
+    #[must_use]
+    pub fn with_http_addr(self, addr: impl Into<String>) -> Self {
+        Self {
+            http_addr: addr.into(),
+            ..self
+        }
+    }
+
+    /// The same member in `zone` (`None`: no zone).
+    #[must_use]
+    pub fn with_zone(self, zone: Option<&str>) -> Self {
+        Self {
+            zone: zone.map(str::to_owned),
+            ..self
+        }
+    }
+}
+
 impl From<&Member> for v1::Member {
     fn from(member: &Member) -> Self {
         v1::Member {
@@ -591,16 +671,12 @@ mod tests {
 
     pub(crate) fn member(id: &str, state: NodeState) -> Member {
         Member {
-            node_id: id.to_owned(),
-            incarnation: 1,
-            state,
-            weight: 1,
-            grpc_addr: format!("{id}:7379"),
-            gossip_addr: format!("{id}:7380"),
-            http_addr: format!("{id}:7381"),
             cluster_addr: format!("{id}:7382"),
-            resp_addr: String::new(),
-            zone: None,
+            ..Member::for_test(id)
+                .with_state(state)
+                .with_grpc_addr(format!("{id}:7379"))
+                .with_gossip_addr(format!("{id}:7380"))
+                .with_http_addr(format!("{id}:7381"))
         }
     }
 

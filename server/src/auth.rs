@@ -81,6 +81,18 @@ pub struct UserEntry {
     pub secret_sha256: String,
 }
 
+impl UserEntry {
+    /// The entry of user `name` with `role` whose secret is `secret` (stored as its SHA-256).
+    /// Not checked: [`Users::from_entries`] checks names and digests.
+    pub fn with_secret(name: &str, role: Role, secret: &[u8]) -> Self {
+        Self {
+            name: name.to_owned(),
+            role,
+            secret_sha256: to_hex(&sha256(secret)),
+        }
+    }
+}
+
 /// The longest user name.
 pub const MAX_USER_NAME: usize = 64;
 /// The longest secret checked (longer ones are refused before hashing).
@@ -286,11 +298,7 @@ pub fn generate_secret() -> anyhow::Result<String> {
 /// The `[[users]]` entry and the secret for a new user, as `ringcached --gen-user` prints them.
 pub fn new_user_stanza(name: &str, role: Role) -> anyhow::Result<(String, String)> {
     let secret = generate_secret()?;
-    let entry = UserEntry {
-        name: name.to_owned(),
-        role,
-        secret_sha256: to_hex(&sha256(secret.as_bytes())),
-    };
+    let entry = UserEntry::with_secret(name, role, secret.as_bytes());
     Users::from_entries(std::slice::from_ref(&entry))?;
     let stanza = format!(
         "[[users]]\nname = \"{}\"\nrole = \"{}\"\nsecret_sha256 = \"{}\"\n",

@@ -475,6 +475,7 @@ mod tests {
     use std::collections::HashMap;
 
     use rand::{RngExt, SeedableRng};
+    use ringcache_test_support::zipf::Zipfian;
 
     use super::*;
 
@@ -505,24 +506,13 @@ mod tests {
         counts
     }
 
-    /// A stream of `n` keys drawn from `distinct` keys with a skewed (roughly zipfian)
-    /// distribution: key `i` has weight 1 / (i + 1).
+    /// A stream of `n` keys drawn from `distinct` keys with a zipfian distribution of exponent 1
+    /// (key `i` has weight 1 / (i + 1)), from a fixed seed.
     fn zipf_stream(n: usize, distinct: usize, seed: u64) -> Vec<Vec<u8>> {
-        let weights: Vec<f64> = (0..distinct).map(|i| 1.0 / (i as f64 + 1.0)).collect();
-        let sum: f64 = weights.iter().sum();
-        let mut cumulative = Vec::with_capacity(distinct);
-        let mut acc = 0.0;
-        for weight in &weights {
-            acc += weight / sum;
-            cumulative.push(acc);
-        }
+        let zipf = Zipfian::new(distinct as u64, 1.0).expect("a valid distribution");
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         (0..n)
-            .map(|_| {
-                let draw: f64 = rng.random();
-                let index = cumulative.partition_point(|&c| c < draw).min(distinct - 1);
-                format!("key-{index}").into_bytes()
-            })
+            .map(|_| format!("key-{}", zipf.sample(|| rng.random())).into_bytes())
             .collect()
     }
 

@@ -167,18 +167,7 @@ mod tests {
     use super::*;
 
     fn member(id: &str, state: NodeState) -> Member {
-        Member {
-            node_id: id.to_owned(),
-            incarnation: 1,
-            state,
-            weight: 1,
-            grpc_addr: String::new(),
-            gossip_addr: String::new(),
-            http_addr: String::new(),
-            cluster_addr: String::new(),
-            resp_addr: String::new(),
-            zone: None,
-        }
+        Member::for_test(id).with_state(state)
     }
 
     fn view(list: &[(&str, NodeState)]) -> Vec<Member> {

@@ -298,18 +298,10 @@ mod tests {
     use super::*;
 
     fn member(id: &str, state: NodeState, incarnation: u64) -> Member {
-        Member {
-            node_id: id.to_owned(),
-            incarnation,
-            state,
-            weight: 1,
-            grpc_addr: format!("127.0.0.1:{}", 7000 + incarnation),
-            gossip_addr: String::new(),
-            http_addr: String::new(),
-            cluster_addr: String::new(),
-            resp_addr: String::new(),
-            zone: None,
-        }
+        Member::for_test(id)
+            .with_state(state)
+            .with_incarnation(incarnation)
+            .with_grpc_addr(format!("127.0.0.1:{}", 7000 + incarnation))
     }
 
     fn kinds(own: &str, old: &[Member], new: &[Member]) -> Vec<(String, Change)> {

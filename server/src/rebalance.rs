@@ -1082,18 +1082,7 @@ mod tests {
 
     #[test]
     fn a_joiner_pulls_each_of_its_slots_once_from_a_replica_that_stays() {
-        let member = |id: &str| Member {
-            node_id: id.to_owned(),
-            incarnation: 1,
-            state: ringcache_proto::topology::NodeState::Active,
-            weight: 1,
-            grpc_addr: String::new(),
-            gossip_addr: String::new(),
-            http_addr: String::new(),
-            cluster_addr: String::new(),
-            resp_addr: String::new(),
-            zone: None,
-        };
+        let member = |id: &str| Member::for_test(id);
         let members = [member("a"), member("b"), member("c"), member("j")];
         let shares = pull_shares("j", 1, None, &members, 64, 3);
         assert_eq!(shares.len(), 3, "every old member sends a share");
@@ -1123,18 +1112,7 @@ mod tests {
     /// computes for a joiner's StreamEntries is the ring the joiner will be in.
     #[test]
     fn a_zoned_joiner_pulls_and_is_sent_the_slots_of_its_zone() {
-        let member = |id: &str, zone: &str| Member {
-            node_id: id.to_owned(),
-            incarnation: 1,
-            state: ringcache_proto::topology::NodeState::Active,
-            weight: 1,
-            grpc_addr: String::new(),
-            gossip_addr: String::new(),
-            http_addr: String::new(),
-            cluster_addr: String::new(),
-            resp_addr: String::new(),
-            zone: Some(zone.to_owned()),
-        };
+        let member = |id: &str, zone: &str| Member::for_test(id).with_zone(Some(zone));
         let old = [
             member("a1", "a"),
             member("a2", "a"),

@@ -261,18 +261,7 @@ impl Peers {
 pub(crate) fn test_view(states: &[(&str, NodeState)], replication: u32) -> ClusterView {
     let members = states
         .iter()
-        .map(|(id, state)| Member {
-            node_id: (*id).to_owned(),
-            incarnation: 1,
-            state: *state,
-            weight: 1,
-            grpc_addr: String::new(),
-            gossip_addr: String::new(),
-            http_addr: String::new(),
-            cluster_addr: String::new(),
-            resp_addr: String::new(),
-            zone: None,
-        })
+        .map(|(id, state)| Member::for_test(*id).with_state(*state))
         .collect();
     ClusterView::new(
         Topology::new(members, replication, 64),

@@ -4,6 +4,7 @@
 //! Every server binds 127.0.0.1 port 0, so tests run in parallel and beside a running node.
 
 pub mod certs;
+pub mod ctl;
 pub mod resp;
 pub mod sim;
 
@@ -580,6 +581,70 @@ pub struct ReadmeDoctests;
 pub fn keep_suspects(_: usize, config: &mut Config) {
     config.suspicion_timeout = Duration::from_secs(120);
     config.suspicion_max_timeout = Duration::from_secs(120);
+}
+
+/// `node`'s `/metrics` page (Prometheus text), once it answered 200.
+pub async fn metrics_text(node: &TestNode) -> String {
+    let response = http_get(node.http_addr, "/metrics")
+        .await
+        .expect("the metrics endpoint answers");
+    assert_eq!(response.status, 200, "{}", response.body);
+    response.body
+}
+
+/// The value of the sample `series` (name and labels, exactly as exported) in the Prometheus
+/// text `body`, `None` when it is not there.
+pub fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.trim().parse().expect("a number"))
+    })
+}
+
+/// The value of the sample `series` on `node`'s `/metrics`; panics when it is not exported.
+pub async fn metric(node: &TestNode, series: &str) -> f64 {
+    let body = metrics_text(node).await;
+    sample(&body, series).unwrap_or_else(|| panic!("{series} missing from\n{body}"))
+}
+
+/// The value of the sample `series` on `node`'s `/metrics`, 0 when it is not exported (a
+/// labelled series appears once it is first counted).
+pub async fn metric_or_zero(node: &TestNode, series: &str) -> f64 {
+    sample(&metrics_text(node).await, series).unwrap_or(0.0)
+}
+
+/// Whether each of the keys `key{i}` below `keys` is held (live) by exactly its replicas in the
+/// first node's ring, on every node of `cluster`.
+pub fn copies_match_the_ring(cluster: &TestCluster, keys: usize) -> bool {
+    let view = cluster.nodes[0].node.view();
+    (0..keys).all(|i| {
+        let key = format!("key{i}");
+        let owners = view.ring.replicas(key.as_bytes());
+        cluster.nodes.iter().all(|n| {
+            let held = n
+                .node
+                .store()
+                .get_versioned(key.as_bytes())
+                .unwrap()
+                .is_some_and(|v| v.value.is_some());
+            held == owners.contains(&n.node.config().node_id)
+        })
+    })
+}
+
+/// Writes `key{i}` = `value{i}` for every `i` below `keys`, in `MSet` batches of 500.
+pub async fn load_keys(client: &ringcache::Client, keys: usize) {
+    for chunk in (0..keys).collect::<Vec<_>>().chunks(500) {
+        client
+            .mset(
+                chunk
+                    .iter()
+                    .map(|i| (format!("key{i}"), format!("value{i}"))),
+                None,
+            )
+            .await
+            .expect("a batch write");
+    }
 }
 
 /// A `Set` request for `key` at a consistency level (`v1::Consistency as i32`).

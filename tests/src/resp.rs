@@ -4,7 +4,6 @@
 //! (keys by owner, the settle window, `-MOVED` counts) and the node crash protocol.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -14,6 +13,19 @@ use tokio::net::TcpStream;
 use tokio::process::Command;
 
 use crate::{TestCluster, TestNode};
+
+/// `redis-cli` with `args` against `node`'s RESP port: its standard output, once it exited
+/// successfully.
+pub async fn redis_cli(node: &TestNode, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &node.resp_addr.port().to_string()])
+        .args(args)
+        .output()
+        .await
+        .expect("redis-cli runs (scripts/test-deps installs redis-server with it)");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
 
 /// How long one reply may take: long enough for `CLUSTER SLOTS` (about 11,000 runs at 3 nodes)
 /// parsed by a debug build of the redis crate on a loaded machine.
@@ -82,15 +94,7 @@ pub async fn raw(node: &TestNode, input: &[u8], until: &str) -> (String, bool) {
 /// Longest one client script may run.
 pub const SCRIPT_DEADLINE: Duration = Duration::from_secs(120);
 
-/// The target directory this test binary was built in (it is `<target>/<profile>/deps/<test>-*`),
-/// where `scripts/test-deps` installs the clients of other languages.
-pub fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    exe.ancestors()
-        .nth(3)
-        .expect("the test binary is in <target>/<profile>/deps")
-        .to_path_buf()
-}
+pub use ringcache_test_support::{python, target_dir};
 
 /// What a finished child process printed.
 #[derive(Debug)]

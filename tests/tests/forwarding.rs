@@ -21,16 +21,11 @@ async fn cluster() -> (Vec<TestNode>, Topology) {
     let members = nodes
         .iter()
         .map(|n| Member {
-            node_id: n.node.config().node_id.clone(),
-            incarnation: 1,
-            state: NodeState::Active,
-            weight: 1,
-            grpc_addr: n.grpc_addr.to_string(),
-            gossip_addr: "127.0.0.1:1".to_owned(),
-            http_addr: n.http_addr.to_string(),
             cluster_addr: n.cluster_addr.to_string(),
-            resp_addr: String::new(),
-            zone: None,
+            ..Member::for_test(n.node.config().node_id.as_str())
+                .with_grpc_addr(n.grpc_addr.to_string())
+                .with_gossip_addr("127.0.0.1:1")
+                .with_http_addr(n.http_addr.to_string())
         })
         .collect();
     // R = 1: every key has exactly one holder, so any other node must forward.

@@ -27,22 +27,7 @@ const INSTALL: &str = "run scripts/test-deps (with the same CARGO_TARGET_DIR): i
     virtualenv <target>/python-clients with tests/python-requirements.txt; or point \
     RINGCACHE_TEST_PYTHON at a Python 3 with grpcio-reflection and grpcio-health-checking";
 
-/// The Python interpreter: `$RINGCACHE_TEST_PYTHON`, or the virtualenv in the target directory
-/// this test binary was built in (`<target>/<profile>/deps/grpc_python-*`).
-fn python() -> String {
-    if let Ok(python) = std::env::var("RINGCACHE_TEST_PYTHON") {
-        return python;
-    }
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .expect("the test binary is in <target>/<profile>/deps");
-    target
-        .join("python-clients/bin/python")
-        .to_string_lossy()
-        .into_owned()
-}
+use ringcache_test_support::python;
 
 /// Runs `script` with `args`; returns its stdout, or panics with its output unless it exits 0.
 async fn run_python(script: &str, args: &[String]) -> String {

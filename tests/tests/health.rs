@@ -284,13 +284,13 @@ async fn grpc_health_follows_readiness_for_check_and_watch() {
 
 #[tokio::test]
 async fn grpc_health_needs_no_credentials_where_every_other_call_does() {
-    use ringcache_server::auth::{Role, UserEntry, sha256, to_hex};
+    use ringcache_server::auth::{Role, UserEntry};
     let mut config = Config::for_test();
-    config.security.users = vec![UserEntry {
-        name: "app".to_owned(),
-        role: Role::Admin,
-        secret_sha256: to_hex(&sha256(b"app-secret-0123456789")),
-    }];
+    config.security.users = vec![UserEntry::with_secret(
+        "app",
+        Role::Admin,
+        b"app-secret-0123456789",
+    )];
     config.security.handshake_timeout = Duration::from_millis(500);
     let node = TestNode::start_without_gossip(config).await;
     let mut probe = HealthClient::new(node.channel().await);

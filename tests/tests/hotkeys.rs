@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use ringcache::Client;
+use ringcache_test_support::zipf::Zipfian;
+use ringcache_tests::ctl::ctl;
 use ringcache_tests::{TestCluster, patient};
 use serde_json::Value;
 
@@ -12,26 +14,6 @@ use serde_json::Value;
 const DEADLINE: Duration = Duration::from_secs(30);
 /// The heavy keys.
 const HOT: [&str; 5] = ["hot-0", "hot-1", "hot-2", "hot-3", "hot-4"];
-
-struct Outcome {
-    code: i32,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-async fn ctl(cluster: &str, args: &[&str]) -> Outcome {
-    let mut argv = vec!["--cluster".to_owned(), cluster.to_owned()];
-    argv.extend(args.iter().map(|a| (*a).to_owned()));
-    let mut input: &[u8] = &[];
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    let code = ringcache::ctl::run(argv, &mut input, &mut stdout, &mut stderr).await;
-    Outcome {
-        code,
-        stdout,
-        stderr: String::from_utf8(stderr).expect("stderr is UTF-8"),
-    }
-}
 
 /// One burst of skewed load: each heavy key is read and written far more often than the rest.
 async fn load(client: &Client) {
@@ -242,23 +224,10 @@ async fn resp_commands_feed_the_hot_keys_and_the_metrics() {
 /// `1 / (i + 1)^0.99`, as ringbench's `zipfian:0.99`), from a fixed seed.
 fn zipf_keys(n: usize, distinct: usize, seed: u64) -> Vec<String> {
     use rand::{RngExt, SeedableRng};
-    let weights: Vec<f64> = (0..distinct)
-        .map(|i| 1.0 / (i as f64 + 1.0).powf(0.99))
-        .collect();
-    let sum: f64 = weights.iter().sum();
-    let mut cumulative = Vec::with_capacity(distinct);
-    let mut acc = 0.0;
-    for weight in &weights {
-        acc += weight / sum;
-        cumulative.push(acc);
-    }
+    let zipf = Zipfian::new(distinct as u64, 0.99).expect("a valid distribution");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     (0..n)
-        .map(|_| {
-            let draw: f64 = rng.random();
-            let index = cumulative.partition_point(|&c| c < draw).min(distinct - 1);
-            format!("zipf-{index}")
-        })
+        .map(|_| format!("zipf-{}", zipf.sample(|| rng.random())))
         .collect()
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ringcache::{Client, LeaseOptions, Leased};
 use ringcache_proto::v1;
-use ringcache_server::auth::{Role, UserEntry, basic_header, sha256, to_hex};
+use ringcache_server::auth::{Role, UserEntry, basic_header};
 use ringcache_server::config::Config;
 use ringcache_tests::{TestCluster, TestNode, patient, wait_until};
 use tokio::task::JoinSet;
@@ -454,11 +454,8 @@ async fn the_lease_ttl_and_the_wait_are_capped_and_a_zero_ttl_is_refused() {
 async fn get_or_lease_needs_the_write_role() {
     let secret = "writer-secret-0123456789";
     let reader_secret = "reader-secret-0123456789";
-    let user = |name: &str, role, secret: &str| UserEntry {
-        name: name.to_owned(),
-        role,
-        secret_sha256: to_hex(&sha256(secret.as_bytes())),
-    };
+    let user =
+        |name: &str, role, secret: &str| UserEntry::with_secret(name, role, secret.as_bytes());
     let config = limited(|c| {
         c.security.users = vec![
             user("reader", Role::Read, reader_secret),

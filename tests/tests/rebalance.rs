@@ -7,8 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use ringcache::Client;
-use ringcache_proto::placement::Ring;
-use ringcache_tests::{TestCluster, wait_until};
+use ringcache_tests::{TestCluster, copies_match_the_ring, load_keys, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const KEYS: usize = 20_000;
@@ -18,20 +17,6 @@ fn one_copy(_: usize, config: &mut ringcache_server::Config) {
     ringcache_tests::patient(0, config);
     config.replication_factor = NonZeroU32::MIN;
     config.rebalance_bytes_per_sec = 0;
-}
-
-async fn load(client: &Client) {
-    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(500) {
-        client
-            .mset(
-                chunk
-                    .iter()
-                    .map(|i| (format!("key{i}"), format!("value{i}"))),
-                None,
-            )
-            .await
-            .unwrap();
-    }
 }
 
 async fn all_readable(client: &Client) {
@@ -50,31 +35,12 @@ async fn all_readable(client: &Client) {
     }
 }
 
-/// How many nodes hold each key; every key must be on exactly its replicas.
-fn copies_match_the_ring(cluster: &TestCluster) -> bool {
-    let view = cluster.nodes[0].node.view();
-    let ring: &Ring = &view.ring;
-    (0..KEYS).all(|i| {
-        let key = format!("key{i}");
-        let owners = ring.replicas(key.as_bytes());
-        cluster.nodes.iter().all(|n| {
-            let held = n
-                .node
-                .store()
-                .get_versioned(key.as_bytes())
-                .unwrap()
-                .is_some_and(|v| v.value.is_some());
-            held == owners.contains(&n.node.config().node_id)
-        })
-    })
-}
-
 #[tokio::test]
 async fn a_joining_node_is_filled_and_old_holders_drop_what_moved() {
     let mut cluster = TestCluster::start_with(3, one_copy).await;
     cluster.wait_converged(DEADLINE).await.unwrap();
     let client = Client::connect(cluster.grpc_targets()).await.unwrap();
-    load(&client).await;
+    load_keys(&client, KEYS).await;
     let before: u64 = cluster
         .nodes
         .iter()
@@ -84,7 +50,7 @@ async fn a_joining_node_is_filled_and_old_holders_drop_what_moved() {
 
     cluster.add(4, one_copy).await;
     cluster.wait_converged(DEADLINE).await.unwrap();
-    let settled = wait_until(DEADLINE, || async { copies_match_the_ring(&cluster) }).await;
+    let settled = wait_until(DEADLINE, || async { copies_match_the_ring(&cluster, KEYS) }).await;
     if settled.is_err() {
         for n in &cluster.nodes {
             eprintln!(
@@ -122,13 +88,13 @@ async fn a_graceful_leave_hands_every_key_off() {
     let mut cluster = TestCluster::start_with(4, one_copy).await;
     cluster.wait_converged(DEADLINE).await.unwrap();
     let client = Client::connect(cluster.grpc_targets()).await.unwrap();
-    load(&client).await;
+    load_keys(&client, KEYS).await;
     let leaver = cluster.take("n2");
     let held = leaver.node.store().stats().keys;
     assert!(held > 0);
     leaver.stop().await.unwrap();
     cluster.wait_converged(DEADLINE).await.unwrap();
-    wait_until(DEADLINE, || async { copies_match_the_ring(&cluster) })
+    wait_until(DEADLINE, || async { copies_match_the_ring(&cluster, KEYS) })
         .await
         .expect("every key is on its replica among the three left");
     // With one copy per key nothing can fail over: the client must have learned the topology
@@ -174,10 +140,10 @@ async fn with_three_copies_a_joiner_gets_its_share_and_every_key_stays_on_exactl
     let mut cluster = TestCluster::start_with(3, three_copies).await;
     cluster.wait_converged(DEADLINE).await.unwrap();
     let client = Client::connect(cluster.grpc_targets()).await.unwrap();
-    load(&client).await;
+    load_keys(&client, KEYS).await;
     cluster.add(4, three_copies).await;
     cluster.wait_converged(DEADLINE).await.unwrap();
-    wait_until(DEADLINE, || async { copies_match_the_ring(&cluster) })
+    wait_until(DEADLINE, || async { copies_match_the_ring(&cluster, KEYS) })
         .await
         .expect("every key ends up exactly on its three replicas");
     for i in (0..KEYS).step_by(97) {
@@ -206,13 +172,13 @@ async fn after_a_node_dies_every_key_gets_its_second_copy_back() {
     let mut cluster = TestCluster::start_with(4, two_copies).await;
     cluster.wait_converged(DEADLINE).await.unwrap();
     let client = Client::connect(cluster.grpc_targets()).await.unwrap();
-    load(&client).await;
-    wait_until(DEADLINE, || async { copies_match_the_ring(&cluster) })
+    load_keys(&client, KEYS).await;
+    wait_until(DEADLINE, || async { copies_match_the_ring(&cluster, KEYS) })
         .await
         .expect("two copies of every key before the failure");
     cluster.take("n3").crash().await.unwrap();
     cluster.wait_converged(DEADLINE).await.unwrap();
-    wait_until(DEADLINE, || async { copies_match_the_ring(&cluster) })
+    wait_until(DEADLINE, || async { copies_match_the_ring(&cluster, KEYS) })
         .await
         .expect("the survivors restore two copies of every key");
     for i in (0..KEYS).step_by(97) {
@@ -232,7 +198,7 @@ async fn a_join_reads_only_the_entries_of_the_slots_that_move() {
     let mut cluster = TestCluster::start_with(3, one_copy).await;
     cluster.wait_converged(DEADLINE).await.unwrap();
     let client = Client::connect(cluster.grpc_targets()).await.unwrap();
-    load(&client).await;
+    load_keys(&client, KEYS).await;
     let old_ring = cluster.nodes[0].node.view().ring.clone();
     let scanned_before: Vec<u64> = cluster
         .nodes
@@ -241,7 +207,7 @@ async fn a_join_reads_only_the_entries_of_the_slots_that_move() {
         .collect();
     cluster.add(4, one_copy).await;
     cluster.wait_converged(DEADLINE).await.unwrap();
-    wait_until(DEADLINE, || async { copies_match_the_ring(&cluster) })
+    wait_until(DEADLINE, || async { copies_match_the_ring(&cluster, KEYS) })
         .await
         .expect("every key ends up exactly on its replica");
     let new_ring = cluster.nodes[0].node.view().ring.clone();

@@ -137,18 +137,9 @@ async fn anti_entropy_repairs_replicas_that_missed_writes_and_deletes() {
         "{last:?}"
     );
     // ringctl shows it.
-    let mut out = Vec::new();
-    let mut err = Vec::new();
-    let args = ["--cluster", &n1.grpc_target(), "-o", "json", "stats"];
-    let code = ringcache::ctl::run(
-        args.iter().map(|a| (*a).to_owned()).collect(),
-        &mut std::io::empty(),
-        &mut out,
-        &mut err,
-    )
-    .await;
-    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
-    let stats: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let stats = ringcache_tests::ctl::ctl(&n1.grpc_target(), &["-o", "json", "stats"])
+        .await
+        .json();
     let ae = &stats["anti_entropy"];
     assert_eq!(ae["interval_ms"], 300);
     // What n1 itself repaired (the others may have repaired n3 from n2 first).

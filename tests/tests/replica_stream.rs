@@ -22,7 +22,7 @@ use ringcache_proto::v1::{
 };
 use ringcache_server::view::{PeerConnector, PeerIo};
 use ringcache_tests::{
-    TestCluster, TestNode, get_request, http_get, keep_suspects, set_request, wait_until,
+    TestCluster, TestNode, get_request, keep_suspects, metric, set_request, wait_until,
 };
 use tokio::task::JoinSet;
 use tokio_stream::Stream;
@@ -38,17 +38,6 @@ const STREAMS: &str = "ringcache_replica_streams";
 const SERVED: &str = "ringcache_replica_streams_served";
 const WRITE_BATCHES: &str = r#"ringcache_replication_batches_total{kind="replicate"}"#;
 const READ_BATCHES: &str = r#"ringcache_replication_batches_total{kind="read_versions"}"#;
-
-/// The value of an unlabelled metric, or of the labelled series `name{labels}`.
-async fn metric(node: &TestNode, series: &str) -> f64 {
-    let body = http_get(node.http_addr, "/metrics").await.unwrap().body;
-    body.lines()
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().unwrap())
-        })
-        .unwrap_or_else(|| panic!("{series} missing from\n{body}"))
-}
 
 /// The live value `node` holds for `key`, if any.
 fn value_on(node: &TestNode, key: &str) -> Option<Bytes> {

@@ -18,7 +18,7 @@ use ringcache::{Client, Consistency, SetOptions};
 use ringcache_proto::topology::NodeState;
 use ringcache_proto::v1::{self, cache_client::CacheClient, internal_client::InternalClient};
 use ringcache_tests::{
-    TestCluster, TestNode, get_request, http_get, keep_suspects, set_request, wait_until,
+    TestCluster, TestNode, get_request, keep_suspects, metric, set_request, wait_until,
 };
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
@@ -68,17 +68,6 @@ async fn wait_not_active(cluster: &TestCluster, node_id: &str) {
     })
     .await
     .unwrap_or_else(|_| panic!("{node_id} still seen as active"));
-}
-
-/// The value of an unlabelled metric, or of the labelled series `name{labels}`.
-async fn metric(node: &TestNode, series: &str) -> f64 {
-    let body = http_get(node.http_addr, "/metrics").await.unwrap().body;
-    body.lines()
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().unwrap())
-        })
-        .unwrap_or_else(|| panic!("{series} missing from\n{body}"))
 }
 
 #[tokio::test]

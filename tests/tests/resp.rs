@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use ringcache_tests::resp::{connect, raw, run};
+use ringcache_tests::resp::{connect, raw, redis_cli, run};
 use ringcache_tests::{TestCluster, TestNode};
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -189,18 +189,8 @@ async fn pipelined_inline_and_broken_input_on_raw_connections() {
 #[tokio::test]
 async fn redis_cli_talks_to_the_resp_port() {
     let node = TestNode::start_default().await;
-    let port = node.resp_addr.port().to_string();
     // Async: the node serves on this test's runtime, which must not block on the child.
-    let cli = async |args: &[&str]| {
-        let output = tokio::process::Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &port])
-            .args(args)
-            .output()
-            .await
-            .expect("redis-cli runs (scripts/test-deps installs redis-server with it)");
-        assert!(output.status.success(), "{output:?}");
-        String::from_utf8(output.stdout).unwrap()
-    };
+    let cli = async |args: &[&str]| redis_cli(&node, args).await;
     assert_eq!(cli(&["set", "foo", "bar"]).await, "OK\n");
     assert_eq!(cli(&["get", "foo"]).await, "bar\n");
     assert_eq!(cli(&["incrby", "visits", "5"]).await, "5\n");

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ringcache_proto::placement::key_slot;
 use ringcache_tests::resp::{
-    crash_during_rounds, key_owned_by, resp_errors, resp_ports, run_child, target_dir, wait_moved,
+    crash_during_rounds, key_owned_by, python, resp_errors, resp_ports, run_child, wait_moved,
 };
 use ringcache_tests::{TestCluster, TestNode, patient};
 use tokio::process::Command;
@@ -29,18 +29,6 @@ const INSTALL: &str = "run scripts/test-deps (with the same CARGO_TARGET_DIR): i
     RINGCACHE_TEST_PYTHON at a Python 3 with redis>=4.4 (python3 -m pip install 'redis>=4.4')";
 /// How to install `redis-cli`.
 const INSTALL_CLI: &str = "run scripts/test-deps: it installs redis-server (with redis-cli)";
-
-/// The Python interpreter the tests run: `$RINGCACHE_TEST_PYTHON`, or the virtualenv in the
-/// target directory this test binary was built in.
-fn python() -> String {
-    if let Ok(python) = std::env::var("RINGCACHE_TEST_PYTHON") {
-        return python;
-    }
-    target_dir()
-        .join("python-clients/bin/python")
-        .to_string_lossy()
-        .into_owned()
-}
 
 /// Checks that the interpreter runs and has redis-py with `RedisCluster`; panics with the
 /// install command otherwise (never skips).

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use ringcache_server::Config;
-use ringcache_tests::resp::{connect, run};
+use ringcache_tests::resp::{connect, redis_cli, run};
 use ringcache_tests::{TestCluster, TestNode};
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -216,15 +216,8 @@ async fn redis_cli_scans_with_a_pattern() {
             .unwrap();
     }
     let _: () = run(&mut con, &["SET", "skip", "v"]).await.unwrap();
-    let output = tokio::process::Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &node.resp_addr.port().to_string()])
-        .args(["--scan", "--pattern", "cli:*"])
-        .output()
+    let mut keys: Vec<String> = redis_cli(&node, &["--scan", "--pattern", "cli:*"])
         .await
-        .expect("redis-cli runs (scripts/test-deps installs it)");
-    assert!(output.status.success(), "{output:?}");
-    let mut keys: Vec<String> = String::from_utf8(output.stdout)
-        .unwrap()
         .lines()
         .map(str::to_owned)
         .collect();

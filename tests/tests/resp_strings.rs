@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ringcache_tests::resp::{connect, error, raw, run};
+use ringcache_tests::resp::{connect, error, raw, redis_cli, run};
 use ringcache_tests::{TestCluster, TestNode};
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -377,17 +377,8 @@ async fn growing_a_value_past_max_value_bytes_is_refused() {
 #[tokio::test]
 async fn redis_cli_runs_the_string_commands() {
     let node = TestNode::start_default().await;
-    let port = node.resp_addr.port().to_string();
-    let cli = async |args: &[&str]| {
-        let output = tokio::process::Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &port])
-            .args(args)
-            .output()
-            .await
-            .expect("redis-cli runs (scripts/test-deps installs redis-server with it)");
-        assert!(output.status.success(), "{output:?}");
-        String::from_utf8(output.stdout).unwrap()
-    };
+    // Async: the node serves on this test's runtime, which must not block on the child.
+    let cli = async |args: &[&str]| redis_cli(&node, args).await;
     assert_eq!(cli(&["append", "k", "abc"]).await, "3\n");
     assert_eq!(cli(&["incrbyfloat", "n", "2.5"]).await, "2.5\n");
     assert_eq!(cli(&["getex", "k", "ex", "30"]).await, "abc\n");

@@ -9,54 +9,13 @@ use ringcache_proto::placement::Ring;
 use ringcache_proto::topology::{Member, NodeState, Topology};
 use ringcache_proto::v1::{self, cache_client::CacheClient};
 use ringcache_server::Config;
+use ringcache_test_support::closed_addr;
+use ringcache_tests::ctl::{Outcome, ctl, ctl_stdin};
 use ringcache_tests::{DataDir, TestCluster, TestNode, patient, wait_until};
 use serde_json::Value;
 
 /// Generous bound: failure detection here takes ~0.5 s (100 ms probes, 400 ms suspicion).
 const CONVERGE: Duration = Duration::from_secs(15);
-
-/// What one ringctl run produced.
-struct Outcome {
-    code: i32,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-impl Outcome {
-    fn text(&self) -> String {
-        String::from_utf8(self.stdout.clone()).expect("stdout is UTF-8")
-    }
-
-    fn json(&self) -> Value {
-        assert_eq!(self.code, 0, "stderr: {}", self.stderr);
-        serde_json::from_slice(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {}", self.text()))
-    }
-
-    fn ok(&self) -> String {
-        assert_eq!(self.code, 0, "stderr: {}", self.stderr);
-        assert!(self.stderr.is_empty(), "stderr: {}", self.stderr);
-        self.text()
-    }
-}
-
-async fn ctl_stdin(cluster: &str, args: &[&str], stdin: &[u8]) -> Outcome {
-    let mut argv = vec!["--cluster".to_owned(), cluster.to_owned()];
-    argv.extend(args.iter().map(|a| (*a).to_owned()));
-    let mut input = stdin;
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    let code = ringcache::ctl::run(argv, &mut input, &mut stdout, &mut stderr).await;
-    Outcome {
-        code,
-        stdout,
-        stderr: String::from_utf8(stderr).expect("stderr is UTF-8"),
-    }
-}
-
-async fn ctl(cluster: &str, args: &[&str]) -> Outcome {
-    ctl_stdin(cluster, args, &[]).await
-}
 
 /// Three converged nodes with patient failure detection: a loaded machine must not make a
 /// live node suspect (a ring of two would answer `locate` with two replicas).
@@ -233,27 +192,17 @@ async fn stats_shows_forwarded_requests_hints_and_replication_lag() {
     config.node_id = "n1".to_owned();
     config.replication.write_consistency = ringcache_server::replication::Consistency::One;
     let n1 = TestNode::start_without_gossip(config).await;
-    let closed = |_| {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().to_string()
-    };
-    let member = |id: &str, grpc: String, http: String| Member {
-        node_id: id.to_owned(),
-        incarnation: 1,
-        state: NodeState::Active,
-        weight: 1,
-        grpc_addr: grpc,
-        gossip_addr: "127.0.0.1:1".to_owned(),
-        http_addr: http,
-        cluster_addr: String::new(),
-        resp_addr: String::new(),
-        zone: None,
+    let member = |id: &str, grpc: String, http: String| {
+        Member::for_test(id)
+            .with_grpc_addr(grpc)
+            .with_gossip_addr("127.0.0.1:1")
+            .with_http_addr(http)
     };
     let topology = Topology::new(
         vec![
             member("n1", n1.grpc_target(), n1.http_addr.to_string()),
-            member("n2", closed(0), closed(0)),
-            member("n3", closed(0), closed(0)),
+            member("n2", closed_addr(), closed_addr()),
+            member("n3", closed_addr(), closed_addr()),
         ],
         2,
         64,

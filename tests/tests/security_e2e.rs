@@ -15,11 +15,11 @@ use ringcache_proto::v1::{
     self, admin_client::AdminClient, cache_client::CacheClient, internal_client::InternalClient,
 };
 use ringcache_server::Config;
-use ringcache_server::auth::{Role, UserEntry, basic_header, sha256, to_hex};
+use ringcache_server::auth::{Role, UserEntry, basic_header};
 use ringcache_server::config::TlsFiles;
 use ringcache_server::connections::Refused;
 use ringcache_tests::certs::{Ca, Scratch};
-use ringcache_tests::{TestCluster, TestNode, http_get, wait_until};
+use ringcache_tests::{TestCluster, TestNode, metric_or_zero, wait_until};
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -33,11 +33,7 @@ const ADMIN_SECRET: &str = "admin-secret-0123456789";
 // ---- users, requests and metrics ----------------------------------------------------------------
 
 fn user(name: &str, role: Role, secret: &str) -> UserEntry {
-    UserEntry {
-        name: name.to_owned(),
-        role,
-        secret_sha256: to_hex(&sha256(secret.as_bytes())),
-    }
+    UserEntry::with_secret(name, role, secret.as_bytes())
 }
 
 /// reader (read), writer (write) and admin (admin).
@@ -81,22 +77,6 @@ async fn client_as(node: &TestNode, user: &str, secret: &str) -> Result<Client, 
         .credentials(user, secret)
         .connect()
         .await
-}
-
-/// The value of the sample `series` (name and labels, exactly as exported) in `/metrics`, or 0
-/// when absent.
-async fn metric(node: &TestNode, series: &str) -> f64 {
-    let response = http_get(node.http_addr, "/metrics")
-        .await
-        .expect("the metrics endpoint answers");
-    assert_eq!(response.status, 200, "{}", response.body);
-    response
-        .body
-        .lines()
-        .filter_map(|line| line.strip_prefix(series))
-        .filter_map(|rest| rest.strip_prefix(' '))
-        .map(|value| value.trim().parse::<f64>().expect("a number"))
-        .sum()
 }
 
 fn auth_failures(reason: &str) -> String {
@@ -218,14 +198,17 @@ async fn requests_without_credentials_are_unauthenticated_and_wrong_roles_are_de
     assert_eq!(writer.get("greeting").await.unwrap(), None, "flushed");
 
     // Every refusal was counted, by reason.
-    assert_eq!(metric(&node, &auth_failures("missing")).await, 1.0);
-    assert_eq!(metric(&node, &auth_failures("invalid")).await, 1.0);
+    assert_eq!(metric_or_zero(&node, &auth_failures("missing")).await, 1.0);
+    assert_eq!(metric_or_zero(&node, &auth_failures("invalid")).await, 1.0);
     assert_eq!(
-        metric(&node, &auth_failures("permission_denied")).await,
+        metric_or_zero(&node, &auth_failures("permission_denied")).await,
         3.0,
         "unary set, pipelined set, Admin.Leave"
     );
-    assert_eq!(metric(&node, &auth_failures("locked_out")).await, 0.0);
+    assert_eq!(
+        metric_or_zero(&node, &auth_failures("locked_out")).await,
+        0.0
+    );
 
     node.stop().await.unwrap();
 }

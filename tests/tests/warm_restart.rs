@@ -16,7 +16,7 @@ use ringcache_proto::v1;
 use ringcache_server::Config;
 use ringcache_server::clock::OffsetClock;
 use ringcache_server::config::ShutdownMode;
-use ringcache_tests::{DataDir, TestCluster, TestNode, wait_until};
+use ringcache_tests::{DataDir, TestCluster, TestNode, load_keys, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const KEYS: usize = 2_000;
@@ -69,20 +69,6 @@ async fn stop_for_restart(mut node: TestNode, signal: bool) {
     }
 }
 
-async fn load(client: &Client) {
-    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(500) {
-        client
-            .mset(
-                chunk
-                    .iter()
-                    .map(|i| (format!("key{i}"), format!("value{i}"))),
-                None,
-            )
-            .await
-            .expect("load");
-    }
-}
-
 #[tokio::test]
 async fn a_node_restarted_from_its_snapshot_serves_its_keys_at_once_and_catches_up() {
     let dirs: Vec<DataDir> = (0..3).map(|_| DataDir::new()).collect();
@@ -103,7 +89,7 @@ async fn a_node_restarted_from_its_snapshot_serves_its_keys_at_once_and_catches_
         .await
         .unwrap()
         .with_consistency(Consistency::Quorum);
-    load(&client).await;
+    load_keys(&client, KEYS).await;
     // R = 3 on 3 nodes: every node holds every key once replication is done.
     wait_until(DEADLINE, || async {
         cluster
@@ -222,7 +208,7 @@ async fn a_node_back_from_a_restart_drops_what_a_flush_it_missed_removed() {
         .await
         .unwrap()
         .with_consistency(Consistency::Quorum);
-    load(&client).await;
+    load_keys(&client, KEYS).await;
     wait_until(DEADLINE, || async {
         cluster.node("n3").node.store().entry_count() >= KEYS as u64
     })

@@ -7,30 +7,12 @@ use std::time::Duration;
 
 use ringcache::Client;
 use ringcache_proto::placement::{Ring, SLOTS};
-use ringcache_tests::{TestCluster, patient};
+use ringcache_tests::ctl::{Outcome, ctl};
+use ringcache_tests::{TestCluster, copies_match_the_ring, load_keys, patient};
 use serde_json::Value;
 
 /// Generous bound for convergence and for ringctl to see a settled cluster.
 const CONVERGE: Duration = Duration::from_secs(20);
-
-struct Outcome {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-async fn ctl(cluster: &str, args: &[&str]) -> Outcome {
-    let mut argv = vec!["--cluster".to_owned(), cluster.to_owned()];
-    argv.extend(args.iter().map(|a| (*a).to_owned()));
-    let mut stdin: &[u8] = &[];
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    let code = ringcache::ctl::run(argv, &mut stdin, &mut stdout, &mut stderr).await;
-    Outcome {
-        code,
-        stdout: String::from_utf8(stdout).expect("UTF-8"),
-        stderr: String::from_utf8(stderr).expect("UTF-8"),
-    }
-}
 
 /// Runs `args` until `done` holds (bounded by [`CONVERGE`]); a loaded machine may briefly
 /// suspect a member, which takes it out of the ring.
@@ -94,10 +76,10 @@ async fn three_zones_at_r2_keep_every_keys_copies_in_two_zones() {
 
     // ringctl ring: a ZONE column and the zones line.
     let text = ctl_until(&addr, &["ring", "--samples", "2000"], |o| {
-        o.stdout.contains("ring of 3 nodes, R=2")
+        o.text().contains("ring of 3 nodes, R=2")
     })
     .await
-    .stdout;
+    .text();
     let header = text
         .lines()
         .find(|l| l.starts_with("NODE"))
@@ -117,7 +99,7 @@ async fn three_zones_at_r2_keep_every_keys_copies_in_two_zones() {
         "{text}"
     );
     assert!(!text.contains("WARNING"), "{text}");
-    let json: Value = serde_json::from_str(
+    let json: Value = serde_json::from_slice(
         &ctl(&addr, &["-o", "json", "ring", "--samples", "2000"])
             .await
             .stdout,
@@ -131,7 +113,7 @@ async fn three_zones_at_r2_keep_every_keys_copies_in_two_zones() {
     let located = ctl(&addr, &["locate", "k1"]).await;
     assert_eq!(located.code, 0, "{}", located.stderr);
     let replicas_line = located
-        .stdout
+        .text()
         .lines()
         .find(|l| l.starts_with("replicas"))
         .expect("a replicas line")
@@ -139,7 +121,7 @@ async fn three_zones_at_r2_keep_every_keys_copies_in_two_zones() {
     assert!(
         replicas_line.contains("(R=2, 2 zones)"),
         "{}",
-        located.stdout
+        located.text()
     );
     let set = ring.replicas(b"k1");
     for (id, zone) in set.iter().zip(set.zones()) {
@@ -149,7 +131,7 @@ async fn three_zones_at_r2_keep_every_keys_copies_in_two_zones() {
         );
     }
     let json: Value =
-        serde_json::from_str(&ctl(&addr, &["-o", "json", "locate", "k1"]).await.stdout)
+        serde_json::from_slice(&ctl(&addr, &["-o", "json", "locate", "k1"]).await.stdout)
             .expect("JSON");
     let zones: Vec<&str> = json["replica_zones"]
         .as_array()
@@ -162,10 +144,10 @@ async fn three_zones_at_r2_keep_every_keys_copies_in_two_zones() {
 
     // ringctl status: a ZONE column, and nothing to warn about.
     let status = ctl_until(&addr, &["-o", "json", "status"], |o| {
-        o.stdout.contains("\"verdict\": \"healthy\"")
+        o.text().contains("\"verdict\": \"healthy\"")
     })
     .await;
-    let json: Value = serde_json::from_str(&status.stdout).expect("JSON");
+    let json: Value = serde_json::from_slice(&status.stdout).expect("JSON");
     assert_eq!(json["zones"]["warnings"], Value::Array(vec![]), "{json}");
     assert_eq!(json["members"][1]["zone"], "zone-b", "{json}");
 
@@ -181,9 +163,9 @@ async fn three_zones_at_r2_keep_every_keys_copies_in_two_zones() {
         .wait_converged(CONVERGE)
         .await
         .expect("a zone-less node joins zoned ones");
-    let status = ctl_until(&addr, &["status"], |o| o.stdout.contains("have no zone"))
+    let status = ctl_until(&addr, &["status"], |o| o.text().contains("have no zone"))
         .await
-        .stdout;
+        .text();
     assert!(
         status.contains(
             "WARNING: 1 of 4 ring members have no zone (n4): they share one unnamed zone"
@@ -195,24 +177,6 @@ async fn three_zones_at_r2_keep_every_keys_copies_in_two_zones() {
     let view = cluster.nodes[0].node.view();
     assert_eq!(view.ring.zone_count(), 4);
     assert_eq!(view.ring.crowded_ranges(), 0);
-}
-
-/// Every one of `keys` keys is held by exactly its replicas in node 1's (zoned) ring.
-fn copies_match_the_ring(cluster: &TestCluster, keys: usize) -> bool {
-    let view = cluster.nodes[0].node.view();
-    (0..keys).all(|i| {
-        let key = format!("key{i}");
-        let owners = view.ring.replicas(key.as_bytes());
-        cluster.nodes.iter().all(|n| {
-            let held = n
-                .node
-                .store()
-                .get_versioned(key.as_bytes())
-                .unwrap()
-                .is_some_and(|v| v.value.is_some());
-            held == owners.contains(&n.node.config().node_id)
-        })
-    })
 }
 
 /// A node joining zone-a of a zoned cluster pulls the slots it holds in the zoned ring, and the
@@ -230,17 +194,7 @@ async fn a_node_joining_a_zone_gets_the_keys_of_the_zoned_ring() {
     let client = Client::connect(cluster.grpc_targets())
         .await
         .expect("connect");
-    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(500) {
-        client
-            .mset(
-                chunk
-                    .iter()
-                    .map(|i| (format!("key{i}"), format!("value{i}"))),
-                None,
-            )
-            .await
-            .expect("a batch write");
-    }
+    load_keys(&client, KEYS).await;
     cluster.add(4, configure).await;
     cluster.wait_converged(CONVERGE).await.expect("n4 joins");
     let view = cluster.nodes[0].node.view();

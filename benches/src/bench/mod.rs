@@ -15,4 +15,5 @@ pub mod runner;
 pub mod suite;
 pub mod target;
 pub mod workload;
-pub mod zipf;
+/// Zipfian ranks, from `ringcache-test-support` (one sampler for the benchmarks and the tests).
+pub use ringcache_test_support::zipf;

@@ -7,7 +7,7 @@
 //!   client (MSet batches of 500), reading the node's RSS from /proc/PID.
 
 use anyhow::{Context, bail};
-use ringcache_bench::{MemoryReport, bench_key, measure_memory, rss_of};
+use ringcache_bench::{MemoryReport, bench_key, measure_memory, rss_of, take_flag};
 
 fn main() -> anyhow::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -51,18 +51,6 @@ fn main() -> anyhow::Result<()> {
         report.accounted_bytes as f64 / report.keys as f64
     );
     Ok(())
-}
-
-fn take_flag(args: &mut Vec<String>, flag: &str) -> anyhow::Result<Option<String>> {
-    let Some(at) = args.iter().position(|a| a == flag) else {
-        return Ok(None);
-    };
-    if at + 1 >= args.len() {
-        bail!("{flag} needs a value");
-    }
-    let value = args.remove(at + 1);
-    args.remove(at);
-    Ok(Some(value))
 }
 
 async fn measure_server(

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use ringcache_bench::{bench_key, rss_bytes};
+use ringcache_bench::{bench_key, rss_bytes, take_flag};
 use ringcache_server::snapshot::{self, LoadOutcome, WriteOptions};
 use ringcache_server::store::{SetOptions, Store, StoreConfig};
 
@@ -134,16 +134,4 @@ fn main() -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&path);
     Ok(())
-}
-
-fn take_flag(args: &mut Vec<String>, flag: &str) -> anyhow::Result<Option<String>> {
-    let Some(at) = args.iter().position(|a| a == flag) else {
-        return Ok(None);
-    };
-    if at + 1 >= args.len() {
-        bail!("{flag} needs a value");
-    }
-    let value = args.remove(at + 1);
-    args.remove(at);
-    Ok(Some(value))
 }

@@ -1332,17 +1332,10 @@ mod tests {
 
     #[test]
     fn status_problems_name_the_member_once_and_read_as_sentences() {
-        let member = |state| Member {
-            node_id: "n3".into(),
-            incarnation: 1,
-            state,
-            weight: 1,
-            grpc_addr: "127.0.0.3:7379".into(),
-            gossip_addr: String::new(),
-            http_addr: String::new(),
-            cluster_addr: String::new(),
-            resp_addr: String::new(),
-            zone: None,
+        let member = |state| {
+            Member::for_test("n3")
+                .with_state(state)
+                .with_grpc_addr("127.0.0.3:7379")
         };
         let unreachable = Err(NodeError::Unreachable {
             addr: "127.0.0.3:7379".into(),

@@ -418,9 +418,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_port_is_unreachable_in_one_line() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        drop(listener);
+        let addr = ringcache_test_support::closed_addr();
         let dial = Dial {
             timeout: Duration::from_secs(2),
             security: Security::default(),

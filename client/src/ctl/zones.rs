@@ -135,7 +135,7 @@ impl ZoneReport {
 
 #[cfg(test)]
 mod tests {
-    use ringcache_proto::topology::{Member, NodeState};
+    use ringcache_proto::topology::Member;
 
     use super::*;
 
@@ -143,17 +143,8 @@ mod tests {
         Topology::new(
             members
                 .iter()
-                .map(|(id, zone, weight)| Member {
-                    node_id: (*id).to_owned(),
-                    incarnation: 1,
-                    state: NodeState::Active,
-                    weight: *weight,
-                    grpc_addr: String::new(),
-                    gossip_addr: String::new(),
-                    http_addr: String::new(),
-                    cluster_addr: String::new(),
-                    resp_addr: String::new(),
-                    zone: zone.map(str::to_owned),
+                .map(|(id, zone, weight)| {
+                    Member::for_test(*id).with_weight(*weight).with_zone(*zone)
                 })
                 .collect(),
             replication,

@@ -1,6 +1,9 @@
-//! A fake node with injected faults, shared by `production.rs` and `spans.rs` (each test file
-//! is its own crate; each uses part of this).
+//! What the client's test files share (each test file is its own crate; each uses part of
+//! this): the one configurable fake `Cache` service ([`fake_cache`]), and a fake node with
+//! injected faults (used by `production.rs` and `spans.rs`).
 #![allow(dead_code)]
+
+pub(crate) mod fake_cache;
 
 use std::{
     collections::BTreeMap,
@@ -12,12 +15,12 @@ use std::{
 };
 
 use bytes::Bytes;
-use ringcache::{Client, ClientBuilder, Connector, Error, NodeState, NodeStream, RetryPolicy};
+use fake_cache::{FakeCache, Reply, cache_server};
+use ringcache::{Client, ClientBuilder, Connector, Error, NodeStream, RetryPolicy};
 use ringcache_proto::{
     topology::{Member, Topology},
     v1::{
         self as pb,
-        cache_server::{Cache, CacheServer},
         cluster_server::{Cluster, ClusterServer},
     },
 };
@@ -66,46 +69,21 @@ struct Svc(Arc<Fake>);
 
 fn topology() -> Topology {
     Topology::new(
-        vec![Member {
-            node_id: "n1".to_owned(),
-            incarnation: 1,
-            state: NodeState::Active,
-            weight: 1,
-            grpc_addr: MEMBER_ADDR.to_owned(),
-            gossip_addr: "member-1:7380".to_owned(),
-            http_addr: "member-1:7381".to_owned(),
-            cluster_addr: String::new(),
-            resp_addr: String::new(),
-            zone: None,
-        }],
+        vec![
+            Member::for_test("n1")
+                .with_grpc_addr(MEMBER_ADDR)
+                .with_gossip_addr("member-1:7380")
+                .with_http_addr("member-1:7381"),
+        ],
         1,
         16,
     )
 }
 
 #[tonic::async_trait]
-impl Cache for Svc {
-    type PipelineStream = tonic::codegen::BoxStream<pb::PipelineResponseBatch>;
-    type InvalidationsStream = tonic::codegen::BoxStream<pb::InvalidationBatch>;
-
-    async fn invalidations(
-        &self,
-        _request: Request<pb::InvalidationsRequest>,
-    ) -> Result<Response<Self::InvalidationsStream>, Status> {
-        Err(Status::unimplemented(
-            "no near-cache tracking on this fake node",
-        ))
-    }
-
-    async fn pipeline(
-        &self,
-        _: Request<tonic::Streaming<pb::PipelineRequestBatch>>,
-    ) -> Result<Response<Self::PipelineStream>, Status> {
-        Err(Status::unimplemented("unary calls only"))
-    }
-
-    async fn get(&self, r: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        self.0.enter("get")?;
+impl FakeCache for Fake {
+    async fn get(&self, r: Request<pb::GetRequest>) -> Reply<pb::GetResponse> {
+        self.enter("get")?;
         if r.into_inner().key == "hang" {
             std::future::pending::<()>().await;
         }
@@ -118,8 +96,8 @@ impl Cache for Svc {
         }))
     }
 
-    async fn set(&self, _: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
-        self.0.enter("set")?;
+    async fn set(&self, _: Request<pb::SetRequest>) -> Reply<pb::SetResponse> {
+        self.enter("set")?;
         Ok(Response::new(pb::SetResponse {
             stored: true,
             version: 2,
@@ -127,19 +105,13 @@ impl Cache for Svc {
         }))
     }
 
-    async fn delete(
-        &self,
-        _: Request<pb::DeleteRequest>,
-    ) -> Result<Response<pb::DeleteResponse>, Status> {
-        self.0.enter("delete")?;
+    async fn delete(&self, _: Request<pb::DeleteRequest>) -> Reply<pb::DeleteResponse> {
+        self.enter("delete")?;
         Ok(Response::new(pb::DeleteResponse::default()))
     }
 
-    async fn m_get(
-        &self,
-        r: Request<pb::MGetRequest>,
-    ) -> Result<Response<pb::MGetResponse>, Status> {
-        self.0.enter("mget")?;
+    async fn m_get(&self, r: Request<pb::MGetRequest>) -> Reply<pb::MGetResponse> {
+        self.enter("mget")?;
         let results = r
             .into_inner()
             .keys
@@ -149,29 +121,20 @@ impl Cache for Svc {
         Ok(Response::new(pb::MGetResponse { results }))
     }
 
-    async fn m_set(
-        &self,
-        r: Request<pb::MSetRequest>,
-    ) -> Result<Response<pb::MSetResponse>, Status> {
-        self.0.enter("mset")?;
+    async fn m_set(&self, r: Request<pb::MSetRequest>) -> Reply<pb::MSetResponse> {
+        self.enter("mset")?;
         let versions = r.into_inner().entries.iter().map(|_| 1).collect();
         Ok(Response::new(pb::MSetResponse { versions }))
     }
 
-    async fn m_delete(
-        &self,
-        r: Request<pb::MDeleteRequest>,
-    ) -> Result<Response<pb::MDeleteResponse>, Status> {
-        self.0.enter("mdelete")?;
+    async fn m_delete(&self, r: Request<pb::MDeleteRequest>) -> Reply<pb::MDeleteResponse> {
+        self.enter("mdelete")?;
         let deleted = r.into_inner().keys.len() as u64;
         Ok(Response::new(pb::MDeleteResponse { deleted }))
     }
 
-    async fn incr(
-        &self,
-        r: Request<pb::IncrRequest>,
-    ) -> Result<Response<pb::IncrResponse>, Status> {
-        self.0.enter("incr")?;
+    async fn incr(&self, r: Request<pb::IncrRequest>) -> Reply<pb::IncrResponse> {
+        self.enter("incr")?;
         Ok(Response::new(pb::IncrResponse {
             value: r.into_inner().delta,
             version: 3,
@@ -181,44 +144,28 @@ impl Cache for Svc {
     async fn compare_and_set(
         &self,
         _: Request<pb::CompareAndSetRequest>,
-    ) -> Result<Response<pb::CompareAndSetResponse>, Status> {
-        self.0.enter("cas")?;
+    ) -> Reply<pb::CompareAndSetResponse> {
+        self.enter("cas")?;
         Ok(Response::new(pb::CompareAndSetResponse { version: 4 }))
     }
 
-    async fn expire(
-        &self,
-        _: Request<pb::ExpireRequest>,
-    ) -> Result<Response<pb::ExpireResponse>, Status> {
-        self.0.enter("expire")?;
+    async fn expire(&self, _: Request<pb::ExpireRequest>) -> Reply<pb::ExpireResponse> {
+        self.enter("expire")?;
         Ok(Response::new(pb::ExpireResponse::default()))
     }
 
-    async fn persist(
-        &self,
-        _: Request<pb::PersistRequest>,
-    ) -> Result<Response<pb::PersistResponse>, Status> {
-        self.0.enter("persist")?;
+    async fn persist(&self, _: Request<pb::PersistRequest>) -> Reply<pb::PersistResponse> {
+        self.enter("persist")?;
         Ok(Response::new(pb::PersistResponse::default()))
     }
 
-    async fn get_or_lease(
-        &self,
-        _: Request<pb::GetOrLeaseRequest>,
-    ) -> Result<Response<pb::GetOrLeaseResponse>, Status> {
-        Err(Status::unimplemented("get_or_lease"))
-    }
-
-    async fn update(
-        &self,
-        _: Request<pb::UpdateRequest>,
-    ) -> Result<Response<pb::UpdateResponse>, Status> {
-        self.0.enter("update")?;
+    async fn update(&self, _: Request<pb::UpdateRequest>) -> Reply<pb::UpdateResponse> {
+        self.enter("update")?;
         Ok(Response::new(pb::UpdateResponse::default()))
     }
 
-    async fn ttl(&self, _: Request<pb::TtlRequest>) -> Result<Response<pb::TtlResponse>, Status> {
-        self.0.enter("ttl")?;
+    async fn ttl(&self, _: Request<pb::TtlRequest>) -> Reply<pb::TtlResponse> {
+        self.enter("ttl")?;
         Ok(Response::new(pb::TtlResponse::default()))
     }
 }
@@ -269,7 +216,7 @@ impl Harness {
         let svc = Svc(Arc::clone(&fake));
         tokio::spawn(
             Server::builder()
-                .add_service(CacheServer::new(svc.clone()))
+                .add_service(cache_server(Arc::clone(&fake)))
                 .add_service(ClusterServer::new(svc))
                 .serve_with_incoming(incoming),
         );

@@ -264,18 +264,7 @@ fn weight_scales_the_share_of_keys() {
 
 #[test]
 fn a_topology_ring_holds_only_range_owning_members() {
-    let member = |id: &str, state| Member {
-        node_id: id.to_owned(),
-        incarnation: 1,
-        state,
-        weight: 1,
-        grpc_addr: String::new(),
-        gossip_addr: String::new(),
-        http_addr: String::new(),
-        cluster_addr: String::new(),
-        resp_addr: String::new(),
-        zone: None,
-    };
+    let member = |id: &str, state| Member::for_test(id).with_state(state);
     let topology = Topology::new(
         vec![
             member("a", NodeState::Active),

@@ -267,15 +267,15 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::auth::{UserEntry, basic_header, sha256, to_hex};
+    use crate::auth::{UserEntry, basic_header};
     use crate::connections::ConnState;
 
     fn users(secret: &str) -> Users {
-        Users::from_entries(&[UserEntry {
-            name: "app".into(),
-            role: Role::Write,
-            secret_sha256: to_hex(&sha256(secret.as_bytes())),
-        }])
+        Users::from_entries(&[UserEntry::with_secret(
+            "app",
+            Role::Write,
+            secret.as_bytes(),
+        )])
         .unwrap()
     }
 

@@ -5,6 +5,7 @@
 
 mod admin;
 pub mod auth;
+mod batched;
 mod cache;
 mod cluster;
 mod digest;

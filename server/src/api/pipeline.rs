@@ -17,24 +17,21 @@
 //! its own (an `MGet` of many large values) is replaced by an OUT_OF_RANGE error for its
 //! request, as its unary call would fail, so one large answer never ends the stream for the
 //! others. When the node shuts down the stream stops reading, answers what it started, and
-//! ends.
+//! ends. The reading, backpressure and byte budget are [`super::batched`]'s, shared with
+//! `Internal.ReplicaStream`.
 
-use std::collections::VecDeque;
-use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use futures_util::Stream;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use ringcache_proto::CURRENT_VERSION_METADATA;
 use ringcache_proto::v1::{
     self, PipelineError, PipelineRequestBatch, PipelineResponse, PipelineResponseBatch,
     cache_server::Cache, pipeline_request::Op, pipeline_response::Result as Answer,
 };
-use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::check_role;
+use super::batched::{self, Answers};
 use super::cache::CacheService;
 use crate::auth::{Principal, Role};
 
@@ -50,12 +47,12 @@ pub(super) const MAX_BATCH_REQUESTS: usize = MAX_PENDING;
 pub(super) type PipelineStream =
     Pin<Box<dyn Stream<Item = Result<PipelineResponseBatch, Status>> + Send>>;
 
-type Pending = Pin<Box<dyn Future<Output = PipelineResponse> + Send>>;
+type Pending = batched::Pending<PipelineResponse>;
 
 /// The response stream of one `Pipeline` call. There is no task of its own: HTTP/2 polls it when
 /// it can send, and each poll reads the request batches that arrived, runs them, and returns
-/// what is answered as one batch. So a client that stops reading answers also stops the node
-/// reading its requests.
+/// what is answered as one batch ([`batched`]). So a client that stops reading answers also
+/// stops the node reading its requests.
 pub(super) fn serve(
     service: CacheService,
     principal: Option<Principal>,
@@ -63,163 +60,81 @@ pub(super) fn serve(
 ) -> Response<PipelineStream> {
     let node = service.node();
     node.metrics().pipeline_stream(1.0);
-    let shutdown = Box::pin(node.shutdown_token().clone().cancelled_owned());
-    // Room for the batch's own fields (the digest) beside its answers.
-    let max_batch_bytes = node.config().max_message_bytes.saturating_sub(64).max(1);
-    Response::new(Box::pin(Answers {
-        max_batch_bytes,
-        waiting: VecDeque::new(),
-        service,
-        principal,
+    let shutdown = node.shutdown_token().clone();
+    let max_message_bytes = node.config().max_message_bytes;
+    Response::new(Box::pin(Answers::new(
+        Pipeline { service, principal },
         inbound,
-        pending: FuturesUnordered::new(),
         shutdown,
-        reading: true,
-        error: None,
-        failed: false,
-    }))
+        max_message_bytes,
+    )))
 }
 
-struct Answers {
-    /// Most bytes of answers in one response batch (the node's message limit, less room).
-    max_batch_bytes: usize,
-    /// Answers made but not sent: they did not fit in the last batch.
-    waiting: VecDeque<PipelineResponse>,
+/// One `Pipeline` stream's side of [`batched`].
+struct Pipeline {
     service: CacheService,
     /// Who opened the stream (`None` when authentication is off); each request is checked
     /// against its role.
     principal: Option<Principal>,
-    inbound: Streaming<PipelineRequestBatch>,
-    /// Requests started and not yet answered.
-    pending: FuturesUnordered<Pending>,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// Whether request batches are still read: false once the client closed its side, the
-    /// stream failed, the client broke a limit, or the node is shutting down.
-    reading: bool,
-    /// The status that ends the stream once the answers already made are sent.
-    error: Option<Status>,
-    /// The stream ended with an error status; nothing more is sent.
-    failed: bool,
 }
 
-impl Drop for Answers {
+impl Drop for Pipeline {
     fn drop(&mut self) {
         self.service.node().metrics().pipeline_stream(-1.0);
     }
 }
 
-impl Stream for Answers {
-    type Item = Result<PipelineResponseBatch, Status>;
+impl batched::Protocol for Pipeline {
+    type Message = PipelineRequestBatch;
+    type Request = v1::PipelineRequest;
+    type Answer = PipelineResponse;
+    type Output = PipelineResponseBatch;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        if this.failed {
-            return Poll::Ready(None);
-        }
-        if this.waiting.is_empty()
-            && let Some(status) = this.error.take()
-        {
-            // Requests still running are dropped with the stream: they are not answered.
-            this.failed = true;
-            return Poll::Ready(Some(Err(status)));
-        }
-        // Answers left over from the last batch go first, and no request is read until they
-        // are out (backpressure).
-        let carried = !this.waiting.is_empty();
-        let mut answers: Vec<PipelineResponse> = this.waiting.drain(..).collect();
-        while let Poll::Ready(Some(answer)) = this.pending.poll_next_unpin(cx) {
-            answers.push(answer);
-        }
-        if this.reading && this.shutdown.as_mut().poll(cx).is_ready() {
-            this.reading = false;
-        }
-        while this.reading && !carried && this.pending.len() < MAX_PENDING {
-            let batch = match this.inbound.poll_next_unpin(cx) {
-                Poll::Pending => break,
-                Poll::Ready(Some(Ok(batch))) => batch,
-                Poll::Ready(None) => {
-                    this.reading = false;
-                    break;
-                }
-                Poll::Ready(Some(Err(status))) => {
-                    tracing::debug!(error = %status, "pipeline request stream failed");
-                    this.reading = false;
-                    break;
-                }
-            };
-            let node = this.service.node();
-            node.metrics().record_pipeline_batch(batch.requests.len());
-            if batch.requests.len() > MAX_BATCH_REQUESTS {
-                // None of this batch runs; the answers already made go out, then the error.
-                this.error = Some(Status::invalid_argument(format!(
-                    "{} requests in one pipeline batch, more than {MAX_BATCH_REQUESTS}",
-                    batch.requests.len()
-                )));
-                this.reading = false;
-                break;
-            }
-            answers.reserve(batch.requests.len());
-            for request in batch.requests {
-                let mut future = dispatch(this.service.clone(), this.principal.as_ref(), request);
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(answer) => answers.push(answer),
-                    Poll::Pending => this.pending.push(future),
-                }
-            }
-            // Answer this batch before reading the next, so answers never wait for later input.
-            if !answers.is_empty() {
-                break;
-            }
-        }
-        if !answers.is_empty() {
-            let topology_digest = this.service.node().view().topology.digest();
-            let responses = this.fit(answers);
-            return Poll::Ready(Some(Ok(PipelineResponseBatch {
-                responses,
-                topology_digest,
-            })));
-        }
-        if let Some(status) = this.error.take() {
-            this.failed = true;
-            return Poll::Ready(Some(Err(status)));
-        }
-        if !this.reading && this.pending.is_empty() {
-            return Poll::Ready(None);
-        }
-        Poll::Pending
+    const MAX_PENDING: usize = MAX_PENDING;
+    const MAX_REQUESTS_PER_MESSAGE: usize = MAX_BATCH_REQUESTS;
+
+    fn requests(batch: PipelineRequestBatch) -> Vec<v1::PipelineRequest> {
+        batch.requests
     }
-}
 
-impl Answers {
-    /// The answers that fit in one response batch, in order; the rest wait in `waiting`. An
-    /// answer too large on its own becomes an OUT_OF_RANGE error for its request.
-    fn fit(&mut self, answers: Vec<PipelineResponse>) -> Vec<PipelineResponse> {
-        let mut batch = Vec::with_capacity(answers.len());
-        let mut bytes = 0usize;
-        let mut answers = answers.into_iter();
-        for mut answer in answers.by_ref() {
-            let mut size = prost::encoding::message::encoded_len(1, &answer);
-            if size > self.max_batch_bytes {
-                let status = Status::out_of_range(format!(
-                    "Error, encoded message length too large: the answer is {size} bytes, the \
-                     limit is {} bytes (max_message_bytes); ask for fewer keys",
-                    self.max_batch_bytes
-                ));
-                answer = PipelineResponse {
-                    tag: answer.tag,
-                    result: Some(Answer::Error(error_of(&status))),
-                };
-                size = prost::encoding::message::encoded_len(1, &answer);
-            }
-            if !batch.is_empty() && bytes.saturating_add(size) > self.max_batch_bytes {
-                self.waiting.push_back(answer);
-                break;
-            }
-            bytes = bytes.saturating_add(size);
-            batch.push(answer);
+    fn read(&self, requests: usize) {
+        self.service
+            .node()
+            .metrics()
+            .record_pipeline_batch(requests);
+    }
+
+    fn too_many(&self, requests: usize) -> Status {
+        Status::invalid_argument(format!(
+            "{requests} requests in one pipeline batch, more than {MAX_BATCH_REQUESTS}"
+        ))
+    }
+
+    fn read_failed(&self, status: Status) -> Option<Status> {
+        tracing::debug!(error = %status, "pipeline request stream failed");
+        None
+    }
+
+    fn dispatch(&self, request: v1::PipelineRequest) -> Pending {
+        dispatch(self.service.clone(), self.principal.as_ref(), request)
+    }
+
+    fn oversized(answer: &PipelineResponse, size: usize, max_bytes: usize) -> PipelineResponse {
+        let status = Status::out_of_range(format!(
+            "Error, encoded message length too large: the answer is {size} bytes, the \
+             limit is {max_bytes} bytes (max_message_bytes); ask for fewer keys"
+        ));
+        PipelineResponse {
+            tag: answer.tag,
+            result: Some(Answer::Error(error_of(&status))),
         }
-        self.waiting.extend(answers);
-        batch
+    }
+
+    fn output(&self, responses: Vec<PipelineResponse>) -> PipelineResponseBatch {
+        PipelineResponseBatch {
+            responses,
+            topology_digest: self.service.node().view().topology.digest(),
+        }
     }
 }
 

@@ -9,7 +9,8 @@
 //! identical; a failed request is answered with the status its unary call would have returned.
 //! Like `Cache.Pipeline` ([`super::pipeline`]) the response stream does the work when HTTP/2
 //! polls it (no task or channel of its own): it reads the request messages that arrived, starts
-//! every request, and returns the answers made as one message.
+//! every request, and returns the answers made as one message (the engine of both streams is
+//! [`super::batched`]).
 //!
 //! Limits, for a peer that misbehaves as much as for one that is just busy:
 //! - at most [`MAX_REQUESTS_PER_MESSAGE`] requests in one message (more: the answers already made
@@ -27,21 +28,17 @@
 //! confuses the sender. When the node shuts down the stream stops reading, answers what it
 //! started, and ends.
 
-use std::collections::VecDeque;
-use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use futures_util::Stream;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use ringcache_proto::v1::{
     self, ReplicaAnswer, ReplicaAnswers, ReplicaError, ReplicaRequests, internal_server::Internal,
     replica_answer::Result as Answer, replica_request::Op,
 };
-use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::metadata::MetadataMap;
 use tonic::{Extensions, Request, Response, Status, Streaming};
 
+use super::batched::{self, Answers};
 use super::internal::InternalService;
 
 /// Requests one stream may have started and not yet answered before it stops reading.
@@ -54,179 +51,93 @@ pub(crate) const MAX_REQUESTS_PER_MESSAGE: usize = MAX_PENDING;
 pub(super) type ReplicaAnswerStream =
     Pin<Box<dyn Stream<Item = Result<ReplicaAnswers, Status>> + Send>>;
 
-type Pending = Pin<Box<dyn Future<Output = ReplicaAnswer> + Send>>;
+type Pending = batched::Pending<ReplicaAnswer>;
 
-/// The answers of one `ReplicaStream` call, made as HTTP/2 polls for them.
+/// The answers of one `ReplicaStream` call, made as HTTP/2 polls for them ([`batched`]).
 pub(super) fn serve(
     service: InternalService,
     request: Request<Streaming<ReplicaRequests>>,
 ) -> Response<ReplicaAnswerStream> {
     let node = service.node().clone();
     node.metrics().replica_stream_served(1.0);
-    let shutdown = Box::pin(node.shutdown_token().clone().cancelled_owned());
-    // Room for the message's own framing beside its answers.
-    let max_message_bytes = node.config().max_message_bytes.saturating_sub(64).max(1);
+    let shutdown = node.shutdown_token().clone();
+    let max_message_bytes = node.config().max_message_bytes;
     let (_, extensions, inbound) = request.into_parts();
-    Response::new(Box::pin(Answers {
-        max_message_bytes,
-        waiting: VecDeque::new(),
-        service,
-        extensions,
+    Response::new(Box::pin(Answers::new(
+        ReplicaStream {
+            service,
+            extensions,
+        },
         inbound,
-        pending: FuturesUnordered::new(),
         shutdown,
-        reading: true,
-        error: None,
-        failed: false,
-    }))
+        max_message_bytes,
+    )))
 }
 
-struct Answers {
-    /// Most bytes of answers in one message (the node's message limit, less room).
-    max_message_bytes: usize,
-    /// Answers made but not sent: they did not fit in the last message.
-    waiting: VecDeque<ReplicaAnswer>,
+/// One `ReplicaStream` stream's side of [`batched`].
+struct ReplicaStream {
     service: InternalService,
     /// The stream's connection details (peer address, TLS identity), given to each request as
     /// its unary call would have them.
     extensions: Extensions,
-    inbound: Streaming<ReplicaRequests>,
-    /// Requests started and not yet answered.
-    pending: FuturesUnordered<Pending>,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// Whether request messages are still read: false once the peer closed its side, the
-    /// stream failed, the peer broke a limit, or the node is shutting down.
-    reading: bool,
-    /// The status that ends the stream once the answers already made are sent.
-    error: Option<Status>,
-    /// The stream ended with an error status; nothing more is sent.
-    failed: bool,
 }
 
-impl Drop for Answers {
+impl Drop for ReplicaStream {
     fn drop(&mut self) {
         self.service.node().metrics().replica_stream_served(-1.0);
     }
 }
 
-impl Stream for Answers {
-    type Item = Result<ReplicaAnswers, Status>;
+impl batched::Protocol for ReplicaStream {
+    type Message = ReplicaRequests;
+    type Request = v1::ReplicaRequest;
+    type Answer = ReplicaAnswer;
+    type Output = ReplicaAnswers;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        if this.failed {
-            return Poll::Ready(None);
-        }
-        if this.waiting.is_empty()
-            && let Some(status) = this.error.take()
-        {
-            this.failed = true;
-            return Poll::Ready(Some(Err(status)));
-        }
-        // Answers left over from the last message go first, and nothing is read until they are
-        // out (backpressure).
-        let carried = !this.waiting.is_empty();
-        let mut answers: Vec<ReplicaAnswer> = this.waiting.drain(..).collect();
-        while let Poll::Ready(Some(answer)) = this.pending.poll_next_unpin(cx) {
-            answers.push(answer);
-        }
-        if this.reading && this.shutdown.as_mut().poll(cx).is_ready() {
-            this.reading = false;
-        }
-        while this.reading && !carried && this.pending.len() < MAX_PENDING {
-            let message = match this.inbound.poll_next_unpin(cx) {
-                Poll::Pending => break,
-                Poll::Ready(Some(Ok(message))) => message,
-                Poll::Ready(None) => {
-                    this.reading = false;
-                    break;
-                }
-                Poll::Ready(Some(Err(status))) => {
-                    tracing::debug!(error = %status, "replica request stream failed");
-                    this.reading = false;
-                    // A message over the size limit, or a broken stream: the peer is told why
-                    // (if it still listens) once the answers already made are out.
-                    this.error = Some(status);
-                    break;
-                }
-            };
-            if message.requests.len() > MAX_REQUESTS_PER_MESSAGE {
-                this.error = Some(Status::invalid_argument(format!(
-                    "{} requests in one replica stream message, more than \
-                     {MAX_REQUESTS_PER_MESSAGE}",
-                    message.requests.len()
-                )));
-                this.reading = false;
-                break;
-            }
-            answers.reserve(message.requests.len());
-            for request in message.requests {
-                let mut future = dispatch(&this.service, &this.extensions, request);
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(answer) => answers.push(answer),
-                    Poll::Pending => this.pending.push(future),
-                }
-            }
-            // Answer this message before reading the next, so answers never wait for input.
-            if !answers.is_empty() {
-                break;
-            }
-        }
-        if !answers.is_empty() {
-            let answers = this.fit(answers);
-            return Poll::Ready(Some(Ok(ReplicaAnswers { answers })));
-        }
-        if let Some(status) = this.error.take() {
-            this.failed = true;
-            return Poll::Ready(Some(Err(status)));
-        }
-        if !this.reading && this.pending.is_empty() {
-            return Poll::Ready(None);
-        }
-        Poll::Pending
+    const MAX_PENDING: usize = MAX_PENDING;
+    const MAX_REQUESTS_PER_MESSAGE: usize = MAX_REQUESTS_PER_MESSAGE;
+
+    fn requests(message: ReplicaRequests) -> Vec<v1::ReplicaRequest> {
+        message.requests
+    }
+
+    fn too_many(&self, requests: usize) -> Status {
+        Status::invalid_argument(format!(
+            "{requests} requests in one replica stream message, more than \
+             {MAX_REQUESTS_PER_MESSAGE}"
+        ))
+    }
+
+    fn read_failed(&self, status: Status) -> Option<Status> {
+        tracing::debug!(error = %status, "replica request stream failed");
+        // A message over the size limit, or a broken stream: the peer is told why (if it still
+        // listens) once the answers already made are out.
+        Some(status)
+    }
+
+    fn dispatch(&self, request: v1::ReplicaRequest) -> Pending {
+        dispatch(&self.service, &self.extensions, request)
+    }
+
+    fn oversized(answer: &ReplicaAnswer, size: usize, max_bytes: usize) -> ReplicaAnswer {
+        oversized(answer, size, max_bytes)
+    }
+
+    fn output(&self, answers: Vec<ReplicaAnswer>) -> ReplicaAnswers {
+        ReplicaAnswers { answers }
     }
 }
 
-impl Answers {
-    /// The answers that fit in one message, in order; the rest wait in `waiting`. An answer too
-    /// large on its own becomes an OUT_OF_RANGE error for its request.
-    fn fit(&mut self, answers: Vec<ReplicaAnswer>) -> Vec<ReplicaAnswer> {
-        fit(self.max_message_bytes, answers, &mut self.waiting)
+/// The OUT_OF_RANGE answer that replaces `answer`, `size` bytes encoded, over `max_bytes`.
+fn oversized(answer: &ReplicaAnswer, size: usize, max_bytes: usize) -> ReplicaAnswer {
+    let status = Status::out_of_range(format!(
+        "Error, encoded message length too large: the answer is {size} bytes, the limit \
+         is {max_bytes} bytes (max_message_bytes)"
+    ));
+    ReplicaAnswer {
+        tag: answer.tag,
+        result: Some(Answer::Error(error_of(&status))),
     }
-}
-
-/// The answers of `answers` that fit in `max_bytes`, in order (at least one); the rest go to
-/// `waiting`. An answer over `max_bytes` alone becomes OUT_OF_RANGE for its request.
-fn fit(
-    max_bytes: usize,
-    answers: Vec<ReplicaAnswer>,
-    waiting: &mut VecDeque<ReplicaAnswer>,
-) -> Vec<ReplicaAnswer> {
-    let mut batch = Vec::with_capacity(answers.len());
-    let mut bytes = 0usize;
-    let mut answers = answers.into_iter();
-    for mut answer in answers.by_ref() {
-        let mut size = prost::encoding::message::encoded_len(1, &answer);
-        if size > max_bytes {
-            let status = Status::out_of_range(format!(
-                "Error, encoded message length too large: the answer is {size} bytes, the limit \
-                 is {max_bytes} bytes (max_message_bytes)"
-            ));
-            answer = ReplicaAnswer {
-                tag: answer.tag,
-                result: Some(Answer::Error(error_of(&status))),
-            };
-            size = prost::encoding::message::encoded_len(1, &answer);
-        }
-        if !batch.is_empty() && bytes.saturating_add(size) > max_bytes {
-            waiting.push_back(answer);
-            break;
-        }
-        bytes = bytes.saturating_add(size);
-        batch.push(answer);
-    }
-    waiting.extend(answers);
-    batch
 }
 
 /// Runs one request through its unary handler.
@@ -281,7 +192,17 @@ fn error_of(status: &Status) -> ReplicaError {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+
     use super::*;
+
+    fn fit(
+        max_bytes: usize,
+        answers: Vec<ReplicaAnswer>,
+        waiting: &mut VecDeque<ReplicaAnswer>,
+    ) -> Vec<ReplicaAnswer> {
+        batched::fit(max_bytes, answers, waiting, oversized)
+    }
 
     fn read_answer(tag: u64, value_bytes: usize) -> ReplicaAnswer {
         ReplicaAnswer {

@@ -51,22 +51,7 @@ with helm.Chart.load(request["chart"]) as chart:
 json.dump(out, sys.stdout)
 "#;
 
-/// The Python interpreter: `$RINGCACHE_TEST_PYTHON`, or the virtualenv in the target directory
-/// this test binary was built in (`<target>/<profile>/deps/deploy_files-*`).
-fn python() -> String {
-    if let Ok(python) = std::env::var("RINGCACHE_TEST_PYTHON") {
-        return python;
-    }
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .expect("the test binary is in <target>/<profile>/deps");
-    target
-        .join("python-clients/bin/python")
-        .to_string_lossy()
-        .into_owned()
-}
+use ringcache_test_support::python;
 
 /// One rendering to ask for: values (over the chart's defaults), release name, namespace.
 #[derive(Debug, Clone)]

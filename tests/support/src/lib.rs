@@ -6,13 +6,20 @@
 //! - **Free loopback addresses** ([`free_loopback_ip`]): a `127.x.y.z` address, picked at random,
 //!   whose given ports are free, for tests of the binary that need fixed ports (its defaults,
 //!   seeds known in advance). Two test runs on one machine, or a node running beside them on
-//!   127.0.0.1, do not meet.
+//!   127.0.0.1, do not meet; and a closed one ([`closed_addr`]) for a peer that is down.
+//! - **The clients of other languages** ([`target_dir`], [`python`]): where `scripts/test-deps`
+//!   installs them, beside the test binary.
 //! - **Generated files** ([`generated_file`], [`generated_section`]): a committed file (or the
 //!   part of one between markers) must be what the code generates; `RINGCACHE_REGENERATE=1`
 //!   rewrites it.
+//! - **Zipfian ranks** ([`zipf::Zipfian`]): the skewed key choice of ringbench's workloads, its
+//!   micro-benchmarks and the hot-key tests (no dependency: the caller brings the uniform draws).
+
+pub mod zipf;
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How often a condition is polled.
@@ -132,6 +139,38 @@ fn next(state: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A `127.0.0.1` port nothing listens on (bound to a free port, then released): a dial to it
+/// is refused.
+pub fn closed_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
+    listener
+        .local_addr()
+        .expect("a bound listener's address")
+        .to_string()
+}
+
+/// The target directory this test binary was built in (it is `<target>/<profile>/deps/<test>-*`),
+/// where `scripts/test-deps` installs the clients of other languages.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.ancestors()
+        .nth(3)
+        .expect("the test binary is in <target>/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The Python interpreter of the tests: `$RINGCACHE_TEST_PYTHON`, or the virtualenv that
+/// `scripts/test-deps` makes in the [`target_dir`].
+pub fn python() -> String {
+    if let Ok(python) = std::env::var("RINGCACHE_TEST_PYTHON") {
+        return python;
+    }
+    target_dir()
+        .join("python-clients/bin/python")
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// The variable that makes [`generated_file`] and [`generated_section`] rewrite a stale file
 /// instead of failing.
 pub const REGENERATE: &str = "RINGCACHE_REGENERATE";
@@ -143,7 +182,7 @@ pub const REGENERATE: &str = "RINGCACHE_REGENERATE";
 /// # Panics
 ///
 /// When the file differs (or cannot be written while regenerating).
-pub fn generated_file(path: &std::path::Path, fresh: &str, command: &str) {
+pub fn generated_file(path: &Path, fresh: &str, command: &str) {
     let committed = std::fs::read_to_string(path).unwrap_or_default();
     if committed == fresh {
         return;
@@ -165,13 +204,7 @@ pub fn generated_file(path: &std::path::Path, fresh: &str, command: &str) {
 /// # Panics
 ///
 /// When the markers are missing or out of order, or as [`generated_file`] does.
-pub fn generated_section(
-    path: &std::path::Path,
-    begin: &str,
-    end: &str,
-    fresh: &str,
-    command: &str,
-) {
+pub fn generated_section(path: &Path, begin: &str, end: &str, fresh: &str, command: &str) {
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let (Some(start), Some(stop)) = (text.find(begin), text.find(end)) else {

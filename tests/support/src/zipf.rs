@@ -9,6 +9,10 @@
 //! θ = 0.99 it draws rank 3 19 % too often, rank 5 9 % too often. Rejection-inversion gives the
 //! distribution the workload names, so hit ratios and hot-key load can be predicted from θ. The
 //! generalised harmonic number [`zeta`] is still computed (once) for [`Zipfian::probability`].
+//!
+//! The one zipfian generator of the workspace: ringbench's workloads, the micro-benchmarks and
+//! the hot-key tests all draw from it. `rand_distr::Zipf` implements the same method, but the
+//! version in the lock file is built on another major version of `rand` than the workspace's.
 
 /// A Zipfian distribution over ranks `0..n` (rank 0 is the hottest key).
 #[derive(Debug, Clone)]
@@ -130,18 +134,19 @@ fn helper2(x: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+
     use super::*;
-    use crate::bench::rng::Rng;
 
     /// Draws `samples` ranks and checks the first `head` ranks' frequencies against the exact
     /// probabilities, with a chi-square statistic over those ranks plus one bucket for the rest.
     fn check_distribution(n: u64, theta: f64, samples: u64, head: usize) {
         let zipf = Zipfian::new(n, theta).unwrap();
         let zeta_n = zeta(n, theta);
-        let mut rng = Rng::new(42);
+        let mut rng = StdRng::seed_from_u64(42);
         let mut counts = vec![0u64; head + 1];
         for _ in 0..samples {
-            let rank = zipf.sample(|| rng.next_f64());
+            let rank = zipf.sample(|| rng.random::<f64>());
             assert!(rank < n);
             let bucket = usize::try_from(rank).unwrap_or(head).min(head);
             counts[bucket] += 1;
