@@ -564,6 +564,7 @@ mod tests {
                     version: 9,
                     ttl_ms: None,
                     hot: false,
+                    tracked: false,
                 })),
             }],
             topology_digest: 42,

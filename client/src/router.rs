@@ -583,7 +583,8 @@ impl Router {
 
     /// A ONE-level Get for the near cache: sent to the node the key's first attempt goes to,
     /// with the tracking id of the near cache's live invalidation stream to that node. Returns
-    /// the answer and whether it was tracked (only then may it be cached). Without a live
+    /// the answer and whether the node tracked it (`GetResponse.tracked`: only then may it be
+    /// cached). Without a live
     /// stream, or when that node fails, it runs as a plain [`Self::execute`] (untracked).
     pub(crate) async fn get_tracked(
         self: &Arc<Self>,
@@ -622,7 +623,11 @@ impl Router {
                     self.budget.deposit();
                     Span::current().record("node", node);
                     Span::current().record("attempts", 1);
-                    return Ok((response, true));
+                    // Cached only if the node says it tracks the key for this stream: a node
+                    // restarted since the stream opened does not know its id and serves the read
+                    // untracked (no invalidation would ever come).
+                    let tracked = response.tracked;
+                    return Ok((response, tracked));
                 }
                 Err(failure) if !Access::Read.fails_over(failure.class) => {
                     self.budget.deposit();
@@ -787,6 +792,7 @@ impl Router {
                     .ttl
                     .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)),
                 hot: false,
+                tracked: false,
             },
             crate::LocalRead::Missing => ringcache_proto::v1::GetResponse::default(),
             crate::LocalRead::NotHere => return None,

@@ -390,6 +390,7 @@ mod tests {
             version: 7,
             ttl_ms: Some(1500),
             hot: false,
+            tracked: false,
         };
         assert_eq!(
             entry(hit.clone()),

@@ -161,6 +161,7 @@ impl FakeCache for FakeNode {
             version: 1,
             ttl_ms: None,
             hot: false,
+            tracked: false,
         })
     }
 
@@ -199,6 +200,7 @@ impl FakeCache for FakeNode {
                     version: 1,
                     ttl_ms: None,
                     hot: false,
+                    tracked: false,
                 }
             })
             .collect();

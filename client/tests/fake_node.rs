@@ -64,6 +64,7 @@ impl FakeCache for Fake {
                 version: 1,
                 ttl_ms: None,
                 hot: false,
+                tracked: false,
             },
             key => pb::GetResponse {
                 found: true,
@@ -71,6 +72,7 @@ impl FakeCache for Fake {
                 version: 7,
                 ttl_ms: Some(1500),
                 hot: false,
+                tracked: false,
             },
         };
         Ok(Response::new(response))
@@ -120,6 +122,7 @@ impl FakeCache for Fake {
                     version: 1,
                     ttl_ms: None,
                     hot: false,
+                    tracked: false,
                 },
             })
             .collect();

@@ -198,6 +198,7 @@ impl Node {
                 version: 1,
                 ttl_ms: None,
                 hot: false,
+                tracked: false,
             },
             None => pb::GetResponse::default(),
         }

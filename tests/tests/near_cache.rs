@@ -198,11 +198,12 @@ async fn subscribe(
     (stream, first.tracking_id)
 }
 
+/// A Get with `tracking_id`; whether the node says it tracked the key.
 async fn tracked_get(
     cache: &mut v1::cache_client::CacheClient<tonic::transport::Channel>,
     key: &str,
     tracking_id: u64,
-) {
+) -> bool {
     cache
         .get(v1::GetRequest {
             key: Bytes::copy_from_slice(key.as_bytes()),
@@ -210,7 +211,9 @@ async fn tracked_get(
             tracking_id,
         })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner()
+        .tracked
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,14 +238,15 @@ async fn a_hostile_subscriber_is_bounded_in_streams_and_tracked_keys() {
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert_eq!(node.node.tracking().stats().refused, 1);
 
-    // A made-up tracking id is served and tracks nothing.
-    tracked_get(&mut cache, "k0", 42).await;
+    // A made-up tracking id (or one from before a restart) is served, tracks nothing, and the
+    // answer says so: a client must not cache it.
+    assert!(!tracked_get(&mut cache, "k0", 42).await);
     assert_eq!(node.node.tracking().stats().keys, 0);
 
     // Key bound: reading more keys than the table holds pushes keys out, and their
     // invalidations are sent.
     for i in 0..6 {
-        tracked_get(&mut cache, &format!("k{i}"), id).await;
+        assert!(tracked_get(&mut cache, &format!("k{i}"), id).await);
     }
     let stats = node.node.tracking().stats();
     assert_eq!(stats.keys, 4, "{stats:?}");
@@ -270,7 +274,7 @@ async fn an_overflowing_invalidation_queue_ends_the_stream_with_an_error() {
     let (mut stream, id) = subscribe(&mut cache).await;
     let keys: Vec<Bytes> = (0..6).map(|i| Bytes::from(format!("k{i}"))).collect();
     for i in 0..6 {
-        tracked_get(&mut cache, &format!("k{i}"), id).await;
+        assert!(tracked_get(&mut cache, &format!("k{i}"), id).await);
     }
     // Six changes in one request against a queue of two keys: the stream ends with an error (never
     // a silent drop).
@@ -298,7 +302,7 @@ async fn a_flush_tells_every_subscriber_to_drop_everything() {
     let node = &cluster.nodes[0];
     let mut cache = node.raw_cache().await;
     let (mut stream, id) = subscribe(&mut cache).await;
-    tracked_get(&mut cache, "k", id).await;
+    assert!(tracked_get(&mut cache, "k", id).await);
     node.node.store().flush();
     let batch = stream.message().await.unwrap().expect("a batch");
     assert!(batch.flush_all, "{batch:?}");
@@ -359,7 +363,10 @@ async fn a_tracked_read_the_node_forwards_is_followed_by_an_invalidation() {
         .expect("some key is held elsewhere");
     let mut cache = node.raw_cache().await;
     let (mut stream, id) = subscribe(&mut cache).await;
-    tracked_get(&mut cache, &key, id).await;
+    assert!(
+        !tracked_get(&mut cache, &key, id).await,
+        "a forwarded read is answered untracked"
+    );
     let batch = stream.message().await.unwrap().expect("a batch");
     assert_eq!(batch.keys, vec![Bytes::from(key)]);
     assert_eq!(node.node.tracking().stats().keys, 0, "nothing tracked here");

@@ -93,6 +93,7 @@ impl FakeCache for Fake {
             version: 1,
             ttl_ms: None,
             hot: false,
+            tracked: false,
         }))
     }
 

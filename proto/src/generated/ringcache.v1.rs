@@ -55,6 +55,13 @@ pub struct GetResponse {
     /// replicas instead of sending them to the primary. Set on Get, MGet results and pipelined Gets.
     #[prost(bool, tag = "5")]
     pub hot: bool,
+    /// The request's tracking_id names a live invalidation stream of the answering node, and the
+    /// node registered the key for it before reading it: any later change of the key is sent on that
+    /// stream. Only such an answer may be kept in a near cache; a read served untracked (an id the
+    /// node does not know, e.g. after it restarted; a read it forwarded or served at QUORUM/ALL) says
+    /// false.
+    #[prost(bool, tag = "6")]
+    pub tracked: bool,
 }
 /// SetRequest stores one value.
 #[allow(clippy::all)]

@@ -359,6 +359,7 @@ fn found_versioned(item: Option<VersionedItem>, now_ms: u64) -> v1::GetResponse 
             version: item.version,
             ttl_ms: ttl_left(item.expires_at_ms, now_ms),
             hot: false,
+            tracked: false,
         },
         _ => v1::GetResponse::default(),
     }
@@ -412,6 +413,7 @@ fn found(item: Option<Item>, now_ms: u64) -> v1::GetResponse {
             version: item.version,
             ttl_ms: ttl_left(item.expires_at_ms, now_ms),
             hot: false,
+            tracked: false,
         },
         None => v1::GetResponse::default(),
     }
@@ -598,12 +600,20 @@ impl Cache for CacheService {
                 let keys: Vec<Bytes> = local.iter().map(|&p| req.keys[p].clone()).collect();
                 if level == Consistency::One {
                     // Tracked before the store is read: a change after this is told.
-                    for key in &keys {
-                        track(&node, tracking_id, key);
-                    }
+                    let tracked: Vec<bool> = keys
+                        .iter()
+                        .map(|key| track(&node, tracking_id, key))
+                        .collect();
                     let now = node.now_ms();
                     let items = node.store().mget(&keys, now).map_err(Status::from)?;
-                    return Ok(items.into_iter().map(|item| found(item, now)).collect());
+                    return Ok(items
+                        .into_iter()
+                        .zip(tracked)
+                        .map(|(item, tracked)| v1::GetResponse {
+                            tracked,
+                            ..found(item, now)
+                        })
+                        .collect());
                 }
                 for key in &keys {
                     node.tracking().untracked(tracking_id, key);
@@ -916,10 +926,10 @@ impl CacheService {
             consistency,
             arrival,
             |node, now| {
-                if tracking_id != 0 {
-                    track(node, tracking_id, key);
-                }
-                get_local(node, key, now)
+                let tracked = track(node, tracking_id, key);
+                let mut reply = get_local(node, key, now)?;
+                reply.tracked = tracked;
+                Ok(reply)
             },
             |reply| hit_or_miss(reply.found),
         )
@@ -944,11 +954,13 @@ impl CacheService {
 
 /// Remembers that stream `tracking_id` reads `key` (before the store is read), unless the key
 /// is one the store refuses (empty or too long: the read fails anyway, and the table never holds
-/// a key longer than `max_key_bytes`).
-fn track(node: &Node, tracking_id: u64, key: &[u8]) {
-    if tracking_id != 0 && node.store().check_key(key).is_ok() {
-        node.tracking().track(tracking_id, key);
-    }
+/// a key longer than `max_key_bytes`). Whether it is tracked: the answer's `tracked`, without
+/// which a client must not cache it (an id this node does not know, e.g. one from before a
+/// restart, is served untracked).
+fn track(node: &Node, tracking_id: u64, key: &[u8]) -> bool {
+    tracking_id != 0
+        && node.store().check_key(key).is_ok()
+        && node.tracking().track(tracking_id, key)
 }
 
 /// A Get from this node's store.
