@@ -87,6 +87,11 @@ impl TestNode {
         gossip: Option<u16>,
         prepare: impl FnOnce(&Arc<Node>),
     ) -> Self {
+        // The relations `ringcached` checks hold for every test node too (tests set fields of a
+        // `Config` directly, past the settings' own bounds).
+        if let Err(error) = config.validate() {
+            panic!("a test node's config is invalid: {error:#}");
+        }
         let grpc = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a free gRPC port");
