@@ -27,6 +27,11 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("generated/ringcache_descr
 /// gRPC metadata key carrying the current version of a key when compare-and-set fails.
 pub const CURRENT_VERSION_METADATA: &str = "ringcache-current-version";
 
+/// gRPC metadata key on some refusals: why, as a stable word for programs (the message is for
+/// people and may be reworded). Values: `not_an_integer`, `not_a_float`, `value_too_large`,
+/// `lease_limit`.
+pub const ERROR_REASON_METADATA: &str = "ringcache-error";
+
 /// gRPC metadata key on every node response: the decimal digest of the topology the node holds.
 /// A client whose own digest differs refreshes its topology.
 pub const TOPOLOGY_DIGEST_METADATA: &str = "ringcache-topology-digest";

@@ -24,7 +24,7 @@ const MAX_ROUNDS: usize = 64;
 
 impl From<LeaseError> for Status {
     fn from(error: LeaseError) -> Self {
-        Status::resource_exhausted(error.to_string())
+        super::status::Reason::LeaseLimit.on(Status::resource_exhausted(error.to_string()))
     }
 }
 

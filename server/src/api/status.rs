@@ -1,6 +1,6 @@
 //! The one mapping from ringcache errors to gRPC status codes (the table at the top of `cache.proto`).
 
-use ringcache_proto::CURRENT_VERSION_METADATA;
+use ringcache_proto::{CURRENT_VERSION_METADATA, ERROR_REASON_METADATA};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
@@ -24,6 +24,61 @@ pub enum ApiError {
     /// from a node that is not in this node's topology).
     #[error("{0}")]
     FailedPrecondition(String),
+}
+
+/// Why a request was refused, for programs: the `ringcache-error` metadata of its status
+/// ([`ERROR_REASON_METADATA`]), kept when a forward passes a peer's status on. RESP chooses
+/// Redis's reply by it, never by the message's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// INCR on a value that is not an integer.
+    NotAnInteger,
+    /// INCRBYFLOAT on a value (or with an increment) that is not a number.
+    NotAFloat,
+    /// A value over `max_value_bytes`.
+    ValueTooLarge,
+    /// A lease limit (`lease_max_leases`, `lease_max_waiters`), not memory.
+    LeaseLimit,
+}
+
+impl Reason {
+    const ALL: [Reason; 4] = [
+        Reason::NotAnInteger,
+        Reason::NotAFloat,
+        Reason::ValueTooLarge,
+        Reason::LeaseLimit,
+    ];
+
+    /// The metadata value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Reason::NotAnInteger => "not_an_integer",
+            Reason::NotAFloat => "not_a_float",
+            Reason::ValueTooLarge => "value_too_large",
+            Reason::LeaseLimit => "lease_limit",
+        }
+    }
+
+    /// `status` with this reason attached.
+    pub(crate) fn on(self, mut status: Status) -> Status {
+        status.metadata_mut().insert(
+            ERROR_REASON_METADATA,
+            MetadataValue::from_static(self.as_str()),
+        );
+        status
+    }
+
+    /// The reason `status` carries, if any.
+    pub(crate) fn of(status: &Status) -> Option<Reason> {
+        let value = status
+            .metadata()
+            .get(ERROR_REASON_METADATA)?
+            .to_str()
+            .ok()?;
+        Reason::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == value)
+    }
 }
 
 /// The `result` label of the request metric for a failed request: the one mapping from errors
@@ -69,12 +124,16 @@ impl From<ApiError> for Status {
             ApiError::Unavailable(_) => Status::unavailable(message),
             ApiError::FailedPrecondition(_) => Status::failed_precondition(message),
             ApiError::Store(e) => match e {
+                StoreError::ValueTooLarge { .. } => {
+                    Reason::ValueTooLarge.on(Status::invalid_argument(message))
+                }
+                StoreError::NotAnInteger => {
+                    Reason::NotAnInteger.on(Status::invalid_argument(message))
+                }
+                StoreError::NotAFloat => Reason::NotAFloat.on(Status::invalid_argument(message)),
                 StoreError::EmptyKey
                 | StoreError::KeyTooLarge { .. }
-                | StoreError::ValueTooLarge { .. }
-                | StoreError::InvalidTtl { .. }
-                | StoreError::NotAnInteger
-                | StoreError::NotAFloat => Status::invalid_argument(message),
+                | StoreError::InvalidTtl { .. } => Status::invalid_argument(message),
                 StoreError::Overflow { .. } | StoreError::NotFinite => {
                     Status::out_of_range(message)
                 }
@@ -99,6 +158,31 @@ impl From<ApiError> for Status {
 mod tests {
     use super::*;
     use crate::store::EvictionPolicy;
+
+    #[test]
+    fn refusals_programs_tell_apart_carry_their_reason() {
+        let reason = |error: StoreError| Reason::of(&Status::from(error));
+        assert_eq!(reason(StoreError::NotAnInteger), Some(Reason::NotAnInteger));
+        assert_eq!(reason(StoreError::NotAFloat), Some(Reason::NotAFloat));
+        assert_eq!(
+            reason(StoreError::ValueTooLarge { len: 9, max: 8 }),
+            Some(Reason::ValueTooLarge)
+        );
+        assert_eq!(reason(StoreError::EmptyKey), None);
+        let lease = Status::from(crate::lease::LeaseError::TooManyLeases(2));
+        assert_eq!(Reason::of(&lease), Some(Reason::LeaseLimit));
+        assert_eq!(
+            lease.metadata().get(ERROR_REASON_METADATA).unwrap(),
+            "lease_limit"
+        );
+        // An unknown value is no reason.
+        let mut odd = Status::invalid_argument("x");
+        odd.metadata_mut().insert(
+            ERROR_REASON_METADATA,
+            MetadataValue::from_static("later_reason"),
+        );
+        assert_eq!(Reason::of(&odd), None);
+    }
 
     #[test]
     fn every_store_error_gets_its_documented_code() {

@@ -5,17 +5,22 @@
 //! request), and a refused call comes back as the handler's `tonic::Status`, possibly a peer's
 //! answer passed on by a forward. This module is the one place in RESP that reads such a
 //! status (server/clippy.toml forbids it elsewhere): the rest of RESP passes it here unread, or
-//! holds it as a [`Refused`].
+//! holds it as a [`Refused`]. Which Redis reply a refusal gets is chosen by its code and its
+//! reason ([`Reason`], the `ringcache-error` metadata the api sets), never by its message's
+//! words.
 
 use tonic::{Code, Status};
 
 use super::reply::Reply;
+use crate::api::status::Reason;
 
 /// Redis's reply to a failed request.
 pub(super) fn status_reply(status: &Status) -> Reply {
     let message = status.message();
     match status.code() {
-        Code::InvalidArgument if message.contains("integer") => super::commands::not_an_integer(),
+        Code::InvalidArgument if Reason::of(status) == Some(Reason::NotAnInteger) => {
+            super::commands::not_an_integer()
+        }
         Code::OutOfRange => Reply::err("increment or decrement would overflow"),
         Code::ResourceExhausted => {
             Reply::Error("OOM command not allowed when used memory > 'maxmemory'.".to_owned())
@@ -26,7 +31,7 @@ pub(super) fn status_reply(status: &Status) -> Reply {
 
 /// A value that would outgrow `--max-value-bytes`: Redis's text for its 512 MB limit, with ours.
 pub(super) fn too_large(status: &Status) -> Reply {
-    if status.code() == Code::InvalidArgument && status.message().contains("max_value_bytes") {
+    if Reason::of(status) == Some(Reason::ValueTooLarge) {
         return Reply::err(format!(
             "string exceeds maximum allowed size ({})",
             status.message()
@@ -38,7 +43,7 @@ pub(super) fn too_large(status: &Status) -> Reply {
 /// INCRBYFLOAT's errors.
 pub(super) fn float_reply(status: &Status) -> Reply {
     match status.code() {
-        Code::InvalidArgument if status.message().contains("valid float") => {
+        Code::InvalidArgument if Reason::of(status) == Some(Reason::NotAFloat) => {
             Reply::err("value is not a valid float")
         }
         Code::OutOfRange => Reply::err("increment would produce NaN or Infinity"),
@@ -48,7 +53,7 @@ pub(super) fn float_reply(status: &Status) -> Reply {
 
 /// A lease error keeps its own message (which limit was hit), not Redis's OOM text.
 pub(super) fn lease_reply(status: &Status) -> Reply {
-    if status.code() == Code::ResourceExhausted && status.message().contains("lease") {
+    if Reason::of(status) == Some(Reason::LeaseLimit) {
         return Reply::err(status.message());
     }
     status_reply(status)
@@ -97,7 +102,7 @@ mod tests {
     fn refusals_get_redis_replies() {
         let cases = [
             (
-                status_reply(&Status::invalid_argument("value is not an integer")),
+                status_reply(&Reason::NotAnInteger.on(Status::invalid_argument("not a number"))),
                 "ERR value is not an integer or out of range",
             ),
             (
@@ -113,11 +118,14 @@ mod tests {
                 "ERR minority",
             ),
             (
-                too_large(&Status::invalid_argument("9 bytes > max_value_bytes (8)")),
+                too_large(
+                    &Reason::ValueTooLarge
+                        .on(Status::invalid_argument("9 bytes > max_value_bytes (8)")),
+                ),
                 "ERR string exceeds maximum allowed size (9 bytes > max_value_bytes (8))",
             ),
             (
-                float_reply(&Status::invalid_argument("not a valid float")),
+                float_reply(&Reason::NotAFloat.on(Status::invalid_argument("bad number"))),
                 "ERR value is not a valid float",
             ),
             (
@@ -125,11 +133,21 @@ mod tests {
                 "ERR increment would produce NaN or Infinity",
             ),
             (
-                lease_reply(&Status::resource_exhausted("too many leases")),
+                lease_reply(&Reason::LeaseLimit.on(Status::resource_exhausted("too many leases"))),
                 "ERR too many leases",
             ),
             (
                 lease_reply(&Status::resource_exhausted("memory full")),
+                "OOM command not allowed when used memory > 'maxmemory'.",
+            ),
+            // The words of a message decide nothing: without its reason, a refusal that
+            // mentions an integer or a lease is passed on as it is.
+            (
+                status_reply(&Status::invalid_argument("count must be an integer")),
+                "ERR count must be an integer",
+            ),
+            (
+                lease_reply(&Status::resource_exhausted("lease table memory full")),
                 "OOM command not allowed when used memory > 'maxmemory'.",
             ),
         ];
