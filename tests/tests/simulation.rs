@@ -1276,15 +1276,13 @@ async fn skew_client(outcome: Rc<RefCell<SkewOutcome>>, key: String) -> turmoil:
 
 type Copies = BTreeMap<String, Vec<(String, Option<(u64, Option<String>)>)>>;
 
-/// Node n3's clock runs twice `max_clock_drift` ahead (120 s) in a 3-node cluster with R = 3:
-/// a QUORUM write of `skewed-key` through n1, one through n3, a later one through n1, then a
-/// QUORUM read through each node; returns what the client saw and, after the cluster had
-/// `REPLICAS_DEADLINE` to repair, every replica's copy.
-fn run_skew_scenario() -> (SkewOutcome, Copies, i64) {
+/// Three nodes on a fault-free network (1–3 ms per message, no clients of the plan), converged:
+/// the start of the scenarios that script their own requests and faults.
+fn converged_quiet_cluster(seed: u64) -> Driver<'static> {
     install_panic_hook();
     let _ = take_panics();
     let plan = Plan {
-        seed: 7,
+        seed,
         nodes: 3,
         clients: 0,
         min_latency: Duration::from_millis(1),
@@ -1296,6 +1294,15 @@ fn run_skew_scenario() -> (SkewOutcome, Copies, i64) {
     driver
         .step_until(CONVERGE_DEADLINE, "initial convergence", |d| d.converged())
         .expect("the cluster forms");
+    driver
+}
+
+/// Node n3's clock runs twice `max_clock_drift` ahead (120 s) in a 3-node cluster with R = 3:
+/// a QUORUM write of `skewed-key` through n1, one through n3, a later one through n1, then a
+/// QUORUM read through each node; returns what the client saw and, after the cluster had
+/// `REPLICAS_DEADLINE` to repair, every replica's copy.
+fn run_skew_scenario() -> (SkewOutcome, Copies, i64) {
+    let mut driver = converged_quiet_cluster(7);
     let drift = driver.shared.nodes.borrow()["n3"]
         .store()
         .config()
@@ -1590,21 +1597,7 @@ fn run_clients(driver: &mut Driver<'_>, limit: Duration) {
 #[test]
 fn a_partition_grants_at_most_one_lease_per_side() {
     const LEASE_TTL: Duration = Duration::from_secs(20);
-    install_panic_hook();
-    let _ = take_panics();
-    let plan = Plan {
-        seed: 11,
-        nodes: 3,
-        clients: 0,
-        min_latency: Duration::from_millis(1),
-        max_latency: Duration::from_millis(3),
-        random_order: false,
-        faults: Vec::new(),
-    };
-    let mut driver = Driver::new(plan);
-    driver
-        .step_until(CONVERGE_DEADLINE, "initial convergence", |d| d.converged())
-        .expect("the cluster forms");
+    let mut driver = converged_quiet_cluster(11);
     let key = {
         let nodes = driver.shared.nodes.borrow();
         let view = nodes["n1"].view();
