@@ -109,13 +109,6 @@ fn shown_default(row: &Row) -> String {
     }
 }
 
-/// Whether `value` is a value `row`'s flag accepts (so the default is written as a value).
-pub fn parses(row: &Row, value: &str) -> bool {
-    let flag = row.flag.split([' ', '[']).next().unwrap_or_default();
-    clap::Parser::try_parse_from(["ringcached", &format!("{flag}={value}")])
-        .is_ok_and(|_: Cli| true)
-}
-
 /// The Markdown table of README.md's Configuration section.
 pub fn markdown_table() -> String {
     let escape = |text: &str| text.replace('|', "\\|");
@@ -145,6 +138,12 @@ mod tests {
 
     use super::*;
     use crate::config::Settings;
+
+    /// The command line of `row`'s flag given `value`, if the flag accepts it.
+    fn parsed(row: &Row, value: &str) -> Option<Cli> {
+        let flag = row.flag.split([' ', '[']).next().unwrap_or_default();
+        Cli::try_parse_from(["ringcached", &format!("{flag}={value}")]).ok()
+    }
 
     #[test]
     fn the_readme_settings_table_is_the_generated_one() {
@@ -202,14 +201,12 @@ mod tests {
             if DESCRIBED_DEFAULTS.contains(&key.as_str()) {
                 continue;
             }
-            assert!(
-                parses(row, value),
-                "{key}: the default {default:?} is not a value of the flag; add {key} to \
-                 DESCRIBED_DEFAULTS if it is a description"
-            );
-            let flag = row.flag.split([' ', '[']).next().unwrap_or_default();
-            let cli =
-                Cli::try_parse_from(["ringcached", &format!("{flag}={value}")]).expect("parses");
+            let cli = parsed(row, value).unwrap_or_else(|| {
+                panic!(
+                    "{key}: the default {default:?} is not a value of the flag; add {key} to \
+                     DESCRIBED_DEFAULTS if it is a description"
+                )
+            });
             let given = cli.settings.resolve().expect("the default is valid");
             assert_eq!(
                 given, defaults,
