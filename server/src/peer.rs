@@ -72,7 +72,14 @@ impl fmt::Display for PeerError {
 
 impl std::error::Error for PeerError {}
 
-fn kind_of(code: Code) -> PeerErrorKind {
+/// The kind of `status`: by its code, except that an INTERNAL the local HTTP/2 stack made (it
+/// carries the h2 error as its source; a status decoded from a peer's answer never has a
+/// source) is a connection that broke (the peer's process died mid-call), not an answer.
+pub(crate) fn kind_of(status: &Status) -> PeerErrorKind {
+    let code = status.code();
+    if code == Code::Internal && std::error::Error::source(status).is_some() {
+        return PeerErrorKind::Unreachable;
+    }
     match code {
         Code::Unavailable | Code::Unknown | Code::Cancelled => PeerErrorKind::Unreachable,
         Code::DeadlineExceeded => PeerErrorKind::TimedOut,
@@ -85,7 +92,7 @@ fn kind_of(code: Code) -> PeerErrorKind {
 impl From<Status> for PeerError {
     fn from(status: Status) -> Self {
         Self {
-            kind: kind_of(status.code()),
+            kind: kind_of(&status),
             detail: describe(&status),
             message: status.message().to_owned(),
         }
@@ -155,6 +162,10 @@ mod tests {
             (Status::unimplemented("old"), PeerErrorKind::Unimplemented),
             (Status::resource_exhausted("full"), PeerErrorKind::Refused),
             (Status::invalid_argument("bad"), PeerErrorKind::Refused),
+            (
+                Status::internal("a bug on the peer"),
+                PeerErrorKind::Refused,
+            ),
         ];
         for (status, kind) in cases {
             let error = PeerError::from(status.clone());
@@ -163,6 +174,13 @@ mod tests {
         let error = PeerError::answered(Code::FailedPrecondition as i32, "clock drift".into());
         assert_eq!(error.kind, PeerErrorKind::FailedPrecondition);
         assert_eq!(error.to_string(), "clock drift");
+        // An INTERNAL the local HTTP/2 stack made (the h2 error as its source: the peer died
+        // mid-call) is a broken connection, not the peer's answer.
+        let mut broken = Status::internal("h2 protocol error: http2 error");
+        broken.set_source(std::sync::Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert_eq!(PeerError::from(broken).kind, PeerErrorKind::Unreachable);
         // A code gRPC does not define reads as UNKNOWN, as tonic reads it off the wire.
         assert_eq!(
             PeerError::answered(9999, "x".into()).kind,

@@ -22,6 +22,7 @@ use tonic::{Code, Request, Response, Status};
 use super::cache::CacheService;
 use crate::metrics::{Op, Outcome};
 use crate::node::Node;
+use crate::peer::PeerErrorKind;
 
 /// Longest a forwarded request may take.
 pub(super) const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -154,22 +155,63 @@ where
 }
 
 /// A forward that did not reach the primary becomes UNAVAILABLE (or DEADLINE_EXCEEDED) naming
-/// it; an answer from the primary (e.g. INVALID_ARGUMENT) is passed on as it is.
+/// it; an answer from the primary (e.g. INVALID_ARGUMENT) is passed on as it is. Which is which
+/// is the peer transport's classification ([`crate::peer::kind_of`]), so a connection that broke under
+/// the call (the primary died mid-request: an INTERNAL the local HTTP/2 stack made) is
+/// UNAVAILABLE too, which clients retry, and not an INTERNAL answer they would not.
 fn forward_failure(status: Status, primary: &Member) -> Status {
-    let unreachable = |code: Code| {
-        Status::new(
-            code,
-            format!(
-                "forwarding to primary {} at {} failed: {}",
-                primary.node_id,
-                primary.cluster_addr,
-                status.message()
-            ),
-        )
+    let code = match crate::peer::kind_of(&status) {
+        PeerErrorKind::Unreachable => Code::Unavailable,
+        PeerErrorKind::TimedOut => Code::DeadlineExceeded,
+        _ => return status,
     };
-    match status.code() {
-        Code::Unavailable | Code::Unknown | Code::Cancelled => unreachable(Code::Unavailable),
-        Code::DeadlineExceeded => unreachable(Code::DeadlineExceeded),
-        _ => status,
+    Status::new(
+        code,
+        format!(
+            "forwarding to primary {} at {} failed: {}",
+            primary.node_id,
+            primary.cluster_addr,
+            status.message()
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_forward_is_unavailable_and_an_answer_is_passed_on() {
+        let primary = Member::for_test("n2");
+        // The primary died mid-call: tonic made an INTERNAL with the h2 error as its source.
+        let mut broken = Status::internal("h2 protocol error: http2 error");
+        broken.set_source(Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        let status = forward_failure(broken, &primary);
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains("forwarding to primary n2"),
+            "{status:?}"
+        );
+        assert_eq!(
+            forward_failure(Status::unknown("reset"), &primary).code(),
+            Code::Unavailable
+        );
+        assert_eq!(
+            forward_failure(Status::deadline_exceeded("slow"), &primary).code(),
+            Code::DeadlineExceeded
+        );
+        // The primary's own answers, INTERNAL included, are passed on unchanged.
+        for answer in [
+            Status::invalid_argument("bad key"),
+            Status::internal("a bug on the primary"),
+        ] {
+            let passed = forward_failure(answer.clone(), &primary);
+            assert_eq!(
+                (passed.code(), passed.message()),
+                (answer.code(), answer.message())
+            );
+        }
     }
 }
